@@ -1,0 +1,1 @@
+"""RPCSEC_GSS v1/v2 (RFC 2203, RFC 5403)."""

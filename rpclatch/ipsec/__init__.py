@@ -1,0 +1,1 @@
+"""IPsec model and connection latching (RFC 4301, RFC 5660)."""
