@@ -46,39 +46,39 @@ class Decoder:
     def buffer(self) -> bytes:
         return bytes(self._u.get_buffer())
 
-    def uint(self) -> int:
+    def uint32(self) -> int:
         try:
             return int(self._u.unpack_uint())
         except (EOFError, xdrlib3.Error) as exc:
             raise XdrError(f"truncated unsigned int at offset {self.position}") from exc
 
-    def int(self) -> int:
+    def int32(self) -> int:
         try:
             return int(self._u.unpack_int())
         except (EOFError, xdrlib3.Error) as exc:
             raise XdrError(f"truncated int at offset {self.position}") from exc
 
-    def uhyper(self) -> int:
+    def uint64(self) -> int:
         try:
             return int(self._u.unpack_uhyper())
         except (EOFError, xdrlib3.Error) as exc:
             raise XdrError(f"truncated unsigned hyper at offset {self.position}") from exc
 
-    def hyper(self) -> int:
+    def int64(self) -> int:
         try:
             return int(self._u.unpack_hyper())
         except (EOFError, xdrlib3.Error) as exc:
             raise XdrError(f"truncated hyper at offset {self.position}") from exc
 
-    def bool(self) -> bool:
-        v = self.uint()
+    def boolean(self) -> bool:
+        v = self.uint32()
         if v > 1:
             raise XdrError(f"bool must be 0 or 1, got {v}")
         return v == 1
 
     def enum(self, cls: Callable[[int], T]) -> T:
         """Decode an enum discriminant into ``cls`` (an IntEnum); unknown values raise XdrError."""
-        v = self.int()
+        v = self.int32()
         try:
             return cls(v)
         except ValueError as exc:
@@ -96,7 +96,7 @@ class Decoder:
 
     def opaque(self, max_len: int = DEFAULT_MAX_OPAQUE) -> bytes:
         """Variable-length opaque (RFC 4506 §4.10), refusing anything longer than ``max_len``."""
-        n = self.uint()
+        n = self.uint32()
         if n > max_len:
             raise XdrError(f"opaque length {n} exceeds limit {max_len}")
         return self.fixed(n)
@@ -109,7 +109,7 @@ class Decoder:
             raise XdrError("string is not valid UTF-8") from exc
 
     def array(self, item: Callable[[], T], max_items: int) -> list[T]:
-        n = self.uint()
+        n = self.uint32()
         if n > max_items:
             raise XdrError(f"array of {n} items exceeds limit {max_items}")
         # Each item is at least 4 bytes on the wire: a cheap guard before we loop.
@@ -118,7 +118,7 @@ class Decoder:
         return [item() for _ in range(n)]
 
     def optional(self, item: Callable[[], T]) -> T | None:
-        return item() if self.bool() else None
+        return item() if self.boolean() else None
 
     def rest(self) -> bytes:
         """Everything not yet consumed (e.g. procedure arguments after an RPC call header)."""
@@ -140,31 +140,31 @@ class Encoder:
     def __init__(self) -> None:
         self._p = xdrlib3.Packer()
 
-    def uint(self, v: int) -> Encoder:
+    def uint32(self, v: int) -> Encoder:
         if not 0 <= v <= 0xFFFFFFFF:
             raise XdrError(f"unsigned int out of range: {v}")
         self._p.pack_uint(v)
         return self
 
-    def int(self, v: int) -> Encoder:
+    def int32(self, v: int) -> Encoder:
         if not -0x80000000 <= v <= 0x7FFFFFFF:
             raise XdrError(f"int out of range: {v}")
         self._p.pack_int(v)
         return self
 
-    def uhyper(self, v: int) -> Encoder:
+    def uint64(self, v: int) -> Encoder:
         if not 0 <= v <= 0xFFFFFFFFFFFFFFFF:
             raise XdrError(f"unsigned hyper out of range: {v}")
         self._p.pack_uhyper(v)
         return self
 
-    def hyper(self, v: int) -> Encoder:
+    def int64(self, v: int) -> Encoder:
         if not -(2**63) <= v < 2**63:
             raise XdrError(f"hyper out of range: {v}")
         self._p.pack_hyper(v)
         return self
 
-    def bool(self, v: bool) -> Encoder:
+    def boolean(self, v: bool) -> Encoder:
         self._p.pack_bool(v)
         return self
 
@@ -185,10 +185,12 @@ class Encoder:
 
     def raw(self, data: bytes) -> Encoder:
         """Append already-encoded XDR (e.g. procedure arguments)."""
-        self._p._Packer__buf.write(data)  # xdrlib3 keeps a BytesIO; avoids a copy of large args
+        if len(data) % 4:
+            raise XdrError(f"pre-encoded XDR must be a multiple of 4 bytes, got {len(data)}")
+        self._p.pack_fopaque(len(data), data)
         return self
 
-    def bytes(self) -> bytes:
+    def to_bytes(self) -> bytes:
         return bytes(self._p.get_buffer())
 
 

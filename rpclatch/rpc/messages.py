@@ -92,11 +92,11 @@ class OpaqueAuth:
             raise XdrError(f"opaque_auth body of {len(self.body)} bytes exceeds {MAX_AUTH_BYTES}")
 
     def encode_into(self, enc: Encoder) -> None:
-        enc.uint(self.flavor).opaque(self.body, MAX_AUTH_BYTES)
+        enc.uint32(self.flavor).opaque(self.body, MAX_AUTH_BYTES)
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> OpaqueAuth:
-        flavor = dec.uint()
+        flavor = dec.uint32()
         return cls(flavor, dec.opaque(MAX_AUTH_BYTES))
 
 
@@ -124,22 +124,22 @@ class CallMessage:
     def encode_header_through_cred(self) -> bytes:
         """Encoded ``xid .. cred`` (the bytes RFC 2203 §5.3.1 signs)."""
         enc = Encoder()
-        enc.uint(self.xid).uint(MsgType.CALL).uint(self.rpcvers)
-        enc.uint(self.prog).uint(self.vers).uint(self.proc)
+        enc.uint32(self.xid).uint32(MsgType.CALL).uint32(self.rpcvers)
+        enc.uint32(self.prog).uint32(self.vers).uint32(self.proc)
         self.cred.encode_into(enc)
-        return enc.bytes()
+        return enc.to_bytes()
 
     def encode(self) -> bytes:
         enc = Encoder()
         enc.raw(self.encode_header_through_cred())
         self.verf.encode_into(enc)
-        return enc.bytes() + self.args
+        return enc.to_bytes() + self.args
 
     @classmethod
     def decode_body(cls, xid: int, dec: Decoder) -> CallMessage:
         """Decode after ``xid`` and ``mtype`` have been read."""
-        rpcvers = dec.uint()
-        prog, vers, proc = dec.uint(), dec.uint(), dec.uint()
+        rpcvers = dec.uint32()
+        prog, vers, proc = dec.uint32(), dec.uint32(), dec.uint32()
         cred = OpaqueAuth.decode_from(dec)
         header_len = dec.position
         verf = OpaqueAuth.decode_from(dec)
@@ -162,13 +162,13 @@ class AcceptedReply:
 
     def encode(self) -> bytes:
         enc = Encoder()
-        enc.uint(self.xid).uint(MsgType.REPLY).uint(ReplyStat.MSG_ACCEPTED)
+        enc.uint32(self.xid).uint32(MsgType.REPLY).uint32(ReplyStat.MSG_ACCEPTED)
         self.verf.encode_into(enc)
-        enc.uint(self.stat)
+        enc.uint32(self.stat)
         if self.stat == AcceptStat.PROG_MISMATCH:
             low, high = self.mismatch or (0, 0)
-            enc.uint(low).uint(high)
-        head = enc.bytes()
+            enc.uint32(low).uint32(high)
+        head = enc.to_bytes()
         return head + self.results if self.stat == AcceptStat.SUCCESS else head
 
 
@@ -183,13 +183,13 @@ class DeniedReply:
 
     def encode(self) -> bytes:
         enc = Encoder()
-        enc.uint(self.xid).uint(MsgType.REPLY).uint(ReplyStat.MSG_DENIED).uint(self.stat)
+        enc.uint32(self.xid).uint32(MsgType.REPLY).uint32(ReplyStat.MSG_DENIED).uint32(self.stat)
         if self.stat == RejectStat.RPC_MISMATCH:
             low, high = self.mismatch or (RPC_VERSION, RPC_VERSION)
-            enc.uint(low).uint(high)
+            enc.uint32(low).uint32(high)
         else:
-            enc.uint(self.auth_stat if self.auth_stat is not None else AuthStat.AUTH_FAILED)
-        return enc.bytes()
+            enc.uint32(self.auth_stat if self.auth_stat is not None else AuthStat.AUTH_FAILED)
+        return enc.to_bytes()
 
 
 ReplyMessage = AcceptedReply | DeniedReply
@@ -204,18 +204,18 @@ def decode_reply_body(xid: int, dec: Decoder) -> ReplyMessage:
         if astat == AcceptStat.SUCCESS:
             return AcceptedReply(xid, verf, astat, dec.rest())
         if astat == AcceptStat.PROG_MISMATCH:
-            return AcceptedReply(xid, verf, astat, b"", (dec.uint(), dec.uint()))
+            return AcceptedReply(xid, verf, astat, b"", (dec.uint32(), dec.uint32()))
         return AcceptedReply(xid, verf, astat)
     rstat = dec.enum(RejectStat)
     if rstat == RejectStat.RPC_MISMATCH:
-        return DeniedReply(xid, rstat, mismatch=(dec.uint(), dec.uint()))
+        return DeniedReply(xid, rstat, mismatch=(dec.uint32(), dec.uint32()))
     return DeniedReply(xid, rstat, auth_stat=dec.enum(AuthStat))
 
 
 def decode_message(data: bytes) -> RpcMessage:
     """Decode one RPC message (one reassembled record). Raises :class:`XdrError` if malformed."""
     dec = Decoder(data)
-    xid = dec.uint()
+    xid = dec.uint32()
     mtype = dec.enum(MsgType)
     if mtype == MsgType.CALL:
         return CallMessage.decode_body(xid, dec)
