@@ -1,0 +1,223 @@
+"""The client side of BYPASS-OR-PROTECT: run the policy table on a world, then make calls.
+
+Flow per connection (digest §9; design slides "BYPASS OR PROTECT", NFSv4 example)::
+
+    open(port, protect=True, ike_timeout)  --ProtectionFailed-->  open(port, protect=False)  [BYPASS]
+      | latched
+    classify the latch: binding data? confidentiality?           -> LatchOutcome
+    RPCSEC_GSS INIT (v2 when binding is possible)
+    BIND_CHANNEL if the latch offers binding data                 -> BindOutcome
+    decide(LatchOutcome, BindOutcome)                             -> service, destroy ctx?, warn?
+    DATA calls with that service; ALERT BROKEN -> reset -> reconnect and run the flow again
+
+Every connection gets a fresh RPCSEC_GSS context, so a channel-bound handle can never be used on
+another connection (RFC 5403 §3.4 requires the channel to still exist; digest §9 step 6).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from rpclatch.connect.policy import (
+    BindOutcome,
+    BreakDisposition,
+    ConnectPolicy,
+    GssService,
+    LatchOutcome,
+    decide,
+    should_bind,
+)
+from rpclatch.connect.record import SecurityRecord
+from rpclatch.connect.world import (
+    BindingRequired,
+    ClientWorld,
+    ConnectError,
+    ConnectionReset,
+    GssConnector,
+    GssContext,
+    LatchView,
+    PolicyObserver,
+    ProtectionFailed,
+    RpcLink,
+)
+from rpclatch.rpc.auth import ClientAuth
+
+log = logging.getLogger(__name__)
+
+
+def classify_latch(latch: LatchView | None) -> LatchOutcome:
+    """Map INQUIRE_LATCH to the policy's latch outcome (digest §9 step 2)."""
+    if latch is None:
+        return LatchOutcome.NOT_LATCHED
+    if latch.binding_unavailable is not None or latch.channel is None:
+        return LatchOutcome.LATCHED_NO_BINDING
+    if latch.confidentiality:
+        return LatchOutcome.LATCHED_BINDING_CONF
+    return LatchOutcome.LATCHED_BINDING_INTEG
+
+
+class ProtectedConnection:
+    """An RPC client connection that protects itself per :class:`ConnectPolicy`.
+
+    ``security`` is the :class:`SecurityRecord` of the current connection. :meth:`call` issues one
+    RPC with the service the policy chose; after a latch break it reconnects (new latch, new
+    context, new BIND_CHANNEL) before the next call.
+    """
+
+    def __init__(self, world: ClientWorld, gss: GssConnector, policy: ConnectPolicy | None = None,
+                 observer: PolicyObserver | None = None) -> None:
+        self.world = world
+        self.gss = gss
+        self.policy = policy or ConnectPolicy()
+        self._observer = observer
+        self._link: RpcLink | None = None
+        self._ctx: GssContext | None = None
+        self._auth: ClientAuth | None = None
+        self._auth_conn: int | None = None
+        self._security: SecurityRecord | None = None
+        self._generation = 0
+        self._broken: str | None = None
+        self.history: list[SecurityRecord] = []
+
+    # -- observation ----------------------------------------------------------------------------
+
+    def _note(self, kind: str, text: str) -> None:
+        if kind == "warning":
+            log.warning("%s", text)
+        else:
+            log.info("%s", text)
+        if self._observer is not None:
+            self._observer(kind, text)
+
+    @property
+    def security(self) -> SecurityRecord:
+        if self._security is None:
+            raise ConnectError("not connected yet: call connect() first")
+        return self._security
+
+    @property
+    def link(self) -> RpcLink | None:
+        return self._link
+
+    # -- the flow -------------------------------------------------------------------------------
+
+    def connect(self) -> SecurityRecord:
+        """Open a connection and run the policy table once. Returns the new security record."""
+        pol = self.policy
+        self._generation += 1
+        self._broken = None
+        link: RpcLink | None = None
+        protection_error: str | None = None
+        if pol.try_ipsec:
+            self._note("policy", f"request IPsec for port {pol.port} (BTNS {'ok' if pol.btns_ok else 'no'}, "
+                                 f"IKE timeout {pol.ike_timeout:g}s)")
+            try:
+                link = self.world.open(pol.port, protect=True, btns_ok=pol.btns_ok,
+                                       ike_timeout=pol.ike_timeout)
+            except ProtectionFailed as exc:
+                protection_error = str(exc)
+                self._note("policy", f"protection failed ({exc}); reconnecting without IPsec (BYPASS clone)")
+        if link is None:
+            link = self.world.open(pol.port, protect=False, btns_ok=pol.btns_ok, ike_timeout=pol.ike_timeout)
+        self._link = link
+        latch_outcome = classify_latch(link.latch)
+        if link.latch is not None:
+            self._note("policy", f"latched to {link.latch.peer} ({link.latch.qop})"
+                       + (f"; no binding data: {link.latch.binding_unavailable}"
+                          if link.latch.binding_unavailable else ""))
+        try:
+            ctx = self.gss.establish(link, want_v2=should_bind(latch_outcome))
+            bind = BindOutcome.NOT_ATTEMPTED
+            if should_bind(latch_outcome):
+                assert link.latch is not None
+                bind = ctx.bind_channel(link.latch.channel)
+                if bind is BindOutcome.BOUND and link.latch_state() != "ESTABLISHED":
+                    bind = BindOutcome.MISMATCH  # the latch went away while binding
+            decision = decide(latch_outcome, bind)
+            warnings: tuple[str, ...] = ()
+            if decision.warn:
+                text = (f"SECURITY WARNING: {bind.value} on {link.five_tuple} (latched peer "
+                        f"{link.latch.peer if link.latch else '-'}); {decision.reason}")
+                self._note("warning", text)
+                warnings = (text,)
+            if decision.destroy_context:
+                ctx.destroy()
+                ctx = self.gss.establish(link, want_v2=False)
+            if pol.require_binding and bind is not BindOutcome.BOUND:
+                raise BindingRequired(f"policy requires a bound channel but: {decision.reason}")
+        except BaseException:
+            link.close()
+            self._link = None
+            raise
+        service = decision.service_for(pol.protection)
+        self._ctx = ctx
+        self._auth = ctx.auth(service)
+        self._auth_conn = link.conn_id
+        record = SecurityRecord(
+            conn_id=link.conn_id, generation=self._generation, five_tuple=link.five_tuple,
+            latched=link.latch is not None, latch_state=link.latch_state(),
+            peer=link.latch.peer if link.latch else None, qop=link.latch.qop if link.latch else None,
+            latch_outcome=latch_outcome, bind_outcome=bind, bound=bind is BindOutcome.BOUND,
+            gss_service=service, gss_version=ctx.version, reason=decision.reason, warnings=warnings,
+            protection_error=protection_error,
+        )
+        self._security = record
+        self.history.append(record)
+        self._note("policy", f"DATA calls use {service.value}: {decision.reason}")
+        if link.latch is not None:
+            link.on_latch_broken(self._latch_broken)
+        return record
+
+    def _latch_broken(self, reason: str) -> None:
+        """ALERT BROKEN (RFC 5660 §2.3): stop using the connection; default disposition reset (§5.5)."""
+        link = self._link
+        if link is None or self._security is None:
+            return
+        self._broken = reason
+        self._security = replace(self._security, latch_state="BROKEN", latched=False,
+                                 reason=f"latch BROKEN ({reason}); connection reset")
+        self.history.append(self._security)
+        reset = self.policy.on_break is BreakDisposition.RESET
+        self._note("warning", f"latch on {link.five_tuple} BROKEN: {reason}; "
+                              f"{'resetting the connection' if reset else 'waiting'}")
+        if reset:
+            self._auth = None  # the bound handle dies with this connection
+            link.reset(f"latch broken: {reason}")
+
+    def call(self, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+        """One call with the chosen service; reconnects (re-latch, re-bind) after a reset."""
+        attempts = 0
+        while True:
+            if self._link is None or not self._link.is_open or self._auth is None:
+                if attempts >= self.policy.max_reconnects:
+                    raise ConnectionReset(f"connection reset ({self._broken or 'closed'}); gave up after "
+                                          f"{attempts} reconnects")
+                attempts += 1
+                self._note("policy", "reconnecting: new connection, new latch, new context")
+                self.connect()
+            link, auth = self._link, self._auth
+            assert link is not None and auth is not None
+            if self._auth_conn != link.conn_id:  # pragma: no cover - structural guarantee
+                raise ConnectError("refusing to use a context on a connection it was not made on")
+            if self.security.gss_service is GssService.CHANNEL_PROT and link.latch_state() != "ESTABLISHED":
+                self._latch_broken(f"latch is {link.latch_state()}")
+                continue
+            try:
+                return link.call(auth, prog, vers, proc, args)
+            except ConnectionReset:
+                if self._broken is None:
+                    raise
+                self._auth = None
+
+    def close(self) -> None:
+        if self._ctx is not None and self._link is not None and self._link.is_open:
+            try:
+                self._ctx.destroy()
+            except Exception as exc:  # best effort (RFC 2203 §5.4)
+                log.debug("DESTROY failed: %s", exc)
+        self._ctx = None
+        self._auth = None
+        if self._link is not None:
+            self._link.close()
+            self._link = None

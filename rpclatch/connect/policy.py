@@ -1,0 +1,177 @@
+"""The BYPASS-OR-PROTECT connect policy, in one place (design slides "BYPASS OR PROTECT";
+standards digest §9; RFC 5660 §3.1 optional protection; RFC 5403 §2, §3.3, §3.4, §7, §9).
+
+The whole decision is the table :data:`POLICY`: given what happened to the connection's IPsec
+latch and to RPCSEC_GSS_BIND_CHANNEL, it says which RPCSEC_GSS service the DATA calls use, whether
+the latch is kept, whether the GSS context must be destroyed, and whether to warn loudly::
+
+    latch outcome                          BIND_CHANNEL        -> DATA service        notes
+    ------------------------------------   -----------------   -------------------    --------------------
+    latched, binding data, ESP encrypts    BOUND                  channel_prot           (krb5i and krb5p map)
+    latched, binding data, no encryption   BOUND                  channel_prot / krb5p   RFC 5403 §7
+    latched, binding data                  MISMATCH               krb5i / krb5p          destroy ctx, WARNING
+    latched, binding data                  UNSUPPORTED            krb5i / krb5p          v1-only / no prefix
+    latched, no binding data (NULL/PSK)    NOT_ATTEMPTED          krb5i / krb5p          keep the latch
+    not latched (IKE failed / timed out)   NOT_ATTEMPTED          krb5i / krb5p          BYPASS clone
+
+"krb5i / krb5p" is the configured fallback protection (:class:`Protection`). A latch break (RFC 5660
+ALERT BROKEN) is not a row: the default disposition is a reset (RFC 5660 §5.5 (b)); the client then
+reconnects and runs the whole table again on the new connection, with a new latch, a new context
+and a new BIND_CHANNEL (a channel-bound handle is never used on another connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+
+
+class Protection(StrEnum):
+    """What the application asks RPCSEC_GSS for when there is no bound channel."""
+
+    INTEGRITY = "krb5i"   # rpc_gss_svc_integrity (RFC 2203 §5.3.2.2)
+    PRIVACY = "krb5p"     # rpc_gss_svc_privacy (RFC 2203 §5.3.2.3)
+
+
+class GssService(StrEnum):
+    """RPCSEC_GSS services as the security record names them (RFC 5403 §3.2 rpc_gss_service_t)."""
+
+    NONE = "krb5"                  # rpc_gss_svc_none = 1
+    INTEGRITY = "krb5i"            # rpc_gss_svc_integrity = 2
+    PRIVACY = "krb5p"              # rpc_gss_svc_privacy = 3
+    CHANNEL_PROT = "channel_prot"  # rpc_gss_svc_channel_prot = 4
+
+    @property
+    def wire_value(self) -> int:
+        return {"krb5": 1, "krb5i": 2, "krb5p": 3, "channel_prot": 4}[self.value]
+
+    @classmethod
+    def from_wire(cls, value: int) -> GssService:
+        return {1: cls.NONE, 2: cls.INTEGRITY, 3: cls.PRIVACY, 4: cls.CHANNEL_PROT}[value]
+
+
+class LatchOutcome(Enum):
+    """What the protection attempt produced for this connection (RFC 5660 §2.3, digest §9 step 2-3)."""
+
+    LATCHED_BINDING_CONF = "latched; the latch offers binding data; ESP encrypts"
+    LATCHED_BINDING_INTEG = "latched; the latch offers binding data; no confidentiality (AH/ESP-NULL)"
+    LATCHED_NO_BINDING = "latched; no binding data (NULL-auth or PSK peer)"
+    NOT_LATCHED = "not latched; reconnected without IPsec (BYPASS clone for the 5-tuple)"
+
+    @property
+    def latched(self) -> bool:
+        return self is not LatchOutcome.NOT_LATCHED
+
+    @property
+    def binding_available(self) -> bool:
+        return self in (LatchOutcome.LATCHED_BINDING_CONF, LatchOutcome.LATCHED_BINDING_INTEG)
+
+
+class BindOutcome(Enum):
+    """What RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) produced."""
+
+    BOUND = "BIND_CHANNEL OK, reply MIC verified"
+    MISMATCH = "BIND_CHANNEL failed: the two ends see different channels (man in the middle?)"
+    UNSUPPORTED = "server cannot bind (RPCSEC_GSS v1 only, or no common prefix/hash)"
+    NOT_ATTEMPTED = "no binding attempted"
+
+
+class Fallback(Enum):
+    """Placeholder in the table for 'the configured :class:`Protection`'."""
+
+    CONFIGURED = "configured fallback"
+
+
+ServiceChoice = GssService | Fallback
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One row's consequence. ``if_integrity`` / ``if_privacy``: the DATA service when the
+    application asked for integrity / privacy."""
+
+    if_integrity: ServiceChoice
+    if_privacy: ServiceChoice
+    keep_latch: bool
+    destroy_context: bool
+    warn: bool
+    reason: str
+
+    def service_for(self, wanted: Protection) -> GssService:
+        choice = self.if_integrity if wanted is Protection.INTEGRITY else self.if_privacy
+        if isinstance(choice, Fallback):
+            return GssService(wanted.value)
+        return choice
+
+
+_FB = Fallback.CONFIGURED
+
+#: The policy. Keys: (latch outcome, BIND_CHANNEL outcome). A missing key is an internal error.
+POLICY: Mapping[tuple[LatchOutcome, BindOutcome], Decision] = {
+    (LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.BOUND): Decision(
+        GssService.CHANNEL_PROT, GssService.CHANNEL_PROT, keep_latch=True, destroy_context=False,
+        warn=False, reason="latched and bound: channel_prot (the IPsec channel protects the calls)"),
+    (LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.BOUND): Decision(
+        GssService.CHANNEL_PROT, GssService.PRIVACY, keep_latch=True, destroy_context=False,
+        warn=False, reason="latched and bound, but the channel does not encrypt: privacy stays krb5p "
+                           "(RFC 5403 §7)"),
+    (LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.MISMATCH): Decision(
+        _FB, _FB, keep_latch=True, destroy_context=True, warn=True,
+        reason="BIND_CHANNEL failed (man in the middle?): context destroyed, fell back to GSS protection"),
+    (LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.MISMATCH): Decision(
+        _FB, _FB, keep_latch=True, destroy_context=True, warn=True,
+        reason="BIND_CHANNEL failed (man in the middle?): context destroyed, fell back to GSS protection"),
+    (LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.UNSUPPORTED): Decision(
+        _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
+        reason="latched, but the server cannot bind (v1 only): GSS protection over the latch"),
+    (LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.UNSUPPORTED): Decision(
+        _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
+        reason="latched, but the server cannot bind (v1 only): GSS protection over the latch"),
+    (LatchOutcome.LATCHED_NO_BINDING, BindOutcome.NOT_ATTEMPTED): Decision(
+        _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
+        reason="latched to a peer without binding data (NULL auth): GSS protection over the latch"),
+    (LatchOutcome.NOT_LATCHED, BindOutcome.NOT_ATTEMPTED): Decision(
+        _FB, _FB, keep_latch=False, destroy_context=False, warn=False,
+        reason="IPsec unavailable: BYPASS for this 5-tuple, GSS protection as configured"),
+}
+
+
+def decide(latch: LatchOutcome, bind: BindOutcome) -> Decision:
+    """Look the pair up in :data:`POLICY`."""
+    try:
+        return POLICY[(latch, bind)]
+    except KeyError:
+        raise ValueError(f"no policy row for ({latch.name}, {bind.name})") from None
+
+
+def should_bind(latch: LatchOutcome) -> bool:
+    """RFC 5403 §3.3 / digest §9 step 4: bind only when the latch offers binding data."""
+    return latch.binding_available
+
+
+class BreakDisposition(StrEnum):
+    """What the client does on ALERT BROKEN (RFC 5660 §5.5)."""
+
+    RESET = "reset"   # (b), the RECOMMENDED default for TCP: the RPC connection is reset
+    WAIT = "wait"     # (a): hold calls until the latch is ESTABLISHED again (timeouts still apply)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectPolicy:
+    """The knobs of BYPASS-OR-PROTECT for one client.
+
+    ``ike_timeout``: how long to wait for the latch (IKE + child SAs) before reconnecting without
+    IPsec (design slides: "it must handle IKE timeouts"). ``btns_ok``: accept unauthenticated
+    (BTNS / raw public key / NULL auth) peers (RFC 5386). ``require_binding``: refuse to run
+    unbound (no fallback) -- off by default, since the fallback is still krb5i/krb5p.
+    """
+
+    port: int = 2049
+    protection: Protection = Protection.PRIVACY
+    ike_timeout: float = 5.0
+    btns_ok: bool = True
+    try_ipsec: bool = True
+    require_binding: bool = False
+    on_break: BreakDisposition = BreakDisposition.RESET
+    max_reconnects: int = 3

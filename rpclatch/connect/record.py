@@ -1,0 +1,41 @@
+"""``connection.security``: the inspectable outcome of one connection's BYPASS-OR-PROTECT run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rpclatch.connect.policy import BindOutcome, GssService, LatchOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityRecord:
+    """What protects a connection, and why (a frozen snapshot; a new one replaces it on change).
+
+    ``latched``: the connection has an ESTABLISHED latch (RFC 5660 §2.2). ``latch_state`` is the
+    state last seen (``ESTABLISHED``, ``BROKEN``, ``CLOSED``, or ``none``). ``peer``: the latched
+    peer identity (RFC 5660 §2.1 peer ID: e.g. the SPKI fingerprint of a BTNS peer) or None.
+    ``qop``: the latch's quality of protection in words. ``bound``: RPCSEC_GSS_BIND_CHANNEL
+    succeeded on this connection (RFC 5403 §3.3). ``gss_service``: the service DATA calls use.
+    ``reason``: why (one sentence from the policy table). ``warnings``: loud events (a failed bind).
+    """
+
+    conn_id: int
+    generation: int
+    five_tuple: str
+    latched: bool
+    latch_state: str
+    peer: str | None
+    qop: str | None
+    latch_outcome: LatchOutcome
+    bind_outcome: BindOutcome
+    bound: bool
+    gss_service: GssService
+    gss_version: int
+    reason: str
+    warnings: tuple[str, ...] = ()
+    protection_error: str | None = None
+
+    def summary(self) -> str:
+        latch = f"latched to {self.peer or '?'} ({self.qop or 'qop ?'})" if self.latched else "not latched"
+        bound = "bound" if self.bound else "unbound"
+        return f"conn {self.conn_id}: {latch}, {bound}, {self.gss_service.value}: {self.reason}"

@@ -1,0 +1,110 @@
+"""The world the connect policy runs in, as interfaces: the simulated network now, real kernels later.
+
+The policy (:mod:`rpclatch.connect.client`) only ever talks to these protocols. A world opens TCP-like
+RPC connections to a server, with or without a request for IPsec protection (RFC 5660 §3.1
+optional protection under a BYPASS-OR-PROTECT template), and reports the latch it got. The GSS
+side opens RPCSEC_GSS contexts over such a connection and binds them to a channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rpclatch.connect.policy import BindOutcome, GssService
+from rpclatch.rpc.auth import ClientAuth
+
+
+class ConnectError(Exception):
+    """Base of the connect layer's errors."""
+
+
+class ProtectionFailed(ConnectError):
+    """Protection was requested but no latch came up: no IKE on the server, IKE timeout, refusal
+    (RFC 5660 §2.3: CREATE_CONNECTION_LATCH fails; the ULP is told "not latched")."""
+
+
+class ConnectionReset(ConnectError):
+    """The connection was reset (e.g. RFC 5660 §5.5 (b) after ALERT BROKEN) with calls outstanding."""
+
+
+class BindingRequired(ConnectError):
+    """The policy demands a bound channel and none could be had (``require_binding``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LatchView:
+    """INQUIRE_LATCH (RFC 5660 §2.3) as the policy needs it, taken when the connection opened.
+
+    ``channel`` implements ``rpclatch.gss.channel.Channel``: RPCSEC_GSS v2 binds to it.
+    ``binding_unavailable`` says why the channel offers no binding data (NULL auth, PSK), or None.
+    """
+
+    state: str
+    peer: str
+    qop: str
+    confidentiality: bool
+    channel: Any
+    binding_unavailable: str | None
+
+
+class RpcLink(Protocol):
+    """One RPC transport connection in some world."""
+
+    conn_id: int
+    five_tuple: str
+    latch: LatchView | None
+
+    def call(self, auth: ClientAuth, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+        """One RPC call; raises :class:`ConnectionReset` or an ``rpclatch.rpc.errors.RpcError``."""
+
+    def latch_state(self) -> str:
+        """The latch state now (``ESTABLISHED``, ``BROKEN``, ``CLOSED``) or ``none`` if unlatched."""
+
+    def on_latch_broken(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` when the latch goes BROKEN (RFC 5660 ALERT)."""
+
+    def reset(self, reason: str) -> None:
+        """Abort the connection (RST-like); outstanding and later calls raise ConnectionReset."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class ClientWorld(Protocol):
+    """Opens connections for one client host."""
+
+    name: str
+
+    def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float) -> RpcLink:
+        """Connect to the server's ``port``. With ``protect`` ask for an IPsec latch first and raise
+        :class:`ProtectionFailed` if it does not come up within ``ike_timeout``; without, connect in
+        the clear (a BYPASS clone for exactly this 5-tuple, RFC 5660 §3.1)."""
+
+
+class GssContext(Protocol):
+    """An established RPCSEC_GSS context on one connection."""
+
+    version: int
+
+    def auth(self, service: GssService) -> ClientAuth:
+        """The client flavor issuing DATA calls with ``service``."""
+
+    def bind_channel(self, channel: Any) -> BindOutcome:
+        """RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) to ``channel``; MISMATCH if either MIC fails."""
+
+    def destroy(self) -> None:
+        """RPCSEC_GSS_DESTROY (RFC 2203 §5.4), best effort."""
+
+
+class GssConnector(Protocol):
+    """Creates RPCSEC_GSS contexts over a link (INIT / CONTINUE_INIT as NULL calls, RFC 2203 §5.2)."""
+
+    def establish(self, link: RpcLink, *, want_v2: bool) -> GssContext: ...
+
+
+PolicyObserver = Callable[[str, str], None]
+"""``observer(kind, text)``: ``kind`` is ``policy`` or ``warning`` (used by the demo's trace)."""

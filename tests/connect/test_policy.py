@@ -1,0 +1,78 @@
+"""The policy table of rpclatch.connect.policy: every reachable row, and nothing else."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from rpclatch.connect.policy import (
+    POLICY,
+    BindOutcome,
+    GssService,
+    LatchOutcome,
+    Protection,
+    decide,
+    should_bind,
+)
+
+
+def reachable() -> list[tuple[LatchOutcome, BindOutcome]]:
+    """Pairs the client flow can produce: a bind is attempted exactly when binding data exists."""
+    pairs = []
+    for latch, bind in itertools.product(LatchOutcome, BindOutcome):
+        attempted = bind is not BindOutcome.NOT_ATTEMPTED
+        if attempted == should_bind(latch):
+            pairs.append((latch, bind))
+    return pairs
+
+
+def test_table_covers_exactly_the_reachable_pairs() -> None:
+    assert set(POLICY) == set(reachable())
+
+
+@pytest.mark.parametrize(("latch", "bind"), reachable())
+def test_channel_prot_only_when_bound(latch: LatchOutcome, bind: BindOutcome) -> None:
+    decision = decide(latch, bind)
+    for wanted in Protection:
+        service = decision.service_for(wanted)
+        if bind is not BindOutcome.BOUND:
+            assert service.value == wanted.value
+        assert service is not GssService.NONE
+
+
+def test_privacy_maps_to_channel_prot_only_on_an_encrypting_channel() -> None:
+    enc = decide(LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.BOUND)
+    integ_only = decide(LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.BOUND)
+    assert enc.service_for(Protection.PRIVACY) is GssService.CHANNEL_PROT
+    assert enc.service_for(Protection.INTEGRITY) is GssService.CHANNEL_PROT
+    assert integ_only.service_for(Protection.PRIVACY) is GssService.PRIVACY
+    assert integ_only.service_for(Protection.INTEGRITY) is GssService.CHANNEL_PROT
+
+
+def test_mismatch_destroys_the_context_and_warns() -> None:
+    for latch in (LatchOutcome.LATCHED_BINDING_CONF, LatchOutcome.LATCHED_BINDING_INTEG):
+        d = decide(latch, BindOutcome.MISMATCH)
+        assert d.destroy_context and d.warn and d.keep_latch
+        assert d.service_for(Protection.PRIVACY) is GssService.PRIVACY
+
+
+def test_only_a_mismatch_warns_or_destroys() -> None:
+    for (_latch, bind), d in POLICY.items():
+        assert d.warn == (bind is BindOutcome.MISMATCH)
+        assert d.destroy_context == (bind is BindOutcome.MISMATCH)
+
+
+def test_not_latched_keeps_no_latch_and_latched_keeps_it() -> None:
+    for (latch, _bind), d in POLICY.items():
+        assert d.keep_latch == latch.latched
+
+
+def test_unreachable_pair_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no policy row"):
+        decide(LatchOutcome.NOT_LATCHED, BindOutcome.BOUND)
+
+
+def test_wire_values_match_rfc5403() -> None:
+    assert [s.wire_value for s in GssService] == [1, 2, 3, 4]
+    assert all(GssService.from_wire(s.wire_value) is s for s in GssService)
