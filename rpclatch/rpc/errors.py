@@ -65,3 +65,8 @@ class RpcAuthError(RpcRemoteError):
 
 class AuthVerifierError(RpcLocalError):
     """A reply's verifier failed to check (e.g. a bad RPCSEC_GSS MIC): the reply is not trusted."""
+
+
+class GarbageArgs(RpcError):
+    """Raised by a server procedure whose arguments do not decode: the dispatcher answers
+    GARBAGE_ARGS (RFC 5531 §9 ``accept_stat``)."""
