@@ -1,0 +1,74 @@
+"""The attacker of the simulation: a host with extra powers on the shared segment.
+
+It can inject arbitrary packets (forged source addresses included), drop frames in transit
+(on-path, RFC 5660 §6.5), sniff everything on the hub, claim other hosts' addresses (the
+aggregated-nodes / co-tenant attack of RFC 5660 §1 and §2.3.2) and, being a full host, run its own
+key exchange and SAs with its own credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rpclatch.ipsec.model import ip
+from rpclatch.ipsec.sim.host import Host
+from rpclatch.ipsec.sim.ip import PROTO_TCP, PROTO_UDP, IPAddress, IpPacket
+from rpclatch.ipsec.sim.link import WireRecord
+from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
+from rpclatch.ipsec.sim.udp import UdpDatagram
+
+if TYPE_CHECKING:
+    from rpclatch.ipsec.sim.world import World
+
+
+class Attacker(Host):
+    """Build with :meth:`World.add_attacker`."""
+
+    def __init__(self, world: World, name: str, addresses: list[IPAddress], msl: float = 30.0) -> None:
+        super().__init__(world, name, addresses, msl)
+        self.sniffed: list[WireRecord] = []
+        self._sniffing = False
+        self._filters: list[str] = []
+
+    # -- observation -------------------------------------------------------------------------------
+    def sniff(self) -> None:
+        """See every frame on the segment from now on (``self.sniffed``)."""
+        if not self._sniffing:
+            self._sniffing = True
+            self.world.hub.taps.append(self.sniffed.append)
+
+    # -- injection -----------------------------------------------------------------------------------
+    def inject(self, packet: IpPacket, note: str = "") -> None:
+        """Put a packet on the wire exactly as given (any source address)."""
+        self.send_packet(packet, note or f"injected by {self.name}")
+
+    def inject_tcp(self, src: str | IPAddress, sport: int, dst: str | IPAddress, dport: int, *,
+                   seq: int, ack: int = 0, flags: Flags = Flags.ACK, payload: bytes = b"") -> None:
+        """Forge a cleartext TCP segment (e.g. RFC 5660 §2 / digest A8 cleartext injection)."""
+        s, d = ip(src), ip(dst)
+        seg = TcpSegment(sport, dport, seq, ack, flags, payload=payload)
+        self.inject(IpPacket(s, d, PROTO_TCP, seg.encode(s, d)))
+
+    def inject_udp(self, src: str | IPAddress, sport: int, dst: str | IPAddress, dport: int,
+                   payload: bytes) -> None:
+        s, d = ip(src), ip(dst)
+        self.inject(IpPacket(s, d, PROTO_UDP, UdpDatagram(sport, dport, payload).encode(s, d)))
+
+    # -- on-path -----------------------------------------------------------------------------------
+    def drop(self, name: str, predicate: Callable[[IpPacket], bool], reason: str = "attacker drop") -> None:
+        """Drop every frame in transit for which ``predicate`` holds (an on-path blackhole)."""
+        full = f"{self.name}:{name}"
+        self.world.hub.add_filter(full, lambda p: reason if predicate(p) else None)
+        self._filters.append(full)
+
+    def blackhole(self, a: str | IPAddress, b: str | IPAddress) -> None:
+        """Drop all traffic between two addresses (both directions)."""
+        x, y = ip(a), ip(b)
+        self.drop(f"blackhole {x}<->{y}", lambda p: {p.src, p.dst} == {x, y}, "blackholed")
+
+    def stop_dropping(self, name: str | None = None) -> None:
+        for full in list(self._filters):
+            if name is None or full == f"{self.name}:{name}":
+                self.world.hub.remove_filter(full)
+                self._filters.remove(full)
