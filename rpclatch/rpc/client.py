@@ -49,6 +49,7 @@ import math
 import secrets
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from rpclatch.rpc import wire
 from rpclatch.rpc.auth import ClientAuth, PreparedCall
@@ -106,7 +107,7 @@ class CallHandle:
         self.prepared: PreparedCall | None = None
         self.retried = False
         self.done = False
-        self.context: object = None
+        self.context: Any = None
         self.wire = b""  # the encoded call message (kept for datagram retransmission)
         self.retransmit_interval = 0.0
         self._timer_at = _NO_DEADLINE
@@ -414,8 +415,8 @@ class RpcDatagramClient(_ClientCore):
             self._transmit(handle, handle.wire, now, interval)
         return events
 
-    def close(self) -> list[Event]:
-        """Fail every outstanding call (the socket is going away)."""
+    def close(self, error: RpcError | None = None) -> list[Event]:
+        """Fail every outstanding call (the socket is going away, or ``error`` happened)."""
         events: list[Event] = []
-        self._fail_all(RpcConnectionClosed("client closed with the call outstanding"), events)
+        self._fail_all(error or RpcConnectionClosed("client closed with the call outstanding"), events)
         return events

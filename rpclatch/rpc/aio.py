@@ -1,0 +1,604 @@
+"""asyncio shells around the sans-IO RPC client and server (RFC 5531 §11 over TCP, §9 over UDP).
+
+These adapters only move bytes and time between asyncio transports and the protocol objects in
+:mod:`rpclatch.rpc.client` and :mod:`rpclatch.rpc.server`; all protocol logic lives there.
+
+Client
+------
+``await RpcStreamClient.connect_tcp(host, port, *, auth=None, timeout=30.0, connect_timeout=10.0,
+max_record=DEFAULT_MAX_RECORD, sock=None)`` (``sock``: an already connected socket, e.g. one the
+latching engine set up), ``await RpcStreamClient.connect_unix(path, ...)``:
+
+* ``await client.call(prog, vers, proc, args=b"", *, auth=None, timeout=None) -> bytes``
+* ``client.call_nowait(...) -> asyncio.Future[bytes]`` (pipelining: many calls in flight)
+* ``await client.close()``; ``client.closed``; ``client.peername``; ``client.transport``.
+
+``await RpcUdpClient.connect(host, port, *, auth=None, timeout=30.0, retransmit_initial=0.5,
+retransmit_max=8.0)``: the same ``call``/``call_nowait``/``close`` over a connected UDP socket; the
+call is retransmitted with exponential backoff until its timeout. An ICMP "port unreachable" fails
+outstanding calls with :class:`rpclatch.rpc.errors.RpcConnectionClosed` ("connection refused").
+
+Failures raise :class:`rpclatch.rpc.errors.RpcError` subclasses (connect errors are ``OSError``).
+
+Server
+------
+``RpcServer(dispatcher, *, max_connections=1024, idle_timeout=300.0, max_record=DEFAULT_MAX_RECORD,
+max_in_flight=64, on_connection=None, on_connection_closed=None)``:
+
+* ``await server.listen_tcp(host="127.0.0.1", port=0) -> int`` (the bound port),
+  ``await server.listen_udp(host="127.0.0.1", port=0) -> int``; several listeners are fine.
+* ``await server.accept_socket(sock)``: serve an already accepted stream socket (a transport that
+  accepts its own connections, e.g. the latching engine, hands them over here).
+* ``on_connection(info: ConnectionInfo, transport)`` runs when a stream connection starts, before
+  any call on it is dispatched: set ``info.channel`` there (RFC 5660 latch -> RFC 5403 binding). An
+  exception from it closes the connection. ``on_connection_closed(info)`` runs when it ends, after
+  every ``ServerAuth.connection_closed(info)``.
+* ``server.connections`` (the live ``ConnectionInfo`` objects), ``server.tcp_addresses``,
+  ``server.udp_addresses``.
+* ``await server.close(grace=5.0)``: stop listening, stop reading new calls, let in-flight calls
+  finish and their replies go out (up to ``grace`` seconds), then close every connection.
+
+Beyond ``max_connections`` a new connection is closed at once (logged). A connection with
+``max_in_flight`` coroutine procedures running stops being read until one finishes, so one client
+cannot make the server buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+from rpclatch.rpc.auth import ClientAuth, ConnectionInfo
+from rpclatch.rpc.client import (
+    CallCompleted,
+    CallFailed,
+    CallHandle,
+    ConnectionFailed,
+    Event,
+    RpcClientConnection,
+    RpcDatagramClient,
+)
+from rpclatch.rpc.errors import RpcConnectionClosed, RpcError
+from rpclatch.rpc.record import DEFAULT_MAX_RECORD
+from rpclatch.rpc.server import PendingReply, RpcDispatcher, RpcServerConnection
+
+log = logging.getLogger(__name__)
+
+_conn_ids = itertools.count(1)
+
+
+def _deliver(events: list[Event]) -> None:
+    for ev in events:
+        if type(ev) is CallCompleted:
+            fut = ev.handle.context
+            if not fut.done():
+                fut.set_result(ev.result)
+        elif type(ev) is CallFailed:
+            fut = ev.handle.context
+            if not fut.done():
+                fut.set_exception(ev.error)
+
+
+class _TimerMixin:
+    """One loop timer following a sans-IO object's ``next_timer()``."""
+
+    _loop: asyncio.AbstractEventLoop
+    _timer: asyncio.TimerHandle | None
+    _timer_when: float
+
+    def _next_timer(self) -> float | None:
+        raise NotImplementedError
+
+    def _on_timer(self) -> None:
+        raise NotImplementedError
+
+    def _arm(self, when: float | None = None) -> None:
+        if when is None:
+            when = self._next_timer()
+            if when is None:
+                return
+        if self._timer is not None:
+            if self._timer_when <= when:
+                return  # fires earlier: it will re-arm for ``when``
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._on_timer()
+        self._arm()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+# --------------------------------------------------------------------------------------------
+# clients
+
+
+class _StreamClientProtocol(asyncio.Protocol, _TimerMixin):
+    def __init__(self, conn: RpcClientConnection, loop: asyncio.AbstractEventLoop) -> None:
+        self.conn = conn
+        self._loop = loop
+        self._timer = None
+        self._timer_when = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        events = self.conn.receive_data(data)
+        if events:
+            _deliver(events)
+            out = self.conn.data_to_send()  # auth-refresh resends
+            if out and self.transport is not None:
+                self.transport.write(out)
+            if type(events[-1]) is ConnectionFailed and self.transport is not None:
+                log.warning("closing RPC connection: %s", events[-1].error)
+                self.transport.abort()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        err = RpcConnectionClosed(f"connection lost: {exc}" if exc else "connection closed by the peer")
+        _deliver(self.conn.connection_lost(err))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def _next_timer(self) -> float | None:
+        return self.conn.next_timer()
+
+    def _on_timer(self) -> None:
+        _deliver(self.conn.handle_timer(self._loop.time()))
+
+
+class RpcStreamClient:
+    """RPC client over one TCP or unix-domain stream. See the module docstring."""
+
+    def __init__(self, protocol: _StreamClientProtocol) -> None:
+        self._protocol = protocol
+        self._conn = protocol.conn
+        self._loop = protocol._loop
+        assert protocol.transport is not None
+        self.transport: asyncio.Transport = protocol.transport
+
+    @classmethod
+    async def _connect(cls, factory: Callable[[Callable[[], asyncio.Protocol]], Any],
+                       auth: ClientAuth | None, timeout: float | None, connect_timeout: float,
+                       max_record: int) -> RpcStreamClient:
+        loop = asyncio.get_running_loop()
+        conn = RpcClientConnection(auth, timeout, max_record=max_record)
+        protocol = _StreamClientProtocol(conn, loop)
+        async with asyncio.timeout(connect_timeout):
+            await factory(lambda: protocol)
+        return cls(protocol)
+
+    @classmethod
+    async def connect_tcp(cls, host: str, port: int, *, auth: ClientAuth | None = None,
+                          timeout: float | None = 30.0, connect_timeout: float = 10.0,
+                          max_record: int = DEFAULT_MAX_RECORD,
+                          sock: socket.socket | None = None) -> RpcStreamClient:
+        """Connect to ``host:port`` (or use the connected ``sock``). Connect errors are OSError /
+        TimeoutError."""
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            return await cls._connect(lambda f: loop.create_connection(f, sock=sock), auth, timeout,
+                                      connect_timeout, max_record)
+        return await cls._connect(lambda f: loop.create_connection(f, host, port), auth, timeout,
+                                  connect_timeout, max_record)
+
+    @classmethod
+    async def connect_unix(cls, path: str, *, auth: ClientAuth | None = None,
+                           timeout: float | None = 30.0, connect_timeout: float = 10.0,
+                           max_record: int = DEFAULT_MAX_RECORD) -> RpcStreamClient:
+        """Connect to a unix-domain stream socket (e.g. rpcbind's /run/rpcbind.sock)."""
+        loop = asyncio.get_running_loop()
+        return await cls._connect(lambda f: loop.create_unix_connection(f, path), auth, timeout,
+                                  connect_timeout, max_record)
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.closed or self.transport.is_closing()
+
+    @property
+    def peername(self) -> Any:
+        return self.transport.get_extra_info("peername")
+
+    def call_nowait(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
+                    auth: ClientAuth | None = None, timeout: float | None = None) -> asyncio.Future[bytes]:
+        """Send a call; the future resolves to its result bytes or an RpcError."""
+        if self.transport.is_closing():
+            raise RpcConnectionClosed("the connection is closed")
+        loop = self._loop
+        handle: CallHandle = self._conn.send_call(prog, vers, proc, args, auth, loop.time(), timeout)
+        fut: asyncio.Future[bytes] = loop.create_future()
+        handle.context = fut
+        self.transport.write(self._conn.data_to_send())
+        self._protocol._arm(handle.deadline if handle.deadline != float("inf") else None)
+        return fut
+
+    async def call(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
+                   auth: ClientAuth | None = None, timeout: float | None = None) -> bytes:
+        """Make one call and return its (unwrapped) result bytes."""
+        return await self.call_nowait(prog, vers, proc, args, auth=auth, timeout=timeout)
+
+    async def close(self) -> None:
+        """Close the connection; outstanding calls fail with RpcConnectionClosed."""
+        if not self.transport.is_closing():
+            self.transport.close()
+        await self._protocol.lost
+
+    async def __aenter__(self) -> RpcStreamClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _DatagramClientProtocol(asyncio.DatagramProtocol, _TimerMixin):
+    def __init__(self, core: RpcDatagramClient, loop: asyncio.AbstractEventLoop) -> None:
+        self.core = core
+        self._loop = loop
+        self._timer = None
+        self._timer_when = 0.0
+        self.transport: asyncio.DatagramTransport | None = None
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's selector datagram transport does not subclass DatagramTransport in 3.11.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            for datagram in self.core.datagrams_to_send():
+                self.transport.sendto(datagram)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        _deliver(self.core.receive_datagram(data))
+        self.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, ConnectionRefusedError):
+            err = RpcConnectionClosed("connection refused (ICMP port unreachable)")
+            err.__cause__ = exc
+            _deliver(self.core.close(err))
+        else:
+            log.debug("UDP error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        _deliver(self.core.close())
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def _next_timer(self) -> float | None:
+        return self.core.next_timer()
+
+    def _on_timer(self) -> None:
+        _deliver(self.core.handle_timer(self._loop.time()))
+        self.flush()
+
+
+class RpcUdpClient:
+    """RPC client over a connected UDP socket, with retransmission. See the module docstring."""
+
+    def __init__(self, protocol: _DatagramClientProtocol) -> None:
+        self._protocol = protocol
+        self._core = protocol.core
+        self._loop = protocol._loop
+        assert protocol.transport is not None
+        self.transport: asyncio.DatagramTransport = protocol.transport
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, auth: ClientAuth | None = None,
+                      timeout: float | None = 30.0, retransmit_initial: float = 0.5,
+                      retransmit_max: float = 8.0) -> RpcUdpClient:
+        loop = asyncio.get_running_loop()
+        core = RpcDatagramClient(auth, timeout, retransmit_initial=retransmit_initial,
+                                 retransmit_max=retransmit_max)
+        protocol = _DatagramClientProtocol(core, loop)
+        await loop.create_datagram_endpoint(lambda: protocol, remote_addr=(host, port))
+        return cls(protocol)
+
+    @property
+    def peername(self) -> Any:
+        return self.transport.get_extra_info("peername")
+
+    def call_nowait(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
+                    auth: ClientAuth | None = None, timeout: float | None = None) -> asyncio.Future[bytes]:
+        if self.transport.is_closing():
+            raise RpcConnectionClosed("the socket is closed")
+        loop = self._loop
+        handle = self._core.send_call(prog, vers, proc, args, auth, loop.time(), timeout)
+        fut: asyncio.Future[bytes] = loop.create_future()
+        handle.context = fut
+        self._protocol.flush()
+        self._protocol._arm()
+        return fut
+
+    async def call(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
+                   auth: ClientAuth | None = None, timeout: float | None = None) -> bytes:
+        return await self.call_nowait(prog, vers, proc, args, auth=auth, timeout=timeout)
+
+    async def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+        await self._protocol.lost
+
+    async def __aenter__(self) -> RpcUdpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# server
+
+
+class _ServerStreamProtocol(asyncio.Protocol, _TimerMixin):
+    def __init__(self, server: RpcServer) -> None:
+        self.server = server
+        self._loop = server._loop
+        self._timer = None
+        self._timer_when = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.conn: RpcServerConnection | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self.server
+        peer = transport.get_extra_info("peername")
+        info = ConnectionInfo(next(_conn_ids), tuple(peer[:2]) if isinstance(peer, tuple) else None,
+                              "tcp")
+        if server._closing or len(server._protocols) >= server.max_connections:
+            log.warning("refusing connection from %s: %s", info.peer,
+                        "server closing" if server._closing else
+                        f"connection limit {server.max_connections} reached")
+            transport.abort()
+            return
+        if server.on_connection is not None:
+            try:
+                server.on_connection(info, transport)
+            except Exception as exc:
+                log.error("closing connection from %s: on_connection failed: %s", info.peer, exc)
+                transport.abort()
+                return
+        self.conn = RpcServerConnection(server.dispatcher, info, max_record=server.max_record,
+                                        idle_timeout=server.idle_timeout, now=self._loop.time())
+        server._protocols.add(self)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        pending = conn.receive_data(data, self._loop.time())
+        out = conn.data_to_send()
+        transport = self.transport
+        assert transport is not None
+        if out:
+            transport.write(out)
+        for p in pending:
+            task = self._loop.create_task(self._run(p))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        if conn.closed and not conn.in_flight:
+            transport.close()
+        elif conn.in_flight >= self.server.max_in_flight and not self._paused:
+            self._paused = True
+            transport.pause_reading()
+
+    async def _run(self, pending: PendingReply) -> None:
+        outcome: bytes | BaseException
+        try:
+            outcome = await pending.awaitable
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            outcome = exc
+        conn = self.conn
+        transport = self.transport
+        assert conn is not None and transport is not None
+        conn.finish(pending, outcome, self._loop.time())
+        if transport.is_closing():
+            return
+        out = conn.data_to_send()
+        if out:
+            transport.write(out)
+        if conn.closed and not conn.in_flight:
+            transport.close()
+        elif self._paused and conn.in_flight < self.server.max_in_flight:
+            self._paused = False
+            transport.resume_reading()
+        self._arm()
+
+    def eof_received(self) -> bool | None:
+        # Half-close: keep the connection open for replies still to be sent.
+        return bool(self.conn is not None and self.conn.in_flight)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self.conn is None:
+            return
+        self.server._protocols.discard(self)
+        self.conn.connection_lost()
+        if self.server.on_connection_closed is not None:
+            try:
+                self.server.on_connection_closed(self.conn.conn)
+            except Exception:
+                log.exception("on_connection_closed failed")
+        for task in self.tasks:
+            task.cancel()
+
+    def _next_timer(self) -> float | None:
+        return self.conn.next_timer() if self.conn is not None else None
+
+    def _on_timer(self) -> None:
+        conn = self.conn
+        if conn is None or self.transport is None:
+            return
+        conn.handle_timer(self._loop.time())
+        if conn.closed and not conn.in_flight:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Stop taking calls; close now if nothing is in flight."""
+        if self.conn is not None and self.transport is not None:
+            self.conn.close("server shutting down")
+            if not self.conn.in_flight:
+                self.transport.close()
+
+
+class _ServerDatagramProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: RpcServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+        self.conn_id = next(_conn_ids)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's selector datagram transport does not subclass DatagramTransport in 3.11.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        server = self.server
+        if server._closing:
+            return
+        info = ConnectionInfo(self.conn_id, tuple(addr[:2]), "udp")
+        reply = server.dispatcher.dispatch(data, info, server._loop.time())
+        if reply is None:
+            return
+        if type(reply) is bytes:
+            self._send(reply, addr)
+            return
+        assert isinstance(reply, PendingReply)
+        task = server._loop.create_task(self._run(reply, addr))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, pending: PendingReply, addr: Any) -> None:
+        try:
+            reply = pending.complete(await pending.awaitable)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reply = pending.fail(exc)
+        self._send(reply, addr)
+
+    def _send(self, reply: bytes, addr: Any) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP server socket error: %s", exc)
+
+
+class RpcServer:
+    """asyncio TCP/UDP server for an :class:`RpcDispatcher`. See the module docstring."""
+
+    def __init__(self, dispatcher: RpcDispatcher, *, max_connections: int = 1024,
+                 idle_timeout: float | None = 300.0, max_record: int = DEFAULT_MAX_RECORD,
+                 max_in_flight: int = 64,
+                 on_connection: Callable[[ConnectionInfo, asyncio.BaseTransport], None] | None = None,
+                 on_connection_closed: Callable[[ConnectionInfo], None] | None = None) -> None:
+        self.dispatcher = dispatcher
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.max_record = max_record
+        self.max_in_flight = max_in_flight
+        self.on_connection = on_connection
+        self.on_connection_closed = on_connection_closed
+        self._loop = asyncio.get_running_loop()
+        self._servers: list[asyncio.Server] = []
+        self._udp: list[tuple[asyncio.DatagramTransport, _ServerDatagramProtocol]] = []
+        self._protocols: set[_ServerStreamProtocol] = set()
+        self._closing = False
+        self.tcp_addresses: list[tuple[str, int]] = []
+        self.udp_addresses: list[tuple[str, int]] = []
+
+    @property
+    def connections(self) -> list[ConnectionInfo]:
+        return [p.conn.conn for p in self._protocols if p.conn is not None]
+
+    async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024) -> int:
+        """Listen on ``host:port`` (0 = any free port); return the bound port."""
+        srv = await self._loop.create_server(lambda: _ServerStreamProtocol(self), host, port,
+                                             backlog=backlog, reuse_address=True)
+        self._servers.append(srv)
+        bound = srv.sockets[0].getsockname()
+        self.tcp_addresses.append((bound[0], bound[1]))
+        return int(bound[1])
+
+    async def listen_udp(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve datagrams on ``host:port`` (0 = any free port); return the bound port."""
+        transport, protocol = await self._loop.create_datagram_endpoint(
+            lambda: _ServerDatagramProtocol(self), local_addr=(host, port))
+        self._udp.append((transport, protocol))
+        bound = transport.get_extra_info("sockname")
+        self.udp_addresses.append((bound[0], bound[1]))
+        return int(bound[1])
+
+    async def accept_socket(self, sock: socket.socket) -> None:
+        """Serve an already accepted, connected stream socket."""
+        await self._loop.connect_accepted_socket(lambda: _ServerStreamProtocol(self), sock)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Graceful shutdown: answer in-flight calls (up to ``grace`` s), then close everything."""
+        self._closing = True
+        for srv in self._servers:
+            srv.close()
+        protocols = list(self._protocols)
+        for proto in protocols:
+            proto.shutdown()
+        tasks = [t for p in protocols for t in p.tasks] + [t for _, p in self._udp for t in p.tasks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for transport, udp in self._udp:
+            for t in udp.tasks:
+                t.cancel()
+            transport.close()
+        for proto in protocols:
+            if proto.transport is not None:
+                proto.transport.close()
+        # Let connection_lost run (so ServerAuth.connection_closed is called) before returning.
+        for _ in range(3):
+            if not self._protocols:
+                break
+            await asyncio.sleep(0)
+        for proto in list(self._protocols):
+            if proto.transport is not None:
+                proto.transport.abort()
+        await asyncio.sleep(0)
+        for srv in self._servers:
+            try:
+                async with asyncio.timeout(grace):
+                    await srv.wait_closed()
+            except TimeoutError:
+                log.warning("listener did not close within %s s", grace)
+        self._servers.clear()
+        self._udp.clear()
+
+    async def __aenter__(self) -> RpcServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+__all__ = ["RpcError", "RpcServer", "RpcStreamClient", "RpcUdpClient"]
