@@ -1,0 +1,504 @@
+"""RPCSEC_GSS v1/v2 server flavor (RFC 2203 §5, RFC 5403 §3) behind :class:`ServerAuth`.
+
+Sans-IO: :meth:`GssServerAuth.check_call` takes a decoded call, the connection it arrived on and
+the time ``now`` and returns what the dispatcher should do. Nothing here reads a clock or a socket.
+
+Processing order for DATA/DESTROY/BIND_CHANNEL (RFC 2203 §5.3.3.1): credential version, proc and
+service -> handle -> expiry / MAXSEQ -> replay window (drops before the MIC, §7.2.2 allows it) ->
+header MIC (nothing in the credential is trusted before this) -> mark the window -> service body.
+
+Project choices where the RFCs are silent (standards digest §7.3, §7.4, §12):
+
+* a BIND_CHANNEL MIC failure is answered MSG_DENIED / AUTH_ERROR / RPCSEC_GSS_CREDPROBLEM and halves
+  the context's remaining lifetime (RFC 5403 §9 rollback mitigation);
+* BIND_CHANNEL on a connection without an intact channel answers RGSS2_BIND_CHAN_PREF_NOTSUPP with an
+  empty prefix list; for PREF_NOTSUPP the reply MIC covers an empty hash (there is nothing to hash),
+  for HASH_NOTSUPP the hash of the requested prefix's bindings under ``rbcr_oid_list[0]``;
+* channel_prot on an unbound handle, on another connection, on a broken channel or after expiry is
+  answered RPCSEC_GSS_CTXPROBLEM; on a v1 handle AUTH_BADCRED;
+* channel_prot sequence numbers still go through the window (duplicates are dropped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rpclatch.gss.channel import Channel
+from rpclatch.gss.errors import GssError, GssMajor
+from rpclatch.gss.provider import GssContext, Provider
+from rpclatch.gss.seqwindow import SeqVerdict, SeqWindow
+from rpclatch.gss.wire import (
+    MAXSEQ,
+    RPCSEC_GSS_VERS_1,
+    RPCSEC_GSS_VERS_2,
+    SHA1,
+    SHA256,
+    SHA384,
+    SHA512,
+    BindChanMicInArgs,
+    BindChanMicInRes,
+    BindChanRes,
+    BindChanStatus,
+    BindChanVerfArgs,
+    BindChanVerfRes,
+    GssCred,
+    GssProc,
+    HashAlgorithm,
+    InitArg,
+    InitRes,
+    IntegData,
+    PrivData,
+    Service,
+    UnsupportedVersion,
+    be32,
+    channel_bindings_bytes,
+    decode_gss_data,
+    encode_gss_data,
+    normalize_oid,
+)
+from rpclatch.rpc.auth import (
+    AuthAccept,
+    AuthControlReply,
+    AuthDeny,
+    AuthDrop,
+    AuthGarbage,
+    AuthResult,
+    ConnectionInfo,
+    ServerAuth,
+)
+from rpclatch.rpc.messages import MAX_AUTH_BYTES, NULL_AUTH, AuthFlavor, AuthStat, CallMessage, OpaqueAuth
+from rpclatch.xdr import XdrError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEQ_WINDOW = 128
+#: Lifetime assumed for contexts whose mechanism reports "indefinite" (also what gets halved).
+DEFAULT_INDEFINITE_LIFETIME = 8 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """A successful BIND_CHANNEL: valid only on this connection and this channel object."""
+
+    conn_id: int
+    channel: Channel
+    prefix: str
+    algorithm: HashAlgorithm
+
+
+@dataclass(eq=False)
+class _ServerContext:
+    handle: bytes
+    version: int
+    gss: GssContext
+    window: SeqWindow
+    established: bool = False
+    expires_at: float | None = None
+    principal: str | None = None
+    binding: _Binding | None = None
+    bind_failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class GssServerAuth(ServerAuth):
+    """The RPCSEC_GSS server flavor (flavor 6).
+
+    ``provider`` creates acceptor contexts. ``versions`` are the credential versions served;
+    ``unsupported_version_stat`` is how others are refused (RFC 2203 §5.1 says AUTH_REJECTEDCRED;
+    a v1-only Linux nfsd answers AUTH_BADCRED). ``seq_window`` is announced in INIT replies.
+    ``max_contexts`` bounds the context table (least recently used contexts are evicted, their
+    clients get CREDPROBLEM and refresh). ``prefixes`` limits the channel-binding prefixes accepted
+    (None: whatever the connection's channel offers). ``hashes`` are the accepted channel-binding
+    hashes, preferred first; SHA-256 is mandatory. ``max_lifetime`` caps context lifetimes (seconds).
+    ``gss_channel_bindings=True`` additionally requires GSS-level channel bindings of the
+    connection's channel at establishment (RFC 5554; off by default, RFC 5403 §5).
+    """
+
+    flavor = AuthFlavor.RPCSEC_GSS
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        versions: Sequence[int] = (RPCSEC_GSS_VERS_1, RPCSEC_GSS_VERS_2),
+        unsupported_version_stat: AuthStat = AuthStat.AUTH_REJECTEDCRED,
+        seq_window: int = DEFAULT_SEQ_WINDOW,
+        max_contexts: int = 4096,
+        prefixes: Sequence[str] | None = None,
+        hashes: Sequence[HashAlgorithm] = (SHA256, SHA1, SHA384, SHA512),
+        max_lifetime: float | None = None,
+        gss_channel_bindings: bool = False,
+        init_cache_size: int = 256,
+        new_handle: Callable[[], bytes] = lambda: secrets.token_bytes(16),
+    ) -> None:
+        if SHA256 not in hashes:
+            raise ValueError("SHA-256 is mandatory for channel binding hashes")
+        self.provider = provider
+        self.versions = frozenset(versions)
+        self.unsupported_version_stat = unsupported_version_stat
+        self.seq_window = seq_window
+        self.max_contexts = max_contexts
+        self.prefixes = None if prefixes is None else tuple(prefixes)
+        self.hashes = tuple(hashes)
+        self.max_lifetime = max_lifetime
+        self.gss_channel_bindings = gss_channel_bindings
+        self._new_handle = new_handle
+        self._contexts: OrderedDict[bytes, _ServerContext] = OrderedDict()
+        self._init_cache: OrderedDict[bytes, AuthControlReply] = OrderedDict()
+        self._init_cache_size = init_cache_size
+        self._lock = threading.Lock()
+
+    # -- introspection (tests, demos, CLI) ----------------------------------------------------------
+
+    def context_count(self) -> int:
+        with self._lock:
+            return len(self._contexts)
+
+    def context_expiry(self, handle: bytes) -> float | None:
+        with self._lock:
+            ctx = self._contexts.get(handle)
+        return None if ctx is None else ctx.expires_at
+
+    def is_bound(self, handle: bytes, conn: ConnectionInfo | None = None) -> bool:
+        with self._lock:
+            ctx = self._contexts.get(handle)
+        if ctx is None or ctx.binding is None:
+            return False
+        return conn is None or ctx.binding.conn_id == conn.conn_id
+
+    # -- ServerAuth -----------------------------------------------------------------------------------
+
+    def check_call(self, call: CallMessage, conn: ConnectionInfo, now: float) -> AuthResult:
+        try:
+            cred = GssCred.decode(call.cred.body)
+        except UnsupportedVersion as exc:
+            return AuthDeny(self.unsupported_version_stat, str(exc))
+        except XdrError as exc:
+            return AuthDeny(AuthStat.AUTH_BADCRED, f"malformed RPCSEC_GSS credential: {exc}")
+        if cred.version not in self.versions:
+            return AuthDeny(self.unsupported_version_stat, f"RPCSEC_GSS version {cred.version} not served")
+        if cred.gss_proc in (GssProc.RPCSEC_GSS_INIT, GssProc.RPCSEC_GSS_CONTINUE_INIT):
+            return self._init(call, cred, conn, now)
+        return self._established_call(call, cred, conn, now)
+
+    def connection_closed(self, conn: ConnectionInfo) -> None:
+        """RFC 5403 §3.4: a binding is valid only while its channel (this connection's) exists."""
+        with self._lock:
+            contexts = list(self._contexts.values())
+        for ctx in contexts:
+            with ctx.lock:
+                if ctx.binding is not None and ctx.binding.conn_id == conn.conn_id:
+                    ctx.binding = None
+
+    # -- context creation (RFC 2203 §5.2) -------------------------------------------------------------
+
+    def _init(self, call: CallMessage, cred: GssCred, conn: ConnectionInfo, now: float) -> AuthResult:
+        if call.proc != 0:
+            return AuthDeny(AuthStat.AUTH_BADCRED, "INIT must use the NULL procedure (RFC 2203 §5.2.1)")
+        if call.verf.flavor != AuthFlavor.AUTH_NONE or call.verf.body:
+            return AuthDeny(AuthStat.AUTH_BADVERF, "INIT verifier must be AUTH_NONE (RFC 2203 §5.2.1)")
+        try:
+            token = InitArg.decode(call.args).gss_token
+        except XdrError as exc:
+            return AuthGarbage(f"bad rpc_gss_init_arg: {exc}")
+        # RFC 2203 §5.2.3: retransmissions must get the same answer; a second accept of the same
+        # AP-REQ would fail the Kerberos replay cache (recipes/gss §6.5).
+        key = hashlib.sha256(
+            be32(cred.version) + be32(cred.gss_proc) + be32(len(cred.handle)) + cred.handle + token
+        ).digest()
+        with self._lock:
+            cached = self._init_cache.get(key)
+            if cached is not None:
+                self._init_cache.move_to_end(key)
+                return cached
+        reply = self._init_step(cred, token, conn, now)
+        with self._lock:
+            self._init_cache[key] = reply
+            while len(self._init_cache) > self._init_cache_size:
+                self._init_cache.popitem(last=False)
+        return reply
+
+    def _failed_init(self, major: int, minor: int, why: str) -> AuthControlReply:
+        log.info("RPCSEC_GSS context creation failed: %s", why)
+        return AuthControlReply(NULL_AUTH, InitRes(b"", major, minor, 0, b"").encode())
+
+    def _init_step(self, cred: GssCred, token: bytes, conn: ConnectionInfo, now: float) -> AuthControlReply:
+        if cred.gss_proc == GssProc.RPCSEC_GSS_INIT:
+            if cred.handle:
+                return self._failed_init(GssMajor.GSS_S_DEFECTIVE_TOKEN, 0, "INIT with a handle")
+            try:
+                cb = None
+                if self.gss_channel_bindings:
+                    channel = conn.channel
+                    if channel is None or not channel.is_up():
+                        return self._failed_init(GssMajor.GSS_S_BAD_BINDINGS, 0, "no channel to bind")
+                    cb = channel.channel_bindings()
+                gss = self.provider.accept(channel_bindings=cb, require_channel_bindings=cb is not None)
+            except GssError as exc:
+                return self._failed_init(exc.major, exc.minor, str(exc))
+            ctx = _ServerContext(self._new_handle(), cred.version, gss, SeqWindow(self.seq_window))
+        else:
+            with self._lock:
+                found = self._contexts.get(cred.handle)
+            if found is None or found.established or found.version != cred.version:
+                return self._failed_init(GssMajor.GSS_S_NO_CONTEXT, 0, "CONTINUE_INIT for unknown handle")
+            ctx = found
+        try:
+            out = ctx.gss.step(token)
+        except GssError as exc:
+            self._forget(ctx.handle)
+            ctx.gss.delete()
+            return self._failed_init(exc.major, exc.minor, str(exc))
+        if not ctx.gss.complete:
+            self._remember(ctx, now)
+            return AuthControlReply(
+                NULL_AUTH,
+                InitRes(ctx.handle, GssMajor.GSS_S_CONTINUE_NEEDED, 0, self.seq_window, out or b"").encode(),
+            )
+        lifetime = float(ctx.gss.lifetime) if ctx.gss.lifetime is not None else DEFAULT_INDEFINITE_LIFETIME
+        if self.max_lifetime is not None:
+            lifetime = min(lifetime, self.max_lifetime)
+        ctx.expires_at = now + lifetime
+        ctx.principal = ctx.gss.peer_name
+        ctx.established = True
+        try:
+            verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, ctx.gss.get_mic(be32(self.seq_window)))
+        except GssError as exc:
+            self._forget(ctx.handle)
+            return self._failed_init(exc.major, exc.minor, f"MIC of seq_window: {exc}")
+        self._remember(ctx, now)
+        log.debug("RPCSEC_GSS v%d context for %s established", ctx.version, ctx.principal)
+        return AuthControlReply(
+            verf, InitRes(ctx.handle, GssMajor.GSS_S_COMPLETE, 0, self.seq_window, out or b"").encode()
+        )
+
+    def _remember(self, ctx: _ServerContext, now: float) -> None:
+        with self._lock:
+            self._contexts[ctx.handle] = ctx
+            self._contexts.move_to_end(ctx.handle)
+            if len(self._contexts) > self.max_contexts:
+                expired = [h for h, c in self._contexts.items()
+                           if c.expires_at is not None and c.expires_at <= now]
+                for h in expired:
+                    del self._contexts[h]
+            while len(self._contexts) > self.max_contexts:
+                _, old = self._contexts.popitem(last=False)
+                log.info("RPCSEC_GSS context table full: evicted a context of %s", old.principal)
+
+    def _forget(self, handle: bytes) -> _ServerContext | None:
+        with self._lock:
+            return self._contexts.pop(handle, None)
+
+    # -- established contexts (RFC 2203 §5.3, §5.4; RFC 5403 §3.3, §3.4) ------------------------------
+
+    def _established_call(
+        self, call: CallMessage, cred: GssCred, conn: ConnectionInfo, now: float
+    ) -> AuthResult:
+        proc = cred.gss_proc
+        if proc == GssProc.RPCSEC_GSS_BIND_CHANNEL and (
+            cred.version != RPCSEC_GSS_VERS_2 or cred.service != Service.NONE
+        ):
+            return AuthDeny(AuthStat.AUTH_BADCRED, "BIND_CHANNEL needs version 2 and service none")
+        if proc == GssProc.RPCSEC_GSS_DESTROY and cred.service == Service.CHANNEL_PROT:
+            return AuthDeny(AuthStat.AUTH_BADCRED, "DESTROY needs a MIC-carrying service")
+        if cred.service == Service.CHANNEL_PROT and cred.version != RPCSEC_GSS_VERS_2:
+            return AuthDeny(AuthStat.AUTH_BADCRED, "channel_prot is an RPCSEC_GSS v2 service")
+        if proc != GssProc.RPCSEC_GSS_DATA and call.proc != 0:
+            return AuthDeny(AuthStat.AUTH_BADCRED, f"{proc.name} must use the NULL procedure")
+        with self._lock:
+            ctx = self._contexts.get(cred.handle)
+            if ctx is not None:
+                self._contexts.move_to_end(cred.handle)
+        if ctx is None or not ctx.established:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "unknown context handle")
+        if ctx.version != cred.version:
+            # RFC 5403 §4: a handle never crosses versions.
+            return AuthDeny(AuthStat.AUTH_BADCRED, "credential version differs from the context's")
+        if ctx.expires_at is not None and now >= ctx.expires_at:
+            self._forget(ctx.handle)
+            ctx.gss.delete()
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "context expired")
+        if cred.seq_num >= MAXSEQ:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "seq_num at or above MAXSEQ")
+        if cred.service == Service.CHANNEL_PROT:
+            return self._channel_prot(call, cred, ctx, conn)
+        if call.verf.flavor != AuthFlavor.RPCSEC_GSS:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "verifier is not RPCSEC_GSS")
+        with ctx.lock:
+            verdict = ctx.window.check(cred.seq_num)
+        if verdict is not SeqVerdict.NEW:
+            return AuthDrop(f"seq_num {cred.seq_num}: {verdict.value}")
+        if proc == GssProc.RPCSEC_GSS_BIND_CHANNEL:
+            return self._bind_channel(call, cred, ctx, conn, now)
+        try:
+            ctx.gss.verify_mic(call.encode_header_through_cred(), call.verf.body)
+        except GssError as exc:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {exc}")
+        if not self._mark(ctx, cred.seq_num):
+            return AuthDrop(f"seq_num {cred.seq_num}: raced with a duplicate")
+        if proc == GssProc.RPCSEC_GSS_DESTROY:
+            try:
+                verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, ctx.gss.get_mic(be32(cred.seq_num)))
+            except GssError as exc:
+                return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply MIC: {exc}")
+            self._forget(ctx.handle)
+            ctx.gss.delete()
+            return AuthControlReply(verf, b"")
+        return self._data(call, cred, ctx)
+
+    @staticmethod
+    def _mark(ctx: _ServerContext, seq: int) -> bool:
+        with ctx.lock:
+            if ctx.window.check(seq) is not SeqVerdict.NEW:
+                return False
+            ctx.window.mark(seq)
+            return True
+
+    def _data(self, call: CallMessage, cred: GssCred, ctx: _ServerContext) -> AuthResult:
+        seq, service, gss = cred.seq_num, cred.service, ctx.gss
+        if service == Service.NONE:
+            args = call.args
+        elif service == Service.INTEGRITY:
+            try:
+                integ = IntegData.decode(call.args)
+                gss.verify_mic(integ.databody_integ, integ.checksum)
+                body_seq, args = decode_gss_data(integ.databody_integ)
+            except (XdrError, GssError) as exc:
+                return AuthGarbage(f"integrity body: {exc}")
+            if body_seq != seq:
+                return AuthGarbage(f"body seq_num {body_seq} != credential seq_num {seq}")
+        else:
+            try:
+                priv = PrivData.decode(call.args)
+                inner, encrypted = gss.unwrap(priv.databody_priv)
+                body_seq, args = decode_gss_data(inner)
+            except (XdrError, GssError) as exc:
+                return AuthGarbage(f"privacy body: {exc}")
+            if not encrypted:
+                return AuthGarbage("privacy body was not encrypted")
+            if body_seq != seq:
+                return AuthGarbage(f"body seq_num {body_seq} != credential seq_num {seq}")
+
+        def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
+            """RFC 2203 §5.3.3.2. Raises GssError, in which case no reply may be sent."""
+            verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, gss.get_mic(be32(seq)))
+            if service == Service.NONE:
+                return verf, results
+            inner = encode_gss_data(seq, results)
+            if service == Service.INTEGRITY:
+                return verf, IntegData(inner, gss.get_mic(inner)).encode()
+            return verf, PrivData(gss.wrap(inner, True)).encode()
+
+        return AuthAccept(args, ctx.principal, seal)
+
+    def _channel_prot(
+        self, call: CallMessage, cred: GssCred, ctx: _ServerContext, conn: ConnectionInfo
+    ) -> AuthResult:
+        """RFC 5403 §3.4: valid only on a bound v2 handle, on the bound connection, while its
+        channel exists; AUTH_NONE verifiers both ways."""
+        if cred.gss_proc != GssProc.RPCSEC_GSS_DATA:
+            return AuthDeny(AuthStat.AUTH_BADCRED, "channel_prot is for DATA only")
+        if call.verf.flavor != AuthFlavor.AUTH_NONE or call.verf.body:
+            return AuthDeny(AuthStat.AUTH_BADVERF, "channel_prot requests carry an AUTH_NONE verifier")
+        binding = ctx.binding
+        if binding is None:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "channel_prot on an unbound handle")
+        if binding.conn_id != conn.conn_id or conn.channel is not binding.channel:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "channel_prot on a connection not bound")
+        if not binding.channel.is_up():
+            with ctx.lock:
+                ctx.binding = None
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "the bound channel is gone")
+        if not self._mark(ctx, cred.seq_num):
+            return AuthDrop(f"channel_prot seq_num {cred.seq_num} replayed or below window")
+
+        def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
+            return NULL_AUTH, results
+
+        return AuthAccept(call.args, ctx.principal, seal)
+
+    def _bind_channel(
+        self, call: CallMessage, cred: GssCred, ctx: _ServerContext, conn: ConnectionInfo, now: float
+    ) -> AuthResult:
+        """RFC 5403 §3.3."""
+        if call.args:
+            return AuthGarbage("BIND_CHANNEL takes no arguments")
+        try:
+            verf = BindChanVerfArgs.decode(call.verf.body)
+            prefix = verf.chan_bind_prefix.decode("ascii")
+        except (XdrError, UnicodeDecodeError) as exc:
+            return AuthDeny(AuthStat.AUTH_BADVERF, f"bad rgss2_bind_chan_verf_args: {exc}")
+        channel: Channel | None = conn.channel
+        offered: dict[str, bytes] = {}
+        if channel is not None and channel.is_up():
+            offered = {p: d for p, d in channel.bindings().items()
+                       if self.prefixes is None or p in self.prefixes}
+        if prefix not in offered:
+            res = BindChanRes(
+                BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP, tuple(p.encode() for p in offered)
+            )
+            return self._bind_reply(ctx, cred.seq_num, b"", res)
+        cb = channel_bindings_bytes(prefix, offered[prefix])
+        oid = normalize_oid(verf.chan_bind_oid_hash)
+        algorithm = next((h for h in self.hashes if h.oid == oid), None)
+        if algorithm is None:
+            res = BindChanRes(
+                BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), tuple(h.oid for h in self.hashes)
+            )
+            return self._bind_reply(ctx, cred.seq_num, self.hashes[0].digest(cb), res)
+        cb_hash = algorithm.digest(cb)
+        micin = call.encode_header_through_cred() + BindChanMicInArgs(cb_hash).encode()
+        try:
+            ctx.gss.verify_mic(micin, verf.chan_mic)
+        except GssError as exc:
+            self._halve_lifetime(ctx, now)
+            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"BIND_CHANNEL MIC (or bindings) wrong: {exc}")
+        if not self._mark(ctx, cred.seq_num):
+            return AuthDrop(f"seq_num {cred.seq_num}: raced with a duplicate")
+        assert channel is not None
+        binding = _Binding(conn.conn_id, channel, prefix, algorithm)
+        with ctx.lock:
+            ctx.binding = binding
+        conn.attributes.setdefault("gss_bound_handles", set()).add(ctx.handle)
+
+        def forget(_: Channel) -> None:
+            with ctx.lock:
+                if ctx.binding is binding:
+                    ctx.binding = None
+
+        channel.on_break(forget)
+        log.info("RPCSEC_GSS handle of %s bound to channel %s on connection %d",
+                 ctx.principal, prefix, conn.conn_id)
+        return self._bind_reply(ctx, cred.seq_num, cb_hash, BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_OK))
+
+    def _bind_reply(self, ctx: _ServerContext, seq: int, cb_hash: bytes, res: BindChanRes) -> AuthResult:
+        while True:
+            try:
+                mic = ctx.gss.get_mic(BindChanMicInRes(seq, cb_hash, res).encode())
+            except GssError as exc:
+                return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply MIC: {exc}")
+            try:
+                body = BindChanVerfRes(res, mic).encode()
+                break
+            except XdrError:
+                if not res.pref_list:
+                    raise
+                # Too many prefixes for 400 bytes: offer fewer (the most preferred first).
+                res = BindChanRes(res.status, res.pref_list[:-1])
+        assert len(body) <= MAX_AUTH_BYTES
+        return AuthControlReply(OpaqueAuth(AuthFlavor.RPCSEC_GSS, body), b"")
+
+    def _halve_lifetime(self, ctx: _ServerContext, now: float) -> None:
+        """RFC 5403 §9: each failed BIND_CHANNEL cuts the remaining context lifetime in half."""
+        with ctx.lock:
+            ctx.bind_failures += 1
+            expires = ctx.expires_at if ctx.expires_at is not None else now + DEFAULT_INDEFINITE_LIFETIME
+            ctx.expires_at = now + max(0.0, expires - now) / 2
+        log.warning("BIND_CHANNEL failure %d for %s: context lifetime halved",
+                    ctx.bind_failures, ctx.principal)

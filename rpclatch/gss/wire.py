@@ -1,0 +1,367 @@
+"""RPCSEC_GSS wire structures (RFC 2203 §5, RFC 5403 §3.2-§3.3) as frozen dataclasses.
+
+Every ``decode`` reads through :class:`rpclatch.xdr.Decoder` with explicit bounds and raises
+:class:`~rpclatch.xdr.XdrError` on anything malformed, including trailing bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from rpclatch.rpc.messages import MAX_AUTH_BYTES
+from rpclatch.xdr import Decoder, Encoder, XdrError
+
+RPCSEC_GSS_VERS_1 = 1
+RPCSEC_GSS_VERS_2 = 2
+#: RFC 2203 §5.3.3.1: sequence numbers must stay below MAXSEQ.
+MAXSEQ = 0x80000000
+#: Context handles we issue are 16 bytes; we accept peers' handles up to this size.
+MAX_HANDLE = 128
+#: Upper bound for GSS tokens in INIT args/results (Kerberos AP-REQs with PACs are a few KiB).
+MAX_GSS_TOKEN = 64 * 1024
+#: Limits for BIND_CHANNEL fields (the verifier has to fit in 400 bytes anyway).
+MAX_PREFIX = 64
+MAX_OID = 32
+MAX_HASH = 64
+MAX_LIST = 16
+
+
+class GssProc(IntEnum):
+    """``rpc_gss_proc_t`` (RFC 2203 §5, RFC 5403 §3.2)."""
+
+    RPCSEC_GSS_DATA = 0
+    RPCSEC_GSS_INIT = 1
+    RPCSEC_GSS_CONTINUE_INIT = 2
+    RPCSEC_GSS_DESTROY = 3
+    RPCSEC_GSS_BIND_CHANNEL = 4
+
+
+class Service(IntEnum):
+    """``rpc_gss_service_t`` (RFC 2203 §5, RFC 5403 §3.2); 0 is reserved."""
+
+    NONE = 1  # rpc_gss_svc_none
+    INTEGRITY = 2  # rpc_gss_svc_integrity
+    PRIVACY = 3  # rpc_gss_svc_privacy
+    CHANNEL_PROT = 4  # rpc_gss_svc_channel_prot (v2 only)
+
+
+class BindChanStatus(IntEnum):
+    """``rgss2_bind_chan_status`` (RFC 5403 §3.3)."""
+
+    RGSS2_BIND_CHAN_OK = 0
+    RGSS2_BIND_CHAN_PREF_NOTSUPP = 1
+    RGSS2_BIND_CHAN_HASH_NOTSUPP = 2
+
+
+# -- credential ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GssCred:
+    """``rpc_gss_cred_t`` with its ``rpc_gss_cred_vers_1_t`` arm (RFC 2203 §5, RFC 5403 §3.2).
+
+    v1 and v2 credentials have the same layout; only ``version`` differs.
+    """
+
+    version: int
+    gss_proc: GssProc
+    seq_num: int
+    service: Service
+    handle: bytes = b""
+
+    _FIXED = struct.Struct(">IIII")
+
+    def encode(self) -> bytes:
+        hlen = len(self.handle)
+        if hlen > MAX_HANDLE:
+            raise XdrError(f"handle of {hlen} bytes exceeds {MAX_HANDLE}")
+        pad = (-hlen) % 4
+        return (
+            self._FIXED.pack(self.version, self.gss_proc, self.seq_num, self.service)
+            + struct.pack(">I", hlen) + self.handle + b"\0" * pad
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> GssCred:
+        """Strict: unknown version values decode (the server answers them), but the body must be
+        exactly 20 bytes + padded handle (as Linux checks) and proc/service must be known."""
+        dec = Decoder(data)
+        version = dec.uint32()
+        if version not in (RPCSEC_GSS_VERS_1, RPCSEC_GSS_VERS_2):
+            raise UnsupportedVersion(version)
+        proc = dec.enum(GssProc)
+        seq = dec.uint32()
+        service = dec.enum(Service)
+        handle = dec.opaque(MAX_HANDLE)
+        dec.done()
+        return cls(version, proc, seq, service, handle)
+
+
+class UnsupportedVersion(XdrError):
+    """The credential names an RPCSEC_GSS version we do not implement (RFC 2203 §5.1)."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        super().__init__(f"RPCSEC_GSS version {version} not supported")
+
+
+def peek_cred_version(data: bytes) -> int | None:
+    """The ``rgc_version`` of a credential body, or None if it is too short."""
+    return struct.unpack_from(">I", data)[0] if len(data) >= 4 else None
+
+
+# -- context creation (RFC 2203 §5.2) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InitArg:
+    """``rpc_gss_init_arg``: the GSS token of an INIT/CONTINUE_INIT call."""
+
+    gss_token: bytes
+
+    def encode(self) -> bytes:
+        return Encoder().opaque(self.gss_token, MAX_GSS_TOKEN).to_bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> InitArg:
+        dec = Decoder(data)
+        token = dec.opaque(MAX_GSS_TOKEN)
+        dec.done()
+        return cls(token)
+
+
+@dataclass(frozen=True, slots=True)
+class InitRes:
+    """``rpc_gss_init_res`` (RFC 2203 §5.2.3.1)."""
+
+    handle: bytes
+    gss_major: int
+    gss_minor: int
+    seq_window: int
+    gss_token: bytes
+
+    def encode(self) -> bytes:
+        enc = Encoder().opaque(self.handle, MAX_HANDLE)
+        enc.uint32(self.gss_major).uint32(self.gss_minor).uint32(self.seq_window)
+        return enc.opaque(self.gss_token, MAX_GSS_TOKEN).to_bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> InitRes:
+        dec = Decoder(data)
+        res = cls(dec.opaque(MAX_HANDLE), dec.uint32(), dec.uint32(), dec.uint32(),
+                  dec.opaque(MAX_GSS_TOKEN))
+        dec.done()
+        return res
+
+
+# -- data exchange (RFC 2203 §5.3.2) ------------------------------------------------------------
+
+
+def encode_gss_data(seq_num: int, body: bytes) -> bytes:
+    """XDR of ``rpc_gss_data_t``: the seq_num followed by the already-encoded args/results."""
+    return struct.pack(">I", seq_num) + body
+
+
+def decode_gss_data(data: bytes) -> tuple[int, bytes]:
+    if len(data) < 4:
+        raise XdrError("rpc_gss_data_t shorter than its seq_num")
+    return struct.unpack_from(">I", data)[0], data[4:]
+
+
+@dataclass(frozen=True, slots=True)
+class IntegData:
+    """``rpc_gss_integ_data``: ``checksum`` = MIC over ``databody_integ`` (the inner bytes)."""
+
+    databody_integ: bytes
+    checksum: bytes
+
+    def encode(self) -> bytes:
+        return Encoder().opaque(self.databody_integ).opaque(self.checksum, MAX_GSS_TOKEN).to_bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> IntegData:
+        dec = Decoder(data)
+        res = cls(dec.opaque(), dec.opaque(MAX_GSS_TOKEN))
+        dec.done()
+        return res
+
+
+@dataclass(frozen=True, slots=True)
+class PrivData:
+    """``rpc_gss_priv_data``: ``databody_priv`` = GSS_Wrap(conf=TRUE, rpc_gss_data_t)."""
+
+    databody_priv: bytes
+
+    def encode(self) -> bytes:
+        return Encoder().opaque(self.databody_priv).to_bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> PrivData:
+        dec = Decoder(data)
+        res = cls(dec.opaque())
+        dec.done()
+        return res
+
+
+# -- RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HashAlgorithm:
+    """A channel-binding hash: its name, OID content octets and hash function."""
+
+    name: str
+    oid: bytes
+    digest: Callable[[bytes], bytes] = field(compare=False, repr=False)
+
+
+def _h(name: str) -> Callable[[bytes], bytes]:
+    return lambda data: hashlib.new(name, data).digest()
+
+
+#: RFC 4055 / NIST hash OIDs (content octets, without the DER tag; see :func:`normalize_oid`).
+SHA1 = HashAlgorithm("sha1", bytes.fromhex("2b0e03021a"), _h("sha1"))
+SHA256 = HashAlgorithm("sha256", bytes.fromhex("608648016503040201"), _h("sha256"))
+SHA384 = HashAlgorithm("sha384", bytes.fromhex("608648016503040202"), _h("sha384"))
+SHA512 = HashAlgorithm("sha512", bytes.fromhex("608648016503040203"), _h("sha512"))
+HASHES_BY_OID = {h.oid: h for h in (SHA256, SHA1, SHA384, SHA512)}
+
+
+def normalize_oid(oid: bytes) -> bytes:
+    """OID content octets: strips a DER ``06 len`` tag if present (RFC 5403 is ambiguous)."""
+    if len(oid) >= 2 and oid[0] == 0x06 and oid[1] == len(oid) - 2:
+        return oid[2:]
+    return oid
+
+
+def channel_bindings_bytes(prefix: str, data: bytes) -> bytes:
+    """The canonical channel bindings, ``prefix ":" data`` (RFC 5056 §2.1)."""
+    return prefix.encode("ascii") + b":" + data
+
+
+@dataclass(frozen=True, slots=True)
+class BindChanMicInArgs:
+    """``rgss2_bind_chan_MIC_in_args``: the hash of the channel bindings (never sent alone)."""
+
+    bind_chan_hash: bytes
+
+    def encode(self) -> bytes:
+        return Encoder().opaque(self.bind_chan_hash, MAX_HASH).to_bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> BindChanMicInArgs:
+        dec = Decoder(data)
+        res = cls(dec.opaque(MAX_HASH))
+        dec.done()
+        return res
+
+
+@dataclass(frozen=True, slots=True)
+class BindChanVerfArgs:
+    """``rgss2_bind_chan_verf_args``: the BIND_CHANNEL request verifier body (RFC 5403 §3.3)."""
+
+    chan_bind_prefix: bytes
+    chan_bind_oid_hash: bytes
+    chan_mic: bytes
+
+    def encode(self) -> bytes:
+        enc = Encoder().opaque(self.chan_bind_prefix, MAX_PREFIX)
+        enc.opaque(self.chan_bind_oid_hash, MAX_OID)
+        out = enc.opaque(self.chan_mic, MAX_AUTH_BYTES).to_bytes()
+        if len(out) > MAX_AUTH_BYTES:
+            raise XdrError(f"BIND_CHANNEL verifier of {len(out)} bytes exceeds {MAX_AUTH_BYTES}")
+        return out
+
+    @classmethod
+    def decode(cls, data: bytes) -> BindChanVerfArgs:
+        dec = Decoder(data)
+        res = cls(dec.opaque(MAX_PREFIX), dec.opaque(MAX_OID), dec.opaque(MAX_AUTH_BYTES))
+        dec.done()
+        return res
+
+
+@dataclass(frozen=True, slots=True)
+class BindChanRes:
+    """``rgss2_bind_chan_res``: status plus the prefixes or hash OIDs the target supports."""
+
+    status: BindChanStatus
+    pref_list: tuple[bytes, ...] = ()
+    oid_list: tuple[bytes, ...] = ()
+
+    def encode_into(self, enc: Encoder) -> None:
+        enc.uint32(self.status)
+        if self.status == BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP:
+            enc.uint32(len(self.pref_list))
+            for p in self.pref_list:
+                enc.opaque(p, MAX_PREFIX)
+        elif self.status == BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP:
+            if not self.oid_list:
+                raise XdrError("rbcr_oid_list MUST have one or more elements (RFC 5403 §3.3)")
+            enc.uint32(len(self.oid_list))
+            for o in self.oid_list:
+                enc.opaque(o, MAX_OID)
+
+    @classmethod
+    def decode_from(cls, dec: Decoder) -> BindChanRes:
+        status = dec.enum(BindChanStatus)
+        if status == BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP:
+            return cls(status, tuple(dec.array(lambda: dec.opaque(MAX_PREFIX), MAX_LIST)))
+        if status == BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP:
+            oids = tuple(dec.array(lambda: dec.opaque(MAX_OID), MAX_LIST))
+            if not oids:
+                raise XdrError("empty rbcr_oid_list (RFC 5403 §3.3 requires one or more)")
+            return cls(status, (), oids)
+        return cls(status)
+
+
+@dataclass(frozen=True, slots=True)
+class BindChanMicInRes:
+    """``rgss2_bind_chan_MIC_in_res``: what the reply MIC covers (seq_num, hash, result)."""
+
+    seq_num: int
+    bind_chan_hash: bytes
+    res: BindChanRes
+
+    def encode(self) -> bytes:
+        enc = Encoder().uint32(self.seq_num).opaque(self.bind_chan_hash, MAX_HASH)
+        self.res.encode_into(enc)
+        return enc.to_bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> BindChanMicInRes:
+        dec = Decoder(data)
+        res = cls(dec.uint32(), dec.opaque(MAX_HASH), BindChanRes.decode_from(dec))
+        dec.done()
+        return res
+
+
+@dataclass(frozen=True, slots=True)
+class BindChanVerfRes:
+    """``rgss2_bind_chan_verf_res``: the BIND_CHANNEL reply verifier body."""
+
+    res: BindChanRes
+    mic: bytes
+
+    def encode(self) -> bytes:
+        enc = Encoder()
+        self.res.encode_into(enc)
+        out = enc.opaque(self.mic, MAX_AUTH_BYTES).to_bytes()
+        if len(out) > MAX_AUTH_BYTES:
+            raise XdrError(f"BIND_CHANNEL reply verifier of {len(out)} bytes exceeds {MAX_AUTH_BYTES}")
+        return out
+
+    @classmethod
+    def decode(cls, data: bytes) -> BindChanVerfRes:
+        dec = Decoder(data)
+        res = cls(BindChanRes.decode_from(dec), dec.opaque(MAX_AUTH_BYTES))
+        dec.done()
+        return res
+
+
+def be32(value: int) -> bytes:
+    """BE32 of a seq_num or seq_window (the data of the reply-verifier MICs, RFC 2203 §5.2.3.1)."""
+    return struct.pack(">I", value)

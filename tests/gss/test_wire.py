@@ -1,0 +1,112 @@
+"""Wire structures of RFC 2203 §5 / RFC 5403 §3: round trips, exact bytes, and fuzzed decoders."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rpclatch.gss.wire import (
+    SHA256,
+    BindChanMicInArgs,
+    BindChanMicInRes,
+    BindChanRes,
+    BindChanStatus,
+    BindChanVerfArgs,
+    BindChanVerfRes,
+    GssCred,
+    GssProc,
+    InitArg,
+    InitRes,
+    IntegData,
+    PrivData,
+    Service,
+    UnsupportedVersion,
+    normalize_oid,
+)
+from rpclatch.xdr import XdrError
+
+DECODERS: list[Callable[[bytes], object]] = [
+    GssCred.decode, InitArg.decode, InitRes.decode, IntegData.decode, PrivData.decode,
+    BindChanMicInArgs.decode, BindChanVerfArgs.decode, BindChanMicInRes.decode, BindChanVerfRes.decode,
+]
+
+
+def test_enum_values_are_the_rfc_ones() -> None:
+    assert [p.value for p in GssProc] == [0, 1, 2, 3, 4]
+    assert GssProc.RPCSEC_GSS_BIND_CHANNEL == 4
+    assert (Service.NONE, Service.INTEGRITY, Service.PRIVACY, Service.CHANNEL_PROT) == (1, 2, 3, 4)
+
+
+def test_cred_exact_bytes() -> None:
+    cred = GssCred(2, GssProc.RPCSEC_GSS_DATA, 7, Service.INTEGRITY, b"abcde")
+    assert cred.encode().hex() == (
+        "00000002" "00000000" "00000007" "00000002" "00000005" "6162636465000000"
+    )
+    assert GssCred.decode(cred.encode()) == cred
+
+
+def test_cred_rejects_trailing_bytes_and_unknown_version() -> None:
+    body = GssCred(1, GssProc.RPCSEC_GSS_DATA, 1, Service.NONE, b"h").encode()
+    with pytest.raises(XdrError):
+        GssCred.decode(body + b"\0\0\0\0")
+    with pytest.raises(UnsupportedVersion):
+        GssCred.decode(b"\0\0\0\x03" + body[4:])
+    with pytest.raises(XdrError):  # service 0 is reserved
+        GssCred.decode(body[:12] + b"\0\0\0\0" + body[16:])
+
+
+def test_bind_channel_verifier_layout_rfc5403_example() -> None:
+    """Standards digest §7.2: prefix tls-unique, SHA-256 OID, 28-byte MIC -> 64 bytes."""
+    mic = bytes(range(28))
+    body = BindChanVerfArgs(b"tls-unique", SHA256.oid, mic).encode()
+    assert body.hex() == (
+        "0000000a" "746c732d756e69717565" "0000" "00000009" "608648016503040201" "000000"
+        "0000001c" + mic.hex()
+    )
+    assert len(body) == 64
+    assert BindChanVerfArgs.decode(body).chan_mic == mic
+
+
+def test_bind_chan_results_round_trip() -> None:
+    for res in (
+        BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_OK),
+        BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP, (b"a", b"bc")),
+        BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), (SHA256.oid,)),
+    ):
+        assert BindChanVerfRes.decode(BindChanVerfRes(res, b"m" * 28).encode()).res == res
+        assert BindChanMicInRes.decode(BindChanMicInRes(5, b"h" * 32, res).encode()).res == res
+    with pytest.raises(XdrError):  # RFC 5403 §3.3: rbcr_oid_list MUST have one or more elements
+        BindChanVerfRes(BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP), b"").encode()
+    with pytest.raises(XdrError):
+        BindChanVerfRes.decode(bytes.fromhex("00000002" "00000000" "00000000"))
+
+
+def test_oid_accepts_both_encodings() -> None:
+    assert normalize_oid(SHA256.oid) == SHA256.oid
+    assert normalize_oid(b"\x06\x09" + SHA256.oid) == SHA256.oid
+
+
+def test_init_res_round_trip() -> None:
+    res = InitRes(b"handle", 0, 0, 128, b"token!")
+    assert InitRes.decode(res.encode()) == res
+
+
+@given(
+    version=st.sampled_from([1, 2]), proc=st.sampled_from(list(GssProc)),
+    seq=st.integers(0, 2**32 - 1), service=st.sampled_from(list(Service)),
+    handle=st.binary(max_size=128),
+)
+def test_cred_round_trip(version: int, proc: GssProc, seq: int, service: Service, handle: bytes) -> None:
+    cred = GssCred(version, proc, seq, service, handle)
+    assert GssCred.decode(cred.encode()) == cred
+
+
+@pytest.mark.parametrize("decode", DECODERS, ids=lambda d: getattr(d, "__qualname__", "decode"))
+@given(data=st.binary(max_size=600))
+def test_decoders_never_crash(decode: Callable[[bytes], object], data: bytes) -> None:
+    with contextlib.suppress(XdrError):
+        decode(data)
