@@ -1,0 +1,394 @@
+"""``rpclatch rpc``: ping an RPC program, serve the rpclatch test program, dump rpcbind.
+
+* ``rpclatch rpc ping HOST PROG [VERS] [--udp] [--port N] [--timeout S] [--sec NAME]``: call
+  procedure 0 and print ``program P version V ready and waiting`` like ``rpcinfo -t``. PROG is a
+  number or a name from /etc/rpc (``nfs``); without VERS every version the server has is tried.
+  The port comes from the host's rpcbind (portmap GETPORT) unless ``--port`` is given.
+* ``rpclatch rpc serve [--host H] [--port N] [--tcp] [--udp] [--register] [--sec NAME ...]``: serve
+  the test program (0x20000A11 v1) over TCP and UDP (both unless one is chosen) until Ctrl-C or
+  SIGTERM; ``--register`` registers it with the local rpcbind and unregisters it on exit.
+* ``rpclatch rpc dump HOST [--udp]``: the host's portmap list, like ``rpcinfo -p``.
+
+Failures print one line, e.g. ``rpclatch: error: 127.0.0.1: program 100003 version 9 not available
+(server has 2..4)``, and exit 1; bad arguments exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rpclatch.rpc.messages import AcceptStat
+
+T = TypeVar("T")
+
+ETC_RPC = Path("/etc/rpc")
+_BUILTIN_RPC_NAMES = {
+    "portmapper": 100000, "portmap": 100000, "rpcbind": 100000, "sunrpc": 100000,
+    "nfs": 100003, "mountd": 100005, "mount": 100005, "nlockmgr": 100021, "status": 100024,
+    "rpclatch_test": 0x20000A11,
+}
+
+
+class CommandFailed(Exception):
+    """A runtime failure reported as one line (exit 1)."""
+
+
+def read_rpc_names(path: Path = ETC_RPC) -> dict[str, int]:
+    """name/alias -> program number from an /etc/rpc style file (plus a few built-in names)."""
+    names = dict(_BUILTIN_RPC_NAMES)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return names
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            for name in (fields[0], *fields[2:]):
+                names.setdefault(name, int(fields[1]))
+    return names
+
+
+def program_names(path: Path = ETC_RPC) -> dict[int, str]:
+    """program number -> its first name in /etc/rpc."""
+    out: dict[int, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            out.setdefault(int(fields[1]), fields[0])
+    out.setdefault(0x20000A11, "rpclatch_test")
+    return out
+
+
+def parse_program(text: str) -> int:
+    from rpclatch.cli import UserError
+
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+        prog = read_rpc_names().get(text)
+        if prog is None:
+            raise UserError(f"unknown RPC program {text!r}; give a number or a name from /etc/rpc") from None
+        value = prog
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise UserError(f"program number {text} out of range (0..4294967295)")
+    return value
+
+
+def _uint(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= v <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"out of range: {text}")
+    return v
+
+
+def _port(text: str) -> int:
+    v = _uint(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {text}")
+    return v
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+def describe_error(host: str, exc: BaseException, prog: int | None = None, vers: int | None = None,
+                   port: int | None = None, timeout: float | None = None) -> str:
+    """One line for a failed RPC operation against ``host``."""
+    from rpclatch.rpc.errors import (
+        RpcAcceptError,
+        RpcAuthError,
+        RpcConnectionClosed,
+        RpcMismatchError,
+        RpcProtocolError,
+        RpcTimeout,
+    )
+
+    what = f"program {prog}" if prog is not None else "the server"
+    if isinstance(exc, RpcAcceptError):
+        if exc.stat == AcceptStat.PROG_MISMATCH and exc.mismatch is not None:
+            low, high = exc.mismatch
+            return f"{host}: {what} version {vers} not available (server has {low}..{high})"
+        if exc.stat == AcceptStat.PROG_UNAVAIL:
+            return f"{host}: {what} not available"
+        if exc.stat == AcceptStat.PROC_UNAVAIL:
+            return f"{host}: {what} version {vers}: procedure not available"
+        return f"{host}: {what} version {vers}: server replied {exc.stat.name}"
+    if isinstance(exc, RpcMismatchError):
+        return f"{host}: server does not speak RPC version 2 (has {exc.mismatch[0]}..{exc.mismatch[1]})"
+    if isinstance(exc, RpcAuthError):
+        return f"{host}: authentication failed: {exc}"
+    if isinstance(exc, RpcTimeout | TimeoutError):
+        limit = f" within {timeout:g} s" if timeout is not None else ""
+        return f"{host}: no reply{limit} (host down, firewalled, or service not running?)"
+    if isinstance(exc, ConnectionRefusedError) or (
+            isinstance(exc, RpcConnectionClosed) and "refused" in str(exc)):
+        at = f" on port {port}" if port is not None else ""
+        return f"{host}: connection refused{at} (is the service running?)"
+    if isinstance(exc, socket.gaierror):
+        return f"{host}: cannot resolve host name ({exc.strerror})"
+    if isinstance(exc, RpcProtocolError | RpcConnectionClosed):
+        return f"{host}: {exc}"
+    if isinstance(exc, OSError):
+        return f"{host}: {exc.strerror or exc}"
+    return f"{host}: {type(exc).__name__}: {exc}"
+
+
+def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        return await coro_factory()
+
+    return asyncio.run(runner())
+
+
+# -- ping ------------------------------------------------------------------------------------
+
+
+async def _connect(host: str, port: int, udp: bool, auth: Any, timeout: float) -> Any:
+    from rpclatch.rpc.aio import RpcStreamClient, RpcUdpClient
+
+    if udp:
+        return await RpcUdpClient.connect(host, port, auth=auth, timeout=timeout,
+                                          retransmit_initial=min(0.5, timeout / 4))
+    return await RpcStreamClient.connect_tcp(host, port, auth=auth, timeout=timeout,
+                                             connect_timeout=timeout)
+
+
+async def _lookup_port(host: str, prog: int, vers: int | None, udp: bool, timeout: float) -> int:
+    """The port of ``prog``/``vers`` from HOST's portmapper (any version's port when None)."""
+    from rpclatch.rpc.rpcbind import IPPROTO_TCP, IPPROTO_UDP, PMAP_PORT, RpcbindClient
+
+    try:
+        rpcb = await RpcbindClient.connect(host, transport="udp" if udp else "tcp", timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        line = describe_error(host, exc, port=PMAP_PORT, timeout=timeout)
+        line = line.replace("(is the service running?)", "(is rpcbind running? use --port)")
+        raise CommandFailed(line) from exc
+    prot = IPPROTO_UDP if udp else IPPROTO_TCP
+    try:
+        if vers is not None:
+            port = await rpcb.pmap_getport(prog, vers, prot)
+        else:
+            entries = await rpcb.pmap_dump()
+            ports = sorted((m.vers, m.port) for m in entries if m.prog == prog and m.prot == prot)
+            port = ports[0][1] if ports else 0
+    except Exception as exc:
+        raise CommandFailed(describe_error(host, exc, PMAP_PORT, 2, PMAP_PORT, timeout)) from exc
+    finally:
+        await rpcb.close()
+    if port == 0:
+        which = f"program {prog}" + (f" version {vers}" if vers is not None else "")
+        raise CommandFailed(f"{host}: {which} is not registered with rpcbind "
+                            f"for {'udp' if udp else 'tcp'} (use --port to call it directly)")
+    return port
+
+
+async def _ping(args: argparse.Namespace) -> int:
+    from rpclatch.rpc.errors import RpcAcceptError
+    from rpclatch.rpc.sec import client_auth_for_sec
+
+    host, timeout, udp = args.host, args.timeout, args.udp
+    prog = parse_program(args.prog)
+    auth = client_auth_for_sec(args.sec, host=host, prog=prog)
+    port = args.port if args.port is not None else await _lookup_port(host, prog, args.vers, udp, timeout)
+    try:
+        client = await _connect(host, port, udp, auth, timeout)
+    except (OSError, TimeoutError) as exc:
+        raise CommandFailed(describe_error(host, exc, prog, args.vers, port, timeout)) from exc
+    try:
+        if args.vers is not None:
+            try:
+                await client.call(prog, args.vers, 0, b"")
+            except Exception as exc:
+                raise CommandFailed(describe_error(host, exc, prog, args.vers, port, timeout)) from exc
+            print(f"program {prog} version {args.vers} ready and waiting")
+            return 0
+        # No version: like rpcinfo, learn the range from PROG_MISMATCH, then ping each version.
+        try:
+            await client.call(prog, 0, 0, b"")
+            versions = range(0, 1)
+        except RpcAcceptError as exc:
+            if exc.stat != AcceptStat.PROG_MISMATCH or exc.mismatch is None:
+                raise CommandFailed(describe_error(host, exc, prog, 0, port, timeout)) from exc
+            low, high = exc.mismatch
+            versions = range(low, min(high, low + 64) + 1)
+        except Exception as exc:
+            raise CommandFailed(describe_error(host, exc, prog, 0, port, timeout)) from exc
+        failed = 0
+        for vers in versions:
+            try:
+                await client.call(prog, vers, 0, b"")
+                print(f"program {prog} version {vers} ready and waiting")
+            except Exception as exc:
+                failed += 1
+                print(f"rpclatch: error: {describe_error(host, exc, prog, vers, port, timeout)}",
+                      file=sys.stderr)
+        return 1 if failed else 0
+    finally:
+        await client.close()
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    return _guard(lambda: _run(lambda: _ping(args)))
+
+
+# -- dump ------------------------------------------------------------------------------------
+
+
+async def _dump(args: argparse.Namespace) -> int:
+    from rpclatch.rpc.rpcbind import PMAP_PORT, RpcbindClient
+
+    host = args.host
+    try:
+        rpcb = await RpcbindClient.connect(host, transport="udp" if args.udp else "tcp",
+                                           port=args.port, timeout=args.timeout)
+    except (OSError, TimeoutError) as exc:
+        raise CommandFailed(describe_error(host, exc, port=args.port, timeout=args.timeout)) from exc
+    try:
+        entries = await rpcb.pmap_dump()
+    except Exception as exc:
+        raise CommandFailed(describe_error(host, exc, PMAP_PORT, 2, args.port, args.timeout)) from exc
+    finally:
+        await rpcb.close()
+    names = program_names()
+    print("   program vers proto   port  service")
+    for m in entries:
+        print(f"{m.prog:10d} {m.vers:4d} {m.protocol_name:>5s} {m.port:6d}  {names.get(m.prog, '')}".rstrip())
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    return _guard(lambda: _run(lambda: _dump(args)))
+
+
+# -- serve -----------------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from rpclatch.rpc import rpcbind
+    from rpclatch.rpc.aio import RpcServer
+    from rpclatch.rpc.sec import server_auths_for_sec
+    from rpclatch.rpc.server import RpcDispatcher
+    from rpclatch.rpc.testprog import RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, add_test_program
+
+    tcp = args.tcp or not args.udp
+    udp = args.udp or not args.tcp
+    dispatcher = RpcDispatcher(server_auths_for_sec(args.sec or ["none", "sys"], host=args.host))
+    add_test_program(dispatcher)
+    server = RpcServer(dispatcher, max_connections=args.max_connections, idle_timeout=args.idle_timeout)
+    tcp_port = udp_port = None
+    try:
+        if tcp:
+            tcp_port = await server.listen_tcp(args.host, args.port)
+        if udp:
+            udp_port = await server.listen_udp(args.host, args.port if args.port else (tcp_port or 0))
+    except OSError as exc:
+        await server.close()
+        raise CommandFailed(f"{args.host}: cannot listen on port {args.port}: {exc.strerror}") from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    registered = False
+    try:
+        if args.register:
+            try:
+                await rpcbind.register(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, tcp_port=tcp_port,
+                                       udp_port=udp_port, host=args.host)
+                registered = True
+            except Exception as exc:
+                raise CommandFailed(f"cannot register with the local rpcbind "
+                                    f"({rpcbind.RPCBIND_SOCKET}): {describe_error('rpcbind', exc)}") from exc
+        listeners = (("tcp", tcp_port), ("udp", udp_port))
+        where = ", ".join(f"{name} {args.host}:{port}" for name, port in listeners if port is not None)
+        print(f"serving program {RPCLATCH_TEST_PROG} version {RPCLATCH_TEST_VERS} on {where}"
+              f"{' (registered with rpcbind)' if registered else ''}; Ctrl-C stops", flush=True)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.close()
+        if registered:
+            try:
+                await rpcbind.unregister(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+            except Exception as exc:
+                print(f"rpclatch: warning: could not unregister from rpcbind: {exc}", file=sys.stderr)
+    print("stopped", flush=True)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _guard(lambda: _run(lambda: _serve(args)))
+
+
+def _guard(fn: Callable[[], int]) -> int:
+    from rpclatch.rpc.sec import UnknownSec
+
+    try:
+        return fn()
+    except CommandFailed as exc:
+        print(f"rpclatch: error: {exc}", file=sys.stderr)
+        return 1
+    except UnknownSec as exc:
+        from rpclatch.cli import UserError
+
+        raise UserError(str(exc)) from exc
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("rpc", help="ONC RPC tools: ping, serve the test program, dump rpcbind")
+    sub = parser.add_subparsers(dest="rpc_command", metavar="SUBCOMMAND", required=True)
+
+    ping = sub.add_parser("ping", help="call procedure 0 of PROG/VERS on HOST (like rpcinfo -t/-u)")
+    ping.add_argument("host", metavar="HOST")
+    ping.add_argument("prog", metavar="PROG", help="program number or /etc/rpc name (e.g. nfs)")
+    ping.add_argument("vers", metavar="VERS", nargs="?", type=_uint,
+                      help="version (default: every version the server has)")
+    ping.add_argument("--udp", action="store_true", help="use UDP (default TCP)")
+    ping.add_argument("--tcp", action="store_false", dest="udp", help="use TCP (the default)")
+    ping.add_argument("--port", type=_port, help="call this port instead of asking rpcbind")
+    ping.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default 5)")
+    ping.add_argument("--sec", default="none", metavar="FLAVOR",
+                      help="security flavor: none (default), sys (more when RPCSEC_GSS is installed)")
+    ping.set_defaults(func=cmd_ping)
+
+    serve = sub.add_parser("serve", help="serve the rpclatch test program (0x20000A11 v1)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=0, help="port (default: any free port)")
+    serve.add_argument("--tcp", action="store_true", help="serve TCP (default: TCP and UDP)")
+    serve.add_argument("--udp", action="store_true", help="serve UDP (default: TCP and UDP)")
+    serve.add_argument("--register", action="store_true",
+                       help="register with the local rpcbind (unregistered on exit)")
+    serve.add_argument("--sec", action="append", metavar="FLAVOR",
+                       help="accept this security flavor (repeatable; default none and sys)")
+    serve.add_argument("--max-connections", type=int, default=1024, help=argparse.SUPPRESS)
+    serve.add_argument("--idle-timeout", type=_positive, default=300.0, help=argparse.SUPPRESS)
+    serve.set_defaults(func=cmd_serve)
+
+    dump = sub.add_parser("dump", help="list HOST's rpcbind registrations (like rpcinfo -p)")
+    dump.add_argument("host", metavar="HOST")
+    dump.add_argument("--udp", action="store_true", help="ask over UDP (default TCP)")
+    dump.add_argument("--port", type=_port, default=111, help="rpcbind port (default 111)")
+    dump.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default 5)")
+    dump.set_defaults(func=cmd_dump)
