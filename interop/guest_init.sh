@@ -124,7 +124,7 @@ for e in $EXPORTS; do                      # path|fsid|sec ; path relative to /s
   rel=${e%%|*}; rest=${e#*|}; fsid=${rest%%|*}; sec=${rest#*|}
   dir=/srv/export$rel
   mkdir -p "$dir"; mount -t tmpfs -o size=$EXPORT_SIZE,mode=1777 "export$fsid" "$dir"
-  echo "secret-data $rel" >"$dir/file.txt"
+  echo "secret-data ${rel:-/}" >"$dir/file.txt"
   echo "$dir *(rw,fsid=$fsid,no_subtree_check,no_root_squash,insecure,sec=$sec)" >>/etc/exports
 done
 # gssproxy must be answering before nfsd starts (the kernel checks use-gss-proxy at nfsd start)

@@ -1,0 +1,47 @@
+"""RPC to the Linux nfsd over manually keyed kernel ESP (RFC 4106 AES-GCM, transport mode).
+
+Our client runs inside the guest, in netns ``client`` (198.51.100.1); every TCP packet between it
+and the server (198.51.100.2) must go through the SAs: counters grow, and a capture on the
+server-side veth shows ESP with our SPIs and no NFS in clear.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from interop.capture import read_packets
+from interop.uml import ESP_CLIENT_ADDR, ESP_SERVER_ADDR, ESP_SPI_IN, ESP_SPI_OUT, LinuxNfsdGuest
+
+pytestmark = [pytest.mark.uml, pytest.mark.root]
+
+
+def test_null_over_esp_from_guest_client_namespace(nfsd_guest: LinuxNfsdGuest) -> None:
+    if not nfsd_guest.config.esp:
+        pytest.skip("guest booted without ESP")
+    before = {netns: nfsd_guest.xfrm_counters(netns) for netns in (None, "client")}
+    with nfsd_guest.capture("esp-null", iface="vs") as pcap:
+        res = nfsd_guest.run(
+            nfsd_guest.python_argv("-m", "interop.probe", "null", ESP_SERVER_ADDR, "--auth", "sys"),
+            netns="client", env=nfsd_guest.guest_env(None), timeout=120,
+        )
+    assert res.ok, res
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["local"][0] == ESP_CLIENT_ADDR
+
+    after = {netns: nfsd_guest.xfrm_counters(netns) for netns in (None, "client")}
+    for netns in (None, "client"):
+        for spi in (ESP_SPI_IN, ESP_SPI_OUT):
+            grew = after[netns][spi].packets - before[netns][spi].packets
+            assert grew >= 3, f"SA {spi:#x} in {netns or 'root'} netns: {grew} packets"
+
+    packets = read_packets(pcap)
+    assert packets, "capture on vs is empty"
+    esp = [p for p in packets if p.is_esp]
+    spis = {int(p.esp_spi, 16) for p in esp if p.esp_spi}
+    assert {ESP_SPI_IN, ESP_SPI_OUT} <= spis
+    clear = [p for p in packets if p.is_nfs_tcp]
+    assert clear == [], f"NFS in clear on the ESP path: {clear[:3]}"
+    assert all(p.is_esp for p in packets if {p.src, p.dst} == {ESP_CLIENT_ADDR, ESP_SERVER_ADDR}
+               and p.proto == "6")
