@@ -258,6 +258,13 @@ class GssClientAuth(ClientAuth):
         old = self._ctx
         channel = self._channel
         version = old.version if old is not None else None
+        if old is not None and old.stale:
+            # Best effort: a context we stopped trusting (e.g. a forged BIND_CHANNEL reply) may
+            # still be bound on the server; tell it to forget the context.
+            try:
+                await rpc_call(_DestroyAuth(self, old), 0, b"")
+            except Exception as exc:  # the server may already have dropped it; refresh anyway
+                log.debug("DESTROY of the stale context failed: %s", exc)
         if version is None:
             await self.establish(rpc_call)
         else:
