@@ -1,0 +1,109 @@
+"""The datapath backend interface: where SAs and per-flow policies are pushed.
+
+The engine (rpclatch.ipsec.engine) is the policy brain; a :class:`Backend` is the datapath that
+must mirror its decisions. Two implementations are planned: the in-process one here (used by the
+simulated network, where the engine itself answers every packet, so the backend only records the
+tables a kernel would hold) and an XFRM one (Linux kernel via netlink on pyroute2).
+
+Mapping onto Linux XFRM (approach 2 of the design slides; recipes/xfrm-netlink):
+
+=====================================  ========================================================
+Backend call                           xfrm_user netlink
+=====================================  ========================================================
+``install_sa(sa)``                     two XFRM_MSG_NEWSA (in: daddr=local, spi=spi_in; out:
+                                       daddr=remote, spi=spi_out), ``reqid=sa.reqid``, selector =
+                                       the SA's traffic selector (one SA pair per selector),
+                                       mode transport/tunnel, aead rfc4106(gcm(aes)) etc.
+``remove_sa(sa)``                      XFRM_MSG_DELSA for both SPIs
+``install_flow_policy(flow, entry,     XFRM_MSG_NEWPOLICY dir OUT and IN (and FWD in tunnel
+reqid)``                               mode) with an exact 5-tuple selector (prefixlen 32/128,
+                                       sport/dport masks 0xffff, proto), priority above the
+                                       configured policies; PROTECT: one ``xfrm_user_tmpl`` with
+                                       ``reqid`` = the latched SA's reqid (pins the flow to that
+                                       peer's SAs: no other SA matches the template); BYPASS:
+                                       action ALLOW without templates; DISCARD: action BLOCK
+``remove_flow_policy(flow)``           XFRM_MSG_DELPOLICY for the same selectors/directions
+``install_socket_policy(sock, ...)``   setsockopt(IP_XFRM_POLICY / IPV6_XFRM_POLICY) with a
+                                       ``xfrm_userpolicy_info`` + template (per-socket policy;
+                                       BYPASS = a per-socket ALLOW policy without templates)
+``remove_socket_policy(sock)``         closing the socket drops its policies
+events: ACQUIRE -> engine              XFRMNLGRP_ACQUIRE multicast (XFRM_MSG_ACQUIRE): call
+                                       ``IPsecEngine.backend_acquire(flow, now)``; note the kernel
+                                       reports sport 0 unless the socket was bound first
+events: EXPIRE -> engine               XFRMNLGRP_EXPIRE (XFRM_MSG_EXPIRE, hard flag): call
+                                       ``IPsecEngine.backend_expire(sa_id, hard, now)``
+=====================================  ========================================================
+
+What XFRM cannot do and how approach 2 copes: there is no per-packet SA tag delivered to TCP
+sockets (approach 1 needs one), so on Linux the latch is enforced by the pinned per-5-tuple policy
+(inbound: the template reqid check drops packets from other peers' SAs; XfrmInTmplMismatch drops
+plaintext), and BROKEN is acted on by resetting the TCP connection from user space.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from rpclatch.ipsec.model import FiveTuple
+from rpclatch.ipsec.sad import SecurityAssociation
+from rpclatch.ipsec.spd import SpdEntry
+
+
+@dataclass(frozen=True, slots=True)
+class FlowPolicy:
+    """One per-5-tuple policy as the backend holds it: the SPD entry and, for PROTECT, the reqid
+    of the SAs the flow is pinned to (None = any SA satisfying the entry)."""
+
+    flow: FiveTuple
+    entry: SpdEntry
+    reqid: int | None
+
+
+class Backend(abc.ABC):
+    """Datapath interface; see the module docstring for the XFRM mapping."""
+
+    @abc.abstractmethod
+    def install_sa(self, sa: SecurityAssociation) -> None:
+        """Install both directions of a child-SA pair."""
+
+    @abc.abstractmethod
+    def remove_sa(self, sa: SecurityAssociation) -> None:
+        """Remove both directions of a child-SA pair."""
+
+    @abc.abstractmethod
+    def install_flow_policy(self, policy: FlowPolicy) -> None:
+        """Install (or replace) the exact-5-tuple policy of one flow, above configured policies."""
+
+    @abc.abstractmethod
+    def remove_flow_policy(self, flow: FiveTuple) -> None:
+        """Remove the flow's exact-5-tuple policy (no error if absent)."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget every SA and dynamic policy (key-manager restart / reboot)."""
+
+
+@dataclass
+class InProcessBackend(Backend):
+    """Backend for the in-process (simulated) datapath: the engine answers every packet itself,
+    so this keeps the tables a kernel would hold (for inspection by the sim, demos and tests)."""
+
+    sas: dict[int, SecurityAssociation] = field(default_factory=dict)
+    flow_policies: dict[FiveTuple, FlowPolicy] = field(default_factory=dict)
+
+    def install_sa(self, sa: SecurityAssociation) -> None:
+        self.sas[sa.sa_id] = sa
+
+    def remove_sa(self, sa: SecurityAssociation) -> None:
+        self.sas.pop(sa.sa_id, None)
+
+    def install_flow_policy(self, policy: FlowPolicy) -> None:
+        self.flow_policies[policy.flow] = policy
+
+    def remove_flow_policy(self, flow: FiveTuple) -> None:
+        self.flow_policies.pop(flow, None)
+
+    def reset(self) -> None:
+        self.sas.clear()
+        self.flow_policies.clear()

@@ -1,0 +1,754 @@
+"""The IPsec engine facade: one object a host stack calls for every packet (sans-IO).
+
+::
+
+    engine = IPsecEngine(spd_entries, pad_entries, approach=Approach.POLICY)   # or Approach.ULP
+    d = engine.outbound(flow, now, initiating=is_syn)     # BYPASS | PROTECT(sa) | DISCARD | NEED_SA
+    d = engine.inbound(flow, sa_or_None, now, initiating=is_syn)   # ACCEPT(tag) | DROP(reason)
+    engine.poll(now); engine.next_deadline()              # timers (ACQUIRE timeouts, TIME_WAIT holds)
+
+``flow`` is always local-oriented (:class:`~rpclatch.ipsec.model.FiveTuple`); ``protected_by``
+is the SA the host's ESP layer decapsulated the packet with (None for cleartext). Nothing here
+reads a clock or does I/O; ``now`` is virtual time in seconds.
+
+Two designs (design slides "How"), chosen by :class:`Approach`:
+
+* ``Approach.ULP`` (approach 1, "intimate interfaces", RFC 5660 §2.4 informative model): the
+  engine does RFC 4301 processing and *tags* every inbound packet with the SA that protected it
+  (or CLEARTEXT). The latch lives in the ULP's control block
+  (:class:`rpclatch.ipsec.ulp.UlpLatch`), which passes ``like=tag`` on output ("protect this like
+  so") and checks inbound tags.
+* ``Approach.POLICY`` (approach 2, RFC 5660 §2.3 normative model): latches live in the Latch
+  Database next to the SAD, recorded as cloned PAD entries (rpclatch.ipsec.pad_latching) and
+  enforced here on every packet. ``listen`` / ``connect`` / ``close_flow`` are the ULP calls.
+
+Both support the BYPASS-OR-PROTECT SPD template (``request_protection`` for outgoing flows; the
+first inbound packet decides incoming ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from rpclatch.ipsec.backend import Backend, FlowPolicy, InProcessBackend
+from rpclatch.ipsec.decisions import (
+    BYPASS_DECISION,
+    CLEARTEXT,
+    DropReason,
+    InboundDecision,
+    InboundVerdict,
+    OutboundDecision,
+    OutboundVerdict,
+    PacketTag,
+    discard,
+    drop,
+)
+from rpclatch.ipsec.errors import LatchExists, PolicyRefused
+from rpclatch.ipsec.keymgr import AcquireOutcome, SaProvision, StaticKeyManager
+from rpclatch.ipsec.latch import (
+    AlertCallback,
+    Latch,
+    LatchDatabase,
+    LatchRequest,
+    LatchState,
+    PeerIdStore,
+)
+from rpclatch.ipsec.model import (
+    CONNECTION_PROTOCOLS,
+    FiveTuple,
+    PeerIdentity,
+    ProtectionPolicy,
+    ThreeTuple,
+)
+from rpclatch.ipsec.pad import PadEntry, PeerAuthorizationDatabase
+from rpclatch.ipsec.pad_latching import PadLatchLayer, PadTemplate, TimeWaitPolicy
+from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
+from rpclatch.ipsec.spd import EntryOrigin, SecurityPolicyDatabase, SpdAction, SpdEntry
+
+
+class Approach(Enum):
+    ULP = 1  # approach 1: latch held by the ULP (packet tagging)
+    POLICY = 2  # approach 2: latch held in the LD / PAD / SPD
+
+
+class FlowChoice(Enum):
+    """What an application asks for on a BYPASS-OR-PROTECT (or optional-protection) flow."""
+
+    PROTECT = "protect"
+    BYPASS = "bypass"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectionOutcome:
+    """Result of :meth:`IPsecEngine.request_protection`, immediately or via ``on_outcome``.
+
+    ``ok`` False with ``acquire`` TIMEOUT / NO_PEER means IKE failed: the application may retry
+    with :attr:`FlowChoice.BYPASS` (design slides: "the app must handle IKE timeouts").
+    """
+
+    flow: FiveTuple
+    choice: FlowChoice
+    ok: bool
+    pending: bool = False
+    latch: int | None = None
+    sa: SecurityAssociation | None = None
+    acquire: AcquireOutcome | None = None
+    detail: str = ""
+
+
+OutcomeCallback = Callable[[ProtectionOutcome], None]
+
+#: builds the engine's key manager from (sad, pad, latches, backend, listener=engine); the sim
+#: passes one that negotiates over the simulated wire (a StaticKeyManager subclass).
+KeyManagerFactory = Callable[
+    [SecurityAssociationDatabase, PeerAuthorizationDatabase, LatchDatabase, Backend, "IPsecEngine"],
+    StaticKeyManager,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    approach: Approach = Approach.POLICY
+    #: RFC 5660 §2.3 OPTIONAL: pin latched flows with a logical 5-tuple PROTECT entry on SPD change
+    pin_on_spd_change: bool = False
+    #: RFC 5660 §2.3 SHOULD: narrow conflicting child-SA proposals before breaking latches
+    narrow_conflicting_sas: bool = True
+    #: RFC 5660 §2 SHOULD latch automatically: initiating outbound packets on PROTECT entries latch
+    auto_latch: bool = True
+    time_wait: TimeWaitPolicy = field(default_factory=TimeWaitPolicy)
+    acquire_timeout: float = 5.0
+
+
+class IPsecEngine:
+    """See the module docstring. ``provisions`` configure the default StaticKeyManager;
+    ``key_manager_factory`` replaces it. Public attributes: ``spd``, ``pad``, ``sad``, ``latches`` (the
+    LD), ``key_manager``, ``backend``, ``pad_layer`` (approach 2 templates/clones), ``config``."""
+
+    def __init__(
+        self,
+        spd_entries: Iterable[SpdEntry] = (),
+        pad_entries: Iterable[PadEntry] = (),
+        *,
+        config: EngineConfig | None = None,
+        approach: Approach | None = None,
+        backend: Backend | None = None,
+        provisions: Iterable[SaProvision] = (),
+        key_manager_factory: KeyManagerFactory | None = None,
+    ) -> None:
+        cfg = config or EngineConfig()
+        if approach is not None and approach is not cfg.approach:
+            cfg = EngineConfig(
+                approach,
+                cfg.pin_on_spd_change,
+                cfg.narrow_conflicting_sas,
+                cfg.auto_latch,
+                cfg.time_wait,
+                cfg.acquire_timeout,
+            )
+        self.config = cfg
+        self.spd = SecurityPolicyDatabase(spd_entries)
+        self.pad = PeerAuthorizationDatabase(pad_entries)
+        self.sad = SecurityAssociationDatabase()
+        self.backend: Backend = backend or InProcessBackend()
+        self.latches = LatchDatabase(
+            self.sad,
+            self.spd,
+            pin_on_spd_change=cfg.pin_on_spd_change,
+            narrow_conflicting_sas=cfg.narrow_conflicting_sas,
+        )
+        if key_manager_factory is None:
+            self.key_manager = StaticKeyManager(
+                self.sad,
+                self.pad,
+                self.latches,
+                self.backend,
+                provisions=tuple(provisions),
+                acquire_timeout=cfg.acquire_timeout,
+                listener=self,
+            )
+        else:
+            self.key_manager = key_manager_factory(self.sad, self.pad, self.latches, self.backend, self)
+        self.pad_layer = PadLatchLayer(cfg.time_wait)
+        self.peer_ids = PeerIdStore()
+        self._tags: dict[int, PacketTag] = {}
+        self._outcome_cbs: dict[FiveTuple, tuple[FlowChoice, OutcomeCallback | None]] = {}
+        self._bop_failed: dict[FiveTuple, AcquireOutcome] = {}
+        self._last_sa: dict[int, int] = {}
+        self.latches.on_established = self._latch_established
+        self.latches.on_closed = self._latch_closed
+
+    @property
+    def approach(self) -> Approach:
+        return self.config.approach
+
+    # =========================================================================================
+    # packet path
+
+    def inbound(
+        self,
+        flow: FiveTuple,
+        protected_by: SecurityAssociation | None,
+        now: float,
+        *,
+        initiating: bool = False,
+    ) -> InboundDecision:
+        """Judge one received packet of ``flow`` (after ESP/AH decapsulation by ``protected_by``).
+
+        ``initiating`` marks a flow-initiating packet (TCP SYN without ACK, SCTP INIT, the first
+        datagram of a connected-UDP flow); only those may create latches or decide templates.
+        """
+        latch = self.latches._by_flow.get(flow)
+        if latch is not None:
+            if initiating and flow in self.pad_layer.holds:
+                self._supersede(flow)
+            else:
+                return self._inbound_latched(latch, flow, protected_by)
+        elif initiating and flow in self.pad_layer.holds:
+            self._supersede(flow)
+        sa = protected_by
+        if sa is None:
+            return self._inbound_cleartext(flow, initiating)
+        if self.sad._by_id.get(sa.sa_id) is not sa:
+            return drop(DropReason.SA_UNKNOWN)
+        if not sa.carries(flow):
+            return drop(DropReason.SA_SELECTOR_MISMATCH)
+        entry = self.spd.lookup(flow, btns_peer=sa.btns)
+        if entry is None:
+            if sa.btns and self.spd.lookup(flow) is not None:
+                return drop(DropReason.SA_NOT_BTNS_OK)
+            return drop(DropReason.NO_POLICY)
+        action = entry.action
+        if action is SpdAction.DISCARD:
+            return drop(DropReason.SPD_DISCARD)
+        if action is SpdAction.BYPASS:
+            if entry.origin is EntryOrigin.TEMPLATE_CLONE:
+                return drop(DropReason.BOP_FLOW_DECIDED_CLEARTEXT)
+            return InboundDecision(InboundVerdict.ACCEPT, self._tag(sa))
+        assert entry.protection is not None
+        if not entry.protection.admits(sa.params):
+            return drop(DropReason.SA_POLICY_MISMATCH)
+        if action is SpdAction.BYPASS_OR_PROTECT:
+            if not initiating:
+                return drop(DropReason.BOP_UNDECIDED)
+            self._install_clone(flow, entry, SpdAction.PROTECT, sa.reqid)
+        handle = None
+        if self.approach is Approach.POLICY and initiating and flow.proto in CONNECTION_PROTOCOLS:
+            handle = self._latch_incoming(flow, sa, now)
+            if handle is not None:
+                latch = self.latches._latches[handle]
+                if latch.state is not LatchState.ESTABLISHED:
+                    return drop(DropReason.LATCH_BROKEN, handle)
+        return InboundDecision(InboundVerdict.ACCEPT, self._tag(sa), latch=handle)
+
+    def _inbound_cleartext(self, flow: FiveTuple, initiating: bool) -> InboundDecision:
+        entry = self.spd.lookup(flow)
+        if entry is None:
+            return drop(DropReason.NO_POLICY)
+        action = entry.action
+        if action is SpdAction.BYPASS:
+            return InboundDecision(InboundVerdict.ACCEPT, CLEARTEXT)
+        if action is SpdAction.DISCARD:
+            return drop(DropReason.SPD_DISCARD)
+        if action is SpdAction.PROTECT:
+            return drop(DropReason.CLEARTEXT_ON_PROTECTED_FLOW)
+        # BYPASS_OR_PROTECT template, flow not decided yet
+        if not initiating:
+            return drop(DropReason.BOP_UNDECIDED)
+        self._install_clone(flow, entry, SpdAction.BYPASS, None)
+        return InboundDecision(InboundVerdict.ACCEPT, CLEARTEXT)
+
+    def _inbound_latched(
+        self, latch: Latch, flow: FiveTuple, sa: SecurityAssociation | None
+    ) -> InboundDecision:
+        state = latch.state
+        if state is LatchState.ESTABLISHED:
+            if sa is None:
+                return drop(DropReason.LATCHED_FLOW_CLEARTEXT, latch.handle)
+            if self.sad._by_id.get(sa.sa_id) is not sa:
+                return drop(DropReason.SA_UNKNOWN, latch.handle)
+            if self._last_sa.get(latch.handle) != sa.sa_id:
+                if not sa.carries(flow):
+                    return drop(DropReason.SA_SELECTOR_MISMATCH, latch.handle)
+                params = latch.params
+                assert params is not None
+                if not params.congruent(sa):
+                    reason = (
+                        DropReason.LATCH_PEER_MISMATCH
+                        if sa.peer != params.peer
+                        else DropReason.LATCH_QOP_MISMATCH
+                    )
+                    return drop(reason, latch.handle)
+                self._last_sa[latch.handle] = sa.sa_id
+            return InboundDecision(InboundVerdict.ACCEPT, self._tag(sa), latch=latch.handle)
+        if state is LatchState.BROKEN:
+            return drop(DropReason.LATCH_BROKEN, latch.handle)
+        return drop(DropReason.LATCH_LARVAL, latch.handle)
+
+    def outbound(
+        self, flow: FiveTuple, now: float, *, initiating: bool = False, like: PacketTag | None = None
+    ) -> OutboundDecision:
+        """Decide how to send one packet of ``flow``.
+
+        ``like`` (approach 1, RFC 5660 §2.4 (a)) asks "protect this like so": only an SA with the
+        same peer and QoP as the tag may be used (CLEARTEXT: only if policy bypasses the flow);
+        otherwise DISCARD(ULP_CANNOT_PROTECT_AS_LATCHED). The PROTECT decision's ``tag`` answers
+        §2.4 (b) "how was this protected". NEED_SA means an ACQUIRE is pending.
+        """
+        latch = self.latches._by_flow.get(flow)
+        if latch is not None:
+            if initiating and flow in self.pad_layer.holds:
+                self._supersede(flow)
+            else:
+                return self._outbound_latched(latch, flow, now)
+        elif initiating and flow in self.pad_layer.holds:
+            self._supersede(flow)
+        entry = self.spd.lookup(flow)
+        if entry is None:
+            return discard(DropReason.NO_POLICY)
+        action = entry.action
+        if action is SpdAction.DISCARD:
+            return discard(DropReason.SPD_DISCARD)
+        if like is not None:
+            return self._outbound_like(flow, entry, like, now)
+        if action is SpdAction.BYPASS:
+            return BYPASS_DECISION
+        if action is SpdAction.BYPASS_OR_PROTECT:
+            failed = self._bop_failed.get(flow)
+            return discard(DropReason.BOP_IKE_FAILED if failed else DropReason.BOP_UNDECIDED)
+        assert entry.protection is not None
+        if (
+            self.approach is Approach.POLICY
+            and initiating
+            and self.config.auto_latch
+            and flow.proto in CONNECTION_PROTOCOLS
+        ):
+            try:
+                handle = self.latches.create_connection_latch(flow, now=now)
+            except (LatchExists, PolicyRefused):
+                handle = None
+            if handle is not None:
+                return self._outbound_latched(self.latches._latches[handle], flow, now)
+        sa = self._select_sa(flow, entry)
+        if sa is None:
+            self.key_manager.acquire(flow, entry.protection, now)
+            return OutboundDecision(OutboundVerdict.NEED_SA)
+        return OutboundDecision(OutboundVerdict.PROTECT, sa, self._tag(sa))
+
+    def how_would_protect(self, flow: FiveTuple, now: float) -> OutboundDecision:
+        """RFC 5660 §2.4 "tell me how you'll protect this outgoing packet", without side effects
+        (no ACQUIRE, no latch): NEED_SA here means "an SA would have to be negotiated first"."""
+        latch = self.latches._by_flow.get(flow)
+        if latch is not None:
+            if latch.state is LatchState.BROKEN:
+                return discard(DropReason.LATCH_BROKEN, latch.handle)
+            if latch.state is LatchState.ESTABLISHED:
+                sa = self._latched_sa(latch, flow)
+                if sa is not None:
+                    return OutboundDecision(OutboundVerdict.PROTECT, sa, self._tag(sa), latch=latch.handle)
+            return OutboundDecision(OutboundVerdict.NEED_SA, latch=latch.handle)
+        entry = self.spd.lookup(flow)
+        if entry is None:
+            return discard(DropReason.NO_POLICY)
+        if entry.action is SpdAction.BYPASS:
+            return BYPASS_DECISION
+        if entry.action is SpdAction.DISCARD:
+            return discard(DropReason.SPD_DISCARD)
+        if entry.action is SpdAction.BYPASS_OR_PROTECT:
+            return discard(DropReason.BOP_UNDECIDED)
+        sa = self._select_sa(flow, entry)
+        if sa is None:
+            return OutboundDecision(OutboundVerdict.NEED_SA)
+        return OutboundDecision(OutboundVerdict.PROTECT, sa, self._tag(sa))
+
+    def _outbound_latched(self, latch: Latch, flow: FiveTuple, now: float) -> OutboundDecision:
+        state = latch.state
+        if state is LatchState.ESTABLISHED:
+            sa = self._latched_sa(latch, flow)
+            if sa is not None:
+                return OutboundDecision(OutboundVerdict.PROTECT, sa, self._tag(sa), latch=latch.handle)
+            params = latch.params
+            assert params is not None
+            # every congruent SA is gone (expired, deleted): ask for new ones; only a congruent SA
+            # will be used, so the peer cannot change under the latch.
+            entry = self.spd.lookup(flow, btns_peer=params.btns)
+            policy = entry.protection if entry is not None and entry.protection is not None else None
+            if policy is not None:
+                self.key_manager.acquire(flow, policy, now)
+            return OutboundDecision(OutboundVerdict.NEED_SA, latch=latch.handle)
+        if state is LatchState.BROKEN:
+            return discard(DropReason.LATCH_BROKEN, latch.handle)
+        return OutboundDecision(OutboundVerdict.NEED_SA, reason=DropReason.LATCH_LARVAL, latch=latch.handle)
+
+    def _latched_sa(self, latch: Latch, flow: FiveTuple) -> SecurityAssociation | None:
+        last = self._last_sa.get(latch.handle)
+        if last is not None:
+            sa = self.sad._by_id.get(last)
+            if sa is not None:
+                return sa
+        params = latch.params
+        assert params is not None
+        for sa in self.sad.carrying(flow):
+            if params.congruent(sa):
+                self._last_sa[latch.handle] = sa.sa_id
+                return sa
+        return None
+
+    def _outbound_like(
+        self, flow: FiveTuple, entry: SpdEntry, like: PacketTag, now: float
+    ) -> OutboundDecision:
+        if not like.protected:
+            if entry.action is SpdAction.BYPASS:
+                return BYPASS_DECISION
+            return discard(DropReason.ULP_CANNOT_PROTECT_AS_LATCHED)
+        carrying = self.sad.carrying(flow)
+        for sa in carrying:
+            if self._tag(sa).same_protection(like):
+                return OutboundDecision(OutboundVerdict.PROTECT, sa, self._tag(sa))
+        if carrying or entry.protection is None:
+            return discard(DropReason.ULP_CANNOT_PROTECT_AS_LATCHED)
+        self.key_manager.acquire(flow, entry.protection, now)
+        return OutboundDecision(OutboundVerdict.NEED_SA)
+
+    def _select_sa(self, flow: FiveTuple, entry: SpdEntry) -> SecurityAssociation | None:
+        policy = entry.protection
+        assert policy is not None
+        for sa in self.sad.carrying(flow):
+            if sa.btns and not entry.btns_ok and entry.origin is EntryOrigin.CONFIGURED:
+                continue
+            if policy.admits(sa.params):
+                return sa
+        return None
+
+    def _tag(self, sa: SecurityAssociation) -> PacketTag:
+        tag = self._tags.get(sa.sa_id)
+        if tag is None:
+            tag = self._tags[sa.sa_id] = PacketTag.of_sa(sa)
+        return tag
+
+    # =========================================================================================
+    # ULP / application calls
+
+    def listen(
+        self,
+        key: ThreeTuple,
+        request: LatchRequest | None = None,
+        *,
+        on_alert: AlertCallback | None = None,
+        now: float = 0.0,
+    ) -> int:
+        """CREATE_LISTENER_LATCH for a listening socket (RFC 5660 §5.1 ``listen()``), plus the
+        3-tuple template PAD entry (approach 2). Returns the listener latch handle; each new
+        latched connection is announced to ``on_alert`` (reason NEW_CONNECTION)."""
+        handle = self.latches.create_listener_latch(key, request, on_alert=on_alert, now=now)
+        self.pad_layer.add_template(PadTemplate(key, request or LatchRequest(), handle))
+        return handle
+
+    def stop_listening(self, handle: int) -> None:
+        info = self.latches.release_latch(handle)
+        assert isinstance(info.key, ThreeTuple)
+        self.pad_layer.remove_template(info.key)
+
+    def connect(
+        self,
+        flow: FiveTuple,
+        request: LatchRequest | None = None,
+        *,
+        on_alert: AlertCallback | None = None,
+        now: float = 0.0,
+    ) -> int:
+        """CREATE_CONNECTION_LATCH before the first packet (RFC 5660 §5.1 ``connect()``), plus the
+        5-tuple template PAD entry. The latch is ESTABLISHED if suitable SAs exist, else LARVAL
+        while the key manager negotiates; ``on_alert`` learns the outcome. Raises
+        PolicyRefused / LatchConflict / LatchExists (the ULP then tells the app "not latched")."""
+        if flow in self.pad_layer.holds:
+            self._supersede(flow)
+        handle = self.latches.create_connection_latch(flow, request, on_alert=on_alert, now=now)
+        if flow not in self.pad_layer.clones and handle in self.latches._latches:
+            self.pad_layer.add_template(PadTemplate(flow, request or LatchRequest(), handle))
+        return handle
+
+    def close_flow(self, flow: FiveTuple, now: float) -> None:
+        """The ULP's connection ended (TCP CLOSED / UDP disconnect). The flow's latch, PAD clone
+        and per-flow SPD clone are held for the TIME_WAIT-like period, then removed by
+        :meth:`poll` (RFC 5660 §2.3 release "when no more packets are expected")."""
+        latch = self.latches._by_flow.get(flow)
+        if latch is not None and latch.state is LatchState.LARVAL:
+            self.latches.release_latch(latch.handle)
+            self.key_manager.pending.pop(flow, None)
+        self._outcome_cbs.pop(flow, None)
+        self._bop_failed.pop(flow, None)
+        if flow in self.latches._by_flow or self.spd.overlay_entry(flow) is not None:
+            self.pad_layer.hold(flow, now)
+
+    def request_protection(
+        self,
+        flow: FiveTuple,
+        choice: FlowChoice,
+        now: float,
+        *,
+        request: LatchRequest | None = None,
+        on_alert: AlertCallback | None = None,
+        on_outcome: OutcomeCallback | None = None,
+        privileged: bool = False,
+        policy: ProtectionPolicy | None = None,
+    ) -> ProtectionOutcome:
+        """Decide an outgoing flow before its first packet (design slides BYPASS OR PROTECT;
+        RFC 5660 §3.1 optional protection).
+
+        - On a BYPASS-OR-PROTECT template: PROTECT installs an exact-5-tuple PROTECT clone and (in
+          approach 2) creates the connection latch atomically with it; if IKE fails or times out
+          the clone is withdrawn and the outcome says so (the app may then choose BYPASS).
+          BYPASS installs an exact-5-tuple BYPASS clone.
+        - On a plain BYPASS entry: PROTECT is optional protection (allowed, same as above).
+        - On a PROTECT entry: BYPASS needs ``privileged`` (§3.1), else PolicyRefused.
+        - A flow whose latch is ESTABLISHED or BROKEN can never be switched to BYPASS.
+
+        Returns the outcome if known now (``pending`` True otherwise; ``on_outcome`` is called
+        when the key manager finishes).
+        """
+        latch = self.latches._by_flow.get(flow)
+        if choice is FlowChoice.BYPASS and latch is not None and latch.state is not LatchState.LARVAL:
+            raise PolicyRefused(f"{flow} is latched; a latched flow never falls back to BYPASS")
+        current = self.spd.overlay_entry(flow)
+        if (
+            choice is FlowChoice.BYPASS
+            and current is not None
+            and current.action is SpdAction.PROTECT
+            and flow not in self._outcome_cbs  # not while the PROTECT attempt is still pending
+            and not privileged
+        ):
+            raise PolicyRefused(f"{flow} was decided PROTECT; it cannot fall back to BYPASS")
+        entry = self.spd.lookup_configured(flow)
+        if entry is None or entry.action is SpdAction.DISCARD:
+            raise PolicyRefused(f"the SPD discards {flow}")
+        template = entry.name if entry.action is SpdAction.BYPASS_OR_PROTECT else None
+        origin = EntryOrigin.TEMPLATE_CLONE if template else EntryOrigin.APPLICATION_REQUEST
+        self._bop_failed.pop(flow, None)
+        if choice is FlowChoice.BYPASS:
+            if entry.action is SpdAction.PROTECT and not privileged:
+                raise PolicyRefused(
+                    f"bypassing PROTECT entry {entry.name!r} needs a privileged caller (RFC 5660 §3.1)"
+                )
+            if latch is not None:
+                self.latches.release_latch(latch.handle)
+            self.key_manager.pending.pop(flow, None)
+            bypass = SpdEntry.flow_entry(flow, SpdAction.BYPASS, None, origin, template=template)
+            self.spd.install_overlay(flow, bypass)
+            self.backend.install_flow_policy(FlowPolicy(flow, bypass, None))
+            return ProtectionOutcome(flow, choice, ok=True)
+        prot = policy or (request.policy if request is not None else None) or entry.protection
+        if prot is None:
+            prot = ProtectionPolicy()
+        if entry.action is SpdAction.PROTECT and policy is None:
+            clone = None  # the configured entry already protects the flow
+        else:
+            clone = SpdEntry.flow_entry(
+                flow, SpdAction.PROTECT, prot, origin, btns_ok=entry.btns_ok, template=template
+            )
+            self.spd.install_overlay(flow, clone)
+            self.backend.install_flow_policy(FlowPolicy(flow, clone, None))
+        self._outcome_cbs[flow] = (choice, on_outcome)
+        if self.approach is Approach.POLICY:
+            try:
+                handle = self.latches.create_connection_latch(flow, request, on_alert=on_alert, now=now)
+            except Exception:
+                self._outcome_cbs.pop(flow, None)
+                if clone is not None:
+                    self.spd.remove_overlay(flow)
+                    self.backend.remove_flow_policy(flow)
+                raise
+            latch = self.latches._latches.get(handle)
+            if latch is not None and latch.state is LatchState.ESTABLISHED:
+                self._outcome_cbs.pop(flow, None)
+                return ProtectionOutcome(
+                    flow, choice, ok=True, latch=handle, sa=self._latched_sa(latch, flow)
+                )
+            if latch is None:  # LARVAL resolved synchronously into CLOSED
+                self._outcome_cbs.pop(flow, None)
+                return ProtectionOutcome(flow, choice, ok=False, acquire=self._bop_failed.get(flow))
+            return ProtectionOutcome(flow, choice, ok=False, pending=True, latch=handle)
+        sa = self._select_sa(flow, self.spd.lookup(flow) or entry)
+        if sa is not None:
+            self._outcome_cbs.pop(flow, None)
+            return ProtectionOutcome(flow, choice, ok=True, sa=sa)
+        self.key_manager.acquire(flow, prot, now)
+        if flow not in self._outcome_cbs:  # resolved synchronously (zero setup delay)
+            sa = self._select_sa(flow, self.spd.lookup(flow) or entry)
+            return ProtectionOutcome(
+                flow, choice, ok=sa is not None, sa=sa, acquire=self._bop_failed.get(flow)
+            )
+        return ProtectionOutcome(flow, choice, ok=False, pending=True)
+
+    # =========================================================================================
+    # administration, key manager, timers
+
+    def update_spd(self, entries: Iterable[SpdEntry]) -> list[int]:
+        """Administrative SPD change; latches are re-checked (RFC 5660 §2.3). Returns the latch
+        handles broken (empty when ``pin_on_spd_change`` pinned them instead)."""
+        self.spd.replace_entries(entries)
+        broken = self.latches.spd_changed()
+        for flow, e in self.spd.overlay_entries().items():
+            if e.origin is EntryOrigin.PINNED_LATCH and flow not in self.backend_flow_policies():
+                latch = self.latches._by_flow.get(flow)
+                reqid = None
+                if latch is not None and latch.params is not None:
+                    reqid = self.key_manager.reqid_for(latch.params.peer)
+                self.backend.install_flow_policy(FlowPolicy(flow, e, reqid))
+        return broken
+
+    def backend_flow_policies(self) -> dict[FiveTuple, FlowPolicy]:
+        if isinstance(self.backend, InProcessBackend):
+            return self.backend.flow_policies
+        return {}
+
+    def install_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
+        """Install an SA negotiated elsewhere (the sim's IKE): see :meth:`StaticKeyManager.install_sa`."""
+        return self.key_manager.install_sa(sa, now)
+
+    def delete_sa(self, sa_id: int, now: float) -> SecurityAssociation | None:
+        sa = self.key_manager.delete_sa(sa_id, now)
+        self._tags.pop(sa_id, None)
+        return sa
+
+    def peer_dead(self, peer: PeerIdentity, now: float) -> None:
+        """IKE DPD says ``peer`` is dead: its latches break irremediably (RFC 5660 §2)."""
+        self.key_manager.peer_dead(peer, now)
+
+    def restart_key_manager(self, now: float, *, restore_latches: bool) -> None:
+        """RFC 5660 §2 restart: latches restored or CLOSED; pinned SPD entries never survive."""
+        self.key_manager.restart(now, restore_latches=restore_latches)
+        if not restore_latches:
+            for flow in list(self.spd.overlay_entries()):
+                self.spd.remove_overlay(flow)
+                self.backend.remove_flow_policy(flow)
+            self.pad_layer.clear()
+            self._outcome_cbs.clear()
+            self._bop_failed.clear()
+        else:
+            for flow, e in self.backend_flow_policies().copy().items():
+                if e.entry.origin is EntryOrigin.PINNED_LATCH:
+                    self.backend.remove_flow_policy(flow)
+
+    def check_peer_id_store(self) -> list[int]:
+        """Verify the peer-ID store (RFC 5660 §2.6); if corrupt, CLOSE every ESTABLISHED/BROKEN
+        latch and return their handles."""
+        if self.peer_ids.verify():
+            return []
+        return self.latches.peer_id_store_corrupted()
+
+    def poll(self, now: float) -> None:
+        """Run timers: key-manager negotiations/timeouts/expiry, end of TIME_WAIT holds."""
+        self.key_manager.poll(now)
+        for flow in self.pad_layer.due(now):
+            self._finish_flow(flow)
+
+    def next_deadline(self) -> float | None:
+        times = [
+            t for t in (self.key_manager.next_deadline(), self.pad_layer.next_deadline()) if t is not None
+        ]
+        return min(times) if times else None
+
+    # -- backend events ------------------------------------------------------------------------
+
+    def backend_acquire(self, flow: FiveTuple, now: float) -> None:
+        """A datapath ACQUIRE (XFRM_MSG_ACQUIRE): negotiate SAs for ``flow`` per the SPD."""
+        entry = self.spd.lookup(flow)
+        if entry is not None and entry.protection is not None and entry.action is SpdAction.PROTECT:
+            self.key_manager.acquire(flow, entry.protection, now)
+
+    def backend_expire(self, sa_id: int, hard: bool, now: float) -> None:
+        """A datapath EXPIRE (XFRM_MSG_EXPIRE); a hard expiry deletes the SA."""
+        if hard:
+            self.delete_sa(sa_id, now)
+
+    # -- key-manager listener --------------------------------------------------------------------
+
+    def acquire_finished(
+        self, flow: FiveTuple, outcome: AcquireOutcome, sa: SecurityAssociation | None, now: float
+    ) -> None:
+        """KeyManagerListener: an ACQUIRE ended."""
+        if outcome is not AcquireOutcome.INSTALLED:
+            self.latches.sa_setup_failed(
+                flow, timeout=outcome is AcquireOutcome.TIMEOUT, detail=outcome.value
+            )
+        pending = self._outcome_cbs.pop(flow, None)
+        if pending is None:
+            return
+        choice, cb = pending
+        if outcome is AcquireOutcome.INSTALLED:
+            latch = self.latches._by_flow.get(flow)
+            result = ProtectionOutcome(flow, choice, ok=True, latch=latch.handle if latch else None, sa=sa)
+        else:
+            overlay = self.spd.overlay_entry(flow)
+            if overlay is not None and overlay.origin in (
+                EntryOrigin.TEMPLATE_CLONE,
+                EntryOrigin.APPLICATION_REQUEST,
+            ):
+                self.spd.remove_overlay(flow)
+                self.backend.remove_flow_policy(flow)
+            self._bop_failed[flow] = outcome
+            result = ProtectionOutcome(flow, choice, ok=False, acquire=outcome, detail=f"IKE {outcome.value}")
+        if cb is not None:
+            cb(result)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _latch_incoming(self, flow: FiveTuple, sa: SecurityAssociation, now: float) -> int | None:
+        listener = self.latches.listener_for(flow)
+        if listener is None:
+            return None
+        return self.latches.spawn_from_listener(listener, flow, sa, now)
+
+    def _latch_established(self, latch: Latch, sa: SecurityAssociation | None) -> None:
+        flow = latch.key
+        assert isinstance(flow, FiveTuple) and latch.params is not None
+        self.peer_ids.intern(latch.params.peer)
+        if sa is not None:
+            self._last_sa[latch.handle] = sa.sa_id
+        template = self.pad_layer.template_for(flow)
+        if template is None:
+            template = PadTemplate(flow, latch.request, latch.handle)
+        self.pad_layer.clone(template, flow, latch.params.peer, latch.params.peer_addr, latch.handle)
+        self.pad_layer.flow_templates.pop(flow, None)
+        overlay = self.spd.overlay_entry(flow)
+        entry = overlay or self.spd.lookup(flow, btns_peer=latch.params.btns)
+        if entry is not None:
+            self.backend.install_flow_policy(
+                FlowPolicy(flow, entry, self.key_manager.reqid_for(latch.params.peer))
+            )
+
+    def _latch_closed(self, latch: Latch) -> None:
+        self._last_sa.pop(latch.handle, None)
+        if isinstance(latch.key, FiveTuple):
+            flow = latch.key
+            if flow not in self.pad_layer.holds:
+                self.pad_layer.drop(flow)
+                if self.spd.overlay_entry(flow) is None:
+                    self.backend.remove_flow_policy(flow)
+
+    def _supersede(self, flow: FiveTuple) -> None:
+        """A new flow trigger on a 5-tuple in its TIME_WAIT hold: finish the old flow now, in the
+        same step as the new flow is judged (atomic w.r.t. new flow triggers)."""
+        self._finish_flow(flow)
+
+    def _finish_flow(self, flow: FiveTuple) -> None:
+        self.pad_layer.holds.pop(flow, None)
+        latch = self.latches._by_flow.get(flow)
+        if latch is not None:
+            self.latches.release_latch(latch.handle)
+        self.pad_layer.drop(flow)
+        if self.spd.remove_overlay(flow) is not None or flow in self.backend_flow_policies():
+            self.backend.remove_flow_policy(flow)
+        self._bop_failed.pop(flow, None)
+
+    def _install_clone(
+        self, flow: FiveTuple, template: SpdEntry, action: SpdAction, reqid: int | None
+    ) -> None:
+        prot = template.protection if action is SpdAction.PROTECT else None
+        clone = SpdEntry.flow_entry(
+            flow, action, prot, EntryOrigin.TEMPLATE_CLONE, btns_ok=template.btns_ok, template=template.name
+        )
+        self.spd.install_overlay(flow, clone)
+        self.backend.install_flow_policy(FlowPolicy(flow, clone, reqid))

@@ -1,0 +1,282 @@
+"""Key manager (RFC 5660 §2.3 "the component that manages the SAD"), sans-IO.
+
+:class:`KeyManager` is the interface; :class:`StaticKeyManager` implements it with static keying:
+SAs come from :class:`SaProvision` records configured in advance (what a peer would agree to) and
+are installed on ACQUIRE after ``setup_delay`` of virtual time, or installed directly with
+:meth:`KeyManager.install_sa` (the simulated network's IKE does that). Either way every SA goes
+through the same path:
+
+1. PAD: authorize the peer and its traffic selectors (RFC 4301 §4.4.3.4, RFC 5386 §2, RFC 7619);
+2. LD: narrow the proposal or break conflicting latches, alerting holders before acceptance
+   (RFC 5660 §2.3);
+3. SAD + backend install; 4. LD: LARVAL latches that were waiting become ESTABLISHED.
+
+ACQUIRE (RFC 4301 §5.1 step 3c) is :meth:`KeyManager.acquire`; it ends with
+:meth:`KeyManagerListener.acquire_finished` (INSTALLED, NO_PEER or TIMEOUT). Nothing reads a clock:
+``now`` is always passed in and :meth:`KeyManager.poll` runs timers.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Protocol
+
+from rpclatch.ipsec.backend import Backend
+from rpclatch.ipsec.errors import IPsecError
+from rpclatch.ipsec.latch import LatchDatabase, SaRequester
+from rpclatch.ipsec.model import (
+    AddressRange,
+    FiveTuple,
+    IkeSaRef,
+    IPAddress,
+    LocalIdentity,
+    PeerIdentity,
+    ProtectionParams,
+    ProtectionPolicy,
+    Selector,
+)
+from rpclatch.ipsec.pad import PeerAuthorizationDatabase
+from rpclatch.ipsec.sad import Lifetime, SecurityAssociation, SecurityAssociationDatabase
+
+
+class AcquireOutcome(Enum):
+    INSTALLED = "installed"
+    NO_PEER = "no-peer"  # nobody to negotiate with (no IKE at the peer, refused proposal)
+    TIMEOUT = "timeout"  # IKE did not finish in time
+
+
+@dataclass(frozen=True, slots=True)
+class SaProvision:
+    """A statically keyed peer: what an ACQUIRE for a flow to ``remote`` will produce.
+
+    ``narrow`` makes per-5-tuple SAs (PFP on every selector, RFC 5660 §2.1); otherwise the SA gets
+    ``selectors``. ``setup_delay`` is the virtual time the "negotiation" takes; a delay longer than
+    the acquire timeout models an IKE timeout. ``refuse`` models a peer with no IKE at all.
+    """
+
+    remote: AddressRange
+    peer: PeerIdentity
+    peer_addr: IPAddress
+    local: LocalIdentity
+    params: ProtectionParams
+    ike_sa: IkeSaRef
+    narrow: bool = True
+    selectors: tuple[Selector, ...] = ()
+    setup_delay: float = 0.0
+    refuse: bool = False
+    lifetime: Lifetime = field(default_factory=Lifetime)
+
+
+@dataclass(slots=True)
+class PendingAcquire:
+    flow: FiveTuple
+    policy: ProtectionPolicy
+    started: float
+    deadline: float
+    ready_at: float | None
+    provision: SaProvision | None
+
+
+class KeyManagerListener(Protocol):
+    def acquire_finished(
+        self, flow: FiveTuple, outcome: AcquireOutcome, sa: SecurityAssociation | None, now: float
+    ) -> None: ...
+
+
+class KeyManager(abc.ABC):
+    """Key-manager interface the engine drives."""
+
+    @abc.abstractmethod
+    def install_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
+        """Authorize, vet against latches, and install an SA; returns the installed (possibly
+        narrowed) SA, or None if narrowing left nothing. ``sa_id`` 0 means "assign one"; ``reqid``
+        0 means "assign the peer's reqid". Raises ChildSaRefused / PeerNotAuthorized."""
+
+    @abc.abstractmethod
+    def delete_sa(self, sa_id: int, now: float) -> SecurityAssociation | None:
+        """Remove an SA (expiry, IKE Delete)."""
+
+    @abc.abstractmethod
+    def acquire(self, flow: FiveTuple, policy: ProtectionPolicy, now: float) -> None:
+        """ACQUIRE: start child SAs (and an IKE SA if needed) for ``flow``. Idempotent per flow."""
+
+    @abc.abstractmethod
+    def poll(self, now: float) -> None:
+        """Run timers: finish negotiations due by ``now``, time out the rest, expire SAs."""
+
+    @abc.abstractmethod
+    def next_deadline(self) -> float | None:
+        """Earliest virtual time at which :meth:`poll` has work, or None."""
+
+    @abc.abstractmethod
+    def restart(self, now: float, *, restore_latches: bool) -> None:
+        """Key-manager restart (RFC 5660 §2): latches restored or CLOSED; pending ACQUIREs fail."""
+
+    @abc.abstractmethod
+    def peer_dead(self, peer: PeerIdentity, now: float) -> None:
+        """IKE DPD concluded ``peer`` is dead: delete its SAs, break its latches irremediably."""
+
+
+class StaticKeyManager(KeyManager, SaRequester):
+    """Static keying (see module docstring)."""
+
+    def __init__(
+        self,
+        sad: SecurityAssociationDatabase,
+        pad: PeerAuthorizationDatabase,
+        latches: LatchDatabase,
+        backend: Backend,
+        *,
+        provisions: tuple[SaProvision, ...] = (),
+        acquire_timeout: float = 5.0,
+        listener: KeyManagerListener | None = None,
+    ) -> None:
+        self.sad = sad
+        self.pad = pad
+        self.latches = latches
+        self.backend = backend
+        self.provisions = list(provisions)
+        self.acquire_timeout = acquire_timeout
+        self.listener = listener
+        self.pending: dict[FiveTuple, PendingAcquire] = {}
+        self._reqids: dict[PeerIdentity, int] = {}
+        self._reqid_counter = itertools.count(1)
+        self._spis = itertools.count(0x1000)
+        latches.requester = self
+
+    def add_provision(self, provision: SaProvision) -> None:
+        self.provisions.append(provision)
+
+    def reqid_for(self, peer: PeerIdentity) -> int:
+        """One reqid per peer identity: XFRM policies pin flows to a peer's SAs by reqid."""
+        rid = self._reqids.get(peer)
+        if rid is None:
+            rid = self._reqids[peer] = next(self._reqid_counter)
+        return rid
+
+    # -- SAs ---------------------------------------------------------------------------------
+
+    def install_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
+        match = self.pad.authorize(sa.peer)
+        self.pad.check_child_sa(match, sa.remote_addr, sa.traffic_selectors)
+        changes: dict[str, object] = {"btns": match.btns}
+        if sa.sa_id == 0:
+            changes["sa_id"] = self.sad.next_sa_id()
+        if sa.reqid == 0:
+            changes["reqid"] = self.reqid_for(sa.peer)
+        sa = replace(sa, **changes)  # type: ignore[arg-type]
+        verdict = self.latches.vet_child_sa(sa)
+        if verdict.sa is None:
+            return None
+        sa = verdict.sa
+        self.sad.add(sa)
+        self.backend.install_sa(sa)
+        self.latches.sa_installed(sa, now)
+        for flow in [f for f in self.pending if sa.carries(f)]:
+            del self.pending[flow]
+            if self.listener is not None:
+                self.listener.acquire_finished(flow, AcquireOutcome.INSTALLED, sa, now)
+        return sa
+
+    def delete_sa(self, sa_id: int, now: float) -> SecurityAssociation | None:
+        sa = self.sad.remove(sa_id)
+        if sa is None:
+            return None
+        self.backend.remove_sa(sa)
+        self.latches.sa_removed(sa)
+        return sa
+
+    # -- ACQUIRE -----------------------------------------------------------------------------
+
+    def request_sa(self, flow: FiveTuple, policy: ProtectionPolicy, now: float) -> None:
+        self.acquire(flow, policy, now)
+
+    def acquire(self, flow: FiveTuple, policy: ProtectionPolicy, now: float) -> None:
+        if flow in self.pending:
+            return
+        prov = next(
+            (p for p in self.provisions if p.remote.contains(flow.remote_addr) and policy.admits(p.params)),
+            None,
+        )
+        ready_at = None if prov is None or prov.refuse else now + prov.setup_delay
+        self.pending[flow] = PendingAcquire(flow, policy, now, now + self.acquire_timeout, ready_at, prov)
+        if prov is None or prov.refuse:
+            # nobody answers: fail after the timeout, as a real IKE initiator would
+            return
+        if prov.setup_delay <= 0:
+            self.poll(now)
+
+    def poll(self, now: float) -> None:
+        for sa in self.sad.expired(now):
+            self.delete_sa(sa.sa_id, now)
+        for flow, pend in list(self.pending.items()):
+            if flow not in self.pending:
+                continue  # resolved by an SA installed earlier in this loop
+            if pend.ready_at is not None and pend.ready_at <= now and pend.ready_at <= pend.deadline:
+                assert pend.provision is not None
+                self._install_from(pend, now)
+            elif pend.deadline <= now:
+                del self.pending[flow]
+                outcome = AcquireOutcome.NO_PEER if pend.provision is None else AcquireOutcome.TIMEOUT
+                if self.listener is not None:
+                    self.listener.acquire_finished(flow, outcome, None, now)
+
+    def _install_from(self, pend: PendingAcquire, now: float) -> None:
+        prov = pend.provision
+        assert prov is not None
+        selectors = (Selector.for_flow(pend.flow),) if prov.narrow else prov.selectors
+        sa = SecurityAssociation(
+            sa_id=0,
+            spi_in=next(self._spis),
+            spi_out=next(self._spis),
+            local_addr=pend.flow.local_addr,
+            remote_addr=prov.peer_addr,
+            traffic_selectors=selectors,
+            peer=prov.peer,
+            local=prov.local,
+            params=prov.params,
+            ike_sa=prov.ike_sa,
+            lifetime=prov.lifetime,
+            created_at=now,
+        )
+        try:
+            installed = self.install_sa(sa, now)
+        except IPsecError:  # the PAD refused the provisioned peer: the negotiation failed
+            self.pending.pop(pend.flow, None)
+            if self.listener is not None:
+                self.listener.acquire_finished(pend.flow, AcquireOutcome.NO_PEER, None, now)
+            return
+        if installed is None or pend.flow in self.pending:
+            self.pending.pop(pend.flow, None)
+            if self.listener is not None:
+                self.listener.acquire_finished(pend.flow, AcquireOutcome.NO_PEER, None, now)
+
+    def next_deadline(self) -> float | None:
+        times: list[float] = []
+        for pend in self.pending.values():
+            times.append(pend.deadline)
+            if pend.ready_at is not None:
+                times.append(pend.ready_at)
+        for sa in self.sad:
+            if sa.lifetime.hard_seconds is not None:
+                times.append(sa.created_at + sa.lifetime.hard_seconds)
+        return min(times) if times else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def restart(self, now: float, *, restore_latches: bool) -> None:
+        pending = list(self.pending)
+        self.pending.clear()
+        self.latches.key_manager_restarted(restore=restore_latches)
+        for flow in pending:
+            self.latches.sa_setup_failed(flow, timeout=False, detail="key manager restarted")
+            if self.listener is not None:
+                self.listener.acquire_finished(flow, AcquireOutcome.NO_PEER, None, now)
+
+    def peer_dead(self, peer: PeerIdentity, now: float) -> None:
+        self.latches.peer_dead(peer)
+        for sa in self.sad.with_peer(peer):
+            self.delete_sa(sa.sa_id, now)
