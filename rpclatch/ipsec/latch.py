@@ -242,6 +242,7 @@ class AlertReason(Enum):
     KEY_MANAGER_RESTART = "key-manager-restart"  # RFC 5660 §2: restart without restore
     PEER_ID_STORE_CORRUPTED = "peer-id-store-corrupted"  # RFC 5660 §2.6
     SUPERSEDED = "superseded-by-new-flow"  # approach 2: a new flow took over the 5-tuple
+    RELEASED = "released-by-owner"  # T6/T7 by the owner: told to observers only, never the owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +388,8 @@ class LatchDatabase:
         self._listeners: dict[ThreeTuple, Latch] = {}
         #: listeners by (proto, port) for T2 matching (address compared on hit)
         self._listener_ports: dict[tuple[int, int], list[Latch]] = {}
+        #: extra ALERT receivers per latch (e.g. a LatchChannel), besides the holder's callback
+        self._observers: dict[int, list[AlertCallback]] = {}
         #: hook run when a latch reaches CLOSED (approach 2 removes its PAD clone / backend policy)
         self.on_closed: Callable[[Latch], None] | None = None
         #: hook run when a latch becomes ESTABLISHED (approach 2 makes its PAD clone)
@@ -454,8 +457,14 @@ class LatchDatabase:
     def release_latch(self, handle: int) -> LatchInfo:
         """RELEASE_LATCH(handle): -> CLOSED, then deleted (T6/T7). Owner-initiated: no ALERT."""
         latch = self._get(handle)
-        latch.state = next_state(latch.state, E.RELEASE)
+        old = latch.state
+        latch.state = next_state(old, E.RELEASE)
         info = self._info(latch)
+        observers = self._observers.get(handle)
+        if observers:
+            alert = Alert(handle, latch.key, old, latch.state, AlertReason.RELEASED, latch.disposition)
+            for cb in list(observers):
+                cb(alert)
         self._delete(latch)
         return info
 
@@ -479,6 +488,12 @@ class LatchDatabase:
     def set_alert_callback(self, handle: int, on_alert: AlertCallback | None) -> None:
         """Register the ALERT closure for a latch (e.g. a TCB taking over a T2-spawned latch)."""
         self._get(handle).on_alert = on_alert
+
+    def add_observer(self, handle: int, on_alert: AlertCallback) -> None:
+        """Also deliver this latch's ALERTs to ``on_alert`` (plus a CLOSED alert with reason
+        RELEASED when the owner releases it). Used by LatchChannel."""
+        self._get(handle)
+        self._observers.setdefault(handle, []).append(on_alert)
 
     def set_disposition(self, handle: int, disposition: BrokenDisposition) -> None:
         """Choose the BROKEN disposition in advance (RFC 5660 §5.5 SHOULD offer this API)."""
@@ -713,6 +728,7 @@ class LatchDatabase:
 
     def _delete(self, latch: Latch) -> None:
         self._latches.pop(latch.handle, None)
+        self._observers.pop(latch.handle, None)
         if isinstance(latch.key, FiveTuple):
             if self._by_flow.get(latch.key) is latch:
                 del self._by_flow[latch.key]
@@ -756,10 +772,15 @@ class LatchDatabase:
         listener: int | None = None,
         detail: str = "",
     ) -> None:
+        observers = self._observers.get(latch.handle)
+        if latch.on_alert is None and not observers:
+            return
+        alert = Alert(latch.handle, latch.key, old, latch.state, reason, latch.disposition, listener, detail)
         if latch.on_alert is not None:
-            latch.on_alert(
-                Alert(latch.handle, latch.key, old, latch.state, reason, latch.disposition, listener, detail)
-            )
+            latch.on_alert(alert)
+        if observers and listener is None:
+            for cb in list(observers):
+                cb(alert)
 
     def _maybe_restore(self, latch: Latch) -> None:
         if latch.state is S.BROKEN and not latch.has_conflicts():

@@ -1,0 +1,273 @@
+"""Approach 1 of the design slides: the latch held by the ULP ("intimate interfaces").
+
+RFC 5660 §2.4 (informative model): IPsec tags every inbound packet with the SA that protected it
+(``InboundDecision.tag``: a :class:`~rpclatch.ipsec.decisions.PacketTag`, or CLEARTEXT); on output
+the ULP either asks "how will you protect this" (the PROTECT decision's tag) or says "protect this
+like so" (``IPsecEngine.outbound(..., like=tag)``). The ULP records the latch in its control block
+from the flow's first packet and enforces it on every later one.
+
+- :class:`UlpLatch` is what a transport control block (TCP TCB, connected-UDP socket) embeds.
+- :class:`PToken` and :class:`DatagramLatching` give the same power to datagram applications on
+  unconnected sockets through ``recvmsg`` / ``sendmsg`` ancillary data ("pTokens", BTNS abstract
+  API): the application records and enforces the latch itself.
+
+There is no explicit BROKEN state in the RFC's model; a mismatching packet is either dropped
+(an "imaginary BROKEN", :attr:`MismatchPolicy.DROP`, the default) or breaks the latch with an
+application alert (:attr:`MismatchPolicy.BREAK`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from rpclatch.ipsec.decisions import (
+    CLEARTEXT,
+    DropReason,
+    InboundDecision,
+    OutboundDecision,
+    OutboundVerdict,
+    PacketTag,
+    discard,
+)
+from rpclatch.ipsec.latch import BrokenDisposition
+from rpclatch.ipsec.model import FiveTuple, Mode, PeerIdentity, ProtectionType
+
+if TYPE_CHECKING:
+    from rpclatch.ipsec.engine import IPsecEngine
+
+
+class UlpLatchState(Enum):
+    UNLATCHED = "unlatched"  # no packet of the flow yet
+    LATCHED = "latched"
+    BROKEN = "broken"  # only with MismatchPolicy.BREAK
+    CLOSED = "closed"
+
+
+class MismatchPolicy(Enum):
+    DROP = "drop"  # drop the packet, keep the latch (RFC 5660 §2.4 "imaginary BROKEN")
+    BREAK = "break"  # drop the packet, break the latch, alert the application
+
+
+@dataclass(frozen=True, slots=True)
+class UlpVerdict:
+    """What the ULP does with an inbound packet: deliver it, or drop it for ``reason``."""
+
+    deliver: bool
+    reason: DropReason | None = None
+    tag: PacketTag | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UlpBreak:
+    """Told to the application when a :class:`UlpLatch` breaks (MismatchPolicy.BREAK)."""
+
+    flow: FiveTuple
+    latched: PacketTag
+    offending: PacketTag
+    disposition: BrokenDisposition
+
+
+class UlpLatch:
+    """A latch recorded in a transport control block (RFC 5660 §2.4).
+
+    Usage by a host stack (the engine must run ``Approach.ULP``, or at least not hold the flow in
+    its own latch database)::
+
+        latch = UlpLatch(engine, flow)
+        d = latch.outbound(now, initiating=True)   # first packet: records the feedback tag
+        v = latch.inbound(engine.inbound(flow, sa, now))   # every received packet
+        if not v.deliver: drop (v.reason)
+
+    ``require_protection`` makes cleartext unacceptable (the application asked for a channel):
+    a cleartext first packet is dropped instead of latching "cleartext".
+    """
+
+    __slots__ = (
+        "disposition",
+        "engine",
+        "flow",
+        "on_break",
+        "on_mismatch",
+        "require_protection",
+        "state",
+        "tag",
+    )
+
+    def __init__(
+        self,
+        engine: IPsecEngine,
+        flow: FiveTuple,
+        *,
+        require_protection: bool = False,
+        on_mismatch: MismatchPolicy = MismatchPolicy.DROP,
+        on_break: Callable[[UlpBreak], None] | None = None,
+        disposition: BrokenDisposition = BrokenDisposition.RESET,
+    ) -> None:
+        self.engine = engine
+        self.flow = flow
+        self.require_protection = require_protection
+        self.on_mismatch = on_mismatch
+        self.on_break = on_break
+        self.disposition = disposition
+        self.state = UlpLatchState.UNLATCHED
+        self.tag: PacketTag | None = None
+
+    @property
+    def latched(self) -> bool:
+        return self.state is UlpLatchState.LATCHED
+
+    @property
+    def protected(self) -> bool:
+        """True if the flow is latched to an SA (not to cleartext)."""
+        return self.tag is not None and self.tag.protected
+
+    def inbound(self, decision: InboundDecision) -> UlpVerdict:
+        """Judge a packet the engine accepted (or dropped) for this flow."""
+        if not decision.accepted or decision.tag is None:
+            return UlpVerdict(False, decision.reason)
+        return self.check_inbound(decision.tag)
+
+    def check_inbound(self, tag: PacketTag) -> UlpVerdict:
+        """Record the tag of the flow's first packet; later ones must match it."""
+        state = self.state
+        if state is UlpLatchState.LATCHED:
+            latched = self.tag
+            assert latched is not None
+            if tag is latched or tag.same_protection(latched):
+                return UlpVerdict(True, tag=tag)
+            self._mismatch(tag)
+            return UlpVerdict(False, DropReason.ULP_TAG_MISMATCH, tag)
+        if state is UlpLatchState.UNLATCHED:
+            if self.require_protection and not tag.protected:
+                return UlpVerdict(False, DropReason.ULP_PROTECTION_REQUIRED, tag)
+            self.tag = tag
+            self.state = UlpLatchState.LATCHED
+            return UlpVerdict(True, tag=tag)
+        if state is UlpLatchState.BROKEN:
+            return UlpVerdict(False, DropReason.ULP_LATCH_BROKEN, tag)
+        return UlpVerdict(False, DropReason.ULP_LATCH_CLOSED, tag)
+
+    def outbound(self, now: float, *, initiating: bool = False) -> OutboundDecision:
+        """Ask the engine how to send the next packet: before the latch exists, record the
+        feedback tag of the first sendable decision; afterwards, "protect this like so" — a
+        packet that cannot be protected the same way is not sent."""
+        state = self.state
+        if state is UlpLatchState.LATCHED:
+            assert self.tag is not None
+            d = self.engine.outbound(self.flow, now, initiating=initiating, like=self.tag)
+            if (
+                d.verdict is OutboundVerdict.PROTECT
+                and d.tag is not None
+                and not d.tag.same_protection(self.tag)
+            ):
+                return discard(DropReason.ULP_CANNOT_PROTECT_AS_LATCHED)
+            return d
+        if state is UlpLatchState.BROKEN:
+            return discard(DropReason.ULP_LATCH_BROKEN)
+        if state is UlpLatchState.CLOSED:
+            return discard(DropReason.ULP_LATCH_CLOSED)
+        d = self.engine.outbound(self.flow, now, initiating=initiating)
+        if d.verdict is OutboundVerdict.PROTECT:
+            assert d.tag is not None
+            self.tag = d.tag
+            self.state = UlpLatchState.LATCHED
+        elif d.verdict is OutboundVerdict.BYPASS:
+            if self.require_protection:
+                return discard(DropReason.ULP_PROTECTION_REQUIRED)
+            self.tag = CLEARTEXT
+            self.state = UlpLatchState.LATCHED
+        return d
+
+    def close(self, now: float) -> None:
+        """The connection is gone: the latch goes with it (and per-flow engine state is held for
+        the TIME_WAIT-like period)."""
+        if self.state is not UlpLatchState.CLOSED:
+            self.state = UlpLatchState.CLOSED
+            self.engine.close_flow(self.flow, now)
+
+    def _mismatch(self, tag: PacketTag) -> None:
+        if self.on_mismatch is MismatchPolicy.BREAK:
+            latched = self.tag
+            assert latched is not None
+            self.state = UlpLatchState.BROKEN
+            if self.on_break is not None:
+                self.on_break(UlpBreak(self.flow, latched, tag, self.disposition))
+
+
+# ---------------------------------------------------------------------------------------------
+# pTokens for datagram applications
+
+
+@dataclass(frozen=True, slots=True)
+class PToken:
+    """A protection token (BTNS abstract API, IETF 69 "btns-0"): how a datagram was protected.
+
+    Handed to the application with each received datagram (``recvmsg``) and given back on
+    ``sendmsg`` to demand the same protection. Attributes follow the slides' pToken: privacy /
+    integrity protection, tunnel mode, and the peer identity (the iToken).
+    """
+
+    tag: PacketTag
+
+    @property
+    def privacy_protected(self) -> bool:
+        return ProtectionType.CONFIDENTIALITY in self.tag.protection
+
+    @property
+    def integrity_protected(self) -> bool:
+        return ProtectionType.INTEGRITY in self.tag.protection
+
+    @property
+    def tunnel_mode(self) -> bool:
+        return self.tag.params is not None and self.tag.params.mode is Mode.TUNNEL
+
+    @property
+    def peer(self) -> PeerIdentity | None:
+        """The iToken: who protected the datagram (None for cleartext)."""
+        return self.tag.peer
+
+    def matches(self, other: PToken) -> bool:
+        return self.tag.same_protection(other.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A datagram as ``recvmsg`` hands it to the application: deliverable or not, and its token."""
+
+    deliver: bool
+    ptoken: PToken | None
+    reason: DropReason | None = None
+
+
+class DatagramLatching:
+    """``recvmsg`` / ``sendmsg`` with pTokens for an unconnected datagram socket.
+
+    The application records a pToken per peer it talks to and passes it back on every send; the
+    socket layer checks that output can be protected exactly so (RFC 5660 §5.3 normative-model
+    check "the 5-tuple agrees with the application-supplied latch") and refuses otherwise.
+    """
+
+    def __init__(self, engine: IPsecEngine) -> None:
+        self.engine = engine
+
+    def recvmsg(self, decision: InboundDecision) -> Received:
+        if not decision.accepted or decision.tag is None:
+            return Received(False, None, decision.reason)
+        return Received(True, PToken(decision.tag))
+
+    def sendmsg(self, flow: FiveTuple, ptoken: PToken | None, now: float) -> OutboundDecision:
+        """Send under ``ptoken`` (None = whatever policy says, and learn the token from the
+        returned decision's tag)."""
+        if ptoken is None:
+            return self.engine.outbound(flow, now)
+        d = self.engine.outbound(flow, now, like=ptoken.tag)
+        if (
+            d.verdict is OutboundVerdict.PROTECT
+            and d.tag is not None
+            and not d.tag.same_protection(ptoken.tag)
+        ):
+            return discard(DropReason.ULP_CANNOT_PROTECT_AS_LATCHED)
+        return d
