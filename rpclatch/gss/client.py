@@ -25,6 +25,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from rpclatch.gss.channel import Channel
 from rpclatch.gss.errors import (
@@ -566,3 +567,14 @@ class _BindAuth(ClientAuth):
             except XdrError:
                 self.reply = None
         return reply.results
+
+
+def rpc_call_via(client: Any, prog: int, vers: int, *, timeout: float | None = None) -> RpcCall:
+    """An :data:`RpcCall` over any client with ``await client.call(prog, vers, proc, args, *,
+    auth=..., timeout=...)`` (``rpclatch.rpc.aio.RpcStreamClient`` / ``RpcUdpClient``)."""
+
+    async def rpc_call(auth: ClientAuth, proc: int, args: bytes) -> bytes:
+        result: bytes = await client.call(prog, vers, proc, args, auth=auth, timeout=timeout)
+        return result
+
+    return rpc_call

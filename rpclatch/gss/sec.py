@@ -1,0 +1,61 @@
+"""``--sec krb5 | krb5i | krb5p``: RPCSEC_GSS entries for :mod:`rpclatch.rpc.sec`.
+
+Imported by :mod:`rpclatch.rpc.sec` on first lookup (``SEC_EXTENSION_MODULES``). The names follow
+the NFS convention (RFC 7530 §3.2.1): krb5 = Kerberos V5 with rpc_gss_svc_none, krb5i = integrity,
+krb5p = privacy. The client auth returned still needs ``await auth.establish(rpc_call)`` (see
+:func:`rpclatch.gss.client.rpc_call_via`) before its first call.
+
+Options understood (all optional): ``host`` (the server host; the target is ``service@host``),
+``service`` (host-based service name, default ``nfs``), ``target`` (full ``service@host``
+override), ``ccache`` (initiator credential cache), ``keytab`` (acceptor keytab),
+``acceptor`` (the acceptor's ``service@host``, default ``nfs@<this host's FQDN>``),
+``seq_window``, ``versions`` (``prefer-v2`` | ``require-v2`` | ``v1-only``).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from rpclatch.gss.client import GssClientAuth, VersionPolicy
+from rpclatch.gss.provider import GssapiProvider
+from rpclatch.gss.server import DEFAULT_SEQ_WINDOW, GssServerAuth
+from rpclatch.gss.wire import Service
+from rpclatch.rpc.auth import ClientAuth, ServerAuth
+from rpclatch.rpc.sec import SecFlavor, register_sec
+
+_SERVICES = {
+    "krb5": (Service.NONE, "RPCSEC_GSS Kerberos V5, authentication only (RFC 2203, rpc_gss_svc_none)"),
+    "krb5i": (Service.INTEGRITY, "RPCSEC_GSS Kerberos V5 with integrity (rpc_gss_svc_integrity)"),
+    "krb5p": (Service.PRIVACY, "RPCSEC_GSS Kerberos V5 with privacy (rpc_gss_svc_privacy)"),
+}
+
+
+def _client(service: Service, options: dict[str, Any]) -> ClientAuth:
+    target = options.get("target")
+    if target is None:
+        host = str(options.get("host") or "localhost")
+        if host in ("127.0.0.1", "::1"):
+            host = "localhost"  # the loopback's principal name (nfs/localhost)
+        target = f"{options.get('service', 'nfs')}@{host}"
+    provider = GssapiProvider(ccache=options.get("ccache"))
+    return GssClientAuth(provider, str(target), service=service,
+                         versions=VersionPolicy(options.get("versions", "prefer-v2")))
+
+
+def _server(options: dict[str, Any]) -> list[ServerAuth]:
+    acceptor = options.get("acceptor") or f"{options.get('service', 'nfs')}@{socket.getfqdn()}"
+    provider = GssapiProvider(str(acceptor), keytab=options.get("keytab"))
+    return [GssServerAuth(provider, seq_window=int(options.get("seq_window", DEFAULT_SEQ_WINDOW)))]
+
+
+def _register() -> None:
+    for name, (service, text) in _SERVICES.items():
+        register_sec(SecFlavor(
+            name, text,
+            client=lambda o, s=service: _client(s, o),  # type: ignore[misc]
+            server=_server,
+        ))
+
+
+_register()

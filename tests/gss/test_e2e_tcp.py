@@ -1,0 +1,187 @@
+"""RPCSEC_GSS end to end over loopback TCP: rpclatch's asyncio RPC client and server, a real KDC.
+
+Every service (krb5, krb5i, krb5p, channel_prot over an in-memory channel), many pipelined calls,
+concurrent clients, DESTROY, the v2 -> v1 fallback against a v1-only server, and refresh after the
+server forgot a context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from rpclatch.gss.channel import InMemoryChannel
+from rpclatch.gss.client import GssClientAuth, VersionPolicy, rpc_call_via
+from rpclatch.gss.provider import GssapiProvider
+from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.gss.server import GssServerAuth
+from rpclatch.gss.wire import RPCSEC_GSS_VERS_1, RPCSEC_GSS_VERS_2, Service
+from rpclatch.rpc.aio import RpcServer, RpcStreamClient
+from rpclatch.rpc.auth import ConnectionInfo
+from rpclatch.rpc.auth_sys import AuthNoneServer
+from rpclatch.rpc.server import RpcDispatcher
+from rpclatch.rpc.testprog import (
+    PROC_ECHO,
+    RPCLATCH_TEST_PROG,
+    RPCLATCH_TEST_VERS,
+    add_test_program,
+    decode_opaque,
+    encode_opaque,
+)
+
+ServerFactory = Callable[[], GssServerAuth]
+
+
+async def with_server(
+    gss: GssServerAuth,
+    body: Callable[[int, collections.deque[InMemoryChannel]], Awaitable[None]],
+) -> None:
+    """Run ``body(port, channels)``; each accepted connection takes the next channel end from
+    ``channels`` (if any) as its latched channel."""
+    channels: collections.deque[InMemoryChannel] = collections.deque()
+
+    def on_connection(info: ConnectionInfo, transport: object) -> None:
+        info.channel = channels.popleft() if channels else None
+
+    dispatcher = RpcDispatcher([AuthNoneServer(), gss])
+    add_test_program(dispatcher)
+    server = RpcServer(dispatcher, on_connection=on_connection)
+    port = await server.listen_tcp("127.0.0.1", 0)
+    try:
+        await body(port, channels)
+    finally:
+        await server.close(grace=1.0)
+
+
+def gss_server(realm: ThrowawayRealm, **kw: object) -> GssServerAuth:
+    return GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab), **kw)  # type: ignore[arg-type]
+
+
+def gss_client(realm: ThrowawayRealm, user: str, service: Service,
+               versions: VersionPolicy = VersionPolicy.PREFER_V2) -> GssClientAuth:
+    return GssClientAuth(GssapiProvider(ccache=realm.users[user].ccache), realm.service_name,
+                         service=service, versions=versions)
+
+
+async def echo_many(client: RpcStreamClient, auth: GssClientAuth, n: int, size: int) -> None:
+    payloads = [os.urandom(size) for _ in range(n)]
+    futures = [client.call_nowait(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(p),
+                                  auth=auth) for p in payloads]  # pipelined: all in flight at once
+    results = await asyncio.gather(*futures)
+    assert [decode_opaque(r) for r in results] == payloads
+
+
+@pytest.mark.parametrize("service", [Service.NONE, Service.INTEGRITY, Service.PRIVACY])
+def test_every_service_many_calls(realm: ThrowawayRealm, service: Service) -> None:
+    gss = gss_server(realm)
+
+    async def body(port: int, channels: collections.deque[InMemoryChannel]) -> None:
+        auth = gss_client(realm, "alice", service)
+        async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client:
+            call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+            await auth.establish(call)
+            assert auth.version == RPCSEC_GSS_VERS_2
+            await echo_many(client, auth, 200, 1024)
+            await echo_many(client, auth, 4, 256 * 1024)
+            assert gss.context_count() == 1
+            await auth.destroy(call)
+            assert gss.context_count() == 0
+
+    asyncio.run(with_server(gss, body))
+
+
+def test_channel_prot_over_tcp_and_break(realm: ThrowawayRealm) -> None:
+    gss = gss_server(realm)
+
+    async def body(port: int, channels: collections.deque[InMemoryChannel]) -> None:
+        cli_ch, srv_ch = InMemoryChannel.pair("x-test", os.urandom(32))
+        channels.append(srv_ch)
+        auth = gss_client(realm, "bob", Service.PRIVACY)
+        async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client:
+            call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+            await auth.establish(call)
+            await auth.bind_channel(call, cli_ch)
+            assert auth.effective_service() == Service.CHANNEL_PROT
+            await echo_many(client, auth, 100, 1024)
+            srv_ch.break_()  # both ends see it: the client goes back to privacy
+            assert auth.effective_service() == Service.PRIVACY
+            await echo_many(client, auth, 10, 1024)
+        # A second connection has no channel: a bound handle may not use channel_prot there.
+        cli2, srv2 = InMemoryChannel.pair("x-test", os.urandom(32))
+        channels.append(srv2)
+        async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client2:
+            call2 = rpc_call_via(client2, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+            await auth.bind_channel(call2, cli2)
+            handle = auth.handle or b""
+            assert gss.is_bound(handle)
+        await asyncio.sleep(0.05)
+        assert not gss.is_bound(handle)  # connection 2 closed: binding forgotten
+
+    asyncio.run(with_server(gss, body))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "rpclatch.rpc.aio client shell: a resend after on_auth_error() is only flushed when the same "
+    "read also produced an event, so a lone auth-refresh resend never leaves (reported to rpc owner)"))
+def test_channel_prot_refused_on_unbound_connection_falls_back(realm: ThrowawayRealm) -> None:
+    gss = gss_server(realm)
+
+    async def body(port: int, channels: collections.deque[InMemoryChannel]) -> None:
+        cli_ch, srv_ch = InMemoryChannel.pair("x-test", os.urandom(32))
+        channels.append(srv_ch)
+        auth = gss_client(realm, "bob", Service.INTEGRITY)
+        async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client:
+            call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+            await auth.establish(call)
+            await auth.bind_channel(call, cli_ch)
+            async with await RpcStreamClient.connect_tcp("127.0.0.1", port, timeout=3.0) as other:
+                # Not the bound connection: channel_prot refused, resent once with integrity.
+                await echo_many(other, auth, 1, 100)
+                assert auth.effective_service() == Service.INTEGRITY
+
+    asyncio.run(with_server(gss, body))
+
+
+def test_concurrent_clients(realm: ThrowawayRealm) -> None:
+    gss = gss_server(realm)
+
+    async def one(port: int, user: str, service: Service) -> None:
+        auth = gss_client(realm, user, service)
+        async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client:
+            call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+            await auth.establish(call)
+            for _ in range(5):
+                await echo_many(client, auth, 20, 512)
+            await auth.destroy(call)
+
+    async def body(port: int, channels: collections.deque[InMemoryChannel]) -> None:
+        services = [Service.NONE, Service.INTEGRITY, Service.PRIVACY]
+        await asyncio.gather(*(one(port, ("alice", "bob")[i % 2], services[i % 3]) for i in range(8)))
+        assert gss.context_count() == 0
+
+    asyncio.run(with_server(gss, body))
+
+
+def test_v1_fallback_and_refresh_over_tcp(realm: ThrowawayRealm) -> None:
+    from rpclatch.rpc.messages import AuthStat
+
+    v1_only = gss_server(realm, versions=(RPCSEC_GSS_VERS_1,), unsupported_version_stat=AuthStat.AUTH_BADCRED,
+                         max_contexts=1)
+
+    async def body(port: int, channels: collections.deque[InMemoryChannel]) -> None:
+        auth = gss_client(realm, "alice", Service.INTEGRITY)
+        other = gss_client(realm, "bob", Service.INTEGRITY)
+        async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client:
+            call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+            await auth.establish(call)
+            assert auth.version == RPCSEC_GSS_VERS_1
+            await other.establish(call)  # evicts alice's context (table of one)
+            args = encode_opaque(b"refreshed")
+            assert decode_opaque(await auth.call(call, PROC_ECHO, args)) == b"refreshed"
+            assert auth.version == RPCSEC_GSS_VERS_1
+
+    asyncio.run(with_server(v1_only, body))
