@@ -59,3 +59,20 @@ def read_packets(pcap: Path, display_filter: str = "") -> list[Packet]:
             continue
         packets.append(Packet(int(cols[0]), *cols[1:]))
     return packets
+
+
+def read_fields(pcap: Path, fields: tuple[str, ...], display_filter: str = "") -> list[tuple[str, ...]]:
+    """Rows of the given Wireshark ``fields`` (first occurrence each, "" where absent)."""
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        raise CaptureError("tshark not installed (apt-get install tshark)")
+    argv = [tshark, "-n", "-r", str(pcap), "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f"]
+    for f in fields:
+        argv += ["-e", f]
+    if display_filter:
+        argv += ["-Y", display_filter]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise CaptureError(f"tshark -r {pcap}: {proc.stderr.strip()[-500:]}")
+    width = len(fields)
+    return [tuple((line.split("\t") + [""] * width)[:width]) for line in proc.stdout.splitlines()]

@@ -707,6 +707,7 @@ class LinuxNfsdGuest:
         try:
             yield out
         finally:
+            time.sleep(1.0)  # dumpcap reads the kernel ring in blocks: let it drain before stopping
             job.signal("INT")
             job.wait(timeout=30)
             self.run(["sync", self.guest_path(out)])
