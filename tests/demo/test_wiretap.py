@@ -1,0 +1,68 @@
+"""The demo's passive wire observer, on a cleartext simulated network with a real KDC: it must see
+the RPCSEC_GSS service actually used and what a receiver could read."""
+
+from __future__ import annotations
+
+import pytest
+
+from rpclatch.connect.gss import RpcsecGssConnector
+from rpclatch.connect.policy import GssService, Protection
+from rpclatch.demo.wiretap import WireView
+from rpclatch.gss.provider import GssapiProvider
+from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.gss.server import GssServerAuth
+from rpclatch.ipsec.sim.rpc import SimRpcClient, SimRpcServer
+from rpclatch.ipsec.sim.world import World
+from rpclatch.rpc.auth import ClientAuth
+from rpclatch.rpc.server import RpcDispatcher
+from rpclatch.rpc.testprog import (
+    PROC_ECHO,
+    RPCLATCH_TEST_PROG,
+    RPCLATCH_TEST_VERS,
+    add_test_program,
+    decode_opaque,
+    encode_opaque,
+)
+
+MARKER = b"WIRETAP-MARKER-" * 8
+
+
+class _Link:
+    """A real SimRpcClient connection in the shape the GSS connector expects."""
+
+    def __init__(self, client: SimRpcClient) -> None:
+        self.client = client
+        self.conn_id = client.conn_id
+
+    def call(self, auth: ClientAuth, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+        return self.client.call(prog, vers, proc, args, auth)
+
+
+@pytest.mark.parametrize(("protection", "readable"), [(Protection.INTEGRITY, True),
+                                                     (Protection.PRIVACY, False)])
+def test_wire_shows_service_and_readability(realm: ThrowawayRealm, protection: Protection,
+                                            readable: bool) -> None:
+    world = World(seed=7)
+    client_host = world.add_host("client", "192.0.2.10")
+    server_host = world.add_host("server", "192.0.2.20")
+    dispatcher = RpcDispatcher()
+    add_test_program(dispatcher)
+    dispatcher.add_flavor(GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab)))
+    SimRpcServer(server_host.listen(2049), dispatcher)
+    client = SimRpcClient(client_host.connect("192.0.2.20", 2049))
+    link = _Link(client)
+    gss = RpcsecGssConnector(GssapiProvider(ccache=realm.default_user.ccache), realm.service_name,
+                             RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, protection)
+    ctx = gss.establish(link, want_v2=False)  # type: ignore[arg-type]
+    auth = ctx.auth(GssService(protection.value))
+    reply = client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(MARKER), auth)
+    assert decode_opaque(reply) == MARKER
+
+    view = WireView(world.wire, [])
+    assert view.data_services() == [protection.value]
+    assert [c.gss_version for c in view.calls][:1] == [2]
+    assert all(not c.protected for c in view.calls)
+    assert (MARKER in view.readable_by("server")) is readable
+    assert view.cleartext_bytes(port=2049) > len(MARKER)
+    with pytest.raises(Exception, match="would use"):
+        ctx.auth(GssService.CHANNEL_PROT)
