@@ -1,7 +1,8 @@
 """``rpclatch rpc``: ping an RPC program, serve the rpclatch test program, dump rpcbind.
 
 * ``rpclatch rpc ping HOST PROG [VERS] [--udp] [--port N] [--timeout S] [--sec NAME]``: call
-  procedure 0 and print ``program P version V ready and waiting`` like ``rpcinfo -t``. PROG is a
+  procedure 0 (with ``--sec krb5|krb5i|krb5p`` after creating an RPCSEC_GSS context, destroyed
+  at the end) and print ``program P version V ready and waiting`` like ``rpcinfo -t``. PROG is a
   number or a name from /etc/rpc (``nfs``); without VERS every version the server has is tried.
   The port comes from the host's rpcbind (portmap GETPORT) unless ``--port`` is given.
 * ``rpclatch rpc serve [--host H] [--port N] [--tcp] [--udp] [--register] [--sec NAME ...]``: serve
@@ -217,6 +218,7 @@ async def _ping(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError) as exc:
         raise CommandFailed(describe_error(host, exc, prog, args.vers, port, timeout)) from exc
     try:
+        await _establish_gss(auth, client, host, prog, args.vers if args.vers is not None else 1, timeout)
         if args.vers is not None:
             try:
                 await client.call(prog, args.vers, 0, b"")
@@ -246,7 +248,37 @@ async def _ping(args: argparse.Namespace) -> int:
                       file=sys.stderr)
         return 1 if failed else 0
     finally:
+        await _destroy_gss(auth, client, prog, args.vers if args.vers is not None else 1)
         await client.close()
+
+
+async def _establish_gss(auth: Any, client: Any, host: str, prog: int, vers: int, timeout: float) -> None:
+    """RPCSEC_GSS (``--sec krb5*``) needs a context before the first call (RFC 2203 §5.2)."""
+    establish = getattr(auth, "establish", None)
+    if establish is None:
+        return
+    from rpclatch.gss.client import rpc_call_via
+    from rpclatch.gss.errors import RpcGssError
+    from rpclatch.rpc.errors import RpcError
+
+    try:
+        await establish(rpc_call_via(client, prog, vers))
+    except RpcGssError as exc:
+        raise CommandFailed(f"{host}: RPCSEC_GSS context creation failed: {exc} (kinit first, or "
+                            "export the realm's KRB5_CONFIG and KRB5CCNAME)") from exc
+    except (RpcError, OSError, TimeoutError) as exc:
+        raise CommandFailed(describe_error(host, exc, prog, vers, None, timeout)) from exc
+
+
+async def _destroy_gss(auth: Any, client: Any, prog: int, vers: int) -> None:
+    """Best-effort RPCSEC_GSS_DESTROY (RFC 2203 §5.4) of the context made by _establish_gss."""
+    if getattr(auth, "established", False) and not client.closed:
+        from rpclatch.gss.client import rpc_call_via
+
+        try:
+            await auth.destroy(rpc_call_via(client, prog, vers, timeout=2.0))
+        except Exception:  # the server forgets it on expiry anyway
+            auth.close()
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -370,7 +402,8 @@ def register(subparsers: Any) -> None:
     ping.add_argument("--port", type=_port, help="call this port instead of asking rpcbind")
     ping.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default 5)")
     ping.add_argument("--sec", default="none", metavar="FLAVOR",
-                      help="security flavor: none (default), sys (more when RPCSEC_GSS is installed)")
+                      help="security flavor: none (default), sys, krb5, krb5i, krb5p (RPCSEC_GSS; "
+                      "needs Kerberos credentials, e.g. from `rpclatch realm up`)")
     ping.set_defaults(func=cmd_ping)
 
     serve = sub.add_parser("serve", help="serve the rpclatch test program (0x20000A11 v1)")
@@ -381,7 +414,8 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--register", action="store_true",
                        help="register with the local rpcbind (unregistered on exit)")
     serve.add_argument("--sec", action="append", metavar="FLAVOR",
-                       help="accept this security flavor (repeatable; default none and sys)")
+                       help="accept this security flavor (repeatable; default none and sys; krb5, "
+                       "krb5i, krb5p accept RPCSEC_GSS with the nfs/<host> key from KRB5_KTNAME)")
     serve.add_argument("--max-connections", type=int, default=1024, help=argparse.SUPPRESS)
     serve.add_argument("--idle-timeout", type=_positive, default=300.0, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)

@@ -1,0 +1,63 @@
+"""``rpclatch realm up``: a throwaway MIT Kerberos realm for trying RPCSEC_GSS by hand.
+
+``rpclatch realm up [--user NAME] [--password PW] [--service NAME]`` starts a KDC on free local
+ports with the service principal ``nfs/<host>`` in a keytab and the user (default ``alice``, random
+password unless given) kinit'ed, prints ``export ...`` lines to paste into the shells that should
+use the realm, and stays up until Ctrl-C / SIGTERM, then stops the KDC and removes every file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from rpclatch.cli import UserError
+    from rpclatch.gss.realm import RealmError, ThrowawayRealm
+
+    users: dict[str, str | None] = {args.user: args.password}
+    try:
+        realm = ThrowawayRealm(users, service=args.service)
+    except RealmError as exc:
+        raise UserError(f"{exc}") from exc
+    try:
+        realm.start()
+    except RealmError as exc:
+        print(f"rpclatch: error: {exc} (are krb5-kdc and krb5-admin-server installed?)", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    # Explicit handlers: a shell starts background jobs with SIGINT ignored, so Python's own
+    # KeyboardInterrupt would never come.
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        user = realm.users[args.user]
+        print(f"# realm {realm.realm}: KDC on port {realm.kdc_port}, files in {realm.tmpdir}")
+        print(f"# service principal {realm.service_principal} (keytab {realm.keytab})")
+        print(f"# user {user.principal} password {user.password} (kinit'ed into KRB5CCNAME)")
+        print("# paste these into the shells that should use this realm:")
+        for line in realm.export_lines():
+            print(line)
+        print("# running until Ctrl-C", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        realm.stop()
+    print("# realm stopped and removed", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("realm", help="throwaway MIT Kerberos realm for RPCSEC_GSS")
+    sub = parser.add_subparsers(dest="realm_command", metavar="SUBCOMMAND", required=True)
+    up = sub.add_parser("up", help="start a KDC with nfs/<host> and a user; print export lines; run "
+                                   "until Ctrl-C")
+    up.add_argument("--user", default="alice", help="user principal name (default alice)")
+    up.add_argument("--password", default=None, help="its password (default: random, printed)")
+    up.add_argument("--service", default="nfs", help="host-based service (default nfs -> nfs/<host>)")
+    up.set_defaults(func=cmd_up)
