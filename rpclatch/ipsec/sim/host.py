@@ -22,6 +22,7 @@ from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
 from rpclatch.ipsec.sim.udp import UdpDatagram
 
 if TYPE_CHECKING:
+    from rpclatch.ipsec.sim.stack import IpsecStack
     from rpclatch.ipsec.sim.world import World
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class Host:
         self.addresses = list(addresses)
         self.iface = Interface(name, self._receive)
         self.security: SecurityLayer = PlainIp()
+        self.ipsec: IpsecStack | None = None
         self.msl = msl
         self.listeners: dict[tuple[IPAddress, int], Listener] = {}
         self.connections: dict[FiveTuple, StreamConnection] = {}

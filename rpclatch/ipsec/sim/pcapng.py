@@ -63,11 +63,11 @@ class EspSaExport:
     keys: EspKeys
 
     def uat_row(self) -> str:
-        """A row of the ``esp_sa`` UAT (Wireshark 4.0 field order)."""
+        """A row of the ``esp_sa`` UAT (Wireshark 4.0 fields: protocol, src, dst, SPI, encryption,
+        key, authentication, authentication key; later versions add SN fields and default them)."""
         proto = "IPv4" if self.src.version == 4 else "IPv6"
         return (f'"{proto}","{self.src}","{self.dst}","0x{self.keys.spi:08x}",'
-                f'"{ESP_ENC_AES_GCM_16}","0x{self.keys.key_material.hex()}","NULL","",'
-                f'"32-bit","0"')
+                f'"{ESP_ENC_AES_GCM_16}","0x{self.keys.key_material.hex()}","NULL",""')
 
 
 def encode_pcapng(packets: Iterable[CapturedPacket], interfaces: list[str], application: str) -> bytes:

@@ -143,6 +143,14 @@ class StreamConnection:
             self._emit(TcpSegment(self.flow.local_port, self.flow.remote_port, self.snd_nxt, 0, Flags.RST))
         self._teardown(StreamEventKind.RESET, "local abort")
 
+    def fail(self, reason: str) -> None:
+        """The connection could not start (e.g. no latch and policy requires one)."""
+        if self.state is StreamState.CLOSED and not self.events:
+            self._event(StreamEventKind.FAILED, reason)
+            self.host.stream_closed(self)
+        else:
+            self._teardown(StreamEventKind.FAILED, reason)
+
     @property
     def is_open(self) -> bool:
         return self.state in (StreamState.ESTABLISHED, StreamState.CLOSE_WAIT)

@@ -13,17 +13,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
+from rpclatch.ipsec.backend import Backend
+from rpclatch.ipsec.engine import Approach, EngineConfig, IPsecEngine
+from rpclatch.ipsec.latch import LatchDatabase
 from rpclatch.ipsec.model import ip
+from rpclatch.ipsec.pad import PadEntry, PeerAuthorizationDatabase
+from rpclatch.ipsec.sad import SecurityAssociationDatabase
 from rpclatch.ipsec.sim.attacker import Attacker
 from rpclatch.ipsec.sim.clock import Scheduler
 from rpclatch.ipsec.sim.errors import SimLocalError
 from rpclatch.ipsec.sim.host import Host
+from rpclatch.ipsec.sim.identity import Credentials, SimCA
+from rpclatch.ipsec.sim.ike import IkeMode, SimKeyManager
 from rpclatch.ipsec.sim.ip import IPAddress
+from rpclatch.ipsec.sim.keying import SikeKeyManager
 from rpclatch.ipsec.sim.link import Hub, WireRecord
 from rpclatch.ipsec.sim.pcapng import EspSaExport
+from rpclatch.ipsec.sim.stack import IpsecStack
+from rpclatch.ipsec.spd import SpdEntry
 
 
 class World:
@@ -57,6 +68,48 @@ class World:
         attacker = Attacker(self, name, [ip(a) for a in addresses])
         self.hosts[name] = attacker
         return attacker
+
+    # -- IPsec ---------------------------------------------------------------------------------------
+    def ca(self, name: str) -> SimCA:
+        """A certification authority (trust anchor) with a key from the world's RNG."""
+        return SimCA(name, self.scheduler.rng)
+
+    def credentials(self, kind: str = "btns", *, ca: SimCA | None = None, subject: str = "") -> Credentials:
+        """``btns`` (raw Ed25519 key, RFC 5386), ``null`` (RFC 7619) or ``cert`` (issued by ``ca``)."""
+        rng = self.scheduler.rng
+        if kind == "btns":
+            return Credentials.raw_key(rng)
+        if kind == "null":
+            return Credentials.null(rng)
+        if kind == "cert":
+            if ca is None or not subject:
+                raise SimLocalError("certificate credentials need ca= and subject=")
+            return Credentials.certificate(ca, subject, rng)
+        raise SimLocalError(f"unknown credential kind {kind!r} (btns, null, cert)")
+
+    def enable_ipsec(self, host: Host, *, spd: Iterable[SpdEntry], pad: Iterable[PadEntry],
+                     approach: Approach = Approach.POLICY, credentials: Credentials | None = None,
+                     ike: IkeMode = IkeMode.PRESENT, anchors: Iterable[SimCA] = (),
+                     config: EngineConfig | None = None) -> IpsecStack:
+        """Give ``host`` an IPsec engine (H3's :class:`IPsecEngine`), a SIKE key manager and ESP.
+
+        ``ike`` simulates the host's key-exchange daemon: PRESENT, ABSENT (requests vanish, peers
+        time out), REFUSE or SLOW. Returns the host's :class:`IpsecStack` (also ``host.ipsec``)."""
+        creds = credentials or Credentials.raw_key(self.scheduler.rng)
+        sike = SimKeyManager(host, creds, {ca.name: ca for ca in anchors}, ike)
+        cfg = config or EngineConfig(approach=approach)
+        if cfg.approach is not approach:
+            cfg = replace(cfg, approach=approach)
+
+        def factory(sad: SecurityAssociationDatabase, pad_db: PeerAuthorizationDatabase, ld: LatchDatabase,
+                    backend: Backend, engine: IPsecEngine) -> SikeKeyManager:
+            return SikeKeyManager(sad, pad_db, ld, backend, sike, listener=engine)
+
+        engine = IPsecEngine(spd, pad, config=cfg, key_manager_factory=factory)
+        stack = IpsecStack(host, engine, sike)
+        host.security = stack
+        host.ipsec = stack
+        return stack
 
     # -- running -----------------------------------------------------------------------------------
     def run_for(self, seconds: float) -> None:
