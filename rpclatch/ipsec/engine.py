@@ -214,11 +214,11 @@ class IPsecEngine:
             return drop(DropReason.SA_UNKNOWN)
         if not sa.carries(flow):
             return drop(DropReason.SA_SELECTOR_MISMATCH)
-        entry = self.spd.lookup(flow, btns_peer=sa.btns)
+        entry = self.spd.lookup(flow)
         if entry is None:
-            if sa.btns and self.spd.lookup(flow) is not None:
-                return drop(DropReason.SA_NOT_BTNS_OK)
             return drop(DropReason.NO_POLICY)
+        if sa.btns and entry.protection is not None and not entry.btns_ok:
+            return drop(DropReason.SA_NOT_BTNS_OK)  # RFC 5386 §2
         action = entry.action
         if action is SpdAction.DISCARD:
             return drop(DropReason.SPD_DISCARD)

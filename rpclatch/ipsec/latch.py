@@ -630,7 +630,7 @@ class LatchDatabase:
                 latch.conflicting_sas.discard(sa.sa_id)
                 self._maybe_restore(latch)
 
-    def spd_changed(self) -> list[int]:
+    def spd_changed(self, *, allow_pin: bool = True) -> list[int]:
         """Re-check every latch after an SPD change (RFC 5660 §2.3): a latch whose flow would now
         be bypassed, discarded or protected differently breaks (REQUIRED), or, with
         ``pin_on_spd_change``, gets an exact-5-tuple PROTECT overlay entry (OPTIONAL). Latches
@@ -648,6 +648,7 @@ class LatchDatabase:
                 entry is not None
                 and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
                 and (entry.protection is not None and _policy_admits_latch(entry.protection, latch.params))
+                and (entry.btns_ok or not latch.params.btns)  # RFC 5386 §2
             )
             if ok:
                 if overlay is not None:
@@ -656,7 +657,7 @@ class LatchDatabase:
                     latch.spd_conflict = False
                     self._maybe_restore(latch)
                 continue
-            if self.pin_on_spd_change and latch.state is S.ESTABLISHED:
+            if allow_pin and self.pin_on_spd_change and latch.state is S.ESTABLISHED:
                 if overlay is None:
                     self.spd.install_overlay(flow, self._pinned_entry(flow, latch.params))
                 continue
@@ -694,7 +695,7 @@ class LatchDatabase:
         for flow in pinned:
             self.spd.remove_overlay(flow)
         if restore:
-            self.spd_changed()
+            self.spd_changed(allow_pin=False)
             return []
         closed = []
         for latch in list(self._latches.values()):

@@ -143,17 +143,19 @@ class SecurityPolicyDatabase:
                 raise ValueError(f"SPD entry {e.name!r}: configured entries must have origin CONFIGURED")
 
     def lookup_configured(self, flow: FiveTuple, *, btns_peer: bool = False) -> SpdEntry | None:
-        """First configured entry matching ``flow``; for BTNS peers, PROTECT-like entries without
-        BTNS_OK are skipped (RFC 5386 §2). None means no entry: DISCARD."""
-        key = (flow, btns_peer)
+        """First configured entry matching ``flow`` (None means no entry: DISCARD).
+
+        ``btns_peer`` is accepted for callers that know the peer; the BTNS_OK rule (RFC 5386 §2)
+        is enforced by the caller on the entry found: traffic with a BTNS peer that meets a
+        PROTECT entry without BTNS_OK is refused, never matched against later entries (a later
+        BYPASS must not admit it)."""
+        key = (flow, False)
         try:
             return self._cache[key]
         except KeyError:
             pass
         found: SpdEntry | None = None
         for entry in self._entries:
-            if btns_peer and entry.protection is not None and not entry.btns_ok:
-                continue
             if entry.matches(flow):
                 found = entry
                 break

@@ -1,0 +1,251 @@
+"""IPsecEngine packet path: approach 2 (latch in LD/PAD/SPD), BYPASS-OR-PROTECT, TIME_WAIT hold,
+SPD changes, key-manager events."""
+
+from __future__ import annotations
+
+import pytest
+
+from rpclatch.ipsec import examples as ex
+from rpclatch.ipsec.decisions import CLEARTEXT, DropReason, InboundVerdict, OutboundVerdict
+from rpclatch.ipsec.engine import Approach, EngineConfig, FlowChoice, IPsecEngine, ProtectionOutcome
+from rpclatch.ipsec.errors import PolicyRefused
+from rpclatch.ipsec.keymgr import AcquireOutcome, SaProvision
+from rpclatch.ipsec.latch import Alert, AlertReason, LatchState
+from rpclatch.ipsec.model import AddressRange, IkeSaRef, ProtectionParams, ThreeTuple
+from rpclatch.ipsec.pad_latching import TimeWaitPolicy
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction
+
+SERVER, CLIENT, ROGUE = 1, 2, 3
+SRV = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40000)  # server's view
+CLI = SRV.reversed()  # client's view
+LISTEN = ThreeTuple.of("192.0.2.1", 2049, 6)
+
+
+def server(**cfg: object) -> IPsecEngine:
+    return IPsecEngine(ex.nfs_spd(), ex.btns_pad(), config=EngineConfig(**cfg))  # type: ignore[arg-type]
+
+
+def provision(peer_seed: int, addr: str = "192.0.2.1", **kw: object) -> SaProvision:
+    return SaProvision(
+        remote=AddressRange.single(addr),
+        peer=ex.btns_peer(peer_seed),
+        peer_addr=AddressRange.single(addr).first,
+        local=ex.btns_local(CLIENT),
+        params=ProtectionParams(),
+        ike_sa=IkeSaRef(7, 8),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_listener_spawns_latch_and_enforces_peer() -> None:
+    e = server()
+    alerts: list[Alert] = []
+    e.listen(LISTEN, on_alert=alerts.append)
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    d = e.inbound(SRV, sa, 0.0, initiating=True)
+    assert d.accepted and d.latch is not None and d.tag is not None and d.tag.peer == ex.btns_peer(CLIENT)
+    assert alerts[0].reason is AlertReason.NEW_CONNECTION and alerts[0].key == SRV
+    assert SRV in e.pad_layer.clones and e.pad_layer.clones[SRV].peer == ex.btns_peer(CLIENT)
+    assert e.inbound(SRV, None, 0.1).reason is DropReason.LATCHED_FLOW_CLEARTEXT
+    out = e.outbound(SRV, 0.1)
+    assert out.verdict is OutboundVerdict.PROTECT and out.sa == sa
+    # the backend holds an exact-5-tuple policy pinned to the client's reqid
+    assert e.backend_flow_policies()[SRV].reqid == e.key_manager.reqid_for(ex.btns_peer(CLIENT))
+
+
+def test_unknown_sa_and_selector_mismatch() -> None:
+    e = server()
+    other = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40001)
+    sa = e.install_sa(ex.narrow_sa(other, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    assert sa is not None
+    assert e.inbound(SRV, sa, 0.0).reason is DropReason.SA_SELECTOR_MISMATCH
+    e.delete_sa(sa.sa_id, 1.0)
+    assert e.inbound(other, sa, 1.0).reason is DropReason.SA_UNKNOWN
+
+
+def test_cleartext_to_protect_entry_and_bypass() -> None:
+    e = server()
+    assert e.inbound(SRV, None, 0.0).reason is DropReason.CLEARTEXT_ON_PROTECTED_FLOW
+    ssh = ex.flow("192.0.2.1", 22, "192.0.2.2", 5000)
+    assert e.inbound(ssh, None, 0.0).tag is CLEARTEXT
+    assert e.outbound(ssh, 0.0).verdict is OutboundVerdict.BYPASS
+
+
+def test_initiator_latch_larval_then_established() -> None:
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), provisions=[provision(SERVER, setup_delay=0.5)])
+    alerts: list[Alert] = []
+    h = e.connect(CLI, on_alert=alerts.append, now=0.0)
+    assert e.latches.inquire_latch(h).state is LatchState.LARVAL
+    d = e.outbound(CLI, 0.0, initiating=True)
+    assert d.verdict is OutboundVerdict.NEED_SA and d.reason is DropReason.LATCH_LARVAL
+    assert e.inbound(CLI, None, 0.1).reason is DropReason.LATCH_LARVAL
+    assert e.next_deadline() == 0.5
+    e.poll(0.5)
+    assert alerts[-1].new_state is LatchState.ESTABLISHED
+    assert e.outbound(CLI, 0.6).verdict is OutboundVerdict.PROTECT
+
+
+def test_initiator_acquire_timeout_closes_latch() -> None:
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), config=EngineConfig(acquire_timeout=2.0))
+    alerts: list[Alert] = []
+    h = e.connect(CLI, on_alert=alerts.append, now=0.0)
+    e.poll(2.0)
+    assert alerts[-1].new_state is LatchState.CLOSED and alerts[-1].reason is AlertReason.SA_SETUP_FAILED
+    assert e.latches.get(h) is None
+
+
+def test_auto_latch_on_initiating_outbound() -> None:
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), provisions=[provision(SERVER)])
+    d = e.outbound(CLI, 0.0, initiating=True)
+    assert d.verdict is OutboundVerdict.PROTECT and d.latch is not None
+    assert e.latches.inquire_latch(d.latch).state is LatchState.ESTABLISHED
+
+
+def test_time_wait_hold_then_removal() -> None:
+    e = server(time_wait=TimeWaitPolicy(0.01, 0.04, 2.0))  # hold 0.1 s
+    e.listen(LISTEN)
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    h = e.inbound(SRV, sa, 0.0, initiating=True).latch
+    e.close_flow(SRV, 1.0)
+    assert e.next_deadline() == pytest.approx(1.1)
+    late = e.inbound(SRV, None, 1.05)
+    assert late.reason is DropReason.LATCHED_FLOW_CLEARTEXT  # still judged by the old latch
+    e.poll(1.1)
+    assert e.latches.latch_for(SRV) is None and SRV not in e.pad_layer.clones and h is not None
+    assert SRV not in e.backend_flow_policies()
+
+
+def test_new_flow_trigger_during_hold_supersedes_atomically() -> None:
+    e = server()
+    e.listen(LISTEN)
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    old = e.inbound(SRV, sa, 0.0, initiating=True).latch
+    e.close_flow(SRV, 1.0)
+    e.delete_sa(sa.sa_id if sa else 0, 1.0)
+    sa2 = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 1.01)
+    d = e.inbound(SRV, sa2, 1.02, initiating=True)
+    assert d.accepted and d.latch is not None and d.latch != old
+    assert e.pad_layer.clones[SRV].peer == ex.btns_peer(ROGUE)  # a fresh latch, not the old peer
+    assert SRV not in e.pad_layer.holds
+
+
+def test_spd_change_breaks_by_default() -> None:
+    e = server()
+    alerts: list[Alert] = []
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    h = e.connect(SRV, on_alert=alerts.append)
+    broken = e.update_spd(ex.nfs_spd(SpdAction.BYPASS))
+    assert broken == [h] and alerts[-1].reason is AlertReason.SPD_CHANGE
+    assert e.outbound(SRV, 1.0).reason is DropReason.LATCH_BROKEN
+    assert e.inbound(SRV, None, 1.0).reason is DropReason.LATCH_BROKEN
+    e.update_spd(ex.nfs_spd())
+    assert alerts[-1].new_state is LatchState.ESTABLISHED
+
+
+def test_spd_change_pins_when_enabled_and_pin_dies_on_restart() -> None:
+    e = server(pin_on_spd_change=True)
+    alerts: list[Alert] = []
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    h = e.connect(SRV, on_alert=alerts.append)
+    assert e.update_spd(ex.nfs_spd(SpdAction.BYPASS)) == []
+    pinned = e.spd.overlay_entry(SRV)
+    assert pinned is not None and pinned.origin is EntryOrigin.PINNED_LATCH and alerts == []
+    assert e.outbound(SRV, 1.0).verdict is OutboundVerdict.PROTECT
+    e.restart_key_manager(2.0, restore_latches=True)
+    assert e.spd.overlay_entry(SRV) is None  # the logical SPD update never survives a restart
+    assert e.latches.inquire_latch(h).state is LatchState.BROKEN
+
+
+def test_restart_without_restore_closes_everything() -> None:
+    e = server()
+    alerts: list[Alert] = []
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    e.connect(SRV, on_alert=alerts.append)
+    e.restart_key_manager(1.0, restore_latches=False)
+    assert alerts[-1].reason is AlertReason.KEY_MANAGER_RESTART and len(e.latches) == 0
+    assert e.backend_flow_policies() == {}
+
+
+def test_peer_id_store_corruption_closes() -> None:
+    e = server()
+    alerts: list[Alert] = []
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    e.connect(SRV, on_alert=alerts.append)
+    assert e.check_peer_id_store() == []
+    ref = next(iter(e.peer_ids._store))
+    e.peer_ids._store[ref] = ex.btns_peer(ROGUE)  # corrupt it
+    assert len(e.check_peer_id_store()) == 1
+    assert alerts[-1].reason is AlertReason.PEER_ID_STORE_CORRUPTED
+
+
+# -- BYPASS-OR-PROTECT ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("approach", list(Approach))
+def test_bop_inbound_first_packet_decides(approach: Approach) -> None:
+    e = IPsecEngine(ex.nfs_spd(SpdAction.BYPASS_OR_PROTECT), ex.btns_pad(), approach=approach)
+    clear_flow = ex.flow("192.0.2.1", 2049, "192.0.2.3", 41000)
+    assert e.inbound(clear_flow, None, 0.0).reason is DropReason.BOP_UNDECIDED
+    assert e.inbound(clear_flow, None, 0.0, initiating=True).tag is CLEARTEXT
+    entry = e.spd.overlay_entry(clear_flow)
+    assert entry is not None and entry.action is SpdAction.BYPASS
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    assert e.inbound(SRV, sa, 0.0, initiating=True).accepted
+    entry = e.spd.overlay_entry(SRV)
+    assert entry is not None and entry.action is SpdAction.PROTECT
+    # a PROTECT-decided flow never accepts cleartext, a cleartext-decided one never accepts ESP
+    assert not e.inbound(SRV, None, 0.1).accepted
+    sa3 = e.install_sa(ex.narrow_sa(clear_flow, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 0.0)
+    assert e.inbound(clear_flow, sa3, 0.1).reason is DropReason.BOP_FLOW_DECIDED_CLEARTEXT
+    e.close_flow(SRV, 1.0)
+    e.poll(5.0)
+    assert e.spd.overlay_entry(SRV) is None  # the clone went away with the flow
+
+
+@pytest.mark.parametrize("approach", list(Approach))
+def test_bop_outbound_protect_then_ike_timeout_then_bypass(approach: Approach) -> None:
+    e = IPsecEngine(
+        ex.nfs_spd(SpdAction.BYPASS_OR_PROTECT),
+        ex.btns_pad(),
+        config=EngineConfig(approach=approach, acquire_timeout=3.0),
+        provisions=[provision(SERVER, setup_delay=10.0)],  # IKE will time out
+    )
+    assert e.outbound(CLI, 0.0, initiating=True).reason is DropReason.BOP_UNDECIDED
+    outcomes: list[ProtectionOutcome] = []
+    first = e.request_protection(CLI, FlowChoice.PROTECT, 0.0, on_outcome=outcomes.append)
+    assert first.pending
+    assert e.outbound(CLI, 0.0, initiating=True).verdict is OutboundVerdict.NEED_SA
+    e.poll(3.0)
+    assert outcomes and not outcomes[0].ok and outcomes[0].acquire is AcquireOutcome.TIMEOUT
+    assert e.outbound(CLI, 3.0).reason is DropReason.BOP_IKE_FAILED
+    assert e.request_protection(CLI, FlowChoice.BYPASS, 3.0).ok
+    assert e.outbound(CLI, 3.1).verdict is OutboundVerdict.BYPASS
+
+
+def test_bop_outbound_protect_success_never_falls_back() -> None:
+    e = IPsecEngine(ex.nfs_spd(SpdAction.BYPASS_OR_PROTECT), ex.btns_pad(), provisions=[provision(SERVER)])
+    out = e.request_protection(CLI, FlowChoice.PROTECT, 0.0)
+    assert out.ok and out.latch is not None
+    assert e.outbound(CLI, 0.0, initiating=True).verdict is OutboundVerdict.PROTECT
+    with pytest.raises(PolicyRefused):
+        e.request_protection(CLI, FlowChoice.BYPASS, 1.0)
+    assert e.inbound(CLI, None, 1.0).reason is DropReason.LATCHED_FLOW_CLEARTEXT
+
+
+def test_optional_protection_and_privileged_bypass() -> None:
+    e = IPsecEngine(ex.nfs_spd(SpdAction.BYPASS), ex.btns_pad(), provisions=[provision(SERVER)])
+    out = e.request_protection(CLI, FlowChoice.PROTECT, 0.0)
+    entry = e.spd.overlay_entry(CLI)
+    assert out.ok and entry is not None and entry.origin is EntryOrigin.APPLICATION_REQUEST
+    e2 = IPsecEngine(ex.nfs_spd(), ex.btns_pad())
+    with pytest.raises(PolicyRefused):
+        e2.request_protection(CLI, FlowChoice.BYPASS, 0.0)
+    assert e2.request_protection(CLI, FlowChoice.BYPASS, 0.0, privileged=True).ok
+    assert e2.outbound(CLI, 0.0).verdict is OutboundVerdict.BYPASS
+
+
+def test_btns_peer_needs_btns_ok() -> None:
+    e = IPsecEngine(ex.nfs_spd(btns_ok=False), ex.btns_pad())
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    d = e.inbound(SRV, sa, 0.0)
+    assert d.verdict is InboundVerdict.DROP and d.reason is DropReason.SA_NOT_BTNS_OK

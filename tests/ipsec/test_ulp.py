@@ -1,0 +1,130 @@
+"""Approach 1: UlpLatch in a transport control block, pTokens for datagram applications."""
+
+from __future__ import annotations
+
+from rpclatch.ipsec import examples as ex
+from rpclatch.ipsec.decisions import CLEARTEXT, DropReason, OutboundVerdict
+from rpclatch.ipsec.engine import Approach, IPsecEngine
+from rpclatch.ipsec.model import AES_GCM_128, IpProto, ProtectionParams, Selector
+from rpclatch.ipsec.spd import SpdAction
+from rpclatch.ipsec.ulp import DatagramLatching, MismatchPolicy, UlpBreak, UlpLatch, UlpLatchState
+
+SERVER, CLIENT, ROGUE = 1, 2, 3
+SRV = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40000)
+
+
+def eng(action: SpdAction = SpdAction.PROTECT) -> IPsecEngine:
+    e = IPsecEngine(ex.nfs_spd(action), ex.btns_pad(), approach=Approach.ULP)
+    e.latches.narrow_conflicting_sas = False
+    return e
+
+
+def test_engine_in_ulp_mode_holds_no_latch_and_tags() -> None:
+    e = eng()
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    d = e.inbound(SRV, sa, 0.0, initiating=True)
+    assert d.accepted and d.latch is None and d.tag is not None and d.tag.sa_id == sa.sa_id if sa else False
+    assert len(e.latches) == 0
+
+
+def test_records_first_packet_and_drops_other_peer() -> None:
+    e = eng()
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV)
+    assert tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True)).deliver
+    assert tcb.state is UlpLatchState.LATCHED and tcb.protected
+    rogue = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 1.0)
+    v = tcb.inbound(e.inbound(SRV, rogue, 1.0))
+    assert not v.deliver and v.reason is DropReason.ULP_TAG_MISMATCH
+    assert tcb.state is UlpLatchState.LATCHED  # MismatchPolicy.DROP: imaginary BROKEN
+    # the engine would pick either SA; "protect like so" only uses the latched peer's
+    out = tcb.outbound(1.0)
+    assert out.verdict is OutboundVerdict.PROTECT and out.sa == sa
+
+
+def test_rekey_with_same_peer_and_qop_is_accepted() -> None:
+    e = eng()
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV)
+    tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True))
+    assert sa is not None
+    e.delete_sa(sa.sa_id, 1.0)
+    sa2 = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 1.0)
+    assert tcb.inbound(e.inbound(SRV, sa2, 1.1)).deliver
+
+
+def test_qop_change_breaks_with_break_policy() -> None:
+    e = eng()
+    breaks: list[UlpBreak] = []
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV, on_mismatch=MismatchPolicy.BREAK, on_break=breaks.append)
+    tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True))
+    weaker = e.install_sa(
+        ex.narrow_sa(
+            SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER), params=ProtectionParams(suite=AES_GCM_128)
+        ),
+        1.0,
+    )
+    assert not tcb.inbound(e.inbound(SRV, weaker, 1.0)).deliver
+    assert tcb.state is UlpLatchState.BROKEN and breaks[0].offending.sa_id == (
+        weaker.sa_id if weaker else None
+    )
+    assert tcb.outbound(1.0).reason is DropReason.ULP_LATCH_BROKEN
+    assert tcb.inbound(e.inbound(SRV, sa, 1.0)).reason is DropReason.ULP_LATCH_BROKEN
+
+
+def test_refuses_to_send_when_latched_sa_gone() -> None:
+    e = eng()
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV)
+    assert tcb.outbound(0.0, initiating=True).verdict is OutboundVerdict.PROTECT
+    assert sa is not None
+    e.delete_sa(sa.sa_id, 1.0)
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 1.0)
+    assert tcb.outbound(1.0).reason is DropReason.ULP_CANNOT_PROTECT_AS_LATCHED
+
+
+def test_cleartext_latch_and_require_protection() -> None:
+    e = eng(SpdAction.BYPASS)
+    tcb = UlpLatch(e, SRV)
+    assert tcb.outbound(0.0, initiating=True).verdict is OutboundVerdict.BYPASS and tcb.tag is CLEARTEXT
+    strict = UlpLatch(e, ex.flow("192.0.2.1", 2049, "192.0.2.2", 40001), require_protection=True)
+    assert strict.outbound(0.0).reason is DropReason.ULP_PROTECTION_REQUIRED
+    assert strict.check_inbound(CLEARTEXT).reason is DropReason.ULP_PROTECTION_REQUIRED
+    tcb.close(1.0)
+    assert tcb.outbound(1.0).reason is DropReason.ULP_LATCH_CLOSED
+
+
+def test_connected_udp_latches_like_tcp() -> None:
+    e = IPsecEngine(
+        [
+            ex.SpdEntry(
+                "udp", (Selector(proto=IpProto.UDP),), SpdAction.PROTECT, ex.ProtectionPolicy(), btns_ok=True
+            )
+        ],
+        ex.btns_pad(),
+        approach=Approach.ULP,
+    )
+    e.latches.narrow_conflicting_sas = False
+    f = ex.flow("192.0.2.1", 5353, "192.0.2.2", 5353, IpProto.UDP)
+    sa = e.install_sa(ex.narrow_sa(f, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    sock = UlpLatch(e, f)
+    assert sock.inbound(e.inbound(f, sa, 0.0)).deliver
+    rogue = e.install_sa(ex.narrow_sa(f, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 0.0)
+    assert not sock.inbound(e.inbound(f, rogue, 0.1)).deliver
+
+
+def test_ptokens_on_recvmsg_sendmsg() -> None:
+    e = eng()
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    sock = DatagramLatching(e)
+    got = sock.recvmsg(e.inbound(SRV, sa, 0.0))
+    assert got.deliver and got.ptoken is not None
+    tok = got.ptoken
+    assert tok.privacy_protected and tok.integrity_protected and not tok.tunnel_mode
+    assert tok.peer == ex.btns_peer(CLIENT)
+    assert sock.sendmsg(SRV, tok, 0.1).sa == sa
+    other = ex.flow("192.0.2.1", 2049, "192.0.2.9", 40000)
+    e.install_sa(ex.narrow_sa(other, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 0.0)
+    assert sock.sendmsg(other, tok, 0.1).reason is DropReason.ULP_CANNOT_PROTECT_AS_LATCHED
+    assert not sock.recvmsg(e.inbound(SRV, None, 0.2)).deliver
