@@ -309,31 +309,31 @@ class Selector:
     def exclude(self, flow: FiveTuple) -> tuple[Selector, ...]:
         """Narrow this selector so that it no longer matches ``flow`` (RFC 7296 §2.9 narrowing).
 
-        Returns the pieces that together match everything this selector matched except ``flow``'s
-        remote port (or, when that range is a single port, the remote address; then the local
-        port). An empty tuple means the selector is exactly that flow and cannot be narrowed.
+        Returns selectors that together match exactly what this one matched minus ``flow`` —
+        except that an ANY protocol is first narrowed to ``flow``'s protocol (protocol ranges are
+        not modelled), which is still a valid narrowing (a subset). An empty tuple means the
+        selector is exactly that flow and cannot be narrowed.
         """
         if not self.matches(flow):
             return (self,)
-        if not self.remote_ports.is_single:
-            return tuple(
-                _replace_sel(self, remote_ports=p) for p in self.remote_ports.without(flow.remote_port)
-            )
-        remote = self.remote
-        if remote is None:
-            remote = _full_range(flow.remote_addr.version)
-        if not remote.is_single:
-            return tuple(_replace_sel(self, remote=r) for r in remote.without(flow.remote_addr))
-        if not self.local_ports.is_single:
-            return tuple(_replace_sel(self, local_ports=p) for p in self.local_ports.without(flow.local_port))
-        local = self.local if self.local is not None else _full_range(flow.local_addr.version)
-        if not local.is_single:
-            return tuple(_replace_sel(self, local=r) for r in local.without(flow.local_addr))
-        if self.proto is None:
-            # ANY protocol: excluding one protocol needs a protocol range, which selectors here do
-            # not model; refuse to narrow rather than widen.
-            return ()
-        return ()
+        base = self if self.proto is not None else _replace_sel(self, proto=flow.proto)
+        remote = base.remote if base.remote is not None else _full_range(flow.remote_addr.version)
+        local = base.local if base.local is not None else _full_range(flow.local_addr.version)
+        rp, lp = PortRange.single(flow.remote_port), PortRange.single(flow.local_port)
+        ra = AddressRange.single(flow.remote_addr)
+        out: list[Selector] = []
+        # box minus point = union over dimensions d of (earlier dims pinned to the point, d minus it)
+        out += [_replace_sel(base, remote_ports=p) for p in base.remote_ports.without(flow.remote_port)]
+        out += [_replace_sel(base, remote_ports=rp, remote=r) for r in remote.without(flow.remote_addr)]
+        out += [
+            _replace_sel(base, remote_ports=rp, remote=ra, local_ports=p)
+            for p in base.local_ports.without(flow.local_port)
+        ]
+        out += [
+            _replace_sel(base, remote_ports=rp, remote=ra, local_ports=lp, local=r)
+            for r in local.without(flow.local_addr)
+        ]
+        return tuple(out)
 
     def __str__(self) -> str:
         proto = "any" if self.proto is None else str(self.proto)
