@@ -361,7 +361,7 @@ class SimKeyManager:
         existing.children.add(sa.sa_id)
         hub = self.host.world.hub
         hub.register_esp_keys(EspSaExport(sa.local_addr, sa.remote_addr, out_keys))
-        hub.register_esp_keys(EspSaExport(sa.remote_addr, sa.local_addr, in_keys))
+        hub.register_esp_keys(EspSaExport(sa.remote_addr, sa.local_addr, in_keys), holder=self.host.name)
         self._event(f"installed {installed}")
         if self.on_installed is not None:
             self.on_installed()

@@ -68,6 +68,7 @@ class Hub:
     taps: list[Callable[[WireRecord], None]] = field(default_factory=list)
     wire: list[WireRecord] = field(default_factory=list)
     esp_keys: list[EspSaExport] = field(default_factory=list)
+    key_holders: dict[tuple[IPAddress, int], set[str]] = field(default_factory=dict)
 
     def attach(self, iface: Interface) -> None:
         if iface.name in self.interfaces:
@@ -119,10 +120,13 @@ class Hub:
         for tap in self.taps:
             tap(rec)
 
-    def register_esp_keys(self, export: EspSaExport) -> None:
-        """Remember SA keys for the tshark key export (every SA any host on the hub installs)."""
+    def register_esp_keys(self, export: EspSaExport, holder: str | None = None) -> None:
+        """Remember SA keys for the tshark key export (every SA any host on the hub installs);
+        ``holder`` names a host that can decrypt packets sent under these keys."""
         if export not in self.esp_keys:
             self.esp_keys.append(export)
+        if holder is not None:
+            self.key_holders.setdefault((export.dst, export.keys.spi), set()).add(holder)
 
     def captured(self) -> list[CapturedPacket]:
         out = []
