@@ -69,6 +69,7 @@ from rpclatch.rpc.server import PendingReply, RpcDispatcher, RpcServerConnection
 log = logging.getLogger(__name__)
 
 _conn_ids = itertools.count(1)
+_INF = float("inf")
 
 
 def _deliver(events: list[Event]) -> None:
@@ -123,9 +124,14 @@ class _TimerMixin:
 # clients
 
 
-class _StreamClientProtocol(asyncio.Protocol, _TimerMixin):
+#: Receive buffer per stream connection: asyncio reads into it (recv_into), so no read allocates.
+RECV_BUFFER = 256 * 1024
+
+
+class _StreamClientProtocol(asyncio.BufferedProtocol, _TimerMixin):
     def __init__(self, conn: RpcClientConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
+        self._recv = memoryview(bytearray(RECV_BUFFER))
         self._loop = loop
         self._timer = None
         self._timer_when = 0.0
@@ -136,8 +142,11 @@ class _StreamClientProtocol(asyncio.Protocol, _TimerMixin):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        events = self.conn.receive_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._recv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        events = self.conn.receive_data(self._recv[:nbytes])
         if events:
             _deliver(events)
             out = self.conn.data_to_send()  # auth-refresh resends
@@ -173,9 +182,10 @@ class RpcStreamClient:
         self._loop = protocol._loop
         assert protocol.transport is not None
         self.transport: asyncio.Transport = protocol.transport
+        self._flush_scheduled = False
 
     @classmethod
-    async def _connect(cls, factory: Callable[[Callable[[], asyncio.Protocol]], Any],
+    async def _connect(cls, factory: Callable[[Callable[[], Any]], Any],
                        auth: ClientAuth | None, timeout: float | None, connect_timeout: float,
                        max_record: int) -> RpcStreamClient:
         loop = asyncio.get_running_loop()
@@ -222,12 +232,25 @@ class RpcStreamClient:
         if self.transport.is_closing():
             raise RpcConnectionClosed("the connection is closed")
         loop = self._loop
-        handle: CallHandle = self._conn.send_call(prog, vers, proc, args, auth, loop.time(), timeout)
+        conn = self._conn
+        handle: CallHandle = conn.send_call(prog, vers, proc, args, auth, loop.time(), timeout)
         fut: asyncio.Future[bytes] = loop.create_future()
         handle.context = fut
-        self.transport.write(self._conn.data_to_send())
-        self._protocol._arm(handle.deadline if handle.deadline != float("inf") else None)
+        if conn.outstanding == 1:
+            for part in conn.data_to_send_parts():
+                self.transport.write(part)
+        elif not self._flush_scheduled:
+            # Several calls in flight: gather the calls made in this loop iteration into one write.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        self._protocol._arm(handle.deadline if handle.deadline != _INF else None)
         return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self.transport.is_closing():
+            for part in self._conn.data_to_send_parts():
+                self.transport.write(part)
 
     async def call(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
                    auth: ClientAuth | None = None, timeout: float | None = None) -> bytes:
@@ -348,7 +371,7 @@ class RpcUdpClient:
 # server
 
 
-class _ServerStreamProtocol(asyncio.Protocol, _TimerMixin):
+class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
     def __init__(self, server: RpcServer) -> None:
         self.server = server
         self._loop = server._loop
@@ -358,6 +381,7 @@ class _ServerStreamProtocol(asyncio.Protocol, _TimerMixin):
         self.conn: RpcServerConnection | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._paused = False
+        self._recv: memoryview | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -384,16 +408,20 @@ class _ServerStreamProtocol(asyncio.Protocol, _TimerMixin):
         server._protocols.add(self)
         self._arm()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._recv is None:  # allocated on first read: idle connections cost no buffer
+            self._recv = memoryview(bytearray(RECV_BUFFER))
+        return self._recv
+
+    def buffer_updated(self, nbytes: int) -> None:
         conn = self.conn
-        if conn is None:
+        if conn is None or self._recv is None:
             return
-        pending = conn.receive_data(data, self._loop.time())
-        out = conn.data_to_send()
+        pending = conn.receive_data(self._recv[:nbytes], self._loop.time())
         transport = self.transport
         assert transport is not None
-        if out:
-            transport.write(out)
+        for part in conn.data_to_send_parts():
+            transport.write(part)
         for p in pending:
             task = self._loop.create_task(self._run(p))
             self.tasks.add(task)

@@ -48,8 +48,9 @@ import logging
 import math
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from rpclatch.rpc import wire
 from rpclatch.rpc.auth import ClientAuth, PreparedCall
@@ -67,7 +68,10 @@ from rpclatch.rpc.messages import (
     AcceptedReply,
     AcceptStat,
     AuthStat,
+    CallMessage,
+    DeniedReply,
     RejectStat,
+    ReplyMessage,
     peek_xid,
 )
 from rpclatch.rpc.record import (
@@ -76,6 +80,7 @@ from rpclatch.rpc.record import (
     MAX_FRAGMENT,
     RecordError,
     RecordReassembler,
+    coalesce,
     encode_record,
 )
 from rpclatch.xdr import XdrError
@@ -87,6 +92,7 @@ _pack_header = struct.Struct(">I").pack
 _SUCCESS = AcceptStat.SUCCESS
 _REPLY = 1
 _NO_DEADLINE = math.inf
+_fast_reply: Callable[[bytes | memoryview, int, int], ReplyMessage | None] = wire.fast_reply
 
 
 class CallHandle:
@@ -167,14 +173,17 @@ class _ClientCore:
         self._next_xid = (xid + 1) & 0xFFFFFFFF
         return xid
 
-    def _prepare(self, handle: CallHandle) -> bytes:
+    def _prepare_message(self, handle: CallHandle) -> CallMessage:
+        """Allocate an xid and let the flavor build the call message."""
         xid = self._allocate_xid()
         prepared = handle.auth.prepare_call(xid, handle.prog, handle.vers, handle.proc, handle.args)
         handle.xid = xid
         handle.prepared = prepared
-        data = wire.encode_call(prepared.message)
         self._pending[xid] = handle
-        return data
+        return prepared.message
+
+    def _prepare(self, handle: CallHandle) -> bytes:
+        return wire.encode_call(self._prepare_message(handle))
 
     def _new_handle(self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth | None,
                     now: float, timeout: float | None) -> CallHandle:
@@ -235,23 +244,28 @@ class _ClientCore:
         self._pending.clear()
         self._timers.clear()
 
-    def _handle_reply(self, record: bytes, events: list[Event]) -> CallHandle | None:
-        """Match one reply; return the handle if it must be resent (auth refresh), else None."""
-        try:
-            mtype = wire.message_type(record)
-            if mtype != _REPLY:
-                log.debug("ignoring a non-reply message (msg_type %s)", mtype)
+    def _handle_reply(self, record: bytes | ReplyMessage, events: list[Event]) -> CallHandle | None:
+        """Match one reply (a record, or one already decoded); return the handle if it must be
+        resent (auth refresh), else None."""
+        if type(record) is bytes:
+            try:
+                mtype = wire.message_type(record)
+                if mtype != _REPLY:
+                    log.debug("ignoring a non-reply message (msg_type %s)", mtype)
+                    return None
+                reply = wire.decode_reply_body(record)
+            except XdrError as exc:
+                xid = peek_xid(record)
+                bad = self._pending.pop(xid, None) if xid is not None else None
+                if bad is None:
+                    log.warning("ignoring a malformed reply (%s)", exc)
+                    return None
+                bad.done = True
+                events.append(CallFailed(bad, RpcProtocolError(f"malformed reply: {exc}")))
                 return None
-            reply = wire.decode_reply_body(record)
-        except XdrError as exc:
-            xid = peek_xid(record)
-            bad = self._pending.pop(xid, None) if xid is not None else None
-            if bad is None:
-                log.warning("ignoring a malformed reply (%s)", exc)
-                return None
-            bad.done = True
-            events.append(CallFailed(bad, RpcProtocolError(f"malformed reply: {exc}")))
-            return None
+        else:
+            assert isinstance(record, AcceptedReply | DeniedReply)
+            reply = record
         handle = self._pending.pop(reply.xid, None)
         if handle is None:
             log.debug("ignoring a reply to unknown xid %#x", reply.xid)
@@ -307,9 +321,21 @@ class RpcClientConnection(_ClientCore):
         if self.closed:
             raise RpcConnectionClosed("the connection is closed")
         handle = self._new_handle(prog, vers, proc, args, auth, now, timeout)
-        self._queue(self._prepare(handle))
+        self._send(handle)
         self._schedule(handle, handle.deadline)
         return handle
+
+    def _send(self, handle: CallHandle) -> None:
+        msg = self._prepare_message(handle)
+        size = 48 + len(msg.cred.body) + len(msg.verf.body) + len(msg.args)  # upper bound
+        if size <= self.max_fragment:
+            # Record-marked as one fragment without copying the arguments behind the header.
+            head, args = wire.encode_call_marked(msg)
+            self._out.append(head)
+            if args:
+                self._out.append(args)
+        else:
+            self._queue(wire.encode_call(msg))
 
     def _queue(self, message: bytes) -> None:
         n = len(message)
@@ -328,13 +354,19 @@ class RpcClientConnection(_ClientCore):
         out.clear()
         return data
 
+    def data_to_send_parts(self) -> list[bytes]:
+        """:meth:`data_to_send` as buffers to write in order (large arguments are not copied)."""
+        out = self._out
+        self._out = []
+        return coalesce(out)
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes from the transport; return the events they caused."""
         events: list[Event] = []
         if self.closed:
             return events
         try:
-            records = self._reassembler.feed(data)
+            records = cast("list[bytes | ReplyMessage]", self._reassembler.feed(data, _fast_reply))
         except RecordError as exc:
             self.closed = True
             self._fail_all(exc, events)
@@ -343,7 +375,7 @@ class RpcClientConnection(_ClientCore):
         for record in records:
             retry = self._handle_reply(record, events)
             if retry is not None:
-                self._queue(self._prepare(retry))
+                self._send(retry)
         return events
 
     def handle_timer(self, now: float) -> list[Event]:

@@ -23,6 +23,8 @@ Errors derive from :class:`RecordError` (an :class:`rpclatch.rpc.errors.RpcProto
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 from rpclatch.rpc.errors import RpcProtocolError
 
@@ -32,6 +34,8 @@ LAST_FRAGMENT = 0x80000000
 MAX_FRAGMENT = 0x7FFFFFFF
 #: Default ceiling for one reassembled record: 4 MiB of payload plus room for RPC/GSS headers.
 DEFAULT_MAX_RECORD = 4 * 1024 * 1024 + 64 * 1024
+
+T = TypeVar("T")
 
 _HEADER = struct.Struct(">I")
 _pack_header = _HEADER.pack
@@ -68,6 +72,29 @@ def encode_record(message: bytes, max_fragment: int = MAX_FRAGMENT) -> bytes:
     return b"".join(parts)
 
 
+#: Buffers at least this large are written as they are rather than joined with their neighbours.
+BIG_PART = 16 * 1024
+
+
+def coalesce(parts: list[bytes]) -> list[bytes]:
+    """Join runs of small buffers, keep big ones as they are (saves copying large payloads)."""
+    if len(parts) <= 1:
+        return parts
+    out: list[bytes] = []
+    run: list[bytes] = []
+    for part in parts:
+        if len(part) >= BIG_PART:
+            if run:
+                out.append(b"".join(run))
+                run = []
+            out.append(part)
+        else:
+            run.append(part)
+    if run:
+        out.append(b"".join(run))
+    return out
+
+
 class RecordReassembler:
     """Incremental record reader with a bound on the record size (RFC 5531 §11).
 
@@ -75,7 +102,7 @@ class RecordReassembler:
     (each the exact RPC message bytes, without record marks).
     """
 
-    __slots__ = ("_buf", "_fragments", "_record_len", "max_record")
+    __slots__ = ("_buf", "_consumed", "_fragments", "_record_len", "max_record")
 
     def __init__(self, max_record: int = DEFAULT_MAX_RECORD) -> None:
         if max_record < 0:
@@ -84,6 +111,7 @@ class RecordReassembler:
         self._buf = bytearray()  # unconsumed input (a header and/or part of a fragment)
         self._fragments: list[bytes] = []  # earlier fragments of the current record
         self._record_len = 0  # bytes in self._fragments
+        self._consumed = 0
 
     @property
     def buffered(self) -> int:
@@ -95,50 +123,72 @@ class RecordReassembler:
         """True while part of a record (or of a fragment header) has been received."""
         return bool(self._buf) or bool(self._fragments)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Consume ``data``; return the records it completed. Raises :class:`RecordTooLarge`."""
+    def feed(self, data: bytes | bytearray | memoryview,
+             decode: Callable[[bytes | memoryview, int, int], T | None] | None = None) -> list[bytes | T]:
+        """Consume ``data``; return the records it completed. Raises :class:`RecordTooLarge`.
+
+        ``data`` may be a view of a buffer the caller reuses: whatever is kept is copied out.
+        With ``decode``, a record that is one fragment lying whole in the input is first offered
+        to ``decode(buffer, start, stop)``; if that returns non-None the result stands for the
+        record, decoded without the record being copied out first.
+        """
+        src: bytes | memoryview
         if self._buf:
             self._buf += data
-            buf: bytes | bytearray = self._buf
+            src = memoryview(self._buf)  # slicing a view copies once (a bytearray slice twice)
+        elif type(data) is bytes:
+            src = data  # fast path: slice records straight out of the caller's bytes
         else:
-            # Fast path: parse straight out of the caller's bytes, keep only the remainder.
-            buf = data if isinstance(data, bytes) else bytes(data)
-        records: list[bytes] = []
-        # Slicing a memoryview of the bytearray copies once (a bytearray slice would copy twice).
-        view = memoryview(buf) if buf is self._buf else None
+            src = memoryview(data)
+        try:
+            return self._parse(src, decode)
+        finally:
+            if type(src) is memoryview:
+                src.release()
+            if self._consumed and self._buf:
+                del self._buf[:self._consumed]
+
+    def _parse(self, src: bytes | memoryview,
+               decode: Callable[[bytes | memoryview, int, int], T | None] | None) -> list[bytes | T]:
+        records: list[bytes | T] = []
         pos = 0
-        end = len(buf)
+        end = len(src)
         max_record = self.max_record
-        while end - pos >= 4:
-            (header,) = _unpack_header(buf, pos)
-            length = header & MAX_FRAGMENT
-            total = self._record_len + length
-            if total > max_record:
-                if view is not None:
-                    view.release()
-                self._buf = bytearray()
-                self._fragments.clear()
-                self._record_len = 0
-                raise RecordTooLarge(total, max_record)
-            stop = pos + 4 + length
-            if stop > end:
-                break
-            fragment = bytes(view[pos + 4:stop] if view is not None else buf[pos + 4:stop])
-            pos = stop
-            if header & LAST_FRAGMENT:
-                if self._fragments:
-                    self._fragments.append(fragment)
-                    fragment = b"".join(self._fragments)
+        self._consumed = 0
+        try:
+            while end - pos >= 4:
+                (header,) = _unpack_header(src, pos)
+                length = header & MAX_FRAGMENT
+                total = self._record_len + length
+                if total > max_record:
                     self._fragments.clear()
                     self._record_len = 0
-                records.append(fragment)
-            else:
-                self._fragments.append(fragment)
-                self._record_len = total
-        if view is not None:
-            view.release()
-            if pos:
-                del self._buf[:pos]
-        elif pos < end:
-            self._buf = bytearray(buf[pos:]) if pos else bytearray(buf)
+                    pos = end  # drop everything buffered
+                    raise RecordTooLarge(total, max_record)
+                stop = pos + 4 + length
+                if stop > end:
+                    break
+                if decode is not None and header & LAST_FRAGMENT and not self._fragments:
+                    decoded = decode(src, pos + 4, stop)
+                    if decoded is not None:
+                        pos = stop
+                        records.append(decoded)
+                        continue
+                fragment = bytes(src[pos + 4:stop])
+                pos = stop
+                if header & LAST_FRAGMENT:
+                    if self._fragments:
+                        self._fragments.append(fragment)
+                        fragment = b"".join(self._fragments)
+                        self._fragments.clear()
+                        self._record_len = 0
+                    records.append(fragment)
+                else:
+                    self._fragments.append(fragment)
+                    self._record_len = total
+        finally:
+            if self._buf:
+                self._consumed = pos  # trimmed by feed() once the view is released
+            elif pos < end:
+                self._buf = bytearray(src[pos:])
         return records

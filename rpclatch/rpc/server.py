@@ -78,6 +78,7 @@ from rpclatch.rpc.record import (
     MAX_FRAGMENT,
     RecordError,
     RecordReassembler,
+    coalesce,
     encode_record,
 )
 from rpclatch.xdr import XdrError
@@ -113,6 +114,10 @@ def _accepted_error(xid: int, verf: OpaqueAuth, stat: AcceptStat,
     return AcceptedReply(xid, verf, stat, b"", mismatch).encode()
 
 
+def _mark(message: bytes) -> bytes:
+    return _pack_header(LAST_FRAGMENT | len(message)) + message
+
+
 def _error_verf(accept: AuthAccept) -> OpaqueAuth:
     """The verifier an accepted non-SUCCESS reply carries (the flavor's, RFC 2203 §5.3.3.2)."""
     try:
@@ -138,19 +143,29 @@ class PendingReply:
 
     def complete(self, results: bytes) -> bytes:
         """The reply message for a procedure that returned ``results``."""
-        return _seal_success(self.call, self.accept, results)
+        reply = _seal_success(self.call, self.accept, results, False)
+        assert type(reply) is bytes
+        return reply
 
     def fail(self, exc: BaseException) -> bytes:
         """The reply message for a procedure that raised ``exc`` (GARBAGE_ARGS or SYSTEM_ERR)."""
         return _procedure_error(self.call, self.accept, exc)
 
 
-def _seal_success(call: CallMessage, accept: AuthAccept, results: bytes) -> bytes:
+#: A reply as record-marked parts to write in order (fragment header + RPC header, then results).
+ReplyParts = tuple[bytes, bytes]
+
+
+def _seal_success(call: CallMessage, accept: AuthAccept, results: bytes,
+                  record_mark: bool) -> bytes | ReplyParts:
     try:
         verf, sealed = accept.seal(results)
     except Exception as exc:
         log.error("xid %#x: sealing the results failed: %s", call.xid, exc)
-        return _accepted_error(call.xid, NULL_AUTH, AcceptStat.SYSTEM_ERR)
+        reply = _accepted_error(call.xid, NULL_AUTH, AcceptStat.SYSTEM_ERR)
+        return (_mark(reply), b"") if record_mark else reply
+    if record_mark:
+        return wire.encode_success_marked(call.xid, verf, sealed)
     return wire.encode_success(call.xid, verf, sealed)
 
 
@@ -222,9 +237,24 @@ class RpcDispatcher:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def dispatch(self, record: bytes, conn: ConnectionInfo,
-                 now: float) -> bytes | PendingReply | None:
+    def dispatch(self, record: bytes, conn: ConnectionInfo, now: float) -> bytes | PendingReply | None:
         """Handle one RPC message; return the reply message, a :class:`PendingReply`, or None."""
+        reply = self._dispatch(record, conn, now, False)
+        assert not isinstance(reply, tuple)
+        return reply
+
+    def dispatch_marked(self, record: bytes, conn: ConnectionInfo,
+                        now: float) -> ReplyParts | PendingReply | None:
+        """:meth:`dispatch` for streams: the reply comes as record-marked parts (one fragment), so
+        large results are written without being copied behind a header."""
+        reply = self._dispatch(record, conn, now, True)
+        if type(reply) is bytes:
+            return _mark(reply), b""
+        return reply  # type: ignore[return-value]
+
+    def _dispatch(self, record: bytes, conn: ConnectionInfo, now: float,
+                  record_mark: bool) -> bytes | ReplyParts | PendingReply | None:
+        """The reply; only a SUCCESS reply comes record-marked (as parts) when ``record_mark``."""
         n = len(record)
         if n < 8:
             log.warning("conn %d: dropping a %d-byte record (no RPC header)", conn.conn_id, n)
@@ -243,10 +273,23 @@ class RpcDispatcher:
         except XdrError as exc:
             log.warning("conn %d: xid %#x: malformed call header: %s", conn.conn_id, xid, exc)
             return _accepted_error(xid, NULL_AUTH, AcceptStat.GARBAGE_ARGS)
+        return self._dispatch_call(call, conn, now, record_mark)
 
+    def dispatch_call_marked(self, call: CallMessage, conn: ConnectionInfo,
+                             now: float) -> ReplyParts | PendingReply | None:
+        """:meth:`dispatch_marked` for a call already decoded (RPC version 2) from the stream."""
+        reply = self._dispatch_call(call, conn, now, True)
+        if type(reply) is bytes:
+            return _mark(reply), b""
+        return reply  # type: ignore[return-value]
+
+    def _dispatch_call(self, call: CallMessage, conn: ConnectionInfo, now: float,
+                       record_mark: bool) -> bytes | ReplyParts | PendingReply | None:
+        xid = call.xid
         auth = self._flavors.get(call.cred.flavor)
         if auth is None:
-            return DeniedReply(xid, RejectStat.AUTH_ERROR, auth_stat=AuthStat.AUTH_BADCRED).encode()
+            reply = DeniedReply(xid, RejectStat.AUTH_ERROR, auth_stat=AuthStat.AUTH_BADCRED)
+            return reply.encode()
         try:
             verdict = auth.check_call(call, conn, now)
         except Exception as exc:
@@ -272,11 +315,11 @@ class RpcDispatcher:
         except Exception as exc:
             return _procedure_error(call, verdict, exc)
         if isinstance(result, bytes):
-            return _seal_success(call, verdict, result)
+            return _seal_success(call, verdict, result, record_mark)
         if inspect.isawaitable(result):
             return PendingReply(call, verdict, result)
         if isinstance(result, bytearray | memoryview):
-            return _seal_success(call, verdict, bytes(result))
+            return _seal_success(call, verdict, bytes(result), record_mark)
         return _procedure_error(call, verdict, TypeError(
             f"procedure returned {type(result).__name__}, not bytes"))
 
@@ -322,14 +365,35 @@ class RpcServerConnection:
             return []
         self._last_activity = now
         try:
-            records = self._reassembler.feed(data)
+            records = self._reassembler.feed(data, wire.fast_call)
         except RecordError as exc:
             self._close(f"bad record marking: {exc}")
             return []
         pending: list[PendingReply] = []
-        dispatch = self.dispatcher.dispatch
         conn = self.conn
+        out = self._out
+        if self.max_fragment >= MAX_FRAGMENT:  # every reply fits one fragment
+            dispatch_marked = self.dispatcher.dispatch_marked
+            dispatch_call = self.dispatcher.dispatch_call_marked
+            for item in records:
+                if type(item) is bytes:
+                    parts = dispatch_marked(item, conn, now)
+                else:
+                    assert isinstance(item, CallMessage)
+                    parts = dispatch_call(item, conn, now)
+                if type(parts) is tuple:
+                    out.append(parts[0])
+                    if parts[1]:
+                        out.append(parts[1])
+                elif parts is not None:
+                    assert isinstance(parts, PendingReply)
+                    self.in_flight += 1
+                    pending.append(parts)
+            return pending
+        dispatch = self.dispatcher.dispatch
         for record in records:
+            if isinstance(record, CallMessage):
+                record = record.encode()  # only with small test fragments: not a hot path
             reply = dispatch(record, conn, now)
             if reply is None:
                 continue
@@ -369,6 +433,13 @@ class RpcServerConnection:
         data = b"".join(out)
         out.clear()
         return data
+
+    def data_to_send_parts(self) -> list[bytes]:
+        """:meth:`data_to_send` as a list of buffers to write in order: small pieces are joined,
+        large result buffers are passed through uncopied."""
+        out = self._out
+        self._out = []
+        return coalesce(out)
 
     def next_timer(self) -> float | None:
         """The idle deadline (None when there is no idle timeout, a call is in flight or closed)."""

@@ -30,9 +30,13 @@ from rpclatch.xdr import XdrError
 
 _I = struct.Struct(">I")
 _II = struct.Struct(">II")
+_III = struct.Struct(">III")
 _CALL_HEAD = struct.Struct(">IIIIIIII")  # xid, CALL, rpcvers, prog, vers, proc, cred flavor, len
 _REPLY_HEAD = struct.Struct(">IIIII")  # xid, REPLY, MSG_ACCEPTED, verf flavor, verf len
 _ACCEPTED_NULL_VERF_SUCCESS = struct.Struct(">IIIIII")  # ... + AUTH_NONE, 0, SUCCESS
+_MARKED_CALL_NULL_AUTH = struct.Struct(">IIIIIIIIIII")
+_MARKED_NULL_VERF_SUCCESS = struct.Struct(">IIIIIII")
+_LAST_FRAGMENT = 0x80000000
 _ZERO_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 _CALL = int(MsgType.CALL)
@@ -63,6 +67,23 @@ def encode_call(msg: CallMessage) -> bytes:
     return b"".join((head, cbody, _ZERO_PAD[len(cbody) & 3], _auth_bytes(verf), msg.args))
 
 
+def encode_call_marked(msg: CallMessage) -> tuple[bytes, bytes]:
+    """``msg`` record-marked as one last fragment (RFC 5531 §11), as two buffers to send in order:
+    fragment header + call header, then the arguments (uncopied)."""
+    cred = msg.cred
+    cbody = cred.body
+    verf = msg.verf
+    args = msg.args
+    if not cbody and verf.flavor == _AUTH_NONE and not verf.body:
+        return _MARKED_CALL_NULL_AUTH.pack(_LAST_FRAGMENT | (40 + len(args)), msg.xid, _CALL,
+                                           msg.rpcvers, msg.prog, msg.vers, msg.proc,
+                                           0, 0, 0, 0), args
+    head = b"".join((_CALL_HEAD.pack(msg.xid, _CALL, msg.rpcvers, msg.prog, msg.vers, msg.proc,
+                                     cred.flavor, len(cbody)),
+                     cbody, _ZERO_PAD[len(cbody) & 3], _auth_bytes(verf)))
+    return _I.pack(_LAST_FRAGMENT | (len(head) + len(args))) + head, args
+
+
 def encode_success(xid: int, verf: OpaqueAuth, results: bytes) -> bytes:
     """An accepted SUCCESS reply carrying ``results`` (RFC 5531 §9 ``accepted_reply``)."""
     if verf.flavor == _AUTH_NONE and not verf.body:
@@ -70,7 +91,19 @@ def encode_success(xid: int, verf: OpaqueAuth, results: bytes) -> bytes:
     return b"".join((_II.pack(xid, _REPLY), b"\0\0\0\0", _auth_bytes(verf), b"\0\0\0\0", results))
 
 
-def _read_auth(data: bytes, pos: int, end: int) -> tuple[OpaqueAuth, int]:
+def encode_success_marked(xid: int, verf: OpaqueAuth, results: bytes) -> tuple[bytes, bytes]:
+    """:func:`encode_success` record-marked as one fragment, as (header buffer, results)."""
+    if verf.flavor == _AUTH_NONE and not verf.body:
+        return _MARKED_NULL_VERF_SUCCESS.pack(_LAST_FRAGMENT | (24 + len(results)), xid, _REPLY,
+                                              0, 0, 0, 0), results
+    head = b"".join((_II.pack(xid, _REPLY), b"\0\0\0\0", _auth_bytes(verf), b"\0\0\0\0"))
+    return _I.pack(_LAST_FRAGMENT | (len(head) + len(results))) + head, results
+
+
+Buffer = bytes | memoryview
+
+
+def _read_auth(data: Buffer, pos: int, end: int) -> tuple[OpaqueAuth, int]:
     if end - pos < 8:
         raise XdrError(f"truncated opaque_auth at offset {pos}")
     flavor, n = _II.unpack_from(data, pos)
@@ -82,39 +115,47 @@ def _read_auth(data: bytes, pos: int, end: int) -> tuple[OpaqueAuth, int]:
         raise XdrError(f"fixed opaque of {n} bytes overruns buffer ({end - pos} left)")
     if n == 0 and flavor == _AUTH_NONE:
         return NULL_AUTH, stop
-    return OpaqueAuth(flavor, data[pos:pos + n]), stop
+    return OpaqueAuth(flavor, bytes(data[pos:pos + n])), stop
 
 
-def decode_call_body(data: bytes) -> CallMessage:
-    """Decode a record known to start with ``xid, CALL`` (see :func:`decode_message`)."""
-    end = len(data)
-    if end < 32:
+def decode_call_body(data: Buffer, start: int = 0, end: int | None = None) -> CallMessage:
+    """Decode the record ``data[start:end]``, known to start with ``xid, CALL`` (see
+    :func:`decode_message`). ``data`` may be a view of a receive buffer: only the pieces kept
+    (credential, verifier, arguments) are copied out."""
+    if end is None:
+        end = len(data)
+    if end - start < 32:
         raise XdrError("truncated call header")
-    xid, _m, rpcvers, prog, vers, proc, cflavor, clen = _CALL_HEAD.unpack_from(data, 0)
+    xid, _m, rpcvers, prog, vers, proc, cflavor, clen = _CALL_HEAD.unpack_from(data, start)
     if clen > MAX_AUTH_BYTES:
         raise XdrError(f"opaque length {clen} exceeds limit {MAX_AUTH_BYTES}")
     header_len = 32 + ((clen + 3) & ~3)
-    if header_len > end:
-        raise XdrError(f"fixed opaque of {clen} bytes overruns buffer ({end - 32} left)")
-    cred = NULL_AUTH if clen == 0 and cflavor == _AUTH_NONE else OpaqueAuth(cflavor, data[32:32 + clen])
-    verf, pos = _read_auth(data, header_len, end)
-    return CallMessage(xid, prog, vers, proc, cred, verf, data[pos:], rpcvers, header_len)
+    if start + header_len > end:
+        raise XdrError(f"fixed opaque of {clen} bytes overruns buffer ({end - start - 32} left)")
+    if clen == 0 and cflavor == _AUTH_NONE:
+        cred = NULL_AUTH
+    else:
+        cred = OpaqueAuth(cflavor, bytes(data[start + 32:start + 32 + clen]))
+    verf, pos = _read_auth(data, start + header_len, end)
+    return CallMessage(xid, prog, vers, proc, cred, verf, bytes(data[pos:end]), rpcvers, header_len)
 
 
-def decode_reply_body(data: bytes) -> ReplyMessage:
-    """Decode a record known to start with ``xid, REPLY`` (see :func:`decode_message`)."""
-    end = len(data)
-    if end < 12:
+def decode_reply_body(data: Buffer, start: int = 0, end: int | None = None) -> ReplyMessage:
+    """Decode the record ``data[start:end]``, known to start with ``xid, REPLY`` (see
+    :func:`decode_message`); like :func:`decode_call_body` it accepts a view."""
+    if end is None:
+        end = len(data)
+    if end - start < 12:
         raise XdrError("truncated reply header")
-    xid, _m, stat = struct.unpack_from(">III", data, 0)
+    xid, _m, stat = _III.unpack_from(data, start)
     if stat == 0:
-        verf, pos = _read_auth(data, 12, end)
+        verf, pos = _read_auth(data, start + 12, end)
         if end - pos < 4:
-            raise XdrError(f"truncated accept_stat at offset {pos}")
+            raise XdrError(f"truncated accept_stat at offset {pos - start}")
         (astat,) = _I.unpack_from(data, pos)
         pos += 4
         if astat == 0:
-            return AcceptedReply(xid, verf, AcceptStat.SUCCESS, data[pos:])
+            return AcceptedReply(xid, verf, AcceptStat.SUCCESS, bytes(data[pos:end]))
         accept = _ACCEPT_STATS.get(astat)
         if accept is None:
             raise XdrError(f"unknown AcceptStat value {astat}")
@@ -125,23 +166,47 @@ def decode_reply_body(data: bytes) -> ReplyMessage:
         return AcceptedReply(xid, verf, accept)
     if stat != 1:
         raise XdrError(f"unknown ReplyStat value {stat}")
-    if end < 16:
+    if end - start < 16:
         raise XdrError("truncated reject_stat")
-    (rstat,) = _I.unpack_from(data, 12)
+    (rstat,) = _I.unpack_from(data, start + 12)
     reject = _REJECT_STATS.get(rstat)
     if reject is None:
         raise XdrError(f"unknown RejectStat value {rstat}")
     if reject == RejectStat.RPC_MISMATCH:
-        if end < 24:
+        if end - start < 24:
             raise XdrError("truncated mismatch_info")
-        return DeniedReply(xid, reject, mismatch=_II.unpack_from(data, 16))
-    if end < 20:
+        return DeniedReply(xid, reject, mismatch=_II.unpack_from(data, start + 16))
+    if end - start < 20:
         raise XdrError("truncated auth_stat")
-    (astat,) = _I.unpack_from(data, 16)
+    (astat,) = _I.unpack_from(data, start + 16)
     auth = _AUTH_STATS.get(astat)
     if auth is None:
         raise XdrError(f"unknown AuthStat value {astat}")
     return DeniedReply(xid, reject, auth_stat=auth)
+
+
+def fast_call(data: Buffer, start: int, end: int) -> CallMessage | None:
+    """The call in ``data[start:end]`` if it is a well-formed RPC v2 CALL, else None (the caller
+    then takes the general path with the record's bytes). Used on receive buffers directly."""
+    if end - start < 40:
+        return None
+    _xid, mtype, rpcvers = _III.unpack_from(data, start)
+    if mtype != _CALL or rpcvers != 2:
+        return None
+    try:
+        return decode_call_body(data, start, end)
+    except XdrError:
+        return None
+
+
+def fast_reply(data: Buffer, start: int, end: int) -> ReplyMessage | None:
+    """The reply in ``data[start:end]`` if it is a well-formed REPLY, else None."""
+    if end - start < 12 or _I.unpack_from(data, start + 4)[0] != _REPLY:
+        return None
+    try:
+        return decode_reply_body(data, start, end)
+    except XdrError:
+        return None
 
 
 def message_type(data: bytes) -> int | None:
