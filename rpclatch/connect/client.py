@@ -186,29 +186,43 @@ class ProtectedConnection:
             link.reset(f"latch broken: {reason}")
 
     def call(self, prog: int, vers: int, proc: int, args: bytes) -> bytes:
-        """One call with the chosen service; reconnects (re-latch, re-bind) after a reset."""
-        attempts = 0
-        while True:
-            if self._link is None or not self._link.is_open or self._auth is None:
-                if attempts >= self.policy.max_reconnects:
-                    raise ConnectionReset(f"connection reset ({self._broken or 'closed'}); gave up after "
-                                          f"{attempts} reconnects")
-                attempts += 1
-                self._note("policy", "reconnecting: new connection, new latch, new context")
-                self.connect()
+        """One call with the chosen service.
+
+        A call in flight when the connection resets fails with :class:`ConnectionReset` (it is not
+        silently resent: RPC procedures need not be idempotent). The next call reconnects: a new
+        connection, a new latch, a new context and a new BIND_CHANNEL.
+        """
+        if self._link is None or not self._link.is_open or self._auth is None:
+            self._reconnect()
+        link, auth = self._link, self._auth
+        assert link is not None and auth is not None
+        if self._auth_conn != link.conn_id:  # pragma: no cover - structural guarantee
+            raise ConnectError("refusing to use a context on a connection it was not made on")
+        if self.security.gss_service is GssService.CHANNEL_PROT and link.latch_state() != "ESTABLISHED":
+            # RFC 5403 §3.4: channel_prot only while the channel exists; never send unprotected
+            self._latch_broken(f"latch is {link.latch_state()}")
+            self._reconnect()
             link, auth = self._link, self._auth
             assert link is not None and auth is not None
-            if self._auth_conn != link.conn_id:  # pragma: no cover - structural guarantee
-                raise ConnectError("refusing to use a context on a connection it was not made on")
-            if self.security.gss_service is GssService.CHANNEL_PROT and link.latch_state() != "ESTABLISHED":
-                self._latch_broken(f"latch is {link.latch_state()}")
-                continue
+        try:
+            return link.call(auth, prog, vers, proc, args)
+        except ConnectionReset:
+            self._auth = None
+            raise
+
+    def _reconnect(self) -> None:
+        last: Exception | None = None
+        for _ in range(max(1, self.policy.max_reconnects)):
+            if self._link is not None:
+                self._link.close()
+                self._link = None
+            self._note("policy", "reconnecting: new connection, new latch, new context")
             try:
-                return link.call(auth, prog, vers, proc, args)
-            except ConnectionReset:
-                if self._broken is None:
-                    raise
-                self._auth = None
+                self.connect()
+                return
+            except ConnectError as exc:
+                last = exc
+        raise ConnectionReset(f"could not reconnect ({self._broken or 'connection closed'}): {last}")
 
     def close(self) -> None:
         if self._ctx is not None and self._link is not None and self._link.is_open:

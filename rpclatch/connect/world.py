@@ -88,7 +88,8 @@ class ClientWorld(Protocol):
 class GssContext(Protocol):
     """An established RPCSEC_GSS context on one connection."""
 
-    version: int
+    @property
+    def version(self) -> int: ...
 
     def auth(self, service: GssService) -> ClientAuth:
         """The client flavor issuing DATA calls with ``service``."""

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 
 from rpclatch.demo.model import Outcome, RunResult, ScenarioResult
 
-COLUMNS = ("#", "scenario", "latched?", "peer", "binding", "GSS service", "attacker bytes", "outcome")
+COLUMNS = ("#", "scenario", "latched?", "peer", "binding", "GSS service", "attacker bytes (payload read)",
+           "outcome")
 
 
 def _row(r: ScenarioResult) -> tuple[str, ...]:
-    attacker = f"{r.attacker_bytes} ({r.attacker_plaintext} clear)"
+    attacker = f"{r.attacker_bytes} ({r.attacker_plaintext} read)"
     return (str(r.number), r.title, r.latched, r.peer, r.binding, r.gss_service, attacker,
             r.outcome.value)
 

@@ -1,0 +1,43 @@
+"""Runs the demo: one throwaway Kerberos realm, the chosen scenarios on the simulated world, the
+artefacts in the run directory, a :class:`RunResult` for the report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from rpclatch.demo.model import RunResult, ScenarioResult
+from rpclatch.demo.scenarios import SCENARIOS, timed
+from rpclatch.gss.realm import ThrowawayRealm
+
+
+def run_demo(run_dir: Path, numbers: Sequence[int] | None = None, progress: TextIO | None = None,
+             realm: ThrowawayRealm | None = None) -> RunResult:
+    """Run scenarios ``numbers`` (default: all) into ``run_dir``. With ``realm`` None a throwaway
+    realm is started (and stopped again, also on failure); otherwise the given, activated realm is
+    used."""
+    t0 = time.monotonic()
+    chosen = [s for s in SCENARIOS if numbers is None or s.number in numbers]
+    own = realm is None
+    active = realm if realm is not None else ThrowawayRealm(("alice",), service="nfs")
+    results: list[ScenarioResult] = []
+    try:
+        if own:
+            if progress is not None:
+                print("starting a throwaway Kerberos realm ...", file=progress, flush=True)
+            active.start()
+            active.activate()
+        for spec in chosen:
+            if progress is not None:
+                print(f"[{spec.number}] {spec.title} ...", end="", file=progress, flush=True)
+            result, seconds = timed(spec, active, run_dir)
+            results.append(result)
+            if progress is not None:
+                print(f" {result.outcome.value} ({seconds:.2f} s)", file=progress, flush=True)
+        realm_name = active.realm
+    finally:
+        if own:
+            active.stop()
+    return RunResult("sim", str(run_dir), realm_name, tuple(results), time.monotonic() - t0)

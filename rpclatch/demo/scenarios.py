@@ -1,0 +1,594 @@
+"""The five demo scenarios. Each builds its world, acts, then computes its checks from what
+actually happened: the recorded wire (decoded like tshark with the ESP keys), the latch states at
+both ends (INQUIRE_LATCH), the RPCSEC_GSS service on the wire, and what the attacker could read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rpclatch.connect.client import ProtectedConnection
+from rpclatch.connect.policy import BindOutcome, ConnectPolicy, LatchOutcome
+from rpclatch.connect.record import SecurityRecord
+from rpclatch.connect.sim import SimLink
+from rpclatch.connect.world import ConnectError
+from rpclatch.demo.diagram import render_html, render_svg
+from rpclatch.demo.model import Check, ScenarioResult, TraceEvent
+from rpclatch.demo.rundir import slug
+from rpclatch.demo.wiretap import WireView
+from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
+from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.ipsec import examples
+from rpclatch.ipsec.engine import EngineConfig
+from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip, spki_fingerprint
+from rpclatch.ipsec.sim.ike import IkeMode
+from rpclatch.ipsec.sim.stack import ConnLatch, IpsecStack
+from rpclatch.ipsec.sim.stream import StreamConnection, StreamEventKind
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction
+from rpclatch.rpc.errors import RpcError
+from rpclatch.rpc.testprog import (
+    PROC_ECHO,
+    RPCLATCH_TEST_PROG,
+    RPCLATCH_TEST_VERS,
+    decode_opaque,
+    encode_opaque,
+)
+
+#: The secret the client sends in every ECHO; attackers must never read it.
+MARKER = b"rpclatch-demo-SECRET:" + hashlib.sha256(b"rpclatch demo payload").hexdigest().encode()
+PAYLOAD = MARKER * 16
+LANES = ("client", "mitm", "rogue", "mitm-b", "server", "(nobody)")
+
+
+@dataclass
+class Outcome:
+    """What a scenario script hands to :func:`finish`."""
+
+    title: str
+    latched: str
+    peer: str
+    binding: str
+    gss_service: str
+    checks: list[Check] = field(default_factory=list)
+    reason: str = ""
+
+    def check(self, name: str, passed: bool, detail: str) -> None:
+        self.checks.append(Check(name, bool(passed), detail))
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    number: int
+    name: str
+    title: str
+    run: Callable[[ThrowawayRealm], tuple[DemoWorld, Outcome]]
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def echo(pc: ProtectedConnection, payload: bytes = PAYLOAD) -> bool:
+    reply = pc.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(payload))
+    return decode_opaque(reply) == payload
+
+
+def link_of(pc: ProtectedConnection) -> SimLink:
+    link = pc.link
+    assert isinstance(link, SimLink)
+    return link
+
+
+def stack_of(host_security: object) -> IpsecStack:
+    assert isinstance(host_security, IpsecStack)
+    return host_security
+
+
+def server_conn(dw: DemoWorld, client_flow: FiveTuple) -> StreamConnection | None:
+    for conn, _rpc in dw.endpoint.server.connections:
+        if (
+            conn.flow.remote_port == client_flow.local_port
+            and conn.flow.local_port == client_flow.remote_port
+        ):
+            return conn
+    return None
+
+
+def peer_key(stack: IpsecStack, conn: StreamConnection) -> bytes | None:
+    info = stack.latch_of(conn)
+    if info is None or info.params is None:
+        return None
+    return info.params.peer.public_key
+
+
+def fp(key: bytes | None) -> str:
+    return "-" if key is None else spki_fingerprint(key)[:16]
+
+
+def alerts_of(conn: StreamConnection) -> list[str]:
+    cl = conn.latch_info
+    return [a.new_state.value for a in cl.alerts] if isinstance(cl, ConnLatch) else []
+
+
+def binding_word(rec: SecurityRecord) -> str:
+    return {
+        BindOutcome.BOUND: "bound",
+        BindOutcome.MISMATCH: "FAILED (mismatch)",
+        BindOutcome.UNSUPPORTED: "unsupported",
+        BindOutcome.NOT_ATTEMPTED: "unavailable" if rec.latched else "-",
+    }[rec.bind_outcome]
+
+
+def marker_bytes(data: bytes) -> int:
+    return data.count(MARKER) * len(MARKER)
+
+
+def frames_with_marker(dw: DemoWorld) -> int:
+    return sum(1 for r in dw.wire() if MARKER in r.frame)
+
+
+def services_after(view: WireView, t: float, flow_port: int | None = None) -> list[str]:
+    out: list[str] = []
+    for c in view.calls:
+        if c.time < t or c.gss_proc is None or c.gss_proc.name != "RPCSEC_GSS_DATA" or c.service is None:
+            continue
+        if flow_port is not None and f":{flow_port} ->" not in c.flow:
+            continue
+        from rpclatch.demo.wiretap import SERVICE_NAMES
+
+        name = SERVICE_NAMES[c.service]
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | None = None) -> list[int]:
+    """Sizes of frames of ``flow`` (either direction, ESP or clear) after ``after``."""
+    out = []
+    ports = {flow.local_port, flow.remote_port}
+    for fv in view.frames:
+        if fv.record.time <= after or fv.inner is None:
+            continue
+        if {fv.inner.src_port, fv.inner.dst_port} != ports:
+            continue
+        if receiver is not None and fv.record.receiver != receiver:
+            continue
+        out.append(len(fv.record.frame))
+    return out
+
+
+# -- scenario 1 -------------------------------------------------------------------------------------
+
+
+def ipsec_available(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
+    dw = build_world(realm, seed=1)
+    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+    rec = pc.connect()
+    ok = all(echo(pc) for _ in range(4))
+    view = dw.wire_view()
+    link = link_of(pc)
+    sconn = server_conn(dw, link.conn.flow)
+    cstate = dw.client_stack.latch_state(link.conn)
+    sstate = dw.server_stack.latch_state(sconn) if sconn else "none"
+    o = Outcome(
+        "IPsec available",
+        f"{'yes' if cstate == 'ESTABLISHED' else cstate}/{'yes' if sstate == 'ESTABLISHED' else sstate}",
+        rec.peer or "-",
+        binding_word(rec),
+        ",".join(view.data_services()) or "-",
+        reason=rec.reason,
+    )
+    o.check("client latch ESTABLISHED", cstate == "ESTABLISHED", f"client latch {cstate}")
+    o.check("server latch ESTABLISHED", sstate == "ESTABLISHED", f"server latch {sstate}")
+    ckey = dw.client_stack.sike.credentials.spki
+    skey = dw.server_stack.sike.credentials.spki
+    o.check(
+        "latched to each other's keys",
+        sconn is not None
+        and peer_key(dw.client_stack, link.conn) == skey
+        and peer_key(dw.server_stack, sconn) == ckey,
+        f"client sees {fp(peer_key(dw.client_stack, link.conn))} (server key {fp(skey)}), server sees "
+        f"{fp(peer_key(dw.server_stack, sconn) if sconn else None)} (client key {fp(ckey)})",
+    )
+    binds = view.bind_calls("client")
+    o.check(
+        "BIND_CHANNEL sent inside ESP",
+        bool(binds) and all(b.protected for b in binds),
+        f"{len(binds)} BIND_CHANNEL call(s) on the wire",
+    )
+    o.check(
+        "DATA calls are channel_prot on the wire",
+        view.data_services() == ["channel_prot"],
+        f"services on the wire: {view.data_services()}",
+    )
+    o.check(
+        "security record says bound + channel_prot",
+        rec.bound and rec.gss_service.value == "channel_prot",
+        rec.summary(),
+    )
+    o.check(
+        "no cleartext on port 2049",
+        view.cleartext_bytes(NFS_PORT) == 0,
+        f"{view.cleartext_bytes(NFS_PORT)} cleartext TCP payload bytes",
+    )
+    o.check(
+        "payload never visible on the wire",
+        frames_with_marker(dw) == 0,
+        f"{frames_with_marker(dw)} frames contain the payload in the clear",
+    )
+    o.check("ECHO replies intact", ok, "4 ECHO calls of 1.6 KB")
+    return dw, o
+
+
+# -- scenario 2 -------------------------------------------------------------------------------------
+
+
+def no_ike(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
+    dw = build_world(realm, seed=2, server_ike=IkeMode.ABSENT)
+    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+    rec = pc.connect()
+    ok = all(echo(pc) for _ in range(4))
+    view = dw.wire_view()
+    link = link_of(pc)
+    flow = link.conn.flow
+    overlay = dw.client_stack.engine.spd.overlay_entry(flow)
+    sconn = server_conn(dw, flow)
+    sstate = dw.server_stack.latch_state(sconn) if sconn else "none"
+    o = Outcome(
+        "no IKE on the server",
+        "no",
+        "-",
+        binding_word(rec),
+        ",".join(view.data_services()) or "-",
+        reason=rec.reason + (f" ({rec.protection_error})" if rec.protection_error else ""),
+    )
+    o.check(
+        "protection attempt failed",
+        rec.latch_outcome is LatchOutcome.NOT_LATCHED and rec.protection_error is not None,
+        f"protection error: {rec.protection_error}",
+    )
+    ike_frames = sum(1 for e in dw.trace(view) if e.kind.value == "ike")
+    o.check("IKE was tried first", ike_frames > 0, f"{ike_frames} SIKE frames sent, none answered")
+    o.check(
+        "BYPASS clone for exactly this 5-tuple",
+        overlay is not None and overlay.action is SpdAction.BYPASS,
+        f"client SPD overlay for {flow}: {overlay.action.value if overlay else None}",
+    )
+    o.check(
+        "client and server unlatched",
+        dw.client_stack.latch_state(link.conn) in ("none", "CLOSED") and sstate == "none",
+        f"client {dw.client_stack.latch_state(link.conn)}, server {sstate}",
+    )
+    o.check("no BIND_CHANNEL attempted", not view.bind_calls(), f"{len(view.bind_calls())} BIND_CHANNEL")
+    o.check(
+        "DATA calls are krb5p on the wire",
+        view.data_services() == ["krb5p"],
+        f"services on the wire: {view.data_services()}",
+    )
+    o.check(
+        "payload never visible on the wire",
+        frames_with_marker(dw) == 0,
+        f"{frames_with_marker(dw)} frames contain the payload in the clear",
+    )
+    o.check("ECHO replies intact", ok, "4 ECHO calls over cleartext TCP, krb5p")
+    return dw, o
+
+
+# -- scenario 3 -------------------------------------------------------------------------------------
+
+
+def btns_mitm(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
+    dw = build_world(realm, seed=3, mitm=True)
+    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+    rec = pc.connect()
+    ok = all(echo(pc) for _ in range(4))
+    view = dw.wire_view()
+    link = link_of(pc)
+    sconn = server_conn(dw, link.conn.flow)
+    cstate = dw.client_stack.latch_state(link.conn)
+    sstate = dw.server_stack.latch_state(sconn) if sconn else "none"
+    front, back = dw.attackers[0], dw.attackers[1]
+    stolen = dw.attacker_plaintext(view)
+    o = Outcome(
+        "BTNS man in the middle",
+        f"{'yes' if cstate == 'ESTABLISHED' else cstate}/{'yes' if sstate == 'ESTABLISHED' else sstate}",
+        rec.peer or "-",
+        binding_word(rec),
+        ",".join(view.data_services()) or "-",
+        reason=rec.reason,
+    )
+    mkey1 = stack_of(front.security).sike.credentials.spki
+    mkey2 = stack_of(back.security).sike.credentials.spki
+    o.check(
+        "both ends latched (to the attacker)",
+        cstate == "ESTABLISHED"
+        and sstate == "ESTABLISHED"
+        and peer_key(dw.client_stack, link.conn) == mkey1
+        and sconn is not None
+        and peer_key(dw.server_stack, sconn) == mkey2,
+        f"client latched to {fp(peer_key(dw.client_stack, link.conn))} (mitm {fp(mkey1)}), server to "
+        f"{fp(peer_key(dw.server_stack, sconn) if sconn else None)} (mitm-b {fp(mkey2)})",
+    )
+    o.check(
+        "BIND_CHANNEL attempted and failed",
+        bool(view.bind_calls("client")) and rec.bind_outcome is BindOutcome.MISMATCH,
+        f"bind outcome {rec.bind_outcome.name}",
+    )
+    o.check(
+        "failure reported loudly",
+        bool(rec.warnings) and any(k == "warning" for _, k, _ in dw.policy_events),
+        rec.warnings[0] if rec.warnings else "no warning",
+    )
+    o.check(
+        "no channel_prot anywhere on the wire",
+        "channel_prot" not in view.data_services(),
+        f"services on the wire: {view.data_services()}",
+    )
+    o.check(
+        "fell back to krb5p (both segments)",
+        view.data_services("client") == ["krb5p"] and view.data_services("mitm-b") == ["krb5p"],
+        f"client segment {view.data_services('client')}, server segment {view.data_services('mitm-b')}",
+    )
+    o.check(
+        "attacker sat in the path",
+        len(stolen) > len(PAYLOAD),
+        f"the attacker decrypted {len(stolen)} bytes of relayed stream under its own SAs",
+    )
+    o.check(
+        "attacker learned nothing",
+        marker_bytes(stolen) == 0,
+        f"{marker_bytes(stolen)} payload bytes in the attacker's plaintext",
+    )
+    o.check("ECHO replies intact", ok, "4 ECHO calls through the relay, krb5p end to end")
+    return dw, o
+
+
+# -- scenario 4 -------------------------------------------------------------------------------------
+
+
+def rogue_claims_address(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
+    dw = build_world(realm, seed=4, rogue=True)
+    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+    first = pc.connect()
+    ok_before = echo(pc)
+    link = link_of(pc)
+    flow = link.conn.flow
+    rogue = dw.attackers[0]
+    rstack = stack_of(rogue.security)
+    attack_at = dw.world.now + 0.0005
+
+    def attack() -> None:
+        dw.mark("rogue", f"rogue claims {SERVER_ADDR} and keys the client's flow")
+        rogue.claim_address(SERVER_ADDR)
+        sel = Selector.for_flow(
+            FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
+        )
+        rstack.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
+
+    dw.world.scheduler.call_at(attack_at, attack)
+    reset_seen = ""
+    try:
+        echo(pc)
+    except (ConnectError, RpcError) as exc:
+        reset_seen = f"{type(exc).__name__}: {exc}"
+    client_alerts = alerts_of(link.conn)
+    reset = StreamEventKind.RESET in link.conn.kinds()
+    # the real server announces its address again (gratuitous ARP); the client reconnects
+    dw.world.run_for(0.01)
+    dw.mark("server", f"server re-announces {SERVER_ADDR}")
+    dw.server.claim_address(SERVER_ADDR)
+    ok_after = echo(pc)
+    second = pc.security
+    view = dw.wire_view()
+    stolen = dw.attacker_plaintext(view)
+    to_rogue = flow_frames(view, flow, attack_at, receiver=rogue.name)
+    skey = dw.server_stack.sike.credentials.spki
+    new_link = link_of(pc)
+    o = Outcome(
+        "rogue claims server address",
+        f"broken->{'yes' if second.latched else 'no'}",
+        second.peer or "-",
+        binding_word(second),
+        ",".join(view.data_services()) or "-",
+        reason="latch BROKEN on conflicting SA, reset; reconnected, re-latched, re-bound",
+    )
+    o.check("first connection latched and bound", first.bound and ok_before, first.summary())
+    o.check("client latch went BROKEN", "BROKEN" in client_alerts, f"client latch alerts: {client_alerts}")
+    o.check(
+        "connection reset (RFC 5660 §5.5 default)",
+        reset and bool(reset_seen),
+        reset_seen or "the in-flight call did not fail",
+    )
+    o.check(
+        "no byte of the flow reached the rogue",
+        not to_rogue,
+        f"{len(to_rogue)} frames ({sum(to_rogue)} bytes) of {flow} delivered to the rogue",
+    )
+    o.check("rogue read no payload", marker_bytes(stolen) == 0, f"{marker_bytes(stolen)} payload bytes")
+    o.check(
+        "reconnected on a new 5-tuple",
+        second.conn_id != first.conn_id and new_link.conn.flow != flow,
+        f"new connection {new_link.five_tuple}",
+    )
+    o.check(
+        "re-latched to the real server and re-bound",
+        second.bound and peer_key(dw.client_stack, new_link.conn) == skey and ok_after,
+        second.summary(),
+    )
+    return dw, o
+
+
+# -- scenario 5 -------------------------------------------------------------------------------------
+
+
+def policy_change(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
+    dw = build_world(
+        realm, seed=5, spd_action=SpdAction.PROTECT, server_config=EngineConfig(pin_on_spd_change=True)
+    )
+    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+    first = pc.connect()
+    ok_before = echo(pc)
+    link = link_of(pc)
+    flow = link.conn.flow
+    sconn = server_conn(dw, flow)
+    t_server = dw.world.now
+    dw.mark("server", "admin: server SPD 2049 -> BYPASS (latches pinned)")
+    broken_server = dw.server_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
+    sstate_after = dw.server_stack.latch_state(sconn) if sconn else "none"
+    pinned = dw.server_stack.engine.spd.overlay_entry(sconn.flow) if sconn else None
+    ok_pinned = echo(pc)
+    t_client = dw.world.now
+    dw.mark("client", "admin: client SPD 2049 -> BYPASS (default: break)")
+    broken_client = dw.client_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
+    dw.world.run_for(0.01)
+    cstate_after = dw.client_stack.latch_state(link.conn)
+    reset = StreamEventKind.RESET in link.conn.kinds()
+    after_reset = ""
+    try:
+        ok_after = echo(pc)
+    except (ConnectError, RpcError) as exc:
+        ok_after, after_reset = False, f"{type(exc).__name__}: {exc}"
+    second = pc.security
+    view = dw.wire_view()
+    clear_old_flow = [
+        fv
+        for fv in view.frames
+        if fv.record.time > t_server
+        and fv.inner is not None
+        and fv.esp_spi is None
+        and fv.inner.payload
+        and {fv.inner.src_port, fv.inner.dst_port} == {flow.local_port, flow.remote_port}
+    ]
+    old_after = flow_frames(view, flow, t_client + 1e-9)
+    o = Outcome(
+        "policy changed mid-flow",
+        "pinned/broken",
+        first.peer or "-",
+        binding_word(first),
+        ",".join(view.data_services()) or "-",
+        reason="2049 was PROTECT at both ends; admin switched it to BYPASS: the server pinned its latch "
+        "(optional, RFC 5660 §2.3), the client broke it (default) and reconnected",
+    )
+    o.check("first connection latched and bound", first.bound and ok_before, first.summary())
+    o.check(
+        "server latch pinned, still ESTABLISHED",
+        not broken_server
+        and sstate_after == "ESTABLISHED"
+        and pinned is not None
+        and pinned.origin is EntryOrigin.PINNED_LATCH,
+        f"server latches broken: {broken_server}, state after change {sstate_after}, "
+        f"5-tuple entry {pinned.origin.value if pinned else None}",
+    )
+    o.check(
+        "channel_prot still accepted after the server change",
+        ok_pinned and services_after(view, t_server)[:1] == ["channel_prot"],
+        f"services after the server change: {services_after(view, t_server)}",
+    )
+    o.check(
+        "client latch BROKEN by its policy change",
+        bool(broken_client) and cstate_after in ("BROKEN", "CLOSED"),
+        f"client latches broken: {broken_client}, state {cstate_after}",
+    )
+    o.check("client connection reset", reset, f"stream events: {[k.value for k in link.conn.kinds()][-3:]}")
+    o.check(
+        "never cleartext on the latched flow",
+        not clear_old_flow,
+        f"{len(clear_old_flow)} cleartext data segments of {flow} after the change",
+    )
+    o.check(
+        "old flow silent after the break", not old_after, f"{len(old_after)} frames of {flow} after the break"
+    )
+    o.check(
+        "next call reconnects protected",
+        ok_after
+        and second.conn_id != first.conn_id
+        and second.gss_service.value in ("channel_prot", "krb5p", "krb5i"),
+        after_reset or second.summary(),
+    )
+    o.check(
+        "payload never visible on the wire",
+        frames_with_marker(dw) == 0,
+        f"{frames_with_marker(dw)} frames contain the payload in the clear",
+    )
+    return dw, o
+
+
+SCENARIOS: tuple[ScenarioSpec, ...] = (
+    ScenarioSpec(1, "ipsec-available", "IPsec available: latched, bound, channel_prot", ipsec_available),
+    ScenarioSpec(2, "no-ike", "no IKE on the server: BYPASS clone, krb5p", no_ike),
+    ScenarioSpec(3, "btns-mitm", "BTNS man in the middle: binding fails, krb5p", btns_mitm),
+    ScenarioSpec(4, "rogue-address", "rogue claims the server's address mid-flow", rogue_claims_address),
+    ScenarioSpec(
+        5, "policy-change", "policy changed mid-flow: pinned or broken, never cleartext", policy_change
+    ),
+)
+
+
+def run_scenario(spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path) -> ScenarioResult:
+    """Run one scenario, write its artefacts, and return its result (errors become FAIL)."""
+    dw: DemoWorld | None = None
+    try:
+        dw, o = spec.run(realm)
+        error = None
+    except Exception as exc:  # a crash is a FAIL with its reason, never a traceback for the user
+        error = f"{type(exc).__name__}: {exc}"
+        o = Outcome(spec.title, "?", "?", "?", "?", reason=traceback.format_exc(limit=3).splitlines()[-1])
+        dw = getattr(exc, "demo_world", dw)
+    events: list[TraceEvent] = []
+    view: WireView | None = None
+    files: dict[str, str] = {}
+    attacker_bytes = attacker_plain = 0
+    if dw is not None:
+        view = dw.wire_view()
+        events = dw.trace(view)
+        attacker_bytes = dw.attacker_bytes(view)
+        attacker_plain = marker_bytes(dw.attacker_plaintext(view))
+        base = f"{spec.number}-{slug(spec.name)}"
+        pcap = run_dir / f"{base}.pcapng"
+        keys = run_dir / f"{base}.esp_sa"
+        dw.export(pcap, keys)
+        files["pcapng"] = str(pcap)
+        files["esp_sa"] = str(keys)
+    title = f"Scenario {spec.number}: {spec.title}"
+    svg = render_svg(title, events, LANES)
+    base = f"{spec.number}-{slug(spec.name)}"
+    (run_dir / f"{base}.svg").write_text(svg, encoding="utf-8")
+    summary = [
+        ("latched?", o.latched),
+        ("peer", o.peer),
+        ("binding", o.binding),
+        ("GSS service", o.gss_service),
+        ("attacker bytes (readable payload)", f"{attacker_bytes} ({attacker_plain})"),
+        ("why", o.reason),
+    ] + ([("error", error)] if error else [])
+    (run_dir / f"{base}.html").write_text(
+        render_html(title, svg, o.checks, summary, events), encoding="utf-8"
+    )
+    files["svg"] = str(run_dir / f"{base}.svg")
+    files["html"] = str(run_dir / f"{base}.html")
+    return ScenarioResult(
+        spec.number,
+        spec.name,
+        o.title,
+        o.latched,
+        o.peer,
+        o.binding,
+        o.gss_service,
+        attacker_bytes,
+        attacker_plain,
+        tuple(o.checks),
+        tuple(events),
+        files,
+        o.reason,
+        error,
+    )
+
+
+def timed(spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path) -> tuple[ScenarioResult, float]:
+    t0 = time.monotonic()
+    result = run_scenario(spec, realm, run_dir)
+    return result, time.monotonic() - t0

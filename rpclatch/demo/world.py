@@ -1,0 +1,290 @@
+"""The demo's simulated worlds: a client and an NFS-like server under BYPASS-OR-PROTECT on TCP 2049,
+with a real Kerberos realm, and optionally a BTNS man in the middle or a rogue co-tenant.
+
+Everything is built from the simulation's public parts (:class:`rpclatch.ipsec.sim.world.World`,
+``enable_ipsec``, :class:`~rpclatch.ipsec.sim.attacker.Attacker`); nothing here decides an outcome.
+The man in the middle needs two segments: the client's (where it owns the server's address) and
+the server's (where it owns the client's address); it terminates BTNS IPsec on both with its own
+keys and relays the TCP byte streams, recording every byte it could read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rpclatch.connect.client import ProtectedConnection
+from rpclatch.connect.gss import RpcsecGssConnector
+from rpclatch.connect.policy import ConnectPolicy
+from rpclatch.connect.sim import SimClientWorld, SimServerEndpoint
+from rpclatch.demo.model import EventKind, TraceEvent
+from rpclatch.demo.wiretap import WireView
+from rpclatch.gss.provider import GssapiProvider
+from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.gss.server import GssServerAuth
+from rpclatch.ipsec import examples
+from rpclatch.ipsec.engine import EngineConfig
+from rpclatch.ipsec.sim.attacker import Attacker
+from rpclatch.ipsec.sim.esp import EspKeys
+from rpclatch.ipsec.sim.host import Host
+from rpclatch.ipsec.sim.ike import IkeMode
+from rpclatch.ipsec.sim.ike_wire import SIKE_PORT
+from rpclatch.ipsec.sim.link import Hub, WireRecord
+from rpclatch.ipsec.sim.pcapng import CapturedPacket, write_esp_sa_uat, write_pcapng
+from rpclatch.ipsec.sim.stack import IpsecStack
+from rpclatch.ipsec.sim.stream import StreamConnection, StreamEvent, StreamEventKind
+from rpclatch.ipsec.sim.world import World
+from rpclatch.ipsec.spd import SpdAction
+from rpclatch.rpc.server import RpcDispatcher
+from rpclatch.rpc.testprog import RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, add_test_program
+
+CLIENT_ADDR = "192.0.2.10"
+SERVER_ADDR = "192.0.2.20"
+ROGUE_ADDR = "192.0.2.66"
+NFS_PORT = 2049
+_LOG_LINE = re.compile(r"^\s*(\d+\.\d+) (\S+): (.*)$")
+
+
+def _move_to_hub(world: World, host: Host, hub: Hub) -> None:
+    """Re-attach ``host`` (and its addresses) from the world's main segment to ``hub``."""
+    world.hub.interfaces.pop(host.iface.name, None)
+    for addr in host.addresses:
+        world.hub.release(addr, host.iface)
+    hub.attach(host.iface)
+    for addr in host.addresses:
+        hub.claim(addr, host.iface)
+
+
+class BtnsRelay:
+    """The man in the middle's relay: terminates the client's latched connection on ``front`` (which
+    owns the server's address on the client segment) and opens its own latched connection from
+    ``back`` (which owns the client's address on the server segment), copying bytes both ways."""
+
+    def __init__(self, front: Host, back: Host, server_addr: str, port: int) -> None:
+        self.front = front
+        self.back = back
+        self.server_addr = server_addr
+        self.port = port
+        self.plaintext = bytearray()  # every byte the MITM read in the clear (after its own ESP)
+        self.listener = front.listen(port, on_accept=self._accept)
+
+    def _accept(self, inner: StreamConnection) -> None:
+        outer = self.back.connect(self.server_addr, self.port, local_port=inner.flow.remote_port,
+                                  protect=True)
+        pending: list[bytes] = []
+
+        def inner_event(conn: StreamConnection, ev: StreamEvent) -> None:
+            if ev.kind is StreamEventKind.DATA:
+                data = bytes(conn.received)
+                conn.received.clear()
+                self.plaintext += data
+                if outer.is_open:
+                    outer.send(data)
+                else:
+                    pending.append(data)
+            elif ev.kind in (StreamEventKind.RESET, StreamEventKind.EOF, StreamEventKind.CLOSED):
+                outer.abort()
+
+        def outer_event(conn: StreamConnection, ev: StreamEvent) -> None:
+            if ev.kind is StreamEventKind.CONNECTED:
+                for data in pending:
+                    conn.send(data)
+                pending.clear()
+            elif ev.kind is StreamEventKind.DATA:
+                data = bytes(conn.received)
+                conn.received.clear()
+                self.plaintext += data
+                if inner.is_open:
+                    inner.send(data)
+            elif ev.kind in (StreamEventKind.RESET, StreamEventKind.EOF, StreamEventKind.CLOSED):
+                inner.abort()
+
+        inner.on_event = inner_event
+        outer.on_event = outer_event
+
+
+@dataclass
+class DemoWorld:
+    """One scenario's world. ``attackers`` names the hosts whose view counts as the attacker's."""
+
+    world: World
+    realm: ThrowawayRealm
+    client: Host
+    server: Host
+    endpoint: SimServerEndpoint
+    client_world: SimClientWorld
+    hubs: list[Hub]
+    attackers: list[Host] = field(default_factory=list)
+    relay: BtnsRelay | None = None
+    policy_events: list[tuple[float, str, str]] = field(default_factory=list)
+    marks: list[tuple[float, str, str]] = field(default_factory=list)
+
+    @property
+    def client_stack(self) -> IpsecStack:
+        assert isinstance(self.client.security, IpsecStack)
+        return self.client.security
+
+    @property
+    def server_stack(self) -> IpsecStack:
+        assert isinstance(self.server.security, IpsecStack)
+        return self.server.security
+
+    def connection(self, policy: ConnectPolicy | None = None) -> ProtectedConnection:
+        provider = GssapiProvider(ccache=self.realm.default_user.ccache)
+        gss = RpcsecGssConnector(provider, self.realm.service_name, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS,
+                                 (policy or ConnectPolicy()).protection)
+        return ProtectedConnection(self.client_world, gss, policy or ConnectPolicy(ike_timeout=2.0),
+                                   observer=lambda kind, text: self.policy_events.append(
+                                       (self.world.now, kind, text)))
+
+    def mark(self, lane: str, text: str) -> None:
+        """Put a note in the trace (what the scenario script did, e.g. "admin: 2049 -> BYPASS")."""
+        self.marks.append((self.world.now, lane, text))
+
+    # -- observation -------------------------------------------------------------------------------
+    def wire(self) -> list[WireRecord]:
+        records = [r for hub in self.hubs for r in hub.wire]
+        return sorted(records, key=lambda r: r.time)
+
+    def esp_keys(self) -> list[EspKeys]:
+        return [e.keys for e in self.world.esp_keys]
+
+    def wire_view(self) -> WireView:
+        return WireView(self.wire(), self.esp_keys(), NFS_PORT)
+
+    def attacker_keys(self) -> list[EspKeys]:
+        keys: list[EspKeys] = []
+        for host in self.attackers:
+            if isinstance(host.security, IpsecStack):
+                for child in host.security.sike.children.values():
+                    keys += [child.inbound, child.outbound]
+        return keys
+
+    def attacker_plaintext(self, view: WireView) -> bytes:
+        """Everything the attacker could read: the MITM's relayed bytes, and every frame delivered
+        to an attacker host that was cleartext or under an SA the attacker holds keys for."""
+        data = bytearray(self.relay.plaintext if self.relay is not None else b"")
+        keys = self.attacker_keys()
+        for host in self.attackers:
+            data += view.readable_by(host.name, keys)
+        return bytes(data)
+
+    def attacker_bytes(self, view: WireView) -> int:
+        return sum(view.bytes_to(h.name) for h in self.attackers)
+
+    def trace(self, view: WireView) -> list[TraceEvent]:
+        events: list[TraceEvent] = []
+        for fv in view.frames:
+            rec = fv.record
+            dst = rec.receiver or "(nobody)"
+            pkt = fv.packet
+            if pkt is not None and pkt.proto == 17 and len(pkt.payload) >= 4 and \
+                    int.from_bytes(pkt.payload[2:4], "big") == SIKE_PORT:
+                kind, label = EventKind.IKE, "SIKE (IKE) exchange"
+            elif fv.esp_spi is not None:
+                kind = EventKind.ESP
+                label = "ESP " + (_seg_label(fv.inner.flags, bool(fv.inner.payload)) if fv.inner else "?")
+            elif fv.inner is not None:
+                kind = EventKind.CLEAR
+                label = "CLEARTEXT " + _seg_label(fv.inner.flags, bool(fv.inner.payload))
+            else:
+                kind, label = EventKind.CLEAR, "packet"
+            if rec.dropped_by:
+                kind, label = EventKind.DROP, f"{label} dropped: {rec.dropped_by}"
+            events.append(TraceEvent(rec.time, kind, rec.sender, dst, label, rec.note))
+        for call in view.calls:
+            events.append(TraceEvent(call.time, EventKind.RPC, call.sender, _receiver_of(call.flow, self),
+                                     call.label, call.flow))
+        for host in [self.client, self.server, *self.attackers, *( [self.relay.back] if self.relay else [])]:
+            for line in host.log:
+                m = _LOG_LINE.match(line)
+                if m is None:
+                    continue
+                t, text = float(m.group(1)), m.group(3)
+                if "ALERT" in text or "claims address" in text:
+                    note = EventKind.STATE if "BROKEN" not in text else EventKind.WARNING
+                    events.append(TraceEvent(t, note, host.name, None, _short(text), text))
+                elif text.startswith("drop "):
+                    events.append(TraceEvent(t, EventKind.DROP, host.name, None, _short(text), text))
+        for t, pkind, text in self.policy_events:
+            events.append(TraceEvent(t, EventKind.WARNING if pkind == "warning" else EventKind.POLICY,
+                                     self.client.name, None, _short(text), text))
+        for t, lane, text in self.marks:
+            events.append(TraceEvent(t, EventKind.ATTACK if "attack" in text or "rogue" in text else
+                                     EventKind.POLICY, lane, None, _short(text), text))
+        events.sort(key=lambda e: e.t)
+        return events
+
+    def export(self, pcapng: Path, esp_sa: Path) -> None:
+        packets: list[CapturedPacket] = []
+        for index, hub in enumerate(self.hubs):
+            for cp in hub.captured():
+                packets.append(CapturedPacket(cp.time, index, cp.data, cp.comment))
+        packets.sort(key=lambda p: p.time)
+        write_pcapng(pcapng, packets, [h.name for h in self.hubs], application="rpclatch demo")
+        write_esp_sa_uat(esp_sa, self.world.esp_keys)
+
+
+def _seg_label(flags: int, data: bool) -> str:
+    names = [n for bit, n in ((0x02, "SYN"), (0x01, "FIN"), (0x04, "RST")) if flags & bit]
+    if data:
+        names.append("data")
+    return "TCP " + ("/".join(names) if names else "ACK")
+
+
+def _short(text: str, limit: int = 70) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _receiver_of(flow: str, dw: DemoWorld) -> str:
+    return dw.server.name if dw.relay is None else "mitm"
+
+
+def build_world(
+    realm: ThrowawayRealm,
+    *,
+    seed: int = 1,
+    server_ike: IkeMode = IkeMode.PRESENT,
+    mitm: bool = False,
+    rogue: bool = False,
+    server_config: EngineConfig | None = None,
+    client_config: EngineConfig | None = None,
+    latency: float = 0.001,
+    spd_action: SpdAction = SpdAction.BYPASS_OR_PROTECT,
+) -> DemoWorld:
+    """A client and a server (both BTNS raw keys, ``spd_action`` on 2049: BYPASS-OR-PROTECT by
+    default), plus attackers."""
+    world = World(seed=seed, latency=latency)
+    spd = examples.nfs_spd(spd_action)
+    pad = examples.btns_pad()
+    hubs = [world.hub]
+    world.hub.name = "client-segment" if mitm else "sim0"
+    client = world.add_host("client", CLIENT_ADDR)
+    world.enable_ipsec(client, spd=spd, pad=pad, config=client_config)
+    server = world.add_host("server", SERVER_ADDR)
+    world.enable_ipsec(server, spd=spd, pad=pad, ike=server_ike, config=server_config)
+    dispatcher = RpcDispatcher()
+    add_test_program(dispatcher)
+    dispatcher.add_flavor(GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab)))
+    endpoint = SimServerEndpoint(server, NFS_PORT, dispatcher)
+    attackers: list[Host] = []
+    relay = None
+    if mitm:
+        server_hub = Hub(world.scheduler, name="server-segment", latency=latency)
+        hubs.append(server_hub)
+        _move_to_hub(world, server, server_hub)
+        front = world.add_attacker("mitm", SERVER_ADDR)
+        world.enable_ipsec(front, spd=spd, pad=pad)
+        back = world.add_host("mitm-b", CLIENT_ADDR)
+        _move_to_hub(world, back, server_hub)
+        world.enable_ipsec(back, spd=spd, pad=pad)
+        client.claim_address(CLIENT_ADDR)  # mitm-b's creation claimed it on this segment too
+        relay = BtnsRelay(front, back, SERVER_ADDR, NFS_PORT)
+        attackers += [front, back]
+    if rogue:
+        r: Attacker = world.add_attacker("rogue", ROGUE_ADDR)
+        world.enable_ipsec(r, spd=spd, pad=pad)
+        attackers.append(r)
+    client_world = SimClientWorld(world, client, SERVER_ADDR)
+    return DemoWorld(world, realm, client, server, endpoint, client_world, hubs, attackers, relay)
