@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from rpclatch.ipsec.model import ip
+from rpclatch.ipsec.model import FiveTuple, IpProto, ip
 from rpclatch.ipsec.sim.host import Host
 from rpclatch.ipsec.sim.ip import PROTO_TCP, PROTO_UDP, IPAddress, IpPacket
 from rpclatch.ipsec.sim.link import WireRecord
@@ -54,6 +54,20 @@ class Attacker(Host):
                    payload: bytes) -> None:
         s, d = ip(src), ip(dst)
         self.inject(IpPacket(s, d, PROTO_UDP, UdpDatagram(sport, dport, payload).encode(s, d)))
+
+    def inject_protected(self, src: str | IPAddress, sport: int, dst: str | IPAddress, dport: int, *,
+                         seq: int, ack: int = 0, flags: Flags = Flags.ACK, payload: bytes = b"") -> bool:
+        """Send a TCP segment under one of the attacker's *own* SAs with the victim, whatever that
+        SA's traffic selectors say (a misbehaving peer). Returns False if it has no SA to ``dst``."""
+        if self.ipsec is None:
+            return False
+        s, d = ip(src), ip(dst)
+        for sa in self.ipsec.engine.sad:
+            if sa.remote_addr == d:
+                seg = TcpSegment(sport, dport, seq, ack, flags, payload=payload)
+                flow = FiveTuple(s, sport, d, dport, IpProto.TCP)
+                return self.ipsec.send_esp(flow, sa, seg.encode(s, d))
+        return False
 
     # -- on-path -----------------------------------------------------------------------------------
     def drop(self, name: str, predicate: Callable[[IpPacket], bool], reason: str = "attacker drop") -> None:

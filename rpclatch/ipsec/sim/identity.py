@@ -128,7 +128,7 @@ class Credentials:
             return LocalIdentity(IkeId(IdType.ID_NULL), AuthMethod.NULL, None)
         if self.kind is AuthKind.RAW_KEY:
             return LocalIdentity(IkeId(IdType.ID_NULL), AuthMethod.RAW_PUBLIC_KEY, self.spki)
-        return LocalIdentity(IkeId.dn(self.name), AuthMethod.CERTIFICATE, self.spki)
+        return LocalIdentity(cert_ike_id(self.name), AuthMethod.CERTIFICATE, self.spki)
 
 
 class AuthFailure(Exception):
@@ -161,4 +161,9 @@ def verify_peer(ident: WireIdentity, signature: bytes, signed: bytes, ike_sa: Ik
     ca = anchors.get(cert.issuer)
     if ca is None or not ca.verify(cert) or cert.spki != ident.spki or cert.subject.encode() != ident.id_data:
         raise AuthFailure(f"certificate for {cert.subject!r} does not validate to a trust anchor")
-    return CertificatePeer(IkeId.dn(cert.subject), ident.cert, ident.spki, ca.name)
+    return CertificatePeer(cert_ike_id(cert.subject), ident.cert, ident.spki, ca.name)
+
+
+def cert_ike_id(subject: str) -> IkeId:
+    """The IKE ID a certificate subject asserts: a DN if it has ``=``, else a DNS name (FQDN)."""
+    return IkeId.dn(subject) if "=" in subject else IkeId.fqdn(subject)

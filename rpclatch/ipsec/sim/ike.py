@@ -159,6 +159,8 @@ class SimKeyManager:
         self._pending: dict[int, _Exchange] = {}
         self._dpd_timer: Timer | None = None
         self.on_installed: Callable[[], None] | None = None
+        #: inbound SPIs to use next (tests of SPI collisions between peers, RFC 4301 §4.4.2)
+        self.spi_override: list[int] = []
         self.events: list[tuple[float, str]] = []
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -171,6 +173,8 @@ class SimKeyManager:
         self.host.note(f"ike: {text}")
 
     def _rand_spi(self) -> int:
+        if self.spi_override:
+            return self.spi_override.pop(0)
         rng = self.host.scheduler.rng
         while True:
             spi = rng.randint(0x1000, 0xFFFFFFFF)

@@ -173,7 +173,7 @@ class IpsecStack:
             self.host.send_packet(IpPacket(flow.local_addr, flow.remote_addr, flow.proto, transport))
         elif verdict is OutboundVerdict.PROTECT:
             assert decision.sa is not None
-            if not self._send_esp(flow, decision.sa, transport):
+            if not self.send_esp(flow, decision.sa, transport):
                 self._drop("out", flow, "no ESP keys for the chosen SA")
         elif verdict is OutboundVerdict.NEED_SA:
             self._queued.setdefault(flow, []).append((transport, owner))
@@ -186,7 +186,7 @@ class IpsecStack:
             return owner.latch_info.ulp
         return None
 
-    def _send_esp(self, flow: FiveTuple, sa: SecurityAssociation, transport: bytes) -> bool:
+    def send_esp(self, flow: FiveTuple, sa: SecurityAssociation, transport: bytes) -> bool:
         keys = self.sike.children.get(sa.sa_id)
         if keys is None:
             return False

@@ -1,0 +1,427 @@
+"""Digest §10 attack scenarios (A1-A16) on the simulated network, both latching designs where the
+scenario applies. Every test asserts on the simulated wire: no payload byte of a latched flow is
+readable by a host other than its two ends, nothing is sent in the clear after latching, and the
+application sees the documented outcome (mostly: a reset, RFC 5660 §5.5 (b))."""
+
+from __future__ import annotations
+
+import pytest
+
+from rpclatch.ipsec import examples
+from rpclatch.ipsec.engine import Approach
+from rpclatch.ipsec.latch import AlertReason, LatchState
+from rpclatch.ipsec.model import (
+    AddressRange,
+    AuthMethod,
+    FiveTuple,
+    IdType,
+    IpProto,
+    PortRange,
+    ProtectionPolicy,
+    RawPublicKeyPeer,
+    Selector,
+)
+from rpclatch.ipsec.pad import ChildSaAuthorization, IdMatch, IdPattern, NullIdPattern, PadEntry, PublicKeyPattern
+from rpclatch.ipsec.sim.ike import IkeMode, host_to_host
+from rpclatch.ipsec.sim.ike_wire import InitResponse, SikeStatus, decode_sike
+from rpclatch.ipsec.sim.lab import Lab
+from rpclatch.ipsec.sim.stream import StreamEvent, StreamEventKind, StreamState
+from rpclatch.ipsec.sim.tcp import Flags
+from rpclatch.ipsec.sim.wireview import cleartext_after, decode_wire, flow_packets, leaked
+from rpclatch.ipsec.spd import SpdAction, SpdEntry
+
+BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
+NET = AddressRange.network("192.0.2.0/24")
+
+
+def _rfc5660_example_spd() -> list[SpdEntry]:
+    """RFC 5660 §2.3.2: PROTECT(ESP) TCP ports 1-5000 within 192.0.2/24; everything else BYPASS."""
+    ports = PortRange(1, 5000)
+    return [
+        SpdEntry("tcp-1-5000", (Selector(NET, NET, IpProto.TCP, local_ports=ports),
+                                Selector(NET, NET, IpProto.TCP, remote_ports=ports)),
+                 SpdAction.PROTECT, ProtectionPolicy()),
+        SpdEntry("rest", (Selector(),), SpdAction.BYPASS),
+    ]
+
+
+def _ca_pad() -> list[PadEntry]:
+    """RFC 5660 §2.3.2 / Figure 3: any certificate from CA X may claim any address in 192.0.2/24."""
+    return [PadEntry("ca-x", IdPattern(IdType.ID_FQDN, b"example", IdMatch.SUFFIX), AuthMethod.CERTIFICATE,
+                     ChildSaAuthorization((NET,)), frozenset({"CA-X"}))]
+
+
+def _ca_lab(approach: Approach) -> Lab:
+    lab = Lab.build(approach=approach, spd=_rfc5660_example_spd(), pad=_ca_pad())
+    ca = lab.world.ca("CA-X")
+    for host, name in ((lab.a, "a.example"), (lab.b, "b.example")):
+        st = lab.stack(host)
+        st.sike.credentials = lab.world.credentials("cert", ca=ca, subject=name)
+        st.sike.anchors = {"CA-X": ca}
+    lab.ca = ca  # type: ignore[attr-defined]
+    return lab
+
+
+def _cert_attacker(lab: Lab, name: str = "c", addr: str = "192.0.2.66"):  # type: ignore[no-untyped-def]
+    ca = lab.ca  # type: ignore[attr-defined]
+    c = lab.attacker(name, addr, credentials=lab.world.credentials("cert", ca=ca, subject=f"{name}.example"))
+    lab.stack(c).sike.anchors = {"CA-X": ca}
+    return c
+
+
+def _record_sad_size_at_alert(conn, stack) -> list[int]:  # type: ignore[no-untyped-def]
+    sizes: list[int] = []
+    previous = conn.on_event
+
+    def spy(c, ev: StreamEvent) -> None:  # type: ignore[no-untyped-def]
+        if ev.kind is StreamEventKind.LATCH:
+            sizes.append(len(stack.engine.sad))
+        if previous is not None:
+            previous(c, ev)
+
+    conn.on_event = spy
+    return sizes
+
+
+# -- A1 / A2: aggregated PAD, address claim -------------------------------------------------------
+
+@BOTH
+@pytest.mark.conformance(id="LATCH-A01", rfc="RFC 5660 §2.3.2, §1, §2.3")
+def test_a1_co_tenant_claims_server_address_exact_ts_breaks_client_latch(approach: Approach) -> None:
+    lab = _ca_lab(approach)
+    client, server = lab.open(4000, local_port=32800)
+    assert client.state is StreamState.ESTABLISHED and server is not None
+    lab.send(client, b"before")
+    c = _cert_attacker(lab)
+    sizes = _record_sad_size_at_alert(client, lab.stack(lab.a))
+    sad_before = len(lab.stack(lab.a).engine.sad)
+    c.claim_address(lab.b.address)
+    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
+    lab.world.run_for(0.5)
+    c.inject_protected(lab.b.address, 4000, lab.a.address, 32800, seq=client.rcv_nxt, ack=client.snd_nxt,
+                       flags=Flags.ACK | Flags.PSH, payload=b"FROM-C")
+    lab.world.run_for(0.5)
+    assert b"FROM-C" not in bytes(client.received)
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    assert cleartext_after(lab.world.hub, client.flow, 0.0) == []
+    if approach is Approach.POLICY:
+        # ALERT before the conflicting SA was accepted (RFC 5660 §2.3), then reset (§5.5 (b))
+        assert sizes and sizes[0] == sad_before
+        assert client.kinds()[-2:] == [StreamEventKind.LATCH, StreamEventKind.RESET]
+    else:
+        assert client.channel is not None and client.channel.is_up()   # ULP dropped C's segment
+        reasons = {d.reason for d in lab.stack(lab.a).drops}
+        assert any("ULP latch" in r for r in reasons)
+
+
+@BOTH
+@pytest.mark.conformance(id="LATCH-A01b", rfc="RFC 5660 §2.3 (narrowing, RFC 7296 §2.9)")
+def test_a1_wide_proposal_is_narrowed_and_latch_survives(approach: Approach) -> None:
+    lab = _ca_lab(approach)
+    client, server = lab.open(4000, local_port=32800)
+    assert server is not None
+    c = _cert_attacker(lab)
+    c.claim_address(lab.b.address)
+    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
+    lab.world.run_for(0.5)
+    c_sas = [sa for sa in lab.stack(lab.a).engine.sad if sa.peer != client.channel.params.peer]
+    assert c_sas
+    if approach is Approach.POLICY:
+        assert not any(sa.carries(client.flow) for sa in c_sas)      # narrowed around the latch
+    else:
+        # approach 1 has no LD to narrow against: C's SA covers the flow, the TCB's tag check
+        # keeps C out (below)
+        assert any(sa.carries(client.flow) for sa in c_sas)
+    assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+    c.inject_protected(lab.b.address, 4000, lab.a.address, 32800, seq=client.rcv_nxt, ack=client.snd_nxt,
+                       flags=Flags.ACK | Flags.PSH, payload=b"FROM-C")
+    lab.world.run_for(0.5)
+    assert bytes(client.received) == b""
+    c.release_address(lab.b.address)
+    lab.b.claim_address(lab.b.address)      # B re-announces itself (gratuitous ARP)
+    lab.send(client, b"still B", settle=3.0)
+    assert bytes(server.received) == b"still B"
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+
+
+@pytest.mark.conformance(id="LATCH-A02", rfc="RFC 5660 §2.3.2")
+def test_a2_co_tenant_impersonates_client_to_server() -> None:
+    lab = _ca_lab(Approach.POLICY)
+    client, server = lab.open(4000, local_port=32800)
+    assert server is not None and server.channel is not None and server.channel.is_up()
+    c = _cert_attacker(lab)
+    c.claim_address(lab.a.address)
+    lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.world.run_for(0.5)
+    assert StreamEventKind.RESET in server.kinds()
+    assert not server.channel.is_up()              # channel_prot bound to it must stop (RFC 5403 §3.4)
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+
+
+# -- A3: BTNS peer asserts another BTNS peer's address ---------------------------------------------
+
+@BOTH
+@pytest.mark.conformance(id="LATCH-A03", rfc="RFC 5386 §3.1; RFC 5660 §2.3")
+def test_a3_rogue_btns_peer_claims_client_address(approach: Approach) -> None:
+    lab = Lab.build(approach=approach)
+    client, server = lab.open(local_port=33000)
+    assert server is not None
+    lab.send(client, b"hello")
+    r = lab.attacker("r")
+    r.claim_address(lab.a.address)
+    lab.stack(r).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.world.run_for(0.5)
+    server.send(b"secret reply") if server.is_open else None
+    lab.world.run_for(1.0)
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    if approach is Approach.POLICY:
+        assert StreamEventKind.RESET in server.kinds()
+    # R's own new connection gets its own latch with R's key
+    rconn = r.connect(lab.b.address, 2049, local_addr="192.0.2.66")
+    lab.world.run_for(1.0)
+    assert rconn.state is StreamState.ESTABLISHED and rconn.channel is not None
+    new_server = lab.listeners[2049].accepted[-1]
+    assert new_server.flow.remote_addr == r.addresses[0]
+    peer = new_server.channel.params.peer
+    assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(r).sike.credentials.spki
+
+
+# -- A4 / A5: PAD refuses unauthenticated address claims --------------------------------------------
+
+@pytest.mark.conformance(id="LATCH-A04", rfc="RFC 5386 §2, §3.1; RFC 4301 §4.4.3.4")
+def test_a4_btns_node_cannot_claim_a_non_btns_peers_address() -> None:
+    q_net = AddressRange.network("192.0.2.128/25")
+    pad = [PadEntry("q", IdPattern(IdType.ID_FQDN, b"q.example"), AuthMethod.CERTIFICATE,
+                    ChildSaAuthorization((q_net,)), frozenset({"CA-X"})),
+           PadEntry("btns-any", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization((NET,)))]
+    lab = Lab.build(pad=pad)
+    rogue = lab.attacker("r")
+    q_addr = "192.0.2.130"
+    rogue.claim_address(q_addr)
+    results: list[object] = []
+    lab.stack(rogue).sike.initiate(rogue.addresses[-1], lab.b.address,
+                                   (host_to_host(rogue.addresses[-1], lab.b.address),),
+                                   on_done=lambda sa, why: results.append((sa, why)))
+    lab.world.run_for(1.0)
+    assert results and results[0][0] is None and "TS_UNACCEPTABLE" in str(results[0][1])
+    assert len(lab.stack(lab.b).engine.sad) == 0
+    answers = [decode_sike(p.record.packet().payload[8:]) for p in decode_wire(lab.world.hub)  # type: ignore[union-attr]
+               if p.sike and p.sender == "b"]
+    assert answers and all(isinstance(m, InitResponse) and m.status is SikeStatus.TS_UNACCEPTABLE
+                           for m in answers)
+
+
+@pytest.mark.conformance(id="LATCH-A05", rfc="RFC 7619 §2.5")
+def test_a5_null_auth_peer_cannot_claim_third_party_traffic() -> None:
+    lab = Lab.build(pad=examples.null_pad(), client_credentials="null", server_credentials="null")
+    n = lab.attacker("n", credentials=lab.world.credentials("null"), pad=examples.null_pad())
+    results: list[object] = []
+    dns = "192.0.2.1"   # a third party's address (the client's)
+    lab.stack(n).sike.initiate(n.addresses[0], lab.b.address,
+                               (Selector(AddressRange.network("192.0.2.0/26"), AddressRange.single(lab.b.address)),),
+                               on_done=lambda sa, why: results.append((sa, why)))
+    lab.world.run_for(1.0)
+    assert results and results[0][0] is None
+    assert not any(sa.carries(FiveTuple.of(lab.b.address, 53, dns, 53, IpProto.UDP))
+                   for sa in lab.stack(lab.b).engine.sad)
+    # its own address is fine: host-to-host only
+    lab.stack(n).sike.initiate(n.addresses[0], lab.b.address, (host_to_host(n.addresses[0], lab.b.address),),
+                               on_done=lambda sa, why: results.append((sa, why)))
+    lab.world.run_for(1.0)
+    assert results[-1][0] is not None
+
+
+# -- A6: address reuse ---------------------------------------------------------------------------------
+
+@pytest.mark.conformance(id="LATCH-A06", rfc="RFC 4301 §4.4.2; RFC 5387 §2.1.1; RFC 5660 §2.3")
+def test_a6_address_reuse_breaks_the_old_latch() -> None:
+    lab = Lab.build()
+    client, server = lab.open(local_port=34000)
+    assert server is not None
+    addr1 = lab.a.address
+    lab.a.release_address(addr1)              # A leaves the network
+    c = lab.attacker("c", "192.0.2.67")
+    c.claim_address(addr1)                    # DHCP hands A's address to C
+    lab.stack(c).sike.initiate(addr1, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.world.run_for(0.5)
+    assert lab.stack(lab.b).latch_state(server) == "CLOSED" or StreamEventKind.RESET in server.kinds()
+    assert any(a.reason is AlertReason.CONFLICTING_SA for a in server.latch_info.alerts)  # type: ignore[union-attr]
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+
+
+# -- A8: cleartext injection -----------------------------------------------------------------------------
+
+@BOTH
+@pytest.mark.conformance(id="LATCH-A08", rfc="RFC 5660 §2; RFC 5387 §2.2.1")
+def test_a8_cleartext_rst_and_data_injection_are_dropped(approach: Approach) -> None:
+    lab = Lab.build(approach=approach)
+    client, server = lab.open()
+    assert server is not None
+    m = lab.attacker("m", ipsec=False)
+    m.sniff()
+    f = client.flow
+    for flags, payload in ((Flags.RST, b""), (Flags.ACK | Flags.PSH, b"evil"), (Flags.FIN | Flags.ACK, b"")):
+        m.inject_tcp(f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=client.rcv_nxt,
+                     ack=client.snd_nxt, flags=flags, payload=payload)
+    lab.world.run_for(0.5)
+    assert client.state is StreamState.ESTABLISHED and bytes(client.received) == b""
+    lab.send(server, b"real")
+    assert bytes(client.received) == b"real"
+    assert any(r.sender == "a" for r in m.sniffed)           # the attacker did see the (encrypted) flow
+    assert leaked(lab.world.hub, f, {"a", "b"}) == []
+
+
+# -- A9: concatenated-SA MITM (the latch is with M; the binding shows it) ----------------------------------
+
+@pytest.mark.conformance(id="LATCH-A09", rfc="RFC 5387 §1.2, §5.3; RFC 5403 §2")
+def test_a9_btns_mitm_latches_but_binding_differs() -> None:
+    lab = Lab.build()
+    genuine, gserver = lab.open(local_port=35000)
+    assert gserver is not None and genuine.channel is not None and gserver.channel is not None
+    assert genuine.channel.binding_data == gserver.channel.binding_data
+    m = lab.attacker("m")
+    m.listen(2049, addr="192.0.2.2")
+    m.claim_address(lab.b.address)            # M sits in front of B
+    mitm = lab.a.connect(lab.b.address, 2049, local_port=35001)
+    lab.world.run_for(1.0)
+    assert mitm.state is StreamState.ESTABLISHED and mitm.channel is not None
+    peer = mitm.channel.params.peer
+    assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(m).sike.credentials.spki
+    # the client's view of the channel binding names M's key, not B's: BIND_CHANNEL would fail
+    assert mitm.channel.binding_data != genuine.channel.binding_data
+
+
+# -- A10: one-sided latching ----------------------------------------------------------------------------
+
+@pytest.mark.conformance(id="LATCH-A10", rfc="RFC 5660 §6.3")
+def test_a10_non_latching_server_cleartext_is_dropped_by_latched_client() -> None:
+    lab = Lab.build()
+    lab.stack(lab.b).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))   # server: no protection
+    client, server = lab.open(timeout=5.0)
+    assert StreamEventKind.CONNECTED not in client.kinds() and bytes(client.received) == b""
+    reasons = {d.reason for d in lab.stack(lab.a).drops if d.flow == client.flow}
+    assert reasons & {"cleartext-on-latched-flow", "ULP latch: ulp-requires-protection"}
+    assert cleartext_after(lab.world.hub, client.flow, 0.0, {"a"}) == []
+
+
+# -- A12: SYN / SA expiry race ----------------------------------------------------------------------------
+
+@pytest.mark.conformance(id="LATCH-A12", rfc="RFC 5660 §2.3.1")
+def test_a12_syn_whose_sa_expired_is_not_latched_to_a_stale_peer() -> None:
+    lab = Lab.build()
+    lab.listen()
+    expired: list[int] = []
+
+    def expire_in_flight(rec) -> None:  # type: ignore[no-untyped-def]
+        # the protected SYN is on the wire: B's SA expires before B processes it
+        if rec.sender == "a" and not expired and rec.packet() is not None and rec.packet().proto == 50:
+            for sa in lab.stack(lab.b).engine.sad:
+                expired.append(sa.sa_id)
+                lab.world.scheduler.call_later(0.0001, lab.stack(lab.b).sike.expire_child, sa.sa_id)
+
+    lab.world.hub.taps.append(expire_in_flight)
+    client = lab.a.connect(lab.b.address, 2049, local_port=36000)
+    lab.world.run_for(0.1)
+    assert expired and not lab.listeners[2049].accepted           # no latch with the stale SA
+    assert any("unknown SPI" in d.reason for d in lab.stack(lab.b).drops)
+    # a different peer takes over A's address and gets SAs for the 5-tuple
+    c = lab.attacker("c")
+    c.claim_address(lab.a.address)
+    cconn = c.connect(lab.b.address, 2049, local_port=36000, local_addr=lab.a.address)
+    lab.world.run_for(1.0)
+    accepted = lab.listeners[2049].accepted
+    assert cconn.state is StreamState.ESTABLISHED and accepted
+    peer = accepted[-1].channel.params.peer
+    assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(c).sike.credentials.spki
+    assert client.state is not StreamState.ESTABLISHED             # A never got a connection
+    assert leaked(lab.world.hub, client.flow, {"a", "b", "c"}) == []
+
+
+# -- A13: DPD blackhole ---------------------------------------------------------------------------------
+
+@pytest.mark.conformance(id="LATCH-A13", rfc="RFC 5660 §2, §6.5")
+def test_a13_dpd_peer_dead_breaks_irremediably() -> None:
+    lab = Lab.build()
+    client, server = lab.open()
+    assert server is not None
+    lab.stack(lab.a).sike.start_dpd(interval=1.0, max_misses=3)
+    m = lab.attacker("m", ipsec=False)
+    m.blackhole(lab.a.address, lab.b.address)
+    lab.world.run_for(10.0)
+    assert StreamEventKind.RESET in client.kinds()
+    assert any(a.reason is AlertReason.PEER_DEAD for a in client.latch_info.alerts)  # type: ignore[union-attr]
+    m.stop_dropping()
+    lab.world.run_for(5.0)
+    assert client.state is StreamState.CLOSED                     # never comes back
+    client2, server2 = lab.open(local_port=37000)                  # a new connection is a new latch
+    assert client2.state is StreamState.ESTABLISHED
+
+
+# -- A14: key-manager restart ---------------------------------------------------------------------------
+
+@BOTH
+@pytest.mark.parametrize("restore", [False, True], ids=["closed", "restored"])
+@pytest.mark.conformance(id="LATCH-A14", rfc="RFC 5660 §2")
+def test_a14_key_manager_restart(approach: Approach, restore: bool) -> None:
+    lab = Lab.build(approach=approach)
+    client, server = lab.open()
+    assert server is not None
+    t0 = lab.world.now
+    lab.stack(lab.a).engine.restart_key_manager(t0, restore_latches=restore)
+    lab.world.run_for(0.1)
+    if restore:
+        lab.send(client, b"after restart")
+        assert bytes(server.received) == b"after restart"
+        assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+    elif approach is Approach.POLICY:
+        assert client.kinds()[-1] is StreamEventKind.RESET
+        assert lab.stack(lab.a).latch_state(client) == "CLOSED"
+    else:
+        # approach 1: the SAs are gone with the daemon; the TCB can only send "like" its latch,
+        # which is impossible now: nothing leaves, the connection times out (never ESTABLISHED
+        # with a lost peer)
+        client.send(b"x")
+        lab.world.run_for(120.0)
+        assert client.state is StreamState.CLOSED
+    assert cleartext_after(lab.world.hub, client.flow, t0, {"a", "b"}) == []
+
+
+# -- A15: multi-connection peer-ID divergence ----------------------------------------------------------------
+
+@pytest.mark.conformance(id="LATCH-A15", rfc="RFC 5660 §6.3")
+def test_a15_second_connection_to_same_address_latches_another_peer() -> None:
+    lab = Lab.build()
+    first, _ = lab.open(local_port=38000)
+    c = lab.attacker("c")
+    c.listen(2049, addr="192.0.2.2")
+    c.claim_address(lab.b.address)
+    second = lab.a.connect(lab.b.address, 2049, local_port=38001)
+    lab.world.run_for(1.0)
+    assert first.channel is not None and second.channel is not None
+    assert first.flow.remote_addr == second.flow.remote_addr
+    assert first.channel.params.peer != second.channel.params.peer    # the app must not trunk them
+
+
+# -- A16: SPI collision --------------------------------------------------------------------------------------
+
+@pytest.mark.conformance(id="LATCH-A16", rfc="RFC 4301 §4.4.2")
+def test_a16_same_spi_chosen_by_two_clients_does_not_cross_wire() -> None:
+    lab = Lab.build()
+    d = lab.world.add_host("d", "192.0.2.3")
+    lab.world.enable_ipsec(d, spd=lab.spd, pad=lab.pad, credentials=lab.world.credentials("btns"))
+    lab.stack(lab.a).sike.spi_override = [0x4242]
+    lab.stack(d).sike.spi_override = [0x4242]
+    ca, sa_ = lab.open(local_port=39000)
+    cd = d.connect(lab.b.address, 2049, local_port=39000)
+    lab.world.run_for(1.0)
+    sd = lab.listeners[2049].accepted[-1]
+    assert sa_ is not None and cd.state is StreamState.ESTABLISHED
+    out_spis = {sa.remote_addr: sa.spi_out for sa in lab.stack(lab.b).engine.sad}
+    assert out_spis[lab.a.address] == out_spis[d.address] == 0x4242
+    sa_.send(b"to A")
+    sd.send(b"to D")
+    lab.world.run_for(0.5)
+    assert bytes(ca.received) == b"to A" and bytes(cd.received) == b"to D"
+    assert sa_.channel.params.peer != sd.channel.params.peer
+    for conn, name in ((ca, "a"), (cd, "d")):
+        assert leaked(lab.world.hub, conn.flow, {name, "b"}) == []
