@@ -58,6 +58,7 @@ from rpclatch.gss.wire import (
     Service,
     be32,
     decode_gss_data,
+    encode_call_header,
     encode_gss_data,
     normalize_oid,
 )
@@ -418,16 +419,14 @@ class GssClientAuth(ClientAuth):
         ctx = self._current()
         service = self.effective_service()
         seq = self._next_seq(ctx)
-        cred = OpaqueAuth(
-            AuthFlavor.RPCSEC_GSS,
-            GssCred(ctx.version, GssProc.RPCSEC_GSS_DATA, seq, service, ctx.handle).encode(),
-        )
+        cred_body = GssCred(ctx.version, GssProc.RPCSEC_GSS_DATA, seq, service, ctx.handle).encode()
+        cred = OpaqueAuth(AuthFlavor.RPCSEC_GSS, cred_body)
         state = _CallState(ctx, seq, service)
         if service == Service.CHANNEL_PROT:
             return PreparedCall(CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args), state)
-        header = CallMessage(xid, prog, vers, proc, cred)
         gss = ctx.gss
-        verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, gss.get_mic(header.encode_header_through_cred()))
+        header = encode_call_header(xid, prog, vers, proc, AuthFlavor.RPCSEC_GSS, cred_body)
+        verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, gss.get_mic(header))
         if service == Service.INTEGRITY:
             inner = encode_gss_data(seq, args)
             body = IntegData(inner, gss.get_mic(inner)).encode()

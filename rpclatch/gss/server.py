@@ -59,6 +59,7 @@ from rpclatch.gss.wire import (
     be32,
     channel_bindings_bytes,
     decode_gss_data,
+    encode_call_header,
     encode_gss_data,
     normalize_oid,
 )
@@ -76,6 +77,12 @@ from rpclatch.rpc.messages import MAX_AUTH_BYTES, NULL_AUTH, AuthFlavor, AuthSta
 from rpclatch.xdr import XdrError
 
 log = logging.getLogger(__name__)
+
+
+def _signed_header(call: CallMessage) -> bytes:
+    """The call header from xid through the credential (RFC 2203 §5.3.1), re-encoded."""
+    return encode_call_header(call.xid, call.prog, call.vers, call.proc, call.cred.flavor, call.cred.body,
+                              call.rpcvers)
 
 DEFAULT_SEQ_WINDOW = 128
 #: Lifetime assumed for contexts whose mechanism reports "indefinite" (also what gets halved).
@@ -337,7 +344,7 @@ class GssServerAuth(ServerAuth):
         if proc == GssProc.RPCSEC_GSS_BIND_CHANNEL:
             return self._bind_channel(call, cred, ctx, conn, now)
         try:
-            ctx.gss.verify_mic(call.encode_header_through_cred(), call.verf.body)
+            ctx.gss.verify_mic(_signed_header(call), call.verf.body)
         except GssError as exc:
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {exc}")
         if not self._mark(ctx, cred.seq_num):
@@ -453,7 +460,7 @@ class GssServerAuth(ServerAuth):
             )
             return self._bind_reply(ctx, cred.seq_num, self.hashes[0].digest(cb), res)
         cb_hash = algorithm.digest(cb)
-        micin = call.encode_header_through_cred() + BindChanMicInArgs(cb_hash).encode()
+        micin = _signed_header(call) + BindChanMicInArgs(cb_hash).encode()
         try:
             ctx.gss.verify_mic(micin, verf.chan_mic)
         except GssError as exc:

@@ -110,3 +110,19 @@ def test_cred_round_trip(version: int, proc: GssProc, seq: int, service: Service
 def test_decoders_never_crash(decode: Callable[[bytes], object], data: bytes) -> None:
     with contextlib.suppress(XdrError):
         decode(data)
+
+
+@given(xid=st.integers(0, 2**32 - 1), prog=st.integers(0, 2**32 - 1), proc=st.integers(0, 2**32 - 1),
+       body=st.binary(max_size=400))
+def test_fast_call_header_matches_rpc_messages(xid: int, prog: int, proc: int, body: bytes) -> None:
+    from rpclatch.gss.wire import encode_call_header
+    from rpclatch.rpc.messages import CallMessage, OpaqueAuth
+
+    msg = CallMessage(xid, prog, 3, proc, OpaqueAuth(6, body))
+    assert encode_call_header(xid, prog, 3, proc, 6, body) == msg.encode_header_through_cred()
+
+
+@given(body=st.binary(max_size=64), checksum=st.binary(max_size=64))
+def test_integ_priv_round_trip(body: bytes, checksum: bytes) -> None:
+    assert IntegData.decode(IntegData(body, checksum).encode()) == IntegData(body, checksum)
+    assert PrivData.decode(PrivData(body).encode()) == PrivData(body)
