@@ -124,9 +124,6 @@ def test_channel_prot_over_tcp_and_break(realm: ThrowawayRealm) -> None:
     asyncio.run(with_server(gss, body))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rpclatch.rpc.aio client shell: a resend after on_auth_error() is only flushed when the same "
-    "read also produced an event, so a lone auth-refresh resend never leaves (reported to rpc owner)"))
 def test_channel_prot_refused_on_unbound_connection_falls_back(realm: ThrowawayRealm) -> None:
     gss = gss_server(realm)
 
@@ -138,10 +135,12 @@ def test_channel_prot_refused_on_unbound_connection_falls_back(realm: ThrowawayR
             call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
             await auth.establish(call)
             await auth.bind_channel(call, cli_ch)
-            async with await RpcStreamClient.connect_tcp("127.0.0.1", port, timeout=3.0) as other:
-                # Not the bound connection: channel_prot refused, resent once with integrity.
-                await echo_many(other, auth, 1, 100)
+            async with await RpcStreamClient.connect_tcp("127.0.0.1", port, timeout=10.0) as other:
+                # Not the bound connection: channel_prot refused, each call resent once with
+                # integrity (pipelined: all five are refused before the client hears of it).
+                await echo_many(other, auth, 5, 100)
                 assert auth.effective_service() == Service.INTEGRITY
+                assert auth.bound_channel is None
 
     asyncio.run(with_server(gss, body))
 
