@@ -36,6 +36,7 @@ from rpclatch.ipsec.sim.stack import IpsecStack
 from rpclatch.ipsec.sim.stream import StreamConnection, StreamEvent, StreamEventKind
 from rpclatch.ipsec.sim.world import World
 from rpclatch.ipsec.spd import SpdAction
+from rpclatch.rpc.messages import AuthStat
 from rpclatch.rpc.server import RpcDispatcher
 from rpclatch.rpc.testprog import RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, add_test_program
 
@@ -252,21 +253,32 @@ def build_world(
     client_config: EngineConfig | None = None,
     latency: float = 0.001,
     spd_action: SpdAction = SpdAction.BYPASS_OR_PROTECT,
+    server_auth: str = "btns",
+    server_gss_versions: tuple[int, ...] = (1, 2),
 ) -> DemoWorld:
     """A client and a server (both BTNS raw keys, ``spd_action`` on 2049: BYPASS-OR-PROTECT by
-    default), plus attackers."""
+    default), plus attackers. ``server_auth``: how the server authenticates in IKE (``btns`` raw
+    key or ``null``, RFC 7619). ``server_gss_versions``: RPCSEC_GSS versions the server speaks."""
     world = World(seed=seed, latency=latency)
     spd = examples.nfs_spd(spd_action)
     pad = examples.btns_pad()
+    # a NULL-auth server (RFC 7619) is accepted by a NULL entry restricted to its own address; the
+    # PAD admits one BTNS-style wildcard only (RFC 5386 §2), so the client's PAD has just that
+    client_pad = examples.null_pad() if server_auth == "null" else pad
     hubs = [world.hub]
     world.hub.name = "client-segment" if mitm else "sim0"
     client = world.add_host("client", CLIENT_ADDR)
-    world.enable_ipsec(client, spd=spd, pad=pad, config=client_config)
+    world.enable_ipsec(client, spd=spd, pad=client_pad, config=client_config)
     server = world.add_host("server", SERVER_ADDR)
-    world.enable_ipsec(server, spd=spd, pad=pad, ike=server_ike, config=server_config)
+    world.enable_ipsec(server, spd=spd, pad=pad, ike=server_ike, config=server_config,
+                       credentials=world.credentials(server_auth))
     dispatcher = RpcDispatcher()
     add_test_program(dispatcher)
-    dispatcher.add_flavor(GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab)))
+    v1_only = tuple(server_gss_versions) == (1,)
+    dispatcher.add_flavor(GssServerAuth(
+        GssapiProvider(realm.service_name, keytab=realm.keytab), versions=server_gss_versions,
+        # a v1-only server answers like Linux nfsd (standards digest §7.5)
+        unsupported_version_stat=AuthStat.AUTH_BADCRED if v1_only else AuthStat.AUTH_REJECTEDCRED))
     endpoint = SimServerEndpoint(server, NFS_PORT, dispatcher)
     attackers: list[Host] = []
     relay = None

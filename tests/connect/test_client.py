@@ -1,0 +1,215 @@
+"""Every branch of the BYPASS-OR-PROTECT policy on the simulated world with a real KDC.
+
+Each test asserts what happened, not what the code says: the RPCSEC_GSS service on the wire (ESP
+decrypted with the exported keys), the latch state at both ends (INQUIRE_LATCH), and the SPD
+clone the client installed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from rpclatch.connect import (
+    BindingRequired,
+    BindOutcome,
+    ConnectionReset,
+    ConnectPolicy,
+    GssService,
+    LatchOutcome,
+    ProtectedConnection,
+    Protection,
+)
+from rpclatch.connect.sim import SimLink
+from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
+from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.ipsec.channel_binding import LatchChannel, RpcRole
+from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip
+from rpclatch.ipsec.sim.ike import IkeMode
+from rpclatch.ipsec.sim.stream import StreamConnection
+from rpclatch.ipsec.spd import SpdAction
+from rpclatch.rpc.testprog import (
+    PROC_ECHO,
+    RPCLATCH_TEST_PROG,
+    RPCLATCH_TEST_VERS,
+    decode_opaque,
+    encode_opaque,
+)
+
+PAYLOAD = b"connect-test-payload:" * 20
+
+
+def echo(pc: ProtectedConnection) -> None:
+    reply = pc.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(PAYLOAD))
+    assert decode_opaque(reply) == PAYLOAD
+
+
+def link(pc: ProtectedConnection) -> SimLink:
+    assert isinstance(pc.link, SimLink)
+    return pc.link
+
+
+def server_side(dw: DemoWorld, lk: SimLink) -> tuple[StreamConnection, object]:
+    for conn, rpc in dw.endpoint.server.connections:
+        if conn.flow.remote_port == lk.conn.flow.local_port:
+            return conn, rpc.conn.channel
+    raise AssertionError("the server never accepted the connection")
+
+
+def connect(
+    realm: ThrowawayRealm, policy: ConnectPolicy | None = None, **world: object
+) -> tuple[DemoWorld, ProtectedConnection]:
+    dw = build_world(realm, **world)  # type: ignore[arg-type]
+    pc = dw.connection(policy or ConnectPolicy(ike_timeout=2.0))
+    pc.connect()
+    echo(pc)
+    echo(pc)
+    return dw, pc
+
+
+@pytest.mark.parametrize("protection", list(Protection))
+def test_latched_and_bound_uses_channel_prot(realm: ThrowawayRealm, protection: Protection) -> None:
+    dw, pc = connect(realm, ConnectPolicy(ike_timeout=2.0, protection=protection))
+    rec, lk = pc.security, link(pc)
+    sconn, schannel = server_side(dw, lk)
+    assert rec.latch_outcome is LatchOutcome.LATCHED_BINDING_CONF and rec.bound
+    assert rec.gss_service is GssService.CHANNEL_PROT and rec.gss_version == 2
+    assert dw.client_stack.latch_state(lk.conn) == "ESTABLISHED"
+    assert dw.server_stack.latch_state(sconn) == "ESTABLISHED"
+    # server side: FIND_LATCH found the latch and RPCSEC_GSS got its channel, as the server end
+    assert isinstance(schannel, LatchChannel) and schannel.role is RpcRole.SERVER and schannel.is_up()
+    view = dw.wire_view()
+    assert view.data_services() == ["channel_prot"]
+    assert view.bind_calls("client") and all(c.protected for c in view.calls)
+    assert view.cleartext_bytes(NFS_PORT) == 0
+
+
+def test_null_auth_peer_keeps_latch_and_uses_gss_protection(realm: ThrowawayRealm) -> None:
+    dw, pc = connect(realm, server_auth="null")
+    rec, lk = pc.security, link(pc)
+    sconn, _ = server_side(dw, lk)
+    assert rec.latch_outcome is LatchOutcome.LATCHED_NO_BINDING and not rec.bound
+    assert rec.latched and rec.peer is not None and rec.peer.startswith("null-auth:")
+    assert lk.latch is not None and "NULL" in (lk.latch.binding_unavailable or "")
+    assert dw.client_stack.latch_state(lk.conn) == "ESTABLISHED"
+    assert dw.server_stack.latch_state(sconn) == "ESTABLISHED"
+    view = dw.wire_view()
+    assert view.bind_calls() == []
+    assert view.data_services() == ["krb5p"]
+    assert all(c.protected for c in view.calls)  # krb5p inside ESP: the latch is kept
+
+
+@pytest.mark.parametrize("mode", [IkeMode.ABSENT, IkeMode.REFUSE, IkeMode.SLOW])
+def test_protection_failure_falls_back_to_bypass_clone(realm: ThrowawayRealm, mode: IkeMode) -> None:
+    dw, pc = connect(realm, ConnectPolicy(ike_timeout=2.0, protection=Protection.INTEGRITY), server_ike=mode)
+    rec, lk = pc.security, link(pc)
+    sconn, schannel = server_side(dw, lk)
+    assert rec.latch_outcome is LatchOutcome.NOT_LATCHED and rec.protection_error
+    assert rec.gss_service is GssService.INTEGRITY and not rec.latched
+    overlay = dw.client_stack.engine.spd.overlay_entry(lk.conn.flow)
+    assert overlay is not None and overlay.action is SpdAction.BYPASS
+    assert dw.server_stack.latch_state(sconn) == "none" and schannel is None
+    view = dw.wire_view()
+    assert view.data_services() == ["krb5i"]
+    assert view.bind_calls() == []
+    assert not any(c.protected for c in view.calls)
+
+
+def test_v1_only_server_cannot_bind(realm: ThrowawayRealm) -> None:
+    dw, pc = connect(realm, server_gss_versions=(1,))
+    rec = pc.security
+    assert rec.latch_outcome is LatchOutcome.LATCHED_BINDING_CONF
+    assert rec.bind_outcome is BindOutcome.UNSUPPORTED and rec.gss_version == 1
+    assert rec.gss_service is GssService.PRIVACY and rec.latched
+    view = dw.wire_view()
+    assert [
+        c.gss_version for c in view.calls if c.gss_proc is not None and c.gss_proc.name == "RPCSEC_GSS_INIT"
+    ] == [2, 1]
+    assert view.data_services() == ["krb5p"] and all(c.protected for c in view.calls)
+
+
+def test_mitm_binding_failure_falls_back_loudly(
+    realm: ThrowawayRealm, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="rpclatch.connect"):
+        dw, pc = connect(realm, mitm=True)
+    rec = pc.security
+    assert rec.latched and rec.bind_outcome is BindOutcome.MISMATCH and not rec.bound
+    assert rec.gss_service is GssService.PRIVACY and rec.warnings
+    assert any("SECURITY WARNING" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    view = dw.wire_view()
+    assert view.bind_calls("client")
+    assert "channel_prot" not in view.data_services()
+    assert view.data_services("client") == ["krb5p"] == view.data_services("mitm-b")
+    assert dw.relay is not None and PAYLOAD[:40] not in bytes(dw.relay.plaintext)
+
+
+def test_require_binding_refuses_to_fall_back(realm: ThrowawayRealm) -> None:
+    dw = build_world(realm, server_ike=IkeMode.ABSENT)
+    pc = dw.connection(ConnectPolicy(ike_timeout=1.0, require_binding=True))
+    with pytest.raises(BindingRequired):
+        pc.connect()
+    assert pc.link is None
+    assert dw.wire_view().data_services() == []
+
+
+def test_btns_peer_refused_when_btns_not_ok(realm: ThrowawayRealm) -> None:
+    dw, pc = connect(realm, ConnectPolicy(ike_timeout=2.0, btns_ok=False))
+    rec = pc.security
+    assert rec.latch_outcome is LatchOutcome.NOT_LATCHED and "BTNS" in (rec.protection_error or "")
+    assert dw.wire_view().data_services() == ["krb5p"]
+
+
+def test_latch_break_resets_then_reconnects_relatches_and_rebinds(realm: ThrowawayRealm) -> None:
+    dw, pc = connect(realm, rogue=True)
+    first, old = pc.security, link(pc)
+    old_handle = old.latch.channel if old.latch else None
+    flow = old.conn.flow
+    rogue = dw.attackers[0]
+
+    def attack() -> None:
+        rogue.claim_address(SERVER_ADDR)
+        sel = Selector.for_flow(
+            FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
+        )
+        assert rogue.ipsec is not None
+        rogue.ipsec.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
+
+    dw.world.scheduler.call_at(dw.world.now + 0.0005, attack)
+    with pytest.raises(ConnectionReset):
+        echo(pc)  # in flight when the latch broke: fails, is not silently resent
+    assert dw.client_stack.latch_state(old.conn) in ("BROKEN", "CLOSED")
+    assert any(r.latch_state == "BROKEN" for r in pc.history)
+    dw.server.claim_address(SERVER_ADDR)
+    echo(pc)
+    second, new = pc.security, link(pc)
+    assert second.conn_id != first.conn_id and new.conn.flow != flow
+    assert second.bound and second.gss_service is GssService.CHANNEL_PROT
+    assert new.latch is not None and new.latch.channel is not old_handle
+    view = dw.wire_view()
+    old_port, new_port = f":{flow.local_port} ->", f":{new.conn.flow.local_port} ->"
+    assert len([c for c in view.bind_calls("client") if new_port in c.flow]) == 1
+    assert len([c for c in view.bind_calls("client") if old_port in c.flow]) == 1
+    assert all(c.protected for c in view.calls)
+
+
+def test_bound_handle_is_not_accepted_on_another_connection(realm: ThrowawayRealm) -> None:
+    dw, pc = connect(realm)
+    assert pc.security.bound
+    flavor = pc._auth  # the bound RPCSEC_GSS flavor of connection A
+    assert flavor is not None
+    other = dw.client_world.open(NFS_PORT, protect=True, btns_ok=True, ike_timeout=2.0)
+    assert other.latch is not None  # connection B is latched too, to the same server key
+    reply = other.call(flavor, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(PAYLOAD))
+    assert decode_opaque(reply) == PAYLOAD
+    port = f":{other.conn.flow.local_port} ->"
+    on_b = [c.label for c in dw.wire_view().calls if port in c.flow]
+    # the server refused channel_prot on B (bound on A), so the client resent with krb5p
+    assert on_b == [f"CALL proc {PROC_ECHO} [channel_prot]", f"CALL proc {PROC_ECHO} [krb5p]"]
+
+
+def test_security_record_is_frozen(realm: ThrowawayRealm) -> None:
+    _dw, pc = connect(realm)
+    with pytest.raises(AttributeError):
+        pc.security.bound = False  # type: ignore[misc]
