@@ -29,6 +29,7 @@ from typing import Any
 
 from rpclatch.gss.channel import Channel
 from rpclatch.gss.errors import (
+    BindFailure,
     ChannelBindingFailed,
     ContextInitFailed,
     GssError,
@@ -317,13 +318,15 @@ class GssClientAuth(ClientAuth):
         """
         ctx = self._current()
         if ctx.version != RPCSEC_GSS_VERS_2:
-            raise ChannelBindingFailed("the context is RPCSEC_GSS v1: the server cannot bind it")
+            raise ChannelBindingFailed("the context is RPCSEC_GSS v1: the server cannot bind it",
+                                       BindFailure.UNSUPPORTED)
         if not channel.is_up():
-            raise ChannelBindingFailed("the channel is not up")
+            raise ChannelBindingFailed("the channel is not up", BindFailure.CHANNEL_DOWN)
         offered = channel.bindings()
         candidates = [p for p in (prefixes if prefixes is not None else offered) if p in offered]
         if not candidates:
-            raise ChannelBindingFailed("the channel offers none of the requested prefixes")
+            raise ChannelBindingFailed("the channel offers none of the requested prefixes",
+                                       BindFailure.UNSUPPORTED)
         algorithms = list(hashes)
         tried: set[tuple[str, bytes]] = set()
         prefix, algorithm = candidates[0], algorithms[0]
@@ -334,19 +337,23 @@ class GssClientAuth(ClientAuth):
             try:
                 await rpc_call(bind, 0, b"")
             except RpcAuthError as exc:
+                kind = (BindFailure.MISMATCH if exc.stat == AuthStat.RPCSEC_GSS_CREDPROBLEM
+                        else BindFailure.REFUSED)
                 raise ChannelBindingFailed(
                     f"server refused BIND_CHANNEL ({exc.stat.name}): channel bindings differ or "
-                    "the context is not usable"
+                    "the context is not usable", kind
                 ) from exc
             res = bind.reply
             if res is None:
-                raise ChannelBindingFailed("BIND_CHANNEL reply verifier is not rgss2_bind_chan_verf_res")
+                raise ChannelBindingFailed("BIND_CHANNEL reply verifier is not rgss2_bind_chan_verf_res",
+                                           BindFailure.REFUSED)
             status = res.res.status
             if status == BindChanStatus.RGSS2_BIND_CHAN_OK:
                 self._check_bind_mic(ctx, bind.seq, bind.cb_hash, res, mitm_on_failure=True)
                 with self._lock:
                     if self._ctx is not ctx:
-                        raise ChannelBindingFailed("the context was replaced while binding")
+                        raise ChannelBindingFailed("the context was replaced while binding",
+                                               BindFailure.REFUSED)
                     self._channel = channel
                 channel.on_break(self._channel_broke)
                 log.info("RPCSEC_GSS context bound to channel %s (%s)", prefix, algorithm.name)
@@ -356,7 +363,8 @@ class GssClientAuth(ClientAuth):
                 theirs = [p.decode("ascii", "replace") for p in res.res.pref_list]
                 nxt = next((p for p in candidates if p in theirs), None)
                 if nxt is None:
-                    raise ChannelBindingFailed(f"no common channel-binding prefix (server: {theirs})")
+                    raise ChannelBindingFailed(f"no common channel-binding prefix (server: {theirs})",
+                                               BindFailure.UNSUPPORTED)
                 prefix = nxt
             else:
                 oids = [normalize_oid(o) for o in res.res.oid_list]
@@ -365,9 +373,10 @@ class GssClientAuth(ClientAuth):
                     self._check_bind_mic(ctx, bind.seq, first.digest(cb), res, mitm_on_failure=False)
                 nxt_alg = next((a for a in algorithms if a.oid in oids), None)
                 if nxt_alg is None:
-                    raise ChannelBindingFailed("no common channel-binding hash algorithm")
+                    raise ChannelBindingFailed("no common channel-binding hash algorithm",
+                                               BindFailure.UNSUPPORTED)
                 algorithm = nxt_alg
-        raise ChannelBindingFailed("BIND_CHANNEL negotiation did not converge")
+        raise ChannelBindingFailed("BIND_CHANNEL negotiation did not converge", BindFailure.UNSUPPORTED)
 
     def _check_bind_mic(
         self, ctx: _Context, seq: int, cb_hash: bytes, res: BindChanVerfRes, *, mitm_on_failure: bool
@@ -379,7 +388,10 @@ class GssClientAuth(ClientAuth):
                 # The server claims OK but not over our view of the channel: do not trust this
                 # context's binding state on the server; the caller should refresh (RFC 5403 §2).
                 ctx.stale = True
-            raise ChannelBindingFailed(f"BIND_CHANNEL reply MIC does not verify: {exc}") from exc
+            raise ChannelBindingFailed(
+                f"BIND_CHANNEL reply MIC does not verify: {exc}",
+                BindFailure.MISMATCH if mitm_on_failure else BindFailure.REFUSED,
+            ) from exc
 
     def _channel_broke(self, channel: Channel) -> None:
         with self._lock:

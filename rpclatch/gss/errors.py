@@ -6,7 +6,7 @@ server can put it into ``rpc_gss_init_res.gss_major`` and a client can report wh
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 
 class GssMajor(IntEnum):
@@ -81,6 +81,19 @@ class VersionNotSupported(RpcGssRemoteError):
     """The server refused RPCSEC_GSS version 2 and local policy forbids falling back to v1."""
 
 
+class BindFailure(Enum):
+    """Why RPCSEC_GSS_BIND_CHANNEL did not bind."""
+
+    MISMATCH = "mismatch"  # a MIC over the channel bindings failed on one side: different channels
+    UNSUPPORTED = "unsupported"  # v1 handle, no common prefix or hash, or no channel at the server
+    CHANNEL_DOWN = "channel-down"  # our channel is not up
+    REFUSED = "refused"  # the server refused the call for another reason (its auth_stat)
+
+
 class ChannelBindingFailed(RpcGssRemoteError):
-    """RPCSEC_GSS_BIND_CHANNEL did not succeed (RFC 5403 §3.3): mismatch, refused, or no common
-    prefix or hash. The context stays usable with integrity/privacy."""
+    """RPCSEC_GSS_BIND_CHANNEL did not succeed (RFC 5403 §3.3); ``kind`` says why. The context
+    stays usable with integrity/privacy (after a MISMATCH detected on our side it is refreshed)."""
+
+    def __init__(self, message: str, kind: BindFailure = BindFailure.MISMATCH) -> None:
+        self.kind = kind
+        super().__init__(message)

@@ -14,7 +14,7 @@ import pytest
 
 from rpclatch.gss.channel import InMemoryChannel, Protection
 from rpclatch.gss.client import GssClientAuth, VersionPolicy
-from rpclatch.gss.errors import ChannelBindingFailed, GssError, GssMajor
+from rpclatch.gss.errors import BindFailure, ChannelBindingFailed, GssError, GssMajor
 from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm, realm_fixture
@@ -117,8 +117,9 @@ def test_cb_02_prefix_and_hash_negotiation(realm: ThrowawayRealm) -> None:
     # The raw replies: PREF_NOTSUPP lists prefixes; HASH_NOTSUPP lists OIDs and its MIC is over the
     # hash computed with rbcr_oid_list[0].
     srv2, c2, t2, _ = make(realm, channel=srv_ch, hashes=[SHA256])
-    with pytest.raises(ChannelBindingFailed):
+    with pytest.raises(ChannelBindingFailed) as failed:
         run(c2.bind_channel(t2.call, cli_ch, hashes=[SHA1]))
+    assert failed.value.kind is BindFailure.UNSUPPORTED
     reply = decode_message(t2.serve(_resend_with_new_seq(t2, c2)) or b"")
     assert isinstance(reply, AcceptedReply)
     res = BindChanVerfRes.decode(reply.verf.body)
@@ -149,8 +150,9 @@ def test_cb_03_mitm_fails_on_both_sides_and_halves_lifetime(realm: ThrowawayReal
     handle = c.handle or b""
     expiry = srv.context_expiry(handle)
     assert expiry == clock.t + 28800.0
-    with pytest.raises(ChannelBindingFailed):
+    with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))
+    assert failed.value.kind is BindFailure.MISMATCH
     assert not srv.is_bound(handle)  # server side: MIC over its own hash did not verify
     assert c.effective_service() == Service.INTEGRITY  # client side: never channel_prot
     assert srv.context_expiry(handle) == clock.t + 14400.0  # halved (RFC 5403 §9)
@@ -248,8 +250,9 @@ def test_cb_07_bind_channel_refused_on_v1_handles(realm: ThrowawayRealm) -> None
     cli_ch, srv_ch = InMemoryChannel.pair("x-test", b"ok")
     srv, c, t, clock = make(realm, channel=srv_ch, versions=VersionPolicy.V1_ONLY)
     assert c.version == 1
-    with pytest.raises(ChannelBindingFailed):
+    with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))  # the client knows a v1 handle cannot be bound
+    assert failed.value.kind is BindFailure.UNSUPPORTED
     # Forced onto the wire: a v1 credential with BIND_CHANNEL -> AUTH_BADCRED.
     base = c.prepare_call(1, t.prog, t.vers, 0, b"").message
     cred = dataclasses.replace(GssCred.decode(base.cred.body), gss_proc=GssProc.RPCSEC_GSS_BIND_CHANNEL,
@@ -311,8 +314,9 @@ def test_cb_09_client_rejects_forged_bind_reply(realm: ThrowawayRealm) -> None:
         return dataclasses.replace(reply, verf=OpaqueAuth(6, fake.encode())).encode()
 
     t.tamper_reply = forge
-    with pytest.raises(ChannelBindingFailed):
+    with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))
+    assert failed.value.kind is BindFailure.MISMATCH
     t.tamper_reply = None
     assert c.bound_channel is None and c.effective_service() == Service.INTEGRITY
     # The context is marked for refresh: the next call through the helper makes a new one.
@@ -327,8 +331,9 @@ def test_cb_09_client_rejects_forged_bind_reply(realm: ThrowawayRealm) -> None:
 def test_cb_10_bind_without_server_side_channel(realm: ThrowawayRealm) -> None:
     cli_ch, _ = InMemoryChannel.pair("x-test", b"one-sided")
     srv, c, t, _ = make(realm, channel=None)  # one-sided latching: the server has no channel
-    with pytest.raises(ChannelBindingFailed):
+    with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))
+    assert failed.value.kind is BindFailure.UNSUPPORTED
     # The answer: PREF_NOTSUPP with an empty prefix list (the server has nothing to bind to).
     reply = decode_message(t.serve(t.sent[-1]) or b"")
     assert isinstance(reply, AcceptedReply)
