@@ -1,0 +1,132 @@
+"""The end-to-end fallback matrix of standards digest §11 item 48 (and item 47), on the simulated
+world with a real KDC, asserting the RPCSEC_GSS service actually on the wire (ESP decrypted with
+the exported keys) for each cell:
+
+    {IPsec ok, CB ok}   -> channel_prot                      FB-01
+    {IPsec ok, NULL}    -> krb5i / krb5p over the latch      FB-02
+    {IKE blocked}       -> BYPASS clone + krb5i / krb5p      FB-03
+    {BTNS MITM}         -> BIND_CHANNEL fails -> krb5i/p     FB-04
+    nothing needing protection before the binding is done    FB-05
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rpclatch.connect import BindOutcome, ConnectPolicy, LatchOutcome, ProtectedConnection, Protection
+from rpclatch.connect.sim import SimLink
+from rpclatch.demo.world import DemoWorld, build_world
+from rpclatch.gss.realm import ThrowawayRealm, realm_fixture
+from rpclatch.ipsec.sim.ike_wire import SIKE_PORT
+from rpclatch.ipsec.sim.ip import PROTO_UDP, IpPacket
+from rpclatch.ipsec.spd import SpdAction
+from rpclatch.rpc.testprog import (
+    PROC_ECHO,
+    RPCLATCH_TEST_PROG,
+    RPCLATCH_TEST_VERS,
+    decode_opaque,
+    encode_opaque,
+)
+
+realm = realm_fixture()
+
+SECRET = b"fallback-matrix-secret:" * 24
+
+
+def run(dw: DemoWorld, protection: Protection) -> ProtectedConnection:
+    pc = dw.connection(ConnectPolicy(ike_timeout=2.0, protection=protection))
+    pc.connect()
+    for _ in range(3):
+        reply = pc.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(SECRET))
+        assert decode_opaque(reply) == SECRET
+    return pc
+
+
+def latch_states(dw: DemoWorld, pc: ProtectedConnection) -> tuple[str, str]:
+    assert isinstance(pc.link, SimLink)
+    conn = pc.link.conn
+    server = next(c for c, _ in dw.endpoint.server.connections if c.flow.remote_port == conn.flow.local_port)
+    return dw.client_stack.latch_state(conn), dw.server_stack.latch_state(server)
+
+
+def is_sike(p: IpPacket) -> bool:
+    return p.proto == PROTO_UDP and len(p.payload) >= 4 and int.from_bytes(p.payload[2:4], "big") == SIKE_PORT
+
+
+@pytest.mark.conformance(id="FB-01", rfc="RFC 5403 §3.3, §3.4; RFC 5660 §2; digest §11 #48")
+@pytest.mark.parametrize("protection", list(Protection))
+def test_fb01_ipsec_and_binding_give_channel_prot(realm: ThrowawayRealm, protection: Protection) -> None:
+    dw = build_world(realm, seed=11)
+    pc = run(dw, protection)
+    assert latch_states(dw, pc) == ("ESTABLISHED", "ESTABLISHED")
+    view = dw.wire_view()
+    assert view.data_services() == ["channel_prot"]
+    assert all(c.protected for c in view.calls)
+    assert pc.security.bound
+
+
+@pytest.mark.conformance(id="FB-02", rfc="RFC 7619 §2; RFC 5660 §2; RFC 5403 §2; digest §11 #48")
+@pytest.mark.parametrize("protection", list(Protection))
+def test_fb02_null_auth_latch_gives_gss_protection_over_ipsec(
+    realm: ThrowawayRealm, protection: Protection
+) -> None:
+    dw = build_world(realm, seed=12, server_auth="null")
+    pc = run(dw, protection)
+    assert latch_states(dw, pc) == ("ESTABLISHED", "ESTABLISHED")
+    assert pc.security.latch_outcome is LatchOutcome.LATCHED_NO_BINDING
+    view = dw.wire_view()
+    assert view.bind_calls() == []
+    assert view.data_services() == [protection.value]
+    assert all(c.protected for c in view.calls)
+
+
+@pytest.mark.conformance(id="FB-03", rfc="RFC 5660 §3.1; design slides BYPASS OR PROTECT; digest §11 #48")
+@pytest.mark.parametrize("protection", list(Protection))
+def test_fb03_ike_blocked_gives_bypass_and_gss_protection(
+    realm: ThrowawayRealm, protection: Protection
+) -> None:
+    dw = build_world(realm, seed=13, rogue=True)
+    dw.attackers[0].drop("block-ike", is_sike, "IKE blocked")  # type: ignore[attr-defined]
+    pc = run(dw, protection)
+    assert latch_states(dw, pc) == ("none", "none")
+    assert isinstance(pc.link, SimLink)
+    clone = dw.client_stack.engine.spd.overlay_entry(pc.link.conn.flow)
+    assert clone is not None and clone.action is SpdAction.BYPASS
+    view = dw.wire_view()
+    assert any(fv.record.dropped_by and "IKE blocked" in fv.record.dropped_by for fv in view.frames)
+    assert view.data_services() == [protection.value]
+    assert view.bind_calls() == [] and not any(c.protected for c in view.calls)
+    if protection is Protection.PRIVACY:
+        assert not any(SECRET[:40] in r.frame for r in dw.wire())
+
+
+@pytest.mark.conformance(id="FB-04", rfc="RFC 5403 §2, §9; RFC 5387 §5.3; digest §10 A9, §11 #39, #48")
+@pytest.mark.parametrize("protection", list(Protection))
+def test_fb04_btns_mitm_fails_binding_and_falls_back(realm: ThrowawayRealm, protection: Protection) -> None:
+    dw = build_world(realm, seed=14, mitm=True)
+    pc = run(dw, protection)
+    assert latch_states(dw, pc) == ("ESTABLISHED", "ESTABLISHED")  # both ends latched, to the attacker
+    assert pc.security.bind_outcome is BindOutcome.MISMATCH
+    view = dw.wire_view()
+    assert view.bind_calls("client")
+    assert "channel_prot" not in view.data_services()
+    assert view.data_services("client") == [protection.value] == view.data_services("mitm-b")
+    assert dw.relay is not None
+    stolen = bytes(dw.relay.plaintext)
+    assert len(stolen) > len(SECRET)
+    assert (SECRET[:40] in stolen) is (protection is Protection.INTEGRITY)  # krb5i is not secret
+
+
+@pytest.mark.conformance(id="FB-05", rfc="RFC 5056 §2.1; RFC 5403 §3.4; digest §11 #47")
+def test_fb05_no_data_before_the_binding_completes(realm: ThrowawayRealm) -> None:
+    dw = build_world(realm, seed=15)
+    run(dw, Protection.PRIVACY)
+    calls = dw.wire_view().calls
+    kinds = [c.gss_proc.name if c.gss_proc is not None else "other" for c in calls]
+    first_data = kinds.index("RPCSEC_GSS_DATA")
+    assert "RPCSEC_GSS_BIND_CHANNEL" in kinds[:first_data]
+    assert all(
+        c.service is not None and c.service.name == "CHANNEL_PROT"
+        for c in calls
+        if c.gss_proc is not None and c.gss_proc.name == "RPCSEC_GSS_DATA"
+    )
