@@ -1,0 +1,90 @@
+"""``rpclatch demo`` end to end, in process: exit status, table, JSON, and the run directory."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from rpclatch.cli import main
+from rpclatch.demo.scenarios import SCENARIOS
+from rpclatch.gss.realm import ThrowawayRealm
+
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+
+def test_demo_runs_every_scenario_and_writes_artefacts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["demo", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("#  scenario"))
+    rows = lines[header + 2 : header + 2 + len(SCENARIOS)]
+    assert [r.split()[0] for r in rows] == [str(s.number) for s in SCENARIOS]
+    assert all(r.rstrip().endswith("PASS") for r in rows)
+    assert "all scenarios behaved as expected" in text
+    for spec in SCENARIOS:
+        base = out / f"{spec.number}-{spec.name}"
+        assert (base.with_suffix(".pcapng")).read_bytes()[:4] == PCAPNG_MAGIC
+        assert ET.parse(base.with_suffix(".svg")).getroot().tag.endswith("svg")
+        assert "PASS" in base.with_suffix(".html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"] is True and len(summary["scenarios"]) == len(SCENARIOS)
+
+
+def test_demo_json_single_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--json", "--scenario", "3"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["world"] == "sim" and data["passed"] is True
+    (s,) = data["scenarios"]
+    assert s["number"] == 3 and s["binding"].startswith("FAILED") and s["gss_service"] == "krb5p"
+    assert s["attacker_bytes"] > 0 and s["attacker_plaintext_bytes"] == 0
+    assert all(c["passed"] for c in s["checks"]) and len(s["checks"]) >= 5
+    assert Path(s["files"]["pcapng"]).exists()
+
+
+def test_demo_verdict_fails_when_reality_differs(
+    tmp_path: Path, realm: ThrowawayRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verdicts come from observations: break the world (the server's IKE daemon is gone in
+    scenario 1) and scenario 1 must fail, with the failed checks named."""
+    from rpclatch.demo import scenarios
+    from rpclatch.demo.runner import run_demo
+    from rpclatch.ipsec.sim.ike import IkeMode
+
+    real_build = scenarios.build_world
+
+    def no_ike(realm_: ThrowawayRealm, **kw: object) -> object:
+        return real_build(realm_, server_ike=IkeMode.ABSENT, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scenarios, "build_world", no_ike)
+    result = run_demo(tmp_path, [1], realm=realm)
+    assert not result.passed
+    failed = {c.name for c in result.results[0].checks if not c.passed}
+    assert {"client latch ESTABLISHED", "DATA calls are channel_prot on the wire"} <= failed
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["demo", "--world", "uml"], "--world uml is not available yet"),
+        (["demo", "--world", "netns"], "--world netns is not available yet"),
+        (["demo", "--scenario", "9"], "there is no scenario 9"),
+        (["demo", "--scenario", "x"], "is not a number"),
+    ],
+)
+def test_demo_user_errors_are_one_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_demo_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(SCENARIOS)
