@@ -146,15 +146,16 @@ class _StreamClientProtocol(asyncio.BufferedProtocol, _TimerMixin):
         return self._recv
 
     def buffer_updated(self, nbytes: int) -> None:
-        events = self.conn.receive_data(self._recv[:nbytes])
+        conn = self.conn
+        events = conn.receive_data(self._recv[:nbytes])
         if events:
             _deliver(events)
-            out = self.conn.data_to_send()  # auth-refresh resends
-            if out and self.transport is not None:
-                self.transport.write(out)
-            if type(events[-1]) is ConnectionFailed and self.transport is not None:
-                log.warning("closing RPC connection: %s", events[-1].error)
-                self.transport.abort()
+        if conn.wants_write and self.transport is not None:  # calls resent after an auth refresh
+            for part in conn.data_to_send_parts():
+                self.transport.write(part)
+        if events and type(events[-1]) is ConnectionFailed and self.transport is not None:
+            log.warning("closing RPC connection: %s", events[-1].error)
+            self.transport.abort()
 
     def eof_received(self) -> bool | None:
         return None

@@ -36,7 +36,8 @@ the transport — the outstanding calls have each had a CallFailed first).
 
 An AUTH_ERROR reply is passed to ``auth.on_auth_error``; if it returns True the call is prepared
 again under a new xid and resent once (RFC 2203 §5.3.3.3 context refresh); a second AUTH_ERROR
-fails the call. A reply whose xid matches no outstanding call (late, or a duplicate) is ignored.
+fails the call without asking the flavor again. A reply whose xid matches no outstanding call
+(late, or a duplicate) is ignored.
 A ``CallHandle`` carries ``prog/vers/proc/xid/deadline`` and a free ``context`` slot for the
 transport shell (e.g. its future).
 """
@@ -353,6 +354,11 @@ class RpcClientConnection(_ClientCore):
         data = b"".join(out)
         out.clear()
         return data
+
+    @property
+    def wants_write(self) -> bool:
+        """True when :meth:`data_to_send` has something."""
+        return bool(self._out)
 
     def data_to_send_parts(self) -> list[bytes]:
         """:meth:`data_to_send` as buffers to write in order (large arguments are not copied)."""
