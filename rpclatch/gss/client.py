@@ -60,6 +60,7 @@ from rpclatch.gss.wire import (
     be32,
     decode_gss_data,
     encode_call_header,
+    encode_cred,
     encode_gss_data,
     normalize_oid,
 )
@@ -431,7 +432,7 @@ class GssClientAuth(ClientAuth):
         ctx = self._current()
         service = self.effective_service()
         seq = self._next_seq(ctx)
-        cred_body = GssCred(ctx.version, GssProc.RPCSEC_GSS_DATA, seq, service, ctx.handle).encode()
+        cred_body = encode_cred(ctx.version, GssProc.RPCSEC_GSS_DATA, seq, service, ctx.handle)
         cred = OpaqueAuth(AuthFlavor.RPCSEC_GSS, cred_body)
         state = _CallState(ctx, seq, service)
         if service == Service.CHANNEL_PROT:

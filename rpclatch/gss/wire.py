@@ -74,32 +74,44 @@ class GssCred:
     handle: bytes = b""
 
     def encode(self) -> bytes:
-        hlen = len(self.handle)
-        if hlen > MAX_HANDLE:
-            raise XdrError(f"handle of {hlen} bytes exceeds {MAX_HANDLE}")
-        return (_CRED_HEAD.pack(self.version, self.gss_proc, self.seq_num, self.service, hlen)
-                + self.handle + b"\0" * (-hlen & 3))
+        return encode_cred(self.version, self.gss_proc, self.seq_num, self.service, self.handle)
 
     @classmethod
     def decode(cls, data: bytes) -> GssCred:
-        """Strict: unknown version values decode (the server answers them), but the body must be
-        exactly 20 bytes + padded handle (as Linux checks) and proc/service must be known."""
-        if len(data) < 20:
-            raise XdrError(f"RPCSEC_GSS credential of {len(data)} bytes is too short")
-        version, proc, seq, service, hlen = _CRED_HEAD.unpack_from(data)
-        if version not in (RPCSEC_GSS_VERS_1, RPCSEC_GSS_VERS_2):
-            raise UnsupportedVersion(version)
-        if hlen > MAX_HANDLE:
-            raise XdrError(f"handle length {hlen} exceeds {MAX_HANDLE}")
-        if len(data) != 20 + ((hlen + 3) & ~3):
-            raise XdrError("credential length does not match its handle length")
-        try:
-            return cls(version, GssProc(proc), seq, Service(service), data[20:20 + hlen])
-        except ValueError as exc:
-            raise XdrError(f"bad gss_proc {proc} or service {service}") from exc
+        """Strict: the body must be exactly 20 bytes + padded handle (as Linux checks), the version
+        1 or 2 (else :class:`UnsupportedVersion`) and proc/service known."""
+        return cls(*decode_cred_fields(data))
+
+
+def encode_cred(version: int, gss_proc: int, seq_num: int, service: int, handle: bytes) -> bytes:
+    """XDR of ``rpc_gss_cred_t`` without building a :class:`GssCred` (per-call hot path)."""
+    hlen = len(handle)
+    if hlen > MAX_HANDLE:
+        raise XdrError(f"handle of {hlen} bytes exceeds {MAX_HANDLE}")
+    return _CRED_HEAD.pack(version, gss_proc, seq_num, service, hlen) + handle + b"\0" * (-hlen & 3)
+
+
+def decode_cred_fields(data: bytes) -> tuple[int, GssProc, int, Service, bytes]:
+    """(version, gss_proc, seq_num, service, handle) of a credential body; see :meth:`GssCred.decode`."""
+    if len(data) < 20:
+        raise XdrError(f"RPCSEC_GSS credential of {len(data)} bytes is too short")
+    version, proc, seq, service, hlen = _CRED_HEAD.unpack_from(data)
+    if version not in (RPCSEC_GSS_VERS_1, RPCSEC_GSS_VERS_2):
+        raise UnsupportedVersion(version)
+    if hlen > MAX_HANDLE:
+        raise XdrError(f"handle length {hlen} exceeds {MAX_HANDLE}")
+    if len(data) != 20 + ((hlen + 3) & ~3):
+        raise XdrError("credential length does not match its handle length")
+    gss_proc = _PROCS.get(proc)
+    svc = _SERVICES.get(service)
+    if gss_proc is None or svc is None:
+        raise XdrError(f"bad gss_proc {proc} or service {service}")
+    return version, gss_proc, seq, svc, data[20:20 + hlen]
 
 
 _CRED_HEAD = struct.Struct(">IIIII")
+_PROCS = {int(p): p for p in GssProc}
+_SERVICES = {int(v): v for v in Service}
 _U32 = struct.Struct(">I")
 _CALL_HEAD = struct.Struct(">IIIIIIII")
 
