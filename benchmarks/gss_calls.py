@@ -32,7 +32,13 @@ from rpclatch.rpc.aio import RpcServer, RpcStreamClient
 from rpclatch.rpc.auth import ClientAuth, ConnectionInfo
 from rpclatch.rpc.auth_sys import AuthNoneClient, AuthNoneServer
 from rpclatch.rpc.server import RpcDispatcher
-from rpclatch.rpc.testprog import PROC_ECHO, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, add_test_program, encode_opaque
+from rpclatch.rpc.testprog import (
+    PROC_ECHO,
+    RPCLATCH_TEST_PROG,
+    RPCLATCH_TEST_VERS,
+    add_test_program,
+    encode_opaque,
+)
 
 KIB = 1024
 MB = 1_000_000
@@ -130,7 +136,8 @@ async def main(seconds: float, inflight: int) -> None:
                 bench(f"gss.echo1k.{label}", await measure(gss(service), KIB, bind), "calls/s", none_1k)
             ctx_a, ctx_b = raw_contexts(realm.service_name)
             size = 64 * KIB
-            for label, service, wrap in (("krb5i", Service.INTEGRITY, False), ("krb5p", Service.PRIVACY, True)):
+            for label, service, wrap in (("krb5i", Service.INTEGRITY, False),
+                                         ("krb5p", Service.PRIVACY, True)):
                 pairs = raw_pairs_per_second(ctx_a, ctx_b, size, seconds, wrap)
                 ceiling = pairs / 2 * size / MB
                 calls = await measure(gss(service), size)
