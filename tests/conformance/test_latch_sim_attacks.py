@@ -9,7 +9,7 @@ import pytest
 
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach
-from rpclatch.ipsec.latch import AlertReason, LatchState
+from rpclatch.ipsec.latch import AlertReason
 from rpclatch.ipsec.model import (
     AddressRange,
     AuthMethod,
@@ -21,13 +21,19 @@ from rpclatch.ipsec.model import (
     RawPublicKeyPeer,
     Selector,
 )
-from rpclatch.ipsec.pad import ChildSaAuthorization, IdMatch, IdPattern, NullIdPattern, PadEntry, PublicKeyPattern
-from rpclatch.ipsec.sim.ike import IkeMode, host_to_host
+from rpclatch.ipsec.pad import (
+    ChildSaAuthorization,
+    IdMatch,
+    IdPattern,
+    PadEntry,
+    PublicKeyPattern,
+)
+from rpclatch.ipsec.sim.ike import host_to_host
 from rpclatch.ipsec.sim.ike_wire import InitResponse, SikeStatus, decode_sike
 from rpclatch.ipsec.sim.lab import Lab
 from rpclatch.ipsec.sim.stream import StreamEvent, StreamEventKind, StreamState
 from rpclatch.ipsec.sim.tcp import Flags
-from rpclatch.ipsec.sim.wireview import cleartext_after, decode_wire, flow_packets, leaked
+from rpclatch.ipsec.sim.wireview import cleartext_after, decode_wire, leaked
 from rpclatch.ipsec.spd import SpdAction, SpdEntry
 
 BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
@@ -218,7 +224,8 @@ def test_a5_null_auth_peer_cannot_claim_third_party_traffic() -> None:
     results: list[object] = []
     dns = "192.0.2.1"   # a third party's address (the client's)
     lab.stack(n).sike.initiate(n.addresses[0], lab.b.address,
-                               (Selector(AddressRange.network("192.0.2.0/26"), AddressRange.single(lab.b.address)),),
+                               (Selector(AddressRange.network("192.0.2.0/26"),
+                                         AddressRange.single(lab.b.address)),),
                                on_done=lambda sa, why: results.append((sa, why)))
     lab.world.run_for(1.0)
     assert results and results[0][0] is None
@@ -297,7 +304,7 @@ def test_a9_btns_mitm_latches_but_binding_differs() -> None:
 def test_a10_non_latching_server_cleartext_is_dropped_by_latched_client() -> None:
     lab = Lab.build()
     lab.stack(lab.b).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))   # server: no protection
-    client, server = lab.open(timeout=5.0)
+    client, _server = lab.open(timeout=5.0)
     assert StreamEventKind.CONNECTED not in client.kinds() and bytes(client.received) == b""
     reasons = {d.reason for d in lab.stack(lab.a).drops if d.flow == client.flow}
     assert reasons & {"cleartext-on-latched-flow", "ULP latch: ulp-requires-protection"}
@@ -353,7 +360,7 @@ def test_a13_dpd_peer_dead_breaks_irremediably() -> None:
     m.stop_dropping()
     lab.world.run_for(5.0)
     assert client.state is StreamState.CLOSED                     # never comes back
-    client2, server2 = lab.open(local_port=37000)                  # a new connection is a new latch
+    client2, _server2 = lab.open(local_port=37000)                  # a new connection is a new latch
     assert client2.state is StreamState.ESTABLISHED
 
 
@@ -377,12 +384,15 @@ def test_a14_key_manager_restart(approach: Approach, restore: bool) -> None:
         assert client.kinds()[-1] is StreamEventKind.RESET
         assert lab.stack(lab.a).latch_state(client) == "CLOSED"
     else:
-        # approach 1: the SAs are gone with the daemon; the TCB can only send "like" its latch,
-        # which is impossible now: nothing leaves, the connection times out (never ESTABLISHED
-        # with a lost peer)
-        client.send(b"x")
-        lab.world.run_for(120.0)
-        assert client.state is StreamState.CLOSED
+        # approach 1: the latch (peer ID + QoP) lives in the TCB, not in the daemon, so it is not
+        # lost: the TCB may only send "like" its latched tag, the new SAs (negotiated with
+        # INITIAL_CONTACT, which makes B drop the stale ones) must be with the same peer
+        old_spis = {sa.spi_in for sa in lab.stack(lab.b).engine.sad}
+        lab.send(client, b"after restart")
+        assert bytes(server.received) == b"after restart"
+        new_sas = list(lab.stack(lab.a).engine.sad)
+        assert new_sas and all(sa.peer == client.channel.params.peer for sa in new_sas)
+        assert not old_spis & {sa.spi_in for sa in lab.stack(lab.b).engine.sad}
     assert cleartext_after(lab.world.hub, client.flow, t0, {"a", "b"}) == []
 
 

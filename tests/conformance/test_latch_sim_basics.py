@@ -157,7 +157,7 @@ def _exact(flow: FiveTuple):  # type: ignore[no-untyped-def]
 
 @pytest.mark.conformance(id="LATCH-12", rfc="RFC 5660 §2.3")
 def test_admin_close_acts_as_peer_reset() -> None:
-    lab, client, server = _pair(Approach.POLICY)
+    lab, client, _server = _pair(Approach.POLICY)
     cl = client.latch_info
     assert isinstance(cl, ConnLatch) and cl.handle is not None
     lab.stack(lab.a).engine.latches.admin_close(cl.handle, "operator")
@@ -180,7 +180,7 @@ def test_bypass_or_protect_clones(approach: Approach) -> None:
     lab.send(client, b"protected")
     assert all(p.protected for p in flow_packets(lab.world.hub, client.flow))
     # the server's BYPASS-OR-PROTECT template decided per flow: a cleartext flow gets a BYPASS clone
-    clear, server2 = lab.open(protect=False)
+    _clear, server2 = lab.open(protect=False)
     assert server2 is not None
     clone2 = lab.stack(lab.b).engine.spd.overlay_entry(server2.flow)
     assert clone2 is not None and clone2.action is SpdAction.BYPASS
@@ -254,7 +254,7 @@ def test_time_wait_hold_and_fresh_latch_on_reuse(approach: Approach) -> None:
     lab.world.run_for(3.0)
     assert client.state is StreamState.CLOSED
     # reuse of the same 5-tuple: a fresh latch (new handle / new channel object)
-    client2, server2 = lab.open(local_port=40000)
+    client2, _server2 = lab.open(local_port=40000)
     assert client2.flow == client.flow and client2.state is StreamState.ESTABLISHED
     assert client2.channel is not None and client2.channel is not client.channel
     assert cleartext_after(lab.world.hub, f, 0.0, {"a", "b"}) == []
@@ -262,7 +262,7 @@ def test_time_wait_hold_and_fresh_latch_on_reuse(approach: Approach) -> None:
 
 @pytest.mark.conformance(id="LATCH-04", rfc="RFC 5660 §2, §2.3")
 def test_inquire_latch_over_the_wire() -> None:
-    lab, client, server = _pair(Approach.POLICY)
+    lab, client, _server = _pair(Approach.POLICY)
     info = lab.stack(lab.a).latch_of(client)
     assert info is not None and info.state is LatchState.ESTABLISHED and info.params is not None
     assert info.params.qop.determinate and info.params.qop.suite is not None
@@ -274,7 +274,7 @@ def test_inquire_latch_over_the_wire() -> None:
 def test_wide_sas_make_qop_indeterminate() -> None:
     lab = Lab.build()
     lab.stack(lab.a).sike.narrow = False       # host-to-host child SAs
-    client, server = lab.open()
+    client, _server = lab.open()
     info = lab.stack(lab.a).latch_of(client)
     assert info is not None and info.qop_indeterminate
     assert info.params is not None and info.params.qop.suite is None

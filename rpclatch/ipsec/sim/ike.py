@@ -46,6 +46,7 @@ from rpclatch.ipsec.sim.errors import SimWireError
 from rpclatch.ipsec.sim.esp import EspKeys, ReplayWindow
 from rpclatch.ipsec.sim.identity import AuthFailure, Credentials, SimCA, verify_peer
 from rpclatch.ipsec.sim.ike_wire import (
+    FLAG_INITIAL_CONTACT,
     SIKE_PORT,
     Informational,
     InitRequest,
@@ -65,10 +66,10 @@ log = logging.getLogger(__name__)
 
 
 class IkeMode(enum.Enum):
-    PRESENT = "present"   # answers normally
-    ABSENT = "absent"     # no daemon: requests vanish, initiators time out
-    REFUSE = "refuse"     # answers NO_PROPOSAL_CHOSEN to everything
-    SLOW = "slow"         # answers after ``slow_delay`` seconds
+    PRESENT = "present"  # answers normally
+    ABSENT = "absent"  # no daemon: requests vanish, initiators time out
+    REFUSE = "refuse"  # answers NO_PROPOSAL_CHOSEN to everything
+    SLOW = "slow"  # answers after ``slow_delay`` seconds
 
 
 class KmEngine(Protocol):
@@ -85,6 +86,9 @@ class KmEngine(Protocol):
     def km_setup_failed(self, flow: FiveTuple, *, timeout: bool, detail: str) -> None: ...
 
     def km_peer_dead(self, peer: PeerIdentity) -> None: ...
+
+    def km_exchange_done(self, flow: FiveTuple) -> None:
+        """The exchange for ``flow`` finished; a latch still waiting cannot use its SAs."""
 
 
 @dataclass
@@ -141,24 +145,32 @@ def host_to_host(local: IPAddress, remote: IPAddress) -> Selector:
 class SimKeyManager:
     """One host's SIKE daemon (also the latch database's ``SaRequester``)."""
 
-    def __init__(self, host: Host, credentials: Credentials, anchors: dict[str, SimCA] | None = None,
-                 mode: IkeMode = IkeMode.PRESENT) -> None:
+    def __init__(
+        self,
+        host: Host,
+        credentials: Credentials,
+        anchors: dict[str, SimCA] | None = None,
+        mode: IkeMode = IkeMode.PRESENT,
+    ) -> None:
         self.host = host
         self.credentials = credentials
         self.anchors = dict(anchors or {})
         self.mode = mode
         self.engine: KmEngine | None = None
         self.retransmit = 0.5
-        self.max_tries = 4          # 0.5 + 1 + 2 + 4 -> gives up after 7.5 s
+        self.max_tries = 4  # 0.5 + 1 + 2 + 4 -> gives up after 7.5 s
         self.slow_delay = 10.0
         self.key_bits = 256
-        self.narrow = True          # propose exact 5-tuple selectors (RFC 5660 §2.1)
+        self.narrow = True  # propose exact 5-tuple selectors (RFC 5660 §2.1)
         self.children: dict[int, ChildKeys] = {}
         self.by_spi_in: dict[int, int] = {}
         self.ike_sas: dict[IkeSaRef, IkeSa] = {}
         self._pending: dict[int, _Exchange] = {}
         self._dpd_timer: Timer | None = None
         self.on_installed: Callable[[], None] | None = None
+        self.on_peer_dead: Callable[[PeerIdentity], None] | None = None
+        #: peers we negotiated with since (re)start (others get INITIAL_CONTACT)
+        self.contacted: set[IPAddress] = set()
         #: inbound SPIs to use next (tests of SPI collisions between peers, RFC 4301 §4.4.2)
         self.spi_override: list[int] = []
         self.events: list[tuple[float, str]] = []
@@ -198,27 +210,55 @@ class SimKeyManager:
                 if flow not in ex.flows:
                     ex.flows.append(flow)
                 return
-        sel = Selector.for_flow(flow) if (self.narrow and policy.narrow) else host_to_host(
-            flow.local_addr, flow.remote_addr)
-        bits = self.key_bits if any(s.encryption_key_bits == self.key_bits for s in policy.suites) else \
-            policy.suites[0].encryption_key_bits
+        sel = (
+            Selector.for_flow(flow)
+            if (self.narrow and policy.narrow)
+            else host_to_host(flow.local_addr, flow.remote_addr)
+        )
+        bits = (
+            self.key_bits
+            if any(s.encryption_key_bits == self.key_bits for s in policy.suites)
+            else policy.suites[0].encryption_key_bits
+        )
         self.initiate(flow.local_addr, flow.remote_addr, (sel,), flows=[flow], key_bits=bits)
 
-    def initiate(self, local_addr: IPAddress, peer_addr: IPAddress, selectors: tuple[Selector, ...],
-                 flows: list[FiveTuple] | None = None, key_bits: int | None = None,
-                 on_done: Callable[[SecurityAssociation | None, str], None] | None = None) -> int:
+    def initiate(
+        self,
+        local_addr: IPAddress,
+        peer_addr: IPAddress,
+        selectors: tuple[Selector, ...],
+        flows: list[FiveTuple] | None = None,
+        key_bits: int | None = None,
+        on_done: Callable[[SecurityAssociation | None, str], None] | None = None,
+    ) -> int:
         """Start an exchange with whoever owns ``peer_addr`` proposing ``selectors`` (local-oriented,
         any addresses: an attacker may claim other hosts' addresses here). Returns the IKE SPI."""
         rng = self.host.scheduler.rng
         priv = X25519PrivateKey.from_private_bytes(rng.randbytes(32))
         spi_i = rng.getrandbits(64) or 1
         child_spi = self._rand_spi()
-        self.by_spi_in[child_spi] = -1   # reserved until installed
-        unsigned = InitRequest(spi_i, rng.randbytes(32), priv.public_key().public_bytes_raw(),
-                               self.credentials.wire(), selectors, child_spi, key_bits or self.key_bits)
+        self.by_spi_in[child_spi] = -1  # reserved until installed
+        flags = 0 if peer_addr in self.contacted else FLAG_INITIAL_CONTACT
+        unsigned = InitRequest(
+            spi_i,
+            rng.randbytes(32),
+            priv.public_key().public_bytes_raw(),
+            self.credentials.wire(),
+            selectors,
+            child_spi,
+            key_bits or self.key_bits,
+            flags=flags,
+        )
         req = replace(unsigned, signature=self.credentials.sign(unsigned.signed_part()))
-        ex = _Exchange(req, priv, local_addr, peer_addr, list(flows or []), _suite_for_bits(req.key_bits),
-                       on_done=on_done)
+        ex = _Exchange(
+            req,
+            priv,
+            local_addr,
+            peer_addr,
+            list(flows or []),
+            _suite_for_bits(req.key_bits),
+            on_done=on_done,
+        )
         self._pending[spi_i] = ex
         self._event(f"initiate to {peer_addr} ts={[str(s) for s in selectors]}")
         self._transmit(spi_i)
@@ -271,20 +311,31 @@ class SimKeyManager:
         if ex.timer is not None:
             ex.timer.cancel()
         del self._pending[resp.ike_spi_i]
+        self.contacted.add(src)
         self.by_spi_in.pop(ex.request.child_spi_i, None)
         shared = ex.priv.exchange(X25519PublicKey.from_public_bytes(resp.key_share))
         keys_ir, keys_ri = _derive(shared, ex.request, resp)
         sa = SecurityAssociation(
-            sa_id=self._engine().sad.next_sa_id(), spi_in=ex.request.child_spi_i, spi_out=resp.child_spi_r,
-            local_addr=ex.local_addr, remote_addr=src, traffic_selectors=resp.selectors, peer=peer,
-            local=self.credentials.local_identity(), params=ex.params, ike_sa=ref, btns=match.btns,
-            created_at=self.now)
+            sa_id=self._engine().sad.next_sa_id(),
+            spi_in=ex.request.child_spi_i,
+            spi_out=resp.child_spi_r,
+            local_addr=ex.local_addr,
+            remote_addr=src,
+            traffic_selectors=resp.selectors,
+            peer=peer,
+            local=self.credentials.local_identity(),
+            params=ex.params,
+            ike_sa=ref,
+            btns=match.btns,
+            created_at=self.now,
+        )
         out_keys, in_keys = EspKeys(resp.child_spi_r, *keys_ir), EspKeys(ex.request.child_spi_i, *keys_ri)
-        installed = self._install(sa, out_keys, in_keys,
-                                  IkeSa(ref, peer, src, ex.local_addr, True))
-        if installed is None:
-            for flow in ex.flows:
+        installed = self._install(sa, out_keys, in_keys, IkeSa(ref, peer, src, ex.local_addr, True))
+        for flow in ex.flows:
+            if installed is None:
                 self._engine().km_setup_failed(flow, timeout=False, detail="SA refused locally")
+            else:
+                self._engine().km_exchange_done(flow)
         if ex.on_done is not None:
             ex.on_done(installed, "ok" if installed else "refused locally")
 
@@ -320,38 +371,75 @@ class SimKeyManager:
                 status = SikeStatus.TS_UNACCEPTABLE if exc.notify == 38 else SikeStatus.AUTHENTICATION_FAILED
                 self._event(f"refuse {src}: {exc}")
         child_spi = self._rand_spi() if status is SikeStatus.OK else 0
-        unsigned = InitResponse(req.ike_spi_i, spi_r, status, rng.randbytes(32),
-                                priv.public_key().public_bytes_raw(), self.credentials.wire(),
-                                req.selectors, child_spi)
+        unsigned = InitResponse(
+            req.ike_spi_i,
+            spi_r,
+            status,
+            rng.randbytes(32),
+            priv.public_key().public_bytes_raw(),
+            self.credentials.wire(),
+            req.selectors,
+            child_spi,
+        )
         if status is SikeStatus.OK and peer is not None:
             shared = priv.exchange(X25519PublicKey.from_public_bytes(req.key_share))
             keys_ir, keys_ri = _derive(shared, req, unsigned)
             sa = SecurityAssociation(
-                sa_id=self._engine().sad.next_sa_id(), spi_in=child_spi, spi_out=req.child_spi_i,
-                local_addr=dst, remote_addr=src, traffic_selectors=mine, peer=peer,
-                local=self.credentials.local_identity(), params=_suite_for_bits(req.key_bits), ike_sa=ref,
-                btns=btns, created_at=self.now)
-            installed = self._install(sa, EspKeys(req.child_spi_i, *keys_ri), EspKeys(child_spi, *keys_ir),
-                                      IkeSa(ref, peer, src, dst, False))
+                sa_id=self._engine().sad.next_sa_id(),
+                spi_in=child_spi,
+                spi_out=req.child_spi_i,
+                local_addr=dst,
+                remote_addr=src,
+                traffic_selectors=mine,
+                peer=peer,
+                local=self.credentials.local_identity(),
+                params=_suite_for_bits(req.key_bits),
+                ike_sa=ref,
+                btns=btns,
+                created_at=self.now,
+            )
+            installed = self._install(
+                sa,
+                EspKeys(req.child_spi_i, *keys_ri),
+                EspKeys(child_spi, *keys_ir),
+                IkeSa(ref, peer, src, dst, False),
+            )
             if installed is None:
                 status = SikeStatus.TS_UNACCEPTABLE
             elif installed.traffic_selectors != mine:
                 # narrowed (RFC 7296 §2.9) to keep clear of a latch: tell the initiator
                 self._event(f"narrowed proposal from {src}")
+        if installed is not None and req.initial_contact:
+            self._initial_contact(installed)
         if status is not SikeStatus.OK or installed is None:
-            unsigned = InitResponse(req.ike_spi_i, spi_r, status, unsigned.nonce, unsigned.key_share,
-                                    self.credentials.wire(), (), 0)
+            unsigned = InitResponse(
+                req.ike_spi_i,
+                spi_r,
+                status,
+                unsigned.nonce,
+                unsigned.key_share,
+                self.credentials.wire(),
+                (),
+                0,
+            )
         else:
-            unsigned = InitResponse(req.ike_spi_i, spi_r, status, unsigned.nonce, unsigned.key_share,
-                                    self.credentials.wire(),
-                                    tuple(flip(s) for s in installed.traffic_selectors),
-                                    child_spi)
+            unsigned = InitResponse(
+                req.ike_spi_i,
+                spi_r,
+                status,
+                unsigned.nonce,
+                unsigned.key_share,
+                self.credentials.wire(),
+                tuple(flip(s) for s in installed.traffic_selectors),
+                child_spi,
+            )
         resp = replace(unsigned, signature=self.credentials.sign(req.encode() + unsigned.signed_part()))
         self._send(dst, src, resp.encode())
 
     # -- installation ----------------------------------------------------------------------------
-    def _install(self, sa: SecurityAssociation, out_keys: EspKeys, in_keys: EspKeys,
-                 ike: IkeSa) -> SecurityAssociation | None:
+    def _install(
+        self, sa: SecurityAssociation, out_keys: EspKeys, in_keys: EspKeys, ike: IkeSa
+    ) -> SecurityAssociation | None:
         # the ESP state must exist before the engine can hand the SA to packets
         self.children[sa.sa_id] = ChildKeys(sa.sa_id, out_keys, in_keys)
         self.by_spi_in[in_keys.spi] = sa.sa_id
@@ -370,6 +458,17 @@ class SimKeyManager:
         if self.on_installed is not None:
             self.on_installed()
         return installed
+
+    def _initial_contact(self, new: SecurityAssociation) -> None:
+        """RFC 7296 §2.4: the peer says it holds no other SAs with us (it restarted): delete every
+        other child SA we have with the same authenticated identity."""
+        for ike in list(self.ike_sas.values()):
+            if ike.ref == new.ike_sa or ike.peer != new.peer:
+                continue
+            self._event(f"INITIAL_CONTACT from {new.peer}: deleting SAs of {ike.ref}")
+            for sa_id in list(ike.children):
+                self.remove_child(sa_id, notify=False)
+            self.ike_sas.pop(ike.ref, None)
 
     def remove_child(self, sa_id: int, notify: bool = True) -> None:
         """Delete a child SA locally (and send an informational DELETE to the peer)."""
@@ -412,6 +511,7 @@ class SimKeyManager:
 
     def start_dpd(self, interval: float = 5.0, max_misses: int = 3) -> None:
         """Dead peer detection (RFC 7296 §2.4 liveness checks) on every IKE SA."""
+
         def tick() -> None:
             for ike in list(self.ike_sas.values()):
                 if ike.dead:
@@ -423,9 +523,15 @@ class SimKeyManager:
                         continue
                 ike.dpd_msg += 1
                 ike.dpd_pending = True
-                self._send(ike.local_addr, ike.peer_addr, Informational(
-                    SikeType.DPD_REQ, ike.ref.initiator_spi, ike.ref.responder_spi, ike.dpd_msg).encode())
+                self._send(
+                    ike.local_addr,
+                    ike.peer_addr,
+                    Informational(
+                        SikeType.DPD_REQ, ike.ref.initiator_spi, ike.ref.responder_spi, ike.dpd_msg
+                    ).encode(),
+                )
             self._dpd_timer = self.host.scheduler.call_later(interval, tick)
+
         self.stop_dpd()
         self._dpd_timer = self.host.scheduler.call_later(interval, tick)
 
@@ -438,6 +544,8 @@ class SimKeyManager:
         ike.dead = True
         self._event(f"DPD: peer {ike.peer} at {ike.peer_addr} is dead")
         self._engine().km_peer_dead(ike.peer)
+        if self.on_peer_dead is not None:
+            self.on_peer_dead(ike.peer)
         for sa_id in list(ike.children):
             self.remove_child(sa_id, notify=False)
         self.ike_sas.pop(ike.ref, None)
@@ -452,6 +560,7 @@ class SimKeyManager:
             self.remove_child(sa_id, notify=False)
         self.ike_sas.clear()
         self.by_spi_in.clear()
+        self.contacted.clear()
 
     # -- input ------------------------------------------------------------------------------------
     def datagram(self, src: IPAddress, dst: IPAddress, payload: bytes) -> None:
@@ -501,5 +610,5 @@ def _derive(shared: bytes, req: InitRequest, resp: InitResponse) -> tuple[KeyPai
     klen = req.key_bits // 8
     info = b"SIKE child" + req.child_spi_i.to_bytes(4, "big") + resp.child_spi_r.to_bytes(4, "big")
     okm = HKDF(hashes.SHA256(), 2 * (klen + 4), req.nonce + resp.nonce, info).derive(shared)
-    a, b = okm[:klen + 4], okm[klen + 4:]
+    a, b = okm[: klen + 4], okm[klen + 4 :]
     return (a[:klen], a[klen:]), (b[:klen], b[klen:])

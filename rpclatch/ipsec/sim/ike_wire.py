@@ -23,6 +23,8 @@ from rpclatch.xdr import Decoder, Encoder, XdrError
 
 SIKE_PORT = 5500
 MAX_TS = 8
+#: RFC 7296 §2.4 INITIAL_CONTACT: the sender has no other SAs with the receiver (e.g. it restarted)
+FLAG_INITIAL_CONTACT = 1
 
 
 class SikeType(enum.IntEnum):
@@ -120,6 +122,11 @@ class InitRequest:
     child_spi_i: int
     key_bits: int
     signature: bytes = b""
+    flags: int = 0      # FLAG_INITIAL_CONTACT
+
+    @property
+    def initial_contact(self) -> bool:
+        return bool(self.flags & FLAG_INITIAL_CONTACT)
 
     def signed_part(self) -> bytes:
         enc = Encoder().uint32(SikeType.INIT_REQ).uint64(self.ike_spi_i).fixed(self.nonce, 32)
@@ -128,7 +135,7 @@ class InitRequest:
         enc.uint32(len(self.selectors))
         for sel in self.selectors:
             encode_selector(enc, sel)
-        enc.uint32(self.child_spi_i).uint32(self.key_bits)
+        enc.uint32(self.child_spi_i).uint32(self.key_bits).uint32(self.flags)
         return enc.to_bytes()
 
     def encode(self) -> bytes:
@@ -195,7 +202,8 @@ def decode_sike(data: bytes) -> SikeMessage:
             spi_i, nonce, share = dec.uint64(), dec.fixed(32), dec.fixed(32)
             ident = WireIdentity.decode_from(dec)
             sels = _selectors(dec)
-            msg = InitRequest(spi_i, nonce, share, ident, sels, dec.uint32(), dec.uint32(), dec.opaque(128))
+            child, bits, flags = dec.uint32(), dec.uint32(), dec.uint32()
+            msg = InitRequest(spi_i, nonce, share, ident, sels, child, bits, dec.opaque(128), flags)
         elif kind is SikeType.INIT_RESP:
             spi_i, spi_r, status = dec.uint64(), dec.uint64(), dec.enum(SikeStatus)
             nonce, share = dec.fixed(32), dec.fixed(32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from rpclatch.ipsec.backend import Backend
 from rpclatch.ipsec.errors import IPsecError
 from rpclatch.ipsec.keymgr import AcquireOutcome, KeyManagerListener, PendingAcquire, StaticKeyManager
-from rpclatch.ipsec.latch import LatchDatabase
+from rpclatch.ipsec.latch import LatchDatabase, LatchState
 from rpclatch.ipsec.model import FiveTuple, PeerIdentity, ProtectionPolicy
 from rpclatch.ipsec.pad import PeerAuthorizationDatabase
 from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
@@ -22,9 +22,16 @@ from rpclatch.ipsec.sim.ike import SimKeyManager
 class SikeKeyManager(StaticKeyManager):
     """Key manager whose negotiations run over the simulated network (see module docstring)."""
 
-    def __init__(self, sad: SecurityAssociationDatabase, pad: PeerAuthorizationDatabase,
-                 latches: LatchDatabase, backend: Backend, sike: SimKeyManager, *,
-                 listener: KeyManagerListener | None = None) -> None:
+    def __init__(
+        self,
+        sad: SecurityAssociationDatabase,
+        pad: PeerAuthorizationDatabase,
+        latches: LatchDatabase,
+        backend: Backend,
+        sike: SimKeyManager,
+        *,
+        listener: KeyManagerListener | None = None,
+    ) -> None:
         super().__init__(sad, pad, latches, backend, acquire_timeout=3600.0, listener=listener)
         self.sike = sike
         sike.engine = self
@@ -44,8 +51,11 @@ class SikeKeyManager(StaticKeyManager):
             self.sike.expire_child(sa.sa_id)
 
     def next_deadline(self) -> float | None:
-        times = [sa.created_at + sa.lifetime.hard_seconds for sa in self.sad
-                 if sa.lifetime.hard_seconds is not None]
+        times = [
+            sa.created_at + sa.lifetime.hard_seconds
+            for sa in self.sad
+            if sa.lifetime.hard_seconds is not None
+        ]
         return min(times) if times else None
 
     def restart(self, now: float, *, restore_latches: bool) -> None:
@@ -69,6 +79,16 @@ class SikeKeyManager(StaticKeyManager):
         if pend is not None and self.listener is not None:
             outcome = AcquireOutcome.TIMEOUT if timeout else AcquireOutcome.NO_PEER
             self.listener.acquire_finished(flow, outcome, None, self.sike.now)
+
+    def km_exchange_done(self, flow: FiveTuple) -> None:
+        """RFC 5660 §4: if the negotiated SAs do not suit the flow's LARVAL latch (e.g. both ends of a
+        simultaneous open asked for different parameters), the latch fails instead of waiting."""
+        latch = self.latches.latch_for(flow)
+        if latch is not None and latch.state is LatchState.LARVAL:
+            self.pending.pop(flow, None)
+            self.latches.sa_setup_failed(
+                flow, timeout=False, detail="negotiated SAs do not meet the latch's parameters"
+            )
 
     def km_peer_dead(self, peer: PeerIdentity) -> None:
         self.peer_dead(peer, self.sike.now)

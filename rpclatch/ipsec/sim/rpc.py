@@ -23,7 +23,7 @@ from typing import Any
 from rpclatch.ipsec.sim.clock import Scheduler, Timer
 from rpclatch.ipsec.sim.errors import SimLocalError
 from rpclatch.ipsec.sim.host import Listener
-from rpclatch.ipsec.sim.stream import StreamConnection, StreamEvent, StreamEventKind
+from rpclatch.ipsec.sim.stream import StreamConnection, StreamEvent, StreamEventKind, StreamState
 from rpclatch.rpc.auth import ClientAuth, ConnectionInfo
 from rpclatch.rpc.client import (
     CallCompleted,
@@ -40,8 +40,17 @@ log = logging.getLogger(__name__)
 
 _conn_ids = itertools.count(1)
 
-_ENDED = {StreamEventKind.RESET, StreamEventKind.TIMEOUT, StreamEventKind.CLOSED, StreamEventKind.REFUSED,
-          StreamEventKind.FAILED}
+_ENDED = {
+    StreamEventKind.RESET,
+    StreamEventKind.TIMEOUT,
+    StreamEventKind.CLOSED,
+    StreamEventKind.REFUSED,
+    StreamEventKind.FAILED,
+}
+
+
+#: a stream waiting for its latch is still CLOSED (no SYN yet): buffer calls until CONNECTED
+_NOT_YET_OPEN = {StreamState.CLOSED, StreamState.LISTEN}
 
 
 class SimConnectionReset(SimLocalError):
@@ -51,8 +60,9 @@ class SimConnectionReset(SimLocalError):
 class SimRpcClient:
     """RPC client over one simulated stream (create it right after ``host.connect``)."""
 
-    def __init__(self, conn: StreamConnection, auth: ClientAuth | None = None,
-                 default_timeout: float = 30.0) -> None:
+    def __init__(
+        self, conn: StreamConnection, auth: ClientAuth | None = None, default_timeout: float = 30.0
+    ) -> None:
         self.conn = conn
         self.scheduler: Scheduler = conn.host.scheduler
         self.conn_id = next(_conn_ids)
@@ -62,6 +72,7 @@ class SimRpcClient:
         self.ended: StreamEventKind | None = None
         self.end_reason: str | None = None
         self._on_end: list[Callable[[StreamEventKind, str], None]] = []
+        self._unsent = bytearray()   # calls made before the stream opened (latch still LARVAL)
         conn.on_event = self._on_stream_event
 
     # -- API ---------------------------------------------------------------------------------------
@@ -73,8 +84,15 @@ class SimRpcClient:
         """``callback(kind, reason)`` when the stream ends (reset, timeout, close)."""
         self._on_end.append(callback)
 
-    def start_call(self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth | None = None,
-                   timeout: float | None = None) -> CallHandle:
+    def start_call(
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes,
+        auth: ClientAuth | None = None,
+        timeout: float | None = None,
+    ) -> CallHandle:
         """Queue a call; its outcome lands in ``self.results[handle.xid]``."""
         if self.ended is not None:
             raise SimConnectionReset(f"connection ended ({self.ended.value}: {self.end_reason})")
@@ -82,8 +100,15 @@ class SimRpcClient:
         self._flush()
         return handle
 
-    def call(self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth | None = None,
-             timeout: float | None = None) -> bytes:
+    def call(
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes,
+        auth: ClientAuth | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
         """One synchronous call: runs the simulation until the reply. Raises the call's
         :class:`RpcError`, or :class:`SimConnectionReset` if the stream was reset meanwhile."""
         handle = self.start_call(prog, vers, proc, args, auth, timeout)
@@ -94,7 +119,8 @@ class SimRpcClient:
             raise RpcConnectionClosed("no outcome for the call (simulation ran out of events)")
         if isinstance(outcome, RpcError):
             if self.ended in (StreamEventKind.RESET, StreamEventKind.TIMEOUT) and isinstance(
-                    outcome, RpcConnectionClosed):
+                outcome, RpcConnectionClosed
+            ):
                 raise SimConnectionReset(f"connection {self.ended.value}: {self.end_reason}") from outcome
             raise outcome
         return outcome
@@ -108,8 +134,9 @@ class SimRpcClient:
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _flush(self) -> None:
-        data = self.rpc.data_to_send()
-        if data and self.ended is None:
+        self._unsent += self.rpc.data_to_send()
+        if self._unsent and self.ended is None and self.conn.state not in _NOT_YET_OPEN:
+            data, self._unsent = bytes(self._unsent), bytearray()
             self.conn.send(data)
         self._arm_timer()
 
@@ -163,8 +190,12 @@ class SimRpcClient:
 class SimRpcServer:
     """Serves an :class:`RpcDispatcher` on every connection a listener accepts."""
 
-    def __init__(self, listener: Listener, dispatcher: RpcDispatcher,
-                 channel_of: Callable[[StreamConnection], Any] | None = None) -> None:
+    def __init__(
+        self,
+        listener: Listener,
+        dispatcher: RpcDispatcher,
+        channel_of: Callable[[StreamConnection], Any] | None = None,
+    ) -> None:
         self.listener = listener
         self.dispatcher = dispatcher
         self.channel_of = channel_of or (lambda conn: conn.channel)
@@ -179,8 +210,12 @@ class SimRpcServer:
         listener.on_accept = accept
 
     def _accept(self, conn: StreamConnection) -> None:
-        info = ConnectionInfo(next(_conn_ids), (str(conn.flow.remote_addr), conn.flow.remote_port), "sim",
-                              channel=self.channel_of(conn))
+        info = ConnectionInfo(
+            next(_conn_ids),
+            (str(conn.flow.remote_addr), conn.flow.remote_port),
+            "sim",
+            channel=self.channel_of(conn),
+        )
         server = RpcServerConnection(self.dispatcher, info, now=conn.host.scheduler.now)
         self.connections.append((conn, server))
         conn.on_event = lambda c, ev: self._on_event(c, server, ev)

@@ -34,7 +34,7 @@ from rpclatch.ipsec.decisions import InboundDecision, OutboundDecision, Outbound
 from rpclatch.ipsec.engine import Approach, FlowChoice, IPsecEngine, ProtectionOutcome
 from rpclatch.ipsec.errors import ChannelBindingUnavailable, IPsecLocalError
 from rpclatch.ipsec.latch import Alert, BrokenDisposition, LatchInfo, LatchRequest, LatchState, params_from_sa
-from rpclatch.ipsec.model import FiveTuple, IpProto, ThreeTuple
+from rpclatch.ipsec.model import FiveTuple, IpProto, PeerIdentity, ThreeTuple
 from rpclatch.ipsec.sad import SecurityAssociation
 from rpclatch.ipsec.sim.clock import Timer
 from rpclatch.ipsec.sim.errors import SimLocalError, SimWireError
@@ -106,6 +106,7 @@ class IpsecStack:
         self._poll_at: float | None = None
         self.on_drop: Callable[[PacketDrop], None] | None = None
         sike.on_installed = self._sa_installed
+        sike.on_peer_dead = self._peer_dead
 
     @property
     def approach(self) -> Approach:
@@ -205,6 +206,20 @@ class IpsecStack:
                     self._queued[flow].extend(queue[i + 1:])
                     break
         self.arm()
+
+    def _peer_dead(self, peer: PeerIdentity) -> None:
+        """DPD says ``peer`` is dead (RFC 5660 §2: its latches are irremediably broken). Approach 2's
+        LD already broke its latches; approach 1's latches live in the TCBs, so tell them here."""
+        for conn in list(self.host.connections.values()):
+            ulp = self._ulp(conn)
+            if ulp is None or ulp.tag is None or ulp.tag.peer != peer or not ulp.latched:
+                continue
+            ulp.state = UlpLatchState.BROKEN
+            cl = conn.latch_info
+            if isinstance(cl, ConnLatch) and cl.channel is not None:
+                cl.channel.mark_broken()
+            self.forget_queued(conn.flow)
+            conn.latch_broken(reset=ulp.disposition is BrokenDisposition.RESET, reason="dpd-peer-dead")
 
     def forget_queued(self, flow: FiveTuple) -> None:
         self._queued.pop(flow, None)

@@ -1,0 +1,78 @@
+"""H1's sans-IO RPC client and server over simulated (latched) streams."""
+
+from __future__ import annotations
+
+import pytest
+
+from rpclatch.ipsec.engine import Approach
+from rpclatch.ipsec.model import Selector
+from rpclatch.ipsec.sim.lab import Lab
+from rpclatch.ipsec.sim.rpc import SimConnectionReset, SimRpcClient, SimRpcServer
+from rpclatch.ipsec.sim.wireview import flow_packets
+from rpclatch.ipsec.sim.world import World
+from rpclatch.rpc.auth import ConnectionInfo
+from rpclatch.rpc.errors import RpcAcceptError
+from rpclatch.rpc.server import CallContext, RpcDispatcher
+
+PROG, VERS = 400123, 1
+
+
+def _dispatcher(seen: list[ConnectionInfo]) -> RpcDispatcher:
+    d = RpcDispatcher()
+
+    def echo(args: bytes, ctx: CallContext) -> bytes:
+        seen.append(ctx.conn)
+        return args
+
+    d.add_program(PROG, VERS, {0: lambda args, ctx: b"", 1: echo})
+    return d
+
+
+def test_rpc_over_plain_sim_stream() -> None:
+    w = World(seed=2)
+    a, b = w.add_host("a", "192.0.2.1"), w.add_host("b", "192.0.2.2")
+    seen: list[ConnectionInfo] = []
+    SimRpcServer(b.listen(2049), _dispatcher(seen))
+    client = SimRpcClient(a.connect("192.0.2.2", 2049))
+    assert client.call(PROG, VERS, 1, b"\x00\x00\x00\x05") == b"\x00\x00\x00\x05"
+    big = bytes(range(256)) * 40
+    assert client.call(PROG, VERS, 1, big) == big
+    with pytest.raises(RpcAcceptError):
+        client.call(PROG, VERS, 9, b"")
+    assert seen and seen[0].transport == "sim" and seen[0].channel is None
+
+
+@pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
+def test_rpc_server_sees_the_latched_channel_and_reset_on_break(approach: Approach) -> None:
+    lab = Lab.build(approach=approach)
+    seen: list[ConnectionInfo] = []
+    server = SimRpcServer(lab.listen(), _dispatcher(seen))
+    conn = lab.a.connect(lab.b.address, 2049, local_port=50000)
+    client = SimRpcClient(conn)
+    assert client.call(PROG, VERS, 1, b"ping") == b"ping"
+    assert seen[0].channel is not None and seen[0].channel is server.connections[0][0].channel
+    assert conn.channel is not None and conn.channel.binding_data == seen[0].channel.binding_data
+    assert all(p.protected for p in flow_packets(lab.world.hub, conn.flow))
+    if approach is Approach.POLICY:
+        c = lab.attacker()
+        c.claim_address(lab.b.address)
+        lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
+        lab.world.run_for(0.5)
+        with pytest.raises(SimConnectionReset):
+            client.call(PROG, VERS, 1, b"again")
+        assert not client.is_open
+
+
+def test_outstanding_call_fails_with_reset_when_latch_breaks() -> None:
+    lab = Lab.build()
+    SimRpcServer(lab.listen(), _dispatcher([]))
+    conn = lab.a.connect(lab.b.address, 2049, local_port=50001)
+    client = SimRpcClient(conn)
+    assert client.call(PROG, VERS, 0, b"") == b""
+    c = lab.attacker()
+    c.claim_address(lab.b.address)        # the reply to the next call will never come back from B
+    handle = client.start_call(PROG, VERS, 1, b"lost")
+    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
+    lab.world.run_for(1.0)
+    assert isinstance(client.results.get(handle.xid), Exception)
+    assert client.ended is not None
