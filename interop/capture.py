@@ -61,12 +61,17 @@ def read_packets(pcap: Path, display_filter: str = "") -> list[Packet]:
     return packets
 
 
-def read_fields(pcap: Path, fields: tuple[str, ...], display_filter: str = "") -> list[tuple[str, ...]]:
-    """Rows of the given Wireshark ``fields`` (first occurrence each, "" where absent)."""
+def read_fields(
+    pcap: Path, fields: tuple[str, ...], display_filter: str = "", *, all_occurrences: bool = False
+) -> list[tuple[str, ...]]:
+    """Rows of the given Wireshark ``fields``: the first occurrence of each ("" where absent), or
+    with ``all_occurrences`` every occurrence joined by commas (e.g. all opcodes of a COMPOUND)."""
     tshark = shutil.which("tshark")
     if tshark is None:
         raise CaptureError("tshark not installed (apt-get install tshark)")
-    argv = [tshark, "-n", "-r", str(pcap), "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f"]
+    occurrence = "a" if all_occurrences else "f"
+    argv = [tshark, "-n", "-r", str(pcap), "-T", "fields", "-E", "separator=\t",
+            "-E", f"occurrence={occurrence}", "-E", "aggregator=,"]
     for f in fields:
         argv += ["-e", f]
     if display_filter:

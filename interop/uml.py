@@ -440,7 +440,7 @@ class LinuxNfsdGuest:
         self._say(f"host namespace {self.host_ns.name}: {HOST_ADDR}/24 on {self.host_ns.tap_name}")
         cmd = self.host_ns.wrap([
             self.config.linux, f"mem={self.config.mem}", "rootfstype=hostfs", "rootflags=/", "ro",
-            f"init={GUEST_INIT}", f"vec0:transport=tap,ifname={self.host_ns.tap_name}",
+            f"init={GUEST_INIT}", f"vec0:transport=tap,ifname={self.host_ns.tap_name},gro=1",
             "con0=fd:0,fd:1", "con=null", "quiet", f"RUN={self.run_dir}",
         ])
         console = self.console_log.open("wb")
