@@ -403,9 +403,16 @@ class GssServerAuth(ServerAuth):
             if body_seq != seq:
                 return AuthGarbage(f"body seq_num {body_seq} != credential seq_num {seq}")
 
-        def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
-            """RFC 2203 §5.3.3.2. Raises GssError, in which case no reply may be sent."""
+        # RFC 2203 §5.3.3.4.2: if the reply verifier's GSS_GetMIC fails, answer CTXPROBLEM -- so
+        # compute it now, before the procedure runs (it depends on the seq_num only).
+        try:
             verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, gss.get_mic(be32(seq)))
+        except GssError as exc:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply verifier MIC: {exc}")
+
+        def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
+            """RFC 2203 §5.3.3.2. Raises GssError if wrapping the results fails, in which case no
+            reply may be sent (RFC 2203 §5.3.3.4.3)."""
             if service == Service.NONE:
                 return verf, results
             inner = encode_gss_data(seq, results)
