@@ -16,6 +16,7 @@ another connection (RFC 5403 §3.4 requires the channel to still exist; digest �
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 
@@ -132,8 +133,9 @@ class ProtectedConnection:
             if should_bind(latch_outcome):
                 assert link.latch is not None
                 bind = ctx.bind_channel(link.latch.channel)
-                if bind is BindOutcome.BOUND and link.latch_state() != "ESTABLISHED":
-                    bind = BindOutcome.MISMATCH  # the latch went away while binding
+                if link.latch_state() != "ESTABLISHED":
+                    # RFC 5403 §3.4: a binding is worth nothing once the channel is gone
+                    raise ConnectionReset(f"latch {link.latch_state()} while binding on {link.five_tuple}")
             decision = decide(latch_outcome, bind)
             warnings: tuple[str, ...] = ()
             if decision.warn:
@@ -166,13 +168,19 @@ class ProtectedConnection:
         self.history.append(record)
         self._note("policy", f"DATA calls use {service.value}: {decision.reason}")
         if link.latch is not None:
-            link.on_latch_broken(self._latch_broken)
+            link.on_latch_broken(functools.partial(self._latch_for, link))
         return record
 
-    def _latch_broken(self, reason: str) -> None:
-        """ALERT BROKEN (RFC 5660 §2.3): stop using the connection; default disposition reset (§5.5)."""
-        link = self._link
-        if link is None or self._security is None:
+    def _latch_for(self, link: RpcLink, reason: str) -> None:
+        self._latch_broken(reason, link)
+
+    def _latch_broken(self, reason: str, link: RpcLink | None = None) -> None:
+        """ALERT BROKEN (RFC 5660 §2.3): stop using the connection; default disposition reset (§5.5).
+
+        Alerts about an earlier connection (e.g. its latch closing after TIME_WAIT) are ignored."""
+        if link is None:
+            link = self._link
+        if link is None or link is not self._link or self._security is None:
             return
         self._broken = reason
         self._security = replace(self._security, latch_state="BROKEN", latched=False,

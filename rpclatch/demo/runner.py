@@ -30,12 +30,11 @@ def run_demo(run_dir: Path, numbers: Sequence[int] | None = None, progress: Text
             active.start()
             active.activate()
         for spec in chosen:
-            if progress is not None:
-                print(f"[{spec.number}] {spec.title} ...", end="", file=progress, flush=True)
             result, seconds = timed(spec, active, run_dir)
             results.append(result)
             if progress is not None:
-                print(f" {result.outcome.value} ({seconds:.2f} s)", file=progress, flush=True)
+                print(f"[{spec.number}] {spec.title} ... {result.outcome.value} ({seconds:.2f} s)",
+                      file=progress, flush=True)
         realm_name = active.realm
     finally:
         if own:

@@ -213,3 +213,17 @@ def test_security_record_is_frozen(realm: ThrowawayRealm) -> None:
     _dw, pc = connect(realm)
     with pytest.raises(AttributeError):
         pc.security.bound = False  # type: ignore[misc]
+
+
+def test_old_connection_closing_does_not_reset_the_new_one(realm: ThrowawayRealm) -> None:
+    dw, pc = connect(realm)
+    old = link(pc)
+    pc.close()  # orderly close: the old latch lives on through TIME_WAIT, then CLOSES
+    echo(pc)  # reconnects
+    new = link(pc)
+    assert new is not old and pc.security.bound
+    dw.world.run_for(4 * dw.client.msl)
+    assert dw.client_stack.latch_state(old.conn) == "CLOSED"
+    assert new.is_open and dw.client_stack.latch_state(new.conn) == "ESTABLISHED"
+    echo(pc)
+    assert link(pc) is new
