@@ -82,7 +82,7 @@ class ThrowawayRealm:
     ``service`` is the host-based service name (``nfs`` gives ``nfs/<host>@REALM``); ``users`` maps
     user names to passwords (``None`` picks a random one). The first user is also kinit'ed into the
     realm's default ccache (``KRB5CCNAME`` of :attr:`env`), so default-credential initiators act as
-    that user.
+    that user. ``extra_services`` adds more host-based service principals to the same keytab.
     """
 
     def __init__(
@@ -90,6 +90,7 @@ class ThrowawayRealm:
         users: dict[str, str | None] | Sequence[str] = ("alice",),
         *,
         service: str = "nfs",
+        extra_services: Sequence[str] = (),
         realm_name: str = "KRBTEST.COM",
         port_base: int | None = None,
     ) -> None:
@@ -101,6 +102,7 @@ class ThrowawayRealm:
                 raise RealmError(f"bad user name {name!r}: use a plain name like 'alice'")
         self._wanted_users = wanted
         self._service = service
+        self._extra_services = tuple(extra_services)
         self._realm_name = realm_name
         self._port_base = port_base
         self._k5: Any = None
@@ -135,8 +137,10 @@ class ThrowawayRealm:
             k5.create_kdb()
             k5.start_kdc()
             service_princ = f"{self._service}/{k5.hostname}@{k5.realm}"
-            k5.addprinc(service_princ)
-            k5.extract_keytab(service_princ, k5.keytab)
+            for svc in (self._service, *self._extra_services):
+                princ = f"{svc}/{k5.hostname}@{k5.realm}"
+                k5.addprinc(princ)
+                k5.extract_keytab(princ, k5.keytab)
             users: dict[str, RealmUser] = {}
             for index, (name, password) in enumerate(self._wanted_users.items()):
                 pw = password if password is not None else os.urandom(12).hex()
