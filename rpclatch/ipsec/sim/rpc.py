@@ -15,14 +15,13 @@ disposition the stream resets, every outstanding call fails with ``RpcConnection
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from rpclatch.ipsec.sim.clock import Scheduler, Timer
 from rpclatch.ipsec.sim.errors import SimLocalError
-from rpclatch.ipsec.sim.host import Listener
+from rpclatch.ipsec.sim.host import Host, Listener
 from rpclatch.ipsec.sim.stream import StreamConnection, StreamEvent, StreamEventKind, StreamState
 from rpclatch.rpc.auth import ClientAuth, ConnectionInfo
 from rpclatch.rpc.client import (
@@ -38,7 +37,6 @@ from rpclatch.rpc.server import PendingReply, RpcDispatcher, RpcServerConnection
 
 log = logging.getLogger(__name__)
 
-_conn_ids = itertools.count(1)
 
 _ENDED = {
     StreamEventKind.RESET,
@@ -65,7 +63,7 @@ class SimRpcClient:
     ) -> None:
         self.conn = conn
         self.scheduler: Scheduler = conn.host.scheduler
-        self.conn_id = next(_conn_ids)
+        self.conn_id = _world_conn_id(conn)
         self.rpc = RpcClientConnection(auth, default_timeout, first_xid=self.scheduler.rng.getrandbits(32))
         self.results: dict[int, bytes | RpcError] = {}
         self._timer: Timer | None = None
@@ -211,7 +209,7 @@ class SimRpcServer:
 
     def _accept(self, conn: StreamConnection) -> None:
         info = ConnectionInfo(
-            next(_conn_ids),
+            _world_conn_id(conn),
             (str(conn.flow.remote_addr), conn.flow.remote_port),
             "sim",
             channel=self.channel_of(conn),
@@ -239,6 +237,13 @@ class SimRpcServer:
             conn.close()
         elif ev.kind in _ENDED:
             server.connection_lost()
+
+
+def _world_conn_id(conn: StreamConnection) -> int:
+    host = conn.host
+    if not isinstance(host, Host):
+        raise SimLocalError("RPC over a stream whose host is not a simulated Host")
+    return host.world.next_conn_id()
 
 
 def _run_sync(pending: PendingReply) -> bytes | BaseException:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +46,11 @@ class World:
         self.scheduler = Scheduler(seed)
         self.hub = Hub(self.scheduler, latency=latency)
         self.hosts: dict[str, Host] = {}
+        self._conn_ids = itertools.count(1)
+
+    def next_conn_id(self) -> int:
+        """Connection ids for RPC ``ConnectionInfo`` (per world, so runs are reproducible)."""
+        return next(self._conn_ids)
 
     @property
     def now(self) -> float:

@@ -134,3 +134,26 @@ def test_undecodable_frame_is_recorded_and_not_delivered() -> None:
     assert w.wire[-1].dropped_by == "undecodable"
     pkt = IpPacket(a.address, a.address, PROTO_TCP, b"")
     assert IpPacket.decode(pkt.encode()) == pkt
+
+
+def test_ipv6_latched_connection() -> None:
+    from rpclatch.ipsec import examples
+    from rpclatch.ipsec.model import AddressRange, AuthMethod
+    from rpclatch.ipsec.pad import ChildSaAuthorization, PadEntry, PublicKeyPattern
+    from rpclatch.ipsec.sim.wireview import flow_packets
+
+    nets = (AddressRange.network("192.0.2.0/24"), AddressRange.network("2001:db8::/64"))
+    pad = [PadEntry("btns-any", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization(nets))]
+    w = World(seed=10)
+    a, b = w.add_host("a", "2001:db8::1"), w.add_host("b", "2001:db8::2")
+    for h in (a, b):
+        w.enable_ipsec(h, spd=examples.nfs_spd(), pad=pad)
+    lst = b.listen(2049)
+    c = a.connect("2001:db8::2", 2049)
+    w.run_for(0.5)
+    assert c.state is StreamState.ESTABLISHED and c.channel is not None
+    c.send(b"over v6")
+    w.run_for(0.5)
+    assert bytes(lst.accepted[0].received) == b"over v6"
+    wire = flow_packets(w.hub, c.flow)
+    assert wire and all(p.protected and p.src.version == 6 for p in wire)
