@@ -292,6 +292,8 @@ class Fattr4:
     rdattr_error: nfsstat4 | None = None
     filehandle: bytes | None = None
     fileid: int | None = None
+    maxread: int | None = None
+    maxwrite: int | None = None
     mode: int | None = None
     numlinks: int | None = None
     owner: str | None = None
@@ -311,7 +313,8 @@ class Fattr4:
         c.FATTR4_LINK_SUPPORT: "link_support", c.FATTR4_SYMLINK_SUPPORT: "symlink_support",
         c.FATTR4_NAMED_ATTR: "named_attr", c.FATTR4_FSID: "fsid", c.FATTR4_UNIQUE_HANDLES: "unique_handles",
         c.FATTR4_LEASE_TIME: "lease_time", c.FATTR4_RDATTR_ERROR: "rdattr_error",
-        c.FATTR4_FILEHANDLE: "filehandle", c.FATTR4_FILEID: "fileid", c.FATTR4_MODE: "mode",
+        c.FATTR4_FILEHANDLE: "filehandle", c.FATTR4_FILEID: "fileid", c.FATTR4_MAXREAD: "maxread",
+        c.FATTR4_MAXWRITE: "maxwrite", c.FATTR4_MODE: "mode",
         c.FATTR4_NUMLINKS: "numlinks", c.FATTR4_OWNER: "owner", c.FATTR4_OWNER_GROUP: "owner_group",
         c.FATTR4_SPACE_USED: "space_used", c.FATTR4_TIME_ACCESS: "time_access",
         c.FATTR4_TIME_ACCESS_SET: "time_access_set", c.FATTR4_TIME_METADATA: "time_metadata",
@@ -353,7 +356,7 @@ def _encode_attr(enc: Encoder, n: int, v: object) -> None:
         assert isinstance(v, int)
         enc.uint32(v)
     elif n in (c.FATTR4_CHANGE, c.FATTR4_SIZE, c.FATTR4_FILEID, c.FATTR4_SPACE_USED,
-               c.FATTR4_MOUNTED_ON_FILEID):
+               c.FATTR4_MOUNTED_ON_FILEID, c.FATTR4_MAXREAD, c.FATTR4_MAXWRITE):
         assert isinstance(v, int)
         enc.uint64(v)
     elif n in (c.FATTR4_LINK_SUPPORT, c.FATTR4_SYMLINK_SUPPORT, c.FATTR4_NAMED_ATTR,
@@ -382,7 +385,7 @@ def _decode_attr(dec: Decoder, n: int) -> object:
     if n in (c.FATTR4_FH_EXPIRE_TYPE, c.FATTR4_LEASE_TIME, c.FATTR4_MODE, c.FATTR4_NUMLINKS):
         return dec.uint32()
     if n in (c.FATTR4_CHANGE, c.FATTR4_SIZE, c.FATTR4_FILEID, c.FATTR4_SPACE_USED,
-             c.FATTR4_MOUNTED_ON_FILEID):
+             c.FATTR4_MOUNTED_ON_FILEID, c.FATTR4_MAXREAD, c.FATTR4_MAXWRITE):
         return dec.uint64()
     if n in (c.FATTR4_LINK_SUPPORT, c.FATTR4_SYMLINK_SUPPORT, c.FATTR4_NAMED_ATTR,
              c.FATTR4_UNIQUE_HANDLES):

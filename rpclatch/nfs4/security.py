@@ -1,0 +1,122 @@
+"""Choosing the RPC security flavor for NFSv4 (RFC 7530 §3.3, §16.31; RFC 8881 §2.6, §18.45).
+
+Three pieces, each replaceable:
+
+* :class:`SecFlavor` -- the flavors rpclatch can speak (``sys``, ``krb5``, ``krb5i``, ``krb5p``)
+  and their secinfo4 triples;
+* :func:`allowed_flavors` / :func:`choose_from_secinfo` -- the ``--sec`` policy: which flavors a
+  user permits, and which of the server's SECINFO answer (in the server's order of preference) to
+  use;
+* :class:`ConnectionSecurity` + :data:`ConnectionSecurityHook` -- *the* hook deciding the security
+  of one connection before any NFS traffic: which socket to use (e.g. one the BYPASS-OR-PROTECT
+  connect latched to an IPsec SA) and which flavors are acceptable on it.
+  :func:`default_connection_security` is the plain-TCP version; rpclatch.connect plugs in here.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from rpclatch.nfs4 import const as c
+from rpclatch.nfs4.const import rpc_gss_svc_t
+from rpclatch.nfs4.errors import Nfs4SecurityError
+from rpclatch.nfs4.types import rpcsec_gss_info, secinfo4
+
+
+class SecFlavor(Enum):
+    """A security flavor rpclatch's NFSv4 client supports (RFC 7530 §3.2.1.1, Table 2)."""
+
+    SYS = "sys"
+    KRB5 = "krb5"
+    KRB5I = "krb5i"
+    KRB5P = "krb5p"
+
+    @property
+    def is_gss(self) -> bool:
+        return self is not SecFlavor.SYS
+
+    @property
+    def gss_service(self) -> rpc_gss_svc_t | None:
+        return {SecFlavor.KRB5: rpc_gss_svc_t.RPC_GSS_SVC_NONE,
+                SecFlavor.KRB5I: rpc_gss_svc_t.RPC_GSS_SVC_INTEGRITY,
+                SecFlavor.KRB5P: rpc_gss_svc_t.RPC_GSS_SVC_PRIVACY}.get(self)
+
+    def secinfo(self) -> secinfo4:
+        svc = self.gss_service
+        if svc is None:
+            return secinfo4(c.AUTH_SYS)
+        return secinfo4(c.RPCSEC_GSS, rpcsec_gss_info(c.KRB5_OID, 0, svc))
+
+    @classmethod
+    def from_secinfo(cls, entry: secinfo4) -> SecFlavor | None:
+        """The flavor a secinfo4 entry names, or None when we cannot speak it."""
+        try:
+            return cls(entry.describe())
+        except ValueError:
+            return None
+
+
+#: ``--sec`` values: ``auto`` lets the server's SECINFO preference decide among these, strongest
+#: first when we must guess (NFSv4.0 WRONGSEC at PUTROOTFH, RFC 7530 §16.31.5 / digest §8.2).
+AUTO_ORDER: tuple[SecFlavor, ...] = (SecFlavor.KRB5P, SecFlavor.KRB5I, SecFlavor.KRB5, SecFlavor.SYS)
+SEC_CHOICES: tuple[str, ...] = ("auto", *(f.value for f in SecFlavor))
+
+
+def allowed_flavors(sec: str) -> tuple[SecFlavor, ...]:
+    """The flavors a ``--sec`` value permits (``auto`` = all of them)."""
+    if sec == "auto":
+        return AUTO_ORDER
+    try:
+        return (SecFlavor(sec),)
+    except ValueError:
+        raise ValueError(f"unknown security flavor {sec!r}; use one of {', '.join(SEC_CHOICES)}") from None
+
+
+def choose_from_secinfo(offered: Sequence[secinfo4], allowed: Sequence[SecFlavor], *, path: str = "",
+                        sec: str = "auto") -> SecFlavor:
+    """The first entry of the server's SECINFO list (its preference order, RFC 7530 §16.31.4) that
+    we support and ``allowed`` permits. Raises :class:`Nfs4SecurityError` with advice otherwise."""
+    supported = [f for f in (SecFlavor.from_secinfo(e) for e in offered) if f is not None]
+    for flavor in supported:
+        if flavor in allowed:
+            return flavor
+    names = tuple(e.describe() for e in offered)
+    where = f" for {path}" if path else ""
+    if supported:
+        need = supported[0].value
+        raise Nfs4SecurityError(
+            f"server requires {' or '.join(f.value for f in supported)}{where}; "
+            f"rerun with --sec {need} or --sec auto", path, names)
+    raise Nfs4SecurityError(
+        f"server offers only {', '.join(names) or 'nothing'}{where}, none of which rpclatch supports",
+        path, names)
+
+
+@dataclass
+class ConnectionSecurity:
+    """What the connection hook decided for one NFS connection.
+
+    ``sock``: an already connected socket to use (None = the client connects by itself).
+    ``allowed``: the flavors acceptable on this connection, in our order of preference.
+    ``channel``: the secure channel the connection is latched to (``rpclatch.gss.channel.Channel``),
+    so that RPCSEC_GSS v2 can bind to it; None for plain TCP.
+    ``record``: free-form details for reports (e.g. a ``rpclatch.connect.SecurityRecord``).
+    """
+
+    allowed: tuple[SecFlavor, ...]
+    sock: socket.socket | None = None
+    channel: Any = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``hook(host, port, sec) -> ConnectionSecurity``: runs once per connection before NFS traffic.
+ConnectionSecurityHook = Callable[[str, int, str], Awaitable[ConnectionSecurity]]
+
+
+async def default_connection_security(host: str, port: int, sec: str) -> ConnectionSecurity:
+    """Plain TCP: no socket of our own, the flavors ``--sec`` allows."""
+    return ConnectionSecurity(allowed_flavors(sec))
