@@ -10,7 +10,7 @@ the latch is kept, whether the GSS context must be destroyed, and whether to war
     latched, binding data, ESP encrypts    BOUND                  channel_prot           (krb5i and krb5p map)
     latched, binding data, no encryption   BOUND                  channel_prot / krb5p   RFC 5403 §7
     latched, binding data                  MISMATCH               krb5i / krb5p          destroy ctx, WARNING
-    latched, binding data                  UNSUPPORTED            krb5i / krb5p          v1-only / no prefix
+    latched, binding data                  UNSUPPORTED            krb5i / krb5p          v1 only / no prefix
     latched, no binding data (NULL/PSK)    NOT_ATTEMPTED          krb5i / krb5p          keep the latch
     not latched (IKE failed / timed out)   NOT_ATTEMPTED          krb5i / krb5p          BYPASS clone
 
@@ -124,10 +124,12 @@ POLICY: Mapping[tuple[LatchOutcome, BindOutcome], Decision] = {
         reason="BIND_CHANNEL failed (man in the middle?): context destroyed, fell back to GSS protection"),
     (LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.UNSUPPORTED): Decision(
         _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
-        reason="latched, but the server cannot bind (v1 only): GSS protection over the latch"),
+        reason="latched, but no binding with the server (RPCSEC_GSS v1 only, or no common prefix or "
+               "hash): GSS protection over the latch"),
     (LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.UNSUPPORTED): Decision(
         _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
-        reason="latched, but the server cannot bind (v1 only): GSS protection over the latch"),
+        reason="latched, but no binding with the server (RPCSEC_GSS v1 only, or no common prefix or "
+               "hash): GSS protection over the latch"),
     (LatchOutcome.LATCHED_NO_BINDING, BindOutcome.NOT_ATTEMPTED): Decision(
         _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
         reason="latched to a peer without binding data (NULL auth): GSS protection over the latch"),

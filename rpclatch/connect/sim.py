@@ -19,7 +19,8 @@ from typing import Any
 
 from rpclatch.connect.world import ConnectError, ConnectionReset, LatchView, ProtectionFailed
 from rpclatch.ipsec.channel_binding import binding_unavailable_reason
-from rpclatch.ipsec.latch import LatchParams, LatchState
+from rpclatch.ipsec.engine import Approach
+from rpclatch.ipsec.latch import LatchParams, params_from_sa
 from rpclatch.ipsec.model import ProtectionType
 from rpclatch.ipsec.sim.host import Host, Listener
 from rpclatch.ipsec.sim.rpc import SimConnectionReset, SimRpcClient, SimRpcServer
@@ -43,21 +44,41 @@ def _stack(host: Host) -> IpsecStack | None:
     return host.security if isinstance(host.security, IpsecStack) else None
 
 
+def latch_params(stack: IpsecStack, conn: StreamConnection) -> LatchParams | None:
+    """The parameters ``conn`` is latched with, in either design: INQUIRE_LATCH on the latch
+    database (approach 2), or the TCB's latch and the SA its tag names (approach 1, RFC 5660 §2.4).
+    None unless the latch is ESTABLISHED."""
+    if stack.latch_state(conn) != "ESTABLISHED":
+        return None
+    info = stack.latch_of(conn)
+    if info is not None:
+        return info.params
+    cl = conn.latch_info
+    if not isinstance(cl, ConnLatch) or cl.ulp is None:
+        return None
+    if cl.channel is not None:
+        return cl.channel.params
+    tag = cl.ulp.tag
+    sa = stack.engine.sad.get(tag.sa_id) if tag is not None and tag.sa_id is not None else None
+    return params_from_sa(sa, conn.flow, None) if sa is not None else None
+
+
 def latch_view(host: Host, conn: StreamConnection) -> LatchView | None:
     """INQUIRE_LATCH of ``conn``'s latch as the policy sees it, or None if not ESTABLISHED."""
     stack = _stack(host)
     if stack is None:
         return None
-    info = stack.latch_of(conn)
-    if info is None or info.state is not LatchState.ESTABLISHED or info.params is None:
+    params = latch_params(stack, conn)
+    if params is None:
         return None
-    params = info.params
     channel = conn.channel
+    cl = conn.latch_info
     why_not = binding_unavailable_reason(params)
-    if channel is None and why_not is None:
-        why_not = "the stack offers no channel object for this latch"
+    if why_not is None and channel is None:
+        why_not = (cl.binding_unavailable if isinstance(cl, ConnLatch) and cl.binding_unavailable
+                   else "the stack offers no channel object for this latch")
     return LatchView(
-        state=info.state.value, peer=str(params.peer), qop=describe_qop(params),
+        state="ESTABLISHED", peer=str(params.peer), qop=describe_qop(params),
         confidentiality=ProtectionType.CONFIDENTIALITY in params.protection,
         channel=channel if why_not is None else None, binding_unavailable=why_not,
     )
@@ -178,10 +199,13 @@ class SimServerEndpoint:
         self.server = SimRpcServer(self.listener, dispatcher, channel_of=self._find_latch_channel)
 
     def _find_latch_channel(self, conn: StreamConnection) -> Any:
-        """FIND_LATCH for the accepted 5-tuple (RFC 5660 §2.3) -> its channel, or None."""
+        """FIND_LATCH for the accepted 5-tuple (RFC 5660 §2.3) -> its channel, or None. In approach 1
+        the latch lives in the connection's TCB (RFC 5660 §2.4), which the stack asks instead."""
         stack = _stack(self.host)
         if stack is None:
             return None
+        if stack.approach is Approach.ULP:
+            return conn.channel
         try:
             stack.engine.latches.find_latch(conn.flow)
         except Exception:

@@ -15,7 +15,7 @@ from pathlib import Path
 from rpclatch.connect.client import ProtectedConnection
 from rpclatch.connect.policy import BindOutcome, ConnectPolicy, LatchOutcome
 from rpclatch.connect.record import SecurityRecord
-from rpclatch.connect.sim import SimLink
+from rpclatch.connect.sim import SimLink, latch_params
 from rpclatch.connect.world import ConnectError
 from rpclatch.demo.diagram import render_html, render_svg
 from rpclatch.demo.model import Check, ScenarioResult, TraceEvent
@@ -99,10 +99,8 @@ def server_conn(dw: DemoWorld, client_flow: FiveTuple) -> StreamConnection | Non
 
 
 def peer_key(stack: IpsecStack, conn: StreamConnection) -> bytes | None:
-    info = stack.latch_of(conn)
-    if info is None or info.params is None:
-        return None
-    return info.params.peer.public_key
+    params = latch_params(stack, conn)
+    return None if params is None else params.peer.public_key
 
 
 def fp(key: bytes | None) -> str:

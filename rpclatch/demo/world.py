@@ -24,7 +24,7 @@ from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.ipsec import examples
-from rpclatch.ipsec.engine import EngineConfig
+from rpclatch.ipsec.engine import Approach, EngineConfig
 from rpclatch.ipsec.sim.attacker import Attacker
 from rpclatch.ipsec.sim.esp import EspKeys
 from rpclatch.ipsec.sim.host import Host
@@ -255,10 +255,12 @@ def build_world(
     spd_action: SpdAction = SpdAction.BYPASS_OR_PROTECT,
     server_auth: str = "btns",
     server_gss_versions: tuple[int, ...] = (1, 2),
+    approach: Approach = Approach.POLICY,
 ) -> DemoWorld:
     """A client and a server (both BTNS raw keys, ``spd_action`` on 2049: BYPASS-OR-PROTECT by
     default), plus attackers. ``server_auth``: how the server authenticates in IKE (``btns`` raw
-    key or ``null``, RFC 7619). ``server_gss_versions``: RPCSEC_GSS versions the server speaks."""
+    key or ``null``, RFC 7619). ``server_gss_versions``: RPCSEC_GSS versions the server speaks.
+    ``approach``: where latches live (design slides: 1 = in the TCB, 2 = in the LD/PAD/SPD)."""
     world = World(seed=seed, latency=latency)
     spd = examples.nfs_spd(spd_action)
     pad = examples.btns_pad()
@@ -268,10 +270,10 @@ def build_world(
     hubs = [world.hub]
     world.hub.name = "client-segment" if mitm else "sim0"
     client = world.add_host("client", CLIENT_ADDR)
-    world.enable_ipsec(client, spd=spd, pad=client_pad, config=client_config)
+    world.enable_ipsec(client, spd=spd, pad=client_pad, config=client_config, approach=approach)
     server = world.add_host("server", SERVER_ADDR)
     world.enable_ipsec(server, spd=spd, pad=pad, ike=server_ike, config=server_config,
-                       credentials=world.credentials(server_auth))
+                       credentials=world.credentials(server_auth), approach=approach)
     dispatcher = RpcDispatcher()
     add_test_program(dispatcher)
     v1_only = tuple(server_gss_versions) == (1,)
@@ -287,16 +289,16 @@ def build_world(
         hubs.append(server_hub)
         _move_to_hub(world, server, server_hub)
         front = world.add_attacker("mitm", SERVER_ADDR)
-        world.enable_ipsec(front, spd=spd, pad=pad)
+        world.enable_ipsec(front, spd=spd, pad=pad, approach=approach)
         back = world.add_host("mitm-b", CLIENT_ADDR)
         _move_to_hub(world, back, server_hub)
-        world.enable_ipsec(back, spd=spd, pad=pad)
+        world.enable_ipsec(back, spd=spd, pad=pad, approach=approach)
         client.claim_address(CLIENT_ADDR)  # mitm-b's creation claimed it on this segment too
         relay = BtnsRelay(front, back, SERVER_ADDR, NFS_PORT)
         attackers += [front, back]
     if rogue:
         r: Attacker = world.add_attacker("rogue", ROGUE_ADDR)
-        world.enable_ipsec(r, spd=spd, pad=pad)
+        world.enable_ipsec(r, spd=spd, pad=pad, approach=approach)
         attackers.append(r)
     client_world = SimClientWorld(world, client, SERVER_ADDR)
     return DemoWorld(world, realm, client, server, endpoint, client_world, hubs, attackers, relay)

@@ -227,3 +227,29 @@ def test_old_connection_closing_does_not_reset_the_new_one(realm: ThrowawayRealm
     assert new.is_open and dw.client_stack.latch_state(new.conn) == "ESTABLISHED"
     echo(pc)
     assert link(pc) is new
+
+
+@pytest.mark.parametrize(
+    ("world", "outcome", "service"),
+    [
+        ({}, LatchOutcome.LATCHED_BINDING_CONF, "channel_prot"),
+        ({"server_auth": "null"}, LatchOutcome.LATCHED_NO_BINDING, "krb5p"),
+        ({"server_ike": IkeMode.ABSENT}, LatchOutcome.NOT_LATCHED, "krb5p"),
+        ({"mitm": True}, LatchOutcome.LATCHED_BINDING_CONF, "krb5p"),
+    ],
+    ids=["bound", "null-auth", "no-ike", "mitm"],
+)
+def test_policy_runs_on_approach_1_latches_too(
+    realm: ThrowawayRealm, world: dict[str, object], outcome: LatchOutcome, service: str
+) -> None:
+    """Design slides approach 1 (latch in the TCB, packets tagged by IPsec, RFC 5660 §2.4): the same
+    policy, the same outcomes, the same services on the wire."""
+    from rpclatch.ipsec.engine import Approach
+
+    dw, pc = connect(realm, approach=Approach.ULP, **world)
+    assert pc.security.latch_outcome is outcome
+    assert dw.wire_view().data_services() == [service]
+    if outcome is not LatchOutcome.NOT_LATCHED:
+        sconn, _ = server_side(dw, link(pc))
+        assert dw.client_stack.latch_state(link(pc).conn) == "ESTABLISHED"
+        assert dw.server_stack.latch_state(sconn) == "ESTABLISHED"
