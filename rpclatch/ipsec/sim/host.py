@@ -165,6 +165,9 @@ class Host:
 
     @property
     def address(self) -> IPAddress:
+        """The host's first (primary) address."""
+        if not self.addresses:
+            raise SimLocalError(f"host {self.name} has no address")
         return self.addresses[0]
 
     def note(self, text: str) -> None:
