@@ -54,14 +54,16 @@ from rpclatch.gss.wire import (
     HashAlgorithm,
     InitArg,
     InitRes,
-    IntegData,
-    PrivData,
     Service,
     be32,
     decode_gss_data,
+    decode_integ,
+    decode_priv,
     encode_call_header,
     encode_cred,
     encode_gss_data,
+    encode_integ,
+    encode_opaque,
     normalize_oid,
 )
 from rpclatch.rpc.auth import ClientAuth, PreparedCall
@@ -97,11 +99,15 @@ class _Context:
     stale: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class _CallState:
-    ctx: _Context
-    seq: int
-    service: Service
+    """Per-call client state (a plain slotted class: built once per call on the hot path)."""
+
+    __slots__ = ("ctx", "seq", "service")
+
+    def __init__(self, ctx: _Context, seq: int, service: Service) -> None:
+        self.ctx = ctx
+        self.seq = seq
+        self.service = service
 
 
 class GssClientAuth(ClientAuth):
@@ -442,9 +448,9 @@ class GssClientAuth(ClientAuth):
         verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, gss.get_mic(header))
         if service == Service.INTEGRITY:
             inner = encode_gss_data(seq, args)
-            body = IntegData(inner, gss.get_mic(inner)).encode()
+            body = encode_integ(inner, gss.get_mic(inner))
         elif service == Service.PRIVACY:
-            body = PrivData(gss.wrap(encode_gss_data(seq, args), True)).encode()
+            body = encode_opaque(gss.wrap(encode_gss_data(seq, args), True))
         else:
             body = args
         return PreparedCall(CallMessage(xid, prog, vers, proc, cred, verf, body), state)
@@ -466,11 +472,11 @@ class GssClientAuth(ClientAuth):
             return reply.results
         try:
             if state.service == Service.INTEGRITY:
-                integ = IntegData.decode(reply.results)
-                gss.verify_mic(integ.databody_integ, integ.checksum)
-                seq, results = decode_gss_data(integ.databody_integ)
+                databody, checksum = decode_integ(reply.results)
+                gss.verify_mic(databody, checksum)
+                seq, results = decode_gss_data(databody)
             else:
-                inner, encrypted = gss.unwrap(PrivData.decode(reply.results).databody_priv)
+                inner, encrypted = gss.unwrap(decode_priv(reply.results))
                 if not encrypted:
                     raise AuthVerifierError("privacy reply was not encrypted")
                 seq, results = decode_gss_data(inner)

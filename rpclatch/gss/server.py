@@ -52,16 +52,18 @@ from rpclatch.gss.wire import (
     HashAlgorithm,
     InitArg,
     InitRes,
-    IntegData,
-    PrivData,
     Service,
     UnsupportedVersion,
     be32,
     channel_bindings_bytes,
     decode_cred_fields,
     decode_gss_data,
+    decode_integ,
+    decode_priv,
     encode_call_header,
     encode_gss_data,
+    encode_integ,
+    encode_opaque,
     normalize_oid,
 )
 from rpclatch.rpc.auth import (
@@ -384,17 +386,16 @@ class GssServerAuth(ServerAuth):
             args = call.args
         elif service == Service.INTEGRITY:
             try:
-                integ = IntegData.decode(call.args)
-                gss.verify_mic(integ.databody_integ, integ.checksum)
-                body_seq, args = decode_gss_data(integ.databody_integ)
+                databody, checksum = decode_integ(call.args)
+                gss.verify_mic(databody, checksum)
+                body_seq, args = decode_gss_data(databody)
             except (XdrError, GssError) as exc:
                 return AuthGarbage(f"integrity body: {exc}")
             if body_seq != seq:
                 return AuthGarbage(f"body seq_num {body_seq} != credential seq_num {seq}")
         else:
             try:
-                priv = PrivData.decode(call.args)
-                inner, encrypted = gss.unwrap(priv.databody_priv)
+                inner, encrypted = gss.unwrap(decode_priv(call.args))
                 body_seq, args = decode_gss_data(inner)
             except (XdrError, GssError) as exc:
                 return AuthGarbage(f"privacy body: {exc}")
@@ -417,8 +418,8 @@ class GssServerAuth(ServerAuth):
                 return verf, results
             inner = encode_gss_data(seq, results)
             if service == Service.INTEGRITY:
-                return verf, IntegData(inner, gss.get_mic(inner)).encode()
-            return verf, PrivData(gss.wrap(inner, True)).encode()
+                return verf, encode_integ(inner, gss.get_mic(inner))
+            return verf, encode_opaque(gss.wrap(inner, True))
 
         return AuthAccept(args, ctx.principal, seal)
 

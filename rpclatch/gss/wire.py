@@ -129,7 +129,8 @@ def encode_call_header(
             + b"\0" * (-n & 3))
 
 
-def _opaque(data: bytes) -> bytes:
+def encode_opaque(data: bytes) -> bytes:
+    """XDR ``opaque<>``: length, bytes, zero padding (RFC 4506 §4.10)."""
     n = len(data)
     return _U32.pack(n) + data + b"\0" * (-n & 3)
 
@@ -228,15 +229,11 @@ class IntegData:
     def encode(self) -> bytes:
         if len(self.checksum) > MAX_GSS_TOKEN:
             raise XdrError("checksum too long")
-        return _opaque(self.databody_integ) + _opaque(self.checksum)
+        return encode_integ(self.databody_integ, self.checksum)
 
     @classmethod
     def decode(cls, data: bytes) -> IntegData:
-        body, pos = _read_opaque(data, 0, DEFAULT_MAX_OPAQUE)
-        checksum, pos = _read_opaque(data, pos, MAX_GSS_TOKEN)
-        if pos != len(data):
-            raise XdrError(f"{len(data) - pos} unexpected trailing bytes")
-        return cls(body, checksum)
+        return cls(*decode_integ(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,14 +243,33 @@ class PrivData:
     databody_priv: bytes
 
     def encode(self) -> bytes:
-        return _opaque(self.databody_priv)
+        return encode_opaque(self.databody_priv)
 
     @classmethod
     def decode(cls, data: bytes) -> PrivData:
-        body, pos = _read_opaque(data, 0, DEFAULT_MAX_OPAQUE)
-        if pos != len(data):
-            raise XdrError(f"{len(data) - pos} unexpected trailing bytes")
-        return cls(body)
+        return cls(decode_priv(data))
+
+
+def encode_integ(databody: bytes, checksum: bytes) -> bytes:
+    """XDR of ``rpc_gss_integ_data`` without building an :class:`IntegData` (hot path)."""
+    return encode_opaque(databody) + encode_opaque(checksum)
+
+
+def decode_integ(data: bytes) -> tuple[bytes, bytes]:
+    """(databody_integ, checksum) of an ``rpc_gss_integ_data``; see :meth:`IntegData.decode`."""
+    body, pos = _read_opaque(data, 0, DEFAULT_MAX_OPAQUE)
+    checksum, pos = _read_opaque(data, pos, MAX_GSS_TOKEN)
+    if pos != len(data):
+        raise XdrError(f"{len(data) - pos} unexpected trailing bytes")
+    return body, checksum
+
+
+def decode_priv(data: bytes) -> bytes:
+    """``databody_priv`` of an ``rpc_gss_priv_data``; see :meth:`PrivData.decode`."""
+    body, pos = _read_opaque(data, 0, DEFAULT_MAX_OPAQUE)
+    if pos != len(data):
+        raise XdrError(f"{len(data) - pos} unexpected trailing bytes")
+    return body
 
 
 # -- RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) ----------------------------------------------------
