@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import cast
 
 from rpclatch.ipsec.backend import Backend, FlowPolicy, InProcessBackend
 from rpclatch.ipsec.decisions import (
@@ -176,6 +177,7 @@ class IPsecEngine:
         self._outcome_cbs: dict[FiveTuple, tuple[FlowChoice, OutcomeCallback | None]] = {}
         self._bop_failed: dict[FiveTuple, AcquireOutcome] = {}
         self._last_sa: dict[int, int] = {}
+        self._by_flow = self.latches._by_flow  # hot-path aliases
         self.latches.on_established = self._latch_established
         self.latches.on_closed = self._latch_closed
 
@@ -199,9 +201,18 @@ class IPsecEngine:
         ``initiating`` marks a flow-initiating packet (TCP SYN without ACK, SCTP INIT, the first
         datagram of a connected-UDP flow); only those may create latches or decide templates.
         """
-        latch = self.latches._by_flow.get(flow)
+        latch = self._by_flow.get(flow)
         if latch is not None:
-            if initiating and flow in self.pad_layer.holds:
+            if not initiating:
+                # fast path: same SA as the last accepted packet of this latched flow
+                if (
+                    latch.cache_sa is protected_by
+                    and latch.cache_removals == self.sad.removals  # no SA left the SAD since
+                    and latch.state is LatchState.ESTABLISHED
+                ):
+                    return cast(InboundDecision, latch.cache_decision)
+                return self._inbound_latched(latch, flow, protected_by)
+            if flow in self.pad_layer.holds:
                 self._supersede(flow)
             else:
                 return self._inbound_latched(latch, flow, protected_by)
@@ -268,20 +279,23 @@ class IPsecEngine:
                 return drop(DropReason.LATCHED_FLOW_CLEARTEXT, latch.handle)
             if self.sad._by_id.get(sa.sa_id) is not sa:
                 return drop(DropReason.SA_UNKNOWN, latch.handle)
-            if self._last_sa.get(latch.handle) != sa.sa_id:
-                if not sa.carries(flow):
-                    return drop(DropReason.SA_SELECTOR_MISMATCH, latch.handle)
-                params = latch.params
-                assert params is not None
-                if not params.congruent(sa):
-                    reason = (
-                        DropReason.LATCH_PEER_MISMATCH
-                        if sa.peer != params.peer
-                        else DropReason.LATCH_QOP_MISMATCH
-                    )
-                    return drop(reason, latch.handle)
-                self._last_sa[latch.handle] = sa.sa_id
-            return InboundDecision(InboundVerdict.ACCEPT, self._tag(sa), latch=latch.handle)
+            if not sa.carries(flow):
+                return drop(DropReason.SA_SELECTOR_MISMATCH, latch.handle)
+            params = latch.params
+            assert params is not None
+            if not params.congruent(sa):
+                reason = (
+                    DropReason.LATCH_PEER_MISMATCH
+                    if sa.peer != params.peer
+                    else DropReason.LATCH_QOP_MISMATCH
+                )
+                return drop(reason, latch.handle)
+            self._last_sa[latch.handle] = sa.sa_id
+            accept = InboundDecision(InboundVerdict.ACCEPT, self._tag(sa), latch=latch.handle)
+            latch.cache_sa = sa
+            latch.cache_removals = self.sad.removals
+            latch.cache_decision = accept
+            return accept
         if state is LatchState.BROKEN:
             return drop(DropReason.LATCH_BROKEN, latch.handle)
         return drop(DropReason.LATCH_LARVAL, latch.handle)

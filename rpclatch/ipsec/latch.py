@@ -203,9 +203,19 @@ class LatchParams:
         )
 
 
+_QOP_INTERN: dict[QoP, QoP] = {}
+
+
+def _interned(qop: QoP) -> QoP:
+    """Share equal QoP values between latches (100k latches must stay small)."""
+    if len(_QOP_INTERN) > 4096:
+        _QOP_INTERN.clear()
+    return _QOP_INTERN.setdefault(qop, qop)
+
+
 def params_from_sa(sa: SecurityAssociation, flow: FiveTuple, allowed: ProtectionPolicy | None) -> LatchParams:
     """Derive latch parameters from an SA carrying ``flow`` (RFC 5660 §2.3 T3, §2.1 QoP)."""
-    narrow = sa.is_narrow and sa.traffic_selectors[0] == Selector.for_flow(flow)
+    narrow = sa.is_narrow and sa.traffic_selectors[0].matches(flow)
     if narrow or allowed is None:
         suites = frozenset({sa.params.suite})
     else:
@@ -216,7 +226,7 @@ def params_from_sa(sa: SecurityAssociation, flow: FiveTuple, allowed: Protection
         protocol=sa.params.protocol,
         mode=sa.params.mode,
         protection=sa.params.protection,
-        qop=QoP(suites, sa.params.replay_window, determinate=narrow),
+        qop=_interned(QoP(suites, sa.params.replay_window, determinate=narrow)),
         local=sa.local,
         peer=sa.peer,
         peer_addr=sa.remote_addr,
@@ -279,6 +289,9 @@ class Latch:
     """
 
     __slots__ = (
+        "cache_decision",
+        "cache_removals",
+        "cache_sa",
         "conflicting_sas",
         "created_at",
         "disposition",
@@ -315,6 +328,11 @@ class Latch:
         self.peer_dead = False
         self.listener = listener
         self.created_at = created_at
+        #: the packet path's per-latch fast-path cache (owned by IPsecEngine): the last SA found
+        #: congruent, the SAD removal count when it was checked, and the ACCEPT decision built
+        self.cache_sa: object = None
+        self.cache_removals = -1
+        self.cache_decision: object = None
 
     def has_conflicts(self) -> bool:
         return bool(self.conflicting_sas) or self.spd_conflict or self.peer_dead
@@ -384,6 +402,10 @@ class LatchDatabase:
         self.requester: SaRequester | None = None
         self._handles = itertools.count(1)
         self._latches: dict[int, Latch] = {}
+        #: LARVAL latches (waiting for SAs) and, per SA id, the latches that SA is breaking: keep
+        #: SA install/removal O(affected latches), not O(all latches)
+        self._larval: dict[int, Latch] = {}
+        self._broken_by_sa: dict[int, set[int]] = {}
         self._by_flow: dict[FiveTuple, Latch] = {}
         self._listeners: dict[ThreeTuple, Latch] = {}
         #: listeners by (proto, port) for T2 matching (address compared on hit)
@@ -445,6 +467,7 @@ class LatchDatabase:
                 raise LatchConflict(f"no SA carries {flow} and no key manager can make one")
             latch = Latch(handle, flow, next_state(None, E.CREATE_LARVAL), req, on_alert, now)
             self._insert(latch)
+            self._larval[handle] = latch
             self.requester.request_sa(flow, policy, now)
             return handle
         latch = Latch(handle, flow, next_state(None, E.CREATE_ESTABLISHED), req, on_alert, now)
@@ -548,6 +571,8 @@ class LatchDatabase:
         latch.params = params_from_sa(sa, flow, entry.protection if entry is not None else None)
         if conflicts:
             latch.conflicting_sas = set(conflicts)
+            for sa_id in conflicts:
+                self._broken_by_sa.setdefault(sa_id, set()).add(handle)
         self._insert(latch)
         if latch.state is S.ESTABLISHED and self.on_established is not None:
             self.on_established(latch, sa)
@@ -587,13 +612,14 @@ class LatchDatabase:
             if latch.conflicting_sas is None:
                 latch.conflicting_sas = set()
             latch.conflicting_sas.add(sa.sa_id)
+            self._broken_by_sa.setdefault(sa.sa_id, set()).add(latch.handle)
             self._transition(latch, E.CONFLICT, AlertReason.CONFLICTING_SA, f"conflicting {sa}")
             broke.append(latch.handle)
         return ChildSaVerdict(sa, False, tuple(broke))
 
     def sa_installed(self, sa: SecurityAssociation, now: float) -> None:
         """An SA is now in the SAD: finish LARVAL latches it can serve (LARVAL -> ESTABLISHED)."""
-        for latch in list(self._latches.values()):
+        for latch in list(self._larval.values()):
             if latch.state is not S.LARVAL:
                 continue
             flow = latch.key
@@ -625,8 +651,9 @@ class LatchDatabase:
 
     def sa_removed(self, sa: SecurityAssociation) -> None:
         """An SA left the SAD; latches it was breaking may return to ESTABLISHED (T5)."""
-        for latch in list(self._latches.values()):
-            if latch.conflicting_sas and sa.sa_id in latch.conflicting_sas:
+        for handle in self._broken_by_sa.pop(sa.sa_id, ()):
+            latch = self._latches.get(handle)
+            if latch is not None and latch.conflicting_sas and sa.sa_id in latch.conflicting_sas:
                 latch.conflicting_sas.discard(sa.sa_id)
                 self._maybe_restore(latch)
 
@@ -730,6 +757,7 @@ class LatchDatabase:
     def _delete(self, latch: Latch) -> None:
         self._latches.pop(latch.handle, None)
         self._observers.pop(latch.handle, None)
+        self._larval.pop(latch.handle, None)
         if isinstance(latch.key, FiveTuple):
             if self._by_flow.get(latch.key) is latch:
                 del self._by_flow[latch.key]
@@ -762,6 +790,8 @@ class LatchDatabase:
     def _transition(self, latch: Latch, event: LatchEvent, reason: AlertReason, detail: str = "") -> None:
         old = latch.state
         latch.state = next_state(old, event)
+        if old is S.LARVAL:
+            self._larval.pop(latch.handle, None)
         self._alert(latch, old, reason, detail=detail)
 
     def _alert(
@@ -878,14 +908,17 @@ class PeerIdStore:
 
     def __init__(self) -> None:
         self._store: dict[str, PeerIdentity] = {}
+        self._refs: dict[PeerIdentity, str] = {}
 
     @staticmethod
     def ref_of(peer: PeerIdentity) -> str:
         return hashlib.sha256(repr(peer).encode()).hexdigest()
 
     def intern(self, peer: PeerIdentity) -> str:
-        ref = self.ref_of(peer)
-        self._store.setdefault(ref, peer)
+        ref = self._refs.get(peer)
+        if ref is None:
+            ref = self._refs[peer] = self.ref_of(peer)
+            self._store.setdefault(ref, peer)
         return ref
 
     def resolve(self, ref: str) -> PeerIdentity | None:

@@ -60,9 +60,13 @@ class PadClone:
     flow: FiveTuple
     peer: PeerIdentity
     peer_addr: IPAddress
-    child_sa: Selector  # exactly the flow (populated from the packet)
     latch: int
     template: ThreeTuple | FiveTuple
+
+    @property
+    def child_sa(self) -> Selector:
+        """The child-SA constraint: exactly the flow (populated from the packet)."""
+        return Selector.for_flow(self.flow)
 
 
 class PadLatchLayer:
@@ -110,7 +114,7 @@ class PadLatchLayer:
     ) -> PadClone:
         """Create (or atomically replace) the actual entry for ``flow``."""
         self.holds.pop(flow, None)
-        c = PadClone(flow, peer, peer_addr, Selector.for_flow(flow), latch, template.key)
+        c = PadClone(flow, peer, peer_addr, latch, template.key)
         self.clones[flow] = c
         return c
 

@@ -105,6 +105,8 @@ class SecurityAssociationDatabase:
     _narrow: dict[FiveTuple, list[int]] = field(default_factory=dict)
     _wide: list[int] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    #: bumped whenever an SA leaves the SAD (lets per-packet caches skip a lookup safely)
+    removals: int = 0
 
     def next_sa_id(self) -> int:
         return next(self._ids)
@@ -123,6 +125,7 @@ class SecurityAssociationDatabase:
         sa = self._by_id.pop(sa_id, None)
         if sa is None:
             return None
+        self.removals += 1
         flow = _narrow_flow(sa)
         if flow is not None:
             ids = self._narrow.get(flow, [])
@@ -162,6 +165,7 @@ class SecurityAssociationDatabase:
         return [sa for sa in self._by_id.values() if sa.expired(now)]
 
     def clear(self) -> None:
+        self.removals += 1
         self._by_id.clear()
         self._narrow.clear()
         self._wide.clear()
