@@ -255,6 +255,9 @@ class Host:
     def _accept(self, listener: Listener, flow: FiveTuple, syn: TcpSegment, tag: Any) -> None:
         conn = StreamConnection(self, flow, self.scheduler.rng.getrandbits(32), self.msl)
         if not self.security.stream_accept(self, listener, conn, syn, tag):
+            # refused (RFC 9293 §3.10.7.2 style RST; the SPD decides whether it may leave)
+            rst = TcpSegment(syn.dst_port, syn.src_port, 0, (syn.seq + 1) & 0xFFFFFFFF, Flags.RST | Flags.ACK)
+            self.security.output(self, flow, rst.encode(flow.local_addr, flow.remote_addr), None)
             return
         self.connections[flow] = conn
         listener.accepted.append(conn)

@@ -439,7 +439,7 @@ class IpsecStack:
                 cl.handle = latch.handle
                 self.engine.latches.set_alert_callback(latch.handle, self._conn_alert_handler(conn))
                 if latch.state is not LatchState.ESTABLISHED:
-                    return False
+                    return self._refuse(conn, cl, f"new latch is {latch.state.value}")
                 self._make_channel(conn, cl)
             else:
                 cl.not_latched_reason = "SYN arrived without a latch (cleartext or no listener latch)"
@@ -456,11 +456,22 @@ class IpsecStack:
         else:
             cl.not_latched_reason = "SYN arrived in the clear"
         if listener.options.get("require_latch") and not self.is_latched(conn):
-            self.host.note(f"refuse unlatched connection {flow}")
-            if cl.handle is not None and self.engine.latches.get(cl.handle) is not None:
-                self.engine.latches.release_latch(cl.handle)
-            return False
+            return self._refuse(conn, cl, "listener requires a latched connection")
         return True
+
+    def _refuse(self, conn: StreamConnection, cl: ConnLatch, why: str) -> bool:
+        """Reject an incoming connection and release what the peer's attempt created (RFC 5660
+        §2.3: "when rejecting connections, release any latches created by the peer's attempt")."""
+        self.host.note(f"refuse connection {conn.flow}: {why}")
+        cl.not_latched_reason = why
+        if cl.handle is not None and self.engine.latches.get(cl.handle) is not None:
+            self.engine.latches.release_latch(cl.handle)
+        if cl.ulp is not None:
+            cl.ulp.close(self.now)
+        else:
+            self.engine.close_flow(conn.flow, self.now)
+        self.arm()
+        return False
 
     def stream_accepts(self, host: Host, conn: StreamConnection, seg: TcpSegment, tag: Any) -> bool:
         """Approach 1: the TCB checks every inbound tag against its latch (RFC 5660 §2.4)."""

@@ -157,3 +157,25 @@ def test_ipv6_latched_connection() -> None:
     assert bytes(lst.accepted[0].received) == b"over v6"
     wire = flow_packets(w.hub, c.flow)
     assert wire and all(p.protected and p.src.version == 6 for p in wire)
+
+
+def test_listener_requiring_a_latch_refuses_cleartext_and_releases_state() -> None:
+    from rpclatch.ipsec import examples
+    from rpclatch.ipsec.spd import SpdAction
+
+    w = World(seed=12)
+    a, b = w.add_host("a", "192.0.2.1"), w.add_host("b", "192.0.2.2")
+    spd = examples.nfs_spd(SpdAction.BYPASS_OR_PROTECT)
+    sa = w.enable_ipsec(a, spd=spd, pad=examples.btns_pad())
+    sb = w.enable_ipsec(b, spd=spd, pad=examples.btns_pad())
+    lst = b.listen(2049, require_latch=True)
+    clear = a.connect("192.0.2.2", 2049, protect=False)
+    w.run_for(2.0)
+    assert not lst.accepted and clear.state is StreamState.CLOSED
+    w.run_for(5.0)
+    assert sb.engine.latches.latch_for(clear.flow.reversed()) is None
+    assert sb.engine.spd.overlay_entry(clear.flow.reversed()) is None      # BYPASS clone withdrawn
+    prot = a.connect("192.0.2.2", 2049, protect=True)
+    w.run_for(1.0)
+    assert prot.state is StreamState.ESTABLISHED and lst.accepted
+    assert sa.latch_state(prot) == "ESTABLISHED"
