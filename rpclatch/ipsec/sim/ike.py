@@ -166,6 +166,8 @@ class SimKeyManager:
         self.by_spi_in: dict[int, int] = {}
         self.ike_sas: dict[IkeSaRef, IkeSa] = {}
         self._pending: dict[int, _Exchange] = {}
+        #: responses already sent, by (initiator address, initiator IKE SPI); None = being prepared
+        self._answered: dict[tuple[IPAddress, int], bytes | None] = {}
         self._dpd_timer: Timer | None = None
         self.on_installed: Callable[[], None] | None = None
         self.on_peer_dead: Callable[[PeerIdentity], None] | None = None
@@ -341,6 +343,16 @@ class SimKeyManager:
 
     # -- responder -------------------------------------------------------------------------------
     def _on_request(self, src: IPAddress, dst: IPAddress, req: InitRequest) -> None:
+        # RFC 7296 §2.1: a retransmitted request gets the same response, never a second SA
+        key = (src, req.ike_spi_i)
+        if key in self._answered:
+            cached = self._answered[key]
+            if cached is not None:
+                self._send(dst, src, cached)
+            return
+        if len(self._answered) >= 4096:
+            self._answered.clear()
+        self._answered[key] = None
         if self.mode is IkeMode.SLOW:
             self.host.scheduler.call_later(self.slow_delay, self._answer, src, dst, req)
         else:
@@ -434,7 +446,9 @@ class SimKeyManager:
                 child_spi,
             )
         resp = replace(unsigned, signature=self.credentials.sign(req.encode() + unsigned.signed_part()))
-        self._send(dst, src, resp.encode())
+        wire = resp.encode()
+        self._answered[(src, req.ike_spi_i)] = wire
+        self._send(dst, src, wire)
 
     # -- installation ----------------------------------------------------------------------------
     def _install(
@@ -556,6 +570,7 @@ class SimKeyManager:
             if ex.timer is not None:
                 ex.timer.cancel()
         self._pending.clear()
+        self._answered.clear()
         for sa_id in list(self.children):
             self.remove_child(sa_id, notify=False)
         self.ike_sas.clear()

@@ -179,3 +179,32 @@ def test_listener_requiring_a_latch_refuses_cleartext_and_releases_state() -> No
     w.run_for(1.0)
     assert prot.state is StreamState.ESTABLISHED and lst.accepted
     assert sa.latch_state(prot) == "ESTABLISHED"
+
+
+def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:
+    from rpclatch.ipsec import examples
+
+    w = World(seed=13)
+    a, b = w.add_host("a", "192.0.2.1"), w.add_host("b", "192.0.2.2")
+    m = w.add_attacker("m", "192.0.2.66")
+    for h in (a, b):
+        w.enable_ipsec(h, spd=examples.nfs_spd(), pad=examples.btns_pad())
+    lst = b.listen(2049)
+    lost: list[float] = []
+
+    def first_response(p: object) -> bool:
+        from rpclatch.ipsec.sim.ip import IpPacket
+        assert isinstance(p, IpPacket)
+        if p.src == b.address and p.proto == 17 and not lost:
+            lost.append(w.now)
+            return True
+        return False
+
+    m.drop("lose first IKE response", first_response)
+    c = a.connect("192.0.2.2", 2049)
+    w.run_for(3.0)
+    assert lost and c.state is StreamState.ESTABLISHED and lst.accepted
+    assert b.ipsec is not None and len(b.ipsec.engine.sad) == 1     # one SA pair, not two
+    c.send(b"fine")
+    w.run_for(0.5)
+    assert bytes(lst.accepted[0].received) == b"fine"
