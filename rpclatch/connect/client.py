@@ -115,7 +115,8 @@ class ProtectedConnection:
                                  f"IKE timeout {pol.ike_timeout:g}s)")
             try:
                 link = self.world.open(pol.port, protect=True, btns_ok=pol.btns_ok,
-                                       ike_timeout=pol.ike_timeout)
+                                       ike_timeout=pol.ike_timeout,
+                                       wait_on_break=pol.on_break is BreakDisposition.WAIT)
             except ProtectionFailed as exc:
                 protection_error = str(exc)
                 self._note("policy", f"protection failed ({exc}); reconnecting without IPsec (BYPASS clone)")
@@ -183,12 +184,20 @@ class ProtectedConnection:
         if link is None or link is not self._link or self._security is None:
             return
         self._broken = reason
-        self._security = replace(self._security, latch_state="BROKEN", latched=False,
-                                 reason=f"latch BROKEN ({reason}); connection reset")
-        self.history.append(self._security)
         reset = self.policy.on_break is BreakDisposition.RESET
+        if reset:
+            self._security = replace(self._security, latch_state="BROKEN", latched=False,
+                                     reason=f"latch BROKEN ({reason}); connection reset")
+        else:
+            # (a) wait: the transport holds output and drops input until the latch is ESTABLISHED
+            # again; the binding does not survive the break (RFC 5403 §3.4), so GSS protection
+            # takes over on this connection.
+            self._security = replace(self._security, latch_state="BROKEN", bound=False,
+                                     gss_service=GssService(self.policy.protection.value),
+                                     reason=f"latch BROKEN ({reason}); waiting for it, binding dropped")
+        self.history.append(self._security)
         self._note("warning", f"latch on {link.five_tuple} BROKEN: {reason}; "
-                              f"{'resetting the connection' if reset else 'waiting'}")
+                              f"{'resetting the connection' if reset else 'waiting (RFC 5660 §5.5 (a))'}")
         if reset:
             self._auth = None  # the bound handle dies with this connection
             link.reset(f"latch broken: {reason}")
@@ -206,12 +215,18 @@ class ProtectedConnection:
         assert link is not None and auth is not None
         if self._auth_conn != link.conn_id:  # pragma: no cover - structural guarantee
             raise ConnectError("refusing to use a context on a connection it was not made on")
-        if self.security.gss_service is GssService.CHANNEL_PROT and link.latch_state() != "ESTABLISHED":
+        if (self.security.gss_service is GssService.CHANNEL_PROT and link.latch_state() != "ESTABLISHED"
+                and self.policy.on_break is BreakDisposition.RESET):
             # RFC 5403 §3.4: channel_prot only while the channel exists; never send unprotected
-            self._latch_broken(f"latch is {link.latch_state()}")
+            self._latch_broken(f"latch is {link.latch_state()}", link)
             self._reconnect()
             link, auth = self._link, self._auth
             assert link is not None and auth is not None
+        if self.security.latch_state == "BROKEN" and link.latch_state() == "ESTABLISHED":
+            self._security = replace(self.security, latch_state="ESTABLISHED", latched=True,
+                                     reason="latch ESTABLISHED again after a break; the binding is gone: "
+                                            f"{self.security.gss_service.value} on this connection")
+            self.history.append(self._security)
         try:
             return link.call(auth, prog, vers, proc, args)
         except ConnectionReset:

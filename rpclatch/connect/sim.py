@@ -20,7 +20,7 @@ from typing import Any
 from rpclatch.connect.world import ConnectError, ConnectionReset, LatchView, ProtectionFailed
 from rpclatch.ipsec.channel_binding import binding_unavailable_reason
 from rpclatch.ipsec.engine import Approach
-from rpclatch.ipsec.latch import LatchParams, params_from_sa
+from rpclatch.ipsec.latch import BrokenDisposition, LatchParams, params_from_sa
 from rpclatch.ipsec.model import ProtectionType
 from rpclatch.ipsec.sim.host import Host, Listener
 from rpclatch.ipsec.sim.rpc import SimConnectionReset, SimRpcClient, SimRpcServer
@@ -156,8 +156,12 @@ class SimClientWorld:
         self.on_open = on_open
         self.links: list[SimLink] = []
 
-    def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float) -> SimLink:
-        conn = self.host.connect(self.server_addr, port, protect=protect)
+    def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float,
+             wait_on_break: bool = False) -> SimLink:
+        options: dict[str, Any] = {"protect": protect}
+        if wait_on_break:
+            options["disposition"] = BrokenDisposition.WAIT
+        conn = self.host.connect(self.server_addr, port, **options)
         client = SimRpcClient(conn, default_timeout=self.rpc_timeout)
         limit = ike_timeout if protect else self.connect_timeout
         self.world.run_until(lambda: conn.is_open or client.ended is not None

@@ -79,10 +79,12 @@ class ClientWorld(Protocol):
 
     name: str
 
-    def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float) -> RpcLink:
+    def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float,
+             wait_on_break: bool = False) -> RpcLink:
         """Connect to the server's ``port``. With ``protect`` ask for an IPsec latch first and raise
         :class:`ProtectionFailed` if it does not come up within ``ike_timeout``; without, connect in
-        the clear (a BYPASS clone for exactly this 5-tuple, RFC 5660 §3.1)."""
+        the clear (a BYPASS clone for exactly this 5-tuple, RFC 5660 §3.1). ``wait_on_break``
+        selects the latch's BROKEN disposition "wait" instead of the default "reset" (§5.5)."""
 
 
 class GssContext(Protocol):

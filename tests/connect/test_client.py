@@ -253,3 +253,39 @@ def test_policy_runs_on_approach_1_latches_too(
         sconn, _ = server_side(dw, link(pc))
         assert dw.client_stack.latch_state(link(pc).conn) == "ESTABLISHED"
         assert dw.server_stack.latch_state(sconn) == "ESTABLISHED"
+
+
+def test_wait_disposition_holds_the_connection_and_drops_the_binding(realm: ThrowawayRealm) -> None:
+    """RFC 5660 §5.5 (a): with "wait" the connection survives a break; when the conflicting SA goes
+    away the latch is ESTABLISHED again (§2.3 T5), but channel_prot is not resumed: the binding
+    was to the channel as it was (RFC 5403 §3.4), so the calls go on with krb5p."""
+    from rpclatch.connect import BreakDisposition
+
+    dw, pc = connect(realm, ConnectPolicy(ike_timeout=2.0, on_break=BreakDisposition.WAIT), rogue=True)
+    first, lk = pc.security, link(pc)
+    assert first.bound
+    flow = lk.conn.flow
+    rogue = dw.attackers[0]
+    assert rogue.ipsec is not None
+    rogue.claim_address(SERVER_ADDR)
+    sel = Selector.for_flow(
+        FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
+    )
+    rogue.ipsec.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
+    dw.world.run_for(0.05)
+    assert dw.client_stack.latch_state(lk.conn) == "BROKEN"
+    assert pc.security.latch_state == "BROKEN" and not pc.security.bound
+    assert lk.is_open  # held, not reset
+    t_break = dw.world.now
+    for sa_id in list(rogue.ipsec.sike.children):
+        rogue.ipsec.sike.remove_child(sa_id)  # DELETE: the conflict goes away
+    dw.server.claim_address(SERVER_ADDR)
+    dw.world.run_for(0.05)
+    assert dw.client_stack.latch_state(lk.conn) == "ESTABLISHED"
+    echo(pc)
+    assert link(pc) is lk and pc.security.conn_id == first.conn_id
+    assert pc.security.latch_state == "ESTABLISHED" and pc.security.gss_service is GssService.PRIVACY
+    view = dw.wire_view()
+    after = [c for c in view.calls if c.time > t_break and c.gss_proc is not None]
+    assert after and all(c.service is not None and c.service.name == "PRIVACY" for c in after)
+    assert all(c.protected for c in after)
