@@ -49,6 +49,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -124,14 +125,28 @@ class _TimerMixin:
 # clients
 
 
-#: Receive buffer per stream connection: asyncio reads into it (recv_into), so no read allocates.
+#: Size of the receive buffer asyncio reads into (recv_into), so that no read allocates.
 RECV_BUFFER = 256 * 1024
+_local = threading.local()
+
+
+def _recv_buffer() -> memoryview:
+    """The receive buffer shared by every stream connection of this thread's event loop.
+
+    Sharing is safe: asyncio calls ``get_buffer``, reads, then ``buffer_updated`` in one go, and the
+    sans-IO objects copy out whatever they keep before ``buffer_updated`` returns. So a thousand idle
+    connections cost one buffer, not a thousand.
+    """
+    buf: memoryview | None = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(RECV_BUFFER))
+    return buf
 
 
 class _StreamClientProtocol(asyncio.BufferedProtocol, _TimerMixin):
     def __init__(self, conn: RpcClientConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
-        self._recv = memoryview(bytearray(RECV_BUFFER))
+        self._recv = _recv_buffer()
         self._loop = loop
         self._timer = None
         self._timer_when = 0.0
@@ -382,7 +397,7 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         self.conn: RpcServerConnection | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._paused = False
-        self._recv: memoryview | None = None
+        self._recv = _recv_buffer()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -410,13 +425,11 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         self._arm()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._recv is None:  # allocated on first read: idle connections cost no buffer
-            self._recv = memoryview(bytearray(RECV_BUFFER))
         return self._recv
 
     def buffer_updated(self, nbytes: int) -> None:
         conn = self.conn
-        if conn is None or self._recv is None:
+        if conn is None:
             return
         pending = conn.receive_data(self._recv[:nbytes], self._loop.time())
         transport = self.transport
