@@ -1,1 +1,59 @@
-"""IPsec model and connection latching (RFC 4301, RFC 5660)."""
+"""IPsec model and connection latching (RFC 4301, RFC 5386, RFC 5660), sans-IO.
+
+Modules (one job each):
+
+- :mod:`~rpclatch.ipsec.model` flow keys, selectors, protection parameters, identities;
+- :mod:`~rpclatch.ipsec.spd`, :mod:`~rpclatch.ipsec.pad`, :mod:`~rpclatch.ipsec.sad` the three
+  RFC 4301 databases (+ BTNS_OK, BTNS/NULL PAD entries, the BYPASS-OR-PROTECT template);
+- :mod:`~rpclatch.ipsec.latch` the RFC 5660 §2.3 Latch Database and state machine;
+- :mod:`~rpclatch.ipsec.keymgr` the key manager (static keying, ACQUIRE, restart, DPD);
+- :mod:`~rpclatch.ipsec.backend` the datapath interface (in-process; Linux XFRM mapping);
+- :mod:`~rpclatch.ipsec.pad_latching` approach 2 (template / cloned PAD entries, TIME_WAIT hold);
+- :mod:`~rpclatch.ipsec.ulp` approach 1 (UlpLatch in the TCB, pTokens);
+- :mod:`~rpclatch.ipsec.engine` the per-packet facade :class:`IPsecEngine`;
+- :mod:`~rpclatch.ipsec.decisions` verdicts, packet tags, named drop reasons;
+- :mod:`~rpclatch.ipsec.channel_binding` the project's NON-STANDARD IPsec channel binding and
+  LatchChannel (imports rpclatch.gss.channel, so it is not re-exported here);
+- :mod:`~rpclatch.ipsec.examples` the digest's running example as ready-made objects.
+"""
+
+from rpclatch.ipsec.decisions import CLEARTEXT, DropReason, InboundDecision, OutboundDecision, PacketTag
+from rpclatch.ipsec.engine import Approach, EngineConfig, FlowChoice, IPsecEngine, ProtectionOutcome
+from rpclatch.ipsec.latch import (
+    Alert,
+    AlertReason,
+    BrokenDisposition,
+    LatchDatabase,
+    LatchInfo,
+    LatchParams,
+    LatchRequest,
+    LatchState,
+)
+from rpclatch.ipsec.model import FiveTuple, Selector, ThreeTuple
+from rpclatch.ipsec.ulp import PToken, UlpLatch
+
+__all__ = [
+    "CLEARTEXT",
+    "Alert",
+    "AlertReason",
+    "Approach",
+    "BrokenDisposition",
+    "DropReason",
+    "EngineConfig",
+    "FiveTuple",
+    "FlowChoice",
+    "IPsecEngine",
+    "InboundDecision",
+    "LatchDatabase",
+    "LatchInfo",
+    "LatchParams",
+    "LatchRequest",
+    "LatchState",
+    "OutboundDecision",
+    "PToken",
+    "PacketTag",
+    "ProtectionOutcome",
+    "Selector",
+    "ThreeTuple",
+    "UlpLatch",
+]

@@ -23,10 +23,13 @@ reqid)``                               mode) with an exact 5-tuple selector (pre
                                        peer's SAs: no other SA matches the template); BYPASS:
                                        action ALLOW without templates; DISCARD: action BLOCK
 ``remove_flow_policy(flow)``           XFRM_MSG_DELPOLICY for the same selectors/directions
-``install_socket_policy(sock, ...)``   setsockopt(IP_XFRM_POLICY / IPV6_XFRM_POLICY) with a
-                                       ``xfrm_userpolicy_info`` + template (per-socket policy;
-                                       BYPASS = a per-socket ALLOW policy without templates)
-``remove_socket_policy(sock)``         closing the socket drops its policies
+``install_socket_policy(policy)``      setsockopt(IP_XFRM_POLICY / IPV6_XFRM_POLICY) on the
+                                       socket, in and out, with an ``xfrm_userpolicy_info`` + one
+                                       template (reqid pinned if given); BYPASS = a per-socket
+                                       ALLOW policy without templates. Used for a flow decided
+                                       before the socket is bound/connected (the kernel's
+                                       ACQUIRE has sport 0 until then; recipes/xfrm-netlink)
+``remove_socket_policy(socket_id)``    setsockopt with an empty policy, or close the socket
 events: ACQUIRE -> engine              XFRMNLGRP_ACQUIRE multicast (XFRM_MSG_ACQUIRE): call
                                        ``IPsecEngine.backend_acquire(flow, now)``; note the kernel
                                        reports sport 0 unless the socket was bound first
@@ -48,6 +51,18 @@ from dataclasses import dataclass, field
 from rpclatch.ipsec.model import FiveTuple
 from rpclatch.ipsec.sad import SecurityAssociation
 from rpclatch.ipsec.spd import SpdEntry
+
+
+@dataclass(frozen=True, slots=True)
+class SocketPolicy:
+    """A per-socket policy (RFC 4301 §4.4.1.2 end: a native host may bind SAs to a socket):
+    ``socket_id`` names the socket in the host stack; ``flow`` is its (possibly still partial)
+    5-tuple; ``entry`` PROTECT or BYPASS; ``reqid`` pins PROTECT to one peer's SAs."""
+
+    socket_id: int
+    flow: FiveTuple
+    entry: SpdEntry
+    reqid: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +95,14 @@ class Backend(abc.ABC):
         """Remove the flow's exact-5-tuple policy (no error if absent)."""
 
     @abc.abstractmethod
+    def install_socket_policy(self, policy: SocketPolicy) -> None:
+        """Attach a per-socket policy (replacing the socket's previous one)."""
+
+    @abc.abstractmethod
+    def remove_socket_policy(self, socket_id: int) -> None:
+        """Detach the socket's policy (no error if absent)."""
+
+    @abc.abstractmethod
     def reset(self) -> None:
         """Forget every SA and dynamic policy (key-manager restart / reboot)."""
 
@@ -91,6 +114,7 @@ class InProcessBackend(Backend):
 
     sas: dict[int, SecurityAssociation] = field(default_factory=dict)
     flow_policies: dict[FiveTuple, FlowPolicy] = field(default_factory=dict)
+    socket_policies: dict[int, SocketPolicy] = field(default_factory=dict)
 
     def install_sa(self, sa: SecurityAssociation) -> None:
         self.sas[sa.sa_id] = sa
@@ -104,6 +128,13 @@ class InProcessBackend(Backend):
     def remove_flow_policy(self, flow: FiveTuple) -> None:
         self.flow_policies.pop(flow, None)
 
+    def install_socket_policy(self, policy: SocketPolicy) -> None:
+        self.socket_policies[policy.socket_id] = policy
+
+    def remove_socket_policy(self, socket_id: int) -> None:
+        self.socket_policies.pop(socket_id, None)
+
     def reset(self) -> None:
         self.sas.clear()
         self.flow_policies.clear()
+        self.socket_policies.clear()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import cast
 
-from rpclatch.ipsec.backend import Backend, FlowPolicy, InProcessBackend
+from rpclatch.ipsec.backend import Backend, FlowPolicy, InProcessBackend, SocketPolicy
 from rpclatch.ipsec.decisions import (
     BYPASS_DECISION,
     CLEARTEXT,
@@ -438,6 +438,8 @@ class IPsecEngine:
     def _tag(self, sa: SecurityAssociation) -> PacketTag:
         tag = self._tags.get(sa.sa_id)
         if tag is None:
+            if len(self._tags) > 2 * len(self.sad) + 1024:  # SAs removed behind our back
+                self._tags.clear()
             tag = self._tags[sa.sa_id] = PacketTag.of_sa(sa)
         return tag
 
@@ -507,6 +509,7 @@ class IPsecEngine:
         on_outcome: OutcomeCallback | None = None,
         privileged: bool = False,
         policy: ProtectionPolicy | None = None,
+        socket_id: int | None = None,
     ) -> ProtectionOutcome:
         """Decide an outgoing flow before its first packet (design slides BYPASS OR PROTECT;
         RFC 5660 §3.1 optional protection).
@@ -520,7 +523,8 @@ class IPsecEngine:
         - A flow whose latch is ESTABLISHED or BROKEN can never be switched to BYPASS.
 
         Returns the outcome if known now (``pending`` True otherwise; ``on_outcome`` is called
-        when the key manager finishes).
+        when the key manager finishes). With ``socket_id`` the decision is also pushed to the
+        backend as a per-socket policy (on Linux: IP_XFRM_POLICY on that socket).
         """
         latch = self.latches._by_flow.get(flow)
         if choice is FlowChoice.BYPASS and latch is not None and latch.state is not LatchState.LARVAL:
@@ -551,6 +555,8 @@ class IPsecEngine:
             bypass = SpdEntry.flow_entry(flow, SpdAction.BYPASS, None, origin, template=template)
             self.spd.install_overlay(flow, bypass)
             self.backend.install_flow_policy(FlowPolicy(flow, bypass, None))
+            if socket_id is not None:
+                self.backend.install_socket_policy(SocketPolicy(socket_id, flow, bypass, None))
             return ProtectionOutcome(flow, choice, ok=True)
         prot = policy or (request.policy if request is not None else None) or entry.protection
         if prot is None:
@@ -563,6 +569,9 @@ class IPsecEngine:
             )
             self.spd.install_overlay(flow, clone)
             self.backend.install_flow_policy(FlowPolicy(flow, clone, None))
+        if socket_id is not None:
+            effective = clone or self.spd.lookup(flow) or entry
+            self.backend.install_socket_policy(SocketPolicy(socket_id, flow, effective, None))
         self._outcome_cbs[flow] = (choice, on_outcome)
         if self.approach is Approach.POLICY:
             try:
