@@ -38,9 +38,22 @@ def _pair(approach: Approach, **kw: object) -> tuple[Lab, object, object]:
 def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
     lab = Lab.build(approach=approach, server_ike=IkeMode.SLOW)
     lab.stack(lab.b).sike.slow_delay = 1.0   # the server's key manager answers after 1 s
-    client, server = lab.open(timeout=10)
+    lab.listen()
+    client = lab.a.connect(lab.b.address, 2049, local_port=33333)
+    lab.world.run_for(0.5)
+    assert client.state is StreamState.CLOSED and not client.events     # waiting for the latch
+    # an inbound packet for the flow arriving before the latch exists is dropped
+    m = lab.attacker("m", ipsec=False)
+    f = client.flow
+    m.inject_tcp(f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=7, ack=1,
+                 flags=Flags.SYN | Flags.ACK)
+    lab.world.run_for(0.1)
+    assert [d for d in lab.stack(lab.a).drops if d.flow == f]
+    lab.world.run_until(lambda: client.is_open, 10.0)
+    server = lab.listeners[2049].accepted[0] if lab.listeners[2049].accepted else None
     assert client.state is StreamState.ESTABLISHED and server is not None
-    wire = flow_packets(lab.world.hub, client.flow)
+    assert bytes(client.received) == b"" and client.irs != 7
+    wire = [p for p in flow_packets(lab.world.hub, client.flow) if p.sender in ("a", "b")]
     sike_done = max(p.time for p in _sike(lab) if p.sender == "b")
     first = wire[0]
     assert first.segment is not None and first.segment.flags == Flags.SYN
