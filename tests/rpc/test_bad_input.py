@@ -89,7 +89,7 @@ def test_hostile_clients(caplog: pytest.LogCaptureFixture) -> None:
             #    keeps working.
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             short_call = struct.pack(">IIII", 0x11, 0, 2, tp.RPCLATCH_TEST_PROG)
-            bad_args = CallMessage(0x12, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_ECHO, args=b"\xff\xff\xff\xff").encode()
+            bad_args = CallMessage(0x12, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_ECHO, args=b"\xff" * 4).encode()
             writer.write(encode_record(short_call) + encode_record(b"\x01\x02\x03")
                          + encode_record(b"\0\0\0\x13\0\0\0\7junkjunk") + encode_record(bad_args)
                          + encode_record(CallMessage(0x14, tp.RPCLATCH_TEST_PROG, 1, 0).encode()))
