@@ -191,6 +191,10 @@ class IpsecStack:
         keys = self.sike.children.get(sa.sa_id)
         if keys is None:
             return False
+        if keys.seq_out >= 0xFFFFFFFF:
+            # RFC 4303 §3.3.3: the counter must not cycle; the SA needs rekeying
+            self._drop("out", flow, f"ESP sequence numbers exhausted on SA#{sa.sa_id} (rekey needed)")
+            return True
         keys.seq_out += 1
         payload = esp_seal(keys.outbound, keys.seq_out, flow.proto, transport)
         self.host.send_packet(IpPacket(flow.local_addr, flow.remote_addr, PROTO_ESP, payload))
