@@ -563,6 +563,12 @@ def run_scenario(spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path) -> Sc
         ("attacker bytes (readable payload)", f"{attacker_bytes} ({attacker_plain})"),
         ("why", o.reason),
     ] + ([("error", error)] if error else [])
+    if "pcapng" in files:
+        summary.append(("capture", f"{Path(files['pcapng']).name}: open in Wireshark; to decrypt the ESP, "
+                        f"copy {Path(files['esp_sa']).name} to ~/.config/wireshark/esp_sa and enable "
+                        "'Attempt to detect/decode encrypted ESP payloads'"))
+    summary.append(("legend", "green ESP, orange cleartext, blue IKE, grey RPC calls (service as seen on the "
+                    "wire), purple latch state, red drops/warnings/attacks; hover an arrow for details"))
     (run_dir / f"{base}.html").write_text(
         render_html(title, svg, o.checks, summary, events), encoding="utf-8"
     )
