@@ -124,6 +124,11 @@ class World:
     def run_until(self, predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
         return self.scheduler.run_until_true(predicate, timeout)
 
+    def trace(self) -> list[str]:
+        """Every host's log lines (key manager, ALERTs, drops), merged in virtual-time order."""
+        lines = [line for host in self.hosts.values() for line in host.log]
+        return sorted(lines, key=lambda line: float(line.split(None, 1)[0]))
+
     # -- wire --------------------------------------------------------------------------------------
     @property
     def wire(self) -> list[WireRecord]:

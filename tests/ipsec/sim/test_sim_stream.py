@@ -208,3 +208,15 @@ def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:
     c.send(b"fine")
     w.run_for(0.5)
     assert bytes(lst.accepted[0].received) == b"fine"
+
+
+def test_world_trace_is_time_ordered_and_shows_alerts() -> None:
+    from rpclatch.ipsec.sim.lab import Lab
+
+    lab = Lab.build()
+    lab.open()
+    trace = lab.world.trace()
+    times = [float(line.split()[0]) for line in trace]
+    assert times == sorted(times)
+    assert any("LARVAL -> ESTABLISHED" in line for line in trace)
+    assert any("new-connection-from-listener" in line for line in trace)
