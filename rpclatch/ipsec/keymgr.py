@@ -54,7 +54,8 @@ class SaProvision:
 
     ``narrow`` makes per-5-tuple SAs (PFP on every selector, RFC 5660 §2.1); otherwise the SA gets
     ``selectors``. ``setup_delay`` is the virtual time the "negotiation" takes; a delay longer than
-    the acquire timeout models an IKE timeout. ``refuse`` models a peer with no IKE at all.
+    the acquire timeout models an IKE timeout (e.g. no IKE daemon at the peer). ``refuse`` models a
+    peer that answers and refuses (NO_PROPOSAL_CHOSEN, AUTHENTICATION_FAILED) after ``setup_delay``.
     """
 
     remote: AddressRange
@@ -201,10 +202,10 @@ class StaticKeyManager(KeyManager, SaRequester):
             (p for p in self.provisions if p.remote.contains(flow.remote_addr) and policy.admits(p.params)),
             None,
         )
-        ready_at = None if prov is None or prov.refuse else now + prov.setup_delay
+        ready_at = None if prov is None else now + prov.setup_delay
         self.pending[flow] = PendingAcquire(flow, policy, now, now + self.acquire_timeout, ready_at, prov)
-        if prov is None or prov.refuse:
-            # nobody answers: fail after the timeout, as a real IKE initiator would
+        if prov is None:
+            # nobody to negotiate with: fail after the timeout, as a real IKE initiator would
             return
         if prov.setup_delay <= 0:
             self.poll(now)
@@ -217,6 +218,11 @@ class StaticKeyManager(KeyManager, SaRequester):
                 continue  # resolved by an SA installed earlier in this loop
             if pend.ready_at is not None and pend.ready_at <= now and pend.ready_at <= pend.deadline:
                 assert pend.provision is not None
+                if pend.provision.refuse:
+                    del self.pending[flow]
+                    if self.listener is not None:
+                        self.listener.acquire_finished(flow, AcquireOutcome.NO_PEER, None, now)
+                    continue
                 self._install_from(pend, now)
             elif pend.deadline <= now:
                 del self.pending[flow]
