@@ -51,8 +51,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot use the run directory: {exc}; pass another --out DIR") from exc
 
     from rpclatch.demo.runner import run_demo
+    from rpclatch.gss.realm import RealmError
 
-    result = run_demo(run_dir, numbers, progress=None if args.json else sys.stderr)
+    try:
+        result = run_demo(run_dir, numbers, progress=None if args.json else sys.stderr)
+    except RealmError as exc:
+        raise UserError(f"cannot start the throwaway Kerberos realm ({exc}); install the KDC with "
+                        "'bash scripts/setup.sh' (krb5-kdc, krb5-admin-server)") from exc
     text = render_text(result)
     (run_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
     (run_dir / "summary.json").write_text(render_json(result) + "\n", encoding="utf-8")

@@ -88,3 +88,17 @@ def test_demo_user_errors_are_one_line(
 def test_demo_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--list"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(SCENARIOS)
+
+
+def test_demo_without_a_kdc_says_how_to_fix_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rpclatch.gss.realm import RealmError
+
+    def no_kdc(self: ThrowawayRealm) -> ThrowawayRealm:
+        raise RealmError("could not start a KDC: krb5kdc not found")
+
+    monkeypatch.setattr(ThrowawayRealm, "start", no_kdc)
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "scripts/setup.sh" in err
