@@ -5,11 +5,15 @@ Figures, each beside a baseline measured in the same run and process:
 * ``gss.echo1k.krb5|krb5i|krb5p|channel_prot`` -- ECHO of 1 KiB, calls/s with ``--inflight`` calls
   in flight; baseline = the same with AUTH_NONE. channel_prot runs with an InMemoryChannel bound
   (RFC 5403 BIND_CHANNEL done, AUTH_NONE verifiers on the wire).
-* ``gss.echo64k.krb5i|krb5p`` -- ECHO of 64 KiB, MB/s of payload (one direction); baseline = the raw
-  python-gssapi ceiling for the same work: an echo needs two get_mic+verify_mic (krb5i) or two
-  wrap+unwrap (krb5p) of 64 KiB (request and reply), so ceiling = 64 KiB / (2 x pair time).
+* ``gss.echo64k.krb5i|krb5p`` -- ECHO of 64 KiB (one call in flight), MB/s of payload in one
+  direction; baseline = the raw python-gssapi ceiling for the same work: an echo needs two
+  get_mic+verify_mic (krb5i) or two wrap+unwrap (krb5p) of 64 KiB (request and reply), so
+  ceiling = 64 KiB / (2 x pair time).
 
-Usage: ``python benchmarks/gss_calls.py [--seconds S] [--inflight N]``.
+Each figure is the median of ``--rounds`` short runs alternating with its baseline (the machine is
+shared, so the baseline is measured right beside each run).
+
+Usage: ``python benchmarks/gss_calls.py [--seconds S] [--inflight N] [--rounds R]``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -94,7 +99,7 @@ def raw_contexts(service: str) -> tuple[object, object]:
     return i2.context, a.context
 
 
-async def main(seconds: float, inflight: int) -> None:
+async def main(seconds: float, inflight: int, rounds: int) -> None:
     with running_realm(("alice",)) as realm:
         channels: list[InMemoryChannel] = []
 
@@ -108,41 +113,63 @@ async def main(seconds: float, inflight: int) -> None:
         port = await server.listen_tcp("127.0.0.1", 0)
         provider = GssapiProvider(ccache=realm.users["alice"].ccache)
 
-        async def measure(make_auth: Callable[[], ClientAuth], size: int, bind: bool = False) -> float:
+        async def open_client(make_auth: Callable[[], ClientAuth], bind: bool = False
+                              ) -> tuple[RpcStreamClient, ClientAuth]:
             cli_ch, srv_ch = InMemoryChannel.pair("x-bench", os.urandom(32))
             channels.append(srv_ch)
-            async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client:
-                auth = make_auth()
-                if isinstance(auth, GssClientAuth):
-                    call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
-                    await auth.establish(call)
-                    if bind:
-                        await auth.bind_channel(call, cli_ch)
-                        assert auth.effective_service() == Service.CHANNEL_PROT
-                await rate(client, auth, size, min(0.3, seconds / 4), inflight)  # warm up
-                result = await rate(client, auth, size, seconds, inflight)
-                if isinstance(auth, GssClientAuth):
-                    await auth.destroy(call)
-                return result
+            client = await RpcStreamClient.connect_tcp("127.0.0.1", port)
+            auth = make_auth()
+            if isinstance(auth, GssClientAuth):
+                call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+                await auth.establish(call)
+                if bind:
+                    await auth.bind_channel(call, cli_ch)
+                    assert auth.effective_service() == Service.CHANNEL_PROT
+            return client, auth
 
         def gss(service: Service) -> Callable[[], ClientAuth]:
             return lambda: GssClientAuth(provider, realm.service_name, service=service)
 
+        async def paired(flavor: tuple[RpcStreamClient, ClientAuth], base: tuple[RpcStreamClient, ClientAuth],
+                         size: int) -> tuple[float, float]:
+            """Median (value, baseline) over ``rounds`` alternating short runs: the machine is
+            shared, so the baseline is re-measured right beside each run."""
+            values, bases = [], []
+            for _ in range(rounds):
+                bases.append(await rate(base[0], base[1], size, seconds / rounds, inflight))
+                values.append(await rate(flavor[0], flavor[1], size, seconds / rounds, inflight))
+            return statistics.median(values), statistics.median(bases)
+
+        opened: list[tuple[RpcStreamClient, ClientAuth]] = []
         try:
-            none_1k = await measure(AuthNoneClient, KIB)
+            none = await open_client(AuthNoneClient)
+            opened.append(none)
+            for c, a in [none]:
+                await rate(c, a, KIB, 0.3, inflight)  # warm up
             for label, service, bind in (("krb5", Service.NONE, False), ("krb5i", Service.INTEGRITY, False),
                                          ("krb5p", Service.PRIVACY, False),
                                          ("channel_prot", Service.INTEGRITY, True)):
-                bench(f"gss.echo1k.{label}", await measure(gss(service), KIB, bind), "calls/s", none_1k)
+                flavor = await open_client(gss(service), bind)
+                opened.append(flavor)
+                value, base = await paired(flavor, none, KIB)
+                bench(f"gss.echo1k.{label}", value, "calls/s", base)
             ctx_a, ctx_b = raw_contexts(realm.service_name)
             size = 64 * KIB
             for label, service, wrap in (("krb5i", Service.INTEGRITY, False),
                                          ("krb5p", Service.PRIVACY, True)):
-                pairs = raw_pairs_per_second(ctx_a, ctx_b, size, seconds, wrap)
-                ceiling = pairs / 2 * size / MB
-                calls = await measure(gss(service), size)
-                bench(f"gss.echo64k.{label}", calls * size / MB, "MB/s", ceiling)
+                flavor = await open_client(gss(service))
+                opened.append(flavor)
+                values, ceilings = [], []
+                for _ in range(rounds):
+                    pairs = raw_pairs_per_second(ctx_a, ctx_b, size, seconds / rounds, wrap)
+                    ceilings.append(pairs / 2 * size / MB)
+                    values.append(await rate(flavor[0], flavor[1], size, seconds / rounds, 1) * size / MB)
+                bench(f"gss.echo64k.{label}", statistics.median(values), "MB/s", statistics.median(ceilings))
         finally:
+            for client, auth in opened:
+                if isinstance(auth, GssClientAuth):
+                    await auth.destroy(rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS))
+                await client.close()
             await server.close(grace=1.0)
 
 
@@ -150,5 +177,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per figure")
     parser.add_argument("--inflight", type=int, default=8, help="calls in flight for the 1 KiB figures")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating value/baseline runs per figure")
     ns = parser.parse_args()
-    asyncio.run(main(ns.seconds, ns.inflight))
+    asyncio.run(main(ns.seconds, ns.inflight, ns.rounds))
