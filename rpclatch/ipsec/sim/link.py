@@ -69,6 +69,7 @@ class Hub:
     wire: list[WireRecord] = field(default_factory=list)
     esp_keys: list[EspSaExport] = field(default_factory=list)
     key_holders: dict[tuple[IPAddress, int], set[str]] = field(default_factory=dict)
+    claims: list[tuple[float, IPAddress, str]] = field(default_factory=list)
 
     def attach(self, iface: Interface) -> None:
         if iface.name in self.interfaces:
@@ -79,10 +80,19 @@ class Hub:
     def claim(self, address: IPAddress, iface: Interface) -> Interface | None:
         """Gratuitous-ARP-like claim: from now on frames for ``address`` go to ``iface``.
 
-        Returns the previous owner (if any)."""
+        The claim is recorded (``claims``) and exported as a gratuitous ARP reply (IPv4), so the
+        capture shows who took which address when. Returns the previous owner (if any)."""
         previous = self.address_owner.get(address)
         self.address_owner[address] = iface
+        self.claims.append((self.scheduler.now, address, iface.name))
         return previous
+
+    def mac(self, iface_name: str | None) -> bytes:
+        """A stable locally administered MAC per interface (broadcast for None)."""
+        if iface_name is None or iface_name not in self.interfaces:
+            return b"\xff" * 6
+        index = list(self.interfaces).index(iface_name) + 1
+        return bytes([0x02, 0x00, 0x5E, 0x00, index >> 8, index & 0xFF])
 
     def release(self, address: IPAddress, iface: Interface) -> None:
         if self.address_owner.get(address) is iface:
@@ -129,13 +139,27 @@ class Hub:
             self.key_holders.setdefault((export.dst, export.keys.spi), set()).add(holder)
 
     def captured(self) -> list[CapturedPacket]:
-        out = []
-        for rec in self.wire:
+        """The capture as Ethernet frames (LINKTYPE_ETHERNET, the :func:`write_pcapng` default):
+        every IP frame with the sender's and receiver's MACs (broadcast if nobody owned the
+        destination or the frame was dropped in transit), plus one gratuitous ARP reply per IPv4
+        address claim, in time order."""
+        out: list[tuple[float, int, CapturedPacket]] = []
+        for order, rec in enumerate(self.wire):
             comment = rec.note
             if rec.dropped_by:
                 comment = (comment + "; " if comment else "") + f"dropped in transit ({rec.dropped_by})"
-            out.append(CapturedPacket(rec.time, 0, rec.frame, comment))
-        return out
+            ethertype = 0x86DD if rec.frame[:1] and rec.frame[0] >> 4 == 6 else 0x0800
+            frame = self.mac(rec.receiver) + self.mac(rec.sender) + ethertype.to_bytes(2, "big") + rec.frame
+            out.append((rec.time, 2 * order + 1, CapturedPacket(rec.time, 0, frame, comment)))
+        for order, (t, addr, name) in enumerate(self.claims):
+            if addr.version != 4:
+                continue
+            mac = self.mac(name)
+            arp = (bytes.fromhex("0001080006040002") + mac + addr.packed + b"\xff" * 6 + addr.packed)
+            frame = b"\xff" * 6 + mac + b"\x08\x06" + arp + b"\x00" * 18
+            out.append((t, 2 * order, CapturedPacket(t, 0, frame, f"{name} claims {addr}")))
+        out.sort(key=lambda item: (item[0], item[1]))
+        return [cp for _, _, cp in out]
 
     def export(self, pcapng_path: Path | str, esp_sa_path: Path | str | None = None) -> None:
         """Write the capture as pcapng and, if asked, the ESP keys as an ``esp_sa`` UAT file."""

@@ -1,7 +1,8 @@
 """pcapng export of the simulated wire (draft-ietf-opsawg-pcapng) and tshark ESP key export.
 
-One section, one interface per simulated segment, LINKTYPE_RAW (101: raw IPv4/IPv6), microsecond
-timestamps from the virtual clock. Packets may carry an ``opt_comment`` (e.g. "dropped by
+One section, one interface per simulated segment, LINKTYPE_ETHERNET (1; frames from
+``Hub.captured()``, with gratuitous ARP for address claims) or LINKTYPE_RAW (101: raw IPv4/IPv6),
+microsecond timestamps from the virtual clock. Packets may carry an ``opt_comment`` (e.g. "dropped by
 attacker"). ESP keys are exported as rows of Wireshark's ``esp_sa`` UAT so that
 ``tshark -o esp.enable_encryption_decode:TRUE -o "uat:esp_sa:<row>"`` decrypts the capture.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from rpclatch.ipsec.sim.esp import EspKeys
 
+LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
 _SHB = 0x0A0D0D0A
 _IDB = 0x00000001
@@ -70,12 +72,13 @@ class EspSaExport:
                 f'"{ESP_ENC_AES_GCM_16}","0x{self.keys.key_material.hex()}","NULL",""')
 
 
-def encode_pcapng(packets: Iterable[CapturedPacket], interfaces: list[str], application: str) -> bytes:
+def encode_pcapng(packets: Iterable[CapturedPacket], interfaces: list[str], application: str,
+                  linktype: int = LINKTYPE_ETHERNET) -> bytes:
     """Serialize ``packets`` (time in seconds of virtual time) into a pcapng byte string."""
     shb_body = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _options([(SHB_USERAPPL, application.encode())])
     out = [_block(_SHB, shb_body)]
     for name in interfaces:
-        idb_body = struct.pack("<HHI", LINKTYPE_RAW, 0, 0) + _options([(IF_NAME, name.encode())])
+        idb_body = struct.pack("<HHI", linktype, 0, 0) + _options([(IF_NAME, name.encode())])
         out.append(_block(_IDB, idb_body))
     for pkt in packets:
         ts = round(pkt.time * 1_000_000)
@@ -86,8 +89,8 @@ def encode_pcapng(packets: Iterable[CapturedPacket], interfaces: list[str], appl
 
 
 def write_pcapng(path: Path | str, packets: Iterable[CapturedPacket], interfaces: list[str],
-                 application: str = "rpclatch.ipsec.sim") -> None:
-    Path(path).write_bytes(encode_pcapng(packets, interfaces, application))
+                 application: str = "rpclatch.ipsec.sim", linktype: int = LINKTYPE_ETHERNET) -> None:
+    Path(path).write_bytes(encode_pcapng(packets, interfaces, application, linktype))
 
 
 def write_esp_sa_uat(path: Path | str, sas: Iterable[EspSaExport]) -> None:

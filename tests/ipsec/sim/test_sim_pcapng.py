@@ -70,7 +70,17 @@ def test_tshark_decodes_and_decrypts_without_malformed_packets(tmp_path: Path) -
     lab, pcap, _ = _scenario(tmp_path)
     sas = lab.world.esp_keys
     frames = _tshark(pcap, sas, "-T", "fields", "-e", "frame.number").split()
-    assert len(frames) == len(lab.world.wire)
+    claims = [c for c in lab.world.hub.claims if c[1].version == 4]
+    assert len(frames) == len(lab.world.wire) + len(claims)
+    # address claims show as gratuitous ARP; C's claim of B's address is visible on the wire
+    garp = _tshark(pcap, sas, "-Y", "arp.isgratuitous", "-T", "fields", "-e", "arp.src.proto_ipv4",
+                   "-e", "arp.src.hw_mac").splitlines()
+    assert len(garp) == len(claims)
+    by_addr: dict[str, set[str]] = {}
+    for line in garp:
+        addr, mac = line.split("\t")
+        by_addr.setdefault(addr, set()).add(mac)
+    assert len(by_addr["192.0.2.2"]) == 2          # two different MACs claimed the server address
     bad = _tshark(pcap, sas, "-Y", "_ws.malformed || _ws.expert.severity == error "
                   "|| tcp.checksum.status == 0 "
                   "|| ip.checksum.status == 0 || udp.checksum.status == 0")
