@@ -46,6 +46,9 @@ class AcquireOutcome(Enum):
     INSTALLED = "installed"
     NO_PEER = "no-peer"  # nobody to negotiate with (no IKE at the peer, refused proposal)
     TIMEOUT = "timeout"  # IKE did not finish in time
+    #: SAs were made but do not meet the waiting latch's parameters (RFC 5660 §4: with different
+    #: parameters requested on the two ends the latch must fail) -- reported by the engine
+    UNSUITABLE = "unsuitable"
 
 
 @dataclass(frozen=True, slots=True)

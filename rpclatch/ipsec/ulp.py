@@ -66,7 +66,7 @@ class UlpBreak:
 
     flow: FiveTuple
     latched: PacketTag
-    offending: PacketTag
+    offending: PacketTag | None  # None when the break came from outside (e.g. DPD "peer dead")
     disposition: BrokenDisposition
 
 
@@ -188,13 +188,21 @@ class UlpLatch:
             self.state = UlpLatchState.CLOSED
             self.engine.close_flow(self.flow, now)
 
+    def break_latch(self, offending: PacketTag | None = None) -> None:
+        """Break a LATCHED latch for good (a mismatch under MismatchPolicy.BREAK, or an outside
+        event such as IKE DPD declaring the latched peer dead, RFC 5660 §2) and tell the
+        application via ``on_break``. No effect in any other state."""
+        if self.state is not UlpLatchState.LATCHED:
+            return
+        latched = self.tag
+        assert latched is not None
+        self.state = UlpLatchState.BROKEN
+        if self.on_break is not None:
+            self.on_break(UlpBreak(self.flow, latched, offending, self.disposition))
+
     def _mismatch(self, tag: PacketTag) -> None:
         if self.on_mismatch is MismatchPolicy.BREAK:
-            latched = self.tag
-            assert latched is not None
-            self.state = UlpLatchState.BROKEN
-            if self.on_break is not None:
-                self.on_break(UlpBreak(self.flow, latched, tag, self.disposition))
+            self.break_latch(tag)
 
 
 # ---------------------------------------------------------------------------------------------

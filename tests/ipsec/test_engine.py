@@ -249,3 +249,16 @@ def test_btns_peer_needs_btns_ok() -> None:
     sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
     d = e.inbound(SRV, sa, 0.0)
     assert d.verdict is InboundVerdict.DROP and d.reason is DropReason.SA_NOT_BTNS_OK
+
+
+def test_unsuitable_sas_fail_the_larval_latch() -> None:
+    from rpclatch.ipsec.latch import LatchRequest
+
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), provisions=[provision(SERVER, setup_delay=0.5)])
+    alerts: list[Alert] = []
+    # the application insists on talking to key ROGUE; the negotiation yields SERVER's key
+    h = e.connect(CLI, LatchRequest(peer=ex.btns_peer(ROGUE)), on_alert=alerts.append, now=0.0)
+    assert e.latches.inquire_latch(h).state is LatchState.LARVAL
+    e.poll(0.5)
+    assert e.latches.get(h) is None
+    assert alerts[-1].new_state is LatchState.CLOSED and alerts[-1].detail == AcquireOutcome.UNSUITABLE.value

@@ -128,3 +128,17 @@ def test_ptokens_on_recvmsg_sendmsg() -> None:
     e.install_sa(ex.narrow_sa(other, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 0.0)
     assert sock.sendmsg(other, tok, 0.1).reason is DropReason.ULP_CANNOT_PROTECT_AS_LATCHED
     assert not sock.recvmsg(e.inbound(SRV, None, 0.2)).deliver
+
+
+def test_break_latch_from_outside_event() -> None:
+    e = eng()
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    breaks: list[UlpBreak] = []
+    tcb = UlpLatch(e, SRV, on_break=breaks.append)
+    tcb.break_latch()  # not latched yet: nothing happens
+    assert tcb.state is UlpLatchState.UNLATCHED and breaks == []
+    tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True))
+    tcb.break_latch()
+    assert tcb.state is UlpLatchState.BROKEN and breaks[0].offending is None
+    tcb.break_latch()
+    assert len(breaks) == 1
