@@ -306,6 +306,8 @@ class Nfs4Client:
         self._open_files: dict[int, _Open] = {}
         self._owner_counter = 0
         self.lease_error: Exception | None = None
+        self.renewals = 0  # lease renewals sent by the idle loop or renew()
+        self.retries: dict[str, int] = {}  # GRACE/DELAY retries by status name
         self.closed = False
 
     # ---- construction ------------------------------------------------------------------------------
@@ -390,7 +392,8 @@ class Nfs4Client:
             return result
         return await self._rpc_call(auth, c.NFSPROC4_COMPOUND, args)
 
-    async def _switch_to(self, candidates: Sequence[SecFlavor], path: str) -> SecFlavor:
+    async def _switch_to(self, candidates: Sequence[SecFlavor], path: str, *,
+                         server_requires: bool = True) -> SecFlavor:
         """Use the first candidate we can establish; Kerberos failures move on to the next."""
         last: Exception | None = None
         for flavor in candidates:
@@ -411,10 +414,10 @@ class Nfs4Client:
             self.flavor = flavor
             return flavor
         names = " or ".join(f.value for f in candidates)
+        what = f"server requires {names} for {path or '/'}" if server_requires else f"--sec {names}"
         raise Nfs4SecurityError(
-            f"server requires {names} for {path or '/'} but Kerberos failed: {last}; "
-            "get a ticket with kinit (or set KRB5CCNAME / KRB5_CLIENT_KTNAME)",
-            path, tuple(f.value for f in candidates)) from last
+            f"{what} but Kerberos failed ({last}); get a ticket with kinit "
+            "(or set KRB5CCNAME / KRB5_CLIENT_KTNAME)", path, tuple(f.value for f in candidates)) from last
 
     # ---- COMPOUND with SEQUENCE, retries ----------------------------------------------------------
 
@@ -482,6 +485,7 @@ class Nfs4Client:
                     raise Nfs4RemoteError(status, nfs_opnum4.OP_SEQUENCE)
                 return res
             log.info("server answered %s; retrying in %.1f s", status.name, delay)
+            self.retries[status.name] = self.retries.get(status.name, 0) + 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -492,7 +496,7 @@ class Nfs4Client:
         # (krb5i preferred: state-management ops deserve integrity, RFC 8881 §2.10.8.3), else sys.
         order = [f for f in (SecFlavor.KRB5I, SecFlavor.KRB5P, SecFlavor.KRB5, SecFlavor.SYS)
                  if f in self.allowed]
-        self.machine_flavor = await self._switch_to(order, "/")
+        self.machine_flavor = await self._switch_to(order, "/", server_requires=False)
         if self.minorversion == 0:
             await self._setclientid()
         else:
@@ -636,6 +640,7 @@ class Nfs4Client:
         else:
             res = await self._compound(lambda: [])
         res.raise_for_status()
+        self.renewals += 1
 
     # ---- paths and WRONGSEC --------------------------------------------------------------------------
 

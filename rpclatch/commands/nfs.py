@@ -1,0 +1,346 @@
+"""``rpclatch nfs``: a small NFSv4 client on the command line (rpclatch.nfs4).
+
+``rpclatch nfs ls|stat|cat|get|put|rm|mkdir SERVER:/path [LOCAL] [--sec auto|sys|krb5|krb5i|krb5p]
+[--v4.0|--v4.1] [--port N] [--gss-target nfs@HOST]``. Transfers show a progress bar on stderr when
+it is a terminal. Every failure is one line naming what went wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import stat as statmod
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_FTYPE_CHAR = {1: "-", 2: "d", 3: "b", 4: "c", 5: "l", 6: "s", 7: "p", 8: "d", 9: "-"}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "nfs", help="NFSv4 client: ls, stat, cat, get, put, rm, mkdir on SERVER:/path",
+        description="A small NFSv4.0/4.1 client (RPCSEC_GSS krb5/krb5i/krb5p or AUTH_SYS).")
+    sub = parser.add_subparsers(dest="nfs_command", metavar="ACTION", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        from rpclatch.nfs4.security import SEC_CHOICES
+
+        p.add_argument("--sec", choices=SEC_CHOICES, default="auto",
+                       help="security flavor (auto = the server's SECINFO preference we support)")
+        vers = p.add_mutually_exclusive_group()
+        vers.add_argument("--v4.0", dest="minor", action="store_const", const=0, help="use NFSv4.0")
+        vers.add_argument("--v4.1", dest="minor", action="store_const", const=1,
+                          help="use NFSv4.1 (default)")
+        p.set_defaults(minor=1)
+        p.add_argument("--port", type=int, default=2049, help="server port (default 2049)")
+        p.add_argument("--gss-target", default=None,
+                       help="server's GSS service name (default nfs@SERVER)")
+        p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
+
+    for name, text in (("ls", "list a directory"), ("stat", "show attributes"),
+                       ("cat", "write a file to stdout"), ("rm", "remove a file or empty directory"),
+                       ("mkdir", "create a directory")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("remote", metavar="SERVER:/path")
+        common(p)
+        p.set_defaults(func=_main)
+    p = sub.add_parser("get", help="download a file")
+    p.add_argument("remote", metavar="SERVER:/path")
+    p.add_argument("local", metavar="LOCAL", nargs="?", help="local file (default: the remote name)")
+    common(p)
+    p.set_defaults(func=_main)
+    p = sub.add_parser("put", help="upload a file")
+    p.add_argument("remote", metavar="SERVER:/path", help="remote file (ending in / = keep LOCAL's name)")
+    p.add_argument("local", metavar="LOCAL", help="local file ('-' = stdin)")
+    common(p)
+    p.set_defaults(func=_main)
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def human_size(n: float) -> str:
+    """1023 -> '1023', 1536 -> '1.5K', 3*2**20 -> '3.0M' (binary units, like ls -h)."""
+    for unit in ("", "K", "M", "G", "T", "P"):
+        if abs(n) < 1024 or unit == "P":
+            return f"{int(n)}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def mode_string(ftype: int, mode: int) -> str:
+    return _FTYPE_CHAR.get(int(ftype), "?") + statmod.filemode(mode)[1:]
+
+
+def parse_remote(spec: str) -> tuple[str, str]:
+    """``host:/path`` or ``[v6addr]:/path`` -> (host, path)."""
+    from rpclatch.cli import UserError
+
+    if spec.startswith("["):
+        end = spec.find("]:")
+        if end < 0:
+            raise UserError(f"bad remote {spec!r}: expected [ADDRESS]:/path")
+        host, path = spec[1:end], spec[end + 2:]
+    else:
+        host, sep, path = spec.partition(":")
+        if not sep:
+            raise UserError(f"bad remote {spec!r}: expected SERVER:/path (e.g. nfs.example:/export/file)")
+    if not host:
+        raise UserError(f"bad remote {spec!r}: the server name is missing")
+    return host, path or "/"
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int | None, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.label = label
+        self.total = total
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.1 and done != self.total):
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-6)
+        if self.total:
+            frac = min(1.0, done / self.total)
+            bar = "#" * int(frac * 24)
+            text = (f"\r{self.label} {frac * 100:3.0f}% [{bar:<24}] {human_size(done)}/"
+                    f"{human_size(self.total)} {human_size(rate)}/s")
+        else:
+            text = f"\r{self.label} {human_size(done)} {human_size(rate)}/s"
+        self.stream.write(text[:200] + "\033[K")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+def _main(args: argparse.Namespace) -> int:
+    host, path = parse_remote(args.remote)
+    return asyncio.run(_guarded(args, host, path, _dispatch(args, host, path)))
+
+
+async def _guarded(args: argparse.Namespace, host: str, path: str, coro: Awaitable[int]) -> int:
+    try:
+        return await coro
+    except Exception as exc:
+        from rpclatch.cli import UserError
+
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(explain(exc, host, args.port, path, args.sec)) from exc
+
+
+def explain(exc: BaseException, host: str, port: int, path: str, sec: str) -> str:
+    """One line for the user: what failed and how to fix it."""
+    from rpclatch.gss.errors import GssError
+    from rpclatch.nfs4.const import nfsstat4
+    from rpclatch.nfs4.errors import Nfs4LocalError, Nfs4RemoteError, Nfs4SecurityError
+    from rpclatch.rpc.errors import (
+        RpcAcceptError,
+        RpcAuthError,
+        RpcConnectionClosed,
+        RpcError,
+        RpcTimeout,
+    )
+
+    where = f"{host}:{path}"
+    if isinstance(exc, Nfs4SecurityError):
+        return str(exc)
+    if isinstance(exc, Nfs4RemoteError):
+        s = exc.status
+        text = {
+            nfsstat4.NFS4ERR_NOENT: "no such file or directory",
+            nfsstat4.NFS4ERR_ACCESS: "permission denied",
+            nfsstat4.NFS4ERR_PERM: "permission denied (not owner)",
+            nfsstat4.NFS4ERR_ISDIR: "is a directory",
+            nfsstat4.NFS4ERR_NOTDIR: "not a directory",
+            nfsstat4.NFS4ERR_EXIST: "already exists",
+            nfsstat4.NFS4ERR_NOTEMPTY: "directory not empty",
+            nfsstat4.NFS4ERR_ROFS: "read-only file system",
+            nfsstat4.NFS4ERR_NOSPC: "no space left on the server",
+            nfsstat4.NFS4ERR_DQUOT: "quota exceeded on the server",
+            nfsstat4.NFS4ERR_NAMETOOLONG: "name too long",
+            nfsstat4.NFS4ERR_WRONGSEC: f"the server refuses --sec {sec} here; try --sec auto",
+            nfsstat4.NFS4ERR_GRACE: "the server is still in its grace period; try again shortly",
+            nfsstat4.NFS4ERR_DELAY: "the server is busy; try again shortly",
+        }.get(s)
+        if text is not None:
+            return f"{where}: {text}"
+        op = f" in {exc.op.name}" if exc.op is not None else ""
+        return f"{where}: server error {s.name}{op}"
+    if isinstance(exc, GssError):
+        return (f"Kerberos failed for --sec {sec} ({exc}); get credentials with kinit "
+                "(or set KRB5CCNAME / KRB5_CLIENT_KTNAME) or use --sec sys")
+    if isinstance(exc, RpcAuthError):
+        hint = "; try --sec auto" if sec != "auto" else ""
+        return f"{host}:{port} rejected our credentials ({exc}){hint}"
+    if isinstance(exc, RpcTimeout):
+        return f"{host}:{port} did not answer in time (is the NFS server up?)"
+    if isinstance(exc, RpcConnectionClosed):
+        return f"{host}:{port} closed the connection ({exc})"
+    if isinstance(exc, RpcAcceptError):
+        return f"{host}:{port} does not serve NFSv4 ({exc})"
+    if isinstance(exc, RpcError | Nfs4LocalError):
+        return f"{host}:{port}: {exc}"
+    if isinstance(exc, TimeoutError):
+        return f"cannot reach {host}:{port}: connection timed out"
+    if isinstance(exc, OSError) and exc.filename is None:
+        reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
+        return f"cannot reach {host}:{port}: {reason}"
+    if isinstance(exc, OSError):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc} (set RPCLATCH_DEBUG=1 for a traceback)"
+
+
+async def _with_client(args: argparse.Namespace, host: str, body: Callable[[Any], Awaitable[T]]) -> T:
+    from rpclatch.nfs4.client import Nfs4Client
+    from rpclatch.nfs4.security import default_connection_security
+
+    client = await Nfs4Client.connect(host, port=args.port, minorversion=args.minor, sec=args.sec,
+                                      gss_target=args.gss_target, timeout=args.timeout,
+                                      security_hook=default_connection_security)
+    try:
+        return await body(client)
+    finally:
+        await client.close()
+
+
+async def _dispatch(args: argparse.Namespace, host: str, path: str) -> int:
+    cmd = args.nfs_command
+    out = sys.stdout
+    if cmd == "ls":
+        async def ls(client: Any) -> int:
+            info = await client.stat(path)
+            if not info.is_dir:
+                out.write(_ls_line(info, info.name) + "\n")
+                return 0
+            for e in sorted(await client.listdir(path), key=lambda e: e.name):
+                if e.info is None:
+                    reason = e.error.name if e.error is not None else "no attributes"
+                    out.write(f"?????????? {'?':>3} {'?':<8} {'?':<8} {'?':>6} {'?':>12} {e.name}"
+                              f"  ({reason})\n")
+                else:
+                    out.write(_ls_line(e.info, e.name) + "\n")
+            return 0
+        return await _with_client(args, host, ls)
+    if cmd == "stat":
+        async def st(client: Any) -> int:
+            i = await client.stat(path)
+            rows = [("path", f"{host}:{path}"), ("type", i.type.name),
+                    ("size", f"{i.size} ({human_size(i.size)})"),
+                    ("mode", f"{i.mode:04o} ({mode_string(i.type, i.mode)})"), ("owner", i.owner),
+                    ("group", i.group), ("links", str(i.nlink)), ("fileid", str(i.fileid)),
+                    ("fsid", f"{i.fsid[0]}.{i.fsid[1]}"), ("change", str(i.change)),
+                    ("access", _when(i.atime)), ("modify", _when(i.mtime)), ("metadata", _when(i.ctime)),
+                    ("security", client.flavor.value if client.flavor else "?"),
+                    ("version", f"4.{client.minorversion}")]
+            for k, v in rows:
+                out.write(f"{k + ':':<10} {v}\n")
+            return 0
+        return await _with_client(args, host, st)
+    if cmd == "cat":
+        async def cat(client: Any) -> int:
+            sink = sys.stdout.buffer
+            async for chunk in client.read_file(path):
+                sink.write(chunk)
+            sink.flush()
+            return 0
+        return await _with_client(args, host, cat)
+    if cmd == "get":
+        local = Path(args.local or (Path(path).name or "download"))
+        if local.is_dir():
+            local = local / (Path(path).name or "download")
+        return await _with_client(args, host, lambda client: _get(client, path, local))
+    if cmd == "put":
+        remote = path
+        if remote.endswith("/"):
+            if args.local == "-":
+                from rpclatch.cli import UserError
+
+                raise UserError("put from stdin needs a remote file name, not a directory")
+            remote += Path(args.local).name
+        return await _with_client(args, host, lambda client: _put(client, remote, args.local))
+    if cmd == "rm":
+        async def rm(client: Any) -> int:
+            await client.remove(path)
+            return 0
+        return await _with_client(args, host, rm)
+    if cmd == "mkdir":
+        async def mk(client: Any) -> int:
+            await client.mkdir(path)
+            return 0
+        return await _with_client(args, host, mk)
+    raise AssertionError(cmd)  # pragma: no cover - argparse restricts the choices
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1e9):09d}"
+
+
+def _ls_line(info: Any, name: str) -> str:
+    mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.mtime))
+    return (f"{mode_string(info.type, info.mode)} {info.nlink:>3} {info.owner[:16]:<8} "
+            f"{info.group[:16]:<8} {human_size(info.size):>6} {mtime} {name}")
+
+
+async def _get(client: Any, path: str, local: Path) -> int:
+    bar = Progress(f"get {Path(path).name}", None)
+    fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", dir=str(local.parent.resolve()))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            async for chunk in client.read_file(path, progress=bar.update):
+                fh.write(chunk)
+        os.replace(tmp, local)
+    except BaseException:
+        with _suppress_oserror():
+            os.unlink(tmp)
+        raise
+    finally:
+        bar.finish()
+    return 0
+
+
+async def _put(client: Any, remote: str, local: str) -> int:
+    if local == "-":
+        source: Any = sys.stdin.buffer
+        total = None
+    else:
+        source = open(local, "rb")  # noqa: SIM115 - closed below, after the async upload
+        total = os.fstat(source.fileno()).st_size
+    bar = Progress(f"put {Path(remote).name}", total)
+    try:
+        await client.write_file(remote, source, progress=bar.update)
+    finally:
+        bar.finish()
+        if local != "-":
+            source.close()
+    return 0
+
+
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: object, ev: object, tb: object) -> bool:
+        return isinstance(ev, OSError)
