@@ -1,6 +1,10 @@
 """RPCSEC_GSS v2 channel binding conformance (RFC 5403 §3.3, §3.4, §7, §9; RFC 5554) on a real KDC.
 
-Ids CB-nn map to standards digest §11 items 27 and 37-42. Channels are
+Ids map to standards digest §11: CB-01 item 37, CB-02 item 38, CB-03 item 39 (and attack A11),
+CB-04 and CB-05 item 40, CB-06 item 41, CB-07 item 42 (v1 handles; v3 is not served, so it gets
+AUTH_REJECTEDCRED), CB-08 item 27 (GSS-level bindings through MIT krb5; the Bnd bytes themselves are
+internal to libkrb5), CB-09 item 37 (the initiator verifies rbcvr_mic), CB-10 attack A10
+(one-sided latching). Channels are
 :class:`rpclatch.gss.channel.InMemoryChannel` pairs; a MITM is a pair whose two ends carry
 different binding data (each side sees the channel the attacker terminated).
 """

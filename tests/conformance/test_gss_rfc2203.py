@@ -1,6 +1,9 @@
 """RPCSEC_GSS v1/v2 conformance (RFC 2203, RFC 5403 §4) against a real MIT KDC.
 
-Ids GSS-nn map to standards digest §11 items 29-36. The client and server flavors talk through
+Ids map to standards digest §11: GSS-01 item 30, GSS-02 item 31, GSS-03 item 32, GSS-04 item 33,
+GSS-05 item 34, GSS-06 item 35, GSS-07 item 36; GSS-08 (fresh seq_num per transmission, one
+refresh), GSS-09 (INIT retransmission) and GSS-10 (malformed credentials) extend items 30/34. The
+client and server flavors talk through
 :class:`rpclatch.gss.loopback.LoopbackTransport` (real encoded messages, no socket); tests that
 probe the server build calls by hand and feed them to ``check_call``.
 """
