@@ -186,7 +186,7 @@ class ProtectedConnection:
         self._broken = reason
         reset = self.policy.on_break is BreakDisposition.RESET
         if reset:
-            self._security = replace(self._security, latch_state="BROKEN", latched=False,
+            self._security = replace(self._security, latch_state="BROKEN", latched=False, bound=False,
                                      reason=f"latch BROKEN ({reason}); connection reset")
         else:
             # (a) wait: the transport holds output and drops input until the latch is ESTABLISHED

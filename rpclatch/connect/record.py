@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rpclatch.connect.policy import BindOutcome, GssService, LatchOutcome
 
@@ -39,3 +40,14 @@ class SecurityRecord:
         latch = f"latched to {self.peer or '?'} ({self.qop or 'qop ?'})" if self.latched else "not latched"
         bound = "bound" if self.bound else "unbound"
         return f"conn {self.conn_id}: {latch}, {bound}, {self.gss_service.value}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (enums by name/value)."""
+        return {
+            "conn_id": self.conn_id, "generation": self.generation, "five_tuple": self.five_tuple,
+            "latched": self.latched, "latch_state": self.latch_state, "peer": self.peer, "qop": self.qop,
+            "latch_outcome": self.latch_outcome.name, "bind_outcome": self.bind_outcome.name,
+            "bound": self.bound, "gss_service": self.gss_service.value, "gss_version": self.gss_version,
+            "reason": self.reason, "warnings": list(self.warnings),
+            "protection_error": self.protection_error,
+        }

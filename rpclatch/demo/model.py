@@ -77,6 +77,7 @@ class ScenarioResult:
     files: dict[str, str] = field(default_factory=dict)
     reason: str = ""
     error: str | None = None
+    security: tuple[dict[str, Any], ...] = ()  # every connection.security record, in order
 
     @property
     def outcome(self) -> Outcome:
@@ -92,7 +93,7 @@ class ScenarioResult:
             "attacker_plaintext_bytes": self.attacker_plaintext, "outcome": self.outcome.value,
             "reason": self.reason, "error": self.error,
             "checks": [c.to_json() for c in self.checks], "files": dict(self.files),
-            "events": len(self.events),
+            "events": len(self.events), "security": list(self.security),
         }
 
 

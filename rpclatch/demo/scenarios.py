@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rpclatch.connect.client import ProtectedConnection
 from rpclatch.connect.policy import BindOutcome, ConnectPolicy, LatchOutcome
@@ -540,7 +541,9 @@ def run_scenario(spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path) -> Sc
     view: WireView | None = None
     files: dict[str, str] = {}
     attacker_bytes = attacker_plain = 0
+    security: tuple[dict[str, Any], ...] = ()
     if dw is not None:
+        security = tuple(r.to_json() for pc in dw.connections for r in pc.history)
         view = dw.wire_view()
         events = dw.trace(view)
         attacker_bytes = dw.attacker_bytes(view)
@@ -589,6 +592,7 @@ def run_scenario(spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path) -> Sc
         files,
         o.reason,
         error,
+        security,
     )
 
 

@@ -120,6 +120,7 @@ class DemoWorld:
     relay: BtnsRelay | None = None
     policy_events: list[tuple[float, str, str]] = field(default_factory=list)
     marks: list[tuple[float, str, str]] = field(default_factory=list)
+    connections: list[ProtectedConnection] = field(default_factory=list)
 
     @property
     def client_stack(self) -> IpsecStack:
@@ -135,9 +136,11 @@ class DemoWorld:
         provider = GssapiProvider(ccache=self.realm.default_user.ccache)
         gss = RpcsecGssConnector(provider, self.realm.service_name, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS,
                                  (policy or ConnectPolicy()).protection)
-        return ProtectedConnection(self.client_world, gss, policy or ConnectPolicy(ike_timeout=2.0),
-                                   observer=lambda kind, text: self.policy_events.append(
-                                       (self.world.now, kind, text)))
+        pc = ProtectedConnection(self.client_world, gss, policy or ConnectPolicy(ike_timeout=2.0),
+                                 observer=lambda kind, text: self.policy_events.append(
+                                     (self.world.now, kind, text)))
+        self.connections.append(pc)
+        return pc
 
     def mark(self, lane: str, text: str) -> None:
         """Put a note in the trace (what the scenario script did, e.g. "admin: 2049 -> BYPASS")."""

@@ -44,6 +44,8 @@ def test_demo_json_single_scenario(tmp_path: Path, capsys: pytest.CaptureFixture
     assert s["number"] == 3 and s["binding"].startswith("FAILED") and s["gss_service"] == "krb5p"
     assert s["attacker_bytes"] > 0 and s["attacker_plaintext_bytes"] == 0
     assert all(c["passed"] for c in s["checks"]) and len(s["checks"]) >= 5
+    (record,) = s["security"]  # connection.security of the one connection, as JSON
+    assert record["bind_outcome"] == "MISMATCH" and record["warnings"] and record["latched"]
     assert Path(s["files"]["pcapng"]).exists()
 
 
