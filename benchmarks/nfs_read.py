@@ -1,0 +1,90 @@
+"""Reading a 64 MiB file from the real Linux nfsd: rpclatch's NFSv4 client versus the Linux kernel
+NFS client, per security flavor (sys, krb5i, krb5p), in the same run on the same guest.
+
+Boots the User-Mode Linux guest of :mod:`interop.uml` (needs root, /dev/net/tun, linux.uml). Both
+clients run *inside the guest* against its nfsd, so neither crosses the UML tap:
+
+* ours: ``python -m interop.probe nfs <server> --sec S --read /bench64m.bin`` (NFSv4.1; the figure
+  is the client's own streaming read time, connection setup excluded);
+* baseline: the kernel client, ``mount -t nfs4 -o sec=S,vers=4.1``, page caches dropped, then
+  ``dd if=<file> of=/dev/null bs=1M`` (dd's own elapsed time).
+
+Each measurement is repeated ``--repeat`` times; the median is reported as
+``BENCH nfs.read64m.<sec> value=<MB/s> unit=MB/s baseline=<kernel MB/s> ratio=<value/baseline>``.
+Usage: ``python benchmarks/nfs_read.py [--repeat 3] [--size-mib 64] [--sec sys,krb5i,krb5p]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from interop.uml import SERVER_ADDR, LinuxNfsdGuest, missing_requirements
+
+FILE = "/bench64m.bin"
+_DD = re.compile(r"^(\d+) bytes .* copied, ([0-9.]+) s", re.MULTILINE)
+
+
+def kernel_read(guest: LinuxNfsdGuest, sec: str) -> float:
+    """MB/s of the kernel client reading FILE with ``sec`` (fresh mount, caches dropped)."""
+    mnt = guest.kernel_mount("/", sec=sec, vers="4.1", mountpoint=f"/tmp/bench-{sec}")
+    try:
+        guest.drop_caches()
+        res = guest.run(["dd", f"if={mnt}{FILE}", "of=/dev/null", "bs=1M"], check=True, timeout=600)
+    finally:
+        guest.kernel_umount(mnt)
+    m = _DD.search(res.stderr)
+    if m is None:
+        raise RuntimeError(f"cannot parse dd output: {res.stderr!r}")
+    return int(m.group(1)) / 1e6 / float(m.group(2))
+
+
+def our_read(guest: LinuxNfsdGuest, sec: str, size: int) -> float:
+    """MB/s of rpclatch's client reading FILE with ``sec`` (its streaming read time)."""
+    guest.drop_caches()
+    res = guest.run(
+        guest.python_argv("-m", "interop.probe", "nfs", SERVER_ADDR, "--sec", sec, "--minor", "1",
+                          "--target", guest.service_name, "--read", FILE),
+        env=guest.guest_env("alice"), timeout=900, check=True,
+    )
+    out = json.loads(res.stdout)
+    if out.get("read_bytes") != size:
+        raise RuntimeError(f"read {out.get('read_bytes')} bytes, expected {size}: {out}")
+    return float(out["read_bytes"]) / 1e6 / float(out["read_seconds"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--sec", default="sys,krb5i,krb5p")
+    args = parser.parse_args()
+    missing = missing_requirements()
+    if missing:
+        print("nfs_read: cannot run the Linux nfsd guest here: " + "; ".join(missing), file=sys.stderr)
+        return 2
+    size = args.size_mib << 20
+    with LinuxNfsdGuest(progress=lambda line: print(line, file=sys.stderr, flush=True)) as guest:
+        guest.run(f"head -c {size} /dev/urandom >{guest.server_path(FILE)} && chmod 644 "
+                  f"{guest.server_path(FILE)}", check=True, timeout=300)
+        for sec in args.sec.split(","):
+            ours, kernel = [], []
+            for i in range(args.repeat):
+                kernel.append(kernel_read(guest, sec))
+                ours.append(our_read(guest, sec, size))
+                print(f"nfs_read: {sec} run {i + 1}: rpclatch {ours[-1]:.1f} MB/s, "
+                      f"kernel {kernel[-1]:.1f} MB/s", file=sys.stderr, flush=True)
+            value, baseline = statistics.median(ours), statistics.median(kernel)
+            print(f"BENCH nfs.read{args.size_mib}m.{sec} value={value:.2f} unit=MB/s "
+                  f"baseline={baseline:.2f} ratio={value / baseline:.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
