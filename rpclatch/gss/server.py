@@ -112,6 +112,21 @@ class _Binding:
     algorithm: HashAlgorithm
 
 
+@dataclass(frozen=True, slots=True)
+class ContextInfo:
+    """A snapshot of one server context, for demos, logs and the CLI."""
+
+    handle: bytes
+    principal: str | None
+    version: int
+    established: bool
+    expires_at: float | None
+    bound_conn_id: int | None
+    bound_prefix: str | None
+    bind_failures: int
+    highest_seq: int
+
+
 @dataclass(eq=False)
 class _ServerContext:
     handle: bytes
@@ -179,6 +194,19 @@ class GssServerAuth(ServerAuth):
     def context_count(self) -> int:
         with self._lock:
             return len(self._contexts)
+
+    def contexts(self) -> list[ContextInfo]:
+        """Snapshots of every context in the table, least recently used first."""
+        with self._lock:
+            contexts = list(self._contexts.values())
+        out = []
+        for c in contexts:
+            with c.lock:
+                b = c.binding
+                out.append(ContextInfo(c.handle, c.principal, c.version, c.established, c.expires_at,
+                                       b.conn_id if b else None, b.prefix if b else None,
+                                       c.bind_failures, c.window.highest))
+        return out
 
     def context_expiry(self, handle: bytes) -> float | None:
         with self._lock:

@@ -76,6 +76,10 @@ def test_handles_are_random_and_table_is_bounded(realm: ThrowawayRealm) -> None:
         handles.add(c.handle)
     assert len(handles) == 6
     assert srv.context_count() == 3
+    infos = srv.contexts()
+    assert [i.handle for i in infos][-1] == c.handle  # most recently used last
+    assert all(i.principal == realm.users["bob"].principal and i.version == 2 and i.established
+               and i.bound_conn_id is None for i in infos)
 
 
 def test_gss_level_bindings_need_a_channel(realm: ThrowawayRealm) -> None:
