@@ -888,8 +888,10 @@ class LatchDatabase:
 
 
 def _kind(sa: SecurityAssociation) -> tuple[object, ...]:
+    """What must be equal for two SAs carrying one flow not to conflict (RFC 5660 §2.3: peer, type
+    of protection, QoP)."""
     p = sa.params
-    return (sa.peer, p.protocol, p.mode, p.protection)
+    return (sa.peer, p.protocol, p.mode, p.protection, p.suite, p.replay_window > 0)
 
 
 def _policy_admits_latch(policy: ProtectionPolicy, params: LatchParams) -> bool:

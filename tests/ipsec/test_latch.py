@@ -199,3 +199,16 @@ def test_request_with_unmet_qop_conflicts() -> None:
         e.latches.create_connection_latch(
             F, LatchRequest(policy=ProtectionPolicy(suites=(ex.ProtectionParams().suite,)))
         )
+
+
+def test_same_peer_different_qop_sas_conflict() -> None:
+    e = engine()
+    e.install_sa(ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(SERVER_KEY)), 0.0)
+    e.install_sa(
+        ex.narrow_sa(
+            F, ex.btns_peer(CLIENT_KEY), ex.btns_local(SERVER_KEY), params=ProtectionParams(suite=AES_GCM_128)
+        ),
+        0.0,
+    )
+    with pytest.raises(LatchConflict):
+        e.latches.create_connection_latch(F)
