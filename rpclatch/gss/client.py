@@ -414,13 +414,16 @@ class GssClientAuth(ClientAuth):
     # -- DESTROY (RFC 2203 §5.4) ------------------------------------------------------------------------
 
     async def destroy(self, rpc_call: RpcCall) -> None:
-        """Send RPCSEC_GSS_DESTROY and release the context (locally even if the call fails)."""
+        """Send RPCSEC_GSS_DESTROY and release the context (locally even if the call fails; an
+        AUTH_ERROR answer means the server had already dropped it and is not raised)."""
         ctx = self._ctx
         if ctx is None:
             return
         try:
             if not ctx.stale:
                 await rpc_call(_DestroyAuth(self, ctx), 0, b"")
+        except RpcAuthError as exc:  # CREDPROBLEM/CTXPROBLEM: the server had dropped it already
+            log.debug("DESTROY answered %s: context already gone on the server", exc.stat.name)
         finally:
             self.close()
 
