@@ -1,4 +1,4 @@
-"""RPCSEC_GSS end to end over loopback TCP: rpclatch's asyncio RPC client and server, a real KDC.
+"""RPCSEC_GSS end to end over loopback TCP (and UDP): rpclatch's asyncio RPC client and server, a real KDC.
 
 Every service (krb5, krb5i, krb5p, channel_prot over an in-memory channel), many pipelined calls,
 concurrent clients, DESTROY, the v2 -> v1 fallback against a v1-only server, and refresh after the
@@ -184,3 +184,32 @@ def test_v1_fallback_and_refresh_over_tcp(realm: ThrowawayRealm) -> None:
             assert auth.version == RPCSEC_GSS_VERS_1
 
     asyncio.run(with_server(v1_only, body))
+
+
+def test_every_service_over_udp(realm: ThrowawayRealm) -> None:
+    from rpclatch.rpc.aio import RpcUdpClient
+
+    gss = gss_server(realm)
+
+    async def main() -> None:
+        dispatcher = RpcDispatcher([gss])
+        add_test_program(dispatcher)
+        server = RpcServer(dispatcher)
+        port = await server.listen_udp("127.0.0.1", 0)
+        try:
+            for service in (Service.NONE, Service.INTEGRITY, Service.PRIVACY):
+                async with await RpcUdpClient.connect("127.0.0.1", port, timeout=10.0) as client:
+                    auth = gss_client(realm, "alice", service)
+                    call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+                    await auth.establish(call)
+                    for i in range(20):
+                        payload = os.urandom(100 * i)
+                        res = await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
+                                                encode_opaque(payload), auth=auth)
+                        assert decode_opaque(res) == payload
+                    await auth.destroy(call)
+            assert gss.context_count() == 0
+        finally:
+            await server.close(grace=1.0)
+
+    asyncio.run(main())
