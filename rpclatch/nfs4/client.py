@@ -308,6 +308,7 @@ class Nfs4Client:
         self.lease_error: Exception | None = None
         self.renewals = 0  # lease renewals sent by the idle loop or renew()
         self.retries: dict[str, int] = {}  # GRACE/DELAY retries by status name
+        self.teardown_error: Exception | None = None  # what went wrong in close(), if anything
         self.closed = False
 
     # ---- construction ------------------------------------------------------------------------------
@@ -997,6 +998,7 @@ class Nfs4Client:
                                            sequence=False)
                 res.raise_for_status()
         except (Nfs4Error, RpcError, OSError) as exc:
+            self.teardown_error = exc
             log.warning("NFSv4.1 teardown: %s", exc)
         self.closed = True
         await self._abort()

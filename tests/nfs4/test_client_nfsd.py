@@ -13,7 +13,7 @@ import pytest
 
 from interop.uml import SERVER_ADDR, LinuxNfsdGuest
 from rpclatch.nfs4.client import Nfs4Client
-from rpclatch.nfs4.const import nfs_ftype4, nfsstat4
+from rpclatch.nfs4.const import nfs_ftype4, nfsstat4, state_protect_how4
 from rpclatch.nfs4.errors import Nfs4RemoteError, Nfs4SecurityError
 from rpclatch.nfs4.security import SecFlavor
 
@@ -22,14 +22,17 @@ pytestmark = [pytest.mark.uml, pytest.mark.root, pytest.mark.timeout(600)]
 T = TypeVar("T")
 
 
-def run(guest: LinuxNfsdGuest, minor: int, sec: str, body: Callable[[Nfs4Client], Awaitable[T]]) -> T:
+def run(guest: LinuxNfsdGuest, minor: int, sec: str, body: Callable[[Nfs4Client], Awaitable[T]],
+        **kw: bool) -> T:
     async def main() -> T:
         client = await Nfs4Client.connect(SERVER_ADDR, minorversion=minor, sec=sec,
-                                          gss_target=guest.service_name, timeout=60)
+                                          gss_target=guest.service_name, timeout=60, **kw)
         try:
             return await body(client)
         finally:
             await client.close()
+            # CLOSE / DESTROY_SESSION / DESTROY_CLIENTID all succeeded
+            assert client.teardown_error is None and client.closed
 
     with guest.in_host_netns():
         return asyncio.run(main())
@@ -74,6 +77,21 @@ def test_kerberos_flavors(nfsd: LinuxNfsdGuest, minor: int, sec: str) -> None:
         return await c.read_bytes("/krb5only/file.txt")
 
     assert run(nfsd, minor, sec, body) == b"secret-data /krb5only\n"
+
+
+def test_sp4_mach_cred_session(nfsd: LinuxNfsdGuest) -> None:
+    """EXCHANGE_ID with SP4_MACH_CRED over krb5i (RFC 8881 §18.35): the server agrees, and the
+    enforced operations (DESTROY_SESSION, DESTROY_CLIENTID at close) go with the machine cred."""
+    async def body(c: Nfs4Client) -> tuple[state_protect_how4, bytes]:
+        return c.state_protect_how, await c.read_bytes("/file.txt")
+
+    how, data = run(nfsd, 1, "krb5i", body, state_protect=True)
+    assert how == state_protect_how4.SP4_MACH_CRED and data == b"secret-data /\n"
+
+
+def test_sp4_mach_cred_needs_integrity(nfsd: LinuxNfsdGuest) -> None:
+    with pytest.raises(Nfs4SecurityError, match="SP4_MACH_CRED needs krb5i or krb5p"):
+        run(nfsd, 1, "sys", lambda c: c.stat("/"), state_protect=True)
 
 
 @pytest.mark.parametrize("minor", [0, 1])

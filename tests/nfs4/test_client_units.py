@@ -1,0 +1,92 @@
+"""Client pieces that need no server: path splitting, byte re-chunking, the 4.1 slot table,
+attribute conversion."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rpclatch.nfs4.client import FileInfo, _chunks, _io_size, _SlotTable, split_path
+from rpclatch.nfs4.const import nfs_ftype4
+from rpclatch.nfs4.types import Fattr4, fsid4, nfstime4
+
+
+def test_split_path() -> None:
+    assert split_path("/") == []
+    assert split_path("") == []
+    assert split_path("/a//b/./c/../d/") == ["a", "b", "d"]
+    assert split_path("/../..") == []
+
+
+async def _collect(source: object, size: int) -> list[bytes]:
+    return [c async for c in _chunks(source, size)]  # type: ignore[arg-type]
+
+
+@given(st.lists(st.binary(max_size=50), max_size=20), st.integers(1, 17))
+def test_chunks_recut_any_source(blocks: list[bytes], size: int) -> None:
+    data = b"".join(blocks)
+
+    async def agen() -> AsyncIterator[bytes]:
+        for b in blocks:
+            yield b
+
+    for source in (data, io.BytesIO(data), blocks, agen()):
+        out = asyncio.run(_collect(source, size))
+        assert b"".join(out) == data
+        assert all(len(c) == size for c in out[:-1]) and all(0 < len(c) <= size for c in out)
+
+
+def test_io_size() -> None:
+    assert _io_size(1_048_576) == 1_048_576
+    assert _io_size(1_048_576 - 2048) == 1_044_480
+    assert _io_size(100) == 4096
+
+
+def test_slot_table_hands_out_each_slot_once_and_honours_target() -> None:
+    async def main() -> None:
+        table = _SlotTable(3)
+        a, b = await table.acquire(), await table.acquire()
+        assert {a.slotid, b.slotid} == {0, 1}
+        table.target = 2  # server lowered sr_target_highest_slotid to 1
+        waiter = asyncio.ensure_future(table.acquire())
+        await asyncio.sleep(0)
+        assert not waiter.done()  # slot 2 is beyond the target
+        await table.release(b)
+        assert (await waiter).slotid == b.slotid
+        a.poisoned = True
+        await table.release(a)
+        table.target = 3
+        c = await table.acquire()
+        assert c.slotid == 2  # the poisoned slot is never reused
+        assert table.highest_used() == 2
+
+    asyncio.run(main())
+
+
+def test_slot_table_with_every_slot_poisoned_fails() -> None:
+    async def main() -> None:
+        table = _SlotTable(1)
+        s = await table.acquire()
+        s.poisoned = True
+        await table.release(s)
+        with pytest.raises(Exception, match="unusable"):
+            await table.acquire()
+
+    asyncio.run(main())
+
+
+def test_fileinfo_from_fattr() -> None:
+    a = Fattr4(type=nfs_ftype4.NF4DIR, size=4096, mode=0o755, numlinks=2, owner="alice@x",
+               owner_group="users@x", fileid=7, fsid=fsid4(1, 2), change=9, space_used=8192,
+               time_access=nfstime4(10, 500_000_000), time_modify=nfstime4(20, 0),
+               time_metadata=nfstime4(30, 0))
+    info = FileInfo.from_fattr("d", a, b"fh")
+    assert info.is_dir and info.fsid == (1, 2) and info.atime == 10.5 and info.mtime == 20.0
+    assert info.owner == "alice@x" and info.fh == b"fh"
+    empty = FileInfo.from_fattr("x", Fattr4())
+    assert empty.size == 0 and empty.type == nfs_ftype4.NF4REG
