@@ -12,6 +12,10 @@ Flow per connection (digest §9; design slides "BYPASS OR PROTECT", NFSv4 exampl
 
 Every connection gets a fresh RPCSEC_GSS context, so a channel-bound handle can never be used on
 another connection (RFC 5403 §3.4 requires the channel to still exist; digest §9 step 6).
+
+The flow is written once, as coroutines (:meth:`ProtectedConnection.aconnect` / ``acall`` /
+``aclose``) over the world's interfaces; :meth:`~ProtectedConnection.connect` / ``call`` / ``close``
+run them to completion for synchronous worlds such as the simulation.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from rpclatch.connect.world import (
     PolicyObserver,
     ProtectionFailed,
     RpcLink,
+    run_to_completion,
 )
 from rpclatch.rpc.auth import ClientAuth
 
@@ -104,6 +109,18 @@ class ProtectedConnection:
     # -- the flow -------------------------------------------------------------------------------
 
     def connect(self) -> SecurityRecord:
+        """:meth:`aconnect` for a synchronous world (the simulation)."""
+        return run_to_completion(self.aconnect())
+
+    def call(self, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+        """:meth:`acall` for a synchronous world (the simulation)."""
+        return run_to_completion(self.acall(prog, vers, proc, args))
+
+    def close(self) -> None:
+        """:meth:`aclose` for a synchronous world (the simulation)."""
+        run_to_completion(self.aclose())
+
+    async def aconnect(self) -> SecurityRecord:
         """Open a connection and run the policy table once. Returns the new security record."""
         pol = self.policy
         self._generation += 1
@@ -114,14 +131,15 @@ class ProtectedConnection:
             self._note("policy", f"request IPsec for port {pol.port} (BTNS {'ok' if pol.btns_ok else 'no'}, "
                                  f"IKE timeout {pol.ike_timeout:g}s)")
             try:
-                link = self.world.open(pol.port, protect=True, btns_ok=pol.btns_ok,
-                                       ike_timeout=pol.ike_timeout,
-                                       wait_on_break=pol.on_break is BreakDisposition.WAIT)
+                link = await self.world.open(pol.port, protect=True, btns_ok=pol.btns_ok,
+                                             ike_timeout=pol.ike_timeout,
+                                             wait_on_break=pol.on_break is BreakDisposition.WAIT)
             except ProtectionFailed as exc:
                 protection_error = str(exc)
                 self._note("policy", f"protection failed ({exc}); reconnecting without IPsec (BYPASS clone)")
         if link is None:
-            link = self.world.open(pol.port, protect=False, btns_ok=pol.btns_ok, ike_timeout=pol.ike_timeout)
+            link = await self.world.open(pol.port, protect=False, btns_ok=pol.btns_ok,
+                                         ike_timeout=pol.ike_timeout)
         self._link = link
         latch_outcome = classify_latch(link.latch)
         if link.latch is not None:
@@ -129,11 +147,11 @@ class ProtectedConnection:
                        + (f"; no binding data: {link.latch.binding_unavailable}"
                           if link.latch.binding_unavailable else ""))
         try:
-            ctx = self.gss.establish(link, want_v2=should_bind(latch_outcome))
+            ctx = await self.gss.establish(link, want_v2=should_bind(latch_outcome))
             bind = BindOutcome.NOT_ATTEMPTED
             if should_bind(latch_outcome):
                 assert link.latch is not None
-                bind = ctx.bind_channel(link.latch.channel)
+                bind = await ctx.bind_channel(link.latch.channel)
                 if link.latch_state() != "ESTABLISHED":
                     # RFC 5403 §3.4: a binding is worth nothing once the channel is gone
                     raise ConnectionReset(f"latch {link.latch_state()} while binding on {link.five_tuple}")
@@ -145,8 +163,8 @@ class ProtectedConnection:
                 self._note("warning", text)
                 warnings = (text,)
             if decision.destroy_context:
-                ctx.destroy()
-                ctx = self.gss.establish(link, want_v2=False)
+                await ctx.destroy()
+                ctx = await self.gss.establish(link, want_v2=False)
             if pol.require_binding and bind is not BindOutcome.BOUND:
                 raise BindingRequired(f"policy requires a bound channel but: {decision.reason}")
         except BaseException:
@@ -202,7 +220,7 @@ class ProtectedConnection:
             self._auth = None  # the bound handle dies with this connection
             link.reset(f"latch broken: {reason}")
 
-    def call(self, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+    async def acall(self, prog: int, vers: int, proc: int, args: bytes) -> bytes:
         """One call with the chosen service.
 
         A call in flight when the connection resets fails with :class:`ConnectionReset` (it is not
@@ -210,7 +228,7 @@ class ProtectedConnection:
         connection, a new latch, a new context and a new BIND_CHANNEL.
         """
         if self._link is None or not self._link.is_open or self._auth is None:
-            self._reconnect()
+            await self._reconnect()
         link, auth = self._link, self._auth
         assert link is not None and auth is not None
         if self._auth_conn != link.conn_id:  # pragma: no cover - structural guarantee
@@ -219,7 +237,7 @@ class ProtectedConnection:
                 and self.policy.on_break is BreakDisposition.RESET):
             # RFC 5403 §3.4: channel_prot only while the channel exists; never send unprotected
             self._latch_broken(f"latch is {link.latch_state()}", link)
-            self._reconnect()
+            await self._reconnect()
             link, auth = self._link, self._auth
             assert link is not None and auth is not None
         if self.security.latch_state == "BROKEN" and link.latch_state() == "ESTABLISHED":
@@ -228,12 +246,12 @@ class ProtectedConnection:
                                             f"{self.security.gss_service.value} on this connection")
             self.history.append(self._security)
         try:
-            return link.call(auth, prog, vers, proc, args)
+            return await link.call(auth, prog, vers, proc, args)
         except ConnectionReset:
             self._auth = None
             raise
 
-    def _reconnect(self) -> None:
+    async def _reconnect(self) -> None:
         last: Exception | None = None
         for _ in range(max(1, self.policy.max_reconnects)):
             if self._link is not None:
@@ -241,16 +259,17 @@ class ProtectedConnection:
                 self._link = None
             self._note("policy", "reconnecting: new connection, new latch, new context")
             try:
-                self.connect()
+                await self.aconnect()
                 return
             except ConnectError as exc:
                 last = exc
         raise ConnectionReset(f"could not reconnect ({self._broken or 'connection closed'}): {last}")
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """DESTROY the context (best effort) and close the connection."""
         if self._ctx is not None and self._link is not None and self._link.is_open:
             try:
-                self._ctx.destroy()
+                await self._ctx.destroy()
             except Exception as exc:  # best effort (RFC 2203 §5.4)
                 log.debug("DESTROY failed: %s", exc)
         self._ctx = None

@@ -1,16 +1,13 @@
 """RPCSEC_GSS for the connect policy: :class:`GssConnector` over :mod:`rpclatch.gss.client`.
 
 The RPCSEC_GSS client's control exchanges (INIT, BIND_CHANNEL, DESTROY) are coroutines taking an
-``rpc_call``; the policy's links complete calls synchronously (the simulated world runs its
-virtual clock until the reply), so the coroutines run to completion without an event loop
-(:func:`run_to_completion`). One :class:`RpcsecGssContext` per connection: a context bound to a
-channel dies with the connection (RFC 5403 §3.4; digest §9 step 6).
+``rpc_call``, which here is the link's own ``call``. One :class:`RpcsecGssContext` per connection:
+a context bound to a channel dies with the connection (RFC 5403 §3.4; digest §9 step 6).
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from rpclatch.connect.policy import BindOutcome, GssService, Protection
 from rpclatch.connect.world import ConnectError, RpcLink
@@ -21,24 +18,12 @@ from rpclatch.gss.provider import Provider
 from rpclatch.gss.wire import RPCSEC_GSS_VERS_2, Service
 from rpclatch.rpc.auth import ClientAuth
 
-T = TypeVar("T")
-
 _TO_WIRE = {Protection.INTEGRITY: Service.INTEGRITY, Protection.PRIVACY: Service.PRIVACY}
-
-
-def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine whose awaits all complete synchronously (no event loop needed)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    coro.close()
-    raise ConnectError("an RPCSEC_GSS exchange suspended: this world must complete calls synchronously")
 
 
 def _rpc_call(link: RpcLink, prog: int, vers: int) -> RpcCall:
     async def rpc_call(auth: ClientAuth, proc: int, args: bytes) -> bytes:
-        return link.call(auth, prog, vers, proc, args)
+        return await link.call(auth, prog, vers, proc, args)
 
     return rpc_call
 
@@ -75,19 +60,19 @@ class RpcsecGssContext:
             raise ConnectError(f"RPCSEC_GSS would use {effective.value}, the policy chose {service.value}")
         return self.flavor
 
-    def bind_channel(self, channel: Any) -> BindOutcome:
+    async def bind_channel(self, channel: Any) -> BindOutcome:
         if not isinstance(channel, Channel):
             return BindOutcome.UNSUPPORTED
         try:
-            run_to_completion(self.flavor.bind_channel(self._rpc_call, channel))
+            await self.flavor.bind_channel(self._rpc_call, channel)
         except ChannelBindingFailed as exc:
             self.bind_error = str(exc)
             return classify_bind_failure(exc, self.flavor.version)
         return BindOutcome.BOUND
 
-    def destroy(self) -> None:
+    async def destroy(self) -> None:
         try:
-            run_to_completion(self.flavor.destroy(self._rpc_call))
+            await self.flavor.destroy(self._rpc_call)
         except Exception:
             self.flavor.close()  # the server may already have dropped it; release locally
 
@@ -104,9 +89,9 @@ class RpcsecGssConnector:
         self.vers = vers
         self.protection = protection
 
-    def establish(self, link: RpcLink, *, want_v2: bool) -> RpcsecGssContext:
+    async def establish(self, link: RpcLink, *, want_v2: bool) -> RpcsecGssContext:
         flavor = GssClientAuth(self.provider, self.target, service=_TO_WIRE[self.protection],
                                versions=VersionPolicy.PREFER_V2)
         ctx = RpcsecGssContext(flavor, link, self.prog, self.vers)
-        run_to_completion(flavor.establish(ctx._rpc_call))
+        await flavor.establish(ctx._rpc_call)
         return ctx

@@ -96,7 +96,8 @@ class SimLink:
         self.five_tuple = str(conn.flow)
         self.latch = latch
 
-    def call(self, auth: ClientAuth, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+    async def call(self, auth: ClientAuth, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+        """Runs the simulation until the reply: completes without suspending."""
         try:
             return self.client.call(prog, vers, proc, args, auth)
         except SimConnectionReset as exc:
@@ -156,8 +157,8 @@ class SimClientWorld:
         self.on_open = on_open
         self.links: list[SimLink] = []
 
-    def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float,
-             wait_on_break: bool = False) -> SimLink:
+    async def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float,
+                   wait_on_break: bool = False) -> SimLink:
         options: dict[str, Any] = {"protect": protect}
         if wait_on_break:
             options["disposition"] = BrokenDisposition.WAIT

@@ -4,13 +4,18 @@ The policy (:mod:`rpclatch.connect.client`) only ever talks to these protocols. 
 RPC connections to a server, with or without a request for IPsec protection (RFC 5660 §3.1
 optional protection under a BYPASS-OR-PROTECT template), and reports the latch it got. The GSS
 side opens RPCSEC_GSS contexts over such a connection and binds them to a channel.
+
+Everything that waits for the network is a coroutine, so an asyncio world (real sockets, a kernel
+IPsec backend) plugs in unchanged. A synchronous world -- the simulation, which runs its virtual
+clock until the answer is there -- completes every coroutine without suspending, and
+:func:`run_to_completion` drives it without an event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from rpclatch.connect.policy import BindOutcome, GssService
 from rpclatch.rpc.auth import ClientAuth
@@ -56,7 +61,7 @@ class RpcLink(Protocol):
     five_tuple: str
     latch: LatchView | None
 
-    def call(self, auth: ClientAuth, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+    async def call(self, auth: ClientAuth, prog: int, vers: int, proc: int, args: bytes) -> bytes:
         """One RPC call; raises :class:`ConnectionReset` or an ``rpclatch.rpc.errors.RpcError``."""
 
     def latch_state(self) -> str:
@@ -79,8 +84,8 @@ class ClientWorld(Protocol):
 
     name: str
 
-    def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float,
-             wait_on_break: bool = False) -> RpcLink:
+    async def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float,
+                   wait_on_break: bool = False) -> RpcLink:
         """Connect to the server's ``port``. With ``protect`` ask for an IPsec latch first and raise
         :class:`ProtectionFailed` if it does not come up within ``ike_timeout``; without, connect in
         the clear (a BYPASS clone for exactly this 5-tuple, RFC 5660 §3.1). ``wait_on_break``
@@ -96,18 +101,34 @@ class GssContext(Protocol):
     def auth(self, service: GssService) -> ClientAuth:
         """The client flavor issuing DATA calls with ``service``."""
 
-    def bind_channel(self, channel: Any) -> BindOutcome:
+    async def bind_channel(self, channel: Any) -> BindOutcome:
         """RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) to ``channel``; MISMATCH if either MIC fails."""
 
-    def destroy(self) -> None:
+    async def destroy(self) -> None:
         """RPCSEC_GSS_DESTROY (RFC 2203 §5.4), best effort."""
 
 
 class GssConnector(Protocol):
     """Creates RPCSEC_GSS contexts over a link (INIT / CONTINUE_INIT as NULL calls, RFC 2203 §5.2)."""
 
-    def establish(self, link: RpcLink, *, want_v2: bool) -> GssContext: ...
+    async def establish(self, link: RpcLink, *, want_v2: bool) -> GssContext: ...
 
 
 PolicyObserver = Callable[[str, str], None]
 """``observer(kind, text)``: ``kind`` is ``policy`` or ``warning`` (used by the demo's trace)."""
+
+
+T = TypeVar("T")
+
+
+def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine whose awaits all complete synchronously (a synchronous world: no event loop).
+
+    Raises :class:`ConnectError` if it suspends (the world needs an event loop: use the ``a*``
+    coroutine methods from asyncio instead)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise ConnectError("this world suspends: drive the connection from asyncio (aconnect / acall)")

@@ -22,6 +22,7 @@ from rpclatch.connect import (
     Protection,
 )
 from rpclatch.connect.sim import SimLink
+from rpclatch.connect.world import run_to_completion
 from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec.channel_binding import LatchChannel, RpcRole
@@ -199,9 +200,11 @@ def test_bound_handle_is_not_accepted_on_another_connection(realm: ThrowawayReal
     assert pc.security.bound
     flavor = pc._auth  # the bound RPCSEC_GSS flavor of connection A
     assert flavor is not None
-    other = dw.client_world.open(NFS_PORT, protect=True, btns_ok=True, ike_timeout=2.0)
+    other = run_to_completion(dw.client_world.open(NFS_PORT, protect=True, btns_ok=True, ike_timeout=2.0))
     assert other.latch is not None  # connection B is latched too, to the same server key
-    reply = other.call(flavor, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(PAYLOAD))
+    reply = run_to_completion(
+        other.call(flavor, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(PAYLOAD))
+    )
     assert decode_opaque(reply) == PAYLOAD
     port = f":{other.conn.flow.local_port} ->"
     on_b = [c.label for c in dw.wire_view().calls if port in c.flow]
@@ -289,3 +292,31 @@ def test_wait_disposition_holds_the_connection_and_drops_the_binding(realm: Thro
     after = [c for c in view.calls if c.time > t_break and c.gss_proc is not None]
     assert after and all(c.service is not None and c.service.name == "PRIVACY" for c in after)
     assert all(c.protected for c in after)
+
+
+def test_the_flow_is_coroutines_usable_from_asyncio(realm: ThrowawayRealm) -> None:
+    import asyncio
+
+    dw = build_world(realm)
+    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+
+    async def main() -> bytes:
+        await pc.aconnect()
+        reply = await pc.acall(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(PAYLOAD))
+        await pc.aclose()
+        return reply
+
+    assert decode_opaque(asyncio.run(main())) == PAYLOAD
+    assert pc.history[0].bound and pc.link is None
+
+
+def test_run_to_completion_refuses_a_suspending_world() -> None:
+    import asyncio
+
+    from rpclatch.connect import ConnectError
+
+    async def needs_a_loop() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(ConnectError, match="aconnect / acall"):
+        run_to_completion(needs_a_loop())

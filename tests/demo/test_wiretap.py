@@ -7,6 +7,7 @@ import pytest
 
 from rpclatch.connect.gss import RpcsecGssConnector
 from rpclatch.connect.policy import GssService, Protection
+from rpclatch.connect.world import run_to_completion
 from rpclatch.demo.wiretap import WireView
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
@@ -34,14 +35,16 @@ class _Link:
         self.client = client
         self.conn_id = client.conn_id
 
-    def call(self, auth: ClientAuth, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+    async def call(self, auth: ClientAuth, prog: int, vers: int, proc: int, args: bytes) -> bytes:
         return self.client.call(prog, vers, proc, args, auth)
 
 
-@pytest.mark.parametrize(("protection", "readable"), [(Protection.INTEGRITY, True),
-                                                     (Protection.PRIVACY, False)])
-def test_wire_shows_service_and_readability(realm: ThrowawayRealm, protection: Protection,
-                                            readable: bool) -> None:
+@pytest.mark.parametrize(
+    ("protection", "readable"), [(Protection.INTEGRITY, True), (Protection.PRIVACY, False)]
+)
+def test_wire_shows_service_and_readability(
+    realm: ThrowawayRealm, protection: Protection, readable: bool
+) -> None:
     world = World(seed=7)
     client_host = world.add_host("client", "192.0.2.10")
     server_host = world.add_host("server", "192.0.2.20")
@@ -51,9 +54,14 @@ def test_wire_shows_service_and_readability(realm: ThrowawayRealm, protection: P
     SimRpcServer(server_host.listen(2049), dispatcher)
     client = SimRpcClient(client_host.connect("192.0.2.20", 2049))
     link = _Link(client)
-    gss = RpcsecGssConnector(GssapiProvider(ccache=realm.default_user.ccache), realm.service_name,
-                             RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, protection)
-    ctx = gss.establish(link, want_v2=False)  # type: ignore[arg-type]
+    gss = RpcsecGssConnector(
+        GssapiProvider(ccache=realm.default_user.ccache),
+        realm.service_name,
+        RPCLATCH_TEST_PROG,
+        RPCLATCH_TEST_VERS,
+        protection,
+    )
+    ctx = run_to_completion(gss.establish(link, want_v2=False))  # type: ignore[arg-type]
     auth = ctx.auth(GssService(protection.value))
     reply = client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(MARKER), auth)
     assert decode_opaque(reply) == MARKER
