@@ -20,6 +20,7 @@ broke), the binding is dropped and the call is resent once with the requested se
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -140,6 +141,7 @@ class GssClientAuth(ClientAuth):
         self.gss_channel_bindings = gss_channel_bindings
         self._ctx: _Context | None = None
         self._channel: Channel | None = None  # bound channel (RFC 5403 §3.3 succeeded)
+        self._refreshing: asyncio.Future[None] | None = None
         self._lock = threading.Lock()
 
     # -- state ------------------------------------------------------------------------------------------
@@ -217,11 +219,11 @@ class GssClientAuth(ClientAuth):
         raise VersionNotSupported("server refused every RPCSEC_GSS version tried")
 
     def _install(self, ctx: _Context) -> None:
+        # The replaced GSS context is not deleted here: replies to calls still in flight with it
+        # must verify; it is released when the last of them is gone.
         with self._lock:
-            old, self._ctx = self._ctx, ctx
+            self._ctx = ctx
             self._channel = None
-        if old is not None and old is not ctx:
-            old.gss.delete()
 
     async def _create(self, rpc_call: RpcCall, version: int) -> _Context:
         gss = self.provider.initiate(self.target, channel_bindings=self.gss_channel_bindings)
@@ -297,14 +299,41 @@ class GssClientAuth(ClientAuth):
             await self.establish(rpc_call)
         elif self._ctx.stale:
             await self.refresh(rpc_call)
+        before = self._ctx
         try:
             return await rpc_call(self, proc, args)
         except RpcAuthError as exc:
             if exc.stat not in _REFRESH_STATS:
                 raise
-            log.info("server answered %s: refreshing the RPCSEC_GSS context", exc.stat.name)
-            await self.refresh(rpc_call)
+            if self._ctx is before:
+                log.info("server answered %s: refreshing the RPCSEC_GSS context", exc.stat.name)
+                await self._refresh_once(rpc_call)
             return await rpc_call(self, proc, args)
+
+    async def _refresh_once(self, rpc_call: RpcCall) -> None:
+        """Concurrent callers that hit CREDPROBLEM/CTXPROBLEM share one refresh."""
+        pending = self._refreshing
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven without an event loop: calls cannot overlap anyway
+            await self.refresh(rpc_call)
+            return
+        self._refreshing = done = loop.create_future()
+        try:
+            await self.refresh(rpc_call)
+            done.set_result(None)
+        except Exception as exc:
+            done.set_exception(exc)
+            done.exception()  # marked retrieved: the waiters re-raise it themselves
+            raise
+        except BaseException:
+            done.cancel()
+            raise
+        finally:
+            self._refreshing = None
 
     # -- RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) -------------------------------------------------------
 

@@ -208,6 +208,17 @@ class GssServerAuth(ServerAuth):
                                        c.bind_failures, c.window.highest))
         return out
 
+    def drop_all_contexts(self) -> int:
+        """Forget every context (an administrative revoke, or what a restart does); clients get
+        RPCSEC_GSS_CREDPROBLEM and refresh. Returns how many were dropped."""
+        with self._lock:
+            dropped = list(self._contexts.values())
+            self._contexts.clear()
+            self._init_cache.clear()
+        for ctx in dropped:
+            ctx.gss.delete()
+        return len(dropped)
+
     def context_expiry(self, handle: bytes) -> float | None:
         with self._lock:
             ctx = self._contexts.get(handle)

@@ -213,3 +213,20 @@ def test_every_service_over_udp(realm: ThrowawayRealm) -> None:
             await server.close(grace=1.0)
 
     asyncio.run(main())
+
+
+def test_concurrent_calls_share_one_refresh(realm: ThrowawayRealm) -> None:
+    gss = gss_server(realm)
+
+    async def body(port: int, channels: collections.deque[InMemoryChannel]) -> None:
+        auth = gss_client(realm, "alice", Service.INTEGRITY)
+        async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client:
+            call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+            await auth.establish(call)
+            assert gss.drop_all_contexts() == 1  # the server forgets it (as after a restart)
+            results = await asyncio.gather(*(auth.call(call, PROC_ECHO, encode_opaque(b"%d" % i))
+                                             for i in range(10)))
+            assert [decode_opaque(r) for r in results] == [b"%d" % i for i in range(10)]
+            assert gss.context_count() == 1  # one refresh, not ten
+
+    asyncio.run(with_server(gss, body))
