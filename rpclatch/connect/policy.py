@@ -15,9 +15,11 @@ the latch is kept, whether the GSS context must be destroyed, and whether to war
     not latched (IKE failed / timed out)   NOT_ATTEMPTED          krb5i / krb5p          BYPASS clone
 
 "krb5i / krb5p" is the configured fallback protection (:class:`Protection`). A latch break (RFC 5660
-ALERT BROKEN) is not a row: the default disposition is a reset (RFC 5660 §5.5 (b)); the client then
-reconnects and runs the whole table again on the new connection, with a new latch, a new context
-and a new BIND_CHANNEL (a channel-bound handle is never used on another connection).
+ALERT BROKEN) is not a row: the default disposition is a reset (RFC 5660 §5.5 (b)); the call in
+flight fails, and the next call reconnects and runs the whole table again on the new connection,
+with a new latch, a new context and a new BIND_CHANNEL (a channel-bound handle is never used on
+another connection). With disposition "wait" (§5.5 (a)) the connection is held instead, and the
+binding is dropped for good: the configured GSS protection takes over (RFC 5403 §3.4).
 """
 
 from __future__ import annotations
