@@ -1,0 +1,135 @@
+"""The harness itself: parsers and helpers (no guest), and teardown on SIGTERM / Ctrl-C (a guest)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from interop.runner import CaseResult, format_table, parse_junit
+from interop.uml import (
+    DEFAULT_EXPORTS,
+    REPO_ROOT,
+    XfrmCounters,
+    _tmp_keep,
+    missing_requirements,
+    parse_xfrm_state,
+)
+
+XFRM_STATE = """\
+src 198.51.100.2 dst 198.51.100.1
+\tproto esp spi 0x00001002(4098) reqid 1(0x00000001) mode transport
+\treplay-window 0 seq 0x00000000 flag  (0x00000000)
+\taead rfc4106(gcm(aes)) 0x513a2ef1113343a3f2749927c3ee2b01df5cd560 (160 bits) 128
+\tlifetime config:
+\t  limit: soft (INF)(bytes), hard (INF)(bytes)
+\t  limit: soft (INF)(packets), hard (INF)(packets)
+\tlifetime current:
+\t  3249896(bytes), 2738(packets)
+\t  add 2026-11-26 19:41:55 use 2026-11-26 19:42:04
+src 198.51.100.1 dst 198.51.100.2
+\tproto esp spi 0x00001001(4097) reqid 1(0x00000001) mode transport
+\tlifetime current:
+\t  3264802(bytes), 2931(packets)
+"""
+
+
+def test_parse_xfrm_state_reads_lifetime_counters() -> None:
+    assert parse_xfrm_state(XFRM_STATE) == {
+        0x1002: XfrmCounters("198.51.100.2", "198.51.100.1", 0x1002, 3249896, 2738),
+        0x1001: XfrmCounters("198.51.100.1", "198.51.100.2", 0x1001, 3264802, 2931),
+    }
+
+
+@given(st.text())
+def test_parse_xfrm_state_never_raises(text: str) -> None:
+    result = parse_xfrm_state(text)
+    assert all(isinstance(v, XfrmCounters) and v.spi == k for k, v in result.items())
+
+
+def test_parse_junit_and_table(tmp_path: Path) -> None:
+    xml = tmp_path / "junit.xml"
+    xml.write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.interop.test_a" name="test_ok" time="1.5"/>'
+        '<testcase classname="tests.interop.test_a" name="test_bad" time="0.25">'
+        '<failure message="assert 1 == 2&#10;more">tb</failure></testcase>'
+        '<testcase classname="tests.interop.test_b" name="test_skip" time="0">'
+        '<skipped message="no uml"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    cases = parse_junit(xml)
+    assert cases == [
+        CaseResult("test_a::test_ok", "passed", 1.5, ""),
+        CaseResult("test_a::test_bad", "failed", 0.25, "assert 1 == 2"),
+        CaseResult("test_b::test_skip", "skipped", 0.0, "no uml"),
+    ]
+    table = format_table(cases)
+    assert table.splitlines()[-1] == "1 passed, 1 failed, 0 error, 1 skipped of 3"
+    assert "FAILED" in table and "assert 1 == 2" in table
+
+
+def test_tmp_keep_names_only_paths_under_tmp() -> None:
+    assert _tmp_keep([Path("/tmp/ci-clone/repo"), Path("/tmp/ci-clone/x"), Path("/work/main"),
+                      Path("/tmp")]) == ["ci-clone"]
+
+
+def test_default_exports_give_wrongsec_layout() -> None:
+    by_path = {e.path: e for e in DEFAULT_EXPORTS}
+    assert by_path["/"].fsid == 0 and "sys" in by_path["/"].flavors
+    assert by_path["/krb5ponly"].flavors == ("krb5p",)
+    assert by_path["/krb5only"].env_word() == "/krb5only|1|krb5:krb5i:krb5p"
+    assert by_path["/"].env_word() == "|0|sys:krb5:krb5i:krb5p"
+
+
+BOOT_AND_WAIT = """
+import sys, time
+from interop.uml import LinuxNfsdGuest
+with LinuxNfsdGuest(run_dir=sys.argv[1]) as g:
+    print("READY", g.host_ns.name, g._proc.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.uml
+@pytest.mark.root
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_tears_down_guest_and_namespace(tmp_path: Path, sig: signal.Signals) -> None:
+    missing = missing_requirements()
+    if missing:
+        pytest.skip("; ".join(missing))
+    run_dir = REPO_ROOT / "runs" / "interop" / f"teardown-{sig.name}-{os.getpid()}-{time.time_ns()}"
+    proc = subprocess.Popen([sys.executable, "-c", BOOT_AND_WAIT, str(run_dir)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    try:
+        assert proc.stdout is not None
+        line = ""
+        deadline = time.monotonic() + 180
+        while not line.startswith("READY") and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert line.startswith("READY"), f"guest did not come up: {line!r}"
+        _, netns, uml_pid = line.split()
+        assert Path(f"/run/netns/{netns}").exists()
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert not Path(f"/run/netns/{netns}").exists()
+    cmdline = Path(f"/proc/{uml_pid}/cmdline")
+    assert not cmdline.exists() or "linux.uml" not in cmdline.read_text(errors="replace")
+    leftovers = subprocess.run(["pgrep", "-f", f"RUN={run_dir}"], capture_output=True, text=True).stdout
+    assert leftovers == "", leftovers
