@@ -20,7 +20,7 @@ from rpclatch.ipsec.decisions import InboundVerdict
 from rpclatch.ipsec.engine import EngineConfig, IPsecEngine
 from rpclatch.ipsec.errors import IPsecError
 from rpclatch.ipsec.latch import LatchState
-from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, FiveTuple, ProtectionParams, Selector
+from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, FiveTuple, ProtectionParams, Selector, ThreeTuple
 from rpclatch.ipsec.spd import SpdAction
 
 FLOWS = [ex.flow("192.0.2.1", 2049, "192.0.2.2", 40000 + i) for i in range(3)]
@@ -52,6 +52,28 @@ class LatchMachine(RuleBasedStateMachine):
     def connect(self, f: FiveTuple) -> None:
         with contextlib.suppress(IPsecError):
             self.e.connect(f, now=self.now)
+
+    @rule()
+    def listen(self) -> None:
+        with contextlib.suppress(IPsecError):
+            self.e.listen(ThreeTuple.of("192.0.2.1", 2049, 6), now=self.now)
+
+    @rule(f=st.sampled_from(FLOWS), data=st.data(), initiating=st.booleans())
+    def packet_in(self, f: FiveTuple, data: st.DataObject, initiating: bool) -> None:
+        sas = self.e.sad.carrying(f)
+        sa = data.draw(st.sampled_from([None, *sas]))
+        d = self.e.inbound(f, sa, self.now, initiating=initiating)
+        latch = self.e.latches.latch_for(f)
+        if d.accepted and latch is not None and latch.params is not None:
+            # anything delivered on a latched flow came through a congruent SA
+            assert sa is not None and latch.state is LatchState.ESTABLISHED and latch.params.congruent(sa)
+
+    @rule(f=st.sampled_from(FLOWS), initiating=st.booleans())
+    def packet_out(self, f: FiveTuple, initiating: bool) -> None:
+        d = self.e.outbound(f, self.now, initiating=initiating)
+        latch = self.e.latches.latch_for(f)
+        if d.sendable and latch is not None and latch.params is not None:
+            assert d.sa is not None and latch.state is LatchState.ESTABLISHED and latch.params.congruent(d.sa)
 
     @rule(f=st.sampled_from(FLOWS))
     def close(self, f: FiveTuple) -> None:
@@ -95,6 +117,9 @@ class LatchMachine(RuleBasedStateMachine):
                 for sa in self.e.sad.carrying(latch.key):
                     assert latch.params.congruent(sa), (latch, sa)
                 assert self.e.inbound(latch.key, None, self.now).verdict is InboundVerdict.DROP
+                assert latch.key in self.e.pad_layer.clones  # approach 2: the latch is a PAD clone
+        for flow in self.e.pad_layer.clones:
+            assert ld.latch_for(flow) is not None or flow in self.e.pad_layer.holds
 
 
 TestLatchMachine = LatchMachine.TestCase
