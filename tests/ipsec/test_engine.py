@@ -262,3 +262,40 @@ def test_unsuitable_sas_fail_the_larval_latch() -> None:
     e.poll(0.5)
     assert e.latches.get(h) is None
     assert alerts[-1].new_state is LatchState.CLOSED and alerts[-1].detail == AcquireOutcome.UNSUITABLE.value
+
+
+def test_how_would_protect_has_no_side_effects() -> None:
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), provisions=[provision(SERVER)])
+    d = e.how_would_protect(CLI, 0.0)
+    assert d.verdict is OutboundVerdict.NEED_SA and not e.key_manager.pending and len(e.latches) == 0
+    e.outbound(CLI, 0.0, initiating=True)  # latches and negotiates
+    d = e.how_would_protect(CLI, 0.1)
+    assert d.verdict is OutboundVerdict.PROTECT and d.tag is not None and d.tag.peer == ex.btns_peer(SERVER)
+    assert (
+        e.how_would_protect(ex.flow("192.0.2.2", 5, "192.0.2.1", 22), 0.1).verdict is OutboundVerdict.BYPASS
+    )
+
+
+def test_backend_acquire_and_expire_events() -> None:
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), provisions=[provision(SERVER)])
+    e.backend_acquire(CLI, 0.0)
+    (sa,) = list(e.sad)
+    e.backend_expire(sa.sa_id, False, 1.0)  # soft: nothing to do here
+    assert sa.sa_id in e.sad
+    e.backend_expire(sa.sa_id, True, 2.0)
+    assert sa.sa_id not in e.sad
+
+
+def test_ipv6_flow_latches() -> None:
+    from rpclatch.ipsec.model import AuthMethod, FiveTuple
+    from rpclatch.ipsec.pad import ChildSaAuthorization, PadEntry, PublicKeyPattern
+
+    net6 = AddressRange.network("2001:db8::/64")
+    pad = [PadEntry("btns6", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization((net6,)))]
+    e = IPsecEngine(ex.nfs_spd(), pad)
+    f6 = FiveTuple.of("2001:db8::1", 2049, "2001:db8::2", 40000, 6)
+    e.listen(ThreeTuple.of("2001:db8::1", 2049, 6))
+    sa = e.install_sa(ex.narrow_sa(f6, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    d = e.inbound(f6, sa, 0.0, initiating=True)
+    assert d.accepted and d.latch is not None
+    assert e.inbound(f6, None, 0.1).reason is DropReason.LATCHED_FLOW_CLEARTEXT
