@@ -161,8 +161,10 @@ def main() -> None:
     )
     for mode in modes:
         f = med[mode]
+        cpu_mb_s = GIB / f.total_cpu_per_gib / 1e6
         print(
-            f"# {mode:12s} {f.mb_s:8.1f} MB/s  rpc-layer {f.rpc_cpu_per_gib:7.2f} cpu_s/GiB  "
+            f"# {mode:12s} {f.mb_s:6.1f} MB/s wall ({cpu_mb_s:4.1f} MB per process-CPU s)  "
+            f"rpc-layer {f.rpc_cpu_per_gib:7.2f} cpu_s/GiB  "
             f"sim ESP {f.esp_cpu_per_gib:6.2f} cpu_s/GiB  whole process {f.total_cpu_per_gib:7.2f} cpu_s/GiB"
         )
 
