@@ -46,7 +46,7 @@ from rpclatch.ipsec.decisions import (
     discard,
     drop,
 )
-from rpclatch.ipsec.errors import LatchExists, PolicyRefused
+from rpclatch.ipsec.errors import IPsecLocalError, PolicyRefused
 from rpclatch.ipsec.keymgr import AcquireOutcome, SaProvision, StaticKeyManager
 from rpclatch.ipsec.latch import (
     AlertCallback,
@@ -340,7 +340,9 @@ class IPsecEngine:
         ):
             try:
                 handle = self.latches.create_connection_latch(flow, now=now)
-            except (LatchExists, PolicyRefused):
+            except IPsecLocalError:
+                # cannot latch (e.g. conflicting SAs): proceed unlatched, as RFC 5660 §2.3 allows a
+                # ULP to; a caller that needs the latch uses connect() and gets the error
                 handle = None
             if handle is not None:
                 return self._outbound_latched(self.latches._latches[handle], flow, now)

@@ -299,3 +299,11 @@ def test_ipv6_flow_latches() -> None:
     d = e.inbound(f6, sa, 0.0, initiating=True)
     assert d.accepted and d.latch is not None
     assert e.inbound(f6, None, 0.1).reason is DropReason.LATCHED_FLOW_CLEARTEXT
+
+
+def test_auto_latch_conflict_proceeds_unlatched_without_raising() -> None:
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), config=EngineConfig(narrow_conflicting_sas=False))
+    e.install_sa(ex.narrow_sa(CLI, ex.btns_peer(SERVER), ex.btns_local(CLIENT)), 0.0)
+    e.install_sa(ex.narrow_sa(CLI, ex.btns_peer(ROGUE), ex.btns_local(CLIENT)), 0.0)
+    d = e.outbound(CLI, 0.0, initiating=True)
+    assert d.verdict is OutboundVerdict.PROTECT and d.latch is None and len(e.latches) == 0
