@@ -13,6 +13,11 @@ realm, then ECHO calls of 64 KiB are made back to back. Figures:
 * the simulation's own ESP work (AES-GCM seal/open in the sim stack), reported apart: a kernel
   would do it outside the RPC processes. What remains (the sim's TCP, hub, scheduler) is neither.
 
+The meter's own cost (two ``process_time`` calls, about 1 us, per wrapped call; the sim hands
+the RPC layer one TCP segment at a time, so the number of wrapped calls is the same in every mode)
+is included in the RPC-layer figures: it inflates channel_prot relatively more, so the ratio is
+conservative.
+
 Target: channel_prot RPC-layer CPU per GiB <= 0.5 of krb5p's.
 
 Usage: ``python benchmarks/bound_vs_gss.py [--calls N] [--repeat R]``. Prints ``BENCH`` lines.
