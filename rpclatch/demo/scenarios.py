@@ -21,7 +21,7 @@ from rpclatch.connect.world import ConnectError
 from rpclatch.demo.diagram import render_html, render_svg
 from rpclatch.demo.model import Check, ScenarioResult, TraceEvent
 from rpclatch.demo.rundir import slug
-from rpclatch.demo.wiretap import WireView
+from rpclatch.demo.wiretap import SERVICE_NAMES, WireView
 from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec import examples
@@ -137,8 +137,6 @@ def services_after(view: WireView, t: float, flow_port: int | None = None) -> li
             continue
         if flow_port is not None and f":{flow_port} ->" not in c.flow:
             continue
-        from rpclatch.demo.wiretap import SERVICE_NAMES
-
         name = SERVICE_NAMES[c.service]
         if name not in out:
             out.append(name)

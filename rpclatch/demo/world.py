@@ -198,7 +198,7 @@ class DemoWorld:
                 kind, label = EventKind.DROP, f"{label} dropped: {rec.dropped_by}"
             events.append(TraceEvent(rec.time, kind, rec.sender, dst, label, rec.note))
         for call in view.calls:
-            events.append(TraceEvent(call.time, EventKind.RPC, call.sender, _receiver_of(call.flow, self),
+            events.append(TraceEvent(call.time, EventKind.RPC, call.sender, self._call_receiver(call.sender),
                                      call.label, call.flow))
         for host in [self.client, self.server, *self.attackers, *( [self.relay.back] if self.relay else [])]:
             for line in host.log:
@@ -219,6 +219,12 @@ class DemoWorld:
                                      EventKind.POLICY, lane, None, _short(text), text))
         events.sort(key=lambda e: e.t)
         return events
+
+    def _call_receiver(self, sender: str) -> str:
+        """Where a call from ``sender`` went: the MITM's front end terminates the client's calls."""
+        if self.relay is not None and sender == self.client.name:
+            return self.relay.front.name
+        return self.server.name
 
     def export(self, pcapng: Path, esp_sa: Path) -> None:
         packets: list[CapturedPacket] = []
@@ -241,8 +247,6 @@ def _short(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _receiver_of(flow: str, dw: DemoWorld) -> str:
-    return dw.server.name if dw.relay is None else "mitm"
 
 
 def build_world(
