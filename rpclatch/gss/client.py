@@ -21,10 +21,11 @@ broke), the binding is dropped and the call is resent once with the requested se
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -96,7 +97,8 @@ class _Context:
     handle: bytes
     gss: GssContext
     seq_window: int
-    next_seq: int = 1
+    #: seq_num source; next() on an itertools.count is atomic under the GIL (no lock needed).
+    seqs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     stale: bool = False
 
 
@@ -181,15 +183,14 @@ class GssClientAuth(ClientAuth):
             raise RpcGssLocalError("RPCSEC_GSS context not established: await establish() first")
         return ctx
 
-    def _next_seq(self, ctx: _Context) -> int:
+    @staticmethod
+    def _next_seq(ctx: _Context) -> int:
         """A fresh sequence number for every transmission, retransmissions included (§5.3.1)."""
-        with self._lock:
-            seq = ctx.next_seq
-            if seq >= MAXSEQ:
-                ctx.stale = True
-                raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
-            ctx.next_seq = seq + 1
-            return seq
+        seq = next(ctx.seqs)
+        if seq >= MAXSEQ:
+            ctx.stale = True
+            raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
+        return seq
 
     # -- context creation (RFC 2203 §5.2, RFC 5403 §4) ------------------------------------------------
 

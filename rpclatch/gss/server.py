@@ -389,18 +389,23 @@ class GssServerAuth(ServerAuth):
             return self._channel_prot(call, cred, ctx, conn)
         if call.verf.flavor != AuthFlavor.RPCSEC_GSS:
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "verifier is not RPCSEC_GSS")
+        if proc == GssProc.RPCSEC_GSS_BIND_CHANNEL:
+            with ctx.lock:
+                verdict = ctx.window.check(cred.seq_num)
+            if verdict is not SeqVerdict.NEW:
+                return AuthDrop(f"seq_num {cred.seq_num}: {verdict.value}")
+            return self._bind_channel(call, cred, ctx, conn, now)
+        # Check, verify, mark under the context's lock (GSS calls on one context are serialized by
+        # the provider anyway): a duplicate racing on another thread cannot slip in between.
         with ctx.lock:
             verdict = ctx.window.check(cred.seq_num)
-        if verdict is not SeqVerdict.NEW:
-            return AuthDrop(f"seq_num {cred.seq_num}: {verdict.value}")
-        if proc == GssProc.RPCSEC_GSS_BIND_CHANNEL:
-            return self._bind_channel(call, cred, ctx, conn, now)
-        try:
-            ctx.gss.verify_mic(_signed_header(call), call.verf.body)
-        except GssError as exc:
-            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {exc}")
-        if not self._mark(ctx, cred.seq_num):
-            return AuthDrop(f"seq_num {cred.seq_num}: raced with a duplicate")
+            if verdict is not SeqVerdict.NEW:
+                return AuthDrop(f"seq_num {cred.seq_num}: {verdict.value}")
+            try:
+                ctx.gss.verify_mic(_signed_header(call), call.verf.body)
+            except GssError as exc:
+                return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {exc}")
+            ctx.window.mark(cred.seq_num)
         if proc == GssProc.RPCSEC_GSS_DESTROY:
             try:
                 verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, ctx.gss.get_mic(be32(cred.seq_num)))
