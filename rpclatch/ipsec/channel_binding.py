@@ -31,8 +31,9 @@ from enum import Enum
 
 from rpclatch.gss.channel import BreakCallback, Channel, Protection
 from rpclatch.ipsec.errors import ChannelBindingUnavailable
-from rpclatch.ipsec.latch import Alert, LatchDatabase, LatchParams, LatchState
+from rpclatch.ipsec.latch import Alert, LatchDatabase, LatchParams, LatchState, params_from_sa
 from rpclatch.ipsec.model import LocalIdentity, NullAuthPeer, PeerIdentity, ProtectionType, PskPeer
+from rpclatch.ipsec.ulp import UlpLatch, UlpLatchState
 
 #: the project-private binding type name (RFC 5056 §7 characters only; not IANA-registered)
 CB_PREFIX = "rpclatch-ipsec-latch-v1"
@@ -151,8 +152,9 @@ class LatchChannel(Channel):
       silently continue, digest §9.5).
     - on_break(cb): fired once, on the first ALERT to BROKEN or CLOSED (or the owner's release).
 
-    Build it with :meth:`for_latch` (approach 2, latch in the LD) or :meth:`for_params` with an
-    ``is_established`` probe (approach 1, latch in a UlpLatch; call :meth:`mark_broken` on break).
+    Build it with :meth:`for_latch` (approach 2, latch in the LD), :meth:`for_ulp_latch` (approach
+    1, latch in a UlpLatch), or :meth:`for_params` with an ``is_established`` probe (call
+    :meth:`mark_broken` on break).
     """
 
     def __init__(self, params: LatchParams, role: RpcRole, is_established: Callable[[], bool]) -> None:
@@ -176,6 +178,22 @@ class LatchChannel(Channel):
 
         channel = cls(info.params, role, established)
         latches.add_observer(handle, channel.handle_alert)
+        return channel
+
+    @classmethod
+    def for_ulp_latch(cls, ulp: UlpLatch, role: RpcRole) -> LatchChannel:
+        """Approach 1: the channel of a TCB-held latch. Its parameters come from the SA that
+        protected the flow's first packet (it must still be in the SAD); the channel goes down
+        when the UlpLatch breaks or closes."""
+        tag = ulp.tag
+        if ulp.state is not UlpLatchState.LATCHED or tag is None or not tag.protected:
+            raise ChannelBindingUnavailable(f"{ulp.flow} is not latched to an SA ({ulp.state.value})")
+        assert tag.sa_id is not None
+        sa = ulp.engine.sad.get(tag.sa_id)
+        if sa is None:
+            raise ChannelBindingUnavailable(f"the SA that latched {ulp.flow} is gone; no parameters to bind")
+        channel = cls(params_from_sa(sa, ulp.flow, None), role, lambda: ulp.state is UlpLatchState.LATCHED)
+        ulp.add_observer(lambda _latch: channel.mark_broken())
         return channel
 
     @classmethod

@@ -89,6 +89,7 @@ class UlpLatch:
         "disposition",
         "engine",
         "flow",
+        "observers",
         "on_break",
         "on_mismatch",
         "require_protection",
@@ -114,6 +115,8 @@ class UlpLatch:
         self.disposition = disposition
         self.state = UlpLatchState.UNLATCHED
         self.tag: PacketTag | None = None
+        #: extra break/close listeners (e.g. a LatchChannel), besides the application's on_break
+        self.observers: list[Callable[[UlpLatch], None]] | None = None
 
     @property
     def latched(self) -> bool:
@@ -187,6 +190,18 @@ class UlpLatch:
         if self.state is not UlpLatchState.CLOSED:
             self.state = UlpLatchState.CLOSED
             self.engine.close_flow(self.flow, now)
+            self._notify_observers()
+
+    def add_observer(self, callback: Callable[[UlpLatch], None]) -> None:
+        """Also call ``callback(latch)`` when this latch breaks or closes."""
+        if self.observers is None:
+            self.observers = []
+        self.observers.append(callback)
+
+    def _notify_observers(self) -> None:
+        observers, self.observers = self.observers, None
+        for cb in observers or ():
+            cb(self)
 
     def break_latch(self, offending: PacketTag | None = None) -> None:
         """Break a LATCHED latch for good (a mismatch under MismatchPolicy.BREAK, or an outside
@@ -199,6 +214,7 @@ class UlpLatch:
         self.state = UlpLatchState.BROKEN
         if self.on_break is not None:
             self.on_break(UlpBreak(self.flow, latched, offending, self.disposition))
+        self._notify_observers()
 
     def _mismatch(self, tag: PacketTag) -> None:
         if self.on_mismatch is MismatchPolicy.BREAK:

@@ -115,3 +115,24 @@ def test_esp_null_offers_integrity_only() -> None:
     sa = ex.narrow_sa(f, ex.btns_peer(2), ex.btns_local(1), params=ProtectionParams(suite=ESP_NULL_SHA256))
     ch = LatchChannel.for_params(params_from_sa(sa, f, None), RpcRole.SERVER, lambda: True)
     assert ch.protection == Protection.INTEGRITY and not ch.confidential
+
+
+def test_channel_of_a_ulp_latch() -> None:
+    from rpclatch.ipsec.engine import Approach
+    from rpclatch.ipsec.ulp import MismatchPolicy, UlpLatch
+
+    f = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40000)
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), approach=Approach.ULP)
+    e.latches.narrow_conflicting_sas = False
+    sa = e.install_sa(ex.narrow_sa(f, ex.btns_peer(2), ex.btns_local(1)), 0.0)
+    tcb = UlpLatch(e, f, on_mismatch=MismatchPolicy.BREAK)
+    with pytest.raises(ChannelBindingUnavailable):
+        LatchChannel.for_ulp_latch(tcb, RpcRole.SERVER)  # nothing latched yet
+    tcb.inbound(e.inbound(f, sa, 0.0, initiating=True))
+    ch = LatchChannel.for_ulp_latch(tcb, RpcRole.SERVER)
+    assert ch.is_up() and decode_binding_data(ch.binding_data) == (ex.spki(2), ex.spki(1))
+    fired: list[object] = []
+    ch.on_break(fired.append)
+    rogue = e.install_sa(ex.narrow_sa(f, ex.btns_peer(3), ex.btns_local(1)), 1.0)
+    tcb.inbound(e.inbound(f, rogue, 1.0))
+    assert fired == [ch] and not ch.is_up()
