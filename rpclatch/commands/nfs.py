@@ -16,7 +16,10 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from rpclatch.nfs4.security import ConnectionSecurityHook
 
 T = TypeVar("T")
 
@@ -213,13 +216,26 @@ def explain(exc: BaseException, host: str, port: int, path: str, sec: str) -> st
     return f"{type(exc).__name__}: {exc} (set RPCLATCH_DEBUG=1 for a traceback)"
 
 
+def connection_hook(sec: str) -> ConnectionSecurityHook:
+    """The connection-security hook for ``--sec``: ``auto`` goes through BYPASS-OR-PROTECT
+    (:func:`rpclatch.connect.nfs.connection_security`); explicit flavors connect plainly."""
+    from rpclatch.nfs4.security import default_connection_security
+
+    if sec == "auto":
+        try:
+            from rpclatch.connect.nfs import connection_security
+        except ImportError:  # pragma: no cover - the connect package is part of rpclatch
+            return default_connection_security
+        return connection_security
+    return default_connection_security
+
+
 async def _with_client(args: argparse.Namespace, host: str, body: Callable[[Any], Awaitable[T]]) -> T:
     from rpclatch.nfs4.client import Nfs4Client
-    from rpclatch.nfs4.security import default_connection_security
 
     client = await Nfs4Client.connect(host, port=args.port, minorversion=args.minor, sec=args.sec,
                                       gss_target=args.gss_target, timeout=args.timeout,
-                                      security_hook=default_connection_security)
+                                      security_hook=connection_hook(args.sec))
     try:
         return await body(client)
     finally:

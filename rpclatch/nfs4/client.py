@@ -115,6 +115,7 @@ from rpclatch.nfs4.security import (
     ConnectionSecurity,
     ConnectionSecurityHook,
     SecFlavor,
+    acceptable_flavors,
     choose_from_secinfo,
     default_connection_security,
 )
@@ -415,10 +416,17 @@ class Nfs4Client:
             self.flavor = flavor
             return flavor
         names = " or ".join(f.value for f in candidates)
-        what = f"server requires {names} for {path or '/'}" if server_requires else f"--sec {names}"
+        if server_requires:
+            what = f"server requires {names} for {path or '/'}"
+        elif self.sec == "auto":
+            what = f"--sec auto allows only {names} on this connection"
+        else:
+            what = f"--sec {names}"
+        hint = " or use --sec sys" if self.sec == "auto" and SecFlavor.SYS not in candidates else ""
         raise Nfs4SecurityError(
             f"{what} but Kerberos failed ({last}); get a ticket with kinit "
-            "(or set KRB5CCNAME / KRB5_CLIENT_KTNAME)", path, tuple(f.value for f in candidates)) from last
+            f"(or set KRB5CCNAME / KRB5_CLIENT_KTNAME){hint}", path,
+            tuple(f.value for f in candidates)) from last
 
     # ---- COMPOUND with SEQUENCE, retries ----------------------------------------------------------
 
@@ -610,9 +618,10 @@ class Nfs4Client:
             f"(NFS4ERR_WRONGSEC); rerun with another --sec or --sec auto", "/")
 
     async def _adopt_secinfo(self, offered: Sequence[secinfo4], path: str) -> None:
-        choose_from_secinfo(offered, self.allowed, path=path, sec=self.sec)  # raises with advice
-        supported = [f for f in (SecFlavor.from_secinfo(e) for e in offered) if f is not None]
-        candidates = [f for f in supported if f in self.allowed]
+        prefer = self.security.prefer_allowed_order
+        choose_from_secinfo(offered, self.allowed, path=path, sec=self.sec,
+                            prefer_allowed_order=prefer)  # raises with advice
+        candidates = acceptable_flavors(offered, self.allowed, prefer_allowed_order=prefer)
         if self.flavor in candidates and self.sec != "auto":
             return
         await self._switch_to(candidates, path)

@@ -76,14 +76,25 @@ def allowed_flavors(sec: str) -> tuple[SecFlavor, ...]:
         raise ValueError(f"unknown security flavor {sec!r}; use one of {', '.join(SEC_CHOICES)}") from None
 
 
-def choose_from_secinfo(offered: Sequence[secinfo4], allowed: Sequence[SecFlavor], *, path: str = "",
-                        sec: str = "auto") -> SecFlavor:
-    """The first entry of the server's SECINFO list (its preference order, RFC 7530 §16.31.4) that
-    we support and ``allowed`` permits. Raises :class:`Nfs4SecurityError` with advice otherwise."""
+def acceptable_flavors(offered: Sequence[secinfo4], allowed: Sequence[SecFlavor], *,
+                       prefer_allowed_order: bool = False) -> list[SecFlavor]:
+    """Flavors both sides accept, best first: the server's SECINFO order (RFC 7530 §16.31.4), or
+    the order of ``allowed`` when ``prefer_allowed_order``."""
     supported = [f for f in (SecFlavor.from_secinfo(e) for e in offered) if f is not None]
-    for flavor in supported:
-        if flavor in allowed:
-            return flavor
+    if prefer_allowed_order:
+        return [f for f in allowed if f in supported]
+    return [f for f in supported if f in allowed]
+
+
+def choose_from_secinfo(offered: Sequence[secinfo4], allowed: Sequence[SecFlavor], *, path: str = "",
+                        sec: str = "auto", prefer_allowed_order: bool = False) -> SecFlavor:
+    """The first entry of the server's SECINFO list (its preference order, RFC 7530 §16.31.4) that
+    we support and ``allowed`` permits (or the first of ``allowed`` the server offers, with
+    ``prefer_allowed_order``). Raises :class:`Nfs4SecurityError` with advice otherwise."""
+    both = acceptable_flavors(offered, allowed, prefer_allowed_order=prefer_allowed_order)
+    if both:
+        return both[0]
+    supported = [f for f in (SecFlavor.from_secinfo(e) for e in offered) if f is not None]
     names = tuple(e.describe() for e in offered)
     where = f" for {path}" if path else ""
     if supported:
@@ -105,12 +116,15 @@ class ConnectionSecurity:
     ``channel``: the secure channel the connection is latched to (``rpclatch.gss.channel.Channel``),
     so that RPCSEC_GSS v2 can bind to it; None for plain TCP.
     ``record``: free-form details for reports (e.g. a ``rpclatch.connect.SecurityRecord``).
+    ``prefer_allowed_order``: when SECINFO offers several allowed flavors, take the first in
+    ``allowed`` (our order) instead of the server's first (RFC 7530 §16.31.4 order, the default).
     """
 
     allowed: tuple[SecFlavor, ...]
     sock: socket.socket | None = None
     channel: Any = None
     record: dict[str, Any] = field(default_factory=dict)
+    prefer_allowed_order: bool = False
 
 
 #: ``hook(host, port, sec) -> ConnectionSecurity``: runs once per connection before NFS traffic.

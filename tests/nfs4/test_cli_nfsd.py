@@ -51,8 +51,9 @@ def test_ls_get_put_cat_rm(nfsd: LinuxNfsdGuest, tmp_path: Path) -> None:
     r = nfs(nfsd, "get", f"{SERVER_ADDR}:/cli/up.bin", str(back), "--sec", "krb5p")
     assert r.ok, r.stderr
     assert back.read_bytes() == local.read_bytes()
-    r = nfs(nfsd, "stat", f"{SERVER_ADDR}:/cli/up.bin")
+    r = nfs(nfsd, "stat", f"{SERVER_ADDR}:/cli/up.bin")  # --sec auto: BYPASS-OR-PROTECT hook
     assert r.ok and "size:      700000 (683.6K)" in r.stdout, r.stdout
+    assert "security:  krb5i" in r.stdout or "security:  krb5p" in r.stdout, r.stdout
     assert nfs(nfsd, "rm", f"{SERVER_ADDR}:/cli/up.bin").ok
     assert nfs(nfsd, "rm", f"{SERVER_ADDR}:/cli").ok
     r = nfs(nfsd, "cat", f"{SERVER_ADDR}:/krb5only/file.txt", "--sec", "krb5")
@@ -67,5 +68,6 @@ def test_errors_are_one_line(nfsd: LinuxNfsdGuest) -> None:
     assert_one_line_error(nfs(nfsd, "cat", f"{SERVER_ADDR}:/", "--sec", "sys"), "is a directory")
     assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--sec", "krb5i", user=None),
                           "Kerberos failed")
+    assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", user=None), "or use --sec sys")
     assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--port", "2050", "--sec", "sys"),
                           f"cannot reach {SERVER_ADDR}:2050: Connection refused")

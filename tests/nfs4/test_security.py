@@ -59,3 +59,10 @@ def test_nothing_supported() -> None:
 def test_default_connection_hook_is_plain_tcp() -> None:
     cs = asyncio.run(default_connection_security("server", 2049, "krb5p"))
     assert cs.sock is None and cs.channel is None and cs.allowed == (SecFlavor.KRB5P,)
+
+
+def test_prefer_allowed_order() -> None:
+    offered = [SYS, KRB5I, KRB5P]
+    assert choose_from_secinfo(offered, (SecFlavor.KRB5P, SecFlavor.KRB5I)) is SecFlavor.KRB5I
+    assert choose_from_secinfo(offered, (SecFlavor.KRB5P, SecFlavor.KRB5I),
+                               prefer_allowed_order=True) is SecFlavor.KRB5P
