@@ -282,6 +282,11 @@ class GssapiProvider(Provider):
                 self._accept_creds = res.creds
             return self._accept_creds
 
+    def check_acceptor(self) -> None:
+        """Acquire the acceptor credentials now (raises :class:`GssError` if the keytab has no key
+        for the service), instead of failing the first INIT."""
+        self._acceptor_creds()
+
     def initiate(self, target: str, *, channel_bindings: bytes | None = None) -> GssContext:
         return _GssapiContext(True, self._initiator_creds(), self._name(target), channel_bindings, False)
 

@@ -14,10 +14,12 @@ override), ``ccache`` (initiator credential cache), ``keytab`` (acceptor keytab)
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
 from rpclatch.gss.client import GssClientAuth, VersionPolicy
+from rpclatch.gss.errors import GssError
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.server import DEFAULT_SEQ_WINDOW, GssServerAuth
 from rpclatch.gss.wire import Service
@@ -46,6 +48,14 @@ def _client(service: Service, options: dict[str, Any]) -> ClientAuth:
 def _server(options: dict[str, Any]) -> list[ServerAuth]:
     acceptor = options.get("acceptor") or f"{options.get('service', 'nfs')}@{socket.getfqdn()}"
     provider = GssapiProvider(str(acceptor), keytab=options.get("keytab"))
+    try:
+        provider.check_acceptor()
+    except GssError as exc:
+        from rpclatch.cli import UserError
+
+        keytab = options.get("keytab") or os.environ.get("KRB5_KTNAME", "the default keytab")
+        raise UserError(f"cannot accept RPCSEC_GSS as {acceptor}: no usable key in {keytab} ({exc}); "
+                        "run `rpclatch realm up` and export its lines, or set KRB5_KTNAME") from exc
     return [GssServerAuth(provider, seq_window=int(options.get("seq_window", DEFAULT_SEQ_WINDOW)))]
 
 

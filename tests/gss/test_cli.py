@@ -90,3 +90,11 @@ def test_rpc_ping_and_serve_with_sec_krb5(realm: ThrowawayRealm) -> None:
         assert none.returncode == 1 and "authentication failed" in none.stderr
     finally:
         _stop(server)
+
+
+def test_serve_without_keytab_is_a_one_line_user_error() -> None:
+    env = {**os.environ, "KRB5_KTNAME": "/nonexistent/keytab", "KRB5_CONFIG": "/nonexistent/krb5.conf"}
+    proc = subprocess.run([sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--tcp", "--sec", "krb5i"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "KRB5_KTNAME" in proc.stderr
