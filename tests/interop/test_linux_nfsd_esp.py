@@ -45,3 +45,29 @@ def test_null_over_esp_from_guest_client_namespace(nfsd_guest: LinuxNfsdGuest) -
     assert clear == [], f"NFS in clear on the ESP path: {clear[:3]}"
     assert all(p.is_esp for p in packets if {p.src, p.dst} == {ESP_CLIENT_ADDR, ESP_SERVER_ADDR}
                and p.proto == "6")
+
+
+def test_kernel_client_over_esp_from_client_namespace(nfsd_guest: LinuxNfsdGuest) -> None:
+    # the baseline for our client over ESP: the guest kernel's NFS client mounting from netns
+    # "client" (its RPC transport lives in that namespace, so every packet goes through the SAs)
+    if not nfsd_guest.config.esp:
+        pytest.skip("guest booted without ESP")
+    mnt = "/tmp/mnt-esp-kernel"
+    before = nfsd_guest.xfrm_counters()
+    nfsd_guest.run(["mkdir", "-p", mnt], check=True)
+    with nfsd_guest.capture("esp-kernel", iface="vs") as pcap:
+        # nsenter, not "ip netns exec": that one unshares the mount namespace and the mount is lost
+        nfsd_guest.run(["nsenter", "--net=/run/netns/client", "mount", "-t", "nfs4", "-o", "sec=sys,vers=4.1",
+                        f"{ESP_SERVER_ADDR}:/", mnt], check=True, timeout=90)
+        nfsd_guest.run(["mountpoint", "-q", mnt], check=True)
+        try:
+            nfsd_guest.run(f"head -c 2000000 /dev/urandom >{mnt}/kernel-esp.bin && sync", check=True)
+            via_nfs = nfsd_guest.run(["sha256sum", f"{mnt}/kernel-esp.bin"], check=True).stdout.split()[0]
+        finally:
+            nfsd_guest.run(["umount", mnt], check=True, timeout=60)
+    assert via_nfs == nfsd_guest.server_sha256("/kernel-esp.bin")
+    after = nfsd_guest.xfrm_counters()
+    assert after[ESP_SPI_IN].bytes - before[ESP_SPI_IN].bytes >= 2_000_000
+    packets = read_packets(pcap)
+    assert any(p.is_esp for p in packets)
+    assert [p for p in packets if p.is_nfs_tcp] == []

@@ -134,7 +134,10 @@ def test_large_file_krb5p_4mib(nfsd_guest: LinuxNfsdGuest) -> None:
     assert nfsd_guest.server_sha256(path) == want
 
 
-def test_kernel_client_reads_what_we_wrote_and_we_read_what_it_wrote(nfsd_guest: LinuxNfsdGuest) -> None:
+@pytest.mark.parametrize("sec", ["sys", "krb5p"])
+def test_kernel_client_reads_what_we_wrote_and_we_read_what_it_wrote(
+    nfsd_guest: LinuxNfsdGuest, sec: str
+) -> None:
     ours = f"/{_name('ours')}.bin"
     theirs = f"/{_name('kernel')}.bin"
     data = payload(1 << 20, 11)
@@ -142,8 +145,8 @@ def test_kernel_client_reads_what_we_wrote_and_we_read_what_it_wrote(nfsd_guest:
     async def write(client: Nfs4Client) -> None:
         await client.write_file(ours, data)
 
-    _run(nfsd_guest, "alice", 1, "sys", write)
-    mnt = nfsd_guest.kernel_mount("/", sec="sys", vers="4.1", mountpoint="/tmp/mnt-exchange")
+    _run(nfsd_guest, "alice", 1, sec, write)
+    mnt = nfsd_guest.kernel_mount("/", sec=sec, vers="4.1", mountpoint=f"/tmp/mnt-exchange-{sec}")
     try:
         seen = nfsd_guest.run(["sha256sum", f"{mnt}{ours}"], check=True).stdout.split()[0]
         nfsd_guest.run(f"head -c 1500000 /dev/urandom >{mnt}{theirs} && sync", check=True)
@@ -155,7 +158,7 @@ def test_kernel_client_reads_what_we_wrote_and_we_read_what_it_wrote(nfsd_guest:
     async def read(client: Nfs4Client) -> bytes:
         return await client.read_bytes(theirs)
 
-    back = _run(nfsd_guest, "alice", 0, "sys", read)
+    back = _run(nfsd_guest, "alice", 0, sec, read)
     assert len(back) == 1_500_000
     assert hashlib.sha256(back).hexdigest() == kernel_sum == nfsd_guest.server_sha256(theirs)
 
