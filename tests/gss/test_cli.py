@@ -94,7 +94,10 @@ def test_rpc_ping_and_serve_with_sec_krb5(realm: ThrowawayRealm) -> None:
 
 def test_serve_without_keytab_is_a_one_line_user_error() -> None:
     env = {**os.environ, "KRB5_KTNAME": "/nonexistent/keytab", "KRB5_CONFIG": "/nonexistent/krb5.conf"}
-    proc = subprocess.run([sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--tcp", "--sec", "krb5i"],
+    # The installed console script: under ``python -m rpclatch.cli`` the module runs as __main__,
+    # whose UserError is another class than rpclatch.cli.UserError.
+    script = os.path.join(os.path.dirname(sys.executable), "rpclatch")
+    proc = subprocess.run([script, "rpc", "serve", "--tcp", "--sec", "krb5i"],
                           env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "KRB5_KTNAME" in proc.stderr
