@@ -121,6 +121,36 @@ class _TimerMixin:
             self._timer = None
 
 
+#: Messages up to this size are gathered into the reusable send buffer and written with one send.
+SEND_GATHER_MAX = 4 * 1024 * 1024 + 64 * 1024
+
+
+def _write(transport: asyncio.WriteTransport, parts: list[bytes]) -> None:
+    """Write ``parts`` with one ``send``: several parts are gathered into a per-thread buffer that
+    is reused call after call (asyncio sends or copies the data before ``write`` returns), so a
+    large payload costs one copy and no allocation, and goes out as one TCP segment train instead
+    of a small header segment followed by the payload."""
+    if len(parts) == 1:
+        transport.write(parts[0])
+        return
+    if not parts:
+        return
+    total = sum(map(len, parts))
+    if total > SEND_GATHER_MAX:
+        for part in parts:
+            transport.write(part)
+        return
+    buf: memoryview | None = getattr(_local, "send", None)
+    if buf is None or len(buf) < total:
+        buf = _local.send = memoryview(bytearray(max(total, 64 * 1024)))
+    pos = 0
+    for part in parts:
+        n = len(part)
+        buf[pos:pos + n] = part
+        pos += n
+    transport.write(buf[:total])
+
+
 # --------------------------------------------------------------------------------------------
 # clients
 
@@ -166,8 +196,7 @@ class _StreamClientProtocol(asyncio.BufferedProtocol, _TimerMixin):
         if events:
             _deliver(events)
         if conn.wants_write and self.transport is not None:  # calls resent after an auth refresh
-            for part in conn.data_to_send_parts():
-                self.transport.write(part)
+            _write(self.transport, conn.data_to_send_parts())
         if events and type(events[-1]) is ConnectionFailed and self.transport is not None:
             log.warning("closing RPC connection: %s", events[-1].error)
             self.transport.abort()
@@ -253,8 +282,7 @@ class RpcStreamClient:
         fut: asyncio.Future[bytes] = loop.create_future()
         handle.context = fut
         if conn.outstanding == 1:
-            for part in conn.data_to_send_parts():
-                self.transport.write(part)
+            _write(self.transport, conn.data_to_send_parts())
         elif not self._flush_scheduled:
             # Several calls in flight: gather the calls made in this loop iteration into one write.
             self._flush_scheduled = True
@@ -265,8 +293,7 @@ class RpcStreamClient:
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self.transport.is_closing():
-            for part in self._conn.data_to_send_parts():
-                self.transport.write(part)
+            _write(self.transport, self._conn.data_to_send_parts())
 
     async def call(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
                    auth: ClientAuth | None = None, timeout: float | None = None) -> bytes:
@@ -434,8 +461,7 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         pending = conn.receive_data(self._recv[:nbytes], self._loop.time())
         transport = self.transport
         assert transport is not None
-        for part in conn.data_to_send_parts():
-            transport.write(part)
+        _write(transport, conn.data_to_send_parts())
         for p in pending:
             task = self._loop.create_task(self._run(p))
             self.tasks.add(task)
@@ -460,9 +486,7 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         conn.finish(pending, outcome, self._loop.time())
         if transport.is_closing():
             return
-        out = conn.data_to_send()
-        if out:
-            transport.write(out)
+        _write(transport, conn.data_to_send_parts())
         if conn.closed and not conn.in_flight:
             transport.close()
         elif self._paused and conn.in_flight < self.server.max_in_flight:
