@@ -178,7 +178,7 @@ class IPsecEngine:
         self._bop_failed: dict[FiveTuple, AcquireOutcome] = {}
         self._last_sa: dict[int, int] = {}
         self._by_flow = self.latches._by_flow  # hot-path aliases
-        self.latches.on_established = self._latch_established
+        self.latches.on_latched = self._record_latch
         self.latches.on_closed = self._latch_closed
 
     @property
@@ -732,7 +732,7 @@ class IPsecEngine:
             return None
         return self.latches.spawn_from_listener(listener, flow, sa, now)
 
-    def _latch_established(self, latch: Latch, sa: SecurityAssociation | None) -> None:
+    def _record_latch(self, latch: Latch, sa: SecurityAssociation | None) -> None:
         flow = latch.key
         assert isinstance(flow, FiveTuple) and latch.params is not None
         self.peer_ids.intern(latch.params.peer)

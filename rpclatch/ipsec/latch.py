@@ -414,8 +414,9 @@ class LatchDatabase:
         self._observers: dict[int, list[AlertCallback]] = {}
         #: hook run when a latch reaches CLOSED (approach 2 removes its PAD clone / backend policy)
         self.on_closed: Callable[[Latch], None] | None = None
-        #: hook run when a latch becomes ESTABLISHED (approach 2 makes its PAD clone)
-        self.on_established: Callable[[Latch, SecurityAssociation | None], None] | None = None
+        #: hook run when a connection latch gets its parameters, i.e. is created ESTABLISHED or
+        #: BROKEN or leaves LARVAL (approach 2 makes its PAD clone and per-flow policy)
+        self.on_latched: Callable[[Latch, SecurityAssociation | None], None] | None = None
 
     # -- ULP interface (RFC 5660 §2.3) ----------------------------------------------------------
 
@@ -473,8 +474,8 @@ class LatchDatabase:
         latch = Latch(handle, flow, next_state(None, E.CREATE_ESTABLISHED), req, on_alert, now)
         latch.params = params_from_sa(chosen, flow, policy)
         self._insert(latch)
-        if self.on_established is not None:
-            self.on_established(latch, chosen)
+        if self.on_latched is not None:
+            self.on_latched(latch, chosen)
         return handle
 
     def release_latch(self, handle: int) -> LatchInfo:
@@ -574,8 +575,8 @@ class LatchDatabase:
             for sa_id in conflicts:
                 self._broken_by_sa.setdefault(sa_id, set()).add(handle)
         self._insert(latch)
-        if latch.state is S.ESTABLISHED and self.on_established is not None:
-            self.on_established(latch, sa)
+        if self.on_latched is not None:
+            self.on_latched(latch, sa)
         self._alert(latch, None, AlertReason.NEW_CONNECTION, listener=listener.handle)
         return handle
 
@@ -637,8 +638,8 @@ class LatchDatabase:
                 continue
             latch.params = params_from_sa(sa, flow, policy)
             self._transition(latch, E.SA_READY, AlertReason.ESTABLISHED)
-            if self.on_established is not None:
-                self.on_established(latch, sa)
+            if self.on_latched is not None:
+                self.on_latched(latch, sa)
 
     def sa_setup_failed(self, flow: FiveTuple, *, timeout: bool, detail: str = "") -> None:
         """The key manager could not make SAs for ``flow``: a LARVAL latch goes CLOSED (alerted)."""
