@@ -17,10 +17,10 @@ import pytest
 
 from interop.probe import payload
 from interop.uml import SERVER_ADDR, LinuxNfsdGuest
-from rpclatch.gss.errors import RpcGssError
 from rpclatch.nfs4.client import Nfs4Client
-from rpclatch.nfs4.errors import Nfs4Error, Nfs4RemoteError, Nfs4SecurityError
-from rpclatch.rpc.errors import RpcError
+from rpclatch.nfs4.const import nfsstat4
+from rpclatch.nfs4.errors import Nfs4RemoteError, Nfs4SecurityError
+from rpclatch.rpc.errors import RpcConnectionClosed
 
 pytestmark = [pytest.mark.uml, pytest.mark.root]
 
@@ -84,10 +84,11 @@ def test_wrong_service_principal_fails_cleanly(nfsd_guest: LinuxNfsdGuest) -> No
     async def body(client: Nfs4Client) -> None:
         await client.stat("/krb5only/file.txt")
 
-    # nfs/wrong.rpclatch.test is in the KDC but not in the server's keytab
-    with pytest.raises((Nfs4Error, RpcError, RpcGssError)) as info:
+    # nfs/wrong.rpclatch.test is in the KDC but not in the server's keytab: gssproxy cannot accept
+    # the INIT token and Linux closes the connection without a reply (no GSS major status)
+    with pytest.raises(RpcConnectionClosed) as info:
         _run(nfsd_guest, "alice", 1, "krb5i", body, target=f"nfs@wrong.{nfsd_guest.config.domain}")
-    assert str(info.value)
+    assert "closed" in str(info.value)
 
 
 def test_withdrawn_export_is_an_nfs_error(nfsd_guest: LinuxNfsdGuest) -> None:
@@ -108,4 +109,7 @@ def test_withdrawn_export_is_an_nfs_error(nfsd_guest: LinuxNfsdGuest) -> None:
     finally:
         nfsd_guest.reexport()
     assert results["before"] == len("secret-data /krb5only\n")
-    assert isinstance(results["after"], Nfs4RemoteError), results
+    # without the export, /krb5only is the empty mount-point directory of the root export
+    after = results["after"]
+    assert isinstance(after, Nfs4RemoteError), results
+    assert after.status == nfsstat4.NFS4ERR_NOENT
