@@ -312,3 +312,40 @@ def test_huge_counts_are_bounded() -> None:
         COMPOUND4res.decode(H("00000000" "00000000" "ffffffff"))
     with pytest.raises(XdrError):
         READ4res.decode_from(Decoder(H("00000000" "00000000" "7fffffff")))
+
+
+_times = st.builds(nfstime4, st.integers(-(2**63), 2**63 - 1), st.integers(0, 999_999_999))
+_u64 = st.integers(0, 2**64 - 1)
+_u32 = st.integers(0, 2**32 - 1)
+_attrs = st.builds(
+    Fattr4,
+    type=st.none() | st.sampled_from(list(nfs_ftype4)), size=st.none() | _u64,
+    change=st.none() | _u64, fsid=st.none() | st.builds(fsid4, _u64, _u64),
+    fileid=st.none() | _u64, mode=st.none() | _u32, numlinks=st.none() | _u32,
+    owner=st.none() | st.text(max_size=40), owner_group=st.none() | st.text(max_size=40),
+    time_access=st.none() | _times, time_modify=st.none() | _times, time_metadata=st.none() | _times,
+    rdattr_error=st.none() | st.sampled_from(list(nfsstat4)), lease_time=st.none() | _u32,
+    filehandle=st.none() | st.binary(max_size=128), link_support=st.none() | st.booleans(),
+    supported_attrs=st.none() | st.lists(_u32, max_size=3).map(tuple),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_attrs)
+def test_fattr4_round_trip_property(attrs: Fattr4) -> None:
+    enc = Encoder()
+    attrs.encode_into(enc)
+    assert Fattr4.decode_from(Decoder(enc.to_bytes())) == attrs
+
+
+_sids = st.builds(stateid4, _u32, st.binary(min_size=12, max_size=12))
+_ops = (st.sampled_from([PUTROOTFH4args(), GETFH4args()]) | st.builds(LOOKUP4args, st.text(max_size=20))
+        | st.builds(READ4args, _sids, _u64, _u32)
+        | st.builds(GETATTR4args, st.lists(_u32, max_size=3).map(tuple)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ops, max_size=8), st.integers(0, 1), st.text(max_size=10))
+def test_compound_args_round_trip_property(ops: list[object], minor: int, tag: str) -> None:
+    comp = COMPOUND4args(tuple(ops), minor, tag)  # type: ignore[arg-type]
+    assert COMPOUND4args.decode(comp.encode()) == comp
