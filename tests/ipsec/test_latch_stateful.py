@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from rpclatch.ipsec import examples as ex
 from rpclatch.ipsec.decisions import InboundVerdict
-from rpclatch.ipsec.engine import EngineConfig, IPsecEngine
+from rpclatch.ipsec.engine import EngineConfig, FlowChoice, IPsecEngine
 from rpclatch.ipsec.errors import IPsecError
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, FiveTuple, ProtectionParams, Selector, ThreeTuple
@@ -85,9 +85,14 @@ class LatchMachine(RuleBasedStateMachine):
         if handles:
             self.e.latches.release_latch(data.draw(st.sampled_from(handles)))
 
-    @rule(bypass=st.booleans())
-    def change_spd(self, bypass: bool) -> None:
-        self.e.update_spd(ex.nfs_spd(SpdAction.BYPASS if bypass else SpdAction.PROTECT))
+    @rule(action=st.sampled_from([SpdAction.PROTECT, SpdAction.BYPASS, SpdAction.BYPASS_OR_PROTECT]))
+    def change_spd(self, action: SpdAction) -> None:
+        self.e.update_spd(ex.nfs_spd(action))
+
+    @rule(f=st.sampled_from(FLOWS), choice=st.sampled_from(list(FlowChoice)), privileged=st.booleans())
+    def decide(self, f: FiveTuple, choice: FlowChoice, privileged: bool) -> None:
+        with contextlib.suppress(IPsecError):
+            self.e.request_protection(f, choice, self.now, privileged=privileged)
 
     @rule(peer=st.sampled_from(PEERS))
     def dpd(self, peer: object) -> None:
@@ -118,6 +123,11 @@ class LatchMachine(RuleBasedStateMachine):
                     assert latch.params.congruent(sa), (latch, sa)
                 assert self.e.inbound(latch.key, None, self.now).verdict is InboundVerdict.DROP
                 assert latch.key in self.e.pad_layer.clones  # approach 2: the latch is a PAD clone
+            if latch.state in (LatchState.ESTABLISHED, LatchState.BROKEN) and isinstance(
+                latch.key, FiveTuple
+            ):
+                overlay = self.e.spd.overlay_entry(latch.key)
+                assert overlay is None or overlay.action is SpdAction.PROTECT  # never BYPASS mid-flow
         for flow in self.e.pad_layer.clones:
             assert ld.latch_for(flow) is not None or flow in self.e.pad_layer.holds
 
