@@ -4,7 +4,7 @@ Ids map to standards digest §11: CB-01 item 37, CB-02 item 38, CB-03 item 39 (a
 CB-04 and CB-05 item 40, CB-06 item 41, CB-07 item 42 (v1 handles; v3 is not served, so it gets
 AUTH_REJECTEDCRED), CB-08 item 27 (GSS-level bindings through MIT krb5; the Bnd bytes themselves are
 internal to libkrb5), CB-09 item 37 (the initiator verifies rbcvr_mic), CB-10 attack A10
-(one-sided latching). Channels are
+(one-sided latching), CB-11 attack A11 mitigation (a). Channels are
 :class:`rpclatch.gss.channel.InMemoryChannel` pairs; a MITM is a pair whose two ends carry
 different binding data (each side sees the channel the attacker terminated).
 """
@@ -36,6 +36,7 @@ from rpclatch.gss.wire import (
     Service,
 )
 from rpclatch.rpc.auth import AuthAccept, AuthDeny, ConnectionInfo
+from rpclatch.rpc.errors import RpcAuthError
 from rpclatch.rpc.messages import (
     MAX_AUTH_BYTES,
     NULL_AUTH,
@@ -345,3 +346,17 @@ def test_cb_10_bind_without_server_side_channel(realm: ThrowawayRealm) -> None:
     assert res.res.status == BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP and res.res.pref_list == ()
     assert not srv.is_bound(c.handle or b"")
     assert c.effective_service() == Service.INTEGRITY
+
+
+@pytest.mark.conformance(id="CB-11", rfc="RFC 5403 §9 (mitigation a: cap DATA requests per context)")
+def test_cb_11_request_cap_forces_refresh(realm: ThrowawayRealm) -> None:
+    srv, c, t, _ = make(realm, max_requests_per_context=5)
+    first = c.handle
+    for i in range(5):
+        assert t.call_sync(c, 1, b"%d" % i) == b"%d" % i
+    with pytest.raises(RpcAuthError) as err:
+        t.call_sync(c, 1, b"sixth")
+    assert err.value.stat == AuthStat.RPCSEC_GSS_CTXPROBLEM
+    assert srv.context_count() == 0
+    assert run(c.call(t.call, 1, b"after refresh")) == b"after refresh"  # transparent refresh
+    assert c.handle != first
