@@ -56,7 +56,8 @@ class SaProvision:
     """A statically keyed peer: what an ACQUIRE for a flow to ``remote`` will produce.
 
     ``narrow`` makes per-5-tuple SAs (PFP on every selector, RFC 5660 §2.1); otherwise the SA gets
-    ``selectors``. ``setup_delay`` is the virtual time the "negotiation" takes; a delay longer than
+    ``selectors`` -- unless the ACQUIRE's policy asks for narrow SAs (``ProtectionPolicy.narrow``,
+    the default), which wins. ``setup_delay`` is the virtual time the "negotiation" takes; a delay longer than
     the acquire timeout models an IKE timeout (e.g. no IKE daemon at the peer). ``refuse`` models a
     peer that answers and refuses (NO_PROPOSAL_CHOSEN, AUTHENTICATION_FAILED) after ``setup_delay``.
     """
@@ -236,7 +237,9 @@ class StaticKeyManager(KeyManager, SaRequester):
     def _install_from(self, pend: PendingAcquire, now: float) -> None:
         prov = pend.provision
         assert prov is not None
-        selectors = (Selector.for_flow(pend.flow),) if prov.narrow else prov.selectors
+        # RFC 5660 §2.1: a request for a specific QoP SHOULD imply narrow SAs
+        narrow = prov.narrow or pend.policy.narrow or not prov.selectors
+        selectors = (Selector.for_flow(pend.flow),) if narrow else prov.selectors
         sa = SecurityAssociation(
             sa_id=0,
             spi_in=next(self._spis),

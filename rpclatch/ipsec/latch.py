@@ -839,6 +839,8 @@ class LatchDatabase:
             return False
         if req.peer is not None and sa.peer != req.peer:
             return False
+        if req.local is not None and sa.local != req.local:
+            return False
         return (sa.params.protection & req.protection) == req.protection
 
     def _choose_sa(

@@ -117,3 +117,13 @@ def test_restart_fails_pending_acquires() -> None:
     k.acquire(CLI, ProtectionPolicy(), 0.0)
     k.restart(1.0, restore_latches=False)
     assert res.got[-1][1] is AcquireOutcome.NO_PEER and not k.pending
+
+
+def test_wide_provision_used_only_when_policy_allows() -> None:
+    wide = (Selector(local=ex.NET, remote=ex.NET, proto=6),)
+    k, res, _ = km(prov(narrow=False, selectors=wide))
+    k.acquire(CLI, ProtectionPolicy(narrow=False), 0.0)
+    assert res.got[-1][2] is not None and not res.got[-1][2].is_narrow
+    k2, res2, _ = km(prov(narrow=False, selectors=wide))
+    k2.acquire(CLI, ProtectionPolicy(), 0.0)  # a specific QoP request implies narrow SAs
+    assert res2.got[-1][2] is not None and res2.got[-1][2].is_narrow

@@ -212,3 +212,11 @@ def test_same_peer_different_qop_sas_conflict() -> None:
     )
     with pytest.raises(LatchConflict):
         e.latches.create_connection_latch(F)
+
+
+def test_requested_local_identity_is_honoured() -> None:
+    e = engine()
+    e.install_sa(ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(SERVER_KEY)), 0.0)
+    with pytest.raises(LatchConflict):
+        e.latches.create_connection_latch(F, LatchRequest(local=ex.btns_local(ROGUE_KEY)))
+    assert e.latches.create_connection_latch(F, LatchRequest(local=ex.btns_local(SERVER_KEY))) > 0
