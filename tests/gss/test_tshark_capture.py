@@ -10,16 +10,19 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from rpclatch.gss.channel import InMemoryChannel
 from rpclatch.gss.client import GssClientAuth, VersionPolicy, rpc_call_via
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import Service
 from rpclatch.rpc.aio import RpcServer, RpcStreamClient
+from rpclatch.rpc.auth import ConnectionInfo
 from rpclatch.rpc.server import RpcDispatcher
 from rpclatch.rpc.testprog import (
     PROC_ECHO,
@@ -82,6 +85,25 @@ def _wait_until_capturing(tshark: subprocess.Popen[bytes], pcap: Path, port: int
                 return
 
 
+def _capture(pcap: Path, port: int, traffic: Callable[[], None]) -> str:
+    """Run ``traffic()`` under a tshark capture of ``port``; return tshark's verbose decode."""
+    tshark = subprocess.Popen(["tshark", "-i", "lo", "-f", f"port {port}", "-w", str(pcap)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until_capturing(tshark, pcap, port)
+        traffic()
+        _wait_until_capturing(tshark, pcap, port)  # a later probe landed: the traffic is on file
+    finally:
+        tshark.send_signal(signal.SIGTERM)
+        try:
+            tshark.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            tshark.kill()
+            tshark.wait()
+    return subprocess.run(["tshark", "-r", str(pcap), *TSHARK_OPTS, "-V"], capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+
+
 def _fields(pcap: Path, *fields: str) -> list[list[str]]:
     cmd = ["tshark", "-r", str(pcap), *TSHARK_OPTS, "-Y", "rpc", "-T", "fields"]
     for f in fields:
@@ -93,21 +115,7 @@ def _fields(pcap: Path, *fields: str) -> list[list[str]]:
 def test_tshark_decodes_rpcsec_gss_v1(realm: ThrowawayRealm, tmp_path: Path) -> None:
     port = _free_port()
     pcap = tmp_path / "gss-v1.pcapng"
-    tshark = subprocess.Popen(["tshark", "-i", "lo", "-f", f"port {port}", "-w", str(pcap)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_until_capturing(tshark, pcap, port)
-        asyncio.run(_traffic(realm, port))
-        _wait_until_capturing(tshark, pcap, port)  # a later probe landed: the traffic is on file
-    finally:
-        tshark.send_signal(signal.SIGTERM)
-        try:
-            tshark.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            tshark.kill()
-            tshark.wait()
-    verbose = subprocess.run(["tshark", "-r", str(pcap), *TSHARK_OPTS, "-V"], capture_output=True, text=True,
-                             check=True, timeout=60).stdout
+    verbose = _capture(pcap, port, lambda: asyncio.run(_traffic(realm, port)))
     assert "Malformed" not in verbose
     assert "[Expert Info (Error" not in verbose
     rows = _fields(pcap, "rpc.msgtyp", "rpc.authgss.version", "rpc.authgss.procedure",
@@ -123,3 +131,45 @@ def test_tshark_decodes_rpcsec_gss_v1(realm: ThrowawayRealm, tmp_path: Path) -> 
     assert any(r[5] for r in calls)  # integrity checksums decoded
     assert any(r[6] for r in calls if r[3] == "3")  # privacy data decoded
     assert len(replies) == len(calls)
+
+
+async def _v2_traffic(realm: ThrowawayRealm, port: int) -> None:
+    cli_ch, srv_ch = InMemoryChannel.pair("x-test", os.urandom(32))
+
+    def on_connection(info: ConnectionInfo, transport: object) -> None:
+        info.channel = srv_ch
+
+    dispatcher = RpcDispatcher([GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab))])
+    add_test_program(dispatcher)
+    server = RpcServer(dispatcher, on_connection=on_connection)
+    await server.listen_tcp("127.0.0.1", port)
+    try:
+        async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client:
+            auth = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name)
+            call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+            await auth.establish(call)
+            await auth.bind_channel(call, cli_ch)
+            for i in range(2):
+                await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
+                                  encode_opaque(b"bound %d" % i), auth=auth)
+            await auth.destroy(call)
+    finally:
+        await server.close(grace=1.0)
+
+
+def test_tshark_decodes_rpcsec_gss_v2_bind_channel_and_channel_prot(realm: ThrowawayRealm,
+                                                                    tmp_path: Path) -> None:
+    """tshark 3.x/4.x knows v2 only as numbers (proc 4, service 4) but must find nothing malformed."""
+    port = _free_port()
+    pcap = tmp_path / "gss-v2.pcapng"
+    verbose = _capture(pcap, port, lambda: asyncio.run(_v2_traffic(realm, port)))
+    assert "Malformed" not in verbose
+    assert "[Expert Info (Error" not in verbose
+    rows = _fields(pcap, "rpc.msgtyp", "rpc.authgss.version", "rpc.authgss.procedure",
+                   "rpc.authgss.service", "rpc.auth.flavor")
+    calls = [r for r in rows if r[0] == "0"]
+    assert {r[1] for r in calls} == {"2"}
+    assert [(r[2], r[3]) for r in calls] == [("1", "1"), ("4", "1"), ("0", "4"), ("0", "4"), ("3", "2")]
+    # rpc.auth.flavor lists the credential's then the verifier's flavor: channel_prot carries an
+    # RPCSEC_GSS credential with an AUTH_NONE verifier (RFC 5403 §3.4), the others two RPCSEC_GSS.
+    assert [r[4] for r in calls] == ["6,0", "6,6", "6,0", "6,0", "6,6"]
