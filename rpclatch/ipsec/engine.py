@@ -529,8 +529,23 @@ class IPsecEngine:
         backend as a per-socket policy (on Linux: IP_XFRM_POLICY on that socket).
         """
         latch = self.latches._by_flow.get(flow)
+        if latch is not None and flow in self.pad_layer.holds:
+            self._supersede(flow)  # a new flow on a 5-tuple in its TIME_WAIT hold
+            latch = None
         if choice is FlowChoice.BYPASS and latch is not None and latch.state is not LatchState.LARVAL:
             raise PolicyRefused(f"{flow} is latched; a latched flow never falls back to BYPASS")
+        if choice is FlowChoice.PROTECT and latch is not None:
+            # already decided and latched (or being latched): asking again changes nothing
+            if latch.state is LatchState.LARVAL:
+                return ProtectionOutcome(flow, choice, ok=False, pending=True, latch=latch.handle)
+            return ProtectionOutcome(
+                flow,
+                choice,
+                ok=latch.state is LatchState.ESTABLISHED,
+                latch=latch.handle,
+                sa=self._latched_sa(latch, flow) if latch.state is LatchState.ESTABLISHED else None,
+                detail="" if latch.state is LatchState.ESTABLISHED else f"latch is {latch.state.value}",
+            )
         current = self.spd.overlay_entry(flow)
         if (
             choice is FlowChoice.BYPASS
@@ -578,11 +593,15 @@ class IPsecEngine:
         if self.approach is Approach.POLICY:
             try:
                 handle = self.latches.create_connection_latch(flow, request, on_alert=on_alert, now=now)
-            except Exception:
+            except IPsecLocalError:
+                # undo the clone: the decision did not happen (restore what was there before)
                 self._outcome_cbs.pop(flow, None)
                 if clone is not None:
                     self.spd.remove_overlay(flow)
                     self.backend.remove_flow_policy(flow)
+                    if current is not None:
+                        self.spd.install_overlay(flow, current)
+                        self.backend.install_flow_policy(FlowPolicy(flow, current, None))
                 raise
             latch = self.latches._latches.get(handle)
             if latch is not None and latch.state is LatchState.ESTABLISHED:

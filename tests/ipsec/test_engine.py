@@ -307,3 +307,12 @@ def test_auto_latch_conflict_proceeds_unlatched_without_raising() -> None:
     e.install_sa(ex.narrow_sa(CLI, ex.btns_peer(ROGUE), ex.btns_local(CLIENT)), 0.0)
     d = e.outbound(CLI, 0.0, initiating=True)
     assert d.verdict is OutboundVerdict.PROTECT and d.latch is None and len(e.latches) == 0
+
+
+def test_request_protection_is_idempotent_on_a_latched_flow() -> None:
+    e = IPsecEngine(ex.nfs_spd(SpdAction.BYPASS_OR_PROTECT), ex.btns_pad(), provisions=[provision(SERVER)])
+    first = e.request_protection(CLI, FlowChoice.PROTECT, 0.0)
+    again = e.request_protection(CLI, FlowChoice.PROTECT, 1.0)
+    assert first.ok and again.ok and again.latch == first.latch
+    entry = e.spd.overlay_entry(CLI)
+    assert entry is not None and entry.action is SpdAction.PROTECT
