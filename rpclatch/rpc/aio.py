@@ -76,12 +76,16 @@ _INF = float("inf")
 def _deliver(events: list[Event]) -> None:
     for ev in events:
         if type(ev) is CallCompleted:
-            fut = ev.handle.context
+            handle = ev.handle
+            fut = handle.context
+            handle.context = None  # the handle may outlive the call in the timer heap
             if not fut.done():
                 fut.set_result(ev.result)
         elif type(ev) is CallFailed:
-            fut = ev.handle.context
-            if not fut.done():
+            handle = ev.handle
+            fut = handle.context
+            handle.context = None
+            if fut is not None and not fut.done():
                 fut.set_exception(ev.error)
 
 

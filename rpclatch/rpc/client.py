@@ -119,6 +119,14 @@ class CallHandle:
         self.retransmit_interval = 0.0
         self._timer_at = _NO_DEADLINE
 
+    def _release(self) -> None:
+        """The call is over: drop what it held (arguments, wrapped message), since stale timer
+        entries may keep the handle itself alive for a while."""
+        self.done = True
+        self.args = b""
+        self.prepared = None
+        self.wire = b""
+
     def __repr__(self) -> str:
         return f"<CallHandle xid={self.xid:#010x} {self.prog}/{self.vers}/{self.proc}>"
 
@@ -234,13 +242,13 @@ class _ClientCore:
         return fired
 
     def _finish(self, handle: CallHandle) -> None:
-        handle.done = True
+        handle._release()
         if self._pending.get(handle.xid) is handle:
             del self._pending[handle.xid]
 
     def _fail_all(self, error: RpcError, events: list[Event]) -> None:
         for handle in list(self._pending.values()):
-            handle.done = True
+            handle._release()
             events.append(CallFailed(handle, error))
         self._pending.clear()
         self._timers.clear()
@@ -261,7 +269,7 @@ class _ClientCore:
                 if bad is None:
                     log.warning("ignoring a malformed reply (%s)", exc)
                     return None
-                bad.done = True
+                bad._release()
                 events.append(CallFailed(bad, RpcProtocolError(f"malformed reply: {exc}")))
                 return None
         else:
@@ -276,17 +284,17 @@ class _ClientCore:
                 try:
                     result = handle.auth.accept_reply(handle.prepared, reply)  # type: ignore[arg-type]
                 except RpcError as exc:
-                    handle.done = True
+                    handle._release()
                     events.append(CallFailed(handle, exc))
                     return None
                 except XdrError as exc:
-                    handle.done = True
+                    handle._release()
                     events.append(CallFailed(handle, RpcProtocolError(f"malformed results: {exc}")))
                     return None
-                handle.done = True
+                handle._release()
                 events.append(CallCompleted(handle, result))
                 return None
-            handle.done = True
+            handle._release()
             events.append(CallFailed(handle, RpcAcceptError(reply.stat, reply.mismatch)))
             return None
         # DeniedReply
@@ -295,10 +303,10 @@ class _ClientCore:
             if not handle.retried and handle.auth.on_auth_error(handle.prepared, stat):  # type: ignore[arg-type]
                 handle.retried = True
                 return handle
-            handle.done = True
+            handle._release()
             events.append(CallFailed(handle, RpcAuthError(stat)))
             return None
-        handle.done = True
+        handle._release()
         low, high = reply.mismatch or (2, 2)
         events.append(CallFailed(handle, RpcMismatchError(low, high)))
         return None

@@ -301,3 +301,12 @@ def test_any_reply_bytes_never_crash_the_client(data: bytes) -> None:
     d = RpcDatagramClient(first_xid=0)
     d.send_call(PROG, 1, 0, b"", None, 0.0)
     d.receive_datagram(data)
+
+
+def test_finished_calls_release_their_buffers() -> None:
+    # Stale timer entries keep handles alive for a while: they must not keep payloads alive.
+    c = RpcClientConnection(first_xid=1)
+    h = c.send_call(PROG, 1, 1, encode_opaque(b"x" * 1000), None, 0.0)
+    c.receive_data(encode_record(AcceptedReply(1).encode()))
+    assert h.done and h.args == b"" and h.prepared is None
+    assert any(entry[2] is h for entry in c._timers)  # still referenced by the heap
