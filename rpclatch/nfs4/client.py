@@ -309,6 +309,7 @@ class Nfs4Client:
         self.lease_error: Exception | None = None
         self.renewals = 0  # lease renewals sent by the idle loop or renew()
         self.retries: dict[str, int] = {}  # GRACE/DELAY retries by status name
+        self.rewrites = 0  # uncommitted windows written again after a write-verifier change
         self.teardown_error: Exception | None = None  # what went wrong in close(), if anything
         self.closed = False
 
@@ -944,15 +945,12 @@ class Nfs4Client:
     async def _commit_window(self, f: _Open, start: int, chunks: list[tuple[int, bytes, bytes]]) -> None:
         if not chunks:
             return
-        res = await self._compound(lambda: [PUTFH4args(f.fh), COMMIT4args(start, 0)])
-        res.raise_for_status()
-        cm = res.resarray[-1]
-        assert isinstance(cm, COMMIT4res)
-        verf = cm.ok()
+        verf = await self._commit(f.fh, start)
         if all(v == verf for _, _, v in chunks):
             return
         log.warning("write verifier changed (server restarted?): rewriting %d bytes FILE_SYNC",
                     sum(len(d) for _, d, _ in chunks))
+        self.rewrites += 1
         for off, data, _ in chunks:
             done = 0
             while done < len(data):
@@ -960,6 +958,14 @@ class Nfs4Client:
                 if n == 0 or committed != stable_how4.FILE_SYNC4:
                     raise Nfs4LocalError("server did not accept a FILE_SYNC rewrite")
                 done += n
+
+    async def _commit(self, fh: bytes, offset: int = 0, count: int = 0) -> bytes:
+        """COMMIT (RFC 7530 §16.3; count 0 = to the end of the file); returns the write verifier."""
+        res = await self._compound(lambda: [PUTFH4args(fh), COMMIT4args(offset, count)])
+        res.raise_for_status()
+        cm = res.resarray[-1]
+        assert isinstance(cm, COMMIT4res)
+        return cm.ok()
 
     async def remove(self, path: str) -> None:
         """REMOVE the file or empty directory ``path``."""

@@ -12,10 +12,12 @@ from typing import TypeVar
 import pytest
 
 from interop.uml import SERVER_ADDR, LinuxNfsdGuest
-from rpclatch.nfs4.client import Nfs4Client
-from rpclatch.nfs4.const import nfs_ftype4, nfsstat4, state_protect_how4
+from rpclatch.nfs4.client import Nfs4Client, _Open
+from rpclatch.nfs4.const import nfs_ftype4, nfsstat4, stable_how4, state_protect_how4
 from rpclatch.nfs4.errors import Nfs4RemoteError, Nfs4SecurityError
+from rpclatch.nfs4.ops import open_owner4
 from rpclatch.nfs4.security import SecFlavor
+from rpclatch.nfs4.types import ANONYMOUS_STATEID, Fattr4
 
 pytestmark = [pytest.mark.uml, pytest.mark.root, pytest.mark.timeout(600)]
 
@@ -28,11 +30,12 @@ def run(guest: LinuxNfsdGuest, minor: int, sec: str, body: Callable[[Nfs4Client]
         client = await Nfs4Client.connect(SERVER_ADDR, minorversion=minor, sec=sec,
                                           gss_target=guest.service_name, timeout=60, **kw)
         try:
-            return await body(client)
+            result = await body(client)
         finally:
             await client.close()
-            # CLOSE / DESTROY_SESSION / DESTROY_CLIENTID all succeeded
-            assert client.teardown_error is None and client.closed
+        # CLOSE / DESTROY_SESSION / DESTROY_CLIENTID all succeeded
+        assert client.teardown_error is None and client.closed
+        return result
 
     with guest.in_host_netns():
         return asyncio.run(main())
@@ -123,6 +126,35 @@ def test_idle_client_renews_its_lease(nfsd: LinuxNfsdGuest, minor: int) -> None:
 
     renewals, error = run(nfsd, minor, "sys", body)
     assert renewals >= 1 and error is None
+
+
+def test_changed_write_verifier_rewrites_the_window(nfsd: LinuxNfsdGuest) -> None:
+    """RFC 7530 §16.36.4 / §16.3.5: an nfsd restart between UNSTABLE WRITE and COMMIT changes the
+    write verifier; the client must notice and write the uncommitted data again FILE_SYNC."""
+    data = os.urandom(100_000)  # one WRITE (below wsize)
+
+    async def before(c: Nfs4Client) -> tuple[bytes, bytes]:
+        f = await c._open("/verifier.bin", write=True)
+        count, _committed, verf = await c._write_at(f, 0, data, stable_how4.UNSTABLE4)
+        assert count == len(data)
+        await c._close(f)
+        return f.fh, verf
+
+    fh, verf = run(nfsd, 1, "sys", before)
+    nfsd.restart_nfsd()  # new write verifier; our open state is gone, so rewrite anonymously
+
+    async def after(c: Nfs4Client) -> tuple[int, bytes]:
+        f = _Open(fh, ANONYMOUS_STATEID, open_owner4(c.clientid, b"verifier-test"), 0, None, Fattr4())
+        await c._commit_window(f, 0, [(0, data, verf)])
+        rewrites = c.rewrites
+        await c._commit_window(f, 0, [(0, data, await c._commit(fh))])  # now they match
+        assert c.rewrites == rewrites
+        content = await c.read_bytes("/verifier.bin")
+        await c.remove("/verifier.bin")
+        return rewrites, content
+
+    rewrites, content = run(nfsd, 1, "sys", after)
+    assert rewrites == 1 and content == data
 
 
 def test_grace_period_is_waited_out(nfsd: LinuxNfsdGuest) -> None:
