@@ -643,6 +643,8 @@ class Nfs4Client:
             except Exception as exc:
                 self.lease_error = exc
                 log.warning("lease renewal failed: %s", exc)
+                if self.rpc.closed:  # nothing more to renew on this connection
+                    return
 
     async def renew(self) -> None:
         """One lease renewal now: RENEW (4.0) or a SEQUENCE-only COMPOUND (4.1)."""

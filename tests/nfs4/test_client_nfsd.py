@@ -82,6 +82,31 @@ def test_kerberos_flavors(nfsd: LinuxNfsdGuest, minor: int, sec: str) -> None:
     assert run(nfsd, minor, sec, body) == b"secret-data /krb5only\n"
 
 
+@pytest.mark.parametrize("minor", [0, 1])
+def test_concurrent_creates_and_multi_page_readdir(nfsd: LinuxNfsdGuest, minor: int) -> None:
+    """300 files created concurrently on one connection (4.1: the slot table keeps up to 16 in
+    flight), then one READDIR walk that needs several replies (cookie + cookieverf)."""
+    base = f"/many-{minor}"
+    names = [f"entry-with-a-longish-name-{i:04d}.txt" for i in range(300)]
+
+    async def body(c: Nfs4Client) -> list[str]:
+        await c.mkdir(base)
+        sem = asyncio.Semaphore(32)
+
+        async def make(n: str) -> None:
+            async with sem:
+                await c.write_file(f"{base}/{n}", n.encode())
+
+        await asyncio.gather(*(make(n) for n in names))
+        listing = [e.name for e in await c.listdir(base)]
+        assert await c.read_bytes(f"{base}/{names[123]}") == names[123].encode()
+        await asyncio.gather(*(c.remove(f"{base}/{n}") for n in names))
+        await c.remove(base)
+        return listing
+
+    assert sorted(run(nfsd, minor, "sys", body)) == names
+
+
 def test_sp4_mach_cred_session(nfsd: LinuxNfsdGuest) -> None:
     """EXCHANGE_ID with SP4_MACH_CRED over krb5i (RFC 8881 §18.35): the server agrees, and the
     enforced operations (DESTROY_SESSION, DESTROY_CLIENTID at close) go with the machine cred."""
