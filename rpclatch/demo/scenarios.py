@@ -468,7 +468,8 @@ def policy_change(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
         binding_word(first),
         ",".join(view.data_services()) or "-",
         reason="2049 was PROTECT at both ends; admin switched it to BYPASS: the server pinned its latch "
-        "(optional, RFC 5660 §2.3), the client broke it (default) and reconnected",
+        "(optional, RFC 5660 §2.3), the client broke it (default) and reconnected: "
+        f"{second.gss_service.value}, {second.reason}",
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
     o.check(
