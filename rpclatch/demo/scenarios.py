@@ -416,6 +416,16 @@ def rogue_claims_address(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
         second.bound and peer_key(dw.client_stack, new_link.conn) == skey and ok_after,
         second.summary(),
     )
+    new_server = server_conn(dw, new_link.conn.flow)
+    ckey = dw.client_stack.sike.credentials.spki
+    o.check(
+        "server latched the new connection to the client's key",
+        new_server is not None
+        and dw.server_stack.latch_state(new_server) == "ESTABLISHED"
+        and peer_key(dw.server_stack, new_server) == ckey,
+        f"server latch {dw.server_stack.latch_state(new_server) if new_server else 'none'}, peer "
+        f"{fp(peer_key(dw.server_stack, new_server) if new_server else None)} (client {fp(ckey)})",
+    )
     return dw, o
 
 
