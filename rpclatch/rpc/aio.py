@@ -499,8 +499,12 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         self._arm()
 
     def eof_received(self) -> bool | None:
-        # Half-close: keep the connection open for replies still to be sent.
-        return bool(self.conn is not None and self.conn.in_flight)
+        # Half-close: no more calls will come; keep the connection open only for the replies
+        # still to be sent (_run closes it after the last one).
+        if self.conn is None:
+            return None
+        self.conn.close("peer closed its side")
+        return bool(self.conn.in_flight)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -576,7 +580,8 @@ class _ServerDatagramProtocol(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
     def error_received(self, exc: Exception) -> None:
-        log.debug("UDP server socket error: %s", exc)
+        # E.g. a reply larger than a datagram can carry (EMSGSIZE), or ICMP errors from peers.
+        log.warning("UDP server socket error: %s", exc)
 
 
 class RpcServer:

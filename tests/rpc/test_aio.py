@@ -15,6 +15,7 @@ from rpclatch.rpc.auth import AuthAccept, AuthResult, ConnectionInfo, ServerAuth
 from rpclatch.rpc.auth_sys import AuthNoneServer, AuthSysClient, AuthSysServer
 from rpclatch.rpc.errors import RpcAcceptError, RpcAuthError, RpcConnectionClosed, RpcTimeout
 from rpclatch.rpc.messages import NULL_AUTH, AcceptStat, CallMessage
+from rpclatch.rpc.record import encode_record
 from rpclatch.rpc.server import CallContext, RpcDispatcher
 
 SLOW_PROG = 0x20000A12
@@ -329,5 +330,20 @@ def test_auth_sys_rejected_when_server_only_takes_none() -> None:
                 with pytest.raises(RpcAuthError, match="AUTH_BADCRED"):
                     await c.call(tp.RPCLATCH_TEST_PROG, 1, 0, auth=AuthSysClient.for_current_process())
                 await tp.null(c)  # AUTH_NONE still works
+
+    run(body)
+
+
+def test_half_close_still_gets_replies() -> None:
+    async def body() -> None:
+        async with RpcServer(make_dispatcher()) as server:
+            port = await server.listen_tcp()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            call = CallMessage(5, SLOW_PROG, 1, 1, args=ms(100)).encode()
+            writer.write(encode_record(call))
+            writer.write_eof()  # a one-shot client: send, half-close, read the reply
+            data = await asyncio.wait_for(reader.read(), 10)  # read() returns at the server's close
+            assert data.endswith(ms(100)) and data[4:8] == (5).to_bytes(4, "big")
+            writer.close()
 
     run(body)
