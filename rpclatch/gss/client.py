@@ -78,6 +78,15 @@ log = logging.getLogger(__name__)
 #: ``rpc_call(auth, proc, args) -> results`` for the target program and version.
 RpcCall = Callable[[ClientAuth, int, bytes], Awaitable[bytes]]
 
+# Enum members as constants for the per-call path (``is`` instead of an enum attribute lookup).
+_DATA = GssProc.RPCSEC_GSS_DATA
+_SVC_NONE = Service.NONE
+_SVC_INTEGRITY = Service.INTEGRITY
+_SVC_PRIVACY = Service.PRIVACY
+_SVC_CHANNEL_PROT = Service.CHANNEL_PROT
+_FLAVOR_GSS = int(AuthFlavor.RPCSEC_GSS)
+_FLAVOR_NONE = int(AuthFlavor.AUTH_NONE)
+
 _REFRESH_STATS = frozenset({AuthStat.RPCSEC_GSS_CREDPROBLEM, AuthStat.RPCSEC_GSS_CTXPROBLEM})
 _V2_REFUSED = frozenset({AuthStat.AUTH_REJECTEDCRED, AuthStat.AUTH_BADCRED})
 _MAX_INIT_ROUNDS = 8
@@ -138,7 +147,7 @@ class GssClientAuth(ClientAuth):
             raise ValueError("request NONE/INTEGRITY/PRIVACY; channel_prot is chosen after bind_channel()")
         self.provider = provider
         self.target = target
-        self.service = service
+        self.service = Service(service)  # a member: the per-call path compares with `is`
         self.versions = versions
         self.gss_channel_bindings = gss_channel_bindings
         self._ctx: _Context | None = None
@@ -172,9 +181,9 @@ class GssClientAuth(ClientAuth):
         """The service the next DATA call will use (channel_prot when bound and allowed)."""
         channel = self._channel
         if channel is not None and channel.is_up() and (
-            self.service != Service.PRIVACY or channel.confidential
+            self.service is not _SVC_PRIVACY or channel.confidential
         ):
-            return Service.CHANNEL_PROT
+            return _SVC_CHANNEL_PROT
         return self.service
 
     def _current(self) -> _Context:
@@ -471,18 +480,18 @@ class GssClientAuth(ClientAuth):
         ctx = self._current()
         service = self.effective_service()
         seq = self._next_seq(ctx)
-        cred_body = encode_cred(ctx.version, GssProc.RPCSEC_GSS_DATA, seq, service, ctx.handle)
-        cred = OpaqueAuth(AuthFlavor.RPCSEC_GSS, cred_body)
+        cred_body = encode_cred(ctx.version, _DATA, seq, service, ctx.handle)
+        cred = OpaqueAuth(_FLAVOR_GSS, cred_body)
         state = _CallState(ctx, seq, service)
-        if service == Service.CHANNEL_PROT:
+        if service is _SVC_CHANNEL_PROT:
             return PreparedCall(CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args), state)
         gss = ctx.gss
         header = encode_call_header(xid, prog, vers, proc, AuthFlavor.RPCSEC_GSS, cred_body)
-        verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, gss.get_mic(header))
-        if service == Service.INTEGRITY:
+        verf = OpaqueAuth(_FLAVOR_GSS, gss.get_mic(header))
+        if service is _SVC_INTEGRITY:
             inner = encode_gss_data(seq, args)
             body = encode_integ(inner, gss.get_mic(inner))
-        elif service == Service.PRIVACY:
+        elif service is _SVC_PRIVACY:
             body = encode_opaque(gss.wrap(encode_gss_data(seq, args), True))
         else:
             body = args
@@ -490,21 +499,21 @@ class GssClientAuth(ClientAuth):
 
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
         state: _CallState = prepared.state
-        if state.service == Service.CHANNEL_PROT:
-            if reply.verf.flavor != AuthFlavor.AUTH_NONE or reply.verf.body:
+        if state.service is _SVC_CHANNEL_PROT:
+            if reply.verf.flavor != _FLAVOR_NONE or reply.verf.body:
                 raise AuthVerifierError("channel_prot reply verifier must be AUTH_NONE (RFC 5403 §3.4)")
             return reply.results
         gss = state.ctx.gss
-        if reply.verf.flavor != AuthFlavor.RPCSEC_GSS:
+        if reply.verf.flavor != _FLAVOR_GSS:
             raise AuthVerifierError("reply verifier is not RPCSEC_GSS")
         try:
             gss.verify_mic(be32(state.seq), reply.verf.body)
         except GssError as exc:
             raise AuthVerifierError(f"reply verifier MIC(seq_num) does not verify: {exc}") from exc
-        if state.service == Service.NONE:
+        if state.service is _SVC_NONE:
             return reply.results
         try:
-            if state.service == Service.INTEGRITY:
+            if state.service is _SVC_INTEGRITY:
                 databody, checksum = decode_integ(reply.results)
                 gss.verify_mic(databody, checksum)
                 seq, results = decode_gss_data(databody)
