@@ -15,8 +15,11 @@ max_fragment=MAX_FRAGMENT, first_xid=None)`` — one record-marked stream (TCP, 
   :class:`rpclatch.rpc.auth.ClientAuth`; None = the connection's default, AUTH_NONE unless given)
   build the call, queues its bytes. ``args`` are the already XDR-encoded arguments. ``timeout``
   None = ``default_timeout``; ``math.inf`` = no deadline.
-* ``data_to_send() -> bytes``: bytes to write to the transport now (b"" if none).
-* ``receive_data(data) -> list[Event]``: feed bytes read from the transport.
+* ``data_to_send() -> bytes``: bytes to write to the transport now (b"" if none);
+  ``data_to_send_parts() -> list[bytes]`` the same as buffers to write in order (large arguments
+  are passed through uncopied); ``wants_write`` tells whether there is anything.
+* ``receive_data(data) -> list[Event]``: feed bytes read from the transport (``data`` may be a
+  view of a buffer the caller reuses).
 * ``next_timer() -> float | None`` / ``handle_timer(now) -> list[Event]``: per-call deadlines;
   an expired call fails with :class:`rpclatch.rpc.errors.RpcTimeout`.
 * ``connection_lost(error=None) -> list[Event]``: fail every outstanding call

@@ -11,11 +11,16 @@ API
     bytes (a zero-length message is one empty last fragment).
 
 ``RecordReassembler(max_record=DEFAULT_MAX_RECORD)``
-    Incremental reader: ``feed(data) -> list[bytes]`` returns every record completed by ``data``.
+    Incremental reader: ``feed(data, decode=None) -> list[bytes]`` returns every record completed
+    by ``data`` (bytes, or a view of a buffer the caller reuses). With ``decode(buf, start, stop)``
+    a one-fragment record lying whole in the input is decoded in place instead of being copied
+    out first (the RPC hot path uses this).
     A fragment header whose length would take the record past ``max_record`` raises
     :class:`RecordTooLarge` *before* anything is buffered for it, so a peer announcing 2 GiB costs
     nothing; the stream is then unusable and the caller closes the connection. ``buffered`` is the
     number of bytes held for an incomplete record, ``in_record`` whether a record is partly read.
+
+``coalesce(parts) -> list[bytes]`` joins runs of small buffers and keeps large ones as they are.
 
 Errors derive from :class:`RecordError` (an :class:`rpclatch.rpc.errors.RpcProtocolError`).
 """

@@ -19,23 +19,29 @@ GARBAGE_ARGS; any other exception becomes SYSTEM_ERR and is logged.
   procedure returned an awaitable (await ``pending.awaitable`` then call ``pending.complete(result)``
   or ``pending.fail(exc)`` to get the reply bytes), or None when no reply is to be sent
   (``AuthDrop``, or a record that is not a call).
+* ``dispatch_marked(record, conn, now)`` / ``dispatch_call_marked(call, conn, now)``: the same for
+  stream transports, returning the reply as record-marked parts ``(header, results)`` so large
+  results are never copied behind a header (used by :class:`RpcServerConnection`).
 * ``connection_closed(conn)``: tell every flavor the transport went away.
 
 Order of checks: rpcvers != 2 -> MSG_DENIED/RPC_MISMATCH(2, 2); unknown credential flavor ->
 AUTH_ERROR/AUTH_BADCRED (as the Linux kernel does; RFC 5531 leaves the choice open); the flavor's
 verdict (``AuthDeny`` -> AUTH_ERROR with its stat, ``AuthDrop`` -> no reply, ``AuthGarbage`` ->
 GARBAGE_ARGS, ``AuthControlReply`` -> SUCCESS with its verifier and results); then program ->
-PROG_UNAVAIL, version -> PROG_MISMATCH(lowest, highest registered), procedure -> PROC_UNAVAIL; then the
-procedure (GARBAGE_ARGS / SYSTEM_ERR / SUCCESS with ``AuthAccept.seal(results)``). A record whose
+PROG_UNAVAIL, version -> PROG_MISMATCH(lowest, highest registered), procedure -> PROC_UNAVAIL;
+then the procedure (GARBAGE_ARGS / SYSTEM_ERR / SUCCESS with ``AuthAccept.seal(results)``). A record whose
 call header does not decode is answered GARBAGE_ARGS when its xid and msg_type CALL are readable.
 
-``RpcServerConnection(dispatcher, conn, *, max_record=DEFAULT_MAX_RECORD, idle_timeout=None,
-now=0.0)`` — one record-marked stream: ``receive_data(data, now) -> list[PendingReply]``
-(immediate replies are queued; pending ones are for the shell to await, then ``finish(pending,
-result_or_exception)``), ``data_to_send() -> bytes``, ``next_timer()`` / ``handle_timer(now)``
+``RpcServerConnection(dispatcher, conn, *, max_record=DEFAULT_MAX_RECORD, max_fragment=MAX_FRAGMENT,
+idle_timeout=None, now=0.0)`` — one record-marked stream: ``receive_data(data, now) ->
+list[PendingReply]`` (``data`` may be a view of a reused buffer; immediate replies are queued;
+pending ones are for the shell to await, then ``finish(pending, result_or_exception, now)``),
+``data_to_send() -> bytes`` (or ``data_to_send_parts() -> list[bytes]``, large results uncopied),
+``next_timer()`` / ``handle_timer(now)``
 (idle timeout: no bytes received and no call in flight for ``idle_timeout`` seconds),
 ``closed`` / ``close_reason`` (set on a record error or idle timeout: flush, then close the
-transport), ``in_flight``, ``connection_lost()`` (calls ``dispatcher.connection_closed`` once).
+transport), ``close(reason)`` (graceful: no new calls), ``in_flight``, ``connection_lost()``
+(calls ``dispatcher.connection_closed`` once).
 
 For datagrams there is no connection object: call ``dispatcher.dispatch(datagram, conn, now)`` and
 send the returned bytes back to the peer.
