@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,13 @@ def test_serve_port_in_use_one_line() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("rpclatch: error: 127.0.0.1: cannot listen on port")
     assert result.stderr.count("\n") == 1
+
+
+def test_program_names_without_etc_rpc(tmp_path: Path) -> None:
+    missing = tmp_path / "no-rpc-file"
+    assert read_rpc_names(missing)["nfs"] == 100003
+    assert program_names(missing)[100000] == "portmapper"
+    custom = tmp_path / "rpc"
+    custom.write_text("# comment\nmyprog 400000 alias1\nnfs 100003\nbroken line\n")
+    assert read_rpc_names(custom)["alias1"] == 400000
+    assert program_names(custom)[400000] == "myprog"

@@ -57,16 +57,19 @@ def read_rpc_names(path: Path = ETC_RPC) -> dict[str, int]:
 
 
 def program_names(path: Path = ETC_RPC) -> dict[int, str]:
-    """program number -> its first name in /etc/rpc."""
-    out: dict[int, str] = {}
+    """program number -> its first name in /etc/rpc (a few built-in names if it is missing)."""
+    out: dict[int, str] = {100000: "portmapper", 100003: "nfs", 100005: "mountd",
+                           100021: "nlockmgr", 100024: "status"}
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         text = ""
+    seen: set[int] = set()
     for line in text.splitlines():
         fields = line.split("#", 1)[0].split()
-        if len(fields) >= 2 and fields[1].isdigit():
-            out.setdefault(int(fields[1]), fields[0])
+        if len(fields) >= 2 and fields[1].isdigit() and int(fields[1]) not in seen:
+            seen.add(int(fields[1]))
+            out[int(fields[1])] = fields[0]
     out.setdefault(0x20000A11, "rpclatch_test")
     return out
 
