@@ -131,7 +131,8 @@ SEND_GATHER_MAX = 4 * 1024 * 1024 + 64 * 1024
 
 def _write(transport: asyncio.WriteTransport, parts: list[bytes]) -> None:
     """Write ``parts`` with one ``send``: several parts are gathered into a per-thread buffer that
-    is reused call after call (asyncio sends or copies the data before ``write`` returns), so a
+    is reused call after call (asyncio's selector socket transport sends or copies the data before
+    ``write`` returns; other transports get a joined copy), so a
     large payload costs one copy and no allocation, and goes out as one TCP segment train instead
     of a small header segment followed by the payload."""
     if len(parts) == 1:
@@ -140,6 +141,11 @@ def _write(transport: asyncio.WriteTransport, parts: list[bytes]) -> None:
     if not parts:
         return
     total = sum(map(len, parts))
+    if type(transport).__module__ != "asyncio.selector_events":
+        # Other transports (TLS, proactor, uvloop) may keep a reference to what they are given
+        # instead of sending or copying it at once: no shared buffer for them.
+        transport.write(b"".join(parts))
+        return
     if total > SEND_GATHER_MAX:
         for part in parts:
             transport.write(part)
