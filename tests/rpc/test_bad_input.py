@@ -142,3 +142,38 @@ def test_hostile_clients(caplog: pytest.LogCaptureFixture) -> None:
     text = caplog.text
     assert "exceeds the limit" in text
     assert "inside a partial record" in text
+
+
+def test_udp_garbage_datagrams() -> None:
+    """Datagrams that are not calls are dropped, broken calls get GARBAGE_ARGS, and the server
+    keeps answering good calls."""
+
+    async def body() -> None:
+        d = RpcDispatcher()
+        tp.add_test_program(d)
+        async with RpcServer(d) as server:
+            port = await server.listen_udp()
+            loop = asyncio.get_running_loop()
+            replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+            class Peer(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: object) -> None:
+                    replies.put_nowait(data)
+
+            transport, _ = await loop.create_datagram_endpoint(Peer, remote_addr=("127.0.0.1", port))
+            try:
+                for junk in (b"", b"\x01", bytes(7), b"\xff" * 100, AcceptedReply(9).encode()):
+                    transport.sendto(junk)
+                transport.sendto(struct.pack(">IIII", 0x21, 0, 2, tp.RPCLATCH_TEST_PROG))  # cut short
+                transport.sendto(CallMessage(0x22, tp.RPCLATCH_TEST_PROG, 1, 0).encode())
+                got = []
+                async with asyncio.timeout(10):
+                    while len(got) < 2:
+                        got.append(decode_message(await replies.get()))
+                assert got == [AcceptedReply(0x21, stat=AcceptStat.GARBAGE_ARGS), AcceptedReply(0x22)]
+                await asyncio.sleep(0.1)
+                assert replies.empty()  # nothing for the junk
+            finally:
+                transport.close()
+
+    asyncio.run(asyncio.wait_for(body(), 60))
