@@ -133,7 +133,7 @@ from rpclatch.nfs4.types import (
 from rpclatch.rpc.aio import RpcStreamClient
 from rpclatch.rpc.auth import ClientAuth
 from rpclatch.rpc.auth_sys import AuthSysClient
-from rpclatch.rpc.errors import RpcAuthError, RpcError
+from rpclatch.rpc.errors import RpcAuthError, RpcConnectionClosed, RpcError
 
 log = logging.getLogger(__name__)
 
@@ -274,11 +274,21 @@ class Nfs4Client:
     def __init__(self, rpc: RpcStreamClient, host: str, *, minorversion: int, sec: str,
                  security: ConnectionSecurity, gss_target: str | None = None,
                  retry_deadline: float = 120.0, state_protect: bool = False,
-                 client_name: str | None = None, gss_provider: Any = None) -> None:
+                 client_name: str | None = None, gss_provider: Any = None, port: int = c.NFS4_PORT,
+                 security_hook: ConnectionSecurityHook = default_connection_security,
+                 timeout: float = 60.0, connect_timeout: float = 10.0,
+                 auto_reconnect: bool = True) -> None:
         if minorversion not in (0, 1):
             raise ValueError("minorversion must be 0 or 1")
         self.rpc = rpc
         self.host = host
+        self.port = port
+        self.security_hook = security_hook
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.auto_reconnect = auto_reconnect
+        self.reconnects = 0  # connections re-made after the transport was lost
+        self._reconnect_lock = asyncio.Lock()
         self.minorversion = minorversion
         self.sec = sec
         self.security = security
@@ -336,7 +346,8 @@ class Nfs4Client:
                                                 sock=security.sock)
         client = cls(rpc, host, minorversion=minorversion, sec=sec, security=security,
                      gss_target=gss_target, retry_deadline=retry_deadline, state_protect=state_protect,
-                     client_name=client_name, gss_provider=gss_provider)
+                     client_name=client_name, gss_provider=gss_provider, port=port,
+                     security_hook=security_hook, timeout=timeout, connect_timeout=connect_timeout)
         try:
             await client._setup()
         except BaseException:
@@ -474,22 +485,31 @@ class Nfs4Client:
         finally:
             await table.release(slot)
 
-    async def _compound(self, build: Callable[[], Sequence[ArgOp]], *, auth: ClientAuth | None = None,
-                        sequence: bool = True, retry: bool = True) -> COMPOUND4res:
-        """Run the COMPOUND ``build()`` returns, rebuilding and resending it on GRACE/DELAY with
-        exponential backoff (0.1 s doubling to 2 s) until ``retry_deadline``."""
-        if auth is None:
-            auth = await self._auth_for(self.flavor or SecFlavor.SYS)
+    async def _compound(self, build: Callable[[], Sequence[ArgOp]], *, flavor: SecFlavor | None = None,
+                        sequence: bool = True, retry: bool = True,
+                        idempotent: bool = False) -> COMPOUND4res:
+        """Run the COMPOUND ``build()`` returns (with ``flavor``, default the data flavor),
+        rebuilding and resending it on GRACE/DELAY with exponential backoff (0.1 s doubling to
+        2 s) until ``retry_deadline``. An ``idempotent`` COMPOUND whose connection was lost is
+        sent again on a new connection (:meth:`reconnect`), at most twice."""
         deadline = time.monotonic() + self.retry_deadline
         delay = 0.1
+        reconnects = 0
         while True:
             try:
+                auth = await self._auth_for(flavor or self.flavor or SecFlavor.SYS)
                 res = await self._compound_once(build(), auth, sequence)
                 status = res.status
             except Nfs4RemoteError as exc:  # a failing SEQUENCE
                 if exc.status not in RETRY_STATUSES:
                     raise
                 status, res = exc.status, None
+            except RpcConnectionClosed:
+                if not (idempotent and self.auto_reconnect and not self.closed) or reconnects >= 2:
+                    raise
+                reconnects += 1
+                await self.reconnect()
+                continue
             if not retry or status not in RETRY_STATUSES or time.monotonic() + delay > deadline:
                 if res is None:
                     raise Nfs4RemoteError(status, nfs_opnum4.OP_SEQUENCE)
@@ -498,6 +518,56 @@ class Nfs4Client:
             self.retries[status.name] = self.retries.get(status.name, 0) + 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def reconnect(self) -> None:
+        """Make a new connection through the security hook after the old one was lost (e.g. a
+        latch went BROKEN and the connection was reset), with fresh RPCSEC_GSS contexts (a handle
+        bound to the old channel must not follow us). The client ID / session live on: 4.1 slots
+        whose last request was lost are re-synchronised first (RFC 8881 §2.10.6.2)."""
+        async with self._reconnect_lock:
+            if not self.rpc.closed:
+                return  # another task already reconnected
+            log.warning("connection to %s:%d lost; reconnecting", self.host, self.port)
+            old = self._auths
+            self._auths = {}
+            for auth in old.values():
+                with contextlib.suppress(Exception):
+                    auth.close()
+            with contextlib.suppress(Exception):
+                await self.rpc.close()
+            self.security = await self.security_hook(self.host, self.port, self.sec)
+            self.allowed = self.security.allowed
+            self.rpc = await RpcStreamClient.connect_tcp(
+                self.host, self.port, timeout=self.timeout, connect_timeout=self.connect_timeout,
+                sock=self.security.sock)
+            self.reconnects += 1
+            if self.minorversion == 1 and self.slots is not None:
+                for slot in self.slots.slots:
+                    if slot.poisoned:
+                        await self._resync_slot(slot)
+
+    async def _resync_slot(self, slot: _Slot) -> None:
+        """Send a lone SEQUENCE with the slot's current seqid: if the lost request had reached the
+        server it answers as a retry (RETRY_UNCACHED_REP / SEQ_FALSE_RETRY), else it processes this
+        one; either way we then know the next seqid."""
+        auth = await self._auth_for(self.machine_flavor or SecFlavor.SYS)
+        table = self.slots
+        assert table is not None
+        for _ in range(3):
+            comp = COMPOUND4args((SEQUENCE4args(self.sessionid, slot.seqid, slot.slotid,
+                                                max(table.highest_used(), slot.slotid), False),), 1)
+            res = COMPOUND4res.decode(await self._call_with(auth, comp.encode()), comp.opnums())
+            status = res.resarray[0].status if res.resarray else res.status
+            if status == nfsstat4.NFS4_OK:
+                slot.seqid = (slot.seqid + 1) & 0xFFFFFFFF
+                slot.poisoned = False
+                return
+            if status in (nfsstat4.NFS4ERR_RETRY_UNCACHED_REP, nfsstat4.NFS4ERR_SEQ_FALSE_RETRY,
+                          nfsstat4.NFS4ERR_SEQ_MISORDERED):
+                slot.seqid = (slot.seqid + 1) & 0xFFFFFFFF
+                continue
+            log.warning("slot %d stays unusable after reconnect: %s", slot.slotid, status.name)
+            return
 
     # ---- setup ----------------------------------------------------------------------------------------
 
@@ -514,28 +584,25 @@ class Nfs4Client:
         await self._settle_root()
         self._renew_task = asyncio.get_running_loop().create_task(self._renew_loop())
 
-    async def _machine_auth(self) -> ClientAuth:
-        return await self._auth_for(self.machine_flavor or SecFlavor.SYS)
-
     async def _setclientid(self) -> None:
         """RFC 7530 §16.33-§16.34 with a callback nobody listens on (no delegations)."""
-        auth = await self._machine_auth()
+        auth = self.machine_flavor
         verifier = secrets.token_bytes(8)
         res = await self._compound(lambda: [SETCLIENTID4args(
             verifier, self.client_name.encode(), CB_PROGRAM, netaddr4("tcp", "0.0.0.0.0.0"), 1)],
-            auth=auth)
+            flavor=auth)
         res.raise_for_status()
         sc = res.resarray[0]
         assert isinstance(sc, SETCLIENTID4res)
         ok = sc.ok()
         res = await self._compound(lambda: [SETCLIENTID_CONFIRM4args(ok.clientid, ok.setclientid_confirm)],
-                                   auth=auth)
+                                   flavor=auth)
         res.raise_for_status()
         self.clientid = ok.clientid
 
     async def _create_session(self) -> None:
         """RFC 8881 §18.35, §18.36, §18.51."""
-        auth = await self._machine_auth()
+        auth = self.machine_flavor
         protect = state_protect4_a(state_protect_how4.SP4_NONE)
         if self.state_protect:
             if self.machine_flavor not in (SecFlavor.KRB5I, SecFlavor.KRB5P):
@@ -545,7 +612,7 @@ class Nfs4Client:
         impl = (nfs_impl_id4("rpclatch.test", "rpclatch", nfstime4(0, 0)),)
         verifier = secrets.token_bytes(8)
         res = await self._compound(lambda: [EXCHANGE_ID4args(
-            verifier, self.client_name.encode(), 0, protect, impl)], auth=auth, sequence=False)
+            verifier, self.client_name.encode(), 0, protect, impl)], flavor=auth, sequence=False)
         res.raise_for_status()
         ex = res.resarray[0]
         assert isinstance(ex, EXCHANGE_ID4res)
@@ -556,7 +623,7 @@ class Nfs4Client:
         fore = channel_attrs4(0, MAX_IO + REQUEST_OVERHEAD * 4, MAX_IO + REQUEST_OVERHEAD * 4, 4096, 16, 16)
         back = channel_attrs4(0, 4096, 4096, 0, 2, 1)
         res = await self._compound(lambda: [CREATE_SESSION4args(
-            eir.eir_clientid, eir.eir_sequenceid, 0, fore, back, CB_PROGRAM)], auth=auth, sequence=False)
+            eir.eir_clientid, eir.eir_sequenceid, 0, fore, back, CB_PROGRAM)], flavor=auth, sequence=False)
         res.raise_for_status()
         cs = res.resarray[0]
         assert isinstance(cs, CREATE_SESSION4res)
@@ -564,7 +631,7 @@ class Nfs4Client:
         self.sessionid = csr.csr_sessionid
         self.fore_attrs = csr.csr_fore_chan_attrs
         self.slots = _SlotTable(max(1, min(16, csr.csr_fore_chan_attrs.ca_maxrequests)))
-        res = await self._compound(lambda: [RECLAIM_COMPLETE4args(False)], auth=auth)
+        res = await self._compound(lambda: [RECLAIM_COMPLETE4args(False)], flavor=auth)
         if res.status not in (nfsstat4.NFS4_OK, nfsstat4.NFS4ERR_COMPLETE_ALREADY):
             res.raise_for_status()
 
@@ -604,13 +671,13 @@ class Nfs4Client:
             if flavor is self.flavor:
                 continue
             try:
-                auth = await self._auth_for(flavor)
+                await self._auth_for(flavor)
             except (RpcError, Nfs4Error):
                 raise
             except Exception as exc:
                 log.info("cannot use %s: %s", flavor.value, exc)
                 continue
-            res = await self._compound(build, auth=auth)
+            res = await self._compound(build, flavor=flavor)
             if res.status != nfsstat4.NFS4ERR_WRONGSEC:
                 self.flavor = flavor
                 return
@@ -649,16 +716,17 @@ class Nfs4Client:
     async def renew(self) -> None:
         """One lease renewal now: RENEW (4.0) or a SEQUENCE-only COMPOUND (4.1)."""
         if self.minorversion == 0:
-            res = await self._compound(lambda: [RENEW4args(self.clientid)], auth=await self._machine_auth())
+            res = await self._compound(lambda: [RENEW4args(self.clientid)], flavor=self.machine_flavor,
+                                       idempotent=True)
         else:
-            res = await self._compound(lambda: [])
+            res = await self._compound(lambda: [], idempotent=True)
         res.raise_for_status()
         self.renewals += 1
 
     # ---- paths and WRONGSEC --------------------------------------------------------------------------
 
-    async def _on_path(self, path: str, tail: Callable[[], Sequence[ArgOp]],
-                       upto: int | None = None) -> tuple[COMPOUND4res, int]:
+    async def _on_path(self, path: str, tail: Callable[[], Sequence[ArgOp]], upto: int | None = None,
+                       idempotent: bool = False) -> tuple[COMPOUND4res, int]:
         """Run {PUTROOTFH, LOOKUP each component (of the first ``upto``), tail...}, negotiating the
         flavor on WRONGSEC (at most 4 times). Returns the reply (status not checked) and the index
         of the first tail result."""
@@ -669,7 +737,7 @@ class Nfs4Client:
 
         for _ in range(4):
             ops = build()
-            res = await self._compound(build)
+            res = await self._compound(build, idempotent=idempotent)
             if res.status != nfsstat4.NFS4ERR_WRONGSEC:
                 return res, len(comps) + 1
             k = len(res.resarray) - 1
@@ -709,7 +777,7 @@ class Nfs4Client:
 
     async def lookup(self, path: str) -> bytes:
         """The filehandle of ``path``."""
-        res, i = await self._on_path(path, lambda: [GETFH4args()])
+        res, i = await self._on_path(path, lambda: [GETFH4args()], idempotent=True)
         res.raise_for_status(path)
         fh = res.resarray[i]
         assert isinstance(fh, GETFH4res)
@@ -718,7 +786,8 @@ class Nfs4Client:
     async def stat(self, path: str) -> FileInfo:
         """Attributes of ``path`` (type, size, mode, owner, owner_group, times, fsid, fileid)."""
         res, i = await self._on_path(path, lambda: [GETFH4args(),
-                                                   GETATTR4args(bitmap_from_attrs(STAT_ATTRS))])
+                                                   GETATTR4args(bitmap_from_attrs(STAT_ATTRS))],
+                                     idempotent=True)
         res.raise_for_status(path)
         fh, ga = res.resarray[i], res.resarray[i + 1]
         assert isinstance(fh, GETFH4res) and isinstance(ga, GETATTR4res)
@@ -732,7 +801,8 @@ class Nfs4Client:
         cookie, verf = 0, bytes(8)
         while True:
             args = READDIR4args(cookie, verf, 8192, 32768, bitmap_from_attrs(LISTING_ATTRS))
-            res = await self._compound(lambda a=args: [PUTFH4args(fh), a])  # type: ignore[misc]
+            res = await self._compound(lambda a=args: [PUTFH4args(fh), a],  # type: ignore[misc]
+                                       idempotent=True)
             res.raise_for_status(path)
             rd = res.resarray[-1]
             assert isinstance(rd, READDIR4res)
@@ -818,7 +888,8 @@ class Nfs4Client:
         assert isinstance(cl, CLOSE4res)
 
     async def _read_at(self, f: _Open, offset: int, count: int) -> tuple[bytes, bool]:
-        res = await self._compound(lambda: [PUTFH4args(f.fh), READ4args(f.stateid, offset, count)])
+        res = await self._compound(lambda: [PUTFH4args(f.fh), READ4args(f.stateid, offset, count)],
+                                   idempotent=True)
         res.raise_for_status()
         rd = res.resarray[-1]
         assert isinstance(rd, READ4res)
@@ -935,7 +1006,8 @@ class Nfs4Client:
 
     async def _write_at(self, f: _Open, offset: int, data: bytes,
                         stable: stable_how4) -> tuple[int, stable_how4, bytes]:
-        res = await self._compound(lambda: [PUTFH4args(f.fh), WRITE4args(f.stateid, offset, stable, data)])
+        res = await self._compound(lambda: [PUTFH4args(f.fh), WRITE4args(f.stateid, offset, stable, data)],
+                                   idempotent=True)
         res.raise_for_status()
         wr = res.resarray[-1]
         assert isinstance(wr, WRITE4res)
@@ -963,7 +1035,7 @@ class Nfs4Client:
 
     async def _commit(self, fh: bytes, offset: int = 0, count: int = 0) -> bytes:
         """COMMIT (RFC 7530 §16.3; count 0 = to the end of the file); returns the write verifier."""
-        res = await self._compound(lambda: [PUTFH4args(fh), COMMIT4args(offset, count)])
+        res = await self._compound(lambda: [PUTFH4args(fh), COMMIT4args(offset, count)], idempotent=True)
         res.raise_for_status()
         cm = res.resarray[-1]
         assert isinstance(cm, COMMIT4res)
@@ -1006,12 +1078,12 @@ class Nfs4Client:
                 await self._close(f)
         try:
             if self.minorversion == 1 and self.sessionid:
-                auth = await self._machine_auth()
+                auth = self.machine_flavor
                 sid = self.sessionid
-                res = await self._compound(lambda: [DESTROY_SESSION4args(sid)], auth=auth, sequence=False)
+                res = await self._compound(lambda: [DESTROY_SESSION4args(sid)], flavor=auth, sequence=False)
                 res.raise_for_status()
                 self.sessionid = b""
-                res = await self._compound(lambda: [DESTROY_CLIENTID4args(self.clientid)], auth=auth,
+                res = await self._compound(lambda: [DESTROY_CLIENTID4args(self.clientid)], flavor=auth,
                                            sequence=False)
                 res.raise_for_status()
         except (Nfs4Error, RpcError, OSError) as exc:

@@ -107,6 +107,40 @@ def test_concurrent_creates_and_multi_page_readdir(nfsd: LinuxNfsdGuest, minor: 
     assert sorted(run(nfsd, minor, "sys", body)) == names
 
 
+@pytest.mark.parametrize(("minor", "sec"), [(0, "sys"), (1, "sys"), (1, "krb5i")])
+def test_reconnects_after_the_connection_is_reset(nfsd: LinuxNfsdGuest, minor: int, sec: str) -> None:
+    """The transport is aborted in the middle of pipelined WRITEs and READs (as the latching layer
+    does when a latch breaks): the client reconnects through its security hook with fresh GSS
+    contexts, re-synchronises lost 4.1 slots, and finishes both transfers intact."""
+    data = os.urandom(4 * 1024 * 1024 + 777)
+    name = f"/reset-{minor}-{sec}.bin"
+
+    async def body(c: Nfs4Client) -> tuple[bytes, int]:
+        sent = 0
+
+        async def source() -> AsyncIterator[bytes]:
+            nonlocal sent
+            for i in range(0, len(data), 256 * 1024):
+                if sent == 1024 * 1024:
+                    c.rpc.transport.abort()  # WRITEs are in flight now
+                sent += 256 * 1024
+                yield data[i:i + 256 * 1024]
+
+        await c.write_file(name, source())
+        got = bytearray()
+        async for chunk in c.read_file(name):
+            if not got:
+                c.rpc.transport.abort()  # READs are in flight now
+            got += chunk
+        await c.remove(name)
+        if c.slots is not None:  # every 4.1 slot whose request was lost was re-synchronised
+            assert not any(slot.poisoned for slot in c.slots.slots)
+        return bytes(got), c.reconnects
+
+    got, reconnects = run(nfsd, minor, sec, body)
+    assert reconnects == 2 and got == data
+
+
 def test_sp4_mach_cred_session(nfsd: LinuxNfsdGuest) -> None:
     """EXCHANGE_ID with SP4_MACH_CRED over krb5i (RFC 8881 §18.35): the server agrees, and the
     enforced operations (DESTROY_SESSION, DESTROY_CLIENTID at close) go with the machine cred."""
