@@ -178,6 +178,9 @@ class IPsecEngine:
         self._bop_failed: dict[FiveTuple, AcquireOutcome] = {}
         self._last_sa: dict[int, int] = {}
         self._by_flow = self.latches._by_flow  # hot-path aliases
+        #: per-flow verdict cache for unlatched flows (see inbound); bounded, cleared when full
+        self._flow_cache: dict[FiveTuple, tuple[SecurityAssociation | None, int, int, InboundDecision]] = {}
+        self._flow_cache_limit = 1 << 18
         self.latches.on_latched = self._record_latch
         self.latches.on_closed = self._latch_closed
 
@@ -216,8 +219,30 @@ class IPsecEngine:
                 self._supersede(flow)
             else:
                 return self._inbound_latched(latch, flow, protected_by)
-        elif initiating and flow in self.pad_layer.holds:
-            self._supersede(flow)
+        elif initiating:
+            if flow in self.pad_layer.holds:
+                self._supersede(flow)
+        else:
+            # fast path for unlatched flows: same SA (or cleartext) as the last packet, and neither
+            # the SPD nor the SAD lost anything since that packet was judged
+            cached = self._flow_cache.get(flow)
+            if (
+                cached is not None
+                and cached[0] is protected_by
+                and cached[1] == self.spd.version
+                and cached[2] == self.sad.removals
+            ):
+                return cached[3]
+            decision = self._inbound_unlatched(flow, protected_by, now, initiating)
+            if len(self._flow_cache) >= self._flow_cache_limit:
+                self._flow_cache.clear()
+            self._flow_cache[flow] = (protected_by, self.spd.version, self.sad.removals, decision)
+            return decision
+        return self._inbound_unlatched(flow, protected_by, now, initiating)
+
+    def _inbound_unlatched(
+        self, flow: FiveTuple, protected_by: SecurityAssociation | None, now: float, initiating: bool
+    ) -> InboundDecision:
         sa = protected_by
         if sa is None:
             return self._inbound_cleartext(flow, initiating)
@@ -580,6 +605,9 @@ class IPsecEngine:
             prot = ProtectionPolicy()
         if entry.action is SpdAction.PROTECT and policy is None:
             clone = None  # the configured entry already protects the flow
+            if current is not None:  # e.g. an earlier privileged BYPASS: withdraw it
+                self.spd.remove_overlay(flow)
+                self.backend.remove_flow_policy(flow)
         else:
             clone = SpdEntry.flow_entry(
                 flow, SpdAction.PROTECT, prot, origin, btns_ok=entry.btns_ok, template=template
@@ -599,9 +627,9 @@ class IPsecEngine:
                 if clone is not None:
                     self.spd.remove_overlay(flow)
                     self.backend.remove_flow_policy(flow)
-                    if current is not None:
-                        self.spd.install_overlay(flow, current)
-                        self.backend.install_flow_policy(FlowPolicy(flow, current, None))
+                if current is not None:
+                    self.spd.install_overlay(flow, current)
+                    self.backend.install_flow_policy(FlowPolicy(flow, current, None))
                 raise
             latch = self.latches._latches.get(handle)
             if latch is not None and latch.state is LatchState.ESTABLISHED:

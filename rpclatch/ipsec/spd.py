@@ -112,12 +112,15 @@ class SecurityPolicyDatabase:
     _overlay: dict[FiveTuple, SpdEntry] = field(default_factory=dict)
     _cache: dict[tuple[FiveTuple, bool], SpdEntry | None] = field(default_factory=dict)
     generation: int = 0
+    #: bumped on every change of configured or overlay entries (lets per-flow caches stay valid)
+    version: int = 0
 
     def __init__(self, entries: Iterable[SpdEntry] = ()) -> None:
         self._entries = list(entries)
         self._overlay = {}
         self._cache = {}
         self.generation = 0
+        self.version = 0
         self._check_names()
 
     # -- configured entries ------------------------------------------------------------------
@@ -133,6 +136,7 @@ class SecurityPolicyDatabase:
         self._check_names()
         self._cache.clear()
         self.generation += 1
+        self.version += 1
 
     def _check_names(self) -> None:
         names = [e.name for e in self._entries]
@@ -182,9 +186,13 @@ class SecurityPolicyDatabase:
         if not entry.matches(flow):
             raise ValueError(f"overlay entry {entry.name!r} does not match {flow}")
         self._overlay[flow] = entry
+        self.version += 1
 
     def remove_overlay(self, flow: FiveTuple) -> SpdEntry | None:
-        return self._overlay.pop(flow, None)
+        entry = self._overlay.pop(flow, None)
+        if entry is not None:
+            self.version += 1
+        return entry
 
     def overlay_entries(self) -> dict[FiveTuple, SpdEntry]:
         return dict(self._overlay)
@@ -192,3 +200,4 @@ class SecurityPolicyDatabase:
     def clear_volatile(self) -> None:
         """Forget every overlay entry (key-manager restart / reboot, RFC 5660 §2.3, §3.1)."""
         self._overlay.clear()
+        self.version += 1

@@ -316,3 +316,13 @@ def test_request_protection_is_idempotent_on_a_latched_flow() -> None:
     assert first.ok and again.ok and again.latch == first.latch
     entry = e.spd.overlay_entry(CLI)
     assert entry is not None and entry.action is SpdAction.PROTECT
+
+
+@pytest.mark.parametrize("approach", list(Approach))
+def test_protect_after_privileged_bypass_restores_protection(approach: Approach) -> None:
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), approach=approach, provisions=[provision(SERVER)])
+    assert e.request_protection(CLI, FlowChoice.BYPASS, 0.0, privileged=True).ok
+    assert e.outbound(CLI, 0.0).verdict is OutboundVerdict.BYPASS
+    assert e.request_protection(CLI, FlowChoice.PROTECT, 1.0).ok
+    assert e.spd.overlay_entry(CLI) is None  # the configured PROTECT entry governs again
+    assert e.outbound(CLI, 1.0).verdict is OutboundVerdict.PROTECT

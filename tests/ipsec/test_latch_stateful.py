@@ -1,6 +1,7 @@
-"""Random operation sequences on one engine (approach 2) keep the Latch Database consistent.
+"""Random operation sequences on one engine (approach 2, and approach 1) keep it consistent.
 
-Invariants after every step:
+Invariants after every step (and, per packet, the fast paths answer exactly what the full checks
+answer):
 - the indexes agree (every live latch is found by its key; no CLOSED latch is kept);
 - BROKEN iff the latch has a recorded conflict; ESTABLISHED latches have none;
 - an ESTABLISHED latch's flow is carried only by SAs congruent with it (RFC 5660 §2.3: no
@@ -17,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from rpclatch.ipsec import examples as ex
 from rpclatch.ipsec.decisions import InboundVerdict
-from rpclatch.ipsec.engine import EngineConfig, FlowChoice, IPsecEngine
+from rpclatch.ipsec.engine import Approach, EngineConfig, FlowChoice, IPsecEngine
 from rpclatch.ipsec.errors import IPsecError
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, FiveTuple, ProtectionParams, Selector, ThreeTuple
@@ -29,10 +30,13 @@ WIDE = Selector(local=ex.NET, remote=ex.NET, proto=6)
 
 
 class LatchMachine(RuleBasedStateMachine):
+    approach = Approach.POLICY
+
     def __init__(self) -> None:
         super().__init__()
-        self.narrow = True
-        self.e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), config=EngineConfig(acquire_timeout=1.0))
+        self.e = IPsecEngine(
+            ex.nfs_spd(), ex.btns_pad(), config=EngineConfig(approach=self.approach, acquire_timeout=1.0)
+        )
         self.now = 0.0
 
     @rule(f=st.sampled_from(FLOWS), peer=st.sampled_from(PEERS), wide=st.booleans(), strong=st.booleans())
@@ -64,6 +68,14 @@ class LatchMachine(RuleBasedStateMachine):
         sa = data.draw(st.sampled_from([None, *sas]))
         d = self.e.inbound(f, sa, self.now, initiating=initiating)
         latch = self.e.latches.latch_for(f)
+        if not initiating:
+            # the per-flow / per-latch fast paths answer exactly what the full checks answer
+            slow = (
+                self.e._inbound_latched(latch, f, sa)
+                if latch is not None
+                else self.e._inbound_unlatched(f, sa, self.now, False)
+            )
+            assert d == slow, (d, slow)
         if d.accepted and latch is not None and latch.params is not None:
             # anything delivered on a latched flow came through a congruent SA
             assert sa is not None and latch.state is LatchState.ESTABLISHED and latch.params.congruent(sa)
@@ -122,7 +134,8 @@ class LatchMachine(RuleBasedStateMachine):
                 for sa in self.e.sad.carrying(latch.key):
                     assert latch.params.congruent(sa), (latch, sa)
                 assert self.e.inbound(latch.key, None, self.now).verdict is InboundVerdict.DROP
-                assert latch.key in self.e.pad_layer.clones  # approach 2: the latch is a PAD clone
+                if self.approach is Approach.POLICY:
+                    assert latch.key in self.e.pad_layer.clones  # approach 2: the latch is a PAD clone
             if latch.state in (LatchState.ESTABLISHED, LatchState.BROKEN) and isinstance(
                 latch.key, FiveTuple
             ):
@@ -132,5 +145,14 @@ class LatchMachine(RuleBasedStateMachine):
             assert ld.latch_for(flow) is not None or flow in self.e.pad_layer.holds
 
 
+class UlpEngineMachine(LatchMachine):
+    """The same operations with the engine in approach 1 (the LD only holds what connect() and
+    request_protection() create; packets are tagged, not latched, by the engine)."""
+
+    approach = Approach.ULP
+
+
 TestLatchMachine = LatchMachine.TestCase
 TestLatchMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+TestUlpEngineMachine = UlpEngineMachine.TestCase
+TestUlpEngineMachine.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
