@@ -12,6 +12,9 @@ Figures:
   (targets: >= 200k checks/s; 100k within 1.5x of 1k, i.e. ratio >= 0.67).
 * ``latch.inbound_check_spread.100k`` -- the same, but each batch's 4096 packets go to 4096 flows
   drawn from *all* live latches (worst case for CPU caches); baseline = the same measure at 1k.
+* ``latch.ulp_inbound_check.100k`` -- approach 1: ``IPsecEngine.inbound`` (tagging, RFC 4301
+  checks) + ``UlpLatch.inbound`` (the TCB's latch check), 100k flows latched in their TCBs, same
+  traffic shape; baseline = the same at 1k.
 * ``latch.create_release.100k`` -- CREATE_CONNECTION_LATCH + RELEASE_LATCH pairs per second on an
   extra flow while 100k latches are live (its SA exists, so the latch is ESTABLISHED at once).
 * ``latch.find.100k`` -- FIND_LATCH per second with 100k live latches.
@@ -32,9 +35,10 @@ import tracemalloc
 from collections.abc import Callable
 
 from rpclatch.ipsec import examples as ex
-from rpclatch.ipsec.engine import IPsecEngine
+from rpclatch.ipsec.engine import Approach, IPsecEngine
 from rpclatch.ipsec.model import FiveTuple, IpProto
 from rpclatch.ipsec.sad import SecurityAssociation
+from rpclatch.ipsec.ulp import UlpLatch
 
 SERVER = ipaddress.IPv4Address("192.0.2.1")
 CLIENT_NET = int(ipaddress.IPv4Address("192.0.2.2"))
@@ -109,6 +113,32 @@ def find_rate(engine: IPsecEngine, fl: list[FiveTuple], n: int, seconds: float) 
     return best_rate(lambda: [find(k) for k in keys], len(keys), seconds)
 
 
+def build_ulp(n: int) -> tuple[Callable[[], object], int]:
+    """Approach 1: the engine tags, a UlpLatch per flow (in its TCB) checks; one batch = 4096
+    packets over 1000 active flows."""
+    engine = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), approach=Approach.ULP)
+    peers = [ex.btns_peer(100 + i) for i in range(PEERS)]
+    fl = flows(n)
+    sas = []
+    for i, f in enumerate(fl):
+        sa = engine.install_sa(ex.narrow_sa(f, peers[i % PEERS], ex.btns_local(1)), 0.0)
+        assert sa is not None
+        sas.append(sa)
+    tcbs = [UlpLatch(engine, f) for f in fl]
+    for tcb, f, sa in zip(tcbs, fl, sas, strict=True):
+        assert tcb.inbound(engine.inbound(f, sa, 0.0, initiating=True)).deliver
+    rng = random.Random(5660)
+    active = rng.sample(range(n), ACTIVE)
+    batch = [(tcbs[i], fl[i], sas[i]) for i in (rng.choice(active) for _ in range(4096))]
+    inbound = engine.inbound
+
+    def run() -> None:
+        for tcb, f, sa in batch:
+            tcb.inbound(inbound(f, sa, 1.0))
+
+    return run, len(batch)
+
+
 def bytes_per_latch(n: int) -> float:
     engine = IPsecEngine(ex.nfs_spd(), ex.btns_pad())
     peers = [ex.btns_peer(100 + i) for i in range(PEERS)]
@@ -162,6 +192,14 @@ def main() -> None:
             best_spread[n] = max(best_spread[n], rate)
     n = sizes[-1]
     bench(f"latch.inbound_check_spread.{n // 1000}k", best_spread[n], "checks/s", best_spread[sizes[0]])
+    ulp = {m: build_ulp(m) for m in (sizes[0], sizes[-1])}
+    best_ulp = dict.fromkeys(ulp, 0.0)
+    stop = time.perf_counter() + args.seconds * len(ulp)
+    while time.perf_counter() < stop:
+        for m, (run, per) in ulp.items():
+            best_ulp[m] = max(best_ulp[m], best_rate(run, per, 0.0))
+    bench(f"latch.ulp_inbound_check.{n // 1000}k", best_ulp[n], "checks/s", best_ulp[sizes[0]])
+    del ulp
     n = sizes[-1]
     engine, fl, _ = built[n]
     bench(
