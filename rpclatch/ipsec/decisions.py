@@ -48,7 +48,6 @@ class DropReason(Enum):
     LATCHED_FLOW_CLEARTEXT = "cleartext-on-latched-flow"  # §2 bullet 4
     LATCH_PEER_MISMATCH = "sa-peer-differs-from-latched-peer"  # §2 (peer ID must not change)
     LATCH_QOP_MISMATCH = "sa-qop-differs-from-latched-qop"  # §2 (QoP must not change)
-    FLOW_IN_TIME_WAIT = "flow-in-time-wait-hold"  # design slides: TIME_WAIT-like hold
     # BYPASS-OR-PROTECT template (design slides; RFC 5660 §3.1)
     BOP_UNDECIDED = "bypass-or-protect-flow-not-decided"  # first packet not initiating / no app choice
     BOP_FLOW_DECIDED_CLEARTEXT = "protected-packet-on-cleartext-decided-flow"

@@ -251,7 +251,6 @@ class AlertReason(Enum):
     ADMIN_CLOSE = "administrative-close"  # T7
     KEY_MANAGER_RESTART = "key-manager-restart"  # RFC 5660 §2: restart without restore
     PEER_ID_STORE_CORRUPTED = "peer-id-store-corrupted"  # RFC 5660 §2.6
-    SUPERSEDED = "superseded-by-new-flow"  # approach 2: a new flow took over the 5-tuple
     RELEASED = "released-by-owner"  # T6/T7 by the owner: told to observers only, never the owner
 
 
