@@ -483,7 +483,9 @@ class IPsecEngine:
     ) -> int:
         """CREATE_LISTENER_LATCH for a listening socket (RFC 5660 §5.1 ``listen()``), plus the
         3-tuple template PAD entry (approach 2). Returns the listener latch handle; each new
-        latched connection is announced to ``on_alert`` (reason NEW_CONNECTION)."""
+        latched connection is announced to ``on_alert`` (reason NEW_CONNECTION). Only
+        connection-like protocols (TCP, connected UDP, SCTP) can be latched this way."""
+        _require_connection_protocol(key.proto)
         handle = self.latches.create_listener_latch(key, request, on_alert=on_alert, now=now)
         self.pad_layer.add_template(PadTemplate(key, request or LatchRequest(), handle))
         return handle
@@ -504,7 +506,10 @@ class IPsecEngine:
         """CREATE_CONNECTION_LATCH before the first packet (RFC 5660 §5.1 ``connect()``), plus the
         5-tuple template PAD entry. The latch is ESTABLISHED if suitable SAs exist, else LARVAL
         while the key manager negotiates; ``on_alert`` learns the outcome. Raises
-        PolicyRefused / LatchConflict / LatchExists (the ULP then tells the app "not latched")."""
+        PolicyRefused / LatchConflict / LatchExists (the ULP then tells the app "not latched").
+        Approach 1 keeps latches in the TCB instead (UlpLatch); this call still works there and
+        gives the normative-model latch."""
+        _require_connection_protocol(flow.proto)
         if flow in self.pad_layer.holds:
             self._supersede(flow)
         handle = self.latches.create_connection_latch(flow, request, on_alert=on_alert, now=now)
@@ -830,3 +835,11 @@ class IPsecEngine:
         )
         self.spd.install_overlay(flow, clone)
         self.backend.install_flow_policy(FlowPolicy(flow, clone, reqid))
+
+
+def _require_connection_protocol(proto: int) -> None:
+    """Approach 2 latches connections only (design slides: "only allows for connected UDP")."""
+    if proto not in CONNECTION_PROTOCOLS:
+        raise PolicyRefused(
+            f"protocol {proto} has no connections to latch; datagram applications use pTokens (approach 1)"
+        )

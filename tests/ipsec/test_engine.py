@@ -326,3 +326,11 @@ def test_protect_after_privileged_bypass_restores_protection(approach: Approach)
     assert e.request_protection(CLI, FlowChoice.PROTECT, 1.0).ok
     assert e.spd.overlay_entry(CLI) is None  # the configured PROTECT entry governs again
     assert e.outbound(CLI, 1.0).verdict is OutboundVerdict.PROTECT
+
+
+def test_only_connection_protocols_latch_in_the_policy_layer() -> None:
+    e = server()
+    with pytest.raises(PolicyRefused):
+        e.connect(ex.flow("192.0.2.1", 0, "192.0.2.2", 0, 1))  # ICMP
+    with pytest.raises(PolicyRefused):
+        e.listen(ThreeTuple.of("192.0.2.1", 0, 1))
