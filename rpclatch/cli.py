@@ -14,10 +14,9 @@ import sys
 from collections.abc import Sequence
 
 from rpclatch.commands import COMMAND_MODULES
+from rpclatch.errors import UserError
 
-
-class UserError(Exception):
-    """A problem with what the user asked for; the message is shown as one line."""
+__all__ = ["UserError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
