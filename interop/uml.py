@@ -206,6 +206,30 @@ def _tmp_keep(paths: Sequence[Path]) -> list[str]:
     return keep
 
 
+def _exited(pid: int) -> bool:
+    """True once ``pid`` (our child) has exited -- zombie or gone -- without reaping it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    fields = stat.rsplit(")", 1)[-1].split()
+    return not fields or fields[0] in ("Z", "X")
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a live (non-zombie) process is in process group ``pgid``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 class GuestJob:
     """A command running inside the guest (see :meth:`LinuxNfsdGuest.spawn`)."""
 
@@ -348,7 +372,8 @@ class LinuxNfsdGuest:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """True while the UML process runs (checked without reaping it, see :meth:`close`)."""
+        return self._proc is not None and self._proc.returncode is None and not _exited(self._proc.pid)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -457,10 +482,10 @@ class LinuxNfsdGuest:
         deadline = time.monotonic() + self.config.boot_timeout
         while not (self.run_dir / "ready").exists():
             failed = self.run_dir / "failed"
-            if failed.exists() or self._proc.poll() is not None or time.monotonic() > deadline:
+            if failed.exists() or not self.running or time.monotonic() > deadline:
                 time.sleep(0.3)
                 reason = failed.read_text().strip() if failed.exists() else (
-                    "UML exited" if self._proc.poll() is not None else
+                    "UML exited" if not self.running else
                     f"not ready after {self.config.boot_timeout:.0f} s")
                 raise GuestBootError(f"guest did not come up ({reason}); console tail:\n"
                                      f"{self._console_tail()}\nrun dir: {self.run_dir}")
@@ -514,22 +539,27 @@ class LinuxNfsdGuest:
                 self._say(f"guest stopped; logs in {self.run_dir}")
 
     def _stop_guest(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
+        if proc.returncode is None and not _exited(proc.pid):
             with contextlib.suppress(OSError):
                 (self.run_dir / "stop").touch()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + 20
+            while not _exited(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not _exited(proc.pid):
                 self._say(f"guest did not power off; killing UML process group {proc.pid}")
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            # UML forks helper processes into its own process group (start_new_session), ours alone.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        # UML's helper processes share the process group made for it (start_new_session). The leader
+        # is not reaped yet (at most a zombie), so its PID still names that group and nothing else.
+        if proc.returncode is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, sig)
+                deadline = time.monotonic() + 5
+                while _group_alive(proc.pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not _group_alive(proc.pid):
+                    break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
 
     # ---- commands --------------------------------------------------------------------------------
 
@@ -640,11 +670,14 @@ class LinuxNfsdGuest:
 
     # ---- server-side operations ------------------------------------------------------------------
 
-    def restart_nfsd(self) -> None:
-        """Stop and start nfsd (state is lost; a new grace period of ``grace_time`` starts)."""
+    def restart_nfsd(self, grace_time: int | None = None) -> None:
+        """Stop and start nfsd: open state is lost, connections are closed, and a grace period of
+        ``grace_time`` (default: the config's) starts -- pass a longer one when a test must see
+        NFS4ERR_GRACE on a loaded machine."""
         cfg = self.config
+        grace = cfg.grace_time if grace_time is None else grace_time
         self.run(f"rpc.nfsd 0 && rpc.nfsd -N 3 --lease-time {cfg.lease_time} "
-                 f"--grace-time {cfg.grace_time} {cfg.nfsd_threads}", check=True, timeout=60)
+                 f"--grace-time {grace} {cfg.nfsd_threads}", check=True, timeout=60)
 
     def stop_kdc(self) -> None:
         self.run('kill "$(cat /run/krb5kdc.pid)" && while [ -e /proc/"$(cat /run/krb5kdc.pid)" ]; do '
