@@ -13,7 +13,7 @@ Modules (one job each):
 - :mod:`~rpclatch.ipsec.engine` the per-packet facade :class:`IPsecEngine`;
 - :mod:`~rpclatch.ipsec.decisions` verdicts, packet tags, named drop reasons;
 - :mod:`~rpclatch.ipsec.channel_binding` the project's NON-STANDARD IPsec channel binding and
-  LatchChannel (imports rpclatch.gss.channel, so it is not re-exported here);
+  LatchChannel (the rpclatch.channel.Channel a latched connection offers RPCSEC_GSS);
 - :mod:`~rpclatch.ipsec.examples` the digest's running example as ready-made objects.
 """
 

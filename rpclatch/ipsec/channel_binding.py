@@ -29,7 +29,7 @@ import struct
 from collections.abc import Callable
 from enum import Enum
 
-from rpclatch.gss.channel import BreakCallback, Channel, Protection
+from rpclatch.channel import BreakCallback, Channel, Protection
 from rpclatch.ipsec.errors import ChannelBindingUnavailable
 from rpclatch.ipsec.latch import Alert, LatchDatabase, LatchParams, LatchState, params_from_sa
 from rpclatch.ipsec.model import LocalIdentity, NullAuthPeer, PeerIdentity, ProtectionType, PskPeer
@@ -140,7 +140,7 @@ def protection_of(params: LatchParams) -> Protection:
 
 
 class LatchChannel(Channel):
-    """The RPCSEC_GSS view (rpclatch.gss.channel.Channel) of one latched connection.
+    """The RPCSEC_GSS view (rpclatch.channel.Channel) of one latched connection.
 
     - binding prefix/data: computed once from the latched parameters (they never change while the
       latch lives, RFC 5660 §2); construction raises :class:`ChannelBindingUnavailable` for NULL-auth
