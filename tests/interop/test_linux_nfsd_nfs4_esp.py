@@ -51,3 +51,27 @@ def test_round_trip_over_esp(nfsd_guest: LinuxNfsdGuest, sec: str, minor: int) -
     packets = read_packets(pcap)
     assert any(p.is_esp for p in packets)
     assert [p for p in packets if p.is_nfs_tcp] == []
+
+
+def test_cli_over_esp_follows_wrongsec_and_refuses_weaker_flavor(nfsd_guest: LinuxNfsdGuest) -> None:
+    if not nfsd_guest.config.esp:
+        pytest.skip("guest booted without ESP")
+    env = nfsd_guest.guest_env("bob", "client")
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        res = nfsd_guest.run(
+            nfsd_guest.python_argv("-m", "rpclatch.cli", "nfs", "cat",
+                                   f"{ESP_SERVER_ADDR}:/krb5ponly/file.txt",
+                                   "--gss-target", nfsd_guest.service_name, *args),
+            netns="client", env=env, timeout=180,
+        )
+        return res.returncode, res.stdout, res.stderr
+
+    before = nfsd_guest.xfrm_counters()
+    rc, out, err = cli("--sec", "auto")
+    assert (rc, out) == (0, "secret-data /krb5ponly\n"), err
+    assert nfsd_guest.xfrm_counters()[ESP_SPI_IN].packets > before[ESP_SPI_IN].packets
+    rc, out, err = cli("--sec", "krb5i")
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "krb5p" in lines[0] and "Traceback" not in err, err
