@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -146,6 +147,24 @@ def _write(transport: asyncio.WriteTransport, parts: list[bytes]) -> None:
         # instead of sending or copying it at once: no shared buffer for them.
         transport.write(b"".join(parts))
         return
+    if not transport.get_write_buffer_size() and not transport.is_closing():
+        # Nothing queued in the transport, so ordering is kept if we write straight to the socket:
+        # one writev(2) sends header and payload without copying them together (what 3.12's
+        # writelines does with sendmsg). Whatever the kernel does not take goes through the
+        # transport, which buffers it and waits for the socket to become writable.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sent = os.writev(sock.fileno(), parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = -1  # let the transport meet the error and report it its own way
+            if sent == total:
+                return
+            if sent >= 0:
+                transport.write(memoryview(b"".join(parts))[sent:])
+                return
     if total > SEND_GATHER_MAX:
         for part in parts:
             transport.write(part)

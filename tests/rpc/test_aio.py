@@ -347,3 +347,20 @@ def test_half_close_still_gets_replies() -> None:
             writer.close()
 
     run(body)
+
+
+def test_large_pipelined_messages_through_partial_writes() -> None:
+    """8 MiB records, three at once: the kernel takes part of each write, the rest is queued in
+    the transport, later writes go behind it in order."""
+
+    async def body() -> None:
+        limit = 32 * 1024 * 1024
+        async with RpcServer(make_dispatcher(), max_record=limit) as server:
+            port = await server.listen_tcp()
+            async with await RpcStreamClient.connect_tcp("127.0.0.1", port, max_record=limit) as c:
+                blobs = [bytes([i]) * (8 * 1024 * 1024 + i) for i in range(3)]
+                echoed = await asyncio.gather(*(tp.echo(c, b) for b in blobs), tp.echo(c, b"small"))
+                assert echoed == [*blobs, b"small"]
+                assert len(await tp.source(c, 5 * 1024 * 1024)) == 5 * 1024 * 1024
+
+    run(body)
