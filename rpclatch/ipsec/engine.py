@@ -443,6 +443,13 @@ class IPsecEngine:
             if entry.action is SpdAction.BYPASS:
                 return BYPASS_DECISION
             return discard(DropReason.ULP_CANNOT_PROTECT_AS_LATCHED)
+        # the tag's own SA first: the peer is known to hold its keys. Another SA with the same
+        # protection may be a stale one (e.g. an older child SA the peer has already dropped).
+        own = self.sad._by_id.get(like.sa_id) if like.sa_id is not None else None
+        if own is not None and own.carries(flow):
+            tag = self._tag(own)
+            if tag.same_protection(like):
+                return OutboundDecision(OutboundVerdict.PROTECT, own, tag)
         carrying = self.sad.carrying(flow)
         for sa in carrying:
             if self._tag(sa).same_protection(like):

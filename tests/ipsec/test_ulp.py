@@ -142,3 +142,20 @@ def test_break_latch_from_outside_event() -> None:
     assert tcb.state is UlpLatchState.BROKEN and breaks[0].offending is None
     tcb.break_latch()
     assert len(breaks) == 1
+
+
+def test_protect_like_prefers_the_tags_own_sa_over_an_older_equivalent() -> None:
+    # an older child SA with the same peer and QoP is still in the SAD (rekey overlap); the latch
+    # was made on the newer one, which the peer certainly holds keys for: output uses that one
+    e = eng()
+    old = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    new = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 1.0)
+    assert old is not None and new is not None and e.sad.carrying(SRV)[0] is old
+    tcb = UlpLatch(e, SRV)
+    assert tcb.inbound(e.inbound(SRV, new, 1.0, initiating=True)).deliver
+    out = tcb.outbound(1.0)
+    assert out.verdict is OutboundVerdict.PROTECT and out.sa is new
+    # once the tag's SA is gone, an equivalent SA still serves the latch
+    e.delete_sa(new.sa_id, 2.0)
+    out = tcb.outbound(2.0)
+    assert out.verdict is OutboundVerdict.PROTECT and out.sa is old
