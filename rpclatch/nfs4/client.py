@@ -120,6 +120,7 @@ from rpclatch.nfs4.security import (
     default_connection_security,
 )
 from rpclatch.nfs4.types import (
+    ANONYMOUS_STATEID,
     STAT_ATTRS,
     Fattr4,
     bitmap_from_attrs,
@@ -139,6 +140,11 @@ log = logging.getLogger(__name__)
 
 #: Statuses that mean "try again later" (RFC 7530 §13.1.1.3 DELAY, §9.14 GRACE).
 RETRY_STATUSES = frozenset({nfsstat4.NFS4ERR_DELAY, nfsstat4.NFS4ERR_GRACE})
+#: The server no longer knows our client ID / session / stateids (it restarted, or our lease
+#: expired): RFC 7530 §9.6.2, RFC 8881 §8.4.2.
+STATE_LOST = frozenset({nfsstat4.NFS4ERR_STALE_CLIENTID, nfsstat4.NFS4ERR_STALE_STATEID,
+                        nfsstat4.NFS4ERR_BADSESSION, nfsstat4.NFS4ERR_DEADSESSION,
+                        nfsstat4.NFS4ERR_EXPIRED})
 #: RFC 7530 §9.1.7: the open-owner seqid does NOT advance after these errors.
 _SEQID_UNCHANGED = frozenset({
     nfsstat4.NFS4ERR_STALE_CLIENTID, nfsstat4.NFS4ERR_STALE_STATEID, nfsstat4.NFS4ERR_BAD_STATEID,
@@ -216,7 +222,7 @@ def split_path(path: str) -> list[str]:
 # --- internal state --------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class _Slot:
     slotid: int
     seqid: int = 1
@@ -228,10 +234,15 @@ class _SlotTable:
     SEQUENCE. ``target`` is the server's sr_target_highest_slotid + 1."""
 
     def __init__(self, nslots: int) -> None:
+        self.cond = asyncio.Condition()
+        self.reset(nslots)
+
+    def reset(self, nslots: int) -> None:
+        """Fresh slots for a new session; slots still out with requests of the old session are
+        dropped when they come back (see :meth:`release`)."""
         self.slots = [_Slot(i) for i in range(nslots)]
         self.free: list[_Slot] = list(self.slots)
         self.target = nslots
-        self.cond = asyncio.Condition()
 
     def highest_used(self) -> int:
         busy = [s.slotid for s in self.slots if s not in self.free]
@@ -251,7 +262,8 @@ class _SlotTable:
 
     async def release(self, slot: _Slot) -> None:
         async with self.cond:
-            self.free.append(slot)
+            if any(slot is s for s in self.slots):
+                self.free.append(slot)
             self.cond.notify_all()
 
 
@@ -265,6 +277,7 @@ class _Open:
     seqid: int
     delegation: stateid4 | None
     attrs: Fattr4
+    epoch: int = 0  # the client's state epoch when opened (see Nfs4Client._recover_state)
 
 
 class Nfs4Client:
@@ -288,6 +301,9 @@ class Nfs4Client:
         self.connect_timeout = connect_timeout
         self.auto_reconnect = auto_reconnect
         self.reconnects = 0  # connections re-made after the transport was lost
+        self.recoveries = 0  # client IDs / sessions re-made after the server lost our state
+        self._epoch = 0  # bumped by each recovery: older open stateids are void
+        self._state_lock = asyncio.Lock()
         self._reconnect_lock = asyncio.Lock()
         self.minorversion = minorversion
         self.sec = sec
@@ -494,13 +510,18 @@ class Nfs4Client:
         sent again on a new connection (:meth:`reconnect`), at most twice."""
         deadline = time.monotonic() + self.retry_deadline
         delay = 0.1
-        reconnects = 0
+        reconnects = recoveries = 0
         while True:
+            epoch = self._epoch
             try:
                 auth = await self._auth_for(flavor or self.flavor or SecFlavor.SYS)
                 res = await self._compound_once(build(), auth, sequence)
                 status = res.status
             except Nfs4RemoteError as exc:  # a failing SEQUENCE
+                if exc.status in STATE_LOST and sequence and recoveries < 2:
+                    recoveries += 1
+                    await self._recover_state(epoch, exc.status)
+                    continue
                 if exc.status not in RETRY_STATUSES:
                     raise
                 status, res = exc.status, None
@@ -509,6 +530,11 @@ class Nfs4Client:
                     raise
                 reconnects += 1
                 await self.reconnect()
+                continue
+            if (status in STATE_LOST and sequence and recoveries < 2 and self.minorversion == 0
+                    and not self.closed):
+                recoveries += 1
+                await self._recover_state(epoch, status)
                 continue
             if not retry or status not in RETRY_STATUSES or time.monotonic() + delay > deadline:
                 if res is None:
@@ -535,16 +561,46 @@ class Nfs4Client:
                     auth.close()
             with contextlib.suppress(Exception):
                 await self.rpc.close()
-            self.security = await self.security_hook(self.host, self.port, self.sec)
-            self.allowed = self.security.allowed
-            self.rpc = await RpcStreamClient.connect_tcp(
-                self.host, self.port, timeout=self.timeout, connect_timeout=self.connect_timeout,
-                sock=self.security.sock)
+            deadline = time.monotonic() + self.retry_deadline
+            delay = 0.2
+            while True:  # the server may be restarting: retry refused connections for a while
+                self.security = await self.security_hook(self.host, self.port, self.sec)
+                self.allowed = self.security.allowed
+                try:
+                    self.rpc = await RpcStreamClient.connect_tcp(
+                        self.host, self.port, timeout=self.timeout, connect_timeout=self.connect_timeout,
+                        sock=self.security.sock)
+                    break
+                except OSError as exc:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    log.info("reconnect to %s:%d failed (%s); again in %.1f s", self.host, self.port,
+                             exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
             self.reconnects += 1
             if self.minorversion == 1 and self.slots is not None:
                 for slot in self.slots.slots:
                     if slot.poisoned:
                         await self._resync_slot(slot)
+
+    async def _recover_state(self, epoch: int, status: nfsstat4) -> None:
+        """The server lost our state (e.g. it restarted): make a new client ID (4.0) or client ID
+        + session (4.1). We reclaim nothing (no locks, no delegations); files opened before go on
+        with the anonymous stateid (RFC 7530 §9.1.4.3) and are not CLOSEd."""
+        async with self._state_lock:
+            if self._epoch != epoch:
+                return  # another task recovered already
+            log.warning("server lost our state (%s): establishing a new client ID", status.name)
+            if self.minorversion == 0:
+                await self._setclientid()
+            else:
+                await self._create_session()
+            self._epoch += 1
+            self.recoveries += 1
+
+    def _stateid(self, f: _Open) -> stateid4:
+        return f.stateid if f.epoch == self._epoch else ANONYMOUS_STATEID
 
     async def _resync_slot(self, slot: _Slot) -> None:
         """Send a lone SEQUENCE with the slot's current seqid: if the lost request had reached the
@@ -590,13 +646,13 @@ class Nfs4Client:
         verifier = secrets.token_bytes(8)
         res = await self._compound(lambda: [SETCLIENTID4args(
             verifier, self.client_name.encode(), CB_PROGRAM, netaddr4("tcp", "0.0.0.0.0.0"), 1)],
-            flavor=auth)
+            flavor=auth, sequence=False)
         res.raise_for_status()
         sc = res.resarray[0]
         assert isinstance(sc, SETCLIENTID4res)
         ok = sc.ok()
         res = await self._compound(lambda: [SETCLIENTID_CONFIRM4args(ok.clientid, ok.setclientid_confirm)],
-                                   flavor=auth)
+                                   flavor=auth, sequence=False)
         res.raise_for_status()
         self.clientid = ok.clientid
 
@@ -630,7 +686,11 @@ class Nfs4Client:
         csr = cs.ok()
         self.sessionid = csr.csr_sessionid
         self.fore_attrs = csr.csr_fore_chan_attrs
-        self.slots = _SlotTable(max(1, min(16, csr.csr_fore_chan_attrs.ca_maxrequests)))
+        nslots = max(1, min(16, csr.csr_fore_chan_attrs.ca_maxrequests))
+        if self.slots is None:
+            self.slots = _SlotTable(nslots)
+        else:  # a new session after the server lost ours: waiters keep using this table
+            self.slots.reset(nslots)
         res = await self._compound(lambda: [RECLAIM_COMPLETE4args(False)], flavor=auth)
         if res.status not in (nfsstat4.NFS4_OK, nfsstat4.NFS4ERR_COMPLETE_ALREADY):
             res.raise_for_status()
@@ -852,7 +912,7 @@ class Nfs4Client:
         if ok.delegation.delegation_type in (open_delegation_type4.OPEN_DELEGATE_READ,
                                              open_delegation_type4.OPEN_DELEGATE_WRITE):
             deleg = ok.delegation.stateid
-        f = _Open(fh, ok.stateid, owner_box[-1], 1, deleg, ga.ok())
+        f = _Open(fh, ok.stateid, owner_box[-1], 1, deleg, ga.ok(), self._epoch)
         if self.minorversion == 0 and ok.rflags & c.OPEN4_RESULT_CONFIRM:
             res = await self._compound(lambda: [PUTFH4args(fh), OPEN_CONFIRM4args(f.stateid, f.seqid)])
             self._advance_seqid(f, res.status)
@@ -869,6 +929,8 @@ class Nfs4Client:
 
     async def _close(self, f: _Open) -> None:
         self._open_files.pop(id(f), None)
+        if f.epoch != self._epoch:
+            return  # the server forgot this open when it lost our state
         if f.delegation is not None:
             deleg = f.delegation
             with contextlib.suppress(Nfs4Error, RpcError):
@@ -888,7 +950,7 @@ class Nfs4Client:
         assert isinstance(cl, CLOSE4res)
 
     async def _read_at(self, f: _Open, offset: int, count: int) -> tuple[bytes, bool]:
-        res = await self._compound(lambda: [PUTFH4args(f.fh), READ4args(f.stateid, offset, count)],
+        res = await self._compound(lambda: [PUTFH4args(f.fh), READ4args(self._stateid(f), offset, count)],
                                    idempotent=True)
         res.raise_for_status()
         rd = res.resarray[-1]
@@ -1006,7 +1068,8 @@ class Nfs4Client:
 
     async def _write_at(self, f: _Open, offset: int, data: bytes,
                         stable: stable_how4) -> tuple[int, stable_how4, bytes]:
-        res = await self._compound(lambda: [PUTFH4args(f.fh), WRITE4args(f.stateid, offset, stable, data)],
+        res = await self._compound(lambda: [PUTFH4args(f.fh), WRITE4args(self._stateid(f), offset, stable,
+                                                                       data)],
                                    idempotent=True)
         res.raise_for_status()
         wr = res.resarray[-1]
