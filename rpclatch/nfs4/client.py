@@ -20,8 +20,17 @@ What it does (RFC 7530 / RFC 8881; sequences in the standards digest §8.2-§8.3
   :meth:`~Nfs4Client.read_file` (streamed, pipelined READs), :meth:`~Nfs4Client.write_file`
   (pipelined UNSTABLE WRITEs + COMMIT, write verifiers checked, a changed verifier resends the
   uncommitted window FILE_SYNC), :meth:`~Nfs4Client.remove`, :meth:`~Nfs4Client.mkdir`;
+* a lost connection (e.g. reset when a latch broke): idempotent COMPOUNDs (READ, WRITE, COMMIT,
+  GETATTR/LOOKUP walks, READDIR, lease renewal) are sent again on a new connection made through
+  the same hook, with fresh RPCSEC_GSS contexts; 4.1 slots whose request was lost are re-synced;
+* lost server state (restart, expired lease: STALE_CLIENTID, STALE_STATEID, BADSESSION,
+  DEADSESSION, EXPIRED): a new client ID / session; files opened before continue with the
+  anonymous stateid (no reclaim: we hold no locks or delegations);
 * clean close: CLOSE of anything open, ``DESTROY_SESSION`` + ``DESTROY_CLIENTID`` (4.1), GSS
   contexts destroyed, connection closed.
+
+Counters for tests and reports: ``retries`` (by status), ``renewals``, ``reconnects``,
+``recoveries``, ``rewrites``; ``lease_error`` and ``teardown_error`` keep the last such failure.
 """
 
 from __future__ import annotations
