@@ -30,7 +30,7 @@ from rpclatch.ipsec.latch import (
     LatchState,
 )
 from rpclatch.ipsec.model import FiveTuple, Selector, ThreeTuple
-from rpclatch.ipsec.ulp import PToken, UlpLatch
+from rpclatch.ipsec.ulp import PToken, UlpBreak, UlpBreakReason, UlpLatch
 
 __all__ = [
     "CLEARTEXT",
@@ -55,5 +55,7 @@ __all__ = [
     "ProtectionOutcome",
     "Selector",
     "ThreeTuple",
+    "UlpBreak",
+    "UlpBreakReason",
     "UlpLatch",
 ]

@@ -51,6 +51,15 @@ class MismatchPolicy(Enum):
     BREAK = "break"  # drop the packet, break the latch, alert the application
 
 
+class UlpBreakReason(Enum):
+    """Why a :class:`UlpLatch` broke. Values match the approach-2 ALERT reasons for the same events."""
+
+    TAG_MISMATCH = "inbound-tag-differs-from-latched-tag"  # §2.4: a mismatching packet, BREAK policy
+    CONFLICTING_SA = "conflicting-child-sa"  # §2: an SA not congruent with the latch now carries the flow
+    SPD_CHANGE = "conflicting-spd-change"  # §2: the SPD no longer protects the flow as latched
+    PEER_DEAD = "dpd-peer-dead"  # §2: IKE DPD says the latched peer is dead or rebooted
+
+
 @dataclass(frozen=True, slots=True)
 class UlpVerdict:
     """What the ULP does with an inbound packet: deliver it, or drop it for ``reason``."""
@@ -68,6 +77,8 @@ class UlpBreak:
     latched: PacketTag
     offending: PacketTag | None  # None when the break came from outside (e.g. DPD "peer dead")
     disposition: BrokenDisposition
+    reason: UlpBreakReason = UlpBreakReason.TAG_MISMATCH
+    detail: str = ""
 
 
 class UlpLatch:
@@ -203,22 +214,32 @@ class UlpLatch:
         for cb in observers or ():
             cb(self)
 
-    def break_latch(self, offending: PacketTag | None = None) -> None:
-        """Break a LATCHED latch for good (a mismatch under MismatchPolicy.BREAK, or an outside
-        event such as IKE DPD declaring the latched peer dead, RFC 5660 §2) and tell the
-        application via ``on_break``. No effect in any other state."""
+    def break_latch(
+        self,
+        reason: UlpBreakReason = UlpBreakReason.PEER_DEAD,
+        *,
+        offending: PacketTag | None = None,
+        detail: str = "",
+    ) -> bool:
+        """Break a LATCHED latch for good and tell the application (``on_break``) and observers.
+
+        This is the call for events from outside the packet path -- IKE DPD declaring the latched
+        peer dead (RFC 5660 §2), a conflicting SA or SPD change the engine reports -- whatever the
+        :class:`MismatchPolicy` (that only governs mismatching packets). Returns True if the latch
+        broke now; no effect (False) in any other state than LATCHED."""
         if self.state is not UlpLatchState.LATCHED:
-            return
+            return False
         latched = self.tag
         assert latched is not None
         self.state = UlpLatchState.BROKEN
         if self.on_break is not None:
-            self.on_break(UlpBreak(self.flow, latched, offending, self.disposition))
+            self.on_break(UlpBreak(self.flow, latched, offending, self.disposition, reason, detail))
         self._notify_observers()
+        return True
 
     def _mismatch(self, tag: PacketTag) -> None:
         if self.on_mismatch is MismatchPolicy.BREAK:
-            self.break_latch(tag)
+            self.break_latch(UlpBreakReason.TAG_MISMATCH, offending=tag)
 
 
 # ---------------------------------------------------------------------------------------------

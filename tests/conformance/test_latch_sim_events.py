@@ -13,8 +13,10 @@ from rpclatch.ipsec.latch import AlertReason, BrokenDisposition, LatchRequest, L
 from rpclatch.ipsec.model import AddressRange, FiveTuple, NullAuthPeer, Selector, ThreeTuple
 from rpclatch.ipsec.sim.ike import host_to_host
 from rpclatch.ipsec.sim.lab import Lab
+from rpclatch.ipsec.sim.stack import ConnLatch
 from rpclatch.ipsec.sim.stream import StreamEventKind, StreamState
 from rpclatch.ipsec.sim.wireview import cleartext_after, flow_packets, leaked
+from rpclatch.ipsec.ulp import UlpBreakReason
 
 BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
 
@@ -150,9 +152,10 @@ def test_peer_id_store_corruption_closes_latches() -> None:
     assert closed and client.state is StreamState.CLOSED and client.kinds()[-1] is StreamEventKind.RESET
 
 
+@BOTH
 @pytest.mark.conformance(id="LATCH-17", rfc="RFC 5660 §2, §6.5")
-def test_dpd_peer_dead_breaks_all_latches_with_that_peer() -> None:
-    lab = Lab.build()
+def test_dpd_peer_dead_breaks_all_latches_with_that_peer(approach: Approach) -> None:
+    lab = Lab.build(approach=approach)
     c1, _ = lab.open(local_port=45000)
     c2, _ = lab.open(local_port=45001)
     other, _ = lab.open(4000, local_port=45002)   # bypassed flow: not latched, unaffected
@@ -161,7 +164,12 @@ def test_dpd_peer_dead_breaks_all_latches_with_that_peer() -> None:
     lab.world.run_for(5.0)
     for conn in (c1, c2):
         assert conn.kinds()[-1] is StreamEventKind.RESET
-        assert any(a.reason is AlertReason.PEER_DEAD for a in conn.latch_info.alerts)  # type: ignore[union-attr]
+        cl = conn.latch_info
+        assert isinstance(cl, ConnLatch)
+        if approach is Approach.POLICY:
+            assert any(a.reason is AlertReason.PEER_DEAD for a in cl.alerts)
+        else:  # the TCB latch was broken through UlpLatch.break_latch, so the app was told why
+            assert [b.reason for b in cl.ulp_breaks] == [UlpBreakReason.PEER_DEAD]
     assert other.state is StreamState.ESTABLISHED
 
 

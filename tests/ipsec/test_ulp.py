@@ -7,7 +7,14 @@ from rpclatch.ipsec.decisions import CLEARTEXT, DropReason, OutboundVerdict
 from rpclatch.ipsec.engine import Approach, IPsecEngine
 from rpclatch.ipsec.model import AES_GCM_128, IpProto, ProtectionParams, Selector
 from rpclatch.ipsec.spd import SpdAction
-from rpclatch.ipsec.ulp import DatagramLatching, MismatchPolicy, UlpBreak, UlpLatch, UlpLatchState
+from rpclatch.ipsec.ulp import (
+    DatagramLatching,
+    MismatchPolicy,
+    UlpBreak,
+    UlpBreakReason,
+    UlpLatch,
+    UlpLatchState,
+)
 
 SERVER, CLIENT, ROGUE = 1, 2, 3
 SRV = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40000)
@@ -69,6 +76,7 @@ def test_qop_change_breaks_with_break_policy() -> None:
     assert tcb.state is UlpLatchState.BROKEN and breaks[0].offending.sa_id == (
         weaker.sa_id if weaker else None
     )
+    assert breaks[0].reason is UlpBreakReason.TAG_MISMATCH
     assert tcb.outbound(1.0).reason is DropReason.ULP_LATCH_BROKEN
     assert tcb.inbound(e.inbound(SRV, sa, 1.0)).reason is DropReason.ULP_LATCH_BROKEN
 
@@ -135,12 +143,14 @@ def test_break_latch_from_outside_event() -> None:
     sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
     breaks: list[UlpBreak] = []
     tcb = UlpLatch(e, SRV, on_break=breaks.append)
-    tcb.break_latch()  # not latched yet: nothing happens
+    assert not tcb.break_latch()  # not latched yet: nothing happens
     assert tcb.state is UlpLatchState.UNLATCHED and breaks == []
     tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True))
-    tcb.break_latch()
+    # the default MismatchPolicy.DROP does not matter: outside events break the latch
+    assert tcb.break_latch(UlpBreakReason.PEER_DEAD, detail="3 DPD probes unanswered")
     assert tcb.state is UlpLatchState.BROKEN and breaks[0].offending is None
-    tcb.break_latch()
+    assert breaks[0].reason is UlpBreakReason.PEER_DEAD and breaks[0].detail == "3 DPD probes unanswered"
+    assert not tcb.break_latch()
     assert len(breaks) == 1
 
 

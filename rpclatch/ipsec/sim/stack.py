@@ -46,7 +46,7 @@ from rpclatch.ipsec.sim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IpPacket
 from rpclatch.ipsec.sim.stream import StreamConnection, StreamState
 from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
 from rpclatch.ipsec.spd import SpdAction
-from rpclatch.ipsec.ulp import MismatchPolicy, UlpBreak, UlpLatch, UlpLatchState
+from rpclatch.ipsec.ulp import MismatchPolicy, UlpBreak, UlpBreakReason, UlpLatch, UlpLatchState
 
 log = logging.getLogger(__name__)
 
@@ -216,14 +216,10 @@ class IpsecStack:
         LD already broke its latches; approach 1's latches live in the TCBs, so tell them here."""
         for conn in list(self.host.connections.values()):
             ulp = self._ulp(conn)
-            if ulp is None or ulp.tag is None or ulp.tag.peer != peer or not ulp.latched:
+            if ulp is None or ulp.tag is None or ulp.tag.peer != peer:
                 continue
-            ulp.state = UlpLatchState.BROKEN
-            cl = conn.latch_info
-            if isinstance(cl, ConnLatch) and cl.channel is not None:
-                cl.channel.mark_broken()
-            self.forget_queued(conn.flow)
-            conn.latch_broken(reset=ulp.disposition is BrokenDisposition.RESET, reason="dpd-peer-dead")
+            # the TCB's break handler marks the channel broken and resets or waits (§5.5)
+            ulp.break_latch(UlpBreakReason.PEER_DEAD, detail=f"DPD: {peer} is dead")
 
     def forget_queued(self, flow: FiveTuple) -> None:
         self._queued.pop(flow, None)
@@ -427,7 +423,13 @@ class IpsecStack:
             reset = brk.disposition is BrokenDisposition.RESET
             if reset:
                 self.forget_queued(conn.flow)
-            conn.latch_broken(reset=reset, reason=f"inbound packet protected as {brk.offending}")
+            if brk.reason is UlpBreakReason.TAG_MISMATCH:
+                why = f"inbound packet protected as {brk.offending}"
+            else:
+                why = brk.reason.value
+            extra = f": {brk.detail}" if brk.detail else ""
+            self.host.note(f"ALERT {conn.flow}: TCB latch -> BROKEN ({brk.reason.value}{extra})")
+            conn.latch_broken(reset=reset, reason=why)
         return on_break
 
     def stream_accept(self, host: Host, listener: Listener, conn: StreamConnection, syn: TcpSegment,
