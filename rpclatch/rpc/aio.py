@@ -38,6 +38,11 @@ max_in_flight=64, on_connection=None, on_connection_closed=None)``:
 * ``await server.close(grace=5.0)``: stop listening, stop reading new calls, let in-flight calls
   finish and their replies go out (up to ``grace`` seconds), then close every connection.
 
+Backpressure: a connection stops being read while its transport holds more than its high-water
+mark of unsent replies, while calls wait undispatched (at most about 1 MiB of replies is produced
+ahead of the transport), or while ``max_in_flight`` coroutine procedures run; so a client that
+pipelines calls and does not read its replies cannot make the server buffer without bound.
+
 Beyond ``max_connections`` a new connection is closed at once (logged). A connection with
 ``max_in_flight`` coroutine procedures running stops being read until one finishes, so one client
 cannot make the server buffer without bound.
@@ -487,19 +492,45 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         conn = self.conn
         if conn is None:
             return
-        pending = conn.receive_data(self._recv[:nbytes], self._loop.time())
+        self._pump(conn.receive_data(self._recv[:nbytes], self._loop.time()))
+
+    def _pump(self, pending: list[PendingReply]) -> None:
+        """Write what the connection produced, start awaited calls, go on with the backlog while
+        the transport keeps up, then decide whether to keep reading."""
+        conn = self.conn
         transport = self.transport
-        assert transport is not None
-        _write(transport, conn.data_to_send_parts())
-        for p in pending:
-            task = self._loop.create_task(self._run(p))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        assert conn is not None and transport is not None
+        while True:
+            if not transport.is_closing():
+                _write(transport, conn.data_to_send_parts())  # may call pause_writing()
+            for p in pending:
+                task = self._loop.create_task(self._run(p))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            if conn.backlog and not conn.output_paused and not conn.closed:
+                pending = conn.dispatch_backlog(self._loop.time())
+                continue
+            break
         if conn.closed and not conn.in_flight:
             transport.close()
-        elif conn.in_flight >= self.server.max_in_flight and not self._paused:
-            self._paused = True
-            transport.pause_reading()
+            return
+        # Stop reading while calls wait (backlog), output is blocked, or too many run at once.
+        stop = bool(conn.backlog or conn.output_paused or conn.in_flight >= self.server.max_in_flight)
+        if stop != self._paused:
+            self._paused = stop
+            if stop:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # The transport buffers more than its high-water mark: produce no more replies for now.
+        if self.conn is not None:
+            self.conn.pause_output()
+
+    def resume_writing(self) -> None:
+        if self.conn is not None and self.transport is not None:
+            self._pump(self.conn.resume_output(self._loop.time()))
 
     async def _run(self, pending: PendingReply) -> None:
         outcome: bytes | BaseException
@@ -515,12 +546,7 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         conn.finish(pending, outcome, self._loop.time())
         if transport.is_closing():
             return
-        _write(transport, conn.data_to_send_parts())
-        if conn.closed and not conn.in_flight:
-            transport.close()
-        elif self._paused and conn.in_flight < self.server.max_in_flight:
-            self._paused = False
-            transport.resume_reading()
+        self._pump([])
         self._arm()
 
     def eof_received(self) -> bool | None:

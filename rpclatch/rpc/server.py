@@ -52,6 +52,7 @@ from __future__ import annotations
 import inspect
 import logging
 import struct
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -95,6 +96,8 @@ _II = struct.Struct(">II")
 _III = struct.Struct(">III")
 _pack_header = struct.Struct(">I").pack
 _CALL = 0
+#: Replies a connection may produce before the transport has taken them (see receive_data).
+DEFAULT_MAX_OUTPUT = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,21 +355,37 @@ class RpcServerConnection:
 
     def __init__(self, dispatcher: RpcDispatcher, conn: ConnectionInfo, *,
                  max_record: int = DEFAULT_MAX_RECORD, max_fragment: int = MAX_FRAGMENT,
-                 idle_timeout: float | None = None, now: float = 0.0) -> None:
+                 idle_timeout: float | None = None, max_output: int = DEFAULT_MAX_OUTPUT,
+                 now: float = 0.0) -> None:
         self.dispatcher = dispatcher
         self.conn = conn
         self.max_fragment = max_fragment
         self.idle_timeout = idle_timeout
+        self.max_output = max_output
         self._reassembler = RecordReassembler(max_record)
+        self._backlog: deque[bytes | CallMessage] = deque()
         self._out: list[bytes] = []
+        self._out_size = 0
         self._last_activity = now
         self._lost = False
+        self.output_paused = False
         self.in_flight = 0
         self.closed = False
         self.close_reason: str | None = None
 
+    @property
+    def backlog(self) -> int:
+        """Calls received but not dispatched yet (output was paused or over ``max_output``)."""
+        return len(self._backlog)
+
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[PendingReply]:
-        """Feed bytes; replies that are ready are queued, awaitable ones are returned."""
+        """Feed bytes; replies that are ready are queued, awaitable ones are returned.
+
+        Calls are dispatched only while less than ``max_output`` bytes of replies wait in
+        :meth:`data_to_send` and output is not paused; the rest stay in :attr:`backlog` (the
+        shell stops reading meanwhile) and go on with :meth:`dispatch_backlog`. So a client
+        that pipelines calls with large results and never reads cannot make us buffer them all.
+        """
         if self.closed:
             return []
         self._last_activity = now
@@ -375,13 +394,24 @@ class RpcServerConnection:
         except RecordError as exc:
             self._close(f"bad record marking: {exc}")
             return []
+        if not records:
+            return []
+        self._backlog.extend(records)
+        return self.dispatch_backlog(now)
+
+    def dispatch_backlog(self, now: float) -> list[PendingReply]:
+        """Dispatch waiting calls while output allows; return the awaitable ones."""
         pending: list[PendingReply] = []
+        backlog = self._backlog
         conn = self.conn
         out = self._out
-        if self.max_fragment >= MAX_FRAGMENT:  # every reply fits one fragment
-            dispatch_marked = self.dispatcher.dispatch_marked
-            dispatch_call = self.dispatcher.dispatch_call_marked
-            for item in records:
+        limit = self.max_output
+        marked = self.max_fragment >= MAX_FRAGMENT  # every reply fits one fragment
+        dispatch_marked = self.dispatcher.dispatch_marked
+        dispatch_call = self.dispatcher.dispatch_call_marked
+        while backlog and self._out_size < limit and not self.output_paused and not self.closed:
+            item = backlog.popleft()
+            if marked:
                 if type(item) is bytes:
                     parts = dispatch_marked(item, conn, now)
                 else:
@@ -389,27 +419,31 @@ class RpcServerConnection:
                     parts = dispatch_call(item, conn, now)
                 if type(parts) is tuple:
                     out.append(parts[0])
+                    self._out_size += len(parts[0]) + len(parts[1])
                     if parts[1]:
                         out.append(parts[1])
-                elif parts is not None:
-                    assert isinstance(parts, PendingReply)
-                    self.in_flight += 1
-                    pending.append(parts)
-            return pending
-        dispatch = self.dispatcher.dispatch
-        for record in records:
-            if isinstance(record, CallMessage):
-                record = record.encode()  # only with small test fragments: not a hot path
-            reply = dispatch(record, conn, now)
-            if reply is None:
-                continue
-            if type(reply) is bytes:
-                self._queue(reply)
+                    continue
+                reply: bytes | PendingReply | None = parts  # type: ignore[assignment]
             else:
+                record = item.encode() if isinstance(item, CallMessage) else item  # small fragments only
+                reply = self.dispatcher.dispatch(record, conn, now)
+                if type(reply) is bytes:
+                    self._queue(reply)
+                    continue
+            if reply is not None:
                 assert isinstance(reply, PendingReply)
                 self.in_flight += 1
                 pending.append(reply)
         return pending
+
+    def pause_output(self) -> None:
+        """The transport cannot take more for now: dispatch nothing until :meth:`resume_output`."""
+        self.output_paused = True
+
+    def resume_output(self, now: float) -> list[PendingReply]:
+        """The transport drained: go on with the backlog."""
+        self.output_paused = False
+        return self.dispatch_backlog(now)
 
     def finish(self, pending: PendingReply, outcome: bytes | BaseException, now: float | None = None) -> None:
         """Queue the reply to an awaited call: ``outcome`` is its results or its exception."""
@@ -425,6 +459,7 @@ class RpcServerConnection:
 
     def _queue(self, message: bytes) -> None:
         n = len(message)
+        self._out_size += n + 4
         if n <= self.max_fragment:
             self._out.append(_pack_header(LAST_FRAGMENT | n))
             self._out.append(message)
@@ -434,6 +469,7 @@ class RpcServerConnection:
     def data_to_send(self) -> bytes:
         """Reply bytes to write now."""
         out = self._out
+        self._out_size = 0
         if not out:
             return b""
         data = b"".join(out)
@@ -445,6 +481,7 @@ class RpcServerConnection:
         large result buffers are passed through uncopied."""
         out = self._out
         self._out = []
+        self._out_size = 0
         return coalesce(out)
 
     def next_timer(self) -> float | None:

@@ -177,3 +177,47 @@ def test_udp_garbage_datagrams() -> None:
                 transport.close()
 
     asyncio.run(asyncio.wait_for(body(), 60))
+
+
+def test_pipelining_client_that_does_not_read() -> None:
+    """300 SOURCE calls of 1 MiB each sent at once by a client that reads nothing: the server
+    produces replies only as fast as the socket takes them (memory stays bounded), answers all of
+    them in order once the client reads, and keeps serving other clients meanwhile."""
+    calls = 300
+    size = 1024 * 1024
+
+    async def body() -> None:
+        d = RpcDispatcher()
+        tp.add_test_program(d)
+        async with RpcServer(d, idle_timeout=60) as server:
+            port = await server.listen_tcp()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                tracemalloc.start()
+                try:
+                    writer.write(b"".join(encode_record(CallMessage(
+                        i, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_SOURCE, args=size.to_bytes(4, "big")).encode())
+                        for i in range(calls)))
+                    await asyncio.sleep(1.0)
+                    async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as other:
+                        assert await tp.echo(other, b"still served") == b"still served"
+                    _current, peak = tracemalloc.get_traced_memory()
+                finally:
+                    tracemalloc.stop()
+                # Without backpressure the server would hold ~300 MiB of replies here.
+                assert peak < 48 * 1024 * 1024, f"peak traced memory {peak} bytes"
+                rec = RecordReassembler(max_record=2 * size)
+                xids: list[int] = []
+                async with asyncio.timeout(60):
+                    while len(xids) < calls:
+                        data = await reader.read(1 << 20)
+                        assert data, "server closed early"
+                        for r in rec.feed(data):
+                            msg = decode_message(r)
+                            assert isinstance(msg, AcceptedReply) and len(msg.results) == size + 4
+                            xids.append(msg.xid)
+                assert xids == list(range(calls))
+            finally:
+                writer.close()
+
+    asyncio.run(asyncio.wait_for(body(), 120))

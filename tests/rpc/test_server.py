@@ -351,3 +351,22 @@ def test_any_stream_bytes_never_crash_the_connection(data: bytes) -> None:
     for p in c.receive_data(data, 0.0):
         p.awaitable.close()  # type: ignore[attr-defined]
     RecordReassembler().feed(c.data_to_send())
+
+
+def test_stream_output_bound_and_backlog() -> None:
+    c = RpcServerConnection(dispatcher(), CONN, max_output=100)
+    stream = b"".join(encode_record(call(1, args=bytes([i]) * 40, xid=i)) for i in range(10))
+    assert c.receive_data(stream, 0.0) == []
+    # Replies of 68 bytes each: dispatching stops once 100 bytes wait to be sent.
+    assert c.backlog == 8
+    assert [r.xid for r in replies(c)] == [0, 1]
+    c.pause_output()
+    assert c.dispatch_backlog(0.0) == [] and c.backlog == 8 and c.data_to_send() == b""
+    c.resume_output(0.0)
+    assert c.backlog == 6
+    got: list[int] = []
+    while c.backlog or got == []:
+        got += [r.xid for r in replies(c)]
+        c.dispatch_backlog(0.0)
+    got += [r.xid for r in replies(c)]
+    assert got == list(range(2, 10))
