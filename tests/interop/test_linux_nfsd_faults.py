@@ -8,6 +8,7 @@ or in correct data, never a hang or a traceback from deep inside.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,8 @@ from interop.probe import payload
 from interop.uml import SERVER_ADDR, LinuxNfsdGuest
 from rpclatch.nfs4.client import Nfs4Client
 from rpclatch.nfs4.const import nfsstat4
-from rpclatch.nfs4.errors import Nfs4RemoteError, Nfs4SecurityError
-from rpclatch.rpc.errors import RpcConnectionClosed
+from rpclatch.nfs4.errors import Nfs4Error, Nfs4RemoteError, Nfs4SecurityError
+from rpclatch.rpc.errors import RpcConnectionClosed, RpcError
 
 pytestmark = [pytest.mark.uml, pytest.mark.root]
 
@@ -64,6 +65,48 @@ def test_acknowledged_writes_survive_nfsd_restart(nfsd_guest: LinuxNfsdGuest, mi
 
     # a fresh client right after the restart: OPENs meet NFS4ERR_GRACE until the grace period ends
     assert _run(nfsd_guest, "alice", minor, "sys", read) == files
+
+
+def test_restart_during_a_write_keeps_acknowledged_data(nfsd_guest: LinuxNfsdGuest) -> None:
+    # nfsd is restarted while a 32 MiB krb5p write (slow enough to be caught mid-way) is in flight
+    # on the same session: the write either completed (then it was acknowledged and must read
+    # back) or fails with an error, never hangs
+    d = f"/restart-inflight-{uuid.uuid4().hex[:8]}"
+    small = payload(150_000, 9)
+    big = payload(32 << 20, 10)
+    outcome: dict[str, object] = {}
+
+    async def body(client: Nfs4Client) -> None:
+        await client.mkdir(d)
+        await client.write_file(f"{d}/small.bin", small)
+        started = asyncio.Event()
+
+        def progress(done: int) -> None:
+            if done >= len(big) // 8:
+                started.set()
+
+        task = asyncio.ensure_future(client.write_file(f"{d}/big.bin", big, progress=progress))
+        await asyncio.wait_for(started.wait(), 120)
+        outcome["progress_at_restart"] = True
+        await asyncio.get_running_loop().run_in_executor(None, nfsd_guest.restart_nfsd)
+        try:
+            outcome["big"] = await asyncio.wait_for(task, 120)
+        except (Nfs4Error, RpcError) as exc:
+            outcome["big"] = exc
+
+    with contextlib.suppress(Nfs4Error, RpcError):  # closing after the restart may fail too
+        _run(nfsd_guest, "alice", 1, "krb5p", body)
+    assert "big" in outcome, "the in-flight write neither completed nor failed"
+    print(f"in-flight write outcome: {outcome['big']!r}")
+
+    async def read(client: Nfs4Client) -> tuple[bytes, bytes | None]:
+        got_big = await client.read_bytes(f"{d}/big.bin") if outcome["big"] == len(big) else None
+        return await client.read_bytes(f"{d}/small.bin"), got_big
+
+    got_small, got_big = _run(nfsd_guest, "alice", 1, "krb5p", read)
+    assert got_small == small
+    if outcome["big"] == len(big):
+        assert got_big == big
 
 
 def test_kdc_stopped_gives_a_kerberos_error(nfsd_guest: LinuxNfsdGuest) -> None:
