@@ -752,13 +752,8 @@ class IPsecEngine:
     def acquire_finished(
         self, flow: FiveTuple, outcome: AcquireOutcome, sa: SecurityAssociation | None, now: float
     ) -> None:
-        """KeyManagerListener: an ACQUIRE ended."""
-        if outcome is AcquireOutcome.INSTALLED:
-            latch = self.latches._by_flow.get(flow)
-            if latch is not None and latch.state is LatchState.LARVAL:
-                # the SAs that were made cannot serve the latch (other QoP / peer than requested):
-                # fail it now rather than leave the ULP waiting (RFC 5660 §2.3, §4)
-                outcome = AcquireOutcome.UNSUITABLE
+        """KeyManagerListener: an ACQUIRE ended (UNSUITABLE: the LD already failed the flow's
+        LARVAL latch, see LatchDatabase.negotiation_finished)."""
         if outcome is not AcquireOutcome.INSTALLED:
             self.latches.sa_setup_failed(
                 flow, timeout=outcome is AcquireOutcome.TIMEOUT, detail=outcome.value

@@ -47,7 +47,7 @@ class AcquireOutcome(Enum):
     NO_PEER = "no-peer"  # nobody to negotiate with (no IKE at the peer, refused proposal)
     TIMEOUT = "timeout"  # IKE did not finish in time
     #: SAs were made but do not meet the waiting latch's parameters (RFC 5660 §4: with different
-    #: parameters requested on the two ends the latch must fail) -- reported by the engine
+    #: parameters requested on the two ends the latch must fail); the LD has failed the latch
     UNSUITABLE = "unsuitable"
 
 
@@ -181,10 +181,19 @@ class StaticKeyManager(KeyManager, SaRequester):
         self.backend.install_sa(sa)
         self.latches.sa_installed(sa, now)
         for flow in [f for f in self.pending if sa.carries(f)]:
-            del self.pending[flow]
-            if self.listener is not None:
-                self.listener.acquire_finished(flow, AcquireOutcome.INSTALLED, sa, now)
+            self.negotiation_finished(flow, sa, now)
         return sa
+
+    def negotiation_finished(self, flow: FiveTuple, sa: SecurityAssociation, now: float) -> None:
+        """A negotiation for ``flow`` ended with ``sa`` installed (which may not even carry the
+        flow, e.g. when narrowed around another latch). Ends the flow's ACQUIRE: INSTALLED, or
+        UNSUITABLE if the flow's latch is still LARVAL -- the LD then fails that latch
+        (:meth:`LatchDatabase.negotiation_finished`, RFC 5660 §4)."""
+        pend = self.pending.pop(flow, None)
+        unsuitable = self.latches.negotiation_finished(flow, f"negotiated {sa} does not suit the latch")
+        if pend is not None and self.listener is not None:
+            outcome = AcquireOutcome.UNSUITABLE if unsuitable else AcquireOutcome.INSTALLED
+            self.listener.acquire_finished(flow, outcome, sa, now)
 
     def delete_sa(self, sa_id: int, now: float) -> SecurityAssociation | None:
         sa = self.sad.remove(sa_id)
@@ -261,10 +270,12 @@ class StaticKeyManager(KeyManager, SaRequester):
             if self.listener is not None:
                 self.listener.acquire_finished(pend.flow, AcquireOutcome.NO_PEER, None, now)
             return
-        if installed is None or pend.flow in self.pending:
+        if installed is None:
             self.pending.pop(pend.flow, None)
             if self.listener is not None:
                 self.listener.acquire_finished(pend.flow, AcquireOutcome.NO_PEER, None, now)
+        elif pend.flow in self.pending:  # installed, but narrowed so that it misses the flow
+            self.negotiation_finished(pend.flow, installed, now)
 
     def next_deadline(self) -> float | None:
         times: list[float] = []

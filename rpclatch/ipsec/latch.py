@@ -244,6 +244,9 @@ class AlertReason(Enum):
     ESTABLISHED = "sa-established"  # LARVAL -> ESTABLISHED
     SA_SETUP_FAILED = "sa-setup-failed"  # LARVAL -> CLOSED: no SA could be made
     SA_SETUP_TIMEOUT = "sa-setup-timeout"  # LARVAL -> CLOSED: IKE timed out
+    #: LARVAL -> CLOSED: the negotiation finished but its SAs cannot serve the latch (other peer or
+    #: QoP than requested; §4 simultaneous open with different parameters)
+    SA_UNSUITABLE = "negotiated-sa-unsuitable"
     CONFLICTING_SA = "conflicting-child-sa"  # T4
     SPD_CHANGE = "conflicting-spd-change"  # T4
     PEER_DEAD = "dpd-peer-dead"  # T4, irremediable (RFC 5660 §2)
@@ -648,6 +651,22 @@ class LatchDatabase:
         reason = AlertReason.SA_SETUP_TIMEOUT if timeout else AlertReason.SA_SETUP_FAILED
         self._transition(latch, E.SA_FAILED, reason, detail)
         self._delete(latch)
+
+    def negotiation_finished(self, flow: FiveTuple, detail: str = "") -> bool:
+        """The key manager's negotiation for ``flow`` ended with SAs installed (each already went
+        through :meth:`vet_child_sa` and :meth:`sa_installed`). A latch still LARVAL now cannot be
+        served by them -- another peer or QoP than it asked for, or SAs narrowed around the flow;
+        RFC 5660 §4: with different parameters requested at the two ends of a simultaneous open
+        the latch must fail -- so it goes CLOSED with :attr:`AlertReason.SA_UNSUITABLE` (alerted)
+        instead of waiting for SAs nobody is negotiating. Returns True if a latch failed."""
+        latch = self._by_flow.get(flow)
+        if latch is None or latch.state is not S.LARVAL:
+            return False
+        self._transition(
+            latch, E.SA_FAILED, AlertReason.SA_UNSUITABLE, detail or "negotiated SAs do not suit the latch"
+        )
+        self._delete(latch)
+        return True
 
     def sa_removed(self, sa: SecurityAssociation) -> None:
         """An SA left the SAD; latches it was breaking may return to ESTABLISHED (T5)."""

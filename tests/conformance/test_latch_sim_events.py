@@ -197,6 +197,10 @@ def test_simultaneous_open(equal: bool) -> None:
     else:
         assert not all(both)
         assert StreamEventKind.FAILED in ca.kinds() + cb.kinds()     # the app is told
+        # ... by the latch database, with the reason: the negotiated SAs cannot serve the latch
+        latches = [c.latch_info for c in (ca, cb) if isinstance(c.latch_info, ConnLatch)]
+        reasons = [a.reason for cl in latches for a in cl.alerts]
+        assert AlertReason.SA_UNSUITABLE in reasons
     f = FiveTuple(lab.a.address, 2049, lab.b.address, 2049, 6)
     assert cleartext_after(lab.world.hub, f, 0.0) == []
 

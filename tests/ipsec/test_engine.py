@@ -261,7 +261,24 @@ def test_unsuitable_sas_fail_the_larval_latch() -> None:
     assert e.latches.inquire_latch(h).state is LatchState.LARVAL
     e.poll(0.5)
     assert e.latches.get(h) is None
-    assert alerts[-1].new_state is LatchState.CLOSED and alerts[-1].detail == AcquireOutcome.UNSUITABLE.value
+    assert alerts[-1].new_state is LatchState.CLOSED and alerts[-1].reason is AlertReason.SA_UNSUITABLE
+    assert not e.key_manager.pending
+
+
+def test_unsuitable_sas_fail_the_protection_request_too() -> None:
+    from rpclatch.ipsec.latch import LatchRequest
+
+    e = IPsecEngine(ex.nfs_spd(SpdAction.BYPASS_OR_PROTECT), ex.btns_pad(),
+                    provisions=[provision(SERVER, setup_delay=0.5)])
+    outcomes: list[ProtectionOutcome] = []
+    alerts: list[Alert] = []
+    out = e.request_protection(CLI, FlowChoice.PROTECT, 0.0, request=LatchRequest(peer=ex.btns_peer(ROGUE)),
+                               on_alert=alerts.append, on_outcome=outcomes.append)
+    assert out.pending
+    e.poll(0.5)
+    assert [o.acquire for o in outcomes] == [AcquireOutcome.UNSUITABLE] and not outcomes[0].ok
+    assert alerts[-1].reason is AlertReason.SA_UNSUITABLE
+    assert e.spd.overlay_entry(CLI) is None  # the PROTECT clone is withdrawn: the app may choose again
 
 
 def test_how_would_protect_has_no_side_effects() -> None:

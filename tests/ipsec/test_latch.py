@@ -220,3 +220,24 @@ def test_requested_local_identity_is_honoured() -> None:
     with pytest.raises(LatchConflict):
         e.latches.create_connection_latch(F, LatchRequest(local=ex.btns_local(ROGUE_KEY)))
     assert e.latches.create_connection_latch(F, LatchRequest(local=ex.btns_local(SERVER_KEY))) > 0
+
+
+def test_negotiation_finished_fails_a_larval_latch_it_cannot_serve() -> None:
+    e = engine()
+    alerts: list[Alert] = []
+    # the ULP wants peer ROGUE_KEY; no SA exists yet, so the latch waits (LARVAL) for an ACQUIRE
+    want_rogue = LatchRequest(peer=ex.btns_peer(ROGUE_KEY))
+    h = e.latches.create_connection_latch(F, want_rogue, on_alert=alerts.append)
+    assert e.latches.inquire_latch(h).state is S.LARVAL and F in e.key_manager.pending
+    # the negotiation yields CLIENT_KEY's SA: installed, but it cannot serve the latch
+    e.install_sa(ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(SERVER_KEY)), 1.0)
+    assert e.latches.get(h) is None and F not in e.key_manager.pending
+    assert [(a.old_state, a.new_state, a.reason) for a in alerts] == [
+        (S.LARVAL, S.CLOSED, AlertReason.SA_UNSUITABLE)
+    ]
+    assert "does not suit" in alerts[0].detail
+    # nothing LARVAL left: a second report changes nothing; an ESTABLISHED latch is untouched
+    assert not e.latches.negotiation_finished(F)
+    h2 = e.latches.create_connection_latch(F)
+    assert not e.latches.negotiation_finished(F)
+    assert e.latches.inquire_latch(h2).state is S.ESTABLISHED

@@ -87,8 +87,8 @@ class KmEngine(Protocol):
 
     def km_peer_dead(self, peer: PeerIdentity) -> None: ...
 
-    def km_exchange_done(self, flow: FiveTuple) -> None:
-        """The exchange for ``flow`` finished; a latch still waiting cannot use its SAs."""
+    def km_exchange_done(self, flow: FiveTuple, sa: SecurityAssociation) -> None:
+        """The exchange for ``flow`` finished with ``sa`` installed; a latch still waiting cannot use it."""
 
 
 @dataclass
@@ -337,7 +337,7 @@ class SimKeyManager:
             if installed is None:
                 self._engine().km_setup_failed(flow, timeout=False, detail="SA refused locally")
             else:
-                self._engine().km_exchange_done(flow)
+                self._engine().km_exchange_done(flow, installed)
         if ex.on_done is not None:
             ex.on_done(installed, "ok" if installed else "refused locally")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from rpclatch.ipsec.backend import Backend
 from rpclatch.ipsec.errors import IPsecError
 from rpclatch.ipsec.keymgr import AcquireOutcome, KeyManagerListener, PendingAcquire, StaticKeyManager
-from rpclatch.ipsec.latch import LatchDatabase, LatchState
+from rpclatch.ipsec.latch import LatchDatabase
 from rpclatch.ipsec.model import FiveTuple, PeerIdentity, ProtectionPolicy
 from rpclatch.ipsec.pad import PeerAuthorizationDatabase
 from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
@@ -80,15 +80,10 @@ class SikeKeyManager(StaticKeyManager):
             outcome = AcquireOutcome.TIMEOUT if timeout else AcquireOutcome.NO_PEER
             self.listener.acquire_finished(flow, outcome, None, self.sike.now)
 
-    def km_exchange_done(self, flow: FiveTuple) -> None:
-        """RFC 5660 §4: if the negotiated SAs do not suit the flow's LARVAL latch (e.g. both ends of a
-        simultaneous open asked for different parameters), the latch fails instead of waiting."""
-        latch = self.latches.latch_for(flow)
-        if latch is not None and latch.state is LatchState.LARVAL:
-            self.pending.pop(flow, None)
-            self.latches.sa_setup_failed(
-                flow, timeout=False, detail="negotiated SAs do not meet the latch's parameters"
-            )
+    def km_exchange_done(self, flow: FiveTuple, sa: SecurityAssociation) -> None:
+        """The exchange for ``flow`` installed ``sa``: end the ACQUIRE (a latch the SA cannot
+        serve is failed by the latch database, RFC 5660 §4)."""
+        self.negotiation_finished(flow, sa, self.sike.now)
 
     def km_peer_dead(self, peer: PeerIdentity) -> None:
         self.peer_dead(peer, self.sike.now)
