@@ -85,7 +85,7 @@ def _deliver(events: list[Event]) -> None:
             handle = ev.handle
             fut = handle.context
             handle.context = None  # the handle may outlive the call in the timer heap
-            if not fut.done():
+            if fut is not None and not fut.done():  # done: the caller gave up (cancelled)
                 fut.set_result(ev.result)
         elif type(ev) is CallFailed:
             handle = ev.handle
