@@ -135,3 +135,34 @@ def test_any_bytes_reassemble_or_raise_record_error(data: bytes, limit: int) -> 
         return
     assert all(len(rec) <= limit for rec in records)
     assert r.buffered <= len(data)
+
+
+def test_large_fragments_over_many_reads() -> None:
+    # Memory follows what has arrived, never what a header announces (see test_bad_input).
+    big = bytes(range(256)) * 1024  # 256 KiB
+    stream = (encode_record(big) + encode_record(b"tail") + encode_record(big * 2, 100_000)
+              + encode_record(b"end"))
+    for chunk in (1000, 65536, 100_001, 262144):
+        r = RecordReassembler(max_record=1 << 20)
+        out: list[bytes] = []
+        for i in range(0, len(stream), chunk):
+            out += r.feed(memoryview(stream)[i:i + chunk])
+            assert r.buffered <= len(stream)
+        assert out == [big, b"tail", big * 2, b"end"]
+        assert not r.in_record
+
+
+def test_large_fragment_with_decode_hook() -> None:
+    big = b"\xab" * 100_000
+    r = RecordReassembler()
+    seen: list[int] = []
+
+    def decode(buf: bytes | memoryview, start: int, stop: int) -> bytes | None:
+        seen.append(stop - start)
+        return b"decoded:" + bytes(buf[start:start + 4])
+
+    stream = encode_record(big)
+    assert r.feed(stream[:5000], decode) == []
+    assert r.in_record and r.buffered >= 4996
+    assert r.feed(stream[5000:], decode) == [b"decoded:\xab\xab\xab\xab"]
+    assert seen == [100_000]
