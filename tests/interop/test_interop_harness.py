@@ -17,6 +17,10 @@ from interop.runner import CaseResult, format_table, parse_junit
 from interop.uml import (
     DEFAULT_EXPORTS,
     REPO_ROOT,
+    Export,
+    GuestBootError,
+    GuestConfig,
+    LinuxNfsdGuest,
     XfrmCounters,
     _tmp_keep,
     missing_requirements,
@@ -131,5 +135,24 @@ def test_signal_tears_down_guest_and_namespace(tmp_path: Path, sig: signal.Signa
     assert not Path(f"/run/netns/{netns}").exists()
     cmdline = Path(f"/proc/{uml_pid}/cmdline")
     assert not cmdline.exists() or "linux.uml" not in cmdline.read_text(errors="replace")
+    leftovers = subprocess.run(["pgrep", "-f", f"RUN={run_dir}"], capture_output=True, text=True).stdout
+    assert leftovers == "", leftovers
+
+
+@pytest.mark.uml
+@pytest.mark.root
+def test_boot_failure_raises_and_cleans_up() -> None:
+    missing = missing_requirements()
+    if missing:
+        pytest.skip("; ".join(missing))
+    run_dir = REPO_ROOT / "runs" / "interop" / f"bootfail-{os.getpid()}-{time.time_ns()}"
+    guest = LinuxNfsdGuest(GuestConfig(exports=(Export("/", 0, ("nosuchflavor",)),), esp=False,
+                                       capture=False), run_dir=run_dir)
+    with pytest.raises(GuestBootError) as info:
+        guest.start()
+    assert "exportfs" in str(info.value) and str(run_dir) in str(info.value)
+    assert guest.host_ns is not None
+    assert not Path(f"/run/netns/{guest.host_ns.name}").exists()
+    assert not guest.running
     leftovers = subprocess.run(["pgrep", "-f", f"RUN={run_dir}"], capture_output=True, text=True).stdout
     assert leftovers == "", leftovers
