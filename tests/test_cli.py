@@ -215,3 +215,22 @@ def test_program_names_without_etc_rpc(tmp_path: Path) -> None:
     custom.write_text("# comment\nmyprog 400000 alias1\nnfs 100003\nbroken line\n")
     assert read_rpc_names(custom)["alias1"] == 400000
     assert program_names(custom)[400000] == "myprog"
+
+
+def test_dump_and_register_without_rpcbind_one_line() -> None:
+    if _rpcbind_up():
+        pytest.skip("an rpcbind is running: this checks the message when there is none")
+    dump = run_cli("rpc", "dump", "127.0.0.1")
+    assert (dump.returncode, dump.stderr) == (
+        1, "rpclatch: error: 127.0.0.1: connection refused on port 111 (is rpcbind running?)\n")
+    serve = run_cli("rpc", "serve", "--register")
+    assert serve.returncode == 1 and serve.stderr.count("\n") == 1
+    assert serve.stderr.startswith("rpclatch: error: cannot register with the local rpcbind")
+
+
+def _rpcbind_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 111), timeout=1):
+            return True
+    except OSError:
+        return False

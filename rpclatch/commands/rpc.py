@@ -299,7 +299,8 @@ async def _dump(args: argparse.Namespace) -> int:
         rpcb = await RpcbindClient.connect(host, transport="udp" if args.udp else "tcp",
                                            port=args.port, timeout=args.timeout)
     except (OSError, TimeoutError) as exc:
-        raise CommandFailed(describe_error(host, exc, port=args.port, timeout=args.timeout)) from exc
+        line = describe_error(host, exc, port=args.port, timeout=args.timeout)
+        raise CommandFailed(line.replace("(is the service running?)", "(is rpcbind running?)")) from exc
     try:
         entries = await rpcb.pmap_dump()
     except Exception as exc:
@@ -353,8 +354,9 @@ async def _serve(args: argparse.Namespace) -> int:
                                        udp_port=udp_port, host=args.host)
                 registered = True
             except Exception as exc:
-                raise CommandFailed(f"cannot register with the local rpcbind "
-                                    f"({rpcbind.RPCBIND_SOCKET}): {describe_error('rpcbind', exc)}") from exc
+                why = describe_error("rpcbind", exc).replace("(is the service running?)", "(is it running?)")
+                raise CommandFailed(f"cannot register with the local rpcbind ({rpcbind.RPCBIND_SOCKET}): "
+                                    f"{why}") from exc
         listeners = (("tcp", tcp_port), ("udp", udp_port))
         where = ", ".join(f"{name} {args.host}:{port}" for name, port in listeners if port is not None)
         print(f"serving program {RPCLATCH_TEST_PROG} version {RPCLATCH_TEST_VERS} on {where}"
