@@ -156,3 +156,24 @@ def test_boot_failure_raises_and_cleans_up() -> None:
     assert not guest.running
     leftovers = subprocess.run(["pgrep", "-f", f"RUN={run_dir}"], capture_output=True, text=True).stdout
     assert leftovers == "", leftovers
+
+
+@pytest.mark.uml
+@pytest.mark.root
+def test_cli_runs_the_suite_and_prints_a_table() -> None:
+    missing = missing_requirements()
+    if missing:
+        pytest.skip("; ".join(missing))
+    run_dir = REPO_ROOT / "runs" / "interop" / f"cli-{os.getpid()}-{time.time_ns()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rpclatch.cli", "interop", "linux-nfsd", "--run-dir", str(run_dir),
+         "-k", "test_rpcinfo_lists_nfs"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "PASSED" in proc.stdout
+    assert "test_linux_nfsd_rpc::test_rpcinfo_lists_nfs_v4_tcp_2049" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-2] == "1 passed, 0 failed, 0 error, 0 skipped of 1"
+    cases = parse_junit(run_dir / "junit.xml")
+    assert [c.outcome for c in cases] == ["passed"]
+    assert (run_dir / "guest" / "console.log").exists() and (run_dir / "guest" / "nfs.pcapng").exists()
