@@ -9,9 +9,13 @@ clients run *inside the guest* against its nfsd, so neither crosses the UML tap:
 * baseline: the kernel client, ``mount -t nfs4 -o sec=S,vers=4.1``, page caches dropped, then
   ``dd if=<file> of=/dev/null bs=1M`` (dd's own elapsed time).
 
+``sys+esp`` runs both clients in the guest's netns ``client`` against 198.51.100.2, so every packet
+goes through the manually keyed kernel ESP SAs (rfc4106(gcm(aes))): AUTH_SYS protected by IPsec,
+the figure to hold against krb5p (printed as ``nfs.read64m.sys_esp``).
+
 Each measurement is repeated ``--repeat`` times; the median is reported as
 ``BENCH nfs.read64m.<sec> value=<MB/s> unit=MB/s baseline=<kernel MB/s> ratio=<value/baseline>``.
-Usage: ``python benchmarks/nfs_read.py [--repeat 3] [--size-mib 64] [--sec sys,krb5i,krb5p]``.
+Usage: ``python benchmarks/nfs_read.py [--repeat 3] [--size-mib 64] [--sec sys,krb5i,krb5p,sys+esp]``.
 """
 
 from __future__ import annotations
@@ -25,15 +29,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interop.uml import SERVER_ADDR, LinuxNfsdGuest, missing_requirements
+from interop.uml import ESP_SERVER_ADDR, SERVER_ADDR, LinuxNfsdGuest, missing_requirements
 
 FILE = "/bench64m.bin"
 _DD = re.compile(r"^(\d+) bytes .* copied, ([0-9.]+) s", re.MULTILINE)
 
 
-def kernel_read(guest: LinuxNfsdGuest, sec: str) -> float:
-    """MB/s of the kernel client reading FILE with ``sec`` (fresh mount, caches dropped)."""
-    mnt = guest.kernel_mount("/", sec=sec, vers="4.1", mountpoint=f"/tmp/bench-{sec}")
+def _split(flavor: str) -> tuple[str, bool]:
+    sec, _, over = flavor.partition("+")
+    return sec, over == "esp"
+
+
+def kernel_read(guest: LinuxNfsdGuest, flavor: str) -> float:
+    """MB/s of the kernel client reading FILE (fresh mount, caches dropped)."""
+    sec, esp = _split(flavor)
+    mnt = f"/tmp/bench-{sec}-{'esp' if esp else 'plain'}"
+    if esp:  # mount from netns "client": the client's RPC transport lives there (nsenter keeps the
+        # mount namespace, "ip netns exec" would not)
+        guest.run(["mkdir", "-p", mnt], check=True)
+        guest.run(["nsenter", "--net=/run/netns/client", "mount", "-t", "nfs4", "-o", f"sec={sec},vers=4.1",
+                   f"{ESP_SERVER_ADDR}:/", mnt], check=True, timeout=120)
+    else:
+        guest.kernel_mount("/", sec=sec, vers="4.1", mountpoint=mnt)
     try:
         guest.drop_caches()
         res = guest.run(["dd", f"if={mnt}{FILE}", "of=/dev/null", "bs=1M"], check=True, timeout=600)
@@ -45,13 +62,15 @@ def kernel_read(guest: LinuxNfsdGuest, sec: str) -> float:
     return int(m.group(1)) / 1e6 / float(m.group(2))
 
 
-def our_read(guest: LinuxNfsdGuest, sec: str, size: int) -> float:
-    """MB/s of rpclatch's client reading FILE with ``sec`` (its streaming read time)."""
+def our_read(guest: LinuxNfsdGuest, flavor: str, size: int) -> float:
+    """MB/s of rpclatch's client reading FILE (its streaming read time)."""
+    sec, esp = _split(flavor)
+    netns = "client" if esp else None
     guest.drop_caches()
     res = guest.run(
-        guest.python_argv("-m", "interop.probe", "nfs", SERVER_ADDR, "--sec", sec, "--minor", "1",
-                          "--target", guest.service_name, "--read", FILE),
-        env=guest.guest_env("alice"), timeout=900, check=True,
+        guest.python_argv("-m", "interop.probe", "nfs", ESP_SERVER_ADDR if esp else SERVER_ADDR,
+                          "--sec", sec, "--minor", "1", "--target", guest.service_name, "--read", FILE),
+        netns=netns, env=guest.guest_env("alice", netns), timeout=900, check=True,
     )
     out = json.loads(res.stdout)
     if out.get("read_bytes") != size:
@@ -63,7 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=64)
-    parser.add_argument("--sec", default="sys,krb5i,krb5p")
+    parser.add_argument("--sec", default="sys,krb5i,krb5p,sys+esp")
     args = parser.parse_args()
     missing = missing_requirements()
     if missing:
@@ -81,7 +100,7 @@ def main() -> int:
                 print(f"nfs_read: {sec} run {i + 1}: rpclatch {ours[-1]:.1f} MB/s, "
                       f"kernel {kernel[-1]:.1f} MB/s", file=sys.stderr, flush=True)
             value, baseline = statistics.median(ours), statistics.median(kernel)
-            print(f"BENCH nfs.read{args.size_mib}m.{sec} value={value:.2f} unit=MB/s "
+            print(f"BENCH nfs.read{args.size_mib}m.{sec.replace('+', '_')} value={value:.2f} unit=MB/s "
                   f"baseline={baseline:.2f} ratio={value / baseline:.3f}", flush=True)
     return 0
 
