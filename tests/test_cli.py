@@ -23,6 +23,7 @@ from rpclatch.rpc import testprog as tp
 from rpclatch.rpc.aio import RpcServer
 from rpclatch.rpc.errors import RpcAcceptError, RpcAuthError, RpcMismatchError, RpcTimeout
 from rpclatch.rpc.messages import AcceptStat, AuthStat
+from rpclatch.rpc.sec import server_auths_for_sec
 from rpclatch.rpc.server import RpcDispatcher
 
 PROG = tp.RPCLATCH_TEST_PROG
@@ -30,7 +31,8 @@ RPCINFO = shutil.which("rpcinfo") or "/usr/sbin/rpcinfo"
 
 
 @contextmanager
-def server_thread(versions: tuple[int, ...] = (1,)) -> Iterator[tuple[int, int]]:
+def server_thread(versions: tuple[int, ...] = (1,), sec: tuple[str, ...] = ("none", "sys"),
+                  ) -> Iterator[tuple[int, int]]:
     """The test program (at ``versions``) on 127.0.0.1 TCP and UDP, in its own thread and loop."""
     ready: list[tuple[int, int]] = []
     started = threading.Event()
@@ -38,7 +40,7 @@ def server_thread(versions: tuple[int, ...] = (1,)) -> Iterator[tuple[int, int]]
     stop = asyncio.Event()
 
     async def serve() -> None:
-        d = RpcDispatcher()
+        d = RpcDispatcher(server_auths_for_sec(sec))
         for v in versions:
             d.add_program(PROG, v, tp.TEST_PROCEDURES)
         async with RpcServer(d) as server:
@@ -234,3 +236,12 @@ def _rpcbind_up() -> bool:
             return True
     except OSError:
         return False
+
+
+def test_ping_with_a_flavor_the_server_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    with server_thread(sec=("sys",)) as (tcp, _udp):
+        assert main(["rpc", "ping", "127.0.0.1", str(PROG), "1", "--port", str(tcp), "--sec", "sys"]) == 0
+        assert main(["rpc", "ping", "127.0.0.1", str(PROG), "1", "--port", str(tcp)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == f"program {PROG} version 1 ready and waiting\n"
+    assert captured.err == "rpclatch: error: 127.0.0.1: authentication failed: AUTH_BADCRED\n"
