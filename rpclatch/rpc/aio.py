@@ -69,7 +69,8 @@ from rpclatch.rpc.client import (
     RpcClientConnection,
     RpcDatagramClient,
 )
-from rpclatch.rpc.errors import RpcConnectionClosed, RpcError
+from rpclatch.rpc.errors import RpcConnectionClosed, RpcError, RpcLocalError
+from rpclatch.rpc.messages import AcceptedReply, AcceptStat
 from rpclatch.rpc.record import DEFAULT_MAX_RECORD
 from rpclatch.rpc.server import PendingReply, RpcDispatcher, RpcServerConnection
 
@@ -130,6 +131,9 @@ class _TimerMixin:
             self._timer.cancel()
             self._timer = None
 
+
+#: Largest UDP payload over IPv4 (65535 - 20 - 8).
+MAX_UDP_REPLY = 65507
 
 #: Messages up to this size are gathered into the reusable send buffer and written with one send.
 SEND_GATHER_MAX = 4 * 1024 * 1024 + 64 * 1024
@@ -420,6 +424,9 @@ class RpcUdpClient:
                     auth: ClientAuth | None = None, timeout: float | None = None) -> asyncio.Future[bytes]:
         if self.transport.is_closing():
             raise RpcConnectionClosed("the socket is closed")
+        if len(args) > MAX_UDP_REPLY - 40:
+            raise RpcLocalError(f"a call with {len(args)} bytes of arguments does not fit in a UDP "
+                                "datagram; use TCP")
         loop = self._loop
         handle = self._core.send_call(prog, vers, proc, args, auth, loop.time(), timeout)
         fut: asyncio.Future[bytes] = loop.create_future()
@@ -627,8 +634,15 @@ class _ServerDatagramProtocol(asyncio.DatagramProtocol):
         self._send(reply, addr)
 
     def _send(self, reply: bytes, addr: Any) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if len(reply) > MAX_UDP_REPLY:
+            # It cannot go out as one datagram: tell the client instead of leaving it to time out.
+            xid = int.from_bytes(reply[:4], "big")
+            log.warning("UDP reply to xid %#x from %s is %d bytes, more than a datagram carries; "
+                        "answering SYSTEM_ERR", xid, addr, len(reply))
+            reply = AcceptedReply(xid, stat=AcceptStat.SYSTEM_ERR).encode()
+        self.transport.sendto(reply, addr)
 
     def error_received(self, exc: Exception) -> None:
         # E.g. a reply larger than a datagram can carry (EMSGSIZE), or ICMP errors from peers.

@@ -13,7 +13,13 @@ from rpclatch.rpc import testprog as tp
 from rpclatch.rpc.aio import RpcServer, RpcStreamClient, RpcUdpClient
 from rpclatch.rpc.auth import AuthAccept, AuthResult, ConnectionInfo, ServerAuth
 from rpclatch.rpc.auth_sys import AuthNoneServer, AuthSysClient, AuthSysServer
-from rpclatch.rpc.errors import RpcAcceptError, RpcAuthError, RpcConnectionClosed, RpcTimeout
+from rpclatch.rpc.errors import (
+    RpcAcceptError,
+    RpcAuthError,
+    RpcConnectionClosed,
+    RpcLocalError,
+    RpcTimeout,
+)
 from rpclatch.rpc.messages import NULL_AUTH, AcceptStat, CallMessage
 from rpclatch.rpc.record import encode_record
 from rpclatch.rpc.server import CallContext, RpcDispatcher
@@ -362,5 +368,20 @@ def test_large_pipelined_messages_through_partial_writes() -> None:
                 echoed = await asyncio.gather(*(tp.echo(c, b) for b in blobs), tp.echo(c, b"small"))
                 assert echoed == [*blobs, b"small"]
                 assert len(await tp.source(c, 5 * 1024 * 1024)) == 5 * 1024 * 1024
+
+    run(body)
+
+
+def test_udp_reply_too_large_for_a_datagram() -> None:
+    async def body() -> None:
+        async with RpcServer(make_dispatcher()) as server:
+            port = await server.listen_udp()
+            async with await RpcUdpClient.connect("127.0.0.1", port, timeout=10) as c:
+                assert len(await tp.source(c, 60000)) == 60000
+                with pytest.raises(RpcAcceptError) as info:
+                    await tp.source(c, 70000)
+                assert info.value.stat == AcceptStat.SYSTEM_ERR
+                with pytest.raises(RpcLocalError, match="use TCP"):
+                    await tp.echo(c, bytes(70000))
 
     run(body)
