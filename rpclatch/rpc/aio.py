@@ -17,6 +17,8 @@ latching engine set up), ``await RpcStreamClient.connect_unix(path, ...)``:
 retransmit_max=8.0)``: the same ``call``/``call_nowait``/``close`` over a connected UDP socket; the
 call is retransmitted with exponential backoff until its timeout. An ICMP "port unreachable" fails
 outstanding calls with :class:`rpclatch.rpc.errors.RpcConnectionClosed` ("connection refused").
+Arguments too large for one datagram raise :class:`RpcLocalError` at once; the UDP server answers
+SYSTEM_ERR when its reply would not fit in one.
 
 Failures raise :class:`rpclatch.rpc.errors.RpcError` subclasses (connect errors are ``OSError``).
 
