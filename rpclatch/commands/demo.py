@@ -26,6 +26,9 @@ def register(subparsers: Any) -> None:
                    help="run directory for pcapng captures and diagrams (default: ./runs/demo-<timestamp>)")
     p.add_argument("--scenario", metavar="N", action="append", type=str, default=None,
                    help="run only scenario N (repeatable); see --list")
+    p.add_argument("--approach", choices=("1", "2"), default="2",
+                   help="where latches live: 1 = in the transport control block (RFC 5660 §2.4 packet "
+                        "tagging), 2 = in the latch database next to the SAD (§2.3, the default)")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run)
@@ -52,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
 
     from rpclatch.demo.runner import run_demo
     from rpclatch.gss.realm import RealmError
+    from rpclatch.ipsec.engine import Approach
 
+    approach = Approach.ULP if args.approach == "1" else Approach.POLICY
     try:
-        result = run_demo(run_dir, numbers, progress=None if args.json else sys.stderr)
+        result = run_demo(run_dir, numbers, progress=None if args.json else sys.stderr, approach=approach)
     except RealmError as exc:
         raise UserError(f"cannot start the throwaway Kerberos realm ({exc}); install the KDC with "
                         "'bash scripts/setup.sh' (krb5-kdc, krb5-admin-server)") from exc

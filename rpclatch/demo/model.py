@@ -106,12 +106,13 @@ class RunResult:
     realm: str
     results: tuple[ScenarioResult, ...]
     seconds: float
+    approach: int = 2  # where latches live: 1 = in the TCB (RFC 5660 §2.4), 2 = in the LD (§2.3)
 
     @property
     def passed(self) -> bool:
         return bool(self.results) and all(r.outcome is Outcome.PASS for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {"world": self.world, "run_dir": self.run_dir, "realm": self.realm,
+        return {"world": self.world, "approach": self.approach, "run_dir": self.run_dir, "realm": self.realm,
                 "seconds": round(self.seconds, 3), "passed": self.passed,
                 "scenarios": [r.to_json() for r in self.results]}

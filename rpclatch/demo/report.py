@@ -45,7 +45,9 @@ def render_failures(results: Sequence[ScenarioResult]) -> str:
 
 
 def render_text(run: RunResult) -> str:
-    parts = [f"rpclatch demo: world={run.world}, realm={run.realm}", "", render_table(run.results), ""]
+    where = "TCB (RFC 5660 §2.4)" if run.approach == 1 else "latch database (RFC 5660 §2.3)"
+    parts = [f"rpclatch demo: world={run.world}, approach {run.approach} (latches in the {where}), "
+             f"realm={run.realm}", "", render_table(run.results), ""]
     for r in run.results:
         parts.append(f"  [{r.number}] {r.reason}")
     failures = render_failures(run.results)

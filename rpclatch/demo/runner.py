@@ -11,13 +11,14 @@ from typing import TextIO
 from rpclatch.demo.model import RunResult, ScenarioResult
 from rpclatch.demo.scenarios import SCENARIOS, timed
 from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.ipsec.engine import Approach
 
 
 def run_demo(run_dir: Path, numbers: Sequence[int] | None = None, progress: TextIO | None = None,
-             realm: ThrowawayRealm | None = None) -> RunResult:
-    """Run scenarios ``numbers`` (default: all) into ``run_dir``. With ``realm`` None a throwaway
-    realm is started (and stopped again, also on failure); otherwise the given, activated realm is
-    used."""
+             realm: ThrowawayRealm | None = None, approach: Approach = Approach.POLICY) -> RunResult:
+    """Run scenarios ``numbers`` (default: all) into ``run_dir`` with latches held per ``approach``
+    (1: in the TCB; 2: in the latch database, the default). With ``realm`` None a throwaway realm
+    is started (and stopped again, also on failure); otherwise the given, activated realm is used."""
     t0 = time.monotonic()
     chosen = [s for s in SCENARIOS if numbers is None or s.number in numbers]
     own = realm is None
@@ -30,7 +31,7 @@ def run_demo(run_dir: Path, numbers: Sequence[int] | None = None, progress: Text
             active.start()
             active.activate()
         for spec in chosen:
-            result, seconds = timed(spec, active, run_dir)
+            result, seconds = timed(spec, active, run_dir, approach)
             results.append(result)
             if progress is not None:
                 print(f"[{spec.number}] {spec.title} ... {result.outcome.value} ({seconds:.2f} s)",
@@ -39,4 +40,5 @@ def run_demo(run_dir: Path, numbers: Sequence[int] | None = None, progress: Text
     finally:
         if own:
             active.stop()
-    return RunResult("sim", str(run_dir), realm_name, tuple(results), time.monotonic() - t0)
+    return RunResult("sim", str(run_dir), realm_name, tuple(results), time.monotonic() - t0,
+                     approach.value)

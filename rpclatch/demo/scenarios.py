@@ -25,7 +25,7 @@ from rpclatch.demo.wiretap import SERVICE_NAMES, WireView
 from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec import examples
-from rpclatch.ipsec.engine import EngineConfig
+from rpclatch.ipsec.engine import Approach, EngineConfig
 from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip, spki_fingerprint
 from rpclatch.ipsec.sim.ike import IkeMode
 from rpclatch.ipsec.sim.stack import ConnLatch, IpsecStack
@@ -67,7 +67,7 @@ class ScenarioSpec:
     number: int
     name: str
     title: str
-    run: Callable[[ThrowawayRealm], tuple[DemoWorld, Outcome]]
+    run: Callable[[ThrowawayRealm, Approach], tuple[DemoWorld, Outcome]]
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -109,8 +109,28 @@ def fp(key: bytes | None) -> str:
 
 
 def alerts_of(conn: StreamConnection) -> list[str]:
+    """The latch states ``conn``'s latch was alerted into: the LD's ALERTs (approach 2), or the
+    TCB latch's breaks (approach 1: "BROKEN" per break, RFC 5660 §2.4 "inform the application")."""
     cl = conn.latch_info
-    return [a.new_state.value for a in cl.alerts] if isinstance(cl, ConnLatch) else []
+    if not isinstance(cl, ConnLatch):
+        return []
+    return [a.new_state.value for a in cl.alerts] + ["BROKEN" for _ in cl.ulp_breaks]
+
+
+def check_latch_home(o: Outcome, stack: IpsecStack, conn: StreamConnection, approach: Approach) -> None:
+    """Where the connection's latch lives must be what ``--approach`` asked for: the TCB (approach
+    1, RFC 5660 §2.4; the latch database holds nothing for the flow) or the LD (approach 2, §2.3)."""
+    cl = conn.latch_info
+    in_tcb = isinstance(cl, ConnLatch) and cl.ulp is not None
+    in_ld = stack.engine.latches.latch_for(conn.flow) is not None or (
+        isinstance(cl, ConnLatch) and cl.handle is not None
+    )
+    if approach is Approach.ULP:
+        o.check("latch held in the TCB (approach 1)", in_tcb and not in_ld,
+                f"TCB latch: {in_tcb}, latch database entry: {in_ld}")
+    else:
+        o.check("latch held in the latch database (approach 2)", in_ld and not in_tcb,
+                f"latch database entry: {in_ld}, TCB latch: {in_tcb}")
 
 
 def binding_word(rec: SecurityRecord) -> str:
@@ -161,8 +181,10 @@ def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | N
 # -- scenario 1 -------------------------------------------------------------------------------------
 
 
-def ipsec_available(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
-    dw = build_world(realm, seed=1)
+def ipsec_available(
+    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
+) -> tuple[DemoWorld, Outcome]:
+    dw = build_world(realm, seed=1, approach=approach)
     pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
     rec = pc.connect()
     ok = all(echo(pc) for _ in range(4))
@@ -218,14 +240,17 @@ def ipsec_available(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
         f"{frames_with_marker(dw)} frames contain the payload in the clear",
     )
     o.check("ECHO replies intact", ok, "4 ECHO calls of 1.6 KB")
+    check_latch_home(o, dw.client_stack, link.conn, approach)
     return dw, o
 
 
 # -- scenario 2 -------------------------------------------------------------------------------------
 
 
-def no_ike(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
-    dw = build_world(realm, seed=2, server_ike=IkeMode.ABSENT)
+def no_ike(
+    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
+) -> tuple[DemoWorld, Outcome]:
+    dw = build_world(realm, seed=2, server_ike=IkeMode.ABSENT, approach=approach)
     pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
     rec = pc.connect()
     ok = all(echo(pc) for _ in range(4))
@@ -278,8 +303,10 @@ def no_ike(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
 # -- scenario 3 -------------------------------------------------------------------------------------
 
 
-def btns_mitm(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
-    dw = build_world(realm, seed=3, mitm=True)
+def btns_mitm(
+    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
+) -> tuple[DemoWorld, Outcome]:
+    dw = build_world(realm, seed=3, mitm=True, approach=approach)
     pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
     rec = pc.connect()
     ok = all(echo(pc) for _ in range(4))
@@ -347,8 +374,10 @@ def btns_mitm(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
 # -- scenario 4 -------------------------------------------------------------------------------------
 
 
-def rogue_claims_address(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
-    dw = build_world(realm, seed=4, rogue=True)
+def rogue_claims_address(
+    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
+) -> tuple[DemoWorld, Outcome]:
+    dw = build_world(realm, seed=4, rogue=True, approach=approach)
     pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
     first = pc.connect()
     ok_before = echo(pc)
@@ -394,6 +423,7 @@ def rogue_claims_address(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
         reason="latch BROKEN on conflicting SA, reset; reconnected, re-latched, re-bound",
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
+    check_latch_home(o, dw.client_stack, new_link.conn, approach)
     o.check("client latch went BROKEN", "BROKEN" in client_alerts, f"client latch alerts: {client_alerts}")
     o.check(
         "connection reset (RFC 5660 §5.5 default)",
@@ -432,9 +462,15 @@ def rogue_claims_address(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
 # -- scenario 5 -------------------------------------------------------------------------------------
 
 
-def policy_change(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
+def policy_change(
+    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
+) -> tuple[DemoWorld, Outcome]:
     dw = build_world(
-        realm, seed=5, spd_action=SpdAction.PROTECT, server_config=EngineConfig(pin_on_spd_change=True)
+        realm,
+        seed=5,
+        spd_action=SpdAction.PROTECT,
+        server_config=EngineConfig(pin_on_spd_change=True),
+        approach=approach,
     )
     pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
     first = pc.connect()
@@ -445,12 +481,14 @@ def policy_change(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
     t_server = dw.world.now
     dw.mark("server", "admin: server SPD 2049 -> BYPASS (latches pinned)")
     broken_server = dw.server_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
+    broken_server_tcbs = dw.server_stack.engine.last_spd_breaks  # approach 1: TCB latches broken
     sstate_after = dw.server_stack.latch_state(sconn) if sconn else "none"
     pinned = dw.server_stack.engine.spd.overlay_entry(sconn.flow) if sconn else None
     ok_pinned = echo(pc)
     t_client = dw.world.now
     dw.mark("client", "admin: client SPD 2049 -> BYPASS (default: break)")
     broken_client = dw.client_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
+    broken_client_tcbs = dw.client_stack.engine.last_spd_breaks
     dw.world.run_for(0.01)
     cstate_after = dw.client_stack.latch_state(link.conn)
     reset = StreamEventKind.RESET in link.conn.kinds()
@@ -482,13 +520,16 @@ def policy_change(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
         f"{second.gss_service.value}, {second.reason}",
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
+    if sconn is not None:
+        check_latch_home(o, dw.server_stack, sconn, approach)
     o.check(
         "server latch pinned, still ESTABLISHED",
         not broken_server
+        and not broken_server_tcbs
         and sstate_after == "ESTABLISHED"
         and pinned is not None
         and pinned.origin is EntryOrigin.PINNED_LATCH,
-        f"server latches broken: {broken_server}, state after change {sstate_after}, "
+        f"server latches broken: {broken_server or broken_server_tcbs}, state after change {sstate_after}, "
         f"5-tuple entry {pinned.origin.value if pinned else None}",
     )
     o.check(
@@ -498,8 +539,8 @@ def policy_change(realm: ThrowawayRealm) -> tuple[DemoWorld, Outcome]:
     )
     o.check(
         "client latch BROKEN by its policy change",
-        bool(broken_client) and cstate_after in ("BROKEN", "CLOSED"),
-        f"client latches broken: {broken_client}, state {cstate_after}",
+        (bool(broken_client) or flow in broken_client_tcbs) and cstate_after in ("BROKEN", "CLOSED"),
+        f"client latches broken: {broken_client or broken_client_tcbs}, state {cstate_after}",
     )
     o.check("client connection reset", reset, f"stream events: {[k.value for k in link.conn.kinds()][-3:]}")
     o.check(
@@ -536,11 +577,15 @@ SCENARIOS: tuple[ScenarioSpec, ...] = (
 )
 
 
-def run_scenario(spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path) -> ScenarioResult:
-    """Run one scenario, write its artefacts, and return its result (errors become FAIL)."""
+def run_scenario(
+    spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path, approach: Approach = Approach.POLICY
+) -> ScenarioResult:
+    """Run one scenario under ``approach`` (where latches live: 1 = in the TCB, RFC 5660 §2.4;
+    2 = in the latch database, §2.3), write its artefacts, and return its result (errors become
+    FAIL)."""
     dw: DemoWorld | None = None
     try:
-        dw, o = spec.run(realm)
+        dw, o = spec.run(realm, approach)
         error = None
     except Exception as exc:  # a crash is a FAIL with its reason, never a traceback for the user
         error = f"{type(exc).__name__}: {exc}"
@@ -563,7 +608,7 @@ def run_scenario(spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path) -> Sc
         dw.export(pcap, keys)
         files["pcapng"] = str(pcap)
         files["esp_sa"] = str(keys)
-    title = f"Scenario {spec.number}: {spec.title}"
+    title = f"Scenario {spec.number}: {spec.title} (approach {approach.value})"
     svg = render_svg(title, events, LANES)
     base = f"{spec.number}-{slug(spec.name)}"
     (run_dir / f"{base}.svg").write_text(svg, encoding="utf-8")
@@ -605,7 +650,9 @@ def run_scenario(spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path) -> Sc
     )
 
 
-def timed(spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path) -> tuple[ScenarioResult, float]:
+def timed(
+    spec: ScenarioSpec, realm: ThrowawayRealm, run_dir: Path, approach: Approach = Approach.POLICY
+) -> tuple[ScenarioResult, float]:
     t0 = time.monotonic()
-    result = run_scenario(spec, realm, run_dir)
+    result = run_scenario(spec, realm, run_dir, approach)
     return result, time.monotonic() - t0

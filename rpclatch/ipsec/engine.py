@@ -17,7 +17,8 @@ Two designs (design slides "How"), chosen by :class:`Approach`:
   engine does RFC 4301 processing and *tags* every inbound packet with the SA that protected it
   (or CLEARTEXT). The latch lives in the ULP's control block
   (:class:`rpclatch.ipsec.ulp.UlpLatch`), which passes ``like=tag`` on output ("protect this like
-  so") and checks inbound tags.
+  so") and checks inbound tags. The engine watches latched TCBs for RFC 5660 §2 conflicts
+  (``vet_child_sa`` on SA install, ``update_spd``) and breaks them as the LD would.
 * ``Approach.POLICY`` (approach 2, RFC 5660 §2.3 normative model): latches live in the Latch
   Database next to the SAD, recorded as cloned PAD entries (rpclatch.ipsec.pad_latching) and
   enforced here on every packet. ``listen`` / ``connect`` / ``close_flow`` are the ULP calls.
@@ -61,12 +62,14 @@ from rpclatch.ipsec.model import (
     FiveTuple,
     PeerIdentity,
     ProtectionPolicy,
+    Selector,
     ThreeTuple,
 )
 from rpclatch.ipsec.pad import PadEntry, PeerAuthorizationDatabase
 from rpclatch.ipsec.pad_latching import PadLatchLayer, PadTemplate, TimeWaitPolicy
-from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
+from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase, narrow_flow
 from rpclatch.ipsec.spd import EntryOrigin, SecurityPolicyDatabase, SpdAction, SpdEntry
+from rpclatch.ipsec.ulp import UlpBreakReason, UlpLatch
 
 
 class Approach(Enum):
@@ -183,6 +186,10 @@ class IPsecEngine:
         self._flow_cache_limit = 1 << 18
         self.latches.on_latched = self._record_latch
         self.latches.on_closed = self._latch_closed
+        #: approach 1: the TCB latches (UlpLatch) of protected flows, by flow; they hear about
+        #: conflicting SAs and SPD changes (RFC 5660 §2) since the LD does not hold them
+        self._ulp_latches: dict[FiveTuple, UlpLatch] = {}
+        self.last_spd_breaks: list[FiveTuple] = []
 
     @property
     def approach(self) -> Approach:
@@ -257,7 +264,7 @@ class IPsecEngine:
             return drop(DropReason.SA_NOT_BTNS_OK)  # RFC 5386 §2
         action = entry.action
         if action is SpdAction.DISCARD:
-            return drop(DropReason.SPD_DISCARD)
+            return drop(_discard_reason(entry))
         if action is SpdAction.BYPASS:
             if entry.origin is EntryOrigin.TEMPLATE_CLONE:
                 return drop(DropReason.BOP_FLOW_DECIDED_CLEARTEXT)
@@ -286,7 +293,7 @@ class IPsecEngine:
         if action is SpdAction.BYPASS:
             return InboundDecision(InboundVerdict.ACCEPT, CLEARTEXT)
         if action is SpdAction.DISCARD:
-            return drop(DropReason.SPD_DISCARD)
+            return drop(_discard_reason(entry))
         if action is SpdAction.PROTECT:
             return drop(DropReason.CLEARTEXT_ON_PROTECTED_FLOW)
         # BYPASS_OR_PROTECT template, flow not decided yet
@@ -348,7 +355,7 @@ class IPsecEngine:
             return discard(DropReason.NO_POLICY)
         action = entry.action
         if action is SpdAction.DISCARD:
-            return discard(DropReason.SPD_DISCARD)
+            return discard(_discard_reason(entry))
         if like is not None:
             return self._outbound_like(flow, entry, like, now)
         if action is SpdAction.BYPASS:
@@ -395,7 +402,7 @@ class IPsecEngine:
         if entry.action is SpdAction.BYPASS:
             return BYPASS_DECISION
         if entry.action is SpdAction.DISCARD:
-            return discard(DropReason.SPD_DISCARD)
+            return discard(_discard_reason(entry))
         if entry.action is SpdAction.BYPASS_OR_PROTECT:
             return discard(DropReason.BOP_UNDECIDED)
         sa = self._select_sa(flow, entry)
@@ -665,14 +672,121 @@ class IPsecEngine:
             )
         return ProtectionOutcome(flow, choice, ok=False, pending=True)
 
+    # -- approach 1: TCB latches ------------------------------------------------------------------
+
+    def watch_ulp_latch(self, ulp: UlpLatch) -> None:
+        """Approach 1: ``ulp`` (a TCB latch) just latched its flow to an SA. From now on a child SA
+        that would carry the flow without being congruent with the latched tag, or an SPD change
+        that no longer protects the flow so, breaks it (:meth:`UlpLatch.break_latch`, reason
+        CONFLICTING_SA / SPD_CHANGE) -- RFC 5660 §2 conflicts, which the informative model of §2.4
+        leaves to the ULP. UlpLatch calls this itself; :meth:`unwatch_ulp_latch` when it ends."""
+        self._ulp_latches[ulp.flow] = ulp
+
+    def unwatch_ulp_latch(self, ulp: UlpLatch) -> None:
+        if self._ulp_latches.get(ulp.flow) is ulp:
+            del self._ulp_latches[ulp.flow]
+
+    def ulp_latch_broken(self, ulp: UlpLatch) -> None:
+        """``ulp`` broke (any reason). Its flow gets an exact-5-tuple DISCARD entry (origin
+        BROKEN_LATCH) until the flow ends and its hold runs out, so that nothing of the flow is
+        sent or accepted any more -- not even the host's own RST answers to segments of the dead
+        connection, which would otherwise go out under whatever SA policy picks (approach 2's
+        BROKEN latch in the LD does the same job)."""
+        self.unwatch_ulp_latch(ulp)
+        flow = ulp.flow
+        if self.latches._by_flow.get(flow) is not None:
+            return  # an LD latch (approach 2 used alongside) governs the flow
+        entry = SpdEntry.flow_entry(flow, SpdAction.DISCARD, None, EntryOrigin.BROKEN_LATCH)
+        self.spd.install_overlay(flow, entry)
+        self.backend.install_flow_policy(FlowPolicy(flow, entry, None))
+
+    def ulp_latches(self) -> list[UlpLatch]:
+        """The TCB latches currently watched (approach 1)."""
+        return list(self._ulp_latches.values())
+
+    def vet_child_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
+        """KeyManagerListener: ``sa`` passed the LD and is about to be installed. Approach 1's TCB
+        latches get the LD's treatment (RFC 5660 §2.3): if the SA would carry a watched flow
+        without being congruent with its latched tag (other peer or QoP), a wider SA is narrowed
+        to exclude such flows (``narrow_conflicting_sas``, SHOULD); otherwise those TCB latches
+        break now (CONFLICTING_SA), before any packet under the SA can arrive. Returns the SA to
+        install."""
+        if not self._ulp_latches:
+            return sa
+        flow = narrow_flow(sa)
+        if flow is not None:
+            hit = self._ulp_latches.get(flow)
+            candidates = [hit] if hit is not None else []
+        else:
+            candidates = [u for f, u in self._ulp_latches.items() if sa.carries(f)]
+        tag = PacketTag.of_sa(sa)
+        hits = [u for u in candidates if u.tag is not None and not u.tag.same_protection(tag)]
+        if not hits:
+            return sa
+        if self.latches.narrow_conflicting_sas and flow is None:
+            selectors: tuple[Selector, ...] = sa.traffic_selectors
+            for ulp in hits:
+                selectors = tuple(piece for sel in selectors for piece in sel.exclude(ulp.flow))
+            if selectors:
+                return sa.narrowed(selectors)
+        for ulp in hits:
+            ulp.break_latch(UlpBreakReason.CONFLICTING_SA, offending=tag, detail=f"conflicting {sa}")
+        return sa
+
+    def _recheck_ulp_latches(self, *, allow_pin: bool) -> list[FiveTuple]:
+        """RFC 5660 §2 for approach 1 after an SPD change: a TCB latch whose flow the SPD would now
+        bypass, discard or protect otherwise breaks -- or, with ``pin_on_spd_change``, keeps its
+        protection through an exact-5-tuple PINNED_LATCH entry (OPTIONAL, §2.3; §2.4 calls this
+        logical SPD update incidental to the model). Returns the flows broken."""
+        broken: list[FiveTuple] = []
+        for flow, ulp in list(self._ulp_latches.items()):
+            tag = ulp.tag
+            if tag is None or tag.params is None:
+                continue
+            overlay = self.spd.overlay_entry(flow)
+            if overlay is not None and overlay.origin is not EntryOrigin.PINNED_LATCH:
+                continue  # the flow's own entry (optional protection / template clone) governs it
+            entry = self.spd.lookup_configured(flow, btns_peer=tag.btns)
+            ok = (
+                entry is not None
+                and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
+                and entry.protection is not None
+                and _policy_admits_tag(entry.protection, tag)
+                and (entry.btns_ok or not tag.btns)  # RFC 5386 §2
+            )
+            if ok:
+                if overlay is not None:  # the pin is no longer needed
+                    self.spd.remove_overlay(flow)
+                    self.backend.remove_flow_policy(flow)
+                continue
+            if allow_pin and self.config.pin_on_spd_change:
+                if overlay is None:
+                    params = tag.params
+                    policy = ProtectionPolicy(params.protocol, params.mode, (params.suite,), 0, tag.narrow)
+                    pinned = SpdEntry.flow_entry(
+                        flow, SpdAction.PROTECT, policy, EntryOrigin.PINNED_LATCH, btns_ok=tag.btns
+                    )
+                    self.spd.install_overlay(flow, pinned)
+                continue
+            if overlay is not None:
+                self.spd.remove_overlay(flow)
+                self.backend.remove_flow_policy(flow)
+            detail = entry.name if entry is not None else "no entry"
+            if ulp.break_latch(UlpBreakReason.SPD_CHANGE, detail=f"SPD now: {detail}"):
+                broken.append(flow)
+        return broken
+
     # =========================================================================================
     # administration, key manager, timers
 
     def update_spd(self, entries: Iterable[SpdEntry]) -> list[int]:
-        """Administrative SPD change; latches are re-checked (RFC 5660 §2.3). Returns the latch
-        handles broken (empty when ``pin_on_spd_change`` pinned them instead)."""
+        """Administrative SPD change; latches are re-checked (RFC 5660 §2.3), the LD's and the
+        TCB latches of approach 1 alike. Returns the LD latch handles broken (empty when
+        ``pin_on_spd_change`` pinned them instead); :attr:`last_spd_breaks` lists the flows of
+        TCB latches broken."""
         self.spd.replace_entries(entries)
         broken = self.latches.spd_changed()
+        self.last_spd_breaks = self._recheck_ulp_latches(allow_pin=True)
         for flow, e in self.spd.overlay_entries().items():
             if e.origin is EntryOrigin.PINNED_LATCH and flow not in self.backend_flow_policies():
                 latch = self.latches._by_flow.get(flow)
@@ -702,7 +816,17 @@ class IPsecEngine:
 
     def restart_key_manager(self, now: float, *, restore_latches: bool) -> None:
         """RFC 5660 §2 restart: latches restored or CLOSED; pinned SPD entries never survive."""
+        pinned_tcbs = [
+            f for f, e in self.spd.overlay_entries().items()
+            if e.origin is EntryOrigin.PINNED_LATCH and f in self._ulp_latches
+        ]
         self.key_manager.restart(now, restore_latches=restore_latches)
+        # TCB latches live on in the ULP, but pinned entries never survive: re-check them unpinned
+        for flow in pinned_tcbs:
+            if self.spd.remove_overlay(flow) is not None or flow in self.backend_flow_policies():
+                self.backend.remove_flow_policy(flow)
+        if pinned_tcbs:
+            self._recheck_ulp_latches(allow_pin=False)
         if not restore_latches:
             for flow in list(self.spd.overlay_entries()):
                 self.spd.remove_overlay(flow)
@@ -837,6 +961,19 @@ class IPsecEngine:
         )
         self.spd.install_overlay(flow, clone)
         self.backend.install_flow_policy(FlowPolicy(flow, clone, reqid))
+
+
+def _discard_reason(entry: SpdEntry) -> DropReason:
+    """Why a DISCARD entry drops: configured, or the 5-tuple of a broken TCB latch (approach 1)."""
+    return DropReason.LATCH_BROKEN if entry.origin is EntryOrigin.BROKEN_LATCH else DropReason.SPD_DISCARD
+
+
+def _policy_admits_tag(policy: ProtectionPolicy, tag: PacketTag) -> bool:
+    """Does an SPD entry's policy still admit the protection a TCB latch latched (approach 1)?"""
+    p = tag.params
+    return (
+        p is not None and policy.protocol is p.protocol and policy.mode is p.mode and p.suite in policy.suites
+    )
 
 
 def _require_connection_protocol(proto: int) -> None:

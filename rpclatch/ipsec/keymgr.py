@@ -90,6 +90,11 @@ class KeyManagerListener(Protocol):
         self, flow: FiveTuple, outcome: AcquireOutcome, sa: SecurityAssociation | None, now: float
     ) -> None: ...
 
+    def vet_child_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
+        """``sa`` passed the PAD and the LD and is about to enter the SAD: vet it against latches
+        the LD does not hold (approach 1's TCB latches) -- narrow it around them, or break them
+        now. Returns the SA to install (possibly narrowed), None if narrowing left nothing."""
+
 
 class KeyManager(abc.ABC):
     """Key-manager interface the engine drives."""
@@ -177,6 +182,11 @@ class StaticKeyManager(KeyManager, SaRequester):
         if verdict.sa is None:
             return None
         sa = verdict.sa
+        if self.listener is not None:
+            vetted = self.listener.vet_child_sa(sa, now)
+            if vetted is None:
+                return None
+            sa = vetted
         self.sad.add(sa)
         self.backend.install_sa(sa)
         self.latches.sa_installed(sa, now)

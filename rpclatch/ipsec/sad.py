@@ -115,7 +115,7 @@ class SecurityAssociationDatabase:
         if sa.sa_id in self._by_id:
             raise ValueError(f"SA id {sa.sa_id} already in the SAD")
         self._by_id[sa.sa_id] = sa
-        flow = _narrow_flow(sa)
+        flow = narrow_flow(sa)
         if flow is not None:
             self._narrow.setdefault(flow, []).append(sa.sa_id)
         else:
@@ -126,7 +126,7 @@ class SecurityAssociationDatabase:
         if sa is None:
             return None
         self.removals += 1
-        flow = _narrow_flow(sa)
+        flow = narrow_flow(sa)
         if flow is not None:
             ids = self._narrow.get(flow, [])
             if sa_id in ids:
@@ -171,7 +171,8 @@ class SecurityAssociationDatabase:
         self._wide.clear()
 
 
-def _narrow_flow(sa: SecurityAssociation) -> FiveTuple | None:
+def narrow_flow(sa: SecurityAssociation) -> FiveTuple | None:
+    """The one 5-tuple a narrow SA carries (None for a wider SA)."""
     if not sa.is_narrow:
         return None
     sel = sa.traffic_selectors[0]

@@ -40,6 +40,9 @@ class EntryOrigin(Enum):
     APPLICATION_REQUEST = "application-request"
     #: per-flow clone of a BYPASS_OR_PROTECT template
     TEMPLATE_CLONE = "template-clone"
+    #: approach 1: a TCB latch broke; its exact 5-tuple is DISCARDed until the flow's hold ends
+    #: (RFC 5660 §2.3: while BROKEN drop input and send nothing -- also the stack's own RSTs)
+    BROKEN_LATCH = "broken-latch"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,13 @@ from the flow's first packet and enforces it on every later one.
 There is no explicit BROKEN state in the RFC's model; a mismatching packet is either dropped
 (an "imaginary BROKEN", :attr:`MismatchPolicy.DROP`, the default) or breaks the latch with an
 application alert (:attr:`MismatchPolicy.BREAK`).
+
+RFC 5660 §2 conflicts reach a TCB latch from outside the packet path: once latched to an SA it is
+watched by the engine (``IPsecEngine.watch_ulp_latch``), which narrows a wider conflicting child
+SA around it or breaks it before such an SA is installed, and re-checks it on SPD changes (break,
+or pin with ``pin_on_spd_change``); IKE DPD breaks it too. Those breaks go through
+:meth:`UlpLatch.break_latch` whatever the MismatchPolicy, with a :class:`UlpBreakReason`; after a
+break the engine DISCARDs the flow's 5-tuple until the flow's hold ends.
 """
 
 from __future__ import annotations
@@ -157,8 +164,7 @@ class UlpLatch:
         if state is UlpLatchState.UNLATCHED:
             if self.require_protection and not tag.protected:
                 return UlpVerdict(False, DropReason.ULP_PROTECTION_REQUIRED, tag)
-            self.tag = tag
-            self.state = UlpLatchState.LATCHED
+            self._latch(tag)
             return UlpVerdict(True, tag=tag)
         if state is UlpLatchState.BROKEN:
             return UlpVerdict(False, DropReason.ULP_LATCH_BROKEN, tag)
@@ -186,20 +192,26 @@ class UlpLatch:
         d = self.engine.outbound(self.flow, now, initiating=initiating)
         if d.verdict is OutboundVerdict.PROTECT:
             assert d.tag is not None
-            self.tag = d.tag
-            self.state = UlpLatchState.LATCHED
+            self._latch(d.tag)
         elif d.verdict is OutboundVerdict.BYPASS:
             if self.require_protection:
                 return discard(DropReason.ULP_PROTECTION_REQUIRED)
-            self.tag = CLEARTEXT
-            self.state = UlpLatchState.LATCHED
+            self._latch(CLEARTEXT)
         return d
+
+    def _latch(self, tag: PacketTag) -> None:
+        self.tag = tag
+        self.state = UlpLatchState.LATCHED
+        if tag.protected:
+            # an IPsec channel now exists (RFC 5660 §2): the engine tells us about conflicts
+            self.engine.watch_ulp_latch(self)
 
     def close(self, now: float) -> None:
         """The connection is gone: the latch goes with it (and per-flow engine state is held for
         the TIME_WAIT-like period)."""
         if self.state is not UlpLatchState.CLOSED:
             self.state = UlpLatchState.CLOSED
+            self.engine.unwatch_ulp_latch(self)
             self.engine.close_flow(self.flow, now)
             self._notify_observers()
 
@@ -232,6 +244,7 @@ class UlpLatch:
         latched = self.tag
         assert latched is not None
         self.state = UlpLatchState.BROKEN
+        self.engine.ulp_latch_broken(self)
         if self.on_break is not None:
             self.on_break(UlpBreak(self.flow, latched, offending, self.disposition, reason, detail))
         self._notify_observers()

@@ -16,7 +16,7 @@ import pytest
 from rpclatch.ipsec import examples as ex
 from rpclatch.ipsec.channel_binding import CB_PREFIX, LatchChannel, RpcRole, decode_binding_data
 from rpclatch.ipsec.decisions import DropReason, OutboundVerdict
-from rpclatch.ipsec.engine import EngineConfig, FlowChoice, IPsecEngine
+from rpclatch.ipsec.engine import Approach, EngineConfig, FlowChoice, IPsecEngine
 from rpclatch.ipsec.errors import (
     ChannelBindingUnavailable,
     ChildSaRefused,
@@ -46,7 +46,9 @@ from rpclatch.ipsec.pad import (
     PeerAuthorizationDatabase,
     PublicKeyPattern,
 )
+from rpclatch.ipsec.sad import SecurityAssociation
 from rpclatch.ipsec.spd import EntryOrigin, SpdAction
+from rpclatch.ipsec.ulp import UlpBreak, UlpBreakReason, UlpLatch
 
 SERVER, CLIENT, ROGUE = 1, 2, 3
 SRV = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40000)
@@ -383,3 +385,58 @@ def test_latch_26_cb_prefix_and_same_at_both_ends_regardless_of_ike_role() -> No
     b = LatchChannel.for_latch(cli.latches, cli.connect(CLI), RpcRole.CLIENT).channel_bindings()
     assert a == b and a.startswith(CB_PREFIX.encode("ascii") + b":")
     assert decode_binding_data(a[len(CB_PREFIX) + 1 :]) == (ex.spki(CLIENT), ex.spki(SERVER))
+
+
+# -- approach 1 (RFC 5660 §2.4 informative model): the engine tells the TCB latches about §2 conflicts
+
+
+def tcb_latched(breaks: list[UlpBreak], approach: Approach = Approach.ULP, **cfg: object) -> tuple[
+    IPsecEngine, UlpLatch, SecurityAssociation
+]:
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), config=EngineConfig(approach, **cfg))  # type: ignore[arg-type]
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    assert sa is not None
+    tcb = UlpLatch(e, SRV, on_break=breaks.append)
+    assert tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True)).deliver  # the SYN's tag latches
+    return e, tcb, sa
+
+
+@conf(id="LATCH-27", rfc="RFC 5660 §2, §2.4")
+def test_latch_27_approach1_conflicting_sa_breaks_tcb_latch_before_install() -> None:
+    breaks: list[UlpBreak] = []
+    e, tcb, sa = tcb_latched(breaks)
+    seen_sad: list[int] = []
+    tcb.on_break = lambda b: (seen_sad.append(len(e.sad)), breaks.append(b))  # type: ignore[func-returns-value]
+    rogue = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 1.0)
+    assert rogue is not None
+    assert seen_sad == [1]  # the application was told while only the latched SA was in the SAD
+    assert [(b.reason, b.offending.peer if b.offending else None) for b in breaks] == [
+        (UlpBreakReason.CONFLICTING_SA, ex.btns_peer(ROGUE))
+    ]
+    # nothing of the flow moves any more, whoever asks (the ULP, or the host answering with a RST)
+    assert tcb.outbound(1.0).reason is DropReason.ULP_LATCH_BROKEN
+    assert e.outbound(SRV, 1.0).reason is DropReason.LATCH_BROKEN
+    assert not e.inbound(SRV, sa, 1.0).accepted and not e.inbound(SRV, rogue, 1.0).accepted
+    # the DISCARD entry is torn down with the flow (RFC 5660 §2: dynamic policy dies with it)
+    tcb.close(2.0)
+    e.poll(2.0 + 300.0)
+    assert e.spd.overlay_entry(SRV) is None
+
+
+@conf(id="LATCH-28", rfc="RFC 5660 §2, §2.3, §2.4")
+def test_latch_28_approach1_spd_change_breaks_or_pins_tcb_latch_not_surviving_restart() -> None:
+    breaks: list[UlpBreak] = []
+    e, _tcb, _sa = tcb_latched(breaks)
+    e.update_spd(ex.nfs_spd(SpdAction.BYPASS))
+    assert e.last_spd_breaks == [SRV] and [b.reason for b in breaks] == [UlpBreakReason.SPD_CHANGE]
+    assert not e.outbound(SRV, 1.0).sendable  # never cleartext on the latched flow
+    pinned_breaks: list[UlpBreak] = []
+    e2, tcb2, sa2 = tcb_latched(pinned_breaks, pin_on_spd_change=True)
+    e2.update_spd(ex.nfs_spd(SpdAction.BYPASS))
+    overlay = e2.spd.overlay_entry(SRV)
+    assert pinned_breaks == [] and overlay is not None and overlay.origin is EntryOrigin.PINNED_LATCH
+    assert tcb2.outbound(1.0).sa is sa2
+    # a key-manager restart never keeps the pin; unpinned, the TCB latch conflicts and breaks
+    e2.restart_key_manager(2.0, restore_latches=True)
+    assert all(x.origin is not EntryOrigin.PINNED_LATCH for x in e2.spd.overlay_entries().values())
+    assert [b.reason for b in pinned_breaks] == [UlpBreakReason.SPD_CHANGE]

@@ -1,7 +1,8 @@
 """Both latching designs of the design slides side by side on the same scenarios (digest §10):
-the security invariants are identical, the application-visible outcome differs where the slides
-say it does (approach 1 caches the SPD decision in the TCB and drops mismatching packets as
-"imaginary BROKEN"; approach 2 breaks the LD latch and resets, RFC 5660 §5.5 (b))."""
+the security invariants are identical. RFC 5660 §2 conflicts (a non-congruent SA, an SPD change)
+break the latch in both -- approach 2's LD latch, approach 1's TCB latch told by the engine -- and
+the default disposition resets (§5.5 (b)); the outcomes differ where the designs do: approach 1's
+latch lives in the TCB and survives a key-manager restart."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from rpclatch.ipsec.sim.scenarios import SCENARIOS, run_scenario
 
 # (approach 1 outcome, approach 2 outcome) — the documented behaviour of each design
 EXPECTED = {
-    "policy-change": ("ok", "reset"),          # §2.4 logical SPD update for free vs §2.3 REQUIRED break
-    "flow-stealing": ("stalled", "reset"),     # tag mismatch dropped vs conflicting SA breaks latch
+    "policy-change": ("reset", "reset"),       # §2 conflict: break (pin_on_spd_change would keep it)
+    "flow-stealing": ("reset", "reset"),       # the conflicting SA breaks the latch before install
     "cleartext-injection": ("ok", "ok"),       # forged cleartext dropped by both
-    "address-reuse": ("stalled", "reset"),
+    "address-reuse": ("reset", "reset"),
     "km-restart": ("ok", "reset"),             # TCB keeps the latch vs LD latches CLOSED on restart
     "dpd-blackhole": ("reset", "reset"),       # DPD: irremediably broken in both
     "ike-absent": ("failed", "failed"),        # no latch, the app is told "not latched"

@@ -31,10 +31,12 @@ from rpclatch.ipsec.pad import (
 from rpclatch.ipsec.sim.ike import host_to_host
 from rpclatch.ipsec.sim.ike_wire import InitResponse, SikeStatus, decode_sike
 from rpclatch.ipsec.sim.lab import Lab
+from rpclatch.ipsec.sim.stack import ConnLatch
 from rpclatch.ipsec.sim.stream import StreamEvent, StreamEventKind, StreamState
 from rpclatch.ipsec.sim.tcp import Flags
 from rpclatch.ipsec.sim.wireview import cleartext_after, decode_wire, leaked
 from rpclatch.ipsec.spd import SpdAction, SpdEntry
+from rpclatch.ipsec.ulp import UlpBreakReason
 
 BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
 NET = AddressRange.network("192.0.2.0/24")
@@ -110,14 +112,17 @@ def test_a1_co_tenant_claims_server_address_exact_ts_breaks_client_latch(approac
     assert b"FROM-C" not in bytes(client.received)
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
     assert cleartext_after(lab.world.hub, client.flow, 0.0) == []
-    if approach is Approach.POLICY:
-        # ALERT before the conflicting SA was accepted (RFC 5660 §2.3), then reset (§5.5 (b))
-        assert sizes and sizes[0] == sad_before
-        assert client.kinds()[-2:] == [StreamEventKind.LATCH, StreamEventKind.RESET]
+    # ALERT before the conflicting SA was accepted (RFC 5660 §2.3), then reset (§5.5 (b)); in
+    # approach 1 the engine tells the TCB latch (RFC 5660 §2: a non-congruent SA is a conflict)
+    assert sizes and sizes[0] == sad_before
+    assert client.kinds()[-2:] == [StreamEventKind.LATCH, StreamEventKind.RESET]
+    cl = client.latch_info
+    assert isinstance(cl, ConnLatch)
+    if approach is Approach.ULP:
+        assert [b.reason for b in cl.ulp_breaks] == [UlpBreakReason.CONFLICTING_SA]
+        assert cl.channel is not None and not cl.channel.is_up()
     else:
-        assert client.channel is not None and client.channel.is_up()   # ULP dropped C's segment
-        reasons = {d.reason for d in lab.stack(lab.a).drops}
-        assert any("ULP latch" in r for r in reasons)
+        assert any(a.reason is AlertReason.CONFLICTING_SA for a in cl.alerts)
 
 
 @BOTH
@@ -132,12 +137,8 @@ def test_a1_wide_proposal_is_narrowed_and_latch_survives(approach: Approach) -> 
     lab.world.run_for(0.5)
     c_sas = [sa for sa in lab.stack(lab.a).engine.sad if sa.peer != client.channel.params.peer]
     assert c_sas
-    if approach is Approach.POLICY:
-        assert not any(sa.carries(client.flow) for sa in c_sas)      # narrowed around the latch
-    else:
-        # approach 1 has no LD to narrow against: C's SA covers the flow, the TCB's tag check
-        # keeps C out (below)
-        assert any(sa.carries(client.flow) for sa in c_sas)
+    # narrowed around the latch: by the LD (approach 2), by the engine for the TCB latch (approach 1)
+    assert not any(sa.carries(client.flow) for sa in c_sas)
     assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
     c.inject_protected(lab.b.address, 4000, lab.a.address, 32800, seq=client.rcv_nxt, ack=client.snd_nxt,
                        flags=Flags.ACK | Flags.PSH, payload=b"FROM-C")

@@ -21,7 +21,7 @@ from rpclatch.ipsec.sim.stack import ConnLatch
 from rpclatch.ipsec.sim.stream import StreamEventKind, StreamState
 from rpclatch.ipsec.sim.tcp import Flags
 from rpclatch.ipsec.sim.wireview import cleartext_after, flow_packets, leaked
-from rpclatch.ipsec.spd import SpdAction
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction
 
 BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
 
@@ -74,22 +74,38 @@ def test_spd_change_to_bypass_never_sends_cleartext(approach: Approach) -> None:
     t0 = lab.world.now
     for host in (lab.a, lab.b):
         lab.stack(host).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
-    if approach is Approach.POLICY:
-        # REQUIRED behaviour: the latch breaks at once (RFC 5660 §2.3), default disposition = reset
-        # (§5.5): the application sees a reset and cannot send anything
-        assert StreamEventKind.RESET in client.kinds() and StreamEventKind.RESET in server.kinds()
-        with pytest.raises(SimLocalError):
-            client.send(b"after the policy change")
-        lab.world.run_for(2.0)
-        assert flow_packets(lab.world.hub, client.flow)[-1].time < t0 + 1e-9
-    else:
+    # REQUIRED behaviour: the latch breaks at once (RFC 5660 §2, §2.3), default disposition = reset
+    # (§5.5): the application sees a reset and cannot send anything. Approach 1: the engine
+    # re-checks the TCB latches it watches the same way.
+    assert StreamEventKind.RESET in client.kinds() and StreamEventKind.RESET in server.kinds()
+    with pytest.raises(SimLocalError):
         client.send(b"after the policy change")
-        server.send(b"reply")
-        lab.world.run_for(2.0)
-        # approach 1: the TCB caches the SPD decision ("logical SPD update for free", §2.4):
-        # the flow keeps its SA and stays protected
-        assert bytes(server.received) == b"after the policy change"
-        assert bytes(client.received) == b"reply"
+    lab.world.run_for(2.0)
+    assert flow_packets(lab.world.hub, client.flow)[-1].time < t0 + 1e-9
+    assert cleartext_after(lab.world.hub, client.flow, t0) == []
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+
+
+@BOTH
+@pytest.mark.conformance(id="LATCH-02b", rfc="RFC 5660 §2.3 (OPTIONAL pinning), §2.4")
+def test_spd_change_with_pinning_keeps_the_flow_protected(approach: Approach) -> None:
+    lab = Lab.build(approach=approach, config=EngineConfig(pin_on_spd_change=True))
+    client, server = lab.open()
+    assert server is not None and client.state is StreamState.ESTABLISHED
+    t0 = lab.world.now
+    for host in (lab.a, lab.b):
+        assert lab.stack(host).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS)) == []
+        pinned = lab.stack(host).engine.spd.overlay_entry(
+            client.flow if host is lab.a else server.flow
+        )
+        assert pinned is not None and pinned.origin is EntryOrigin.PINNED_LATCH
+    client.send(b"after the policy change")
+    lab.world.run_for(1.0)
+    server.send(b"reply")
+    lab.world.run_for(1.0)
+    # the TCB / LD latch keeps its SA (the "logical SPD update", incidental in §2.4's model)
+    assert bytes(server.received) == b"after the policy change" and bytes(client.received) == b"reply"
+    assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
     assert cleartext_after(lab.world.hub, client.flow, t0) == []
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
 
@@ -152,15 +168,14 @@ def test_default_broken_disposition_is_reset(approach: Approach) -> None:
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (_exact(client.flow.reversed()),))
     lab.world.run_for(1.0)
-    if approach is Approach.POLICY:
-        assert StreamEventKind.RESET in client.kinds()
-        assert client.kinds()[-2:] == [StreamEventKind.LATCH, StreamEventKind.RESET]
-    else:
-        # approach 1: the ULP drops C's packets (imaginary BROKEN); nothing from C is delivered
+    # both approaches: the conflicting SA breaks the latch, the default disposition resets (§5.5 (b))
+    assert StreamEventKind.RESET in client.kinds()
+    assert client.kinds()[-2:] == [StreamEventKind.LATCH, StreamEventKind.RESET]
+    with pytest.raises(SimLocalError):
         client.send(b"still to B?")
-        lab.world.run_for(1.0)
+    lab.world.run_for(1.0)
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
-    assert b"still" not in bytes(server.received) or approach is Approach.ULP
+    assert b"still" not in bytes(server.received)
 
 
 def _exact(flow: FiveTuple):  # type: ignore[no-untyped-def]

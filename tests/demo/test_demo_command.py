@@ -104,3 +104,45 @@ def test_demo_without_a_kdc_says_how_to_fix_it(
     assert main(["demo", "--out", str(tmp_path)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("rpclatch: error:") and "scripts/setup.sh" in errors[0]
+
+
+def test_demo_approach_1_runs_every_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--json", "--approach", "1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["approach"] == 1 and data["passed"] is True
+    assert [s["outcome"] for s in data["scenarios"]] == ["PASS"] * len(SCENARIOS)
+    checks = {c["name"] for s in data["scenarios"] for c in s["checks"]}
+    assert "latch held in the TCB (approach 1)" in checks
+    assert "latch held in the latch database (approach 2)" not in checks
+    assert "approach 1" in (tmp_path / "summary.txt").read_text()
+
+
+@pytest.mark.parametrize("approach", ["1", "2"])
+def test_rogue_and_policy_change_scenarios_under_both_approaches(
+    tmp_path: Path, realm: ThrowawayRealm, approach: str
+) -> None:
+    """Scenarios 4 and 5 need the latch to break on a conflicting SA and on an SPD change (RFC 5660
+    §2): in approach 1 the engine tells the TCB latch, in approach 2 the latch database breaks its
+    latch. Both must pass, with the latch held where the approach says."""
+    from rpclatch.demo.runner import run_demo
+    from rpclatch.ipsec.engine import Approach
+
+    result = run_demo(tmp_path, [4, 5], realm=realm, approach=Approach(int(approach)))
+    assert result.approach == int(approach)
+    by_number = {r.number: r for r in result.results}
+    for r in by_number.values():
+        assert r.outcome.value == "PASS", [c for c in r.checks if not c.passed] or r.error
+        assert r.attacker_plaintext == 0
+    names4 = {c.name for c in by_number[4].checks}
+    assert {"client latch went BROKEN", "no byte of the flow reached the rogue"} <= names4
+    names5 = {c.name for c in by_number[5].checks}
+    assert {"server latch pinned, still ESTABLISHED", "client latch BROKEN by its policy change"} <= names5
+    home = "latch held in the TCB (approach 1)" if approach == "1" else \
+        "latch held in the latch database (approach 2)"
+    assert home in names4 and home in names5
+
+
+def test_demo_rejects_an_unknown_approach(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--approach", "3"])
+    assert exc.value.code == 2 and "--approach" in capsys.readouterr().err

@@ -33,6 +33,9 @@ class Results:
     ) -> None:
         self.got.append((flow, outcome, sa))
 
+    def vet_child_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
+        return sa
+
 
 def km(*provisions: SaProvision, timeout: float = 5.0) -> tuple[StaticKeyManager, Results, InProcessBackend]:
     sad = SecurityAssociationDatabase()

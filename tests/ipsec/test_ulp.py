@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from rpclatch.ipsec import examples as ex
-from rpclatch.ipsec.decisions import CLEARTEXT, DropReason, OutboundVerdict
-from rpclatch.ipsec.engine import Approach, IPsecEngine
+from rpclatch.ipsec.decisions import CLEARTEXT, DropReason, OutboundVerdict, PacketTag
+from rpclatch.ipsec.engine import Approach, EngineConfig, IPsecEngine
 from rpclatch.ipsec.model import AES_GCM_128, IpProto, ProtectionParams, Selector
-from rpclatch.ipsec.spd import SpdAction
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction
 from rpclatch.ipsec.ulp import (
     DatagramLatching,
     MismatchPolicy,
@@ -36,11 +36,12 @@ def test_engine_in_ulp_mode_holds_no_latch_and_tags() -> None:
 
 def test_records_first_packet_and_drops_other_peer() -> None:
     e = eng()
+    # the rogue's SA is already there when the flow latches (so it is no conflict news later)
+    rogue = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 0.0)
     sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
     tcb = UlpLatch(e, SRV)
     assert tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True)).deliver
     assert tcb.state is UlpLatchState.LATCHED and tcb.protected
-    rogue = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 1.0)
     v = tcb.inbound(e.inbound(SRV, rogue, 1.0))
     assert not v.deliver and v.reason is DropReason.ULP_TAG_MISMATCH
     assert tcb.state is UlpLatchState.LATCHED  # MismatchPolicy.DROP: imaginary BROKEN
@@ -63,33 +64,98 @@ def test_rekey_with_same_peer_and_qop_is_accepted() -> None:
 def test_qop_change_breaks_with_break_policy() -> None:
     e = eng()
     breaks: list[UlpBreak] = []
-    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
-    tcb = UlpLatch(e, SRV, on_mismatch=MismatchPolicy.BREAK, on_break=breaks.append)
-    tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True))
     weaker = e.install_sa(
         ex.narrow_sa(
             SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER), params=ProtectionParams(suite=AES_GCM_128)
         ),
-        1.0,
+        0.0,
     )
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV, on_mismatch=MismatchPolicy.BREAK, on_break=breaks.append)
+    tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True))
     assert not tcb.inbound(e.inbound(SRV, weaker, 1.0)).deliver
     assert tcb.state is UlpLatchState.BROKEN and breaks[0].offending.sa_id == (
         weaker.sa_id if weaker else None
     )
     assert breaks[0].reason is UlpBreakReason.TAG_MISMATCH
     assert tcb.outbound(1.0).reason is DropReason.ULP_LATCH_BROKEN
-    assert tcb.inbound(e.inbound(SRV, sa, 1.0)).reason is DropReason.ULP_LATCH_BROKEN
+    # the engine itself now discards the broken flow's packets (exact-5-tuple DISCARD entry)
+    assert tcb.inbound(e.inbound(SRV, sa, 1.0)).reason is DropReason.LATCH_BROKEN
+    assert e.outbound(SRV, 1.0).reason is DropReason.LATCH_BROKEN
+    assert tcb.check_inbound(PacketTag.of_sa(sa)).reason is DropReason.ULP_LATCH_BROKEN
 
 
 def test_refuses_to_send_when_latched_sa_gone() -> None:
     e = eng()
     sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 0.0)
     tcb = UlpLatch(e, SRV)
-    assert tcb.outbound(0.0, initiating=True).verdict is OutboundVerdict.PROTECT
+    d = tcb.outbound(0.0, initiating=True)
+    assert d.verdict is OutboundVerdict.PROTECT and d.sa is sa
     assert sa is not None
     e.delete_sa(sa.sa_id, 1.0)
-    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 1.0)
+    # only the other peer's SA is left: "protect this like so" is impossible, the packet is not sent
     assert tcb.outbound(1.0).reason is DropReason.ULP_CANNOT_PROTECT_AS_LATCHED
+
+
+def test_conflicting_sa_installed_later_breaks_the_tcb_latch() -> None:
+    # RFC 5660 §2: an SA added to the SAD that is not congruent with an established channel is a
+    # conflict; the engine tells the TCB latch (approach 1) before the SA is installed
+    e = eng()
+    breaks: list[UlpBreak] = []
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV, on_break=breaks.append)  # MismatchPolicy.DROP: packets alone never break it
+    assert tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True)).deliver
+    assert e.ulp_latches() == [tcb]
+    # a rekey (same peer, same QoP) is congruent: nothing happens
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 1.0)
+    assert tcb.state is UlpLatchState.LATCHED and breaks == []
+    sad_size = len(e.sad)
+    rogue = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 2.0)
+    assert rogue is not None and len(e.sad) == sad_size + 1
+    assert tcb.state is UlpLatchState.BROKEN and e.ulp_latches() == []
+    assert [(b.reason, b.offending.sa_id if b.offending else None) for b in breaks] == [
+        (UlpBreakReason.CONFLICTING_SA, rogue.sa_id)
+    ]
+    assert tcb.outbound(2.0).reason is DropReason.ULP_LATCH_BROKEN
+
+
+def test_wide_conflicting_sa_is_narrowed_around_the_tcb_latch() -> None:
+    e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), approach=Approach.ULP)  # narrowing on (default)
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV)
+    tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True))
+    host_to_host = Selector(ex.AddressRange.single(SRV.local_addr), ex.AddressRange.single(SRV.remote_addr))
+    wide = e.install_sa(
+        ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER), selectors=(host_to_host,)), 1.0
+    )
+    assert wide is not None and not wide.carries(SRV)  # narrowed around the latched flow
+    other = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40001)
+    assert wide.carries(other)
+    assert tcb.state is UlpLatchState.LATCHED
+
+
+def test_spd_change_breaks_the_tcb_latch_unless_pinned() -> None:
+    for pin in (False, True):
+        e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), config=EngineConfig(Approach.ULP, pin_on_spd_change=pin))
+        breaks: list[UlpBreak] = []
+        sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+        tcb = UlpLatch(e, SRV, on_break=breaks.append)
+        tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True))
+        assert e.update_spd(ex.nfs_spd(SpdAction.PROTECT)) == [] and breaks == []  # same policy: fine
+        e.update_spd(ex.nfs_spd(SpdAction.BYPASS))
+        if pin:
+            pinned = e.spd.overlay_entry(SRV)
+            assert pinned is not None and pinned.origin is EntryOrigin.PINNED_LATCH and breaks == []
+            assert tcb.outbound(1.0).sa is sa and tcb.inbound(e.inbound(SRV, sa, 1.0)).deliver
+            assert e.last_spd_breaks == []
+            e.update_spd(ex.nfs_spd(SpdAction.PROTECT))  # back to PROTECT: the pin goes away
+            assert e.spd.overlay_entry(SRV) is None
+            tcb.close(2.0)
+        else:
+            assert [b.reason for b in breaks] == [UlpBreakReason.SPD_CHANGE] and e.last_spd_breaks == [SRV]
+            assert tcb.state is UlpLatchState.BROKEN
+            assert tcb.outbound(1.0).reason is DropReason.ULP_LATCH_BROKEN
 
 
 def test_cleartext_latch_and_require_protection() -> None:
