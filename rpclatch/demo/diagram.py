@@ -30,6 +30,12 @@ TOP = 70
 ROW = 26
 LEFT = 90
 MAX_ROWS = 600
+#: x where drawing may start: right of the time column ("0.0123" in 10 px monospace)
+GUTTER = 48
+#: right margin kept free of text
+MARGIN = 8
+#: advance of one character of 12 px monospace (0.6 em, a little generous for the renderers)
+CHAR_W = 7.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,24 @@ def _esc(text: str) -> str:
     return html.escape(text, quote=True)
 
 
+def text_width(text: str) -> float:
+    """Estimated width in px of ``text`` in the diagram's 12 px monospace font."""
+    return CHAR_W * len(text)
+
+
+def place(center: float, width: float, canvas: float) -> float:
+    """Left edge for a box ``width`` wide, centred on ``center`` if it fits, else moved (not
+    shrunk) to lie between the time column and the right margin of a ``canvas``-wide drawing.
+    The canvas must be at least ``GUTTER + width + MARGIN`` wide (render_svg makes it so)."""
+    left = center - width / 2
+    left = min(left, canvas - MARGIN - width)
+    return max(left, GUTTER)
+
+
+def _note_width(label: str) -> float:
+    return text_width(label) + 12
+
+
 def render_svg(title: str, events: Sequence[TraceEvent], preferred_lanes: Sequence[str] = ()) -> str:
     """A standalone SVG sequence diagram of ``events``."""
     rows = merge_runs(events)
@@ -73,7 +97,11 @@ def render_svg(title: str, events: Sequence[TraceEvent], preferred_lanes: Sequen
     rows = rows[:MAX_ROWS]
     lanes = lanes_of([r.event for r in rows], preferred_lanes) or ["(no events)"]
     x_of = {name: LEFT + i * LANE_GAP for i, name in enumerate(lanes)}
+    labels = [r.event.label + (f" x{r.count}" if r.count > 1 else "") for r in rows]
+    widest = max((_note_width(label) for label in labels), default=0.0)
     width = LEFT + (len(lanes) - 1) * LANE_GAP + LEFT + 160
+    # every note and label fits between the time column and the right margin, and the title too
+    width = max(width, int(GUTTER + widest + MARGIN) + 1, int(10 + 9 * len(title) + MARGIN) + 1)
     height = TOP + (len(rows) + 2) * ROW + 20
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -94,20 +122,22 @@ def render_svg(title: str, events: Sequence[TraceEvent], preferred_lanes: Sequen
                    f'{_esc(name)}</text>')
         out.append(f'<line x1="{x}" y1="{TOP - 14}" x2="{x}" y2="{bottom}" stroke="#8c959f" '
                    f'stroke-dasharray="4,3"/>')
-    for i, row in enumerate(rows):
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
         ev = row.event
         y = TOP + (i + 1) * ROW
         colour = COLOURS[ev.kind]
-        label = ev.label + (f" x{row.count}" if row.count > 1 else "")
         tip = f"t={ev.t:.6f}s {ev.kind.value}: {ev.label}" + (f" — {ev.detail}" if ev.detail else "")
         out.append(f'<g><title>{_esc(tip)}</title>')
         out.append(f'<text x="6" y="{y + 4}" fill="#8c959f" font-size="10">{ev.t:.4f}</text>')
         if ev.dst is None or ev.dst == ev.src:
-            x = x_of[ev.src]
-            text_w = 7 * len(label) + 12
-            out.append(f'<rect x="{x - text_w / 2:.0f}" y="{y - 12}" width="{text_w}" height="18" rx="3" '
+            # centred on its lane when it fits, else kept inside the canvas (long notes on the
+            # first or last lane used to start or end off-canvas)
+            box_w = _note_width(label)
+            left = place(x_of[ev.src], box_w, width)
+            out.append(f'<rect x="{left:.0f}" y="{y - 12}" width="{box_w:.0f}" height="18" rx="3" '
                        f'fill="#ffffff" stroke="{colour}"/>')
-            out.append(f'<text x="{x}" y="{y + 1}" text-anchor="middle" fill="{colour}">{_esc(label)}</text>')
+            out.append(f'<text x="{left + box_w / 2:.0f}" y="{y + 1}" text-anchor="middle" '
+                       f'fill="{colour}">{_esc(label)}</text>')
         else:
             x1, x2 = float(x_of[ev.src]), float(x_of[ev.dst])
             dash = ' stroke-dasharray="6,3"' if ev.kind in (EventKind.DROP, EventKind.ATTACK) else ""
@@ -117,7 +147,8 @@ def render_svg(title: str, events: Sequence[TraceEvent], preferred_lanes: Sequen
                        f'{dash} marker-end="url(#arrow-{ev.kind.value})"/>')
             if ev.kind is EventKind.DROP:
                 out.append(f'<text x="{x2 + 4:.0f}" y="{y + 4}" fill="{colour}" font-weight="bold">✕</text>')
-            mid = (x1 + x_of[ev.dst]) / 2
+            text_w = text_width(label)
+            mid = place((x1 + x_of[ev.dst]) / 2, text_w, width) + text_w / 2
             out.append(f'<text x="{mid:.0f}" y="{y - 4}" text-anchor="middle" fill="{colour}">'
                        f'{_esc(label)}</text>')
         out.append('</g>')
