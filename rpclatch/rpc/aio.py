@@ -15,7 +15,8 @@ latching engine set up), ``await RpcStreamClient.connect_unix(path, ...)``:
 
 ``await RpcUdpClient.connect(host, port, *, auth=None, timeout=30.0, retransmit_initial=0.5,
 retransmit_max=8.0)``: the same ``call``/``call_nowait``/``close`` over a connected UDP socket; the
-call is retransmitted with exponential backoff until its timeout. An ICMP "port unreachable" fails
+call is retransmitted with exponential backoff until its timeout (same xid, prepared afresh by the
+flavor: RPCSEC_GSS gives each transmission a new seq_num). An ICMP "port unreachable" fails
 outstanding calls with :class:`rpclatch.rpc.errors.RpcConnectionClosed` ("connection refused").
 Arguments too large for one datagram raise :class:`RpcLocalError` at once; the UDP server answers
 SYSTEM_ERR when its reply would not fit in one.

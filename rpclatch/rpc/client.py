@@ -28,7 +28,14 @@ max_fragment=MAX_FRAGMENT, first_xid=None)`` — one record-marked stream (TCP, 
 ``RpcDatagramClient(auth=None, default_timeout=30.0, retransmit_initial=0.5, retransmit_max=8.0,
 first_xid=None)`` — the same for a connected datagram socket (UDP): ``send_call`` as above,
 ``datagrams_to_send() -> list[bytes]``, ``receive_datagram(data) -> list[Event]``, and timers that
-also retransmit the call (same xid, same bytes) with exponential backoff until its deadline.
+also retransmit the call with exponential backoff until its deadline. Every retransmission keeps
+the xid but is prepared afresh by the flavor, so RPCSEC_GSS gives it a new seq_num and header MIC
+(RFC 2203 §5.3.3.1: "the client [must] increment the sequence number even if it is retrying a
+request with the same RPC transaction identifier"; the server drops a repeated seq_num as a
+replay). A reply is accepted if it checks against any of the (at most
+:data:`MAX_KEPT_TRANSMISSIONS`) transmissions of the call, as the RFC suggests and as Linux does
+(it keeps the seq_nums of a request's transmissions and tries each against the reply verifier).
+Flavors whose output does not change (AUTH_NONE, AUTH_SYS) resend the same bytes.
 
 Events: :class:`CallCompleted` (``handle``, ``result``: the unwrapped result bytes of a SUCCESS
 reply), :class:`CallFailed` (``handle``, ``error``: an :class:`rpclatch.rpc.errors.RpcError` —
@@ -64,6 +71,7 @@ from rpclatch.rpc.errors import (
     RpcAuthError,
     RpcConnectionClosed,
     RpcError,
+    RpcLocalError,
     RpcMismatchError,
     RpcProtocolError,
     RpcTimeout,
@@ -98,12 +106,16 @@ _REPLY = 1
 _NO_DEADLINE = math.inf
 _fast_reply: Callable[[bytes | memoryview, int, int], ReplyMessage | None] = wire.fast_reply
 
+#: A datagram call remembers the prepared state of at most this many transmissions (RFC 2203
+#: §5.3.3.1 reply matching); with the default backoff a 30 s call is sent about 7 times.
+MAX_KEPT_TRANSMISSIONS = 8
+
 
 class CallHandle:
     """One outstanding call. ``context`` is free for the transport shell (e.g. an asyncio future)."""
 
-    __slots__ = ("_timer_at", "args", "auth", "context", "deadline", "done", "prepared", "proc",
-                 "prog", "retransmit_interval", "retried", "vers", "wire", "xid")
+    __slots__ = ("_timer_at", "args", "auth", "context", "deadline", "done", "earlier", "prepared",
+                 "proc", "prog", "retransmit_interval", "retried", "vers", "wire", "xid")
 
     def __init__(self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth,
                  deadline: float) -> None:
@@ -115,6 +127,8 @@ class CallHandle:
         self.deadline = deadline
         self.xid = 0
         self.prepared: PreparedCall | None = None
+        #: datagram retransmissions: the prepared states of earlier transmissions (same xid)
+        self.earlier: list[PreparedCall] | None = None
         self.retried = False
         self.done = False
         self.context: Any = None
@@ -128,6 +142,7 @@ class CallHandle:
         self.done = True
         self.args = b""
         self.prepared = None
+        self.earlier = None
         self.wire = b""
 
     def __repr__(self) -> str:
@@ -191,8 +206,26 @@ class _ClientCore:
         prepared = handle.auth.prepare_call(xid, handle.prog, handle.vers, handle.proc, handle.args)
         handle.xid = xid
         handle.prepared = prepared
+        handle.earlier = None
         self._pending[xid] = handle
         return prepared.message
+
+    def _reprepare(self, handle: CallHandle) -> bytes:
+        """A retransmission of ``handle`` under the same xid, prepared afresh by its flavor (a new
+        RPCSEC_GSS seq_num, RFC 2203 §5.3.3.1); the earlier prepared state is kept so that a late
+        reply to an earlier transmission still verifies. Raises what ``prepare_call`` raises."""
+        prepared = handle.auth.prepare_call(handle.xid, handle.prog, handle.vers, handle.proc,
+                                            handle.args)
+        previous = handle.prepared
+        if previous is not None:
+            earlier = handle.earlier
+            if earlier is None:
+                handle.earlier = earlier = []
+            earlier.append(previous)
+            if len(earlier) >= MAX_KEPT_TRANSMISSIONS:
+                del earlier[0]
+        handle.prepared = prepared
+        return wire.encode_call(prepared.message)
 
     def _prepare(self, handle: CallHandle) -> bytes:
         return wire.encode_call(self._prepare_message(handle))
@@ -284,16 +317,16 @@ class _ClientCore:
             return None
         if isinstance(reply, AcceptedReply):
             if reply.stat is _SUCCESS:
+                result: bytes | None
                 try:
                     result = handle.auth.accept_reply(handle.prepared, reply)  # type: ignore[arg-type]
-                except RpcError as exc:
-                    handle._release()
-                    events.append(CallFailed(handle, exc))
-                    return None
-                except XdrError as exc:
-                    handle._release()
-                    events.append(CallFailed(handle, RpcProtocolError(f"malformed results: {exc}")))
-                    return None
+                except (RpcError, XdrError) as exc:
+                    result = self._accept_earlier(handle, reply)
+                    if result is None:
+                        handle._release()
+                        events.append(CallFailed(handle, exc if isinstance(exc, RpcError) else
+                                                 RpcProtocolError(f"malformed results: {exc}")))
+                        return None
                 handle._release()
                 events.append(CallCompleted(handle, result))
                 return None
@@ -312,6 +345,18 @@ class _ClientCore:
         handle._release()
         low, high = reply.mismatch or (2, 2)
         events.append(CallFailed(handle, RpcMismatchError(low, high)))
+        return None
+
+
+    @staticmethod
+    def _accept_earlier(handle: CallHandle, reply: AcceptedReply) -> bytes | None:
+        """The results of ``reply`` checked against an earlier transmission of a retransmitted
+        call (newest first), or None if it answers none of them."""
+        for prepared in reversed(handle.earlier or ()):
+            try:
+                return handle.auth.accept_reply(prepared, reply)
+            except (RpcError, XdrError):
+                continue
         return None
 
 
@@ -413,8 +458,10 @@ class RpcClientConnection(_ClientCore):
 class RpcDatagramClient(_ClientCore):
     """Client side of a connected datagram socket (UDP), with retransmission (RFC 5531 §9 xid).
 
-    A call is resent with the same xid and bytes after ``retransmit_initial`` seconds, then after
-    twice that, and so on up to ``retransmit_max`` between tries, until its deadline.
+    A call is resent with the same xid after ``retransmit_initial`` seconds, then after twice
+    that, and so on up to ``retransmit_max`` between tries, until its deadline. Each resend is
+    prepared afresh by the flavor (a new RPCSEC_GSS seq_num, RFC 2203 §5.3.3.1); a reply to any
+    of the transmissions completes the call.
     """
 
     def __init__(self, auth: ClientAuth | None = None, default_timeout: float | None = 30.0, *,
@@ -461,7 +508,16 @@ class RpcDatagramClient(_ClientCore):
         events: list[Event] = []
         for handle in self._expire(now, events):
             interval = min(handle.retransmit_interval * 2, self.retransmit_max)
-            self._transmit(handle, handle.wire, now, interval)
+            try:
+                data = self._reprepare(handle)
+            except Exception as exc:  # e.g. RPCSEC_GSS sequence numbers exhausted, context closed
+                error = exc if isinstance(exc, RpcError) else RpcLocalError(
+                    f"the flavor could not prepare the retransmission: {exc}")
+                error.__cause__ = exc if error is not exc else None
+                self._finish(handle)
+                events.append(CallFailed(handle, error))
+                continue
+            self._transmit(handle, data, now, interval)
         return events
 
     def close(self, error: RpcError | None = None) -> list[Event]:

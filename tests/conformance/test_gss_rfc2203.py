@@ -321,3 +321,64 @@ def test_gss_10_malformed_credentials(realm: ThrowawayRealm) -> None:
     res = srv.check_call(dataclasses.replace(msg, cred=OpaqueAuth(6, v3)), t.conn, 0.0)
     assert isinstance(res, AuthDeny) and res.stat == AuthStat.AUTH_REJECTEDCRED
     assert RPCSEC_GSS_VERS_2 in srv.versions
+
+
+@pytest.mark.conformance(id="GSS-11", rfc="RFC 2203 §5.3.3.1 (retransmission: new seq_num, same xid)")
+@pytest.mark.parametrize("service", [Service.NONE, Service.INTEGRITY, Service.PRIVACY])
+@pytest.mark.parametrize("answered", ["retransmission", "first"])
+def test_gss_11_datagram_retransmission_gets_new_seq_and_any_reply_completes(
+        realm: ThrowawayRealm, service: Service, answered: str) -> None:
+    """The sans-IO datagram client against the real dispatcher and server flavor: the first reply
+    is lost (``retransmission``: only the resend is answered) or arrives late, after the resend
+    (``first``). Either way the call completes, and the resend carried the same xid, a higher
+    seq_num and its own header MIC (a repeated seq_num is dropped by the server as a replay)."""
+    from rpclatch.rpc.client import CallCompleted, RpcDatagramClient
+    from rpclatch.rpc.server import RpcDispatcher
+    from rpclatch.rpc.testprog import (
+        PROC_ECHO,
+        RPCLATCH_TEST_PROG,
+        add_test_program,
+        decode_opaque,
+        encode_opaque,
+    )
+
+    srv = server(realm)
+    dispatcher = RpcDispatcher([srv])
+    add_test_program(dispatcher)
+    conn = LoopbackTransport(srv).conn
+    c = client(realm, service)
+    dgram = RpcDatagramClient(c, default_timeout=30.0, retransmit_initial=1.0)
+
+    def serve(data: bytes) -> bytes:
+        reply = dispatcher.dispatch(data, conn, 0.0)
+        assert isinstance(reply, bytes), "the server dropped a transmission"
+        return reply
+
+    # Establish through the same datagram client (INIT replies are not lost here).
+    async def rpc_call(auth: object, proc: int, args: bytes) -> bytes:
+        h = dgram.send_call(RPCLATCH_TEST_PROG, 1, proc, args, auth, 0.0)  # type: ignore[arg-type]
+        [data] = dgram.datagrams_to_send()
+        [event] = dgram.receive_datagram(serve(data))
+        assert isinstance(event, CallCompleted) and event.handle is h
+        return event.result
+
+    run(c.establish(rpc_call))  # type: ignore[arg-type]
+    args = encode_opaque(b"lossy network" * 10)
+    h = dgram.send_call(RPCLATCH_TEST_PROG, 1, PROC_ECHO, args, None, 0.0)
+    [first] = dgram.datagrams_to_send()
+    first_reply = serve(first)  # the server executed it; its reply is lost or delayed
+    assert dgram.handle_timer(1.0) == []
+    [second] = dgram.datagrams_to_send()
+    m1, m2 = decode_message(first), decode_message(second)
+    assert isinstance(m1, CallMessage) and isinstance(m2, CallMessage)
+    assert m1.xid == m2.xid == h.xid
+    seq1, seq2 = GssCred.decode(m1.cred.body).seq_num, GssCred.decode(m2.cred.body).seq_num
+    assert seq2 > seq1 and m1.verf != m2.verf
+    assert srv.check_call(m1, conn, 0.0) == AuthDrop(f"seq_num {seq1}: replay")  # why resending
+    second_reply = serve(second)  # fresh seq_num: accepted and executed again
+    events = dgram.receive_datagram(second_reply if answered == "retransmission" else first_reply)
+    assert len(events) == 1 and isinstance(events[0], CallCompleted) and events[0].handle is h
+    assert decode_opaque(events[0].result) == b"lossy network" * 10
+    # The call is over: the other reply is a duplicate and is ignored; nothing is resent.
+    assert dgram.receive_datagram(first_reply if answered == "retransmission" else second_reply) == []
+    assert dgram.next_timer() is None

@@ -215,6 +215,87 @@ def test_every_service_over_udp(realm: ThrowawayRealm) -> None:
     asyncio.run(main())
 
 
+class LossyUdpRelay(asyncio.DatagramProtocol):
+    """A real UDP hop between client and server (loopback) that loses the first ``drop_replies``
+    reply datagrams: the server executes the call, its answer never arrives."""
+
+    def __init__(self, server_port: int, drop_replies: int) -> None:
+        self.server_port = server_port
+        self.drop_replies = drop_replies
+        self.client_addr: object = None
+        self.calls_forwarded = 0
+        self.replies_dropped = 0
+        self.transport: asyncio.DatagramTransport | None = None
+        self.upstream: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        relay = self
+
+        class Upstream(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                if relay.replies_dropped < relay.drop_replies:
+                    relay.replies_dropped += 1
+                    return
+                assert relay.transport is not None
+                relay.transport.sendto(data, relay.client_addr)
+
+        up, _ = await loop.create_datagram_endpoint(Upstream, remote_addr=("127.0.0.1", self.server_port))
+        self.upstream = up  # type: ignore[assignment]
+        down, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        self.transport = down  # type: ignore[assignment]
+        return int(down.get_extra_info("sockname")[1])
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.client_addr = addr
+        self.calls_forwarded += 1
+        assert self.upstream is not None
+        self.upstream.sendto(data)
+
+    def close(self) -> None:
+        for t in (self.transport, self.upstream):
+            if t is not None:
+                t.close()
+
+
+@pytest.mark.parametrize("service", [Service.NONE, Service.INTEGRITY, Service.PRIVACY])
+def test_udp_call_survives_a_lost_reply(realm: ThrowawayRealm, service: Service) -> None:
+    """RFC 2203 §5.3.3.1: the retransmission carries a new seq_num, so the server (which executed
+    the first transmission and saw its seq_num) does not drop it as a replay."""
+    from rpclatch.rpc.aio import RpcUdpClient
+
+    gss = gss_server(realm)
+
+    async def main() -> None:
+        dispatcher = RpcDispatcher([gss])
+        add_test_program(dispatcher)
+        server = RpcServer(dispatcher)
+        port = await server.listen_udp("127.0.0.1", 0)
+        relay = LossyUdpRelay(port, drop_replies=0)
+        relay_port = await relay.start()
+        try:
+            async with await RpcUdpClient.connect("127.0.0.1", relay_port, timeout=5.0,
+                                                  retransmit_initial=0.2, retransmit_max=0.4) as client:
+                auth = gss_client(realm, "alice", service)
+                call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+                await auth.establish(call)
+                for _ in range(2):
+                    relay.drop_replies = relay.replies_dropped + 1  # lose the next reply
+                    before = relay.calls_forwarded
+                    payload = os.urandom(300)
+                    res = await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
+                                            encode_opaque(payload), auth=auth)
+                    assert decode_opaque(res) == payload
+                    assert relay.calls_forwarded - before >= 2  # it took a retransmission
+                await auth.destroy(call)
+            assert gss.context_count() == 0
+        finally:
+            relay.close()
+            await server.close(grace=1.0)
+
+    asyncio.run(main())
+
+
 def test_concurrent_calls_share_one_refresh(realm: ThrowawayRealm) -> None:
     gss = gss_server(realm)
 

@@ -279,6 +279,64 @@ def test_datagram_auth_refresh_resends() -> None:
     assert struct.unpack_from(">I", resent)[0] == 4
 
 
+class CountingAuth(ClientAuth):
+    """Each transmission carries its number in the verifier; a reply checks only against the
+    transmission whose number it echoes (as an RPCSEC_GSS reply verifier MIC(seq_num) does).
+    ``fail_after`` transmissions it refuses to prepare more (sequence numbers exhausted)."""
+
+    flavor = 0
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.sent = 0
+        self.fail_after = fail_after
+
+    def prepare_call(self, xid: int, prog: int, vers: int, proc: int, args: bytes) -> PreparedCall:
+        if self.fail_after is not None and self.sent >= self.fail_after:
+            raise RuntimeError("no more sequence numbers")
+        self.sent += 1
+        verf = OpaqueAuth(0, struct.pack(">I", self.sent))
+        return PreparedCall(CallMessage(xid, prog, vers, proc, verf=verf, args=args), self.sent)
+
+    def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
+        if reply.verf.body != struct.pack(">I", prepared.state):
+            raise AuthVerifierError("not the reply to this transmission")
+        return reply.results
+
+
+@pytest.mark.parametrize("answered", [1, 2, 3])
+def test_datagram_retransmission_is_prepared_afresh_and_any_reply_matches(answered: int) -> None:
+    auth = CountingAuth()
+    c = RpcDatagramClient(auth, retransmit_initial=1.0, first_xid=70)
+    h = c.send_call(PROG, 1, 0, b"", None, 0.0)
+    c.handle_timer(1.0)
+    c.handle_timer(3.0)
+    sent = [decode_message(d) for d in c.datagrams_to_send()]
+    assert [m.xid for m in sent] == [70, 70, 70]  # same xid ...
+    assert [m.verf.body for m in sent if isinstance(m, CallMessage)] == [  # ... fresh preparation
+        struct.pack(">I", n) for n in (1, 2, 3)]
+    reply = AcceptedReply(70, OpaqueAuth(0, struct.pack(">I", answered)), results=b"done")
+    assert c.receive_datagram(reply.encode()) == [CallCompleted(h, b"done")]
+
+
+def test_datagram_reply_matching_no_transmission_fails() -> None:
+    c = RpcDatagramClient(CountingAuth(), retransmit_initial=1.0, first_xid=70)
+    h = c.send_call(PROG, 1, 0, b"", None, 0.0)
+    c.handle_timer(1.0)
+    reply = AcceptedReply(70, OpaqueAuth(0, struct.pack(">I", 9)), results=b"forged")
+    [event] = c.receive_datagram(reply.encode())
+    assert isinstance(event, CallFailed) and event.handle is h
+    assert isinstance(event.error, AuthVerifierError)
+
+
+def test_datagram_retransmission_the_flavor_cannot_prepare_fails_the_call() -> None:
+    c = RpcDatagramClient(CountingAuth(fail_after=1), retransmit_initial=1.0, first_xid=70)
+    h = c.send_call(PROG, 1, 0, b"", None, 0.0)
+    [event] = c.handle_timer(1.0)
+    assert isinstance(event, CallFailed) and event.handle is h and h.done
+    assert "no more sequence numbers" in str(event.error)
+    assert c.next_timer() is None
+
+
 def test_datagram_close() -> None:
     c = RpcDatagramClient()
     h = c.send_call(PROG, 1, 0, b"", None, 0.0)
