@@ -480,7 +480,7 @@ class GssServerAuth(ServerAuth):
 
         def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
             """RFC 2203 §5.3.3.2. Raises GssError if wrapping the results fails, in which case no
-            reply may be sent (RFC 2203 §5.3.3.4.3)."""
+            reply may be sent (RFC 2203 §5.3.3.4.1, §5.3.3.4.4; the dispatcher sends none)."""
             if service is _SVC_NONE:
                 return verf, results
             inner = encode_gss_data(seq, results)

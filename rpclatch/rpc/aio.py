@@ -628,13 +628,15 @@ class _ServerDatagramProtocol(asyncio.DatagramProtocol):
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, pending: PendingReply, addr: Any) -> None:
+        reply: bytes | None
         try:
             reply = pending.complete(await pending.awaitable)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             reply = pending.fail(exc)
-        self._send(reply, addr)
+        if reply is not None:  # None: the flavor could not seal the results (logged)
+            self._send(reply, addr)
 
     def _send(self, reply: bytes, addr: Any) -> None:
         if self.transport is None or self.transport.is_closing():

@@ -31,6 +31,10 @@ GARBAGE_ARGS, ``AuthControlReply`` -> SUCCESS with its verifier and results); th
 PROG_UNAVAIL, version -> PROG_MISMATCH(lowest, highest registered), procedure -> PROC_UNAVAIL;
 then the procedure (GARBAGE_ARGS / SYSTEM_ERR / SUCCESS with ``AuthAccept.seal(results)``). A record whose
 call header does not decode is answered GARBAGE_ARGS when its xid and msg_type CALL are readable.
+If ``seal`` raises (RPCSEC_GSS: GSS_GetMIC of integrity results or GSS_Wrap of privacy results
+failed) the call gets **no reply** and an error is logged, as RFC 2203 §5.3.3.4.1 and §5.3.3.4.4
+require: results the flavor could not protect are not sent, and neither is a SYSTEM_ERR the
+client could not verify. ``dispatch`` then returns None and ``PendingReply.complete`` None.
 
 ``RpcServerConnection(dispatcher, conn, *, max_record=DEFAULT_MAX_RECORD, max_fragment=MAX_FRAGMENT,
 idle_timeout=None, now=0.0)`` — one record-marked stream: ``receive_data(data, now) ->
@@ -150,10 +154,11 @@ class PendingReply:
     def xid(self) -> int:
         return self.call.xid
 
-    def complete(self, results: bytes) -> bytes:
-        """The reply message for a procedure that returned ``results``."""
+    def complete(self, results: bytes) -> bytes | None:
+        """The reply message for a procedure that returned ``results`` (None: the flavor could not
+        seal them, no reply is sent, RFC 2203 §5.3.3.4.1/§5.3.3.4.4)."""
         reply = _seal_success(self.call, self.accept, results, False)
-        assert type(reply) is bytes
+        assert not isinstance(reply, tuple)
         return reply
 
     def fail(self, exc: BaseException) -> bytes:
@@ -166,13 +171,14 @@ ReplyParts = tuple[bytes, bytes]
 
 
 def _seal_success(call: CallMessage, accept: AuthAccept, results: bytes,
-                  record_mark: bool) -> bytes | ReplyParts:
+                  record_mark: bool) -> bytes | ReplyParts | None:
     try:
         verf, sealed = accept.seal(results)
     except Exception as exc:
-        log.error("xid %#x: sealing the results failed: %s", call.xid, exc)
-        reply = _accepted_error(call.xid, NULL_AUTH, AcceptStat.SYSTEM_ERR)
-        return (_mark(reply), b"") if record_mark else reply
+        # RFC 2203 §5.3.3.4.1 (GSS_GetMIC over the results), §5.3.3.4.4 (GSS_Wrap): no reply.
+        log.error("xid %#x: %d/%d/%d: the flavor could not seal the results (%s: %s); sending no "
+                  "reply", call.xid, call.prog, call.vers, call.proc, type(exc).__name__, exc)
+        return None
     if record_mark:
         return wire.encode_success_marked(call.xid, verf, sealed)
     return wire.encode_success(call.xid, verf, sealed)
@@ -455,7 +461,9 @@ class RpcServerConnection:
         if isinstance(outcome, BaseException):
             self._queue(pending.fail(outcome))
         else:
-            self._queue(pending.complete(outcome))
+            reply = pending.complete(outcome)
+            if reply is not None:
+                self._queue(reply)
 
     def _queue(self, message: bytes) -> None:
         n = len(message)

@@ -382,3 +382,38 @@ def test_gss_11_datagram_retransmission_gets_new_seq_and_any_reply_completes(
     # The call is over: the other reply is a duplicate and is ignored; nothing is resent.
     assert dgram.receive_datagram(first_reply if answered == "retransmission" else second_reply) == []
     assert dgram.next_timer() is None
+
+
+@pytest.mark.conformance(id="GSS-12", rfc="RFC 2203 §5.3.3.4.1, §5.3.3.4.4")
+@pytest.mark.parametrize("service", [Service.NONE, Service.INTEGRITY, Service.PRIVACY])
+def test_gss_12_results_that_cannot_be_sealed_get_no_reply(
+        realm: ThrowawayRealm, service: Service, caplog: pytest.LogCaptureFixture) -> None:
+    """The context is revoked while the procedure runs, so GSS_GetMIC (integrity) or GSS_Wrap
+    (privacy) of the results fails: the server sends no reply at all (the reply verifier was
+    computed before the procedure ran, so krb5 -- nothing to seal -- is still answered)."""
+    import logging
+
+    from rpclatch.rpc.server import CallContext, RpcDispatcher
+
+    srv = server(realm)
+    c = client(realm, service)
+    t = LoopbackTransport(srv)
+    run(c.establish(t.call))
+
+    def revoking_echo(args: bytes, ctx: CallContext) -> bytes:
+        assert srv.drop_all_contexts() == 1  # an administrative revoke, mid-call
+        return args
+
+    dispatcher = RpcDispatcher([srv])
+    dispatcher.add_program(0x20000099, 1, {1: revoking_echo})
+    msg = c.prepare_call(40, 0x20000099, 1, 1, b"abcd")
+    with caplog.at_level(logging.ERROR, "rpclatch.rpc.server"):
+        out = dispatcher.dispatch(msg.message.encode(), t.conn, 0.0)
+    if service is Service.NONE:
+        assert isinstance(out, bytes)
+        reply = decode_message(out)
+        assert isinstance(reply, AcceptedReply)
+        assert c.accept_reply(msg, reply) == b"abcd"
+    else:
+        assert out is None
+        assert "xid 0x28" in caplog.text and "sending no reply" in caplog.text

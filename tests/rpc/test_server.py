@@ -219,9 +219,40 @@ def test_accept_seals_results_and_error_verifiers() -> None:
         raise RuntimeError("no context")
 
     d, _ = with_flavor(AuthAccept(b"ARGS", None, broken_seal))
-    assert reply(d.dispatch(call(1, cred=GSS), CONN, 0.0)).stat == AcceptStat.SYSTEM_ERR
     err = reply(d.dispatch(call(99, cred=GSS), CONN, 0.0))
     assert isinstance(err, AcceptedReply) and err.verf == NULL_AUTH
+
+
+def broken_seal_dispatcher() -> RpcDispatcher:
+    def broken_seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
+        raise RuntimeError("GSS_Wrap failed")
+
+    d, _ = with_flavor(AuthAccept(b"ARGS", None, broken_seal))
+    return d
+
+
+def test_results_the_flavor_cannot_seal_get_no_reply(caplog: pytest.LogCaptureFixture) -> None:
+    """RFC 2203 §5.3.3.4.1 / §5.3.3.4.4: no reply (not SYSTEM_ERR), and a log line."""
+    d = broken_seal_dispatcher()
+    with caplog.at_level(logging.ERROR, "rpclatch.rpc.server"):
+        assert d.dispatch(call(1, cred=GSS), CONN, 0.0) is None
+        assert d.dispatch_marked(call(1, cred=GSS), CONN, 0.0) is None
+    assert "could not seal the results (RuntimeError: GSS_Wrap failed); sending no reply" in caplog.text
+    # An awaited procedure: complete() has no reply either.
+    pending = d.dispatch(call(7, args=b"abcd", cred=GSS), CONN, 0.0)
+    assert isinstance(pending, PendingReply)
+    pending.awaitable.close()  # type: ignore[attr-defined]
+    assert pending.complete(b"abcd") is None
+
+
+def test_stream_sends_nothing_for_unsealable_results_and_goes_on() -> None:
+    c = RpcServerConnection(broken_seal_dispatcher(), CONN)
+    stream = encode_record(call(1, cred=GSS, xid=1)) + encode_record(call(99, cred=GSS, xid=2))
+    [pending] = c.receive_data(stream + encode_record(call(7, cred=GSS, xid=3)), 0.0)
+    pending.awaitable.close()  # type: ignore[attr-defined]
+    c.finish(pending, b"abcd", 0.0)
+    assert [(r.xid, r.stat) for r in replies(c)] == [(2, AcceptStat.PROC_UNAVAIL)]  # 1, 3: none
+    assert c.in_flight == 0 and not c.closed
 
 
 def test_coroutine_procedure() -> None:
