@@ -3,8 +3,9 @@
 Figures:
 
 * ``latch.inbound_check.1k|10k|100k`` -- ``IPsecEngine.inbound`` on latched flows (protected
-  packet, congruent SA, non-initiating: the steady-state path -- latch lookup by 5-tuple, cached
-  congruence verdict, SAD unchanged check), checks/s with that many live latches. Each batch is
+  packet, congruent SA, non-initiating: the steady-state path -- one lookup of the engine's
+  per-flow verdict cache by 5-tuple, same-SA and SAD-unchanged checks; the Latch object itself is
+  not touched), checks/s with that many live latches. Each batch is
   4096 packets over the same number (1000) of active flows drawn at random from the live latches, so
   the figures isolate what the number of live latches costs per packet (the lookup is O(1); what
   remains is CPU-cache pressure from the larger tables). Best 0.1 s window, sizes interleaved (the

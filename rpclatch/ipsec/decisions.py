@@ -12,7 +12,7 @@ place that produces it. The sim's host stack maps verdicts onto its packet path:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from rpclatch.ipsec.model import PeerIdentity, ProtectionParams, ProtectionType
@@ -129,12 +129,14 @@ class OutboundDecision:
 @dataclass(frozen=True, slots=True)
 class InboundDecision:
     """Answer of ``IPsecEngine.inbound``: ACCEPT with the packet's tag, or DROP with a reason.
-    ``latch`` is the handle of the latch the flow is held by (approach 2), else None."""
+    ``latch`` is the handle of the latch the flow is held by (approach 2), else None. ``sa`` is
+    the SA an ACCEPT of a latched flow was judged for (the engine's per-flow verdict cache)."""
 
     verdict: InboundVerdict
     tag: PacketTag | None = None
     reason: DropReason | None = None
     latch: int | None = None
+    sa: SecurityAssociation | None = field(default=None, compare=False, repr=False)
 
     @property
     def accepted(self) -> bool:

@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import cast
 
 from rpclatch.ipsec.backend import Backend, FlowPolicy, InProcessBackend, SocketPolicy
 from rpclatch.ipsec.decisions import (
@@ -186,6 +185,13 @@ class IPsecEngine:
         self._flow_cache_limit = 1 << 18
         self.latches.on_latched = self._record_latch
         self.latches.on_closed = self._latch_closed
+        #: per-flow verdict cache for latched flows: the ACCEPT last given to a non-initiating
+        #: packet of an ESTABLISHED latch, valid for that same SA while no SA left the SAD; the LD
+        #: drops a flow's entry whenever its latch changes state or goes away. One flat dict so the
+        #: steady-state check touches the entry and the decision only (not the Latch object).
+        self._verdicts: dict[FiveTuple, InboundDecision] = {}
+        self._verdicts_removals = self.sad.removals
+        self.latches.on_flow_changed = self._forget_verdict
         #: approach 1: the TCB latches (UlpLatch) of protected flows, by flow; they hear about
         #: conflicting SAs and SPD changes (RFC 5660 §2) since the LD does not hold them
         self._ulp_latches: dict[FiveTuple, UlpLatch] = {}
@@ -211,16 +217,15 @@ class IPsecEngine:
         ``initiating`` marks a flow-initiating packet (TCP SYN without ACK, SCTP INIT, the first
         datagram of a connected-UDP flow); only those may create latches or decide templates.
         """
+        if not initiating:
+            # fast path: a latched flow's packet under the same SA as its last accepted packet,
+            # and no SA left the SAD since (latch state changes drop the entry)
+            hit = self._verdicts.get(flow)
+            if hit is not None and hit.sa is protected_by and self._verdicts_removals == self.sad.removals:
+                return hit
         latch = self._by_flow.get(flow)
         if latch is not None:
             if not initiating:
-                # fast path: same SA as the last accepted packet of this latched flow
-                if (
-                    latch.cache_sa is protected_by
-                    and latch.cache_removals == self.sad.removals  # no SA left the SAD since
-                    and latch.state is LatchState.ESTABLISHED
-                ):
-                    return cast(InboundDecision, latch.cache_decision)
                 return self._inbound_latched(latch, flow, protected_by)
             if flow in self.pad_layer.holds:
                 self._supersede(flow)
@@ -246,6 +251,9 @@ class IPsecEngine:
             self._flow_cache[flow] = (protected_by, self.spd.version, self.sad.removals, decision)
             return decision
         return self._inbound_unlatched(flow, protected_by, now, initiating)
+
+    def _forget_verdict(self, flow: FiveTuple) -> None:
+        self._verdicts.pop(flow, None)
 
     def _inbound_unlatched(
         self, flow: FiveTuple, protected_by: SecurityAssociation | None, now: float, initiating: bool
@@ -323,10 +331,11 @@ class IPsecEngine:
                 )
                 return drop(reason, latch.handle)
             self._last_sa[latch.handle] = sa.sa_id
-            accept = InboundDecision(InboundVerdict.ACCEPT, self._tag(sa), latch=latch.handle)
-            latch.cache_sa = sa
-            latch.cache_removals = self.sad.removals
-            latch.cache_decision = accept
+            accept = InboundDecision(InboundVerdict.ACCEPT, self._tag(sa), latch=latch.handle, sa=sa)
+            if self._verdicts_removals != self.sad.removals:
+                self._verdicts.clear()
+                self._verdicts_removals = self.sad.removals
+            self._verdicts[flow] = accept
             return accept
         if state is LatchState.BROKEN:
             return drop(DropReason.LATCH_BROKEN, latch.handle)

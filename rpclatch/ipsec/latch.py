@@ -291,9 +291,6 @@ class Latch:
     """
 
     __slots__ = (
-        "cache_decision",
-        "cache_removals",
-        "cache_sa",
         "conflicting_sas",
         "created_at",
         "disposition",
@@ -330,11 +327,6 @@ class Latch:
         self.peer_dead = False
         self.listener = listener
         self.created_at = created_at
-        #: the packet path's per-latch fast-path cache (owned by IPsecEngine): the last SA found
-        #: congruent, the SAD removal count when it was checked, and the ACCEPT decision built
-        self.cache_sa: object = None
-        self.cache_removals = -1
-        self.cache_decision: object = None
 
     def has_conflicts(self) -> bool:
         return bool(self.conflicting_sas) or self.spd_conflict or self.peer_dead
@@ -419,6 +411,9 @@ class LatchDatabase:
         #: hook run when a connection latch gets its parameters, i.e. is created ESTABLISHED or
         #: BROKEN or leaves LARVAL (approach 2 makes its PAD clone and per-flow policy)
         self.on_latched: Callable[[Latch, SecurityAssociation | None], None] | None = None
+        #: hook run whenever a connection latch changes state or goes away (the engine drops its
+        #: per-flow verdict cache entry for that 5-tuple)
+        self.on_flow_changed: Callable[[FiveTuple], None] | None = None
 
     # -- ULP interface (RFC 5660 §2.3) ----------------------------------------------------------
 
@@ -485,6 +480,8 @@ class LatchDatabase:
         latch = self._get(handle)
         old = latch.state
         latch.state = next_state(old, E.RELEASE)
+        if self.on_flow_changed is not None and isinstance(latch.key, FiveTuple):
+            self.on_flow_changed(latch.key)
         info = self._info(latch)
         observers = self._observers.get(handle)
         if observers:
@@ -780,6 +777,8 @@ class LatchDatabase:
         if isinstance(latch.key, FiveTuple):
             if self._by_flow.get(latch.key) is latch:
                 del self._by_flow[latch.key]
+                if self.on_flow_changed is not None:
+                    self.on_flow_changed(latch.key)
             overlay = self.spd.overlay_entry(latch.key)
             if overlay is not None and overlay.origin is EntryOrigin.PINNED_LATCH:
                 self.spd.remove_overlay(latch.key)
@@ -809,6 +808,8 @@ class LatchDatabase:
     def _transition(self, latch: Latch, event: LatchEvent, reason: AlertReason, detail: str = "") -> None:
         old = latch.state
         latch.state = next_state(old, event)
+        if self.on_flow_changed is not None and isinstance(latch.key, FiveTuple):
+            self.on_flow_changed(latch.key)
         if old is S.LARVAL:
             self._larval.pop(latch.handle, None)
         self._alert(latch, old, reason, detail=detail)

@@ -351,3 +351,31 @@ def test_only_connection_protocols_latch_in_the_policy_layer() -> None:
         e.connect(ex.flow("192.0.2.1", 0, "192.0.2.2", 0, 1))  # ICMP
     with pytest.raises(PolicyRefused):
         e.listen(ThreeTuple.of("192.0.2.1", 0, 1))
+
+
+def test_latched_flow_verdict_cache_follows_latch_and_sad_changes() -> None:
+    """The steady-state fast path (per-flow verdict cache) never outlives what it summarises."""
+    e = server(narrow_conflicting_sas=False)
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    assert sa is not None
+    h = e.connect(SRV)
+    first = e.inbound(SRV, sa, 0.1)
+    assert first.accepted and first.sa is sa and e.inbound(SRV, sa, 0.2) is first  # served from cache
+    # a conflicting SA breaks the latch: the cached ACCEPT must not be served any more
+    rogue = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 1.0)
+    assert e.latches.inquire_latch(h).state is LatchState.BROKEN
+    assert e.inbound(SRV, sa, 1.1).reason is DropReason.LATCH_BROKEN
+    # T5: the conflict goes away (SA removed), the latch is ESTABLISHED again and accepts again
+    assert rogue is not None
+    e.delete_sa(rogue.sa_id, 2.0)
+    assert e.latches.inquire_latch(h).state is LatchState.ESTABLISHED
+    again = e.inbound(SRV, sa, 2.1)
+    assert again.accepted and again is not first
+    # the latched SA itself leaves the SAD: its packets are refused, not served from the cache
+    e.delete_sa(sa.sa_id, 3.0)
+    assert e.inbound(SRV, sa, 3.1).reason is DropReason.SA_UNKNOWN
+    # the latch released: no cached latched verdict for the flow either
+    sa2 = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 4.0)
+    assert sa2 is not None and e.inbound(SRV, sa2, 4.1).latch == h
+    e.latches.release_latch(h)
+    assert e.inbound(SRV, sa2, 4.2).latch is None
