@@ -820,8 +820,18 @@ class IPsecEngine:
         return sa
 
     def peer_dead(self, peer: PeerIdentity, now: float) -> None:
-        """IKE DPD says ``peer`` is dead: its latches break irremediably (RFC 5660 §2)."""
+        """IKE DPD says ``peer`` is dead: its latches break irremediably (RFC 5660 §2), the LD's
+        and the TCB latches of approach 1 alike."""
         self.key_manager.peer_dead(peer, now)
+        self.break_ulp_latches_with(peer, UlpBreakReason.PEER_DEAD, f"DPD: {peer} is dead")
+
+    def break_ulp_latches_with(
+        self, peer: PeerIdentity, reason: UlpBreakReason, detail: str = ""
+    ) -> list[FiveTuple]:
+        """Break every watched TCB latch latched to ``peer`` (approach 1; e.g. DPD declared it
+        dead). Returns their flows."""
+        hit = [u for u in self._ulp_latches.values() if u.tag is not None and u.tag.peer == peer]
+        return [u.flow for u in hit if u.break_latch(reason, detail=detail)]
 
     def restart_key_manager(self, now: float, *, restore_latches: bool) -> None:
         """RFC 5660 §2 restart: latches restored or CLOSED; pinned SPD entries never survive."""

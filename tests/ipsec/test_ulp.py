@@ -235,3 +235,18 @@ def test_protect_like_prefers_the_tags_own_sa_over_an_older_equivalent() -> None
     e.delete_sa(new.sa_id, 2.0)
     out = tcb.outbound(2.0)
     assert out.verdict is OutboundVerdict.PROTECT and out.sa is old
+
+
+def test_engine_peer_dead_breaks_the_tcb_latches_of_that_peer_only() -> None:
+    e = eng()
+    breaks: list[UlpBreak] = []
+    other = ex.flow("192.0.2.1", 2049, "192.0.2.3", 40000)
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    sa_other = e.install_sa(ex.narrow_sa(other, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 0.0)
+    dead_peer = UlpLatch(e, SRV, on_break=breaks.append)
+    alive_peer = UlpLatch(e, other, on_break=breaks.append)
+    dead_peer.inbound(e.inbound(SRV, sa, 0.0, initiating=True))
+    alive_peer.inbound(e.inbound(other, sa_other, 0.0, initiating=True))
+    e.peer_dead(ex.btns_peer(CLIENT), 1.0)
+    assert [(b.flow, b.reason) for b in breaks] == [(SRV, UlpBreakReason.PEER_DEAD)]
+    assert dead_peer.state is UlpLatchState.BROKEN and alive_peer.state is UlpLatchState.LATCHED

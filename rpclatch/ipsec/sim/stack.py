@@ -213,13 +213,9 @@ class IpsecStack:
 
     def _peer_dead(self, peer: PeerIdentity) -> None:
         """DPD says ``peer`` is dead (RFC 5660 §2: its latches are irremediably broken). Approach 2's
-        LD already broke its latches; approach 1's latches live in the TCBs, so tell them here."""
-        for conn in list(self.host.connections.values()):
-            ulp = self._ulp(conn)
-            if ulp is None or ulp.tag is None or ulp.tag.peer != peer:
-                continue
-            # the TCB's break handler marks the channel broken and resets or waits (§5.5)
-            ulp.break_latch(UlpBreakReason.PEER_DEAD, detail=f"DPD: {peer} is dead")
+        LD already broke its latches; approach 1's latches live in the TCBs: the engine breaks
+        those it watches (each TCB's break handler marks the channel broken and resets or waits)."""
+        self.engine.break_ulp_latches_with(peer, UlpBreakReason.PEER_DEAD, f"DPD: {peer} is dead")
 
     def forget_queued(self, flow: FiveTuple) -> None:
         self._queued.pop(flow, None)
