@@ -5,8 +5,10 @@ the guest (``guest.run(..., netns="client")`` for the ESP path). Each prints one
 stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": <type>, "message": ...}``) and exits 0
 when the operation succeeded, 1 when it failed, 2 on bad arguments.
 
-``python -m interop.probe null HOST [--port 2049] [--prog 100003] [--vers 4] [--auth none|sys]``
-    one RPC NULL call with :class:`rpclatch.rpc.aio.RpcStreamClient`.
+``python -m interop.probe null HOST [--port 2049] [--prog 100003] [--vers 4] [--auth none|sys]
+[--socket-policy bypass|esp --policy-src ADDR --reqid N] [--connect-timeout S]``
+    one RPC NULL call with :class:`rpclatch.rpc.aio.RpcStreamClient`; with ``--socket-policy`` the
+    TCP socket gets a per-socket IPsec policy first (:mod:`interop.sockpolicy`).
 ``python -m interop.probe nfs HOST [--sec S] [--minor 0|1] [--target nfs@FQDN] [--write PATH --size N
 [--seed X]] [--read PATH] [--remove PATH]``
     with :class:`rpclatch.nfs4.client.Nfs4Client`: write ``N`` deterministic pseudo-random bytes,
@@ -20,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import random
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -36,19 +39,43 @@ def _auth(name: str) -> Any:
     return AuthNoneClient()
 
 
-async def rpc_null(host: str, port: int, prog: int, vers: int, auth: str, timeout: float) -> dict[str, Any]:
+def _policy_socket(host: str, port: int, policy: str, src: str, reqid: int, timeout: float) -> socket.socket:
+    from interop import sockpolicy
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if policy == "bypass":
+            sockpolicy.set_bypass(sock)
+        else:
+            sockpolicy.set_esp(sock, src, host, reqid)
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def rpc_null(host: str, port: int, prog: int, vers: int, auth: str, timeout: float,
+                   policy: str = "none", policy_src: str = "", reqid: int = 1,
+                   connect_timeout: float = 10.0) -> dict[str, Any]:
     """One NULL call (RFC 5531 §12.1: procedure 0 of every program)."""
     from rpclatch.rpc.aio import RpcStreamClient
 
     t0 = time.monotonic()
-    client = await RpcStreamClient.connect_tcp(host, port, auth=_auth(auth), timeout=timeout)
+    sock = None
+    if policy != "none":
+        sock = _policy_socket(host, port, policy, policy_src, reqid, connect_timeout)
+    client = await RpcStreamClient.connect_tcp(host, port, auth=_auth(auth), timeout=timeout, sock=sock,
+                                               connect_timeout=connect_timeout)
     try:
         local = client.transport.get_extra_info("sockname")
         result = await client.call(prog, vers, 0)
     finally:
         await client.close()
     return {"ok": True, "op": "null", "host": host, "port": port, "prog": prog, "vers": vers,
-            "auth": auth, "result_len": len(result), "local": list(local)[:2],
+            "auth": auth, "socket_policy": policy, "result_len": len(result), "local": list(local)[:2],
             "elapsed": round(time.monotonic() - t0, 4)}
 
 
@@ -111,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     null.add_argument("--vers", type=int, default=4)
     null.add_argument("--auth", choices=("none", "sys"), default="none")
     null.add_argument("--timeout", type=float, default=20.0)
+    null.add_argument("--connect-timeout", type=float, default=10.0)
+    null.add_argument("--socket-policy", choices=("none", "bypass", "esp"), default="none")
+    null.add_argument("--policy-src", default="", help="our address (ESP template source)")
+    null.add_argument("--reqid", type=int, default=1, help="reqid of the SAs the template asks for")
     nfs = sub.add_parser("nfs", help="write/read/remove with the NFSv4 client")
     nfs.add_argument("host")
     nfs.add_argument("--port", type=int, default=2049)
@@ -125,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.op == "null":
-            out = asyncio.run(rpc_null(args.host, args.port, args.prog, args.vers, args.auth, args.timeout))
+            out = asyncio.run(rpc_null(args.host, args.port, args.prog, args.vers, args.auth, args.timeout,
+                                       args.socket_policy, args.policy_src, args.reqid,
+                                       args.connect_timeout))
         else:
             out = asyncio.run(nfs_ops(args))
     except Exception as exc:

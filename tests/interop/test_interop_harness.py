@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from interop import sockpolicy
 from interop.runner import CaseResult, format_table, parse_junit
 from interop.uml import (
     DEFAULT_EXPORTS,
@@ -177,3 +179,17 @@ def test_cli_runs_the_suite_and_prints_a_table() -> None:
     cases = parse_junit(run_dir / "junit.xml")
     assert [c.outcome for c in cases] == ["passed"]
     assert (run_dir / "guest" / "console.log").exists() and (run_dir / "guest" / "nfs.pcapng").exists()
+
+
+def test_socket_policy_layouts_match_linux_xfrm_h() -> None:
+    info = sockpolicy.userpolicy_info(sockpolicy.XFRM_POLICY_OUT)
+    assert len(info) == 168
+    assert info[40:42] == socket.AF_INET.to_bytes(2, sys.byteorder)  # sel.family
+    assert info[56:64] == b"\xff" * 8  # lifetime.soft_byte_limit: unlimited
+    assert info[160] == sockpolicy.XFRM_POLICY_OUT and info[161] == sockpolicy.XFRM_POLICY_ALLOW
+    tmpl = sockpolicy.esp_transport_tmpl("198.51.100.1", "198.51.100.2", reqid=7)
+    assert len(tmpl) == 64
+    assert tmpl[0:4] == bytes([198, 51, 100, 2]) and tmpl[20] == 50  # id.daddr, id.proto = ESP
+    assert tmpl[28:32] == bytes([198, 51, 100, 1])  # saddr
+    assert int.from_bytes(tmpl[44:48], sys.byteorder) == 7 and tmpl[48] == sockpolicy.XFRM_MODE_TRANSPORT
+    assert tmpl[52:64] == b"\xff" * 12  # any auth/enc/comp algorithm

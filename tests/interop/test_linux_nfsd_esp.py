@@ -71,3 +71,51 @@ def test_kernel_client_over_esp_from_client_namespace(nfsd_guest: LinuxNfsdGuest
     packets = read_packets(pcap)
     assert any(p.is_esp for p in packets)
     assert [p for p in packets if p.is_nfs_tcp] == []
+
+
+def _xfrm_stat(guest: LinuxNfsdGuest) -> dict[str, int]:
+    text = guest.run(["cat", "/proc/net/xfrm_stat"], check=True).stdout
+    return {name: int(value) for name, value in (line.split() for line in text.splitlines())}
+
+
+def _null_with_socket_policy(guest: LinuxNfsdGuest, *policy: str) -> dict[str, object]:
+    res = guest.run(
+        guest.python_argv("-m", "interop.probe", "null", ESP_SERVER_ADDR, "--connect-timeout", "3", *policy),
+        netns="client", env=guest.guest_env(None), timeout=120,
+    )
+    out: dict[str, object] = json.loads(res.stdout)
+    assert res.ok == bool(out["ok"]), res
+    return out
+
+
+def test_server_inbound_policy_drops_a_client_that_bypasses_ipsec(nfsd_guest: LinuxNfsdGuest) -> None:
+    # a per-socket BYPASS policy on the client overrides its global PROTECT: the SYN leaves in clear,
+    # and the server's inbound SPD entry (tmpl esp) refuses it -- unprotected NFS never gets through
+    if not nfsd_guest.config.esp:
+        pytest.skip("guest booted without ESP")
+    before = _xfrm_stat(nfsd_guest)
+    with nfsd_guest.capture("esp-bypass", iface="vs") as pcap:
+        out = _null_with_socket_policy(nfsd_guest, "--socket-policy", "bypass")
+    assert out["ok"] is False and out["error"] == "TimeoutError", out
+    assert _xfrm_stat(nfsd_guest)["XfrmInTmplMismatch"] > before["XfrmInTmplMismatch"]
+    packets = read_packets(pcap)
+    syns = [p for p in packets if p.src == ESP_CLIENT_ADDR and p.dport == "2049" and p.proto == "6"]
+    assert syns, packets
+    assert not any(p.src == ESP_SERVER_ADDR and p.proto == "6" for p in packets)  # no SYN-ACK
+
+
+def test_per_socket_esp_policy_selects_the_sa_by_reqid(nfsd_guest: LinuxNfsdGuest) -> None:
+    if not nfsd_guest.config.esp:
+        pytest.skip("guest booted without ESP")
+    before = nfsd_guest.xfrm_counters("client")
+    ok = _null_with_socket_policy(nfsd_guest, "--socket-policy", "esp", "--policy-src", ESP_CLIENT_ADDR,
+                                  "--reqid", "1")
+    assert ok["ok"] is True and ok["socket_policy"] == "esp", ok
+    assert nfsd_guest.xfrm_counters("client")[ESP_SPI_IN].packets > before[ESP_SPI_IN].packets
+    # no SA has reqid 7 and no key manager answers the ACQUIRE: the socket policy, not the global
+    # one, decides, so the connect fails at once and nothing is sent
+    before = nfsd_guest.xfrm_counters("client")
+    refused = _null_with_socket_policy(nfsd_guest, "--socket-policy", "esp", "--policy-src", ESP_CLIENT_ADDR,
+                                       "--reqid", "7")
+    assert refused["ok"] is False and refused["error"] == "BlockingIOError", refused
+    assert nfsd_guest.xfrm_counters("client")[ESP_SPI_IN].packets == before[ESP_SPI_IN].packets
