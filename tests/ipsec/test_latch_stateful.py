@@ -17,12 +17,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from rpclatch.ipsec import examples as ex
-from rpclatch.ipsec.decisions import InboundVerdict
+from rpclatch.ipsec.decisions import InboundVerdict, PacketTag
 from rpclatch.ipsec.engine import Approach, EngineConfig, FlowChoice, IPsecEngine
 from rpclatch.ipsec.errors import IPsecError
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, FiveTuple, ProtectionParams, Selector, ThreeTuple
-from rpclatch.ipsec.spd import SpdAction
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction
+from rpclatch.ipsec.ulp import UlpLatch, UlpLatchState
 
 FLOWS = [ex.flow("192.0.2.1", 2049, "192.0.2.2", 40000 + i) for i in range(3)]
 PEERS = [ex.btns_peer(10 + i) for i in range(3)]
@@ -147,9 +148,71 @@ class LatchMachine(RuleBasedStateMachine):
 
 class UlpEngineMachine(LatchMachine):
     """The same operations with the engine in approach 1 (the LD only holds what connect() and
-    request_protection() create; packets are tagged, not latched, by the engine)."""
+    request_protection() create; packets are tagged, not latched, by the engine), plus TCB latches
+    (UlpLatch) fed the same packets. Extra invariants: the engine watches exactly the TCB latches
+    latched to an SA; a watched latch never coexists with a non-congruent SA installed after it
+    latched, nor with an SPD that no longer protects its flow as latched (RFC 5660 §2 conflicts
+    break it); a broken TCB latch's flow is neither sent nor accepted by the engine until a new
+    decision for the 5-tuple is made."""
 
     approach = Approach.ULP
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tcbs: dict[FiveTuple, UlpLatch] = {}
+        self.present_at_latch: dict[FiveTuple, set[int]] = {}
+
+    @rule(f=st.sampled_from(FLOWS), data=st.data(), initiating=st.booleans())
+    def tcb_packet_in(self, f: FiveTuple, data: st.DataObject, initiating: bool) -> None:
+        tcb = self.tcbs.get(f)
+        if tcb is None:
+            tcb = self.tcbs[f] = UlpLatch(self.e, f, require_protection=True)
+        sa = data.draw(st.sampled_from([None, *self.e.sad.carrying(f)]))
+        was = tcb.state
+        v = tcb.inbound(self.e.inbound(f, sa, self.now, initiating=initiating))
+        if was is UlpLatchState.UNLATCHED and tcb.latched:
+            self.present_at_latch[f] = {x.sa_id for x in self.e.sad.carrying(f)}
+        if v.deliver:
+            assert sa is not None and tcb.tag is not None and tcb.tag.same_protection(PacketTag.of_sa(sa))
+
+    @rule(f=st.sampled_from(FLOWS))
+    def tcb_packet_out(self, f: FiveTuple) -> None:
+        tcb = self.tcbs.get(f)
+        if tcb is None or not tcb.latched:
+            return
+        d = tcb.outbound(self.now)
+        if d.sendable:
+            assert d.tag is not None and tcb.tag is not None and d.tag.same_protection(tcb.tag)
+
+    @rule(f=st.sampled_from(FLOWS))
+    def tcb_close(self, f: FiveTuple) -> None:
+        tcb = self.tcbs.pop(f, None)
+        if tcb is not None:
+            tcb.close(self.now)
+
+    @invariant()
+    def tcb_latches_hear_conflicts(self) -> None:
+        watched = set(map(id, self.e.ulp_latches()))
+        for f, tcb in self.tcbs.items():
+            latched_to_sa = tcb.state is UlpLatchState.LATCHED and tcb.tag is not None and tcb.tag.protected
+            assert (id(tcb) in watched) == latched_to_sa, (tcb.state, tcb.tag)
+            if latched_to_sa:
+                assert tcb.tag is not None
+                for sa in self.e.sad.carrying(f):
+                    if sa.sa_id not in self.present_at_latch.get(f, set()):
+                        assert tcb.tag.same_protection(PacketTag.of_sa(sa)), (tcb.tag, sa)
+                overlay = self.e.spd.overlay_entry(f)
+                entry = self.e.spd.lookup_configured(f)
+                assert overlay is not None or (
+                    entry is not None
+                    and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
+                ), (overlay, entry)
+            if tcb.state is UlpLatchState.BROKEN:
+                overlay = self.e.spd.overlay_entry(f)
+                if overlay is not None and overlay.origin is EntryOrigin.BROKEN_LATCH:
+                    assert not self.e.outbound(f, self.now).sendable
+                    for sa in [None, *self.e.sad.carrying(f)]:
+                        assert not self.e.inbound(f, sa, self.now).accepted
 
 
 TestLatchMachine = LatchMachine.TestCase
