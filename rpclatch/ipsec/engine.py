@@ -195,6 +195,9 @@ class IPsecEngine:
         #: approach 1: the TCB latches (UlpLatch) of protected flows, by flow; they hear about
         #: conflicting SAs and SPD changes (RFC 5660 §2) since the LD does not hold them
         self._ulp_latches: dict[FiveTuple, UlpLatch] = {}
+        #: those of them whose flow the configured SPD protected (when latched or at the last SPD
+        #: check); the others were protected optionally on a BYPASS entry (§3.1, §2.4)
+        self._ulp_policy_protected: set[FiveTuple] = set()
         self.last_spd_breaks: list[FiveTuple] = []
 
     @property
@@ -690,10 +693,17 @@ class IPsecEngine:
         CONFLICTING_SA / SPD_CHANGE) -- RFC 5660 §2 conflicts, which the informative model of §2.4
         leaves to the ULP. UlpLatch calls this itself; :meth:`unwatch_ulp_latch` when it ends."""
         self._ulp_latches[ulp.flow] = ulp
+        tag = ulp.tag
+        entry = self.spd.lookup_configured(ulp.flow, btns_peer=tag.btns if tag is not None else False)
+        if entry is not None and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT):
+            self._ulp_policy_protected.add(ulp.flow)
+        else:  # protected although policy bypasses the flow: optional protection (RFC 5660 §3.1)
+            self._ulp_policy_protected.discard(ulp.flow)
 
     def unwatch_ulp_latch(self, ulp: UlpLatch) -> None:
         if self._ulp_latches.get(ulp.flow) is ulp:
             del self._ulp_latches[ulp.flow]
+            self._ulp_policy_protected.discard(ulp.flow)
 
     def ulp_latch_broken(self, ulp: UlpLatch) -> None:
         """``ulp`` broke (any reason). Its flow gets an exact-5-tuple DISCARD entry (origin
@@ -756,13 +766,20 @@ class IPsecEngine:
             if overlay is not None and overlay.origin is not EntryOrigin.PINNED_LATCH:
                 continue  # the flow's own entry (optional protection / template clone) governs it
             entry = self.spd.lookup_configured(flow, btns_peer=tag.btns)
-            ok = (
-                entry is not None
-                and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
-                and entry.protection is not None
-                and _policy_admits_tag(entry.protection, tag)
-                and (entry.btns_ok or not tag.btns)  # RFC 5386 §2
-            )
+            if entry is not None and entry.action is SpdAction.BYPASS:
+                # "would now be bypassed" conflicts only for a flow the policy used to protect; a
+                # flow protected optionally on a BYPASS entry sees no change
+                ok = flow not in self._ulp_policy_protected
+            else:
+                ok = (
+                    entry is not None
+                    and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
+                    and entry.protection is not None
+                    and _policy_admits_tag(entry.protection, tag)
+                    and (entry.btns_ok or not tag.btns)  # RFC 5386 §2
+                )
+                if ok:
+                    self._ulp_policy_protected.add(flow)
             if ok:
                 if overlay is not None:  # the pin is no longer needed
                     self.spd.remove_overlay(flow)

@@ -161,6 +161,7 @@ class UlpEngineMachine(LatchMachine):
         super().__init__()
         self.tcbs: dict[FiveTuple, UlpLatch] = {}
         self.present_at_latch: dict[FiveTuple, set[int]] = {}
+        self.policy_protected: dict[FiveTuple, bool] = {}
 
     @rule(f=st.sampled_from(FLOWS), data=st.data(), initiating=st.booleans())
     def tcb_packet_in(self, f: FiveTuple, data: st.DataObject, initiating: bool) -> None:
@@ -172,6 +173,8 @@ class UlpEngineMachine(LatchMachine):
         v = tcb.inbound(self.e.inbound(f, sa, self.now, initiating=initiating))
         if was is UlpLatchState.UNLATCHED and tcb.latched:
             self.present_at_latch[f] = {x.sa_id for x in self.e.sad.carrying(f)}
+            entry = self.e.spd.lookup_configured(f)
+            self.policy_protected[f] = entry is not None and entry.action is not SpdAction.BYPASS
         if v.deliver:
             assert sa is not None and tcb.tag is not None and tcb.tag.same_protection(PacketTag.of_sa(sa))
 
@@ -203,10 +206,14 @@ class UlpEngineMachine(LatchMachine):
                         assert tcb.tag.same_protection(PacketTag.of_sa(sa)), (tcb.tag, sa)
                 overlay = self.e.spd.overlay_entry(f)
                 entry = self.e.spd.lookup_configured(f)
-                assert overlay is not None or (
-                    entry is not None
-                    and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
-                ), (overlay, entry)
+                # latched under a protecting policy: the policy may not have stopped protecting it
+                # (latched optionally on a BYPASS entry: a BYPASS entry changes nothing for it)
+                if self.policy_protected.get(f):
+                    assert overlay is not None or (
+                        entry is not None
+                        and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
+                    ), (overlay, entry)
+                assert entry is None or entry.action is not SpdAction.DISCARD or overlay is not None
             if tcb.state is UlpLatchState.BROKEN:
                 overlay = self.e.spd.overlay_entry(f)
                 if overlay is not None and overlay.origin is EntryOrigin.BROKEN_LATCH:

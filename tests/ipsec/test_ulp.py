@@ -250,3 +250,20 @@ def test_engine_peer_dead_breaks_the_tcb_latches_of_that_peer_only() -> None:
     e.peer_dead(ex.btns_peer(CLIENT), 1.0)
     assert [(b.flow, b.reason) for b in breaks] == [(SRV, UlpBreakReason.PEER_DEAD)]
     assert dead_peer.state is UlpLatchState.BROKEN and alive_peer.state is UlpLatchState.LATCHED
+
+
+def test_optionally_protected_tcb_latch_survives_a_bypass_policy_but_not_losing_protection() -> None:
+    # the peer protected a flow the local SPD bypasses (optional protection, RFC 5660 §3.1): an SPD
+    # update that still bypasses it changes nothing for the channel; once the policy protected
+    # the flow, going back to BYPASS is a conflict (§2.3 "would now be bypassed")
+    e = eng(SpdAction.BYPASS)
+    breaks: list[UlpBreak] = []
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV, require_protection=True, on_break=breaks.append)
+    assert tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True)).deliver and tcb.protected
+    e.update_spd(ex.nfs_spd(SpdAction.BYPASS))
+    assert breaks == [] and tcb.latched
+    e.update_spd(ex.nfs_spd(SpdAction.PROTECT))
+    assert breaks == [] and tcb.latched
+    e.update_spd(ex.nfs_spd(SpdAction.BYPASS))
+    assert [b.reason for b in breaks] == [UlpBreakReason.SPD_CHANGE]
