@@ -38,8 +38,13 @@ max_in_flight=64, on_connection=None, on_connection_closed=None)``:
   every ``ServerAuth.connection_closed(info)``.
 * ``server.connections`` (the live ``ConnectionInfo`` objects), ``server.tcp_addresses``,
   ``server.udp_addresses``.
-* ``await server.close(grace=5.0)``: stop listening, stop reading new calls, let in-flight calls
-  finish and their replies go out (up to ``grace`` seconds), then close every connection.
+* ``await server.close(grace=5.0)``: graceful shutdown. It stops listening and stops reading;
+  every call already received is answered: on a stream, the calls waiting undispatched in the
+  connection's backlog (held back by output backpressure) are dispatched and the coroutine
+  procedures running finish; on UDP, running procedures finish. Replies go out, then each
+  connection closes (at once when it has nothing to answer). What is not answered: bytes still
+  in the kernel's receive buffer, a partly received record, datagrams arriving after close()
+  began, and whatever is unfinished after ``grace`` seconds (then every connection is aborted).
 
 Backpressure: a connection stops being read while its transport holds more than its high-water
 mark of unsent replies, while calls wait undispatched (at most about 1 MiB of replies is produced
@@ -469,6 +474,8 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         self.tasks: set[asyncio.Task[None]] = set()
         self._paused = False
         self._recv = _recv_buffer()
+        #: set when the transport is gone (after a graceful close: once every reply went out)
+        self.finished: asyncio.Future[None] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -517,15 +524,17 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
                 task = self._loop.create_task(self._run(p))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-            if conn.backlog and not conn.output_paused and not conn.closed:
+            if conn.backlog and not conn.output_paused:
                 pending = conn.dispatch_backlog(self._loop.time())
                 continue
             break
-        if conn.closed and not conn.in_flight:
-            transport.close()
+        if conn.done:
+            transport.close()  # after what was written above has gone out
             return
-        # Stop reading while calls wait (backlog), output is blocked, or too many run at once.
-        stop = bool(conn.backlog or conn.output_paused or conn.in_flight >= self.server.max_in_flight)
+        # Stop reading while calls wait (backlog), output is blocked, too many run at once, or
+        # the connection is closing (graceful: the calls already received are still answered).
+        stop = bool(conn.backlog or conn.output_paused or conn.in_flight >= self.server.max_in_flight
+                    or conn.closed)
         if stop != self._paused:
             self._paused = stop
             if stop:
@@ -565,7 +574,7 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         if self.conn is None:
             return None
         self.conn.close("peer closed its side")
-        return bool(self.conn.in_flight)
+        return not self.conn.done
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -580,6 +589,8 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
                 log.exception("on_connection_closed failed")
         for task in self.tasks:
             task.cancel()
+        if not self.finished.done():
+            self.finished.set_result(None)
 
     def _next_timer(self) -> float | None:
         return self.conn.next_timer() if self.conn is not None else None
@@ -589,15 +600,15 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         if conn is None or self.transport is None:
             return
         conn.handle_timer(self._loop.time())
-        if conn.closed and not conn.in_flight:
+        if conn.done:
             self.transport.close()
 
     def shutdown(self) -> None:
-        """Stop taking calls; close now if nothing is in flight."""
-        if self.conn is not None and self.transport is not None:
+        """Graceful: read no more calls, answer those received (backlog and in flight), then
+        close (at once if there are none)."""
+        if self.conn is not None and self.transport is not None and not self.transport.is_closing():
             self.conn.close("server shutting down")
-            if not self.conn.in_flight:
-                self.transport.close()
+            self._pump([])
 
 
 class _ServerDatagramProtocol(asyncio.DatagramProtocol):
@@ -704,16 +715,24 @@ class RpcServer:
         await self._loop.connect_accepted_socket(lambda: _ServerStreamProtocol(self), sock)
 
     async def close(self, grace: float = 5.0) -> None:
-        """Graceful shutdown: answer in-flight calls (up to ``grace`` s), then close everything."""
+        """Graceful shutdown (see the module docstring): stop listening and reading, answer every
+        call already received -- waiting undispatched in a connection's backlog, or running -- and
+        let the replies go out, for up to ``grace`` seconds in all; then close everything."""
         self._closing = True
         for srv in self._servers:
             srv.close()
         protocols = list(self._protocols)
         for proto in protocols:
             proto.shutdown()
-        tasks = [t for p in protocols for t in p.tasks] + [t for _, p in self._udp for t in p.tasks]
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+        # A connection is finished once its last reply was written and the transport closed; the
+        # backlog may start new procedures while we wait, so wait for connections, not tasks.
+        waits: list[asyncio.Future[Any]] = [p.finished for p in protocols]
+        waits += [t for _, p in self._udp for t in p.tasks]
+        if waits:
+            _done, late = await asyncio.wait(waits, timeout=grace)
+            if late:
+                log.warning("server close: %d connections/calls not finished within %s s; "
+                            "closing them with calls unanswered", len(late), grace)
         for transport, udp in self._udp:
             for t in udp.tasks:
                 t.cancel()

@@ -44,8 +44,11 @@ pending ones are for the shell to await, then ``finish(pending, result_or_except
 ``next_timer()`` / ``handle_timer(now)``
 (idle timeout: no bytes received and no call in flight for ``idle_timeout`` seconds),
 ``closed`` / ``close_reason`` (set on a record error or idle timeout: flush, then close the
-transport), ``close(reason)`` (graceful: no new calls), ``in_flight``, ``connection_lost()``
-(calls ``dispatcher.connection_closed`` once).
+transport; calls still waiting in the backlog are dropped), ``close(reason)`` (graceful: bytes
+received afterwards are ignored, but every call already received -- in the backlog or in flight --
+is still dispatched and answered), ``done`` (closed and nothing left to answer: write what
+:meth:`data_to_send` has, then close the transport), ``in_flight``, ``connection_lost()`` (calls
+``dispatcher.connection_closed`` once; nothing is dispatched afterwards).
 
 For datagrams there is no connection object: call ``dispatcher.dispatch(datagram, conn, now)`` and
 send the returned bytes back to the peer.
@@ -384,6 +387,12 @@ class RpcServerConnection:
         """Calls received but not dispatched yet (output was paused or over ``max_output``)."""
         return len(self._backlog)
 
+    @property
+    def done(self) -> bool:
+        """Closed, and every call received before has been answered (or dropped): once
+        :meth:`data_to_send` is written the transport may be closed."""
+        return self.closed and not self.in_flight and not self._backlog
+
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[PendingReply]:
         """Feed bytes; replies that are ready are queued, awaitable ones are returned.
 
@@ -415,7 +424,9 @@ class RpcServerConnection:
         marked = self.max_fragment >= MAX_FRAGMENT  # every reply fits one fragment
         dispatch_marked = self.dispatcher.dispatch_marked
         dispatch_call = self.dispatcher.dispatch_call_marked
-        while backlog and self._out_size < limit and not self.output_paused and not self.closed:
+        # Not stopped by a graceful close(): calls received before it are answered. Error closes
+        # and connection_lost() empty the backlog.
+        while backlog and self._out_size < limit and not self.output_paused:
             item = backlog.popleft()
             if marked:
                 if type(item) is bytes:
@@ -504,19 +515,26 @@ class RpcServerConnection:
             state = "inside a partial record" if self._reassembler.in_record else "between records"
             self._close(f"idle for {self.idle_timeout:g} s {state}")
 
-    def _close(self, reason: str, level: int = logging.WARNING) -> None:
+    def _close(self, reason: str, level: int = logging.WARNING, *, drop_backlog: bool = True) -> None:
         if not self.closed:
             self.closed = True
             self.close_reason = reason
             log.log(level, "closing connection %d from %s: %s", self.conn.conn_id, self.conn.peer, reason)
+        if drop_backlog and self._backlog:
+            log.log(level, "connection %d: %d received calls dropped unanswered", self.conn.conn_id,
+                    len(self._backlog))
+            self._backlog.clear()
 
     def close(self, reason: str = "server closing") -> None:
-        """Stop accepting calls on this connection (replies already queued still go out)."""
-        self._close(reason, logging.INFO)
+        """Graceful close: take no new calls (bytes received from now on are ignored), but answer
+        every call already received -- the backlog is still dispatched, replies to calls in flight
+        still queued. :attr:`done` tells when all of them are answered."""
+        self._close(reason, logging.INFO, drop_backlog=False)
 
     def connection_lost(self) -> None:
         """The transport is gone: forget it in every flavor (once)."""
         if not self._lost:
             self._lost = True
             self.closed = True
+            self._backlog.clear()
             self.dispatcher.connection_closed(self.conn)

@@ -20,8 +20,8 @@ from rpclatch.rpc.errors import (
     RpcLocalError,
     RpcTimeout,
 )
-from rpclatch.rpc.messages import NULL_AUTH, AcceptStat, CallMessage
-from rpclatch.rpc.record import encode_record
+from rpclatch.rpc.messages import NULL_AUTH, AcceptedReply, AcceptStat, CallMessage, decode_message
+from rpclatch.rpc.record import RecordReassembler, encode_record
 from rpclatch.rpc.server import CallContext, RpcDispatcher
 
 SLOW_PROG = 0x20000A12
@@ -288,6 +288,48 @@ def test_graceful_shutdown_answers_in_flight_calls() -> None:
             await RpcStreamClient.connect_tcp("127.0.0.1", port)
         await c.close()
         await u.close()
+
+    run(body)
+
+
+def test_graceful_shutdown_answers_calls_waiting_in_the_backlog() -> None:
+    """Calls received but held back by output backpressure (the client is not reading yet) are
+    answered too when the server shuts down gracefully; then the connection is closed."""
+    calls = 40
+    size = 1024 * 1024
+
+    async def body() -> None:
+        server = RpcServer(make_dispatcher(), idle_timeout=60)
+        port = await server.listen_tcp()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"".join(encode_record(CallMessage(
+                i, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_SOURCE, args=size.to_bytes(4, "big")).encode())
+                for i in range(calls)))
+            await writer.drain()
+            for _ in range(250):  # until the server has read the calls (white-box: its backlog)
+                await asyncio.sleep(0.02)
+                [proto] = server._protocols
+                assert proto.conn is not None
+                if proto.conn.backlog >= calls - 10:
+                    break
+            assert proto.conn.backlog >= calls - 10  # most calls wait undispatched
+            closing = asyncio.create_task(server.close(grace=30))
+            await asyncio.sleep(0.1)  # the server is closing before the client reads anything
+            rec = RecordReassembler(max_record=2 * size)
+            xids: list[int] = []
+            while True:
+                data = await reader.read(1 << 20)
+                if not data:
+                    break  # closed by the server once everything was answered
+                for r in rec.feed(data):
+                    msg = decode_message(r)
+                    assert isinstance(msg, AcceptedReply) and len(msg.results) == size + 4
+                    xids.append(msg.xid)
+            assert xids == list(range(calls))
+            await closing
+        finally:
+            writer.close()
 
     run(body)
 

@@ -363,6 +363,45 @@ def test_stream_graceful_close_stops_new_calls() -> None:
     assert c.receive_data(encode_record(call(0)), 0.0) == []
 
 
+def test_stream_graceful_close_answers_the_backlog() -> None:
+    c = RpcServerConnection(dispatcher(), CONN, max_output=100)
+    stream = b"".join(encode_record(call(1, args=bytes([i]) * 40, xid=i)) for i in range(6))
+    c.receive_data(stream, 0.0)
+    assert c.backlog == 4
+    c.close("server shutting down")
+    assert c.closed and not c.done
+    assert c.receive_data(encode_record(call(1, xid=99)), 0.0) == []  # nothing new is taken
+    got: list[int] = []
+    while not c.done:
+        got += [r.xid for r in replies(c)]
+        c.dispatch_backlog(0.0)
+    got += [r.xid for r in replies(c)]
+    assert got == list(range(6))
+
+
+def test_stream_graceful_close_waits_for_calls_in_flight() -> None:
+    c = RpcServerConnection(dispatcher(), CONN)
+    [pending] = c.receive_data(encode_record(call(7, args=b"abcd")), 0.0)
+    pending.awaitable.close()  # type: ignore[attr-defined]
+    c.close()
+    assert not c.done
+    c.finish(pending, b"abcd", 1.0)
+    assert c.done and replies(c)[0].results == b"abcd"
+
+
+def test_stream_error_close_and_connection_lost_drop_the_backlog(caplog: pytest.LogCaptureFixture) -> None:
+    c = RpcServerConnection(dispatcher(), CONN, max_output=100, idle_timeout=1.0)
+    stream = b"".join(encode_record(call(1, args=bytes([i]) * 40, xid=i)) for i in range(6))
+    c.receive_data(stream, 0.0)
+    with caplog.at_level(logging.WARNING):
+        c.handle_timer(5.0)
+    assert c.done and c.backlog == 0 and "4 received calls dropped unanswered" in caplog.text
+    c = RpcServerConnection(dispatcher(), CONN, max_output=100)
+    c.receive_data(stream, 0.0)
+    c.connection_lost()
+    assert c.done and c.backlog == 0 and c.dispatch_backlog(0.0) == []
+
+
 @given(st.binary(max_size=300))
 @settings(max_examples=500, deadline=None)
 def test_any_record_gets_a_reply_or_is_dropped(data: bytes) -> None:
