@@ -117,6 +117,9 @@ class SimLink:
         if isinstance(cl, ConnLatch) and cl.alerts:
             a = cl.alerts[-1]
             return f"{a.reason.value}" + (f": {a.detail}" if a.detail else "")
+        if isinstance(cl, ConnLatch) and cl.ulp_breaks:  # approach 1: the TCB latch broke
+            b = cl.ulp_breaks[-1]
+            return f"{b.reason.value}" + (f": {b.detail}" if b.detail else "")
         return "latch left ESTABLISHED"
 
     def on_latch_broken(self, callback: Callable[[str], None]) -> None:

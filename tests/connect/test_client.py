@@ -162,8 +162,13 @@ def test_btns_peer_refused_when_btns_not_ok(realm: ThrowawayRealm) -> None:
     assert dw.wire_view().data_services() == ["krb5p"]
 
 
-def test_latch_break_resets_then_reconnects_relatches_and_rebinds(realm: ThrowawayRealm) -> None:
-    dw, pc = connect(realm, rogue=True)
+@pytest.mark.parametrize("approach", [1, 2], ids=["approach1", "approach2"])
+def test_latch_break_resets_then_reconnects_relatches_and_rebinds(
+    realm: ThrowawayRealm, approach: int
+) -> None:
+    from rpclatch.ipsec.engine import Approach
+
+    dw, pc = connect(realm, rogue=True, approach=Approach(approach))
     first, old = pc.security, link(pc)
     old_handle = old.latch.channel if old.latch else None
     flow = old.conn.flow
@@ -182,6 +187,9 @@ def test_latch_break_resets_then_reconnects_relatches_and_rebinds(realm: Throwaw
         echo(pc)  # in flight when the latch broke: fails, is not silently resent
     assert dw.client_stack.latch_state(old.conn) in ("BROKEN", "CLOSED")
     assert any(r.latch_state == "BROKEN" for r in pc.history)
+    # the warning names the cause, whether the LD (approach 2) or the TCB latch (approach 1) broke
+    warnings = [text for _, kind, text in dw.policy_events if kind == "warning"]
+    assert any("conflicting-child-sa" in w for w in warnings), warnings
     dw.server.claim_address(SERVER_ADDR)
     echo(pc)
     second, new = pc.security, link(pc)
