@@ -7,4 +7,4 @@ a one-line error message.
 
 #: Modules under rpclatch.commands that the CLI loads, in help order. A module that does not exist
 #: yet is skipped, so command groups can land independently.
-COMMAND_MODULES = ("demo", "rpc", "realm", "nfs", "latch", "interop")
+COMMAND_MODULES = ("demo", "rpc", "realm", "nfs", "interop")
