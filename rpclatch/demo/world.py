@@ -214,9 +214,10 @@ class DemoWorld:
         for t, pkind, text in self.policy_events:
             events.append(TraceEvent(t, EventKind.WARNING if pkind == "warning" else EventKind.POLICY,
                                      self.client.name, None, _short(text), text))
-        for t, lane, text in self.marks:
-            events.append(TraceEvent(t, EventKind.ATTACK if "attack" in text or "rogue" in text else
-                                     EventKind.POLICY, lane, None, _short(text), text))
+        # what the scenario script did comes first among events of the same instant: it caused them
+        marks = [TraceEvent(t, EventKind.ATTACK if "attack" in text or "rogue" in text else EventKind.POLICY,
+                            lane, None, _short(text), text) for t, lane, text in self.marks]
+        events = marks + events
         events.sort(key=lambda e: e.t)
         return events
 

@@ -140,6 +140,12 @@ def test_rogue_and_policy_change_scenarios_under_both_approaches(
     home = "latch held in the TCB (approach 1)" if approach == "1" else \
         "latch held in the latch database (approach 2)"
     assert home in names4 and home in names5
+    # the diagram shows the admin's action before the break it caused (same virtual instant)
+    labels = [e.label for e in by_number[5].events]
+    admin = next(i for i, label in enumerate(labels) if label.startswith("admin: client SPD"))
+    broken = [i for i, e in enumerate(by_number[5].events)
+              if e.src == "client" and "BROKEN" in e.label and e.t >= by_number[5].events[admin].t]
+    assert broken and admin < broken[0]
 
 
 def test_demo_rejects_an_unknown_approach(capsys: pytest.CaptureFixture[str]) -> None:
