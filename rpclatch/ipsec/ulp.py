@@ -34,6 +34,7 @@ from rpclatch.ipsec.decisions import (
     CLEARTEXT,
     DropReason,
     InboundDecision,
+    InboundVerdict,
     OutboundDecision,
     OutboundVerdict,
     PacketTag,
@@ -104,6 +105,7 @@ class UlpLatch:
     """
 
     __slots__ = (
+        "_deliver",
         "disposition",
         "engine",
         "flow",
@@ -135,6 +137,7 @@ class UlpLatch:
         self.tag: PacketTag | None = None
         #: extra break/close listeners (e.g. a LatchChannel), besides the application's on_break
         self.observers: list[Callable[[UlpLatch], None]] | None = None
+        self._deliver: UlpVerdict | None = None  # cached "deliver" verdict for the latched tag
 
     @property
     def latched(self) -> bool:
@@ -147,17 +150,24 @@ class UlpLatch:
 
     def inbound(self, decision: InboundDecision) -> UlpVerdict:
         """Judge a packet the engine accepted (or dropped) for this flow."""
-        if not decision.accepted or decision.tag is None:
+        tag = decision.tag
+        if decision.verdict is not _ACCEPT or tag is None:
             return UlpVerdict(False, decision.reason)
-        return self.check_inbound(decision.tag)
+        return self.check_inbound(tag)
 
     def check_inbound(self, tag: PacketTag) -> UlpVerdict:
         """Record the tag of the flow's first packet; later ones must match it."""
         state = self.state
-        if state is UlpLatchState.LATCHED:
+        if state is _LATCHED:
             latched = self.tag
             assert latched is not None
-            if tag is latched or tag.same_protection(latched):
+            if tag is latched:
+                # steady state: the very SA the latch was made with; one shared verdict object
+                ok = self._deliver
+                if ok is None:
+                    ok = self._deliver = UlpVerdict(True, tag=tag)
+                return ok
+            if tag.same_protection(latched):
                 return UlpVerdict(True, tag=tag)
             self._mismatch(tag)
             return UlpVerdict(False, DropReason.ULP_TAG_MISMATCH, tag)
@@ -253,6 +263,10 @@ class UlpLatch:
     def _mismatch(self, tag: PacketTag) -> None:
         if self.on_mismatch is MismatchPolicy.BREAK:
             self.break_latch(UlpBreakReason.TAG_MISMATCH, offending=tag)
+
+
+_ACCEPT = InboundVerdict.ACCEPT
+_LATCHED = UlpLatchState.LATCHED
 
 
 # ---------------------------------------------------------------------------------------------

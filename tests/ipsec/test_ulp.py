@@ -267,3 +267,14 @@ def test_optionally_protected_tcb_latch_survives_a_bypass_policy_but_not_losing_
     assert breaks == [] and tcb.latched
     e.update_spd(ex.nfs_spd(SpdAction.BYPASS))
     assert [b.reason for b in breaks] == [UlpBreakReason.SPD_CHANGE]
+
+
+def test_steady_state_check_reuses_one_verdict_and_still_checks_every_tag() -> None:
+    e = eng()
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV)
+    assert tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True)).deliver
+    a, b = tcb.inbound(e.inbound(SRV, sa, 0.1)), tcb.inbound(e.inbound(SRV, sa, 0.2))
+    assert a.deliver and a is b and a.tag is tcb.tag  # no allocation per packet on the hot path
+    assert not tcb.inbound(e.inbound(SRV, None, 0.3)).deliver  # cleartext still refused
+    assert not tcb.check_inbound(CLEARTEXT).deliver
