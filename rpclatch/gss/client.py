@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import struct
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,12 +59,9 @@ from rpclatch.gss.wire import (
     InitRes,
     Service,
     be32,
-    decode_gss_data,
     decode_integ,
     decode_priv,
-    encode_call_header,
     encode_cred,
-    encode_gss_data,
     encode_integ,
     encode_opaque,
     normalize_oid,
@@ -109,6 +107,13 @@ class _Context:
     #: seq_num source; next() on an itertools.count is atomic under the GIL (no lock needed).
     seqs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     stale: bool = False
+    #: per service: the DATA credential after ``version, gss_proc, seq_num`` (service, handle),
+    #: so that a call's credential is one pack of three words plus this (RFC 2203 §5)
+    cred_tails: dict[Service, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for service in Service:
+            self.cred_tails[service] = encode_cred(self.version, _DATA, 0, service, self.handle)[12:]
 
 
 class _CallState:
@@ -120,6 +125,11 @@ class _CallState:
         self.ctx = ctx
         self.seq = seq
         self.service = service
+
+
+_III = struct.Struct(">III")
+_CALL_HEAD = struct.Struct(">IIIIIIII")  # xid, CALL, rpcvers 2, prog, vers, proc, flavor, cred len
+_U32 = struct.Struct(">I")
 
 
 class GssClientAuth(ClientAuth):
@@ -477,56 +487,72 @@ class GssClientAuth(ClientAuth):
     # -- per call (RFC 2203 §5.3, RFC 5403 §3.4) ------------------------------------------------------
 
     def prepare_call(self, xid: int, prog: int, vers: int, proc: int, args: bytes) -> PreparedCall:
-        ctx = self._current()
-        service = self.effective_service()
-        seq = self._next_seq(ctx)
-        cred_body = encode_cred(ctx.version, _DATA, seq, service, ctx.handle)
+        # The per-call path: written out (no helper calls) since it runs for every DATA call.
+        ctx = self._ctx
+        if ctx is None:
+            raise RpcGssLocalError("RPCSEC_GSS context not established: await establish() first")
+        service = self.service
+        channel = self._channel
+        if channel is not None and channel.is_up() and (
+            service is not _SVC_PRIVACY or channel.confidential
+        ):
+            service = _SVC_CHANNEL_PROT  # RFC 5403 §3.4 (effective_service())
+        seq = next(ctx.seqs)  # a fresh one for every transmission, retransmissions too (§5.3.1)
+        if seq >= MAXSEQ:
+            ctx.stale = True
+            raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
+        cred_body = _III.pack(ctx.version, 0, seq) + ctx.cred_tails[service]
         cred = OpaqueAuth(_FLAVOR_GSS, cred_body)
         state = _CallState(ctx, seq, service)
         if service is _SVC_CHANNEL_PROT:
             return PreparedCall(CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args), state)
         gss = ctx.gss
-        header = encode_call_header(xid, prog, vers, proc, AuthFlavor.RPCSEC_GSS, cred_body)
+        # RFC 2203 §5.3.1: the verifier is a MIC over xid .. credential (cred_body is padded).
+        header = _CALL_HEAD.pack(xid, 0, 2, prog, vers, proc, _FLAVOR_GSS, len(cred_body)) + cred_body
         verf = OpaqueAuth(_FLAVOR_GSS, gss.get_mic(header))
         if service is _SVC_INTEGRITY:
-            inner = encode_gss_data(seq, args)
+            inner = _U32.pack(seq) + args  # rpc_gss_data_t
             body = encode_integ(inner, gss.get_mic(inner))
         elif service is _SVC_PRIVACY:
-            body = encode_opaque(gss.wrap(encode_gss_data(seq, args), True))
+            body = encode_opaque(gss.wrap(_U32.pack(seq) + args, True))
         else:
             body = args
         return PreparedCall(CallMessage(xid, prog, vers, proc, cred, verf, body), state)
 
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
         state: _CallState = prepared.state
-        if state.service is _SVC_CHANNEL_PROT:
-            if reply.verf.flavor != _FLAVOR_NONE or reply.verf.body:
+        service = state.service
+        verf = reply.verf
+        if service is _SVC_CHANNEL_PROT:
+            if verf.flavor != _FLAVOR_NONE or verf.body:
                 raise AuthVerifierError("channel_prot reply verifier must be AUTH_NONE (RFC 5403 §3.4)")
             return reply.results
         gss = state.ctx.gss
-        if reply.verf.flavor != _FLAVOR_GSS:
+        if verf.flavor != _FLAVOR_GSS:
             raise AuthVerifierError("reply verifier is not RPCSEC_GSS")
+        seq = state.seq
         try:
-            gss.verify_mic(be32(state.seq), reply.verf.body)
+            gss.verify_mic(_U32.pack(seq), verf.body)  # RFC 2203 §5.3.3.2: MIC(seq_num)
         except GssError as exc:
             raise AuthVerifierError(f"reply verifier MIC(seq_num) does not verify: {exc}") from exc
-        if state.service is _SVC_NONE:
+        if service is _SVC_NONE:
             return reply.results
         try:
-            if state.service is _SVC_INTEGRITY:
+            if service is _SVC_INTEGRITY:
                 databody, checksum = decode_integ(reply.results)
                 gss.verify_mic(databody, checksum)
-                seq, results = decode_gss_data(databody)
             else:
-                inner, encrypted = gss.unwrap(decode_priv(reply.results))
+                databody, encrypted = gss.unwrap(decode_priv(reply.results))
                 if not encrypted:
                     raise AuthVerifierError("privacy reply was not encrypted")
-                seq, results = decode_gss_data(inner)
         except (GssError, XdrError) as exc:
             raise AuthVerifierError(f"reply body does not check: {exc}") from exc
-        if seq != state.seq:
-            raise AuthVerifierError(f"reply body seq_num {seq} != request seq_num {state.seq}")
-        return results
+        if len(databody) < 4:
+            raise AuthVerifierError("reply body does not check: rpc_gss_data_t shorter than its seq_num")
+        if databody[:4] != _U32.pack(seq):
+            body_seq = _U32.unpack_from(databody)[0]
+            raise AuthVerifierError(f"reply body seq_num {body_seq} != request seq_num {seq}")
+        return databody[4:]
 
     def on_auth_error(self, prepared: PreparedCall, stat: AuthStat) -> bool:
         state: _CallState = prepared.state

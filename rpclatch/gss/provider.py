@@ -91,6 +91,11 @@ class Provider(abc.ABC):
         """A fresh acceptor context for this provider's service."""
 
 
+_raw_get_mic = graw.get_mic
+_raw_verify_mic = graw.verify_mic
+_RawGSSError = graw.GSSError
+
+
 def _gss_error(exc: Any) -> GssError:
     major = int(getattr(exc, "maj_code", GssMajor.GSS_S_FAILURE))
     minor = int(getattr(exc, "min_code", 0))
@@ -176,20 +181,28 @@ class _GssapiContext(GssContext):
             raise GssError(GssMajor.GSS_S_NO_CONTEXT, 0, "context not established")
         return self._ctx
 
+    # get_mic/verify_mic run several times per RPC call: no helper calls, the raw functions bound
+    # at module level (graw.get_mic already returns bytes).
+
     def get_mic(self, data: bytes) -> bytes:
-        ctx = self._established()
+        ctx = self._ctx
+        if ctx is None or not self._complete:
+            raise GssError(GssMajor.GSS_S_NO_CONTEXT, 0, "context not established")
         with self._lock:
             try:
-                return bytes(graw.get_mic(ctx, data))
-            except graw.GSSError as exc:
+                mic: bytes = _raw_get_mic(ctx, data)
+            except _RawGSSError as exc:
                 raise _gss_error(exc) from None
+        return mic
 
     def verify_mic(self, data: bytes, mic: bytes) -> None:
-        ctx = self._established()
+        ctx = self._ctx
+        if ctx is None or not self._complete:
+            raise GssError(GssMajor.GSS_S_NO_CONTEXT, 0, "context not established")
         with self._lock:
             try:
-                graw.verify_mic(ctx, data, mic)
-            except graw.GSSError as exc:
+                _raw_verify_mic(ctx, data, mic)
+            except _RawGSSError as exc:
                 raise _gss_error(exc) from None
 
     def wrap(self, data: bytes, confidential: bool = True) -> bytes:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from rpclatch.gss.errors import GssError, GssMajor
 from rpclatch.gss.provider import GssContext, Provider
 from rpclatch.gss.seqwindow import SeqVerdict, SeqWindow
 from rpclatch.gss.wire import (
+    MAX_HANDLE,
     MAXSEQ,
     RPCSEC_GSS_VERS_1,
     RPCSEC_GSS_VERS_2,
@@ -57,11 +59,9 @@ from rpclatch.gss.wire import (
     be32,
     channel_bindings_bytes,
     decode_cred_fields,
-    decode_gss_data,
     decode_integ,
     decode_priv,
     encode_call_header,
-    encode_gss_data,
     encode_integ,
     encode_opaque,
     normalize_oid,
@@ -92,6 +92,19 @@ _SVC_CHANNEL_PROT = Service.CHANNEL_PROT
 _FLAVOR_GSS = int(AuthFlavor.RPCSEC_GSS)
 _FLAVOR_NONE = int(AuthFlavor.AUTH_NONE)
 _NEW = SeqVerdict.NEW
+
+
+def _seal_clear(results: bytes) -> tuple[OpaqueAuth, bytes]:
+    """channel_prot replies: the results as they are, AUTH_NONE verifier (RFC 5403 §3.4)."""
+    return NULL_AUTH, results
+
+
+_CRED_HEAD = struct.Struct(">IIIII")  # rpc_gss_cred_vers_1_t up to the handle length
+_U32 = struct.Struct(">I")
+_PROCS = {int(p): p for p in GssProc}
+_SERVICES = {int(v): v for v in Service}
+_INIT = GssProc.RPCSEC_GSS_INIT
+_CONTINUE_INIT = GssProc.RPCSEC_GSS_CONTINUE_INIT
 
 
 def _signed_header(call: CallMessage) -> bytes:
@@ -252,8 +265,21 @@ class GssServerAuth(ServerAuth):
     # -- ServerAuth -----------------------------------------------------------------------------------
 
     def check_call(self, call: CallMessage, conn: ConnectionInfo, now: float) -> AuthResult:
+        body = call.cred.body
+        n = len(body)
+        if n >= 20:
+            # Fast path for established-context calls: the fixed credential layout read with one
+            # unpack (the checks of decode_cred_fields, without building objects).
+            version, proc, seq, service_no, hlen = _CRED_HEAD.unpack_from(body)
+            procedure = _PROCS.get(proc)
+            service = _SERVICES.get(service_no)
+            if (procedure is not None and procedure is not _INIT and procedure is not _CONTINUE_INIT
+                    and service is not None and hlen <= MAX_HANDLE and n == 20 + ((hlen + 3) & ~3)
+                    and version in self.versions):
+                return self._established_call(call, conn, now, version, procedure, seq, service,
+                                              body[20:20 + hlen])
         try:
-            cred = _Cred(*decode_cred_fields(call.cred.body))
+            cred = _Cred(*decode_cred_fields(body))
         except UnsupportedVersion as exc:
             return AuthDeny(self.unsupported_version_stat, str(exc))
         except XdrError as exc:
@@ -262,7 +288,8 @@ class GssServerAuth(ServerAuth):
             return AuthDeny(self.unsupported_version_stat, f"RPCSEC_GSS version {cred.version} not served")
         if cred.gss_proc in (GssProc.RPCSEC_GSS_INIT, GssProc.RPCSEC_GSS_CONTINUE_INIT):
             return self._init(call, cred, conn, now)
-        return self._established_call(call, cred, conn, now)
+        return self._established_call(call, conn, now, cred.version, cred.gss_proc, cred.seq_num,
+                                      cred.service, cred.handle)
 
     def connection_closed(self, conn: ConnectionInfo) -> None:
         """RFC 5403 §3.4: a binding is valid only while its channel (this connection's) exists."""
@@ -375,69 +402,72 @@ class GssServerAuth(ServerAuth):
     # -- established contexts (RFC 2203 §5.3, §5.4; RFC 5403 §3.3, §3.4) ------------------------------
 
     def _established_call(
-        self, call: CallMessage, cred: _Cred, conn: ConnectionInfo, now: float
+        self, call: CallMessage, conn: ConnectionInfo, now: float, version: int, proc: GssProc,
+        seq: int, service: Service, handle: bytes,
     ) -> AuthResult:
-        proc = cred.gss_proc
-        if proc is _BIND and (
-            cred.version != RPCSEC_GSS_VERS_2 or cred.service is not _SVC_NONE
-        ):
-            return AuthDeny(AuthStat.AUTH_BADCRED, "BIND_CHANNEL needs version 2 and service none")
-        if proc is _DESTROY and cred.service is _SVC_CHANNEL_PROT:
-            return AuthDeny(AuthStat.AUTH_BADCRED, "DESTROY needs a MIC-carrying service")
-        if cred.service is _SVC_CHANNEL_PROT and cred.version != RPCSEC_GSS_VERS_2:
+        if proc is not _DATA:
+            if proc is _BIND and (version != RPCSEC_GSS_VERS_2 or service is not _SVC_NONE):
+                return AuthDeny(AuthStat.AUTH_BADCRED, "BIND_CHANNEL needs version 2 and service none")
+            if proc is _DESTROY and service is _SVC_CHANNEL_PROT:
+                return AuthDeny(AuthStat.AUTH_BADCRED, "DESTROY needs a MIC-carrying service")
+        if service is _SVC_CHANNEL_PROT and version != RPCSEC_GSS_VERS_2:
             return AuthDeny(AuthStat.AUTH_BADCRED, "channel_prot is an RPCSEC_GSS v2 service")
         if proc is not _DATA and call.proc != 0:
             return AuthDeny(AuthStat.AUTH_BADCRED, f"{proc.name} must use the NULL procedure")
+        contexts = self._contexts
         with self._lock:
-            ctx = self._contexts.get(cred.handle)
+            ctx = contexts.get(handle)
             if ctx is not None:
-                self._contexts.move_to_end(cred.handle)
+                contexts.move_to_end(handle)
         if ctx is None or not ctx.established:
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "unknown context handle")
-        if ctx.version != cred.version:
+        if ctx.version != version:
             # RFC 5403 §4: a handle never crosses versions.
             return AuthDeny(AuthStat.AUTH_BADCRED, "credential version differs from the context's")
-        if ctx.expires_at is not None and now >= ctx.expires_at:
+        expires_at = ctx.expires_at
+        if expires_at is not None and now >= expires_at:
             self._forget(ctx.handle)
             ctx.gss.delete()
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "context expired")
-        if cred.seq_num >= MAXSEQ:
+        if seq >= MAXSEQ:
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "seq_num at or above MAXSEQ")
         cap = self.max_requests_per_context
         if cap is not None and ctx.data_requests >= cap and proc is not _DESTROY:
             self._forget(ctx.handle)
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"context used for {cap} requests: refresh it")
-        if cred.service is _SVC_CHANNEL_PROT:
-            return self._channel_prot(call, cred, ctx, conn)
-        if call.verf.flavor != _FLAVOR_GSS:
+        if service is _SVC_CHANNEL_PROT:
+            return self._channel_prot(call, seq, ctx, conn)
+        verf = call.verf
+        if verf.flavor != _FLAVOR_GSS:
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "verifier is not RPCSEC_GSS")
+        window = ctx.window
         if proc is _BIND:
             with ctx.lock:
-                verdict = ctx.window.check(cred.seq_num)
+                verdict = window.check(seq)
             if verdict is not _NEW:
-                return AuthDrop(f"seq_num {cred.seq_num}: {verdict.value}")
-            return self._bind_channel(call, cred, ctx, conn, now)
+                return AuthDrop(f"seq_num {seq}: {verdict.value}")
+            return self._bind_channel(call, seq, ctx, conn, now)
         # Check, verify, mark under the context's lock (GSS calls on one context are serialized by
         # the provider anyway): a duplicate racing on another thread cannot slip in between.
         with ctx.lock:
-            verdict = ctx.window.check(cred.seq_num)
+            verdict = window.check(seq)
             if verdict is not _NEW:
-                return AuthDrop(f"seq_num {cred.seq_num}: {verdict.value}")
+                return AuthDrop(f"seq_num {seq}: {verdict.value}")
             try:
-                ctx.gss.verify_mic(_signed_header(call), call.verf.body)
+                ctx.gss.verify_mic(_signed_header(call), verf.body)
             except GssError as exc:
                 return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {exc}")
-            ctx.window.mark(cred.seq_num)
+            window.mark(seq)
             ctx.data_requests += 1
         if proc is _DESTROY:
             try:
-                verf = OpaqueAuth(_FLAVOR_GSS, ctx.gss.get_mic(be32(cred.seq_num)))
+                reply_verf = OpaqueAuth(_FLAVOR_GSS, ctx.gss.get_mic(be32(seq)))
             except GssError as exc:
                 return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply MIC: {exc}")
             self._forget(ctx.handle)
             ctx.gss.delete()
-            return AuthControlReply(verf, b"")
-        return self._data(call, cred, ctx)
+            return AuthControlReply(reply_verf, b"")
+        return self._data(call, seq, service, ctx)
 
     @staticmethod
     def _mark(ctx: _ServerContext, seq: int) -> bool:
@@ -447,57 +477,59 @@ class GssServerAuth(ServerAuth):
             ctx.window.mark(seq)
             return True
 
-    def _data(self, call: CallMessage, cred: _Cred, ctx: _ServerContext) -> AuthResult:
-        seq, service, gss = cred.seq_num, cred.service, ctx.gss
+    def _data(self, call: CallMessage, seq: int, service: Service, ctx: _ServerContext) -> AuthResult:
+        gss = ctx.gss
         if service is _SVC_NONE:
             args = call.args
-        elif service is _SVC_INTEGRITY:
-            try:
-                databody, checksum = decode_integ(call.args)
-                gss.verify_mic(databody, checksum)
-                body_seq, args = decode_gss_data(databody)
-            except (XdrError, GssError) as exc:
-                return AuthGarbage(f"integrity body: {exc}")
-            if body_seq != seq:
-                return AuthGarbage(f"body seq_num {body_seq} != credential seq_num {seq}")
         else:
             try:
-                inner, encrypted = gss.unwrap(decode_priv(call.args))
-                body_seq, args = decode_gss_data(inner)
+                if service is _SVC_INTEGRITY:
+                    inner, checksum = decode_integ(call.args)
+                    gss.verify_mic(inner, checksum)
+                    encrypted = True
+                else:
+                    inner, encrypted = gss.unwrap(decode_priv(call.args))
             except (XdrError, GssError) as exc:
-                return AuthGarbage(f"privacy body: {exc}")
+                return AuthGarbage(f"{'integrity' if service is _SVC_INTEGRITY else 'privacy'} body: {exc}")
+            if len(inner) < 4:
+                return AuthGarbage("rpc_gss_data_t shorter than its seq_num")
             if not encrypted:
                 return AuthGarbage("privacy body was not encrypted")
-            if body_seq != seq:
-                return AuthGarbage(f"body seq_num {body_seq} != credential seq_num {seq}")
+            if inner[:4] != _U32.pack(seq):  # RFC 2203 §5.3.3.1
+                return AuthGarbage(f"body seq_num {_U32.unpack_from(inner)[0]} != credential seq_num {seq}")
+            args = inner[4:]
 
-        # RFC 2203 §5.3.3.4.2: if the reply verifier's GSS_GetMIC fails, answer CTXPROBLEM -- so
+        # RFC 2203 §5.3.3.4.1: if the reply verifier's GSS_GetMIC fails, answer CTXPROBLEM -- so
         # compute it now, before the procedure runs (it depends on the seq_num only).
         try:
-            verf = OpaqueAuth(_FLAVOR_GSS, gss.get_mic(be32(seq)))
+            verf = OpaqueAuth(_FLAVOR_GSS, gss.get_mic(_U32.pack(seq)))
         except GssError as exc:
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply verifier MIC: {exc}")
 
-        def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
-            """RFC 2203 §5.3.3.2. Raises GssError if wrapping the results fails, in which case no
-            reply may be sent (RFC 2203 §5.3.3.4.1, §5.3.3.4.4; the dispatcher sends none)."""
-            if service is _SVC_NONE:
+        if service is _SVC_NONE:
+            def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
                 return verf, results
-            inner = encode_gss_data(seq, results)
-            if service is _SVC_INTEGRITY:
+        elif service is _SVC_INTEGRITY:
+            def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
+                """RFC 2203 §5.3.3.2. A GssError here means no reply may be sent (RFC 2203
+                §5.3.3.4.1; the dispatcher sends none)."""
+                inner = _U32.pack(seq) + results
                 return verf, encode_integ(inner, gss.get_mic(inner))
-            return verf, encode_opaque(gss.wrap(inner, True))
+        else:
+            def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
+                """RFC 2203 §5.3.3.2; a GssError means no reply (§5.3.3.4.4)."""
+                return verf, encode_opaque(gss.wrap(_U32.pack(seq) + results, True))
 
         return AuthAccept(args, ctx.principal, seal)
 
     def _channel_prot(
-        self, call: CallMessage, cred: _Cred, ctx: _ServerContext, conn: ConnectionInfo
+        self, call: CallMessage, seq: int, ctx: _ServerContext, conn: ConnectionInfo
     ) -> AuthResult:
         """RFC 5403 §3.4: valid only on a bound v2 handle, on the bound connection, while its
-        channel exists; AUTH_NONE verifiers both ways."""
-        if cred.gss_proc is not _DATA:
-            return AuthDeny(AuthStat.AUTH_BADCRED, "channel_prot is for DATA only")
-        if call.verf.flavor != _FLAVOR_NONE or call.verf.body:
+        channel exists; AUTH_NONE verifiers both ways. (DESTROY and BIND_CHANNEL never get
+        here: both are refused with channel_prot before.)"""
+        verf = call.verf
+        if verf.flavor != _FLAVOR_NONE or verf.body:
             return AuthDeny(AuthStat.AUTH_BADVERF, "channel_prot requests carry an AUTH_NONE verifier")
         binding = ctx.binding
         if binding is None:
@@ -508,16 +540,15 @@ class GssServerAuth(ServerAuth):
             with ctx.lock:
                 ctx.binding = None
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "the bound channel is gone")
-        if not self._mark(ctx, cred.seq_num):
-            return AuthDrop(f"channel_prot seq_num {cred.seq_num} replayed or below window")
-
-        def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
-            return NULL_AUTH, results
-
-        return AuthAccept(call.args, ctx.principal, seal)
+        with ctx.lock:
+            window = ctx.window
+            if window.check(seq) is not _NEW:
+                return AuthDrop(f"channel_prot seq_num {seq} replayed or below window")
+            window.mark(seq)
+        return AuthAccept(call.args, ctx.principal, _seal_clear)
 
     def _bind_channel(
-        self, call: CallMessage, cred: _Cred, ctx: _ServerContext, conn: ConnectionInfo, now: float
+        self, call: CallMessage, seq: int, ctx: _ServerContext, conn: ConnectionInfo, now: float
     ) -> AuthResult:
         """RFC 5403 §3.3."""
         if call.args:
@@ -536,7 +567,7 @@ class GssServerAuth(ServerAuth):
             res = BindChanRes(
                 BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP, tuple(p.encode() for p in offered)
             )
-            return self._bind_reply(ctx, cred.seq_num, b"", res)
+            return self._bind_reply(ctx, seq, b"", res)
         cb = channel_bindings_bytes(prefix, offered[prefix])
         oid = normalize_oid(verf.chan_bind_oid_hash)
         algorithm = next((h for h in self.hashes if h.oid == oid), None)
@@ -544,7 +575,7 @@ class GssServerAuth(ServerAuth):
             res = BindChanRes(
                 BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), tuple(h.oid for h in self.hashes)
             )
-            return self._bind_reply(ctx, cred.seq_num, self.hashes[0].digest(cb), res)
+            return self._bind_reply(ctx, seq, self.hashes[0].digest(cb), res)
         cb_hash = algorithm.digest(cb)
         micin = _signed_header(call) + BindChanMicInArgs(cb_hash).encode()
         try:
@@ -552,8 +583,8 @@ class GssServerAuth(ServerAuth):
         except GssError as exc:
             self._halve_lifetime(ctx, now)
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"BIND_CHANNEL MIC (or bindings) wrong: {exc}")
-        if not self._mark(ctx, cred.seq_num):
-            return AuthDrop(f"seq_num {cred.seq_num}: raced with a duplicate")
+        if not self._mark(ctx, seq):
+            return AuthDrop(f"seq_num {seq}: raced with a duplicate")
         assert channel is not None
         binding = _Binding(conn.conn_id, channel, prefix, algorithm)
         with ctx.lock:
@@ -568,7 +599,7 @@ class GssServerAuth(ServerAuth):
         channel.on_break(forget)
         log.info("RPCSEC_GSS handle of %s bound to channel %s on connection %d",
                  ctx.principal, prefix, conn.conn_id)
-        return self._bind_reply(ctx, cred.seq_num, cb_hash, BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_OK))
+        return self._bind_reply(ctx, seq, cb_hash, BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_OK))
 
     def _bind_reply(self, ctx: _ServerContext, seq: int, cb_hash: bytes, res: BindChanRes) -> AuthResult:
         while True:

@@ -19,6 +19,7 @@ from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import GssCred, GssProc, InitArg, InitRes, Service
 from rpclatch.rpc.auth import AuthAccept, AuthControlReply, AuthDeny, AuthDrop, AuthGarbage
 from rpclatch.rpc.messages import NULL_AUTH, CallMessage, OpaqueAuth
+from rpclatch.xdr import XdrError
 
 RESULTS = (AuthAccept, AuthControlReply, AuthDeny, AuthDrop, AuthGarbage)
 
@@ -95,3 +96,38 @@ def test_gss_level_bindings_need_a_channel(realm: ThrowawayRealm) -> None:
     assert InitRes.decode(res.results).gss_major == GssMajor.GSS_S_BAD_BINDINGS
     wrong_proc = dataclasses.replace(call, proc=1)
     assert isinstance(srv.check_call(wrong_proc, t.conn, 0.0), AuthDeny)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), service=st.sampled_from(list(Service)), version=st.sampled_from([1, 2, 3]))
+def test_mutated_credentials_take_the_same_checks(
+    setup: tuple[GssServerAuth, GssClientAuth, LoopbackTransport], data: st.DataObject,
+    service: Service, version: int,
+) -> None:
+    """The fixed-layout fast path of check_call and the general decoder judge alike: a valid DATA
+    credential with one field, byte or length changed is refused (or dropped) the same way it is
+    when it goes through ``decode_cred_fields``; nothing is accepted without a channel."""
+    from rpclatch.gss.wire import decode_cred_fields
+
+    srv, c, t = setup
+    body = bytearray(GssCred(version, GssProc.RPCSEC_GSS_DATA, 10_000_000, service, c.handle or b"").encode())
+    how = data.draw(st.sampled_from(["flip", "truncate", "extend", "hlen", "none"]))
+    if how == "flip":
+        i = data.draw(st.integers(0, len(body) - 1))
+        body[i] ^= data.draw(st.integers(1, 255))
+    elif how == "truncate":
+        del body[data.draw(st.integers(0, len(body) - 1)):]
+    elif how == "extend":
+        body += data.draw(st.binary(min_size=1, max_size=8))
+    elif how == "hlen":
+        body[16:20] = data.draw(st.integers(0, 2**32 - 1)).to_bytes(4, "big")
+    call = CallMessage(3, t.prog, t.vers, 0, OpaqueAuth(6, bytes(body)), NULL_AUTH, b"")
+    res = srv.check_call(call, t.conn, 0.0)
+    assert isinstance(res, RESULTS) and not isinstance(res, AuthAccept)
+    try:
+        fields = decode_cred_fields(bytes(body))
+    except XdrError:
+        assert isinstance(res, AuthDeny)  # malformed or unsupported version: refused
+        return
+    if fields[0] not in srv.versions:
+        assert isinstance(res, AuthDeny) and res.stat == srv.unsupported_version_stat

@@ -126,3 +126,35 @@ def test_fast_call_header_matches_rpc_messages(xid: int, prog: int, proc: int, b
 def test_integ_priv_round_trip(body: bytes, checksum: bytes) -> None:
     assert IntegData.decode(IntegData(body, checksum).encode()) == IntegData(body, checksum)
     assert PrivData.decode(PrivData(body).encode()) == PrivData(body)
+
+
+def _reference_decode_integ(data: bytes) -> tuple[bytes, bytes]:
+    """rpc_gss_integ_data through the general XDR decoder (what the hot-path decoder must match)."""
+    from rpclatch.gss.wire import MAX_GSS_TOKEN
+    from rpclatch.xdr import DEFAULT_MAX_OPAQUE, Decoder
+
+    dec = Decoder(data)
+    body, checksum = dec.opaque(DEFAULT_MAX_OPAQUE), dec.opaque(MAX_GSS_TOKEN)
+    dec.done()
+    return body, checksum
+
+
+@given(st.one_of(
+    st.binary(max_size=80),
+    st.builds(lambda b, c, tail: IntegData(b, c).encode()[:len(IntegData(b, c).encode()) - tail],
+              st.binary(max_size=40), st.binary(max_size=40), st.integers(0, 12)),
+    st.builds(lambda b, c, extra: IntegData(b, c).encode() + extra,
+              st.binary(max_size=40), st.binary(max_size=40), st.binary(min_size=1, max_size=8)),
+))
+def test_fast_integ_decoder_matches_the_xdr_decoder(data: bytes) -> None:
+    from rpclatch.gss.wire import decode_integ
+
+    try:
+        expected: tuple[bytes, bytes] | None = _reference_decode_integ(data)
+    except XdrError:
+        expected = None
+    if expected is None:
+        with pytest.raises(XdrError):
+            decode_integ(data)
+    else:
+        assert decode_integ(data) == expected
