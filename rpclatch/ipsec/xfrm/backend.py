@@ -1,0 +1,497 @@
+"""The Linux kernel datapath: :class:`XfrmBackend` mirrors the engine's decisions into XFRM.
+
+Approach 2 of the design (RFC 5660 §2.3 "logical SPD update" done by the kernel): every latched
+flow gets exact-5-tuple policies (in and out) above the configured ones, whose single ESP template
+carries the reqid of the peer's SAs, so no other peer's SA can carry the flow and plaintext on it is
+dropped inbound (XfrmInTmplMismatch). The table in :mod:`rpclatch.ipsec.backend` is the mapping.
+
+Scope and choices:
+
+- one network namespace (``netns``: a name under /var/run/netns, a path, or None for the caller's);
+- SAs are ESP transport mode with an AEAD suite ``aes-gcm-8/12/16`` -> ``rfc4106(gcm(aes))``; the
+  keys come from a :class:`KeySource` (the engine's SAs carry no key material);
+- the SA's XFRM selector is its traffic selector when it has exactly one that XFRM can express
+  (prefixes, single or any port), else "any" (the pinned per-flow policies still decide);
+- everything it installs is tracked, and :meth:`XfrmBackend.reset` removes exactly that (never a
+  flush: other daemons' state in the namespace stays);
+- :meth:`XfrmBackend.install_spd` mirrors configured SPD entries as kernel policies at
+  ``spd_priority + position`` (first match wins like RFC 4301 §4.4.1), so that a flow whose
+  per-flow policy goes away falls back to the configured treatment, never to the kernel default
+  (no policy = clear text);
+- socket policies: ``SocketPolicy.socket_id`` is the socket's file descriptor in this process.
+
+Kernel events: :class:`XfrmEventReader` turns XFRM_MSG_ACQUIRE / XFRM_MSG_EXPIRE multicasts into
+``backend_acquire`` / ``backend_expire`` calls on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rpclatch.ipsec.backend import Backend, FlowPolicy, SocketPolicy
+from rpclatch.ipsec.model import (
+    AddressRange,
+    FiveTuple,
+    IPAddress,
+    Mode,
+    PortRange,
+    SecurityProtocol,
+)
+from rpclatch.ipsec.model import Selector as TrafficSelector
+from rpclatch.ipsec.sad import SecurityAssociation
+from rpclatch.ipsec.spd import SpdAction, SpdEntry
+from rpclatch.ipsec.xfrm.netlink import (
+    AF_INET,
+    AF_INET6,
+    IP_XFRM_POLICY,
+    IPPROTO_AH,
+    IPPROTO_ESP,
+    IPV6_XFRM_POLICY,
+    Acquire,
+    Action,
+    AeadAlgo,
+    Dir,
+    Expire,
+    Lifetime,
+    PolicyId,
+    PolicyInfo,
+    SaId,
+    SaInfo,
+    Selector,
+    Template,
+    XfrmError,
+    XfrmEventSocket,
+    XfrmId,
+    XfrmSocket,
+    XMode,
+    encode_templates,
+    family_of,
+)
+
+log = logging.getLogger(__name__)
+
+#: kernel priority of per-flow policies (lower value = preferred)
+FLOW_PRIORITY = 100
+#: kernel priority of the first mirrored configured SPD entry
+SPD_PRIORITY = 1000
+AEAD_NAME = "rfc4106(gcm(aes))"
+_ICV_BITS = {"aes-gcm-8": 64, "aes-gcm-12": 96, "aes-gcm-16": 128}
+_GCM_SALT = 4  # RFC 4106 §8.1: the key material carries a 4-byte salt after the AES key
+
+
+class XfrmUnsupported(XfrmError):
+    """The engine asked for something this backend cannot express in XFRM."""
+
+
+class KeySource(Protocol):
+    def key(self, sa: SecurityAssociation, spi: int, dst: IPAddress, nbytes: int) -> bytes:
+        """``nbytes`` of key material for the SA direction (``spi``, ``dst``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedKeys:
+    """Static keying for tests and demos: key = HMAC-SHA256 expansion of ``secret`` over the SA
+    direction's (destination, SPI). Both ends derive the same key for the same direction, as long
+    as one end's outbound SPI is the other's inbound SPI."""
+
+    secret: bytes
+
+    def key(self, sa: SecurityAssociation, spi: int, dst: IPAddress, nbytes: int) -> bytes:
+        label = b"rpclatch-xfrm" + dst.packed + spi.to_bytes(4, "big")
+        out = b""
+        block = b""
+        counter = 1
+        while len(out) < nbytes:
+            block = hmac.new(self.secret, block + label + bytes([counter]), hashlib.sha256).digest()
+            out += block
+            counter += 1
+        return out[:nbytes]
+
+
+class EngineEvents(Protocol):
+    """What :class:`XfrmEventReader` calls (``IPsecEngine`` has both)."""
+
+    def backend_acquire(self, flow: FiveTuple, now: float) -> None: ...
+
+    def backend_expire(self, sa_id: int, hard: bool, now: float) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# selector translation
+
+
+def _prefix(rng: AddressRange | None, family: int) -> list[tuple[IPAddress, int]]:
+    """An address range as (network address, prefix length) pairs; None = any."""
+    if rng is None:
+        zero: IPAddress = ipaddress.IPv4Address(0) if family == AF_INET else ipaddress.IPv6Address(0)
+        return [(zero, 0)]
+    return [(n.network_address, n.prefixlen) for n in ipaddress.summarize_address_range(rng.first, rng.last)]
+
+
+def _port(rng: PortRange) -> tuple[int, int]:
+    if rng.is_any:
+        return 0, 0
+    if rng.is_single:
+        return rng.low, 0xFFFF
+    raise XfrmUnsupported(f"port range {rng} has no XFRM selector (single port or any only)")
+
+
+def _families(sel: TrafficSelector) -> list[int]:
+    for rng in (sel.local, sel.remote):
+        if rng is not None:
+            return [AF_INET if rng.version == 4 else AF_INET6]
+    return [AF_INET, AF_INET6]
+
+
+def xfrm_selectors(sel: TrafficSelector, *, outbound: bool) -> list[Selector]:
+    """The XFRM selectors (src -> dst) covering a local-oriented traffic selector exactly, for
+    outbound (src = local) or inbound (src = remote) packets. Raises XfrmUnsupported."""
+    out: list[Selector] = []
+    lport, lmask = _port(sel.local_ports)
+    rport, rmask = _port(sel.remote_ports)
+    for fam in _families(sel):
+        for laddr, lplen in _prefix(sel.local, fam):
+            for raddr, rplen in _prefix(sel.remote, fam):
+                if outbound:
+                    out.append(
+                        Selector(raddr, laddr, fam, rplen, lplen, sel.proto or 0, rport, rmask, lport, lmask)
+                    )
+                else:
+                    out.append(
+                        Selector(laddr, raddr, fam, lplen, rplen, sel.proto or 0, lport, lmask, rport, rmask)
+                    )
+    return out
+
+
+def flow_selector(flow: FiveTuple, *, outbound: bool) -> Selector:
+    """The exact selector of a flow's outbound or inbound packets (port 0 = any port)."""
+    if outbound:
+        return Selector.exact(
+            flow.local_addr, flow.local_port, flow.remote_addr, flow.remote_port, flow.proto
+        )
+    return Selector.exact(flow.remote_addr, flow.remote_port, flow.local_addr, flow.local_port, flow.proto)
+
+
+def acquire_flow(acq: Acquire) -> FiveTuple:
+    """The local-oriented 5-tuple of an ACQUIRE (outbound policies: local = source)."""
+    sel = acq.sel
+    if acq.policy.dir == Dir.IN:
+        return FiveTuple(sel.daddr, sel.dport, sel.saddr, sel.sport, sel.proto)
+    return FiveTuple(sel.saddr, sel.sport, sel.daddr, sel.dport, sel.proto)
+
+
+def _sa_selector(sa: SecurityAssociation, *, outbound: bool) -> Selector:
+    fam = family_of(sa.local_addr)
+    if len(sa.traffic_selectors) == 1:
+        try:
+            sels = xfrm_selectors(sa.traffic_selectors[0], outbound=outbound)
+        except XfrmUnsupported:
+            sels = []
+        if len(sels) == 1 and sels[0].family == fam:
+            return sels[0]
+    return Selector.any(fam)
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend
+
+
+@dataclass(frozen=True, slots=True)
+class _InstalledSa:
+    out: SaId
+    inb: SaId
+
+
+@dataclass(frozen=True, slots=True)
+class _SocketRecord:
+    fd: int
+    inode: int
+    ipv6: bool
+
+
+@dataclass
+class _Tracked:
+    sas: dict[int, _InstalledSa] = field(default_factory=dict)
+    by_spi: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
+    flows: dict[FiveTuple, list[PolicyId]] = field(default_factory=dict)
+    spd: list[PolicyId] = field(default_factory=list)
+    sockets: dict[int, _SocketRecord] = field(default_factory=dict)
+
+
+class XfrmBackend(Backend):
+    """The engine's datapath in the Linux kernel of network namespace ``netns`` (see the module
+    docstring). Use from one thread (the netlink socket belongs to its creating thread)."""
+
+    def __init__(
+        self,
+        netns: str | None,
+        keys: KeySource,
+        *,
+        flow_priority: int = FLOW_PRIORITY,
+        spd_priority: int = SPD_PRIORITY,
+    ) -> None:
+        self.netns = netns
+        self.keys = keys
+        self.flow_priority = flow_priority
+        self.spd_priority = spd_priority
+        self.nl = XfrmSocket(netns)
+        self._t = _Tracked()
+
+    def close(self) -> None:
+        """Remove everything this backend installed (dynamic state and the SPD mirror)."""
+        try:
+            self.reset()
+            self.clear_spd()
+        finally:
+            self.nl.close()
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def sa_id_for(self, daddr: IPAddress, spi: int) -> int | None:
+        """The engine's sa_id of an installed SA direction (daddr, SPI)."""
+        return self._t.by_spi.get((daddr, spi))
+
+    @property
+    def installed_sas(self) -> frozenset[int]:
+        return frozenset(self._t.sas)
+
+    @property
+    def installed_flows(self) -> frozenset[FiveTuple]:
+        return frozenset(self._t.flows)
+
+    @property
+    def installed_sockets(self) -> frozenset[int]:
+        return frozenset(self._t.sockets)
+
+    # -- SAs ---------------------------------------------------------------------------------
+
+    def install_sa(self, sa: SecurityAssociation) -> None:
+        params = sa.params
+        if params.protocol is not SecurityProtocol.ESP or params.mode is not Mode.TRANSPORT:
+            raise XfrmUnsupported(f"{sa}: only ESP transport mode is supported")
+        suite = params.suite
+        icv = _ICV_BITS.get(suite.encryption or "")
+        if icv is None or suite.integrity is not None:
+            raise XfrmUnsupported(f"{sa}: suite {suite} (only AES-GCM, RFC 4106)")
+        nbytes = suite.encryption_key_bits // 8 + _GCM_SALT
+        lft = Lifetime(
+            soft_add_expires_seconds=int(sa.lifetime.soft_seconds or 0),
+            hard_add_expires_seconds=int(sa.lifetime.hard_seconds or 0),
+        )
+        fam = family_of(sa.local_addr)
+        window = min(params.replay_window, 32)
+        if sa.sa_id in self._t.sas:
+            self.remove_sa(sa)
+        out = SaInfo(
+            _sa_selector(sa, outbound=True),
+            XfrmId(sa.remote_addr, sa.spi_out),
+            sa.local_addr,
+            fam,
+            sa.reqid,
+            XMode.TRANSPORT,
+            window,
+            lft=lft,
+        )
+        inb = SaInfo(
+            _sa_selector(sa, outbound=False),
+            XfrmId(sa.local_addr, sa.spi_in),
+            sa.remote_addr,
+            fam,
+            sa.reqid,
+            XMode.TRANSPORT,
+            window,
+            lft=lft,
+        )
+        key_out = self.keys.key(sa, sa.spi_out, sa.remote_addr, nbytes)
+        key_in = self.keys.key(sa, sa.spi_in, sa.local_addr, nbytes)
+        self.nl.add_sa(out, AeadAlgo(AEAD_NAME, key_out, icv))
+        try:
+            self.nl.add_sa(inb, AeadAlgo(AEAD_NAME, key_in, icv))
+        except XfrmError:
+            self.nl.delete_sa(SaId(sa.remote_addr, sa.spi_out))
+            raise
+        self._t.sas[sa.sa_id] = _InstalledSa(SaId(sa.remote_addr, sa.spi_out), SaId(sa.local_addr, sa.spi_in))
+        self._t.by_spi[(sa.remote_addr, sa.spi_out)] = sa.sa_id
+        self._t.by_spi[(sa.local_addr, sa.spi_in)] = sa.sa_id
+
+    def remove_sa(self, sa: SecurityAssociation) -> None:
+        rec = self._t.sas.pop(sa.sa_id, None)
+        if rec is None:
+            return
+        for sid in (rec.out, rec.inb):
+            self._t.by_spi.pop((sid.daddr, sid.spi), None)
+            self.nl.delete_sa(sid)
+
+    # -- per-flow policies ---------------------------------------------------------------------
+
+    def _entry_policy(
+        self, entry: SpdEntry, reqid: int | None, sel: Selector, direction: Dir, priority: int
+    ) -> tuple[PolicyInfo, list[Template]]:
+        tmpls: list[Template] = []
+        action = Action.ALLOW
+        if entry.action is SpdAction.DISCARD:
+            action = Action.BLOCK
+        elif entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT):
+            prot = entry.protection
+            assert prot is not None
+            if prot.mode is not Mode.TRANSPORT:
+                raise XfrmUnsupported(f"SPD entry {entry.name!r}: only transport mode is supported")
+            proto = IPPROTO_ESP if prot.protocol is SecurityProtocol.ESP else IPPROTO_AH
+            optional = entry.action is SpdAction.BYPASS_OR_PROTECT
+            tmpl = Template.esp(sel.saddr, sel.daddr, reqid or 0, optional=optional)
+            tmpls.append(
+                Template(
+                    XfrmId(sel.daddr, 0, proto), tmpl.family, tmpl.saddr, tmpl.reqid, optional=tmpl.optional
+                )
+            )
+        return PolicyInfo(sel, direction, action, priority), tmpls
+
+    def install_flow_policy(self, policy: FlowPolicy) -> None:
+        flow = policy.flow
+        ids: list[PolicyId] = []
+        for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
+            sel = flow_selector(flow, outbound=outbound)
+            info, tmpls = self._entry_policy(policy.entry, policy.reqid, sel, direction, self.flow_priority)
+            self.nl.add_policy(info, tmpls, update=True)
+            ids.append(PolicyId(sel, direction))
+        self._t.flows[flow] = ids
+
+    def remove_flow_policy(self, flow: FiveTuple) -> None:
+        for pid in self._t.flows.pop(flow, []):
+            self.nl.delete_policy(pid)
+
+    # -- configured SPD mirror ------------------------------------------------------------------
+
+    def install_spd(self, entries: Iterable[SpdEntry]) -> None:
+        """Mirror configured SPD entries (replacing the previous mirror), in order."""
+        self.clear_spd()
+        prio = self.spd_priority
+        for entry in entries:
+            for tsel in entry.selectors:
+                for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
+                    for sel in xfrm_selectors(tsel, outbound=outbound):
+                        info, tmpls = self._entry_policy(entry, None, sel, direction, prio)
+                        self.nl.add_policy(info, tmpls, update=True)
+                        self._t.spd.append(PolicyId(sel, direction))
+            prio += 1
+
+    def clear_spd(self) -> None:
+        spd, self._t.spd = self._t.spd, []
+        for pid in spd:
+            self.nl.delete_policy(pid)
+
+    # -- per-socket policies ---------------------------------------------------------------------
+
+    def install_socket_policy(self, policy: SocketPolicy) -> None:
+        fd = policy.socket_id
+        flow = policy.flow
+        ipv6 = flow.local_addr.version == 6
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            level, opt = (
+                (socket.IPPROTO_IPV6, IPV6_XFRM_POLICY) if ipv6 else (socket.IPPROTO_IP, IP_XFRM_POLICY)
+            )
+            for direction, outbound in ((Dir.IN, False), (Dir.OUT, True)):
+                # socket policies apply to every packet of the socket: the selector is "any"
+                tsel = flow_selector(flow, outbound=outbound)
+                info, tmpls = self._entry_policy(policy.entry, policy.reqid, tsel, direction, 0)
+                any_sel = Selector.any(tsel.family)
+                raw = PolicyInfo(any_sel, direction, info.action).encode() + encode_templates(tmpls)
+                sock.setsockopt(level, opt, raw)
+            inode = os.fstat(fd).st_ino
+        self._t.sockets[fd] = _SocketRecord(fd, inode, ipv6)
+
+    def remove_socket_policy(self, socket_id: int) -> None:
+        rec = self._t.sockets.pop(socket_id, None)
+        if rec is None:
+            return
+        try:
+            if os.fstat(rec.fd).st_ino != rec.inode:
+                return  # the socket was closed (its policy went with it); the fd is reused
+            with socket.socket(fileno=os.dup(rec.fd)) as sock:
+                level, opt = (
+                    (socket.IPPROTO_IPV6, IPV6_XFRM_POLICY)
+                    if rec.ipv6
+                    else (socket.IPPROTO_IP, IP_XFRM_POLICY)
+                )
+                sock.setsockopt(level, opt, None, 0)  # NULL/0 clears both directions
+        except OSError as exc:
+            log.info("socket policy of fd %d not removed (socket gone?): %s", rec.fd, exc)
+
+    # -- reset -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Remove every SA, per-flow and per-socket policy this backend installed (and nothing
+        else). The configured SPD mirror stays (see :meth:`clear_spd`)."""
+        for flow in list(self._t.flows):
+            self.remove_flow_policy(flow)
+        for fd in list(self._t.sockets):
+            self.remove_socket_policy(fd)
+        for rec in list(self._t.sas.values()):
+            for sid in (rec.out, rec.inb):
+                self.nl.delete_sa(sid)
+        self._t.sas.clear()
+        self._t.by_spi.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel events
+
+
+class XfrmEventReader:
+    """Reads XFRM ACQUIRE / EXPIRE multicasts in the backend's namespace and calls the engine.
+    ``clock`` gives the engine's ``now``. Call :meth:`pump` when :meth:`fileno` is readable (or
+    :meth:`attach` it to an asyncio loop). Malformed messages are logged and skipped."""
+
+    def __init__(self, backend: XfrmBackend, engine: EngineEvents, clock: Callable[[], float]) -> None:
+        self.backend = backend
+        self.engine = engine
+        self.clock = clock
+        self.events = XfrmEventSocket(backend.netns)
+        self.delivered = 0
+
+    def fileno(self) -> int:
+        return self.events.fileno()
+
+    def close(self) -> None:
+        self.events.close()
+
+    def pump(self) -> int:
+        """Deliver what is queued; returns how many events reached the engine."""
+        try:
+            notes = self.events.receive()
+        except XfrmError as exc:
+            log.warning("xfrm event dropped: %s", exc)
+            return 0
+        count = 0
+        for note in notes:
+            now = self.clock()
+            if isinstance(note, Acquire):
+                try:
+                    flow = acquire_flow(note)
+                except ValueError as exc:
+                    log.warning("xfrm ACQUIRE with an unusable selector dropped: %s", exc)
+                    continue
+                self.engine.backend_acquire(flow, now)
+                count += 1
+            elif isinstance(note, Expire):
+                sa_id = self.backend.sa_id_for(note.state.id.daddr, note.state.id.spi)
+                if sa_id is not None:
+                    self.engine.backend_expire(sa_id, note.hard, now)
+                    count += 1
+        self.delivered += count
+        return count
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_reader(self.fileno(), self.pump)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(self.fileno())
