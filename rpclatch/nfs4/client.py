@@ -20,9 +20,13 @@ What it does (RFC 7530 / RFC 8881; sequences in the standards digest §8.2-§8.3
   :meth:`~Nfs4Client.read_file` (streamed, pipelined READs), :meth:`~Nfs4Client.write_file`
   (pipelined UNSTABLE WRITEs + COMMIT, write verifiers checked, a changed verifier resends the
   uncommitted window FILE_SYNC), :meth:`~Nfs4Client.remove`, :meth:`~Nfs4Client.mkdir`;
-* a lost connection (e.g. reset when a latch broke): idempotent COMPOUNDs (READ, WRITE, COMMIT,
-  GETATTR/LOOKUP walks, READDIR, lease renewal) are sent again on a new connection made through
-  the same hook, with fresh RPCSEC_GSS contexts; 4.1 slots whose request was lost are re-synced;
+* a lost connection (e.g. reset when a latch broke, or nfsd restarted): a request that finds the
+  connection already closed before anything of it was sent (:class:`RequestNotSent`, e.g. the
+  first operation after nfsd restarted while we were idle) is sent on a new connection whatever
+  it is (OPEN, CREATE, REMOVE too); one whose connection was lost after it was sent is sent again
+  only when it is idempotent (READ, WRITE, COMMIT, GETATTR/LOOKUP walks, READDIR, lease
+  renewal). The new connection is made through the same hook, with fresh RPCSEC_GSS contexts;
+  4.1 slots whose request was lost are re-synced;
 * lost server state (restart, expired lease: STALE_CLIENTID, STALE_STATEID, BADSESSION,
   DEADSESSION, EXPIRED): a new client ID / session; files opened before continue with the
   anonymous stateid (no reclaim: we hold no locks or delegations);
@@ -67,6 +71,7 @@ from rpclatch.nfs4.errors import (
     Nfs4ProtocolError,
     Nfs4RemoteError,
     Nfs4SecurityError,
+    RequestNotSent,
 )
 from rpclatch.nfs4.ops import (
     ArgOp,
@@ -312,6 +317,7 @@ class Nfs4Client:
         self.reconnects = 0  # connections re-made after the transport was lost
         self.recoveries = 0  # client IDs / sessions re-made after the server lost our state
         self._epoch = 0  # bumped by each recovery: older open stateids are void
+        self._closing = False  # close() started: no reconnecting just to tear down
         self._state_lock = asyncio.Lock()
         self._reconnect_lock = asyncio.Lock()
         self.minorversion = minorversion
@@ -389,7 +395,10 @@ class Nfs4Client:
     # ---- RPC and security --------------------------------------------------------------------------
 
     async def _rpc_call(self, auth: ClientAuth, proc: int, args: bytes) -> bytes:
-        return await self.rpc.call(c.NFS4_PROGRAM, c.NFS_V4, proc, args, auth=auth)
+        rpc = self.rpc
+        if rpc.closed:  # checked and sent in one step of the event loop: nothing went out
+            raise RequestNotSent("the connection was closed before the request was sent")
+        return await rpc.call(c.NFS4_PROGRAM, c.NFS_V4, proc, args, auth=auth)
 
     async def null(self) -> None:
         """NFSPROC4_NULL with AUTH_NONE (a reachability check)."""
@@ -486,6 +495,8 @@ class Nfs4Client:
             comp = COMPOUND4args((seq, *ops), 1)
             try:
                 raw = await self._call_with(auth, comp.encode())
+            except RequestNotSent:
+                raise  # the server never saw this seqid: the slot stays usable as it is
             except BaseException:
                 slot.poisoned = True  # unknown whether the server saw this seqid
                 raise
@@ -515,8 +526,10 @@ class Nfs4Client:
                         idempotent: bool = False) -> COMPOUND4res:
         """Run the COMPOUND ``build()`` returns (with ``flavor``, default the data flavor),
         rebuilding and resending it on GRACE/DELAY with exponential backoff (0.1 s doubling to
-        2 s) until ``retry_deadline``. An ``idempotent`` COMPOUND whose connection was lost is
-        sent again on a new connection (:meth:`reconnect`), at most twice."""
+        2 s) until ``retry_deadline``. A COMPOUND that found the connection closed before it was
+        sent (:class:`RequestNotSent`), or an ``idempotent`` one whose connection was lost, is
+        sent on a new connection (:meth:`reconnect`), at most twice; the state recovery that
+        follows (the server restarted: new client ID / session) happens on the way."""
         deadline = time.monotonic() + self.retry_deadline
         delay = 0.1
         reconnects = recoveries = 0
@@ -534,8 +547,10 @@ class Nfs4Client:
                 if exc.status not in RETRY_STATUSES:
                     raise
                 status, res = exc.status, None
-            except RpcConnectionClosed:
-                if not (idempotent and self.auto_reconnect and not self.closed) or reconnects >= 2:
+            except RpcConnectionClosed as exc:
+                safe = idempotent or isinstance(exc, RequestNotSent)
+                if (not (safe and self.auto_reconnect and not self.closed and not self._closing)
+                        or reconnects >= 2):
                     raise
                 reconnects += 1
                 await self.reconnect()
@@ -1141,6 +1156,7 @@ class Nfs4Client:
         close the connection. Errors while tearing down are logged, not raised."""
         if self.closed:
             return
+        self._closing = True
         if self._renew_task is not None:
             self._renew_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

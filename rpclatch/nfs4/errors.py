@@ -8,6 +8,7 @@ covers what went wrong on our side: malformed replies, unsupported security, exh
 from __future__ import annotations
 
 from rpclatch.nfs4.const import nfs_opnum4, nfsstat4
+from rpclatch.rpc.errors import RpcConnectionClosed
 from rpclatch.xdr import XdrError
 
 
@@ -30,6 +31,13 @@ class Nfs4SecurityError(Nfs4LocalError):
         self.path = path
         self.required = required
         super().__init__(message)
+
+
+class RequestNotSent(RpcConnectionClosed):
+    """The connection was already closed when a request was about to go out: nothing of it was
+    sent, so sending it on a new connection is safe whatever the operation (an OPEN or a REMOVE
+    as much as a READ). An :class:`~rpclatch.rpc.errors.RpcConnectionClosed`, so code that does not
+    care about the difference treats it as any closed connection."""
 
 
 class Nfs4RemoteError(Nfs4Error):

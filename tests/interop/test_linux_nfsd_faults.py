@@ -1,6 +1,7 @@
 """Faults on the server side while rpclatch's NFSv4 client works against the Linux nfsd.
 
-nfsd restarted mid-session (every acknowledged write must be readable afterwards), the KDC down,
+nfsd restarted mid-session (every acknowledged write must be readable afterwards, by a new client
+and by the same one that was idle during the restart), the KDC down,
 a service principal the server has no key for, an export withdrawn: each must end in a clear error
 or in correct data, never a hang or a traceback from deep inside.
 """
@@ -65,6 +66,38 @@ def test_acknowledged_writes_survive_nfsd_restart(nfsd_guest: LinuxNfsdGuest, mi
 
     # a fresh client right after the restart: OPENs meet NFS4ERR_GRACE until the grace period ends
     assert _run(nfsd_guest, "alice", minor, "sys", read) == files
+
+
+@pytest.mark.parametrize(("minor", "sec"), [(0, "sys"), (1, "krb5i")])
+def test_same_client_survives_nfsd_restart_while_idle(nfsd_guest: LinuxNfsdGuest, minor: int,
+                                                      sec: str) -> None:
+    # one client writes, sits idle while nfsd restarts (which closes its connection), then goes
+    # on: the next operation -- an OPEN, which is not idempotent -- found the connection closed
+    # before anything was sent, so the client reconnects (fresh GSS context), learns the server
+    # lost its client ID / session (STALE_CLIENTID / BADSESSION), makes a new one, waits out the
+    # grace period and reads back every acknowledged write; writing goes on as well
+    d = f"/idle-restart-v4{minor}-{uuid.uuid4().hex[:8]}"
+    files = {f"{d}/f{i}.bin": payload(120_000 + i, 40 + i) for i in range(3)}
+    later = payload(90_000, 60)
+
+    async def body(client: Nfs4Client) -> tuple[dict[str, bytes], bytes, int, int]:
+        await client.mkdir(d)
+        for path, data in files.items():
+            assert await client.write_file(path, data) == len(data)  # acknowledged (COMMITted)
+        conn = client.rpc
+        # run in the loop's thread on purpose: the client stays idle (its lease renewal cannot
+        # run and notice the closed connection first)
+        nfsd_guest.restart_nfsd()
+        async with asyncio.timeout(30):
+            while not conn.closed:  # nfsd's FIN, as seen by the idle client
+                await asyncio.sleep(0.01)
+        got = {path: await client.read_bytes(path) for path in files}
+        await client.write_file(f"{d}/later.bin", later)
+        return got, await client.read_bytes(f"{d}/later.bin"), client.reconnects, client.recoveries
+
+    got, got_later, reconnects, recoveries = _run(nfsd_guest, "alice", minor, sec, body)
+    assert got == files and got_later == later
+    assert reconnects == 1 and recoveries == 1
 
 
 def test_restart_during_a_write_keeps_acknowledged_data(nfsd_guest: LinuxNfsdGuest) -> None:
