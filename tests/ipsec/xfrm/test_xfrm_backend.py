@@ -1,0 +1,347 @@
+"""XfrmBackend against this machine's kernel XFRM (policies, ACQUIRE, socket policies, inbound
+policy checks), each test in its own namespace pair. The host kernel has no ESP transform, so SAs
+are tested in the UML guest (tests/interop/test_xfrm_guest.py); here only their refusal path."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from pyroute2 import netns as pr_netns
+
+from rpclatch.ipsec.backend import FlowPolicy, SocketPolicy
+from rpclatch.ipsec.engine import IPsecEngine
+from rpclatch.ipsec.model import (
+    AddressRange,
+    AuthMethod,
+    FiveTuple,
+    IkeId,
+    IkeSaRef,
+    LocalIdentity,
+    PortRange,
+    ProtectionParams,
+    ProtectionPolicy,
+    PskPeer,
+    Selector,
+    ip,
+)
+from rpclatch.ipsec.sad import SecurityAssociation
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
+from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, XfrmEventReader
+from rpclatch.ipsec.xfrm.netlink import Dir, XfrmKernelError
+from tests.ipsec.xfrm.conftest import A_ADDR, B_ADDR, NsPair
+
+pytestmark = pytest.mark.root
+
+KEYS = DerivedKeys(b"test secret")
+PROTECT = ProtectionPolicy()
+
+
+def protect_entry(flow: FiveTuple) -> SpdEntry:
+    return SpdEntry.flow_entry(flow, SpdAction.PROTECT, PROTECT, EntryOrigin.PINNED_LATCH)
+
+
+def nfs_spd() -> SpdEntry:
+    """Configured PROTECT for all TCP to B:2049 (local-oriented from A)."""
+    sel = Selector(
+        AddressRange.single(A_ADDR), AddressRange.single(B_ADDR), 6, remote_ports=PortRange.single(2049)
+    )
+    return SpdEntry("nfs", (sel,), SpdAction.PROTECT, PROTECT)
+
+
+@contextlib.contextmanager
+def listener(ns: str, port: int) -> Iterator[list[tuple[str, int]]]:
+    """A TCP listener in ``ns`` on B:port accepting in a thread; yields the peers it accepted."""
+    srv = pr_netns.create_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((B_ADDR, port))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    peers: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            peers.append(peer)
+            conn.close()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield peers
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+def client(ns: str, sport: int) -> socket.socket:
+    s = pr_netns.create_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((A_ADDR, sport))
+    s.settimeout(0.5)
+    return s
+
+
+def connect_errno(s: socket.socket, port: int = 2049) -> int:
+    """0 if connected, else the errno (ETIMEDOUT when the SYNs went nowhere: with
+    net.core.xfrm_larval_drop=1 the kernel blackholes a flow whose SA is missing)."""
+    try:
+        s.connect((B_ADDR, port))
+    except TimeoutError:
+        return errno.ETIMEDOUT
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
+
+
+@pytest.fixture
+def backend(ns_pair: NsPair) -> Iterator[XfrmBackend]:
+    b = XfrmBackend(ns_pair.a, KEYS)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def ip_policies(pair: NsPair, ns: str) -> str:
+    return pair.ip(ns, "xfrm", "policy", "list")
+
+
+def policy_blocks(text: str) -> dict[str, str]:
+    """``ip xfrm policy`` output by "<selector line> | <dir line>" (without the leading 'src ')."""
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("src "):
+            blocks.append([])
+        if blocks and line.strip():
+            blocks[-1].append(line.strip())
+    return {f"{b[0].removeprefix('src ')} | {b[1]}": "\n".join(b) for b in blocks}
+
+
+def test_flow_policy_round_trip_matches_ip_xfrm(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    prot = FiveTuple.of(A_ADDR, 40000, B_ADDR, 2049, 6)
+    byp = FiveTuple.of(A_ADDR, 40001, B_ADDR, 2049, 6)
+    dis = FiveTuple.of(A_ADDR, 40002, B_ADDR, 2049, 6)
+    backend.install_flow_policy(FlowPolicy(prot, protect_entry(prot), 7))
+    backend.install_flow_policy(
+        FlowPolicy(byp, SpdEntry.flow_entry(byp, SpdAction.BYPASS, None, EntryOrigin.TEMPLATE_CLONE), None)
+    )
+    backend.install_flow_policy(
+        FlowPolicy(dis, SpdEntry.flow_entry(dis, SpdAction.DISCARD, None, EntryOrigin.BROKEN_LATCH), None)
+    )
+    text = ip_policies(ns_pair, ns_pair.a)
+    blocks = policy_blocks(text)
+    out_prot = (
+        f"{A_ADDR}/32 dst {B_ADDR}/32 proto tcp sport 40000 dport 2049 | dir out priority 100 ptype main"
+    )
+    in_prot = f"{B_ADDR}/32 dst {A_ADDR}/32 proto tcp sport 2049 dport 40000 | dir in priority 100 ptype main"
+    assert out_prot in blocks and in_prot in blocks, text
+    assert (
+        f"tmpl src {A_ADDR} dst {B_ADDR}" in blocks[out_prot]
+        and "proto esp reqid 7 mode transport" in blocks[out_prot]
+    )
+    assert f"tmpl src {B_ADDR} dst {A_ADDR}" in blocks[in_prot] and "reqid 7" in blocks[in_prot]
+    out_byp = (
+        f"{A_ADDR}/32 dst {B_ADDR}/32 proto tcp sport 40001 dport 2049 | dir out priority 100 ptype main"
+    )
+    assert "tmpl" not in blocks[out_byp] and "action block" not in blocks[out_byp]
+    out_dis = (
+        f"{A_ADDR}/32 dst {B_ADDR}/32 proto tcp sport 40002 dport 2049 | dir out action block priority 100 "
+        "ptype main"
+    )
+    assert out_dis in blocks, text
+    # the netlink dump says the same
+    dumped = {(p.info.sel.sport, p.info.sel.dport, p.info.dir): p for p in backend.nl.policies()}
+    assert len(dumped) == 6
+    assert dumped[(40000, 2049, Dir.OUT)].templates[0].reqid == 7
+    assert dumped[(40002, 2049, Dir.OUT)].info.action == 1 and not dumped[(40001, 2049, Dir.OUT)].templates
+    # replacing keeps one policy per direction; removing deletes both, twice is harmless
+    backend.install_flow_policy(FlowPolicy(prot, protect_entry(prot), 9))
+    dumped = {(p.info.sel.sport, p.info.sel.dport, p.info.dir): p for p in backend.nl.policies()}
+    assert len(dumped) == 6 and dumped[(2049, 40000, Dir.IN)].templates[0].reqid == 9
+    for flow in (prot, byp, dis):
+        backend.remove_flow_policy(flow)
+        backend.remove_flow_policy(flow)
+    assert ip_policies(ns_pair, ns_pair.a).strip() == ""
+    assert backend.installed_flows == frozenset()
+
+
+def wait_delivered(reader: XfrmEventReader, count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while reader.delivered < count and time.monotonic() < deadline:
+        select.select([reader.fileno()], [], [], 0.2)
+        reader.pump()
+
+
+def test_protect_flow_policy_connect_triggers_acquire_to_engine(
+    ns_pair: NsPair, backend: XfrmBackend
+) -> None:
+    flow = FiveTuple.of(A_ADDR, 40010, B_ADDR, 2049, 6)
+    engine = IPsecEngine([nfs_spd()], backend=backend)
+    reader = XfrmEventReader(backend, engine, time.monotonic)
+    try:
+        backend.install_flow_policy(FlowPolicy(flow, protect_entry(flow), 3))
+        with listener(ns_pair.b, 2049) as peers:
+            s = client(ns_pair.a, 40010)
+            with s:
+                before = ns_pair.xfrm_stat(ns_pair.a)["XfrmOutNoStates"]
+                assert connect_errno(s) == errno.ETIMEDOUT  # no SA: the kernel ACQUIREs, sends nothing
+                assert ns_pair.xfrm_stat(ns_pair.a)["XfrmOutNoStates"] > before
+            wait_delivered(reader, 1)
+            assert peers == []
+        assert reader.delivered == 1
+        # the engine got backend_acquire(flow): its key manager now negotiates for exactly this flow
+        assert list(engine.key_manager.pending) == [flow]
+        assert engine.key_manager.pending[flow].policy == PROTECT
+    finally:
+        reader.close()
+
+
+def test_socket_bypass_overrides_global_protect(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    backend.install_spd([nfs_spd()])
+    assert "tmpl" in ip_policies(ns_pair, ns_pair.a)
+    with listener(ns_pair.b, 2049) as peers:
+        plain = client(ns_pair.a, 40020)
+        with plain:
+            assert connect_errno(plain) == errno.ETIMEDOUT  # the global SPD wants ESP: nothing sent
+        byp = client(ns_pair.a, 40021)
+        with byp:
+            flow = FiveTuple.of(A_ADDR, 40021, B_ADDR, 2049, 6)
+            bypass = SpdEntry.flow_entry(flow, SpdAction.BYPASS, None, EntryOrigin.APPLICATION_REQUEST)
+            backend.install_socket_policy(SocketPolicy(byp.fileno(), flow, bypass, None))
+            assert connect_errno(byp) == 0
+            deadline = time.monotonic() + 5
+            while not peers and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert peers == [(A_ADDR, 40021)]
+            backend.remove_socket_policy(byp.fileno())
+            assert backend.installed_sockets == frozenset()
+
+
+def test_socket_protect_policy_then_removed(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    """An ESP socket policy blocks the socket where the global SPD has nothing; removing it lets the
+    same socket connect in clear."""
+    with listener(ns_pair.b, 2049) as peers:
+        s = client(ns_pair.a, 40030)
+        with s:
+            flow = FiveTuple.of(A_ADDR, 40030, B_ADDR, 2049, 6)
+            backend.install_socket_policy(SocketPolicy(s.fileno(), flow, protect_entry(flow), 11))
+            assert connect_errno(s) == errno.EAGAIN  # socket policy without SA: refused at once
+            assert peers == []
+            backend.remove_socket_policy(s.fileno())
+            assert connect_errno(s) == 0
+        deadline = time.monotonic() + 5
+        while not peers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert peers == [(A_ADDR, 40030)]
+
+
+def test_inbound_plaintext_on_protect_flow_dropped(ns_pair: NsPair) -> None:
+    """B pins flow A:40040 -> B:2049 to ESP: A's clear SYNs die in B's inbound policy check."""
+    server = XfrmBackend(ns_pair.b, KEYS)
+    try:
+        flow = FiveTuple.of(B_ADDR, 2049, A_ADDR, 40040, 6)  # local-oriented at B
+        server.install_flow_policy(FlowPolicy(flow, protect_entry(flow), 5))
+        before = ns_pair.xfrm_stat(ns_pair.b)["XfrmInTmplMismatch"]
+        with listener(ns_pair.b, 2049) as peers:
+            s = client(ns_pair.a, 40040)
+            with s:
+                assert connect_errno(s) == errno.ETIMEDOUT
+            other = client(ns_pair.a, 40041)  # control: a flow B did not pin connects in clear
+            with other:
+                assert connect_errno(other) == 0
+            deadline = time.monotonic() + 5
+            while not peers and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert peers == [(A_ADDR, 40041)]
+        assert ns_pair.xfrm_stat(ns_pair.b)["XfrmInTmplMismatch"] > before
+    finally:
+        server.close()
+
+
+def test_install_sa_refused_by_host_kernel_leaves_nothing(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    """No esp4 on this host: NEWSA fails with the kernel's errno and nothing is tracked."""
+    flow = FiveTuple.of(A_ADDR, 40050, B_ADDR, 2049, 6)
+    sa = SecurityAssociation(
+        sa_id=1,
+        spi_in=0x3000,
+        spi_out=0x3001,
+        local_addr=ip(A_ADDR),
+        remote_addr=ip(B_ADDR),
+        traffic_selectors=(Selector.for_flow(flow),),
+        peer=PskPeer(IkeId.fqdn("b.test")),
+        local=LocalIdentity(IkeId.fqdn("a.test"), AuthMethod.PSK),
+        params=ProtectionParams(),
+        ike_sa=IkeSaRef(1, 2),
+        reqid=4,
+    )
+    try:
+        backend.install_sa(sa)
+    except XfrmKernelError as exc:
+        assert exc.errno in (errno.ENOSYS, errno.EPROTONOSUPPORT, errno.ENOPROTOOPT)
+        assert backend.installed_sas == frozenset()
+        assert ns_pair.ip(ns_pair.a, "xfrm", "state", "list").strip() == ""
+    else:
+        pytest.skip("this kernel has ESP: SA paths are covered by the UML guest test anyway")
+
+
+def test_reset_removes_exactly_what_was_installed(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    # someone else's policy in the same namespace
+    ns_pair.ip(
+        ns_pair.a,
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        A_ADDR,
+        "dst",
+        B_ADDR,
+        "proto",
+        "udp",
+        "dir",
+        "out",
+        "priority",
+        "5",
+        "action",
+        "block",
+    )
+    foreign = ip_policies(ns_pair, ns_pair.a)
+    flows = [FiveTuple.of(A_ADDR, p, B_ADDR, 2049, 6) for p in (40060, 40061)]
+    for f in flows:
+        backend.install_flow_policy(FlowPolicy(f, protect_entry(f), 2))
+    backend.install_spd([nfs_spd()])
+    s = client(ns_pair.a, 40062)
+    with s:
+        f = FiveTuple.of(A_ADDR, 40062, B_ADDR, 2049, 6)
+        backend.install_socket_policy(SocketPolicy(s.fileno(), f, protect_entry(f), 2))
+        # GETPOLICY dumps socket policies too (index & 7 = 3 + dir)
+        dumped = backend.nl.policies()
+        assert len(dumped) == 1 + 4 + 2 + 2
+        assert sorted(p.info.index & 7 for p in dumped if p.info.index & 7 >= 3) == [3, 4]
+        backend.reset()
+        assert backend.installed_flows == frozenset() and backend.installed_sockets == frozenset()
+        # the configured mirror stays; the per-flow ones are gone; the foreign one is untouched
+        left = [p for p in backend.nl.policies() if p.info.index & 7 < 3]
+        assert len(backend.nl.policies()) == len(left)
+        assert sorted((p.info.priority, p.info.dir) for p in left) == [
+            (5, Dir.OUT),
+            (1000, Dir.IN),
+            (1000, Dir.OUT),
+        ]
+        backend.clear_spd()
+        assert ip_policies(ns_pair, ns_pair.a) == foreign
+        # the socket's ESP policy is gone too: with no global policy it now connects in clear
+        with listener(ns_pair.b, 2049):
+            assert connect_errno(s) == 0
