@@ -12,7 +12,9 @@ What it does (RFC 7530 / RFC 8881; sequences in the standards digest §8.2-§8.3
   lease;
 * ``NFS4ERR_GRACE`` / ``NFS4ERR_DELAY``: the COMPOUND is rebuilt (fresh seqids/slots) and resent
   with exponential backoff up to ``retry_deadline`` seconds;
-* security: ``NFS4ERR_WRONGSEC`` -> ``SECINFO`` (or 4.1 ``SECINFO_NO_NAME`` for a PUT*FH) ->
+* security: a connection closed by the server while an RPCSEC_GSS context is set up becomes a
+  :class:`Nfs4SecurityError` naming the likely cause (GSS target / the server's keytab);
+  ``NFS4ERR_WRONGSEC`` -> ``SECINFO`` (or 4.1 ``SECINFO_NO_NAME`` for a PUT*FH) ->
   retry with the first flavor in the server's preference order that ``--sec`` allows and we can
   establish (RFC 7530 §3.3, §16.31; RFC 8881 §2.6.3.1); the connection itself is set up by a
   :data:`~rpclatch.nfs4.security.ConnectionSecurityHook` (where BYPASS-OR-PROTECT plugs in);
@@ -422,7 +424,17 @@ class Nfs4Client:
             service = {SecFlavor.KRB5: Service.NONE, SecFlavor.KRB5I: Service.INTEGRITY,
                        SecFlavor.KRB5P: Service.PRIVACY}[flavor]
             gss = GssClientAuth(self._gss_provider, self.gss_target, service=service)
-            await gss.establish(self._rpc_call)
+            try:
+                await gss.establish(self._rpc_call)
+            except RequestNotSent:
+                raise  # an ordinary lost connection, found before the INIT went out
+            except RpcConnectionClosed as exc:
+                # Linux nfsd (gssproxy) closes the connection without a reply when it cannot
+                # accept the INIT token, typically a principal that is not in its keytab
+                raise Nfs4SecurityError(
+                    "server closed the connection during RPCSEC_GSS context setup: check the GSS "
+                    f"target (--gss-target nfs@HOST, now {self.gss_target}) and the server's "
+                    "keytab", "", (flavor.value,)) from exc
             if self.security.channel is not None:
                 try:
                     await gss.bind_channel(self._rpc_call, self.security.channel)

@@ -161,10 +161,15 @@ def test_wrong_service_principal_fails_cleanly(nfsd_guest: LinuxNfsdGuest) -> No
         await client.stat("/krb5only/file.txt")
 
     # nfs/wrong.rpclatch.test is in the KDC but not in the server's keytab: gssproxy cannot accept
-    # the INIT token and Linux closes the connection without a reply (no GSS major status)
-    with pytest.raises(RpcConnectionClosed) as info:
-        _run(nfsd_guest, "alice", 1, "krb5i", body, target=f"nfs@wrong.{nfsd_guest.config.domain}")
-    assert "closed" in str(info.value)
+    # the INIT token and Linux closes the connection without a reply (no GSS major status); the
+    # client says what that most likely means instead of "connection closed by the peer"
+    target = f"nfs@wrong.{nfsd_guest.config.domain}"
+    with pytest.raises(Nfs4SecurityError) as info:
+        _run(nfsd_guest, "alice", 1, "krb5i", body, target=target)
+    assert str(info.value) == (
+        "server closed the connection during RPCSEC_GSS context setup: check the GSS target "
+        f"(--gss-target nfs@HOST, now {target}) and the server's keytab")
+    assert isinstance(info.value.__cause__, RpcConnectionClosed)
 
 
 def test_withdrawn_export_is_an_nfs_error(nfsd_guest: LinuxNfsdGuest) -> None:

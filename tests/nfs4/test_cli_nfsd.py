@@ -14,11 +14,11 @@ pytestmark = [pytest.mark.uml, pytest.mark.root, pytest.mark.timeout(600)]
 
 
 def nfs(guest: LinuxNfsdGuest, *argv: str, user: str | None = "alice",
-        stdin: str | None = None) -> CommandResult:
+        stdin: str | None = None, target: str | None = None) -> CommandResult:
     # not "-m rpclatch.cli": that would make a second copy of the module (__main__) whose
     # UserError is not the one the commands raise
     main = "import sys; from rpclatch.cli import main; sys.exit(main())"
-    cmd = [guest.config.python, "-c", main, "nfs", *argv, "--gss-target", guest.service_name]
+    cmd = [guest.config.python, "-c", main, "nfs", *argv, "--gss-target", target or guest.service_name]
     return guest.host_run(cmd, env=guest.host_env(user), input_data=stdin, timeout=180)
 
 
@@ -69,5 +69,10 @@ def test_errors_are_one_line(nfsd: LinuxNfsdGuest) -> None:
     assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--sec", "krb5i", user=None),
                           "Kerberos failed")
     assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", user=None), "or use --sec sys")
+    # a service principal the server has no key for: Linux closes the connection at RPCSEC_GSS INIT
+    wrong = f"nfs@wrong.{nfsd.config.domain}"
+    assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--sec", "krb5i", target=wrong),
+                          "server closed the connection during RPCSEC_GSS context setup: check the "
+                          f"GSS target (--gss-target nfs@HOST, now {wrong}) and the server's keytab")
     assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--port", "2050", "--sec", "sys"),
                           f"cannot reach {SERVER_ADDR}:2050: Connection refused")
