@@ -9,7 +9,10 @@ kernel IPsec backend (Linux XFRM with ESP) driven by rpclatch, which is not part
 (this host's kernel has XFRM but no ESP transform; see /work/shared/README.md). So the protection
 request fails for the stated reason and the table's "not latched" row applies: RPCSEC_GSS privacy
 or integrity, as configured, preferred in that order; AUTH_SYS and krb5 without protection are not
-offered automatically (the NFS client explains what the server wants if it insists on them).
+offered automatically (the NFS client explains what the server wants if it insists on them). The
+order is the policy's, not the server's: ``prefer_allowed_order`` makes the client take the first
+of ``allowed`` that SECINFO offers (a server listing krb5i before krb5p still gets krb5p when no
+channel is bound and privacy is configured).
 """
 
 from __future__ import annotations
@@ -39,4 +42,4 @@ async def connection_security(host: str, port: int, sec: str,
         "protection_error": NO_KERNEL_BACKEND if pol.try_ipsec else None,
         "reason": decision.reason,
     }
-    return ConnectionSecurity(allowed, record=record)
+    return ConnectionSecurity(allowed, record=record, prefer_allowed_order=True)

@@ -741,6 +741,11 @@ class Nfs4Client:
                 sec = res.resarray[-1]
                 assert isinstance(sec, SECINFO_NO_NAME4res)
                 await self._adopt_secinfo(sec.ok(), "/")
+        elif (self.security.prefer_allowed_order and self.allowed
+              and self.flavor is not self.allowed[0]):
+            # 4.0 has no SECINFO for the root: the hook's order picks the data flavor (the
+            # GETATTR below falls back on WRONGSEC)
+            await self._switch_to(self.allowed, "/", server_requires=False)
         attrs = (c.FATTR4_TYPE, c.FATTR4_LEASE_TIME, c.FATTR4_MAXREAD, c.FATTR4_MAXWRITE)
 
         def build() -> list[ArgOp]:

@@ -12,6 +12,7 @@ from rpclatch.nfs4.security import SecFlavor
 def test_auto_prefers_the_configured_gss_protection_and_says_why() -> None:
     sec = asyncio.run(connection_security("192.0.2.20", 2049, "auto"))
     assert sec.allowed == (SecFlavor.KRB5P, SecFlavor.KRB5I)
+    assert sec.prefer_allowed_order  # the policy's order wins over the server's SECINFO order
     assert sec.sock is None and sec.channel is None
     assert sec.record["latched"] is False and sec.record["protection_error"] == NO_KERNEL_BACKEND
     assert sec.record["gss_service"] == "krb5p" and "BYPASS" in sec.record["reason"]
@@ -20,7 +21,7 @@ def test_auto_prefers_the_configured_gss_protection_and_says_why() -> None:
 def test_auto_with_integrity_configured() -> None:
     pol = ConnectPolicy(protection=Protection.INTEGRITY)
     sec = asyncio.run(connection_security("192.0.2.20", 2049, "auto", pol))
-    assert sec.allowed == (SecFlavor.KRB5I, SecFlavor.KRB5P)
+    assert sec.allowed == (SecFlavor.KRB5I, SecFlavor.KRB5P) and sec.prefer_allowed_order
 
 
 def test_explicit_sec_passes_through() -> None:

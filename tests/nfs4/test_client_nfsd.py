@@ -12,6 +12,7 @@ from typing import TypeVar
 import pytest
 
 from interop.uml import SERVER_ADDR, LinuxNfsdGuest
+from rpclatch.connect.nfs import connection_security
 from rpclatch.nfs4.client import Nfs4Client, _Open
 from rpclatch.nfs4.const import nfs_ftype4, nfsstat4, stable_how4, state_protect_how4
 from rpclatch.nfs4.errors import Nfs4RemoteError, Nfs4SecurityError
@@ -173,6 +174,33 @@ def test_auto_follows_secinfo_to_krb5p(nfsd: LinuxNfsdGuest, minor: int) -> None
 
     data, flavor = run(nfsd, minor, "auto", body)
     assert data == b"secret-data /krb5ponly\n" and flavor is SecFlavor.KRB5P
+
+
+@pytest.mark.parametrize("minor", [0, 1])
+def test_auto_through_the_connect_hook_follows_the_policy_order(nfsd: LinuxNfsdGuest, minor: int) -> None:
+    """``--sec auto`` through BYPASS-OR-PROTECT (rpclatch.connect.nfs): no IPsec channel is bound,
+    so the policy wants krb5p before krb5i; the exports list krb5i first (sec=...:krb5i:krb5p),
+    yet the data flavor is krb5p -- for the root (4.1 SECINFO_NO_NAME; 4.0 has no SECINFO there)
+    and below it."""
+    async def body(c: Nfs4Client) -> tuple[SecFlavor | None, bytes, bytes, SecFlavor | None]:
+        root_flavor = c.flavor
+        top = await c.read_bytes("/file.txt")
+        inner = await c.read_bytes("/krb5only/file.txt")
+        return root_flavor, top, inner, c.flavor
+
+    async def main() -> tuple[SecFlavor | None, bytes, bytes, SecFlavor | None]:
+        client = await Nfs4Client.connect(SERVER_ADDR, minorversion=minor, sec="auto",
+                                          gss_target=nfsd.service_name, timeout=60,
+                                          security_hook=connection_security)
+        try:
+            return await body(client)
+        finally:
+            await client.close()
+
+    with nfsd.in_host_netns():
+        root_flavor, top, inner, flavor = asyncio.run(main())
+    assert top == b"secret-data /\n" and inner == b"secret-data /krb5only\n"
+    assert root_flavor is SecFlavor.KRB5P and flavor is SecFlavor.KRB5P
 
 
 @pytest.mark.parametrize("minor", [0, 1])
