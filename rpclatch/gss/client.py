@@ -68,7 +68,16 @@ from rpclatch.gss.wire import (
 )
 from rpclatch.rpc.auth import ClientAuth, PreparedCall
 from rpclatch.rpc.errors import AuthVerifierError, RpcAuthError
-from rpclatch.rpc.messages import NULL_AUTH, AcceptedReply, AuthFlavor, AuthStat, CallMessage, OpaqueAuth
+from rpclatch.rpc.messages import (
+    MAX_AUTH_BYTES,
+    NULL_AUTH,
+    AcceptedReply,
+    AuthFlavor,
+    AuthStat,
+    CallMessage,
+    OpaqueAuth,
+)
+from rpclatch.rpc.wire import opaque_auth
 from rpclatch.xdr import XdrError
 
 log = logging.getLogger(__name__)
@@ -502,14 +511,15 @@ class GssClientAuth(ClientAuth):
             ctx.stale = True
             raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
         cred_body = _III.pack(ctx.version, 0, seq) + ctx.cred_tails[service]
-        cred = OpaqueAuth(_FLAVOR_GSS, cred_body)
+        cred = opaque_auth(_FLAVOR_GSS, cred_body)  # at most 20 + MAX_HANDLE bytes
         state = _CallState(ctx, seq, service)
         if service is _SVC_CHANNEL_PROT:
             return PreparedCall(CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args), state)
         gss = ctx.gss
         # RFC 2203 §5.3.1: the verifier is a MIC over xid .. credential (cred_body is padded).
         header = _CALL_HEAD.pack(xid, 0, 2, prog, vers, proc, _FLAVOR_GSS, len(cred_body)) + cred_body
-        verf = OpaqueAuth(_FLAVOR_GSS, gss.get_mic(header))
+        mic = gss.get_mic(header)
+        verf = opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES else OpaqueAuth(_FLAVOR_GSS, mic)
         if service is _SVC_INTEGRITY:
             inner = _U32.pack(seq) + args  # rpc_gss_data_t
             body = encode_integ(inner, gss.get_mic(inner))

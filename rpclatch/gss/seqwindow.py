@@ -42,6 +42,21 @@ class SeqWindow:
             return SeqVerdict.BELOW_WINDOW
         return SeqVerdict.REPLAY if (self._bits >> offset) & 1 else SeqVerdict.NEW
 
+    def accept(self, seq: int) -> bool:
+        """:meth:`check` and, if NEW, :meth:`mark` at once (for calls with no MIC to verify in
+        between, i.e. channel_prot). True if ``seq`` was new."""
+        highest = self._highest
+        if seq > highest:
+            shift = seq - highest
+            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self._highest = seq
+            return True
+        offset = highest - seq
+        if offset >= self.size or (self._bits >> offset) & 1:
+            return False
+        self._bits |= 1 << offset
+        return True
+
     def mark(self, seq: int) -> None:
         """Record ``seq`` as used; call only after :meth:`check` said NEW and the MIC verified."""
         if seq > self._highest:

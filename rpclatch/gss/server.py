@@ -77,6 +77,7 @@ from rpclatch.rpc.auth import (
     ServerAuth,
 )
 from rpclatch.rpc.messages import MAX_AUTH_BYTES, NULL_AUTH, AuthFlavor, AuthStat, CallMessage, OpaqueAuth
+from rpclatch.rpc.wire import opaque_auth
 from rpclatch.xdr import XdrError
 
 log = logging.getLogger(__name__)
@@ -502,8 +503,10 @@ class GssServerAuth(ServerAuth):
         # RFC 2203 §5.3.3.4.1: if the reply verifier's GSS_GetMIC fails, answer CTXPROBLEM -- so
         # compute it now, before the procedure runs (it depends on the seq_num only).
         try:
-            verf = OpaqueAuth(_FLAVOR_GSS, gss.get_mic(_U32.pack(seq)))
-        except GssError as exc:
+            mic = gss.get_mic(_U32.pack(seq))
+            verf = (opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES
+                    else OpaqueAuth(_FLAVOR_GSS, mic))  # XdrError: too long
+        except (GssError, XdrError) as exc:
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply verifier MIC: {exc}")
 
         if service is _SVC_NONE:
@@ -541,10 +544,9 @@ class GssServerAuth(ServerAuth):
                 ctx.binding = None
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "the bound channel is gone")
         with ctx.lock:
-            window = ctx.window
-            if window.check(seq) is not _NEW:
-                return AuthDrop(f"channel_prot seq_num {seq} replayed or below window")
-            window.mark(seq)
+            fresh = ctx.window.accept(seq)  # no MIC to verify in between: check and mark at once
+        if not fresh:
+            return AuthDrop(f"channel_prot seq_num {seq} replayed or below window")
         return AuthAccept(call.args, ctx.principal, _seal_clear)
 
     def _bind_channel(

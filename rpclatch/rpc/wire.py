@@ -10,6 +10,7 @@ property test checks this) and raise :class:`rpclatch.xdr.XdrError` on malformed
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from rpclatch.rpc.messages import (
     MAX_AUTH_BYTES,
@@ -45,6 +46,23 @@ _AUTH_NONE = int(AuthFlavor.AUTH_NONE)
 _ACCEPT_STATS = {int(s): s for s in AcceptStat}
 _REJECT_STATS = {int(s): s for s in RejectStat}
 _AUTH_STATS = {int(s): s for s in AuthStat}
+
+
+_new_object = object.__new__
+# The slot descriptors of the frozen dataclass (their __set__ writes the slot directly).
+_set_auth_flavor: Callable[[OpaqueAuth, int], None] = OpaqueAuth.__dict__["flavor"].__set__
+_set_auth_body: Callable[[OpaqueAuth, bytes], None] = OpaqueAuth.__dict__["body"].__set__
+
+
+def opaque_auth(flavor: int, body: bytes) -> OpaqueAuth:
+    """``OpaqueAuth(flavor, body)`` for a ``body`` already known to be at most
+    :data:`MAX_AUTH_BYTES` long (a decoder checked it, or it has a fixed small size): the
+    per-call paths skip the dataclass ``__init__``/``__post_init__`` (half the cost). The result is
+    an ordinary, equal, frozen OpaqueAuth."""
+    auth: OpaqueAuth = _new_object(OpaqueAuth)
+    _set_auth_flavor(auth, flavor)
+    _set_auth_body(auth, body)
+    return auth
 
 
 def _auth_bytes(auth: OpaqueAuth) -> bytes:
@@ -115,7 +133,7 @@ def _read_auth(data: Buffer, pos: int, end: int) -> tuple[OpaqueAuth, int]:
         raise XdrError(f"fixed opaque of {n} bytes overruns buffer ({end - pos} left)")
     if n == 0 and flavor == _AUTH_NONE:
         return NULL_AUTH, stop
-    return OpaqueAuth(flavor, bytes(data[pos:pos + n])), stop
+    return opaque_auth(flavor, bytes(data[pos:pos + n])), stop
 
 
 def decode_call_body(data: Buffer, start: int = 0, end: int | None = None) -> CallMessage:
@@ -135,7 +153,7 @@ def decode_call_body(data: Buffer, start: int = 0, end: int | None = None) -> Ca
     if clen == 0 and cflavor == _AUTH_NONE:
         cred = NULL_AUTH
     else:
-        cred = OpaqueAuth(cflavor, bytes(data[start + 32:start + 32 + clen]))
+        cred = opaque_auth(cflavor, bytes(data[start + 32:start + 32 + clen]))
     verf, pos = _read_auth(data, start + header_len, end)
     return CallMessage(xid, prog, vers, proc, cred, verf, bytes(data[pos:end]), rpcvers, header_len)
 

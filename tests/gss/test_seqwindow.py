@@ -47,3 +47,14 @@ def test_window_matches_a_reference_model(seqs: list[int], size: int) -> None:
             w.mark(s)
             seen.add(s)
             highest = max(highest, s)
+
+
+@given(st.lists(st.integers(0, 300), max_size=200), st.integers(1, 64))
+def test_accept_is_check_then_mark(seqs: list[int], size: int) -> None:
+    a, b = SeqWindow(size), SeqWindow(size)
+    for s in seqs:
+        new = b.check(s) is SeqVerdict.NEW
+        if new:
+            b.mark(s)
+        assert a.accept(s) is new
+        assert a.highest == b.highest
