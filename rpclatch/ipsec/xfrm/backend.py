@@ -12,6 +12,14 @@ Scope and choices:
   keys come from a :class:`KeySource` (the engine's SAs carry no key material);
 - the SA's XFRM selector is its traffic selector when it has exactly one that XFRM can express
   (prefixes, single or any port), else "any" (the pinned per-flow policies still decide);
+- like an IKE daemon, a *narrow* SA pair (RFC 5660 §2.1: one 5-tuple) also gets that 5-tuple's
+  policies pinned to its reqid (``sa_priority``), so the responder answers the flow (SYN-ACK) before
+  its ULP latches it: the kernel's outbound SA lookup needs the template's reqid to equal the SA's
+  (reqid 0 in a template means "any" only inbound);
+- the kernel keys policies by selector and direction, not priority: a per-flow policy on the same
+  selector as a narrow SA's (or a mirrored SPD entry's) replaces it. The backend keeps the layers
+  (flow > SA > configured SPD) per (selector, direction) and puts the top one in the kernel, so
+  removing a flow policy restores what lies below it;
 - everything it installs is tracked, and :meth:`XfrmBackend.reset` removes exactly that (never a
   flush: other daemons' state in the namespace stays);
 - :meth:`XfrmBackend.install_spd` mirrors configured SPD entries as kernel policies at
@@ -35,6 +43,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Protocol
 
 from rpclatch.ipsec.backend import Backend, FlowPolicy, SocketPolicy
@@ -44,11 +53,12 @@ from rpclatch.ipsec.model import (
     IPAddress,
     Mode,
     PortRange,
+    ProtectionPolicy,
     SecurityProtocol,
 )
 from rpclatch.ipsec.model import Selector as TrafficSelector
-from rpclatch.ipsec.sad import SecurityAssociation
-from rpclatch.ipsec.spd import SpdAction, SpdEntry
+from rpclatch.ipsec.sad import SecurityAssociation, narrow_flow
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
 from rpclatch.ipsec.xfrm.netlink import (
     AF_INET,
     AF_INET6,
@@ -81,11 +91,14 @@ log = logging.getLogger(__name__)
 
 #: kernel priority of per-flow policies (lower value = preferred)
 FLOW_PRIORITY = 100
+#: kernel priority of a narrow SA's own policies
+SA_PRIORITY = 500
 #: kernel priority of the first mirrored configured SPD entry
 SPD_PRIORITY = 1000
 AEAD_NAME = "rfc4106(gcm(aes))"
 _ICV_BITS = {"aes-gcm-8": 64, "aes-gcm-12": 96, "aes-gcm-16": 128}
 _GCM_SALT = 4  # RFC 4106 §8.1: the key material carries a 4-byte salt after the AES key
+_SA_PROTECTION = ProtectionPolicy()  # ESP transport: what a narrow SA's own policies ask for
 
 
 class XfrmUnsupported(XfrmError):
@@ -205,10 +218,23 @@ def _sa_selector(sa: SecurityAssociation, *, outbound: bool) -> Selector:
 # the backend
 
 
+class _Layer(IntEnum):
+    """Who wants a kernel policy on a (selector, direction); the lowest value wins."""
+
+    FLOW = 0
+    SA = 1
+    SPD = 2
+
+
+_Key = tuple[Selector, int]
+_Want = tuple[PolicyInfo, tuple[Template, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class _InstalledSa:
     out: SaId
     inb: SaId
+    policies: tuple[_Key, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,9 +248,12 @@ class _SocketRecord:
 class _Tracked:
     sas: dict[int, _InstalledSa] = field(default_factory=dict)
     by_spi: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
-    flows: dict[FiveTuple, list[PolicyId]] = field(default_factory=dict)
-    spd: list[PolicyId] = field(default_factory=list)
+    flows: dict[FiveTuple, tuple[_Key, ...]] = field(default_factory=dict)
+    spd: list[_Key] = field(default_factory=list)
     sockets: dict[int, _SocketRecord] = field(default_factory=dict)
+    #: wanted policies by (selector, dir) and layer; ``in_kernel`` what the kernel holds (from us)
+    want: dict[_Key, dict[_Layer, _Want]] = field(default_factory=dict)
+    in_kernel: dict[_Key, _Want] = field(default_factory=dict)
 
 
 class XfrmBackend(Backend):
@@ -237,11 +266,13 @@ class XfrmBackend(Backend):
         keys: KeySource,
         *,
         flow_priority: int = FLOW_PRIORITY,
+        sa_priority: int = SA_PRIORITY,
         spd_priority: int = SPD_PRIORITY,
     ) -> None:
         self.netns = netns
         self.keys = keys
         self.flow_priority = flow_priority
+        self.sa_priority = sa_priority
         self.spd_priority = spd_priority
         self.nl = XfrmSocket(netns)
         self._t = _Tracked()
@@ -271,6 +302,35 @@ class XfrmBackend(Backend):
     @property
     def installed_sockets(self) -> frozenset[int]:
         return frozenset(self._t.sockets)
+
+    # -- layered kernel policies ---------------------------------------------------------------
+
+    def _sync(self, key: _Key) -> None:
+        layers = self._t.want.get(key)
+        top = layers[min(layers)] if layers else None
+        current = self._t.in_kernel.get(key)
+        if not layers:
+            self._t.want.pop(key, None)
+        if top == current:
+            return
+        if top is None:
+            self._t.in_kernel.pop(key, None)
+            self.nl.delete_policy(PolicyId(key[0], key[1]))
+        else:
+            self.nl.add_policy(top[0], top[1], update=True)
+            self._t.in_kernel[key] = top
+
+    def _put(self, layer: _Layer, info: PolicyInfo, tmpls: Iterable[Template]) -> _Key:
+        key = (info.sel, info.dir)
+        self._t.want.setdefault(key, {})[layer] = (info, tuple(tmpls))
+        self._sync(key)
+        return key
+
+    def _drop(self, layer: _Layer, key: _Key) -> None:
+        layers = self._t.want.get(key)
+        if layers is not None:
+            layers.pop(layer, None)
+        self._sync(key)
 
     # -- SAs ---------------------------------------------------------------------------------
 
@@ -319,7 +379,19 @@ class XfrmBackend(Backend):
         except XfrmError:
             self.nl.delete_sa(SaId(sa.remote_addr, sa.spi_out))
             raise
-        self._t.sas[sa.sa_id] = _InstalledSa(SaId(sa.remote_addr, sa.spi_out), SaId(sa.local_addr, sa.spi_in))
+        keys: list[_Key] = []
+        if sa.is_narrow:
+            flow = narrow_flow(sa)
+            assert flow is not None
+            entry = SpdEntry.flow_entry(flow, SpdAction.PROTECT, _SA_PROTECTION, EntryOrigin.CONFIGURED)
+            for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
+                info, tmpls = self._entry_policy(
+                    entry, sa.reqid, flow_selector(flow, outbound=outbound), direction, self.sa_priority
+                )
+                keys.append(self._put(_Layer.SA, info, tmpls))
+        self._t.sas[sa.sa_id] = _InstalledSa(
+            SaId(sa.remote_addr, sa.spi_out), SaId(sa.local_addr, sa.spi_in), tuple(keys)
+        )
         self._t.by_spi[(sa.remote_addr, sa.spi_out)] = sa.sa_id
         self._t.by_spi[(sa.local_addr, sa.spi_in)] = sa.sa_id
 
@@ -327,6 +399,8 @@ class XfrmBackend(Backend):
         rec = self._t.sas.pop(sa.sa_id, None)
         if rec is None:
             return
+        for key in rec.policies:
+            self._drop(_Layer.SA, key)
         for sid in (rec.out, rec.inb):
             self._t.by_spi.pop((sid.daddr, sid.spi), None)
             self.nl.delete_sa(sid)
@@ -357,17 +431,16 @@ class XfrmBackend(Backend):
 
     def install_flow_policy(self, policy: FlowPolicy) -> None:
         flow = policy.flow
-        ids: list[PolicyId] = []
+        keys: list[_Key] = []
         for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
             sel = flow_selector(flow, outbound=outbound)
             info, tmpls = self._entry_policy(policy.entry, policy.reqid, sel, direction, self.flow_priority)
-            self.nl.add_policy(info, tmpls, update=True)
-            ids.append(PolicyId(sel, direction))
-        self._t.flows[flow] = ids
+            keys.append(self._put(_Layer.FLOW, info, tmpls))
+        self._t.flows[flow] = tuple(keys)
 
     def remove_flow_policy(self, flow: FiveTuple) -> None:
-        for pid in self._t.flows.pop(flow, []):
-            self.nl.delete_policy(pid)
+        for key in self._t.flows.pop(flow, ()):
+            self._drop(_Layer.FLOW, key)
 
     # -- configured SPD mirror ------------------------------------------------------------------
 
@@ -379,15 +452,16 @@ class XfrmBackend(Backend):
             for tsel in entry.selectors:
                 for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
                     for sel in xfrm_selectors(tsel, outbound=outbound):
+                        if _Layer.SPD in self._t.want.get((sel, direction), {}):
+                            continue  # an earlier entry has this selector: first match wins
                         info, tmpls = self._entry_policy(entry, None, sel, direction, prio)
-                        self.nl.add_policy(info, tmpls, update=True)
-                        self._t.spd.append(PolicyId(sel, direction))
+                        self._t.spd.append(self._put(_Layer.SPD, info, tmpls))
             prio += 1
 
     def clear_spd(self) -> None:
         spd, self._t.spd = self._t.spd, []
-        for pid in spd:
-            self.nl.delete_policy(pid)
+        for key in spd:
+            self._drop(_Layer.SPD, key)
 
     # -- per-socket policies ---------------------------------------------------------------------
 
@@ -436,6 +510,8 @@ class XfrmBackend(Backend):
         for fd in list(self._t.sockets):
             self.remove_socket_policy(fd)
         for rec in list(self._t.sas.values()):
+            for key in rec.policies:
+                self._drop(_Layer.SA, key)
             for sid in (rec.out, rec.inb):
                 self.nl.delete_sa(sid)
         self._t.sas.clear()

@@ -1,0 +1,325 @@
+"""XfrmBackend on real kernel ESP in the UML guest (the host kernel has no ESP transform).
+
+Two latching engines (approach 2) with their own XfrmBackend run inside the guest: the client in
+netns ``client`` and the server in the guest's root netns, on extra TEST-NET-3 addresses
+203.0.113.1 / 203.0.113.2 added to the harness's veth for this test (so neither the harness's
+static SAs 0x1001/0x1002 nor its policies for 198.51.100.1/2 apply). The client's key manager
+"negotiates" from a static provision, the server installs the mirrored SA pair (the IKE responder's
+part), both latch the TCP connection (per-5-tuple policies pinned by reqid), data flows in ESP;
+then the client's SA pair is deleted and the kernel sends nothing more (never in the clear).
+
+This file is also the guest-side script: ``python tests/interop/test_xfrm_guest.py guest`` prints
+one JSON line of observations, which the test checks together with a capture on the veth.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CLIENT_ADDR = "203.0.113.1"
+SERVER_ADDR = "203.0.113.2"
+PORT = 5660
+CLIENT_PORT = 45660
+PAYLOAD = 256 * 1024
+
+pytestmark = [pytest.mark.uml, pytest.mark.root]
+
+
+# ------------------------------------------------------------------------------------------------
+# guest side
+
+
+def _xfrm_stat(netns: str | None) -> dict[str, int]:
+    argv = ["cat", "/proc/net/xfrm_stat"]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines() if line.strip())}
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(65536, n - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def guest_main() -> dict[str, Any]:
+    from pyroute2 import netns as pr_netns
+
+    from rpclatch.ipsec.engine import Approach, IPsecEngine
+    from rpclatch.ipsec.keymgr import SaProvision
+    from rpclatch.ipsec.model import (
+        AddressRange,
+        AuthMethod,
+        FiveTuple,
+        IdType,
+        IkeId,
+        IkeSaRef,
+        LocalIdentity,
+        PortRange,
+        ProtectionParams,
+        ProtectionPolicy,
+        PskPeer,
+        Selector,
+        ip,
+    )
+    from rpclatch.ipsec.pad import ChildSaAuthorization, IdPattern, PadEntry
+    from rpclatch.ipsec.sad import SecurityAssociation
+    from rpclatch.ipsec.spd import SpdAction, SpdEntry
+    from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend
+
+    keys = DerivedKeys(b"guest test secret")
+    c_id, s_id = IkeId.fqdn("client.xfrm.test"), IkeId.fqdn("server.xfrm.test")
+    c_local, s_local = LocalIdentity(c_id, AuthMethod.PSK), LocalIdentity(s_id, AuthMethod.PSK)
+    c_addr, s_addr = ip(CLIENT_ADDR), ip(SERVER_ADDR)
+    c_flow = FiveTuple(c_addr, CLIENT_PORT, s_addr, PORT, 6)
+    s_flow = c_flow.reversed()
+    policy = ProtectionPolicy()
+    c_spd = SpdEntry(
+        "xfrm-test",
+        (
+            Selector(
+                AddressRange.single(c_addr),
+                AddressRange.single(s_addr),
+                6,
+                remote_ports=PortRange.single(PORT),
+            ),
+        ),
+        SpdAction.PROTECT,
+        policy,
+    )
+    s_spd = SpdEntry(
+        "xfrm-test",
+        (
+            Selector(
+                AddressRange.single(s_addr),
+                AddressRange.single(c_addr),
+                6,
+                local_ports=PortRange.single(PORT),
+            ),
+        ),
+        SpdAction.PROTECT,
+        policy,
+    )
+
+    def pad(peer: IkeId, addr: str) -> PadEntry:
+        return PadEntry(
+            "peer",
+            IdPattern(IdType.ID_FQDN, peer.data),
+            AuthMethod.PSK,
+            ChildSaAuthorization((AddressRange.single(addr),)),
+        )
+
+    res: dict[str, Any] = {}
+    c_be = XfrmBackend("client", keys)
+    s_be = XfrmBackend(None, keys)
+    srv = cli = conn = None
+    try:
+        provision = SaProvision(
+            AddressRange.single(s_addr),
+            PskPeer(s_id),
+            s_addr,
+            c_local,
+            ProtectionParams(),
+            IkeSaRef(0x5660, 1),
+        )
+        client = IPsecEngine(
+            [c_spd], [pad(s_id, SERVER_ADDR)], approach=Approach.POLICY, backend=c_be, provisions=[provision]
+        )
+        server = IPsecEngine([s_spd], [pad(c_id, CLIENT_ADDR)], approach=Approach.POLICY, backend=s_be)
+        c_be.install_spd([c_spd])
+        s_be.install_spd([s_spd])
+
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((SERVER_ADDR, PORT))
+        srv.listen(4)
+        srv.settimeout(10)
+
+        # client: CREATE_CONNECTION_LATCH before the first packet; the key manager installs the SAs
+        client.connect(c_flow, now=0.0)
+        c_latch = client.latches.latch_for(c_flow)
+        assert c_latch is not None
+        (c_sa,) = list(client.sad)
+        res["client_latch"] = c_latch.state.value
+        res["spi_out"], res["spi_in"], res["reqid"] = c_sa.spi_out, c_sa.spi_in, c_sa.reqid
+        # server: the responder's half of the same child SA pair, then it latches on accept
+        server.install_sa(
+            SecurityAssociation(
+                sa_id=0,
+                spi_in=c_sa.spi_out,
+                spi_out=c_sa.spi_in,
+                local_addr=s_addr,
+                remote_addr=c_addr,
+                traffic_selectors=(Selector.for_flow(s_flow),),
+                peer=PskPeer(c_id),
+                local=s_local,
+                params=c_sa.params,
+                ike_sa=c_sa.ike_sa,
+            ),
+            0.0,
+        )
+
+        cli = pr_netns.create_socket("client", socket.AF_INET, socket.SOCK_STREAM)
+        cli.bind((CLIENT_ADDR, CLIENT_PORT))
+        cli.settimeout(10)
+        cli.connect((SERVER_ADDR, PORT))
+        conn, peer = srv.accept()
+        conn.settimeout(10)
+        res["accepted_from"] = list(peer)
+        server.connect(s_flow, now=0.0)
+        s_latch = server.latches.latch_for(s_flow)
+        assert s_latch is not None
+        res["server_latch"] = s_latch.state.value
+        res["client_flow_policies"] = sorted(
+            [p.info.dir, p.info.sel.sport, p.info.sel.dport, [t.reqid for t in p.templates]]
+            for p in c_be.nl.policies()
+            if p.info.priority == c_be.flow_priority
+        )
+        res["server_flow_policies"] = sorted(
+            [p.info.dir, p.info.sel.sport, p.info.sel.dport, [t.reqid for t in p.templates]]
+            for p in s_be.nl.policies()
+            if p.info.priority == s_be.flow_priority
+        )
+
+        def counters() -> dict[str, int]:
+            out = {}
+            for side, be in (("client", c_be), ("server", s_be)):
+                for sa in be.nl.sas():
+                    if str(sa.info.id.daddr) in (CLIENT_ADDR, SERVER_ADDR):
+                        out[f"{side}:{sa.info.id.daddr}:{sa.info.id.spi:#x}"] = sa.info.lft.cur_bytes
+            return out
+
+        res["counters_before"] = counters()
+        data = bytes(range(256)) * (PAYLOAD // 256)
+        received: list[bytes] = []
+        reader = threading.Thread(target=lambda: received.append(_recv_exactly(conn, PAYLOAD)))
+        reader.start()
+        cli.sendall(data)
+        reader.join(30)
+        got = received[0] if received else b""
+        conn.sendall(b"ok")
+        res["echo"] = _recv_exactly(cli, 2).decode()
+        res["received_intact"] = got == data
+        res["counters_after"] = counters()
+
+        # delete the client's SA pair (IKE Delete / expiry): the kernel has no SA for the pinned
+        # flow any more, so the next segment is blackholed, never sent in the clear
+        stat0 = _xfrm_stat("client")
+        client.delete_sa(c_sa.sa_id, 1.0)
+        res["client_latch_after_delete"] = c_latch.state.value
+        res["client_sas_after_delete"] = [
+            hex(sa.info.id.spi) for sa in c_be.nl.sas() if str(sa.info.id.daddr) in (CLIENT_ADDR, SERVER_ADDR)
+        ]
+        cli.sendall(b"after-delete")
+        conn.settimeout(3)
+        try:
+            res["server_got_after_delete"] = conn.recv(100).decode()
+        except TimeoutError:
+            res["server_got_after_delete"] = None
+        res["out_no_states_delta"] = _xfrm_stat("client")["XfrmOutNoStates"] - stat0["XfrmOutNoStates"]
+    except BaseException:
+        diag = subprocess.run(
+            "for n in '' '-n client'; do echo \"== ip $n\"; ip $n -s xfrm state; ip $n xfrm policy; "
+            "ip $n -s link; done; grep -v ' 0$' /proc/net/xfrm_stat; "
+            "ip netns exec client grep -v ' 0$' /proc/net/xfrm_stat",
+            shell=True,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(diag.stdout, diag.stderr, file=sys.stderr)
+        raise
+    finally:
+        # abortive close (one RST, no FIN retransmissions) while the policies still stand: tearing
+        # the policies down under a live connection would let its retransmissions out in the clear
+        for s in (conn, cli, srv):
+            if s is not None:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+        time.sleep(0.2)
+        c_be.close()
+        s_be.close()
+    res["left_states"] = subprocess.run(
+        "ip xfrm state; ip -n client xfrm state; ip xfrm policy; ip -n client xfrm policy",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.count("203.0.113.")
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# host side
+
+
+def test_xfrm_backend_latches_tcp_over_kernel_esp(nfsd_guest: Any) -> None:
+    from interop.capture import read_packets
+
+    g = nfsd_guest
+    g.run(f"ip -n client addr add {CLIENT_ADDR}/24 dev vc && ip addr add {SERVER_ADDR}/24 dev vs", check=True)
+    try:
+        with g.capture("xfrm-latch", iface="vs", bpf="host 203.0.113.1 or host 203.0.113.2") as pcap:
+            r = g.run(
+                g.python_argv(str(Path(__file__).resolve()), "guest"), env=g.guest_env(None), timeout=120
+            )
+        assert r.ok, r.stderr[-3000:]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        print(json.dumps(res))
+    finally:
+        g.run(f"ip -n client addr del {CLIENT_ADDR}/24 dev vc; ip addr del {SERVER_ADDR}/24 dev vs")
+
+    # both ends latched, each flow pinned in and out to the peer's SAs by reqid
+    assert res["client_latch"] == "ESTABLISHED" and res["server_latch"] == "ESTABLISHED"
+    assert res["accepted_from"] == [CLIENT_ADDR, CLIENT_PORT]
+    rid = res["reqid"]
+    assert res["client_flow_policies"] == [[0, PORT, CLIENT_PORT, [rid]], [1, CLIENT_PORT, PORT, [rid]]]
+    assert res["server_flow_policies"] == [[0, CLIENT_PORT, PORT, [rid]], [1, PORT, CLIENT_PORT, [rid]]]
+    # data went through, and every SA direction counted it (client out = server in, and back)
+    assert res["received_intact"] and res["echo"] == "ok"
+    out_c = f"client:{SERVER_ADDR}:{res['spi_out']:#x}"
+    in_s = f"server:{SERVER_ADDR}:{res['spi_out']:#x}"
+    out_s = f"server:{CLIENT_ADDR}:{res['spi_in']:#x}"
+    in_c = f"client:{CLIENT_ADDR}:{res['spi_in']:#x}"
+    before, after = res["counters_before"], res["counters_after"]
+    assert set(after) == {out_c, in_s, out_s, in_c}
+    assert after[out_c] - before[out_c] >= PAYLOAD and after[in_s] - before[in_s] >= PAYLOAD
+    assert after[out_s] > before[out_s] and after[in_c] > before[in_c]
+    # after the SA pair is deleted the latch stays (it binds the flow to the peer, not to one SA:
+    # a rekeyed SA of the same peer may carry it, RFC 5660 §2.3), but with no SA the kernel sends
+    # nothing: the segment never reaches the server and is not seen in the clear (capture below)
+    assert res["client_latch_after_delete"] == "ESTABLISHED"
+    assert res["client_sas_after_delete"] == []
+    assert res["server_got_after_delete"] is None
+    assert res["out_no_states_delta"] > 0
+    # everything the backends installed is gone again
+    assert res["left_states"] == 0
+    # on the wire: IP between the two addresses is ESP only, with exactly our SPIs
+    packets = read_packets(pcap, f"ip.addr=={CLIENT_ADDR}")
+    assert len(packets) > 10
+    assert all(p.is_esp for p in packets), [p for p in packets if not p.is_esp][:5]
+    assert {int(p.esp_spi, 16) for p in packets} == {res["spi_out"], res["spi_in"]}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["guest"]:
+        sys.exit("usage: test_xfrm_guest.py guest   (runs inside the UML guest)")
+    t0 = time.monotonic()
+    result = guest_main()
+    result["seconds"] = round(time.monotonic() - t0, 2)
+    print(json.dumps(result))
