@@ -109,9 +109,10 @@ _CONTINUE_INIT = GssProc.RPCSEC_GSS_CONTINUE_INIT
 
 
 def _signed_header(call: CallMessage) -> bytes:
-    """The call header from xid through the credential (RFC 2203 §5.3.1), re-encoded."""
-    return encode_call_header(call.xid, call.prog, call.vers, call.proc, call.cred.flavor, call.cred.body,
-                              call.rpcvers)
+    """The call header from xid through the credential (RFC 2203 §5.3.1): the bytes as received
+    when the RPC layer kept them (``call.header``), else re-encoded."""
+    return call.header or encode_call_header(call.xid, call.prog, call.vers, call.proc,
+                                             call.cred.flavor, call.cred.body, call.rpcvers)
 
 DEFAULT_SEQ_WINDOW = 128
 #: Lifetime assumed for contexts whose mechanism reports "indefinite" (also what gets halved).

@@ -108,7 +108,10 @@ class CallMessage:
     """An RPC call (RFC 5531 §9 ``call_body``) with its raw argument bytes.
 
     ``header_len`` is the length of the encoded header from ``xid`` through the credential; RFC 2203
-    §5.3.1 computes the RPCSEC_GSS verifier as a MIC over exactly those bytes.
+    §5.3.1 computes the RPCSEC_GSS verifier as a MIC over exactly those bytes. ``header`` holds
+    those bytes as received when :mod:`rpclatch.rpc.wire` decoded a call with a credential other
+    than AUTH_NONE (so a verifier can be checked without re-encoding), else b"" (it is not an
+    ``__init__`` argument, so ``dataclasses.replace`` never carries stale bytes over).
     """
 
     xid: int
@@ -120,6 +123,7 @@ class CallMessage:
     args: bytes = b""
     rpcvers: int = RPC_VERSION
     header_len: int = field(default=0, compare=False)
+    header: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     def encode_header_through_cred(self) -> bytes:
         """Encoded ``xid .. cred`` (the bytes RFC 2203 §5.3.1 signs)."""

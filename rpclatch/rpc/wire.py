@@ -54,6 +54,9 @@ _set_auth_flavor: Callable[[OpaqueAuth, int], None] = OpaqueAuth.__dict__["flavo
 _set_auth_body: Callable[[OpaqueAuth, bytes], None] = OpaqueAuth.__dict__["body"].__set__
 
 
+_set_call_header: Callable[[CallMessage, bytes], None] = CallMessage.__dict__["header"].__set__
+
+
 def opaque_auth(flavor: int, body: bytes) -> OpaqueAuth:
     """``OpaqueAuth(flavor, body)`` for a ``body`` already known to be at most
     :data:`MAX_AUTH_BYTES` long (a decoder checked it, or it has a fixed small size): the
@@ -151,11 +154,16 @@ def decode_call_body(data: Buffer, start: int = 0, end: int | None = None) -> Ca
     if start + header_len > end:
         raise XdrError(f"fixed opaque of {clen} bytes overruns buffer ({end - start - 32} left)")
     if clen == 0 and cflavor == _AUTH_NONE:
-        cred = NULL_AUTH
-    else:
-        cred = opaque_auth(cflavor, bytes(data[start + 32:start + 32 + clen]))
+        verf, pos = _read_auth(data, start + header_len, end)
+        return CallMessage(xid, prog, vers, proc, NULL_AUTH, verf, bytes(data[pos:end]), rpcvers,
+                           header_len)
+    # Keep the received xid .. cred bytes: an RPCSEC_GSS verifier is a MIC over them (§5.3.1).
+    header = bytes(data[start:start + header_len])
+    cred = opaque_auth(cflavor, header[32:32 + clen])
     verf, pos = _read_auth(data, start + header_len, end)
-    return CallMessage(xid, prog, vers, proc, cred, verf, bytes(data[pos:end]), rpcvers, header_len)
+    call = CallMessage(xid, prog, vers, proc, cred, verf, bytes(data[pos:end]), rpcvers, header_len)
+    _set_call_header(call, header)
+    return call
 
 
 def decode_reply_body(data: Buffer, start: int = 0, end: int | None = None) -> ReplyMessage:

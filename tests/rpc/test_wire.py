@@ -165,3 +165,21 @@ def test_call_roundtrip(xid: int, prog: int, vers: int, proc: int, cf: int, cred
     assert encoded == call.encode()
     assert wire.decode_message(encoded) == call
     assert messages.decode_message(encoded) == call
+
+
+@given(flavor=st.sampled_from([1, 6, 300]), cred=st.binary(max_size=400), verf=st.binary(max_size=40),
+       args=st.binary(max_size=40).map(lambda b: b + b"\0" * (-len(b) % 4)), pad=st.integers(1, 2**32 - 1))
+@settings(max_examples=200)
+def test_decoded_calls_keep_the_signed_header_bytes(flavor: int, cred: bytes, verf: bytes, args: bytes,
+                                                    pad: int) -> None:
+    """RFC 2203 §5.3.1: the verifier is a MIC over xid .. cred as sent; the decoder keeps exactly
+    those bytes (including non-zero padding a sender may have put after the credential body)."""
+    msg = CallMessage(9, 0x20000099, 1, 2, OpaqueAuth(flavor, cred), OpaqueAuth(6, verf), args)
+    data = bytearray(wire.encode_call(msg))
+    if len(cred) % 4:  # non-zero padding bytes are on the wire (the decoder must not re-create them)
+        data[32 + len(cred):32 + len(cred) + (-len(cred) % 4)] = pad.to_bytes(4, "big")[:-len(cred) % 4]
+    decoded = wire.decode_call_body(bytes(data))
+    assert decoded == msg and decoded.header == bytes(data[:decoded.header_len])
+    assert decoded.header[:32 + len(cred)] == msg.encode_header_through_cred()[:32 + len(cred)]
+    null = wire.decode_call_body(wire.encode_call(CallMessage(9, 1, 1, 0)))
+    assert null.header == b""  # AUTH_NONE: nothing kept, nothing signs it
