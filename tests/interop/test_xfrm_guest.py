@@ -6,7 +6,9 @@ netns ``client`` and the server in the guest's root netns, on extra TEST-NET-3 a
 static SAs 0x1001/0x1002 nor its policies for 198.51.100.1/2 apply). The client's key manager
 "negotiates" from a static provision, the server installs the mirrored SA pair (the IKE responder's
 part), both latch the TCP connection (per-5-tuple policies pinned by reqid), data flows in ESP;
-then the client's SA pair is deleted and the kernel sends nothing more (never in the clear).
+then the server's flow policy is switched to DISCARD (the segment is decrypted and dropped by
+policy) and back (the retransmission gets through), and finally the client's SA pair is deleted
+and the kernel sends nothing more. Nothing is ever in the clear.
 
 This file is also the guest-side script: ``python tests/interop/test_xfrm_guest.py guest`` prints
 one JSON line of observations, which the test checks together with a capture on the veth.
@@ -60,6 +62,7 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 def guest_main() -> dict[str, Any]:
     from pyroute2 import netns as pr_netns
 
+    from rpclatch.ipsec.backend import FlowPolicy
     from rpclatch.ipsec.engine import Approach, IPsecEngine
     from rpclatch.ipsec.keymgr import SaProvision
     from rpclatch.ipsec.model import (
@@ -79,7 +82,7 @@ def guest_main() -> dict[str, Any]:
     )
     from rpclatch.ipsec.pad import ChildSaAuthorization, IdPattern, PadEntry
     from rpclatch.ipsec.sad import SecurityAssociation
-    from rpclatch.ipsec.spd import SpdAction, SpdEntry
+    from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
     from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend
 
     keys = DerivedKeys(b"guest test secret")
@@ -217,6 +220,24 @@ def guest_main() -> dict[str, Any]:
         res["received_intact"] = got == data
         res["counters_after"] = counters()
 
+        # policy change at the server: the flow's kernel policy becomes DISCARD (what a broken
+        # latch or an administrative change maps to); the ESP segment is decrypted and then dropped
+        # by the inbound policy check, so nothing reaches the socket
+        discard = SpdEntry.flow_entry(s_flow, SpdAction.DISCARD, None, EntryOrigin.BROKEN_LATCH)
+        s_stat0 = _xfrm_stat(None)
+        s_be.install_flow_policy(FlowPolicy(s_flow, discard, None))
+        cli.sendall(b"after-discard")
+        conn.settimeout(3)
+        try:
+            res["server_got_after_discard"] = conn.recv(100).decode()
+        except TimeoutError:
+            res["server_got_after_discard"] = None
+        res["in_pol_block_delta"] = _xfrm_stat(None)["XfrmInPolBlock"] - s_stat0["XfrmInPolBlock"]
+        # ... and back to the pinned PROTECT policy: TCP's retransmission now gets through
+        s_be.install_flow_policy(FlowPolicy(s_flow, s_spd, c_sa.reqid))
+        conn.settimeout(20)
+        res["server_got_after_restore"] = _recv_exactly(conn, len(b"after-discard")).decode()
+
         # delete the client's SA pair (IKE Delete / expiry): the kernel has no SA for the pinned
         # flow any more, so the next segment is blackholed, never sent in the clear
         stat0 = _xfrm_stat("client")
@@ -300,6 +321,10 @@ def test_xfrm_backend_latches_tcp_over_kernel_esp(nfsd_guest: Any) -> None:
     assert set(after) == {out_c, in_s, out_s, in_c}
     assert after[out_c] - before[out_c] >= PAYLOAD and after[in_s] - before[in_s] >= PAYLOAD
     assert after[out_s] > before[out_s] and after[in_c] > before[in_c]
+    # server-side DISCARD policy: decrypted, then dropped by policy; restoring the pinned policy
+    # lets TCP's retransmission through
+    assert res["server_got_after_discard"] is None and res["in_pol_block_delta"] > 0
+    assert res["server_got_after_restore"] == "after-discard"
     # after the SA pair is deleted the latch stays (it binds the flow to the peer, not to one SA:
     # a rekeyed SA of the same peer may carry it, RFC 5660 §2.3), but with no SA the kernel sends
     # nothing: the segment never reaches the server and is not seen in the clear (capture below)

@@ -345,3 +345,29 @@ def test_reset_removes_exactly_what_was_installed(ns_pair: NsPair, backend: Xfrm
         # the socket's ESP policy is gone too: with no global policy it now connects in clear
         with listener(ns_pair.b, 2049):
             assert connect_errno(s) == 0
+
+
+def test_flow_policy_on_a_configured_selector_replaces_then_restores_it(
+    ns_pair: NsPair, backend: XfrmBackend
+) -> None:
+    """The kernel keys policies by selector and direction (not priority): a flow policy on the
+    selector of a mirrored exact-5-tuple SPD entry replaces it; removing the flow policy puts the
+    configured one back instead of leaving the flow with no policy (= clear text)."""
+    flow = FiveTuple.of(A_ADDR, 40070, B_ADDR, 2049, 6)
+    configured = SpdEntry("one-flow", (Selector.for_flow(flow),), SpdAction.PROTECT, PROTECT)
+    backend.install_spd([configured])
+
+    def kernel() -> list[tuple[int, int, int, list[int]]]:
+        return sorted(
+            (p.info.dir, p.info.priority, p.info.action, [t.reqid for t in p.templates])
+            for p in backend.nl.policies()
+        )
+
+    assert kernel() == [(Dir.IN, 1000, 0, [0]), (Dir.OUT, 1000, 0, [0])]
+    bypass = SpdEntry.flow_entry(flow, SpdAction.BYPASS, None, EntryOrigin.APPLICATION_REQUEST)
+    backend.install_flow_policy(FlowPolicy(flow, bypass, None))
+    assert kernel() == [(Dir.IN, 100, 0, []), (Dir.OUT, 100, 0, [])]
+    backend.remove_flow_policy(flow)
+    assert kernel() == [(Dir.IN, 1000, 0, [0]), (Dir.OUT, 1000, 0, [0])]
+    backend.clear_spd()
+    assert kernel() == []
