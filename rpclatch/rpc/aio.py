@@ -29,7 +29,13 @@ Server
 max_in_flight=64, on_connection=None, on_connection_closed=None)``:
 
 * ``await server.listen_tcp(host="127.0.0.1", port=0) -> int`` (the bound port),
-  ``await server.listen_udp(host="127.0.0.1", port=0) -> int``; several listeners are fine.
+  ``await server.listen_udp(host="127.0.0.1", port=0) -> int``,
+  ``await server.listen_unix(path, *, mode=None) -> str`` (a unix-domain stream socket, record
+  marked like TCP; ``mode`` e.g. ``0o666`` chmods the socket file; a stale socket file at
+  ``path`` is replaced, any other file is an error; ``close()`` removes the socket file if it is
+  still ours); several listeners are fine. Unix connections have ``ConnectionInfo.transport ==
+  "unix"``, ``peer`` None and the peer's kernel-checked ``(pid, uid, gid)`` in
+  ``attributes["peer_cred"]`` (SO_PEERCRED), as rpcbind uses its unix socket.
 * ``await server.accept_socket(sock)``: serve an already accepted stream socket (a transport that
   accepts its own connections, e.g. the latching engine, hands them over here).
 * ``on_connection(info: ConnectionInfo, transport)`` runs when a stream connection starts, before
@@ -63,6 +69,8 @@ import itertools
 import logging
 import os
 import socket
+import stat
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any, cast
@@ -482,8 +490,12 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         self.transport = transport
         server = self.server
         peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        unix = sock is not None and sock.family == socket.AF_UNIX
         info = ConnectionInfo(next(_conn_ids), tuple(peer[:2]) if isinstance(peer, tuple) else None,
-                              "tcp")
+                              "unix" if unix else "tcp")
+        if unix:
+            info.attributes["peer_cred"] = _peer_cred(sock)
         if server._closing or len(server._protocols) >= server.max_connections:
             log.warning("refusing connection from %s: %s", info.peer,
                         "server closing" if server._closing else
@@ -611,6 +623,19 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
             self._pump([])
 
 
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_cred(sock: Any) -> tuple[int, int, int] | None:
+    """The (pid, uid, gid) the kernel recorded for the peer of a unix socket (SO_PEERCRED)."""
+    try:
+        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                      _UCRED.size))
+    except (OSError, AttributeError, struct.error):  # not Linux, or the peer is gone already
+        return None
+    return pid, uid, gid
+
+
 class _ServerDatagramProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: RpcServer) -> None:
         self.server = server
@@ -687,6 +712,8 @@ class RpcServer:
         self._closing = False
         self.tcp_addresses: list[tuple[str, int]] = []
         self.udp_addresses: list[tuple[str, int]] = []
+        self.unix_paths: list[str] = []
+        self._unix_inodes: dict[str, tuple[int, int]] = {}  # path -> (st_dev, st_ino) we created
 
     @property
     def connections(self) -> list[ConnectionInfo]:
@@ -709,6 +736,29 @@ class RpcServer:
         bound = transport.get_extra_info("sockname")
         self.udp_addresses.append((bound[0], bound[1]))
         return int(bound[1])
+
+    async def listen_unix(self, path: str, *, mode: int | None = None, backlog: int = 1024) -> str:
+        """Listen on the unix-domain stream socket ``path``; return it. A stale socket file left
+        at ``path`` is replaced; any other existing file raises :class:`FileExistsError` (nothing
+        is removed). ``mode`` chmods the socket (who may connect); the file is removed again by
+        :meth:`close` if it is still the one we made."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
+            os.unlink(path)  # a stale socket: a live server on it would be cut off, as with rpcbind
+        srv = await self._loop.create_unix_server(lambda: _ServerStreamProtocol(self), path,
+                                                  backlog=backlog)
+        self._servers.append(srv)
+        if mode is not None:
+            os.chmod(path, mode)
+        st = os.lstat(path)
+        self._unix_inodes[path] = (st.st_dev, st.st_ino)
+        self.unix_paths.append(path)
+        return path
 
     async def accept_socket(self, sock: socket.socket) -> None:
         """Serve an already accepted, connected stream socket."""
@@ -757,6 +807,16 @@ class RpcServer:
                 log.warning("listener did not close within %s s", grace)
         self._servers.clear()
         self._udp.clear()
+        for path, ident in self._unix_inodes.items():
+            try:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == ident:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove unix socket %s: %s", path, exc)
+        self._unix_inodes.clear()
 
     async def __aenter__(self) -> RpcServer:
         return self

@@ -59,7 +59,7 @@ class ConnectionInfo:
 
     conn_id: int
     peer: tuple[str, int] | None
-    transport: str  # "tcp", "udp", "sim"
+    transport: str  # "tcp", "udp", "unix", "sim"
     channel: Any = None
     attributes: dict[str, Any] = field(default_factory=dict)
 

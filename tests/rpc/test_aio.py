@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -425,5 +426,70 @@ def test_udp_reply_too_large_for_a_datagram() -> None:
                 assert info.value.stat == AcceptStat.SYSTEM_ERR
                 with pytest.raises(RpcLocalError, match="use TCP"):
                     await tp.echo(c, bytes(70000))
+
+    run(body)
+
+
+def test_listen_unix(tmp_path: Path) -> None:
+    """A unix-domain stream listener: record-marked calls, transport "unix" with the peer's
+    kernel credentials, a stale socket file replaced, the file removed on close."""
+    import os
+
+    path = str(tmp_path / "rpc.sock")
+    seen: list[ConnectionInfo] = []
+
+    async def body() -> None:
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(path)  # left behind by a crashed server
+        stale.close()
+        server = RpcServer(make_dispatcher(), on_connection=lambda info, _t: seen.append(info))
+        assert await server.listen_unix(path, mode=0o600) == path
+        assert server.unix_paths == [path] and (os.stat(path).st_mode & 0o777) == 0o600
+        async with await RpcStreamClient.connect_unix(path) as c:
+            assert await tp.echo(c, b"over a unix socket") == b"over a unix socket"
+            big = bytes(range(256)) * 4096
+            assert await tp.echo(c, big) == big
+            pending = c.call_nowait(SLOW_PROG, 1, 1, ms(100))
+            await asyncio.sleep(0.02)
+            await server.close(grace=5)  # graceful: the call in flight is answered
+            assert await pending == ms(100)
+        assert not os.path.exists(path)
+
+    run(body)
+    [info] = seen
+    assert info.transport == "unix" and info.peer is None
+    assert info.attributes["peer_cred"] == (os.getpid(), os.getuid(), os.getgid())
+
+
+def test_listen_unix_never_replaces_other_files(tmp_path: Path) -> None:
+    path = tmp_path / "not-a-socket"
+    path.write_text("precious")
+
+    async def body() -> None:
+        async with RpcServer(make_dispatcher()) as server:
+            with pytest.raises(FileExistsError):
+                await server.listen_unix(str(path))
+
+    run(body)
+    assert path.read_text() == "precious"
+
+
+def test_listen_unix_close_leaves_a_successor_socket_alone(tmp_path: Path) -> None:
+    """close() removes the socket file only if it is still the one this server made."""
+    import os
+
+    path = str(tmp_path / "rpc.sock")
+
+    async def body() -> None:
+        first = RpcServer(make_dispatcher())
+        await first.listen_unix(path)
+        second = RpcServer(make_dispatcher())
+        await second.listen_unix(path)  # replaces the file (as a restarted daemon would)
+        await first.close(grace=1)
+        assert os.path.exists(path)
+        async with await RpcStreamClient.connect_unix(path) as c:
+            await tp.null(c)
+        await second.close(grace=1)
+        assert not os.path.exists(path)
 
     run(body)
