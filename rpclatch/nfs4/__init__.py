@@ -10,6 +10,8 @@ Modules, bottom up:
 * :mod:`rpclatch.nfs4.compound` -- ``COMPOUND4args`` / ``COMPOUND4res``;
 * :mod:`rpclatch.nfs4.errors` -- ``Nfs4Error`` > ``Nfs4LocalError`` (``Nfs4ProtocolError``,
   ``Nfs4SecurityError``) / ``Nfs4RemoteError`` (``.status``: nfsstat4, ``.op``: nfs_opnum4);
+  ``RequestNotSent`` (an ``RpcConnectionClosed``: the connection was closed before anything of the
+  request went out, so the client resends it on a new connection);
 * :mod:`rpclatch.nfs4.security` -- ``SecFlavor``, the ``--sec`` policy and the per-connection
   security hook (``ConnectionSecurity``, ``ConnectionSecurityHook``);
 * :mod:`rpclatch.nfs4.client` -- ``Nfs4Client`` (asyncio, on :mod:`rpclatch.rpc.aio`).
