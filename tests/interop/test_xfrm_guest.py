@@ -285,6 +285,176 @@ def guest_main() -> dict[str, Any]:
     return res
 
 
+def guest_acquire_main() -> dict[str, Any]:
+    """On-demand keying on kernel ESP: no latch call before the connect; the kernel's ACQUIRE
+    reaches the client engine through XfrmEventReader, its key manager installs a narrow SA pair
+    (the server gets the mirrored pair, standing in for IKE), the SYN retransmission goes out in
+    ESP. The SA has a 4 s hard lifetime in the kernel: the kernel's EXPIRE reaches the engine,
+    which deletes it; the next segment ACQUIREs again and gets a new SA pair."""
+    import select
+
+    from pyroute2 import netns as pr_netns
+
+    from rpclatch.ipsec.engine import Approach, IPsecEngine
+    from rpclatch.ipsec.keymgr import SaProvision
+    from rpclatch.ipsec.model import (
+        AddressRange,
+        AuthMethod,
+        FiveTuple,
+        IdType,
+        IkeId,
+        IkeSaRef,
+        LocalIdentity,
+        PortRange,
+        ProtectionParams,
+        ProtectionPolicy,
+        PskPeer,
+        Selector,
+        ip,
+    )
+    from rpclatch.ipsec.pad import ChildSaAuthorization, IdPattern, PadEntry
+    from rpclatch.ipsec.sad import Lifetime, SecurityAssociation
+    from rpclatch.ipsec.spd import SpdAction, SpdEntry
+    from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, XfrmEventReader
+
+    keys = DerivedKeys(b"guest acquire secret")
+    c_id, s_id = IkeId.fqdn("client.xfrm.test"), IkeId.fqdn("server.xfrm.test")
+    c_local, s_local = LocalIdentity(c_id, AuthMethod.PSK), LocalIdentity(s_id, AuthMethod.PSK)
+    c_addr, s_addr = ip(CLIENT_ADDR), ip(SERVER_ADDR)
+    c_flow = FiveTuple(c_addr, CLIENT_PORT + 1, s_addr, PORT, 6)
+    c_sel = Selector(
+        AddressRange.single(c_addr), AddressRange.single(s_addr), 6, remote_ports=PortRange.single(PORT)
+    )
+    s_sel = Selector(
+        AddressRange.single(s_addr), AddressRange.single(c_addr), 6, local_ports=PortRange.single(PORT)
+    )
+    c_spd = SpdEntry("xfrm-test", (c_sel,), SpdAction.PROTECT, ProtectionPolicy())
+    s_spd = SpdEntry("xfrm-test", (s_sel,), SpdAction.PROTECT, ProtectionPolicy())
+
+    def pad(peer: IkeId, addr: str) -> PadEntry:
+        auth = ChildSaAuthorization((AddressRange.single(addr),))
+        return PadEntry("peer", IdPattern(IdType.ID_FQDN, peer.data), AuthMethod.PSK, auth)
+
+    t0 = time.monotonic()
+
+    def now() -> float:
+        return time.monotonic() - t0
+
+    res: dict[str, Any] = {"acquires": 0, "expires": 0}
+    c_be = XfrmBackend("client", keys)
+    s_be = XfrmBackend(None, keys)
+    srv = cli = conn = None
+    try:
+        provision = SaProvision(
+            AddressRange.single(s_addr),
+            PskPeer(s_id),
+            s_addr,
+            c_local,
+            ProtectionParams(),
+            IkeSaRef(0x5661, 1),
+            lifetime=Lifetime(hard_seconds=4.0),
+        )
+        client = IPsecEngine(
+            [c_spd], [pad(s_id, SERVER_ADDR)], approach=Approach.POLICY, backend=c_be, provisions=[provision]
+        )
+        server = IPsecEngine([s_spd], [pad(c_id, CLIENT_ADDR)], approach=Approach.POLICY, backend=s_be)
+        c_be.install_spd([c_spd])
+        s_be.install_spd([s_spd])
+
+        class Counting:
+            """Counts what the reader delivers, then hands it to the client engine."""
+
+            def backend_acquire(self, flow: FiveTuple, t: float) -> None:
+                res["acquires"] += 1
+                res.setdefault("acquired_flows", []).append(str(flow))
+                client.backend_acquire(flow, t)
+
+            def backend_expire(self, sa_id: int, hard: bool, t: float) -> None:
+                res["expires"] += 1
+                client.backend_expire(sa_id, hard, t)
+
+        reader = XfrmEventReader(c_be, Counting(), now)
+        mirrored: set[int] = set()
+
+        def step(timeout: float = 0.1) -> None:
+            """One turn of the client's event loop, plus the 'IKE' that mirrors new SAs to the server."""
+            select.select([reader.fileno()], [], [], timeout)
+            reader.pump()
+            for sa in list(client.sad):
+                if sa.sa_id not in mirrored:
+                    mirrored.add(sa.sa_id)
+                    server.install_sa(
+                        SecurityAssociation(
+                            sa_id=0,
+                            spi_in=sa.spi_out,
+                            spi_out=sa.spi_in,
+                            local_addr=s_addr,
+                            remote_addr=c_addr,
+                            traffic_selectors=(Selector.for_flow(c_flow.reversed()),),
+                            peer=PskPeer(c_id),
+                            local=s_local,
+                            params=sa.params,
+                            ike_sa=sa.ike_sa,
+                        ),
+                        now(),
+                    )
+                    res.setdefault("spi_pairs", []).append([sa.spi_out, sa.spi_in])
+
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((SERVER_ADDR, PORT))
+        srv.listen(4)
+        srv.settimeout(0.1)
+        cli = pr_netns.create_socket("client", socket.AF_INET, socket.SOCK_STREAM)
+        cli.bind((CLIENT_ADDR, CLIENT_PORT + 1))
+        cli.setblocking(False)
+        cli.connect_ex((SERVER_ADDR, PORT))  # EINPROGRESS: the SYN waits for an SA (ACQUIRE)
+        deadline = time.monotonic() + 20
+        while conn is None and time.monotonic() < deadline:
+            step()
+            try:
+                conn, _peer = srv.accept()
+            except TimeoutError:
+                continue
+        assert conn is not None, "no connection"
+        res["connected_after_acquires"] = res["acquires"]
+        res["client_sas"] = len(client.sad)
+        conn.settimeout(10)
+        cli.setblocking(True)
+        cli.sendall(b"first")
+        res["first"] = _recv_exactly(conn, 5).decode()
+
+        # wait for the kernel's hard expiry of the SA pair (4 s after it was added)
+        deadline = time.monotonic() + 15
+        while res["expires"] == 0 and time.monotonic() < deadline:
+            step(0.5)
+        res["client_sas_after_expire"] = len(client.sad)
+        res["backend_sas_after_expire"] = len(c_be.installed_sas)
+
+        # the next segment has no SA: ACQUIRE again, a new SA pair, TCP's retransmission gets through
+        cli.sendall(b"again")
+        conn.settimeout(0.1)
+        got = b""
+        deadline = time.monotonic() + 20
+        while len(got) < 5 and time.monotonic() < deadline:
+            step()
+            try:
+                got += conn.recv(5 - len(got))
+            except TimeoutError:
+                continue
+        res["again"] = got.decode()
+        res["acquires_total"] = res["acquires"]
+    finally:
+        for sk in (conn, cli, srv):
+            if sk is not None:
+                sk.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sk.close()
+        time.sleep(0.2)
+        c_be.close()
+        s_be.close()
+    return res
+
+
 # ------------------------------------------------------------------------------------------------
 # host side
 
@@ -341,10 +511,34 @@ def test_xfrm_backend_latches_tcp_over_kernel_esp(nfsd_guest: Any) -> None:
     assert {int(p.esp_spi, 16) for p in packets} == {res["spi_out"], res["spi_in"]}
 
 
+def test_xfrm_acquire_and_expire_on_kernel_esp(nfsd_guest: Any) -> None:
+    g = nfsd_guest
+    g.run(f"ip -n client addr add {CLIENT_ADDR}/24 dev vc && ip addr add {SERVER_ADDR}/24 dev vs", check=True)
+    try:
+        r = g.run(g.python_argv(str(Path(__file__).resolve()), "acquire"), env=g.guest_env(None), timeout=120)
+        assert r.ok, r.stderr[-3000:]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        print(json.dumps(res))
+    finally:
+        g.run(f"ip -n client addr del {CLIENT_ADDR}/24 dev vc; ip addr del {SERVER_ADDR}/24 dev vs")
+    flow = f"{CLIENT_ADDR}:{CLIENT_PORT + 1}<->{SERVER_ADDR}:{PORT}/6"
+    # the kernel's ACQUIRE named the bound 5-tuple, and the engine's SA made the connection work
+    assert res["connected_after_acquires"] >= 1 and res["acquired_flows"][0] == flow
+    assert res["client_sas"] == 1 and res["first"] == "first"
+    # the kernel's hard EXPIRE reached the engine, which deleted the pair (SAD and kernel)
+    assert res["expires"] >= 1
+    assert res["client_sas_after_expire"] == 0 and res["backend_sas_after_expire"] == 0
+    # the next segment ACQUIREd a new pair with new SPIs, and the data arrived
+    assert res["again"] == "again"
+    assert res["acquires_total"] > res["connected_after_acquires"]
+    assert len(res["spi_pairs"]) == 2 and res["spi_pairs"][0] != res["spi_pairs"][1]
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["guest"]:
-        sys.exit("usage: test_xfrm_guest.py guest   (runs inside the UML guest)")
+    modes = {"guest": guest_main, "acquire": guest_acquire_main}
+    if len(sys.argv) != 2 or sys.argv[1] not in modes:
+        sys.exit("usage: test_xfrm_guest.py guest|acquire   (runs inside the UML guest)")
     t0 = time.monotonic()
-    result = guest_main()
+    result = modes[sys.argv[1]]()
     result["seconds"] = round(time.monotonic() - t0, 2)
     print(json.dumps(result))

@@ -251,8 +251,11 @@ class _Tracked:
     flows: dict[FiveTuple, tuple[_Key, ...]] = field(default_factory=dict)
     spd: list[_Key] = field(default_factory=list)
     sockets: dict[int, _SocketRecord] = field(default_factory=dict)
-    #: wanted policies by (selector, dir) and layer; ``in_kernel`` what the kernel holds (from us)
-    want: dict[_Key, dict[_Layer, _Want]] = field(default_factory=dict)
+    #: sequence number of the kernel's last ACQUIRE per flow (see XfrmBackend.acquired)
+    acquire_seq: dict[FiveTuple, int] = field(default_factory=dict)
+    #: wanted policies by (selector, dir) and (layer, owner): owner is the SA's -sa_id in the SA
+    #: layer (newest SA first), else 0; ``in_kernel`` is what the kernel holds (from us)
+    want: dict[_Key, dict[tuple[_Layer, int], _Want]] = field(default_factory=dict)
     in_kernel: dict[_Key, _Want] = field(default_factory=dict)
 
 
@@ -287,6 +290,16 @@ class XfrmBackend(Backend):
 
     # -- queries -----------------------------------------------------------------------------
 
+    def acquired(self, flow: FiveTuple, seq: int) -> None:
+        """The kernel ACQUIREd ``flow`` with sequence number ``seq`` (XfrmEventReader calls this
+        before the engine hears of it). The outbound SA of the narrow SA pair later installed for
+        the flow carries ``seq``, so the kernel replaces its larval (acquire) state with it at once;
+        otherwise the larval state would swallow the flow's next ACQUIREs for
+        net.core.xfrm_acq_expires seconds (e.g. after the SA expires)."""
+        if len(self._t.acquire_seq) >= 4096:  # bounded: flows that never got an SA
+            self._t.acquire_seq.clear()
+        self._t.acquire_seq[flow] = seq
+
     def sa_id_for(self, daddr: IPAddress, spi: int) -> int | None:
         """The engine's sa_id of an installed SA direction (daddr, SPI)."""
         return self._t.by_spi.get((daddr, spi))
@@ -320,16 +333,16 @@ class XfrmBackend(Backend):
             self.nl.add_policy(top[0], top[1], update=True)
             self._t.in_kernel[key] = top
 
-    def _put(self, layer: _Layer, info: PolicyInfo, tmpls: Iterable[Template]) -> _Key:
+    def _put(self, layer: _Layer, info: PolicyInfo, tmpls: Iterable[Template], owner: int = 0) -> _Key:
         key = (info.sel, info.dir)
-        self._t.want.setdefault(key, {})[layer] = (info, tuple(tmpls))
+        self._t.want.setdefault(key, {})[(layer, owner)] = (info, tuple(tmpls))
         self._sync(key)
         return key
 
-    def _drop(self, layer: _Layer, key: _Key) -> None:
+    def _drop(self, layer: _Layer, key: _Key, owner: int = 0) -> None:
         layers = self._t.want.get(key)
         if layers is not None:
-            layers.pop(layer, None)
+            layers.pop((layer, owner), None)
         self._sync(key)
 
     # -- SAs ---------------------------------------------------------------------------------
@@ -351,6 +364,8 @@ class XfrmBackend(Backend):
         window = min(params.replay_window, 32)
         if sa.sa_id in self._t.sas:
             self.remove_sa(sa)
+        flow = narrow_flow(sa)
+        seq = 0 if flow is None else self._t.acquire_seq.pop(flow, 0)
         out = SaInfo(
             _sa_selector(sa, outbound=True),
             XfrmId(sa.remote_addr, sa.spi_out),
@@ -359,6 +374,7 @@ class XfrmBackend(Backend):
             sa.reqid,
             XMode.TRANSPORT,
             window,
+            seq=seq,
             lft=lft,
         )
         inb = SaInfo(
@@ -380,15 +396,13 @@ class XfrmBackend(Backend):
             self.nl.delete_sa(SaId(sa.remote_addr, sa.spi_out))
             raise
         keys: list[_Key] = []
-        if sa.is_narrow:
-            flow = narrow_flow(sa)
-            assert flow is not None
+        if flow is not None:
             entry = SpdEntry.flow_entry(flow, SpdAction.PROTECT, _SA_PROTECTION, EntryOrigin.CONFIGURED)
             for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
                 info, tmpls = self._entry_policy(
                     entry, sa.reqid, flow_selector(flow, outbound=outbound), direction, self.sa_priority
                 )
-                keys.append(self._put(_Layer.SA, info, tmpls))
+                keys.append(self._put(_Layer.SA, info, tmpls, -sa.sa_id))
         self._t.sas[sa.sa_id] = _InstalledSa(
             SaId(sa.remote_addr, sa.spi_out), SaId(sa.local_addr, sa.spi_in), tuple(keys)
         )
@@ -400,7 +414,7 @@ class XfrmBackend(Backend):
         if rec is None:
             return
         for key in rec.policies:
-            self._drop(_Layer.SA, key)
+            self._drop(_Layer.SA, key, -sa.sa_id)
         for sid in (rec.out, rec.inb):
             self._t.by_spi.pop((sid.daddr, sid.spi), None)
             self.nl.delete_sa(sid)
@@ -452,7 +466,7 @@ class XfrmBackend(Backend):
             for tsel in entry.selectors:
                 for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
                     for sel in xfrm_selectors(tsel, outbound=outbound):
-                        if _Layer.SPD in self._t.want.get((sel, direction), {}):
+                        if (_Layer.SPD, 0) in self._t.want.get((sel, direction), {}):
                             continue  # an earlier entry has this selector: first match wins
                         info, tmpls = self._entry_policy(entry, None, sel, direction, prio)
                         self._t.spd.append(self._put(_Layer.SPD, info, tmpls))
@@ -509,9 +523,9 @@ class XfrmBackend(Backend):
             self.remove_flow_policy(flow)
         for fd in list(self._t.sockets):
             self.remove_socket_policy(fd)
-        for rec in list(self._t.sas.values()):
+        for sa_id, rec in list(self._t.sas.items()):
             for key in rec.policies:
-                self._drop(_Layer.SA, key)
+                self._drop(_Layer.SA, key, -sa_id)
             for sid in (rec.out, rec.inb):
                 self.nl.delete_sa(sid)
         self._t.sas.clear()
@@ -556,6 +570,7 @@ class XfrmEventReader:
                 except ValueError as exc:
                     log.warning("xfrm ACQUIRE with an unusable selector dropped: %s", exc)
                     continue
+                self.backend.acquired(flow, note.seq)
                 self.engine.backend_acquire(flow, now)
                 count += 1
             elif isinstance(note, Expire):
