@@ -249,6 +249,7 @@ class _Tracked:
     sas: dict[int, _InstalledSa] = field(default_factory=dict)
     by_spi: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
     flows: dict[FiveTuple, tuple[_Key, ...]] = field(default_factory=dict)
+    flow_policies: dict[FiveTuple, FlowPolicy] = field(default_factory=dict)
     spd: list[_Key] = field(default_factory=list)
     sockets: dict[int, _SocketRecord] = field(default_factory=dict)
     #: sequence number of the kernel's last ACQUIRE per flow (see XfrmBackend.acquired)
@@ -311,6 +312,11 @@ class XfrmBackend(Backend):
     @property
     def installed_flows(self) -> frozenset[FiveTuple]:
         return frozenset(self._t.flows)
+
+    @property
+    def flow_policies(self) -> dict[FiveTuple, FlowPolicy]:
+        """The per-flow policies installed, as the engine gave them (like InProcessBackend's)."""
+        return dict(self._t.flow_policies)
 
     @property
     def installed_sockets(self) -> frozenset[int]:
@@ -451,8 +457,10 @@ class XfrmBackend(Backend):
             info, tmpls = self._entry_policy(policy.entry, policy.reqid, sel, direction, self.flow_priority)
             keys.append(self._put(_Layer.FLOW, info, tmpls))
         self._t.flows[flow] = tuple(keys)
+        self._t.flow_policies[flow] = policy
 
     def remove_flow_policy(self, flow: FiveTuple) -> None:
+        self._t.flow_policies.pop(flow, None)
         for key in self._t.flows.pop(flow, ()):
             self._drop(_Layer.FLOW, key)
 
@@ -556,11 +564,7 @@ class XfrmEventReader:
 
     def pump(self) -> int:
         """Deliver what is queued; returns how many events reached the engine."""
-        try:
-            notes = self.events.receive()
-        except XfrmError as exc:
-            log.warning("xfrm event dropped: %s", exc)
-            return 0
+        notes = self.events.receive()
         count = 0
         for note in notes:
             now = self.clock()

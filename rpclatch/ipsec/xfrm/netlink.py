@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 import struct
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,8 @@ from pyroute2.netlink.nlsocket import NetlinkSocket
 
 from rpclatch.ipsec.errors import IPsecLocalError
 from rpclatch.ipsec.model import IPAddress
+
+log = logging.getLogger(__name__)
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
@@ -778,6 +781,8 @@ class XfrmEventSocket:
             mask |= 1 << (int(g) - 1)
         self.sock.bind((0, mask))
         self.sock.setblocking(False)
+        self.malformed = 0
+        self.overruns = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -786,12 +791,23 @@ class XfrmEventSocket:
         self.sock.close()
 
     def receive(self, max_datagrams: int = 64) -> list[Notification]:
-        """Decode queued datagrams (at most ``max_datagrams``); malformed ones raise."""
+        """Decode queued datagrams (at most ``max_datagrams``). A malformed datagram is logged and
+        skipped; so is a receive-buffer overrun (ENOBUFS: events were lost, the kernel says so)."""
         out: list[Notification] = []
         for _ in range(max_datagrams):
             try:
                 data = self.sock.recv(65536)
             except BlockingIOError:
                 break
-            out += [n for _t, n in decode_datagram(data) if n is not None]
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self.overruns += 1
+                log.warning("xfrm event socket overrun: kernel events were lost")
+                continue
+            try:
+                out += [n for _t, n in decode_datagram(data) if n is not None]
+            except XfrmDecodeError as exc:
+                self.malformed += 1
+                log.warning("malformed xfrm event datagram (%d bytes) dropped: %s", len(data), exc)
         return out

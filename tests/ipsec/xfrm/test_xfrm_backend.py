@@ -11,6 +11,7 @@ import os
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -226,6 +227,7 @@ def test_flow_policy_round_trip_matches_ip_xfrm(ns_pair: NsPair, backend: XfrmBa
     backend.install_flow_policy(FlowPolicy(prot, protect_entry(prot), 9))
     dumped = {(p.info.sel.sport, p.info.sel.dport, p.info.dir): p for p in backend.nl.policies()}
     assert len(dumped) == 6 and dumped[(2049, 40000, Dir.IN)].templates[0].reqid == 9
+    assert backend.flow_policies[prot].reqid == 9 and set(backend.flow_policies) == {prot, byp, dis}
     for flow in (prot, byp, dis):
         backend.remove_flow_policy(flow)
         backend.remove_flow_policy(flow)
@@ -426,3 +428,28 @@ def test_flow_policy_on_a_configured_selector_replaces_then_restores_it(
     assert kernel() == [(Dir.IN, 1000, 0, [0]), (Dir.OUT, 1000, 0, [0])]
     backend.clear_spd()
     assert kernel() == []
+
+
+def test_event_reader_skips_malformed_datagrams(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    """Garbage unicast to the event socket (root may send netlink to any port id) is logged and
+    dropped; a real ACQUIRE right behind it is still delivered."""
+    engine = IPsecEngine([nfs_spd()], backend=backend)
+    reader = XfrmEventReader(backend, engine, time.monotonic)
+    sender = pr_netns.create_socket(ns_pair.a, socket.AF_NETLINK, socket.SOCK_DGRAM, 6)
+    try:
+        port = reader.events.sock.getsockname()[0]
+        bad_header = struct.pack("=IHHII", 999, 0x17, 0, 0, 0)  # length beyond the datagram
+        short_acquire = struct.pack("=IHHII", 16 + 8, 0x17, 0, 0, 0) + bytes(8)  # truncated body
+        for junk in (bad_header, short_acquire, b"\x01\x02\x03"):
+            sender.sendto(junk, (port, 0))
+        flow = FiveTuple.of(A_ADDR, 40080, B_ADDR, 2049, 6)
+        backend.install_flow_policy(FlowPolicy(flow, protect_entry(flow), 3))
+        s = client(ns_pair.a, 40080)
+        with s:
+            assert connect_errno(s) == errno.ETIMEDOUT
+        wait_delivered(reader, 1)
+        assert reader.events.malformed == 3
+        assert reader.delivered == 1 and list(engine.key_manager.pending) == [flow]
+    finally:
+        sender.close()
+        reader.close()
