@@ -402,13 +402,19 @@ class XfrmBackend(Backend):
             self.nl.delete_sa(SaId(sa.remote_addr, sa.spi_out))
             raise
         keys: list[_Key] = []
-        if flow is not None:
-            entry = SpdEntry.flow_entry(flow, SpdAction.PROTECT, _SA_PROTECTION, EntryOrigin.CONFIGURED)
-            for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
-                info, tmpls = self._entry_policy(
-                    entry, sa.reqid, flow_selector(flow, outbound=outbound), direction, self.sa_priority
-                )
-                keys.append(self._put(_Layer.SA, info, tmpls, -sa.sa_id))
+        try:
+            if flow is not None:
+                entry = SpdEntry.flow_entry(flow, SpdAction.PROTECT, _SA_PROTECTION, EntryOrigin.CONFIGURED)
+                for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
+                    sel = flow_selector(flow, outbound=outbound)
+                    info, tmpls = self._entry_policy(entry, sa.reqid, sel, direction, self.sa_priority)
+                    keys.append(self._put(_Layer.SA, info, tmpls, -sa.sa_id))
+        except XfrmError:
+            for key in keys:
+                self._drop(_Layer.SA, key, -sa.sa_id)
+            self.nl.delete_sa(SaId(sa.remote_addr, sa.spi_out))
+            self.nl.delete_sa(SaId(sa.local_addr, sa.spi_in))
+            raise
         self._t.sas[sa.sa_id] = _InstalledSa(
             SaId(sa.remote_addr, sa.spi_out), SaId(sa.local_addr, sa.spi_in), tuple(keys)
         )

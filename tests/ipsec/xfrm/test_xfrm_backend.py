@@ -4,6 +4,7 @@ are tested in the UML guest (tests/interop/test_xfrm_guest.py); here only their 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import itertools
@@ -453,3 +454,30 @@ def test_event_reader_skips_malformed_datagrams(ns_pair: NsPair, backend: XfrmBa
     finally:
         sender.close()
         reader.close()
+
+
+def test_event_reader_on_an_asyncio_loop(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    """attach(): the loop calls pump() when the kernel's ACQUIRE arrives."""
+    flow = FiveTuple.of(A_ADDR, 40090, B_ADDR, 2049, 6)
+    engine = IPsecEngine([nfs_spd()], backend=backend)
+    backend.install_flow_policy(FlowPolicy(flow, protect_entry(flow), 3))
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        reader = XfrmEventReader(backend, engine, loop.time)
+        reader.attach(loop)
+        try:
+            s = client(ns_pair.a, 40090)
+            with s:
+                assert await loop.run_in_executor(None, connect_errno, s) == errno.ETIMEDOUT
+            for _ in range(50):
+                if reader.delivered:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            reader.detach(loop)
+            reader.close()
+        assert reader.delivered == 1
+
+    asyncio.run(scenario())
+    assert list(engine.key_manager.pending) == [flow]
