@@ -41,7 +41,8 @@ from rpclatch.ipsec.model import (
 from rpclatch.ipsec.sad import SecurityAssociation
 from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
 from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, XfrmEventReader
-from rpclatch.ipsec.xfrm.netlink import Dir, XfrmKernelError
+from rpclatch.ipsec.xfrm.netlink import Dir, SaId, SaInfo, XfrmId, XfrmKernelError, XfrmSocket
+from rpclatch.ipsec.xfrm.netlink import Selector as XfrmSelector
 
 pytestmark = pytest.mark.root
 
@@ -481,3 +482,20 @@ def test_event_reader_on_an_asyncio_loop(ns_pair: NsPair, backend: XfrmBackend) 
 
     asyncio.run(scenario())
     assert list(engine.key_manager.pending) == [flow]
+
+
+def test_allocspi_getsa_dump_delsa_round_trip(ns_pair: NsPair) -> None:
+    """ALLOCSPI needs no ESP transform (it makes a larval SA): the SPI is in the range asked for,
+    the GETSA dump and ``ip xfrm state`` show it, DELSA removes it, a second DELSA says absent."""
+    with XfrmSocket(ns_pair.a) as nl:
+        a, b = ip(A_ADDR), ip(B_ADDR)
+        info = SaInfo(XfrmSelector.any(), XfrmId(b, 0), a, socket.AF_INET, reqid=9)
+        spi = nl.alloc_spi(info, 0x4000, 0x4FFF)
+        assert 0x4000 <= spi <= 0x4FFF
+        assert [(s.info.id.daddr, s.info.id.spi, s.info.reqid, s.info.saddr) for s in nl.sas()] == [
+            (b, spi, 9, a)
+        ]
+        assert f"proto esp spi {spi:#010x} reqid 9 mode transport" in ns_pair.ip(ns_pair.a, "xfrm", "state")
+        assert nl.delete_sa(SaId(b, spi)) is True
+        assert nl.delete_sa(SaId(b, spi)) is False
+        assert nl.sas() == [] and ns_pair.ip(ns_pair.a, "xfrm", "state").strip() == ""
