@@ -36,6 +36,7 @@ _CALL_HEAD = struct.Struct(">IIIIIIII")  # xid, CALL, rpcvers, prog, vers, proc,
 _REPLY_HEAD = struct.Struct(">IIIII")  # xid, REPLY, MSG_ACCEPTED, verf flavor, verf len
 _ACCEPTED_NULL_VERF_SUCCESS = struct.Struct(">IIIIII")  # ... + AUTH_NONE, 0, SUCCESS
 _MARKED_CALL_NULL_AUTH = struct.Struct(">IIIIIIIIIII")
+_MARKED_CALL_HEAD = struct.Struct(">IIIIIIIII")  # fragment header + _CALL_HEAD
 _MARKED_NULL_VERF_SUCCESS = struct.Struct(">IIIIIII")
 _LAST_FRAGMENT = 0x80000000
 _ZERO_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
@@ -95,14 +96,19 @@ def encode_call_marked(msg: CallMessage) -> tuple[bytes, bytes]:
     cbody = cred.body
     verf = msg.verf
     args = msg.args
-    if not cbody and verf.flavor == _AUTH_NONE and not verf.body:
+    if not cbody and cred.flavor == _AUTH_NONE and verf.flavor == _AUTH_NONE and not verf.body:
         return _MARKED_CALL_NULL_AUTH.pack(_LAST_FRAGMENT | (40 + len(args)), msg.xid, _CALL,
                                            msg.rpcvers, msg.prog, msg.vers, msg.proc,
                                            0, 0, 0, 0), args
-    head = b"".join((_CALL_HEAD.pack(msg.xid, _CALL, msg.rpcvers, msg.prog, msg.vers, msg.proc,
-                                     cred.flavor, len(cbody)),
-                     cbody, _ZERO_PAD[len(cbody) & 3], _auth_bytes(verf)))
-    return _I.pack(_LAST_FRAGMENT | (len(head) + len(args))) + head, args
+    # One pack for the fragment header and the fixed call words (the lengths are known up front).
+    n = len(cbody)
+    vbody = verf.body
+    m = len(vbody)
+    size = 40 + ((n + 3) & ~3) + ((m + 3) & ~3) + len(args)
+    head = b"".join((_MARKED_CALL_HEAD.pack(_LAST_FRAGMENT | size, msg.xid, _CALL, msg.rpcvers,
+                                            msg.prog, msg.vers, msg.proc, cred.flavor, n),
+                     cbody, _ZERO_PAD[n & 3], _II.pack(verf.flavor, m), vbody, _ZERO_PAD[m & 3]))
+    return head, args
 
 
 def encode_success(xid: int, verf: OpaqueAuth, results: bytes) -> bytes:

@@ -183,3 +183,13 @@ def test_decoded_calls_keep_the_signed_header_bytes(flavor: int, cred: bytes, ve
     assert decoded.header[:32 + len(cred)] == msg.encode_header_through_cred()[:32 + len(cred)]
     null = wire.decode_call_body(wire.encode_call(CallMessage(9, 1, 1, 0)))
     assert null.header == b""  # AUTH_NONE: nothing kept, nothing signs it
+
+
+@given(flavor=st.sampled_from([0, 1, 6]), cred=st.binary(max_size=400), vflavor=st.sampled_from([0, 6]),
+       verf=st.binary(max_size=400), args=st.binary(max_size=64).map(lambda b: b + b"\0" * (-len(b) % 4)))
+@settings(max_examples=200)
+def test_marked_call_is_the_record_of_the_encoded_call(flavor: int, cred: bytes, vflavor: int, verf: bytes,
+                                                       args: bytes) -> None:
+    call = CallMessage(0xFFFFFFFF, 100003, 4, 1, OpaqueAuth(flavor, cred), OpaqueAuth(vflavor, verf), args)
+    head, rest = wire.encode_call_marked(call)
+    assert rest is args and head + rest == encode_record(call.encode())
