@@ -21,12 +21,13 @@ class SeqVerdict(Enum):
 class SeqWindow:
     """A bitmap window of ``size`` sequence numbers. Not thread-safe (the caller holds a lock)."""
 
-    __slots__ = ("_bits", "_highest", "size")
+    __slots__ = ("_bits", "_highest", "_mask", "size")
 
     def __init__(self, size: int = 128) -> None:
         if not 1 <= size <= 1 << 16:
             raise ValueError("seq window must be 1..65536")
         self.size = size
+        self._mask = (1 << size) - 1
         self._highest = -1  # nothing seen yet
         self._bits = 0  # bit i set: (highest - i) was seen
 
@@ -48,7 +49,7 @@ class SeqWindow:
         highest = self._highest
         if seq > highest:
             shift = seq - highest
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self._bits = ((self._bits << shift) | 1) & self._mask if shift < self.size else 1
             self._highest = seq
             return True
         offset = highest - seq
@@ -61,7 +62,7 @@ class SeqWindow:
         """Record ``seq`` as used; call only after :meth:`check` said NEW and the MIC verified."""
         if seq > self._highest:
             shift = seq - self._highest
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self._bits = ((self._bits << shift) | 1) & self._mask if shift < self.size else 1
             self._highest = seq
         else:
             offset = self._highest - seq
