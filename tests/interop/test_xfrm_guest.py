@@ -83,7 +83,7 @@ def guest_main() -> dict[str, Any]:
     from rpclatch.ipsec.pad import ChildSaAuthorization, IdPattern, PadEntry
     from rpclatch.ipsec.sad import SecurityAssociation
     from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
-    from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend
+    from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, esp_sa_uat_rows
 
     keys = DerivedKeys(b"guest test secret")
     c_id, s_id = IkeId.fqdn("client.xfrm.test"), IkeId.fqdn("server.xfrm.test")
@@ -219,6 +219,9 @@ def guest_main() -> dict[str, Any]:
         res["echo"] = _recv_exactly(cli, 2).decode()
         res["received_intact"] = got == data
         res["counters_after"] = counters()
+        res["esp_sa_rows"] = esp_sa_uat_rows(
+            sa for sa in c_be.nl.sas() if str(sa.info.id.daddr) in (CLIENT_ADDR, SERVER_ADDR)
+        )
 
         # policy change at the server: the flow's kernel policy becomes DISCARD (what a broken
         # latch or an administrative change maps to); the ESP segment is decrypted and then dropped
@@ -465,7 +468,9 @@ def test_xfrm_backend_latches_tcp_over_kernel_esp(nfsd_guest: Any) -> None:
     g = nfsd_guest
     g.run(f"ip -n client addr add {CLIENT_ADDR}/24 dev vc && ip addr add {SERVER_ADDR}/24 dev vs", check=True)
     try:
-        with g.capture("xfrm-latch", iface="vs", bpf="host 203.0.113.1 or host 203.0.113.2") as pcap:
+        with g.capture(
+            "xfrm-latch", iface="vs", bpf="host 203.0.113.1 or host 203.0.113.2", snaplen=4096
+        ) as pcap:
             r = g.run(
                 g.python_argv(str(Path(__file__).resolve()), "guest"), env=g.guest_env(None), timeout=120
             )
@@ -509,6 +514,39 @@ def test_xfrm_backend_latches_tcp_over_kernel_esp(nfsd_guest: Any) -> None:
     assert len(packets) > 10
     assert all(p.is_esp for p in packets), [p for p in packets if not p.is_esp][:5]
     assert {int(p.esp_spi, 16) for p in packets} == {res["spi_out"], res["spi_in"]}
+    # decrypted with the keys the kernel reports, the ESP carries exactly our TCP connection
+    assert len(res["esp_sa_rows"]) == 2
+    opts = ["-o", "esp.enable_encryption_decode:TRUE"]
+    for row in res["esp_sa_rows"]:
+        opts += ["-o", f"uat:esp_sa:{row}"]
+    out = subprocess.run(
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(pcap),
+            *opts,
+            "-Y",
+            f"ip.addr=={CLIENT_ADDR}",
+            "-T",
+            "fields",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "tcp.len",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split("\n")
+    rows = [line.split("\t") for line in out if line.strip()]
+    decrypted = [r for r in rows if r[0]]
+    assert len(decrypted) >= len(rows) - 5  # the segments sent under the deleted SA stay opaque
+    assert {(int(r[0]), int(r[1])) for r in decrypted} == {(CLIENT_PORT, PORT), (PORT, CLIENT_PORT)}
+    assert sum(int(r[2]) for r in decrypted if int(r[0]) == CLIENT_PORT) >= PAYLOAD
 
 
 def test_xfrm_acquire_and_expire_on_kernel_esp(nfsd_guest: Any) -> None:

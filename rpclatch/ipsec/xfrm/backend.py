@@ -74,6 +74,7 @@ from rpclatch.ipsec.xfrm.netlink import (
     Lifetime,
     PolicyId,
     PolicyInfo,
+    Sa,
     SaId,
     SaInfo,
     Selector,
@@ -544,6 +545,34 @@ class XfrmBackend(Backend):
                 self.nl.delete_sa(sid)
         self._t.sas.clear()
         self._t.by_spi.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# captures
+
+
+_WIRESHARK_GCM = {
+    64: "AES-GCM with 8 octet ICV [RFC4106]",
+    96: "AES-GCM with 12 octet ICV [RFC4106]",
+    128: "AES-GCM with 16 octet ICV [RFC4106]",
+}
+
+
+def esp_sa_uat_rows(sas: Iterable[Sa]) -> list[str]:
+    """Wireshark ``esp_sa`` UAT rows for kernel SAs (from :meth:`XfrmSocket.sas`, whose dump carries
+    the keys), so a capture of our ESP can be decrypted: ``tshark -o
+    esp.enable_encryption_decode:TRUE -o uat:esp_sa:<row> ...``. SAs without AES-GCM are skipped."""
+    rows = []
+    for sa in sas:
+        if sa.aead is None or sa.aead.name != AEAD_NAME or sa.aead.icv_bits not in _WIRESHARK_GCM:
+            continue
+        info = sa.info
+        proto = "IPv4" if info.family == AF_INET else "IPv6"
+        rows.append(
+            f'"{proto}","{info.saddr}","{info.id.daddr}","0x{info.id.spi:08x}",'
+            f'"{_WIRESHARK_GCM[sa.aead.icv_bits]}","0x{sa.aead.key.hex()}","NULL",""'
+        )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
