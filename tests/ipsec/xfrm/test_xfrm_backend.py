@@ -499,3 +499,50 @@ def test_allocspi_getsa_dump_delsa_round_trip(ns_pair: NsPair) -> None:
         assert nl.delete_sa(SaId(b, spi)) is True
         assert nl.delete_sa(SaId(b, spi)) is False
         assert nl.sas() == [] and ns_pair.ip(ns_pair.a, "xfrm", "state").strip() == ""
+
+
+A6, B6 = "2001:db8:5660::1", "2001:db8:5660::2"  # RFC 3849 documentation prefix
+
+
+def test_ipv6_flow_policy_acquire_and_socket_bypass(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    """IPv6: a pinned flow policy ACQUIREs with the v6 5-tuple; an IPV6_XFRM_POLICY BYPASS socket
+    gets through a configured v6 PROTECT entry."""
+    for ns, ifname, addr in ((ns_pair.a, "xa", A6), (ns_pair.b, "xb", B6)):
+        ns_pair.ip(ns, "addr", "add", f"{addr}/64", "dev", ifname, "nodad")
+    flow = FiveTuple.of(A6, 40100, B6, 2049, 6)
+    sel = Selector(AddressRange.single(A6), AddressRange.single(B6), 6, remote_ports=PortRange.single(2049))
+    spd = SpdEntry("nfs6", (sel,), SpdAction.PROTECT, PROTECT)
+    engine = IPsecEngine([spd], backend=backend)
+    reader = XfrmEventReader(backend, engine, time.monotonic)
+    try:
+        backend.install_spd([spd])
+        backend.install_flow_policy(FlowPolicy(flow, protect_entry(flow), 4))
+        text = ip_policies(ns_pair, ns_pair.a)
+        assert f"src {A6}/128 dst {B6}/128 proto tcp sport 40100 dport 2049" in text
+        assert f"src {A6}/128 dst {B6}/128 proto tcp dport 2049" in text  # the configured entry
+        srv = pr_netns.create_socket(ns_pair.b, socket.AF_INET6, socket.SOCK_STREAM)
+        srv.bind((B6, 2049))
+        srv.listen(4)
+        srv.settimeout(5)
+        with srv:
+            s = pr_netns.create_socket(ns_pair.a, socket.AF_INET6, socket.SOCK_STREAM)
+            s.bind((A6, 40100))
+            s.settimeout(0.5)
+            with s, contextlib.suppress(TimeoutError):
+                s.connect((B6, 2049))
+                pytest.fail("connected in the clear despite the pinned PROTECT policy")
+            wait_delivered(reader, 1)
+            assert list(engine.key_manager.pending) == [flow]
+            byp = pr_netns.create_socket(ns_pair.a, socket.AF_INET6, socket.SOCK_STREAM)
+            byp.bind((A6, 40101))
+            byp.settimeout(2)
+            with byp:
+                bflow = FiveTuple.of(A6, 40101, B6, 2049, 6)
+                bypass = SpdEntry.flow_entry(bflow, SpdAction.BYPASS, None, EntryOrigin.APPLICATION_REQUEST)
+                backend.install_socket_policy(SocketPolicy(byp.fileno(), bflow, bypass, None))
+                byp.connect((B6, 2049))
+                conn, peer = srv.accept()
+                conn.close()
+                assert peer[:2] == (A6, 40101)
+    finally:
+        reader.close()
