@@ -30,13 +30,15 @@ What it does (RFC 7530 / RFC 8881; sequences in the standards digest §8.2-§8.3
   renewal). The new connection is made through the same hook, with fresh RPCSEC_GSS contexts;
   4.1 slots whose request was lost are re-synced;
 * lost server state (restart, expired lease: STALE_CLIENTID, STALE_STATEID, BADSESSION,
-  DEADSESSION, EXPIRED): a new client ID / session; files opened before continue with the
-  anonymous stateid (no reclaim: we hold no locks or delegations);
+  DEADSESSION, EXPIRED): a new client ID / session; files opened before are opened again before
+  their next READ / WRITE (4.1: OPEN CLAIM_FH, 4.0: OPEN by name + OPEN_CONFIRM; a new open, not
+  a reclaim: we hold no locks or delegations, and OPEN waits out the grace period); a request
+  already under way when the state was lost goes on with the anonymous stateid;
 * clean close: CLOSE of anything open, ``DESTROY_SESSION`` + ``DESTROY_CLIENTID`` (4.1), GSS
   contexts destroyed, connection closed.
 
 Counters for tests and reports: ``retries`` (by status), ``renewals``, ``reconnects``,
-``recoveries``, ``rewrites``; ``lease_error`` and ``teardown_error`` keep the last such failure.
+``recoveries``, ``reopens``, ``rewrites``; ``lease_error`` and ``teardown_error`` keep the last such failure.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from rpclatch.nfs4 import const as c
@@ -137,6 +139,7 @@ from rpclatch.nfs4.security import (
 )
 from rpclatch.nfs4.types import (
     ANONYMOUS_STATEID,
+    READ_BYPASS_STATEID,
     STAT_ATTRS,
     Fattr4,
     bitmap_from_attrs,
@@ -294,6 +297,9 @@ class _Open:
     delegation: stateid4 | None
     attrs: Fattr4
     epoch: int = 0  # the client's state epoch when opened (see Nfs4Client._recover_state)
+    path: str = ""  # as opened (NFSv4.0 opens again by name after the server lost our state)
+    write: bool = False
+    reopening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Nfs4Client:
@@ -318,6 +324,7 @@ class Nfs4Client:
         self.auto_reconnect = auto_reconnect
         self.reconnects = 0  # connections re-made after the transport was lost
         self.recoveries = 0  # client IDs / sessions re-made after the server lost our state
+        self.reopens = 0  # open files opened again after the server lost our state
         self._epoch = 0  # bumped by each recovery: older open stateids are void
         self._closing = False  # close() started: no reconnecting just to tear down
         self._state_lock = asyncio.Lock()
@@ -495,7 +502,8 @@ class Nfs4Client:
         if self.minorversion == 0 or not sequence:
             comp = COMPOUND4args(tuple(ops), self.minorversion)
             res = COMPOUND4res.decode(await self._call_with(auth, comp.encode()), comp.opnums())
-            self._last_renewal = time.monotonic()
+            if self.minorversion == 1 or (res.status == nfsstat4.NFS4_OK and _renews_v40_lease(ops)):
+                self._last_renewal = time.monotonic()
             return res
         table = self.slots
         if table is None:
@@ -637,6 +645,42 @@ class Nfs4Client:
 
     def _stateid(self, f: _Open) -> stateid4:
         return f.stateid if f.epoch == self._epoch else ANONYMOUS_STATEID
+
+    async def _ensure_open(self, f: _Open) -> None:
+        """Open ``f`` again when the server lost our state since it was opened (RFC 8881
+        §8.4.2.1, RFC 7530 §9.6.2: without reclaiming, a client opens afresh), so that READ and
+        WRITE go on under a real open (its share reservation held again) instead of the
+        anonymous stateid. One reopen per file, however many READs / WRITEs wait for it."""
+        if f.epoch == self._epoch or self.closed or self._closing:
+            return
+        async with f.reopening:
+            epoch = self._epoch
+            if f.epoch == epoch:
+                return
+            if self.minorversion == 1:
+                access = (c.OPEN4_SHARE_ACCESS_WRITE if f.write else c.OPEN4_SHARE_ACCESS_READ) \
+                    | c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG
+                owner = self._new_owner()
+                res = await self._compound(lambda: [PUTFH4args(f.fh), OPEN4args(
+                    0, access, c.OPEN4_SHARE_DENY_NONE, owner, openflag4(opentype4.OPEN4_NOCREATE),
+                    open_claim4(open_claim_type4.CLAIM_FH))])
+                res.raise_for_status(f.path)
+                op = res.resarray[-1]
+                assert isinstance(op, OPEN4res)
+                ok = op.ok()
+                stateid, seqid = ok.stateid, 1
+            else:
+                fresh = await self._open(f.path, write=f.write, create=False)
+                self._open_files.pop(id(fresh), None)
+                if fresh.fh != f.fh:  # another file by that name now: do not mix them up
+                    with contextlib.suppress(Nfs4Error, RpcError):
+                        await self._close(fresh)
+                    raise Nfs4RemoteError(nfsstat4.NFS4ERR_STALE, nfs_opnum4.OP_OPEN, f.path)
+                owner, stateid, seqid, epoch = fresh.owner, fresh.stateid, fresh.seqid, fresh.epoch
+            f.owner, f.stateid, f.seqid, f.delegation = owner, stateid, seqid, None
+            f.epoch = epoch  # a recovery while we reopened leaves it stale: reopened next time
+            self.reopens += 1
+            log.info("reopened %s after the server lost our state", f.path or "a file")
 
     async def _resync_slot(self, slot: _Slot) -> None:
         """Send a lone SEQUENCE with the slot's current seqid: if the lost request had reached the
@@ -922,8 +966,9 @@ class Nfs4Client:
         self._owner_counter += 1
         return open_owner4(self.clientid, f"{self.client_name}/{self._owner_counter}".encode())
 
-    async def _open(self, path: str, *, write: bool, mode: int = 0o644) -> _Open:
-        """OPEN by name in the parent directory (CLAIM_NULL); NFSv4.0 confirms a new owner."""
+    async def _open(self, path: str, *, write: bool, mode: int = 0o644, create: bool = True) -> _Open:
+        """OPEN by name in the parent directory (CLAIM_NULL); NFSv4.0 confirms a new owner.
+        ``write`` opens for writing, creating or truncating the file unless ``create`` is False."""
         comps = split_path(path)
         if not comps:
             raise Nfs4RemoteError(nfsstat4.NFS4ERR_ISDIR, nfs_opnum4.OP_OPEN, path)
@@ -931,8 +976,9 @@ class Nfs4Client:
         access = c.OPEN4_SHARE_ACCESS_WRITE if write else c.OPEN4_SHARE_ACCESS_READ
         if self.minorversion == 1:
             access |= c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG  # we have no back channel
-        create = createhow4(createmode4.UNCHECKED4, Fattr4(size=0, mode=mode))
-        how = openflag4(opentype4.OPEN4_CREATE, create) if write else openflag4(opentype4.OPEN4_NOCREATE)
+        how = (openflag4(opentype4.OPEN4_CREATE, createhow4(createmode4.UNCHECKED4,
+                                                            Fattr4(size=0, mode=mode)))
+               if write and create else openflag4(opentype4.OPEN4_NOCREATE))
         owner_box: list[open_owner4] = []
 
         def tail() -> list[ArgOp]:
@@ -953,7 +999,7 @@ class Nfs4Client:
         if ok.delegation.delegation_type in (open_delegation_type4.OPEN_DELEGATE_READ,
                                              open_delegation_type4.OPEN_DELEGATE_WRITE):
             deleg = ok.delegation.stateid
-        f = _Open(fh, ok.stateid, owner_box[-1], 1, deleg, ga.ok(), self._epoch)
+        f = _Open(fh, ok.stateid, owner_box[-1], 1, deleg, ga.ok(), self._epoch, path, write)
         if self.minorversion == 0 and ok.rflags & c.OPEN4_RESULT_CONFIRM:
             res = await self._compound(lambda: [PUTFH4args(fh), OPEN_CONFIRM4args(f.stateid, f.seqid)])
             self._advance_seqid(f, res.status)
@@ -991,6 +1037,7 @@ class Nfs4Client:
         assert isinstance(cl, CLOSE4res)
 
     async def _read_at(self, f: _Open, offset: int, count: int) -> tuple[bytes, bool]:
+        await self._ensure_open(f)
         res = await self._compound(lambda: [PUTFH4args(f.fh), READ4args(self._stateid(f), offset, count)],
                                    idempotent=True)
         res.raise_for_status()
@@ -1109,6 +1156,7 @@ class Nfs4Client:
 
     async def _write_at(self, f: _Open, offset: int, data: bytes,
                         stable: stable_how4) -> tuple[int, stable_how4, bytes]:
+        await self._ensure_open(f)
         res = await self._compound(lambda: [PUTFH4args(f.fh), WRITE4args(self._stateid(f), offset, stable,
                                                                        data)],
                                    idempotent=True)
@@ -1210,6 +1258,21 @@ class Nfs4Client:
                 auth.close()
         self._auths.clear()
         await self.rpc.close()
+
+
+def _renews_v40_lease(ops: Sequence[ArgOp]) -> bool:
+    """Whether a successful NFSv4.0 COMPOUND of ``ops`` renewed our lease: only operations that
+    use our client ID or one of our stateids do, not those with a special stateid nor the
+    stateless ones (LOOKUP, GETATTR, COMMIT...) (RFC 7530 §9.5). Reads with the anonymous
+    stateid while waiting out a grace period must not keep the idle loop from sending RENEW."""
+    for op in ops:
+        if isinstance(op, RENEW4args | SETCLIENTID_CONFIRM4args | OPEN4args):
+            return True
+        sid = getattr(op, "stateid", None) or getattr(op, "open_stateid", None)
+        if isinstance(sid, stateid4) and sid.other not in (ANONYMOUS_STATEID.other,
+                                                           READ_BYPASS_STATEID.other):
+            return True
+    return False
 
 
 def _io_size(n: int) -> int:

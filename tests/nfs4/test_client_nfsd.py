@@ -271,6 +271,45 @@ def test_survives_a_server_restart_during_a_write(nfsd: LinuxNfsdGuest, minor: i
     assert reconnects >= 1 and recoveries == 1 and rewrites == 1
 
 
+def server_opens(guest: LinuxNfsdGuest, client_name: str) -> int:
+    """How many open stateids nfsd holds for the client named ``client_name``
+    (/proc/fs/nfsd/clients/*/states, Linux >= 5.3)."""
+    script = ('n=0; for d in /proc/fs/nfsd/clients/*/; do if grep -qF "$1" "$d/info"; then '
+              'n=$((n + $(grep -c "type: open" "$d/states"))); fi; done; echo $n')
+    return int(guest.run(["sh", "-c", script, "sh", client_name], check=True).stdout)
+
+
+@pytest.mark.parametrize("minor", [0, 1])
+def test_open_file_is_reopened_after_a_restart(nfsd: LinuxNfsdGuest, minor: int) -> None:
+    """A file is open for reading while nfsd restarts (the client idle between two READs): the
+    client reconnects, makes a new client ID / session, and opens the file again (4.1 CLAIM_FH,
+    4.0 by name) before its next READ, so the server holds an open for it again -- rather than
+    the client reading on with the anonymous stateid -- and the whole file reads back."""
+    data = os.urandom(6 * 1024 * 1024 + 99)
+    name = f"/reopen-{minor}.bin"
+
+    async def body(c: Nfs4Client) -> tuple[bytes, int, int, list[int]]:
+        await c.write_file(name, data)
+        got = bytearray()
+        opens: list[int] = [await asyncio.to_thread(server_opens, nfsd, c.client_name)]  # none
+        async for chunk in c.read_file(name, window=1):
+            got += chunk
+            if len(got) == len(chunk):  # after the first READ
+                conn = c.rpc
+                nfsd.restart_nfsd()  # in the loop's thread: the client stays idle
+                async with asyncio.timeout(30):
+                    while not conn.closed:
+                        await asyncio.sleep(0.01)
+            elif c.reopens and len(opens) == 1:  # the file is still open here
+                opens.append(await asyncio.to_thread(server_opens, nfsd, c.client_name))
+        await c.remove(name)
+        return bytes(got), c.reopens, c.recoveries, opens
+
+    got, reopens, recoveries, opens = run(nfsd, minor, "sys", body)
+    assert got == data
+    assert recoveries == 1 and reopens == 1 and opens == [0, 1]
+
+
 def test_grace_period_is_waited_out(nfsd: LinuxNfsdGuest) -> None:
     """After an nfsd restart OPEN gets NFS4ERR_GRACE until the grace period ends; the client
     retries with backoff instead of failing, and goes on once the server stops saying GRACE.
