@@ -248,12 +248,13 @@ def test_changed_write_verifier_rewrites_the_window(nfsd: LinuxNfsdGuest) -> Non
 def test_survives_a_server_restart_during_a_write(nfsd: LinuxNfsdGuest, minor: int) -> None:
     """nfsd restarts in the middle of an upload: the connection drops (reconnect), the server has
     forgotten our client ID / session (new one, RFC 7530 §9.6.2 / RFC 8881 §8.4.2), the open
-    stateid is void (anonymous stateid, waiting out the grace period) and the write verifier
-    changed (the uncommitted data is written again FILE_SYNC). The file ends up intact."""
+    stateid is void (the WRITEs under way go on with the anonymous stateid, the next ones open the
+    file again, both waiting out the grace period) and the write verifier changed (the
+    uncommitted data is written again FILE_SYNC). The file ends up intact."""
     data = os.urandom(3 * 1024 * 1024 + 4321)
     name = f"/restart-{minor}.bin"
 
-    async def body(c: Nfs4Client) -> tuple[int, int, int, bytes]:
+    async def body(c: Nfs4Client) -> tuple[int, int, int, int, bytes]:
         async def source() -> AsyncIterator[bytes]:
             step = 256 * 1024
             for i in range(0, len(data), step):
@@ -264,11 +265,11 @@ def test_survives_a_server_restart_during_a_write(nfsd: LinuxNfsdGuest, minor: i
         await c.write_file(name, source())
         got = await c.read_bytes(name)
         await c.remove(name)
-        return c.reconnects, c.recoveries, c.rewrites, got
+        return c.reconnects, c.recoveries, c.rewrites, c.reopens, got
 
-    reconnects, recoveries, rewrites, got = run(nfsd, minor, "sys", body)
+    reconnects, recoveries, rewrites, reopens, got = run(nfsd, minor, "sys", body)
     assert got == data
-    assert reconnects >= 1 and recoveries == 1 and rewrites == 1
+    assert reconnects >= 1 and recoveries == 1 and rewrites == 1 and reopens == 1
 
 
 def server_opens(guest: LinuxNfsdGuest, client_name: str) -> int:
