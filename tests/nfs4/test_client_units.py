@@ -11,9 +11,37 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpclatch.nfs4.client import FileInfo, _chunks, _io_size, _SlotTable, split_path
+from rpclatch.nfs4.client import (
+    FileInfo,
+    Nfs4Client,
+    _chunks,
+    _io_size,
+    _renews_v40_lease,
+    _SlotTable,
+    split_path,
+)
 from rpclatch.nfs4.const import nfs_ftype4
-from rpclatch.nfs4.types import Fattr4, fsid4, nfstime4
+from rpclatch.nfs4.errors import RequestNotSent
+from rpclatch.nfs4.ops import (
+    CLOSE4args,
+    GETFH4args,
+    PUTFH4args,
+    PUTROOTFH4args,
+    READ4args,
+    RENEW4args,
+)
+from rpclatch.nfs4.security import ConnectionSecurity, SecFlavor
+from rpclatch.nfs4.types import (
+    ANONYMOUS_STATEID,
+    READ_BYPASS_STATEID,
+    Fattr4,
+    fsid4,
+    nfstime4,
+    stateid4,
+)
+from rpclatch.rpc.aio import RpcStreamClient
+from rpclatch.rpc.auth_sys import AuthSysClient
+from rpclatch.rpc.errors import RpcConnectionClosed
 
 
 def test_split_path() -> None:
@@ -90,3 +118,42 @@ def test_fileinfo_from_fattr() -> None:
     assert info.owner == "alice@x" and info.fh == b"fh"
     empty = FileInfo.from_fattr("x", Fattr4())
     assert empty.size == 0 and empty.type == nfs_ftype4.NF4REG
+
+
+def test_v40_lease_renewal_needs_our_client_id_or_stateid() -> None:
+    real = stateid4(1, b"\x01" * 12)
+    fh = b"\x00" * 8
+    assert _renews_v40_lease([RENEW4args(7)])
+    assert _renews_v40_lease([PUTFH4args(fh), READ4args(real, 0, 10)])
+    assert _renews_v40_lease([PUTFH4args(fh), CLOSE4args(2, real)])
+    # special stateids and stateless operations renew nothing (RFC 7530 §9.5)
+    assert not _renews_v40_lease([PUTFH4args(fh), READ4args(ANONYMOUS_STATEID, 0, 10)])
+    assert not _renews_v40_lease([PUTFH4args(fh), READ4args(READ_BYPASS_STATEID, 0, 10)])
+    assert not _renews_v40_lease([PUTROOTFH4args(), GETFH4args()])
+
+
+def test_a_closed_connection_is_found_before_sending() -> None:
+    """A request on a connection the peer already closed raises RequestNotSent (an
+    RpcConnectionClosed that tells the client nothing went out, so it may send it elsewhere)."""
+    async def main() -> BaseException:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()  # like nfsd going down while the client is idle
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        rpc = await RpcStreamClient.connect_tcp("127.0.0.1", port)
+        client = Nfs4Client(rpc, "127.0.0.1", minorversion=1, sec="sys",
+                            security=ConnectionSecurity((SecFlavor.SYS,)))
+        try:
+            async with asyncio.timeout(10):
+                while not rpc.closed:
+                    await asyncio.sleep(0.01)
+            with pytest.raises(RpcConnectionClosed) as info:
+                await client._rpc_call(AuthSysClient.for_current_process(), 1, b"")
+        finally:
+            await rpc.close()
+            server.close()
+            await server.wait_closed()
+        return info.value
+
+    assert isinstance(asyncio.run(main()), RequestNotSent)
