@@ -23,6 +23,10 @@ reqid)``                               mode) with an exact 5-tuple selector (pre
                                        peer's SAs: no other SA matches the template); BYPASS:
                                        action ALLOW without templates; DISCARD: action BLOCK
 ``remove_flow_policy(flow)``           XFRM_MSG_DELPOLICY for the same selectors/directions
+``install_spd(entries)``               the configured SPD mirrored as policies below the flow
+                                       policies (first match wins: priority by position), so a
+                                       flow whose flow policy goes away falls back to it
+``flow_policies``                      (query) the flow policies installed, as the engine gave them
 ``install_socket_policy(policy)``      setsockopt(IP_XFRM_POLICY / IPV6_XFRM_POLICY) on the
                                        socket, in and out, with an ``xfrm_userpolicy_info`` + one
                                        template (reqid pinned if given); BYPASS = a per-socket
@@ -46,6 +50,7 @@ plaintext), and BROKEN is acted on by resetting the TCP connection from user spa
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from rpclatch.ipsec.model import FiveTuple
@@ -94,6 +99,16 @@ class Backend(abc.ABC):
     def remove_flow_policy(self, flow: FiveTuple) -> None:
         """Remove the flow's exact-5-tuple policy (no error if absent)."""
 
+    @property
+    @abc.abstractmethod
+    def flow_policies(self) -> Mapping[FiveTuple, FlowPolicy]:
+        """The per-flow policies installed (by flow), as the engine gave them."""
+
+    @abc.abstractmethod
+    def install_spd(self, entries: Iterable[SpdEntry]) -> None:
+        """Install the configured SPD (replacing the previous table), in order: what a flow
+        without a flow policy gets (RFC 4301 §4.4.1 first match)."""
+
     @abc.abstractmethod
     def install_socket_policy(self, policy: SocketPolicy) -> None:
         """Attach a per-socket policy (replacing the socket's previous one)."""
@@ -110,11 +125,20 @@ class Backend(abc.ABC):
 @dataclass
 class InProcessBackend(Backend):
     """Backend for the in-process (simulated) datapath: the engine answers every packet itself,
-    so this keeps the tables a kernel would hold (for inspection by the sim, demos and tests)."""
+    so this keeps the tables a kernel would hold (for inspection by the sim, demos and tests):
+    ``sas``, ``flow_policies``, ``socket_policies`` and ``spd`` (the configured entries)."""
 
     sas: dict[int, SecurityAssociation] = field(default_factory=dict)
-    flow_policies: dict[FiveTuple, FlowPolicy] = field(default_factory=dict)
     socket_policies: dict[int, SocketPolicy] = field(default_factory=dict)
+    spd: tuple[SpdEntry, ...] = ()
+    _flows: dict[FiveTuple, FlowPolicy] = field(default_factory=dict, repr=False)
+
+    @property
+    def flow_policies(self) -> dict[FiveTuple, FlowPolicy]:
+        return self._flows
+
+    def install_spd(self, entries: Iterable[SpdEntry]) -> None:
+        self.spd = tuple(entries)
 
     def install_sa(self, sa: SecurityAssociation) -> None:
         self.sas[sa.sa_id] = sa
@@ -123,10 +147,10 @@ class InProcessBackend(Backend):
         self.sas.pop(sa.sa_id, None)
 
     def install_flow_policy(self, policy: FlowPolicy) -> None:
-        self.flow_policies[policy.flow] = policy
+        self._flows[policy.flow] = policy
 
     def remove_flow_policy(self, flow: FiveTuple) -> None:
-        self.flow_policies.pop(flow, None)
+        self._flows.pop(flow, None)
 
     def install_socket_policy(self, policy: SocketPolicy) -> None:
         self.socket_policies[policy.socket_id] = policy
@@ -136,5 +160,5 @@ class InProcessBackend(Backend):
 
     def reset(self) -> None:
         self.sas.clear()
-        self.flow_policies.clear()
+        self._flows.clear()
         self.socket_policies.clear()

@@ -29,7 +29,7 @@ first inbound packet decides incoming ones).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -185,6 +185,9 @@ class IPsecEngine:
         self._flow_cache_limit = 1 << 18
         self.latches.on_latched = self._record_latch
         self.latches.on_closed = self._latch_closed
+        self.latches.on_state_changed = self._latch_state_changed
+        #: flows of BROKEN LD latches whose backend flow policy is the DISCARD pushed for them
+        self._broken_flows: set[FiveTuple] = set()
         #: per-flow verdict cache for latched flows: the ACCEPT last given to a non-initiating
         #: packet of an ESTABLISHED latch, valid for that same SA while no SA left the SAD; the LD
         #: drops a flow's entry whenever its latch changes state or goes away. One flat dict so the
@@ -809,8 +812,16 @@ class IPsecEngine:
         """Administrative SPD change; latches are re-checked (RFC 5660 §2.3), the LD's and the
         TCB latches of approach 1 alike. Returns the LD latch handles broken (empty when
         ``pin_on_spd_change`` pinned them instead); :attr:`last_spd_breaks` lists the flows of
-        TCB latches broken."""
-        self.spd.replace_entries(entries)
+        TCB latches broken. The configured table is pushed to the backend
+        (:meth:`Backend.install_spd`) first; if it or the SPD refuses the entries, nothing changes."""
+        entries = tuple(entries)
+        previous = self.spd.entries
+        self.spd.replace_entries(entries)  # ValueError (names, origins): nothing changed
+        try:
+            self.backend.install_spd(entries)  # e.g. XfrmUnsupported: nothing changed here either
+        except BaseException:
+            self.spd.replace_entries(previous)
+            raise
         broken = self.latches.spd_changed()
         self.last_spd_breaks = self._recheck_ulp_latches(allow_pin=True)
         for flow, e in self.spd.overlay_entries().items():
@@ -822,10 +833,9 @@ class IPsecEngine:
                 self.backend.install_flow_policy(FlowPolicy(flow, e, reqid))
         return broken
 
-    def backend_flow_policies(self) -> dict[FiveTuple, FlowPolicy]:
-        if isinstance(self.backend, InProcessBackend):
-            return self.backend.flow_policies
-        return {}
+    def backend_flow_policies(self) -> Mapping[FiveTuple, FlowPolicy]:
+        """The per-flow policies the backend holds (any backend: :attr:`Backend.flow_policies`)."""
+        return self.backend.flow_policies
 
     def install_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
         """Install an SA negotiated elsewhere (the sim's IKE): see :meth:`StaticKeyManager.install_sa`."""
@@ -867,13 +877,20 @@ class IPsecEngine:
             for flow in list(self.spd.overlay_entries()):
                 self.spd.remove_overlay(flow)
                 self.backend.remove_flow_policy(flow)
-            self.pad_layer.clear()
+            self.pad_layer.clear()  # TIME_WAIT holds too: their flows' policies go now
             self._outcome_cbs.clear()
             self._bop_failed.clear()
-        else:
-            for flow, e in self.backend_flow_policies().copy().items():
-                if e.entry.origin is EntryOrigin.PINNED_LATCH:
+            for flow in list(self.backend_flow_policies()):
+                if flow not in self.latches._by_flow and flow not in self._ulp_latches:
                     self.backend.remove_flow_policy(flow)
+        else:
+            for flow, e in dict(self.backend_flow_policies()).items():
+                if e.entry.origin is EntryOrigin.PINNED_LATCH:
+                    latch = self.latches._by_flow.get(flow)
+                    if latch is not None and latch.state is LatchState.ESTABLISHED:
+                        self._install_latched_policy(latch)  # restored latch, pin gone: re-pin by reqid
+                    else:
+                        self.backend.remove_flow_policy(flow)
 
     def check_peer_id_store(self) -> list[int]:
         """Verify the peer-ID store (RFC 5660 §2.6); if corrupt, CLOSE every ESTABLISHED/BROKEN
@@ -957,21 +974,61 @@ class IPsecEngine:
             template = PadTemplate(flow, latch.request, latch.handle)
         self.pad_layer.clone(template, flow, latch.params.peer, latch.params.peer_addr, latch.handle)
         self.pad_layer.flow_templates.pop(flow, None)
-        overlay = self.spd.overlay_entry(flow)
-        entry = overlay or self.spd.lookup(flow, btns_peer=latch.params.btns)
+        if latch.state is LatchState.BROKEN:  # T2 "(or BROKEN)": conflicting SAs already exist
+            self._discard_broken_flow(flow)
+        else:
+            self._install_latched_policy(latch)
+
+    def _install_latched_policy(self, latch: Latch) -> None:
+        """The backend policy of an ESTABLISHED latch's flow: its SPD entry (the flow's own overlay
+        entry, else the configured one), PROTECT pinned to the latched peer's reqid."""
+        flow = latch.key
+        assert isinstance(flow, FiveTuple) and latch.params is not None
+        entry = self.spd.overlay_entry(flow) or self.spd.lookup(flow, btns_peer=latch.params.btns)
         if entry is not None:
             self.backend.install_flow_policy(
                 FlowPolicy(flow, entry, self.key_manager.reqid_for(latch.params.peer))
             )
+        else:
+            self.backend.remove_flow_policy(flow)
+
+    def _discard_broken_flow(self, flow: FiveTuple) -> None:
+        """RFC 5660 §2.3: packets of a BROKEN latch's flow are discarded -- "nothing is sent if it
+        can't be" -- in the datapath too, not only in this engine's verdicts: a kernel backend
+        would otherwise keep carrying the flow under whatever SA matches. An exact-5-tuple DISCARD
+        flow policy (both directions, origin BROKEN_LATCH) replaces the latch's pinned one until the
+        latch is ESTABLISHED again or goes away."""
+        entry = SpdEntry.flow_entry(flow, SpdAction.DISCARD, None, EntryOrigin.BROKEN_LATCH)
+        self.backend.install_flow_policy(FlowPolicy(flow, entry, None))
+        self._broken_flows.add(flow)
+
+    def _latch_state_changed(self, latch: Latch, old: LatchState | None) -> None:
+        """LD hook (before the holder's ALERT): mirror BROKEN / recovered latches in the backend."""
+        flow = latch.key
+        if not isinstance(flow, FiveTuple) or latch.params is None:
+            return
+        if latch.state is LatchState.BROKEN:
+            if flow not in self._broken_flows:
+                self._discard_broken_flow(flow)
+        elif latch.state is LatchState.ESTABLISHED and flow in self._broken_flows:
+            self._broken_flows.discard(flow)
+            self._install_latched_policy(latch)
 
     def _latch_closed(self, latch: Latch) -> None:
         self._last_sa.pop(latch.handle, None)
         if isinstance(latch.key, FiveTuple):
             flow = latch.key
+            was_broken = flow in self._broken_flows
+            self._broken_flows.discard(flow)
             if flow not in self.pad_layer.holds:
                 self.pad_layer.drop(flow)
-                if self.spd.overlay_entry(flow) is None:
+                overlay = self.spd.overlay_entry(flow)
+                if overlay is None:
                     self.backend.remove_flow_policy(flow)
+                elif was_broken:
+                    # the flow's own SPD entry governs it again (unlatched, so not pinned)
+                    self.backend.install_flow_policy(FlowPolicy(flow, overlay, None))
+            # in its TIME_WAIT hold a broken flow stays discarded until the hold ends (_finish_flow)
 
     def _supersede(self, flow: FiveTuple) -> None:
         """A new flow trigger on a 5-tuple in its TIME_WAIT hold: finish the old flow now, in the

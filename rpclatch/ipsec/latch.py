@@ -414,6 +414,11 @@ class LatchDatabase:
         #: hook run whenever a connection latch changes state or goes away (the engine drops its
         #: per-flow verdict cache entry for that 5-tuple)
         self.on_flow_changed: Callable[[FiveTuple], None] | None = None
+        #: hook run on every state transition of a latch, ``(latch, old_state)``, after the new
+        #: state is set and before its holder is ALERTed (approach 2 tells the datapath that a
+        #: BROKEN latch's flow is discarded, and undoes that when it is ESTABLISHED again, before
+        #: the ULP hears of it; CLOSED latches also reach :attr:`on_closed`)
+        self.on_state_changed: Callable[[Latch, LatchState | None], None] | None = None
 
     # -- ULP interface (RFC 5660 §2.3) ----------------------------------------------------------
 
@@ -812,6 +817,8 @@ class LatchDatabase:
             self.on_flow_changed(latch.key)
         if old is S.LARVAL:
             self._larval.pop(latch.handle, None)
+        if self.on_state_changed is not None:
+            self.on_state_changed(latch, old)
         self._alert(latch, old, reason, detail=detail)
 
     def _alert(

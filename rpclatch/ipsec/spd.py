@@ -135,8 +135,12 @@ class SecurityPolicyDatabase:
     def replace_entries(self, entries: Iterable[SpdEntry]) -> None:
         """Administrative SPD change. Callers must let the latch DB re-check live latches
         (``IPsecEngine.update_spd`` does): RFC 5660 §2.3."""
-        self._entries = list(entries)
-        self._check_names()
+        previous, self._entries = self._entries, list(entries)
+        try:
+            self._check_names()
+        except ValueError:
+            self._entries = previous  # refused: the SPD stays as it was
+            raise
         self._cache.clear()
         self.generation += 1
         self.version += 1

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 
 from rpclatch.ipsec import examples as ex
+from rpclatch.ipsec.backend import InProcessBackend
 from rpclatch.ipsec.decisions import CLEARTEXT, DropReason, InboundVerdict, OutboundVerdict
 from rpclatch.ipsec.engine import Approach, EngineConfig, FlowChoice, IPsecEngine, ProtectionOutcome
 from rpclatch.ipsec.errors import PolicyRefused
 from rpclatch.ipsec.keymgr import AcquireOutcome, SaProvision
 from rpclatch.ipsec.latch import Alert, AlertReason, LatchState
-from rpclatch.ipsec.model import AddressRange, IkeSaRef, ProtectionParams, ThreeTuple
+from rpclatch.ipsec.model import AddressRange, FiveTuple, IkeSaRef, ProtectionParams, ThreeTuple
 from rpclatch.ipsec.pad_latching import TimeWaitPolicy
 from rpclatch.ipsec.spd import EntryOrigin, SpdAction
 
@@ -379,3 +380,110 @@ def test_latched_flow_verdict_cache_follows_latch_and_sad_changes() -> None:
     assert sa2 is not None and e.inbound(SRV, sa2, 4.1).latch == h
     e.latches.release_latch(h)
     assert e.inbound(SRV, sa2, 4.2).latch is None
+
+
+# -- the datapath backend mirrors BROKEN latches and the SPD (RFC 5660 §2.3) -----------------------
+
+
+def _backend_action(e: IPsecEngine, flow: FiveTuple) -> tuple[SpdAction, EntryOrigin, int | None] | None:
+    p = e.backend_flow_policies().get(flow)
+    return None if p is None else (p.entry.action, p.entry.origin, p.reqid)
+
+
+def _discarding(e: IPsecEngine, flow: FiveTuple) -> bool:
+    return _backend_action(e, flow) == (SpdAction.DISCARD, EntryOrigin.BROKEN_LATCH, None)
+
+
+def test_spd_change_break_discards_flow_in_backend_before_alert_and_restores() -> None:
+    e = server()
+    seen: list[tuple[LatchState, bool]] = []
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    e.connect(SRV, on_alert=lambda a: seen.append((a.new_state, _discarding(e, SRV))))
+    rid = e.key_manager.reqid_for(ex.btns_peer(CLIENT))
+    assert _backend_action(e, SRV) == (SpdAction.PROTECT, EntryOrigin.CONFIGURED, rid)
+    e.update_spd(ex.nfs_spd(SpdAction.BYPASS))
+    # the kernel already discards the flow when the holder hears the latch broke
+    assert seen == [(LatchState.BROKEN, True)] and _discarding(e, SRV)
+    e.update_spd(ex.nfs_spd())
+    assert seen[-1] == (LatchState.ESTABLISHED, False)
+    assert _backend_action(e, SRV) == (SpdAction.PROTECT, EntryOrigin.CONFIGURED, rid)
+
+
+def test_conflicting_sa_break_discards_flow_in_backend_until_the_sa_goes() -> None:
+    e = server(narrow_conflicting_sas=False)
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    h = e.connect(SRV)
+    rogue = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 0.5)
+    assert rogue is not None and e.latches.inquire_latch(h).state is LatchState.BROKEN
+    assert _discarding(e, SRV) and e.outbound(SRV, 0.6).reason is DropReason.LATCH_BROKEN
+    e.delete_sa(rogue.sa_id, 1.0)
+    assert e.latches.inquire_latch(h).state is LatchState.ESTABLISHED
+    assert _backend_action(e, SRV) == (
+        SpdAction.PROTECT,
+        EntryOrigin.CONFIGURED,
+        e.key_manager.reqid_for(ex.btns_peer(CLIENT)),
+    )
+
+
+def test_peer_dead_discards_flow_in_backend_until_the_latch_is_released() -> None:
+    e = server()
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    h = e.connect(SRV)
+    e.peer_dead(ex.btns_peer(CLIENT), 1.0)
+    assert e.latches.inquire_latch(h).state is LatchState.BROKEN and _discarding(e, SRV)
+    e.latches.release_latch(h)
+    assert SRV not in e.backend_flow_policies()
+
+
+def test_listener_latch_created_broken_is_discarded_in_backend() -> None:
+    """T2 "(or BROKEN)": the connection's flow is already carried by another peer's SA."""
+    e = server(narrow_conflicting_sas=False)
+    e.listen(LISTEN)
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(ROGUE), ex.btns_local(SERVER)), 0.0)
+    d = e.inbound(SRV, sa, 0.1, initiating=True)
+    assert d.reason is DropReason.LATCH_BROKEN and _discarding(e, SRV)
+
+
+def test_broken_flow_stays_discarded_through_its_hold_then_goes() -> None:
+    """A broken latch closed administratively while its flow is in the TIME_WAIT hold: the
+    DISCARD stays until the hold ends, then the flow's policy is removed from the backend; a
+    key-manager restart without restore ends the holds, and the flows' policies, at once."""
+    e = server(time_wait=TimeWaitPolicy(0.01, 0.04, 2.0))  # hold 0.1 s
+    other = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40001)
+    for f in (SRV, other):
+        e.install_sa(ex.narrow_sa(f, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+        e.connect(f)
+    e.peer_dead(ex.btns_peer(CLIENT), 0.5)
+    e.close_flow(SRV, 1.0)
+    e.latches.admin_close(e.latches.find_latch(SRV))
+    assert e.latches.latch_for(SRV) is None and _discarding(e, SRV)
+    e.poll(1.1)
+    assert SRV not in e.backend_flow_policies() and _discarding(e, other)
+    e.close_flow(other, 2.0)
+    e.restart_key_manager(2.01, restore_latches=False)
+    assert e.backend_flow_policies() == {}
+
+
+def test_broken_latch_with_own_spd_entry_closed_gives_the_entry_back_to_backend() -> None:
+    """Optional protection on a BYPASS entry (own PROTECT overlay entry): once the broken latch is
+    administratively closed, the flow's own entry governs it again, in the backend too."""
+    e = IPsecEngine(ex.nfs_spd(SpdAction.BYPASS), ex.btns_pad(), provisions=[provision(SERVER)])
+    out = e.request_protection(CLI, FlowChoice.PROTECT, 0.0)
+    assert out.ok and out.latch is not None
+    e.peer_dead(ex.btns_peer(SERVER), 1.0)
+    assert _discarding(e, CLI)
+    e.latches.admin_close(out.latch)
+    assert _backend_action(e, CLI) == (SpdAction.PROTECT, EntryOrigin.APPLICATION_REQUEST, None)
+
+
+def test_update_spd_pushes_the_configured_table_to_the_backend() -> None:
+    e = server()
+    backend = e.backend
+    assert isinstance(backend, InProcessBackend)
+    new = ex.nfs_spd(SpdAction.BYPASS)
+    e.update_spd(new)
+    assert backend.spd == tuple(new) == e.spd.entries
+    with pytest.raises(ValueError, match="unique"):
+        e.update_spd([*new, new[0]])
+    assert backend.spd == tuple(new) == e.spd.entries  # refused: nothing changed anywhere

@@ -41,9 +41,10 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Protocol
 
 from rpclatch.ipsec.backend import Backend, FlowPolicy, SocketPolicy
@@ -315,9 +316,9 @@ class XfrmBackend(Backend):
         return frozenset(self._t.flows)
 
     @property
-    def flow_policies(self) -> dict[FiveTuple, FlowPolicy]:
-        """The per-flow policies installed, as the engine gave them (like InProcessBackend's)."""
-        return dict(self._t.flow_policies)
+    def flow_policies(self) -> Mapping[FiveTuple, FlowPolicy]:
+        """The per-flow policies installed, as the engine gave them (a read-only live view)."""
+        return MappingProxyType(self._t.flow_policies)
 
     @property
     def installed_sockets(self) -> frozenset[int]:
@@ -474,18 +475,21 @@ class XfrmBackend(Backend):
     # -- configured SPD mirror ------------------------------------------------------------------
 
     def install_spd(self, entries: Iterable[SpdEntry]) -> None:
-        """Mirror configured SPD entries (replacing the previous mirror), in order."""
-        self.clear_spd()
+        """Mirror configured SPD entries (replacing the previous mirror), in order. Raises
+        XfrmUnsupported (before touching the kernel) for an entry XFRM cannot express."""
+        wanted: dict[_Key, tuple[PolicyInfo, list[Template]]] = {}
         prio = self.spd_priority
         for entry in entries:
             for tsel in entry.selectors:
                 for direction, outbound in ((Dir.OUT, True), (Dir.IN, False)):
                     for sel in xfrm_selectors(tsel, outbound=outbound):
-                        if (_Layer.SPD, 0) in self._t.want.get((sel, direction), {}):
+                        if (sel, direction) in wanted:
                             continue  # an earlier entry has this selector: first match wins
-                        info, tmpls = self._entry_policy(entry, None, sel, direction, prio)
-                        self._t.spd.append(self._put(_Layer.SPD, info, tmpls))
+                        wanted[(sel, direction)] = self._entry_policy(entry, None, sel, direction, prio)
             prio += 1
+        self.clear_spd()
+        for info, tmpls in wanted.values():
+            self._t.spd.append(self._put(_Layer.SPD, info, tmpls))
 
     def clear_spd(self) -> None:
         spd, self._t.spd = self._t.spd, []

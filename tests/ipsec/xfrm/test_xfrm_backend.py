@@ -23,11 +23,12 @@ import pytest
 from pyroute2 import netns as pr_netns
 
 from rpclatch.ipsec.backend import FlowPolicy, SocketPolicy
-from rpclatch.ipsec.engine import IPsecEngine
+from rpclatch.ipsec.engine import EngineConfig, IPsecEngine
 from rpclatch.ipsec.model import (
     AddressRange,
     AuthMethod,
     FiveTuple,
+    IdType,
     IkeId,
     IkeSaRef,
     LocalIdentity,
@@ -38,9 +39,11 @@ from rpclatch.ipsec.model import (
     Selector,
     ip,
 )
+from rpclatch.ipsec.pad import ChildSaAuthorization, IdPattern, PadEntry
+from rpclatch.ipsec.pad_latching import TimeWaitPolicy
 from rpclatch.ipsec.sad import SecurityAssociation
 from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
-from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, XfrmEventReader
+from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, XfrmEventReader, XfrmUnsupported
 from rpclatch.ipsec.xfrm.netlink import Dir, SaId, SaInfo, XfrmId, XfrmKernelError, XfrmSocket
 from rpclatch.ipsec.xfrm.netlink import Selector as XfrmSelector
 
@@ -546,3 +549,137 @@ def test_ipv6_flow_policy_acquire_and_socket_bypass(ns_pair: NsPair, backend: Xf
                 assert peer[:2] == (A6, 40101)
     finally:
         reader.close()
+
+
+# -- the engine drives the kernel: BROKEN latches, the SPD, flow endings ---------------------------
+
+
+class HostSaXfrmBackend(XfrmBackend):
+    """XfrmBackend whose SAs stay out of the kernel: this host has no ESP transform (see
+    test_install_sa_refused_by_host_kernel_leaves_nothing; real SAs are in the UML guest test).
+    Every policy -- the subject of these tests -- goes to the namespace's kernel as usual."""
+
+    def __init__(self, netns: str) -> None:
+        super().__init__(netns, KEYS)
+        self.kept_sas: dict[int, SecurityAssociation] = {}
+
+    def install_sa(self, sa: SecurityAssociation) -> None:
+        self.kept_sas[sa.sa_id] = sa
+
+    def remove_sa(self, sa: SecurityAssociation) -> None:
+        self.kept_sas.pop(sa.sa_id, None)
+
+
+def _pad() -> list[PadEntry]:
+    auth = ChildSaAuthorization((AddressRange.single(B_ADDR),))
+    return [PadEntry("b", IdPattern(IdType.ID_FQDN, IkeId.fqdn("b.test").data), AuthMethod.PSK, auth)]
+
+
+_spis = itertools.count(0x5000, 2)
+
+
+def _narrow(flow: FiveTuple, peer: str) -> SecurityAssociation:
+    spi = next(_spis)
+    return SecurityAssociation(
+        sa_id=0,
+        spi_in=spi,
+        spi_out=spi + 1,
+        local_addr=ip(A_ADDR),
+        remote_addr=ip(B_ADDR),
+        traffic_selectors=(Selector.for_flow(flow),),
+        peer=PskPeer(IkeId.fqdn(peer)),
+        local=LocalIdentity(IkeId.fqdn("a.test"), AuthMethod.PSK),
+        params=ProtectionParams(),
+        ike_sa=IkeSaRef(1, 2),
+    )
+
+
+def _flow_kernel(backend: XfrmBackend, port: int) -> list[tuple[int, int, list[int]]]:
+    """(dir, action, template reqids) of the kernel's per-flow policies on A:port <-> B:2049."""
+    return sorted(
+        (p.info.dir, p.info.action, [t.reqid for t in p.templates])
+        for p in backend.nl.policies()
+        if p.info.priority == backend.flow_priority and port in (p.info.sel.sport, p.info.sel.dport)
+    )
+
+
+def test_engine_broken_latch_discards_flow_in_kernel_and_restores(ns_pair: NsPair) -> None:
+    """RFC 5660 §2.3 with a kernel datapath: the SPD change that breaks a latch puts BLOCK policies
+    on the flow (both directions) in the kernel, so a connect on that 5-tuple is refused at once
+    (EPERM) instead of leaving under the configured policy; the SPD change back re-pins it to the
+    peer's reqid (no SA here: the SYNs then wait for one)."""
+    backend = HostSaXfrmBackend(ns_pair.a)
+    try:
+        engine = IPsecEngine([nfs_spd()], _pad(), backend=backend)
+        flow = FiveTuple.of(A_ADDR, 40100, B_ADDR, 2049, 6)
+        engine.install_sa(_narrow(flow, "b.test"), 0.0)
+        engine.connect(flow, now=0.0)
+        rid = engine.key_manager.reqid_for(PskPeer(IkeId.fqdn("b.test")))
+        pinned = [(Dir.IN, 0, [rid]), (Dir.OUT, 0, [rid])]
+        assert _flow_kernel(backend, 40100) == pinned
+        bypass_all = SpdEntry("all", (Selector(),), SpdAction.BYPASS)
+        assert engine.update_spd([bypass_all]) == [engine.latches.find_latch(flow)]
+        assert _flow_kernel(backend, 40100) == [(Dir.IN, 1, []), (Dir.OUT, 1, [])]
+        with listener(ns_pair.b, 2049) as peers:
+            s = client(ns_pair.a, 40100)
+            with s:
+                assert connect_errno(s) == errno.EPERM  # the kernel's outbound BLOCK policy
+            control = client(ns_pair.a, 40101)  # the new SPD bypasses every other flow
+            with control:
+                assert connect_errno(control) == 0
+            deadline = time.monotonic() + 5
+            while not peers and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert peers == [(A_ADDR, 40101)]
+        engine.update_spd([nfs_spd()])
+        assert engine.latches.inquire_latch(engine.latches.find_latch(flow)).state.value == "ESTABLISHED"
+        assert _flow_kernel(backend, 40100) == pinned
+    finally:
+        backend.close()
+    assert ip_policies(ns_pair, ns_pair.a).strip() == ""
+
+
+def test_engine_update_spd_mirrors_configured_table_in_kernel(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    engine = IPsecEngine([], backend=backend)
+    assert ip_policies(ns_pair, ns_pair.a).strip() == ""
+    engine.update_spd([nfs_spd()])
+    kernel = sorted(
+        (p.info.dir, p.info.priority, p.info.sel.sport, p.info.sel.dport) for p in backend.nl.policies()
+    )
+    assert kernel == [(Dir.IN, 1000, 2049, 0), (Dir.OUT, 1000, 0, 2049)]
+    # an entry XFRM cannot express (a port range) is refused before anything changes
+    ranged = Selector(
+        AddressRange.single(A_ADDR), AddressRange.single(B_ADDR), 6, remote_ports=PortRange(1, 9)
+    )
+    with pytest.raises(XfrmUnsupported):
+        engine.update_spd([SpdEntry("ranged", (ranged,), SpdAction.BYPASS)])
+    assert [e.name for e in engine.spd.entries] == ["nfs"]
+    assert sorted(
+        (p.info.dir, p.info.priority, p.info.sel.sport, p.info.sel.dport) for p in backend.nl.policies()
+    ) == kernel
+
+
+def test_engine_flow_end_and_restart_remove_kernel_flow_policies(ns_pair: NsPair) -> None:
+    """The engine asks the backend (any backend) which flow policies it holds: a broken flow whose
+    latch was closed during its TIME_WAIT hold loses its kernel BLOCK policies when the hold ends;
+    a key-manager restart without restore removes every flow policy from the kernel."""
+    backend = HostSaXfrmBackend(ns_pair.a)
+    try:
+        cfg = EngineConfig(time_wait=TimeWaitPolicy(0.01, 0.04, 2.0))  # hold 0.1 s
+        engine = IPsecEngine([nfs_spd()], _pad(), config=cfg, backend=backend)
+        flows = [FiveTuple.of(A_ADDR, port, B_ADDR, 2049, 6) for port in (40110, 40111)]
+        for flow in flows:
+            engine.install_sa(_narrow(flow, "b.test"), 0.0)
+            engine.connect(flow, now=0.0)
+        engine.peer_dead(PskPeer(IkeId.fqdn("b.test")), 0.5)
+        assert _flow_kernel(backend, 40110) == [(Dir.IN, 1, []), (Dir.OUT, 1, [])]
+        engine.close_flow(flows[0], 1.0)
+        engine.latches.admin_close(engine.latches.find_latch(flows[0]))
+        assert _flow_kernel(backend, 40110) == [(Dir.IN, 1, []), (Dir.OUT, 1, [])]  # held: still BLOCK
+        engine.poll(1.1)
+        assert _flow_kernel(backend, 40110) == [] and _flow_kernel(backend, 40111) != []
+        engine.restart_key_manager(2.0, restore_latches=False)
+        assert backend.installed_flows == frozenset()
+        assert all(p.info.priority != backend.flow_priority for p in backend.nl.policies())
+    finally:
+        backend.close()
