@@ -6,8 +6,9 @@ netns ``client`` and the server in the guest's root netns, on extra TEST-NET-3 a
 static SAs 0x1001/0x1002 nor its policies for 198.51.100.1/2 apply). The client's key manager
 "negotiates" from a static provision, the server installs the mirrored SA pair (the IKE responder's
 part), both latch the TCP connection (per-5-tuple policies pinned by reqid), data flows in ESP;
-then the server's flow policy is switched to DISCARD (the segment is decrypted and dropped by
-policy) and back (the retransmission gets through), and finally the client's SA pair is deleted
+then an SPD change at the server breaks its latch, which the engine turns into DISCARD flow
+policies in the kernel (the segment is decrypted and dropped by policy), and the SPD back
+re-establishes it (re-pinned; the retransmission gets through), and finally the client's SA pair is deleted
 and the kernel sends nothing more. Nothing is ever in the clear.
 
 This file is also the guest-side script: ``python tests/interop/test_xfrm_guest.py guest`` prints
@@ -62,7 +63,6 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 def guest_main() -> dict[str, Any]:
     from pyroute2 import netns as pr_netns
 
-    from rpclatch.ipsec.backend import FlowPolicy
     from rpclatch.ipsec.engine import Approach, IPsecEngine
     from rpclatch.ipsec.keymgr import SaProvision
     from rpclatch.ipsec.model import (
@@ -82,7 +82,7 @@ def guest_main() -> dict[str, Any]:
     )
     from rpclatch.ipsec.pad import ChildSaAuthorization, IdPattern, PadEntry
     from rpclatch.ipsec.sad import SecurityAssociation
-    from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
+    from rpclatch.ipsec.spd import SpdAction, SpdEntry
     from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, esp_sa_uat_rows
 
     keys = DerivedKeys(b"guest test secret")
@@ -223,12 +223,21 @@ def guest_main() -> dict[str, Any]:
             sa for sa in c_be.nl.sas() if str(sa.info.id.daddr) in (CLIENT_ADDR, SERVER_ADDR)
         )
 
-        # policy change at the server: the flow's kernel policy becomes DISCARD (what a broken
-        # latch or an administrative change maps to); the ESP segment is decrypted and then dropped
-        # by the inbound policy check, so nothing reaches the socket
-        discard = SpdEntry.flow_entry(s_flow, SpdAction.DISCARD, None, EntryOrigin.BROKEN_LATCH)
+        # SPD change at the server that would bypass the latched flow: the latch goes BROKEN (RFC
+        # 5660 §2.3) and the engine puts DISCARD flow policies (both directions) in the kernel; the
+        # ESP segment is decrypted and then dropped by the inbound policy check, so nothing reaches
+        # the socket (and the server's kernel would send nothing on the flow either)
+        def flow_kernel() -> list[list[int]]:
+            return sorted(
+                [p.info.dir, p.info.action, *[t.reqid for t in p.templates]]
+                for p in s_be.nl.policies()
+                if p.info.priority == s_be.flow_priority and PORT in (p.info.sel.sport, p.info.sel.dport)
+            )
+
         s_stat0 = _xfrm_stat(None)
-        s_be.install_flow_policy(FlowPolicy(s_flow, discard, None))
+        server.update_spd([SpdEntry("xfrm-test", s_spd.selectors, SpdAction.BYPASS)])
+        res["server_latch_after_spd_change"] = s_latch.state.value
+        res["server_flow_kernel_broken"] = flow_kernel()
         cli.sendall(b"after-discard")
         conn.settimeout(3)
         try:
@@ -236,8 +245,11 @@ def guest_main() -> dict[str, Any]:
         except TimeoutError:
             res["server_got_after_discard"] = None
         res["in_pol_block_delta"] = _xfrm_stat(None)["XfrmInPolBlock"] - s_stat0["XfrmInPolBlock"]
-        # ... and back to the pinned PROTECT policy: TCP's retransmission now gets through
-        s_be.install_flow_policy(FlowPolicy(s_flow, s_spd, c_sa.reqid))
+        # ... and the SPD back: the latch is ESTABLISHED again, the engine re-pins the flow to the
+        # client's SAs (reqid) in the kernel, and TCP's retransmission now gets through
+        server.update_spd([s_spd])
+        res["server_latch_after_spd_restore"] = s_latch.state.value
+        res["server_flow_kernel_restored"] = flow_kernel()
         conn.settimeout(20)
         res["server_got_after_restore"] = _recv_exactly(conn, len(b"after-discard")).decode()
 
@@ -496,9 +508,14 @@ def test_xfrm_backend_latches_tcp_over_kernel_esp(nfsd_guest: Any) -> None:
     assert set(after) == {out_c, in_s, out_s, in_c}
     assert after[out_c] - before[out_c] >= PAYLOAD and after[in_s] - before[in_s] >= PAYLOAD
     assert after[out_s] > before[out_s] and after[in_c] > before[in_c]
-    # server-side DISCARD policy: decrypted, then dropped by policy; restoring the pinned policy
-    # lets TCP's retransmission through
+    # the server's SPD change breaks its latch: BLOCK (action 1) flow policies in and out, the
+    # segment is decrypted, then dropped by policy; the SPD back re-establishes the latch, re-pins
+    # the flow by reqid and lets TCP's retransmission through
+    assert res["server_latch_after_spd_change"] == "BROKEN"
+    assert res["server_flow_kernel_broken"] == [[0, 1], [1, 1]]
     assert res["server_got_after_discard"] is None and res["in_pol_block_delta"] > 0
+    assert res["server_latch_after_spd_restore"] == "ESTABLISHED"
+    assert res["server_flow_kernel_restored"] == [[0, 0, rid], [1, 0, rid]]
     assert res["server_got_after_restore"] == "after-discard"
     # after the SA pair is deleted the latch stays (it binds the flow to the peer, not to one SA:
     # a rekeyed SA of the same peer may carry it, RFC 5660 §2.3), but with no SA the kernel sends

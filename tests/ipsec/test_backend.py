@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rpclatch.ipsec import examples as ex
-from rpclatch.ipsec.backend import FlowPolicy, InProcessBackend, SocketPolicy
+from rpclatch.ipsec.backend import Backend, FlowPolicy, InProcessBackend, SocketPolicy
 from rpclatch.ipsec.engine import FlowChoice, IPsecEngine
 from rpclatch.ipsec.spd import SpdAction
 
@@ -20,8 +20,10 @@ def test_tables_and_reset() -> None:
     be.remove_flow_policy(CLI)
     be.remove_flow_policy(CLI)  # absent: no error
     be.install_flow_policy(FlowPolicy(CLI, entry, None))
+    be.install_spd(ex.nfs_spd())
     be.reset()
     assert be.flow_policies == {} and be.socket_policies == {} and be.sas == {}
+    assert be.spd == tuple(ex.nfs_spd())  # the configured table is not dynamic state: it stays
 
 
 def test_engine_pushes_bypass_decision_as_socket_policy() -> None:
@@ -30,3 +32,9 @@ def test_engine_pushes_bypass_decision_as_socket_policy() -> None:
     e.request_protection(CLI, FlowChoice.BYPASS, 0.0, socket_id=11)
     assert be.socket_policies[11].entry.action is SpdAction.BYPASS
     assert be.flow_policies[CLI].entry.action is SpdAction.BYPASS
+
+
+def test_backend_interface_requires_spd_and_flow_table() -> None:
+    """install_spd and flow_policies are part of the interface the engine drives (a backend
+    without them cannot be made), not extras of InProcessBackend."""
+    assert {"install_spd", "flow_policies"} <= Backend.__abstractmethods__

@@ -683,3 +683,24 @@ def test_engine_flow_end_and_restart_remove_kernel_flow_policies(ns_pair: NsPair
         assert all(p.info.priority != backend.flow_priority for p in backend.nl.policies())
     finally:
         backend.close()
+
+
+def test_engine_flow_closed_during_hold_loses_kernel_pin_when_hold_ends(ns_pair: NsPair) -> None:
+    """A latch closed while its flow is in the TIME_WAIT hold keeps its pinned kernel policies for
+    the hold; when the hold ends the engine finds them through Backend.flow_policies (not only an
+    in-process backend's table) and removes them, so the flow falls back to the configured SPD."""
+    backend = HostSaXfrmBackend(ns_pair.a)
+    try:
+        cfg = EngineConfig(time_wait=TimeWaitPolicy(0.01, 0.04, 2.0))  # hold 0.1 s
+        engine = IPsecEngine([nfs_spd()], _pad(), config=cfg, backend=backend)
+        flow = FiveTuple.of(A_ADDR, 40120, B_ADDR, 2049, 6)
+        engine.install_sa(_narrow(flow, "b.test"), 0.0)
+        engine.connect(flow, now=0.0)
+        rid = engine.key_manager.reqid_for(PskPeer(IkeId.fqdn("b.test")))
+        engine.close_flow(flow, 1.0)
+        engine.latches.admin_close(engine.latches.find_latch(flow))
+        assert _flow_kernel(backend, 40120) == [(Dir.IN, 0, [rid]), (Dir.OUT, 0, [rid])]
+        engine.poll(1.1)
+        assert _flow_kernel(backend, 40120) == [] and flow not in backend.flow_policies
+    finally:
+        backend.close()
