@@ -5,7 +5,9 @@ answer):
 - the indexes agree (every live latch is found by its key; no CLOSED latch is kept);
 - BROKEN iff the latch has a recorded conflict; ESTABLISHED latches have none;
 - an ESTABLISHED latch's flow is carried only by SAs congruent with it (RFC 5660 §2.3: no
-  conflicting SA coexists with an intact latch), and the engine never accepts cleartext for it.
+  conflicting SA coexists with an intact latch), and the engine never accepts cleartext for it;
+- the backend mirrors the LD: DISCARD flow policy for BROKEN latches, none for ESTABLISHED ones,
+  and no flow policy left without a latch, SPD overlay entry, hold or TCB latch behind it.
 """
 
 from __future__ import annotations
@@ -144,6 +146,25 @@ class LatchMachine(RuleBasedStateMachine):
                 assert overlay is None or overlay.action is SpdAction.PROTECT  # never BYPASS mid-flow
         for flow in self.e.pad_layer.clones:
             assert ld.latch_for(flow) is not None or flow in self.e.pad_layer.holds
+        # the datapath mirrors the LD: a BROKEN latch's flow is discarded there too (RFC 5660 §2.3,
+        # nothing is sent if it can't be), an ESTABLISHED one's is not; no flow policy outlives
+        # every reason for it (latch, own SPD entry, TIME_WAIT hold, watched TCB latch)
+        policies = self.e.backend_flow_policies()
+        for latch in ld:
+            if not isinstance(latch.key, FiveTuple) or latch.params is None:
+                continue
+            p = policies.get(latch.key)
+            if latch.state is LatchState.BROKEN:
+                assert p is not None and p.entry.action is SpdAction.DISCARD, (latch, p)
+            elif latch.state is LatchState.ESTABLISHED:
+                assert p is not None and p.entry.action is not SpdAction.DISCARD, (latch, p)
+        for flow in policies:
+            assert (
+                ld.latch_for(flow) is not None
+                or self.e.spd.overlay_entry(flow) is not None
+                or flow in self.e.pad_layer.holds
+                or any(u.flow == flow for u in self.e.ulp_latches())
+            ), (flow, policies[flow])
 
 
 class UlpEngineMachine(LatchMachine):
