@@ -127,7 +127,9 @@ class EngineConfig:
 class IPsecEngine:
     """See the module docstring. ``provisions`` configure the default StaticKeyManager;
     ``key_manager_factory`` replaces it. Public attributes: ``spd``, ``pad``, ``sad``, ``latches`` (the
-    LD), ``key_manager``, ``backend``, ``pad_layer`` (approach 2 templates/clones), ``config``."""
+    LD), ``key_manager``, ``backend``, ``pad_layer`` (approach 2 templates/clones), ``config``.
+    The configured SPD is pushed to the backend here and on :meth:`update_spd`; a BROKEN latch's
+    flow is discarded there too (exact-5-tuple DISCARD flow policy) until it recovers or ends."""
 
     def __init__(
         self,
@@ -155,6 +157,7 @@ class IPsecEngine:
         self.pad = PeerAuthorizationDatabase(pad_entries)
         self.sad = SecurityAssociationDatabase()
         self.backend: Backend = backend or InProcessBackend()
+        self.backend.install_spd(self.spd.entries)  # the datapath's fallback for unlatched flows
         self.latches = LatchDatabase(
             self.sad,
             self.spd,

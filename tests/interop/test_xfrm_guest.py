@@ -144,8 +144,7 @@ def guest_main() -> dict[str, Any]:
             [c_spd], [pad(s_id, SERVER_ADDR)], approach=Approach.POLICY, backend=c_be, provisions=[provision]
         )
         server = IPsecEngine([s_spd], [pad(c_id, CLIENT_ADDR)], approach=Approach.POLICY, backend=s_be)
-        c_be.install_spd([c_spd])
-        s_be.install_spd([s_spd])
+        # (each engine has pushed its configured SPD to its kernel: Backend.install_spd)
 
         srv = socket.socket()
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -373,8 +372,7 @@ def guest_acquire_main() -> dict[str, Any]:
             [c_spd], [pad(s_id, SERVER_ADDR)], approach=Approach.POLICY, backend=c_be, provisions=[provision]
         )
         server = IPsecEngine([s_spd], [pad(c_id, CLIENT_ADDR)], approach=Approach.POLICY, backend=s_be)
-        c_be.install_spd([c_spd])
-        s_be.install_spd([s_spd])
+        # (each engine has pushed its configured SPD to its kernel: Backend.install_spd)
 
         class Counting:
             """Counts what the reader delivers, then hands it to the client engine."""

@@ -32,6 +32,7 @@ def test_engine_pushes_bypass_decision_as_socket_policy() -> None:
     e.request_protection(CLI, FlowChoice.BYPASS, 0.0, socket_id=11)
     assert be.socket_policies[11].entry.action is SpdAction.BYPASS
     assert be.flow_policies[CLI].entry.action is SpdAction.BYPASS
+    assert be.spd == tuple(ex.nfs_spd(SpdAction.BYPASS_OR_PROTECT))  # pushed when the engine was made
 
 
 def test_backend_interface_requires_spd_and_flow_table() -> None:

@@ -640,13 +640,20 @@ def test_engine_broken_latch_discards_flow_in_kernel_and_restores(ns_pair: NsPai
 
 
 def test_engine_update_spd_mirrors_configured_table_in_kernel(ns_pair: NsPair, backend: XfrmBackend) -> None:
-    engine = IPsecEngine([], backend=backend)
-    assert ip_policies(ns_pair, ns_pair.a).strip() == ""
+    """The engine pushes its configured SPD to the kernel when made and on every update_spd."""
+
+    def kernel() -> list[tuple[int, int, int, int]]:
+        return sorted(
+            (p.info.dir, p.info.priority, p.info.sel.sport, p.info.sel.dport) for p in backend.nl.policies()
+        )
+
+    nfs = [(Dir.IN, 1000, 2049, 0), (Dir.OUT, 1000, 0, 2049)]
+    engine = IPsecEngine([nfs_spd()], backend=backend)
+    assert kernel() == nfs
+    engine.update_spd([])
+    assert kernel() == []
     engine.update_spd([nfs_spd()])
-    kernel = sorted(
-        (p.info.dir, p.info.priority, p.info.sel.sport, p.info.sel.dport) for p in backend.nl.policies()
-    )
-    assert kernel == [(Dir.IN, 1000, 2049, 0), (Dir.OUT, 1000, 0, 2049)]
+    assert kernel() == nfs
     # an entry XFRM cannot express (a port range) is refused before anything changes
     ranged = Selector(
         AddressRange.single(A_ADDR), AddressRange.single(B_ADDR), 6, remote_ports=PortRange(1, 9)
@@ -654,9 +661,7 @@ def test_engine_update_spd_mirrors_configured_table_in_kernel(ns_pair: NsPair, b
     with pytest.raises(XfrmUnsupported):
         engine.update_spd([SpdEntry("ranged", (ranged,), SpdAction.BYPASS)])
     assert [e.name for e in engine.spd.entries] == ["nfs"]
-    assert sorted(
-        (p.info.dir, p.info.priority, p.info.sel.sport, p.info.sel.dport) for p in backend.nl.policies()
-    ) == kernel
+    assert kernel() == nfs
 
 
 def test_engine_flow_end_and_restart_remove_kernel_flow_policies(ns_pair: NsPair) -> None:
