@@ -44,7 +44,11 @@ events: EXPIRE -> engine               XFRMNLGRP_EXPIRE (XFRM_MSG_EXPIRE, hard f
 What XFRM cannot do and how approach 2 copes: there is no per-packet SA tag delivered to TCP
 sockets (approach 1 needs one), so on Linux the latch is enforced by the pinned per-5-tuple policy
 (inbound: the template reqid check drops packets from other peers' SAs; XfrmInTmplMismatch drops
-plaintext), and BROKEN is acted on by resetting the TCP connection from user space.
+plaintext), and BROKEN is acted on in two steps: the engine replaces the flow's pinned policy by
+an exact-5-tuple DISCARD one in both directions (XFRM action BLOCK: nothing of the flow is sent or
+accepted, RFC 5660 §2.3) before the holder is ALERTed -- re-pinned if the latch is ESTABLISHED
+again, removed when it ends -- and the ULP resets the TCP connection from user space (RFC 5660
+§5.5 disposition).
 """
 
 from __future__ import annotations
