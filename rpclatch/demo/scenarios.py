@@ -142,6 +142,64 @@ def binding_word(rec: SecurityRecord) -> str:
     }[rec.bind_outcome]
 
 
+def state_word(state: str) -> str:
+    """One end's latch state as a table word: ``yes`` when ESTABLISHED, else the state in lower
+    case (``none`` = never latched)."""
+    return "yes" if state == "ESTABLISHED" else state.lower()
+
+
+def latch_cell(cstate: str, sstate: str) -> str:
+    """The ``latched?`` cell from the observed client/server latch states; ``no`` when neither
+    end ever latched."""
+    if cstate == sstate == "none":
+        return "no"
+    return f"{state_word(cstate)}/{state_word(sstate)}"
+
+
+def rogue_cell(client_alerts: list[str], relatched: bool) -> str:
+    """Scenario 4's ``latched?`` cell: what the first latch went to, then whether the next
+    connection latched."""
+    first = "broken" if "BROKEN" in client_alerts else "kept"
+    return f"{first}->{'yes' if relatched else 'no'}"
+
+
+def rogue_reason(client_alerts: list[str], reset: bool, reconnected: bool, relatched: bool,
+                 rebound: bool) -> str:
+    """Scenario 4's reason text, one clause per observation."""
+    return (
+        f"latch {'BROKEN' if 'BROKEN' in client_alerts else 'not broken'} on conflicting SA, "
+        f"{'reset' if reset else 'no reset'}; "
+        f"{'reconnected' if reconnected else 'same connection'}, "
+        f"{'re-latched' if relatched else 'not re-latched'}, {'re-bound' if rebound else 'not re-bound'}"
+    )
+
+
+def server_change_word(sstate_after: str, pinned_origin: EntryOrigin | None) -> str:
+    """The server's side after its SPD change: ``pinned`` when its latch stayed ESTABLISHED under a
+    pinned 5-tuple entry (RFC 5660 §2.3), else its latch state."""
+    if sstate_after == "ESTABLISHED" and pinned_origin is EntryOrigin.PINNED_LATCH:
+        return "pinned"
+    return state_word(sstate_after)
+
+
+def client_change_word(broke: bool, cstate_after: str) -> str:
+    """The client's side after its SPD change: ``broken`` when the change broke its latch."""
+    return "broken" if broke else state_word(cstate_after)
+
+
+def policy_reason(server_word: str, client_word: str, reset: bool, reconnected: bool,
+                  service: str, rec_reason: str) -> str:
+    """Scenario 5's reason text from what each end did."""
+    def did(word: str) -> str:
+        return {"pinned": "pinned its latch (optional, RFC 5660 §2.3)",
+                "broken": "broke its latch (default)", "yes": "kept its latch unpinned"}.get(
+                    word, f"left its latch {word}")
+    tail = (f"{'reset' if reset else 'no reset'} and "
+            f"{'reconnected' if reconnected else 'did not reconnect'}: {service}, {rec_reason}")
+    return (f"2049 was PROTECT at both ends; admin switched it to BYPASS: the server {did(server_word)}, "
+            f"the client {did(client_word)}; {tail}")
+
+
 def marker_bytes(data: bytes) -> int:
     return data.count(MARKER) * len(MARKER)
 
@@ -260,10 +318,11 @@ def no_ike(
     overlay = dw.client_stack.engine.spd.overlay_entry(flow)
     sconn = server_conn(dw, flow)
     sstate = dw.server_stack.latch_state(sconn) if sconn else "none"
+    cstate = dw.client_stack.latch_state(link.conn)
     o = Outcome(
         "no IKE on the server",
-        "no",
-        "-",
+        latch_cell(cstate, sstate),
+        rec.peer or "-",
         binding_word(rec),
         ",".join(view.data_services()) or "-",
         reason=rec.reason + (f" ({rec.protection_error})" if rec.protection_error else ""),
@@ -416,11 +475,12 @@ def rogue_claims_address(
     new_link = link_of(pc)
     o = Outcome(
         "rogue claims server address",
-        f"broken->{'yes' if second.latched else 'no'}",
+        rogue_cell(client_alerts, second.latched),
         second.peer or "-",
         binding_word(second),
         ",".join(view.data_services()) or "-",
-        reason="latch BROKEN on conflicting SA, reset; reconnected, re-latched, re-bound",
+        reason=rogue_reason(client_alerts, reset, second.conn_id != first.conn_id, second.latched,
+                            second.bound),
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
     check_latch_home(o, dw.client_stack, new_link.conn, approach)
@@ -509,15 +569,16 @@ def policy_change(
         and {fv.inner.src_port, fv.inner.dst_port} == {flow.local_port, flow.remote_port}
     ]
     old_after = flow_frames(view, flow, t_client + 1e-9)
+    sword = server_change_word(sstate_after, pinned.origin if pinned else None)
+    cword = client_change_word(bool(broken_client) or flow in broken_client_tcbs, cstate_after)
     o = Outcome(
         "policy changed mid-flow",
-        "pinned/broken",
+        f"{sword}/{cword}",
         first.peer or "-",
         binding_word(first),
         ",".join(view.data_services()) or "-",
-        reason="2049 was PROTECT at both ends; admin switched it to BYPASS: the server pinned its latch "
-        "(optional, RFC 5660 §2.3), the client broke it (default) and reconnected: "
-        f"{second.gss_service.value}, {second.reason}",
+        reason=policy_reason(sword, cword, reset, second.conn_id != first.conn_id,
+                             second.gss_service.value, second.reason),
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
     if sconn is not None:
