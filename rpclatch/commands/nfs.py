@@ -36,7 +36,9 @@ def register(subparsers: Any) -> None:
         from rpclatch.nfs4.security import SEC_CHOICES
 
         p.add_argument("--sec", choices=SEC_CHOICES, default="auto",
-                       help="security flavor (auto = the server's SECINFO preference we support)")
+                       help="security flavor; auto = BYPASS-OR-PROTECT: on real sockets no IPsec "
+                            "latch is made (no IKE key manager yet), so krb5p, else krb5i, from "
+                            "the server's SECINFO list; sys/krb5 only when named")
         vers = p.add_mutually_exclusive_group()
         vers.add_argument("--v4.0", dest="minor", action="store_const", const=0, help="use NFSv4.0")
         vers.add_argument("--v4.1", dest="minor", action="store_const", const=1,

@@ -4,12 +4,18 @@
 traffic. :func:`connection_security` answers it from the policy table (:mod:`rpclatch.connect.policy`)
 for ``--sec auto``; explicit ``--sec`` values are the user's choice and pass through unchanged.
 
-On real sockets the first step of the policy -- a latched IPsec connection to port 2049 -- needs a
-kernel IPsec backend (Linux XFRM with ESP) driven by rpclatch, which is not part of this release
-(this host's kernel has XFRM but no ESP transform; see /work/shared/README.md). So the protection
-request fails for the stated reason and the table's "not latched" row applies: RPCSEC_GSS privacy
-or integrity, as configured, preferred in that order; AUTH_SYS and krb5 without protection are not
-offered automatically (the NFS client explains what the server wants if it insists on them). The
+What happens on real sockets today: the hook never latches. The first step of the policy -- a
+latched IPsec connection to port 2049 (RFC 5660) -- needs two parts on the host. The kernel datapath
+exists: :class:`rpclatch.ipsec.xfrm.backend.XfrmBackend` puts the engine's policies into Linux XFRM
+(it is exercised with ESP SAs inside the User-Mode Linux guest, since this host's kernel has XFRM
+but no ESP transform). What is missing is a key manager for real sockets: an IKEv2 daemon (or
+binding to one) that answers the kernel's ACQUIRE, authenticates the peer against the PAD and
+installs the SA pair, so that the NFS socket gets a latch; the only key manager in rpclatch
+(:mod:`rpclatch.ipsec.keymgr`) keys statically in-process and for the simulator. So the hook does
+not attempt IKE, records :data:`NO_KERNEL_BACKEND` as the protection error, and the table's "not
+latched" row applies: RPCSEC_GSS privacy or integrity (krb5p, then krb5i, or the reverse when the
+policy asks for integrity only), with no channel binding. AUTH_SYS and krb5 without protection are
+not offered automatically (the NFS client explains what the server wants if it insists on them). The
 order is the policy's, not the server's: ``prefer_allowed_order`` makes the client take the first
 of ``allowed`` that SECINFO offers (a server listing krb5i before krb5p still gets krb5p when no
 channel is bound and privacy is configured).
@@ -20,9 +26,9 @@ from __future__ import annotations
 from rpclatch.connect.policy import BindOutcome, ConnectPolicy, GssService, LatchOutcome, decide
 from rpclatch.nfs4.security import ConnectionSecurity, SecFlavor, default_connection_security
 
-#: why the protection request fails on real sockets in this release
-NO_KERNEL_BACKEND = ("no kernel IPsec backend is wired to rpclatch on this host (the Linux XFRM "
-                     "backend comes later); IKE was not attempted")
+#: why the protection request fails on real sockets in this release (name kept for callers)
+NO_KERNEL_BACKEND = ("no IKE key manager for real sockets in rpclatch (the Linux XFRM backend "
+                     "exists, but nothing negotiates SAs for it); IKE was not attempted, not latched")
 
 
 async def connection_security(host: str, port: int, sec: str,

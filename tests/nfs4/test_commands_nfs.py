@@ -76,3 +76,24 @@ def test_progress_only_on_a_tty() -> None:
 def test_explain(exc: Exception, expected: str) -> None:
     line = explain(exc, "srv", 2049, "/p", "sys")
     assert expected in line and "\n" not in line
+
+
+def test_sec_auto_help_and_record_say_what_happens_on_real_sockets(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--sec auto`` is honest about real sockets: no latch (no IKE key manager), so krb5p then
+    krb5i from the policy table -- in the help text and in the hook's record."""
+    import asyncio
+
+    from rpclatch.commands.nfs import connection_hook
+    from rpclatch.nfs4.security import SecFlavor
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["nfs", "ls", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "no IPsec latch is made (no IKE key manager yet)" in help_text
+    assert "krb5p, else krb5i" in help_text
+
+    sec = asyncio.run(connection_hook("auto")("192.0.2.9", 2049, "auto"))
+    assert sec.allowed == (SecFlavor.KRB5P, SecFlavor.KRB5I)
+    assert sec.record["latched"] is False and sec.record["latch_outcome"] == "NOT_LATCHED"
+    assert "no IKE key manager for real sockets" in str(sec.record["protection_error"])
