@@ -59,9 +59,11 @@ def server_thread(versions: tuple[int, ...] = (1,), sec: tuple[str, ...] = ("non
         loop.close()
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 60, env_extra: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("RPCLATCH_DEBUG", None)
+    env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "rpclatch.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -219,23 +221,41 @@ def test_program_names_without_etc_rpc(tmp_path: Path) -> None:
     assert program_names(custom)[400000] == "myprog"
 
 
-def test_dump_and_register_without_rpcbind_one_line() -> None:
-    if _rpcbind_up():
-        pytest.skip("an rpcbind is running: this checks the message when there is none")
-    dump = run_cli("rpc", "dump", "127.0.0.1")
-    assert (dump.returncode, dump.stderr) == (
-        1, "rpclatch: error: 127.0.0.1: connection refused on port 111 (is rpcbind running?)\n")
-    serve = run_cli("rpc", "serve", "--register")
-    assert serve.returncode == 1 and serve.stderr.count("\n") == 1
-    assert serve.stderr.startswith("rpclatch: error: cannot register with the local rpcbind")
+@contextmanager
+def closed_loopback_port() -> Iterator[int]:
+    """A loopback TCP port that refuses connections: bound (so nobody else takes it), never listening."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
-def _rpcbind_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 111), timeout=1):
-            return True
-    except OSError:
-        return False
+def test_dump_and_register_without_rpcbind_one_line(tmp_path: Path) -> None:
+    """Runs whether or not an rpcbind is up: the CLI is pointed at a closed port and a missing socket,
+    through the options and through the environment."""
+    missing = tmp_path / "no-rpcbind.sock"
+    with closed_loopback_port() as port:
+        refused = f"rpclatch: error: 127.0.0.1: connection refused on port {port} (is rpcbind running?)\n"
+        dump = run_cli("rpc", "dump", "127.0.0.1", "--rpcbind-port", str(port))
+        assert (dump.returncode, dump.stdout, dump.stderr) == (1, "", refused)
+        dump = run_cli("rpc", "dump", "127.0.0.1", env_extra={"RPCLATCH_RPCBIND_PORT": str(port)})
+        assert (dump.returncode, dump.stdout, dump.stderr) == (1, "", refused)
+        ping = run_cli("rpc", "ping", "127.0.0.1", "nfs", "4", env_extra={"RPCLATCH_RPCBIND_PORT": str(port)})
+        assert (ping.returncode, ping.stderr) == (1, f"rpclatch: error: 127.0.0.1: connection refused on "
+                                                     f"port {port} (is rpcbind running? use --port)\n")
+        ping = run_cli("rpc", "ping", "127.0.0.1", "nfs", "4", "--rpcbind-port", str(port))
+        assert (ping.returncode, ping.stderr) == (1, f"rpclatch: error: 127.0.0.1: connection refused on "
+                                                     f"port {port} (is rpcbind running? use --port)\n")
+    bad = run_cli("rpc", "dump", "127.0.0.1", env_extra={"RPCLATCH_RPCBIND_PORT": "http"})
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "RPCLATCH_RPCBIND_PORT" in bad.stderr
+    for how in (("--rpcbind-socket", str(missing)), ()):
+        serve = run_cli("rpc", "serve", "--register", *how,
+                        env_extra={} if how else {"RPCLATCH_RPCBIND_SOCKET": str(missing)})
+        assert serve.returncode == 1 and serve.stderr.count("\n") == 1, serve.stderr
+        assert serve.stderr.startswith(
+            f"rpclatch: error: cannot register with the local rpcbind ({missing}): rpcbind: "), serve.stderr
+        assert "Traceback" not in serve.stderr and not missing.exists()
+    helps = run_cli("rpc", "serve", "--help").stdout + run_cli("rpc", "ping", "--help").stdout
+    assert "RPCLATCH_RPCBIND_SOCKET" in helps and "RPCLATCH_RPCBIND_PORT" in helps
 
 
 def test_ping_with_a_flavor_the_server_refuses(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,11 @@
 * ``rpclatch rpc serve [--host H] [--port N] [--tcp] [--udp] [--register] [--sec NAME ...]``: serve
   the test program (0x20000A11 v1) over TCP and UDP (both unless one is chosen) until Ctrl-C or
   SIGTERM; ``--register`` registers it with the local rpcbind and unregisters it on exit.
-* ``rpclatch rpc dump HOST [--udp]``: the host's portmap list, like ``rpcinfo -p``.
+* ``rpclatch rpc dump HOST [--udp] [--port N]``: the host's portmap list, like ``rpcinfo -p``.
+
+Where rpcbind is: ``ping --rpcbind-port N`` / ``dump --port N`` (default ``$RPCLATCH_RPCBIND_PORT``
+or 111) and ``serve --rpcbind-socket PATH`` (default ``$RPCLATCH_RPCBIND_SOCKET`` or
+/run/rpcbind.sock).
 
 Failures print one line, e.g. ``rpclatch: error: 127.0.0.1: program 100003 version 9 not available
 (server has 2..4)``, and exit 1; bad arguments exit 2.
@@ -179,14 +183,16 @@ async def _connect(host: str, port: int, udp: bool, auth: Any, timeout: float) -
                                              connect_timeout=timeout)
 
 
-async def _lookup_port(host: str, prog: int, vers: int | None, udp: bool, timeout: float) -> int:
+async def _lookup_port(host: str, prog: int, vers: int | None, udp: bool, timeout: float,
+                       rpcbind_port: int) -> int:
     """The port of ``prog``/``vers`` from HOST's portmapper (any version's port when None)."""
     from rpclatch.rpc.rpcbind import IPPROTO_TCP, IPPROTO_UDP, PMAP_PORT, RpcbindClient
 
     try:
-        rpcb = await RpcbindClient.connect(host, transport="udp" if udp else "tcp", timeout=timeout)
+        rpcb = await RpcbindClient.connect(host, transport="udp" if udp else "tcp", port=rpcbind_port,
+                                           timeout=timeout)
     except (OSError, TimeoutError) as exc:
-        line = describe_error(host, exc, port=PMAP_PORT, timeout=timeout)
+        line = describe_error(host, exc, port=rpcbind_port, timeout=timeout)
         line = line.replace("(is the service running?)", "(is rpcbind running? use --port)")
         raise CommandFailed(line) from exc
     prot = IPPROTO_UDP if udp else IPPROTO_TCP
@@ -198,7 +204,7 @@ async def _lookup_port(host: str, prog: int, vers: int | None, udp: bool, timeou
             ports = sorted((m.vers, m.port) for m in entries if m.prog == prog and m.prot == prot)
             port = ports[0][1] if ports else 0
     except Exception as exc:
-        raise CommandFailed(describe_error(host, exc, PMAP_PORT, 2, PMAP_PORT, timeout)) from exc
+        raise CommandFailed(describe_error(host, exc, PMAP_PORT, 2, rpcbind_port, timeout)) from exc
     finally:
         await rpcb.close()
     if port == 0:
@@ -215,7 +221,8 @@ async def _ping(args: argparse.Namespace) -> int:
     host, timeout, udp = args.host, args.timeout, args.udp
     prog = parse_program(args.prog)
     auth = client_auth_for_sec(args.sec, host=host, prog=prog)
-    port = args.port if args.port is not None else await _lookup_port(host, prog, args.vers, udp, timeout)
+    port = args.port if args.port is not None else await _lookup_port(
+        host, prog, args.vers, udp, timeout, _rpcbind_port(args.rpcbind_port))
     try:
         client = await _connect(host, port, udp, auth, timeout)
     except (OSError, TimeoutError) as exc:
@@ -295,16 +302,17 @@ async def _dump(args: argparse.Namespace) -> int:
     from rpclatch.rpc.rpcbind import PMAP_PORT, RpcbindClient
 
     host = args.host
+    port = _rpcbind_port(args.port)
     try:
         rpcb = await RpcbindClient.connect(host, transport="udp" if args.udp else "tcp",
-                                           port=args.port, timeout=args.timeout)
+                                           port=port, timeout=args.timeout)
     except (OSError, TimeoutError) as exc:
-        line = describe_error(host, exc, port=args.port, timeout=args.timeout)
+        line = describe_error(host, exc, port=port, timeout=args.timeout)
         raise CommandFailed(line.replace("(is the service running?)", "(is rpcbind running?)")) from exc
     try:
         entries = await rpcb.pmap_dump()
     except Exception as exc:
-        raise CommandFailed(describe_error(host, exc, PMAP_PORT, 2, args.port, args.timeout)) from exc
+        raise CommandFailed(describe_error(host, exc, PMAP_PORT, 2, port, args.timeout)) from exc
     finally:
         await rpcb.close()
     names = program_names()
@@ -347,15 +355,16 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     registered = False
+    rpcbind_path = args.rpcbind_socket or rpcbind.rpcbind_socket_path()
     try:
         if args.register:
             try:
                 await rpcbind.register(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, tcp_port=tcp_port,
-                                       udp_port=udp_port, host=args.host)
+                                       udp_port=udp_port, host=args.host, path=rpcbind_path)
                 registered = True
             except Exception as exc:
                 why = describe_error("rpcbind", exc).replace("(is the service running?)", "(is it running?)")
-                raise CommandFailed(f"cannot register with the local rpcbind ({rpcbind.RPCBIND_SOCKET}): "
+                raise CommandFailed(f"cannot register with the local rpcbind ({rpcbind_path}): "
                                     f"{why}") from exc
         listeners = (("tcp", tcp_port), ("udp", udp_port))
         where = ", ".join(f"{name} {args.host}:{port}" for name, port in listeners if port is not None)
@@ -368,7 +377,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await server.close()
         if registered:
             try:
-                await rpcbind.unregister(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
+                await rpcbind.unregister(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, path=rpcbind_path)
             except Exception as exc:
                 print(f"rpclatch: warning: could not unregister from rpcbind: {exc}", file=sys.stderr)
     print("stopped", flush=True)
@@ -377,6 +386,19 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     return _guard(lambda: _run(lambda: _serve(args)))
+
+
+def _rpcbind_port(given: int | None) -> int:
+    """``--rpcbind-port``/``--port`` if given, else ``$RPCLATCH_RPCBIND_PORT``, else 111."""
+    if given is not None:
+        return given
+    from rpclatch.cli import UserError
+    from rpclatch.rpc.rpcbind import rpcbind_port
+
+    try:
+        return rpcbind_port()
+    except ValueError as exc:
+        raise UserError(f"{exc}; unset it or give a port number") from None
 
 
 def _guard(fn: Callable[[], int]) -> int:
@@ -405,6 +427,8 @@ def register(subparsers: Any) -> None:
     ping.add_argument("--udp", action="store_true", help="use UDP (default TCP)")
     ping.add_argument("--tcp", action="store_false", dest="udp", help="use TCP (the default)")
     ping.add_argument("--port", type=_port, help="call this port instead of asking rpcbind")
+    ping.add_argument("--rpcbind-port", type=_port, metavar="N",
+                      help="HOST's rpcbind port for the lookup (default $RPCLATCH_RPCBIND_PORT or 111)")
     ping.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default 5)")
     ping.add_argument("--sec", default="none", metavar="FLAVOR",
                       help="security flavor: none (default), sys, krb5, krb5i, krb5p (RPCSEC_GSS; "
@@ -418,6 +442,9 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--udp", action="store_true", help="serve UDP (default: TCP and UDP)")
     serve.add_argument("--register", action="store_true",
                        help="register with the local rpcbind (unregistered on exit)")
+    serve.add_argument("--rpcbind-socket", metavar="PATH",
+                       help="the local rpcbind's unix socket for --register (default "
+                       "$RPCLATCH_RPCBIND_SOCKET or /run/rpcbind.sock)")
     serve.add_argument("--sec", action="append", metavar="FLAVOR",
                        help="accept this security flavor (repeatable; default none and sys; krb5, "
                        "krb5i, krb5p accept RPCSEC_GSS with the nfs/<host> key from KRB5_KTNAME)")
@@ -428,6 +455,7 @@ def register(subparsers: Any) -> None:
     dump = sub.add_parser("dump", help="list HOST's rpcbind registrations (like rpcinfo -p)")
     dump.add_argument("host", metavar="HOST")
     dump.add_argument("--udp", action="store_true", help="ask over UDP (default TCP)")
-    dump.add_argument("--port", type=_port, default=111, help="rpcbind port (default 111)")
+    dump.add_argument("--port", "--rpcbind-port", type=_port, help="rpcbind port (default "
+                      "$RPCLATCH_RPCBIND_PORT or 111)")
     dump.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default 5)")
     dump.set_defaults(func=cmd_dump)

@@ -17,11 +17,15 @@ path=RPCBIND_SOCKET, timeout=10.0)`` then:
 ``register(prog, vers, tcp_port=None, udp_port=None)`` / ``unregister(prog, vers)`` register a
 local server with the local rpcbind over its unix socket (where rpcbind trusts the caller's uid, as
 libtirpc's ``rpcb_set`` does; over TCP/UDP rpcbind refuses SET from non-reserved ports).
-Universal addresses (RFC 5665 §5.2.3.3 "h1.h2.h3.h4.p1.p2"): :func:`uaddr_port`, :func:`make_uaddr`.
+:func:`rpcbind_socket_path` / :func:`rpcbind_port` give the local rpcbind's unix socket and port with
+the ``RPCLATCH_RPCBIND_SOCKET`` / ``RPCLATCH_RPCBIND_PORT`` environment overrides applied (the CLI's
+defaults). Universal addresses (RFC 5665 §5.2.3.3 "h1.h2.h3.h4.p1.p2"): :func:`uaddr_port`,
+:func:`make_uaddr`.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from types import TracebackType
@@ -35,6 +39,27 @@ PMAP_VERS = 2
 RPCBVERS_3 = 3
 RPCBVERS_4 = 4
 RPCBIND_SOCKET = "/run/rpcbind.sock"
+
+#: Environment overrides for where the local rpcbind is (tests, or an rpcbind on another port).
+ENV_RPCBIND_SOCKET = "RPCLATCH_RPCBIND_SOCKET"
+ENV_RPCBIND_PORT = "RPCLATCH_RPCBIND_PORT"
+
+
+def rpcbind_socket_path() -> str:
+    """The local rpcbind's unix socket: ``$RPCLATCH_RPCBIND_SOCKET`` if set, else RPCBIND_SOCKET."""
+    return os.environ.get(ENV_RPCBIND_SOCKET) or RPCBIND_SOCKET
+
+
+def rpcbind_port() -> int:
+    """The rpcbind/portmap port to ask: ``$RPCLATCH_RPCBIND_PORT`` if set, else PMAP_PORT (111).
+    Raises ValueError for a value that is not a port number."""
+    text = os.environ.get(ENV_RPCBIND_PORT)
+    if not text:
+        return PMAP_PORT
+    port = int(text, 10) if text.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{ENV_RPCBIND_PORT}={text} is not a port number (1..65535)")
+    return port
 
 # RFC 1833 §3.2 (portmap v2) and §2.2 (rpcbind v3/v4): procedure numbers shared by name.
 PROC_NULL = 0
