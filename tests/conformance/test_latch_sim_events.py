@@ -255,3 +255,59 @@ def test_binding_is_identical_at_both_ends_whoever_initiated_ike() -> None:
         assert c.channel is not None and s is not None and s.channel is not None
         assert c.channel.binding_data == s.channel.binding_data
     assert c1.channel.binding_data == c2.channel.binding_data   # same keys, same roles -> same CB
+
+
+@BOTH
+@pytest.mark.conformance(id="LATCH-10c", rfc="RFC 5660 §5.5 (c); RFC 1122 §4.2.3.9")
+def test_LATCH_10c_icmp_unreachable_disposition_is_a_soft_error(approach: Approach) -> None:
+    """Disposition (c): the BROKEN latch acts as an ICMP destination unreachable. As for TCP's soft
+    ICMP errors the connection is not reset; the application gets a SOFT_ERROR event (and
+    ``soft_error``), and no data flows in either direction while the latch is BROKEN."""
+    lab = Lab.build(approach=approach)
+    lab.listen(disposition=BrokenDisposition.ICMP_UNREACHABLE)
+    client, server = lab.open(local_port=44100,
+                              request=LatchRequest(disposition=BrokenDisposition.ICMP_UNREACHABLE))
+    assert server is not None and server.soft_error is None
+    c = lab.attacker("c")
+    c.claim_address(lab.a.address)
+    lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.world.run_for(0.5)
+    assert lab.stack(lab.b).latch_state(server) == "BROKEN"
+    soft = [e for e in server.events if e.kind is StreamEventKind.SOFT_ERROR]
+    assert len(soft) == 1 and "unreachable" in soft[0].detail
+    assert server.soft_error == soft[0].detail
+    # not reset: the connection is still open (unlike the default, LATCH-09/§5.5 (b))
+    assert server.state is StreamState.ESTABLISHED and StreamEventKind.RESET not in server.kinds()
+    c.release_address(lab.a.address)
+    lab.a.claim_address(lab.a.address)
+    t_broken = lab.world.now
+    client.send(b"during break")
+    server.send(b"reply during break")
+    lab.world.run_for(1.0)
+    assert bytes(server.received) == b""                     # input dropped while BROKEN
+    sent_by_b = [p for p in flow_packets(lab.world.hub, client.flow)
+                 if p.sender == "b" and p.time >= t_broken]
+    assert sent_by_b == []                                    # and nothing sent
+    assert server.state is StreamState.ESTABLISHED
+
+
+@pytest.mark.conformance(id="LATCH-10d", rfc="RFC 5660 §5.5 (c), §2.3 (T5)")
+def test_LATCH_10d_soft_error_clears_when_the_latch_is_established_again() -> None:
+    lab = Lab.build()
+    lab.listen(disposition=BrokenDisposition.ICMP_UNREACHABLE)
+    client, server = lab.open(local_port=44101)
+    assert server is not None
+    c = lab.attacker("c")
+    c.claim_address(lab.a.address)
+    lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.world.run_for(0.5)
+    assert server.soft_error is not None
+    c.release_address(lab.a.address)
+    lab.a.claim_address(lab.a.address)
+    client.send(b"during break")
+    for sa in list(lab.stack(lab.b).engine.sad):
+        if sa.peer != server.channel.params.peer:
+            lab.stack(lab.b).sike.remove_child(sa.sa_id)
+    lab.world.run_for(3.0)
+    assert lab.stack(lab.b).latch_state(server) == "ESTABLISHED" and server.soft_error is None
+    assert bytes(server.received) == b"during break"

@@ -400,7 +400,8 @@ class IpsecStack:
                 reset = alert.disposition is BrokenDisposition.RESET
                 if reset:
                     self.forget_queued(conn.flow)
-                conn.latch_broken(reset=reset, reason=alert.reason.value)
+                conn.latch_broken(reset=reset, reason=alert.reason.value,
+                                  unreachable=alert.disposition is BrokenDisposition.ICMP_UNREACHABLE)
             elif new is LatchState.CLOSED:
                 if alert.old_state is LatchState.LARVAL:
                     self._fail(conn, f"not latched: {alert.reason.value}")
@@ -425,7 +426,8 @@ class IpsecStack:
                 why = brk.reason.value
             extra = f": {brk.detail}" if brk.detail else ""
             self.host.note(f"ALERT {conn.flow}: TCB latch -> BROKEN ({brk.reason.value}{extra})")
-            conn.latch_broken(reset=reset, reason=why)
+            conn.latch_broken(reset=reset, reason=why,
+                              unreachable=brk.disposition is BrokenDisposition.ICMP_UNREACHABLE)
         return on_break
 
     def stream_accept(self, host: Host, listener: Listener, conn: StreamConnection, syn: TcpSegment,

@@ -58,6 +58,7 @@ class StreamEventKind(enum.Enum):
     REFUSED = "refused"    # RST in answer to our SYN
     LATCH = "latch"        # latch ALERT seen by the owner (state in ``detail``)
     FAILED = "failed"      # could not start (e.g. key manager refused and policy requires IPsec)
+    SOFT_ERROR = "soft-error"  # ICMP-like unreachable from a BROKEN latch (RFC 5660 §5.5 (c)): not fatal
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,9 @@ class StreamConnection:
         self.events: list[StreamEvent] = []
         self.on_event: Callable[[StreamConnection, StreamEvent], None] | None = None
         self.suspended = False   # latch BROKEN with disposition "wait": no output, drop input
+        # RFC 5660 §5.5 (c) / RFC 1122 §4.2.3.9: the pending soft error (like SO_ERROR after an
+        # ICMP destination unreachable); the connection stays open, cleared when the latch is back
+        self.soft_error: str | None = None
         self.segments_dropped = 0
         self.latch_info: Any = None   # set by the host: the connection's latch view
         self.channel: Any = None      # the LatchChannel when latched (for ConnectionInfo.channel)
@@ -379,17 +383,26 @@ class StreamConnection:
             self.on_event(self, ev)
 
     # -- latch hooks (called by the host) ---------------------------------------------------------
-    def latch_broken(self, reset: bool, reason: str) -> None:
-        """RFC 5660 §2.3 ALERT -> BROKEN: stop output and drop input at once; §5.5 (b) acts as reset."""
+    def latch_broken(self, reset: bool, reason: str, unreachable: bool = False) -> None:
+        """RFC 5660 §2.3 ALERT -> BROKEN: stop output and drop input at once; §5.5 (b) acts as reset.
+
+        ``unreachable`` is §5.5 (c): act as if an ICMP destination unreachable arrived. Like TCP
+        with a soft ICMP error (RFC 1122 §4.2.3.9) the connection is not aborted: the application
+        gets a ``SOFT_ERROR`` event and :attr:`soft_error` is set, no data flows while BROKEN, and
+        the connection resumes if the latch becomes ESTABLISHED again (ULP timeouts still apply)."""
         self._event(StreamEventKind.LATCH, ("BROKEN", reason))
         self.suspended = True
         if reset:
             self._teardown(StreamEventKind.RESET, f"latch broken: {reason}")
+        elif unreachable:
+            self.soft_error = f"destination unreachable (latch broken: {reason})"
+            self._event(StreamEventKind.SOFT_ERROR, self.soft_error)
 
     def latch_restored(self) -> None:
         """RFC 5660 §2.3 T5 back to ESTABLISHED: resume (retransmission recovers the losses)."""
         self._event(StreamEventKind.LATCH, ("ESTABLISHED", "restored"))
         self.suspended = False
+        self.soft_error = None
         self._output()
 
     def latch_closed(self, reason: str) -> None:
