@@ -34,7 +34,11 @@ from rpclatch.ipsec.sim.lab import Lab
 from rpclatch.ipsec.sim.stack import ConnLatch
 from rpclatch.ipsec.sim.stream import StreamEvent, StreamEventKind, StreamState
 from rpclatch.ipsec.sim.tcp import Flags
-from rpclatch.ipsec.sim.wireview import cleartext_after, decode_wire, leaked
+from rpclatch.ipsec.sim.wireview import (
+    cleartext_after,
+    decode_wire,
+    leaked,
+)
 from rpclatch.ipsec.spd import SpdAction, SpdEntry
 from rpclatch.ipsec.ulp import UlpBreakReason
 
@@ -297,6 +301,19 @@ def test_a9_btns_mitm_latches_but_binding_differs() -> None:
     assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(m).sike.credentials.spki
     # the client's view of the channel binding names M's key, not B's: BIND_CHANNEL would fail
     assert mitm.channel.binding_data != genuine.channel.binding_data
+    # on the wire: the genuine latched flow's bytes reach nobody but A and B (M may see ESP it
+    # cannot open), the flow latched to M is readable by A and M only; nothing in clear after latching
+    t0 = lab.world.now
+    genuine.send(b"genuine secret")
+    mitm.send(b"sent to whoever holds the latch")
+    lab.world.run_for(1.0)
+    assert leaked(lab.world.hub, genuine.flow, {"a", "b"}) == []
+    assert leaked(lab.world.hub, mitm.flow, {"a", "m"}) == []
+    assert cleartext_after(lab.world.hub, genuine.flow, 0.0) == []
+    assert cleartext_after(lab.world.hub, mitm.flow, 0.0) == []
+    # not vacuous: the data was really sent, readable by its latched peer
+    assert leaked(lab.world.hub, genuine.flow, {"a"}) and leaked(lab.world.hub, mitm.flow, {"a"})
+    assert all(p.time >= t0 for p in leaked(lab.world.hub, mitm.flow, {"a"}))
 
 
 # -- A10: one-sided latching ----------------------------------------------------------------------------
@@ -355,12 +372,16 @@ def test_a13_dpd_peer_dead_breaks_irremediably() -> None:
     lab.stack(lab.a).sike.start_dpd(interval=1.0, max_misses=3)
     m = lab.attacker("m", ipsec=False)
     m.blackhole(lab.a.address, lab.b.address)
+    client.send(b"into the blackhole")
     lab.world.run_for(10.0)
     assert StreamEventKind.RESET in client.kinds()
     assert any(a.reason is AlertReason.PEER_DEAD for a in client.latch_info.alerts)  # type: ignore[union-attr]
     m.stop_dropping()
     lab.world.run_for(5.0)
     assert client.state is StreamState.CLOSED                     # never comes back
+    # the blackhole read nothing: no byte of the latched flow reached M readably, none in clear
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    assert cleartext_after(lab.world.hub, client.flow, 0.0) == []
     client2, _server2 = lab.open(local_port=37000)                  # a new connection is a new latch
     assert client2.state is StreamState.ESTABLISHED
 
@@ -411,6 +432,15 @@ def test_a15_second_connection_to_same_address_latches_another_peer() -> None:
     assert first.channel is not None and second.channel is not None
     assert first.flow.remote_addr == second.flow.remote_addr
     assert first.channel.params.peer != second.channel.params.peer    # the app must not trunk them
+    # each flow's bytes reach only its own latched peer, nothing in clear after latching
+    first.send(b"for the first peer")
+    second.send(b"for the second peer")
+    lab.world.run_for(1.0)
+    assert leaked(lab.world.hub, first.flow, {"a", "b"}) == []
+    assert leaked(lab.world.hub, second.flow, {"a", "c"}) == []
+    assert leaked(lab.world.hub, first.flow, {"a"}) and leaked(lab.world.hub, second.flow, {"a"})
+    assert cleartext_after(lab.world.hub, first.flow, 0.0) == []
+    assert cleartext_after(lab.world.hub, second.flow, 0.0) == []
 
 
 # -- A16: SPI collision --------------------------------------------------------------------------------------
