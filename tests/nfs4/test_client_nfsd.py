@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -348,3 +349,50 @@ def test_grace_period_is_waited_out(nfsd: LinuxNfsdGuest) -> None:
     data, graced, pending, retries = run(nfsd, 1, "sys", body)
     assert data == b"after-grace"
     assert graced >= 1 and pending and retries["NFS4ERR_GRACE"] >= graced
+
+
+def server_delegations(guest: LinuxNfsdGuest) -> int:
+    """How many delegations nfsd has handed out, over all its clients (/proc/fs/nfsd/clients)."""
+    script = ('n=0; for d in /proc/fs/nfsd/clients/*/; do '
+              'n=$((n + $(grep -c "type: deleg" "$d/states"))); done; echo $n')
+    return int(guest.run(["sh", "-c", script], check=True).stdout)
+
+
+def test_delegation_recall_delay_is_retried(nfsd: LinuxNfsdGuest) -> None:
+    """A real NFS4ERR_DELAY: the guest's kernel NFS client holds a file open for reading and with
+    it a read delegation; our OPEN for writing conflicts with it, so nfsd recalls the delegation
+    and answers NFS4ERR_DELAY (RFC 8881 §10.4.4 / RFC 7530 §10.4.4; Linux: the lease break is
+    non-blocking -> nfserr_jukebox) until the kernel client has returned it. The client retries
+    with backoff instead of failing, and the write lands."""
+    name = f"/deleg-{os.getpid()}.bin"
+
+    async def create(c: Nfs4Client) -> None:
+        await c.write_file(name, b"before")
+
+    run(nfsd, 1, "sys", create)
+    mnt = nfsd.kernel_mount("/", sec="sys", vers="4.1", mountpoint="/tmp/mnt-deleg")
+    holder = nfsd.spawn(f"exec 3<{mnt}{name}; read -r line <&3; exec sleep 120")
+    try:
+        delegs = 0
+        for _ in range(100):  # the delegation comes with the kernel client's OPEN reply
+            delegs = server_delegations(nfsd)
+            if delegs:
+                break
+            time.sleep(0.1)
+        assert delegs >= 1, "the kernel client got no delegation; nothing to recall"
+
+        async def body(c: Nfs4Client) -> tuple[bytes, dict[str, int]]:
+            await c.write_file(name, b"after-recall")
+            return await c.read_bytes(name), dict(c.retries)
+
+        data, retries = run(nfsd, 1, "sys", body)
+        after = server_delegations(nfsd)
+    finally:
+        holder.signal("KILL")
+        holder.wait(timeout=30)
+        nfsd.kernel_umount(mnt)
+    assert data == b"after-recall"
+    assert retries.get("NFS4ERR_DELAY", 0) >= 1
+    assert after == 0  # the kernel client returned it (DELEGRETURN) while we retried
+    assert nfsd.server_sha256(name) == hashlib.sha256(b"after-recall").hexdigest()
+    nfsd.run(["rm", "-f", nfsd.server_path(name)], check=True)
