@@ -190,6 +190,40 @@ def missing_requirements(linux: str = "linux.uml") -> list[str]:
     return reasons
 
 
+def host_kernel_gaps(*, filesystems: Path = Path("/proc/filesystems"),
+                     sys_module: Path = Path("/sys/module"), lib_modules: Path = Path("/lib/modules"),
+                     release: str | None = None) -> list[str]:
+    """Why the suite cannot use the host's own kernel (nfsd + esp4 in network namespaces) and boots
+    User-Mode Linux instead; empty when the host kernel has both.
+
+    nfsd counts as present when the ``nfsd`` file system is registered (``/proc/filesystems``) or
+    ``nfsd.ko*`` is installed for the running kernel; esp4 when ``/sys/module/esp4`` exists (loaded)
+    or ``esp4.ko*`` is installed. A built-in esp4 without a /sys/module entry is not detected.
+    Note: the network-namespace mode itself is not implemented; even with both, the suite uses UML.
+    """
+    release = release or os.uname().release
+    mods = lib_modules / release
+    gaps = []
+    try:
+        registered = any(line.split()[-1:] == ["nfsd"] for line in filesystems.read_text().splitlines())
+    except OSError:
+        registered = False
+    if not registered and not any(mods.glob("**/nfsd.ko*")):
+        gaps.append(f"host kernel {release} has no nfsd (not in {filesystems}, no nfsd.ko under {mods})")
+    if not (sys_module / "esp4").is_dir() and not any(mods.glob("**/esp4.ko*")):
+        gaps.append(f"host kernel {release} has no esp4 (no {sys_module / 'esp4'}, no esp4.ko under {mods})")
+    return gaps
+
+
+def why_uml() -> str:
+    """One line for logs, --help and skip reasons: why the suite runs in User-Mode Linux."""
+    gaps = host_kernel_gaps()
+    if gaps:
+        return "using User-Mode Linux because " + "; ".join(gaps)
+    return ("the host kernel has nfsd and esp4, but the network-namespace mode on the host kernel is not "
+            "implemented; using User-Mode Linux")
+
+
 def _set_pdeathsig() -> None:
     """In the UML child: die with the parent so a killed harness leaves no guest behind."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

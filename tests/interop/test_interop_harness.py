@@ -25,8 +25,10 @@ from interop.uml import (
     LinuxNfsdGuest,
     XfrmCounters,
     _tmp_keep,
+    host_kernel_gaps,
     missing_requirements,
     parse_xfrm_state,
+    why_uml,
 )
 
 XFRM_STATE = """\
@@ -193,3 +195,34 @@ def test_socket_policy_layouts_match_linux_xfrm_h() -> None:
     assert tmpl[28:32] == bytes([198, 51, 100, 1])  # saddr
     assert int.from_bytes(tmpl[44:48], sys.byteorder) == 7 and tmpl[48] == sockpolicy.XFRM_MODE_TRANSPORT
     assert tmpl[52:64] == b"\xff" * 12  # any auth/enc/comp algorithm
+
+
+def test_host_kernel_gaps_names_what_the_host_kernel_lacks(tmp_path: Path) -> None:
+    """The network-namespace mode needs nfsd and esp4 in the host kernel; each missing one is named."""
+    fs, sysmod, libmod = tmp_path / "filesystems", tmp_path / "sys-module", tmp_path / "lib-modules"
+    sysmod.mkdir()
+    fs.write_text("nodev\tsysfs\nnodev\tproc\n\text4\n")
+    gaps = host_kernel_gaps(filesystems=fs, sys_module=sysmod, lib_modules=libmod, release="9.9.9")
+    assert len(gaps) == 2 and "no nfsd" in gaps[0] and "no esp4" in gaps[1]
+    fs.write_text("nodev\tsysfs\nnodev\tnfsd\n")  # nfsd registered (module loaded or built in)
+    (libmod / "9.9.9" / "kernel" / "net" / "ipv4").mkdir(parents=True)
+    (libmod / "9.9.9" / "kernel" / "net" / "ipv4" / "esp4.ko.xz").write_bytes(b"")
+    assert host_kernel_gaps(filesystems=fs, sys_module=sysmod, lib_modules=libmod, release="9.9.9") == []
+    fs.write_text("nodev\tsysfs\n")
+    (libmod / "9.9.9" / "kernel" / "net" / "ipv4" / "esp4.ko.xz").unlink()
+    (sysmod / "esp4").mkdir()  # esp4 loaded
+    (libmod / "9.9.9" / "kernel" / "fs" / "nfsd").mkdir(parents=True)
+    (libmod / "9.9.9" / "kernel" / "fs" / "nfsd" / "nfsd.ko").write_bytes(b"")
+    assert host_kernel_gaps(filesystems=fs, sys_module=sysmod, lib_modules=libmod, release="9.9.9") == []
+
+
+def test_why_uml_is_stated_in_the_runner_help() -> None:
+    """``interop/run --help`` says the host-kernel mode is not implemented and why UML is used on
+    this host (the gaps of the running kernel, or that the mode is missing)."""
+    reason = why_uml()
+    assert reason.startswith("using User-Mode Linux because host kernel ") or "not implemented" in reason
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "interop" / "runner.py"), "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    text = " ".join(out.split())
+    assert "network namespaces" in text and "is not implemented" in text
+    assert " ".join(reason.split()) in text
