@@ -59,6 +59,7 @@ from rpclatch.gss.wire import (
     InitRes,
     Service,
     be32,
+    bind_chan_request_problem,
     decode_integ,
     decode_priv,
     encode_cred,
@@ -379,7 +380,9 @@ class GssClientAuth(ClientAuth):
         Tries our prefixes/hashes in order, following the server's PREF_NOTSUPP / HASH_NOTSUPP
         lists. Raises :class:`ChannelBindingFailed` if no binding results (the context then keeps
         working with the requested service). A reply MIC that does not verify means the channel
-        views differ (a MITM): the context is destroyed and replaced (RFC 5403 §2).
+        views differ (a MITM): the context is destroyed and replaced (RFC 5403 §2). Raises
+        :class:`RpcGssLocalError` before sending anything if a candidate prefix/hash could not be
+        sent (prefix over 64 bytes, OID over 32: see :func:`rpclatch.gss.wire.bind_chan_request_problem`).
         """
         ctx = self._current()
         if ctx.version != RPCSEC_GSS_VERS_2:
@@ -393,6 +396,15 @@ class GssClientAuth(ClientAuth):
             raise ChannelBindingFailed("the channel offers none of the requested prefixes",
                                        BindFailure.UNSUPPORTED)
         algorithms = list(hashes)
+        if not algorithms:
+            raise RpcGssLocalError("bind_channel needs at least one hash algorithm")
+        # Every request we might send must fit (RFC 5531 §8.2: opaque_auth body <= 400 bytes):
+        # refuse locally, before anything is sent, rather than fail while encoding mid-negotiation.
+        for candidate in candidates:
+            for alg in algorithms:
+                problem = bind_chan_request_problem(candidate, alg)
+                if problem is not None:
+                    raise RpcGssLocalError(f"cannot request RPCSEC_GSS channel binding: {problem}")
         tried: set[tuple[str, bytes]] = set()
         prefix, algorithm = candidates[0], algorithms[0]
         while (prefix, algorithm.oid) not in tried:

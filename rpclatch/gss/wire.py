@@ -28,6 +28,9 @@ MAX_PREFIX = 64
 MAX_OID = 32
 MAX_HASH = 64
 MAX_LIST = 16
+#: The longest Kerberos V5 MIC token (RFC 4121 §4.2.6.1): a 16-byte header plus the largest checksum
+#: of an enctype MIT krb5 offers, aes256-cts-hmac-sha384-192 (RFC 8009 §5: 192 bits = 24 bytes).
+MAX_KRB5_MIC = 16 + 24
 
 
 class GssProc(IntEnum):
@@ -325,6 +328,37 @@ def normalize_oid(oid: bytes) -> bytes:
 def channel_bindings_bytes(prefix: str, data: bytes) -> bytes:
     """The canonical channel bindings, ``prefix ":" data`` (RFC 5056 §2.1)."""
     return prefix.encode("ascii") + b":" + data
+
+
+def _xdr_opaque_size(n: int) -> int:
+    return 4 + (n + 3) // 4 * 4
+
+
+def bind_chan_verifier_size(prefix: bytes, oid: bytes, mic_len: int = MAX_KRB5_MIC) -> int:
+    """Encoded size of a BIND_CHANNEL verifier (``rgss2_bind_chan_verf_args``, RFC 5403 §3.3) with
+    this prefix and hash OID and a MIC of ``mic_len`` bytes (default: the longest krb5 MIC).
+
+    It must fit an ``opaque_auth`` body (RFC 5531 §8.2: 400 bytes; digest §11 item 29). With
+    :data:`MAX_PREFIX`, :data:`MAX_OID` and :data:`MAX_KRB5_MIC` the worst case is 68 + 36 + 44 =
+    148 bytes, so every prefix/hash we accept fits; :func:`bind_chan_request_problem` says why a
+    prefix/hash cannot be sent at all.
+    """
+    return _xdr_opaque_size(len(prefix)) + _xdr_opaque_size(len(oid)) + _xdr_opaque_size(mic_len)
+
+
+def bind_chan_request_problem(prefix: str, algorithm: HashAlgorithm) -> str | None:
+    """None if a BIND_CHANNEL request with ``prefix`` and ``algorithm`` can be sent (its verifier
+    fits 400 bytes with any krb5 MIC and peers decode it), else a one-line reason."""
+    raw = prefix.encode("ascii", "replace")
+    if len(raw) > MAX_PREFIX:
+        return (f"channel-binding prefix {prefix[:16]!r}... is {len(raw)} bytes; BIND_CHANNEL allows at "
+                f"most {MAX_PREFIX}")
+    if len(algorithm.oid) > MAX_OID:
+        return f"hash OID of {algorithm.name} is {len(algorithm.oid)} bytes; at most {MAX_OID}"
+    size = bind_chan_verifier_size(raw, algorithm.oid)
+    if size > MAX_AUTH_BYTES:  # unreachable with the limits above; kept if they are ever raised
+        return f"BIND_CHANNEL verifier would be {size} bytes; opaque_auth allows {MAX_AUTH_BYTES}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ Ids map to standards digest §11: CB-01 item 37, CB-02 item 38, CB-03 item 39 (a
 CB-04 and CB-05 item 40, CB-06 item 41, CB-07 item 42 (v1 handles; v3 is not served, so it gets
 AUTH_REJECTEDCRED), CB-08 item 27 (GSS-level bindings through MIT krb5; the Bnd bytes themselves are
 internal to libkrb5), CB-09 item 37 (the initiator verifies rbcvr_mic), CB-10 attack A10
-(one-sided latching), CB-11 attack A11 mitigation (a). Channels are
+(one-sided latching), CB-11 attack A11 mitigation (a), CB-12 item 29 (verifier size). Channels are
 :class:`rpclatch.gss.channel.InMemoryChannel` pairs; a MITM is a pair whose two ends carry
 different binding data (each side sees the channel the attacker terminated).
 """
@@ -18,15 +18,19 @@ import pytest
 
 from rpclatch.gss.channel import InMemoryChannel, Protection
 from rpclatch.gss.client import GssClientAuth, VersionPolicy
-from rpclatch.gss.errors import BindFailure, ChannelBindingFailed, GssError, GssMajor
+from rpclatch.gss.errors import BindFailure, ChannelBindingFailed, GssError, GssMajor, RpcGssLocalError
 from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm, realm_fixture
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import (
+    MAX_KRB5_MIC,
+    MAX_OID,
+    MAX_PREFIX,
     SHA1,
     SHA256,
     SHA384,
+    SHA512,
     BindChanMicInRes,
     BindChanStatus,
     BindChanVerfArgs,
@@ -34,6 +38,7 @@ from rpclatch.gss.wire import (
     GssCred,
     GssProc,
     Service,
+    bind_chan_verifier_size,
 )
 from rpclatch.rpc.auth import AuthAccept, AuthDeny, ConnectionInfo
 from rpclatch.rpc.errors import RpcAuthError
@@ -360,3 +365,35 @@ def test_cb_11_request_cap_forces_refresh(realm: ThrowawayRealm) -> None:
     assert srv.context_count() == 0
     assert run(c.call(t.call, 1, b"after refresh")) == b"after refresh"  # transparent refresh
     assert c.handle != first
+
+
+@pytest.mark.conformance(id="CB-12", rfc="RFC 5531 §8.2; RFC 5403 §3.3")
+@pytest.mark.parametrize("algorithm", [SHA1, SHA256, SHA384, SHA512], ids=lambda a: a.name)
+def test_cb_12_bind_verifier_fits_400_bytes(realm: ThrowawayRealm, algorithm: object) -> None:
+    """Digest §11 item 29: with every supported hash OID and the longest prefix we accept (64 bytes)
+    a real BIND_CHANNEL binds and its verifier fits opaque_auth's 400 bytes; the worst case with
+    the longest krb5 MIC does too. A prefix one byte longer is refused locally, nothing sent."""
+    assert isinstance(algorithm, type(SHA256))
+    longest = "x-" + "p" * (MAX_PREFIX - 2)
+    cli_ch, srv_ch = InMemoryChannel.pair(longest, b"identity")
+    srv, c, t, _ = make(realm, channel=srv_ch, hashes=[SHA256, algorithm])
+    run(c.bind_channel(t.call, cli_ch, hashes=[algorithm]))
+    assert srv.is_bound(c.handle or b"", t.conn)
+    verf_body = last_call(t).verf.body
+    verf = BindChanVerfArgs.decode(verf_body)
+    assert (verf.chan_bind_prefix, verf.chan_bind_oid_hash) == (longest.encode(), algorithm.oid)
+    assert len(verf.chan_mic) <= MAX_KRB5_MIC
+    assert len(verf_body) == bind_chan_verifier_size(longest.encode(), algorithm.oid, len(verf.chan_mic))
+    assert len(verf_body) <= MAX_AUTH_BYTES
+    assert bind_chan_verifier_size(b"p" * MAX_PREFIX, b"o" * MAX_OID, MAX_KRB5_MIC) <= MAX_AUTH_BYTES
+
+    too_long = longest + "p"
+    cli2, srv2 = InMemoryChannel.pair(too_long, b"identity")
+    srv_b, c2, t2, _ = make(realm, channel=srv2, hashes=[SHA256, algorithm])
+    sent = len(t2.sent)
+    with pytest.raises(RpcGssLocalError, match=f"is {MAX_PREFIX + 1} bytes; BIND_CHANNEL allows at most "
+                                               f"{MAX_PREFIX}"):
+        run(c2.bind_channel(t2.call, cli2, hashes=[algorithm]))
+    assert len(t2.sent) == sent  # refused before anything went out
+    assert not srv_b.is_bound(c2.handle or b"")
+    assert t2.call_sync(c2, 1, b"still usable") == b"still usable"
