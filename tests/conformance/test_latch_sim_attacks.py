@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from rpclatch.ipsec import examples
-from rpclatch.ipsec.engine import Approach
+from rpclatch.ipsec.engine import Approach, EngineConfig
 from rpclatch.ipsec.latch import AlertReason
 from rpclatch.ipsec.model import (
     AddressRange,
@@ -28,6 +28,7 @@ from rpclatch.ipsec.pad import (
     PadEntry,
     PublicKeyPattern,
 )
+from rpclatch.ipsec.sim.errors import SimLocalError
 from rpclatch.ipsec.sim.ike import host_to_host
 from rpclatch.ipsec.sim.ike_wire import InitResponse, SikeStatus, decode_sike
 from rpclatch.ipsec.sim.lab import Lab
@@ -39,7 +40,7 @@ from rpclatch.ipsec.sim.wireview import (
     decode_wire,
     leaked,
 )
-from rpclatch.ipsec.spd import SpdAction, SpdEntry
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
 from rpclatch.ipsec.ulp import UlpBreakReason
 
 BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
@@ -259,6 +260,56 @@ def test_a6_address_reuse_breaks_the_old_latch() -> None:
     assert lab.stack(lab.b).latch_state(server) == "CLOSED" or StreamEventKind.RESET in server.kinds()
     assert any(a.reason is AlertReason.CONFLICTING_SA for a in server.latch_info.alerts)  # type: ignore[union-attr]
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+
+
+# -- A7: policy reconfiguration mid-flow --------------------------------------------------------------------
+
+@BOTH
+@pytest.mark.conformance(id="LATCH-A07", rfc="RFC 5660 §1, §2.3")
+def test_a7_policy_switched_to_bypass_mid_flow_breaks_the_latch(approach: Approach) -> None:
+    """REQUIRED: the admin's switch of 2049 to BYPASS while data is in flight breaks the latch
+    (ALERT / TCB break, reset by default) and not one segment of the flow goes out in the clear."""
+    lab = Lab.build(approach=approach)
+    client, server = lab.open(local_port=34700)
+    assert server is not None
+    lab.send(client, b"before the change")
+    assert bytes(server.received) == b"before the change"
+    client.send(b"in flight when the admin acts" * 50)
+    t0 = lab.world.now
+    broken = lab.stack(lab.a).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
+    breaks = lab.stack(lab.a).engine.last_spd_breaks
+    assert broken or client.flow in breaks
+    cl = client.latch_info
+    assert isinstance(cl, ConnLatch) and (
+        any(a.new_state.value == "BROKEN" for a in cl.alerts) or cl.ulp_breaks)
+    assert StreamEventKind.RESET in client.kinds()
+    lab.world.run_for(2.0)
+    assert cleartext_after(lab.world.hub, client.flow, t0) == []
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    with pytest.raises(SimLocalError):
+        client.send(b"after the change")
+
+
+@pytest.mark.conformance(id="LATCH-A07b", rfc="RFC 5660 §2.3 (OPTIONAL logical 5-tuple entry)")
+def test_a7_pinned_latch_survives_the_change_until_restart() -> None:
+    """OPTIONAL: a logical 5-tuple PROTECT entry keeps the latch ESTABLISHED through the change
+    (data keeps flowing, protected); the entry is gone after a key-manager restart."""
+    lab = Lab.build(config=EngineConfig(approach=Approach.POLICY, pin_on_spd_change=True))
+    client, server = lab.open(local_port=34701)
+    assert server is not None
+    t0 = lab.world.now
+    assert lab.stack(lab.a).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS)) == []
+    pinned = lab.stack(lab.a).engine.spd.overlay_entry(client.flow)
+    assert pinned is not None and pinned.origin is EntryOrigin.PINNED_LATCH
+    lab.send(client, b"still latched")
+    assert bytes(server.received) == b"still latched"
+    assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+    assert cleartext_after(lab.world.hub, client.flow, t0) == []
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    eng = lab.stack(lab.a).engine
+    eng.restart_key_manager(lab.world.now, restore_latches=True)
+    assert eng.spd.overlay_entry(client.flow) is None
+    assert lab.stack(lab.a).latch_state(client) != "ESTABLISHED"
 
 
 # -- A8: cleartext injection -----------------------------------------------------------------------------
