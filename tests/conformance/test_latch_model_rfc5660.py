@@ -401,8 +401,10 @@ def tcb_latched(breaks: list[UlpBreak], approach: Approach = Approach.ULP, **cfg
     return e, tcb, sa
 
 
-@conf(id="LATCH-27", rfc="RFC 5660 §2, §2.4")
-def test_latch_27_approach1_conflicting_sa_breaks_tcb_latch_before_install() -> None:
+# Approach-1 (TCB latch) tests: ids LATCH-A1-nn, not LATCH-27/28, which would clash with the
+# standards digest §11 items 27/28 (GSS items). Formerly LATCH-27 and LATCH-28.
+@conf(id="LATCH-A1-01", rfc="RFC 5660 §2, §2.4")
+def test_latch_a1_01_approach1_conflicting_sa_breaks_tcb_latch_before_install() -> None:
     breaks: list[UlpBreak] = []
     e, tcb, sa = tcb_latched(breaks)
     seen_sad: list[int] = []
@@ -423,8 +425,9 @@ def test_latch_27_approach1_conflicting_sa_breaks_tcb_latch_before_install() -> 
     assert e.spd.overlay_entry(SRV) is None
 
 
-@conf(id="LATCH-28", rfc="RFC 5660 §2, §2.3, §2.4")
-def test_latch_28_approach1_spd_change_breaks_or_pins_tcb_latch_not_surviving_restart() -> None:
+# formerly LATCH-28 (see above)
+@conf(id="LATCH-A1-02", rfc="RFC 5660 §2, §2.3, §2.4")
+def test_latch_a1_02_approach1_spd_change_breaks_or_pins_tcb_latch_not_surviving_restart() -> None:
     breaks: list[UlpBreak] = []
     e, _tcb, _sa = tcb_latched(breaks)
     e.update_spd(ex.nfs_spd(SpdAction.BYPASS))
