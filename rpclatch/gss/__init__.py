@@ -14,6 +14,8 @@ Modules (import them directly; this package re-exports nothing, to keep imports 
   ``ClientAuth``; ``await establish(rpc_call)``, ``await bind_channel(rpc_call, channel)``,
   ``await call(rpc_call, proc, args)`` (transparent refresh), ``await destroy(rpc_call)``;
   ``rpc_call_via(client, prog, vers)`` adapts rpclatch's asyncio RPC clients.
+* :mod:`rpclatch.gss.bindings` -- ``gss_channel_bindings(app_data)`` (the struct we give libkrb5)
+  and ``krb5_bnd(app_data)`` (RFC 4121 §4.1.1.2 Bnd, as libkrb5 computes it).
 * :mod:`rpclatch.gss.wire` -- the XDR structures; :mod:`rpclatch.gss.errors` -- exceptions;
   :mod:`rpclatch.gss.seqwindow` -- the replay window; :mod:`rpclatch.gss.loopback` -- an
   in-process transport; :mod:`rpclatch.gss.sec` -- ``--sec krb5|krb5i|krb5p``.

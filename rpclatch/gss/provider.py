@@ -11,7 +11,8 @@ context lifetime (for expiry) and the initiator's name. :class:`GssapiProvider` 
 * acceptor credentials restricted to the configured service principal (recipes/gss §6.4);
 * GSS errors turned into :class:`~rpclatch.gss.errors.GssError` carrying the major/minor status;
 * optional GSS-level channel bindings at establishment (RFC 5554 §4, RFC 4121 §4.1.1.2): the
-  initiator sends ``application_data``; an acceptor asked to require them fails an initiator that
+  initiator sends ``application_data`` (struct built by :mod:`rpclatch.gss.bindings`, which
+  also computes the Bnd libkrb5 derives from it); an acceptor asked to require them fails an initiator that
   sent none (``channel_bound`` missing from the flags), which MIT alone would accept.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import gssapi.raw as graw
 
+from rpclatch.gss.bindings import gss_channel_bindings
 from rpclatch.gss.errors import GssError, GssMajor
 
 _FLAGS = (
@@ -118,7 +120,7 @@ class _GssapiContext(GssContext):
         self._initiator = initiator
         self._creds = creds
         self._target = target
-        self._cb = graw.ChannelBindings(application_data=cb) if cb is not None else None
+        self._cb = gss_channel_bindings(cb) if cb is not None else None
         self._require_cb = require_cb
         self._ctx: Any = None
         self._complete = False

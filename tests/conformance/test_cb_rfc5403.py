@@ -2,9 +2,10 @@
 
 Ids map to standards digest §11: CB-01 item 37, CB-02 item 38, CB-03 item 39 (and attack A11),
 CB-04 and CB-05 item 40, CB-06 item 41, CB-07 item 42 (v1 handles; v3 is not served, so it gets
-AUTH_REJECTEDCRED), CB-08 item 27 (GSS-level bindings through MIT krb5; the Bnd bytes themselves are
-internal to libkrb5), CB-09 item 37 (the initiator verifies rbcvr_mic), CB-10 attack A10
-(one-sided latching), CB-11 attack A11 mitigation (a), CB-12 item 29 (verifier size). Channels are
+AUTH_REJECTEDCRED), CB-08 item 27 (GSS-level bindings through MIT krb5), CB-13 item 27 (the Bnd
+libkrb5 derives from our struct, against the digest's vectors), CB-09 item 37 (the initiator
+verifies rbcvr_mic), CB-10 attack A10 (one-sided latching), CB-11 attack A11 mitigation (a),
+CB-12 item 29 (verifier size). Channels are
 :class:`rpclatch.gss.channel.InMemoryChannel` pairs; a MITM is a pair whose two ends carry
 different binding data (each side sees the channel the attacker terminated).
 """
@@ -16,6 +17,7 @@ import dataclasses
 
 import pytest
 
+from rpclatch.gss.bindings import gss_channel_bindings, krb5_bnd
 from rpclatch.gss.channel import InMemoryChannel, Protection
 from rpclatch.gss.client import GssClientAuth, VersionPolicy
 from rpclatch.gss.errors import BindFailure, ChannelBindingFailed, GssError, GssMajor, RpcGssLocalError
@@ -39,6 +41,7 @@ from rpclatch.gss.wire import (
     GssProc,
     Service,
     bind_chan_verifier_size,
+    channel_bindings_bytes,
 )
 from rpclatch.rpc.auth import AuthAccept, AuthDeny, ConnectionInfo
 from rpclatch.rpc.errors import RpcAuthError
@@ -397,3 +400,21 @@ def test_cb_12_bind_verifier_fits_400_bytes(realm: ThrowawayRealm, algorithm: ob
     assert len(t2.sent) == sent  # refused before anything went out
     assert not srv_b.is_bound(c2.handle or b"")
     assert t2.call_sync(c2, 1, b"still usable") == b"still usable"
+
+
+@pytest.mark.conformance(id="CB-13", rfc="RFC 4121 §4.1.1.2")
+def test_cb_13_krb5_bnd_vectors() -> None:
+    """Digest §11 item 27 (vectors in digest §4, recomputed from the RFC 4121 layout): Bnd for the
+    struct we give libkrb5 (address types 0, empty addresses, application data) and for NO_BINDINGS."""
+    assert krb5_bnd(b"abc").hex() == "420b92da63953711d03790fc6a20013d"
+    assert krb5_bnd(None) == bytes(16)
+    inet = 2  # GSS_C_AF_INET
+    assert krb5_bnd(b"", initiator=(inet, bytes([192, 0, 2, 1])),
+                    acceptor=(inet, bytes([192, 0, 2, 2]))).hex() == "aa144876d08163cf1cbdf21552ca17ee"
+    # What the provider passes for prefix:data is exactly that struct (so libkrb5 hashes the same).
+    cb = channel_bindings_bytes("x-test", b"data")
+    struct_ = gss_channel_bindings(cb)
+    assert (struct_.initiator_address_type, struct_.acceptor_address_type) == (0, 0)
+    assert (struct_.initiator_address or b"", struct_.acceptor_address or b"") == (b"", b"")
+    assert struct_.application_data == b"x-test:data"
+    assert krb5_bnd(cb) != krb5_bnd(channel_bindings_bytes("x-test", b"other"))
