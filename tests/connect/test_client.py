@@ -21,7 +21,7 @@ from rpclatch.connect import (
     ProtectedConnection,
     Protection,
 )
-from rpclatch.connect.sim import SimLink
+from rpclatch.connect.sim import SimLink, describe_qop, latch_params
 from rpclatch.connect.world import run_to_completion
 from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
@@ -76,6 +76,10 @@ def test_latched_and_bound_uses_channel_prot(realm: ThrowawayRealm, protection: 
     sconn, schannel = server_side(dw, lk)
     assert rec.latch_outcome is LatchOutcome.LATCHED_BINDING_CONF and rec.bound
     assert rec.gss_service is GssService.CHANNEL_PROT and rec.gss_version == 2
+    params = latch_params(dw.client_stack, lk.conn)
+    assert params is not None and rec.qop == describe_qop(params)
+    assert rec.qop.startswith("ESP transport") and "(encrypting)" in rec.qop
+    assert rec.to_json()["qop"] == rec.qop
     assert dw.client_stack.latch_state(lk.conn) == "ESTABLISHED"
     assert dw.server_stack.latch_state(sconn) == "ESTABLISHED"
     # server side: FIND_LATCH found the latch and RPCSEC_GSS got its channel, as the server end
@@ -92,6 +96,8 @@ def test_null_auth_peer_keeps_latch_and_uses_gss_protection(realm: ThrowawayReal
     sconn, _ = server_side(dw, lk)
     assert rec.latch_outcome is LatchOutcome.LATCHED_NO_BINDING and not rec.bound
     assert rec.latched and rec.peer is not None and rec.peer.startswith("null-auth:")
+    params = latch_params(dw.client_stack, lk.conn)
+    assert params is not None and rec.qop == describe_qop(params)
     assert lk.latch is not None and "NULL" in (lk.latch.binding_unavailable or "")
     assert dw.client_stack.latch_state(lk.conn) == "ESTABLISHED"
     assert dw.server_stack.latch_state(sconn) == "ESTABLISHED"
@@ -108,6 +114,7 @@ def test_protection_failure_falls_back_to_bypass_clone(realm: ThrowawayRealm, mo
     sconn, schannel = server_side(dw, lk)
     assert rec.latch_outcome is LatchOutcome.NOT_LATCHED and rec.protection_error
     assert rec.gss_service is GssService.INTEGRITY and not rec.latched
+    assert rec.qop is None  # no latch, no quality of protection to report
     overlay = dw.client_stack.engine.spd.overlay_entry(lk.conn.flow)
     assert overlay is not None and overlay.action is SpdAction.BYPASS
     assert dw.server_stack.latch_state(sconn) == "none" and schannel is None
@@ -137,6 +144,7 @@ def test_mitm_binding_failure_falls_back_loudly(
         dw, pc = connect(realm, mitm=True)
     rec = pc.security
     assert rec.latched and rec.bind_outcome is BindOutcome.MISMATCH and not rec.bound
+    assert rec.qop is not None and "(encrypting)" in rec.qop
     assert rec.gss_service is GssService.PRIVACY and rec.warnings
     assert any("SECURITY WARNING" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     view = dw.wire_view()

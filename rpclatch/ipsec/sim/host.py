@@ -67,6 +67,12 @@ class SecurityLayer(Protocol):
     def stream_closed(self, host: Host, conn: StreamConnection) -> None:
         """TCP reached CLOSED: release the latch (RFC 5660 §5.1)."""
 
+    def udp_connect(self, host: Host, sock: UdpSocket, flow: FiveTuple, options: dict[str, Any]) -> None:
+        """Connected UDP ``connect()``: latch the 5-tuple (approach 2, RFC 5660 §5.1) or not."""
+
+    def udp_closed(self, host: Host, sock: UdpSocket, flow: FiveTuple) -> None:
+        """A connected UDP socket closed / disconnected: release its latch."""
+
     def listener_opened(self, host: Host, listener: Listener) -> None:
         """``listen()``: CREATE_LISTENER_LATCH (RFC 5660 §5.1)."""
 
@@ -94,6 +100,12 @@ class PlainIp:
         return True
 
     def stream_closed(self, host: Host, conn: StreamConnection) -> None:
+        return None
+
+    def udp_connect(self, host: Host, sock: UdpSocket, flow: FiveTuple, options: dict[str, Any]) -> None:
+        return None
+
+    def udp_closed(self, host: Host, sock: UdpSocket, flow: FiveTuple) -> None:
         return None
 
     def listener_opened(self, host: Host, listener: Listener) -> None:
@@ -128,14 +140,40 @@ class UdpSocket:
     port: int
     received: list[tuple[IPAddress, int, bytes, Any]] = field(default_factory=list)
     on_datagram: Callable[[IPAddress, int, bytes, Any], None] | None = None
+    #: connected UDP: the only peer this socket sends to and accepts datagrams from
+    flow: FiveTuple | None = None
+    #: the security layer's view of the socket's latch (set by ``udp_connect``), like a TCB's
+    latch_info: Any = None
+    #: datagrams dropped because they did not come from the connected peer
+    not_from_peer: int = 0
+
+    def connect(self, addr: str | IPAddress, port: int, **options: Any) -> None:
+        """Connected UDP (``connect()`` on a datagram socket): fix the 5-tuple. With IPsec in
+        approach 2 this creates the connection latch (RFC 5660 §5.1; the design slides: approach
+        2 latches connected UDP only)."""
+        if self.flow is not None:
+            raise SimLocalError(f"{self.host.name}: UDP socket already connected to {self.flow}")
+        self.flow = FiveTuple(self.local_addr, self.port, ip(addr), port, IpProto.UDP)
+        self.host.security.udp_connect(self.host, self, self.flow, options)
+
+    def send(self, data: bytes) -> None:
+        """Send to the connected peer."""
+        if self.flow is None:
+            raise SimLocalError(f"{self.host.name}: UDP socket is not connected")
+        self.sendto(data, self.flow.remote_addr, self.flow.remote_port)
 
     def sendto(self, data: bytes, addr: str | IPAddress, port: int) -> None:
         flow = FiveTuple(self.local_addr, self.port, ip(addr), port, IpProto.UDP)
+        if self.flow is not None and flow != self.flow:
+            raise SimLocalError(f"{self.host.name}: connected UDP socket sends to {self.flow.remote_addr}:"
+                                f"{self.flow.remote_port} only")
         self.host.security.output(self.host, flow, UdpDatagram(self.port, port, data).encode(
             flow.local_addr, flow.remote_addr), self)
 
     def close(self) -> None:
         self.host.udp_sockets.pop((self.local_addr, self.port), None)
+        if self.flow is not None:
+            self.host.security.udp_closed(self.host, self, self.flow)
 
 
 class Host:
@@ -333,6 +371,10 @@ class Host:
     def _udp_input(self, packet: IpPacket, dgram: UdpDatagram, tag: Any) -> None:
         sock = self.udp_sockets.get((packet.dst, dgram.dst_port))
         if sock is None:
+            return
+        if sock.flow is not None and (packet.src, dgram.src_port) != (sock.flow.remote_addr,
+                                                                      sock.flow.remote_port):
+            sock.not_from_peer += 1
             return
         sock.received.append((packet.src, dgram.src_port, dgram.payload, tag))
         if sock.on_datagram is not None:

@@ -39,7 +39,7 @@ from rpclatch.ipsec.sad import SecurityAssociation
 from rpclatch.ipsec.sim.clock import Timer
 from rpclatch.ipsec.sim.errors import SimLocalError, SimWireError
 from rpclatch.ipsec.sim.esp import EspHeader, esp_open, esp_seal
-from rpclatch.ipsec.sim.host import Host, Inbound, Listener
+from rpclatch.ipsec.sim.host import Host, Inbound, Listener, UdpSocket
 from rpclatch.ipsec.sim.ike import SimKeyManager
 from rpclatch.ipsec.sim.ike_wire import SIKE_PORT
 from rpclatch.ipsec.sim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IpPacket
@@ -503,6 +503,46 @@ class IpsecStack:
         else:
             self.engine.close_flow(conn.flow, self.now)
         self.arm()
+
+    def udp_connect(self, host: Host, sock: UdpSocket, flow: FiveTuple, options: dict[str, Any]) -> None:
+        """Connected UDP: approach 2 creates the connection latch for the 5-tuple (RFC 5660 §5.1
+        ``connect()``; the design slides: approach 2 supports connected UDP only), ESTABLISHED
+        once the first datagram's SAs exist; approach 1 has no TCB for UDP (datagram
+        applications use pTokens, §2.4), so the socket stays unlatched. ALERTs are kept in the
+        socket's :class:`ConnLatch` (``sock.latch_info``)."""
+        cl = ConnLatch(self.approach, RpcRole.CLIENT)
+        sock.latch_info = cl
+        if self.approach is not Approach.POLICY:
+            cl.not_latched_reason = "approach 1 latches no UDP sockets (pTokens instead)"
+            return
+
+        def on_alert(alert: Alert) -> None:
+            cl.alerts.append(alert)
+            if alert.handle is not None and alert.new_state is LatchState.ESTABLISHED:
+                cl.handle = alert.handle
+            old = alert.old_state.value if alert.old_state else "-"
+            host.note(f"ALERT {alert.key}: {old} -> {alert.new_state.value} ({alert.reason.value})")
+
+        try:
+            cl.handle = self.engine.connect(flow, self._request(options), on_alert=on_alert, now=self.now)
+        except IPsecLocalError as exc:
+            cl.not_latched_reason = f"not latched: {exc}"
+        self.arm()
+
+    def udp_closed(self, host: Host, sock: UdpSocket, flow: FiveTuple) -> None:
+        """Connected UDP socket closed: release the latch (held for the engine's hold period)."""
+        self.forget_queued(flow)
+        if self.approach is Approach.POLICY:
+            self.engine.close_flow(flow, self.now)
+        self.arm()
+
+    def udp_latch_state(self, sock: UdpSocket) -> str:
+        """Like :meth:`latch_state` for a connected UDP socket."""
+        cl = sock.latch_info
+        if not isinstance(cl, ConnLatch) or cl.handle is None:
+            return "none"
+        latch = self.engine.latches.get(cl.handle)
+        return "CLOSED" if latch is None else latch.state.value
 
     def listener_opened(self, host: Host, listener: Listener) -> None:
         """listen(): CREATE_LISTENER_LATCH + 3-tuple template PAD entry (approach 2)."""

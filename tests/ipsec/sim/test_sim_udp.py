@@ -39,3 +39,77 @@ def test_protected_udp_datagrams_carry_the_tag() -> None:
     lab.world.run_for(0.2)
     assert len(sb.received) == 1
     assert any(d.reason == "cleartext-on-protect-entry" for d in lab.stack(lab.b).drops)
+
+
+def test_approach2_connected_udp_socket_is_latched() -> None:
+    """Approach 2 latches connected UDP (design slides; RFC 5660 §5.1 connect()): the 5-tuple's
+    latch becomes ESTABLISHED with the server's key when the first datagram's SAs exist, only
+    the connected peer's datagrams are accepted, and a conflicting SA from an address thief
+    breaks the latch: no datagram of the flow leaves in the clear or to the thief."""
+    from rpclatch.ipsec.engine import Approach
+    from rpclatch.ipsec.latch import LatchState
+    from rpclatch.ipsec.sim.stack import ConnLatch
+
+    lab = Lab.build(approach=Approach.POLICY, spd=_spd())
+    sb = lab.b.udp_bind(5353)
+    sa = lab.a.udp_bind(5353)
+    sa.connect(lab.b.address, 5353)
+    assert sa.flow is not None
+    flow = sa.flow
+    st = lab.stack(lab.a)
+    assert st.udp_latch_state(sa) in ("LARVAL", "none")
+    sa.send(b"query")
+    lab.world.run_for(0.5)
+    assert [d for _s, _p, d, _t in sb.received] == [b"query"]
+    assert st.udp_latch_state(sa) == "ESTABLISHED"
+    latch = st.engine.latches.latch_for(flow)
+    assert latch is not None and latch.state is LatchState.ESTABLISHED
+    info = st.engine.latches.inquire_latch(latch.handle)
+    assert info.params is not None and isinstance(info.params.peer, RawPublicKeyPeer)
+    assert info.params.peer.spki_der == lab.stack(lab.b).sike.credentials.spki
+    # the reply comes back under the latch; a datagram from another port is not for this socket
+    sb.sendto(b"answer", lab.a.address, 5353)
+    lab.world.run_for(0.5)
+    assert [d for _s, _p, d, _t in sa.received] == [b"answer"] and sa.received[0][3].protected
+    other = lab.b.udp_bind(5354)
+    other.sendto(b"stray", lab.a.address, 5353)
+    lab.world.run_for(0.5)
+    assert sa.not_from_peer == 1 and len(sa.received) == 1
+    # an address thief keys the flow: the latch breaks, nothing more of the flow is sent
+    c = lab.attacker("c")
+    c.claim_address(lab.b.address)
+    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(flow.reversed()),))
+    lab.world.run_for(0.5)
+    cl = sa.latch_info
+    assert isinstance(cl, ConnLatch) and cl.alerts[-1].new_state is LatchState.BROKEN
+    assert st.udp_latch_state(sa) == "BROKEN"
+    t0 = lab.world.now
+    sa.send(b"after the break")
+    lab.world.run_for(0.5)
+    from_a = [p for p in decode_wire(lab.world.hub) if p.sender == "a" and not p.sike
+              and p.proto != IpProto.TCP]
+    assert from_a and [p for p in from_a if p.time >= t0] == []
+    assert any(d.flow == flow for d in st.drops)     # dropped by the BROKEN latch
+    udp = [p for p in decode_wire(lab.world.hub) if p.proto == IpProto.UDP and not p.sike
+           and p.sender == "a"]
+    assert udp and all(p.protected for p in udp)
+    sa.close()
+    lab.world.run_for(120.0)
+    assert st.engine.latches.latch_for(flow) is None
+
+
+def test_approach1_connected_udp_socket_is_not_latched() -> None:
+    from rpclatch.ipsec.engine import Approach
+    from rpclatch.ipsec.sim.stack import ConnLatch
+
+    lab = Lab.build(approach=Approach.ULP, spd=_spd())
+    sb = lab.b.udp_bind(5353)
+    sa = lab.a.udp_bind(5353)
+    sa.connect(lab.b.address, 5353)
+    sa.send(b"query")
+    lab.world.run_for(0.5)
+    assert [d for _s, _p, d, _t in sb.received] == [b"query"]   # protected by the SPD, not latched
+    assert sb.received[0][3].protected
+    cl = sa.latch_info
+    assert isinstance(cl, ConnLatch) and "pTokens" in (cl.not_latched_reason or "")
+    assert lab.stack(lab.a).udp_latch_state(sa) == "none"
