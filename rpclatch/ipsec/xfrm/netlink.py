@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink import NETLINK_XFRM, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, nlmsg
@@ -33,6 +33,7 @@ from rpclatch.ipsec.errors import IPsecLocalError
 from rpclatch.ipsec.model import IPAddress
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
@@ -700,6 +701,15 @@ class XfrmSocket:
             raise XfrmKernelError(what, exc.code) from exc
         return [r.body for r in replies if isinstance(r, xfrm_payload)]
 
+    def _dump(self, what: str, get: MsgType, new: MsgType, cls: type[_T]) -> list[_T]:
+        """A ``get`` dump, each reply decoded as a ``new`` message (an instance of ``cls``)."""
+        out = []
+        for body in self._do(what, get, b"", NLM_F_REQUEST | NLM_F_DUMP):
+            item = decode_payload(new, body)
+            assert isinstance(item, cls)
+            out.append(item)
+        return out
+
     # -- SPD ---------------------------------------------------------------------------------
 
     def add_policy(
@@ -722,12 +732,7 @@ class XfrmSocket:
 
     def policies(self) -> list[Policy]:
         """GETPOLICY dump of the main SPD (socket policies are not dumped)."""
-        out = []
-        for body in self._do("dump policies", MsgType.GETPOLICY, b"", NLM_F_REQUEST | NLM_F_DUMP):
-            pol = decode_payload(MsgType.NEWPOLICY, body)
-            assert isinstance(pol, Policy)
-            out.append(pol)
-        return out
+        return self._dump("dump policies", MsgType.GETPOLICY, MsgType.NEWPOLICY, Policy)
 
     def flush_policies(self) -> None:
         """FLUSHPOLICY: removes every policy of the namespace (never used by the backend)."""
@@ -751,12 +756,7 @@ class XfrmSocket:
         return True
 
     def sas(self) -> list[Sa]:
-        out = []
-        for body in self._do("dump SAs", MsgType.GETSA, b"", NLM_F_REQUEST | NLM_F_DUMP):
-            sa = decode_payload(MsgType.NEWSA, body)
-            assert isinstance(sa, Sa)
-            out.append(sa)
-        return out
+        return self._dump("dump SAs", MsgType.GETSA, MsgType.NEWSA, Sa)
 
     def alloc_spi(self, info: SaInfo, low: int, high: int) -> int:
         """ALLOCSPI: the kernel picks a free SPI in [low, high] and holds a larval SA for it."""
