@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rpclatch.connect.client import ProtectedConnection
 from rpclatch.connect.policy import BindOutcome, ConnectPolicy, LatchOutcome
@@ -97,6 +97,31 @@ def server_conn(dw: DemoWorld, client_flow: FiveTuple) -> StreamConnection | Non
         ):
             return conn
     return None
+
+
+class EchoRun(NamedTuple):
+    """One connection, connected and four ECHO calls made, with both ends' latch state after."""
+
+    pc: ProtectedConnection
+    rec: SecurityRecord
+    ok: bool
+    view: WireView
+    link: SimLink
+    sconn: StreamConnection | None
+    cstate: str
+    sstate: str
+
+
+def connect_and_echo(dw: DemoWorld) -> EchoRun:
+    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+    rec = pc.connect()
+    ok = all(echo(pc) for _ in range(4))
+    view = dw.wire_view()
+    link = link_of(pc)
+    sconn = server_conn(dw, link.conn.flow)
+    cstate = dw.client_stack.latch_state(link.conn)
+    sstate = dw.server_stack.latch_state(sconn) if sconn else "none"
+    return EchoRun(pc, rec, ok, view, link, sconn, cstate, sstate)
 
 
 def peer_key(stack: IpsecStack, conn: StreamConnection) -> bytes | None:
@@ -243,14 +268,7 @@ def ipsec_available(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY
 ) -> tuple[DemoWorld, Outcome]:
     dw = build_world(realm, seed=1, approach=approach)
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
-    rec = pc.connect()
-    ok = all(echo(pc) for _ in range(4))
-    view = dw.wire_view()
-    link = link_of(pc)
-    sconn = server_conn(dw, link.conn.flow)
-    cstate = dw.client_stack.latch_state(link.conn)
-    sstate = dw.server_stack.latch_state(sconn) if sconn else "none"
+    _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
     o = Outcome(
         "IPsec available",
         f"{'yes' if cstate == 'ESTABLISHED' else cstate}/{'yes' if sstate == 'ESTABLISHED' else sstate}",
@@ -309,16 +327,9 @@ def no_ike(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY
 ) -> tuple[DemoWorld, Outcome]:
     dw = build_world(realm, seed=2, server_ike=IkeMode.ABSENT, approach=approach)
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
-    rec = pc.connect()
-    ok = all(echo(pc) for _ in range(4))
-    view = dw.wire_view()
-    link = link_of(pc)
+    _pc, rec, ok, view, link, _sconn, cstate, sstate = connect_and_echo(dw)
     flow = link.conn.flow
     overlay = dw.client_stack.engine.spd.overlay_entry(flow)
-    sconn = server_conn(dw, flow)
-    sstate = dw.server_stack.latch_state(sconn) if sconn else "none"
-    cstate = dw.client_stack.latch_state(link.conn)
     o = Outcome(
         "no IKE on the server",
         latch_cell(cstate, sstate),
@@ -366,14 +377,7 @@ def btns_mitm(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY
 ) -> tuple[DemoWorld, Outcome]:
     dw = build_world(realm, seed=3, mitm=True, approach=approach)
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
-    rec = pc.connect()
-    ok = all(echo(pc) for _ in range(4))
-    view = dw.wire_view()
-    link = link_of(pc)
-    sconn = server_conn(dw, link.conn.flow)
-    cstate = dw.client_stack.latch_state(link.conn)
-    sstate = dw.server_stack.latch_state(sconn) if sconn else "none"
+    _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
     front, back = dw.attackers[0], dw.attackers[1]
     stolen = dw.attacker_plaintext(view)
     o = Outcome(
