@@ -73,7 +73,7 @@ import stat
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Self, cast
 
 from rpclatch.rpc.auth import ClientAuth, ConnectionInfo
 from rpclatch.rpc.client import (
@@ -227,6 +227,35 @@ def _recv_buffer() -> memoryview:
     return buf
 
 
+class _ClientBase:
+    """What the stream and UDP clients share: ``call``, ``close`` and the async context manager."""
+
+    transport: asyncio.BaseTransport
+    _protocol: _StreamClientProtocol | _DatagramClientProtocol
+
+    def call_nowait(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
+                    auth: ClientAuth | None = None,
+                    timeout: float | None = None) -> asyncio.Future[bytes]:
+        raise NotImplementedError
+
+    async def call(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
+                   auth: ClientAuth | None = None, timeout: float | None = None) -> bytes:
+        """Make one call and return its (unwrapped) result bytes."""
+        return await self.call_nowait(prog, vers, proc, args, auth=auth, timeout=timeout)
+
+    async def close(self) -> None:
+        """Close the connection or socket; outstanding calls fail with RpcConnectionClosed."""
+        if not self.transport.is_closing():
+            self.transport.close()
+        await self._protocol.lost
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
 class _StreamClientProtocol(asyncio.BufferedProtocol, _TimerMixin):
     def __init__(self, conn: RpcClientConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
@@ -272,11 +301,11 @@ class _StreamClientProtocol(asyncio.BufferedProtocol, _TimerMixin):
         _deliver(self.conn.handle_timer(self._loop.time()))
 
 
-class RpcStreamClient:
+class RpcStreamClient(_ClientBase):
     """RPC client over one TCP or unix-domain stream. See the module docstring."""
 
     def __init__(self, protocol: _StreamClientProtocol) -> None:
-        self._protocol = protocol
+        self._protocol: _StreamClientProtocol = protocol
         self._conn = protocol.conn
         self._loop = protocol._loop
         assert protocol.transport is not None
@@ -349,22 +378,6 @@ class RpcStreamClient:
         if not self.transport.is_closing():
             _write(self.transport, self._conn.data_to_send_parts())
 
-    async def call(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
-                   auth: ClientAuth | None = None, timeout: float | None = None) -> bytes:
-        """Make one call and return its (unwrapped) result bytes."""
-        return await self.call_nowait(prog, vers, proc, args, auth=auth, timeout=timeout)
-
-    async def close(self) -> None:
-        """Close the connection; outstanding calls fail with RpcConnectionClosed."""
-        if not self.transport.is_closing():
-            self.transport.close()
-        await self._protocol.lost
-
-    async def __aenter__(self) -> RpcStreamClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 class _DatagramClientProtocol(asyncio.DatagramProtocol, _TimerMixin):
@@ -411,11 +424,11 @@ class _DatagramClientProtocol(asyncio.DatagramProtocol, _TimerMixin):
         self.flush()
 
 
-class RpcUdpClient:
+class RpcUdpClient(_ClientBase):
     """RPC client over a connected UDP socket, with retransmission. See the module docstring."""
 
     def __init__(self, protocol: _DatagramClientProtocol) -> None:
-        self._protocol = protocol
+        self._protocol: _DatagramClientProtocol = protocol
         self._core = protocol.core
         self._loop = protocol._loop
         assert protocol.transport is not None
@@ -451,20 +464,6 @@ class RpcUdpClient:
         self._protocol._arm()
         return fut
 
-    async def call(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
-                   auth: ClientAuth | None = None, timeout: float | None = None) -> bytes:
-        return await self.call_nowait(prog, vers, proc, args, auth=auth, timeout=timeout)
-
-    async def close(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.close()
-        await self._protocol.lost
-
-    async def __aenter__(self) -> RpcUdpClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 # --------------------------------------------------------------------------------------------
