@@ -352,8 +352,8 @@ def no_ike(
     )
     o.check(
         "client and server unlatched",
-        dw.client_stack.latch_state(link.conn) in ("none", "CLOSED") and sstate == "none",
-        f"client {dw.client_stack.latch_state(link.conn)}, server {sstate}",
+        cstate in ("none", "CLOSED") and sstate == "none",
+        f"client {cstate}, server {sstate}",
     )
     o.check("no BIND_CHANNEL attempted", not view.bind_calls(), f"{len(view.bind_calls())} BIND_CHANNEL")
     o.check(
