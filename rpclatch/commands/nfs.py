@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import stat as statmod
 import sys
@@ -331,7 +332,7 @@ async def _get(client: Any, path: str, local: Path) -> int:
                 fh.write(chunk)
         os.replace(tmp, local)
     except BaseException:
-        with _suppress_oserror():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     finally:
@@ -354,11 +355,3 @@ async def _put(client: Any, remote: str, local: str) -> int:
         if local != "-":
             source.close()
     return 0
-
-
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: object, ev: object, tb: object) -> bool:
-        return isinstance(ev, OSError)

@@ -453,7 +453,7 @@ class Nfs4Client:
 
     async def _call_with(self, auth: ClientAuth, args: bytes) -> bytes:
         call = getattr(auth, "call", None)
-        if call is not None and getattr(auth, "flavor", None) == 6:
+        if call is not None and getattr(auth, "flavor", None) == c.RPCSEC_GSS:
             # RPCSEC_GSS: the flavor's own call() refreshes an expired context once.
             result: bytes = await call(self._rpc_call, c.NFSPROC4_COMPOUND, args)
             return result
