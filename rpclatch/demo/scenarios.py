@@ -233,12 +233,10 @@ def frames_with_marker(dw: DemoWorld) -> int:
     return sum(1 for r in dw.wire() if MARKER in r.frame)
 
 
-def services_after(view: WireView, t: float, flow_port: int | None = None) -> list[str]:
+def services_after(view: WireView, t: float) -> list[str]:
     out: list[str] = []
     for c in view.calls:
         if c.time < t or c.gss_proc is None or c.gss_proc.name != "RPCSEC_GSS_DATA" or c.service is None:
-            continue
-        if flow_port is not None and f":{flow_port} ->" not in c.flow:
             continue
         name = SERVICE_NAMES[c.service]
         if name not in out:
