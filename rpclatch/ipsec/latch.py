@@ -39,7 +39,6 @@ from rpclatch.ipsec.model import (
     IPAddress,
     LocalIdentity,
     Mode,
-    NullAuthPeer,
     PeerIdentity,
     ProtectionPolicy,
     ProtectionType,
@@ -960,7 +959,3 @@ class PeerIdStore:
 
     def __len__(self) -> int:
         return len(self._store)
-
-
-def null_auth_peer(peer: PeerIdentity) -> bool:
-    return isinstance(peer, NullAuthPeer)

@@ -360,10 +360,6 @@ def _replace_sel(sel: Selector, **changes: object) -> Selector:
     return Selector(**values)  # type: ignore[arg-type]
 
 
-def selectors_match(selectors: tuple[Selector, ...], flow: FiveTuple) -> bool:
-    return any(s.matches(flow) for s in selectors)
-
-
 # ---------------------------------------------------------------------------------------------
 # Protection parameters (RFC 4301 §4.4.1.2, §4.4.2.1; RFC 5660 §2 "type of protection", "QoP")
 

@@ -126,9 +126,6 @@ class PadLatchLayer:
         heapq.heappush(self._heap, (until, self._seq, flow))
         return until
 
-    def in_hold(self, flow: FiveTuple) -> bool:
-        return flow in self.holds
-
     def drop(self, flow: FiveTuple) -> PadClone | None:
         self.holds.pop(flow, None)
         self.flow_templates.pop(flow, None)
