@@ -214,9 +214,7 @@ class SimServerEndpoint:
             return None
         if stack.approach is Approach.ULP:
             return conn.channel
-        try:
-            stack.engine.latches.find_latch(conn.flow)
-        except Exception:
+        if stack.engine.latches.latch_for(conn.flow) is None:
             return None  # no latch: an unlatched (BYPASS) connection, allowed but recorded
         return conn.channel
 
