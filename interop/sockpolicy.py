@@ -4,47 +4,43 @@ A socket policy overrides the global SPD for one socket (recipes/xfrm-netlink/so
 interop suite uses two: BYPASS (no template: the socket sends in clear even where the global SPD
 says PROTECT) to check that the Linux server's inbound policy refuses unprotected NFS, and PROTECT
 with one ESP transport template (the manually keyed SAs of the guest) to check that an explicit
-per-socket policy uses them. Layouts are the x86-64 ``struct xfrm_userpolicy_info`` (168 bytes)
-and ``struct xfrm_user_tmpl`` (64 bytes) of ``<linux/xfrm.h>``.
+per-socket policy uses them. The option value is a ``struct xfrm_userpolicy_info`` (168 bytes)
+followed by ``struct xfrm_user_tmpl`` s (64 bytes each) of ``<linux/xfrm.h>``; both are encoded by
+:mod:`rpclatch.ipsec.xfrm.netlink` (:class:`PolicyInfo`, :class:`Template`), the same code the xfrm
+backend uses for its own socket policies.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
-import struct
 
-IP_XFRM_POLICY = 17
-XFRM_POLICY_IN = 0
-XFRM_POLICY_OUT = 1
-XFRM_POLICY_ALLOW = 0
-XFRM_MODE_TRANSPORT = 0
-IPPROTO_ESP = 50
-_NO_LIMIT = 2**64 - 1
+from rpclatch.ipsec.xfrm.netlink import (
+    IP_XFRM_POLICY,
+    Action,
+    Dir,
+    PolicyInfo,
+    Selector,
+    Template,
+    XMode,
+    encode_templates,
+)
 
-
-def _addr(ip: str) -> bytes:
-    return socket.inet_aton(ip) + bytes(12)
+XFRM_POLICY_IN = Dir.IN
+XFRM_POLICY_OUT = Dir.OUT
+XFRM_POLICY_ALLOW = Action.ALLOW
+XFRM_MODE_TRANSPORT = XMode.TRANSPORT
 
 
 def userpolicy_info(direction: int, action: int = XFRM_POLICY_ALLOW) -> bytes:
     """``struct xfrm_userpolicy_info`` with an any-to-any IPv4 selector and no lifetime limits."""
-    selector = struct.pack("=16s16sHHHHHBBBxxxiI", bytes(16), bytes(16), 0, 0, 0, 0, socket.AF_INET,
-                           0, 0, 0, 0, 0)
-    lifetime_cfg = struct.pack("=8Q", _NO_LIMIT, _NO_LIMIT, _NO_LIMIT, _NO_LIMIT, 0, 0, 0, 0)
-    lifetime_cur = bytes(32)
-    tail = struct.pack("=IIBBBBxxxx", 0, 0, direction, action, 0, 0)
-    info = selector + lifetime_cfg + lifetime_cur + tail
-    assert len(info) == 168, len(info)
-    return info
+    return PolicyInfo(Selector.any(socket.AF_INET), direction, action).encode()
 
 
 def esp_transport_tmpl(src: str, dst: str, reqid: int) -> bytes:
     """``struct xfrm_user_tmpl`` asking for an ESP transport-mode SA ``src`` -> ``dst``."""
-    xfrm_id = struct.pack("=16sIBxxx", _addr(dst), 0, IPPROTO_ESP)
-    tmpl = xfrm_id + struct.pack("=Hxx16sIBBBxIII", socket.AF_INET, _addr(src), reqid,
-                                 XFRM_MODE_TRANSPORT, 0, 0, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
-    assert len(tmpl) == 64, len(tmpl)
-    return tmpl
+    tmpl = Template.esp(ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst), reqid)
+    return encode_templates([tmpl])
 
 
 def set_bypass(sock: socket.socket) -> None:
