@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-NFS_PROGRAM = 100003
+from rpclatch.nfs4.const import NFS4_PROGRAM
 
 
 def _auth(name: str) -> Any:
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     null = sub.add_parser("null", help="RPC NULL call over TCP")
     null.add_argument("host")
     null.add_argument("--port", type=int, default=2049)
-    null.add_argument("--prog", type=int, default=NFS_PROGRAM)
+    null.add_argument("--prog", type=int, default=NFS4_PROGRAM)
     null.add_argument("--vers", type=int, default=4)
     null.add_argument("--auth", choices=("none", "sys"), default="none")
     null.add_argument("--timeout", type=float, default=20.0)

@@ -154,6 +154,7 @@ from rpclatch.rpc.aio import RpcStreamClient
 from rpclatch.rpc.auth import ClientAuth
 from rpclatch.rpc.auth_sys import AuthSysClient
 from rpclatch.rpc.errors import RpcAuthError, RpcConnectionClosed, RpcError
+from rpclatch.rpc.messages import AuthFlavor
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +454,7 @@ class Nfs4Client:
 
     async def _call_with(self, auth: ClientAuth, args: bytes) -> bytes:
         call = getattr(auth, "call", None)
-        if call is not None and getattr(auth, "flavor", None) == c.RPCSEC_GSS:
+        if call is not None and getattr(auth, "flavor", None) == AuthFlavor.RPCSEC_GSS:
             # RPCSEC_GSS: the flavor's own call() refreshes an expired context once.
             result: bytes = await call(self._rpc_call, c.NFSPROC4_COMPOUND, args)
             return result

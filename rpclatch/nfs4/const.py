@@ -379,11 +379,6 @@ SEQ4_STATUS_BACKCHANNEL_FAULT = 0x00000400
 KRB5_OID = bytes.fromhex("2a864886f712010202")
 KRB5_OID_DER = b"\x06\x09" + KRB5_OID
 
-#: RPC auth flavors that can appear in secinfo4 (RFC 5531 §8.2, RFC 2203).
-AUTH_NONE = 0
-AUTH_SYS = 1
-RPCSEC_GSS = 6
-
 
 def is_krb5_oid(oid: bytes) -> bool:
     """True for the Kerberos V5 mechanism OID, with or without its DER tag and length."""

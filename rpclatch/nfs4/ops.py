@@ -41,6 +41,7 @@ from rpclatch.nfs4.types import (
     state_protect_ops4,
     stateid4,
 )
+from rpclatch.rpc.messages import AuthFlavor
 from rpclatch.xdr import Decoder, Encoder, XdrError
 
 R = TypeVar("R")
@@ -596,17 +597,17 @@ class callback_sec_parms4:
     """``union callback_sec_parms4 switch (uint32_t cb_secflavor)`` (RFC 8881 §18.36.1).
     rpclatch offers no back channel, so only AUTH_NONE is supported."""
 
-    cb_secflavor: int = c.AUTH_NONE
+    cb_secflavor: int = AuthFlavor.AUTH_NONE
 
     def encode_into(self, enc: Encoder) -> None:
-        if self.cb_secflavor != c.AUTH_NONE:
+        if self.cb_secflavor != AuthFlavor.AUTH_NONE:
             raise XdrError("only AUTH_NONE callback security is supported")
         enc.uint32(self.cb_secflavor)
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> callback_sec_parms4:
         flavor = dec.uint32()
-        if flavor != c.AUTH_NONE:
+        if flavor != AuthFlavor.AUTH_NONE:
             raise XdrError(f"callback security flavor {flavor} is not supported")
         return cls(flavor)
 

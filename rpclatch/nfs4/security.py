@@ -25,6 +25,7 @@ from rpclatch.nfs4 import const as c
 from rpclatch.nfs4.const import rpc_gss_svc_t
 from rpclatch.nfs4.errors import Nfs4SecurityError
 from rpclatch.nfs4.types import rpcsec_gss_info, secinfo4
+from rpclatch.rpc.messages import AuthFlavor
 
 
 class SecFlavor(Enum):
@@ -48,8 +49,8 @@ class SecFlavor(Enum):
     def secinfo(self) -> secinfo4:
         svc = self.gss_service
         if svc is None:
-            return secinfo4(c.AUTH_SYS)
-        return secinfo4(c.RPCSEC_GSS, rpcsec_gss_info(c.KRB5_OID, 0, svc))
+            return secinfo4(AuthFlavor.AUTH_SYS)
+        return secinfo4(AuthFlavor.RPCSEC_GSS, rpcsec_gss_info(c.KRB5_OID, 0, svc))
 
     @classmethod
     def from_secinfo(cls, entry: secinfo4) -> SecFlavor | None:

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from rpclatch.nfs4 import const as c
 from rpclatch.nfs4.const import nfs_ftype4, nfsstat4, rpc_gss_svc_t, time_how4
+from rpclatch.rpc.messages import AuthFlavor
 from rpclatch.xdr import Decoder, Encoder, XdrError
 
 # --- bitmap4 (RFC 7530 §3.2.12 "bitmap4: uint32_t bitmap4<>") --------------------------------------
@@ -194,7 +195,7 @@ class secinfo4:
 
     def encode_into(self, enc: Encoder) -> None:
         enc.uint32(self.flavor)
-        if self.flavor == c.RPCSEC_GSS:
+        if self.flavor == AuthFlavor.RPCSEC_GSS:
             if self.flavor_info is None:
                 raise XdrError("RPCSEC_GSS secinfo4 needs flavor_info")
             enc.opaque(self.flavor_info.oid, c.NFS4_OPAQUE_LIMIT).uint32(self.flavor_info.qop)
@@ -203,18 +204,18 @@ class secinfo4:
     @classmethod
     def decode_from(cls, dec: Decoder) -> secinfo4:
         flavor = dec.uint32()
-        if flavor == c.RPCSEC_GSS:
+        if flavor == AuthFlavor.RPCSEC_GSS:
             oid = dec.opaque(c.NFS4_OPAQUE_LIMIT)
             return cls(flavor, rpcsec_gss_info(oid, dec.uint32(), dec.enum(rpc_gss_svc_t)))
         return cls(flavor)
 
     def describe(self) -> str:
         """Short name: ``sys``, ``none``, ``krb5``, ``krb5i``, ``krb5p`` or ``flavor N``."""
-        if self.flavor == c.AUTH_SYS:
+        if self.flavor == AuthFlavor.AUTH_SYS:
             return "sys"
-        if self.flavor == c.AUTH_NONE:
+        if self.flavor == AuthFlavor.AUTH_NONE:
             return "none"
-        if self.flavor == c.RPCSEC_GSS and self.flavor_info is not None:
+        if self.flavor == AuthFlavor.RPCSEC_GSS and self.flavor_info is not None:
             if c.is_krb5_oid(self.flavor_info.oid):
                 return {rpc_gss_svc_t.RPC_GSS_SVC_NONE: "krb5", rpc_gss_svc_t.RPC_GSS_SVC_INTEGRITY: "krb5i",
                         rpc_gss_svc_t.RPC_GSS_SVC_PRIVACY: "krb5p"}[self.flavor_info.service]

@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from rpclatch.nfs4 import const as c
 from rpclatch.nfs4.const import rpc_gss_svc_t
 from rpclatch.nfs4.errors import Nfs4SecurityError
 from rpclatch.nfs4.security import (
@@ -17,18 +16,21 @@ from rpclatch.nfs4.security import (
     default_connection_security,
 )
 from rpclatch.nfs4.types import rpcsec_gss_info, secinfo4
+from rpclatch.rpc.messages import AuthFlavor
 
-SYS = secinfo4(c.AUTH_SYS)
+SYS = secinfo4(AuthFlavor.AUTH_SYS)
 KRB5P = SecFlavor.KRB5P.secinfo()
 KRB5I = SecFlavor.KRB5I.secinfo()
-OTHER_GSS = secinfo4(c.RPCSEC_GSS, rpcsec_gss_info(b"\x2b\x06\x01", 0, rpc_gss_svc_t.RPC_GSS_SVC_NONE))
+OTHER_GSS = secinfo4(
+    AuthFlavor.RPCSEC_GSS, rpcsec_gss_info(b"\x2b\x06\x01", 0, rpc_gss_svc_t.RPC_GSS_SVC_NONE)
+)
 
 
 def test_flavor_secinfo_round_trip() -> None:
     for f in SecFlavor:
         assert SecFlavor.from_secinfo(f.secinfo()) is f
     assert SecFlavor.from_secinfo(OTHER_GSS) is None
-    assert SecFlavor.from_secinfo(secinfo4(c.AUTH_NONE)) is None
+    assert SecFlavor.from_secinfo(secinfo4(AuthFlavor.AUTH_NONE)) is None
     assert KRB5P.flavor_info is not None and KRB5P.flavor_info.service == rpc_gss_svc_t.RPC_GSS_SVC_PRIVACY
 
 
@@ -53,7 +55,7 @@ def test_forbidden_flavor_gives_advice() -> None:
 
 def test_nothing_supported() -> None:
     with pytest.raises(Nfs4SecurityError, match="none of which rpclatch supports"):
-        choose_from_secinfo([OTHER_GSS, secinfo4(c.AUTH_NONE)], AUTO_ORDER, path="/x")
+        choose_from_secinfo([OTHER_GSS, secinfo4(AuthFlavor.AUTH_NONE)], AUTO_ORDER, path="/x")
 
 
 def test_default_connection_hook_is_plain_tcp() -> None:
