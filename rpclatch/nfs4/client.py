@@ -251,7 +251,12 @@ class _Slot:
 
 class _SlotTable:
     """RFC 8881 §2.10.6: one outstanding request per slot; the seqid advances per processed
-    SEQUENCE. ``target`` is the server's sr_target_highest_slotid + 1."""
+    SEQUENCE. ``target`` is the server's sr_target_highest_slotid + 1.
+
+    Busy slots are kept as a set of slot ids of the current session. A slot object belongs to
+    the table only while ``slots[slot.slotid] is slot``: after :meth:`reset` a request of the old
+    session that comes back with its (stale) slot frees nothing, even when a new-session request
+    holds the slot with the same id."""
 
     def __init__(self, nslots: int) -> None:
         self.cond = asyncio.Condition()
@@ -261,29 +266,32 @@ class _SlotTable:
         """Fresh slots for a new session; slots still out with requests of the old session are
         dropped when they come back (see :meth:`release`)."""
         self.slots = [_Slot(i) for i in range(nslots)]
-        self.free: list[_Slot] = list(self.slots)
+        self._busy: set[int] = set()
         self.target = nslots
 
+    def _owns(self, slot: _Slot) -> bool:
+        return slot.slotid < len(self.slots) and self.slots[slot.slotid] is slot
+
     def highest_used(self) -> int:
-        busy = [s.slotid for s in self.slots if s not in self.free]
-        return max(busy) if busy else 0
+        """The highest slot id with a request out (0 when none): SEQUENCE's sa_highest_slotid."""
+        return max(self._busy, default=0)
 
     async def acquire(self) -> _Slot:
+        """The lowest free, unpoisoned slot below ``target``; waits for one to be released."""
         async with self.cond:
             while True:
-                usable = [s for s in self.free if s.slotid < self.target and not s.poisoned]
-                if usable:
-                    slot = min(usable, key=lambda s: s.slotid)
-                    self.free.remove(slot)
-                    return slot
-                if not any(not s.poisoned for s in self.slots):
+                for slot in self.slots[: self.target]:
+                    if slot.slotid not in self._busy and not slot.poisoned:
+                        self._busy.add(slot.slotid)
+                        return slot
+                if all(s.poisoned for s in self.slots):
                     raise Nfs4LocalError("every session slot is unusable")
                 await self.cond.wait()
 
     async def release(self, slot: _Slot) -> None:
         async with self.cond:
-            if any(slot is s for s in self.slots):
-                self.free.append(slot)
+            if self._owns(slot):
+                self._busy.discard(slot.slotid)
             self.cond.notify_all()
 
 

@@ -96,6 +96,35 @@ def test_slot_table_hands_out_each_slot_once_and_honours_target() -> None:
     asyncio.run(main())
 
 
+def test_slot_table_ignores_a_stale_slot_of_the_old_session() -> None:
+    """After reset() (a new session) a request of the old session returns its slot 0 while a new
+    request holds the new slot 0: the new slot stays busy (not handed out twice, still counted by
+    highest_used) and the stale slot never enters the new table."""
+
+    async def main() -> None:
+        table = _SlotTable(2)
+        old0, old1 = await table.acquire(), await table.acquire()
+        table.reset(2)
+        new0 = await table.acquire()
+        assert new0.slotid == old0.slotid == 0 and new0 is not old0
+        await table.release(old0)
+        await table.release(old1)
+        assert table.highest_used() == 0
+        new1 = await table.acquire()
+        assert new1.slotid == 1 and new1 is not old1
+        assert table.highest_used() == 1
+        waiter = asyncio.ensure_future(table.acquire())
+        await asyncio.sleep(0)
+        assert not waiter.done()  # both new slots are still out
+        await table.release(new1)
+        assert await waiter is new1
+        await table.release(new0)
+        assert table.highest_used() == 1  # new1 (re-acquired by the waiter) is the only one out
+        assert all(s in (new0, new1) for s in table.slots)
+
+    asyncio.run(main())
+
+
 def test_slot_table_with_every_slot_poisoned_fails() -> None:
     async def main() -> None:
         table = _SlotTable(1)
