@@ -1,8 +1,9 @@
 """Reading a 64 MiB file from the real Linux nfsd: rpclatch's NFSv4 client versus the Linux kernel
 NFS client, per security flavor (sys, krb5i, krb5p), in the same run on the same guest.
 
-Boots the User-Mode Linux guest of :mod:`interop.uml` (needs root, /dev/net/tun, linux.uml). Both
-clients run *inside the guest* against its nfsd, so neither crosses the UML tap:
+Brings up the nfsd world of :mod:`interop.choose` (``--world``: network namespaces on a host kernel
+with nfsd and esp4, else the User-Mode Linux guest; needs root). Both clients run *inside the world*
+(the server's namespaces) against its nfsd, so neither crosses the host-side link:
 
 * ours: ``python -m interop.probe nfs <server> --sec S --read /bench64m.bin`` (NFSv4.1; the figure
   is the client's own streaming read time, connection setup excluded);
@@ -29,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interop.uml import ESP_SERVER_ADDR, SERVER_ADDR, LinuxNfsdGuest, missing_requirements
+from interop.choose import choose_world
+from interop.world import ESP_SERVER_ADDR, SERVER_ADDR, NfsdWorld
 
 FILE = "/bench64m.bin"
 _DD = re.compile(r"^(\d+) bytes .* copied, ([0-9.]+) s", re.MULTILINE)
@@ -40,7 +42,7 @@ def _split(flavor: str) -> tuple[str, bool]:
     return sec, over == "esp"
 
 
-def kernel_read(guest: LinuxNfsdGuest, flavor: str) -> float:
+def kernel_read(guest: NfsdWorld, flavor: str) -> float:
     """MB/s of the kernel client reading FILE (fresh mount, caches dropped)."""
     sec, esp = _split(flavor)
     mnt = f"/tmp/bench-{sec}-{'esp' if esp else 'plain'}"
@@ -62,7 +64,7 @@ def kernel_read(guest: LinuxNfsdGuest, flavor: str) -> float:
     return int(m.group(1)) / 1e6 / float(m.group(2))
 
 
-def our_read(guest: LinuxNfsdGuest, flavor: str, size: int) -> float:
+def our_read(guest: NfsdWorld, flavor: str, size: int) -> float:
     """MB/s of rpclatch's client reading FILE (its streaming read time)."""
     sec, esp = _split(flavor)
     netns = "client" if esp else None
@@ -83,13 +85,17 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--sec", default="sys,krb5i,krb5p,sys+esp")
+    parser.add_argument("--world", choices=("auto", "uml", "netns"), default=None,
+                        help="nfsd world (default: $RPCLATCH_INTEROP_WORLD or auto)")
     args = parser.parse_args()
-    missing = missing_requirements()
-    if missing:
-        print("nfs_read: cannot run the Linux nfsd guest here: " + "; ".join(missing), file=sys.stderr)
+    choice = choose_world(args.world)
+    if choice.missing:
+        print(f"nfs_read: cannot run the Linux nfsd {choice.kind} world here: " + "; ".join(choice.missing),
+              file=sys.stderr)
         return 2
+    print(f"nfs_read: world: {choice.reason}", file=sys.stderr)
     size = args.size_mib << 20
-    with LinuxNfsdGuest(progress=lambda line: print(line, file=sys.stderr, flush=True)) as guest:
+    with choice.cls(progress=lambda line: print(line, file=sys.stderr, flush=True)) as guest:
         guest.run(f"head -c {size} /dev/urandom >{guest.server_path(FILE)} && chmod 644 "
                   f"{guest.server_path(FILE)}", check=True, timeout=300)
         for sec in args.sec.split(","):

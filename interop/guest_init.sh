@@ -1,31 +1,59 @@
 #!/bin/sh
-# Init (PID 1) of the User-Mode Linux guest started by interop.uml.LinuxNfsdGuest.
-#
-# The guest sees the host root read-only through hostfs. The host's run directory (kernel command
-# line RUN=...) is mounted read-write at /run/out: settings come in as /run/out/guest.env, logs,
-# captures and command results go back out. Brings up, in order: kernel modules, the link to the
-# host-side namespace (vec0), optional manually keyed ESP between netns "client" and the guest's
-# root netns, an MIT KDC, gssproxy, rpcbind, mountd, nfsd (short grace/lease), a packet capture of
-# NFS and ESP traffic, rpc.gssd for the guest's own kernel client; then touches /run/out/ready and
-# serves command jobs from /run/out/jobs until /run/out/stop appears.
+# Init (PID 1) of the nfsd world of interop.world.NfsdWorld, in one of two places:
+#  WORLD=uml   (interop.uml.LinuxNfsdGuest): the User-Mode Linux guest's init. The guest sees the
+#              host root read-only through hostfs; the host's run directory (kernel command line
+#              RUN=...) is mounted read-write at /run/out.
+#  WORLD=netns (interop.hostkernel.HostKernelNfsd): PID 1 of fresh PID/mount/UTS namespaces inside
+#              the server network namespace on the host's own kernel; RUN (environment) is bound to
+#              /run/out, and /run, /dev, /tmp, /etc and the daemons' state directories are private.
+# Settings come in as /run/out/guest.env, logs, captures and command results go back out. Brings
+# up, in order: kernel modules, the link to the host-side namespace (vec0), optional manually keyed
+# ESP between netns "client" and the server namespace, an MIT KDC, gssproxy, rpcbind, mountd,
+# (netns: nfsdcld), nfsd (short grace/lease), a packet capture of NFS and ESP traffic, rpc.gssd for
+# the world's own kernel client; then touches /run/out/ready and serves command jobs from
+# /run/out/jobs until /run/out/stop appears.
 # Pitfalls (recipes/uml-nfsd): /tmp, /run, /var/tmp get tmpfs (so host paths under /tmp that the
 # host asks for are bind-mounted back); /lib/modules may be absent on the host, so modprobe runs with
 # -d over a tmpfs tree linking to /usr/lib/uml/modules; gssproxy must be up before nfsd.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+WORLD=${WORLD:-uml}
 O=/run/out
 log() { echo "[guest $(cut -d' ' -f1 /proc/uptime)] $*"; }
-fatal() { log "FATAL: $*"; echo "$*" >"$O/failed"; sync "$O/failed" 2>/dev/null; /bin/busybox poweroff -f; }
+halt() { if [ "$WORLD" = netns ]; then exit "${1:-0}"; else /bin/busybox poweroff -f; fi; }
+fatal() { log "FATAL: $*"; echo "$*" >"$O/failed"; sync "$O/failed" 2>/dev/null; halt 1; }
 step() { "$@" || log "step failed (rc=$?): $*"; }
 
+# A /dev of our own (netns world): syslogd's /dev/log and a devpts instance must not replace the host's.
+private_dev() {
+  mkdir -p /run/dev && mount -t tmpfs -o mode=755 dev /run/dev || return 1
+  for n in null zero full random urandom tty; do : >/run/dev/$n; mount --bind /dev/$n /run/dev/$n || return 1; done
+  mkdir /run/dev/pts /run/dev/shm
+  mount -t devpts -o newinstance,ptmxmode=0666 devpts /run/dev/pts && ln -s pts/ptmx /run/dev/ptmx
+  mount -t tmpfs shm /run/dev/shm
+  ln -s /proc/self/fd /run/dev/fd; ln -s /proc/self/fd/0 /run/dev/stdin
+  ln -s /proc/self/fd/1 /run/dev/stdout; ln -s /proc/self/fd/2 /run/dev/stderr
+  mount --move /run/dev /dev
+}
+
 mount -t proc proc /proc; mount -t sysfs sys /sys
-mountpoint -q /dev || mount -t devtmpfs dev /dev
-mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm
-mount -t tmpfs run /run
-mkdir -p "$O" /run/hosttmp
-mount -t hostfs -o "$RUN" hostfs "$O" || { echo "cannot mount run dir $RUN"; /bin/busybox poweroff -f; }
-mount --bind /tmp /run/hosttmp
+if [ "$WORLD" = netns ]; then
+  # private /run holding the run dir at /run/out and the host's /tmp at /run/hosttmp: built under
+  # the run dir, then moved over /run (the run dir's own path may lie under /run or /tmp)
+  W="$RUN/.world-run"
+  mkdir -p "$W" && mount -t tmpfs run "$W" && mkdir -p "$W/out" "$W/hosttmp" \
+    && mount --bind "$RUN" "$W/out" && mount --rbind /tmp "$W/hosttmp" && mount --move "$W" /run \
+    || { echo "cannot set up a private /run with the run dir $RUN"; exit 1; }
+  private_dev || { echo "cannot set up a private /dev"; exit 1; }
+else
+  mountpoint -q /dev || mount -t devtmpfs dev /dev
+  mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm
+  mount -t tmpfs run /run
+  mkdir -p "$O" /run/hosttmp
+  mount -t hostfs -o "$RUN" hostfs "$O" || { echo "cannot mount run dir $RUN"; halt 1; }
+  mount --rbind /tmp /run/hosttmp
+fi
 . "$O/guest.env"
-log "init: run dir $RUN mounted"
+log "init ($WORLD world): run dir $RUN mounted"
 for d in /tmp /var/lib/nfs /var/tmp /var/lib/krb5kdc /var/lib/gssproxy /srv; do mount -t tmpfs tmpfs $d; done
 for p in $HOST_TMP_KEEP; do mkdir -p "/tmp/$p"; mount --bind "/run/hosttmp/$p" "/tmp/$p"; done
 mkdir -p /var/lib/gssproxy/clients /var/lib/gssproxy/rcache /var/lib/nfs/v4recovery /var/lib/nfs/rpc_pipefs
@@ -36,12 +64,18 @@ hostname "$FQDN"
 printf '127.0.0.1 localhost\n%s %s guest\n%s %s\n' "$SERVER_ADDR" "$FQDN" "$HOST_ADDR" "$HOST_FQDN" >/etc/hosts
 
 # --- kernel modules ------------------------------------------------------------------------------
-mkdir -p /run/modroot/lib; ln -s /usr/lib/uml/modules /run/modroot/lib/modules
-printf '#!/bin/sh\nexec /sbin/modprobe -d /run/modroot "$@"\n' >/run/modprobe; chmod 755 /run/modprobe
-echo /run/modprobe >/proc/sys/kernel/modprobe
-for m in esp4 xfrm_user veth auth_rpcgss rpcsec_gss_krb5 nfsd nfsv4; do
-  /run/modprobe $m || fatal "modprobe $m failed"
-done
+if [ "$WORLD" = netns ]; then               # the host kernel: load what is not loaded yet
+  for m in esp4 xfrm_user veth auth_rpcgss rpcsec_gss_krb5 nfsd nfsv4; do
+    [ -d "/sys/module/$m" ] || modprobe "$m" || fatal "modprobe $m failed"
+  done
+else
+  mkdir -p /run/modroot/lib; ln -s /usr/lib/uml/modules /run/modroot/lib/modules
+  printf '#!/bin/sh\nexec /sbin/modprobe -d /run/modroot "$@"\n' >/run/modprobe; chmod 755 /run/modprobe
+  echo /run/modprobe >/proc/sys/kernel/modprobe
+  for m in esp4 xfrm_user veth auth_rpcgss rpcsec_gss_krb5 nfsd nfsv4; do
+    /run/modprobe $m || fatal "modprobe $m failed"
+  done
+fi
 log "modules loaded"
 
 # --- link to the host-side namespace ------------------------------------------------------------
@@ -142,6 +176,12 @@ if [ "$CAPTURE" = 1 ]; then
   i=0; while [ ! -s "$O/nfs.pcapng" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
   [ -s "$O/nfs.pcapng" ] && log "capture running: nfs.pcapng" || log "capture did not start (see dumpcap.log)"
 fi
+if [ "$WORLD" = netns ]; then
+  # NFSv4 client tracking outside the initial network namespace goes through nfsdcld (the kernel
+  # refuses the legacy recovery directory and the usermode helper there)
+  mkdir -p /var/lib/nfs/nfsdcld
+  nfsdcld -p /run/rpc_pipefs -s /var/lib/nfs/nfsdcld || fatal "nfsdcld failed"
+fi
 rpc.nfsd -N 3 --lease-time "$LEASE_TIME" --grace-time "$GRACE_TIME" "$NFSD_THREADS" || fatal "rpc.nfsd failed"
 rpc.gssd -p /run/rpc_pipefs || log "rpc.gssd not started"
 log "nfsd up: versions=$(cat /proc/fs/nfsd/versions) exports: $(exportfs -s | tr '\n' ';')"
@@ -167,4 +207,4 @@ cat /proc/fs/nfsd/clients/*/info >"$O/nfsd-clients.log" 2>/dev/null
 rpc.nfsd 0
 sync
 log "powering off"
-/bin/busybox poweroff -f
+halt 0

@@ -1,4 +1,4 @@
-"""A host-side network namespace made for one interop run, holding the tap device of a UML guest.
+"""A host-side network namespace made for one interop run, linked to the server world (a UML tap or a veth).
 
 Traffic between the host side and the guest never leaves this namespace: the tap device lives in it
 and both ends use TEST-NET-1 addresses (RFC 5737). The namespace is named after the creating PID so
@@ -21,7 +21,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 NAME_PREFIX = "rlnfs"
-_NAME_RE = re.compile(rf"^{NAME_PREFIX}-(\d+)-\d+$")
+#: Server namespaces of the host-kernel world (interop.hostkernel).
+SERVER_PREFIX = "rlsrv"
+_NAME_RE = re.compile(rf"^(?:{NAME_PREFIX}|{SERVER_PREFIX})-(\d+)-\d+$")
 _CLONE_NEWNET = 0x40000000
 _counter = 0
 
@@ -46,8 +48,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: Stops nfsd of the namespace it runs in (the nfsd file system is per network namespace).
+_STOP_NFSD = ("grep -qw nfsd /proc/filesystems || exit 0; mkdir -p /run/rl-nfsd && "
+              "mount -t nfsd nfsd /run/rl-nfsd && echo 0 >/run/rl-nfsd/threads; umount /run/rl-nfsd")
+
+
+def netns_exists(name: str) -> bool:
+    return (Path("/run/netns") / name).exists()
+
+
+def stop_nfsd(name: str) -> str:
+    """Stop the nfsd threads of namespace ``name`` (a server namespace whose init was killed before
+    it could); returns "" or the error text. ``ip netns exec`` gives the mount a private mount ns."""
+    proc = subprocess.run(["ip", "netns", "exec", name, "sh", "-c", _STOP_NFSD],
+                          capture_output=True, text=True, timeout=60, check=False)
+    return "" if proc.returncode == 0 else proc.stderr.strip() or f"exit status {proc.returncode}"
+
+
 def remove_stale() -> list[str]:
-    """Delete namespaces of this harness whose creating process no longer exists; return their names."""
+    """Delete namespaces of this harness (host-side ``rlnfs-*`` and server ``rlsrv-*``) whose creating
+    process no longer exists; return their names."""
     removed: list[str] = []
     run_netns = Path("/run/netns")
     if not run_netns.is_dir():
@@ -55,6 +75,8 @@ def remove_stale() -> list[str]:
     for entry in run_netns.iterdir():
         match = _NAME_RE.match(entry.name)
         if match and not _pid_alive(int(match.group(1))):
+            if entry.name.startswith(SERVER_PREFIX):
+                stop_nfsd(entry.name)
             with contextlib.suppress(NetnsError):
                 _ip("netns", "del", entry.name)
                 removed.append(entry.name)
@@ -63,27 +85,38 @@ def remove_stale() -> list[str]:
 
 
 class HostNamespace:
-    """A network namespace with a tap device ``tap_name`` addressed ``addr/prefix``.
+    """A network namespace with one link addressed ``addr/prefix``: a tap device ``link_name`` (for a
+    UML guest's ``vec0``), or one end of a veth pair whose other end, ``peer_name``, is moved into the
+    namespace ``peer_netns`` (the server namespace of the host-kernel world).
 
     Use as a context manager or call :meth:`close`; closing twice is harmless.
     """
 
-    def __init__(self, addr: str, prefix: int = 24, tap_name: str = "rltap0") -> None:
+    def __init__(self, addr: str, prefix: int = 24, tap_name: str = "rltap0", *,
+                 peer_netns: str | None = None, peer_name: str = "vec0") -> None:
         global _counter
         _counter += 1
         self.name = f"{NAME_PREFIX}-{os.getpid()}-{_counter}"
         self.addr = addr
-        self.tap_name = tap_name
+        self.link_name = tap_name if peer_netns is None else "eth0"
         self._closed = False
         _ip("netns", "add", self.name)
         try:
             _ip("-n", self.name, "link", "set", "lo", "up")
-            _ip("-n", self.name, "tuntap", "add", tap_name, "mode", "tap")
-            _ip("-n", self.name, "addr", "add", f"{addr}/{prefix}", "dev", tap_name)
-            _ip("-n", self.name, "link", "set", tap_name, "up")
+            if peer_netns is None:
+                _ip("-n", self.name, "tuntap", "add", self.link_name, "mode", "tap")
+            else:
+                _ip("-n", self.name, "link", "add", self.link_name, "type", "veth", "peer", "name",
+                    peer_name, "netns", peer_netns)
+            _ip("-n", self.name, "addr", "add", f"{addr}/{prefix}", "dev", self.link_name)
+            _ip("-n", self.name, "link", "set", self.link_name, "up")
         except NetnsError:
             self.close()
             raise
+
+    @property
+    def tap_name(self) -> str:
+        return self.link_name
 
     def __enter__(self) -> HostNamespace:
         return self

@@ -1,8 +1,8 @@
 """Runs the interop suite (pytest on tests/interop) and prints a pass/fail table.
 
 Shared by ``interop/run`` and ``rpclatch interop linux-nfsd``. Everything of one run lands in one
-directory: ``pytest.log`` (full output), ``junit.xml``, ``results.json``, and ``guest/`` (the UML
-guest's console, captures, daemon logs and command jobs, see :mod:`interop.uml`).
+directory: ``pytest.log`` (full output), ``junit.xml``, ``results.json``, and ``guest/`` (the nfsd
+world's console, captures, daemon logs and command jobs, see :mod:`interop.world`).
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def run_suite(
     run_dir: Path | None = None,
     pytest_args: Sequence[str] = (),
     out: Callable[[str], None] = print,
+    world: str | None = None,
 ) -> int:
-    """Run tests/interop under pytest; 0 when nothing failed and at least one test passed."""
+    """Run tests/interop under pytest against the ``world`` (``uml``, ``netns``, ``auto``; default
+    ``$RPCLATCH_INTEROP_WORLD`` or auto); 0 when nothing failed and at least one test passed."""
     run_dir = (run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     junit = run_dir / "junit.xml"
@@ -77,8 +79,10 @@ def run_suite(
         "-o", "log_cli=true", "--log-cli-level=INFO", "-rA", *pytest_args,
     ]
     env = dict(os.environ, RPCLATCH_INTEROP_RUN_DIR=str(run_dir))
+    if world:
+        env["RPCLATCH_INTEROP_WORLD"] = world
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    out(f"interop: {_why_uml()}")
+    out(f"interop: world: {_why_world(world)}")
     out(f"interop: run dir {run_dir}")
     out("interop: " + " ".join(argv))
     with (run_dir / "pytest.log").open("w") as log:
@@ -92,7 +96,7 @@ def run_suite(
                 out(line.rstrip("\n"))
             rc = proc.wait()
         except KeyboardInterrupt:
-            proc.terminate()  # pytest tears the guest down on SIGTERM (see interop.uml)
+            proc.terminate()  # pytest tears the world down on SIGTERM (see interop.world)
             proc.wait(timeout=60)
             raise
     if not junit.exists():
@@ -112,25 +116,33 @@ def run_suite(
     return 1 if bad or rc != 0 else 0
 
 
-def _why_uml() -> str:
+def _why_world(world: str | None = None) -> str:
+    """One line: the world the suite uses here and why (or why it cannot run)."""
     if str(REPO_ROOT) not in sys.path:  # run as a script: interop/ is not importable yet
         sys.path.insert(0, str(REPO_ROOT))
-    from interop.uml import why_uml
+    from interop.choose import WorldChoiceError, choose_world
 
-    return why_uml()
+    try:
+        choice = choose_world(world)
+    except WorldChoiceError as exc:
+        return str(exc)
+    return choice.reason + (f"; cannot run: {'; '.join(choice.missing)}" if choice.missing else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="interop/run", description="Run the interop suite against the Linux nfsd in User-Mode Linux.",
-        epilog=("The issue's alternative -- the same suite in network namespaces on a host whose own "
-                "kernel has nfsd and esp4 -- is not implemented. On this machine: " + _why_uml() + "."))
+        prog="interop/run", description="Run the interop suite against the real Linux nfsd.",
+        epilog=("Worlds: 'uml' boots the Linux nfsd in a User-Mode Linux guest; 'netns' runs it in "
+                "network namespaces on the host's own kernel (needs nfsd and esp4 there); 'auto' "
+                "(default, or $RPCLATCH_INTEROP_WORLD) takes netns where the host kernel can, else uml. "
+                "On this machine: " + _why_world() + "."))
     parser.add_argument("--run-dir", type=Path, help="where logs, captures and junit.xml go")
+    parser.add_argument("--world", choices=("auto", "uml", "netns"), help="which nfsd world (default auto)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --), e.g. -k esp")
     args = parser.parse_args(argv)
-    return run_suite(args.run_dir, args.pytest_args)
+    return run_suite(args.run_dir, args.pytest_args, world=args.world)
 
 
 if __name__ == "__main__":

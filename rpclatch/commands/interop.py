@@ -19,8 +19,12 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="interop_target", metavar="TARGET", required=True)
     nfsd = sub.add_parser(
         "linux-nfsd",
-        help="Linux kernel nfsd (+ RPCSEC_GSS, ESP) in User-Mode Linux: run the suite, print a table",
+        help="Linux kernel nfsd (+ RPCSEC_GSS, ESP) in UML or host-kernel namespaces: run the suite, "
+             "print a table",
     )
+    nfsd.add_argument("--world", choices=("auto", "uml", "netns"), default=None,
+                      help="uml: a User-Mode Linux guest; netns: namespaces on this host's kernel (needs "
+                           "nfsd and esp4); auto (default): netns where possible, else uml")
     nfsd.add_argument("--run-dir", type=Path, help="directory for logs, captures and junit.xml")
     nfsd.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
     nfsd.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
@@ -34,11 +38,15 @@ def _linux_nfsd(args: argparse.Namespace) -> int:
         raise UserError(f"interop suite not found under {_REPO_ROOT}; run from a source checkout of rpclatch")
     if str(_REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(_REPO_ROOT))
-    from interop.uml import missing_requirements
+    from interop.choose import WorldChoiceError, choose_world
 
-    missing = missing_requirements()
-    if missing:
-        raise UserError("cannot run the Linux nfsd guest here: " + "; ".join(missing))
+    try:
+        choice = choose_world(args.world)
+    except WorldChoiceError as exc:
+        raise UserError(f"{exc}") from None
+    if choice.missing:
+        raise UserError(f"cannot run the Linux nfsd {choice.kind} world here: " + "; ".join(choice.missing)
+                        + ("" if args.world else "; choose another with --world"))
     from interop.runner import run_suite
 
     extra = []
@@ -46,4 +54,4 @@ def _linux_nfsd(args: argparse.Namespace) -> int:
         extra += ["-k", args.keyword]
     if args.exitfirst:
         extra.append("-x")
-    return run_suite(args.run_dir, extra)
+    return run_suite(args.run_dir, extra, world=choice.kind)

@@ -14,22 +14,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from interop import sockpolicy
+from interop import hostkernel, sockpolicy, uml
+from interop.choose import WORLD_ENV, WorldChoiceError, choose_world
 from interop.runner import CaseResult, format_table, parse_junit
-from interop.uml import (
+from interop.world import (
     DEFAULT_EXPORTS,
     REPO_ROOT,
     Export,
     GuestBootError,
     GuestConfig,
-    LinuxNfsdGuest,
+    NfsdWorld,
     XfrmCounters,
     _tmp_keep,
     host_kernel_gaps,
-    missing_requirements,
     parse_xfrm_state,
-    why_uml,
 )
+
+WORLDS = {"uml": uml.LinuxNfsdGuest, "netns": hostkernel.HostKernelNfsd}
 
 XFRM_STATE = """\
 src 198.51.100.2 dst 198.51.100.1
@@ -99,22 +100,36 @@ def test_default_exports_give_wrongsec_layout() -> None:
 
 BOOT_AND_WAIT = """
 import sys, time
-from interop.uml import LinuxNfsdGuest
-with LinuxNfsdGuest(run_dir=sys.argv[1]) as g:
-    print("READY", g.host_ns.name, g._proc.pid, flush=True)
+from interop.choose import choose_world
+with choose_world(sys.argv[2]).cls(run_dir=sys.argv[1]) as g:
+    print("READY", g.host_ns.name, g._proc.pid, getattr(g, "server_netns", "-"), flush=True)
     time.sleep(600)
 """
 
 
+def _world_or_skip(kind: str) -> type[NfsdWorld]:
+    cls = WORLDS[kind]
+    missing = cls.missing()
+    if missing:
+        pytest.skip(f"{kind} world cannot run here: " + "; ".join(missing))
+    return cls
+
+
+def _run_dir(label: str) -> Path:
+    """A run directory of its own; the repository may be read-only (the netns suite inside UML)."""
+    base = os.environ.get("RPCLATCH_INTEROP_RUN_DIR")
+    root = Path(base) if base else REPO_ROOT / "runs" / "interop"
+    return root / f"{label}-{os.getpid()}-{time.time_ns()}"
+
+
 @pytest.mark.uml
 @pytest.mark.root
+@pytest.mark.parametrize("kind", ["uml", "netns"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_tears_down_guest_and_namespace(tmp_path: Path, sig: signal.Signals) -> None:
-    missing = missing_requirements()
-    if missing:
-        pytest.skip("; ".join(missing))
-    run_dir = REPO_ROOT / "runs" / "interop" / f"teardown-{sig.name}-{os.getpid()}-{time.time_ns()}"
-    proc = subprocess.Popen([sys.executable, "-c", BOOT_AND_WAIT, str(run_dir)], cwd=REPO_ROOT,
+def test_signal_tears_down_world_and_namespaces(tmp_path: Path, sig: signal.Signals, kind: str) -> None:
+    _world_or_skip(kind)
+    run_dir = _run_dir(f"teardown-{kind}-{sig.name}")
+    proc = subprocess.Popen([sys.executable, "-c", BOOT_AND_WAIT, str(run_dir), kind], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     try:
@@ -125,8 +140,8 @@ def test_signal_tears_down_guest_and_namespace(tmp_path: Path, sig: signal.Signa
             line = proc.stdout.readline()
             if not line and proc.poll() is not None:
                 break
-        assert line.startswith("READY"), f"guest did not come up: {line!r}"
-        _, netns, uml_pid = line.split()
+        assert line.startswith("READY"), f"world did not come up: {line!r}"
+        _, netns, init_pid, server_netns = line.split()
         assert Path(f"/run/netns/{netns}").exists()
         proc.send_signal(sig)
         proc.wait(timeout=60)
@@ -137,45 +152,71 @@ def test_signal_tears_down_guest_and_namespace(tmp_path: Path, sig: signal.Signa
         if proc.stdout is not None:
             proc.stdout.close()
     assert not Path(f"/run/netns/{netns}").exists()
-    cmdline = Path(f"/proc/{uml_pid}/cmdline")
-    assert not cmdline.exists() or "linux.uml" not in cmdline.read_text(errors="replace")
-    leftovers = subprocess.run(["pgrep", "-f", f"RUN={run_dir}"], capture_output=True, text=True).stdout
-    assert leftovers == "", leftovers
+    assert server_netns == "-" or not Path(f"/run/netns/{server_netns}").exists()
+    assert not Path(f"/proc/{init_pid}").exists() or _exited_or_other(int(init_pid), run_dir)
+    assert _leftovers(run_dir) == []
+
+
+def _exited_or_other(pid: int, run_dir: Path) -> bool:
+    """The PID the world's init had is gone, or now belongs to a process unrelated to this run."""
+    try:
+        return str(run_dir) not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") and \
+            str(run_dir) not in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    except OSError:
+        return True
+
+
+def _leftovers(run_dir: Path) -> list[str]:
+    """Processes still running for ``run_dir``: the UML guest names it on its command line, the
+    netns world's init has it in its environment (RUN=...)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            text = (entry / "cmdline").read_bytes() + b" " + (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if f"RUN={run_dir}".encode() in text and state not in ("Z", "X"):
+            found.append(f"{entry.name}: {text[:200]!r}")
+    return found
 
 
 @pytest.mark.uml
 @pytest.mark.root
-def test_boot_failure_raises_and_cleans_up() -> None:
-    missing = missing_requirements()
-    if missing:
-        pytest.skip("; ".join(missing))
-    run_dir = REPO_ROOT / "runs" / "interop" / f"bootfail-{os.getpid()}-{time.time_ns()}"
-    guest = LinuxNfsdGuest(GuestConfig(exports=(Export("/", 0, ("nosuchflavor",)),), esp=False,
-                                       capture=False), run_dir=run_dir)
+@pytest.mark.parametrize("kind", ["uml", "netns"])
+def test_boot_failure_raises_and_cleans_up(kind: str) -> None:
+    cls = _world_or_skip(kind)
+    run_dir = _run_dir(f"bootfail-{kind}")
+    world = cls(GuestConfig(exports=(Export("/", 0, ("nosuchflavor",)),), esp=False, capture=False),
+                run_dir=run_dir)
     with pytest.raises(GuestBootError) as info:
-        guest.start()
+        world.start()
     assert "exportfs" in str(info.value) and str(run_dir) in str(info.value)
-    assert guest.host_ns is not None
-    assert not Path(f"/run/netns/{guest.host_ns.name}").exists()
-    assert not guest.running
-    leftovers = subprocess.run(["pgrep", "-f", f"RUN={run_dir}"], capture_output=True, text=True).stdout
-    assert leftovers == "", leftovers
+    assert world.host_ns is not None
+    assert not Path(f"/run/netns/{world.host_ns.name}").exists()
+    if isinstance(world, hostkernel.HostKernelNfsd):
+        assert not Path(f"/run/netns/{world.server_netns}").exists()
+    assert not world.running
+    assert _leftovers(run_dir) == []
 
 
 @pytest.mark.uml
 @pytest.mark.root
 def test_cli_runs_the_suite_and_prints_a_table() -> None:
-    missing = missing_requirements()
-    if missing:
-        pytest.skip("; ".join(missing))
-    run_dir = REPO_ROOT / "runs" / "interop" / f"cli-{os.getpid()}-{time.time_ns()}"
+    choice = choose_world()
+    if choice.missing:
+        pytest.skip("; ".join(choice.missing))
+    run_dir = _run_dir("cli")
     proc = subprocess.run(
         [sys.executable, "-m", "rpclatch.cli", "interop", "linux-nfsd", "--run-dir", str(run_dir),
-         "-k", "test_rpcinfo_lists_nfs"],
+         "--world", choice.kind, "-k", "test_rpcinfo_lists_nfs"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "PASSED" in proc.stdout
+    assert f"interop: world: {choice.reason}" in proc.stdout
     assert "test_linux_nfsd_rpc::test_rpcinfo_lists_nfs_v4_tcp_2049" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-2] == "1 passed, 0 failed, 0 error, 0 skipped of 1"
     cases = parse_junit(run_dir / "junit.xml")
@@ -209,6 +250,9 @@ def test_host_kernel_gaps_names_what_the_host_kernel_lacks(tmp_path: Path) -> No
     (libmod / "9.9.9" / "kernel" / "net" / "ipv4" / "esp4.ko.xz").write_bytes(b"")
     assert host_kernel_gaps(filesystems=fs, sys_module=sysmod, lib_modules=libmod, release="9.9.9") == []
     fs.write_text("nodev\tsysfs\n")
+    (sysmod / "nfsd").mkdir()  # nfsd loaded, its file system not registered yet
+    assert host_kernel_gaps(filesystems=fs, sys_module=sysmod, lib_modules=libmod, release="9.9.9") == []
+    (sysmod / "nfsd").rmdir()
     (libmod / "9.9.9" / "kernel" / "net" / "ipv4" / "esp4.ko.xz").unlink()
     (sysmod / "esp4").mkdir()  # esp4 loaded
     (libmod / "9.9.9" / "kernel" / "fs" / "nfsd").mkdir(parents=True)
@@ -216,13 +260,41 @@ def test_host_kernel_gaps_names_what_the_host_kernel_lacks(tmp_path: Path) -> No
     assert host_kernel_gaps(filesystems=fs, sys_module=sysmod, lib_modules=libmod, release="9.9.9") == []
 
 
-def test_why_uml_is_stated_in_the_runner_help() -> None:
-    """``interop/run --help`` says the host-kernel mode is not implemented and why UML is used on
-    this host (the gaps of the running kernel, or that the mode is missing)."""
-    reason = why_uml()
-    assert reason.startswith("using User-Mode Linux because host kernel ") or "not implemented" in reason
+def test_runner_help_names_the_worlds_and_the_choice_here() -> None:
+    """``interop/run --help`` explains both worlds and says which one this machine gets, and why."""
+    reason = choose_world().reason
     out = subprocess.run([sys.executable, str(REPO_ROOT / "interop" / "runner.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     text = " ".join(out.split())
-    assert "network namespaces" in text and "is not implemented" in text
+    assert "User-Mode Linux" in text and "network namespaces on the host's own kernel" in text
     assert " ".join(reason.split()) in text
+
+
+def test_choose_world_follows_the_host_kernel_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WORLD_ENV, raising=False)
+    auto = choose_world()
+    if hostkernel.missing_requirements():
+        assert auto.kind == "uml" and "host-kernel mode cannot run here" in auto.reason
+    else:
+        assert auto.kind == "netns" and auto.missing == ()
+    monkeypatch.setenv(WORLD_ENV, "uml")
+    assert choose_world().kind == "uml" and "asked for" in choose_world().reason
+    monkeypatch.setenv(WORLD_ENV, "netns")
+    forced = choose_world()
+    assert forced.kind == "netns" and forced.missing == tuple(hostkernel.missing_requirements())
+    monkeypatch.setenv(WORLD_ENV, "vmware")
+    with pytest.raises(WorldChoiceError, match=r"vmware.*auto, uml, netns"):
+        choose_world()
+
+
+def test_cli_names_a_world_this_machine_lacks_in_one_line() -> None:
+    """Asking for a world the machine cannot run gives one line naming what is missing."""
+    for kind, cls in WORLDS.items():
+        missing = cls.missing()
+        if not missing:
+            continue
+        proc = subprocess.run([sys.executable, "-m", "rpclatch.cli", "interop", "linux-nfsd",
+                               "--world", kind],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert f"cannot run the Linux nfsd {kind} world here: {missing[0]}" in proc.stderr

@@ -12,12 +12,12 @@ import json
 import pytest
 
 from interop.capture import read_packets
-from interop.uml import ESP_CLIENT_ADDR, ESP_SERVER_ADDR, ESP_SPI_IN, ESP_SPI_OUT, LinuxNfsdGuest
+from interop.world import ESP_CLIENT_ADDR, ESP_SERVER_ADDR, ESP_SPI_IN, ESP_SPI_OUT, NfsdWorld
 
 pytestmark = [pytest.mark.uml, pytest.mark.root]
 
 
-def test_null_over_esp_from_guest_client_namespace(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_null_over_esp_from_guest_client_namespace(nfsd_guest: NfsdWorld) -> None:
     if not nfsd_guest.config.esp:
         pytest.skip("guest booted without ESP")
     before = {netns: nfsd_guest.xfrm_counters(netns) for netns in (None, "client")}
@@ -47,7 +47,7 @@ def test_null_over_esp_from_guest_client_namespace(nfsd_guest: LinuxNfsdGuest) -
                and p.proto == "6")
 
 
-def test_kernel_client_over_esp_from_client_namespace(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_kernel_client_over_esp_from_client_namespace(nfsd_guest: NfsdWorld) -> None:
     # the baseline for our client over ESP: the guest kernel's NFS client mounting from netns
     # "client" (its RPC transport lives in that namespace, so every packet goes through the SAs)
     if not nfsd_guest.config.esp:
@@ -73,12 +73,12 @@ def test_kernel_client_over_esp_from_client_namespace(nfsd_guest: LinuxNfsdGuest
     assert [p for p in packets if p.is_nfs_tcp] == []
 
 
-def _xfrm_stat(guest: LinuxNfsdGuest) -> dict[str, int]:
+def _xfrm_stat(guest: NfsdWorld) -> dict[str, int]:
     text = guest.run(["cat", "/proc/net/xfrm_stat"], check=True).stdout
     return {name: int(value) for name, value in (line.split() for line in text.splitlines())}
 
 
-def _null_with_socket_policy(guest: LinuxNfsdGuest, *policy: str) -> dict[str, object]:
+def _null_with_socket_policy(guest: NfsdWorld, *policy: str) -> dict[str, object]:
     res = guest.run(
         guest.python_argv("-m", "interop.probe", "null", ESP_SERVER_ADDR, "--connect-timeout", "3", *policy),
         netns="client", env=guest.guest_env(None), timeout=120,
@@ -88,7 +88,7 @@ def _null_with_socket_policy(guest: LinuxNfsdGuest, *policy: str) -> dict[str, o
     return out
 
 
-def test_server_inbound_policy_drops_a_client_that_bypasses_ipsec(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_server_inbound_policy_drops_a_client_that_bypasses_ipsec(nfsd_guest: NfsdWorld) -> None:
     # a per-socket BYPASS policy on the client overrides its global PROTECT: the SYN leaves in clear,
     # and the server's inbound SPD entry (tmpl esp) refuses it -- unprotected NFS never gets through
     if not nfsd_guest.config.esp:
@@ -104,7 +104,7 @@ def test_server_inbound_policy_drops_a_client_that_bypasses_ipsec(nfsd_guest: Li
     assert not any(p.src == ESP_SERVER_ADDR and p.proto == "6" for p in packets)  # no SYN-ACK
 
 
-def test_per_socket_esp_policy_selects_the_sa_by_reqid(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_per_socket_esp_policy_selects_the_sa_by_reqid(nfsd_guest: NfsdWorld) -> None:
     if not nfsd_guest.config.esp:
         pytest.skip("guest booted without ESP")
     before = nfsd_guest.xfrm_counters("client")

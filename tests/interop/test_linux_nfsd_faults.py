@@ -18,7 +18,7 @@ from typing import TypeVar
 import pytest
 
 from interop.probe import payload
-from interop.uml import SERVER_ADDR, LinuxNfsdGuest
+from interop.world import SERVER_ADDR, NfsdWorld
 from rpclatch.nfs4.client import Nfs4Client
 from rpclatch.nfs4.const import nfsstat4
 from rpclatch.nfs4.errors import Nfs4Error, Nfs4RemoteError, Nfs4SecurityError
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.uml, pytest.mark.root]
 T = TypeVar("T")
 
 
-def _run(guest: LinuxNfsdGuest, user: str, minor: int, sec: str,
+def _run(guest: NfsdWorld, user: str, minor: int, sec: str,
          body: Callable[[Nfs4Client], Awaitable[T]], *, ccache: str | None = None,
          target: str | None = None) -> T:
     async def main() -> T:
@@ -49,7 +49,7 @@ def _run(guest: LinuxNfsdGuest, user: str, minor: int, sec: str,
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_acknowledged_writes_survive_nfsd_restart(nfsd_guest: LinuxNfsdGuest, minor: int) -> None:
+def test_acknowledged_writes_survive_nfsd_restart(nfsd_guest: NfsdWorld, minor: int) -> None:
     d = f"/restart-v4{minor}-{uuid.uuid4().hex[:8]}"
     files = {f"{d}/f{i}.bin": payload(200_000 + i, 100 + i) for i in range(4)}
 
@@ -69,7 +69,7 @@ def test_acknowledged_writes_survive_nfsd_restart(nfsd_guest: LinuxNfsdGuest, mi
 
 
 @pytest.mark.parametrize(("minor", "sec"), [(0, "sys"), (1, "krb5i")])
-def test_same_client_survives_nfsd_restart_while_idle(nfsd_guest: LinuxNfsdGuest, minor: int,
+def test_same_client_survives_nfsd_restart_while_idle(nfsd_guest: NfsdWorld, minor: int,
                                                       sec: str) -> None:
     # one client writes, sits idle while nfsd restarts (which closes its connection), then goes
     # on: the next operation -- an OPEN, which is not idempotent -- found the connection closed
@@ -100,7 +100,7 @@ def test_same_client_survives_nfsd_restart_while_idle(nfsd_guest: LinuxNfsdGuest
     assert reconnects == 1 and recoveries == 1
 
 
-def test_restart_during_a_write_keeps_acknowledged_data(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_restart_during_a_write_keeps_acknowledged_data(nfsd_guest: NfsdWorld) -> None:
     # nfsd is restarted while a 32 MiB krb5p write (slow enough to be caught mid-way) is in flight
     # on the same session: the write either completed (then it was acknowledged and must read
     # back) or fails with an error, never hangs
@@ -142,7 +142,7 @@ def test_restart_during_a_write_keeps_acknowledged_data(nfsd_guest: LinuxNfsdGue
         assert got_big == big
 
 
-def test_kdc_stopped_gives_a_kerberos_error(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_kdc_stopped_gives_a_kerberos_error(nfsd_guest: NfsdWorld) -> None:
     async def body(client: Nfs4Client) -> None:
         await client.stat("/krb5only/file.txt")
 
@@ -156,7 +156,7 @@ def test_kdc_stopped_gives_a_kerberos_error(nfsd_guest: LinuxNfsdGuest) -> None:
     assert "kdc" in text.lower() and "kinit" in text, text
 
 
-def test_wrong_service_principal_fails_cleanly(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_wrong_service_principal_fails_cleanly(nfsd_guest: NfsdWorld) -> None:
     async def body(client: Nfs4Client) -> None:
         await client.stat("/krb5only/file.txt")
 
@@ -172,7 +172,7 @@ def test_wrong_service_principal_fails_cleanly(nfsd_guest: LinuxNfsdGuest) -> No
     assert isinstance(info.value.__cause__, RpcConnectionClosed)
 
 
-def test_withdrawn_export_is_an_nfs_error(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_withdrawn_export_is_an_nfs_error(nfsd_guest: NfsdWorld) -> None:
     results: dict[str, object] = {}
 
     async def body(client: Nfs4Client) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from interop.capture import read_fields
-from interop.uml import NFS_PORT, SERVER_ADDR, LinuxNfsdGuest
+from interop.world import NFS_PORT, SERVER_ADDR, NfsdWorld
 from rpclatch.gss.client import GssClientAuth, VersionPolicy
 from rpclatch.gss.errors import GssError, VersionNotSupported
 from rpclatch.gss.provider import GssapiProvider
@@ -40,14 +40,14 @@ async def _with_client(fn: Callable[[RpcCall], Awaitable[None]]) -> None:
         await client.close()
 
 
-def _fresh_ccache(guest: LinuxNfsdGuest, name: str) -> None:
+def _fresh_ccache(guest: NfsdWorld, name: str) -> None:
     path = guest.run_dir / f"host-{name}.ccache"
     path.unlink(missing_ok=True)
     os.environ["KRB5CCNAME"] = f"FILE:{path}"
 
 
 def test_v2_init_refused_with_badcred_then_v1_context(
-    nfsd_guest: LinuxNfsdGuest, caplog: pytest.LogCaptureFixture
+    nfsd_guest: NfsdWorld, caplog: pytest.LogCaptureFixture
 ) -> None:
     auth = GssClientAuth(GssapiProvider(), nfsd_guest.service_name, service=Service.INTEGRITY,
                          versions=VersionPolicy.PREFER_V2)
@@ -74,7 +74,7 @@ def test_v2_init_refused_with_badcred_then_v1_context(
 
 
 @pytest.mark.parametrize("sec", ["krb5", "krb5i", "krb5p"])
-def test_null_data_call_with_each_service(nfsd_guest: LinuxNfsdGuest, sec: str) -> None:
+def test_null_data_call_with_each_service(nfsd_guest: NfsdWorld, sec: str) -> None:
     auth = GssClientAuth(GssapiProvider(), nfsd_guest.service_name, service=SERVICES[sec],
                          versions=VersionPolicy.V1_ONLY)
 
@@ -92,7 +92,7 @@ def test_null_data_call_with_each_service(nfsd_guest: LinuxNfsdGuest, sec: str) 
     assert [(svc, seq) for _, svc, seq in rows] == [(str(int(SERVICES[sec])), str(n)) for n in (1, 2, 3)]
 
 
-def test_require_v2_does_not_fall_back(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_require_v2_does_not_fall_back(nfsd_guest: NfsdWorld) -> None:
     auth = GssClientAuth(GssapiProvider(), nfsd_guest.service_name, versions=VersionPolicy.REQUIRE_V2)
 
     async def body(rpc_call: RpcCall) -> None:
@@ -104,7 +104,7 @@ def test_require_v2_does_not_fall_back(nfsd_guest: LinuxNfsdGuest) -> None:
     assert auth.version is None
 
 
-def test_unknown_service_principal_is_a_local_gss_error(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_unknown_service_principal_is_a_local_gss_error(nfsd_guest: NfsdWorld) -> None:
     auth = GssClientAuth(GssapiProvider(), f"nfs@nosuchhost.{nfsd_guest.config.domain}",
                          versions=VersionPolicy.V1_ONLY)
 
@@ -116,7 +116,7 @@ def test_unknown_service_principal_is_a_local_gss_error(nfsd_guest: LinuxNfsdGue
     assert "not found" in str(info.value).lower(), str(info.value)
 
 
-def test_service_principal_without_server_key_fails_cleanly(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_service_principal_without_server_key_fails_cleanly(nfsd_guest: NfsdWorld) -> None:
     # nfs/wrong.rpclatch.test exists in the KDC but not in the server's keytab
     auth = GssClientAuth(GssapiProvider(), f"nfs@wrong.{nfsd_guest.config.domain}",
                          versions=VersionPolicy.V1_ONLY)
@@ -130,7 +130,7 @@ def test_service_principal_without_server_key_fails_cleanly(nfsd_guest: LinuxNfs
     assert not auth.established
 
 
-def test_kdc_stopped_is_a_clear_error(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_kdc_stopped_is_a_clear_error(nfsd_guest: NfsdWorld) -> None:
     nfsd_guest.stop_kdc()
     try:
         auth = GssClientAuth(GssapiProvider(), nfsd_guest.service_name, versions=VersionPolicy.V1_ONLY)

@@ -10,13 +10,13 @@ import uuid
 
 import pytest
 
-from interop.uml import GuestCommandError, LinuxNfsdGuest
+from interop.world import GuestCommandError, NfsdWorld
 
 pytestmark = [pytest.mark.uml, pytest.mark.root]
 
 
 @pytest.mark.parametrize("sec", ["sys", "krb5", "krb5i", "krb5p"])
-def test_kernel_client_mounts_root_and_writes(nfsd_guest: LinuxNfsdGuest, sec: str) -> None:
+def test_kernel_client_mounts_root_and_writes(nfsd_guest: NfsdWorld, sec: str) -> None:
     mnt = nfsd_guest.kernel_mount("/", sec=sec, vers="4.1")
     try:
         assert nfsd_guest.run(["cat", f"{mnt}/file.txt"], check=True).stdout == "secret-data /\n"
@@ -29,7 +29,7 @@ def test_kernel_client_mounts_root_and_writes(nfsd_guest: LinuxNfsdGuest, sec: s
     assert on_server == payload
 
 
-def test_kernel_client_krb5ponly_needs_krb5p(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_kernel_client_krb5ponly_needs_krb5p(nfsd_guest: NfsdWorld) -> None:
     mnt = nfsd_guest.kernel_mount("/krb5ponly", sec="krb5p", vers="4.1")
     try:
         out = nfsd_guest.run(["cat", f"{mnt}/file.txt"], check=True).stdout

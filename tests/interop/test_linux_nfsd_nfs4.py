@@ -18,7 +18,7 @@ import pytest
 
 from interop.capture import read_fields
 from interop.probe import payload
-from interop.uml import SERVER_ADDR, LinuxNfsdGuest
+from interop.world import SERVER_ADDR, NfsdWorld
 from rpclatch.nfs4.client import Nfs4Client
 from rpclatch.nfs4.const import nfsstat4
 from rpclatch.nfs4.errors import Nfs4RemoteError, Nfs4SecurityError
@@ -30,7 +30,7 @@ NFS4ERR_WRONGSEC = 10016
 OP_SECINFO, OP_SECINFO_NO_NAME = 33, 52
 
 
-def _run(guest: LinuxNfsdGuest, user: str, minor: int, sec: str,
+def _run(guest: NfsdWorld, user: str, minor: int, sec: str,
          body: Callable[[Nfs4Client], Awaitable[T]]) -> T:
     """Connect from the host-side namespace as ``user``, run ``body``, close."""
 
@@ -50,7 +50,7 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def test_null(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_null(nfsd_guest: NfsdWorld) -> None:
     async def body(client: Nfs4Client) -> None:
         await client.null()
 
@@ -58,7 +58,7 @@ def test_null(nfsd_guest: LinuxNfsdGuest) -> None:
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_auth_sys_write_read_list_stat_remove(nfsd_guest: LinuxNfsdGuest, minor: int) -> None:
+def test_auth_sys_write_read_list_stat_remove(nfsd_guest: NfsdWorld, minor: int) -> None:
     d = f"/{_name(f'sys-v4{minor}')}"
     data = payload(100_000, minor)
 
@@ -87,7 +87,7 @@ def test_auth_sys_write_read_list_stat_remove(nfsd_guest: LinuxNfsdGuest, minor:
 
 @pytest.mark.parametrize("minor", [0, 1])
 @pytest.mark.parametrize("sec", ["krb5", "krb5i", "krb5p"])
-def test_kerberos_round_trip_on_krb5_only_export(nfsd_guest: LinuxNfsdGuest, sec: str, minor: int) -> None:
+def test_kerberos_round_trip_on_krb5_only_export(nfsd_guest: NfsdWorld, sec: str, minor: int) -> None:
     path = f"/krb5only/{_name(f'{sec}-v4{minor}')}.bin"
     data = payload(300_000, 7)
 
@@ -111,7 +111,7 @@ LARGE_FILE_CASES = [
 
 
 @pytest.mark.parametrize(("sec", "size"), LARGE_FILE_CASES)
-def test_large_file_checksums(nfsd_guest: LinuxNfsdGuest, sec: str, size: int) -> None:
+def test_large_file_checksums(nfsd_guest: NfsdWorld, sec: str, size: int) -> None:
     path = f"/{_name(f'large-{sec}')}.bin"
     data = payload(size, size + len(sec))
     want = hashlib.sha256(data).hexdigest()
@@ -130,7 +130,7 @@ def test_large_file_checksums(nfsd_guest: LinuxNfsdGuest, sec: str, size: int) -
 
 @pytest.mark.parametrize("sec", ["sys", "krb5", "krb5i", "krb5p"])
 def test_kernel_client_reads_what_we_wrote_and_we_read_what_it_wrote(
-    nfsd_guest: LinuxNfsdGuest, sec: str
+    nfsd_guest: NfsdWorld, sec: str
 ) -> None:
     ours = f"/{_name('ours')}.bin"
     theirs = f"/{_name('kernel')}.bin"
@@ -158,7 +158,7 @@ def test_kernel_client_reads_what_we_wrote_and_we_read_what_it_wrote(
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_wrongsec_then_secinfo_then_krb5p(nfsd_guest: LinuxNfsdGuest, minor: int) -> None:
+def test_wrongsec_then_secinfo_then_krb5p(nfsd_guest: NfsdWorld, minor: int) -> None:
     async def body(client: Nfs4Client) -> tuple[bytes, str | None, str | None]:
         first = client.flavor.value if client.flavor is not None else None
         data = await client.read_bytes("/krb5ponly/file.txt")
@@ -176,7 +176,7 @@ def test_wrongsec_then_secinfo_then_krb5p(nfsd_guest: LinuxNfsdGuest, minor: int
 
 
 @pytest.mark.parametrize("sec", ["sys", "krb5i"])
-def test_krb5p_only_export_refuses_weaker_flavor_clearly(nfsd_guest: LinuxNfsdGuest, sec: str) -> None:
+def test_krb5p_only_export_refuses_weaker_flavor_clearly(nfsd_guest: NfsdWorld, sec: str) -> None:
     async def body(client: Nfs4Client) -> bytes:
         return await client.read_bytes("/krb5ponly/file.txt")
 

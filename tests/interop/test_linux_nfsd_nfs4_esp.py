@@ -15,7 +15,7 @@ import pytest
 
 from interop.capture import read_packets
 from interop.probe import payload
-from interop.uml import ESP_SERVER_ADDR, ESP_SPI_IN, ESP_SPI_OUT, LinuxNfsdGuest
+from interop.world import ESP_SERVER_ADDR, ESP_SPI_IN, ESP_SPI_OUT, NfsdWorld
 
 pytestmark = [pytest.mark.uml, pytest.mark.root]
 
@@ -23,7 +23,7 @@ SIZE = 1 << 20
 
 
 @pytest.mark.parametrize(("sec", "minor"), [("sys", 1), ("krb5i", 1), ("krb5p", 0)])
-def test_round_trip_over_esp(nfsd_guest: LinuxNfsdGuest, sec: str, minor: int) -> None:
+def test_round_trip_over_esp(nfsd_guest: NfsdWorld, sec: str, minor: int) -> None:
     if not nfsd_guest.config.esp:
         pytest.skip("guest booted without ESP")
     base = "/" if sec == "sys" else "/krb5only/"
@@ -53,7 +53,7 @@ def test_round_trip_over_esp(nfsd_guest: LinuxNfsdGuest, sec: str, minor: int) -
     assert [p for p in packets if p.is_nfs_tcp] == []
 
 
-def test_cli_over_esp_follows_wrongsec_and_refuses_weaker_flavor(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_cli_over_esp_follows_wrongsec_and_refuses_weaker_flavor(nfsd_guest: NfsdWorld) -> None:
     if not nfsd_guest.config.esp:
         pytest.skip("guest booted without ESP")
     env = nfsd_guest.guest_env("bob", "client")

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from interop.uml import NFS_PORT, SERVER_ADDR, LinuxNfsdGuest
+from interop.world import NFS_PORT, SERVER_ADDR, NfsdWorld
 from rpclatch.rpc.aio import RpcStreamClient
 from rpclatch.rpc.auth_sys import AuthNoneClient, AuthSysClient
 from rpclatch.rpc.errors import RpcAcceptError
@@ -33,7 +33,7 @@ async def _null(
 
 
 @pytest.mark.parametrize("auth", ["none", "sys"])
-def test_null_v4_in_process_from_host_namespace(nfsd_guest: LinuxNfsdGuest, auth: str) -> None:
+def test_null_v4_in_process_from_host_namespace(nfsd_guest: NfsdWorld, auth: str) -> None:
     flavor = AuthNoneClient() if auth == "none" else AuthSysClient.for_current_process()
     with nfsd_guest.in_host_netns():
         result, peer = asyncio.run(_null(4, flavor))
@@ -41,7 +41,7 @@ def test_null_v4_in_process_from_host_namespace(nfsd_guest: LinuxNfsdGuest, auth
     assert peer == SERVER_ADDR
 
 
-def test_null_v3_is_prog_mismatch_with_supported_range(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_null_v3_is_prog_mismatch_with_supported_range(nfsd_guest: NfsdWorld) -> None:
     # the guest runs rpc.nfsd -N 3: only NFSv4 is registered, so v3 gets PROG_MISMATCH 4..4
     with nfsd_guest.in_host_netns(), pytest.raises(RpcAcceptError) as info:
         asyncio.run(_null(3, AuthNoneClient()))
@@ -49,13 +49,13 @@ def test_null_v3_is_prog_mismatch_with_supported_range(nfsd_guest: LinuxNfsdGues
     assert info.value.mismatch == (4, 4)
 
 
-def test_unknown_program_on_nfs_port_is_prog_unavail(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_unknown_program_on_nfs_port_is_prog_unavail(nfsd_guest: NfsdWorld) -> None:
     with nfsd_guest.in_host_netns(), pytest.raises(RpcAcceptError) as info:
         asyncio.run(_null(1, AuthNoneClient(), prog=0x2000FFFF))
     assert info.value.stat is AcceptStat.PROG_UNAVAIL
 
 
-def test_probe_null_subprocess_in_host_namespace(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_probe_null_subprocess_in_host_namespace(nfsd_guest: NfsdWorld) -> None:
     res = nfsd_guest.host_run(
         [nfsd_guest.config.python, "-m", "interop.probe", "null", SERVER_ADDR, "--auth", "sys"],
         env=nfsd_guest.host_env(None), timeout=60,
@@ -65,7 +65,7 @@ def test_probe_null_subprocess_in_host_namespace(nfsd_guest: LinuxNfsdGuest) -> 
     assert out["ok"] and out["result_len"] == 0 and out["local"][0] == "192.0.2.1"
 
 
-def test_rpcinfo_lists_nfs_v4_tcp_2049(nfsd_guest: LinuxNfsdGuest) -> None:
+def test_rpcinfo_lists_nfs_v4_tcp_2049(nfsd_guest: NfsdWorld) -> None:
     res = nfsd_guest.host_run(["rpcinfo", "-p", SERVER_ADDR], timeout=60)
     assert res.ok, res
     rows = {tuple(line.split()[:4]) for line in res.stdout.splitlines()[1:]}

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from interop.uml import SERVER_ADDR, CommandResult, LinuxNfsdGuest
+from interop.world import SERVER_ADDR, CommandResult, NfsdWorld
 
 pytestmark = [pytest.mark.uml, pytest.mark.root, pytest.mark.timeout(600)]
 
 
-def nfs(guest: LinuxNfsdGuest, *argv: str, user: str | None = "alice",
+def nfs(guest: NfsdWorld, *argv: str, user: str | None = "alice",
         stdin: str | None = None, target: str | None = None) -> CommandResult:
     # not "-m rpclatch.cli": that would make a second copy of the module (__main__) whose
     # UserError is not the one the commands raise
@@ -30,7 +30,7 @@ def assert_one_line_error(r: CommandResult, text: str) -> None:
     assert text in lines[0], lines[0]
 
 
-def test_ls_get_put_cat_rm(nfsd: LinuxNfsdGuest, tmp_path: Path) -> None:
+def test_ls_get_put_cat_rm(nfsd: NfsdWorld, tmp_path: Path) -> None:
     r = nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--sec", "sys")
     assert r.ok, r.stderr
     assert any(line.endswith(" file.txt") and line.startswith("-rw-r--r--") for line in r.stdout.splitlines())
@@ -61,7 +61,7 @@ def test_ls_get_put_cat_rm(nfsd: LinuxNfsdGuest, tmp_path: Path) -> None:
     assert r.ok and r.stdout == "secret-data /krb5only\n", r
 
 
-def test_errors_are_one_line(nfsd: LinuxNfsdGuest) -> None:
+def test_errors_are_one_line(nfsd: NfsdWorld) -> None:
     assert_one_line_error(nfs(nfsd, "cat", f"{SERVER_ADDR}:/nope.txt", "--sec", "sys"),
                           f"{SERVER_ADDR}:/nope.txt: no such file or directory")
     assert_one_line_error(nfs(nfsd, "cat", f"{SERVER_ADDR}:/krb5ponly/file.txt", "--sec", "sys"),

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import pytest
 
-from interop.uml import SERVER_ADDR, LinuxNfsdGuest
+from interop.world import SERVER_ADDR, NfsdWorld
 from rpclatch.connect.nfs import connection_security
 from rpclatch.nfs4.client import Nfs4Client, _Open
 from rpclatch.nfs4.const import nfs_ftype4, nfsstat4, stable_how4, state_protect_how4
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.uml, pytest.mark.root, pytest.mark.timeout(600)]
 T = TypeVar("T")
 
 
-def run(guest: LinuxNfsdGuest, minor: int, sec: str, body: Callable[[Nfs4Client], Awaitable[T]],
+def run(guest: NfsdWorld, minor: int, sec: str, body: Callable[[Nfs4Client], Awaitable[T]],
         **kw: bool) -> T:
     async def main() -> T:
         client = await Nfs4Client.connect(SERVER_ADDR, minorversion=minor, sec=sec,
@@ -44,7 +44,7 @@ def run(guest: LinuxNfsdGuest, minor: int, sec: str, body: Callable[[Nfs4Client]
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_sys_file_operations(nfsd: LinuxNfsdGuest, minor: int) -> None:
+def test_sys_file_operations(nfsd: NfsdWorld, minor: int) -> None:
     data = os.urandom(3 * 1024 * 1024 + 12345)
     name = f"/sys-{minor}.bin"
 
@@ -72,7 +72,7 @@ def test_sys_file_operations(nfsd: LinuxNfsdGuest, minor: int) -> None:
 
 
 @pytest.mark.parametrize(("minor", "sec"), [(1, "krb5"), (1, "krb5i"), (1, "krb5p"), (0, "krb5p")])
-def test_kerberos_flavors(nfsd: LinuxNfsdGuest, minor: int, sec: str) -> None:
+def test_kerberos_flavors(nfsd: NfsdWorld, minor: int, sec: str) -> None:
     async def body(c: Nfs4Client) -> bytes:
         assert c.flavor is SecFlavor(sec) and c.machine_flavor is SecFlavor(sec)
         payload = os.urandom(300_000)
@@ -85,7 +85,7 @@ def test_kerberos_flavors(nfsd: LinuxNfsdGuest, minor: int, sec: str) -> None:
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_concurrent_creates_and_multi_page_readdir(nfsd: LinuxNfsdGuest, minor: int) -> None:
+def test_concurrent_creates_and_multi_page_readdir(nfsd: NfsdWorld, minor: int) -> None:
     """300 files created concurrently on one connection (4.1: the slot table keeps up to 16 in
     flight), then one READDIR walk that needs several replies (cookie + cookieverf)."""
     base = f"/many-{minor}"
@@ -110,7 +110,7 @@ def test_concurrent_creates_and_multi_page_readdir(nfsd: LinuxNfsdGuest, minor: 
 
 
 @pytest.mark.parametrize(("minor", "sec"), [(0, "sys"), (1, "sys"), (1, "krb5i")])
-def test_reconnects_after_the_connection_is_reset(nfsd: LinuxNfsdGuest, minor: int, sec: str) -> None:
+def test_reconnects_after_the_connection_is_reset(nfsd: NfsdWorld, minor: int, sec: str) -> None:
     """The transport is aborted in the middle of pipelined WRITEs and READs (as the latching layer
     does when a latch breaks): the client reconnects through its security hook with fresh GSS
     contexts, re-synchronises lost 4.1 slots, and finishes both transfers intact."""
@@ -143,7 +143,7 @@ def test_reconnects_after_the_connection_is_reset(nfsd: LinuxNfsdGuest, minor: i
     assert reconnects == 2 and got == data
 
 
-def test_sp4_mach_cred_session(nfsd: LinuxNfsdGuest) -> None:
+def test_sp4_mach_cred_session(nfsd: NfsdWorld) -> None:
     """EXCHANGE_ID with SP4_MACH_CRED over krb5i (RFC 8881 §18.35): the server agrees, and the
     enforced operations (DESTROY_SESSION, DESTROY_CLIENTID at close) go with the machine cred."""
     async def body(c: Nfs4Client) -> tuple[state_protect_how4, bytes]:
@@ -153,13 +153,13 @@ def test_sp4_mach_cred_session(nfsd: LinuxNfsdGuest) -> None:
     assert how == state_protect_how4.SP4_MACH_CRED and data == b"secret-data /\n"
 
 
-def test_sp4_mach_cred_needs_integrity(nfsd: LinuxNfsdGuest) -> None:
+def test_sp4_mach_cred_needs_integrity(nfsd: NfsdWorld) -> None:
     with pytest.raises(Nfs4SecurityError, match="SP4_MACH_CRED needs krb5i or krb5p"):
         run(nfsd, 1, "sys", lambda c: c.stat("/"), state_protect=True)
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_wrongsec_names_the_required_flavor(nfsd: LinuxNfsdGuest, minor: int) -> None:
+def test_wrongsec_names_the_required_flavor(nfsd: NfsdWorld, minor: int) -> None:
     async def body(c: Nfs4Client) -> None:
         await c.read_bytes("/krb5ponly/file.txt")
 
@@ -169,7 +169,7 @@ def test_wrongsec_names_the_required_flavor(nfsd: LinuxNfsdGuest, minor: int) ->
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_auto_follows_secinfo_to_krb5p(nfsd: LinuxNfsdGuest, minor: int) -> None:
+def test_auto_follows_secinfo_to_krb5p(nfsd: NfsdWorld, minor: int) -> None:
     async def body(c: Nfs4Client) -> tuple[bytes, SecFlavor | None]:
         return await c.read_bytes("/krb5ponly/file.txt"), c.flavor
 
@@ -178,7 +178,7 @@ def test_auto_follows_secinfo_to_krb5p(nfsd: LinuxNfsdGuest, minor: int) -> None
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_auto_through_the_connect_hook_follows_the_policy_order(nfsd: LinuxNfsdGuest, minor: int) -> None:
+def test_auto_through_the_connect_hook_follows_the_policy_order(nfsd: NfsdWorld, minor: int) -> None:
     """``--sec auto`` through BYPASS-OR-PROTECT (rpclatch.connect.nfs): no IPsec channel is bound,
     so the policy wants krb5p before krb5i; the exports list krb5i first (sec=...:krb5i:krb5p),
     yet the data flavor is krb5p -- for the root (4.1 SECINFO_NO_NAME; 4.0 has no SECINFO there)
@@ -205,7 +205,7 @@ def test_auto_through_the_connect_hook_follows_the_policy_order(nfsd: LinuxNfsdG
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_idle_client_renews_its_lease(nfsd: LinuxNfsdGuest, minor: int) -> None:
+def test_idle_client_renews_its_lease(nfsd: NfsdWorld, minor: int) -> None:
     async def body(c: Nfs4Client) -> tuple[int, Exception | None]:
         assert c.lease_time == nfsd.config.lease_time
         await asyncio.sleep(c.lease_time * 0.7)  # idle > lease/3: the loop must have renewed
@@ -216,7 +216,7 @@ def test_idle_client_renews_its_lease(nfsd: LinuxNfsdGuest, minor: int) -> None:
     assert renewals >= 1 and error is None
 
 
-def test_changed_write_verifier_rewrites_the_window(nfsd: LinuxNfsdGuest) -> None:
+def test_changed_write_verifier_rewrites_the_window(nfsd: NfsdWorld) -> None:
     """RFC 7530 §16.36.4 / §16.3.5: an nfsd restart between UNSTABLE WRITE and COMMIT changes the
     write verifier; the client must notice and write the uncommitted data again FILE_SYNC."""
     data = os.urandom(100_000)  # one WRITE (below wsize)
@@ -246,7 +246,7 @@ def test_changed_write_verifier_rewrites_the_window(nfsd: LinuxNfsdGuest) -> Non
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_survives_a_server_restart_during_a_write(nfsd: LinuxNfsdGuest, minor: int) -> None:
+def test_survives_a_server_restart_during_a_write(nfsd: NfsdWorld, minor: int) -> None:
     """nfsd restarts in the middle of an upload: the connection drops (reconnect), the server has
     forgotten our client ID / session (new one, RFC 7530 §9.6.2 / RFC 8881 §8.4.2), the open
     stateid is void (the WRITEs under way go on with the anonymous stateid, the next ones open the
@@ -273,7 +273,7 @@ def test_survives_a_server_restart_during_a_write(nfsd: LinuxNfsdGuest, minor: i
     assert reconnects >= 1 and recoveries == 1 and rewrites == 1 and reopens == 1
 
 
-def server_opens(guest: LinuxNfsdGuest, client_name: str) -> int:
+def server_opens(guest: NfsdWorld, client_name: str) -> int:
     """How many open stateids nfsd holds for the client named ``client_name``
     (/proc/fs/nfsd/clients/*/states, Linux >= 5.3)."""
     script = ('n=0; for d in /proc/fs/nfsd/clients/*/; do if grep -qF "$1" "$d/info"; then '
@@ -282,7 +282,7 @@ def server_opens(guest: LinuxNfsdGuest, client_name: str) -> int:
 
 
 @pytest.mark.parametrize("minor", [0, 1])
-def test_open_file_is_reopened_after_a_restart(nfsd: LinuxNfsdGuest, minor: int) -> None:
+def test_open_file_is_reopened_after_a_restart(nfsd: NfsdWorld, minor: int) -> None:
     """A file is open for reading while nfsd restarts (the client idle between two READs): the
     client reconnects, makes a new client ID / session, and opens the file again (4.1 CLAIM_FH,
     4.0 by name) before its next READ, so the server holds an open for it again -- rather than
@@ -312,7 +312,7 @@ def test_open_file_is_reopened_after_a_restart(nfsd: LinuxNfsdGuest, minor: int)
     assert recoveries == 1 and reopens == 1 and opens == [0, 1]
 
 
-def test_grace_period_is_waited_out(nfsd: LinuxNfsdGuest) -> None:
+def test_grace_period_is_waited_out(nfsd: NfsdWorld) -> None:
     """After an nfsd restart OPEN gets NFS4ERR_GRACE until the grace period ends; the client
     retries with backoff instead of failing, and goes on once the server stops saying GRACE.
 
@@ -351,14 +351,14 @@ def test_grace_period_is_waited_out(nfsd: LinuxNfsdGuest) -> None:
     assert graced >= 1 and pending and retries["NFS4ERR_GRACE"] >= graced
 
 
-def server_delegations(guest: LinuxNfsdGuest) -> int:
+def server_delegations(guest: NfsdWorld) -> int:
     """How many delegations nfsd has handed out, over all its clients (/proc/fs/nfsd/clients)."""
     script = ('n=0; for d in /proc/fs/nfsd/clients/*/; do '
               'n=$((n + $(grep -c "type: deleg" "$d/states"))); done; echo $n')
     return int(guest.run(["sh", "-c", script], check=True).stdout)
 
 
-def test_delegation_recall_delay_is_retried(nfsd: LinuxNfsdGuest) -> None:
+def test_delegation_recall_delay_is_retried(nfsd: NfsdWorld) -> None:
     """A real NFS4ERR_DELAY: the guest's kernel NFS client holds a file open for reading and with
     it a read delegation; our OPEN for writing conflicts with it, so nfsd recalls the delegation
     and answers NFS4ERR_DELAY (RFC 8881 §10.4.4 / RFC 7530 §10.4.4; Linux: the lease break is
