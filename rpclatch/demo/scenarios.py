@@ -21,7 +21,7 @@ from rpclatch.connect.world import ConnectError
 from rpclatch.demo.diagram import render_html, render_svg
 from rpclatch.demo.model import Check, ScenarioResult, TraceEvent
 from rpclatch.demo.rundir import slug
-from rpclatch.demo.wiretap import SERVICE_NAMES, WireView
+from rpclatch.demo.wiretap import WireView
 from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec import examples
@@ -231,17 +231,6 @@ def marker_bytes(data: bytes) -> int:
 
 def frames_with_marker(dw: DemoWorld) -> int:
     return sum(1 for r in dw.wire() if MARKER in r.frame)
-
-
-def services_after(view: WireView, t: float) -> list[str]:
-    out: list[str] = []
-    for c in view.calls:
-        if c.time < t or c.gss_proc is None or c.gss_proc.name != "RPCSEC_GSS_DATA" or c.service is None:
-            continue
-        name = SERVICE_NAMES[c.service]
-        if name not in out:
-            out.append(name)
-    return out
 
 
 def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | None = None) -> list[int]:
@@ -597,8 +586,8 @@ def policy_change(
     )
     o.check(
         "channel_prot still accepted after the server change",
-        ok_pinned and services_after(view, t_server)[:1] == ["channel_prot"],
-        f"services after the server change: {services_after(view, t_server)}",
+        ok_pinned and view.data_services(after=t_server)[:1] == ["channel_prot"],
+        f"services after the server change: {view.data_services(after=t_server)}",
     )
     o.check(
         "client latch BROKEN by its policy change",

@@ -192,11 +192,14 @@ class WireView:
 
     # -- questions -------------------------------------------------------------------------------
 
-    def data_services(self, sender: str | None = None) -> list[str]:
-        """Distinct services of RPCSEC_GSS DATA calls, in order of first appearance."""
+    def data_services(self, sender: str | None = None, after: float | None = None) -> list[str]:
+        """Distinct services of RPCSEC_GSS DATA calls, in order of first appearance; only calls
+        sent by ``sender`` and at or after time ``after`` when given."""
         seen: list[str] = []
         for c in self.calls:
             if sender is not None and c.sender != sender:
+                continue
+            if after is not None and c.time < after:
                 continue
             if c.gss_proc is GssProc.RPCSEC_GSS_DATA and c.service is not None:
                 name = SERVICE_NAMES[c.service]

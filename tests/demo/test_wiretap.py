@@ -3,6 +3,8 @@ the RPCSEC_GSS service actually used and what a receiver could read."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from rpclatch.connect.gss import RpcsecGssConnector
@@ -12,6 +14,7 @@ from rpclatch.demo.wiretap import WireView
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
+from rpclatch.gss.wire import GssProc
 from rpclatch.ipsec.sim.rpc import SimRpcClient, SimRpcServer
 from rpclatch.ipsec.sim.world import World
 from rpclatch.rpc.auth import ClientAuth
@@ -39,12 +42,9 @@ class _Link:
         return self.client.call(prog, vers, proc, args, auth)
 
 
-@pytest.mark.parametrize(
-    ("protection", "readable"), [(Protection.INTEGRITY, True), (Protection.PRIVACY, False)]
-)
-def test_wire_shows_service_and_readability(
-    realm: ThrowawayRealm, protection: Protection, readable: bool
-) -> None:
+def _gss_world(realm: ThrowawayRealm) -> tuple[World, SimRpcClient]:
+    """A cleartext sim world: an RPC server with the test program under RPCSEC_GSS, a client
+    connection to it."""
     world = World(seed=7)
     client_host = world.add_host("client", "192.0.2.10")
     server_host = world.add_host("server", "192.0.2.20")
@@ -52,8 +52,10 @@ def test_wire_shows_service_and_readability(
     add_test_program(dispatcher)
     dispatcher.add_flavor(GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab)))
     SimRpcServer(server_host.listen(2049), dispatcher)
-    client = SimRpcClient(client_host.connect("192.0.2.20", 2049))
-    link = _Link(client)
+    return world, SimRpcClient(client_host.connect("192.0.2.20", 2049))
+
+
+def _gss_context(realm: ThrowawayRealm, client: SimRpcClient, protection: Protection) -> Any:
     gss = RpcsecGssConnector(
         GssapiProvider(ccache=realm.default_user.ccache),
         realm.service_name,
@@ -61,10 +63,23 @@ def test_wire_shows_service_and_readability(
         RPCLATCH_TEST_VERS,
         protection,
     )
-    ctx = run_to_completion(gss.establish(link, want_v2=False))  # type: ignore[arg-type]
-    auth = ctx.auth(GssService(protection.value))
+    return run_to_completion(gss.establish(_Link(client), want_v2=False))  # type: ignore[arg-type]
+
+
+def _echo(client: SimRpcClient, auth: ClientAuth) -> None:
     reply = client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(MARKER), auth)
     assert decode_opaque(reply) == MARKER
+
+
+@pytest.mark.parametrize(
+    ("protection", "readable"), [(Protection.INTEGRITY, True), (Protection.PRIVACY, False)]
+)
+def test_wire_shows_service_and_readability(
+    realm: ThrowawayRealm, protection: Protection, readable: bool
+) -> None:
+    world, client = _gss_world(realm)
+    ctx = _gss_context(realm, client, protection)
+    _echo(client, ctx.auth(GssService(protection.value)))
 
     view = WireView(world.wire, [])
     assert view.data_services() == [protection.value]
@@ -74,3 +89,21 @@ def test_wire_shows_service_and_readability(
     assert view.cleartext_bytes(port=2049) > len(MARKER)
     with pytest.raises(Exception, match="would use"):
         ctx.auth(GssService.CHANNEL_PROT)
+
+
+def test_data_services_after_a_time(realm: ThrowawayRealm) -> None:
+    """``after=`` keeps the DATA calls sent at or after that time (the demo's "services after the
+    server change" check)."""
+    world, client = _gss_world(realm)
+    _echo(client, _gss_context(realm, client, Protection.INTEGRITY).auth(GssService.INTEGRITY))
+    world.run_for(5.0)
+    t_change = world.now
+    privacy = _gss_context(realm, client, Protection.PRIVACY)
+    _echo(client, privacy.auth(GssService.PRIVACY))
+    view = WireView(world.wire, [])
+    assert view.data_services() == ["krb5i", "krb5p"]
+    assert view.data_services(after=t_change) == ["krb5p"]
+    assert view.data_services("client", after=t_change) == ["krb5p"]
+    assert view.data_services("server", after=t_change) == []
+    first_data = min(c.time for c in view.calls if c.gss_proc is GssProc.RPCSEC_GSS_DATA)
+    assert view.data_services(after=first_data) == ["krb5i", "krb5p"]  # at the time counts
