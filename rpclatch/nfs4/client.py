@@ -1084,12 +1084,15 @@ class Nfs4Client:
                     continue
                 got = len(data)
                 # A short read without eof leaves a gap: fill it before going on (RFC 7530 §16.23.4).
-                while got < count and not eof_here:
-                    more, eof_here = await self._read_at(f, off + got, count - got)
-                    if not more and not eof_here:
-                        raise Nfs4ProtocolError("READ returned no data and no eof")
-                    data += more
-                    got += len(more)
+                if got < count and not eof_here:
+                    parts = [data]
+                    while got < count and not eof_here:
+                        more, eof_here = await self._read_at(f, off + got, count - got)
+                        if not more and not eof_here:
+                            raise Nfs4ProtocolError("READ returned no data and no eof")
+                        parts.append(more)
+                        got += len(more)
+                    data = b"".join(parts)
                 if data:
                     done += len(data)
                     if progress is not None:
@@ -1127,14 +1130,16 @@ class Nfs4Client:
                 nonlocal total
                 off, data, task = pending.popleft()
                 count, _committed, verf = await task
-                while count < len(data):  # short write: the rest, synchronously
-                    more, _c, verf2 = await self._write_at(f, off + count, data[count:],
-                                                           stable_how4.UNSTABLE4)
+
+                def check_rest(more: int, _committed: stable_how4, verf2: bytes) -> None:
+                    nonlocal verf
                     if more == 0:
                         raise Nfs4ProtocolError("WRITE wrote nothing")
                     if verf2 != verf:
                         verf = b""  # forces the window to be resent stable
-                    count += more
+
+                # short write: the rest, synchronously
+                await self._write_rest(f, off, data, count, stable_how4.UNSTABLE4, check_rest)
                 uncommitted.append((off, data, verf))
                 total += len(data)
                 if progress is not None:
@@ -1186,13 +1191,25 @@ class Nfs4Client:
         log.warning("write verifier changed (server restarted?): rewriting %d bytes FILE_SYNC",
                     sum(len(d) for _, d, _ in chunks))
         self.rewrites += 1
+
+        def check_sync(n: int, committed: stable_how4, _verf: bytes) -> None:
+            if n == 0 or committed != stable_how4.FILE_SYNC4:
+                raise Nfs4LocalError("server did not accept a FILE_SYNC rewrite")
+
         for off, data, _ in chunks:
-            done = 0
-            while done < len(data):
-                n, committed, _v = await self._write_at(f, off + done, data[done:], stable_how4.FILE_SYNC4)
-                if n == 0 or committed != stable_how4.FILE_SYNC4:
-                    raise Nfs4LocalError("server did not accept a FILE_SYNC rewrite")
-                done += n
+            await self._write_rest(f, off, data, 0, stable_how4.FILE_SYNC4, check_sync)
+
+    async def _write_rest(self, f: _Open, offset: int, data: bytes, done: int, stable: stable_how4,
+                          check: Callable[[int, stable_how4, bytes], None]) -> None:
+        """WRITE ``data[done:]`` at ``offset + done`` until all of ``data`` is written (a server
+        may write less than asked, RFC 7530 §16.36.4), one WRITE at a time. ``check(count,
+        committed, verifier)`` sees each reply before it counts and raises to stop (it must
+        refuse count 0). ``data[done:]`` stays a bytes slice (no copy when ``done`` is 0): WRITE4args
+        carries bytes and the XDR encoder packs only bytes, so a memoryview would be copied anyway."""
+        while done < len(data):
+            n, committed, verf = await self._write_at(f, offset + done, data[done:], stable)
+            check(n, committed, verf)
+            done += n
 
     async def _commit(self, fh: bytes, offset: int = 0, count: int = 0) -> bytes:
         """COMMIT (RFC 7530 §16.3; count 0 = to the end of the file); returns the write verifier."""
@@ -1289,37 +1306,45 @@ def _io_size(n: int) -> int:
     return max(4096, n - n % 4096)
 
 
-async def _chunks(source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes],
-                  size: int) -> AsyncIterator[bytes]:
-    """Re-cut any byte source into chunks of exactly ``size`` (the last may be shorter)."""
-    buf = bytearray()
+async def _blocks(source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes],
+                  read_size: int) -> AsyncIterator[bytes]:
+    """The blocks of any byte source as they come (a file-like object is read ``read_size`` at a
+    time in a worker thread). Blocks that are not ``bytes`` are copied: the caller may reuse or
+    resize its buffer once it has handed it over."""
     if isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
-        for i in range(0, len(data), size):
-            yield data[i:i + size]
-        return
-    if hasattr(source, "read"):
+        yield bytes(source)
+    elif hasattr(source, "read"):
         reader: Any = source
-        while True:
-            block = await asyncio.to_thread(reader.read, size)
-            if not block:
-                break
-            buf += block
-            while len(buf) >= size:
-                yield bytes(buf[:size])
-                del buf[:size]
+        while block := await asyncio.to_thread(reader.read, read_size):
+            yield block if isinstance(block, bytes) else bytes(block)
     elif isinstance(source, AsyncIterable):
         async for block in source:
-            buf += block
-            while len(buf) >= size:
-                yield bytes(buf[:size])
-                del buf[:size]
+            yield block if isinstance(block, bytes) else bytes(block)
     else:
         for block in source:
-            buf += block
-            while len(buf) >= size:
-                yield bytes(buf[:size])
-                del buf[:size]
-    if buf:
-        yield bytes(buf)
+            yield block if isinstance(block, bytes) else bytes(block)
 
+
+async def _chunks(source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes],
+                  size: int) -> AsyncIterator[bytes]:
+    """Re-cut any byte source into chunks of exactly ``size`` (the last may be shorter). Pieces
+    of blocks are held as memoryviews and joined once per chunk (each byte is copied once)."""
+    parts: list[memoryview] = []
+    have = 0
+    async for block in _blocks(source, size):
+        view = memoryview(block)
+        while have + len(view) >= size:
+            take = size - have
+            if not parts and take == len(block):
+                yield block  # a block that is exactly one chunk: no copy
+            else:
+                parts.append(view[:take])
+                yield b"".join(parts)
+            parts.clear()
+            have = 0
+            view = view[take:]
+        if view:
+            parts.append(view)
+            have += len(view)
+    if parts:
+        yield b"".join(parts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hypothesis import given
@@ -67,6 +67,19 @@ def test_chunks_recut_any_source(blocks: list[bytes], size: int) -> None:
         out = asyncio.run(_collect(source, size))
         assert b"".join(out) == data
         assert all(len(c) == size for c in out[:-1]) and all(0 < len(c) <= size for c in out)
+
+
+def test_chunks_copy_a_block_the_source_reuses() -> None:
+    """A source may refill the same bytearray for every block: each chunk holds the bytes the
+    block had when it was handed over."""
+    buf = bytearray(3)
+
+    def reused() -> Iterator[bytearray]:
+        for value in (b"abc", b"def", b"ghi"):
+            buf[:] = value
+            yield buf
+
+    assert asyncio.run(_collect(reused(), 2)) == [b"ab", b"cd", b"ef", b"gh", b"i"]
 
 
 def test_io_size() -> None:
