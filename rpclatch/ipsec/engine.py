@@ -182,7 +182,7 @@ class IPsecEngine:
         self._outcome_cbs: dict[FiveTuple, tuple[FlowChoice, OutcomeCallback | None]] = {}
         self._bop_failed: dict[FiveTuple, AcquireOutcome] = {}
         self._last_sa: dict[int, int] = {}
-        self._by_flow = self.latches._by_flow  # hot-path aliases
+        self._by_flow = self.latches.by_flow  # packet-path alias (a read-only live view)
         #: per-flow verdict cache for unlatched flows (see inbound); bounded, cleared when full
         self._flow_cache: dict[FiveTuple, tuple[SecurityAssociation | None, int, int, InboundDecision]] = {}
         self._flow_cache_limit = 1 << 18
@@ -225,6 +225,28 @@ class IPsecEngine:
 
         ``initiating`` marks a flow-initiating packet (TCP SYN without ACK, SCTP INIT, the first
         datagram of a connected-UDP flow); only those may create latches or decide templates.
+
+        Two per-flow verdict caches serve non-initiating packets; they stay two because their
+        validity rules and their place in the lookup differ:
+
+        * ``_verdicts`` (latched flows): the ACCEPT last given to an ESTABLISHED latch's packet.
+          It is consulted *before* the latch lookup (the steady-state packet of a latched flow
+          touches only this entry). Valid while the packet's SA is that same SA and no SA left
+          the SAD; the LD drops the flow's entry through ``on_flow_changed`` whenever its latch
+          changes state or goes away. SPD changes do not invalidate it: they reach a latch only
+          through ``LatchDatabase.spd_changed``, whose transitions fire that hook, while a latch
+          that stays ESTABLISHED (congruent or pinned) keeps its verdict. Its size is bounded by
+          the live latches.
+        * ``_flow_cache`` (unlatched flows): any verdict, ACCEPT or DROP, computed from the SPD.
+          It is consulted only *after* the latch lookup found no latch, because creating a latch
+          fires no per-flow hook (``LatchDatabase._insert``): an entry from before the flow was
+          latched must lose to the latch. Valid while the SA (or cleartext) is the same and
+          neither the SPD version nor the SAD's removals changed. Unlatched flows have no end
+          event, so it is bounded by clearing it when full.
+
+        One dict would have to carry the rule per entry (SPD version or not), check it on the
+        latched fast path measured by benchmarks/latch.py, and make latch creation invalidate
+        the flow's entry; clearing it when full would also drop latched verdicts.
         """
         if not initiating:
             # fast path: a latched flow's packet under the same SA as its last accepted packet,
@@ -270,7 +292,7 @@ class IPsecEngine:
         sa = protected_by
         if sa is None:
             return self._inbound_cleartext(flow, initiating)
-        if self.sad._by_id.get(sa.sa_id) is not sa:
+        if not self.sad.holds(sa):
             return drop(DropReason.SA_UNKNOWN)
         if not sa.carries(flow):
             return drop(DropReason.SA_SELECTOR_MISMATCH)
@@ -297,7 +319,8 @@ class IPsecEngine:
         if self.approach is Approach.POLICY and initiating and flow.proto in CONNECTION_PROTOCOLS:
             handle = self._latch_incoming(flow, sa, now)
             if handle is not None:
-                latch = self.latches._latches[handle]
+                latch = self.latches.get(handle)
+                assert latch is not None
                 if latch.state is not LatchState.ESTABLISHED:
                     return drop(DropReason.LATCH_BROKEN, handle)
         return InboundDecision(InboundVerdict.ACCEPT, self._tag(sa), latch=handle)
@@ -326,7 +349,7 @@ class IPsecEngine:
         if state is LatchState.ESTABLISHED:
             if sa is None:
                 return drop(DropReason.LATCHED_FLOW_CLEARTEXT, latch.handle)
-            if self.sad._by_id.get(sa.sa_id) is not sa:
+            if not self.sad.holds(sa):
                 return drop(DropReason.SA_UNKNOWN, latch.handle)
             if not sa.carries(flow):
                 return drop(DropReason.SA_SELECTOR_MISMATCH, latch.handle)
@@ -360,7 +383,7 @@ class IPsecEngine:
         otherwise DISCARD(ULP_CANNOT_PROTECT_AS_LATCHED). The PROTECT decision's ``tag`` answers
         §2.4 (b) "how was this protected". NEED_SA means an ACQUIRE is pending.
         """
-        latch = self.latches._by_flow.get(flow)
+        latch = self._by_flow.get(flow)
         if latch is not None:
             if initiating and flow in self.pad_layer.holds:
                 self._supersede(flow)
@@ -395,7 +418,9 @@ class IPsecEngine:
                 # ULP to; a caller that needs the latch uses connect() and gets the error
                 handle = None
             if handle is not None:
-                return self._outbound_latched(self.latches._latches[handle], flow, now)
+                latch = self.latches.get(handle)
+                assert latch is not None  # just created
+                return self._outbound_latched(latch, flow, now)
         sa = self._select_sa(flow, entry)
         if sa is None:
             self.key_manager.acquire(flow, entry.protection, now)
@@ -405,7 +430,7 @@ class IPsecEngine:
     def how_would_protect(self, flow: FiveTuple, now: float) -> OutboundDecision:
         """RFC 5660 §2.4 "tell me how you'll protect this outgoing packet", without side effects
         (no ACQUIRE, no latch): NEED_SA here means "an SA would have to be negotiated first"."""
-        latch = self.latches._by_flow.get(flow)
+        latch = self._by_flow.get(flow)
         if latch is not None:
             if latch.state is LatchState.BROKEN:
                 return discard(DropReason.LATCH_BROKEN, latch.handle)
@@ -450,7 +475,7 @@ class IPsecEngine:
     def _latched_sa(self, latch: Latch, flow: FiveTuple) -> SecurityAssociation | None:
         last = self._last_sa.get(latch.handle)
         if last is not None:
-            sa = self.sad._by_id.get(last)
+            sa = self.sad.get(last)
             if sa is not None:
                 return sa
         params = latch.params
@@ -470,7 +495,7 @@ class IPsecEngine:
             return discard(DropReason.ULP_CANNOT_PROTECT_AS_LATCHED)
         # the tag's own SA first: the peer is known to hold its keys. Another SA with the same
         # protection may be a stale one (e.g. an older child SA the peer has already dropped).
-        own = self.sad._by_id.get(like.sa_id) if like.sa_id is not None else None
+        own = self.sad.get(like.sa_id) if like.sa_id is not None else None
         if own is not None and own.carries(flow):
             tag = self._tag(own)
             if tag.same_protection(like):
@@ -545,7 +570,7 @@ class IPsecEngine:
         if flow in self.pad_layer.holds:
             self._supersede(flow)
         handle = self.latches.create_connection_latch(flow, request, on_alert=on_alert, now=now)
-        if flow not in self.pad_layer.clones and handle in self.latches._latches:
+        if flow not in self.pad_layer.clones and self.latches.get(handle) is not None:
             self.pad_layer.add_template(PadTemplate(flow, request or LatchRequest(), handle))
         return handle
 
@@ -553,13 +578,13 @@ class IPsecEngine:
         """The ULP's connection ended (TCP CLOSED / UDP disconnect). The flow's latch, PAD clone
         and per-flow SPD clone are held for the TIME_WAIT-like period, then removed by
         :meth:`poll` (RFC 5660 §2.3 release "when no more packets are expected")."""
-        latch = self.latches._by_flow.get(flow)
+        latch = self.latches.latch_for(flow)
         if latch is not None and latch.state is LatchState.LARVAL:
             self.latches.release_latch(latch.handle)
             self.key_manager.pending.pop(flow, None)
         self._outcome_cbs.pop(flow, None)
         self._bop_failed.pop(flow, None)
-        if flow in self.latches._by_flow or self.spd.overlay_entry(flow) is not None:
+        if self.latches.latch_for(flow) is not None or self.spd.overlay_entry(flow) is not None:
             self.pad_layer.hold(flow, now)
 
     def request_protection(
@@ -590,7 +615,7 @@ class IPsecEngine:
         when the key manager finishes). With ``socket_id`` the decision is also pushed to the
         backend as a per-socket policy (on Linux: IP_XFRM_POLICY on that socket).
         """
-        latch = self.latches._by_flow.get(flow)
+        latch = self.latches.latch_for(flow)
         if latch is not None and flow in self.pad_layer.holds:
             self._supersede(flow)  # a new flow on a 5-tuple in its TIME_WAIT hold
             latch = None
@@ -668,7 +693,7 @@ class IPsecEngine:
                     self.spd.install_overlay(flow, current)
                     self.backend.install_flow_policy(FlowPolicy(flow, current, None))
                 raise
-            latch = self.latches._latches.get(handle)
+            latch = self.latches.get(handle)
             if latch is not None and latch.state is LatchState.ESTABLISHED:
                 self._outcome_cbs.pop(flow, None)
                 return ProtectionOutcome(
@@ -719,7 +744,7 @@ class IPsecEngine:
         BROKEN latch in the LD does the same job)."""
         self.unwatch_ulp_latch(ulp)
         flow = ulp.flow
-        if self.latches._by_flow.get(flow) is not None:
+        if self.latches.latch_for(flow) is not None:
             return  # an LD latch (approach 2 used alongside) governs the flow
         entry = SpdEntry.flow_entry(flow, SpdAction.DISCARD, None, EntryOrigin.BROKEN_LATCH)
         self.spd.install_overlay(flow, entry)
@@ -829,7 +854,7 @@ class IPsecEngine:
         self.last_spd_breaks = self._recheck_ulp_latches(allow_pin=True)
         for flow, e in self.spd.overlay_entries().items():
             if e.origin is EntryOrigin.PINNED_LATCH and flow not in self.backend_flow_policies():
-                latch = self.latches._by_flow.get(flow)
+                latch = self.latches.latch_for(flow)
                 reqid = None
                 if latch is not None and latch.params is not None:
                     reqid = self.key_manager.reqid_for(latch.params.peer)
@@ -884,12 +909,12 @@ class IPsecEngine:
             self._outcome_cbs.clear()
             self._bop_failed.clear()
             for flow in list(self.backend_flow_policies()):
-                if flow not in self.latches._by_flow and flow not in self._ulp_latches:
+                if self.latches.latch_for(flow) is None and flow not in self._ulp_latches:
                     self.backend.remove_flow_policy(flow)
         else:
             for flow, e in dict(self.backend_flow_policies()).items():
                 if e.entry.origin is EntryOrigin.PINNED_LATCH:
-                    latch = self.latches._by_flow.get(flow)
+                    latch = self.latches.latch_for(flow)
                     if latch is not None and latch.state is LatchState.ESTABLISHED:
                         self._install_latched_policy(latch)  # restored latch, pin gone: re-pin by reqid
                     else:
@@ -943,7 +968,7 @@ class IPsecEngine:
             return
         choice, cb = pending
         if outcome is AcquireOutcome.INSTALLED:
-            latch = self.latches._by_flow.get(flow)
+            latch = self.latches.latch_for(flow)
             result = ProtectionOutcome(flow, choice, ok=True, latch=latch.handle if latch else None, sa=sa)
         else:
             overlay = self.spd.overlay_entry(flow)
@@ -1040,7 +1065,7 @@ class IPsecEngine:
 
     def _finish_flow(self, flow: FiveTuple) -> None:
         self.pad_layer.holds.pop(flow, None)
-        latch = self.latches._by_flow.get(flow)
+        latch = self.latches.latch_for(flow)
         if latch is not None:
             self.latches.release_latch(latch.handle)
         self.pad_layer.drop(flow)

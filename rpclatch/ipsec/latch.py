@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -537,6 +537,13 @@ class LatchDatabase:
     def latch_for(self, flow: FiveTuple) -> Latch | None:
         """O(1) lookup of the live latch holding ``flow`` (or None)."""
         return self._by_flow.get(flow)
+
+    @property
+    def by_flow(self) -> Mapping[FiveTuple, Latch]:
+        """The live connection latches by 5-tuple, read-only. It is always current (the same
+        object for the database's lifetime), so a per-packet caller may keep it and call its
+        ``get`` instead of :meth:`latch_for` (one method call less per packet)."""
+        return self._by_flow
 
     def listener_for(self, flow: FiveTuple) -> Latch | None:
         cands = self._listener_ports.get((flow.proto, flow.local_port))

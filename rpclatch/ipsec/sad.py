@@ -140,6 +140,10 @@ class SecurityAssociationDatabase:
     def get(self, sa_id: int) -> SecurityAssociation | None:
         return self._by_id.get(sa_id)
 
+    def holds(self, sa: SecurityAssociation) -> bool:
+        """True if ``sa`` itself is in the SAD (not gone, not replaced by another SA with its id)."""
+        return self._by_id.get(sa.sa_id) is sa
+
     def __contains__(self, sa_id: object) -> bool:
         return sa_id in self._by_id
 
