@@ -12,7 +12,6 @@ different binding data (each side sees the channel the attacker terminated).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest
@@ -23,7 +22,7 @@ from rpclatch.gss.client import GssClientAuth, VersionPolicy
 from rpclatch.gss.errors import BindFailure, ChannelBindingFailed, GssError, GssMajor, RpcGssLocalError
 from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
-from rpclatch.gss.realm import ThrowawayRealm, realm_fixture
+from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import (
     MAX_KRB5_MIC,
@@ -56,19 +55,7 @@ from rpclatch.rpc.messages import (
     decode_message,
 )
 
-realm = realm_fixture()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+from .support import Clock, run
 
 
 def make(realm: ThrowawayRealm, *, service: Service = Service.INTEGRITY, channel: object = None,

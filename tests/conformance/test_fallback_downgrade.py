@@ -26,7 +26,6 @@ Two rollbacks:
 
 from __future__ import annotations
 
-import asyncio
 import struct
 
 import pytest
@@ -36,7 +35,7 @@ from rpclatch.gss.client import GssClientAuth, VersionPolicy
 from rpclatch.gss.errors import ChannelBindingFailed, GssError, VersionNotSupported
 from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
-from rpclatch.gss.realm import ThrowawayRealm, realm_fixture
+from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import GssCred, GssProc, Service
 from rpclatch.rpc.errors import RpcError
@@ -50,15 +49,7 @@ from rpclatch.rpc.messages import (
     decode_message,
 )
 
-realm = realm_fixture()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from .support import Clock, run
 
 
 def _gss_cred(call: CallMessage) -> GssCred | None:
@@ -122,10 +113,10 @@ def test_a11_forged_badcred_default_policy_falls_back_to_v1_without_channel_prot
     realm: ThrowawayRealm,
 ) -> None:
     srv, c, t, mitm, _ = _setup(realm, "badcred", VersionPolicy.PREFER_V2)
-    asyncio.run(c.establish(t.call))
+    run(c.establish(t.call))
     assert mitm.forged == 1 and c.version == 1          # the documented PREFER_V2 outcome
     with pytest.raises(ChannelBindingFailed):
-        asyncio.run(c.bind_channel(t.call, _channel()))
+        run(c.bind_channel(t.call, _channel()))
     assert c.effective_service() == Service.INTEGRITY    # never channel_prot
     assert not srv.is_bound(c.handle or b"")
     # GSS is end to end: DATA still works, and the MITM cannot change it undetected
@@ -139,7 +130,7 @@ def test_a11_forged_badcred_default_policy_falls_back_to_v1_without_channel_prot
 def test_a11_forged_badcred_require_v2_refuses(realm: ThrowawayRealm) -> None:
     _srv, c, t, mitm, _ = _setup(realm, "badcred", VersionPolicy.REQUIRE_V2)
     with pytest.raises(VersionNotSupported, match="not falling back"):
-        asyncio.run(c.establish(t.call))
+        run(c.establish(t.call))
     assert mitm.forged == 1 and not c.established
 
 
@@ -156,15 +147,15 @@ def test_a11_init_rewritten_to_v1_never_yields_channel_prot(
     ``channel_prot`` is never used; the control without the rewrite binds."""
     cli_ch, srv_ch = InMemoryChannel.pair("x-test", b"same channel")
     srv, c, t, mitm, _ = _setup(realm, mode, versions, srv_ch)
-    asyncio.run(c.establish(t.call))
+    run(c.establish(t.call))
     assert c.version == 2
     if mode == "none":
-        asyncio.run(c.bind_channel(t.call, cli_ch))
+        run(c.bind_channel(t.call, cli_ch))
         assert srv.is_bound(c.handle or b"") and c.effective_service() == Service.CHANNEL_PROT
         return
     assert mitm.rewritten == 1
     with pytest.raises(ChannelBindingFailed, match="AUTH_BADCRED"):
-        asyncio.run(c.bind_channel(t.call, cli_ch))
+        run(c.bind_channel(t.call, cli_ch))
     assert c.effective_service() == Service.INTEGRITY
     assert not srv.is_bound(c.handle or b"")
 
@@ -176,13 +167,13 @@ def test_a11_repeated_forged_bind_channel_halves_lifetime_until_the_context_dies
     """The §9 mitigation on a genuine v2 context that a MITM (different channel ends) tries to
     bind: every failed BIND_CHANNEL halves the context lifetime."""
     srv, c, t, _mitm, clock = _setup(realm, "none", VersionPolicy.PREFER_V2)
-    asyncio.run(c.establish(t.call))
+    run(c.establish(t.call))
     assert c.version == 2
     handle = c.handle or b""
     lifetimes = []
     for _ in range(4):
         with pytest.raises(ChannelBindingFailed):
-            asyncio.run(c.bind_channel(t.call, _channel()))
+            run(c.bind_channel(t.call, _channel()))
         expiry = srv.context_expiry(handle)
         assert expiry is not None
         lifetimes.append(expiry - clock.t)

@@ -16,7 +16,7 @@ import pytest
 from rpclatch.connect import BindOutcome, ConnectPolicy, LatchOutcome, ProtectedConnection, Protection
 from rpclatch.connect.sim import SimLink
 from rpclatch.demo.world import DemoWorld, build_world
-from rpclatch.gss.realm import ThrowawayRealm, realm_fixture
+from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec.sim.ike_wire import SIKE_PORT
 from rpclatch.ipsec.sim.ip import PROTO_UDP, IpPacket
 from rpclatch.ipsec.spd import SpdAction
@@ -27,8 +27,6 @@ from rpclatch.rpc.testprog import (
     decode_opaque,
     encode_opaque,
 )
-
-realm = realm_fixture()
 
 SECRET = b"fallback-matrix-secret:" * 24
 

@@ -10,7 +10,6 @@ probe the server build calls by hand and feed them to ``check_call``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import struct
 
@@ -20,7 +19,7 @@ from rpclatch.gss.client import GssClientAuth, VersionPolicy
 from rpclatch.gss.errors import ContextInitFailed, GssMajor, VersionNotSupported
 from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
-from rpclatch.gss.realm import ThrowawayRealm, realm_fixture
+from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import (
     MAXSEQ,
@@ -47,15 +46,7 @@ from rpclatch.rpc.messages import (
     decode_message,
 )
 
-realm = realm_fixture()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from .support import Clock, run
 
 
 def server(realm: ThrowawayRealm, **kw: object) -> GssServerAuth:
@@ -65,10 +56,6 @@ def server(realm: ThrowawayRealm, **kw: object) -> GssServerAuth:
 def client(realm: ThrowawayRealm, service: Service = Service.INTEGRITY, **kw: object) -> GssClientAuth:
     provider = GssapiProvider(ccache=realm.users["alice"].ccache)
     return GssClientAuth(provider, realm.service_name, service=service, **kw)  # type: ignore[arg-type]
-
-
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 def established(realm: ThrowawayRealm, service: Service = Service.INTEGRITY, **srv_kw: object
