@@ -24,10 +24,19 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from rpclatch.ipsec.engine import IPsecEngine
+    from rpclatch.ipsec.model import FiveTuple, IkeId, IkeSaRef, IPAddress, LocalIdentity
+    from rpclatch.ipsec.pad import PadEntry
+    from rpclatch.ipsec.sad import Lifetime, SecurityAssociation
+    from rpclatch.ipsec.spd import SpdEntry
+    from rpclatch.ipsec.xfrm.backend import XfrmBackend
 
 CLIENT_ADDR = "203.0.113.1"
 SERVER_ADDR = "203.0.113.2"
@@ -60,90 +69,135 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def guest_main() -> dict[str, Any]:
-    from pyroute2 import netns as pr_netns
+@dataclass(frozen=True)
+class _Peers:
+    """The configuration both guest scripts share: the two identities on CLIENT_ADDR /
+    SERVER_ADDR, each side's SPD entry (PROTECT TCP to / from PORT) and PAD entry (the other side,
+    PSK, child SAs for its address only)."""
 
-    from rpclatch.ipsec.engine import Approach, IPsecEngine
-    from rpclatch.ipsec.keymgr import SaProvision
+    c_id: IkeId
+    s_id: IkeId
+    c_local: LocalIdentity
+    s_local: LocalIdentity
+    c_addr: IPAddress
+    s_addr: IPAddress
+    c_spd: SpdEntry
+    s_spd: SpdEntry
+    c_pad: PadEntry
+    s_pad: PadEntry
+
+    def engines(
+        self, c_be: XfrmBackend, s_be: XfrmBackend, ike_sa: IkeSaRef, lifetime: Lifetime | None = None
+    ) -> tuple[IPsecEngine, IPsecEngine]:
+        """Client and server engines (approach 2) on their backends; each pushes its SPD to its
+        kernel (Backend.install_spd). The client's key manager "negotiates" from a static
+        provision for the server (SAs of IKE SA ``ike_sa``, with ``lifetime`` if given)."""
+        from rpclatch.ipsec.engine import Approach, IPsecEngine
+        from rpclatch.ipsec.keymgr import SaProvision
+        from rpclatch.ipsec.model import AddressRange, ProtectionParams, PskPeer
+        from rpclatch.ipsec.sad import Lifetime
+
+        provision = SaProvision(
+            AddressRange.single(self.s_addr),
+            PskPeer(self.s_id),
+            self.s_addr,
+            self.c_local,
+            ProtectionParams(),
+            ike_sa,
+            lifetime=Lifetime() if lifetime is None else lifetime,
+        )
+        client = IPsecEngine(
+            [self.c_spd], [self.c_pad], approach=Approach.POLICY, backend=c_be, provisions=[provision]
+        )
+        server = IPsecEngine([self.s_spd], [self.s_pad], approach=Approach.POLICY, backend=s_be)
+        return client, server
+
+    def mirror_sa(
+        self, server: IPsecEngine, sa: SecurityAssociation, s_flow: FiveTuple, now: float
+    ) -> None:
+        """Install at the server the responder's half of the client's SA pair ``sa`` (standing in
+        for IKE): SPIs swapped, narrowed to the server's view ``s_flow`` of the connection."""
+        from rpclatch.ipsec.model import PskPeer, Selector
+        from rpclatch.ipsec.sad import SecurityAssociation
+
+        server.install_sa(
+            SecurityAssociation(
+                sa_id=0,
+                spi_in=sa.spi_out,
+                spi_out=sa.spi_in,
+                local_addr=self.s_addr,
+                remote_addr=self.c_addr,
+                traffic_selectors=(Selector.for_flow(s_flow),),
+                peer=PskPeer(self.c_id),
+                local=self.s_local,
+                params=sa.params,
+                ike_sa=sa.ike_sa,
+            ),
+            now,
+        )
+
+
+def _peers() -> _Peers:
     from rpclatch.ipsec.model import (
         AddressRange,
         AuthMethod,
-        FiveTuple,
         IdType,
         IkeId,
-        IkeSaRef,
         LocalIdentity,
         PortRange,
-        ProtectionParams,
         ProtectionPolicy,
-        PskPeer,
         Selector,
         ip,
     )
     from rpclatch.ipsec.pad import ChildSaAuthorization, IdPattern, PadEntry
-    from rpclatch.ipsec.sad import SecurityAssociation
+    from rpclatch.ipsec.spd import SpdAction, SpdEntry
+
+    c_id, s_id = IkeId.fqdn("client.xfrm.test"), IkeId.fqdn("server.xfrm.test")
+    c_addr, s_addr = ip(CLIENT_ADDR), ip(SERVER_ADDR)
+    c_sel = Selector(
+        AddressRange.single(c_addr), AddressRange.single(s_addr), 6, remote_ports=PortRange.single(PORT)
+    )
+    s_sel = Selector(
+        AddressRange.single(s_addr), AddressRange.single(c_addr), 6, local_ports=PortRange.single(PORT)
+    )
+
+    def pad(peer: IkeId, addr: str) -> PadEntry:
+        auth = ChildSaAuthorization((AddressRange.single(addr),))
+        return PadEntry("peer", IdPattern(IdType.ID_FQDN, peer.data), AuthMethod.PSK, auth)
+
+    return _Peers(
+        c_id,
+        s_id,
+        LocalIdentity(c_id, AuthMethod.PSK),
+        LocalIdentity(s_id, AuthMethod.PSK),
+        c_addr,
+        s_addr,
+        SpdEntry("xfrm-test", (c_sel,), SpdAction.PROTECT, ProtectionPolicy()),
+        SpdEntry("xfrm-test", (s_sel,), SpdAction.PROTECT, ProtectionPolicy()),
+        pad(s_id, SERVER_ADDR),
+        pad(c_id, CLIENT_ADDR),
+    )
+
+
+def guest_main() -> dict[str, Any]:
+    from pyroute2 import netns as pr_netns
+
+    from rpclatch.ipsec.model import FiveTuple, IkeSaRef
     from rpclatch.ipsec.spd import SpdAction, SpdEntry
     from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, esp_sa_uat_rows
 
     keys = DerivedKeys(b"guest test secret")
-    c_id, s_id = IkeId.fqdn("client.xfrm.test"), IkeId.fqdn("server.xfrm.test")
-    c_local, s_local = LocalIdentity(c_id, AuthMethod.PSK), LocalIdentity(s_id, AuthMethod.PSK)
-    c_addr, s_addr = ip(CLIENT_ADDR), ip(SERVER_ADDR)
-    c_flow = FiveTuple(c_addr, CLIENT_PORT, s_addr, PORT, 6)
+    p = _peers()
+    c_flow = FiveTuple(p.c_addr, CLIENT_PORT, p.s_addr, PORT, 6)
     s_flow = c_flow.reversed()
-    policy = ProtectionPolicy()
-    c_spd = SpdEntry(
-        "xfrm-test",
-        (
-            Selector(
-                AddressRange.single(c_addr),
-                AddressRange.single(s_addr),
-                6,
-                remote_ports=PortRange.single(PORT),
-            ),
-        ),
-        SpdAction.PROTECT,
-        policy,
-    )
-    s_spd = SpdEntry(
-        "xfrm-test",
-        (
-            Selector(
-                AddressRange.single(s_addr),
-                AddressRange.single(c_addr),
-                6,
-                local_ports=PortRange.single(PORT),
-            ),
-        ),
-        SpdAction.PROTECT,
-        policy,
-    )
-
-    def pad(peer: IkeId, addr: str) -> PadEntry:
-        return PadEntry(
-            "peer",
-            IdPattern(IdType.ID_FQDN, peer.data),
-            AuthMethod.PSK,
-            ChildSaAuthorization((AddressRange.single(addr),)),
-        )
+    s_spd = p.s_spd
 
     res: dict[str, Any] = {}
     c_be = XfrmBackend("client", keys)
     s_be = XfrmBackend(None, keys)
     srv = cli = conn = None
     try:
-        provision = SaProvision(
-            AddressRange.single(s_addr),
-            PskPeer(s_id),
-            s_addr,
-            c_local,
-            ProtectionParams(),
-            IkeSaRef(0x5660, 1),
-        )
-        client = IPsecEngine(
-            [c_spd], [pad(s_id, SERVER_ADDR)], approach=Approach.POLICY, backend=c_be, provisions=[provision]
-        )
-        server = IPsecEngine([s_spd], [pad(c_id, CLIENT_ADDR)], approach=Approach.POLICY, backend=s_be)
+        client, server = p.engines(c_be, s_be, IkeSaRef(0x5660, 1))
         # (each engine has pushed its configured SPD to its kernel: Backend.install_spd)
 
         srv = socket.socket()
@@ -160,21 +214,7 @@ def guest_main() -> dict[str, Any]:
         res["client_latch"] = c_latch.state.value
         res["spi_out"], res["spi_in"], res["reqid"] = c_sa.spi_out, c_sa.spi_in, c_sa.reqid
         # server: the responder's half of the same child SA pair, then it latches on accept
-        server.install_sa(
-            SecurityAssociation(
-                sa_id=0,
-                spi_in=c_sa.spi_out,
-                spi_out=c_sa.spi_in,
-                local_addr=s_addr,
-                remote_addr=c_addr,
-                traffic_selectors=(Selector.for_flow(s_flow),),
-                peer=PskPeer(c_id),
-                local=s_local,
-                params=c_sa.params,
-                ike_sa=c_sa.ike_sa,
-            ),
-            0.0,
-        )
+        p.mirror_sa(server, c_sa, s_flow, 0.0)
 
         cli = pr_netns.create_socket("client", socket.AF_INET, socket.SOCK_STREAM)
         cli.bind((CLIENT_ADDR, CLIENT_PORT))
@@ -309,45 +349,13 @@ def guest_acquire_main() -> dict[str, Any]:
 
     from pyroute2 import netns as pr_netns
 
-    from rpclatch.ipsec.engine import Approach, IPsecEngine
-    from rpclatch.ipsec.keymgr import SaProvision
-    from rpclatch.ipsec.model import (
-        AddressRange,
-        AuthMethod,
-        FiveTuple,
-        IdType,
-        IkeId,
-        IkeSaRef,
-        LocalIdentity,
-        PortRange,
-        ProtectionParams,
-        ProtectionPolicy,
-        PskPeer,
-        Selector,
-        ip,
-    )
-    from rpclatch.ipsec.pad import ChildSaAuthorization, IdPattern, PadEntry
-    from rpclatch.ipsec.sad import Lifetime, SecurityAssociation
-    from rpclatch.ipsec.spd import SpdAction, SpdEntry
+    from rpclatch.ipsec.model import FiveTuple, IkeSaRef
+    from rpclatch.ipsec.sad import Lifetime
     from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, XfrmEventReader
 
     keys = DerivedKeys(b"guest acquire secret")
-    c_id, s_id = IkeId.fqdn("client.xfrm.test"), IkeId.fqdn("server.xfrm.test")
-    c_local, s_local = LocalIdentity(c_id, AuthMethod.PSK), LocalIdentity(s_id, AuthMethod.PSK)
-    c_addr, s_addr = ip(CLIENT_ADDR), ip(SERVER_ADDR)
-    c_flow = FiveTuple(c_addr, CLIENT_PORT + 1, s_addr, PORT, 6)
-    c_sel = Selector(
-        AddressRange.single(c_addr), AddressRange.single(s_addr), 6, remote_ports=PortRange.single(PORT)
-    )
-    s_sel = Selector(
-        AddressRange.single(s_addr), AddressRange.single(c_addr), 6, local_ports=PortRange.single(PORT)
-    )
-    c_spd = SpdEntry("xfrm-test", (c_sel,), SpdAction.PROTECT, ProtectionPolicy())
-    s_spd = SpdEntry("xfrm-test", (s_sel,), SpdAction.PROTECT, ProtectionPolicy())
-
-    def pad(peer: IkeId, addr: str) -> PadEntry:
-        auth = ChildSaAuthorization((AddressRange.single(addr),))
-        return PadEntry("peer", IdPattern(IdType.ID_FQDN, peer.data), AuthMethod.PSK, auth)
+    p = _peers()
+    c_flow = FiveTuple(p.c_addr, CLIENT_PORT + 1, p.s_addr, PORT, 6)
 
     t0 = time.monotonic()
 
@@ -359,19 +367,7 @@ def guest_acquire_main() -> dict[str, Any]:
     s_be = XfrmBackend(None, keys)
     srv = cli = conn = None
     try:
-        provision = SaProvision(
-            AddressRange.single(s_addr),
-            PskPeer(s_id),
-            s_addr,
-            c_local,
-            ProtectionParams(),
-            IkeSaRef(0x5661, 1),
-            lifetime=Lifetime(hard_seconds=4.0),
-        )
-        client = IPsecEngine(
-            [c_spd], [pad(s_id, SERVER_ADDR)], approach=Approach.POLICY, backend=c_be, provisions=[provision]
-        )
-        server = IPsecEngine([s_spd], [pad(c_id, CLIENT_ADDR)], approach=Approach.POLICY, backend=s_be)
+        client, server = p.engines(c_be, s_be, IkeSaRef(0x5661, 1), Lifetime(hard_seconds=4.0))
         # (each engine has pushed its configured SPD to its kernel: Backend.install_spd)
 
         class Counting:
@@ -396,21 +392,7 @@ def guest_acquire_main() -> dict[str, Any]:
             for sa in list(client.sad):
                 if sa.sa_id not in mirrored:
                     mirrored.add(sa.sa_id)
-                    server.install_sa(
-                        SecurityAssociation(
-                            sa_id=0,
-                            spi_in=sa.spi_out,
-                            spi_out=sa.spi_in,
-                            local_addr=s_addr,
-                            remote_addr=c_addr,
-                            traffic_selectors=(Selector.for_flow(c_flow.reversed()),),
-                            peer=PskPeer(c_id),
-                            local=s_local,
-                            params=sa.params,
-                            ike_sa=sa.ike_sa,
-                        ),
-                        now(),
-                    )
+                    p.mirror_sa(server, sa, c_flow.reversed(), now())
                     res.setdefault("spi_pairs", []).append([sa.spi_out, sa.spi_in])
 
         srv = socket.socket()
