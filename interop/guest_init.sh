@@ -32,19 +32,20 @@ private_dev() {
   mount -t tmpfs shm /run/dev/shm
   ln -s /proc/self/fd /run/dev/fd; ln -s /proc/self/fd/0 /run/dev/stdin
   ln -s /proc/self/fd/1 /run/dev/stdout; ln -s /proc/self/fd/2 /run/dev/stderr
-  mount --move /run/dev /dev
+  mount -n --move /run/dev /dev
 }
 
-mount -t proc proc /proc; mount -t sysfs sys /sys
-if [ "$WORLD" = netns ]; then
+mount -t proc proc /proc
+if [ "$WORLD" = netns ]; then               # (sysfs of the server netns: mounted by ip netns exec)
   # private /run holding the run dir at /run/out and the host's /tmp at /run/hosttmp: built under
   # the run dir, then moved over /run (the run dir's own path may lie under /run or /tmp)
   W="$RUN/.world-run"
   mkdir -p "$W" && mount -t tmpfs run "$W" && mkdir -p "$W/out" "$W/hosttmp" \
-    && mount --bind "$RUN" "$W/out" && mount --rbind /tmp "$W/hosttmp" && mount --move "$W" /run \
+    && mount --bind "$RUN" "$W/out" && mount --rbind /tmp "$W/hosttmp" && mount -n --move "$W" /run \
     || { echo "cannot set up a private /run with the run dir $RUN"; exit 1; }
   private_dev || { echo "cannot set up a private /dev"; exit 1; }
 else
+  mount -t sysfs sys /sys
   mountpoint -q /dev || mount -t devtmpfs dev /dev
   mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm
   mount -t tmpfs run /run

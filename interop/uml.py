@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 from interop.netns import HostNamespace
 from interop.world import (
@@ -49,9 +50,19 @@ __all__ = [
 ]
 
 
+def inside_uml(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True in a User-Mode Linux guest (its /proc/cpuinfo says ``vendor_id : User Mode Linux``)."""
+    try:
+        return "User Mode Linux" in cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def missing_requirements(linux: str = "linux.uml") -> list[str]:
     """Reasons this machine cannot run the UML guest (empty when it can)."""
     reasons = []
+    if inside_uml():
+        reasons.append("already inside a User-Mode Linux guest (UML does not nest)")
     if os.geteuid() != 0:
         reasons.append("needs root (network namespaces, tap device)")
     if not os.path.exists("/dev/net/tun"):
