@@ -5,6 +5,18 @@ Figures, each beside a baseline measured in the same run and process:
 * ``gss.echo1k.krb5|krb5i|krb5p|channel_prot`` -- ECHO of 1 KiB, calls/s with ``--inflight`` calls
   in flight; baseline = the same with AUTH_NONE. channel_prot runs with an InMemoryChannel bound
   (RFC 5403 BIND_CHANNEL done, AUTH_NONE verifiers on the wire).
+* ``gss.echo1k.krb5.ceiling|krb5i.ceiling|krb5p.ceiling`` -- what that flavor's calls/s would be
+  with zero Python overhead for RPCSEC_GSS: ``1 / (t_none + t_gss)``, where ``t_none = 1 /
+  baseline`` is the time of one AUTH_NONE call (the baseline of the line above, both sides of the
+  call, everything but GSS) and ``t_gss`` the time of the raw python-gssapi operations one such
+  call needs, timed in this run and process in a tight loop on the very contexts the calls use
+  (client and server side) with the sizes the calls use: krb5 = 4 MICs (the call header MIC made
+  and verified, the reply verifier MIC(seq_num) of 4 bytes made and verified); krb5i = those 4
+  plus get_mic+verify_mic of the request's and of the reply's rpc_gss_data_t (seq_num + the ECHO
+  arguments/results); krb5p = the 4 plus wrap+unwrap of those two. baseline = AUTH_NONE calls/s,
+  so its ratio is the highest ratio the flavor line could reach (the loop runs with a warm
+  cache, so it is, if anything, an optimistic ceiling). channel_prot has no per-message GSS
+  operation, hence no ceiling line (its ceiling is the baseline).
 * ``gss.echo64k.krb5i|krb5p`` -- ECHO of 64 KiB (one call in flight), MB/s of payload in one
   direction; baseline = the raw python-gssapi ceiling for the same work: an echo needs two
   get_mic+verify_mic (krb5i) or two wrap+unwrap (krb5p) of 64 KiB (request and reply), so
@@ -27,6 +39,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import gssapi.raw as graw
 
@@ -76,7 +89,8 @@ async def rate(client: RpcStreamClient, auth: ClientAuth, size: int, seconds: fl
     return done / (CLOCK() - start)
 
 
-def raw_pairs_per_second(ctx_a: object, ctx_b: object, size: int, seconds: float, wrap: bool) -> float:
+def raw_pairs_per_second(ctx_a: Any, ctx_b: Any, size: int, seconds: float,
+                         wrap: bool) -> float:
     """Sender+receiver GSS operations per second on ``size`` bytes (raw API, no RPC)."""
     data = os.urandom(size)
     n = 0
@@ -93,12 +107,58 @@ def raw_pairs_per_second(ctx_a: object, ctx_b: object, size: int, seconds: float
     return n / (CLOCK() - start)
 
 
-def raw_contexts(service: str) -> tuple[object, object]:
+def call_gss_ops(auth: GssClientAuth, server: GssServerAuth, service: Service, args_len: int
+                 ) -> Callable[[], None]:
+    """The raw python-gssapi operations of one ECHO call of ``args_len`` argument bytes with
+    ``service`` (see the module docstring), on the client's and the server's context of ``auth``."""
+    client_gss = auth.gss_context
+    server_gss = server.gss_context(auth.handle or b"")
+    assert client_gss is not None and server_gss is not None
+    cctx, sctx = client_gss.raw, server_gss.raw
+    assert cctx is not None and sctx is not None
+    prepared = auth.prepare_call(1, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, bytes(args_len))
+    header = prepared.message.encode_header_through_cred()  # what the verifier MIC covers
+    seq = bytes(4)  # the reply verifier covers the 4-byte seq_num
+    request = os.urandom(4 + args_len)  # rpc_gss_data_t: seq_num + arguments
+    reply = os.urandom(4 + args_len)  # ECHO: results as long as the arguments
+    get_mic, verify_mic, wrap, unwrap = graw.get_mic, graw.verify_mic, graw.wrap, graw.unwrap
+
+    def header_and_verifier() -> None:
+        verify_mic(sctx, header, get_mic(cctx, header))
+        verify_mic(cctx, seq, get_mic(sctx, seq))
+
+    def integrity() -> None:
+        header_and_verifier()
+        verify_mic(sctx, request, get_mic(cctx, request))
+        verify_mic(cctx, reply, get_mic(sctx, reply))
+
+    def privacy() -> None:
+        header_and_verifier()
+        unwrap(sctx, wrap(cctx, request, True).message)
+        unwrap(cctx, wrap(sctx, reply, True).message)
+
+    return {Service.NONE: header_and_verifier, Service.INTEGRITY: integrity,
+            Service.PRIVACY: privacy}[service]
+
+
+def seconds_per_run(ops: Callable[[], None], seconds: float) -> float:
+    """Time of one ``ops()`` (by ``CLOCK``), looping for about ``seconds`` of wall time."""
+    n = 0
+    start = CLOCK()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        ops()
+        n += 1
+    return (CLOCK() - start) / n
+
+
+def raw_contexts(service: str) -> tuple[Any, Any]:
     flags = (graw.RequirementFlag.mutual_authentication | graw.RequirementFlag.integrity
              | graw.RequirementFlag.confidentiality)
     name = graw.import_name(service.encode(), graw.NameType.hostbased_service)
     acred = graw.acquire_cred(name, usage="accept").creds
     i = graw.init_sec_context(name, flags=flags)
+    assert i.token is not None
     a = graw.accept_sec_context(i.token, acceptor_creds=acred)
     i2 = graw.init_sec_context(name, context=i.context, flags=flags, input_token=a.token)
     return i2.context, a.context
@@ -136,14 +196,19 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
             return lambda: GssClientAuth(provider, realm.service_name, service=service)
 
         async def paired(flavor: tuple[RpcStreamClient, ClientAuth], base: tuple[RpcStreamClient, ClientAuth],
-                         size: int) -> tuple[float, float]:
-            """Median (value, baseline) over ``rounds`` alternating short runs: the machine is
-            shared, so the baseline is re-measured right beside each run."""
-            values, bases = [], []
+                         size: int, ops: Callable[[], None] | None = None
+                         ) -> tuple[float, float, float | None]:
+            """Median (value, baseline, seconds per ``ops()``) over ``rounds`` alternating short
+            runs: the machine is shared, so the baseline (and the raw GSS operations, if given)
+            are re-measured right beside each run."""
+            values, bases, op_times = [], [], []
             for _ in range(rounds):
                 bases.append(await rate(base[0], base[1], size, seconds / rounds, inflight))
                 values.append(await rate(flavor[0], flavor[1], size, seconds / rounds, inflight))
-            return statistics.median(values), statistics.median(bases)
+                if ops is not None:
+                    op_times.append(seconds_per_run(ops, seconds / rounds / 4))
+            return (statistics.median(values), statistics.median(bases),
+                    statistics.median(op_times) if op_times else None)
 
         opened: list[tuple[RpcStreamClient, ClientAuth]] = []
         try:
@@ -156,8 +221,15 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
                                          ("channel_prot", Service.INTEGRITY, True)):
                 flavor = await open_client(gss(service), bind)
                 opened.append(flavor)
-                value, base = await paired(flavor, none, KIB)
+                auth = flavor[1]
+                assert isinstance(auth, GssClientAuth)
+                args_len = len(encode_opaque(bytes(KIB)))  # what rate() sends: XDR opaque of 1 KiB
+                ops = None if bind else call_gss_ops(auth, gss_server, service, args_len)
+                value, base, op_time = await paired(flavor, none, KIB, ops)
                 bench(f"gss.echo1k.{label}", value, "calls/s", base)
+                if op_time is not None:
+                    # zero Python overhead: an AUTH_NONE call plus the raw GSS work of one call
+                    bench(f"gss.echo1k.{label}.ceiling", 1 / (1 / base + op_time), "calls/s", base)
             ctx_a, ctx_b = raw_contexts(realm.service_name)
             size = 64 * KIB
             for label, service, wrap in (("krb5i", Service.INTEGRITY, False),

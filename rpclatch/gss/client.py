@@ -120,25 +120,25 @@ class _Context:
     #: per service: the DATA credential after ``version, gss_proc, seq_num`` (service, handle),
     #: so that a call's credential is one pack of three words plus this (RFC 2203 §5)
     cred_tails: dict[Service, bytes] = field(default_factory=dict)
+    #: per service: (length of the DATA credential body, its tail) for :data:`_SIGNED_HEAD`
+    cred_layouts: dict[Service, tuple[int, bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for service in Service:
-            self.cred_tails[service] = encode_cred(self.version, _DATA, 0, service, self.handle)[12:]
+            tail = encode_cred(self.version, _DATA, 0, service, self.handle)[12:]
+            self.cred_tails[service] = tail
+            self.cred_layouts[service] = (12 + len(tail), tail)
 
 
-class _CallState:
-    """Per-call client state (a plain slotted class: built once per call on the hot path)."""
-
-    __slots__ = ("ctx", "seq", "service")
-
-    def __init__(self, ctx: _Context, seq: int, service: Service) -> None:
-        self.ctx = ctx
-        self.seq = seq
-        self.service = service
-
+#: Per-call client state in ``PreparedCall.state``: (context, seq_num, service) -- a plain tuple,
+#: built once per call on the hot path.
+_CallState = tuple[_Context, int, Service]
 
 _III = struct.Struct(">III")
-_CALL_HEAD = struct.Struct(">IIIIIIII")  # xid, CALL, rpcvers 2, prog, vers, proc, flavor, cred len
+#: The signed call header (RFC 2203 §5.3.1) up to the handle: xid, CALL, rpcvers 2, prog, vers,
+#: proc, flavor, cred length, then the credential's version, gss_proc (DATA) and seq_num; the
+#: credential's service and handle follow (``_Context.cred_layouts``).
+_SIGNED_HEAD = struct.Struct(">IIIIIIIIIII")
 _U32 = struct.Struct(">I")
 
 
@@ -192,6 +192,11 @@ class GssClientAuth(ClientAuth):
     @property
     def seq_window(self) -> int | None:
         return None if self._ctx is None else self._ctx.seq_window
+
+    @property
+    def gss_context(self) -> GssContext | None:
+        """The GSS context of the current RPCSEC_GSS context (benchmarks and tests), or None."""
+        return None if self._ctx is None else self._ctx.gss
 
     @property
     def bound_channel(self) -> Channel | None:
@@ -522,14 +527,17 @@ class GssClientAuth(ClientAuth):
         if seq >= MAXSEQ:
             ctx.stale = True
             raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
-        cred_body = _III.pack(ctx.version, 0, seq) + ctx.cred_tails[service]
-        cred = opaque_auth(_FLAVOR_GSS, cred_body)  # at most 20 + MAX_HANDLE bytes
-        state = _CallState(ctx, seq, service)
         if service is _SVC_CHANNEL_PROT:
-            return PreparedCall(CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args), state)
+            cred = opaque_auth(_FLAVOR_GSS, _III.pack(ctx.version, 0, seq) + ctx.cred_tails[service])
+            return PreparedCall(CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args),
+                                (ctx, seq, service))
+        # RFC 2203 §5.3.1: the verifier is a MIC over xid .. credential (the credential is padded):
+        # the header is one pack plus the precomputed tail, the credential body a slice of it.
+        cred_len, tail = ctx.cred_layouts[service]
+        header = _SIGNED_HEAD.pack(xid, 0, 2, prog, vers, proc, _FLAVOR_GSS, cred_len,
+                                   ctx.version, 0, seq) + tail
+        cred = opaque_auth(_FLAVOR_GSS, header[32:])  # at most 20 + MAX_HANDLE bytes
         gss = ctx.gss
-        # RFC 2203 §5.3.1: the verifier is a MIC over xid .. credential (cred_body is padded).
-        header = _CALL_HEAD.pack(xid, 0, 2, prog, vers, proc, _FLAVOR_GSS, len(cred_body)) + cred_body
         mic = gss.get_mic(header)
         verf = opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES else OpaqueAuth(_FLAVOR_GSS, mic)
         if service is _SVC_INTEGRITY:
@@ -539,22 +547,22 @@ class GssClientAuth(ClientAuth):
             body = encode_opaque(gss.wrap(_U32.pack(seq) + args, True))
         else:
             body = args
-        return PreparedCall(CallMessage(xid, prog, vers, proc, cred, verf, body), state)
+        return PreparedCall(CallMessage(xid, prog, vers, proc, cred, verf, body), (ctx, seq, service))
 
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
         state: _CallState = prepared.state
-        service = state.service
+        ctx, seq, service = state
         verf = reply.verf
         if service is _SVC_CHANNEL_PROT:
             if verf.flavor != _FLAVOR_NONE or verf.body:
                 raise AuthVerifierError("channel_prot reply verifier must be AUTH_NONE (RFC 5403 §3.4)")
             return reply.results
-        gss = state.ctx.gss
         if verf.flavor != _FLAVOR_GSS:
             raise AuthVerifierError("reply verifier is not RPCSEC_GSS")
-        seq = state.seq
+        gss = ctx.gss
+        seq_bytes = _U32.pack(seq)
         try:
-            gss.verify_mic(_U32.pack(seq), verf.body)  # RFC 2203 §5.3.3.2: MIC(seq_num)
+            gss.verify_mic(seq_bytes, verf.body)  # RFC 2203 §5.3.3.2: MIC(seq_num)
         except GssError as exc:
             raise AuthVerifierError(f"reply verifier MIC(seq_num) does not verify: {exc}") from exc
         if service is _SVC_NONE:
@@ -571,21 +579,22 @@ class GssClientAuth(ClientAuth):
             raise AuthVerifierError(f"reply body does not check: {exc}") from exc
         if len(databody) < 4:
             raise AuthVerifierError("reply body does not check: rpc_gss_data_t shorter than its seq_num")
-        if databody[:4] != _U32.pack(seq):
+        if databody[:4] != seq_bytes:
             body_seq = _U32.unpack_from(databody)[0]
             raise AuthVerifierError(f"reply body seq_num {body_seq} != request seq_num {seq}")
         return databody[4:]
 
     def on_auth_error(self, prepared: PreparedCall, stat: AuthStat) -> bool:
         state: _CallState = prepared.state
-        if state.service == Service.CHANNEL_PROT:
+        ctx, _seq, service = state
+        if service is _SVC_CHANNEL_PROT:
             # The server no longer accepts channel_prot here (channel broke, other connection,
             # expiry): drop the binding and resend once with MIC-protected service.
             log.info("server refused channel_prot (%s): falling back to %s", stat.name, self.service.name)
             self.unbind()
             return True
-        if stat in _REFRESH_STATS and state.ctx is self._ctx:
-            state.ctx.stale = True  # GssClientAuth.call() refreshes it
+        if stat in _REFRESH_STATS and ctx is self._ctx:
+            ctx.stale = True  # GssClientAuth.call() refreshes it
         return False
 
 

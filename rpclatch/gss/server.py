@@ -252,6 +252,12 @@ class GssServerAuth(ServerAuth):
             ctx.gss.delete()
         return len(dropped)
 
+    def gss_context(self, handle: bytes) -> GssContext | None:
+        """The GSS context behind ``handle`` (benchmarks and tests), or None if there is none."""
+        with self._lock:
+            ctx = self._contexts.get(handle)
+        return None if ctx is None else ctx.gss
+
     def context_expiry(self, handle: bytes) -> float | None:
         with self._lock:
             ctx = self._contexts.get(handle)
@@ -267,19 +273,142 @@ class GssServerAuth(ServerAuth):
     # -- ServerAuth -----------------------------------------------------------------------------------
 
     def check_call(self, call: CallMessage, conn: ConnectionInfo, now: float) -> AuthResult:
+        """The per-call path. A well-formed credential (the fixed layout read with one unpack: the
+        checks of ``decode_cred_fields`` without building objects) of an RPCSEC_GSS_DATA call is
+        handled right here: the checks of :meth:`_established_call` followed by those of
+        :meth:`_data` or :meth:`_channel_prot`, written out as one function (same checks, same
+        order, same answers -- tests/gss/test_server.py compares this path with
+        :meth:`_check_general`), locks taken with acquire/release, the seq_num packed once and the
+        header MIC computed over the header bytes as received. DESTROY and BIND_CHANNEL go to
+        :meth:`_established_call`, everything else to :meth:`_check_general`."""
         body = call.cred.body
         n = len(body)
-        if n >= 20:
-            # Fast path for established-context calls: the fixed credential layout read with one
-            # unpack (the checks of decode_cred_fields, without building objects).
-            version, proc, seq, service_no, hlen = _CRED_HEAD.unpack_from(body)
+        if n < 20:
+            return self._check_general(call, conn, now)
+        version, proc, seq, service_no, hlen = _CRED_HEAD.unpack_from(body)
+        if hlen > MAX_HANDLE or n != 20 + ((hlen + 3) & ~3) or version not in self.versions:
+            return self._check_general(call, conn, now)
+        if proc != 0 or not 0 < service_no < 5:  # not RPCSEC_GSS_DATA with a known service
             procedure = _PROCS.get(proc)
             service = _SERVICES.get(service_no)
             if (procedure is not None and procedure is not _INIT and procedure is not _CONTINUE_INIT
-                    and service is not None and hlen <= MAX_HANDLE and n == 20 + ((hlen + 3) & ~3)
-                    and version in self.versions):
+                    and service is not None):
                 return self._established_call(call, conn, now, version, procedure, seq, service,
                                               body[20:20 + hlen])
+            return self._check_general(call, conn, now)
+        handle = body[20:20 + hlen]
+        if service_no == 4 and version != RPCSEC_GSS_VERS_2:
+            return AuthDeny(AuthStat.AUTH_BADCRED, "channel_prot is an RPCSEC_GSS v2 service")
+        contexts = self._contexts
+        lock = self._lock
+        lock.acquire()
+        try:
+            ctx = contexts.get(handle)
+            if ctx is not None:
+                contexts.move_to_end(handle)
+        finally:
+            lock.release()
+        if ctx is None or not ctx.established:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "unknown context handle")
+        if ctx.version != version:
+            # RFC 5403 §4: a handle never crosses versions.
+            return AuthDeny(AuthStat.AUTH_BADCRED, "credential version differs from the context's")
+        expires_at = ctx.expires_at
+        if expires_at is not None and now >= expires_at:
+            self._forget(ctx.handle)
+            ctx.gss.delete()
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "context expired")
+        if seq >= MAXSEQ:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "seq_num at or above MAXSEQ")
+        cap = self.max_requests_per_context
+        if cap is not None and ctx.data_requests >= cap:
+            self._forget(ctx.handle)
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"context used for {cap} requests: refresh it")
+        verf = call.verf
+        ctx_lock = ctx.lock
+        if service_no == 4:  # channel_prot (RFC 5403 §3.4), as in _channel_prot
+            if verf.flavor != _FLAVOR_NONE or verf.body:
+                return AuthDeny(AuthStat.AUTH_BADVERF, "channel_prot requests carry an AUTH_NONE verifier")
+            binding = ctx.binding
+            if binding is None:
+                return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "channel_prot on an unbound handle")
+            if binding.conn_id != conn.conn_id or conn.channel is not binding.channel:
+                return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "channel_prot on a connection not bound")
+            if not binding.channel.is_up():
+                with ctx_lock:
+                    ctx.binding = None
+                return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "the bound channel is gone")
+            ctx_lock.acquire()
+            try:
+                fresh = ctx.window.accept(seq)  # no MIC to verify in between: check and mark at once
+            finally:
+                ctx_lock.release()
+            if not fresh:
+                return AuthDrop(f"channel_prot seq_num {seq} replayed or below window")
+            return AuthAccept(call.args, ctx.principal, _seal_clear)
+        if verf.flavor != _FLAVOR_GSS:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "verifier is not RPCSEC_GSS")
+        gss = ctx.gss
+        window = ctx.window
+        # Check, verify, mark under the context's lock (as in _established_call).
+        ctx_lock.acquire()
+        try:
+            verdict = window.check(seq)
+            if verdict is not _NEW:
+                return AuthDrop(f"seq_num {seq}: {verdict.value}")
+            try:
+                gss.verify_mic(call.header or _signed_header(call), verf.body)
+            except GssError as exc:
+                return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {exc}")
+            window.mark(seq)
+            ctx.data_requests += 1
+        finally:
+            ctx_lock.release()
+        seq_bytes = _U32.pack(seq)
+        if service_no == 1:
+            args = call.args
+        else:  # as in _data
+            try:
+                if service_no == 2:
+                    inner, checksum = decode_integ(call.args)
+                    gss.verify_mic(inner, checksum)
+                    encrypted = True
+                else:
+                    inner, encrypted = gss.unwrap(decode_priv(call.args))
+            except (XdrError, GssError) as exc:
+                return AuthGarbage(f"{'integrity' if service_no == 2 else 'privacy'} body: {exc}")
+            if len(inner) < 4:
+                return AuthGarbage("rpc_gss_data_t shorter than its seq_num")
+            if not encrypted:
+                return AuthGarbage("privacy body was not encrypted")
+            if inner[:4] != seq_bytes:  # RFC 2203 §5.3.3.1
+                return AuthGarbage(f"body seq_num {_U32.unpack_from(inner)[0]} != credential seq_num {seq}")
+            args = inner[4:]
+        # RFC 2203 §5.3.3.4.1: the reply verifier's GSS_GetMIC before the procedure runs.
+        try:
+            mic = gss.get_mic(seq_bytes)
+            reply_verf = (opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES
+                          else OpaqueAuth(_FLAVOR_GSS, mic))  # XdrError: too long
+        except (GssError, XdrError) as exc:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply verifier MIC: {exc}")
+        if service_no == 1:
+            def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
+                return reply_verf, results
+        elif service_no == 2:
+            def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
+                """RFC 2203 §5.3.3.2; a GssError means no reply (§5.3.3.4.1)."""
+                inner = seq_bytes + results
+                return reply_verf, encode_integ(inner, gss.get_mic(inner))
+        else:
+            def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
+                """RFC 2203 §5.3.3.2; a GssError means no reply (§5.3.3.4.4)."""
+                return reply_verf, encode_opaque(gss.wrap(seq_bytes + results, True))
+        return AuthAccept(args, ctx.principal, seal)
+
+    def _check_general(self, call: CallMessage, conn: ConnectionInfo, now: float) -> AuthResult:
+        """:meth:`check_call` without its fast paths: the credential through ``decode_cred_fields``
+        and every established-context call through :meth:`_established_call`."""
+        body = call.cred.body
         try:
             cred = _Cred(*decode_cred_fields(body))
         except UnsupportedVersion as exc:

@@ -110,8 +110,9 @@ class CallMessage:
     ``header_len`` is the length of the encoded header from ``xid`` through the credential; RFC 2203
     §5.3.1 computes the RPCSEC_GSS verifier as a MIC over exactly those bytes. ``header`` holds
     those bytes as received when :mod:`rpclatch.rpc.wire` decoded a call with a credential other
-    than AUTH_NONE (so a verifier can be checked without re-encoding), else b"" (it is not an
-    ``__init__`` argument, so ``dataclasses.replace`` never carries stale bytes over).
+    than AUTH_NONE and a verifier other than an empty AUTH_NONE one (so a verifier can be checked
+    without re-encoding), else b"" (it is not an ``__init__`` argument, so ``dataclasses.replace``
+    never carries stale bytes over).
     """
 
     xid: int

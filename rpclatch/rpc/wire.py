@@ -40,6 +40,7 @@ _MARKED_CALL_HEAD = struct.Struct(">IIIIIIIII")  # fragment header + _CALL_HEAD
 _MARKED_NULL_VERF_SUCCESS = struct.Struct(">IIIIIII")
 _LAST_FRAGMENT = 0x80000000
 _ZERO_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+_NULL_VERF_PAD = tuple(pad + b"\0" * 8 for pad in _ZERO_PAD)  # credential padding + AUTH_NONE verifier
 
 _CALL = int(MsgType.CALL)
 _REPLY = int(MsgType.REPLY)
@@ -104,6 +105,11 @@ def encode_call_marked(msg: CallMessage) -> tuple[bytes, bytes]:
     n = len(cbody)
     vbody = verf.body
     m = len(vbody)
+    if not m and verf.flavor == _AUTH_NONE:  # e.g. RPCSEC_GSS channel_prot (RFC 5403 §3.4)
+        size = 40 + ((n + 3) & ~3) + len(args)
+        return (_MARKED_CALL_HEAD.pack(_LAST_FRAGMENT | size, msg.xid, _CALL, msg.rpcvers, msg.prog,
+                                       msg.vers, msg.proc, cred.flavor, n)
+                + cbody + _NULL_VERF_PAD[n & 3]), args
     size = 40 + ((n + 3) & ~3) + ((m + 3) & ~3) + len(args)
     head = b"".join((_MARKED_CALL_HEAD.pack(_LAST_FRAGMENT | size, msg.xid, _CALL, msg.rpcvers,
                                             msg.prog, msg.vers, msg.proc, cred.flavor, n),
@@ -163,10 +169,13 @@ def decode_call_body(data: Buffer, start: int = 0, end: int | None = None) -> Ca
         verf, pos = _read_auth(data, start + header_len, end)
         return CallMessage(xid, prog, vers, proc, NULL_AUTH, verf, bytes(data[pos:end]), rpcvers,
                            header_len)
+    verf, pos = _read_auth(data, start + header_len, end)
+    if verf is NULL_AUTH:  # an AUTH_NONE verifier signs nothing: no header bytes to keep
+        cred = opaque_auth(cflavor, bytes(data[start + 32:start + 32 + clen]))
+        return CallMessage(xid, prog, vers, proc, cred, verf, bytes(data[pos:end]), rpcvers, header_len)
     # Keep the received xid .. cred bytes: an RPCSEC_GSS verifier is a MIC over them (§5.3.1).
     header = bytes(data[start:start + header_len])
     cred = opaque_auth(cflavor, header[32:32 + clen])
-    verf, pos = _read_auth(data, start + header_len, end)
     call = CallMessage(xid, prog, vers, proc, cred, verf, bytes(data[pos:end]), rpcvers, header_len)
     _set_call_header(call, header)
     return call

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from rpclatch.gss.channel import InMemoryChannel
-from rpclatch.gss.client import GssClientAuth
+from rpclatch.gss.client import GssClientAuth, VersionPolicy
 from rpclatch.gss.errors import GssMajor
 from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
-from rpclatch.gss.server import GssServerAuth
-from rpclatch.gss.wire import GssCred, GssProc, InitArg, InitRes, Service
-from rpclatch.rpc.auth import AuthAccept, AuthControlReply, AuthDeny, AuthDrop, AuthGarbage
-from rpclatch.rpc.messages import NULL_AUTH, CallMessage, OpaqueAuth
+from rpclatch.gss.server import GssServerAuth, _ServerContext
+from rpclatch.gss.wire import MAXSEQ, GssCred, GssProc, InitArg, InitRes, IntegData, PrivData, Service
+from rpclatch.rpc import wire
+from rpclatch.rpc.auth import (
+    AuthAccept,
+    AuthControlReply,
+    AuthDeny,
+    AuthDrop,
+    AuthGarbage,
+    ConnectionInfo,
+    PreparedCall,
+)
+from rpclatch.rpc.messages import NULL_AUTH, AcceptedReply, CallMessage, OpaqueAuth
 from rpclatch.xdr import XdrError
 
 RESULTS = (AuthAccept, AuthControlReply, AuthDeny, AuthDrop, AuthGarbage)
@@ -135,3 +145,141 @@ def test_mutated_credentials_take_the_same_checks(
         return
     if fields[0] not in srv.versions:
         assert isinstance(res, AuthDeny) and res.stat == srv.unsupported_version_stat
+
+
+# -- the per-call fast path of check_call against the general path --------------------------------
+
+
+@dataclasses.dataclass
+class _Twin:
+    srv: GssServerAuth
+    clients: dict[int, GssClientAuth]  # by RPCSEC_GSS version
+    bound: ConnectionInfo  # the connection the v2 client's handle is bound to
+    other: ConnectionInfo  # another connection, with a channel of its own
+    broken: InMemoryChannel  # a channel that is down
+
+
+@pytest.fixture(scope="module")
+def twin(realm: ThrowawayRealm) -> _Twin:
+    cli_ch, srv_ch = InMemoryChannel.pair("x-test", b"twin")
+    srv = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab), seq_window=32)
+    t = LoopbackTransport(srv, channel=srv_ch)
+    clients = {}
+    for version, policy in ((2, VersionPolicy.REQUIRE_V2), (1, VersionPolicy.V1_ONLY)):
+        c = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name,
+                          versions=policy)
+        asyncio.run(c.establish(t.call))
+        clients[version] = c
+    asyncio.run(clients[2].bind_channel(t.call, cli_ch))
+    other = ConnectionInfo(t.conn.conn_id + 1, ("127.0.0.1", 1), "sim",
+                           InMemoryChannel.pair("x-test", b"twin")[1])
+    broken = InMemoryChannel.pair("x-test", b"twin")[1]
+    broken.break_()
+    return _Twin(srv, clients, t.conn, other, broken)
+
+
+def _state(srv: GssServerAuth, ctx: _ServerContext) -> tuple[object, ...]:
+    return (srv._contexts.get(ctx.handle) is ctx, ctx.window.highest, ctx.window._bits, ctx.binding,
+            ctx.data_requests, ctx.expires_at, ctx.established)
+
+
+def _restore(srv: GssServerAuth, ctx: _ServerContext, state: tuple[object, ...]) -> None:
+    srv._contexts[ctx.handle] = ctx
+    (_, ctx.window._highest, ctx.window._bits, ctx.binding, ctx.data_requests, ctx.expires_at,
+     ctx.established) = state
+
+
+def _verdict(res: object, client: GssClientAuth, call: CallMessage, seq: int, service: int
+             ) -> tuple[object, ...]:
+    """What a verdict says, comparable across two calls (an accepted call's seal is applied and
+    checked by the client, since MIC and Wrap tokens differ from one call to the next)."""
+    if isinstance(res, AuthAccept):
+        verf, body = res.seal(b"\0\0\0\x05res")
+        prepared = PreparedCall(call, (client._current(), seq, Service(service)))
+        results = client.accept_reply(prepared, AcceptedReply(call.xid, verf, results=body))
+        return ("accept", res.args, res.principal, results)
+    return (type(res).__name__, getattr(res, "stat", None), getattr(res, "reason", None))
+
+
+def _mostly(usual: object, *others: object) -> st.SearchStrategy[object]:
+    return st.sampled_from([usual] * 6 + list(others))
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), version=st.sampled_from([1, 2]), cred_version=_mostly("same", 1, 2, 3),
+       service=st.sampled_from([1, 2, 3, 4] * 3 + [0, 5]), proc=_mostly(0, 5, 2**32 - 1),
+       verf_kind=_mostly("right", "mic", "bad-mic", "none", "sys"),
+       body_kind=_mostly("good", "wrong-seq", "bad", "short"),
+       args=st.binary(max_size=40).map(lambda b: b + b"\0" * (-len(b) % 4)),
+       conn_kind=_mostly("bound", "other", "channel-down"), keep_header=st.booleans(),
+       cap=_mostly(None, 0, 1), flip=_mostly(False, True))
+def test_fast_path_and_general_path_agree(
+    twin: _Twin, data: st.DataObject, version: int, cred_version: int | str, service: int, proc: int,
+    verf_kind: str, body_kind: str, args: bytes, conn_kind: str, keep_header: bool, cap: int | None,
+    flip: bool,
+) -> None:
+    """check_call's DATA fast path and _check_general (decode_cred_fields + _established_call +
+    _data/_channel_prot) give the same verdict -- same kind, auth_stat and reason, or for an
+    accepted call the same arguments and a seal the client accepts -- and leave the context in the
+    same state (window, binding, request count, table), for signed and forged calls of every
+    service, seq_nums around the window and MAXSEQ, on the bound connection, another one and a
+    channel that went down, with and without the request cap. (DESTROY and BIND_CHANNEL take
+    the same route, _established_call, on both paths; a signed DESTROY would end the context.)"""
+    srv, client = twin.srv, twin.clients[version]
+    ctx = srv._contexts[client.handle or b""]
+    gss = client._current().gss
+    # a random window: nothing seen yet, or a highest seq_num with some of the 32 below it seen
+    high = data.draw(st.integers(-1, 1000))
+    ctx.window._highest = high
+    ctx.window._bits = 0 if high < 0 else (data.draw(st.integers(0, 2**32 - 1)) | 1)
+    seq = data.draw(st.one_of(st.integers(max(0, high - 40), high + 40), st.integers(high + 1, high + 40),
+                              st.integers(0, 2**32 - 1), st.sampled_from([MAXSEQ - 1, MAXSEQ, 0])))
+    cred_vers = version if cred_version == "same" else cred_version
+    cred = struct.pack(">IIIII", cred_vers, proc, seq, service, len(ctx.handle)) + ctx.handle
+    cred += b"\0" * (-len(cred) % 4)
+    if flip:  # a byte changed after signing
+        flipped = bytearray(cred)
+        flipped[data.draw(st.integers(0, len(cred) - 1))] ^= data.draw(st.integers(1, 255))
+        sent = bytes(flipped)
+    else:
+        sent = cred
+    head = CallMessage(0x77, 0x20000099, 1, data.draw(st.integers(0, 3)), OpaqueAuth(6, cred))
+    header = head.encode_header_through_cred()
+    if verf_kind == "right":
+        verf_kind = "none" if service == 4 else "mic"
+    verf = {"mic": OpaqueAuth(6, gss.get_mic(header)), "bad-mic": OpaqueAuth(6, gss.get_mic(header + b"x")),
+            "none": NULL_AUTH, "sys": OpaqueAuth(1, b"\0" * 8)}[verf_kind]
+    inner = struct.pack(">I", seq if body_kind != "wrong-seq" else seq ^ 1) + args
+    if body_kind == "short":
+        inner = inner[:3]
+    if service == 2:
+        body = IntegData(inner, gss.get_mic(inner) if body_kind != "bad" else b"bad").encode()
+    elif service == 3:
+        body = PrivData(gss.wrap(inner) if body_kind != "bad" else b"bad").encode()
+    else:
+        body = args
+    call = dataclasses.replace(head, cred=OpaqueAuth(6, sent), verf=verf, args=body)
+    if keep_header:  # decoded from the wire: the header bytes as received are kept
+        call = wire.decode_call_body(wire.encode_call(call))
+    conn = twin.other if conn_kind == "other" else twin.bound
+    binding = ctx.binding
+    if conn_kind == "channel-down" and binding is not None:
+        ctx.binding = dataclasses.replace(binding, channel=twin.broken)
+        conn = dataclasses.replace(twin.bound, channel=twin.broken)
+    saved_cap = srv.max_requests_per_context
+    srv.max_requests_per_context = None if cap is None else ctx.data_requests + cap
+    try:
+        before = _state(srv, ctx)
+        fast = _verdict(srv.check_call(call, conn, 0.0), client, call, seq, service)
+        after_fast = _state(srv, ctx)
+        _restore(srv, ctx, before)
+        general = _verdict(srv._check_general(call, conn, 0.0), client, call, seq, service)
+        after_general = _state(srv, ctx)
+    finally:
+        srv.max_requests_per_context = saved_cap
+        srv._contexts[ctx.handle] = ctx  # the request cap forgets it: keep it for the next example
+        ctx.binding = binding
+    event(f"accept, service {service}"
+          if fast[0] == "accept" else f"{fast[0]} {fast[1] or ''} {fast[2]!s:.24}")
+    assert fast == general
+    assert after_fast == after_general

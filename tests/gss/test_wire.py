@@ -158,3 +158,24 @@ def test_fast_integ_decoder_matches_the_xdr_decoder(data: bytes) -> None:
             decode_integ(data)
     else:
         assert decode_integ(data) == expected
+
+
+@given(cred=st.binary(max_size=148), verf_flavor=st.sampled_from([0, 6]), verf=st.binary(max_size=40),
+       args=st.binary(max_size=40).map(lambda b: b + b"\0" * (-len(b) % 4)), xid=st.integers(0, 2**32 - 1))
+def test_rpc_fast_paths_with_rpcsec_gss_credentials(cred: bytes, verf_flavor: int, verf: bytes, args: bytes,
+                                                      xid: int) -> None:
+    """The RPC layer's call fast paths on RPCSEC_GSS-shaped calls (credential body, and an AUTH_NONE
+    verifier as channel_prot sends or a GSS one): the record-marked encoding is the record of the
+    plain one, decoding gives the call back, and the signed header bytes (RFC 2203 §5.3.1) are kept
+    exactly when a verifier could be a MIC over them."""
+    from rpclatch.rpc import wire
+    from rpclatch.rpc.messages import CallMessage, OpaqueAuth
+
+    verf = verf if verf_flavor else b""
+    msg = CallMessage(xid, 0x20000099, 1, 1, OpaqueAuth(6, cred), OpaqueAuth(verf_flavor, verf), args)
+    encoded = wire.encode_call(msg)
+    head, tail = wire.encode_call_marked(msg)
+    assert head + tail == (0x80000000 | len(encoded)).to_bytes(4, "big") + encoded
+    decoded = wire.decode_call_body(encoded)
+    assert decoded == msg and decoded.cred.body == cred
+    assert decoded.header == (msg.encode_header_through_cred() if verf_flavor else b"")
