@@ -13,10 +13,7 @@ Teardown always happens: on timeout, error or Ctrl-C the UML process group is ki
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from interop.world import REPO_ROOT, _exited, _group_alive, _set_pdeathsig, _tmp_keep
+from interop.world import REPO_ROOT, _exited, _set_pdeathsig, _tmp_keep, kill_process_group
 
 INIT = Path(__file__).resolve().parent / "capable_host_init.sh"
 #: Where the run directory appears inside the guest.
@@ -137,14 +134,4 @@ class CapableHost:
         deadline = time.monotonic() + 20
         while not _exited(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if proc.returncode is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-                end = time.monotonic() + 5
-                while _group_alive(proc.pid) and time.monotonic() < end:
-                    time.sleep(0.05)
-                if not _group_alive(proc.pid):
-                    break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+        kill_process_group(proc)

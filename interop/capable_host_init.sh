@@ -25,14 +25,8 @@ for p in $HOST_TMP_KEEP; do mkdir -p "/tmp/$p"; mount --bind "/run/hosttmp/$p" "
 cp -a /etc /run/etc && mount --bind /run/etc /etc
 ip link set lo up
 hostname capable-host
-# modules: /lib/modules of the host does not exist; modprobe -d over the UML package's tree, also
-# for the kernel's own requests (crypto templates such as rfc4106(gcm(aes)))
-mkdir -p /run/modroot/lib; ln -s /usr/lib/uml/modules /run/modroot/lib/modules
-printf '#!/bin/sh\nexec /sbin/modprobe -d /run/modroot "$@"\n' >/run/modprobe; chmod 755 /run/modprobe
-echo /run/modprobe >/proc/sys/kernel/modprobe
-for m in esp4 xfrm_user veth auth_rpcgss rpcsec_gss_krb5 nfsd nfsv4; do
-  /run/modprobe $m || fatal "modprobe $m failed"
-done
+. "$(dirname "$0")/uml_modules.sh"
+uml_load_modules
 log "a host kernel with nfsd and esp4: $(uname -r), $(grep -c . /proc/modules) modules loaded"
 date +%s >"$O/ready"; sync "$O/ready"
 sh "$O/command.sh" >"$O/command.log" 2>&1 </dev/null

@@ -65,17 +65,13 @@ hostname "$FQDN"
 printf '127.0.0.1 localhost\n%s %s guest\n%s %s\n' "$SERVER_ADDR" "$FQDN" "$HOST_ADDR" "$HOST_FQDN" >/etc/hosts
 
 # --- kernel modules ------------------------------------------------------------------------------
+. "$(dirname "$0")/uml_modules.sh"
 if [ "$WORLD" = netns ]; then               # the host kernel: load what is not loaded yet
-  for m in esp4 xfrm_user veth auth_rpcgss rpcsec_gss_krb5 nfsd nfsv4; do
+  for m in $NFSD_WORLD_MODULES; do
     [ -d "/sys/module/$m" ] || modprobe "$m" || fatal "modprobe $m failed"
   done
 else
-  mkdir -p /run/modroot/lib; ln -s /usr/lib/uml/modules /run/modroot/lib/modules
-  printf '#!/bin/sh\nexec /sbin/modprobe -d /run/modroot "$@"\n' >/run/modprobe; chmod 755 /run/modprobe
-  echo /run/modprobe >/proc/sys/kernel/modprobe
-  for m in esp4 xfrm_user veth auth_rpcgss rpcsec_gss_krb5 nfsd nfsv4; do
-    /run/modprobe $m || fatal "modprobe $m failed"
-  done
+  uml_load_modules
 fi
 log "modules loaded"
 

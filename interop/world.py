@@ -255,6 +255,23 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def kill_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the process group ``proc`` leads (made with ``start_new_session``): SIGTERM, then SIGKILL,
+    then reap ``proc``. The leader is not reaped before (at most a zombie), so its PID still names
+    that group and nothing else -- UML's helper processes, or the netns init's ``ip``/``unshare``."""
+    if proc.returncode is None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+            deadline = time.monotonic() + 5
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _group_alive(proc.pid):
+                break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
 class GuestJob:
     """A command running inside the guest (see :meth:`NfsdWorld.spawn`)."""
 
@@ -585,19 +602,7 @@ class NfsdWorld:
                 time.sleep(0.1)
             if not _exited(proc.pid):
                 self._say(f"the {self.kind} init did not stop; killing its process group {proc.pid}")
-        # The init's helper processes share the process group made for it (start_new_session). The leader
-        # is not reaped yet (at most a zombie), so its PID still names that group and nothing else.
-        if proc.returncode is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-                deadline = time.monotonic() + 5
-                while _group_alive(proc.pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if not _group_alive(proc.pid):
-                    break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+        kill_process_group(proc)
 
     # ---- commands --------------------------------------------------------------------------------
 
