@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{spec.number}  {spec.name:<16} {spec.title}")
         return 0
     if args.world != "sim":
-        raise UserError(f"--world {args.world} is not available yet (it needs the Linux IPsec backend); "
+        raise UserError(f"--world {args.world} is not available yet (latching real sockets over kernel ESP "
+                        "needs an IKE daemon with unauthenticated peers and first-packet detection); "
                         "use --world sim, the default")
     numbers = _parse_scenarios(args.scenario, [s.number for s in SCENARIOS])
     try:
