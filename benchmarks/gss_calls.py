@@ -5,18 +5,20 @@ Figures, each beside a baseline measured in the same run and process:
 * ``gss.echo1k.krb5|krb5i|krb5p|channel_prot`` -- ECHO of 1 KiB, calls/s with ``--inflight`` calls
   in flight; baseline = the same with AUTH_NONE. channel_prot runs with an InMemoryChannel bound
   (RFC 5403 BIND_CHANNEL done, AUTH_NONE verifiers on the wire).
-* ``gss.echo1k.krb5.ceiling|krb5i.ceiling|krb5p.ceiling`` -- what that flavor's calls/s would be
-  with zero Python overhead for RPCSEC_GSS: ``1 / (t_none + t_gss)``, where ``t_none = 1 /
-  baseline`` is the time of one AUTH_NONE call (the baseline of the line above, both sides of the
-  call, everything but GSS) and ``t_gss`` the time of the raw python-gssapi operations one such
-  call needs, timed in this run and process in a tight loop on the very contexts the calls use
-  (client and server side) with the sizes the calls use: krb5 = 4 MICs (the call header MIC made
-  and verified, the reply verifier MIC(seq_num) of 4 bytes made and verified); krb5i = those 4
-  plus get_mic+verify_mic of the request's and of the reply's rpc_gss_data_t (seq_num + the ECHO
-  arguments/results); krb5p = the 4 plus wrap+unwrap of those two. baseline = AUTH_NONE calls/s,
-  so its ratio is the highest ratio the flavor line could reach (the loop runs with a warm
-  cache, so it is, if anything, an optimistic ceiling). channel_prot has no per-message GSS
-  operation, hence no ceiling line (its ceiling is the baseline).
+* ``gss.echo1k.krb5.ceiling|krb5i.ceiling|krb5p.ceiling`` -- the calls/s that flavor would reach
+  with zero Python overhead in RPCSEC_GSS: ``1 / (t_none + t_gss)``. ``t_none = 1 / baseline`` is
+  the time of one AUTH_NONE call (the baseline of the line above: client and server side, RPC,
+  asyncio and TCP -- all a krb5* call needs besides RPCSEC_GSS). ``t_gss`` is the time of the raw
+  python-gssapi operations one such call needs, timed (with the same ``--clock``) in a tight loop
+  after each round, on the very contexts the calls use (client and server side, called raw,
+  without the provider's lock) and with the sizes the calls use: krb5 = 4 MIC operations (the
+  call header MIC made and verified, the reply verifier MIC(seq_num) over 4 bytes made and
+  verified); krb5i = those 4 plus get_mic+verify_mic of the request's and of the reply's
+  rpc_gss_data_t (4-byte seq_num + the 1028-byte ECHO arguments/results); krb5p = the 4 plus
+  wrap+unwrap of those two. Medians over the rounds; baseline = AUTH_NONE calls/s, so the
+  ratio is the highest ratio the flavor line could reach (the loop runs with warm caches, so if
+  anything the ceiling is optimistic). channel_prot has no per-message GSS operation, hence no
+  ceiling line (its ceiling is the baseline).
 * ``gss.echo64k.krb5i|krb5p`` -- ECHO of 64 KiB (one call in flight), MB/s of payload in one
   direction; baseline = the raw python-gssapi ceiling for the same work: an echo needs two
   get_mic+verify_mic (krb5i) or two wrap+unwrap (krb5p) of 64 KiB (request and reply), so
