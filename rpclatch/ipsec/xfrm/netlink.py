@@ -3,10 +3,11 @@
 pyroute2 0.9.7 has no xfrm_user support, so the C structs of ``<linux/xfrm.h>`` are written here as
 frozen dataclasses with ``encode()`` / ``decode()`` (layouts of the LP64 ABI; sizes asserted at
 import). pyroute2 carries them: :class:`xfrm_payload` is an ``nlmsg`` whose body is our encoded
-struct + attributes, and :class:`XfrmSocket` is a ``NetlinkSocket`` (netns, sequence numbers, ACKs,
+struct + attributes, and :class:`XfrmSocket` is a ``NetlinkSocket`` (sequence numbers, ACKs,
 multi-part dumps, ``NetlinkError`` for kernel errnos). Multicast events (ACQUIRE, EXPIRE) are read
 from a plain netlink socket by :class:`XfrmEventSocket` and decoded by :func:`decode_datagram`,
-which takes any bytes and either decodes them or raises :class:`XfrmDecodeError`.
+which takes any bytes and either decodes them or raises :class:`XfrmDecodeError`. Both sockets are
+made in their network namespace by :func:`rpclatch.ipsec.xfrm.netns.open_socket` (no fork()).
 
 Reference: include/uapi/linux/xfrm.h; net/xfrm/xfrm_user.c; recipes/xfrm-netlink.
 """
@@ -23,14 +24,16 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeVar
 
-from pyroute2 import netns as pr_netns
 from pyroute2.netlink import NETLINK_XFRM, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.marshal import Marshal
 from pyroute2.netlink.nlsocket import NetlinkSocket
 
-from rpclatch.ipsec.errors import IPsecLocalError
 from rpclatch.ipsec.model import IPAddress
+from rpclatch.ipsec.xfrm.errors import XfrmDecodeError as XfrmDecodeError
+from rpclatch.ipsec.xfrm.errors import XfrmError as XfrmError
+from rpclatch.ipsec.xfrm.errors import XfrmKernelError as XfrmKernelError
+from rpclatch.ipsec.xfrm.netns import open_socket
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -50,22 +53,6 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 #: bound on attributes decoded from one message (bad input must not cost unbounded work)
 MAX_NLAS = 64
-
-
-class XfrmError(IPsecLocalError):
-    """Base of this module's errors (a local datapath failure, no wire code)."""
-
-
-class XfrmDecodeError(XfrmError):
-    """Bytes from the kernel (or anywhere) that are not a well-formed xfrm_user message."""
-
-
-class XfrmKernelError(XfrmError):
-    """The kernel refused a request; ``errno`` is its error code."""
-
-    def __init__(self, what: str, code: int) -> None:
-        super().__init__(f"{what}: {errno.errorcode.get(code, str(code))} ({code})")
-        self.errno = code
 
 
 class MsgType(IntEnum):
@@ -681,7 +668,9 @@ class XfrmSocket:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._sock = NetlinkSocket(NETLINK_XFRM, netns=netns)
+        # created here without fork() (see rpclatch.ipsec.xfrm.netns), then handed to pyroute2
+        sock = open_socket(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_XFRM)
+        self._sock = NetlinkSocket(NETLINK_XFRM, fileno=sock.detach())
         self._sock.set_marshal(_XfrmMarshal())
         self._sock.bind()
 
@@ -773,9 +762,7 @@ class XfrmEventSocket:
     def __init__(
         self, netns: str | None = None, groups: Iterable[Group] = (Group.ACQUIRE, Group.EXPIRE)
     ) -> None:
-        self.sock: socket.socket = pr_netns.create_socket(
-            netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_XFRM
-        )
+        self.sock = open_socket(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_XFRM)
         mask = 0
         for g in groups:
             mask |= 1 << (int(g) - 1)

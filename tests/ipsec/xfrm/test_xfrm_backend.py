@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from pyroute2 import netns as pr_netns
 
 from rpclatch.ipsec.backend import FlowPolicy, SocketPolicy
 from rpclatch.ipsec.engine import EngineConfig, IPsecEngine
@@ -46,6 +45,7 @@ from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
 from rpclatch.ipsec.xfrm.backend import DerivedKeys, XfrmBackend, XfrmEventReader, XfrmUnsupported
 from rpclatch.ipsec.xfrm.netlink import Dir, SaId, SaInfo, XfrmId, XfrmKernelError, XfrmSocket
 from rpclatch.ipsec.xfrm.netlink import Selector as XfrmSelector
+from rpclatch.ipsec.xfrm.netns import open_socket
 
 pytestmark = pytest.mark.root
 
@@ -119,7 +119,7 @@ def nfs_spd() -> SpdEntry:
 @contextlib.contextmanager
 def listener(ns: str, port: int) -> Iterator[list[tuple[str, int]]]:
     """A TCP listener in ``ns`` on B:port accepting in a thread; yields the peers it accepted."""
-    srv = pr_netns.create_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    srv = open_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((B_ADDR, port))
     srv.listen(8)
@@ -149,7 +149,7 @@ def listener(ns: str, port: int) -> Iterator[list[tuple[str, int]]]:
 
 
 def client(ns: str, sport: int) -> socket.socket:
-    s = pr_netns.create_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    s = open_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
     s.bind((A_ADDR, sport))
     s.settimeout(0.5)
     return s
@@ -440,7 +440,7 @@ def test_event_reader_skips_malformed_datagrams(ns_pair: NsPair, backend: XfrmBa
     dropped; a real ACQUIRE right behind it is still delivered."""
     engine = IPsecEngine([nfs_spd()], backend=backend)
     reader = XfrmEventReader(backend, engine, time.monotonic)
-    sender = pr_netns.create_socket(ns_pair.a, socket.AF_NETLINK, socket.SOCK_DGRAM, 6)
+    sender = open_socket(ns_pair.a, socket.AF_NETLINK, socket.SOCK_DGRAM, 6)
     try:
         port = reader.events.sock.getsockname()[0]
         bad_header = struct.pack("=IHHII", 999, 0x17, 0, 0, 0)  # length beyond the datagram
@@ -523,12 +523,12 @@ def test_ipv6_flow_policy_acquire_and_socket_bypass(ns_pair: NsPair, backend: Xf
         text = ip_policies(ns_pair, ns_pair.a)
         assert f"src {A6}/128 dst {B6}/128 proto tcp sport 40100 dport 2049" in text
         assert f"src {A6}/128 dst {B6}/128 proto tcp dport 2049" in text  # the configured entry
-        srv = pr_netns.create_socket(ns_pair.b, socket.AF_INET6, socket.SOCK_STREAM)
+        srv = open_socket(ns_pair.b, socket.AF_INET6, socket.SOCK_STREAM)
         srv.bind((B6, 2049))
         srv.listen(4)
         srv.settimeout(5)
         with srv:
-            s = pr_netns.create_socket(ns_pair.a, socket.AF_INET6, socket.SOCK_STREAM)
+            s = open_socket(ns_pair.a, socket.AF_INET6, socket.SOCK_STREAM)
             s.bind((A6, 40100))
             s.settimeout(0.5)
             with s, contextlib.suppress(TimeoutError):
@@ -536,7 +536,7 @@ def test_ipv6_flow_policy_acquire_and_socket_bypass(ns_pair: NsPair, backend: Xf
                 pytest.fail("connected in the clear despite the pinned PROTECT policy")
             wait_delivered(reader, 1)
             assert list(engine.key_manager.pending) == [flow]
-            byp = pr_netns.create_socket(ns_pair.a, socket.AF_INET6, socket.SOCK_STREAM)
+            byp = open_socket(ns_pair.a, socket.AF_INET6, socket.SOCK_STREAM)
             byp.bind((A6, 40101))
             byp.settimeout(2)
             with byp:
