@@ -63,6 +63,7 @@ from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
 from rpclatch.ipsec.xfrm.netlink import (
     AF_INET,
     AF_INET6,
+    DEFAULT_TIMEOUT,
     IP_XFRM_POLICY,
     IPPROTO_AH,
     IPPROTO_ESP,
@@ -264,7 +265,8 @@ class _Tracked:
 
 class XfrmBackend(Backend):
     """The engine's datapath in the Linux kernel of network namespace ``netns`` (see the module
-    docstring). Use from one thread (the netlink socket belongs to its creating thread)."""
+    docstring). Not thread-safe: use from one thread at a time. Each kernel request waits at most
+    ``netlink_timeout`` seconds for an answer, then raises XfrmTimeout (an XfrmError)."""
 
     def __init__(
         self,
@@ -274,13 +276,14 @@ class XfrmBackend(Backend):
         flow_priority: int = FLOW_PRIORITY,
         sa_priority: int = SA_PRIORITY,
         spd_priority: int = SPD_PRIORITY,
+        netlink_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.netns = netns
         self.keys = keys
         self.flow_priority = flow_priority
         self.sa_priority = sa_priority
         self.spd_priority = spd_priority
-        self.nl = XfrmSocket(netns)
+        self.nl = XfrmSocket(netns, timeout=netlink_timeout)
         self._t = _Tracked()
 
     def close(self) -> None:

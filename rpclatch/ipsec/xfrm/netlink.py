@@ -1,15 +1,16 @@
-"""xfrm_user (NETLINK_XFRM) messages and sockets, on pyroute2's nlmsg / NetlinkSocket.
+"""xfrm_user (NETLINK_XFRM) messages and sockets.
 
 pyroute2 0.9.7 has no xfrm_user support, so the C structs of ``<linux/xfrm.h>`` are written here as
 frozen dataclasses with ``encode()`` / ``decode()`` (layouts of the LP64 ABI; sizes asserted at
-import). pyroute2 carries them: :class:`xfrm_payload` is an ``nlmsg`` whose body is our encoded
-struct + attributes, and :class:`XfrmSocket` is a ``NetlinkSocket`` (sequence numbers, ACKs,
-multi-part dumps, ``NetlinkError`` for kernel errnos). Multicast events (ACQUIRE, EXPIRE) are read
-from a plain netlink socket by :class:`XfrmEventSocket` and decoded by :func:`decode_datagram`,
-which takes any bytes and either decodes them or raises :class:`XfrmDecodeError`. Both sockets are
-made in their network namespace by :func:`rpclatch.ipsec.xfrm.netns.open_socket` (no fork()).
+import). :class:`XfrmSocket` sends them as requests on a plain netlink socket (sequence numbers,
+ACKs, multi-part dumps, kernel errnos as :class:`XfrmKernelError`, a timeout per request as
+:class:`XfrmTimeout`). Multicast events (ACQUIRE, EXPIRE) are read by :class:`XfrmEventSocket` and
+decoded by :func:`decode_datagram`, which takes any bytes and either decodes them or raises
+:class:`XfrmDecodeError`. Both sockets are made in their network namespace by
+:func:`rpclatch.ipsec.xfrm.netns.open_socket` (no fork()).
 
-Reference: include/uapi/linux/xfrm.h; net/xfrm/xfrm_user.c; recipes/xfrm-netlink.
+Reference: include/uapi/linux/xfrm.h, include/uapi/linux/netlink.h; net/xfrm/xfrm_user.c;
+recipes/xfrm-netlink.
 """
 
 from __future__ import annotations
@@ -19,20 +20,18 @@ import ipaddress
 import logging
 import socket
 import struct
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeVar
 
-from pyroute2.netlink import NETLINK_XFRM, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, nlmsg
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.marshal import Marshal
-from pyroute2.netlink.nlsocket import NetlinkSocket
-
 from rpclatch.ipsec.model import IPAddress
 from rpclatch.ipsec.xfrm.errors import XfrmDecodeError as XfrmDecodeError
 from rpclatch.ipsec.xfrm.errors import XfrmError as XfrmError
 from rpclatch.ipsec.xfrm.errors import XfrmKernelError as XfrmKernelError
+from rpclatch.ipsec.xfrm.errors import XfrmTimeout as XfrmTimeout
 from rpclatch.ipsec.xfrm.netns import open_socket
 
 log = logging.getLogger(__name__)
@@ -49,8 +48,22 @@ IP_XFRM_POLICY = 17
 IPV6_XFRM_POLICY = 35
 NLMSG_HDR = struct.Struct("=IHHII")
 NLA_HDR = struct.Struct("=HH")
+#: <linux/netlink.h>
+NETLINK_XFRM = 6
+NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+NLMSG_OVERRUN = 4
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+NLM_F_CREATE = 0x400
+_NLMSGERR = struct.Struct("=i")
+#: seconds the kernel may stay silent during one request before XfrmTimeout (see XfrmSocket)
+DEFAULT_TIMEOUT = 5.0
+#: receive buffer for one datagram: netlink dumps use at most 32 KiB skbs, replies are smaller
+_RECV_SIZE = 65536
 #: bound on attributes decoded from one message (bad input must not cost unbounded work)
 MAX_NLAS = 64
 
@@ -612,67 +625,73 @@ def decode_payload(msg_type: int, payload: bytes) -> Notification | None:
     return None
 
 
-def decode_datagram(data: bytes) -> list[tuple[int, Notification | None]]:
-    """Split a netlink datagram into ``(type, decoded or None)``; raises XfrmDecodeError on any
-    malformed header or body. NLMSG_ERROR/NLMSG_DONE give ``(type, None)``."""
-    out: list[tuple[int, Notification | None]] = []
+def split_messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """The netlink messages of a datagram as ``(type, flags, seq, payload)``; raises
+    XfrmDecodeError on a truncated or inconsistent header."""
+    out: list[tuple[int, int, int, bytes]] = []
     off = 0
     while off < len(data):
         if len(data) - off < NLMSG_HDR.size:
             raise XfrmDecodeError(f"{len(data) - off} trailing bytes, not a netlink header")
-        length, msg_type, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, off)
+        length, msg_type, flags, seq, _pid = NLMSG_HDR.unpack_from(data, off)
         if length < NLMSG_HDR.size or off + length > len(data):
             raise XfrmDecodeError(f"netlink message length {length} at offset {off} of {len(data)}")
-        out.append((msg_type, decode_payload(msg_type, data[off + NLMSG_HDR.size : off + length])))
+        out.append((msg_type, flags, seq, data[off + NLMSG_HDR.size : off + length]))
         off += (length + 3) & ~3
     return out
 
 
+def decode_datagram(data: bytes) -> list[tuple[int, Notification | None]]:
+    """Split a netlink datagram into ``(type, decoded or None)``; raises XfrmDecodeError on any
+    malformed header or body. NLMSG_ERROR/NLMSG_DONE give ``(type, None)``."""
+    return [(t, decode_payload(t, payload)) for t, _flags, _seq, payload in split_messages(data)]
+
+
+def _error_code(what: str, payload: bytes) -> int:
+    """The positive errno of an NLMSG_ERROR / NLMSG_DONE payload (0 = success / ACK)."""
+    if len(payload) < _NLMSGERR.size:
+        raise XfrmDecodeError(f"{what}: netlink error message of {len(payload)} bytes")
+    return -int(_NLMSGERR.unpack_from(payload)[0])
+
+
 # ---------------------------------------------------------------------------------------------
-# pyroute2 transport
-
-
-class xfrm_payload(nlmsg):  # type: ignore[misc]  # pyroute2 is untyped
-    """An xfrm_user message whose body (fixed struct + attributes) this module encodes/decodes:
-    pyroute2 handles only the nlmsghdr, sequence numbers, ACKs and dumps."""
-
-    fields = ()
-    body: bytes = b""
-
-    def encode(self) -> None:
-        nlmsg.encode(self)  # header only (no fields)
-        body = self.body
-        self.data.extend(body)
-        self.length = self["header"]["length"] = NLMSG_HDR.size + len(body)
-        struct.pack_into("=I", self.data, self.offset, self.length)
-
-    def decode(self) -> None:
-        nlmsg.decode(self)
-        self.body = bytes(self.data[self.offset + NLMSG_HDR.size : self.offset + self.length])
-
-
-class _XfrmMarshal(Marshal):  # type: ignore[misc]  # pyroute2 is untyped
-    msg_map = {int(t): xfrm_payload for t in MsgType}
-
-
-def _request(body: bytes) -> xfrm_payload:
-    msg = xfrm_payload()
-    msg.body = body
-    return msg
+# requests
 
 
 class XfrmSocket:
     """Requests to the kernel's xfrm_user in network namespace ``netns`` (a name under
-    /var/run/netns or a path; None = the caller's namespace). Not thread-safe; use from the thread
-    that created it (pyroute2 sync sockets belong to their thread)."""
+    /var/run/netns or a path; None = the caller's namespace), on a plain NETLINK_XFRM socket.
 
-    def __init__(self, netns: str | None = None) -> None:
+    Every request (and dump) waits at most ``timeout`` seconds for the kernel's next message that
+    answers it (each one restarts the wait, so a long dump is fine); then it raises XfrmTimeout
+    instead of blocking forever. A late answer to such a request is recognised by its sequence
+    number and dropped by later requests. ``peer_port``: the netlink port id requests go to and
+    answers are accepted from; 0 (the default) is the kernel, another port lets a process stand in
+    for it (tests of this transport). Messages from anyone else are ignored. Requests are
+    serialised by a lock, so threads may share a socket."""
+
+    def __init__(
+        self, netns: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, peer_port: int = 0
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"XfrmSocket timeout must be > 0 seconds, not {timeout!r}")
         self.netns = netns
-        # created here without fork() (see rpclatch.ipsec.xfrm.netns), then handed to pyroute2
-        sock = open_socket(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_XFRM)
-        self._sock = NetlinkSocket(NETLINK_XFRM, fileno=sock.detach())
-        self._sock.set_marshal(_XfrmMarshal())
-        self._sock.bind()
+        self.timeout = timeout
+        self.peer_port = peer_port
+        self._sock = open_socket(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_XFRM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self._sock.bind((0, 0))  # the kernel picks our port id
+        except BaseException:
+            self._sock.close()
+            raise
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """This socket's netlink port id."""
+        return int(self._sock.getsockname()[0])
 
     def close(self) -> None:
         self._sock.close()
@@ -684,11 +703,63 @@ class XfrmSocket:
         self.close()
 
     def _do(self, what: str, msg_type: MsgType, body: bytes, flags: int) -> list[bytes]:
-        try:
-            replies = list(self._sock.nlm_request(_request(body), int(msg_type), flags))
-        except NetlinkError as exc:
-            raise XfrmKernelError(what, exc.code) from exc
-        return [r.body for r in replies if isinstance(r, xfrm_payload)]
+        """Send one request and collect the bodies of its answers: until the ACK (NLM_F_ACK),
+        NLMSG_DONE (dumps) or the first answer (others). Raises XfrmKernelError for a kernel
+        errno, XfrmTimeout when the kernel stays silent for ``timeout`` seconds."""
+        with self._lock:
+            self._seq = self._seq % 0xFFFFFFFF + 1  # never 0: kernel notifications carry 0
+            seq = self._seq
+            request = NLMSG_HDR.pack(NLMSG_HDR.size + len(body), int(msg_type), flags, seq, 0) + body
+            try:
+                self._sock.sendto(request, (self.peer_port, 0))
+                return self._collect(what, seq, flags)
+            except OSError as exc:
+                raise XfrmError(f"{what}: netlink socket: {exc}") from exc
+
+    def _collect(self, what: str, seq: int, flags: int) -> list[bytes]:
+        bodies: list[bytes] = []
+        deadline = time.monotonic() + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                where = f"network namespace {self.netns!r}" if self.netns else "this namespace"
+                raise XfrmTimeout(
+                    f"{what}: no answer from xfrm_user in {where} within {self.timeout:g} s "
+                    f"(netlink port {self.peer_port}, seq {seq})"
+                )
+            self._sock.settimeout(remaining)
+            try:
+                data, _anc, msg_flags, addr = self._sock.recvmsg(_RECV_SIZE)
+            except TimeoutError:
+                continue
+            if addr[0] != self.peer_port:
+                log.debug("netlink datagram from port %s ignored (not port %d)", addr[0], self.peer_port)
+                continue
+            if msg_flags & socket.MSG_TRUNC:
+                raise XfrmDecodeError(f"{what}: netlink datagram longer than {_RECV_SIZE} bytes")
+            mine = [m for m in split_messages(data) if m[2] == seq]
+            if not mine:
+                log.debug("netlink datagram for another request ignored (%d bytes)", len(data))
+                continue
+            deadline = time.monotonic() + self.timeout
+            for msg_type, msg_flags_, _seq, payload in mine:
+                if msg_type == NLMSG_ERROR:
+                    code = _error_code(what, payload)
+                    if code:
+                        raise XfrmKernelError(what, code)
+                    return bodies  # the ACK
+                if msg_type == NLMSG_DONE:
+                    code = _error_code(what, payload) if payload else 0
+                    if code > 0:
+                        raise XfrmKernelError(what, code)
+                    return bodies
+                if msg_type == NLMSG_OVERRUN:
+                    raise XfrmError(f"{what}: netlink overrun")
+                if msg_type == NLMSG_NOOP:
+                    continue
+                bodies.append(payload)
+                if not flags & (NLM_F_ACK | NLM_F_DUMP) and not msg_flags_ & NLM_F_MULTI:
+                    return bodies  # a plain answer (ALLOCSPI) ends the request
 
     def _dump(self, what: str, get: MsgType, new: MsgType, cls: type[_T]) -> list[_T]:
         """A ``get`` dump, each reply decoded as a ``new`` message (an instance of ``cls``)."""

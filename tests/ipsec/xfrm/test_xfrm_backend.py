@@ -709,3 +709,21 @@ def test_engine_flow_closed_during_hold_loses_kernel_pin_when_hold_ends(ns_pair:
         assert _flow_kernel(backend, 40120) == [] and flow not in backend.flow_policies
     finally:
         backend.close()
+
+
+def test_backend_netlink_timeout_reaches_its_socket(ns_pair: NsPair) -> None:
+    """XfrmBackend(netlink_timeout=) is the XfrmSocket's per-request timeout (default 5 s); the
+    kernel answers well within it."""
+    default = XfrmBackend(ns_pair.a, KEYS)
+    try:
+        assert default.nl.timeout == 5.0
+    finally:
+        default.close()
+    quick = XfrmBackend(ns_pair.a, KEYS, netlink_timeout=2.5)
+    try:
+        assert quick.nl.timeout == 2.5
+        flow = FiveTuple.of(A_ADDR, 40130, B_ADDR, 2049, 6)
+        quick.install_flow_policy(FlowPolicy(flow, protect_entry(flow), 3))
+        assert len(quick.nl.policies()) == 2
+    finally:
+        quick.close()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import os
 import socket
 import struct
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given
@@ -225,3 +229,155 @@ def test_decode_payload_mutated_valid_messages(msg_type: MsgType, data: st.DataO
     body = body[: data.draw(st.integers(0, len(body)))]
     with contextlib.suppress(XfrmDecodeError):
         decode_payload(msg_type, bytes(body))
+
+
+# -- XfrmSocket's transport against a netlink peer that stands in for the kernel -----------------
+# A process with CAP_NET_ADMIN may unicast NETLINK_XFRM datagrams to another socket's port id, so a
+# second socket of this test plays the kernel: it sees the real request bytes and answers (or not).
+
+
+class FakeKernel:
+    """A NETLINK_XFRM socket bound to its own port id; XfrmSocket(peer_port=kernel.port)."""
+
+    def __init__(self) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("netlink unicast between sockets needs CAP_NET_ADMIN (root)")
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, nl.NETLINK_XFRM)
+        self.sock.bind((0, 0))
+        self.sock.settimeout(10)
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[0])
+
+    def request(self) -> tuple[int, int, int, bytes, int]:
+        """The next request: (type, flags, seq, body, sender port)."""
+        data, addr = self.sock.recvfrom(65536)
+        [(msg_type, flags, seq, body)] = nl.split_messages(data)
+        return msg_type, flags, seq, body, addr[0]
+
+    def send(self, port: int, *msgs: bytes) -> None:
+        self.sock.sendto(b"".join(msgs), (port, 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def nl_msg(msg_type: int, seq: int, body: bytes = b"", flags: int = 0) -> bytes:
+    return struct.pack("=IHHII", 16 + len(body), msg_type, flags, seq, 0) + body + bytes(-len(body) % 4)
+
+
+def nl_error(seq: int, code: int) -> bytes:
+    """NLMSG_ERROR with -code (0 = ACK) and a dummy copy of the request header."""
+    return nl_msg(nl.NLMSG_ERROR, seq, struct.pack("=i", -code) + bytes(16))
+
+
+@contextlib.contextmanager
+def fake_kernel(timeout: float) -> Iterator[tuple[FakeKernel, nl.XfrmSocket]]:
+    kernel = FakeKernel()
+    try:
+        with nl.XfrmSocket(timeout=timeout, peer_port=kernel.port) as xs:
+            yield kernel, xs
+    finally:
+        kernel.close()
+
+
+def in_thread(fn: Callable[[], None]) -> threading.Thread:
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    return t
+
+
+def test_request_to_a_peer_that_never_answers_times_out() -> None:
+    with fake_kernel(0.3) as (kernel, xs):
+        timeout = r"^flush policies: no answer from xfrm_user in this namespace within 0\.3 s"
+        with pytest.raises(nl.XfrmTimeout, match=timeout):
+            xs.flush_policies()
+        # the request did reach the peer: it just never answered
+        msg_type, flags, seq, body, sender = kernel.request()
+        assert (msg_type, flags, seq, body, sender) == (MsgType.FLUSHPOLICY, 0x5, 1, b"", xs.port)
+        with pytest.raises(nl.XfrmTimeout, match="dump policies"):
+            xs.policies()
+
+
+def test_answers_to_other_requests_and_from_other_ports_do_not_count() -> None:
+    """A stale ACK (another seq) and a right-looking ACK from a stranger's port are ignored: the
+    request still times out, as nothing from its peer answered it."""
+    with fake_kernel(0.5) as (kernel, xs):
+        stranger = FakeKernel()
+        try:
+
+            def answer_wrongly() -> None:
+                _t, _f, seq, _b, port = kernel.request()
+                kernel.send(port, nl_error(seq + 7, 0))
+                stranger.send(port, nl_error(seq, 0))
+
+            t = in_thread(answer_wrongly)
+            with pytest.raises(nl.XfrmTimeout):
+                xs.flush_policies()
+            t.join(5)
+        finally:
+            stranger.close()
+
+
+def test_a_peer_that_answers_is_heard_and_late_answers_are_dropped() -> None:
+    """The control for the timeout tests: the same setup succeeds when the peer answers (ACK, an
+    errno, a multi-part dump); a late answer to a timed-out request does not leak into the next."""
+    sel = Selector.any()
+    pol = PolicyInfo(sel, Dir.OUT, priority=77)
+    with fake_kernel(2.0) as (kernel, xs):
+        t = in_thread(lambda: kernel.send(xs.port, nl_error(kernel.request()[2], 0)))
+        xs.flush_policies()
+        t.join(5)
+
+        t = in_thread(lambda: kernel.send(xs.port, nl_error(kernel.request()[2], errno.EPERM)))
+        with pytest.raises(nl.XfrmKernelError) as err:
+            xs.flush_policies()
+        assert err.value.errno == errno.EPERM
+        t.join(5)
+
+        def dump() -> None:
+            _t, flags, seq, _b, port = kernel.request()
+            assert flags & nl.NLM_F_DUMP == nl.NLM_F_DUMP
+            part = nl_msg(MsgType.NEWPOLICY, seq, pol.encode(), nl.NLM_F_MULTI)
+            kernel.send(port, part, part)
+            kernel.send(port, nl_msg(nl.NLMSG_DONE, seq, struct.pack("=i", 0), nl.NLM_F_MULTI))
+
+        t = in_thread(dump)
+        assert [p.info for p in xs.policies()] == [pol, pol]
+        t.join(5)
+
+    with fake_kernel(0.3) as (kernel, xs):
+        with pytest.raises(nl.XfrmTimeout):
+            xs.flush_policies()
+        late_seq = kernel.request()[2]
+
+        def late_then_right() -> None:
+            _t, _f, seq, _b, port = kernel.request()
+            assert seq != late_seq
+            kernel.send(port, nl_error(late_seq, errno.EPERM))  # the first request's answer, late
+            kernel.send(port, nl_error(seq, 0))
+
+        t = in_thread(late_then_right)
+        xs.flush_policies()  # the late EPERM belongs to the timed-out request: no error here
+        t.join(5)
+
+
+def test_a_dump_whose_peer_goes_silent_midway_times_out() -> None:
+    pol = PolicyInfo(Selector.any(), Dir.IN)
+    with fake_kernel(0.3) as (kernel, xs):
+
+        def half_dump() -> None:
+            _t, _f, seq, _b, port = kernel.request()
+            kernel.send(port, nl_msg(MsgType.NEWPOLICY, seq, pol.encode(), nl.NLM_F_MULTI))
+
+        t = in_thread(half_dump)
+        with pytest.raises(nl.XfrmTimeout, match="dump policies"):
+            xs.policies()
+        t.join(5)
+
+
+def test_timeout_must_be_positive() -> None:
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="timeout must be > 0"):
+            nl.XfrmSocket(timeout=bad)
