@@ -4,18 +4,33 @@ calling thread."""
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import itertools
+import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from types import FrameType
 
 import pytest
 
-from rpclatch.ipsec.xfrm.netlink import NETLINK_XFRM, XfrmError
+from rpclatch.ipsec.xfrm.netlink import (
+    NETLINK_XFRM,
+    Action,
+    Dir,
+    PolicyId,
+    PolicyInfo,
+    XfrmError,
+    XfrmEventSocket,
+    XfrmSocket,
+)
+from rpclatch.ipsec.xfrm.netlink import Selector as XfrmSelector
 from rpclatch.ipsec.xfrm.netns import netns_path, open_socket
 
 pytestmark = pytest.mark.root
@@ -107,3 +122,69 @@ def test_missing_namespace_is_an_error_and_is_not_created() -> None:
 def test_a_file_that_is_no_namespace_is_refused() -> None:
     with pytest.raises(XfrmError, match="cannot enter network namespace"):
         open_socket("/proc/self/status", socket.AF_INET, socket.SOCK_DGRAM)
+
+
+# -- the conditions of a full test run ------------------------------------------------------------
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.mark.timeout(120)
+def test_xfrm_sockets_with_threads_children_and_a_sigterm_handler(netns: str) -> None:
+    """What the UML guest / KDC fixtures leave in the pytest process when tests/ipsec runs after
+    them: a console-tail thread that holds its lock while it works, a thread busy with I/O, a child
+    process, and a SIGTERM handler that raises KeyboardInterrupt (interop.world installs one while
+    a guest is up). Then XFRM sockets are opened and used in a test namespace 150 times.
+
+    With pyroute2's forked helpers (the code before) this hangs: the helper is stopped with SIGTERM
+    and waited for without a timeout; when the signal hits it before its exit, the inherited
+    handler raises in the helper, which leaves pyroute2 as a copy of this test and runs the
+    ``finally`` below, blocking on the tail's lock (held at fork time by a thread the copy does
+    not have). The timeout marker then fails the test. Now no socket needs a fork."""
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def tail() -> None:
+        while not stop.is_set():
+            with lock:
+                time.sleep(0.002)
+
+    def busy_io() -> None:
+        while not stop.is_set():
+            with open("/proc/self/stat", "rb") as f:
+                f.read()
+            logging.getLogger("rpclatch.test.busy").debug("tick")
+
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (tail, busy_io, busy_io)]
+    for t in threads:
+        t.start()
+    child = subprocess.Popen(["sleep", "300"])
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    a, b = ipaddress.IPv4Address("192.0.2.1"), ipaddress.IPv4Address("192.0.2.2")
+    _FORKS["watch"] += 1
+    before = _FORKS["count"]
+    try:
+        for i in range(150):
+            sel = XfrmSelector.exact(a, 41000 + i, b, 2049, 6)
+            with XfrmSocket(netns) as xs:
+                xs.add_policy(PolicyInfo(sel, Dir.OUT, Action.BLOCK, 7))
+                assert [(p.info.sel, p.info.priority) for p in xs.policies()] == [(sel, 7)]
+                assert xs.delete_policy(PolicyId(sel, Dir.OUT)) is True
+            events = XfrmEventSocket(netns)
+            try:
+                assert events.receive() == []
+            finally:
+                events.close()
+    finally:
+        forks = _FORKS["count"] - before
+        _FORKS["watch"] -= 1
+        signal.signal(signal.SIGTERM, old)
+        with lock:  # a teardown that takes the tail's lock, as a harness's close() may
+            stop.set()
+        for t in threads:
+            t.join(5)
+        child.kill()
+        child.wait()
+    assert forks == 0
