@@ -117,17 +117,18 @@ class _Context:
     #: seq_num source; next() on an itertools.count is atomic under the GIL (no lock needed).
     seqs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     stale: bool = False
-    #: per service: the DATA credential after ``version, gss_proc, seq_num`` (service, handle),
-    #: so that a call's credential is one pack of three words plus this (RFC 2203 §5)
-    cred_tails: dict[Service, bytes] = field(default_factory=dict)
-    #: per service: (length of the DATA credential body, its tail) for :data:`_SIGNED_HEAD`
+    #: per service: (length of the DATA credential body, the body after ``version, gss_proc,
+    #: seq_num``, i.e. service and handle), so that a call's credential -- and the signed header
+    #: ending with it -- is one struct pack plus this tail (RFC 2203 §5, §5.3.1)
     cred_layouts: dict[Service, tuple[int, bytes]] = field(default_factory=dict)
+    #: the tail of channel_prot credentials (RFC 5403 §3.4: nothing else is signed or sent)
+    chprot_tail: bytes = field(default=b"", init=False)
 
     def __post_init__(self) -> None:
         for service in Service:
             tail = encode_cred(self.version, _DATA, 0, service, self.handle)[12:]
-            self.cred_tails[service] = tail
             self.cred_layouts[service] = (12 + len(tail), tail)
+        self.chprot_tail = self.cred_layouts[Service.CHANNEL_PROT][1]
 
 
 #: Per-call client state in ``PreparedCall.state``: (context, seq_num, service) -- a plain tuple,
@@ -521,16 +522,18 @@ class GssClientAuth(ClientAuth):
         channel = self._channel
         if channel is not None and channel.is_up() and (
             service is not _SVC_PRIVACY or channel.confidential
-        ):
-            service = _SVC_CHANNEL_PROT  # RFC 5403 §3.4 (effective_service())
+        ):  # RFC 5403 §3.4 (effective_service()): channel_prot, AUTH_NONE verifier
+            seq = next(ctx.seqs)  # a fresh one for every transmission, retransmissions too
+            if seq >= MAXSEQ:
+                ctx.stale = True
+                raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
+            cred = opaque_auth(_FLAVOR_GSS, _III.pack(ctx.version, 0, seq) + ctx.chprot_tail)
+            return PreparedCall(CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args),
+                                (ctx, seq, _SVC_CHANNEL_PROT))
         seq = next(ctx.seqs)  # a fresh one for every transmission, retransmissions too (§5.3.1)
         if seq >= MAXSEQ:
             ctx.stale = True
             raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
-        if service is _SVC_CHANNEL_PROT:
-            cred = opaque_auth(_FLAVOR_GSS, _III.pack(ctx.version, 0, seq) + ctx.cred_tails[service])
-            return PreparedCall(CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args),
-                                (ctx, seq, service))
         # RFC 2203 §5.3.1: the verifier is a MIC over xid .. credential (the credential is padded):
         # the header is one pack plus the precomputed tail, the credential body a slice of it.
         cred_len, tail = ctx.cred_layouts[service]

@@ -278,8 +278,9 @@ class GssServerAuth(ServerAuth):
         handled right here: the checks of :meth:`_established_call` followed by those of
         :meth:`_data` or :meth:`_channel_prot`, written out as one function (same checks, same
         order, same answers -- tests/gss/test_server.py compares this path with
-        :meth:`_check_general`), locks taken with acquire/release, the seq_num packed once and the
-        header MIC computed over the header bytes as received. DESTROY and BIND_CHANNEL go to
+        :meth:`_check_general`), the context table read without its lock (see :meth:`_remember`),
+        the context's lock taken with acquire/release, the seq_num packed once and the header MIC
+        computed over the header bytes as received. DESTROY and BIND_CHANNEL go to
         :meth:`_established_call`, everything else to :meth:`_check_general`."""
         body = call.cred.body
         n = len(body)
@@ -299,15 +300,15 @@ class GssServerAuth(ServerAuth):
         handle = body[20:20 + hlen]
         if service_no == 4 and version != RPCSEC_GSS_VERS_2:
             return AuthDeny(AuthStat.AUTH_BADCRED, "channel_prot is an RPCSEC_GSS v2 service")
+        # The table without its lock (see _remember): get and move_to_end are each one atomic
+        # operation under the GIL; a context removed in between is unknown, as it is a moment later.
         contexts = self._contexts
-        lock = self._lock
-        lock.acquire()
-        try:
-            ctx = contexts.get(handle)
-            if ctx is not None:
-                contexts.move_to_end(handle)
-        finally:
-            lock.release()
+        ctx = contexts.get(handle)
+        if ctx is not None:
+            try:
+                contexts.move_to_end(handle)  # least recently used first
+            except KeyError:
+                ctx = None
         if ctx is None or not ctx.established:
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "unknown context handle")
         if ctx.version != version:
@@ -514,11 +515,14 @@ class GssServerAuth(ServerAuth):
         )
 
     def _remember(self, ctx: _ServerContext, now: float) -> None:
+        # Changes to the table are made under self._lock. The per-call path of check_call reads
+        # it without the lock (one atomic get and move_to_end each, under the GIL), so whatever
+        # loops over the table in Python loops over a snapshot (list(...) is one atomic copy).
         with self._lock:
             self._contexts[ctx.handle] = ctx
             self._contexts.move_to_end(ctx.handle)
             if len(self._contexts) > self.max_contexts:
-                expired = [h for h, c in self._contexts.items()
+                expired = [h for h, c in list(self._contexts.items())
                            if c.expires_at is not None and c.expires_at <= now]
                 for h in expired:
                     del self._contexts[h]

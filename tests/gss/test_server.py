@@ -283,3 +283,78 @@ def test_fast_path_and_general_path_agree(
           if fast[0] == "accept" else f"{fast[0]} {fast[1] or ''} {fast[2]!s:.24}")
     assert fast == general
     assert after_fast == after_general
+
+
+def test_table_read_without_its_lock_under_concurrent_churn(realm: ThrowawayRealm) -> None:
+    """check_call reads the context table without the table lock (atomic get/move_to_end under the
+    GIL); writers hold the lock and loop over snapshots. Two threads make channel_prot calls on four
+    bound contexts while a third creates contexts (each evicting one from a full table of 40 after
+    a scan for expired ones), lists them and closes connections, with a 1 us switch interval so
+    the threads interleave everywhere: every call gets a verdict (an accept, or CREDPROBLEM once its
+    context is evicted) and no thread raises. (With the scan looping over the table itself
+    instead of a snapshot, most runs fail: OrderedDict mutated during iteration.)"""
+    import sys
+    import threading
+
+    cli_ch, srv_ch = InMemoryChannel.pair("x-test", b"churn")
+    srv = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab), max_contexts=40,
+                        seq_window=65536)  # no seq_num this test sends falls below it
+    t = LoopbackTransport(srv, channel=srv_ch)
+    bob = GssapiProvider(ccache=realm.users["bob"].ccache)
+    for _ in range(40):  # a full table: every new context evicts one, after a scan for expired ones
+        asyncio.run(GssClientAuth(bob, realm.service_name).establish(t.call))
+    handles = []
+    for _ in range(4):  # calls rotate over four bound contexts: each moves its handle in the table
+        c = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name)
+        asyncio.run(c.establish(t.call))
+        asyncio.run(c.bind_channel(t.call, cli_ch))
+        handles.append(c.handle or b"")
+    seqs = iter(range(100, 10**9))  # above BIND_CHANNEL's
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    verdicts: list[object] = []
+    stop = threading.Event()
+
+    def calls() -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    seq = next(seqs)
+                if seq >= 60_000:  # all within one window: none can be dropped as too old
+                    return
+                handle = handles[seq % len(handles)]
+                cred = GssCred(2, GssProc.RPCSEC_GSS_DATA, seq, Service.CHANNEL_PROT, handle).encode()
+                res = srv.check_call(CallMessage(seq, t.prog, t.vers, 1, OpaqueAuth(6, cred), NULL_AUTH,
+                                                 b"\0\0\0\0"), t.conn, 0.0)
+                verdicts.append(res)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def churn() -> None:
+        try:
+            for _ in range(80):
+                other = GssClientAuth(bob, realm.service_name)
+                asyncio.run(other.establish(LoopbackTransport(srv).call))
+                srv.contexts()
+                srv.connection_closed(ConnectionInfo(-1, None, "sim"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=calls) for _ in range(2)]
+        churner = threading.Thread(target=churn)
+        for w in [*workers, churner]:
+            w.start()
+        churner.join(120)
+        stop.set()
+        for w in workers:
+            w.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors
+    assert any(isinstance(v, AuthAccept) for v in verdicts)
+    assert all(isinstance(v, AuthAccept) or (isinstance(v, AuthDeny) and v.stat == 13) for v in verdicts)
