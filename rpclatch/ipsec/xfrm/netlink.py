@@ -682,6 +682,7 @@ class XfrmSocket:
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             self._sock.bind((0, 0))  # the kernel picks our port id
+            self._sock.settimeout(timeout)  # bounds sends too (a peer socket's queue may be full)
         except BaseException:
             self._sock.close()
             raise
@@ -712,6 +713,11 @@ class XfrmSocket:
             request = NLMSG_HDR.pack(NLMSG_HDR.size + len(body), int(msg_type), flags, seq, 0) + body
             try:
                 self._sock.sendto(request, (self.peer_port, 0))
+            except TimeoutError as exc:
+                raise XfrmTimeout(f"{what}: request not accepted within {self.timeout:g} s") from exc
+            except OSError as exc:
+                raise XfrmError(f"{what}: netlink socket: {exc}") from exc
+            try:
                 return self._collect(what, seq, flags)
             except OSError as exc:
                 raise XfrmError(f"{what}: netlink socket: {exc}") from exc
@@ -729,20 +735,20 @@ class XfrmSocket:
                 )
             self._sock.settimeout(remaining)
             try:
-                data, _anc, msg_flags, addr = self._sock.recvmsg(_RECV_SIZE)
+                data, _anc, dgram_flags, addr = self._sock.recvmsg(_RECV_SIZE)
             except TimeoutError:
                 continue
             if addr[0] != self.peer_port:
                 log.debug("netlink datagram from port %s ignored (not port %d)", addr[0], self.peer_port)
                 continue
-            if msg_flags & socket.MSG_TRUNC:
+            if dgram_flags & socket.MSG_TRUNC:
                 raise XfrmDecodeError(f"{what}: netlink datagram longer than {_RECV_SIZE} bytes")
             mine = [m for m in split_messages(data) if m[2] == seq]
             if not mine:
                 log.debug("netlink datagram for another request ignored (%d bytes)", len(data))
                 continue
             deadline = time.monotonic() + self.timeout
-            for msg_type, msg_flags_, _seq, payload in mine:
+            for msg_type, msg_flags, _seq, payload in mine:
                 if msg_type == NLMSG_ERROR:
                     code = _error_code(what, payload)
                     if code:
@@ -758,7 +764,7 @@ class XfrmSocket:
                 if msg_type == NLMSG_NOOP:
                     continue
                 bodies.append(payload)
-                if not flags & (NLM_F_ACK | NLM_F_DUMP) and not msg_flags_ & NLM_F_MULTI:
+                if not flags & (NLM_F_ACK | NLM_F_DUMP) and not msg_flags & NLM_F_MULTI:
                     return bodies  # a plain answer (ALLOCSPI) ends the request
 
     def _dump(self, what: str, get: MsgType, new: MsgType, cls: type[_T]) -> list[_T]:

@@ -8,8 +8,7 @@ import ipaddress
 import os
 import socket
 import struct
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -282,10 +281,8 @@ def fake_kernel(timeout: float) -> Iterator[tuple[FakeKernel, nl.XfrmSocket]]:
         kernel.close()
 
 
-def in_thread(fn: Callable[[], None]) -> threading.Thread:
-    t = threading.Thread(target=fn, daemon=True)
-    t.start()
-    return t
+# The peer's answers are queued on the XfrmSocket before the request is sent (a new socket's
+# requests carry seq 1, 2, ...): the transport reads them in order, with no race against a thread.
 
 
 def test_request_to_a_peer_that_never_answers_times_out() -> None:
@@ -298,24 +295,20 @@ def test_request_to_a_peer_that_never_answers_times_out() -> None:
         assert (msg_type, flags, seq, body, sender) == (MsgType.FLUSHPOLICY, 0x5, 1, b"", xs.port)
         with pytest.raises(nl.XfrmTimeout, match="dump policies"):
             xs.policies()
+        assert kernel.request()[:3] == (MsgType.GETPOLICY, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, 2)
 
 
 def test_answers_to_other_requests_and_from_other_ports_do_not_count() -> None:
     """A stale ACK (another seq) and a right-looking ACK from a stranger's port are ignored: the
     request still times out, as nothing from its peer answered it."""
-    with fake_kernel(0.5) as (kernel, xs):
+    with fake_kernel(0.3) as (kernel, xs):
         stranger = FakeKernel()
         try:
-
-            def answer_wrongly() -> None:
-                _t, _f, seq, _b, port = kernel.request()
-                kernel.send(port, nl_error(seq + 7, 0))
-                stranger.send(port, nl_error(seq, 0))
-
-            t = in_thread(answer_wrongly)
+            kernel.send(xs.port, nl_error(8, 0))
+            stranger.send(xs.port, nl_error(1, 0))
             with pytest.raises(nl.XfrmTimeout):
                 xs.flush_policies()
-            t.join(5)
+            assert kernel.request()[2] == 1
         finally:
             stranger.close()
 
@@ -323,61 +316,57 @@ def test_answers_to_other_requests_and_from_other_ports_do_not_count() -> None:
 def test_a_peer_that_answers_is_heard_and_late_answers_are_dropped() -> None:
     """The control for the timeout tests: the same setup succeeds when the peer answers (ACK, an
     errno, a multi-part dump); a late answer to a timed-out request does not leak into the next."""
-    sel = Selector.any()
-    pol = PolicyInfo(sel, Dir.OUT, priority=77)
-    with fake_kernel(2.0) as (kernel, xs):
-        t = in_thread(lambda: kernel.send(xs.port, nl_error(kernel.request()[2], 0)))
+    pol = PolicyInfo(Selector.any(), Dir.OUT, priority=77)
+    with fake_kernel(0.3) as (kernel, xs):
+        kernel.send(xs.port, nl_error(1, 0))
         xs.flush_policies()
-        t.join(5)
 
-        t = in_thread(lambda: kernel.send(xs.port, nl_error(kernel.request()[2], errno.EPERM)))
+        kernel.send(xs.port, nl_error(2, errno.EPERM))
         with pytest.raises(nl.XfrmKernelError) as err:
             xs.flush_policies()
         assert err.value.errno == errno.EPERM
-        t.join(5)
 
-        def dump() -> None:
-            _t, flags, seq, _b, port = kernel.request()
-            assert flags & nl.NLM_F_DUMP == nl.NLM_F_DUMP
-            part = nl_msg(MsgType.NEWPOLICY, seq, pol.encode(), nl.NLM_F_MULTI)
-            kernel.send(port, part, part)
-            kernel.send(port, nl_msg(nl.NLMSG_DONE, seq, struct.pack("=i", 0), nl.NLM_F_MULTI))
-
-        t = in_thread(dump)
+        part = nl_msg(MsgType.NEWPOLICY, 3, pol.encode(), nl.NLM_F_MULTI)
+        kernel.send(xs.port, part, part)
+        kernel.send(xs.port, nl_msg(nl.NLMSG_DONE, 3, struct.pack("=i", 0), nl.NLM_F_MULTI))
         assert [p.info for p in xs.policies()] == [pol, pol]
-        t.join(5)
 
-    with fake_kernel(0.3) as (kernel, xs):
         with pytest.raises(nl.XfrmTimeout):
-            xs.flush_policies()
-        late_seq = kernel.request()[2]
-
-        def late_then_right() -> None:
-            _t, _f, seq, _b, port = kernel.request()
-            assert seq != late_seq
-            kernel.send(port, nl_error(late_seq, errno.EPERM))  # the first request's answer, late
-            kernel.send(port, nl_error(seq, 0))
-
-        t = in_thread(late_then_right)
-        xs.flush_policies()  # the late EPERM belongs to the timed-out request: no error here
-        t.join(5)
+            xs.flush_policies()  # seq 4: no answer yet
+        kernel.send(xs.port, nl_error(4, errno.EPERM))  # its answer, late
+        kernel.send(xs.port, nl_error(5, 0))
+        xs.flush_policies()  # seq 5: the late EPERM belongs to seq 4, no error here
+        assert [kernel.request()[2] for _ in range(5)] == [1, 2, 3, 4, 5]
 
 
 def test_a_dump_whose_peer_goes_silent_midway_times_out() -> None:
     pol = PolicyInfo(Selector.any(), Dir.IN)
     with fake_kernel(0.3) as (kernel, xs):
-
-        def half_dump() -> None:
-            _t, _f, seq, _b, port = kernel.request()
-            kernel.send(port, nl_msg(MsgType.NEWPOLICY, seq, pol.encode(), nl.NLM_F_MULTI))
-
-        t = in_thread(half_dump)
+        kernel.send(xs.port, nl_msg(MsgType.NEWPOLICY, 1, pol.encode(), nl.NLM_F_MULTI))
         with pytest.raises(nl.XfrmTimeout, match="dump policies"):
             xs.policies()
-        t.join(5)
 
 
 def test_timeout_must_be_positive() -> None:
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="timeout must be > 0"):
             nl.XfrmSocket(timeout=bad)
+
+
+def test_a_peer_port_nobody_holds_is_a_layer_error() -> None:
+    kernel = FakeKernel()
+    with nl.XfrmSocket(timeout=0.5) as xs:  # made while the port is taken: it cannot get it
+        xs.peer_port = kernel.port
+        kernel.close()
+        with pytest.raises(nl.XfrmError, match=r"flush policies: netlink socket: .*refused"):
+            xs.flush_policies()
+
+
+@given(st.binary(max_size=400))
+def test_split_messages_any_bytes(data: bytes) -> None:
+    """Any bytes split into messages that cover the datagram, or raise the module error."""
+    try:
+        msgs = nl.split_messages(data)
+    except XfrmDecodeError:
+        return
+    assert sum(16 + len(payload) for _t, _f, _s, payload in msgs) <= len(data)
