@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import socket
 import struct
 import threading
@@ -673,8 +674,8 @@ class XfrmSocket:
     def __init__(
         self, netns: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, peer_port: int = 0
     ) -> None:
-        if not timeout > 0:
-            raise ValueError(f"XfrmSocket timeout must be > 0 seconds, not {timeout!r}")
+        if not 0 < timeout < math.inf:
+            raise ValueError(f"XfrmSocket timeout must be > 0 seconds and finite, not {timeout!r}")
         self.netns = netns
         self.timeout = timeout
         self.peer_port = peer_port
@@ -682,7 +683,6 @@ class XfrmSocket:
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             self._sock.bind((0, 0))  # the kernel picks our port id
-            self._sock.settimeout(timeout)  # bounds sends too (a peer socket's queue may be full)
         except BaseException:
             self._sock.close()
             raise
@@ -712,6 +712,7 @@ class XfrmSocket:
             seq = self._seq
             request = NLMSG_HDR.pack(NLMSG_HDR.size + len(body), int(msg_type), flags, seq, 0) + body
             try:
+                self._sock.settimeout(self.timeout)  # a user-space peer's full queue blocks sends
                 self._sock.sendto(request, (self.peer_port, 0))
             except TimeoutError as exc:
                 raise XfrmTimeout(f"{what}: request not accepted within {self.timeout:g} s") from exc

@@ -348,7 +348,7 @@ def test_a_dump_whose_peer_goes_silent_midway_times_out() -> None:
 
 
 def test_timeout_must_be_positive() -> None:
-    for bad in (0, -1.0, float("nan")):
+    for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="timeout must be > 0"):
             nl.XfrmSocket(timeout=bad)
 
@@ -370,3 +370,18 @@ def test_split_messages_any_bytes(data: bytes) -> None:
     except XfrmDecodeError:
         return
     assert sum(16 + len(payload) for _t, _f, _s, payload in msgs) <= len(data)
+
+
+def test_a_peer_whose_queue_stays_full_times_out_the_send() -> None:
+    with fake_kernel(0.3) as (kernel, xs):
+        kernel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        flood = FakeKernel()
+        try:
+            flood.sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(10_000):
+                    flood.send(kernel.port, nl_error(99, 0))
+            with pytest.raises(nl.XfrmTimeout, match=r"flush policies: request not accepted within 0\.3 s"):
+                xs.flush_policies()
+        finally:
+            flood.close()
