@@ -362,6 +362,7 @@ class NfsdWorld:
         self._job_lock = threading.Lock()
         self._closed = False
         self._t0 = 0.0
+        self._sigterm_pid = 0
         self._old_sigterm: signal.Handlers | Callable[[int, FrameType | None], object] | int | None = None
         self.esp_key_in = "0x" + os.urandom(20).hex()
         self.esp_key_out = "0x" + os.urandom(20).hex()
@@ -442,6 +443,7 @@ class NfsdWorld:
         self._t0 = time.monotonic()
         atexit.register(self.close)
         if threading.current_thread() is threading.main_thread():
+            self._sigterm_pid = os.getpid()
             self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self._start()
@@ -450,6 +452,15 @@ class NfsdWorld:
             raise
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM in the process that brought the world up unwinds it like Ctrl-C (so ``close`` runs).
+        A forked child inherits this handler (pyroute2's netns helpers, multiprocessing): there it
+        must not unwind into a copy of the caller's stack -- it would run the caller's teardown and
+        could block forever on a lock held by another thread at fork time -- so the child dies of
+        the signal as it would have without the handler."""
+        if os.getpid() != self._sigterm_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            os._exit(128 + signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     def _write_env(self) -> None:

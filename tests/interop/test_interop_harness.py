@@ -298,3 +298,30 @@ def test_cli_names_a_world_this_machine_lacks_in_one_line() -> None:
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert f"cannot run the Linux nfsd {kind} world here: {missing[0]}" in proc.stderr
+
+
+def test_sigterm_handler_unwinds_only_the_process_that_installed_it() -> None:
+    """A world turns SIGTERM into KeyboardInterrupt so ``close`` runs; a forked child inheriting the
+    handler must die of the signal instead of unwinding into a copy of the caller (that copy ran
+    pytest's teardown and hung on a lock held at fork time: the full-run XFRM hangs)."""
+    world = WORLDS["uml"](run_dir=_run_dir("sigterm-handler"))
+    world._sigterm_pid = os.getpid()
+    old = signal.signal(signal.SIGTERM, world._on_sigterm)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        pid = os.fork()
+        if pid == 0:  # child: Python code running when the signal lands
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+            except KeyboardInterrupt:
+                os._exit(99)
+            os._exit(98)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+    finally:
+        signal.signal(signal.SIGTERM, old)
