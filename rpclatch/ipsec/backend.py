@@ -1,9 +1,10 @@
 """The datapath backend interface: where SAs and per-flow policies are pushed.
 
 The engine (rpclatch.ipsec.engine) is the policy brain; a :class:`Backend` is the datapath that
-must mirror its decisions. Two implementations are planned: the in-process one here (used by the
-simulated network, where the engine itself answers every packet, so the backend only records the
-tables a kernel would hold) and an XFRM one (Linux kernel via netlink on pyroute2).
+must mirror its decisions. Two implementations: the in-process one here (used by the simulated
+network, where the engine itself answers every packet, so the backend only records the tables a
+kernel would hold) and the XFRM one (:class:`rpclatch.ipsec.xfrm.backend.XfrmBackend`: the Linux
+kernel via xfrm_user netlink, sockets made in a namespace without fork, every request with a timeout).
 
 Mapping onto Linux XFRM (approach 2 of the design slides; recipes/xfrm-netlink):
 
