@@ -63,7 +63,7 @@ def pair(request: pytest.FixtureRequest, realm: ThrowawayRealm) -> tuple[GssClie
     return c, srv, t
 
 
-@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(xid=st.integers(0, 2**32 - 1), prog=st.integers(0, 2**32 - 1), vers=st.integers(0, 2**32 - 1),
        proc=st.integers(0, 2**32 - 1), args=st.binary(max_size=64).map(lambda b: b + b"\0" * (-len(b) % 4)))
 def test_prepared_calls_are_the_general_encoding(

@@ -205,7 +205,7 @@ def _mostly(usual: object, *others: object) -> st.SearchStrategy[object]:
     return st.sampled_from([usual] * 6 + list(others))
 
 
-@settings(max_examples=1000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), version=st.sampled_from([1, 2]), cred_version=_mostly("same", 1, 2, 3),
        service=st.sampled_from([1, 2, 3, 4] * 3 + [0, 5]), proc=_mostly(0, 5, 2**32 - 1),
        verf_kind=_mostly("right", "mic", "bad-mic", "none", "sys"),
