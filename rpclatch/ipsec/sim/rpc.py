@@ -10,7 +10,11 @@ the transport name ``"sim"``.
 
 Latch breaks reach the RPC layer as the stream does: with the RFC 5660 §5.5 (b) default
 disposition the stream resets, every outstanding call fails with ``RpcConnectionClosed`` and
-:class:`SimConnectionReset` is raised by :meth:`SimRpcClient.call`.
+:class:`SimConnectionReset` is raised by :meth:`SimRpcClient.call`. With disposition (c) the stream
+stays open but carries a soft error (an ICMP destination unreachable, RFC 1122 §4.2.3.9): a call
+that times out while it is pending fails with :class:`SimDestinationUnreachable` (an
+``RpcTimeout`` naming the soft error, as TCP reports a pending soft error instead of a bare
+ETIMEDOUT); once the latch is ESTABLISHED again the error clears and calls go through.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from rpclatch.rpc.client import (
     Event,
     RpcClientConnection,
 )
-from rpclatch.rpc.errors import RpcConnectionClosed, RpcError
+from rpclatch.rpc.errors import RpcConnectionClosed, RpcError, RpcTimeout
 from rpclatch.rpc.server import PendingReply, RpcDispatcher, RpcServerConnection
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,12 @@ _NOT_YET_OPEN = {StreamState.CLOSED, StreamState.LISTEN}
 
 class SimConnectionReset(SimLocalError):
     """The RPC transport was reset (peer RST, or a latch break acting as reset, RFC 5660 §5.5 (b))."""
+
+
+class SimDestinationUnreachable(SimLocalError, RpcTimeout):
+    """A call timed out while the stream held a soft error: its latch is BROKEN with the RFC 5660
+    §5.5 (c) disposition (act as if an ICMP destination unreachable arrived). Still an
+    :class:`RpcTimeout`, so callers that retry on timeouts keep doing so."""
 
 
 class SimRpcClient:
@@ -156,7 +166,13 @@ class SimRpcClient:
             if isinstance(ev, CallCompleted):
                 self.results[ev.handle.xid] = ev.result
             elif isinstance(ev, CallFailed):
-                self.results[ev.handle.xid] = ev.error
+                soft = self.conn.soft_error
+                if soft is not None and isinstance(ev.error, RpcTimeout):  # RFC 1122 §4.2.3.9
+                    error: RpcError = SimDestinationUnreachable(f"{ev.error}; {soft}")
+                    error.__cause__ = ev.error
+                    self.results[ev.handle.xid] = error
+                else:
+                    self.results[ev.handle.xid] = ev.error
             elif isinstance(ev, ConnectionFailed):
                 log.warning("conn %d: RPC stream unusable: %s", self.conn_id, ev.error)
                 self.conn.abort()

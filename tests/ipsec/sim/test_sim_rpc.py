@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from rpclatch.ipsec.engine import Approach
+from rpclatch.ipsec.latch import BrokenDisposition, LatchRequest
 from rpclatch.ipsec.model import Selector
 from rpclatch.ipsec.sim.lab import Lab
-from rpclatch.ipsec.sim.rpc import SimConnectionReset, SimRpcClient, SimRpcServer
+from rpclatch.ipsec.sim.rpc import SimConnectionReset, SimDestinationUnreachable, SimRpcClient, SimRpcServer
 from rpclatch.ipsec.sim.wireview import flow_packets
 from rpclatch.ipsec.sim.world import World
 from rpclatch.rpc.auth import ConnectionInfo
-from rpclatch.rpc.errors import RpcAcceptError
+from rpclatch.rpc.errors import RpcAcceptError, RpcTimeout
 from rpclatch.rpc.server import CallContext, RpcDispatcher
 
 PROG, VERS = 400123, 1
@@ -76,3 +77,45 @@ def test_outstanding_call_fails_with_reset_when_latch_breaks() -> None:
     lab.world.run_for(1.0)
     assert isinstance(client.results.get(handle.xid), Exception)
     assert client.ended is not None
+
+
+def test_call_during_unreachable_disposition_break_names_the_soft_error_then_recovers() -> None:
+    """RFC 5660 §5.5 (c) on the client's latch: the stream is not reset; a call that times out
+    meanwhile fails with SimDestinationUnreachable (an RpcTimeout naming the soft error, RFC 1122
+    §4.2.3.9), and calls go through again once the latch is ESTABLISHED."""
+    lab = Lab.build()
+    SimRpcServer(lab.listen(), _dispatcher([]))
+    conn = lab.a.connect(lab.b.address, 2049, local_port=50002,
+                         request=LatchRequest(disposition=BrokenDisposition.ICMP_UNREACHABLE))
+    client = SimRpcClient(conn)
+    assert client.call(PROG, VERS, 1, b"ping") == b"ping"
+    c = lab.attacker()
+    c.claim_address(lab.b.address)
+    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
+    lab.world.run_for(0.5)
+    assert lab.stack(lab.a).latch_state(conn) == "BROKEN" and conn.soft_error is not None
+    c.release_address(lab.b.address)
+    lab.b.claim_address(lab.b.address)
+    with pytest.raises(SimDestinationUnreachable, match="unreachable") as info:
+        client.call(PROG, VERS, 1, b"during break", timeout=2.0)
+    assert isinstance(info.value, RpcTimeout) and isinstance(info.value.__cause__, RpcTimeout)
+    assert client.is_open and client.ended is None            # not reset, unlike disposition (b)
+    for sa in list(lab.stack(lab.a).engine.sad):              # the thief's SA goes away: T5
+        if conn.channel is not None and sa.peer != conn.channel.params.peer:
+            lab.stack(lab.a).sike.remove_child(sa.sa_id)
+    lab.world.run_for(3.0)
+    assert lab.stack(lab.a).latch_state(conn) == "ESTABLISHED" and conn.soft_error is None
+    assert client.call(PROG, VERS, 1, b"after", timeout=10.0) == b"after"
+
+
+def test_timeout_without_soft_error_stays_a_plain_timeout() -> None:
+    w = World(seed=3)
+    a, b = w.add_host("a", "192.0.2.1"), w.add_host("b", "192.0.2.2")
+    server = SimRpcServer(b.listen(2049), _dispatcher([]))
+    conn = a.connect("192.0.2.2", 2049)
+    client = SimRpcClient(conn)
+    assert client.call(PROG, VERS, 1, b"ping") == b"ping"
+    server.connections[0][0].on_event = lambda c, ev: None   # the server application hangs
+    with pytest.raises(RpcTimeout) as info:
+        client.call(PROG, VERS, 1, b"lost", timeout=1.0)
+    assert conn.soft_error is None and not isinstance(info.value, SimDestinationUnreachable)
