@@ -87,6 +87,8 @@ def main() -> int:
     parser.add_argument("--sec", default="sys,krb5i,krb5p,sys+esp")
     parser.add_argument("--world", choices=("auto", "uml", "netns"), default=None,
                         help="nfsd world (default: $RPCLATCH_INTEROP_WORLD or auto)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="where the world's logs go (default runs/interop/<time>-<pid>/)")
     args = parser.parse_args()
     choice = choose_world(args.world)
     if choice.missing:
@@ -95,7 +97,8 @@ def main() -> int:
         return 2
     print(f"nfs_read: world: {choice.reason}", file=sys.stderr)
     size = args.size_mib << 20
-    with choice.cls(progress=lambda line: print(line, file=sys.stderr, flush=True)) as guest:
+    with choice.cls(run_dir=args.run_dir,
+                    progress=lambda line: print(line, file=sys.stderr, flush=True)) as guest:
         guest.run(f"head -c {size} /dev/urandom >{guest.server_path(FILE)} && chmod 644 "
                   f"{guest.server_path(FILE)}", check=True, timeout=300)
         for sec in args.sec.split(","):
