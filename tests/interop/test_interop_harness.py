@@ -287,6 +287,19 @@ def test_choose_world_follows_the_host_kernel_and_the_environment(monkeypatch: p
         choose_world()
 
 
+def test_auto_takes_the_netns_world_exactly_when_the_host_kernel_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WORLD_ENV, raising=False)
+    monkeypatch.setattr(hostkernel, "missing_requirements", lambda: [])
+    capable = choose_world()
+    assert capable.cls is hostkernel.HostKernelNfsd and capable.missing == ()
+    assert capable.reason == "network namespaces on the host kernel (the host kernel has nfsd and esp4)"
+    monkeypatch.setattr(hostkernel, "missing_requirements", lambda: ["host kernel 9.9 has no esp4"])
+    lacking = choose_world()
+    assert lacking.cls is uml.LinuxNfsdGuest
+    assert lacking.reason == ("User-Mode Linux (the host-kernel mode cannot run here: "
+                              "host kernel 9.9 has no esp4)")
+
+
 def test_cli_names_a_world_this_machine_lacks_in_one_line() -> None:
     """Asking for a world the machine cannot run gives one line naming what is missing."""
     for kind, cls in WORLDS.items():
