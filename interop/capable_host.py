@@ -21,11 +21,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from interop.world import REPO_ROOT, _exited, _set_pdeathsig, _tmp_keep, kill_process_group
+from interop.world import (
+    REPO_ROOT,
+    _exited,
+    _set_pdeathsig,
+    host_tmp_keep,
+    kill_process_group,
+    path_in_run_dir,
+)
 
 INIT = Path(__file__).resolve().parent / "capable_host_init.sh"
-#: Where the run directory appears inside the guest.
-GUEST_RUN_DIR = "/run/out"
 
 
 class CapableHostError(Exception):
@@ -63,8 +68,8 @@ class CapableHost:
         self._progress(f"[{time.monotonic() - self._t0:7.2f}s] {text}")
 
     def guest_path(self, host_path: Path | str) -> str:
-        rel = Path(host_path).resolve().relative_to(self.run_dir)
-        return f"{GUEST_RUN_DIR}/{rel}" if str(rel) != "." else GUEST_RUN_DIR
+        """The guest's path (under /run/out) of a file in the run directory."""
+        return path_in_run_dir(self.run_dir, host_path)
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
             timeout: float = 3600.0) -> HostCommandResult:
@@ -75,8 +80,8 @@ class CapableHost:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("ready", "failed", "rc", "command.log"):
             (self.run_dir / stale).unlink(missing_ok=True)
-        keep = _tmp_keep([REPO_ROOT, Path(self.config.python), Path(sys.prefix), Path(sys.base_prefix)])
-        (self.run_dir / "host.env").write_text(f"HOST_TMP_KEEP={shlex.quote(' '.join(keep))}\n")
+        keep = " ".join(host_tmp_keep(self.config.python))
+        (self.run_dir / "host.env").write_text(f"HOST_TMP_KEEP={shlex.quote(keep)}\n")
         lines = [f"cd {shlex.quote(str(REPO_ROOT))} || exit 126"]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()]
         lines.append("exec " + shlex.join(argv))

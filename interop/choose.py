@@ -17,7 +17,8 @@ from interop.world import GuestConfig, NfsdWorld, Progress
 
 WORLD_ENV = "RPCLATCH_INTEROP_WORLD"
 KINDS = ("auto", "uml", "netns")
-_CLASSES: dict[str, type[NfsdWorld]] = {"uml": uml.LinuxNfsdGuest, "netns": hostkernel.HostKernelNfsd}
+#: The worlds by kind.
+WORLDS: dict[str, type[NfsdWorld]] = {"uml": uml.LinuxNfsdGuest, "netns": hostkernel.HostKernelNfsd}
 
 
 class WorldChoiceError(ValueError):
@@ -45,14 +46,14 @@ def choose_world(kind: str | None = None) -> WorldChoice:
     netns_missing = hostkernel.missing_requirements()
     if asked == "netns" or (asked == "auto" and not netns_missing):
         why = "asked for" if asked == "netns" else "the host kernel has nfsd and esp4"
-        return WorldChoice(hostkernel.HostKernelNfsd, f"network namespaces on the host kernel ({why})",
+        return WorldChoice(WORLDS["netns"], f"network namespaces on the host kernel ({why})",
                            tuple(netns_missing))
     uml_missing = uml.missing_requirements()
     if asked == "uml":
         why = "asked for"
     else:
         why = "the host-kernel mode cannot run here: " + "; ".join(netns_missing)
-    return WorldChoice(uml.LinuxNfsdGuest, f"User-Mode Linux ({why})", tuple(uml_missing))
+    return WorldChoice(WORLDS["uml"], f"User-Mode Linux ({why})", tuple(uml_missing))
 
 
 def open_world(config: GuestConfig | None = None, run_dir: Path | str | None = None,

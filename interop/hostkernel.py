@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 from interop.netns import SERVER_PREFIX, HostNamespace, NetnsError, _ip, netns_exists, stop_nfsd
 from interop.world import (
+    COMMON_TOOLS,
     GUEST_INIT,
     HOST_ADDR,
     GuestConfig,
@@ -39,13 +39,8 @@ from interop.world import (
 
 def missing_requirements() -> list[str]:
     """Reasons this machine cannot run the host-kernel world (empty when it can)."""
-    reasons = []
-    if os.geteuid() != 0:
-        reasons.append("needs root (network, mount and PID namespaces)")
-    for tool in ("unshare", "nfsdcld"):
-        if shutil.which(tool) is None:
-            reasons.append(f"{tool} not installed")
-    return reasons + missing_tools() + host_kernel_gaps()
+    reasons = [] if os.geteuid() == 0 else ["needs root (network, mount and PID namespaces)"]
+    return reasons + missing_tools(("unshare", "nfsdcld", *COMMON_TOOLS)) + host_kernel_gaps()
 
 
 _counter = 0
@@ -62,7 +57,6 @@ class HostKernelNfsd(NfsdWorld):
         super().__init__(config, run_dir, progress)
         _counter += 1
         self.server_netns = f"{SERVER_PREFIX}-{os.getpid()}-{_counter}"
-        self._server_ns_made = False
 
     @classmethod
     def missing(cls, config: GuestConfig | None = None) -> list[str]:
@@ -70,7 +64,6 @@ class HostKernelNfsd(NfsdWorld):
 
     def _launch(self, console: int) -> subprocess.Popen[bytes]:
         _ip("netns", "add", self.server_netns)
-        self._server_ns_made = True
         self.host_ns = HostNamespace(HOST_ADDR, peer_netns=self.server_netns)
         self._say(f"server namespace {self.server_netns} <-> host namespace {self.host_ns.name} "
                   f"({HOST_ADDR}/24 on {self.host_ns.link_name}, vec0 on the server side)")
@@ -82,7 +75,7 @@ class HostKernelNfsd(NfsdWorld):
                                 env=env, start_new_session=True, preexec_fn=_set_pdeathsig)
 
     def _after_stop(self) -> None:
-        if not self._server_ns_made or not netns_exists(self.server_netns):
+        if not netns_exists(self.server_netns):  # the name carries our PID: if it exists, we made it
             return
         error = stop_nfsd(self.server_netns)
         if error:

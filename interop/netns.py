@@ -114,10 +114,6 @@ class HostNamespace:
             self.close()
             raise
 
-    @property
-    def tap_name(self) -> str:
-        return self.link_name
-
     def __enter__(self) -> HostNamespace:
         return self
 

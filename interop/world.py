@@ -231,6 +231,18 @@ def _tmp_keep(paths: Sequence[Path]) -> list[str]:
     return keep
 
 
+def host_tmp_keep(python: str) -> list[str]:
+    """What a guest or private /tmp must bind back from the host's /tmp: this checkout and the
+    Python (interpreter, venv, base prefix) its commands run with, where they lie under /tmp."""
+    return _tmp_keep([REPO_ROOT, Path(python), Path(sys.prefix), Path(sys.base_prefix)])
+
+
+def path_in_run_dir(run_dir: Path, host_path: Path | str) -> str:
+    """The path, under :data:`GUEST_RUN_DIR`, of ``host_path`` (a file in the host's ``run_dir``)."""
+    rel = Path(host_path).resolve().relative_to(run_dir)
+    return f"{GUEST_RUN_DIR}/{rel}" if str(rel) != "." else GUEST_RUN_DIR
+
+
 def _exited(pid: int) -> bool:
     """True once ``pid`` (our child) has exited -- zombie or gone -- without reaping it."""
     try:
@@ -405,8 +417,7 @@ class NfsdWorld:
 
     def guest_path(self, host_path: Path | str) -> str:
         """The guest's path for a file under the run directory."""
-        rel = Path(host_path).resolve().relative_to(self.run_dir)
-        return f"{GUEST_RUN_DIR}/{rel}" if str(rel) != "." else GUEST_RUN_DIR
+        return path_in_run_dir(self.run_dir, host_path)
 
     def export(self, path: str) -> Export:
         for exp in self.config.exports:
@@ -490,9 +501,7 @@ class NfsdWorld:
             "GRACE_TIME": str(cfg.grace_time),
             "LEASE_TIME": str(cfg.lease_time),
             "NFSD_THREADS": str(cfg.nfsd_threads),
-            "HOST_TMP_KEEP": " ".join(
-                _tmp_keep([REPO_ROOT, Path(cfg.python), Path(sys.prefix), Path(sys.base_prefix)])
-            ),
+            "HOST_TMP_KEEP": " ".join(host_tmp_keep(cfg.python)),
         }
         for key, value in values.items():
             if "'" in value or "\n" in value:

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from interop import hostkernel, sockpolicy, uml
-from interop.choose import WORLD_ENV, WorldChoiceError, choose_world
+from interop.choose import WORLD_ENV, WORLDS, WorldChoiceError, choose_world
 from interop.runner import CaseResult, format_table, parse_junit
 from interop.world import (
     DEFAULT_EXPORTS,
@@ -29,8 +29,6 @@ from interop.world import (
     host_kernel_gaps,
     parse_xfrm_state,
 )
-
-WORLDS = {"uml": uml.LinuxNfsdGuest, "netns": hostkernel.HostKernelNfsd}
 
 XFRM_STATE = """\
 src 198.51.100.2 dst 198.51.100.1
@@ -278,7 +276,8 @@ def test_choose_world_follows_the_host_kernel_and_the_environment(monkeypatch: p
     else:
         assert auto.kind == "netns" and auto.missing == ()
     monkeypatch.setenv(WORLD_ENV, "uml")
-    assert choose_world().kind == "uml" and "asked for" in choose_world().reason
+    asked = choose_world()
+    assert asked.kind == "uml" and "asked for" in asked.reason
     monkeypatch.setenv(WORLD_ENV, "netns")
     forced = choose_world()
     assert forced.kind == "netns" and forced.missing == tuple(hostkernel.missing_requirements())
