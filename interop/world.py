@@ -197,9 +197,8 @@ def host_kernel_gaps(*, filesystems: Path = Path("/proc/filesystems"),
     User-Mode Linux instead; empty when the host kernel has both.
 
     nfsd counts as present when the ``nfsd`` file system is registered (``/proc/filesystems``),
-    ``/sys/module/nfsd`` exists or ``nfsd.ko*`` is installed for the running kernel; esp4 when
-    ``/sys/module/esp4`` exists (loaded) or ``esp4.ko*`` is installed. A built-in esp4 without a
-    /sys/module entry is not detected.
+    ``/sys/module/nfsd`` exists or the running kernel has it as a module or built in; esp4 when
+    ``/sys/module/esp4`` exists (loaded) or the kernel has it (see :func:`_kernel_has_module`).
     """
     release = release or os.uname().release
     mods = lib_modules / release
@@ -208,11 +207,26 @@ def host_kernel_gaps(*, filesystems: Path = Path("/proc/filesystems"),
         registered = any(line.split()[-1:] == ["nfsd"] for line in filesystems.read_text().splitlines())
     except OSError:
         registered = False
-    if not registered and not (sys_module / "nfsd").is_dir() and not any(mods.glob("**/nfsd.ko*")):
+    if not registered and not (sys_module / "nfsd").is_dir() and not _kernel_has_module(mods, "nfsd"):
         gaps.append(f"host kernel {release} has no nfsd (not in {filesystems}, no nfsd.ko under {mods})")
-    if not (sys_module / "esp4").is_dir() and not any(mods.glob("**/esp4.ko*")):
+    if not (sys_module / "esp4").is_dir() and not _kernel_has_module(mods, "esp4"):
         gaps.append(f"host kernel {release} has no esp4 (no {sys_module / 'esp4'}, no esp4.ko under {mods})")
     return gaps
+
+
+def _kernel_has_module(mods: Path, name: str) -> bool:
+    """``name`` is installed (``modules.dep``) or built in (``modules.builtin``) under ``mods``
+    (``/lib/modules/<release>``); without those indexes, a ``name.ko*`` file anywhere below."""
+    indexed = False
+    for index in ("modules.dep", "modules.builtin"):
+        try:
+            text = (mods / index).read_text(errors="replace")
+        except OSError:
+            continue
+        indexed = True
+        if re.search(rf"(?:^|/){re.escape(name)}\.ko", text, re.MULTILINE):
+            return True
+    return not indexed and any(mods.glob(f"**/{name}.ko*"))
 
 
 def _set_pdeathsig() -> None:

@@ -258,6 +258,23 @@ def test_host_kernel_gaps_names_what_the_host_kernel_lacks(tmp_path: Path) -> No
     assert host_kernel_gaps(filesystems=fs, sys_module=sysmod, lib_modules=libmod, release="9.9.9") == []
 
 
+def test_host_kernel_gaps_reads_the_module_indexes(tmp_path: Path) -> None:
+    """With modules.dep / modules.builtin the kernel's own lists decide (a built-in esp4 counts, a
+    stray .ko file not listed does not); no directory walk."""
+    fs, sysmod, libmod = tmp_path / "filesystems", tmp_path / "sys-module", tmp_path / "lib-modules"
+    sysmod.mkdir()
+    fs.write_text("nodev\tsysfs\n")
+    mods = libmod / "9.9.9"
+    (mods / "kernel" / "fs" / "nfsd").mkdir(parents=True)
+    (mods / "kernel" / "fs" / "nfsd" / "nfsd.ko").write_bytes(b"")  # present, but not in the index
+    (mods / "modules.dep").write_text("kernel/fs/nfs/nfsv4.ko.xz: kernel/fs/nfs/nfs.ko.xz\n")
+    (mods / "modules.builtin").write_text("kernel/net/ipv4/esp4.ko\n")
+    gaps = host_kernel_gaps(filesystems=fs, sys_module=sysmod, lib_modules=libmod, release="9.9.9")
+    assert len(gaps) == 1 and "no nfsd" in gaps[0]
+    (mods / "modules.dep").write_text("kernel/fs/nfsd/nfsd.ko.xz: kernel/net/sunrpc/sunrpc.ko.xz\n")
+    assert host_kernel_gaps(filesystems=fs, sys_module=sysmod, lib_modules=libmod, release="9.9.9") == []
+
+
 def test_runner_help_names_the_worlds_and_the_choice_here() -> None:
     """``interop/run --help`` explains both worlds and says which one this machine gets, and why."""
     reason = choose_world().reason
