@@ -268,7 +268,7 @@ class GssClientAuth(ClientAuth):
             handle = b""
             proc = GssProc.RPCSEC_GSS_INIT
             for _ in range(_MAX_INIT_ROUNDS):
-                init = _InitAuth(version, proc, handle)
+                init = _InitAuth(version, proc, handle, self.service)
                 results = await rpc_call(init, 0, InitArg(token).encode())
                 try:
                     res = InitRes.decode(results)
@@ -602,12 +602,18 @@ class GssClientAuth(ClientAuth):
 
 
 class _InitAuth(ClientAuth):
-    """INIT / CONTINUE_INIT: cred with the handle (empty first), AUTH_NONE verifier (§5.2.1)."""
+    """INIT / CONTINUE_INIT: cred with the handle (empty first), AUTH_NONE verifier (§5.2.1).
+
+    The credential carries the service the context will be used with. RFC 2203 §5.2.2 says a
+    server ignores it, but MIT gssrpc and libtirpc's svcauth_gss record it at INIT and protect every
+    later message with it, and every C client (libtirpc, MIT, the Linux kernel) sends the real
+    service there; so does this one.
+    """
 
     flavor = AuthFlavor.RPCSEC_GSS
 
-    def __init__(self, version: int, proc: GssProc, handle: bytes) -> None:
-        cred = GssCred(version, proc, 0, Service.NONE, handle)
+    def __init__(self, version: int, proc: GssProc, handle: bytes, service: Service) -> None:
+        cred = GssCred(version, proc, 0, service, handle)
         self._cred = OpaqueAuth(AuthFlavor.RPCSEC_GSS, cred.encode())
         self.reply_verf: OpaqueAuth | None = None
 

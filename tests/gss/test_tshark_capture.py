@@ -169,7 +169,8 @@ def test_tshark_decodes_rpcsec_gss_v2_bind_channel_and_channel_prot(realm: Throw
                    "rpc.authgss.service", "rpc.auth.flavor")
     calls = [r for r in rows if r[0] == "0"]
     assert {r[1] for r in calls} == {"2"}
-    assert [(r[2], r[3]) for r in calls] == [("1", "1"), ("4", "1"), ("0", "4"), ("0", "4"), ("3", "2")]
+    # INIT carries the service the context is for (krb5i = 2), as C clients send it (RFC 2203 §5.2.2)
+    assert [(r[2], r[3]) for r in calls] == [("1", "2"), ("4", "1"), ("0", "4"), ("0", "4"), ("3", "2")]
     # rpc.auth.flavor lists the credential's then the verifier's flavor: channel_prot carries an
     # RPCSEC_GSS credential with an AUTH_NONE verifier (RFC 5403 §3.4), the others two RPCSEC_GSS.
     assert [r[4] for r in calls] == ["6,0", "6,6", "6,0", "6,0", "6,6"]
