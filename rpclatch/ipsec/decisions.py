@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from rpclatch.ipsec.model import PeerIdentity, ProtectionParams, ProtectionType
+from rpclatch.ipsec.model import LocalIdentity, PeerIdentity, ProtectionParams, ProtectionType
 from rpclatch.ipsec.sad import SecurityAssociation
 
 
@@ -47,6 +47,7 @@ class DropReason(Enum):
     LATCH_BROKEN = "latch-broken"  # §2.3: while BROKEN drop input and send nothing
     LATCHED_FLOW_CLEARTEXT = "cleartext-on-latched-flow"  # §2 bullet 4
     LATCH_PEER_MISMATCH = "sa-peer-differs-from-latched-peer"  # §2 (peer ID must not change)
+    LATCH_LOCAL_ID_MISMATCH = "sa-local-id-differs-from-latched-local-id"  # §2 (local ID too)
     LATCH_QOP_MISMATCH = "sa-qop-differs-from-latched-qop"  # §2 (QoP must not change)
     # BYPASS-OR-PROTECT template (design slides; RFC 5660 §3.1)
     BOP_UNDECIDED = "bypass-or-protect-flow-not-decided"  # first packet not initiating / no app choice
@@ -64,9 +65,11 @@ class DropReason(Enum):
 class PacketTag:
     """RFC 5660 §2.4 packet tag: the SA that protected (or will protect) a packet, or cleartext.
 
-    ``sa_id`` identifies the SAD entry; ``peer`` and ``params`` are what latches compare (an SA
-    rekeyed with the same peer and QoP yields a different ``sa_id`` but an equivalent tag, see
-    :meth:`same_protection`). ``CLEARTEXT`` is the tag of unprotected packets.
+    ``sa_id`` identifies the SAD entry; ``peer``, ``local`` and ``params`` are what latches
+    compare (an SA rekeyed with the same identities and QoP yields a different ``sa_id`` but an
+    equivalent tag, see :meth:`same_protection`). ``local`` is the local ID the SA asserted to the
+    peer (RFC 5660 §2 latches it as well as the peer's). ``CLEARTEXT`` is the tag of unprotected
+    packets.
     """
 
     sa_id: int | None
@@ -74,10 +77,11 @@ class PacketTag:
     params: ProtectionParams | None
     btns: bool = False
     narrow: bool = False
+    local: LocalIdentity | None = None
 
     @classmethod
     def of_sa(cls, sa: SecurityAssociation) -> PacketTag:
-        return cls(sa.sa_id, sa.peer, sa.params, sa.btns, sa.is_narrow)
+        return cls(sa.sa_id, sa.peer, sa.params, sa.btns, sa.is_narrow, sa.local)
 
     @property
     def protected(self) -> bool:
@@ -88,12 +92,14 @@ class PacketTag:
         return ProtectionType.NONE if self.params is None else self.params.protection
 
     def same_protection(self, other: PacketTag) -> bool:
-        """Same peer and same QoP (protocol, mode, suite, replay on/off); SA ids may differ."""
+        """Same peer, same local identity (RFC 5660 §2) and same QoP (protocol, mode, suite,
+        replay on/off); SA ids may differ."""
         if self.params is None or other.params is None:
             return self.params is None and other.params is None
         a, b = self.params, other.params
         return (
             self.peer == other.peer
+            and self.local == other.local
             and a.protocol is b.protocol
             and a.mode is b.mode
             and a.suite == b.suite

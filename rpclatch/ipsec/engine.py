@@ -356,11 +356,12 @@ class IPsecEngine:
             params = latch.params
             assert params is not None
             if not params.congruent(sa):
-                reason = (
-                    DropReason.LATCH_PEER_MISMATCH
-                    if sa.peer != params.peer
-                    else DropReason.LATCH_QOP_MISMATCH
-                )
+                if sa.peer != params.peer:
+                    reason = DropReason.LATCH_PEER_MISMATCH
+                elif sa.local != params.local:
+                    reason = DropReason.LATCH_LOCAL_ID_MISMATCH
+                else:
+                    reason = DropReason.LATCH_QOP_MISMATCH
                 return drop(reason, latch.handle)
             self._last_sa[latch.handle] = sa.sa_id
             accept = InboundDecision(InboundVerdict.ACCEPT, self._tag(sa), latch=latch.handle, sa=sa)
@@ -379,8 +380,8 @@ class IPsecEngine:
         """Decide how to send one packet of ``flow``.
 
         ``like`` (approach 1, RFC 5660 §2.4 (a)) asks "protect this like so": only an SA with the
-        same peer and QoP as the tag may be used (CLEARTEXT: only if policy bypasses the flow);
-        otherwise DISCARD(ULP_CANNOT_PROTECT_AS_LATCHED). The PROTECT decision's ``tag`` answers
+        same peer, local ID and QoP as the tag may be used (CLEARTEXT: only if policy bypasses the
+        flow); otherwise DISCARD(ULP_CANNOT_PROTECT_AS_LATCHED). The PROTECT decision's ``tag`` answers
         §2.4 (b) "how was this protected". NEED_SA means an ACQUIRE is pending.
         """
         latch = self._by_flow.get(flow)
@@ -757,7 +758,7 @@ class IPsecEngine:
     def vet_child_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
         """KeyManagerListener: ``sa`` passed the LD and is about to be installed. Approach 1's TCB
         latches get the LD's treatment (RFC 5660 §2.3): if the SA would carry a watched flow
-        without being congruent with its latched tag (other peer or QoP), a wider SA is narrowed
+        without being congruent with its latched tag (other peer, local ID or QoP), a wider SA is narrowed
         to exclude such flows (``narrow_conflicting_sas``, SHOULD); otherwise those TCB latches
         break now (CONFLICTING_SA), before any packet under the SA can arrive. Returns the SA to
         install."""

@@ -186,14 +186,20 @@ class LatchParams:
     btns: bool
 
     def congruent(self, sa: SecurityAssociation) -> bool:
-        """Is ``sa`` congruent with the latch (same peer, type, mode, QoP; RFC 5660 §2)?
+        """Is ``sa`` congruent with the latch (same peer, local identity, type, mode, QoP; RFC
+        5660 §2)?
 
-        For NULL-auth peers the identity is the IKE SA instance (NullAuthPeer compares it), so a
-        child SA from a new IKE SA is a different peer and not congruent.
+        RFC 5660 §2 lists the local identity ("the local ID asserted to the peer") among the
+        REQUIRED latched parameters next to the peer's: an SA with the same peer but another local
+        ID is not congruent, it is a conflict like a peer change (the channel bindings of RFC 5660
+        §5 cover both end-point keys). For NULL-auth peers the identity is the IKE SA instance
+        (NullAuthPeer compares it), so a child SA from a new IKE SA is a different peer and not
+        congruent.
         """
         p = sa.params
         return (
             sa.peer == self.peer
+            and sa.local == self.local
             and p.protocol is self.protocol
             and p.mode is self.mode
             and p.protection == self.protection
@@ -596,10 +602,11 @@ class LatchDatabase:
         """Check a child-SA proposal against every latch it would conflict with (RFC 5660 §2.3).
 
         A proposal conflicts with a latch iff its selectors match the latch's 5-tuple and its peer,
-        type of protection or QoP differ from the latched ones. If narrowing is enabled and the
-        selectors can be narrowed to exclude every such 5-tuple, the narrowed SA is returned. If
-        not, each conflicting latch goes BROKEN and its holder is ALERTed *here, before the SA is
-        accepted* (the caller installs the SA only after this returns).
+        local identity, type of protection or QoP differ from the latched ones (RFC 5660 §2). If
+        narrowing is enabled and the selectors can be narrowed to exclude every such 5-tuple, the
+        narrowed SA is returned. If not, each conflicting latch goes BROKEN and its holder is
+        ALERTed *here, before the SA is accepted* (the caller installs the SA only after this
+        returns).
         """
         hits = [
             latch
@@ -923,10 +930,10 @@ class LatchDatabase:
 
 
 def _kind(sa: SecurityAssociation) -> tuple[object, ...]:
-    """What must be equal for two SAs carrying one flow not to conflict (RFC 5660 §2.3: peer, type
-    of protection, QoP)."""
+    """What must be equal for two SAs carrying one flow not to conflict (RFC 5660 §2, §2.3: peer
+    and local identity, type of protection, QoP)."""
     p = sa.params
-    return (sa.peer, p.protocol, p.mode, p.protection, p.suite, p.replay_window > 0)
+    return (sa.peer, sa.local, p.protocol, p.mode, p.protection, p.suite, p.replay_window > 0)
 
 
 def _policy_admits_latch(policy: ProtectionPolicy, params: LatchParams) -> bool:

@@ -443,3 +443,24 @@ def test_latch_a1_02_approach1_spd_change_breaks_or_pins_tcb_latch_not_surviving
     e2.restart_key_manager(2.0, restore_latches=True)
     assert all(x.origin is not EntryOrigin.PINNED_LATCH for x in e2.spd.overlay_entries().values())
     assert [b.reason for b in pinned_breaks] == [UlpBreakReason.SPD_CHANGE]
+
+
+# -- RFC 5660 §2: the local identity is a latched parameter, in both approaches -------------------------
+
+
+@pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
+@conf(id="LATCH-LOCAL-01", rfc="RFC 5660 §2 (local identity), §2.3, §2.4")
+def test_latch_local_01_other_local_id_same_peer_is_a_conflict(approach: Approach) -> None:
+    other_local = ex.btns_local(ROGUE)
+    if approach is Approach.ULP:
+        breaks: list[UlpBreak] = []
+        e, tcb, _sa = tcb_latched(breaks, narrow_conflicting_sas=False)
+        e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), other_local), 1.0)
+        assert [b.reason for b in breaks] == [UlpBreakReason.CONFLICTING_SA]
+        assert tcb.outbound(1.0).reason is DropReason.ULP_LATCH_BROKEN
+    else:
+        alerts: list[Alert] = []
+        e, _h = latched_server(alerts, narrow_conflicting_sas=False)
+        e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), other_local), 1.0)
+        assert [(a.new_state, a.reason) for a in alerts] == [(LatchState.BROKEN, AlertReason.CONFLICTING_SA)]
+        assert e.outbound(SRV, 1.0).reason is DropReason.LATCH_BROKEN

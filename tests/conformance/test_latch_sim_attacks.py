@@ -517,3 +517,44 @@ def test_a16_same_spi_chosen_by_two_clients_does_not_cross_wire() -> None:
     assert sa_.channel.params.peer != sd.channel.params.peer
     for conn, name in ((ca, "a"), (cd, "d")):
         assert leaked(lab.world.hub, conn.flow, {name, "b"}) == []
+
+
+# -- A17: the local identity changes under a latched flow (RFC 5660 §2) ------------------------------------
+
+@BOTH
+@pytest.mark.conformance(id="LATCH-A17", rfc="RFC 5660 §2 (local identity), §2.3")
+def test_a17_child_sa_asserting_another_local_id_breaks_the_latch(approach: Approach) -> None:
+    """RFC 5660 §2 latches "the local ID asserted to the peer" as well as the peer's: when A's key
+    manager starts asserting another identity (a new key, a second certificate) and negotiates a
+    child SA for a latched flow with the same peer, that SA is not congruent with the latch -- a
+    conflict with the same ALERT / break as a peer change, before the SA is accepted."""
+    lab = Lab.build(approach=approach)
+    client, server = lab.open(local_port=33300)
+    assert client.state is StreamState.ESTABLISHED and server is not None
+    lab.send(client, b"before")
+    stack = lab.stack(lab.a)
+    assert client.channel is not None
+    latched_local = client.channel.params.local
+    latched_peer = client.channel.params.peer
+    sizes = _record_sad_size_at_alert(client, stack)
+    sad_before = len(stack.engine.sad)
+    stack.sike.credentials = lab.world.credentials("btns")       # A now asserts another key
+    assert stack.sike.credentials.local_identity() != latched_local
+    done: list[object] = []
+    stack.sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),),
+                        on_done=lambda sa, why: done.append(sa))
+    lab.world.run_for(0.5)
+    new_sa = done[0]
+    assert new_sa is not None                                      # same peer (B's key), other local ID
+    assert new_sa.peer == latched_peer and new_sa.local != latched_local  # type: ignore[attr-defined]
+    assert sizes and sizes[0] == sad_before                        # alerted before the SA was accepted
+    assert client.kinds()[-2:] == [StreamEventKind.LATCH, StreamEventKind.RESET]
+    cl = client.latch_info
+    assert isinstance(cl, ConnLatch)
+    if approach is Approach.ULP:
+        assert [b.reason for b in cl.ulp_breaks] == [UlpBreakReason.CONFLICTING_SA]
+    else:
+        assert any(a.reason is AlertReason.CONFLICTING_SA for a in cl.alerts)
+    assert not client.channel.is_up()
+    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    assert cleartext_after(lab.world.hub, client.flow, 0.0) == []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
 from rpclatch.ipsec import examples as ex
+from rpclatch.ipsec.decisions import DropReason
 from rpclatch.ipsec.engine import IPsecEngine
 from rpclatch.ipsec.errors import IllegalTransition, LatchConflict, LatchExists, LatchNotFound, PolicyRefused
 from rpclatch.ipsec.latch import (
@@ -18,6 +20,7 @@ from rpclatch.ipsec.latch import (
     LatchRequest,
     LatchState,
     next_state,
+    params_from_sa,
 )
 from rpclatch.ipsec.model import AES_GCM_128, ProtectionParams, Selector, ThreeTuple
 from rpclatch.ipsec.spd import SpdAction
@@ -241,3 +244,50 @@ def test_negotiation_finished_fails_a_larval_latch_it_cannot_serve() -> None:
     h2 = e.latches.create_connection_latch(F)
     assert not e.latches.negotiation_finished(F)
     assert e.latches.inquire_latch(h2).state is S.ESTABLISHED
+
+
+# -- RFC 5660 §2: the local identity is a latched parameter (issue #10 item 15) ----------------------
+
+OTHER_LOCAL_KEY = 9
+
+
+def test_same_peer_other_local_id_is_not_congruent() -> None:
+    latched = ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(SERVER_KEY))
+    params = params_from_sa(latched, F, None)
+    rekey = ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(SERVER_KEY))
+    other_local = ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(OTHER_LOCAL_KEY))
+    assert params.congruent(rekey)
+    assert not params.congruent(other_local)
+
+
+def test_sa_with_other_local_id_breaks_the_latch_like_a_peer_change() -> None:
+    e = engine()
+    e.latches.narrow_conflicting_sas = False
+    alerts: list[Alert] = []
+    good = e.install_sa(ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(SERVER_KEY)), 0.0)
+    h = e.latches.create_connection_latch(F, on_alert=alerts.append)
+    other = e.install_sa(ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(OTHER_LOCAL_KEY)), 1.0)
+    assert good is not None and other is not None
+    assert [(a.new_state, a.reason) for a in alerts] == [(S.BROKEN, AlertReason.CONFLICTING_SA)]
+    assert e.latches.inquire_latch(h).broken_by_sas == {other.sa_id}
+    e.delete_sa(other.sa_id, 2.0)
+    assert alerts[-1].new_state is S.ESTABLISHED
+    # the packet path judges the local ID too: an SA put in the SAD without the LD's vetting
+    # (here directly) carries nothing of the ESTABLISHED latch's flow, and the drop names why
+    stray = replace(
+        ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(OTHER_LOCAL_KEY)), sa_id=e.sad.next_sa_id()
+    )
+    e.sad.add(stray)
+    assert e.latches.inquire_latch(h).state is S.ESTABLISHED
+    d = e.inbound(F, stray, 3.0)
+    assert not d.accepted and d.reason is DropReason.LATCH_LOCAL_ID_MISMATCH
+    assert e.inbound(F, good, 3.0).accepted
+
+
+def test_sas_differing_only_in_local_id_prevent_a_latch() -> None:
+    e = engine()
+    e.latches.narrow_conflicting_sas = False
+    e.install_sa(ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(SERVER_KEY)), 0.0)
+    e.install_sa(ex.narrow_sa(F, ex.btns_peer(CLIENT_KEY), ex.btns_local(OTHER_LOCAL_KEY)), 0.0)
+    with pytest.raises(LatchConflict):
+        e.latches.create_connection_latch(F)

@@ -278,3 +278,41 @@ def test_steady_state_check_reuses_one_verdict_and_still_checks_every_tag() -> N
     assert a.deliver and a is b and a.tag is tcb.tag  # no allocation per packet on the hot path
     assert not tcb.inbound(e.inbound(SRV, None, 0.3)).deliver  # cleartext still refused
     assert not tcb.check_inbound(CLEARTEXT).deliver
+
+
+# -- RFC 5660 §2: the local identity is latched too (issue #10 item 15) -----------------------------
+
+OTHER_LOCAL = 9
+
+
+def test_tag_with_other_local_id_is_not_the_same_protection() -> None:
+    a = PacketTag.of_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)))
+    rekey = PacketTag.of_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)))
+    other = PacketTag.of_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(OTHER_LOCAL)))
+    assert a.local == ex.btns_local(SERVER)
+    assert a.same_protection(rekey) and not a.same_protection(other)
+
+
+def test_sa_with_other_local_id_breaks_the_tcb_latch_and_its_packets_are_dropped() -> None:
+    e = eng()
+    breaks: list[UlpBreak] = []
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    tcb = UlpLatch(e, SRV, on_break=breaks.append)
+    assert tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True)).deliver
+    other = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(OTHER_LOCAL)), 1.0)
+    assert other is not None
+    assert tcb.state is UlpLatchState.BROKEN
+    assert [(b.reason, b.offending.local if b.offending else None) for b in breaks] == [
+        (UlpBreakReason.CONFLICTING_SA, ex.btns_local(OTHER_LOCAL))
+    ]
+    # a TCB latched while both SAs exist (so no conflict news) still refuses the other local ID
+    flow2 = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40001)
+    e2 = eng()
+    first = e2.install_sa(ex.narrow_sa(flow2, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
+    second = e2.install_sa(ex.narrow_sa(flow2, ex.btns_peer(CLIENT), ex.btns_local(OTHER_LOCAL)), 0.0)
+    tcb2 = UlpLatch(e2, flow2)
+    assert tcb2.inbound(e2.inbound(flow2, first, 0.0, initiating=True)).deliver
+    v = tcb2.inbound(e2.inbound(flow2, second, 1.0))
+    assert not v.deliver and v.reason is DropReason.ULP_TAG_MISMATCH
+    out = tcb2.outbound(1.0)  # "protect like so": only the SA with the latched local ID
+    assert out.verdict is OutboundVerdict.PROTECT and out.sa == first
