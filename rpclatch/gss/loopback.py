@@ -87,7 +87,7 @@ class LoopbackTransport:
         if isinstance(result, AuthDeny):
             return DeniedReply(call.xid, RejectStat.AUTH_ERROR, auth_stat=result.stat).encode()
         if isinstance(result, AuthGarbage):
-            return AcceptedReply(call.xid, stat=AcceptStat.GARBAGE_ARGS).encode()
+            return AcceptedReply(call.xid, result.verf, AcceptStat.GARBAGE_ARGS).encode()
         assert isinstance(result, AuthDrop)
         self.dropped += 1
         return None
@@ -108,9 +108,10 @@ class LoopbackTransport:
                 reply_bytes = self.tamper_reply(reply_bytes)
             reply = decode_message(reply_bytes)
             if isinstance(reply, AcceptedReply):
+                results = auth.accept_reply(prepared, reply)  # every accepted reply, as the client
                 if reply.stat != AcceptStat.SUCCESS:
                     raise RpcAcceptError(reply.stat, reply.mismatch)
-                return auth.accept_reply(prepared, reply)
+                return results
             assert isinstance(reply, DeniedReply) and reply.auth_stat is not None
             if not retried and auth.on_auth_error(prepared, reply.auth_stat):
                 retried = True

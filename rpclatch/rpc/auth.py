@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rpclatch.rpc.messages import AcceptedReply, AuthStat, CallMessage, OpaqueAuth
+from rpclatch.rpc.messages import NULL_AUTH, AcceptedReply, AuthStat, CallMessage, OpaqueAuth
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,9 @@ class ClientAuth(abc.ABC):
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
         """Check the reply verifier and return the (unwrapped) results of a SUCCESS reply.
 
-        Raises :class:`rpclatch.rpc.errors.AuthVerifierError` if the verifier does not check.
+        Called for every accepted reply: for one with another ``accept_stat`` only the verifier is
+        checked (the client then raises ``RpcAcceptError``). Raises
+        :class:`rpclatch.rpc.errors.AuthVerifierError` if the verifier does not check.
         """
 
     def on_auth_error(self, prepared: PreparedCall, stat: AuthStat) -> bool:
@@ -92,9 +94,12 @@ class AuthDeny:
 
 @dataclass(frozen=True, slots=True)
 class AuthGarbage:
-    """Answer GARBAGE_ARGS (RFC 2203 §5.3.3.4: e.g. an integrity checksum that does not verify)."""
+    """Answer GARBAGE_ARGS (RFC 2203 §5.3.3.4: e.g. an integrity checksum that does not verify)
+    with reply verifier ``verf`` (RPCSEC_GSS: the MIC of the request's seq_num, RFC 2203 §5.3.3.2,
+    once the request header was authenticated)."""
 
     reason: str = ""
+    verf: OpaqueAuth = NULL_AUTH
 
 
 @dataclass(frozen=True, slots=True)

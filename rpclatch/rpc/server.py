@@ -351,7 +351,7 @@ class RpcDispatcher:
             return DeniedReply(call.xid, RejectStat.AUTH_ERROR, auth_stat=verdict.stat).encode()
         if isinstance(verdict, AuthGarbage):
             log.info("conn %d: xid %#x: garbage: %s", conn.conn_id, call.xid, verdict.reason)
-            return _accepted_error(call.xid, NULL_AUTH, AcceptStat.GARBAGE_ARGS)
+            return _accepted_error(call.xid, verdict.verf, AcceptStat.GARBAGE_ARGS)
         if isinstance(verdict, AuthDrop):
             log.debug("conn %d: xid %#x: dropped: %s", conn.conn_id, call.xid, verdict.reason)
             return None
