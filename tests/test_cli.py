@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -265,3 +266,37 @@ def test_ping_with_a_flavor_the_server_refuses(capsys: pytest.CaptureFixture[str
     captured = capsys.readouterr()
     assert captured.out == f"program {PROG} version 1 ready and waiting\n"
     assert captured.err == "rpclatch: error: 127.0.0.1: authentication failed: AUTH_BADCRED\n"
+
+
+def signal_storm(proc: subprocess.Popen[str], limit: float = 30.0) -> None:
+    """SIGTERM, then SIGTERM again every 2 ms until ``proc`` exits: repeated signals land while it
+    cleans up (``timeout`` signals the process and then its whole process group)."""
+    deadline = time.monotonic() + limit
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.002)
+
+
+def test_serve_register_survives_repeated_sigterm(rpcbind: object) -> None:
+    """Issue #10 item 19: the cleanup (closing, rpcbind unregistration) runs to its end whatever
+    signals arrive meanwhile, and the process exits normally."""
+    proc = subprocess.Popen([sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--register"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "(registered with rpcbind)" in first, first
+        signal_storm(proc)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listed = subprocess.run([RPCINFO, "-p", "127.0.0.1"], capture_output=True, text=True,
+                                check=True).stdout
+        stale = any(line.split()[:2] == [str(PROG), "1"] for line in listed.splitlines())
+        if stale:  # clean up after a failed run: the registration is ours
+            subprocess.run([RPCINFO, "-d", str(PROG), "1"], capture_output=True, check=False)
+    assert (proc.returncode, out.strip().splitlines()[-1]) == (0, "stopped"), err
+    assert "Traceback" not in err
+    assert not stale

@@ -1,8 +1,10 @@
 """``rpclatch nfs``: a small NFSv4 client on the command line (rpclatch.nfs4).
 
 ``rpclatch nfs ls|stat|cat|get|put|rm|mkdir SERVER:/path [LOCAL] [--sec auto|sys|krb5|krb5i|krb5p]
-[--v4.0|--v4.1] [--port N] [--gss-target nfs@HOST]``. Transfers show a progress bar on stderr when
-it is a terminal. Every failure is one line naming what went wrong and how to fix it.
+[--v4.0|--v4.1] [--port N] [--target SERVICE@HOST]``. ``--target`` (also spelled
+``--gss-target``) is the server's RPCSEC_GSS name, default ``nfs@SERVER``. Transfers show a
+progress bar on stderr when it is a terminal. Every failure is one line naming what went wrong
+and how to fix it.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def register(subparsers: Any) -> None:
                           help="use NFSv4.1 (default)")
         p.set_defaults(minor=1)
         p.add_argument("--port", type=int, default=2049, help="server port (default 2049)")
-        p.add_argument("--gss-target", default=None,
-                       help="server's GSS service name (default nfs@SERVER)")
+        p.add_argument("--target", "--gss-target", dest="gss_target", default=None,
+                       metavar="SERVICE@HOST",
+                       help="the server's RPCSEC_GSS name for krb5* (default nfs@SERVER)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
 
     for name, text in (("ls", "list a directory"), ("stat", "show attributes"),
@@ -143,6 +146,14 @@ class Progress:
 
 def _main(args: argparse.Namespace) -> int:
     host, path = parse_remote(args.remote)
+    if args.gss_target is not None:
+        from rpclatch.cli import UserError
+        from rpclatch.commands.common import parse_service_name
+
+        parse_service_name(args.gss_target, "--target")
+        if args.sec == "sys":
+            raise UserError("--target names the server's RPCSEC_GSS principal: use it with --sec "
+                            "auto, krb5, krb5i or krb5p")
     return asyncio.run(_guarded(args, host, path, _dispatch(args, host, path)))
 
 
@@ -154,11 +165,14 @@ async def _guarded(args: argparse.Namespace, host: str, path: str, coro: Awaitab
 
         if isinstance(exc, UserError):
             raise
-        raise UserError(explain(exc, host, args.port, path, args.sec)) from exc
+        raise UserError(explain(exc, host, args.port, path, args.sec, args.gss_target)) from exc
 
 
-def explain(exc: BaseException, host: str, port: int, path: str, sec: str) -> str:
-    """One line for the user: what failed and how to fix it."""
+def explain(exc: BaseException, host: str, port: int, path: str, sec: str,
+            target: str | None = None) -> str:
+    """One line for the user: what failed and how to fix it. ``target`` is the ``--target`` given
+    (None: the default ``nfs@HOST``); a context that failed because of it says so."""
+    from rpclatch.commands.common import TargetProblem, gss_target_problem
     from rpclatch.gss.errors import GssError
     from rpclatch.nfs4.const import nfsstat4
     from rpclatch.nfs4.errors import Nfs4LocalError, Nfs4RemoteError, Nfs4SecurityError
@@ -171,6 +185,13 @@ def explain(exc: BaseException, host: str, port: int, path: str, sec: str) -> st
     )
 
     where = f"{host}:{path}"
+    problem = gss_target_problem(exc.__cause__ if isinstance(exc, Nfs4SecurityError) else exc)
+    if problem is not None:
+        name = target or f"nfs@{host}"
+        fix = "fix --target" if target else "give the server's name with --target SERVICE@HOST"
+        if problem is TargetProblem.UNKNOWN_TO_KDC:
+            return f"{host}: the KDC knows no service principal for {name} ({fix})"
+        return f"{host}:{port} does not accept {name}: it serves under another principal ({fix})"
     if isinstance(exc, Nfs4SecurityError):
         return str(exc)
     if isinstance(exc, Nfs4RemoteError):

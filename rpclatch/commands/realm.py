@@ -9,14 +9,21 @@ use the realm, and stays up until Ctrl-C / SIGTERM, then stops the KDC and remov
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
+import time
 from typing import Any
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    """Start the realm, print its export lines, run until SIGTERM/SIGINT, then remove it.
+
+    The stop signals are taken over before the realm starts and kept through its removal
+    (:class:`~rpclatch.commands.common.StopSignals`): a signal during start-up stops right after
+    it, and repeated signals (``timeout`` signals the process and then its group) cannot cut the
+    cleanup short and leave a KDC or realm files behind.
+    """
     from rpclatch.cli import UserError
+    from rpclatch.commands.common import StopSignals
     from rpclatch.gss.realm import RealmError, ThrowawayRealm
 
     users: dict[str, str | None] = {args.user: args.password}
@@ -24,30 +31,27 @@ def cmd_up(args: argparse.Namespace) -> int:
         realm = ThrowawayRealm(users, service=args.service)
     except RealmError as exc:
         raise UserError(f"{exc}") from exc
-    try:
-        realm.start()
-    except RealmError as exc:
-        print(f"rpclatch: error: {exc} (are krb5-kdc and krb5-admin-server installed?)", file=sys.stderr)
-        return 1
-    stop = threading.Event()
-    # Explicit handlers: a shell starts background jobs with SIGINT ignored, so Python's own
-    # KeyboardInterrupt would never come.
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        user = realm.users[args.user]
-        print(f"# realm {realm.realm}: KDC on port {realm.kdc_port}, files in {realm.tmpdir}")
-        print(f"# service principal {realm.service_principal} (keytab {realm.keytab})")
-        print(f"# user {user.principal} password {user.password} (kinit'ed into KRB5CCNAME)")
-        print("# paste these into the shells that should use this realm:")
-        for line in realm.export_lines():
-            print(line)
-        print("# running until Ctrl-C", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        realm.stop()
+    with StopSignals() as signals:
+        try:
+            realm.start()
+        except RealmError as exc:
+            print(f"rpclatch: error: {exc} (are krb5-kdc and krb5-admin-server installed?)",
+                  file=sys.stderr)
+            return 1
+        try:
+            if not signals.stop_requested:
+                user = realm.users[args.user]
+                print(f"# realm {realm.realm}: KDC on port {realm.kdc_port}, files in {realm.tmpdir}")
+                print(f"# service principal {realm.service_principal} (keytab {realm.keytab})")
+                print(f"# user {user.principal} password {user.password} (kinit'ed into KRB5CCNAME)")
+                print("# paste these into the shells that should use this realm:")
+                for line in realm.export_lines():
+                    print(line)
+                print("# running until Ctrl-C", flush=True)
+            while not signals.stop_requested:
+                time.sleep(0.2)  # a signal runs its handler and the sleep resumes (PEP 475)
+        finally:
+            realm.stop()
     print("# realm stopped and removed", file=sys.stderr)
     return 0
 

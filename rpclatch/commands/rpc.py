@@ -1,13 +1,18 @@
 """``rpclatch rpc``: ping an RPC program, serve the rpclatch test program, dump rpcbind.
 
-* ``rpclatch rpc ping HOST PROG [VERS] [--udp] [--port N] [--timeout S] [--sec NAME]``: call
-  procedure 0 (with ``--sec krb5|krb5i|krb5p`` after creating an RPCSEC_GSS context, destroyed
-  at the end) and print ``program P version V ready and waiting`` like ``rpcinfo -t``. PROG is a
+* ``rpclatch rpc ping HOST PROG [VERS] [--udp] [--port N] [--timeout S] [--sec NAME]
+  [--target SERVICE@HOST]``: call procedure 0 (with ``--sec krb5|krb5i|krb5p`` after creating an
+  RPCSEC_GSS context for ``--target``, default ``nfs@HOST``, destroyed at the end over TCP and UDP
+  alike) and print ``program P version V ready and waiting`` like ``rpcinfo -t``. PROG is a
   number or a name from /etc/rpc (``nfs``); without VERS every version the server has is tried.
   The port comes from the host's rpcbind (portmap GETPORT) unless ``--port`` is given.
-* ``rpclatch rpc serve [--host H] [--port N] [--tcp] [--udp] [--register] [--sec NAME ...]``: serve
-  the test program (0x20000A11 v1) over TCP and UDP (both unless one is chosen) until Ctrl-C or
-  SIGTERM; ``--register`` registers it with the local rpcbind and unregisters it on exit.
+* ``rpclatch rpc serve [--host H] [--port N] [--tcp] [--udp] [--register] [--sec NAME ...]
+  [--principal SERVICE@HOST] [--max-requests-per-context N]``: serve the test program
+  (0x20000A11 v1) over TCP and UDP (both unless one is chosen) until Ctrl-C or SIGTERM;
+  ``--register`` registers it with the local rpcbind and unregisters it on exit. Repeated
+  signals do not cut that cleanup short (:class:`~rpclatch.commands.common.StopSignals`).
+  ``--principal`` is the RPCSEC_GSS acceptor name (default ``nfs@<this host's FQDN>``);
+  ``--max-requests-per-context`` is the RFC 5403 §9 (a) cap (:data:`DEFAULT_MAX_REQUESTS_PER_CONTEXT`).
 * ``rpclatch rpc dump HOST [--udp] [--port N]``: the host's portmap list, like ``rpcinfo -p``.
 
 Where rpcbind is: ``ping --rpcbind-port N`` / ``dump --port N`` (default ``$RPCLATCH_RPCBIND_PORT``
@@ -22,16 +27,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rpclatch.rpc.messages import AcceptStat
 
+if TYPE_CHECKING:
+    from rpclatch.commands.common import StopSignals
+    from rpclatch.rpc.aio import RpcStreamClient, RpcUdpClient
+
 T = TypeVar("T")
+
+#: ``rpc serve --max-requests-per-context`` default, RFC 5403 §9 (a). Kerberos has no wider MIC to
+#: demand for BIND_CHANNEL than for DATA (RFC 4121 MICs carry the session enctype's checksum), so
+#: the server limits the DATA requests -- the MICs a man in the middle can replay as a forged
+#: BIND_CHANNEL checksum -- per context instead. At N = 2**20 the chance that one of them passes is
+#: at most 2**20 * 2**-96 = 2**-76 with the 96-bit checksums of aes*-cts-hmac-sha1-96 (RFC 3962),
+#: less with aes*-sha2 (RFC 8009). Reaching the cap costs the client one refresh (CTXPROBLEM, then
+#: INIT with its cached service ticket and BIND_CHANNEL: two round trips), i.e. nothing measurable
+#: per call, while 2**20 stays far below MAXSEQ. 0 turns the cap off.
+DEFAULT_MAX_REQUESTS_PER_CONTEXT = 2**20
 
 ETC_RPC = Path("/etc/rpc")
 _BUILTIN_RPC_NAMES = {
@@ -173,7 +191,8 @@ def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
 # -- ping ------------------------------------------------------------------------------------
 
 
-async def _connect(host: str, port: int, udp: bool, auth: Any, timeout: float) -> Any:
+async def _connect(host: str, port: int, udp: bool, auth: Any, timeout: float,
+                   ) -> RpcStreamClient | RpcUdpClient:
     from rpclatch.rpc.aio import RpcStreamClient, RpcUdpClient
 
     if udp:
@@ -220,7 +239,10 @@ async def _ping(args: argparse.Namespace) -> int:
 
     host, timeout, udp = args.host, args.timeout, args.udp
     prog = parse_program(args.prog)
-    auth = client_auth_for_sec(args.sec, host=host, prog=prog)
+    options: dict[str, Any] = {"host": host, "prog": prog}
+    if args.target is not None:
+        options["target"] = _gss_only(args.target, "--target", [args.sec])
+    auth = client_auth_for_sec(args.sec, **options)
     port = args.port if args.port is not None else await _lookup_port(
         host, prog, args.vers, udp, timeout, _rpcbind_port(args.rpcbind_port))
     try:
@@ -228,7 +250,8 @@ async def _ping(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError) as exc:
         raise CommandFailed(describe_error(host, exc, prog, args.vers, port, timeout)) from exc
     try:
-        await _establish_gss(auth, client, host, prog, args.vers if args.vers is not None else 1, timeout)
+        await _establish_gss(auth, client, host, prog, args.vers if args.vers is not None else 1, timeout,
+                             args.target)
         if args.vers is not None:
             try:
                 await client.call(prog, args.vers, 0, b"")
@@ -262,33 +285,58 @@ async def _ping(args: argparse.Namespace) -> int:
         await client.close()
 
 
-async def _establish_gss(auth: Any, client: Any, host: str, prog: int, vers: int, timeout: float) -> None:
+async def _establish_gss(auth: Any, client: RpcStreamClient | RpcUdpClient, host: str, prog: int,
+                         vers: int, timeout: float, target: str | None) -> None:
     """RPCSEC_GSS (``--sec krb5*``) needs a context before the first call (RFC 2203 §5.2)."""
-    establish = getattr(auth, "establish", None)
-    if establish is None:
-        return
-    from rpclatch.gss.client import rpc_call_via
+    from rpclatch.gss.client import GssClientAuth, rpc_call_via
     from rpclatch.gss.errors import RpcGssError
     from rpclatch.rpc.errors import RpcError
 
+    if not isinstance(auth, GssClientAuth):
+        return
     try:
-        await establish(rpc_call_via(client, prog, vers))
+        await auth.establish(rpc_call_via(client, prog, vers))
     except RpcGssError as exc:
-        raise CommandFailed(f"{host}: RPCSEC_GSS context creation failed: {exc} (kinit first, or "
-                            "export the realm's KRB5_CONFIG and KRB5CCNAME)") from exc
+        raise CommandFailed(gss_failure(host, exc, auth.target, target is not None)) from exc
     except (RpcError, OSError, TimeoutError) as exc:
         raise CommandFailed(describe_error(host, exc, prog, vers, None, timeout)) from exc
 
 
-async def _destroy_gss(auth: Any, client: Any, prog: int, vers: int) -> None:
-    """Best-effort RPCSEC_GSS_DESTROY (RFC 2203 §5.4) of the context made by _establish_gss."""
-    if getattr(auth, "established", False) and not client.closed:
-        from rpclatch.gss.client import rpc_call_via
+def gss_failure(host: str, exc: BaseException, target: str, explicit_target: bool) -> str:
+    """One line for a failed RPCSEC_GSS context creation with ``target`` (RFC 2203 §5.2.2); a wrong
+    target is told apart by its status codes (:func:`~rpclatch.commands.common.gss_target_problem`)."""
+    from rpclatch.commands.common import TargetProblem, gss_target_problem
+    from rpclatch.gss.errors import ContextInitFailed
 
-        try:
-            await auth.destroy(rpc_call_via(client, prog, vers, timeout=2.0))
-        except Exception:  # the server forgets it on expiry anyway
-            auth.close()
+    fix = "fix --target" if explicit_target else "give the server's name with --target SERVICE@HOST"
+    problem = gss_target_problem(exc)
+    if problem is TargetProblem.UNKNOWN_TO_KDC:
+        return f"{host}: the KDC knows no service principal for {target} ({fix})"
+    if problem is TargetProblem.NOT_THE_SERVERS:
+        return (f"{host}: the server does not accept {target}: it serves under another principal "
+                f"({fix})")
+    if isinstance(exc, ContextInitFailed):
+        return (f"{host}: the server refused the RPCSEC_GSS context for {target}: {exc} "
+                f"(is {target} its principal? {fix})")
+    return (f"{host}: RPCSEC_GSS context creation failed: {exc} (kinit first, or "
+            "export the realm's KRB5_CONFIG and KRB5CCNAME)")
+
+
+async def _destroy_gss(auth: Any, client: RpcStreamClient | RpcUdpClient, prog: int, vers: int) -> None:
+    """Best-effort RPCSEC_GSS_DESTROY (RFC 2203 §5.4) of the context made by _establish_gss, over
+    the transport it was made on: a UDP socket has no connection to lose, a TCP one may be gone."""
+    from rpclatch.gss.client import GssClientAuth, rpc_call_via
+    from rpclatch.rpc.aio import RpcStreamClient
+
+    if not isinstance(auth, GssClientAuth) or not auth.established:
+        return
+    if isinstance(client, RpcStreamClient) and client.closed:
+        auth.close()  # nothing to send it on; the server forgets the context on expiry
+        return
+    try:
+        await auth.destroy(rpc_call_via(client, prog, vers, timeout=2.0))
+    except Exception:  # the server forgets it on expiry anyway
+        auth.close()
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -329,7 +377,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 # -- serve -----------------------------------------------------------------------------------
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     from rpclatch.rpc import rpcbind
     from rpclatch.rpc.aio import RpcServer
     from rpclatch.rpc.sec import server_auths_for_sec
@@ -338,7 +386,17 @@ async def _serve(args: argparse.Namespace) -> int:
 
     tcp = args.tcp or not args.udp
     udp = args.udp or not args.tcp
-    dispatcher = RpcDispatcher(server_auths_for_sec(args.sec or ["none", "sys"], host=args.host))
+    sec = args.sec or ["none", "sys"]
+    options: dict[str, Any] = {"host": args.host}
+    if args.principal is not None:
+        options["acceptor"] = _gss_only(args.principal, "--principal", sec)
+    if args.max_requests_per_context < 0:
+        from rpclatch.cli import UserError
+
+        raise UserError(f"--max-requests-per-context {args.max_requests_per_context}: give a count "
+                        "of requests, or 0 for no cap")
+    options["max_requests_per_context"] = args.max_requests_per_context or None
+    dispatcher = RpcDispatcher(server_auths_for_sec(sec, **options))
     add_test_program(dispatcher)
     server = RpcServer(dispatcher, max_connections=args.max_connections, idle_timeout=args.idle_timeout)
     tcp_port = udp_port = None
@@ -352,8 +410,12 @@ async def _serve(args: argparse.Namespace) -> int:
         raise CommandFailed(f"{args.host}: cannot listen on port {args.port}: {exc.strerror}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def request_stop() -> None:  # runs in a signal handler (StopSignals): must not raise
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+
+    signals.on_stop(request_stop)
     registered = False
     rpcbind_path = args.rpcbind_socket or rpcbind.rpcbind_socket_path()
     try:
@@ -372,10 +434,10 @@ async def _serve(args: argparse.Namespace) -> int:
               f"{' (registered with rpcbind)' if registered else ''}; Ctrl-C stops", flush=True)
         await stop.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        # Signals that come now are absorbed by StopSignals: the cleanup always runs to its end.
         await server.close()
         if registered:
+            registered = False
             try:
                 await rpcbind.unregister(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, path=rpcbind_path)
             except Exception as exc:
@@ -385,7 +447,28 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return _guard(lambda: _run(lambda: _serve(args)))
+    """SIGTERM/SIGINT stop the server; they are taken over before it starts and stay absorbed
+    through its cleanup (closing listeners, rpcbind unregistration), so a repeated signal --
+    ``timeout`` signals the process and its process group -- cannot leave a stale registration."""
+    from rpclatch.commands.common import StopSignals
+
+    with StopSignals() as signals:
+        return _guard(lambda: _run(lambda: _serve(args, signals)))
+
+
+def _gss_only(value: str, option: str, sec: list[str]) -> str:
+    """A checked ``SERVICE@HOST`` for ``option``, which only means something with RPCSEC_GSS."""
+    from rpclatch.cli import UserError
+    from rpclatch.commands.common import parse_service_name
+
+    name = parse_service_name(value, option)
+    if not any(s in _GSS_SEC for s in sec):
+        raise UserError(f"{option} names an RPCSEC_GSS principal: use it with --sec krb5, krb5i or "
+                        "krb5p")
+    return name
+
+
+_GSS_SEC = frozenset({"krb5", "krb5i", "krb5p"})
 
 
 def _rpcbind_port(given: int | None) -> int:
@@ -433,6 +516,9 @@ def register(subparsers: Any) -> None:
     ping.add_argument("--sec", default="none", metavar="FLAVOR",
                       help="security flavor: none (default), sys, krb5, krb5i, krb5p (RPCSEC_GSS; "
                       "needs Kerberos credentials, e.g. from `rpclatch realm up`)")
+    ping.add_argument("--target", metavar="SERVICE@HOST",
+                      help="the server's RPCSEC_GSS name for --sec krb5* (default nfs@HOST; "
+                      "e.g. the --principal of `rpclatch rpc serve`)")
     ping.set_defaults(func=cmd_ping)
 
     serve = sub.add_parser("serve", help="serve the rpclatch test program (0x20000A11 v1)")
@@ -448,6 +534,14 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--sec", action="append", metavar="FLAVOR",
                        help="accept this security flavor (repeatable; default none and sys; krb5, "
                        "krb5i, krb5p accept RPCSEC_GSS with the nfs/<host> key from KRB5_KTNAME)")
+    serve.add_argument("--principal", metavar="SERVICE@HOST",
+                       help="RPCSEC_GSS acceptor name for --sec krb5* (default nfs@<this host's "
+                       "FQDN>; its key must be in KRB5_KTNAME)")
+    serve.add_argument("--max-requests-per-context", type=int, metavar="N",
+                       default=DEFAULT_MAX_REQUESTS_PER_CONTEXT,
+                       help="RPCSEC_GSS requests one context may make before the client must "
+                       "refresh it (RFC 5403 §9 (a): bounds MIC-forging tries against "
+                       f"BIND_CHANNEL; default {DEFAULT_MAX_REQUESTS_PER_CONTEXT}, 0 = no cap)")
     serve.add_argument("--max-connections", type=int, default=1024, help=argparse.SUPPRESS)
     serve.add_argument("--idle-timeout", type=_positive, default=300.0, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
