@@ -149,9 +149,12 @@ class ProtectedConnection:
         try:
             ctx = await self.gss.establish(link, want_v2=should_bind(latch_outcome))
             bind = BindOutcome.NOT_ATTEMPTED
+            bind_detail: str | None = None
             if should_bind(latch_outcome):
                 assert link.latch is not None
                 bind = await ctx.bind_channel(link.latch.channel)
+                if ctx.bind_failure is not None:
+                    bind_detail = str(ctx.bind_failure)
                 if link.latch_state() != "ESTABLISHED":
                     # RFC 5403 §3.4: a binding is worth nothing once the channel is gone
                     raise ConnectionReset(f"latch {link.latch_state()} while binding on {link.five_tuple}")
@@ -159,14 +162,16 @@ class ProtectedConnection:
             warnings: tuple[str, ...] = ()
             if decision.warn:
                 text = (f"SECURITY WARNING: {bind.value} on {link.five_tuple} (latched peer "
-                        f"{link.latch.peer if link.latch else '-'}); {decision.reason}")
+                        f"{link.latch.peer if link.latch else '-'})"
+                        + (f": {bind_detail}" if bind_detail else "") + f"; {decision.reason}")
                 self._note("warning", text)
                 warnings = (text,)
             if decision.destroy_context:
                 await ctx.destroy()
                 ctx = await self.gss.establish(link, want_v2=False)
             if pol.require_binding and bind is not BindOutcome.BOUND:
-                raise BindingRequired(f"policy requires a bound channel but: {decision.reason}")
+                raise BindingRequired("policy requires a bound channel but: "
+                                      + (f"{bind_detail}; " if bind_detail else "") + decision.reason)
         except BaseException:
             link.close()
             self._link = None
@@ -181,7 +186,7 @@ class ProtectedConnection:
             peer=link.latch.peer if link.latch else None, qop=link.latch.qop if link.latch else None,
             latch_outcome=latch_outcome, bind_outcome=bind, bound=bind is BindOutcome.BOUND,
             gss_service=service, gss_version=ctx.version, reason=decision.reason, warnings=warnings,
-            protection_error=protection_error,
+            protection_error=protection_error, bind_detail=bind_detail,
         )
         self._security = record
         self.history.append(record)

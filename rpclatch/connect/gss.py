@@ -7,15 +7,16 @@ a context bound to a channel dies with the connection (RFC 5403 §3.4; digest §
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rpclatch.connect.policy import BindOutcome, GssService, Protection
 from rpclatch.connect.world import ConnectError, RpcLink
 from rpclatch.gss.channel import Channel
 from rpclatch.gss.client import GssClientAuth, RpcCall, VersionPolicy
-from rpclatch.gss.errors import ChannelBindingFailed
+from rpclatch.gss.errors import BindFailureReason, ChannelBindingFailed
 from rpclatch.gss.provider import Provider
-from rpclatch.gss.wire import RPCSEC_GSS_VERS_2, Service
+from rpclatch.gss.wire import Service
 from rpclatch.rpc.auth import ClientAuth
 
 _TO_WIRE = {Protection.INTEGRITY: Service.INTEGRITY, Protection.PRIVACY: Service.PRIVACY}
@@ -28,16 +29,33 @@ def _rpc_call(link: RpcLink, prog: int, vers: int) -> RpcCall:
     return rpc_call
 
 
-def classify_bind_failure(exc: ChannelBindingFailed, version: int | None) -> BindOutcome:
-    """MISMATCH when either side's MIC over the channel bindings failed (the two ends see different
-    channels, RFC 5403 §2); UNSUPPORTED when the server simply cannot bind (v1 handle, no common
-    prefix or hash, RFC 5403 §3.3 negotiation)."""
-    if version != RPCSEC_GSS_VERS_2:
-        return BindOutcome.UNSUPPORTED
-    text = str(exc)
-    if "no common" in text or "offers none" in text or "did not converge" in text or "v1" in text:
-        return BindOutcome.UNSUPPORTED
-    return BindOutcome.MISMATCH
+_R = BindFailureReason
+
+#: RFC 5403 §2: binding exists to expose a man in the middle, so only a genuine, authenticated
+#: "the server cannot bind" (or a local choice) is UNSUPPORTED; whatever is unauthenticated or
+#: contradictory -- something a relay could have forged or rewritten -- is MISMATCH (warning,
+#: context destroyed). One entry per reason (a missing one is an internal error, see the tests).
+BIND_OUTCOMES: Mapping[BindFailureReason, BindOutcome] = {
+    _R.MIC_MISMATCH: BindOutcome.MISMATCH,
+    _R.TAMPERED_NEGOTIATION: BindOutcome.MISMATCH,        # prefix/OID rewritten in transit
+    _R.NEGOTIATION_LOOP: BindOutcome.MISMATCH,            # contradictory answers
+    _R.UNVERIFIABLE_REPLY: BindOutcome.MISMATCH,          # nothing proves the server said it
+    _R.SERVER_REFUSED: BindOutcome.MISMATCH,              # a v2 target MUST support BIND_CHANNEL
+    _R.V1_FALLBACK_ON_BINDABLE_CHANNEL: BindOutcome.MISMATCH,  # MSG_DENIED to the v2 INIT: forgeable
+    _R.CHANNEL_DOWN: BindOutcome.MISMATCH,                # the channel went away under us
+    _R.CONTEXT_REPLACED: BindOutcome.MISMATCH,            # do not trust a half-made binding
+    _R.SERVER_HAS_NO_CHANNEL: BindOutcome.UNSUPPORTED,    # authenticated PREF_NOTSUPP, empty list
+    _R.NO_COMMON_PREFIX: BindOutcome.UNSUPPORTED,         # authenticated PREF_NOTSUPP
+    _R.NO_COMMON_HASH: BindOutcome.UNSUPPORTED,           # authenticated HASH_NOTSUPP
+    _R.NO_REQUESTED_PREFIX: BindOutcome.UNSUPPORTED,      # local configuration
+    _R.V1_ONLY: BindOutcome.UNSUPPORTED,                  # local version policy
+}
+
+
+def classify_bind_failure(exc: ChannelBindingFailed) -> BindOutcome:
+    """The policy's :class:`BindOutcome` for a failed BIND_CHANNEL: :data:`BIND_OUTCOMES` of its
+    typed reason."""
+    return BIND_OUTCOMES[exc.reason]
 
 
 class RpcsecGssContext:
@@ -47,6 +65,8 @@ class RpcsecGssContext:
         self.flavor = flavor
         self.link = link
         self._rpc_call = _rpc_call(link, prog, vers)
+        #: why the last :meth:`bind_channel` did not bind (its ``reason`` is typed), or None
+        self.bind_failure: ChannelBindingFailed | None = None
 
     @property
     def version(self) -> int:
@@ -63,11 +83,12 @@ class RpcsecGssContext:
     async def bind_channel(self, channel: Any) -> BindOutcome:
         if not isinstance(channel, Channel):
             return BindOutcome.UNSUPPORTED
+        self.bind_failure = None
         try:
             await self.flavor.bind_channel(self._rpc_call, channel)
         except ChannelBindingFailed as exc:
-            self.bind_error = str(exc)
-            return classify_bind_failure(exc, self.flavor.version)
+            self.bind_failure = exc
+            return classify_bind_failure(exc)
         return BindOutcome.BOUND
 
     async def destroy(self) -> None:

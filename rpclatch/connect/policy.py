@@ -10,11 +10,15 @@ the latch is kept, whether the GSS context must be destroyed, and whether to war
     latched, binding data, ESP encrypts    BOUND                  channel_prot           (krb5i and krb5p map)
     latched, binding data, no encryption   BOUND                  channel_prot / krb5p   RFC 5403 §7
     latched, binding data                  MISMATCH               krb5i / krb5p          destroy ctx, WARNING
-    latched, binding data                  UNSUPPORTED            krb5i / krb5p          v1 only / no prefix
+    latched, binding data                  UNSUPPORTED            krb5i / krb5p          no common prefix
     latched, no binding data (NULL/PSK)    NOT_ATTEMPTED          krb5i / krb5p          keep the latch
     not latched (IKE failed / timed out)   NOT_ATTEMPTED          krb5i / krb5p          BYPASS clone
 
-"krb5i / krb5p" is the configured fallback protection (:class:`Protection`). A latch break (RFC 5660
+"krb5i / krb5p" is the configured fallback protection (:class:`Protection`). UNSUPPORTED is only
+an authenticated answer of the server that it cannot bind (or a local choice); anything a relay could
+have forged or rewritten -- a reply without a valid MIC, a negotiation answer that contradicts our
+request, a v1 context after an (unauthenticated) refusal of v2 -- is MISMATCH
+(:data:`rpclatch.connect.gss.BIND_OUTCOMES`). A latch break (RFC 5660
 ALERT BROKEN) is not a row: the default disposition is a reset (RFC 5660 §5.5 (b)); the call in
 flight fails, and the next call reconnects and runs the whole table again on the new connection,
 with a new latch, a new context and a new BIND_CHANNEL (a channel-bound handle is never used on
@@ -75,7 +79,7 @@ class BindOutcome(Enum):
 
     BOUND = "BIND_CHANNEL OK, reply MIC verified"
     MISMATCH = "BIND_CHANNEL failed: the two ends see different channels (man in the middle?)"
-    UNSUPPORTED = "server cannot bind (RPCSEC_GSS v1 only, or no common prefix/hash)"
+    UNSUPPORTED = "server cannot bind (its authenticated answer: no common prefix/hash, no channel)"
     NOT_ATTEMPTED = "no binding attempted"
 
 
@@ -126,12 +130,12 @@ POLICY: Mapping[tuple[LatchOutcome, BindOutcome], Decision] = {
         reason="BIND_CHANNEL failed (man in the middle?): context destroyed, fell back to GSS protection"),
     (LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.UNSUPPORTED): Decision(
         _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
-        reason="latched, but no binding with the server (RPCSEC_GSS v1 only, or no common prefix or "
-               "hash): GSS protection over the latch"),
+        reason="latched, but no binding with the server (no common prefix or hash, or no channel at "
+               "its end; or RPCSEC_GSS v1 by local choice): GSS protection over the latch"),
     (LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.UNSUPPORTED): Decision(
         _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
-        reason="latched, but no binding with the server (RPCSEC_GSS v1 only, or no common prefix or "
-               "hash): GSS protection over the latch"),
+        reason="latched, but no binding with the server (no common prefix or hash, or no channel at "
+               "its end; or RPCSEC_GSS v1 by local choice): GSS protection over the latch"),
     (LatchOutcome.LATCHED_NO_BINDING, BindOutcome.NOT_ATTEMPTED): Decision(
         _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
         reason="latched to a peer without binding data (NULL auth): GSS protection over the latch"),

@@ -18,6 +18,7 @@ class SecurityRecord:
     ``qop``: the latch's quality of protection in words. ``bound``: RPCSEC_GSS_BIND_CHANNEL
     succeeded on this connection (RFC 5403 §3.3). ``gss_service``: the service DATA calls use.
     ``reason``: why (one sentence from the policy table). ``warnings``: loud events (a failed bind).
+    ``bind_detail``: what made BIND_CHANNEL fail, as the RPCSEC_GSS layer reported it, or None.
     """
 
     conn_id: int
@@ -35,6 +36,7 @@ class SecurityRecord:
     reason: str
     warnings: tuple[str, ...] = ()
     protection_error: str | None = None
+    bind_detail: str | None = None
 
     def summary(self) -> str:
         latch = f"latched to {self.peer or '?'} ({self.qop or 'qop ?'})" if self.latched else "not latched"
@@ -49,5 +51,5 @@ class SecurityRecord:
             "latch_outcome": self.latch_outcome.name, "bind_outcome": self.bind_outcome.name,
             "bound": self.bound, "gss_service": self.gss_service.value, "gss_version": self.gss_version,
             "reason": self.reason, "warnings": list(self.warnings),
-            "protection_error": self.protection_error,
+            "protection_error": self.protection_error, "bind_detail": self.bind_detail,
         }

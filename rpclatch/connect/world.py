@@ -102,7 +102,12 @@ class GssContext(Protocol):
         """The client flavor issuing DATA calls with ``service``."""
 
     async def bind_channel(self, channel: Any) -> BindOutcome:
-        """RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) to ``channel``; MISMATCH if either MIC fails."""
+        """RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) to ``channel``: BOUND, UNSUPPORTED only for an
+        authenticated "the server cannot bind", MISMATCH for anything else."""
+
+    @property
+    def bind_failure(self) -> Exception | None:
+        """Why the last :meth:`bind_channel` did not bind (its message names the cause), or None."""
 
     async def destroy(self) -> None:
         """RPCSEC_GSS_DESTROY (RFC 2203 §5.4), best effort."""

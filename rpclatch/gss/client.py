@@ -32,7 +32,7 @@ from typing import Any
 
 from rpclatch.gss.channel import Channel
 from rpclatch.gss.errors import (
-    BindFailure,
+    BindFailureReason,
     ChannelBindingFailed,
     ContextInitFailed,
     GssError,
@@ -68,11 +68,12 @@ from rpclatch.gss.wire import (
     normalize_oid,
 )
 from rpclatch.rpc.auth import ClientAuth, PreparedCall
-from rpclatch.rpc.errors import AuthVerifierError, RpcAuthError
+from rpclatch.rpc.errors import AuthVerifierError, RpcAcceptError, RpcAuthError
 from rpclatch.rpc.messages import (
     MAX_AUTH_BYTES,
     NULL_AUTH,
     AcceptedReply,
+    AcceptStat,
     AuthFlavor,
     AuthStat,
     CallMessage,
@@ -94,6 +95,7 @@ _SVC_PRIVACY = Service.PRIVACY
 _SVC_CHANNEL_PROT = Service.CHANNEL_PROT
 _FLAVOR_GSS = int(AuthFlavor.RPCSEC_GSS)
 _FLAVOR_NONE = int(AuthFlavor.AUTH_NONE)
+_ACCEPT_SUCCESS = AcceptStat.SUCCESS
 
 _REFRESH_STATS = frozenset({AuthStat.RPCSEC_GSS_CREDPROBLEM, AuthStat.RPCSEC_GSS_CTXPROBLEM})
 _V2_REFUSED = frozenset({AuthStat.AUTH_REJECTEDCRED, AuthStat.AUTH_BADCRED})
@@ -117,6 +119,8 @@ class _Context:
     #: seq_num source; next() on an itertools.count is atomic under the GIL (no lock needed).
     seqs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     stale: bool = False
+    #: a v1 context made because the v2 INIT was refused: the (unauthenticated) MSG_DENIED stat
+    v2_refused: AuthStat | None = None
     #: per service: (length of the DATA credential body, the body after ``version, gss_proc,
     #: seq_num``, i.e. service and handle), so that a call's credential -- and the signed header
     #: ending with it -- is one struct pack plus this tail (RFC 2203 §5, §5.3.1)
@@ -236,6 +240,7 @@ class GssClientAuth(ClientAuth):
             VersionPolicy.REQUIRE_V2: (RPCSEC_GSS_VERS_2,),
             VersionPolicy.V1_ONLY: (RPCSEC_GSS_VERS_1,),
         }[self.versions]
+        refused: AuthStat | None = None
         for version in order:
             try:
                 ctx = await self._create(rpc_call, version)
@@ -246,10 +251,14 @@ class GssClientAuth(ClientAuth):
                             f"server refused RPCSEC_GSS v2 ({exc.stat.name}) and policy requires "
                             "channel binding; not falling back to v1"
                         ) from exc
+                    # A MSG_DENIED is not authenticated (a relay can forge it, RFC 5403 §9): the
+                    # fallback is remembered so that binding this context reports it as such.
                     log.info("server refused RPCSEC_GSS v2 (%s): using v1 on a fresh context",
                              exc.stat.name)
+                    refused = exc.stat
                     continue
                 raise
+            ctx.v2_refused = refused
             self._install(ctx)
             return
         raise VersionNotSupported("server refused every RPCSEC_GSS version tried")
@@ -317,7 +326,9 @@ class GssClientAuth(ClientAuth):
             await self.establish(rpc_call)
         else:
             try:
-                self._install(await self._create(rpc_call, version))
+                fresh = await self._create(rpc_call, version)
+                fresh.v2_refused = old.v2_refused if old is not None else None
+                self._install(fresh)
             except RpcAuthError as exc:
                 if exc.stat not in _V2_REFUSED:
                     raise
@@ -385,22 +396,34 @@ class GssClientAuth(ClientAuth):
 
         Tries our prefixes/hashes in order, following the server's PREF_NOTSUPP / HASH_NOTSUPP
         lists. Raises :class:`ChannelBindingFailed` if no binding results (the context then keeps
-        working with the requested service). A reply MIC that does not verify means the channel
-        views differ (a MITM): the context is destroyed and replaced (RFC 5403 §2). Raises
-        :class:`RpcGssLocalError` before sending anything if a candidate prefix/hash could not be
-        sent (prefix over 64 bytes, OID over 32: see :func:`rpclatch.gss.wire.bind_chan_request_problem`).
+        working with the requested service); its ``reason`` (:class:`BindFailureReason`) says why.
+        Every reply is authenticated before it is believed (RFC 5403 §2, §3.3): the OK reply's
+        rbcvr_mic over our channel-bindings hash (if it does not verify the channel views differ, a
+        MITM: the context is destroyed and replaced), the NOTSUPP replies' MIC as well (one we
+        cannot verify is a failed bind, never a "cannot bind"), and accepted errors' MIC(seq_num).
+        The request's prefix and hash OID are covered by no MIC, so a verified NOTSUPP that lists
+        what we sent means they were rewritten in transit. Raises :class:`RpcGssLocalError` before
+        sending anything if a candidate prefix/hash could not be sent (prefix over 64 bytes, OID
+        over 32: see :func:`rpclatch.gss.wire.bind_chan_request_problem`).
         """
         ctx = self._current()
-        if ctx.version != RPCSEC_GSS_VERS_2:
-            raise ChannelBindingFailed("the context is RPCSEC_GSS v1: the server cannot bind it",
-                                       BindFailure.UNSUPPORTED)
         if not channel.is_up():
-            raise ChannelBindingFailed("the channel is not up", BindFailure.CHANNEL_DOWN)
+            raise ChannelBindingFailed(BindFailureReason.CHANNEL_DOWN, "the channel is not up")
         offered = channel.bindings()
         candidates = [p for p in (prefixes if prefixes is not None else offered) if p in offered]
         if not candidates:
-            raise ChannelBindingFailed("the channel offers none of the requested prefixes",
-                                       BindFailure.UNSUPPORTED)
+            raise ChannelBindingFailed(BindFailureReason.NO_REQUESTED_PREFIX,
+                                       "the channel offers none of the requested prefixes")
+        if ctx.version != RPCSEC_GSS_VERS_2:
+            if ctx.v2_refused is not None:
+                raise ChannelBindingFailed(
+                    BindFailureReason.V1_FALLBACK_ON_BINDABLE_CHANNEL,
+                    f"the context is RPCSEC_GSS v1 because the v2 INIT was refused with "
+                    f"{ctx.v2_refused.name}, a MSG_DENIED nothing authenticates (a v1-only server, or "
+                    f"a forged refusal), although the channel offers binding data ({candidates[0]})")
+            raise ChannelBindingFailed(BindFailureReason.V1_ONLY,
+                                       "the context is RPCSEC_GSS v1 (local version policy): it cannot "
+                                       "be bound")
         algorithms = list(hashes)
         if not algorithms:
             raise RpcGssLocalError("bind_channel needs at least one hash algorithm")
@@ -413,68 +436,100 @@ class GssClientAuth(ClientAuth):
                     raise RpcGssLocalError(f"cannot request RPCSEC_GSS channel binding: {problem}")
         tried: set[tuple[str, bytes]] = set()
         prefix, algorithm = candidates[0], algorithms[0]
-        while (prefix, algorithm.oid) not in tried:
+        while True:
             tried.add((prefix, algorithm.oid))
             cb = channel.channel_bindings(prefix)
             bind = _BindAuth(self, ctx, prefix, algorithm, algorithm.digest(cb))
             try:
                 await rpc_call(bind, 0, b"")
             except RpcAuthError as exc:
-                kind = (BindFailure.MISMATCH if exc.stat == AuthStat.RPCSEC_GSS_CREDPROBLEM
-                        else BindFailure.REFUSED)
-                raise ChannelBindingFailed(
-                    f"server refused BIND_CHANNEL ({exc.stat.name}): channel bindings differ or "
-                    "the context is not usable", kind
-                ) from exc
+                if exc.stat == AuthStat.RPCSEC_GSS_CREDPROBLEM:
+                    raise ChannelBindingFailed(
+                        BindFailureReason.MIC_MISMATCH,
+                        "server could not verify our BIND_CHANNEL MIC (RPCSEC_GSS_CREDPROBLEM): the "
+                        "two ends' channel bindings differ") from exc
+                raise ChannelBindingFailed(BindFailureReason.SERVER_REFUSED,
+                                           f"server refused BIND_CHANNEL ({exc.stat.name})") from exc
+            except AuthVerifierError as exc:
+                raise ChannelBindingFailed(BindFailureReason.UNVERIFIABLE_REPLY,
+                                           f"BIND_CHANNEL reply does not authenticate: {exc}") from exc
+            except RpcAcceptError as exc:  # authenticated (MIC(seq_num) verified by _BindAuth)
+                raise ChannelBindingFailed(BindFailureReason.SERVER_REFUSED,
+                                           f"server answered BIND_CHANNEL with {exc.stat.name}") from exc
             res = bind.reply
             if res is None:
-                raise ChannelBindingFailed("BIND_CHANNEL reply verifier is not rgss2_bind_chan_verf_res",
-                                           BindFailure.REFUSED)
+                raise ChannelBindingFailed(BindFailureReason.UNVERIFIABLE_REPLY,
+                                           "BIND_CHANNEL reply verifier is not rgss2_bind_chan_verf_res")
             status = res.res.status
             if status == BindChanStatus.RGSS2_BIND_CHAN_OK:
-                self._check_bind_mic(ctx, bind.seq, bind.cb_hash, res, mitm_on_failure=True)
+                self._check_bind_mic(ctx, bind.seq, bind.cb_hash, res, ok=True)
                 with self._lock:
                     if self._ctx is not ctx:
-                        raise ChannelBindingFailed("the context was replaced while binding",
-                                               BindFailure.REFUSED)
+                        raise ChannelBindingFailed(BindFailureReason.CONTEXT_REPLACED,
+                                                   "the context was replaced while binding")
                     self._channel = channel
                 channel.on_break(self._channel_broke)
                 log.info("RPCSEC_GSS context bound to channel %s (%s)", prefix, algorithm.name)
                 return
             if status == BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP:
-                self._check_bind_mic(ctx, bind.seq, b"", res, mitm_on_failure=False)
+                self._check_bind_mic(ctx, bind.seq, b"", res, ok=False)
                 theirs = [p.decode("ascii", "replace") for p in res.res.pref_list]
+                if prefix in theirs:
+                    raise ChannelBindingFailed(
+                        BindFailureReason.TAMPERED_NEGOTIATION,
+                        f"server refused channel-binding prefix {prefix!r} yet lists it as supported "
+                        f"({theirs}): the prefix it received was not ours (rewritten in transit)")
+                if not theirs:
+                    raise ChannelBindingFailed(BindFailureReason.SERVER_HAS_NO_CHANNEL,
+                                               "server has no channel to bind to on this connection")
                 nxt = next((p for p in candidates if p in theirs), None)
                 if nxt is None:
-                    raise ChannelBindingFailed(f"no common channel-binding prefix (server: {theirs})",
-                                               BindFailure.UNSUPPORTED)
+                    raise ChannelBindingFailed(BindFailureReason.NO_COMMON_PREFIX,
+                                               f"no common channel-binding prefix (server: {theirs})")
                 prefix = nxt
             else:
                 oids = [normalize_oid(o) for o in res.res.oid_list]
-                first = HASHES_BY_OID.get(oids[0])
-                if first is not None:
-                    self._check_bind_mic(ctx, bind.seq, first.digest(cb), res, mitm_on_failure=False)
+                first = HASHES_BY_OID.get(oids[0]) if oids else None
+                if first is None:
+                    # RFC 5403 §3.3: rbcvr_mic covers the hash under rbcr_oid_list[0] (which MUST
+                    # exist); without it the reply cannot be authenticated.
+                    raise ChannelBindingFailed(
+                        BindFailureReason.UNVERIFIABLE_REPLY,
+                        "HASH_NOTSUPP reply cannot be verified: "
+                        + (f"its first hash OID {oids[0].hex()} is unknown here" if oids
+                           else "it lists no hash OID"))
+                self._check_bind_mic(ctx, bind.seq, first.digest(cb), res, ok=False)
+                if algorithm.oid in oids:
+                    raise ChannelBindingFailed(
+                        BindFailureReason.TAMPERED_NEGOTIATION,
+                        f"server refused hash {algorithm.name} yet lists it as supported: the OID it "
+                        "received was not ours (rewritten in transit)")
                 nxt_alg = next((a for a in algorithms if a.oid in oids), None)
                 if nxt_alg is None:
-                    raise ChannelBindingFailed("no common channel-binding hash algorithm",
-                                               BindFailure.UNSUPPORTED)
+                    raise ChannelBindingFailed(BindFailureReason.NO_COMMON_HASH,
+                                               "no common channel-binding hash algorithm")
                 algorithm = nxt_alg
-        raise ChannelBindingFailed("BIND_CHANNEL negotiation did not converge", BindFailure.UNSUPPORTED)
+            if (prefix, algorithm.oid) in tried:
+                raise ChannelBindingFailed(
+                    BindFailureReason.NEGOTIATION_LOOP,
+                    f"BIND_CHANNEL negotiation leads back to ({prefix}, {algorithm.name}), already "
+                    "refused: contradictory answers")
 
     def _check_bind_mic(
-        self, ctx: _Context, seq: int, cb_hash: bytes, res: BindChanVerfRes, *, mitm_on_failure: bool
+        self, ctx: _Context, seq: int, cb_hash: bytes, res: BindChanVerfRes, *, ok: bool
     ) -> None:
         try:
             ctx.gss.verify_mic(BindChanMicInRes(seq, cb_hash, res.res).encode(), res.mic)
         except (GssError, XdrError) as exc:
-            if mitm_on_failure:
+            if ok:
                 # The server claims OK but not over our view of the channel: do not trust this
                 # context's binding state on the server; the caller should refresh (RFC 5403 §2).
                 ctx.stale = True
-            raise ChannelBindingFailed(
-                f"BIND_CHANNEL reply MIC does not verify: {exc}",
-                BindFailure.MISMATCH if mitm_on_failure else BindFailure.REFUSED,
-            ) from exc
+                raise ChannelBindingFailed(BindFailureReason.MIC_MISMATCH,
+                                           f"BIND_CHANNEL OK reply MIC does not verify: {exc}") from exc
+            raise ChannelBindingFailed(BindFailureReason.UNVERIFIABLE_REPLY,
+                                       f"BIND_CHANNEL {res.res.status.name} reply MIC does not verify: "
+                                       f"{exc}") from exc
 
     def _channel_broke(self, channel: Channel) -> None:
         with self._lock:
@@ -553,6 +608,10 @@ class GssClientAuth(ClientAuth):
         return PreparedCall(CallMessage(xid, prog, vers, proc, cred, verf, body), (ctx, seq, service))
 
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
+        # Called for every accepted reply, SUCCESS or not: an accepted error (SYSTEM_ERR,
+        # GARBAGE_ARGS, PROC_UNAVAIL, ...) on a GSS context is believed only with a verifier
+        # MIC(seq_num) like any other reply (RFC 2203 §5.3.3.2); on channel_prot the channel
+        # protects it (RFC 5403 §3.4). Its (empty) results are returned; the caller raises.
         state: _CallState = prepared.state
         ctx, seq, service = state
         verf = reply.verf
@@ -568,7 +627,7 @@ class GssClientAuth(ClientAuth):
             gss.verify_mic(seq_bytes, verf.body)  # RFC 2203 §5.3.3.2: MIC(seq_num)
         except GssError as exc:
             raise AuthVerifierError(f"reply verifier MIC(seq_num) does not verify: {exc}") from exc
-        if service is _SVC_NONE:
+        if service is _SVC_NONE or reply.stat is not _ACCEPT_SUCCESS:
             return reply.results
         try:
             if service is _SVC_INTEGRITY:
@@ -687,6 +746,17 @@ class _BindAuth(ClientAuth):
                                                                                verf_body), args))
 
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
+        if reply.stat is not _ACCEPT_SUCCESS:
+            # An accepted error is believed only with MIC(seq_num) (as for DATA, RFC 2203
+            # §5.3.3.2); otherwise anyone relaying the connection could end the bind quietly.
+            if reply.verf.flavor != _FLAVOR_GSS:
+                raise AuthVerifierError(f"BIND_CHANNEL {reply.stat.name} reply has no RPCSEC_GSS verifier")
+            try:
+                self._ctx.gss.verify_mic(_U32.pack(self.seq), reply.verf.body)
+            except GssError as exc:
+                raise AuthVerifierError(
+                    f"BIND_CHANNEL {reply.stat.name} reply MIC(seq_num) does not verify: {exc}") from exc
+            return reply.results
         if reply.verf.flavor == AuthFlavor.RPCSEC_GSS:
             try:
                 self.reply = BindChanVerfRes.decode(reply.verf.body)

@@ -81,19 +81,57 @@ class VersionNotSupported(RpcGssRemoteError):
     """The server refused RPCSEC_GSS version 2 and local policy forbids falling back to v1."""
 
 
-class BindFailure(Enum):
-    """Why RPCSEC_GSS_BIND_CHANNEL did not bind."""
+class BindFailureReason(Enum):
+    """Why RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) did not bind, as the client saw it.
 
-    MISMATCH = "mismatch"  # a MIC over the channel bindings failed on one side: different channels
-    UNSUPPORTED = "unsupported"  # v1 handle, no common prefix or hash, or no channel at the server
-    CHANNEL_DOWN = "channel-down"  # our channel is not up
-    REFUSED = "refused"  # the server refused the call for another reason (its auth_stat)
+    The GSS layer only states what happened; whether that is a genuine, authenticated "the server
+    cannot bind" or a sign of tampering is decided in one place, the connect policy's table
+    (``rpclatch.connect.gss.BIND_OUTCOMES``). What is not covered by a MIC -- the request's
+    ``rbcva_chan_bind_prefix`` and hash OID, any MSG_DENIED -- can be rewritten or forged by whoever
+    relays the connection (RFC 5403 §2, §9), so answers that only make sense if something was
+    rewritten have reasons of their own.
+    """
+
+    #: the server's MIC check of our request failed (its RPCSEC_GSS_CREDPROBLEM), or the OK reply's
+    #: rbcvr_mic does not verify over our channel-bindings hash: the two ends see different channels
+    MIC_MISMATCH = "mic-mismatch"
+    #: a verified PREF_NOTSUPP listing the very prefix we sent, or HASH_NOTSUPP listing the very OID
+    #: we sent: the server got another prefix/OID than ours (the request fields were rewritten)
+    TAMPERED_NEGOTIATION = "tampered-negotiation"
+    #: verified NOTSUPP answers that lead back to a (prefix, hash) already refused: contradictory
+    NEGOTIATION_LOOP = "negotiation-loop"
+    #: a reply we cannot authenticate: no rgss2_bind_chan_verf_res, a NOTSUPP whose rbcvr_mic does
+    #: not verify, a HASH_NOTSUPP whose first OID we do not know (so its MIC cannot be checked) or
+    #: that lists none, an accepted error without MIC(seq_num)
+    UNVERIFIABLE_REPLY = "unverifiable-reply"
+    #: MSG_DENIED other than CREDPROBLEM, or an authenticated accepted error: a v2 target MUST
+    #: support BIND_CHANNEL (RFC 5403 §3.3)
+    SERVER_REFUSED = "server-refused"
+    #: a verified PREF_NOTSUPP with an empty list: the server has no channel on this connection
+    SERVER_HAS_NO_CHANNEL = "server-has-no-channel"
+    #: a verified PREF_NOTSUPP none of whose prefixes we may use
+    NO_COMMON_PREFIX = "no-common-prefix"
+    #: a verified HASH_NOTSUPP none of whose algorithms we may use
+    NO_COMMON_HASH = "no-common-hash"
+    #: local: our channel offers none of the prefixes we were asked to use
+    NO_REQUESTED_PREFIX = "no-requested-prefix"
+    #: local: our channel is not up
+    CHANNEL_DOWN = "channel-down"
+    #: the context is v1 because the local version policy chose v1 (nothing was negotiated)
+    V1_ONLY = "v1-only"
+    #: the context is v1 because the v2 INIT was refused with a MSG_DENIED (AUTH_REJECTEDCRED /
+    #: AUTH_BADCRED), which nothing authenticates (RFC 5403 §4, §9): a v1-only server, or a forged
+    #: refusal, on a channel that offers binding data
+    V1_FALLBACK_ON_BINDABLE_CHANNEL = "v1-fallback-on-bindable-channel"
+    #: local: the context was replaced (refreshed) while the binding was in flight
+    CONTEXT_REPLACED = "context-replaced"
 
 
 class ChannelBindingFailed(RpcGssRemoteError):
-    """RPCSEC_GSS_BIND_CHANNEL did not succeed (RFC 5403 §3.3); ``kind`` says why. The context
-    stays usable with integrity/privacy (after a MISMATCH detected on our side it is refreshed)."""
+    """RPCSEC_GSS_BIND_CHANNEL did not succeed (RFC 5403 §3.3); ``reason`` says why (typed: never
+    match on the message, which is for people). The context stays usable with integrity/privacy
+    (after a MIC mismatch detected on our side it is refreshed)."""
 
-    def __init__(self, message: str, kind: BindFailure = BindFailure.MISMATCH) -> None:
-        self.kind = kind
-        super().__init__(message)
+    def __init__(self, reason: BindFailureReason, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{message} [{reason.value}]")

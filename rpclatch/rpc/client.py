@@ -316,22 +316,23 @@ class _ClientCore:
             log.debug("ignoring a reply to unknown xid %#x", reply.xid)
             return None
         if isinstance(reply, AcceptedReply):
-            if reply.stat is _SUCCESS:
-                result: bytes | None
-                try:
-                    result = handle.auth.accept_reply(handle.prepared, reply)  # type: ignore[arg-type]
-                except (RpcError, XdrError) as exc:
-                    result = self._accept_earlier(handle, reply)
-                    if result is None:
-                        handle._release()
-                        events.append(CallFailed(handle, exc if isinstance(exc, RpcError) else
-                                                 RpcProtocolError(f"malformed results: {exc}")))
-                        return None
-                handle._release()
-                events.append(CallCompleted(handle, result))
-                return None
+            # The flavor checks the verifier of every accepted reply, errors too (an RPCSEC_GSS
+            # SYSTEM_ERR without MIC(seq_num) is not the server's, RFC 2203 §5.3.3.2).
+            result: bytes | None
+            try:
+                result = handle.auth.accept_reply(handle.prepared, reply)  # type: ignore[arg-type]
+            except (RpcError, XdrError) as exc:
+                result = self._accept_earlier(handle, reply)
+                if result is None:
+                    handle._release()
+                    events.append(CallFailed(handle, exc if isinstance(exc, RpcError) else
+                                             RpcProtocolError(f"malformed results: {exc}")))
+                    return None
             handle._release()
-            events.append(CallFailed(handle, RpcAcceptError(reply.stat, reply.mismatch)))
+            if reply.stat is _SUCCESS:
+                events.append(CallCompleted(handle, result))
+            else:
+                events.append(CallFailed(handle, RpcAcceptError(reply.stat, reply.mismatch)))
             return None
         # DeniedReply
         if reply.stat == RejectStat.AUTH_ERROR:

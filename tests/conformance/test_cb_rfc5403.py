@@ -19,7 +19,7 @@ import pytest
 from rpclatch.gss.bindings import gss_channel_bindings, krb5_bnd
 from rpclatch.gss.channel import InMemoryChannel, Protection
 from rpclatch.gss.client import GssClientAuth, VersionPolicy
-from rpclatch.gss.errors import BindFailure, ChannelBindingFailed, GssError, GssMajor, RpcGssLocalError
+from rpclatch.gss.errors import BindFailureReason, ChannelBindingFailed, GssError, GssMajor, RpcGssLocalError
 from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
@@ -119,7 +119,7 @@ def test_cb_02_prefix_and_hash_negotiation(realm: ThrowawayRealm) -> None:
     srv2, c2, t2, _ = make(realm, channel=srv_ch, hashes=[SHA256])
     with pytest.raises(ChannelBindingFailed) as failed:
         run(c2.bind_channel(t2.call, cli_ch, hashes=[SHA1]))
-    assert failed.value.kind is BindFailure.UNSUPPORTED
+    assert failed.value.reason is BindFailureReason.NO_COMMON_HASH
     reply = decode_message(t2.serve(_resend_with_new_seq(t2, c2)) or b"")
     assert isinstance(reply, AcceptedReply)
     res = BindChanVerfRes.decode(reply.verf.body)
@@ -152,7 +152,7 @@ def test_cb_03_mitm_fails_on_both_sides_and_halves_lifetime(realm: ThrowawayReal
     assert expiry == clock.t + 28800.0
     with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))
-    assert failed.value.kind is BindFailure.MISMATCH
+    assert failed.value.reason is BindFailureReason.MIC_MISMATCH
     assert not srv.is_bound(handle)  # server side: MIC over its own hash did not verify
     assert c.effective_service() == Service.INTEGRITY  # client side: never channel_prot
     assert srv.context_expiry(handle) == clock.t + 14400.0  # halved (RFC 5403 §9)
@@ -252,7 +252,7 @@ def test_cb_07_bind_channel_refused_on_v1_handles(realm: ThrowawayRealm) -> None
     assert c.version == 1
     with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))  # the client knows a v1 handle cannot be bound
-    assert failed.value.kind is BindFailure.UNSUPPORTED
+    assert failed.value.reason is BindFailureReason.V1_ONLY
     # Forced onto the wire: a v1 credential with BIND_CHANNEL -> AUTH_BADCRED.
     base = c.prepare_call(1, t.prog, t.vers, 0, b"").message
     cred = dataclasses.replace(GssCred.decode(base.cred.body), gss_proc=GssProc.RPCSEC_GSS_BIND_CHANNEL,
@@ -316,7 +316,7 @@ def test_cb_09_client_rejects_forged_bind_reply(realm: ThrowawayRealm) -> None:
     t.tamper_reply = forge
     with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))
-    assert failed.value.kind is BindFailure.MISMATCH
+    assert failed.value.reason is BindFailureReason.MIC_MISMATCH
     t.tamper_reply = None
     assert c.bound_channel is None and c.effective_service() == Service.INTEGRITY
     # The context is marked for refresh: the next call through the helper makes a new one.
@@ -333,7 +333,7 @@ def test_cb_10_bind_without_server_side_channel(realm: ThrowawayRealm) -> None:
     srv, c, t, _ = make(realm, channel=None)  # one-sided latching: the server has no channel
     with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))
-    assert failed.value.kind is BindFailure.UNSUPPORTED
+    assert failed.value.reason is BindFailureReason.SERVER_HAS_NO_CHANNEL
     # The answer: PREF_NOTSUPP with an empty prefix list (the server has nothing to bind to).
     reply = decode_message(t.serve(t.sent[-1]) or b"")
     assert isinstance(reply, AcceptedReply)

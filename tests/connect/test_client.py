@@ -124,16 +124,25 @@ def test_protection_failure_falls_back_to_bypass_clone(realm: ThrowawayRealm, mo
     assert not any(c.protected for c in view.calls)
 
 
-def test_v1_only_server_cannot_bind(realm: ThrowawayRealm) -> None:
-    dw, pc = connect(realm, server_gss_versions=(1,))
+def test_v1_only_server_on_a_bindable_latch_is_a_failed_binding(
+    realm: ThrowawayRealm, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A v1-only server refuses the v2 INIT with a MSG_DENIED (AUTH_BADCRED, like Linux), which
+    nothing authenticates: a relay can send the same (issue #10 item 10). On a latch that offers
+    binding data the v1 context is therefore a failed binding, reported loudly with its cause."""
+    with caplog.at_level(logging.WARNING, logger="rpclatch.connect"):
+        dw, pc = connect(realm, server_gss_versions=(1,))
     rec = pc.security
     assert rec.latch_outcome is LatchOutcome.LATCHED_BINDING_CONF
-    assert rec.bind_outcome is BindOutcome.UNSUPPORTED and rec.gss_version == 1
+    assert rec.bind_outcome is BindOutcome.MISMATCH and rec.gss_version == 1 and rec.warnings
+    assert rec.bind_detail is not None and "refused with AUTH_BADCRED" in rec.bind_detail
     assert rec.gss_service is GssService.PRIVACY and rec.latched
+    assert any("AUTH_BADCRED" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     view = dw.wire_view()
+    # v2 refused, v1; that context destroyed (policy: MISMATCH) and a fresh one made the same way
     assert [
         c.gss_version for c in view.calls if c.gss_proc is not None and c.gss_proc.name == "RPCSEC_GSS_INIT"
-    ] == [2, 1]
+    ] == [2, 1, 2, 1]
     assert view.data_services() == ["krb5p"] and all(c.protected for c in view.calls)
 
 
