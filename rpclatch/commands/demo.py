@@ -42,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.list:
         for spec in SCENARIOS:
-            print(f"{spec.number}  {spec.name:<16} {spec.title}")
+            print(f"{spec.label:<3} {spec.name:<23} {spec.title}")
         return 0
     if args.world != "sim":
         raise UserError(f"--world {args.world} is not available yet (latching real sockets over kernel ESP "
                         "needs an IKE daemon with unauthenticated peers and first-packet detection); "
                         "use --world sim, the default")
-    numbers = _parse_scenarios(args.scenario, [s.number for s in SCENARIOS])
+    numbers = _parse_scenarios(args.scenario, sorted({s.number for s in SCENARIOS}))
     try:
         run_dir = prepare_run_dir(args.out)
     except OSError as exc:

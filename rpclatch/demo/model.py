@@ -78,6 +78,12 @@ class ScenarioResult:
     reason: str = ""
     error: str | None = None
     security: tuple[dict[str, Any], ...] = ()  # every connection.security record, in order
+    variant: str = ""       # "a".."d" for the variants of one scenario (scenario 6), else ""
+
+    @property
+    def label(self) -> str:
+        """The row's name in the table: the number, plus the variant letter if any (``6a``)."""
+        return f"{self.number}{self.variant}"
 
     @property
     def outcome(self) -> Outcome:
@@ -87,7 +93,8 @@ class ScenarioResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "number": self.number, "name": self.name, "title": self.title,
+            "number": self.number, "variant": self.variant, "label": self.label, "name": self.name,
+            "title": self.title,
             "latched": self.latched, "peer": self.peer, "binding": self.binding,
             "gss_service": self.gss_service, "attacker_bytes": self.attacker_bytes,
             "attacker_plaintext_bytes": self.attacker_plaintext, "outcome": self.outcome.value,

@@ -13,7 +13,7 @@ COLUMNS = ("#", "scenario", "latched?", "peer", "binding", "GSS service", "attac
 
 def _row(r: ScenarioResult) -> tuple[str, ...]:
     attacker = f"{r.attacker_bytes} ({r.attacker_plaintext} read)"
-    return (str(r.number), r.title, r.latched, r.peer, r.binding, r.gss_service, attacker,
+    return (r.label, r.title, r.latched, r.peer, r.binding, r.gss_service, attacker,
             r.outcome.value)
 
 
@@ -36,11 +36,11 @@ def render_failures(results: Sequence[ScenarioResult]) -> str:
         if r.outcome is Outcome.PASS:
             continue
         if r.error is not None:
-            out.append(f"scenario {r.number} ({r.name}): error: {r.error}")
-        out.extend(f"scenario {r.number} ({r.name}): check '{c.name}' failed: {c.detail}"
+            out.append(f"scenario {r.label} ({r.name}): error: {r.error}")
+        out.extend(f"scenario {r.label} ({r.name}): check '{c.name}' failed: {c.detail}"
                    for c in r.checks if not c.passed)
         if not r.checks and r.error is None:
-            out.append(f"scenario {r.number} ({r.name}): no checks ran")
+            out.append(f"scenario {r.label} ({r.name}): no checks ran")
     return "\n".join(out)
 
 
@@ -49,7 +49,7 @@ def render_text(run: RunResult) -> str:
     parts = [f"rpclatch demo: world={run.world}, approach {run.approach} (latches in the {where}), "
              f"realm={run.realm}", "", render_table(run.results), ""]
     for r in run.results:
-        parts.append(f"  [{r.number}] {r.reason}")
+        parts.append(f"  [{r.label}] {r.reason}")
     failures = render_failures(run.results)
     if failures:
         parts += ["", failures]

@@ -34,7 +34,7 @@ def run_demo(run_dir: Path, numbers: Sequence[int] | None = None, progress: Text
             result, seconds = timed(spec, active, run_dir, approach)
             results.append(result)
             if progress is not None:
-                print(f"[{spec.number}] {spec.title} ... {result.outcome.value} ({seconds:.2f} s)",
+                print(f"[{spec.label}] {spec.title} ... {result.outcome.value} ({seconds:.2f} s)",
                       file=progress, flush=True)
         realm_name = active.realm
     finally:

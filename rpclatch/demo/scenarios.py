@@ -1,6 +1,7 @@
-"""The five demo scenarios. Each builds its world, acts, then computes its checks from what
-actually happened: the recorded wire (decoded like tshark with the ESP keys), the latch states at
-both ends (INQUIRE_LATCH), the RPCSEC_GSS service on the wire, and what the attacker could read.
+"""The demo scenarios (the sixth in four variants). Each builds its world, acts, then computes its
+checks from what actually happened: the recorded wire (decoded like tshark with the ESP keys), the
+latch states at both ends (INQUIRE_LATCH), the RPCSEC_GSS service on the wire, and what the
+attacker could read.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from rpclatch.connect.policy import BindOutcome, ConnectPolicy, LatchOutcome
 from rpclatch.connect.record import SecurityRecord
 from rpclatch.connect.sim import SimLink, latch_params
 from rpclatch.connect.world import ConnectError
+from rpclatch.demo.bindrelay import REWRITTEN_PREFIX, UNKNOWN_HASH_OID, BindAttack, BindRelayEditor
 from rpclatch.demo.diagram import render_html, render_svg
 from rpclatch.demo.model import Check, ScenarioResult, TraceEvent
 from rpclatch.demo.rundir import slug
 from rpclatch.demo.wiretap import WireView
 from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.gss.wire import BindChanStatus, GssProc
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
 from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip, spki_fingerprint
@@ -64,10 +67,18 @@ class Outcome:
 
 @dataclass(frozen=True)
 class ScenarioSpec:
+    """One row of the demo. Variants of one scenario share its ``number`` and differ in
+    ``variant`` (``6a`` .. ``6d``); ``--scenario 6`` runs them all."""
+
     number: int
     name: str
     title: str
     run: Callable[[ThrowawayRealm, Approach], tuple[DemoWorld, Outcome]]
+    variant: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.number}{self.variant}"
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -618,6 +629,146 @@ def policy_change(
     return dw, o
 
 
+# -- scenario 6 -------------------------------------------------------------------------------------
+
+BIND_ATTACK_TITLES = {
+    BindAttack.PREFIX: "BIND_CHANNEL relay: prefix rewritten",
+    BindAttack.V2_REFUSED: "BIND_CHANNEL relay: forged v2 refusal",
+    BindAttack.HASH_NOTSUPP: "BIND_CHANNEL relay: forged HASH_NOTSUPP",
+    BindAttack.REPLAY: "BIND_CHANNEL relay: replays to the server",
+}
+
+
+def relay_edit_check(o: Outcome, attack: BindAttack, view: WireView, editor: BindRelayEditor) -> None:
+    """Did the relay's edit happen, as seen on the two segments' wire (client <-> mitm, mitm-b <->
+    server)? One check per variant."""
+    xid = editor.target_xid
+    if attack is BindAttack.V2_REFUSED:
+        inits = [c for c in view.gss_calls(GssProc.RPCSEC_GSS_INIT, "client") if c.gss_version == 2]
+        forged = view.replies_to(inits[0].xid, "mitm") if inits else []
+        reached = [c for c in view.calls if inits and c.xid == inits[0].xid and c.sender == "mitm-b"]
+        o.check("relay refused the v2 INIT itself (AUTH_BADCRED)",
+                bool(forged) and forged[0].stat == "AUTH_BADCRED" and not reached,
+                f"client's first v2 INIT answered by the relay with {[r.stat for r in forged]}; "
+                f"{len(reached)} copies reached the server")
+        return
+    sent = view.bind_calls("client")
+    to_server = view.bind_calls("mitm-b")
+    if attack is BindAttack.HASH_NOTSUPP:
+        forged = view.replies_to(xid, "mitm") if xid is not None else []
+        o.check("relay answered BIND_CHANNEL itself (HASH_NOTSUPP, unknown OID, zero MIC)",
+                bool(sent) and bool(forged)
+                and forged[0].bind_status is BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP
+                and forged[0].bind_oids[:1] == (UNKNOWN_HASH_OID,) and not to_server,
+                f"{len(sent)} BIND_CHANNEL from the client, answered by the relay with "
+                f"{[r.bind_status.name if r.bind_status else r.stat for r in forged]}; "
+                f"{len(to_server)} reached the server")
+        return
+    prefixes_in = sorted({c.bind_prefix.decode("ascii", "replace") for c in sent if c.bind_prefix})
+    prefixes_out = sorted({c.bind_prefix.decode("ascii", "replace") for c in to_server if c.bind_prefix})
+    copies = [c for c in to_server if c.xid == xid]
+    want = 1 + editor.replays if attack is BindAttack.REPLAY else 1
+    o.check(
+        "relay rewrote the prefix" + (f" and sent the request {want} times" if want > 1 else ""),
+        bool(sent) and prefixes_out == [REWRITTEN_PREFIX.decode()] and prefixes_in != prefixes_out
+        and len(copies) == want,
+        f"client sent prefix {prefixes_in}, the server received {prefixes_out} x{len(copies)}",
+    )
+
+
+def bind_relay(
+    realm: ThrowawayRealm, approach: Approach = Approach.POLICY, attack: BindAttack = BindAttack.PREFIX
+) -> tuple[DemoWorld, Outcome]:
+    """Scenario 6: the BTNS man in the middle of scenario 3 edits the BIND_CHANNEL exchange to turn
+    the loud binding failure into a quiet "server cannot bind" (issue #10 items 9-12; RFC 5403 §2,
+    §3.3, §9). Whatever it edits, the client must still end with MISMATCH, warn, not keep the
+    context, and fall back to krb5p; the server must not answer a replayed request twice."""
+    holder: list[DemoWorld] = []
+    editor = BindRelayEditor(attack, on_action=lambda text: holder[0].mark("mitm", text))
+    dw = build_world(realm, seed=6, mitm=True, approach=approach, editor=editor)
+    holder.append(dw)
+    _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
+    front, back = dw.attackers[0], dw.attackers[1]
+    stolen = dw.attacker_plaintext(view)
+    attack_at = next((t for t, lane, _ in dw.marks if lane == "mitm"), None)
+    o = Outcome(
+        BIND_ATTACK_TITLES[attack],
+        latch_cell(cstate, sstate),
+        rec.peer or "-",
+        binding_word(rec),
+        ",".join(view.data_services()) or "-",
+        reason=rec.reason,
+    )
+    o.check("relay acted", attack_at is not None, f"relay action at t={attack_at}")
+    mkey1 = stack_of(front.security).sike.credentials.spki
+    mkey2 = stack_of(back.security).sike.credentials.spki
+    o.check(
+        "both ends latched (to the attacker)",
+        cstate == "ESTABLISHED" and sstate == "ESTABLISHED"
+        and peer_key(dw.client_stack, link.conn) == mkey1
+        and sconn is not None and peer_key(dw.server_stack, sconn) == mkey2,
+        f"client latched to {fp(peer_key(dw.client_stack, link.conn))} (mitm {fp(mkey1)}), server to "
+        f"{fp(peer_key(dw.server_stack, sconn) if sconn else None)} (mitm-b {fp(mkey2)})",
+    )
+    relay_edit_check(o, attack, view, editor)
+    o.check(
+        "binding failed as MISMATCH, not UNSUPPORTED",
+        rec.bind_outcome is BindOutcome.MISMATCH,
+        f"bind outcome {rec.bind_outcome.name}: {rec.bind_detail or '-'}",
+    )
+    o.check(
+        "failure reported loudly",
+        bool(rec.warnings) and any(k == "warning" for _, k, _ in dw.policy_events),
+        rec.warnings[0] if rec.warnings else "no warning",
+    )
+    destroyed = view.gss_calls(GssProc.RPCSEC_GSS_DESTROY, "client", after=attack_at or 0.0)
+    o.check(
+        "context destroyed, never used for channel_prot",
+        bool(destroyed) and "channel_prot" not in view.data_services(),
+        f"{len(destroyed)} DESTROY from the client after the attack; services on the wire: "
+        f"{view.data_services()}",
+    )
+    o.check(
+        "fell back to krb5p (both segments)",
+        view.data_services("client") == ["krb5p"] and view.data_services("mitm-b") == ["krb5p"],
+        f"client segment {view.data_services('client')}, server segment {view.data_services('mitm-b')}",
+    )
+    if attack is BindAttack.REPLAY and editor.target_xid is not None:
+        # The oracle of issue #10 item 12 is a *signed* PREF_NOTSUPP/HASH_NOTSUPP per copy: a server
+        # MIC over seq_num || ... that doubles as a krb5i reply checksum. A request whose MIC
+        # verifies is answered once and its replays dropped; copies whose MIC cannot verify (as
+        # here: the relay's channel is not the client's) each get an unsigned CREDPROBLEM.
+        answers = view.replies_to(editor.target_xid, "server")
+        signed = [r for r in answers if r.signed]
+        o.check(
+            "server signed at most one answer to the copies (no MIC oracle)",
+            len(signed) <= 1,
+            f"{len(answers)} answers to {1 + editor.replays} copies, {len(signed)} with a server MIC: "
+            f"{sorted({r.bind_status.name if r.bind_status else r.stat for r in answers})}",
+        )
+    o.check(
+        "attacker sat in the path",
+        len(stolen) > len(PAYLOAD),
+        f"the attacker decrypted {len(stolen)} bytes of relayed stream under its own SAs",
+    )
+    o.check(
+        "attacker learned nothing",
+        marker_bytes(stolen) == 0,
+        f"{marker_bytes(stolen)} payload bytes in the attacker's plaintext",
+    )
+    o.check("ECHO replies intact", ok, "4 ECHO calls through the relay, krb5p end to end")
+    return dw, o
+
+
+def _bind_relay_variant(
+    attack: BindAttack,
+) -> Callable[[ThrowawayRealm, Approach], tuple[DemoWorld, Outcome]]:
+    def run(realm: ThrowawayRealm, approach: Approach) -> tuple[DemoWorld, Outcome]:
+        return bind_relay(realm, approach, attack)
+
+    return run
+
+
 SCENARIOS: tuple[ScenarioSpec, ...] = (
     ScenarioSpec(1, "ipsec-available", "IPsec available: latched, bound, channel_prot", ipsec_available),
     ScenarioSpec(2, "no-ike", "no IKE on the server: BYPASS clone, krb5p", no_ike),
@@ -625,6 +776,16 @@ SCENARIOS: tuple[ScenarioSpec, ...] = (
     ScenarioSpec(4, "rogue-address", "rogue claims the server's address mid-flow", rogue_claims_address),
     ScenarioSpec(
         5, "policy-change", "policy changed mid-flow: pinned or broken, never cleartext", policy_change
+    ),
+    *(
+        ScenarioSpec(6, f"bind-relay-{slug}", BIND_ATTACK_TITLES[attack] + ": still MISMATCH",
+                     _bind_relay_variant(attack), attack.value)
+        for attack, slug in (
+            (BindAttack.PREFIX, "prefix"),
+            (BindAttack.V2_REFUSED, "v2-refused"),
+            (BindAttack.HASH_NOTSUPP, "hash-notsupp"),
+            (BindAttack.REPLAY, "replay"),
+        )
     ),
 )
 
@@ -654,15 +815,15 @@ def run_scenario(
         events = dw.trace(view)
         attacker_bytes = dw.attacker_bytes(view)
         attacker_plain = marker_bytes(dw.attacker_plaintext(view))
-        base = f"{spec.number}-{slug(spec.name)}"
+        base = f"{spec.label}-{slug(spec.name)}"
         pcap = run_dir / f"{base}.pcapng"
         keys = run_dir / f"{base}.esp_sa"
         dw.export(pcap, keys)
         files["pcapng"] = str(pcap)
         files["esp_sa"] = str(keys)
-    title = f"Scenario {spec.number}: {spec.title} (approach {approach.value})"
+    title = f"Scenario {spec.label}: {spec.title} (approach {approach.value})"
     svg = render_svg(title, events, LANES)
-    base = f"{spec.number}-{slug(spec.name)}"
+    base = f"{spec.label}-{slug(spec.name)}"
     (run_dir / f"{base}.svg").write_text(svg, encoding="utf-8")
     summary = [
         ("latched?", o.latched),
@@ -699,6 +860,7 @@ def run_scenario(
         o.reason,
         error,
         security,
+        spec.variant,
     )
 
 

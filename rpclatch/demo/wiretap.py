@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from rpclatch.gss.wire import GssCred, GssProc, Service
+from rpclatch.gss.wire import BindChanStatus, BindChanVerfArgs, BindChanVerfRes, GssCred, GssProc, Service
 from rpclatch.ipsec.sim.esp import EspHeader, EspKeys, esp_open
 from rpclatch.ipsec.sim.ip import PROTO_ESP, PROTO_TCP, IpPacket
 from rpclatch.ipsec.sim.link import WireRecord
 from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
-from rpclatch.rpc.messages import AuthFlavor, CallMessage
+from rpclatch.rpc.messages import AuthFlavor, CallMessage, DeniedReply, decode_message
 from rpclatch.rpc.record import RecordReassembler
 from rpclatch.xdr import XdrError
 
@@ -41,6 +41,7 @@ class SeenCall:
     gss_version: int | None = None
     gss_proc: GssProc | None = None
     service: Service | None = None
+    bind_prefix: bytes | None = None  # BIND_CHANNEL: rbcva_chan_bind_prefix of the verifier
 
     @property
     def label(self) -> str:
@@ -54,6 +55,26 @@ class SeenCall:
         if self.gss_proc is GssProc.RPCSEC_GSS_DATA:
             return f"CALL proc {self.proc} [{SERVICE_NAMES[self.service]}]"
         return f"{self.gss_proc.name} v{self.gss_version}"
+
+
+@dataclass(frozen=True, slots=True)
+class SeenReply:
+    """One RPC reply as decoded from the wire. ``stat`` names the outcome: the accept_stat of an
+    accepted reply (``SUCCESS``, ``GARBAGE_ARGS``, ...), the auth_stat of an AUTH_ERROR denial
+    (``AUTH_BADCRED``, ``RPCSEC_GSS_CREDPROBLEM``, ...) or ``RPC_MISMATCH``. ``signed``: the reply
+    carries an RPCSEC_GSS verifier (a MIC made by whoever holds the context). ``bind_status``: for
+    replies to BIND_CHANNEL calls, the rgss2_bind_chan_res status in the verifier (RFC 5403 §3.3)."""
+
+    time: float
+    sender: str
+    flow: str
+    protected: bool
+    xid: int
+    accepted: bool
+    stat: str
+    signed: bool
+    bind_status: BindChanStatus | None = None
+    bind_oids: tuple[bytes, ...] = ()
 
 
 @dataclass
@@ -90,6 +111,7 @@ class WireView:
         self.rpc_port = rpc_port
         self._keys = {k.spi: k for k in keys}
         self.frames: list[FrameView] = [self._decode(rec) for rec in wire]
+        self.replies: list[SeenReply] = []
         self.calls: list[SeenCall] = self._calls()
 
     def _decode(self, rec: WireRecord) -> FrameView:
@@ -121,14 +143,15 @@ class WireView:
         return FrameView(rec, packet, None, None, False)
 
     def _calls(self) -> list[SeenCall]:
+        """Decode the calls (client -> server streams) and, into :attr:`replies`, the replies."""
         streams: dict[tuple[str, str, int], _Stream] = {}
         order: list[_Stream] = []
         for fv in self.frames:
             seg, pkt = fv.inner, fv.packet
             if seg is None or pkt is None or fv.record.dropped_by:
                 continue
-            if seg.dst_port != self.rpc_port:
-                continue  # calls only: client -> server direction
+            if self.rpc_port not in (seg.dst_port, seg.src_port):
+                continue
             flow = f"{pkt.src}:{seg.src_port} -> {pkt.dst}:{seg.dst_port}"
             key = (fv.record.sender, flow, 0)
             if seg.flags & Flags.SYN:
@@ -143,15 +166,26 @@ class WireView:
             if fv.esp_spi is None:
                 st_opt.protected = False
         calls: list[SeenCall] = []
+        replies: list[tuple[float, _Stream, bytes]] = []
         for st in order:
-            calls.extend(self._stream_calls(st))
+            to_server = st.flow.endswith(f":{self.rpc_port}")
+            for t, record in self._stream_records(st):
+                if to_server:
+                    call = self._decode_call(t, st, record)
+                    if call is not None:
+                        calls.append(call)
+                else:
+                    replies.append((t, st, record))
         calls.sort(key=lambda c: c.time)
+        bind_xids = {c.xid for c in calls if c.gss_proc is GssProc.RPCSEC_GSS_BIND_CHANNEL}
+        decoded = (self._decode_reply(t, st, record, bind_xids) for t, st, record in replies)
+        self.replies = sorted((r for r in decoded if r is not None), key=lambda r: r.time)
         return calls
 
-    def _stream_calls(self, st: _Stream) -> list[SeenCall]:
+    def _stream_records(self, st: _Stream) -> list[tuple[float, bytes]]:
         expected = (st.isn + 1) & 0xFFFFFFFF
         reasm = RecordReassembler(64 * 1024 * 1024)
-        out: list[SeenCall] = []
+        out: list[tuple[float, bytes]] = []
         for seq in sorted(st.segments, key=lambda s: (s - expected) & 0xFFFFFFFF):
             t, payload = st.segments[seq]
             offset = (expected - seq) & 0xFFFFFFFF
@@ -165,17 +199,35 @@ class WireView:
                 records = reasm.feed(data)
             except Exception:
                 break
-            for rec in records:
-                call = self._decode_call(t, st, rec)
-                if call is not None:
-                    out.append(call)
+            out.extend((t, rec) for rec in records)
         return out
+
+    @staticmethod
+    def _decode_reply(t: float, st: _Stream, record: bytes, bind_xids: set[int]) -> SeenReply | None:
+        try:
+            msg = decode_message(record)
+        except XdrError:
+            return None
+        if isinstance(msg, CallMessage):
+            return None
+        if isinstance(msg, DeniedReply):
+            stat = msg.auth_stat.name if msg.auth_stat is not None else msg.stat.name
+            return SeenReply(t, st.sender, st.flow, st.protected, msg.xid, False, stat, False)
+        signed = msg.verf.flavor == AuthFlavor.RPCSEC_GSS and bool(msg.verf.body)
+        status: BindChanStatus | None = None
+        oids: tuple[bytes, ...] = ()
+        if signed and msg.xid in bind_xids:
+            try:
+                res = BindChanVerfRes.decode(msg.verf.body).res
+                status, oids = res.status, res.oid_list
+            except XdrError:
+                pass
+        return SeenReply(t, st.sender, st.flow, st.protected, msg.xid, True, msg.stat.name, signed,
+                         status, oids)
 
     @staticmethod
     def _decode_call(t: float, st: _Stream, record: bytes) -> SeenCall | None:
         try:
-            from rpclatch.rpc.messages import decode_message
-
             msg = decode_message(record)
         except XdrError:
             return None
@@ -187,8 +239,14 @@ class WireView:
             cred = GssCred.decode(msg.cred.body)
         except XdrError:
             return SeenCall(t, st.sender, st.flow, st.protected, msg.xid, msg.prog, msg.proc, msg.cred.flavor)
+        prefix = None
+        if cred.gss_proc is GssProc.RPCSEC_GSS_BIND_CHANNEL:
+            try:
+                prefix = BindChanVerfArgs.decode(msg.verf.body).chan_bind_prefix
+            except XdrError:
+                prefix = None
         return SeenCall(t, st.sender, st.flow, st.protected, msg.xid, msg.prog, msg.proc, msg.cred.flavor,
-                        cred.version, cred.gss_proc, cred.service)
+                        cred.version, cred.gss_proc, cred.service, prefix)
 
     # -- questions -------------------------------------------------------------------------------
 
@@ -210,6 +268,16 @@ class WireView:
     def bind_calls(self, sender: str | None = None) -> list[SeenCall]:
         return [c for c in self.calls if c.gss_proc is GssProc.RPCSEC_GSS_BIND_CHANNEL
                 and (sender is None or c.sender == sender)]
+
+    def gss_calls(self, proc: GssProc, sender: str | None = None, after: float = -1.0) -> list[SeenCall]:
+        """RPCSEC_GSS calls of control procedure ``proc`` (INIT, DESTROY, ...) sent by ``sender``
+        (anyone if None) after time ``after``."""
+        return [c for c in self.calls if c.gss_proc is proc and c.time > after
+                and (sender is None or c.sender == sender)]
+
+    def replies_to(self, xid: int, sender: str | None = None) -> list[SeenReply]:
+        """The replies with ``xid`` sent by ``sender`` (anyone if None), in wire order."""
+        return [r for r in self.replies if r.xid == xid and (sender is None or r.sender == sender)]
 
     def cleartext_bytes(self, port: int | None = None, after: float = -1.0) -> int:
         """TCP payload bytes sent unprotected (to/from ``port`` if given) after time ``after``."""

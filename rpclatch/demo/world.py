@@ -11,8 +11,10 @@ keys and relays the TCP byte streams, recording every byte it could read.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from rpclatch.connect.client import ProtectedConnection
 from rpclatch.connect.gss import RpcsecGssConnector
@@ -37,6 +39,7 @@ from rpclatch.ipsec.sim.stream import StreamConnection, StreamEvent, StreamEvent
 from rpclatch.ipsec.sim.world import World
 from rpclatch.ipsec.spd import SpdAction
 from rpclatch.rpc.messages import AuthStat
+from rpclatch.rpc.record import encode_record
 from rpclatch.rpc.server import RpcDispatcher
 from rpclatch.rpc.testprog import RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, add_test_program
 
@@ -44,6 +47,11 @@ CLIENT_ADDR = "192.0.2.10"
 SERVER_ADDR = "192.0.2.20"
 ROGUE_ADDR = "192.0.2.66"
 NFS_PORT = 2049
+#: The demo server's RFC 5403 §9 (a) cap on the MIC-protected requests one context may make before
+#: the client must make a new one (CTXPROBLEM). Every context in the demo makes fewer than 20
+#: (INIT, BIND_CHANNEL, a handful of ECHO calls, DESTROY), so the cap never changes a scenario's
+#: course; it is on to show the default a server should run with. ``rpc serve`` has its own default.
+DEMO_MAX_REQUESTS_PER_CONTEXT = 1024
 _LOG_LINE = re.compile(r"^\s*(\d+\.\d+) (\S+): (.*)$")
 
 
@@ -57,16 +65,64 @@ def _move_to_hub(world: World, host: Host, hub: Hub) -> None:
         hub.claim(addr, host.iface)
 
 
+class RecordEditor(Protocol):
+    """What a relay that edits RPC records asks, per complete record (RFC 5531 §11 record marking
+    removed): ``from_client`` for the client's records, ``from_server`` for the server's. Each
+    returns ``(onward, back)``: the records to pass on towards the other end (the original, an
+    edited copy, several copies, or none) and the records to answer the sender with (forgeries)."""
+
+    def from_client(self, record: bytes) -> tuple[list[bytes], list[bytes]]: ...
+
+    def from_server(self, record: bytes) -> tuple[list[bytes], list[bytes]]: ...
+
+
+Edit = Callable[[bytes], tuple[list[bytes], list[bytes]]]
+
+
+class RecordSplitter:
+    """Cuts a TCP byte stream into RPC records (RFC 5531 §11), for the relay's editor. The relay is
+    the attacker's tool and sees only what two well-behaved ends send, but its buffer is bounded
+    all the same: a record announcing more than ``limit`` bytes raises ValueError (what is buffered
+    is then at most ``limit`` + 3 bytes of an unfinished fragment and its mark)."""
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._fragments = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        while len(self._buf) >= 4:
+            mark = int.from_bytes(self._buf[:4], "big")
+            size = mark & 0x7FFFFFFF
+            if len(self._fragments) + size > self.limit:
+                raise ValueError(f"record over {self.limit} bytes")
+            if len(self._buf) < 4 + size:
+                break
+            self._fragments += self._buf[4 : 4 + size]
+            del self._buf[: 4 + size]
+            if mark & 0x80000000:
+                out.append(bytes(self._fragments))
+                self._fragments.clear()
+        return out
+
+
 class BtnsRelay:
     """The man in the middle's relay: terminates the client's latched connection on ``front`` (which
     owns the server's address on the client segment) and opens its own latched connection from
-    ``back`` (which owns the client's address on the server segment), copying bytes both ways."""
+    ``back`` (which owns the client's address on the server segment), copying bytes both ways.
 
-    def __init__(self, front: Host, back: Host, server_addr: str, port: int) -> None:
+    With an ``editor`` it relays RPC records instead of bytes and lets the editor change, drop,
+    multiply or answer each one (the relay of scenario 6, which edits the BIND_CHANNEL exchange)."""
+
+    def __init__(self, front: Host, back: Host, server_addr: str, port: int,
+                 editor: RecordEditor | None = None) -> None:
         self.front = front
         self.back = back
         self.server_addr = server_addr
         self.port = port
+        self.editor = editor
         self.plaintext = bytearray()  # every byte the MITM read in the clear (after its own ESP)
         self.listener = front.listen(port, on_accept=self._accept)
 
@@ -74,16 +130,43 @@ class BtnsRelay:
         outer = self.back.connect(self.server_addr, self.port, local_port=inner.flow.remote_port,
                                   protect=True)
         pending: list[bytes] = []
+        editor = self.editor
+        from_client, from_server = RecordSplitter(), RecordSplitter()
+
+        def to_server(data: bytes) -> None:
+            if outer.is_open:
+                outer.send(data)
+            else:
+                pending.append(data)
+
+        def to_client(data: bytes) -> None:
+            if inner.is_open:
+                inner.send(data)
+
+        def edited(splitter: RecordSplitter, data: bytes, edit: Edit, onward: Callable[[bytes], None],
+                   back: Callable[[bytes], None]) -> None:
+            try:
+                records = splitter.feed(data)
+            except ValueError:  # not RPC the relay can follow: give up on the connection
+                inner.abort()
+                outer.abort()
+                return
+            for record in records:
+                forward, answer = edit(record)
+                for rec in forward:
+                    onward(encode_record(rec))
+                for rec in answer:
+                    back(encode_record(rec))
 
         def inner_event(conn: StreamConnection, ev: StreamEvent) -> None:
             if ev.kind is StreamEventKind.DATA:
                 data = bytes(conn.received)
                 conn.received.clear()
                 self.plaintext += data
-                if outer.is_open:
-                    outer.send(data)
+                if editor is None:
+                    to_server(data)
                 else:
-                    pending.append(data)
+                    edited(from_client, data, editor.from_client, to_server, to_client)
             elif ev.kind in (StreamEventKind.RESET, StreamEventKind.EOF, StreamEventKind.CLOSED):
                 outer.abort()
 
@@ -96,8 +179,10 @@ class BtnsRelay:
                 data = bytes(conn.received)
                 conn.received.clear()
                 self.plaintext += data
-                if inner.is_open:
-                    inner.send(data)
+                if editor is None:
+                    to_client(data)
+                else:
+                    edited(from_server, data, editor.from_server, to_client, to_server)
             elif ev.kind in (StreamEventKind.RESET, StreamEventKind.EOF, StreamEventKind.CLOSED):
                 inner.abort()
 
@@ -264,11 +349,15 @@ def build_world(
     server_auth: str = "btns",
     server_gss_versions: tuple[int, ...] = (1, 2),
     approach: Approach = Approach.POLICY,
+    editor: RecordEditor | None = None,
+    max_requests_per_context: int | None = DEMO_MAX_REQUESTS_PER_CONTEXT,
 ) -> DemoWorld:
     """A client and a server (both BTNS raw keys, ``spd_action`` on 2049: BYPASS-OR-PROTECT by
     default), plus attackers. ``server_auth``: how the server authenticates in IKE (``btns`` raw
     key or ``null``, RFC 7619). ``server_gss_versions``: RPCSEC_GSS versions the server speaks.
-    ``approach``: where latches live (design slides: 1 = in the TCB, 2 = in the LD/PAD/SPD)."""
+    ``approach``: where latches live (design slides: 1 = in the TCB, 2 = in the LD/PAD/SPD).
+    ``editor``: with ``mitm``, the relay edits RPC records through it (scenario 6).
+    ``max_requests_per_context``: the server's RFC 5403 §9 (a) cap (None: no cap)."""
     world = World(seed=seed, latency=latency)
     spd = examples.nfs_spd(spd_action)
     pad = examples.btns_pad()
@@ -287,6 +376,7 @@ def build_world(
     v1_only = tuple(server_gss_versions) == (1,)
     dispatcher.add_flavor(GssServerAuth(
         GssapiProvider(realm.service_name, keytab=realm.keytab), versions=server_gss_versions,
+        max_requests_per_context=max_requests_per_context,
         # a v1-only server answers like Linux nfsd (standards digest §7.5)
         unsupported_version_stat=AuthStat.AUTH_BADCRED if v1_only else AuthStat.AUTH_REJECTEDCRED))
     endpoint = SimServerEndpoint(server, NFS_PORT, dispatcher)
@@ -302,7 +392,7 @@ def build_world(
         _move_to_hub(world, back, server_hub)
         world.enable_ipsec(back, spd=spd, pad=pad, approach=approach)
         client.claim_address(CLIENT_ADDR)  # mitm-b's creation claimed it on this segment too
-        relay = BtnsRelay(front, back, SERVER_ADDR, NFS_PORT)
+        relay = BtnsRelay(front, back, SERVER_ADDR, NFS_PORT, editor)
         attackers += [front, back]
     if rogue:
         r: Attacker = world.add_attacker("rogue", ROGUE_ADDR)

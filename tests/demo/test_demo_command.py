@@ -22,13 +22,14 @@ def test_demo_runs_every_scenario_and_writes_artefacts(
     assert main(["demo", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("#  scenario"))
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["#", "scenario"])
     rows = lines[header + 2 : header + 2 + len(SCENARIOS)]
-    assert [r.split()[0] for r in rows] == [str(s.number) for s in SCENARIOS]
+    assert [r.split()[0] for r in rows] == [s.label for s in SCENARIOS]
+    assert [s.label for s in SCENARIOS][-4:] == ["6a", "6b", "6c", "6d"]
     assert all(r.rstrip().endswith("PASS") for r in rows)
     assert "all scenarios behaved as expected" in text
     for spec in SCENARIOS:
-        base = out / f"{spec.number}-{spec.name}"
+        base = out / f"{spec.label}-{spec.name}"
         assert (base.with_suffix(".pcapng")).read_bytes()[:4] == PCAPNG_MAGIC
         assert ET.parse(base.with_suffix(".svg")).getroot().tag.endswith("svg")
         assert "PASS" in base.with_suffix(".html").read_text()

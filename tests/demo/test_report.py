@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from rpclatch.demo.model import Check, Outcome, RunResult, ScenarioResult
 from rpclatch.demo.report import render_json, render_table, render_text
@@ -39,3 +40,12 @@ def test_text_and_json_report_failures() -> None:
     assert data["passed"] is False
     assert [s["outcome"] for s in data["scenarios"]] == ["PASS", "FAIL"]
     assert data["scenarios"][1]["checks"][0] == {"name": "b", "passed": False, "detail": "why"}
+
+
+def test_variants_of_one_scenario_get_their_own_rows() -> None:
+    rows = [replace(result(6, (Check("a", True, ""),)), variant=v) for v in "ab"]
+    lines = render_table(rows).splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["6a", "6b"]
+    data = json.loads(render_json(RunResult("sim", "/tmp/x", "R", tuple(rows), 1.0)))
+    labels = [(s["number"], s["variant"], s["label"]) for s in data["scenarios"]]
+    assert labels == [(6, "a", "6a"), (6, "b", "6b")]
