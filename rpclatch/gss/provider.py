@@ -8,7 +8,10 @@ context lifetime (for expiry) and the initiator's name. :class:`GssapiProvider` 
 * flags ``mutual | integ | conf`` and never replay/sequence (recipes/gss §6.2);
 * one lock per context: MIT contexts are not thread-safe and the bindings release the GIL
   (recipes/gss §6.3);
-* acceptor credentials restricted to the configured service principal (recipes/gss §6.4);
+* acceptor credentials restricted to the configured service principal (recipes/gss §6.4) and,
+  unless configured otherwise, to the Kerberos V5 mechanism (RFC 4121; OID 1.2.840.113554.1.2.2):
+  an acceptor that also speaks SPNEGO answers a 29-byte NegTokenInit without a mech token with
+  CONTINUE_NEEDED, which lets anyone park half-open contexts on the server (RFC 2203 §5.2.2);
 * GSS errors turned into :class:`~rpclatch.gss.errors.GssError` carrying the major/minor status;
 * optional GSS-level channel bindings at establishment (RFC 5554 §4, RFC 4121 §4.1.1.2): the
   initiator sends ``application_data`` (struct built by :mod:`rpclatch.gss.bindings`, which
@@ -21,12 +24,16 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import gssapi.raw as graw
 
 from rpclatch.gss.bindings import gss_channel_bindings
 from rpclatch.gss.errors import GssError, GssMajor
+
+#: The Kerberos V5 GSS-API mechanism (RFC 1964 §1, RFC 4121): what acceptors take by default.
+KRB5_MECH_OID = "1.2.840.113554.1.2.2"
 
 _FLAGS = (
     graw.RequirementFlag.mutual_authentication
@@ -274,16 +281,21 @@ class GssapiProvider(Provider):
 
     ``service`` is the acceptor's host-based service name (``nfs@localhost``); acceptor credentials
     are acquired for exactly that principal, from ``keytab`` if given, else the default keytab
-    (``KRB5_KTNAME``). Initiator credentials come from ``ccache`` if given, else the default ccache
+    (``KRB5_KTNAME``). ``acceptor_mechs`` are the mechanism OIDs (dotted) the acceptor takes:
+    Kerberos V5 only by default, so a token of any other mechanism (SPNEGO included) fails at once
+    with GSS_S_NO_CRED instead of opening a half-open context; None accepts every mechanism the
+    keytab allows. Initiator credentials come from ``ccache`` if given, else the default ccache
     (``KRB5CCNAME``). Credentials are acquired on first use and kept.
     """
 
     def __init__(
-        self, service: str | None = None, *, ccache: str | None = None, keytab: str | None = None
+        self, service: str | None = None, *, ccache: str | None = None, keytab: str | None = None,
+        acceptor_mechs: Sequence[str] | None = (KRB5_MECH_OID,),
     ) -> None:
         self._service = service
         self._ccache = ccache
         self._keytab = keytab
+        self._acceptor_mechs = None if acceptor_mechs is None else tuple(acceptor_mechs)
         self._init_creds: Any = None
         self._accept_creds: Any = None
         self._lock = threading.Lock()
@@ -317,14 +329,16 @@ class GssapiProvider(Provider):
             if self._accept_creds is None:
                 name = self._name(self._service)
                 try:
+                    mechs = (None if self._acceptor_mechs is None
+                             else [graw.OID.from_int_seq(m) for m in self._acceptor_mechs])
                     if self._keytab is not None:
                         from gssapi.raw import acquire_cred_from
 
                         res = acquire_cred_from(
-                            {b"keytab": self._keytab.encode()}, name=name, usage="accept"
+                            {b"keytab": self._keytab.encode()}, name=name, mechs=mechs, usage="accept"
                         )
                     else:
-                        res = graw.acquire_cred(name, usage="accept")
+                        res = graw.acquire_cred(name, mechs=mechs, usage="accept")
                 except graw.GSSError as exc:
                     raise _gss_error(exc) from None
                 self._accept_creds = res.creds

@@ -9,7 +9,10 @@ Options understood (all optional): ``host`` (the server host; the target is ``se
 ``service`` (host-based service name, default ``nfs``), ``target`` (full ``service@host``
 override), ``ccache`` (initiator credential cache), ``keytab`` (acceptor keytab),
 ``acceptor`` (the acceptor's ``service@host``, default ``nfs@<this host's FQDN>``),
-``seq_window``, ``versions`` (``prefer-v2`` | ``require-v2`` | ``v1-only``).
+``seq_window``, ``max_requests_per_context`` (RFC 5403 §9 (a) cap, None = none), ``versions``
+(``prefer-v2`` | ``require-v2`` | ``v1-only``), ``min_service`` (server: the weakest service
+accepted, a ``Service``; default the one named: ``--sec krb5i`` serves krb5i, krb5p and
+channel_prot, not krb5; ``--sec krb5p`` krb5p and channel_prot on an encrypting channel).
 """
 
 from __future__ import annotations
@@ -45,7 +48,11 @@ def _client(service: Service, options: dict[str, Any]) -> ClientAuth:
                          versions=VersionPolicy(options.get("versions", "prefer-v2")))
 
 
-def _server(options: dict[str, Any]) -> list[ServerAuth]:
+def _server(service: Service, options: dict[str, Any]) -> list[ServerAuth]:
+    """The server flavor for ``--sec krb5|krb5i|krb5p``: it accepts that service or a stronger one
+    (``GssServerAuth(min_service=...)``; weaker DATA calls get AUTH_TOOWEAK, RFC 5531 §9). The
+    ``min_service`` option (a :class:`Service`) overrides the floor. With several ``--sec krb5*``
+    names, :func:`rpclatch.rpc.sec.server_auths_for_sec` keeps the first one's server."""
     acceptor = options.get("acceptor") or f"{options.get('service', 'nfs')}@{socket.getfqdn()}"
     provider = GssapiProvider(str(acceptor), keytab=options.get("keytab"))
     try:
@@ -56,7 +63,10 @@ def _server(options: dict[str, Any]) -> list[ServerAuth]:
         keytab = options.get("keytab") or os.environ.get("KRB5_KTNAME", "the default keytab")
         raise UserError(f"cannot accept RPCSEC_GSS as {acceptor}: no usable key in {keytab} ({exc}); "
                         "run `rpclatch realm up` and export its lines, or set KRB5_KTNAME") from exc
-    return [GssServerAuth(provider, seq_window=int(options.get("seq_window", DEFAULT_SEQ_WINDOW)))]
+    floor = Service(options.get("min_service", service))
+    return [GssServerAuth(provider, seq_window=int(options.get("seq_window", DEFAULT_SEQ_WINDOW)),
+                          min_service=floor,
+                          max_requests_per_context=options.get("max_requests_per_context"))]
 
 
 def _register() -> None:
@@ -64,7 +74,7 @@ def _register() -> None:
         register_sec(SecFlavor(
             name, text,
             client=lambda o, s=service: _client(s, o),  # type: ignore[misc]
-            server=_server,
+            server=lambda o, s=service: _server(s, o),  # type: ignore[misc]
         ))
 
 

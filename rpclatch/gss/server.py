@@ -4,19 +4,51 @@ Sans-IO: :meth:`GssServerAuth.check_call` takes a decoded call, the connection i
 the time ``now`` and returns what the dispatcher should do. Nothing here reads a clock or a socket.
 
 Processing order for DATA/DESTROY/BIND_CHANNEL (RFC 2203 §5.3.3.1): credential version, proc and
-service -> handle -> expiry / MAXSEQ -> replay window (drops before the MIC, §7.2.2 allows it) ->
-header MIC (nothing in the credential is trusted before this) -> mark the window -> service body.
+service -> handle -> expiry / MAXSEQ -> (DATA) the service floor -> replay window (drops before the
+MIC, §7.2.2 allows it) -> request MIC (nothing in the credential is trusted before this) -> mark the
+window -> service body. There is one path: :meth:`GssServerAuth.check_call` reads the fixed
+credential layout with one unpack and hands every established-context call to
+:meth:`GssServerAuth._established_call`.
+
+Limits (everything here is fed from the network before or after authentication):
+
+* ``max_contexts`` established contexts (least recently used evicted); half-open contexts (INIT
+  answered CONTINUE_NEEDED) live in a table of their own of ``max_half_open`` (the oldest
+  half-open one is dropped for a new one) and never evict an established context (RFC 2203 §5.2.2);
+* ``init_cache_size`` cached INIT/CONTINUE_INIT replies (RFC 2203 §5.2.3 retransmissions);
+* the per-connection index of bound handles holds each context at most once, so it is never
+  larger than the context table; closing a connection visits only its own handles;
+* log lines a flood could trigger (half-open eviction, calls below the service floor) are
+  rate-limited.
 
 Project choices where the RFCs are silent (standards digest §7.3, §7.4, §12):
 
-* a BIND_CHANNEL MIC failure is answered MSG_DENIED / AUTH_ERROR / RPCSEC_GSS_CREDPROBLEM and halves
-  the context's remaining lifetime (RFC 5403 §9 rollback mitigation);
-* BIND_CHANNEL on a connection without an intact channel answers RGSS2_BIND_CHAN_PREF_NOTSUPP with an
-  empty prefix list; for PREF_NOTSUPP the reply MIC covers an empty hash (there is nothing to hash),
-  for HASH_NOTSUPP the hash of the requested prefix's bindings under ``rbcr_oid_list[0]``;
+* BIND_CHANNEL is processed like DATA (RFC 5403 §3.3: "seq_num ... as if gss_proc were
+  RPCSEC_GSS_DATA"): replays and seq_nums below the window are dropped silently, the request MIC is
+  verified *before* any answer, and only a verified request spends its seq_num and gets an answer
+  carrying a MIC (OK, PREF_NOTSUPP or HASH_NOTSUPP). An unauthenticated PREF_NOTSUPP/HASH_NOTSUPP
+  would be a replayable MIC oracle: a MIC over ``seq_num || ...`` is also a valid krb5i reply
+  checksum for that seq_num;
+* the request MIC can be checked whenever this connection's channel has bindings under the
+  requested prefix and the hash OID is one we implement (even if policy refuses that prefix or
+  hash: the refusal then follows, signed). A MIC that does not verify, or one we cannot check
+  (no channel, a prefix the channel does not have, an unknown hash), is answered like a failed
+  request MIC -- MSG_DENIED / AUTH_ERROR / RPCSEC_GSS_CREDPROBLEM (RFC 2203 §5.3.3.4.2) -- and
+  halves the context's remaining lifetime (RFC 5403 §9 rollback mitigation). One-sided latching
+  (no channel at the server) is indistinguishable from a man in the middle that stripped the
+  server's side (RFC 5403 §2), so it is a failed binding too;
+* for PREF_NOTSUPP the reply MIC covers an empty hash, for HASH_NOTSUPP the hash of the requested
+  prefix's bindings under ``rbcr_oid_list[0]``;
 * channel_prot on an unbound handle, on another connection, on a broken channel or after expiry is
   answered RPCSEC_GSS_CTXPROBLEM; on a v1 handle AUTH_BADCRED;
-* channel_prot sequence numbers still go through the window (duplicates are dropped).
+* channel_prot sequence numbers still go through the window (duplicates are dropped);
+* GARBAGE_ARGS answered by the flavor itself after the request MIC verified (integrity checksum
+  or unwrap failed, body seq_num != credential seq_num, arguments to BIND_CHANNEL) carries
+  MIC(seq_num) as its verifier, as a SUCCESS reply would (RFC 2203 §5.3.3.2; Linux svcauth_gss
+  does the same), so a client can check the verifier of every accepted reply;
+* ``min_service``: DATA calls weaker than the floor (none < integrity < privacy; channel_prot
+  counts as integrity, and as privacy on a channel that encrypts) are refused with AUTH_TOOWEAK
+  (RFC 5531 §9) before the MIC is checked.
 """
 
 from __future__ import annotations
@@ -36,6 +68,7 @@ from rpclatch.gss.errors import GssError, GssMajor
 from rpclatch.gss.provider import GssContext, Provider
 from rpclatch.gss.seqwindow import SeqVerdict, SeqWindow
 from rpclatch.gss.wire import (
+    HASHES_BY_OID,
     MAX_HANDLE,
     MAXSEQ,
     RPCSEC_GSS_VERS_1,
@@ -93,6 +126,8 @@ _SVC_CHANNEL_PROT = Service.CHANNEL_PROT
 _FLAVOR_GSS = int(AuthFlavor.RPCSEC_GSS)
 _FLAVOR_NONE = int(AuthFlavor.AUTH_NONE)
 _NEW = SeqVerdict.NEW
+_INIT = int(GssProc.RPCSEC_GSS_INIT)
+_CONTINUE_INIT = int(GssProc.RPCSEC_GSS_CONTINUE_INIT)
 
 
 def _seal_clear(results: bytes) -> tuple[OpaqueAuth, bytes]:
@@ -104,8 +139,6 @@ _CRED_HEAD = struct.Struct(">IIIII")  # rpc_gss_cred_vers_1_t up to the handle l
 _U32 = struct.Struct(">I")
 _PROCS = {int(p): p for p in GssProc}
 _SERVICES = {int(v): v for v in Service}
-_INIT = GssProc.RPCSEC_GSS_INIT
-_CONTINUE_INIT = GssProc.RPCSEC_GSS_CONTINUE_INIT
 
 
 def _signed_header(call: CallMessage) -> bytes:
@@ -117,6 +150,28 @@ def _signed_header(call: CallMessage) -> bytes:
 DEFAULT_SEQ_WINDOW = 128
 #: Lifetime assumed for contexts whose mechanism reports "indefinite" (also what gets halved).
 DEFAULT_INDEFINITE_LIFETIME = 8 * 3600.0
+#: Half-open contexts (INIT answered CONTINUE_NEEDED) kept at once. Kerberos V5 needs none (its
+#: acceptor completes in one step); multi-leg mechanisms need one per client mid-handshake.
+DEFAULT_MAX_HALF_OPEN = 64
+#: Seconds between two log lines of one kind that a flood of calls could trigger.
+LOG_INTERVAL = 10.0
+
+# Protection strength of a service (RFC 2203 §2: none < integrity < privacy).
+_STRENGTH = {Service.NONE: 0, Service.INTEGRITY: 1, Service.PRIVACY: 2}
+_FLOOR_NAMES = {
+    Service.NONE: "krb5 (rpc_gss_svc_none)",
+    Service.INTEGRITY: "krb5i (rpc_gss_svc_integrity)",
+    Service.PRIVACY: "krb5p (rpc_gss_svc_privacy)",
+}
+
+
+def _strength(service: Service, channel: Channel | None) -> int:
+    """What a DATA call of ``service`` protects on a connection latched to ``channel``: channel_prot
+    (RFC 5403 §3.4) gives what the channel gives -- integrity on any secure channel (RFC 5056 §2),
+    privacy only on one that encrypts."""
+    if service is _SVC_CHANNEL_PROT:
+        return 2 if channel is not None and channel.confidential else 1
+    return _STRENGTH[service]
 
 
 class _Cred(NamedTuple):
@@ -166,7 +221,32 @@ class _ServerContext:
     binding: _Binding | None = None
     bind_failures: int = 0
     data_requests: int = 0
+    #: The connection whose entry of the bound-handle index holds this handle (under the table lock).
+    indexed_conn: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _RateLimitedLog:
+    """At most one line per kind every ``interval`` seconds (of the caller's clock ``now``); the
+    number of lines held back is told in the next one. Kinds are a fixed set of strings."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, now: float, level: int, msg: str, *args: object) -> None:
+        with self._lock:
+            if now < self._next.get(kind, float("-inf")):
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return
+            self._next[kind] = now + self.interval
+            held = self._held.pop(kind, 0)
+        if held:
+            log.log(level, msg + " (%d more like this in the last %.0f s)", *args, held, self.interval)
+        else:
+            log.log(level, msg, *args)
 
 
 class GssServerAuth(ServerAuth):
@@ -175,13 +255,20 @@ class GssServerAuth(ServerAuth):
     ``provider`` creates acceptor contexts. ``versions`` are the credential versions served;
     ``unsupported_version_stat`` is how others are refused (RFC 2203 §5.1 says AUTH_REJECTEDCRED;
     a v1-only Linux nfsd answers AUTH_BADCRED). ``seq_window`` is announced in INIT replies.
-    ``max_contexts`` bounds the context table (least recently used contexts are evicted, their
-    clients get CREDPROBLEM and refresh). ``prefixes`` limits the channel-binding prefixes accepted
-    (None: whatever the connection's channel offers). ``hashes`` are the accepted channel-binding
-    hashes, preferred first; SHA-256 is mandatory. ``max_lifetime`` caps context lifetimes (seconds).
+    ``max_contexts`` bounds the table of established contexts (least recently used contexts are
+    evicted, their clients get CREDPROBLEM and refresh). ``max_half_open`` bounds the separate
+    table of half-open contexts (INIT answered CONTINUE_NEEDED, nobody authenticated yet): a new
+    one drops the oldest half-open one, never an established context (RFC 2203 §5.2.2).
+    ``prefixes`` limits the channel-binding prefixes accepted (None: whatever the connection's
+    channel offers). ``hashes`` are the accepted channel-binding hashes, preferred first; SHA-256
+    is mandatory. ``max_lifetime`` caps context lifetimes (seconds).
     ``max_requests_per_context`` caps the MIC-protected requests one context may make before it
     must be refreshed (CTXPROBLEM) -- RFC 5403 §9 mitigation (a): fewer DATA MICs per context
     means fewer forgery attempts against BIND_CHANNEL; None = no cap.
+    ``min_service`` is the weakest service DATA calls may use (NONE: any; INTEGRITY: krb5i, krb5p
+    and channel_prot; PRIVACY: krb5p, and channel_prot only on a channel that encrypts); weaker
+    calls get MSG_DENIED / AUTH_ERROR / AUTH_TOOWEAK (RFC 5531 §9) and a rate-limited log line
+    naming the floor. Control procedures (DESTROY, BIND_CHANNEL) are not subject to it.
     ``gss_channel_bindings=True`` additionally requires GSS-level channel bindings of the
     connection's channel at establishment (RFC 5554; off by default, RFC 5403 §5).
     """
@@ -196,42 +283,65 @@ class GssServerAuth(ServerAuth):
         unsupported_version_stat: AuthStat = AuthStat.AUTH_REJECTEDCRED,
         seq_window: int = DEFAULT_SEQ_WINDOW,
         max_contexts: int = 4096,
+        max_half_open: int = DEFAULT_MAX_HALF_OPEN,
         prefixes: Sequence[str] | None = None,
         hashes: Sequence[HashAlgorithm] = (SHA256, SHA1, SHA384, SHA512),
         max_lifetime: float | None = None,
         gss_channel_bindings: bool = False,
         init_cache_size: int = 256,
         max_requests_per_context: int | None = None,
+        min_service: Service = Service.NONE,
         new_handle: Callable[[], bytes] = lambda: secrets.token_bytes(16),
     ) -> None:
         if SHA256 not in hashes:
             raise ValueError("SHA-256 is mandatory for channel binding hashes")
+        if min_service not in _STRENGTH:
+            raise ValueError(f"min_service must be NONE, INTEGRITY or PRIVACY, not {min_service!r}")
+        if max_contexts < 1 or max_half_open < 0:
+            raise ValueError("max_contexts must be >= 1 and max_half_open >= 0")
         self.provider = provider
         self.versions = frozenset(versions)
         self.unsupported_version_stat = unsupported_version_stat
         self.seq_window = seq_window
         self.max_contexts = max_contexts
+        self.max_half_open = max_half_open
         self.prefixes = None if prefixes is None else tuple(prefixes)
         self.hashes = tuple(hashes)
         self.max_lifetime = max_lifetime
         self.gss_channel_bindings = gss_channel_bindings
+        self.min_service = Service(min_service)
+        self._floor = _STRENGTH[self.min_service]  # 0: no floor (one falsy test per call)
         self._new_handle = new_handle
         self._contexts: OrderedDict[bytes, _ServerContext] = OrderedDict()
+        self._half_open: OrderedDict[bytes, _ServerContext] = OrderedDict()
+        self._bound_by_conn: dict[int, set[bytes]] = {}
         self._init_cache: OrderedDict[bytes, AuthControlReply] = OrderedDict()
         self._init_cache_size = init_cache_size
         self.max_requests_per_context = max_requests_per_context
         self._lock = threading.Lock()
+        self._log_limited = _RateLimitedLog()
 
     # -- introspection (tests, demos, CLI) ----------------------------------------------------------
 
     def context_count(self) -> int:
+        """Established contexts in the table (half-open ones: :meth:`half_open_count`)."""
         with self._lock:
             return len(self._contexts)
 
-    def contexts(self) -> list[ContextInfo]:
-        """Snapshots of every context in the table, least recently used first."""
+    def half_open_count(self) -> int:
         with self._lock:
-            contexts = list(self._contexts.values())
+            return len(self._half_open)
+
+    def bound_handles(self, conn_id: int) -> frozenset[bytes]:
+        """The handles the bound-handle index lists for connection ``conn_id``."""
+        with self._lock:
+            return frozenset(self._bound_by_conn.get(conn_id, ()))
+
+    def contexts(self) -> list[ContextInfo]:
+        """Snapshots of every context: half-open ones first, then the established ones, least
+        recently used first."""
+        with self._lock:
+            contexts = [*self._half_open.values(), *self._contexts.values()]
         out = []
         for c in contexts:
             with c.lock:
@@ -243,12 +353,15 @@ class GssServerAuth(ServerAuth):
 
     def drop_all_contexts(self) -> int:
         """Forget every context (an administrative revoke, or what a restart does); clients get
-        RPCSEC_GSS_CREDPROBLEM and refresh. Returns how many were dropped."""
+        RPCSEC_GSS_CREDPROBLEM and refresh. Returns how many established ones were dropped."""
         with self._lock:
             dropped = list(self._contexts.values())
+            half_open = list(self._half_open.values())
             self._contexts.clear()
+            self._half_open.clear()
+            self._bound_by_conn.clear()
             self._init_cache.clear()
-        for ctx in dropped:
+        for ctx in [*dropped, *half_open]:
             ctx.gss.delete()
         return len(dropped)
 
@@ -273,142 +386,26 @@ class GssServerAuth(ServerAuth):
     # -- ServerAuth -----------------------------------------------------------------------------------
 
     def check_call(self, call: CallMessage, conn: ConnectionInfo, now: float) -> AuthResult:
-        """The per-call path. A well-formed credential (the fixed layout read with one unpack: the
-        checks of ``decode_cred_fields`` without building objects) of an RPCSEC_GSS_DATA call is
-        handled right here: the checks of :meth:`_established_call` followed by those of
-        :meth:`_data` or :meth:`_channel_prot`, written out as one function (same checks, same
-        order, same answers -- tests/gss/test_server.py compares this path with
-        :meth:`_check_general`), the context table read without its lock (see :meth:`_remember`),
-        the context's lock taken with acquire/release, the seq_num packed once and the header MIC
-        computed over the header bytes as received. DESTROY and BIND_CHANNEL go to
-        :meth:`_established_call`, everything else to :meth:`_check_general`."""
+        """The per-call entry. A well-formed credential of an established-context call (the fixed
+        layout read with one unpack: the checks of ``decode_cred_fields`` without building
+        objects) goes straight to :meth:`_established_call`; INIT/CONTINUE_INIT and anything
+        malformed go through :meth:`_check_general` (tests/gss/test_server.py checks that both
+        routes judge alike)."""
         body = call.cred.body
         n = len(body)
-        if n < 20:
-            return self._check_general(call, conn, now)
-        version, proc, seq, service_no, hlen = _CRED_HEAD.unpack_from(body)
-        if hlen > MAX_HANDLE or n != 20 + ((hlen + 3) & ~3) or version not in self.versions:
-            return self._check_general(call, conn, now)
-        if proc != 0 or not 0 < service_no < 5:  # not RPCSEC_GSS_DATA with a known service
-            procedure = _PROCS.get(proc)
-            service = _SERVICES.get(service_no)
-            if (procedure is not None and procedure is not _INIT and procedure is not _CONTINUE_INIT
-                    and service is not None):
-                return self._established_call(call, conn, now, version, procedure, seq, service,
-                                              body[20:20 + hlen])
-            return self._check_general(call, conn, now)
-        handle = body[20:20 + hlen]
-        if service_no == 4 and version != RPCSEC_GSS_VERS_2:
-            return AuthDeny(AuthStat.AUTH_BADCRED, "channel_prot is an RPCSEC_GSS v2 service")
-        # The table without its lock (see _remember): get and move_to_end are each one atomic
-        # operation under the GIL; a context removed in between is unknown, as it is a moment later.
-        contexts = self._contexts
-        ctx = contexts.get(handle)
-        if ctx is not None:
-            try:
-                contexts.move_to_end(handle)  # least recently used first
-            except KeyError:
-                ctx = None
-        if ctx is None or not ctx.established:
-            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "unknown context handle")
-        if ctx.version != version:
-            # RFC 5403 §4: a handle never crosses versions.
-            return AuthDeny(AuthStat.AUTH_BADCRED, "credential version differs from the context's")
-        expires_at = ctx.expires_at
-        if expires_at is not None and now >= expires_at:
-            self._forget(ctx.handle)
-            ctx.gss.delete()
-            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "context expired")
-        if seq >= MAXSEQ:
-            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "seq_num at or above MAXSEQ")
-        cap = self.max_requests_per_context
-        if cap is not None and ctx.data_requests >= cap:
-            self._forget(ctx.handle)
-            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"context used for {cap} requests: refresh it")
-        verf = call.verf
-        ctx_lock = ctx.lock
-        if service_no == 4:  # channel_prot (RFC 5403 §3.4), as in _channel_prot
-            if verf.flavor != _FLAVOR_NONE or verf.body:
-                return AuthDeny(AuthStat.AUTH_BADVERF, "channel_prot requests carry an AUTH_NONE verifier")
-            binding = ctx.binding
-            if binding is None:
-                return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "channel_prot on an unbound handle")
-            if binding.conn_id != conn.conn_id or conn.channel is not binding.channel:
-                return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "channel_prot on a connection not bound")
-            if not binding.channel.is_up():
-                with ctx_lock:
-                    ctx.binding = None
-                return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "the bound channel is gone")
-            ctx_lock.acquire()
-            try:
-                fresh = ctx.window.accept(seq)  # no MIC to verify in between: check and mark at once
-            finally:
-                ctx_lock.release()
-            if not fresh:
-                return AuthDrop(f"channel_prot seq_num {seq} replayed or below window")
-            return AuthAccept(call.args, ctx.principal, _seal_clear)
-        if verf.flavor != _FLAVOR_GSS:
-            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "verifier is not RPCSEC_GSS")
-        gss = ctx.gss
-        window = ctx.window
-        # Check, verify, mark under the context's lock (as in _established_call).
-        ctx_lock.acquire()
-        try:
-            verdict = window.check(seq)
-            if verdict is not _NEW:
-                return AuthDrop(f"seq_num {seq}: {verdict.value}")
-            try:
-                gss.verify_mic(call.header or _signed_header(call), verf.body)
-            except GssError as exc:
-                return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {exc}")
-            window.mark(seq)
-            ctx.data_requests += 1
-        finally:
-            ctx_lock.release()
-        seq_bytes = _U32.pack(seq)
-        if service_no == 1:
-            args = call.args
-        else:  # as in _data
-            try:
-                if service_no == 2:
-                    inner, checksum = decode_integ(call.args)
-                    gss.verify_mic(inner, checksum)
-                    encrypted = True
-                else:
-                    inner, encrypted = gss.unwrap(decode_priv(call.args))
-            except (XdrError, GssError) as exc:
-                return AuthGarbage(f"{'integrity' if service_no == 2 else 'privacy'} body: {exc}")
-            if len(inner) < 4:
-                return AuthGarbage("rpc_gss_data_t shorter than its seq_num")
-            if not encrypted:
-                return AuthGarbage("privacy body was not encrypted")
-            if inner[:4] != seq_bytes:  # RFC 2203 §5.3.3.1
-                return AuthGarbage(f"body seq_num {_U32.unpack_from(inner)[0]} != credential seq_num {seq}")
-            args = inner[4:]
-        # RFC 2203 §5.3.3.4.1: the reply verifier's GSS_GetMIC before the procedure runs.
-        try:
-            mic = gss.get_mic(seq_bytes)
-            reply_verf = (opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES
-                          else OpaqueAuth(_FLAVOR_GSS, mic))  # XdrError: too long
-        except (GssError, XdrError) as exc:
-            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply verifier MIC: {exc}")
-        if service_no == 1:
-            def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
-                return reply_verf, results
-        elif service_no == 2:
-            def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
-                """RFC 2203 §5.3.3.2; a GssError means no reply (§5.3.3.4.1)."""
-                inner = seq_bytes + results
-                return reply_verf, encode_integ(inner, gss.get_mic(inner))
-        else:
-            def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
-                """RFC 2203 §5.3.3.2; a GssError means no reply (§5.3.3.4.4)."""
-                return reply_verf, encode_opaque(gss.wrap(seq_bytes + results, True))
-        return AuthAccept(args, ctx.principal, seal)
+        if n >= 20:
+            version, proc, seq, service_no, hlen = _CRED_HEAD.unpack_from(body)
+            if (hlen <= MAX_HANDLE and n == 20 + ((hlen + 3) & ~3) and version in self.versions
+                    and proc != _INIT and proc != _CONTINUE_INIT):
+                procedure = _PROCS.get(proc)
+                service = _SERVICES.get(service_no)
+                if procedure is not None and service is not None:
+                    return self._established_call(call, conn, now, version, procedure, seq, service,
+                                                  body[20:20 + hlen])
+        return self._check_general(call, conn, now)
 
     def _check_general(self, call: CallMessage, conn: ConnectionInfo, now: float) -> AuthResult:
-        """:meth:`check_call` without its fast paths: the credential through ``decode_cred_fields``
-        and every established-context call through :meth:`_established_call`."""
+        """:meth:`check_call` with the credential through ``decode_cred_fields``."""
         body = call.cred.body
         try:
             cred = _Cred(*decode_cred_fields(body))
@@ -424,10 +421,17 @@ class GssServerAuth(ServerAuth):
                                       cred.service, cred.handle)
 
     def connection_closed(self, conn: ConnectionInfo) -> None:
-        """RFC 5403 §3.4: a binding is valid only while its channel (this connection's) exists."""
+        """RFC 5403 §3.4: a binding is valid only while its channel (this connection's) exists.
+        Visits only the contexts the bound-handle index lists for ``conn``."""
         with self._lock:
-            contexts = list(self._contexts.values())
-        for ctx in contexts:
+            handles = self._bound_by_conn.pop(conn.conn_id, ())
+            bound = []
+            for handle in handles:
+                ctx = self._contexts.get(handle)
+                if ctx is not None and ctx.indexed_conn == conn.conn_id:
+                    ctx.indexed_conn = None
+                    bound.append(ctx)
+        for ctx in bound:
             with ctx.lock:
                 if ctx.binding is not None and ctx.binding.conn_id == conn.conn_id:
                     ctx.binding = None
@@ -481,22 +485,26 @@ class GssServerAuth(ServerAuth):
             ctx = _ServerContext(self._new_handle(), cred.version, gss, SeqWindow(self.seq_window))
         else:
             with self._lock:
-                found = self._contexts.get(cred.handle)
-            if found is None or found.established or found.version != cred.version:
+                found = self._half_open.get(cred.handle)
+            if found is None or found.version != cred.version:
                 return self._failed_init(GssMajor.GSS_S_NO_CONTEXT, 0, "CONTINUE_INIT for unknown handle")
             ctx = found
         try:
             out = ctx.gss.step(token)
         except GssError as exc:
-            self._forget(ctx.handle)
+            self._forget_half_open(ctx)
             ctx.gss.delete()
             return self._failed_init(exc.major, exc.minor, str(exc))
         if not ctx.gss.complete:
-            self._remember(ctx, now)
+            if not self._remember_half_open(ctx, now):
+                ctx.gss.delete()
+                return self._failed_init(GssMajor.GSS_S_FAILURE, 0,
+                                         "multi-step context establishment is disabled (max_half_open=0)")
             return AuthControlReply(
                 NULL_AUTH,
                 InitRes(ctx.handle, GssMajor.GSS_S_CONTINUE_NEEDED, 0, self.seq_window, out or b"").encode(),
             )
+        self._forget_half_open(ctx)
         lifetime = float(ctx.gss.lifetime) if ctx.gss.lifetime is not None else DEFAULT_INDEFINITE_LIFETIME
         if self.max_lifetime is not None:
             lifetime = min(lifetime, self.max_lifetime)
@@ -506,7 +514,7 @@ class GssServerAuth(ServerAuth):
         try:
             verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, ctx.gss.get_mic(be32(self.seq_window)))
         except GssError as exc:
-            self._forget(ctx.handle)
+            ctx.gss.delete()
             return self._failed_init(exc.major, exc.minor, f"MIC of seq_window: {exc}")
         self._remember(ctx, now)
         log.debug("RPCSEC_GSS v%d context for %s established", ctx.version, ctx.principal)
@@ -514,25 +522,80 @@ class GssServerAuth(ServerAuth):
             verf, InitRes(ctx.handle, GssMajor.GSS_S_COMPLETE, 0, self.seq_window, out or b"").encode()
         )
 
+    def _remember_half_open(self, ctx: _ServerContext, now: float) -> bool:
+        """Keep a context that answered CONTINUE_NEEDED in the half-open table (at most
+        ``max_half_open``; the oldest goes first). False if the table holds none at all."""
+        if self.max_half_open == 0:
+            return False
+        evicted = []
+        with self._lock:
+            self._half_open[ctx.handle] = ctx
+            self._half_open.move_to_end(ctx.handle)
+            while len(self._half_open) > self.max_half_open:
+                evicted.append(self._half_open.popitem(last=False)[1])
+        for old in evicted:
+            old.gss.delete()
+        if evicted:
+            self._log_limited("half-open", now, logging.WARNING,
+                              "RPCSEC_GSS half-open contexts at their limit (%d): dropped the oldest "
+                              "(an INIT flood?)", self.max_half_open)
+        return True
+
+    def _forget_half_open(self, ctx: _ServerContext) -> None:
+        with self._lock:
+            if self._half_open.get(ctx.handle) is ctx:
+                del self._half_open[ctx.handle]
+
     def _remember(self, ctx: _ServerContext, now: float) -> None:
         # Changes to the table are made under self._lock. The per-call path of check_call reads
         # it without the lock (one atomic get and move_to_end each, under the GIL), so whatever
         # loops over the table in Python loops over a snapshot (list(...) is one atomic copy).
+        evicted = []
         with self._lock:
-            self._contexts[ctx.handle] = ctx
-            self._contexts.move_to_end(ctx.handle)
-            if len(self._contexts) > self.max_contexts:
-                expired = [h for h, c in list(self._contexts.items())
-                           if c.expires_at is not None and c.expires_at <= now]
-                for h in expired:
-                    del self._contexts[h]
-            while len(self._contexts) > self.max_contexts:
-                _, old = self._contexts.popitem(last=False)
+            contexts = self._contexts
+            contexts[ctx.handle] = ctx
+            contexts.move_to_end(ctx.handle)
+            if len(contexts) > self.max_contexts:
+                for h, c in list(contexts.items()):
+                    if c.expires_at is not None and c.expires_at <= now:
+                        del contexts[h]
+                        self._unindex(c)
+                        evicted.append(c)
+            while len(contexts) > self.max_contexts:
+                _, old = contexts.popitem(last=False)
+                self._unindex(old)
                 log.info("RPCSEC_GSS context table full: evicted a context of %s", old.principal)
+                evicted.append(old)
+        for old in evicted:
+            old.gss.delete()
 
     def _forget(self, handle: bytes) -> _ServerContext | None:
         with self._lock:
-            return self._contexts.pop(handle, None)
+            ctx = self._contexts.pop(handle, None)
+            if ctx is not None:
+                self._unindex(ctx)
+            return ctx
+
+    def _unindex(self, ctx: _ServerContext) -> None:
+        """Drop ``ctx`` from the bound-handle index (caller holds self._lock)."""
+        conn_id = ctx.indexed_conn
+        if conn_id is not None:
+            ctx.indexed_conn = None
+            handles = self._bound_by_conn.get(conn_id)
+            if handles is not None:
+                handles.discard(ctx.handle)
+                if not handles:
+                    del self._bound_by_conn[conn_id]
+
+    def _index(self, ctx: _ServerContext, conn_id: int) -> None:
+        """List ``ctx`` under ``conn_id`` in the bound-handle index (each context under one
+        connection at most, and only while it is in the table)."""
+        with self._lock:
+            if self._contexts.get(ctx.handle) is not ctx:
+                return  # forgotten meanwhile: nothing to index
+            self._unindex(ctx)
+            self._bound_by_conn.setdefault(conn_id, set()).add(ctx.handle)
+            ctx.indexed_conn = conn_id
 
     # -- established contexts (RFC 2203 §5.3, §5.4; RFC 5403 §3.3, §3.4) ------------------------------
 
@@ -540,6 +603,9 @@ class GssServerAuth(ServerAuth):
         self, call: CallMessage, conn: ConnectionInfo, now: float, version: int, proc: GssProc,
         seq: int, service: Service, handle: bytes,
     ) -> AuthResult:
+        """Every DATA, DESTROY and BIND_CHANNEL call, the per-call path: enum identity tests,
+        the table read without its lock (see :meth:`_remember`), the context's lock taken with
+        acquire/release, the header MIC over the header bytes as received."""
         if proc is not _DATA:
             if proc is _BIND and (version != RPCSEC_GSS_VERS_2 or service is not _SVC_NONE):
                 return AuthDeny(AuthStat.AUTH_BADCRED, "BIND_CHANNEL needs version 2 and service none")
@@ -549,12 +615,16 @@ class GssServerAuth(ServerAuth):
             return AuthDeny(AuthStat.AUTH_BADCRED, "channel_prot is an RPCSEC_GSS v2 service")
         if proc is not _DATA and call.proc != 0:
             return AuthDeny(AuthStat.AUTH_BADCRED, f"{proc.name} must use the NULL procedure")
+        # The table without its lock: get and move_to_end are each one atomic operation under the
+        # GIL; a context removed in between is unknown, as it is a moment later.
         contexts = self._contexts
-        with self._lock:
-            ctx = contexts.get(handle)
-            if ctx is not None:
-                contexts.move_to_end(handle)
-        if ctx is None or not ctx.established:
+        ctx = contexts.get(handle)
+        if ctx is not None:
+            try:
+                contexts.move_to_end(handle)  # least recently used first
+            except KeyError:
+                ctx = None
+        if ctx is None:
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "unknown context handle")
         if ctx.version != version:
             # RFC 5403 §4: a handle never crosses versions.
@@ -570,30 +640,32 @@ class GssServerAuth(ServerAuth):
         if cap is not None and ctx.data_requests >= cap and proc is not _DESTROY:
             self._forget(ctx.handle)
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"context used for {cap} requests: refresh it")
+        if self._floor and proc is _DATA and _strength(service, conn.channel) < self._floor:
+            return self._too_weak(service, conn, now)
         if service is _SVC_CHANNEL_PROT:
             return self._channel_prot(call, seq, ctx, conn)
         verf = call.verf
         if verf.flavor != _FLAVOR_GSS:
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "verifier is not RPCSEC_GSS")
-        window = ctx.window
         if proc is _BIND:
-            with ctx.lock:
-                verdict = window.check(seq)
-            if verdict is not _NEW:
-                return AuthDrop(f"seq_num {seq}: {verdict.value}")
             return self._bind_channel(call, seq, ctx, conn, now)
         # Check, verify, mark under the context's lock (GSS calls on one context are serialized by
         # the provider anyway): a duplicate racing on another thread cannot slip in between.
-        with ctx.lock:
+        window = ctx.window
+        ctx_lock = ctx.lock
+        ctx_lock.acquire()
+        try:
             verdict = window.check(seq)
             if verdict is not _NEW:
                 return AuthDrop(f"seq_num {seq}: {verdict.value}")
             try:
-                ctx.gss.verify_mic(_signed_header(call), verf.body)
+                ctx.gss.verify_mic(call.header or _signed_header(call), verf.body)
             except GssError as exc:
                 return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {exc}")
             window.mark(seq)
             ctx.data_requests += 1
+        finally:
+            ctx_lock.release()
         if proc is _DESTROY:
             try:
                 reply_verf = OpaqueAuth(_FLAVOR_GSS, ctx.gss.get_mic(be32(seq)))
@@ -604,16 +676,31 @@ class GssServerAuth(ServerAuth):
             return AuthControlReply(reply_verf, b"")
         return self._data(call, seq, service, ctx)
 
+    def _too_weak(self, service: Service, conn: ConnectionInfo, now: float) -> AuthDeny:
+        """RFC 5531 §9 AUTH_TOOWEAK for a DATA call below ``min_service``."""
+        floor = _FLOOR_NAMES[self.min_service]
+        what = service.name.lower() + (" on a channel that does not encrypt"
+                                       if service is _SVC_CHANNEL_PROT else "")
+        self._log_limited("too-weak", now, logging.WARNING,
+                          "RPCSEC_GSS call with service %s on connection %d refused: this server's "
+                          "floor is %s (AUTH_TOOWEAK)", what, conn.conn_id, floor)
+        return AuthDeny(AuthStat.AUTH_TOOWEAK, f"service {what} is below the floor {floor}")
+
     @staticmethod
-    def _mark(ctx: _ServerContext, seq: int) -> bool:
-        with ctx.lock:
-            if ctx.window.check(seq) is not _NEW:
-                return False
-            ctx.window.mark(seq)
-            return True
+    def _garbage(gss: GssContext, seq: int, reason: str) -> AuthResult:
+        """GARBAGE_ARGS for an authenticated request: the verifier is MIC(seq_num), as on a SUCCESS
+        reply (RFC 2203 §5.3.3.2), so the client can check every accepted reply; if GetMIC fails,
+        CTXPROBLEM (§5.3.3.4.1)."""
+        try:
+            mic = gss.get_mic(_U32.pack(seq))
+            return AuthGarbage(reason, opaque_auth(_FLAVOR_GSS, mic))
+        except (GssError, XdrError) as exc:
+            return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply verifier MIC: {exc} ({reason})")
 
     def _data(self, call: CallMessage, seq: int, service: Service, ctx: _ServerContext) -> AuthResult:
+        """The body of an authenticated DATA call (RFC 2203 §5.3.2.2, §5.3.2.3, §5.3.3.1)."""
         gss = ctx.gss
+        seq_bytes = _U32.pack(seq)
         if service is _SVC_NONE:
             args = call.args
         else:
@@ -625,19 +712,21 @@ class GssServerAuth(ServerAuth):
                 else:
                     inner, encrypted = gss.unwrap(decode_priv(call.args))
             except (XdrError, GssError) as exc:
-                return AuthGarbage(f"{'integrity' if service is _SVC_INTEGRITY else 'privacy'} body: {exc}")
+                return self._garbage(
+                    gss, seq, f"{'integrity' if service is _SVC_INTEGRITY else 'privacy'} body: {exc}")
             if len(inner) < 4:
-                return AuthGarbage("rpc_gss_data_t shorter than its seq_num")
+                return self._garbage(gss, seq, "rpc_gss_data_t shorter than its seq_num")
             if not encrypted:
-                return AuthGarbage("privacy body was not encrypted")
-            if inner[:4] != _U32.pack(seq):  # RFC 2203 §5.3.3.1
-                return AuthGarbage(f"body seq_num {_U32.unpack_from(inner)[0]} != credential seq_num {seq}")
+                return self._garbage(gss, seq, "privacy body was not encrypted")
+            if inner[:4] != seq_bytes:  # RFC 2203 §5.3.3.1
+                return self._garbage(
+                    gss, seq, f"body seq_num {_U32.unpack_from(inner)[0]} != credential seq_num {seq}")
             args = inner[4:]
 
         # RFC 2203 §5.3.3.4.1: if the reply verifier's GSS_GetMIC fails, answer CTXPROBLEM -- so
         # compute it now, before the procedure runs (it depends on the seq_num only).
         try:
-            mic = gss.get_mic(_U32.pack(seq))
+            mic = gss.get_mic(seq_bytes)
             verf = (opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES
                     else OpaqueAuth(_FLAVOR_GSS, mic))  # XdrError: too long
         except (GssError, XdrError) as exc:
@@ -650,18 +739,17 @@ class GssServerAuth(ServerAuth):
             def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
                 """RFC 2203 §5.3.3.2. A GssError here means no reply may be sent (RFC 2203
                 §5.3.3.4.1; the dispatcher sends none)."""
-                inner = _U32.pack(seq) + results
+                inner = seq_bytes + results
                 return verf, encode_integ(inner, gss.get_mic(inner))
         else:
             def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
                 """RFC 2203 §5.3.3.2; a GssError means no reply (§5.3.3.4.4)."""
-                return verf, encode_opaque(gss.wrap(_U32.pack(seq) + results, True))
+                return verf, encode_opaque(gss.wrap(seq_bytes + results, True))
 
         return AuthAccept(args, ctx.principal, seal)
 
-    def _channel_prot(
-        self, call: CallMessage, seq: int, ctx: _ServerContext, conn: ConnectionInfo
-    ) -> AuthResult:
+    @staticmethod
+    def _channel_prot(call: CallMessage, seq: int, ctx: _ServerContext, conn: ConnectionInfo) -> AuthResult:
         """RFC 5403 §3.4: valid only on a bound v2 handle, on the bound connection, while its
         channel exists; AUTH_NONE verifiers both ways. (DESTROY and BIND_CHANNEL never get
         here: both are refused with channel_prot before.)"""
@@ -673,12 +761,16 @@ class GssServerAuth(ServerAuth):
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "channel_prot on an unbound handle")
         if binding.conn_id != conn.conn_id or conn.channel is not binding.channel:
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "channel_prot on a connection not bound")
+        ctx_lock = ctx.lock
         if not binding.channel.is_up():
-            with ctx.lock:
+            with ctx_lock:
                 ctx.binding = None
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, "the bound channel is gone")
-        with ctx.lock:
+        ctx_lock.acquire()
+        try:
             fresh = ctx.window.accept(seq)  # no MIC to verify in between: check and mark at once
+        finally:
+            ctx_lock.release()
         if not fresh:
             return AuthDrop(f"channel_prot seq_num {seq} replayed or below window")
         return AuthAccept(call.args, ctx.principal, _seal_clear)
@@ -686,46 +778,66 @@ class GssServerAuth(ServerAuth):
     def _bind_channel(
         self, call: CallMessage, seq: int, ctx: _ServerContext, conn: ConnectionInfo, now: float
     ) -> AuthResult:
-        """RFC 5403 §3.3."""
-        if call.args:
-            return AuthGarbage("BIND_CHANNEL takes no arguments")
+        """RFC 5403 §3.3, processed like DATA: a replayed or too old seq_num is dropped silently
+        (RFC 2203 §5.3.3.1); the request MIC is verified before anything is answered; a verified
+        request spends its seq_num and only then gets a signed answer (OK, PREF_NOTSUPP,
+        HASH_NOTSUPP). A MIC that does not verify or cannot be checked (see the module docstring)
+        gets CREDPROBLEM (RFC 2203 §5.3.3.4.2) and halves the context lifetime (RFC 5403 §9)."""
         try:
             verf = BindChanVerfArgs.decode(call.verf.body)
             prefix = verf.chan_bind_prefix.decode("ascii")
         except (XdrError, UnicodeDecodeError) as exc:
             return AuthDeny(AuthStat.AUTH_BADVERF, f"bad rgss2_bind_chan_verf_args: {exc}")
+        window = ctx.window
+        with ctx.lock:  # replays are dropped before the MIC, as for DATA (RFC 2203 §7.2.2)
+            verdict = window.check(seq)
+        if verdict is not _NEW:
+            return AuthDrop(f"BIND_CHANNEL seq_num {seq}: {verdict.value}")
         channel: Channel | None = conn.channel
-        offered: dict[str, bytes] = {}
-        if channel is not None and channel.is_up():
-            offered = {p: d for p, d in channel.bindings().items()
-                       if self.prefixes is None or p in self.prefixes}
-        if prefix not in offered:
-            res = BindChanRes(
-                BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP, tuple(p.encode() for p in offered)
-            )
+        known = channel.bindings() if channel is not None and channel.is_up() else {}
+        data = known.get(prefix)
+        requested = HASHES_BY_OID.get(normalize_oid(verf.chan_bind_oid_hash))
+        if channel is None or data is None or requested is None:
+            self._halve_lifetime(ctx, now)
+            why = ("no secure channel on this connection" if not known else
+                   f"the channel has no bindings under prefix {prefix!r}" if data is None else
+                   "the hash OID names no algorithm this server implements")
+            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"BIND_CHANNEL MIC cannot be checked: {why}")
+        cb = channel_bindings_bytes(prefix, data)
+        cb_hash = requested.digest(cb)
+        micin = _signed_header(call) + BindChanMicInArgs(cb_hash).encode()
+        failure: GssError | None = None
+        with ctx.lock:  # check, verify, mark: a duplicate on another thread cannot slip in between
+            verdict = window.check(seq)
+            if verdict is not _NEW:
+                return AuthDrop(f"BIND_CHANNEL seq_num {seq}: {verdict.value}")
+            try:
+                ctx.gss.verify_mic(micin, verf.chan_mic)
+            except GssError as exc:
+                failure = exc
+            else:
+                window.mark(seq)
+        if failure is not None:
+            self._halve_lifetime(ctx, now)
+            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM,
+                            f"BIND_CHANNEL MIC (or bindings) wrong: {failure}")
+        # Authentic and fresh from here on: every answer is signed.
+        if call.args:
+            return self._garbage(ctx.gss, seq, "BIND_CHANNEL takes no arguments")
+        accepted = [p for p in known if self.prefixes is None or p in self.prefixes]
+        if prefix not in accepted:
+            res = BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP,
+                              tuple(p.encode() for p in accepted))
             return self._bind_reply(ctx, seq, b"", res)
-        cb = channel_bindings_bytes(prefix, offered[prefix])
-        oid = normalize_oid(verf.chan_bind_oid_hash)
-        algorithm = next((h for h in self.hashes if h.oid == oid), None)
-        if algorithm is None:
+        if requested not in self.hashes:
             res = BindChanRes(
                 BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), tuple(h.oid for h in self.hashes)
             )
             return self._bind_reply(ctx, seq, self.hashes[0].digest(cb), res)
-        cb_hash = algorithm.digest(cb)
-        micin = _signed_header(call) + BindChanMicInArgs(cb_hash).encode()
-        try:
-            ctx.gss.verify_mic(micin, verf.chan_mic)
-        except GssError as exc:
-            self._halve_lifetime(ctx, now)
-            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"BIND_CHANNEL MIC (or bindings) wrong: {exc}")
-        if not self._mark(ctx, seq):
-            return AuthDrop(f"seq_num {seq}: raced with a duplicate")
-        assert channel is not None
-        binding = _Binding(conn.conn_id, channel, prefix, algorithm)
+        binding = _Binding(conn.conn_id, channel, prefix, requested)
         with ctx.lock:
             ctx.binding = binding
-        conn.attributes.setdefault("gss_bound_handles", set()).add(ctx.handle)
+        self._index(ctx, conn.conn_id)
 
         def forget(_: Channel) -> None:
             with ctx.lock:

@@ -51,6 +51,7 @@ from rpclatch.rpc.messages import (
     AuthFlavor,
     AuthStat,
     CallMessage,
+    DeniedReply,
     OpaqueAuth,
     decode_message,
 )
@@ -327,18 +328,19 @@ def test_cb_09_client_rejects_forged_bind_reply(realm: ThrowawayRealm) -> None:
     assert not srv.is_bound(old) and srv.context_expiry(old) is None  # the old one was destroyed
 
 
-@pytest.mark.conformance(id="CB-10", rfc="RFC 5403 §3.3 (no channel on the connection)")
+@pytest.mark.conformance(id="CB-10", rfc="RFC 5403 §2, §3.3; RFC 2203 §5.3.3.4.2 (no server channel)")
 def test_cb_10_bind_without_server_side_channel(realm: ThrowawayRealm) -> None:
     cli_ch, _ = InMemoryChannel.pair("x-test", b"one-sided")
     srv, c, t, _ = make(realm, channel=None)  # one-sided latching: the server has no channel
     with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))
-    assert failed.value.reason is BindFailureReason.SERVER_HAS_NO_CHANNEL
-    # The answer: PREF_NOTSUPP with an empty prefix list (the server has nothing to bind to).
+    # The server cannot check the request MIC (it has no bindings to hash), so it signs no
+    # PREF_NOTSUPP -- that would be a MIC oracle (issue #10 item 12) -- and answers like a failed
+    # request MIC (RFC 2203 §5.3.3.4.2): one-sided latching looks like a MITM that stripped the
+    # server's side (RFC 5403 §2), a failed binding.
+    assert failed.value.reason is BindFailureReason.MIC_MISMATCH
     reply = decode_message(t.serve(t.sent[-1]) or b"")
-    assert isinstance(reply, AcceptedReply)
-    res = BindChanVerfRes.decode(reply.verf.body)
-    assert res.res.status == BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP and res.res.pref_list == ()
+    assert isinstance(reply, DeniedReply) and reply.auth_stat == AuthStat.RPCSEC_GSS_CREDPROBLEM
     assert not srv.is_bound(c.handle or b"")
     assert c.effective_service() == Service.INTEGRITY
 
