@@ -683,10 +683,9 @@ def bind_relay(
     the loud binding failure into a quiet "server cannot bind" (issue #10 items 9-12; RFC 5403 §2,
     §3.3, §9). Whatever it edits, the client must still end with MISMATCH, warn, not keep the
     context, and fall back to krb5p; the server must not answer a replayed request twice."""
-    holder: list[DemoWorld] = []
-    editor = BindRelayEditor(attack, on_action=lambda text: holder[0].mark("mitm", text))
+    editor = BindRelayEditor(attack)
     dw = build_world(realm, seed=6, mitm=True, approach=approach, editor=editor)
-    holder.append(dw)
+    editor.on_action = lambda text: dw.mark("mitm", text)  # the relay acts once traffic flows
     _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
     front, back = dw.attackers[0], dw.attackers[1]
     stolen = dw.attacker_plaintext(view)
