@@ -2,7 +2,9 @@
 
 Ids map to standards digest §11: GSS-01 item 30, GSS-02 item 31, GSS-03 item 32, GSS-04 item 33,
 GSS-05 item 34, GSS-06 item 35, GSS-07 item 36; GSS-08 (fresh seq_num per transmission, one
-refresh), GSS-09 (INIT retransmission) and GSS-10 (malformed credentials) extend items 30/34. The
+refresh), GSS-09 (INIT retransmission) and GSS-10 (malformed credentials) extend items 30/34;
+GSS-13..16 (GARBAGE_ARGS verifier, service floor, half-open bound, BIND_CHANNEL seq_num) come from
+issue #10 items 7, 8, 5 and 12. The
 client and server flavors talk through
 :class:`rpclatch.gss.loopback.LoopbackTransport` (real encoded messages, no socket); tests that
 probe the server build calls by hand and feed them to ``check_call``.
@@ -16,7 +18,7 @@ import struct
 import pytest
 
 from rpclatch.gss.client import GssClientAuth, VersionPolicy
-from rpclatch.gss.errors import ContextInitFailed, GssMajor, VersionNotSupported
+from rpclatch.gss.errors import ChannelBindingFailed, ContextInitFailed, GssMajor, VersionNotSupported
 from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
@@ -39,9 +41,11 @@ from rpclatch.rpc.errors import AuthVerifierError, RpcAuthError, RpcTimeout
 from rpclatch.rpc.messages import (
     NULL_AUTH,
     AcceptedReply,
+    AcceptStat,
     AuthFlavor,
     AuthStat,
     CallMessage,
+    DeniedReply,
     OpaqueAuth,
     decode_message,
 )
@@ -404,3 +408,77 @@ def test_gss_12_results_that_cannot_be_sealed_get_no_reply(
     else:
         assert out is None
         assert "xid 0x28" in caplog.text and "sending no reply" in caplog.text
+
+
+@pytest.mark.conformance(id="GSS-13", rfc="RFC 2203 §5.3.3.2, §5.3.3.4.2, §5.3.3.4.3")
+@pytest.mark.parametrize("service", [Service.INTEGRITY, Service.PRIVACY])
+def test_gss_13_garbage_args_verifier_is_mic_of_seq(realm: ThrowawayRealm, service: Service) -> None:
+    """A request whose header MIC verified but whose body does not (checksum, unwrap, or body
+    seq_num != credential seq_num) is answered GARBAGE_ARGS with the verifier a SUCCESS reply
+    would have, MIC(seq_num), so the client can check every accepted reply."""
+    _srv, c, t, _ = established(realm, service)
+    gss = c._current().gss
+    msg = data_call(c)
+    seq = GssCred.decode(msg.cred.body).seq_num
+    inner = be32(seq + 1) + b"abcd"
+    body = IntegData(inner, gss.get_mic(inner)).encode() if service == Service.INTEGRITY \
+        else PrivData(gss.wrap(inner)).encode()
+    reply = decode_message(t.serve(dataclasses.replace(msg, args=body).encode()) or b"")
+    assert isinstance(reply, AcceptedReply) and reply.stat == AcceptStat.GARBAGE_ARGS
+    assert reply.verf.flavor == AuthFlavor.RPCSEC_GSS
+    gss.verify_mic(be32(seq), reply.verf.body)
+
+
+@pytest.mark.conformance(id="GSS-14", rfc="RFC 5531 §9 (AUTH_TOOWEAK); RFC 5403 §3.4")
+def test_gss_14_service_floor(realm: ThrowawayRealm) -> None:
+    """A server configured for integrity takes integrity and privacy, and refuses rpc_gss_svc_none
+    with MSG_DENIED / AUTH_ERROR / AUTH_TOOWEAK."""
+    _srv, weak, t, _ = established(realm, Service.NONE, min_service=Service.INTEGRITY)
+    reply = decode_message(t.serve(data_call(weak).encode()) or b"")
+    assert isinstance(reply, DeniedReply) and reply.auth_stat == AuthStat.AUTH_TOOWEAK
+    for service in (Service.INTEGRITY, Service.PRIVACY):
+        c = client(realm, service)
+        run(c.establish(t.call))
+        assert t.call_sync(c, 1, b"ok") == b"ok"
+
+
+@pytest.mark.conformance(id="GSS-15", rfc="RFC 2203 §5.2.2 (contexts being established)")
+def test_gss_15_half_open_contexts_have_their_own_bound(realm: ThrowawayRealm) -> None:
+    """Contexts in CONTINUE_NEEDED are kept in a bounded table of their own: filling it never
+    pushes an established context out."""
+    provider = GssapiProvider(realm.service_name, keytab=realm.keytab, acceptor_mechs=None)
+    srv = GssServerAuth(provider, max_contexts=1, max_half_open=2)
+    t = LoopbackTransport(srv)
+    c = client(realm)
+    run(c.establish(t.call))
+    krb5 = bytes.fromhex("06092a864886f712010202")
+    for i in range(5):  # SPNEGO NegTokenInit: mechTypes {krb5, 1.3.6.1.4.1.311.i}, no mech token
+        other = bytes([0x06, 0x08]) + bytes.fromhex("2b0601040182370a")[:-1] + bytes([i])
+        mechs = bytes([0x30, len(krb5 + other)]) + krb5 + other
+        neg = bytes([0xA0, len(mechs) + 4, 0x30, len(mechs) + 2, 0xA0, len(mechs)]) + mechs
+        spnego = bytes.fromhex("06062b0601050502") + neg
+        call = CallMessage(50 + i, 0x20000099, 1, 0,
+                           OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_INIT, 0, Service.NONE).encode()),
+                           NULL_AUTH, InitArg(bytes([0x60, len(spnego)]) + spnego).encode())
+        res = srv.check_call(call, t.conn, 0.0)
+        assert isinstance(res, AuthControlReply)
+        assert InitRes.decode(res.results).gss_major == GssMajor.GSS_S_CONTINUE_NEEDED
+    assert srv.half_open_count() == 2 and srv.context_count() == 1
+    assert t.call_sync(c, 1, b"still established") == b"still established"
+
+
+@pytest.mark.conformance(id="GSS-16", rfc="RFC 5403 §3.3 (seq_num as for DATA); RFC 2203 §5.3.3.1")
+def test_gss_16_bind_channel_spends_its_seq_num(realm: ThrowawayRealm) -> None:
+    """BIND_CHANNEL takes a window slot like DATA: a replayed BIND_CHANNEL is dropped silently,
+    whatever it was answered (here PREF_NOTSUPP: this server accepts no prefix of the channel)."""
+    from rpclatch.gss.channel import InMemoryChannel
+
+    cli_ch, srv_ch = InMemoryChannel.pair("x-test", b"gss-16")
+    srv = server(realm, prefixes=["x-other"])
+    t = LoopbackTransport(srv, channel=srv_ch)
+    c = client(realm)
+    run(c.establish(t.call))
+    with pytest.raises(ChannelBindingFailed):
+        run(c.bind_channel(t.call, cli_ch))
+    request = t.sent[-1]
+    assert all(t.serve(request) is None for _ in range(10))

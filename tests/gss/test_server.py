@@ -147,7 +147,7 @@ def test_mutated_credentials_take_the_same_checks(
         assert isinstance(res, AuthDeny) and res.stat == srv.unsupported_version_stat
 
 
-# -- the per-call fast path of check_call against the general path --------------------------------
+# -- the per-call credential reader of check_call against the general decoder ---------------------
 
 
 @dataclasses.dataclass
@@ -218,8 +218,9 @@ def test_fast_path_and_general_path_agree(
     verf_kind: str, body_kind: str, args: bytes, conn_kind: str, keep_header: bool, cap: int | None,
     flip: bool,
 ) -> None:
-    """check_call's DATA fast path and _check_general (decode_cred_fields + _established_call +
-    _data/_channel_prot) give the same verdict -- same kind, auth_stat and reason, or for an
+    """check_call (the credential read with one unpack) and _check_general (decode_cred_fields)
+    hand DATA calls to the same _established_call; this checks that both credential readers give
+    the same verdict -- same kind, auth_stat and reason, or for an
     accepted call the same arguments and a seal the client accepts -- and leave the context in the
     same state (window, binding, request count, table), for signed and forged calls of every
     service, seq_nums around the window and MAXSEQ, on the bound connection, another one and a
