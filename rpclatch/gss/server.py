@@ -258,7 +258,9 @@ class GssServerAuth(ServerAuth):
     ``max_contexts`` bounds the table of established contexts (least recently used contexts are
     evicted, their clients get CREDPROBLEM and refresh). ``max_half_open`` bounds the separate
     table of half-open contexts (INIT answered CONTINUE_NEEDED, nobody authenticated yet): a new
-    one drops the oldest half-open one, never an established context (RFC 2203 §5.2.2).
+    one drops the oldest half-open one, never an established context (RFC 2203 §5.2.2); 0 refuses
+    multi-step establishment (Kerberos V5 needs none). ``init_cache_size`` bounds the cache of
+    INIT/CONTINUE_INIT replies kept for retransmissions (RFC 2203 §5.2.3).
     ``prefixes`` limits the channel-binding prefixes accepted (None: whatever the connection's
     channel offers). ``hashes`` are the accepted channel-binding hashes, preferred first; SHA-256
     is mandatory. ``max_lifetime`` caps context lifetimes (seconds).
