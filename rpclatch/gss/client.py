@@ -10,7 +10,9 @@ that is e.g. ``lambda auth, proc, args: client.call(PROG, VERS, proc, args, auth
 
 Version negotiation (RFC 5403 §4, standards digest §7.5): a v2 INIT first; AUTH_REJECTEDCRED (the
 RFC) or AUTH_BADCRED (Linux) means "no v2" and a *fresh* v1 context is created, unless the policy
-requires v2. A handle is only ever used with the version that created it.
+requires v2. A handle is only ever used with the version that created it. The refusal is a
+MSG_DENIED, which nothing authenticates, so the v1 context remembers it: binding it later fails with
+``V1_FALLBACK_ON_BINDABLE_CHANNEL``, not as a genuine "cannot bind" (RFC 5403 §9).
 
 After :meth:`GssClientAuth.bind_channel` succeeded, calls go out as rpc_gss_svc_channel_prot with
 AUTH_NONE verifiers (RFC 5403 §3.4) while the channel is up; privacy requests are mapped only if
