@@ -9,6 +9,8 @@ Flow per connection (digest §9; design slides "BYPASS OR PROTECT", NFSv4 exampl
     BIND_CHANNEL if the latch offers binding data                 -> BindOutcome
     decide(LatchOutcome, BindOutcome)                             -> service, destroy ctx?, warn?
     DATA calls with that service; ALERT BROKEN -> reset -> reconnect and run the flow again
+    CREDPROBLEM/CTXPROBLEM -> the flavor refreshes the context and resends (RFC 2203 §5.3.3.3)
+      -> a bound connection binds the new context again (BIND_CHANNEL, the same step) -> record
 
 Every connection gets a fresh RPCSEC_GSS context, so a channel-bound handle can never be used on
 another connection (RFC 5403 §3.4 requires the channel to still exist; digest §9 step 6).
@@ -28,6 +30,7 @@ from rpclatch.connect.policy import (
     BindOutcome,
     BreakDisposition,
     ConnectPolicy,
+    Decision,
     GssService,
     LatchOutcome,
     decide,
@@ -82,6 +85,7 @@ class ProtectedConnection:
         self._auth: ClientAuth | None = None
         self._auth_conn: int | None = None
         self._security: SecurityRecord | None = None
+        self._refreshes_seen = 0
         self._generation = 0
         self._broken: str | None = None
         self.history: list[SecurityRecord] = []
@@ -148,27 +152,7 @@ class ProtectedConnection:
                           if link.latch.binding_unavailable else ""))
         try:
             ctx = await self.gss.establish(link, want_v2=should_bind(latch_outcome))
-            bind = BindOutcome.NOT_ATTEMPTED
-            bind_detail: str | None = None
-            if should_bind(latch_outcome):
-                assert link.latch is not None
-                bind = await ctx.bind_channel(link.latch.channel)
-                if ctx.bind_failure is not None:
-                    bind_detail = str(ctx.bind_failure)
-                if link.latch_state() != "ESTABLISHED":
-                    # RFC 5403 §3.4: a binding is worth nothing once the channel is gone
-                    raise ConnectionReset(f"latch {link.latch_state()} while binding on {link.five_tuple}")
-            decision = decide(latch_outcome, bind)
-            warnings: tuple[str, ...] = ()
-            if decision.warn:
-                text = (f"SECURITY WARNING: {bind.value} on {link.five_tuple} (latched peer "
-                        f"{link.latch.peer if link.latch else '-'})"
-                        + (f": {bind_detail}" if bind_detail else "") + f"; {decision.reason}")
-                self._note("warning", text)
-                warnings = (text,)
-            if decision.destroy_context:
-                await ctx.destroy()
-                ctx = await self.gss.establish(link, want_v2=False)
+            ctx, bind, bind_detail, decision, warnings = await self._bind(link, ctx, latch_outcome)
             if pol.require_binding and bind is not BindOutcome.BOUND:
                 raise BindingRequired("policy requires a bound channel but: "
                                       + (f"{bind_detail}; " if bind_detail else "") + decision.reason)
@@ -180,6 +164,7 @@ class ProtectedConnection:
         self._ctx = ctx
         self._auth = ctx.auth(service)
         self._auth_conn = link.conn_id
+        self._refreshes_seen = ctx.refreshes
         record = SecurityRecord(
             conn_id=link.conn_id, generation=self._generation, five_tuple=link.five_tuple,
             latched=link.latch is not None, latch_state=link.latch_state(),
@@ -194,6 +179,38 @@ class ProtectedConnection:
         if link.latch is not None:
             link.on_latch_broken(functools.partial(self._latch_for, link))
         return record
+
+    async def _bind(
+        self, link: RpcLink, ctx: GssContext, latch_outcome: LatchOutcome, *, rebinding: bool = False
+    ) -> tuple[GssContext, BindOutcome, str | None, Decision, tuple[str, ...]]:
+        """BIND_CHANNEL if the latch offers binding data, then the policy's row: the context to use
+        (a new v1 one if the row destroys the bound attempt), the outcome, its detail, the row and
+        the warnings noted. The one binding step, for a new connection and for a context the
+        flavor refreshed on a bound connection (``rebinding``: losing the binding then is always
+        noted as a warning, whatever the row says, since the connection was bound)."""
+        bind = BindOutcome.NOT_ATTEMPTED
+        bind_detail: str | None = None
+        if should_bind(latch_outcome):
+            assert link.latch is not None
+            bind = await ctx.bind_channel(link.latch.channel)
+            if ctx.bind_failure is not None:
+                bind_detail = str(ctx.bind_failure)
+            if link.latch_state() != "ESTABLISHED":
+                # RFC 5403 §3.4: a binding is worth nothing once the channel is gone
+                raise ConnectionReset(f"latch {link.latch_state()} while binding on {link.five_tuple}")
+        decision = decide(latch_outcome, bind)
+        warnings: tuple[str, ...] = ()
+        if decision.warn or (rebinding and bind is not BindOutcome.BOUND):
+            text = (f"SECURITY WARNING: {bind.value} on {link.five_tuple} (latched peer "
+                    f"{link.latch.peer if link.latch else '-'})"
+                    + (" re-binding a refreshed RPCSEC_GSS context" if rebinding else "")
+                    + (f": {bind_detail}" if bind_detail else "") + f"; {decision.reason}")
+            self._note("warning", text)
+            warnings = (text,)
+        if decision.destroy_context:
+            await ctx.destroy()
+            ctx = await self.gss.establish(link, want_v2=False)
+        return ctx, bind, bind_detail, decision, warnings
 
     def _latch_for(self, link: RpcLink, reason: str) -> None:
         self._latch_broken(reason, link)
@@ -231,6 +248,12 @@ class ProtectedConnection:
         A call in flight when the connection resets fails with :class:`ConnectionReset` (it is not
         silently resent: RPC procedures need not be idempotent). The next call reconnects: a new
         connection, a new latch, a new context and a new BIND_CHANNEL.
+
+        The call goes through the context's flavor (:meth:`GssContext.call`), so a context the
+        server stops accepting (CREDPROBLEM / CTXPROBLEM: expired, forgotten, or over the server's
+        RFC 5403 §9 (a) cap) is refreshed and the call resent once (RFC 2203 §5.3.3.3); then
+        :meth:`_resync` binds the new context again if the connection was bound, and updates the
+        record.
         """
         if self._link is None or not self._link.is_open or self._auth is None:
             await self._reconnect()
@@ -250,11 +273,67 @@ class ProtectedConnection:
                                      reason="latch ESTABLISHED again after a break; the binding is gone: "
                                             f"{self.security.gss_service.value} on this connection")
             self.history.append(self._security)
+        ctx = self._ctx
+        assert ctx is not None
+        if ctx.refreshes != self._refreshes_seen or ctx.bound is not self.security.bound:
+            await self._resync(link, ctx)  # before sending: never channel_prot unbound (RFC 5403 §3.4)
+            ctx = self._ctx
+            assert ctx is not None
         try:
-            return await link.call(auth, prog, vers, proc, args)
+            reply = await ctx.call(prog, vers, proc, args)
         except ConnectionReset:
             self._auth = None
             raise
+        if ctx.refreshes != self._refreshes_seen or ctx.bound is not self.security.bound:
+            await self._resync(link, ctx)
+        return reply
+
+    async def _resync(self, link: RpcLink, ctx: GssContext) -> None:
+        """Bring the security record up to date after the flavor refreshed the context (RFC 2203
+        §5.3.3.3: the server answered CREDPROBLEM / CTXPROBLEM, e.g. its RFC 5403 §9 (a) cap on
+        requests per context) or dropped its binding (a refused channel_prot).
+
+        A new context is not bound (RFC 5403 §3.4). If the connection was bound and its context is
+        not any more, it is bound again to this connection's channel by :meth:`_bind`, the step a
+        new connection runs: the policy's row decides the service, a failed bind is noted as a
+        warning and recorded (``bound`` False, ``bind_outcome``, ``bind_detail``), and the flavor is
+        checked to agree with the row (:meth:`GssContext.auth`), so channel_prot is never sent on an
+        unbound context. With ``require_binding`` a failed re-bind closes the connection and raises
+        :class:`BindingRequired`. Records are appended to :attr:`history` only when they change."""
+        rec = self.security
+        if ctx.refreshes != self._refreshes_seen:
+            self._note("policy", f"RPCSEC_GSS context refreshed on {link.five_tuple} (the server no longer "
+                                 "accepted it: CREDPROBLEM / CTXPROBLEM, RFC 2203 §5.3.3.3)")
+        self._refreshes_seen = ctx.refreshes
+        if rec.bound and not ctx.bound:
+            try:
+                new_ctx, bind, detail, decision, warnings = await self._bind(
+                    link, ctx, rec.latch_outcome, rebinding=True)
+            except BaseException:
+                self._auth = None
+                link.close()
+                raise
+            service = decision.service_for(self.policy.protection)
+            if new_ctx is not ctx:
+                self._ctx = ctx = new_ctx
+                self._refreshes_seen = ctx.refreshes
+            reason = rec.reason if bind is BindOutcome.BOUND else (
+                f"re-binding the refreshed RPCSEC_GSS context failed ({bind.name}): {decision.reason}")
+            rec = replace(rec, bind_outcome=bind, bound=bind is BindOutcome.BOUND, gss_service=service,
+                          reason=reason, warnings=rec.warnings + warnings, bind_detail=detail)
+            if self.policy.require_binding and bind is not BindOutcome.BOUND:
+                self._auth = None
+                self._record(replace(rec, gss_version=ctx.version))
+                link.close()
+                raise BindingRequired("policy requires a bound channel but re-binding the refreshed context "
+                                      f"failed: {f'{detail}; ' if detail else ''}{decision.reason}")
+            self._auth = ctx.auth(service)
+        self._record(replace(rec, gss_version=ctx.version))
+
+    def _record(self, record: SecurityRecord) -> None:
+        if record != self._security:
+            self._security = record
+            self.history.append(record)
 
     async def _reconnect(self) -> None:
         last: Exception | None = None

@@ -65,12 +65,40 @@ class RpcsecGssContext:
         self.flavor = flavor
         self.link = link
         self._rpc_call = _rpc_call(link, prog, vers)
+        #: the link's ``call`` bound to each program/version called so far (local input: the
+        #: programs the application calls)
+        self._rpc_calls: dict[tuple[int, int], RpcCall] = {(prog, vers): self._rpc_call}
         #: why the last :meth:`bind_channel` did not bind (its ``reason`` is typed), or None
         self.bind_failure: ChannelBindingFailed | None = None
+        #: how many times :meth:`call` saw the flavor replace the context (RFC 2203 §5.3.3.3)
+        self.refreshes = 0
 
     @property
     def version(self) -> int:
         return int(self.flavor.version or 0)
+
+    @property
+    def bound(self) -> bool:
+        """The flavor holds a binding to a channel (RFC 5403 §3.3): without one it never sends
+        channel_prot (:meth:`GssClientAuth.effective_service`)."""
+        return self.flavor.bound_channel is not None
+
+    async def call(self, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+        """One DATA call through :meth:`GssClientAuth.call`, the flavor's one refresh path: on
+        RPCSEC_GSS_CREDPROBLEM / CTXPROBLEM (an expired or dropped context, a server's RFC 5403 §9 (a)
+        cap) it makes a new context, re-binds it if it still holds a live channel, and resends once
+        (RFC 2203 §5.3.3.3). A refresh is counted in :attr:`refreshes`; the connection compares
+        that and :attr:`bound` with its security record after the call."""
+        rpc_call = self._rpc_calls.get((prog, vers))
+        if rpc_call is None:
+            rpc_call = self._rpc_calls[(prog, vers)] = _rpc_call(self.link, prog, vers)
+        flavor = self.flavor
+        before = flavor.gss_context
+        try:
+            return await flavor.call(rpc_call, proc, args)
+        finally:
+            if flavor.gss_context is not before:
+                self.refreshes += 1
 
     def auth(self, service: GssService) -> ClientAuth:
         """The flavor, after checking it will really use ``service`` (the policy and the flavor must

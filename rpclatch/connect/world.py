@@ -98,8 +98,20 @@ class GssContext(Protocol):
     @property
     def version(self) -> int: ...
 
+    @property
+    def bound(self) -> bool:
+        """The context is bound to a channel now (RFC 5403 §3.3): only then may it use channel_prot."""
+
+    @property
+    def refreshes(self) -> int:
+        """How many times :meth:`call` replaced the context (RFC 2203 §5.3.3.3)."""
+
     def auth(self, service: GssService) -> ClientAuth:
         """The client flavor issuing DATA calls with ``service``."""
+
+    async def call(self, prog: int, vers: int, proc: int, args: bytes) -> bytes:
+        """One DATA call on the context's link, through the flavor's refresh path: a context the
+        server no longer accepts (CREDPROBLEM / CTXPROBLEM) is replaced and the call resent once."""
 
     async def bind_channel(self, channel: Any) -> BindOutcome:
         """RPCSEC_GSS_BIND_CHANNEL (RFC 5403 §3.3) to ``channel``: BOUND, UNSUPPORTED only for an
