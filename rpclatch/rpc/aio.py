@@ -25,8 +25,12 @@ Failures raise :class:`rpclatch.rpc.errors.RpcError` subclasses (connect errors 
 
 Server
 ------
-``RpcServer(dispatcher, *, max_connections=1024, idle_timeout=300.0, max_record=DEFAULT_MAX_RECORD,
-max_in_flight=64, on_connection=None, on_connection_closed=None)``:
+``RpcServer(dispatcher, *, max_connections=1024, idle_timeout=300.0, write_timeout=30.0,
+max_record=DEFAULT_MAX_RECORD, max_output=DEFAULT_MAX_OUTPUT, max_in_flight=64, on_connection=None,
+on_connection_closed=None)`` (the limits are those of
+:class:`rpclatch.rpc.server.RpcServerConnection`: ``idle_timeout`` counts only complete calls as
+activity, ``write_timeout`` aborts a stream whose peer takes no reply bytes for that long,
+``max_output`` bounds the unsent replies, counting the transport's write buffer):
 
 * ``await server.listen_tcp(host="127.0.0.1", port=0) -> int`` (the bound port),
   ``await server.listen_udp(host="127.0.0.1", port=0) -> int``,
@@ -42,8 +46,9 @@ max_in_flight=64, on_connection=None, on_connection_closed=None)``:
   any call on it is dispatched: set ``info.channel`` there (RFC 5660 latch -> RFC 5403 binding). An
   exception from it closes the connection. ``on_connection_closed(info)`` runs when it ends, after
   every ``ServerAuth.connection_closed(info)``.
-* ``server.connections`` (the live ``ConnectionInfo`` objects), ``server.tcp_addresses``,
-  ``server.udp_addresses``.
+* ``server.connections`` (the live ``ConnectionInfo`` objects), ``server.stream_connections``
+  (their sans-IO state, for accounting: ``unsent``, ``buffered_input``, ``backlog``),
+  ``server.tcp_addresses``, ``server.udp_addresses``.
 * ``await server.close(grace=5.0)``: graceful shutdown. It stops listening and stops reading;
   every call already received is answered: on a stream, the calls waiting undispatched in the
   connection's backlog (held back by output backpressure) are dispatched and the coroutine
@@ -53,9 +58,15 @@ max_in_flight=64, on_connection=None, on_connection_closed=None)``:
   began, and whatever is unfinished after ``grace`` seconds (then every connection is aborted).
 
 Backpressure: a connection stops being read while its transport holds more than its high-water
-mark of unsent replies, while calls wait undispatched (at most about 1 MiB of replies is produced
-ahead of the transport), or while ``max_in_flight`` coroutine procedures run; so a client that
-pipelines calls and does not read its replies cannot make the server buffer without bound.
+mark of unsent replies, while its unsent replies (queued or in the transport's write buffer) are
+``max_output`` or more, while calls wait undispatched, or while ``max_in_flight`` coroutine
+procedures run; so a client that pipelines calls and does not read its replies cannot make the
+server buffer more than ``max_output`` plus the reply being written, and after ``write_timeout``
+seconds without taking any of it the connection is aborted (its slot freed).
+
+UDP: procedures see ``ctx.max_results`` (the largest datagram, :data:`MAX_UDP_REPLY`, less the
+reply header) and refuse larger results before building them (SYSTEM_ERR); a sealed reply that
+still does not fit is answered SYSTEM_ERR too. Both log lines are rate-limited.
 
 Beyond ``max_connections`` a new connection is closed at once (logged). A connection with
 ``max_in_flight`` coroutine procedures running stops being read until one finishes, so one client
@@ -88,7 +99,13 @@ from rpclatch.rpc.client import (
 from rpclatch.rpc.errors import RpcConnectionClosed, RpcError, RpcLocalError
 from rpclatch.rpc.messages import AcceptedReply, AcceptStat
 from rpclatch.rpc.record import DEFAULT_MAX_RECORD
-from rpclatch.rpc.server import PendingReply, RpcDispatcher, RpcServerConnection
+from rpclatch.rpc.server import (
+    DEFAULT_MAX_OUTPUT,
+    LogLimiter,
+    PendingReply,
+    RpcDispatcher,
+    RpcServerConnection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +526,9 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
                 transport.abort()
                 return
         self.conn = RpcServerConnection(server.dispatcher, info, max_record=server.max_record,
-                                        idle_timeout=server.idle_timeout, now=self._loop.time())
+                                        idle_timeout=server.idle_timeout,
+                                        write_timeout=server.write_timeout,
+                                        max_output=server.max_output, now=self._loop.time())
         server._protocols.add(self)
         self._arm()
 
@@ -531,21 +550,29 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         while True:
             if not transport.is_closing():
                 _write(transport, conn.data_to_send_parts())  # may call pause_writing()
+            buffered = transport.get_write_buffer_size()
+            if buffered or conn.unsent:
+                # Unsent replies count against the connection's output budget, and start or
+                # keep the write timeout (the peer taking all of them stops it).
+                conn.set_write_buffer(buffered, self._loop.time())
+                if buffered:
+                    self._arm()
             for p in pending:
                 task = self._loop.create_task(self._run(p))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-            if conn.backlog and not conn.output_paused:
+            if conn.backlog and not conn.output_paused and not conn.over_budget:
                 pending = conn.dispatch_backlog(self._loop.time())
                 continue
             break
         if conn.done:
-            transport.close()  # after what was written above has gone out
+            transport.close()  # after what was written above has gone out (or the write timeout)
             return
-        # Stop reading while calls wait (backlog), output is blocked, too many run at once, or
-        # the connection is closing (graceful: the calls already received are still answered).
-        stop = bool(conn.backlog or conn.output_paused or conn.in_flight >= self.server.max_in_flight
-                    or conn.closed)
+        # Stop reading while calls wait (backlog), output is blocked or over budget, too many
+        # run at once, or the connection is closing (graceful: the calls already received are
+        # still answered).
+        stop = bool(conn.backlog or conn.output_paused or conn.over_budget
+                    or conn.in_flight >= self.server.max_in_flight or conn.closed)
         if stop != self._paused:
             self._paused = stop
             if stop:
@@ -560,7 +587,9 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
 
     def resume_writing(self) -> None:
         if self.conn is not None and self.transport is not None:
-            self._pump(self.conn.resume_output(self._loop.time()))
+            now = self._loop.time()
+            self.conn.set_write_buffer(self.transport.get_write_buffer_size(), now)
+            self._pump(self.conn.resume_output(now))
 
     async def _run(self, pending: PendingReply) -> None:
         outcome: bytes | BaseException
@@ -608,11 +637,17 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
 
     def _on_timer(self) -> None:
         conn = self.conn
-        if conn is None or self.transport is None:
+        transport = self.transport
+        if conn is None or transport is None:
             return
-        conn.handle_timer(self._loop.time())
-        if conn.done:
-            self.transport.close()
+        now = self._loop.time()
+        conn.set_write_buffer(transport.get_write_buffer_size(), now)
+        conn.handle_timer(now)
+        if conn.aborted:
+            # The peer stopped taking replies: drop them, do not wait for them to drain.
+            transport.abort()
+        elif not transport.is_closing():
+            self._pump([])  # closes a done connection; goes on if the peer took some output
 
     def shutdown(self) -> None:
         """Graceful: read no more calls, answer those received (backlog and in flight), then
@@ -641,6 +676,7 @@ class _ServerDatagramProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.conn_id = next(_conn_ids)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.oversize_log = LogLimiter()  # any client can ask for oversize replies
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio's selector datagram transport does not subclass DatagramTransport in 3.11.
@@ -651,7 +687,9 @@ class _ServerDatagramProtocol(asyncio.DatagramProtocol):
         if server._closing:
             return
         info = ConnectionInfo(self.conn_id, tuple(addr[:2]), "udp")
-        reply = server.dispatcher.dispatch(data, info, server._loop.time())
+        # Procedures learn that the reply must fit in one datagram, so they can refuse larger
+        # results before building them (CallContext.max_results).
+        reply = server.dispatcher.dispatch(data, info, server._loop.time(), MAX_UDP_REPLY)
         if reply is None:
             return
         if type(reply) is bytes:
@@ -679,8 +717,9 @@ class _ServerDatagramProtocol(asyncio.DatagramProtocol):
         if len(reply) > MAX_UDP_REPLY:
             # It cannot go out as one datagram: tell the client instead of leaving it to time out.
             xid = int.from_bytes(reply[:4], "big")
-            log.warning("UDP reply to xid %#x from %s is %d bytes, more than a datagram carries; "
-                        "answering SYSTEM_ERR", xid, addr, len(reply))
+            self.oversize_log.log(log, logging.WARNING, "UDP reply to xid %#x from %s is %d bytes, "
+                                  "more than a datagram carries; answering SYSTEM_ERR", xid, addr,
+                                  len(reply))
             reply = AcceptedReply(xid, stat=AcceptStat.SYSTEM_ERR).encode()
         self.transport.sendto(reply, addr)
 
@@ -693,14 +732,17 @@ class RpcServer:
     """asyncio TCP/UDP server for an :class:`RpcDispatcher`. See the module docstring."""
 
     def __init__(self, dispatcher: RpcDispatcher, *, max_connections: int = 1024,
-                 idle_timeout: float | None = 300.0, max_record: int = DEFAULT_MAX_RECORD,
+                 idle_timeout: float | None = 300.0, write_timeout: float | None = 30.0,
+                 max_record: int = DEFAULT_MAX_RECORD, max_output: int = DEFAULT_MAX_OUTPUT,
                  max_in_flight: int = 64,
                  on_connection: Callable[[ConnectionInfo, asyncio.BaseTransport], None] | None = None,
                  on_connection_closed: Callable[[ConnectionInfo], None] | None = None) -> None:
         self.dispatcher = dispatcher
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
         self.max_record = max_record
+        self.max_output = max_output
         self.max_in_flight = max_in_flight
         self.on_connection = on_connection
         self.on_connection_closed = on_connection_closed
@@ -717,6 +759,12 @@ class RpcServer:
     @property
     def connections(self) -> list[ConnectionInfo]:
         return [p.conn.conn for p in self._protocols if p.conn is not None]
+
+    @property
+    def stream_connections(self) -> list[RpcServerConnection]:
+        """The sans-IO state of every live stream connection (for accounting: ``unsent``,
+        ``buffered_input``, ``backlog``; do not drive them)."""
+        return [p.conn for p in self._protocols if p.conn is not None]
 
     async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024) -> int:
         """Listen on ``host:port`` (0 = any free port); return the bound port."""

@@ -19,7 +19,11 @@ max_fragment=MAX_FRAGMENT, first_xid=None)`` — one record-marked stream (TCP, 
   ``data_to_send_parts() -> list[bytes]`` the same as buffers to write in order (large arguments
   are passed through uncopied); ``wants_write`` tells whether there is anything.
 * ``receive_data(data) -> list[Event]``: feed bytes read from the transport (``data`` may be a
-  view of a buffer the caller reuses).
+  view of a buffer the caller reuses). Replies are reassembled under the same bounds as on the
+  server (:class:`rpclatch.rpc.record.RecordReassembler`: at most ``max_record`` bytes of a reply
+  plus one fragment header, few zero-length fragments), so a hostile server cannot make the
+  client buffer more; ``buffered_input`` is what is held. A stream that breaks them fails with
+  :class:`ConnectionFailed`.
 * ``next_timer() -> float | None`` / ``handle_timer(now) -> list[Event]``: per-call deadlines;
   an expired call fails with :class:`rpclatch.rpc.errors.RpcTimeout`.
 * ``connection_lost(error=None) -> list[Event]``: fail every outstanding call
@@ -372,6 +376,12 @@ class RpcClientConnection(_ClientCore):
         self._reassembler = RecordReassembler(max_record)
         self._out: list[bytes] = []
         self.closed = False
+
+    @property
+    def buffered_input(self) -> int:
+        """Bytes held for a reply not yet complete (at most ``max_record + 4``, see
+        :class:`rpclatch.rpc.record.RecordReassembler`)."""
+        return self._reassembler.buffered
 
     def send_call(self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth | None,
                   now: float, timeout: float | None = None) -> CallHandle:

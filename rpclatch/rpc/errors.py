@@ -70,3 +70,16 @@ class AuthVerifierError(RpcLocalError):
 class GarbageArgs(RpcError):
     """Raised by a server procedure whose arguments do not decode: the dispatcher answers
     GARBAGE_ARGS (RFC 5531 §9 ``accept_stat``)."""
+
+
+class ResultsTooLarge(RpcError):
+    """Raised by a server procedure whose results would not fit in one reply on the call's
+    transport (``CallContext.max_results``, e.g. a UDP datagram): the dispatcher answers
+    SYSTEM_ERR (RFC 5531 §9: the arguments were fine, the server cannot deliver), and the
+    procedure has not built the results."""
+
+    def __init__(self, needed: int, limit: int) -> None:
+        self.needed = needed
+        self.limit = limit
+        super().__init__(f"results of {needed} bytes do not fit in one reply (at most {limit} "
+                         "bytes of results on this transport)")

@@ -17,8 +17,17 @@ API
     out first (the RPC hot path uses this).
     A fragment header whose length would take the record past ``max_record`` raises
     :class:`RecordTooLarge` *before* anything is buffered for it, so a peer announcing 2 GiB costs
-    nothing; the stream is then unusable and the caller closes the connection. ``buffered`` is the
-    number of bytes held for an incomplete record, ``in_record`` whether a record is partly read.
+    nothing; the stream is then unusable and the caller closes the connection.
+
+    Memory: between calls the reassembler holds at most ``max_record + 4`` bytes, counted by
+    ``buffered``: the unconsumed input (a partial header, or a header and part of its fragment)
+    plus the payload of the earlier fragments of the record in progress, appended to one
+    ``bytearray`` -- nothing is kept per fragment, so a record sent as 2-byte fragments costs
+    what its payload costs (plus, while :meth:`feed` runs, the input it was given and the copy of
+    a completed record). A zero-length fragment that is not the last of its record carries
+    nothing and is legal, but no sender needs one: more than ``max_empty_fragments`` (default
+    :data:`DEFAULT_MAX_EMPTY_FRAGMENTS`) in one record raise :class:`TooManyEmptyFragments`.
+    ``in_record`` tells whether a record is partly read.
 
 ``coalesce(parts) -> list[bytes]`` joins runs of small buffers and keeps large ones as they are.
 
@@ -39,6 +48,8 @@ LAST_FRAGMENT = 0x80000000
 MAX_FRAGMENT = 0x7FFFFFFF
 #: Default ceiling for one reassembled record: 4 MiB of payload plus room for RPC/GSS headers.
 DEFAULT_MAX_RECORD = 4 * 1024 * 1024 + 64 * 1024
+#: Zero-length non-last fragments tolerated in one record before the stream is given up.
+DEFAULT_MAX_EMPTY_FRAGMENTS = 8
 
 T = TypeVar("T")
 
@@ -58,6 +69,15 @@ class RecordTooLarge(RecordError):
         self.announced = announced
         self.limit = limit
         super().__init__(f"record of at least {announced} bytes exceeds the limit of {limit} bytes")
+
+
+class TooManyEmptyFragments(RecordError):
+    """More zero-length non-last fragments in one record than the receiver tolerates: they
+    carry nothing, so a peer sending them only keeps the connection busy (RFC 5531 §11)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"more than {limit} zero-length fragments in one record")
 
 
 def encode_record(message: bytes, max_fragment: int = MAX_FRAGMENT) -> bytes:
@@ -101,41 +121,56 @@ def coalesce(parts: list[bytes]) -> list[bytes]:
 
 
 class RecordReassembler:
-    """Incremental record reader with a bound on the record size (RFC 5531 §11).
+    """Incremental record reader with a bound on what it holds (RFC 5531 §11).
 
     Fragments of one record are joined; the result of :meth:`feed` is a list of complete records
-    (each the exact RPC message bytes, without record marks).
+    (each the exact RPC message bytes, without record marks). The payload of the earlier
+    fragments of the record in progress is appended to one ``bytearray``, so a record costs its
+    payload whatever the number of fragments (no object per fragment); zero-length non-last
+    fragments carry nothing and are counted instead (see the module docstring).
     """
 
-    __slots__ = ("_buf", "_consumed", "_fragments", "_record_len", "max_record")
+    __slots__ = ("_buf", "_consumed", "_empty", "_record", "max_empty_fragments", "max_record")
 
-    def __init__(self, max_record: int = DEFAULT_MAX_RECORD) -> None:
+    def __init__(self, max_record: int = DEFAULT_MAX_RECORD,
+                 max_empty_fragments: int = DEFAULT_MAX_EMPTY_FRAGMENTS) -> None:
         if max_record < 0:
             raise ValueError("max_record must be >= 0")
+        if max_empty_fragments < 0:
+            raise ValueError("max_empty_fragments must be >= 0")
         self.max_record = max_record
+        self.max_empty_fragments = max_empty_fragments
         self._buf = bytearray()  # unconsumed input (a header and/or part of a fragment)
-        self._fragments: list[bytes] = []  # earlier fragments of the current record
-        self._record_len = 0  # bytes in self._fragments
+        self._record = bytearray()  # payload of the earlier fragments of the current record
+        self._empty = 0  # zero-length non-last fragments of the current record
         self._consumed = 0
 
     @property
     def buffered(self) -> int:
-        """Bytes held for a record not yet complete."""
-        return len(self._buf) + self._record_len
+        """Bytes held between calls to :meth:`feed`: unconsumed input (a partial fragment header,
+        or a header and part of its fragment) plus the payload of the earlier fragments of the
+        record in progress. At most ``max_record + 4``: nothing else is kept per fragment."""
+        return len(self._buf) + len(self._record)
 
     @property
     def in_record(self) -> bool:
         """True while part of a record (or of a fragment header) has been received."""
-        return bool(self._buf) or bool(self._fragments)
+        return bool(self._buf) or bool(self._record) or bool(self._empty)
+
+    def _reset(self) -> None:
+        """Drop the record in progress (the stream is unusable after an error)."""
+        self._record = bytearray()
+        self._empty = 0
 
     def feed(self, data: bytes | bytearray | memoryview,
              decode: Callable[[bytes | memoryview, int, int], T | None] | None = None) -> list[bytes | T]:
-        """Consume ``data``; return the records it completed. Raises :class:`RecordTooLarge`.
+        """Consume ``data``; return the records it completed. Raises :class:`RecordTooLarge` or
+        :class:`TooManyEmptyFragments` (after which nothing is held any more).
 
         ``data`` may be a view of a buffer the caller reuses: whatever is kept is copied out.
-        With ``decode``, a record that is one fragment lying whole in the input is first offered
-        to ``decode(buffer, start, stop)``; if that returns non-None the result stands for the
-        record, decoded without the record being copied out first.
+        With ``decode``, a record whose payload is one fragment lying whole in the input is first
+        offered to ``decode(buffer, start, stop)``; if that returns non-None the result stands for
+        the record, decoded without the record being copied out first.
         """
         src: bytes | memoryview
         if self._buf:
@@ -159,39 +194,49 @@ class RecordReassembler:
         pos = 0
         end = len(src)
         max_record = self.max_record
+        record = self._record
+        empty = self._empty
         self._consumed = 0
         try:
             while end - pos >= 4:
                 (header,) = _unpack_header(src, pos)
                 length = header & MAX_FRAGMENT
-                total = self._record_len + length
+                total = len(record) + length
                 if total > max_record:
-                    self._fragments.clear()
-                    self._record_len = 0
+                    self._reset()
+                    record, empty = self._record, 0
                     pos = end  # drop everything buffered
                     raise RecordTooLarge(total, max_record)
                 stop = pos + 4 + length
                 if stop > end:
                     break
-                if decode is not None and header & LAST_FRAGMENT and not self._fragments:
-                    decoded = decode(src, pos + 4, stop)
-                    if decoded is not None:
-                        pos = stop
-                        records.append(decoded)
-                        continue
-                fragment = bytes(src[pos + 4:stop])
-                pos = stop
                 if header & LAST_FRAGMENT:
-                    if self._fragments:
-                        self._fragments.append(fragment)
-                        fragment = b"".join(self._fragments)
-                        self._fragments.clear()
-                        self._record_len = 0
-                    records.append(fragment)
+                    if not record:  # the payload is this one fragment (and any empty ones)
+                        if decode is not None:
+                            decoded = decode(src, pos + 4, stop)
+                            if decoded is not None:
+                                pos = stop
+                                records.append(decoded)
+                                empty = 0
+                                continue
+                        records.append(bytes(src[pos + 4:stop]))
+                    else:
+                        record += src[pos + 4:stop]
+                        records.append(bytes(record))
+                        self._record = record = bytearray()
+                    empty = 0
+                elif length:
+                    record += src[pos + 4:stop]
                 else:
-                    self._fragments.append(fragment)
-                    self._record_len = total
+                    empty += 1
+                    if empty > self.max_empty_fragments:
+                        self._reset()
+                        record, empty = self._record, 0
+                        pos = end
+                        raise TooManyEmptyFragments(self.max_empty_fragments)
+                pos = stop
         finally:
+            self._empty = empty
             if self._buf:
                 self._consumed = pos  # trimmed by feed() once the view is released
             elif pos < end:

@@ -7,18 +7,31 @@ API
 XDR argument bytes and a :class:`CallContext`, returns the XDR result bytes — or an awaitable of
 them (a coroutine procedure; the asyncio shell awaits it). Raise
 :class:`rpclatch.rpc.errors.GarbageArgs` (or let an :class:`rpclatch.xdr.XdrError` escape) for
-GARBAGE_ARGS; any other exception becomes SYSTEM_ERR and is logged.
+GARBAGE_ARGS; :class:`rpclatch.rpc.errors.ResultsTooLarge` for SYSTEM_ERR when the results would
+not fit in one reply on the transport (``ctx.max_results``, set for datagrams: check it before
+building large results; logged rate-limited); any other exception becomes SYSTEM_ERR and is
+logged.
+
+``CallContext(call, conn, principal, now, max_reply=None)``: ``max_reply`` is the largest reply
+message the transport carries (None on streams), ``max_results`` that minus the smallest reply
+header (:data:`MIN_REPLY_HEADER`).
+
+``LogLimiter(burst=10, interval=60.0, clock=time.monotonic)``: ``log(logger, level, msg, *args)``
+lets at most ``burst`` lines through per ``interval`` and reports how many it held back. Log
+lines a peer can trigger at will go through one (``RpcDispatcher.log_limiter``: dropped records,
+malformed call headers, oversize results).
 
 ``RpcDispatcher(flavors=None)`` (None = AUTH_NONE + AUTH_SYS):
 
 * ``add_flavor(auth: ServerAuth)``: register a server flavor under ``auth.flavor`` (replaces).
 * ``add_program(prog, vers, procedures: Mapping[int, Procedure])``, ``remove_program(prog,
   vers=None)``, ``programs() -> list[tuple[int, int]]``.
-* ``dispatch(record, conn: ConnectionInfo, now) -> bytes | PendingReply | None``: one whole RPC
-  message in; out comes the reply message (not record-marked), or a :class:`PendingReply` when the
-  procedure returned an awaitable (await ``pending.awaitable`` then call ``pending.complete(result)``
-  or ``pending.fail(exc)`` to get the reply bytes), or None when no reply is to be sent
-  (``AuthDrop``, or a record that is not a call).
+* ``dispatch(record, conn: ConnectionInfo, now, max_reply=None) -> bytes | PendingReply | None``:
+  one whole RPC message in; out comes the reply message (not record-marked), or a
+  :class:`PendingReply` when the procedure returned an awaitable (await ``pending.awaitable`` then
+  call ``pending.complete(result)`` or ``pending.fail(exc)`` to get the reply bytes), or None when
+  no reply is to be sent (``AuthDrop``, or a record that is not a call). ``max_reply``: see
+  :class:`CallContext` (the datagram shell passes the largest datagram).
 * ``dispatch_marked(record, conn, now)`` / ``dispatch_call_marked(call, conn, now)``: the same for
   stream transports, returning the reply as record-marked parts ``(header, results)`` so large
   results are never copied behind a header (used by :class:`RpcServerConnection`).
@@ -37,18 +50,37 @@ require: results the flavor could not protect are not sent, and neither is a SYS
 client could not verify. ``dispatch`` then returns None and ``PendingReply.complete`` None.
 
 ``RpcServerConnection(dispatcher, conn, *, max_record=DEFAULT_MAX_RECORD, max_fragment=MAX_FRAGMENT,
-idle_timeout=None, now=0.0)`` — one record-marked stream: ``receive_data(data, now) ->
-list[PendingReply]`` (``data`` may be a view of a reused buffer; immediate replies are queued;
-pending ones are for the shell to await, then ``finish(pending, result_or_exception, now)``),
-``data_to_send() -> bytes`` (or ``data_to_send_parts() -> list[bytes]``, large results uncopied),
-``next_timer()`` / ``handle_timer(now)``
-(idle timeout: no bytes received and no call in flight for ``idle_timeout`` seconds),
-``closed`` / ``close_reason`` (set on a record error or idle timeout: flush, then close the
-transport; calls still waiting in the backlog are dropped), ``close(reason)`` (graceful: bytes
-received afterwards are ignored, but every call already received -- in the backlog or in flight --
-is still dispatched and answered), ``done`` (closed and nothing left to answer: write what
-:meth:`data_to_send` has, then close the transport), ``in_flight``, ``connection_lost()`` (calls
+idle_timeout=None, write_timeout=None, max_output=DEFAULT_MAX_OUTPUT, now=0.0)`` — one
+record-marked stream: ``receive_data(data, now) -> list[PendingReply]`` (``data`` may be a view of
+a reused buffer; immediate replies are queued; pending ones are for the shell to await, then
+``finish(pending, result_or_exception, now)``), ``data_to_send() -> bytes`` (or
+``data_to_send_parts() -> list[bytes]``, large results uncopied), ``set_write_buffer(nbytes,
+now)`` (the shell reports the reply bytes its transport still holds, after each write and
+before each timer), ``next_timer()`` / ``handle_timer(now)``, ``closed`` / ``close_reason`` (set
+on a record error, idle timeout or write timeout: flush, then close the transport; calls still
+waiting in the backlog are dropped), ``aborted`` (set by the write timeout: abort the transport,
+do not flush), ``close(reason)`` (graceful: bytes received afterwards are ignored, but every call
+already received -- in the backlog or in flight -- is still dispatched and answered), ``done``
+(closed and nothing left to answer: write what :meth:`data_to_send` has, then close the
+transport), ``in_flight``, ``backlog``, ``connection_lost()`` (calls
 ``dispatcher.connection_closed`` once; nothing is dispatched afterwards).
+
+What one connection may hold (RFC 5531 §11 sets no limit, so the receiver does; a peer must not
+be able to make it unbounded):
+
+* input: the record being reassembled, at most ``max_record`` bytes plus one fragment header
+  (``buffered_input``; see :class:`rpclatch.rpc.record.RecordReassembler`), then the calls of one
+  read waiting in the backlog;
+* output: ``unsent`` = replies queued here plus what the transport holds. Calls are dispatched
+  only while it is below ``max_output`` (``over_budget`` tells the shell to stop reading), so
+  beyond the budget there is at most the one reply being written;
+* time: while the transport holds unsent replies and ``write_timeout`` is set, the peer must take
+  some of them every ``write_timeout`` seconds or the connection is aborted -- also after a
+  close, so a close never waits forever for a peer that does not read. Otherwise, with
+  ``idle_timeout``, a connection with no call in flight is closed ``idle_timeout`` seconds after
+  its last activity: a complete call received, a reply finished, or all output taken by the
+  peer. Bytes that do not complete a call (a trickle of empty fragments, a record growing byte
+  by byte, records that are not calls) are no activity, so they cannot hold a connection slot.
 
 For datagrams there is no connection object: call ``dispatcher.dispatch(datagram, conn, now)`` and
 send the returned bytes back to the peer.
@@ -59,6 +91,7 @@ from __future__ import annotations
 import inspect
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -74,7 +107,7 @@ from rpclatch.rpc.auth import (
     ServerAuth,
 )
 from rpclatch.rpc.auth_sys import AuthNoneServer, AuthSysServer
-from rpclatch.rpc.errors import GarbageArgs
+from rpclatch.rpc.errors import GarbageArgs, ResultsTooLarge
 from rpclatch.rpc.messages import (
     NULL_AUTH,
     RPC_VERSION,
@@ -103,23 +136,72 @@ _II = struct.Struct(">II")
 _III = struct.Struct(">III")
 _pack_header = struct.Struct(">I").pack
 _CALL = 0
-#: Replies a connection may produce before the transport has taken them (see receive_data).
+#: Unsent reply bytes a connection may hold (queued here or in the transport) before it stops
+#: dispatching and reading calls (see RpcServerConnection.receive_data).
 DEFAULT_MAX_OUTPUT = 1024 * 1024
+#: The smallest accepted reply around results (RFC 5531 §9): xid, msg_type, reply_stat, an empty
+#: verifier (flavor, length) and accept_stat.
+MIN_REPLY_HEADER = 24
+
+
+class LogLimiter:
+    """Rate limit for a log line that a peer can trigger at will: at most ``burst`` lines per
+    ``interval`` seconds (of ``clock``); the lines held back are counted and the count is logged
+    with the first line let through afterwards."""
+
+    __slots__ = ("_clock", "_count", "_start", "_suppressed", "burst", "interval")
+
+    def __init__(self, burst: int = 10, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._start = float("-inf")
+        self._count = 0
+        self._suppressed = 0
+
+    def log(self, logger: logging.Logger, level: int, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` unless over the limit; return whether it was logged."""
+        now = self._clock()
+        if now - self._start >= self.interval:
+            if self._suppressed:
+                logger.log(level, "%d similar log lines suppressed in the last %g s",
+                           self._suppressed, self.interval)
+            self._start = now
+            self._count = 0
+            self._suppressed = 0
+        if self._count < self.burst:
+            self._count += 1
+            logger.log(level, msg, *args)
+            return True
+        self._suppressed += 1
+        return False
 
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
     """What a procedure knows about its call: the message, the transport, the authenticated
-    principal (None for AUTH_NONE) and the time the call was dispatched."""
+    principal (None for AUTH_NONE), the time the call was dispatched, and the largest reply
+    message the transport can carry (``max_reply``; None: no limit, as on a stream)."""
 
     call: CallMessage
     conn: ConnectionInfo
     principal: str | None
     now: float
+    max_reply: int | None = None
 
     @property
     def flavor(self) -> int:
         return self.call.cred.flavor
+
+    @property
+    def max_results(self) -> int | None:
+        """Results larger than this cannot be sent on this transport (None: no limit): a
+        procedure that knows its results' size before building them checks it and raises
+        :class:`rpclatch.rpc.errors.ResultsTooLarge` (SYSTEM_ERR) instead of building them. The
+        flavor's verifier and sealing add more, so results within the bound may still not fit;
+        the transport checks the sealed reply once more."""
+        return None if self.max_reply is None else self.max_reply - MIN_REPLY_HEADER
 
 
 Procedure = Callable[[bytes, CallContext], "bytes | Awaitable[bytes]"]
@@ -146,12 +228,14 @@ def _error_verf(accept: AuthAccept) -> OpaqueAuth:
 class PendingReply:
     """A call whose procedure returned an awaitable: await it, then ``complete`` or ``fail``."""
 
-    __slots__ = ("accept", "awaitable", "call")
+    __slots__ = ("accept", "awaitable", "call", "limiter")
 
-    def __init__(self, call: CallMessage, accept: AuthAccept, awaitable: Awaitable[bytes]) -> None:
+    def __init__(self, call: CallMessage, accept: AuthAccept, awaitable: Awaitable[bytes],
+                 limiter: LogLimiter | None = None) -> None:
         self.call = call
         self.accept = accept
         self.awaitable = awaitable
+        self.limiter = limiter
 
     @property
     def xid(self) -> int:
@@ -166,7 +250,7 @@ class PendingReply:
 
     def fail(self, exc: BaseException) -> bytes:
         """The reply message for a procedure that raised ``exc`` (GARBAGE_ARGS or SYSTEM_ERR)."""
-        return _procedure_error(self.call, self.accept, exc)
+        return _procedure_error(self.call, self.accept, exc, self.limiter)
 
 
 #: A reply as record-marked parts to write in order (fragment header + RPC header, then results).
@@ -187,7 +271,15 @@ def _seal_success(call: CallMessage, accept: AuthAccept, results: bytes,
     return wire.encode_success(call.xid, verf, sealed)
 
 
-def _procedure_error(call: CallMessage, accept: AuthAccept, exc: BaseException) -> bytes:
+def _procedure_error(call: CallMessage, accept: AuthAccept, exc: BaseException,
+                     limiter: LogLimiter | None = None) -> bytes:
+    if isinstance(exc, ResultsTooLarge):
+        # The peer chose the size: rate-limited, and SYSTEM_ERR (RFC 5531 §9: the arguments were
+        # valid -- GARBAGE_ARGS would say they were not -- the server cannot deliver the results).
+        (limiter or LogLimiter()).log(
+            log, logging.WARNING, "xid %#x: %d/%d/%d: %s; answering SYSTEM_ERR", call.xid,
+            call.prog, call.vers, call.proc, exc)
+        return _accepted_error(call.xid, _error_verf(accept), AcceptStat.SYSTEM_ERR)
     if isinstance(exc, GarbageArgs | XdrError):
         log.info("xid %#x: %d/%d/%d: garbage arguments: %s", call.xid, call.prog, call.vers,
                  call.proc, exc)
@@ -206,6 +298,8 @@ class RpcDispatcher:
             self.add_flavor(auth)
         self._programs: dict[int, dict[int, dict[int, Procedure]]] = {}
         self._ranges: dict[int, tuple[int, int]] = {}
+        #: rate limit of the log lines about bad records and oversize results (a peer's choice)
+        self.log_limiter = LogLimiter()
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -255,9 +349,13 @@ class RpcDispatcher:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def dispatch(self, record: bytes, conn: ConnectionInfo, now: float) -> bytes | PendingReply | None:
-        """Handle one RPC message; return the reply message, a :class:`PendingReply`, or None."""
-        reply = self._dispatch(record, conn, now, False)
+    def dispatch(self, record: bytes, conn: ConnectionInfo, now: float,
+                 max_reply: int | None = None) -> bytes | PendingReply | None:
+        """Handle one RPC message; return the reply message, a :class:`PendingReply`, or None.
+        ``max_reply``: the largest reply the transport carries (a datagram), passed to the
+        procedure in its :class:`CallContext` so it can refuse results that cannot fit before
+        building them."""
+        reply = self._dispatch(record, conn, now, False, max_reply)
         assert not isinstance(reply, tuple)
         return reply
 
@@ -270,28 +368,31 @@ class RpcDispatcher:
             return _mark(reply), b""
         return reply  # type: ignore[return-value]
 
-    def _dispatch(self, record: bytes, conn: ConnectionInfo, now: float,
-                  record_mark: bool) -> bytes | ReplyParts | PendingReply | None:
+    def _dispatch(self, record: bytes, conn: ConnectionInfo, now: float, record_mark: bool,
+                  max_reply: int | None = None) -> bytes | ReplyParts | PendingReply | None:
         """The reply; only a SUCCESS reply comes record-marked (as parts) when ``record_mark``."""
         n = len(record)
         if n < 8:
-            log.warning("conn %d: dropping a %d-byte record (no RPC header)", conn.conn_id, n)
+            self.log_limiter.log(log, logging.WARNING, "conn %d: dropping a %d-byte record (no RPC "
+                                 "header)", conn.conn_id, n)
             return None
         if n >= 12:
             xid, mtype, rpcvers = _III.unpack_from(record, 0)
         else:
             (xid, mtype), rpcvers = _II.unpack_from(record, 0), RPC_VERSION
         if mtype != _CALL:
-            log.warning("conn %d: dropping xid %#x: msg_type %d is not CALL", conn.conn_id, xid, mtype)
+            self.log_limiter.log(log, logging.WARNING, "conn %d: dropping xid %#x: msg_type %d is "
+                                 "not CALL", conn.conn_id, xid, mtype)
             return None
         if rpcvers != RPC_VERSION:
             return DeniedReply(xid, RejectStat.RPC_MISMATCH, (RPC_VERSION, RPC_VERSION)).encode()
         try:
             call = wire.decode_call_body(record)
         except XdrError as exc:
-            log.warning("conn %d: xid %#x: malformed call header: %s", conn.conn_id, xid, exc)
+            self.log_limiter.log(log, logging.WARNING, "conn %d: xid %#x: malformed call header: %s",
+                                 conn.conn_id, xid, exc)
             return _accepted_error(xid, NULL_AUTH, AcceptStat.GARBAGE_ARGS)
-        return self._dispatch_call(call, conn, now, record_mark)
+        return self._dispatch_call(call, conn, now, record_mark, max_reply)
 
     def dispatch_call_marked(self, call: CallMessage, conn: ConnectionInfo,
                              now: float) -> ReplyParts | PendingReply | None:
@@ -301,8 +402,8 @@ class RpcDispatcher:
             return _mark(reply), b""
         return reply  # type: ignore[return-value]
 
-    def _dispatch_call(self, call: CallMessage, conn: ConnectionInfo, now: float,
-                       record_mark: bool) -> bytes | ReplyParts | PendingReply | None:
+    def _dispatch_call(self, call: CallMessage, conn: ConnectionInfo, now: float, record_mark: bool,
+                       max_reply: int | None = None) -> bytes | ReplyParts | PendingReply | None:
         xid = call.xid
         auth = self._flavors.get(call.cred.flavor)
         if auth is None:
@@ -327,15 +428,15 @@ class RpcDispatcher:
         proc = procedures.get(call.proc)
         if proc is None:
             return _accepted_error(xid, _error_verf(verdict), AcceptStat.PROC_UNAVAIL)
-        ctx = CallContext(call, conn, verdict.principal, now)
+        ctx = CallContext(call, conn, verdict.principal, now, max_reply)
         try:
             result = proc(verdict.args, ctx)
         except Exception as exc:
-            return _procedure_error(call, verdict, exc)
+            return _procedure_error(call, verdict, exc, self.log_limiter)
         if isinstance(result, bytes):
             return _seal_success(call, verdict, result, record_mark)
         if inspect.isawaitable(result):
-            return PendingReply(call, verdict, result)
+            return PendingReply(call, verdict, result, self.log_limiter)
         if isinstance(result, bytearray | memoryview):
             return _seal_success(call, verdict, bytes(result), record_mark)
         return _procedure_error(call, verdict, TypeError(
@@ -359,33 +460,61 @@ class RpcDispatcher:
         return _accepted_error(call.xid, NULL_AUTH, AcceptStat.SYSTEM_ERR)
 
 
+def _is_call(record: bytes | CallMessage) -> bool:
+    """Whether a reassembled record is a call (msg_type CALL), whatever else is wrong with it."""
+    if isinstance(record, CallMessage):
+        return True
+    return len(record) >= 8 and _II.unpack_from(record, 0)[1] == _CALL
+
+
 class RpcServerConnection:
     """Server side of one record-marked stream (RFC 5531 §11). See the module docstring."""
 
     def __init__(self, dispatcher: RpcDispatcher, conn: ConnectionInfo, *,
                  max_record: int = DEFAULT_MAX_RECORD, max_fragment: int = MAX_FRAGMENT,
-                 idle_timeout: float | None = None, max_output: int = DEFAULT_MAX_OUTPUT,
-                 now: float = 0.0) -> None:
+                 idle_timeout: float | None = None, write_timeout: float | None = None,
+                 max_output: int = DEFAULT_MAX_OUTPUT, now: float = 0.0) -> None:
         self.dispatcher = dispatcher
         self.conn = conn
         self.max_fragment = max_fragment
         self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
         self.max_output = max_output
         self._reassembler = RecordReassembler(max_record)
         self._backlog: deque[bytes | CallMessage] = deque()
         self._out: list[bytes] = []
         self._out_size = 0
+        self._transport_buffered = 0  # reply bytes the transport holds (set_write_buffer)
+        self._write_since = now  # since when those bytes wait without the peer taking any
         self._last_activity = now
         self._lost = False
         self.output_paused = False
         self.in_flight = 0
         self.closed = False
+        self.aborted = False
         self.close_reason: str | None = None
 
     @property
     def backlog(self) -> int:
         """Calls received but not dispatched yet (output was paused or over ``max_output``)."""
         return len(self._backlog)
+
+    @property
+    def buffered_input(self) -> int:
+        """Bytes held for a record not yet complete (at most ``max_record + 4``)."""
+        return self._reassembler.buffered
+
+    @property
+    def unsent(self) -> int:
+        """Reply bytes not taken by the peer yet: queued here plus held by the transport (as last
+        reported with :meth:`set_write_buffer`)."""
+        return self._out_size + self._transport_buffered
+
+    @property
+    def over_budget(self) -> bool:
+        """At least ``max_output`` bytes of replies are unsent: no call is dispatched (and the
+        shell reads none) until the peer takes some."""
+        return self._out_size + self._transport_buffered >= self.max_output
 
     @property
     def done(self) -> bool:
@@ -396,14 +525,16 @@ class RpcServerConnection:
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[PendingReply]:
         """Feed bytes; replies that are ready are queued, awaitable ones are returned.
 
-        Calls are dispatched only while less than ``max_output`` bytes of replies wait in
-        :meth:`data_to_send` and output is not paused; the rest stay in :attr:`backlog` (the
-        shell stops reading meanwhile) and go on with :meth:`dispatch_backlog`. So a client
-        that pipelines calls with large results and never reads cannot make us buffer them all.
+        Calls are dispatched only while less than ``max_output`` bytes of replies are unsent
+        (:attr:`unsent`: queued in :meth:`data_to_send` or held by the transport) and output is
+        not paused; the rest stay in :attr:`backlog` (the shell stops reading meanwhile) and go on
+        with :meth:`dispatch_backlog`. So a client that pipelines calls with large results and
+        never reads cannot make us buffer them all. Only a complete call counts as activity for
+        the idle timeout: bytes that never finish one (a trickle of empty fragments, a record
+        growing byte by byte) do not keep the connection.
         """
         if self.closed:
             return []
-        self._last_activity = now
         try:
             records = self._reassembler.feed(data, wire.fast_call)
         except RecordError as exc:
@@ -411,6 +542,8 @@ class RpcServerConnection:
             return []
         if not records:
             return []
+        if type(records[-1]) is CallMessage or any(map(_is_call, records)):
+            self._last_activity = now
         self._backlog.extend(records)
         return self.dispatch_backlog(now)
 
@@ -420,7 +553,7 @@ class RpcServerConnection:
         backlog = self._backlog
         conn = self.conn
         out = self._out
-        limit = self.max_output
+        limit = self.max_output - self._transport_buffered
         marked = self.max_fragment >= MAX_FRAGMENT  # every reply fits one fragment
         dispatch_marked = self.dispatcher.dispatch_marked
         dispatch_call = self.dispatcher.dispatch_call_marked
@@ -462,6 +595,18 @@ class RpcServerConnection:
         self.output_paused = False
         return self.dispatch_backlog(now)
 
+    def set_write_buffer(self, nbytes: int, now: float) -> None:
+        """The shell reports that its transport holds ``nbytes`` reply bytes not yet taken by the
+        peer (asyncio: ``transport.get_write_buffer_size()``). They count in :attr:`unsent`; while
+        there are some, the write timeout runs from the last time the peer took any (or from when
+        output began to wait); the peer taking all of them is activity for the idle timeout."""
+        old = self._transport_buffered
+        if nbytes < old or not old:
+            self._write_since = now
+            if old and not nbytes:
+                self._last_activity = max(self._last_activity, now)
+        self._transport_buffered = nbytes
+
     def finish(self, pending: PendingReply, outcome: bytes | BaseException, now: float | None = None) -> None:
         """Queue the reply to an awaited call: ``outcome`` is its results or its exception."""
         self.in_flight -= 1
@@ -486,7 +631,7 @@ class RpcServerConnection:
             self._out.append(encode_record(message, self.max_fragment))
 
     def data_to_send(self) -> bytes:
-        """Reply bytes to write now."""
+        """Reply bytes to write now (then report the transport's buffer: :meth:`set_write_buffer`)."""
         out = self._out
         self._out_size = 0
         if not out:
@@ -504,16 +649,35 @@ class RpcServerConnection:
         return coalesce(out)
 
     def next_timer(self) -> float | None:
-        """The idle deadline (None when there is no idle timeout, a call is in flight or closed)."""
+        """The next deadline, or None. While the transport holds unsent replies and there is a
+        ``write_timeout``: the write deadline (also after a close -- a close never waits forever
+        for a peer that does not read). Otherwise the idle deadline, when there is an
+        ``idle_timeout``, no call is in flight and the connection is open."""
+        if self._transport_buffered and self.write_timeout is not None and not self._lost:
+            return self._write_since + self.write_timeout
         if self.idle_timeout is None or self.in_flight or self.closed:
             return None
         return self._last_activity + self.idle_timeout
 
     def handle_timer(self, now: float) -> None:
+        """Act on the deadline of :meth:`next_timer` if ``now`` is past it: a stalled write
+        aborts the connection (:attr:`aborted`: the shell aborts the transport, unsent replies
+        are discarded), an idle connection is closed (:attr:`closed`)."""
         deadline = self.next_timer()
-        if deadline is not None and now >= deadline:
-            state = "inside a partial record" if self._reassembler.in_record else "between records"
-            self._close(f"idle for {self.idle_timeout:g} s {state}")
+        if deadline is None or now < deadline:
+            return
+        if self._transport_buffered and self.write_timeout is not None:
+            self._abort(f"the peer took no reply bytes for {self.write_timeout:g} s "
+                        f"({self._transport_buffered} bytes unsent)")
+            return
+        state = "inside a partial record" if self._reassembler.in_record else "between records"
+        self._close(f"idle for {self.idle_timeout:g} s {state}")
+
+    def _abort(self, reason: str) -> None:
+        self.aborted = True
+        if self.closed:
+            log.warning("aborting connection %d from %s: %s", self.conn.conn_id, self.conn.peer, reason)
+        self._close(f"{reason}; aborting")
 
     def _close(self, reason: str, level: int = logging.WARNING, *, drop_backlog: bool = True) -> None:
         if not self.closed:

@@ -12,6 +12,10 @@ Program ``RPCLATCH_TEST_PROG = 0x20000A11`` (RFC 5531 §7.3: 0x20000000-0x3fffff
       } = 1;
     } = 0x20000A11;
 
+SOURCE answers GARBAGE_ARGS above ``SOURCE_MAX``, and SYSTEM_ERR (without building the bytes) when
+the results could not fit in one reply on the call's transport (``CallContext.max_results``, e.g.
+a UDP datagram).
+
 Server: ``add_test_program(dispatcher)``. Client helpers take any object with an async
 ``call(prog, vers, proc, args)`` (``RpcStreamClient``, ``RpcUdpClient``): ``await null(c)``,
 ``await echo(c, data)``, ``await sink(c, data)``, ``await source(c, n)``.
@@ -22,7 +26,7 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
-from rpclatch.rpc.errors import GarbageArgs
+from rpclatch.rpc.errors import GarbageArgs, ResultsTooLarge
 from rpclatch.rpc.server import CallContext, Procedure, RpcDispatcher
 from rpclatch.xdr import Decoder, XdrError
 
@@ -84,6 +88,9 @@ def proc_source(args: bytes, ctx: CallContext) -> bytes:
     (n,) = _U32.unpack(args)
     if n > SOURCE_MAX:
         raise GarbageArgs(f"SOURCE of {n} bytes exceeds the limit of {SOURCE_MAX}")
+    limit = ctx.max_results
+    if limit is not None and 4 + ((n + 3) & ~3) > limit:
+        raise ResultsTooLarge(4 + ((n + 3) & ~3), limit)  # before building them
     return encode_opaque(bytes(n))
 
 
