@@ -2,7 +2,7 @@
 RPCSEC_GSS krb5p and krb5i without IPsec, in the same run on the same (simulated) world.
 
 For each mode one connection is opened through the BYPASS-OR-PROTECT policy
-(:class:`rpclatch.connect.ProtectedConnection`) on :mod:`rpclatch.ipsec.sim` with a throwaway MIT
+(:class:`rpclatch.connect.ProtectedConnection`) on :mod:`rpclatch.netsim` with a throwaway MIT
 realm, then ECHO calls of 64 KiB are made back to back. Figures:
 
 * throughput: MB/s of payload (request + reply bytes, 2 x 64 KiB per call) in wall-clock time;
@@ -41,7 +41,7 @@ from typing import Any
 from rpclatch.connect import ConnectPolicy, GssService, Protection
 from rpclatch.demo.world import build_world
 from rpclatch.gss.realm import running_realm
-from rpclatch.ipsec.sim import stack as sim_stack
+from rpclatch.netsim import stack as sim_stack
 from rpclatch.rpc.client import RpcClientConnection
 from rpclatch.rpc.server import RpcServerConnection
 from rpclatch.rpc.testprog import (
@@ -172,7 +172,7 @@ def main() -> None:
         )
     base = med["krb5p"]
     print(
-        f"# world=sim (rpclatch.ipsec.sim, AES-GCM ESP in-process; RPC client and server in this one "
+        f"# world=sim (rpclatch.netsim, AES-GCM ESP in-process; RPC client and server in this one "
         f"process), {opts.calls} x ECHO 64 KiB per run, median of {opts.repeat}; payload counted both ways"
     )
     print(

@@ -1,9 +1,9 @@
-"""Simulated network (rpclatch.ipsec.sim) speed: how fast scenarios and bulk transfers run in wall time.
+"""Simulated network (rpclatch.netsim) speed: how fast scenarios and bulk transfers run in wall time.
 
 Figures:
 
 * ``sim.all_scenarios`` -- wall seconds to run every named scenario of
-  ``rpclatch.ipsec.sim.scenarios`` under both approaches (14 runs). Baseline 2.0 s: the demo must run
+  ``rpclatch.netsim.scenarios`` under both approaches (14 runs). Baseline 2.0 s: the demo must run
   all scenarios "in seconds".
 * ``sim.bulk_latched`` -- payload MB per wall second through one latched TCP connection (approach 2,
   ESP AES-GCM-256, every packet judged by the engine). Baseline: the same transfer over plain IP in
@@ -19,9 +19,9 @@ import argparse
 import time
 
 from rpclatch.ipsec.engine import Approach
-from rpclatch.ipsec.sim.lab import Lab
-from rpclatch.ipsec.sim.scenarios import SCENARIOS, run_scenario
-from rpclatch.ipsec.sim.world import World
+from rpclatch.netsim.lab import Lab
+from rpclatch.netsim.scenarios import SCENARIOS, run_scenario
+from rpclatch.netsim.world import World
 
 
 def all_scenarios() -> float:

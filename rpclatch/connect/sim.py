@@ -1,4 +1,4 @@
-"""The connect policy's world on the deterministic simulated network (:mod:`rpclatch.ipsec.sim`).
+"""The connect policy's world on the deterministic simulated network (:mod:`rpclatch.netsim`).
 
 :class:`SimClientWorld` opens RPC connections from one simulated host: ``protect=True`` asks the
 host's IPsec stack for an exact-5-tuple PROTECT clone of the BYPASS-OR-PROTECT template and a
@@ -22,11 +22,11 @@ from rpclatch.ipsec.channel_binding import binding_unavailable_reason
 from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.latch import BrokenDisposition, LatchParams, params_from_sa
 from rpclatch.ipsec.model import ProtectionType
-from rpclatch.ipsec.sim.host import Host, Listener
-from rpclatch.ipsec.sim.rpc import SimConnectionReset, SimRpcClient, SimRpcServer
-from rpclatch.ipsec.sim.stack import ConnLatch, IpsecStack
-from rpclatch.ipsec.sim.stream import StreamConnection, StreamEventKind
-from rpclatch.ipsec.sim.world import World
+from rpclatch.netsim.host import Host, Listener
+from rpclatch.netsim.rpc import SimConnectionReset, SimRpcClient, SimRpcServer
+from rpclatch.netsim.stack import ConnLatch, IpsecStack
+from rpclatch.netsim.stream import StreamConnection, StreamEventKind
+from rpclatch.netsim.world import World
 from rpclatch.rpc.auth import ClientAuth
 from rpclatch.rpc.errors import RpcConnectionClosed
 from rpclatch.rpc.server import RpcDispatcher

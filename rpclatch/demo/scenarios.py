@@ -30,10 +30,10 @@ from rpclatch.gss.wire import BindChanStatus, GssProc
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
 from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip, spki_fingerprint
-from rpclatch.ipsec.sim.ike import IkeMode
-from rpclatch.ipsec.sim.stack import ConnLatch, IpsecStack
-from rpclatch.ipsec.sim.stream import StreamConnection, StreamEventKind
 from rpclatch.ipsec.spd import EntryOrigin, SpdAction
+from rpclatch.netsim.ike import IkeMode
+from rpclatch.netsim.stack import ConnLatch, IpsecStack
+from rpclatch.netsim.stream import StreamConnection, StreamEventKind
 from rpclatch.rpc.errors import RpcError
 from rpclatch.rpc.testprog import (
     PROC_ECHO,

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rpclatch.gss.wire import BindChanStatus, BindChanVerfArgs, BindChanVerfRes, GssCred, GssProc, Service
-from rpclatch.ipsec.sim.esp import EspHeader, EspKeys, esp_open
-from rpclatch.ipsec.sim.ip import PROTO_ESP, PROTO_TCP, IpPacket
-from rpclatch.ipsec.sim.link import WireRecord
-from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
+from rpclatch.netsim.esp import EspHeader, EspKeys, esp_open
+from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, IpPacket
+from rpclatch.netsim.link import WireRecord
+from rpclatch.netsim.tcp import Flags, TcpSegment
 from rpclatch.rpc.messages import AuthFlavor, CallMessage, DeniedReply, decode_message
 from rpclatch.rpc.record import RecordReassembler
 from rpclatch.xdr import XdrError

@@ -1,8 +1,8 @@
 """The demo's simulated worlds: a client and an NFS-like server under BYPASS-OR-PROTECT on TCP 2049,
 with a real Kerberos realm, and optionally a BTNS man in the middle or a rogue co-tenant.
 
-Everything is built from the simulation's public parts (:class:`rpclatch.ipsec.sim.world.World`,
-``enable_ipsec``, :class:`~rpclatch.ipsec.sim.attacker.Attacker`); nothing here decides an outcome.
+Everything is built from the simulation's public parts (:class:`rpclatch.netsim.world.World`,
+``enable_ipsec``, :class:`~rpclatch.netsim.attacker.Attacker`); nothing here decides an outcome.
 The man in the middle needs two segments: the client's (where it owns the server's address) and
 the server's (where it owns the client's address); it terminates BTNS IPsec on both with its own
 keys and relays the TCP byte streams, recording every byte it could read.
@@ -27,17 +27,17 @@ from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
-from rpclatch.ipsec.sim.attacker import Attacker
-from rpclatch.ipsec.sim.esp import EspKeys
-from rpclatch.ipsec.sim.host import Host
-from rpclatch.ipsec.sim.ike import IkeMode
-from rpclatch.ipsec.sim.ike_wire import SIKE_PORT
-from rpclatch.ipsec.sim.link import Hub, WireRecord
-from rpclatch.ipsec.sim.pcapng import CapturedPacket, write_esp_sa_uat, write_pcapng
-from rpclatch.ipsec.sim.stack import IpsecStack
-from rpclatch.ipsec.sim.stream import StreamConnection, StreamEvent, StreamEventKind
-from rpclatch.ipsec.sim.world import World
 from rpclatch.ipsec.spd import SpdAction
+from rpclatch.netsim.attacker import Attacker
+from rpclatch.netsim.esp import EspKeys
+from rpclatch.netsim.host import Host
+from rpclatch.netsim.ike import IkeMode
+from rpclatch.netsim.ike_wire import SIKE_PORT
+from rpclatch.netsim.link import Hub, WireRecord
+from rpclatch.netsim.pcapng import CapturedPacket, write_esp_sa_uat, write_pcapng
+from rpclatch.netsim.stack import IpsecStack
+from rpclatch.netsim.stream import StreamConnection, StreamEvent, StreamEventKind
+from rpclatch.netsim.world import World
 from rpclatch.rpc.messages import AuthStat
 from rpclatch.rpc.record import encode_record
 from rpclatch.rpc.server import RpcDispatcher

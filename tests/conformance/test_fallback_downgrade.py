@@ -1,7 +1,7 @@
 """Standards digest §10 attack A11 (RFC 5403 §9): an RPCSEC_GSS version rollback by a MITM that
 relays the RPC stream, against a v2 server and our client.
 
-Where the attacker sits. The simulated network's attackers (rpclatch.ipsec.sim.attacker) steal
+Where the attacker sits. The simulated network's attackers (rpclatch.netsim.attacker) steal
 addresses, key flows and relay *bytes* (A9's concatenated-SA MITM); they have no hook that parses
 and rewrites ONC RPC records inside a relayed stream, and on a latched flow no third party can
 rewrite anything (ESP). So the rewriting relay is modelled at the RPC message layer: the

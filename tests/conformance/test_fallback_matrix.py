@@ -17,9 +17,9 @@ from rpclatch.connect import BindOutcome, ConnectPolicy, LatchOutcome, Protected
 from rpclatch.connect.sim import SimLink
 from rpclatch.demo.world import DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
-from rpclatch.ipsec.sim.ike_wire import SIKE_PORT
-from rpclatch.ipsec.sim.ip import PROTO_UDP, IpPacket
 from rpclatch.ipsec.spd import SpdAction
+from rpclatch.netsim.ike_wire import SIKE_PORT
+from rpclatch.netsim.ip import PROTO_UDP, IpPacket
 from rpclatch.rpc.testprog import (
     PROC_ECHO,
     RPCLATCH_TEST_PROG,

@@ -28,20 +28,20 @@ from rpclatch.ipsec.pad import (
     PadEntry,
     PublicKeyPattern,
 )
-from rpclatch.ipsec.sim.errors import SimLocalError
-from rpclatch.ipsec.sim.ike import host_to_host
-from rpclatch.ipsec.sim.ike_wire import InitResponse, SikeStatus, decode_sike
-from rpclatch.ipsec.sim.lab import Lab
-from rpclatch.ipsec.sim.stack import ConnLatch
-from rpclatch.ipsec.sim.stream import StreamEvent, StreamEventKind, StreamState
-from rpclatch.ipsec.sim.tcp import Flags
-from rpclatch.ipsec.sim.wireview import (
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
+from rpclatch.ipsec.ulp import UlpBreakReason
+from rpclatch.netsim.errors import SimLocalError
+from rpclatch.netsim.ike import host_to_host
+from rpclatch.netsim.ike_wire import InitResponse, SikeStatus, decode_sike
+from rpclatch.netsim.lab import Lab
+from rpclatch.netsim.stack import ConnLatch
+from rpclatch.netsim.stream import StreamEvent, StreamEventKind, StreamState
+from rpclatch.netsim.tcp import Flags
+from rpclatch.netsim.wireview import (
     cleartext_after,
     decode_wire,
     leaked,
 )
-from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
-from rpclatch.ipsec.ulp import UlpBreakReason
 
 BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
 NET = AddressRange.network("192.0.2.0/24")

@@ -11,12 +11,12 @@ from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.errors import LatchExists
 from rpclatch.ipsec.latch import AlertReason, BrokenDisposition, LatchRequest, LatchState
 from rpclatch.ipsec.model import AddressRange, FiveTuple, NullAuthPeer, Selector, ThreeTuple
-from rpclatch.ipsec.sim.ike import host_to_host
-from rpclatch.ipsec.sim.lab import Lab
-from rpclatch.ipsec.sim.stack import ConnLatch
-from rpclatch.ipsec.sim.stream import StreamEventKind, StreamState
-from rpclatch.ipsec.sim.wireview import cleartext_after, flow_packets, leaked
 from rpclatch.ipsec.ulp import UlpBreakReason
+from rpclatch.netsim.ike import host_to_host
+from rpclatch.netsim.lab import Lab
+from rpclatch.netsim.stack import ConnLatch
+from rpclatch.netsim.stream import StreamEventKind, StreamState
+from rpclatch.netsim.wireview import cleartext_after, flow_packets, leaked
 
 BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
 
@@ -160,7 +160,7 @@ def test_dpd_peer_dead_breaks_all_latches_with_that_peer(approach: Approach) -> 
     c2, _ = lab.open(local_port=45001)
     other, _ = lab.open(4000, local_port=45002)   # bypassed flow: not latched, unaffected
     lab.stack(lab.a).sike.start_dpd(interval=0.5, max_misses=2)
-    lab.stack(lab.b).sike.mode = __import__("rpclatch.ipsec.sim.ike", fromlist=["IkeMode"]).IkeMode.ABSENT
+    lab.stack(lab.b).sike.mode = __import__("rpclatch.netsim.ike", fromlist=["IkeMode"]).IkeMode.ABSENT
     lab.world.run_for(5.0)
     for conn in (c1, c2):
         assert conn.kinds()[-1] is StreamEventKind.RESET

@@ -27,9 +27,9 @@ from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, b
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec.channel_binding import LatchChannel, RpcRole
 from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip
-from rpclatch.ipsec.sim.ike import IkeMode
-from rpclatch.ipsec.sim.stream import StreamConnection
 from rpclatch.ipsec.spd import SpdAction
+from rpclatch.netsim.ike import IkeMode
+from rpclatch.netsim.stream import StreamConnection
 from rpclatch.rpc.testprog import (
     PROC_ECHO,
     RPCLATCH_TEST_PROG,

@@ -24,7 +24,7 @@ from rpclatch.demo.world import DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import GssProc
-from rpclatch.ipsec.sim.ike import IkeMode
+from rpclatch.netsim.ike import IkeMode
 from rpclatch.rpc.messages import AuthFlavor
 from rpclatch.rpc.testprog import (
     PROC_ECHO,

@@ -201,7 +201,7 @@ def test_demo_server_caps_requests_per_context(realm: ThrowawayRealm) -> None:
     RFC 2203 §5.3.3.3) and resends: the call succeeds."""
     from rpclatch.connect.policy import ConnectPolicy
     from rpclatch.demo.scenarios import echo
-    from rpclatch.ipsec.sim.ike import IkeMode
+    from rpclatch.netsim.ike import IkeMode
 
     default = build_world(realm, seed=2)
     (flavor,) = [f for f in default.endpoint.dispatcher.flavors.values() if isinstance(f, GssServerAuth)]

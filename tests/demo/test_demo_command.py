@@ -57,7 +57,7 @@ def test_demo_verdict_fails_when_reality_differs(
     scenario 1) and scenario 1 must fail, with the failed checks named."""
     from rpclatch.demo import scenarios
     from rpclatch.demo.runner import run_demo
-    from rpclatch.ipsec.sim.ike import IkeMode
+    from rpclatch.netsim.ike import IkeMode
 
     real_build = scenarios.build_world
 

@@ -15,8 +15,8 @@ from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import GssProc
-from rpclatch.ipsec.sim.rpc import SimRpcClient, SimRpcServer
-from rpclatch.ipsec.sim.world import World
+from rpclatch.netsim.rpc import SimRpcClient, SimRpcServer
+from rpclatch.netsim.world import World
 from rpclatch.rpc.auth import ClientAuth
 from rpclatch.rpc.server import RpcDispatcher
 from rpclatch.rpc.testprog import (

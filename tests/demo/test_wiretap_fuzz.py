@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from rpclatch.demo.wiretap import WireView
 from rpclatch.ipsec.model import ip
-from rpclatch.ipsec.sim.ip import PROTO_ESP, PROTO_TCP, IpPacket
-from rpclatch.ipsec.sim.link import WireRecord
-from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
+from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, IpPacket
+from rpclatch.netsim.link import WireRecord
+from rpclatch.netsim.tcp import Flags, TcpSegment
 
 C, S = ip("192.0.2.10"), ip("192.0.2.20")
 

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rpclatch.ipsec.model import FiveTuple, Selector
-from rpclatch.ipsec.sim.errors import EspAuthError, SimWireError
-from rpclatch.ipsec.sim.esp import EspHeader, EspKeys, ReplayWindow, esp_open, esp_seal
-from rpclatch.ipsec.sim.identity import SimCertificate
-from rpclatch.ipsec.sim.ike_wire import (
+from rpclatch.netsim.errors import EspAuthError, SimWireError
+from rpclatch.netsim.esp import EspHeader, EspKeys, ReplayWindow, esp_open, esp_seal
+from rpclatch.netsim.identity import SimCertificate
+from rpclatch.netsim.ike_wire import (
     AuthKind,
     InitRequest,
     InitResponse,
@@ -23,9 +23,9 @@ from rpclatch.ipsec.sim.ike_wire import (
     WireIdentity,
     decode_sike,
 )
-from rpclatch.ipsec.sim.ip import PROTO_ESP, PROTO_TCP, IpPacket, internet_checksum
-from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
-from rpclatch.ipsec.sim.udp import UdpDatagram
+from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, IpPacket, internet_checksum
+from rpclatch.netsim.tcp import Flags, TcpSegment
+from rpclatch.netsim.udp import UdpDatagram
 
 A4 = ipaddress.IPv4Address("192.0.2.1")
 B4 = ipaddress.IPv4Address("192.0.2.2")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from rpclatch.ipsec.sim.errors import EspAuthError, SimWireError
+from rpclatch.netsim.errors import EspAuthError, SimWireError
 
 ICV_LEN = 16
 IV_LEN = 8

@@ -23,10 +23,10 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from rpclatch.ipsec.sim.clock import Scheduler, Timer
-from rpclatch.ipsec.sim.errors import SimLocalError
-from rpclatch.ipsec.sim.host import Host, Listener
-from rpclatch.ipsec.sim.stream import StreamConnection, StreamEvent, StreamEventKind, StreamState
+from rpclatch.netsim.clock import Scheduler, Timer
+from rpclatch.netsim.errors import SimLocalError
+from rpclatch.netsim.host import Host, Listener
+from rpclatch.netsim.stream import StreamConnection, StreamEvent, StreamEventKind, StreamState
 from rpclatch.rpc.auth import ClientAuth, ConnectionInfo
 from rpclatch.rpc.client import (
     CallCompleted,

@@ -1,7 +1,7 @@
 """A simulated host: addresses on a hub, an IP layer with IPsec hooks, streams and UDP sockets.
 
 The IP layer runs every outbound and inbound packet through the host's :class:`SecurityLayer`
-(the IPsec engine adapter, :mod:`rpclatch.ipsec.sim.stack`), which decides BYPASS / PROTECT /
+(the IPsec engine adapter, :mod:`rpclatch.netsim.stack`), which decides BYPASS / PROTECT /
 DISCARD, does ESP, and reports which SA protected an inbound packet. Without a security layer the
 host speaks plain IP.
 """
@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rpclatch.ipsec.model import FiveTuple, IpProto, ip
-from rpclatch.ipsec.sim.errors import SimLocalError, SimWireError
-from rpclatch.ipsec.sim.ip import PROTO_TCP, PROTO_UDP, IPAddress, IpPacket
-from rpclatch.ipsec.sim.link import Interface
-from rpclatch.ipsec.sim.stream import StreamConnection, StreamEventKind, StreamState
-from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
-from rpclatch.ipsec.sim.udp import UdpDatagram
+from rpclatch.netsim.errors import SimLocalError, SimWireError
+from rpclatch.netsim.ip import PROTO_TCP, PROTO_UDP, IPAddress, IpPacket
+from rpclatch.netsim.link import Interface
+from rpclatch.netsim.stream import StreamConnection, StreamEventKind, StreamState
+from rpclatch.netsim.tcp import Flags, TcpSegment
+from rpclatch.netsim.udp import UdpDatagram
 
 if TYPE_CHECKING:
-    from rpclatch.ipsec.sim.stack import IpsecStack
-    from rpclatch.ipsec.sim.world import World
+    from rpclatch.netsim.stack import IpsecStack
+    from rpclatch.netsim.world import World
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Inbound:
 
 
 class SecurityLayer(Protocol):
-    """What the IP layer calls for IPsec (implemented by :class:`rpclatch.ipsec.sim.stack.IpsecStack`)."""
+    """What the IP layer calls for IPsec (implemented by :class:`rpclatch.netsim.stack.IpsecStack`)."""
 
     def output(self, host: Host, flow: FiveTuple, transport: bytes, owner: Any) -> None:
         """Send one transport payload for ``flow`` (encapsulating or dropping as policy says)."""

@@ -18,7 +18,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from rpclatch.ipsec.model import AddressRange, PortRange, Selector
-from rpclatch.ipsec.sim.errors import SimWireError
+from rpclatch.netsim.errors import SimWireError
 from rpclatch.xdr import Decoder, Encoder, XdrError
 
 SIKE_PORT = 5500

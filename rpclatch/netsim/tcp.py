@@ -10,8 +10,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from rpclatch.ipsec.sim.errors import SimWireError
-from rpclatch.ipsec.sim.ip import PROTO_TCP, IPAddress, internet_checksum, pseudo_header
+from rpclatch.netsim.errors import SimWireError
+from rpclatch.netsim.ip import PROTO_TCP, IPAddress, internet_checksum, pseudo_header
 
 _TCP = struct.Struct("!HHIIBBHHH")
 

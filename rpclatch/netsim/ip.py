@@ -10,7 +10,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from rpclatch.ipsec.sim.errors import SimWireError
+from rpclatch.netsim.errors import SimWireError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -36,17 +36,17 @@ from rpclatch.ipsec.errors import ChannelBindingUnavailable, IPsecLocalError
 from rpclatch.ipsec.latch import Alert, BrokenDisposition, LatchInfo, LatchRequest, LatchState, params_from_sa
 from rpclatch.ipsec.model import FiveTuple, IpProto, PeerIdentity, ThreeTuple
 from rpclatch.ipsec.sad import SecurityAssociation
-from rpclatch.ipsec.sim.clock import Timer
-from rpclatch.ipsec.sim.errors import SimLocalError, SimWireError
-from rpclatch.ipsec.sim.esp import EspHeader, esp_open, esp_seal
-from rpclatch.ipsec.sim.host import Host, Inbound, Listener, UdpSocket
-from rpclatch.ipsec.sim.ike import SimKeyManager
-from rpclatch.ipsec.sim.ike_wire import SIKE_PORT
-from rpclatch.ipsec.sim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IpPacket
-from rpclatch.ipsec.sim.stream import StreamConnection, StreamState
-from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
 from rpclatch.ipsec.spd import SpdAction
 from rpclatch.ipsec.ulp import MismatchPolicy, UlpBreak, UlpBreakReason, UlpLatch, UlpLatchState
+from rpclatch.netsim.clock import Timer
+from rpclatch.netsim.errors import SimLocalError, SimWireError
+from rpclatch.netsim.esp import EspHeader, esp_open, esp_seal
+from rpclatch.netsim.host import Host, Inbound, Listener, UdpSocket
+from rpclatch.netsim.ike import SimKeyManager
+from rpclatch.netsim.ike_wire import SIKE_PORT
+from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IpPacket
+from rpclatch.netsim.stream import StreamConnection, StreamState
+from rpclatch.netsim.tcp import Flags, TcpSegment
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _is_syn(transport: bytes) -> bool:
 
 
 class IpsecStack:
-    """A host's :class:`~rpclatch.ipsec.sim.host.SecurityLayer` backed by an :class:`IPsecEngine`."""
+    """A host's :class:`~rpclatch.netsim.host.SecurityLayer` backed by an :class:`IPsecEngine`."""
 
     def __init__(self, host: Host, engine: IPsecEngine, sike: SimKeyManager) -> None:
         self.host = host

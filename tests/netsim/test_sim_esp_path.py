@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from rpclatch.ipsec.engine import Approach
-from rpclatch.ipsec.sim.ip import PROTO_ESP, IpPacket
-from rpclatch.ipsec.sim.lab import Lab
-from rpclatch.ipsec.sim.stream import StreamState
-from rpclatch.ipsec.sim.wireview import flow_packets
+from rpclatch.netsim.ip import PROTO_ESP, IpPacket
+from rpclatch.netsim.lab import Lab
+from rpclatch.netsim.stream import StreamState
+from rpclatch.netsim.wireview import flow_packets
 
 
 def _established() -> tuple[Lab, object, object]:

@@ -41,11 +41,11 @@ from rpclatch.ipsec.model import (
 )
 from rpclatch.ipsec.pad import PeerAuthorizationDatabase
 from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
-from rpclatch.ipsec.sim.clock import Timer
-from rpclatch.ipsec.sim.errors import SimWireError
-from rpclatch.ipsec.sim.esp import EspKeys, ReplayWindow
-from rpclatch.ipsec.sim.identity import AuthFailure, Credentials, SimCA, verify_peer
-from rpclatch.ipsec.sim.ike_wire import (
+from rpclatch.netsim.clock import Timer
+from rpclatch.netsim.errors import SimWireError
+from rpclatch.netsim.esp import EspKeys, ReplayWindow
+from rpclatch.netsim.identity import AuthFailure, Credentials, SimCA, verify_peer
+from rpclatch.netsim.ike_wire import (
     FLAG_INITIAL_CONTACT,
     SIKE_PORT,
     Informational,
@@ -55,12 +55,12 @@ from rpclatch.ipsec.sim.ike_wire import (
     SikeType,
     decode_sike,
 )
-from rpclatch.ipsec.sim.ip import PROTO_UDP, IpPacket
-from rpclatch.ipsec.sim.pcapng import EspSaExport
-from rpclatch.ipsec.sim.udp import UdpDatagram
+from rpclatch.netsim.ip import PROTO_UDP, IpPacket
+from rpclatch.netsim.pcapng import EspSaExport
+from rpclatch.netsim.udp import UdpDatagram
 
 if TYPE_CHECKING:
-    from rpclatch.ipsec.sim.host import Host
+    from rpclatch.netsim.host import Host
 
 log = logging.getLogger(__name__)
 

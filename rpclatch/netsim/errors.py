@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class SimError(Exception):
-    """Base of every error raised by ``rpclatch.ipsec.sim``."""
+    """Base of every error raised by ``rpclatch.netsim``."""
 
 
 class SimLocalError(SimError):

@@ -7,10 +7,10 @@ import pytest
 from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.latch import BrokenDisposition, LatchRequest
 from rpclatch.ipsec.model import Selector
-from rpclatch.ipsec.sim.lab import Lab
-from rpclatch.ipsec.sim.rpc import SimConnectionReset, SimDestinationUnreachable, SimRpcClient, SimRpcServer
-from rpclatch.ipsec.sim.wireview import flow_packets
-from rpclatch.ipsec.sim.world import World
+from rpclatch.netsim.lab import Lab
+from rpclatch.netsim.rpc import SimConnectionReset, SimDestinationUnreachable, SimRpcClient, SimRpcServer
+from rpclatch.netsim.wireview import flow_packets
+from rpclatch.netsim.world import World
 from rpclatch.rpc.auth import ConnectionInfo
 from rpclatch.rpc.errors import RpcAcceptError, RpcTimeout
 from rpclatch.rpc.server import CallContext, RpcDispatcher

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rpclatch.ipsec.model import FiveTuple, IpProto
-from rpclatch.ipsec.sim.errors import SimWireError
-from rpclatch.ipsec.sim.esp import EspHeader, esp_open
-from rpclatch.ipsec.sim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IPAddress
-from rpclatch.ipsec.sim.link import Hub, WireRecord
-from rpclatch.ipsec.sim.tcp import TcpSegment
+from rpclatch.netsim.errors import SimWireError
+from rpclatch.netsim.esp import EspHeader, esp_open
+from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IPAddress
+from rpclatch.netsim.link import Hub, WireRecord
+from rpclatch.netsim.tcp import TcpSegment
 
 
 @dataclass(frozen=True, slots=True)

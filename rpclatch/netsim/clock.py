@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rpclatch.ipsec.sim.errors import SimLocalError
+from rpclatch.netsim.errors import SimLocalError
 
 
 @dataclass(order=True)

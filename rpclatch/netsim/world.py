@@ -24,18 +24,18 @@ from rpclatch.ipsec.latch import LatchDatabase
 from rpclatch.ipsec.model import ip
 from rpclatch.ipsec.pad import PadEntry, PeerAuthorizationDatabase
 from rpclatch.ipsec.sad import SecurityAssociationDatabase
-from rpclatch.ipsec.sim.attacker import Attacker
-from rpclatch.ipsec.sim.clock import Scheduler
-from rpclatch.ipsec.sim.errors import SimLocalError
-from rpclatch.ipsec.sim.host import Host
-from rpclatch.ipsec.sim.identity import Credentials, SimCA
-from rpclatch.ipsec.sim.ike import IkeMode, SimKeyManager
-from rpclatch.ipsec.sim.ip import IPAddress
-from rpclatch.ipsec.sim.keying import SikeKeyManager
-from rpclatch.ipsec.sim.link import Hub, WireRecord
-from rpclatch.ipsec.sim.pcapng import EspSaExport
-from rpclatch.ipsec.sim.stack import IpsecStack
 from rpclatch.ipsec.spd import SpdEntry
+from rpclatch.netsim.attacker import Attacker
+from rpclatch.netsim.clock import Scheduler
+from rpclatch.netsim.errors import SimLocalError
+from rpclatch.netsim.host import Host
+from rpclatch.netsim.identity import Credentials, SimCA
+from rpclatch.netsim.ike import IkeMode, SimKeyManager
+from rpclatch.netsim.ip import IPAddress
+from rpclatch.netsim.keying import SikeKeyManager
+from rpclatch.netsim.link import Hub, WireRecord
+from rpclatch.netsim.pcapng import EspSaExport
+from rpclatch.netsim.stack import IpsecStack
 
 
 class World:

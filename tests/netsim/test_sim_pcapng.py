@@ -12,10 +12,10 @@ import pytest
 
 from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.model import Selector
-from rpclatch.ipsec.sim.lab import Lab
-from rpclatch.ipsec.sim.pcapng import EspSaExport, tshark_esp_options
-from rpclatch.ipsec.sim.tcp import Flags
-from rpclatch.ipsec.sim.wireview import decode_wire
+from rpclatch.netsim.lab import Lab
+from rpclatch.netsim.pcapng import EspSaExport, tshark_esp_options
+from rpclatch.netsim.tcp import Flags
+from rpclatch.netsim.wireview import decode_wire
 
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")

@@ -16,7 +16,7 @@ from rpclatch.ipsec.latch import LatchDatabase
 from rpclatch.ipsec.model import FiveTuple, PeerIdentity, ProtectionPolicy
 from rpclatch.ipsec.pad import PeerAuthorizationDatabase
 from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
-from rpclatch.ipsec.sim.ike import SimKeyManager
+from rpclatch.netsim.ike import SimKeyManager
 
 
 class SikeKeyManager(StaticKeyManager):

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rpclatch.ipsec.sim.clock import Scheduler
-from rpclatch.ipsec.sim.errors import SimLocalError, SimWireError
-from rpclatch.ipsec.sim.ip import IPAddress, IpPacket
-from rpclatch.ipsec.sim.pcapng import CapturedPacket, EspSaExport, write_esp_sa_uat, write_pcapng
+from rpclatch.netsim.clock import Scheduler
+from rpclatch.netsim.errors import SimLocalError, SimWireError
+from rpclatch.netsim.ip import IPAddress, IpPacket
+from rpclatch.netsim.pcapng import CapturedPacket, EspSaExport, write_esp_sa_uat, write_pcapng
 
 
 class Interface:

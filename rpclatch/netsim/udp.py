@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from rpclatch.ipsec.sim.errors import SimWireError
-from rpclatch.ipsec.sim.ip import PROTO_UDP, IPAddress, internet_checksum, pseudo_header
+from rpclatch.netsim.errors import SimWireError
+from rpclatch.netsim.ip import PROTO_UDP, IPAddress, internet_checksum, pseudo_header
 
 _UDP = struct.Struct("!HHHH")
 

@@ -26,8 +26,8 @@ from rpclatch.ipsec.model import (
     PeerIdentity,
     RawPublicKeyPeer,
 )
-from rpclatch.ipsec.sim.errors import SimWireError
-from rpclatch.ipsec.sim.ike_wire import AuthKind, WireIdentity
+from rpclatch.netsim.errors import SimWireError
+from rpclatch.netsim.ike_wire import AuthKind, WireIdentity
 from rpclatch.xdr import Decoder, Encoder, XdrError
 
 

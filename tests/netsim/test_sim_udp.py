@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from rpclatch.ipsec.decisions import PacketTag
 from rpclatch.ipsec.model import IpProto, PortRange, ProtectionPolicy, RawPublicKeyPeer, Selector
-from rpclatch.ipsec.sim.lab import Lab
-from rpclatch.ipsec.sim.wireview import decode_wire
 from rpclatch.ipsec.spd import SpdAction, SpdEntry
 from rpclatch.ipsec.ulp import PToken
+from rpclatch.netsim.lab import Lab
+from rpclatch.netsim.wireview import decode_wire
 
 
 def _spd() -> list[SpdEntry]:
@@ -48,7 +48,7 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
     breaks the latch: no datagram of the flow leaves in the clear or to the thief."""
     from rpclatch.ipsec.engine import Approach
     from rpclatch.ipsec.latch import LatchState
-    from rpclatch.ipsec.sim.stack import ConnLatch
+    from rpclatch.netsim.stack import ConnLatch
 
     lab = Lab.build(approach=Approach.POLICY, spd=_spd())
     sb = lab.b.udp_bind(5353)
@@ -100,7 +100,7 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
 
 def test_approach1_connected_udp_socket_is_not_latched() -> None:
     from rpclatch.ipsec.engine import Approach
-    from rpclatch.ipsec.sim.stack import ConnLatch
+    from rpclatch.netsim.stack import ConnLatch
 
     lab = Lab.build(approach=Approach.ULP, spd=_spd())
     sb = lab.b.udp_bind(5353)

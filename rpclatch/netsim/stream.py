@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rpclatch.ipsec.model import FiveTuple
-from rpclatch.ipsec.sim.clock import Scheduler, Timer
-from rpclatch.ipsec.sim.errors import SimLocalError
-from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
+from rpclatch.netsim.clock import Scheduler, Timer
+from rpclatch.netsim.errors import SimLocalError
+from rpclatch.netsim.tcp import Flags, TcpSegment
 
 MSS = 1200
 RTO_INITIAL = 0.2

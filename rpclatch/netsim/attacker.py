@@ -12,14 +12,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rpclatch.ipsec.model import FiveTuple, IpProto, ip
-from rpclatch.ipsec.sim.host import Host
-from rpclatch.ipsec.sim.ip import PROTO_TCP, PROTO_UDP, IPAddress, IpPacket
-from rpclatch.ipsec.sim.link import WireRecord
-from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
-from rpclatch.ipsec.sim.udp import UdpDatagram
+from rpclatch.netsim.host import Host
+from rpclatch.netsim.ip import PROTO_TCP, PROTO_UDP, IPAddress, IpPacket
+from rpclatch.netsim.link import WireRecord
+from rpclatch.netsim.tcp import Flags, TcpSegment
+from rpclatch.netsim.udp import UdpDatagram
 
 if TYPE_CHECKING:
-    from rpclatch.ipsec.sim.world import World
+    from rpclatch.netsim.world import World
 
 
 class Attacker(Host):

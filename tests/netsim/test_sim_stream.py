@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from rpclatch.ipsec.sim.ip import PROTO_TCP, IpPacket
-from rpclatch.ipsec.sim.stream import StreamEventKind, StreamState
-from rpclatch.ipsec.sim.tcp import Flags, TcpSegment
-from rpclatch.ipsec.sim.world import World
+from rpclatch.netsim.ip import PROTO_TCP, IpPacket
+from rpclatch.netsim.stream import StreamEventKind, StreamState
+from rpclatch.netsim.tcp import Flags, TcpSegment
+from rpclatch.netsim.world import World
 
 
 def _tcp_on_wire(world: World) -> list[tuple[str, TcpSegment]]:
@@ -140,7 +140,7 @@ def test_ipv6_latched_connection() -> None:
     from rpclatch.ipsec import examples
     from rpclatch.ipsec.model import AddressRange, AuthMethod
     from rpclatch.ipsec.pad import ChildSaAuthorization, PadEntry, PublicKeyPattern
-    from rpclatch.ipsec.sim.wireview import flow_packets
+    from rpclatch.netsim.wireview import flow_packets
 
     nets = (AddressRange.network("192.0.2.0/24"), AddressRange.network("2001:db8::/64"))
     pad = [PadEntry("btns-any", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization(nets))]
@@ -193,7 +193,7 @@ def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:
     lost: list[float] = []
 
     def first_response(p: object) -> bool:
-        from rpclatch.ipsec.sim.ip import IpPacket
+        from rpclatch.netsim.ip import IpPacket
         assert isinstance(p, IpPacket)
         if p.src == b.address and p.proto == 17 and not lost:
             lost.append(w.now)
@@ -211,7 +211,7 @@ def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:
 
 
 def test_world_trace_is_time_ordered_and_shows_alerts() -> None:
-    from rpclatch.ipsec.sim.lab import Lab
+    from rpclatch.netsim.lab import Lab
 
     lab = Lab.build()
     lab.open()

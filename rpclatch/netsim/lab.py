@@ -18,15 +18,15 @@ from typing import Any
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
 from rpclatch.ipsec.pad import PadEntry
-from rpclatch.ipsec.sim.attacker import Attacker
-from rpclatch.ipsec.sim.errors import SimLocalError
-from rpclatch.ipsec.sim.host import Host, Listener
-from rpclatch.ipsec.sim.identity import Credentials
-from rpclatch.ipsec.sim.ike import IkeMode
-from rpclatch.ipsec.sim.stack import IpsecStack
-from rpclatch.ipsec.sim.stream import StreamConnection, StreamState
-from rpclatch.ipsec.sim.world import World
 from rpclatch.ipsec.spd import SpdAction, SpdEntry
+from rpclatch.netsim.attacker import Attacker
+from rpclatch.netsim.errors import SimLocalError
+from rpclatch.netsim.host import Host, Listener
+from rpclatch.netsim.identity import Credentials
+from rpclatch.netsim.ike import IkeMode
+from rpclatch.netsim.stack import IpsecStack
+from rpclatch.netsim.stream import StreamConnection, StreamState
+from rpclatch.netsim.world import World
 
 CLIENT_ADDR = "192.0.2.1"
 SERVER_ADDR = "192.0.2.2"

@@ -17,12 +17,12 @@ from pathlib import Path
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.model import Selector
-from rpclatch.ipsec.sim.ike import IkeMode
-from rpclatch.ipsec.sim.lab import Lab
-from rpclatch.ipsec.sim.stream import StreamConnection, StreamEventKind, StreamState
-from rpclatch.ipsec.sim.tcp import Flags
-from rpclatch.ipsec.sim.wireview import cleartext_after, leaked
 from rpclatch.ipsec.spd import SpdAction
+from rpclatch.netsim.ike import IkeMode
+from rpclatch.netsim.lab import Lab
+from rpclatch.netsim.stream import StreamConnection, StreamEventKind, StreamState
+from rpclatch.netsim.tcp import Flags
+from rpclatch.netsim.wireview import cleartext_after, leaked
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rpclatch.ipsec.sim.esp import EspKeys
+from rpclatch.netsim.esp import EspKeys
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
@@ -89,7 +89,7 @@ def encode_pcapng(packets: Iterable[CapturedPacket], interfaces: list[str], appl
 
 
 def write_pcapng(path: Path | str, packets: Iterable[CapturedPacket], interfaces: list[str],
-                 application: str = "rpclatch.ipsec.sim", linktype: int = LINKTYPE_ETHERNET) -> None:
+                 application: str = "rpclatch.netsim", linktype: int = LINKTYPE_ETHERNET) -> None:
     Path(path).write_bytes(encode_pcapng(packets, interfaces, application, linktype))
 
 
