@@ -3,7 +3,7 @@
 Figures:
 
 * ``sim.all_scenarios`` -- wall seconds to run every named scenario of
-  ``rpclatch.netsim.scenarios`` under both approaches (14 runs). Baseline 2.0 s: the demo must run
+  ``rpclatch.netsim.testing.scenarios`` under both approaches (14 runs). Baseline 2.0 s: the demo must run
   all scenarios "in seconds".
 * ``sim.bulk_latched`` -- payload MB per wall second through one latched TCP connection (approach 2,
   ESP AES-GCM-256, every packet judged by the engine). Baseline: the same transfer over plain IP in
@@ -19,8 +19,8 @@ import argparse
 import time
 
 from rpclatch.ipsec.engine import Approach
-from rpclatch.netsim.lab import Lab
-from rpclatch.netsim.scenarios import SCENARIOS, run_scenario
+from rpclatch.netsim.testing.lab import Lab
+from rpclatch.netsim.testing.scenarios import SCENARIOS, run_scenario
 from rpclatch.netsim.world import World
 
 

@@ -28,6 +28,7 @@ Public API (short):
 * RPC: ``rpc.SimRpcClient(conn, auth=None)`` (``call()`` synchronous on virtual time, raises
   ``SimConnectionReset`` after a reset), ``rpc.SimRpcServer(listener, dispatcher)`` (sets
   ``ConnectionInfo.channel`` to the connection's LatchChannel).
-* ``lab.Lab.build(...)`` two-host lab; ``scenarios.run_scenario(name, approach)``;
-  ``wireview.decode_wire(hub)`` / ``cleartext_after`` / ``leaked`` (wire oracles).
+* Test and benchmark support (:mod:`rpclatch.netsim.testing`): ``testing.lab.Lab.build(...)``
+  two-host lab; ``testing.scenarios.run_scenario(name, approach)``;
+  ``testing.wireview.decode_wire(hub)`` / ``cleartext_after`` / ``leaked`` (wire oracles).
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rpclatch.ipsec.engine import Approach
-from rpclatch.netsim.scenarios import SCENARIOS, run_scenario
+from rpclatch.netsim.testing.scenarios import SCENARIOS, run_scenario
 
 # (approach 1 outcome, approach 2 outcome) — the documented behaviour of each design
 EXPECTED = {

@@ -33,11 +33,11 @@ from rpclatch.ipsec.ulp import UlpBreakReason
 from rpclatch.netsim.errors import SimLocalError
 from rpclatch.netsim.ike import host_to_host
 from rpclatch.netsim.ike_wire import InitResponse, SikeStatus, decode_sike
-from rpclatch.netsim.lab import Lab
 from rpclatch.netsim.stack import ConnLatch
 from rpclatch.netsim.stream import StreamEvent, StreamEventKind, StreamState
 from rpclatch.netsim.tcp import Flags
-from rpclatch.netsim.wireview import (
+from rpclatch.netsim.testing.lab import Lab
+from rpclatch.netsim.testing.wireview import (
     cleartext_after,
     decode_wire,
     leaked,

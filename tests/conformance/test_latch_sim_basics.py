@@ -17,11 +17,11 @@ from rpclatch.ipsec.model import FiveTuple, RawPublicKeyPeer
 from rpclatch.ipsec.spd import EntryOrigin, SpdAction
 from rpclatch.netsim.errors import SimLocalError
 from rpclatch.netsim.ike import IkeMode
-from rpclatch.netsim.lab import Lab
 from rpclatch.netsim.stack import ConnLatch
 from rpclatch.netsim.stream import StreamEventKind, StreamState
 from rpclatch.netsim.tcp import Flags
-from rpclatch.netsim.wireview import cleartext_after, flow_packets, leaked
+from rpclatch.netsim.testing.lab import Lab
+from rpclatch.netsim.testing.wireview import cleartext_after, flow_packets, leaked
 
 BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
 
@@ -63,7 +63,7 @@ def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
 
 
 def _sike(lab: Lab) -> list:  # type: ignore[type-arg]
-    from rpclatch.netsim.wireview import decode_wire
+    from rpclatch.netsim.testing.wireview import decode_wire
     return [p for p in decode_wire(lab.world.hub) if p.sike]
 
 

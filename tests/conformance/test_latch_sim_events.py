@@ -13,10 +13,10 @@ from rpclatch.ipsec.latch import AlertReason, BrokenDisposition, LatchRequest, L
 from rpclatch.ipsec.model import AddressRange, FiveTuple, NullAuthPeer, Selector, ThreeTuple
 from rpclatch.ipsec.ulp import UlpBreakReason
 from rpclatch.netsim.ike import host_to_host
-from rpclatch.netsim.lab import Lab
 from rpclatch.netsim.stack import ConnLatch
 from rpclatch.netsim.stream import StreamEventKind, StreamState
-from rpclatch.netsim.wireview import cleartext_after, flow_packets, leaked
+from rpclatch.netsim.testing.lab import Lab
+from rpclatch.netsim.testing.wireview import cleartext_after, flow_packets, leaked
 
 BOTH = pytest.mark.parametrize("approach", [Approach.ULP, Approach.POLICY], ids=["approach1", "approach2"])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from rpclatch.ipsec.engine import Approach
 from rpclatch.netsim.ip import PROTO_ESP, IpPacket
-from rpclatch.netsim.lab import Lab
 from rpclatch.netsim.stream import StreamState
-from rpclatch.netsim.wireview import flow_packets
+from rpclatch.netsim.testing.lab import Lab
+from rpclatch.netsim.testing.wireview import flow_packets
 
 
 def _established() -> tuple[Lab, object, object]:

@@ -12,10 +12,10 @@ import pytest
 
 from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.model import Selector
-from rpclatch.netsim.lab import Lab
 from rpclatch.netsim.pcapng import EspSaExport, tshark_esp_options
 from rpclatch.netsim.tcp import Flags
-from rpclatch.netsim.wireview import decode_wire
+from rpclatch.netsim.testing.lab import Lab
+from rpclatch.netsim.testing.wireview import decode_wire
 
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")

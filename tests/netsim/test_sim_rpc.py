@@ -7,9 +7,9 @@ import pytest
 from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.latch import BrokenDisposition, LatchRequest
 from rpclatch.ipsec.model import Selector
-from rpclatch.netsim.lab import Lab
 from rpclatch.netsim.rpc import SimConnectionReset, SimDestinationUnreachable, SimRpcClient, SimRpcServer
-from rpclatch.netsim.wireview import flow_packets
+from rpclatch.netsim.testing.lab import Lab
+from rpclatch.netsim.testing.wireview import flow_packets
 from rpclatch.netsim.world import World
 from rpclatch.rpc.auth import ConnectionInfo
 from rpclatch.rpc.errors import RpcAcceptError, RpcTimeout

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from rpclatch.ipsec.engine import Approach
 from rpclatch.netsim.ike_wire import SIKE_PORT
 from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IpPacket
-from rpclatch.netsim.lab import Lab
 from rpclatch.netsim.stream import StreamState
 from rpclatch.netsim.tcp import Flags, TcpSegment
+from rpclatch.netsim.testing.lab import Lab
 from rpclatch.netsim.udp import UdpDatagram
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -140,7 +140,7 @@ def test_ipv6_latched_connection() -> None:
     from rpclatch.ipsec import examples
     from rpclatch.ipsec.model import AddressRange, AuthMethod
     from rpclatch.ipsec.pad import ChildSaAuthorization, PadEntry, PublicKeyPattern
-    from rpclatch.netsim.wireview import flow_packets
+    from rpclatch.netsim.testing.wireview import flow_packets
 
     nets = (AddressRange.network("192.0.2.0/24"), AddressRange.network("2001:db8::/64"))
     pad = [PadEntry("btns-any", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization(nets))]
@@ -211,7 +211,7 @@ def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:
 
 
 def test_world_trace_is_time_ordered_and_shows_alerts() -> None:
-    from rpclatch.netsim.lab import Lab
+    from rpclatch.netsim.testing.lab import Lab
 
     lab = Lab.build()
     lab.open()

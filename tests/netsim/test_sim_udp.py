@@ -7,8 +7,8 @@ from rpclatch.ipsec.decisions import PacketTag
 from rpclatch.ipsec.model import IpProto, PortRange, ProtectionPolicy, RawPublicKeyPeer, Selector
 from rpclatch.ipsec.spd import SpdAction, SpdEntry
 from rpclatch.ipsec.ulp import PToken
-from rpclatch.netsim.lab import Lab
-from rpclatch.netsim.wireview import decode_wire
+from rpclatch.netsim.testing.lab import Lab
+from rpclatch.netsim.testing.wireview import decode_wire
 
 
 def _spd() -> list[SpdEntry]:

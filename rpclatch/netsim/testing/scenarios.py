@@ -1,5 +1,6 @@
 """Named latching scenarios (digest §10) runnable under either design, for the side-by-side
-comparison test and the demo. Each returns a :class:`ScenarioResult` measured on the wire.
+comparison test (tests/conformance) and ``benchmarks/sim_network.py``. Each returns a
+:class:`LatchScenarioResult` measured on the wire.
 
 ::
 
@@ -19,14 +20,14 @@ from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.model import Selector
 from rpclatch.ipsec.spd import SpdAction
 from rpclatch.netsim.ike import IkeMode
-from rpclatch.netsim.lab import Lab
 from rpclatch.netsim.stream import StreamConnection, StreamEventKind, StreamState
 from rpclatch.netsim.tcp import Flags
-from rpclatch.netsim.wireview import cleartext_after, leaked
+from rpclatch.netsim.testing.lab import Lab
+from rpclatch.netsim.testing.wireview import cleartext_after, leaked
 
 
 @dataclass(frozen=True, slots=True)
-class ScenarioResult:
+class LatchScenarioResult:
     """What happened, as the wire and the application saw it.
 
     ``outcome``: the client application's view (``ok``: data flowed end to end; ``reset``;
@@ -68,7 +69,7 @@ def _outcome(conn: StreamConnection) -> str:
 
 
 def _finish(name: str, lab: Lab, client: StreamConnection, server: StreamConnection | None, t_latch: float,
-            notes: str = "", pcap_dir: Path | None = None) -> ScenarioResult:
+            notes: str = "", pcap_dir: Path | None = None) -> LatchScenarioResult:
     hub = lab.world.hub
     if pcap_dir is not None:
         stem = f"{name}-approach{lab.approach.value}"
@@ -77,7 +78,7 @@ def _finish(name: str, lab: Lab, client: StreamConnection, server: StreamConnect
     outcome = _outcome(client)
     if outcome == "open":
         outcome = "ok" if received.endswith(b"probe") else "stalled"
-    return ScenarioResult(name, lab.approach, outcome, lab.stack(lab.a).latch_state(client),
+    return LatchScenarioResult(name, lab.approach, outcome, lab.stack(lab.a).latch_state(client),
                           len(cleartext_after(hub, client.flow, t_latch, {"a", "b"})),
                           len(leaked(hub, client.flow, {"a", "b"})), received, notes)
 
@@ -96,7 +97,7 @@ def _probe(lab: Lab, client: StreamConnection) -> None:
     lab.world.run_for(3.0)
 
 
-def policy_change(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> ScenarioResult:
+def policy_change(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> LatchScenarioResult:
     """A7 / LATCH-02: the admin switches port 2049 to BYPASS on both ends mid-flow."""
     lab, client, server, t0 = _latched(approach, seed)
     for host in (lab.a, lab.b):
@@ -105,7 +106,7 @@ def policy_change(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     return _finish("policy-change", lab, client, server, t0, pcap_dir=pcap_dir)
 
 
-def flow_stealing(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> ScenarioResult:
+def flow_stealing(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> LatchScenarioResult:
     """A1: a co-tenant claims the server's address and gets SAs for the latched 5-tuple."""
     lab, client, server, t0 = _latched(approach, seed)
     c = lab.attacker()
@@ -119,7 +120,8 @@ def flow_stealing(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     return _finish("flow-stealing", lab, client, server, t0, notes, pcap_dir)
 
 
-def cleartext_injection(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> ScenarioResult:
+def cleartext_injection(approach: Approach, seed: int = 1,
+                        pcap_dir: Path | None = None) -> LatchScenarioResult:
     """A8: an on-path attacker injects a cleartext RST and data with the right sequence numbers."""
     lab, client, server, t0 = _latched(approach, seed)
     m = lab.attacker("m", ipsec=False)
@@ -133,7 +135,7 @@ def cleartext_injection(approach: Approach, seed: int = 1, pcap_dir: Path | None
     return _finish("cleartext-injection", lab, client, server, t0, notes, pcap_dir)
 
 
-def address_reuse(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> ScenarioResult:
+def address_reuse(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> LatchScenarioResult:
     """A6 seen from the client: the server leaves, a newcomer takes its address and SAs."""
     lab, client, server, t0 = _latched(approach, seed)
     addr = lab.b.address
@@ -146,7 +148,7 @@ def address_reuse(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     return _finish("address-reuse", lab, client, server, t0, pcap_dir=pcap_dir)
 
 
-def km_restart(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> ScenarioResult:
+def km_restart(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> LatchScenarioResult:
     """A14: the client's key manager restarts without restoring state."""
     lab, client, server, t0 = _latched(approach, seed)
     lab.stack(lab.a).engine.restart_key_manager(lab.world.now, restore_latches=False)
@@ -154,7 +156,7 @@ def km_restart(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) 
     return _finish("km-restart", lab, client, server, t0, pcap_dir=pcap_dir)
 
 
-def dpd_blackhole(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> ScenarioResult:
+def dpd_blackhole(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> LatchScenarioResult:
     """A13: an on-path attacker blackholes the peers until DPD declares the server dead."""
     lab, client, server, t0 = _latched(approach, seed)
     lab.stack(lab.a).sike.start_dpd(interval=1.0, max_misses=3)
@@ -166,14 +168,14 @@ def dpd_blackhole(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     return _finish("dpd-blackhole", lab, client, server, t0, pcap_dir=pcap_dir)
 
 
-def ike_absent(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> ScenarioResult:
+def ike_absent(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> LatchScenarioResult:
     """LATCH-07: the server runs no key manager; protection is required."""
     lab = Lab.build(approach=approach, seed=seed, server_ike=IkeMode.ABSENT)
     client, server = lab.open(timeout=30.0)
     return _finish("ike-absent", lab, client, server, 0.0, pcap_dir=pcap_dir)
 
 
-SCENARIOS: dict[str, Callable[..., ScenarioResult]] = {
+SCENARIOS: dict[str, Callable[..., LatchScenarioResult]] = {
     "policy-change": policy_change,
     "flow-stealing": flow_stealing,
     "cleartext-injection": cleartext_injection,
@@ -185,5 +187,5 @@ SCENARIOS: dict[str, Callable[..., ScenarioResult]] = {
 
 
 def run_scenario(name: str, approach: Approach, seed: int = 1,
-                 pcap_dir: Path | None = None) -> ScenarioResult:
+                 pcap_dir: Path | None = None) -> LatchScenarioResult:
     return SCENARIOS[name](approach, seed, pcap_dir)
