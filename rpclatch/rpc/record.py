@@ -195,43 +195,46 @@ class RecordReassembler:
         end = len(src)
         max_record = self.max_record
         record = self._record
+        have = len(record)  # payload of the record in progress so far
         empty = self._empty
         self._consumed = 0
         try:
             while end - pos >= 4:
                 (header,) = _unpack_header(src, pos)
                 length = header & MAX_FRAGMENT
-                total = len(record) + length
+                total = have + length
                 if total > max_record:
                     self._reset()
-                    record, empty = self._record, 0
+                    empty = 0
                     pos = end  # drop everything buffered
                     raise RecordTooLarge(total, max_record)
                 stop = pos + 4 + length
                 if stop > end:
                     break
                 if header & LAST_FRAGMENT:
-                    if not record:  # the payload is this one fragment (and any empty ones)
+                    if empty:
+                        empty = 0
+                    if not have:  # the payload is this one fragment (after any empty ones)
                         if decode is not None:
                             decoded = decode(src, pos + 4, stop)
                             if decoded is not None:
                                 pos = stop
                                 records.append(decoded)
-                                empty = 0
                                 continue
                         records.append(bytes(src[pos + 4:stop]))
                     else:
                         record += src[pos + 4:stop]
                         records.append(bytes(record))
                         self._record = record = bytearray()
-                    empty = 0
+                        have = 0
                 elif length:
                     record += src[pos + 4:stop]
+                    have = total
                 else:
                     empty += 1
                     if empty > self.max_empty_fragments:
                         self._reset()
-                        record, empty = self._record, 0
+                        empty = 0
                         pos = end
                         raise TooManyEmptyFragments(self.max_empty_fragments)
                 pos = stop
