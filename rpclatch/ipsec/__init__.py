@@ -10,6 +10,7 @@ Modules (one job each):
 - :mod:`~rpclatch.ipsec.backend` the datapath interface (in-process; Linux XFRM mapping);
 - :mod:`~rpclatch.ipsec.pad_latching` approach 2 (template / cloned PAD entries, TIME_WAIT hold);
 - :mod:`~rpclatch.ipsec.ulp` approach 1 (UlpLatch in the TCB, pTokens);
+- :mod:`~rpclatch.ipsec.ulp_watch` approach 1's TCB latches watched for RFC 5660 §2 conflicts;
 - :mod:`~rpclatch.ipsec.engine` the per-packet facade :class:`IPsecEngine`;
 - :mod:`~rpclatch.ipsec.decisions` verdicts, packet tags, named drop reasons;
 - :mod:`~rpclatch.ipsec.channel_binding` the project's NON-STANDARD IPsec channel binding and

@@ -61,14 +61,14 @@ from rpclatch.ipsec.model import (
     FiveTuple,
     PeerIdentity,
     ProtectionPolicy,
-    Selector,
     ThreeTuple,
 )
 from rpclatch.ipsec.pad import PadEntry, PeerAuthorizationDatabase
 from rpclatch.ipsec.pad_latching import PadLatchLayer, PadTemplate, TimeWaitPolicy
-from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase, narrow_flow
+from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
 from rpclatch.ipsec.spd import EntryOrigin, SecurityPolicyDatabase, SpdAction, SpdEntry
 from rpclatch.ipsec.ulp import UlpBreakReason, UlpLatch
+from rpclatch.ipsec.ulp_watch import UlpLatchWatch
 
 
 class Approach(Enum):
@@ -198,12 +198,11 @@ class IPsecEngine:
         self._verdicts: dict[FiveTuple, InboundDecision] = {}
         self._verdicts_removals = self.sad.removals
         self.latches.on_flow_changed = self._forget_verdict
-        #: approach 1: the TCB latches (UlpLatch) of protected flows, by flow; they hear about
-        #: conflicting SAs and SPD changes (RFC 5660 §2) since the LD does not hold them
-        self._ulp_latches: dict[FiveTuple, UlpLatch] = {}
-        #: those of them whose flow the configured SPD protected (when latched or at the last SPD
-        #: check); the others were protected optionally on a BYPASS entry (§3.1, §2.4)
-        self._ulp_policy_protected: set[FiveTuple] = set()
+        #: approach 1: the TCB latches (UlpLatch) of protected flows; they hear about conflicting
+        #: SAs and SPD changes (RFC 5660 §2) from the watch since the LD does not hold them
+        self.ulp_watch = UlpLatchWatch(
+            self.spd, self.backend, self.latches, pin_on_spd_change=cfg.pin_on_spd_change
+        )
         self.last_spd_breaks: list[FiveTuple] = []
 
     @property
@@ -719,120 +718,29 @@ class IPsecEngine:
     # -- approach 1: TCB latches ------------------------------------------------------------------
 
     def watch_ulp_latch(self, ulp: UlpLatch) -> None:
-        """Approach 1: ``ulp`` (a TCB latch) just latched its flow to an SA. From now on a child SA
-        that would carry the flow without being congruent with the latched tag, or an SPD change
-        that no longer protects the flow so, breaks it (:meth:`UlpLatch.break_latch`, reason
-        CONFLICTING_SA / SPD_CHANGE) -- RFC 5660 §2 conflicts, which the informative model of §2.4
-        leaves to the ULP. UlpLatch calls this itself; :meth:`unwatch_ulp_latch` when it ends."""
-        self._ulp_latches[ulp.flow] = ulp
-        tag = ulp.tag
-        entry = self.spd.lookup_configured(ulp.flow, btns_peer=tag.btns if tag is not None else False)
-        if entry is not None and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT):
-            self._ulp_policy_protected.add(ulp.flow)
-        else:  # protected although policy bypasses the flow: optional protection (RFC 5660 §3.1)
-            self._ulp_policy_protected.discard(ulp.flow)
+        """UlpEngine: ``ulp`` (a TCB latch) just latched its flow to an SA; from now on RFC 5660 §2
+        conflicts break it (:class:`~rpclatch.ipsec.ulp_watch.UlpLatchWatch`). UlpLatch calls this
+        itself, and :meth:`unwatch_ulp_latch` when it ends."""
+        self.ulp_watch.watch(ulp)
 
     def unwatch_ulp_latch(self, ulp: UlpLatch) -> None:
-        if self._ulp_latches.get(ulp.flow) is ulp:
-            del self._ulp_latches[ulp.flow]
-            self._ulp_policy_protected.discard(ulp.flow)
+        """UlpEngine: ``ulp`` closed."""
+        self.ulp_watch.unwatch(ulp)
 
     def ulp_latch_broken(self, ulp: UlpLatch) -> None:
-        """``ulp`` broke (any reason). Its flow gets an exact-5-tuple DISCARD entry (origin
-        BROKEN_LATCH) until the flow ends and its hold runs out, so that nothing of the flow is
-        sent or accepted any more -- not even the host's own RST answers to segments of the dead
-        connection, which would otherwise go out under whatever SA policy picks (approach 2's
-        BROKEN latch in the LD does the same job)."""
-        self.unwatch_ulp_latch(ulp)
-        flow = ulp.flow
-        if self.latches.latch_for(flow) is not None:
-            return  # an LD latch (approach 2 used alongside) governs the flow
-        entry = SpdEntry.flow_entry(flow, SpdAction.DISCARD, None, EntryOrigin.BROKEN_LATCH)
-        self.spd.install_overlay(flow, entry)
-        self.backend.install_flow_policy(FlowPolicy(flow, entry, None))
+        """UlpEngine: ``ulp`` broke (any reason); its flow is discarded until it ends
+        (:meth:`UlpLatchWatch.broken <rpclatch.ipsec.ulp_watch.UlpLatchWatch.broken>`)."""
+        self.ulp_watch.broken(ulp)
 
     def ulp_latches(self) -> list[UlpLatch]:
         """The TCB latches currently watched (approach 1)."""
-        return list(self._ulp_latches.values())
+        return self.ulp_watch.latches()
 
     def vet_child_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
-        """KeyManagerListener: ``sa`` passed the LD and is about to be installed. Approach 1's TCB
-        latches get the LD's treatment (RFC 5660 §2.3): if the SA would carry a watched flow
-        without being congruent with its latched tag (other peer, local ID or QoP), a wider SA is narrowed
-        to exclude such flows (``narrow_conflicting_sas``, SHOULD); otherwise those TCB latches
-        break now (CONFLICTING_SA), before any packet under the SA can arrive. Returns the SA to
-        install."""
-        if not self._ulp_latches:
-            return sa
-        flow = narrow_flow(sa)
-        if flow is not None:
-            hit = self._ulp_latches.get(flow)
-            candidates = [hit] if hit is not None else []
-        else:
-            candidates = [u for f, u in self._ulp_latches.items() if sa.carries(f)]
-        tag = PacketTag.of_sa(sa)
-        hits = [u for u in candidates if u.tag is not None and not u.tag.same_protection(tag)]
-        if not hits:
-            return sa
-        if self.latches.narrow_conflicting_sas and flow is None:
-            selectors: tuple[Selector, ...] = sa.traffic_selectors
-            for ulp in hits:
-                selectors = tuple(piece for sel in selectors for piece in sel.exclude(ulp.flow))
-            if selectors:
-                return sa.narrowed(selectors)
-        for ulp in hits:
-            ulp.break_latch(UlpBreakReason.CONFLICTING_SA, offending=tag, detail=f"conflicting {sa}")
-        return sa
-
-    def _recheck_ulp_latches(self, *, allow_pin: bool) -> list[FiveTuple]:
-        """RFC 5660 §2 for approach 1 after an SPD change: a TCB latch whose flow the SPD would now
-        bypass, discard or protect otherwise breaks -- or, with ``pin_on_spd_change``, keeps its
-        protection through an exact-5-tuple PINNED_LATCH entry (OPTIONAL, §2.3; §2.4 calls this
-        logical SPD update incidental to the model). Returns the flows broken."""
-        broken: list[FiveTuple] = []
-        for flow, ulp in list(self._ulp_latches.items()):
-            tag = ulp.tag
-            if tag is None or tag.params is None:
-                continue
-            overlay = self.spd.overlay_entry(flow)
-            if overlay is not None and overlay.origin is not EntryOrigin.PINNED_LATCH:
-                continue  # the flow's own entry (optional protection / template clone) governs it
-            entry = self.spd.lookup_configured(flow, btns_peer=tag.btns)
-            if entry is not None and entry.action is SpdAction.BYPASS:
-                # "would now be bypassed" conflicts only for a flow the policy used to protect; a
-                # flow protected optionally on a BYPASS entry sees no change
-                ok = flow not in self._ulp_policy_protected
-            else:
-                ok = (
-                    entry is not None
-                    and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
-                    and entry.protection is not None
-                    and _policy_admits_tag(entry.protection, tag)
-                    and (entry.btns_ok or not tag.btns)  # RFC 5386 §2
-                )
-                if ok:
-                    self._ulp_policy_protected.add(flow)
-            if ok:
-                if overlay is not None:  # the pin is no longer needed
-                    self.spd.remove_overlay(flow)
-                    self.backend.remove_flow_policy(flow)
-                continue
-            if allow_pin and self.config.pin_on_spd_change:
-                if overlay is None:
-                    params = tag.params
-                    policy = ProtectionPolicy(params.protocol, params.mode, (params.suite,), 0, tag.narrow)
-                    pinned = SpdEntry.flow_entry(
-                        flow, SpdAction.PROTECT, policy, EntryOrigin.PINNED_LATCH, btns_ok=tag.btns
-                    )
-                    self.spd.install_overlay(flow, pinned)
-                continue
-            if overlay is not None:
-                self.spd.remove_overlay(flow)
-                self.backend.remove_flow_policy(flow)
-            detail = entry.name if entry is not None else "no entry"
-            if ulp.break_latch(UlpBreakReason.SPD_CHANGE, detail=f"SPD now: {detail}"):
-                broken.append(flow)
-        return broken
+        """KeyManagerListener: ``sa`` passed the LD and is about to be installed; approach 1's TCB
+        latches get the LD's treatment (:meth:`UlpLatchWatch.vet_child_sa
+        <rpclatch.ipsec.ulp_watch.UlpLatchWatch.vet_child_sa>`). Returns the SA to install."""
+        return self.ulp_watch.vet_child_sa(sa)
 
     # =========================================================================================
     # administration, key manager, timers
@@ -852,7 +760,7 @@ class IPsecEngine:
             self.spd.replace_entries(previous)
             raise
         broken = self.latches.spd_changed()
-        self.last_spd_breaks = self._recheck_ulp_latches(allow_pin=True)
+        self.last_spd_breaks = self.ulp_watch.recheck(allow_pin=True)
         for flow, e in self.spd.overlay_entries().items():
             if e.origin is EntryOrigin.PINNED_LATCH and flow not in self.backend_flow_policies():
                 latch = self.latches.latch_for(flow)
@@ -886,22 +794,14 @@ class IPsecEngine:
     ) -> list[FiveTuple]:
         """Break every watched TCB latch latched to ``peer`` (approach 1; e.g. DPD declared it
         dead). Returns their flows."""
-        hit = [u for u in self._ulp_latches.values() if u.tag is not None and u.tag.peer == peer]
-        return [u.flow for u in hit if u.break_latch(reason, detail=detail)]
+        return self.ulp_watch.break_with(peer, reason, detail)
 
     def restart_key_manager(self, now: float, *, restore_latches: bool) -> None:
         """RFC 5660 §2 restart: latches restored or CLOSED; pinned SPD entries never survive."""
-        pinned_tcbs = [
-            f for f, e in self.spd.overlay_entries().items()
-            if e.origin is EntryOrigin.PINNED_LATCH and f in self._ulp_latches
-        ]
+        pinned_tcbs = self.ulp_watch.pinned_flows()
         self.key_manager.restart(now, restore_latches=restore_latches)
         # TCB latches live on in the ULP, but pinned entries never survive: re-check them unpinned
-        for flow in pinned_tcbs:
-            if self.spd.remove_overlay(flow) is not None or flow in self.backend_flow_policies():
-                self.backend.remove_flow_policy(flow)
-        if pinned_tcbs:
-            self._recheck_ulp_latches(allow_pin=False)
+        self.ulp_watch.unpin(pinned_tcbs)
         if not restore_latches:
             for flow in list(self.spd.overlay_entries()):
                 self.spd.remove_overlay(flow)
@@ -910,7 +810,7 @@ class IPsecEngine:
             self._outcome_cbs.clear()
             self._bop_failed.clear()
             for flow in list(self.backend_flow_policies()):
-                if self.latches.latch_for(flow) is None and flow not in self._ulp_latches:
+                if self.latches.latch_for(flow) is None and flow not in self.ulp_watch:
                     self.backend.remove_flow_policy(flow)
         else:
             for flow, e in dict(self.backend_flow_policies()).items():
@@ -1088,14 +988,6 @@ class IPsecEngine:
 def _discard_reason(entry: SpdEntry) -> DropReason:
     """Why a DISCARD entry drops: configured, or the 5-tuple of a broken TCB latch (approach 1)."""
     return DropReason.LATCH_BROKEN if entry.origin is EntryOrigin.BROKEN_LATCH else DropReason.SPD_DISCARD
-
-
-def _policy_admits_tag(policy: ProtectionPolicy, tag: PacketTag) -> bool:
-    """Does an SPD entry's policy still admit the protection a TCB latch latched (approach 1)?"""
-    p = tag.params
-    return (
-        p is not None and policy.protocol is p.protocol and policy.mode is p.mode and p.suite in policy.suites
-    )
 
 
 def _require_connection_protocol(proto: int) -> None:

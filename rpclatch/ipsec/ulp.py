@@ -15,10 +15,11 @@ There is no explicit BROKEN state in the RFC's model; a mismatching packet is ei
 (an "imaginary BROKEN", :attr:`MismatchPolicy.DROP`, the default) or breaks the latch with an
 application alert (:attr:`MismatchPolicy.BREAK`).
 
-RFC 5660 §2 conflicts reach a TCB latch from outside the packet path: once latched to an SA it is
-watched by the engine (``IPsecEngine.watch_ulp_latch``), which narrows a wider conflicting child
-SA around it or breaks it before such an SA is installed, and re-checks it on SPD changes (break,
-or pin with ``pin_on_spd_change``); IKE DPD breaks it too. Those breaks go through
+RFC 5660 §2 conflicts reach a TCB latch from outside the packet path: once latched to an SA it
+asks the IPsec layer under it (:class:`UlpEngine`, which ``IPsecEngine`` implements) to watch it
+(:mod:`rpclatch.ipsec.ulp_watch`), which narrows a wider conflicting child SA around it or breaks
+it before such an SA is installed, and re-checks it on SPD changes (break, or pin with
+``pin_on_spd_change``); IKE DPD breaks it too. Those breaks go through
 :meth:`UlpLatch.break_latch` whatever the MismatchPolicy, with a :class:`UlpBreakReason`; after a
 break the engine DISCARDs the flow's 5-tuple until the flow's hold ends.
 """
@@ -28,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rpclatch.ipsec.decisions import (
     CLEARTEXT,
@@ -42,9 +43,7 @@ from rpclatch.ipsec.decisions import (
 )
 from rpclatch.ipsec.latch import BrokenDisposition
 from rpclatch.ipsec.model import FiveTuple, Mode, PeerIdentity, ProtectionType
-
-if TYPE_CHECKING:
-    from rpclatch.ipsec.engine import IPsecEngine
+from rpclatch.ipsec.sad import SecurityAssociationDatabase
 
 
 class UlpLatchState(Enum):
@@ -89,6 +88,37 @@ class UlpBreak:
     detail: str = ""
 
 
+class UlpEngine(Protocol):
+    """What a :class:`UlpLatch` (and :class:`DatagramLatching`) needs from the IPsec layer under
+    it; :class:`rpclatch.ipsec.engine.IPsecEngine` implements it. ``sad`` holds the SA a latched
+    tag names (the channel of a TCB latch takes its parameters from it)."""
+
+    sad: SecurityAssociationDatabase
+
+    def outbound(
+        self, flow: FiveTuple, now: float, *, initiating: bool = False, like: PacketTag | None = None
+    ) -> OutboundDecision:
+        """Decide how to send one packet of ``flow``; ``like`` asks "protect this like so" (RFC 5660
+        §2.4 (a)); a PROTECT decision's ``tag`` answers §2.4 (b) "how was this protected"."""
+        ...
+
+    def close_flow(self, flow: FiveTuple, now: float) -> None:
+        """The connection ended: hold the flow's per-flow state for the TIME_WAIT-like period."""
+        ...
+
+    def watch_ulp_latch(self, ulp: UlpLatch) -> None:
+        """``ulp`` latched its flow to an SA: from now on RFC 5660 §2 conflicts break it."""
+        ...
+
+    def unwatch_ulp_latch(self, ulp: UlpLatch) -> None:
+        """``ulp`` closed: stop watching it."""
+        ...
+
+    def ulp_latch_broken(self, ulp: UlpLatch) -> None:
+        """``ulp`` broke: stop watching it and discard its flow until the flow ends."""
+        ...
+
+
 class UlpLatch:
     """A latch recorded in a transport control block (RFC 5660 §2.4).
 
@@ -119,7 +149,7 @@ class UlpLatch:
 
     def __init__(
         self,
-        engine: IPsecEngine,
+        engine: UlpEngine,
         flow: FiveTuple,
         *,
         require_protection: bool = False,
@@ -322,7 +352,7 @@ class DatagramLatching:
     check "the 5-tuple agrees with the application-supplied latch") and refuses otherwise.
     """
 
-    def __init__(self, engine: IPsecEngine) -> None:
+    def __init__(self, engine: UlpEngine) -> None:
         self.engine = engine
 
     def recvmsg(self, decision: InboundDecision) -> Received:
