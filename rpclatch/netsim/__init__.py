@@ -21,8 +21,10 @@ Public API (short):
   ``.close()``, ``.abort()``, ``.channel`` (LatchChannel or None), ``.latch_info`` (ConnLatch));
   ``host.udp_bind(port)``; ``host.claim_address(a)`` / ``release_address(a)``.
 * ``stack.latch_state(conn)``, ``stack.latch_of(conn)`` (INQUIRE_LATCH), ``stack.is_latched(conn)``,
-  ``stack.drops``, ``stack.engine`` (H3's IPsecEngine), ``stack.sike`` (the key manager: ``mode``,
-  ``initiate(local, peer, selectors)``, ``start_dpd()``, ``expire_child()``, ``remove_child()``).
+  ``stack.drops``, ``stack.engine`` (H3's IPsecEngine), ``stack.sike`` (the host's IKE daemon,
+  :class:`ike.SikeDaemon`: ``mode``, ``initiate(local, peer, selectors)``, ``start_dpd()``,
+  ``expire_child()``, ``remove_child()``); the engine's key manager on top of it is
+  :class:`keying.SikeKeyManager`.
 * Attacker: ``inject(pkt)``, ``inject_tcp(...)``, ``inject_protected(...)`` (own SAs), ``drop(name,
   pred)``, ``blackhole(a, b)``, ``stop_dropping()``, ``sniff()`` / ``sniffed``, ``claim_address``.
 * RPC: ``rpc.SimRpcClient(conn, auth=None)`` (``call()`` synchronous on virtual time, raises

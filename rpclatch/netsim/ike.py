@@ -1,7 +1,7 @@
-"""The simulation's key manager: a miniature IKE ("SIKE") daemon per host.
+"""The simulation's IKE daemon: a miniature IKE ("SIKE") per host, :class:`SikeDaemon`.
 
 It plays the key-manager role of RFC 5660 §2.3: the latch database asks it for child SAs
-(:meth:`SimKeyManager.request_sa`, an ACQUIRE), and it reports results back through the engine
+(:meth:`SikeDaemon.request_sa`, an ACQUIRE), and it reports results back through the engine
 (SA installed -> LARVAL latches become ESTABLISHED; failure/timeout -> LARVAL latches CLOSE and the
 ULP is told "not latched"). As a responder it authorizes peers and their traffic selectors with
 the host's PAD (RFC 4301 §4.4.3.4) and lets the latch database vet every child SA before it is
@@ -142,7 +142,7 @@ def host_to_host(local: IPAddress, remote: IPAddress) -> Selector:
     return Selector(AddressRange.single(local), AddressRange.single(remote))
 
 
-class SimKeyManager:
+class SikeDaemon:
     """One host's SIKE daemon (also the latch database's ``SaRequester``)."""
 
     def __init__(

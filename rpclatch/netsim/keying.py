@@ -2,7 +2,7 @@
 
 :class:`SikeKeyManager` is H3's :class:`rpclatch.ipsec.keymgr.StaticKeyManager` (PAD check, latch
 vetting, SAD + backend install, LARVAL completion) with the ACQUIRE path replaced by a real
-exchange over the simulated wire: :meth:`acquire` asks the host's :class:`SimKeyManager` to
+exchange over the simulated wire: :meth:`acquire` asks the host's :class:`SikeDaemon` to
 negotiate; its success installs SAs through :meth:`install_sa`, its failure or timeout ends the
 ACQUIRE (LARVAL latch -> CLOSED, the ULP is told "not latched").
 """
@@ -16,7 +16,7 @@ from rpclatch.ipsec.latch import LatchDatabase
 from rpclatch.ipsec.model import FiveTuple, PeerIdentity, ProtectionPolicy
 from rpclatch.ipsec.pad import PeerAuthorizationDatabase
 from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
-from rpclatch.netsim.ike import SimKeyManager
+from rpclatch.netsim.ike import SikeDaemon
 
 
 class SikeKeyManager(StaticKeyManager):
@@ -28,7 +28,7 @@ class SikeKeyManager(StaticKeyManager):
         pad: PeerAuthorizationDatabase,
         latches: LatchDatabase,
         backend: Backend,
-        sike: SimKeyManager,
+        sike: SikeDaemon,
         *,
         listener: KeyManagerListener | None = None,
     ) -> None:

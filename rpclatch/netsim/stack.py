@@ -42,7 +42,7 @@ from rpclatch.netsim.clock import Timer
 from rpclatch.netsim.errors import SimLocalError, SimWireError
 from rpclatch.netsim.esp import EspHeader, esp_open, esp_seal
 from rpclatch.netsim.host import Host, Inbound, Listener, UdpSocket
-from rpclatch.netsim.ike import SimKeyManager
+from rpclatch.netsim.ike import SikeDaemon
 from rpclatch.netsim.ike_wire import SIKE_PORT
 from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IpPacket
 from rpclatch.netsim.stream import StreamConnection, StreamState
@@ -96,7 +96,7 @@ def _is_syn(transport: bytes) -> bool:
 class IpsecStack:
     """A host's :class:`~rpclatch.netsim.host.SecurityLayer` backed by an :class:`IPsecEngine`."""
 
-    def __init__(self, host: Host, engine: IPsecEngine, sike: SimKeyManager) -> None:
+    def __init__(self, host: Host, engine: IPsecEngine, sike: SikeDaemon) -> None:
         self.host = host
         self.engine = engine
         self.sike = sike

@@ -30,7 +30,7 @@ from rpclatch.netsim.clock import Scheduler
 from rpclatch.netsim.errors import SimLocalError
 from rpclatch.netsim.host import Host
 from rpclatch.netsim.identity import Credentials, SimCA
-from rpclatch.netsim.ike import IkeMode, SimKeyManager
+from rpclatch.netsim.ike import IkeMode, SikeDaemon
 from rpclatch.netsim.ip import IPAddress
 from rpclatch.netsim.keying import SikeKeyManager
 from rpclatch.netsim.link import Hub, WireRecord
@@ -97,12 +97,13 @@ class World:
                      approach: Approach = Approach.POLICY, credentials: Credentials | None = None,
                      ike: IkeMode = IkeMode.PRESENT, anchors: Iterable[SimCA] = (),
                      config: EngineConfig | None = None) -> IpsecStack:
-        """Give ``host`` an IPsec engine (H3's :class:`IPsecEngine`), a SIKE key manager and ESP.
+        """Give ``host`` an IPsec engine (H3's :class:`IPsecEngine`), a SIKE daemon
+        (:class:`SikeDaemon`), the engine's key manager backed by it (:class:`SikeKeyManager`) and ESP.
 
         ``ike`` simulates the host's key-exchange daemon: PRESENT, ABSENT (requests vanish, peers
         time out), REFUSE or SLOW. Returns the host's :class:`IpsecStack` (also ``host.ipsec``)."""
         creds = credentials or Credentials.raw_key(self.scheduler.rng)
-        sike = SimKeyManager(host, creds, {ca.name: ca for ca in anchors}, ike)
+        sike = SikeDaemon(host, creds, {ca.name: ca for ca in anchors}, ike)
         cfg = config or EngineConfig(approach=approach)
         if cfg.approach is not approach:
             cfg = replace(cfg, approach=approach)
