@@ -10,7 +10,7 @@ Public API (short):
 * ``World(seed)``; ``world.add_host(name, *addrs)`` -> :class:`host.Host`;
   ``world.add_attacker(name, *addrs)`` -> :class:`attacker.Attacker`;
   ``world.enable_ipsec(host, spd=, pad=, approach=Approach.POLICY|ULP, credentials=, ike=IkeMode.X,
-  anchors=, config=)`` -> :class:`stack.IpsecStack` (also ``host.ipsec``);
+  anchors=, config=)`` -> :class:`stack.IpsecStack` (also ``stack.stack_of(host)``);
   ``world.credentials("btns"|"null"|"cert", ca=, subject=)``, ``world.ca(name)``;
   ``world.run_for(s)``, ``world.run_until(pred, timeout)``, ``world.now``, ``world.wire``,
   ``world.esp_keys``, ``world.export_pcapng(path, esp_sa_path)``.

@@ -9,24 +9,23 @@ key exchange and SAs with its own credentials.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from rpclatch.ipsec.model import FiveTuple, IpProto, ip
+from rpclatch.netsim.clock import Scheduler
 from rpclatch.netsim.host import Host
 from rpclatch.netsim.ip import PROTO_TCP, PROTO_UDP, IPAddress, IpPacket
-from rpclatch.netsim.link import WireRecord
+from rpclatch.netsim.link import Hub, WireRecord
+from rpclatch.netsim.stack import IpsecStack, stack_of
 from rpclatch.netsim.tcp import Flags, TcpSegment
 from rpclatch.netsim.udp import UdpDatagram
 
-if TYPE_CHECKING:
-    from rpclatch.netsim.world import World
-
 
 class Attacker(Host):
-    """Build with :meth:`World.add_attacker`."""
+    """Build with :meth:`rpclatch.netsim.world.World.add_attacker`."""
 
-    def __init__(self, world: World, name: str, addresses: list[IPAddress], msl: float = 30.0) -> None:
-        super().__init__(world, name, addresses, msl)
+    def __init__(self, name: str, addresses: list[IPAddress], *, scheduler: Scheduler, hub: Hub,
+                 next_conn_id: Callable[[], int], msl: float = 30.0) -> None:
+        super().__init__(name, addresses, scheduler=scheduler, hub=hub, next_conn_id=next_conn_id, msl=msl)
         self.sniffed: list[WireRecord] = []
         self._sniffing = False
         self._filters: list[str] = []
@@ -36,7 +35,13 @@ class Attacker(Host):
         """See every frame on the segment from now on (``self.sniffed``)."""
         if not self._sniffing:
             self._sniffing = True
-            self.world.hub.taps.append(self.sniffed.append)
+            self.hub.taps.append(self.sniffed.append)
+
+    @property
+    def ipsec(self) -> IpsecStack | None:
+        """The attacker's own IPsec stack, if :meth:`World.enable_ipsec
+        <rpclatch.netsim.world.World.enable_ipsec>` gave it one."""
+        return stack_of(self)
 
     # -- injection -----------------------------------------------------------------------------------
     def inject(self, packet: IpPacket, note: str = "") -> None:
@@ -73,7 +78,7 @@ class Attacker(Host):
     def drop(self, name: str, predicate: Callable[[IpPacket], bool], reason: str = "attacker drop") -> None:
         """Drop every frame in transit for which ``predicate`` holds (an on-path blackhole)."""
         full = f"{self.name}:{name}"
-        self.world.hub.add_filter(full, lambda p: reason if predicate(p) else None)
+        self.hub.add_filter(full, lambda p: reason if predicate(p) else None)
         self._filters.append(full)
 
     def blackhole(self, a: str | IPAddress, b: str | IPAddress) -> None:
@@ -84,5 +89,5 @@ class Attacker(Host):
     def stop_dropping(self, name: str | None = None) -> None:
         for full in list(self._filters):
             if name is None or full == f"{self.name}:{name}":
-                self.world.hub.remove_filter(full)
+                self.hub.remove_filter(full)
                 self._filters.remove(full)

@@ -11,19 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from rpclatch.ipsec.model import FiveTuple, IpProto, ip
+from rpclatch.netsim.clock import Scheduler
 from rpclatch.netsim.errors import SimLocalError, SimWireError
 from rpclatch.netsim.ip import PROTO_TCP, PROTO_UDP, IPAddress, IpPacket
-from rpclatch.netsim.link import Interface
+from rpclatch.netsim.link import Hub, Interface
 from rpclatch.netsim.stream import StreamConnection, StreamEventKind, StreamState
 from rpclatch.netsim.tcp import Flags, TcpSegment
 from rpclatch.netsim.udp import UdpDatagram
-
-if TYPE_CHECKING:
-    from rpclatch.netsim.stack import IpsecStack
-    from rpclatch.netsim.world import World
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +174,21 @@ class UdpSocket:
 
 
 class Host:
-    """One simulated node. Build it with :meth:`World.add_host`."""
+    """One simulated node on ``hub``, run by ``scheduler``. Build it with
+    :meth:`rpclatch.netsim.world.World.add_host`, which passes the world's clock, segment and RPC
+    connection-id counter (``next_conn_id``). ``security`` is the IP layer's IPsec hook
+    (:class:`SecurityLayer`; plain IP until :meth:`World.enable_ipsec
+    <rpclatch.netsim.world.World.enable_ipsec>` installs an IPsec stack)."""
 
-    def __init__(self, world: World, name: str, addresses: list[IPAddress], msl: float = 30.0) -> None:
-        self.world = world
+    def __init__(self, name: str, addresses: list[IPAddress], *, scheduler: Scheduler, hub: Hub,
+                 next_conn_id: Callable[[], int], msl: float = 30.0) -> None:
         self.name = name
-        self.scheduler = world.scheduler
+        self.scheduler = scheduler
+        self.hub = hub
+        self.next_conn_id = next_conn_id
         self.addresses = list(addresses)
         self.iface = Interface(name, self._receive)
         self.security: SecurityLayer = PlainIp()
-        self.ipsec: IpsecStack | None = None
         self.msl = msl
         self.listeners: dict[tuple[IPAddress, int], Listener] = {}
         self.connections: dict[FiveTuple, StreamConnection] = {}
@@ -194,9 +196,9 @@ class Host:
         self.log: list[str] = []
         self.rst_on_unknown = True
         self._ident = 0
-        world.hub.attach(self.iface)
+        hub.attach(self.iface)
         for addr in self.addresses:
-            world.hub.claim(addr, self.iface)
+            hub.claim(addr, self.iface)
 
     def __repr__(self) -> str:
         return f"<Host {self.name} {[str(a) for a in self.addresses]}>"
@@ -219,14 +221,14 @@ class Host:
         a = ip(addr)
         if a not in self.addresses:
             self.addresses.append(a)
-        self.world.hub.claim(a, self.iface)
+        self.hub.claim(a, self.iface)
         self.note(f"claims address {a}")
 
     def release_address(self, addr: str | IPAddress) -> None:
         a = ip(addr)
         if a in self.addresses:
             self.addresses.remove(a)
-        self.world.hub.release(a, self.iface)
+        self.hub.release(a, self.iface)
 
     # -- IP ----------------------------------------------------------------------------------------
     def send_packet(self, packet: IpPacket, note: str = "") -> None:

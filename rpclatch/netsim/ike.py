@@ -19,7 +19,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -41,7 +41,7 @@ from rpclatch.ipsec.model import (
 )
 from rpclatch.ipsec.pad import PeerAuthorizationDatabase
 from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
-from rpclatch.netsim.clock import Timer
+from rpclatch.netsim.clock import Scheduler, Timer
 from rpclatch.netsim.errors import SimWireError
 from rpclatch.netsim.esp import EspKeys, ReplayWindow
 from rpclatch.netsim.identity import AuthFailure, Credentials, SimCA, verify_peer
@@ -58,9 +58,6 @@ from rpclatch.netsim.ike_wire import (
 from rpclatch.netsim.ip import PROTO_UDP, IpPacket
 from rpclatch.netsim.pcapng import EspSaExport
 from rpclatch.netsim.udp import UdpDatagram
-
-if TYPE_CHECKING:
-    from rpclatch.netsim.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +140,28 @@ def host_to_host(local: IPAddress, remote: IPAddress) -> Selector:
 
 
 class SikeDaemon:
-    """One host's SIKE daemon (also the latch database's ``SaRequester``)."""
+    """One host's SIKE daemon (also the latch database's ``SaRequester``).
+
+    It knows nothing of the host it runs on beyond what it is given: the world's ``scheduler``
+    (clock, timers, RNG), ``send`` to put an IP packet (its UDP datagrams) on the wire as it is,
+    ``note`` for the host's log, and ``export_keys(outbound, inbound)`` called with each installed
+    child SA pair's keys (the capture's ESP key export)."""
 
     def __init__(
         self,
-        host: Host,
+        scheduler: Scheduler,
         credentials: Credentials,
         anchors: dict[str, SimCA] | None = None,
         mode: IkeMode = IkeMode.PRESENT,
+        *,
+        send: Callable[[IpPacket], None],
+        note: Callable[[str], None],
+        export_keys: Callable[[EspSaExport, EspSaExport], None] | None = None,
     ) -> None:
-        self.host = host
+        self.scheduler = scheduler
+        self._send_packet = send
+        self._note = note
+        self._export_keys = export_keys
         self.credentials = credentials
         self.anchors = dict(anchors or {})
         self.mode = mode
@@ -180,16 +189,16 @@ class SikeDaemon:
     # -- helpers -----------------------------------------------------------------------------------
     @property
     def now(self) -> float:
-        return self.host.scheduler.now
+        return self.scheduler.now
 
     def _event(self, text: str) -> None:
         self.events.append((self.now, text))
-        self.host.note(f"ike: {text}")
+        self._note(f"ike: {text}")
 
     def _rand_spi(self) -> int:
         if self.spi_override:
             return self.spi_override.pop(0)
-        rng = self.host.scheduler.rng
+        rng = self.scheduler.rng
         while True:
             spi = rng.randint(0x1000, 0xFFFFFFFF)
             if spi not in self.by_spi_in:
@@ -197,7 +206,7 @@ class SikeDaemon:
 
     def _send(self, src: IPAddress, dst: IPAddress, payload: bytes) -> None:
         dgram = UdpDatagram(SIKE_PORT, SIKE_PORT, payload)
-        self.host.send_packet(IpPacket(src, dst, PROTO_UDP, dgram.encode(src, dst)))
+        self._send_packet(IpPacket(src, dst, PROTO_UDP, dgram.encode(src, dst)))
 
     def _engine(self) -> KmEngine:
         if self.engine is None:
@@ -235,7 +244,7 @@ class SikeDaemon:
     ) -> int:
         """Start an exchange with whoever owns ``peer_addr`` proposing ``selectors`` (local-oriented,
         any addresses: an attacker may claim other hosts' addresses here). Returns the IKE SPI."""
-        rng = self.host.scheduler.rng
+        rng = self.scheduler.rng
         priv = X25519PrivateKey.from_private_bytes(rng.randbytes(32))
         spi_i = rng.getrandbits(64) or 1
         child_spi = self._rand_spi()
@@ -276,7 +285,7 @@ class SikeDaemon:
         ex.tries += 1
         self._send(ex.local_addr, ex.peer_addr, ex.request.encode())
         delay = self.retransmit * (2 ** (ex.tries - 1))
-        ex.timer = self.host.scheduler.call_later(delay, self._transmit, spi_i)
+        ex.timer = self.scheduler.call_later(delay, self._transmit, spi_i)
 
     def _fail(self, spi_i: int, why: str, timeout: bool) -> None:
         ex = self._pending.pop(spi_i, None)
@@ -354,12 +363,12 @@ class SikeDaemon:
             self._answered.clear()
         self._answered[key] = None
         if self.mode is IkeMode.SLOW:
-            self.host.scheduler.call_later(self.slow_delay, self._answer, src, dst, req)
+            self.scheduler.call_later(self.slow_delay, self._answer, src, dst, req)
         else:
             self._answer(src, dst, req)
 
     def _answer(self, src: IPAddress, dst: IPAddress, req: InitRequest) -> None:
-        rng = self.host.scheduler.rng
+        rng = self.scheduler.rng
         priv = X25519PrivateKey.from_private_bytes(rng.randbytes(32))
         spi_r = rng.getrandbits(64) or 1
         ref = IkeSaRef(req.ike_spi_i, spi_r)
@@ -465,9 +474,9 @@ class SikeDaemon:
             return None
         existing = self.ike_sas.setdefault(ike.ref, ike)
         existing.children.add(sa.sa_id)
-        hub = self.host.world.hub
-        hub.register_esp_keys(EspSaExport(sa.local_addr, sa.remote_addr, out_keys))
-        hub.register_esp_keys(EspSaExport(sa.remote_addr, sa.local_addr, in_keys), holder=self.host.name)
+        if self._export_keys is not None:
+            self._export_keys(EspSaExport(sa.local_addr, sa.remote_addr, out_keys),
+                              EspSaExport(sa.remote_addr, sa.local_addr, in_keys))
         self._event(f"installed {installed}")
         if self.on_installed is not None:
             self.on_installed()
@@ -544,10 +553,10 @@ class SikeDaemon:
                         SikeType.DPD_REQ, ike.ref.initiator_spi, ike.ref.responder_spi, ike.dpd_msg
                     ).encode(),
                 )
-            self._dpd_timer = self.host.scheduler.call_later(interval, tick)
+            self._dpd_timer = self.scheduler.call_later(interval, tick)
 
         self.stop_dpd()
-        self._dpd_timer = self.host.scheduler.call_later(interval, tick)
+        self._dpd_timer = self.scheduler.call_later(interval, tick)
 
     def stop_dpd(self) -> None:
         if self._dpd_timer is not None:
@@ -585,7 +594,7 @@ class SikeDaemon:
         try:
             msg = decode_sike(payload)
         except SimWireError as exc:
-            self.host.note(f"ike: drop malformed message from {src}: {exc}")
+            self._note(f"ike: drop malformed message from {src}: {exc}")
             return
         if isinstance(msg, InitRequest):
             self._on_request(src, dst, msg)

@@ -259,7 +259,7 @@ def _world_conn_id(conn: StreamConnection) -> int:
     host = conn.host
     if not isinstance(host, Host):
         raise SimLocalError("RPC over a stream whose host is not a simulated Host")
-    return host.world.next_conn_id()
+    return host.next_conn_id()
 
 
 def _run_sync(pending: PendingReply) -> bytes | BaseException:

@@ -626,3 +626,9 @@ class IpsecStack:
             return "none"
         latch = self.engine.latches.get(cl.handle)
         return "CLOSED" if latch is None else latch.state.value
+
+
+def stack_of(host: Host) -> IpsecStack | None:
+    """``host``'s IPsec stack (its security layer), or None if it speaks plain IP."""
+    layer = host.security
+    return layer if isinstance(layer, IpsecStack) else None

@@ -61,7 +61,8 @@ class World:
             raise SimLocalError(f"host {name} exists")
         if not addresses:
             raise SimLocalError("a host needs at least one address")
-        host = Host(self, name, [ip(a) for a in addresses], msl=msl)
+        host = Host(name, [ip(a) for a in addresses], scheduler=self.scheduler, hub=self.hub,
+                    next_conn_id=self.next_conn_id, msl=msl)
         self.hosts[name] = host
         return host
 
@@ -71,7 +72,8 @@ class World:
             raise SimLocalError(f"host {name} exists")
         if not addresses:
             raise SimLocalError("an attacker needs at least one address")
-        attacker = Attacker(self, name, [ip(a) for a in addresses])
+        attacker = Attacker(name, [ip(a) for a in addresses], scheduler=self.scheduler, hub=self.hub,
+                            next_conn_id=self.next_conn_id)
         self.hosts[name] = attacker
         return attacker
 
@@ -101,9 +103,17 @@ class World:
         (:class:`SikeDaemon`), the engine's key manager backed by it (:class:`SikeKeyManager`) and ESP.
 
         ``ike`` simulates the host's key-exchange daemon: PRESENT, ABSENT (requests vanish, peers
-        time out), REFUSE or SLOW. Returns the host's :class:`IpsecStack` (also ``host.ipsec``)."""
+        time out), REFUSE or SLOW. Returns the host's :class:`IpsecStack` (also ``host.security``;
+        :func:`rpclatch.netsim.stack.stack_of` finds it from the host)."""
         creds = credentials or Credentials.raw_key(self.scheduler.rng)
-        sike = SikeDaemon(host, creds, {ca.name: ca for ca in anchors}, ike)
+        hub = self.hub
+
+        def export_keys(outbound: EspSaExport, inbound: EspSaExport) -> None:
+            hub.register_esp_keys(outbound)
+            hub.register_esp_keys(inbound, holder=host.name)  # the host can read what it receives
+
+        sike = SikeDaemon(self.scheduler, creds, {ca.name: ca for ca in anchors}, ike,
+                          send=host.send_packet, note=host.note, export_keys=export_keys)
         cfg = config or EngineConfig(approach=approach)
         if cfg.approach is not approach:
             cfg = replace(cfg, approach=approach)
@@ -115,7 +125,6 @@ class World:
         engine = IPsecEngine(spd, pad, config=cfg, key_manager_factory=factory)
         stack = IpsecStack(host, engine, sike)
         host.security = stack
-        host.ipsec = stack
         return stack
 
     # -- running -----------------------------------------------------------------------------------

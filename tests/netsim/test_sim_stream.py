@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rpclatch.netsim.ip import PROTO_TCP, IpPacket
+from rpclatch.netsim.stack import stack_of
 from rpclatch.netsim.stream import StreamEventKind, StreamState
 from rpclatch.netsim.tcp import Flags, TcpSegment
 from rpclatch.netsim.world import World
@@ -204,7 +205,8 @@ def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:
     c = a.connect("192.0.2.2", 2049)
     w.run_for(3.0)
     assert lost and c.state is StreamState.ESTABLISHED and lst.accepted
-    assert b.ipsec is not None and len(b.ipsec.engine.sad) == 1     # one SA pair, not two
+    b_stack = stack_of(b)
+    assert b_stack is not None and len(b_stack.engine.sad) == 1     # one SA pair, not two
     c.send(b"fine")
     w.run_for(0.5)
     assert bytes(lst.accepted[0].received) == b"fine"

@@ -24,7 +24,7 @@ from rpclatch.netsim.errors import SimLocalError
 from rpclatch.netsim.host import Host, Listener
 from rpclatch.netsim.identity import Credentials
 from rpclatch.netsim.ike import IkeMode
-from rpclatch.netsim.stack import IpsecStack
+from rpclatch.netsim.stack import IpsecStack, stack_of
 from rpclatch.netsim.stream import StreamConnection, StreamState
 from rpclatch.netsim.world import World
 
@@ -64,9 +64,10 @@ class Lab:
 
     @staticmethod
     def stack(host: Host) -> IpsecStack:
-        if host.ipsec is None:
+        stack = stack_of(host)
+        if stack is None:
             raise SimLocalError(f"{host.name} has no IPsec stack")
-        return host.ipsec
+        return stack
 
     def attacker(self, name: str = "c", addr: str = ATTACKER_ADDR, *, ipsec: bool = True,
                  credentials: Credentials | None = None, pad: Iterable[PadEntry] | None = None) -> Attacker:
