@@ -44,6 +44,7 @@ from rpclatch.gss.errors import (
 )
 from rpclatch.gss.provider import GssContext, Provider
 from rpclatch.gss.wire import (
+    CRED_START,
     HASHES_BY_OID,
     MAXSEQ,
     RPCSEC_GSS_VERS_1,
@@ -64,7 +65,8 @@ from rpclatch.gss.wire import (
     bind_chan_request_problem,
     decode_integ,
     decode_priv,
-    encode_cred,
+    encode_call_header,
+    encode_cred_tail,
     encode_integ,
     encode_opaque,
     normalize_oid,
@@ -123,30 +125,68 @@ class _Context:
     stale: bool = False
     #: a v1 context made because the v2 INIT was refused: the (unauthenticated) MSG_DENIED stat
     v2_refused: AuthStat | None = None
-    #: per service: (length of the DATA credential body, the body after ``version, gss_proc,
-    #: seq_num``, i.e. service and handle), so that a call's credential -- and the signed header
-    #: ending with it -- is one struct pack plus this tail (RFC 2203 §5, §5.3.1)
-    cred_layouts: dict[Service, tuple[int, bytes]] = field(default_factory=dict)
-    #: the tail of channel_prot credentials (RFC 5403 §3.4: nothing else is signed or sent)
-    chprot_tail: bytes = field(default=b"", init=False)
+    #: per service, the end of this context's credentials: service and handle (RFC 2203 §5)
+    cred_tails: dict[Service, bytes] = field(init=False)
 
     def __post_init__(self) -> None:
-        for service in Service:
-            tail = encode_cred(self.version, _DATA, 0, service, self.handle)[12:]
-            self.cred_layouts[service] = (12 + len(tail), tail)
-        self.chprot_tail = self.cred_layouts[Service.CHANNEL_PROT][1]
+        self.cred_tails = {service: encode_cred_tail(service, self.handle) for service in Service}
+
+    def next_credential(self, gss_proc: GssProc, service: Service) -> tuple[int, OpaqueAuth]:
+        """A fresh seq_num -- one for every transmission, retransmissions included (RFC 2203
+        §5.3.1) -- and the credential carrying it (RFC 2203 §5)."""
+        seq = next(self.seqs)
+        if seq >= MAXSEQ:
+            self.stale = True
+            raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
+        body = CRED_START.pack(self.version, gss_proc, seq) + self.cred_tails[service]
+        return seq, opaque_auth(_FLAVOR_GSS, body)  # at most 20 + MAX_HANDLE bytes
+
+    def verifier(self, xid: int, prog: int, vers: int, proc: int, cred: OpaqueAuth) -> OpaqueAuth:
+        """The call verifier (RFC 2203 §5.3.1): a MIC over the call header from xid through the
+        credential. A MIC longer than an opaque_auth allows (RFC 5531 §8.2) raises XdrError."""
+        mic = self.gss.get_mic(encode_call_header(xid, prog, vers, proc, _FLAVOR_GSS, cred.body))
+        return opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES else OpaqueAuth(_FLAVOR_GSS, mic)
 
 
-#: Per-call client state in ``PreparedCall.state``: (context, seq_num, service) -- a plain tuple,
-#: built once per call on the hot path.
+#: Per-call client state in ``PreparedCall.state``: (context, seq_num, service).
 _CallState = tuple[_Context, int, Service]
 
-_III = struct.Struct(">III")
-#: The signed call header (RFC 2203 §5.3.1) up to the handle: xid, CALL, rpcvers 2, prog, vers,
-#: proc, flavor, cred length, then the credential's version, gss_proc (DATA) and seq_num; the
-#: credential's service and handle follow (``_Context.cred_layouts``).
-_SIGNED_HEAD = struct.Struct(">IIIIIIIIIII")
 _U32 = struct.Struct(">I")
+
+
+def _protect_args(gss: GssContext, seq: int, service: Service, args: bytes) -> bytes:
+    """The call body for ``service`` (RFC 2203 §5.3.2): the arguments as they are for none; for
+    integrity and privacy ``rpc_gss_data_t`` (seq_num, arguments) with its MIC, or wrapped."""
+    if service is _SVC_INTEGRITY:
+        inner = _U32.pack(seq) + args
+        return encode_integ(inner, gss.get_mic(inner))
+    if service is _SVC_PRIVACY:
+        return encode_opaque(gss.wrap(_U32.pack(seq) + args, True))
+    return args
+
+
+def _unprotect_results(gss: GssContext, seq: int, service: Service, body: bytes) -> bytes:
+    """The results in a SUCCESS reply body of ``service`` (RFC 2203 §5.3.3.2): the body as it is
+    for none; for integrity and privacy the ``rpc_gss_data_t`` checked (MIC, or unwrapped and
+    encrypted) and its seq_num equal to the request's (§5.3.3.1)."""
+    if service is _SVC_NONE:
+        return body
+    try:
+        if service is _SVC_INTEGRITY:
+            databody, checksum = decode_integ(body)
+            gss.verify_mic(databody, checksum)
+        else:
+            databody, encrypted = gss.unwrap(decode_priv(body))
+            if not encrypted:
+                raise AuthVerifierError("privacy reply was not encrypted")
+    except (GssError, XdrError) as exc:
+        raise AuthVerifierError(f"reply body does not check: {exc}") from exc
+    if len(databody) < 4:
+        raise AuthVerifierError("reply body does not check: rpc_gss_data_t shorter than its seq_num")
+    body_seq = _U32.unpack_from(databody)[0]
+    if body_seq != seq:
+        raise AuthVerifierError(f"reply body seq_num {body_seq} != request seq_num {seq}")
+    return databody[4:]
 
 
 class GssClientAuth(ClientAuth):
@@ -223,15 +263,6 @@ class GssClientAuth(ClientAuth):
         if ctx is None:
             raise RpcGssLocalError("RPCSEC_GSS context not established: await establish() first")
         return ctx
-
-    @staticmethod
-    def _next_seq(ctx: _Context) -> int:
-        """A fresh sequence number for every transmission, retransmissions included (§5.3.1)."""
-        seq = next(ctx.seqs)
-        if seq >= MAXSEQ:
-            ctx.stale = True
-            raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
-        return seq
 
     # -- context creation (RFC 2203 §5.2, RFC 5403 §4) ------------------------------------------------
 
@@ -571,49 +602,25 @@ class GssClientAuth(ClientAuth):
     # -- per call (RFC 2203 §5.3, RFC 5403 §3.4) ------------------------------------------------------
 
     def prepare_call(self, xid: int, prog: int, vers: int, proc: int, args: bytes) -> PreparedCall:
-        # The per-call path: written out (no helper calls) since it runs for every DATA call.
-        ctx = self._ctx
-        if ctx is None:
-            raise RpcGssLocalError("RPCSEC_GSS context not established: await establish() first")
-        service = self.service
-        channel = self._channel
-        if channel is not None and channel.is_up() and (
-            service is not _SVC_PRIVACY or channel.confidential
-        ):  # RFC 5403 §3.4 (effective_service()): channel_prot, AUTH_NONE verifier
-            seq = next(ctx.seqs)  # a fresh one for every transmission, retransmissions too
-            if seq >= MAXSEQ:
-                ctx.stale = True
-                raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
-            cred = opaque_auth(_FLAVOR_GSS, _III.pack(ctx.version, 0, seq) + ctx.chprot_tail)
-            return PreparedCall(CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args),
-                                (ctx, seq, _SVC_CHANNEL_PROT))
-        seq = next(ctx.seqs)  # a fresh one for every transmission, retransmissions too (§5.3.1)
-        if seq >= MAXSEQ:
-            ctx.stale = True
-            raise RpcGssLocalError("sequence numbers exhausted: refresh the context")
-        # RFC 2203 §5.3.1: the verifier is a MIC over xid .. credential (the credential is padded):
-        # the header is one pack plus the precomputed tail, the credential body a slice of it.
-        cred_len, tail = ctx.cred_layouts[service]
-        header = _SIGNED_HEAD.pack(xid, 0, 2, prog, vers, proc, _FLAVOR_GSS, cred_len,
-                                   ctx.version, 0, seq) + tail
-        cred = opaque_auth(_FLAVOR_GSS, header[32:])  # at most 20 + MAX_HANDLE bytes
-        gss = ctx.gss
-        mic = gss.get_mic(header)
-        verf = opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES else OpaqueAuth(_FLAVOR_GSS, mic)
-        if service is _SVC_INTEGRITY:
-            inner = _U32.pack(seq) + args  # rpc_gss_data_t
-            body = encode_integ(inner, gss.get_mic(inner))
-        elif service is _SVC_PRIVACY:
-            body = encode_opaque(gss.wrap(_U32.pack(seq) + args, True))
+        """One DATA call (RFC 2203 §5.3.1-§5.3.2): a fresh seq_num for every transmission,
+        retransmissions included; the verifier a MIC over the header, the arguments protected as
+        the service says. On a bound channel channel_prot: AUTH_NONE verifier, the arguments as
+        they are (RFC 5403 §3.4)."""
+        ctx = self._current()
+        service = self.effective_service()
+        seq, cred = ctx.next_credential(_DATA, service)
+        if service is _SVC_CHANNEL_PROT:
+            verf, body = NULL_AUTH, args
         else:
-            body = args
+            verf = ctx.verifier(xid, prog, vers, proc, cred)
+            body = _protect_args(ctx.gss, seq, service, args)
         return PreparedCall(CallMessage(xid, prog, vers, proc, cred, verf, body), (ctx, seq, service))
 
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
-        # Called for every accepted reply, SUCCESS or not: an accepted error (SYSTEM_ERR,
-        # GARBAGE_ARGS, PROC_UNAVAIL, ...) on a GSS context is believed only with a verifier
-        # MIC(seq_num) like any other reply (RFC 2203 §5.3.3.2); on channel_prot the channel
-        # protects it (RFC 5403 §3.4). Its (empty) results are returned; the caller raises.
+        """Every accepted reply, SUCCESS or not: an accepted error (SYSTEM_ERR, GARBAGE_ARGS,
+        PROC_UNAVAIL, ...) on a GSS context is believed only with a verifier MIC(seq_num) like any
+        other reply (RFC 2203 §5.3.3.2); on channel_prot the channel protects it (RFC 5403 §3.4).
+        An error's (empty) results are returned; the caller raises."""
         state: _CallState = prepared.state
         ctx, seq, service = state
         verf = reply.verf
@@ -623,30 +630,13 @@ class GssClientAuth(ClientAuth):
             return reply.results
         if verf.flavor != _FLAVOR_GSS:
             raise AuthVerifierError("reply verifier is not RPCSEC_GSS")
-        gss = ctx.gss
-        seq_bytes = _U32.pack(seq)
         try:
-            gss.verify_mic(seq_bytes, verf.body)  # RFC 2203 §5.3.3.2: MIC(seq_num)
+            ctx.gss.verify_mic(_U32.pack(seq), verf.body)  # RFC 2203 §5.3.3.2: MIC(seq_num)
         except GssError as exc:
             raise AuthVerifierError(f"reply verifier MIC(seq_num) does not verify: {exc}") from exc
-        if service is _SVC_NONE or reply.stat is not _ACCEPT_SUCCESS:
+        if reply.stat is not _ACCEPT_SUCCESS:
             return reply.results
-        try:
-            if service is _SVC_INTEGRITY:
-                databody, checksum = decode_integ(reply.results)
-                gss.verify_mic(databody, checksum)
-            else:
-                databody, encrypted = gss.unwrap(decode_priv(reply.results))
-                if not encrypted:
-                    raise AuthVerifierError("privacy reply was not encrypted")
-        except (GssError, XdrError) as exc:
-            raise AuthVerifierError(f"reply body does not check: {exc}") from exc
-        if len(databody) < 4:
-            raise AuthVerifierError("reply body does not check: rpc_gss_data_t shorter than its seq_num")
-        if databody[:4] != seq_bytes:
-            body_seq = _U32.unpack_from(databody)[0]
-            raise AuthVerifierError(f"reply body seq_num {body_seq} != request seq_num {seq}")
-        return databody[4:]
+        return _unprotect_results(ctx.gss, seq, service, reply.results)
 
     def on_auth_error(self, prepared: PreparedCall, stat: AuthStat) -> bool:
         state: _CallState = prepared.state
@@ -697,14 +687,8 @@ class _DestroyAuth(ClientAuth):
 
     def prepare_call(self, xid: int, prog: int, vers: int, proc: int, args: bytes) -> PreparedCall:
         ctx = self._ctx
-        seq = self._owner._next_seq(ctx)
-        service = self._owner.service
-        cred = OpaqueAuth(
-            AuthFlavor.RPCSEC_GSS,
-            GssCred(ctx.version, GssProc.RPCSEC_GSS_DESTROY, seq, service, ctx.handle).encode(),
-        )
-        header = CallMessage(xid, prog, vers, proc, cred)
-        verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, ctx.gss.get_mic(header.encode_header_through_cred()))
+        seq, cred = ctx.next_credential(GssProc.RPCSEC_GSS_DESTROY, self._owner.service)
+        verf = ctx.verifier(xid, prog, vers, proc, cred)
         return PreparedCall(CallMessage(xid, prog, vers, proc, cred, verf, args), seq)
 
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
@@ -735,14 +719,10 @@ class _BindAuth(ClientAuth):
 
     def prepare_call(self, xid: int, prog: int, vers: int, proc: int, args: bytes) -> PreparedCall:
         ctx = self._ctx
-        self.seq = self._owner._next_seq(ctx)
-        cred = OpaqueAuth(
-            AuthFlavor.RPCSEC_GSS,
-            GssCred(ctx.version, GssProc.RPCSEC_GSS_BIND_CHANNEL, self.seq, Service.NONE,
-                    ctx.handle).encode(),
-        )
-        header = CallMessage(xid, prog, vers, proc, cred)
-        mic = ctx.gss.get_mic(header.encode_header_through_cred() + BindChanMicInArgs(self.cb_hash).encode())
+        self.seq, cred = ctx.next_credential(GssProc.RPCSEC_GSS_BIND_CHANNEL, Service.NONE)
+        # RFC 5403 §3.3: the MIC covers the header, as for DATA, followed by the hash
+        header = encode_call_header(xid, prog, vers, proc, _FLAVOR_GSS, cred.body)
+        mic = ctx.gss.get_mic(header + BindChanMicInArgs(self.cb_hash).encode())
         verf_body = BindChanVerfArgs(self._prefix.encode("ascii"), self._algorithm.oid, mic).encode()
         return PreparedCall(CallMessage(xid, prog, vers, proc, cred, OpaqueAuth(AuthFlavor.RPCSEC_GSS,
                                                                                verf_body), args))

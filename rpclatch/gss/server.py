@@ -6,9 +6,9 @@ the time ``now`` and returns what the dispatcher should do. Nothing here reads a
 Processing order for DATA/DESTROY/BIND_CHANNEL (RFC 2203 §5.3.3.1): credential version, proc and
 service -> handle -> expiry / MAXSEQ -> (DATA) the service floor -> replay window (drops before the
 MIC, §7.2.2 allows it) -> request MIC (nothing in the credential is trusted before this) -> mark the
-window -> service body. There is one path: :meth:`GssServerAuth.check_call` reads the fixed
-credential layout with one unpack and hands every established-context call to
-:meth:`GssServerAuth._established_call`.
+window -> service body. There is one path: :meth:`GssServerAuth.check_call` decodes the
+credential with :func:`rpclatch.gss.wire.decode_cred_fields` and hands every established-context
+call to :meth:`GssServerAuth._established_call`.
 
 Limits (everything here is fed from the network before or after authentication):
 
@@ -69,7 +69,6 @@ from rpclatch.gss.provider import GssContext, Provider
 from rpclatch.gss.seqwindow import SeqVerdict, SeqWindow
 from rpclatch.gss.wire import (
     HASHES_BY_OID,
-    MAX_HANDLE,
     MAXSEQ,
     RPCSEC_GSS_VERS_1,
     RPCSEC_GSS_VERS_2,
@@ -126,8 +125,8 @@ _SVC_CHANNEL_PROT = Service.CHANNEL_PROT
 _FLAVOR_GSS = int(AuthFlavor.RPCSEC_GSS)
 _FLAVOR_NONE = int(AuthFlavor.AUTH_NONE)
 _NEW = SeqVerdict.NEW
-_INIT = int(GssProc.RPCSEC_GSS_INIT)
-_CONTINUE_INIT = int(GssProc.RPCSEC_GSS_CONTINUE_INIT)
+_INIT = GssProc.RPCSEC_GSS_INIT
+_CONTINUE_INIT = GssProc.RPCSEC_GSS_CONTINUE_INIT
 
 
 def _seal_clear(results: bytes) -> tuple[OpaqueAuth, bytes]:
@@ -135,10 +134,7 @@ def _seal_clear(results: bytes) -> tuple[OpaqueAuth, bytes]:
     return NULL_AUTH, results
 
 
-_CRED_HEAD = struct.Struct(">IIIII")  # rpc_gss_cred_vers_1_t up to the handle length
 _U32 = struct.Struct(">I")
-_PROCS = {int(p): p for p in GssProc}
-_SERVICES = {int(v): v for v in Service}
 
 
 def _signed_header(call: CallMessage) -> bytes:
@@ -388,39 +384,20 @@ class GssServerAuth(ServerAuth):
     # -- ServerAuth -----------------------------------------------------------------------------------
 
     def check_call(self, call: CallMessage, conn: ConnectionInfo, now: float) -> AuthResult:
-        """The per-call entry. A well-formed credential of an established-context call (the fixed
-        layout read with one unpack: the checks of ``decode_cred_fields`` without building
-        objects) goes straight to :meth:`_established_call`; INIT/CONTINUE_INIT and anything
-        malformed go through :meth:`_check_general` (tests/gss/test_server.py checks that both
-        routes judge alike)."""
-        body = call.cred.body
-        n = len(body)
-        if n >= 20:
-            version, proc, seq, service_no, hlen = _CRED_HEAD.unpack_from(body)
-            if (hlen <= MAX_HANDLE and n == 20 + ((hlen + 3) & ~3) and version in self.versions
-                    and proc != _INIT and proc != _CONTINUE_INIT):
-                procedure = _PROCS.get(proc)
-                service = _SERVICES.get(service_no)
-                if procedure is not None and service is not None:
-                    return self._established_call(call, conn, now, version, procedure, seq, service,
-                                                  body[20:20 + hlen])
-        return self._check_general(call, conn, now)
-
-    def _check_general(self, call: CallMessage, conn: ConnectionInfo, now: float) -> AuthResult:
-        """:meth:`check_call` with the credential through ``decode_cred_fields``."""
-        body = call.cred.body
+        """The per-call entry (RFC 2203 §5.3.3.1): the credential (version, proc, service, handle
+        layout), then INIT/CONTINUE_INIT to :meth:`_init` and every other call to
+        :meth:`_established_call`."""
         try:
-            cred = _Cred(*decode_cred_fields(body))
+            version, proc, seq, service, handle = decode_cred_fields(call.cred.body)
         except UnsupportedVersion as exc:
             return AuthDeny(self.unsupported_version_stat, str(exc))
         except XdrError as exc:
             return AuthDeny(AuthStat.AUTH_BADCRED, f"malformed RPCSEC_GSS credential: {exc}")
-        if cred.version not in self.versions:
-            return AuthDeny(self.unsupported_version_stat, f"RPCSEC_GSS version {cred.version} not served")
-        if cred.gss_proc in (GssProc.RPCSEC_GSS_INIT, GssProc.RPCSEC_GSS_CONTINUE_INIT):
-            return self._init(call, cred, conn, now)
-        return self._established_call(call, conn, now, cred.version, cred.gss_proc, cred.seq_num,
-                                      cred.service, cred.handle)
+        if version not in self.versions:
+            return AuthDeny(self.unsupported_version_stat, f"RPCSEC_GSS version {version} not served")
+        if proc is _INIT or proc is _CONTINUE_INIT:
+            return self._init(call, _Cred(version, proc, seq, service, handle), conn, now)
+        return self._established_call(call, conn, now, version, proc, seq, service, handle)
 
     def connection_closed(self, conn: ConnectionInfo) -> None:
         """RFC 5403 §3.4: a binding is valid only while its channel (this connection's) exists.

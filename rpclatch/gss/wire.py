@@ -87,23 +87,33 @@ class GssCred:
 
 
 def encode_cred(version: int, gss_proc: int, seq_num: int, service: int, handle: bytes) -> bytes:
-    """XDR of ``rpc_gss_cred_t`` without building a :class:`GssCred` (per-call hot path)."""
+    """XDR of ``rpc_gss_cred_t`` without building a :class:`GssCred`."""
+    return CRED_START.pack(version, gss_proc, seq_num) + encode_cred_tail(service, handle)
+
+
+def encode_cred_tail(service: int, handle: bytes) -> bytes:
+    """The rest of ``rpc_gss_cred_t`` after seq_num: service and the handle, padded (RFC 2203 §5).
+
+    Fixed for one context and service, so a client encodes it once per context; a credential is
+    ``CRED_START.pack(version, gss_proc, seq_num) + tail``."""
     hlen = len(handle)
     if hlen > MAX_HANDLE:
         raise XdrError(f"handle of {hlen} bytes exceeds {MAX_HANDLE}")
-    return _CRED_HEAD.pack(version, gss_proc, seq_num, service, hlen) + handle + b"\0" * (-hlen & 3)
+    return _CRED_TAIL_HEAD.pack(service, hlen) + handle + b"\0" * (-hlen & 3)
 
 
 def decode_cred_fields(data: bytes) -> tuple[int, GssProc, int, Service, bytes]:
-    """(version, gss_proc, seq_num, service, handle) of a credential body; see :meth:`GssCred.decode`."""
-    if len(data) < 20:
-        raise XdrError(f"RPCSEC_GSS credential of {len(data)} bytes is too short")
+    """(version, gss_proc, seq_num, service, handle) of a credential body; see :meth:`GssCred.decode`.
+    (The server's per-call credential reader.)"""
+    n = len(data)
+    if n < 20:
+        raise XdrError(f"RPCSEC_GSS credential of {n} bytes is too short")
     version, proc, seq, service, hlen = _CRED_HEAD.unpack_from(data)
-    if version not in (RPCSEC_GSS_VERS_1, RPCSEC_GSS_VERS_2):
+    if version not in _VERSIONS:
         raise UnsupportedVersion(version)
     if hlen > MAX_HANDLE:
         raise XdrError(f"handle length {hlen} exceeds {MAX_HANDLE}")
-    if len(data) != 20 + ((hlen + 3) & ~3):
+    if n != 20 + ((hlen + 3) & ~3):
         raise XdrError("credential length does not match its handle length")
     gss_proc = _PROCS.get(proc)
     svc = _SERVICES.get(service)
@@ -113,6 +123,10 @@ def decode_cred_fields(data: bytes) -> tuple[int, GssProc, int, Service, bytes]:
 
 
 _CRED_HEAD = struct.Struct(">IIIII")
+#: The first fields of ``rpc_gss_cred_t``: version, gss_proc, seq_num (see :func:`encode_cred_tail`).
+CRED_START = struct.Struct(">III")
+_CRED_TAIL_HEAD = struct.Struct(">II")
+_VERSIONS = frozenset((RPCSEC_GSS_VERS_1, RPCSEC_GSS_VERS_2))
 _PROCS = {int(p): p for p in GssProc}
 _SERVICES = {int(v): v for v in Service}
 _U32 = struct.Struct(">I")
@@ -125,11 +139,11 @@ def encode_call_header(
     """XDR of an RPC call from ``xid`` through the credential: what RFC 2203 §5.3.1 signs.
 
     Same bytes as :meth:`rpclatch.rpc.messages.CallMessage.encode_header_through_cred`, built with
-    one ``struct.pack`` (this runs twice per call on the hot path).
+    one ``struct.pack`` (the client signs it on every call).
     """
     n = len(cred_body)
-    return (_CALL_HEAD.pack(xid, 0, rpcvers, prog, vers, proc, cred_flavor, n) + cred_body
-            + b"\0" * (-n & 3))
+    header = _CALL_HEAD.pack(xid, 0, rpcvers, prog, vers, proc, cred_flavor, n) + cred_body
+    return header + _PAD[n & 3] if n & 3 else header
 
 
 def encode_opaque(data: bytes) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,7 @@ from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
-from rpclatch.gss.wire import GssCred, GssProc, IntegData, PrivData, Service, be32
+from rpclatch.gss.wire import IntegData, PrivData, Service, be32
 from rpclatch.rpc import wire
 from rpclatch.rpc.auth import AuthAccept
 from rpclatch.rpc.errors import AuthVerifierError
@@ -66,21 +67,23 @@ def pair(request: pytest.FixtureRequest, realm: ThrowawayRealm) -> tuple[GssClie
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(xid=st.integers(0, 2**32 - 1), prog=st.integers(0, 2**32 - 1), vers=st.integers(0, 2**32 - 1),
        proc=st.integers(0, 2**32 - 1), args=st.binary(max_size=64).map(lambda b: b + b"\0" * (-len(b) % 4)))
-def test_prepared_calls_are_the_general_encoding(
+def test_prepared_calls_match_independent_encoders(
     pair: tuple[GssClientAuth, GssServerAuth, LoopbackTransport], xid: int, prog: int, vers: int, proc: int,
     args: bytes,
 ) -> None:
-    """prepare_call's per-call path (one pack of the signed header with a precomputed credential
-    tail) builds what the general encoders build: the credential is GssCred(...).encode(), the
-    verifier a MIC over CallMessage.encode_header_through_cred(), the body IntegData/PrivData of
-    seq_num + args (RFC 2203 §5.3.1-§5.3.2); channel_prot: AUTH_NONE verifier, args as they are."""
+    """prepare_call builds what RFC 2203 §5.3.1-§5.3.2 says, checked with encoders that are not the
+    ones it uses: the credential is packed here with struct, the verifier is a MIC over
+    CallMessage.encode_header_through_cred() (rpclatch.rpc's encoder), the body IntegData/PrivData
+    of seq_num + args; channel_prot: AUTH_NONE verifier, args as they are (RFC 5403 §3.4). The
+    server accepts it, and the client accepts the server's reply."""
     c, srv, t = pair
     prepared = c.prepare_call(xid, prog, vers, proc, args)
     msg = prepared.message
     ctx, seq, service = prepared.state
     assert service is c.effective_service()
-    assert msg.cred == OpaqueAuth(6, GssCred(ctx.version, GssProc.RPCSEC_GSS_DATA, seq, service,
-                                             ctx.handle).encode())
+    handle = ctx.handle
+    cred = struct.pack(">5I", ctx.version, 0, seq, service, len(handle)) + handle + b"\0" * (-len(handle) % 4)
+    assert msg.cred == OpaqueAuth(6, cred)
     assert (msg.xid, msg.prog, msg.vers, msg.proc, msg.rpcvers) == (xid, prog, vers, proc, 2)
     server_gss = srv.gss_context(ctx.handle)
     assert server_gss is not None
