@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -300,3 +301,42 @@ def test_serve_register_survives_repeated_sigterm(rpcbind: object) -> None:
     assert (proc.returncode, out.strip().splitlines()[-1]) == (0, "stopped"), err
     assert "Traceback" not in err
     assert not stale
+
+
+def test_serve_write_timeout_aborts_a_client_that_never_reads() -> None:
+    """`rpc serve --write-timeout 1`: a client that asks for big SOURCE replies and never reads
+    them is cut off after a second (issue #10 item 2), and the server keeps serving others."""
+    from rpclatch.rpc.messages import CallMessage
+    from rpclatch.rpc.record import encode_record
+    from rpclatch.rpc.testprog import PROC_SOURCE
+
+    proc = subprocess.Popen([sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--tcp",
+                             "--write-timeout", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        port = int(first.split("tcp 127.0.0.1:")[1].split(";")[0].split(",")[0])
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            calls = (CallMessage(i, PROG, 1, PROC_SOURCE, args=struct.pack(">I", 16 << 20)).encode()
+                     for i in range(4))
+            slow.sendall(b"".join(encode_record(c) for c in calls))
+            time.sleep(4)  # well past the write timeout, without reading a byte
+            ping = run_cli("rpc", "ping", "127.0.0.1", str(PROG), "1", "--port", str(port))
+            assert ping.returncode == 0, ping.stderr
+            slow.settimeout(30)
+            closed = False
+            try:
+                while slow.recv(1 << 20):
+                    pass
+                closed = True
+            except ConnectionResetError:
+                closed = True
+            assert closed
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "took no reply bytes for 1 s" in err, err

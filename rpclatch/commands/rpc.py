@@ -398,7 +398,8 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     options["max_requests_per_context"] = args.max_requests_per_context or None
     dispatcher = RpcDispatcher(server_auths_for_sec(sec, **options))
     add_test_program(dispatcher)
-    server = RpcServer(dispatcher, max_connections=args.max_connections, idle_timeout=args.idle_timeout)
+    server = RpcServer(dispatcher, max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+                       write_timeout=args.write_timeout)
     tcp_port = udp_port = None
     try:
         if tcp:
@@ -544,6 +545,9 @@ def register(subparsers: Any) -> None:
                        f"BIND_CHANNEL; default {DEFAULT_MAX_REQUESTS_PER_CONTEXT}, 0 = no cap)")
     serve.add_argument("--max-connections", type=int, default=1024, help=argparse.SUPPRESS)
     serve.add_argument("--idle-timeout", type=_positive, default=300.0, help=argparse.SUPPRESS)
+    serve.add_argument("--write-timeout", type=_positive, default=30.0, metavar="SECONDS",
+                       help="abort a connection whose peer takes no reply bytes for this long "
+                       "(a client that stops reading must not pin its replies; default 30)")
     serve.set_defaults(func=cmd_serve)
 
     dump = sub.add_parser("dump", help="list HOST's rpcbind registrations (like rpcinfo -p)")
