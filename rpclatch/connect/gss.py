@@ -16,10 +16,7 @@ from rpclatch.gss.channel import Channel
 from rpclatch.gss.client import GssClientAuth, RpcCall, VersionPolicy
 from rpclatch.gss.errors import BindFailureReason, ChannelBindingFailed
 from rpclatch.gss.provider import Provider
-from rpclatch.gss.wire import Service
 from rpclatch.rpc.auth import ClientAuth
-
-_TO_WIRE = {Protection.INTEGRITY: Service.INTEGRITY, Protection.PRIVACY: Service.PRIVACY}
 
 
 def _rpc_call(link: RpcLink, prog: int, vers: int) -> RpcCall:
@@ -103,7 +100,7 @@ class RpcsecGssContext:
     def auth(self, service: GssService) -> ClientAuth:
         """The flavor, after checking it will really use ``service`` (the policy and the flavor must
         agree: channel_prot only with a live binding, RFC 5403 §3.4)."""
-        effective = GssService.from_wire(int(self.flavor.effective_service()))
+        effective = GssService.of(self.flavor.effective_service())
         if effective is not service:
             raise ConnectError(f"RPCSEC_GSS would use {effective.value}, the policy chose {service.value}")
         return self.flavor
@@ -139,7 +136,7 @@ class RpcsecGssConnector:
         self.protection = protection
 
     async def establish(self, link: RpcLink, *, want_v2: bool) -> RpcsecGssContext:
-        flavor = GssClientAuth(self.provider, self.target, service=_TO_WIRE[self.protection],
+        flavor = GssClientAuth(self.provider, self.target, service=self.protection.service,
                                versions=VersionPolicy.PREFER_V2)
         ctx = RpcsecGssContext(flavor, link, self.prog, self.vers)
         await flavor.establish(ctx._rpc_call)

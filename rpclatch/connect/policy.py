@@ -32,29 +32,40 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
+from rpclatch.gss.wire import Service
+
 
 class Protection(StrEnum):
-    """What the application asks RPCSEC_GSS for when there is no bound channel."""
+    """What the application asks RPCSEC_GSS for when there is no bound channel (values: the
+    services' :attr:`~rpclatch.gss.wire.Service.sec_name`)."""
 
-    INTEGRITY = "krb5i"   # rpc_gss_svc_integrity (RFC 2203 §5.3.2.2)
-    PRIVACY = "krb5p"     # rpc_gss_svc_privacy (RFC 2203 §5.3.2.3)
+    INTEGRITY = Service.INTEGRITY.sec_name  # krb5i, rpc_gss_svc_integrity (RFC 2203 §5.3.2.2)
+    PRIVACY = Service.PRIVACY.sec_name  # krb5p, rpc_gss_svc_privacy (RFC 2203 §5.3.2.3)
+
+    @property
+    def service(self) -> Service:
+        return Service.from_sec_name(self.value)
 
 
 class GssService(StrEnum):
-    """RPCSEC_GSS services as the security record names them (RFC 5403 §3.2 rpc_gss_service_t)."""
+    """The RPCSEC_GSS service as the security record names it: :class:`rpclatch.gss.wire.Service`
+    by its :attr:`~rpclatch.gss.wire.Service.sec_name` (``krb5``, ``krb5i``, ``krb5p``,
+    ``channel_prot``), a string in reports and JSON. :attr:`service` and :meth:`of` convert."""
 
-    NONE = "krb5"                  # rpc_gss_svc_none = 1
-    INTEGRITY = "krb5i"            # rpc_gss_svc_integrity = 2
-    PRIVACY = "krb5p"              # rpc_gss_svc_privacy = 3
-    CHANNEL_PROT = "channel_prot"  # rpc_gss_svc_channel_prot = 4
+    NONE = Service.NONE.sec_name
+    INTEGRITY = Service.INTEGRITY.sec_name
+    PRIVACY = Service.PRIVACY.sec_name
+    CHANNEL_PROT = Service.CHANNEL_PROT.sec_name
 
     @property
-    def wire_value(self) -> int:
-        return {"krb5": 1, "krb5i": 2, "krb5p": 3, "channel_prot": 4}[self.value]
+    def service(self) -> Service:
+        """The ``rpc_gss_service_t`` (RFC 2203 §5, RFC 5403 §3.2)."""
+        return Service.from_sec_name(self.value)
 
     @classmethod
-    def from_wire(cls, value: int) -> GssService:
-        return {1: cls.NONE, 2: cls.INTEGRITY, 3: cls.PRIVACY, 4: cls.CHANNEL_PROT}[value]
+    def of(cls, service: Service | Protection) -> GssService:
+        """The record's name of a wire service or of a configured protection."""
+        return cls(service.sec_name if isinstance(service, Service) else service.value)
 
 
 class LatchOutcome(Enum):
@@ -107,7 +118,7 @@ class Decision:
     def service_for(self, wanted: Protection) -> GssService:
         choice = self.if_integrity if wanted is Protection.INTEGRITY else self.if_privacy
         if isinstance(choice, Fallback):
-            return GssService(wanted.value)
+            return GssService.of(wanted)
         return choice
 
 

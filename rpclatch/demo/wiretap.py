@@ -22,9 +22,6 @@ from rpclatch.rpc.messages import AuthFlavor, CallMessage, DeniedReply, decode_m
 from rpclatch.rpc.record import RecordReassembler
 from rpclatch.xdr import XdrError
 
-SERVICE_NAMES = {Service.NONE: "krb5", Service.INTEGRITY: "krb5i", Service.PRIVACY: "krb5p",
-                 Service.CHANNEL_PROT: "channel_prot"}
-
 
 @dataclass(frozen=True, slots=True)
 class SeenCall:
@@ -53,7 +50,7 @@ class SeenCall:
             return f"CALL proc {self.proc} ({flavor})"
         assert self.gss_proc is not None and self.service is not None
         if self.gss_proc is GssProc.RPCSEC_GSS_DATA:
-            return f"CALL proc {self.proc} [{SERVICE_NAMES[self.service]}]"
+            return f"CALL proc {self.proc} [{self.service.sec_name}]"
         return f"{self.gss_proc.name} v{self.gss_version}"
 
 
@@ -260,7 +257,7 @@ class WireView:
             if after is not None and c.time < after:
                 continue
             if c.gss_proc is GssProc.RPCSEC_GSS_DATA and c.service is not None:
-                name = SERVICE_NAMES[c.service]
+                name = c.service.sec_name
                 if name not in seen:
                     seen.append(name)
         return seen

@@ -29,11 +29,8 @@ from rpclatch.gss.wire import Service
 from rpclatch.rpc.auth import ClientAuth, ServerAuth
 from rpclatch.rpc.sec import SecFlavor, register_sec
 
-_SERVICES = {
-    "krb5": (Service.NONE, "RPCSEC_GSS Kerberos V5, authentication only (RFC 2203, rpc_gss_svc_none)"),
-    "krb5i": (Service.INTEGRITY, "RPCSEC_GSS Kerberos V5 with integrity (rpc_gss_svc_integrity)"),
-    "krb5p": (Service.PRIVACY, "RPCSEC_GSS Kerberos V5 with privacy (rpc_gss_svc_privacy)"),
-}
+#: The services a ``--sec`` name can ask for (channel_prot is chosen after BIND_CHANNEL).
+_SEC_SERVICES = (Service.NONE, Service.INTEGRITY, Service.PRIVACY)
 
 
 def _client(service: Service, options: dict[str, Any]) -> ClientAuth:
@@ -70,9 +67,9 @@ def _server(service: Service, options: dict[str, Any]) -> list[ServerAuth]:
 
 
 def _register() -> None:
-    for name, (service, text) in _SERVICES.items():
+    for service in _SEC_SERVICES:
         register_sec(SecFlavor(
-            name, text,
+            service.sec_name, f"RPCSEC_GSS {service.description} ({service.rfc_name})",
             client=lambda o, s=service: _client(s, o),  # type: ignore[misc]
             server=lambda o, s=service: _server(s, o),  # type: ignore[misc]
         ))

@@ -154,11 +154,6 @@ LOG_INTERVAL = 10.0
 
 # Protection strength of a service (RFC 2203 §2: none < integrity < privacy).
 _STRENGTH = {Service.NONE: 0, Service.INTEGRITY: 1, Service.PRIVACY: 2}
-_FLOOR_NAMES = {
-    Service.NONE: "krb5 (rpc_gss_svc_none)",
-    Service.INTEGRITY: "krb5i (rpc_gss_svc_integrity)",
-    Service.PRIVACY: "krb5p (rpc_gss_svc_privacy)",
-}
 
 
 def _strength(service: Service, channel: Channel | None) -> int:
@@ -657,7 +652,7 @@ class GssServerAuth(ServerAuth):
 
     def _too_weak(self, service: Service, conn: ConnectionInfo, now: float) -> AuthDeny:
         """RFC 5531 §9 AUTH_TOOWEAK for a DATA call below ``min_service``."""
-        floor = _FLOOR_NAMES[self.min_service]
+        floor = f"{self.min_service.sec_name} ({self.min_service.rfc_name})"
         what = service.name.lower() + (" on a channel that does not encrypt"
                                        if service is _SVC_CHANNEL_PROT else "")
         self._log_limited("too-weak", now, logging.WARNING,

@@ -44,12 +44,49 @@ class GssProc(IntEnum):
 
 
 class Service(IntEnum):
-    """``rpc_gss_service_t`` (RFC 2203 §5, RFC 5403 §3.2); 0 is reserved."""
+    """``rpc_gss_service_t`` (RFC 2203 §5, RFC 5403 §3.2); 0 is reserved.
+
+    The one table of the services: the wire number (the value), the name security settings and
+    records use (:attr:`sec_name`: krb5 / krb5i / krb5p as in NFS, RFC 7530 §3.2.1, and
+    channel_prot), the RFC's name (:attr:`rfc_name`) and a :attr:`description`.
+    """
 
     NONE = 1  # rpc_gss_svc_none
     INTEGRITY = 2  # rpc_gss_svc_integrity
     PRIVACY = 3  # rpc_gss_svc_privacy
     CHANNEL_PROT = 4  # rpc_gss_svc_channel_prot (v2 only)
+
+    @property
+    def sec_name(self) -> str:
+        """``krb5``, ``krb5i``, ``krb5p`` (the Kerberos V5 flavors, RFC 7530 §3.2.1) or
+        ``channel_prot``."""
+        return _SERVICE_NAMES[self][0]
+
+    @property
+    def description(self) -> str:
+        return _SERVICE_NAMES[self][1]
+
+    @property
+    def rfc_name(self) -> str:
+        """``rpc_gss_svc_none`` ... ``rpc_gss_svc_channel_prot``."""
+        return "rpc_gss_svc_" + self.name.lower()
+
+    @classmethod
+    def from_sec_name(cls, name: str) -> Service:
+        """The service a :attr:`sec_name` names; ValueError for any other string."""
+        for service in cls:
+            if _SERVICE_NAMES[service][0] == name:
+                return service
+        raise ValueError(f"{name!r} names no RPCSEC_GSS service (krb5, krb5i, krb5p, channel_prot)")
+
+
+#: Per service: (:attr:`Service.sec_name`, :attr:`Service.description`).
+_SERVICE_NAMES: dict[Service, tuple[str, str]] = {
+    Service.NONE: ("krb5", "Kerberos V5, authentication only"),
+    Service.INTEGRITY: ("krb5i", "Kerberos V5 with integrity"),
+    Service.PRIVACY: ("krb5p", "Kerberos V5 with privacy"),
+    Service.CHANNEL_PROT: ("channel_prot", "protection of the bound channel (RFC 5403 §3.4)"),
+}
 
 
 class BindChanStatus(IntEnum):

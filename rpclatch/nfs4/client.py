@@ -433,12 +433,11 @@ class Nfs4Client:
         else:
             from rpclatch.gss.client import GssClientAuth
             from rpclatch.gss.provider import GssapiProvider
-            from rpclatch.gss.wire import Service
 
             if self._gss_provider is None:
                 self._gss_provider = GssapiProvider()
-            service = {SecFlavor.KRB5: Service.NONE, SecFlavor.KRB5I: Service.INTEGRITY,
-                       SecFlavor.KRB5P: Service.PRIVACY}[flavor]
+            service = flavor.service
+            assert service is not None  # every flavor but SYS is a Kerberos V5 one
             gss = GssClientAuth(self._gss_provider, self.gss_target, service=service)
             try:
                 await gss.establish(self._rpc_call)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from rpclatch.gss.wire import Service
 from rpclatch.nfs4 import const as c
 from rpclatch.nfs4.const import rpc_gss_svc_t
 from rpclatch.nfs4.errors import Nfs4SecurityError
@@ -29,22 +30,28 @@ from rpclatch.rpc.messages import AuthFlavor
 
 
 class SecFlavor(Enum):
-    """A security flavor rpclatch's NFSv4 client supports (RFC 7530 §3.2.1.1, Table 2)."""
+    """A security flavor rpclatch's NFSv4 client supports (RFC 7530 §3.2.1.1, Table 2); the
+    Kerberos V5 ones are named by their RPCSEC_GSS service (:attr:`rpclatch.gss.wire.Service.sec_name`)."""
 
     SYS = "sys"
-    KRB5 = "krb5"
-    KRB5I = "krb5i"
-    KRB5P = "krb5p"
+    KRB5 = Service.NONE.sec_name
+    KRB5I = Service.INTEGRITY.sec_name
+    KRB5P = Service.PRIVACY.sec_name
 
     @property
     def is_gss(self) -> bool:
         return self is not SecFlavor.SYS
 
     @property
+    def service(self) -> Service | None:
+        """The RPCSEC_GSS service of a Kerberos V5 flavor, None for ``sys``."""
+        return None if self is SecFlavor.SYS else Service.from_sec_name(self.value)
+
+    @property
     def gss_service(self) -> rpc_gss_svc_t | None:
-        return {SecFlavor.KRB5: rpc_gss_svc_t.RPC_GSS_SVC_NONE,
-                SecFlavor.KRB5I: rpc_gss_svc_t.RPC_GSS_SVC_INTEGRITY,
-                SecFlavor.KRB5P: rpc_gss_svc_t.RPC_GSS_SVC_PRIVACY}.get(self)
+        """:attr:`service` as NFSv4's ``rpc_gss_svc_t`` (RFC 7531: the same numbers)."""
+        service = self.service
+        return None if service is None else rpc_gss_svc_t(int(service))
 
     def secinfo(self) -> secinfo4:
         svc = self.gss_service

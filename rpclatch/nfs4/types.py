@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rpclatch.gss.wire import Service
 from rpclatch.nfs4 import const as c
 from rpclatch.nfs4.const import nfs_ftype4, nfsstat4, rpc_gss_svc_t, time_how4
 from rpclatch.rpc.messages import AuthFlavor
@@ -217,8 +218,7 @@ class secinfo4:
             return "none"
         if self.flavor == AuthFlavor.RPCSEC_GSS and self.flavor_info is not None:
             if c.is_krb5_oid(self.flavor_info.oid):
-                return {rpc_gss_svc_t.RPC_GSS_SVC_NONE: "krb5", rpc_gss_svc_t.RPC_GSS_SVC_INTEGRITY: "krb5i",
-                        rpc_gss_svc_t.RPC_GSS_SVC_PRIVACY: "krb5p"}[self.flavor_info.service]
+                return Service(int(self.flavor_info.service)).sec_name
             return f"gss oid {self.flavor_info.oid.hex()}"
         return f"flavor {self.flavor}"
 

@@ -15,6 +15,7 @@ from rpclatch.connect.policy import (
     decide,
     should_bind,
 )
+from rpclatch.gss.wire import Service
 
 
 def reachable() -> list[tuple[LatchOutcome, BindOutcome]]:
@@ -73,6 +74,11 @@ def test_unreachable_pair_is_an_error() -> None:
         decide(LatchOutcome.NOT_LATCHED, BindOutcome.BOUND)
 
 
-def test_wire_values_match_rfc5403() -> None:
-    assert [s.wire_value for s in GssService] == [1, 2, 3, 4]
-    assert all(GssService.from_wire(s.wire_value) is s for s in GssService)
+def test_record_names_are_the_wire_services() -> None:
+    """GssService is rpclatch.gss.wire.Service by name, both ways, with RFC 5403 §3.2's numbers;
+    Protection names the two services a connection falls back to."""
+    assert [int(s.service) for s in GssService] == [1, 2, 3, 4]
+    assert [s.value for s in GssService] == ["krb5", "krb5i", "krb5p", "channel_prot"]
+    assert all(GssService.of(s) is g and g.service is s for s, g in zip(Service, GssService, strict=True))
+    assert Protection.INTEGRITY.service is Service.INTEGRITY and Protection.PRIVACY.service is Service.PRIVACY
+    assert all(GssService.of(p) is GssService(p.value) for p in Protection)

@@ -185,6 +185,9 @@ def twin(realm: ThrowawayRealm) -> _Twin:
     return _Twin(srv, clients, t.conn, other, broken)
 
 
+_DATA, _DESTROY, _BIND = GssProc.RPCSEC_GSS_DATA, GssProc.RPCSEC_GSS_DESTROY, GssProc.RPCSEC_GSS_BIND_CHANNEL
+
+
 def _parse_cred(body: bytes) -> tuple[int, int, int, int, bytes] | str:
     """An ``rpc_gss_cred_vers_1_t`` read here, independently of rpclatch's decoder (RFC 2203 §5):
     its fields, or why it is malformed ("short", "version", "layout", "enum")."""
@@ -195,7 +198,7 @@ def _parse_cred(body: bytes) -> tuple[int, int, int, int, bytes] | str:
         return "version"
     if hlen > MAX_HANDLE or len(body) != 20 + hlen + (-hlen % 4):
         return "layout"
-    if proc > 4 or not 1 <= service <= 4:
+    if proc not in set(GssProc) or service not in set(Service):  # (their numbers: tests/gss/test_wire.py)
         return "enum"
     return version, proc, seq, service, body[20:20 + hlen]
 
@@ -220,20 +223,21 @@ def _expected(srv: GssServerAuth, ctx: _ServerContext, conn: ConnectionInfo, cal
     version, proc, seq, service, handle = fields
     if version not in srv.versions:
         return ("AuthDeny", srv.unsupported_version_stat)
-    if proc in (1, 2):
+    if proc in (GssProc.RPCSEC_GSS_INIT, GssProc.RPCSEC_GSS_CONTINUE_INIT):
         return ("INIT", None)  # context creation: not this test's subject
-    if ((proc == 4 and (version != 2 or service != 1)) or (proc == 3 and service == 4)
-            or (service == 4 and version != 2) or (proc != 0 and call.proc != 0)):
+    if ((proc == _BIND and (version != 2 or service != Service.NONE))
+            or (proc == _DESTROY and service == Service.CHANNEL_PROT)
+            or (service == Service.CHANNEL_PROT and version != 2) or (proc != _DATA and call.proc != 0)):
         return ("AuthDeny", AuthStat.AUTH_BADCRED)
     if handle != ctx.handle:
         return ("AuthDeny", AuthStat.RPCSEC_GSS_CREDPROBLEM)
     if version != ctx.version:
         return ("AuthDeny", AuthStat.AUTH_BADCRED)  # RFC 5403 §4: a handle never crosses versions
     cap = srv.max_requests_per_context
-    if seq >= MAXSEQ or (cap is not None and ctx.data_requests >= cap and proc != 3):
+    if seq >= MAXSEQ or (cap is not None and ctx.data_requests >= cap and proc != _DESTROY):
         return ("AuthDeny", AuthStat.RPCSEC_GSS_CTXPROBLEM)
     new = _is_new(ctx.window.highest, ctx.window._bits, ctx.window.size, seq)
-    if service == 4:  # channel_prot (RFC 5403 §3.4)
+    if service == Service.CHANNEL_PROT:  # RFC 5403 §3.4
         if call.verf != NULL_AUTH:
             return ("AuthDeny", AuthStat.AUTH_BADVERF)
         binding = ctx.binding
@@ -243,13 +247,13 @@ def _expected(srv: GssServerAuth, ctx: _ServerContext, conn: ConnectionInfo, cal
         return ("accept", None) if new else ("AuthDrop", None)
     if call.verf.flavor != 6:
         return ("AuthDeny", AuthStat.RPCSEC_GSS_CREDPROBLEM)
-    if proc == 4:
+    if proc == _BIND:
         return ("BIND", None)  # channel binding: tests/gss/test_bind_outcomes.py
     if not new:
         return ("AuthDrop", None)
     if verf_kind != "mic" or call.cred.body != signed_cred:
         return ("AuthDeny", AuthStat.RPCSEC_GSS_CREDPROBLEM)
-    if service in (2, 3) and body_kind != "good":
+    if service in (Service.INTEGRITY, Service.PRIVACY) and body_kind != "good":
         return ("AuthGarbage", None)
     return ("accept", None)
 
@@ -260,7 +264,7 @@ def _mostly(usual: object, *others: object) -> st.SearchStrategy[object]:
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), version=st.sampled_from([1, 2]), cred_version=_mostly("same", 1, 2, 3),
-       service=st.sampled_from([1, 2, 3, 4] * 3 + [0, 5]), proc=_mostly(0, 5, 2**32 - 1),
+       service=st.sampled_from([int(s) for s in Service] * 3 + [0, 5]), proc=_mostly(0, 5, 2**32 - 1),
        verf_kind=_mostly("right", "mic", "bad-mic", "none", "sys"),
        body_kind=_mostly("good", "wrong-seq", "bad", "short"),
        args=st.binary(max_size=40).map(lambda b: b + b"\0" * (-len(b) % 4)),

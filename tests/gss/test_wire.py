@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Callable
 
 import pytest
@@ -39,6 +40,20 @@ def test_enum_values_are_the_rfc_ones() -> None:
     assert [p.value for p in GssProc] == [0, 1, 2, 3, 4]
     assert GssProc.RPCSEC_GSS_BIND_CHANNEL == 4
     assert (Service.NONE, Service.INTEGRITY, Service.PRIVACY, Service.CHANNEL_PROT) == (1, 2, 3, 4)
+
+
+def test_service_names_are_one_table() -> None:
+    """Service is the one mapping of rpc_gss_service_t numbers to names: krb5 / krb5i / krb5p as
+    NFS names the Kerberos V5 flavors (RFC 7530 §3.2.1), channel_prot (RFC 5403 §3.2)."""
+    assert [(int(s), s.sec_name, s.rfc_name) for s in Service] == [
+        (1, "krb5", "rpc_gss_svc_none"), (2, "krb5i", "rpc_gss_svc_integrity"),
+        (3, "krb5p", "rpc_gss_svc_privacy"), (4, "channel_prot", "rpc_gss_svc_channel_prot")]
+    for service in Service:
+        assert Service.from_sec_name(service.sec_name) is service
+        assert service.description
+    for name in ("sys", "NONE", "krb5x", "", "1"):
+        with pytest.raises(ValueError):
+            Service.from_sec_name(name)
 
 
 def test_cred_exact_bytes() -> None:
@@ -102,6 +117,9 @@ def test_init_res_round_trip() -> None:
 )
 def test_cred_round_trip(version: int, proc: GssProc, seq: int, service: Service, handle: bytes) -> None:
     cred = GssCred(version, proc, seq, service, handle)
+    # RFC 2203 §5 rpc_gss_cred_vers_1_t, packed here independently of the encoder
+    assert cred.encode() == struct.pack(">5I", version, proc, seq, service, len(handle)) + handle + bytes(
+        -len(handle) % 4)
     assert GssCred.decode(cred.encode()) == cred
 
 

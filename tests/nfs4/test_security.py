@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from rpclatch.gss.wire import Service
 from rpclatch.nfs4.const import rpc_gss_svc_t
 from rpclatch.nfs4.errors import Nfs4SecurityError
 from rpclatch.nfs4.security import (
@@ -32,6 +33,21 @@ def test_flavor_secinfo_round_trip() -> None:
     assert SecFlavor.from_secinfo(OTHER_GSS) is None
     assert SecFlavor.from_secinfo(secinfo4(AuthFlavor.AUTH_NONE)) is None
     assert KRB5P.flavor_info is not None and KRB5P.flavor_info.service == rpc_gss_svc_t.RPC_GSS_SVC_PRIVACY
+
+
+def test_kerberos_flavors_are_the_gss_services() -> None:
+    """krb5 / krb5i / krb5p are RPCSEC_GSS none / integrity / privacy (RFC 7530 §3.2.1), named by
+    rpclatch.gss.wire.Service; the secinfo4 entry carries the same number (RFC 7531 rpc_gss_svc_t)."""
+    assert SecFlavor.SYS.service is None and SecFlavor.SYS.gss_service is None
+    assert [(f.service, f.value) for f in SecFlavor if f.is_gss] == [
+        (Service.NONE, "krb5"), (Service.INTEGRITY, "krb5i"), (Service.PRIVACY, "krb5p")]
+    for f in SecFlavor:
+        info = f.secinfo().flavor_info
+        if f.service is None:
+            assert info is None
+        else:
+            assert info is not None and int(info.service) == int(f.service)
+            assert f.secinfo().describe() == f.service.sec_name
 
 
 def test_allowed_flavors() -> None:
