@@ -12,7 +12,7 @@
 # (netns: nfsdcld), nfsd (short grace/lease), a packet capture of NFS and ESP traffic, rpc.gssd for
 # the world's own kernel client; then touches /run/out/ready and serves command jobs from
 # /run/out/jobs until /run/out/stop appears.
-# Pitfalls (recipes/uml-nfsd): /tmp, /run, /var/tmp get tmpfs (so host paths under /tmp that the
+# Pitfalls of nfsd in a UML guest: /tmp, /run, /var/tmp get tmpfs (so host paths under /tmp that the
 # host asks for are bind-mounted back); /lib/modules may be absent on the host, so modprobe runs with
 # -d over a tmpfs tree linking to /usr/lib/uml/modules; gssproxy must be up before nfsd.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root

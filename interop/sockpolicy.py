@@ -1,13 +1,13 @@
 """Per-socket IPsec policies (``setsockopt(IP_XFRM_POLICY)``), the kernel's per-connection SPD entry.
 
-A socket policy overrides the global SPD for one socket (recipes/xfrm-netlink/sockpolicy.py). The
-interop suite uses two: BYPASS (no template: the socket sends in clear even where the global SPD
-says PROTECT) to check that the Linux server's inbound policy refuses unprotected NFS, and PROTECT
-with one ESP transport template (the manually keyed SAs of the guest) to check that an explicit
-per-socket policy uses them. The option value is a ``struct xfrm_userpolicy_info`` (168 bytes)
-followed by ``struct xfrm_user_tmpl`` s (64 bytes each) of ``<linux/xfrm.h>``; both are encoded by
-:mod:`rpclatch.ipsec.xfrm.netlink` (:class:`PolicyInfo`, :class:`Template`), the same code the xfrm
-backend uses for its own socket policies.
+A socket policy overrides the global SPD for one socket (``xfrm_sk_policy_lookup`` in
+net/xfrm/xfrm_policy.c). The interop suite uses two: BYPASS (no template: the socket sends in
+clear even where the global SPD says PROTECT) to check that the Linux server's inbound policy
+refuses unprotected NFS, and PROTECT with one ESP transport template (the manually keyed SAs of
+the guest) to check that an explicit per-socket policy uses them. The option value is a
+``struct xfrm_userpolicy_info`` (168 bytes) followed by ``struct xfrm_user_tmpl`` s (64 bytes each)
+of ``<linux/xfrm.h>``; both are encoded by :mod:`rpclatch.ipsec.xfrm.netlink` (:class:`PolicyInfo`,
+:class:`Template`), the same code the xfrm backend uses for its own socket policies.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The real Linux kernel NFS server in a User-Mode Linux guest (recipe: /work/shared/recipes/uml-nfsd).
+"""The real Linux kernel NFS server in a User-Mode Linux guest.
 
 :class:`LinuxNfsdGuest` boots ``linux.uml`` with the host root as a read-only hostfs root and
 ``interop/guest_init.sh`` as init; the host-side namespace reaches the guest over a tap device

@@ -1,6 +1,6 @@
 """The client side of BYPASS-OR-PROTECT: run the policy table on a world, then make calls.
 
-Flow per connection (digest §9; design slides "BYPASS OR PROTECT", NFSv4 example)::
+Flow per connection (docs/design.md, "The connect policy"; RFC 5660 §3.1, RFC 5403 §3.3)::
 
     open(port, protect=True, ike_timeout)  --ProtectionFailed-->  open(port, protect=False)  [BYPASS]
       | latched
@@ -13,7 +13,7 @@ Flow per connection (digest §9; design slides "BYPASS OR PROTECT", NFSv4 exampl
       -> a bound connection binds the new context again (BIND_CHANNEL, the same step) -> record
 
 Every connection gets a fresh RPCSEC_GSS context, so a channel-bound handle can never be used on
-another connection (RFC 5403 §3.4 requires the channel to still exist; digest §9 step 6).
+another connection (RFC 5403 §3.4 requires the channel to still exist).
 
 The flow is written once, as coroutines (:meth:`ProtectedConnection.aconnect` / ``acall`` /
 ``aclose``) over the world's interfaces; :meth:`~ProtectedConnection.connect` / ``call`` / ``close``
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 def classify_latch(latch: LatchView | None) -> LatchOutcome:
-    """Map INQUIRE_LATCH to the policy's latch outcome (digest §9 step 2)."""
+    """Map INQUIRE_LATCH to the policy's latch outcome (RFC 5660 §2.3)."""
     if latch is None:
         return LatchOutcome.NOT_LATCHED
     if latch.binding_unavailable is not None or latch.channel is None:

@@ -2,7 +2,7 @@
 
 The RPCSEC_GSS client's control exchanges (INIT, BIND_CHANNEL, DESTROY) are coroutines taking an
 ``rpc_call``, which here is the link's own ``call``. One :class:`RpcsecGssContext` per connection:
-a context bound to a channel dies with the connection (RFC 5403 §3.4; digest §9 step 6).
+a context bound to a channel dies with the connection (RFC 5403 §3.4).
 """
 
 from __future__ import annotations

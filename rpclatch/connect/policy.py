@@ -1,5 +1,5 @@
-"""The BYPASS-OR-PROTECT connect policy, in one place (design slides "BYPASS OR PROTECT";
-standards digest §9; RFC 5660 §3.1 optional protection; RFC 5403 §2, §3.3, §3.4, §7, §9).
+"""The BYPASS-OR-PROTECT connect policy, in one place (docs/design.md, "The connect policy";
+RFC 5660 §3.1 optional protection; RFC 5403 §2, §3.3, §3.4, §7, §9).
 
 The whole decision is the table :data:`POLICY`: given what happened to the connection's IPsec
 latch and to RPCSEC_GSS_BIND_CHANNEL, it says which RPCSEC_GSS service the DATA calls use, whether
@@ -69,7 +69,7 @@ class GssService(StrEnum):
 
 
 class LatchOutcome(Enum):
-    """What the protection attempt produced for this connection (RFC 5660 §2.3, digest §9 step 2-3)."""
+    """What the protection attempt produced for this connection (RFC 5660 §2.3)."""
 
     LATCHED_BINDING_CONF = "latched; the latch offers binding data; ESP encrypts"
     LATCHED_BINDING_INTEG = "latched; the latch offers binding data; no confidentiality (AH/ESP-NULL)"
@@ -165,7 +165,7 @@ def decide(latch: LatchOutcome, bind: BindOutcome) -> Decision:
 
 
 def should_bind(latch: LatchOutcome) -> bool:
-    """RFC 5403 §3.3 / digest §9 step 4: bind only when the latch offers binding data."""
+    """RFC 5403 §3.3: bind only when the latch offers binding data."""
     return latch.binding_available
 
 
@@ -181,7 +181,7 @@ class ConnectPolicy:
     """The knobs of BYPASS-OR-PROTECT for one client.
 
     ``ike_timeout``: how long to wait for the latch (IKE + child SAs) before reconnecting without
-    IPsec (design slides: "it must handle IKE timeouts"). ``btns_ok``: accept unauthenticated
+    IPsec (the application, not IPsec, decides what an IKE timeout means). ``btns_ok``: accept unauthenticated
     (BTNS / raw public key / NULL auth) peers (RFC 5386). ``require_binding``: refuse to run
     unbound (no fallback) -- off by default, since the fallback is still krb5i/krb5p.
     """

@@ -355,7 +355,7 @@ def build_world(
     """A client and a server (both BTNS raw keys, ``spd_action`` on 2049: BYPASS-OR-PROTECT by
     default), plus attackers. ``server_auth``: how the server authenticates in IKE (``btns`` raw
     key or ``null``, RFC 7619). ``server_gss_versions``: RPCSEC_GSS versions the server speaks.
-    ``approach``: where latches live (design slides: 1 = in the TCB, 2 = in the LD/PAD/SPD).
+    ``approach``: where latches live (docs/design.md: 1 = in the TCB, 2 = in the LD/PAD/SPD).
     ``editor``: with ``mitm``, the relay edits RPC records through it (scenario 6).
     ``max_requests_per_context``: the server's RFC 5403 §9 (a) cap (None: no cap)."""
     world = World(seed=seed, latency=latency)
@@ -377,7 +377,7 @@ def build_world(
     dispatcher.add_flavor(GssServerAuth(
         GssapiProvider(realm.service_name, keytab=realm.keytab), versions=server_gss_versions,
         max_requests_per_context=max_requests_per_context,
-        # a v1-only server answers like Linux nfsd (standards digest §7.5)
+        # a v1-only server answers like Linux nfsd: AUTH_BADCRED, not RFC 5403 §4's AUTH_REJECTEDCRED
         unsupported_version_stat=AuthStat.AUTH_BADCRED if v1_only else AuthStat.AUTH_REJECTEDCRED))
     endpoint = SimServerEndpoint(server, NFS_PORT, dispatcher)
     attackers: list[Host] = []

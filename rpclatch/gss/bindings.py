@@ -15,9 +15,10 @@ application data length and value; every integer and length is 4 octets little-e
 included even when zero, values only when non-empty. Without bindings (``GSS_C_NO_BINDINGS``) Bnd
 is 16 zero octets. MIT libkrb5 computes the same bytes internally (``kg_checksum_channel_bindings``
 in src/lib/gssapi/krb5/util_cksum.c) from the struct we pass; we never put Bnd on the wire
-ourselves, so :func:`krb5_bnd` documents and tests *what* is bound (digest §4, test vectors there:
-``"abc"`` -> ``420b92da63953711d03790fc6a20013d``). RFC 6542 hash agility (Bnd = 16 x 0xFF plus a
-usage-43 MIC in Exts) is not requested by MIT's initiator by default and is not modelled here.
+ourselves, so :func:`krb5_bnd` documents and tests *what* is bound (RFC 4121 §4.1.1.2; a vector
+computed from that layout: ``"abc"`` -> ``420b92da63953711d03790fc6a20013d``). RFC 6542 hash
+agility (Bnd = 16 x 0xFF plus a usage-43 MIC in Exts) is not requested by MIT's initiator by
+default and is not modelled here.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ to the target program/version through any RPC client with ``auth`` as the flavor
 unwrapped results or raises :class:`rpclatch.rpc.errors.RpcError`. With rpclatch's asyncio client
 that is e.g. ``lambda auth, proc, args: client.call(PROG, VERS, proc, args, auth=auth)``.
 
-Version negotiation (RFC 5403 §4, standards digest §7.5): a v2 INIT first; AUTH_REJECTEDCRED (the
+Version negotiation (RFC 5403 §4): a v2 INIT first; AUTH_REJECTEDCRED (the
 RFC) or AUTH_BADCRED (Linux) means "no v2" and a *fresh* v1 context is created, unless the policy
 requires v2. A handle is only ever used with the version that created it. The refusal is a
 MSG_DENIED, which nothing authenticates, so the v1 context remembers it: binding it later fails with

@@ -3,12 +3,12 @@
 RPCSEC_GSS (RFC 2203 §5.2.2) needs contexts created *without* GSS replay and sequence detection
 (it keeps its own sequence window), per-message ``get_mic``/``verify_mic``/``wrap``/``unwrap``, the
 context lifetime (for expiry) and the initiator's name. :class:`GssapiProvider` implements this over
-``gssapi.raw`` (the high-level API is ~6x slower for small messages, recipes/gss §3) with:
+``gssapi.raw`` (the high-level API's per-call overhead dominates for small messages) with:
 
-* flags ``mutual | integ | conf`` and never replay/sequence (recipes/gss §6.2);
+* flags ``mutual | integ | conf`` and never replay/sequence (RFC 2203 §5.2.2);
 * one lock per context: MIT contexts are not thread-safe and the bindings release the GIL
-  (recipes/gss §6.3);
-* acceptor credentials restricted to the configured service principal (recipes/gss §6.4) and,
+  (two threads on one context would emit the same sequence number twice);
+* acceptor credentials restricted to the configured service principal (not every key in the keytab) and,
   unless configured otherwise, to the Kerberos V5 mechanism (RFC 4121; OID 1.2.840.113554.1.2.2):
   an acceptor that also speaks SPNEGO answers a 29-byte NegTokenInit without a mech token with
   CONTINUE_NEEDED, which lets anyone park half-open contexts on the server (RFC 2203 §5.2.2);

@@ -7,7 +7,7 @@ everything again on :meth:`ThrowawayRealm.stop` -- also when start-up fails half
 
 Why not plain ``k5test.K5Realm()``: its constructor starts the KDC and leaks it (and its temporary
 directory) when a later step raises, and every realm defaults to the same port base, so two realms
-running at once silently share ports (see /work/shared/recipes/gss/REPORT.md §6.6). Here the
+running at once silently share ports. Here the
 constructor only writes configuration files; every step that starts a process runs inside
 try/stop.
 

@@ -21,7 +21,7 @@ Limits (everything here is fed from the network before or after authentication):
 * log lines a flood could trigger (half-open eviction, calls below the service floor) are
   rate-limited.
 
-Project choices where the RFCs are silent (standards digest §7.3, §7.4, §12):
+Project choices where the RFCs are silent (RFC 5403 §3.3 and §3.4 leave these open):
 
 * BIND_CHANNEL is processed like DATA (RFC 5403 §3.3: "seq_num ... as if gss_proc were
   RPCSEC_GSS_DATA"): replays and seq_nums below the window are dropped silently, the request MIC is
@@ -422,7 +422,7 @@ class GssServerAuth(ServerAuth):
         except XdrError as exc:
             return AuthGarbage(f"bad rpc_gss_init_arg: {exc}")
         # RFC 2203 §5.2.3: retransmissions must get the same answer; a second accept of the same
-        # AP-REQ would fail the Kerberos replay cache (recipes/gss §6.5).
+        # AP-REQ would fail the Kerberos replay cache.
         key = hashlib.sha256(
             be32(cred.version) + be32(cred.gss_proc) + be32(len(cred.handle)) + cred.handle + token
         ).digest()

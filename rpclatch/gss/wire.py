@@ -389,7 +389,7 @@ def bind_chan_verifier_size(prefix: bytes, oid: bytes, mic_len: int = MAX_KRB5_M
     """Encoded size of a BIND_CHANNEL verifier (``rgss2_bind_chan_verf_args``, RFC 5403 §3.3) with
     this prefix and hash OID and a MIC of ``mic_len`` bytes (default: the longest krb5 MIC).
 
-    It must fit an ``opaque_auth`` body (RFC 5531 §8.2: 400 bytes; digest §11 item 29). With
+    It must fit an ``opaque_auth`` body (RFC 5531 §8.2: 400 bytes). With
     :data:`MAX_PREFIX`, :data:`MAX_OID` and :data:`MAX_KRB5_MIC` the worst case is 68 + 36 + 44 =
     148 bytes, so every prefix/hash we accept fits; :func:`bind_chan_request_problem` says why a
     prefix/hash cannot be sent at all.

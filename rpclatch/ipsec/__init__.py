@@ -15,7 +15,8 @@ Modules (one job each):
 - :mod:`~rpclatch.ipsec.decisions` verdicts, packet tags, named drop reasons;
 - :mod:`~rpclatch.ipsec.channel_binding` the project's NON-STANDARD IPsec channel binding and
   LatchChannel (the rpclatch.channel.Channel a latched connection offers RPCSEC_GSS);
-- :mod:`~rpclatch.ipsec.examples` the digest's running example as ready-made objects.
+- :mod:`~rpclatch.ipsec.examples` one running example (NFSv4 on TCP 2049, BTNS peers) as
+  ready-made objects.
 """
 
 from rpclatch.ipsec.decisions import CLEARTEXT, DropReason, InboundDecision, OutboundDecision, PacketTag

@@ -6,7 +6,7 @@ network, where the engine itself answers every packet, so the backend only recor
 kernel would hold) and the XFRM one (:class:`rpclatch.ipsec.xfrm.backend.XfrmBackend`: the Linux
 kernel via xfrm_user netlink, sockets made in a namespace without fork, every request with a timeout).
 
-Mapping onto Linux XFRM (approach 2 of the design slides; recipes/xfrm-netlink):
+Mapping onto Linux XFRM (approach 2 of docs/design.md; the kernel interface is ``<linux/xfrm.h>``):
 
 =====================================  ========================================================
 Backend call                           xfrm_user netlink
@@ -33,7 +33,7 @@ reqid)``                               mode) with an exact 5-tuple selector (pre
                                        template (reqid pinned if given); BYPASS = a per-socket
                                        ALLOW policy without templates. Used for a flow decided
                                        before the socket is bound/connected (the kernel's
-                                       ACQUIRE has sport 0 until then; recipes/xfrm-netlink)
+                                       ACQUIRE has sport 0 until then)
 ``remove_socket_policy(socket_id)``    setsockopt with an empty policy, or close the socket
 events: ACQUIRE -> engine              XFRMNLGRP_ACQUIRE multicast (XFRM_MSG_ACQUIRE): call
                                        ``IPsecEngine.backend_acquire(flow, now)``; note the kernel

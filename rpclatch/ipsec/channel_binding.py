@@ -18,9 +18,10 @@ each peer) suffices for channel binding") and RFC 5403 §2's illustration:
 - Each key is length-prefixed so the encoding is canonical and unambiguous (RFC 5056 §2.1).
 - Unavailable for NULL-authenticated (RFC 7619) and PSK peers: there is no public key that was
   bound into the channel's negotiation (RFC 5056 §2.1 end-point CB requirement). Callers then use
-  RPCSEC_GSS integrity or privacy instead of channel_prot (digest §3.4).
+  RPCSEC_GSS integrity or privacy instead of channel_prot (RFC 7619 §2.2: a NULL-authenticated
+  peer's identification data is empty, so there is nothing to bind to).
 
-It is an end-point binding, not unique in time: re-bind on every connection (digest §9.5).
+It is an end-point binding, not unique in time (RFC 5056 §2): re-bind on every connection.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class LatchChannel(Channel):
       never AH or ESP-NULL).
     - is_up(): the latch is ESTABLISHED and has never been BROKEN or CLOSED since the channel was
       made (a latch that recovers from BROKEN needs a new binding: the bound GSS handle must not
-      silently continue, digest §9.5).
+      silently continue: an end-point binding does not name one connection, RFC 5056 §2).
     - on_break(cb): fired once, on the first ALERT to BROKEN or CLOSED (or the owner's release).
 
     Build it with :meth:`for_latch` (approach 2, latch in the LD), :meth:`for_ulp_latch` (approach

@@ -49,7 +49,7 @@ class DropReason(Enum):
     LATCH_PEER_MISMATCH = "sa-peer-differs-from-latched-peer"  # §2 (peer ID must not change)
     LATCH_LOCAL_ID_MISMATCH = "sa-local-id-differs-from-latched-local-id"  # §2 (local ID too)
     LATCH_QOP_MISMATCH = "sa-qop-differs-from-latched-qop"  # §2 (QoP must not change)
-    # BYPASS-OR-PROTECT template (design slides; RFC 5660 §3.1)
+    # BYPASS-OR-PROTECT template (RFC 5660 §3.1; docs/design.md)
     BOP_UNDECIDED = "bypass-or-protect-flow-not-decided"  # first packet not initiating / no app choice
     BOP_FLOW_DECIDED_CLEARTEXT = "protected-packet-on-cleartext-decided-flow"
     BOP_IKE_FAILED = "bypass-or-protect-ike-failed"  # the app must choose BYPASS explicitly

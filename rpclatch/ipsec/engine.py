@@ -11,7 +11,7 @@
 is the SA the host's ESP layer decapsulated the packet with (None for cleartext). Nothing here
 reads a clock or does I/O; ``now`` is virtual time in seconds.
 
-Two designs (design slides "How"), chosen by :class:`Approach`:
+Two designs (docs/design.md, "Two places to keep a latch"), chosen by :class:`Approach`:
 
 * ``Approach.ULP`` (approach 1, "intimate interfaces", RFC 5660 §2.4 informative model): the
   engine does RFC 4301 processing and *tags* every inbound packet with the SA that protected it
@@ -88,7 +88,8 @@ class ProtectionOutcome:
     """Result of :meth:`IPsecEngine.request_protection`, immediately or via ``on_outcome``.
 
     ``ok`` False with ``acquire`` TIMEOUT / NO_PEER means IKE failed: the application may retry
-    with :attr:`FlowChoice.BYPASS` (design slides: "the app must handle IKE timeouts").
+    with :attr:`FlowChoice.BYPASS`: what an IKE timeout means is the application's decision, not
+    IPsec's (docs/design.md, BYPASS-OR-PROTECT).
     """
 
     flow: FiveTuple
@@ -600,7 +601,7 @@ class IPsecEngine:
         policy: ProtectionPolicy | None = None,
         socket_id: int | None = None,
     ) -> ProtectionOutcome:
-        """Decide an outgoing flow before its first packet (design slides BYPASS OR PROTECT;
+        """Decide an outgoing flow before its first packet (BYPASS-OR-PROTECT, docs/design.md;
         RFC 5660 §3.1 optional protection).
 
         - On a BYPASS-OR-PROTECT template: PROTECT installs an exact-5-tuple PROTECT clone and (in
@@ -991,7 +992,7 @@ def _discard_reason(entry: SpdEntry) -> DropReason:
 
 
 def _require_connection_protocol(proto: int) -> None:
-    """Approach 2 latches connections only (design slides: "only allows for connected UDP")."""
+    """Approach 2 latches connections only (TCP, SCTP, connected UDP; docs/design.md)."""
     if proto not in CONNECTION_PROTOCOLS:
         raise PolicyRefused(
             f"protocol {proto} has no connections to latch; datagram applications use pTokens (approach 1)"

@@ -1,4 +1,4 @@
-"""IPsec-layer exceptions, split Local vs Remote as in h11 (see ARCHITECTURE.md).
+"""IPsec-layer exceptions, split Local vs Remote as in h11 (``LocalProtocolError`` / ``RemoteProtocolError``).
 
 A :class:`IPsecLocalError` is raised for a request our own side made that cannot be honoured
 (creating a latch that exists, an illegal state transition, a conflicting SAD). A

@@ -1,4 +1,4 @@
-"""Ready-made policies and SAs for the digest's running example (RFC 5386 §3.2/§3.3, RFC 5660
+"""Ready-made policies and SAs for one running example (RFC 5386 §3.2/§3.3, RFC 5660
 §2.3.2): an NFSv4 server on TCP 2049 in 192.0.2.0/24, BTNS (raw public key) peers.
 
 Used by tests, benchmarks and demos so they all speak about the same topology. Keys are real

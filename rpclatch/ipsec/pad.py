@@ -13,7 +13,7 @@ may claim. BTNS and NULL-auth peers additionally must not claim addresses that b
 non-BTNS entry (RFC 5386 §2 second PAD search; RFC 7619 §3), and NULL-auth peers get host-to-host
 SAs only (RFC 7619 §2.5).
 
-The latch layer (approach 2 of the design slides: template and cloned entries) lives in
+The latch layer (approach 2 of docs/design.md: template and cloned entries) lives in
 :mod:`rpclatch.ipsec.pad_latching` and never modifies these configured entries (RFC 5660 §1: latching
 must never modify the PAD itself; the clones only *narrow* what the configured PAD authorizes).
 """

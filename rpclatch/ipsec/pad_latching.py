@@ -1,4 +1,4 @@
-"""Approach 2 of the design slides: the latch recorded in the PAD/SPD ("PAD-based latching").
+"""Approach 2 of docs/design.md: the latch recorded in the PAD/SPD ("PAD-based latching").
 
 - Listeners create a 3-tuple *template* PAD entry, initiators a 5-tuple one
   (:meth:`PadLatchLayer.add_template`).
@@ -10,11 +10,13 @@
   length comes only from local latencies (:class:`TimeWaitPolicy`), during which late packets of
   the flow are still judged against it. A new flow trigger for the same 5-tuple during the hold
   replaces the held clone in one step, so there is no instant at which the 5-tuple is governed by
-  neither (atomic w.r.t. new flow triggers; design slides "Properties"; digest §2.13).
+  neither (atomic w.r.t. new flow triggers). RFC 5660 never names TIME_WAIT; the hold follows from
+  §2.3 (a latch goes only when no further packets are expected) and §5.1 (a TCP latch closes
+  when TCP reaches CLOSED, which is after TIME_WAIT).
 
 The layer never touches the configured PAD entries (RFC 5660 §1): clones only narrow what those
 entries already authorize. Only connection-like flows (TCP, connected UDP, SCTP) can be latched
-this way (design slides: approach 2 only allows connected UDP).
+this way: an unconnected UDP socket has no 5-tuple to clone an entry for.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from rpclatch.ipsec.model import FiveTuple, IPAddress, PeerIdentity, Selector, T
 
 @dataclass(frozen=True, slots=True)
 class TimeWaitPolicy:
-    """Length of the TIME_WAIT-like hold, from local latencies only (design slides).
+    """Length of the TIME_WAIT-like hold, from local latencies only.
 
     hold = ``multiplier`` x (``local_stack_latency`` + ``key_manager_latency``): long enough for
     every packet of the flow already inside this host (queues, the key manager's pending work) to

@@ -7,8 +7,8 @@
   BYPASS-OR-PROTECT templates. The overlay is volatile by construction: :meth:`clear_volatile`
   is called on every key-manager restart, and nothing here is ever persisted (RFC 5660 §2.3: such
   entries MUST NOT survive crashes or reboots).
-- :attr:`SpdAction.BYPASS_OR_PROTECT` is the project's SPD extension (design slides "BYPASS OR
-  PROTECT"; RFC 5660 §3.1 optional protection; libreswan's private-or-clear): the entry is a
+- :attr:`SpdAction.BYPASS_OR_PROTECT` is the project's SPD extension (docs/design.md,
+  BYPASS-OR-PROTECT; RFC 5660 §3.1 optional protection; libreswan's private-or-clear): the entry is a
   *template*; each flow that matches it gets its own PROTECT or BYPASS clone in the overlay, decided
   by how its first packet arrived (inbound) or by what the application asked for (outbound).
 """

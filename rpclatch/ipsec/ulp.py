@@ -1,4 +1,4 @@
-"""Approach 1 of the design slides: the latch held by the ULP ("intimate interfaces").
+"""Approach 1 of docs/design.md: the latch held by the ULP ("intimate interfaces").
 
 RFC 5660 §2.4 (informative model): IPsec tags every inbound packet with the SA that protected it
 (``InboundDecision.tag``: a :class:`~rpclatch.ipsec.decisions.PacketTag`, or CLEARTEXT); on output
@@ -308,7 +308,7 @@ class PToken:
     """A protection token (BTNS abstract API, IETF 69 "btns-0"): how a datagram was protected.
 
     Handed to the application with each received datagram (``recvmsg``) and given back on
-    ``sendmsg`` to demand the same protection. Attributes follow the slides' pToken: privacy /
+    ``sendmsg`` to demand the same protection. Attributes follow the pToken of docs/design.md: privacy /
     integrity protection, tunnel mode, and the peer identity (the iToken).
     """
 

@@ -50,7 +50,8 @@ class Attacker(Host):
 
     def inject_tcp(self, src: str | IPAddress, sport: int, dst: str | IPAddress, dport: int, *,
                    seq: int, ack: int = 0, flags: Flags = Flags.ACK, payload: bytes = b"") -> None:
-        """Forge a cleartext TCP segment (e.g. RFC 5660 §2 / digest A8 cleartext injection)."""
+        """Forge a cleartext TCP segment (e.g. RFC 5660 §2 cleartext injection, attack A8 of
+        docs/design.md)."""
         s, d = ip(src), ip(dst)
         seg = TcpSegment(sport, dport, seq, ack, flags, payload=payload)
         self.inject(IpPacket(s, d, PROTO_TCP, seg.encode(s, d)))

@@ -146,8 +146,8 @@ class UdpSocket:
 
     def connect(self, addr: str | IPAddress, port: int, **options: Any) -> None:
         """Connected UDP (``connect()`` on a datagram socket): fix the 5-tuple. With IPsec in
-        approach 2 this creates the connection latch (RFC 5660 §5.1; the design slides: approach
-        2 latches connected UDP only)."""
+        approach 2 this creates the connection latch (RFC 5660 §5.1; approach 2 latches
+        connected UDP only, docs/design.md)."""
         if self.flow is not None:
             raise SimLocalError(f"{self.host.name}: UDP socket already connected to {self.flow}")
         self.flow = FiveTuple(self.local_addr, self.port, ip(addr), port, IpProto.UDP)

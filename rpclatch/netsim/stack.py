@@ -11,7 +11,7 @@ Packet path (RFC 4301 §5.1 / §5.2 with RFC 5660 latching):
   SPI, ICV-checked and replay-checked; then ``engine.inbound(flow, sa, initiating=SYN)`` -> ACCEPT
   with the packet tag, or DROP (reason recorded).
 
-Latching per approach (design slides "How"):
+Latching per approach (docs/design.md):
 
 * approach 2 (``Approach.POLICY``, RFC 5660 §2.3 normative model): ``listen`` creates the
   LISTENER latch, ``connect`` the connection latch (the SYN waits while it is LARVAL), the engine
@@ -506,7 +506,7 @@ class IpsecStack:
 
     def udp_connect(self, host: Host, sock: UdpSocket, flow: FiveTuple, options: dict[str, Any]) -> None:
         """Connected UDP: approach 2 creates the connection latch for the 5-tuple (RFC 5660 §5.1
-        ``connect()``; the design slides: approach 2 supports connected UDP only), ESTABLISHED
+        ``connect()``; approach 2 supports connected UDP only), ESTABLISHED
         once the first datagram's SAs exist; approach 1 has no TCB for UDP (datagram
         applications use pTokens, §2.4), so the socket stays unlatched. ALERTs are kept in the
         socket's :class:`ConnLatch` (``sock.latch_info``)."""

@@ -1,6 +1,6 @@
 """NFSv4.0 / NFSv4.1 client subset over rpclatch's asyncio ONC RPC client.
 
-What it does (RFC 7530 / RFC 8881; sequences in the standards digest §8.2-§8.3):
+What it does (RFC 7530 / RFC 8881; sections cited per step):
 
 * setup: 4.0 ``SETCLIENTID`` + ``SETCLIENTID_CONFIRM`` (§16.33-§16.34, an unreachable callback so
   no delegations); 4.1 ``EXCHANGE_ID`` (optionally SP4_MACH_CRED, RFC 8881 §18.35),
@@ -176,7 +176,7 @@ CB_PROGRAM = 0x40000000
 #: Per-request headroom above rsize/wsize for RPC/RPCSEC_GSS headers and the other operations.
 REQUEST_OVERHEAD = 2048
 MAX_IO = 1024 * 1024
-#: Operations SP4_MACH_CRED asks the server to enforce (RFC 8881 §18.35.3, digest §8.4).
+#: Operations SP4_MACH_CRED asks the server to enforce (RFC 8881 §18.35.3, §2.10.8.3).
 MACH_CRED_ENFORCE = (nfs_opnum4.OP_EXCHANGE_ID, nfs_opnum4.OP_CREATE_SESSION,
                      nfs_opnum4.OP_DESTROY_SESSION, nfs_opnum4.OP_DESTROY_CLIENTID,
                      nfs_opnum4.OP_BIND_CONN_TO_SESSION)

@@ -69,7 +69,7 @@ class SecFlavor(Enum):
 
 
 #: ``--sec`` values: ``auto`` lets the server's SECINFO preference decide among these, strongest
-#: first when we must guess (NFSv4.0 WRONGSEC at PUTROOTFH, RFC 7530 §16.31.5 / digest §8.2).
+#: first when we must guess (NFSv4.0 WRONGSEC at PUTROOTFH, RFC 7530 §16.31.5).
 AUTO_ORDER: tuple[SecFlavor, ...] = (SecFlavor.KRB5P, SecFlavor.KRB5I, SecFlavor.KRB5, SecFlavor.SYS)
 SEC_CHOICES: tuple[str, ...] = ("auto", *(f.value for f in SecFlavor))
 

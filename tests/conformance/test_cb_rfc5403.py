@@ -1,11 +1,9 @@
 """RPCSEC_GSS v2 channel binding conformance (RFC 5403 §3.3, §3.4, §7, §9; RFC 5554) on a real KDC.
 
-Ids map to standards digest §11: CB-01 item 37, CB-02 item 38, CB-03 item 39 (and attack A11),
-CB-04 and CB-05 item 40, CB-06 item 41, CB-07 item 42 (v1 handles; v3 is not served, so it gets
-AUTH_REJECTEDCRED), CB-08 item 27 (GSS-level bindings through MIT krb5), CB-13 item 27 (the Bnd
-libkrb5 derives from our struct, against the digest's vectors), CB-09 item 37 (the initiator
-verifies rbcvr_mic), CB-10 attack A10 (one-sided latching), CB-11 attack A11 mitigation (a),
-CB-12 item 29 (verifier size). Channels are
+Each test's marker names the RFC section it checks. CB-07 covers v1 handles (v3 is not served,
+so it gets AUTH_REJECTEDCRED); CB-08 and CB-13 the GSS-level bindings through MIT krb5 and the Bnd
+libkrb5 derives from our struct (RFC 4121 §4.1.1.2); CB-10 and CB-11 attacks A10 (one-sided
+latching) and A11 (mitigation (a)) of docs/design.md; CB-12 the verifier size. Channels are
 :class:`rpclatch.gss.channel.InMemoryChannel` pairs; a MITM is a pair whose two ends carry
 different binding data (each side sees the channel the attacker terminated).
 """
@@ -362,7 +360,7 @@ def test_cb_11_request_cap_forces_refresh(realm: ThrowawayRealm) -> None:
 @pytest.mark.conformance(id="CB-12", rfc="RFC 5531 §8.2; RFC 5403 §3.3")
 @pytest.mark.parametrize("algorithm", [SHA1, SHA256, SHA384, SHA512], ids=lambda a: a.name)
 def test_cb_12_bind_verifier_fits_400_bytes(realm: ThrowawayRealm, algorithm: object) -> None:
-    """Digest §11 item 29: with every supported hash OID and the longest prefix we accept (64 bytes)
+    """RFC 5531 §8.2: with every supported hash OID and the longest prefix we accept (64 bytes)
     a real BIND_CHANNEL binds and its verifier fits opaque_auth's 400 bytes; the worst case with
     the longest krb5 MIC does too. A prefix one byte longer is refused locally, nothing sent."""
     assert isinstance(algorithm, type(SHA256))
@@ -393,7 +391,7 @@ def test_cb_12_bind_verifier_fits_400_bytes(realm: ThrowawayRealm, algorithm: ob
 
 @pytest.mark.conformance(id="CB-13", rfc="RFC 4121 §4.1.1.2")
 def test_cb_13_krb5_bnd_vectors() -> None:
-    """Digest §11 item 27 (vectors in digest §4, recomputed from the RFC 4121 layout): Bnd for the
+    """RFC 4121 §4.1.1.2 (vectors recomputed from that layout): Bnd for the
     struct we give libkrb5 (address types 0, empty addresses, application data) and for NO_BINDINGS."""
     assert krb5_bnd(b"abc").hex() == "420b92da63953711d03790fc6a20013d"
     assert krb5_bnd(None) == bytes(16)

@@ -1,4 +1,4 @@
-"""Standards digest §10 attack A11 (RFC 5403 §9): an RPCSEC_GSS version rollback by a MITM that
+"""Attack A11 of docs/design.md (RFC 5403 §9): an RPCSEC_GSS version rollback by a MITM that
 relays the RPC stream, against a v2 server and our client.
 
 Where the attacker sits. The simulated network's attackers (rpclatch.netsim.attacker) steal

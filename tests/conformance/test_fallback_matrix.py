@@ -1,4 +1,4 @@
-"""The end-to-end fallback matrix of standards digest §11 item 48 (and item 47), on the simulated
+"""The end-to-end fallback matrix (the policy table of docs/design.md; RFC 5056 §2.1), on the simulated
 world with a real KDC, asserting the RPCSEC_GSS service actually on the wire (ESP decrypted with
 the exported keys) for each cell:
 
@@ -51,7 +51,7 @@ def is_sike(p: IpPacket) -> bool:
     return p.proto == PROTO_UDP and len(p.payload) >= 4 and int.from_bytes(p.payload[2:4], "big") == SIKE_PORT
 
 
-@pytest.mark.conformance(id="FB-01", rfc="RFC 5403 §3.3, §3.4; RFC 5660 §2; digest §11 #48")
+@pytest.mark.conformance(id="FB-01", rfc="RFC 5403 §3.3, §3.4; RFC 5660 §2")
 @pytest.mark.parametrize("protection", list(Protection))
 def test_fb01_ipsec_and_binding_give_channel_prot(realm: ThrowawayRealm, protection: Protection) -> None:
     dw = build_world(realm, seed=11)
@@ -63,7 +63,7 @@ def test_fb01_ipsec_and_binding_give_channel_prot(realm: ThrowawayRealm, protect
     assert pc.security.bound
 
 
-@pytest.mark.conformance(id="FB-02", rfc="RFC 7619 §2; RFC 5660 §2; RFC 5403 §2; digest §11 #48")
+@pytest.mark.conformance(id="FB-02", rfc="RFC 7619 §2; RFC 5660 §2; RFC 5403 §2")
 @pytest.mark.parametrize("protection", list(Protection))
 def test_fb02_null_auth_latch_gives_gss_protection_over_ipsec(
     realm: ThrowawayRealm, protection: Protection
@@ -78,7 +78,7 @@ def test_fb02_null_auth_latch_gives_gss_protection_over_ipsec(
     assert all(c.protected for c in view.calls)
 
 
-@pytest.mark.conformance(id="FB-03", rfc="RFC 5660 §3.1; design slides BYPASS OR PROTECT; digest §11 #48")
+@pytest.mark.conformance(id="FB-03", rfc="RFC 5660 §3.1")
 @pytest.mark.parametrize("protection", list(Protection))
 def test_fb03_ike_blocked_gives_bypass_and_gss_protection(
     realm: ThrowawayRealm, protection: Protection
@@ -98,7 +98,7 @@ def test_fb03_ike_blocked_gives_bypass_and_gss_protection(
         assert not any(SECRET[:40] in r.frame for r in dw.wire())
 
 
-@pytest.mark.conformance(id="FB-04", rfc="RFC 5403 §2, §9; RFC 5387 §5.3; digest §10 A9, §11 #39, #48")
+@pytest.mark.conformance(id="FB-04", rfc="RFC 5403 §2, §9; RFC 5387 §5.3; attack A9")
 @pytest.mark.parametrize("protection", list(Protection))
 def test_fb04_btns_mitm_fails_binding_and_falls_back(realm: ThrowawayRealm, protection: Protection) -> None:
     dw = build_world(realm, seed=14, mitm=True)
@@ -115,7 +115,7 @@ def test_fb04_btns_mitm_fails_binding_and_falls_back(realm: ThrowawayRealm, prot
     assert (SECRET[:40] in stolen) is (protection is Protection.INTEGRITY)  # krb5i is not secret
 
 
-@pytest.mark.conformance(id="FB-05", rfc="RFC 5056 §2.1; RFC 5403 §3.4; digest §11 #47")
+@pytest.mark.conformance(id="FB-05", rfc="RFC 5056 §2.1; RFC 5403 §3.4")
 def test_fb05_no_data_before_the_binding_completes(realm: ThrowawayRealm) -> None:
     dw = build_world(realm, seed=15)
     run(dw, Protection.PRIVACY)

@@ -1,8 +1,7 @@
 """RPCSEC_GSS v1/v2 conformance (RFC 2203, RFC 5403 §4) against a real MIT KDC.
 
-Ids map to standards digest §11: GSS-01 item 30, GSS-02 item 31, GSS-03 item 32, GSS-04 item 33,
-GSS-05 item 34, GSS-06 item 35, GSS-07 item 36; GSS-08 (fresh seq_num per transmission, one
-refresh), GSS-09 (INIT retransmission) and GSS-10 (malformed credentials) extend items 30/34;
+Each test's marker names the RFC section it checks. GSS-08 (fresh seq_num per transmission, one
+refresh), GSS-09 (INIT retransmission) and GSS-10 (malformed credentials) extend GSS-01/GSS-05;
 GSS-13..16 (GARBAGE_ARGS verifier, service floor, half-open bound, BIND_CHANNEL seq_num) come from
 issue #10 items 7, 8, 5 and 12. The
 client and server flavors talk through

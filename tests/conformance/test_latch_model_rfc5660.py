@@ -1,6 +1,6 @@
 """Conformance: RFC 5660 connection latching (+ RFC 5386 / 7619 / 7670 / 5056 parts) at engine level.
 
-Ids are LATCH-nn where nn is the item number in standards-digest §11.
+Ids are LATCH-nn; each test's marker names the RFC section it checks.
 Covered HERE (engine level, no packets on a wire): LATCH-01 (engine part: nothing sendable while
 LARVAL), 02, 03, 04, 05, 06, 07, 08, 09, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24,
 25, 26.
@@ -401,8 +401,7 @@ def tcb_latched(breaks: list[UlpBreak], approach: Approach = Approach.ULP, **cfg
     return e, tcb, sa
 
 
-# Approach-1 (TCB latch) tests: ids LATCH-A1-nn, not LATCH-27/28, which would clash with the
-# standards digest §11 items 27/28 (GSS items). Formerly LATCH-27 and LATCH-28.
+# Approach-1 (TCB latch) tests: ids LATCH-A1-nn.
 @conf(id="LATCH-A1-01", rfc="RFC 5660 §2, §2.4")
 def test_latch_a1_01_approach1_conflicting_sa_breaks_tcb_latch_before_install() -> None:
     breaks: list[UlpBreak] = []

@@ -1,4 +1,4 @@
-"""Both latching designs of the design slides side by side on the same scenarios (digest §10):
+"""Both latching designs of docs/design.md side by side on the same scenarios:
 the security invariants are identical. RFC 5660 §2 conflicts (a non-congruent SA, an SPD change)
 break the latch in both -- approach 2's LD latch, approach 1's TCB latch told by the engine -- and
 the default disposition resets (§5.5 (b)); the outcomes differ where the designs do: approach 1's
@@ -26,7 +26,7 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-@pytest.mark.conformance(id="LATCH-SIDE", rfc="RFC 5660 §2.3, §2.4; design slides approach #1/#2")
+@pytest.mark.conformance(id="LATCH-SIDE", rfc="RFC 5660 §2.3, §2.4")
 def test_both_approaches_same_scenario(name: str, tmp_path: Path) -> None:
     r1 = run_scenario(name, Approach.ULP, pcap_dir=tmp_path)
     r2 = run_scenario(name, Approach.POLICY, pcap_dir=tmp_path)

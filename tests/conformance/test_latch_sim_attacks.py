@@ -1,7 +1,7 @@
-"""Digest §10 attack scenarios (A1-A16) on the simulated network, both latching designs where the
-scenario applies. Every test asserts on the simulated wire: no payload byte of a latched flow is
-readable by a host other than its two ends, nothing is sent in the clear after latching, and the
-application sees the documented outcome (mostly: a reset, RFC 5660 §5.5 (b))."""
+"""The attack scenarios A1-A17 of docs/design.md on the simulated network, both latching designs
+where the scenario applies. Every test asserts on the simulated wire: no payload byte of a latched
+flow is readable by a host other than its two ends, nothing is sent in the clear after latching,
+and the application sees the documented outcome (mostly: a reset, RFC 5660 §5.5 (b))."""
 
 from __future__ import annotations
 

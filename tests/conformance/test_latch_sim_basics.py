@@ -1,5 +1,5 @@
-"""RFC 5660 latching on the simulated network: basic conformance items (digest §11), asserted on
-the simulated wire, for both designs of the design slides (approach 1 = ULP tags, approach 2 =
+"""RFC 5660 latching on the simulated network: basic conformance items, asserted on
+the simulated wire, for both designs of docs/design.md (approach 1 = ULP tags, approach 2 =
 LD/PAD latching) unless an item is specific to one.
 
 Wire oracle: ``wireview`` decrypts every ESP frame with the exported keys; "leaked" means a
@@ -144,7 +144,7 @@ def test_ike_absent_means_not_latched_and_nothing_on_the_wire(approach: Approach
 
 
 @BOTH
-@pytest.mark.conformance(id="LATCH-07b", rfc="RFC 5660 §2.3; design slides BYPASS OR PROTECT")
+@pytest.mark.conformance(id="LATCH-07b", rfc="RFC 5660 §2.3, §3.1")
 def test_ike_refused_then_app_falls_back_to_bypass(approach: Approach) -> None:
     lab = Lab.build(approach=approach, server_ike=IkeMode.REFUSE,
                     spd=examples.nfs_spd(SpdAction.BYPASS_OR_PROTECT))
@@ -196,7 +196,7 @@ def test_admin_close_acts_as_peer_reset() -> None:
 
 
 @BOTH
-@pytest.mark.conformance(id="LATCH-14", rfc="RFC 5660 §3.1; design slides BYPASS OR PROTECT")
+@pytest.mark.conformance(id="LATCH-14", rfc="RFC 5660 §3.1")
 def test_bypass_or_protect_clones(approach: Approach) -> None:
     lab = Lab.build(approach=approach, spd=examples.nfs_spd(SpdAction.BYPASS_OR_PROTECT))
     client, server = lab.open(protect=True)

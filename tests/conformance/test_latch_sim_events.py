@@ -1,6 +1,6 @@
 """RFC 5660 latch events on the simulated network: listener alerts, conflicts, BROKEN handling,
-restarts, DPD, simultaneous open, NULL auth, channel-binding symmetry (digest §11 items 6, 8, 9,
-10, 15, 16, 17, 18, 22, 23, 24, 26)."""
+restarts, DPD, simultaneous open, NULL auth, channel-binding symmetry (RFC 5660 §2, §2.3, §4;
+RFC 5386 §2; RFC 7619 §2; RFC 5056 §2.1)."""
 
 from __future__ import annotations
 

@@ -270,7 +270,7 @@ def test_old_connection_closing_does_not_reset_the_new_one(realm: ThrowawayRealm
 def test_policy_runs_on_approach_1_latches_too(
     realm: ThrowawayRealm, world: dict[str, object], outcome: LatchOutcome, service: str
 ) -> None:
-    """Design slides approach 1 (latch in the TCB, packets tagged by IPsec, RFC 5660 §2.4): the same
+    """Approach 1 of docs/design.md (latch in the TCB, packets tagged by IPsec, RFC 5660 §2.4): the same
     policy, the same outcomes, the same services on the wire."""
     from rpclatch.ipsec.engine import Approach
 

@@ -71,8 +71,8 @@ def _cfx_mic_seq(token: bytes) -> int:
 
 def test_per_context_lock_keeps_cfx_sequence_numbers_unique(realm: ThrowawayRealm) -> None:
     """MIT contexts are not thread-safe and python-gssapi releases the GIL: without the provider's
-    per-context lock, two threads doing get_mic on one context emit duplicate SND_SEQ numbers
-    (recipes/gss REPORT §6.3: 39997/40000 unique). With it, every token has its own number and
+    per-context lock, two threads doing get_mic on one context emit duplicate SND_SEQ numbers.
+    With it, every token has its own number and
     together they are one gap-free run."""
     import threading
 

@@ -75,7 +75,7 @@ def test_cred_rejects_trailing_bytes_and_unknown_version() -> None:
 
 
 def test_bind_channel_verifier_layout_rfc5403_example() -> None:
-    """Standards digest §7.2: prefix tls-unique, SHA-256 OID, 28-byte MIC -> 64 bytes."""
+    """RFC 5403 §3.3 layout: prefix tls-unique, SHA-256 OID, 28-byte MIC -> 64 bytes."""
     mic = bytes(range(28))
     body = BindChanVerfArgs(b"tls-unique", SHA256.oid, mic).encode()
     assert body.hex() == (

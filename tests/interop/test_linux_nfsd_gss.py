@@ -1,9 +1,10 @@
 """RPCSEC_GSS (rpclatch.gss) against the Linux nfsd (gssproxy + MIT KDC in the guest).
 
 Linux speaks RPCSEC_GSS v1 only: a v2 INIT is refused with AUTH_BADCRED and our client falls back
-to a fresh v1 context (RFC 5403 §4 via the standards digest §7.5). Then DATA calls with each service
-(krb5 = none, krb5i = integrity, krb5p = privacy), and the failures a user must be told clearly
-about: the KDC down, a service principal the server has no key for, an unknown principal.
+to a fresh v1 context (RFC 5403 §4; Linux answers AUTH_BADCRED where the RFC says
+AUTH_REJECTEDCRED). Then DATA calls with each service (krb5 = none, krb5i = integrity, krb5p =
+privacy), and the failures a user must be told clearly about: the KDC down, a service principal
+the server has no key for, an unknown principal.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def test_protected_udp_datagrams_carry_the_tag() -> None:
 
 
 def test_approach2_connected_udp_socket_is_latched() -> None:
-    """Approach 2 latches connected UDP (design slides; RFC 5660 §5.1 connect()): the 5-tuple's
+    """Approach 2 latches connected UDP (RFC 5660 §5.1 connect(); docs/design.md): the 5-tuple's
     latch becomes ESTABLISHED with the server's key when the first datagram's SAs exist, only
     the connected peer's datagrams are accepted, and a conflicting SA from an address thief
     breaks the latch: no datagram of the flow leaves in the clear or to the thief."""

@@ -9,8 +9,7 @@ decoded by :func:`decode_datagram`, which takes any bytes and either decodes the
 :class:`XfrmDecodeError`. Both sockets are made in their network namespace by
 :func:`rpclatch.ipsec.xfrm.netns.open_socket` (no fork()).
 
-Reference: include/uapi/linux/xfrm.h, include/uapi/linux/netlink.h; net/xfrm/xfrm_user.c;
-recipes/xfrm-netlink.
+Reference: include/uapi/linux/xfrm.h, include/uapi/linux/netlink.h; net/xfrm/xfrm_user.c.
 """
 
 from __future__ import annotations

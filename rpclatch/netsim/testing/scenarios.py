@@ -1,4 +1,4 @@
-"""Named latching scenarios (digest §10) runnable under either design, for the side-by-side
+"""Named latching scenarios (the attacks of docs/design.md) runnable under either design, for the side-by-side
 comparison test (tests/conformance) and ``benchmarks/sim_network.py``. Each returns a
 :class:`LatchScenarioResult` measured on the wire.
 
