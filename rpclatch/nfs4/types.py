@@ -404,7 +404,8 @@ def _decode_attr(dec: Decoder, n: int) -> object:
     raise XdrError(f"cannot decode attribute {n}")  # pragma: no cover
 
 
-#: The attributes `stat` asks for (the brief's list plus numlinks/space_used/fileid for ls -l).
+#: The attributes `stat` asks for: what ``ls -l`` shows (type, mode, links, owner, group, size,
+#: times) plus change, fsid, fileid and space_used (RFC 7530 §5).
 STAT_ATTRS: tuple[int, ...] = (
     c.FATTR4_TYPE, c.FATTR4_CHANGE, c.FATTR4_SIZE, c.FATTR4_FSID, c.FATTR4_FILEID, c.FATTR4_MODE,
     c.FATTR4_NUMLINKS, c.FATTR4_OWNER, c.FATTR4_OWNER_GROUP, c.FATTR4_SPACE_USED,
