@@ -623,23 +623,11 @@ class GssServerAuth(ServerAuth):
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "verifier is not RPCSEC_GSS")
         if proc is _BIND:
             return self._bind_channel(call, seq, ctx, conn, now)
-        # Check, verify, mark under the context's lock (GSS calls on one context are serialized by
-        # the provider anyway): a duplicate racing on another thread cannot slip in between.
-        window = ctx.window
-        ctx_lock = ctx.lock
-        ctx_lock.acquire()
-        try:
-            verdict = window.check(seq)
-            if verdict is not _NEW:
-                return AuthDrop(f"seq_num {seq}: {verdict.value}")
-            try:
-                ctx.gss.verify_mic(call.header or _signed_header(call), verf.body)
-            except GssError as exc:
-                return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {exc}")
-            window.mark(seq)
-            ctx.data_requests += 1
-        finally:
-            ctx_lock.release()
+        problem = self._verify_fresh(ctx, seq, call.header or _signed_header(call), verf.body, count=True)
+        if problem is not None:
+            if isinstance(problem, SeqVerdict):
+                return AuthDrop(f"seq_num {seq}: {problem.value}")
+            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"header MIC: {problem}")
         if proc is _DESTROY:
             try:
                 reply_verf = OpaqueAuth(_FLAVOR_GSS, ctx.gss.get_mic(be32(seq)))
@@ -649,6 +637,33 @@ class GssServerAuth(ServerAuth):
             ctx.gss.delete()
             return AuthControlReply(reply_verf, b"")
         return self._data(call, seq, service, ctx)
+
+    @staticmethod
+    def _verify_fresh(ctx: _ServerContext, seq: int, signed: bytes, mic: bytes, *, count: bool
+                      ) -> SeqVerdict | GssError | None:
+        """The replay window around a request MIC (RFC 2203 §5.3.3.1), for DATA, DESTROY and
+        BIND_CHANNEL: a seq_num seen before or below the window is dropped before the MIC (§7.2.2
+        allows it); only a request whose MIC verifies marks its seq_num (and, with ``count``, counts
+        towards ``max_requests_per_context``). Check, verify and mark happen under the context's
+        lock, so a duplicate on another thread cannot slip in between. None: fresh and authentic;
+        else the window's verdict or the MIC's error."""
+        ctx_lock = ctx.lock
+        ctx_lock.acquire()
+        try:
+            window = ctx.window
+            verdict = window.check(seq)
+            if verdict is not _NEW:
+                return verdict
+            try:
+                ctx.gss.verify_mic(signed, mic)
+            except GssError as exc:
+                return exc
+            window.mark(seq)
+            if count:
+                ctx.data_requests += 1
+            return None
+        finally:
+            ctx_lock.release()
 
     def _too_weak(self, service: Service, conn: ConnectionInfo, now: float) -> AuthDeny:
         """RFC 5531 §9 AUTH_TOOWEAK for a DATA call below ``min_service``."""
@@ -762,9 +777,10 @@ class GssServerAuth(ServerAuth):
             prefix = verf.chan_bind_prefix.decode("ascii")
         except (XdrError, UnicodeDecodeError) as exc:
             return AuthDeny(AuthStat.AUTH_BADVERF, f"bad rgss2_bind_chan_verf_args: {exc}")
-        window = ctx.window
-        with ctx.lock:  # replays are dropped before the MIC, as for DATA (RFC 2203 §7.2.2)
-            verdict = window.check(seq)
+        # A replay is dropped before anything else (as for DATA, RFC 2203 §7.2.2), in particular
+        # before a MIC that cannot be checked halves the lifetime; _verify_fresh checks it again.
+        with ctx.lock:
+            verdict = ctx.window.check(seq)
         if verdict is not _NEW:
             return AuthDrop(f"BIND_CHANNEL seq_num {seq}: {verdict.value}")
         channel: Channel | None = conn.channel
@@ -780,21 +796,13 @@ class GssServerAuth(ServerAuth):
         cb = channel_bindings_bytes(prefix, data)
         cb_hash = requested.digest(cb)
         micin = _signed_header(call) + BindChanMicInArgs(cb_hash).encode()
-        failure: GssError | None = None
-        with ctx.lock:  # check, verify, mark: a duplicate on another thread cannot slip in between
-            verdict = window.check(seq)
-            if verdict is not _NEW:
-                return AuthDrop(f"BIND_CHANNEL seq_num {seq}: {verdict.value}")
-            try:
-                ctx.gss.verify_mic(micin, verf.chan_mic)
-            except GssError as exc:
-                failure = exc
-            else:
-                window.mark(seq)
-        if failure is not None:
+        problem = self._verify_fresh(ctx, seq, micin, verf.chan_mic, count=False)
+        if isinstance(problem, SeqVerdict):
+            return AuthDrop(f"BIND_CHANNEL seq_num {seq}: {problem.value}")
+        if problem is not None:
             self._halve_lifetime(ctx, now)
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM,
-                            f"BIND_CHANNEL MIC (or bindings) wrong: {failure}")
+                            f"BIND_CHANNEL MIC (or bindings) wrong: {problem}")
         # Authentic and fresh from here on: every answer is signed.
         if call.args:
             return self._garbage(ctx.gss, seq, "BIND_CHANNEL takes no arguments")
