@@ -669,8 +669,7 @@ class IPsecEngine:
         if entry.action is SpdAction.PROTECT and policy is None:
             clone = None  # the configured entry already protects the flow
             if current is not None:  # e.g. an earlier privileged BYPASS: withdraw it
-                self.spd.remove_overlay(flow)
-                self.backend.remove_flow_policy(flow)
+                self._remove_own_entry(flow)
         else:
             clone = SpdEntry.flow_entry(
                 flow, SpdAction.PROTECT, prot, origin, btns_ok=entry.btns_ok, template=template
@@ -805,13 +804,16 @@ class IPsecEngine:
         self.ulp_watch.unpin(pinned_tcbs)
         if not restore_latches:
             for flow in list(self.spd.overlay_entries()):
-                self.spd.remove_overlay(flow)
-                self.backend.remove_flow_policy(flow)
+                self._remove_own_entry(flow)
             self.pad_layer.clear()  # TIME_WAIT holds too: their flows' policies go now
             self._outcome_cbs.clear()
             self._bop_failed.clear()
             for flow in list(self.backend_flow_policies()):
-                if self.latches.latch_for(flow) is None and flow not in self.ulp_watch:
+                if (
+                    self.latches.latch_for(flow) is None
+                    and flow not in self.ulp_watch
+                    and self.spd.overlay_entry(flow) is None  # a TCB latch broken just now
+                ):
                     self.backend.remove_flow_policy(flow)
         else:
             for flow, e in dict(self.backend_flow_policies()).items():
@@ -878,8 +880,7 @@ class IPsecEngine:
                 EntryOrigin.TEMPLATE_CLONE,
                 EntryOrigin.APPLICATION_REQUEST,
             ):
-                self.spd.remove_overlay(flow)
-                self.backend.remove_flow_policy(flow)
+                self._remove_own_entry(flow)
             self._bop_failed[flow] = outcome
             result = ProtectionOutcome(flow, choice, ok=False, acquire=outcome, detail=f"IKE {outcome.value}")
         if cb is not None:
@@ -971,9 +972,20 @@ class IPsecEngine:
         if latch is not None:
             self.latches.release_latch(latch.handle)
         self.pad_layer.drop(flow)
+        self._remove_own_entry(flow)
+        self._bop_failed.pop(flow, None)
+
+    def _remove_own_entry(self, flow: FiveTuple) -> None:
+        """Withdraw ``flow``'s own SPD overlay entry and its backend flow policy. A TCB latch still
+        watched on the flow (approach 1) was relying on that entry: it is re-checked against the
+        configured SPD now governing the flow and breaks if that no longer protects it as latched
+        (RFC 5660 §2.3; :meth:`UlpLatchWatch.own_entry_removed
+        <rpclatch.ipsec.ulp_watch.UlpLatchWatch.own_entry_removed>`) -- its flow is then
+        discarded, never carried in the clear."""
         if self.spd.remove_overlay(flow) is not None or flow in self.backend_flow_policies():
             self.backend.remove_flow_policy(flow)
-        self._bop_failed.pop(flow, None)
+        if flow in self.ulp_watch:
+            self.ulp_watch.own_entry_removed(flow)
 
     def _install_clone(
         self, flow: FiveTuple, template: SpdEntry, action: SpdAction, reqid: int | None

@@ -10,6 +10,9 @@ latch is latched to an SA, :class:`UlpLatchWatch` gives it the LD's treatment:
 - after an SPD change, a flow the SPD no longer protects as latched breaks, or keeps its
   protection through an exact-5-tuple PINNED_LATCH entry with ``pin_on_spd_change`` (OPTIONAL,
   §2.3; §2.4 calls this logical SPD update incidental to the model) (:meth:`UlpLatchWatch.recheck`);
+  the same check, unpinned, runs when a flow's own overlay entry (the template clone or optional
+  protection it latched under) goes away -- hold ended, flow superseded, IKE failed, key-manager
+  restart -- since the configured SPD then governs it (:meth:`UlpLatchWatch.own_entry_removed`);
 - IKE DPD declaring the latched peer dead breaks it (:meth:`UlpLatchWatch.break_with`);
 - a broken latch's flow gets an exact-5-tuple DISCARD entry until the flow ends
   (:meth:`UlpLatchWatch.broken`).
@@ -120,50 +123,60 @@ class UlpLatchWatch:
         """RFC 5660 §2 after an SPD change: a TCB latch whose flow the SPD would now bypass,
         discard or protect otherwise breaks -- or, with ``pin_on_spd_change`` and ``allow_pin``,
         keeps its protection through an exact-5-tuple PINNED_LATCH entry. Returns the flows broken."""
-        broken: list[FiveTuple] = []
-        for flow, ulp in list(self._watched.items()):
-            tag = ulp.tag
-            if tag is None or tag.params is None:
-                continue
-            overlay = self._spd.overlay_entry(flow)
-            if overlay is not None and overlay.origin is not EntryOrigin.PINNED_LATCH:
-                continue  # the flow's own entry (optional protection / template clone) governs it
-            entry = self._spd.lookup_configured(flow, btns_peer=tag.btns)
-            if entry is not None and entry.action is SpdAction.BYPASS:
-                # "would now be bypassed" conflicts only for a flow the policy used to protect; a
-                # flow protected optionally on a BYPASS entry sees no change
-                ok = flow not in self._policy_protected
-            else:
-                ok = (
-                    entry is not None
-                    and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
-                    and entry.protection is not None
-                    and _policy_admits_tag(entry.protection, tag)
-                    and (entry.btns_ok or not tag.btns)  # RFC 5386 §2
-                )
-                if ok:
-                    self._policy_protected.add(flow)
+        return [f for f, u in list(self._watched.items()) if self._recheck(f, u, allow_pin=allow_pin)]
+
+    def own_entry_removed(self, flow: FiveTuple) -> bool:
+        """``flow``'s own overlay entry (template clone, optional protection) just went away: its
+        hold ended, a new flow superseded it, IKE failed, or the key manager restarted. A TCB
+        latch watched on it is now governed by the configured SPD and is re-checked against it as
+        after an SPD change (RFC 5660 §2.3), without pinning -- the flow's own entry is what a pin
+        would have kept, and it is gone on purpose. Returns True if the latch broke (its flow is
+        then discarded, :meth:`broken`). The caller removes the backend flow policy first."""
+        ulp = self._watched.get(flow)
+        return ulp is not None and self._recheck(flow, ulp, allow_pin=False)
+
+    def _recheck(self, flow: FiveTuple, ulp: UlpLatch, *, allow_pin: bool) -> bool:
+        """One watched flow of :meth:`recheck`; True if its latch broke."""
+        tag = ulp.tag
+        if tag is None or tag.params is None:
+            return False
+        overlay = self._spd.overlay_entry(flow)
+        if overlay is not None and overlay.origin is not EntryOrigin.PINNED_LATCH:
+            return False  # the flow's own entry (optional protection / template clone) governs it
+        entry = self._spd.lookup_configured(flow, btns_peer=tag.btns)
+        if entry is not None and entry.action is SpdAction.BYPASS:
+            # "would now be bypassed" conflicts only for a flow the policy used to protect; a
+            # flow protected optionally on a BYPASS entry sees no change
+            ok = flow not in self._policy_protected
+        else:
+            ok = (
+                entry is not None
+                and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
+                and entry.protection is not None
+                and _policy_admits_tag(entry.protection, tag)
+                and (entry.btns_ok or not tag.btns)  # RFC 5386 §2
+            )
             if ok:
-                if overlay is not None:  # the pin is no longer needed
-                    self._spd.remove_overlay(flow)
-                    self._backend.remove_flow_policy(flow)
-                continue
-            if allow_pin and self.pin_on_spd_change:
-                if overlay is None:
-                    params = tag.params
-                    policy = ProtectionPolicy(params.protocol, params.mode, (params.suite,), 0, tag.narrow)
-                    pinned = SpdEntry.flow_entry(
-                        flow, SpdAction.PROTECT, policy, EntryOrigin.PINNED_LATCH, btns_ok=tag.btns
-                    )
-                    self._spd.install_overlay(flow, pinned)
-                continue
-            if overlay is not None:
+                self._policy_protected.add(flow)
+        if ok:
+            if overlay is not None:  # the pin is no longer needed
                 self._spd.remove_overlay(flow)
                 self._backend.remove_flow_policy(flow)
-            detail = entry.name if entry is not None else "no entry"
-            if ulp.break_latch(UlpBreakReason.SPD_CHANGE, detail=f"SPD now: {detail}"):
-                broken.append(flow)
-        return broken
+            return False
+        if allow_pin and self.pin_on_spd_change:
+            if overlay is None:
+                params = tag.params
+                policy = ProtectionPolicy(params.protocol, params.mode, (params.suite,), 0, tag.narrow)
+                pinned = SpdEntry.flow_entry(
+                    flow, SpdAction.PROTECT, policy, EntryOrigin.PINNED_LATCH, btns_ok=tag.btns
+                )
+                self._spd.install_overlay(flow, pinned)
+            return False
+        if overlay is not None:
+            self._spd.remove_overlay(flow)
+            self._backend.remove_flow_policy(flow)
+        detail = entry.name if entry is not None else "no entry"
+        return ulp.break_latch(UlpBreakReason.SPD_CHANGE, detail=f"SPD now: {detail}")
 
     def pinned_flows(self) -> list[FiveTuple]:
         """Watched flows held by a PINNED_LATCH entry (taken before a key-manager restart)."""

@@ -316,3 +316,67 @@ def test_sa_with_other_local_id_breaks_the_tcb_latch_and_its_packets_are_dropped
     assert not v.deliver and v.reason is DropReason.ULP_TAG_MISMATCH
     out = tcb2.outbound(1.0)  # "protect like so": only the SA with the latched local ID
     assert out.verdict is OutboundVerdict.PROTECT and out.sa == first
+
+
+def _latched_on_template_clone_then_policy_bypasses() -> tuple[IPsecEngine, UlpLatch, list[UlpBreak]]:
+    """A TCB latch made on a BYPASS-OR-PROTECT template's PROTECT clone (the flow's first packet
+    came protected), then the configured SPD changes to BYPASS: the clone still governs the flow,
+    so the latch stays intact -- until the clone goes away."""
+    e = eng(SpdAction.BYPASS_OR_PROTECT)
+    breaks: list[UlpBreak] = []
+    wide = Selector(local=ex.NET, remote=ex.NET, proto=6)
+    sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER), selectors=(wide,)), 0.0)
+    tcb = UlpLatch(e, SRV, require_protection=True, on_break=breaks.append)
+    assert tcb.inbound(e.inbound(SRV, sa, 0.0, initiating=True)).deliver and tcb.protected
+    clone = e.spd.overlay_entry(SRV)
+    assert clone is not None and clone.origin is EntryOrigin.TEMPLATE_CLONE
+    e.update_spd(ex.nfs_spd(SpdAction.BYPASS))
+    assert tcb.latched and breaks == [] and e.ulp_latches() == [tcb]
+    return e, tcb, breaks
+
+
+def _assert_broken_and_discarded(e: IPsecEngine, tcb: UlpLatch, breaks: list[UlpBreak], now: float) -> None:
+    # RFC 5660 §2.3: the SPD would now bypass a flow latched to an SA -> the latch breaks, and
+    # nothing of the flow goes out (or comes in) in the clear
+    assert tcb.state is UlpLatchState.BROKEN and e.ulp_latches() == []
+    assert [b.reason for b in breaks] == [UlpBreakReason.SPD_CHANGE]
+    discard = e.spd.overlay_entry(SRV)
+    assert discard is not None and discard.origin is EntryOrigin.BROKEN_LATCH
+    assert e.backend_flow_policies()[SRV].entry.action is SpdAction.DISCARD
+    assert e.outbound(SRV, now).verdict is OutboundVerdict.DISCARD
+    assert not e.inbound(SRV, None, now).accepted
+    assert not e.inbound(SRV, None, now, initiating=True).accepted
+
+
+def test_key_manager_restart_drops_the_clone_under_a_tcb_latch_and_breaks_it() -> None:
+    e, tcb, breaks = _latched_on_template_clone_then_policy_bypasses()
+    e.restart_key_manager(1.0, restore_latches=False)  # the overlay (and so the clone) is volatile
+    _assert_broken_and_discarded(e, tcb, breaks, 1.0)
+
+
+def test_new_flow_on_a_closed_5_tuple_drops_the_clone_under_a_tcb_latch_and_breaks_it() -> None:
+    e, tcb, breaks = _latched_on_template_clone_then_policy_bypasses()
+    e.close_flow(SRV, 1.0)  # the engine's flow ended (its clone is held), the TCB latch is still live
+    # a new initiating packet on the 5-tuple supersedes the held flow: its clone goes, and the
+    # cleartext packet must not be accepted on a 5-tuple whose TCB is latched to an SA
+    assert not e.inbound(SRV, None, 2.0, initiating=True).accepted
+    _assert_broken_and_discarded(e, tcb, breaks, 2.0)
+
+
+def test_end_of_hold_drops_the_clone_under_a_tcb_latch_and_breaks_it() -> None:
+    e, tcb, breaks = _latched_on_template_clone_then_policy_bypasses()
+    e.close_flow(SRV, 1.0)
+    deadline = e.next_deadline()
+    assert deadline is not None
+    e.poll(deadline + 1.0)  # the hold ends: the clone goes
+    _assert_broken_and_discarded(e, tcb, breaks, deadline + 1.0)
+
+
+def test_tcb_latch_closed_normally_leaves_nothing_behind() -> None:
+    e, tcb, breaks = _latched_on_template_clone_then_policy_bypasses()
+    tcb.close(1.0)
+    deadline = e.next_deadline()
+    assert deadline is not None
+    e.poll(deadline + 1.0)
+    assert breaks == [] and e.spd.overlay_entry(SRV) is None and SRV not in e.backend_flow_policies()
+    assert e.inbound(SRV, None, deadline + 1.0, initiating=True).accepted  # a new cleartext flow: BYPASS
