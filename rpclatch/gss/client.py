@@ -141,6 +141,17 @@ class _Context:
         body = CRED_START.pack(self.version, gss_proc, seq) + self.cred_tails[service]
         return seq, opaque_auth(_FLAVOR_GSS, body)  # at most 20 + MAX_HANDLE bytes
 
+    def check_reply_verifier(self, seq: int, verf: OpaqueAuth, what: str) -> None:
+        """RFC 2203 §5.3.3.2: the verifier of a reply to the call with ``seq`` -- SUCCESS or an
+        accepted error, DATA, DESTROY (§5.4) or BIND_CHANNEL -- is an RPCSEC_GSS MIC(seq_num);
+        AuthVerifierError otherwise (``what`` names the call in the message)."""
+        if verf.flavor != _FLAVOR_GSS:
+            raise AuthVerifierError(f"{what} reply verifier is not RPCSEC_GSS")
+        try:
+            self.gss.verify_mic(_U32.pack(seq), verf.body)
+        except GssError as exc:
+            raise AuthVerifierError(f"{what} reply verifier MIC(seq_num) does not verify: {exc}") from exc
+
     def verifier(self, xid: int, prog: int, vers: int, proc: int, cred: OpaqueAuth) -> OpaqueAuth:
         """The call verifier (RFC 2203 §5.3.1): a MIC over the call header from xid through the
         credential. A MIC longer than an opaque_auth allows (RFC 5531 §8.2) raises XdrError."""
@@ -628,12 +639,7 @@ class GssClientAuth(ClientAuth):
             if verf.flavor != _FLAVOR_NONE or verf.body:
                 raise AuthVerifierError("channel_prot reply verifier must be AUTH_NONE (RFC 5403 §3.4)")
             return reply.results
-        if verf.flavor != _FLAVOR_GSS:
-            raise AuthVerifierError("reply verifier is not RPCSEC_GSS")
-        try:
-            ctx.gss.verify_mic(_U32.pack(seq), verf.body)  # RFC 2203 §5.3.3.2: MIC(seq_num)
-        except GssError as exc:
-            raise AuthVerifierError(f"reply verifier MIC(seq_num) does not verify: {exc}") from exc
+        ctx.check_reply_verifier(seq, verf, "DATA")
         if reply.stat is not _ACCEPT_SUCCESS:
             return reply.results
         return _unprotect_results(ctx.gss, seq, service, reply.results)
@@ -692,10 +698,7 @@ class _DestroyAuth(ClientAuth):
         return PreparedCall(CallMessage(xid, prog, vers, proc, cred, verf, args), seq)
 
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
-        try:
-            self._ctx.gss.verify_mic(be32(prepared.state), reply.verf.body)
-        except GssError as exc:
-            raise AuthVerifierError(f"DESTROY reply MIC does not verify: {exc}") from exc
+        self._ctx.check_reply_verifier(prepared.state, reply.verf, "DESTROY")
         return reply.results
 
 
@@ -731,13 +734,7 @@ class _BindAuth(ClientAuth):
         if reply.stat is not _ACCEPT_SUCCESS:
             # An accepted error is believed only with MIC(seq_num) (as for DATA, RFC 2203
             # §5.3.3.2); otherwise anyone relaying the connection could end the bind quietly.
-            if reply.verf.flavor != _FLAVOR_GSS:
-                raise AuthVerifierError(f"BIND_CHANNEL {reply.stat.name} reply has no RPCSEC_GSS verifier")
-            try:
-                self._ctx.gss.verify_mic(_U32.pack(self.seq), reply.verf.body)
-            except GssError as exc:
-                raise AuthVerifierError(
-                    f"BIND_CHANNEL {reply.stat.name} reply MIC(seq_num) does not verify: {exc}") from exc
+            self._ctx.check_reply_verifier(self.seq, reply.verf, f"BIND_CHANNEL {reply.stat.name}")
             return reply.results
         if reply.verf.flavor == AuthFlavor.RPCSEC_GSS:
             try:
