@@ -18,7 +18,10 @@ def nfs(guest: NfsdWorld, *argv: str, user: str | None = "alice",
     # not "-m rpclatch.cli": that would make a second copy of the module (__main__) whose
     # UserError is not the one the commands raise
     main = "import sys; from rpclatch.cli import main; sys.exit(main())"
-    cmd = [guest.config.python, "-c", main, "nfs", *argv, "--gss-target", target or guest.service_name]
+    sec = argv[argv.index("--sec") + 1] if "--sec" in argv else "auto"
+    # the GSS target only with a flavor that uses it (with --sec sys it is a one-line user error)
+    gss = [] if sec == "sys" else ["--gss-target", target or guest.service_name]
+    cmd = [guest.config.python, "-c", main, "nfs", *argv, *gss]
     return guest.host_run(cmd, env=guest.host_env(user), input_data=stdin, timeout=180)
 
 
