@@ -378,6 +378,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
+    from rpclatch.gss.wire import Service
     from rpclatch.rpc import rpcbind
     from rpclatch.rpc.aio import RpcServer
     from rpclatch.rpc.sec import server_auths_for_sec
@@ -396,6 +397,9 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
         raise UserError(f"--max-requests-per-context {args.max_requests_per_context}: give a count "
                         "of requests, or 0 for no cap")
     options["max_requests_per_context"] = args.max_requests_per_context or None
+    gss_services = [Service.from_sec_name(name) for name in sec if name in _GSS_SEC]
+    if gss_services:  # one RPCSEC_GSS server: its floor is the weakest service listed
+        options["min_service"] = min(gss_services)
     dispatcher = RpcDispatcher(server_auths_for_sec(sec, **options))
     add_test_program(dispatcher)
     server = RpcServer(dispatcher, max_connections=args.max_connections, idle_timeout=args.idle_timeout,

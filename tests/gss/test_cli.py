@@ -78,8 +78,9 @@ def _free_port() -> int:
 def test_rpc_ping_and_serve_with_sec_krb5(realm: ThrowawayRealm) -> None:
     env = {**os.environ, **realm.env}
     port = _free_port()
-    # --sec krb5 serves krb5 and every stronger service (krb5i, krb5p).
-    server = _start(["rpc", "serve", "--tcp", "--port", str(port), "--sec", "krb5"], env)
+    # The floor is the weakest service listed (krb5 here, though krb5i comes first): krb5 and every
+    # stronger service (krb5i, krb5p) are served.
+    server = _start(["rpc", "serve", "--tcp", "--port", str(port), "--sec", "krb5i", "--sec", "krb5"], env)
     try:
         deadline = time.monotonic() + 20
         while True:
