@@ -210,11 +210,6 @@ class UnsupportedVersion(XdrError):
         super().__init__(f"RPCSEC_GSS version {version} not supported")
 
 
-def peek_cred_version(data: bytes) -> int | None:
-    """The ``rgc_version`` of a credential body, or None if it is too short."""
-    return struct.unpack_from(">I", data)[0] if len(data) >= 4 else None
-
-
 # -- context creation (RFC 2203 §5.2) -----------------------------------------------------------
 
 
@@ -260,17 +255,6 @@ class InitRes:
 
 
 # -- data exchange (RFC 2203 §5.3.2) ------------------------------------------------------------
-
-
-def encode_gss_data(seq_num: int, body: bytes) -> bytes:
-    """XDR of ``rpc_gss_data_t``: the seq_num followed by the already-encoded args/results."""
-    return struct.pack(">I", seq_num) + body
-
-
-def decode_gss_data(data: bytes) -> tuple[int, bytes]:
-    if len(data) < 4:
-        raise XdrError("rpc_gss_data_t shorter than its seq_num")
-    return struct.unpack_from(">I", data)[0], data[4:]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,3 @@ class SimWireError(SimRemoteError):
 
 class EspAuthError(SimWireError):
     """ESP ICV check failed (RFC 4303 §3.4.4.1: the packet MUST be discarded)."""
-
-
-class ConnectionResetError_(SimLocalError):
-    """The stream was reset (by the peer, or by a latch break acting as reset, RFC 5660 §5.5)."""

@@ -18,7 +18,7 @@ from rpclatch.netsim.clock import Scheduler
 from rpclatch.netsim.errors import SimLocalError, SimWireError
 from rpclatch.netsim.ip import PROTO_TCP, PROTO_UDP, IPAddress, IpPacket
 from rpclatch.netsim.link import Hub, Interface
-from rpclatch.netsim.stream import StreamConnection, StreamEventKind, StreamState
+from rpclatch.netsim.stream import StreamConnection, StreamState
 from rpclatch.netsim.tcp import Flags, TcpSegment
 from rpclatch.netsim.udp import UdpDatagram
 
@@ -381,8 +381,3 @@ class Host:
         sock.received.append((packet.src, dgram.src_port, dgram.payload, tag))
         if sock.on_datagram is not None:
             sock.on_datagram(packet.src, dgram.src_port, dgram.payload, tag)
-
-
-def stream_reset(conn: StreamConnection) -> bool:
-    """True if the application saw the connection reset (by the peer or by a latch break)."""
-    return StreamEventKind.RESET in conn.kinds()

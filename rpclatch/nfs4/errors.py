@@ -50,11 +50,3 @@ class Nfs4RemoteError(Nfs4Error):
         where = f" in {op.name}" if op is not None else ""
         what = f" ({path})" if path else ""
         super().__init__(f"{status.name}{where}{what}")
-
-
-def status_name(status: int) -> str:
-    """The RFC name of an nfsstat4 value (or the number when unknown)."""
-    try:
-        return nfsstat4(status).name
-    except ValueError:
-        return str(status)

@@ -106,13 +106,6 @@ def cleartext_after(hub: Hub, flow: FiveTuple, t0: float,
             if not p.protected and p.time >= t0 and (senders is None or p.sender in senders)]
 
 
-def payload_delivered_to(hub: Hub, flow: FiveTuple, receiver: str) -> bytes:
-    """Concatenated TCP payload of ``flow`` the hub delivered to ``receiver`` (wire order, with
-    retransmissions)."""
-    return b"".join(p.segment.payload for p in flow_packets(hub, flow)
-                    if p.delivered and p.receiver == receiver and p.segment is not None)
-
-
 def leaked(hub: Hub, flow: FiveTuple, allowed: set[str]) -> list[WirePacket]:
     """Payload-carrying segments of ``flow`` that a host outside ``allowed`` could read: delivered
     to it in the clear, or protected under keys it holds. (An ESP frame that reaches an address
