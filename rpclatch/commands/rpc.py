@@ -397,7 +397,8 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
         raise UserError(f"--max-requests-per-context {args.max_requests_per_context}: give a count "
                         "of requests, or 0 for no cap")
     options["max_requests_per_context"] = args.max_requests_per_context or None
-    gss_services = [Service.from_sec_name(name) for name in sec if name in _GSS_SEC]
+    gss_names = _gss_sec_names()
+    gss_services = [Service.from_sec_name(name) for name in sec if name in gss_names]
     if gss_services:  # one RPCSEC_GSS server: its floor is the weakest service listed
         options["min_service"] = min(gss_services)
     dispatcher = RpcDispatcher(server_auths_for_sec(sec, **options))
@@ -467,13 +468,19 @@ def _gss_only(value: str, option: str, sec: list[str]) -> str:
     from rpclatch.commands.common import parse_service_name
 
     name = parse_service_name(value, option)
-    if not any(s in _GSS_SEC for s in sec):
+    gss_names = _gss_sec_names()
+    if not any(s in gss_names for s in sec):
         raise UserError(f"{option} names an RPCSEC_GSS principal: use it with --sec krb5, krb5i or "
                         "krb5p")
     return name
 
 
-_GSS_SEC = frozenset({"krb5", "krb5i", "krb5p"})
+def _gss_sec_names() -> frozenset[str]:
+    """The ``--sec`` names that mean RPCSEC_GSS (krb5, krb5i, krb5p), from the one service table
+    (imported here, not at module level: ``rpclatch rpc`` without GSS does not load the gss package)."""
+    from rpclatch.gss.wire import SEC_SERVICES
+
+    return frozenset(service.sec_name for service in SEC_SERVICES)
 
 
 def _rpcbind_port(given: int | None) -> int:

@@ -25,12 +25,9 @@ from rpclatch.gss.client import GssClientAuth, VersionPolicy
 from rpclatch.gss.errors import GssError
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.server import DEFAULT_SEQ_WINDOW, GssServerAuth
-from rpclatch.gss.wire import Service
+from rpclatch.gss.wire import SEC_SERVICES, Service
 from rpclatch.rpc.auth import ClientAuth, ServerAuth
 from rpclatch.rpc.sec import SecFlavor, register_sec
-
-#: The services a ``--sec`` name can ask for (channel_prot is chosen after BIND_CHANNEL).
-_SEC_SERVICES = (Service.NONE, Service.INTEGRITY, Service.PRIVACY)
 
 
 def _client(service: Service, options: dict[str, Any]) -> ClientAuth:
@@ -67,7 +64,7 @@ def _server(service: Service, options: dict[str, Any]) -> list[ServerAuth]:
 
 
 def _register() -> None:
-    for service in _SEC_SERVICES:
+    for service in SEC_SERVICES:
         register_sec(SecFlavor(
             service.sec_name, f"RPCSEC_GSS {service.description} ({service.rfc_name})",
             client=lambda o, s=service: _client(s, o),  # type: ignore[misc]

@@ -88,6 +88,10 @@ _SERVICE_NAMES: dict[Service, tuple[str, str]] = {
     Service.CHANNEL_PROT: ("channel_prot", "protection of the bound channel (RFC 5403 §3.4)"),
 }
 
+#: The services a security setting (``--sec krb5|krb5i|krb5p``) can name; channel_prot is not
+#: configured but chosen per call once BIND_CHANNEL succeeded (RFC 5403 §3.4).
+SEC_SERVICES: tuple[Service, ...] = (Service.NONE, Service.INTEGRITY, Service.PRIVACY)
+
 
 class BindChanStatus(IntEnum):
     """``rgss2_bind_chan_status`` (RFC 5403 §3.3)."""
