@@ -18,8 +18,9 @@ Limits (everything here is fed from the network before or after authentication):
 * ``init_cache_size`` cached INIT/CONTINUE_INIT replies (RFC 2203 §5.2.3 retransmissions);
 * the per-connection index of bound handles holds each context at most once, so it is never
   larger than the context table; closing a connection visits only its own handles;
-* log lines a flood could trigger (half-open eviction, calls below the service floor) are
-  rate-limited.
+* log lines a flood could trigger (half-open eviction, calls below the service floor, failed
+  BIND_CHANNELs -- a relay can forge one per request) are rate-limited, one
+  :class:`~rpclatch.rpc.server.LogLimiter` per kind (:attr:`GssServerAuth.log_limiters`).
 
 Project choices where the RFCs are silent (RFC 5403 §3.3 and §3.4 leave these open):
 
@@ -109,6 +110,7 @@ from rpclatch.rpc.auth import (
     ServerAuth,
 )
 from rpclatch.rpc.messages import MAX_AUTH_BYTES, NULL_AUTH, AuthFlavor, AuthStat, CallMessage, OpaqueAuth
+from rpclatch.rpc.server import LogLimiter
 from rpclatch.rpc.wire import opaque_auth
 from rpclatch.xdr import XdrError
 
@@ -151,6 +153,8 @@ DEFAULT_INDEFINITE_LIFETIME = 8 * 3600.0
 DEFAULT_MAX_HALF_OPEN = 64
 #: Seconds between two log lines of one kind that a flood of calls could trigger.
 LOG_INTERVAL = 10.0
+#: The kinds of log line a peer can trigger at will (keys of :attr:`GssServerAuth.log_limiters`).
+LOG_KINDS = ("half-open", "too-weak", "bind-failure")
 
 # Protection strength of a service (RFC 2203 §2: none < integrity < privacy).
 _STRENGTH = {Service.NONE: 0, Service.INTEGRITY: 1, Service.PRIVACY: 2}
@@ -215,29 +219,6 @@ class _ServerContext:
     #: The connection whose entry of the bound-handle index holds this handle (under the table lock).
     indexed_conn: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class _RateLimitedLog:
-    """At most one line per kind every ``interval`` seconds (of the caller's clock ``now``); the
-    number of lines held back is told in the next one. Kinds are a fixed set of strings."""
-
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
-        self.interval = interval
-        self._next: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, kind: str, now: float, level: int, msg: str, *args: object) -> None:
-        with self._lock:
-            if now < self._next.get(kind, float("-inf")):
-                self._held[kind] = self._held.get(kind, 0) + 1
-                return
-            self._next[kind] = now + self.interval
-            held = self._held.pop(kind, 0)
-        if held:
-            log.log(level, msg + " (%d more like this in the last %.0f s)", *args, held, self.interval)
-        else:
-            log.log(level, msg, *args)
 
 
 class GssServerAuth(ServerAuth):
@@ -312,7 +293,14 @@ class GssServerAuth(ServerAuth):
         self._init_cache_size = init_cache_size
         self.max_requests_per_context = max_requests_per_context
         self._lock = threading.Lock()
-        self._log_limited = _RateLimitedLog()
+        #: One limiter per kind of peer-triggered log line (:data:`LOG_KINDS`): one line per
+        #: :data:`LOG_INTERVAL`, then a count of the lines held back. Replaceable (tests: a clock).
+        self.log_limiters = {kind: LogLimiter(burst=1, interval=LOG_INTERVAL) for kind in LOG_KINDS}
+        self._log_lock = threading.Lock()  # LogLimiter is not thread-safe; calls come from threads
+
+    def _log_limited(self, kind: str, level: int, msg: str, *args: object) -> None:
+        with self._log_lock:
+            self.log_limiters[kind].log(log, level, msg, *args)
 
     # -- introspection (tests, demos, CLI) ----------------------------------------------------------
 
@@ -470,7 +458,7 @@ class GssServerAuth(ServerAuth):
             ctx.gss.delete()
             return self._failed_init(exc.major, exc.minor, str(exc))
         if not ctx.gss.complete:
-            if not self._remember_half_open(ctx, now):
+            if not self._remember_half_open(ctx):
                 ctx.gss.delete()
                 return self._failed_init(GssMajor.GSS_S_FAILURE, 0,
                                          "multi-step context establishment is disabled (max_half_open=0)")
@@ -496,7 +484,7 @@ class GssServerAuth(ServerAuth):
             verf, InitRes(ctx.handle, GssMajor.GSS_S_COMPLETE, 0, self.seq_window, out or b"").encode()
         )
 
-    def _remember_half_open(self, ctx: _ServerContext, now: float) -> bool:
+    def _remember_half_open(self, ctx: _ServerContext) -> bool:
         """Keep a context that answered CONTINUE_NEEDED in the half-open table (at most
         ``max_half_open``; the oldest goes first). False if the table holds none at all."""
         if self.max_half_open == 0:
@@ -510,7 +498,7 @@ class GssServerAuth(ServerAuth):
         for old in evicted:
             old.gss.delete()
         if evicted:
-            self._log_limited("half-open", now, logging.WARNING,
+            self._log_limited("half-open", logging.WARNING,
                               "RPCSEC_GSS half-open contexts at their limit (%d): dropped the oldest "
                               "(an INIT flood?)", self.max_half_open)
         return True
@@ -615,7 +603,7 @@ class GssServerAuth(ServerAuth):
             self._forget(ctx.handle)
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"context used for {cap} requests: refresh it")
         if self._floor and proc is _DATA and _strength(service, conn.channel) < self._floor:
-            return self._too_weak(service, conn, now)
+            return self._too_weak(service, conn)
         if service is _SVC_CHANNEL_PROT:
             return self._channel_prot(call, seq, ctx, conn)
         verf = call.verf
@@ -665,12 +653,12 @@ class GssServerAuth(ServerAuth):
         finally:
             ctx_lock.release()
 
-    def _too_weak(self, service: Service, conn: ConnectionInfo, now: float) -> AuthDeny:
+    def _too_weak(self, service: Service, conn: ConnectionInfo) -> AuthDeny:
         """RFC 5531 §9 AUTH_TOOWEAK for a DATA call below ``min_service``."""
         floor = f"{self.min_service.sec_name} ({self.min_service.rfc_name})"
         what = service.name.lower() + (" on a channel that does not encrypt"
                                        if service is _SVC_CHANNEL_PROT else "")
-        self._log_limited("too-weak", now, logging.WARNING,
+        self._log_limited("too-weak", logging.WARNING,
                           "RPCSEC_GSS call with service %s on connection %d refused: this server's "
                           "floor is %s (AUTH_TOOWEAK)", what, conn.conn_id, floor)
         return AuthDeny(AuthStat.AUTH_TOOWEAK, f"service {what} is below the floor {floor}")
@@ -854,5 +842,6 @@ class GssServerAuth(ServerAuth):
             ctx.bind_failures += 1
             expires = ctx.expires_at if ctx.expires_at is not None else now + DEFAULT_INDEFINITE_LIFETIME
             ctx.expires_at = now + max(0.0, expires - now) / 2
-        log.warning("BIND_CHANNEL failure %d for %s: context lifetime halved",
-                    ctx.bind_failures, ctx.principal)
+            failures = ctx.bind_failures
+        self._log_limited("bind-failure", logging.WARNING,
+                          "BIND_CHANNEL failure %d for %s: context lifetime halved", failures, ctx.principal)

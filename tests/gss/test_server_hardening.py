@@ -21,7 +21,7 @@ from rpclatch.gss.errors import GssMajor
 from rpclatch.gss.loopback import LoopbackTransport
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
-from rpclatch.gss.server import GssServerAuth
+from rpclatch.gss.server import LOG_INTERVAL, GssServerAuth
 from rpclatch.gss.wire import (
     SHA1,
     SHA256,
@@ -50,7 +50,7 @@ from rpclatch.rpc.messages import (
     OpaqueAuth,
     decode_message,
 )
-from rpclatch.rpc.server import RpcDispatcher
+from rpclatch.rpc.server import LogLimiter, RpcDispatcher
 
 PROG, VERS = 0x20000099, 1
 
@@ -341,7 +341,9 @@ def test_krb5i_server_refuses_krb5_with_auth_tooweak(
         c = client(realm, service)
         asyncio.run(c.establish(t.call))
         assert t.call_sync(c, 1, b"strong enough") == b"strong enough"
-    # a flood of weak calls logs one line per interval, not one per call
+    # a flood of weak calls logs one line per interval, not one per call (a fresh limiter, on a
+    # clock that does not move: exactly one line)
+    srv.log_limiters["too-weak"] = LogLimiter(burst=1, interval=LOG_INTERVAL, clock=lambda: 0.0)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="rpclatch.gss.server"):
         for i in range(50):
@@ -498,6 +500,41 @@ def test_bind_channel_with_a_bad_mic_gets_no_negotiation_answer(realm: Throwaway
     asyncio.run(c.bind_channel(t.call, cli_ch, prefixes=["x-second"]))
     assert srv.is_bound(handle, t.conn)
     assert t.call_sync(c, 1, b"after the forgeries") == b"after the forgeries"
+
+
+def test_failed_bind_channel_flood_logs_a_bounded_number_of_lines(
+    realm: ThrowawayRealm, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay can forge one BIND_CHANNEL per request; each halves the context lifetime (RFC 5403
+    §9) and each is logged -- through the server's LogLimiter for that kind: one line per
+    interval, then a count of the lines held back, not one line per forgery."""
+    shared = InMemoryChannel.pair("x-first", b"one")[0]._shared
+    srv_ch = InMemoryChannel("x-first", b"one", _shared=shared)
+    srv = server(realm)
+    clock = [0.0]
+    srv.log_limiters["bind-failure"] = LogLimiter(burst=1, interval=LOG_INTERVAL, clock=lambda: clock[0])
+    t = LoopbackTransport(srv, channel=srv_ch)
+    c = client(realm)
+    asyncio.run(c.establish(t.call))
+    cred = GssCred(2, GssProc.RPCSEC_GSS_BIND_CHANNEL, 5000, Service.NONE, c.handle or b"").encode()
+    forged = CallMessage(0x777, PROG, VERS, 0, OpaqueAuth(6, cred),
+                         OpaqueAuth(6, BindChanVerfArgs(b"x-first", SHA256.oid, b"\0" * 28).encode()))
+
+    def bind_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "rpclatch.gss.server" and r.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.WARNING, logger="rpclatch.gss.server"):
+        for _ in range(50):
+            res = srv.check_call(forged, t.conn, 0.0)
+            assert isinstance(res, AuthDeny) and res.stat == AuthStat.RPCSEC_GSS_CREDPROBLEM
+        assert bind_lines() == [f"BIND_CHANNEL failure 1 for alice@{realm.realm}: context lifetime halved"]
+        clock[0] += LOG_INTERVAL
+        srv.check_call(forged, t.conn, 0.0)
+    assert bind_lines()[1:] == [
+        f"49 similar log lines suppressed in the last {LOG_INTERVAL:g} s",
+        f"BIND_CHANNEL failure 51 for alice@{realm.realm}: context lifetime halved",
+    ]
 
 
 def test_bind_channel_without_a_server_channel_is_not_signed(realm: ThrowawayRealm) -> None:
