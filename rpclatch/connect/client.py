@@ -36,7 +36,7 @@ from rpclatch.connect.policy import (
     decide,
     should_bind,
 )
-from rpclatch.connect.record import SecurityRecord
+from rpclatch.connect.record import SecurityRecord, latch_state_name
 from rpclatch.connect.world import (
     BindingRequired,
     ClientWorld,
@@ -50,6 +50,7 @@ from rpclatch.connect.world import (
     RpcLink,
     run_to_completion,
 )
+from rpclatch.ipsec.latch import LatchState
 from rpclatch.rpc.auth import ClientAuth
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,10 @@ class ProtectedConnection:
             bind = await ctx.bind_channel(link.latch.channel)
             if ctx.bind_failure is not None:
                 bind_detail = str(ctx.bind_failure)
-            if link.latch_state() != "ESTABLISHED":
+            state = link.latch_state()
+            if state is not LatchState.ESTABLISHED:
                 # RFC 5403 §3.4: a binding is worth nothing once the channel is gone
-                raise ConnectionReset(f"latch {link.latch_state()} while binding on {link.five_tuple}")
+                raise ConnectionReset(f"latch {latch_state_name(state)} while binding on {link.five_tuple}")
         decision = decide(latch_outcome, bind)
         warnings: tuple[str, ...] = ()
         if decision.warn or (rebinding and bind is not BindOutcome.BOUND):
@@ -226,13 +228,13 @@ class ProtectedConnection:
         self._broken = reason
         reset = self.policy.on_break is BreakDisposition.RESET
         if reset:
-            self._security = replace(self._security, latch_state="BROKEN", latched=False, bound=False,
-                                     reason=f"latch BROKEN ({reason}); connection reset")
+            self._security = replace(self._security, latch_state=LatchState.BROKEN, latched=False,
+                                     bound=False, reason=f"latch BROKEN ({reason}); connection reset")
         else:
             # (a) wait: the transport holds output and drops input until the latch is ESTABLISHED
             # again; the binding does not survive the break (RFC 5403 §3.4), so GSS protection
             # takes over on this connection.
-            self._security = replace(self._security, latch_state="BROKEN", bound=False,
+            self._security = replace(self._security, latch_state=LatchState.BROKEN, bound=False,
                                      gss_service=GssService(self.policy.protection.value),
                                      reason=f"latch BROKEN ({reason}); waiting for it, binding dropped")
         self.history.append(self._security)
@@ -261,15 +263,16 @@ class ProtectedConnection:
         assert link is not None and auth is not None
         if self._auth_conn != link.conn_id:  # pragma: no cover - structural guarantee
             raise ConnectError("refusing to use a context on a connection it was not made on")
-        if (self.security.gss_service is GssService.CHANNEL_PROT and link.latch_state() != "ESTABLISHED"
+        state = link.latch_state()
+        if (self.security.gss_service is GssService.CHANNEL_PROT and state is not LatchState.ESTABLISHED
                 and self.policy.on_break is BreakDisposition.RESET):
             # RFC 5403 §3.4: channel_prot only while the channel exists; never send unprotected
-            self._latch_broken(f"latch is {link.latch_state()}", link)
+            self._latch_broken(f"latch is {latch_state_name(state)}", link)
             await self._reconnect()
             link, auth = self._link, self._auth
             assert link is not None and auth is not None
-        if self.security.latch_state == "BROKEN" and link.latch_state() == "ESTABLISHED":
-            self._security = replace(self.security, latch_state="ESTABLISHED", latched=True,
+        if self.security.latch_state is LatchState.BROKEN and link.latch_state() is LatchState.ESTABLISHED:
+            self._security = replace(self.security, latch_state=LatchState.ESTABLISHED, latched=True,
                                      reason="latch ESTABLISHED again after a break; the binding is gone: "
                                             f"{self.security.gss_service.value} on this connection")
             self.history.append(self._security)

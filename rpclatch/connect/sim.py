@@ -20,7 +20,7 @@ from typing import Any
 from rpclatch.connect.world import ConnectError, ConnectionReset, LatchView, ProtectionFailed
 from rpclatch.ipsec.channel_binding import binding_unavailable_reason
 from rpclatch.ipsec.engine import Approach
-from rpclatch.ipsec.latch import BrokenDisposition, LatchParams, params_from_sa
+from rpclatch.ipsec.latch import BrokenDisposition, LatchParams, LatchState, params_from_sa
 from rpclatch.ipsec.model import ProtectionType
 from rpclatch.netsim.host import Host, Listener
 from rpclatch.netsim.rpc import SimConnectionReset, SimRpcClient, SimRpcServer
@@ -48,7 +48,7 @@ def latch_params(stack: IpsecStack, conn: StreamConnection) -> LatchParams | Non
     """The parameters ``conn`` is latched with, in either design: INQUIRE_LATCH on the latch
     database (approach 2), or the TCB's latch and the SA its tag names (approach 1, RFC 5660 §2.4).
     None unless the latch is ESTABLISHED."""
-    if stack.latch_state(conn) != "ESTABLISHED":
+    if stack.latch_state(conn) is not LatchState.ESTABLISHED:
         return None
     info = stack.latch_of(conn)
     if info is not None:
@@ -78,7 +78,7 @@ def latch_view(host: Host, conn: StreamConnection) -> LatchView | None:
         why_not = (cl.binding_unavailable if isinstance(cl, ConnLatch) and cl.binding_unavailable
                    else "the stack offers no channel object for this latch")
     return LatchView(
-        state="ESTABLISHED", peer=str(params.peer), qop=describe_qop(params),
+        state=LatchState.ESTABLISHED, peer=str(params.peer), qop=describe_qop(params),
         confidentiality=ProtectionType.CONFIDENTIALITY in params.protection,
         channel=channel if why_not is None else None, binding_unavailable=why_not,
     )
@@ -108,9 +108,9 @@ class SimLink:
                 raise ConnectionReset(f"connection {ended}") from exc
             raise
 
-    def latch_state(self) -> str:
+    def latch_state(self) -> LatchState | None:
         stack = _stack(self.host)
-        return "none" if stack is None else stack.latch_state(self.conn)
+        return None if stack is None else stack.latch_state(self.conn)
 
     def last_alert_reason(self) -> str:
         cl = self.conn.latch_info
@@ -128,7 +128,7 @@ class SimLink:
             channel.on_break(lambda _ch: callback(self.last_alert_reason()))
         else:  # no channel object (NULL-auth latch): the stream's reset is the signal
             def ended(kind: StreamEventKind, reason: str) -> None:
-                if self.latch_state() in ("BROKEN", "CLOSED"):
+                if self.latch_state() in (LatchState.BROKEN, LatchState.CLOSED):
                     callback(self.last_alert_reason())
             self.client.on_end(ended)
 
@@ -218,7 +218,7 @@ class SimServerEndpoint:
             return None  # no latch: an unlatched (BYPASS) connection, allowed but recorded
         return conn.channel
 
-    def latch_states(self) -> list[tuple[str, str]]:
-        """(5-tuple, latch state) of every connection accepted so far."""
+    def latch_states(self) -> list[tuple[str, LatchState | None]]:
+        """(5-tuple, latch state or None if unlatched) of every connection accepted so far."""
         stack = _stack(self.host)
-        return [(str(c.flow), stack.latch_state(c) if stack else "none") for c, _ in self.server.connections]
+        return [(str(c.flow), stack.latch_state(c) if stack else None) for c, _ in self.server.connections]

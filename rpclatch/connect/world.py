@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from rpclatch.connect.policy import BindOutcome, GssService
+from rpclatch.ipsec.latch import LatchState
 from rpclatch.rpc.auth import ClientAuth
 
 
@@ -46,7 +47,7 @@ class LatchView:
     ``binding_unavailable`` says why the channel offers no binding data (NULL auth, PSK), or None.
     """
 
-    state: str
+    state: LatchState
     peer: str
     qop: str
     confidentiality: bool
@@ -64,8 +65,9 @@ class RpcLink(Protocol):
     async def call(self, auth: ClientAuth, prog: int, vers: int, proc: int, args: bytes) -> bytes:
         """One RPC call; raises :class:`ConnectionReset` or an ``rpclatch.rpc.errors.RpcError``."""
 
-    def latch_state(self) -> str:
-        """The latch state now (``ESTABLISHED``, ``BROKEN``, ``CLOSED``) or ``none`` if unlatched."""
+    def latch_state(self) -> LatchState | None:
+        """The latch state now (RFC 5660 §2.2: ESTABLISHED, BROKEN, CLOSED, ...) or None if the
+        connection has no latch."""
 
     def on_latch_broken(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(reason)`` when the latch goes BROKEN (RFC 5660 ALERT)."""

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from rpclatch.connect.client import ProtectedConnection
 from rpclatch.connect.policy import BindOutcome, ConnectPolicy, LatchOutcome
-from rpclatch.connect.record import SecurityRecord
+from rpclatch.connect.record import SecurityRecord, latch_state_name
 from rpclatch.connect.sim import SimLink, latch_params
 from rpclatch.connect.world import ConnectError
 from rpclatch.demo.bindrelay import REWRITTEN_PREFIX, UNKNOWN_HASH_OID, BindAttack, BindRelayEditor
@@ -29,6 +29,7 @@ from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.wire import BindChanStatus, GssProc
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
+from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip, spki_fingerprint
 from rpclatch.ipsec.spd import EntryOrigin, SpdAction
 from rpclatch.netsim.ike import IkeMode
@@ -119,8 +120,8 @@ class EchoRun(NamedTuple):
     view: WireView
     link: SimLink
     sconn: StreamConnection | None
-    cstate: str
-    sstate: str
+    cstate: LatchState | None
+    sstate: LatchState | None
 
 
 def connect_and_echo(dw: DemoWorld) -> EchoRun:
@@ -131,7 +132,7 @@ def connect_and_echo(dw: DemoWorld) -> EchoRun:
     link = link_of(pc)
     sconn = server_conn(dw, link.conn.flow)
     cstate = dw.client_stack.latch_state(link.conn)
-    sstate = dw.server_stack.latch_state(sconn) if sconn else "none"
+    sstate = dw.server_stack.latch_state(sconn) if sconn else None
     return EchoRun(pc, rec, ok, view, link, sconn, cstate, sstate)
 
 
@@ -178,16 +179,22 @@ def binding_word(rec: SecurityRecord) -> str:
     }[rec.bind_outcome]
 
 
-def state_word(state: str) -> str:
+def state_word(state: LatchState | None) -> str:
     """One end's latch state as a table word: ``yes`` when ESTABLISHED, else the state in lower
     case (``none`` = never latched)."""
-    return "yes" if state == "ESTABLISHED" else state.lower()
+    return "yes" if state is LatchState.ESTABLISHED else latch_state_name(state).lower()
 
 
-def latch_cell(cstate: str, sstate: str) -> str:
+def end_word(state: LatchState | None) -> str:
+    """One end's latch state in scenarios 1 and 3's ``latched?`` cell: ``yes`` when ESTABLISHED,
+    else the state's name (``none`` = never latched)."""
+    return "yes" if state is LatchState.ESTABLISHED else latch_state_name(state)
+
+
+def latch_cell(cstate: LatchState | None, sstate: LatchState | None) -> str:
     """The ``latched?`` cell from the observed client/server latch states; ``no`` when neither
     end ever latched."""
-    if cstate == sstate == "none":
+    if cstate is None and sstate is None:
         return "no"
     return f"{state_word(cstate)}/{state_word(sstate)}"
 
@@ -210,15 +217,15 @@ def rogue_reason(client_alerts: list[str], reset: bool, reconnected: bool, relat
     )
 
 
-def server_change_word(sstate_after: str, pinned_origin: EntryOrigin | None) -> str:
+def server_change_word(sstate_after: LatchState | None, pinned_origin: EntryOrigin | None) -> str:
     """The server's side after its SPD change: ``pinned`` when its latch stayed ESTABLISHED under a
     pinned 5-tuple entry (RFC 5660 §2.3), else its latch state."""
-    if sstate_after == "ESTABLISHED" and pinned_origin is EntryOrigin.PINNED_LATCH:
+    if sstate_after is LatchState.ESTABLISHED and pinned_origin is EntryOrigin.PINNED_LATCH:
         return "pinned"
     return state_word(sstate_after)
 
 
-def client_change_word(broke: bool, cstate_after: str) -> str:
+def client_change_word(broke: bool, cstate_after: LatchState | None) -> str:
     """The client's side after its SPD change: ``broken`` when the change broke its latch."""
     return "broken" if broke else state_word(cstate_after)
 
@@ -269,14 +276,16 @@ def ipsec_available(
     _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
     o = Outcome(
         "IPsec available",
-        f"{'yes' if cstate == 'ESTABLISHED' else cstate}/{'yes' if sstate == 'ESTABLISHED' else sstate}",
+        f"{end_word(cstate)}/{end_word(sstate)}",
         rec.peer or "-",
         binding_word(rec),
         ",".join(view.data_services()) or "-",
         reason=rec.reason,
     )
-    o.check("client latch ESTABLISHED", cstate == "ESTABLISHED", f"client latch {cstate}")
-    o.check("server latch ESTABLISHED", sstate == "ESTABLISHED", f"server latch {sstate}")
+    o.check("client latch ESTABLISHED", cstate is LatchState.ESTABLISHED,
+            f"client latch {latch_state_name(cstate)}")
+    o.check("server latch ESTABLISHED", sstate is LatchState.ESTABLISHED,
+            f"server latch {latch_state_name(sstate)}")
     ckey = dw.client_stack.sike.credentials.spki
     skey = dw.server_stack.sike.credentials.spki
     o.check(
@@ -350,8 +359,8 @@ def no_ike(
     )
     o.check(
         "client and server unlatched",
-        cstate in ("none", "CLOSED") and sstate == "none",
-        f"client {cstate}, server {sstate}",
+        cstate in (None, LatchState.CLOSED) and sstate is None,
+        f"client {latch_state_name(cstate)}, server {latch_state_name(sstate)}",
     )
     o.check("no BIND_CHANNEL attempted", not view.bind_calls(), f"{len(view.bind_calls())} BIND_CHANNEL")
     o.check(
@@ -380,7 +389,7 @@ def btns_mitm(
     stolen = dw.attacker_plaintext(view)
     o = Outcome(
         "BTNS man in the middle",
-        f"{'yes' if cstate == 'ESTABLISHED' else cstate}/{'yes' if sstate == 'ESTABLISHED' else sstate}",
+        f"{end_word(cstate)}/{end_word(sstate)}",
         rec.peer or "-",
         binding_word(rec),
         ",".join(view.data_services()) or "-",
@@ -390,8 +399,8 @@ def btns_mitm(
     mkey2 = stack_of(back.security).sike.credentials.spki
     o.check(
         "both ends latched (to the attacker)",
-        cstate == "ESTABLISHED"
-        and sstate == "ESTABLISHED"
+        cstate is LatchState.ESTABLISHED
+        and sstate is LatchState.ESTABLISHED
         and peer_key(dw.client_stack, link.conn) == mkey1
         and sconn is not None
         and peer_key(dw.server_stack, sconn) == mkey2,
@@ -510,12 +519,13 @@ def rogue_claims_address(
     )
     new_server = server_conn(dw, new_link.conn.flow)
     ckey = dw.client_stack.sike.credentials.spki
+    new_server_state = dw.server_stack.latch_state(new_server) if new_server else None
     o.check(
         "server latched the new connection to the client's key",
         new_server is not None
-        and dw.server_stack.latch_state(new_server) == "ESTABLISHED"
+        and new_server_state is LatchState.ESTABLISHED
         and peer_key(dw.server_stack, new_server) == ckey,
-        f"server latch {dw.server_stack.latch_state(new_server) if new_server else 'none'}, peer "
+        f"server latch {latch_state_name(new_server_state)}, peer "
         f"{fp(peer_key(dw.server_stack, new_server) if new_server else None)} (client {fp(ckey)})",
     )
     return dw, o
@@ -544,7 +554,7 @@ def policy_change(
     dw.mark("server", "admin: server SPD 2049 -> BYPASS (latches pinned)")
     broken_server = dw.server_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
     broken_server_tcbs = dw.server_stack.engine.last_spd_breaks  # approach 1: TCB latches broken
-    sstate_after = dw.server_stack.latch_state(sconn) if sconn else "none"
+    sstate_after = dw.server_stack.latch_state(sconn) if sconn else None
     pinned = dw.server_stack.engine.spd.overlay_entry(sconn.flow) if sconn else None
     ok_pinned = echo(pc)
     t_client = dw.world.now
@@ -589,10 +599,11 @@ def policy_change(
         "server latch pinned, still ESTABLISHED",
         not broken_server
         and not broken_server_tcbs
-        and sstate_after == "ESTABLISHED"
+        and sstate_after is LatchState.ESTABLISHED
         and pinned is not None
         and pinned.origin is EntryOrigin.PINNED_LATCH,
-        f"server latches broken: {broken_server or broken_server_tcbs}, state after change {sstate_after}, "
+        f"server latches broken: {broken_server or broken_server_tcbs}, "
+        f"state after change {latch_state_name(sstate_after)}, "
         f"5-tuple entry {pinned.origin.value if pinned else None}",
     )
     o.check(
@@ -602,8 +613,10 @@ def policy_change(
     )
     o.check(
         "client latch BROKEN by its policy change",
-        (bool(broken_client) or flow in broken_client_tcbs) and cstate_after in ("BROKEN", "CLOSED"),
-        f"client latches broken: {broken_client or broken_client_tcbs}, state {cstate_after}",
+        (bool(broken_client) or flow in broken_client_tcbs)
+        and cstate_after in (LatchState.BROKEN, LatchState.CLOSED),
+        f"client latches broken: {broken_client or broken_client_tcbs}, "
+        f"state {latch_state_name(cstate_after)}",
     )
     o.check("client connection reset", reset, f"stream events: {[k.value for k in link.conn.kinds()][-3:]}")
     o.check(
@@ -703,7 +716,7 @@ def bind_relay(
     mkey2 = stack_of(back.security).sike.credentials.spki
     o.check(
         "both ends latched (to the attacker)",
-        cstate == "ESTABLISHED" and sstate == "ESTABLISHED"
+        cstate is LatchState.ESTABLISHED and sstate is LatchState.ESTABLISHED
         and peer_key(dw.client_stack, link.conn) == mkey1
         and sconn is not None and peer_key(dw.server_stack, sconn) == mkey2,
         f"client latched to {fp(peer_key(dw.client_stack, link.conn))} (mitm {fp(mkey1)}), server to "

@@ -536,13 +536,13 @@ class IpsecStack:
             self.engine.close_flow(flow, self.now)
         self.arm()
 
-    def udp_latch_state(self, sock: UdpSocket) -> str:
+    def udp_latch_state(self, sock: UdpSocket) -> LatchState | None:
         """Like :meth:`latch_state` for a connected UDP socket."""
         cl = sock.latch_info
         if not isinstance(cl, ConnLatch) or cl.handle is None:
-            return "none"
+            return None
         latch = self.engine.latches.get(cl.handle)
-        return "CLOSED" if latch is None else latch.state.value
+        return LatchState.CLOSED if latch is None else latch.state
 
     def listener_opened(self, host: Host, listener: Listener) -> None:
         """listen(): CREATE_LISTENER_LATCH + 3-tuple template PAD entry (approach 2)."""
@@ -612,20 +612,28 @@ class IpsecStack:
             return None
         return self.engine.latches.inquire_latch(cl.handle)
 
-    def latch_state(self, conn: StreamConnection) -> str:
-        """``ESTABLISHED`` / ``BROKEN`` / ``LARVAL`` / ``CLOSED``, or ``none`` (never latched).
+    def latch_state(self, conn: StreamConnection) -> LatchState | None:
+        """The RFC 5660 §2.2 state of ``conn``'s latch (a released one is CLOSED), or None if the
+        connection never had one.
 
-        Approach 1 maps the ULP latch: latched -> ESTABLISHED, broken -> BROKEN, closed -> CLOSED."""
+        Approach 1 maps the TCB latch (§2.4): unlatched -> LARVAL, latched -> ESTABLISHED,
+        broken -> BROKEN, closed -> CLOSED."""
         cl = conn.latch_info
         if not isinstance(cl, ConnLatch):
-            return "none"
+            return None
         if cl.ulp is not None:
-            return {UlpLatchState.UNLATCHED: "LARVAL", UlpLatchState.LATCHED: "ESTABLISHED",
-                    UlpLatchState.BROKEN: "BROKEN", UlpLatchState.CLOSED: "CLOSED"}[cl.ulp.state]
+            return _ULP_LATCH_STATES[cl.ulp.state]
         if cl.handle is None:
-            return "none"
+            return None
         latch = self.engine.latches.get(cl.handle)
-        return "CLOSED" if latch is None else latch.state.value
+        return LatchState.CLOSED if latch is None else latch.state
+
+
+#: Approach 1's TCB latch states as RFC 5660 §2.2 latch states (:meth:`IpsecStack.latch_state`).
+_ULP_LATCH_STATES: dict[UlpLatchState, LatchState] = {
+    UlpLatchState.UNLATCHED: LatchState.LARVAL, UlpLatchState.LATCHED: LatchState.ESTABLISHED,
+    UlpLatchState.BROKEN: LatchState.BROKEN, UlpLatchState.CLOSED: LatchState.CLOSED,
+}
 
 
 def stack_of(host: Host) -> IpsecStack | None:

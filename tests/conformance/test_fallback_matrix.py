@@ -17,6 +17,7 @@ from rpclatch.connect import BindOutcome, ConnectPolicy, LatchOutcome, Protected
 from rpclatch.connect.sim import SimLink
 from rpclatch.demo.world import DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.spd import SpdAction
 from rpclatch.netsim.ike_wire import SIKE_PORT
 from rpclatch.netsim.ip import PROTO_UDP, IpPacket
@@ -40,7 +41,7 @@ def run(dw: DemoWorld, protection: Protection) -> ProtectedConnection:
     return pc
 
 
-def latch_states(dw: DemoWorld, pc: ProtectedConnection) -> tuple[str, str]:
+def latch_states(dw: DemoWorld, pc: ProtectedConnection) -> tuple[LatchState | None, LatchState | None]:
     assert isinstance(pc.link, SimLink)
     conn = pc.link.conn
     server = next(c for c, _ in dw.endpoint.server.connections if c.flow.remote_port == conn.flow.local_port)
@@ -56,7 +57,7 @@ def is_sike(p: IpPacket) -> bool:
 def test_fb01_ipsec_and_binding_give_channel_prot(realm: ThrowawayRealm, protection: Protection) -> None:
     dw = build_world(realm, seed=11)
     pc = run(dw, protection)
-    assert latch_states(dw, pc) == ("ESTABLISHED", "ESTABLISHED")
+    assert latch_states(dw, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
     view = dw.wire_view()
     assert view.data_services() == ["channel_prot"]
     assert all(c.protected for c in view.calls)
@@ -70,7 +71,7 @@ def test_fb02_null_auth_latch_gives_gss_protection_over_ipsec(
 ) -> None:
     dw = build_world(realm, seed=12, server_auth="null")
     pc = run(dw, protection)
-    assert latch_states(dw, pc) == ("ESTABLISHED", "ESTABLISHED")
+    assert latch_states(dw, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
     assert pc.security.latch_outcome is LatchOutcome.LATCHED_NO_BINDING
     view = dw.wire_view()
     assert view.bind_calls() == []
@@ -86,7 +87,7 @@ def test_fb03_ike_blocked_gives_bypass_and_gss_protection(
     dw = build_world(realm, seed=13, rogue=True)
     dw.attackers[0].drop("block-ike", is_sike, "IKE blocked")  # type: ignore[attr-defined]
     pc = run(dw, protection)
-    assert latch_states(dw, pc) == ("none", "none")
+    assert latch_states(dw, pc) == (None, None)
     assert isinstance(pc.link, SimLink)
     clone = dw.client_stack.engine.spd.overlay_entry(pc.link.conn.flow)
     assert clone is not None and clone.action is SpdAction.BYPASS
@@ -103,7 +104,8 @@ def test_fb03_ike_blocked_gives_bypass_and_gss_protection(
 def test_fb04_btns_mitm_fails_binding_and_falls_back(realm: ThrowawayRealm, protection: Protection) -> None:
     dw = build_world(realm, seed=14, mitm=True)
     pc = run(dw, protection)
-    assert latch_states(dw, pc) == ("ESTABLISHED", "ESTABLISHED")  # both ends latched, to the attacker
+    # both ends latched, to the attacker
+    assert latch_states(dw, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
     assert pc.security.bind_outcome is BindOutcome.MISMATCH
     view = dw.wire_view()
     assert view.bind_calls("client")

@@ -9,7 +9,7 @@ import pytest
 
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
-from rpclatch.ipsec.latch import AlertReason
+from rpclatch.ipsec.latch import AlertReason, LatchState
 from rpclatch.ipsec.model import (
     AddressRange,
     AuthMethod,
@@ -144,7 +144,7 @@ def test_a1_wide_proposal_is_narrowed_and_latch_survives(approach: Approach) -> 
     assert c_sas
     # narrowed around the latch: by the LD (approach 2), by the engine for the TCB latch (approach 1)
     assert not any(sa.carries(client.flow) for sa in c_sas)
-    assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+    assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
     c.inject_protected(lab.b.address, 4000, lab.a.address, 32800, seq=client.rcv_nxt, ack=client.snd_nxt,
                        flags=Flags.ACK | Flags.PSH, payload=b"FROM-C")
     lab.world.run_for(0.5)
@@ -257,7 +257,8 @@ def test_a6_address_reuse_breaks_the_old_latch() -> None:
     c.claim_address(addr1)                    # DHCP hands A's address to C
     lab.stack(c).sike.initiate(addr1, lab.b.address, (Selector.for_flow(client.flow),))
     lab.world.run_for(0.5)
-    assert lab.stack(lab.b).latch_state(server) == "CLOSED" or StreamEventKind.RESET in server.kinds()
+    assert (lab.stack(lab.b).latch_state(server) is LatchState.CLOSED
+            or StreamEventKind.RESET in server.kinds())
     assert any(a.reason is AlertReason.CONFLICTING_SA for a in server.latch_info.alerts)  # type: ignore[union-attr]
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
 
@@ -303,13 +304,13 @@ def test_a7_pinned_latch_survives_the_change_until_restart() -> None:
     assert pinned is not None and pinned.origin is EntryOrigin.PINNED_LATCH
     lab.send(client, b"still latched")
     assert bytes(server.received) == b"still latched"
-    assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+    assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
     assert cleartext_after(lab.world.hub, client.flow, t0) == []
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
     eng = lab.stack(lab.a).engine
     eng.restart_key_manager(lab.world.now, restore_latches=True)
     assert eng.spd.overlay_entry(client.flow) is None
-    assert lab.stack(lab.a).latch_state(client) != "ESTABLISHED"
+    assert lab.stack(lab.a).latch_state(client) is not LatchState.ESTABLISHED
 
 
 # -- A8: cleartext injection -----------------------------------------------------------------------------
@@ -452,10 +453,10 @@ def test_a14_key_manager_restart(approach: Approach, restore: bool) -> None:
     if restore:
         lab.send(client, b"after restart")
         assert bytes(server.received) == b"after restart"
-        assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+        assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
     elif approach is Approach.POLICY:
         assert client.kinds()[-1] is StreamEventKind.RESET
-        assert lab.stack(lab.a).latch_state(client) == "CLOSED"
+        assert lab.stack(lab.a).latch_state(client) is LatchState.CLOSED
     else:
         # approach 1: the latch (peer ID + QoP) lives in the TCB, not in the daemon, so it is not
         # lost: the TCB may only send "like" its latched tag, the new SAs (negotiated with

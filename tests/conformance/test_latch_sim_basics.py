@@ -59,7 +59,7 @@ def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
     assert first.segment is not None and first.segment.flags == Flags.SYN
     assert first.protected and first.time >= sike_done   # SYN only after the child SAs exist
     assert all(p.protected for p in wire)
-    assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+    assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
 
 
 def _sike(lab: Lab) -> list:  # type: ignore[type-arg]
@@ -105,7 +105,7 @@ def test_spd_change_with_pinning_keeps_the_flow_protected(approach: Approach) ->
     lab.world.run_for(1.0)
     # the TCB / LD latch keeps its SA (the "logical SPD update", incidental in §2.4's model)
     assert bytes(server.received) == b"after the policy change" and bytes(client.received) == b"reply"
-    assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+    assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
     assert cleartext_after(lab.world.hub, client.flow, t0) == []
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
 
@@ -152,7 +152,7 @@ def test_ike_refused_then_app_falls_back_to_bypass(approach: Approach) -> None:
     assert client.kinds() == [StreamEventKind.FAILED] and server is None
     client2, server2 = lab.open(protect=False)
     assert client2.state is StreamState.ESTABLISHED and server2 is not None
-    assert lab.stack(lab.a).latch_state(client2) == "none" and client2.channel is None
+    assert lab.stack(lab.a).latch_state(client2) is None and client2.channel is None
     lab.send(client2, b"clear")
     wire = flow_packets(lab.world.hub, client2.flow)
     assert wire and not any(p.protected for p in wire)       # BYPASS clone: cleartext by choice
@@ -240,7 +240,7 @@ def test_btns_ok_port_is_protected_other_ports_bypass(approach: Approach) -> Non
     lab.send(other, b"other")
     assert all(p.protected for p in flow_packets(lab.world.hub, nfs.flow))
     assert not any(p.protected for p in flow_packets(lab.world.hub, other.flow))
-    assert lab.stack(lab.a).latch_state(other) == "none"
+    assert lab.stack(lab.a).latch_state(other) is None
 
 
 @BOTH
@@ -319,10 +319,10 @@ def test_pinned_logical_spd_entry_keeps_latch_until_restart() -> None:
     lab.send(client, b"still protected")
     assert bytes(server.received) == b"still protected"
     assert cleartext_after(lab.world.hub, client.flow, t0) == []
-    assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+    assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
     eng = lab.stack(lab.a).engine
     assert eng.spd.overlay_entry(client.flow) is not None
     # the pin must not survive a key-manager restart: restored latch now conflicts -> BROKEN
     eng.restart_key_manager(lab.world.now, restore_latches=True)
     assert eng.spd.overlay_entry(client.flow) is None
-    assert lab.stack(lab.a).latch_state(client) in ("BROKEN", "CLOSED")
+    assert lab.stack(lab.a).latch_state(client) in (LatchState.BROKEN, LatchState.CLOSED)

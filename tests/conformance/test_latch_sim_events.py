@@ -71,7 +71,7 @@ def test_conflicting_proposal_narrowed_or_breaks_with_alert_first() -> None:
     # 1. narrowable: a host-to-host proposal is narrowed around the latched 5-tuple
     sike_c.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
     lab.world.run_for(0.5)
-    assert lab.stack(lab.a).latch_state(client) == "ESTABLISHED"
+    assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
     narrowed = [sa for sa in lab.stack(lab.a).engine.sad if sa.remote_addr == lab.b.address
                 and sa.peer != client.channel.params.peer]
     assert narrowed and not narrowed[0].carries(client.flow)
@@ -104,7 +104,8 @@ def test_wait_disposition_suspends_then_resumes() -> None:
     c.claim_address(lab.a.address)
     lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
     lab.world.run_for(0.5)
-    assert lab.stack(lab.b).latch_state(server) == "BROKEN" and server.state is StreamState.ESTABLISHED
+    assert lab.stack(lab.b).latch_state(server) is LatchState.BROKEN
+    assert server.state is StreamState.ESTABLISHED
     c.release_address(lab.a.address)
     lab.a.claim_address(lab.a.address)
     t_broken = lab.world.now
@@ -119,7 +120,7 @@ def test_wait_disposition_suspends_then_resumes() -> None:
         if sa.peer != server.channel.params.peer:
             lab.stack(lab.b).sike.remove_child(sa.sa_id)
     lab.world.run_for(3.0)
-    assert lab.stack(lab.b).latch_state(server) == "ESTABLISHED"
+    assert lab.stack(lab.b).latch_state(server) is LatchState.ESTABLISHED
     assert bytes(server.received) == b"during break"
     assert not server.channel.is_up()     # a channel that broke once needs a new binding
 
@@ -272,7 +273,7 @@ def test_LATCH_10c_icmp_unreachable_disposition_is_a_soft_error(approach: Approa
     c.claim_address(lab.a.address)
     lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
     lab.world.run_for(0.5)
-    assert lab.stack(lab.b).latch_state(server) == "BROKEN"
+    assert lab.stack(lab.b).latch_state(server) is LatchState.BROKEN
     soft = [e for e in server.events if e.kind is StreamEventKind.SOFT_ERROR]
     assert len(soft) == 1 and "unreachable" in soft[0].detail
     assert server.soft_error == soft[0].detail
@@ -309,5 +310,5 @@ def test_LATCH_10d_soft_error_clears_when_the_latch_is_established_again() -> No
         if sa.peer != server.channel.params.peer:
             lab.stack(lab.b).sike.remove_child(sa.sa_id)
     lab.world.run_for(3.0)
-    assert lab.stack(lab.b).latch_state(server) == "ESTABLISHED" and server.soft_error is None
+    assert lab.stack(lab.b).latch_state(server) is LatchState.ESTABLISHED and server.soft_error is None
     assert bytes(server.received) == b"during break"

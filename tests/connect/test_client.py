@@ -26,6 +26,7 @@ from rpclatch.connect.world import run_to_completion
 from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec.channel_binding import LatchChannel, RpcRole
+from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip
 from rpclatch.ipsec.spd import SpdAction
 from rpclatch.netsim.ike import IkeMode
@@ -80,8 +81,8 @@ def test_latched_and_bound_uses_channel_prot(realm: ThrowawayRealm, protection: 
     assert params is not None and rec.qop == describe_qop(params)
     assert rec.qop.startswith("ESP transport") and "(encrypting)" in rec.qop
     assert rec.to_json()["qop"] == rec.qop
-    assert dw.client_stack.latch_state(lk.conn) == "ESTABLISHED"
-    assert dw.server_stack.latch_state(sconn) == "ESTABLISHED"
+    assert dw.client_stack.latch_state(lk.conn) is LatchState.ESTABLISHED
+    assert dw.server_stack.latch_state(sconn) is LatchState.ESTABLISHED
     # server side: FIND_LATCH found the latch and RPCSEC_GSS got its channel, as the server end
     assert isinstance(schannel, LatchChannel) and schannel.role is RpcRole.SERVER and schannel.is_up()
     view = dw.wire_view()
@@ -99,8 +100,8 @@ def test_null_auth_peer_keeps_latch_and_uses_gss_protection(realm: ThrowawayReal
     params = latch_params(dw.client_stack, lk.conn)
     assert params is not None and rec.qop == describe_qop(params)
     assert lk.latch is not None and "NULL" in (lk.latch.binding_unavailable or "")
-    assert dw.client_stack.latch_state(lk.conn) == "ESTABLISHED"
-    assert dw.server_stack.latch_state(sconn) == "ESTABLISHED"
+    assert dw.client_stack.latch_state(lk.conn) is LatchState.ESTABLISHED
+    assert dw.server_stack.latch_state(sconn) is LatchState.ESTABLISHED
     view = dw.wire_view()
     assert view.bind_calls() == []
     assert view.data_services() == ["krb5p"]
@@ -117,7 +118,7 @@ def test_protection_failure_falls_back_to_bypass_clone(realm: ThrowawayRealm, mo
     assert rec.qop is None  # no latch, no quality of protection to report
     overlay = dw.client_stack.engine.spd.overlay_entry(lk.conn.flow)
     assert overlay is not None and overlay.action is SpdAction.BYPASS
-    assert dw.server_stack.latch_state(sconn) == "none" and schannel is None
+    assert dw.server_stack.latch_state(sconn) is None and schannel is None
     view = dw.wire_view()
     assert view.data_services() == ["krb5i"]
     assert view.bind_calls() == []
@@ -202,8 +203,8 @@ def test_latch_break_resets_then_reconnects_relatches_and_rebinds(
     dw.world.scheduler.call_at(dw.world.now + 0.0005, attack)
     with pytest.raises(ConnectionReset):
         echo(pc)  # in flight when the latch broke: fails, is not silently resent
-    assert dw.client_stack.latch_state(old.conn) in ("BROKEN", "CLOSED")
-    assert any(r.latch_state == "BROKEN" for r in pc.history)
+    assert dw.client_stack.latch_state(old.conn) in (LatchState.BROKEN, LatchState.CLOSED)
+    assert any(r.latch_state is LatchState.BROKEN for r in pc.history)
     # the warning names the cause, whether the LD (approach 2) or the TCB latch (approach 1) broke
     warnings = [text for _, kind, text in dw.policy_events if kind == "warning"]
     assert any("conflicting-child-sa" in w for w in warnings), warnings
@@ -251,8 +252,8 @@ def test_old_connection_closing_does_not_reset_the_new_one(realm: ThrowawayRealm
     new = link(pc)
     assert new is not old and pc.security.bound
     dw.world.run_for(4 * dw.client.msl)
-    assert dw.client_stack.latch_state(old.conn) == "CLOSED"
-    assert new.is_open and dw.client_stack.latch_state(new.conn) == "ESTABLISHED"
+    assert dw.client_stack.latch_state(old.conn) is LatchState.CLOSED
+    assert new.is_open and dw.client_stack.latch_state(new.conn) is LatchState.ESTABLISHED
     echo(pc)
     assert link(pc) is new
 
@@ -279,8 +280,8 @@ def test_policy_runs_on_approach_1_latches_too(
     assert dw.wire_view().data_services() == [service]
     if outcome is not LatchOutcome.NOT_LATCHED:
         sconn, _ = server_side(dw, link(pc))
-        assert dw.client_stack.latch_state(link(pc).conn) == "ESTABLISHED"
-        assert dw.server_stack.latch_state(sconn) == "ESTABLISHED"
+        assert dw.client_stack.latch_state(link(pc).conn) is LatchState.ESTABLISHED
+        assert dw.server_stack.latch_state(sconn) is LatchState.ESTABLISHED
 
 
 def test_wait_disposition_holds_the_connection_and_drops_the_binding(realm: ThrowawayRealm) -> None:
@@ -301,18 +302,18 @@ def test_wait_disposition_holds_the_connection_and_drops_the_binding(realm: Thro
     )
     rogue.ipsec.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
     dw.world.run_for(0.05)
-    assert dw.client_stack.latch_state(lk.conn) == "BROKEN"
-    assert pc.security.latch_state == "BROKEN" and not pc.security.bound
+    assert dw.client_stack.latch_state(lk.conn) is LatchState.BROKEN
+    assert pc.security.latch_state is LatchState.BROKEN and not pc.security.bound
     assert lk.is_open  # held, not reset
     t_break = dw.world.now
     for sa_id in list(rogue.ipsec.sike.children):
         rogue.ipsec.sike.remove_child(sa_id)  # DELETE: the conflict goes away
     dw.server.claim_address(SERVER_ADDR)
     dw.world.run_for(0.05)
-    assert dw.client_stack.latch_state(lk.conn) == "ESTABLISHED"
+    assert dw.client_stack.latch_state(lk.conn) is LatchState.ESTABLISHED
     echo(pc)
     assert link(pc) is lk and pc.security.conn_id == first.conn_id
-    assert pc.security.latch_state == "ESTABLISHED" and pc.security.gss_service is GssService.PRIVACY
+    assert pc.security.latch_state is LatchState.ESTABLISHED and pc.security.gss_service is GssService.PRIVACY
     view = dw.wire_view()
     after = [c for c in view.calls if c.time > t_break and c.gss_proc is not None]
     assert after and all(c.service is not None and c.service.name == "PRIVACY" for c in after)

@@ -10,6 +10,7 @@ import pytest
 from rpclatch.demo import scenarios
 from rpclatch.demo.scenarios import (
     client_change_word,
+    end_word,
     latch_cell,
     policy_reason,
     rogue_cell,
@@ -17,6 +18,7 @@ from rpclatch.demo.scenarios import (
     server_change_word,
 )
 from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.ipsec.latch import LatchState as S
 from rpclatch.ipsec.spd import EntryOrigin
 
 
@@ -26,10 +28,17 @@ def mk(path: Path) -> Path:
 
 
 def test_latch_cell_follows_both_states() -> None:
-    assert latch_cell("none", "none") == "no"
-    assert latch_cell("ESTABLISHED", "ESTABLISHED") == "yes/yes"
-    assert latch_cell("CLOSED", "none") == "closed/none"
-    assert latch_cell("ESTABLISHED", "BROKEN") == "yes/broken"
+    assert latch_cell(None, None) == "no"
+    assert latch_cell(S.ESTABLISHED, S.ESTABLISHED) == "yes/yes"
+    assert latch_cell(S.CLOSED, None) == "closed/none"
+    assert latch_cell(S.ESTABLISHED, S.BROKEN) == "yes/broken"
+    assert latch_cell(None, S.LARVAL) == "none/larval"
+
+
+def test_end_word_names_the_state_as_the_json_does() -> None:
+    assert end_word(S.ESTABLISHED) == "yes"
+    assert end_word(None) == "none"
+    assert end_word(S.BROKEN) == "BROKEN"
 
 
 def test_rogue_cell_and_reason_follow_observations() -> None:
@@ -43,11 +52,12 @@ def test_rogue_cell_and_reason_follow_observations() -> None:
 
 
 def test_policy_change_words_and_reason() -> None:
-    assert server_change_word("ESTABLISHED", EntryOrigin.PINNED_LATCH) == "pinned"
-    assert server_change_word("ESTABLISHED", None) == "yes"
-    assert server_change_word("BROKEN", None) == "broken"
-    assert client_change_word(True, "CLOSED") == "broken"
-    assert client_change_word(False, "ESTABLISHED") == "yes"
+    assert server_change_word(S.ESTABLISHED, EntryOrigin.PINNED_LATCH) == "pinned"
+    assert server_change_word(S.ESTABLISHED, None) == "yes"
+    assert server_change_word(S.BROKEN, None) == "broken"
+    assert server_change_word(None, None) == "none"
+    assert client_change_word(True, S.CLOSED) == "broken"
+    assert client_change_word(False, S.ESTABLISHED) == "yes"
     text = policy_reason("pinned", "broken", True, True, "channel_prot", "bound")
     assert "server pinned its latch" in text and "client broke its latch" in text
     assert "reset and reconnected: channel_prot, bound" in text

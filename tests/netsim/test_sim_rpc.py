@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rpclatch.ipsec.engine import Approach
-from rpclatch.ipsec.latch import BrokenDisposition, LatchRequest
+from rpclatch.ipsec.latch import BrokenDisposition, LatchRequest, LatchState
 from rpclatch.ipsec.model import Selector
 from rpclatch.netsim.rpc import SimConnectionReset, SimDestinationUnreachable, SimRpcClient, SimRpcServer
 from rpclatch.netsim.testing.lab import Lab
@@ -93,7 +93,7 @@ def test_call_during_unreachable_disposition_break_names_the_soft_error_then_rec
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
     lab.world.run_for(0.5)
-    assert lab.stack(lab.a).latch_state(conn) == "BROKEN" and conn.soft_error is not None
+    assert lab.stack(lab.a).latch_state(conn) is LatchState.BROKEN and conn.soft_error is not None
     c.release_address(lab.b.address)
     lab.b.claim_address(lab.b.address)
     with pytest.raises(SimDestinationUnreachable, match="unreachable") as info:
@@ -104,7 +104,7 @@ def test_call_during_unreachable_disposition_break_names_the_soft_error_then_rec
         if conn.channel is not None and sa.peer != conn.channel.params.peer:
             lab.stack(lab.a).sike.remove_child(sa.sa_id)
     lab.world.run_for(3.0)
-    assert lab.stack(lab.a).latch_state(conn) == "ESTABLISHED" and conn.soft_error is None
+    assert lab.stack(lab.a).latch_state(conn) is LatchState.ESTABLISHED and conn.soft_error is None
     assert client.call(PROG, VERS, 1, b"after", timeout=10.0) == b"after"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rpclatch.ipsec.latch import LatchState
 from rpclatch.netsim.ip import PROTO_TCP, IpPacket
 from rpclatch.netsim.stack import stack_of
 from rpclatch.netsim.stream import StreamEventKind, StreamState
@@ -179,7 +180,7 @@ def test_listener_requiring_a_latch_refuses_cleartext_and_releases_state() -> No
     prot = a.connect("192.0.2.2", 2049, protect=True)
     w.run_for(1.0)
     assert prot.state is StreamState.ESTABLISHED and lst.accepted
-    assert sa.latch_state(prot) == "ESTABLISHED"
+    assert sa.latch_state(prot) is LatchState.ESTABLISHED
 
 
 def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:

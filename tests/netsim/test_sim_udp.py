@@ -57,11 +57,11 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
     assert sa.flow is not None
     flow = sa.flow
     st = lab.stack(lab.a)
-    assert st.udp_latch_state(sa) in ("LARVAL", "none")
+    assert st.udp_latch_state(sa) in (LatchState.LARVAL, None)
     sa.send(b"query")
     lab.world.run_for(0.5)
     assert [d for _s, _p, d, _t in sb.received] == [b"query"]
-    assert st.udp_latch_state(sa) == "ESTABLISHED"
+    assert st.udp_latch_state(sa) is LatchState.ESTABLISHED
     latch = st.engine.latches.latch_for(flow)
     assert latch is not None and latch.state is LatchState.ESTABLISHED
     info = st.engine.latches.inquire_latch(latch.handle)
@@ -82,7 +82,7 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
     lab.world.run_for(0.5)
     cl = sa.latch_info
     assert isinstance(cl, ConnLatch) and cl.alerts[-1].new_state is LatchState.BROKEN
-    assert st.udp_latch_state(sa) == "BROKEN"
+    assert st.udp_latch_state(sa) is LatchState.BROKEN
     t0 = lab.world.now
     sa.send(b"after the break")
     lab.world.run_for(0.5)
@@ -112,4 +112,4 @@ def test_approach1_connected_udp_socket_is_not_latched() -> None:
     assert sb.received[0][3].protected
     cl = sa.latch_info
     assert isinstance(cl, ConnLatch) and "pTokens" in (cl.not_latched_reason or "")
-    assert lab.stack(lab.a).udp_latch_state(sa) == "none"
+    assert lab.stack(lab.a).udp_latch_state(sa) is None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach
+from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import Selector
 from rpclatch.ipsec.spd import SpdAction
 from rpclatch.netsim.ike import IkeMode
@@ -34,12 +35,13 @@ class LatchScenarioResult:
     ``refused``/``failed``: never connected; ``stalled``: open but nothing delivered).
     ``cleartext_after_latch``: cleartext segments of the latched flow sent by the two ends after
     the latch existed (must be 0). ``leaked``: payload segments readable by a third host (must be 0).
+    ``latch_state``: the client's latch at the end (RFC 5660 §2.2), None if it never had one.
     """
 
     name: str
     approach: Approach
     outcome: str
-    latch_state: str
+    latch_state: LatchState | None
     cleartext_after_latch: int
     leaked: int
     delivered_to_server: bytes
@@ -50,8 +52,9 @@ class LatchScenarioResult:
         return self.cleartext_after_latch == 0 and self.leaked == 0
 
     def __str__(self) -> str:
+        latch = self.latch_state.value if self.latch_state else "none"
         return (f"{self.name:<22} approach{self.approach.value}  outcome={self.outcome:<8} "
-                f"latch={self.latch_state:<11} cleartext={self.cleartext_after_latch} leaked={self.leaked}"
+                f"latch={latch:<11} cleartext={self.cleartext_after_latch} leaked={self.leaked}"
                 f"{'  ' + self.notes if self.notes else ''}")
 
 
