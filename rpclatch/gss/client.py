@@ -82,8 +82,8 @@ from rpclatch.rpc.messages import (
     AuthStat,
     CallMessage,
     OpaqueAuth,
+    opaque_auth,
 )
-from rpclatch.rpc.wire import opaque_auth
 from rpclatch.xdr import XdrError
 
 log = logging.getLogger(__name__)

@@ -109,9 +109,16 @@ from rpclatch.rpc.auth import (
     ConnectionInfo,
     ServerAuth,
 )
-from rpclatch.rpc.messages import MAX_AUTH_BYTES, NULL_AUTH, AuthFlavor, AuthStat, CallMessage, OpaqueAuth
+from rpclatch.rpc.messages import (
+    MAX_AUTH_BYTES,
+    NULL_AUTH,
+    AuthFlavor,
+    AuthStat,
+    CallMessage,
+    OpaqueAuth,
+    opaque_auth,
+)
 from rpclatch.rpc.server import LogLimiter
-from rpclatch.rpc.wire import opaque_auth
 from rpclatch.xdr import XdrError
 
 log = logging.getLogger(__name__)

@@ -88,6 +88,8 @@ from rpclatch.rpc.messages import (
     DeniedReply,
     RejectStat,
     ReplyMessage,
+    decode_reply,
+    message_type,
     peek_xid,
 )
 from rpclatch.rpc.record import (
@@ -298,11 +300,11 @@ class _ClientCore:
         resent (auth refresh), else None."""
         if type(record) is bytes:
             try:
-                mtype = wire.message_type(record)
+                mtype = message_type(record)
                 if mtype != _REPLY:
                     log.debug("ignoring a non-reply message (msg_type %s)", mtype)
                     return None
-                reply = wire.decode_reply_body(record)
+                reply = decode_reply(record)
             except XdrError as exc:
                 xid = peek_xid(record)
                 bad = self._pending.pop(xid, None) if xid is not None else None

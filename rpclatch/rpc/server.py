@@ -118,6 +118,7 @@ from rpclatch.rpc.messages import (
     DeniedReply,
     OpaqueAuth,
     RejectStat,
+    decode_call,
 )
 from rpclatch.rpc.record import (
     DEFAULT_MAX_RECORD,
@@ -387,7 +388,7 @@ class RpcDispatcher:
         if rpcvers != RPC_VERSION:
             return DeniedReply(xid, RejectStat.RPC_MISMATCH, (RPC_VERSION, RPC_VERSION)).encode()
         try:
-            call = wire.decode_call_body(record)
+            call = decode_call(record)
         except XdrError as exc:
             self.log_limiter.log(log, logging.WARNING, "conn %d: xid %#x: malformed call header: %s",
                                  conn.conn_id, xid, exc)

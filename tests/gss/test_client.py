@@ -20,7 +20,7 @@ from rpclatch.gss.wire import IntegData, PrivData, Service, be32
 from rpclatch.rpc import wire
 from rpclatch.rpc.auth import AuthAccept
 from rpclatch.rpc.errors import AuthVerifierError
-from rpclatch.rpc.messages import NULL_AUTH, AcceptedReply, OpaqueAuth
+from rpclatch.rpc.messages import NULL_AUTH, AcceptedReply, OpaqueAuth, decode_call
 
 
 @pytest.fixture(scope="module", params=[Service.NONE, Service.INTEGRITY, Service.PRIVACY])
@@ -102,7 +102,7 @@ def test_prepared_calls_match_independent_encoders(
         else:
             assert server_gss.unwrap(PrivData.decode(msg.args).databody_priv) == (inner, True)
     # and the server, on the bytes a socket would carry, accepts it with these arguments
-    verdict = srv.check_call(wire.decode_call_body(wire.encode_call(msg)), t.conn, 0.0)
+    verdict = srv.check_call(decode_call(wire.encode_call(msg)), t.conn, 0.0)
     assert isinstance(verdict, AuthAccept) and verdict.args == args
     verf, body = verdict.seal(args)
     assert c.accept_reply(prepared, AcceptedReply(xid, verf, results=body)) == args

@@ -38,7 +38,7 @@ from rpclatch.rpc.auth import (
     ConnectionInfo,
     PreparedCall,
 )
-from rpclatch.rpc.messages import NULL_AUTH, AcceptedReply, AuthStat, CallMessage, OpaqueAuth
+from rpclatch.rpc.messages import NULL_AUTH, AcceptedReply, AuthStat, CallMessage, OpaqueAuth, decode_call
 
 RESULTS = (AuthAccept, AuthControlReply, AuthDeny, AuthDrop, AuthGarbage)
 
@@ -316,7 +316,7 @@ def test_check_call_judges_as_the_rfcs_say(
         body = args
     call = dataclasses.replace(head, cred=OpaqueAuth(6, sent), verf=verf, args=body)
     if keep_header:  # decoded from the wire: the header bytes as received are kept
-        call = wire.decode_call_body(wire.encode_call(call))
+        call = decode_call(wire.encode_call(call))
     conn = twin.other if conn_kind == "other" else twin.bound
     binding = ctx.binding
     if conn_kind == "channel-down" and binding is not None:

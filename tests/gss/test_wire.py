@@ -187,13 +187,13 @@ def test_rpc_fast_paths_with_rpcsec_gss_credentials(cred: bytes, verf_flavor: in
     plain one, decoding gives the call back, and the signed header bytes (RFC 2203 §5.3.1) are kept
     exactly when a verifier could be a MIC over them."""
     from rpclatch.rpc import wire
-    from rpclatch.rpc.messages import CallMessage, OpaqueAuth
+    from rpclatch.rpc.messages import CallMessage, OpaqueAuth, decode_call
 
     verf = verf if verf_flavor else b""
     msg = CallMessage(xid, 0x20000099, 1, 1, OpaqueAuth(6, cred), OpaqueAuth(verf_flavor, verf), args)
     encoded = wire.encode_call(msg)
     head, tail = wire.encode_call_marked(msg)
     assert head + tail == (0x80000000 | len(encoded)).to_bytes(4, "big") + encoded
-    decoded = wire.decode_call_body(encoded)
+    decoded = decode_call(encoded)
     assert decoded == msg and decoded.cred.body == cred
     assert decoded.header == (msg.encode_header_through_cred() if verf_flavor else b"")

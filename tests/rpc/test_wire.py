@@ -1,5 +1,5 @@
-"""Fast header codecs (rpclatch.rpc.wire) against the general decoder and golden vectors
-(RFC 5531 §9 layouts)."""
+"""The per-call encoders (rpclatch.rpc.wire) and the one message decoder
+(rpclatch.rpc.messages.decode_message) against golden vectors (RFC 5531 §9 layouts) and each other."""
 
 from __future__ import annotations
 
@@ -47,24 +47,24 @@ def test_golden_null_call() -> None:
     call = CallMessage(0x01020304, 100000, 2, 0)
     assert wire.encode_call(call).hex() == NULL_CALL_HEX
     assert call.encode().hex() == NULL_CALL_HEX
-    decoded = wire.decode_message(bytes.fromhex(NULL_CALL_HEX))
+    decoded = messages.decode_message(bytes.fromhex(NULL_CALL_HEX))
     assert decoded == call
     assert isinstance(decoded, CallMessage) and decoded.header_len == 32
 
 
 def test_golden_null_reply() -> None:
     assert wire.encode_success(0x01020304, NULL_AUTH, b"").hex() == NULL_REPLY_HEX
-    assert wire.decode_message(bytes.fromhex(NULL_REPLY_HEX)) == AcceptedReply(0x01020304)
+    assert messages.decode_message(bytes.fromhex(NULL_REPLY_HEX)) == AcceptedReply(0x01020304)
 
 
 def test_golden_error_replies() -> None:
-    assert wire.decode_message(bytes.fromhex(MISMATCH_REPLY_HEX)) == AcceptedReply(
+    assert messages.decode_message(bytes.fromhex(MISMATCH_REPLY_HEX)) == AcceptedReply(
         42, NULL_AUTH, AcceptStat.PROG_MISMATCH, b"", (2, 4))
     assert AcceptedReply(42, NULL_AUTH, AcceptStat.PROG_MISMATCH, b"", (2, 4)).encode().hex() == \
         MISMATCH_REPLY_HEX
-    assert wire.decode_message(bytes.fromhex(AUTH_ERROR_HEX)) == DeniedReply(
+    assert messages.decode_message(bytes.fromhex(AUTH_ERROR_HEX)) == DeniedReply(
         42, RejectStat.AUTH_ERROR, auth_stat=AuthStat.AUTH_BADCRED)
-    assert wire.decode_message(bytes.fromhex(RPC_MISMATCH_HEX)) == DeniedReply(
+    assert messages.decode_message(bytes.fromhex(RPC_MISMATCH_HEX)) == DeniedReply(
         42, RejectStat.RPC_MISMATCH, mismatch=(2, 2))
 
 
@@ -75,7 +75,7 @@ def test_call_with_credentials_and_args() -> None:
     assert encoded == call.encode()
     head, args = wire.encode_call_marked(call)
     assert head + args == encode_record(encoded)
-    decoded = wire.decode_call_body(encoded)
+    decoded = messages.decode_call(encoded)
     assert decoded == call
     assert decoded.header_len == 32 + 8  # cred body padded to 8
     assert encoded[:decoded.header_len] == call.encode_header_through_cred()
@@ -101,7 +101,7 @@ def test_decode_from_view_offsets() -> None:
 
 def test_fast_paths_decline_unusual_records() -> None:
     call = CallMessage(1, 2, 3, 4, rpcvers=3).encode()
-    assert wire.fast_call(call, 0, len(call)) is None  # rpcvers 3: general path answers RPC_MISMATCH
+    assert wire.fast_call(call, 0, len(call)) is None  # rpcvers 3: the server answers RPC_MISMATCH
     assert wire.fast_call(b"\0" * 39, 0, 39) is None
     reply = bytes.fromhex(NULL_REPLY_HEX)
     assert wire.fast_call(reply, 0, len(reply)) is None
@@ -112,26 +112,46 @@ def test_fast_paths_decline_unusual_records() -> None:
 @pytest.mark.parametrize("data", [b"", b"\0\0\0\1", b"\0\0\0\1\0\0\0\7", bytes.fromhex(NULL_CALL_HEX)[:-1]])
 def test_malformed_raise_xdr_error(data: bytes) -> None:
     with pytest.raises(XdrError):
-        wire.decode_message(data)
+        messages.decode_message(data)
 
 
 def _same(data: bytes) -> None:
+    """``data`` decodes, or is rejected with XdrError, the same as a record in the middle of a
+    receive buffer; a decoded message re-encodes to a record of the same length (calls and SUCCESS
+    replies carry the rest as args/results) that decodes to it again."""
+    view = memoryview(b"JUNK" + data + b"TAIL")
+    mtype = messages.message_type(data)
+    decoders = {0: messages.decode_call, 1: messages.decode_reply}
+    decode_in_buffer = decoders.get(mtype) if mtype is not None else None
     try:
-        general = messages.decode_message(data)
+        msg = messages.decode_message(data)
     except XdrError:
-        general = None
-    try:
-        fast = wire.decode_message(data)
-    except XdrError:
-        fast = None
-    assert fast == general
-    if isinstance(fast, CallMessage) and isinstance(general, CallMessage):
-        assert fast.header_len == general.header_len
+        if decode_in_buffer is not None:
+            with pytest.raises(XdrError):
+                decode_in_buffer(view, 4, 4 + len(data))
+        return
+    assert decode_in_buffer is not None and decode_in_buffer(view, 4, 4 + len(data)) == msg
+    encoded = msg.encode()
+    assert messages.decode_message(encoded) == msg
+    if isinstance(msg, CallMessage):
+        assert len(encoded) == len(data)
+        assert msg.header_len == len(msg.encode_header_through_cred())
+        assert wire.fast_call(view, 4, 4 + len(data)) == (msg if msg.rpcvers == 2 else None)
+    else:
+        if isinstance(msg, AcceptedReply) and msg.stat == AcceptStat.SUCCESS:
+            assert len(encoded) == len(data)
+        assert wire.fast_reply(view, 4, 4 + len(data)) == msg
+
+
+@pytest.mark.parametrize("hex_record", [NULL_CALL_HEX, NULL_REPLY_HEX, MISMATCH_REPLY_HEX, AUTH_ERROR_HEX,
+                                        RPC_MISMATCH_HEX])
+def test_golden_records_decode_the_same_anywhere_and_roundtrip(hex_record: str) -> None:
+    _same(bytes.fromhex(hex_record))
 
 
 @given(st.binary(max_size=200))
 @settings(max_examples=500, deadline=None)
-def test_any_bytes_decode_like_the_general_decoder(data: bytes) -> None:
+def test_any_bytes_decode_the_same_anywhere_and_roundtrip(data: bytes) -> None:
     _same(data)
 
 
@@ -141,7 +161,7 @@ words = st.integers(0, 0xFFFFFFFF)
 @given(words, st.sampled_from([0, 1, 2]), st.sampled_from([0, 1, 5]), words, st.integers(0, 402),
        st.binary(max_size=40))
 @settings(max_examples=500, deadline=None)
-def test_structured_headers_decode_like_the_general_decoder(
+def test_structured_headers_decode_the_same_anywhere_and_roundtrip(
         xid: int, mtype: int, stat: int, sub: int, auth_len: int, tail: bytes) -> None:
     # Headers that get past the first words, so the deeper branches are exercised.
     import struct
@@ -163,8 +183,8 @@ def test_call_roundtrip(xid: int, prog: int, vers: int, proc: int, cf: int, cred
     call = CallMessage(xid, prog, vers, proc, OpaqueAuth(cf, cred), OpaqueAuth(vf, verf), args)
     encoded = wire.encode_call(call)
     assert encoded == call.encode()
-    assert wire.decode_message(encoded) == call
     assert messages.decode_message(encoded) == call
+    _same(encoded)
 
 
 @given(flavor=st.sampled_from([1, 6, 300]), cred=st.binary(max_size=400), verf=st.binary(max_size=40),
@@ -178,10 +198,10 @@ def test_decoded_calls_keep_the_signed_header_bytes(flavor: int, cred: bytes, ve
     data = bytearray(wire.encode_call(msg))
     if len(cred) % 4:  # non-zero padding bytes are on the wire (the decoder must not re-create them)
         data[32 + len(cred):32 + len(cred) + (-len(cred) % 4)] = pad.to_bytes(4, "big")[:-len(cred) % 4]
-    decoded = wire.decode_call_body(bytes(data))
+    decoded = messages.decode_call(bytes(data))
     assert decoded == msg and decoded.header == bytes(data[:decoded.header_len])
     assert decoded.header[:32 + len(cred)] == msg.encode_header_through_cred()[:32 + len(cred)]
-    null = wire.decode_call_body(wire.encode_call(CallMessage(9, 1, 1, 0)))
+    null = messages.decode_call(wire.encode_call(CallMessage(9, 1, 1, 0)))
     assert null.header == b""  # AUTH_NONE: nothing kept, nothing signs it
 
 
