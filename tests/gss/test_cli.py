@@ -82,14 +82,7 @@ def test_rpc_ping_and_serve_with_sec_krb5(realm: ThrowawayRealm) -> None:
     # stronger service (krb5i, krb5p) are served.
     server = _start(["rpc", "serve", "--tcp", "--port", str(port), "--sec", "krb5i", "--sec", "krb5"], env)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
-                time.sleep(0.1)
+        _wait_listening(server, port)
         for sec in ("krb5", "krb5i", "krb5p"):
             ping = subprocess.run(
                 [sys.executable, "-m", "rpclatch.cli", "rpc", "ping", "127.0.0.1", "rpclatch_test", "1",
