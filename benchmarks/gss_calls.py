@@ -91,8 +91,7 @@ async def rate(client: RpcStreamClient, auth: ClientAuth, size: int, seconds: fl
     return done / (CLOCK() - start)
 
 
-def raw_pairs_per_second(ctx_a: Any, ctx_b: Any, size: int, seconds: float,
-                         wrap: bool) -> float:
+def raw_pairs_per_second(ctx_a: Any, ctx_b: Any, size: int, seconds: float, wrap: bool) -> float:
     """Sender+receiver GSS operations per second on ``size`` bytes (raw API, no RPC)."""
     data = os.urandom(size)
     n = 0
@@ -109,8 +108,9 @@ def raw_pairs_per_second(ctx_a: Any, ctx_b: Any, size: int, seconds: float,
     return n / (CLOCK() - start)
 
 
-def call_gss_ops(auth: GssClientAuth, server: GssServerAuth, service: Service, args_len: int
-                 ) -> Callable[[], None]:
+def call_gss_ops(
+    auth: GssClientAuth, server: GssServerAuth, service: Service, args_len: int
+) -> Callable[[], None]:
     """The raw python-gssapi operations of one ECHO call of ``args_len`` argument bytes with
     ``service`` (see the module docstring), on the client's and the server's context of ``auth``."""
     client_gss = auth.gss_context
@@ -139,8 +139,9 @@ def call_gss_ops(auth: GssClientAuth, server: GssServerAuth, service: Service, a
         unwrap(sctx, wrap(cctx, request, True).message)
         unwrap(cctx, wrap(sctx, reply, True).message)
 
-    return {Service.NONE: header_and_verifier, Service.INTEGRITY: integrity,
-            Service.PRIVACY: privacy}[service]
+    return {Service.NONE: header_and_verifier, Service.INTEGRITY: integrity, Service.PRIVACY: privacy}[
+        service
+    ]
 
 
 def seconds_per_run(ops: Callable[[], None], seconds: float) -> float:
@@ -155,8 +156,11 @@ def seconds_per_run(ops: Callable[[], None], seconds: float) -> float:
 
 
 def raw_contexts(service: str) -> tuple[Any, Any]:
-    flags = (graw.RequirementFlag.mutual_authentication | graw.RequirementFlag.integrity
-             | graw.RequirementFlag.confidentiality)
+    flags = (
+        graw.RequirementFlag.mutual_authentication
+        | graw.RequirementFlag.integrity
+        | graw.RequirementFlag.confidentiality
+    )
     name = graw.import_name(service.encode(), graw.NameType.hostbased_service)
     acred = graw.acquire_cred(name, usage="accept").creds
     i = graw.init_sec_context(name, flags=flags)
@@ -180,8 +184,9 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
         port = await server.listen_tcp("127.0.0.1", 0)
         provider = GssapiProvider(ccache=realm.users["alice"].ccache)
 
-        async def open_client(make_auth: Callable[[], ClientAuth], bind: bool = False
-                              ) -> tuple[RpcStreamClient, ClientAuth]:
+        async def open_client(
+            make_auth: Callable[[], ClientAuth], bind: bool = False
+        ) -> tuple[RpcStreamClient, ClientAuth]:
             cli_ch, srv_ch = InMemoryChannel.pair("x-bench", os.urandom(32))
             channels.append(srv_ch)
             client = await RpcStreamClient.connect_tcp("127.0.0.1", port)
@@ -197,9 +202,12 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
         def gss(service: Service) -> Callable[[], ClientAuth]:
             return lambda: GssClientAuth(provider, realm.service_name, service=service)
 
-        async def paired(flavor: tuple[RpcStreamClient, ClientAuth], base: tuple[RpcStreamClient, ClientAuth],
-                         size: int, ops: Callable[[], None] | None = None
-                         ) -> tuple[float, float, float | None]:
+        async def paired(
+            flavor: tuple[RpcStreamClient, ClientAuth],
+            base: tuple[RpcStreamClient, ClientAuth],
+            size: int,
+            ops: Callable[[], None] | None = None,
+        ) -> tuple[float, float, float | None]:
             """Median (value, baseline, seconds per ``ops()``) over ``rounds`` alternating short
             runs: the machine is shared, so the baseline (and the raw GSS operations, if given)
             are re-measured right beside each run."""
@@ -209,8 +217,11 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
                 values.append(await rate(flavor[0], flavor[1], size, seconds / rounds, inflight))
                 if ops is not None:
                     op_times.append(seconds_per_run(ops, seconds / rounds / 4))
-            return (statistics.median(values), statistics.median(bases),
-                    statistics.median(op_times) if op_times else None)
+            return (
+                statistics.median(values),
+                statistics.median(bases),
+                statistics.median(op_times) if op_times else None,
+            )
 
         opened: list[tuple[RpcStreamClient, ClientAuth]] = []
         try:
@@ -218,9 +229,12 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
             opened.append(none)
             for c, a in [none]:
                 await rate(c, a, KIB, 0.3, inflight)  # warm up
-            for label, service, bind in (("krb5", Service.NONE, False), ("krb5i", Service.INTEGRITY, False),
-                                         ("krb5p", Service.PRIVACY, False),
-                                         ("channel_prot", Service.INTEGRITY, True)):
+            for label, service, bind in (
+                ("krb5", Service.NONE, False),
+                ("krb5i", Service.INTEGRITY, False),
+                ("krb5p", Service.PRIVACY, False),
+                ("channel_prot", Service.INTEGRITY, True),
+            ):
                 flavor = await open_client(gss(service), bind)
                 opened.append(flavor)
                 auth = flavor[1]
@@ -234,8 +248,10 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
                     bench(f"gss.echo1k.{label}.ceiling", 1 / (1 / base + op_time), "calls/s", base)
             ctx_a, ctx_b = raw_contexts(realm.service_name)
             size = 64 * KIB
-            for label, service, wrap in (("krb5i", Service.INTEGRITY, False),
-                                         ("krb5p", Service.PRIVACY, True)):
+            for label, service, wrap in (
+                ("krb5i", Service.INTEGRITY, False),
+                ("krb5p", Service.PRIVACY, True),
+            ):
                 flavor = await open_client(gss(service))
                 opened.append(flavor)
                 values, ceilings = [], []
@@ -257,8 +273,12 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per figure")
     parser.add_argument("--inflight", type=int, default=8, help="calls in flight for the 1 KiB figures")
     parser.add_argument("--rounds", type=int, default=5, help="alternating value/baseline runs per figure")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="divide by wall time (default) or by this process's CPU time")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="divide by wall time (default) or by this process's CPU time",
+    )
     ns = parser.parse_args()
     if ns.clock == "cpu":
         CLOCK = time.process_time

@@ -49,8 +49,21 @@ def kernel_read(guest: NfsdWorld, flavor: str) -> float:
     if esp:  # mount from netns "client": the client's RPC transport lives there (nsenter keeps the
         # mount namespace, "ip netns exec" would not)
         guest.run(["mkdir", "-p", mnt], check=True)
-        guest.run(["nsenter", "--net=/run/netns/client", "mount", "-t", "nfs4", "-o", f"sec={sec},vers=4.1",
-                   f"{ESP_SERVER_ADDR}:/", mnt], check=True, timeout=120)
+        guest.run(
+            [
+                "nsenter",
+                "--net=/run/netns/client",
+                "mount",
+                "-t",
+                "nfs4",
+                "-o",
+                f"sec={sec},vers=4.1",
+                f"{ESP_SERVER_ADDR}:/",
+                mnt,
+            ],
+            check=True,
+            timeout=120,
+        )
     else:
         guest.kernel_mount("/", sec=sec, vers="4.1", mountpoint=mnt)
     try:
@@ -70,9 +83,24 @@ def our_read(guest: NfsdWorld, flavor: str, size: int) -> float:
     netns = "client" if esp else None
     guest.drop_caches()
     res = guest.run(
-        guest.python_argv("-m", "interop.probe", "nfs", ESP_SERVER_ADDR if esp else SERVER_ADDR,
-                          "--sec", sec, "--minor", "1", "--target", guest.service_name, "--read", FILE),
-        netns=netns, env=guest.guest_env("alice", netns), timeout=900, check=True,
+        guest.python_argv(
+            "-m",
+            "interop.probe",
+            "nfs",
+            ESP_SERVER_ADDR if esp else SERVER_ADDR,
+            "--sec",
+            sec,
+            "--minor",
+            "1",
+            "--target",
+            guest.service_name,
+            "--read",
+            FILE,
+        ),
+        netns=netns,
+        env=guest.guest_env("alice", netns),
+        timeout=900,
+        check=True,
     )
     out = json.loads(res.stdout)
     if out.get("read_bytes") != size:
@@ -85,32 +113,53 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--sec", default="sys,krb5i,krb5p,sys+esp")
-    parser.add_argument("--world", choices=("auto", "uml", "netns"), default=None,
-                        help="nfsd world (default: $RPCLATCH_INTEROP_WORLD or auto)")
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="where the world's logs go (default runs/interop/<time>-<pid>/)")
+    parser.add_argument(
+        "--world",
+        choices=("auto", "uml", "netns"),
+        default=None,
+        help="nfsd world (default: $RPCLATCH_INTEROP_WORLD or auto)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="where the world's logs go (default runs/interop/<time>-<pid>/)",
+    )
     args = parser.parse_args()
     choice = choose_world(args.world)
     if choice.missing:
-        print(f"nfs_read: cannot run the Linux nfsd {choice.kind} world here: " + "; ".join(choice.missing),
-              file=sys.stderr)
+        print(
+            f"nfs_read: cannot run the Linux nfsd {choice.kind} world here: " + "; ".join(choice.missing),
+            file=sys.stderr,
+        )
         return 2
     print(f"nfs_read: world: {choice.reason}", file=sys.stderr)
     size = args.size_mib << 20
-    with choice.cls(run_dir=args.run_dir,
-                    progress=lambda line: print(line, file=sys.stderr, flush=True)) as guest:
-        guest.run(f"head -c {size} /dev/urandom >{guest.server_path(FILE)} && chmod 644 "
-                  f"{guest.server_path(FILE)}", check=True, timeout=300)
+    with choice.cls(
+        run_dir=args.run_dir, progress=lambda line: print(line, file=sys.stderr, flush=True)
+    ) as guest:
+        guest.run(
+            f"head -c {size} /dev/urandom >{guest.server_path(FILE)} && chmod 644 {guest.server_path(FILE)}",
+            check=True,
+            timeout=300,
+        )
         for sec in args.sec.split(","):
             ours, kernel = [], []
             for i in range(args.repeat):
                 kernel.append(kernel_read(guest, sec))
                 ours.append(our_read(guest, sec, size))
-                print(f"nfs_read: {sec} run {i + 1}: rpclatch {ours[-1]:.1f} MB/s, "
-                      f"kernel {kernel[-1]:.1f} MB/s", file=sys.stderr, flush=True)
+                print(
+                    f"nfs_read: {sec} run {i + 1}: rpclatch {ours[-1]:.1f} MB/s, "
+                    f"kernel {kernel[-1]:.1f} MB/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             value, baseline = statistics.median(ours), statistics.median(kernel)
-            print(f"BENCH nfs.read{args.size_mib}m.{sec.replace('+', '_')} value={value:.2f} unit=MB/s "
-                  f"baseline={baseline:.2f} ratio={value / baseline:.3f}", flush=True)
+            print(
+                f"BENCH nfs.read{args.size_mib}m.{sec.replace('+', '_')} value={value:.2f} unit=MB/s "
+                f"baseline={baseline:.2f} ratio={value / baseline:.3f}",
+                flush=True,
+            )
     return 0
 
 

@@ -96,7 +96,7 @@ class _RawServer(_RawRecords):
         self.out: list[bytes] = []
 
     def on_record(self, src: bytes | memoryview, start: int, stop: int) -> None:
-        self.out.append(self.header + bytes(src[start:start + 4]))
+        self.out.append(self.header + bytes(src[start : start + 4]))
         self.out.append(self.reply_tail)
 
     def flush(self) -> None:
@@ -174,6 +174,7 @@ async def _serve(side: str, proc: int, args: bytes) -> None:
 async def _rpclatch_rate(port: int, workers: int, seconds: float, proc: int, args: bytes) -> float:
     client = await RpcStreamClient.connect_tcp("127.0.0.1", port)
     try:
+
         async def one(_i: int) -> None:
             await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, proc, args)
 
@@ -189,6 +190,7 @@ async def _baseline_rate(port: int, workers: int, seconds: float, proc: int, arg
     head, tail = template[:4], template[8:]
     pack = _HDR.pack
     try:
+
         async def one(i: int) -> None:
             # Minimal: the pre-built record with this call's xid patched in.
             await proto.call(b"".join((head, pack(i & 0xFFFFFFFF), tail)))
@@ -214,13 +216,15 @@ def _run_one(side: str, figure: str, seconds: float) -> float:
     """One measurement: server and client each in a fresh interpreter of their own (as real RPC
     peers are; and neither side inherits the other's heap state)."""
     cmd = [sys.executable, __file__, "--figure", figure, "--seconds", str(seconds)]
-    server = subprocess.Popen([*cmd, "--serve", side], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    server = subprocess.Popen(
+        [*cmd, "--serve", side], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert server.stdout is not None
         port = server.stdout.readline().strip()
-        out = subprocess.run([*cmd, "--worker", side, "--port", port], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [*cmd, "--worker", side, "--port", port], capture_output=True, text=True, check=True
+        )
         return float(out.stdout.split()[-1])
     finally:
         server.communicate("", timeout=30)

@@ -63,8 +63,10 @@ def main() -> None:
     plain = bulk(args.mb, latched=False)
     latched = bulk(args.mb, latched=True)
     print(f"BENCH sim.bulk_plain value={plain:.2f} unit=MB/s baseline={plain:.2f} ratio=1.000")
-    print(f"BENCH sim.bulk_latched value={latched:.2f} unit=MB/s baseline={plain:.2f} "
-          f"ratio={latched / plain:.3f}")
+    print(
+        f"BENCH sim.bulk_latched value={latched:.2f} unit=MB/s baseline={plain:.2f} "
+        f"ratio={latched / plain:.3f}"
+    )
 
 
 if __name__ == "__main__":

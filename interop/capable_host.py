@@ -57,8 +57,12 @@ class CapableHostConfig:
 class CapableHost:
     """Boots, runs one command, powers off: ``CapableHost(run_dir).run(argv, env, timeout)``."""
 
-    def __init__(self, run_dir: Path | str, config: CapableHostConfig | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path | str,
+        config: CapableHostConfig | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.config = config or CapableHostConfig()
         self._progress = progress or (lambda line: None)
@@ -71,8 +75,9 @@ class CapableHost:
         """The guest's path (under /run/out) of a file in the run directory."""
         return path_in_run_dir(self.run_dir, host_path)
 
-    def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-            timeout: float = 3600.0) -> HostCommandResult:
+    def run(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 3600.0
+    ) -> HostCommandResult:
         """Run ``argv`` (cwd: this checkout) as root inside the guest and power off."""
         for path in (REPO_ROOT, self.run_dir):
             if " " in str(path):
@@ -86,12 +91,28 @@ class CapableHost:
         lines += [f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()]
         lines.append("exec " + shlex.join(argv))
         (self.run_dir / "command.sh").write_text("\n".join(lines) + "\n")
-        cmd = [self.config.linux, f"mem={self.config.mem}", "rootfstype=hostfs", "rootflags=/", "ro",
-               f"init={INIT}", "con0=fd:0,fd:1", "con=null", "quiet", f"RUN={self.run_dir}"]
+        cmd = [
+            self.config.linux,
+            f"mem={self.config.mem}",
+            "rootfstype=hostfs",
+            "rootflags=/",
+            "ro",
+            f"init={INIT}",
+            "con0=fd:0,fd:1",
+            "con=null",
+            "quiet",
+            f"RUN={self.run_dir}",
+        ]
         t0 = time.monotonic()
         with (self.run_dir / "console.log").open("wb") as console:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_set_pdeathsig)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig,
+            )
         self._say(f"UML started, pid {proc.pid}: {shlex.join(argv)}")
         try:
             return self._wait(proc, t0, timeout)
@@ -106,18 +127,23 @@ class CapableHost:
         while not rc_path.exists():
             failed = self.run_dir / "failed"
             if failed.exists():
-                raise CapableHostError(f"guest failed: {failed.read_text().strip()}; console: "
-                                       f"{self.run_dir / 'console.log'}")
+                raise CapableHostError(
+                    f"guest failed: {failed.read_text().strip()}; console: {self.run_dir / 'console.log'}"
+                )
             if not booted and (self.run_dir / "ready").exists():
                 booted = True
                 self._say("guest up, command running")
             now = time.monotonic()
             if not booted and now > boot_deadline:
-                raise CapableHostError(f"guest not up after {self.config.boot_timeout:.0f} s; console: "
-                                       f"{self.run_dir / 'console.log'}")
+                raise CapableHostError(
+                    f"guest not up after {self.config.boot_timeout:.0f} s; console: "
+                    f"{self.run_dir / 'console.log'}"
+                )
             if now > deadline:
-                raise CapableHostError(f"command did not finish in {timeout:.0f} s (guest killed); log: "
-                                       f"{self.run_dir / 'command.log'}")
+                raise CapableHostError(
+                    f"command did not finish in {timeout:.0f} s (guest killed); log: "
+                    f"{self.run_dir / 'command.log'}"
+                )
             if _exited(proc.pid):
                 time.sleep(0.5)
                 if rc_path.exists():

@@ -70,8 +70,20 @@ def read_fields(
     if tshark is None:
         raise CaptureError("tshark not installed (apt-get install tshark)")
     occurrence = "a" if all_occurrences else "f"
-    argv = [tshark, "-n", "-r", str(pcap), "-T", "fields", "-E", "separator=\t",
-            "-E", f"occurrence={occurrence}", "-E", "aggregator=,"]
+    argv = [
+        tshark,
+        "-n",
+        "-r",
+        str(pcap),
+        "-T",
+        "fields",
+        "-E",
+        "separator=\t",
+        "-E",
+        f"occurrence={occurrence}",
+        "-E",
+        "aggregator=,",
+    ]
     for f in fields:
         argv += ["-e", f]
     if display_filter:

@@ -46,8 +46,9 @@ def choose_world(kind: str | None = None) -> WorldChoice:
     netns_missing = hostkernel.missing_requirements()
     if asked == "netns" or (asked == "auto" and not netns_missing):
         why = "asked for" if asked == "netns" else "the host kernel has nfsd and esp4"
-        return WorldChoice(WORLDS["netns"], f"network namespaces on the host kernel ({why})",
-                           tuple(netns_missing))
+        return WorldChoice(
+            WORLDS["netns"], f"network namespaces on the host kernel ({why})", tuple(netns_missing)
+        )
     uml_missing = uml.missing_requirements()
     if asked == "uml":
         why = "asked for"
@@ -56,7 +57,11 @@ def choose_world(kind: str | None = None) -> WorldChoice:
     return WorldChoice(WORLDS["uml"], f"User-Mode Linux ({why})", tuple(uml_missing))
 
 
-def open_world(config: GuestConfig | None = None, run_dir: Path | str | None = None,
-               progress: Progress | None = None, kind: str | None = None) -> NfsdWorld:
+def open_world(
+    config: GuestConfig | None = None,
+    run_dir: Path | str | None = None,
+    progress: Progress | None = None,
+    kind: str | None = None,
+) -> NfsdWorld:
     """A not yet started world of the chosen kind (``with open_world(...) as world:`` starts it)."""
     return choose_world(kind).cls(config, run_dir, progress)

@@ -51,8 +51,12 @@ class HostKernelNfsd(NfsdWorld):
 
     kind = "netns"
 
-    def __init__(self, config: GuestConfig | None = None, run_dir: Path | str | None = None,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        config: GuestConfig | None = None,
+        run_dir: Path | str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         global _counter
         super().__init__(config, run_dir, progress)
         _counter += 1
@@ -65,14 +69,36 @@ class HostKernelNfsd(NfsdWorld):
     def _launch(self, console: int) -> subprocess.Popen[bytes]:
         _ip("netns", "add", self.server_netns)
         self.host_ns = HostNamespace(HOST_ADDR, peer_netns=self.server_netns)
-        self._say(f"server namespace {self.server_netns} <-> host namespace {self.host_ns.name} "
-                  f"({HOST_ADDR}/24 on {self.host_ns.link_name}, vec0 on the server side)")
-        cmd = ["ip", "netns", "exec", self.server_netns,
-               "unshare", "--pid", "--fork", "--kill-child", "--mount", "--uts", "--propagation", "private",
-               "/bin/sh", str(GUEST_INIT)]
+        self._say(
+            f"server namespace {self.server_netns} <-> host namespace {self.host_ns.name} "
+            f"({HOST_ADDR}/24 on {self.host_ns.link_name}, vec0 on the server side)"
+        )
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            self.server_netns,
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            str(GUEST_INIT),
+        ]
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "RUN": str(self.run_dir), "WORLD": self.kind}
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, preexec_fn=_set_pdeathsig)
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_set_pdeathsig,
+        )
 
     def _after_stop(self) -> None:
         if not netns_exists(self.server_netns):  # the name carries our PID: if it exists, we made it

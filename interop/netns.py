@@ -49,8 +49,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 #: Stops nfsd of the namespace it runs in (the nfsd file system is per network namespace).
-_STOP_NFSD = ("grep -qw nfsd /proc/filesystems || exit 0; mkdir -p /run/rl-nfsd && "
-              "mount -t nfsd nfsd /run/rl-nfsd && echo 0 >/run/rl-nfsd/threads; umount /run/rl-nfsd")
+_STOP_NFSD = (
+    "grep -qw nfsd /proc/filesystems || exit 0; mkdir -p /run/rl-nfsd && "
+    "mount -t nfsd nfsd /run/rl-nfsd && echo 0 >/run/rl-nfsd/threads; umount /run/rl-nfsd"
+)
 
 
 def netns_exists(name: str) -> bool:
@@ -60,8 +62,13 @@ def netns_exists(name: str) -> bool:
 def stop_nfsd(name: str) -> str:
     """Stop the nfsd threads of namespace ``name`` (a server namespace whose init was killed before
     it could); returns "" or the error text. ``ip netns exec`` gives the mount a private mount ns."""
-    proc = subprocess.run(["ip", "netns", "exec", name, "sh", "-c", _STOP_NFSD],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        ["ip", "netns", "exec", name, "sh", "-c", _STOP_NFSD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return "" if proc.returncode == 0 else proc.stderr.strip() or f"exit status {proc.returncode}"
 
 
@@ -92,8 +99,15 @@ class HostNamespace:
     Use as a context manager or call :meth:`close`; closing twice is harmless.
     """
 
-    def __init__(self, addr: str, prefix: int = 24, tap_name: str = "rltap0", *,
-                 peer_netns: str | None = None, peer_name: str = "vec0") -> None:
+    def __init__(
+        self,
+        addr: str,
+        prefix: int = 24,
+        tap_name: str = "rltap0",
+        *,
+        peer_netns: str | None = None,
+        peer_name: str = "vec0",
+    ) -> None:
         global _counter
         _counter += 1
         self.name = f"{NAME_PREFIX}-{os.getpid()}-{_counter}"
@@ -106,8 +120,20 @@ class HostNamespace:
             if peer_netns is None:
                 _ip("-n", self.name, "tuntap", "add", self.link_name, "mode", "tap")
             else:
-                _ip("-n", self.name, "link", "add", self.link_name, "type", "veth", "peer", "name",
-                    peer_name, "netns", peer_netns)
+                _ip(
+                    "-n",
+                    self.name,
+                    "link",
+                    "add",
+                    self.link_name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    peer_name,
+                    "netns",
+                    peer_netns,
+                )
             _ip("-n", self.name, "addr", "add", f"{addr}/{prefix}", "dev", self.link_name)
             _ip("-n", self.name, "link", "set", self.link_name, "up")
         except NetnsError:
@@ -146,8 +172,13 @@ class HostNamespace:
         if env:
             full_env.update(env)
         return subprocess.run(
-            self.wrap(argv), capture_output=True, text=True, env=full_env, timeout=timeout,
-            input=input_data, check=False,
+            self.wrap(argv),
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            input=input_data,
+            check=False,
         )
 
     @contextlib.contextmanager
@@ -173,4 +204,3 @@ class HostNamespace:
         finally:
             os.close(target)
             os.close(own)
-

@@ -57,9 +57,18 @@ def _policy_socket(host: str, port: int, policy: str, src: str, reqid: int, time
     return sock
 
 
-async def rpc_null(host: str, port: int, prog: int, vers: int, auth: str, timeout: float,
-                   policy: str = "none", policy_src: str = "", reqid: int = 1,
-                   connect_timeout: float = 10.0) -> dict[str, Any]:
+async def rpc_null(
+    host: str,
+    port: int,
+    prog: int,
+    vers: int,
+    auth: str,
+    timeout: float,
+    policy: str = "none",
+    policy_src: str = "",
+    reqid: int = 1,
+    connect_timeout: float = 10.0,
+) -> dict[str, Any]:
     """One NULL call (RFC 5531 §12.1: procedure 0 of every program)."""
     from rpclatch.rpc.aio import RpcStreamClient
 
@@ -67,16 +76,27 @@ async def rpc_null(host: str, port: int, prog: int, vers: int, auth: str, timeou
     sock = None
     if policy != "none":
         sock = _policy_socket(host, port, policy, policy_src, reqid, connect_timeout)
-    client = await RpcStreamClient.connect_tcp(host, port, auth=_auth(auth), timeout=timeout, sock=sock,
-                                               connect_timeout=connect_timeout)
+    client = await RpcStreamClient.connect_tcp(
+        host, port, auth=_auth(auth), timeout=timeout, sock=sock, connect_timeout=connect_timeout
+    )
     try:
         local = client.transport.get_extra_info("sockname")
         result = await client.call(prog, vers, 0)
     finally:
         await client.close()
-    return {"ok": True, "op": "null", "host": host, "port": port, "prog": prog, "vers": vers,
-            "auth": auth, "socket_policy": policy, "result_len": len(result), "local": list(local)[:2],
-            "elapsed": round(time.monotonic() - t0, 4)}
+    return {
+        "ok": True,
+        "op": "null",
+        "host": host,
+        "port": port,
+        "prog": prog,
+        "vers": vers,
+        "auth": auth,
+        "socket_policy": policy,
+        "result_len": len(result),
+        "local": list(local)[:2],
+        "elapsed": round(time.monotonic() - t0, 4),
+    }
 
 
 def payload(size: int, seed: int) -> bytes:
@@ -90,16 +110,20 @@ async def nfs_ops(args: argparse.Namespace) -> dict[str, Any]:
 
     out: dict[str, Any] = {"ok": True, "op": "nfs", "host": args.host, "sec": args.sec, "minor": args.minor}
     t0 = time.monotonic()
-    client = await Nfs4Client.connect(args.host, port=args.port, minorversion=args.minor, sec=args.sec,
-                                      gss_target=args.target)
+    client = await Nfs4Client.connect(
+        args.host, port=args.port, minorversion=args.minor, sec=args.sec, gss_target=args.target
+    )
     try:
         out["connect_seconds"] = round(time.monotonic() - t0, 4)
         if args.write:
             data = payload(args.size, args.seed)
             t = time.monotonic()
             written = await client.write_file(args.write, data)
-            out.update(written=written, write_sha256=hashlib.sha256(data).hexdigest(),
-                       write_seconds=round(time.monotonic() - t, 4))
+            out.update(
+                written=written,
+                write_sha256=hashlib.sha256(data).hexdigest(),
+                write_seconds=round(time.monotonic() - t, 4),
+            )
         if args.read:
             digest = hashlib.sha256()
             n = 0
@@ -108,8 +132,12 @@ async def nfs_ops(args: argparse.Namespace) -> dict[str, Any]:
                 digest.update(chunk)
                 n += len(chunk)
             secs = time.monotonic() - t
-            out.update(read_bytes=n, read_sha256=digest.hexdigest(), read_seconds=round(secs, 4),
-                       read_mb_per_s=round(n / 1e6 / secs, 3) if secs > 0 else None)
+            out.update(
+                read_bytes=n,
+                read_sha256=digest.hexdigest(),
+                read_seconds=round(secs, 4),
+                read_mb_per_s=round(n / 1e6 / secs, 3) if secs > 0 else None,
+            )
         if args.remove:
             await client.remove(args.remove)
             out["removed"] = args.remove
@@ -156,9 +184,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.op == "null":
-            out = asyncio.run(rpc_null(args.host, args.port, args.prog, args.vers, args.auth, args.timeout,
-                                       args.socket_policy, args.policy_src, args.reqid,
-                                       args.connect_timeout))
+            out = asyncio.run(
+                rpc_null(
+                    args.host,
+                    args.port,
+                    args.prog,
+                    args.vers,
+                    args.auth,
+                    args.timeout,
+                    args.socket_policy,
+                    args.policy_src,
+                    args.reqid,
+                    args.connect_timeout,
+                )
+            )
         else:
             out = asyncio.run(nfs_ops(args))
     except Exception as exc:

@@ -75,8 +75,18 @@ def run_suite(
     run_dir.mkdir(parents=True, exist_ok=True)
     junit = run_dir / "junit.xml"
     argv = [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(SUITE), f"--junitxml={junit}",
-        "-o", "log_cli=true", "--log-cli-level=INFO", "-rA", *pytest_args,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        str(SUITE),
+        f"--junitxml={junit}",
+        "-o",
+        "log_cli=true",
+        "--log-cli-level=INFO",
+        "-rA",
+        *pytest_args,
     ]
     env = dict(os.environ, RPCLATCH_INTEROP_RUN_DIR=str(run_dir))
     if world:
@@ -86,8 +96,9 @@ def run_suite(
     out(f"interop: run dir {run_dir}")
     out("interop: " + " ".join(argv))
     with (run_dir / "pytest.log").open("w") as log:
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -133,11 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="interop/run", description="Run the interop suite against the real Linux nfsd.",
-        epilog=("Worlds: 'uml' boots the Linux nfsd in a User-Mode Linux guest; 'netns' runs it in "
-                "network namespaces on the host's own kernel (needs nfsd and esp4 there); 'auto' "
-                "(default, or $RPCLATCH_INTEROP_WORLD) takes netns where the host kernel can, else uml. "
-                "On this machine: " + _why_world() + "."))
+        prog="interop/run",
+        description="Run the interop suite against the real Linux nfsd.",
+        epilog=(
+            "Worlds: 'uml' boots the Linux nfsd in a User-Mode Linux guest; 'netns' runs it in "
+            "network namespaces on the host's own kernel (needs nfsd and esp4 there); 'auto' "
+            "(default, or $RPCLATCH_INTEROP_WORLD) takes netns where the host kernel can, else uml. "
+            "On this machine: " + _why_world() + "."
+        ),
+    )
     parser.add_argument("--run-dir", type=Path, help="where logs, captures and junit.xml go")
     parser.add_argument("--world", choices=("auto", "uml", "netns"), help="which nfsd world (default auto)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --), e.g. -k esp")

@@ -50,5 +50,8 @@ def set_bypass(sock: socket.socket) -> None:
 
 def set_esp(sock: socket.socket, src: str, dst: str, reqid: int) -> None:
     """This socket's outbound packets need an ESP transport SA ``src`` -> ``dst`` with ``reqid``."""
-    sock.setsockopt(socket.IPPROTO_IP, IP_XFRM_POLICY,
-                    userpolicy_info(XFRM_POLICY_OUT) + esp_transport_tmpl(src, dst, reqid))
+    sock.setsockopt(
+        socket.IPPROTO_IP,
+        IP_XFRM_POLICY,
+        userpolicy_info(XFRM_POLICY_OUT) + esp_transport_tmpl(src, dst, reqid),
+    )

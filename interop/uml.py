@@ -43,10 +43,27 @@ from interop.world import (
 )
 
 __all__ = [
-    "DEFAULT_EXPORTS", "ESP_CLIENT_ADDR", "ESP_SERVER_ADDR", "ESP_SPI_IN", "ESP_SPI_OUT", "NFS_PORT",
-    "REPO_ROOT", "SERVER_ADDR", "CommandResult", "Export", "GuestBootError", "GuestCommandError",
-    "GuestConfig", "GuestError", "GuestTimeout", "LinuxNfsdGuest", "XfrmCounters", "_tmp_keep",
-    "host_kernel_gaps", "missing_requirements", "parse_xfrm_state",
+    "DEFAULT_EXPORTS",
+    "ESP_CLIENT_ADDR",
+    "ESP_SERVER_ADDR",
+    "ESP_SPI_IN",
+    "ESP_SPI_OUT",
+    "NFS_PORT",
+    "REPO_ROOT",
+    "SERVER_ADDR",
+    "CommandResult",
+    "Export",
+    "GuestBootError",
+    "GuestCommandError",
+    "GuestConfig",
+    "GuestError",
+    "GuestTimeout",
+    "LinuxNfsdGuest",
+    "XfrmCounters",
+    "_tmp_keep",
+    "host_kernel_gaps",
+    "missing_requirements",
+    "parse_xfrm_state",
 ]
 
 
@@ -86,10 +103,26 @@ class LinuxNfsdGuest(NfsdWorld):
     def _launch(self, console: int) -> subprocess.Popen[bytes]:
         self.host_ns = HostNamespace(HOST_ADDR)
         self._say(f"host namespace {self.host_ns.name}: {HOST_ADDR}/24 on {self.host_ns.link_name}")
-        cmd = self.host_ns.wrap([
-            self.config.linux, f"mem={self.config.mem}", "rootfstype=hostfs", "rootflags=/", "ro",
-            f"init={GUEST_INIT}", f"vec0:transport=tap,ifname={self.host_ns.link_name},gro=1",
-            "con0=fd:0,fd:1", "con=null", "quiet", f"RUN={self.run_dir}",
-        ])
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_set_pdeathsig)
+        cmd = self.host_ns.wrap(
+            [
+                self.config.linux,
+                f"mem={self.config.mem}",
+                "rootfstype=hostfs",
+                "rootflags=/",
+                "ro",
+                f"init={GUEST_INIT}",
+                f"vec0:transport=tap,ifname={self.host_ns.link_name},gro=1",
+                "con0=fd:0,fd:1",
+                "con=null",
+                "quiet",
+                f"RUN={self.run_dir}",
+            ]
+        )
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_set_pdeathsig,
+        )

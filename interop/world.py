@@ -181,8 +181,18 @@ class XfrmCounters:
     packets: int
 
 
-COMMON_TOOLS = ("ip", "rpc.nfsd", "exportfs", "rpc.mountd", "krb5kdc", "kdb5_util", "kadmin.local",
-                "gssproxy", "rpcbind", "dumpcap")
+COMMON_TOOLS = (
+    "ip",
+    "rpc.nfsd",
+    "exportfs",
+    "rpc.mountd",
+    "krb5kdc",
+    "kdb5_util",
+    "kadmin.local",
+    "gssproxy",
+    "rpcbind",
+    "dumpcap",
+)
 
 
 def missing_tools(tools: Sequence[str] = COMMON_TOOLS) -> list[str]:
@@ -190,9 +200,13 @@ def missing_tools(tools: Sequence[str] = COMMON_TOOLS) -> list[str]:
     return [f"{tool} not installed" for tool in tools if shutil.which(tool) is None]
 
 
-def host_kernel_gaps(*, filesystems: Path = Path("/proc/filesystems"),
-                     sys_module: Path = Path("/sys/module"), lib_modules: Path = Path("/lib/modules"),
-                     release: str | None = None) -> list[str]:
+def host_kernel_gaps(
+    *,
+    filesystems: Path = Path("/proc/filesystems"),
+    sys_module: Path = Path("/sys/module"),
+    lib_modules: Path = Path("/lib/modules"),
+    release: str | None = None,
+) -> list[str]:
     """Why the suite cannot use the host's own kernel (nfsd + esp4 in network namespaces) and boots
     User-Mode Linux instead; empty when the host kernel has both.
 
@@ -562,19 +576,28 @@ class NfsdWorld:
         finally:
             os.close(console)
         self._say(f"{self.kind} world started, pid {self._proc.pid}")
-        self._console_thread = threading.Thread(target=self._tail_console, name=f"{self.kind}-console",
-                                                daemon=True)
+        self._console_thread = threading.Thread(
+            target=self._tail_console, name=f"{self.kind}-console", daemon=True
+        )
         self._console_thread.start()
         deadline = time.monotonic() + self.config.boot_timeout
         while not (self.run_dir / "ready").exists():
             failed = self.run_dir / "failed"
             if failed.exists() or not self.running or time.monotonic() > deadline:
                 time.sleep(0.3)
-                reason = failed.read_text().strip() if failed.exists() else (
-                    f"the {self.kind} init exited" if not self.running else
-                    f"not ready after {self.config.boot_timeout:.0f} s")
-                raise GuestBootError(f"{self.kind} world did not come up ({reason}); console tail:\n"
-                                     f"{self._console_tail()}\nrun dir: {self.run_dir}")
+                reason = (
+                    failed.read_text().strip()
+                    if failed.exists()
+                    else (
+                        f"the {self.kind} init exited"
+                        if not self.running
+                        else f"not ready after {self.config.boot_timeout:.0f} s"
+                    )
+                )
+                raise GuestBootError(
+                    f"{self.kind} world did not come up ({reason}); console tail:\n"
+                    f"{self._console_tail()}\nrun dir: {self.run_dir}"
+                )
             time.sleep(0.1)
         self._say("ready: nfsd, KDC, gssproxy" + (", ESP" if self.config.esp else ""))
 
@@ -721,8 +744,14 @@ class NfsdWorld:
             proc = self.host_ns.run(argv, env=env, timeout=timeout, input_data=input_data)
         except subprocess.TimeoutExpired as exc:
             raise GuestTimeout(f"host command did not finish in {timeout:.0f} s: {shlex.join(argv)}") from exc
-        result = CommandResult(tuple(argv), f"host/{self.host_ns.name}", proc.returncode, proc.stdout,
-                               proc.stderr, time.monotonic() - t0)
+        result = CommandResult(
+            tuple(argv),
+            f"host/{self.host_ns.name}",
+            proc.returncode,
+            proc.stdout,
+            proc.stderr,
+            time.monotonic() - t0,
+        )
         if check and not result.ok:
             raise GuestCommandError(result)
         return result
@@ -753,12 +782,20 @@ class NfsdWorld:
         NFS4ERR_GRACE on a loaded machine."""
         cfg = self.config
         grace = cfg.grace_time if grace_time is None else grace_time
-        self.run(f"rpc.nfsd 0 && rpc.nfsd -N 3 --lease-time {cfg.lease_time} "
-                 f"--grace-time {grace} {cfg.nfsd_threads}", check=True, timeout=60)
+        self.run(
+            f"rpc.nfsd 0 && rpc.nfsd -N 3 --lease-time {cfg.lease_time} "
+            f"--grace-time {grace} {cfg.nfsd_threads}",
+            check=True,
+            timeout=60,
+        )
 
     def stop_kdc(self) -> None:
-        self.run('kill "$(cat /run/krb5kdc.pid)" && while [ -e /proc/"$(cat /run/krb5kdc.pid)" ]; do '
-                 "sleep 0.1; done", check=True, timeout=30)
+        self.run(
+            'kill "$(cat /run/krb5kdc.pid)" && while [ -e /proc/"$(cat /run/krb5kdc.pid)" ]; do '
+            "sleep 0.1; done",
+            check=True,
+            timeout=30,
+        )
 
     def start_kdc(self) -> None:
         self.run(["krb5kdc", "-P", "/run/krb5kdc.pid"], check=True, timeout=30)
@@ -780,13 +817,23 @@ class NfsdWorld:
         out = self.run(["sha256sum", self.server_path(nfs_path)], check=True).stdout
         return out.split()[0]
 
-    def kernel_mount(self, path: str = "/", *, sec: str = "sys", vers: str = "4.1",
-                     mountpoint: str | None = None, timeout: float = 90.0) -> str:
+    def kernel_mount(
+        self,
+        path: str = "/",
+        *,
+        sec: str = "sys",
+        vers: str = "4.1",
+        mountpoint: str | None = None,
+        timeout: float = 90.0,
+    ) -> str:
         """Mount ``path`` of the server with the guest's own kernel NFS client; returns the mount point."""
         mnt = mountpoint or f"/tmp/mnt-{sec}-{vers}-{path.strip('/').replace('/', '_') or 'root'}"
         self.run(["mkdir", "-p", mnt], check=True)
-        self.run(["mount", "-t", "nfs4", "-o", f"sec={sec},vers={vers}", f"{self.fqdn}:{path}", mnt],
-                 check=True, timeout=timeout)
+        self.run(
+            ["mount", "-t", "nfs4", "-o", f"sec={sec},vers={vers}", f"{self.fqdn}:{path}", mnt],
+            check=True,
+            timeout=timeout,
+        )
         return mnt
 
     def kernel_umount(self, mountpoint: str) -> None:
@@ -798,8 +845,9 @@ class NfsdWorld:
         return parse_xfrm_state(out)
 
     @contextlib.contextmanager
-    def capture(self, name: str, *, iface: str = "any", bpf: str = "", netns: str | None = None,
-                snaplen: int = 256) -> Iterator[Path]:
+    def capture(
+        self, name: str, *, iface: str = "any", bpf: str = "", netns: str | None = None, snaplen: int = 256
+    ) -> Iterator[Path]:
         """Capture packets in the guest for the duration of the block; yields the host path of the
         pcapng, complete once the block ends."""
         out = self.run_dir / f"{name}.pcapng"
@@ -841,4 +889,3 @@ def parse_xfrm_state(text: str) -> dict[int, XfrmCounters]:
         elif (m := _SA_CUR.match(line)) and spi is not None:
             result[spi] = XfrmCounters(src, dst, spi, int(m.group(1)), int(m.group(2)))
     return result
-

@@ -57,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("RPCLATCH_DEBUG"):
             raise
-        print(f"rpclatch: error: {type(exc).__name__}: {exc} (set RPCLATCH_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"rpclatch: error: {type(exc).__name__}: {exc} (set RPCLATCH_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

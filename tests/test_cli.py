@@ -33,8 +33,10 @@ RPCINFO = shutil.which("rpcinfo") or "/usr/sbin/rpcinfo"
 
 
 @contextmanager
-def server_thread(versions: tuple[int, ...] = (1,), sec: tuple[str, ...] = ("none", "sys"),
-                  ) -> Iterator[tuple[int, int]]:
+def server_thread(
+    versions: tuple[int, ...] = (1,),
+    sec: tuple[str, ...] = ("none", "sys"),
+) -> Iterator[tuple[int, int]]:
     """The test program (at ``versions``) on 127.0.0.1 TCP and UDP, in its own thread and loop."""
     ready: list[tuple[int, int]] = []
     started = threading.Event()
@@ -61,13 +63,21 @@ def server_thread(versions: tuple[int, ...] = (1,), sec: tuple[str, ...] = ("non
         loop.close()
 
 
-def run_cli(*args: str, timeout: float = 60, env_extra: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    timeout: float = 60,
+    env_extra: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("RPCLATCH_DEBUG", None)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "rpclatch.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rpclatch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_ping_tcp_and_udp_in_process(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,7 +93,9 @@ def test_ping_without_version_tries_the_servers_range(capsys: pytest.CaptureFixt
     with server_thread((2, 3)) as (tcp, _udp):
         assert main(["rpc", "ping", "127.0.0.1", str(PROG), "--port", str(tcp)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"program {PROG} version 2 ready and waiting", f"program {PROG} version 3 ready and waiting"]
+        f"program {PROG} version 2 ready and waiting",
+        f"program {PROG} version 3 ready and waiting",
+    ]
 
 
 def test_ping_version_mismatch_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -99,11 +111,28 @@ def test_ping_refused_and_timeout(capsys: pytest.CaptureFixture[str]) -> None:
         u.bind(("127.0.0.1", 0))  # bound but never answers: timeout
         refused = s.getsockname()[1]
         assert main(["rpc", "ping", "127.0.0.1", "100003", "4", "--port", str(refused)]) == 1
-        assert main(["rpc", "ping", "127.0.0.1", "100003", "4", "--udp", "--timeout", "0.3",
-                     "--port", str(u.getsockname()[1])]) == 1
+        assert (
+            main(
+                [
+                    "rpc",
+                    "ping",
+                    "127.0.0.1",
+                    "100003",
+                    "4",
+                    "--udp",
+                    "--timeout",
+                    "0.3",
+                    "--port",
+                    str(u.getsockname()[1]),
+                ]
+            )
+            == 1
+        )
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == f"rpclatch: error: 127.0.0.1: connection refused on port {refused} " \
-                     "(is the service running?)"
+    assert (
+        err[0] == f"rpclatch: error: 127.0.0.1: connection refused on port {refused} "
+        "(is the service running?)"
+    )
     assert err[1].startswith("rpclatch: error: 127.0.0.1: no reply within 0.3 s")
     assert len(err) == 2
 
@@ -114,8 +143,10 @@ def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -
     assert main(["rpc", "ping", "127.0.0.1", "99999999999", "1", "--port", "1"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3
-    assert err[0] == "rpclatch: error: unknown RPC program 'no-such-program'; " \
-                     "give a number or a name from /etc/rpc"
+    assert (
+        err[0] == "rpclatch: error: unknown RPC program 'no-such-program'; "
+        "give a number or a name from /etc/rpc"
+    )
     # More flavors may be registered (RPCSEC_GSS): only the start of the list is fixed.
     assert err[1].startswith("rpclatch: error: unknown security flavor 'bogus' (choose from none, sys")
     assert err[2] == "rpclatch: error: program number 99999999999 out of range (0..4294967295)"
@@ -137,8 +168,10 @@ def test_describe_error_lines() -> None:
     assert "RPC version 2" in describe_error("h", RpcMismatchError(3, 3))
     assert "AUTH_TOOWEAK" in describe_error("h", RpcAuthError(AuthStat.AUTH_TOOWEAK))
     assert describe_error("h", RpcTimeout("x"), timeout=2.0).startswith("h: no reply within 2 s")
-    assert describe_error("h", socket.gaierror(-2, "Name or service not known")) == \
-        "h: cannot resolve host name (Name or service not known)"
+    assert (
+        describe_error("h", socket.gaierror(-2, "Name or service not known"))
+        == "h: cannot resolve host name (Name or service not known)"
+    )
     assert "\n" not in describe_error("h", OSError(113, "No route to host"))
 
 
@@ -156,12 +189,16 @@ def test_rpcbind_lookup_dump_and_mismatch_subprocess(rpcbind: object) -> None:
     assert (result.returncode, result.stdout) == (0, "program 100000 version 2 ready and waiting\n")
     result = run_cli("rpc", "ping", "127.0.0.1", str(0x3FFFFFF0), "1")
     assert result.returncode == 1
-    assert result.stderr == f"rpclatch: error: 127.0.0.1: program {0x3FFFFFF0} version 1 is not registered " \
-                            "with rpcbind for tcp (use --port to call it directly)\n"
+    assert (
+        result.stderr == f"rpclatch: error: 127.0.0.1: program {0x3FFFFFF0} version 1 is not registered "
+        "with rpcbind for tcp (use --port to call it directly)\n"
+    )
     result = run_cli("rpc", "ping", "127.0.0.1", "100000", "9")
     assert result.returncode == 1
-    assert result.stderr == "rpclatch: error: 127.0.0.1: program 100000 version 9 not available " \
-                            "(server has 2..4)\n"
+    assert (
+        result.stderr == "rpclatch: error: 127.0.0.1: program 100000 version 9 not available "
+        "(server has 2..4)\n"
+    )
     result = run_cli("rpc", "ping", "127.0.0.1", "100000", "--udp")
     assert result.stdout.splitlines() == [f"program 100000 version {v} ready and waiting" for v in (2, 3, 4)]
     dump = run_cli("rpc", "dump", "127.0.0.1")
@@ -176,15 +213,20 @@ def test_rpcbind_lookup_dump_and_mismatch_subprocess(rpcbind: object) -> None:
 
 
 def test_serve_register_and_ctrl_c(rpcbind: object) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--register"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--register"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first.startswith(f"serving program {PROG} version 1 on tcp 127.0.0.1:"), first
         port = int(first.split("tcp 127.0.0.1:")[1].split(",")[0])
-        listed = subprocess.run([RPCINFO, "-p", "127.0.0.1"], capture_output=True, text=True,
-                                check=True).stdout
+        listed = subprocess.run(
+            [RPCINFO, "-p", "127.0.0.1"], capture_output=True, text=True, check=True
+        ).stdout
         assert any(line.split()[:4] == [str(PROG), "1", "tcp", str(port)] for line in listed.splitlines())
         assert any(line.split()[:4] == [str(PROG), "1", "udp", str(port)] for line in listed.splitlines())
         ping = run_cli("rpc", "ping", "127.0.0.1", str(PROG), "1")  # found through rpcbind
@@ -242,19 +284,31 @@ def test_dump_and_register_without_rpcbind_one_line(tmp_path: Path) -> None:
         dump = run_cli("rpc", "dump", "127.0.0.1", env_extra={"RPCLATCH_RPCBIND_PORT": str(port)})
         assert (dump.returncode, dump.stdout, dump.stderr) == (1, "", refused)
         ping = run_cli("rpc", "ping", "127.0.0.1", "nfs", "4", env_extra={"RPCLATCH_RPCBIND_PORT": str(port)})
-        assert (ping.returncode, ping.stderr) == (1, f"rpclatch: error: 127.0.0.1: connection refused on "
-                                                     f"port {port} (is rpcbind running? use --port)\n")
+        assert (ping.returncode, ping.stderr) == (
+            1,
+            f"rpclatch: error: 127.0.0.1: connection refused on "
+            f"port {port} (is rpcbind running? use --port)\n",
+        )
         ping = run_cli("rpc", "ping", "127.0.0.1", "nfs", "4", "--rpcbind-port", str(port))
-        assert (ping.returncode, ping.stderr) == (1, f"rpclatch: error: 127.0.0.1: connection refused on "
-                                                     f"port {port} (is rpcbind running? use --port)\n")
+        assert (ping.returncode, ping.stderr) == (
+            1,
+            f"rpclatch: error: 127.0.0.1: connection refused on "
+            f"port {port} (is rpcbind running? use --port)\n",
+        )
     bad = run_cli("rpc", "dump", "127.0.0.1", env_extra={"RPCLATCH_RPCBIND_PORT": "http"})
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "RPCLATCH_RPCBIND_PORT" in bad.stderr
     for how in (("--rpcbind-socket", str(missing)), ()):
-        serve = run_cli("rpc", "serve", "--register", *how,
-                        env_extra={} if how else {"RPCLATCH_RPCBIND_SOCKET": str(missing)})
+        serve = run_cli(
+            "rpc",
+            "serve",
+            "--register",
+            *how,
+            env_extra={} if how else {"RPCLATCH_RPCBIND_SOCKET": str(missing)},
+        )
         assert serve.returncode == 1 and serve.stderr.count("\n") == 1, serve.stderr
         assert serve.stderr.startswith(
-            f"rpclatch: error: cannot register with the local rpcbind ({missing}): rpcbind: "), serve.stderr
+            f"rpclatch: error: cannot register with the local rpcbind ({missing}): rpcbind: "
+        ), serve.stderr
         assert "Traceback" not in serve.stderr and not missing.exists()
     helps = run_cli("rpc", "serve", "--help").stdout + run_cli("rpc", "ping", "--help").stdout
     assert "RPCLATCH_RPCBIND_SOCKET" in helps and "RPCLATCH_RPCBIND_PORT" in helps
@@ -281,8 +335,12 @@ def signal_storm(proc: subprocess.Popen[str], limit: float = 30.0) -> None:
 def test_serve_register_survives_repeated_sigterm(rpcbind: object) -> None:
     """Issue #10 item 19: the cleanup (closing, rpcbind unregistration) runs to its end whatever
     signals arrive meanwhile, and the process exits normally."""
-    proc = subprocess.Popen([sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--register"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--register"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -293,8 +351,9 @@ def test_serve_register_survives_repeated_sigterm(rpcbind: object) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        listed = subprocess.run([RPCINFO, "-p", "127.0.0.1"], capture_output=True, text=True,
-                                check=True).stdout
+        listed = subprocess.run(
+            [RPCINFO, "-p", "127.0.0.1"], capture_output=True, text=True, check=True
+        ).stdout
         stale = any(line.split()[:2] == [str(PROG), "1"] for line in listed.splitlines())
         if stale:  # clean up after a failed run: the registration is ours
             subprocess.run([RPCINFO, "-d", str(PROG), "1"], capture_output=True, check=False)
@@ -310,16 +369,21 @@ def test_serve_write_timeout_aborts_a_client_that_never_reads() -> None:
     from rpclatch.rpc.record import encode_record
     from rpclatch.rpc.testprog import PROC_SOURCE
 
-    proc = subprocess.Popen([sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--tcp",
-                             "--write-timeout", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rpclatch.cli", "rpc", "serve", "--tcp", "--write-timeout", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         port = int(first.split("tcp 127.0.0.1:")[1].split(";")[0].split(",")[0])
         with socket.create_connection(("127.0.0.1", port)) as slow:
-            calls = (CallMessage(i, PROG, 1, PROC_SOURCE, args=struct.pack(">I", 16 << 20)).encode()
-                     for i in range(4))
+            calls = (
+                CallMessage(i, PROG, 1, PROC_SOURCE, args=struct.pack(">I", 16 << 20)).encode()
+                for i in range(4)
+            )
             slow.sendall(b"".join(encode_record(c) for c in calls))
             time.sleep(4)  # well past the write timeout, without reading a byte
             ping = run_cli("rpc", "ping", "127.0.0.1", str(PROG), "1", "--port", str(port))

@@ -21,12 +21,34 @@ import rpclatch
 # them: ipsec and rpc are independent of each other and of everything above; the simulator is
 # built on ipsec and rpc, never the other way round)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "rpclatch.ipsec": ("rpclatch.netsim", "rpclatch.rpc", "rpclatch.gss", "rpclatch.connect",
-                       "rpclatch.demo", "rpclatch.nfs4", "rpclatch.commands", "rpclatch.cli"),
-    "rpclatch.rpc": ("rpclatch.gss", "rpclatch.ipsec", "rpclatch.netsim", "rpclatch.connect",
-                     "rpclatch.demo", "rpclatch.nfs4", "rpclatch.commands", "rpclatch.cli"),
-    "rpclatch.netsim": ("rpclatch.gss", "rpclatch.connect", "rpclatch.demo", "rpclatch.nfs4",
-                        "rpclatch.commands", "rpclatch.cli"),
+    "rpclatch.ipsec": (
+        "rpclatch.netsim",
+        "rpclatch.rpc",
+        "rpclatch.gss",
+        "rpclatch.connect",
+        "rpclatch.demo",
+        "rpclatch.nfs4",
+        "rpclatch.commands",
+        "rpclatch.cli",
+    ),
+    "rpclatch.rpc": (
+        "rpclatch.gss",
+        "rpclatch.ipsec",
+        "rpclatch.netsim",
+        "rpclatch.connect",
+        "rpclatch.demo",
+        "rpclatch.nfs4",
+        "rpclatch.commands",
+        "rpclatch.cli",
+    ),
+    "rpclatch.netsim": (
+        "rpclatch.gss",
+        "rpclatch.connect",
+        "rpclatch.demo",
+        "rpclatch.nfs4",
+        "rpclatch.commands",
+        "rpclatch.cli",
+    ),
 }
 
 
@@ -119,14 +141,21 @@ def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-def forbidden_imports(graph: Mapping[str, set[str]],
-                      rules: Mapping[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+def forbidden_imports(
+    graph: Mapping[str, set[str]], rules: Mapping[str, tuple[str, ...]]
+) -> list[tuple[str, str]]:
     def inside(module: str, package: str) -> bool:
         return module == package or module.startswith(f"{package}.")
 
-    return sorted((m, t) for m, targets in graph.items() for t in targets
-                  for src, banned in rules.items() if inside(m, src)
-                  for dst in banned if inside(t, dst))
+    return sorted(
+        (m, t)
+        for m, targets in graph.items()
+        for t in targets
+        for src, banned in rules.items()
+        if inside(m, src)
+        for dst in banned
+        if inside(t, dst)
+    )
 
 
 PACKAGE_ROOT = Path(rpclatch.__file__).parent
@@ -139,8 +168,12 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_walk_sees_the_whole_package(graph: dict[str, set[str]]) -> None:
     # a walk that found nothing would pass the checks below vacuously
-    assert {"rpclatch.ipsec.engine", "rpclatch.ipsec.ulp", "rpclatch.rpc.client",
-            "rpclatch.gss.client"} <= graph.keys()
+    assert {
+        "rpclatch.ipsec.engine",
+        "rpclatch.ipsec.ulp",
+        "rpclatch.rpc.client",
+        "rpclatch.gss.client",
+    } <= graph.keys()
     assert "rpclatch.ipsec.latch" in graph["rpclatch.ipsec.engine"]
 
 
@@ -164,15 +197,20 @@ def _package(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_checks_catch_a_type_checking_cycle_and_a_forbidden_relative_import(tmp_path: Path) -> None:
-    root = _package(tmp_path, {
-        "__init__.py": "",
-        "low/__init__.py": "",
-        "low/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.low.b import B\n",
-        "low/b.py": "def f():\n    from . import a\n    from ..high import c\n",
-        "high/__init__.py": "",
-        "high/c.py": "from pkg.low.a import A\n",
-    })
+    root = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "low/__init__.py": "",
+            "low/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.low.b import B\n",
+            "low/b.py": "def f():\n    from . import a\n    from ..high import c\n",
+            "high/__init__.py": "",
+            "high/c.py": "from pkg.low.a import A\n",
+        },
+    )
     g = import_graph(root)
     assert cycles(g) == [["pkg.high.c", "pkg.low.a", "pkg.low.b"]]
-    assert forbidden_imports(g, {"pkg.low": ("pkg.high",)}) == [("pkg.low.b", "pkg.high"),
-                                                                ("pkg.low.b", "pkg.high.c")]
+    assert forbidden_imports(g, {"pkg.low": ("pkg.high",)}) == [
+        ("pkg.low.b", "pkg.high"),
+        ("pkg.low.b", "pkg.high.c"),
+    ]

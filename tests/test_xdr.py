@@ -25,25 +25,42 @@ def test_golden_encodings() -> None:
     assert Encoder().uint64(2**32).to_bytes().hex() == "0000000100000000"
     assert Encoder().int64(-2).to_bytes().hex() == "fffffffffffffffe"
     assert Encoder().boolean(True).to_bytes().hex() == "00000001"
-    assert Encoder().opaque(b"abc").to_bytes().hex() == "00000003" "61626300"
+    assert Encoder().opaque(b"abc").to_bytes().hex() == "0000000361626300"
     assert Encoder().fixed(b"abcde").to_bytes().hex() == "6162636465000000"
-    assert Encoder().string("h\u00e9").to_bytes().hex() == "00000003" "68c3a900"
+    assert Encoder().string("h\u00e9").to_bytes().hex() == "0000000368c3a900"
     assert Encoder().raw(b"\1\2\3\4").to_bytes() == b"\1\2\3\4"
 
 
 def test_encoder_range_checks() -> None:
-    for call in (lambda: Encoder().uint32(-1), lambda: Encoder().uint32(2**32),
-                 lambda: Encoder().int32(2**31), lambda: Encoder().uint64(-1),
-                 lambda: Encoder().int64(2**63), lambda: Encoder().opaque(b"abc", 2),
-                 lambda: Encoder().fixed(b"abc", 4), lambda: Encoder().raw(b"abc"),
-                 lambda: Encoder().string("abc", 2)):
+    for call in (
+        lambda: Encoder().uint32(-1),
+        lambda: Encoder().uint32(2**32),
+        lambda: Encoder().int32(2**31),
+        lambda: Encoder().uint64(-1),
+        lambda: Encoder().int64(2**63),
+        lambda: Encoder().opaque(b"abc", 2),
+        lambda: Encoder().fixed(b"abc", 4),
+        lambda: Encoder().raw(b"abc"),
+        lambda: Encoder().string("abc", 2),
+    ):
         with pytest.raises(XdrError):
             call()
 
 
 def test_decoder_roundtrip_and_position() -> None:
-    data = (Encoder().uint32(7).int32(-7).uint64(1 << 40).int64(-(1 << 40)).boolean(False)
-            .opaque(b"xy").string("s").fixed(b"q", 1).uint32(1).to_bytes())
+    data = (
+        Encoder()
+        .uint32(7)
+        .int32(-7)
+        .uint64(1 << 40)
+        .int64(-(1 << 40))
+        .boolean(False)
+        .opaque(b"xy")
+        .string("s")
+        .fixed(b"q", 1)
+        .uint32(1)
+        .to_bytes()
+    )
     dec = Decoder(data)
     assert dec.uint32() == 7 and dec.int32() == -7
     assert dec.uint64() == 1 << 40 and dec.int64() == -(1 << 40)
@@ -87,9 +104,18 @@ def test_optional_array_rest_offset() -> None:
 
 
 METHODS: list[Callable[[Decoder], Any]] = [
-    Decoder.uint32, Decoder.int32, Decoder.uint64, Decoder.int64, Decoder.boolean,
-    lambda d: d.enum(Color), lambda d: d.fixed(5), lambda d: d.opaque(64), lambda d: d.string(64),
-    lambda d: d.array(d.uint32, 8), lambda d: d.optional(d.string), Decoder.done,
+    Decoder.uint32,
+    Decoder.int32,
+    Decoder.uint64,
+    Decoder.int64,
+    Decoder.boolean,
+    lambda d: d.enum(Color),
+    lambda d: d.fixed(5),
+    lambda d: d.opaque(64),
+    lambda d: d.string(64),
+    lambda d: d.array(d.uint32, 8),
+    lambda d: d.optional(d.string),
+    Decoder.done,
 ]
 
 

@@ -40,8 +40,10 @@ def parse_service_name(text: str, option: str) -> str:
         service, _, rest = text.partition("/")
         host = rest.split("@", 1)[0]
         hint = f"{option} {service}@{host}" if service and host else example
-        raise UserError(f"{option} {text!r} looks like a Kerberos principal name; give the host-based "
-                        f"service name SERVICE@HOST instead ({hint})")
+        raise UserError(
+            f"{option} {text!r} looks like a Kerberos principal name; give the host-based "
+            f"service name SERVICE@HOST instead ({hint})"
+        )
     service, at, host = text.partition("@")
     if not at:
         raise UserError(f"{option} {text!r} has no host: give SERVICE@HOST ({example})")
@@ -52,11 +54,11 @@ def parse_service_name(text: str, option: str) -> str:
     if "@" in host:
         raise UserError(f"{option} {text!r} has more than one '@': give SERVICE@HOST ({example})")
     if _SERVICE.fullmatch(service) is None:
-        raise UserError(f"{option} {text!r}: bad service name {service!r} (letters, digits, '.', '_', "
-                        f"'-'; {example})")
+        raise UserError(
+            f"{option} {text!r}: bad service name {service!r} (letters, digits, '.', '_', '-'; {example})"
+        )
     if _HOST.fullmatch(host) is None:
-        raise UserError(f"{option} {text!r}: bad host name {host!r} (a DNS name or an address; "
-                        f"{example})")
+        raise UserError(f"{option} {text!r}: bad host name {host!r} (a DNS name or an address; {example})")
     return text
 
 
@@ -83,8 +85,10 @@ def gss_target_problem(exc: BaseException | None) -> TargetProblem | None:
 
     if isinstance(exc, GssError) and exc.minor & 0xFFFFFFFF == _KRB5KDC_ERR_S_PRINCIPAL_UNKNOWN:
         return TargetProblem.UNKNOWN_TO_KDC
-    if isinstance(exc, ContextInitFailed) and exc.minor & 0xFFFFFFFF in (_KRB5KRB_AP_WRONG_PRINC,
-                                                                         _KRB5_KT_NOTFOUND):
+    if isinstance(exc, ContextInitFailed) and exc.minor & 0xFFFFFFFF in (
+        _KRB5KRB_AP_WRONG_PRINC,
+        _KRB5_KT_NOTFOUND,
+    ):
         return TargetProblem.NOT_THE_SERVERS
     return None
 
@@ -137,8 +141,9 @@ class StopSignals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._callbacks.clear()
         for sig, previous in self._previous.items():
             if self.received and self.ignore_after_stop:

@@ -16,19 +16,38 @@ WORLDS = ("sim", "uml", "netns")
 
 def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "demo", help="run the latching + channel-binding scenarios (default: simulated network)",
+        "demo",
+        help="run the latching + channel-binding scenarios (default: simulated network)",
         description="Start a throwaway Kerberos realm and run the BYPASS-OR-PROTECT scenarios: "
-                    "latched+bound, no IKE, BTNS man in the middle, rogue address claim, policy change.",
+        "latched+bound, no IKE, BTNS man in the middle, rogue address claim, policy change.",
     )
-    p.add_argument("--world", choices=WORLDS, default="sim",
-                   help="where the scenarios run (default: sim, the deterministic simulated network)")
-    p.add_argument("--out", metavar="DIR", default=None,
-                   help="run directory for pcapng captures and diagrams (default: ./runs/demo-<timestamp>)")
-    p.add_argument("--scenario", metavar="N", action="append", type=str, default=None,
-                   help="run only scenario N (repeatable); see --list")
-    p.add_argument("--approach", choices=("1", "2"), default="2",
-                   help="where latches live: 1 = in the transport control block (RFC 5660 §2.4 packet "
-                        "tagging), 2 = in the latch database next to the SAD (§2.3, the default)")
+    p.add_argument(
+        "--world",
+        choices=WORLDS,
+        default="sim",
+        help="where the scenarios run (default: sim, the deterministic simulated network)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="run directory for pcapng captures and diagrams (default: ./runs/demo-<timestamp>)",
+    )
+    p.add_argument(
+        "--scenario",
+        metavar="N",
+        action="append",
+        type=str,
+        default=None,
+        help="run only scenario N (repeatable); see --list",
+    )
+    p.add_argument(
+        "--approach",
+        choices=("1", "2"),
+        default="2",
+        help="where latches live: 1 = in the transport control block (RFC 5660 §2.4 packet "
+        "tagging), 2 = in the latch database next to the SAD (§2.3, the default)",
+    )
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run)
@@ -45,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{spec.label:<3} {spec.name:<23} {spec.title}")
         return 0
     if args.world != "sim":
-        raise UserError(f"--world {args.world} is not available yet (latching real sockets over kernel ESP "
-                        "needs an IKE daemon with unauthenticated peers and first-packet detection); "
-                        "use --world sim, the default")
+        raise UserError(
+            f"--world {args.world} is not available yet (latching real sockets over kernel ESP "
+            "needs an IKE daemon with unauthenticated peers and first-packet detection); "
+            "use --world sim, the default"
+        )
     numbers = _parse_scenarios(args.scenario, sorted({s.number for s in SCENARIOS}))
     try:
         run_dir = prepare_run_dir(args.out)
@@ -62,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_demo(run_dir, numbers, progress=None if args.json else sys.stderr, approach=approach)
     except RealmError as exc:
-        raise UserError(f"cannot start the throwaway Kerberos realm ({exc}); install the KDC with "
-                        "'bash scripts/setup.sh' (krb5-kdc, krb5-admin-server)") from exc
+        raise UserError(
+            f"cannot start the throwaway Kerberos realm ({exc}); install the KDC with "
+            "'bash scripts/setup.sh' (krb5-kdc, krb5-admin-server)"
+        ) from exc
     text = render_text(result)
     (run_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
     (run_dir / "summary.json").write_text(render_json(result) + "\n", encoding="utf-8")
@@ -82,8 +105,9 @@ def _parse_scenarios(values: list[str] | None, known: list[int]) -> list[int]:
             try:
                 n = int(part)
             except ValueError:
-                raise UserError(f"--scenario {part!r} is not a number; use one of "
-                                f"{', '.join(map(str, known))}") from None
+                raise UserError(
+                    f"--scenario {part!r} is not a number; use one of {', '.join(map(str, known))}"
+                ) from None
             if n not in known:
                 raise UserError(f"there is no scenario {n}; use one of {', '.join(map(str, known))}")
             if n not in numbers:

@@ -20,11 +20,15 @@ def register(subparsers: Any) -> None:
     nfsd = sub.add_parser(
         "linux-nfsd",
         help="Linux kernel nfsd (+ RPCSEC_GSS, ESP) in UML or host-kernel namespaces: run the suite, "
-             "print a table",
+        "print a table",
     )
-    nfsd.add_argument("--world", choices=("auto", "uml", "netns"), default=None,
-                      help="uml: a User-Mode Linux guest; netns: namespaces on this host's kernel (needs "
-                           "nfsd and esp4); auto (default): netns where possible, else uml")
+    nfsd.add_argument(
+        "--world",
+        choices=("auto", "uml", "netns"),
+        default=None,
+        help="uml: a User-Mode Linux guest; netns: namespaces on this host's kernel (needs "
+        "nfsd and esp4); auto (default): netns where possible, else uml",
+    )
     nfsd.add_argument("--run-dir", type=Path, help="directory for logs, captures and junit.xml")
     nfsd.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
     nfsd.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
@@ -45,8 +49,11 @@ def _linux_nfsd(args: argparse.Namespace) -> int:
     except WorldChoiceError as exc:
         raise UserError(f"{exc}") from None
     if choice.missing:
-        raise UserError(f"cannot run the Linux nfsd {choice.kind} world here: " + "; ".join(choice.missing)
-                        + ("" if args.world else "; choose another with --world"))
+        raise UserError(
+            f"cannot run the Linux nfsd {choice.kind} world here: "
+            + "; ".join(choice.missing)
+            + ("" if args.world else "; choose another with --world")
+        )
     from interop.runner import run_suite
 
     extra = []

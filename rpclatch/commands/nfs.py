@@ -31,31 +31,45 @@ _FTYPE_CHAR = {1: "-", 2: "d", 3: "b", 4: "c", 5: "l", 6: "s", 7: "p", 8: "d", 9
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "nfs", help="NFSv4 client: ls, stat, cat, get, put, rm, mkdir on SERVER:/path",
-        description="A small NFSv4.0/4.1 client (RPCSEC_GSS krb5/krb5i/krb5p or AUTH_SYS).")
+        "nfs",
+        help="NFSv4 client: ls, stat, cat, get, put, rm, mkdir on SERVER:/path",
+        description="A small NFSv4.0/4.1 client (RPCSEC_GSS krb5/krb5i/krb5p or AUTH_SYS).",
+    )
     sub = parser.add_subparsers(dest="nfs_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         from rpclatch.nfs4.security import SEC_CHOICES
 
-        p.add_argument("--sec", choices=SEC_CHOICES, default="auto",
-                       help="security flavor; auto = BYPASS-OR-PROTECT: on real sockets no IPsec "
-                            "latch is made (no IKE key manager yet), so krb5p, else krb5i, from "
-                            "the server's SECINFO list; sys/krb5 only when named")
+        p.add_argument(
+            "--sec",
+            choices=SEC_CHOICES,
+            default="auto",
+            help="security flavor; auto = BYPASS-OR-PROTECT: on real sockets no IPsec "
+            "latch is made (no IKE key manager yet), so krb5p, else krb5i, from "
+            "the server's SECINFO list; sys/krb5 only when named",
+        )
         vers = p.add_mutually_exclusive_group()
         vers.add_argument("--v4.0", dest="minor", action="store_const", const=0, help="use NFSv4.0")
-        vers.add_argument("--v4.1", dest="minor", action="store_const", const=1,
-                          help="use NFSv4.1 (default)")
+        vers.add_argument("--v4.1", dest="minor", action="store_const", const=1, help="use NFSv4.1 (default)")
         p.set_defaults(minor=1)
         p.add_argument("--port", type=int, default=2049, help="server port (default 2049)")
-        p.add_argument("--target", "--gss-target", dest="gss_target", default=None,
-                       metavar="SERVICE@HOST",
-                       help="the server's RPCSEC_GSS name for krb5* (default nfs@SERVER)")
+        p.add_argument(
+            "--target",
+            "--gss-target",
+            dest="gss_target",
+            default=None,
+            metavar="SERVICE@HOST",
+            help="the server's RPCSEC_GSS name for krb5* (default nfs@SERVER)",
+        )
         p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
 
-    for name, text in (("ls", "list a directory"), ("stat", "show attributes"),
-                       ("cat", "write a file to stdout"), ("rm", "remove a file or empty directory"),
-                       ("mkdir", "create a directory")):
+    for name, text in (
+        ("ls", "list a directory"),
+        ("stat", "show attributes"),
+        ("cat", "write a file to stdout"),
+        ("rm", "remove a file or empty directory"),
+        ("mkdir", "create a directory"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("remote", metavar="SERVER:/path")
         common(p)
@@ -96,7 +110,7 @@ def parse_remote(spec: str) -> tuple[str, str]:
         end = spec.find("]:")
         if end < 0:
             raise UserError(f"bad remote {spec!r}: expected [ADDRESS]:/path")
-        host, path = spec[1:end], spec[end + 2:]
+        host, path = spec[1:end], spec[end + 2 :]
     else:
         host, sep, path = spec.partition(":")
         if not sep:
@@ -128,8 +142,10 @@ class Progress:
         if self.total:
             frac = min(1.0, done / self.total)
             bar = "#" * int(frac * 24)
-            text = (f"\r{self.label} {frac * 100:3.0f}% [{bar:<24}] {human_size(done)}/"
-                    f"{human_size(self.total)} {human_size(rate)}/s")
+            text = (
+                f"\r{self.label} {frac * 100:3.0f}% [{bar:<24}] {human_size(done)}/"
+                f"{human_size(self.total)} {human_size(rate)}/s"
+            )
         else:
             text = f"\r{self.label} {human_size(done)} {human_size(rate)}/s"
         self.stream.write(text[:200] + "\033[K")
@@ -152,8 +168,10 @@ def _main(args: argparse.Namespace) -> int:
 
         parse_service_name(args.gss_target, "--target")
         if args.sec == "sys":
-            raise UserError("--target names the server's RPCSEC_GSS principal: use it with --sec "
-                            "auto, krb5, krb5i or krb5p")
+            raise UserError(
+                "--target names the server's RPCSEC_GSS principal: use it with --sec "
+                "auto, krb5, krb5i or krb5p"
+            )
     return asyncio.run(_guarded(args, host, path, _dispatch(args, host, path)))
 
 
@@ -168,8 +186,7 @@ async def _guarded(args: argparse.Namespace, host: str, path: str, coro: Awaitab
         raise UserError(explain(exc, host, args.port, path, args.sec, args.gss_target)) from exc
 
 
-def explain(exc: BaseException, host: str, port: int, path: str, sec: str,
-            target: str | None = None) -> str:
+def explain(exc: BaseException, host: str, port: int, path: str, sec: str, target: str | None = None) -> str:
     """One line for the user: what failed and how to fix it. ``target`` is the ``--target`` given
     (None: the default ``nfs@HOST``); a context that failed because of it says so."""
     from rpclatch.commands.common import TargetProblem, gss_target_problem
@@ -217,8 +234,10 @@ def explain(exc: BaseException, host: str, port: int, path: str, sec: str,
         op = f" in {exc.op.name}" if exc.op is not None else ""
         return f"{where}: server error {s.name}{op}"
     if isinstance(exc, GssError):
-        return (f"Kerberos failed for --sec {sec} ({exc}); get credentials with kinit "
-                "(or set KRB5CCNAME / KRB5_CLIENT_KTNAME) or use --sec sys")
+        return (
+            f"Kerberos failed for --sec {sec} ({exc}); get credentials with kinit "
+            "(or set KRB5CCNAME / KRB5_CLIENT_KTNAME) or use --sec sys"
+        )
     if isinstance(exc, RpcAuthError):
         hint = "; try --sec auto" if sec != "auto" else ""
         return f"{host}:{port} rejected our credentials ({exc}){hint}"
@@ -257,9 +276,15 @@ def connection_hook(sec: str) -> ConnectionSecurityHook:
 async def _with_client(args: argparse.Namespace, host: str, body: Callable[[Any], Awaitable[T]]) -> T:
     from rpclatch.nfs4.client import Nfs4Client
 
-    client = await Nfs4Client.connect(host, port=args.port, minorversion=args.minor, sec=args.sec,
-                                      gss_target=args.gss_target, timeout=args.timeout,
-                                      security_hook=connection_hook(args.sec))
+    client = await Nfs4Client.connect(
+        host,
+        port=args.port,
+        minorversion=args.minor,
+        sec=args.sec,
+        gss_target=args.gss_target,
+        timeout=args.timeout,
+        security_hook=connection_hook(args.sec),
+    )
     try:
         return await body(client)
     finally:
@@ -270,6 +295,7 @@ async def _dispatch(args: argparse.Namespace, host: str, path: str) -> int:
     cmd = args.nfs_command
     out = sys.stdout
     if cmd == "ls":
+
         async def ls(client: Any) -> int:
             info = await client.stat(path)
             if not info.is_dir:
@@ -278,34 +304,49 @@ async def _dispatch(args: argparse.Namespace, host: str, path: str) -> int:
             for e in sorted(await client.listdir(path), key=lambda e: e.name):
                 if e.info is None:
                     reason = e.error.name if e.error is not None else "no attributes"
-                    out.write(f"?????????? {'?':>3} {'?':<8} {'?':<8} {'?':>6} {'?':>12} {e.name}"
-                              f"  ({reason})\n")
+                    out.write(
+                        f"?????????? {'?':>3} {'?':<8} {'?':<8} {'?':>6} {'?':>12} {e.name}  ({reason})\n"
+                    )
                 else:
                     out.write(_ls_line(e.info, e.name) + "\n")
             return 0
+
         return await _with_client(args, host, ls)
     if cmd == "stat":
+
         async def st(client: Any) -> int:
             i = await client.stat(path)
-            rows = [("path", f"{host}:{path}"), ("type", i.type.name),
-                    ("size", f"{i.size} ({human_size(i.size)})"),
-                    ("mode", f"{i.mode:04o} ({mode_string(i.type, i.mode)})"), ("owner", i.owner),
-                    ("group", i.group), ("links", str(i.nlink)), ("fileid", str(i.fileid)),
-                    ("fsid", f"{i.fsid[0]}.{i.fsid[1]}"), ("change", str(i.change)),
-                    ("access", _when(i.atime)), ("modify", _when(i.mtime)), ("metadata", _when(i.ctime)),
-                    ("security", client.flavor.value if client.flavor else "?"),
-                    ("version", f"4.{client.minorversion}")]
+            rows = [
+                ("path", f"{host}:{path}"),
+                ("type", i.type.name),
+                ("size", f"{i.size} ({human_size(i.size)})"),
+                ("mode", f"{i.mode:04o} ({mode_string(i.type, i.mode)})"),
+                ("owner", i.owner),
+                ("group", i.group),
+                ("links", str(i.nlink)),
+                ("fileid", str(i.fileid)),
+                ("fsid", f"{i.fsid[0]}.{i.fsid[1]}"),
+                ("change", str(i.change)),
+                ("access", _when(i.atime)),
+                ("modify", _when(i.mtime)),
+                ("metadata", _when(i.ctime)),
+                ("security", client.flavor.value if client.flavor else "?"),
+                ("version", f"4.{client.minorversion}"),
+            ]
             for k, v in rows:
                 out.write(f"{k + ':':<10} {v}\n")
             return 0
+
         return await _with_client(args, host, st)
     if cmd == "cat":
+
         async def cat(client: Any) -> int:
             sink = sys.stdout.buffer
             async for chunk in client.read_file(path):
                 sink.write(chunk)
             sink.flush()
             return 0
+
         return await _with_client(args, host, cat)
     if cmd == "get":
         local = Path(args.local or (Path(path).name or "download"))
@@ -322,14 +363,18 @@ async def _dispatch(args: argparse.Namespace, host: str, path: str) -> int:
             remote += Path(args.local).name
         return await _with_client(args, host, lambda client: _put(client, remote, args.local))
     if cmd == "rm":
+
         async def rm(client: Any) -> int:
             await client.remove(path)
             return 0
+
         return await _with_client(args, host, rm)
     if cmd == "mkdir":
+
         async def mk(client: Any) -> int:
             await client.mkdir(path)
             return 0
+
         return await _with_client(args, host, mk)
     raise AssertionError(cmd)  # pragma: no cover - argparse restricts the choices
 
@@ -340,8 +385,10 @@ def _when(t: float) -> str:
 
 def _ls_line(info: Any, name: str) -> str:
     mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.mtime))
-    return (f"{mode_string(info.type, info.mode)} {info.nlink:>3} {info.owner[:16]:<8} "
-            f"{info.group[:16]:<8} {human_size(info.size):>6} {mtime} {name}")
+    return (
+        f"{mode_string(info.type, info.mode)} {info.nlink:>3} {info.owner[:16]:<8} "
+        f"{info.group[:16]:<8} {human_size(info.size):>6} {mtime} {name}"
+    )
 
 
 async def _get(client: Any, path: str, local: Path) -> int:

@@ -35,8 +35,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         try:
             realm.start()
         except RealmError as exc:
-            print(f"rpclatch: error: {exc} (are krb5-kdc and krb5-admin-server installed?)",
-                  file=sys.stderr)
+            print(f"rpclatch: error: {exc} (are krb5-kdc and krb5-admin-server installed?)", file=sys.stderr)
             return 1
         try:
             if not signals.stop_requested:
@@ -59,8 +58,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("realm", help="throwaway MIT Kerberos realm for RPCSEC_GSS")
     sub = parser.add_subparsers(dest="realm_command", metavar="SUBCOMMAND", required=True)
-    up = sub.add_parser("up", help="start a KDC with nfs/<host> and a user; print export lines; run "
-                                   "until Ctrl-C")
+    up = sub.add_parser(
+        "up", help="start a KDC with nfs/<host> and a user; print export lines; run until Ctrl-C"
+    )
     up.add_argument("--user", default="alice", help="user principal name (default alice)")
     up.add_argument("--password", default=None, help="its password (default: random, printed)")
     up.add_argument("--service", default="nfs", help="host-based service (default nfs -> nfs/<host>)")

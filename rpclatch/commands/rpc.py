@@ -53,8 +53,15 @@ DEFAULT_MAX_REQUESTS_PER_CONTEXT = 2**20
 
 ETC_RPC = Path("/etc/rpc")
 _BUILTIN_RPC_NAMES = {
-    "portmapper": 100000, "portmap": 100000, "rpcbind": 100000, "sunrpc": 100000,
-    "nfs": 100003, "mountd": 100005, "mount": 100005, "nlockmgr": 100021, "status": 100024,
+    "portmapper": 100000,
+    "portmap": 100000,
+    "rpcbind": 100000,
+    "sunrpc": 100000,
+    "nfs": 100003,
+    "mountd": 100005,
+    "mount": 100005,
+    "nlockmgr": 100021,
+    "status": 100024,
     "rpclatch_test": 0x20000A11,
 }
 
@@ -80,8 +87,13 @@ def read_rpc_names(path: Path = ETC_RPC) -> dict[str, int]:
 
 def program_names(path: Path = ETC_RPC) -> dict[int, str]:
     """program number -> its first name in /etc/rpc (a few built-in names if it is missing)."""
-    out: dict[int, str] = {100000: "portmapper", 100003: "nfs", 100005: "mountd",
-                           100021: "nlockmgr", 100024: "status"}
+    out: dict[int, str] = {
+        100000: "portmapper",
+        100003: "nfs",
+        100005: "mountd",
+        100021: "nlockmgr",
+        100024: "status",
+    }
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -139,8 +151,14 @@ def _positive(text: str) -> float:
     return v
 
 
-def describe_error(host: str, exc: BaseException, prog: int | None = None, vers: int | None = None,
-                   port: int | None = None, timeout: float | None = None) -> str:
+def describe_error(
+    host: str,
+    exc: BaseException,
+    prog: int | None = None,
+    vers: int | None = None,
+    port: int | None = None,
+    timeout: float | None = None,
+) -> str:
     """One line for a failed RPC operation against ``host``."""
     from rpclatch.rpc.errors import (
         RpcAcceptError,
@@ -169,7 +187,8 @@ def describe_error(host: str, exc: BaseException, prog: int | None = None, vers:
         limit = f" within {timeout:g} s" if timeout is not None else ""
         return f"{host}: no reply{limit} (host down, firewalled, or service not running?)"
     if isinstance(exc, ConnectionRefusedError) or (
-            isinstance(exc, RpcConnectionClosed) and "refused" in str(exc)):
+        isinstance(exc, RpcConnectionClosed) and "refused" in str(exc)
+    ):
         at = f" on port {port}" if port is not None else ""
         return f"{host}: connection refused{at} (is the service running?)"
     if isinstance(exc, socket.gaierror):
@@ -191,25 +210,32 @@ def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
 # -- ping ------------------------------------------------------------------------------------
 
 
-async def _connect(host: str, port: int, udp: bool, auth: Any, timeout: float,
-                   ) -> RpcStreamClient | RpcUdpClient:
+async def _connect(
+    host: str,
+    port: int,
+    udp: bool,
+    auth: Any,
+    timeout: float,
+) -> RpcStreamClient | RpcUdpClient:
     from rpclatch.rpc.aio import RpcStreamClient, RpcUdpClient
 
     if udp:
-        return await RpcUdpClient.connect(host, port, auth=auth, timeout=timeout,
-                                          retransmit_initial=min(0.5, timeout / 4))
-    return await RpcStreamClient.connect_tcp(host, port, auth=auth, timeout=timeout,
-                                             connect_timeout=timeout)
+        return await RpcUdpClient.connect(
+            host, port, auth=auth, timeout=timeout, retransmit_initial=min(0.5, timeout / 4)
+        )
+    return await RpcStreamClient.connect_tcp(host, port, auth=auth, timeout=timeout, connect_timeout=timeout)
 
 
-async def _lookup_port(host: str, prog: int, vers: int | None, udp: bool, timeout: float,
-                       rpcbind_port: int) -> int:
+async def _lookup_port(
+    host: str, prog: int, vers: int | None, udp: bool, timeout: float, rpcbind_port: int
+) -> int:
     """The port of ``prog``/``vers`` from HOST's portmapper (any version's port when None)."""
     from rpclatch.rpc.rpcbind import IPPROTO_TCP, IPPROTO_UDP, PMAP_PORT, RpcbindClient
 
     try:
-        rpcb = await RpcbindClient.connect(host, transport="udp" if udp else "tcp", port=rpcbind_port,
-                                           timeout=timeout)
+        rpcb = await RpcbindClient.connect(
+            host, transport="udp" if udp else "tcp", port=rpcbind_port, timeout=timeout
+        )
     except (OSError, TimeoutError) as exc:
         line = describe_error(host, exc, port=rpcbind_port, timeout=timeout)
         line = line.replace("(is the service running?)", "(is rpcbind running? use --port)")
@@ -228,8 +254,10 @@ async def _lookup_port(host: str, prog: int, vers: int | None, udp: bool, timeou
         await rpcb.close()
     if port == 0:
         which = f"program {prog}" + (f" version {vers}" if vers is not None else "")
-        raise CommandFailed(f"{host}: {which} is not registered with rpcbind "
-                            f"for {'udp' if udp else 'tcp'} (use --port to call it directly)")
+        raise CommandFailed(
+            f"{host}: {which} is not registered with rpcbind "
+            f"for {'udp' if udp else 'tcp'} (use --port to call it directly)"
+        )
     return port
 
 
@@ -243,15 +271,19 @@ async def _ping(args: argparse.Namespace) -> int:
     if args.target is not None:
         options["target"] = _gss_only(args.target, "--target", [args.sec])
     auth = client_auth_for_sec(args.sec, **options)
-    port = args.port if args.port is not None else await _lookup_port(
-        host, prog, args.vers, udp, timeout, _rpcbind_port(args.rpcbind_port))
+    port = (
+        args.port
+        if args.port is not None
+        else await _lookup_port(host, prog, args.vers, udp, timeout, _rpcbind_port(args.rpcbind_port))
+    )
     try:
         client = await _connect(host, port, udp, auth, timeout)
     except (OSError, TimeoutError) as exc:
         raise CommandFailed(describe_error(host, exc, prog, args.vers, port, timeout)) from exc
     try:
-        await _establish_gss(auth, client, host, prog, args.vers if args.vers is not None else 1, timeout,
-                             args.target)
+        await _establish_gss(
+            auth, client, host, prog, args.vers if args.vers is not None else 1, timeout, args.target
+        )
         if args.vers is not None:
             try:
                 await client.call(prog, args.vers, 0, b"")
@@ -277,16 +309,25 @@ async def _ping(args: argparse.Namespace) -> int:
                 print(f"program {prog} version {vers} ready and waiting")
             except Exception as exc:
                 failed += 1
-                print(f"rpclatch: error: {describe_error(host, exc, prog, vers, port, timeout)}",
-                      file=sys.stderr)
+                print(
+                    f"rpclatch: error: {describe_error(host, exc, prog, vers, port, timeout)}",
+                    file=sys.stderr,
+                )
         return 1 if failed else 0
     finally:
         await _destroy_gss(auth, client, prog, args.vers if args.vers is not None else 1)
         await client.close()
 
 
-async def _establish_gss(auth: Any, client: RpcStreamClient | RpcUdpClient, host: str, prog: int,
-                         vers: int, timeout: float, target: str | None) -> None:
+async def _establish_gss(
+    auth: Any,
+    client: RpcStreamClient | RpcUdpClient,
+    host: str,
+    prog: int,
+    vers: int,
+    timeout: float,
+    target: str | None,
+) -> None:
     """RPCSEC_GSS (``--sec krb5*``) needs a context before the first call (RFC 2203 §5.2)."""
     from rpclatch.gss.client import GssClientAuth, rpc_call_via
     from rpclatch.gss.errors import RpcGssError
@@ -313,13 +354,16 @@ def gss_failure(host: str, exc: BaseException, target: str, explicit_target: boo
     if problem is TargetProblem.UNKNOWN_TO_KDC:
         return f"{host}: the KDC knows no service principal for {target} ({fix})"
     if problem is TargetProblem.NOT_THE_SERVERS:
-        return (f"{host}: the server does not accept {target}: it serves under another principal "
-                f"({fix})")
+        return f"{host}: the server does not accept {target}: it serves under another principal ({fix})"
     if isinstance(exc, ContextInitFailed):
-        return (f"{host}: the server refused the RPCSEC_GSS context for {target}: {exc} "
-                f"(is {target} its principal? {fix})")
-    return (f"{host}: RPCSEC_GSS context creation failed: {exc} (kinit first, or "
-            "export the realm's KRB5_CONFIG and KRB5CCNAME)")
+        return (
+            f"{host}: the server refused the RPCSEC_GSS context for {target}: {exc} "
+            f"(is {target} its principal? {fix})"
+        )
+    return (
+        f"{host}: RPCSEC_GSS context creation failed: {exc} (kinit first, or "
+        "export the realm's KRB5_CONFIG and KRB5CCNAME)"
+    )
 
 
 async def _destroy_gss(auth: Any, client: RpcStreamClient | RpcUdpClient, prog: int, vers: int) -> None:
@@ -352,8 +396,9 @@ async def _dump(args: argparse.Namespace) -> int:
     host = args.host
     port = _rpcbind_port(args.port)
     try:
-        rpcb = await RpcbindClient.connect(host, transport="udp" if args.udp else "tcp",
-                                           port=port, timeout=args.timeout)
+        rpcb = await RpcbindClient.connect(
+            host, transport="udp" if args.udp else "tcp", port=port, timeout=args.timeout
+        )
     except (OSError, TimeoutError) as exc:
         line = describe_error(host, exc, port=port, timeout=args.timeout)
         raise CommandFailed(line.replace("(is the service running?)", "(is rpcbind running?)")) from exc
@@ -394,8 +439,10 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     if args.max_requests_per_context < 0:
         from rpclatch.cli import UserError
 
-        raise UserError(f"--max-requests-per-context {args.max_requests_per_context}: give a count "
-                        "of requests, or 0 for no cap")
+        raise UserError(
+            f"--max-requests-per-context {args.max_requests_per_context}: give a count "
+            "of requests, or 0 for no cap"
+        )
     options["max_requests_per_context"] = args.max_requests_per_context or None
     gss_names = _gss_sec_names()
     gss_services = [Service.from_sec_name(name) for name in sec if name in gss_names]
@@ -403,8 +450,12 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
         options["min_service"] = min(gss_services)
     dispatcher = RpcDispatcher(server_auths_for_sec(sec, **options))
     add_test_program(dispatcher)
-    server = RpcServer(dispatcher, max_connections=args.max_connections, idle_timeout=args.idle_timeout,
-                       write_timeout=args.write_timeout)
+    server = RpcServer(
+        dispatcher,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        write_timeout=args.write_timeout,
+    )
     tcp_port = udp_port = None
     try:
         if tcp:
@@ -427,17 +478,27 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     try:
         if args.register:
             try:
-                await rpcbind.register(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, tcp_port=tcp_port,
-                                       udp_port=udp_port, host=args.host, path=rpcbind_path)
+                await rpcbind.register(
+                    RPCLATCH_TEST_PROG,
+                    RPCLATCH_TEST_VERS,
+                    tcp_port=tcp_port,
+                    udp_port=udp_port,
+                    host=args.host,
+                    path=rpcbind_path,
+                )
                 registered = True
             except Exception as exc:
                 why = describe_error("rpcbind", exc).replace("(is the service running?)", "(is it running?)")
-                raise CommandFailed(f"cannot register with the local rpcbind ({rpcbind_path}): "
-                                    f"{why}") from exc
+                raise CommandFailed(
+                    f"cannot register with the local rpcbind ({rpcbind_path}): {why}"
+                ) from exc
         listeners = (("tcp", tcp_port), ("udp", udp_port))
         where = ", ".join(f"{name} {args.host}:{port}" for name, port in listeners if port is not None)
-        print(f"serving program {RPCLATCH_TEST_PROG} version {RPCLATCH_TEST_VERS} on {where}"
-              f"{' (registered with rpcbind)' if registered else ''}; Ctrl-C stops", flush=True)
+        print(
+            f"serving program {RPCLATCH_TEST_PROG} version {RPCLATCH_TEST_VERS} on {where}"
+            f"{' (registered with rpcbind)' if registered else ''}; Ctrl-C stops",
+            flush=True,
+        )
         await stop.wait()
     finally:
         # Signals that come now are absorbed by StopSignals: the cleanup always runs to its end.
@@ -470,8 +531,7 @@ def _gss_only(value: str, option: str, sec: list[str]) -> str:
     name = parse_service_name(value, option)
     gss_names = _gss_sec_names()
     if not any(s in gss_names for s in sec):
-        raise UserError(f"{option} names an RPCSEC_GSS principal: use it with --sec krb5, krb5i or "
-                        "krb5p")
+        raise UserError(f"{option} names an RPCSEC_GSS principal: use it with --sec krb5, krb5i or krb5p")
     return name
 
 
@@ -517,20 +577,32 @@ def register(subparsers: Any) -> None:
     ping = sub.add_parser("ping", help="call procedure 0 of PROG/VERS on HOST (like rpcinfo -t/-u)")
     ping.add_argument("host", metavar="HOST")
     ping.add_argument("prog", metavar="PROG", help="program number or /etc/rpc name (e.g. nfs)")
-    ping.add_argument("vers", metavar="VERS", nargs="?", type=_uint,
-                      help="version (default: every version the server has)")
+    ping.add_argument(
+        "vers", metavar="VERS", nargs="?", type=_uint, help="version (default: every version the server has)"
+    )
     ping.add_argument("--udp", action="store_true", help="use UDP (default TCP)")
     ping.add_argument("--tcp", action="store_false", dest="udp", help="use TCP (the default)")
     ping.add_argument("--port", type=_port, help="call this port instead of asking rpcbind")
-    ping.add_argument("--rpcbind-port", type=_port, metavar="N",
-                      help="HOST's rpcbind port for the lookup (default $RPCLATCH_RPCBIND_PORT or 111)")
+    ping.add_argument(
+        "--rpcbind-port",
+        type=_port,
+        metavar="N",
+        help="HOST's rpcbind port for the lookup (default $RPCLATCH_RPCBIND_PORT or 111)",
+    )
     ping.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default 5)")
-    ping.add_argument("--sec", default="none", metavar="FLAVOR",
-                      help="security flavor: none (default), sys, krb5, krb5i, krb5p (RPCSEC_GSS; "
-                      "needs Kerberos credentials, e.g. from `rpclatch realm up`)")
-    ping.add_argument("--target", metavar="SERVICE@HOST",
-                      help="the server's RPCSEC_GSS name for --sec krb5* (default nfs@HOST; "
-                      "e.g. the --principal of `rpclatch rpc serve`)")
+    ping.add_argument(
+        "--sec",
+        default="none",
+        metavar="FLAVOR",
+        help="security flavor: none (default), sys, krb5, krb5i, krb5p (RPCSEC_GSS; "
+        "needs Kerberos credentials, e.g. from `rpclatch realm up`)",
+    )
+    ping.add_argument(
+        "--target",
+        metavar="SERVICE@HOST",
+        help="the server's RPCSEC_GSS name for --sec krb5* (default nfs@HOST; "
+        "e.g. the --principal of `rpclatch rpc serve`)",
+    )
     ping.set_defaults(func=cmd_ping)
 
     serve = sub.add_parser("serve", help="serve the rpclatch test program (0x20000A11 v1)")
@@ -538,33 +610,54 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--port", type=_port, default=0, help="port (default: any free port)")
     serve.add_argument("--tcp", action="store_true", help="serve TCP (default: TCP and UDP)")
     serve.add_argument("--udp", action="store_true", help="serve UDP (default: TCP and UDP)")
-    serve.add_argument("--register", action="store_true",
-                       help="register with the local rpcbind (unregistered on exit)")
-    serve.add_argument("--rpcbind-socket", metavar="PATH",
-                       help="the local rpcbind's unix socket for --register (default "
-                       "$RPCLATCH_RPCBIND_SOCKET or /run/rpcbind.sock)")
-    serve.add_argument("--sec", action="append", metavar="FLAVOR",
-                       help="accept this security flavor (repeatable; default none and sys; krb5, "
-                       "krb5i, krb5p accept RPCSEC_GSS with the nfs/<host> key from KRB5_KTNAME)")
-    serve.add_argument("--principal", metavar="SERVICE@HOST",
-                       help="RPCSEC_GSS acceptor name for --sec krb5* (default nfs@<this host's "
-                       "FQDN>; its key must be in KRB5_KTNAME)")
-    serve.add_argument("--max-requests-per-context", type=int, metavar="N",
-                       default=DEFAULT_MAX_REQUESTS_PER_CONTEXT,
-                       help="RPCSEC_GSS requests one context may make before the client must "
-                       "refresh it (RFC 5403 §9 (a): bounds MIC-forging tries against "
-                       f"BIND_CHANNEL; default {DEFAULT_MAX_REQUESTS_PER_CONTEXT}, 0 = no cap)")
+    serve.add_argument(
+        "--register", action="store_true", help="register with the local rpcbind (unregistered on exit)"
+    )
+    serve.add_argument(
+        "--rpcbind-socket",
+        metavar="PATH",
+        help="the local rpcbind's unix socket for --register (default "
+        "$RPCLATCH_RPCBIND_SOCKET or /run/rpcbind.sock)",
+    )
+    serve.add_argument(
+        "--sec",
+        action="append",
+        metavar="FLAVOR",
+        help="accept this security flavor (repeatable; default none and sys; krb5, "
+        "krb5i, krb5p accept RPCSEC_GSS with the nfs/<host> key from KRB5_KTNAME)",
+    )
+    serve.add_argument(
+        "--principal",
+        metavar="SERVICE@HOST",
+        help="RPCSEC_GSS acceptor name for --sec krb5* (default nfs@<this host's "
+        "FQDN>; its key must be in KRB5_KTNAME)",
+    )
+    serve.add_argument(
+        "--max-requests-per-context",
+        type=int,
+        metavar="N",
+        default=DEFAULT_MAX_REQUESTS_PER_CONTEXT,
+        help="RPCSEC_GSS requests one context may make before the client must "
+        "refresh it (RFC 5403 §9 (a): bounds MIC-forging tries against "
+        f"BIND_CHANNEL; default {DEFAULT_MAX_REQUESTS_PER_CONTEXT}, 0 = no cap)",
+    )
     serve.add_argument("--max-connections", type=int, default=1024, help=argparse.SUPPRESS)
     serve.add_argument("--idle-timeout", type=_positive, default=300.0, help=argparse.SUPPRESS)
-    serve.add_argument("--write-timeout", type=_positive, default=30.0, metavar="SECONDS",
-                       help="abort a connection whose peer takes no reply bytes for this long "
-                       "(a client that stops reading must not pin its replies; default 30)")
+    serve.add_argument(
+        "--write-timeout",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="abort a connection whose peer takes no reply bytes for this long "
+        "(a client that stops reading must not pin its replies; default 30)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     dump = sub.add_parser("dump", help="list HOST's rpcbind registrations (like rpcinfo -p)")
     dump.add_argument("host", metavar="HOST")
     dump.add_argument("--udp", action="store_true", help="ask over UDP (default TCP)")
-    dump.add_argument("--port", "--rpcbind-port", type=_port, help="rpcbind port (default "
-                      "$RPCLATCH_RPCBIND_PORT or 111)")
+    dump.add_argument(
+        "--port", "--rpcbind-port", type=_port, help="rpcbind port (default $RPCLATCH_RPCBIND_PORT or 111)"
+    )
     dump.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default 5)")
     dump.set_defaults(func=cmd_dump)

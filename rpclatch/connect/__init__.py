@@ -38,7 +38,21 @@ from rpclatch.connect.world import (
 )
 
 __all__ = [
-    "POLICY", "BindOutcome", "BindingRequired", "BreakDisposition", "ConnectError", "ConnectPolicy",
-    "ConnectionReset", "Decision", "GssService", "LatchOutcome", "LatchView", "ProtectedConnection",
-    "Protection", "ProtectionFailed", "SecurityRecord", "classify_latch", "decide",
+    "POLICY",
+    "BindOutcome",
+    "BindingRequired",
+    "BreakDisposition",
+    "ConnectError",
+    "ConnectPolicy",
+    "ConnectionReset",
+    "Decision",
+    "GssService",
+    "LatchOutcome",
+    "LatchView",
+    "ProtectedConnection",
+    "Protection",
+    "ProtectionFailed",
+    "SecurityRecord",
+    "classify_latch",
+    "decide",
 ]

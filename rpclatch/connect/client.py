@@ -75,8 +75,13 @@ class ProtectedConnection:
     context, new BIND_CHANNEL) before the next call.
     """
 
-    def __init__(self, world: ClientWorld, gss: GssConnector, policy: ConnectPolicy | None = None,
-                 observer: PolicyObserver | None = None) -> None:
+    def __init__(
+        self,
+        world: ClientWorld,
+        gss: GssConnector,
+        policy: ConnectPolicy | None = None,
+        observer: PolicyObserver | None = None,
+    ) -> None:
         self.world = world
         self.gss = gss
         self.policy = policy or ConnectPolicy()
@@ -133,30 +138,47 @@ class ProtectedConnection:
         link: RpcLink | None = None
         protection_error: str | None = None
         if pol.try_ipsec:
-            self._note("policy", f"request IPsec for port {pol.port} (BTNS {'ok' if pol.btns_ok else 'no'}, "
-                                 f"IKE timeout {pol.ike_timeout:g}s)")
+            self._note(
+                "policy",
+                f"request IPsec for port {pol.port} (BTNS {'ok' if pol.btns_ok else 'no'}, "
+                f"IKE timeout {pol.ike_timeout:g}s)",
+            )
             try:
-                link = await self.world.open(pol.port, protect=True, btns_ok=pol.btns_ok,
-                                             ike_timeout=pol.ike_timeout,
-                                             wait_on_break=pol.on_break is BreakDisposition.WAIT)
+                link = await self.world.open(
+                    pol.port,
+                    protect=True,
+                    btns_ok=pol.btns_ok,
+                    ike_timeout=pol.ike_timeout,
+                    wait_on_break=pol.on_break is BreakDisposition.WAIT,
+                )
             except ProtectionFailed as exc:
                 protection_error = str(exc)
                 self._note("policy", f"protection failed ({exc}); reconnecting without IPsec (BYPASS clone)")
         if link is None:
-            link = await self.world.open(pol.port, protect=False, btns_ok=pol.btns_ok,
-                                         ike_timeout=pol.ike_timeout)
+            link = await self.world.open(
+                pol.port, protect=False, btns_ok=pol.btns_ok, ike_timeout=pol.ike_timeout
+            )
         self._link = link
         latch_outcome = classify_latch(link.latch)
         if link.latch is not None:
-            self._note("policy", f"latched to {link.latch.peer} ({link.latch.qop})"
-                       + (f"; no binding data: {link.latch.binding_unavailable}"
-                          if link.latch.binding_unavailable else ""))
+            self._note(
+                "policy",
+                f"latched to {link.latch.peer} ({link.latch.qop})"
+                + (
+                    f"; no binding data: {link.latch.binding_unavailable}"
+                    if link.latch.binding_unavailable
+                    else ""
+                ),
+            )
         try:
             ctx = await self.gss.establish(link, want_v2=should_bind(latch_outcome))
             ctx, bind, bind_detail, decision, warnings = await self._bind(link, ctx, latch_outcome)
             if pol.require_binding and bind is not BindOutcome.BOUND:
-                raise BindingRequired("policy requires a bound channel but: "
-                                      + (f"{bind_detail}; " if bind_detail else "") + decision.reason)
+                raise BindingRequired(
+                    "policy requires a bound channel but: "
+                    + (f"{bind_detail}; " if bind_detail else "")
+                    + decision.reason
+                )
         except BaseException:
             link.close()
             self._link = None
@@ -167,12 +189,22 @@ class ProtectedConnection:
         self._auth_conn = link.conn_id
         self._refreshes_seen = ctx.refreshes
         record = SecurityRecord(
-            conn_id=link.conn_id, generation=self._generation, five_tuple=link.five_tuple,
-            latched=link.latch is not None, latch_state=link.latch_state(),
-            peer=link.latch.peer if link.latch else None, qop=link.latch.qop if link.latch else None,
-            latch_outcome=latch_outcome, bind_outcome=bind, bound=bind is BindOutcome.BOUND,
-            gss_service=service, gss_version=ctx.version, reason=decision.reason, warnings=warnings,
-            protection_error=protection_error, bind_detail=bind_detail,
+            conn_id=link.conn_id,
+            generation=self._generation,
+            five_tuple=link.five_tuple,
+            latched=link.latch is not None,
+            latch_state=link.latch_state(),
+            peer=link.latch.peer if link.latch else None,
+            qop=link.latch.qop if link.latch else None,
+            latch_outcome=latch_outcome,
+            bind_outcome=bind,
+            bound=bind is BindOutcome.BOUND,
+            gss_service=service,
+            gss_version=ctx.version,
+            reason=decision.reason,
+            warnings=warnings,
+            protection_error=protection_error,
+            bind_detail=bind_detail,
         )
         self._security = record
         self.history.append(record)
@@ -203,10 +235,13 @@ class ProtectedConnection:
         decision = decide(latch_outcome, bind)
         warnings: tuple[str, ...] = ()
         if decision.warn or (rebinding and bind is not BindOutcome.BOUND):
-            text = (f"SECURITY WARNING: {bind.value} on {link.five_tuple} (latched peer "
-                    f"{link.latch.peer if link.latch else '-'})"
-                    + (" re-binding a refreshed RPCSEC_GSS context" if rebinding else "")
-                    + (f": {bind_detail}" if bind_detail else "") + f"; {decision.reason}")
+            text = (
+                f"SECURITY WARNING: {bind.value} on {link.five_tuple} (latched peer "
+                f"{link.latch.peer if link.latch else '-'})"
+                + (" re-binding a refreshed RPCSEC_GSS context" if rebinding else "")
+                + (f": {bind_detail}" if bind_detail else "")
+                + f"; {decision.reason}"
+            )
             self._note("warning", text)
             warnings = (text,)
         if decision.destroy_context:
@@ -228,18 +263,30 @@ class ProtectedConnection:
         self._broken = reason
         reset = self.policy.on_break is BreakDisposition.RESET
         if reset:
-            self._security = replace(self._security, latch_state=LatchState.BROKEN, latched=False,
-                                     bound=False, reason=f"latch BROKEN ({reason}); connection reset")
+            self._security = replace(
+                self._security,
+                latch_state=LatchState.BROKEN,
+                latched=False,
+                bound=False,
+                reason=f"latch BROKEN ({reason}); connection reset",
+            )
         else:
             # (a) wait: the transport holds output and drops input until the latch is ESTABLISHED
             # again; the binding does not survive the break (RFC 5403 §3.4), so GSS protection
             # takes over on this connection.
-            self._security = replace(self._security, latch_state=LatchState.BROKEN, bound=False,
-                                     gss_service=GssService(self.policy.protection.value),
-                                     reason=f"latch BROKEN ({reason}); waiting for it, binding dropped")
+            self._security = replace(
+                self._security,
+                latch_state=LatchState.BROKEN,
+                bound=False,
+                gss_service=GssService(self.policy.protection.value),
+                reason=f"latch BROKEN ({reason}); waiting for it, binding dropped",
+            )
         self.history.append(self._security)
-        self._note("warning", f"latch on {link.five_tuple} BROKEN: {reason}; "
-                              f"{'resetting the connection' if reset else 'waiting (RFC 5660 §5.5 (a))'}")
+        self._note(
+            "warning",
+            f"latch on {link.five_tuple} BROKEN: {reason}; "
+            f"{'resetting the connection' if reset else 'waiting (RFC 5660 §5.5 (a))'}",
+        )
         if reset:
             self._auth = None  # the bound handle dies with this connection
             link.reset(f"latch broken: {reason}")
@@ -264,17 +311,24 @@ class ProtectedConnection:
         if self._auth_conn != link.conn_id:  # pragma: no cover - structural guarantee
             raise ConnectError("refusing to use a context on a connection it was not made on")
         state = link.latch_state()
-        if (self.security.gss_service is GssService.CHANNEL_PROT and state is not LatchState.ESTABLISHED
-                and self.policy.on_break is BreakDisposition.RESET):
+        if (
+            self.security.gss_service is GssService.CHANNEL_PROT
+            and state is not LatchState.ESTABLISHED
+            and self.policy.on_break is BreakDisposition.RESET
+        ):
             # RFC 5403 §3.4: channel_prot only while the channel exists; never send unprotected
             self._latch_broken(f"latch is {latch_state_name(state)}", link)
             await self._reconnect()
             link, auth = self._link, self._auth
             assert link is not None and auth is not None
         if self.security.latch_state is LatchState.BROKEN and link.latch_state() is LatchState.ESTABLISHED:
-            self._security = replace(self.security, latch_state=LatchState.ESTABLISHED, latched=True,
-                                     reason="latch ESTABLISHED again after a break; the binding is gone: "
-                                            f"{self.security.gss_service.value} on this connection")
+            self._security = replace(
+                self.security,
+                latch_state=LatchState.ESTABLISHED,
+                latched=True,
+                reason="latch ESTABLISHED again after a break; the binding is gone: "
+                f"{self.security.gss_service.value} on this connection",
+            )
             self.history.append(self._security)
         ctx = self._ctx
         assert ctx is not None
@@ -305,13 +359,17 @@ class ProtectedConnection:
         :class:`BindingRequired`. Records are appended to :attr:`history` only when they change."""
         rec = self.security
         if ctx.refreshes != self._refreshes_seen:
-            self._note("policy", f"RPCSEC_GSS context refreshed on {link.five_tuple} (the server no longer "
-                                 "accepted it: CREDPROBLEM / CTXPROBLEM, RFC 2203 §5.3.3.3)")
+            self._note(
+                "policy",
+                f"RPCSEC_GSS context refreshed on {link.five_tuple} (the server no longer "
+                "accepted it: CREDPROBLEM / CTXPROBLEM, RFC 2203 §5.3.3.3)",
+            )
         self._refreshes_seen = ctx.refreshes
         if rec.bound and not ctx.bound:
             try:
                 new_ctx, bind, detail, decision, warnings = await self._bind(
-                    link, ctx, rec.latch_outcome, rebinding=True)
+                    link, ctx, rec.latch_outcome, rebinding=True
+                )
             except BaseException:
                 self._auth = None
                 link.close()
@@ -320,16 +378,28 @@ class ProtectedConnection:
             if new_ctx is not ctx:
                 self._ctx = ctx = new_ctx
                 self._refreshes_seen = ctx.refreshes
-            reason = rec.reason if bind is BindOutcome.BOUND else (
-                f"re-binding the refreshed RPCSEC_GSS context failed ({bind.name}): {decision.reason}")
-            rec = replace(rec, bind_outcome=bind, bound=bind is BindOutcome.BOUND, gss_service=service,
-                          reason=reason, warnings=rec.warnings + warnings, bind_detail=detail)
+            reason = (
+                rec.reason
+                if bind is BindOutcome.BOUND
+                else (f"re-binding the refreshed RPCSEC_GSS context failed ({bind.name}): {decision.reason}")
+            )
+            rec = replace(
+                rec,
+                bind_outcome=bind,
+                bound=bind is BindOutcome.BOUND,
+                gss_service=service,
+                reason=reason,
+                warnings=rec.warnings + warnings,
+                bind_detail=detail,
+            )
             if self.policy.require_binding and bind is not BindOutcome.BOUND:
                 self._auth = None
                 self._record(replace(rec, gss_version=ctx.version))
                 link.close()
-                raise BindingRequired("policy requires a bound channel but re-binding the refreshed context "
-                                      f"failed: {f'{detail}; ' if detail else ''}{decision.reason}")
+                raise BindingRequired(
+                    "policy requires a bound channel but re-binding the refreshed context "
+                    f"failed: {f'{detail}; ' if detail else ''}{decision.reason}"
+                )
             self._auth = ctx.auth(service)
         self._record(replace(rec, gss_version=ctx.version))
 

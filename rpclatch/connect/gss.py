@@ -34,18 +34,18 @@ _R = BindFailureReason
 #: context destroyed). One entry per reason (a missing one is an internal error, see the tests).
 BIND_OUTCOMES: Mapping[BindFailureReason, BindOutcome] = {
     _R.MIC_MISMATCH: BindOutcome.MISMATCH,
-    _R.TAMPERED_NEGOTIATION: BindOutcome.MISMATCH,        # prefix/OID rewritten in transit
-    _R.NEGOTIATION_LOOP: BindOutcome.MISMATCH,            # contradictory answers
-    _R.UNVERIFIABLE_REPLY: BindOutcome.MISMATCH,          # nothing proves the server said it
-    _R.SERVER_REFUSED: BindOutcome.MISMATCH,              # a v2 target MUST support BIND_CHANNEL
+    _R.TAMPERED_NEGOTIATION: BindOutcome.MISMATCH,  # prefix/OID rewritten in transit
+    _R.NEGOTIATION_LOOP: BindOutcome.MISMATCH,  # contradictory answers
+    _R.UNVERIFIABLE_REPLY: BindOutcome.MISMATCH,  # nothing proves the server said it
+    _R.SERVER_REFUSED: BindOutcome.MISMATCH,  # a v2 target MUST support BIND_CHANNEL
     _R.V1_FALLBACK_ON_BINDABLE_CHANNEL: BindOutcome.MISMATCH,  # MSG_DENIED to the v2 INIT: forgeable
-    _R.CHANNEL_DOWN: BindOutcome.MISMATCH,                # the channel went away under us
-    _R.CONTEXT_REPLACED: BindOutcome.MISMATCH,            # do not trust a half-made binding
-    _R.SERVER_HAS_NO_CHANNEL: BindOutcome.UNSUPPORTED,    # authenticated PREF_NOTSUPP, empty list
-    _R.NO_COMMON_PREFIX: BindOutcome.UNSUPPORTED,         # authenticated PREF_NOTSUPP
-    _R.NO_COMMON_HASH: BindOutcome.UNSUPPORTED,           # authenticated HASH_NOTSUPP
-    _R.NO_REQUESTED_PREFIX: BindOutcome.UNSUPPORTED,      # local configuration
-    _R.V1_ONLY: BindOutcome.UNSUPPORTED,                  # local version policy
+    _R.CHANNEL_DOWN: BindOutcome.MISMATCH,  # the channel went away under us
+    _R.CONTEXT_REPLACED: BindOutcome.MISMATCH,  # do not trust a half-made binding
+    _R.SERVER_HAS_NO_CHANNEL: BindOutcome.UNSUPPORTED,  # authenticated PREF_NOTSUPP, empty list
+    _R.NO_COMMON_PREFIX: BindOutcome.UNSUPPORTED,  # authenticated PREF_NOTSUPP
+    _R.NO_COMMON_HASH: BindOutcome.UNSUPPORTED,  # authenticated HASH_NOTSUPP
+    _R.NO_REQUESTED_PREFIX: BindOutcome.UNSUPPORTED,  # local configuration
+    _R.V1_ONLY: BindOutcome.UNSUPPORTED,  # local version policy
 }
 
 
@@ -127,8 +127,14 @@ class RpcsecGssConnector:
     """Creates contexts for ``target`` (``nfs@server``) with ``provider`` (the user's credentials),
     for calls to ``prog``/``vers``, asking for ``protection`` when unbound."""
 
-    def __init__(self, provider: Provider, target: str, prog: int, vers: int,
-                 protection: Protection = Protection.PRIVACY) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        target: str,
+        prog: int,
+        vers: int,
+        protection: Protection = Protection.PRIVACY,
+    ) -> None:
         self.provider = provider
         self.target = target
         self.prog = prog
@@ -136,8 +142,9 @@ class RpcsecGssConnector:
         self.protection = protection
 
     async def establish(self, link: RpcLink, *, want_v2: bool) -> RpcsecGssContext:
-        flavor = GssClientAuth(self.provider, self.target, service=self.protection.service,
-                               versions=VersionPolicy.PREFER_V2)
+        flavor = GssClientAuth(
+            self.provider, self.target, service=self.protection.service, versions=VersionPolicy.PREFER_V2
+        )
         ctx = RpcsecGssContext(flavor, link, self.prog, self.vers)
         await flavor.establish(ctx._rpc_call)
         return ctx

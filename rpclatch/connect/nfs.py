@@ -27,12 +27,15 @@ from rpclatch.connect.policy import BindOutcome, ConnectPolicy, GssService, Latc
 from rpclatch.nfs4.security import ConnectionSecurity, SecFlavor, default_connection_security
 
 #: why the protection request fails on real sockets in this release (name kept for callers)
-NO_KERNEL_BACKEND = ("no IKE key manager for real sockets in rpclatch (the Linux XFRM backend "
-                     "exists, but nothing negotiates SAs for it); IKE was not attempted, not latched")
+NO_KERNEL_BACKEND = (
+    "no IKE key manager for real sockets in rpclatch (the Linux XFRM backend "
+    "exists, but nothing negotiates SAs for it); IKE was not attempted, not latched"
+)
 
 
-async def connection_security(host: str, port: int, sec: str,
-                              policy: ConnectPolicy | None = None) -> ConnectionSecurity:
+async def connection_security(
+    host: str, port: int, sec: str, policy: ConnectPolicy | None = None
+) -> ConnectionSecurity:
     """The connection hook: for ``sec == "auto"`` apply the BYPASS-OR-PROTECT table, else pass."""
     if sec != "auto":
         return await default_connection_security(host, port, sec)
@@ -40,11 +43,18 @@ async def connection_security(host: str, port: int, sec: str,
     latch, bind = LatchOutcome.NOT_LATCHED, BindOutcome.NOT_ATTEMPTED
     decision = decide(latch, bind)
     service = decision.service_for(pol.protection)
-    allowed = ((SecFlavor.KRB5P, SecFlavor.KRB5I) if service is GssService.PRIVACY
-               else (SecFlavor.KRB5I, SecFlavor.KRB5P))
+    allowed = (
+        (SecFlavor.KRB5P, SecFlavor.KRB5I)
+        if service is GssService.PRIVACY
+        else (SecFlavor.KRB5I, SecFlavor.KRB5P)
+    )
     record = {
-        "peer": f"{host}:{port}", "latched": False, "latch_outcome": latch.name,
-        "bind_outcome": bind.name, "bound": False, "gss_service": service.value,
+        "peer": f"{host}:{port}",
+        "latched": False,
+        "latch_outcome": latch.name,
+        "bind_outcome": bind.name,
+        "bound": False,
+        "gss_service": service.value,
         "protection_error": NO_KERNEL_BACKEND if pol.try_ipsec else None,
         "reason": decision.reason,
     }

@@ -127,32 +127,71 @@ _FB = Fallback.CONFIGURED
 #: The policy. Keys: (latch outcome, BIND_CHANNEL outcome). A missing key is an internal error.
 POLICY: Mapping[tuple[LatchOutcome, BindOutcome], Decision] = {
     (LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.BOUND): Decision(
-        GssService.CHANNEL_PROT, GssService.CHANNEL_PROT, keep_latch=True, destroy_context=False,
-        warn=False, reason="latched and bound: channel_prot (the IPsec channel protects the calls)"),
+        GssService.CHANNEL_PROT,
+        GssService.CHANNEL_PROT,
+        keep_latch=True,
+        destroy_context=False,
+        warn=False,
+        reason="latched and bound: channel_prot (the IPsec channel protects the calls)",
+    ),
     (LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.BOUND): Decision(
-        GssService.CHANNEL_PROT, GssService.PRIVACY, keep_latch=True, destroy_context=False,
-        warn=False, reason="latched and bound, but the channel does not encrypt: privacy stays krb5p "
-                           "(RFC 5403 §7)"),
+        GssService.CHANNEL_PROT,
+        GssService.PRIVACY,
+        keep_latch=True,
+        destroy_context=False,
+        warn=False,
+        reason="latched and bound, but the channel does not encrypt: privacy stays krb5p (RFC 5403 §7)",
+    ),
     (LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.MISMATCH): Decision(
-        _FB, _FB, keep_latch=True, destroy_context=True, warn=True,
-        reason="BIND_CHANNEL failed (man in the middle?): context destroyed, fell back to GSS protection"),
+        _FB,
+        _FB,
+        keep_latch=True,
+        destroy_context=True,
+        warn=True,
+        reason="BIND_CHANNEL failed (man in the middle?): context destroyed, fell back to GSS protection",
+    ),
     (LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.MISMATCH): Decision(
-        _FB, _FB, keep_latch=True, destroy_context=True, warn=True,
-        reason="BIND_CHANNEL failed (man in the middle?): context destroyed, fell back to GSS protection"),
+        _FB,
+        _FB,
+        keep_latch=True,
+        destroy_context=True,
+        warn=True,
+        reason="BIND_CHANNEL failed (man in the middle?): context destroyed, fell back to GSS protection",
+    ),
     (LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.UNSUPPORTED): Decision(
-        _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
+        _FB,
+        _FB,
+        keep_latch=True,
+        destroy_context=False,
+        warn=False,
         reason="latched, but no binding with the server (no common prefix or hash, or no channel at "
-               "its end; or RPCSEC_GSS v1 by local choice): GSS protection over the latch"),
+        "its end; or RPCSEC_GSS v1 by local choice): GSS protection over the latch",
+    ),
     (LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.UNSUPPORTED): Decision(
-        _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
+        _FB,
+        _FB,
+        keep_latch=True,
+        destroy_context=False,
+        warn=False,
         reason="latched, but no binding with the server (no common prefix or hash, or no channel at "
-               "its end; or RPCSEC_GSS v1 by local choice): GSS protection over the latch"),
+        "its end; or RPCSEC_GSS v1 by local choice): GSS protection over the latch",
+    ),
     (LatchOutcome.LATCHED_NO_BINDING, BindOutcome.NOT_ATTEMPTED): Decision(
-        _FB, _FB, keep_latch=True, destroy_context=False, warn=False,
-        reason="latched to a peer without binding data (NULL auth): GSS protection over the latch"),
+        _FB,
+        _FB,
+        keep_latch=True,
+        destroy_context=False,
+        warn=False,
+        reason="latched to a peer without binding data (NULL auth): GSS protection over the latch",
+    ),
     (LatchOutcome.NOT_LATCHED, BindOutcome.NOT_ATTEMPTED): Decision(
-        _FB, _FB, keep_latch=False, destroy_context=False, warn=False,
-        reason="IPsec unavailable: BYPASS for this 5-tuple, GSS protection as configured"),
+        _FB,
+        _FB,
+        keep_latch=False,
+        destroy_context=False,
+        warn=False,
+        reason="IPsec unavailable: BYPASS for this 5-tuple, GSS protection as configured",
+    ),
 }
 
 
@@ -172,8 +211,8 @@ def should_bind(latch: LatchOutcome) -> bool:
 class BreakDisposition(StrEnum):
     """What the client does on ALERT BROKEN (RFC 5660 §5.5)."""
 
-    RESET = "reset"   # (b), the RECOMMENDED default for TCP: the RPC connection is reset
-    WAIT = "wait"     # (a): hold calls until the latch is ESTABLISHED again (timeouts still apply)
+    RESET = "reset"  # (b), the RECOMMENDED default for TCP: the RPC connection is reset
+    WAIT = "wait"  # (a): hold calls until the latch is ESTABLISHED again (timeouts still apply)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,11 +53,20 @@ class SecurityRecord:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (enums by name/value)."""
         return {
-            "conn_id": self.conn_id, "generation": self.generation, "five_tuple": self.five_tuple,
-            "latched": self.latched, "latch_state": latch_state_name(self.latch_state),
-            "peer": self.peer, "qop": self.qop,
-            "latch_outcome": self.latch_outcome.name, "bind_outcome": self.bind_outcome.name,
-            "bound": self.bound, "gss_service": self.gss_service.value, "gss_version": self.gss_version,
-            "reason": self.reason, "warnings": list(self.warnings),
-            "protection_error": self.protection_error, "bind_detail": self.bind_detail,
+            "conn_id": self.conn_id,
+            "generation": self.generation,
+            "five_tuple": self.five_tuple,
+            "latched": self.latched,
+            "latch_state": latch_state_name(self.latch_state),
+            "peer": self.peer,
+            "qop": self.qop,
+            "latch_outcome": self.latch_outcome.name,
+            "bind_outcome": self.bind_outcome.name,
+            "bound": self.bound,
+            "gss_service": self.gss_service.value,
+            "gss_version": self.gss_version,
+            "reason": self.reason,
+            "warnings": list(self.warnings),
+            "protection_error": self.protection_error,
+            "bind_detail": self.bind_detail,
         }

@@ -75,20 +75,27 @@ def latch_view(host: Host, conn: StreamConnection) -> LatchView | None:
     cl = conn.latch_info
     why_not = binding_unavailable_reason(params)
     if why_not is None and channel is None:
-        why_not = (cl.binding_unavailable if isinstance(cl, ConnLatch) and cl.binding_unavailable
-                   else "the stack offers no channel object for this latch")
+        why_not = (
+            cl.binding_unavailable
+            if isinstance(cl, ConnLatch) and cl.binding_unavailable
+            else "the stack offers no channel object for this latch"
+        )
     return LatchView(
-        state=LatchState.ESTABLISHED, peer=str(params.peer), qop=describe_qop(params),
+        state=LatchState.ESTABLISHED,
+        peer=str(params.peer),
+        qop=describe_qop(params),
         confidentiality=ProtectionType.CONFIDENTIALITY in params.protection,
-        channel=channel if why_not is None else None, binding_unavailable=why_not,
+        channel=channel if why_not is None else None,
+        binding_unavailable=why_not,
     )
 
 
 class SimLink:
     """One RPC connection in the sim (implements :class:`rpclatch.connect.world.RpcLink`)."""
 
-    def __init__(self, host: Host, conn: StreamConnection, client: SimRpcClient,
-                 latch: LatchView | None) -> None:
+    def __init__(
+        self, host: Host, conn: StreamConnection, client: SimRpcClient, latch: LatchView | None
+    ) -> None:
         self.host = host
         self.conn = conn
         self.client = client
@@ -127,9 +134,11 @@ class SimLink:
         if channel is not None:
             channel.on_break(lambda _ch: callback(self.last_alert_reason()))
         else:  # no channel object (NULL-auth latch): the stream's reset is the signal
+
             def ended(kind: StreamEventKind, reason: str) -> None:
                 if self.latch_state() in (LatchState.BROKEN, LatchState.CLOSED):
                     callback(self.last_alert_reason())
+
             self.client.on_end(ended)
 
     def reset(self, reason: str) -> None:
@@ -150,8 +159,16 @@ class SimClientWorld:
 
     name = "sim"
 
-    def __init__(self, world: World, host: Host, server_addr: str, *, rpc_timeout: float = 30.0,
-                 connect_timeout: float = 10.0, on_open: Callable[[SimLink], None] | None = None) -> None:
+    def __init__(
+        self,
+        world: World,
+        host: Host,
+        server_addr: str,
+        *,
+        rpc_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        on_open: Callable[[SimLink], None] | None = None,
+    ) -> None:
         self.world = world
         self.host = host
         self.server_addr = server_addr
@@ -160,20 +177,25 @@ class SimClientWorld:
         self.on_open = on_open
         self.links: list[SimLink] = []
 
-    async def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float,
-                   wait_on_break: bool = False) -> SimLink:
+    async def open(
+        self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float, wait_on_break: bool = False
+    ) -> SimLink:
         options: dict[str, Any] = {"protect": protect}
         if wait_on_break:
             options["disposition"] = BrokenDisposition.WAIT
         conn = self.host.connect(self.server_addr, port, **options)
         client = SimRpcClient(conn, default_timeout=self.rpc_timeout)
         limit = ike_timeout if protect else self.connect_timeout
-        self.world.run_until(lambda: conn.is_open or client.ended is not None
-                             or StreamEventKind.FAILED in conn.kinds(), limit)
+        self.world.run_until(
+            lambda: conn.is_open or client.ended is not None or StreamEventKind.FAILED in conn.kinds(), limit
+        )
         if not conn.is_open:
             cl = conn.latch_info
-            reason = (cl.not_latched_reason if isinstance(cl, ConnLatch) and cl.not_latched_reason
-                      else client.end_reason or f"no connection within {limit:g}s")
+            reason = (
+                cl.not_latched_reason
+                if isinstance(cl, ConnLatch) and cl.not_latched_reason
+                else client.end_reason or f"no connection within {limit:g}s"
+            )
             if client.ended is None and StreamEventKind.FAILED not in conn.kinds():
                 reason = f"IKE did not finish within {ike_timeout:g}s" if protect else reason
                 conn.abort(send_rst=False)

@@ -86,8 +86,9 @@ class ClientWorld(Protocol):
 
     name: str
 
-    async def open(self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float,
-                   wait_on_break: bool = False) -> RpcLink:
+    async def open(
+        self, port: int, *, protect: bool, btns_ok: bool, ike_timeout: float, wait_on_break: bool = False
+    ) -> RpcLink:
         """Connect to the server's ``port``. With ``protect`` ask for an IPsec latch first and raise
         :class:`ProtectionFailed` if it does not come up within ``ike_timeout``; without, connect in
         the clear (a BYPASS clone for exactly this 5-tuple, RFC 5660 §3.1). ``wait_on_break``

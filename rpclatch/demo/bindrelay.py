@@ -94,8 +94,9 @@ class BindRelayEditor:
     the first message the variant targets and relays everything else unchanged. ``on_action`` is
     told (in words) each time it does something, for the trace."""
 
-    def __init__(self, attack: BindAttack, on_action: Callable[[str], None] | None = None,
-                 replays: int = REPLAYS) -> None:
+    def __init__(
+        self, attack: BindAttack, on_action: Callable[[str], None] | None = None, replays: int = REPLAYS
+    ) -> None:
         self.attack = attack
         self.on_action = on_action
         self.replays = replays

@@ -20,15 +20,15 @@ class Outcome(StrEnum):
 class EventKind(StrEnum):
     """What a sequence-diagram arrow or note stands for (it picks the colour)."""
 
-    ESP = "esp"            # a packet protected by ESP
-    CLEAR = "clear"        # a cleartext packet (TCP segment, RPC in the clear)
-    IKE = "ike"            # key exchange / SA installation
-    RPC = "rpc"            # an RPC message (as the RPC layer saw it)
-    DROP = "drop"          # a packet dropped (by latch enforcement, policy or the attacker)
-    ATTACK = "attack"      # something the attacker did
-    STATE = "state"        # a latch / connection state change (drawn as a note on one lane)
-    POLICY = "policy"      # a decision of the connect policy (drawn as a note)
-    WARNING = "warning"    # a loud policy warning (BIND_CHANNEL failed, ...)
+    ESP = "esp"  # a packet protected by ESP
+    CLEAR = "clear"  # a cleartext packet (TCP segment, RPC in the clear)
+    IKE = "ike"  # key exchange / SA installation
+    RPC = "rpc"  # an RPC message (as the RPC layer saw it)
+    DROP = "drop"  # a packet dropped (by latch enforcement, policy or the attacker)
+    ATTACK = "attack"  # something the attacker did
+    STATE = "state"  # a latch / connection state change (drawn as a note on one lane)
+    POLICY = "policy"  # a decision of the connect policy (drawn as a note)
+    WARNING = "warning"  # a loud policy warning (BIND_CHANNEL failed, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +43,14 @@ class TraceEvent:
     detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"t": round(self.t, 6), "kind": self.kind.value, "src": self.src, "dst": self.dst,
-                "label": self.label, "detail": self.detail}
+        return {
+            "t": round(self.t, 6),
+            "kind": self.kind.value,
+            "src": self.src,
+            "dst": self.dst,
+            "label": self.label,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +72,11 @@ class ScenarioResult:
     number: int
     name: str
     title: str
-    latched: str            # e.g. "yes/yes" (client/server), "no", "broken"
-    peer: str               # the peer identity the client latched to, or "-"
-    binding: str            # "bound", "failed", "unavailable", "not tried", ...
-    gss_service: str        # the service seen on the wire for DATA calls ("channel_prot", "krb5p", ...)
-    attacker_bytes: int     # bytes of the protected flow that reached the attacker (ciphertext counts)
+    latched: str  # e.g. "yes/yes" (client/server), "no", "broken"
+    peer: str  # the peer identity the client latched to, or "-"
+    binding: str  # "bound", "failed", "unavailable", "not tried", ...
+    gss_service: str  # the service seen on the wire for DATA calls ("channel_prot", "krb5p", ...)
+    attacker_bytes: int  # bytes of the protected flow that reached the attacker (ciphertext counts)
     attacker_plaintext: int  # payload bytes the attacker could read in the clear (must be 0)
     checks: tuple[Check, ...]
     events: tuple[TraceEvent, ...] = ()
@@ -78,7 +84,7 @@ class ScenarioResult:
     reason: str = ""
     error: str | None = None
     security: tuple[dict[str, Any], ...] = ()  # every connection.security record, in order
-    variant: str = ""       # "a".."d" for the variants of one scenario (scenario 6), else ""
+    variant: str = ""  # "a".."d" for the variants of one scenario (scenario 6), else ""
 
     @property
     def label(self) -> str:
@@ -93,14 +99,24 @@ class ScenarioResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "number": self.number, "variant": self.variant, "label": self.label, "name": self.name,
+            "number": self.number,
+            "variant": self.variant,
+            "label": self.label,
+            "name": self.name,
             "title": self.title,
-            "latched": self.latched, "peer": self.peer, "binding": self.binding,
-            "gss_service": self.gss_service, "attacker_bytes": self.attacker_bytes,
-            "attacker_plaintext_bytes": self.attacker_plaintext, "outcome": self.outcome.value,
-            "reason": self.reason, "error": self.error,
-            "checks": [c.to_json() for c in self.checks], "files": dict(self.files),
-            "events": len(self.events), "security": list(self.security),
+            "latched": self.latched,
+            "peer": self.peer,
+            "binding": self.binding,
+            "gss_service": self.gss_service,
+            "attacker_bytes": self.attacker_bytes,
+            "attacker_plaintext_bytes": self.attacker_plaintext,
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "error": self.error,
+            "checks": [c.to_json() for c in self.checks],
+            "files": dict(self.files),
+            "events": len(self.events),
+            "security": list(self.security),
         }
 
 
@@ -120,6 +136,12 @@ class RunResult:
         return bool(self.results) and all(r.outcome is Outcome.PASS for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {"world": self.world, "approach": self.approach, "run_dir": self.run_dir, "realm": self.realm,
-                "seconds": round(self.seconds, 3), "passed": self.passed,
-                "scenarios": [r.to_json() for r in self.results]}
+        return {
+            "world": self.world,
+            "approach": self.approach,
+            "run_dir": self.run_dir,
+            "realm": self.realm,
+            "seconds": round(self.seconds, 3),
+            "passed": self.passed,
+            "scenarios": [r.to_json() for r in self.results],
+        }

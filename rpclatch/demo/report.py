@@ -7,14 +7,21 @@ from collections.abc import Sequence
 
 from rpclatch.demo.model import Outcome, RunResult, ScenarioResult
 
-COLUMNS = ("#", "scenario", "latched?", "peer", "binding", "GSS service", "attacker bytes (payload read)",
-           "outcome")
+COLUMNS = (
+    "#",
+    "scenario",
+    "latched?",
+    "peer",
+    "binding",
+    "GSS service",
+    "attacker bytes (payload read)",
+    "outcome",
+)
 
 
 def _row(r: ScenarioResult) -> tuple[str, ...]:
     attacker = f"{r.attacker_bytes} ({r.attacker_plaintext} read)"
-    return (r.label, r.title, r.latched, r.peer, r.binding, r.gss_service, attacker,
-            r.outcome.value)
+    return (r.label, r.title, r.latched, r.peer, r.binding, r.gss_service, attacker, r.outcome.value)
 
 
 def render_table(results: Sequence[ScenarioResult]) -> str:
@@ -37,8 +44,11 @@ def render_failures(results: Sequence[ScenarioResult]) -> str:
             continue
         if r.error is not None:
             out.append(f"scenario {r.label} ({r.name}): error: {r.error}")
-        out.extend(f"scenario {r.label} ({r.name}): check '{c.name}' failed: {c.detail}"
-                   for c in r.checks if not c.passed)
+        out.extend(
+            f"scenario {r.label} ({r.name}): check '{c.name}' failed: {c.detail}"
+            for c in r.checks
+            if not c.passed
+        )
         if not r.checks and r.error is None:
             out.append(f"scenario {r.label} ({r.name}): no checks ran")
     return "\n".join(out)
@@ -46,8 +56,13 @@ def render_failures(results: Sequence[ScenarioResult]) -> str:
 
 def render_text(run: RunResult) -> str:
     where = "TCB (RFC 5660 §2.4)" if run.approach == 1 else "latch database (RFC 5660 §2.3)"
-    parts = [f"rpclatch demo: world={run.world}, approach {run.approach} (latches in the {where}), "
-             f"realm={run.realm}", "", render_table(run.results), ""]
+    parts = [
+        f"rpclatch demo: world={run.world}, approach {run.approach} (latches in the {where}), "
+        f"realm={run.realm}",
+        "",
+        render_table(run.results),
+        "",
+    ]
     for r in run.results:
         parts.append(f"  [{r.label}] {r.reason}")
     failures = render_failures(run.results)

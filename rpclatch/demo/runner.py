@@ -14,8 +14,13 @@ from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec.engine import Approach
 
 
-def run_demo(run_dir: Path, numbers: Sequence[int] | None = None, progress: TextIO | None = None,
-             realm: ThrowawayRealm | None = None, approach: Approach = Approach.POLICY) -> RunResult:
+def run_demo(
+    run_dir: Path,
+    numbers: Sequence[int] | None = None,
+    progress: TextIO | None = None,
+    realm: ThrowawayRealm | None = None,
+    approach: Approach = Approach.POLICY,
+) -> RunResult:
     """Run scenarios ``numbers`` (default: all) into ``run_dir`` with latches held per ``approach``
     (1: in the TCB; 2: in the latch database, the default). With ``realm`` None a throwaway realm
     is started (and stopped again, also on failure); otherwise the given, activated realm is used."""
@@ -34,11 +39,13 @@ def run_demo(run_dir: Path, numbers: Sequence[int] | None = None, progress: Text
             result, seconds = timed(spec, active, run_dir, approach)
             results.append(result)
             if progress is not None:
-                print(f"[{spec.label}] {spec.title} ... {result.outcome.value} ({seconds:.2f} s)",
-                      file=progress, flush=True)
+                print(
+                    f"[{spec.label}] {spec.title} ... {result.outcome.value} ({seconds:.2f} s)",
+                    file=progress,
+                    flush=True,
+                )
         realm_name = active.realm
     finally:
         if own:
             active.stop()
-    return RunResult("sim", str(run_dir), realm_name, tuple(results), time.monotonic() - t0,
-                     approach.value)
+    return RunResult("sim", str(run_dir), realm_name, tuple(results), time.monotonic() - t0, approach.value)

@@ -163,11 +163,17 @@ def check_latch_home(o: Outcome, stack: IpsecStack, conn: StreamConnection, appr
         isinstance(cl, ConnLatch) and cl.handle is not None
     )
     if approach is Approach.ULP:
-        o.check("latch held in the TCB (approach 1)", in_tcb and not in_ld,
-                f"TCB latch: {in_tcb}, latch database entry: {in_ld}")
+        o.check(
+            "latch held in the TCB (approach 1)",
+            in_tcb and not in_ld,
+            f"TCB latch: {in_tcb}, latch database entry: {in_ld}",
+        )
     else:
-        o.check("latch held in the latch database (approach 2)", in_ld and not in_tcb,
-                f"latch database entry: {in_ld}, TCB latch: {in_tcb}")
+        o.check(
+            "latch held in the latch database (approach 2)",
+            in_ld and not in_tcb,
+            f"latch database entry: {in_ld}, TCB latch: {in_tcb}",
+        )
 
 
 def binding_word(rec: SecurityRecord) -> str:
@@ -206,8 +212,9 @@ def rogue_cell(client_alerts: list[str], relatched: bool) -> str:
     return f"{first}->{'yes' if relatched else 'no'}"
 
 
-def rogue_reason(client_alerts: list[str], reset: bool, reconnected: bool, relatched: bool,
-                 rebound: bool) -> str:
+def rogue_reason(
+    client_alerts: list[str], reset: bool, reconnected: bool, relatched: bool, rebound: bool
+) -> str:
     """Scenario 4's reason text, one clause per observation."""
     return (
         f"latch {'BROKEN' if 'BROKEN' in client_alerts else 'not broken'} on conflicting SA, "
@@ -230,17 +237,26 @@ def client_change_word(broke: bool, cstate_after: LatchState | None) -> str:
     return "broken" if broke else state_word(cstate_after)
 
 
-def policy_reason(server_word: str, client_word: str, reset: bool, reconnected: bool,
-                  service: str, rec_reason: str) -> str:
+def policy_reason(
+    server_word: str, client_word: str, reset: bool, reconnected: bool, service: str, rec_reason: str
+) -> str:
     """Scenario 5's reason text from what each end did."""
+
     def did(word: str) -> str:
-        return {"pinned": "pinned its latch (optional, RFC 5660 §2.3)",
-                "broken": "broke its latch (default)", "yes": "kept its latch unpinned"}.get(
-                    word, f"left its latch {word}")
-    tail = (f"{'reset' if reset else 'no reset'} and "
-            f"{'reconnected' if reconnected else 'did not reconnect'}: {service}, {rec_reason}")
-    return (f"2049 was PROTECT at both ends; admin switched it to BYPASS: the server {did(server_word)}, "
-            f"the client {did(client_word)}; {tail}")
+        return {
+            "pinned": "pinned its latch (optional, RFC 5660 §2.3)",
+            "broken": "broke its latch (default)",
+            "yes": "kept its latch unpinned",
+        }.get(word, f"left its latch {word}")
+
+    tail = (
+        f"{'reset' if reset else 'no reset'} and "
+        f"{'reconnected' if reconnected else 'did not reconnect'}: {service}, {rec_reason}"
+    )
+    return (
+        f"2049 was PROTECT at both ends; admin switched it to BYPASS: the server {did(server_word)}, "
+        f"the client {did(client_word)}; {tail}"
+    )
 
 
 def marker_bytes(data: bytes) -> int:
@@ -269,9 +285,7 @@ def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | N
 # -- scenario 1 -------------------------------------------------------------------------------------
 
 
-def ipsec_available(
-    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
-) -> tuple[DemoWorld, Outcome]:
+def ipsec_available(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Outcome]:
     dw = build_world(realm, seed=1, approach=approach)
     _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
     o = Outcome(
@@ -282,10 +296,16 @@ def ipsec_available(
         ",".join(view.data_services()) or "-",
         reason=rec.reason,
     )
-    o.check("client latch ESTABLISHED", cstate is LatchState.ESTABLISHED,
-            f"client latch {latch_state_name(cstate)}")
-    o.check("server latch ESTABLISHED", sstate is LatchState.ESTABLISHED,
-            f"server latch {latch_state_name(sstate)}")
+    o.check(
+        "client latch ESTABLISHED",
+        cstate is LatchState.ESTABLISHED,
+        f"client latch {latch_state_name(cstate)}",
+    )
+    o.check(
+        "server latch ESTABLISHED",
+        sstate is LatchState.ESTABLISHED,
+        f"server latch {latch_state_name(sstate)}",
+    )
     ckey = dw.client_stack.sike.credentials.spki
     skey = dw.server_stack.sike.credentials.spki
     o.check(
@@ -330,9 +350,7 @@ def ipsec_available(
 # -- scenario 2 -------------------------------------------------------------------------------------
 
 
-def no_ike(
-    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
-) -> tuple[DemoWorld, Outcome]:
+def no_ike(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Outcome]:
     dw = build_world(realm, seed=2, server_ike=IkeMode.ABSENT, approach=approach)
     _pc, rec, ok, view, link, _sconn, cstate, sstate = connect_and_echo(dw)
     flow = link.conn.flow
@@ -380,9 +398,7 @@ def no_ike(
 # -- scenario 3 -------------------------------------------------------------------------------------
 
 
-def btns_mitm(
-    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
-) -> tuple[DemoWorld, Outcome]:
+def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Outcome]:
     dw = build_world(realm, seed=3, mitm=True, approach=approach)
     _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
     front, back = dw.attackers[0], dw.attackers[1]
@@ -496,8 +512,9 @@ def rogue_claims_address(
         second.peer or "-",
         binding_word(second),
         ",".join(view.data_services()) or "-",
-        reason=rogue_reason(client_alerts, reset, second.conn_id != first.conn_id, second.latched,
-                            second.bound),
+        reason=rogue_reason(
+            client_alerts, reset, second.conn_id != first.conn_id, second.latched, second.bound
+        ),
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
     check_latch_home(o, dw.client_stack, new_link.conn, approach)
@@ -540,9 +557,7 @@ def rogue_claims_address(
 # -- scenario 5 -------------------------------------------------------------------------------------
 
 
-def policy_change(
-    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
-) -> tuple[DemoWorld, Outcome]:
+def policy_change(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Outcome]:
     dw = build_world(
         realm,
         seed=5,
@@ -595,8 +610,9 @@ def policy_change(
         first.peer or "-",
         binding_word(first),
         ",".join(view.data_services()) or "-",
-        reason=policy_reason(sword, cword, reset, second.conn_id != first.conn_id,
-                             second.gss_service.value, second.reason),
+        reason=policy_reason(
+            sword, cword, reset, second.conn_id != first.conn_id, second.gss_service.value, second.reason
+        ),
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
     if sconn is not None:
@@ -666,22 +682,28 @@ def relay_edit_check(o: Outcome, attack: BindAttack, view: WireView, editor: Bin
         inits = [c for c in view.gss_calls(GssProc.RPCSEC_GSS_INIT, "client") if c.gss_version == 2]
         forged = view.replies_to(inits[0].xid, "mitm") if inits else []
         reached = [c for c in view.calls if inits and c.xid == inits[0].xid and c.sender == "mitm-b"]
-        o.check("relay refused the v2 INIT itself (AUTH_BADCRED)",
-                bool(forged) and forged[0].stat == "AUTH_BADCRED" and not reached,
-                f"client's first v2 INIT answered by the relay with {[r.stat for r in forged]}; "
-                f"{len(reached)} copies reached the server")
+        o.check(
+            "relay refused the v2 INIT itself (AUTH_BADCRED)",
+            bool(forged) and forged[0].stat == "AUTH_BADCRED" and not reached,
+            f"client's first v2 INIT answered by the relay with {[r.stat for r in forged]}; "
+            f"{len(reached)} copies reached the server",
+        )
         return
     sent = view.bind_calls("client")
     to_server = view.bind_calls("mitm-b")
     if attack is BindAttack.HASH_NOTSUPP:
         forged = view.replies_to(xid, "mitm") if xid is not None else []
-        o.check("relay answered BIND_CHANNEL itself (HASH_NOTSUPP, unknown OID, zero MIC)",
-                bool(sent) and bool(forged)
-                and forged[0].bind_status is BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP
-                and forged[0].bind_oids[:1] == (UNKNOWN_HASH_OID,) and not to_server,
-                f"{len(sent)} BIND_CHANNEL from the client, answered by the relay with "
-                f"{[r.bind_status.name if r.bind_status else r.stat for r in forged]}; "
-                f"{len(to_server)} reached the server")
+        o.check(
+            "relay answered BIND_CHANNEL itself (HASH_NOTSUPP, unknown OID, zero MIC)",
+            bool(sent)
+            and bool(forged)
+            and forged[0].bind_status is BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP
+            and forged[0].bind_oids[:1] == (UNKNOWN_HASH_OID,)
+            and not to_server,
+            f"{len(sent)} BIND_CHANNEL from the client, answered by the relay with "
+            f"{[r.bind_status.name if r.bind_status else r.stat for r in forged]}; "
+            f"{len(to_server)} reached the server",
+        )
         return
     prefixes_in = sorted({c.bind_prefix.decode("ascii", "replace") for c in sent if c.bind_prefix})
     prefixes_out = sorted({c.bind_prefix.decode("ascii", "replace") for c in to_server if c.bind_prefix})
@@ -689,7 +711,9 @@ def relay_edit_check(o: Outcome, attack: BindAttack, view: WireView, editor: Bin
     want = 1 + editor.replays if attack is BindAttack.REPLAY else 1
     o.check(
         "relay rewrote the prefix" + (f" and sent the request {want} times" if want > 1 else ""),
-        bool(sent) and prefixes_out == [REWRITTEN_PREFIX.decode()] and prefixes_in != prefixes_out
+        bool(sent)
+        and prefixes_out == [REWRITTEN_PREFIX.decode()]
+        and prefixes_in != prefixes_out
         and len(copies) == want,
         f"client sent prefix {prefixes_in}, the server received {prefixes_out} x{len(copies)}",
     )
@@ -722,9 +746,11 @@ def bind_relay(
     mkey2 = stack_of(back.security).sike.credentials.spki
     o.check(
         "both ends latched (to the attacker)",
-        cstate is LatchState.ESTABLISHED and sstate is LatchState.ESTABLISHED
+        cstate is LatchState.ESTABLISHED
+        and sstate is LatchState.ESTABLISHED
         and peer_key(dw.client_stack, link.conn) == mkey1
-        and sconn is not None and peer_key(dw.server_stack, sconn) == mkey2,
+        and sconn is not None
+        and peer_key(dw.server_stack, sconn) == mkey2,
         f"client latched to {fp(peer_key(dw.client_stack, link.conn))} (mitm {fp(mkey1)}), server to "
         f"{fp(peer_key(dw.server_stack, sconn) if sconn else None)} (mitm-b {fp(mkey2)})",
     )
@@ -786,8 +812,13 @@ SCENARIOS: tuple[ScenarioSpec, ...] = (
         5, "policy-change", "policy changed mid-flow: pinned or broken, never cleartext", policy_change
     ),
     *(
-        ScenarioSpec(6, f"bind-relay-{slug}", BIND_ATTACK_TITLES[attack] + ": still MISMATCH",
-                     _bind_relay_variant(attack), attack.value)
+        ScenarioSpec(
+            6,
+            f"bind-relay-{slug}",
+            BIND_ATTACK_TITLES[attack] + ": still MISMATCH",
+            _bind_relay_variant(attack),
+            attack.value,
+        )
         for attack, slug in (
             (BindAttack.PREFIX, "prefix"),
             (BindAttack.V2_REFUSED, "v2-refused"),
@@ -842,11 +873,21 @@ def run_scenario(
         ("why", o.reason),
     ] + ([("error", error)] if error else [])
     if "pcapng" in files:
-        summary.append(("capture", f"{Path(files['pcapng']).name}: open in Wireshark; to decrypt the ESP, "
-                        f"copy {Path(files['esp_sa']).name} to ~/.config/wireshark/esp_sa and enable "
-                        "'Attempt to detect/decode encrypted ESP payloads'"))
-    summary.append(("legend", "green ESP, orange cleartext, blue IKE, grey RPC calls (service as seen on the "
-                    "wire), purple latch state, red drops/warnings/attacks; hover an arrow for details"))
+        summary.append(
+            (
+                "capture",
+                f"{Path(files['pcapng']).name}: open in Wireshark; to decrypt the ESP, "
+                f"copy {Path(files['esp_sa']).name} to ~/.config/wireshark/esp_sa and enable "
+                "'Attempt to detect/decode encrypted ESP payloads'",
+            )
+        )
+    summary.append(
+        (
+            "legend",
+            "green ESP, orange cleartext, blue IKE, grey RPC calls (service as seen on the "
+            "wire), purple latch state, red drops/warnings/attacks; hover an arrow for details",
+        )
+    )
     (run_dir / f"{base}.html").write_text(
         render_html(title, svg, o.checks, summary, events), encoding="utf-8"
     )

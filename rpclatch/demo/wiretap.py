@@ -30,7 +30,7 @@ class SeenCall:
     time: float
     sender: str
     flow: str
-    protected: bool          # travelled inside ESP
+    protected: bool  # travelled inside ESP
     xid: int
     prog: int
     proc: int
@@ -90,7 +90,7 @@ class FrameView:
     record: WireRecord
     packet: IpPacket | None
     esp_spi: int | None
-    inner: TcpSegment | None        # the TCP segment (after ESP decryption if keys were known)
+    inner: TcpSegment | None  # the TCP segment (after ESP decryption if keys were known)
     decrypted: bool
 
     @property
@@ -219,8 +219,9 @@ class WireView:
                 status, oids = res.status, res.oid_list
             except XdrError:
                 pass
-        return SeenReply(t, st.sender, st.flow, st.protected, msg.xid, True, msg.stat.name, signed,
-                         status, oids)
+        return SeenReply(
+            t, st.sender, st.flow, st.protected, msg.xid, True, msg.stat.name, signed, status, oids
+        )
 
     @staticmethod
     def _decode_call(t: float, st: _Stream, record: bytes) -> SeenCall | None:
@@ -242,8 +243,20 @@ class WireView:
                 prefix = BindChanVerfArgs.decode(msg.verf.body).chan_bind_prefix
             except XdrError:
                 prefix = None
-        return SeenCall(t, st.sender, st.flow, st.protected, msg.xid, msg.prog, msg.proc, msg.cred.flavor,
-                        cred.version, cred.gss_proc, cred.service, prefix)
+        return SeenCall(
+            t,
+            st.sender,
+            st.flow,
+            st.protected,
+            msg.xid,
+            msg.prog,
+            msg.proc,
+            msg.cred.flavor,
+            cred.version,
+            cred.gss_proc,
+            cred.service,
+            prefix,
+        )
 
     # -- questions -------------------------------------------------------------------------------
 
@@ -263,14 +276,20 @@ class WireView:
         return seen
 
     def bind_calls(self, sender: str | None = None) -> list[SeenCall]:
-        return [c for c in self.calls if c.gss_proc is GssProc.RPCSEC_GSS_BIND_CHANNEL
-                and (sender is None or c.sender == sender)]
+        return [
+            c
+            for c in self.calls
+            if c.gss_proc is GssProc.RPCSEC_GSS_BIND_CHANNEL and (sender is None or c.sender == sender)
+        ]
 
     def gss_calls(self, proc: GssProc, sender: str | None = None, after: float = -1.0) -> list[SeenCall]:
         """RPCSEC_GSS calls of control procedure ``proc`` (INIT, DESTROY, ...) sent by ``sender``
         (anyone if None) after time ``after``."""
-        return [c for c in self.calls if c.gss_proc is proc and c.time > after
-                and (sender is None or c.sender == sender)]
+        return [
+            c
+            for c in self.calls
+            if c.gss_proc is proc and c.time > after and (sender is None or c.sender == sender)
+        ]
 
     def replies_to(self, xid: int, sender: str | None = None) -> list[SeenReply]:
         """The replies with ``xid`` sent by ``sender`` (anyone if None), in wire order."""

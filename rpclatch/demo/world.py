@@ -116,8 +116,9 @@ class BtnsRelay:
     With an ``editor`` it relays RPC records instead of bytes and lets the editor change, drop,
     multiply or answer each one (the relay of scenario 6, which edits the BIND_CHANNEL exchange)."""
 
-    def __init__(self, front: Host, back: Host, server_addr: str, port: int,
-                 editor: RecordEditor | None = None) -> None:
+    def __init__(
+        self, front: Host, back: Host, server_addr: str, port: int, editor: RecordEditor | None = None
+    ) -> None:
         self.front = front
         self.back = back
         self.server_addr = server_addr
@@ -127,8 +128,9 @@ class BtnsRelay:
         self.listener = front.listen(port, on_accept=self._accept)
 
     def _accept(self, inner: StreamConnection) -> None:
-        outer = self.back.connect(self.server_addr, self.port, local_port=inner.flow.remote_port,
-                                  protect=True)
+        outer = self.back.connect(
+            self.server_addr, self.port, local_port=inner.flow.remote_port, protect=True
+        )
         pending: list[bytes] = []
         editor = self.editor
         from_client, from_server = RecordSplitter(), RecordSplitter()
@@ -143,8 +145,13 @@ class BtnsRelay:
             if inner.is_open:
                 inner.send(data)
 
-        def edited(splitter: RecordSplitter, data: bytes, edit: Edit, onward: Callable[[bytes], None],
-                   back: Callable[[bytes], None]) -> None:
+        def edited(
+            splitter: RecordSplitter,
+            data: bytes,
+            edit: Edit,
+            onward: Callable[[bytes], None],
+            back: Callable[[bytes], None],
+        ) -> None:
             try:
                 records = splitter.feed(data)
             except ValueError:  # not RPC the relay can follow: give up on the connection
@@ -219,11 +226,19 @@ class DemoWorld:
 
     def connection(self, policy: ConnectPolicy | None = None) -> ProtectedConnection:
         provider = GssapiProvider(ccache=self.realm.default_user.ccache)
-        gss = RpcsecGssConnector(provider, self.realm.service_name, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS,
-                                 (policy or ConnectPolicy()).protection)
-        pc = ProtectedConnection(self.client_world, gss, policy or ConnectPolicy(ike_timeout=2.0),
-                                 observer=lambda kind, text: self.policy_events.append(
-                                     (self.world.now, kind, text)))
+        gss = RpcsecGssConnector(
+            provider,
+            self.realm.service_name,
+            RPCLATCH_TEST_PROG,
+            RPCLATCH_TEST_VERS,
+            (policy or ConnectPolicy()).protection,
+        )
+        pc = ProtectedConnection(
+            self.client_world,
+            gss,
+            policy or ConnectPolicy(ike_timeout=2.0),
+            observer=lambda kind, text: self.policy_events.append((self.world.now, kind, text)),
+        )
         self.connections.append(pc)
         return pc
 
@@ -268,8 +283,12 @@ class DemoWorld:
             rec = fv.record
             dst = rec.receiver or "(nobody)"
             pkt = fv.packet
-            if pkt is not None and pkt.proto == 17 and len(pkt.payload) >= 4 and \
-                    int.from_bytes(pkt.payload[2:4], "big") == SIKE_PORT:
+            if (
+                pkt is not None
+                and pkt.proto == 17
+                and len(pkt.payload) >= 4
+                and int.from_bytes(pkt.payload[2:4], "big") == SIKE_PORT
+            ):
                 kind, label = EventKind.IKE, "SIKE (IKE) exchange"
             elif fv.esp_spi is not None:
                 kind = EventKind.ESP
@@ -283,9 +302,17 @@ class DemoWorld:
                 kind, label = EventKind.DROP, f"{label} dropped: {rec.dropped_by}"
             events.append(TraceEvent(rec.time, kind, rec.sender, dst, label, rec.note))
         for call in view.calls:
-            events.append(TraceEvent(call.time, EventKind.RPC, call.sender, self._call_receiver(call.sender),
-                                     call.label, call.flow))
-        for host in [self.client, self.server, *self.attackers, *( [self.relay.back] if self.relay else [])]:
+            events.append(
+                TraceEvent(
+                    call.time,
+                    EventKind.RPC,
+                    call.sender,
+                    self._call_receiver(call.sender),
+                    call.label,
+                    call.flow,
+                )
+            )
+        for host in [self.client, self.server, *self.attackers, *([self.relay.back] if self.relay else [])]:
             for line in host.log:
                 m = _LOG_LINE.match(line)
                 if m is None:
@@ -297,11 +324,28 @@ class DemoWorld:
                 elif text.startswith("drop "):
                     events.append(TraceEvent(t, EventKind.DROP, host.name, None, _short(text), text))
         for t, pkind, text in self.policy_events:
-            events.append(TraceEvent(t, EventKind.WARNING if pkind == "warning" else EventKind.POLICY,
-                                     self.client.name, None, _short(text), text))
+            events.append(
+                TraceEvent(
+                    t,
+                    EventKind.WARNING if pkind == "warning" else EventKind.POLICY,
+                    self.client.name,
+                    None,
+                    _short(text),
+                    text,
+                )
+            )
         # what the scenario script did comes first among events of the same instant: it caused them
-        marks = [TraceEvent(t, EventKind.ATTACK if "attack" in text or "rogue" in text else EventKind.POLICY,
-                            lane, None, _short(text), text) for t, lane, text in self.marks]
+        marks = [
+            TraceEvent(
+                t,
+                EventKind.ATTACK if "attack" in text or "rogue" in text else EventKind.POLICY,
+                lane,
+                None,
+                _short(text),
+                text,
+            )
+            for t, lane, text in self.marks
+        ]
         events = marks + events
         events.sort(key=lambda e: e.t)
         return events
@@ -331,8 +375,6 @@ def _seg_label(flags: int, data: bool) -> str:
 
 def _short(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 
 
 def build_world(
@@ -369,16 +411,27 @@ def build_world(
     client = world.add_host("client", CLIENT_ADDR)
     world.enable_ipsec(client, spd=spd, pad=client_pad, config=client_config, approach=approach)
     server = world.add_host("server", SERVER_ADDR)
-    world.enable_ipsec(server, spd=spd, pad=pad, ike=server_ike, config=server_config,
-                       credentials=world.credentials(server_auth), approach=approach)
+    world.enable_ipsec(
+        server,
+        spd=spd,
+        pad=pad,
+        ike=server_ike,
+        config=server_config,
+        credentials=world.credentials(server_auth),
+        approach=approach,
+    )
     dispatcher = RpcDispatcher()
     add_test_program(dispatcher)
     v1_only = tuple(server_gss_versions) == (1,)
-    dispatcher.add_flavor(GssServerAuth(
-        GssapiProvider(realm.service_name, keytab=realm.keytab), versions=server_gss_versions,
-        max_requests_per_context=max_requests_per_context,
-        # a v1-only server answers like Linux nfsd: AUTH_BADCRED, not RFC 5403 §4's AUTH_REJECTEDCRED
-        unsupported_version_stat=AuthStat.AUTH_BADCRED if v1_only else AuthStat.AUTH_REJECTEDCRED))
+    dispatcher.add_flavor(
+        GssServerAuth(
+            GssapiProvider(realm.service_name, keytab=realm.keytab),
+            versions=server_gss_versions,
+            max_requests_per_context=max_requests_per_context,
+            # a v1-only server answers like Linux nfsd: AUTH_BADCRED, not RFC 5403 §4's AUTH_REJECTEDCRED
+            unsupported_version_stat=AuthStat.AUTH_BADCRED if v1_only else AuthStat.AUTH_REJECTEDCRED,
+        )
+    )
     endpoint = SimServerEndpoint(server, NFS_PORT, dispatcher)
     attackers: list[Host] = []
     relay = None

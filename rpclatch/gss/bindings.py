@@ -39,8 +39,10 @@ def gss_channel_bindings(application_data: bytes) -> Any:
     """The ``gssapi.raw.ChannelBindings`` we pass to libkrb5: address types 0, empty addresses,
     ``application_data`` as given (our ``prefix:data``)."""
     return graw.ChannelBindings(
-        initiator_address_type=GSS_C_AF_UNSPEC, initiator_address=None,
-        acceptor_address_type=GSS_C_AF_UNSPEC, acceptor_address=None,
+        initiator_address_type=GSS_C_AF_UNSPEC,
+        initiator_address=None,
+        acceptor_address_type=GSS_C_AF_UNSPEC,
+        acceptor_address=None,
         application_data=application_data,
     )
 
@@ -61,7 +63,11 @@ def krb5_bnd(
     """
     if application_data is None:
         return NO_BINDINGS_BND
-    data = (struct.pack("<I", initiator[0]) + _buffer(initiator[1])
-            + struct.pack("<I", acceptor[0]) + _buffer(acceptor[1])
-            + _buffer(application_data))
+    data = (
+        struct.pack("<I", initiator[0])
+        + _buffer(initiator[1])
+        + struct.pack("<I", acceptor[0])
+        + _buffer(acceptor[1])
+        + _buffer(application_data)
+    )
     return hashlib.md5(data, usedforsecurity=False).digest()

@@ -263,8 +263,10 @@ class GssClientAuth(ClientAuth):
     def effective_service(self) -> Service:
         """The service the next DATA call will use (channel_prot when bound and allowed)."""
         channel = self._channel
-        if channel is not None and channel.is_up() and (
-            self.service is not _SVC_PRIVACY or channel.confidential
+        if (
+            channel is not None
+            and channel.is_up()
+            and (self.service is not _SVC_PRIVACY or channel.confidential)
         ):
             return _SVC_CHANNEL_PROT
         return self.service
@@ -297,8 +299,7 @@ class GssClientAuth(ClientAuth):
                         ) from exc
                     # A MSG_DENIED is not authenticated (a relay can forge it, RFC 5403 §9): the
                     # fallback is remembered so that binding this context reports it as such.
-                    log.info("server refused RPCSEC_GSS v2 (%s): using v1 on a fresh context",
-                             exc.stat.name)
+                    log.info("server refused RPCSEC_GSS v2 (%s): using v1 on a fresh context", exc.stat.name)
                     refused = exc.stat
                     continue
                 raise
@@ -456,18 +457,21 @@ class GssClientAuth(ClientAuth):
         offered = channel.bindings()
         candidates = [p for p in (prefixes if prefixes is not None else offered) if p in offered]
         if not candidates:
-            raise ChannelBindingFailed(BindFailureReason.NO_REQUESTED_PREFIX,
-                                       "the channel offers none of the requested prefixes")
+            raise ChannelBindingFailed(
+                BindFailureReason.NO_REQUESTED_PREFIX, "the channel offers none of the requested prefixes"
+            )
         if ctx.version != RPCSEC_GSS_VERS_2:
             if ctx.v2_refused is not None:
                 raise ChannelBindingFailed(
                     BindFailureReason.V1_FALLBACK_ON_BINDABLE_CHANNEL,
                     f"the context is RPCSEC_GSS v1 because the v2 INIT was refused with "
                     f"{ctx.v2_refused.name}, a MSG_DENIED nothing authenticates (a v1-only server, or "
-                    f"a forged refusal), although the channel offers binding data ({candidates[0]})")
-            raise ChannelBindingFailed(BindFailureReason.V1_ONLY,
-                                       "the context is RPCSEC_GSS v1 (local version policy): it cannot "
-                                       "be bound")
+                    f"a forged refusal), although the channel offers binding data ({candidates[0]})",
+                )
+            raise ChannelBindingFailed(
+                BindFailureReason.V1_ONLY,
+                "the context is RPCSEC_GSS v1 (local version policy): it cannot be bound",
+            )
         algorithms = list(hashes)
         if not algorithms:
             raise RpcGssLocalError("bind_channel needs at least one hash algorithm")
@@ -491,26 +495,33 @@ class GssClientAuth(ClientAuth):
                     raise ChannelBindingFailed(
                         BindFailureReason.MIC_MISMATCH,
                         "server could not verify our BIND_CHANNEL MIC (RPCSEC_GSS_CREDPROBLEM): the "
-                        "two ends' channel bindings differ") from exc
-                raise ChannelBindingFailed(BindFailureReason.SERVER_REFUSED,
-                                           f"server refused BIND_CHANNEL ({exc.stat.name})") from exc
+                        "two ends' channel bindings differ",
+                    ) from exc
+                raise ChannelBindingFailed(
+                    BindFailureReason.SERVER_REFUSED, f"server refused BIND_CHANNEL ({exc.stat.name})"
+                ) from exc
             except AuthVerifierError as exc:
-                raise ChannelBindingFailed(BindFailureReason.UNVERIFIABLE_REPLY,
-                                           f"BIND_CHANNEL reply does not authenticate: {exc}") from exc
+                raise ChannelBindingFailed(
+                    BindFailureReason.UNVERIFIABLE_REPLY, f"BIND_CHANNEL reply does not authenticate: {exc}"
+                ) from exc
             except RpcAcceptError as exc:  # authenticated (MIC(seq_num) verified by _BindAuth)
-                raise ChannelBindingFailed(BindFailureReason.SERVER_REFUSED,
-                                           f"server answered BIND_CHANNEL with {exc.stat.name}") from exc
+                raise ChannelBindingFailed(
+                    BindFailureReason.SERVER_REFUSED, f"server answered BIND_CHANNEL with {exc.stat.name}"
+                ) from exc
             res = bind.reply
             if res is None:
-                raise ChannelBindingFailed(BindFailureReason.UNVERIFIABLE_REPLY,
-                                           "BIND_CHANNEL reply verifier is not rgss2_bind_chan_verf_res")
+                raise ChannelBindingFailed(
+                    BindFailureReason.UNVERIFIABLE_REPLY,
+                    "BIND_CHANNEL reply verifier is not rgss2_bind_chan_verf_res",
+                )
             status = res.res.status
             if status == BindChanStatus.RGSS2_BIND_CHAN_OK:
                 self._check_bind_mic(ctx, bind.seq, bind.cb_hash, res, ok=True)
                 with self._lock:
                     if self._ctx is not ctx:
-                        raise ChannelBindingFailed(BindFailureReason.CONTEXT_REPLACED,
-                                                   "the context was replaced while binding")
+                        raise ChannelBindingFailed(
+                            BindFailureReason.CONTEXT_REPLACED, "the context was replaced while binding"
+                        )
                     self._channel = channel
                 channel.on_break(self._channel_broke)
                 log.info("RPCSEC_GSS context bound to channel %s (%s)", prefix, algorithm.name)
@@ -522,14 +533,19 @@ class GssClientAuth(ClientAuth):
                     raise ChannelBindingFailed(
                         BindFailureReason.TAMPERED_NEGOTIATION,
                         f"server refused channel-binding prefix {prefix!r} yet lists it as supported "
-                        f"({theirs}): the prefix it received was not ours (rewritten in transit)")
+                        f"({theirs}): the prefix it received was not ours (rewritten in transit)",
+                    )
                 if not theirs:
-                    raise ChannelBindingFailed(BindFailureReason.SERVER_HAS_NO_CHANNEL,
-                                               "server has no channel to bind to on this connection")
+                    raise ChannelBindingFailed(
+                        BindFailureReason.SERVER_HAS_NO_CHANNEL,
+                        "server has no channel to bind to on this connection",
+                    )
                 nxt = next((p for p in candidates if p in theirs), None)
                 if nxt is None:
-                    raise ChannelBindingFailed(BindFailureReason.NO_COMMON_PREFIX,
-                                               f"no common channel-binding prefix (server: {theirs})")
+                    raise ChannelBindingFailed(
+                        BindFailureReason.NO_COMMON_PREFIX,
+                        f"no common channel-binding prefix (server: {theirs})",
+                    )
                 prefix = nxt
             else:
                 oids = [normalize_oid(o) for o in res.res.oid_list]
@@ -540,24 +556,31 @@ class GssClientAuth(ClientAuth):
                     raise ChannelBindingFailed(
                         BindFailureReason.UNVERIFIABLE_REPLY,
                         "HASH_NOTSUPP reply cannot be verified: "
-                        + (f"its first hash OID {oids[0].hex()} is unknown here" if oids
-                           else "it lists no hash OID"))
+                        + (
+                            f"its first hash OID {oids[0].hex()} is unknown here"
+                            if oids
+                            else "it lists no hash OID"
+                        ),
+                    )
                 self._check_bind_mic(ctx, bind.seq, first.digest(cb), res, ok=False)
                 if algorithm.oid in oids:
                     raise ChannelBindingFailed(
                         BindFailureReason.TAMPERED_NEGOTIATION,
                         f"server refused hash {algorithm.name} yet lists it as supported: the OID it "
-                        "received was not ours (rewritten in transit)")
+                        "received was not ours (rewritten in transit)",
+                    )
                 nxt_alg = next((a for a in algorithms if a.oid in oids), None)
                 if nxt_alg is None:
-                    raise ChannelBindingFailed(BindFailureReason.NO_COMMON_HASH,
-                                               "no common channel-binding hash algorithm")
+                    raise ChannelBindingFailed(
+                        BindFailureReason.NO_COMMON_HASH, "no common channel-binding hash algorithm"
+                    )
                 algorithm = nxt_alg
             if (prefix, algorithm.oid) in tried:
                 raise ChannelBindingFailed(
                     BindFailureReason.NEGOTIATION_LOOP,
                     f"BIND_CHANNEL negotiation leads back to ({prefix}, {algorithm.name}), already "
-                    "refused: contradictory answers")
+                    "refused: contradictory answers",
+                )
 
     def _check_bind_mic(
         self, ctx: _Context, seq: int, cb_hash: bytes, res: BindChanVerfRes, *, ok: bool
@@ -569,11 +592,13 @@ class GssClientAuth(ClientAuth):
                 # The server claims OK but not over our view of the channel: do not trust this
                 # context's binding state on the server; the caller should refresh (RFC 5403 §2).
                 ctx.stale = True
-                raise ChannelBindingFailed(BindFailureReason.MIC_MISMATCH,
-                                           f"BIND_CHANNEL OK reply MIC does not verify: {exc}") from exc
-            raise ChannelBindingFailed(BindFailureReason.UNVERIFIABLE_REPLY,
-                                       f"BIND_CHANNEL {res.res.status.name} reply MIC does not verify: "
-                                       f"{exc}") from exc
+                raise ChannelBindingFailed(
+                    BindFailureReason.MIC_MISMATCH, f"BIND_CHANNEL OK reply MIC does not verify: {exc}"
+                ) from exc
+            raise ChannelBindingFailed(
+                BindFailureReason.UNVERIFIABLE_REPLY,
+                f"BIND_CHANNEL {res.res.status.name} reply MIC does not verify: {exc}",
+            ) from exc
 
     def _channel_broke(self, channel: Channel) -> None:
         with self._lock:
@@ -727,8 +752,9 @@ class _BindAuth(ClientAuth):
         header = encode_call_header(xid, prog, vers, proc, _FLAVOR_GSS, cred.body)
         mic = ctx.gss.get_mic(header + BindChanMicInArgs(self.cb_hash).encode())
         verf_body = BindChanVerfArgs(self._prefix.encode("ascii"), self._algorithm.oid, mic).encode()
-        return PreparedCall(CallMessage(xid, prog, vers, proc, cred, OpaqueAuth(AuthFlavor.RPCSEC_GSS,
-                                                                               verf_body), args))
+        return PreparedCall(
+            CallMessage(xid, prog, vers, proc, cred, OpaqueAuth(AuthFlavor.RPCSEC_GSS, verf_body), args)
+        )
 
     def accept_reply(self, prepared: PreparedCall, reply: AcceptedReply) -> bytes:
         if reply.stat is not _ACCEPT_SUCCESS:

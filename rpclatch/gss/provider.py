@@ -125,13 +125,20 @@ def _gss_error(exc: Any) -> GssError:
 
 class _GssapiContext(GssContext):
     __slots__ = (
-        "_cb", "_complete", "_creds", "_ctx", "_initiator", "_lifetime", "_live", "_lock", "_peer",
-        "_require_cb", "_target",
+        "_cb",
+        "_complete",
+        "_creds",
+        "_ctx",
+        "_initiator",
+        "_lifetime",
+        "_live",
+        "_lock",
+        "_peer",
+        "_require_cb",
+        "_target",
     )
 
-    def __init__(
-        self, initiator: bool, creds: Any, target: Any, cb: bytes | None, require_cb: bool
-    ) -> None:
+    def __init__(self, initiator: bool, creds: Any, target: Any, cb: bytes | None, require_cb: bool) -> None:
         self._initiator = initiator
         self._creds = creds
         self._target = target
@@ -170,8 +177,12 @@ class _GssapiContext(GssContext):
             try:
                 if self._initiator:
                     ires = graw.init_sec_context(
-                        self._target, creds=self._creds, context=self._ctx, flags=_FLAGS,
-                        channel_bindings=self._cb, input_token=token,
+                        self._target,
+                        creds=self._creds,
+                        context=self._ctx,
+                        flags=_FLAGS,
+                        channel_bindings=self._cb,
+                        input_token=token,
                     )
                     self._ctx = ires.context
                     out, more, life = ires.token, ires.more_steps, ires.lifetime
@@ -179,7 +190,9 @@ class _GssapiContext(GssContext):
                     if token is None:
                         raise GssError(GssMajor.GSS_S_DEFECTIVE_TOKEN, 0, "acceptor needs a token")
                     ares = graw.accept_sec_context(
-                        token, acceptor_creds=self._creds, context=self._ctx,
+                        token,
+                        acceptor_creds=self._creds,
+                        context=self._ctx,
                         channel_bindings=self._cb,
                     )
                     self._ctx = ares.context
@@ -188,7 +201,8 @@ class _GssapiContext(GssContext):
                         bound = int(graw.RequirementFlag.channel_bound) & int(ares.flags)
                         if self._require_cb and not bound:
                             raise GssError(
-                                GssMajor.GSS_S_BAD_BINDINGS, 0,
+                                GssMajor.GSS_S_BAD_BINDINGS,
+                                0,
                                 "initiator sent no channel bindings but they are required",
                             )
                         self._peer = bytes(graw.display_name(ares.initiator_name).name).decode(
@@ -289,7 +303,11 @@ class GssapiProvider(Provider):
     """
 
     def __init__(
-        self, service: str | None = None, *, ccache: str | None = None, keytab: str | None = None,
+        self,
+        service: str | None = None,
+        *,
+        ccache: str | None = None,
+        keytab: str | None = None,
         acceptor_mechs: Sequence[str] | None = (KRB5_MECH_OID,),
     ) -> None:
         self._service = service
@@ -329,8 +347,11 @@ class GssapiProvider(Provider):
             if self._accept_creds is None:
                 name = self._name(self._service)
                 try:
-                    mechs = (None if self._acceptor_mechs is None
-                             else [graw.OID.from_int_seq(m) for m in self._acceptor_mechs])
+                    mechs = (
+                        None
+                        if self._acceptor_mechs is None
+                        else [graw.OID.from_int_seq(m) for m in self._acceptor_mechs]
+                    )
                     if self._keytab is not None:
                         from gssapi.raw import acquire_cred_from
 
@@ -357,6 +378,4 @@ class GssapiProvider(Provider):
     ) -> GssContext:
         if require_channel_bindings and channel_bindings is None:
             raise GssError(GssMajor.GSS_S_BAD_BINDINGS, 0, "channel bindings required but none given")
-        return _GssapiContext(
-            False, self._acceptor_creds(), None, channel_bindings, require_channel_bindings
-        )
+        return _GssapiContext(False, self._acceptor_creds(), None, channel_bindings, require_channel_bindings)

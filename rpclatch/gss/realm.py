@@ -130,8 +130,13 @@ class ThrowawayRealm:
         # create_kdb=False: the constructor only writes config files, so nothing can leak from it
         # but the temporary directory, which we remove ourselves if it raises after mkdtemp.
         k5 = k5test.K5Realm(
-            realm=self._realm_name, portbase=base, create_kdb=False, create_user=False,
-            create_host=False, get_creds=False, start_kdc=False,
+            realm=self._realm_name,
+            portbase=base,
+            create_kdb=False,
+            create_user=False,
+            create_host=False,
+            get_creds=False,
+            start_kdc=False,
         )
         try:
             k5.create_kdb()
@@ -255,7 +260,9 @@ class ThrowawayRealm:
 
 @contextlib.contextmanager
 def running_realm(
-    users: dict[str, str | None] | Sequence[str] = ("alice", "bob"), *, service: str = "nfs",
+    users: dict[str, str | None] | Sequence[str] = ("alice", "bob"),
+    *,
+    service: str = "nfs",
     activate: bool = True,
 ) -> Iterator[ThrowawayRealm]:
     """A started (and by default activated) realm, stopped and removed on exit.

@@ -38,8 +38,9 @@ def _client(service: Service, options: dict[str, Any]) -> ClientAuth:
             host = "localhost"  # the loopback's principal name (nfs/localhost)
         target = f"{options.get('service', 'nfs')}@{host}"
     provider = GssapiProvider(ccache=options.get("ccache"))
-    return GssClientAuth(provider, str(target), service=service,
-                         versions=VersionPolicy(options.get("versions", "prefer-v2")))
+    return GssClientAuth(
+        provider, str(target), service=service, versions=VersionPolicy(options.get("versions", "prefer-v2"))
+    )
 
 
 def _server(service: Service, options: dict[str, Any]) -> list[ServerAuth]:
@@ -55,21 +56,31 @@ def _server(service: Service, options: dict[str, Any]) -> list[ServerAuth]:
         from rpclatch.cli import UserError
 
         keytab = options.get("keytab") or os.environ.get("KRB5_KTNAME", "the default keytab")
-        raise UserError(f"cannot accept RPCSEC_GSS as {acceptor}: no usable key in {keytab} ({exc}); "
-                        "run `rpclatch realm up` and export its lines, or set KRB5_KTNAME") from exc
+        raise UserError(
+            f"cannot accept RPCSEC_GSS as {acceptor}: no usable key in {keytab} ({exc}); "
+            "run `rpclatch realm up` and export its lines, or set KRB5_KTNAME"
+        ) from exc
     floor = Service(options.get("min_service", service))
-    return [GssServerAuth(provider, seq_window=int(options.get("seq_window", DEFAULT_SEQ_WINDOW)),
-                          min_service=floor,
-                          max_requests_per_context=options.get("max_requests_per_context"))]
+    return [
+        GssServerAuth(
+            provider,
+            seq_window=int(options.get("seq_window", DEFAULT_SEQ_WINDOW)),
+            min_service=floor,
+            max_requests_per_context=options.get("max_requests_per_context"),
+        )
+    ]
 
 
 def _register() -> None:
     for service in SEC_SERVICES:
-        register_sec(SecFlavor(
-            service.sec_name, f"RPCSEC_GSS {service.description} ({service.rfc_name})",
-            client=lambda o, s=service: _client(s, o),  # type: ignore[misc]
-            server=lambda o, s=service: _server(s, o),  # type: ignore[misc]
-        ))
+        register_sec(
+            SecFlavor(
+                service.sec_name,
+                f"RPCSEC_GSS {service.description} ({service.rfc_name})",
+                client=lambda o, s=service: _client(s, o),  # type: ignore[misc]
+                server=lambda o, s=service: _server(s, o),  # type: ignore[misc]
+            )
+        )
 
 
 _register()

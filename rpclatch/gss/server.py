@@ -149,8 +149,10 @@ _U32 = struct.Struct(">I")
 def _signed_header(call: CallMessage) -> bytes:
     """The call header from xid through the credential (RFC 2203 §5.3.1): the bytes as received
     when the RPC layer kept them (``call.header``), else re-encoded."""
-    return call.header or encode_call_header(call.xid, call.prog, call.vers, call.proc,
-                                             call.cred.flavor, call.cred.body, call.rpcvers)
+    return call.header or encode_call_header(
+        call.xid, call.prog, call.vers, call.proc, call.cred.flavor, call.cred.body, call.rpcvers
+    )
+
 
 DEFAULT_SEQ_WINDOW = 128
 #: Lifetime assumed for contexts whose mechanism reports "indefinite" (also what gets halved).
@@ -334,9 +336,19 @@ class GssServerAuth(ServerAuth):
         for c in contexts:
             with c.lock:
                 b = c.binding
-                out.append(ContextInfo(c.handle, c.principal, c.version, c.established, c.expires_at,
-                                       b.conn_id if b else None, b.prefix if b else None,
-                                       c.bind_failures, c.window.highest))
+                out.append(
+                    ContextInfo(
+                        c.handle,
+                        c.principal,
+                        c.version,
+                        c.established,
+                        c.expires_at,
+                        b.conn_id if b else None,
+                        b.prefix if b else None,
+                        c.bind_failures,
+                        c.window.highest,
+                    )
+                )
         return out
 
     def drop_all_contexts(self) -> int:
@@ -467,8 +479,11 @@ class GssServerAuth(ServerAuth):
         if not ctx.gss.complete:
             if not self._remember_half_open(ctx):
                 ctx.gss.delete()
-                return self._failed_init(GssMajor.GSS_S_FAILURE, 0,
-                                         "multi-step context establishment is disabled (max_half_open=0)")
+                return self._failed_init(
+                    GssMajor.GSS_S_FAILURE,
+                    0,
+                    "multi-step context establishment is disabled (max_half_open=0)",
+                )
             return AuthControlReply(
                 NULL_AUTH,
                 InitRes(ctx.handle, GssMajor.GSS_S_CONTINUE_NEEDED, 0, self.seq_window, out or b"").encode(),
@@ -505,9 +520,12 @@ class GssServerAuth(ServerAuth):
         for old in evicted:
             old.gss.delete()
         if evicted:
-            self._log_limited("half-open", logging.WARNING,
-                              "RPCSEC_GSS half-open contexts at their limit (%d): dropped the oldest "
-                              "(an INIT flood?)", self.max_half_open)
+            self._log_limited(
+                "half-open",
+                logging.WARNING,
+                "RPCSEC_GSS half-open contexts at their limit (%d): dropped the oldest (an INIT flood?)",
+                self.max_half_open,
+            )
         return True
 
     def _forget_half_open(self, ctx: _ServerContext) -> None:
@@ -569,8 +587,15 @@ class GssServerAuth(ServerAuth):
     # -- established contexts (RFC 2203 §5.3, §5.4; RFC 5403 §3.3, §3.4) ------------------------------
 
     def _established_call(
-        self, call: CallMessage, conn: ConnectionInfo, now: float, version: int, proc: GssProc,
-        seq: int, service: Service, handle: bytes,
+        self,
+        call: CallMessage,
+        conn: ConnectionInfo,
+        now: float,
+        version: int,
+        proc: GssProc,
+        seq: int,
+        service: Service,
+        handle: bytes,
     ) -> AuthResult:
         """Every DATA, DESTROY and BIND_CHANNEL call, the per-call path: enum identity tests,
         the table read without its lock (see :meth:`_remember`), the context's lock taken with
@@ -634,8 +659,9 @@ class GssServerAuth(ServerAuth):
         return self._data(call, seq, service, ctx)
 
     @staticmethod
-    def _verify_fresh(ctx: _ServerContext, seq: int, signed: bytes, mic: bytes, *, count: bool
-                      ) -> SeqVerdict | GssError | None:
+    def _verify_fresh(
+        ctx: _ServerContext, seq: int, signed: bytes, mic: bytes, *, count: bool
+    ) -> SeqVerdict | GssError | None:
         """The replay window around a request MIC (RFC 2203 §5.3.3.1), for DATA, DESTROY and
         BIND_CHANNEL: a seq_num seen before or below the window is dropped before the MIC (§7.2.2
         allows it); only a request whose MIC verifies marks its seq_num (and, with ``count``, counts
@@ -663,11 +689,18 @@ class GssServerAuth(ServerAuth):
     def _too_weak(self, service: Service, conn: ConnectionInfo) -> AuthDeny:
         """RFC 5531 §9 AUTH_TOOWEAK for a DATA call below ``min_service``."""
         floor = f"{self.min_service.sec_name} ({self.min_service.rfc_name})"
-        what = service.name.lower() + (" on a channel that does not encrypt"
-                                       if service is _SVC_CHANNEL_PROT else "")
-        self._log_limited("too-weak", logging.WARNING,
-                          "RPCSEC_GSS call with service %s on connection %d refused: this server's "
-                          "floor is %s (AUTH_TOOWEAK)", what, conn.conn_id, floor)
+        what = service.name.lower() + (
+            " on a channel that does not encrypt" if service is _SVC_CHANNEL_PROT else ""
+        )
+        self._log_limited(
+            "too-weak",
+            logging.WARNING,
+            "RPCSEC_GSS call with service %s on connection %d refused: this server's "
+            "floor is %s (AUTH_TOOWEAK)",
+            what,
+            conn.conn_id,
+            floor,
+        )
         return AuthDeny(AuthStat.AUTH_TOOWEAK, f"service {what} is below the floor {floor}")
 
     @staticmethod
@@ -697,35 +730,41 @@ class GssServerAuth(ServerAuth):
                     inner, encrypted = gss.unwrap(decode_priv(call.args))
             except (XdrError, GssError) as exc:
                 return self._garbage(
-                    gss, seq, f"{'integrity' if service is _SVC_INTEGRITY else 'privacy'} body: {exc}")
+                    gss, seq, f"{'integrity' if service is _SVC_INTEGRITY else 'privacy'} body: {exc}"
+                )
             if len(inner) < 4:
                 return self._garbage(gss, seq, "rpc_gss_data_t shorter than its seq_num")
             if not encrypted:
                 return self._garbage(gss, seq, "privacy body was not encrypted")
             if inner[:4] != seq_bytes:  # RFC 2203 §5.3.3.1
                 return self._garbage(
-                    gss, seq, f"body seq_num {_U32.unpack_from(inner)[0]} != credential seq_num {seq}")
+                    gss, seq, f"body seq_num {_U32.unpack_from(inner)[0]} != credential seq_num {seq}"
+                )
             args = inner[4:]
 
         # RFC 2203 §5.3.3.4.1: if the reply verifier's GSS_GetMIC fails, answer CTXPROBLEM -- so
         # compute it now, before the procedure runs (it depends on the seq_num only).
         try:
             mic = gss.get_mic(seq_bytes)
-            verf = (opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES
-                    else OpaqueAuth(_FLAVOR_GSS, mic))  # XdrError: too long
+            verf = (
+                opaque_auth(_FLAVOR_GSS, mic) if len(mic) <= MAX_AUTH_BYTES else OpaqueAuth(_FLAVOR_GSS, mic)
+            )  # XdrError: too long
         except (GssError, XdrError) as exc:
             return AuthDeny(AuthStat.RPCSEC_GSS_CTXPROBLEM, f"reply verifier MIC: {exc}")
 
         if service is _SVC_NONE:
+
             def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
                 return verf, results
         elif service is _SVC_INTEGRITY:
+
             def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
                 """RFC 2203 §5.3.3.2. A GssError here means no reply may be sent (RFC 2203
                 §5.3.3.4.1; the dispatcher sends none)."""
                 inner = seq_bytes + results
                 return verf, encode_integ(inner, gss.get_mic(inner))
         else:
+
             def seal(results: bytes) -> tuple[OpaqueAuth, bytes]:
                 """RFC 2203 §5.3.3.2; a GssError means no reply (§5.3.3.4.4)."""
                 return verf, encode_opaque(gss.wrap(seq_bytes + results, True))
@@ -784,9 +823,13 @@ class GssServerAuth(ServerAuth):
         requested = HASHES_BY_OID.get(normalize_oid(verf.chan_bind_oid_hash))
         if channel is None or data is None or requested is None:
             self._halve_lifetime(ctx, now)
-            why = ("no secure channel on this connection" if not known else
-                   f"the channel has no bindings under prefix {prefix!r}" if data is None else
-                   "the hash OID names no algorithm this server implements")
+            why = (
+                "no secure channel on this connection"
+                if not known
+                else f"the channel has no bindings under prefix {prefix!r}"
+                if data is None
+                else "the hash OID names no algorithm this server implements"
+            )
             return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, f"BIND_CHANNEL MIC cannot be checked: {why}")
         cb = channel_bindings_bytes(prefix, data)
         cb_hash = requested.digest(cb)
@@ -796,15 +839,17 @@ class GssServerAuth(ServerAuth):
             return AuthDrop(f"BIND_CHANNEL seq_num {seq}: {problem.value}")
         if problem is not None:
             self._halve_lifetime(ctx, now)
-            return AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM,
-                            f"BIND_CHANNEL MIC (or bindings) wrong: {problem}")
+            return AuthDeny(
+                AuthStat.RPCSEC_GSS_CREDPROBLEM, f"BIND_CHANNEL MIC (or bindings) wrong: {problem}"
+            )
         # Authentic and fresh from here on: every answer is signed.
         if call.args:
             return self._garbage(ctx.gss, seq, "BIND_CHANNEL takes no arguments")
         accepted = [p for p in known if self.prefixes is None or p in self.prefixes]
         if prefix not in accepted:
-            res = BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP,
-                              tuple(p.encode() for p in accepted))
+            res = BindChanRes(
+                BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP, tuple(p.encode() for p in accepted)
+            )
             return self._bind_reply(ctx, seq, b"", res)
         if requested not in self.hashes:
             res = BindChanRes(
@@ -822,8 +867,12 @@ class GssServerAuth(ServerAuth):
                     ctx.binding = None
 
         channel.on_break(forget)
-        log.info("RPCSEC_GSS handle of %s bound to channel %s on connection %d",
-                 ctx.principal, prefix, conn.conn_id)
+        log.info(
+            "RPCSEC_GSS handle of %s bound to channel %s on connection %d",
+            ctx.principal,
+            prefix,
+            conn.conn_id,
+        )
         return self._bind_reply(ctx, seq, cb_hash, BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_OK))
 
     def _bind_reply(self, ctx: _ServerContext, seq: int, cb_hash: bytes, res: BindChanRes) -> AuthResult:
@@ -850,5 +899,10 @@ class GssServerAuth(ServerAuth):
             expires = ctx.expires_at if ctx.expires_at is not None else now + DEFAULT_INDEFINITE_LIFETIME
             ctx.expires_at = now + max(0.0, expires - now) / 2
             failures = ctx.bind_failures
-        self._log_limited("bind-failure", logging.WARNING,
-                          "BIND_CHANNEL failure %d for %s: context lifetime halved", failures, ctx.principal)
+        self._log_limited(
+            "bind-failure",
+            logging.WARNING,
+            "BIND_CHANNEL failure %d for %s: context lifetime halved",
+            failures,
+            ctx.principal,
+        )

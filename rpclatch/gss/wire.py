@@ -160,7 +160,7 @@ def decode_cred_fields(data: bytes) -> tuple[int, GssProc, int, Service, bytes]:
     svc = _SERVICES.get(service)
     if gss_proc is None or svc is None:
         raise XdrError(f"bad gss_proc {proc} or service {service}")
-    return version, gss_proc, seq, svc, data[20:20 + hlen]
+    return version, gss_proc, seq, svc, data[20 : 20 + hlen]
 
 
 _CRED_HEAD = struct.Struct(">IIIII")
@@ -203,7 +203,7 @@ def _read_opaque(data: bytes, offset: int, max_len: int) -> tuple[bytes, int]:
     padded = offset + 4 + ((n + 3) & ~3)
     if padded > len(data):
         raise XdrError("opaque overruns the buffer")
-    return data[offset + 4:end], padded
+    return data[offset + 4 : end], padded
 
 
 class UnsupportedVersion(XdrError):
@@ -252,8 +252,7 @@ class InitRes:
     @classmethod
     def decode(cls, data: bytes) -> InitRes:
         dec = Decoder(data)
-        res = cls(dec.opaque(MAX_HANDLE), dec.uint32(), dec.uint32(), dec.uint32(),
-                  dec.opaque(MAX_GSS_TOKEN))
+        res = cls(dec.opaque(MAX_HANDLE), dec.uint32(), dec.uint32(), dec.uint32(), dec.opaque(MAX_GSS_TOKEN))
         dec.done()
         return res
 
@@ -320,9 +319,10 @@ def decode_integ(data: bytes) -> tuple[bytes, bytes]:
         raise XdrError(f"opaque length {m} exceeds limit {MAX_GSS_TOKEN}")
     end = pos + 4 + ((m + 3) & ~3)
     if end != total:
-        raise XdrError("checksum overruns the buffer" if end > total
-                       else f"{total - end} unexpected trailing bytes")
-    return data[4:4 + n], data[pos + 4:pos + 4 + m]
+        raise XdrError(
+            "checksum overruns the buffer" if end > total else f"{total - end} unexpected trailing bytes"
+        )
+    return data[4 : 4 + n], data[pos + 4 : pos + 4 + m]
 
 
 def decode_priv(data: bytes) -> bytes:
@@ -390,8 +390,10 @@ def bind_chan_request_problem(prefix: str, algorithm: HashAlgorithm) -> str | No
     fits 400 bytes with any krb5 MIC and peers decode it), else a one-line reason."""
     raw = prefix.encode("ascii", "replace")
     if len(raw) > MAX_PREFIX:
-        return (f"channel-binding prefix {prefix[:16]!r}... is {len(raw)} bytes; BIND_CHANNEL allows at "
-                f"most {MAX_PREFIX}")
+        return (
+            f"channel-binding prefix {prefix[:16]!r}... is {len(raw)} bytes; BIND_CHANNEL allows at "
+            f"most {MAX_PREFIX}"
+        )
     if len(algorithm.oid) > MAX_OID:
         return f"hash OID of {algorithm.name} is {len(algorithm.oid)} bytes; at most {MAX_OID}"
     size = bind_chan_verifier_size(raw, algorithm.oid)

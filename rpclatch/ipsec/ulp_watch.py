@@ -41,8 +41,14 @@ class UlpLatchWatch:
 
     __slots__ = ("_backend", "_latches", "_policy_protected", "_spd", "_watched", "pin_on_spd_change")
 
-    def __init__(self, spd: SecurityPolicyDatabase, backend: Backend, latches: LatchDatabase, *,
-                 pin_on_spd_change: bool) -> None:
+    def __init__(
+        self,
+        spd: SecurityPolicyDatabase,
+        backend: Backend,
+        latches: LatchDatabase,
+        *,
+        pin_on_spd_change: bool,
+    ) -> None:
         self._spd = spd
         self._backend = backend
         self._latches = latches
@@ -181,7 +187,8 @@ class UlpLatchWatch:
     def pinned_flows(self) -> list[FiveTuple]:
         """Watched flows held by a PINNED_LATCH entry (taken before a key-manager restart)."""
         return [
-            f for f, e in self._spd.overlay_entries().items()
+            f
+            for f, e in self._spd.overlay_entries().items()
             if e.origin is EntryOrigin.PINNED_LATCH and f in self._watched
         ]
 

@@ -23,8 +23,16 @@ from rpclatch.netsim.udp import UdpDatagram
 class Attacker(Host):
     """Build with :meth:`rpclatch.netsim.world.World.add_attacker`."""
 
-    def __init__(self, name: str, addresses: list[IPAddress], *, scheduler: Scheduler, hub: Hub,
-                 next_conn_id: Callable[[], int], msl: float = 30.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        addresses: list[IPAddress],
+        *,
+        scheduler: Scheduler,
+        hub: Hub,
+        next_conn_id: Callable[[], int],
+        msl: float = 30.0,
+    ) -> None:
         super().__init__(name, addresses, scheduler=scheduler, hub=hub, next_conn_id=next_conn_id, msl=msl)
         self.sniffed: list[WireRecord] = []
         self._sniffing = False
@@ -48,21 +56,42 @@ class Attacker(Host):
         """Put a packet on the wire exactly as given (any source address)."""
         self.send_packet(packet, note or f"injected by {self.name}")
 
-    def inject_tcp(self, src: str | IPAddress, sport: int, dst: str | IPAddress, dport: int, *,
-                   seq: int, ack: int = 0, flags: Flags = Flags.ACK, payload: bytes = b"") -> None:
+    def inject_tcp(
+        self,
+        src: str | IPAddress,
+        sport: int,
+        dst: str | IPAddress,
+        dport: int,
+        *,
+        seq: int,
+        ack: int = 0,
+        flags: Flags = Flags.ACK,
+        payload: bytes = b"",
+    ) -> None:
         """Forge a cleartext TCP segment (e.g. RFC 5660 §2 cleartext injection, attack A8 of
         docs/design.md)."""
         s, d = ip(src), ip(dst)
         seg = TcpSegment(sport, dport, seq, ack, flags, payload=payload)
         self.inject(IpPacket(s, d, PROTO_TCP, seg.encode(s, d)))
 
-    def inject_udp(self, src: str | IPAddress, sport: int, dst: str | IPAddress, dport: int,
-                   payload: bytes) -> None:
+    def inject_udp(
+        self, src: str | IPAddress, sport: int, dst: str | IPAddress, dport: int, payload: bytes
+    ) -> None:
         s, d = ip(src), ip(dst)
         self.inject(IpPacket(s, d, PROTO_UDP, UdpDatagram(sport, dport, payload).encode(s, d)))
 
-    def inject_protected(self, src: str | IPAddress, sport: int, dst: str | IPAddress, dport: int, *,
-                         seq: int, ack: int = 0, flags: Flags = Flags.ACK, payload: bytes = b"") -> bool:
+    def inject_protected(
+        self,
+        src: str | IPAddress,
+        sport: int,
+        dst: str | IPAddress,
+        dport: int,
+        *,
+        seq: int,
+        ack: int = 0,
+        flags: Flags = Flags.ACK,
+        payload: bytes = b"",
+    ) -> bool:
         """Send a TCP segment under one of the attacker's *own* SAs with the victim, whatever that
         SA's traffic selectors say (a misbehaving peer). Returns False if it has no SA to ``dst``."""
         if self.ipsec is None:

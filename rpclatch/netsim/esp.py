@@ -86,9 +86,9 @@ def esp_open(keys: EspKeys, data: bytes) -> EspPayload:
     hdr = EspHeader.decode(data)
     if hdr.spi != keys.spi:
         raise SimWireError("ESP SPI does not match the SA")
-    iv = data[HEADER_LEN:HEADER_LEN + IV_LEN]
+    iv = data[HEADER_LEN : HEADER_LEN + IV_LEN]
     try:
-        plaintext = AESGCM(keys.key).decrypt(keys.salt + iv, data[HEADER_LEN + IV_LEN:], data[:HEADER_LEN])
+        plaintext = AESGCM(keys.key).decrypt(keys.salt + iv, data[HEADER_LEN + IV_LEN :], data[:HEADER_LEN])
     except InvalidTag as exc:
         raise EspAuthError("ESP ICV check failed") from exc
     if len(plaintext) < 2:

@@ -54,8 +54,9 @@ class SecurityLayer(Protocol):
     def stream_connect(self, host: Host, conn: StreamConnection, options: dict[str, Any]) -> None:
         """Active open: create the connection latch (or not), then start ``conn.open_active()``."""
 
-    def stream_accept(self, host: Host, listener: Listener, conn: StreamConnection, syn: TcpSegment,
-                      tag: Any) -> bool:
+    def stream_accept(
+        self, host: Host, listener: Listener, conn: StreamConnection, syn: TcpSegment, tag: Any
+    ) -> bool:
         """A SYN reached ``listener``: latch the new 5-tuple; False = refuse the connection."""
 
     def stream_accepts(self, host: Host, conn: StreamConnection, seg: TcpSegment, tag: Any) -> bool:
@@ -89,8 +90,9 @@ class PlainIp:
     def stream_connect(self, host: Host, conn: StreamConnection, options: dict[str, Any]) -> None:
         conn.open_active()
 
-    def stream_accept(self, host: Host, listener: Listener, conn: StreamConnection, syn: TcpSegment,
-                      tag: Any) -> bool:
+    def stream_accept(
+        self, host: Host, listener: Listener, conn: StreamConnection, syn: TcpSegment, tag: Any
+    ) -> bool:
         return True
 
     def stream_accepts(self, host: Host, conn: StreamConnection, seg: TcpSegment, tag: Any) -> bool:
@@ -162,10 +164,16 @@ class UdpSocket:
     def sendto(self, data: bytes, addr: str | IPAddress, port: int) -> None:
         flow = FiveTuple(self.local_addr, self.port, ip(addr), port, IpProto.UDP)
         if self.flow is not None and flow != self.flow:
-            raise SimLocalError(f"{self.host.name}: connected UDP socket sends to {self.flow.remote_addr}:"
-                                f"{self.flow.remote_port} only")
-        self.host.security.output(self.host, flow, UdpDatagram(self.port, port, data).encode(
-            flow.local_addr, flow.remote_addr), self)
+            raise SimLocalError(
+                f"{self.host.name}: connected UDP socket sends to {self.flow.remote_addr}:"
+                f"{self.flow.remote_port} only"
+            )
+        self.host.security.output(
+            self.host,
+            flow,
+            UdpDatagram(self.port, port, data).encode(flow.local_addr, flow.remote_addr),
+            self,
+        )
 
     def close(self) -> None:
         self.host.udp_sockets.pop((self.local_addr, self.port), None)
@@ -180,8 +188,16 @@ class Host:
     (:class:`SecurityLayer`; plain IP until :meth:`World.enable_ipsec
     <rpclatch.netsim.world.World.enable_ipsec>` installs an IPsec stack)."""
 
-    def __init__(self, name: str, addresses: list[IPAddress], *, scheduler: Scheduler, hub: Hub,
-                 next_conn_id: Callable[[], int], msl: float = 30.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        addresses: list[IPAddress],
+        *,
+        scheduler: Scheduler,
+        hub: Hub,
+        next_conn_id: Callable[[], int],
+        msl: float = 30.0,
+    ) -> None:
         self.name = name
         self.scheduler = scheduler
         self.hub = hub
@@ -272,7 +288,8 @@ class Host:
                 conn.segment_arrived(seg)
             return
         listener = self.listeners.get((packet.dst, seg.dst_port)) or self.listeners.get(
-            (self._any(packet.dst), seg.dst_port))
+            (self._any(packet.dst), seg.dst_port)
+        )
         if listener is not None and seg.flags & Flags.SYN and not seg.flags & (Flags.ACK | Flags.RST):
             self._accept(listener, flow, seg, tag)
             return
@@ -283,8 +300,9 @@ class Host:
             if seg.flags & Flags.ACK:
                 rst = TcpSegment(seg.dst_port, seg.src_port, seg.ack, 0, Flags.RST)
             else:
-                rst = TcpSegment(seg.dst_port, seg.src_port, 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF,
-                                 Flags.RST | Flags.ACK)
+                rst = TcpSegment(
+                    seg.dst_port, seg.src_port, 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF, Flags.RST | Flags.ACK
+                )
             self.note(f"RST for unknown flow {flow}")
             self.security.output(self, flow, rst.encode(flow.local_addr, flow.remote_addr), None)
 
@@ -306,8 +324,13 @@ class Host:
         if listener.on_accept is not None:
             listener.on_accept(conn)
 
-    def listen(self, port: int, addr: str | IPAddress | None = None,
-               on_accept: Callable[[StreamConnection], None] | None = None, **options: Any) -> Listener:
+    def listen(
+        self,
+        port: int,
+        addr: str | IPAddress | None = None,
+        on_accept: Callable[[StreamConnection], None] | None = None,
+        **options: Any,
+    ) -> Listener:
         """Passive open on ``addr`` (default: the host's first address) and ``port``.
 
         ``options`` go to the latching layer (e.g. ``protect=True``)."""
@@ -332,15 +355,24 @@ class Host:
                 return port
         raise SimLocalError("no free ephemeral port")
 
-    def connect(self, remote: str | IPAddress, port: int, local_port: int | None = None,
-                local_addr: str | IPAddress | None = None, **options: Any) -> StreamConnection:
+    def connect(
+        self,
+        remote: str | IPAddress,
+        port: int,
+        local_port: int | None = None,
+        local_addr: str | IPAddress | None = None,
+        **options: Any,
+    ) -> StreamConnection:
         """Active open. ``options`` go to the latching layer (e.g. ``protect=True``).
 
         Returns the connection at once; watch ``conn.events`` / ``conn.state`` (the SYN may wait
         for the key manager, RFC 5660 §2: no packet leaves before the latch exists)."""
         raddr = ip(remote)
-        laddr = ip(local_addr) if local_addr is not None else next(
-            a for a in self.addresses if a.version == raddr.version)
+        laddr = (
+            ip(local_addr)
+            if local_addr is not None
+            else next(a for a in self.addresses if a.version == raddr.version)
+        )
         lport = local_port if local_port is not None else self.ephemeral_port(laddr, raddr, port)
         flow = FiveTuple(laddr, lport, raddr, port, PROTO_TCP)
         existing = self.connections.get(flow)
@@ -374,8 +406,10 @@ class Host:
         sock = self.udp_sockets.get((packet.dst, dgram.dst_port))
         if sock is None:
             return
-        if sock.flow is not None and (packet.src, dgram.src_port) != (sock.flow.remote_addr,
-                                                                      sock.flow.remote_port):
+        if sock.flow is not None and (packet.src, dgram.src_port) != (
+            sock.flow.remote_addr,
+            sock.flow.remote_port,
+        ):
             sock.not_from_peer += 1
             return
         sock.received.append((packet.src, dgram.src_port, dgram.payload, tag))

@@ -88,8 +88,9 @@ class SimCA:
 class Credentials:
     """What a host authenticates with in SIKE: NULL auth, a raw key (BTNS) or a CA-issued cert."""
 
-    def __init__(self, kind: AuthKind, key: Ed25519PrivateKey, cert: SimCertificate | None = None,
-                 name: str = "") -> None:
+    def __init__(
+        self, kind: AuthKind, key: Ed25519PrivateKey, cert: SimCertificate | None = None, name: str = ""
+    ) -> None:
         if kind is AuthKind.CERT and cert is None:
             raise ValueError("certificate credentials need a certificate")
         self.kind = kind
@@ -135,8 +136,9 @@ class AuthFailure(Exception):
     """The peer's SIKE authentication does not verify."""
 
 
-def verify_peer(ident: WireIdentity, signature: bytes, signed: bytes, ike_sa: IkeSaRef,
-                anchors: dict[str, SimCA]) -> PeerIdentity:
+def verify_peer(
+    ident: WireIdentity, signature: bytes, signed: bytes, ike_sa: IkeSaRef, anchors: dict[str, SimCA]
+) -> PeerIdentity:
     """Check a peer's signature (and certificate) and return its RFC 5660 peer identity."""
     if ident.kind is AuthKind.NULL:
         if signature:

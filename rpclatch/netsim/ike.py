@@ -475,8 +475,10 @@ class SikeDaemon:
         existing = self.ike_sas.setdefault(ike.ref, ike)
         existing.children.add(sa.sa_id)
         if self._export_keys is not None:
-            self._export_keys(EspSaExport(sa.local_addr, sa.remote_addr, out_keys),
-                              EspSaExport(sa.remote_addr, sa.local_addr, in_keys))
+            self._export_keys(
+                EspSaExport(sa.local_addr, sa.remote_addr, out_keys),
+                EspSaExport(sa.remote_addr, sa.local_addr, in_keys),
+            )
         self._event(f"installed {installed}")
         if self.on_installed is not None:
             self.on_installed()

@@ -36,14 +36,14 @@ class SikeType(enum.IntEnum):
 
 
 class AuthKind(enum.IntEnum):
-    NULL = 0       # RFC 7619
-    RAW_KEY = 1    # RFC 5386 BTNS / RFC 7670 raw public key
-    CERT = 2       # certificate issued by a (simulated) CA
+    NULL = 0  # RFC 7619
+    RAW_KEY = 1  # RFC 5386 BTNS / RFC 7670 raw public key
+    CERT = 2  # certificate issued by a (simulated) CA
 
 
 class SikeStatus(enum.IntEnum):
     OK = 0
-    NO_PROPOSAL_CHOSEN = 14      # RFC 7296 notify codes
+    NO_PROPOSAL_CHOSEN = 14  # RFC 7296 notify codes
     AUTHENTICATION_FAILED = 24
     TS_UNACCEPTABLE = 38
 
@@ -51,10 +51,10 @@ class SikeStatus(enum.IntEnum):
 @dataclass(frozen=True, slots=True)
 class WireIdentity:
     kind: AuthKind
-    id_data: bytes = b""     # the asserted IKE ID payload (DN / FQDN text); empty for ID_NULL
-    spki: bytes = b""        # SubjectPublicKeyInfo DER of the signing key (RAW_KEY, CERT)
-    cert: bytes = b""        # the simulated certificate (CERT)
-    anchor: str = ""         # trust anchor name the certificate claims (CERT)
+    id_data: bytes = b""  # the asserted IKE ID payload (DN / FQDN text); empty for ID_NULL
+    spki: bytes = b""  # SubjectPublicKeyInfo DER of the signing key (RAW_KEY, CERT)
+    cert: bytes = b""  # the simulated certificate (CERT)
+    anchor: str = ""  # trust anchor name the certificate claims (CERT)
 
     def encode_into(self, enc: Encoder) -> None:
         enc.uint32(self.kind).opaque(self.id_data, 256).opaque(self.spki, 512).opaque(self.cert, 1024)
@@ -122,7 +122,7 @@ class InitRequest:
     child_spi_i: int
     key_bits: int
     signature: bytes = b""
-    flags: int = 0      # FLAG_INITIAL_CONTACT
+    flags: int = 0  # FLAG_INITIAL_CONTACT
 
     @property
     def initial_contact(self) -> bool:
@@ -178,8 +178,14 @@ class Informational:
     value: int
 
     def encode(self) -> bytes:
-        return Encoder().uint32(self.kind).uint64(self.ike_spi_i).uint64(self.ike_spi_r).uint32(
-            self.value).to_bytes()
+        return (
+            Encoder()
+            .uint32(self.kind)
+            .uint64(self.ike_spi_i)
+            .uint64(self.ike_spi_r)
+            .uint32(self.value)
+            .to_bytes()
+        )
 
 
 SikeMessage = InitRequest | InitResponse | Informational

@@ -64,8 +64,16 @@ class IpPacket:
             if total > 0xFFFF:
                 raise SimWireError("IPv4 datagram too long")
             hdr = _IPV4.pack(
-                0x45, 0, total, self.ident & 0xFFFF, 0x4000, self.ttl, self.proto, 0,
-                self.src.packed, self.dst.packed,
+                0x45,
+                0,
+                total,
+                self.ident & 0xFFFF,
+                0x4000,
+                self.ttl,
+                self.proto,
+                0,
+                self.src.packed,
+                self.dst.packed,
             )
             csum = internet_checksum(hdr)
             return hdr[:10] + struct.pack("!H", csum) + hdr[12:] + self.payload
@@ -91,14 +99,25 @@ class IpPacket:
                 raise SimWireError("IPv4 fragments are not supported")
             if internet_checksum(data[:20]) != 0:
                 raise SimWireError("bad IPv4 header checksum")
-            return cls(ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst), proto, bytes(data[20:total]),
-                       ttl, ident)
+            return cls(
+                ipaddress.IPv4Address(src),
+                ipaddress.IPv4Address(dst),
+                proto,
+                bytes(data[20:total]),
+                ttl,
+                ident,
+            )
         if version == 6:
             if len(data) < 40:
                 raise SimWireError("truncated IPv6 header")
             _vtf, plen, nxt, hlim, src6, dst6 = _IPV6.unpack_from(data)
             if 40 + plen > len(data):
                 raise SimWireError(f"bad IPv6 payload length {plen}")
-            return cls(ipaddress.IPv6Address(src6), ipaddress.IPv6Address(dst6), nxt,
-                       bytes(data[40:40 + plen]), hlim)
+            return cls(
+                ipaddress.IPv6Address(src6),
+                ipaddress.IPv6Address(dst6),
+                nxt,
+                bytes(data[40 : 40 + plen]),
+                hlim,
+            )
         raise SimWireError(f"bad IP version {version}")

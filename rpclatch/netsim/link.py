@@ -155,7 +155,7 @@ class Hub:
             if addr.version != 4:
                 continue
             mac = self.mac(name)
-            arp = (bytes.fromhex("0001080006040002") + mac + addr.packed + b"\xff" * 6 + addr.packed)
+            arp = bytes.fromhex("0001080006040002") + mac + addr.packed + b"\xff" * 6 + addr.packed
             frame = b"\xff" * 6 + mac + b"\x08\x06" + arp + b"\x00" * 18
             out.append((t, 2 * order, CapturedPacket(t, 0, frame, f"{name} claims {addr}")))
         out.sort(key=lambda item: (item[0], item[1]))

@@ -68,12 +68,18 @@ class EspSaExport:
         """A row of the ``esp_sa`` UAT (Wireshark 4.0 fields: protocol, src, dst, SPI, encryption,
         key, authentication, authentication key; later versions add SN fields and default them)."""
         proto = "IPv4" if self.src.version == 4 else "IPv6"
-        return (f'"{proto}","{self.src}","{self.dst}","0x{self.keys.spi:08x}",'
-                f'"{ESP_ENC_AES_GCM_16}","0x{self.keys.key_material.hex()}","NULL",""')
+        return (
+            f'"{proto}","{self.src}","{self.dst}","0x{self.keys.spi:08x}",'
+            f'"{ESP_ENC_AES_GCM_16}","0x{self.keys.key_material.hex()}","NULL",""'
+        )
 
 
-def encode_pcapng(packets: Iterable[CapturedPacket], interfaces: list[str], application: str,
-                  linktype: int = LINKTYPE_ETHERNET) -> bytes:
+def encode_pcapng(
+    packets: Iterable[CapturedPacket],
+    interfaces: list[str],
+    application: str,
+    linktype: int = LINKTYPE_ETHERNET,
+) -> bytes:
     """Serialize ``packets`` (time in seconds of virtual time) into a pcapng byte string."""
     shb_body = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _options([(SHB_USERAPPL, application.encode())])
     out = [_block(_SHB, shb_body)]
@@ -88,8 +94,13 @@ def encode_pcapng(packets: Iterable[CapturedPacket], interfaces: list[str], appl
     return b"".join(out)
 
 
-def write_pcapng(path: Path | str, packets: Iterable[CapturedPacket], interfaces: list[str],
-                 application: str = "rpclatch.netsim", linktype: int = LINKTYPE_ETHERNET) -> None:
+def write_pcapng(
+    path: Path | str,
+    packets: Iterable[CapturedPacket],
+    interfaces: list[str],
+    application: str = "rpclatch.netsim",
+    linktype: int = LINKTYPE_ETHERNET,
+) -> None:
     Path(path).write_bytes(encode_pcapng(packets, interfaces, application, linktype))
 
 

@@ -80,7 +80,7 @@ class SimRpcClient:
         self.ended: StreamEventKind | None = None
         self.end_reason: str | None = None
         self._on_end: list[Callable[[StreamEventKind, str], None]] = []
-        self._unsent = bytearray()   # calls made before the stream opened (latch still LARVAL)
+        self._unsent = bytearray()  # calls made before the stream opened (latch still LARVAL)
         conn.on_event = self._on_stream_event
 
     # -- API ---------------------------------------------------------------------------------------

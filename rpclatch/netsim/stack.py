@@ -206,8 +206,8 @@ class IpsecStack:
             queue = self._queued.pop(flow, [])
             for i, (transport, owner) in enumerate(queue):
                 self._output(flow, transport, owner)
-                if flow in self._queued:   # still waiting: keep the rest behind it, in order
-                    self._queued[flow].extend(queue[i + 1:])
+                if flow in self._queued:  # still waiting: keep the rest behind it, in order
+                    self._queued[flow].extend(queue[i + 1 :])
                     break
         self.arm()
 
@@ -222,8 +222,11 @@ class IpsecStack:
 
     # -- inbound -------------------------------------------------------------------------------------
     def input(self, host: Host, packet: IpPacket) -> Inbound | None:
-        if packet.proto == PROTO_UDP and len(packet.payload) >= 8 and \
-                int.from_bytes(packet.payload[2:4], "big") == SIKE_PORT:
+        if (
+            packet.proto == PROTO_UDP
+            and len(packet.payload) >= 8
+            and int.from_bytes(packet.payload[2:4], "big") == SIKE_PORT
+        ):
             self.sike.datagram(packet.src, packet.dst, packet.payload[8:])
             self.arm()
             return None
@@ -288,8 +291,9 @@ class IpsecStack:
         entry = self.engine.spd.lookup(flow)
         try:
             if protect is False:
-                self.engine.request_protection(flow, FlowChoice.BYPASS, self.now,
-                                               privileged=bool(options.get("privileged")))
+                self.engine.request_protection(
+                    flow, FlowChoice.BYPASS, self.now, privileged=bool(options.get("privileged"))
+                )
                 cl.not_latched_reason = "application chose BYPASS"
                 self._start(conn)
                 return
@@ -298,8 +302,10 @@ class IpsecStack:
                 self._connect_protected(conn, cl, request, options, explicit=protect is True)
                 return
             if entry is not None and entry.action is SpdAction.BYPASS_OR_PROTECT:
-                raise SimLocalError(f"{flow} matches BYPASS-OR-PROTECT template {entry.name!r}: "
-                                    "pass protect=True or protect=False")
+                raise SimLocalError(
+                    f"{flow} matches BYPASS-OR-PROTECT template {entry.name!r}: "
+                    "pass protect=True or protect=False"
+                )
         except IPsecLocalError as exc:
             self._fail(conn, f"not latched: {exc}")
             return
@@ -318,15 +324,26 @@ class IpsecStack:
             req = LatchRequest(req.policy, req.protection, req.peer, req.local, disp)
         return req
 
-    def _connect_protected(self, conn: StreamConnection, cl: ConnLatch, request: LatchRequest | None,
-                           options: dict[str, Any], explicit: bool) -> None:
+    def _connect_protected(
+        self,
+        conn: StreamConnection,
+        cl: ConnLatch,
+        request: LatchRequest | None,
+        options: dict[str, Any],
+        explicit: bool,
+    ) -> None:
         flow = conn.flow
         if self.approach is Approach.POLICY:
             on_alert = self._conn_alert_handler(conn)
             if explicit:
                 out: ProtectionOutcome = self.engine.request_protection(
-                    flow, FlowChoice.PROTECT, self.now, request=request, on_alert=on_alert,
-                    on_outcome=lambda o: self._outcome(conn, o))
+                    flow,
+                    FlowChoice.PROTECT,
+                    self.now,
+                    request=request,
+                    on_alert=on_alert,
+                    on_outcome=lambda o: self._outcome(conn, o),
+                )
                 cl.handle = out.latch
                 if out.ok:
                     self._start(conn)
@@ -342,10 +359,17 @@ class IpsecStack:
         # approach 1: the TCB holds the latch; IPsec is asked to protect the flow first
         disposition = request.disposition if request is not None else BrokenDisposition.RESET
         mismatch = options.get("mismatch", MismatchPolicy.DROP)
-        cl.ulp = UlpLatch(self.engine, flow, require_protection=True, on_mismatch=mismatch,
-                          on_break=self._ulp_break_handler(conn), disposition=disposition)
-        out = self.engine.request_protection(flow, FlowChoice.PROTECT, self.now, request=request,
-                                             on_outcome=lambda o: self._outcome(conn, o))
+        cl.ulp = UlpLatch(
+            self.engine,
+            flow,
+            require_protection=True,
+            on_mismatch=mismatch,
+            on_break=self._ulp_break_handler(conn),
+            disposition=disposition,
+        )
+        out = self.engine.request_protection(
+            flow, FlowChoice.PROTECT, self.now, request=request, on_outcome=lambda o: self._outcome(conn, o)
+        )
         if out.ok:
             self._start(conn)
         elif not out.pending:
@@ -400,14 +424,18 @@ class IpsecStack:
                 reset = alert.disposition is BrokenDisposition.RESET
                 if reset:
                     self.forget_queued(conn.flow)
-                conn.latch_broken(reset=reset, reason=alert.reason.value,
-                                  unreachable=alert.disposition is BrokenDisposition.ICMP_UNREACHABLE)
+                conn.latch_broken(
+                    reset=reset,
+                    reason=alert.reason.value,
+                    unreachable=alert.disposition is BrokenDisposition.ICMP_UNREACHABLE,
+                )
             elif new is LatchState.CLOSED:
                 if alert.old_state is LatchState.LARVAL:
                     self._fail(conn, f"not latched: {alert.reason.value}")
                 elif conn.state is not StreamState.CLOSED:
                     self.forget_queued(conn.flow)
                     conn.latch_closed(alert.reason.value)
+
         return on_alert
 
     def _ulp_break_handler(self, conn: StreamConnection) -> Callable[[UlpBreak], None]:
@@ -426,12 +454,15 @@ class IpsecStack:
                 why = brk.reason.value
             extra = f": {brk.detail}" if brk.detail else ""
             self.host.note(f"ALERT {conn.flow}: TCB latch -> BROKEN ({brk.reason.value}{extra})")
-            conn.latch_broken(reset=reset, reason=why,
-                              unreachable=brk.disposition is BrokenDisposition.ICMP_UNREACHABLE)
+            conn.latch_broken(
+                reset=reset, reason=why, unreachable=brk.disposition is BrokenDisposition.ICMP_UNREACHABLE
+            )
+
         return on_break
 
-    def stream_accept(self, host: Host, listener: Listener, conn: StreamConnection, syn: TcpSegment,
-                      tag: Any) -> bool:
+    def stream_accept(
+        self, host: Host, listener: Listener, conn: StreamConnection, syn: TcpSegment, tag: Any
+    ) -> bool:
         """A SYN reached a listener. Approach 2: the engine already made the T2 latch (and alerted
         the listener's holder); the TCB takes it over. Approach 1: the TCB latches the SYN's tag."""
         flow = conn.flow
@@ -452,9 +483,14 @@ class IpsecStack:
             opt = listener.options.get("disposition")
             if isinstance(opt, BrokenDisposition):
                 disposition = opt
-            cl.ulp = UlpLatch(self.engine, flow, require_protection=True,
-                              on_mismatch=listener.options.get("mismatch", MismatchPolicy.DROP),
-                              on_break=self._ulp_break_handler(conn), disposition=disposition)
+            cl.ulp = UlpLatch(
+                self.engine,
+                flow,
+                require_protection=True,
+                on_mismatch=listener.options.get("mismatch", MismatchPolicy.DROP),
+                on_break=self._ulp_break_handler(conn),
+                disposition=disposition,
+            )
             cl.ulp.check_inbound(tag)
             self._ulp_latched(conn)
         else:
@@ -589,8 +625,9 @@ class IpsecStack:
             return
         ulp = cl.ulp
         try:
-            cl.channel = LatchChannel.for_params(params_from_sa(sa, conn.flow, None), cl.role,
-                                                 lambda: ulp.latched)
+            cl.channel = LatchChannel.for_params(
+                params_from_sa(sa, conn.flow, None), cl.role, lambda: ulp.latched
+            )
         except ChannelBindingUnavailable as exc:
             cl.binding_unavailable = str(exc)
             return
@@ -631,8 +668,10 @@ class IpsecStack:
 
 #: Approach 1's TCB latch states as RFC 5660 §2.2 latch states (:meth:`IpsecStack.latch_state`).
 _ULP_LATCH_STATES: dict[UlpLatchState, LatchState] = {
-    UlpLatchState.UNLATCHED: LatchState.LARVAL, UlpLatchState.LATCHED: LatchState.ESTABLISHED,
-    UlpLatchState.BROKEN: LatchState.BROKEN, UlpLatchState.CLOSED: LatchState.CLOSED,
+    UlpLatchState.UNLATCHED: LatchState.LARVAL,
+    UlpLatchState.LATCHED: LatchState.ESTABLISHED,
+    UlpLatchState.BROKEN: LatchState.BROKEN,
+    UlpLatchState.CLOSED: LatchState.CLOSED,
 }
 
 

@@ -43,21 +43,26 @@ class StreamState(enum.Enum):
 
 
 SYNCHRONIZED = {
-    StreamState.ESTABLISHED, StreamState.FIN_WAIT_1, StreamState.FIN_WAIT_2, StreamState.CLOSING,
-    StreamState.TIME_WAIT, StreamState.CLOSE_WAIT, StreamState.LAST_ACK,
+    StreamState.ESTABLISHED,
+    StreamState.FIN_WAIT_1,
+    StreamState.FIN_WAIT_2,
+    StreamState.CLOSING,
+    StreamState.TIME_WAIT,
+    StreamState.CLOSE_WAIT,
+    StreamState.LAST_ACK,
 }
 
 
 class StreamEventKind(enum.Enum):
     CONNECTED = "connected"
     DATA = "data"
-    EOF = "eof"            # peer sent FIN
-    CLOSED = "closed"      # orderly close finished (left TIME_WAIT / LAST_ACK)
-    RESET = "reset"        # peer RST, or a latch break acting as reset (RFC 5660 §5.5 (b))
-    TIMEOUT = "timeout"    # retransmissions exhausted
-    REFUSED = "refused"    # RST in answer to our SYN
-    LATCH = "latch"        # latch ALERT seen by the owner (state in ``detail``)
-    FAILED = "failed"      # could not start (e.g. key manager refused and policy requires IPsec)
+    EOF = "eof"  # peer sent FIN
+    CLOSED = "closed"  # orderly close finished (left TIME_WAIT / LAST_ACK)
+    RESET = "reset"  # peer RST, or a latch break acting as reset (RFC 5660 §5.5 (b))
+    TIMEOUT = "timeout"  # retransmissions exhausted
+    REFUSED = "refused"  # RST in answer to our SYN
+    LATCH = "latch"  # latch ALERT seen by the owner (state in ``detail``)
+    FAILED = "failed"  # could not start (e.g. key manager refused and policy requires IPsec)
     SOFT_ERROR = "soft-error"  # ICMP-like unreachable from a BROKEN latch (RFC 5660 §5.5 (c)): not fatal
 
 
@@ -99,7 +104,7 @@ class StreamConnection:
         self.irs = 0
         self.rcv_nxt = 0
         self.msl = msl
-        self._send_buf = bytearray()   # bytes from snd_una onwards (unacked + unsent)
+        self._send_buf = bytearray()  # bytes from snd_una onwards (unacked + unsent)
         self._fin_queued = False
         self._fin_sent = False
         self._rto = RTO_INITIAL
@@ -109,18 +114,26 @@ class StreamConnection:
         self.received = bytearray()
         self.events: list[StreamEvent] = []
         self.on_event: Callable[[StreamConnection, StreamEvent], None] | None = None
-        self.suspended = False   # latch BROKEN with disposition "wait": no output, drop input
+        self.suspended = False  # latch BROKEN with disposition "wait": no output, drop input
         # RFC 5660 §5.5 (c) / RFC 1122 §4.2.3.9: the pending soft error (like SO_ERROR after an
         # ICMP destination unreachable); the connection stays open, cleared when the latch is back
         self.soft_error: str | None = None
         self.segments_dropped = 0
-        self.latch_info: Any = None   # set by the host: the connection's latch view
-        self.channel: Any = None      # the LatchChannel when latched (for ConnectionInfo.channel)
+        self.latch_info: Any = None  # set by the host: the connection's latch view
+        self.channel: Any = None  # the LatchChannel when latched (for ConnectionInfo.channel)
 
     # -- application API ---------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        if self.state not in (StreamState.ESTABLISHED, StreamState.CLOSE_WAIT, StreamState.SYN_SENT,
-                              StreamState.SYN_RCVD) or self._fin_queued:
+        if (
+            self.state
+            not in (
+                StreamState.ESTABLISHED,
+                StreamState.CLOSE_WAIT,
+                StreamState.SYN_SENT,
+                StreamState.SYN_RCVD,
+            )
+            or self._fin_queued
+        ):
             raise SimLocalError(f"cannot send on a connection in state {self.state.value}")
         self._send_buf += data
         self._output()
@@ -185,7 +198,7 @@ class StreamConnection:
     # -- output ------------------------------------------------------------------------------
     def _emit(self, seg: TcpSegment) -> None:
         if self.suspended:
-            return   # RFC 5660 §2.3: while BROKEN the ULP MUST stop sending
+            return  # RFC 5660 §2.3: while BROKEN the ULP MUST stop sending
         self.host.stream_output(self, seg)
 
     def _output(self) -> None:
@@ -195,22 +208,38 @@ class StreamConnection:
         if self._fin_sent:
             sent_upto -= 1
         while sent_upto < len(self._send_buf):
-            chunk = bytes(self._send_buf[sent_upto:sent_upto + MSS])
-            self._emit(TcpSegment(self.flow.local_port, self.flow.remote_port, self.snd_nxt, self.rcv_nxt,
-                                  Flags.ACK | Flags.PSH, payload=chunk))
+            chunk = bytes(self._send_buf[sent_upto : sent_upto + MSS])
+            self._emit(
+                TcpSegment(
+                    self.flow.local_port,
+                    self.flow.remote_port,
+                    self.snd_nxt,
+                    self.rcv_nxt,
+                    Flags.ACK | Flags.PSH,
+                    payload=chunk,
+                )
+            )
             self.snd_nxt = (self.snd_nxt + len(chunk)) & 0xFFFFFFFF
             sent_upto += len(chunk)
             self._arm_rtx()
         if self._fin_queued and not self._fin_sent:
-            self._emit(TcpSegment(self.flow.local_port, self.flow.remote_port, self.snd_nxt, self.rcv_nxt,
-                                  Flags.FIN | Flags.ACK))
+            self._emit(
+                TcpSegment(
+                    self.flow.local_port,
+                    self.flow.remote_port,
+                    self.snd_nxt,
+                    self.rcv_nxt,
+                    Flags.FIN | Flags.ACK,
+                )
+            )
             self._fin_sent = True
             self.snd_nxt = (self.snd_nxt + 1) & 0xFFFFFFFF
             self._arm_rtx()
 
     def _send_ack(self) -> None:
-        self._emit(TcpSegment(self.flow.local_port, self.flow.remote_port, self.snd_nxt, self.rcv_nxt,
-                              Flags.ACK))
+        self._emit(
+            TcpSegment(self.flow.local_port, self.flow.remote_port, self.snd_nxt, self.rcv_nxt, Flags.ACK)
+        )
 
     def _arm_rtx(self) -> None:
         if self._rtx_timer is None:
@@ -228,7 +257,7 @@ class StreamConnection:
             return
         self._rto = min(self._rto * 2, RTO_MAX)
         if self.suspended:
-            self._arm_rtx()   # behave as packet loss: keep backing off, send nothing
+            self._arm_rtx()  # behave as packet loss: keep backing off, send nothing
             return
         if self.state in (StreamState.SYN_SENT, StreamState.SYN_RCVD):
             self._send_syn()
@@ -253,7 +282,7 @@ class StreamConnection:
         # RST: honoured only at exactly rcv_nxt (RFC 5961 §3.2); a SYN_RCVD RST in window too
         if seg.flags & Flags.RST:
             if st == StreamState.TIME_WAIT:
-                return   # RFC 1337: ignore RST in TIME_WAIT
+                return  # RFC 1337: ignore RST in TIME_WAIT
             if seg.seq == self.rcv_nxt:
                 kind = StreamEventKind.REFUSED if st == StreamState.SYN_RCVD else StreamEventKind.RESET
                 self._teardown(kind, "peer reset")
@@ -265,21 +294,24 @@ class StreamConnection:
                     self._process_ack(seg.ack)
                     self._send_ack()
                 else:
-                    self._send_syn()   # retransmitted SYN: repeat our SYN-ACK
+                    self._send_syn()  # retransmitted SYN: repeat our SYN-ACK
             else:
-                self._send_ack()   # RFC 5961 §4: challenge ACK
+                self._send_ack()  # RFC 5961 §4: challenge ACK
             return
         if seg.seq != self.rcv_nxt:
             if seg.seg_len:
-                self._send_ack()   # out of order or duplicate: re-ACK
+                self._send_ack()  # out of order or duplicate: re-ACK
             return
         if not seg.flags & Flags.ACK:
             return
         self._process_ack(seg.ack)
         if self.state == StreamState.CLOSED:
             return
-        if seg.payload and self.state in (StreamState.ESTABLISHED, StreamState.FIN_WAIT_1,
-                                          StreamState.FIN_WAIT_2):
+        if seg.payload and self.state in (
+            StreamState.ESTABLISHED,
+            StreamState.FIN_WAIT_1,
+            StreamState.FIN_WAIT_2,
+        ):
             self.rcv_nxt = (self.rcv_nxt + len(seg.payload)) & 0xFFFFFFFF
             self.received += seg.payload
             self._event(StreamEventKind.DATA, len(seg.payload))
@@ -292,8 +324,9 @@ class StreamConnection:
     def _in_syn_sent(self, seg: TcpSegment) -> None:
         if seg.flags & Flags.ACK and seg.ack != self.snd_nxt:
             if not seg.flags & Flags.RST:
-                self.host.stream_output(self, TcpSegment(self.flow.local_port, self.flow.remote_port,
-                                                         seg.ack, 0, Flags.RST))
+                self.host.stream_output(
+                    self, TcpSegment(self.flow.local_port, self.flow.remote_port, seg.ack, 0, Flags.RST)
+                )
             return
         if seg.flags & Flags.RST:
             if seg.flags & Flags.ACK:
@@ -323,7 +356,7 @@ class StreamConnection:
                 data_acked -= 1
             if self._fin_sent and ack == self.snd_nxt:
                 data_acked -= 1
-            del self._send_buf[:max(0, data_acked)]
+            del self._send_buf[: max(0, data_acked)]
             self.snd_una = ack
             self._retries = 0
             self._rto = RTO_INITIAL
@@ -357,8 +390,9 @@ class StreamConnection:
         self.state = StreamState.TIME_WAIT
         self._cancel_rtx()
         if self._tw_timer is None:
-            self._tw_timer = self.host.scheduler.call_later(2 * self.msl, self._teardown,
-                                                            StreamEventKind.CLOSED, None)
+            self._tw_timer = self.host.scheduler.call_later(
+                2 * self.msl, self._teardown, StreamEventKind.CLOSED, None
+            )
 
     def _cancel_rtx(self) -> None:
         if self._rtx_timer is not None:

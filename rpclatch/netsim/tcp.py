@@ -40,8 +40,17 @@ class TcpSegment:
         return len(self.payload) + (1 if self.flags & Flags.SYN else 0) + (1 if self.flags & Flags.FIN else 0)
 
     def encode(self, src: IPAddress, dst: IPAddress) -> bytes:
-        hdr = _TCP.pack(self.src_port, self.dst_port, self.seq & 0xFFFFFFFF, self.ack & 0xFFFFFFFF,
-                        5 << 4, int(self.flags), self.window, 0, 0)
+        hdr = _TCP.pack(
+            self.src_port,
+            self.dst_port,
+            self.seq & 0xFFFFFFFF,
+            self.ack & 0xFFFFFFFF,
+            5 << 4,
+            int(self.flags),
+            self.window,
+            0,
+            0,
+        )
         body = hdr + self.payload
         csum = internet_checksum(pseudo_header(src, dst, PROTO_TCP, len(body)) + body)
         return body[:16] + struct.pack("!H", csum) + body[18:]
@@ -59,7 +68,17 @@ class TcpSegment:
         return cls(sport, dport, seq, ack, Flags(flags & 0x1F), window, bytes(data[hlen:]))
 
     def describe(self) -> str:
-        names = "".join(n for f, n in ((Flags.SYN, "S"), (Flags.FIN, "F"), (Flags.RST, "R"),
-                                          (Flags.PSH, "P"), (Flags.ACK, ".")) if self.flags & f)
-        return (f"{self.src_port}>{self.dst_port} [{names}] seq={self.seq} ack={self.ack} "
-                f"len={len(self.payload)}")
+        names = "".join(
+            n
+            for f, n in (
+                (Flags.SYN, "S"),
+                (Flags.FIN, "F"),
+                (Flags.RST, "R"),
+                (Flags.PSH, "P"),
+                (Flags.ACK, "."),
+            )
+            if self.flags & f
+        )
+        return (
+            f"{self.src_port}>{self.dst_port} [{names}] seq={self.seq} ack={self.ack} len={len(self.payload)}"
+        )

@@ -61,8 +61,14 @@ class World:
             raise SimLocalError(f"host {name} exists")
         if not addresses:
             raise SimLocalError("a host needs at least one address")
-        host = Host(name, [ip(a) for a in addresses], scheduler=self.scheduler, hub=self.hub,
-                    next_conn_id=self.next_conn_id, msl=msl)
+        host = Host(
+            name,
+            [ip(a) for a in addresses],
+            scheduler=self.scheduler,
+            hub=self.hub,
+            next_conn_id=self.next_conn_id,
+            msl=msl,
+        )
         self.hosts[name] = host
         return host
 
@@ -72,8 +78,13 @@ class World:
             raise SimLocalError(f"host {name} exists")
         if not addresses:
             raise SimLocalError("an attacker needs at least one address")
-        attacker = Attacker(name, [ip(a) for a in addresses], scheduler=self.scheduler, hub=self.hub,
-                            next_conn_id=self.next_conn_id)
+        attacker = Attacker(
+            name,
+            [ip(a) for a in addresses],
+            scheduler=self.scheduler,
+            hub=self.hub,
+            next_conn_id=self.next_conn_id,
+        )
         self.hosts[name] = attacker
         return attacker
 
@@ -95,10 +106,18 @@ class World:
             return Credentials.certificate(ca, subject, rng)
         raise SimLocalError(f"unknown credential kind {kind!r} (btns, null, cert)")
 
-    def enable_ipsec(self, host: Host, *, spd: Iterable[SpdEntry], pad: Iterable[PadEntry],
-                     approach: Approach = Approach.POLICY, credentials: Credentials | None = None,
-                     ike: IkeMode = IkeMode.PRESENT, anchors: Iterable[SimCA] = (),
-                     config: EngineConfig | None = None) -> IpsecStack:
+    def enable_ipsec(
+        self,
+        host: Host,
+        *,
+        spd: Iterable[SpdEntry],
+        pad: Iterable[PadEntry],
+        approach: Approach = Approach.POLICY,
+        credentials: Credentials | None = None,
+        ike: IkeMode = IkeMode.PRESENT,
+        anchors: Iterable[SimCA] = (),
+        config: EngineConfig | None = None,
+    ) -> IpsecStack:
         """Give ``host`` an IPsec engine (H3's :class:`IPsecEngine`), a SIKE daemon
         (:class:`SikeDaemon`), the engine's key manager backed by it (:class:`SikeKeyManager`) and ESP.
 
@@ -112,14 +131,26 @@ class World:
             hub.register_esp_keys(outbound)
             hub.register_esp_keys(inbound, holder=host.name)  # the host can read what it receives
 
-        sike = SikeDaemon(self.scheduler, creds, {ca.name: ca for ca in anchors}, ike,
-                          send=host.send_packet, note=host.note, export_keys=export_keys)
+        sike = SikeDaemon(
+            self.scheduler,
+            creds,
+            {ca.name: ca for ca in anchors},
+            ike,
+            send=host.send_packet,
+            note=host.note,
+            export_keys=export_keys,
+        )
         cfg = config or EngineConfig(approach=approach)
         if cfg.approach is not approach:
             cfg = replace(cfg, approach=approach)
 
-        def factory(sad: SecurityAssociationDatabase, pad_db: PeerAuthorizationDatabase, ld: LatchDatabase,
-                    backend: Backend, engine: IPsecEngine) -> SikeKeyManager:
+        def factory(
+            sad: SecurityAssociationDatabase,
+            pad_db: PeerAuthorizationDatabase,
+            ld: LatchDatabase,
+            backend: Backend,
+            engine: IPsecEngine,
+        ) -> SikeKeyManager:
             return SikeKeyManager(sad, pad_db, ld, backend, sike, listener=engine)
 
         engine = IPsecEngine(spd, pad, config=cfg, key_manager_factory=factory)

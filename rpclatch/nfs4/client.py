@@ -162,24 +162,41 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({nfsstat4.NFS4ERR_DELAY, nfsstat4.NFS4ERR_GRACE})
 #: The server no longer knows our client ID / session / stateids (it restarted, or our lease
 #: expired): RFC 7530 §9.6.2, RFC 8881 §8.4.2.
-STATE_LOST = frozenset({nfsstat4.NFS4ERR_STALE_CLIENTID, nfsstat4.NFS4ERR_STALE_STATEID,
-                        nfsstat4.NFS4ERR_BADSESSION, nfsstat4.NFS4ERR_DEADSESSION,
-                        nfsstat4.NFS4ERR_EXPIRED})
+STATE_LOST = frozenset(
+    {
+        nfsstat4.NFS4ERR_STALE_CLIENTID,
+        nfsstat4.NFS4ERR_STALE_STATEID,
+        nfsstat4.NFS4ERR_BADSESSION,
+        nfsstat4.NFS4ERR_DEADSESSION,
+        nfsstat4.NFS4ERR_EXPIRED,
+    }
+)
 #: RFC 7530 §9.1.7: the open-owner seqid does NOT advance after these errors.
-_SEQID_UNCHANGED = frozenset({
-    nfsstat4.NFS4ERR_STALE_CLIENTID, nfsstat4.NFS4ERR_STALE_STATEID, nfsstat4.NFS4ERR_BAD_STATEID,
-    nfsstat4.NFS4ERR_BAD_SEQID, nfsstat4.NFS4ERR_BADXDR, nfsstat4.NFS4ERR_RESOURCE,
-    nfsstat4.NFS4ERR_NOFILEHANDLE, nfsstat4.NFS4ERR_MOVED,
-})
+_SEQID_UNCHANGED = frozenset(
+    {
+        nfsstat4.NFS4ERR_STALE_CLIENTID,
+        nfsstat4.NFS4ERR_STALE_STATEID,
+        nfsstat4.NFS4ERR_BAD_STATEID,
+        nfsstat4.NFS4ERR_BAD_SEQID,
+        nfsstat4.NFS4ERR_BADXDR,
+        nfsstat4.NFS4ERR_RESOURCE,
+        nfsstat4.NFS4ERR_NOFILEHANDLE,
+        nfsstat4.NFS4ERR_MOVED,
+    }
+)
 #: Our callback program number for SETCLIENTID / CREATE_SESSION (we never run the callback).
 CB_PROGRAM = 0x40000000
 #: Per-request headroom above rsize/wsize for RPC/RPCSEC_GSS headers and the other operations.
 REQUEST_OVERHEAD = 2048
 MAX_IO = 1024 * 1024
 #: Operations SP4_MACH_CRED asks the server to enforce (RFC 8881 §18.35.3, §2.10.8.3).
-MACH_CRED_ENFORCE = (nfs_opnum4.OP_EXCHANGE_ID, nfs_opnum4.OP_CREATE_SESSION,
-                     nfs_opnum4.OP_DESTROY_SESSION, nfs_opnum4.OP_DESTROY_CLIENTID,
-                     nfs_opnum4.OP_BIND_CONN_TO_SESSION)
+MACH_CRED_ENFORCE = (
+    nfs_opnum4.OP_EXCHANGE_ID,
+    nfs_opnum4.OP_CREATE_SESSION,
+    nfs_opnum4.OP_DESTROY_SESSION,
+    nfs_opnum4.OP_DESTROY_CLIENTID,
+    nfs_opnum4.OP_BIND_CONN_TO_SESSION,
+)
 
 LISTING_ATTRS = (*STAT_ATTRS, c.FATTR4_RDATTR_ERROR)
 
@@ -216,10 +233,23 @@ class FileInfo:
         def t(x: nfstime4 | None) -> float:
             return x.as_float() if x is not None else 0.0
 
-        return cls(name, a.type or nfs_ftype4.NF4REG, a.size or 0, a.mode or 0, a.numlinks or 0,
-                   a.owner or "", a.owner_group or "", a.fileid or 0,
-                   (a.fsid.major, a.fsid.minor) if a.fsid else (0, 0), a.change or 0,
-                   t(a.time_access), t(a.time_modify), t(a.time_metadata), a.space_used or 0, fh)
+        return cls(
+            name,
+            a.type or nfs_ftype4.NF4REG,
+            a.size or 0,
+            a.mode or 0,
+            a.numlinks or 0,
+            a.owner or "",
+            a.owner_group or "",
+            a.fileid or 0,
+            (a.fsid.major, a.fsid.minor) if a.fsid else (0, 0),
+            a.change or 0,
+            t(a.time_access),
+            t(a.time_modify),
+            t(a.time_metadata),
+            a.space_used or 0,
+            fh,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,13 +345,25 @@ class Nfs4Client:
     """An NFSv4.0 or 4.1 client on one TCP connection. Create with :meth:`connect`; use as an
     async context manager or call :meth:`close`."""
 
-    def __init__(self, rpc: RpcStreamClient, host: str, *, minorversion: int, sec: str,
-                 security: ConnectionSecurity, gss_target: str | None = None,
-                 retry_deadline: float = 120.0, state_protect: bool = False,
-                 client_name: str | None = None, gss_provider: Any = None, port: int = c.NFS4_PORT,
-                 security_hook: ConnectionSecurityHook = default_connection_security,
-                 timeout: float = 60.0, connect_timeout: float = 10.0,
-                 auto_reconnect: bool = True) -> None:
+    def __init__(
+        self,
+        rpc: RpcStreamClient,
+        host: str,
+        *,
+        minorversion: int,
+        sec: str,
+        security: ConnectionSecurity,
+        gss_target: str | None = None,
+        retry_deadline: float = 120.0,
+        state_protect: bool = False,
+        client_name: str | None = None,
+        gss_provider: Any = None,
+        port: int = c.NFS4_PORT,
+        security_hook: ConnectionSecurityHook = default_connection_security,
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        auto_reconnect: bool = True,
+    ) -> None:
         if minorversion not in (0, 1):
             raise ValueError("minorversion must be 0 or 1")
         self.rpc = rpc
@@ -346,7 +388,8 @@ class Nfs4Client:
         self.retry_deadline = retry_deadline
         self.state_protect = state_protect
         self.client_name = client_name or (
-            f"rpclatch/{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}")
+            f"rpclatch/{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        )
         self._gss_provider = gss_provider
         self._auths: dict[SecFlavor, ClientAuth] = {}
         self.flavor: SecFlavor | None = None  # data flavor (file operations)
@@ -375,12 +418,22 @@ class Nfs4Client:
     # ---- construction ------------------------------------------------------------------------------
 
     @classmethod
-    async def connect(cls, host: str, *, port: int = c.NFS4_PORT, minorversion: int = 1,
-                      sec: str = "auto", gss_target: str | None = None,
-                      security_hook: ConnectionSecurityHook = default_connection_security,
-                      timeout: float = 60.0, connect_timeout: float = 10.0,
-                      retry_deadline: float = 120.0, state_protect: bool = False,
-                      client_name: str | None = None, gss_provider: Any = None) -> Nfs4Client:
+    async def connect(
+        cls,
+        host: str,
+        *,
+        port: int = c.NFS4_PORT,
+        minorversion: int = 1,
+        sec: str = "auto",
+        gss_target: str | None = None,
+        security_hook: ConnectionSecurityHook = default_connection_security,
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        retry_deadline: float = 120.0,
+        state_protect: bool = False,
+        client_name: str | None = None,
+        gss_provider: Any = None,
+    ) -> Nfs4Client:
         """Connect, establish the client ID (4.0) or session (4.1) and settle the root's flavor.
 
         ``sec``: ``auto`` (the server's SECINFO preference among what we support) or one of
@@ -391,12 +444,25 @@ class Nfs4Client:
         (default python-gssapi with the default credential cache).
         """
         security = await security_hook(host, port, sec)
-        rpc = await RpcStreamClient.connect_tcp(host, port, timeout=timeout, connect_timeout=connect_timeout,
-                                                sock=security.sock)
-        client = cls(rpc, host, minorversion=minorversion, sec=sec, security=security,
-                     gss_target=gss_target, retry_deadline=retry_deadline, state_protect=state_protect,
-                     client_name=client_name, gss_provider=gss_provider, port=port,
-                     security_hook=security_hook, timeout=timeout, connect_timeout=connect_timeout)
+        rpc = await RpcStreamClient.connect_tcp(
+            host, port, timeout=timeout, connect_timeout=connect_timeout, sock=security.sock
+        )
+        client = cls(
+            rpc,
+            host,
+            minorversion=minorversion,
+            sec=sec,
+            security=security,
+            gss_target=gss_target,
+            retry_deadline=retry_deadline,
+            state_protect=state_protect,
+            client_name=client_name,
+            gss_provider=gss_provider,
+            port=port,
+            security_hook=security_hook,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+        )
         try:
             await client._setup()
         except BaseException:
@@ -449,7 +515,10 @@ class Nfs4Client:
                 raise Nfs4SecurityError(
                     "server closed the connection during RPCSEC_GSS context setup: check the GSS "
                     f"target (--gss-target nfs@HOST, now {self.gss_target}) and the server's "
-                    "keytab", "", (flavor.value,)) from exc
+                    "keytab",
+                    "",
+                    (flavor.value,),
+                ) from exc
             if self.security.channel is not None:
                 try:
                     await gss.bind_channel(self._rpc_call, self.security.channel)
@@ -467,8 +536,9 @@ class Nfs4Client:
             return result
         return await self._rpc_call(auth, c.NFSPROC4_COMPOUND, args)
 
-    async def _switch_to(self, candidates: Sequence[SecFlavor], path: str, *,
-                         server_requires: bool = True) -> SecFlavor:
+    async def _switch_to(
+        self, candidates: Sequence[SecFlavor], path: str, *, server_requires: bool = True
+    ) -> SecFlavor:
         """Use the first candidate we can establish; Kerberos failures move on to the next."""
         last: Exception | None = None
         for flavor in candidates:
@@ -498,13 +568,14 @@ class Nfs4Client:
         hint = " or use --sec sys" if self.sec == "auto" and SecFlavor.SYS not in candidates else ""
         raise Nfs4SecurityError(
             f"{what} but Kerberos failed ({last}); get a ticket with kinit "
-            f"(or set KRB5CCNAME / KRB5_CLIENT_KTNAME){hint}", path,
-            tuple(f.value for f in candidates)) from last
+            f"(or set KRB5CCNAME / KRB5_CLIENT_KTNAME){hint}",
+            path,
+            tuple(f.value for f in candidates),
+        ) from last
 
     # ---- COMPOUND with SEQUENCE, retries ----------------------------------------------------------
 
-    async def _compound_once(self, ops: Sequence[ArgOp], auth: ClientAuth,
-                             sequence: bool) -> COMPOUND4res:
+    async def _compound_once(self, ops: Sequence[ArgOp], auth: ClientAuth, sequence: bool) -> COMPOUND4res:
         """One COMPOUND RPC. For 4.1 with ``sequence`` a SEQUENCE on a free slot is prepended and
         its result stripped (a failing SEQUENCE raises :class:`Nfs4RemoteError`)."""
         if self.minorversion == 0 or not sequence:
@@ -518,8 +589,9 @@ class Nfs4Client:
             raise Nfs4LocalError("no NFSv4.1 session")
         slot = await table.acquire()
         try:
-            seq = SEQUENCE4args(self.sessionid, slot.seqid, slot.slotid,
-                                max(table.highest_used(), slot.slotid), False)
+            seq = SEQUENCE4args(
+                self.sessionid, slot.seqid, slot.slotid, max(table.highest_used(), slot.slotid), False
+            )
             comp = COMPOUND4args((seq, *ops), 1)
             try:
                 raw = await self._call_with(auth, comp.encode())
@@ -542,16 +614,23 @@ class Nfs4Client:
             slot.seqid = (slot.seqid + 1) & 0xFFFFFFFF
             table.target = max(1, min(len(table.slots), ok.sr_target_highest_slotid + 1))
             self._last_renewal = time.monotonic()
-            if ok.sr_status_flags & (c.SEQ4_STATUS_EXPIRED_ALL_STATE_REVOKED
-                                     | c.SEQ4_STATUS_ADMIN_STATE_REVOKED):
+            if ok.sr_status_flags & (
+                c.SEQ4_STATUS_EXPIRED_ALL_STATE_REVOKED | c.SEQ4_STATUS_ADMIN_STATE_REVOKED
+            ):
                 log.warning("server reports revoked state (sr_status_flags %#x)", ok.sr_status_flags)
             return COMPOUND4res(res.status, res.resarray[1:], res.tag)
         finally:
             await table.release(slot)
 
-    async def _compound(self, build: Callable[[], Sequence[ArgOp]], *, flavor: SecFlavor | None = None,
-                        sequence: bool = True, retry: bool = True,
-                        idempotent: bool = False) -> COMPOUND4res:
+    async def _compound(
+        self,
+        build: Callable[[], Sequence[ArgOp]],
+        *,
+        flavor: SecFlavor | None = None,
+        sequence: bool = True,
+        retry: bool = True,
+        idempotent: bool = False,
+    ) -> COMPOUND4res:
         """Run the COMPOUND ``build()`` returns (with ``flavor``, default the data flavor),
         rebuilding and resending it on GRACE/DELAY with exponential backoff (0.1 s doubling to
         2 s) until ``retry_deadline``. A COMPOUND that found the connection closed before it was
@@ -577,14 +656,21 @@ class Nfs4Client:
                 status, res = exc.status, None
             except RpcConnectionClosed as exc:
                 safe = idempotent or isinstance(exc, RequestNotSent)
-                if (not (safe and self.auto_reconnect and not self.closed and not self._closing)
-                        or reconnects >= 2):
+                if (
+                    not (safe and self.auto_reconnect and not self.closed and not self._closing)
+                    or reconnects >= 2
+                ):
                     raise
                 reconnects += 1
                 await self.reconnect()
                 continue
-            if (status in STATE_LOST and sequence and recoveries < 2 and self.minorversion == 0
-                    and not self.closed):
+            if (
+                status in STATE_LOST
+                and sequence
+                and recoveries < 2
+                and self.minorversion == 0
+                and not self.closed
+            ):
                 recoveries += 1
                 await self._recover_state(epoch, status)
                 continue
@@ -620,14 +706,19 @@ class Nfs4Client:
                 self.allowed = self.security.allowed
                 try:
                     self.rpc = await RpcStreamClient.connect_tcp(
-                        self.host, self.port, timeout=self.timeout, connect_timeout=self.connect_timeout,
-                        sock=self.security.sock)
+                        self.host,
+                        self.port,
+                        timeout=self.timeout,
+                        connect_timeout=self.connect_timeout,
+                        sock=self.security.sock,
+                    )
                     break
                 except OSError as exc:
                     if time.monotonic() + delay > deadline:
                         raise
-                    log.info("reconnect to %s:%d failed (%s); again in %.1f s", self.host, self.port,
-                             exc, delay)
+                    log.info(
+                        "reconnect to %s:%d failed (%s); again in %.1f s", self.host, self.port, exc, delay
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
             self.reconnects += 1
@@ -666,12 +757,23 @@ class Nfs4Client:
             if f.epoch == epoch:
                 return
             if self.minorversion == 1:
-                access = (c.OPEN4_SHARE_ACCESS_WRITE if f.write else c.OPEN4_SHARE_ACCESS_READ) \
-                    | c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG
+                access = (
+                    c.OPEN4_SHARE_ACCESS_WRITE if f.write else c.OPEN4_SHARE_ACCESS_READ
+                ) | c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG
                 owner = self._new_owner()
-                res = await self._compound(lambda: [PUTFH4args(f.fh), OPEN4args(
-                    0, access, c.OPEN4_SHARE_DENY_NONE, owner, openflag4(opentype4.OPEN4_NOCREATE),
-                    open_claim4(open_claim_type4.CLAIM_FH))])
+                res = await self._compound(
+                    lambda: [
+                        PUTFH4args(f.fh),
+                        OPEN4args(
+                            0,
+                            access,
+                            c.OPEN4_SHARE_DENY_NONE,
+                            owner,
+                            openflag4(opentype4.OPEN4_NOCREATE),
+                            open_claim4(open_claim_type4.CLAIM_FH),
+                        ),
+                    ]
+                )
                 res.raise_for_status(f.path)
                 op = res.resarray[-1]
                 assert isinstance(op, OPEN4res)
@@ -698,16 +800,25 @@ class Nfs4Client:
         table = self.slots
         assert table is not None
         for _ in range(3):
-            comp = COMPOUND4args((SEQUENCE4args(self.sessionid, slot.seqid, slot.slotid,
-                                                max(table.highest_used(), slot.slotid), False),), 1)
+            comp = COMPOUND4args(
+                (
+                    SEQUENCE4args(
+                        self.sessionid, slot.seqid, slot.slotid, max(table.highest_used(), slot.slotid), False
+                    ),
+                ),
+                1,
+            )
             res = COMPOUND4res.decode(await self._call_with(auth, comp.encode()), comp.opnums())
             status = res.resarray[0].status if res.resarray else res.status
             if status == nfsstat4.NFS4_OK:
                 slot.seqid = (slot.seqid + 1) & 0xFFFFFFFF
                 slot.poisoned = False
                 return
-            if status in (nfsstat4.NFS4ERR_RETRY_UNCACHED_REP, nfsstat4.NFS4ERR_SEQ_FALSE_RETRY,
-                          nfsstat4.NFS4ERR_SEQ_MISORDERED):
+            if status in (
+                nfsstat4.NFS4ERR_RETRY_UNCACHED_REP,
+                nfsstat4.NFS4ERR_SEQ_FALSE_RETRY,
+                nfsstat4.NFS4ERR_SEQ_MISORDERED,
+            ):
                 slot.seqid = (slot.seqid + 1) & 0xFFFFFFFF
                 continue
             log.warning("slot %d stays unusable after reconnect: %s", slot.slotid, status.name)
@@ -718,8 +829,9 @@ class Nfs4Client:
     async def _setup(self) -> None:
         # The client ID / session use the strongest flavor we can establish among those allowed
         # (krb5i preferred: state-management ops deserve integrity, RFC 8881 §2.10.8.3), else sys.
-        order = [f for f in (SecFlavor.KRB5I, SecFlavor.KRB5P, SecFlavor.KRB5, SecFlavor.SYS)
-                 if f in self.allowed]
+        order = [
+            f for f in (SecFlavor.KRB5I, SecFlavor.KRB5P, SecFlavor.KRB5, SecFlavor.SYS) if f in self.allowed
+        ]
         self.machine_flavor = await self._switch_to(order, "/", server_requires=False)
         if self.minorversion == 0:
             await self._setclientid()
@@ -732,15 +844,24 @@ class Nfs4Client:
         """RFC 7530 §16.33-§16.34 with a callback nobody listens on (no delegations)."""
         auth = self.machine_flavor
         verifier = secrets.token_bytes(8)
-        res = await self._compound(lambda: [SETCLIENTID4args(
-            verifier, self.client_name.encode(), CB_PROGRAM, netaddr4("tcp", "0.0.0.0.0.0"), 1)],
-            flavor=auth, sequence=False)
+        res = await self._compound(
+            lambda: [
+                SETCLIENTID4args(
+                    verifier, self.client_name.encode(), CB_PROGRAM, netaddr4("tcp", "0.0.0.0.0.0"), 1
+                )
+            ],
+            flavor=auth,
+            sequence=False,
+        )
         res.raise_for_status()
         sc = res.resarray[0]
         assert isinstance(sc, SETCLIENTID4res)
         ok = sc.ok()
-        res = await self._compound(lambda: [SETCLIENTID_CONFIRM4args(ok.clientid, ok.setclientid_confirm)],
-                                   flavor=auth, sequence=False)
+        res = await self._compound(
+            lambda: [SETCLIENTID_CONFIRM4args(ok.clientid, ok.setclientid_confirm)],
+            flavor=auth,
+            sequence=False,
+        )
         res.raise_for_status()
         self.clientid = ok.clientid
 
@@ -751,12 +872,16 @@ class Nfs4Client:
         if self.state_protect:
             if self.machine_flavor not in (SecFlavor.KRB5I, SecFlavor.KRB5P):
                 raise Nfs4SecurityError("SP4_MACH_CRED needs krb5i or krb5p (RFC 8881 §18.35.3)")
-            protect = state_protect4_a(state_protect_how4.SP4_MACH_CRED, state_protect_ops4(
-                bitmap_from_attrs(MACH_CRED_ENFORCE), ()))
+            protect = state_protect4_a(
+                state_protect_how4.SP4_MACH_CRED, state_protect_ops4(bitmap_from_attrs(MACH_CRED_ENFORCE), ())
+            )
         impl = (nfs_impl_id4("rpclatch.test", "rpclatch", nfstime4(0, 0)),)
         verifier = secrets.token_bytes(8)
-        res = await self._compound(lambda: [EXCHANGE_ID4args(
-            verifier, self.client_name.encode(), 0, protect, impl)], flavor=auth, sequence=False)
+        res = await self._compound(
+            lambda: [EXCHANGE_ID4args(verifier, self.client_name.encode(), 0, protect, impl)],
+            flavor=auth,
+            sequence=False,
+        )
         res.raise_for_status()
         ex = res.resarray[0]
         assert isinstance(ex, EXCHANGE_ID4res)
@@ -766,8 +891,11 @@ class Nfs4Client:
         self.state_protect_how = eir.eir_state_protect.spr_how
         fore = channel_attrs4(0, MAX_IO + REQUEST_OVERHEAD * 4, MAX_IO + REQUEST_OVERHEAD * 4, 4096, 16, 16)
         back = channel_attrs4(0, 4096, 4096, 0, 2, 1)
-        res = await self._compound(lambda: [CREATE_SESSION4args(
-            eir.eir_clientid, eir.eir_sequenceid, 0, fore, back, CB_PROGRAM)], flavor=auth, sequence=False)
+        res = await self._compound(
+            lambda: [CREATE_SESSION4args(eir.eir_clientid, eir.eir_sequenceid, 0, fore, back, CB_PROGRAM)],
+            flavor=auth,
+            sequence=False,
+        )
         res.raise_for_status()
         cs = res.resarray[0]
         assert isinstance(cs, CREATE_SESSION4res)
@@ -793,8 +921,7 @@ class Nfs4Client:
                 sec = res.resarray[-1]
                 assert isinstance(sec, SECINFO_NO_NAME4res)
                 await self._adopt_secinfo(sec.ok(), "/")
-        elif (self.security.prefer_allowed_order and self.allowed
-              and self.flavor is not self.allowed[0]):
+        elif self.security.prefer_allowed_order and self.allowed and self.flavor is not self.allowed[0]:
             # 4.0 has no SECINFO for the root: the hook's order picks the data flavor (the
             # GETATTR below falls back on WRONGSEC)
             await self._switch_to(self.allowed, "/", server_requires=False)
@@ -814,8 +941,11 @@ class Nfs4Client:
         self.lease_time = a.lease_time or 90
         limit = MAX_IO
         if self.fore_attrs is not None:
-            limit = min(limit, self.fore_attrs.ca_maxresponsesize - REQUEST_OVERHEAD,
-                        self.fore_attrs.ca_maxrequestsize - REQUEST_OVERHEAD)
+            limit = min(
+                limit,
+                self.fore_attrs.ca_maxresponsesize - REQUEST_OVERHEAD,
+                self.fore_attrs.ca_maxrequestsize - REQUEST_OVERHEAD,
+            )
         self.rsize = _io_size(min(a.maxread or 65536, limit))
         self.wsize = _io_size(min(a.maxwrite or 65536, limit))
 
@@ -836,12 +966,15 @@ class Nfs4Client:
                 return
         raise Nfs4SecurityError(
             f"server refuses {', '.join(f.value for f in self.allowed)} for / "
-            f"(NFS4ERR_WRONGSEC); rerun with another --sec or --sec auto", "/")
+            f"(NFS4ERR_WRONGSEC); rerun with another --sec or --sec auto",
+            "/",
+        )
 
     async def _adopt_secinfo(self, offered: Sequence[secinfo4], path: str) -> None:
         prefer = self.security.prefer_allowed_order
-        choose_from_secinfo(offered, self.allowed, path=path, sec=self.sec,
-                            prefer_allowed_order=prefer)  # raises with advice
+        choose_from_secinfo(
+            offered, self.allowed, path=path, sec=self.sec, prefer_allowed_order=prefer
+        )  # raises with advice
         candidates = acceptable_flavors(offered, self.allowed, prefer_allowed_order=prefer)
         if self.flavor in candidates and self.sec != "auto":
             return
@@ -869,8 +1002,9 @@ class Nfs4Client:
     async def renew(self) -> None:
         """One lease renewal now: RENEW (4.0) or a SEQUENCE-only COMPOUND (4.1)."""
         if self.minorversion == 0:
-            res = await self._compound(lambda: [RENEW4args(self.clientid)], flavor=self.machine_flavor,
-                                       idempotent=True)
+            res = await self._compound(
+                lambda: [RENEW4args(self.clientid)], flavor=self.machine_flavor, idempotent=True
+            )
         else:
             res = await self._compound(lambda: [], idempotent=True)
         res.raise_for_status()
@@ -878,8 +1012,13 @@ class Nfs4Client:
 
     # ---- paths and WRONGSEC --------------------------------------------------------------------------
 
-    async def _on_path(self, path: str, tail: Callable[[], Sequence[ArgOp]], upto: int | None = None,
-                       idempotent: bool = False) -> tuple[COMPOUND4res, int]:
+    async def _on_path(
+        self,
+        path: str,
+        tail: Callable[[], Sequence[ArgOp]],
+        upto: int | None = None,
+        idempotent: bool = False,
+    ) -> tuple[COMPOUND4res, int]:
         """Run {PUTROOTFH, LOOKUP each component (of the first ``upto``), tail...}, negotiating the
         flavor on WRONGSEC (at most 4 times). Returns the reply (status not checked) and the index
         of the first tail result."""
@@ -904,8 +1043,9 @@ class Nfs4Client:
             culprit = k - 1
         elif k > 0 and isinstance(ops[k - 1], LOOKUP4args):
             culprit = k - 2
-        elif not isinstance(ops[k], PUTROOTFH4args) and not isinstance(ops[k - 1] if k else None,
-                                                                         PUTROOTFH4args):
+        elif not isinstance(ops[k], PUTROOTFH4args) and not isinstance(
+            ops[k - 1] if k else None, PUTROOTFH4args
+        ):
             raise Nfs4SecurityError(f"NFS4ERR_WRONGSEC at {ops[k].opnum.name}", "/" + "/".join(comps))
         if culprit is None:
             path = "/"
@@ -938,9 +1078,9 @@ class Nfs4Client:
 
     async def stat(self, path: str) -> FileInfo:
         """Attributes of ``path`` (type, size, mode, owner, owner_group, times, fsid, fileid)."""
-        res, i = await self._on_path(path, lambda: [GETFH4args(),
-                                                   GETATTR4args(bitmap_from_attrs(STAT_ATTRS))],
-                                     idempotent=True)
+        res, i = await self._on_path(
+            path, lambda: [GETFH4args(), GETATTR4args(bitmap_from_attrs(STAT_ATTRS))], idempotent=True
+        )
         res.raise_for_status(path)
         fh, ga = res.resarray[i], res.resarray[i + 1]
         assert isinstance(fh, GETFH4res) and isinstance(ga, GETATTR4res)
@@ -954,8 +1094,10 @@ class Nfs4Client:
         cookie, verf = 0, bytes(8)
         while True:
             args = READDIR4args(cookie, verf, 8192, 32768, bitmap_from_attrs(LISTING_ATTRS))
-            res = await self._compound(lambda a=args: [PUTFH4args(fh), a],  # type: ignore[misc]
-                                       idempotent=True)
+            res = await self._compound(
+                lambda a=args: [PUTFH4args(fh), a],  # type: ignore[misc]
+                idempotent=True,
+            )
             res.raise_for_status(path)
             rd = res.resarray[-1]
             assert isinstance(rd, READDIR4res)
@@ -984,18 +1126,28 @@ class Nfs4Client:
         access = c.OPEN4_SHARE_ACCESS_WRITE if write else c.OPEN4_SHARE_ACCESS_READ
         if self.minorversion == 1:
             access |= c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG  # we have no back channel
-        how = (openflag4(opentype4.OPEN4_CREATE, createhow4(createmode4.UNCHECKED4,
-                                                            Fattr4(size=0, mode=mode)))
-               if write and create else openflag4(opentype4.OPEN4_NOCREATE))
+        how = (
+            openflag4(opentype4.OPEN4_CREATE, createhow4(createmode4.UNCHECKED4, Fattr4(size=0, mode=mode)))
+            if write and create
+            else openflag4(opentype4.OPEN4_NOCREATE)
+        )
         owner_box: list[open_owner4] = []
 
         def tail() -> list[ArgOp]:
             owner = self._new_owner()  # a fresh owner each attempt: its seqid starts at 0
             owner_box.append(owner)
-            return [OPEN4args(0, access, c.OPEN4_SHARE_DENY_NONE, owner, how,
-                              open_claim4(open_claim_type4.CLAIM_NULL, name)),
-                    GETFH4args(), GETATTR4args(bitmap_from_attrs((c.FATTR4_TYPE, c.FATTR4_SIZE,
-                                                                  c.FATTR4_CHANGE)))]
+            return [
+                OPEN4args(
+                    0,
+                    access,
+                    c.OPEN4_SHARE_DENY_NONE,
+                    owner,
+                    how,
+                    open_claim4(open_claim_type4.CLAIM_NULL, name),
+                ),
+                GETFH4args(),
+                GETATTR4args(bitmap_from_attrs((c.FATTR4_TYPE, c.FATTR4_SIZE, c.FATTR4_CHANGE))),
+            ]
 
         res, i = await self._on_path(path, tail, upto=len(comps) - 1)
         res.raise_for_status(path)
@@ -1004,8 +1156,10 @@ class Nfs4Client:
         ok = op.ok()
         fh = fh_res.ok()
         deleg = None
-        if ok.delegation.delegation_type in (open_delegation_type4.OPEN_DELEGATE_READ,
-                                             open_delegation_type4.OPEN_DELEGATE_WRITE):
+        if ok.delegation.delegation_type in (
+            open_delegation_type4.OPEN_DELEGATE_READ,
+            open_delegation_type4.OPEN_DELEGATE_WRITE,
+        ):
             deleg = ok.delegation.stateid
         f = _Open(fh, ok.stateid, owner_box[-1], 1, deleg, ga.ok(), self._epoch, path, write)
         if self.minorversion == 0 and ok.rflags & c.OPEN4_RESULT_CONFIRM:
@@ -1046,8 +1200,9 @@ class Nfs4Client:
 
     async def _read_at(self, f: _Open, offset: int, count: int) -> tuple[bytes, bool]:
         await self._ensure_open(f)
-        res = await self._compound(lambda: [PUTFH4args(f.fh), READ4args(self._stateid(f), offset, count)],
-                                   idempotent=True)
+        res = await self._compound(
+            lambda: [PUTFH4args(f.fh), READ4args(self._stateid(f), offset, count)], idempotent=True
+        )
         res.raise_for_status()
         rd = res.resarray[-1]
         assert isinstance(rd, READ4res)
@@ -1056,8 +1211,9 @@ class Nfs4Client:
             raise Nfs4ProtocolError(f"READ returned {len(ok.data)} bytes for {count} asked")
         return ok.data, ok.eof
 
-    async def read_file(self, path: str, *, window: int = 8,
-                        progress: Callable[[int, int], None] | None = None) -> AsyncIterator[bytes]:
+    async def read_file(
+        self, path: str, *, window: int = 8, progress: Callable[[int, int], None] | None = None
+    ) -> AsyncIterator[bytes]:
         """Stream the file's bytes in order: up to ``window`` READs of ``rsize`` in flight.
         ``progress(done, total)`` is called after each chunk (total from the OPEN's GETATTR)."""
         f = await self._open(path, write=False)
@@ -1111,9 +1267,16 @@ class Nfs4Client:
         """The whole file (convenience for small files)."""
         return b"".join([chunk async for chunk in self.read_file(path)])
 
-    async def write_file(self, path: str, source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes],
-                         *, mode: int = 0o644, window: int = 8, commit_every: int = 16 * 1024 * 1024,
-                         progress: Callable[[int], None] | None = None) -> int:
+    async def write_file(
+        self,
+        path: str,
+        source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes],
+        *,
+        mode: int = 0o644,
+        window: int = 8,
+        commit_every: int = 16 * 1024 * 1024,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Create or truncate ``path`` and write ``source``: pipelined UNSTABLE WRITEs of ``wsize``,
         COMMIT every ``commit_every`` bytes and at the end. The verifier of every WRITE must equal
         the COMMIT's (RFC 7530 §16.36.4); on a mismatch (server restart) the uncommitted window is
@@ -1146,8 +1309,13 @@ class Nfs4Client:
 
             offset = 0
             async for chunk in _chunks(source, self.wsize):
-                pending.append((offset, chunk, asyncio.ensure_future(
-                    self._write_at(f, offset, chunk, stable_how4.UNSTABLE4))))
+                pending.append(
+                    (
+                        offset,
+                        chunk,
+                        asyncio.ensure_future(self._write_at(f, offset, chunk, stable_how4.UNSTABLE4)),
+                    )
+                )
                 offset += len(chunk)
                 while len(pending) >= window:
                     await reap_one()
@@ -1167,12 +1335,13 @@ class Nfs4Client:
             await self._close(f)
         return total
 
-    async def _write_at(self, f: _Open, offset: int, data: bytes,
-                        stable: stable_how4) -> tuple[int, stable_how4, bytes]:
+    async def _write_at(
+        self, f: _Open, offset: int, data: bytes, stable: stable_how4
+    ) -> tuple[int, stable_how4, bytes]:
         await self._ensure_open(f)
-        res = await self._compound(lambda: [PUTFH4args(f.fh), WRITE4args(self._stateid(f), offset, stable,
-                                                                       data)],
-                                   idempotent=True)
+        res = await self._compound(
+            lambda: [PUTFH4args(f.fh), WRITE4args(self._stateid(f), offset, stable, data)], idempotent=True
+        )
         res.raise_for_status()
         wr = res.resarray[-1]
         assert isinstance(wr, WRITE4res)
@@ -1187,8 +1356,10 @@ class Nfs4Client:
         verf = await self._commit(f.fh, start)
         if all(v == verf for _, _, v in chunks):
             return
-        log.warning("write verifier changed (server restarted?): rewriting %d bytes FILE_SYNC",
-                    sum(len(d) for _, d, _ in chunks))
+        log.warning(
+            "write verifier changed (server restarted?): rewriting %d bytes FILE_SYNC",
+            sum(len(d) for _, d, _ in chunks),
+        )
         self.rewrites += 1
 
         def check_sync(n: int, committed: stable_how4, _verf: bytes) -> None:
@@ -1198,8 +1369,15 @@ class Nfs4Client:
         for off, data, _ in chunks:
             await self._write_rest(f, off, data, 0, stable_how4.FILE_SYNC4, check_sync)
 
-    async def _write_rest(self, f: _Open, offset: int, data: bytes, done: int, stable: stable_how4,
-                          check: Callable[[int, stable_how4, bytes], None]) -> None:
+    async def _write_rest(
+        self,
+        f: _Open,
+        offset: int,
+        data: bytes,
+        done: int,
+        stable: stable_how4,
+        check: Callable[[int, stable_how4, bytes], None],
+    ) -> None:
         """WRITE ``data[done:]`` at ``offset + done`` until all of ``data`` is written (a server
         may write less than asked, RFC 7530 §16.36.4), one WRITE at a time. ``check(count,
         committed, verifier)`` sees each reply before it counts and raises to stop (it must
@@ -1261,8 +1439,9 @@ class Nfs4Client:
                 res = await self._compound(lambda: [DESTROY_SESSION4args(sid)], flavor=auth, sequence=False)
                 res.raise_for_status()
                 self.sessionid = b""
-                res = await self._compound(lambda: [DESTROY_CLIENTID4args(self.clientid)], flavor=auth,
-                                           sequence=False)
+                res = await self._compound(
+                    lambda: [DESTROY_CLIENTID4args(self.clientid)], flavor=auth, sequence=False
+                )
                 res.raise_for_status()
         except (Nfs4Error, RpcError, OSError) as exc:
             self.teardown_error = exc
@@ -1294,8 +1473,10 @@ def _renews_v40_lease(ops: Sequence[ArgOp]) -> bool:
         if isinstance(op, RENEW4args | SETCLIENTID_CONFIRM4args | OPEN4args):
             return True
         sid = getattr(op, "stateid", None) or getattr(op, "open_stateid", None)
-        if isinstance(sid, stateid4) and sid.other not in (ANONYMOUS_STATEID.other,
-                                                           READ_BYPASS_STATEID.other):
+        if isinstance(sid, stateid4) and sid.other not in (
+            ANONYMOUS_STATEID.other,
+            READ_BYPASS_STATEID.other,
+        ):
             return True
     return False
 
@@ -1305,8 +1486,9 @@ def _io_size(n: int) -> int:
     return max(4096, n - n % 4096)
 
 
-async def _blocks(source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes],
-                  read_size: int) -> AsyncIterator[bytes]:
+async def _blocks(
+    source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes], read_size: int
+) -> AsyncIterator[bytes]:
     """The blocks of any byte source as they come (a file-like object is read ``read_size`` at a
     time in a worker thread). Blocks that are not ``bytes`` are copied: the caller may reuse or
     resize its buffer once it has handed it over."""
@@ -1324,8 +1506,9 @@ async def _blocks(source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[byt
             yield block if isinstance(block, bytes) else bytes(block)
 
 
-async def _chunks(source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes],
-                  size: int) -> AsyncIterator[bytes]:
+async def _chunks(
+    source: bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes], size: int
+) -> AsyncIterator[bytes]:
     """Re-cut any byte source into chunks of exactly ``size`` (the last may be shorter). Pieces
     of blocks are held as memoryviews and joined once per chunk (each byte is copied once)."""
     parts: list[memoryview] = []

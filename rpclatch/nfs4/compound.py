@@ -109,8 +109,8 @@ class COMPOUND4res:
         # RFC 7530 §15.2: the COMPOUND status is that of the last evaluated operation.
         if self.resarray and self.resarray[-1].status != self.status:
             raise Nfs4ProtocolError(
-                f"COMPOUND status {self.status.name} differs from last result "
-                f"{self.resarray[-1].status.name}")
+                f"COMPOUND status {self.status.name} differs from last result {self.resarray[-1].status.name}"
+            )
         for r in self.resarray[:-1]:
             if r.status != nfsstat4.NFS4_OK:
                 raise Nfs4ProtocolError(f"evaluation continued after failing {r.opnum.name}")

@@ -288,6 +288,7 @@ class rpc_gss_svc_t(IntEnum):
     RPC_GSS_SVC_INTEGRITY = 2
     RPC_GSS_SVC_PRIVACY = 3
 
+
 #: ONC RPC program and version of NFSv4 (RFC 7530 §16.1); the only procedures are NULL and COMPOUND.
 NFS4_PROGRAM = 100003
 NFS_V4 = 4

@@ -287,8 +287,14 @@ class OPEN4args:
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> OPEN4args:
-        return cls(dec.uint32(), dec.uint32(), dec.uint32(), open_owner4.decode_from(dec),
-                   openflag4.decode_from(dec), open_claim4.decode_from(dec))
+        return cls(
+            dec.uint32(),
+            dec.uint32(),
+            dec.uint32(),
+            open_owner4.decode_from(dec),
+            openflag4.decode_from(dec),
+            open_claim4.decode_from(dec),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,8 +509,13 @@ class SETCLIENTID4args:
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> SETCLIENTID4args:
-        return cls(_verifier(dec), dec.opaque(c.NFS4_OPAQUE_LIMIT), dec.uint32(),
-                   netaddr4.decode_from(dec), dec.uint32())
+        return cls(
+            _verifier(dec),
+            dec.opaque(c.NFS4_OPAQUE_LIMIT),
+            dec.uint32(),
+            netaddr4.decode_from(dec),
+            dec.uint32(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,8 +670,7 @@ class SEQUENCE4args:
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> SEQUENCE4args:
-        return cls(dec.fixed(c.NFS4_SESSIONID_SIZE), dec.uint32(), dec.uint32(), dec.uint32(),
-                   dec.boolean())
+        return cls(dec.fixed(c.NFS4_SESSIONID_SIZE), dec.uint32(), dec.uint32(), dec.uint32(), dec.boolean())
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,21 +733,71 @@ class DESTROY_CLIENTID4args:
         return cls(dec.uint64())
 
 
-ArgOp = (PUTROOTFH4args | GETFH4args | SAVEFH4args | RESTOREFH4args | PUTFH4args | LOOKUP4args
-         | GETATTR4args | READDIR4args | OPEN4args | OPEN_CONFIRM4args | CLOSE4args | DELEGRETURN4args
-         | READ4args | WRITE4args | COMMIT4args | CREATE4args | REMOVE4args | SECINFO4args | SETATTR4args
-         | SETCLIENTID4args | SETCLIENTID_CONFIRM4args | RENEW4args | EXCHANGE_ID4args
-         | CREATE_SESSION4args | SEQUENCE4args | RECLAIM_COMPLETE4args | SECINFO_NO_NAME4args
-         | DESTROY_SESSION4args | DESTROY_CLIENTID4args)
+ArgOp = (
+    PUTROOTFH4args
+    | GETFH4args
+    | SAVEFH4args
+    | RESTOREFH4args
+    | PUTFH4args
+    | LOOKUP4args
+    | GETATTR4args
+    | READDIR4args
+    | OPEN4args
+    | OPEN_CONFIRM4args
+    | CLOSE4args
+    | DELEGRETURN4args
+    | READ4args
+    | WRITE4args
+    | COMMIT4args
+    | CREATE4args
+    | REMOVE4args
+    | SECINFO4args
+    | SETATTR4args
+    | SETCLIENTID4args
+    | SETCLIENTID_CONFIRM4args
+    | RENEW4args
+    | EXCHANGE_ID4args
+    | CREATE_SESSION4args
+    | SEQUENCE4args
+    | RECLAIM_COMPLETE4args
+    | SECINFO_NO_NAME4args
+    | DESTROY_SESSION4args
+    | DESTROY_CLIENTID4args
+)
 
 ARGS_BY_OP: dict[nfs_opnum4, type[ArgOp]] = {
-    cls.opnum: cls for cls in (
-        PUTROOTFH4args, GETFH4args, SAVEFH4args, RESTOREFH4args, PUTFH4args, LOOKUP4args,
-        GETATTR4args, READDIR4args, OPEN4args, OPEN_CONFIRM4args, CLOSE4args, DELEGRETURN4args,
-        READ4args, WRITE4args, COMMIT4args, CREATE4args, REMOVE4args, SECINFO4args, SETATTR4args,
-        SETCLIENTID4args, SETCLIENTID_CONFIRM4args, RENEW4args, EXCHANGE_ID4args,
-        CREATE_SESSION4args, SEQUENCE4args, RECLAIM_COMPLETE4args, SECINFO_NO_NAME4args,
-        DESTROY_SESSION4args, DESTROY_CLIENTID4args)
+    cls.opnum: cls
+    for cls in (
+        PUTROOTFH4args,
+        GETFH4args,
+        SAVEFH4args,
+        RESTOREFH4args,
+        PUTFH4args,
+        LOOKUP4args,
+        GETATTR4args,
+        READDIR4args,
+        OPEN4args,
+        OPEN_CONFIRM4args,
+        CLOSE4args,
+        DELEGRETURN4args,
+        READ4args,
+        WRITE4args,
+        COMMIT4args,
+        CREATE4args,
+        REMOVE4args,
+        SECINFO4args,
+        SETATTR4args,
+        SETCLIENTID4args,
+        SETCLIENTID_CONFIRM4args,
+        RENEW4args,
+        EXCHANGE_ID4args,
+        CREATE_SESSION4args,
+        SEQUENCE4args,
+        RECLAIM_COMPLETE4args,
+        SECINFO_NO_NAME4args,
+        DESTROY_SESSION4args,
+        DESTROY_CLIENTID4args,
+    )
 }
 
 
@@ -1024,13 +1084,19 @@ class open_delegation4:
             limit = None
             if t == open_delegation_type4.OPEN_DELEGATE_WRITE:
                 how = dec.enum(limit_by4)
-                limit = ((how, dec.uint64(), 0) if how == limit_by4.NFS_LIMIT_SIZE
-                         else (how, dec.uint32(), dec.uint32()))
+                limit = (
+                    (how, dec.uint64(), 0)
+                    if how == limit_by4.NFS_LIMIT_SIZE
+                    else (how, dec.uint32(), dec.uint32())
+                )
             return cls(t, sid, recall, limit, nfsace4.decode_from(dec))
         if t == open_delegation_type4.OPEN_DELEGATE_NONE_EXT:
             why = dec.enum(why_no_delegation4)
-            flag = (dec.boolean() if why in (why_no_delegation4.WND4_CONTENTION,
-                                             why_no_delegation4.WND4_RESOURCE) else None)
+            flag = (
+                dec.boolean()
+                if why in (why_no_delegation4.WND4_CONTENTION, why_no_delegation4.WND4_RESOURCE)
+                else None
+            )
             return cls(t, ond_why=why, ond_flag=flag)
         return cls(t)
 
@@ -1055,8 +1121,13 @@ class OPEN4resok:
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> OPEN4resok:
-        return cls(stateid4.decode_from(dec), change_info4.decode_from(dec), dec.uint32(),
-                   decode_bitmap(dec), open_delegation4.decode_from(dec))
+        return cls(
+            stateid4.decode_from(dec),
+            change_info4.decode_from(dec),
+            dec.uint32(),
+            decode_bitmap(dec),
+            open_delegation4.decode_from(dec),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1463,8 +1534,13 @@ class CREATE_SESSION4resok:
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> CREATE_SESSION4resok:
-        return cls(dec.fixed(c.NFS4_SESSIONID_SIZE), dec.uint32(), dec.uint32(),
-                   channel_attrs4.decode_from(dec), channel_attrs4.decode_from(dec))
+        return cls(
+            dec.fixed(c.NFS4_SESSIONID_SIZE),
+            dec.uint32(),
+            dec.uint32(),
+            channel_attrs4.decode_from(dec),
+            channel_attrs4.decode_from(dec),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1500,14 +1576,25 @@ class SEQUENCE4resok:
 
     def encode_into(self, enc: Encoder) -> None:
         enc.fixed(self.sr_sessionid, c.NFS4_SESSIONID_SIZE)
-        for v in (self.sr_sequenceid, self.sr_slotid, self.sr_highest_slotid,
-                  self.sr_target_highest_slotid, self.sr_status_flags):
+        for v in (
+            self.sr_sequenceid,
+            self.sr_slotid,
+            self.sr_highest_slotid,
+            self.sr_target_highest_slotid,
+            self.sr_status_flags,
+        ):
             enc.uint32(v)
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> SEQUENCE4resok:
-        return cls(dec.fixed(c.NFS4_SESSIONID_SIZE), dec.uint32(), dec.uint32(), dec.uint32(),
-                   dec.uint32(), dec.uint32())
+        return cls(
+            dec.fixed(c.NFS4_SESSIONID_SIZE),
+            dec.uint32(),
+            dec.uint32(),
+            dec.uint32(),
+            dec.uint32(),
+            dec.uint32(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1530,16 +1617,59 @@ class SEQUENCE4res:
         return cls(st, SEQUENCE4resok.decode_from(dec) if st == nfsstat4.NFS4_OK else None)
 
 
-ResOp = (StatusRes | GETFH4res | GETATTR4res | READDIR4res | OPEN4res | OPEN_CONFIRM4res | CLOSE4res
-         | READ4res | WRITE4res | COMMIT4res | CREATE4res | REMOVE4res | SECINFO4res | SETATTR4res
-         | SETCLIENTID4res | EXCHANGE_ID4res | CREATE_SESSION4res | SEQUENCE4res)
+ResOp = (
+    StatusRes
+    | GETFH4res
+    | GETATTR4res
+    | READDIR4res
+    | OPEN4res
+    | OPEN_CONFIRM4res
+    | CLOSE4res
+    | READ4res
+    | WRITE4res
+    | COMMIT4res
+    | CREATE4res
+    | REMOVE4res
+    | SECINFO4res
+    | SETATTR4res
+    | SETCLIENTID4res
+    | EXCHANGE_ID4res
+    | CREATE_SESSION4res
+    | SEQUENCE4res
+)
 
 RES_BY_OP: dict[nfs_opnum4, type[ResOp]] = {
-    cls.opnum: cls for cls in (
-        PUTFH4res, PUTROOTFH4res, SAVEFH4res, RESTOREFH4res, LOOKUP4res, DELEGRETURN4res,
-        SETCLIENTID_CONFIRM4res, RENEW4res, RECLAIM_COMPLETE4res, DESTROY_SESSION4res,
-        DESTROY_CLIENTID4res, ILLEGAL4res, GETFH4res, GETATTR4res, READDIR4res, OPEN4res,
-        OPEN_CONFIRM4res, CLOSE4res, READ4res, WRITE4res, COMMIT4res, CREATE4res, REMOVE4res,
-        SECINFO4res, SECINFO_NO_NAME4res, SETATTR4res, SETCLIENTID4res, EXCHANGE_ID4res,
-        CREATE_SESSION4res, SEQUENCE4res)
+    cls.opnum: cls
+    for cls in (
+        PUTFH4res,
+        PUTROOTFH4res,
+        SAVEFH4res,
+        RESTOREFH4res,
+        LOOKUP4res,
+        DELEGRETURN4res,
+        SETCLIENTID_CONFIRM4res,
+        RENEW4res,
+        RECLAIM_COMPLETE4res,
+        DESTROY_SESSION4res,
+        DESTROY_CLIENTID4res,
+        ILLEGAL4res,
+        GETFH4res,
+        GETATTR4res,
+        READDIR4res,
+        OPEN4res,
+        OPEN_CONFIRM4res,
+        CLOSE4res,
+        READ4res,
+        WRITE4res,
+        COMMIT4res,
+        CREATE4res,
+        REMOVE4res,
+        SECINFO4res,
+        SECINFO_NO_NAME4res,
+        SETATTR4res,
+        SETCLIENTID4res,
+        EXCHANGE_ID4res,
+        CREATE_SESSION4res,
+        SEQUENCE4res,
+    )
 }

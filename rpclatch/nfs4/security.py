@@ -84,8 +84,9 @@ def allowed_flavors(sec: str) -> tuple[SecFlavor, ...]:
         raise ValueError(f"unknown security flavor {sec!r}; use one of {', '.join(SEC_CHOICES)}") from None
 
 
-def acceptable_flavors(offered: Sequence[secinfo4], allowed: Sequence[SecFlavor], *,
-                       prefer_allowed_order: bool = False) -> list[SecFlavor]:
+def acceptable_flavors(
+    offered: Sequence[secinfo4], allowed: Sequence[SecFlavor], *, prefer_allowed_order: bool = False
+) -> list[SecFlavor]:
     """Flavors both sides accept, best first: the server's SECINFO order (RFC 7530 §16.31.4), or
     the order of ``allowed`` when ``prefer_allowed_order``."""
     supported = [f for f in (SecFlavor.from_secinfo(e) for e in offered) if f is not None]
@@ -94,8 +95,14 @@ def acceptable_flavors(offered: Sequence[secinfo4], allowed: Sequence[SecFlavor]
     return [f for f in supported if f in allowed]
 
 
-def choose_from_secinfo(offered: Sequence[secinfo4], allowed: Sequence[SecFlavor], *, path: str = "",
-                        sec: str = "auto", prefer_allowed_order: bool = False) -> SecFlavor:
+def choose_from_secinfo(
+    offered: Sequence[secinfo4],
+    allowed: Sequence[SecFlavor],
+    *,
+    path: str = "",
+    sec: str = "auto",
+    prefer_allowed_order: bool = False,
+) -> SecFlavor:
     """The first entry of the server's SECINFO list (its preference order, RFC 7530 §16.31.4) that
     we support and ``allowed`` permits (or the first of ``allowed`` the server offers, with
     ``prefer_allowed_order``). Raises :class:`Nfs4SecurityError` with advice otherwise."""
@@ -109,10 +116,15 @@ def choose_from_secinfo(offered: Sequence[secinfo4], allowed: Sequence[SecFlavor
         need = supported[0].value
         raise Nfs4SecurityError(
             f"server requires {' or '.join(f.value for f in supported)}{where}; "
-            f"rerun with --sec {need} or --sec auto", path, names)
+            f"rerun with --sec {need} or --sec auto",
+            path,
+            names,
+        )
     raise Nfs4SecurityError(
         f"server offers only {', '.join(names) or 'nothing'}{where}, none of which rpclatch supports",
-        path, names)
+        path,
+        names,
+    )
 
 
 @dataclass

@@ -173,8 +173,9 @@ class nfs_impl_id4:
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> nfs_impl_id4:
-        return cls(dec.string(c.NFS4_OPAQUE_LIMIT), dec.string(c.NFS4_OPAQUE_LIMIT),
-                   nfstime4.decode_from(dec))
+        return cls(
+            dec.string(c.NFS4_OPAQUE_LIMIT), dec.string(c.NFS4_OPAQUE_LIMIT), nfstime4.decode_from(dec)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +237,14 @@ class channel_attrs4:
     ca_rdma_ird: tuple[int, ...] = ()
 
     def encode_into(self, enc: Encoder) -> None:
-        for v in (self.ca_headerpadsize, self.ca_maxrequestsize, self.ca_maxresponsesize,
-                  self.ca_maxresponsesize_cached, self.ca_maxoperations, self.ca_maxrequests):
+        for v in (
+            self.ca_headerpadsize,
+            self.ca_maxrequestsize,
+            self.ca_maxresponsesize,
+            self.ca_maxresponsesize_cached,
+            self.ca_maxoperations,
+            self.ca_maxrequests,
+        ):
             enc.uint32(v)
         if len(self.ca_rdma_ird) > 1:
             raise XdrError("ca_rdma_ird<1> has at most one element")
@@ -309,17 +316,32 @@ class Fattr4:
 
     #: attribute number -> field name, for every attribute we can encode and decode.
     ATTR_FIELDS: ClassVar[dict[int, str]] = {
-        c.FATTR4_SUPPORTED_ATTRS: "supported_attrs", c.FATTR4_TYPE: "type",
-        c.FATTR4_FH_EXPIRE_TYPE: "fh_expire_type", c.FATTR4_CHANGE: "change", c.FATTR4_SIZE: "size",
-        c.FATTR4_LINK_SUPPORT: "link_support", c.FATTR4_SYMLINK_SUPPORT: "symlink_support",
-        c.FATTR4_NAMED_ATTR: "named_attr", c.FATTR4_FSID: "fsid", c.FATTR4_UNIQUE_HANDLES: "unique_handles",
-        c.FATTR4_LEASE_TIME: "lease_time", c.FATTR4_RDATTR_ERROR: "rdattr_error",
-        c.FATTR4_FILEHANDLE: "filehandle", c.FATTR4_FILEID: "fileid", c.FATTR4_MAXREAD: "maxread",
-        c.FATTR4_MAXWRITE: "maxwrite", c.FATTR4_MODE: "mode",
-        c.FATTR4_NUMLINKS: "numlinks", c.FATTR4_OWNER: "owner", c.FATTR4_OWNER_GROUP: "owner_group",
-        c.FATTR4_SPACE_USED: "space_used", c.FATTR4_TIME_ACCESS: "time_access",
-        c.FATTR4_TIME_ACCESS_SET: "time_access_set", c.FATTR4_TIME_METADATA: "time_metadata",
-        c.FATTR4_TIME_MODIFY: "time_modify", c.FATTR4_TIME_MODIFY_SET: "time_modify_set",
+        c.FATTR4_SUPPORTED_ATTRS: "supported_attrs",
+        c.FATTR4_TYPE: "type",
+        c.FATTR4_FH_EXPIRE_TYPE: "fh_expire_type",
+        c.FATTR4_CHANGE: "change",
+        c.FATTR4_SIZE: "size",
+        c.FATTR4_LINK_SUPPORT: "link_support",
+        c.FATTR4_SYMLINK_SUPPORT: "symlink_support",
+        c.FATTR4_NAMED_ATTR: "named_attr",
+        c.FATTR4_FSID: "fsid",
+        c.FATTR4_UNIQUE_HANDLES: "unique_handles",
+        c.FATTR4_LEASE_TIME: "lease_time",
+        c.FATTR4_RDATTR_ERROR: "rdattr_error",
+        c.FATTR4_FILEHANDLE: "filehandle",
+        c.FATTR4_FILEID: "fileid",
+        c.FATTR4_MAXREAD: "maxread",
+        c.FATTR4_MAXWRITE: "maxwrite",
+        c.FATTR4_MODE: "mode",
+        c.FATTR4_NUMLINKS: "numlinks",
+        c.FATTR4_OWNER: "owner",
+        c.FATTR4_OWNER_GROUP: "owner_group",
+        c.FATTR4_SPACE_USED: "space_used",
+        c.FATTR4_TIME_ACCESS: "time_access",
+        c.FATTR4_TIME_ACCESS_SET: "time_access_set",
+        c.FATTR4_TIME_METADATA: "time_metadata",
+        c.FATTR4_TIME_MODIFY: "time_modify",
+        c.FATTR4_TIME_MODIFY_SET: "time_modify_set",
         c.FATTR4_MOUNTED_ON_FILEID: "mounted_on_fileid",
     }
 
@@ -352,16 +374,28 @@ def _encode_attr(enc: Encoder, n: int, v: object) -> None:
     if n == c.FATTR4_SUPPORTED_ATTRS:
         assert isinstance(v, tuple)
         encode_bitmap(enc, v)
-    elif n in (c.FATTR4_TYPE, c.FATTR4_FH_EXPIRE_TYPE, c.FATTR4_LEASE_TIME, c.FATTR4_RDATTR_ERROR,
-               c.FATTR4_MODE, c.FATTR4_NUMLINKS):
+    elif n in (
+        c.FATTR4_TYPE,
+        c.FATTR4_FH_EXPIRE_TYPE,
+        c.FATTR4_LEASE_TIME,
+        c.FATTR4_RDATTR_ERROR,
+        c.FATTR4_MODE,
+        c.FATTR4_NUMLINKS,
+    ):
         assert isinstance(v, int)
         enc.uint32(v)
-    elif n in (c.FATTR4_CHANGE, c.FATTR4_SIZE, c.FATTR4_FILEID, c.FATTR4_SPACE_USED,
-               c.FATTR4_MOUNTED_ON_FILEID, c.FATTR4_MAXREAD, c.FATTR4_MAXWRITE):
+    elif n in (
+        c.FATTR4_CHANGE,
+        c.FATTR4_SIZE,
+        c.FATTR4_FILEID,
+        c.FATTR4_SPACE_USED,
+        c.FATTR4_MOUNTED_ON_FILEID,
+        c.FATTR4_MAXREAD,
+        c.FATTR4_MAXWRITE,
+    ):
         assert isinstance(v, int)
         enc.uint64(v)
-    elif n in (c.FATTR4_LINK_SUPPORT, c.FATTR4_SYMLINK_SUPPORT, c.FATTR4_NAMED_ATTR,
-               c.FATTR4_UNIQUE_HANDLES):
+    elif n in (c.FATTR4_LINK_SUPPORT, c.FATTR4_SYMLINK_SUPPORT, c.FATTR4_NAMED_ATTR, c.FATTR4_UNIQUE_HANDLES):
         assert isinstance(v, bool)
         enc.boolean(v)
     elif n == c.FATTR4_FILEHANDLE:
@@ -385,11 +419,17 @@ def _decode_attr(dec: Decoder, n: int) -> object:
         return dec.enum(nfsstat4)
     if n in (c.FATTR4_FH_EXPIRE_TYPE, c.FATTR4_LEASE_TIME, c.FATTR4_MODE, c.FATTR4_NUMLINKS):
         return dec.uint32()
-    if n in (c.FATTR4_CHANGE, c.FATTR4_SIZE, c.FATTR4_FILEID, c.FATTR4_SPACE_USED,
-             c.FATTR4_MOUNTED_ON_FILEID, c.FATTR4_MAXREAD, c.FATTR4_MAXWRITE):
+    if n in (
+        c.FATTR4_CHANGE,
+        c.FATTR4_SIZE,
+        c.FATTR4_FILEID,
+        c.FATTR4_SPACE_USED,
+        c.FATTR4_MOUNTED_ON_FILEID,
+        c.FATTR4_MAXREAD,
+        c.FATTR4_MAXWRITE,
+    ):
         return dec.uint64()
-    if n in (c.FATTR4_LINK_SUPPORT, c.FATTR4_SYMLINK_SUPPORT, c.FATTR4_NAMED_ATTR,
-             c.FATTR4_UNIQUE_HANDLES):
+    if n in (c.FATTR4_LINK_SUPPORT, c.FATTR4_SYMLINK_SUPPORT, c.FATTR4_NAMED_ATTR, c.FATTR4_UNIQUE_HANDLES):
         return dec.boolean()
     if n == c.FATTR4_FILEHANDLE:
         return dec.opaque(c.NFS4_FHSIZE)
@@ -407,11 +447,20 @@ def _decode_attr(dec: Decoder, n: int) -> object:
 #: The attributes `stat` asks for: what ``ls -l`` shows (type, mode, links, owner, group, size,
 #: times) plus change, fsid, fileid and space_used (RFC 7530 §5).
 STAT_ATTRS: tuple[int, ...] = (
-    c.FATTR4_TYPE, c.FATTR4_CHANGE, c.FATTR4_SIZE, c.FATTR4_FSID, c.FATTR4_FILEID, c.FATTR4_MODE,
-    c.FATTR4_NUMLINKS, c.FATTR4_OWNER, c.FATTR4_OWNER_GROUP, c.FATTR4_SPACE_USED,
-    c.FATTR4_TIME_ACCESS, c.FATTR4_TIME_METADATA, c.FATTR4_TIME_MODIFY,
+    c.FATTR4_TYPE,
+    c.FATTR4_CHANGE,
+    c.FATTR4_SIZE,
+    c.FATTR4_FSID,
+    c.FATTR4_FILEID,
+    c.FATTR4_MODE,
+    c.FATTR4_NUMLINKS,
+    c.FATTR4_OWNER,
+    c.FATTR4_OWNER_GROUP,
+    c.FATTR4_SPACE_USED,
+    c.FATTR4_TIME_ACCESS,
+    c.FATTR4_TIME_METADATA,
+    c.FATTR4_TIME_MODIFY,
 )
-
 
 
 def decode_name(dec: Decoder) -> str:

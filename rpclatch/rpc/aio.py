@@ -217,7 +217,7 @@ def _write(transport: asyncio.WriteTransport, parts: list[bytes]) -> None:
     pos = 0
     for part in parts:
         n = len(part)
-        buf[pos:pos + n] = part
+        buf[pos : pos + n] = part
         pos += n
     transport.write(buf[:total])
 
@@ -250,13 +250,28 @@ class _ClientBase:
     transport: asyncio.BaseTransport
     _protocol: _StreamClientProtocol | _DatagramClientProtocol
 
-    def call_nowait(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
-                    auth: ClientAuth | None = None,
-                    timeout: float | None = None) -> asyncio.Future[bytes]:
+    def call_nowait(
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes = b"",
+        *,
+        auth: ClientAuth | None = None,
+        timeout: float | None = None,
+    ) -> asyncio.Future[bytes]:
         raise NotImplementedError
 
-    async def call(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
-                   auth: ClientAuth | None = None, timeout: float | None = None) -> bytes:
+    async def call(
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes = b"",
+        *,
+        auth: ClientAuth | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
         """Make one call and return its (unwrapped) result bytes."""
         return await self.call_nowait(prog, vers, proc, args, auth=auth, timeout=timeout)
 
@@ -330,9 +345,14 @@ class RpcStreamClient(_ClientBase):
         self._flush_scheduled = False
 
     @classmethod
-    async def _connect(cls, factory: Callable[[Callable[[], Any]], Any],
-                       auth: ClientAuth | None, timeout: float | None, connect_timeout: float,
-                       max_record: int) -> RpcStreamClient:
+    async def _connect(
+        cls,
+        factory: Callable[[Callable[[], Any]], Any],
+        auth: ClientAuth | None,
+        timeout: float | None,
+        connect_timeout: float,
+        max_record: int,
+    ) -> RpcStreamClient:
         loop = asyncio.get_running_loop()
         conn = RpcClientConnection(auth, timeout, max_record=max_record)
         protocol = _StreamClientProtocol(conn, loop)
@@ -341,27 +361,43 @@ class RpcStreamClient(_ClientBase):
         return cls(protocol)
 
     @classmethod
-    async def connect_tcp(cls, host: str, port: int, *, auth: ClientAuth | None = None,
-                          timeout: float | None = 30.0, connect_timeout: float = 10.0,
-                          max_record: int = DEFAULT_MAX_RECORD,
-                          sock: socket.socket | None = None) -> RpcStreamClient:
+    async def connect_tcp(
+        cls,
+        host: str,
+        port: int,
+        *,
+        auth: ClientAuth | None = None,
+        timeout: float | None = 30.0,
+        connect_timeout: float = 10.0,
+        max_record: int = DEFAULT_MAX_RECORD,
+        sock: socket.socket | None = None,
+    ) -> RpcStreamClient:
         """Connect to ``host:port`` (or use the connected ``sock``). Connect errors are OSError /
         TimeoutError."""
         loop = asyncio.get_running_loop()
         if sock is not None:
-            return await cls._connect(lambda f: loop.create_connection(f, sock=sock), auth, timeout,
-                                      connect_timeout, max_record)
-        return await cls._connect(lambda f: loop.create_connection(f, host, port), auth, timeout,
-                                  connect_timeout, max_record)
+            return await cls._connect(
+                lambda f: loop.create_connection(f, sock=sock), auth, timeout, connect_timeout, max_record
+            )
+        return await cls._connect(
+            lambda f: loop.create_connection(f, host, port), auth, timeout, connect_timeout, max_record
+        )
 
     @classmethod
-    async def connect_unix(cls, path: str, *, auth: ClientAuth | None = None,
-                           timeout: float | None = 30.0, connect_timeout: float = 10.0,
-                           max_record: int = DEFAULT_MAX_RECORD) -> RpcStreamClient:
+    async def connect_unix(
+        cls,
+        path: str,
+        *,
+        auth: ClientAuth | None = None,
+        timeout: float | None = 30.0,
+        connect_timeout: float = 10.0,
+        max_record: int = DEFAULT_MAX_RECORD,
+    ) -> RpcStreamClient:
         """Connect to a unix-domain stream socket (e.g. rpcbind's /run/rpcbind.sock)."""
         loop = asyncio.get_running_loop()
-        return await cls._connect(lambda f: loop.create_unix_connection(f, path), auth, timeout,
-                                  connect_timeout, max_record)
+        return await cls._connect(
+            lambda f: loop.create_unix_connection(f, path), auth, timeout, connect_timeout, max_record
+        )
 
     @property
     def closed(self) -> bool:
@@ -371,8 +407,16 @@ class RpcStreamClient(_ClientBase):
     def peername(self) -> Any:
         return self.transport.get_extra_info("peername")
 
-    def call_nowait(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
-                    auth: ClientAuth | None = None, timeout: float | None = None) -> asyncio.Future[bytes]:
+    def call_nowait(
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes = b"",
+        *,
+        auth: ClientAuth | None = None,
+        timeout: float | None = None,
+    ) -> asyncio.Future[bytes]:
         """Send a call; the future resolves to its result bytes or an RpcError."""
         if self.transport.is_closing():
             raise RpcConnectionClosed("the connection is closed")
@@ -394,7 +438,6 @@ class RpcStreamClient(_ClientBase):
         self._flush_scheduled = False
         if not self.transport.is_closing():
             _write(self.transport, self._conn.data_to_send_parts())
-
 
 
 class _DatagramClientProtocol(asyncio.DatagramProtocol, _TimerMixin):
@@ -452,12 +495,20 @@ class RpcUdpClient(_ClientBase):
         self.transport: asyncio.DatagramTransport = protocol.transport
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, auth: ClientAuth | None = None,
-                      timeout: float | None = 30.0, retransmit_initial: float = 0.5,
-                      retransmit_max: float = 8.0) -> RpcUdpClient:
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        auth: ClientAuth | None = None,
+        timeout: float | None = 30.0,
+        retransmit_initial: float = 0.5,
+        retransmit_max: float = 8.0,
+    ) -> RpcUdpClient:
         loop = asyncio.get_running_loop()
-        core = RpcDatagramClient(auth, timeout, retransmit_initial=retransmit_initial,
-                                 retransmit_max=retransmit_max)
+        core = RpcDatagramClient(
+            auth, timeout, retransmit_initial=retransmit_initial, retransmit_max=retransmit_max
+        )
         protocol = _DatagramClientProtocol(core, loop)
         await loop.create_datagram_endpoint(lambda: protocol, remote_addr=(host, port))
         return cls(protocol)
@@ -466,13 +517,22 @@ class RpcUdpClient(_ClientBase):
     def peername(self) -> Any:
         return self.transport.get_extra_info("peername")
 
-    def call_nowait(self, prog: int, vers: int, proc: int, args: bytes = b"", *,
-                    auth: ClientAuth | None = None, timeout: float | None = None) -> asyncio.Future[bytes]:
+    def call_nowait(
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes = b"",
+        *,
+        auth: ClientAuth | None = None,
+        timeout: float | None = None,
+    ) -> asyncio.Future[bytes]:
         if self.transport.is_closing():
             raise RpcConnectionClosed("the socket is closed")
         if len(args) > MAX_UDP_REPLY - 40:
-            raise RpcLocalError(f"a call with {len(args)} bytes of arguments does not fit in a UDP "
-                                "datagram; use TCP")
+            raise RpcLocalError(
+                f"a call with {len(args)} bytes of arguments does not fit in a UDP datagram; use TCP"
+            )
         loop = self._loop
         handle = self._core.send_call(prog, vers, proc, args, auth, loop.time(), timeout)
         fut: asyncio.Future[bytes] = loop.create_future()
@@ -480,7 +540,6 @@ class RpcUdpClient(_ClientBase):
         self._protocol.flush()
         self._protocol._arm()
         return fut
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,14 +567,17 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         unix = sock is not None and sock.family == socket.AF_UNIX
-        info = ConnectionInfo(next(_conn_ids), tuple(peer[:2]) if isinstance(peer, tuple) else None,
-                              "unix" if unix else "tcp")
+        info = ConnectionInfo(
+            next(_conn_ids), tuple(peer[:2]) if isinstance(peer, tuple) else None, "unix" if unix else "tcp"
+        )
         if unix:
             info.attributes["peer_cred"] = _peer_cred(sock)
         if server._closing or len(server._protocols) >= server.max_connections:
-            log.warning("refusing connection from %s: %s", info.peer,
-                        "server closing" if server._closing else
-                        f"connection limit {server.max_connections} reached")
+            log.warning(
+                "refusing connection from %s: %s",
+                info.peer,
+                "server closing" if server._closing else f"connection limit {server.max_connections} reached",
+            )
             transport.abort()
             return
         if server.on_connection is not None:
@@ -525,10 +587,15 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
                 log.error("closing connection from %s: on_connection failed: %s", info.peer, exc)
                 transport.abort()
                 return
-        self.conn = RpcServerConnection(server.dispatcher, info, max_record=server.max_record,
-                                        idle_timeout=server.idle_timeout,
-                                        write_timeout=server.write_timeout,
-                                        max_output=server.max_output, now=self._loop.time())
+        self.conn = RpcServerConnection(
+            server.dispatcher,
+            info,
+            max_record=server.max_record,
+            idle_timeout=server.idle_timeout,
+            write_timeout=server.write_timeout,
+            max_output=server.max_output,
+            now=self._loop.time(),
+        )
         server._protocols.add(self)
         self._arm()
 
@@ -571,8 +638,13 @@ class _ServerStreamProtocol(asyncio.BufferedProtocol, _TimerMixin):
         # Stop reading while calls wait (backlog), output is blocked or over budget, too many
         # run at once, or the connection is closing (graceful: the calls already received are
         # still answered).
-        stop = bool(conn.backlog or conn.output_paused or conn.over_budget
-                    or conn.in_flight >= self.server.max_in_flight or conn.closed)
+        stop = bool(
+            conn.backlog
+            or conn.output_paused
+            or conn.over_budget
+            or conn.in_flight >= self.server.max_in_flight
+            or conn.closed
+        )
         if stop != self._paused:
             self._paused = stop
             if stop:
@@ -663,8 +735,7 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 def _peer_cred(sock: Any) -> tuple[int, int, int] | None:
     """The (pid, uid, gid) the kernel recorded for the peer of a unix socket (SO_PEERCRED)."""
     try:
-        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                      _UCRED.size))
+        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     except (OSError, AttributeError, struct.error):  # not Linux, or the peer is gone already
         return None
     return pid, uid, gid
@@ -717,9 +788,15 @@ class _ServerDatagramProtocol(asyncio.DatagramProtocol):
         if len(reply) > MAX_UDP_REPLY:
             # It cannot go out as one datagram: tell the client instead of leaving it to time out.
             xid = int.from_bytes(reply[:4], "big")
-            self.oversize_log.log(log, logging.WARNING, "UDP reply to xid %#x from %s is %d bytes, "
-                                  "more than a datagram carries; answering SYSTEM_ERR", xid, addr,
-                                  len(reply))
+            self.oversize_log.log(
+                log,
+                logging.WARNING,
+                "UDP reply to xid %#x from %s is %d bytes, "
+                "more than a datagram carries; answering SYSTEM_ERR",
+                xid,
+                addr,
+                len(reply),
+            )
             reply = AcceptedReply(xid, stat=AcceptStat.SYSTEM_ERR).encode()
         self.transport.sendto(reply, addr)
 
@@ -731,12 +808,19 @@ class _ServerDatagramProtocol(asyncio.DatagramProtocol):
 class RpcServer:
     """asyncio TCP/UDP server for an :class:`RpcDispatcher`. See the module docstring."""
 
-    def __init__(self, dispatcher: RpcDispatcher, *, max_connections: int = 1024,
-                 idle_timeout: float | None = 300.0, write_timeout: float | None = 30.0,
-                 max_record: int = DEFAULT_MAX_RECORD, max_output: int = DEFAULT_MAX_OUTPUT,
-                 max_in_flight: int = 64,
-                 on_connection: Callable[[ConnectionInfo, asyncio.BaseTransport], None] | None = None,
-                 on_connection_closed: Callable[[ConnectionInfo], None] | None = None) -> None:
+    def __init__(
+        self,
+        dispatcher: RpcDispatcher,
+        *,
+        max_connections: int = 1024,
+        idle_timeout: float | None = 300.0,
+        write_timeout: float | None = 30.0,
+        max_record: int = DEFAULT_MAX_RECORD,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        max_in_flight: int = 64,
+        on_connection: Callable[[ConnectionInfo, asyncio.BaseTransport], None] | None = None,
+        on_connection_closed: Callable[[ConnectionInfo], None] | None = None,
+    ) -> None:
         self.dispatcher = dispatcher
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -768,8 +852,9 @@ class RpcServer:
 
     async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024) -> int:
         """Listen on ``host:port`` (0 = any free port); return the bound port."""
-        srv = await self._loop.create_server(lambda: _ServerStreamProtocol(self), host, port,
-                                             backlog=backlog, reuse_address=True)
+        srv = await self._loop.create_server(
+            lambda: _ServerStreamProtocol(self), host, port, backlog=backlog, reuse_address=True
+        )
         self._servers.append(srv)
         bound = srv.sockets[0].getsockname()
         self.tcp_addresses.append((bound[0], bound[1]))
@@ -778,7 +863,8 @@ class RpcServer:
     async def listen_udp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serve datagrams on ``host:port`` (0 = any free port); return the bound port."""
         transport, protocol = await self._loop.create_datagram_endpoint(
-            lambda: _ServerDatagramProtocol(self), local_addr=(host, port))
+            lambda: _ServerDatagramProtocol(self), local_addr=(host, port)
+        )
         self._udp.append((transport, protocol))
         bound = transport.get_extra_info("sockname")
         self.udp_addresses.append((bound[0], bound[1]))
@@ -797,8 +883,7 @@ class RpcServer:
             if not stat.S_ISSOCK(st.st_mode):
                 raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
             os.unlink(path)  # a stale socket: a live server on it would be cut off, as with rpcbind
-        srv = await self._loop.create_unix_server(lambda: _ServerStreamProtocol(self), path,
-                                                  backlog=backlog)
+        srv = await self._loop.create_unix_server(lambda: _ServerStreamProtocol(self), path, backlog=backlog)
         self._servers.append(srv)
         if mode is not None:
             os.chmod(path, mode)
@@ -828,8 +913,12 @@ class RpcServer:
         if waits:
             _done, late = await asyncio.wait(waits, timeout=grace)
             if late:
-                log.warning("server close: %d connections/calls not finished within %s s; "
-                            "closing them with calls unanswered", len(late), grace)
+                log.warning(
+                    "server close: %d connections/calls not finished within %s s; "
+                    "closing them with calls unanswered",
+                    len(late),
+                    grace,
+                )
         for transport, udp in self._udp:
             for t in udp.tasks:
                 t.cancel()

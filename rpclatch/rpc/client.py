@@ -120,11 +120,27 @@ MAX_KEPT_TRANSMISSIONS = 8
 class CallHandle:
     """One outstanding call. ``context`` is free for the transport shell (e.g. an asyncio future)."""
 
-    __slots__ = ("_timer_at", "args", "auth", "context", "deadline", "done", "earlier", "prepared",
-                 "proc", "prog", "retransmit_interval", "retried", "vers", "wire", "xid")
+    __slots__ = (
+        "_timer_at",
+        "args",
+        "auth",
+        "context",
+        "deadline",
+        "done",
+        "earlier",
+        "prepared",
+        "proc",
+        "prog",
+        "retransmit_interval",
+        "retried",
+        "vers",
+        "wire",
+        "xid",
+    )
 
-    def __init__(self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth,
-                 deadline: float) -> None:
+    def __init__(
+        self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth, deadline: float
+    ) -> None:
         self.prog = prog
         self.vers = vers
         self.proc = proc
@@ -184,8 +200,7 @@ Event = CallCompleted | CallFailed | ConnectionFailed
 class _ClientCore:
     """xid allocation, reply matching, deadlines: shared by stream and datagram clients."""
 
-    def __init__(self, auth: ClientAuth | None, default_timeout: float | None,
-                 first_xid: int | None) -> None:
+    def __init__(self, auth: ClientAuth | None, default_timeout: float | None, first_xid: int | None) -> None:
         self.default_auth: ClientAuth = auth if auth is not None else AuthNoneClient()
         self.default_timeout = _NO_DEADLINE if default_timeout is None else default_timeout
         self._next_xid = secrets.randbits(32) if first_xid is None else first_xid & 0xFFFFFFFF
@@ -220,8 +235,7 @@ class _ClientCore:
         """A retransmission of ``handle`` under the same xid, prepared afresh by its flavor (a new
         RPCSEC_GSS seq_num, RFC 2203 §5.3.3.1); the earlier prepared state is kept so that a late
         reply to an earlier transmission still verifies. Raises what ``prepare_call`` raises."""
-        prepared = handle.auth.prepare_call(handle.xid, handle.prog, handle.vers, handle.proc,
-                                            handle.args)
+        prepared = handle.auth.prepare_call(handle.xid, handle.prog, handle.vers, handle.proc, handle.args)
         previous = handle.prepared
         if previous is not None:
             earlier = handle.earlier
@@ -236,12 +250,21 @@ class _ClientCore:
     def _prepare(self, handle: CallHandle) -> bytes:
         return wire.encode_call(self._prepare_message(handle))
 
-    def _new_handle(self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth | None,
-                    now: float, timeout: float | None) -> CallHandle:
+    def _new_handle(
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes,
+        auth: ClientAuth | None,
+        now: float,
+        timeout: float | None,
+    ) -> CallHandle:
         if timeout is None:
             timeout = self.default_timeout
-        return CallHandle(prog, vers, proc, args, auth if auth is not None else self.default_auth,
-                          now + timeout)
+        return CallHandle(
+            prog, vers, proc, args, auth if auth is not None else self.default_auth, now + timeout
+        )
 
     def _schedule(self, handle: CallHandle, when: float) -> None:
         handle._timer_at = when
@@ -276,9 +299,15 @@ class _ClientCore:
                 continue
             if now >= handle.deadline:
                 self._finish(handle)
-                events.append(CallFailed(handle, RpcTimeout(
-                    f"no reply to {handle.prog}/{handle.vers}/{handle.proc} (xid {handle.xid:#x}) "
-                    f"within its deadline")))
+                events.append(
+                    CallFailed(
+                        handle,
+                        RpcTimeout(
+                            f"no reply to {handle.prog}/{handle.vers}/{handle.proc} (xid {handle.xid:#x}) "
+                            f"within its deadline"
+                        ),
+                    )
+                )
             else:
                 fired.append(handle)
         return fired
@@ -331,8 +360,14 @@ class _ClientCore:
                 result = self._accept_earlier(handle, reply)
                 if result is None:
                     handle._release()
-                    events.append(CallFailed(handle, exc if isinstance(exc, RpcError) else
-                                             RpcProtocolError(f"malformed results: {exc}")))
+                    events.append(
+                        CallFailed(
+                            handle,
+                            exc
+                            if isinstance(exc, RpcError)
+                            else RpcProtocolError(f"malformed results: {exc}"),
+                        )
+                    )
                     return None
             handle._release()
             if reply.stat is _SUCCESS:
@@ -354,7 +389,6 @@ class _ClientCore:
         events.append(CallFailed(handle, RpcMismatchError(low, high)))
         return None
 
-
     @staticmethod
     def _accept_earlier(handle: CallHandle, reply: AcceptedReply) -> bytes | None:
         """The results of ``reply`` checked against an earlier transmission of a retransmitted
@@ -370,9 +404,15 @@ class _ClientCore:
 class RpcClientConnection(_ClientCore):
     """Client side of one record-marked byte stream (RFC 5531 §11). See the module docstring."""
 
-    def __init__(self, auth: ClientAuth | None = None, default_timeout: float | None = 30.0, *,
-                 max_record: int = DEFAULT_MAX_RECORD, max_fragment: int = MAX_FRAGMENT,
-                 first_xid: int | None = None) -> None:
+    def __init__(
+        self,
+        auth: ClientAuth | None = None,
+        default_timeout: float | None = 30.0,
+        *,
+        max_record: int = DEFAULT_MAX_RECORD,
+        max_fragment: int = MAX_FRAGMENT,
+        first_xid: int | None = None,
+    ) -> None:
         super().__init__(auth, default_timeout, first_xid)
         self.max_fragment = max_fragment
         self._reassembler = RecordReassembler(max_record)
@@ -385,8 +425,16 @@ class RpcClientConnection(_ClientCore):
         :class:`rpclatch.rpc.record.RecordReassembler`)."""
         return self._reassembler.buffered
 
-    def send_call(self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth | None,
-                  now: float, timeout: float | None = None) -> CallHandle:
+    def send_call(
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes,
+        auth: ClientAuth | None,
+        now: float,
+        timeout: float | None = None,
+    ) -> CallHandle:
         """Queue a call; its bytes come out of :meth:`data_to_send`."""
         if self.closed:
             raise RpcConnectionClosed("the connection is closed")
@@ -463,8 +511,7 @@ class RpcClientConnection(_ClientCore):
         """The transport closed: fail every outstanding call."""
         self.closed = True
         events: list[Event] = []
-        self._fail_all(error or RpcConnectionClosed("connection closed with the call outstanding"),
-                       events)
+        self._fail_all(error or RpcConnectionClosed("connection closed with the call outstanding"), events)
         return events
 
 
@@ -477,9 +524,15 @@ class RpcDatagramClient(_ClientCore):
     of the transmissions completes the call.
     """
 
-    def __init__(self, auth: ClientAuth | None = None, default_timeout: float | None = 30.0, *,
-                 retransmit_initial: float = 0.5, retransmit_max: float = 8.0,
-                 first_xid: int | None = None) -> None:
+    def __init__(
+        self,
+        auth: ClientAuth | None = None,
+        default_timeout: float | None = 30.0,
+        *,
+        retransmit_initial: float = 0.5,
+        retransmit_max: float = 8.0,
+        first_xid: int | None = None,
+    ) -> None:
         super().__init__(auth, default_timeout, first_xid)
         if retransmit_initial <= 0 or retransmit_max < retransmit_initial:
             raise ValueError("need 0 < retransmit_initial <= retransmit_max")
@@ -487,8 +540,16 @@ class RpcDatagramClient(_ClientCore):
         self.retransmit_max = retransmit_max
         self._out: list[bytes] = []
 
-    def send_call(self, prog: int, vers: int, proc: int, args: bytes, auth: ClientAuth | None,
-                  now: float, timeout: float | None = None) -> CallHandle:
+    def send_call(
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes,
+        auth: ClientAuth | None,
+        now: float,
+        timeout: float | None = None,
+    ) -> CallHandle:
         """Queue a call; its datagram comes out of :meth:`datagrams_to_send`."""
         handle = self._new_handle(prog, vers, proc, args, auth, now, timeout)
         self._transmit(handle, self._prepare(handle), now, self.retransmit_initial)
@@ -524,8 +585,11 @@ class RpcDatagramClient(_ClientCore):
             try:
                 data = self._reprepare(handle)
             except Exception as exc:  # e.g. RPCSEC_GSS sequence numbers exhausted, context closed
-                error = exc if isinstance(exc, RpcError) else RpcLocalError(
-                    f"the flavor could not prepare the retransmission: {exc}")
+                error = (
+                    exc
+                    if isinstance(exc, RpcError)
+                    else RpcLocalError(f"the flavor could not prepare the retransmission: {exc}")
+                )
                 error.__cause__ = exc if error is not exc else None
                 self._finish(handle)
                 events.append(CallFailed(handle, error))

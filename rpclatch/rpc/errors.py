@@ -81,5 +81,7 @@ class ResultsTooLarge(RpcError):
     def __init__(self, needed: int, limit: int) -> None:
         self.needed = needed
         self.limit = limit
-        super().__init__(f"results of {needed} bytes do not fit in one reply (at most {limit} "
-                         "bytes of results on this transport)")
+        super().__init__(
+            f"results of {needed} bytes do not fit in one reply (at most {limit} "
+            "bytes of results on this transport)"
+        )

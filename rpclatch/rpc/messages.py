@@ -248,7 +248,7 @@ def _read_auth(data: Buffer, pos: int, end: int) -> tuple[OpaqueAuth, int]:
     stop = _check_auth_length(n, pos, end)
     if n == 0 and flavor == _AUTH_NONE:
         return NULL_AUTH, stop
-    return opaque_auth(flavor, bytes(data[pos:pos + n])), stop
+    return opaque_auth(flavor, bytes(data[pos : pos + n])), stop
 
 
 def decode_call(data: Buffer, start: int = 0, end: int | None = None) -> CallMessage:
@@ -269,11 +269,12 @@ def decode_call(data: Buffer, start: int = 0, end: int | None = None) -> CallMes
     if clen == 0 and cflavor == _AUTH_NONE:
         return CallMessage(xid, prog, vers, proc, NULL_AUTH, verf, args, rpcvers, header_len)
     if verf is NULL_AUTH:  # an empty AUTH_NONE verifier signs nothing: no header bytes to keep
-        cred = opaque_auth(cflavor, bytes(data[start + 32:start + 32 + clen]))
+        cred = opaque_auth(cflavor, bytes(data[start + 32 : start + 32 + clen]))
         return CallMessage(xid, prog, vers, proc, cred, verf, args, rpcvers, header_len)
-    header = bytes(data[start:start + header_len])
-    call = CallMessage(xid, prog, vers, proc, opaque_auth(cflavor, header[32:32 + clen]), verf,
-                       args, rpcvers, header_len)
+    header = bytes(data[start : start + header_len])
+    call = CallMessage(
+        xid, prog, vers, proc, opaque_auth(cflavor, header[32 : 32 + clen]), verf, args, rpcvers, header_len
+    )
     _set_call_header(call, header)
     return call
 

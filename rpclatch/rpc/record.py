@@ -90,7 +90,7 @@ def encode_record(message: bytes, max_fragment: int = MAX_FRAGMENT) -> bytes:
     parts: list[bytes] = []
     view = memoryview(message)
     for start in range(0, n, max_fragment):
-        chunk = view[start:start + max_fragment]
+        chunk = view[start : start + max_fragment]
         last = LAST_FRAGMENT if start + max_fragment >= n else 0
         parts.append(_pack_header(last | len(chunk)))
         parts.append(bytes(chunk))
@@ -132,8 +132,9 @@ class RecordReassembler:
 
     __slots__ = ("_buf", "_consumed", "_empty", "_record", "max_empty_fragments", "max_record")
 
-    def __init__(self, max_record: int = DEFAULT_MAX_RECORD,
-                 max_empty_fragments: int = DEFAULT_MAX_EMPTY_FRAGMENTS) -> None:
+    def __init__(
+        self, max_record: int = DEFAULT_MAX_RECORD, max_empty_fragments: int = DEFAULT_MAX_EMPTY_FRAGMENTS
+    ) -> None:
         if max_record < 0:
             raise ValueError("max_record must be >= 0")
         if max_empty_fragments < 0:
@@ -162,8 +163,11 @@ class RecordReassembler:
         self._record = bytearray()
         self._empty = 0
 
-    def feed(self, data: bytes | bytearray | memoryview,
-             decode: Callable[[bytes | memoryview, int, int], T | None] | None = None) -> list[bytes | T]:
+    def feed(
+        self,
+        data: bytes | bytearray | memoryview,
+        decode: Callable[[bytes | memoryview, int, int], T | None] | None = None,
+    ) -> list[bytes | T]:
         """Consume ``data``; return the records it completed. Raises :class:`RecordTooLarge` or
         :class:`TooManyEmptyFragments` (after which nothing is held any more).
 
@@ -186,10 +190,11 @@ class RecordReassembler:
             if type(src) is memoryview:
                 src.release()
             if self._consumed and self._buf:
-                del self._buf[:self._consumed]
+                del self._buf[: self._consumed]
 
-    def _parse(self, src: bytes | memoryview,
-               decode: Callable[[bytes | memoryview, int, int], T | None] | None) -> list[bytes | T]:
+    def _parse(
+        self, src: bytes | memoryview, decode: Callable[[bytes | memoryview, int, int], T | None] | None
+    ) -> list[bytes | T]:
         records: list[bytes | T] = []
         pos = 0
         end = len(src)
@@ -221,14 +226,14 @@ class RecordReassembler:
                                 pos = stop
                                 records.append(decoded)
                                 continue
-                        records.append(bytes(src[pos + 4:stop]))
+                        records.append(bytes(src[pos + 4 : stop]))
                     else:
-                        record += src[pos + 4:stop]
+                        record += src[pos + 4 : stop]
                         records.append(bytes(record))
                         self._record = record = bytearray()
                         have = 0
                 elif length:
-                    record += src[pos + 4:stop]
+                    record += src[pos + 4 : stop]
                     have = total
                 else:
                     empty += 1

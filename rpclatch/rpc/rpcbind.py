@@ -61,6 +61,7 @@ def rpcbind_port() -> int:
         raise ValueError(f"{ENV_RPCBIND_PORT}={text} is not a port number (1..65535)")
     return port
 
+
 # RFC 1833 §3.2 (portmap v2) and §2.2 (rpcbind v3/v4): procedure numbers shared by name.
 PROC_NULL = 0
 PROC_SET = 1
@@ -117,8 +118,9 @@ class Rpcb:
 
     @classmethod
     def decode_from(cls, dec: Decoder) -> Rpcb:
-        return cls(dec.uint32(), dec.uint32(), dec.string(MAX_STRING), dec.string(MAX_STRING),
-                   dec.string(MAX_STRING))
+        return cls(
+            dec.uint32(), dec.uint32(), dec.string(MAX_STRING), dec.string(MAX_STRING), dec.string(MAX_STRING)
+        )
 
 
 def decode_pmaplist(data: bytes) -> list[PmapMapping]:
@@ -202,13 +204,19 @@ class RpcbindClient:
         self._client = client
 
     @classmethod
-    async def connect(cls, host: str = "127.0.0.1", *, transport: str = "tcp", port: int = PMAP_PORT,
-                      path: str = RPCBIND_SOCKET, timeout: float = 10.0) -> RpcbindClient:
+    async def connect(
+        cls,
+        host: str = "127.0.0.1",
+        *,
+        transport: str = "tcp",
+        port: int = PMAP_PORT,
+        path: str = RPCBIND_SOCKET,
+        timeout: float = 10.0,
+    ) -> RpcbindClient:
         """Connect over ``transport`` "tcp", "udp" or "unix" (``path``)."""
         client: RpcStreamClient | RpcUdpClient
         if transport == "tcp":
-            client = await RpcStreamClient.connect_tcp(host, port, timeout=timeout,
-                                                       connect_timeout=timeout)
+            client = await RpcStreamClient.connect_tcp(host, port, timeout=timeout, connect_timeout=timeout)
         elif transport == "udp":
             client = await RpcUdpClient.connect(host, port, timeout=timeout)
         elif transport == "unix":
@@ -223,8 +231,9 @@ class RpcbindClient:
     async def __aenter__(self) -> RpcbindClient:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def null(self, version: int = PMAP_VERS) -> None:
@@ -233,8 +242,9 @@ class RpcbindClient:
     # portmap v2 (RFC 1833 §3.2)
 
     async def pmap_getport(self, prog: int, vers: int, prot: int) -> int:
-        res = await self._client.call(PMAP_PROG, PMAP_VERS, PROC_GETPORT,
-                                      PmapMapping(prog, vers, prot, 0).encode())
+        res = await self._client.call(
+            PMAP_PROG, PMAP_VERS, PROC_GETPORT, PmapMapping(prog, vers, prot, 0).encode()
+        )
         return _decode_uint(res)
 
     async def pmap_dump(self) -> list[PmapMapping]:
@@ -262,9 +272,17 @@ class RpcbindClient:
         return _decode_bool(await self._client.call(PMAP_PROG, version, PROC_UNSET, rpcb.encode()))
 
 
-async def register(prog: int, vers: int, *, tcp_port: int | None = None, udp_port: int | None = None,
-                   host: str = "0.0.0.0", path: str = RPCBIND_SOCKET, owner: str = "rpclatch",
-                   timeout: float = 5.0) -> list[Rpcb]:
+async def register(
+    prog: int,
+    vers: int,
+    *,
+    tcp_port: int | None = None,
+    udp_port: int | None = None,
+    host: str = "0.0.0.0",
+    path: str = RPCBIND_SOCKET,
+    owner: str = "rpclatch",
+    timeout: float = 5.0,
+) -> list[Rpcb]:
     """Register ``prog``/``vers`` at the given ports with the local rpcbind (replacing any earlier
     registration of the same netid). Returns what was registered; raises OSError / RpcError."""
     entries = []
@@ -280,10 +298,16 @@ async def register(prog: int, vers: int, *, tcp_port: int | None = None, udp_por
     return entries
 
 
-async def unregister(prog: int, vers: int, *, netids: tuple[str, ...] = ("tcp", "udp"),
-                     path: str = RPCBIND_SOCKET, owner: str = "rpclatch", timeout: float = 5.0) -> None:
+async def unregister(
+    prog: int,
+    vers: int,
+    *,
+    netids: tuple[str, ...] = ("tcp", "udp"),
+    path: str = RPCBIND_SOCKET,
+    owner: str = "rpclatch",
+    timeout: float = 5.0,
+) -> None:
     """Remove ``prog``/``vers`` for each of ``netids`` from the local rpcbind."""
     async with await RpcbindClient.connect(transport="unix", path=path, timeout=timeout) as rpcb:
         for netid in netids:
             await rpcb.unset(Rpcb(prog, vers, netid, "", owner))
-

@@ -53,10 +53,17 @@ def register_sec(flavor: SecFlavor) -> None:
     _REGISTRY[flavor.name] = flavor
 
 
-register_sec(SecFlavor("none", "AUTH_NONE (RFC 5531 §10)",
-                       lambda o: AuthNoneClient(), lambda o: [AuthNoneServer()]))
-register_sec(SecFlavor("sys", "AUTH_SYS, uid/gid of this process (RFC 5531 appendix A)",
-                       lambda o: AuthSysClient.for_current_process(), lambda o: [AuthSysServer()]))
+register_sec(
+    SecFlavor("none", "AUTH_NONE (RFC 5531 §10)", lambda o: AuthNoneClient(), lambda o: [AuthNoneServer()])
+)
+register_sec(
+    SecFlavor(
+        "sys",
+        "AUTH_SYS, uid/gid of this process (RFC 5531 appendix A)",
+        lambda o: AuthSysClient.for_current_process(),
+        lambda o: [AuthSysServer()],
+    )
+)
 
 
 def _load_extensions() -> None:

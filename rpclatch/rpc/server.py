@@ -152,8 +152,9 @@ class LogLimiter:
 
     __slots__ = ("_clock", "_count", "_start", "_suppressed", "burst", "interval")
 
-    def __init__(self, burst: int = 10, interval: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, burst: int = 10, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.burst = burst
         self.interval = interval
         self._clock = clock
@@ -166,8 +167,9 @@ class LogLimiter:
         now = self._clock()
         if now - self._start >= self.interval:
             if self._suppressed:
-                logger.log(level, "%d similar log lines suppressed in the last %g s",
-                           self._suppressed, self.interval)
+                logger.log(
+                    level, "%d similar log lines suppressed in the last %g s", self._suppressed, self.interval
+                )
             self._start = now
             self._count = 0
             self._suppressed = 0
@@ -208,8 +210,9 @@ class CallContext:
 Procedure = Callable[[bytes, CallContext], "bytes | Awaitable[bytes]"]
 
 
-def _accepted_error(xid: int, verf: OpaqueAuth, stat: AcceptStat,
-                    mismatch: tuple[int, int] | None = None) -> bytes:
+def _accepted_error(
+    xid: int, verf: OpaqueAuth, stat: AcceptStat, mismatch: tuple[int, int] | None = None
+) -> bytes:
     return AcceptedReply(xid, verf, stat, b"", mismatch).encode()
 
 
@@ -231,8 +234,13 @@ class PendingReply:
 
     __slots__ = ("accept", "awaitable", "call", "limiter")
 
-    def __init__(self, call: CallMessage, accept: AuthAccept, awaitable: Awaitable[bytes],
-                 limiter: LogLimiter | None = None) -> None:
+    def __init__(
+        self,
+        call: CallMessage,
+        accept: AuthAccept,
+        awaitable: Awaitable[bytes],
+        limiter: LogLimiter | None = None,
+    ) -> None:
         self.call = call
         self.accept = accept
         self.awaitable = awaitable
@@ -258,35 +266,57 @@ class PendingReply:
 ReplyParts = tuple[bytes, bytes]
 
 
-def _seal_success(call: CallMessage, accept: AuthAccept, results: bytes,
-                  record_mark: bool) -> bytes | ReplyParts | None:
+def _seal_success(
+    call: CallMessage, accept: AuthAccept, results: bytes, record_mark: bool
+) -> bytes | ReplyParts | None:
     try:
         verf, sealed = accept.seal(results)
     except Exception as exc:
         # RFC 2203 §5.3.3.4.1 (GSS_GetMIC over the results), §5.3.3.4.4 (GSS_Wrap): no reply.
-        log.error("xid %#x: %d/%d/%d: the flavor could not seal the results (%s: %s); sending no "
-                  "reply", call.xid, call.prog, call.vers, call.proc, type(exc).__name__, exc)
+        log.error(
+            "xid %#x: %d/%d/%d: the flavor could not seal the results (%s: %s); sending no reply",
+            call.xid,
+            call.prog,
+            call.vers,
+            call.proc,
+            type(exc).__name__,
+            exc,
+        )
         return None
     if record_mark:
         return wire.encode_success_marked(call.xid, verf, sealed)
     return wire.encode_success(call.xid, verf, sealed)
 
 
-def _procedure_error(call: CallMessage, accept: AuthAccept, exc: BaseException,
-                     limiter: LogLimiter | None = None) -> bytes:
+def _procedure_error(
+    call: CallMessage, accept: AuthAccept, exc: BaseException, limiter: LogLimiter | None = None
+) -> bytes:
     if isinstance(exc, ResultsTooLarge):
         # The peer chose the size: rate-limited, and SYSTEM_ERR (RFC 5531 §9: the arguments were
         # valid -- GARBAGE_ARGS would say they were not -- the server cannot deliver the results).
         (limiter or LogLimiter()).log(
-            log, logging.WARNING, "xid %#x: %d/%d/%d: %s; answering SYSTEM_ERR", call.xid,
-            call.prog, call.vers, call.proc, exc)
+            log,
+            logging.WARNING,
+            "xid %#x: %d/%d/%d: %s; answering SYSTEM_ERR",
+            call.xid,
+            call.prog,
+            call.vers,
+            call.proc,
+            exc,
+        )
         return _accepted_error(call.xid, _error_verf(accept), AcceptStat.SYSTEM_ERR)
     if isinstance(exc, GarbageArgs | XdrError):
-        log.info("xid %#x: %d/%d/%d: garbage arguments: %s", call.xid, call.prog, call.vers,
-                 call.proc, exc)
+        log.info("xid %#x: %d/%d/%d: garbage arguments: %s", call.xid, call.prog, call.vers, call.proc, exc)
         return _accepted_error(call.xid, _error_verf(accept), AcceptStat.GARBAGE_ARGS)
-    log.error("xid %#x: procedure %d/%d/%d raised %s: %s", call.xid, call.prog, call.vers, call.proc,
-              type(exc).__name__, exc)
+    log.error(
+        "xid %#x: procedure %d/%d/%d raised %s: %s",
+        call.xid,
+        call.prog,
+        call.vers,
+        call.proc,
+        type(exc).__name__,
+        exc,
+    )
     return _accepted_error(call.xid, _error_verf(accept), AcceptStat.SYSTEM_ERR)
 
 
@@ -350,8 +380,9 @@ class RpcDispatcher:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def dispatch(self, record: bytes, conn: ConnectionInfo, now: float,
-                 max_reply: int | None = None) -> bytes | PendingReply | None:
+    def dispatch(
+        self, record: bytes, conn: ConnectionInfo, now: float, max_reply: int | None = None
+    ) -> bytes | PendingReply | None:
         """Handle one RPC message; return the reply message, a :class:`PendingReply`, or None.
         ``max_reply``: the largest reply the transport carries (a datagram), passed to the
         procedure in its :class:`CallContext` so it can refuse results that cannot fit before
@@ -360,8 +391,9 @@ class RpcDispatcher:
         assert not isinstance(reply, tuple)
         return reply
 
-    def dispatch_marked(self, record: bytes, conn: ConnectionInfo,
-                        now: float) -> ReplyParts | PendingReply | None:
+    def dispatch_marked(
+        self, record: bytes, conn: ConnectionInfo, now: float
+    ) -> ReplyParts | PendingReply | None:
         """:meth:`dispatch` for streams: the reply comes as record-marked parts (one fragment), so
         large results are written without being copied behind a header."""
         reply = self._dispatch(record, conn, now, True)
@@ -369,42 +401,58 @@ class RpcDispatcher:
             return _mark(reply), b""
         return reply  # type: ignore[return-value]
 
-    def _dispatch(self, record: bytes, conn: ConnectionInfo, now: float, record_mark: bool,
-                  max_reply: int | None = None) -> bytes | ReplyParts | PendingReply | None:
+    def _dispatch(
+        self, record: bytes, conn: ConnectionInfo, now: float, record_mark: bool, max_reply: int | None = None
+    ) -> bytes | ReplyParts | PendingReply | None:
         """The reply; only a SUCCESS reply comes record-marked (as parts) when ``record_mark``."""
         n = len(record)
         if n < 8:
-            self.log_limiter.log(log, logging.WARNING, "conn %d: dropping a %d-byte record (no RPC "
-                                 "header)", conn.conn_id, n)
+            self.log_limiter.log(
+                log, logging.WARNING, "conn %d: dropping a %d-byte record (no RPC header)", conn.conn_id, n
+            )
             return None
         if n >= 12:
             xid, mtype, rpcvers = _III.unpack_from(record, 0)
         else:
             (xid, mtype), rpcvers = _II.unpack_from(record, 0), RPC_VERSION
         if mtype != _CALL:
-            self.log_limiter.log(log, logging.WARNING, "conn %d: dropping xid %#x: msg_type %d is "
-                                 "not CALL", conn.conn_id, xid, mtype)
+            self.log_limiter.log(
+                log,
+                logging.WARNING,
+                "conn %d: dropping xid %#x: msg_type %d is not CALL",
+                conn.conn_id,
+                xid,
+                mtype,
+            )
             return None
         if rpcvers != RPC_VERSION:
             return DeniedReply(xid, RejectStat.RPC_MISMATCH, (RPC_VERSION, RPC_VERSION)).encode()
         try:
             call = decode_call(record)
         except XdrError as exc:
-            self.log_limiter.log(log, logging.WARNING, "conn %d: xid %#x: malformed call header: %s",
-                                 conn.conn_id, xid, exc)
+            self.log_limiter.log(
+                log, logging.WARNING, "conn %d: xid %#x: malformed call header: %s", conn.conn_id, xid, exc
+            )
             return _accepted_error(xid, NULL_AUTH, AcceptStat.GARBAGE_ARGS)
         return self._dispatch_call(call, conn, now, record_mark, max_reply)
 
-    def dispatch_call_marked(self, call: CallMessage, conn: ConnectionInfo,
-                             now: float) -> ReplyParts | PendingReply | None:
+    def dispatch_call_marked(
+        self, call: CallMessage, conn: ConnectionInfo, now: float
+    ) -> ReplyParts | PendingReply | None:
         """:meth:`dispatch_marked` for a call already decoded (RPC version 2) from the stream."""
         reply = self._dispatch_call(call, conn, now, True)
         if type(reply) is bytes:
             return _mark(reply), b""
         return reply  # type: ignore[return-value]
 
-    def _dispatch_call(self, call: CallMessage, conn: ConnectionInfo, now: float, record_mark: bool,
-                       max_reply: int | None = None) -> bytes | ReplyParts | PendingReply | None:
+    def _dispatch_call(
+        self,
+        call: CallMessage,
+        conn: ConnectionInfo,
+        now: float,
+        record_mark: bool,
+        max_reply: int | None = None,
+    ) -> bytes | ReplyParts | PendingReply | None:
         xid = call.xid
         auth = self._flavors.get(call.cred.flavor)
         if auth is None:
@@ -424,8 +472,9 @@ class RpcDispatcher:
             return _accepted_error(xid, _error_verf(verdict), AcceptStat.PROG_UNAVAIL)
         procedures = versions.get(call.vers)
         if procedures is None:
-            return _accepted_error(xid, _error_verf(verdict), AcceptStat.PROG_MISMATCH,
-                                   self._ranges[call.prog])
+            return _accepted_error(
+                xid, _error_verf(verdict), AcceptStat.PROG_MISMATCH, self._ranges[call.prog]
+            )
         proc = procedures.get(call.proc)
         if proc is None:
             return _accepted_error(xid, _error_verf(verdict), AcceptStat.PROC_UNAVAIL)
@@ -440,12 +489,12 @@ class RpcDispatcher:
             return PendingReply(call, verdict, result, self.log_limiter)
         if isinstance(result, bytearray | memoryview):
             return _seal_success(call, verdict, bytes(result), record_mark)
-        return _procedure_error(call, verdict, TypeError(
-            f"procedure returned {type(result).__name__}, not bytes"))
+        return _procedure_error(
+            call, verdict, TypeError(f"procedure returned {type(result).__name__}, not bytes")
+        )
 
     @staticmethod
-    def _auth_verdict(call: CallMessage, conn: ConnectionInfo,
-                      verdict: object) -> bytes | None:
+    def _auth_verdict(call: CallMessage, conn: ConnectionInfo, verdict: object) -> bytes | None:
         if isinstance(verdict, AuthControlReply):
             return wire.encode_success(call.xid, verdict.verf, verdict.results)
         if isinstance(verdict, AuthDeny):
@@ -471,10 +520,18 @@ def _is_call(record: bytes | CallMessage) -> bool:
 class RpcServerConnection:
     """Server side of one record-marked stream (RFC 5531 §11). See the module docstring."""
 
-    def __init__(self, dispatcher: RpcDispatcher, conn: ConnectionInfo, *,
-                 max_record: int = DEFAULT_MAX_RECORD, max_fragment: int = MAX_FRAGMENT,
-                 idle_timeout: float | None = None, write_timeout: float | None = None,
-                 max_output: int = DEFAULT_MAX_OUTPUT, now: float = 0.0) -> None:
+    def __init__(
+        self,
+        dispatcher: RpcDispatcher,
+        conn: ConnectionInfo,
+        *,
+        max_record: int = DEFAULT_MAX_RECORD,
+        max_fragment: int = MAX_FRAGMENT,
+        idle_timeout: float | None = None,
+        write_timeout: float | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        now: float = 0.0,
+    ) -> None:
         self.dispatcher = dispatcher
         self.conn = conn
         self.max_fragment = max_fragment
@@ -668,8 +725,10 @@ class RpcServerConnection:
         if deadline is None or now < deadline:
             return
         if self._transport_buffered and self.write_timeout is not None:
-            self._abort(f"the peer took no reply bytes for {self.write_timeout:g} s "
-                        f"({self._transport_buffered} bytes unsent)")
+            self._abort(
+                f"the peer took no reply bytes for {self.write_timeout:g} s "
+                f"({self._transport_buffered} bytes unsent)"
+            )
             return
         state = "inside a partial record" if self._reassembler.in_record else "between records"
         self._close(f"idle for {self.idle_timeout:g} s {state}")
@@ -686,8 +745,12 @@ class RpcServerConnection:
             self.close_reason = reason
             log.log(level, "closing connection %d from %s: %s", self.conn.conn_id, self.conn.peer, reason)
         if drop_backlog and self._backlog:
-            log.log(level, "connection %d: %d received calls dropped unanswered", self.conn.conn_id,
-                    len(self._backlog))
+            log.log(
+                level,
+                "connection %d: %d received calls dropped unanswered",
+                self.conn.conn_id,
+                len(self._backlog),
+            )
             self._backlog.clear()
 
     def close(self, reason: str = "server closing") -> None:

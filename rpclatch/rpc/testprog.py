@@ -116,8 +116,9 @@ async def null(client: _Caller) -> None:
 
 
 async def echo(client: _Caller, data: bytes) -> bytes:
-    return decode_opaque(await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
-                                           encode_opaque(data)))
+    return decode_opaque(
+        await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(data))
+    )
 
 
 async def sink(client: _Caller, data: bytes) -> int:
@@ -129,8 +130,7 @@ async def sink(client: _Caller, data: bytes) -> int:
 
 
 async def source(client: _Caller, n: int) -> bytes:
-    return decode_opaque(await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_SOURCE,
-                                           _U32.pack(n)))
+    return decode_opaque(await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_SOURCE, _U32.pack(n)))
 
 
 __all__ = ["RPCLATCH_TEST_PROG", "RPCLATCH_TEST_VERS", "SOURCE_MAX", "XdrError", "add_test_program"]

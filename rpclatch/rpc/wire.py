@@ -52,8 +52,9 @@ def _auth_bytes(auth: OpaqueAuth) -> bytes:
 def encode_call(msg: CallMessage) -> bytes:
     """``msg.encode()``, faster. The args must already be XDR (a multiple of 4 bytes)."""
     cred = msg.cred
-    head = _CALL_HEAD.pack(msg.xid, _CALL, msg.rpcvers, msg.prog, msg.vers, msg.proc,
-                           cred.flavor, len(cred.body))
+    head = _CALL_HEAD.pack(
+        msg.xid, _CALL, msg.rpcvers, msg.prog, msg.vers, msg.proc, cred.flavor, len(cred.body)
+    )
     cbody = cred.body
     verf = msg.verf
     if not cbody and verf.flavor == _AUTH_NONE and not verf.body:
@@ -69,22 +70,61 @@ def encode_call_marked(msg: CallMessage) -> tuple[bytes, bytes]:
     verf = msg.verf
     args = msg.args
     if not cbody and cred.flavor == _AUTH_NONE and verf.flavor == _AUTH_NONE and not verf.body:
-        return _MARKED_CALL_NULL_AUTH.pack(_LAST_FRAGMENT | (40 + len(args)), msg.xid, _CALL,
-                                           msg.rpcvers, msg.prog, msg.vers, msg.proc,
-                                           0, 0, 0, 0), args
+        return _MARKED_CALL_NULL_AUTH.pack(
+            _LAST_FRAGMENT | (40 + len(args)),
+            msg.xid,
+            _CALL,
+            msg.rpcvers,
+            msg.prog,
+            msg.vers,
+            msg.proc,
+            0,
+            0,
+            0,
+            0,
+        ), args
     # One pack for the fragment header and the fixed call words (the lengths are known up front).
     n = len(cbody)
     vbody = verf.body
     m = len(vbody)
     if not m and verf.flavor == _AUTH_NONE:  # e.g. RPCSEC_GSS channel_prot (RFC 5403 §3.4)
         size = 40 + ((n + 3) & ~3) + len(args)
-        return (_MARKED_CALL_HEAD.pack(_LAST_FRAGMENT | size, msg.xid, _CALL, msg.rpcvers, msg.prog,
-                                       msg.vers, msg.proc, cred.flavor, n)
-                + cbody + _NULL_VERF_PAD[n & 3]), args
+        return (
+            _MARKED_CALL_HEAD.pack(
+                _LAST_FRAGMENT | size,
+                msg.xid,
+                _CALL,
+                msg.rpcvers,
+                msg.prog,
+                msg.vers,
+                msg.proc,
+                cred.flavor,
+                n,
+            )
+            + cbody
+            + _NULL_VERF_PAD[n & 3]
+        ), args
     size = 40 + ((n + 3) & ~3) + ((m + 3) & ~3) + len(args)
-    head = b"".join((_MARKED_CALL_HEAD.pack(_LAST_FRAGMENT | size, msg.xid, _CALL, msg.rpcvers,
-                                            msg.prog, msg.vers, msg.proc, cred.flavor, n),
-                     cbody, _ZERO_PAD[n & 3], _II.pack(verf.flavor, m), vbody, _ZERO_PAD[m & 3]))
+    head = b"".join(
+        (
+            _MARKED_CALL_HEAD.pack(
+                _LAST_FRAGMENT | size,
+                msg.xid,
+                _CALL,
+                msg.rpcvers,
+                msg.prog,
+                msg.vers,
+                msg.proc,
+                cred.flavor,
+                n,
+            ),
+            cbody,
+            _ZERO_PAD[n & 3],
+            _II.pack(verf.flavor, m),
+            vbody,
+            _ZERO_PAD[m & 3],
+        )
+    )
     return head, args
 
 
@@ -98,8 +138,9 @@ def encode_success(xid: int, verf: OpaqueAuth, results: bytes) -> bytes:
 def encode_success_marked(xid: int, verf: OpaqueAuth, results: bytes) -> tuple[bytes, bytes]:
     """:func:`encode_success` record-marked as one fragment, as (header buffer, results)."""
     if verf.flavor == _AUTH_NONE and not verf.body:
-        return _MARKED_NULL_VERF_SUCCESS.pack(_LAST_FRAGMENT | (24 + len(results)), xid, _REPLY,
-                                              0, 0, 0, 0), results
+        return _MARKED_NULL_VERF_SUCCESS.pack(
+            _LAST_FRAGMENT | (24 + len(results)), xid, _REPLY, 0, 0, 0, 0
+        ), results
     head = b"".join((_II.pack(xid, _REPLY), b"\0\0\0\0", _auth_bytes(verf), b"\0\0\0\0"))
     return _I.pack(_LAST_FRAGMENT | (len(head) + len(results))) + head, results
 

@@ -12,24 +12,31 @@ from rpclatch.errors import UserError
 from rpclatch.gss.errors import ContextInitFailed, GssError, GssMajor
 
 
-@pytest.mark.parametrize("good", ["nfs@server.example", "rpctest@localhost", "host@127.0.0.1",
-                                  "HTTP@web-1.example", "nfs@fe80::1"])
+@pytest.mark.parametrize(
+    "good", ["nfs@server.example", "rpctest@localhost", "host@127.0.0.1", "HTTP@web-1.example", "nfs@fe80::1"]
+)
 def test_service_names_accepted(good: str) -> None:
     assert parse_service_name(good, "--target") == good
 
 
-@pytest.mark.parametrize(("bad", "says"), [
-    ("nfs", "--target 'nfs' has no host: give SERVICE@HOST (e.g. --target nfs@server.example)"),
-    ("@host", "--target '@host' has no service before the '@'"),
-    ("nfs@", "--target 'nfs@' has no host after the '@'"),
-    ("nfs@a@b", "--target 'nfs@a@b' has more than one '@'"),
-    ("nfs/srv.example@EXAMPLE.COM", "--target 'nfs/srv.example@EXAMPLE.COM' looks like a Kerberos "
-                                    "principal name; give the host-based service name SERVICE@HOST "
-                                    "instead (--target nfs@srv.example)"),
-    ("n fs@host", "bad service name 'n fs'"),
-    ("nfs@bad host", "bad host name 'bad host'"),
-    ("nfs@host\n", "bad host name 'host\\n'"),
-])
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ("nfs", "--target 'nfs' has no host: give SERVICE@HOST (e.g. --target nfs@server.example)"),
+        ("@host", "--target '@host' has no service before the '@'"),
+        ("nfs@", "--target 'nfs@' has no host after the '@'"),
+        ("nfs@a@b", "--target 'nfs@a@b' has more than one '@'"),
+        (
+            "nfs/srv.example@EXAMPLE.COM",
+            "--target 'nfs/srv.example@EXAMPLE.COM' looks like a Kerberos "
+            "principal name; give the host-based service name SERVICE@HOST "
+            "instead (--target nfs@srv.example)",
+        ),
+        ("n fs@host", "bad service name 'n fs'"),
+        ("nfs@bad host", "bad host name 'bad host'"),
+        ("nfs@host\n", "bad host name 'host\\n'"),
+    ],
+)
 def test_bad_service_names_are_one_line_user_errors(bad: str, says: str) -> None:
     with pytest.raises(UserError) as info:
         parse_service_name(bad, "--target")
@@ -40,11 +47,15 @@ def test_bad_service_names_are_one_line_user_errors(bad: str, says: str) -> None
 def test_wrong_target_is_told_by_status_codes() -> None:
     unknown = GssError(GssMajor.GSS_S_FAILURE, -1765328377, "any text")  # signed, as libkrb5 has it
     assert gss_target_problem(unknown) is TargetProblem.UNKNOWN_TO_KDC
-    assert gss_target_problem(ContextInitFailed(GssMajor.GSS_S_FAILURE, 0x96C73A23)) is \
-        TargetProblem.NOT_THE_SERVERS
+    assert (
+        gss_target_problem(ContextInitFailed(GssMajor.GSS_S_FAILURE, 0x96C73A23))
+        is TargetProblem.NOT_THE_SERVERS
+    )
     # The same words without the code are not a wrong target; nor is no cause at all.
-    assert gss_target_problem(GssError(GssMajor.GSS_S_NO_CRED, 0, "Server not found in Kerberos database")) \
+    assert (
+        gss_target_problem(GssError(GssMajor.GSS_S_NO_CRED, 0, "Server not found in Kerberos database"))
         is None
+    )
     assert gss_target_problem(ContextInitFailed(GssMajor.GSS_S_FAILURE, 0)) is None
     assert gss_target_problem(None) is None
 

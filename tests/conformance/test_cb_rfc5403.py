@@ -57,14 +57,23 @@ from rpclatch.rpc.messages import (
 from .support import Clock, run
 
 
-def make(realm: ThrowawayRealm, *, service: Service = Service.INTEGRITY, channel: object = None,
-         versions: VersionPolicy = VersionPolicy.PREFER_V2, **srv_kw: object
-         ) -> tuple[GssServerAuth, GssClientAuth, LoopbackTransport, Clock]:
+def make(
+    realm: ThrowawayRealm,
+    *,
+    service: Service = Service.INTEGRITY,
+    channel: object = None,
+    versions: VersionPolicy = VersionPolicy.PREFER_V2,
+    **srv_kw: object,
+) -> tuple[GssServerAuth, GssClientAuth, LoopbackTransport, Clock]:
     clock = Clock()
     srv = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab), **srv_kw)  # type: ignore[arg-type]
     t = LoopbackTransport(srv, channel=channel, now=clock)
-    c = GssClientAuth(GssapiProvider(ccache=realm.users["bob"].ccache), realm.service_name,
-                      service=service, versions=versions)
+    c = GssClientAuth(
+        GssapiProvider(ccache=realm.users["bob"].ccache),
+        realm.service_name,
+        service=service,
+        versions=versions,
+    )
     run(c.establish(t.call))
     return srv, c, t, clock
 
@@ -126,7 +135,8 @@ def test_cb_02_prefix_and_hash_negotiation(realm: ThrowawayRealm) -> None:
     assert res.res.oid_list == (SHA256.oid,)
     seq = GssCred.decode(last_call(t2).cred.body).seq_num
     c2._current().gss.verify_mic(
-        BindChanMicInRes(seq, SHA256.digest(b"x-first:one"), res.res).encode(), res.mic)
+        BindChanMicInRes(seq, SHA256.digest(b"x-first:one"), res.res).encode(), res.mic
+    )
     assert not srv2.is_bound(c2.handle or b"")
     assert c2.effective_service() == Service.INTEGRITY
 
@@ -181,8 +191,10 @@ def test_cb_04_channel_prot_verifiers_and_refusals(realm: ThrowawayRealm) -> Non
     # channel_prot on an unbound handle is refused.
     cred = GssCred.decode(msg_unbound.message.cred.body)
     forged = dataclasses.replace(
-        msg_unbound.message, verf=NULL_AUTH,
-        cred=OpaqueAuth(6, dataclasses.replace(cred, service=Service.CHANNEL_PROT).encode()))
+        msg_unbound.message,
+        verf=NULL_AUTH,
+        cred=OpaqueAuth(6, dataclasses.replace(cred, service=Service.CHANNEL_PROT).encode()),
+    )
     res = srv.check_call(forged, t.conn, clock.t)
     assert isinstance(res, AuthDeny) and res.stat == AuthStat.RPCSEC_GSS_CTXPROBLEM
     run(c.bind_channel(t.call, cli_ch))
@@ -254,8 +266,9 @@ def test_cb_07_bind_channel_refused_on_v1_handles(realm: ThrowawayRealm) -> None
     assert failed.value.reason is BindFailureReason.V1_ONLY
     # Forced onto the wire: a v1 credential with BIND_CHANNEL -> AUTH_BADCRED.
     base = c.prepare_call(1, t.prog, t.vers, 0, b"").message
-    cred = dataclasses.replace(GssCred.decode(base.cred.body), gss_proc=GssProc.RPCSEC_GSS_BIND_CHANNEL,
-                               service=Service.NONE)
+    cred = dataclasses.replace(
+        GssCred.decode(base.cred.body), gss_proc=GssProc.RPCSEC_GSS_BIND_CHANNEL, service=Service.NONE
+    )
     res = srv.check_call(dataclasses.replace(base, cred=OpaqueAuth(6, cred.encode())), t.conn, clock.t)
     assert isinstance(res, AuthDeny) and res.stat == AuthStat.AUTH_BADCRED
     # ...and a v2 credential naming a v1 handle is refused as well (handles never cross versions).
@@ -381,8 +394,9 @@ def test_cb_12_bind_verifier_fits_400_bytes(realm: ThrowawayRealm, algorithm: ob
     cli2, srv2 = InMemoryChannel.pair(too_long, b"identity")
     srv_b, c2, t2, _ = make(realm, channel=srv2, hashes=[SHA256, algorithm])
     sent = len(t2.sent)
-    with pytest.raises(RpcGssLocalError, match=f"is {MAX_PREFIX + 1} bytes; BIND_CHANNEL allows at most "
-                                               f"{MAX_PREFIX}"):
+    with pytest.raises(
+        RpcGssLocalError, match=f"is {MAX_PREFIX + 1} bytes; BIND_CHANNEL allows at most {MAX_PREFIX}"
+    ):
         run(c2.bind_channel(t2.call, cli2, hashes=[algorithm]))
     assert len(t2.sent) == sent  # refused before anything went out
     assert not srv_b.is_bound(c2.handle or b"")
@@ -396,8 +410,10 @@ def test_cb_13_krb5_bnd_vectors() -> None:
     assert krb5_bnd(b"abc").hex() == "420b92da63953711d03790fc6a20013d"
     assert krb5_bnd(None) == bytes(16)
     inet = 2  # GSS_C_AF_INET
-    assert krb5_bnd(b"", initiator=(inet, bytes([192, 0, 2, 1])),
-                    acceptor=(inet, bytes([192, 0, 2, 2]))).hex() == "aa144876d08163cf1cbdf21552ca17ee"
+    assert (
+        krb5_bnd(b"", initiator=(inet, bytes([192, 0, 2, 1])), acceptor=(inet, bytes([192, 0, 2, 2]))).hex()
+        == "aa144876d08163cf1cbdf21552ca17ee"
+    )
     # What the provider passes for prefix:data is exactly that struct (so libkrb5 hashes the same).
     cb = channel_bindings_bytes("x-test", b"data")
     struct_ = gss_channel_bindings(cb)

@@ -79,8 +79,15 @@ class RollbackMitm:
         if self._last_was_v2_init and self.mode == "rewrite":
             body = struct.pack(">I", 1) + call.cred.body[4:]
             self.rewritten += 1
-            return CallMessage(call.xid, call.prog, call.vers, call.proc,
-                               OpaqueAuth(AuthFlavor.RPCSEC_GSS, body), call.verf, call.args).encode()
+            return CallMessage(
+                call.xid,
+                call.prog,
+                call.vers,
+                call.proc,
+                OpaqueAuth(AuthFlavor.RPCSEC_GSS, body),
+                call.verf,
+                call.args,
+            ).encode()
         return data
 
     def on_reply(self, data: bytes) -> bytes:
@@ -91,16 +98,21 @@ class RollbackMitm:
         return data
 
 
-def _setup(realm: ThrowawayRealm, mode: str, versions: VersionPolicy, srv_ch: InMemoryChannel | None = None
-           ) -> tuple[GssServerAuth, GssClientAuth, LoopbackTransport, RollbackMitm, Clock]:
+def _setup(
+    realm: ThrowawayRealm, mode: str, versions: VersionPolicy, srv_ch: InMemoryChannel | None = None
+) -> tuple[GssServerAuth, GssClientAuth, LoopbackTransport, RollbackMitm, Clock]:
     clock = Clock()
     if srv_ch is None:
         _cli_ch, srv_ch = InMemoryChannel.pair("x-test", b"client-sees", other_data=b"server-sees")
     srv = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab), max_lifetime=28800.0)
     t = LoopbackTransport(srv, channel=srv_ch, now=clock)
     mitm = RollbackMitm(t, mode)
-    c = GssClientAuth(GssapiProvider(ccache=realm.users["bob"].ccache), realm.service_name,
-                      service=Service.INTEGRITY, versions=versions)
+    c = GssClientAuth(
+        GssapiProvider(ccache=realm.users["bob"].ccache),
+        realm.service_name,
+        service=Service.INTEGRITY,
+        versions=versions,
+    )
     return srv, c, t, mitm, clock
 
 
@@ -114,10 +126,10 @@ def test_a11_forged_badcred_default_policy_falls_back_to_v1_without_channel_prot
 ) -> None:
     srv, c, t, mitm, _ = _setup(realm, "badcred", VersionPolicy.PREFER_V2)
     run(c.establish(t.call))
-    assert mitm.forged == 1 and c.version == 1          # the documented PREFER_V2 outcome
+    assert mitm.forged == 1 and c.version == 1  # the documented PREFER_V2 outcome
     with pytest.raises(ChannelBindingFailed):
         run(c.bind_channel(t.call, _channel()))
-    assert c.effective_service() == Service.INTEGRITY    # never channel_prot
+    assert c.effective_service() == Service.INTEGRITY  # never channel_prot
     assert not srv.is_bound(c.handle or b"")
     # GSS is end to end: DATA still works, and the MITM cannot change it undetected
     assert t.call_sync(c, 1, b"krb5i through the relay") == b"krb5i through the relay"
@@ -136,8 +148,9 @@ def test_a11_forged_badcred_require_v2_refuses(realm: ThrowawayRealm) -> None:
 
 @pytest.mark.conformance(id="A11-rewrite-v1", rfc="RFC 5403 §9; RFC 2203 §5.2.2")
 @pytest.mark.parametrize("mode", ["rewrite", "none"], ids=["rewritten", "control"])
-@pytest.mark.parametrize("versions", [VersionPolicy.PREFER_V2, VersionPolicy.REQUIRE_V2],
-                         ids=["default", "require-v2"])
+@pytest.mark.parametrize(
+    "versions", [VersionPolicy.PREFER_V2, VersionPolicy.REQUIRE_V2], ids=["default", "require-v2"]
+)
 def test_a11_init_rewritten_to_v1_never_yields_channel_prot(
     realm: ThrowawayRealm, versions: VersionPolicy, mode: str
 ) -> None:

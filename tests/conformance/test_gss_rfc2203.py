@@ -61,8 +61,9 @@ def client(realm: ThrowawayRealm, service: Service = Service.INTEGRITY, **kw: ob
     return GssClientAuth(provider, realm.service_name, service=service, **kw)  # type: ignore[arg-type]
 
 
-def established(realm: ThrowawayRealm, service: Service = Service.INTEGRITY, **srv_kw: object
-                ) -> tuple[GssServerAuth, GssClientAuth, LoopbackTransport, Clock]:
+def established(
+    realm: ThrowawayRealm, service: Service = Service.INTEGRITY, **srv_kw: object
+) -> tuple[GssServerAuth, GssClientAuth, LoopbackTransport, Clock]:
     clock = Clock()
     srv = server(realm, **srv_kw)
     t = LoopbackTransport(srv, now=clock)
@@ -94,9 +95,15 @@ def test_gss_01_init_exchange_and_verifiers(realm: ThrowawayRealm) -> None:
     assert InitArg.decode(init_call.args).gss_token  # the AP-REQ travels in the arguments
     assert c.version == RPCSEC_GSS_VERS_2 and c.seq_window == 128 and c.handle
     # A failing INIT: garbage token -> gss_major set, handle and token empty, AUTH_NONE verifier.
-    bad = CallMessage(9, 0x20000099, 1, 0,
-                      OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_INIT, 0, Service.NONE).encode()),
-                      NULL_AUTH, InitArg(b"\x60\x03not-a-token").encode())
+    bad = CallMessage(
+        9,
+        0x20000099,
+        1,
+        0,
+        OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_INIT, 0, Service.NONE).encode()),
+        NULL_AUTH,
+        InitArg(b"\x60\x03not-a-token").encode(),
+    )
     res = srv.check_call(bad, t.conn, 0.0)
     assert isinstance(res, AuthControlReply) and res.verf == NULL_AUTH
     init_res = InitRes.decode(res.results)
@@ -107,9 +114,15 @@ def test_gss_01_init_exchange_and_verifiers(realm: ThrowawayRealm) -> None:
 
 
 async def _garbage_init(srv: GssServerAuth, t: LoopbackTransport, auth: object, proc: int) -> bytes:
-    call = CallMessage(10, 0x20000099, 1, 0,
-                       OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_INIT, 0, Service.NONE).encode()),
-                       NULL_AUTH, InitArg(b"junk").encode())
+    call = CallMessage(
+        10,
+        0x20000099,
+        1,
+        0,
+        OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_INIT, 0, Service.NONE).encode()),
+        NULL_AUTH,
+        InitArg(b"junk").encode(),
+    )
     res = srv.check_call(call, t.conn, 0.0)
     assert isinstance(res, AuthControlReply)
     return res.results
@@ -189,7 +202,8 @@ def test_gss_04_privacy(realm: ThrowawayRealm) -> None:
     inner, encrypted = c._current().gss.unwrap(PrivData.decode(body).databody_priv)
     assert encrypted and inner == be32(seq) + b"result"
     broken = dataclasses.replace(
-        data_call(c, args=secret), args=PrivData(priv.databody_priv[:-2] + b"zz").encode())
+        data_call(c, args=secret), args=PrivData(priv.databody_priv[:-2] + b"zz").encode()
+    )
     assert isinstance(srv.check_call(broken, t.conn, 1000.0), AuthGarbage)
 
 
@@ -208,9 +222,15 @@ def test_gss_05_credproblem_ctxproblem(realm: ThrowawayRealm) -> None:
     res = srv.check_call(data_call(c), t.conn, clock.t)
     assert isinstance(res, AuthDeny) and res.stat == AuthStat.RPCSEC_GSS_CTXPROBLEM
     # Neither is ever the answer to an INIT: a CONTINUE_INIT for an unknown handle gets init_res.
-    cont = CallMessage(5, 0x20000099, 1, 0, OpaqueAuth(6, GssCred(
-        2, GssProc.RPCSEC_GSS_CONTINUE_INIT, 0, Service.NONE, b"\x02" * 16).encode()),
-        NULL_AUTH, InitArg(b"tok").encode())
+    cont = CallMessage(
+        5,
+        0x20000099,
+        1,
+        0,
+        OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_CONTINUE_INIT, 0, Service.NONE, b"\x02" * 16).encode()),
+        NULL_AUTH,
+        InitArg(b"tok").encode(),
+    )
     res2 = srv.check_call(cont, t.conn, clock.t)
     assert isinstance(res2, AuthControlReply)
     assert InitRes.decode(res2.results).gss_major == GssMajor.GSS_S_NO_CONTEXT
@@ -227,8 +247,14 @@ def test_gss_06_destroy(realm: ThrowawayRealm) -> None:
     # DESTROY with a bad MIC is refused and the context survives.
     msg = data_call(c)
     cred = GssCred.decode(msg.cred.body)
-    destroy = dataclasses.replace(reprepared(dataclasses.replace(msg, proc=0, args=b""), dataclasses.replace(
-        cred, gss_proc=GssProc.RPCSEC_GSS_DESTROY), c), verf=OpaqueAuth(6, b"\0" * 28))
+    destroy = dataclasses.replace(
+        reprepared(
+            dataclasses.replace(msg, proc=0, args=b""),
+            dataclasses.replace(cred, gss_proc=GssProc.RPCSEC_GSS_DESTROY),
+            c,
+        ),
+        verf=OpaqueAuth(6, b"\0" * 28),
+    )
     res = srv.check_call(destroy, t.conn, 1000.0)
     assert isinstance(res, AuthDeny) and res.stat == AuthStat.RPCSEC_GSS_CREDPROBLEM
     assert srv.context_count() == 1
@@ -317,7 +343,8 @@ def test_gss_10_malformed_credentials(realm: ThrowawayRealm) -> None:
 @pytest.mark.parametrize("service", [Service.NONE, Service.INTEGRITY, Service.PRIVACY])
 @pytest.mark.parametrize("answered", ["retransmission", "first"])
 def test_gss_11_datagram_retransmission_gets_new_seq_and_any_reply_completes(
-        realm: ThrowawayRealm, service: Service, answered: str) -> None:
+    realm: ThrowawayRealm, service: Service, answered: str
+) -> None:
     """The sans-IO datagram client against the real dispatcher and server flavor: the first reply
     is lost (``retransmission``: only the resend is answered) or arrives late, after the resend
     (``first``). Either way the call completes, and the resend carried the same xid, a higher
@@ -377,7 +404,8 @@ def test_gss_11_datagram_retransmission_gets_new_seq_and_any_reply_completes(
 @pytest.mark.conformance(id="GSS-12", rfc="RFC 2203 §5.3.3.4.1, §5.3.3.4.4")
 @pytest.mark.parametrize("service", [Service.NONE, Service.INTEGRITY, Service.PRIVACY])
 def test_gss_12_results_that_cannot_be_sealed_get_no_reply(
-        realm: ThrowawayRealm, service: Service, caplog: pytest.LogCaptureFixture) -> None:
+    realm: ThrowawayRealm, service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
     """The context is revoked while the procedure runs, so GSS_GetMIC (integrity) or GSS_Wrap
     (privacy) of the results fails: the server sends no reply at all (the reply verifier was
     computed before the procedure ran, so krb5 -- nothing to seal -- is still answered)."""
@@ -420,8 +448,11 @@ def test_gss_13_garbage_args_verifier_is_mic_of_seq(realm: ThrowawayRealm, servi
     msg = data_call(c)
     seq = GssCred.decode(msg.cred.body).seq_num
     inner = be32(seq + 1) + b"abcd"
-    body = IntegData(inner, gss.get_mic(inner)).encode() if service == Service.INTEGRITY \
+    body = (
+        IntegData(inner, gss.get_mic(inner)).encode()
+        if service == Service.INTEGRITY
         else PrivData(gss.wrap(inner)).encode()
+    )
     reply = decode_message(t.serve(dataclasses.replace(msg, args=body).encode()) or b"")
     assert isinstance(reply, AcceptedReply) and reply.stat == AcceptStat.GARBAGE_ARGS
     assert reply.verf.flavor == AuthFlavor.RPCSEC_GSS
@@ -456,9 +487,15 @@ def test_gss_15_half_open_contexts_have_their_own_bound(realm: ThrowawayRealm) -
         mechs = bytes([0x30, len(krb5 + other)]) + krb5 + other
         neg = bytes([0xA0, len(mechs) + 4, 0x30, len(mechs) + 2, 0xA0, len(mechs)]) + mechs
         spnego = bytes.fromhex("06062b0601050502") + neg
-        call = CallMessage(50 + i, 0x20000099, 1, 0,
-                           OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_INIT, 0, Service.NONE).encode()),
-                           NULL_AUTH, InitArg(bytes([0x60, len(spnego)]) + spnego).encode())
+        call = CallMessage(
+            50 + i,
+            0x20000099,
+            1,
+            0,
+            OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_INIT, 0, Service.NONE).encode()),
+            NULL_AUTH,
+            InitArg(bytes([0x60, len(spnego)]) + spnego).encode(),
+        )
         res = srv.check_call(call, t.conn, 0.0)
         assert isinstance(res, AuthControlReply)
         assert InitRes.decode(res.results).gss_major == GssMajor.GSS_S_CONTINUE_NEEDED

@@ -390,9 +390,9 @@ def test_latch_26_cb_prefix_and_same_at_both_ends_regardless_of_ike_role() -> No
 # -- approach 1 (RFC 5660 §2.4 informative model): the engine tells the TCB latches about §2 conflicts
 
 
-def tcb_latched(breaks: list[UlpBreak], approach: Approach = Approach.ULP, **cfg: object) -> tuple[
-    IPsecEngine, UlpLatch, SecurityAssociation
-]:
+def tcb_latched(
+    breaks: list[UlpBreak], approach: Approach = Approach.ULP, **cfg: object
+) -> tuple[IPsecEngine, UlpLatch, SecurityAssociation]:
     e = IPsecEngine(ex.nfs_spd(), ex.btns_pad(), config=EngineConfig(approach, **cfg))  # type: ignore[arg-type]
     sa = e.install_sa(ex.narrow_sa(SRV, ex.btns_peer(CLIENT), ex.btns_local(SERVER)), 0.0)
     assert sa is not None

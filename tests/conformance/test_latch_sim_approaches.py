@@ -15,13 +15,13 @@ from rpclatch.netsim.testing.scenarios import SCENARIOS, run_scenario
 
 # (approach 1 outcome, approach 2 outcome) — the documented behaviour of each design
 EXPECTED = {
-    "policy-change": ("reset", "reset"),       # §2 conflict: break (pin_on_spd_change would keep it)
-    "flow-stealing": ("reset", "reset"),       # the conflicting SA breaks the latch before install
-    "cleartext-injection": ("ok", "ok"),       # forged cleartext dropped by both
+    "policy-change": ("reset", "reset"),  # §2 conflict: break (pin_on_spd_change would keep it)
+    "flow-stealing": ("reset", "reset"),  # the conflicting SA breaks the latch before install
+    "cleartext-injection": ("ok", "ok"),  # forged cleartext dropped by both
     "address-reuse": ("reset", "reset"),
-    "km-restart": ("ok", "reset"),             # TCB keeps the latch vs LD latches CLOSED on restart
-    "dpd-blackhole": ("reset", "reset"),       # DPD: irremediably broken in both
-    "ike-absent": ("failed", "failed"),        # no latch, the app is told "not latched"
+    "km-restart": ("ok", "reset"),  # TCB keeps the latch vs LD latches CLOSED on restart
+    "dpd-blackhole": ("reset", "reset"),  # DPD: irremediably broken in both
+    "ike-absent": ("failed", "failed"),  # no latch, the app is told "not latched"
 }
 
 

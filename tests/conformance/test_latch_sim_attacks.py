@@ -51,17 +51,30 @@ def _rfc5660_example_spd() -> list[SpdEntry]:
     """RFC 5660 §2.3.2: PROTECT(ESP) TCP ports 1-5000 within 192.0.2/24; everything else BYPASS."""
     ports = PortRange(1, 5000)
     return [
-        SpdEntry("tcp-1-5000", (Selector(NET, NET, IpProto.TCP, local_ports=ports),
-                                Selector(NET, NET, IpProto.TCP, remote_ports=ports)),
-                 SpdAction.PROTECT, ProtectionPolicy()),
+        SpdEntry(
+            "tcp-1-5000",
+            (
+                Selector(NET, NET, IpProto.TCP, local_ports=ports),
+                Selector(NET, NET, IpProto.TCP, remote_ports=ports),
+            ),
+            SpdAction.PROTECT,
+            ProtectionPolicy(),
+        ),
         SpdEntry("rest", (Selector(),), SpdAction.BYPASS),
     ]
 
 
 def _ca_pad() -> list[PadEntry]:
     """RFC 5660 §2.3.2 / Figure 3: any certificate from CA X may claim any address in 192.0.2/24."""
-    return [PadEntry("ca-x", IdPattern(IdType.ID_FQDN, b"example", IdMatch.SUFFIX), AuthMethod.CERTIFICATE,
-                     ChildSaAuthorization((NET,)), frozenset({"CA-X"}))]
+    return [
+        PadEntry(
+            "ca-x",
+            IdPattern(IdType.ID_FQDN, b"example", IdMatch.SUFFIX),
+            AuthMethod.CERTIFICATE,
+            ChildSaAuthorization((NET,)),
+            frozenset({"CA-X"}),
+        )
+    ]
 
 
 def _ca_lab(approach: Approach) -> Lab:
@@ -98,6 +111,7 @@ def _record_sad_size_at_alert(conn, stack) -> list[int]:  # type: ignore[no-unty
 
 # -- A1 / A2: aggregated PAD, address claim -------------------------------------------------------
 
+
 @BOTH
 @pytest.mark.conformance(id="LATCH-A01", rfc="RFC 5660 §2.3.2, §1, §2.3")
 def test_a1_co_tenant_claims_server_address_exact_ts_breaks_client_latch(approach: Approach) -> None:
@@ -111,8 +125,16 @@ def test_a1_co_tenant_claims_server_address_exact_ts_breaks_client_latch(approac
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
     lab.world.run_for(0.5)
-    c.inject_protected(lab.b.address, 4000, lab.a.address, 32800, seq=client.rcv_nxt, ack=client.snd_nxt,
-                       flags=Flags.ACK | Flags.PSH, payload=b"FROM-C")
+    c.inject_protected(
+        lab.b.address,
+        4000,
+        lab.a.address,
+        32800,
+        seq=client.rcv_nxt,
+        ack=client.snd_nxt,
+        flags=Flags.ACK | Flags.PSH,
+        payload=b"FROM-C",
+    )
     lab.world.run_for(0.5)
     assert b"FROM-C" not in bytes(client.received)
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
@@ -145,12 +167,20 @@ def test_a1_wide_proposal_is_narrowed_and_latch_survives(approach: Approach) -> 
     # narrowed around the latch: by the LD (approach 2), by the engine for the TCB latch (approach 1)
     assert not any(sa.carries(client.flow) for sa in c_sas)
     assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
-    c.inject_protected(lab.b.address, 4000, lab.a.address, 32800, seq=client.rcv_nxt, ack=client.snd_nxt,
-                       flags=Flags.ACK | Flags.PSH, payload=b"FROM-C")
+    c.inject_protected(
+        lab.b.address,
+        4000,
+        lab.a.address,
+        32800,
+        seq=client.rcv_nxt,
+        ack=client.snd_nxt,
+        flags=Flags.ACK | Flags.PSH,
+        payload=b"FROM-C",
+    )
     lab.world.run_for(0.5)
     assert bytes(client.received) == b""
     c.release_address(lab.b.address)
-    lab.b.claim_address(lab.b.address)      # B re-announces itself (gratuitous ARP)
+    lab.b.claim_address(lab.b.address)  # B re-announces itself (gratuitous ARP)
     lab.send(client, b"still B", settle=3.0)
     assert bytes(server.received) == b"still B"
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
@@ -166,11 +196,12 @@ def test_a2_co_tenant_impersonates_client_to_server() -> None:
     lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
     lab.world.run_for(0.5)
     assert StreamEventKind.RESET in server.kinds()
-    assert not server.channel.is_up()              # channel_prot bound to it must stop (RFC 5403 §3.4)
+    assert not server.channel.is_up()  # channel_prot bound to it must stop (RFC 5403 §3.4)
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
 
 
 # -- A3: BTNS peer asserts another BTNS peer's address ---------------------------------------------
+
 
 @BOTH
 @pytest.mark.conformance(id="LATCH-A03", rfc="RFC 5386 §3.1; RFC 5660 §2.3")
@@ -200,27 +231,42 @@ def test_a3_rogue_btns_peer_claims_client_address(approach: Approach) -> None:
 
 # -- A4 / A5: PAD refuses unauthenticated address claims --------------------------------------------
 
+
 @pytest.mark.conformance(id="LATCH-A04", rfc="RFC 5386 §2, §3.1; RFC 4301 §4.4.3.4")
 def test_a4_btns_node_cannot_claim_a_non_btns_peers_address() -> None:
     q_net = AddressRange.network("192.0.2.128/25")
-    pad = [PadEntry("q", IdPattern(IdType.ID_FQDN, b"q.example"), AuthMethod.CERTIFICATE,
-                    ChildSaAuthorization((q_net,)), frozenset({"CA-X"})),
-           PadEntry("btns-any", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization((NET,)))]
+    pad = [
+        PadEntry(
+            "q",
+            IdPattern(IdType.ID_FQDN, b"q.example"),
+            AuthMethod.CERTIFICATE,
+            ChildSaAuthorization((q_net,)),
+            frozenset({"CA-X"}),
+        ),
+        PadEntry("btns-any", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization((NET,))),
+    ]
     lab = Lab.build(pad=pad)
     rogue = lab.attacker("r")
     q_addr = "192.0.2.130"
     rogue.claim_address(q_addr)
     results: list[object] = []
-    lab.stack(rogue).sike.initiate(rogue.addresses[-1], lab.b.address,
-                                   (host_to_host(rogue.addresses[-1], lab.b.address),),
-                                   on_done=lambda sa, why: results.append((sa, why)))
+    lab.stack(rogue).sike.initiate(
+        rogue.addresses[-1],
+        lab.b.address,
+        (host_to_host(rogue.addresses[-1], lab.b.address),),
+        on_done=lambda sa, why: results.append((sa, why)),
+    )
     lab.world.run_for(1.0)
     assert results and results[0][0] is None and "TS_UNACCEPTABLE" in str(results[0][1])
     assert len(lab.stack(lab.b).engine.sad) == 0
-    answers = [decode_sike(p.record.packet().payload[8:]) for p in decode_wire(lab.world.hub)  # type: ignore[union-attr]
-               if p.sike and p.sender == "b"]
-    assert answers and all(isinstance(m, InitResponse) and m.status is SikeStatus.TS_UNACCEPTABLE
-                           for m in answers)
+    answers = [
+        decode_sike(p.record.packet().payload[8:])
+        for p in decode_wire(lab.world.hub)  # type: ignore[union-attr]
+        if p.sike and p.sender == "b"
+    ]
+    assert answers and all(
+        isinstance(m, InitResponse) and m.status is SikeStatus.TS_UNACCEPTABLE for m in answers
+    )
 
 
 @pytest.mark.conformance(id="LATCH-A05", rfc="RFC 7619 §2.5")
@@ -228,23 +274,32 @@ def test_a5_null_auth_peer_cannot_claim_third_party_traffic() -> None:
     lab = Lab.build(pad=examples.null_pad(), client_credentials="null", server_credentials="null")
     n = lab.attacker("n", credentials=lab.world.credentials("null"), pad=examples.null_pad())
     results: list[object] = []
-    dns = "192.0.2.1"   # a third party's address (the client's)
-    lab.stack(n).sike.initiate(n.addresses[0], lab.b.address,
-                               (Selector(AddressRange.network("192.0.2.0/26"),
-                                         AddressRange.single(lab.b.address)),),
-                               on_done=lambda sa, why: results.append((sa, why)))
+    dns = "192.0.2.1"  # a third party's address (the client's)
+    lab.stack(n).sike.initiate(
+        n.addresses[0],
+        lab.b.address,
+        (Selector(AddressRange.network("192.0.2.0/26"), AddressRange.single(lab.b.address)),),
+        on_done=lambda sa, why: results.append((sa, why)),
+    )
     lab.world.run_for(1.0)
     assert results and results[0][0] is None
-    assert not any(sa.carries(FiveTuple.of(lab.b.address, 53, dns, 53, IpProto.UDP))
-                   for sa in lab.stack(lab.b).engine.sad)
+    assert not any(
+        sa.carries(FiveTuple.of(lab.b.address, 53, dns, 53, IpProto.UDP))
+        for sa in lab.stack(lab.b).engine.sad
+    )
     # its own address is fine: host-to-host only
-    lab.stack(n).sike.initiate(n.addresses[0], lab.b.address, (host_to_host(n.addresses[0], lab.b.address),),
-                               on_done=lambda sa, why: results.append((sa, why)))
+    lab.stack(n).sike.initiate(
+        n.addresses[0],
+        lab.b.address,
+        (host_to_host(n.addresses[0], lab.b.address),),
+        on_done=lambda sa, why: results.append((sa, why)),
+    )
     lab.world.run_for(1.0)
     assert results[-1][0] is not None
 
 
 # -- A6: address reuse ---------------------------------------------------------------------------------
+
 
 @pytest.mark.conformance(id="LATCH-A06", rfc="RFC 4301 §4.4.2; RFC 5387 §2.1.1; RFC 5660 §2.3")
 def test_a6_address_reuse_breaks_the_old_latch() -> None:
@@ -252,18 +307,20 @@ def test_a6_address_reuse_breaks_the_old_latch() -> None:
     client, server = lab.open(local_port=34000)
     assert server is not None
     addr1 = lab.a.address
-    lab.a.release_address(addr1)              # A leaves the network
+    lab.a.release_address(addr1)  # A leaves the network
     c = lab.attacker("c", "192.0.2.67")
-    c.claim_address(addr1)                    # DHCP hands A's address to C
+    c.claim_address(addr1)  # DHCP hands A's address to C
     lab.stack(c).sike.initiate(addr1, lab.b.address, (Selector.for_flow(client.flow),))
     lab.world.run_for(0.5)
-    assert (lab.stack(lab.b).latch_state(server) is LatchState.CLOSED
-            or StreamEventKind.RESET in server.kinds())
+    assert (
+        lab.stack(lab.b).latch_state(server) is LatchState.CLOSED or StreamEventKind.RESET in server.kinds()
+    )
     assert any(a.reason is AlertReason.CONFLICTING_SA for a in server.latch_info.alerts)  # type: ignore[union-attr]
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
 
 
 # -- A7: policy reconfiguration mid-flow --------------------------------------------------------------------
+
 
 @BOTH
 @pytest.mark.conformance(id="LATCH-A07", rfc="RFC 5660 §1, §2.3")
@@ -282,7 +339,8 @@ def test_a7_policy_switched_to_bypass_mid_flow_breaks_the_latch(approach: Approa
     assert broken or client.flow in breaks
     cl = client.latch_info
     assert isinstance(cl, ConnLatch) and (
-        any(a.new_state.value == "BROKEN" for a in cl.alerts) or cl.ulp_breaks)
+        any(a.new_state.value == "BROKEN" for a in cl.alerts) or cl.ulp_breaks
+    )
     assert StreamEventKind.RESET in client.kinds()
     lab.world.run_for(2.0)
     assert cleartext_after(lab.world.hub, client.flow, t0) == []
@@ -315,6 +373,7 @@ def test_a7_pinned_latch_survives_the_change_until_restart() -> None:
 
 # -- A8: cleartext injection -----------------------------------------------------------------------------
 
+
 @BOTH
 @pytest.mark.conformance(id="LATCH-A08", rfc="RFC 5660 §2; RFC 5387 §2.2.1")
 def test_a8_cleartext_rst_and_data_injection_are_dropped(approach: Approach) -> None:
@@ -325,17 +384,26 @@ def test_a8_cleartext_rst_and_data_injection_are_dropped(approach: Approach) -> 
     m.sniff()
     f = client.flow
     for flags, payload in ((Flags.RST, b""), (Flags.ACK | Flags.PSH, b"evil"), (Flags.FIN | Flags.ACK, b"")):
-        m.inject_tcp(f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=client.rcv_nxt,
-                     ack=client.snd_nxt, flags=flags, payload=payload)
+        m.inject_tcp(
+            f.remote_addr,
+            f.remote_port,
+            f.local_addr,
+            f.local_port,
+            seq=client.rcv_nxt,
+            ack=client.snd_nxt,
+            flags=flags,
+            payload=payload,
+        )
     lab.world.run_for(0.5)
     assert client.state is StreamState.ESTABLISHED and bytes(client.received) == b""
     lab.send(server, b"real")
     assert bytes(client.received) == b"real"
-    assert any(r.sender == "a" for r in m.sniffed)           # the attacker did see the (encrypted) flow
+    assert any(r.sender == "a" for r in m.sniffed)  # the attacker did see the (encrypted) flow
     assert leaked(lab.world.hub, f, {"a", "b"}) == []
 
 
 # -- A9: concatenated-SA MITM (the latch is with M; the binding shows it) ----------------------------------
+
 
 @pytest.mark.conformance(id="LATCH-A09", rfc="RFC 5387 §1.2, §5.3; RFC 5403 §2")
 def test_a9_btns_mitm_latches_but_binding_differs() -> None:
@@ -345,7 +413,7 @@ def test_a9_btns_mitm_latches_but_binding_differs() -> None:
     assert genuine.channel.binding_data == gserver.channel.binding_data
     m = lab.attacker("m")
     m.listen(2049, addr="192.0.2.2")
-    m.claim_address(lab.b.address)            # M sits in front of B
+    m.claim_address(lab.b.address)  # M sits in front of B
     mitm = lab.a.connect(lab.b.address, 2049, local_port=35001)
     lab.world.run_for(1.0)
     assert mitm.state is StreamState.ESTABLISHED and mitm.channel is not None
@@ -370,10 +438,11 @@ def test_a9_btns_mitm_latches_but_binding_differs() -> None:
 
 # -- A10: one-sided latching ----------------------------------------------------------------------------
 
+
 @pytest.mark.conformance(id="LATCH-A10", rfc="RFC 5660 §6.3")
 def test_a10_non_latching_server_cleartext_is_dropped_by_latched_client() -> None:
     lab = Lab.build()
-    lab.stack(lab.b).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))   # server: no protection
+    lab.stack(lab.b).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))  # server: no protection
     client, _server = lab.open(timeout=5.0)
     assert StreamEventKind.CONNECTED not in client.kinds() and bytes(client.received) == b""
     reasons = {d.reason for d in lab.stack(lab.a).drops if d.flow == client.flow}
@@ -382,6 +451,7 @@ def test_a10_non_latching_server_cleartext_is_dropped_by_latched_client() -> Non
 
 
 # -- A12: SYN / SA expiry race ----------------------------------------------------------------------------
+
 
 @pytest.mark.conformance(id="LATCH-A12", rfc="RFC 5660 §2.3.1")
 def test_a12_syn_whose_sa_expired_is_not_latched_to_a_stale_peer() -> None:
@@ -399,7 +469,7 @@ def test_a12_syn_whose_sa_expired_is_not_latched_to_a_stale_peer() -> None:
     lab.world.hub.taps.append(expire_in_flight)
     client = lab.a.connect(lab.b.address, 2049, local_port=36000)
     lab.world.run_for(0.1)
-    assert expired and not lab.listeners[2049].accepted           # no latch with the stale SA
+    assert expired and not lab.listeners[2049].accepted  # no latch with the stale SA
     assert any("unknown SPI" in d.reason for d in lab.stack(lab.b).drops)
     # a different peer takes over A's address and gets SAs for the 5-tuple
     c = lab.attacker("c")
@@ -410,11 +480,12 @@ def test_a12_syn_whose_sa_expired_is_not_latched_to_a_stale_peer() -> None:
     assert cconn.state is StreamState.ESTABLISHED and accepted
     peer = accepted[-1].channel.params.peer
     assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(c).sike.credentials.spki
-    assert client.state is not StreamState.ESTABLISHED             # A never got a connection
+    assert client.state is not StreamState.ESTABLISHED  # A never got a connection
     assert leaked(lab.world.hub, client.flow, {"a", "b", "c"}) == []
 
 
 # -- A13: DPD blackhole ---------------------------------------------------------------------------------
+
 
 @pytest.mark.conformance(id="LATCH-A13", rfc="RFC 5660 §2, §6.5")
 def test_a13_dpd_peer_dead_breaks_irremediably() -> None:
@@ -430,15 +501,16 @@ def test_a13_dpd_peer_dead_breaks_irremediably() -> None:
     assert any(a.reason is AlertReason.PEER_DEAD for a in client.latch_info.alerts)  # type: ignore[union-attr]
     m.stop_dropping()
     lab.world.run_for(5.0)
-    assert client.state is StreamState.CLOSED                     # never comes back
+    assert client.state is StreamState.CLOSED  # never comes back
     # the blackhole read nothing: no byte of the latched flow reached M readably, none in clear
     assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
     assert cleartext_after(lab.world.hub, client.flow, 0.0) == []
-    client2, _server2 = lab.open(local_port=37000)                  # a new connection is a new latch
+    client2, _server2 = lab.open(local_port=37000)  # a new connection is a new latch
     assert client2.state is StreamState.ESTABLISHED
 
 
 # -- A14: key-manager restart ---------------------------------------------------------------------------
+
 
 @BOTH
 @pytest.mark.parametrize("restore", [False, True], ids=["closed", "restored"])
@@ -472,6 +544,7 @@ def test_a14_key_manager_restart(approach: Approach, restore: bool) -> None:
 
 # -- A15: multi-connection peer-ID divergence ----------------------------------------------------------------
 
+
 @pytest.mark.conformance(id="LATCH-A15", rfc="RFC 5660 §6.3")
 def test_a15_second_connection_to_same_address_latches_another_peer() -> None:
     lab = Lab.build()
@@ -483,7 +556,7 @@ def test_a15_second_connection_to_same_address_latches_another_peer() -> None:
     lab.world.run_for(1.0)
     assert first.channel is not None and second.channel is not None
     assert first.flow.remote_addr == second.flow.remote_addr
-    assert first.channel.params.peer != second.channel.params.peer    # the app must not trunk them
+    assert first.channel.params.peer != second.channel.params.peer  # the app must not trunk them
     # each flow's bytes reach only its own latched peer, nothing in clear after latching
     first.send(b"for the first peer")
     second.send(b"for the second peer")
@@ -496,6 +569,7 @@ def test_a15_second_connection_to_same_address_latches_another_peer() -> None:
 
 
 # -- A16: SPI collision --------------------------------------------------------------------------------------
+
 
 @pytest.mark.conformance(id="LATCH-A16", rfc="RFC 4301 §4.4.2")
 def test_a16_same_spi_chosen_by_two_clients_does_not_cross_wire() -> None:
@@ -522,6 +596,7 @@ def test_a16_same_spi_chosen_by_two_clients_does_not_cross_wire() -> None:
 
 # -- A17: the local identity changes under a latched flow (RFC 5660 §2) ------------------------------------
 
+
 @BOTH
 @pytest.mark.conformance(id="LATCH-A17", rfc="RFC 5660 §2 (local identity), §2.3")
 def test_a17_child_sa_asserting_another_local_id_breaks_the_latch(approach: Approach) -> None:
@@ -539,16 +614,20 @@ def test_a17_child_sa_asserting_another_local_id_breaks_the_latch(approach: Appr
     latched_peer = client.channel.params.peer
     sizes = _record_sad_size_at_alert(client, stack)
     sad_before = len(stack.engine.sad)
-    stack.sike.credentials = lab.world.credentials("btns")       # A now asserts another key
+    stack.sike.credentials = lab.world.credentials("btns")  # A now asserts another key
     assert stack.sike.credentials.local_identity() != latched_local
     done: list[object] = []
-    stack.sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),),
-                        on_done=lambda sa, why: done.append(sa))
+    stack.sike.initiate(
+        lab.a.address,
+        lab.b.address,
+        (Selector.for_flow(client.flow),),
+        on_done=lambda sa, why: done.append(sa),
+    )
     lab.world.run_for(0.5)
     new_sa = done[0]
-    assert new_sa is not None                                      # same peer (B's key), other local ID
+    assert new_sa is not None  # same peer (B's key), other local ID
     assert new_sa.peer == latched_peer and new_sa.local != latched_local  # type: ignore[attr-defined]
-    assert sizes and sizes[0] == sad_before                        # alerted before the SA was accepted
+    assert sizes and sizes[0] == sad_before  # alerted before the SA was accepted
     assert client.kinds()[-2:] == [StreamEventKind.LATCH, StreamEventKind.RESET]
     cl = client.latch_info
     assert isinstance(cl, ConnLatch)

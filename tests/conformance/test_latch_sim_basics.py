@@ -37,16 +37,17 @@ def _pair(approach: Approach, **kw: object) -> tuple[Lab, object, object]:
 @pytest.mark.conformance(id="LATCH-01", rfc="RFC 5660 §2")
 def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
     lab = Lab.build(approach=approach, server_ike=IkeMode.SLOW)
-    lab.stack(lab.b).sike.slow_delay = 1.0   # the server's key manager answers after 1 s
+    lab.stack(lab.b).sike.slow_delay = 1.0  # the server's key manager answers after 1 s
     lab.listen()
     client = lab.a.connect(lab.b.address, 2049, local_port=33333)
     lab.world.run_for(0.5)
-    assert client.state is StreamState.CLOSED and not client.events     # waiting for the latch
+    assert client.state is StreamState.CLOSED and not client.events  # waiting for the latch
     # an inbound packet for the flow arriving before the latch exists is dropped
     m = lab.attacker("m", ipsec=False)
     f = client.flow
-    m.inject_tcp(f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=7, ack=1,
-                 flags=Flags.SYN | Flags.ACK)
+    m.inject_tcp(
+        f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=7, ack=1, flags=Flags.SYN | Flags.ACK
+    )
     lab.world.run_for(0.1)
     assert [d for d in lab.stack(lab.a).drops if d.flow == f]
     lab.world.run_until(lambda: client.is_open, 10.0)
@@ -57,13 +58,14 @@ def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
     sike_done = max(p.time for p in _sike(lab) if p.sender == "b")
     first = wire[0]
     assert first.segment is not None and first.segment.flags == Flags.SYN
-    assert first.protected and first.time >= sike_done   # SYN only after the child SAs exist
+    assert first.protected and first.time >= sike_done  # SYN only after the child SAs exist
     assert all(p.protected for p in wire)
     assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
 
 
 def _sike(lab: Lab) -> list:  # type: ignore[type-arg]
     from rpclatch.netsim.testing.wireview import decode_wire
+
     return [p for p in decode_wire(lab.world.hub) if p.sike]
 
 
@@ -95,9 +97,7 @@ def test_spd_change_with_pinning_keeps_the_flow_protected(approach: Approach) ->
     t0 = lab.world.now
     for host in (lab.a, lab.b):
         assert lab.stack(host).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS)) == []
-        pinned = lab.stack(host).engine.spd.overlay_entry(
-            client.flow if host is lab.a else server.flow
-        )
+        pinned = lab.stack(host).engine.spd.overlay_entry(client.flow if host is lab.a else server.flow)
         assert pinned is not None and pinned.origin is EntryOrigin.PINNED_LATCH
     client.send(b"after the policy change")
     lab.world.run_for(1.0)
@@ -117,10 +117,24 @@ def test_inbound_cleartext_never_reaches_the_application(approach: Approach) -> 
     c = lab.attacker(ipsec=False)
     flow = server.flow
     # the attacker knows the exact sequence numbers (worst case: on-path observer)
-    c.inject_tcp(flow.remote_addr, flow.remote_port, flow.local_addr, flow.local_port,
-                 seq=server.rcv_nxt, ack=server.snd_nxt, flags=Flags.ACK | Flags.PSH, payload=b"FORGED")
-    c.inject_tcp(flow.remote_addr, flow.remote_port, flow.local_addr, flow.local_port,
-                 seq=server.rcv_nxt, flags=Flags.RST)
+    c.inject_tcp(
+        flow.remote_addr,
+        flow.remote_port,
+        flow.local_addr,
+        flow.local_port,
+        seq=server.rcv_nxt,
+        ack=server.snd_nxt,
+        flags=Flags.ACK | Flags.PSH,
+        payload=b"FORGED",
+    )
+    c.inject_tcp(
+        flow.remote_addr,
+        flow.remote_port,
+        flow.local_addr,
+        flow.local_port,
+        seq=server.rcv_nxt,
+        flags=Flags.RST,
+    )
     lab.world.run_for(0.5)
     assert bytes(server.received) == b"" and server.state is StreamState.ESTABLISHED
     reasons = {d.reason for d in lab.stack(lab.b).drops if d.flow == flow}
@@ -139,15 +153,16 @@ def test_ike_absent_means_not_latched_and_nothing_on_the_wire(approach: Approach
     assert "not latched" in str(client.events[0].detail)
     cl = client.latch_info
     assert isinstance(cl, ConnLatch) and cl.not_latched_reason is not None
-    assert flow_packets(lab.world.hub, client.flow) == []     # not a single TCP segment
+    assert flow_packets(lab.world.hub, client.flow) == []  # not a single TCP segment
     assert len(_sike(lab)) >= 2 and all(p.sender == "a" for p in _sike(lab))
 
 
 @BOTH
 @pytest.mark.conformance(id="LATCH-07b", rfc="RFC 5660 §2.3, §3.1")
 def test_ike_refused_then_app_falls_back_to_bypass(approach: Approach) -> None:
-    lab = Lab.build(approach=approach, server_ike=IkeMode.REFUSE,
-                    spd=examples.nfs_spd(SpdAction.BYPASS_OR_PROTECT))
+    lab = Lab.build(
+        approach=approach, server_ike=IkeMode.REFUSE, spd=examples.nfs_spd(SpdAction.BYPASS_OR_PROTECT)
+    )
     client, server = lab.open(protect=True)
     assert client.kinds() == [StreamEventKind.FAILED] and server is None
     client2, server2 = lab.open(protect=False)
@@ -155,7 +170,7 @@ def test_ike_refused_then_app_falls_back_to_bypass(approach: Approach) -> None:
     assert lab.stack(lab.a).latch_state(client2) is None and client2.channel is None
     lab.send(client2, b"clear")
     wire = flow_packets(lab.world.hub, client2.flow)
-    assert wire and not any(p.protected for p in wire)       # BYPASS clone: cleartext by choice
+    assert wire and not any(p.protected for p in wire)  # BYPASS clone: cleartext by choice
     assert bytes(server2.received) == b"clear"
 
 
@@ -180,6 +195,7 @@ def test_default_broken_disposition_is_reset(approach: Approach) -> None:
 
 def _exact(flow: FiveTuple):  # type: ignore[no-untyped-def]
     from rpclatch.ipsec.model import Selector
+
     return Selector.for_flow(flow)
 
 
@@ -215,8 +231,16 @@ def test_bypass_or_protect_clones(approach: Approach) -> None:
     # a cleartext segment injected into the PROTECT-decided flow is dropped
     c = lab.attacker(ipsec=False)
     f = server.flow
-    c.inject_tcp(f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=server.rcv_nxt,
-                 ack=server.snd_nxt, flags=Flags.ACK, payload=b"downgrade")
+    c.inject_tcp(
+        f.remote_addr,
+        f.remote_port,
+        f.local_addr,
+        f.local_port,
+        seq=server.rcv_nxt,
+        ack=server.snd_nxt,
+        flags=Flags.ACK,
+        payload=b"downgrade",
+    )
     lab.world.run_for(0.2)
     assert bytes(server.received) == b"protected"
 
@@ -273,8 +297,15 @@ def test_time_wait_hold_and_fresh_latch_on_reuse(approach: Approach) -> None:
     # a late cleartext segment for the 5-tuple during the hold is dropped
     c = lab.attacker(ipsec=False)
     f = client.flow
-    c.inject_tcp(f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=client.rcv_nxt,
-                 ack=client.snd_nxt, flags=Flags.FIN | Flags.ACK)
+    c.inject_tcp(
+        f.remote_addr,
+        f.remote_port,
+        f.local_addr,
+        f.local_port,
+        seq=client.rcv_nxt,
+        ack=client.snd_nxt,
+        flags=Flags.FIN | Flags.ACK,
+    )
     lab.world.run_for(0.2)
     drops = [d for d in lab.stack(lab.a).drops if d.flow == f and d.time >= t0]
     assert drops, "late cleartext segment was not judged against the held latch"
@@ -301,7 +332,7 @@ def test_inquire_latch_over_the_wire() -> None:
 @pytest.mark.conformance(id="LATCH-05", rfc="RFC 5660 §2.1")
 def test_wide_sas_make_qop_indeterminate() -> None:
     lab = Lab.build()
-    lab.stack(lab.a).sike.narrow = False       # host-to-host child SAs
+    lab.stack(lab.a).sike.narrow = False  # host-to-host child SAs
     client, _server = lab.open()
     info = lab.stack(lab.a).latch_of(client)
     assert info is not None and info.qop_indeterminate

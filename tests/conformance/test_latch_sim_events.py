@@ -72,8 +72,11 @@ def test_conflicting_proposal_narrowed_or_breaks_with_alert_first() -> None:
     sike_c.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
     lab.world.run_for(0.5)
     assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
-    narrowed = [sa for sa in lab.stack(lab.a).engine.sad if sa.remote_addr == lab.b.address
-                and sa.peer != client.channel.params.peer]
+    narrowed = [
+        sa
+        for sa in lab.stack(lab.a).engine.sad
+        if sa.remote_addr == lab.b.address and sa.peer != client.channel.params.peer
+    ]
     assert narrowed and not narrowed[0].carries(client.flow)
     # 2. not narrowable: the exact 5-tuple -> BROKEN, ALERT delivered before the SA is installed
     sad = lab.stack(lab.a).engine.sad
@@ -111,10 +114,11 @@ def test_wait_disposition_suspends_then_resumes() -> None:
     t_broken = lab.world.now
     client.send(b"during break")
     lab.world.run_for(1.0)
-    assert bytes(server.received) == b""                     # input dropped while BROKEN
-    sent_by_b = [p for p in flow_packets(lab.world.hub, client.flow)
-                 if p.sender == "b" and p.time >= t_broken]
-    assert sent_by_b == []                                    # and nothing sent
+    assert bytes(server.received) == b""  # input dropped while BROKEN
+    sent_by_b = [
+        p for p in flow_packets(lab.world.hub, client.flow) if p.sender == "b" and p.time >= t_broken
+    ]
+    assert sent_by_b == []  # and nothing sent
     # the conflict goes away (C's SA deleted): back to ESTABLISHED, retransmission delivers
     for sa in list(lab.stack(lab.b).engine.sad):
         if sa.peer != server.channel.params.peer:
@@ -122,14 +126,18 @@ def test_wait_disposition_suspends_then_resumes() -> None:
     lab.world.run_for(3.0)
     assert lab.stack(lab.b).latch_state(server) is LatchState.ESTABLISHED
     assert bytes(server.received) == b"during break"
-    assert not server.channel.is_up()     # a channel that broke once needs a new binding
+    assert not server.channel.is_up()  # a channel that broke once needs a new binding
 
 
 @BOTH
 @pytest.mark.conformance(id="LATCH-15", rfc="RFC 5660 §2, §2.3")
 def test_key_manager_restart_closes_latches_and_clears_dynamic_policy(approach: Approach) -> None:
-    lab = Lab.build(approach=approach, spd=examples.nfs_spd(__import__(
-        "rpclatch.ipsec.spd", fromlist=["SpdAction"]).SpdAction.BYPASS_OR_PROTECT))
+    lab = Lab.build(
+        approach=approach,
+        spd=examples.nfs_spd(
+            __import__("rpclatch.ipsec.spd", fromlist=["SpdAction"]).SpdAction.BYPASS_OR_PROTECT
+        ),
+    )
     client, server = lab.open(protect=True)
     assert server is not None
     eng = lab.stack(lab.a).engine
@@ -159,7 +167,7 @@ def test_dpd_peer_dead_breaks_all_latches_with_that_peer(approach: Approach) -> 
     lab = Lab.build(approach=approach)
     c1, _ = lab.open(local_port=45000)
     c2, _ = lab.open(local_port=45001)
-    other, _ = lab.open(4000, local_port=45002)   # bypassed flow: not latched, unaffected
+    other, _ = lab.open(4000, local_port=45002)  # bypassed flow: not latched, unaffected
     lab.stack(lab.a).sike.start_dpd(interval=0.5, max_misses=2)
     lab.stack(lab.b).sike.mode = __import__("rpclatch.netsim.ike", fromlist=["IkeMode"]).IkeMode.ABSENT
     lab.world.run_for(5.0)
@@ -180,6 +188,7 @@ def test_simultaneous_open(equal: bool) -> None:
     lab = Lab.build()
     if not equal:
         from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, ProtectionPolicy
+
         lab.stack(lab.a).sike.key_bits = 256
         lab.stack(lab.b).sike.key_bits = 128
         req_a = LatchRequest(policy=ProtectionPolicy(suites=(AES_GCM_256,)))
@@ -197,7 +206,7 @@ def test_simultaneous_open(equal: bool) -> None:
         assert bytes(cb.received) == b"x"
     else:
         assert not all(both)
-        assert StreamEventKind.FAILED in ca.kinds() + cb.kinds()     # the app is told
+        assert StreamEventKind.FAILED in ca.kinds() + cb.kinds()  # the app is told
         # ... by the latch database, with the reason: the negotiated SAs cannot serve the latch
         latches = [c.latch_info for c in (ca, cb) if isinstance(c.latch_info, ConnLatch)]
         reasons = [a.reason for cl in latches for a in cl.alerts]
@@ -210,10 +219,18 @@ def test_simultaneous_open(equal: bool) -> None:
 def test_btns_peer_ts_overlapping_non_btns_entry_is_rejected_on_the_wire() -> None:
     from rpclatch.ipsec.model import AuthMethod, IdType
     from rpclatch.ipsec.pad import ChildSaAuthorization, IdPattern, PadEntry, PublicKeyPattern
+
     net = AddressRange.network("192.0.2.0/24")
-    pad = [PadEntry("servers", IdPattern(IdType.ID_FQDN, b"srv.example"), AuthMethod.CERTIFICATE,
-                    ChildSaAuthorization((AddressRange.network("192.0.2.0/30"),)), frozenset({"CA-X"})),
-           PadEntry("btns-any", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization((net,)))]
+    pad = [
+        PadEntry(
+            "servers",
+            IdPattern(IdType.ID_FQDN, b"srv.example"),
+            AuthMethod.CERTIFICATE,
+            ChildSaAuthorization((AddressRange.network("192.0.2.0/30"),)),
+            frozenset({"CA-X"}),
+        ),
+        PadEntry("btns-any", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization((net,))),
+    ]
     lab = Lab.build(pad=pad)
     client, server = lab.open()
     # A's own address (192.0.2.1) is inside the non-BTNS entry's range: its BTNS proposal is refused
@@ -223,7 +240,7 @@ def test_btns_peer_ts_overlapping_non_btns_entry_is_rejected_on_the_wire() -> No
 
 @pytest.mark.conformance(id="LATCH-23", rfc="RFC 7619 §2, §2.2, §2.5")
 def test_null_auth_refused_where_authentication_is_required() -> None:
-    lab = Lab.build(client_credentials="null")     # server PAD: BTNS keys only
+    lab = Lab.build(client_credentials="null")  # server PAD: BTNS keys only
     client, server = lab.open()
     assert client.kinds() == [StreamEventKind.FAILED] and server is None
     assert any("AUTHENTICATION_FAILED" in text for _, text in lab.stack(lab.a).sike.events)
@@ -245,17 +262,18 @@ def test_null_auth_latch_breaks_on_new_ike_sa_and_offers_no_binding() -> None:
 def test_binding_is_identical_at_both_ends_whoever_initiated_ike() -> None:
     lab = Lab.build()
     lab.stack(lab.a).sike.narrow = False
-    c1, s1 = lab.open(local_port=47000)          # A initiated IKE
+    c1, s1 = lab.open(local_port=47000)  # A initiated IKE
     lab2 = Lab.build(seed=1)
-    lab2.stack(lab2.b).sike.initiate(lab2.b.address, lab2.a.address,
-                                     (host_to_host(lab2.b.address, lab2.a.address),))
+    lab2.stack(lab2.b).sike.initiate(
+        lab2.b.address, lab2.a.address, (host_to_host(lab2.b.address, lab2.a.address),)
+    )
     lab2.world.run_for(0.5)
-    c2, s2 = lab2.open(local_port=47000)         # B initiated IKE; A reuses the SAs
+    c2, s2 = lab2.open(local_port=47000)  # B initiated IKE; A reuses the SAs
     assert len(lab2.stack(lab2.a).sike.ike_sas) == 1
     for c, s in ((c1, s1), (c2, s2)):
         assert c.channel is not None and s is not None and s.channel is not None
         assert c.channel.binding_data == s.channel.binding_data
-    assert c1.channel.binding_data == c2.channel.binding_data   # same keys, same roles -> same CB
+    assert c1.channel.binding_data == c2.channel.binding_data  # same keys, same roles -> same CB
 
 
 @BOTH
@@ -266,8 +284,9 @@ def test_LATCH_10c_icmp_unreachable_disposition_is_a_soft_error(approach: Approa
     ``soft_error``), and no data flows in either direction while the latch is BROKEN."""
     lab = Lab.build(approach=approach)
     lab.listen(disposition=BrokenDisposition.ICMP_UNREACHABLE)
-    client, server = lab.open(local_port=44100,
-                              request=LatchRequest(disposition=BrokenDisposition.ICMP_UNREACHABLE))
+    client, server = lab.open(
+        local_port=44100, request=LatchRequest(disposition=BrokenDisposition.ICMP_UNREACHABLE)
+    )
     assert server is not None and server.soft_error is None
     c = lab.attacker("c")
     c.claim_address(lab.a.address)
@@ -285,10 +304,11 @@ def test_LATCH_10c_icmp_unreachable_disposition_is_a_soft_error(approach: Approa
     client.send(b"during break")
     server.send(b"reply during break")
     lab.world.run_for(1.0)
-    assert bytes(server.received) == b""                     # input dropped while BROKEN
-    sent_by_b = [p for p in flow_packets(lab.world.hub, client.flow)
-                 if p.sender == "b" and p.time >= t_broken]
-    assert sent_by_b == []                                    # and nothing sent
+    assert bytes(server.received) == b""  # input dropped while BROKEN
+    sent_by_b = [
+        p for p in flow_packets(lab.world.hub, client.flow) if p.sender == "b" and p.time >= t_broken
+    ]
+    assert sent_by_b == []  # and nothing sent
     assert server.state is StreamState.ESTABLISHED
 
 

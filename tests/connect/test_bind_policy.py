@@ -39,8 +39,7 @@ from rpclatch.rpc.testprog import (
 _R = BindFailureReason
 
 #: The only reasons that may be quiet: an authenticated answer of the server, or a local choice.
-QUIET = {_R.SERVER_HAS_NO_CHANNEL, _R.NO_COMMON_PREFIX, _R.NO_COMMON_HASH, _R.NO_REQUESTED_PREFIX,
-         _R.V1_ONLY}
+QUIET = {_R.SERVER_HAS_NO_CHANNEL, _R.NO_COMMON_PREFIX, _R.NO_COMMON_HASH, _R.NO_REQUESTED_PREFIX, _R.V1_ONLY}
 
 
 def test_every_reason_has_an_outcome_and_only_genuine_answers_are_quiet() -> None:
@@ -69,8 +68,8 @@ def echo(pc: ProtectedConnection, payload: bytes) -> None:
 #: the request MIC first, issue #10 item 12)
 ATTACKS = {
     BindAttack.PREFIX: {_R.TAMPERED_NEGOTIATION, _R.MIC_MISMATCH},  # item 9
-    BindAttack.V2_REFUSED: {_R.V1_FALLBACK_ON_BINDABLE_CHANNEL},   # item 10
-    BindAttack.HASH_NOTSUPP: {_R.UNVERIFIABLE_REPLY},              # item 11
+    BindAttack.V2_REFUSED: {_R.V1_FALLBACK_ON_BINDABLE_CHANNEL},  # item 10
+    BindAttack.HASH_NOTSUPP: {_R.UNVERIFIABLE_REPLY},  # item 11
 }
 
 

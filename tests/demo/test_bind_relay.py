@@ -109,14 +109,21 @@ def test_scenario_6_checks_see_a_relay_that_does_not_edit(
 def bind_call(prefix: bytes = b"rpclatch-ipsec-latch-v1", xid: int = 7) -> bytes:
     cred = GssCred(2, GssProc.RPCSEC_GSS_BIND_CHANNEL, 5, Service.NONE, b"h" * 16)
     verf = BindChanVerfArgs(prefix, SHA256.oid, b"m" * 28)
-    return CallMessage(xid, 100003, 4, 0, OpaqueAuth(AuthFlavor.RPCSEC_GSS, cred.encode()),
-                       OpaqueAuth(AuthFlavor.RPCSEC_GSS, verf.encode())).encode()
+    return CallMessage(
+        xid,
+        100003,
+        4,
+        0,
+        OpaqueAuth(AuthFlavor.RPCSEC_GSS, cred.encode()),
+        OpaqueAuth(AuthFlavor.RPCSEC_GSS, verf.encode()),
+    ).encode()
 
 
 def init_call(version: int, xid: int = 3) -> bytes:
     cred = GssCred(version, GssProc.RPCSEC_GSS_INIT, 0, Service.PRIVACY)
-    return CallMessage(xid, 100003, 4, 0, OpaqueAuth(AuthFlavor.RPCSEC_GSS, cred.encode()),
-                       args=b"\0\0\0\x04tokn").encode()
+    return CallMessage(
+        xid, 100003, 4, 0, OpaqueAuth(AuthFlavor.RPCSEC_GSS, cred.encode()), args=b"\0\0\0\x04tokn"
+    ).encode()
 
 
 def test_record_splitter_joins_fragments_and_bounds_a_record() -> None:
@@ -178,8 +185,8 @@ def test_replay_sends_copies_and_keeps_the_extra_answers() -> None:
     assert decoded is not None and decoded[1].gss_proc is GssProc.RPCSEC_GSS_BIND_CHANNEL
     answer = AcceptedReply(13).encode()
     other = AcceptedReply(14).encode()
-    assert ed.from_server(answer) == ([answer], [])       # the first answer goes to the client
-    assert ed.from_server(answer) == ([], [])             # the rest the relay keeps
+    assert ed.from_server(answer) == ([answer], [])  # the first answer goes to the client
+    assert ed.from_server(answer) == ([], [])  # the rest the relay keeps
     assert ed.from_server(other) == ([other], [])
     assert len(ed.kept) == 2
 

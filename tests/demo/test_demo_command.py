@@ -138,14 +138,20 @@ def test_rogue_and_policy_change_scenarios_under_both_approaches(
     assert {"client latch went BROKEN", "no byte of the flow reached the rogue"} <= names4
     names5 = {c.name for c in by_number[5].checks}
     assert {"server latch pinned, still ESTABLISHED", "client latch BROKEN by its policy change"} <= names5
-    home = "latch held in the TCB (approach 1)" if approach == "1" else \
-        "latch held in the latch database (approach 2)"
+    home = (
+        "latch held in the TCB (approach 1)"
+        if approach == "1"
+        else "latch held in the latch database (approach 2)"
+    )
     assert home in names4 and home in names5
     # the diagram shows the admin's action before the break it caused (same virtual instant)
     labels = [e.label for e in by_number[5].events]
     admin = next(i for i, label in enumerate(labels) if label.startswith("admin: client SPD"))
-    broken = [i for i, e in enumerate(by_number[5].events)
-              if e.src == "client" and "BROKEN" in e.label and e.t >= by_number[5].events[admin].t]
+    broken = [
+        i
+        for i, e in enumerate(by_number[5].events)
+        if e.src == "client" and "BROKEN" in e.label and e.t >= by_number[5].events[admin].t
+    ]
     assert broken and admin < broken[0]
 
 

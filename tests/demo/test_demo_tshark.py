@@ -32,10 +32,21 @@ def _opts(esp_sa: Path | None) -> list[str]:
 
 def _tshark(pcap: Path, esp_sa: Path | None, *args: str) -> str:
     assert TSHARK is not None
-    checks = ["-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE",
-              "-o", "udp.check_checksum:TRUE"]
-    out = subprocess.run([TSHARK, "-n", "-r", str(pcap), *_opts(esp_sa), *checks, *args],
-                         capture_output=True, text=True, timeout=120, check=True)
+    checks = [
+        "-o",
+        "tcp.check_checksum:TRUE",
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-o",
+        "udp.check_checksum:TRUE",
+    ]
+    out = subprocess.run(
+        [TSHARK, "-n", "-r", str(pcap), *_opts(esp_sa), *checks, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "WARNING" not in out.stderr, out.stderr
     return out.stdout
 
@@ -55,14 +66,24 @@ def test_tshark_decodes_and_decrypts_the_demo_capture(
     assert esp_sa.read_text().strip(), "the demo exported no ESP keys"
     frames = _count(pcap, esp_sa, "frame")
     assert frames > 10
-    bad = _tshark(pcap, esp_sa, "-Y", "_ws.malformed || _ws.expert.severity == error "
-                  "|| tcp.checksum.status == 0 || ip.checksum.status == 0 || udp.checksum.status == 0",
-                  "-T", "fields", "-e", "frame.number", "-e", "_ws.col.info")
+    bad = _tshark(
+        pcap,
+        esp_sa,
+        "-Y",
+        "_ws.malformed || _ws.expert.severity == error "
+        "|| tcp.checksum.status == 0 || ip.checksum.status == 0 || udp.checksum.status == 0",
+        "-T",
+        "fields",
+        "-e",
+        "frame.number",
+        "-e",
+        "_ws.col.info",
+    )
     assert bad.strip() == ""
     esp = _count(pcap, esp_sa, "esp")
     assert esp > 5
-    assert _count(pcap, esp_sa, "esp && tcp") == esp          # every ESP frame decrypts
-    assert _count(pcap, None, "esp && tcp") == 0              # and only with the demo's keys
+    assert _count(pcap, esp_sa, "esp && tcp") == esp  # every ESP frame decrypts
+    assert _count(pcap, None, "esp && tcp") == 0  # and only with the demo's keys
     payloads = _tshark(pcap, esp_sa, "-Y", "esp && tcp.len > 0", "-T", "fields", "-e", "tcp.payload")
     text = b"".join(bytes.fromhex(h.replace(":", "")) for h in payloads.split())
     if number == 1:

@@ -10,8 +10,19 @@ from rpclatch.demo.report import render_json, render_table, render_text
 
 
 def result(n: int, checks: tuple[Check, ...], error: str | None = None) -> ScenarioResult:
-    return ScenarioResult(n, f"s{n}", f"scenario {n}", "yes/yes", "spki:ab12", "bound", "channel_prot",
-                          120, 0, checks, error=error)
+    return ScenarioResult(
+        n,
+        f"s{n}",
+        f"scenario {n}",
+        "yes/yes",
+        "spki:ab12",
+        "bound",
+        "channel_prot",
+        120,
+        0,
+        checks,
+        error=error,
+    )
 
 
 def test_outcome_is_derived_from_checks() -> None:
@@ -31,8 +42,13 @@ def test_table_has_a_row_per_scenario_with_aligned_columns() -> None:
 
 
 def test_text_and_json_report_failures() -> None:
-    run = RunResult("sim", "/tmp/x", "KRBTEST.COM",
-                    (result(1, (Check("a", True, ""),)), result(2, (Check("b", False, "why"),))), 1.5)
+    run = RunResult(
+        "sim",
+        "/tmp/x",
+        "KRBTEST.COM",
+        (result(1, (Check("a", True, ""),)), result(2, (Check("b", False, "why"),))),
+        1.5,
+    )
     assert not run.passed
     text = render_text(run)
     assert "check 'b' failed: why" in text and "SOME SCENARIOS FAILED" in text

@@ -28,8 +28,11 @@ TIRPC_SOURCE = HERE / "tirpc_gss_server.c"
 
 KADMIND = "/usr/sbin/kadmind"
 KADMIN_LOCAL = "/usr/sbin/kadmin.local"
-TIRPC_HEADERS = ("/usr/include/tirpc/rpc/svc_auth_gss.h", "/usr/include/tirpc/rpc/rpcsec_gss.h",
-                 "/usr/include/gssapi/gssapi.h")
+TIRPC_HEADERS = (
+    "/usr/include/tirpc/rpc/svc_auth_gss.h",
+    "/usr/include/tirpc/rpc/rpcsec_gss.h",
+    "/usr/include/gssapi/gssapi.h",
+)
 
 #: How long a peer may take to come up (a bound on waiting, not a timing assertion).
 _START_TIMEOUT = 60.0
@@ -90,6 +93,7 @@ def _wait_for_log(proc: subprocess.Popen[bytes], log: Path, marker: str, what: s
 
 # -- MIT kadmind -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Kadmind:
     """A running kadmind: RPC program 2112 (KADM) version 2 on ``127.0.0.1:port``."""
@@ -106,8 +110,14 @@ class Kadmind:
 
 
 def _kadmin_local(realm: ThrowawayRealm, query: str) -> str:
-    proc = subprocess.run([KADMIN_LOCAL, "-q", query], env={**os.environ, **realm.env},
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [KADMIN_LOCAL, "-q", query],
+        env={**os.environ, **realm.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if proc.returncode != 0:
         raise PeerError(f"kadmin.local -q {query!r} failed: {proc.stderr}")
     return proc.stdout + proc.stderr
@@ -163,19 +173,27 @@ def running_kadmind(realm: ThrowawayRealm, workdir: Path, admin: str) -> Iterato
     log = workdir / "kadmind.log"
     port, kpasswd_port = _free_tcp_port(), _free_tcp_port()
     conf = workdir / "kdc.conf"
-    conf.write_text(_kdc_conf(Path(realm.env["KRB5_KDC_PROFILE"]).read_text(), realm.realm, {
-        "acl_file": str(acl),
-        "kadmind_port": str(port),
-        "kadmind_listen": f"127.0.0.1:{port}",
-        "kpasswd_port": str(kpasswd_port),
-        "kpasswd_listen": f"127.0.0.1:{kpasswd_port}",
-        "iprop_enable": "false",
-    }, log))
+    conf.write_text(
+        _kdc_conf(
+            Path(realm.env["KRB5_KDC_PROFILE"]).read_text(),
+            realm.realm,
+            {
+                "acl_file": str(acl),
+                "kadmind_port": str(port),
+                "kadmind_listen": f"127.0.0.1:{port}",
+                "kpasswd_port": str(kpasswd_port),
+                "kpasswd_listen": f"127.0.0.1:{kpasswd_port}",
+                "iprop_enable": "false",
+            },
+            log,
+        )
+    )
     env = {**os.environ, **realm.env, "KRB5_KDC_PROFILE": str(conf)}
     console = workdir / "kadmind.console"
     with console.open("wb") as out:
-        proc = subprocess.Popen([KADMIND, "-nofork"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [KADMIND, "-nofork"], env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     try:
         _wait_for_log(proc, console, "starting...", "kadmind")
         yield Kadmind(port, f"kadmin@{realm.hostname}", scratch, log)
@@ -184,6 +202,7 @@ def running_kadmind(realm: ThrowawayRealm, workdir: Path, admin: str) -> Iterato
 
 
 # -- libtirpc svcauth_gss ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TirpcServer:
@@ -211,8 +230,19 @@ def build_tirpc_server(out_dir: Path) -> Path:
     """Compile ``tirpc_gss_server.c`` into ``out_dir``; PeerError with gcc's output on failure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     binary = out_dir / "tirpc_gss_server"
-    cmd = ["gcc", "-Wall", "-Wextra", "-Werror", "-O1", "-I/usr/include/tirpc", "-o", str(binary),
-           str(TIRPC_SOURCE), "-ltirpc", "-lgssapi_krb5"]
+    cmd = [
+        "gcc",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-O1",
+        "-I/usr/include/tirpc",
+        "-o",
+        str(binary),
+        str(TIRPC_SOURCE),
+        "-ltirpc",
+        "-lgssapi_krb5",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise PeerError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
@@ -220,8 +250,16 @@ def build_tirpc_server(out_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_tirpc_server(binary: Path, realm: ThrowawayRealm, workdir: Path, *, service: str,
-                         prog: int, vers: int, bufsize: int = 0) -> Iterator[TirpcServer]:
+def running_tirpc_server(
+    binary: Path,
+    realm: ThrowawayRealm,
+    workdir: Path,
+    *,
+    service: str,
+    prog: int,
+    vers: int,
+    bufsize: int = 0,
+) -> Iterator[TirpcServer]:
     """Run the libtirpc server for host-based ``service`` (its key from the realm's keytab,
     ``KRB5_KTNAME``); ``bufsize`` is svc_vc_create's send/receive buffer size (0: libtirpc's
     default)."""
@@ -229,9 +267,13 @@ def running_tirpc_server(binary: Path, realm: ThrowawayRealm, workdir: Path, *, 
     log = workdir / f"tirpc-{bufsize}.log"
     port_file = workdir / f"tirpc-{bufsize}.port"
     with log.open("wb") as err, port_file.open("wb") as out:
-        proc = subprocess.Popen([str(binary), service, str(prog), str(vers), str(bufsize)],
-                                env={**os.environ, **realm.env}, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [str(binary), service, str(prog), str(vers), str(bufsize)],
+            env={**os.environ, **realm.env},
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         try:
             text = _wait_for_log(proc, port_file, "\n", "tirpc_gss_server")

@@ -52,14 +52,21 @@ from rpclatch.rpc.messages import (
 UNKNOWN_OID = bytes.fromhex("883701")
 
 
-def setup(realm: ThrowawayRealm, *, versions: VersionPolicy = VersionPolicy.PREFER_V2,
-          hashes: tuple[HashAlgorithm, ...] = (SHA256,)
-          ) -> tuple[GssServerAuth, GssClientAuth, LoopbackTransport, InMemoryChannel]:
+def setup(
+    realm: ThrowawayRealm,
+    *,
+    versions: VersionPolicy = VersionPolicy.PREFER_V2,
+    hashes: tuple[HashAlgorithm, ...] = (SHA256,),
+) -> tuple[GssServerAuth, GssClientAuth, LoopbackTransport, InMemoryChannel]:
     cli_ch, srv_ch = InMemoryChannel.pair("x-test", b"one channel")
     srv = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab), hashes=hashes)
     t = LoopbackTransport(srv, channel=srv_ch)
-    c = GssClientAuth(GssapiProvider(ccache=realm.users["bob"].ccache), realm.service_name,
-                      service=Service.INTEGRITY, versions=versions)
+    c = GssClientAuth(
+        GssapiProvider(ccache=realm.users["bob"].ccache),
+        realm.service_name,
+        service=Service.INTEGRITY,
+        versions=versions,
+    )
     return srv, c, t, cli_ch
 
 
@@ -70,8 +77,9 @@ def is_bind(data: bytes) -> CallMessage | None:
     return msg if GssCred.decode(msg.cred.body).gss_proc is GssProc.RPCSEC_GSS_BIND_CHANNEL else None
 
 
-def bind_fails(c: GssClientAuth, t: LoopbackTransport, ch: InMemoryChannel,
-               **kw: object) -> ChannelBindingFailed:
+def bind_fails(
+    c: GssClientAuth, t: LoopbackTransport, ch: InMemoryChannel, **kw: object
+) -> ChannelBindingFailed:
     with pytest.raises(ChannelBindingFailed) as failed:
         asyncio.run(c.bind_channel(t.call, ch, **kw))  # type: ignore[arg-type]
     return failed.value
@@ -88,8 +96,9 @@ def binds_untampered(srv: GssServerAuth, c: GssClientAuth, t: LoopbackTransport,
     assert t.call_sync(c, 1, b"bound after the attack") == b"bound after the attack"
 
 
-def prefix_first_answer(srv: GssServerAuth, c: GssClientAuth, t: LoopbackTransport,
-                        res: BindChanRes) -> Callable[[bytes], bytes]:
+def prefix_first_answer(
+    srv: GssServerAuth, c: GssClientAuth, t: LoopbackTransport, res: BindChanRes
+) -> Callable[[bytes], bytes]:
     """A ``tamper_reply`` standing in for a server that checks the prefix and hash OID before the
     request MIC (the RFC 5403 §3.3 order, and this server before issue #10 item 12): it answers
     the BIND_CHANNEL it received with ``res`` under a genuine rbcvr_mic of the server's context."""
@@ -101,8 +110,11 @@ def prefix_first_answer(srv: GssServerAuth, c: GssClientAuth, t: LoopbackTranspo
         if call is None:
             return data
         seq = GssCred.decode(call.cred.body).seq_num
-        cb_hash = b"" if res.status is BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP else \
-            SHA256.digest(b"x-test:one channel")
+        cb_hash = (
+            b""
+            if res.status is BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP
+            else SHA256.digest(b"x-test:one channel")
+        )
         mic = server_gss.get_mic(BindChanMicInRes(seq, cb_hash, res).encode())
         verf = OpaqueAuth(AuthFlavor.RPCSEC_GSS, BindChanVerfRes(res, mic).encode())
         return AcceptedReply(call.xid, verf).encode()
@@ -136,7 +148,8 @@ def test_rewritten_prefix_is_tampering_not_unsupported(realm: ThrowawayRealm) ->
     asyncio.run(c.establish(t.call))
     seen = rewrite_bind_request(t, chan_bind_prefix=b"x-rewritten")
     t.tamper_reply = prefix_first_answer(
-        srv, c, t, BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP, (b"x-test",)))
+        srv, c, t, BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_PREF_NOTSUPP, (b"x-test",))
+    )
     failed = bind_fails(c, t, ch)
     assert failed.reason is BindFailureReason.TAMPERED_NEGOTIATION
     assert [v.chan_bind_prefix for v in seen] == [b"x-test"]  # it did not retry its own prefix
@@ -161,13 +174,15 @@ def test_rewritten_hash_oid_is_tampering(realm: ThrowawayRealm) -> None:
     asyncio.run(c.establish(t.call))
     rewrite_bind_request(t, chan_bind_oid_hash=UNKNOWN_OID)
     t.tamper_reply = prefix_first_answer(
-        srv, c, t, BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), (SHA256.oid,)))
+        srv, c, t, BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), (SHA256.oid,))
+    )
     assert bind_fails(c, t, ch).reason is BindFailureReason.TAMPERED_NEGOTIATION
     binds_untampered(srv, c, t, ch)
 
 
-@pytest.mark.parametrize("oids", [(UNKNOWN_OID,), (UNKNOWN_OID, SHA1.oid), ()],
-                         ids=["unknown-only", "unknown-first", "empty"])
+@pytest.mark.parametrize(
+    "oids", [(UNKNOWN_OID,), (UNKNOWN_OID, SHA1.oid), ()], ids=["unknown-only", "unknown-first", "empty"]
+)
 def test_hash_notsupp_that_cannot_be_verified_is_a_failed_bind(
     realm: ThrowawayRealm, oids: tuple[bytes, ...]
 ) -> None:
@@ -182,8 +197,9 @@ def test_hash_notsupp_that_cannot_be_verified_is_a_failed_bind(
         reply = decode_message(data)
         assert isinstance(reply, AcceptedReply)
         if oids:
-            body = BindChanVerfRes(BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), oids),
-                                   bytes(28)).encode()
+            body = BindChanVerfRes(
+                BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), oids), bytes(28)
+            ).encode()
         else:  # our encoder refuses an empty list: the bytes by hand (status, count 0, MIC)
             body = struct.pack(">III", BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, 0, 28) + bytes(28)
         forged.append(body)
@@ -204,8 +220,9 @@ def test_hash_notsupp_with_a_forged_mic_is_a_failed_bind(realm: ThrowawayRealm) 
     def forge(data: bytes) -> bytes:
         reply = decode_message(data)
         assert isinstance(reply, AcceptedReply)
-        res = BindChanVerfRes(BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), (SHA1.oid,)),
-                              bytes(28))
+        res = BindChanVerfRes(
+            BindChanRes(BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP, (), (SHA1.oid,)), bytes(28)
+        )
         return dataclasses.replace(reply, verf=OpaqueAuth(AuthFlavor.RPCSEC_GSS, res.encode())).encode()
 
     t.tamper_reply = forge

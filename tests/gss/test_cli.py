@@ -34,8 +34,13 @@ from rpclatch.rpc.testprog import add_test_program
 
 
 def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "rpclatch.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rpclatch.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
@@ -58,11 +63,18 @@ def test_realm_up_prints_exports_and_cleans_up_on_ctrl_c() -> None:
             line = proc.stdout.readline()
             assert line, f"realm up ended early: {proc.stderr.read() if proc.stderr else ''}"
             lines.append(line.rstrip("\n"))
-        exports = dict(line[len("export "):].split("=", 1) for line in lines if line.startswith("export "))
+        exports = dict(line[len("export ") :].split("=", 1) for line in lines if line.startswith("export "))
         tmpdir = os.path.dirname(exports["KRB5_CONFIG"])
         env = {**os.environ, **exports}
-        subprocess.run(["kinit", "-c", os.path.join(tmpdir, "cc.test"), "dave"], input="pw-dave-7\n",
-                       env=env, capture_output=True, text=True, check=True, timeout=20)
+        subprocess.run(
+            ["kinit", "-c", os.path.join(tmpdir, "cc.test"), "dave"],
+            input="pw-dave-7\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        )
     finally:
         rc, _, err = _stop(proc)
     assert rc == 0, err
@@ -85,21 +97,71 @@ def test_rpc_ping_and_serve_with_sec_krb5(realm: ThrowawayRealm) -> None:
         _wait_listening(server, port)
         for sec in ("krb5", "krb5i", "krb5p"):
             ping = subprocess.run(
-                [sys.executable, "-m", "rpclatch.cli", "rpc", "ping", "127.0.0.1", "rpclatch_test", "1",
-                 "--port", str(port), "--sec", sec], env=env, capture_output=True, text=True, timeout=30)
+                [
+                    sys.executable,
+                    "-m",
+                    "rpclatch.cli",
+                    "rpc",
+                    "ping",
+                    "127.0.0.1",
+                    "rpclatch_test",
+                    "1",
+                    "--port",
+                    str(port),
+                    "--sec",
+                    sec,
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert ping.returncode == 0, ping.stderr
             assert "version 1 ready and waiting" in ping.stdout
         # Without credentials: one line saying what is wrong and what to do.
         bad = subprocess.run(
-            [sys.executable, "-m", "rpclatch.cli", "rpc", "ping", "127.0.0.1", "rpclatch_test", "1",
-             "--port", str(port), "--sec", "krb5i"], env={**env, "KRB5CCNAME": "/nonexistent/cc"},
-            capture_output=True, text=True, timeout=30)
+            [
+                sys.executable,
+                "-m",
+                "rpclatch.cli",
+                "rpc",
+                "ping",
+                "127.0.0.1",
+                "rpclatch_test",
+                "1",
+                "--port",
+                str(port),
+                "--sec",
+                "krb5i",
+            ],
+            env={**env, "KRB5CCNAME": "/nonexistent/cc"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert bad.returncode == 1
         assert bad.stderr.count("\n") == 1 and "kinit first" in bad.stderr
         # AUTH_NONE is not accepted by an RPCSEC_GSS-only server.
         none = subprocess.run(
-            [sys.executable, "-m", "rpclatch.cli", "rpc", "ping", "127.0.0.1", "rpclatch_test", "1",
-             "--port", str(port), "--sec", "none"], env=env, capture_output=True, text=True, timeout=30)
+            [
+                sys.executable,
+                "-m",
+                "rpclatch.cli",
+                "rpc",
+                "ping",
+                "127.0.0.1",
+                "rpclatch_test",
+                "1",
+                "--port",
+                str(port),
+                "--sec",
+                "none",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert none.returncode == 1 and "authentication failed" in none.stderr
     finally:
         _stop(server)
@@ -110,8 +172,13 @@ def test_serve_without_keytab_is_a_one_line_user_error() -> None:
     # The installed console script: under ``python -m rpclatch.cli`` the module runs as __main__,
     # whose UserError is another class than rpclatch.cli.UserError.
     script = os.path.join(os.path.dirname(sys.executable), "rpclatch")
-    proc = subprocess.run([script, "rpc", "serve", "--tcp", "--sec", "krb5i"],
-                          env=env, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [script, "rpc", "serve", "--tcp", "--sec", "krb5i"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "KRB5_KTNAME" in proc.stderr
 
@@ -140,60 +207,109 @@ def _wait_listening(server: subprocess.Popen[str], port: int) -> None:
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in env.items() if k != "RPCLATCH_DEBUG"}
-    return subprocess.run([sys.executable, "-m", "rpclatch.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "rpclatch.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_ping_target_must_match_the_servers_principal(rpctest_realm: ThrowawayRealm) -> None:
     env = {**os.environ, **rpctest_realm.env}
     host = rpctest_realm.hostname
     port = _free_port()
-    server = _start(["rpc", "serve", "--port", str(port), "--sec", "krb5i",
-                     "--principal", f"rpctest@{host}"], env)
+    server = _start(
+        ["rpc", "serve", "--port", str(port), "--sec", "krb5i", "--principal", f"rpctest@{host}"], env
+    )
     try:
         _wait_listening(server, port)
         ping = ("rpc", "ping", "127.0.0.1", "rpclatch_test", "1", "--port", str(port))
         for extra in (("--sec", "krb5i"), ("--sec", "krb5p", "--udp")):
             ok = _cli(*ping, *extra, "--target", f"rpctest@{host}", env=env)
             assert (ok.returncode, ok.stdout, ok.stderr) == (
-                0, f"program {PROG} version 1 ready and waiting\n", "")
+                0,
+                f"program {PROG} version 1 ready and waiting\n",
+                "",
+            )
         # The default target (nfs@...) has a key in the KDC but not at this server.
         wrong = _cli(*ping, "--sec", "krb5i", "--target", f"nfs@{host}", env=env)
         assert (wrong.returncode, wrong.stdout) == (1, "")
-        assert wrong.stderr == (f"rpclatch: error: 127.0.0.1: the server does not accept nfs@{host}: it "
-                                "serves under another principal (fix --target)\n")
+        assert wrong.stderr == (
+            f"rpclatch: error: 127.0.0.1: the server does not accept nfs@{host}: it "
+            "serves under another principal (fix --target)\n"
+        )
         unknown = _cli(*ping, "--sec", "krb5i", "--target", f"nosuch@{host}", env=env)
         assert (unknown.returncode, unknown.stderr) == (
-            1, f"rpclatch: error: 127.0.0.1: the KDC knows no service principal for nosuch@{host} "
-               "(fix --target)\n")
+            1,
+            f"rpclatch: error: 127.0.0.1: the KDC knows no service principal for nosuch@{host} "
+            "(fix --target)\n",
+        )
         # The nfs client says the same about its --target (alias --gss-target).
-        nfs = _cli("nfs", "ls", "127.0.0.1:/", "--port", str(port), "--sec", "krb5", "--timeout", "10",
-                   "--target", f"nosuch@{host}", env=env)
+        nfs = _cli(
+            "nfs",
+            "ls",
+            "127.0.0.1:/",
+            "--port",
+            str(port),
+            "--sec",
+            "krb5",
+            "--timeout",
+            "10",
+            "--target",
+            f"nosuch@{host}",
+            env=env,
+        )
         assert (nfs.returncode, nfs.stderr) == (
-            2, f"rpclatch: error: 127.0.0.1: the KDC knows no service principal for nosuch@{host} "
-               "(fix --target)\n")
-        nfs = _cli("nfs", "ls", "127.0.0.1:/", "--port", str(port), "--sec", "krb5", "--timeout", "10",
-                   "--gss-target", f"nfs@{host}", env=env)
+            2,
+            f"rpclatch: error: 127.0.0.1: the KDC knows no service principal for nosuch@{host} "
+            "(fix --target)\n",
+        )
+        nfs = _cli(
+            "nfs",
+            "ls",
+            "127.0.0.1:/",
+            "--port",
+            str(port),
+            "--sec",
+            "krb5",
+            "--timeout",
+            "10",
+            "--gss-target",
+            f"nfs@{host}",
+            env=env,
+        )
         assert (nfs.returncode, nfs.stderr) == (
-            2, f"rpclatch: error: 127.0.0.1:{port} does not accept nfs@{host}: it serves under another "
-               "principal (fix --target)\n")
+            2,
+            f"rpclatch: error: 127.0.0.1:{port} does not accept nfs@{host}: it serves under another "
+            "principal (fix --target)\n",
+        )
         # Malformed values: one line naming the option, what is wrong and the form to use.
         for args, line in (
-            ((*ping, "--sec", "krb5i", "--target", "rpctest"),
-             "--target 'rpctest' has no host: give SERVICE@HOST (e.g. --target nfs@server.example)"),
-            ((*ping, "--sec", "krb5i", "--target", f"rpctest/{host}@{rpctest_realm.realm}"),
-             f"--target 'rpctest/{host}@{rpctest_realm.realm}' looks like a Kerberos principal name; give "
-             f"the host-based service name SERVICE@HOST instead (--target rpctest@{host})"),
-            ((*ping, "--target", f"rpctest@{host}"),
-             "--target names an RPCSEC_GSS principal: use it with --sec krb5, krb5i or krb5p"),
-            (("nfs", "ls", "127.0.0.1:/", "--port", str(port), "--target", "@x"),
-             "--target '@x' has no service before the '@': give SERVICE@HOST (e.g. --target "
-             "nfs@server.example)"),
-            (("rpc", "serve", "--sec", "krb5i", "--principal", "rpctest@"),
-             "--principal 'rpctest@' has no host after the '@': give SERVICE@HOST (e.g. --principal "
-             "nfs@server.example)"),
-            (("rpc", "serve", "--principal", f"rpctest@{host}"),
-             "--principal names an RPCSEC_GSS principal: use it with --sec krb5, krb5i or krb5p"),
+            (
+                (*ping, "--sec", "krb5i", "--target", "rpctest"),
+                "--target 'rpctest' has no host: give SERVICE@HOST (e.g. --target nfs@server.example)",
+            ),
+            (
+                (*ping, "--sec", "krb5i", "--target", f"rpctest/{host}@{rpctest_realm.realm}"),
+                f"--target 'rpctest/{host}@{rpctest_realm.realm}' looks like a Kerberos principal name; give "
+                f"the host-based service name SERVICE@HOST instead (--target rpctest@{host})",
+            ),
+            (
+                (*ping, "--target", f"rpctest@{host}"),
+                "--target names an RPCSEC_GSS principal: use it with --sec krb5, krb5i or krb5p",
+            ),
+            (
+                ("nfs", "ls", "127.0.0.1:/", "--port", str(port), "--target", "@x"),
+                "--target '@x' has no service before the '@': give SERVICE@HOST (e.g. --target "
+                "nfs@server.example)",
+            ),
+            (
+                ("rpc", "serve", "--sec", "krb5i", "--principal", "rpctest@"),
+                "--principal 'rpctest@' has no host after the '@': give SERVICE@HOST (e.g. --principal "
+                "nfs@server.example)",
+            ),
+            (
+                ("rpc", "serve", "--principal", f"rpctest@{host}"),
+                "--principal names an RPCSEC_GSS principal: use it with --sec krb5, krb5i or krb5p",
+            ),
         ):
             bad = _cli(*args, env=env)
             assert (bad.returncode, bad.stdout, bad.stderr) == (2, "", f"rpclatch: error: {line}\n"), args
@@ -231,14 +347,37 @@ def test_udp_krb5i_ping_exits_cleanly_and_destroys_its_context(realm: ThrowawayR
     thread.start()
     try:
         assert started.wait(10)
-        ping = _cli("rpc", "ping", "127.0.0.1", "rpclatch_test", "1", "--udp", "--sec", "krb5i",
-                    "--port", str(ready[0]), env={**os.environ, **realm.env})
+        ping = _cli(
+            "rpc",
+            "ping",
+            "127.0.0.1",
+            "rpclatch_test",
+            "1",
+            "--udp",
+            "--sec",
+            "krb5i",
+            "--port",
+            str(ready[0]),
+            env={**os.environ, **realm.env},
+        )
         assert (ping.returncode, ping.stdout, ping.stderr) == (
-            0, f"program {PROG} version 1 ready and waiting\n", "")
+            0,
+            f"program {PROG} version 1 ready and waiting\n",
+            "",
+        )
         assert gss.context_count() == 0
         # Without --sec krb5i nothing gets in, so the ping above did make a context.
-        refused = _cli("rpc", "ping", "127.0.0.1", "rpclatch_test", "1", "--udp", "--port",
-                       str(ready[0]), env={**os.environ, **realm.env})
+        refused = _cli(
+            "rpc",
+            "ping",
+            "127.0.0.1",
+            "rpclatch_test",
+            "1",
+            "--udp",
+            "--port",
+            str(ready[0]),
+            env={**os.environ, **realm.env},
+        )
         assert refused.returncode == 1 and "authentication failed" in refused.stderr
     finally:
         loop.call_soon_threadsafe(stop.set)
@@ -253,8 +392,11 @@ def test_serve_caps_requests_per_context(realm: ThrowawayRealm) -> None:
     """``rpc serve`` has the cap on by default; ``--max-requests-per-context N`` reaches the server:
     the (N+1)th request on one context is answered CTXPROBLEM and a refreshed context goes on; 0
     turns the cap off."""
-    assert build_parser().parse_args(["rpc", "serve"]).max_requests_per_context == \
-        DEFAULT_MAX_REQUESTS_PER_CONTEXT == 2**20
+    assert (
+        build_parser().parse_args(["rpc", "serve"]).max_requests_per_context
+        == DEFAULT_MAX_REQUESTS_PER_CONTEXT
+        == 2**20
+    )
 
     async def calls(port: int, n: int) -> list[str]:
         auth = GssClientAuth(GssapiProvider(), realm.service_name, service=Service.INTEGRITY)
@@ -277,8 +419,20 @@ def test_serve_caps_requests_per_context(realm: ThrowawayRealm) -> None:
 
     for cap, expected in (("3", ["ok"] * 3 + ["RPCSEC_GSS_CTXPROBLEM", "refreshed"]), ("0", ["ok"] * 5)):
         port = _free_port()
-        server = _start(["rpc", "serve", "--tcp", "--port", str(port), "--sec", "krb5i",
-                         "--max-requests-per-context", cap], {**os.environ, **realm.env})
+        server = _start(
+            [
+                "rpc",
+                "serve",
+                "--tcp",
+                "--port",
+                str(port),
+                "--sec",
+                "krb5i",
+                "--max-requests-per-context",
+                cap,
+            ],
+            {**os.environ, **realm.env},
+        )
         try:
             _wait_listening(server, port)
             assert asyncio.run(calls(port, 5 if cap == "0" else 4)) == expected
@@ -287,7 +441,9 @@ def test_serve_caps_requests_per_context(realm: ThrowawayRealm) -> None:
         assert rc == 0, err
     bad = _cli("rpc", "serve", "--sec", "krb5i", "--max-requests-per-context", "-1", env=dict(os.environ))
     assert (bad.returncode, bad.stderr) == (
-        2, "rpclatch: error: --max-requests-per-context -1: give a count of requests, or 0 for no cap\n")
+        2,
+        "rpclatch: error: --max-requests-per-context -1: give a count of requests, or 0 for no cap\n",
+    )
 
 
 # -- repeated SIGTERM during cleanup (issue #10 item 19) --------------------------------------------
@@ -319,7 +475,7 @@ def test_realm_up_survives_repeated_sigterm() -> None:
             line = proc.stdout.readline()
             assert line, f"realm up ended early: {proc.stderr.read() if proc.stderr else ''}"
             lines.append(line.rstrip("\n"))
-        exports = dict(line[len("export "):].split("=", 1) for line in lines if line.startswith("export "))
+        exports = dict(line[len("export ") :].split("=", 1) for line in lines if line.startswith("export "))
         tmpdir = os.path.dirname(exports["KRB5_CONFIG"])
         kdcs = _children(proc.pid)  # the KDC (ours to clean up should the command fail to)
         assert kdcs

@@ -27,8 +27,9 @@ from rpclatch.rpc.messages import NULL_AUTH, AcceptedReply, OpaqueAuth, decode_c
 def client(request: pytest.FixtureRequest, realm: ThrowawayRealm) -> GssClientAuth:
     srv = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab))
     t = LoopbackTransport(srv)
-    c = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name,
-                      service=request.param)
+    c = GssClientAuth(
+        GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name, service=request.param
+    )
     asyncio.run(c.establish(t.call))
     return c
 
@@ -50,14 +51,14 @@ def test_unestablished_client_refuses_to_send(realm: ThrowawayRealm) -> None:
 
 
 @pytest.fixture(scope="module", params=["none", "integrity", "privacy", "channel_prot"])
-def pair(request: pytest.FixtureRequest, realm: ThrowawayRealm) -> tuple[GssClientAuth, GssServerAuth,
-                                                                          LoopbackTransport]:
+def pair(
+    request: pytest.FixtureRequest, realm: ThrowawayRealm
+) -> tuple[GssClientAuth, GssServerAuth, LoopbackTransport]:
     cli_ch, srv_ch = InMemoryChannel.pair("x-test", b"client-fast-path")
     srv = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab))
     t = LoopbackTransport(srv, channel=srv_ch)
     service = {"none": Service.NONE, "privacy": Service.PRIVACY}.get(request.param, Service.INTEGRITY)
-    c = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name,
-                      service=service)
+    c = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name, service=service)
     asyncio.run(c.establish(t.call))
     if request.param == "channel_prot":
         asyncio.run(c.bind_channel(t.call, cli_ch))
@@ -65,10 +66,19 @@ def pair(request: pytest.FixtureRequest, realm: ThrowawayRealm) -> tuple[GssClie
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(xid=st.integers(0, 2**32 - 1), prog=st.integers(0, 2**32 - 1), vers=st.integers(0, 2**32 - 1),
-       proc=st.integers(0, 2**32 - 1), args=st.binary(max_size=64).map(lambda b: b + b"\0" * (-len(b) % 4)))
+@given(
+    xid=st.integers(0, 2**32 - 1),
+    prog=st.integers(0, 2**32 - 1),
+    vers=st.integers(0, 2**32 - 1),
+    proc=st.integers(0, 2**32 - 1),
+    args=st.binary(max_size=64).map(lambda b: b + b"\0" * (-len(b) % 4)),
+)
 def test_prepared_calls_match_independent_encoders(
-    pair: tuple[GssClientAuth, GssServerAuth, LoopbackTransport], xid: int, prog: int, vers: int, proc: int,
+    pair: tuple[GssClientAuth, GssServerAuth, LoopbackTransport],
+    xid: int,
+    prog: int,
+    vers: int,
+    proc: int,
     args: bytes,
 ) -> None:
     """prepare_call builds what RFC 2203 §5.3.1-§5.3.2 says, checked with encoders that are not the

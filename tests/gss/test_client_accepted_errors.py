@@ -35,18 +35,26 @@ from rpclatch.rpc.messages import (
 from rpclatch.rpc.record import LAST_FRAGMENT, encode_record
 
 PROG, VERS = 0x20000099, 1
-ERRORS = [AcceptStat.SYSTEM_ERR, AcceptStat.GARBAGE_ARGS, AcceptStat.PROC_UNAVAIL,
-          AcceptStat.PROG_UNAVAIL, AcceptStat.PROG_MISMATCH]
+ERRORS = [
+    AcceptStat.SYSTEM_ERR,
+    AcceptStat.GARBAGE_ARGS,
+    AcceptStat.PROC_UNAVAIL,
+    AcceptStat.PROG_UNAVAIL,
+    AcceptStat.PROG_MISMATCH,
+]
 
 
-@pytest.fixture(scope="module", params=[Service.NONE, Service.INTEGRITY, Service.PRIVACY],
-                ids=["krb5", "krb5i", "krb5p"])
-def gss(request: pytest.FixtureRequest, realm: ThrowawayRealm
-        ) -> tuple[GssClientAuth, GssServerAuth, LoopbackTransport]:
+@pytest.fixture(
+    scope="module", params=[Service.NONE, Service.INTEGRITY, Service.PRIVACY], ids=["krb5", "krb5i", "krb5p"]
+)
+def gss(
+    request: pytest.FixtureRequest, realm: ThrowawayRealm
+) -> tuple[GssClientAuth, GssServerAuth, LoopbackTransport]:
     srv = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab))
     t = LoopbackTransport(srv, prog=PROG, vers=VERS)
-    c = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name,
-                      service=request.param)
+    c = GssClientAuth(
+        GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name, service=request.param
+    )
     asyncio.run(c.establish(t.call))
     return c, srv, t
 
@@ -85,8 +93,11 @@ def test_stream_client_rejects_unauthenticated_accepted_errors(
     for verf in ("none", "other-seq", "genuine"):
         h = conn.send_call(PROG, VERS, 1, b"args", None, 0.0)
         xid, seq = seq_of(one_call(conn.data_to_send()))
-        reply_verf = {"none": NULL_AUTH, "other-seq": server_mic(c, srv, seq + 1),
-                      "genuine": server_mic(c, srv, seq)}[verf]
+        reply_verf = {
+            "none": NULL_AUTH,
+            "other-seq": server_mic(c, srv, seq + 1),
+            "genuine": server_mic(c, srv, seq),
+        }[verf]
         [event] = conn.receive_data(encode_record(forged(xid, stat, reply_verf)))
         assert isinstance(event, CallFailed) and event.handle is h
         if verf == "genuine":  # the server's own error: surfaced as such

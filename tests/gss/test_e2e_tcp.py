@@ -61,16 +61,23 @@ def gss_server(realm: ThrowawayRealm, **kw: object) -> GssServerAuth:
     return GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab), **kw)  # type: ignore[arg-type]
 
 
-def gss_client(realm: ThrowawayRealm, user: str, service: Service,
-               versions: VersionPolicy = VersionPolicy.PREFER_V2) -> GssClientAuth:
-    return GssClientAuth(GssapiProvider(ccache=realm.users[user].ccache), realm.service_name,
-                         service=service, versions=versions)
+def gss_client(
+    realm: ThrowawayRealm, user: str, service: Service, versions: VersionPolicy = VersionPolicy.PREFER_V2
+) -> GssClientAuth:
+    return GssClientAuth(
+        GssapiProvider(ccache=realm.users[user].ccache),
+        realm.service_name,
+        service=service,
+        versions=versions,
+    )
 
 
 async def echo_many(client: RpcStreamClient, auth: GssClientAuth, n: int, size: int) -> None:
     payloads = [os.urandom(size) for _ in range(n)]
-    futures = [client.call_nowait(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(p),
-                                  auth=auth) for p in payloads]  # pipelined: all in flight at once
+    futures = [
+        client.call_nowait(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(p), auth=auth)
+        for p in payloads
+    ]  # pipelined: all in flight at once
     results = await asyncio.gather(*futures)
     assert [decode_opaque(r) for r in results] == payloads
 
@@ -168,8 +175,9 @@ def test_concurrent_clients(realm: ThrowawayRealm) -> None:
 def test_v1_fallback_and_refresh_over_tcp(realm: ThrowawayRealm) -> None:
     from rpclatch.rpc.messages import AuthStat
 
-    v1_only = gss_server(realm, versions=(RPCSEC_GSS_VERS_1,), unsupported_version_stat=AuthStat.AUTH_BADCRED,
-                         max_contexts=1)
+    v1_only = gss_server(
+        realm, versions=(RPCSEC_GSS_VERS_1,), unsupported_version_stat=AuthStat.AUTH_BADCRED, max_contexts=1
+    )
 
     async def body(port: int, channels: collections.deque[InMemoryChannel]) -> None:
         auth = gss_client(realm, "alice", Service.INTEGRITY)
@@ -204,8 +212,13 @@ def test_every_service_over_udp(realm: ThrowawayRealm) -> None:
                     await auth.establish(call)
                     for i in range(20):
                         payload = os.urandom(100 * i)
-                        res = await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
-                                                encode_opaque(payload), auth=auth)
+                        res = await client.call(
+                            RPCLATCH_TEST_PROG,
+                            RPCLATCH_TEST_VERS,
+                            PROC_ECHO,
+                            encode_opaque(payload),
+                            auth=auth,
+                        )
                         assert decode_opaque(res) == payload
                     await auth.destroy(call)
             assert gss.context_count() == 0
@@ -274,8 +287,9 @@ def test_udp_call_survives_a_lost_reply(realm: ThrowawayRealm, service: Service)
         relay = LossyUdpRelay(port, drop_replies=0)
         relay_port = await relay.start()
         try:
-            async with await RpcUdpClient.connect("127.0.0.1", relay_port, timeout=5.0,
-                                                  retransmit_initial=0.2, retransmit_max=0.4) as client:
+            async with await RpcUdpClient.connect(
+                "127.0.0.1", relay_port, timeout=5.0, retransmit_initial=0.2, retransmit_max=0.4
+            ) as client:
                 auth = gss_client(realm, "alice", service)
                 call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
                 await auth.establish(call)
@@ -283,8 +297,9 @@ def test_udp_call_survives_a_lost_reply(realm: ThrowawayRealm, service: Service)
                     relay.drop_replies = relay.replies_dropped + 1  # lose the next reply
                     before = relay.calls_forwarded
                     payload = os.urandom(300)
-                    res = await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
-                                            encode_opaque(payload), auth=auth)
+                    res = await client.call(
+                        RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(payload), auth=auth
+                    )
                     assert decode_opaque(res) == payload
                     assert relay.calls_forwarded - before >= 2  # it took a retransmission
                 await auth.destroy(call)
@@ -305,8 +320,9 @@ def test_concurrent_calls_share_one_refresh(realm: ThrowawayRealm) -> None:
             call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
             await auth.establish(call)
             assert gss.drop_all_contexts() == 1  # the server forgets it (as after a restart)
-            results = await asyncio.gather(*(auth.call(call, PROC_ECHO, encode_opaque(b"%d" % i))
-                                             for i in range(10)))
+            results = await asyncio.gather(
+                *(auth.call(call, PROC_ECHO, encode_opaque(b"%d" % i)) for i in range(10))
+            )
             assert [decode_opaque(r) for r in results] == [b"%d" % i for i in range(10)]
             assert gss.context_count() == 1  # one refresh, not ten
 

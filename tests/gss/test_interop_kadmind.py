@@ -87,8 +87,7 @@ def header(dec: Decoder) -> int:
 
 @pytest.fixture(scope="module")
 def kadmind(realm: ThrowawayRealm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kadmind]:
-    with running_kadmind(realm, tmp_path_factory.mktemp("kadmind"),
-                         realm.users["alice"].principal) as server:
+    with running_kadmind(realm, tmp_path_factory.mktemp("kadmind"), realm.users["alice"].principal) as server:
         yield server
 
 
@@ -97,8 +96,12 @@ def run_session(realm: ThrowawayRealm, kadmind: Kadmind, service: Service, body:
     DESTROY."""
 
     async def run() -> None:
-        auth = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), kadmind.target,
-                             service=service, versions=VersionPolicy.PREFER_V2)
+        auth = GssClientAuth(
+            GssapiProvider(ccache=realm.users["alice"].ccache),
+            kadmind.target,
+            service=service,
+            versions=VersionPolicy.PREFER_V2,
+        )
         async with await RpcStreamClient.connect_tcp("127.0.0.1", kadmind.port) as client:
             call = rpc_call_via(client, KADM_PROG, KADM_VERS)
             await auth.establish(call)
@@ -114,18 +117,22 @@ async def kadm(client: RpcStreamClient, auth: GssClientAuth, proc: int, args: by
     return Decoder(await client.call(KADM_PROG, KADM_VERS, proc, args, auth=auth))
 
 
-async def set_string(client: RpcStreamClient, auth: GssClientAuth, principal: str, key: str,
-                     value: str | None) -> int:
+async def set_string(
+    client: RpcStreamClient, auth: GssClientAuth, principal: str, key: str, value: str | None
+) -> int:
     """SET_STRING; ``value`` None removes ``key``. Returns the kadm5_ret_t."""
-    dec = await kadm(client, auth, SET_STRING, struct.pack(">I", API_VERSION)
-                     + nullstring(principal) + nullstring(key) + nullstring(value))
+    dec = await kadm(
+        client,
+        auth,
+        SET_STRING,
+        struct.pack(">I", API_VERSION) + nullstring(principal) + nullstring(key) + nullstring(value),
+    )
     code = header(dec)
     dec.done()
     return code
 
 
-async def get_strings(client: RpcStreamClient, auth: GssClientAuth, principal: str
-                      ) -> dict[str, str]:
+async def get_strings(client: RpcStreamClient, auth: GssClientAuth, principal: str) -> dict[str, str]:
     dec = await kadm(client, auth, GET_STRINGS, struct.pack(">I", API_VERSION) + nullstring(principal))
     assert header(dec) == KADM5_OK
     count = dec.uint32()
@@ -153,8 +160,10 @@ def test_null_and_get_privs(realm: ThrowawayRealm, kadmind: Kadmind, service: Se
 
     run_session(realm, kadmind, service, body)
     client = realm.users["alice"].principal
-    assert f"kadm5_get_privs, {client}, success, client={client}, " \
-           f"service=kadmin/{realm.hostname}@{realm.realm}" in kadmind.log_text()
+    assert (
+        f"kadm5_get_privs, {client}, success, client={client}, "
+        f"service=kadmin/{realm.hostname}@{realm.realm}" in kadmind.log_text()
+    )
 
 
 @pytest.mark.parametrize("service", SERVICES, ids=SERVICE_IDS)
@@ -186,8 +195,7 @@ def test_64k(realm: ThrowawayRealm, kadmind: Kadmind, service: Service) -> None:
         assert header(dec) == KADM5_OK
         assert (dec.uint32(), dec.uint32()) == (0, 0)  # count, and xdr_array's count: no match
         dec.done()
-        assert await set_string(client, auth, kadmind.scratch_principal, key, too_big) \
-            == STRINGS_TOOLONG
+        assert await set_string(client, auth, kadmind.scratch_principal, key, too_big) == STRINGS_TOOLONG
         assert await set_string(client, auth, kadmind.scratch_principal, key, largest) == KADM5_OK
         assert (await get_strings(client, auth, kadmind.scratch_principal))[key] == largest
         assert await set_string(client, auth, kadmind.scratch_principal, key, None) == KADM5_OK

@@ -61,7 +61,7 @@ from .interop_peers import TirpcServer, build_tirpc_server, missing_tools, runni
 pytestmark = pytest.mark.skipif(
     bool(missing_tools(tirpc=True)),
     reason=f"libtirpc interop needs gcc, libtirpc-dev and libkrb5-dev: missing "
-           f"{', '.join(missing_tools(tirpc=True))}",
+    f"{', '.join(missing_tools(tirpc=True))}",
 )
 
 SERVICES = [Service.NONE, Service.INTEGRITY, Service.PRIVACY]
@@ -74,10 +74,18 @@ def tirpc_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tirpc_server(tmp_path_factory.mktemp("tirpc-build"))
 
 
-def _server(binary: Path, realm: ThrowawayRealm, workdir: Path, bufsize: int
-            ) -> contextlib.AbstractContextManager[TirpcServer]:
-    return running_tirpc_server(binary, realm, workdir, service=realm.service_name,
-                                prog=RPCLATCH_TEST_PROG, vers=RPCLATCH_TEST_VERS, bufsize=bufsize)
+def _server(
+    binary: Path, realm: ThrowawayRealm, workdir: Path, bufsize: int
+) -> contextlib.AbstractContextManager[TirpcServer]:
+    return running_tirpc_server(
+        binary,
+        realm,
+        workdir,
+        service=realm.service_name,
+        prog=RPCLATCH_TEST_PROG,
+        vers=RPCLATCH_TEST_VERS,
+        bufsize=bufsize,
+    )
 
 
 @pytest.fixture()
@@ -87,13 +95,18 @@ def tirpc(tirpc_binary: Path, realm: ThrowawayRealm, tmp_path: Path) -> Iterator
 
 
 def _auth(realm: ThrowawayRealm, service: Service) -> GssClientAuth:
-    return GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name,
-                         service=service, versions=VersionPolicy.PREFER_V2)
+    return GssClientAuth(
+        GssapiProvider(ccache=realm.users["alice"].ccache),
+        realm.service_name,
+        service=service,
+        versions=VersionPolicy.PREFER_V2,
+    )
 
 
 async def _echo(client: RpcStreamClient, auth: GssClientAuth, payload: bytes) -> bytes:
-    results = await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
-                                encode_opaque(payload), auth=auth)
+    results = await client.call(
+        RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(payload), auth=auth
+    )
     return decode_opaque(results)
 
 
@@ -108,8 +121,7 @@ def test_null_echo_destroy(realm: ThrowawayRealm, tirpc: TirpcServer, service: S
             call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
             await auth.establish(call)
             assert auth.version == RPCSEC_GSS_VERS_1  # libtirpc refuses v2 (AUTH_BADCRED)
-            assert await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_NULL,
-                                     auth=auth) == b""
+            assert await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_NULL, auth=auth) == b""
             for payload in payloads:
                 assert await _echo(client, auth, payload) == payload
             await auth.destroy(call)
@@ -134,8 +146,9 @@ def test_null_echo_destroy(realm: ThrowawayRealm, tirpc: TirpcServer, service: S
 
 
 @pytest.mark.parametrize("service", [Service.INTEGRITY, Service.PRIVACY], ids=["krb5i", "krb5p"])
-def test_pipelined_calls_beyond_the_window(realm: ThrowawayRealm, tirpc: TirpcServer,
-                                           service: Service) -> None:
+def test_pipelined_calls_beyond_the_window(
+    realm: ThrowawayRealm, tirpc: TirpcServer, service: Service
+) -> None:
     """50 calls in flight at once against a sequence window of 5: on one connection they arrive
     in the order they were numbered, so none falls behind the window."""
     payloads = [os.urandom(512) for _ in range(50)]
@@ -146,8 +159,12 @@ def test_pipelined_calls_beyond_the_window(realm: ThrowawayRealm, tirpc: TirpcSe
             call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
             await auth.establish(call)
             assert auth.seq_window is not None and auth.seq_window < len(payloads)
-            futures = [client.call_nowait(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
-                                          encode_opaque(p), auth=auth) for p in payloads]
+            futures = [
+                client.call_nowait(
+                    RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(p), auth=auth
+                )
+                for p in payloads
+            ]
             results = await asyncio.gather(*futures)
             assert [decode_opaque(r) for r in results] == payloads
             await auth.destroy(call)
@@ -177,8 +194,9 @@ def test_every_service_on_one_connection(realm: ThrowawayRealm, tirpc: TirpcServ
 
 
 @pytest.mark.parametrize("service", [Service.INTEGRITY, Service.PRIVACY], ids=["krb5i", "krb5p"])
-def test_default_buffer_large_protected_reply(tirpc_binary: Path, realm: ThrowawayRealm,
-                                              tmp_path: Path, service: Service) -> None:
+def test_default_buffer_large_protected_reply(
+    tirpc_binary: Path, realm: ThrowawayRealm, tmp_path: Path, service: Service
+) -> None:
     """With libtirpc's default svc_vc buffer, a protected 64 KiB reply is built past the end
     of the record buffer and goes out corrupted (libtirpc's xdr_rpc_gss_wrap_data seeks back in
     the send stream). rpclatch must never hand such a reply to the caller: it either gets the
@@ -207,8 +225,9 @@ def test_default_buffer_large_protected_reply(tirpc_binary: Path, realm: Throwaw
 
 
 @pytest.mark.parametrize("service", SERVICES, ids=["krb5", "krb5i", "krb5p"])
-def test_context_of_another_connection_is_refreshed(realm: ThrowawayRealm, tirpc: TirpcServer,
-                                                    service: Service) -> None:
+def test_context_of_another_connection_is_refreshed(
+    realm: ThrowawayRealm, tirpc: TirpcServer, service: Service
+) -> None:
     """libtirpc keeps a context with the connection that created it: on a second connection the
     handle is unknown, the server answers RPCSEC_GSS_CREDPROBLEM (RFC 2203 §5.3.3.3) and the
     client creates a fresh context there and resends the call."""

@@ -10,8 +10,9 @@ from rpclatch.gss.provider import GssapiProvider, GssContext
 from rpclatch.gss.realm import ThrowawayRealm
 
 
-def pair(realm: ThrowawayRealm, target: str | None = None, acceptor: str | None = None
-         ) -> tuple[GssContext, GssContext]:
+def pair(
+    realm: ThrowawayRealm, target: str | None = None, acceptor: str | None = None
+) -> tuple[GssContext, GssContext]:
     i = GssapiProvider(ccache=realm.users["alice"].ccache).initiate(target or realm.service_name)
     a = GssapiProvider(acceptor or realm.service_name, keytab=realm.keytab).accept()
     out = a.step(i.step(None))

@@ -15,13 +15,20 @@ def test_realm_lifecycle_cleans_up() -> None:
     with realm:
         tmp = realm.tmpdir
         env = {**os.environ, **realm.env}
-        out = subprocess.run(["klist", "-k", realm.keytab], env=env, capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["klist", "-k", realm.keytab], env=env, capture_output=True, text=True, check=True
+        ).stdout
         assert realm.service_principal in out
         assert realm.users["carol"].password == "pw-carol-1"
         # the password really works against the KDC
-        subprocess.run(["kinit", "-c", os.path.join(tmp, "cc2"), "carol"], input="pw-carol-1\n",
-                       env=env, capture_output=True, text=True, check=True)
+        subprocess.run(
+            ["kinit", "-c", os.path.join(tmp, "cc2"), "carol"],
+            input="pw-carol-1\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert any(line.startswith("export KRB5_CONFIG=") for line in realm.export_lines())
     assert not os.path.exists(tmp)
     assert not realm.running
@@ -58,8 +65,9 @@ def test_start_failing_after_the_kdc_is_up_leaves_nothing(monkeypatch: pytest.Mo
     seen: list[tuple[int, str]] = []
     real_kinit = k5test.realm.MITRealm.kinit
 
-    def failing_kinit(self: k5test.realm.MITRealm, princname: str, password: str | None = None,
-                      **kwargs: object) -> object:
+    def failing_kinit(
+        self: k5test.realm.MITRealm, princname: str, password: str | None = None, **kwargs: object
+    ) -> object:
         pid = self._kdc_proc.pid
         assert _our_kdc_alive(pid, self.tmpdir), "the KDC should be running when kinit is reached"
         seen.append((pid, self.tmpdir))

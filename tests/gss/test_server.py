@@ -55,11 +55,20 @@ def setup(realm: ThrowawayRealm) -> tuple[GssServerAuth, GssClientAuth, Loopback
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cred=st.binary(max_size=64), verf_flavor=st.sampled_from([0, 6, 1]), verf=st.binary(max_size=64),
-       args=st.binary(max_size=128), proc=st.integers(0, 3))
+@given(
+    cred=st.binary(max_size=64),
+    verf_flavor=st.sampled_from([0, 6, 1]),
+    verf=st.binary(max_size=64),
+    args=st.binary(max_size=128),
+    proc=st.integers(0, 3),
+)
 def test_arbitrary_calls_get_a_verdict_never_an_exception(
     setup: tuple[GssServerAuth, GssClientAuth, LoopbackTransport],
-    cred: bytes, verf_flavor: int, verf: bytes, args: bytes, proc: int,
+    cred: bytes,
+    verf_flavor: int,
+    verf: bytes,
+    args: bytes,
+    proc: int,
 ) -> None:
     srv, _, t = setup
     call = CallMessage(1, t.prog, t.vers, proc, OpaqueAuth(6, cred), OpaqueAuth(verf_flavor, verf), args)
@@ -67,12 +76,22 @@ def test_arbitrary_calls_get_a_verdict_never_an_exception(
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(gss_proc=st.sampled_from(list(GssProc)), service=st.sampled_from(list(Service)),
-       seq=st.integers(0, 2**32 - 1), verf=st.binary(max_size=80), args=st.binary(max_size=128),
-       version=st.sampled_from([1, 2]))
+@given(
+    gss_proc=st.sampled_from(list(GssProc)),
+    service=st.sampled_from(list(Service)),
+    seq=st.integers(0, 2**32 - 1),
+    verf=st.binary(max_size=80),
+    args=st.binary(max_size=128),
+    version=st.sampled_from([1, 2]),
+)
 def test_wellformed_credentials_with_our_handle_never_crash(
     setup: tuple[GssServerAuth, GssClientAuth, LoopbackTransport],
-    gss_proc: GssProc, service: Service, seq: int, verf: bytes, args: bytes, version: int,
+    gss_proc: GssProc,
+    service: Service,
+    seq: int,
+    verf: bytes,
+    args: bytes,
+    version: int,
 ) -> None:
     srv, c, t = setup
     cred = GssCred(version, gss_proc, seq, service, c.handle or b"")
@@ -98,8 +117,13 @@ def test_handles_are_random_and_table_is_bounded(realm: ThrowawayRealm) -> None:
     assert srv.context_count() == 3
     infos = srv.contexts()
     assert [i.handle for i in infos][-1] == c.handle  # most recently used last
-    assert all(i.principal == realm.users["bob"].principal and i.version == 2 and i.established
-               and i.bound_conn_id is None for i in infos)
+    assert all(
+        i.principal == realm.users["bob"].principal
+        and i.version == 2
+        and i.established
+        and i.bound_conn_id is None
+        for i in infos
+    )
 
 
 def test_gss_level_bindings_need_a_channel(realm: ThrowawayRealm) -> None:
@@ -107,9 +131,15 @@ def test_gss_level_bindings_need_a_channel(realm: ThrowawayRealm) -> None:
     t = LoopbackTransport(srv)  # no channel on this connection
     c = GssClientAuth(GssapiProvider(ccache=realm.users["bob"].ccache), realm.service_name)
     gss = c.provider.initiate(realm.service_name)
-    call = CallMessage(3, t.prog, t.vers, 0,
-                       OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_INIT, 0, Service.NONE).encode()),
-                       NULL_AUTH, InitArg(gss.step(None) or b"").encode())
+    call = CallMessage(
+        3,
+        t.prog,
+        t.vers,
+        0,
+        OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_INIT, 0, Service.NONE).encode()),
+        NULL_AUTH,
+        InitArg(gss.step(None) or b"").encode(),
+    )
     res = srv.check_call(call, t.conn, 0.0)
     assert isinstance(res, AuthControlReply)
     assert InitRes.decode(res.results).gss_major == GssMajor.GSS_S_BAD_BINDINGS
@@ -120,8 +150,10 @@ def test_gss_level_bindings_need_a_channel(realm: ThrowawayRealm) -> None:
 @settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), service=st.sampled_from(list(Service)), version=st.sampled_from([1, 2, 3]))
 def test_mutated_credentials_take_the_same_checks(
-    setup: tuple[GssServerAuth, GssClientAuth, LoopbackTransport], data: st.DataObject,
-    service: Service, version: int,
+    setup: tuple[GssServerAuth, GssClientAuth, LoopbackTransport],
+    data: st.DataObject,
+    service: Service,
+    version: int,
 ) -> None:
     """A valid DATA credential with one field, byte or length changed: a malformed one (as read
     by :func:`_parse_cred`, not rpclatch's decoder) is refused, one with a version not served too
@@ -133,7 +165,7 @@ def test_mutated_credentials_take_the_same_checks(
         i = data.draw(st.integers(0, len(body) - 1))
         body[i] ^= data.draw(st.integers(1, 255))
     elif how == "truncate":
-        del body[data.draw(st.integers(0, len(body) - 1)):]
+        del body[data.draw(st.integers(0, len(body) - 1)) :]
     elif how == "extend":
         body += data.draw(st.binary(min_size=1, max_size=8))
     elif how == "hlen":
@@ -173,13 +205,15 @@ def twin(realm: ThrowawayRealm) -> _Twin:
     t = LoopbackTransport(srv, channel=srv_ch)
     clients = {}
     for version, policy in ((2, VersionPolicy.REQUIRE_V2), (1, VersionPolicy.V1_ONLY)):
-        c = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name,
-                          versions=policy)
+        c = GssClientAuth(
+            GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name, versions=policy
+        )
         asyncio.run(c.establish(t.call))
         clients[version] = c
     asyncio.run(clients[2].bind_channel(t.call, cli_ch))
-    other = ConnectionInfo(t.conn.conn_id + 1, ("127.0.0.1", 1), "sim",
-                           InMemoryChannel.pair("x-test", b"twin")[1])
+    other = ConnectionInfo(
+        t.conn.conn_id + 1, ("127.0.0.1", 1), "sim", InMemoryChannel.pair("x-test", b"twin")[1]
+    )
     broken = InMemoryChannel.pair("x-test", b"twin")[1]
     broken.break_()
     return _Twin(srv, clients, t.conn, other, broken)
@@ -200,7 +234,7 @@ def _parse_cred(body: bytes) -> tuple[int, int, int, int, bytes] | str:
         return "layout"
     if proc not in set(GssProc) or service not in set(Service):  # (their numbers: tests/gss/test_wire.py)
         return "enum"
-    return version, proc, seq, service, body[20:20 + hlen]
+    return version, proc, seq, service, body[20 : 20 + hlen]
 
 
 def _is_new(highest: int, bits: int, size: int, seq: int) -> bool:
@@ -210,8 +244,15 @@ def _is_new(highest: int, bits: int, size: int, seq: int) -> bool:
     return highest - seq < size and not (bits >> (highest - seq)) & 1
 
 
-def _expected(srv: GssServerAuth, ctx: _ServerContext, conn: ConnectionInfo, call: CallMessage,
-              signed_cred: bytes, verf_kind: str, body_kind: str) -> tuple[object, ...]:
+def _expected(
+    srv: GssServerAuth,
+    ctx: _ServerContext,
+    conn: ConnectionInfo,
+    call: CallMessage,
+    signed_cred: bytes,
+    verf_kind: str,
+    body_kind: str,
+) -> tuple[object, ...]:
     """What RFC 2203 §5.3.3 (order of checks in the server module docstring) and RFC 5403 §3.4
     say the server does with ``call``: (verdict kind, auth_stat or None). The request MIC is good
     iff the verifier is a MIC of ``signed_cred``'s header and the credential was sent as signed."""
@@ -225,9 +266,12 @@ def _expected(srv: GssServerAuth, ctx: _ServerContext, conn: ConnectionInfo, cal
         return ("AuthDeny", srv.unsupported_version_stat)
     if proc in (GssProc.RPCSEC_GSS_INIT, GssProc.RPCSEC_GSS_CONTINUE_INIT):
         return ("INIT", None)  # context creation: not this test's subject
-    if ((proc == _BIND and (version != 2 or service != Service.NONE))
-            or (proc == _DESTROY and service == Service.CHANNEL_PROT)
-            or (service == Service.CHANNEL_PROT and version != 2) or (proc != _DATA and call.proc != 0)):
+    if (
+        (proc == _BIND and (version != 2 or service != Service.NONE))
+        or (proc == _DESTROY and service == Service.CHANNEL_PROT)
+        or (service == Service.CHANNEL_PROT and version != 2)
+        or (proc != _DATA and call.proc != 0)
+    ):
         return ("AuthDeny", AuthStat.AUTH_BADCRED)
     if handle != ctx.handle:
         return ("AuthDeny", AuthStat.RPCSEC_GSS_CREDPROBLEM)
@@ -241,8 +285,12 @@ def _expected(srv: GssServerAuth, ctx: _ServerContext, conn: ConnectionInfo, cal
         if call.verf != NULL_AUTH:
             return ("AuthDeny", AuthStat.AUTH_BADVERF)
         binding = ctx.binding
-        if (binding is None or binding.conn_id != conn.conn_id or conn.channel is not binding.channel
-                or not binding.channel.is_up()):
+        if (
+            binding is None
+            or binding.conn_id != conn.conn_id
+            or conn.channel is not binding.channel
+            or not binding.channel.is_up()
+        ):
             return ("AuthDeny", AuthStat.RPCSEC_GSS_CTXPROBLEM)
         return ("accept", None) if new else ("AuthDrop", None)
     if call.verf.flavor != 6:
@@ -263,16 +311,33 @@ def _mostly(usual: object, *others: object) -> st.SearchStrategy[object]:
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), version=st.sampled_from([1, 2]), cred_version=_mostly("same", 1, 2, 3),
-       service=st.sampled_from([int(s) for s in Service] * 3 + [0, 5]), proc=_mostly(0, 5, 2**32 - 1),
-       verf_kind=_mostly("right", "mic", "bad-mic", "none", "sys"),
-       body_kind=_mostly("good", "wrong-seq", "bad", "short"),
-       args=st.binary(max_size=40).map(lambda b: b + b"\0" * (-len(b) % 4)),
-       conn_kind=st.sampled_from(["bound", "other", "channel-down"]), keep_header=st.booleans(),
-       cap=_mostly(None, 0, 1), flip=_mostly(False, True))
+@given(
+    data=st.data(),
+    version=st.sampled_from([1, 2]),
+    cred_version=_mostly("same", 1, 2, 3),
+    service=st.sampled_from([int(s) for s in Service] * 3 + [0, 5]),
+    proc=_mostly(0, 5, 2**32 - 1),
+    verf_kind=_mostly("right", "mic", "bad-mic", "none", "sys"),
+    body_kind=_mostly("good", "wrong-seq", "bad", "short"),
+    args=st.binary(max_size=40).map(lambda b: b + b"\0" * (-len(b) % 4)),
+    conn_kind=st.sampled_from(["bound", "other", "channel-down"]),
+    keep_header=st.booleans(),
+    cap=_mostly(None, 0, 1),
+    flip=_mostly(False, True),
+)
 def test_check_call_judges_as_the_rfcs_say(
-    twin: _Twin, data: st.DataObject, version: int, cred_version: int | str, service: int, proc: int,
-    verf_kind: str, body_kind: str, args: bytes, conn_kind: str, keep_header: bool, cap: int | None,
+    twin: _Twin,
+    data: st.DataObject,
+    version: int,
+    cred_version: int | str,
+    service: int,
+    proc: int,
+    verf_kind: str,
+    body_kind: str,
+    args: bytes,
+    conn_kind: str,
+    keep_header: bool,
+    cap: int | None,
     flip: bool,
 ) -> None:
     """The one per-call path of the server, check_call, against :func:`_expected`: calls built
@@ -288,8 +353,14 @@ def test_check_call_judges_as_the_rfcs_say(
     high = data.draw(st.integers(-1, 1000))
     ctx.window._highest = high
     ctx.window._bits = 0 if high < 0 else (data.draw(st.integers(0, 2**32 - 1)) | 1)
-    seq = data.draw(st.one_of(st.integers(max(0, high - 40), high + 40), st.integers(high + 1, high + 40),
-                              st.integers(0, 2**32 - 1), st.sampled_from([MAXSEQ - 1, MAXSEQ, 0])))
+    seq = data.draw(
+        st.one_of(
+            st.integers(max(0, high - 40), high + 40),
+            st.integers(high + 1, high + 40),
+            st.integers(0, 2**32 - 1),
+            st.sampled_from([MAXSEQ - 1, MAXSEQ, 0]),
+        )
+    )
     cred_vers = version if cred_version == "same" else cred_version
     cred = struct.pack(">IIIII", cred_vers, proc, seq, service, len(ctx.handle)) + ctx.handle
     cred += b"\0" * (-len(cred) % 4)
@@ -303,8 +374,12 @@ def test_check_call_judges_as_the_rfcs_say(
     header = head.encode_header_through_cred()
     if verf_kind == "right":
         verf_kind = "none" if service == Service.CHANNEL_PROT else "mic"
-    verf = {"mic": OpaqueAuth(6, gss.get_mic(header)), "bad-mic": OpaqueAuth(6, gss.get_mic(header + b"x")),
-            "none": NULL_AUTH, "sys": OpaqueAuth(1, b"\0" * 8)}[verf_kind]
+    verf = {
+        "mic": OpaqueAuth(6, gss.get_mic(header)),
+        "bad-mic": OpaqueAuth(6, gss.get_mic(header + b"x")),
+        "none": NULL_AUTH,
+        "sys": OpaqueAuth(1, b"\0" * 8),
+    }[verf_kind]
     inner = struct.pack(">I", seq if body_kind != "wrong-seq" else seq ^ 1) + args
     if body_kind == "short":
         inner = inner[:3]
@@ -365,8 +440,9 @@ def test_table_read_without_its_lock_under_concurrent_churn(realm: ThrowawayReal
     import threading
 
     cli_ch, srv_ch = InMemoryChannel.pair("x-test", b"churn")
-    srv = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab), max_contexts=40,
-                        seq_window=65536)  # no seq_num this test sends falls below it
+    srv = GssServerAuth(
+        GssapiProvider(realm.service_name, keytab=realm.keytab), max_contexts=40, seq_window=65536
+    )  # no seq_num this test sends falls below it
     t = LoopbackTransport(srv, channel=srv_ch)
     bob = GssapiProvider(ccache=realm.users["bob"].ccache)
     for _ in range(40):  # a full table: every new context evicts one, after a scan for expired ones
@@ -392,8 +468,11 @@ def test_table_read_without_its_lock_under_concurrent_churn(realm: ThrowawayReal
                     return
                 handle = handles[seq % len(handles)]
                 cred = GssCred(2, GssProc.RPCSEC_GSS_DATA, seq, Service.CHANNEL_PROT, handle).encode()
-                res = srv.check_call(CallMessage(seq, t.prog, t.vers, 1, OpaqueAuth(6, cred), NULL_AUTH,
-                                                 b"\0\0\0\0"), t.conn, 0.0)
+                res = srv.check_call(
+                    CallMessage(seq, t.prog, t.vers, 1, OpaqueAuth(6, cred), NULL_AUTH, b"\0\0\0\0"),
+                    t.conn,
+                    0.0,
+                )
                 verdicts.append(res)
         except BaseException as exc:  # reported below
             errors.append(exc)

@@ -69,8 +69,11 @@ def spnego_init(i: int) -> bytes:
     the INIT retransmission cache (RFC 2203 §5.2.3) does not answer the flood for us."""
     krb5 = _der(0x06, bytes.fromhex("2a864886f712010202"))
     other = _der(0x06, bytes.fromhex("2b06010401823701") + bytes([(i >> 7) | 0x80, i & 0x7F]))
-    return _der(0x60, _der(0x06, bytes.fromhex("2b0601050502"))
-                + _der(0xA0, _der(0x30, _der(0xA0, _der(0x30, krb5 + other)))))
+    return _der(
+        0x60,
+        _der(0x06, bytes.fromhex("2b0601050502"))
+        + _der(0xA0, _der(0x30, _der(0xA0, _der(0x30, krb5 + other)))),
+    )
 
 
 def init_call(token: bytes, xid: int = 1) -> CallMessage:
@@ -78,8 +81,9 @@ def init_call(token: bytes, xid: int = 1) -> CallMessage:
     return CallMessage(xid, PROG, VERS, 0, OpaqueAuth(6, cred), NULL_AUTH, InitArg(token).encode())
 
 
-def server(realm: ThrowawayRealm, *, mechs: tuple[str, ...] | None = ("1.2.840.113554.1.2.2",),
-           **kw: object) -> GssServerAuth:
+def server(
+    realm: ThrowawayRealm, *, mechs: tuple[str, ...] | None = ("1.2.840.113554.1.2.2",), **kw: object
+) -> GssServerAuth:
     provider = GssapiProvider(realm.service_name, keytab=realm.keytab, acceptor_mechs=mechs)
     return GssServerAuth(provider, **kw)  # type: ignore[arg-type]
 
@@ -88,10 +92,14 @@ def client(realm: ThrowawayRealm, service: Service = Service.INTEGRITY, user: st
     return GssClientAuth(GssapiProvider(ccache=realm.users[user].ccache), realm.service_name, service=service)
 
 
-def bound_client(realm: ThrowawayRealm, srv: GssServerAuth, *, data: bytes = b"chan",
-                 protection: Protection = Protection.INTEGRITY | Protection.CONFIDENTIALITY,
-                 service: Service = Service.INTEGRITY,
-                 ) -> tuple[GssClientAuth, LoopbackTransport]:
+def bound_client(
+    realm: ThrowawayRealm,
+    srv: GssServerAuth,
+    *,
+    data: bytes = b"chan",
+    protection: Protection = Protection.INTEGRITY | Protection.CONFIDENTIALITY,
+    service: Service = Service.INTEGRITY,
+) -> tuple[GssClientAuth, LoopbackTransport]:
     cli_ch, srv_ch = InMemoryChannel.pair("x-test", data, protection)
     t = LoopbackTransport(srv, channel=srv_ch)
     c = client(realm, service)
@@ -134,15 +142,22 @@ def test_spnego_init_flood_never_evicts_an_established_bound_context(realm: Thro
     assert t.call_sync(other, 1, b"me too") == b"me too"
     # CONTINUE_INIT for a half-open handle pushed out by the flood: GSS_S_NO_CONTEXT, nothing else.
     evicted = sorted(handles - {i.handle for i in srv.contexts()})[0]
-    cont = dataclasses.replace(init_call(b"\x60\x00", xid=999), cred=OpaqueAuth(6, GssCred(
-        2, GssProc.RPCSEC_GSS_CONTINUE_INIT, 0, Service.NONE, evicted).encode()))
+    cont = dataclasses.replace(
+        init_call(b"\x60\x00", xid=999),
+        cred=OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_CONTINUE_INIT, 0, Service.NONE, evicted).encode()),
+    )
     res = srv.check_call(cont, attacker, 400.0)
     assert isinstance(res, AuthControlReply)
     assert InitRes.decode(res.results).gss_major == GssMajor.GSS_S_NO_CONTEXT
     # A half-open handle is not an established context: DATA on it is CREDPROBLEM.
-    data = CallMessage(5, PROG, VERS, 1, OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_DATA, 1, Service.NONE,
-                                                                next(iter(handles))).encode()),
-                       OpaqueAuth(6, b"\0" * 28))
+    data = CallMessage(
+        5,
+        PROG,
+        VERS,
+        1,
+        OpaqueAuth(6, GssCred(2, GssProc.RPCSEC_GSS_DATA, 1, Service.NONE, next(iter(handles))).encode()),
+        OpaqueAuth(6, b"\0" * 28),
+    )
     deny = srv.check_call(data, attacker, 400.0)
     assert isinstance(deny, AuthDeny) and deny.stat == AuthStat.RPCSEC_GSS_CREDPROBLEM
     # New clients still get contexts (krb5 completes in one step, no half-open slot needed).
@@ -194,8 +209,9 @@ class CountingLock:
     def __enter__(self) -> bool:
         return self.acquire()
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
 
@@ -285,16 +301,26 @@ def test_garbage_args_after_a_verified_header_carry_mic_of_seq(realm: ThrowawayR
     # krb5i: the checksum does not verify
     m = ci.prepare_call(2, PROG, VERS, 1, b"abcd").message
     integ = IntegData.decode(m.args)
-    cases.append((ci, dataclasses.replace(m, args=IntegData(integ.databody_integ[:-1] + b"X",
-                                                            integ.checksum).encode())))
+    cases.append(
+        (
+            ci,
+            dataclasses.replace(m, args=IntegData(integ.databody_integ[:-1] + b"X", integ.checksum).encode()),
+        )
+    )
     # krb5p: the wrap token does not unwrap
     m = cp.prepare_call(3, PROG, VERS, 1, b"secret").message
     priv = PrivData.decode(m.args)
     cases.append((cp, dataclasses.replace(m, args=PrivData(priv.databody_priv[:-2] + b"zz").encode())))
     # krb5p: body seq_num != credential seq_num
     m = cp.prepare_call(4, PROG, VERS, 1, b"secret").message
-    cases.append((cp, dataclasses.replace(m, args=PrivData(cp._current().gss.wrap(
-        be32(_seq(m) + 1) + b"secret")).encode())))
+    cases.append(
+        (
+            cp,
+            dataclasses.replace(
+                m, args=PrivData(cp._current().gss.wrap(be32(_seq(m) + 1) + b"secret")).encode()
+            ),
+        )
+    )
     dispatcher = RpcDispatcher([srv])
     dispatcher.add_program(PROG, VERS, {1: lambda args, ctx: args})
     for c, call in cases:
@@ -405,8 +431,13 @@ def test_sec_names_set_the_floor(realm: ThrowawayRealm, monkeypatch: pytest.Monk
 # -- item 12: BIND_CHANNEL: MIC first, seq_num consumed, replays dropped ---------------------------
 
 
-def _bind_request(c: GssClientAuth, t: LoopbackTransport, cli_ch: InMemoryChannel, prefix: str = "x-test",
-                  algorithm: object = SHA256) -> bytes:
+def _bind_request(
+    c: GssClientAuth,
+    t: LoopbackTransport,
+    cli_ch: InMemoryChannel,
+    prefix: str = "x-test",
+    algorithm: object = SHA256,
+) -> bytes:
     from rpclatch.gss.client import _BindAuth
 
     ctx = c._current()
@@ -447,8 +478,10 @@ def test_bind_channel_replays_get_exactly_one_answer(realm: ThrowawayRealm) -> N
     # The seq_num a BIND_CHANNEL used is spent for DATA as well.
     bind_seq = GssCred.decode(decode_message(request2).cred.body).seq_num  # type: ignore[union-attr]
     data = c2.prepare_call(7, PROG, VERS, 1, b"x").message
-    reuse = dataclasses.replace(data, cred=OpaqueAuth(6, dataclasses.replace(
-        GssCred.decode(data.cred.body), seq_num=bind_seq).encode()))
+    reuse = dataclasses.replace(
+        data,
+        cred=OpaqueAuth(6, dataclasses.replace(GssCred.decode(data.cred.body), seq_num=bind_seq).encode()),
+    )
     header = reuse.encode_header_through_cred()
     reuse = dataclasses.replace(reuse, verf=OpaqueAuth(6, c2._current().gss.get_mic(header)))
     assert isinstance(srv2.check_call(reuse, t2.conn, 0.0), AuthDrop)
@@ -476,10 +509,12 @@ def test_bind_channel_with_a_bad_mic_gets_no_negotiation_answer(realm: Throwaway
     assert expiry is not None
     forged_seq = 5000  # far above the window: a forgery must not move it
     forgeries = []
-    for prefix, oid in ((b"x-first", SHA256.oid),  # policy says PREF_NOTSUPP -- if it verified
-                        (b"x-second", SHA1.oid),  # policy says HASH_NOTSUPP -- if it verified
-                        (b"x-unknown", SHA256.oid),  # a prefix the channel does not have
-                        (b"x-second", bytes.fromhex("883701"))):  # a hash nobody implements
+    for prefix, oid in (
+        (b"x-first", SHA256.oid),  # policy says PREF_NOTSUPP -- if it verified
+        (b"x-second", SHA1.oid),  # policy says HASH_NOTSUPP -- if it verified
+        (b"x-unknown", SHA256.oid),  # a prefix the channel does not have
+        (b"x-second", bytes.fromhex("883701")),
+    ):  # a hash nobody implements
         cred = GssCred(2, GssProc.RPCSEC_GSS_BIND_CHANNEL, forged_seq, Service.NONE, handle).encode()
         verf = BindChanVerfArgs(prefix, oid, b"\0" * 28).encode()
         forgeries.append(CallMessage(0x777, PROG, VERS, 0, OpaqueAuth(6, cred), OpaqueAuth(6, verf)))
@@ -517,12 +552,21 @@ def test_failed_bind_channel_flood_logs_a_bounded_number_of_lines(
     c = client(realm)
     asyncio.run(c.establish(t.call))
     cred = GssCred(2, GssProc.RPCSEC_GSS_BIND_CHANNEL, 5000, Service.NONE, c.handle or b"").encode()
-    forged = CallMessage(0x777, PROG, VERS, 0, OpaqueAuth(6, cred),
-                         OpaqueAuth(6, BindChanVerfArgs(b"x-first", SHA256.oid, b"\0" * 28).encode()))
+    forged = CallMessage(
+        0x777,
+        PROG,
+        VERS,
+        0,
+        OpaqueAuth(6, cred),
+        OpaqueAuth(6, BindChanVerfArgs(b"x-first", SHA256.oid, b"\0" * 28).encode()),
+    )
 
     def bind_lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records
-                if r.name == "rpclatch.gss.server" and r.levelno == logging.WARNING]
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "rpclatch.gss.server" and r.levelno == logging.WARNING
+        ]
 
     with caplog.at_level(logging.WARNING, logger="rpclatch.gss.server"):
         for _ in range(50):

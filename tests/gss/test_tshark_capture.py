@@ -56,14 +56,19 @@ async def _traffic(realm: ThrowawayRealm, port: int) -> None:
     try:
         for service in (Service.NONE, Service.INTEGRITY, Service.PRIVACY):
             async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as client:
-                auth = GssClientAuth(GssapiProvider(ccache=realm.users["alice"].ccache), realm.service_name,
-                                     service=service, versions=VersionPolicy.V1_ONLY)
+                auth = GssClientAuth(
+                    GssapiProvider(ccache=realm.users["alice"].ccache),
+                    realm.service_name,
+                    service=service,
+                    versions=VersionPolicy.V1_ONLY,
+                )
                 call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
                 await auth.establish(call)
                 for i in range(3):
                     payload = b"capture %d" % i
-                    res = await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
-                                            encode_opaque(payload), auth=auth)
+                    res = await client.call(
+                        RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(payload), auth=auth
+                    )
                     assert decode_opaque(res) == payload
                 await auth.destroy(call)
     finally:
@@ -87,8 +92,11 @@ def _wait_until_capturing(tshark: subprocess.Popen[bytes], pcap: Path, port: int
 
 def _capture(pcap: Path, port: int, traffic: Callable[[], None]) -> str:
     """Run ``traffic()`` under a tshark capture of ``port``; return tshark's verbose decode."""
-    tshark = subprocess.Popen(["tshark", "-i", "lo", "-f", f"port {port}", "-w", str(pcap)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tshark = subprocess.Popen(
+        ["tshark", "-i", "lo", "-f", f"port {port}", "-w", str(pcap)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_until_capturing(tshark, pcap, port)
         traffic()
@@ -100,8 +108,13 @@ def _capture(pcap: Path, port: int, traffic: Callable[[], None]) -> str:
         except subprocess.TimeoutExpired:
             tshark.kill()
             tshark.wait()
-    return subprocess.run(["tshark", "-r", str(pcap), *TSHARK_OPTS, "-V"], capture_output=True, text=True,
-                          check=True, timeout=60).stdout
+    return subprocess.run(
+        ["tshark", "-r", str(pcap), *TSHARK_OPTS, "-V"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
 
 
 def _fields(pcap: Path, *fields: str) -> list[list[str]]:
@@ -118,8 +131,16 @@ def test_tshark_decodes_rpcsec_gss_v1(realm: ThrowawayRealm, tmp_path: Path) -> 
     verbose = _capture(pcap, port, lambda: asyncio.run(_traffic(realm, port)))
     assert "Malformed" not in verbose
     assert "[Expert Info (Error" not in verbose
-    rows = _fields(pcap, "rpc.msgtyp", "rpc.authgss.version", "rpc.authgss.procedure",
-                   "rpc.authgss.service", "rpc.authgss.major", "rpc.authgss.checksum", "rpc.authgss.data")
+    rows = _fields(
+        pcap,
+        "rpc.msgtyp",
+        "rpc.authgss.version",
+        "rpc.authgss.procedure",
+        "rpc.authgss.service",
+        "rpc.authgss.major",
+        "rpc.authgss.checksum",
+        "rpc.authgss.data",
+    )
     assert rows, f"no RPC in {pcap.stat().st_size}-byte capture"
     calls = [r for r in rows if r[0] == "0"]
     replies = [r for r in rows if r[0] == "1"]
@@ -150,23 +171,35 @@ async def _v2_traffic(realm: ThrowawayRealm, port: int) -> None:
             await auth.establish(call)
             await auth.bind_channel(call, cli_ch)
             for i in range(2):
-                await client.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO,
-                                  encode_opaque(b"bound %d" % i), auth=auth)
+                await client.call(
+                    RPCLATCH_TEST_PROG,
+                    RPCLATCH_TEST_VERS,
+                    PROC_ECHO,
+                    encode_opaque(b"bound %d" % i),
+                    auth=auth,
+                )
             await auth.destroy(call)
     finally:
         await server.close(grace=1.0)
 
 
-def test_tshark_decodes_rpcsec_gss_v2_bind_channel_and_channel_prot(realm: ThrowawayRealm,
-                                                                    tmp_path: Path) -> None:
+def test_tshark_decodes_rpcsec_gss_v2_bind_channel_and_channel_prot(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
     """tshark 3.x/4.x knows v2 only as numbers (proc 4, service 4) but must find nothing malformed."""
     port = _free_port()
     pcap = tmp_path / "gss-v2.pcapng"
     verbose = _capture(pcap, port, lambda: asyncio.run(_v2_traffic(realm, port)))
     assert "Malformed" not in verbose
     assert "[Expert Info (Error" not in verbose
-    rows = _fields(pcap, "rpc.msgtyp", "rpc.authgss.version", "rpc.authgss.procedure",
-                   "rpc.authgss.service", "rpc.auth.flavor")
+    rows = _fields(
+        pcap,
+        "rpc.msgtyp",
+        "rpc.authgss.version",
+        "rpc.authgss.procedure",
+        "rpc.authgss.service",
+        "rpc.auth.flavor",
+    )
     calls = [r for r in rows if r[0] == "0"]
     assert {r[1] for r in calls} == {"2"}
     # INIT carries the service the context is for (krb5i = 2), as C clients send it (RFC 2203 §5.2.2)

@@ -29,8 +29,9 @@ from interop.world import NfsdWorld  # noqa: E402
 def nfsd_guest() -> Iterator[NfsdWorld]:
     choice = choose_world()
     if choice.missing:
-        pytest.skip(f"Linux nfsd world cannot run here: {choice.reason}; missing: "
-                    + "; ".join(choice.missing))
+        pytest.skip(
+            f"Linux nfsd world cannot run here: {choice.reason}; missing: " + "; ".join(choice.missing)
+        )
     base = os.environ.get("RPCLATCH_INTEROP_RUN_DIR")
     run_dir = Path(base) / "guest" if base else None
     with choice.cls(run_dir=run_dir) as world:

@@ -84,8 +84,9 @@ def test_parse_junit_and_table(tmp_path: Path) -> None:
 
 
 def test_tmp_keep_names_only_paths_under_tmp() -> None:
-    assert _tmp_keep([Path("/tmp/ci-clone/repo"), Path("/tmp/ci-clone/x"), Path("/work/main"),
-                      Path("/tmp")]) == ["ci-clone"]
+    assert _tmp_keep(
+        [Path("/tmp/ci-clone/repo"), Path("/tmp/ci-clone/x"), Path("/work/main"), Path("/tmp")]
+    ) == ["ci-clone"]
 
 
 def test_default_exports_give_wrongsec_layout() -> None:
@@ -127,9 +128,14 @@ def _run_dir(label: str) -> Path:
 def test_signal_tears_down_world_and_namespaces(tmp_path: Path, sig: signal.Signals, kind: str) -> None:
     _world_or_skip(kind)
     run_dir = _run_dir(f"teardown-{kind}-{sig.name}")
-    proc = subprocess.Popen([sys.executable, "-c", BOOT_AND_WAIT, str(run_dir), kind], cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BOOT_AND_WAIT, str(run_dir), kind],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
     try:
         assert proc.stdout is not None
         line = ""
@@ -158,8 +164,9 @@ def test_signal_tears_down_world_and_namespaces(tmp_path: Path, sig: signal.Sign
 def _exited_or_other(pid: int, run_dir: Path) -> bool:
     """The PID the world's init had is gone, or now belongs to a process unrelated to this run."""
     try:
-        return str(run_dir) not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") and \
-            str(run_dir) not in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        return str(run_dir) not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") and str(
+            run_dir
+        ) not in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
     except OSError:
         return True
 
@@ -187,8 +194,9 @@ def _leftovers(run_dir: Path) -> list[str]:
 def test_boot_failure_raises_and_cleans_up(kind: str) -> None:
     cls = _world_or_skip(kind)
     run_dir = _run_dir(f"bootfail-{kind}")
-    world = cls(GuestConfig(exports=(Export("/", 0, ("nosuchflavor",)),), esp=False, capture=False),
-                run_dir=run_dir)
+    world = cls(
+        GuestConfig(exports=(Export("/", 0, ("nosuchflavor",)),), esp=False, capture=False), run_dir=run_dir
+    )
     with pytest.raises(GuestBootError) as info:
         world.start()
     assert "exportfs" in str(info.value) and str(run_dir) in str(info.value)
@@ -208,9 +216,24 @@ def test_cli_runs_the_suite_and_prints_a_table() -> None:
         pytest.skip("; ".join(choice.missing))
     run_dir = _run_dir("cli")
     proc = subprocess.run(
-        [sys.executable, "-m", "rpclatch.cli", "interop", "linux-nfsd", "--run-dir", str(run_dir),
-         "--world", choice.kind, "-k", "test_rpcinfo_lists_nfs"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "rpclatch.cli",
+            "interop",
+            "linux-nfsd",
+            "--run-dir",
+            str(run_dir),
+            "--world",
+            choice.kind,
+            "-k",
+            "test_rpcinfo_lists_nfs",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "PASSED" in proc.stdout
@@ -278,8 +301,12 @@ def test_host_kernel_gaps_reads_the_module_indexes(tmp_path: Path) -> None:
 def test_runner_help_names_the_worlds_and_the_choice_here() -> None:
     """``interop/run --help`` explains both worlds and says which one this machine gets, and why."""
     reason = choose_world().reason
-    out = subprocess.run([sys.executable, str(REPO_ROOT / "interop" / "runner.py"), "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "interop" / "runner.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     text = " ".join(out.split())
     assert "User-Mode Linux" in text and "network namespaces on the host's own kernel" in text
     assert " ".join(reason.split()) in text
@@ -312,8 +339,9 @@ def test_auto_takes_the_netns_world_exactly_when_the_host_kernel_can(monkeypatch
     monkeypatch.setattr(hostkernel, "missing_requirements", lambda: ["host kernel 9.9 has no esp4"])
     lacking = choose_world()
     assert lacking.cls is uml.LinuxNfsdGuest
-    assert lacking.reason == ("User-Mode Linux (the host-kernel mode cannot run here: "
-                              "host kernel 9.9 has no esp4)")
+    assert lacking.reason == (
+        "User-Mode Linux (the host-kernel mode cannot run here: host kernel 9.9 has no esp4)"
+    )
 
 
 def test_cli_names_a_world_this_machine_lacks_in_one_line() -> None:
@@ -322,9 +350,14 @@ def test_cli_names_a_world_this_machine_lacks_in_one_line() -> None:
         missing = cls.missing()
         if not missing:
             continue
-        proc = subprocess.run([sys.executable, "-m", "rpclatch.cli", "interop", "linux-nfsd",
-                               "--world", kind],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "rpclatch.cli", "interop", "linux-nfsd", "--world", kind],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert f"cannot run the Linux nfsd {kind} world here: {missing[0]}" in proc.stderr
 

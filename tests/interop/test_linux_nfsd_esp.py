@@ -24,7 +24,9 @@ def test_null_over_esp_from_guest_client_namespace(nfsd_guest: NfsdWorld) -> Non
     with nfsd_guest.capture("esp-null", iface="vs") as pcap:
         res = nfsd_guest.run(
             nfsd_guest.python_argv("-m", "interop.probe", "null", ESP_SERVER_ADDR, "--auth", "sys"),
-            netns="client", env=nfsd_guest.guest_env(None), timeout=120,
+            netns="client",
+            env=nfsd_guest.guest_env(None),
+            timeout=120,
         )
     assert res.ok, res
     out = json.loads(res.stdout)
@@ -43,8 +45,9 @@ def test_null_over_esp_from_guest_client_namespace(nfsd_guest: NfsdWorld) -> Non
     assert {ESP_SPI_IN, ESP_SPI_OUT} <= spis
     clear = [p for p in packets if p.is_nfs_tcp]
     assert clear == [], f"NFS in clear on the ESP path: {clear[:3]}"
-    assert all(p.is_esp for p in packets if {p.src, p.dst} == {ESP_CLIENT_ADDR, ESP_SERVER_ADDR}
-               and p.proto == "6")
+    assert all(
+        p.is_esp for p in packets if {p.src, p.dst} == {ESP_CLIENT_ADDR, ESP_SERVER_ADDR} and p.proto == "6"
+    )
 
 
 def test_kernel_client_over_esp_from_client_namespace(nfsd_guest: NfsdWorld) -> None:
@@ -57,8 +60,21 @@ def test_kernel_client_over_esp_from_client_namespace(nfsd_guest: NfsdWorld) -> 
     nfsd_guest.run(["mkdir", "-p", mnt], check=True)
     with nfsd_guest.capture("esp-kernel", iface="vs") as pcap:
         # nsenter, not "ip netns exec": that one unshares the mount namespace and the mount is lost
-        nfsd_guest.run(["nsenter", "--net=/run/netns/client", "mount", "-t", "nfs4", "-o", "sec=sys,vers=4.1",
-                        f"{ESP_SERVER_ADDR}:/", mnt], check=True, timeout=90)
+        nfsd_guest.run(
+            [
+                "nsenter",
+                "--net=/run/netns/client",
+                "mount",
+                "-t",
+                "nfs4",
+                "-o",
+                "sec=sys,vers=4.1",
+                f"{ESP_SERVER_ADDR}:/",
+                mnt,
+            ],
+            check=True,
+            timeout=90,
+        )
         nfsd_guest.run(["mountpoint", "-q", mnt], check=True)
         try:
             nfsd_guest.run(f"head -c 2000000 /dev/urandom >{mnt}/kernel-esp.bin && sync", check=True)
@@ -81,7 +97,9 @@ def _xfrm_stat(guest: NfsdWorld) -> dict[str, int]:
 def _null_with_socket_policy(guest: NfsdWorld, *policy: str) -> dict[str, object]:
     res = guest.run(
         guest.python_argv("-m", "interop.probe", "null", ESP_SERVER_ADDR, "--connect-timeout", "3", *policy),
-        netns="client", env=guest.guest_env(None), timeout=120,
+        netns="client",
+        env=guest.guest_env(None),
+        timeout=120,
     )
     out: dict[str, object] = json.loads(res.stdout)
     assert res.ok == bool(out["ok"]), res
@@ -108,14 +126,16 @@ def test_per_socket_esp_policy_selects_the_sa_by_reqid(nfsd_guest: NfsdWorld) ->
     if not nfsd_guest.config.esp:
         pytest.skip("guest booted without ESP")
     before = nfsd_guest.xfrm_counters("client")
-    ok = _null_with_socket_policy(nfsd_guest, "--socket-policy", "esp", "--policy-src", ESP_CLIENT_ADDR,
-                                  "--reqid", "1")
+    ok = _null_with_socket_policy(
+        nfsd_guest, "--socket-policy", "esp", "--policy-src", ESP_CLIENT_ADDR, "--reqid", "1"
+    )
     assert ok["ok"] is True and ok["socket_policy"] == "esp", ok
     assert nfsd_guest.xfrm_counters("client")[ESP_SPI_IN].packets > before[ESP_SPI_IN].packets
     # no SA has reqid 7 and no key manager answers the ACQUIRE: the socket policy, not the global
     # one, decides, so the connect fails at once and nothing is sent
     before = nfsd_guest.xfrm_counters("client")
-    refused = _null_with_socket_policy(nfsd_guest, "--socket-policy", "esp", "--policy-src", ESP_CLIENT_ADDR,
-                                       "--reqid", "7")
+    refused = _null_with_socket_policy(
+        nfsd_guest, "--socket-policy", "esp", "--policy-src", ESP_CLIENT_ADDR, "--reqid", "7"
+    )
     assert refused["ok"] is False and refused["error"] == "BlockingIOError", refused
     assert nfsd_guest.xfrm_counters("client")[ESP_SPI_IN].packets == before[ESP_SPI_IN].packets

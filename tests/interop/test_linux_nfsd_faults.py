@@ -29,12 +29,20 @@ pytestmark = [pytest.mark.uml, pytest.mark.root]
 T = TypeVar("T")
 
 
-def _run(guest: NfsdWorld, user: str, minor: int, sec: str,
-         body: Callable[[Nfs4Client], Awaitable[T]], *, ccache: str | None = None,
-         target: str | None = None) -> T:
+def _run(
+    guest: NfsdWorld,
+    user: str,
+    minor: int,
+    sec: str,
+    body: Callable[[Nfs4Client], Awaitable[T]],
+    *,
+    ccache: str | None = None,
+    target: str | None = None,
+) -> T:
     async def main() -> T:
-        client = await Nfs4Client.connect(SERVER_ADDR, minorversion=minor, sec=sec,
-                                          gss_target=target or guest.service_name, timeout=30)
+        client = await Nfs4Client.connect(
+            SERVER_ADDR, minorversion=minor, sec=sec, gss_target=target or guest.service_name, timeout=30
+        )
         try:
             return await body(client)
         finally:
@@ -69,8 +77,7 @@ def test_acknowledged_writes_survive_nfsd_restart(nfsd_guest: NfsdWorld, minor: 
 
 
 @pytest.mark.parametrize(("minor", "sec"), [(0, "sys"), (1, "krb5i")])
-def test_same_client_survives_nfsd_restart_while_idle(nfsd_guest: NfsdWorld, minor: int,
-                                                      sec: str) -> None:
+def test_same_client_survives_nfsd_restart_while_idle(nfsd_guest: NfsdWorld, minor: int, sec: str) -> None:
     # one client writes, sits idle while nfsd restarts (which closes its connection), then goes
     # on: the next operation -- an OPEN, which is not idempotent -- found the connection closed
     # before anything was sent, so the client reconnects (fresh GSS context), learns the server
@@ -168,7 +175,8 @@ def test_wrong_service_principal_fails_cleanly(nfsd_guest: NfsdWorld) -> None:
         _run(nfsd_guest, "alice", 1, "krb5i", body, target=target)
     assert str(info.value) == (
         "server closed the connection during RPCSEC_GSS context setup: check the GSS target "
-        f"(--gss-target nfs@HOST, now {target}) and the server's keytab")
+        f"(--gss-target nfs@HOST, now {target}) and the server's keytab"
+    )
     assert isinstance(info.value.__cause__, RpcConnectionClosed)
 
 

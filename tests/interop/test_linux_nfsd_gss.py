@@ -50,8 +50,9 @@ def _fresh_ccache(guest: NfsdWorld, name: str) -> None:
 def test_v2_init_refused_with_badcred_then_v1_context(
     nfsd_guest: NfsdWorld, caplog: pytest.LogCaptureFixture
 ) -> None:
-    auth = GssClientAuth(GssapiProvider(), nfsd_guest.service_name, service=Service.INTEGRITY,
-                         versions=VersionPolicy.PREFER_V2)
+    auth = GssClientAuth(
+        GssapiProvider(), nfsd_guest.service_name, service=Service.INTEGRITY, versions=VersionPolicy.PREFER_V2
+    )
 
     async def body(rpc_call: RpcCall) -> None:
         await auth.establish(rpc_call)
@@ -59,13 +60,18 @@ def test_v2_init_refused_with_badcred_then_v1_context(
         assert await auth.call(rpc_call, 0, b"") == b""
 
     caplog.set_level(logging.INFO, logger="rpclatch.gss")
-    with nfsd_guest.capture("gss-v2-fallback", bpf="tcp port 2049", snaplen=0) as pcap, \
-            nfsd_guest.in_host_netns("alice"):
+    with (
+        nfsd_guest.capture("gss-v2-fallback", bpf="tcp port 2049", snaplen=0) as pcap,
+        nfsd_guest.in_host_netns("alice"),
+    ):
         asyncio.run(_with_client(body))
     auth.close()
     assert any("AUTH_BADCRED" in r.getMessage() for r in caplog.records)
-    rows = read_fields(pcap, ("rpc.msgtyp", "rpc.authgss.version", "rpc.authgss.procedure",
-                              "rpc.state_auth", "rpc.authgss.major"), "rpc")
+    rows = read_fields(
+        pcap,
+        ("rpc.msgtyp", "rpc.authgss.version", "rpc.authgss.procedure", "rpc.state_auth", "rpc.authgss.major"),
+        "rpc",
+    )
     calls = [(v, p) for t, v, p, _, _ in rows if t == "0"]
     denied = [s for t, _, _, s, _ in rows if t == "1" and s]
     assert calls[:2] == [("2", "1"), ("1", "1")], rows  # v2 INIT, then v1 INIT
@@ -76,20 +82,26 @@ def test_v2_init_refused_with_badcred_then_v1_context(
 
 @pytest.mark.parametrize("sec", ["krb5", "krb5i", "krb5p"])
 def test_null_data_call_with_each_service(nfsd_guest: NfsdWorld, sec: str) -> None:
-    auth = GssClientAuth(GssapiProvider(), nfsd_guest.service_name, service=SERVICES[sec],
-                         versions=VersionPolicy.V1_ONLY)
+    auth = GssClientAuth(
+        GssapiProvider(), nfsd_guest.service_name, service=SERVICES[sec], versions=VersionPolicy.V1_ONLY
+    )
 
     async def body(rpc_call: RpcCall) -> None:
         await auth.establish(rpc_call)
         for _ in range(3):
             assert await auth.call(rpc_call, 0, b"") == b""
 
-    with nfsd_guest.capture(f"gss-null-{sec}", bpf="tcp port 2049", snaplen=0) as pcap, \
-            nfsd_guest.in_host_netns("bob"):
+    with (
+        nfsd_guest.capture(f"gss-null-{sec}", bpf="tcp port 2049", snaplen=0) as pcap,
+        nfsd_guest.in_host_netns("bob"),
+    ):
         asyncio.run(_with_client(body))
     auth.close()
-    rows = read_fields(pcap, ("rpc.authgss.procedure", "rpc.authgss.service", "rpc.authgss.seqnum"),
-                       "rpc.msgtyp == 0 && rpc.authgss.procedure == 0")
+    rows = read_fields(
+        pcap,
+        ("rpc.authgss.procedure", "rpc.authgss.service", "rpc.authgss.seqnum"),
+        "rpc.msgtyp == 0 && rpc.authgss.procedure == 0",
+    )
     assert [(svc, seq) for _, svc, seq in rows] == [(str(int(SERVICES[sec])), str(n)) for n in (1, 2, 3)]
 
 
@@ -106,8 +118,9 @@ def test_require_v2_does_not_fall_back(nfsd_guest: NfsdWorld) -> None:
 
 
 def test_unknown_service_principal_is_a_local_gss_error(nfsd_guest: NfsdWorld) -> None:
-    auth = GssClientAuth(GssapiProvider(), f"nfs@nosuchhost.{nfsd_guest.config.domain}",
-                         versions=VersionPolicy.V1_ONLY)
+    auth = GssClientAuth(
+        GssapiProvider(), f"nfs@nosuchhost.{nfsd_guest.config.domain}", versions=VersionPolicy.V1_ONLY
+    )
 
     async def body(rpc_call: RpcCall) -> None:
         await auth.establish(rpc_call)
@@ -119,8 +132,9 @@ def test_unknown_service_principal_is_a_local_gss_error(nfsd_guest: NfsdWorld) -
 
 def test_service_principal_without_server_key_fails_cleanly(nfsd_guest: NfsdWorld) -> None:
     # nfs/wrong.rpclatch.test exists in the KDC but not in the server's keytab
-    auth = GssClientAuth(GssapiProvider(), f"nfs@wrong.{nfsd_guest.config.domain}",
-                         versions=VersionPolicy.V1_ONLY)
+    auth = GssClientAuth(
+        GssapiProvider(), f"nfs@wrong.{nfsd_guest.config.domain}", versions=VersionPolicy.V1_ONLY
+    )
 
     async def body(rpc_call: RpcCall) -> None:
         await asyncio.wait_for(auth.establish(rpc_call), 60)

@@ -30,13 +30,13 @@ NFS4ERR_WRONGSEC = 10016
 OP_SECINFO, OP_SECINFO_NO_NAME = 33, 52
 
 
-def _run(guest: NfsdWorld, user: str, minor: int, sec: str,
-         body: Callable[[Nfs4Client], Awaitable[T]]) -> T:
+def _run(guest: NfsdWorld, user: str, minor: int, sec: str, body: Callable[[Nfs4Client], Awaitable[T]]) -> T:
     """Connect from the host-side namespace as ``user``, run ``body``, close."""
 
     async def main() -> T:
-        client = await Nfs4Client.connect(SERVER_ADDR, minorversion=minor, sec=sec,
-                                          gss_target=guest.service_name, timeout=60)
+        client = await Nfs4Client.connect(
+            SERVER_ADDR, minorversion=minor, sec=sec, gss_target=guest.service_name, timeout=60
+        )
         try:
             return await body(client)
         finally:
@@ -106,7 +106,8 @@ def test_kerberos_round_trip_on_krb5_only_export(nfsd_guest: NfsdWorld, sec: str
 #: 4 MiB and 64 MiB with every flavor (64 MiB takes 3-5 s per flavor here, krb5p the slowest).
 LARGE_FILE_CASES = [
     pytest.param(sec, size, id=f"{sec}-{size >> 20}MiB")
-    for size in (4 << 20, 64 << 20) for sec in ("sys", "krb5", "krb5i", "krb5p")
+    for size in (4 << 20, 64 << 20)
+    for sec in ("sys", "krb5", "krb5i", "krb5p")
 ]
 
 
@@ -129,9 +130,7 @@ def test_large_file_checksums(nfsd_guest: NfsdWorld, sec: str, size: int) -> Non
 
 
 @pytest.mark.parametrize("sec", ["sys", "krb5", "krb5i", "krb5p"])
-def test_kernel_client_reads_what_we_wrote_and_we_read_what_it_wrote(
-    nfsd_guest: NfsdWorld, sec: str
-) -> None:
+def test_kernel_client_reads_what_we_wrote_and_we_read_what_it_wrote(nfsd_guest: NfsdWorld, sec: str) -> None:
     ours = f"/{_name('ours')}.bin"
     theirs = f"/{_name('kernel')}.bin"
     data = payload(1 << 20, 11)

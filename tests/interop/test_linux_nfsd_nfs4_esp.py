@@ -31,10 +31,29 @@ def test_round_trip_over_esp(nfsd_guest: NfsdWorld, sec: str, minor: int) -> Non
     before = nfsd_guest.xfrm_counters()
     with nfsd_guest.capture(f"esp-nfs-{sec}", iface="vs") as pcap:
         res = nfsd_guest.run(
-            nfsd_guest.python_argv("-m", "interop.probe", "nfs", ESP_SERVER_ADDR, "--sec", sec,
-                                   "--minor", str(minor), "--target", nfsd_guest.service_name,
-                                   "--write", path, "--size", str(SIZE), "--seed", "3", "--read", path),
-            netns="client", env=nfsd_guest.guest_env("alice", "client"), timeout=300,
+            nfsd_guest.python_argv(
+                "-m",
+                "interop.probe",
+                "nfs",
+                ESP_SERVER_ADDR,
+                "--sec",
+                sec,
+                "--minor",
+                str(minor),
+                "--target",
+                nfsd_guest.service_name,
+                "--write",
+                path,
+                "--size",
+                str(SIZE),
+                "--seed",
+                "3",
+                "--read",
+                path,
+            ),
+            netns="client",
+            env=nfsd_guest.guest_env("alice", "client"),
+            timeout=300,
         )
     assert res.ok, res
     out = json.loads(res.stdout)
@@ -60,10 +79,19 @@ def test_cli_over_esp_follows_wrongsec_and_refuses_weaker_flavor(nfsd_guest: Nfs
 
     def cli(*args: str) -> tuple[int, str, str]:
         res = nfsd_guest.run(
-            nfsd_guest.python_argv("-m", "rpclatch.cli", "nfs", "cat",
-                                   f"{ESP_SERVER_ADDR}:/krb5ponly/file.txt",
-                                   "--gss-target", nfsd_guest.service_name, *args),
-            netns="client", env=env, timeout=180,
+            nfsd_guest.python_argv(
+                "-m",
+                "rpclatch.cli",
+                "nfs",
+                "cat",
+                f"{ESP_SERVER_ADDR}:/krb5ponly/file.txt",
+                "--gss-target",
+                nfsd_guest.service_name,
+                *args,
+            ),
+            netns="client",
+            env=env,
+            timeout=180,
         )
         return res.returncode, res.stdout, res.stderr
 

@@ -58,7 +58,8 @@ def test_unknown_program_on_nfs_port_is_prog_unavail(nfsd_guest: NfsdWorld) -> N
 def test_probe_null_subprocess_in_host_namespace(nfsd_guest: NfsdWorld) -> None:
     res = nfsd_guest.host_run(
         [nfsd_guest.config.python, "-m", "interop.probe", "null", SERVER_ADDR, "--auth", "sys"],
-        env=nfsd_guest.host_env(None), timeout=60,
+        env=nfsd_guest.host_env(None),
+        timeout=60,
     )
     assert res.ok, res
     out = json.loads(res.stdout)

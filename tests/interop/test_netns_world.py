@@ -45,8 +45,11 @@ def test_whole_suite_passes_in_the_netns_world_on_a_kernel_with_nfsd_and_esp4() 
     suite = run_dir / "suite"
     result = host.run(
         [sys.executable, "-m", "interop.runner", "--world", "netns", "--run-dir", host.guest_path(suite)],
-        env={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO_ROOT),
-             "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/hypothesis"},
+        env={
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": str(REPO_ROOT),
+            "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/hypothesis",
+        },
         timeout=2700,
     )
     tail = result.log[-4000:]
@@ -59,11 +62,17 @@ def test_whole_suite_passes_in_the_netns_world_on_a_kernel_with_nfsd_and_esp4() 
     skipped = [c for c in cases if c["outcome"] == "skipped"]
     # only what needs the UML world is skipped inside (UML does not nest): the UML variants of the
     # harness tests, and this test itself (the world there is netns already)
-    assert all(c["name"].endswith(("-uml]", "[uml]")) or c["name"].startswith("test_netns_world::")
-               for c in skipped), skipped
+    assert all(
+        c["name"].endswith(("-uml]", "[uml]")) or c["name"].startswith("test_netns_world::") for c in skipped
+    ), skipped
     assert len(passed) >= 60, f"only {len(passed)} passed"
-    for name in ("test_linux_nfsd_nfs4_esp", "test_linux_nfsd_gss", "test_linux_nfsd_faults",
-                 "test_linux_nfsd_kernel_client", "test_xfrm_guest"):
+    for name in (
+        "test_linux_nfsd_nfs4_esp",
+        "test_linux_nfsd_gss",
+        "test_linux_nfsd_faults",
+        "test_linux_nfsd_kernel_client",
+        "test_xfrm_guest",
+    ):
         assert any(c["name"].startswith(name) for c in passed), f"nothing of {name} passed"
     console = (suite / "guest" / "console.log").read_text(errors="replace")
     assert "init (netns world)" in console and "nfsd up" in console

@@ -54,9 +54,14 @@ class XfrmLifetimeCfg(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_uint64)
         for name in (
-            "soft_byte_limit", "hard_byte_limit", "soft_packet_limit", "hard_packet_limit",
-            "soft_add_expires_seconds", "hard_add_expires_seconds",
-            "soft_use_expires_seconds", "hard_use_expires_seconds",
+            "soft_byte_limit",
+            "hard_byte_limit",
+            "soft_packet_limit",
+            "hard_packet_limit",
+            "soft_add_expires_seconds",
+            "hard_add_expires_seconds",
+            "soft_use_expires_seconds",
+            "hard_use_expires_seconds",
         )
     ]
 
@@ -202,8 +207,25 @@ def blocking_netns() -> Iterator[str]:
         _ip("-n", name, "addr", "add", f"{NS_SRC}/24", "dev", "sp0")
         _ip("-n", name, "link", "set", "sp0", "up")
         _ip("-n", name, "link", "set", "sp1", "up")
-        _ip("-n", name, "xfrm", "policy", "add", "src", f"{NS_SRC}/32", "dst", f"{NS_DST}/32",
-            "proto", "udp", "dport", "9", "dir", "out", "action", "block")
+        _ip(
+            "-n",
+            name,
+            "xfrm",
+            "policy",
+            "add",
+            "src",
+            f"{NS_SRC}/32",
+            "dst",
+            f"{NS_DST}/32",
+            "proto",
+            "udp",
+            "dport",
+            "9",
+            "dir",
+            "out",
+            "action",
+            "block",
+        )
         yield name
     finally:
         _ip("netns", "del", name)  # takes the veths, the policy and every socket policy with it
@@ -213,7 +235,11 @@ def test_host_kernel_accepts_the_socket_policies(blocking_netns: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run(
         ["ip", "netns", "exec", blocking_netns, sys.executable, "-c", CHILD],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout)

@@ -112,9 +112,7 @@ class _Peers:
         server = IPsecEngine([self.s_spd], [self.s_pad], approach=Approach.POLICY, backend=s_be)
         return client, server
 
-    def mirror_sa(
-        self, server: IPsecEngine, sa: SecurityAssociation, s_flow: FiveTuple, now: float
-    ) -> None:
+    def mirror_sa(self, server: IPsecEngine, sa: SecurityAssociation, s_flow: FiveTuple, now: float) -> None:
         """Install at the server the responder's half of the client's SA pair ``sa`` (standing in
         for IKE): SPIs swapped, narrowed to the server's view ``s_flow`` of the connection."""
         from rpclatch.ipsec.model import PskPeer, Selector

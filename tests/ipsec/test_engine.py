@@ -269,12 +269,21 @@ def test_unsuitable_sas_fail_the_larval_latch() -> None:
 def test_unsuitable_sas_fail_the_protection_request_too() -> None:
     from rpclatch.ipsec.latch import LatchRequest
 
-    e = IPsecEngine(ex.nfs_spd(SpdAction.BYPASS_OR_PROTECT), ex.btns_pad(),
-                    provisions=[provision(SERVER, setup_delay=0.5)])
+    e = IPsecEngine(
+        ex.nfs_spd(SpdAction.BYPASS_OR_PROTECT),
+        ex.btns_pad(),
+        provisions=[provision(SERVER, setup_delay=0.5)],
+    )
     outcomes: list[ProtectionOutcome] = []
     alerts: list[Alert] = []
-    out = e.request_protection(CLI, FlowChoice.PROTECT, 0.0, request=LatchRequest(peer=ex.btns_peer(ROGUE)),
-                               on_alert=alerts.append, on_outcome=outcomes.append)
+    out = e.request_protection(
+        CLI,
+        FlowChoice.PROTECT,
+        0.0,
+        request=LatchRequest(peer=ex.btns_peer(ROGUE)),
+        on_alert=alerts.append,
+        on_outcome=outcomes.append,
+    )
     assert out.pending
     e.poll(0.5)
     assert [o.acquire for o in outcomes] == [AcquireOutcome.UNSUITABLE] and not outcomes[0].ok

@@ -231,8 +231,7 @@ class UlpEngineMachine(LatchMachine):
                 # (latched optionally on a BYPASS entry: a BYPASS entry changes nothing for it)
                 if self.policy_protected.get(f):
                     assert overlay is not None or (
-                        entry is not None
-                        and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
+                        entry is not None and entry.action in (SpdAction.PROTECT, SpdAction.BYPASS_OR_PROTECT)
                     ), (overlay, entry)
                 assert entry is None or entry.action is not SpdAction.DISCARD or overlay is not None
             if tcb.state is UlpLatchState.BROKEN:

@@ -20,8 +20,11 @@ def _established() -> tuple[Lab, object, object]:
 def test_replayed_esp_packet_is_dropped_and_data_not_duplicated() -> None:
     lab, client, server = _established()
     lab.send(client, b"once")  # type: ignore[arg-type]
-    data = [p for p in flow_packets(lab.world.hub, client.flow)  # type: ignore[attr-defined]
-            if p.sender == "a" and p.segment is not None and p.segment.payload == b"once"]
+    data = [
+        p
+        for p in flow_packets(lab.world.hub, client.flow)  # type: ignore[attr-defined]
+        if p.sender == "a" and p.segment is not None and p.segment.payload == b"once"
+    ]
     m = lab.attacker("m", ipsec=False)
     m.inject(IpPacket.decode(data[0].record.frame))
     lab.world.run_for(0.5)
@@ -35,8 +38,8 @@ def test_tampered_esp_fails_icv_and_unknown_spi_is_dropped() -> None:
     frame = [p for p in flow_packets(lab.world.hub, client.flow) if p.sender == "a"][-1].record.frame  # type: ignore[attr-defined]
     pkt = IpPacket.decode(frame)
     body = bytearray(pkt.payload)
-    body[4:8] = (0xFFFFFF00).to_bytes(4, "big")     # a fresh sequence number, so replay check passes
-    body[-1] ^= 1                                     # ICV no longer verifies
+    body[4:8] = (0xFFFFFF00).to_bytes(4, "big")  # a fresh sequence number, so replay check passes
+    body[-1] ^= 1  # ICV no longer verifies
     m = lab.attacker("m", ipsec=False)
     m.inject(IpPacket(pkt.src, pkt.dst, PROTO_ESP, bytes(body)))
     m.inject(IpPacket(pkt.src, pkt.dst, PROTO_ESP, (0x99999).to_bytes(4, "big") + bytes(body[4:])))

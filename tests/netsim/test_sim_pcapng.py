@@ -47,10 +47,18 @@ def _scenario(tmp_path: Path) -> tuple[Lab, Path, Path]:
 
 def _tshark(pcap: Path, sas: list[EspSaExport], *args: str) -> str:
     assert TSHARK is not None
-    opts = [*tshark_esp_options(sas), "-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE",
-            "-o", "udp.check_checksum:TRUE"]
-    out = subprocess.run([TSHARK, "-n", "-r", str(pcap), *opts, *args], capture_output=True, text=True,
-                         timeout=120, check=True)
+    opts = [
+        *tshark_esp_options(sas),
+        "-o",
+        "tcp.check_checksum:TRUE",
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-o",
+        "udp.check_checksum:TRUE",
+    ]
+    out = subprocess.run(
+        [TSHARK, "-n", "-r", str(pcap), *opts, *args], capture_output=True, text=True, timeout=120, check=True
+    )
     assert "WARNING" not in out.stderr, out.stderr
     return out.stdout
 
@@ -73,17 +81,32 @@ def test_tshark_decodes_and_decrypts_without_malformed_packets(tmp_path: Path) -
     claims = [c for c in lab.world.hub.claims if c[1].version == 4]
     assert len(frames) == len(lab.world.wire) + len(claims)
     # address claims show as gratuitous ARP; C's claim of B's address is visible on the wire
-    garp = _tshark(pcap, sas, "-Y", "arp.isgratuitous", "-T", "fields", "-e", "arp.src.proto_ipv4",
-                   "-e", "arp.src.hw_mac").splitlines()
+    garp = _tshark(
+        pcap,
+        sas,
+        "-Y",
+        "arp.isgratuitous",
+        "-T",
+        "fields",
+        "-e",
+        "arp.src.proto_ipv4",
+        "-e",
+        "arp.src.hw_mac",
+    ).splitlines()
     assert len(garp) == len(claims)
     by_addr: dict[str, set[str]] = {}
     for line in garp:
         addr, mac = line.split("\t")
         by_addr.setdefault(addr, set()).add(mac)
-    assert len(by_addr["192.0.2.2"]) == 2          # two different MACs claimed the server address
-    bad = _tshark(pcap, sas, "-Y", "_ws.malformed || _ws.expert.severity == error "
-                  "|| tcp.checksum.status == 0 "
-                  "|| ip.checksum.status == 0 || udp.checksum.status == 0")
+    assert len(by_addr["192.0.2.2"]) == 2  # two different MACs claimed the server address
+    bad = _tshark(
+        pcap,
+        sas,
+        "-Y",
+        "_ws.malformed || _ws.expert.severity == error "
+        "|| tcp.checksum.status == 0 "
+        "|| ip.checksum.status == 0 || udp.checksum.status == 0",
+    )
     assert bad.strip() == ""
     good = _tshark(pcap, sas, "-Y", "tcp.checksum.status == 1", "-T", "fields", "-e", "frame.number")
     assert len(good.split()) > 10

@@ -71,7 +71,7 @@ def test_outstanding_call_fails_with_reset_when_latch_breaks() -> None:
     client = SimRpcClient(conn)
     assert client.call(PROG, VERS, 0, b"") == b""
     c = lab.attacker()
-    c.claim_address(lab.b.address)        # the reply to the next call will never come back from B
+    c.claim_address(lab.b.address)  # the reply to the next call will never come back from B
     handle = client.start_call(PROG, VERS, 1, b"lost")
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
     lab.world.run_for(1.0)
@@ -85,8 +85,12 @@ def test_call_during_unreachable_disposition_break_names_the_soft_error_then_rec
     §4.2.3.9), and calls go through again once the latch is ESTABLISHED."""
     lab = Lab.build()
     SimRpcServer(lab.listen(), _dispatcher([]))
-    conn = lab.a.connect(lab.b.address, 2049, local_port=50002,
-                         request=LatchRequest(disposition=BrokenDisposition.ICMP_UNREACHABLE))
+    conn = lab.a.connect(
+        lab.b.address,
+        2049,
+        local_port=50002,
+        request=LatchRequest(disposition=BrokenDisposition.ICMP_UNREACHABLE),
+    )
     client = SimRpcClient(conn)
     assert client.call(PROG, VERS, 1, b"ping") == b"ping"
     c = lab.attacker()
@@ -99,8 +103,8 @@ def test_call_during_unreachable_disposition_break_names_the_soft_error_then_rec
     with pytest.raises(SimDestinationUnreachable, match="unreachable") as info:
         client.call(PROG, VERS, 1, b"during break", timeout=2.0)
     assert isinstance(info.value, RpcTimeout) and isinstance(info.value.__cause__, RpcTimeout)
-    assert client.is_open and client.ended is None            # not reset, unlike disposition (b)
-    for sa in list(lab.stack(lab.a).engine.sad):              # the thief's SA goes away: T5
+    assert client.is_open and client.ended is None  # not reset, unlike disposition (b)
+    for sa in list(lab.stack(lab.a).engine.sad):  # the thief's SA goes away: T5
         if conn.channel is not None and sa.peer != conn.channel.params.peer:
             lab.stack(lab.a).sike.remove_child(sa.sa_id)
     lab.world.run_for(3.0)
@@ -115,7 +119,7 @@ def test_timeout_without_soft_error_stays_a_plain_timeout() -> None:
     conn = a.connect("192.0.2.2", 2049)
     client = SimRpcClient(conn)
     assert client.call(PROG, VERS, 1, b"ping") == b"ping"
-    server.connections[0][0].on_event = lambda c, ev: None   # the server application hangs
+    server.connections[0][0].on_event = lambda c, ev: None  # the server application hangs
     with pytest.raises(RpcTimeout) as info:
         client.call(PROG, VERS, 1, b"lost", timeout=1.0)
     assert conn.soft_error is None and not isinstance(info.value, SimDestinationUnreachable)

@@ -50,8 +50,14 @@ def test_hostile_frames_never_crash_and_never_reach_the_app(approach: Approach, 
             frame = IpPacket(src, dst, PROTO_ESP, spi.to_bytes(4, "big") + body).encode()
         elif kind == "tcp":
             f = server.flow  # type: ignore[attr-defined]
-            seg = TcpSegment(f.remote_port, f.local_port, server.rcv_nxt, server.snd_nxt,  # type: ignore[attr-defined]
-                             Flags(n), payload=body)
+            seg = TcpSegment(
+                f.remote_port,
+                f.local_port,
+                server.rcv_nxt,
+                server.snd_nxt,  # type: ignore[attr-defined]
+                Flags(n),
+                payload=body,
+            )
             frame = IpPacket(src, dst, PROTO_TCP, seg.encode(src, dst)).encode()
         else:
             payload = n.to_bytes(4, "big") + body

@@ -38,7 +38,7 @@ def test_three_way_handshake_data_and_orderly_close() -> None:
     s.close()
     w.run_for(0.05)
     assert s.state is StreamState.CLOSED and StreamEventKind.CLOSED in s.kinds()
-    assert c.state is StreamState.TIME_WAIT           # active closer holds 2*MSL
+    assert c.state is StreamState.TIME_WAIT  # active closer holds 2*MSL
     w.run_for(61)
     assert c.state is StreamState.CLOSED and StreamEventKind.RESET not in c.kinds()
     assert not a.connections and not b.connections
@@ -176,7 +176,7 @@ def test_listener_requiring_a_latch_refuses_cleartext_and_releases_state() -> No
     assert not lst.accepted and clear.state is StreamState.CLOSED
     w.run_for(5.0)
     assert sb.engine.latches.latch_for(clear.flow.reversed()) is None
-    assert sb.engine.spd.overlay_entry(clear.flow.reversed()) is None      # BYPASS clone withdrawn
+    assert sb.engine.spd.overlay_entry(clear.flow.reversed()) is None  # BYPASS clone withdrawn
     prot = a.connect("192.0.2.2", 2049, protect=True)
     w.run_for(1.0)
     assert prot.state is StreamState.ESTABLISHED and lst.accepted
@@ -196,6 +196,7 @@ def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:
 
     def first_response(p: object) -> bool:
         from rpclatch.netsim.ip import IpPacket
+
         assert isinstance(p, IpPacket)
         if p.src == b.address and p.proto == 17 and not lost:
             lost.append(w.now)
@@ -207,7 +208,7 @@ def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:
     w.run_for(3.0)
     assert lost and c.state is StreamState.ESTABLISHED and lst.accepted
     b_stack = stack_of(b)
-    assert b_stack is not None and len(b_stack.engine.sad) == 1     # one SA pair, not two
+    assert b_stack is not None and len(b_stack.engine.sad) == 1  # one SA pair, not two
     c.send(b"fine")
     w.run_for(0.5)
     assert bytes(lst.accepted[0].received) == b"fine"

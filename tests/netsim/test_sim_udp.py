@@ -13,16 +13,22 @@ from rpclatch.netsim.testing.wireview import decode_wire
 
 def _spd() -> list[SpdEntry]:
     port = PortRange.single(5353)
-    return [SpdEntry("udp", (Selector(proto=IpProto.UDP, local_ports=port),
-                             Selector(proto=IpProto.UDP, remote_ports=port)),
-                     SpdAction.PROTECT, ProtectionPolicy(), btns_ok=True),
-            SpdEntry("rest", (Selector(),), SpdAction.BYPASS)]
+    return [
+        SpdEntry(
+            "udp",
+            (Selector(proto=IpProto.UDP, local_ports=port), Selector(proto=IpProto.UDP, remote_ports=port)),
+            SpdAction.PROTECT,
+            ProtectionPolicy(),
+            btns_ok=True,
+        ),
+        SpdEntry("rest", (Selector(),), SpdAction.BYPASS),
+    ]
 
 
 def test_protected_udp_datagrams_carry_the_tag() -> None:
     lab = Lab.build(spd=_spd())
     sa, sb = lab.a.udp_bind(5353), lab.b.udp_bind(5353)
-    sa.sendto(b"query", lab.b.address, 5353)      # queued until the SAs exist, then sent
+    sa.sendto(b"query", lab.b.address, 5353)  # queued until the SAs exist, then sent
     lab.world.run_for(0.5)
     assert len(sb.received) == 1
     src, sport, data, tag = sb.received[0]
@@ -86,12 +92,12 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
     t0 = lab.world.now
     sa.send(b"after the break")
     lab.world.run_for(0.5)
-    from_a = [p for p in decode_wire(lab.world.hub) if p.sender == "a" and not p.sike
-              and p.proto != IpProto.TCP]
+    from_a = [
+        p for p in decode_wire(lab.world.hub) if p.sender == "a" and not p.sike and p.proto != IpProto.TCP
+    ]
     assert from_a and [p for p in from_a if p.time >= t0] == []
-    assert any(d.flow == flow for d in st.drops)     # dropped by the BROKEN latch
-    udp = [p for p in decode_wire(lab.world.hub) if p.proto == IpProto.UDP and not p.sike
-           and p.sender == "a"]
+    assert any(d.flow == flow for d in st.drops)  # dropped by the BROKEN latch
+    udp = [p for p in decode_wire(lab.world.hub) if p.proto == IpProto.UDP and not p.sike and p.sender == "a"]
     assert udp and all(p.protected for p in udp)
     sa.close()
     lab.world.run_for(120.0)
@@ -108,7 +114,7 @@ def test_approach1_connected_udp_socket_is_not_latched() -> None:
     sa.connect(lab.b.address, 5353)
     sa.send(b"query")
     lab.world.run_for(0.5)
-    assert [d for _s, _p, d, _t in sb.received] == [b"query"]   # protected by the SPD, not latched
+    assert [d for _s, _p, d, _t in sb.received] == [b"query"]  # protected by the SPD, not latched
     assert sb.received[0][3].protected
     cl = sa.latch_info
     assert isinstance(cl, ConnLatch) and "pTokens" in (cl.not_latched_reason or "")

@@ -101,10 +101,10 @@ def test_replay_window() -> None:
     for seq in (1, 2, 3):
         assert w.check(seq)
         w.update(seq)
-    assert not w.check(2)          # replay
+    assert not w.check(2)  # replay
     assert w.check(10)
     w.update(10)
-    assert not w.check(6)          # below the window
+    assert not w.check(6)  # below the window
     assert w.check(8)
     assert not w.check(0)
 
@@ -114,8 +114,17 @@ def test_sike_round_trip() -> None:
     ident = WireIdentity(AuthKind.RAW_KEY, b"", b"spki")
     req = InitRequest(1, b"n" * 32, b"k" * 32, ident, (sel,), 300, 256, b"s")
     assert decode_sike(req.encode()) == req
-    resp = InitResponse(1, 2, SikeStatus.TS_UNACCEPTABLE, b"m" * 32, b"j" * 32, WireIdentity(AuthKind.NULL),
-                        (Selector(),), 0, b"")
+    resp = InitResponse(
+        1,
+        2,
+        SikeStatus.TS_UNACCEPTABLE,
+        b"m" * 32,
+        b"j" * 32,
+        WireIdentity(AuthKind.NULL),
+        (Selector(),),
+        0,
+        b"",
+    )
     assert decode_sike(resp.encode()) == resp
 
 

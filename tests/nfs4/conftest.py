@@ -24,8 +24,9 @@ from interop.world import GuestConfig, NfsdWorld  # noqa: E402
 def nfsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NfsdWorld]:
     choice = choose_world()
     if choice.missing:
-        pytest.skip(f"Linux nfsd world cannot run here: {choice.reason}; missing: "
-                    + "; ".join(choice.missing))
+        pytest.skip(
+            f"Linux nfsd world cannot run here: {choice.reason}; missing: " + "; ".join(choice.missing)
+        )
     run_dir = tmp_path_factory.mktemp("nfsd-guest")
     with choice.cls(GuestConfig(esp=False, capture=False), run_dir=run_dir) as guest:
         yield guest

@@ -13,8 +13,13 @@ from interop.world import SERVER_ADDR, CommandResult, NfsdWorld
 pytestmark = [pytest.mark.uml, pytest.mark.root, pytest.mark.timeout(600)]
 
 
-def nfs(guest: NfsdWorld, *argv: str, user: str | None = "alice",
-        stdin: str | None = None, target: str | None = None) -> CommandResult:
+def nfs(
+    guest: NfsdWorld,
+    *argv: str,
+    user: str | None = "alice",
+    stdin: str | None = None,
+    target: str | None = None,
+) -> CommandResult:
     # not "-m rpclatch.cli": that would make a second copy of the module (__main__) whose
     # UserError is not the one the commands raise
     main = "import sys; from rpclatch.cli import main; sys.exit(main())"
@@ -65,18 +70,25 @@ def test_ls_get_put_cat_rm(nfsd: NfsdWorld, tmp_path: Path) -> None:
 
 
 def test_errors_are_one_line(nfsd: NfsdWorld) -> None:
-    assert_one_line_error(nfs(nfsd, "cat", f"{SERVER_ADDR}:/nope.txt", "--sec", "sys"),
-                          f"{SERVER_ADDR}:/nope.txt: no such file or directory")
-    assert_one_line_error(nfs(nfsd, "cat", f"{SERVER_ADDR}:/krb5ponly/file.txt", "--sec", "sys"),
-                          "server requires krb5p for /krb5ponly; rerun with --sec krb5p or --sec auto")
+    assert_one_line_error(
+        nfs(nfsd, "cat", f"{SERVER_ADDR}:/nope.txt", "--sec", "sys"),
+        f"{SERVER_ADDR}:/nope.txt: no such file or directory",
+    )
+    assert_one_line_error(
+        nfs(nfsd, "cat", f"{SERVER_ADDR}:/krb5ponly/file.txt", "--sec", "sys"),
+        "server requires krb5p for /krb5ponly; rerun with --sec krb5p or --sec auto",
+    )
     assert_one_line_error(nfs(nfsd, "cat", f"{SERVER_ADDR}:/", "--sec", "sys"), "is a directory")
-    assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--sec", "krb5i", user=None),
-                          "Kerberos failed")
+    assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--sec", "krb5i", user=None), "Kerberos failed")
     assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", user=None), "or use --sec sys")
     # a service principal the server has no key for: Linux closes the connection at RPCSEC_GSS INIT
     wrong = f"nfs@wrong.{nfsd.config.domain}"
-    assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--sec", "krb5i", target=wrong),
-                          "server closed the connection during RPCSEC_GSS context setup: check the "
-                          f"GSS target (--gss-target nfs@HOST, now {wrong}) and the server's keytab")
-    assert_one_line_error(nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--port", "2050", "--sec", "sys"),
-                          f"cannot reach {SERVER_ADDR}:2050: Connection refused")
+    assert_one_line_error(
+        nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--sec", "krb5i", target=wrong),
+        "server closed the connection during RPCSEC_GSS context setup: check the "
+        f"GSS target (--gss-target nfs@HOST, now {wrong}) and the server's keytab",
+    )
+    assert_one_line_error(
+        nfs(nfsd, "ls", f"{SERVER_ADDR}:/", "--port", "2050", "--sec", "sys"),
+        f"cannot reach {SERVER_ADDR}:2050: Connection refused",
+    )

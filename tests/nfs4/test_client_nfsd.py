@@ -26,11 +26,11 @@ pytestmark = [pytest.mark.uml, pytest.mark.root, pytest.mark.timeout(600)]
 T = TypeVar("T")
 
 
-def run(guest: NfsdWorld, minor: int, sec: str, body: Callable[[Nfs4Client], Awaitable[T]],
-        **kw: bool) -> T:
+def run(guest: NfsdWorld, minor: int, sec: str, body: Callable[[Nfs4Client], Awaitable[T]], **kw: bool) -> T:
     async def main() -> T:
-        client = await Nfs4Client.connect(SERVER_ADDR, minorversion=minor, sec=sec,
-                                          gss_target=guest.service_name, timeout=60, **kw)
+        client = await Nfs4Client.connect(
+            SERVER_ADDR, minorversion=minor, sec=sec, gss_target=guest.service_name, timeout=60, **kw
+        )
         try:
             result = await body(client)
         finally:
@@ -126,7 +126,7 @@ def test_reconnects_after_the_connection_is_reset(nfsd: NfsdWorld, minor: int, s
                 if sent == 1024 * 1024:
                     c.rpc.transport.abort()  # WRITEs are in flight now
                 sent += 256 * 1024
-                yield data[i:i + 256 * 1024]
+                yield data[i : i + 256 * 1024]
 
         await c.write_file(name, source())
         got = bytearray()
@@ -146,6 +146,7 @@ def test_reconnects_after_the_connection_is_reset(nfsd: NfsdWorld, minor: int, s
 def test_sp4_mach_cred_session(nfsd: NfsdWorld) -> None:
     """EXCHANGE_ID with SP4_MACH_CRED over krb5i (RFC 8881 §18.35): the server agrees, and the
     enforced operations (DESTROY_SESSION, DESTROY_CLIENTID at close) go with the machine cred."""
+
     async def body(c: Nfs4Client) -> tuple[state_protect_how4, bytes]:
         return c.state_protect_how, await c.read_bytes("/file.txt")
 
@@ -183,6 +184,7 @@ def test_auto_through_the_connect_hook_follows_the_policy_order(nfsd: NfsdWorld,
     so the policy wants krb5p before krb5i; the exports list krb5i first (sec=...:krb5i:krb5p),
     yet the data flavor is krb5p -- for the root (4.1 SECINFO_NO_NAME; 4.0 has no SECINFO there)
     and below it."""
+
     async def body(c: Nfs4Client) -> tuple[SecFlavor | None, bytes, bytes, SecFlavor | None]:
         root_flavor = c.flavor
         top = await c.read_bytes("/file.txt")
@@ -190,9 +192,14 @@ def test_auto_through_the_connect_hook_follows_the_policy_order(nfsd: NfsdWorld,
         return root_flavor, top, inner, c.flavor
 
     async def main() -> tuple[SecFlavor | None, bytes, bytes, SecFlavor | None]:
-        client = await Nfs4Client.connect(SERVER_ADDR, minorversion=minor, sec="auto",
-                                          gss_target=nfsd.service_name, timeout=60,
-                                          security_hook=connection_security)
+        client = await Nfs4Client.connect(
+            SERVER_ADDR,
+            minorversion=minor,
+            sec="auto",
+            gss_target=nfsd.service_name,
+            timeout=60,
+            security_hook=connection_security,
+        )
         try:
             return await body(client)
         finally:
@@ -261,7 +268,7 @@ def test_survives_a_server_restart_during_a_write(nfsd: NfsdWorld, minor: int) -
             for i in range(0, len(data), step):
                 if i == 1024 * 1024:
                     await asyncio.to_thread(nfsd.restart_nfsd)
-                yield data[i:i + step]
+                yield data[i : i + step]
 
         await c.write_file(name, source())
         got = await c.read_bytes(name)
@@ -276,8 +283,10 @@ def test_survives_a_server_restart_during_a_write(nfsd: NfsdWorld, minor: int) -
 def server_opens(guest: NfsdWorld, client_name: str) -> int:
     """How many open stateids nfsd holds for the client named ``client_name``
     (/proc/fs/nfsd/clients/*/states, Linux >= 5.3)."""
-    script = ('n=0; for d in /proc/fs/nfsd/clients/*/; do if grep -qF "$1" "$d/info"; then '
-              'n=$((n + $(grep -c "type: open" "$d/states"))); fi; done; echo $n')
+    script = (
+        'n=0; for d in /proc/fs/nfsd/clients/*/; do if grep -qF "$1" "$d/info"; then '
+        'n=$((n + $(grep -c "type: open" "$d/states"))); fi; done; echo $n'
+    )
     return int(guest.run(["sh", "-c", script, "sh", client_name], check=True).stdout)
 
 
@@ -320,6 +329,7 @@ def test_grace_period_is_waited_out(nfsd: NfsdWorld) -> None:
     client's first OPEN (the config's 10 s once did); once the client is caught in it, the test
     ends it the way nfsdcld does when every client has reclaimed (``/proc/fs/nfsd/v4_end_grace``)
     instead of sitting through the rest."""
+
     async def leave_state(c: Nfs4Client) -> None:
         # a v4.0 client keeps its client record (there is no DESTROY_CLIENTID in 4.0), so after
         # the restart nfsd waits the whole grace period for it to reclaim instead of ending early
@@ -353,8 +363,10 @@ def test_grace_period_is_waited_out(nfsd: NfsdWorld) -> None:
 
 def server_delegations(guest: NfsdWorld) -> int:
     """How many delegations nfsd has handed out, over all its clients (/proc/fs/nfsd/clients)."""
-    script = ('n=0; for d in /proc/fs/nfsd/clients/*/; do '
-              'n=$((n + $(grep -c "type: deleg" "$d/states"))); done; echo $n')
+    script = (
+        "n=0; for d in /proc/fs/nfsd/clients/*/; do "
+        'n=$((n + $(grep -c "type: deleg" "$d/states"))); done; echo $n'
+    )
     return int(guest.run(["sh", "-c", script], check=True).stdout)
 
 

@@ -151,10 +151,21 @@ def test_slot_table_with_every_slot_poisoned_fails() -> None:
 
 
 def test_fileinfo_from_fattr() -> None:
-    a = Fattr4(type=nfs_ftype4.NF4DIR, size=4096, mode=0o755, numlinks=2, owner="alice@x",
-               owner_group="users@x", fileid=7, fsid=fsid4(1, 2), change=9, space_used=8192,
-               time_access=nfstime4(10, 500_000_000), time_modify=nfstime4(20, 0),
-               time_metadata=nfstime4(30, 0))
+    a = Fattr4(
+        type=nfs_ftype4.NF4DIR,
+        size=4096,
+        mode=0o755,
+        numlinks=2,
+        owner="alice@x",
+        owner_group="users@x",
+        fileid=7,
+        fsid=fsid4(1, 2),
+        change=9,
+        space_used=8192,
+        time_access=nfstime4(10, 500_000_000),
+        time_modify=nfstime4(20, 0),
+        time_metadata=nfstime4(30, 0),
+    )
     info = FileInfo.from_fattr("d", a, b"fh")
     assert info.is_dir and info.fsid == (1, 2) and info.atime == 10.5 and info.mtime == 20.0
     assert info.owner == "alice@x" and info.fh == b"fh"
@@ -177,6 +188,7 @@ def test_v40_lease_renewal_needs_our_client_id_or_stateid() -> None:
 def test_a_closed_connection_is_found_before_sending() -> None:
     """A request on a connection the peer already closed raises RequestNotSent (an
     RpcConnectionClosed that tells the client nothing went out, so it may send it elsewhere)."""
+
     async def main() -> BaseException:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writer.close()  # like nfsd going down while the client is idle
@@ -184,8 +196,9 @@ def test_a_closed_connection_is_found_before_sending() -> None:
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         rpc = await RpcStreamClient.connect_tcp("127.0.0.1", port)
-        client = Nfs4Client(rpc, "127.0.0.1", minorversion=1, sec="sys",
-                            security=ConnectionSecurity((SecFlavor.SYS,)))
+        client = Nfs4Client(
+            rpc, "127.0.0.1", minorversion=1, sec="sys", security=ConnectionSecurity((SecFlavor.SYS,))
+        )
         try:
             async with asyncio.timeout(10):
                 while not rpc.closed:

@@ -26,17 +26,29 @@ def test_parse_remote() -> None:
 
 
 def test_human_size_and_mode() -> None:
-    assert [human_size(n) for n in (0, 1023, 1536, 3 * 2**20, 5 * 2**40)] == ["0", "1023", "1.5K", "3.0M",
-                                                                             "5.0T"]
+    assert [human_size(n) for n in (0, 1023, 1536, 3 * 2**20, 5 * 2**40)] == [
+        "0",
+        "1023",
+        "1.5K",
+        "3.0M",
+        "5.0T",
+    ]
     assert mode_string(2, 0o755) == "drwxr-xr-x"
     assert mode_string(1, 0o4644) == "-rwSr--r--"
 
 
 def test_parser_accepts_the_documented_synopsis() -> None:
-    args = build_parser().parse_args(["nfs", "get", "srv:/f", "out", "--sec", "krb5p", "--v4.0",
-                                      "--port", "20049"])
+    args = build_parser().parse_args(
+        ["nfs", "get", "srv:/f", "out", "--sec", "krb5p", "--v4.0", "--port", "20049"]
+    )
     assert (args.nfs_command, args.remote, args.local, args.sec, args.minor, args.port) == (
-        "get", "srv:/f", "out", "krb5p", 0, 20049)
+        "get",
+        "srv:/f",
+        "out",
+        "krb5p",
+        0,
+        20049,
+    )
     assert build_parser().parse_args(["nfs", "ls", "srv:/"]).minor == 1
     with pytest.raises(SystemExit):
         build_parser().parse_args(["nfs", "ls", "srv:/", "--sec", "krb6"])
@@ -57,29 +69,44 @@ def test_progress_only_on_a_tty() -> None:
     assert pipe.getvalue() == ""
 
 
-@pytest.mark.parametrize(("exc", "expected"), [
-    (Nfs4RemoteError(nfsstat4.NFS4ERR_NOENT, nfs_opnum4.OP_LOOKUP), "srv:/p: no such file or directory"),
-    (Nfs4RemoteError(nfsstat4.NFS4ERR_ACCESS, nfs_opnum4.OP_OPEN), "srv:/p: permission denied"),
-    (Nfs4RemoteError(nfsstat4.NFS4ERR_STALE, nfs_opnum4.OP_PUTFH),
-     "srv:/p: server error NFS4ERR_STALE in OP_PUTFH"),
-    (Nfs4SecurityError("server requires krb5p for /p; rerun with --sec krb5p or --sec auto"),
-     "server requires krb5p for /p; rerun with --sec krb5p or --sec auto"),
-    (GssError(GssMajor.GSS_S_NO_CRED), "Kerberos failed for --sec sys"),
-    (RpcAuthError(AuthStat.AUTH_TOOWEAK), "srv:2049 rejected our credentials (AUTH_TOOWEAK); try --sec auto"),
-    (RpcTimeout("x"), "srv:2049 did not answer in time"),
-    (ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed"),
-     "cannot reach srv:2049: Connection refused"),
-    (TimeoutError(), "cannot reach srv:2049: connection timed out"),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "local.bin"),
-     "local.bin: No such file or directory"),
-])
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (Nfs4RemoteError(nfsstat4.NFS4ERR_NOENT, nfs_opnum4.OP_LOOKUP), "srv:/p: no such file or directory"),
+        (Nfs4RemoteError(nfsstat4.NFS4ERR_ACCESS, nfs_opnum4.OP_OPEN), "srv:/p: permission denied"),
+        (
+            Nfs4RemoteError(nfsstat4.NFS4ERR_STALE, nfs_opnum4.OP_PUTFH),
+            "srv:/p: server error NFS4ERR_STALE in OP_PUTFH",
+        ),
+        (
+            Nfs4SecurityError("server requires krb5p for /p; rerun with --sec krb5p or --sec auto"),
+            "server requires krb5p for /p; rerun with --sec krb5p or --sec auto",
+        ),
+        (GssError(GssMajor.GSS_S_NO_CRED), "Kerberos failed for --sec sys"),
+        (
+            RpcAuthError(AuthStat.AUTH_TOOWEAK),
+            "srv:2049 rejected our credentials (AUTH_TOOWEAK); try --sec auto",
+        ),
+        (RpcTimeout("x"), "srv:2049 did not answer in time"),
+        (
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed"),
+            "cannot reach srv:2049: Connection refused",
+        ),
+        (TimeoutError(), "cannot reach srv:2049: connection timed out"),
+        (
+            FileNotFoundError(errno.ENOENT, "No such file or directory", "local.bin"),
+            "local.bin: No such file or directory",
+        ),
+    ],
+)
 def test_explain(exc: Exception, expected: str) -> None:
     line = explain(exc, "srv", 2049, "/p", "sys")
     assert expected in line and "\n" not in line
 
 
 def test_sec_auto_help_and_record_say_what_happens_on_real_sockets(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """``--sec auto`` is honest about real sockets: no latch (no IKE key manager), so krb5p then
     krb5i from the policy table -- in the help text and in the hook's record."""
     import asyncio

@@ -40,7 +40,10 @@ def test_kerberos_flavors_are_the_gss_services() -> None:
     rpclatch.gss.wire.Service; the secinfo4 entry carries the same number (RFC 7531 rpc_gss_svc_t)."""
     assert SecFlavor.SYS.service is None and SecFlavor.SYS.gss_service is None
     assert [(f.service, f.value) for f in SecFlavor if f.is_gss] == [
-        (Service.NONE, "krb5"), (Service.INTEGRITY, "krb5i"), (Service.PRIVACY, "krb5p")]
+        (Service.NONE, "krb5"),
+        (Service.INTEGRITY, "krb5i"),
+        (Service.PRIVACY, "krb5p"),
+    ]
     for f in SecFlavor:
         info = f.secinfo().flavor_info
         if f.service is None:
@@ -82,5 +85,7 @@ def test_default_connection_hook_is_plain_tcp() -> None:
 def test_prefer_allowed_order() -> None:
     offered = [SYS, KRB5I, KRB5P]
     assert choose_from_secinfo(offered, (SecFlavor.KRB5P, SecFlavor.KRB5I)) is SecFlavor.KRB5I
-    assert choose_from_secinfo(offered, (SecFlavor.KRB5P, SecFlavor.KRB5I),
-                               prefer_allowed_order=True) is SecFlavor.KRB5P
+    assert (
+        choose_from_secinfo(offered, (SecFlavor.KRB5P, SecFlavor.KRB5I), prefer_allowed_order=True)
+        is SecFlavor.KRB5P
+    )

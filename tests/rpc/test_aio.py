@@ -164,8 +164,9 @@ def test_udp_retransmits() -> None:
             async with await RpcUdpClient.connect("127.0.0.1", port, retransmit_initial=0.05) as c:
                 assert await c.call(1, 2, 3) == b""
                 assert list(peer.seen.values()) == [2]
-            async with await RpcUdpClient.connect("127.0.0.1", port, timeout=0.3,
-                                                  retransmit_initial=0.05, retransmit_max=0.1) as c:
+            async with await RpcUdpClient.connect(
+                "127.0.0.1", port, timeout=0.3, retransmit_initial=0.05, retransmit_max=0.1
+            ) as c:
                 # The peer now answers nothing: retransmissions run until the deadline.
                 peer.datagram_received = lambda data, addr: None  # type: ignore[method-assign]
                 with pytest.raises(RpcTimeout):
@@ -201,8 +202,9 @@ def test_on_connection_hook_sets_channel_and_close_is_reported() -> None:
             info.channel = f"latched-{transport.get_extra_info('peername')[1]}"
             seen.append(info)
 
-        server = RpcServer(make_dispatcher(auth), on_connection=on_connection,
-                           on_connection_closed=closed.append)
+        server = RpcServer(
+            make_dispatcher(auth), on_connection=on_connection, on_connection_closed=closed.append
+        )
         port = await server.listen_tcp()
         async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as c:
             local_port = c.transport.get_extra_info("sockname")[1]
@@ -304,9 +306,16 @@ def test_graceful_shutdown_answers_calls_waiting_in_the_backlog() -> None:
         port = await server.listen_tcp()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            writer.write(b"".join(encode_record(CallMessage(
-                i, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_SOURCE, args=size.to_bytes(4, "big")).encode())
-                for i in range(calls)))
+            writer.write(
+                b"".join(
+                    encode_record(
+                        CallMessage(
+                            i, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_SOURCE, args=size.to_bytes(4, "big")
+                        ).encode()
+                    )
+                    for i in range(calls)
+                )
+            )
             await writer.drain()
             for _ in range(250):  # until the server has read the calls (white-box: its backlog)
                 await asyncio.sleep(0.02)

@@ -23,7 +23,7 @@ from rpclatch.xdr import XdrError
 CONN = ConnectionInfo(1, ("127.0.0.1", 1000), "tcp")
 
 # stamp 0x12345678, machinename "host", uid 1000, gid 100, gids <100, 200> (RFC 5531 appendix A).
-AUTH_SYS_HEX = "12345678" "00000004" "686f7374" "000003e8" "00000064" "00000002" "00000064" "000000c8"
+AUTH_SYS_HEX = "1234567800000004686f7374000003e8000000640000000200000064000000c8"
 
 
 def test_golden_authsys_parms() -> None:
@@ -43,7 +43,7 @@ def test_machinename_padding_and_limits() -> None:
         AuthSysParms(1, "h", 0, 0, tuple(range(17))).encode()
     with pytest.raises(XdrError):
         AuthSysParms.decode(enc + b"\0\0\0\0")  # trailing bytes
-    too_many = bytes.fromhex("00000001" "00000000" "00000000" "00000000" "00000011") + bytes(68)
+    too_many = bytes.fromhex("0000000100000000000000000000000000000011") + bytes(68)
     with pytest.raises(XdrError):
         AuthSysParms.decode(too_many)
 
@@ -60,8 +60,13 @@ def test_any_credential_decodes_or_raises_xdr_error(data: bytes) -> None:
     assert parms.encode() == data
 
 
-@given(st.integers(0, 2**32 - 1), st.text(max_size=60), st.integers(0, 2**32 - 1),
-       st.integers(0, 2**32 - 1), st.lists(st.integers(0, 2**32 - 1), max_size=16))
+@given(
+    st.integers(0, 2**32 - 1),
+    st.text(max_size=60),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.integers(0, 2**32 - 1), max_size=16),
+)
 @settings(max_examples=200, deadline=None)
 def test_roundtrip(stamp: int, name: str, uid: int, gid: int, gids: list[int]) -> None:
     parms = AuthSysParms(stamp, name, uid, gid, tuple(gids))
@@ -79,6 +84,7 @@ def test_client_flavors_build_calls() -> None:
 
 def test_for_current_process() -> None:
     import os
+
     auth = AuthSysClient.for_current_process()
     assert auth.parms.uid == os.getuid() and auth.parms.gid == os.getgid()
     assert len(auth.parms.gids) <= 16

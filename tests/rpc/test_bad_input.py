@@ -92,13 +92,19 @@ def test_hostile_clients(caplog: pytest.LogCaptureFixture) -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             short_call = struct.pack(">IIII", 0x11, 0, 2, tp.RPCLATCH_TEST_PROG)
             bad_args = CallMessage(0x12, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_ECHO, args=b"\xff" * 4).encode()
-            writer.write(encode_record(short_call) + encode_record(b"\x01\x02\x03")
-                         + encode_record(b"\0\0\0\x13\0\0\0\7junkjunk") + encode_record(bad_args)
-                         + encode_record(CallMessage(0x14, tp.RPCLATCH_TEST_PROG, 1, 0).encode()))
+            writer.write(
+                encode_record(short_call)
+                + encode_record(b"\x01\x02\x03")
+                + encode_record(b"\0\0\0\x13\0\0\0\7junkjunk")
+                + encode_record(bad_args)
+                + encode_record(CallMessage(0x14, tp.RPCLATCH_TEST_PROG, 1, 0).encode())
+            )
             replies = [decode_message(r) for r in await read_records(reader, 3)]
-            assert replies == [AcceptedReply(0x11, stat=AcceptStat.GARBAGE_ARGS),
-                               AcceptedReply(0x12, stat=AcceptStat.GARBAGE_ARGS),
-                               AcceptedReply(0x14)]
+            assert replies == [
+                AcceptedReply(0x11, stat=AcceptStat.GARBAGE_ARGS),
+                AcceptedReply(0x12, stat=AcceptStat.GARBAGE_ARGS),
+                AcceptedReply(0x14),
+            ]
             writer.close()
 
             # 3. Half a record, then silence: closed by the idle timeout.
@@ -114,8 +120,9 @@ def test_hostile_clients(caplog: pytest.LogCaptureFixture) -> None:
             tracemalloc.start()
             conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
             try:
-                conns += await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port)
-                                                for _ in range(FLOOD)))
+                conns += await asyncio.gather(
+                    *(asyncio.open_connection("127.0.0.1", port) for _ in range(FLOOD))
+                )
                 for _, w in conns:
                     w.write(struct.pack(">I", LAST_FRAGMENT | 1 << 20) + b"x" * 1000)
                 await asyncio.sleep(0.2)
@@ -195,9 +202,16 @@ def test_pipelining_client_that_does_not_read() -> None:
             try:
                 tracemalloc.start()
                 try:
-                    writer.write(b"".join(encode_record(CallMessage(
-                        i, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_SOURCE, args=size.to_bytes(4, "big")).encode())
-                        for i in range(calls)))
+                    writer.write(
+                        b"".join(
+                            encode_record(
+                                CallMessage(
+                                    i, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_SOURCE, args=size.to_bytes(4, "big")
+                                ).encode()
+                            )
+                            for i in range(calls)
+                        )
+                    )
                     await asyncio.sleep(1.0)
                     async with await RpcStreamClient.connect_tcp("127.0.0.1", port) as other:
                         assert await tp.echo(other, b"still served") == b"still served"

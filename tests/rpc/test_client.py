@@ -235,8 +235,9 @@ def test_auth_error_without_retry_fails() -> None:
     auth = RefreshingAuth(retry=False)
     c = RpcClientConnection(first_xid=1)
     c.send_call(PROG, 1, 0, b"", auth, 0.0)
-    [event] = c.receive_data(encode_record(
-        DeniedReply(1, RejectStat.AUTH_ERROR, auth_stat=AuthStat.AUTH_BADCRED).encode()))
+    [event] = c.receive_data(
+        encode_record(DeniedReply(1, RejectStat.AUTH_ERROR, auth_stat=AuthStat.AUTH_BADCRED).encode())
+    )
     assert isinstance(event, CallFailed) and isinstance(event.error, RpcAuthError)
 
 
@@ -313,7 +314,8 @@ def test_datagram_retransmission_is_prepared_afresh_and_any_reply_matches(answer
     sent = [decode_message(d) for d in c.datagrams_to_send()]
     assert [m.xid for m in sent] == [70, 70, 70]  # same xid ...
     assert [m.verf.body for m in sent if isinstance(m, CallMessage)] == [  # ... fresh preparation
-        struct.pack(">I", n) for n in (1, 2, 3)]
+        struct.pack(">I", n) for n in (1, 2, 3)
+    ]
     reply = AcceptedReply(70, OpaqueAuth(0, struct.pack(">I", answered)), results=b"done")
     assert c.receive_datagram(reply.encode()) == [CallCompleted(h, b"done")]
 

@@ -74,14 +74,16 @@ def test_server_drops_a_client_sending_empty_fragments(caplog: pytest.LogCapture
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 try:
                     payload = bytes(range(256)) * 256
-                    call = CallMessage(9, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_ECHO,
-                                       args=tp.encode_opaque(payload)).encode()
+                    call = CallMessage(
+                        9, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_ECHO, args=tp.encode_opaque(payload)
+                    ).encode()
                     stream = encode_record(call, max_fragment=2)
                     for i in range(0, len(stream), 60_000):
-                        writer.write(stream[i:i + 60_000])
+                        writer.write(stream[i : i + 60_000])
                         await writer.drain()
-                        assert all(c.buffered_input <= DEFAULT_MAX_RECORD + 4
-                                   for c in server.stream_connections)
+                        assert all(
+                            c.buffered_input <= DEFAULT_MAX_RECORD + 4 for c in server.stream_connections
+                        )
                     rec = RecordReassembler()
                     got: list[bytes] = []
                     async with asyncio.timeout(20):
@@ -143,7 +145,8 @@ def test_client_drops_a_server_sending_empty_fragments() -> None:
 
 
 def test_a_client_that_never_reads_is_aborted_after_the_write_timeout(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING, "rpclatch.rpc.server")
     size = 16 * MiB
     calls = 4
@@ -277,6 +280,9 @@ def test_udp_source_of_64_mib_is_refused_without_building_it(caplog: pytest.LogC
                 transport.close()
 
     run(body)
-    lines = [r for r in caplog.records if "do not fit" in r.getMessage()
-             or "more than a datagram carries" in r.getMessage()]
+    lines = [
+        r
+        for r in caplog.records
+        if "do not fit" in r.getMessage() or "more than a datagram carries" in r.getMessage()
+    ]
     assert 1 <= len(lines) <= 25, f"{len(lines)} log lines for {flood + 1} oversize requests"

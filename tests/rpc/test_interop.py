@@ -122,8 +122,16 @@ def test_tshark_decodes_our_traffic_without_malformed_packets(tmp_path: Path) ->
 
     async def body() -> None:
         cap = await asyncio.create_subprocess_exec(
-            TSHARK, "-i", "lo", "-f", f"port {port}", "-w", str(pcap),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            TSHARK,
+            "-i",
+            "lo",
+            "-f",
+            f"port {port}",
+            "-w",
+            str(pcap),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             assert cap.stderr is not None
             started = b""
@@ -167,9 +175,31 @@ def test_tshark_decodes_our_traffic_without_malformed_packets(tmp_path: Path) ->
     # Wireshark's RPC heuristics find the records on any port once unknown programs are allowed.
     decode_as = ["-o", "rpc.dissect_unknown_programs:TRUE"]
     fields = subprocess.run(
-        [TSHARK, "-r", str(pcap), *decode_as, "-Y", "rpc", "-T", "fields", "-E", "separator=|",
-         "-e", "rpc.xid", "-e", "rpc.msgtyp", "-e", "rpc.program", "-e", "rpc.replystat"],
-        capture_output=True, text=True, timeout=120, check=True).stdout
+        [
+            TSHARK,
+            "-r",
+            str(pcap),
+            *decode_as,
+            "-Y",
+            "rpc",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "rpc.xid",
+            "-e",
+            "rpc.msgtyp",
+            "-e",
+            "rpc.program",
+            "-e",
+            "rpc.replystat",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     rows = [line.split("|") for line in fields.splitlines() if line.strip()]
     # One TCP segment may carry several pipelined records: fields then hold comma-separated lists.
     call_xids = {x for r in rows for x, t in zip(r[0].split(","), r[1].split(","), strict=False) if t == "0"}
@@ -179,9 +209,14 @@ def test_tshark_decodes_our_traffic_without_malformed_packets(tmp_path: Path) ->
     assert all(p == str(tp.RPCLATCH_TEST_PROG) for r in rows if r[2] for p in r[2].split(","))
     malformed = subprocess.run(
         [TSHARK, "-r", str(pcap), *decode_as, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608"],
-        capture_output=True, text=True, timeout=120, check=True).stdout
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert malformed.strip() == ""
-    verbose = subprocess.run([TSHARK, "-r", str(pcap), *decode_as, "-V"], capture_output=True, text=True,
-                             timeout=120, check=True).stdout
+    verbose = subprocess.run(
+        [TSHARK, "-r", str(pcap), *decode_as, "-V"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert "Remote Procedure Call" in verbose and "Malformed" not in verbose
     assert "Program Version: 9" in verbose and "Accept State: remote can't support version" in verbose

@@ -38,31 +38,39 @@ def test_header_through_cred_is_what_rpcsec_gss_signs() -> None:
     encoded = call.encode()
     decoded = decode_message(encoded)
     assert isinstance(decoded, CallMessage)
-    assert encoded[:decoded.header_len] == call.encode_header_through_cred()
+    assert encoded[: decoded.header_len] == call.encode_header_through_cred()
 
 
 @given(words, words, words, words, auths, auths, xdr_bytes)
 @settings(max_examples=200, deadline=None)
-def test_call_roundtrip(xid: int, prog: int, vers: int, proc: int, cred: OpaqueAuth, verf: OpaqueAuth,
-                        args: bytes) -> None:
+def test_call_roundtrip(
+    xid: int, prog: int, vers: int, proc: int, cred: OpaqueAuth, verf: OpaqueAuth, args: bytes
+) -> None:
     call = CallMessage(xid, prog, vers, proc, cred, verf, args)
     assert decode_message(call.encode()) == call
 
 
 @given(words, auths, st.sampled_from(list(AcceptStat)), xdr_bytes, st.tuples(words, words))
 @settings(max_examples=200, deadline=None)
-def test_accepted_roundtrip(xid: int, verf: OpaqueAuth, stat: AcceptStat, results: bytes,
-                            mismatch: tuple[int, int]) -> None:
-    reply = AcceptedReply(xid, verf, stat,
-                          results if stat == AcceptStat.SUCCESS else b"",
-                          mismatch if stat == AcceptStat.PROG_MISMATCH else None)
+def test_accepted_roundtrip(
+    xid: int, verf: OpaqueAuth, stat: AcceptStat, results: bytes, mismatch: tuple[int, int]
+) -> None:
+    reply = AcceptedReply(
+        xid,
+        verf,
+        stat,
+        results if stat == AcceptStat.SUCCESS else b"",
+        mismatch if stat == AcceptStat.PROG_MISMATCH else None,
+    )
     assert decode_message(reply.encode()) == reply
 
 
 @given(words, st.tuples(words, words), st.sampled_from(list(AuthStat)))
 def test_denied_roundtrip(xid: int, mismatch: tuple[int, int], stat: AuthStat) -> None:
-    for reply in (DeniedReply(xid, RejectStat.RPC_MISMATCH, mismatch=mismatch),
-                  DeniedReply(xid, RejectStat.AUTH_ERROR, auth_stat=stat)):
+    for reply in (
+        DeniedReply(xid, RejectStat.RPC_MISMATCH, mismatch=mismatch),
+        DeniedReply(xid, RejectStat.AUTH_ERROR, auth_stat=stat),
+    ):
         assert decode_message(reply.encode()) == reply
 
 
@@ -82,8 +90,10 @@ def test_peek_xid_short() -> None:
 
 
 def test_error_texts() -> None:
-    assert str(RpcAcceptError(AcceptStat.PROG_MISMATCH, (2, 4))) == \
-        "PROG_MISMATCH (server supports versions 2..4)"
+    assert (
+        str(RpcAcceptError(AcceptStat.PROG_MISMATCH, (2, 4)))
+        == "PROG_MISMATCH (server supports versions 2..4)"
+    )
     assert str(RpcMismatchError(3, 5)) == "RPC_MISMATCH (server supports RPC versions 3..5)"
     assert str(RpcAuthError(AuthStat.AUTH_TOOWEAK, "need krb5")) == "AUTH_TOOWEAK: need krb5"
     assert OpaqueAuth(0, b"") == NULL_AUTH

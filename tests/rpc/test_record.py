@@ -31,7 +31,8 @@ def test_golden_empty_record() -> None:
 def test_golden_split_into_fragments() -> None:
     data = b"abcdefghij"
     assert encode_record(data, max_fragment=4).hex() == (
-        "00000004" + b"abcd".hex() + "00000004" + b"efgh".hex() + "80000002" + b"ij".hex())
+        "00000004" + b"abcd".hex() + "00000004" + b"efgh".hex() + "80000002" + b"ij".hex()
+    )
 
 
 def test_bad_max_fragment() -> None:
@@ -51,7 +52,7 @@ def test_byte_by_byte() -> None:
     stream = encode_record(b"x" * 100, max_fragment=7) + encode_record(b"") + encode_record(b"yz")
     out: list[bytes] = []
     for i in range(len(stream)):
-        out += r.feed(stream[i:i + 1])
+        out += r.feed(stream[i : i + 1])
         if i < 4:
             assert r.in_record
     assert out == [b"x" * 100, b"", b"yz"]
@@ -64,8 +65,8 @@ def test_accepts_memoryview_of_reused_buffer() -> None:
     buf[:7] = stream[:7]
     assert r.feed(memoryview(buf)[:7]) == []
     buf[:] = bytes(64)  # the caller reuses its buffer: what was kept must have been copied
-    buf[:len(stream) - 7] = stream[7:]
-    assert r.feed(memoryview(buf)[:len(stream) - 7]) == [b"0123456789"]
+    buf[: len(stream) - 7] = stream[7:]
+    assert r.feed(memoryview(buf)[: len(stream) - 7]) == [b"0123456789"]
 
 
 def test_announced_2gib_fragment_is_refused_without_buffering() -> None:
@@ -140,13 +141,14 @@ def test_any_bytes_reassemble_or_raise_record_error(data: bytes, limit: int) -> 
 def test_large_fragments_over_many_reads() -> None:
     # Memory follows what has arrived, never what a header announces (see test_bad_input).
     big = bytes(range(256)) * 1024  # 256 KiB
-    stream = (encode_record(big) + encode_record(b"tail") + encode_record(big * 2, 100_000)
-              + encode_record(b"end"))
+    stream = (
+        encode_record(big) + encode_record(b"tail") + encode_record(big * 2, 100_000) + encode_record(b"end")
+    )
     for chunk in (1000, 65536, 100_001, 262144):
         r = RecordReassembler(max_record=1 << 20)
         out: list[bytes] = []
         for i in range(0, len(stream), chunk):
-            out += r.feed(memoryview(stream)[i:i + chunk])
+            out += r.feed(memoryview(stream)[i : i + chunk])
             assert r.buffered <= len(stream)
         assert out == [big, b"tail", big * 2, b"end"]
         assert not r.in_record
@@ -159,7 +161,7 @@ def test_large_fragment_with_decode_hook() -> None:
 
     def decode(buf: bytes | memoryview, start: int, stop: int) -> bytes | None:
         seen.append(stop - start)
-        return b"decoded:" + bytes(buf[start:start + 4])
+        return b"decoded:" + bytes(buf[start : start + 4])
 
     stream = encode_record(big)
     assert r.feed(stream[:5000], decode) == []

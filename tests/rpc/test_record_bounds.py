@@ -47,7 +47,7 @@ def feed_in_chunks(r: RecordReassembler, stream: bytes) -> tuple[list[bytes], in
     most = 0
     view = memoryview(stream)
     for i in range(0, len(stream), CHUNK):
-        out += r.feed(view[i:i + CHUNK])
+        out += r.feed(view[i : i + CHUNK])
         most = max(most, r.buffered)
     return out, most
 
@@ -152,22 +152,26 @@ def test_buffered_never_exceeds_the_limit_plus_one_header() -> None:
     stream = tiny_fragments(b"y" * limit, 7) + tiny_fragments(b"z" * 33, 5)
     out: list[bytes] = []
     for i in range(0, len(stream), 13):
-        out += r.feed(stream[i:i + 13])
+        out += r.feed(stream[i : i + 13])
         assert r.buffered <= limit + 4
     assert out == [b"y" * limit, b"z" * 33]
 
 
-@given(st.lists(st.tuples(st.integers(0, 12), st.binary(max_size=40)), min_size=1, max_size=6),
-       st.integers(1, 16), st.integers(0, 10), st.data())
+@given(
+    st.lists(st.tuples(st.integers(0, 12), st.binary(max_size=40)), min_size=1, max_size=6),
+    st.integers(1, 16),
+    st.integers(0, 10),
+    st.data(),
+)
 @settings(max_examples=300, deadline=None)
-def test_fuzz_empty_fragment_counting(records: list[tuple[int, bytes]], max_fragment: int,
-                                      max_empty: int, data: st.DataObject) -> None:
+def test_fuzz_empty_fragment_counting(
+    records: list[tuple[int, bytes]], max_fragment: int, max_empty: int, data: st.DataObject
+) -> None:
     """Records preceded by some empty non-last fragments, cut anywhere: reassembled exactly
     while no record has more than ``max_empty`` of them, a RecordError at the first that does;
     ``buffered`` never above the limit plus one header."""
     limit = 200
-    stream = b"".join(empty_fragments(n) + encode_record(payload, max_fragment)
-                      for n, payload in records)
+    stream = b"".join(empty_fragments(n) + encode_record(payload, max_fragment) for n, payload in records)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     r = RecordReassembler(limit, max_empty_fragments=max_empty)
     expected: list[bytes] = []
@@ -185,7 +189,7 @@ def test_fuzz_empty_fragment_counting(records: list[tuple[int, bytes]], max_frag
             assert r.buffered <= limit + 4
     except RecordError:
         assert must_fail
-        assert out == expected[:len(out)]
+        assert out == expected[: len(out)]
         assert r.buffered == 0
         return
     assert not must_fail
@@ -216,7 +220,7 @@ def test_server_connection_buffers_at_most_the_record_limit() -> None:
     stream = tiny_fragments(call.encode(), 2)
     c = server_conn()
     for i in range(0, len(stream), 4096):
-        c.receive_data(stream[i:i + 4096], 0.0)
+        c.receive_data(stream[i : i + 4096], 0.0)
         assert c.buffered_input <= len(call.encode()) + 4
     [reply] = RecordReassembler().feed(c.data_to_send())
     assert reply[:4] == struct.pack(">I", 5)
@@ -250,7 +254,7 @@ def test_client_connection_bounds_a_reply_in_tiny_fragments() -> None:
         most = 0
         view = memoryview(stream)
         for i in range(0, len(stream), CHUNK):
-            events += client.receive_data(view[i:i + CHUNK])
+            events += client.receive_data(view[i : i + CHUNK])
             most = max(most, client.buffered_input)
         _current, peak = tracemalloc.get_traced_memory()
     finally:

@@ -21,7 +21,7 @@ from rpclatch.xdr import XdrError
 
 def test_golden_mapping() -> None:
     m = rb.PmapMapping(100000, 2, rb.IPPROTO_TCP, 111)
-    assert m.encode().hex() == "000186a0" "00000002" "00000006" "0000006f"
+    assert m.encode().hex() == "000186a000000002000000060000006f"
     assert rb.decode_pmaplist(rb.encode_pmaplist([m])) == [m]
     assert rb.encode_pmaplist([]).hex() == "00000000"
     assert m.protocol_name == "tcp" and rb.PmapMapping(1, 1, 99, 1).protocol_name == "99"
@@ -30,8 +30,13 @@ def test_golden_mapping() -> None:
 def test_golden_rpcb() -> None:
     r = rb.Rpcb(100000, 4, "tcp", "0.0.0.0.0.111", "superuser")
     assert r.encode().hex() == (
-        "000186a0" "00000004" "00000003" "74637000" "0000000d" + b"0.0.0.0.0.111".hex() + "000000"
-        "00000009" + b"superuser".hex() + "000000")
+        "000186a0"
+        "00000004"
+        "00000003"
+        "74637000"
+        "0000000d" + b"0.0.0.0.0.111".hex() + "000000"
+        "00000009" + b"superuser".hex() + "000000"
+    )
     assert rb.decode_rpcblist(rb.encode_rpcblist([r, r])) == [r, r]
 
 
@@ -67,8 +72,9 @@ def rpcinfo(*args: str) -> str:
 
 async def arpcinfo(*args: str) -> str:
     """rpcinfo without blocking the event loop our server runs in (output includes stderr)."""
-    proc = await asyncio.create_subprocess_exec(RPCINFO, *args, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        RPCINFO, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     return out.decode()
 
@@ -93,7 +99,8 @@ def test_dump_matches_rpcinfo(rpcbind: object) -> None:
                 v3 = await client.dump(rb.RPCBVERS_3)
                 assert {(r.prog, r.vers, r.netid) for r in v4} >= {(100000, 4, "tcp"), (100000, 2, "udp")}
                 assert {(r.prog, r.vers, r.netid, r.addr) for r in v3} == {
-                    (r.prog, r.vers, r.netid, r.addr) for r in v4}
+                    (r.prog, r.vers, r.netid, r.addr) for r in v4
+                }
                 assert await client.pmap_getport(100000, 2, rb.IPPROTO_UDP) == 111
                 assert await client.pmap_getport(0x3FFFFFF0, 1, rb.IPPROTO_TCP) == 0
                 if transport != "unix":  # rpcbind answers for the transport the request came on

@@ -26,8 +26,9 @@ def test_unknown_name() -> None:
 
 
 def test_register_extension() -> None:
-    flavor = sec.SecFlavor("test-only", "for this test", lambda o: AuthNoneClient(),
-                           lambda o: [AuthNoneServer()])
+    flavor = sec.SecFlavor(
+        "test-only", "for this test", lambda o: AuthNoneClient(), lambda o: [AuthNoneServer()]
+    )
     sec.register_sec(flavor)
     try:
         assert "test-only" in sec.sec_names()

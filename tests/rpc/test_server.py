@@ -69,9 +69,17 @@ async def later(args: bytes, ctx: CallContext) -> bytes:
 
 def dispatcher() -> RpcDispatcher:
     d = RpcDispatcher()
-    procs = {0: lambda a, c: b"", 1: lambda a, c: a, 2: raises_value, 3: raises_garbage,
-             4: raises_xdr, 5: returns_int, 6: whoami, 7: later,
-             8: lambda a, c: bytearray(b"abcd")}
+    procs = {
+        0: lambda a, c: b"",
+        1: lambda a, c: a,
+        2: raises_value,
+        3: raises_garbage,
+        4: raises_xdr,
+        5: returns_int,
+        6: whoami,
+        7: later,
+        8: lambda a, c: bytearray(b"abcd"),
+    }
     d.add_program(PROG, 2, procs)
     d.add_program(PROG, 4, procs)
     return d
@@ -84,8 +92,9 @@ def reply(data: bytes | PendingReply | None) -> AcceptedReply | DeniedReply:
     return msg
 
 
-def call(proc: int, vers: int = 2, args: bytes = b"", prog: int = PROG, xid: int = 77,
-         cred: OpaqueAuth = NULL_AUTH) -> bytes:
+def call(
+    proc: int, vers: int = 2, args: bytes = b"", prog: int = PROG, xid: int = 77, cred: OpaqueAuth = NULL_AUTH
+) -> bytes:
     return CallMessage(xid, prog, vers, proc, cred, NULL_AUTH, args).encode()
 
 
@@ -193,14 +202,16 @@ def with_flavor(verdict: AuthResult | Exception) -> tuple[RpcDispatcher, Verdict
 def test_flavor_verdicts() -> None:
     d, _ = with_flavor(AuthDeny(AuthStat.RPCSEC_GSS_CREDPROBLEM, "expired"))
     assert reply(d.dispatch(call(0, cred=GSS), CONN, 0.0)) == DeniedReply(
-        77, RejectStat.AUTH_ERROR, auth_stat=AuthStat.RPCSEC_GSS_CREDPROBLEM)
+        77, RejectStat.AUTH_ERROR, auth_stat=AuthStat.RPCSEC_GSS_CREDPROBLEM
+    )
     d, _ = with_flavor(AuthDrop("replay"))
     assert d.dispatch(call(0, cred=GSS), CONN, 0.0) is None
     d, _ = with_flavor(AuthGarbage("bad checksum"))
     assert reply(d.dispatch(call(0, cred=GSS), CONN, 0.0)).stat == AcceptStat.GARBAGE_ARGS
     d, _ = with_flavor(AuthControlReply(OpaqueAuth(6, b"mic"), b"\0\0\0\1"))
     assert reply(d.dispatch(call(0, cred=GSS), CONN, 0.0)) == AcceptedReply(
-        77, OpaqueAuth(6, b"mic"), AcceptStat.SUCCESS, b"\0\0\0\1")
+        77, OpaqueAuth(6, b"mic"), AcceptStat.SUCCESS, b"\0\0\0\1"
+    )
     d, _ = with_flavor(RuntimeError("flavor bug"))
     assert reply(d.dispatch(call(0, cred=GSS), CONN, 0.0)).stat == AcceptStat.SYSTEM_ERR
 
@@ -292,7 +303,7 @@ def test_stream_pipelined_calls_and_split_input() -> None:
     c = RpcServerConnection(dispatcher(), CONN)
     stream = b"".join(encode_record(call(1, args=bytes([i]) * 4, xid=i)) for i in range(10))
     for i in range(0, len(stream), 7):
-        assert c.receive_data(stream[i:i + 7], 0.0) == []
+        assert c.receive_data(stream[i : i + 7], 0.0) == []
     got = replies(c)
     assert [r.xid for r in got] == list(range(10))
     assert got[3].results == b"\3\3\3\3"

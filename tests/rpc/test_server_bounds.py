@@ -71,7 +71,8 @@ def test_unsent_output_in_the_transport_counts_against_the_budget() -> None:
 
 
 def test_a_peer_that_stops_reading_is_aborted_after_the_write_timeout(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     c = RpcServerConnection(dispatcher(), CONN, idle_timeout=300.0, write_timeout=10.0)
     c.receive_data(encode_record(source_call(1, 8 * MiB)), 0.0)
     take(c)
@@ -234,8 +235,18 @@ def test_log_limiter_counts_what_it_holds_back(caplog: pytest.LogCaptureFixture)
     logger = logging.getLogger("rpclatch.test.limiter")
     with caplog.at_level(logging.INFO, "rpclatch.test.limiter"):
         assert [limiter.log(logger, logging.INFO, "line %d", i) for i in range(5)] == [
-            True, True, True, False, False]
+            True,
+            True,
+            True,
+            False,
+            False,
+        ]
         now[0] = 10.0
         assert limiter.log(logger, logging.INFO, "line %d", 5)
     assert [r.getMessage() for r in caplog.records] == [
-        "line 0", "line 1", "line 2", "2 similar log lines suppressed in the last 10 s", "line 5"]
+        "line 0",
+        "line 1",
+        "line 2",
+        "2 similar log lines suppressed in the last 10 s",
+        "line 5",
+    ]

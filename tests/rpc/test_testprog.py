@@ -36,7 +36,7 @@ def test_numbers() -> None:
 def test_opaque_golden() -> None:
     assert encode_opaque(b"abcde").hex() == "00000005" + b"abcde".hex() + "000000"
     assert encode_opaque(b"").hex() == "00000000"
-    assert decode_opaque(bytes.fromhex("00000002" "61620000")) == b"ab"
+    assert decode_opaque(bytes.fromhex("0000000261620000")) == b"ab"
 
 
 @given(st.binary(max_size=100))
@@ -62,15 +62,18 @@ def test_procedures() -> None:
     assert proc_source((6).to_bytes(4, "big"), CTX) == encode_opaque(bytes(6))
 
 
-@pytest.mark.parametrize("proc,args", [
-    (proc_null, b"\0\0\0\0"),
-    (proc_echo, b"\0\0"),
-    (proc_echo, b"\0\0\0\5abcd"),  # opaque longer than the arguments
-    (proc_echo, encode_opaque(b"ab") + b"\0\0\0\0"),  # trailing bytes
-    (proc_sink, b""),
-    (proc_source, b""),
-    (proc_source, (SOURCE_MAX + 1).to_bytes(4, "big")),
-])
+@pytest.mark.parametrize(
+    "proc,args",
+    [
+        (proc_null, b"\0\0\0\0"),
+        (proc_echo, b"\0\0"),
+        (proc_echo, b"\0\0\0\5abcd"),  # opaque longer than the arguments
+        (proc_echo, encode_opaque(b"ab") + b"\0\0\0\0"),  # trailing bytes
+        (proc_sink, b""),
+        (proc_source, b""),
+        (proc_source, (SOURCE_MAX + 1).to_bytes(4, "big")),
+    ],
+)
 def test_garbage(proc: object, args: bytes) -> None:
     with pytest.raises(GarbageArgs):
         proc(args, CTX)  # type: ignore[operator]

@@ -30,17 +30,19 @@ NULL_CALL_HEX = (
     "000186a0"  # prog 100000
     "00000002"  # vers
     "00000000"  # proc NULL
-    "00000000" "00000000"  # cred AUTH_NONE, empty
-    "00000000" "00000000"  # verf AUTH_NONE, empty
+    "00000000"
+    "00000000"  # cred AUTH_NONE, empty
+    "00000000"
+    "00000000"  # verf AUTH_NONE, empty
 )
 # Its SUCCESS reply with no results (RFC 5531 §9 accepted_reply).
-NULL_REPLY_HEX = "01020304" "00000001" "00000000" "00000000" "00000000" "00000000"
+NULL_REPLY_HEX = "010203040000000100000000000000000000000000000000"
 # PROG_MISMATCH 2..4.
-MISMATCH_REPLY_HEX = "0000002a" "00000001" "00000000" "00000000" "00000000" "00000002" "00000002" "00000004"
+MISMATCH_REPLY_HEX = "0000002a00000001000000000000000000000000000000020000000200000004"
 # MSG_DENIED / AUTH_ERROR / AUTH_BADCRED.
-AUTH_ERROR_HEX = "0000002a" "00000001" "00000001" "00000001" "00000001"
+AUTH_ERROR_HEX = "0000002a00000001000000010000000100000001"
 # MSG_DENIED / RPC_MISMATCH 2..2.
-RPC_MISMATCH_HEX = "0000002a" "00000001" "00000001" "00000000" "00000002" "00000002"
+RPC_MISMATCH_HEX = "0000002a0000000100000001000000000000000200000002"
 
 
 def test_golden_null_call() -> None:
@@ -59,18 +61,24 @@ def test_golden_null_reply() -> None:
 
 def test_golden_error_replies() -> None:
     assert messages.decode_message(bytes.fromhex(MISMATCH_REPLY_HEX)) == AcceptedReply(
-        42, NULL_AUTH, AcceptStat.PROG_MISMATCH, b"", (2, 4))
-    assert AcceptedReply(42, NULL_AUTH, AcceptStat.PROG_MISMATCH, b"", (2, 4)).encode().hex() == \
-        MISMATCH_REPLY_HEX
+        42, NULL_AUTH, AcceptStat.PROG_MISMATCH, b"", (2, 4)
+    )
+    assert (
+        AcceptedReply(42, NULL_AUTH, AcceptStat.PROG_MISMATCH, b"", (2, 4)).encode().hex()
+        == MISMATCH_REPLY_HEX
+    )
     assert messages.decode_message(bytes.fromhex(AUTH_ERROR_HEX)) == DeniedReply(
-        42, RejectStat.AUTH_ERROR, auth_stat=AuthStat.AUTH_BADCRED)
+        42, RejectStat.AUTH_ERROR, auth_stat=AuthStat.AUTH_BADCRED
+    )
     assert messages.decode_message(bytes.fromhex(RPC_MISMATCH_HEX)) == DeniedReply(
-        42, RejectStat.RPC_MISMATCH, mismatch=(2, 2))
+        42, RejectStat.RPC_MISMATCH, mismatch=(2, 2)
+    )
 
 
 def test_call_with_credentials_and_args() -> None:
-    call = CallMessage(7, 1, 2, 3, OpaqueAuth(AuthFlavor.AUTH_SYS, b"abcde"), OpaqueAuth(9, b"v"),
-                       b"ARGSARGS")
+    call = CallMessage(
+        7, 1, 2, 3, OpaqueAuth(AuthFlavor.AUTH_SYS, b"abcde"), OpaqueAuth(9, b"v"), b"ARGSARGS"
+    )
     encoded = wire.encode_call(call)
     assert encoded == call.encode()
     head, args = wire.encode_call_marked(call)
@@ -78,7 +86,7 @@ def test_call_with_credentials_and_args() -> None:
     decoded = messages.decode_call(encoded)
     assert decoded == call
     assert decoded.header_len == 32 + 8  # cred body padded to 8
-    assert encoded[:decoded.header_len] == call.encode_header_through_cred()
+    assert encoded[: decoded.header_len] == call.encode_header_through_cred()
 
 
 def test_success_with_verifier_marked() -> None:
@@ -143,8 +151,9 @@ def _same(data: bytes) -> None:
         assert wire.fast_reply(view, 4, 4 + len(data)) == msg
 
 
-@pytest.mark.parametrize("hex_record", [NULL_CALL_HEX, NULL_REPLY_HEX, MISMATCH_REPLY_HEX, AUTH_ERROR_HEX,
-                                        RPC_MISMATCH_HEX])
+@pytest.mark.parametrize(
+    "hex_record", [NULL_CALL_HEX, NULL_REPLY_HEX, MISMATCH_REPLY_HEX, AUTH_ERROR_HEX, RPC_MISMATCH_HEX]
+)
 def test_golden_records_decode_the_same_anywhere_and_roundtrip(hex_record: str) -> None:
     _same(bytes.fromhex(hex_record))
 
@@ -158,13 +167,21 @@ def test_any_bytes_decode_the_same_anywhere_and_roundtrip(data: bytes) -> None:
 words = st.integers(0, 0xFFFFFFFF)
 
 
-@given(words, st.sampled_from([0, 1, 2]), st.sampled_from([0, 1, 5]), words, st.integers(0, 402),
-       st.binary(max_size=40))
+@given(
+    words,
+    st.sampled_from([0, 1, 2]),
+    st.sampled_from([0, 1, 5]),
+    words,
+    st.integers(0, 402),
+    st.binary(max_size=40),
+)
 @settings(max_examples=500, deadline=None)
 def test_structured_headers_decode_the_same_anywhere_and_roundtrip(
-        xid: int, mtype: int, stat: int, sub: int, auth_len: int, tail: bytes) -> None:
+    xid: int, mtype: int, stat: int, sub: int, auth_len: int, tail: bytes
+) -> None:
     # Headers that get past the first words, so the deeper branches are exercised.
     import struct
+
     data = struct.pack(">IIII", xid, mtype, stat, auth_len) + tail
     _same(data)
     data = struct.pack(">IIIIII", xid, mtype, 2, sub & 0xFF, 0, auth_len) + tail
@@ -175,11 +192,21 @@ def test_structured_headers_decode_the_same_anywhere_and_roundtrip(
     _same(data)
 
 
-@given(words, words, words, words, st.integers(0, 20), st.binary(max_size=400), st.integers(0, 20),
-       st.binary(max_size=400), st.binary(max_size=64).map(lambda b: b + bytes(-len(b) % 4)))
+@given(
+    words,
+    words,
+    words,
+    words,
+    st.integers(0, 20),
+    st.binary(max_size=400),
+    st.integers(0, 20),
+    st.binary(max_size=400),
+    st.binary(max_size=64).map(lambda b: b + bytes(-len(b) % 4)),
+)
 @settings(max_examples=200, deadline=None)
-def test_call_roundtrip(xid: int, prog: int, vers: int, proc: int, cf: int, cred: bytes, vf: int,
-                        verf: bytes, args: bytes) -> None:
+def test_call_roundtrip(
+    xid: int, prog: int, vers: int, proc: int, cf: int, cred: bytes, vf: int, verf: bytes, args: bytes
+) -> None:
     call = CallMessage(xid, prog, vers, proc, OpaqueAuth(cf, cred), OpaqueAuth(vf, verf), args)
     encoded = wire.encode_call(call)
     assert encoded == call.encode()
@@ -187,29 +214,41 @@ def test_call_roundtrip(xid: int, prog: int, vers: int, proc: int, cf: int, cred
     _same(encoded)
 
 
-@given(flavor=st.sampled_from([1, 6, 300]), cred=st.binary(max_size=400), verf=st.binary(max_size=40),
-       args=st.binary(max_size=40).map(lambda b: b + b"\0" * (-len(b) % 4)), pad=st.integers(1, 2**32 - 1))
+@given(
+    flavor=st.sampled_from([1, 6, 300]),
+    cred=st.binary(max_size=400),
+    verf=st.binary(max_size=40),
+    args=st.binary(max_size=40).map(lambda b: b + b"\0" * (-len(b) % 4)),
+    pad=st.integers(1, 2**32 - 1),
+)
 @settings(max_examples=200)
-def test_decoded_calls_keep_the_signed_header_bytes(flavor: int, cred: bytes, verf: bytes, args: bytes,
-                                                    pad: int) -> None:
+def test_decoded_calls_keep_the_signed_header_bytes(
+    flavor: int, cred: bytes, verf: bytes, args: bytes, pad: int
+) -> None:
     """RFC 2203 §5.3.1: the verifier is a MIC over xid .. cred as sent; the decoder keeps exactly
     those bytes (including non-zero padding a sender may have put after the credential body)."""
     msg = CallMessage(9, 0x20000099, 1, 2, OpaqueAuth(flavor, cred), OpaqueAuth(6, verf), args)
     data = bytearray(wire.encode_call(msg))
     if len(cred) % 4:  # non-zero padding bytes are on the wire (the decoder must not re-create them)
-        data[32 + len(cred):32 + len(cred) + (-len(cred) % 4)] = pad.to_bytes(4, "big")[:-len(cred) % 4]
+        data[32 + len(cred) : 32 + len(cred) + (-len(cred) % 4)] = pad.to_bytes(4, "big")[: -len(cred) % 4]
     decoded = messages.decode_call(bytes(data))
-    assert decoded == msg and decoded.header == bytes(data[:decoded.header_len])
-    assert decoded.header[:32 + len(cred)] == msg.encode_header_through_cred()[:32 + len(cred)]
+    assert decoded == msg and decoded.header == bytes(data[: decoded.header_len])
+    assert decoded.header[: 32 + len(cred)] == msg.encode_header_through_cred()[: 32 + len(cred)]
     null = messages.decode_call(wire.encode_call(CallMessage(9, 1, 1, 0)))
     assert null.header == b""  # AUTH_NONE: nothing kept, nothing signs it
 
 
-@given(flavor=st.sampled_from([0, 1, 6]), cred=st.binary(max_size=400), vflavor=st.sampled_from([0, 6]),
-       verf=st.binary(max_size=400), args=st.binary(max_size=64).map(lambda b: b + b"\0" * (-len(b) % 4)))
+@given(
+    flavor=st.sampled_from([0, 1, 6]),
+    cred=st.binary(max_size=400),
+    vflavor=st.sampled_from([0, 6]),
+    verf=st.binary(max_size=400),
+    args=st.binary(max_size=64).map(lambda b: b + b"\0" * (-len(b) % 4)),
+)
 @settings(max_examples=200)
-def test_marked_call_is_the_record_of_the_encoded_call(flavor: int, cred: bytes, vflavor: int, verf: bytes,
-                                                       args: bytes) -> None:
+def test_marked_call_is_the_record_of_the_encoded_call(
+    flavor: int, cred: bytes, vflavor: int, verf: bytes, args: bytes
+) -> None:
     call = CallMessage(0xFFFFFFFF, 100003, 4, 1, OpaqueAuth(flavor, cred), OpaqueAuth(vflavor, verf), args)
     head, rest = wire.encode_call_marked(call)
     assert rest is args and head + rest == encode_record(call.encode())

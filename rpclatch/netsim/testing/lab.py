@@ -46,20 +46,43 @@ class Lab:
     listeners: dict[int, Listener] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, *, seed: int = 1, approach: Approach = Approach.POLICY,
-              spd: Iterable[SpdEntry] | None = None, pad: Iterable[PadEntry] | None = None,
-              client_ike: IkeMode = IkeMode.PRESENT, server_ike: IkeMode = IkeMode.PRESENT,
-              config: EngineConfig | None = None, msl: float = 30.0,
-              client_credentials: str = "btns", server_credentials: str = "btns") -> Lab:
+    def build(
+        cls,
+        *,
+        seed: int = 1,
+        approach: Approach = Approach.POLICY,
+        spd: Iterable[SpdEntry] | None = None,
+        pad: Iterable[PadEntry] | None = None,
+        client_ike: IkeMode = IkeMode.PRESENT,
+        server_ike: IkeMode = IkeMode.PRESENT,
+        config: EngineConfig | None = None,
+        msl: float = 30.0,
+        client_credentials: str = "btns",
+        server_credentials: str = "btns",
+    ) -> Lab:
         world = World(seed=seed)
         spd_l = list(spd) if spd is not None else examples.nfs_spd(SpdAction.PROTECT)
         pad_l = list(pad) if pad is not None else examples.btns_pad()
         a = world.add_host("a", CLIENT_ADDR, msl=msl)
         b = world.add_host("b", SERVER_ADDR, msl=msl)
-        world.enable_ipsec(a, spd=spd_l, pad=pad_l, approach=approach, ike=client_ike, config=config,
-                           credentials=world.credentials(client_credentials))
-        world.enable_ipsec(b, spd=spd_l, pad=pad_l, approach=approach, ike=server_ike, config=config,
-                           credentials=world.credentials(server_credentials))
+        world.enable_ipsec(
+            a,
+            spd=spd_l,
+            pad=pad_l,
+            approach=approach,
+            ike=client_ike,
+            config=config,
+            credentials=world.credentials(client_credentials),
+        )
+        world.enable_ipsec(
+            b,
+            spd=spd_l,
+            pad=pad_l,
+            approach=approach,
+            ike=server_ike,
+            config=config,
+            credentials=world.credentials(server_credentials),
+        )
         return cls(world, a, b, approach, spd_l, pad_l, config)
 
     @staticmethod
@@ -69,14 +92,26 @@ class Lab:
             raise SimLocalError(f"{host.name} has no IPsec stack")
         return stack
 
-    def attacker(self, name: str = "c", addr: str = ATTACKER_ADDR, *, ipsec: bool = True,
-                 credentials: Credentials | None = None, pad: Iterable[PadEntry] | None = None) -> Attacker:
+    def attacker(
+        self,
+        name: str = "c",
+        addr: str = ATTACKER_ADDR,
+        *,
+        ipsec: bool = True,
+        credentials: Credentials | None = None,
+        pad: Iterable[PadEntry] | None = None,
+    ) -> Attacker:
         """An attacker on the segment, by default with its own IPsec stack and BTNS key."""
         c = self.world.add_attacker(name, addr)
         if ipsec:
-            self.world.enable_ipsec(c, spd=self.spd, pad=list(pad) if pad is not None else self.pad,
-                                    approach=self.approach, config=self.config,
-                                    credentials=credentials or self.world.credentials("btns"))
+            self.world.enable_ipsec(
+                c,
+                spd=self.spd,
+                pad=list(pad) if pad is not None else self.pad,
+                approach=self.approach,
+                config=self.config,
+                credentials=credentials or self.world.credentials("btns"),
+            )
         return c
 
     def listen(self, port: int = NFS_PORT, **options: Any) -> Listener:
@@ -84,15 +119,22 @@ class Lab:
         self.listeners[port] = lst
         return lst
 
-    def open(self, port: int = NFS_PORT, *, timeout: float = 30.0, local_port: int | None = None,
-             **options: Any) -> tuple[StreamConnection, StreamConnection | None]:
+    def open(
+        self, port: int = NFS_PORT, *, timeout: float = 30.0, local_port: int | None = None, **options: Any
+    ) -> tuple[StreamConnection, StreamConnection | None]:
         """Connect a -> b:port (listening first if needed); run until the handshake is done or
         failed. Returns (client, server-side connection or None)."""
         lst = self.listeners.get(port) or self.listen(port)
         before = len(lst.accepted)
         client = self.a.connect(SERVER_ADDR, port, local_port=local_port, **options)
-        self.world.run_until(lambda: client.state is not StreamState.SYN_SENT and (
-            client.state is StreamState.CLOSED or client.is_open) and bool(client.events), timeout)
+        self.world.run_until(
+            lambda: (
+                client.state is not StreamState.SYN_SENT
+                and (client.state is StreamState.CLOSED or client.is_open)
+                and bool(client.events)
+            ),
+            timeout,
+        )
         self.world.run_for(0.01)
         server = lst.accepted[before] if len(lst.accepted) > before else None
         return client, server

@@ -53,9 +53,11 @@ class LatchScenarioResult:
 
     def __str__(self) -> str:
         latch = self.latch_state.value if self.latch_state else "none"
-        return (f"{self.name:<22} approach{self.approach.value}  outcome={self.outcome:<8} "
-                f"latch={latch:<11} cleartext={self.cleartext_after_latch} leaked={self.leaked}"
-                f"{'  ' + self.notes if self.notes else ''}")
+        return (
+            f"{self.name:<22} approach{self.approach.value}  outcome={self.outcome:<8} "
+            f"latch={latch:<11} cleartext={self.cleartext_after_latch} leaked={self.leaked}"
+            f"{'  ' + self.notes if self.notes else ''}"
+        )
 
 
 def _outcome(conn: StreamConnection) -> str:
@@ -71,8 +73,15 @@ def _outcome(conn: StreamConnection) -> str:
     return "open" if conn.state is not StreamState.CLOSED else "closed"
 
 
-def _finish(name: str, lab: Lab, client: StreamConnection, server: StreamConnection | None, t_latch: float,
-            notes: str = "", pcap_dir: Path | None = None) -> LatchScenarioResult:
+def _finish(
+    name: str,
+    lab: Lab,
+    client: StreamConnection,
+    server: StreamConnection | None,
+    t_latch: float,
+    notes: str = "",
+    pcap_dir: Path | None = None,
+) -> LatchScenarioResult:
     hub = lab.world.hub
     if pcap_dir is not None:
         stem = f"{name}-approach{lab.approach.value}"
@@ -81,9 +90,16 @@ def _finish(name: str, lab: Lab, client: StreamConnection, server: StreamConnect
     outcome = _outcome(client)
     if outcome == "open":
         outcome = "ok" if received.endswith(b"probe") else "stalled"
-    return LatchScenarioResult(name, lab.approach, outcome, lab.stack(lab.a).latch_state(client),
-                          len(cleartext_after(hub, client.flow, t_latch, {"a", "b"})),
-                          len(leaked(hub, client.flow, {"a", "b"})), received, notes)
+    return LatchScenarioResult(
+        name,
+        lab.approach,
+        outcome,
+        lab.stack(lab.a).latch_state(client),
+        len(cleartext_after(hub, client.flow, t_latch, {"a", "b"})),
+        len(leaked(hub, client.flow, {"a", "b"})),
+        received,
+        notes,
+    )
 
 
 def _latched(approach: Approach, seed: int) -> tuple[Lab, StreamConnection, StreamConnection, float]:
@@ -116,23 +132,41 @@ def flow_stealing(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
     lab.world.run_for(0.5)
-    c.inject_protected(lab.b.address, 2049, lab.a.address, 32800, seq=client.rcv_nxt, ack=client.snd_nxt,
-                       flags=Flags.ACK | Flags.PSH, payload=b"FROM-C")
+    c.inject_protected(
+        lab.b.address,
+        2049,
+        lab.a.address,
+        32800,
+        seq=client.rcv_nxt,
+        ack=client.snd_nxt,
+        flags=Flags.ACK | Flags.PSH,
+        payload=b"FROM-C",
+    )
     _probe(lab, client)
     notes = "client got C's bytes!" if b"FROM-C" in bytes(client.received) else "C's bytes dropped"
     return _finish("flow-stealing", lab, client, server, t0, notes, pcap_dir)
 
 
-def cleartext_injection(approach: Approach, seed: int = 1,
-                        pcap_dir: Path | None = None) -> LatchScenarioResult:
+def cleartext_injection(
+    approach: Approach, seed: int = 1, pcap_dir: Path | None = None
+) -> LatchScenarioResult:
     """A8: an on-path attacker injects a cleartext RST and data with the right sequence numbers."""
     lab, client, server, t0 = _latched(approach, seed)
     m = lab.attacker("m", ipsec=False)
     f = server.flow
-    m.inject_tcp(f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=server.rcv_nxt,
-                 ack=server.snd_nxt, flags=Flags.ACK | Flags.PSH, payload=b"FORGED")
-    m.inject_tcp(f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=server.rcv_nxt + 6,
-                 flags=Flags.RST)
+    m.inject_tcp(
+        f.remote_addr,
+        f.remote_port,
+        f.local_addr,
+        f.local_port,
+        seq=server.rcv_nxt,
+        ack=server.snd_nxt,
+        flags=Flags.ACK | Flags.PSH,
+        payload=b"FORGED",
+    )
+    m.inject_tcp(
+        f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=server.rcv_nxt + 6, flags=Flags.RST
+    )
     _probe(lab, client)
     notes = "server got forged bytes!" if b"FORGED" in bytes(server.received) else "forgery dropped"
     return _finish("cleartext-injection", lab, client, server, t0, notes, pcap_dir)
@@ -189,6 +223,7 @@ SCENARIOS: dict[str, Callable[..., LatchScenarioResult]] = {
 }
 
 
-def run_scenario(name: str, approach: Approach, seed: int = 1,
-                 pcap_dir: Path | None = None) -> LatchScenarioResult:
+def run_scenario(
+    name: str, approach: Approach, seed: int = 1, pcap_dir: Path | None = None
+) -> LatchScenarioResult:
     return SCENARIOS[name](approach, seed, pcap_dir)

@@ -31,7 +31,7 @@ class WirePacket:
     decrypted: bool
     segment: TcpSegment | None
     sike: bool
-    readers: frozenset[str] | None   # hosts holding the decryption key (None: cleartext)
+    readers: frozenset[str] | None  # hosts holding the decryption key (None: cleartext)
 
     @property
     def time(self) -> float:
@@ -86,11 +86,14 @@ def decode_wire(hub: Hub) -> list[WirePacket]:
                 seg = TcpSegment.decode(payload, pkt.src, pkt.dst)
             except SimWireError:
                 seg = None
-        sike = proto == PROTO_UDP and not protected and len(payload) >= 4 and \
-            int.from_bytes(payload[2:4], "big") == 5500
+        sike = (
+            proto == PROTO_UDP
+            and not protected
+            and len(payload) >= 4
+            and int.from_bytes(payload[2:4], "big") == 5500
+        )
         readers = frozenset(hub.key_holders.get((pkt.dst, spi), set())) if spi is not None else None
-        out.append(WirePacket(rec, pkt.src, pkt.dst, proto, protected, spi, decrypted, seg, sike,
-                              readers))
+        out.append(WirePacket(rec, pkt.src, pkt.dst, proto, protected, spi, decrypted, seg, sike, readers))
     return out
 
 
@@ -98,12 +101,16 @@ def flow_packets(hub: Hub, flow: FiveTuple) -> list[WirePacket]:
     return [p for p in decode_wire(hub) if p.matches(flow)]
 
 
-def cleartext_after(hub: Hub, flow: FiveTuple, t0: float,
-                    senders: set[str] | None = None) -> list[WirePacket]:
+def cleartext_after(
+    hub: Hub, flow: FiveTuple, t0: float, senders: set[str] | None = None
+) -> list[WirePacket]:
     """Cleartext TCP segments of ``flow`` on the wire at or after ``t0`` (optionally only those
     sent by ``senders``): after latching there must be none from the latched hosts."""
-    return [p for p in flow_packets(hub, flow)
-            if not p.protected and p.time >= t0 and (senders is None or p.sender in senders)]
+    return [
+        p
+        for p in flow_packets(hub, flow)
+        if not p.protected and p.time >= t0 and (senders is None or p.sender in senders)
+    ]
 
 
 def leaked(hub: Hub, flow: FiveTuple, allowed: set[str]) -> list[WirePacket]:
