@@ -271,7 +271,7 @@ def guest_main() -> dict[str, Any]:
                 if p.info.priority == s_be.flow_priority and PORT in (p.info.sel.sport, p.info.sel.dport)
             )
 
-        s_stat0 = _xfrm_stat(None)
+        s_stat0, c_stat0 = _xfrm_stat(None), _xfrm_stat("client")
         server.update_spd([SpdEntry("xfrm-test", s_spd.selectors, SpdAction.BYPASS)])
         res["server_latch_after_spd_change"] = s_latch.state.value
         res["server_flow_kernel_broken"] = flow_kernel()
@@ -281,7 +281,16 @@ def guest_main() -> dict[str, Any]:
             res["server_got_after_discard"] = conn.recv(100).decode()
         except TimeoutError:
             res["server_got_after_discard"] = None
-        res["in_pol_block_delta"] = _xfrm_stat(None)["XfrmInPolBlock"] - s_stat0["XfrmInPolBlock"]
+        s_stat1, c_stat1 = _xfrm_stat(None), _xfrm_stat("client")
+        res["in_pol_block_delta"] = s_stat1["XfrmInPolBlock"] - s_stat0["XfrmInPolBlock"]
+        # every xfrm counter that moved at either end: says where the segment went when it was not
+        # counted as blocked by the inbound policy
+        res["xfrm_stat_moved"] = {
+            f"{side}:{k}": after[k] - before.get(k, 0)
+            for side, before, after in (("server", s_stat0, s_stat1), ("client", c_stat0, c_stat1))
+            for k in after
+            if after[k] != before.get(k, 0)
+        }
         # ... and the SPD back: the latch is ESTABLISHED again, the engine re-pins the flow to the
         # client's SAs (reqid) in the kernel, and TCP's retransmission now gets through
         server.update_spd([s_spd])
@@ -491,7 +500,8 @@ def test_xfrm_backend_latches_tcp_over_kernel_esp(nfsd_guest: Any) -> None:
     # the flow by reqid and lets TCP's retransmission through
     assert res["server_latch_after_spd_change"] == "BROKEN"
     assert res["server_flow_kernel_broken"] == [[0, 1], [1, 1]]
-    assert res["server_got_after_discard"] is None and res["in_pol_block_delta"] > 0
+    assert res["server_got_after_discard"] is None
+    assert res["in_pol_block_delta"] > 0, res["xfrm_stat_moved"]
     assert res["server_latch_after_spd_restore"] == "ESTABLISHED"
     assert res["server_flow_kernel_restored"] == [[0, 0, rid], [1, 0, rid]]
     assert res["server_got_after_restore"] == "after-discard"
