@@ -612,6 +612,12 @@ class IPsecEngine:
         - On a PROTECT entry: BYPASS needs ``privileged`` (§3.1), else PolicyRefused.
         - A flow whose latch is ESTABLISHED or BROKEN can never be switched to BYPASS.
 
+        Every refusal (:class:`PolicyRefused`) comes before anything changes, and a PROTECT whose
+        latch the LD refuses (:class:`LatchConflict` and the like) is undone before the error
+        propagates: a decision that did not happen leaves the SPD, PAD and latch database as
+        they were. The one change that stays is the end of a TIME_WAIT hold on the 5-tuple: the
+        request is a new flow there, and the old one is finished first.
+
         Returns the outcome if known now (``pending`` True otherwise; ``on_outcome`` is called
         when the key manager finishes). With ``socket_id`` the decision is also pushed to the
         backend as a per-socket policy (on Linux: IP_XFRM_POLICY on that socket).
@@ -620,95 +626,180 @@ class IPsecEngine:
         if latch is not None and flow in self.pad_layer.holds:
             self._supersede(flow)  # a new flow on a 5-tuple in its TIME_WAIT hold
             latch = None
-        if choice is FlowChoice.BYPASS and latch is not None and latch.state is not LatchState.LARVAL:
-            raise PolicyRefused(f"{flow} is latched; a latched flow never falls back to BYPASS")
-        if choice is FlowChoice.PROTECT and latch is not None:
-            # already decided and latched (or being latched): asking again changes nothing
-            if latch.state is LatchState.LARVAL:
-                return ProtectionOutcome(flow, choice, ok=False, pending=True, latch=latch.handle)
+        if latch is not None:
+            if choice is FlowChoice.PROTECT:
+                return self._latched_outcome(latch, flow)
+            if latch.state is not LatchState.LARVAL:
+                raise PolicyRefused(f"{flow} is latched; a latched flow never falls back to BYPASS")
+        entry = self._decidable_entry(flow, choice, privileged)
+        self._bop_failed.pop(flow, None)
+        if choice is FlowChoice.BYPASS:
+            return self._bypass_flow(flow, entry, latch, socket_id)
+        return self._protect_flow(
+            flow,
+            entry,
+            now,
+            request=request,
+            on_alert=on_alert,
+            on_outcome=on_outcome,
+            policy=policy,
+            socket_id=socket_id,
+        )
+
+    def _latched_outcome(self, latch: Latch, flow: FiveTuple) -> ProtectionOutcome:
+        """PROTECT asked again for a flow already latched or being latched: nothing changes, the
+        answer is the latch's state (RFC 5660 §2.2: ESTABLISHED protects, LARVAL is pending,
+        BROKEN stays broken)."""
+        choice = FlowChoice.PROTECT
+        if latch.state is LatchState.LARVAL:
+            return ProtectionOutcome(flow, choice, ok=False, pending=True, latch=latch.handle)
+        if latch.state is LatchState.ESTABLISHED:
             return ProtectionOutcome(
-                flow,
-                choice,
-                ok=latch.state is LatchState.ESTABLISHED,
-                latch=latch.handle,
-                sa=self._latched_sa(latch, flow) if latch.state is LatchState.ESTABLISHED else None,
-                detail="" if latch.state is LatchState.ESTABLISHED else f"latch is {latch.state.value}",
+                flow, choice, ok=True, latch=latch.handle, sa=self._latched_sa(latch, flow)
             )
+        return ProtectionOutcome(
+            flow, choice, ok=False, latch=latch.handle, detail=f"latch is {latch.state.value}"
+        )
+
+    def _decidable_entry(self, flow: FiveTuple, choice: FlowChoice, privileged: bool) -> SpdEntry:
+        """The configured SPD entry an application decision on ``flow`` overrides, after every
+        check that may refuse the decision (PolicyRefused), so that a refusal changes nothing.
+
+        RFC 4301 §4.4.1: a flow no entry matches, or a DISCARD entry, is discarded whatever the
+        application asks. RFC 5660 §3.1: only a privileged caller may bypass a PROTECT entry, or
+        take back a PROTECT decision once its negotiation is over (while it is pending, BYPASS
+        is the application giving up on it)."""
         current = self.spd.overlay_entry(flow)
         if (
             choice is FlowChoice.BYPASS
             and current is not None
             and current.action is SpdAction.PROTECT
-            and flow not in self._outcome_cbs  # not while the PROTECT attempt is still pending
+            and flow not in self._outcome_cbs
             and not privileged
         ):
             raise PolicyRefused(f"{flow} was decided PROTECT; it cannot fall back to BYPASS")
         entry = self.spd.lookup_configured(flow)
         if entry is None or entry.action is SpdAction.DISCARD:
             raise PolicyRefused(f"the SPD discards {flow}")
-        template = entry.name if entry.action is SpdAction.BYPASS_OR_PROTECT else None
-        origin = EntryOrigin.TEMPLATE_CLONE if template else EntryOrigin.APPLICATION_REQUEST
-        self._bop_failed.pop(flow, None)
-        if choice is FlowChoice.BYPASS:
-            if entry.action is SpdAction.PROTECT and not privileged:
-                raise PolicyRefused(
-                    f"bypassing PROTECT entry {entry.name!r} needs a privileged caller (RFC 5660 §3.1)"
-                )
-            if latch is not None:
-                self.latches.release_latch(latch.handle)
-            self.key_manager.pending.pop(flow, None)
-            bypass = SpdEntry.flow_entry(flow, SpdAction.BYPASS, None, origin, template=template)
-            self.spd.install_overlay(flow, bypass)
-            self.backend.install_flow_policy(FlowPolicy(flow, bypass, None))
-            if socket_id is not None:
-                self.backend.install_socket_policy(SocketPolicy(socket_id, flow, bypass, None))
-            return ProtectionOutcome(flow, choice, ok=True)
+        if choice is FlowChoice.BYPASS and entry.action is SpdAction.PROTECT and not privileged:
+            raise PolicyRefused(
+                f"bypassing PROTECT entry {entry.name!r} needs a privileged caller (RFC 5660 §3.1)"
+            )
+        return entry
+
+    def _bypass_flow(
+        self, flow: FiveTuple, entry: SpdEntry, larval: Latch | None, socket_id: int | None
+    ) -> ProtectionOutcome:
+        """BYPASS decision (checked by :meth:`_decidable_entry`): an exact-5-tuple BYPASS entry in
+        the SPD overlay, the "logical SPD update" of RFC 5660 §3.1, which decides the flow ahead of
+        ``entry`` (RFC 4301 §4.4.1: the most specific entry first). A PROTECT attempt still
+        pending is abandoned: its LARVAL latch released, its negotiation forgotten."""
+        if larval is not None:
+            self.latches.release_latch(larval.handle)
+        self.key_manager.pending.pop(flow, None)
+        origin, template = _clone_origin(entry)
+        bypass = SpdEntry.flow_entry(flow, SpdAction.BYPASS, None, origin, template=template)
+        self.spd.install_overlay(flow, bypass)
+        self.backend.install_flow_policy(FlowPolicy(flow, bypass, None))
+        if socket_id is not None:
+            self.backend.install_socket_policy(SocketPolicy(socket_id, flow, bypass, None))
+        return ProtectionOutcome(flow, FlowChoice.BYPASS, ok=True)
+
+    def _protect_flow(
+        self,
+        flow: FiveTuple,
+        entry: SpdEntry,
+        now: float,
+        *,
+        request: LatchRequest | None,
+        on_alert: AlertCallback | None,
+        on_outcome: OutcomeCallback | None,
+        policy: ProtectionPolicy | None,
+        socket_id: int | None,
+    ) -> ProtectionOutcome:
+        """PROTECT decision (checked by :meth:`_decidable_entry`) over ``entry``.
+
+        The flow's own SPD entry becomes a PROTECT clone carrying the template's BTNS_OK
+        (RFC 5386 §2), or goes away when the configured PROTECT entry already protects the flow
+        as asked (RFC 4301 §4.4.1). Approach 2 then latches the flow: RFC 5660 §3.1 wants the
+        logical SPD update made atomically with the latch, so if the LD refuses the latch
+        (IPsecLocalError) the steps recorded in ``undo`` put the SPD entry back and forget the
+        pending outcome before the error propagates. Approach 1 looks for an SA or starts IKE
+        (RFC 4301 §5.1: outbound PROTECT traffic needs an SA)."""
         prot = policy or (request.policy if request is not None else None) or entry.protection
         if prot is None:
             prot = ProtectionPolicy()
-        if entry.action is SpdAction.PROTECT and policy is None:
-            clone = None  # the configured entry already protects the flow
-            if current is not None:  # e.g. an earlier privileged BYPASS: withdraw it
-                self._remove_own_entry(flow)
-        else:
+        undo = _Undo()
+        clone = None
+        if entry.action is not SpdAction.PROTECT or policy is not None:
+            origin, template = _clone_origin(entry)
             clone = SpdEntry.flow_entry(
                 flow, SpdAction.PROTECT, prot, origin, btns_ok=entry.btns_ok, template=template
             )
-            self.spd.install_overlay(flow, clone)
-            self.backend.install_flow_policy(FlowPolicy(flow, clone, None))
+        self._replace_own_entry(flow, clone, undo)
         if socket_id is not None:
             effective = clone or self.spd.lookup(flow) or entry
             self.backend.install_socket_policy(SocketPolicy(socket_id, flow, effective, None))
-        self._outcome_cbs[flow] = (choice, on_outcome)
+        self._outcome_cbs[flow] = (FlowChoice.PROTECT, on_outcome)
+        undo.add(lambda: self._outcome_cbs.pop(flow, None))
         if self.approach is Approach.POLICY:
             try:
                 handle = self.latches.create_connection_latch(flow, request, on_alert=on_alert, now=now)
             except IPsecLocalError:
-                # undo the clone: the decision did not happen (restore what was there before)
-                self._outcome_cbs.pop(flow, None)
-                if clone is not None:
-                    self.spd.remove_overlay(flow)
-                    self.backend.remove_flow_policy(flow)
-                if current is not None:
-                    self.spd.install_overlay(flow, current)
-                    self.backend.install_flow_policy(FlowPolicy(flow, current, None))
+                # the LD refuses before it changes anything: undoing this call's steps is enough
+                undo.run()
                 raise
-            latch = self.latches.get(handle)
-            if latch is not None and latch.state is LatchState.ESTABLISHED:
-                self._outcome_cbs.pop(flow, None)
-                return ProtectionOutcome(
-                    flow, choice, ok=True, latch=handle, sa=self._latched_sa(latch, flow)
-                )
-            if latch is None:  # LARVAL resolved synchronously into CLOSED
-                self._outcome_cbs.pop(flow, None)
-                return ProtectionOutcome(flow, choice, ok=False, acquire=self._bop_failed.get(flow))
-            return ProtectionOutcome(flow, choice, ok=False, pending=True, latch=handle)
+            return self._protect_outcome_latched(flow, handle)
+        return self._protect_outcome_unlatched(flow, entry, prot, now)
+
+    def _replace_own_entry(self, flow: FiveTuple, entry: SpdEntry | None, undo: _Undo) -> None:
+        """Make ``entry`` the flow's own SPD overlay entry, or withdraw the one it has (None), and
+        record in ``undo`` how to put the previous one back (with its unpinned backend policy)."""
+        previous = self.spd.overlay_entry(flow)
+        if entry is not None:
+            self.spd.install_overlay(flow, entry)
+            self.backend.install_flow_policy(FlowPolicy(flow, entry, None))
+        elif previous is not None:  # e.g. an earlier privileged BYPASS
+            self._remove_own_entry(flow)
+        else:
+            return
+
+        def restore() -> None:
+            if entry is not None:
+                self.spd.remove_overlay(flow)
+                self.backend.remove_flow_policy(flow)
+            if previous is not None:
+                self.spd.install_overlay(flow, previous)
+                self.backend.install_flow_policy(FlowPolicy(flow, previous, None))
+
+        undo.add(restore)
+
+    def _protect_outcome_latched(self, flow: FiveTuple, handle: int) -> ProtectionOutcome:
+        """Approach 2: the outcome of a PROTECT decision is its latch's (RFC 5660 §2.2): ok when
+        ESTABLISHED, pending while LARVAL; a latch already CLOSED failed its negotiation
+        (:meth:`acquire_finished` withdrew the clone and recorded why)."""
+        choice = FlowChoice.PROTECT
+        latch = self.latches.get(handle)
+        if latch is not None and latch.state is LatchState.ESTABLISHED:
+            self._outcome_cbs.pop(flow, None)
+            return ProtectionOutcome(flow, choice, ok=True, latch=handle, sa=self._latched_sa(latch, flow))
+        if latch is None:
+            self._outcome_cbs.pop(flow, None)
+            return ProtectionOutcome(flow, choice, ok=False, acquire=self._bop_failed.get(flow))
+        return ProtectionOutcome(flow, choice, ok=False, pending=True, latch=handle)
+
+    def _protect_outcome_unlatched(
+        self, flow: FiveTuple, entry: SpdEntry, prot: ProtectionPolicy, now: float
+    ) -> ProtectionOutcome:
+        """Approach 1: ok if an SA already protects the flow as its SPD entry asks, else ACQUIRE
+        one (RFC 4301 §5.1); a negotiation that ends within the call answers at once."""
+        choice = FlowChoice.PROTECT
         sa = self._select_sa(flow, self.spd.lookup(flow) or entry)
         if sa is not None:
             self._outcome_cbs.pop(flow, None)
             return ProtectionOutcome(flow, choice, ok=True, sa=sa)
         self.key_manager.acquire(flow, prot, now)
-        if flow not in self._outcome_cbs:  # resolved synchronously (zero setup delay)
+        if flow not in self._outcome_cbs:  # acquire_finished ran within acquire
             sa = self._select_sa(flow, self.spd.lookup(flow) or entry)
             return ProtectionOutcome(
                 flow, choice, ok=sa is not None, sa=sa, acquire=self._bop_failed.get(flow)
@@ -996,6 +1087,29 @@ class IPsecEngine:
         )
         self.spd.install_overlay(flow, clone)
         self.backend.install_flow_policy(FlowPolicy(flow, clone, reqid))
+
+
+class _Undo:
+    """The steps that undo a change in progress, run newest first if the change fails."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], object]] = []
+
+    def add(self, step: Callable[[], object]) -> None:
+        self._steps.append(step)
+
+    def run(self) -> None:
+        while self._steps:
+            self._steps.pop()()
+
+
+def _clone_origin(template: SpdEntry) -> tuple[EntryOrigin, str | None]:
+    """Origin and template name of a flow's own entry decided over the configured ``template``:
+    a clone of a BYPASS-OR-PROTECT template, or an application's request (RFC 5660 §3.1)."""
+    name = template.name if template.action is SpdAction.BYPASS_OR_PROTECT else None
+    return (EntryOrigin.TEMPLATE_CLONE if name else EntryOrigin.APPLICATION_REQUEST), name
 
 
 def _discard_reason(entry: SpdEntry) -> DropReason:
