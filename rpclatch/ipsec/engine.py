@@ -1,36 +1,11 @@
-"""The IPsec engine facade: one object a host stack calls for every packet (sans-IO).
-
-::
-
-    engine = IPsecEngine(spd_entries, pad_entries, approach=Approach.POLICY)   # or Approach.ULP
-    d = engine.outbound(flow, now, initiating=is_syn)     # BYPASS | PROTECT(sa) | DISCARD | NEED_SA
-    d = engine.inbound(flow, sa_or_None, now, initiating=is_syn)   # ACCEPT(tag) | DROP(reason)
-    engine.poll(now); engine.next_deadline()              # timers (ACQUIRE timeouts, TIME_WAIT holds)
-
-``flow`` is always local-oriented (:class:`~rpclatch.ipsec.model.FiveTuple`); ``protected_by``
-is the SA the host's ESP layer decapsulated the packet with (None for cleartext). Nothing here
-reads a clock or does I/O; ``now`` is virtual time in seconds.
-
-Two designs (docs/design.md, "Two places to keep a latch"), chosen by :class:`Approach`:
-
-* ``Approach.ULP`` (approach 1, "intimate interfaces", RFC 5660 §2.4 informative model): the
-  engine does RFC 4301 processing and *tags* every inbound packet with the SA that protected it
-  (or CLEARTEXT). The latch lives in the ULP's control block
-  (:class:`rpclatch.ipsec.ulp.UlpLatch`), which passes ``like=tag`` on output ("protect this like
-  so") and checks inbound tags. The engine watches latched TCBs for RFC 5660 §2 conflicts
-  (``vet_child_sa`` on SA install, ``update_spd``) and breaks them as the LD would.
-* ``Approach.POLICY`` (approach 2, RFC 5660 §2.3 normative model): latches live in the Latch
-  Database next to the SAD, recorded as cloned PAD entries (rpclatch.ipsec.pad_latching) and
-  enforced here on every packet. ``listen`` / ``connect`` / ``close_flow`` are the ULP calls.
-
-Both support the BYPASS-OR-PROTECT SPD template (``request_protection`` for outgoing flows; the
-first inbound packet decides incoming ones).
-"""
+"""The IPsec engine: the one object a host stack calls for every packet, sans-IO
+(:class:`IPsecEngine`), with RFC 4301 processing, RFC 5660 latching by either approach
+(:class:`Approach`) and BYPASS-OR-PROTECT (docs/design.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from rpclatch.ipsec.backend import Backend, FlowPolicy, InProcessBackend, SocketPolicy
@@ -72,8 +47,22 @@ from rpclatch.ipsec.ulp_watch import UlpLatchWatch
 
 
 class Approach(Enum):
-    ULP = 1  # approach 1: latch held by the ULP (packet tagging)
-    POLICY = 2  # approach 2: latch held in the LD / PAD / SPD
+    """Where latches live (docs/design.md, "Two places to keep a latch").
+
+    * ``ULP`` (approach 1, RFC 5660 §2.4 informative model): the engine does RFC 4301
+      processing and tags every inbound packet with the SA that protected it (or CLEARTEXT). The
+      latch lives in the ULP's control block (:class:`rpclatch.ipsec.ulp.UlpLatch`), which passes
+      ``like=tag`` to :meth:`IPsecEngine.outbound` ("protect this like so") and checks inbound
+      tags. The engine watches latched control blocks for RFC 5660 §2 conflicts (child SAs about
+      to be installed, SPD changes) and breaks them as the LD would.
+    * ``POLICY`` (approach 2, RFC 5660 §2.3 normative model): latches live in the latch database
+      next to the SAD, recorded as cloned PAD entries (:mod:`rpclatch.ipsec.pad_latching`) and
+      enforced by the engine on every packet; :meth:`IPsecEngine.listen`,
+      :meth:`IPsecEngine.connect` and :meth:`IPsecEngine.close_flow` are the ULP's calls.
+    """
+
+    ULP = 1
+    POLICY = 2
 
 
 class FlowChoice(Enum):
@@ -126,11 +115,23 @@ class EngineConfig:
 
 
 class IPsecEngine:
-    """See the module docstring. ``provisions`` configure the default StaticKeyManager;
-    ``key_manager_factory`` replaces it. Public attributes: ``spd``, ``pad``, ``sad``, ``latches`` (the
-    LD), ``key_manager``, ``backend``, ``pad_layer`` (approach 2 templates/clones), ``config``.
-    The configured SPD is pushed to the backend here and on :meth:`update_spd`; a BROKEN latch's
-    flow is discarded there too (exact-5-tuple DISCARD flow policy) until it recovers or ends."""
+    """The IPsec layer of one host, sans-IO: the host stack calls it for every packet::
+
+        engine = IPsecEngine(spd_entries, pad_entries, approach=Approach.POLICY)
+        d = engine.outbound(flow, now, initiating=is_syn)  # BYPASS | PROTECT(sa) | DISCARD | NEED_SA
+        d = engine.inbound(flow, sa_or_none, now, initiating=is_syn)  # ACCEPT(tag) | DROP(reason)
+        engine.poll(now); engine.next_deadline()  # ACQUIRE timeouts, TIME_WAIT holds
+
+    ``flow`` is always local-oriented (:class:`~rpclatch.ipsec.model.FiveTuple`). Nothing here
+    reads a clock or does I/O; ``now`` is the caller's time in seconds. Outgoing flows on a
+    BYPASS-OR-PROTECT template are decided by :meth:`request_protection`, incoming ones by their
+    first packet, in both approaches.
+
+    ``provisions`` configure the default StaticKeyManager; ``key_manager_factory`` replaces it.
+    Public attributes: ``spd``, ``pad``, ``sad``, ``latches`` (the LD), ``key_manager``,
+    ``backend``, ``pad_layer`` (approach 2 templates/clones), ``config``. The configured SPD is
+    pushed to the backend here and on :meth:`update_spd`; a BROKEN latch's flow is discarded
+    there too (exact-5-tuple DISCARD flow policy) until it recovers or ends."""
 
     def __init__(
         self,
@@ -145,14 +146,7 @@ class IPsecEngine:
     ) -> None:
         cfg = config or EngineConfig()
         if approach is not None and approach is not cfg.approach:
-            cfg = EngineConfig(
-                approach,
-                cfg.pin_on_spd_change,
-                cfg.narrow_conflicting_sas,
-                cfg.auto_latch,
-                cfg.time_wait,
-                cfg.acquire_timeout,
-            )
+            cfg = replace(cfg, approach=approach)
         self.config = cfg
         self.spd = SecurityPolicyDatabase(spd_entries)
         self.pad = PeerAuthorizationDatabase(pad_entries)
@@ -165,18 +159,8 @@ class IPsecEngine:
             pin_on_spd_change=cfg.pin_on_spd_change,
             narrow_conflicting_sas=cfg.narrow_conflicting_sas,
         )
-        if key_manager_factory is None:
-            self.key_manager = StaticKeyManager(
-                self.sad,
-                self.pad,
-                self.latches,
-                self.backend,
-                provisions=tuple(provisions),
-                acquire_timeout=cfg.acquire_timeout,
-                listener=self,
-            )
-        else:
-            self.key_manager = key_manager_factory(self.sad, self.pad, self.latches, self.backend, self)
+        factory = key_manager_factory or _static_key_manager(tuple(provisions), cfg.acquire_timeout)
+        self.key_manager = factory(self.sad, self.pad, self.latches, self.backend, self)
         self.pad_layer = PadLatchLayer(cfg.time_wait)
         self.peer_ids = PeerIdStore()
         self._tags: dict[int, PacketTag] = {}
@@ -221,7 +205,8 @@ class IPsecEngine:
         *,
         initiating: bool = False,
     ) -> InboundDecision:
-        """Judge one received packet of ``flow`` (after ESP/AH decapsulation by ``protected_by``).
+        """Judge one received packet of ``flow``; ``protected_by`` is the SA the host's ESP/AH
+        layer decapsulated it with, None for cleartext.
 
         ``initiating`` marks a flow-initiating packet (TCP SYN without ACK, SCTP INIT, the first
         datagram of a connected-UDP flow); only those may create latches or decide templates.
@@ -1087,6 +1072,29 @@ class IPsecEngine:
         )
         self.spd.install_overlay(flow, clone)
         self.backend.install_flow_policy(FlowPolicy(flow, clone, reqid))
+
+
+def _static_key_manager(provisions: tuple[SaProvision, ...], acquire_timeout: float) -> KeyManagerFactory:
+    """The default key manager: child SAs come from ``provisions``, without IKE on any wire."""
+
+    def build(
+        sad: SecurityAssociationDatabase,
+        pad: PeerAuthorizationDatabase,
+        latches: LatchDatabase,
+        backend: Backend,
+        listener: IPsecEngine,
+    ) -> StaticKeyManager:
+        return StaticKeyManager(
+            sad,
+            pad,
+            latches,
+            backend,
+            provisions=provisions,
+            acquire_timeout=acquire_timeout,
+            listener=listener,
+        )
+
+    return build
 
 
 class _Undo:
