@@ -1,76 +1,10 @@
 """asyncio shells around the sans-IO RPC client and server (RFC 5531 §11 over TCP, §9 over UDP).
 
 These adapters only move bytes and time between asyncio transports and the protocol objects in
-:mod:`rpclatch.rpc.client` and :mod:`rpclatch.rpc.server`; all protocol logic lives there.
-
-Client
-------
-``await RpcStreamClient.connect_tcp(host, port, *, auth=None, timeout=30.0, connect_timeout=10.0,
-max_record=DEFAULT_MAX_RECORD, sock=None)`` (``sock``: an already connected socket, e.g. one the
-latching engine set up), ``await RpcStreamClient.connect_unix(path, ...)``:
-
-* ``await client.call(prog, vers, proc, args=b"", *, auth=None, timeout=None) -> bytes``
-* ``client.call_nowait(...) -> asyncio.Future[bytes]`` (pipelining: many calls in flight)
-* ``await client.close()``; ``client.closed``; ``client.peername``; ``client.transport``.
-
-``await RpcUdpClient.connect(host, port, *, auth=None, timeout=30.0, retransmit_initial=0.5,
-retransmit_max=8.0)``: the same ``call``/``call_nowait``/``close`` over a connected UDP socket; the
-call is retransmitted with exponential backoff until its timeout (same xid, prepared afresh by the
-flavor: RPCSEC_GSS gives each transmission a new seq_num). An ICMP "port unreachable" fails
-outstanding calls with :class:`rpclatch.rpc.errors.RpcConnectionClosed` ("connection refused").
-Arguments too large for one datagram raise :class:`RpcLocalError` at once; the UDP server answers
-SYSTEM_ERR when its reply would not fit in one.
-
-Failures raise :class:`rpclatch.rpc.errors.RpcError` subclasses (connect errors are ``OSError``).
-
-Server
-------
-``RpcServer(dispatcher, *, max_connections=1024, idle_timeout=300.0, write_timeout=30.0,
-max_record=DEFAULT_MAX_RECORD, max_output=DEFAULT_MAX_OUTPUT, max_in_flight=64, on_connection=None,
-on_connection_closed=None)`` (the limits are those of
-:class:`rpclatch.rpc.server.RpcServerConnection`: ``idle_timeout`` counts only complete calls as
-activity, ``write_timeout`` aborts a stream whose peer takes no reply bytes for that long,
-``max_output`` bounds the unsent replies, counting the transport's write buffer):
-
-* ``await server.listen_tcp(host="127.0.0.1", port=0) -> int`` (the bound port),
-  ``await server.listen_udp(host="127.0.0.1", port=0) -> int``,
-  ``await server.listen_unix(path, *, mode=None) -> str`` (a unix-domain stream socket, record
-  marked like TCP; ``mode`` e.g. ``0o666`` chmods the socket file; a stale socket file at
-  ``path`` is replaced, any other file is an error; ``close()`` removes the socket file if it is
-  still ours); several listeners are fine. Unix connections have ``ConnectionInfo.transport ==
-  "unix"``, ``peer`` None and the peer's kernel-checked ``(pid, uid, gid)`` in
-  ``attributes["peer_cred"]`` (SO_PEERCRED), as rpcbind uses its unix socket.
-* ``await server.accept_socket(sock)``: serve an already accepted stream socket (a transport that
-  accepts its own connections, e.g. the latching engine, hands them over here).
-* ``on_connection(info: ConnectionInfo, transport)`` runs when a stream connection starts, before
-  any call on it is dispatched: set ``info.channel`` there (RFC 5660 latch -> RFC 5403 binding). An
-  exception from it closes the connection. ``on_connection_closed(info)`` runs when it ends, after
-  every ``ServerAuth.connection_closed(info)``.
-* ``server.connections`` (the live ``ConnectionInfo`` objects), ``server.stream_connections``
-  (their sans-IO state, for accounting: ``unsent``, ``buffered_input``, ``backlog``),
-  ``server.tcp_addresses``, ``server.udp_addresses``.
-* ``await server.close(grace=5.0)``: graceful shutdown. It stops listening and stops reading;
-  every call already received is answered: on a stream, the calls waiting undispatched in the
-  connection's backlog (held back by output backpressure) are dispatched and the coroutine
-  procedures running finish; on UDP, running procedures finish. Replies go out, then each
-  connection closes (at once when it has nothing to answer). What is not answered: bytes still
-  in the kernel's receive buffer, a partly received record, datagrams arriving after close()
-  began, and whatever is unfinished after ``grace`` seconds (then every connection is aborted).
-
-Backpressure: a connection stops being read while its transport holds more than its high-water
-mark of unsent replies, while its unsent replies (queued or in the transport's write buffer) are
-``max_output`` or more, while calls wait undispatched, or while ``max_in_flight`` coroutine
-procedures run; so a client that pipelines calls and does not read its replies cannot make the
-server buffer more than ``max_output`` plus the reply being written, and after ``write_timeout``
-seconds without taking any of it the connection is aborted (its slot freed).
-
-UDP: procedures see ``ctx.max_results`` (the largest datagram, :data:`MAX_UDP_REPLY`, less the
-reply header) and refuse larger results before building them (SYSTEM_ERR); a sealed reply that
-still does not fit is answered SYSTEM_ERR too. Both log lines are rate-limited.
-
-Beyond ``max_connections`` a new connection is closed at once (logged). A connection with
-``max_in_flight`` coroutine procedures running stops being read until one finishes, so one client
-cannot make the server buffer without bound.
+:mod:`rpclatch.rpc.client` and :mod:`rpclatch.rpc.server`, where all protocol logic lives; what
+they add is socket handling, one loop timer per connection, gathered writes and read backpressure.
+:class:`RpcStreamClient` (TCP, unix-domain) and :class:`RpcUdpClient` are the clients,
+:class:`RpcServer` the server. rpcbind, gss, nfs4 and the commands use them.
 """
 
 from __future__ import annotations
@@ -334,7 +268,16 @@ class _StreamClientProtocol(asyncio.BufferedProtocol, _TimerMixin):
 
 
 class RpcStreamClient(_ClientBase):
-    """RPC client over one TCP or unix-domain stream. See the module docstring."""
+    """RPC client over one TCP or unix-domain stream (record marking, RFC 5531 §11).
+
+    Open one with :meth:`connect_tcp` or :meth:`connect_unix`. ``await client.call(prog, vers,
+    proc, args=b"", *, auth=None, timeout=None)`` returns the (unwrapped) result bytes;
+    :meth:`call_nowait` returns a future instead, so that many calls can be in flight at once
+    (pipelining). ``closed``, ``peername`` and ``transport`` describe the connection; ``await
+    client.close()`` (or leaving ``async with``) closes it. Failures raise
+    :class:`rpclatch.rpc.errors.RpcError` subclasses; connect errors are ``OSError`` or
+    ``TimeoutError``.
+    """
 
     def __init__(self, protocol: _StreamClientProtocol) -> None:
         self._protocol: _StreamClientProtocol = protocol
@@ -372,8 +315,10 @@ class RpcStreamClient(_ClientBase):
         max_record: int = DEFAULT_MAX_RECORD,
         sock: socket.socket | None = None,
     ) -> RpcStreamClient:
-        """Connect to ``host:port`` (or use the connected ``sock``). Connect errors are OSError /
-        TimeoutError."""
+        """Connect to ``host:port``, or use ``sock``, an already connected socket (e.g. one the
+        latching engine set up). ``auth`` and ``timeout`` are the defaults for every call (a call
+        may override them); ``connect_timeout`` bounds the connect; ``max_record`` bounds the
+        reply records accepted. Connect errors are OSError / TimeoutError."""
         loop = asyncio.get_running_loop()
         if sock is not None:
             return await cls._connect(
@@ -393,7 +338,8 @@ class RpcStreamClient(_ClientBase):
         connect_timeout: float = 10.0,
         max_record: int = DEFAULT_MAX_RECORD,
     ) -> RpcStreamClient:
-        """Connect to a unix-domain stream socket (e.g. rpcbind's /run/rpcbind.sock)."""
+        """Connect to a unix-domain stream socket (e.g. rpcbind's /run/rpcbind.sock); the
+        keyword arguments are those of :meth:`connect_tcp`."""
         loop = asyncio.get_running_loop()
         return await cls._connect(
             lambda f: loop.create_unix_connection(f, path), auth, timeout, connect_timeout, max_record
@@ -485,7 +431,16 @@ class _DatagramClientProtocol(asyncio.DatagramProtocol, _TimerMixin):
 
 
 class RpcUdpClient(_ClientBase):
-    """RPC client over a connected UDP socket, with retransmission. See the module docstring."""
+    """RPC client over a connected UDP socket, with retransmission.
+
+    Open one with :meth:`connect`; ``call``, ``call_nowait`` and ``close`` are those of
+    :class:`RpcStreamClient`. A call is retransmitted with exponential backoff (from
+    ``retransmit_initial`` up to ``retransmit_max`` seconds between tries) until its timeout, with
+    the same xid, prepared afresh by the flavor (RPCSEC_GSS gives each transmission a new
+    seq_num). An ICMP "port unreachable" fails outstanding calls with
+    :class:`rpclatch.rpc.errors.RpcConnectionClosed` ("connection refused"). Arguments too large
+    for one datagram raise :class:`RpcLocalError` at once.
+    """
 
     def __init__(self, protocol: _DatagramClientProtocol) -> None:
         self._protocol: _DatagramClientProtocol = protocol
@@ -806,7 +761,32 @@ class _ServerDatagramProtocol(asyncio.DatagramProtocol):
 
 
 class RpcServer:
-    """asyncio TCP/UDP server for an :class:`RpcDispatcher`. See the module docstring."""
+    """asyncio TCP, UDP and unix-domain server for an :class:`RpcDispatcher`.
+
+    Listen with :meth:`listen_tcp`, :meth:`listen_udp` and :meth:`listen_unix` (several listeners
+    are fine), or hand over a stream socket accepted elsewhere with :meth:`accept_socket`; stop with
+    :meth:`close`. The limits are those of :class:`rpclatch.rpc.server.RpcServerConnection`:
+    ``idle_timeout`` counts only complete calls as activity, ``write_timeout`` aborts a stream whose
+    peer takes no reply bytes for that long, ``max_output`` bounds the unsent replies (counting the
+    transport's write buffer), ``max_record`` the call records accepted.
+
+    ``on_connection(info: ConnectionInfo, transport)`` runs when a stream connection starts, before
+    any call on it is dispatched: set ``info.channel`` there (RFC 5660 latch -> RFC 5403 binding).
+    An exception from it closes the connection. ``on_connection_closed(info)`` runs when it ends,
+    after every ``ServerAuth.connection_closed(info)``.
+
+    ``connections`` lists the live ``ConnectionInfo`` objects, :attr:`stream_connections` their
+    sans-IO state; ``tcp_addresses``, ``udp_addresses`` and ``unix_paths`` the listeners.
+
+    Limits, so that no client can make the server buffer without bound: beyond
+    ``max_connections`` a new connection is closed at once (logged). A connection stops being read
+    while its transport holds more than its high-water mark of unsent replies, while its unsent
+    replies (queued or in the transport's write buffer) are ``max_output`` or more, while calls
+    wait undispatched, or while ``max_in_flight`` coroutine procedures run. So a client that
+    pipelines calls and does not read its replies makes the server buffer at most ``max_output``
+    plus the reply being written, and after ``write_timeout`` seconds without taking any of it the
+    connection is aborted (its slot freed).
+    """
 
     def __init__(
         self,
@@ -861,7 +841,11 @@ class RpcServer:
         return int(bound[1])
 
     async def listen_udp(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve datagrams on ``host:port`` (0 = any free port); return the bound port."""
+        """Serve datagrams on ``host:port`` (0 = any free port); return the bound port.
+
+        Procedures see ``ctx.max_results`` (the largest datagram, :data:`MAX_UDP_REPLY`, less the
+        reply header) and refuse larger results before building them (SYSTEM_ERR); a sealed reply
+        that still does not fit is answered SYSTEM_ERR too. Both log lines are rate-limited."""
         transport, protocol = await self._loop.create_datagram_endpoint(
             lambda: _ServerDatagramProtocol(self), local_addr=(host, port)
         )
@@ -871,10 +855,15 @@ class RpcServer:
         return int(bound[1])
 
     async def listen_unix(self, path: str, *, mode: int | None = None, backlog: int = 1024) -> str:
-        """Listen on the unix-domain stream socket ``path``; return it. A stale socket file left
-        at ``path`` is replaced; any other existing file raises :class:`FileExistsError` (nothing
-        is removed). ``mode`` chmods the socket (who may connect); the file is removed again by
-        :meth:`close` if it is still the one we made."""
+        """Listen on the unix-domain stream socket ``path``; return it. Calls are record marked
+        as on TCP. A stale socket file left at ``path`` is replaced; any other existing file raises
+        :class:`FileExistsError` (nothing is removed). ``mode`` (e.g. ``0o666``) chmods the socket
+        (who may connect); the file is removed again by :meth:`close` if it is still the one we
+        made.
+
+        Unix connections have ``ConnectionInfo.transport == "unix"``, ``peer`` None and the
+        peer's kernel-checked ``(pid, uid, gid)`` in ``attributes["peer_cred"]`` (SO_PEERCRED),
+        as rpcbind uses its unix socket."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -893,13 +882,20 @@ class RpcServer:
         return path
 
     async def accept_socket(self, sock: socket.socket) -> None:
-        """Serve an already accepted, connected stream socket."""
+        """Serve an already accepted, connected stream socket (a transport that accepts its own
+        connections, e.g. the latching engine, hands them over here)."""
         await self._loop.connect_accepted_socket(lambda: _ServerStreamProtocol(self), sock)
 
     async def close(self, grace: float = 5.0) -> None:
-        """Graceful shutdown (see the module docstring): stop listening and reading, answer every
-        call already received -- waiting undispatched in a connection's backlog, or running -- and
-        let the replies go out, for up to ``grace`` seconds in all; then close everything."""
+        """Graceful shutdown: stop listening and reading, answer every call already received,
+        let the replies go out, for up to ``grace`` seconds in all; then close everything.
+
+        On a stream, the calls waiting undispatched in the connection's backlog (held back by
+        output backpressure) are dispatched and the coroutine procedures running finish; on UDP,
+        running procedures finish. Each connection closes once its replies went out (at once when
+        it has nothing to answer). Not answered: bytes still in the kernel's receive buffer, a
+        partly received record, datagrams arriving after close() began, and whatever is
+        unfinished after ``grace`` seconds (then every connection is aborted)."""
         self._closing = True
         for srv in self._servers:
             srv.close()

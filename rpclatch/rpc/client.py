@@ -2,58 +2,10 @@
 
 The objects here never read a clock, open a socket or sleep: the caller passes bytes and the
 current time ``now`` (any monotonic float, e.g. ``loop.time()``) in, and takes bytes, events and the
-next timer deadline out. :mod:`rpclatch.rpc.aio` wraps them in asyncio transports; tests drive them
-directly with a fake clock.
-
-API
----
-``RpcClientConnection(auth=None, default_timeout=30.0, max_record=DEFAULT_MAX_RECORD,
-max_fragment=MAX_FRAGMENT, first_xid=None)`` — one record-marked stream (TCP, unix socket):
-
-* ``send_call(prog, vers, proc, args, auth, now, timeout=None) -> CallHandle``: allocates an xid
-  (random start, then +1, skipping xids still outstanding), lets ``auth`` (a
-  :class:`rpclatch.rpc.auth.ClientAuth`; None = the connection's default, AUTH_NONE unless given)
-  build the call, queues its bytes. ``args`` are the already XDR-encoded arguments. ``timeout``
-  None = ``default_timeout``; ``math.inf`` = no deadline.
-* ``data_to_send() -> bytes``: bytes to write to the transport now (b"" if none);
-  ``data_to_send_parts() -> list[bytes]`` the same as buffers to write in order (large arguments
-  are passed through uncopied); ``wants_write`` tells whether there is anything.
-* ``receive_data(data) -> list[Event]``: feed bytes read from the transport (``data`` may be a
-  view of a buffer the caller reuses). Replies are reassembled under the same bounds as on the
-  server (:class:`rpclatch.rpc.record.RecordReassembler`: at most ``max_record`` bytes of a reply
-  plus one fragment header, few zero-length fragments), so a hostile server cannot make the
-  client buffer more; ``buffered_input`` is what is held. A stream that breaks them fails with
-  :class:`ConnectionFailed`.
-* ``next_timer() -> float | None`` / ``handle_timer(now) -> list[Event]``: per-call deadlines;
-  an expired call fails with :class:`rpclatch.rpc.errors.RpcTimeout`.
-* ``connection_lost(error=None) -> list[Event]``: fail every outstanding call
-  (:class:`RpcConnectionClosed`); ``outstanding`` is the number of calls awaiting a reply.
-
-``RpcDatagramClient(auth=None, default_timeout=30.0, retransmit_initial=0.5, retransmit_max=8.0,
-first_xid=None)`` — the same for a connected datagram socket (UDP): ``send_call`` as above,
-``datagrams_to_send() -> list[bytes]``, ``receive_datagram(data) -> list[Event]``, and timers that
-also retransmit the call with exponential backoff until its deadline. Every retransmission keeps
-the xid but is prepared afresh by the flavor, so RPCSEC_GSS gives it a new seq_num and header MIC
-(RFC 2203 §5.3.3.1: "the client [must] increment the sequence number even if it is retrying a
-request with the same RPC transaction identifier"; the server drops a repeated seq_num as a
-replay). A reply is accepted if it checks against any of the (at most
-:data:`MAX_KEPT_TRANSMISSIONS`) transmissions of the call, as the RFC suggests and as Linux does
-(it keeps the seq_nums of a request's transmissions and tries each against the reply verifier).
-Flavors whose output does not change (AUTH_NONE, AUTH_SYS) resend the same bytes.
-
-Events: :class:`CallCompleted` (``handle``, ``result``: the unwrapped result bytes of a SUCCESS
-reply), :class:`CallFailed` (``handle``, ``error``: an :class:`rpclatch.rpc.errors.RpcError` —
-:class:`RpcAcceptError` / :class:`RpcMismatchError` / :class:`RpcAuthError` from the server,
-:class:`RpcTimeout`, :class:`RpcProtocolError`, :class:`AuthVerifierError`, ...) and
-:class:`ConnectionFailed` (stream only: the byte stream is broken, e.g. a record too large; close
-the transport — the outstanding calls have each had a CallFailed first).
-
-An AUTH_ERROR reply is passed to ``auth.on_auth_error``; if it returns True the call is prepared
-again under a new xid and resent once (RFC 2203 §5.3.3.3 context refresh); a second AUTH_ERROR
-fails the call without asking the flavor again. A reply whose xid matches no outstanding call
-(late, or a duplicate) is ignored.
-A ``CallHandle`` carries ``prog/vers/proc/xid/deadline`` and a free ``context`` slot for the
-transport shell (e.g. its future).
+next timer deadline out. :class:`RpcClientConnection` is one record-marked stream,
+:class:`RpcDatagramClient` a connected datagram socket; both take a flavor from
+:mod:`rpclatch.rpc.auth` (RPCSEC_GSS plugs in the same way). :mod:`rpclatch.rpc.aio` wraps them in
+asyncio transports; tests drive them directly with a fake clock.
 """
 
 from __future__ import annotations
@@ -118,7 +70,8 @@ MAX_KEPT_TRANSMISSIONS = 8
 
 
 class CallHandle:
-    """One outstanding call. ``context`` is free for the transport shell (e.g. an asyncio future)."""
+    """One outstanding call: ``prog``, ``vers``, ``proc``, ``xid`` and ``deadline``. ``context``
+    is free for the transport shell (e.g. an asyncio future)."""
 
     __slots__ = (
         "_timer_at",
@@ -181,7 +134,9 @@ class CallCompleted:
 
 @dataclass(frozen=True, slots=True)
 class CallFailed:
-    """The call ended without results."""
+    """The call ended without results. ``error`` is an :class:`rpclatch.rpc.errors.RpcError`:
+    :class:`RpcAcceptError` / :class:`RpcMismatchError` / :class:`RpcAuthError` from the server,
+    :class:`RpcTimeout`, :class:`RpcProtocolError`, :class:`AuthVerifierError`, ..."""
 
     handle: CallHandle
     error: RpcError
@@ -189,7 +144,9 @@ class CallFailed:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionFailed:
-    """The stream is unusable (bad record marking); the shell must close the transport."""
+    """The stream is unusable (bad record marking, e.g. a record too large); the shell must close
+    the transport. Stream clients only; every outstanding call has had a :class:`CallFailed`
+    first."""
 
     error: RpcError
 
@@ -402,7 +359,24 @@ class _ClientCore:
 
 
 class RpcClientConnection(_ClientCore):
-    """Client side of one record-marked byte stream (RFC 5531 §11). See the module docstring."""
+    """Client side of one record-marked byte stream (RFC 5531 §11): TCP or a unix socket.
+
+    Queue calls with :meth:`send_call`, write :meth:`data_to_send` (or
+    :meth:`data_to_send_parts`) to the transport, feed what it reads to :meth:`receive_data`,
+    drive :meth:`next_timer` / :meth:`handle_timer`, and call :meth:`connection_lost` when the
+    transport goes. ``outstanding`` is the number of calls awaiting a reply. The events are
+    :class:`CallCompleted`, :class:`CallFailed` and :class:`ConnectionFailed`.
+
+    Replies are reassembled under the same bounds as on the server
+    (:class:`rpclatch.rpc.record.RecordReassembler`: at most ``max_record`` bytes of a reply plus
+    one fragment header, few zero-length fragments), so a hostile server cannot make the client
+    buffer more; a stream that breaks them fails with :class:`ConnectionFailed`.
+
+    An AUTH_ERROR reply is passed to ``auth.on_auth_error``; if it returns True the call is
+    prepared again under a new xid and resent once (RFC 2203 §5.3.3.3 context refresh); a second
+    AUTH_ERROR fails the call without asking the flavor again. A reply whose xid matches no
+    outstanding call (late, or a duplicate) is ignored.
+    """
 
     def __init__(
         self,
@@ -435,7 +409,13 @@ class RpcClientConnection(_ClientCore):
         now: float,
         timeout: float | None = None,
     ) -> CallHandle:
-        """Queue a call; its bytes come out of :meth:`data_to_send`."""
+        """Queue a call; its bytes come out of :meth:`data_to_send`.
+
+        The xid is allocated here (random start, then +1, skipping xids still outstanding).
+        ``auth`` (a :class:`rpclatch.rpc.auth.ClientAuth`; None: the connection's default, AUTH_NONE
+        unless given) builds the call around ``args``, the already XDR-encoded arguments.
+        ``timeout`` None: ``default_timeout``; ``math.inf``: no deadline. An expired call fails
+        with :class:`rpclatch.rpc.errors.RpcTimeout`."""
         if self.closed:
             raise RpcConnectionClosed("the connection is closed")
         handle = self._new_handle(prog, vers, proc, args, auth, now, timeout)
@@ -484,7 +464,8 @@ class RpcClientConnection(_ClientCore):
         return coalesce(out)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Feed bytes from the transport; return the events they caused."""
+        """Feed bytes from the transport (``data`` may be a view of a buffer the caller reuses);
+        return the events they caused."""
         events: list[Event] = []
         if self.closed:
             return events
@@ -508,7 +489,8 @@ class RpcClientConnection(_ClientCore):
         return events
 
     def connection_lost(self, error: RpcError | None = None) -> list[Event]:
-        """The transport closed: fail every outstanding call."""
+        """The transport closed: fail every outstanding call (with ``error``, by default
+        :class:`RpcConnectionClosed`)."""
         self.closed = True
         events: list[Event] = []
         self._fail_all(error or RpcConnectionClosed("connection closed with the call outstanding"), events)
@@ -518,10 +500,18 @@ class RpcClientConnection(_ClientCore):
 class RpcDatagramClient(_ClientCore):
     """Client side of a connected datagram socket (UDP), with retransmission (RFC 5531 §9 xid).
 
+    Used like :class:`RpcClientConnection` (same :meth:`send_call`, timers and AUTH_ERROR
+    handling), with :meth:`datagrams_to_send` and :meth:`receive_datagram` for the I/O.
+
     A call is resent with the same xid after ``retransmit_initial`` seconds, then after twice
     that, and so on up to ``retransmit_max`` between tries, until its deadline. Each resend is
-    prepared afresh by the flavor (a new RPCSEC_GSS seq_num, RFC 2203 §5.3.3.1); a reply to any
-    of the transmissions completes the call.
+    prepared afresh by the flavor, so RPCSEC_GSS gives it a new seq_num and header MIC (RFC 2203
+    §5.3.3.1: "the client [must] increment the sequence number even if it is retrying a request
+    with the same RPC transaction identifier"; the server drops a repeated seq_num as a replay).
+    A reply is accepted if it checks against any of the (at most :data:`MAX_KEPT_TRANSMISSIONS`)
+    transmissions of the call, as the RFC suggests and as Linux does (it keeps the seq_nums of a
+    request's transmissions and tries each against the reply verifier). Flavors whose output does
+    not change (AUTH_NONE, AUTH_SYS) resend the same bytes.
     """
 
     def __init__(

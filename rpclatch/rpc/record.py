@@ -2,36 +2,10 @@
 
 A record is one RPC message sent as one or more fragments. Each fragment is a 4-byte big-endian
 header followed by its data; bit 31 of the header marks the last fragment of the record and bits
-0..30 give the fragment length (0 .. 2**31-1).
-
-API
----
-``encode_record(message, max_fragment=MAX_FRAGMENT) -> bytes``
-    The record-marked bytes of one message, split into fragments of at most ``max_fragment`` data
-    bytes (a zero-length message is one empty last fragment).
-
-``RecordReassembler(max_record=DEFAULT_MAX_RECORD)``
-    Incremental reader: ``feed(data, decode=None) -> list[bytes]`` returns every record completed
-    by ``data`` (bytes, or a view of a buffer the caller reuses). With ``decode(buf, start, stop)``
-    a one-fragment record lying whole in the input is decoded in place instead of being copied
-    out first (the RPC hot path uses this).
-    A fragment header whose length would take the record past ``max_record`` raises
-    :class:`RecordTooLarge` *before* anything is buffered for it, so a peer announcing 2 GiB costs
-    nothing; the stream is then unusable and the caller closes the connection.
-
-    Memory: between calls the reassembler holds at most ``max_record + 4`` bytes, counted by
-    ``buffered``: the unconsumed input (a partial header, or a header and part of its fragment)
-    plus the payload of the earlier fragments of the record in progress, appended to one
-    ``bytearray`` -- nothing is kept per fragment, so a record sent as 2-byte fragments costs
-    what its payload costs (plus, while :meth:`feed` runs, the input it was given and the copy of
-    a completed record). A zero-length fragment that is not the last of its record carries
-    nothing and is legal, but no sender needs one: more than ``max_empty_fragments`` (default
-    :data:`DEFAULT_MAX_EMPTY_FRAGMENTS`) in one record raise :class:`TooManyEmptyFragments`.
-    ``in_record`` tells whether a record is partly read.
-
-``coalesce(parts) -> list[bytes]`` joins runs of small buffers and keeps large ones as they are.
-
-Errors derive from :class:`RecordError` (an :class:`rpclatch.rpc.errors.RpcProtocolError`).
+0..30 give the fragment length (0 .. 2**31-1). :func:`encode_record` writes records,
+:class:`RecordReassembler` reads them back under a memory bound. The stream client and server
+cores (:mod:`rpclatch.rpc.client`, :mod:`rpclatch.rpc.server`) use both. Errors derive from
+:class:`RecordError` (an :class:`rpclatch.rpc.errors.RpcProtocolError`).
 """
 
 from __future__ import annotations
@@ -81,7 +55,8 @@ class TooManyEmptyFragments(RecordError):
 
 
 def encode_record(message: bytes, max_fragment: int = MAX_FRAGMENT) -> bytes:
-    """Record-mark ``message`` (RFC 5531 §11), using fragments of at most ``max_fragment`` bytes."""
+    """Record-mark ``message`` (RFC 5531 §11), using fragments of at most ``max_fragment`` bytes
+    (a zero-length message is one empty last fragment)."""
     n = len(message)
     if n <= max_fragment:
         return _pack_header(LAST_FRAGMENT | n) + message
@@ -124,10 +99,20 @@ class RecordReassembler:
     """Incremental record reader with a bound on what it holds (RFC 5531 §11).
 
     Fragments of one record are joined; the result of :meth:`feed` is a list of complete records
-    (each the exact RPC message bytes, without record marks). The payload of the earlier
-    fragments of the record in progress is appended to one ``bytearray``, so a record costs its
-    payload whatever the number of fragments (no object per fragment); zero-length non-last
-    fragments carry nothing and are counted instead (see the module docstring).
+    (each the exact RPC message bytes, without record marks). ``in_record`` tells whether a record
+    is partly read.
+
+    A fragment header whose length would take the record past ``max_record`` raises
+    :class:`RecordTooLarge` *before* anything is buffered for it, so a peer announcing 2 GiB costs
+    nothing; the stream is then unusable and the caller closes the connection.
+
+    Memory: between calls the reassembler holds at most ``max_record + 4`` bytes, counted by
+    :attr:`buffered`. The payload of the earlier fragments of the record in progress is appended
+    to one ``bytearray`` and nothing is kept per fragment, so a record sent as 2-byte fragments
+    costs what its payload costs (plus, while :meth:`feed` runs, the input it was given and the
+    copy of a completed record). A zero-length fragment that is not the last of its record
+    carries nothing and is legal, but no sender needs one: more than ``max_empty_fragments`` in
+    one record raise :class:`TooManyEmptyFragments`.
     """
 
     __slots__ = ("_buf", "_consumed", "_empty", "_record", "max_empty_fragments", "max_record")
@@ -174,7 +159,8 @@ class RecordReassembler:
         ``data`` may be a view of a buffer the caller reuses: whatever is kept is copied out.
         With ``decode``, a record whose payload is one fragment lying whole in the input is first
         offered to ``decode(buffer, start, stop)``; if that returns non-None the result stands for
-        the record, decoded without the record being copied out first.
+        the record, decoded without the record being copied out first (the RPC cores use this
+        for calls and replies).
         """
         src: bytes | memoryview
         if self._buf:

@@ -1,26 +1,12 @@
 """Client for portmap version 2 and rpcbind versions 3/4 (RFC 1833), plus registration helpers.
 
 Wire structures (RFC 1833 §2.1, §3.1) are frozen dataclasses with ``encode()``/``decode()``:
-:class:`PmapMapping` (``mapping``: prog, vers, prot, port) and :class:`Rpcb` (``rpcb``: prog, vers,
-netid, universal address, owner); lists (``pmaplist``, ``rpcblist``) decode with
+:class:`PmapMapping` (``mapping``) and :class:`Rpcb` (``rpcb``); the lists decode with
 :func:`decode_pmaplist` / :func:`decode_rpcblist` (bounded to ``MAX_LIST_ENTRIES``).
-
-``await RpcbindClient.connect(host="127.0.0.1", *, transport="tcp"|"udp"|"unix", port=111,
-path=RPCBIND_SOCKET, timeout=10.0)`` then:
-
-* portmap v2: ``pmap_getport(prog, vers, prot) -> int`` (0 = not registered), ``pmap_dump()``,
-  ``pmap_set(mapping) -> bool``, ``pmap_unset(mapping) -> bool``;
-* rpcbind v3/v4: ``getaddr(prog, vers, netid, version=4) -> str`` ("" = not registered),
-  ``dump(version=4) -> list[Rpcb]``, ``set(rpcb, version=4) -> bool``, ``unset(rpcb, version=4)``;
-* ``close()``.
-
-``register(prog, vers, tcp_port=None, udp_port=None)`` / ``unregister(prog, vers)`` register a
-local server with the local rpcbind over its unix socket (where rpcbind trusts the caller's uid, as
-libtirpc's ``rpcb_set`` does; over TCP/UDP rpcbind refuses SET from non-reserved ports).
-:func:`rpcbind_socket_path` / :func:`rpcbind_port` give the local rpcbind's unix socket and port with
-the ``RPCLATCH_RPCBIND_SOCKET`` / ``RPCLATCH_RPCBIND_PORT`` environment overrides applied (the CLI's
-defaults). Universal addresses (RFC 5665 §5.2.3.3 "h1.h2.h3.h4.p1.p2"): :func:`uaddr_port`,
-:func:`make_uaddr`.
+:class:`RpcbindClient` asks a portmapper over TCP, UDP or rpcbind's unix socket;
+:func:`register` / :func:`unregister` announce a local server. Universal addresses (RFC 5665
+§5.2.3.3): :func:`make_uaddr`, :func:`uaddr_port`. Built on :mod:`rpclatch.rpc.aio`; the
+``rpclatch rpc`` commands and the interop tests use it.
 """
 
 from __future__ import annotations
@@ -198,7 +184,18 @@ def uaddr_host(uaddr: str) -> str | None:
 
 
 class RpcbindClient:
-    """Portmap v2 / rpcbind v3-v4 client over one transport. See the module docstring."""
+    """Portmap v2 / rpcbind v3-v4 client over one transport.
+
+    ``await RpcbindClient.connect(host, transport=..., port=111, path=RPCBIND_SOCKET,
+    timeout=10.0)`` (or ``async with``) then:
+
+    * portmap v2: ``pmap_getport(prog, vers, prot) -> int`` (0: not registered), ``pmap_dump()``,
+      ``pmap_set(mapping) -> bool``, ``pmap_unset(mapping) -> bool``;
+    * rpcbind v3/v4: ``getaddr(prog, vers, netid, version=4) -> str`` ("": not registered),
+      ``dump(version=4) -> list[Rpcb]``, ``set(rpcb, version=4) -> bool``,
+      ``unset(rpcb, version=4) -> bool``;
+    * ``close()``.
+    """
 
     def __init__(self, client: RpcStreamClient | RpcUdpClient) -> None:
         self._client = client
@@ -284,7 +281,10 @@ async def register(
     timeout: float = 5.0,
 ) -> list[Rpcb]:
     """Register ``prog``/``vers`` at the given ports with the local rpcbind (replacing any earlier
-    registration of the same netid). Returns what was registered; raises OSError / RpcError."""
+    registration of the same netid). Returns what was registered; raises OSError / RpcError.
+
+    It talks to rpcbind over its unix socket ``path``, where rpcbind trusts the caller's uid, as
+    libtirpc's ``rpcb_set`` does; over TCP/UDP rpcbind refuses SET from non-reserved ports."""
     entries = []
     if tcp_port is not None:
         entries.append(Rpcb(prog, vers, "tcp", make_uaddr(host, tcp_port), owner))

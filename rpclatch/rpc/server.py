@@ -1,89 +1,13 @@
-"""ONC RPC v2 server: program registry, call dispatch and per-connection state, sans-IO
+"""ONC RPC v2 server, sans-IO: program registry, call dispatch and per-connection state
 (RFC 5531 §9, §11).
 
-API
----
-``Procedure = Callable[[bytes, CallContext], bytes | Awaitable[bytes]]``: takes the (unwrapped)
-XDR argument bytes and a :class:`CallContext`, returns the XDR result bytes — or an awaitable of
-them (a coroutine procedure; the asyncio shell awaits it). Raise
-:class:`rpclatch.rpc.errors.GarbageArgs` (or let an :class:`rpclatch.xdr.XdrError` escape) for
-GARBAGE_ARGS; :class:`rpclatch.rpc.errors.ResultsTooLarge` for SYSTEM_ERR when the results would
-not fit in one reply on the transport (``ctx.max_results``, set for datagrams: check it before
-building large results; logged rate-limited); any other exception becomes SYSTEM_ERR and is
-logged.
-
-``CallContext(call, conn, principal, now, max_reply=None)``: ``max_reply`` is the largest reply
-message the transport carries (None on streams), ``max_results`` that minus the smallest reply
-header (:data:`MIN_REPLY_HEADER`).
-
-``LogLimiter(burst=10, interval=60.0, clock=time.monotonic)``: ``log(logger, level, msg, *args)``
-lets at most ``burst`` lines through per ``interval`` and reports how many it held back. Log
-lines a peer can trigger at will go through one (``RpcDispatcher.log_limiter``: dropped records,
-malformed call headers, oversize results).
-
-``RpcDispatcher(flavors=None)`` (None = AUTH_NONE + AUTH_SYS):
-
-* ``add_flavor(auth: ServerAuth)``: register a server flavor under ``auth.flavor`` (replaces).
-* ``add_program(prog, vers, procedures: Mapping[int, Procedure])``, ``remove_program(prog,
-  vers=None)``, ``programs() -> list[tuple[int, int]]``.
-* ``dispatch(record, conn: ConnectionInfo, now, max_reply=None) -> bytes | PendingReply | None``:
-  one whole RPC message in; out comes the reply message (not record-marked), or a
-  :class:`PendingReply` when the procedure returned an awaitable (await ``pending.awaitable`` then
-  call ``pending.complete(result)`` or ``pending.fail(exc)`` to get the reply bytes), or None when
-  no reply is to be sent (``AuthDrop``, or a record that is not a call). ``max_reply``: see
-  :class:`CallContext` (the datagram shell passes the largest datagram).
-* ``dispatch_marked(record, conn, now)`` / ``dispatch_call_marked(call, conn, now)``: the same for
-  stream transports, returning the reply as record-marked parts ``(header, results)`` so large
-  results are never copied behind a header (used by :class:`RpcServerConnection`).
-* ``connection_closed(conn)``: tell every flavor the transport went away.
-
-Order of checks: rpcvers != 2 -> MSG_DENIED/RPC_MISMATCH(2, 2); unknown credential flavor ->
-AUTH_ERROR/AUTH_BADCRED (as the Linux kernel does; RFC 5531 leaves the choice open); the flavor's
-verdict (``AuthDeny`` -> AUTH_ERROR with its stat, ``AuthDrop`` -> no reply, ``AuthGarbage`` ->
-GARBAGE_ARGS, ``AuthControlReply`` -> SUCCESS with its verifier and results); then program ->
-PROG_UNAVAIL, version -> PROG_MISMATCH(lowest, highest registered), procedure -> PROC_UNAVAIL;
-then the procedure (GARBAGE_ARGS / SYSTEM_ERR / SUCCESS with ``AuthAccept.seal(results)``). A record whose
-call header does not decode is answered GARBAGE_ARGS when its xid and msg_type CALL are readable.
-If ``seal`` raises (RPCSEC_GSS: GSS_GetMIC of integrity results or GSS_Wrap of privacy results
-failed) the call gets **no reply** and an error is logged, as RFC 2203 §5.3.3.4.1 and §5.3.3.4.4
-require: results the flavor could not protect are not sent, and neither is a SYSTEM_ERR the
-client could not verify. ``dispatch`` then returns None and ``PendingReply.complete`` None.
-
-``RpcServerConnection(dispatcher, conn, *, max_record=DEFAULT_MAX_RECORD, max_fragment=MAX_FRAGMENT,
-idle_timeout=None, write_timeout=None, max_output=DEFAULT_MAX_OUTPUT, now=0.0)`` — one
-record-marked stream: ``receive_data(data, now) -> list[PendingReply]`` (``data`` may be a view of
-a reused buffer; immediate replies are queued; pending ones are for the shell to await, then
-``finish(pending, result_or_exception, now)``), ``data_to_send() -> bytes`` (or
-``data_to_send_parts() -> list[bytes]``, large results uncopied), ``set_write_buffer(nbytes,
-now)`` (the shell reports the reply bytes its transport still holds, after each write and
-before each timer), ``next_timer()`` / ``handle_timer(now)``, ``closed`` / ``close_reason`` (set
-on a record error, idle timeout or write timeout: flush, then close the transport; calls still
-waiting in the backlog are dropped), ``aborted`` (set by the write timeout: abort the transport,
-do not flush), ``close(reason)`` (graceful: bytes received afterwards are ignored, but every call
-already received -- in the backlog or in flight -- is still dispatched and answered), ``done``
-(closed and nothing left to answer: write what :meth:`data_to_send` has, then close the
-transport), ``in_flight``, ``backlog``, ``connection_lost()`` (calls
-``dispatcher.connection_closed`` once; nothing is dispatched afterwards).
-
-What one connection may hold (RFC 5531 §11 sets no limit, so the receiver does; a peer must not
-be able to make it unbounded):
-
-* input: the record being reassembled, at most ``max_record`` bytes plus one fragment header
-  (``buffered_input``; see :class:`rpclatch.rpc.record.RecordReassembler`), then the calls of one
-  read waiting in the backlog;
-* output: ``unsent`` = replies queued here plus what the transport holds. Calls are dispatched
-  only while it is below ``max_output`` (``over_budget`` tells the shell to stop reading), so
-  beyond the budget there is at most the one reply being written;
-* time: while the transport holds unsent replies and ``write_timeout`` is set, the peer must take
-  some of them every ``write_timeout`` seconds or the connection is aborted -- also after a
-  close, so a close never waits forever for a peer that does not read. Otherwise, with
-  ``idle_timeout``, a connection with no call in flight is closed ``idle_timeout`` seconds after
-  its last activity: a complete call received, a reply finished, or all output taken by the
-  peer. Bytes that do not complete a call (a trickle of empty fragments, a record growing byte
-  by byte, records that are not calls) are no activity, so they cannot hold a connection slot.
-
-For datagrams there is no connection object: call ``dispatcher.dispatch(datagram, conn, now)`` and
-send the returned bytes back to the peer.
+:class:`RpcDispatcher` turns one call message into one reply message, checking credentials with
+the server flavors of :mod:`rpclatch.rpc.auth` (AUTH_NONE and AUTH_SYS from
+:mod:`rpclatch.rpc.auth_sys`, RPCSEC_GSS from :mod:`rpclatch.gss.server`) and calling the
+registered :data:`Procedure`. :class:`RpcServerConnection` is one record-marked stream: it
+reassembles calls, dispatches them and bounds what a peer can make it hold. Datagrams need no
+connection object: pass each one to :meth:`RpcDispatcher.dispatch` and send back what it returns.
+The asyncio shell around both is :class:`rpclatch.rpc.aio.RpcServer`.
 """
 
 from __future__ import annotations
@@ -207,6 +131,12 @@ class CallContext:
         return None if self.max_reply is None else self.max_reply - MIN_REPLY_HEADER
 
 
+#: A procedure takes the (unwrapped) XDR argument bytes and a :class:`CallContext` and returns the
+#: XDR result bytes, or an awaitable of them (a coroutine procedure; the asyncio shell awaits it).
+#: Raise :class:`rpclatch.rpc.errors.GarbageArgs` (or let an :class:`rpclatch.xdr.XdrError`
+#: escape) for GARBAGE_ARGS, :class:`rpclatch.rpc.errors.ResultsTooLarge` for SYSTEM_ERR when the
+#: results would not fit in one reply on the transport (see :attr:`CallContext.max_results`;
+#: logged rate-limited); any other exception becomes SYSTEM_ERR and is logged.
 Procedure = Callable[[bytes, CallContext], "bytes | Awaitable[bytes]"]
 
 
@@ -321,7 +251,25 @@ def _procedure_error(
 
 
 class RpcDispatcher:
-    """Program/version/procedure registry and call dispatch (RFC 5531 §9). See the module doc."""
+    """Program/version/procedure registry and call dispatch (RFC 5531 §9).
+
+    ``flavors``: the server flavors to accept (None: AUTH_NONE and AUTH_SYS); more can be added
+    with :meth:`add_flavor`, programs with :meth:`add_program`.
+
+    Order of checks: rpcvers != 2 -> MSG_DENIED/RPC_MISMATCH(2, 2); unknown credential flavor ->
+    AUTH_ERROR/AUTH_BADCRED (as the Linux kernel does; RFC 5531 leaves the choice open); the
+    flavor's verdict (``AuthDeny`` -> AUTH_ERROR with its stat, ``AuthDrop`` -> no reply,
+    ``AuthGarbage`` -> GARBAGE_ARGS, ``AuthControlReply`` -> SUCCESS with its verifier and
+    results); then program -> PROG_UNAVAIL, version -> PROG_MISMATCH(lowest, highest registered),
+    procedure -> PROC_UNAVAIL; then the procedure (GARBAGE_ARGS / SYSTEM_ERR / SUCCESS with
+    ``AuthAccept.seal(results)``). A record whose call header does not decode is answered
+    GARBAGE_ARGS when its xid and msg_type CALL are readable.
+
+    If ``seal`` raises (RPCSEC_GSS: GSS_GetMIC of integrity results or GSS_Wrap of privacy results
+    failed) the call gets **no reply** and an error is logged, as RFC 2203 §5.3.3.4.1 and
+    §5.3.3.4.4 require: results the flavor could not protect are not sent, and neither is a
+    SYSTEM_ERR the client could not verify.
+    """
 
     def __init__(self, flavors: Iterable[ServerAuth] | None = None) -> None:
         self._flavors: dict[int, ServerAuth] = {}
@@ -335,7 +283,7 @@ class RpcDispatcher:
     # -- registry ---------------------------------------------------------------------------
 
     def add_flavor(self, auth: ServerAuth) -> None:
-        """Accept credentials of ``auth.flavor``, checked by ``auth``."""
+        """Accept credentials of ``auth.flavor``, checked by ``auth`` (replaces an earlier one)."""
         self._flavors[int(auth.flavor)] = auth
 
     @property
@@ -383,10 +331,13 @@ class RpcDispatcher:
     def dispatch(
         self, record: bytes, conn: ConnectionInfo, now: float, max_reply: int | None = None
     ) -> bytes | PendingReply | None:
-        """Handle one RPC message; return the reply message, a :class:`PendingReply`, or None.
-        ``max_reply``: the largest reply the transport carries (a datagram), passed to the
-        procedure in its :class:`CallContext` so it can refuse results that cannot fit before
-        building them."""
+        """Handle one whole RPC message; return the reply message (not record-marked), a
+        :class:`PendingReply` when the procedure returned an awaitable (await
+        ``pending.awaitable``, then ``pending.complete(result)`` or ``pending.fail(exc)`` gives the
+        reply), or None when no reply is to be sent (``AuthDrop``, a record that is not a call,
+        results the flavor could not seal). ``max_reply``: the largest reply the transport carries
+        (a datagram), passed to the procedure in its :class:`CallContext` so it can refuse
+        results that cannot fit before building them."""
         reply = self._dispatch(record, conn, now, False, max_reply)
         assert not isinstance(reply, tuple)
         return reply
@@ -394,8 +345,9 @@ class RpcDispatcher:
     def dispatch_marked(
         self, record: bytes, conn: ConnectionInfo, now: float
     ) -> ReplyParts | PendingReply | None:
-        """:meth:`dispatch` for streams: the reply comes as record-marked parts (one fragment), so
-        large results are written without being copied behind a header."""
+        """:meth:`dispatch` for streams: the reply comes as record-marked parts ``(header,
+        results)`` (one fragment), so large results are written without being copied behind a
+        header (:class:`RpcServerConnection` uses it)."""
         reply = self._dispatch(record, conn, now, True)
         if type(reply) is bytes:
             return _mark(reply), b""
@@ -518,7 +470,36 @@ def _is_call(record: bytes | CallMessage) -> bool:
 
 
 class RpcServerConnection:
-    """Server side of one record-marked stream (RFC 5531 §11). See the module docstring."""
+    """Server side of one record-marked stream (RFC 5531 §11).
+
+    The shell feeds bytes to :meth:`receive_data` (``data`` may be a view of a reused buffer),
+    awaits the :class:`PendingReply` objects it returns and hands their outcome to
+    :meth:`finish`; it writes :meth:`data_to_send` (or :meth:`data_to_send_parts`), then reports
+    what its transport still holds with :meth:`set_write_buffer` (after each write and before
+    each timer), and drives :meth:`next_timer` / :meth:`handle_timer`. ``closed`` and
+    ``close_reason`` are set on a record error, an idle timeout or a write timeout (flush, then
+    close the transport; calls still waiting in the backlog are dropped); ``aborted`` is set by the
+    write timeout (abort the transport, do not flush). :meth:`close` is the graceful close,
+    :attr:`done` says when the transport may be closed, :meth:`connection_lost` ends it all.
+
+    What one connection may hold (RFC 5531 §11 sets no limit, so the receiver does; a peer must not
+    be able to make it unbounded):
+
+    * input: the record being reassembled, at most ``max_record`` bytes plus one fragment header
+      (:attr:`buffered_input`; see :class:`rpclatch.rpc.record.RecordReassembler`), then the
+      calls of one read waiting in the :attr:`backlog`;
+    * output: :attr:`unsent` = replies queued here plus what the transport holds. Calls are
+      dispatched only while it is below ``max_output`` (:attr:`over_budget` tells the shell to
+      stop reading), so beyond the budget there is at most the one reply being written;
+    * time: while the transport holds unsent replies and ``write_timeout`` is set, the peer must
+      take some of them every ``write_timeout`` seconds or the connection is aborted -- also after
+      a close, so a close never waits forever for a peer that does not read. Otherwise, with
+      ``idle_timeout``, a connection with no call in flight is closed ``idle_timeout`` seconds
+      after its last activity: a complete call received, a reply finished, or all output taken by
+      the peer. Bytes that do not complete a call (a trickle of empty fragments, a record growing
+      byte by byte, records that are not calls) are no activity, so they cannot hold a connection
+      slot.
+    """
 
     def __init__(
         self,

@@ -12,13 +12,9 @@ Program ``RPCLATCH_TEST_PROG = 0x20000A11`` (RFC 5531 §7.3: 0x20000000-0x3fffff
       } = 1;
     } = 0x20000A11;
 
-SOURCE answers GARBAGE_ARGS above ``SOURCE_MAX``, and SYSTEM_ERR (without building the bytes) when
-the results could not fit in one reply on the call's transport (``CallContext.max_results``, e.g.
-a UDP datagram).
-
-Server: ``add_test_program(dispatcher)``. Client helpers take any object with an async
-``call(prog, vers, proc, args)`` (``RpcStreamClient``, ``RpcUdpClient``): ``await null(c)``,
-``await echo(c, data)``, ``await sink(c, data)``, ``await source(c, n)``.
+Server: :func:`add_test_program`. Client helpers (:func:`null`, :func:`echo`, :func:`sink`,
+:func:`source`) take any object with an async ``call(prog, vers, proc, args)``
+(``RpcStreamClient``, ``RpcUdpClient``).
 """
 
 from __future__ import annotations
@@ -83,6 +79,8 @@ def proc_sink(args: bytes, ctx: CallContext) -> bytes:
 
 
 def proc_source(args: bytes, ctx: CallContext) -> bytes:
+    """GARBAGE_ARGS above ``SOURCE_MAX``; SYSTEM_ERR (without building the bytes) when the results
+    could not fit in one reply on the call's transport (``ctx.max_results``, e.g. a UDP datagram)."""
     if len(args) != 4:
         raise GarbageArgs("SOURCE takes one unsigned int")
     (n,) = _U32.unpack(args)

@@ -50,7 +50,8 @@ def _auth_bytes(auth: OpaqueAuth) -> bytes:
 
 
 def encode_call(msg: CallMessage) -> bytes:
-    """``msg.encode()``, faster. The args must already be XDR (a multiple of 4 bytes)."""
+    """The bytes of ``msg.encode()``, packed in one go for the per-call path. The args must already
+    be XDR (a multiple of 4 bytes)."""
     cred = msg.cred
     head = _CALL_HEAD.pack(
         msg.xid, _CALL, msg.rpcvers, msg.prog, msg.vers, msg.proc, cred.flavor, len(cred.body)
