@@ -650,10 +650,10 @@ class IPsecEngine:
         """The configured SPD entry an application decision on ``flow`` overrides, after every
         check that may refuse the decision (PolicyRefused), so that a refusal changes nothing.
 
-        RFC 4301 §4.4.1: a flow no entry matches, or a DISCARD entry, is discarded whatever the
-        application asks. RFC 5660 §3.1: only a privileged caller may bypass a PROTECT entry, or
-        take back a PROTECT decision once its negotiation is over (while it is pending, BYPASS
-        is the application giving up on it)."""
+        RFC 4301 §5: a flow no entry matches is discarded, and so is one a DISCARD entry matches
+        (§4.4.1), whatever the application asks. RFC 5660 §3.1: only a privileged caller may
+        bypass a PROTECT entry, and the flow's own PROTECT entry counts as one once its
+        negotiation is over (while it is pending, BYPASS is the application giving up on it)."""
         current = self.spd.overlay_entry(flow)
         if (
             choice is FlowChoice.BYPASS
@@ -677,8 +677,8 @@ class IPsecEngine:
     ) -> ProtectionOutcome:
         """BYPASS decision (checked by :meth:`_decidable_entry`): an exact-5-tuple BYPASS entry in
         the SPD overlay, the "logical SPD update" of RFC 5660 §3.1, which decides the flow ahead of
-        ``entry`` (RFC 4301 §4.4.1: the most specific entry first). A PROTECT attempt still
-        pending is abandoned: its LARVAL latch released, its negotiation forgotten."""
+        ``entry`` (the overlay is consulted before the ordered SPD of RFC 4301 §4.4.1). A PROTECT
+        attempt still pending is abandoned: its LARVAL latch released, its negotiation forgotten."""
         if larval is not None:
             self.latches.release_latch(larval.handle)
         self.key_manager.pending.pop(flow, None)
@@ -761,7 +761,7 @@ class IPsecEngine:
 
     def _protect_outcome_latched(self, flow: FiveTuple, handle: int) -> ProtectionOutcome:
         """Approach 2: the outcome of a PROTECT decision is its latch's (RFC 5660 §2.2): ok when
-        ESTABLISHED, pending while LARVAL; a latch already CLOSED failed its negotiation
+        ESTABLISHED, else pending (LARVAL); a latch already CLOSED failed its negotiation
         (:meth:`acquire_finished` withdrew the clone and recorded why)."""
         choice = FlowChoice.PROTECT
         latch = self.latches.get(handle)
