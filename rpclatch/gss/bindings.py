@@ -7,16 +7,8 @@ RFC 5554 §4 GSS-level binding: the initiator and acceptor pass a ``gss_channel_
   (the channel, not an address, is what we bind to);
 * ``application_data`` = the canonical channel bindings ``prefix ":" data`` (RFC 5056 §2.1).
 
-:func:`gss_channel_bindings` builds that struct for python-gssapi (the provider uses it), and
-:func:`krb5_bnd` computes the 16-byte ``Bnd`` field the Kerberos mechanism puts in the
-authenticator checksum (RFC 4121 §4.1.1.2): MD5 over, in order, initiator_addrtype, the initiator
-address length and value, acceptor_addrtype, the acceptor address length and value, and the
-application data length and value; every integer and length is 4 octets little-endian, lengths are
-included even when zero, values only when non-empty. Without bindings (``GSS_C_NO_BINDINGS``) Bnd
-is 16 zero octets. MIT libkrb5 computes the same bytes internally (``kg_checksum_channel_bindings``
-in src/lib/gssapi/krb5/util_cksum.c) from the struct we pass; we never put Bnd on the wire
-ourselves, so :func:`krb5_bnd` documents and tests *what* is bound (RFC 4121 §4.1.1.2; a vector
-computed from that layout: ``"abc"`` -> ``420b92da63953711d03790fc6a20013d``). RFC 6542 hash
+:func:`gss_channel_bindings` builds that struct for python-gssapi (:mod:`rpclatch.gss.provider`
+uses it); :func:`krb5_bnd` computes what the Kerberos mechanism derives from it. RFC 6542 hash
 agility (Bnd = 16 x 0xFF plus a usage-43 MIC in Exts) is not requested by MIT's initiator by
 default and is not modelled here.
 """
@@ -60,6 +52,16 @@ def krb5_bnd(
     """RFC 4121 §4.1.1.2 ``Bnd`` for a channel-bindings struct; ``None`` means GSS_C_NO_BINDINGS.
 
     ``initiator``/``acceptor`` are (address type, address) pairs; ours are always (0, b"").
+
+    Bnd is the 16-byte field the Kerberos mechanism puts in the authenticator checksum: MD5 over,
+    in order, initiator_addrtype, the initiator address length and value, acceptor_addrtype, the
+    acceptor address length and value, and the application data length and value; every integer
+    and length is 4 octets little-endian, lengths are included even when zero, values only when
+    non-empty. Without bindings it is 16 zero octets. MIT libkrb5 computes the same bytes
+    internally (``kg_checksum_channel_bindings`` in src/lib/gssapi/krb5/util_cksum.c) from the
+    struct we pass; we never put Bnd on the wire ourselves, so this function documents and tests
+    *what* is bound (a vector computed from that layout: ``"abc"`` ->
+    ``420b92da63953711d03790fc6a20013d``).
     """
     if application_data is None:
         return NO_BINDINGS_BND

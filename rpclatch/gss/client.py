@@ -1,23 +1,11 @@
 """RPCSEC_GSS v1/v2 client flavor (RFC 2203 §5, RFC 5403 §3-§4, §7) behind :class:`ClientAuth`.
 
 Per-call work (:meth:`GssClientAuth.prepare_call` / :meth:`GssClientAuth.accept_reply`) is
-sans-IO. The control exchanges that need round trips -- context creation, BIND_CHANNEL, DESTROY and
-the transparent refresh after CREDPROBLEM/CTXPROBLEM -- are ``async`` methods that take an
-:data:`RpcCall`: a coroutine function ``rpc_call(auth, proc, args) -> results`` that sends one call
-to the target program/version through any RPC client with ``auth`` as the flavor and returns the
-unwrapped results or raises :class:`rpclatch.rpc.errors.RpcError`. With rpclatch's asyncio client
-that is e.g. ``lambda auth, proc, args: client.call(PROG, VERS, proc, args, auth=auth)``.
-
-Version negotiation (RFC 5403 §4): a v2 INIT first; AUTH_REJECTEDCRED (the
-RFC) or AUTH_BADCRED (Linux) means "no v2" and a *fresh* v1 context is created, unless the policy
-requires v2. A handle is only ever used with the version that created it. The refusal is a
-MSG_DENIED, which nothing authenticates, so the v1 context remembers it: binding it later fails with
-``V1_FALLBACK_ON_BINDABLE_CHANNEL``, not as a genuine "cannot bind" (RFC 5403 §9).
-
-After :meth:`GssClientAuth.bind_channel` succeeded, calls go out as rpc_gss_svc_channel_prot with
-AUTH_NONE verifiers (RFC 5403 §3.4) while the channel is up; privacy requests are mapped only if
-the channel is confidential (RFC 5403 §7). If the server refuses channel_prot (e.g. the channel
-broke), the binding is dropped and the call is resent once with the requested service.
+sans-IO; the RPC client cores of :mod:`rpclatch.rpc` call it for every transmission. The control
+exchanges that need round trips -- context creation, BIND_CHANNEL, DESTROY and the transparent
+refresh after CREDPROBLEM/CTXPROBLEM -- are ``async`` methods that take an :data:`RpcCall`.
+Contexts come from a :class:`rpclatch.gss.provider.Provider`; the channel bound to is a
+:class:`rpclatch.channel.Channel`.
 """
 
 from __future__ import annotations
@@ -88,7 +76,11 @@ from rpclatch.xdr import XdrError
 
 log = logging.getLogger(__name__)
 
-#: ``rpc_call(auth, proc, args) -> results`` for the target program and version.
+#: ``rpc_call(auth, proc, args) -> results`` for the target program and version: a coroutine
+#: function that sends one call through any RPC client with ``auth`` as the flavor and returns the
+#: unwrapped results or raises :class:`rpclatch.rpc.errors.RpcError`. With rpclatch's asyncio
+#: client that is e.g. ``lambda auth, proc, args: client.call(PROG, VERS, proc, args, auth=auth)``
+#: (:func:`rpc_call_via` builds it).
 RpcCall = Callable[[ClientAuth, int, bytes], Awaitable[bytes]]
 
 # Enum members as constants for the per-call path (``is`` instead of an enum attribute lookup).
@@ -208,6 +200,13 @@ class GssClientAuth(ClientAuth):
     (``Service.NONE`` / ``INTEGRITY`` / ``PRIVACY``, i.e. krb5 / krb5i / krb5p); ``versions`` the
     version policy. ``gss_channel_bindings`` optionally passes GSS-level channel bindings at
     establishment (RFC 5554; RFC 5403 §5 advises against it for interoperability).
+
+    :meth:`establish` creates the context, :meth:`bind_channel` binds it to a secure channel,
+    :meth:`call` makes a call with transparent refresh, :meth:`destroy` ends the context. After
+    :meth:`bind_channel` succeeded, calls go out as rpc_gss_svc_channel_prot with AUTH_NONE
+    verifiers (RFC 5403 §3.4) while the channel is up; privacy requests are mapped only if the
+    channel is confidential (RFC 5403 §7). If the server refuses channel_prot (e.g. the channel
+    broke), the binding is dropped and the call is resent once with the requested service.
     """
 
     flavor = AuthFlavor.RPCSEC_GSS
@@ -280,7 +279,14 @@ class GssClientAuth(ClientAuth):
     # -- context creation (RFC 2203 §5.2, RFC 5403 §4) ------------------------------------------------
 
     async def establish(self, rpc_call: RpcCall) -> None:
-        """Create the context: v2 first (per policy), v1 on a fresh context if v2 is refused."""
+        """Create the context: v2 first (per policy), v1 on a fresh context if v2 is refused.
+
+        Version negotiation (RFC 5403 §4): AUTH_REJECTEDCRED (the RFC) or AUTH_BADCRED (Linux) in
+        answer to the v2 INIT means "no v2", and a *fresh* v1 context is created unless the policy
+        requires v2. A handle is only ever used with the version that created it. The refusal is a
+        MSG_DENIED, which nothing authenticates, so the v1 context remembers it: binding it later
+        fails with ``V1_FALLBACK_ON_BINDABLE_CHANNEL``, not as a genuine "cannot bind" (RFC 5403
+        §9)."""
         order = {
             VersionPolicy.PREFER_V2: (RPCSEC_GSS_VERS_2, RPCSEC_GSS_VERS_1),
             VersionPolicy.REQUIRE_V2: (RPCSEC_GSS_VERS_2,),

@@ -4,16 +4,7 @@ A :class:`ThrowawayRealm` creates a KDC database in a temporary directory, start
 own free port range, registers the service principal ``nfs/<host>`` in a keytab and one or more
 user principals with passwords (each kinit'ed into its own credential cache), and removes
 everything again on :meth:`ThrowawayRealm.stop` -- also when start-up fails half way.
-
-Why not plain ``k5test.K5Realm()``: its constructor starts the KDC and leaks it (and its temporary
-directory) when a later step raises, and every realm defaults to the same port base, so two realms
-running at once silently share ports. Here the
-constructor only writes configuration files; every step that starts a process runs inside
-try/stop.
-
-libkrb5 reads ``KRB5_CONFIG``, ``KRB5CCNAME`` and ``KRB5_KTNAME`` from the process environment on
-every call, so in-process GSS users must :meth:`ThrowawayRealm.activate` the realm (or run child
-processes with :attr:`ThrowawayRealm.env`).
+:func:`running_realm`, :func:`shared_realm` and :func:`realm_fixture` (pytest) wrap it.
 """
 
 from __future__ import annotations
@@ -83,6 +74,15 @@ class ThrowawayRealm:
     user names to passwords (``None`` picks a random one). The first user is also kinit'ed into the
     realm's default ccache (``KRB5CCNAME`` of :attr:`env`), so default-credential initiators act as
     that user. ``extra_services`` adds more host-based service principals to the same keytab.
+
+    libkrb5 reads ``KRB5_CONFIG``, ``KRB5CCNAME`` and ``KRB5_KTNAME`` from the process environment
+    on every call, so in-process GSS users must :meth:`activate` the realm (or run child processes
+    with :attr:`env`).
+
+    Why not plain ``k5test.K5Realm()``: its constructor starts the KDC and leaks it (and its
+    temporary directory) when a later step raises, and every realm defaults to the same port base,
+    so two realms running at once silently share ports. Here the constructor only writes
+    configuration files; every step that starts a process runs inside try/stop.
     """
 
     def __init__(

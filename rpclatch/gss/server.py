@@ -1,55 +1,10 @@
 """RPCSEC_GSS v1/v2 server flavor (RFC 2203 §5, RFC 5403 §3) behind :class:`ServerAuth`.
 
 Sans-IO: :meth:`GssServerAuth.check_call` takes a decoded call, the connection it arrived on and
-the time ``now`` and returns what the dispatcher should do. Nothing here reads a clock or a socket.
-
-Processing order for DATA/DESTROY/BIND_CHANNEL (RFC 2203 §5.3.3.1): credential version, proc and
-service -> handle -> expiry / MAXSEQ -> (DATA) the service floor -> replay window (drops before the
-MIC, §7.2.2 allows it) -> request MIC (nothing in the credential is trusted before this) -> mark the
-window -> service body. There is one path: :meth:`GssServerAuth.check_call` decodes the
-credential with :func:`rpclatch.gss.wire.decode_cred_fields` and hands every established-context
-call to :meth:`GssServerAuth._established_call`.
-
-Limits (everything here is fed from the network before or after authentication):
-
-* ``max_contexts`` established contexts (least recently used evicted); half-open contexts (INIT
-  answered CONTINUE_NEEDED) live in a table of their own of ``max_half_open`` (the oldest
-  half-open one is dropped for a new one) and never evict an established context (RFC 2203 §5.2.2);
-* ``init_cache_size`` cached INIT/CONTINUE_INIT replies (RFC 2203 §5.2.3 retransmissions);
-* the per-connection index of bound handles holds each context at most once, so it is never
-  larger than the context table; closing a connection visits only its own handles;
-* log lines a flood could trigger (half-open eviction, calls below the service floor, failed
-  BIND_CHANNELs -- a relay can forge one per request) are rate-limited, one
-  :class:`~rpclatch.rpc.server.LogLimiter` per kind (:attr:`GssServerAuth.log_limiters`).
-
-Project choices where the RFCs are silent (RFC 5403 §3.3 and §3.4 leave these open):
-
-* BIND_CHANNEL is processed like DATA (RFC 5403 §3.3: "seq_num ... as if gss_proc were
-  RPCSEC_GSS_DATA"): replays and seq_nums below the window are dropped silently, the request MIC is
-  verified *before* any answer, and only a verified request spends its seq_num and gets an answer
-  carrying a MIC (OK, PREF_NOTSUPP or HASH_NOTSUPP). An unauthenticated PREF_NOTSUPP/HASH_NOTSUPP
-  would be a replayable MIC oracle: a MIC over ``seq_num || ...`` is also a valid krb5i reply
-  checksum for that seq_num;
-* the request MIC can be checked whenever this connection's channel has bindings under the
-  requested prefix and the hash OID is one we implement (even if policy refuses that prefix or
-  hash: the refusal then follows, signed). A MIC that does not verify, or one we cannot check
-  (no channel, a prefix the channel does not have, an unknown hash), is answered like a failed
-  request MIC -- MSG_DENIED / AUTH_ERROR / RPCSEC_GSS_CREDPROBLEM (RFC 2203 §5.3.3.4.2) -- and
-  halves the context's remaining lifetime (RFC 5403 §9 rollback mitigation). One-sided latching
-  (no channel at the server) is indistinguishable from a man in the middle that stripped the
-  server's side (RFC 5403 §2), so it is a failed binding too;
-* for PREF_NOTSUPP the reply MIC covers an empty hash, for HASH_NOTSUPP the hash of the requested
-  prefix's bindings under ``rbcr_oid_list[0]``;
-* channel_prot on an unbound handle, on another connection, on a broken channel or after expiry is
-  answered RPCSEC_GSS_CTXPROBLEM; on a v1 handle AUTH_BADCRED;
-* channel_prot sequence numbers still go through the window (duplicates are dropped);
-* GARBAGE_ARGS answered by the flavor itself after the request MIC verified (integrity checksum
-  or unwrap failed, body seq_num != credential seq_num, arguments to BIND_CHANNEL) carries
-  MIC(seq_num) as its verifier, as a SUCCESS reply would (RFC 2203 §5.3.3.2; Linux svcauth_gss
-  does the same), so a client can check the verifier of every accepted reply;
-* ``min_service``: DATA calls weaker than the floor (none < integrity < privacy; channel_prot
-  counts as integrity, and as privacy on a channel that encrypts) are refused with AUTH_TOOWEAK
-  (RFC 5531 §9) before the MIC is checked.
+the time ``now`` and returns what the dispatcher (:class:`rpclatch.rpc.server.RpcDispatcher`)
+should do; nothing here reads a clock or a socket. Contexts come from a
+:class:`rpclatch.gss.provider.Provider`, channel bindings from the connection's
+:class:`rpclatch.channel.Channel`; the wire structures are in :mod:`rpclatch.gss.wire`.
 """
 
 from __future__ import annotations
@@ -123,8 +78,8 @@ from rpclatch.xdr import XdrError
 
 log = logging.getLogger(__name__)
 
-# Enum members as module constants: ``x is _DATA`` costs ~15 ns, ``x == GssProc.RPCSEC_GSS_DATA``
-# ~180 ns (attribute lookup on the enum class), and these checks run on every call.
+# Enum members as module constants, compared with ``is``: these checks run on every call, and
+# ``x == GssProc.RPCSEC_GSS_DATA`` would look the member up on the enum class each time.
 _DATA = GssProc.RPCSEC_GSS_DATA
 _DESTROY = GssProc.RPCSEC_GSS_DESTROY
 _BIND = GssProc.RPCSEC_GSS_BIND_CHANNEL
@@ -254,6 +209,21 @@ class GssServerAuth(ServerAuth):
     naming the floor. Control procedures (DESTROY, BIND_CHANNEL) are not subject to it.
     ``gss_channel_bindings=True`` additionally requires GSS-level channel bindings of the
     connection's channel at establishment (RFC 5554; off by default, RFC 5403 §5).
+
+    Processing order for DATA/DESTROY/BIND_CHANNEL (RFC 2203 §5.3.3.1): credential version, proc
+    and service -> handle -> expiry / MAXSEQ -> (DATA) the service floor -> replay window (drops
+    before the MIC, §7.2.2 allows it) -> request MIC (nothing in the credential is trusted before
+    this) -> mark the window -> service body. There is one path: :meth:`check_call` decodes the
+    credential and hands every established-context call to :meth:`_established_call`. Where
+    RFC 5403 §3.3 and §3.4 leave the choice open, :meth:`_bind_channel`, :meth:`_channel_prot`
+    and :meth:`_garbage` say what this server does.
+
+    Besides the tables above, what the network can make it hold or do is bounded too: the
+    per-connection index of bound handles holds each context at most once, so it is never larger
+    than the context table, and closing a connection visits only its own handles; log lines a
+    flood could trigger (half-open eviction, calls below the service floor, failed BIND_CHANNELs
+    -- a relay can forge one per request) are rate-limited, one
+    :class:`~rpclatch.rpc.server.LogLimiter` per kind (:attr:`log_limiters`).
     """
 
     flavor = AuthFlavor.RPCSEC_GSS
@@ -597,9 +567,13 @@ class GssServerAuth(ServerAuth):
         service: Service,
         handle: bytes,
     ) -> AuthResult:
-        """Every DATA, DESTROY and BIND_CHANNEL call, the per-call path: enum identity tests,
-        the table read without its lock (see :meth:`_remember`), the context's lock taken with
-        acquire/release, the header MIC over the header bytes as received."""
+        """Every DATA, DESTROY and BIND_CHANNEL call, in the order of the class docstring: enum
+        identity tests, the table read without its lock (see :meth:`_remember`), the context's
+        lock taken with acquire/release, the header MIC over the header bytes as received.
+
+        ``min_service``: DATA calls weaker than the floor (none < integrity < privacy;
+        channel_prot counts as integrity, and as privacy on a channel that encrypts) are refused
+        with AUTH_TOOWEAK (RFC 5531 §9) before the MIC is checked."""
         if proc is not _DATA:
             if proc is _BIND and (version != RPCSEC_GSS_VERS_2 or service is not _SVC_NONE):
                 return AuthDeny(AuthStat.AUTH_BADCRED, "BIND_CHANNEL needs version 2 and service none")
@@ -705,9 +679,10 @@ class GssServerAuth(ServerAuth):
 
     @staticmethod
     def _garbage(gss: GssContext, seq: int, reason: str) -> AuthResult:
-        """GARBAGE_ARGS for an authenticated request: the verifier is MIC(seq_num), as on a SUCCESS
-        reply (RFC 2203 §5.3.3.2), so the client can check every accepted reply; if GetMIC fails,
-        CTXPROBLEM (§5.3.3.4.1)."""
+        """GARBAGE_ARGS for an authenticated request (integrity checksum or unwrap failed, body
+        seq_num != credential seq_num, arguments to BIND_CHANNEL): the verifier is MIC(seq_num), as
+        on a SUCCESS reply (RFC 2203 §5.3.3.2; Linux svcauth_gss does the same), so the client can
+        check the verifier of every accepted reply; if GetMIC fails, CTXPROBLEM (§5.3.3.4.1)."""
         try:
             mic = gss.get_mic(_U32.pack(seq))
             return AuthGarbage(reason, opaque_auth(_FLAVOR_GSS, mic))
@@ -775,7 +750,12 @@ class GssServerAuth(ServerAuth):
     def _channel_prot(call: CallMessage, seq: int, ctx: _ServerContext, conn: ConnectionInfo) -> AuthResult:
         """RFC 5403 §3.4: valid only on a bound v2 handle, on the bound connection, while its
         channel exists; AUTH_NONE verifiers both ways. (DESTROY and BIND_CHANNEL never get
-        here: both are refused with channel_prot before.)"""
+        here: both are refused with channel_prot before.)
+
+        Where the RFC is silent: channel_prot on an unbound handle, on another connection, on a
+        broken channel or after expiry is answered RPCSEC_GSS_CTXPROBLEM (on a v1 handle:
+        AUTH_BADCRED, before this); channel_prot sequence numbers still go through the window
+        (duplicates are dropped)."""
         verf = call.verf
         if verf.flavor != _FLAVOR_NONE or verf.body:
             return AuthDeny(AuthStat.AUTH_BADVERF, "channel_prot requests carry an AUTH_NONE verifier")
@@ -801,11 +781,23 @@ class GssServerAuth(ServerAuth):
     def _bind_channel(
         self, call: CallMessage, seq: int, ctx: _ServerContext, conn: ConnectionInfo, now: float
     ) -> AuthResult:
-        """RFC 5403 §3.3, processed like DATA: a replayed or too old seq_num is dropped silently
-        (RFC 2203 §5.3.3.1); the request MIC is verified before anything is answered; a verified
-        request spends its seq_num and only then gets a signed answer (OK, PREF_NOTSUPP,
-        HASH_NOTSUPP). A MIC that does not verify or cannot be checked (see the module docstring)
-        gets CREDPROBLEM (RFC 2203 §5.3.3.4.2) and halves the context lifetime (RFC 5403 §9)."""
+        """RFC 5403 §3.3, processed like DATA ("seq_num ... as if gss_proc were
+        RPCSEC_GSS_DATA"): a replayed or too old seq_num is dropped silently (RFC 2203 §5.3.3.1);
+        the request MIC is verified before anything is answered; a verified request spends its
+        seq_num and only then gets an answer carrying a MIC (OK, PREF_NOTSUPP, HASH_NOTSUPP). An
+        unauthenticated PREF_NOTSUPP/HASH_NOTSUPP would be a replayable MIC oracle: a MIC over
+        ``seq_num || ...`` is also a valid krb5i reply checksum for that seq_num.
+
+        The request MIC can be checked whenever this connection's channel has bindings under the
+        requested prefix and the hash OID is one we implement (even if policy refuses that prefix
+        or hash: the refusal then follows, signed). A MIC that does not verify, or one we cannot
+        check (no channel, a prefix the channel does not have, an unknown hash), is answered like
+        a failed request MIC -- MSG_DENIED / AUTH_ERROR / RPCSEC_GSS_CREDPROBLEM (RFC 2203
+        §5.3.3.4.2) -- and halves the context's remaining lifetime (RFC 5403 §9 rollback
+        mitigation). One-sided latching (no channel at the server) is indistinguishable from a man
+        in the middle that stripped the server's side (RFC 5403 §2), so it is a failed binding too.
+        For PREF_NOTSUPP the reply MIC covers an empty hash, for HASH_NOTSUPP the hash of the
+        requested prefix's bindings under ``rbcr_oid_list[0]``."""
         try:
             verf = BindChanVerfArgs.decode(call.verf.body)
             prefix = verf.chan_bind_prefix.decode("ascii")
