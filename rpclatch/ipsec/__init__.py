@@ -7,7 +7,8 @@ Modules (one job each):
   RFC 4301 databases (+ BTNS_OK, BTNS/NULL PAD entries, the BYPASS-OR-PROTECT template);
 - :mod:`~rpclatch.ipsec.latch` the RFC 5660 §2.3 Latch Database and state machine;
 - :mod:`~rpclatch.ipsec.keymgr` the key manager (static keying, ACQUIRE, restart, DPD);
-- :mod:`~rpclatch.ipsec.backend` the datapath interface (in-process; Linux XFRM mapping);
+- :mod:`~rpclatch.ipsec.backend` the datapath interface and its in-process implementation
+  (:mod:`~rpclatch.ipsec.xfrm` is the Linux kernel one);
 - :mod:`~rpclatch.ipsec.pad_latching` approach 2 (template / cloned PAD entries, TIME_WAIT hold);
 - :mod:`~rpclatch.ipsec.ulp` approach 1 (UlpLatch in the TCB, pTokens);
 - :mod:`~rpclatch.ipsec.ulp_watch` approach 1's TCB latches watched for RFC 5660 §2 conflicts;

@@ -1,55 +1,10 @@
 """The datapath backend interface: where SAs and per-flow policies are pushed.
 
-The engine (rpclatch.ipsec.engine) is the policy brain; a :class:`Backend` is the datapath that
-must mirror its decisions. Two implementations: the in-process one here (used by the simulated
-network, where the engine itself answers every packet, so the backend only records the tables a
-kernel would hold) and the XFRM one (:class:`rpclatch.ipsec.xfrm.backend.XfrmBackend`: the Linux
-kernel via xfrm_user netlink, sockets made in a namespace without fork, every request with a timeout).
-
-Mapping onto Linux XFRM (approach 2 of docs/design.md; the kernel interface is ``<linux/xfrm.h>``):
-
-=====================================  ========================================================
-Backend call                           xfrm_user netlink
-=====================================  ========================================================
-``install_sa(sa)``                     two XFRM_MSG_NEWSA (in: daddr=local, spi=spi_in; out:
-                                       daddr=remote, spi=spi_out), ``reqid=sa.reqid``, selector =
-                                       the SA's traffic selector (one SA pair per selector),
-                                       mode transport/tunnel, aead rfc4106(gcm(aes)) etc.
-``remove_sa(sa)``                      XFRM_MSG_DELSA for both SPIs
-``install_flow_policy(flow, entry,     XFRM_MSG_NEWPOLICY dir OUT and IN (and FWD in tunnel
-reqid)``                               mode) with an exact 5-tuple selector (prefixlen 32/128,
-                                       sport/dport masks 0xffff, proto), priority above the
-                                       configured policies; PROTECT: one ``xfrm_user_tmpl`` with
-                                       ``reqid`` = the latched SA's reqid (pins the flow to that
-                                       peer's SAs: no other SA matches the template); BYPASS:
-                                       action ALLOW without templates; DISCARD: action BLOCK
-``remove_flow_policy(flow)``           XFRM_MSG_DELPOLICY for the same selectors/directions
-``install_spd(entries)``               the configured SPD mirrored as policies below the flow
-                                       policies (first match wins: priority by position), so a
-                                       flow whose flow policy goes away falls back to it
-``flow_policies``                      (query) the flow policies installed, as the engine gave them
-``install_socket_policy(policy)``      setsockopt(IP_XFRM_POLICY / IPV6_XFRM_POLICY) on the
-                                       socket, in and out, with an ``xfrm_userpolicy_info`` + one
-                                       template (reqid pinned if given); BYPASS = a per-socket
-                                       ALLOW policy without templates. Used for a flow decided
-                                       before the socket is bound/connected (the kernel's
-                                       ACQUIRE has sport 0 until then)
-``remove_socket_policy(socket_id)``    setsockopt with an empty policy, or close the socket
-events: ACQUIRE -> engine              XFRMNLGRP_ACQUIRE multicast (XFRM_MSG_ACQUIRE): call
-                                       ``IPsecEngine.backend_acquire(flow, now)``; note the kernel
-                                       reports sport 0 unless the socket was bound first
-events: EXPIRE -> engine               XFRMNLGRP_EXPIRE (XFRM_MSG_EXPIRE, hard flag): call
-                                       ``IPsecEngine.backend_expire(sa_id, hard, now)``
-=====================================  ========================================================
-
-What XFRM cannot do and how approach 2 copes: there is no per-packet SA tag delivered to TCP
-sockets (approach 1 needs one), so on Linux the latch is enforced by the pinned per-5-tuple policy
-(inbound: the template reqid check drops packets from other peers' SAs; XfrmInTmplMismatch drops
-plaintext), and BROKEN is acted on in two steps: the engine replaces the flow's pinned policy by
-an exact-5-tuple DISCARD one in both directions (XFRM action BLOCK: nothing of the flow is sent or
-accepted, RFC 5660 §2.3) before the holder is ALERTed -- re-pinned if the latch is ESTABLISHED
-again, removed when it ends -- and the ULP resets the TCP connection from user space (RFC 5660
-§5.5 disposition).
+The engine (:mod:`rpclatch.ipsec.engine`) is the policy brain; a :class:`Backend` is the datapath
+that must mirror its decisions (RFC 4301 SAD and SPD, plus the per-flow policies of approach 2 in
+docs/design.md). Two implementations: :class:`InProcessBackend` here, for the simulated network,
+and :class:`rpclatch.ipsec.xfrm.backend.XfrmBackend`, the Linux kernel via xfrm_user netlink,
+whose docstring maps every call onto XFRM.
 """
 
 from __future__ import annotations
@@ -86,7 +41,8 @@ class FlowPolicy:
 
 
 class Backend(abc.ABC):
-    """Datapath interface; see the module docstring for the XFRM mapping."""
+    """Datapath interface (what each call is in the Linux kernel: :class:`XfrmBackend
+    <rpclatch.ipsec.xfrm.backend.XfrmBackend>`)."""
 
     @abc.abstractmethod
     def install_sa(self, sa: SecurityAssociation) -> None:

@@ -1,18 +1,9 @@
 """Approach 2 of docs/design.md: the latch recorded in the PAD/SPD ("PAD-based latching").
 
-- Listeners create a 3-tuple *template* PAD entry, initiators a 5-tuple one
-  (:meth:`PadLatchLayer.add_template`).
-- A packet that matches a template causes an *actual* (cloned) PAD entry to be created: its
-  child-SA constraint is populated from the packet (exactly that 5-tuple) and its peer ID from the
-  SA that protected the packet (:meth:`PadLatchLayer.clone`). Each clone is tied to one latch of the
-  Latch Database, so state, INQUIRE and ALERT work as in the normative model (RFC 5660 §2.3).
-- On teardown the clone is not removed at once: it is *held* for a TIME_WAIT-like period whose
-  length comes only from local latencies (:class:`TimeWaitPolicy`), during which late packets of
-  the flow are still judged against it. A new flow trigger for the same 5-tuple during the hold
-  replaces the held clone in one step, so there is no instant at which the 5-tuple is governed by
-  neither (atomic w.r.t. new flow triggers). RFC 5660 never names TIME_WAIT; the hold follows from
-  §2.3 (a latch goes only when no further packets are expected) and §5.1 (a TCP latch closes
-  when TCP reaches CLOSED, which is after TIME_WAIT).
+Template PAD entries are cloned into actual, exact-5-tuple entries by a flow's first packet; each
+clone belongs to one latch of the Latch Database (:mod:`rpclatch.ipsec.latch`), so state, INQUIRE
+and ALERT work as in the normative model (RFC 5660 §2.3). :class:`PadLatchLayer` holds the
+templates, clones and holds; the engine drives it.
 
 The layer never touches the configured PAD entries (RFC 5660 §1): clones only narrow what those
 entries already authorize. Only connection-like flows (TCP, connected UDP, SCTP) can be latched
@@ -72,7 +63,22 @@ class PadClone:
 
 
 class PadLatchLayer:
-    """Templates, clones and TIME_WAIT holds (see module docstring)."""
+    """Templates, clones and TIME_WAIT holds.
+
+    - Listeners create a 3-tuple *template* PAD entry, initiators a 5-tuple one
+      (:meth:`add_template`).
+    - A packet that matches a template causes an *actual* (cloned) PAD entry to be created: its
+      child-SA constraint is populated from the packet (exactly that 5-tuple) and its peer ID from
+      the SA that protected the packet (:meth:`clone`).
+    - On teardown the clone is not removed at once: it is *held* (:meth:`hold`) for a
+      TIME_WAIT-like period whose length comes only from local latencies
+      (:class:`TimeWaitPolicy`), during which late packets of the flow are still judged against
+      it. A new flow trigger for the same 5-tuple during the hold replaces the held clone in one
+      step, so there is no instant at which the 5-tuple is governed by neither (atomic w.r.t. new
+      flow triggers). RFC 5660 never names TIME_WAIT; the hold follows from §2.3 (a latch goes
+      only when no further packets are expected) and §5.1 (a TCP latch closes when TCP reaches
+      CLOSED, which is after TIME_WAIT).
+    """
 
     def __init__(self, time_wait: TimeWaitPolicy | None = None) -> None:
         self.time_wait = time_wait or TimeWaitPolicy()

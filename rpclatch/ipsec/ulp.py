@@ -11,17 +11,8 @@ from the flow's first packet and enforces it on every later one.
   unconnected sockets through ``recvmsg`` / ``sendmsg`` ancillary data ("pTokens", BTNS abstract
   API): the application records and enforces the latch itself.
 
-There is no explicit BROKEN state in the RFC's model; a mismatching packet is either dropped
-(an "imaginary BROKEN", :attr:`MismatchPolicy.DROP`, the default) or breaks the latch with an
-application alert (:attr:`MismatchPolicy.BREAK`).
-
-RFC 5660 §2 conflicts reach a TCB latch from outside the packet path: once latched to an SA it
-asks the IPsec layer under it (:class:`UlpEngine`, which ``IPsecEngine`` implements) to watch it
-(:mod:`rpclatch.ipsec.ulp_watch`), which narrows a wider conflicting child SA around it or breaks
-it before such an SA is installed, and re-checks it on SPD changes (break, or pin with
-``pin_on_spd_change``); IKE DPD breaks it too. Those breaks go through
-:meth:`UlpLatch.break_latch` whatever the MismatchPolicy, with a :class:`UlpBreakReason`; after a
-break the engine DISCARDs the flow's 5-tuple until the flow's hold ends.
+Both reach the IPsec layer only through the :class:`UlpEngine` protocol declared here (which
+``IPsecEngine`` implements), so this module does not import the engine.
 """
 
 from __future__ import annotations
@@ -54,6 +45,11 @@ class UlpLatchState(Enum):
 
 
 class MismatchPolicy(Enum):
+    """What a :class:`UlpLatch` does with a packet whose tag differs from the latched one. There
+    is no explicit BROKEN state in the RFC's model (RFC 5660 §2.4): the packet is either dropped
+    (an "imaginary BROKEN", DROP, the default) or breaks the latch with an application alert
+    (BREAK)."""
+
     DROP = "drop"  # drop the packet, keep the latch (RFC 5660 §2.4 "imaginary BROKEN")
     BREAK = "break"  # drop the packet, break the latch, alert the application
 
@@ -132,6 +128,14 @@ class UlpLatch:
 
     ``require_protection`` makes cleartext unacceptable (the application asked for a channel):
     a cleartext first packet is dropped instead of latching "cleartext".
+
+    RFC 5660 §2 conflicts reach a TCB latch from outside the packet path: once latched to an SA it
+    asks the engine to watch it (:mod:`rpclatch.ipsec.ulp_watch`), which narrows a wider
+    conflicting child SA around it or breaks it before such an SA is installed, and re-checks it
+    on SPD changes (break, or pin with ``pin_on_spd_change``); IKE DPD breaks it too. Those breaks
+    go through :meth:`break_latch` whatever the :class:`MismatchPolicy`, with a
+    :class:`UlpBreakReason`; after a break the engine DISCARDs the flow's 5-tuple until the flow's
+    hold ends.
     """
 
     __slots__ = (

@@ -2,23 +2,8 @@
 
 A :class:`~rpclatch.ipsec.ulp.UlpLatch` lives in a transport control block, not in the Latch
 Database, so the LD's conflict rules (RFC 5660 §2.3) do not reach it by themselves. Once such a
-latch is latched to an SA, :class:`UlpLatchWatch` gives it the LD's treatment:
-
-- a child SA that would carry the flow without being congruent with the latched tag (other peer,
-  local ID or QoP) is narrowed around the flow (``narrow_conflicting_sas``, SHOULD) or breaks the
-  latch before it is installed (:meth:`UlpLatchWatch.vet_child_sa`);
-- after an SPD change, a flow the SPD no longer protects as latched breaks, or keeps its
-  protection through an exact-5-tuple PINNED_LATCH entry with ``pin_on_spd_change`` (OPTIONAL,
-  §2.3; §2.4 calls this logical SPD update incidental to the model) (:meth:`UlpLatchWatch.recheck`);
-  the same check, unpinned, runs when a flow's own overlay entry (the template clone or optional
-  protection it latched under) goes away -- hold ended, flow superseded, IKE failed, key-manager
-  restart -- since the configured SPD then governs it (:meth:`UlpLatchWatch.own_entry_removed`);
-- IKE DPD declaring the latched peer dead breaks it (:meth:`UlpLatchWatch.break_with`);
-- a broken latch's flow gets an exact-5-tuple DISCARD entry until the flow ends
-  (:meth:`UlpLatchWatch.broken`).
-
-The engine owns one watch and forwards the :class:`~rpclatch.ipsec.ulp.UlpEngine` calls of its
-TCB latches to it.
+latch is latched to an SA, :class:`UlpLatchWatch` gives it the LD's treatment. The engine owns one
+watch and forwards the :class:`~rpclatch.ipsec.ulp.UlpEngine` calls of its TCB latches to it.
 """
 
 from __future__ import annotations
@@ -37,7 +22,21 @@ class UlpLatchWatch:
 
     ``spd``, ``backend`` and ``latches`` are the engine's own: the watch installs and removes the
     per-flow SPD overlays (BROKEN_LATCH discards, PINNED_LATCH pins) and the matching backend flow
-    policies, and leaves a flow alone when an LD latch governs it."""
+    policies, and leaves a flow alone when an LD latch governs it.
+
+    - a child SA that would carry the flow without being congruent with the latched tag (other
+      peer, local ID or QoP) is narrowed around the flow (``narrow_conflicting_sas``, SHOULD) or
+      breaks the latch before it is installed (:meth:`vet_child_sa`);
+    - after an SPD change, a flow the SPD no longer protects as latched breaks, or keeps its
+      protection through an exact-5-tuple PINNED_LATCH entry with ``pin_on_spd_change``
+      (OPTIONAL, §2.3; §2.4 calls this logical SPD update incidental to the model)
+      (:meth:`recheck`); the same check, unpinned, runs when a flow's own overlay entry (the
+      template clone or optional protection it latched under) goes away -- hold ended, flow
+      superseded, IKE failed, key-manager restart -- since the configured SPD then governs it
+      (:meth:`own_entry_removed`);
+    - IKE DPD declaring the latched peer dead breaks it (:meth:`break_with`);
+    - a broken latch's flow gets an exact-5-tuple DISCARD entry until the flow ends
+      (:meth:`broken`)."""
 
     __slots__ = ("_backend", "_latches", "_policy_protected", "_spd", "_watched", "pin_on_spd_change")
 

@@ -1,35 +1,12 @@
 """The Linux kernel datapath: :class:`XfrmBackend` mirrors the engine's decisions into XFRM.
 
-Approach 2 of the design (RFC 5660 §2.3 "logical SPD update" done by the kernel): every latched
-flow gets exact-5-tuple policies (in and out) above the configured ones, whose single ESP template
-carries the reqid of the peer's SAs, so no other peer's SA can carry the flow and plaintext on it is
-dropped inbound (XfrmInTmplMismatch). The table in :mod:`rpclatch.ipsec.backend` is the mapping.
-
-Scope and choices:
-
-- one network namespace (``netns``: a name under /var/run/netns, a path, or None for the caller's);
-- SAs are ESP transport mode with an AEAD suite ``aes-gcm-8/12/16`` -> ``rfc4106(gcm(aes))``; the
-  keys come from a :class:`KeySource` (the engine's SAs carry no key material);
-- the SA's XFRM selector is its traffic selector when it has exactly one that XFRM can express
-  (prefixes, single or any port), else "any" (the pinned per-flow policies still decide);
-- like an IKE daemon, a *narrow* SA pair (RFC 5660 §2.1: one 5-tuple) also gets that 5-tuple's
-  policies pinned to its reqid (``sa_priority``), so the responder answers the flow (SYN-ACK) before
-  its ULP latches it: the kernel's outbound SA lookup needs the template's reqid to equal the SA's
-  (reqid 0 in a template means "any" only inbound);
-- the kernel keys policies by selector and direction, not priority: a per-flow policy on the same
-  selector as a narrow SA's (or a mirrored SPD entry's) replaces it. The backend keeps the layers
-  (flow > SA > configured SPD) per (selector, direction) and puts the top one in the kernel, so
-  removing a flow policy restores what lies below it;
-- everything it installs is tracked, and :meth:`XfrmBackend.reset` removes exactly that (never a
-  flush: other daemons' state in the namespace stays);
-- :meth:`XfrmBackend.install_spd` mirrors configured SPD entries as kernel policies at
-  ``spd_priority + position`` (first match wins like RFC 4301 §4.4.1), so that a flow whose
-  per-flow policy goes away falls back to the configured treatment, never to the kernel default
-  (no policy = clear text);
-- socket policies: ``SocketPolicy.socket_id`` is the socket's file descriptor in this process.
-
-Kernel events: :class:`XfrmEventReader` turns XFRM_MSG_ACQUIRE / XFRM_MSG_EXPIRE multicasts into
-``backend_acquire`` / ``backend_expire`` calls on the engine.
+Approach 2 of docs/design.md (RFC 5660 §2.3 "logical SPD update" done by the kernel): every
+latched flow gets exact-5-tuple policies (in and out) above the configured ones, whose single ESP
+template carries the reqid of the peer's SAs, so no other peer's SA can carry the flow and
+plaintext on it is dropped inbound (XfrmInTmplMismatch). It implements
+:class:`rpclatch.ipsec.backend.Backend` on :mod:`rpclatch.ipsec.xfrm.netlink` (the kernel
+interface is ``<linux/xfrm.h>``); :class:`XfrmEventReader` feeds the kernel's ACQUIRE and EXPIRE
+events back to the engine.
 """
 
 from __future__ import annotations
@@ -264,9 +241,78 @@ class _Tracked:
 
 
 class XfrmBackend(Backend):
-    """The engine's datapath in the Linux kernel of network namespace ``netns`` (see the module
-    docstring). Not thread-safe: use from one thread at a time. Each kernel request waits at most
-    ``netlink_timeout`` seconds for an answer, then raises XfrmTimeout (an XfrmError)."""
+    """The engine's datapath in the Linux kernel of network namespace ``netns`` (a name under
+    /var/run/netns, a path, or None for the caller's). Not thread-safe: use from one thread at a
+    time. Each kernel request waits at most ``netlink_timeout`` seconds for an answer, then raises
+    XfrmTimeout (an XfrmError).
+
+    How each :class:`~rpclatch.ipsec.backend.Backend` call maps onto xfrm_user netlink:
+
+    =====================================  ====================================================
+    Backend call                           xfrm_user netlink
+    =====================================  ====================================================
+    ``install_sa(sa)``                     two XFRM_MSG_NEWSA (in: daddr=local, spi=spi_in;
+                                           out: daddr=remote, spi=spi_out), ``reqid=sa.reqid``,
+                                           selector = the SA's traffic selector (one SA pair
+                                           per selector), mode transport, aead
+                                           rfc4106(gcm(aes))
+    ``remove_sa(sa)``                      XFRM_MSG_DELSA for both SPIs
+    ``install_flow_policy(policy)``        XFRM_MSG_NEWPOLICY dir OUT and IN with an exact
+                                           5-tuple selector (prefixlen 32/128, sport/dport
+                                           masks 0xffff, proto), priority above the configured
+                                           policies; PROTECT: one ``xfrm_user_tmpl`` with
+                                           ``reqid`` = the latched SA's reqid (pins the flow to
+                                           that peer's SAs: no other SA matches the template);
+                                           BYPASS: action ALLOW without templates; DISCARD:
+                                           action BLOCK
+    ``remove_flow_policy(flow)``           XFRM_MSG_DELPOLICY for the same selectors and
+                                           directions
+    ``install_spd(entries)``               the configured SPD mirrored as policies below the
+                                           flow policies (first match wins: priority by
+                                           position), so a flow whose flow policy goes away
+                                           falls back to it
+    ``install_socket_policy(policy)``      setsockopt(IP_XFRM_POLICY / IPV6_XFRM_POLICY) on
+                                           the socket, in and out, with an
+                                           ``xfrm_userpolicy_info`` + one template (reqid
+                                           pinned if given); BYPASS = a per-socket ALLOW
+                                           policy without templates. Used for a flow decided
+                                           before the socket is bound/connected (the kernel's
+                                           ACQUIRE has sport 0 until then)
+    ``remove_socket_policy(socket_id)``    setsockopt with an empty policy, or close the socket
+    =====================================  ====================================================
+
+    Scope and choices:
+
+    - SAs are ESP transport mode with an AEAD suite ``aes-gcm-8/12/16`` -> ``rfc4106(gcm(aes))``;
+      the keys come from a :class:`KeySource` (the engine's SAs carry no key material);
+    - the SA's XFRM selector is its traffic selector when it has exactly one that XFRM can
+      express (prefixes, single or any port), else "any" (the pinned per-flow policies still
+      decide);
+    - like an IKE daemon, a *narrow* SA pair (RFC 5660 §2.1: one 5-tuple) also gets that
+      5-tuple's policies pinned to its reqid (``sa_priority``), so the responder answers the flow
+      (SYN-ACK) before its ULP latches it: the kernel's outbound SA lookup needs the template's
+      reqid to equal the SA's (reqid 0 in a template means "any" only inbound);
+    - the kernel keys policies by selector and direction, not priority: a per-flow policy on the
+      same selector as a narrow SA's (or a mirrored SPD entry's) replaces it. The backend keeps
+      the layers (flow > SA > configured SPD) per (selector, direction) and puts the top one in
+      the kernel, so removing a flow policy restores what lies below it;
+    - everything it installs is tracked, and :meth:`reset` removes exactly that (never a flush:
+      other daemons' state in the namespace stays);
+    - :meth:`install_spd` mirrors configured SPD entries as kernel policies at ``spd_priority +
+      position`` (first match wins like RFC 4301 §4.4.1), so that a flow whose per-flow policy
+      goes away falls back to the configured treatment, never to the kernel default (no policy =
+      clear text);
+    - socket policies: ``SocketPolicy.socket_id`` is the socket's file descriptor in this process.
+
+    What XFRM cannot do and how approach 2 copes: there is no per-packet SA tag delivered to TCP
+    sockets (approach 1 needs one), so on Linux the latch is enforced by the pinned per-5-tuple
+    policy (inbound: the template reqid check drops packets from other peers' SAs;
+    XfrmInTmplMismatch drops plaintext), and BROKEN is acted on in two steps: the engine replaces
+    the flow's pinned policy by an exact-5-tuple DISCARD one in both directions (XFRM action
+    BLOCK: nothing of the flow is sent or accepted, RFC 5660 §2.3) before the holder is ALERTed
+    -- re-pinned if the latch is ESTABLISHED again, removed when it ends -- and the ULP resets
+    the TCP connection from user space (RFC 5660 §5.5 disposition).
+    """
 
     def __init__(
         self,
@@ -589,7 +635,11 @@ def esp_sa_uat_rows(sas: Iterable[Sa]) -> list[str]:
 class XfrmEventReader:
     """Reads XFRM ACQUIRE / EXPIRE multicasts in the backend's namespace and calls the engine.
     ``clock`` gives the engine's ``now``. Call :meth:`pump` when :meth:`fileno` is readable (or
-    :meth:`attach` it to an asyncio loop). Malformed messages are logged and skipped."""
+    :meth:`attach` it to an asyncio loop). Malformed messages are logged and skipped.
+
+    XFRMNLGRP_ACQUIRE (XFRM_MSG_ACQUIRE) becomes ``engine.backend_acquire(flow, now)``; the kernel
+    reports sport 0 unless the socket was bound first. XFRMNLGRP_EXPIRE (XFRM_MSG_EXPIRE, hard
+    flag) becomes ``engine.backend_expire(sa_id, hard, now)``."""
 
     def __init__(self, backend: XfrmBackend, engine: EngineEvents, clock: Callable[[], float]) -> None:
         self.backend = backend

@@ -5,7 +5,7 @@ A socket belongs to the network namespace of the thread that created it, for its
 enters the target namespace with setns(2) (which moves only the calling *thread*, see setns(2) and
 ``CLONE_NEWNET``); the thread then ends, so the caller's thread never changes namespace.
 
-Why not pyroute2's ``netns.create_socket`` (what the code used before): it forks a helper process
+Why not pyroute2's ``netns.create_socket``: it forks a helper process
 per socket, receives the socket over a unix socket, then stops the helper with SIGTERM and
 ``waitpid(pid, 0)`` without a timeout. The helper is a fork of the whole Python process: when the
 process has a Python SIGTERM handler (e.g. one that raises KeyboardInterrupt for a clean teardown,
