@@ -1,14 +1,9 @@
 """Pieces shared by the ``rpclatch`` commands: GSS service-name options and stop signals.
 
-* :func:`parse_service_name` checks a ``SERVICE@HOST`` option (``rpc ping --target``, ``rpc serve
-  --principal``, ``nfs --target``): the GSS host-based service name form (RFC 2743 §4.1,
-  GSS_C_NT_HOSTBASED_SERVICE), which the Kerberos mechanism maps to ``SERVICE/HOST@REALM``.
-  A bad value is a :class:`~rpclatch.errors.UserError` naming the option, what is wrong and the
-  form to use.
-* :class:`StopSignals` turns SIGTERM/SIGINT into one stop request for a long-running command
-  (``rpc serve``, ``realm up``) and absorbs every later one, so the command's cleanup (rpcbind
-  unregistration, stopping a KDC, removing its files) is never cut short by a repeated signal --
-  ``timeout`` sends SIGTERM to the process and then to its process group, i.e. twice.
+:func:`parse_service_name` checks ``SERVICE@HOST`` options (``rpc ping --target``, ``rpc serve
+--principal``, ``nfs --target``) and :func:`gss_target_problem` explains a failed context creation;
+:class:`StopSignals` keeps a long-running command's cleanup (``rpc serve``, ``realm up``) from
+being cut short by a repeated signal.
 """
 
 from __future__ import annotations
@@ -31,9 +26,11 @@ _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]*")
 def parse_service_name(text: str, option: str) -> str:
     """``text`` if it is a ``SERVICE@HOST`` host-based service name, else a one-line UserError.
 
-    ``option`` is how the user gave it (e.g. ``--target``), for the message. Kerberos principal
-    syntax (``nfs/host@REALM``) is recognised and the host-based form suggested: the realm comes
-    from the KDC configuration, not from the name.
+    That is the GSS host-based service name form (RFC 2743 §4.1, GSS_C_NT_HOSTBASED_SERVICE),
+    which the Kerberos mechanism maps to ``SERVICE/HOST@REALM``. The error names the option, what
+    is wrong and the form to use; ``option`` is how the user gave it (e.g. ``--target``). Kerberos
+    principal syntax (``nfs/host@REALM``) is recognised and the host-based form suggested: the
+    realm comes from the KDC configuration, not from the name.
     """
     example = f"e.g. {option} nfs@server.example"
     if "/" in text:
@@ -98,6 +95,10 @@ Callback = Callable[[], None]
 
 class StopSignals:
     """SIGTERM and SIGINT as a stop request, for the whole life of a command, cleanup included.
+
+    One stop request, every later signal absorbed, so the command's cleanup (rpcbind
+    unregistration, stopping a KDC, removing its files) is never cut short by a repeated signal --
+    ``timeout`` sends SIGTERM to the process and then to its process group, i.e. twice.
 
     Used as a context manager around everything the command does (start-up, the serving loop and
     its cleanup). The first signal runs the callbacks added with :meth:`on_stop` (each once; one

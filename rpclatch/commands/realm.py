@@ -1,9 +1,6 @@
 """``rpclatch realm up``: a throwaway MIT Kerberos realm for trying RPCSEC_GSS by hand.
 
-``rpclatch realm up [--user NAME] [--password PW] [--service NAME]`` starts a KDC on free local
-ports with the service principal ``nfs/<host>`` in a keytab and the user (default ``alice``, random
-password unless given) kinit'ed, prints ``export ...`` lines to paste into the shells that should
-use the realm, and stays up until Ctrl-C / SIGTERM, then stops the KDC and removes every file.
+The command (:func:`cmd_up`) runs a :class:`rpclatch.gss.realm.ThrowawayRealm` in the foreground.
 """
 
 from __future__ import annotations
@@ -16,6 +13,12 @@ from typing import Any
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start the realm, print its export lines, run until SIGTERM/SIGINT, then remove it.
+
+    ``rpclatch realm up [--user NAME] [--password PW] [--service NAME]`` starts a KDC on free local
+    ports with the service principal ``nfs/<host>`` in a keytab and the user (default ``alice``,
+    random password unless given) kinit'ed, prints ``export ...`` lines to paste into the shells
+    that should use the realm, and stays up until Ctrl-C / SIGTERM, then stops the KDC and removes
+    every file.
 
     The stop signals are taken over before the realm starts and kept through its removal
     (:class:`~rpclatch.commands.common.StopSignals`): a signal during start-up stops right after

@@ -1,26 +1,10 @@
 """``rpclatch rpc``: ping an RPC program, serve the rpclatch test program, dump rpcbind.
 
-* ``rpclatch rpc ping HOST PROG [VERS] [--udp] [--port N] [--timeout S] [--sec NAME]
-  [--target SERVICE@HOST]``: call procedure 0 (with ``--sec krb5|krb5i|krb5p`` after creating an
-  RPCSEC_GSS context for ``--target``, default ``nfs@HOST``, destroyed at the end over TCP and UDP
-  alike) and print ``program P version V ready and waiting`` like ``rpcinfo -t``. PROG is a
-  number or a name from /etc/rpc (``nfs``); without VERS every version the server has is tried.
-  The port comes from the host's rpcbind (portmap GETPORT) unless ``--port`` is given.
-* ``rpclatch rpc serve [--host H] [--port N] [--tcp] [--udp] [--register] [--sec NAME ...]
-  [--principal SERVICE@HOST] [--max-requests-per-context N]``: serve the test program
-  (0x20000A11 v1) over TCP and UDP (both unless one is chosen) until Ctrl-C or SIGTERM;
-  ``--register`` registers it with the local rpcbind and unregisters it on exit. Repeated
-  signals do not cut that cleanup short (:class:`~rpclatch.commands.common.StopSignals`).
-  ``--principal`` is the RPCSEC_GSS acceptor name (default ``nfs@<this host's FQDN>``);
-  ``--max-requests-per-context`` is the RFC 5403 §9 (a) cap (:data:`DEFAULT_MAX_REQUESTS_PER_CONTEXT`).
-* ``rpclatch rpc dump HOST [--udp] [--port N]``: the host's portmap list, like ``rpcinfo -p``.
-
-Where rpcbind is: ``ping --rpcbind-port N`` / ``dump --port N`` (default ``$RPCLATCH_RPCBIND_PORT``
-or 111) and ``serve --rpcbind-socket PATH`` (default ``$RPCLATCH_RPCBIND_SOCKET`` or
-/run/rpcbind.sock).
-
-Failures print one line, e.g. ``rpclatch: error: 127.0.0.1: program 100003 version 9 not available
-(server has 2..4)``, and exit 1; bad arguments exit 2.
+The subcommands ``ping`` (:func:`cmd_ping`), ``serve`` (:func:`cmd_serve`) and ``dump``
+(:func:`cmd_dump`) are thin users of :mod:`rpclatch.rpc` (asyncio clients and server, rpcbind, the
+test program) and, for ``--sec krb5|krb5i|krb5p``, of :mod:`rpclatch.gss`. Their options are
+documented in the argparse help. Failures print one line, e.g. ``rpclatch: error: 127.0.0.1:
+program 100003 version 9 not available (server has 2..4)``, and exit 1; bad arguments exit 2.
 """
 
 from __future__ import annotations
@@ -384,6 +368,12 @@ async def _destroy_gss(auth: Any, client: RpcStreamClient | RpcUdpClient, prog: 
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
+    """``rpclatch rpc ping HOST PROG [VERS]``: call procedure 0 and print ``program P version V
+    ready and waiting`` like ``rpcinfo -t``. PROG is a number or a name from /etc/rpc (``nfs``);
+    without VERS every version the server has is tried. The port comes from the host's rpcbind
+    (portmap GETPORT) unless ``--port`` is given. With ``--sec krb5|krb5i|krb5p`` an RPCSEC_GSS
+    context for ``--target`` (default ``nfs@HOST``) is created first and destroyed at the end,
+    over TCP and UDP alike."""
     return _guard(lambda: _run(lambda: _ping(args)))
 
 
@@ -416,6 +406,7 @@ async def _dump(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
+    """``rpclatch rpc dump HOST``: the host's portmap list, like ``rpcinfo -p``."""
     return _guard(lambda: _run(lambda: _dump(args)))
 
 
@@ -514,7 +505,13 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """SIGTERM/SIGINT stop the server; they are taken over before it starts and stay absorbed
+    """``rpclatch rpc serve``: serve the test program (0x20000A11 v1) over TCP and UDP (both
+    unless one is chosen) until Ctrl-C or SIGTERM; ``--register`` registers it with the local
+    rpcbind and unregisters it on exit. ``--principal`` is the RPCSEC_GSS acceptor name (default
+    ``nfs@<this host's FQDN>``); ``--max-requests-per-context`` is the RFC 5403 §9 (a) cap
+    (:data:`DEFAULT_MAX_REQUESTS_PER_CONTEXT`).
+
+    SIGTERM/SIGINT stop the server; they are taken over before it starts and stay absorbed
     through its cleanup (closing listeners, rpcbind unregistration), so a repeated signal --
     ``timeout`` signals the process and its process group -- cannot leave a stale registration."""
     from rpclatch.commands.common import StopSignals
