@@ -47,7 +47,7 @@ _counter = 0
 
 
 class HostKernelNfsd(NfsdWorld):
-    """The nfsd world on the host kernel, in namespaces; up in a few seconds, always torn down."""
+    """The nfsd world on the host kernel, in namespaces (no kernel to boot), always torn down."""
 
     kind = "netns"
 

@@ -1,18 +1,11 @@
 """Small client programs built from this project's own code, run against the Linux nfsd.
 
 They run wherever the harness puts them: in the host-side namespace (``guest.host_run``) or inside
-the guest (``guest.run(..., netns="client")`` for the ESP path). Each prints one JSON object on
-stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": <type>, "message": ...}``) and exits 0
-when the operation succeeded, 1 when it failed, 2 on bad arguments.
-
-``python -m interop.probe null HOST [--port 2049] [--prog 100003] [--vers 4] [--auth none|sys]
-[--socket-policy bypass|esp --policy-src ADDR --reqid N] [--connect-timeout S]``
-    one RPC NULL call with :class:`rpclatch.rpc.aio.RpcStreamClient`; with ``--socket-policy`` the
-    TCP socket gets a per-socket IPsec policy first (:mod:`interop.sockpolicy`).
-``python -m interop.probe nfs HOST [--sec S] [--minor 0|1] [--target nfs@FQDN] [--write PATH --size N
-[--seed X]] [--read PATH] [--remove PATH]``
-    with :class:`rpclatch.nfs4.client.Nfs4Client`: write ``N`` deterministic pseudo-random bytes,
-    read a file back (streamed, SHA-256 and MB/s reported), remove; in that order.
+the guest (``guest.run(..., netns="client")`` for the ESP path), as ``python -m interop.probe null
+HOST ...`` (:func:`rpc_null`) or ``python -m interop.probe nfs HOST ...`` (:func:`nfs_ops`); the
+options are in :func:`main`'s argparse help. Each prints one JSON object on stdout (``{"ok": true,
+...}`` or ``{"ok": false, "error": <type>, "message": ...}``) and exits 0 when the operation
+succeeded, 1 when it failed, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -69,7 +62,9 @@ async def rpc_null(
     reqid: int = 1,
     connect_timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """One NULL call (RFC 5531 §12.1: procedure 0 of every program)."""
+    """One NULL call (RFC 5531 §12.1: procedure 0 of every program) with
+    :class:`rpclatch.rpc.aio.RpcStreamClient`; with ``policy`` (``bypass`` or ``esp``) the TCP
+    socket gets a per-socket IPsec policy first (:mod:`interop.sockpolicy`)."""
     from rpclatch.rpc.aio import RpcStreamClient
 
     t0 = time.monotonic()
@@ -105,7 +100,9 @@ def payload(size: int, seed: int) -> bytes:
 
 
 async def nfs_ops(args: argparse.Namespace) -> dict[str, Any]:
-    """Write / read / remove with our NFSv4 client; timings are wall clock around each operation."""
+    """Write / read / remove with :class:`rpclatch.nfs4.client.Nfs4Client`, in that order: write
+    ``--size`` deterministic pseudo-random bytes (:func:`payload`), read a file back (streamed,
+    SHA-256 and MB/s reported), remove. Timings are wall clock around each operation."""
     from rpclatch.nfs4.client import Nfs4Client
 
     out: dict[str, Any] = {"ok": True, "op": "nfs", "host": args.host, "sec": args.sec, "minor": args.minor}

@@ -92,7 +92,7 @@ def missing_requirements(linux: str = "linux.uml") -> list[str]:
 
 
 class LinuxNfsdGuest(NfsdWorld):
-    """The nfsd world in a UML guest: boots in about 11-16 s, always torn down."""
+    """The nfsd world in a UML guest (a whole kernel to boot), always torn down."""
 
     kind = "uml"
 

@@ -11,23 +11,8 @@ optionally, manually keyed kernel ESP (RFC 4106 AES-GCM, transport mode) between
 * :class:`interop.hostkernel.HostKernelNfsd` -- network, mount, PID and UTS namespaces on the host's
   own kernel (for hosts that have nfsd and esp4).
 
-:func:`interop.choose.open_world` picks one. Everything lands in one run directory:
-``console.log``, ``nfs.pcapng`` (NFS + ESP traffic captured in the server namespace),
-``krb5kdc.log``, ``gssproxy.log``, ``syslog.log``, ``dmesg.log``, ``xfrm-state.log``, keytabs,
-``krb5.conf`` for the host side, and one set of files per command job in ``jobs/``.
-
-Two places run clients:
-
-* the host-side namespace (``192.0.2.1`` -> ``192.0.2.2``, over a UML tap or a veth):
-  :meth:`NfsdWorld.host_run` runs a command there, :meth:`NfsdWorld.in_host_netns` moves the calling
-  thread there (in-process clients); :meth:`NfsdWorld.host_env` gives the Kerberos environment;
-* inside the server world (:meth:`NfsdWorld.run`, :meth:`NfsdWorld.spawn`; ``netns="client"`` for the
-  ESP-protected path ``198.51.100.1`` -> ``198.51.100.2``): a job is a shell script dropped into the
-  run directory that the world's init executes, writing stdout, stderr and the exit status back.
-
-"Guest" in names and messages means the server world of either kind. Teardown always happens:
-:meth:`NfsdWorld.close` (also from ``__exit__``, ``atexit`` and a SIGTERM handler) asks the init
-to stop, then kills its process group by PID, then deletes the namespaces.
+:func:`interop.choose.open_world` picks one. "Guest" in names and messages means the server world
+of either kind.
 """
 
 from __future__ import annotations
@@ -372,11 +357,25 @@ class GuestJob:
 
 
 class NfsdWorld:
-    """Linux nfsd + KDC + gssproxy (+ ESP) behind one API; see the module docstring.
+    """Linux nfsd + KDC + gssproxy (+ ESP) behind one API.
 
     ``with World() as world: ...`` brings it up and always tears it down. Subclasses say how the
     world's init (``guest_init.sh``) is started (:meth:`_launch`) and what the machine must have
     (:meth:`missing`); everything after the init is running is shared.
+
+    Everything lands in one run directory: ``console.log``, ``nfs.pcapng`` (NFS + ESP traffic
+    captured in the server namespace), ``krb5kdc.log``, ``gssproxy.log``, ``syslog.log``,
+    ``dmesg.log``, ``xfrm-state.log``, keytabs, ``krb5.conf`` for the host side, and one set of
+    files per command job in ``jobs/``.
+
+    Two places run clients:
+
+    * the host-side namespace (``192.0.2.1`` -> ``192.0.2.2``, over a UML tap or a veth):
+      :meth:`host_run` runs a command there, :meth:`in_host_netns` moves the calling thread there
+      (in-process clients); :meth:`host_env` gives the Kerberos environment;
+    * inside the server world (:meth:`run`, :meth:`spawn`; ``netns="client"`` for the ESP-protected
+      path ``198.51.100.1`` -> ``198.51.100.2``): a job is a shell script dropped into the run
+      directory that the world's init executes, writing stdout, stderr and the exit status back.
     """
 
     #: ``"uml"`` or ``"netns"``: which kernel runs nfsd (tests and logs name it).
@@ -628,7 +627,11 @@ class NfsdWorld:
             self._stop_tail.wait(0.2)
 
     def close(self) -> None:
-        """Power the guest off (kill it if needed), delete the namespace; safe to call repeatedly."""
+        """Power the guest off (kill it if needed), delete the namespace; safe to call repeatedly.
+
+        Teardown always happens: this runs also from ``__exit__``, ``atexit`` and a SIGTERM
+        handler; it asks the init to stop, then kills its process group by PID, then deletes the
+        namespaces."""
         if self._closed:
             return
         self._closed = True
