@@ -1,12 +1,82 @@
-"""A sans-IO IKEv2 core (RFC 7296) with NULL (RFC 7619) and raw-public-key (RFC 7670, BTNS
-RFC 5386) authentication.
+"""A sans-IO IKEv2 core (RFC 7296) with raw-public-key (RFC 7670, BTNS RFC 5386) and NULL
+(RFC 7619) authentication. No sockets, no clock, no threads: datagrams and ``now`` in;
+datagrams, events and timer deadlines out (docs/ike.md has the full picture).
 
-Modules:
+Public API (everything a UDP/XFRM shell needs)::
 
-* :mod:`~rpclatch.ipsec.ike.wire` -- the message codec (frozen dataclasses, typed decode errors).
-* :mod:`~rpclatch.ipsec.ike.crypto` -- key exchange, PRF/prf+, key derivation, SK payload, AUTH.
-* :mod:`~rpclatch.ipsec.ike.errors` -- exceptions per layer, each with its notify type.
+    config = IkeConfig(Credentials.raw_key(ed25519_key), pad, policy=(Selector(...),))
+    endpoint = IkeDispatcher(config, (local_ip, 500))
+    sa = endpoint.initiate((peer_ip, 500), ChildRequest(Selector.for_flow(flow)), now)
+    # loop:
+    endpoint.receive_datagram(data, (src_ip, src_port), now)   # every datagram from UDP 500
+    for data, dest in endpoint.datagrams_to_send(now): sock.sendto(data, dest)
+    while (item := endpoint.next_event()) is not None: sa, event = item ...
+    deadline = endpoint.get_timer(); ... endpoint.handle_timer(now)
+    # local requests on an established SA, then endpoint.poll(sa, now) to collect their output:
+    sa.delete(now); sa.delete_child(spi_in, now); sa.check_liveness(now)
 
-No sockets, no clock, no threads: callers pass datagrams and ``now`` in and take datagrams,
-events and timer deadlines out. See docs/ike.md.
+Events: :class:`IkeSaEstablished` (the authenticated peer: ``RawPublicKeyPeer`` with its SPKI,
+or ``NullAuthPeer``), :class:`ChildSaEstablished` (a :class:`ChildSa`: SPIs, ESP AES-GCM
+key || salt per direction, suite, mode, narrowed local-oriented selector),
+:class:`ChildSaFailed`, :class:`ChildSaDeleted`, :class:`IkeSaDeleted`, :class:`IkeSaFailed`
+(a :class:`FailureReason` and the notify code).
+
+Modules: ``wire`` (codec), ``crypto`` (key exchange, PRF, keys, SK payload, AUTH),
+``negotiation`` (proposals, TS narrowing), ``config``, ``events``, ``sa`` (one IKE SA),
+``dispatcher`` (SPI routing, cookies, half-open limit), ``errors`` (per layer, with notify codes).
 """
+
+from rpclatch.ipsec.ike.config import ChildRequest, Credentials, Endpoint, IkeConfig
+from rpclatch.ipsec.ike.crypto import ChildKeys, IkeKeys, IkeSuite
+from rpclatch.ipsec.ike.dispatcher import IkeDispatcher
+from rpclatch.ipsec.ike.errors import (
+    IkeCryptoError,
+    IkeDecodeError,
+    IkeError,
+    IkeExchangeError,
+    IkeLocalError,
+    NotifyType,
+)
+from rpclatch.ipsec.ike.events import (
+    ChildSa,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    FailureReason,
+    IkeEvent,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
+from rpclatch.ipsec.ike.negotiation import DEFAULT_ESP_SUITES, DEFAULT_IKE_SUITES
+from rpclatch.ipsec.ike.sa import IkeSa, IkeState
+
+__all__ = [
+    "DEFAULT_ESP_SUITES",
+    "DEFAULT_IKE_SUITES",
+    "ChildKeys",
+    "ChildRequest",
+    "ChildSa",
+    "ChildSaDeleted",
+    "ChildSaEstablished",
+    "ChildSaFailed",
+    "Credentials",
+    "Endpoint",
+    "FailureReason",
+    "IkeConfig",
+    "IkeCryptoError",
+    "IkeDecodeError",
+    "IkeDispatcher",
+    "IkeError",
+    "IkeEvent",
+    "IkeExchangeError",
+    "IkeKeys",
+    "IkeLocalError",
+    "IkeSa",
+    "IkeSaDeleted",
+    "IkeSaEstablished",
+    "IkeSaFailed",
+    "IkeState",
+    "IkeSuite",
+    "NotifyType",
+]

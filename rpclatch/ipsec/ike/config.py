@@ -1,0 +1,87 @@
+"""What an IKE SA needs from its owner: credentials, policy, suites, timers; and a CHILD_SA request.
+
+Peer acceptance is the RFC 4301 PAD of :mod:`rpclatch.ipsec.pad`: an entry with a
+``PublicKeyPattern(fingerprint)`` accepts one configured key, the wildcard ``PublicKeyPattern()``
+accepts any self-presented key (BTNS, RFC 5386), a ``NullIdPattern`` entry accepts NULL
+authentication (RFC 7619). Its child-SA rules bound the remote addresses a peer may claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from rpclatch.ipsec.ike.crypto import IkeSuite, SigningKey, spki_of
+from rpclatch.ipsec.ike.negotiation import DEFAULT_ESP_SUITES, DEFAULT_IKE_SUITES
+from rpclatch.ipsec.model import CipherSuite, IdType, IkeId, IPAddress, Mode, Selector
+from rpclatch.ipsec.pad import PeerAuthorizationDatabase
+
+#: (address, UDP port)
+Endpoint = tuple[IPAddress, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How we authenticate: a signing key (RFC 7427 digital signature, Ed25519 or ECDSA P-256)
+    sent as a raw public key (RFC 7670) when ``send_key``, or None for NULL authentication
+    (RFC 7619; then ``ike_id`` should be ID_NULL)."""
+
+    ike_id: IkeId
+    key: SigningKey | None = None
+    send_key: bool = True
+
+    @classmethod
+    def null(cls) -> Credentials:
+        return cls(IkeId(IdType.ID_NULL, b""))
+
+    @classmethod
+    def raw_key(cls, key: SigningKey, ike_id: IkeId | None = None) -> Credentials:
+        """A raw-public-key identity; the default ID is ID_NULL (RFC 7619 §2.2: the key is the identity)."""
+        return cls(ike_id if ike_id is not None else IkeId(IdType.ID_NULL, b""), key)
+
+    @property
+    def spki(self) -> bytes | None:
+        return spki_of(self.key) if self.key is not None else None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class IkeConfig:
+    """Configuration of one host's IKE endpoint (shared by all its IKE SAs).
+
+    * ``pad``: who is accepted (see the module docstring).
+    * ``policy``: the traffic (local-oriented selectors, in order) this host protects as responder;
+      proposals are narrowed to the first non-empty intersection (RFC 7296 §2.9).
+    * ``peer_keys``: SPKIs of peers that do not send their key, by the ID they assert.
+    * Retransmission (RFC 7296 §2.1): ``retransmit_timeout`` doubled (``retransmit_backoff``) at
+      each of ``retransmit_tries`` retransmissions, then one more timeout and the SA fails.
+    """
+
+    credentials: Credentials
+    pad: PeerAuthorizationDatabase
+    policy: tuple[Selector, ...] = ()
+    mode: Mode = Mode.TRANSPORT
+    ike_suites: tuple[IkeSuite, ...] = DEFAULT_IKE_SUITES
+    esp_suites: tuple[CipherSuite, ...] = DEFAULT_ESP_SUITES
+    peer_keys: Mapping[IkeId, bytes] = field(default_factory=lambda: MappingProxyType({}))
+    retransmit_timeout: float = 1.0
+    retransmit_backoff: float = 2.0
+    retransmit_tries: int = 5
+    half_open_timeout: float = 30.0
+    nonce_len: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.ike_suites or not self.esp_suites:
+            raise ValueError("IkeConfig needs at least one IKE suite and one ESP suite")
+        if not 16 <= self.nonce_len <= 256:
+            raise ValueError("nonce length must be 16..256 octets (RFC 7296 §2.10)")
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRequest:
+    """What the initiator asks for: one local-oriented selector (e.g. ``Selector.for_flow``),
+    the mode, and (optionally) the ESP suites to offer instead of the configuration's."""
+
+    selector: Selector
+    mode: Mode = Mode.TRANSPORT
+    esp_suites: tuple[CipherSuite, ...] | None = None

@@ -1,0 +1,95 @@
+"""Events an IKE SA reports (taken with ``IkeSa.next_event()``), in the order they happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from rpclatch.ipsec.model import CipherSuite, IkeSaRef, Mode, NullAuthPeer, RawPublicKeyPeer, Selector
+
+#: the authenticated peer: its raw public key (SPKI DER) or NULL authentication
+IkePeer = RawPublicKeyPeer | NullAuthPeer
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaEstablished:
+    """IKE_AUTH completed; ``peer`` is authenticated (or NULL), ``btns`` if a BTNS PAD entry
+    admitted it; ``nat_local``/``nat_remote``: RFC 7296 §2.23 NAT detection results."""
+
+    ike_sa: IkeSaRef
+    peer: IkePeer
+    pad_entry: str
+    btns: bool
+    initiator: bool
+    suite: str
+    nat_local: bool = False
+    nat_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSa:
+    """A negotiated ESP SA pair (RFC 7296 §2.17): SPIs and keys per direction, local-oriented
+    selector, mode. ``key_in``/``key_out`` are AES-GCM key || 4-octet salt (RFC 4106 §8.1)."""
+
+    spi_in: int
+    spi_out: int
+    suite: CipherSuite
+    mode: Mode
+    selector: Selector
+    key_in: bytes
+    key_out: bytes
+    narrowed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaEstablished:
+    ike_sa: IkeSaRef
+    child: ChildSa
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaFailed:
+    """The CHILD_SA of an exchange was refused (by us or the peer): ``notify`` is the code."""
+
+    ike_sa: IkeSaRef
+    notify: int
+    by_peer: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaDeleted:
+    ike_sa: IkeSaRef
+    spi_in: int
+    spi_out: int
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaDeleted:
+    ike_sa: IkeSaRef
+    by_peer: bool
+
+
+class FailureReason(Enum):
+    """Why an IKE SA failed (``IkeSaFailed.reason``)."""
+
+    TIMEOUT = "timeout"  # no answer after the last retransmission (RFC 7296 §2.1): peer dead
+    HALF_OPEN_TIMEOUT = "half-open-timeout"  # responder: no IKE_AUTH in time
+    NO_PROPOSAL_CHOSEN = "no-proposal-chosen"
+    INVALID_KE = "invalid-ke"  # no acceptable group after INVALID_KE_PAYLOAD retries
+    AUTHENTICATION_FAILED = "authentication-failed"  # we refused the peer
+    PEER_REFUSED = "peer-refused"  # the peer answered with an error notify
+    PROTOCOL_ERROR = "protocol-error"  # malformed or inconsistent exchange
+    LOCAL = "local"  # our configuration cannot do what the peer needs
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaFailed:
+    ike_sa: IkeSaRef
+    reason: FailureReason
+    notify: int | None = None
+    detail: str = ""
+
+
+IkeEvent = IkeSaEstablished | ChildSaEstablished | ChildSaFailed | ChildSaDeleted | IkeSaDeleted | IkeSaFailed

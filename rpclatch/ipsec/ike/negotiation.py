@@ -1,0 +1,297 @@
+"""Proposal choice (RFC 7296 §2.7, §3.3) and traffic-selector narrowing (§2.9).
+
+Pure functions over :mod:`~rpclatch.ipsec.ike.wire` structures and the RFC 4301 model: the IKE
+suites and ESP suites this core speaks, how they are offered as proposals, how a responder picks
+one, and how proposed TSi/TSr are narrowed to local policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rpclatch.ipsec.ike.crypto import IkeSuite
+from rpclatch.ipsec.ike.errors import NoProposalChosen, TsUnacceptable
+from rpclatch.ipsec.ike.wire import (
+    DhGroup,
+    EncrId,
+    EsnId,
+    IntegId,
+    PrfId,
+    Proposal,
+    ProtocolId,
+    TrafficSelector,
+    Transform,
+    TransformType,
+)
+from rpclatch.ipsec.model import (
+    AES_GCM_128,
+    AES_GCM_256,
+    AddressRange,
+    CipherSuite,
+    IPAddress,
+    PortRange,
+    Selector,
+)
+
+#: what the core offers by default, most preferred first: AEAD + Curve25519, then the CBC/HMAC
+#: suites the Debian peers' defaults know (ECP-256, MODP-2048)
+DEFAULT_IKE_SUITES: tuple[IkeSuite, ...] = (
+    IkeSuite(EncrId.ENCR_AES_GCM_16, 256, PrfId.PRF_HMAC_SHA2_256, IntegId.NONE, DhGroup.CURVE25519),
+    IkeSuite(
+        EncrId.ENCR_AES_CBC, 256, PrfId.PRF_HMAC_SHA2_256, IntegId.AUTH_HMAC_SHA2_256_128, DhGroup.ECP_256
+    ),
+    IkeSuite(
+        EncrId.ENCR_AES_CBC, 256, PrfId.PRF_HMAC_SHA2_256, IntegId.AUTH_HMAC_SHA2_256_128, DhGroup.MODP_2048
+    ),
+)
+#: CHILD_SA suites: ESP AES-GCM-16 with a 16-octet ICV (RFC 4106)
+DEFAULT_ESP_SUITES: tuple[CipherSuite, ...] = (AES_GCM_256, AES_GCM_128)
+SUPPORTED_GROUPS = frozenset(int(g) for g in DhGroup)
+
+
+def ike_proposals(suites: Sequence[IkeSuite], spi: bytes = b"") -> tuple[Proposal, ...]:
+    """One proposal per suite, numbered from 1 (§3.3.1)."""
+    out = []
+    for n, s in enumerate(suites, 1):
+        ts = [
+            Transform.with_key_length(TransformType.ENCR, s.encr, s.encr_bits),
+            Transform(TransformType.PRF, s.prf),
+        ]
+        if s.integ != IntegId.NONE:
+            ts.append(Transform(TransformType.INTEG, s.integ))
+        ts.append(Transform(TransformType.DH, s.dh))
+        out.append(Proposal(n, ProtocolId.IKE, spi, tuple(ts)))
+    return tuple(out)
+
+
+def _has(p: Proposal, ttype: int, tid: int, bits: int | None = None) -> bool:
+    return any(
+        t.transform_type == ttype and t.transform_id == tid and t.key_length == bits for t in p.transforms
+    )
+
+
+def _types(p: Proposal) -> set[int]:
+    return {t.transform_type for t in p.transforms}
+
+
+def choose_ike_proposal(offered: Sequence[Proposal], ours: Sequence[IkeSuite]) -> tuple[Proposal, IkeSuite]:
+    """Responder side: the first offered IKE proposal one of our suites fits; returns the
+    single-transform-per-type answer (with the offer's number) and the suite."""
+    for p in offered:
+        if p.protocol != ProtocolId.IKE or len(p.spi) not in (0, 8):
+            continue
+        if not _types(p) <= {TransformType.ENCR, TransformType.PRF, TransformType.INTEG, TransformType.DH}:
+            continue
+        for s in ours:
+            integ_ok = (
+                _has(p, TransformType.INTEG, s.integ)
+                if s.integ != IntegId.NONE
+                else (TransformType.INTEG not in _types(p) or _has(p, TransformType.INTEG, IntegId.NONE))
+            )
+            if (
+                _has(p, TransformType.ENCR, s.encr, s.encr_bits)
+                and _has(p, TransformType.PRF, s.prf)
+                and integ_ok
+                and _has(p, TransformType.DH, s.dh)
+            ):
+                chosen = ike_proposals([s], p.spi)[0]
+                return Proposal(p.number, chosen.protocol, chosen.spi, chosen.transforms), s
+    raise NoProposalChosen("no offered IKE proposal matches a configured suite")
+
+
+def suite_of_ike_answer(answer: Proposal, offered: Sequence[IkeSuite]) -> IkeSuite:
+    """Initiator side: the responder's answer must be exactly one of our suites (§2.7)."""
+    for s in offered:
+        want = ike_proposals([s])[0]
+        if sorted((t.transform_type, t.transform_id, t.key_length) for t in answer.transforms) == sorted(
+            (t.transform_type, t.transform_id, t.key_length) for t in want.transforms
+        ):
+            return s
+    raise NoProposalChosen("the responder chose a proposal we did not offer")
+
+
+def _esp_bits(suite: CipherSuite) -> int:
+    if suite.encryption != "aes-gcm-16" or suite.encryption_key_bits not in (128, 256) or suite.esn:
+        raise ValueError(f"unsupported ESP suite {suite} (ESP AES-GCM-16 128/256 without ESN only)")
+    return suite.encryption_key_bits
+
+
+def esp_proposals(suites: Sequence[CipherSuite], spi: int) -> tuple[Proposal, ...]:
+    """ESP proposals for a CHILD_SA (no DH: the first child of IKE_AUTH has no PFS)."""
+    return tuple(
+        Proposal(
+            n,
+            ProtocolId.ESP,
+            spi.to_bytes(4, "big"),
+            (
+                Transform.with_key_length(TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)),
+                Transform(TransformType.ESN, EsnId.NO_ESN),
+            ),
+        )
+        for n, s in enumerate(suites, 1)
+    )
+
+
+def choose_esp_proposal(
+    offered: Sequence[Proposal], ours: Sequence[CipherSuite], our_spi: int
+) -> tuple[Proposal, CipherSuite, int]:
+    """Responder side: (answer proposal carrying our SPI, suite, the peer's SPI)."""
+    for p in offered:
+        if p.protocol != ProtocolId.ESP or len(p.spi) != 4:
+            continue
+        types = _types(p)
+        if not types <= {TransformType.ENCR, TransformType.INTEG, TransformType.DH, TransformType.ESN}:
+            continue
+        if TransformType.ESN in types and not _has(p, TransformType.ESN, EsnId.NO_ESN):
+            continue
+        if TransformType.INTEG in types and not _has(p, TransformType.INTEG, IntegId.NONE):
+            continue
+        if TransformType.DH in types and not _has(p, TransformType.DH, 0):
+            continue
+        for s in ours:
+            if _has(p, TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)):
+                ans = esp_proposals([s], our_spi)[0]
+                return (
+                    Proposal(p.number, ans.protocol, ans.spi, ans.transforms),
+                    s,
+                    int.from_bytes(p.spi, "big"),
+                )
+    raise NoProposalChosen("no offered ESP proposal matches a configured suite")
+
+
+def esp_answer_suite(answer: Proposal, offered: Sequence[CipherSuite]) -> tuple[CipherSuite, int]:
+    """Initiator side: the suite the responder chose (one we offered) and its SPI."""
+    if answer.protocol != ProtocolId.ESP or len(answer.spi) != 4:
+        raise NoProposalChosen("CHILD_SA answer is not ESP with a 4-octet SPI")
+    for s in offered:
+        if _has(answer, TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)) and not any(
+            t.transform_type == TransformType.ESN and t.transform_id != EsnId.NO_ESN
+            for t in answer.transforms
+        ):
+            return s, int.from_bytes(answer.spi, "big")
+    raise NoProposalChosen("the responder chose an ESP transform we did not offer")
+
+
+# ---------------------------------------------------------------------------------------------
+# traffic selectors (RFC 7296 §2.9, §3.13)
+
+
+def _full(version: int) -> AddressRange:
+    if version == 4:
+        return AddressRange(ipaddress.IPv4Address(0), ipaddress.IPv4Address(2**32 - 1))
+    return AddressRange(ipaddress.IPv6Address(0), ipaddress.IPv6Address(2**128 - 1))
+
+
+def selector_to_ts(sel: Selector) -> tuple[TrafficSelector, TrafficSelector]:
+    """A local-oriented selector as (our TS, the peer's TS)."""
+    version = (sel.local or sel.remote or AddressRange.single("0.0.0.0")).version
+    local = sel.local or _full(version)
+    remote = sel.remote or _full(version)
+    proto = sel.proto or 0
+    return (
+        TrafficSelector(proto, sel.local_ports.low, sel.local_ports.high, local.first, local.last),
+        TrafficSelector(proto, sel.remote_ports.low, sel.remote_ports.high, remote.first, remote.last),
+    )
+
+
+def ts_to_selector(ours: TrafficSelector, theirs: TrafficSelector) -> Selector:
+    """(our TS, the peer's TS) as a local-oriented selector; raises TsUnacceptable if they cannot
+    be one (mixed families, two different protocols, inverted ranges)."""
+    try:
+        proto = _meet_proto(ours.ip_proto, theirs.ip_proto)
+        if proto is None:
+            raise TsUnacceptable("TSi and TSr name different protocols")
+        return Selector(
+            AddressRange(ours.start_addr, ours.end_addr),
+            AddressRange(theirs.start_addr, theirs.end_addr),
+            proto or None,
+            PortRange(ours.start_port, ours.end_port),
+            PortRange(theirs.start_port, theirs.end_port),
+        )
+    except ValueError as e:
+        raise TsUnacceptable(f"traffic selector not representable: {e}") from None
+
+
+def _meet_proto(a: int, b: int) -> int | None:
+    """0 = any; None = empty."""
+    if a == 0:
+        return b
+    if b == 0 or a == b:
+        return a
+    return None
+
+
+def _meet_addr(a: AddressRange, b: AddressRange | None) -> AddressRange | None:
+    if b is None:
+        return a
+    if not a.overlaps(b):
+        return None
+    cls = type(a.first)
+    return AddressRange(cls(max(int(a.first), int(b.first))), cls(min(int(a.last), int(b.last))))
+
+
+def _meet_ports(a: PortRange, b: PortRange) -> PortRange | None:
+    lo, hi = max(a.low, b.low), min(a.high, b.high)
+    return PortRange(lo, hi) if lo <= hi else None
+
+
+def intersect(a: Selector, b: Selector) -> Selector | None:
+    """The selector matching exactly what both match, or None (protocol ANY is ``None``)."""
+    if a.local is None or a.remote is None:
+        return None
+    pa, pb = a.proto or 0, b.proto or 0
+    proto = _meet_proto(pa, pb)
+    local = _meet_addr(a.local, b.local)
+    remote = _meet_addr(a.remote, b.remote)
+    lp = _meet_ports(a.local_ports, b.local_ports)
+    rp = _meet_ports(a.remote_ports, b.remote_ports)
+    if proto is None or local is None or remote is None or lp is None or rp is None:
+        return None
+    return Selector(local, remote, proto or None, lp, rp)
+
+
+def contains(outer: Selector, inner: Selector) -> bool:
+    """Does ``outer`` match everything ``inner`` matches?"""
+    return intersect(inner, outer) == inner
+
+
+@dataclass(frozen=True, slots=True)
+class Narrowed:
+    """The responder's answer: the selector (local-oriented) and whether it was narrowed."""
+
+    selector: Selector
+    narrowed: bool
+
+
+def narrow(
+    proposed_remote: Sequence[TrafficSelector],
+    proposed_local: Sequence[TrafficSelector],
+    policy: Sequence[Selector],
+    *,
+    peer_addr: IPAddress | None = None,
+) -> Narrowed:
+    """Narrow the peer's TSi (its side, our remote) / TSr (our side) to local policy (§2.9).
+
+    ``policy`` lists the local-oriented selectors this host will protect, in order; the first
+    non-empty intersection with a proposed (TSi, TSr) pair wins. With ``peer_addr`` the remote
+    side is also narrowed to that one address (RFC 7619 §2.5, RFC 5386: an unauthenticated peer
+    gets host-to-host SAs for its own address only). Raises :class:`TsUnacceptable`.
+    """
+    pinned = AddressRange.single(peer_addr) if peer_addr is not None else None
+    for pol in policy:
+        for their in proposed_remote:
+            for our in proposed_local:
+                try:
+                    offered = ts_to_selector(our, their)
+                except TsUnacceptable:
+                    continue
+                hit = intersect(offered, pol)
+                if hit is not None and pinned is not None:
+                    hit = intersect(
+                        hit, Selector(hit.local, pinned, hit.proto, hit.local_ports, hit.remote_ports)
+                    )
+                if hit is not None:
+                    return Narrowed(hit, hit != offered)
+    raise TsUnacceptable("no proposed traffic selector intersects local policy")

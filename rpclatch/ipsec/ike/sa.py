@@ -1,0 +1,961 @@
+"""One IKE SA as a sans-IO state machine (RFC 7296): datagrams and ``now`` in; datagrams, events
+and a timer deadline out.
+
+Shape (as aioquic's ``QuicConnection``): :meth:`IkeSa.initiator` or :meth:`IkeSa.responder`
+builds one; then :meth:`receive_datagram`, :meth:`handle_timer`, :meth:`datagrams_to_send`,
+:meth:`get_timer`, :meth:`next_event`. Local requests: :meth:`delete`, :meth:`delete_child`,
+:meth:`check_liveness`.
+
+States and the inputs that move between them are the table :data:`TRANSITIONS`; anything else
+raises :class:`IllegalIkeTransition` (a bug, never network input).
+
+Message IDs (§2.3): window size 1 both ways. Our requests are retransmitted (§2.1) until answered,
+then the SA fails with ``FailureReason.TIMEOUT``; a retransmitted peer request gets our cached
+last response again; anything else out of window is dropped. Every message after IKE_SA_INIT must
+pass the SK integrity check before it is looked at, so unauthenticated datagrams never change an
+established SA (dropped and counted in :attr:`IkeSa.stats`). Nothing raised by network input
+leaves this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import struct
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from rpclatch.ipsec.errors import IPsecRemoteError
+from rpclatch.ipsec.ike import crypto as c
+from rpclatch.ipsec.ike import negotiation as neg
+from rpclatch.ipsec.ike import wire as w
+from rpclatch.ipsec.ike.config import ChildRequest, Endpoint, IkeConfig
+from rpclatch.ipsec.ike.errors import (
+    AuthenticationFailed,
+    IkeCryptoError,
+    IkeDecodeError,
+    IkeError,
+    IkeExchangeError,
+    IkeLocalError,
+    InvalidKePayload,
+    NoProposalChosen,
+    NotifyType,
+    TsUnacceptable,
+)
+from rpclatch.ipsec.ike.events import (
+    ChildSa,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    FailureReason,
+    IkeEvent,
+    IkePeer,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
+from rpclatch.ipsec.model import IdType, IkeId, IkeSaRef, Mode, NullAuthPeer, RawPublicKeyPeer
+from rpclatch.ipsec.pad import PadMatch
+
+log = logging.getLogger(__name__)
+
+#: how many times the initiator follows a COOKIE or INVALID_KE_PAYLOAD answer before giving up
+MAX_INIT_RETRIES = 3
+
+
+class IkeState(Enum):
+    INIT_SENT = "init-sent"  # initiator: IKE_SA_INIT request out
+    AUTH_SENT = "auth-sent"  # initiator: IKE_AUTH request out
+    HALF_OPEN = "half-open"  # responder: IKE_SA_INIT answered, waiting for IKE_AUTH
+    ESTABLISHED = "established"
+    DELETING = "deleting"  # our INFORMATIONAL Delete of the IKE SA is out
+    CLOSED = "closed"  # deleted (by either side)
+    FAILED = "failed"
+
+
+class IkeInput(Enum):
+    INIT_RETRY = "init-retry"  # COOKIE / INVALID_KE_PAYLOAD: IKE_SA_INIT again
+    INIT_DONE = "init-done"
+    AUTH_DONE = "auth-done"
+    DELETE_SENT = "delete-sent"
+    DELETE_DONE = "delete-done"
+    PEER_DELETE = "peer-delete"
+    FAIL = "fail"
+
+
+S, I = IkeState, IkeInput  # noqa: E741
+TRANSITIONS: dict[tuple[IkeState, IkeInput], IkeState] = {
+    (S.INIT_SENT, I.INIT_RETRY): S.INIT_SENT,
+    (S.INIT_SENT, I.INIT_DONE): S.AUTH_SENT,
+    (S.INIT_SENT, I.FAIL): S.FAILED,
+    (S.AUTH_SENT, I.AUTH_DONE): S.ESTABLISHED,
+    (S.AUTH_SENT, I.FAIL): S.FAILED,
+    (S.HALF_OPEN, I.AUTH_DONE): S.ESTABLISHED,
+    (S.HALF_OPEN, I.FAIL): S.FAILED,
+    (S.ESTABLISHED, I.DELETE_SENT): S.DELETING,
+    (S.ESTABLISHED, I.PEER_DELETE): S.CLOSED,
+    (S.ESTABLISHED, I.FAIL): S.FAILED,
+    (S.DELETING, I.DELETE_DONE): S.CLOSED,
+    (S.DELETING, I.PEER_DELETE): S.CLOSED,
+    (S.DELETING, I.FAIL): S.CLOSED,  # no answer to our Delete: it is gone anyway (§1.4.1)
+}
+del S, I
+
+
+class IllegalIkeTransition(IkeLocalError):
+    """A state change :data:`TRANSITIONS` does not allow (a bug in the core)."""
+
+
+@dataclass(slots=True)
+class IkeStats:
+    """Datagrams dropped without an answer, by cause, and retransmissions made."""
+
+    decode_errors: int = 0
+    integrity_failures: int = 0
+    unexpected: int = 0
+    retransmits: int = 0
+    responses_resent: int = 0
+
+
+@dataclass(slots=True)
+class _Request:
+    """An outstanding request of ours (window 1)."""
+
+    kind: str
+    exchange: int
+    message_id: int
+    data: bytes
+    sent_at: float
+    deadline: float
+    tries: int = 0
+    child_spi: int = 0
+
+
+@dataclass(slots=True)
+class _Queued:
+    kind: str
+    exchange: int
+    inner: list[w.Payload] = field(default_factory=list)
+    child_spi: int = 0
+
+
+def _random_spi64() -> int:
+    while True:
+        spi = secrets.randbits(64)
+        if spi:
+            return spi
+
+
+def random_child_spi() -> int:
+    """A random ESP SPI outside the reserved 1..255 (RFC 4303 §2.1)."""
+    return 256 + secrets.randbelow(2**32 - 256)
+
+
+class IkeSa:
+    """One IKE SA, from IKE_SA_INIT to deletion. Build with :meth:`initiator` / :meth:`responder`."""
+
+    def __init__(self, config: IkeConfig, local: Endpoint, remote: Endpoint, *, initiator: bool) -> None:
+        self.config = config
+        self.local = local
+        self.remote = remote
+        self.is_initiator = initiator
+        self.state: IkeState = IkeState.INIT_SENT if initiator else IkeState.HALF_OPEN
+        self.spi_i = 0
+        self.spi_r = 0
+        self.stats = IkeStats()
+        self.peer: IkePeer | None = None
+        self.pad_match: PadMatch | None = None
+        self.children: dict[int, ChildSa] = {}
+        self.suite: c.IkeSuite | None = None
+        self.keys: c.IkeKeys | None = None
+        self.created_at = 0.0
+        self.nat_local = False
+        self.nat_remote = False
+        self.allocate_child_spi = random_child_spi
+        self._events: deque[IkeEvent] = deque()
+        self._out: list[tuple[bytes, Endpoint]] = []
+        self._nonce_i = b""
+        self._nonce_r = b""
+        self._dh: c.DhPrivate | None = None
+        self._init_request = b""  # RealMessage1 (§2.15)
+        self._init_response = b""  # RealMessage2
+        self._cookie = b""
+        self._init_retries = 0
+        self._child_request: ChildRequest | None = None
+        self._child_spi = 0
+        self._next_mid = 0  # our next request's message ID
+        self._pending: _Request | None = None
+        self._queue: deque[_Queued] = deque()
+        self._peer_mid = 0  # the message ID we expect on the peer's next request
+        self._last_response: tuple[int, bytes] | None = None
+        self._half_open_deadline: float | None = None
+        self._peer_hashes: frozenset[int] = frozenset()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def initiator(
+        cls, config: IkeConfig, local: Endpoint, remote: Endpoint, child: ChildRequest, now: float
+    ) -> IkeSa:
+        """Start an IKE SA whose first CHILD_SA is ``child``; the IKE_SA_INIT request is queued."""
+        sa = cls(config, local, remote, initiator=True)
+        sa.created_at = now
+        sa.spi_i = _random_spi64()
+        sa._nonce_i = os.urandom(config.nonce_len)
+        sa._child_request = child
+        sa._dh = c.DhPrivate(w.DhGroup(config.ike_suites[0].dh))
+        sa._send_init(now)
+        return sa
+
+    @classmethod
+    def responder(
+        cls,
+        config: IkeConfig,
+        local: Endpoint,
+        remote: Endpoint,
+        message: w.Message,
+        datagram: bytes,
+        now: float,
+        *,
+        spi_r: int | None = None,
+    ) -> IkeSa:
+        """Answer a first IKE_SA_INIT request (the dispatcher checked cookies and limits).
+
+        The result is HALF_OPEN with its answer queued, or FAILED with a stateless error answer
+        queued (NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD, INVALID_SYNTAX) and an ``IkeSaFailed`` event;
+        the caller keeps only the former."""
+        sa = cls(config, local, remote, initiator=False)
+        sa.created_at = now
+        sa.spi_i = message.header.spi_i
+        sa.spi_r = spi_r if spi_r is not None else _random_spi64()
+        sa._peer_mid = 1
+        try:
+            sa._answer_init(message, datagram, now)
+        except IkeError as e:
+            notify = e.notify or NotifyType.INVALID_SYNTAX
+            data = struct.pack(">H", e.group) if isinstance(e, InvalidKePayload) else b""
+            hdr = w.Header(sa.spi_i, 0, 0, w.ExchangeType.IKE_SA_INIT, w.Flags.RESPONSE, 0)
+            sa._out.append((w.encode_message(hdr, [w.NotifyPayload(notify, data)]), remote))
+            sa._fail(
+                FailureReason.PROTOCOL_ERROR if notify == NotifyType.INVALID_SYNTAX else _reason(e),
+                notify,
+                e.reason,
+            )
+        return sa
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def ref(self) -> IkeSaRef:
+        return IkeSaRef(self.spi_i, self.spi_r)
+
+    @property
+    def our_spi(self) -> int:
+        return self.spi_i if self.is_initiator else self.spi_r
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (IkeState.CLOSED, IkeState.FAILED)
+
+    def next_event(self) -> IkeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Endpoint]]:
+        out, self._out = self._out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        times = []
+        if self._pending is not None and not self.finished:
+            times.append(self._pending.deadline)
+        if self._half_open_deadline is not None and self.state is IkeState.HALF_OPEN:
+            times.append(self._half_open_deadline)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        if (
+            self.state is IkeState.HALF_OPEN
+            and self._half_open_deadline is not None
+            and now >= self._half_open_deadline
+        ):
+            self._fail(FailureReason.HALF_OPEN_TIMEOUT, None, "no IKE_AUTH request in time")
+            return
+        req = self._pending
+        if req is None or self.finished or now < req.deadline:
+            return
+        if req.tries >= self.config.retransmit_tries:
+            self._pending = None
+            if self.state is IkeState.DELETING:
+                self._closed(by_peer=False)
+                return
+            self._fail(
+                FailureReason.TIMEOUT, None, f"no answer to {req.kind} after {req.tries} retransmissions"
+            )
+            return
+        req.tries += 1
+        self.stats.retransmits += 1
+        req.deadline = now + self.config.retransmit_timeout * self.config.retransmit_backoff**req.tries
+        self._out.append((req.data, self.remote))
+
+    def delete(self, now: float) -> None:
+        """Delete this IKE SA and its children (INFORMATIONAL Delete, §1.4.1)."""
+        if self.state is not IkeState.ESTABLISHED:
+            raise IkeLocalError(f"cannot delete an IKE SA in state {self.state.value}")
+        self._fire(IkeInput.DELETE_SENT)
+        self._queue.clear()
+        self._pending = None
+        self._request(
+            _Queued("delete-ike", w.ExchangeType.INFORMATIONAL, [w.DeletePayload(w.ProtocolId.IKE)]), now
+        )
+
+    def delete_child(self, spi_in: int, now: float) -> None:
+        """Delete the CHILD_SA whose inbound SPI is ``spi_in`` (§1.4.1)."""
+        if self.state is not IkeState.ESTABLISHED or spi_in not in self.children:
+            raise IkeLocalError(f"no established CHILD_SA with inbound SPI {spi_in:#x}")
+        payload = w.DeletePayload(w.ProtocolId.ESP, (spi_in.to_bytes(4, "big"),), 4)
+        self._request(_Queued("delete-child", w.ExchangeType.INFORMATIONAL, [payload], spi_in), now)
+
+    def check_liveness(self, now: float) -> None:
+        """Send an empty INFORMATIONAL request (§1.4); no answer in time fails the SA (TIMEOUT)."""
+        if self.state is not IkeState.ESTABLISHED:
+            raise IkeLocalError(f"cannot check liveness in state {self.state.value}")
+        self._request(_Queued("liveness", w.ExchangeType.INFORMATIONAL), now)
+
+    def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
+        """Process one datagram from ``addr``; never raises for bad input (drops and counts)."""
+        try:
+            msg = w.decode_message(data)
+        except IkeDecodeError as e:
+            self.stats.decode_errors += 1
+            log.debug("IKE SA %s: undecodable datagram dropped: %s", self.ref, e)
+            return
+        try:
+            self._receive(msg, data, addr, now)
+        except IkeError as e:
+            self.stats.decode_errors += 1
+            log.debug("IKE SA %s: datagram dropped: %s", self.ref, e)
+
+    # ------------------------------------------------------------------ internals: plumbing
+
+    def _fire(self, what: IkeInput) -> None:
+        nxt = TRANSITIONS.get((self.state, what))
+        if nxt is None:
+            raise IllegalIkeTransition(f"{what.value} in state {self.state.value}")
+        self.state = nxt
+
+    def _fail(self, reason: FailureReason, notify: int | None, detail: str) -> None:
+        if self.finished:
+            return
+        log.info("IKE SA %s failed: %s (%s) %s", self.ref, reason.value, notify, detail)
+        self._drop_children(by_peer=False)
+        self._fire(IkeInput.FAIL)
+        self._pending = None
+        self._queue.clear()
+        self._events.append(IkeSaFailed(self.ref, reason, notify, detail))
+
+    def _closed(self, *, by_peer: bool) -> None:
+        self._drop_children(by_peer=by_peer)
+        self._fire(IkeInput.PEER_DELETE if by_peer else IkeInput.DELETE_DONE)
+        self._pending = None
+        self._queue.clear()
+        self._events.append(IkeSaDeleted(self.ref, by_peer))
+
+    def _drop_children(self, *, by_peer: bool) -> None:
+        for child in self.children.values():
+            self._events.append(ChildSaDeleted(self.ref, child.spi_in, child.spi_out, by_peer))
+        self.children.clear()
+
+    def _flags(self, response: bool) -> int:
+        return (w.Flags.INITIATOR if self.is_initiator else 0) | (w.Flags.RESPONSE if response else 0)
+
+    def _seal(self, exchange: int, mid: int, inner: Sequence[w.Payload], *, response: bool) -> bytes:
+        assert self.keys is not None
+        hdr = w.Header(self.spi_i, self.spi_r, 0, exchange, self._flags(response), mid)
+        return c.SkCipher.outbound(self.keys, self.is_initiator).seal(hdr, list(inner))
+
+    def _request(self, q: _Queued, now: float) -> None:
+        if self._pending is not None:
+            self._queue.append(q)
+            return
+        mid = self._next_mid
+        self._next_mid += 1
+        data = self._seal(q.exchange, mid, q.inner, response=False)
+        self._pending = _Request(
+            q.kind, q.exchange, mid, data, now, now + self.config.retransmit_timeout, 0, q.child_spi
+        )
+        self._out.append((data, self.remote))
+
+    def _request_done(self, now: float) -> None:
+        self._pending = None
+        if self._queue and self.state is IkeState.ESTABLISHED:
+            self._request(self._queue.popleft(), now)
+
+    def _respond(self, exchange: int, mid: int, inner: Sequence[w.Payload]) -> None:
+        data = self._seal(exchange, mid, inner, response=True)
+        self._last_response = (mid, data)
+        self._out.append((data, self.remote))
+
+    # ------------------------------------------------------------------ receive path
+
+    def _receive(self, msg: w.Message, data: bytes, addr: Endpoint, now: float) -> None:
+        h = msg.header
+        if self.finished or h.spi_i != self.spi_i or h.from_initiator == self.is_initiator:
+            self.stats.unexpected += 1
+            return
+        if h.is_response:
+            req = self._pending
+            if req is None or h.message_id != req.message_id or h.exchange != req.exchange:
+                self.stats.unexpected += 1
+                return
+            if h.exchange == w.ExchangeType.IKE_SA_INIT:
+                self._on_init_response(msg, data, now)
+                return
+            if h.spi_r != self.spi_r:
+                self.stats.unexpected += 1
+                return
+            inner = self._open(msg, data)
+            if inner is None:
+                return
+            if h.exchange == w.ExchangeType.IKE_AUTH:
+                self._on_auth_response(inner, now)
+            else:
+                self._on_informational_response(req, inner, now)
+            return
+        # a request from the peer
+        if h.exchange == w.ExchangeType.IKE_SA_INIT:
+            if (
+                not self.is_initiator
+                and h.message_id == 0
+                and self._init_response
+                and data == self._init_request
+            ):
+                self.stats.responses_resent += 1
+                self._out.append((self._init_response, self.remote))
+            else:
+                self.stats.unexpected += 1
+            return
+        if h.spi_r != self.spi_r or self.keys is None:
+            self.stats.unexpected += 1
+            return
+        if h.message_id == self._peer_mid - 1 and self._last_response is not None:
+            # a retransmission: the same answer again (§2.1) -- only if it authenticates
+            if self._open(msg, data) is not None and self._last_response[0] == h.message_id:
+                self.stats.responses_resent += 1
+                self._out.append((self._last_response[1], self.remote))
+            return
+        if h.message_id != self._peer_mid:
+            self.stats.unexpected += 1
+            return
+        inner = self._open(msg, data)
+        if inner is None:
+            return
+        self._peer_mid += 1
+        if h.exchange == w.ExchangeType.IKE_AUTH and self.state is IkeState.HALF_OPEN:
+            self._on_auth_request(h.message_id, inner, now)
+        elif h.exchange == w.ExchangeType.INFORMATIONAL and self.state in (
+            IkeState.ESTABLISHED,
+            IkeState.DELETING,
+        ):
+            self._on_informational_request(h.message_id, inner, now)
+        elif h.exchange == w.ExchangeType.CREATE_CHILD_SA and self.state is IkeState.ESTABLISHED:
+            # not implemented yet: refuse politely (§1.3, NO_ADDITIONAL_SAS)
+            self._respond(h.exchange, h.message_id, [w.NotifyPayload(NotifyType.NO_ADDITIONAL_SAS)])
+        else:
+            self._respond(h.exchange, h.message_id, [w.NotifyPayload(NotifyType.INVALID_SYNTAX)])
+
+    def _open(self, msg: w.Message, data: bytes) -> tuple[w.Payload, ...] | None:
+        sk = msg.payloads[-1] if msg.payloads else None
+        if self.keys is None or not isinstance(sk, w.EncryptedPayload):
+            self.stats.unexpected += 1
+            return None
+        try:
+            return c.SkCipher.inbound(self.keys, self.is_initiator).open(data, sk)
+        except IkeCryptoError:
+            self.stats.integrity_failures += 1
+            log.debug("IKE SA %s: SK payload failed its integrity check; dropped", self.ref)
+            return None
+        except IkeDecodeError:
+            self.stats.decode_errors += 1
+            return None
+
+    # ------------------------------------------------------------------ IKE_SA_INIT
+
+    def _nat_notifies(self, spi_r: int) -> list[w.Payload]:
+        src = c.nat_detection_hash(self.spi_i, spi_r, self.local[0].packed, self.local[1])
+        dst = c.nat_detection_hash(self.spi_i, spi_r, self.remote[0].packed, self.remote[1])
+        return [
+            w.NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, src),
+            w.NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, dst),
+        ]
+
+    def _check_nat(self, notifies: dict[int, w.NotifyPayload], spi_r: int) -> None:
+        src = notifies.get(NotifyType.NAT_DETECTION_SOURCE_IP)
+        dst = notifies.get(NotifyType.NAT_DETECTION_DESTINATION_IP)
+        if src is not None:
+            want = c.nat_detection_hash(self.spi_i, spi_r, self.remote[0].packed, self.remote[1])
+            self.nat_remote = src.data != want
+        if dst is not None:
+            want = c.nat_detection_hash(self.spi_i, spi_r, self.local[0].packed, self.local[1])
+            self.nat_local = dst.data != want
+
+    def _hash_notify(self) -> w.NotifyPayload:
+        algs = (
+            w.HashAlgorithm.SHA2_256,
+            w.HashAlgorithm.SHA2_384,
+            w.HashAlgorithm.SHA2_512,
+            w.HashAlgorithm.IDENTITY,
+        )
+        return w.NotifyPayload(
+            NotifyType.SIGNATURE_HASH_ALGORITHMS, b"".join(struct.pack(">H", a) for a in algs)
+        )
+
+    def _read_hashes(self, notifies: dict[int, w.NotifyPayload]) -> None:
+        n = notifies.get(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+        if n is not None:
+            d = n.data[: len(n.data) // 2 * 2]
+            self._peer_hashes = frozenset(struct.unpack(f">{len(d) // 2}H", d))
+
+    def _send_init(self, now: float) -> None:
+        assert self._dh is not None
+        payloads: list[w.Payload] = []
+        if self._cookie:
+            payloads.append(w.NotifyPayload(NotifyType.COOKIE, self._cookie))
+        suites = list(self.config.ike_suites)
+        # the suites of the group we send a KE for go first, so the responder picks one (§1.2)
+        suites.sort(key=lambda s: s.dh != self._dh.group if self._dh else False)
+        payloads += [
+            w.SaPayload(neg.ike_proposals(suites)),
+            w.KePayload(self._dh.group, self._dh.public_bytes()),
+            w.NoncePayload(self._nonce_i),
+            *self._nat_notifies(0),
+            self._hash_notify(),
+        ]
+        hdr = w.Header(self.spi_i, 0, 0, w.ExchangeType.IKE_SA_INIT, self._flags(False), 0)
+        data = w.encode_message(hdr, payloads)
+        self._init_request = data
+        self._pending = _Request(
+            "IKE_SA_INIT", w.ExchangeType.IKE_SA_INIT, 0, data, now, now + self.config.retransmit_timeout
+        )
+        self._next_mid = 1
+        self._out.append((data, self.remote))
+
+    def _answer_init(self, msg: w.Message, datagram: bytes, now: float) -> None:
+        """Responder: choose a proposal, check KE, derive keys, queue the answer."""
+        p = msg.payloads
+        sa_p = next((x for x in p if isinstance(x, w.SaPayload)), None)
+        ke = next((x for x in p if isinstance(x, w.KePayload)), None)
+        nonce = next((x for x in p if isinstance(x, w.NoncePayload)), None)
+        if (
+            msg.header.is_response
+            or msg.header.message_id != 0
+            or msg.header.spi_r != 0
+            or not msg.header.from_initiator
+        ):
+            raise IkeDecodeError("not a first IKE_SA_INIT request")
+        if sa_p is None or ke is None or nonce is None:
+            raise IkeDecodeError("IKE_SA_INIT request without SA, KE or Ni")
+        answer, suite = neg.choose_ike_proposal(sa_p.proposals, self.config.ike_suites)
+        if ke.group != suite.dh:
+            raise InvalidKePayload(f"KE for group {ke.group}, chose {suite.dh}", suite.dh)
+        notifies = w.notify_payloads(p)
+        self._check_nat(notifies, 0)
+        self._read_hashes(notifies)
+        self._dh = c.DhPrivate(w.DhGroup(suite.dh))
+        shared = self._dh.shared_secret(ke.data)
+        self._nonce_i = nonce.data
+        self._nonce_r = os.urandom(self.config.nonce_len)
+        self.suite = suite
+        self.keys = c.derive_ike_keys(suite, self._nonce_i, self._nonce_r, shared, self.spi_i, self.spi_r)
+        reply: list[w.Payload] = [
+            w.SaPayload((answer,)),
+            w.KePayload(suite.dh, self._dh.public_bytes()),
+            w.NoncePayload(self._nonce_r),
+            *self._nat_notifies(self.spi_r),
+            self._hash_notify(),
+        ]
+        hdr = w.Header(self.spi_i, self.spi_r, 0, w.ExchangeType.IKE_SA_INIT, w.Flags.RESPONSE, 0)
+        self._init_request = datagram
+        self._init_response = w.encode_message(hdr, reply)
+        self._half_open_deadline = now + self.config.half_open_timeout
+        self._out.append((self._init_response, self.remote))
+
+    def _on_init_response(self, msg: w.Message, data: bytes, now: float) -> None:
+        p = msg.payloads
+        notifies = w.notify_payloads(p)
+        cookie = notifies.get(NotifyType.COOKIE)
+        invalid_ke = notifies.get(NotifyType.INVALID_KE_PAYLOAD)
+        if cookie is not None or invalid_ke is not None:
+            self._init_retries += 1
+            if self._init_retries > MAX_INIT_RETRIES:
+                self._fail(FailureReason.PROTOCOL_ERROR, None, "too many COOKIE / INVALID_KE_PAYLOAD answers")
+                return
+            if cookie is not None:
+                if not 1 <= len(cookie.data) <= 64:
+                    self.stats.unexpected += 1
+                    return
+                self._cookie = cookie.data  # §2.6: the same request again, the cookie first
+            else:
+                assert invalid_ke is not None
+                group = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 else -1
+                if (
+                    group not in {s.dh for s in self.config.ike_suites}
+                    or self._dh is None
+                    or group == self._dh.group
+                ):
+                    self._fail(
+                        FailureReason.INVALID_KE,
+                        NotifyType.INVALID_KE_PAYLOAD,
+                        f"responder wants group {group}",
+                    )
+                    return
+                self._dh = c.DhPrivate(w.DhGroup(group))  # §1.2: retry with the group it asked for
+            self._fire(IkeInput.INIT_RETRY)
+            self._send_init(now)
+            return
+        err = w.error_notify(p)
+        if err is not None:
+            reason = (
+                FailureReason.NO_PROPOSAL_CHOSEN
+                if err.notify_type == NotifyType.NO_PROPOSAL_CHOSEN
+                else FailureReason.PEER_REFUSED
+            )
+            self._fail(reason, err.notify_type, f"responder answered {w.notify_name(err.notify_type)}")
+            return
+        sa_p = next((x for x in p if isinstance(x, w.SaPayload)), None)
+        ke = next((x for x in p if isinstance(x, w.KePayload)), None)
+        nonce = next((x for x in p if isinstance(x, w.NoncePayload)), None)
+        try:
+            if (
+                sa_p is None
+                or ke is None
+                or nonce is None
+                or len(sa_p.proposals) != 1
+                or msg.header.spi_r == 0
+            ):
+                raise IkeDecodeError("IKE_SA_INIT response without one proposal, KE, Nr and SPIr")
+            suite = neg.suite_of_ike_answer(sa_p.proposals[0], self.config.ike_suites)
+            assert self._dh is not None
+            if ke.group != suite.dh or ke.group != self._dh.group:
+                raise IkeDecodeError(f"responder's KE group {ke.group} is not the chosen/sent one")
+            shared = self._dh.shared_secret(ke.data)
+        except IkeError as e:
+            self._fail(
+                FailureReason.PROTOCOL_ERROR
+                if not isinstance(e, NoProposalChosen)
+                else FailureReason.NO_PROPOSAL_CHOSEN,
+                e.notify,
+                e.reason,
+            )
+            return
+        self.spi_r = msg.header.spi_r
+        self._nonce_r = nonce.data
+        self._check_nat(notifies, self.spi_r)
+        self._read_hashes(notifies)
+        self.suite = suite
+        self.keys = c.derive_ike_keys(suite, self._nonce_i, self._nonce_r, shared, self.spi_i, self.spi_r)
+        self._init_response = data
+        self._fire(IkeInput.INIT_DONE)
+        self._pending = None
+        self._send_auth(now)
+
+    # ------------------------------------------------------------------ IKE_AUTH
+
+    def _our_auth(self, id_payload: w.IdPayload) -> list[w.Payload]:
+        """[CERT,] AUTH for our side (§2.15; RFC 7427; RFC 7619 §2.1)."""
+        assert self.keys is not None and self.suite is not None
+        if self.is_initiator:
+            real, nonce, sk_p = self._init_request, self._nonce_r, self.keys.sk_pi
+        else:
+            real, nonce, sk_p = self._init_response, self._nonce_i, self.keys.sk_pr
+        octets = c.signed_octets(real, nonce, self.suite.prf, sk_p, id_payload.body())
+        cred = self.config.credentials
+        if cred.key is None:
+            return [w.AuthPayload(w.AuthMethodId.NULL, c.shared_key_auth(self.suite.prf, sk_p, octets))]
+        out: list[w.Payload] = []
+        if cred.send_key:
+            assert cred.spki is not None
+            out.append(w.CertPayload(w.CertEncoding.RAW_PUBLIC_KEY, cred.spki))
+        out.append(w.AuthPayload(w.AuthMethodId.DIGITAL_SIGNATURE, c.sign(cred.key, octets)))
+        return out
+
+    def _can_sign(self) -> bool:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        key = self.config.credentials.key
+        if key is None:
+            return True
+        need = (
+            w.HashAlgorithm.IDENTITY
+            if isinstance(key, ed25519.Ed25519PrivateKey)
+            else w.HashAlgorithm.SHA2_256
+        )
+        return need in self._peer_hashes
+
+    def _verify_peer(self, payloads: Sequence[w.Payload]) -> tuple[IkePeer, PadMatch]:
+        """Authenticate the peer's ID/AUTH and authorize it by the PAD; raises AuthenticationFailed."""
+        assert self.keys is not None and self.suite is not None
+        id_p = next(
+            (x for x in payloads if isinstance(x, w.IdPayload) and x.responder == self.is_initiator), None
+        )
+        auth = next((x for x in payloads if isinstance(x, w.AuthPayload)), None)
+        if id_p is None or auth is None:
+            raise AuthenticationFailed("no ID or AUTH payload")
+        if self.is_initiator:
+            real, nonce, sk_p = self._init_response, self._nonce_i, self.keys.sk_pr
+        else:
+            real, nonce, sk_p = self._init_request, self._nonce_r, self.keys.sk_pi
+        octets = c.signed_octets(real, nonce, self.suite.prf, sk_p, id_p.body())
+        peer: IkePeer
+        if auth.method == w.AuthMethodId.NULL:
+            if not secrets.compare_digest(auth.data, c.shared_key_auth(self.suite.prf, sk_p, octets)):
+                raise AuthenticationFailed("NULL authentication AUTH does not verify")
+            id_data = id_p.data if id_p.id_type == IdType.ID_NULL else b""
+            peer = NullAuthPeer(self.ref, id_data)
+        elif auth.method == w.AuthMethodId.DIGITAL_SIGNATURE:
+            cert = next((x for x in payloads if isinstance(x, w.CertPayload)), None)
+            ike_id = id_p.ike_id()
+            if cert is not None and cert.encoding == w.CertEncoding.RAW_PUBLIC_KEY:
+                spki = cert.data
+            elif cert is None and ike_id is not None and ike_id in self.config.peer_keys:
+                spki = self.config.peer_keys[ike_id]
+            else:
+                raise AuthenticationFailed(
+                    "no raw public key (CERT encoding 15) and no configured key for the peer"
+                )
+            if not c.verify(spki, auth.data, octets):
+                raise AuthenticationFailed("signature does not verify with the presented key")
+            peer = RawPublicKeyPeer(
+                spki, ike_id if ike_id is None or ike_id.id_type != IdType.ID_NULL else None
+            )
+        else:
+            raise AuthenticationFailed(f"unsupported authentication method {auth.method}")
+        try:
+            match = self.config.pad.authorize(peer)
+        except IPsecRemoteError as e:
+            raise AuthenticationFailed(e.reason) from None
+        return peer, match
+
+    def _id_payload(self, responder: bool) -> w.IdPayload:
+        ike_id: IkeId = self.config.credentials.ike_id
+        return w.IdPayload(int(ike_id.id_type), ike_id.data, responder)
+
+    def _send_auth(self, now: float) -> None:
+        assert self._child_request is not None
+        if not self._can_sign():
+            self._fail(
+                FailureReason.LOCAL, None, "the responder does not accept our signature hash (RFC 7427 §4)"
+            )
+            return
+        req = self._child_request
+        idi = self._id_payload(responder=False)
+        self._child_spi = self.allocate_child_spi()
+        ours, theirs = neg.selector_to_ts(req.selector)
+        inner: list[w.Payload] = [idi, *self._our_auth(idi)]
+        if req.mode is Mode.TRANSPORT:
+            inner.append(w.NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
+        inner += [
+            w.SaPayload(neg.esp_proposals(req.esp_suites or self.config.esp_suites, self._child_spi)),
+            w.TsPayload((ours,)),
+            w.TsPayload((theirs,), responder=True),
+        ]
+        self._request(_Queued("IKE_AUTH", w.ExchangeType.IKE_AUTH, inner), now)
+
+    def _on_auth_request(self, mid: int, payloads: tuple[w.Payload, ...], now: float) -> None:
+        """Responder: authenticate, authorize, answer with our AUTH and the first CHILD_SA."""
+        try:
+            peer, match = self._verify_peer(payloads)
+            if not self._can_sign():
+                raise AuthenticationFailed("the initiator does not accept our signature hash (RFC 7427 §4)")
+        except AuthenticationFailed as e:
+            self._respond(w.ExchangeType.IKE_AUTH, mid, [w.NotifyPayload(NotifyType.AUTHENTICATION_FAILED)])
+            self._fail(FailureReason.AUTHENTICATION_FAILED, NotifyType.AUTHENTICATION_FAILED, e.reason)
+            return
+        self.peer, self.pad_match = peer, match
+        idr = self._id_payload(responder=True)
+        reply: list[w.Payload] = [idr, *self._our_auth(idr)]
+        child: ChildSa | None = None
+        try:
+            child, child_payloads = self._answer_child(payloads)
+            reply += child_payloads
+        except IkeExchangeError as e:
+            notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
+            reply.append(w.NotifyPayload(notify))
+            child_err = ChildSaFailed(self.ref, notify, by_peer=False, detail=e.reason)
+        self._respond(w.ExchangeType.IKE_AUTH, mid, reply)
+        self._fire(IkeInput.AUTH_DONE)
+        self._established()
+        if child is not None:
+            self.children[child.spi_in] = child
+            self._events.append(ChildSaEstablished(self.ref, child))
+        else:
+            self._events.append(child_err)
+
+    def _established(self) -> None:
+        assert self.peer is not None and self.pad_match is not None and self.suite is not None
+        self._events.append(
+            IkeSaEstablished(
+                self.ref,
+                self.peer,
+                self.pad_match.entry.name,
+                self.pad_match.btns,
+                self.is_initiator,
+                str(self.suite),
+                self.nat_local,
+                self.nat_remote,
+            )
+        )
+
+    def _child_keys(self, suite_bits: int) -> tuple[bytes, bytes]:
+        """(inbound key, outbound key) of the first CHILD_SA (§2.17; RFC 4106 key || salt)."""
+        assert self.keys is not None and self.suite is not None
+        km = c.derive_child_keys(
+            self.suite.prf, self.keys.sk_d, self._nonce_i, self._nonce_r, suite_bits // 8 + 4, 0
+        )
+        return (km.encr_r2i, km.encr_i2r) if self.is_initiator else (km.encr_i2r, km.encr_r2i)
+
+    def _unauthenticated_peer(self) -> bool:
+        assert self.pad_match is not None
+        return self.pad_match.entry.is_unauthenticated or self.pad_match.entry.child_sa.own_address_only
+
+    def _answer_child(self, payloads: Sequence[w.Payload]) -> tuple[ChildSa, list[w.Payload]]:
+        """Responder: choose the ESP proposal, narrow TSi/TSr, check the PAD's child-SA rules."""
+        assert self.pad_match is not None
+        sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
+        tsi = next((x for x in payloads if isinstance(x, w.TsPayload) and not x.responder), None)
+        tsr = next((x for x in payloads if isinstance(x, w.TsPayload) and x.responder), None)
+        if sa_p is None or tsi is None or tsr is None:
+            raise NoProposalChosen("IKE_AUTH without SA, TSi or TSr")
+        transport = NotifyType.USE_TRANSPORT_MODE in w.notify_payloads(payloads)
+        if self.config.mode is Mode.TRANSPORT and not transport:
+            raise NoProposalChosen("local policy requires transport mode (USE_TRANSPORT_MODE missing)")
+        spi_in = self.allocate_child_spi()
+        answer, suite, spi_out = neg.choose_esp_proposal(sa_p.proposals, self.config.esp_suites, spi_in)
+        pinned = self.remote[0] if self._unauthenticated_peer() else None
+        narrowed = neg.narrow(tsi.selectors, tsr.selectors, self.config.policy, peer_addr=pinned)
+        try:
+            self.config.pad.check_child_sa(self.pad_match, self.remote[0], [narrowed.selector])
+        except IPsecRemoteError as e:
+            raise TsUnacceptable(e.reason) from None
+        mode = Mode.TRANSPORT if transport and self.config.mode is Mode.TRANSPORT else Mode.TUNNEL
+        key_in, key_out = self._child_keys(suite.encryption_key_bits)
+        child = ChildSa(spi_in, spi_out, suite, mode, narrowed.selector, key_in, key_out, narrowed.narrowed)
+        ours, theirs = neg.selector_to_ts(narrowed.selector)
+        out: list[w.Payload] = []
+        if mode is Mode.TRANSPORT:
+            out.append(w.NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
+        out += [w.SaPayload((answer,)), w.TsPayload((theirs,)), w.TsPayload((ours,), responder=True)]
+        return child, out
+
+    def _on_auth_response(self, payloads: tuple[w.Payload, ...], now: float) -> None:
+        err = w.error_notify(payloads)
+        has_auth = any(isinstance(x, w.AuthPayload) for x in payloads)
+        if not has_auth:
+            code = err.notify_type if err is not None else NotifyType.AUTHENTICATION_FAILED
+            self._fail(FailureReason.PEER_REFUSED, code, f"responder answered {w.notify_name(code)}")
+            return
+        try:
+            self.peer, self.pad_match = self._verify_peer(payloads)
+        except AuthenticationFailed as e:
+            self._fail(FailureReason.AUTHENTICATION_FAILED, NotifyType.AUTHENTICATION_FAILED, e.reason)
+            # tell the responder the SA is dead (§2.21.2): a Delete, sent once, not retransmitted
+            self._out.append(
+                (
+                    self._seal(
+                        w.ExchangeType.INFORMATIONAL,
+                        self._next_mid,
+                        [w.DeletePayload(w.ProtocolId.IKE)],
+                        response=False,
+                    ),
+                    self.remote,
+                )
+            )
+            return
+        self._fire(IkeInput.AUTH_DONE)
+        self._request_done(now)
+        self._established()
+        if err is not None:
+            self._events.append(
+                ChildSaFailed(self.ref, err.notify_type, by_peer=True, detail=w.notify_name(err.notify_type))
+            )
+            return
+        try:
+            child = self._accept_child(payloads)
+        except IkeExchangeError as e:
+            notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
+            self._events.append(ChildSaFailed(self.ref, notify, by_peer=False, detail=e.reason))
+            # the responder installed it: delete it (§1.4.1)
+            answer = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
+            if answer is not None and answer.proposals and len(answer.proposals[0].spi) == 4:
+                d = w.DeletePayload(w.ProtocolId.ESP, (self._child_spi.to_bytes(4, "big"),), 4)
+                self._request(
+                    _Queued("delete-child", w.ExchangeType.INFORMATIONAL, [d], self._child_spi), now
+                )
+            return
+        self.children[child.spi_in] = child
+        self._events.append(ChildSaEstablished(self.ref, child))
+
+    def _accept_child(self, payloads: Sequence[w.Payload]) -> ChildSa:
+        """Initiator: the answer must be one of our suites and within what we asked for."""
+        assert self._child_request is not None
+        req = self._child_request
+        sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
+        tsi = next((x for x in payloads if isinstance(x, w.TsPayload) and not x.responder), None)
+        tsr = next((x for x in payloads if isinstance(x, w.TsPayload) and x.responder), None)
+        if sa_p is None or len(sa_p.proposals) != 1 or tsi is None or tsr is None:
+            raise NoProposalChosen("IKE_AUTH answer without one proposal, TSi and TSr")
+        suite, spi_out = neg.esp_answer_suite(sa_p.proposals[0], req.esp_suites or self.config.esp_suites)
+        if len(tsi.selectors) != 1 or len(tsr.selectors) != 1:
+            raise TsUnacceptable("more than one traffic selector in the answer")
+        sel = neg.ts_to_selector(tsi.selectors[0], tsr.selectors[0])
+        if not neg.contains(req.selector, sel):
+            raise TsUnacceptable(f"answered selector {sel} is not within the requested {req.selector}")
+        transport = NotifyType.USE_TRANSPORT_MODE in w.notify_payloads(payloads)
+        mode = Mode.TRANSPORT if transport else Mode.TUNNEL
+        if mode is not req.mode:
+            raise NoProposalChosen(f"responder chose {mode.value} mode, we asked for {req.mode.value}")
+        key_in, key_out = self._child_keys(suite.encryption_key_bits)
+        return ChildSa(self._child_spi, spi_out, suite, mode, sel, key_in, key_out, sel != req.selector)
+
+    # ------------------------------------------------------------------ INFORMATIONAL
+
+    def _on_informational_request(self, mid: int, payloads: tuple[w.Payload, ...], now: float) -> None:
+        deletes = [x for x in payloads if isinstance(x, w.DeletePayload)]
+        if any(d.protocol == w.ProtocolId.IKE for d in deletes):
+            self._respond(w.ExchangeType.INFORMATIONAL, mid, [])
+            self._closed(by_peer=True)
+            return
+        ours: list[bytes] = []
+        for d in deletes:
+            if d.protocol != w.ProtocolId.ESP:
+                continue
+            for spi in d.spis:
+                out_spi = int.from_bytes(spi, "big")
+                child = next((ch for ch in self.children.values() if ch.spi_out == out_spi), None)
+                if child is None:
+                    continue
+                del self.children[child.spi_in]
+                ours.append(child.spi_in.to_bytes(4, "big"))
+                self._events.append(ChildSaDeleted(self.ref, child.spi_in, child.spi_out, by_peer=True))
+        reply: list[w.Payload] = [w.DeletePayload(w.ProtocolId.ESP, tuple(ours), 4)] if ours else []
+        self._respond(w.ExchangeType.INFORMATIONAL, mid, reply)
+
+    def _on_informational_response(self, req: _Request, payloads: tuple[w.Payload, ...], now: float) -> None:
+        if req.kind == "delete-ike":
+            self._closed(by_peer=False)
+            return
+        if req.kind == "delete-child":
+            child = self.children.pop(req.child_spi, None)
+            if child is not None:
+                self._events.append(ChildSaDeleted(self.ref, child.spi_in, child.spi_out, by_peer=False))
+        self._request_done(now)
+
+
+def _reason(e: IkeError) -> FailureReason:
+    if isinstance(e, NoProposalChosen):
+        return FailureReason.NO_PROPOSAL_CHOSEN
+    if isinstance(e, InvalidKePayload):
+        return FailureReason.INVALID_KE
+    return FailureReason.PROTOCOL_ERROR
