@@ -1,19 +1,11 @@
 """Key manager (RFC 5660 §2.3 "the component that manages the SAD"), sans-IO.
 
-:class:`KeyManager` is the interface; :class:`StaticKeyManager` implements it with static keying:
-SAs come from :class:`SaProvision` records configured in advance (what a peer would agree to) and
-are installed on ACQUIRE after ``setup_delay`` of virtual time, or installed directly with
-:meth:`KeyManager.install_sa` (the simulated network's IKE does that). Either way every SA goes
-through the same path:
-
-1. PAD: authorize the peer and its traffic selectors (RFC 4301 §4.4.3.4, RFC 5386 §2, RFC 7619);
-2. LD: narrow the proposal or break conflicting latches, alerting holders before acceptance
-   (RFC 5660 §2.3);
-3. SAD + backend install; 4. LD: LARVAL latches that were waiting become ESTABLISHED.
-
-ACQUIRE (RFC 4301 §5.1 step 3c) is :meth:`KeyManager.acquire`; it ends with
-:meth:`KeyManagerListener.acquire_finished` (INSTALLED, NO_PEER or TIMEOUT). Nothing reads a clock:
-``now`` is always passed in and :meth:`KeyManager.poll` runs timers.
+:class:`KeyManager` is the interface the engine drives; :class:`StaticKeyManager` implements it
+with static keying. It sits between the PAD (:mod:`rpclatch.ipsec.pad`), the Latch Database
+(:mod:`rpclatch.ipsec.latch`), the SAD and the datapath backend. ACQUIRE (RFC 4301 §5.1 step 3c)
+is :meth:`KeyManager.acquire`; it ends with :meth:`KeyManagerListener.acquire_finished`
+(INSTALLED, NO_PEER or TIMEOUT). Nothing reads a clock: ``now`` is always passed in and
+:meth:`KeyManager.poll` runs timers.
 """
 
 from __future__ import annotations
@@ -103,7 +95,15 @@ class KeyManager(abc.ABC):
     def install_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
         """Authorize, vet against latches, and install an SA; returns the installed (possibly
         narrowed) SA, or None if narrowing left nothing. ``sa_id`` 0 means "assign one"; ``reqid``
-        0 means "assign the peer's reqid". Raises ChildSaRefused / PeerNotAuthorized."""
+        0 means "assign the peer's reqid". Raises ChildSaRefused / PeerNotAuthorized.
+
+        Every SA takes this path, whether it comes from an ACQUIRE or directly:
+
+        1. PAD: authorize the peer and its traffic selectors (RFC 4301 §4.4.3.4, RFC 5386 §2,
+           RFC 7619);
+        2. LD: narrow the proposal or break conflicting latches, alerting holders before
+           acceptance (RFC 5660 §2.3);
+        3. SAD + backend install; 4. LD: LARVAL latches that were waiting become ESTABLISHED."""
 
     @abc.abstractmethod
     def delete_sa(self, sa_id: int, now: float) -> SecurityAssociation | None:
@@ -131,7 +131,9 @@ class KeyManager(abc.ABC):
 
 
 class StaticKeyManager(KeyManager, SaRequester):
-    """Static keying (see module docstring)."""
+    """Static keying: SAs come from :class:`SaProvision` records configured in advance (what a
+    peer would agree to) and are installed on ACQUIRE after ``setup_delay`` of virtual time, or
+    installed directly with :meth:`install_sa` (the simulated network's IKE does that)."""
 
     def __init__(
         self,

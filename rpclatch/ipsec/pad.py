@@ -1,17 +1,9 @@
 """Peer Authorization Database (RFC 4301 §4.4.3) with RFC 5386 BTNS and RFC 7619 NULL entries.
 
-Configured entries are ordered; the search is two-pass as RFC 5386 §2 describes:
-
-1. non-BTNS entries, in order, by the peer's asserted IKE ID. A peer that matches a non-BTNS
-   entry but does not authenticate with that entry's method/data is rejected: there is no falling
-   through to BTNS (RFC 5386 §2).
-2. if nothing matched, the peer ID is coerced to ``PUBLICKEY:<its key>`` and the BTNS entries are
-   searched (specific keys first, then the single wildcard entry, which is always last).
-
-Child-SA authorization (RFC 4301 §4.4.3.3) constrains the traffic selectors an authorized peer
-may claim. BTNS and NULL-auth peers additionally must not claim addresses that belong to any
-non-BTNS entry (RFC 5386 §2 second PAD search; RFC 7619 §3), and NULL-auth peers get host-to-host
-SAs only (RFC 7619 §2.5).
+:class:`PeerAuthorizationDatabase` holds the configured, ordered :class:`PadEntry` list and answers
+the two questions the key manager (:mod:`rpclatch.ipsec.keymgr`) asks of every IKE peer: is it
+authorized (:meth:`~PeerAuthorizationDatabase.authorize`, the RFC 5386 §2 two-pass search), and
+may it claim these traffic selectors (:meth:`~PeerAuthorizationDatabase.check_child_sa`).
 
 The latch layer (approach 2 of docs/design.md: template and cloned entries) lives in
 :mod:`rpclatch.ipsec.pad_latching` and never modifies these configured entries (RFC 5660 §1: latching
@@ -187,7 +179,8 @@ def _asserted_id(peer: PeerIdentity) -> IkeId | None:
 
 
 class PeerAuthorizationDatabase:
-    """The ordered PAD (see module docstring)."""
+    """The ordered PAD: ordinary entries in order, then the specific BTNS entries, then the single
+    wildcard BTNS entry, which is always last."""
 
     def __init__(self, entries: Iterable[PadEntry] = ()) -> None:
         self._ordinary: list[PadEntry] = []
@@ -217,7 +210,13 @@ class PeerAuthorizationDatabase:
         return (*self._ordinary, *self._btns_specific, *tail)
 
     def authorize(self, peer: PeerIdentity) -> PadMatch:
-        """RFC 4301 §4.4.3.4 step 1-2 with the RFC 5386 §2 two-pass search.
+        """RFC 4301 §4.4.3.4 step 1-2 with the RFC 5386 §2 two-pass search:
+
+        1. non-BTNS entries, in order, by the peer's asserted IKE ID. A peer that matches a
+           non-BTNS entry but does not authenticate with that entry's method/data is rejected:
+           there is no falling through to BTNS (RFC 5386 §2).
+        2. if nothing matched, the peer ID is coerced to ``PUBLICKEY:<its key>`` and the BTNS
+           entries are searched (specific keys first, then the single wildcard entry).
 
         Raises :class:`PeerNotAuthorized` (AUTHENTICATION_FAILED) when no entry admits the peer.
         """
@@ -257,6 +256,11 @@ class PeerAuthorizationDatabase:
 
     def check_child_sa(self, match: PadMatch, peer_addr: IPAddress, selectors: Iterable[Selector]) -> None:
         """RFC 4301 §4.4.3.4 step 3 (+ RFC 5386 §2, RFC 7619 §2.5, §3).
+
+        Child-SA authorization (RFC 4301 §4.4.3.3) constrains the traffic selectors an authorized
+        peer may claim. BTNS and NULL-auth peers additionally must not claim addresses that belong
+        to any non-BTNS entry (RFC 5386 §2 second PAD search; RFC 7619 §3), and NULL-auth peers
+        get host-to-host SAs only (their entry's ``own_address_only``, RFC 7619 §2.5).
 
         Raises :class:`ChildSaRefused` (TS_UNACCEPTABLE) if a selector claims remote addresses the
         peer is not authorized for, or an unauthenticated peer claims a non-BTNS entry's addresses.
