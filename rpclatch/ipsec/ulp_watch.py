@@ -68,7 +68,7 @@ class UlpLatchWatch:
         return list(self._watched.values())
 
     def watch(self, ulp: UlpLatch) -> None:
-        """``ulp`` just latched its flow to an SA: from now on conflicts break it (module docstring)."""
+        """``ulp`` just latched its flow to an SA: from now on conflicts break it (class docstring)."""
         self._watched[ulp.flow] = ulp
         tag = ulp.tag
         entry = self._spd.lookup_configured(ulp.flow, btns_peer=tag.btns if tag is not None else False)

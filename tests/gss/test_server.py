@@ -253,7 +253,7 @@ def _expected(
     verf_kind: str,
     body_kind: str,
 ) -> tuple[object, ...]:
-    """What RFC 2203 §5.3.3 (order of checks in the server module docstring) and RFC 5403 §3.4
+    """What RFC 2203 §5.3.3 (order of checks in the GssServerAuth docstring) and RFC 5403 §3.4
     say the server does with ``call``: (verdict kind, auth_stat or None). The request MIC is good
     iff the verifier is a MIC of ``signed_cred``'s header and the credential was sent as signed."""
     fields = _parse_cred(call.cred.body)
