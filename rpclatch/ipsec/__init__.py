@@ -7,6 +7,8 @@ Modules (one job each):
   RFC 4301 databases (+ BTNS_OK, BTNS/NULL PAD entries, the BYPASS-OR-PROTECT template);
 - :mod:`~rpclatch.ipsec.latch` the RFC 5660 §2.3 Latch Database and state machine;
 - :mod:`~rpclatch.ipsec.keymgr` the key manager (static keying, ACQUIRE, restart, DPD);
+- :mod:`~rpclatch.ipsec.ike` a sans-IO IKEv2 core (RFC 7296; raw public keys, RFC 7670, and NULL
+  authentication, RFC 7619);
 - :mod:`~rpclatch.ipsec.backend` the datapath interface and its in-process implementation
   (:mod:`~rpclatch.ipsec.xfrm` is the Linux kernel one);
 - :mod:`~rpclatch.ipsec.pad_latching` approach 2 (template / cloned PAD entries, TIME_WAIT hold);
