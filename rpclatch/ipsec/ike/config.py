@@ -40,9 +40,10 @@ class Credentials:
         """A raw-public-key identity; the default ID is ID_NULL (RFC 7619 §2.2: the key is the identity)."""
         return cls(ike_id if ike_id is not None else IkeId(IdType.ID_NULL, b""), key)
 
-    @property
-    def spki(self) -> bytes | None:
-        return spki_of(self.key) if self.key is not None else None
+    spki: bytes | None = field(init=False, default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spki", spki_of(self.key) if self.key is not None else None)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -28,7 +28,7 @@ import hmac
 import os
 import secrets
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -132,7 +132,7 @@ class DhPrivate:
 # ---------------------------------------------------------------------------------------------
 # PRF and key derivation
 
-_HASH_NAMES = {
+_HASH_NAMES: dict[int, str] = {
     PrfId.PRF_HMAC_SHA2_256: "sha256",
     PrfId.PRF_HMAC_SHA2_384: "sha384",
     PrfId.PRF_HMAC_SHA2_512: "sha512",
@@ -142,7 +142,7 @@ PRF_KEY_LEN = {PrfId.PRF_HMAC_SHA2_256: 32, PrfId.PRF_HMAC_SHA2_384: 48, PrfId.P
 
 def prf(prf_id: int, key: bytes, data: bytes) -> bytes:
     """PRF_HMAC_SHA2_* (RFC 4868 §2.1: HMAC with the full-length output)."""
-    return hmac.new(key, data, _HASH_NAMES[PrfId(prf_id)]).digest()
+    return hmac.digest(key, data, _HASH_NAMES[prf_id])
 
 
 def prf_plus(prf_id: int, key: bytes, seed: bytes, length: int) -> bytes:
@@ -277,6 +277,11 @@ class SkCipher:
     encr: int
     encr_key: bytes
     integ_key: bytes = b""
+    _aead: AESGCM | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if is_aead(self.encr):
+            object.__setattr__(self, "_aead", AESGCM(self.encr_key[:-4]))
 
     @classmethod
     def outbound(cls, keys: IkeKeys, initiator: bool) -> SkCipher:
@@ -301,8 +306,9 @@ class SkCipher:
             total = HEADER_LEN + sk_len
             hdr = _with_length(header, first_payload=46, total=total)
             aad = hdr + struct.pack(">BBH", first, 0, sk_len)
-            key, salt = self.encr_key[:-4], self.encr_key[-4:]
-            ct = AESGCM(key).encrypt(salt + iv, padded, aad)
+            salt = self.encr_key[-4:]
+            assert self._aead is not None
+            ct = self._aead.encrypt(salt + iv, padded, aad)
             return aad + iv + ct
         iv = iv if iv is not None else os.urandom(CBC_IV_LEN)
         pad = (-(len(plain) + 1)) % 16
@@ -329,7 +335,8 @@ class SkCipher:
             iv, ct = body[:GCM_IV_LEN], body[GCM_IV_LEN:]
             aad = datagram[: sk_start + GENERIC_LEN]
             try:
-                plain = AESGCM(self.encr_key[:-4]).decrypt(self.encr_key[-4:] + iv, ct, aad)
+                assert self._aead is not None
+                plain = self._aead.decrypt(self.encr_key[-4:] + iv, ct, aad)
             except InvalidTag:
                 raise IntegrityCheckFailed("AES-GCM ICV does not verify") from None
         else:

@@ -7,6 +7,7 @@ one, and how proposed TSi/TSr are narrowed to local policy.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,11 @@ SUPPORTED_GROUPS = frozenset(int(g) for g in DhGroup)
 
 def ike_proposals(suites: Sequence[IkeSuite], spi: bytes = b"") -> tuple[Proposal, ...]:
     """One proposal per suite, numbered from 1 (§3.3.1)."""
+    return _ike_proposals(tuple(suites), spi)
+
+
+@functools.lru_cache(maxsize=64)
+def _ike_proposals(suites: tuple[IkeSuite, ...], spi: bytes) -> tuple[Proposal, ...]:
     out = []
     for n, s in enumerate(suites, 1):
         ts = [
@@ -224,8 +230,10 @@ def _meet_proto(a: int, b: int) -> int | None:
 
 
 def _meet_addr(a: AddressRange, b: AddressRange | None) -> AddressRange | None:
-    if b is None:
+    if b is None or b.contains_range(a):
         return a
+    if a.contains_range(b):
+        return b
     if not a.overlaps(b):
         return None
     cls = type(a.first)
@@ -233,6 +241,10 @@ def _meet_addr(a: AddressRange, b: AddressRange | None) -> AddressRange | None:
 
 
 def _meet_ports(a: PortRange, b: PortRange) -> PortRange | None:
+    if b.low <= a.low and a.high <= b.high:
+        return a
+    if a.low <= b.low and b.high <= a.high:
+        return b
     lo, hi = max(a.low, b.low), min(a.high, b.high)
     return PortRange(lo, hi) if lo <= hi else None
 
@@ -249,6 +261,8 @@ def intersect(a: Selector, b: Selector) -> Selector | None:
     rp = _meet_ports(a.remote_ports, b.remote_ports)
     if proto is None or local is None or remote is None or lp is None or rp is None:
         return None
+    if (proto or None, local, remote, lp, rp) == (a.proto, a.local, a.remote, a.local_ports, a.remote_ports):
+        return a  # the common case: the request is within policy, nothing to narrow
     return Selector(local, remote, proto or None, lp, rp)
 
 
@@ -288,7 +302,7 @@ def narrow(
                 except TsUnacceptable:
                     continue
                 hit = intersect(offered, pol)
-                if hit is not None and pinned is not None:
+                if hit is not None and pinned is not None and hit.remote != pinned:
                     hit = intersect(
                         hit, Selector(hit.local, pinned, hit.proto, hit.local_ports, hit.remote_ports)
                     )

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from rpclatch.ipsec.errors import IPsecRemoteError
 from rpclatch.ipsec.ike import crypto as c
 from rpclatch.ipsec.ike import negotiation as neg
@@ -193,6 +195,8 @@ class IkeSa:
         self._last_response: tuple[int, bytes] | None = None
         self._half_open_deadline: float | None = None
         self._peer_hashes: frozenset[int] = frozenset()
+        self._cipher_in: c.SkCipher | None = None
+        self._cipher_out: c.SkCipher | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -374,7 +378,19 @@ class IkeSa:
     def _seal(self, exchange: int, mid: int, inner: Sequence[w.Payload], *, response: bool) -> bytes:
         assert self.keys is not None
         hdr = w.Header(self.spi_i, self.spi_r, 0, exchange, self._flags(response), mid)
-        return c.SkCipher.outbound(self.keys, self.is_initiator).seal(hdr, list(inner))
+        return self._sk_out().seal(hdr, list(inner))
+
+    def _sk_out(self) -> c.SkCipher:
+        if self._cipher_out is None:
+            assert self.keys is not None
+            self._cipher_out = c.SkCipher.outbound(self.keys, self.is_initiator)
+        return self._cipher_out
+
+    def _sk_in(self) -> c.SkCipher:
+        if self._cipher_in is None:
+            assert self.keys is not None
+            self._cipher_in = c.SkCipher.inbound(self.keys, self.is_initiator)
+        return self._cipher_in
 
     def _request(self, q: _Queued, now: float) -> None:
         if self._pending is not None:
@@ -472,7 +488,7 @@ class IkeSa:
             self.stats.unexpected += 1
             return None
         try:
-            return c.SkCipher.inbound(self.keys, self.is_initiator).open(data, sk)
+            return self._sk_in().open(data, sk)
         except IkeCryptoError:
             self.stats.integrity_failures += 1
             log.debug("IKE SA %s: SK payload failed its integrity check; dropped", self.ref)
@@ -682,8 +698,6 @@ class IkeSa:
         return out
 
     def _can_sign(self) -> bool:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-
         key = self.config.credentials.key
         if key is None:
             return True

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from rpclatch.ipsec.ike.errors import (
     IkeDecodeError,
@@ -43,6 +44,9 @@ IKE_VERSION = 0x20  # major 2, minor 0
 
 _HEADER = struct.Struct(">QQBBBBII")
 _GENERIC = struct.Struct(">BBH")
+_PROPOSAL = struct.Struct(">BBHBBBB")
+_TRANSFORM = struct.Struct(">BBHBBH")
+_ATTR = struct.Struct(">HH")
 
 
 class ExchangeType(IntEnum):
@@ -439,30 +443,21 @@ class Message:
 
 
 def _encode_transform(t: Transform, last: bool) -> bytes:
+    if not t.attributes:
+        return _TRANSFORM.pack(0 if last else 3, 0, 8, t.transform_type, 0, t.transform_id)
     attrs = b"".join(
-        struct.pack(">HH", 0x8000 | a.attr_type, int.from_bytes(a.value.rjust(2, b"\0")[-2:], "big"))
+        _ATTR.pack(0x8000 | a.attr_type, int.from_bytes(a.value.rjust(2, b"\0")[-2:], "big"))
         if a.tv
-        else struct.pack(">HH", a.attr_type & 0x7FFF, len(a.value)) + a.value
+        else _ATTR.pack(a.attr_type & 0x7FFF, len(a.value)) + a.value
         for a in t.attributes
     )
-    return (
-        struct.pack(">BBHBBH", 0 if last else 3, 0, 8 + len(attrs), t.transform_type, 0, t.transform_id)
-        + attrs
-    )
+    return _TRANSFORM.pack(0 if last else 3, 0, 8 + len(attrs), t.transform_type, 0, t.transform_id) + attrs
 
 
 def _encode_proposal(p: Proposal, last: bool) -> bytes:
-    ts = b"".join(_encode_transform(t, i == len(p.transforms) - 1) for i, t in enumerate(p.transforms))
-    head = struct.pack(
-        ">BBHBBBB",
-        0 if last else 2,
-        0,
-        8 + len(p.spi) + len(ts),
-        p.number,
-        p.protocol,
-        len(p.spi),
-        len(p.transforms),
-    )
+    n = len(p.transforms)
+    ts = b"".join([_encode_transform(t, i == n - 1) for i, t in enumerate(p.transforms)])
+    head = _PROPOSAL.pack(0 if last else 2, 0, 8 + len(p.spi) + len(ts), p.number, p.protocol, len(p.spi), n)
     return head + p.spi + ts
 
 
@@ -471,30 +466,38 @@ def _encode_ts(ts: TrafficSelector) -> bytes:
     return struct.pack(">BBHHH", ts.ts_type, ts.ip_proto, 8 + len(addrs), ts.start_port, ts.end_port) + addrs
 
 
+def _encode_sa(p: SaPayload) -> bytes:
+    n = len(p.proposals)
+    return b"".join(_encode_proposal(x, i == n - 1) for i, x in enumerate(p.proposals))
+
+
+def _encode_delete(p: DeletePayload) -> bytes:
+    size = len(p.spis[0]) if p.spis else p.spi_size
+    return struct.pack(">BBH", p.protocol, size, len(p.spis)) + b"".join(p.spis)
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    SaPayload: _encode_sa,
+    KePayload: lambda p: struct.pack(">HH", p.group, 0) + p.data,
+    IdPayload: lambda p: p.body(),
+    CertPayload: lambda p: bytes((p.encoding,)) + p.data,
+    CertReqPayload: lambda p: bytes((p.encoding,)) + p.data,
+    AuthPayload: lambda p: bytes((p.method, 0, 0, 0)) + p.data,
+    NoncePayload: lambda p: p.data,
+    VendorIdPayload: lambda p: p.data,
+    NotifyPayload: lambda p: struct.pack(">BBH", p.protocol, len(p.spi), p.notify_type) + p.spi + p.data,
+    DeletePayload: _encode_delete,
+    TsPayload: lambda p: (
+        struct.pack(">BBH", len(p.selectors), 0, 0) + b"".join(_encode_ts(t) for t in p.selectors)
+    ),
+    EncryptedPayload: lambda p: p.body,
+    UnknownPayload: lambda p: p.body,
+}
+
+
 def encode_payload_body(p: Payload) -> bytes:
     """The octets after the generic payload header."""
-    if isinstance(p, SaPayload):
-        return b"".join(_encode_proposal(x, i == len(p.proposals) - 1) for i, x in enumerate(p.proposals))
-    if isinstance(p, KePayload):
-        return struct.pack(">HH", p.group, 0) + p.data
-    if isinstance(p, IdPayload):
-        return p.body()
-    if isinstance(p, CertPayload | CertReqPayload):
-        return bytes((p.encoding,)) + p.data
-    if isinstance(p, AuthPayload):
-        return bytes((p.method, 0, 0, 0)) + p.data
-    if isinstance(p, NoncePayload | VendorIdPayload):
-        return p.data
-    if isinstance(p, NotifyPayload):
-        return struct.pack(">BBH", p.protocol, len(p.spi), p.notify_type) + p.spi + p.data
-    if isinstance(p, DeletePayload):
-        size = len(p.spis[0]) if p.spis else p.spi_size
-        return struct.pack(">BBH", p.protocol, size, len(p.spis)) + b"".join(p.spis)
-    if isinstance(p, TsPayload):
-        return struct.pack(">BBH", len(p.selectors), 0, 0) + b"".join(_encode_ts(t) for t in p.selectors)
-    if isinstance(p, EncryptedPayload):
-        return p.body
-    return p.body
+    return _ENCODERS[type(p)](p)
 
 
 def encode_payloads(payloads: Sequence[Payload], next_after: int = PayloadType.NONE) -> tuple[int, bytes]:
@@ -542,14 +545,17 @@ def _need(cond: bool, what: str) -> None:
 def _decode_attributes(data: bytes) -> tuple[Attribute, ...]:
     out: list[Attribute] = []
     pos = 0
-    while pos < len(data):
-        _need(len(data) - pos >= 4, "truncated transform attribute")
-        af_type, val = struct.unpack_from(">HH", data, pos)
+    end = len(data)
+    while pos < end:
+        if end - pos < 4:
+            raise IkeDecodeError("truncated transform attribute")
+        af_type, val = _ATTR.unpack_from(data, pos)
         pos += 4
         if af_type & 0x8000:
             out.append(Attribute(af_type & 0x7FFF, val.to_bytes(2, "big"), True))
         else:
-            _need(len(data) - pos >= val, "transform attribute length exceeds transform")
+            if end - pos < val:
+                raise IkeDecodeError("transform attribute length exceeds transform")
             out.append(Attribute(af_type, data[pos : pos + val], False))
             pos += val
     return tuple(out)
@@ -558,32 +564,44 @@ def _decode_attributes(data: bytes) -> tuple[Attribute, ...]:
 def _decode_sa(data: bytes) -> SaPayload:
     proposals: list[Proposal] = []
     pos = 0
+    end = len(data)
     last = False
     while not last:
-        _need(len(data) - pos >= 8, "truncated proposal")
-        more, _, plen, num, proto, spi_size, ntrans = struct.unpack_from(">BBHBBBB", data, pos)
-        _need(more in (0, 2), f"bad proposal 'last substruc' {more}")
-        _need(8 + spi_size <= plen <= len(data) - pos, "proposal length out of bounds")
+        if end - pos < 8:
+            raise IkeDecodeError("truncated proposal")
+        more, _, plen, num, proto, spi_size, ntrans = _PROPOSAL.unpack_from(data, pos)
+        if more not in (0, 2):
+            raise IkeDecodeError(f"bad proposal 'last substruc' {more}")
+        if not 8 + spi_size <= plen <= end - pos:
+            raise IkeDecodeError("proposal length out of bounds")
         last = more == 0
         spi = data[pos + 8 : pos + 8 + spi_size]
-        tdata = data[pos + 8 + spi_size : pos + plen]
+        tpos = pos + 8 + spi_size
+        tend = pos + plen
         transforms: list[Transform] = []
-        tpos = 0
         tlast = ntrans == 0
         while not tlast:
-            _need(len(tdata) - tpos >= 8, "truncated transform")
-            tmore, _, tlen, ttype, _, tid = struct.unpack_from(">BBHBBH", tdata, tpos)
-            _need(tmore in (0, 3), f"bad transform 'last substruc' {tmore}")
-            _need(8 <= tlen <= len(tdata) - tpos, "transform length out of bounds")
-            transforms.append(Transform(ttype, tid, _decode_attributes(tdata[tpos + 8 : tpos + tlen])))
+            if tend - tpos < 8:
+                raise IkeDecodeError("truncated transform")
+            tmore, _, tlen, ttype, _, tid = _TRANSFORM.unpack_from(data, tpos)
+            if tmore not in (0, 3):
+                raise IkeDecodeError(f"bad transform 'last substruc' {tmore}")
+            if not 8 <= tlen <= tend - tpos:
+                raise IkeDecodeError("transform length out of bounds")
+            attrs = _decode_attributes(data[tpos + 8 : tpos + tlen]) if tlen > 8 else ()
+            transforms.append(Transform(ttype, tid, attrs))
             tpos += tlen
             tlast = tmore == 0
-        _need(tpos == len(tdata), "octets after the last transform")
-        _need(len(transforms) == ntrans, f"proposal announces {ntrans} transforms, carries {len(transforms)}")
-        _need(len(proposals) < MAX_PAYLOADS, "too many proposals")
+        if tpos != tend:
+            raise IkeDecodeError("octets after the last transform")
+        if len(transforms) != ntrans:
+            raise IkeDecodeError(f"proposal announces {ntrans} transforms, carries {len(transforms)}")
+        if len(proposals) >= MAX_PAYLOADS:
+            raise IkeDecodeError("too many proposals")
         proposals.append(Proposal(num, proto, spi, tuple(transforms)))
-        pos += plen
-    _need(pos == len(data), "octets after the last proposal")
+        pos = tend
+    if pos != end:
+        raise IkeDecodeError("octets after the last proposal")
     return SaPayload(tuple(proposals))
 
 
@@ -617,71 +635,100 @@ def _decode_ts(data: bytes, responder: bool) -> TsPayload:
     return TsPayload(tuple(out), responder)
 
 
-def _decode_body(ptype: int, body: bytes, critical: bool) -> Payload:
-    if ptype == PayloadType.SA:
-        return _decode_sa(body)
-    if ptype == PayloadType.KE:
-        _need(len(body) >= 4, "truncated KE payload")
-        group, _ = struct.unpack_from(">HH", body)
-        return KePayload(group, body[4:])
-    if ptype in (PayloadType.IDI, PayloadType.IDR):
-        _need(len(body) >= 4, "truncated ID payload")
-        return IdPayload(body[0], body[4:], ptype == PayloadType.IDR)
-    if ptype == PayloadType.CERT:
-        _need(len(body) >= 1, "truncated CERT payload")
-        return CertPayload(body[0], body[1:])
-    if ptype == PayloadType.CERTREQ:
-        _need(len(body) >= 1, "truncated CERTREQ payload")
-        return CertReqPayload(body[0], body[1:])
-    if ptype == PayloadType.AUTH:
-        _need(len(body) >= 4, "truncated AUTH payload")
-        return AuthPayload(body[0], body[4:])
-    if ptype == PayloadType.NONCE:
-        _need(16 <= len(body) <= 256, f"nonce of {len(body)} octets (RFC 7296 §2.10: 16..256)")
-        return NoncePayload(body)
-    if ptype == PayloadType.NOTIFY:
-        _need(len(body) >= 4, "truncated Notify payload")
-        proto, spi_size, ntype = struct.unpack_from(">BBH", body)
-        _need(len(body) >= 4 + spi_size, "Notify SPI exceeds payload")
-        return NotifyPayload(ntype, body[4 + spi_size :], proto, body[4 : 4 + spi_size])
-    if ptype == PayloadType.DELETE:
-        _need(len(body) >= 4, "truncated Delete payload")
-        proto, spi_size, n = struct.unpack_from(">BBH", body)
-        _need(len(body) == 4 + spi_size * n, "Delete payload length does not match its SPIs")
-        _need(proto != ProtocolId.IKE or (spi_size == 0 and n == 0), "IKE Delete carries SPIs")
-        _need(proto == ProtocolId.IKE or spi_size == 4, f"Delete SPI size {spi_size} for protocol {proto}")
-        spis = tuple(body[4 + i * spi_size : 4 + (i + 1) * spi_size] for i in range(n))
-        return DeletePayload(proto, spis, spi_size)
-    if ptype == PayloadType.VENDOR:
-        return VendorIdPayload(body)
-    if ptype in (PayloadType.TSI, PayloadType.TSR):
-        return _decode_ts(body, ptype == PayloadType.TSR)
-    if ptype in (PayloadType.CP, PayloadType.EAP):
-        return UnknownPayload(ptype, body, False)
-    if critical:
-        raise UnsupportedCriticalPayload(ptype)
-    return UnknownPayload(ptype, body, False)
+def _decode_ke(ptype: int, body: bytes) -> Payload:
+    _need(len(body) >= 4, "truncated KE payload")
+    return KePayload(int.from_bytes(body[:2], "big"), body[4:])
+
+
+def _decode_id(ptype: int, body: bytes) -> Payload:
+    _need(len(body) >= 4, "truncated ID payload")
+    return IdPayload(body[0], body[4:], ptype == PayloadType.IDR)
+
+
+def _decode_cert(ptype: int, body: bytes) -> Payload:
+    _need(len(body) >= 1, "truncated CERT/CERTREQ payload")
+    return (CertPayload if ptype == PayloadType.CERT else CertReqPayload)(body[0], body[1:])
+
+
+def _decode_auth(ptype: int, body: bytes) -> Payload:
+    _need(len(body) >= 4, "truncated AUTH payload")
+    return AuthPayload(body[0], body[4:])
+
+
+def _decode_nonce(ptype: int, body: bytes) -> Payload:
+    _need(16 <= len(body) <= 256, f"nonce of {len(body)} octets (RFC 7296 §2.10: 16..256)")
+    return NoncePayload(body)
+
+
+def _decode_notify(ptype: int, body: bytes) -> Payload:
+    _need(len(body) >= 4, "truncated Notify payload")
+    proto, spi_size, ntype = struct.unpack_from(">BBH", body)
+    _need(len(body) >= 4 + spi_size, "Notify SPI exceeds payload")
+    return NotifyPayload(ntype, body[4 + spi_size :], proto, body[4 : 4 + spi_size])
+
+
+def _decode_delete(ptype: int, body: bytes) -> Payload:
+    _need(len(body) >= 4, "truncated Delete payload")
+    proto, spi_size, n = struct.unpack_from(">BBH", body)
+    _need(len(body) == 4 + spi_size * n, "Delete payload length does not match its SPIs")
+    _need(proto != ProtocolId.IKE or (spi_size == 0 and n == 0), "IKE Delete carries SPIs")
+    _need(proto == ProtocolId.IKE or spi_size == 4, f"Delete SPI size {spi_size} for protocol {proto}")
+    spis = tuple(body[4 + i * spi_size : 4 + (i + 1) * spi_size] for i in range(n))
+    return DeletePayload(proto, spis, spi_size)
+
+
+_DECODERS: dict[int, Callable[[int, bytes], Payload]] = {
+    PayloadType.SA: lambda t, b: _decode_sa(b),
+    PayloadType.KE: _decode_ke,
+    PayloadType.IDI: _decode_id,
+    PayloadType.IDR: _decode_id,
+    PayloadType.CERT: _decode_cert,
+    PayloadType.CERTREQ: _decode_cert,
+    PayloadType.AUTH: _decode_auth,
+    PayloadType.NONCE: _decode_nonce,
+    PayloadType.NOTIFY: _decode_notify,
+    PayloadType.DELETE: _decode_delete,
+    PayloadType.VENDOR: lambda t, b: VendorIdPayload(b),
+    PayloadType.TSI: lambda t, b: _decode_ts(b, False),
+    PayloadType.TSR: lambda t, b: _decode_ts(b, True),
+    # CP and EAP are known types this core does not use: kept opaque, never "critical"
+    PayloadType.CP: lambda t, b: UnknownPayload(t, b, False),
+    PayloadType.EAP: lambda t, b: UnknownPayload(t, b, False),
+}
 
 
 def decode_payloads(first: int, data: bytes, *, budget: int = MAX_PAYLOADS) -> tuple[Payload, ...]:
     """Parse a payload chain starting with type ``first`` that fills ``data`` exactly."""
     out: list[Payload] = []
     pos = 0
+    end = len(data)
     nxt = first
+    unpack = _GENERIC.unpack_from
     while nxt != PayloadType.NONE:
-        _need(len(out) < budget, f"more than {MAX_PAYLOADS} payloads")
-        _need(len(data) - pos >= GENERIC_LEN, "truncated generic payload header")
-        following, flags, plen = _GENERIC.unpack_from(data, pos)
-        _need(GENERIC_LEN <= plen <= len(data) - pos, f"payload length {plen} out of bounds")
+        if len(out) >= budget:
+            raise IkeDecodeError(f"more than {MAX_PAYLOADS} payloads")
+        if end - pos < GENERIC_LEN:
+            raise IkeDecodeError("truncated generic payload header")
+        following, flags, plen = unpack(data, pos)
+        if not GENERIC_LEN <= plen <= end - pos:
+            raise IkeDecodeError(f"payload length {plen} out of bounds")
         body = data[pos + GENERIC_LEN : pos + plen]
         if nxt == PayloadType.SK:
-            _need(pos + plen == len(data), "the Encrypted payload is not the last payload (RFC 7296 §3.14)")
+            if pos + plen != end:
+                raise IkeDecodeError("the Encrypted payload is not the last payload (RFC 7296 §3.14)")
             out.append(EncryptedPayload(following, body))
             return tuple(out)
-        out.append(_decode_body(nxt, body, bool(flags & 0x80)))
+        decoder = _DECODERS.get(nxt)
+        if decoder is not None:
+            out.append(decoder(nxt, body))
+        elif flags & 0x80:
+            raise UnsupportedCriticalPayload(nxt)
+        else:
+            out.append(UnknownPayload(nxt, body, False))
         pos += plen
         nxt = following
-    _need(pos == len(data), "octets after the last payload")
+    if pos != end:
+        raise IkeDecodeError("octets after the last payload")
     return tuple(out)
 
 
