@@ -104,11 +104,12 @@ async def nfs_ops(args: argparse.Namespace) -> dict[str, Any]:
     ``--size`` deterministic pseudo-random bytes (:func:`payload`), read a file back (streamed,
     SHA-256 and MB/s reported), remove. Timings are wall clock around each operation."""
     from rpclatch.nfs4.client import Nfs4Client
+    from rpclatch.nfs4.options import Nfs4Options
 
     out: dict[str, Any] = {"ok": True, "op": "nfs", "host": args.host, "sec": args.sec, "minor": args.minor}
     t0 = time.monotonic()
     client = await Nfs4Client.connect(
-        args.host, port=args.port, minorversion=args.minor, sec=args.sec, gss_target=args.target
+        args.host, Nfs4Options(port=args.port, minorversion=args.minor, sec=args.sec, gss_target=args.target)
     )
     try:
         out["connect_seconds"] = round(time.monotonic() - t0, 4)

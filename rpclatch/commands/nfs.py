@@ -275,16 +275,16 @@ def connection_hook(sec: str) -> ConnectionSecurityHook:
 
 async def _with_client(args: argparse.Namespace, host: str, body: Callable[[Any], Awaitable[T]]) -> T:
     from rpclatch.nfs4.client import Nfs4Client
+    from rpclatch.nfs4.options import Nfs4Options
 
-    client = await Nfs4Client.connect(
-        host,
+    options = Nfs4Options(
         port=args.port,
         minorversion=args.minor,
         sec=args.sec,
         gss_target=args.gss_target,
         timeout=args.timeout,
-        security_hook=connection_hook(args.sec),
     )
+    client = await Nfs4Client.connect(host, options, security_hook=connection_hook(args.sec))
     try:
         return await body(client)
     finally:

@@ -1,24 +1,7 @@
-"""BYPASS-OR-PROTECT for the NFSv4 client's connection hook (``rpclatch nfs ... --sec auto``).
-
+"""BYPASS-OR-PROTECT for the NFSv4 client's connection hook (``rpclatch nfs ... --sec auto``):
 :data:`rpclatch.nfs4.security.ConnectionSecurityHook` runs once per NFS connection, before any NFS
-traffic. :func:`connection_security` answers it from the policy table (:mod:`rpclatch.connect.policy`)
-for ``--sec auto``; explicit ``--sec`` values are the user's choice and pass through unchanged.
-
-What happens on real sockets today: the hook never latches. The first step of the policy -- a
-latched IPsec connection to port 2049 (RFC 5660) -- needs two parts on the host. The kernel datapath
-exists: :class:`rpclatch.ipsec.xfrm.backend.XfrmBackend` puts the engine's policies into Linux XFRM
-(it is exercised with ESP SAs inside the User-Mode Linux guest, since this host's kernel has XFRM
-but no ESP transform). What is missing is a key manager for real sockets: an IKEv2 daemon (or
-binding to one) that answers the kernel's ACQUIRE, authenticates the peer against the PAD and
-installs the SA pair, so that the NFS socket gets a latch; the only key manager in rpclatch
-(:mod:`rpclatch.ipsec.keymgr`) keys statically in-process and for the simulator. So the hook does
-not attempt IKE, records :data:`NO_KERNEL_BACKEND` as the protection error, and the table's "not
-latched" row applies: RPCSEC_GSS privacy or integrity (krb5p, then krb5i, or the reverse when the
-policy asks for integrity only), with no channel binding. AUTH_SYS and krb5 without protection are
-not offered automatically (the NFS client explains what the server wants if it insists on them). The
-order is the policy's, not the server's: ``prefer_allowed_order`` makes the client take the first
-of ``allowed`` that SECINFO offers (a server listing krb5i before krb5p still gets krb5p when no
-channel is bound and privacy is configured).
+traffic, and :func:`connection_security` answers it from the policy table
+(:mod:`rpclatch.connect.policy`).
 """
 
 from __future__ import annotations
@@ -26,7 +9,7 @@ from __future__ import annotations
 from rpclatch.connect.policy import BindOutcome, ConnectPolicy, GssService, LatchOutcome, decide
 from rpclatch.nfs4.security import ConnectionSecurity, SecFlavor, default_connection_security
 
-#: why the protection request fails on real sockets in this release (name kept for callers)
+#: Why the protection request fails on real sockets: the protection error the hook records.
 NO_KERNEL_BACKEND = (
     "no IKE key manager for real sockets in rpclatch (the Linux XFRM backend "
     "exists, but nothing negotiates SAs for it); IKE was not attempted, not latched"
@@ -36,7 +19,21 @@ NO_KERNEL_BACKEND = (
 async def connection_security(
     host: str, port: int, sec: str, policy: ConnectPolicy | None = None
 ) -> ConnectionSecurity:
-    """The connection hook: for ``sec == "auto"`` apply the BYPASS-OR-PROTECT table, else pass."""
+    """The connection hook: for ``sec == "auto"`` apply the BYPASS-OR-PROTECT table; explicit
+    ``--sec`` values are the user's choice and pass through unchanged.
+
+    On real sockets the hook never latches. The policy's first step, a latched IPsec connection
+    to the NFS port (RFC 5660), needs a kernel datapath and a key manager. The datapath exists
+    (:class:`rpclatch.ipsec.xfrm.backend.XfrmBackend` puts the engine's policies into Linux
+    XFRM); what is missing is a key manager for real sockets, an IKEv2 daemon (or a binding to
+    one) that answers the kernel's ACQUIRE, authenticates the peer against the PAD and installs
+    the SA pair. So IKE is not attempted, :data:`NO_KERNEL_BACKEND` is recorded as the
+    protection error, and the table's "not latched" row applies: RPCSEC_GSS privacy or integrity
+    (krb5p, then krb5i, or the reverse when the policy asks for integrity only) without channel
+    binding. AUTH_SYS and krb5 without protection are not offered automatically (the NFS client
+    explains what the server wants if it insists on them). The order is the policy's, not the
+    server's: ``prefer_allowed_order`` makes the client take the first of ``allowed`` that SECINFO
+    offers, so a server listing krb5i before krb5p still gets krb5p when privacy is configured."""
     if sec != "auto":
         return await default_connection_security(host, port, sec)
     pol = policy or ConnectPolicy(port=port)

@@ -14,12 +14,19 @@ Modules, bottom up:
   request went out, so the client resends it on a new connection);
 * :mod:`rpclatch.nfs4.security` -- ``SecFlavor``, the ``--sec`` policy and the per-connection
   security hook (``ConnectionSecurity``, ``ConnectionSecurityHook``);
-* :mod:`rpclatch.nfs4.client` -- ``Nfs4Client`` (asyncio, on :mod:`rpclatch.rpc.aio`).
+* :mod:`rpclatch.nfs4.options` -- ``Nfs4Options``, what a client is asked to do (version,
+  ``--sec``, GSS target, timeouts);
+* :mod:`rpclatch.nfs4.connection` -- ``Nfs4Connection``: the TCP connection made through the
+  security hook, its RPC credentials, reconnecting (asyncio, on :mod:`rpclatch.rpc.aio`);
+* :mod:`rpclatch.nfs4.session` -- ``Nfs4Session``: client ID, 4.1 session and slots, lease
+  renewal, recovery after lost state, resends after GRACE / DELAY;
+* :mod:`rpclatch.nfs4.secneg` -- ``SecurityNegotiator``: the data flavor, WRONGSEC -> SECINFO;
+* :mod:`rpclatch.nfs4.client` -- ``Nfs4Client``: file operations on paths, built on the three.
 
 Typical use::
 
-    async with await Nfs4Client.connect("server", minorversion=1, sec="krb5p",
-                                        gss_target="nfs@server.example") as nfs:
+    options = Nfs4Options(minorversion=1, sec="krb5p", gss_target="nfs@server.example")
+    async with await Nfs4Client.connect("server", options) as nfs:
         info = await nfs.stat("/dir/file")
         async for chunk in nfs.read_file("/dir/file"):
             ...

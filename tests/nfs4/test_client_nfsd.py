@@ -74,7 +74,7 @@ def test_sys_file_operations(nfsd: NfsdWorld, minor: int) -> None:
 @pytest.mark.parametrize(("minor", "sec"), [(1, "krb5"), (1, "krb5i"), (1, "krb5p"), (0, "krb5p")])
 def test_kerberos_flavors(nfsd: NfsdWorld, minor: int, sec: str) -> None:
     async def body(c: Nfs4Client) -> bytes:
-        assert c.flavor is SecFlavor(sec) and c.machine_flavor is SecFlavor(sec)
+        assert c.flavor is SecFlavor(sec) and c.session.machine_flavor is SecFlavor(sec)
         payload = os.urandom(300_000)
         await c.write_file(f"/krb5only/{sec}-{minor}.bin", payload)
         assert await c.read_bytes(f"/krb5only/{sec}-{minor}.bin") == payload
@@ -135,8 +135,8 @@ def test_reconnects_after_the_connection_is_reset(nfsd: NfsdWorld, minor: int, s
                 c.rpc.transport.abort()  # READs are in flight now
             got += chunk
         await c.remove(name)
-        if c.slots is not None:  # every 4.1 slot whose request was lost was re-synchronised
-            assert not any(slot.poisoned for slot in c.slots.slots)
+        if c.session.slots is not None:  # every 4.1 slot whose request was lost was re-synchronised
+            assert not any(slot.poisoned for slot in c.session.slots.slots)
         return bytes(got), c.reconnects
 
     got, reconnects = run(nfsd, minor, sec, body)
@@ -148,7 +148,7 @@ def test_sp4_mach_cred_session(nfsd: NfsdWorld) -> None:
     enforced operations (DESTROY_SESSION, DESTROY_CLIENTID at close) go with the machine cred."""
 
     async def body(c: Nfs4Client) -> tuple[state_protect_how4, bytes]:
-        return c.state_protect_how, await c.read_bytes("/file.txt")
+        return c.session.state_protect_how, await c.read_bytes("/file.txt")
 
     how, data = run(nfsd, 1, "krb5i", body, state_protect=True)
     assert how == state_protect_how4.SP4_MACH_CRED and data == b"secret-data /\n"
@@ -214,8 +214,8 @@ def test_auto_through_the_connect_hook_follows_the_policy_order(nfsd: NfsdWorld,
 @pytest.mark.parametrize("minor", [0, 1])
 def test_idle_client_renews_its_lease(nfsd: NfsdWorld, minor: int) -> None:
     async def body(c: Nfs4Client) -> tuple[int, Exception | None]:
-        assert c.lease_time == nfsd.config.lease_time
-        await asyncio.sleep(c.lease_time * 0.7)  # idle > lease/3: the loop must have renewed
+        assert c.session.lease_time == nfsd.config.lease_time
+        await asyncio.sleep(c.session.lease_time * 0.7)  # idle > lease/3: the loop must have renewed
         await c.stat("/file.txt")
         return c.renewals, c.lease_error
 
@@ -239,7 +239,7 @@ def test_changed_write_verifier_rewrites_the_window(nfsd: NfsdWorld) -> None:
     nfsd.restart_nfsd()  # new write verifier; our open state is gone, so rewrite anonymously
 
     async def after(c: Nfs4Client) -> tuple[int, bytes]:
-        f = _Open(fh, ANONYMOUS_STATEID, open_owner4(c.clientid, b"verifier-test"), 0, None, Fattr4())
+        f = _Open(fh, ANONYMOUS_STATEID, open_owner4(c.session.clientid, b"verifier-test"), 0, None, Fattr4())
         await c._commit_window(f, 0, [(0, data, verf)])
         rewrites = c.rewrites
         await c._commit_window(f, 0, [(0, data, await c._commit(fh))])  # now they match
@@ -302,7 +302,7 @@ def test_open_file_is_reopened_after_a_restart(nfsd: NfsdWorld, minor: int) -> N
     async def body(c: Nfs4Client) -> tuple[bytes, int, int, list[int]]:
         await c.write_file(name, data)
         got = bytearray()
-        opens: list[int] = [await asyncio.to_thread(server_opens, nfsd, c.client_name)]  # none
+        opens: list[int] = [await asyncio.to_thread(server_opens, nfsd, c.session.client_name)]  # none
         async for chunk in c.read_file(name, window=1):
             got += chunk
             if len(got) == len(chunk):  # after the first READ
@@ -312,7 +312,7 @@ def test_open_file_is_reopened_after_a_restart(nfsd: NfsdWorld, minor: int) -> N
                     while not conn.closed:
                         await asyncio.sleep(0.01)
             elif c.reopens and len(opens) == 1:  # the file is still open here
-                opens.append(await asyncio.to_thread(server_opens, nfsd, c.client_name))
+                opens.append(await asyncio.to_thread(server_opens, nfsd, c.session.client_name))
         await c.remove(name)
         return bytes(got), c.reopens, c.recoveries, opens
 

@@ -1,5 +1,5 @@
-"""Client pieces that need no server: path splitting, byte re-chunking, the 4.1 slot table,
-attribute conversion."""
+"""Client pieces that need no server: options, path splitting, byte re-chunking, attribute
+conversion. The session, the security negotiation and the connection have their own tests."""
 
 from __future__ import annotations
 
@@ -11,37 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpclatch.nfs4.client import (
-    FileInfo,
-    Nfs4Client,
-    _chunks,
-    _io_size,
-    _renews_v40_lease,
-    _SlotTable,
-    split_path,
-)
+from rpclatch.nfs4.client import FileInfo, Nfs4Client, _chunks, _io_size, split_path
 from rpclatch.nfs4.const import nfs_ftype4
-from rpclatch.nfs4.errors import RequestNotSent
-from rpclatch.nfs4.ops import (
-    CLOSE4args,
-    GETFH4args,
-    PUTFH4args,
-    PUTROOTFH4args,
-    READ4args,
-    RENEW4args,
-)
-from rpclatch.nfs4.security import ConnectionSecurity, SecFlavor
+from rpclatch.nfs4.options import Nfs4Options
+from rpclatch.nfs4.security import ConnectionSecurity
 from rpclatch.nfs4.types import (
-    ANONYMOUS_STATEID,
-    READ_BYPASS_STATEID,
     Fattr4,
     fsid4,
     nfstime4,
-    stateid4,
 )
-from rpclatch.rpc.aio import RpcStreamClient
-from rpclatch.rpc.auth_sys import AuthSysClient
-from rpclatch.rpc.errors import RpcConnectionClosed
 
 
 def test_split_path() -> None:
@@ -88,68 +66,6 @@ def test_io_size() -> None:
     assert _io_size(100) == 4096
 
 
-def test_slot_table_hands_out_each_slot_once_and_honours_target() -> None:
-    async def main() -> None:
-        table = _SlotTable(3)
-        a, b = await table.acquire(), await table.acquire()
-        assert {a.slotid, b.slotid} == {0, 1}
-        table.target = 2  # server lowered sr_target_highest_slotid to 1
-        waiter = asyncio.ensure_future(table.acquire())
-        await asyncio.sleep(0)
-        assert not waiter.done()  # slot 2 is beyond the target
-        await table.release(b)
-        assert (await waiter).slotid == b.slotid
-        a.poisoned = True
-        await table.release(a)
-        table.target = 3
-        c = await table.acquire()
-        assert c.slotid == 2  # the poisoned slot is never reused
-        assert table.highest_used() == 2
-
-    asyncio.run(main())
-
-
-def test_slot_table_ignores_a_stale_slot_of_the_old_session() -> None:
-    """After reset() (a new session) a request of the old session returns its slot 0 while a new
-    request holds the new slot 0: the new slot stays busy (not handed out twice, still counted by
-    highest_used) and the stale slot never enters the new table."""
-
-    async def main() -> None:
-        table = _SlotTable(2)
-        old0, old1 = await table.acquire(), await table.acquire()
-        table.reset(2)
-        new0 = await table.acquire()
-        assert new0.slotid == old0.slotid == 0 and new0 is not old0
-        await table.release(old0)
-        await table.release(old1)
-        assert table.highest_used() == 0
-        new1 = await table.acquire()
-        assert new1.slotid == 1 and new1 is not old1
-        assert table.highest_used() == 1
-        waiter = asyncio.ensure_future(table.acquire())
-        await asyncio.sleep(0)
-        assert not waiter.done()  # both new slots are still out
-        await table.release(new1)
-        assert await waiter is new1
-        await table.release(new0)
-        assert table.highest_used() == 1  # new1 (re-acquired by the waiter) is the only one out
-        assert all(s in (new0, new1) for s in table.slots)
-
-    asyncio.run(main())
-
-
-def test_slot_table_with_every_slot_poisoned_fails() -> None:
-    async def main() -> None:
-        table = _SlotTable(1)
-        s = await table.acquire()
-        s.poisoned = True
-        await table.release(s)
-        with pytest.raises(Exception, match="unusable"):
-            await table.acquire()
-
-    asyncio.run(main())
-
-
 def test_fileinfo_from_fattr() -> None:
     a = Fattr4(
         type=nfs_ftype4.NF4DIR,
@@ -173,42 +89,32 @@ def test_fileinfo_from_fattr() -> None:
     assert empty.size == 0 and empty.type == nfs_ftype4.NF4REG
 
 
-def test_v40_lease_renewal_needs_our_client_id_or_stateid() -> None:
-    real = stateid4(1, b"\x01" * 12)
-    fh = b"\x00" * 8
-    assert _renews_v40_lease([RENEW4args(7)])
-    assert _renews_v40_lease([PUTFH4args(fh), READ4args(real, 0, 10)])
-    assert _renews_v40_lease([PUTFH4args(fh), CLOSE4args(2, real)])
-    # special stateids and stateless operations renew nothing (RFC 7530 §9.5)
-    assert not _renews_v40_lease([PUTFH4args(fh), READ4args(ANONYMOUS_STATEID, 0, 10)])
-    assert not _renews_v40_lease([PUTFH4args(fh), READ4args(READ_BYPASS_STATEID, 0, 10)])
-    assert not _renews_v40_lease([PUTROOTFH4args(), GETFH4args()])
+def test_options_refuse_an_unknown_minor_version() -> None:
+    assert Nfs4Options(minorversion=0).minorversion == 0
+    with pytest.raises(ValueError, match="minorversion"):
+        Nfs4Options(minorversion=2)
 
 
-def test_a_closed_connection_is_found_before_sending() -> None:
-    """A request on a connection the peer already closed raises RequestNotSent (an
-    RpcConnectionClosed that tells the client nothing went out, so it may send it elsewhere)."""
+def test_options_gss_target_defaults_to_the_host() -> None:
+    assert Nfs4Options().target_for("srv.example") == "nfs@srv.example"
+    assert Nfs4Options(gss_target="nfs@other").target_for("srv.example") == "nfs@other"
 
-    async def main() -> BaseException:
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.close()  # like nfsd going down while the client is idle
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        rpc = await RpcStreamClient.connect_tcp("127.0.0.1", port)
-        client = Nfs4Client(
-            rpc, "127.0.0.1", minorversion=1, sec="sys", security=ConnectionSecurity((SecFlavor.SYS,))
-        )
-        try:
-            async with asyncio.timeout(10):
-                while not rpc.closed:
-                    await asyncio.sleep(0.01)
-            with pytest.raises(RpcConnectionClosed) as info:
-                await client._rpc_call(AuthSysClient.for_current_process(), 1, b"")
-        finally:
-            await rpc.close()
-            server.close()
-            await server.wait_closed()
-        return info.value
+def test_connect_settings_override_options_by_name() -> None:
+    """``Nfs4Client.connect(host, options, **settings)``: the settings replace fields of
+    ``options`` (the hook sees the result), and a name that is no field is refused before any
+    connection is made."""
+    seen: list[tuple[str, int, str]] = []
 
-    assert isinstance(asyncio.run(main()), RequestNotSent)
+    async def hook(host: str, port: int, sec: str) -> ConnectionSecurity:
+        seen.append((host, port, sec))
+        raise OSError("stop here")
+
+    async def main() -> None:
+        with pytest.raises(OSError, match="stop here"):
+            await Nfs4Client.connect("192.0.2.1", Nfs4Options(port=20049), security_hook=hook, sec="krb5i")
+        with pytest.raises(TypeError):
+            await Nfs4Client.connect("192.0.2.1", security_hook=hook, no_such_option=1)
+
+    asyncio.run(main())
+    assert seen == [("192.0.2.1", 20049, "krb5i")]
