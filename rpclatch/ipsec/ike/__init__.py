@@ -14,12 +14,18 @@ Public API (everything a UDP/XFRM shell needs)::
     deadline = endpoint.get_timer(); ... endpoint.handle_timer(now)
     # local requests on an established SA, then endpoint.poll(sa, now) to collect their output:
     sa.delete(now); sa.delete_child(spi_in, now); sa.check_liveness(now)
+    sa.create_child(ChildRequest(...), now); sa.rekey_child(spi_in, now); sa.rekey(now)
+
+The local endpoint must be the address and port peers really send to (not 0.0.0.0): it goes
+into the NAT_DETECTION hashes, and a mismatch makes a peer such as strongSwan believe there is a
+NAT and move to UDP 4500, which this core does not speak.
 
 Events: :class:`IkeSaEstablished` (the authenticated peer: ``RawPublicKeyPeer`` with its SPKI,
 or ``NullAuthPeer``), :class:`ChildSaEstablished` (a :class:`ChildSa`: SPIs, ESP AES-GCM
 key || salt per direction, suite, mode, narrowed local-oriented selector),
-:class:`ChildSaFailed`, :class:`ChildSaDeleted`, :class:`IkeSaDeleted`, :class:`IkeSaFailed`
-(a :class:`FailureReason` and the notify code).
+:class:`ChildSaFailed`, :class:`ChildSaDeleted`, :class:`IkeSaRekeyed` (the new SA is the old
+one's ``successor``; the dispatcher routes to it), :class:`IkeSaRekeyFailed`,
+:class:`IkeSaDeleted`, :class:`IkeSaFailed` (a :class:`FailureReason` and the notify code).
 
 Modules: ``wire`` (codec), ``crypto`` (key exchange, PRF, keys, SK payload, AUTH),
 ``negotiation`` (proposals, TS narrowing), ``config``, ``events``, ``sa`` (one IKE SA),
@@ -47,6 +53,8 @@ from rpclatch.ipsec.ike.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
+    IkeSaRekeyFailed,
 )
 from rpclatch.ipsec.ike.negotiation import DEFAULT_ESP_SUITES, DEFAULT_IKE_SUITES
 from rpclatch.ipsec.ike.sa import IkeSa, IkeState
@@ -76,6 +84,8 @@ __all__ = [
     "IkeSaDeleted",
     "IkeSaEstablished",
     "IkeSaFailed",
+    "IkeSaRekeyFailed",
+    "IkeSaRekeyed",
     "IkeState",
     "IkeSuite",
     "NotifyType",

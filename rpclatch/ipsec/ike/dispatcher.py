@@ -136,6 +136,9 @@ class IkeDispatcher:
     # ------------------------------------------------------------------ internals
 
     def _collect(self, sa: IkeSa, now: float) -> None:
+        new = sa.successor
+        if new is not None and new.our_spi not in self._by_spi and not new.finished:
+            self._by_spi[new.our_spi] = new  # an IKE SA rekey (§2.18): route the new SPIs too
         self._out.extend(sa.datagrams_to_send(now))
         while (ev := sa.next_event()) is not None:
             self._events.append((sa, ev))

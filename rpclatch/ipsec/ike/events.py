@@ -43,8 +43,12 @@ class ChildSa:
 
 @dataclass(frozen=True, slots=True)
 class ChildSaEstablished:
+    """A new CHILD_SA; ``replaces`` is the inbound SPI of the CHILD_SA it rekeys (§1.3.3), whose
+    deletion follows."""
+
     ike_sa: IkeSaRef
     child: ChildSa
+    replaces: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,24 @@ class ChildSaDeleted:
     spi_in: int
     spi_out: int
     by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaRekeyed:
+    """The IKE SA ``old`` was rekeyed (§1.3.2, §2.18): ``new`` (``IkeSa.successor``) now owns its
+    CHILD_SAs and peer; the deletion of ``old`` (``IkeSaDeleted``) follows."""
+
+    old: IkeSaRef
+    new: IkeSaRef
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaRekeyFailed:
+    """Our IKE SA rekey was refused (``notify``) or its answer was unusable; the SA carries on."""
+
+    ike_sa: IkeSaRef
+    notify: int | None
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,4 +114,13 @@ class IkeSaFailed:
     detail: str = ""
 
 
-IkeEvent = IkeSaEstablished | ChildSaEstablished | ChildSaFailed | ChildSaDeleted | IkeSaDeleted | IkeSaFailed
+IkeEvent = (
+    IkeSaEstablished
+    | ChildSaEstablished
+    | ChildSaFailed
+    | ChildSaDeleted
+    | IkeSaRekeyed
+    | IkeSaRekeyFailed
+    | IkeSaDeleted
+    | IkeSaFailed
+)

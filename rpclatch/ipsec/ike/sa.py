@@ -4,7 +4,7 @@ and a timer deadline out.
 Shape (as aioquic's ``QuicConnection``): :meth:`IkeSa.initiator` or :meth:`IkeSa.responder`
 builds one; then :meth:`receive_datagram`, :meth:`handle_timer`, :meth:`datagrams_to_send`,
 :meth:`get_timer`, :meth:`next_event`. Local requests: :meth:`delete`, :meth:`delete_child`,
-:meth:`check_liveness`.
+:meth:`check_liveness`, :meth:`create_child`, :meth:`rekey_child`, :meth:`rekey`.
 
 States and the inputs that move between them are the table :data:`TRANSITIONS`; anything else
 raises :class:`IllegalIkeTransition` (a bug, never network input).
@@ -58,6 +58,8 @@ from rpclatch.ipsec.ike.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
+    IkeSaRekeyFailed,
 )
 from rpclatch.ipsec.model import IdType, IkeId, IkeSaRef, Mode, NullAuthPeer, RawPublicKeyPeer
 from rpclatch.ipsec.pad import PadMatch
@@ -122,6 +124,26 @@ class IkeStats:
     responses_resent: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _ChildCtx:
+    """A CREATE_CHILD_SA of ours for a CHILD_SA: what we asked, our SPI and nonce, and the
+    inbound SPI of the CHILD_SA it rekeys (0 for a new one)."""
+
+    request: ChildRequest
+    spi: int
+    nonce: bytes
+    rekeys: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _IkeRekeyCtx:
+    """A CREATE_CHILD_SA of ours rekeying the IKE SA (§1.3.2)."""
+
+    spi: int
+    nonce: bytes
+    dh: c.DhPrivate
+
+
 @dataclass(slots=True)
 class _Request:
     """An outstanding request of ours (window 1)."""
@@ -134,6 +156,7 @@ class _Request:
     deadline: float
     tries: int = 0
     child_spi: int = 0
+    ctx: _ChildCtx | _IkeRekeyCtx | None = None
 
 
 @dataclass(slots=True)
@@ -142,6 +165,7 @@ class _Queued:
     exchange: int
     inner: list[w.Payload] = field(default_factory=list)
     child_spi: int = 0
+    ctx: _ChildCtx | _IkeRekeyCtx | None = None
 
 
 def _random_spi64() -> int:
@@ -196,6 +220,8 @@ class IkeSa:
         self._half_open_deadline: float | None = None
         self._peer_hashes: frozenset[int] = frozenset()
         self._cipher_in: c.SkCipher | None = None
+        #: the IKE SA that replaced this one after a rekey (§2.18)
+        self.successor: IkeSa | None = None
         self._cipher_out: c.SkCipher | None = None
 
     # ------------------------------------------------------------------ construction
@@ -328,6 +354,36 @@ class IkeSa:
             raise IkeLocalError(f"cannot check liveness in state {self.state.value}")
         self._request(_Queued("liveness", w.ExchangeType.INFORMATIONAL), now)
 
+    def create_child(self, request: ChildRequest, now: float) -> None:
+        """Negotiate a further CHILD_SA (CREATE_CHILD_SA, §1.3.1; no PFS)."""
+        self._require_established()
+        self._request(self._child_exchange(request, rekeys=0), now)
+
+    def rekey_child(self, spi_in: int, now: float) -> None:
+        """Rekey the CHILD_SA with inbound SPI ``spi_in`` (§1.3.3): same selector, mode and suite.
+        The new one is reported with ``ChildSaEstablished.replaces``, then the old one is deleted."""
+        self._require_established()
+        child = self.children.get(spi_in)
+        if child is None:
+            raise IkeLocalError(f"no established CHILD_SA with inbound SPI {spi_in:#x}")
+        req = ChildRequest(child.selector, child.mode, (child.suite,))
+        self._request(self._child_exchange(req, rekeys=spi_in), now)
+
+    def rekey(self, now: float) -> None:
+        """Rekey this IKE SA (§1.3.2) with a fresh key exchange in its current suite. Success is
+        ``IkeSaRekeyed`` (the new SA is :attr:`successor`), then this SA is deleted."""
+        self._require_established()
+        assert self.suite is not None
+        ctx = _IkeRekeyCtx(
+            _random_spi64(), os.urandom(self.config.nonce_len), c.DhPrivate(w.DhGroup(self.suite.dh))
+        )
+        inner: list[w.Payload] = [
+            w.SaPayload(neg.ike_proposals([self.suite], ctx.spi.to_bytes(8, "big"))),
+            w.NoncePayload(ctx.nonce),
+            w.KePayload(ctx.dh.group, ctx.dh.public_bytes()),
+        ]
+        self._request(_Queued("rekey-ike", w.ExchangeType.CREATE_CHILD_SA, inner, ctx=ctx), now)
+
     def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
         """Process one datagram from ``addr``; never raises for bad input (drops and counts)."""
         try:
@@ -400,7 +456,7 @@ class IkeSa:
         self._next_mid += 1
         data = self._seal(q.exchange, mid, q.inner, response=False)
         self._pending = _Request(
-            q.kind, q.exchange, mid, data, now, now + self.config.retransmit_timeout, 0, q.child_spi
+            q.kind, q.exchange, mid, data, now, now + self.config.retransmit_timeout, 0, q.child_spi, q.ctx
         )
         self._out.append((data, self.remote))
 
@@ -437,6 +493,8 @@ class IkeSa:
                 return
             if h.exchange == w.ExchangeType.IKE_AUTH:
                 self._on_auth_response(inner, now)
+            elif h.exchange == w.ExchangeType.CREATE_CHILD_SA:
+                self._on_create_child_response(req, inner, now)
             else:
                 self._on_informational_response(req, inner, now)
             return
@@ -477,8 +535,7 @@ class IkeSa:
         ):
             self._on_informational_request(h.message_id, inner, now)
         elif h.exchange == w.ExchangeType.CREATE_CHILD_SA and self.state is IkeState.ESTABLISHED:
-            # not implemented yet: refuse politely (§1.3, NO_ADDITIONAL_SAS)
-            self._respond(h.exchange, h.message_id, [w.NotifyPayload(NotifyType.NO_ADDITIONAL_SAS)])
+            self._on_create_child_request(h.message_id, inner, now)
         else:
             self._respond(h.exchange, h.message_id, [w.NotifyPayload(NotifyType.INVALID_SYNTAX)])
 
@@ -792,7 +849,7 @@ class IkeSa:
         reply: list[w.Payload] = [idr, *self._our_auth(idr)]
         child: ChildSa | None = None
         try:
-            child, child_payloads = self._answer_child(payloads)
+            child, child_payloads = self._answer_child(payloads, self._nonce_i, self._nonce_r)
             reply += child_payloads
         except IkeExchangeError as e:
             notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
@@ -822,26 +879,27 @@ class IkeSa:
             )
         )
 
-    def _child_keys(self, suite_bits: int) -> tuple[bytes, bytes]:
-        """(inbound key, outbound key) of the first CHILD_SA (§2.17; RFC 4106 key || salt)."""
+    def _child_keys(self, suite_bits: int, ni: bytes, nr: bytes, we_initiated: bool) -> tuple[bytes, bytes]:
+        """(inbound key, outbound key) of a CHILD_SA (§2.17; RFC 4106 key || salt): ``ni``/``nr``
+        are the nonces of the exchange that made it, "initiator" is that exchange's initiator."""
         assert self.keys is not None and self.suite is not None
-        km = c.derive_child_keys(
-            self.suite.prf, self.keys.sk_d, self._nonce_i, self._nonce_r, suite_bits // 8 + 4, 0
-        )
-        return (km.encr_r2i, km.encr_i2r) if self.is_initiator else (km.encr_i2r, km.encr_r2i)
+        km = c.derive_child_keys(self.suite.prf, self.keys.sk_d, ni, nr, suite_bits // 8 + 4, 0)
+        return (km.encr_r2i, km.encr_i2r) if we_initiated else (km.encr_i2r, km.encr_r2i)
 
     def _unauthenticated_peer(self) -> bool:
         assert self.pad_match is not None
         return self.pad_match.entry.is_unauthenticated or self.pad_match.entry.child_sa.own_address_only
 
-    def _answer_child(self, payloads: Sequence[w.Payload]) -> tuple[ChildSa, list[w.Payload]]:
-        """Responder: choose the ESP proposal, narrow TSi/TSr, check the PAD's child-SA rules."""
+    def _answer_child(
+        self, payloads: Sequence[w.Payload], ni: bytes, nr: bytes
+    ) -> tuple[ChildSa, list[w.Payload]]:
+        """Exchange responder: choose the ESP proposal, narrow TSi/TSr, check the PAD's rules."""
         assert self.pad_match is not None
         sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
         tsi = next((x for x in payloads if isinstance(x, w.TsPayload) and not x.responder), None)
         tsr = next((x for x in payloads if isinstance(x, w.TsPayload) and x.responder), None)
         if sa_p is None or tsi is None or tsr is None:
-            raise NoProposalChosen("IKE_AUTH without SA, TSi or TSr")
+            raise NoProposalChosen("CHILD_SA request without SA, TSi or TSr")
         transport = NotifyType.USE_TRANSPORT_MODE in w.notify_payloads(payloads)
         if self.config.mode is Mode.TRANSPORT and not transport:
             raise NoProposalChosen("local policy requires transport mode (USE_TRANSPORT_MODE missing)")
@@ -854,7 +912,7 @@ class IkeSa:
         except IPsecRemoteError as e:
             raise TsUnacceptable(e.reason) from None
         mode = Mode.TRANSPORT if transport and self.config.mode is Mode.TRANSPORT else Mode.TUNNEL
-        key_in, key_out = self._child_keys(suite.encryption_key_bits)
+        key_in, key_out = self._child_keys(suite.encryption_key_bits, ni, nr, we_initiated=False)
         child = ChildSa(spi_in, spi_out, suite, mode, narrowed.selector, key_in, key_out, narrowed.narrowed)
         ours, theirs = neg.selector_to_ts(narrowed.selector)
         out: list[w.Payload] = []
@@ -896,7 +954,10 @@ class IkeSa:
             )
             return
         try:
-            child = self._accept_child(payloads)
+            assert self._child_request is not None
+            child = self._accept_child(
+                payloads, self._child_request, self._child_spi, self._nonce_i, self._nonce_r
+            )
         except IkeExchangeError as e:
             notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
             self._events.append(ChildSaFailed(self.ref, notify, by_peer=False, detail=e.reason))
@@ -911,15 +972,15 @@ class IkeSa:
         self.children[child.spi_in] = child
         self._events.append(ChildSaEstablished(self.ref, child))
 
-    def _accept_child(self, payloads: Sequence[w.Payload]) -> ChildSa:
-        """Initiator: the answer must be one of our suites and within what we asked for."""
-        assert self._child_request is not None
-        req = self._child_request
+    def _accept_child(
+        self, payloads: Sequence[w.Payload], req: ChildRequest, spi_in: int, ni: bytes, nr: bytes
+    ) -> ChildSa:
+        """Exchange initiator: the answer must be one of our suites and within what we asked for."""
         sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
         tsi = next((x for x in payloads if isinstance(x, w.TsPayload) and not x.responder), None)
         tsr = next((x for x in payloads if isinstance(x, w.TsPayload) and x.responder), None)
         if sa_p is None or len(sa_p.proposals) != 1 or tsi is None or tsr is None:
-            raise NoProposalChosen("IKE_AUTH answer without one proposal, TSi and TSr")
+            raise NoProposalChosen("CHILD_SA answer without one proposal, TSi and TSr")
         suite, spi_out = neg.esp_answer_suite(sa_p.proposals[0], req.esp_suites or self.config.esp_suites)
         if len(tsi.selectors) != 1 or len(tsr.selectors) != 1:
             raise TsUnacceptable("more than one traffic selector in the answer")
@@ -930,8 +991,202 @@ class IkeSa:
         mode = Mode.TRANSPORT if transport else Mode.TUNNEL
         if mode is not req.mode:
             raise NoProposalChosen(f"responder chose {mode.value} mode, we asked for {req.mode.value}")
-        key_in, key_out = self._child_keys(suite.encryption_key_bits)
-        return ChildSa(self._child_spi, spi_out, suite, mode, sel, key_in, key_out, sel != req.selector)
+        key_in, key_out = self._child_keys(suite.encryption_key_bits, ni, nr, we_initiated=True)
+        return ChildSa(spi_in, spi_out, suite, mode, sel, key_in, key_out, sel != req.selector)
+
+    # ------------------------------------------------------------------ CREATE_CHILD_SA
+
+    def _require_established(self) -> None:
+        if self.state is not IkeState.ESTABLISHED:
+            raise IkeLocalError(f"IKE SA is {self.state.value}, not established")
+
+    def _child_exchange(self, req: ChildRequest, rekeys: int) -> _Queued:
+        ctx = _ChildCtx(req, self.allocate_child_spi(), os.urandom(self.config.nonce_len), rekeys)
+        ours, theirs = neg.selector_to_ts(req.selector)
+        inner: list[w.Payload] = []
+        if rekeys:
+            inner.append(
+                w.NotifyPayload(NotifyType.REKEY_SA, b"", w.ProtocolId.ESP, rekeys.to_bytes(4, "big"))
+            )
+        if req.mode is Mode.TRANSPORT:
+            inner.append(w.NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
+        inner += [
+            w.SaPayload(neg.esp_proposals(req.esp_suites or self.config.esp_suites, ctx.spi)),
+            w.NoncePayload(ctx.nonce),
+            w.TsPayload((ours,)),
+            w.TsPayload((theirs,), responder=True),
+        ]
+        return _Queued("create-child", w.ExchangeType.CREATE_CHILD_SA, inner, ctx=ctx)
+
+    def _on_create_child_request(self, mid: int, payloads: tuple[w.Payload, ...], now: float) -> None:
+        sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
+        nonce = next((x for x in payloads if isinstance(x, w.NoncePayload)), None)
+        if sa_p is None or nonce is None:
+            self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, [w.NotifyPayload(NotifyType.INVALID_SYNTAX)])
+            return
+        if any(p.protocol == w.ProtocolId.IKE for p in sa_p.proposals):
+            self._answer_ike_rekey(mid, payloads, sa_p, nonce.data, now)
+            return
+        rekey = w.notify_payloads(payloads).get(NotifyType.REKEY_SA)
+        old: ChildSa | None = None
+        if rekey is not None:
+            # the SPI the exchange initiator receives on: our outbound SPI (§1.3.3)
+            out_spi = int.from_bytes(rekey.spi, "big") if len(rekey.spi) == 4 else -1
+            old = next((ch for ch in self.children.values() if ch.spi_out == out_spi), None)
+            if old is None:
+                self._respond(
+                    w.ExchangeType.CREATE_CHILD_SA,
+                    mid,
+                    [w.NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, b"", w.ProtocolId.ESP, rekey.spi)],
+                )
+                return
+        nr = os.urandom(self.config.nonce_len)
+        try:
+            child, out = self._answer_child(payloads, nonce.data, nr)
+        except IkeExchangeError as e:
+            notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
+            self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, [w.NotifyPayload(notify)])
+            self._events.append(ChildSaFailed(self.ref, notify, by_peer=False, detail=e.reason))
+            return
+        at = next(i for i, x in enumerate(out) if isinstance(x, w.SaPayload)) + 1
+        out.insert(at, w.NoncePayload(nr))  # SA, Nr, TSi, TSr (§1.3.1)
+        self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, out)
+        self.children[child.spi_in] = child
+        self._events.append(ChildSaEstablished(self.ref, child, old.spi_in if old is not None else None))
+
+    def _answer_ike_rekey(
+        self, mid: int, payloads: tuple[w.Payload, ...], sa_p: w.SaPayload, ni: bytes, now: float
+    ) -> None:
+        assert self.keys is not None and self.suite is not None
+        ke = next((x for x in payloads if isinstance(x, w.KePayload)), None)
+        if self._pending is not None and self._pending.kind == "rekey-ike":
+            # simultaneous rekeys (§2.8.2) are not resolved: refuse, the peer retries later
+            self._respond(
+                w.ExchangeType.CREATE_CHILD_SA, mid, [w.NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
+            )
+            return
+        try:
+            answer, suite = neg.choose_ike_proposal(sa_p.proposals, self.config.ike_suites)
+            if len(answer.spi) != 8 or not int.from_bytes(answer.spi, "big"):
+                raise NoProposalChosen("IKE rekey proposal without an 8-octet SPI")
+            if ke is None or ke.group != suite.dh:
+                raise InvalidKePayload(f"KE for group {ke.group if ke else None}, chose {suite.dh}", suite.dh)
+            dh = c.DhPrivate(w.DhGroup(suite.dh))
+            shared = dh.shared_secret(ke.data)
+        except IkeError as e:
+            notify = e.notify or NotifyType.INVALID_SYNTAX
+            data = struct.pack(">H", e.group) if isinstance(e, InvalidKePayload) else b""
+            self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, [w.NotifyPayload(notify, data)])
+            return
+        our_spi = _random_spi64()
+        nr = os.urandom(self.config.nonce_len)
+        reply: list[w.Payload] = [
+            w.SaPayload(
+                (w.Proposal(answer.number, answer.protocol, our_spi.to_bytes(8, "big"), answer.transforms),)
+            ),
+            w.NoncePayload(nr),
+            w.KePayload(dh.group, dh.public_bytes()),
+        ]
+        self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, reply)
+        self._successor(
+            suite, int.from_bytes(answer.spi, "big"), our_spi, ni, nr, shared, we_initiated=False, now=now
+        )
+
+    def _successor(
+        self,
+        suite: c.IkeSuite,
+        spi_i: int,
+        spi_r: int,
+        ni: bytes,
+        nr: bytes,
+        shared: bytes,
+        *,
+        we_initiated: bool,
+        now: float,
+    ) -> IkeSa:
+        """The IKE SA that replaces this one (§2.18): old PRF and SK_d for SKEYSEED, new suite for
+        the keys; it takes over the peer and the CHILD_SAs, its message IDs start at 0."""
+        assert self.keys is not None and self.suite is not None
+        new = IkeSa(self.config, self.local, self.remote, initiator=we_initiated)
+        new.state = IkeState.ESTABLISHED  # born established: the rekey exchange authenticated it
+        new.created_at = now
+        new.spi_i, new.spi_r = spi_i, spi_r
+        new.suite = suite
+        seed = c.rekey_skeyseed(self.suite.prf, self.keys.sk_d, shared, ni, nr)
+        new.keys = c.keys_from_skeyseed(suite, seed, ni + nr + struct.pack(">QQ", spi_i, spi_r))
+        new.peer, new.pad_match = self.peer, self.pad_match
+        new.children, self.children = self.children, {}
+        new._nonce_i, new._nonce_r = ni, nr
+        new._peer_hashes = self._peer_hashes
+        new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
+        new.allocate_child_spi = self.allocate_child_spi
+        self.successor = new
+        self._events.append(IkeSaRekeyed(self.ref, new.ref))
+        return new
+
+    def _on_create_child_response(self, req: _Request, payloads: tuple[w.Payload, ...], now: float) -> None:
+        ctx = req.ctx
+        err = w.error_notify(payloads)
+        nonce = next((x for x in payloads if isinstance(x, w.NoncePayload)), None)
+        if isinstance(ctx, _IkeRekeyCtx):
+            self._on_ike_rekey_response(ctx, payloads, err, nonce, now)
+            return
+        assert isinstance(ctx, _ChildCtx)
+        self._pending = None
+        if err is not None or nonce is None:
+            code = err.notify_type if err is not None else NotifyType.INVALID_SYNTAX
+            self._events.append(
+                ChildSaFailed(self.ref, code, by_peer=err is not None, detail=w.notify_name(code))
+            )
+            self._request_done(now)
+            return
+        try:
+            child = self._accept_child(payloads, ctx.request, ctx.spi, ctx.nonce, nonce.data)
+        except IkeExchangeError as e:
+            notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
+            self._events.append(ChildSaFailed(self.ref, notify, by_peer=False, detail=e.reason))
+            d = w.DeletePayload(w.ProtocolId.ESP, (ctx.spi.to_bytes(4, "big"),), 4)
+            self._queue.appendleft(_Queued("delete-child", w.ExchangeType.INFORMATIONAL, [d], ctx.spi))
+            self._request_done(now)
+            return
+        self.children[child.spi_in] = child
+        self._events.append(ChildSaEstablished(self.ref, child, ctx.rekeys or None))
+        if ctx.rekeys and ctx.rekeys in self.children:
+            d = w.DeletePayload(w.ProtocolId.ESP, (ctx.rekeys.to_bytes(4, "big"),), 4)
+            self._queue.appendleft(_Queued("delete-child", w.ExchangeType.INFORMATIONAL, [d], ctx.rekeys))
+        self._request_done(now)
+
+    def _on_ike_rekey_response(
+        self,
+        ctx: _IkeRekeyCtx,
+        payloads: tuple[w.Payload, ...],
+        err: w.NotifyPayload | None,
+        nonce: w.NoncePayload | None,
+        now: float,
+    ) -> None:
+        assert self.suite is not None
+        self._pending = None
+        sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
+        ke = next((x for x in payloads if isinstance(x, w.KePayload)), None)
+        if err is not None:
+            self._events.append(IkeSaRekeyFailed(self.ref, err.notify_type, w.notify_name(err.notify_type)))
+            self._request_done(now)
+            return
+        try:
+            if sa_p is None or len(sa_p.proposals) != 1 or nonce is None or ke is None:
+                raise IkeDecodeError("IKE rekey answer without one proposal, Nr and KEr")
+            answer = sa_p.proposals[0]
+            suite = neg.suite_of_ike_answer(answer, [self.suite])
+            if len(answer.spi) != 8 or not int.from_bytes(answer.spi, "big") or ke.group != ctx.dh.group:
+                raise IkeDecodeError("IKE rekey answer with a bad SPI or KE group")
+            shared = ctx.dh.shared_secret(ke.data)
+        except IkeError as e:
+            self._events.append(IkeSaRekeyFailed(self.ref, e.notify, e.reason))
+            self._request_done(now)
+            return
+        peer_spi = int.from_bytes(answer.spi, "big")
+        self._successor(suite, ctx.spi, peer_spi, ctx.nonce, nonce.data, shared, we_initiated=True, now=now)
+        self.delete(now)  # §1.3.2: the initiator of the rekey deletes the old IKE SA
 
     # ------------------------------------------------------------------ INFORMATIONAL
 

@@ -645,22 +645,6 @@ def test_requests_queue_behind_the_window(btns_pair: Pair) -> None:
     assert not sa.children and sa._pending is None
 
 
-def test_create_child_sa_is_refused_with_no_additional_sas(btns_pair: Pair) -> None:
-    sa = _established(btns_pair)
-    data = sa._seal(w.ExchangeType.CREATE_CHILD_SA, sa._next_mid, [w.NoncePayload(bytes(32))], response=False)
-    btns_pair.b.receive_datagram(data, (A_ADDR, 500), btns_pair.now)
-    ((out, _),) = btns_pair.b.datagrams_to_send(btns_pair.now)
-    msg = w.decode_message(out)
-    assert msg.header.is_response and msg.header.exchange == w.ExchangeType.CREATE_CHILD_SA
-    sk = msg.payloads[-1]
-    assert isinstance(sk, w.EncryptedPayload)
-    from rpclatch.ipsec.ike.crypto import SkCipher
-
-    assert sa.keys is not None
-    inner = SkCipher.inbound(sa.keys, True).open(out, sk)
-    assert inner == (w.NotifyPayload(NotifyType.NO_ADDITIONAL_SAS),)
-
-
 def test_local_misuse_raises_local_error(btns_pair: Pair) -> None:
     from rpclatch.ipsec.ike.errors import IkeLocalError
 

@@ -1,0 +1,154 @@
+"""CREATE_CHILD_SA (RFC 7296 §1.3): more CHILD_SAs, CHILD_SA rekeying, IKE SA rekeying, both ways."""
+
+from __future__ import annotations
+
+from ike_harness import A_ADDR, B_ADDR, Pair
+
+from rpclatch.ipsec.ike import wire as w
+from rpclatch.ipsec.ike.config import ChildRequest
+from rpclatch.ipsec.ike.errors import NotifyType
+from rpclatch.ipsec.ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    IkeSaDeleted,
+    IkeSaRekeyed,
+)
+from rpclatch.ipsec.ike.sa import IkeSa, IkeState
+from rpclatch.ipsec.model import FiveTuple, IpProto, Selector
+
+
+def _up(p: Pair) -> tuple[IkeSa, IkeSa]:
+    sa = p.initiate()
+    p.pump()
+    (bsa,) = p.b.sas
+    assert sa.state is bsa.state is IkeState.ESTABLISHED
+    p.events_a.clear()
+    p.events_b.clear()
+    p.wire.clear()
+    return sa, bsa
+
+
+def _run(p: Pair, side: str, sa: IkeSa) -> None:
+    (p.a if side == "a" else p.b).poll(sa, p.now)
+    p.pump()
+
+
+def _est(p: Pair, side: str) -> ChildSaEstablished:
+    (e,) = p.of(ChildSaEstablished, side)
+    assert isinstance(e, ChildSaEstablished)
+    return e
+
+
+def test_second_child_from_the_initiator(btns_pair: Pair) -> None:
+    sa, bsa = _up(btns_pair)
+    (first,) = sa.children.values()
+    flow = FiveTuple.of(A_ADDR, 40001, B_ADDR, 2049, IpProto.TCP)
+    sa.create_child(ChildRequest(Selector.for_flow(flow)), btns_pair.now)
+    _run(btns_pair, "a", sa)
+    ea, eb = _est(btns_pair, "a"), _est(btns_pair, "b")
+    assert ea.child.selector == Selector.for_flow(flow) and ea.replaces is None
+    assert ea.child.spi_in == eb.child.spi_out and ea.child.key_out == eb.child.key_in
+    assert ea.child.key_in != first.key_in  # fresh nonces, fresh keys
+    assert len(sa.children) == len(bsa.children) == 2
+    assert [w.decode_message(d).header.exchange for _, d in btns_pair.wire] == [
+        w.ExchangeType.CREATE_CHILD_SA
+    ] * 2
+
+
+def test_child_from_the_responder_side(btns_pair: Pair) -> None:
+    _sa, bsa = _up(btns_pair)
+    flow = FiveTuple.of(B_ADDR, 2049, A_ADDR, 40002, IpProto.TCP)  # B's view
+    bsa.create_child(ChildRequest(Selector.for_flow(flow)), btns_pair.now)
+    _run(btns_pair, "b", bsa)
+    ea, eb = _est(btns_pair, "a"), _est(btns_pair, "b")
+    assert eb.child.selector == Selector.for_flow(flow)
+    assert ea.child.selector == Selector.for_flow(flow.reversed())
+    assert ea.child.key_in == eb.child.key_out and ea.child.key_out == eb.child.key_in
+
+
+def test_new_child_outside_policy_is_ts_unacceptable(btns_pair: Pair) -> None:
+    sa, _ = _up(btns_pair)
+    sa.create_child(ChildRequest(Selector.for_flow(FiveTuple.of(A_ADDR, 1, B_ADDR, 22, 6))), btns_pair.now)
+    _run(btns_pair, "a", sa)
+    (fa,) = btns_pair.of(ChildSaFailed, "a")
+    assert isinstance(fa, ChildSaFailed) and fa.notify == NotifyType.TS_UNACCEPTABLE and fa.by_peer
+    assert sa.state is IkeState.ESTABLISHED and len(sa.children) == 1
+
+
+def _rekey_child(p: Pair, side: str) -> None:
+    sa, bsa = _up(p)
+    who = sa if side == "a" else bsa
+    (old,) = who.children.values()
+    who.rekey_child(old.spi_in, p.now)
+    _run(p, side, who)
+    ea, eb = _est(p, "a"), _est(p, "b")
+    mine = ea if side == "a" else eb
+    assert mine.replaces == old.spi_in
+    assert ea.child.spi_in == eb.child.spi_out and ea.child.key_in == eb.child.key_out
+    assert (
+        mine.child.selector == old.selector and mine.child.mode is old.mode and mine.child.suite == old.suite
+    )
+    # the old pair is deleted on both sides, the new one stays
+    assert len(p.of(ChildSaDeleted, "a")) == len(p.of(ChildSaDeleted, "b")) == 1
+    assert list(sa.children) == [ea.child.spi_in] and list(bsa.children) == [eb.child.spi_in]
+    exchanges = [w.decode_message(d).header.exchange for _, d in p.wire]
+    assert exchanges == [w.ExchangeType.CREATE_CHILD_SA] * 2 + [w.ExchangeType.INFORMATIONAL] * 2
+    rekey = w.decode_message(p.wire[0][1])
+    assert rekey.header.exchange == w.ExchangeType.CREATE_CHILD_SA
+
+
+def test_rekey_child_initiator(btns_pair: Pair) -> None:
+    _rekey_child(btns_pair, "a")
+
+
+def test_rekey_child_responder(btns_pair: Pair) -> None:
+    _rekey_child(btns_pair, "b")
+
+
+def test_rekey_of_a_child_the_peer_does_not_know(btns_pair: Pair) -> None:
+    sa, bsa = _up(btns_pair)
+    bsa.children.clear()
+    (spi,) = sa.children
+    sa.rekey_child(spi, btns_pair.now)
+    _run(btns_pair, "a", sa)
+    (fa,) = btns_pair.of(ChildSaFailed, "a")
+    assert isinstance(fa, ChildSaFailed) and fa.notify == NotifyType.CHILD_SA_NOT_FOUND and fa.by_peer
+    assert spi in sa.children
+
+
+def _rekey_ike(p: Pair, side: str) -> None:
+    sa, bsa = _up(p)
+    (child_a,) = sa.children.values()
+    who = sa if side == "a" else bsa
+    who.rekey(p.now)
+    _run(p, side, who)
+    assert sa.successor is not None and bsa.successor is not None
+    na, nb = sa.successor, bsa.successor
+    assert na.ref == nb.ref != sa.ref
+    assert p.of(IkeSaRekeyed, "a") == [IkeSaRekeyed(sa.ref, na.ref)]
+    assert p.of(IkeSaRekeyed, "b") == [IkeSaRekeyed(sa.ref, na.ref)]
+    assert sa.state is bsa.state is IkeState.CLOSED
+    assert p.of(IkeSaDeleted, "a") == [IkeSaDeleted(sa.ref, by_peer=side != "a")]
+    assert not p.of(ChildSaDeleted, "a") and not p.of(ChildSaDeleted, "b")  # children moved
+    assert list(na.children.values()) == [child_a]
+    assert na.is_initiator == (side == "a") and nb.is_initiator == (side == "b")
+    assert na.keys is not None and sa.keys is not None and na.keys.sk_d != sa.keys.sk_d
+    assert {x.our_spi for x in p.a.sas} == {na.our_spi} and {x.our_spi for x in p.b.sas} == {nb.our_spi}
+    # the new SA works: message IDs from 0, a liveness check and a new child on it
+    na.check_liveness(p.now)
+    p.a.poll(na, p.now)
+    p.pump()
+    assert na._pending is None
+    nb.create_child(ChildRequest(Selector.for_flow(FiveTuple.of(B_ADDR, 2049, A_ADDR, 40009, 6))), p.now)
+    p.b.poll(nb, p.now)
+    p.pump()
+    assert len(na.children) == len(nb.children) == 2
+
+
+def test_rekey_ike_sa_initiator(btns_pair: Pair) -> None:
+    _rekey_ike(btns_pair, "a")
+
+
+def test_rekey_ike_sa_responder(btns_pair: Pair) -> None:
+    _rekey_ike(btns_pair, "b")
