@@ -8,6 +8,7 @@ authentication (RFC 7619). Its child-SA rules bound the remote addresses a peer 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -37,8 +38,10 @@ class Credentials:
 
     @classmethod
     def raw_key(cls, key: SigningKey, ike_id: IkeId | None = None) -> Credentials:
-        """A raw-public-key identity; the default ID is ID_NULL (RFC 7619 §2.2: the key is the identity)."""
-        return cls(ike_id if ike_id is not None else IkeId(IdType.ID_NULL, b""), key)
+        """A raw-public-key identity. The default ID is ID_KEY_ID carrying the SHA-256 of the key's
+        SPKI: the key is the identity (RFC 7670 §3), and an ID_NULL with empty data, which RFC
+        7619 §2.2 also allows here, is flagged malformed by Wireshark 4.0's dissector."""
+        return cls(ike_id if ike_id is not None else IkeId.key_id(hashlib.sha256(spki_of(key)).digest()), key)
 
     spki: bytes | None = field(init=False, default=None, compare=False)
 

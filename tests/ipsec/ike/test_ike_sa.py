@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Callable
 
@@ -43,6 +44,7 @@ from rpclatch.ipsec.model import (
     AES_GCM_256,
     AddressRange,
     FiveTuple,
+    IkeId,
     IpProto,
     Mode,
     NullAuthPeer,
@@ -52,6 +54,11 @@ from rpclatch.ipsec.model import (
 )
 
 GCM_X25519, CBC_ECP256, CBC_MODP2048 = DEFAULT_IKE_SUITES
+
+
+def _key_id(spki: bytes) -> IkeId:
+    """The default ID of raw-key credentials: ID_KEY_ID = SHA-256 of the SPKI."""
+    return IkeId.key_id(hashlib.sha256(spki).digest())
 
 
 def _children(p: Pair) -> tuple[ChildSaEstablished, ChildSaEstablished]:
@@ -68,10 +75,10 @@ def test_btns_handshake_establishes_both_sides_with_the_peer_keys(btns_pair: Pai
     (ea,) = btns_pair.of(IkeSaEstablished, "a")
     (eb,) = btns_pair.of(IkeSaEstablished, "b")
     assert isinstance(ea, IkeSaEstablished) and isinstance(eb, IkeSaEstablished)
-    assert ea.peer == RawPublicKeyPeer(keys.b_spki) and ea.pad_entry == "known" and ea.initiator
-    assert (
-        eb.peer == RawPublicKeyPeer(keys.a_spki) and eb.pad_entry == "btns" and eb.btns and not eb.initiator
-    )
+    assert ea.peer == RawPublicKeyPeer(keys.b_spki, _key_id(keys.b_spki))
+    assert ea.pad_entry == "known" and ea.initiator
+    assert eb.peer == RawPublicKeyPeer(keys.a_spki, _key_id(keys.a_spki))
+    assert eb.pad_entry == "btns" and eb.btns and not eb.initiator
     assert ea.ike_sa == eb.ike_sa
     assert ea.suite == str(GCM_X25519)
     assert not (ea.nat_local or ea.nat_remote or eb.nat_local or eb.nat_remote)
