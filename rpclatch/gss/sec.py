@@ -1,18 +1,8 @@
-"""``--sec krb5 | krb5i | krb5p``: RPCSEC_GSS entries for :mod:`rpclatch.rpc.sec`.
+"""``--sec krb5 | krb5i | krb5p``: the RPCSEC_GSS choices of :mod:`rpclatch.rpc.sec`.
 
-Imported by :mod:`rpclatch.rpc.sec` on first lookup (``SEC_EXTENSION_MODULES``). The names follow
-the NFS convention (RFC 7530 §3.2.1): krb5 = Kerberos V5 with rpc_gss_svc_none, krb5i = integrity,
-krb5p = privacy. The client auth returned still needs ``await auth.establish(rpc_call)`` (see
-:func:`rpclatch.gss.client.rpc_call_via`) before its first call.
-
-Options understood (all optional): ``host`` (the server host; the target is ``service@host``),
-``service`` (host-based service name, default ``nfs``), ``target`` (full ``service@host``
-override), ``ccache`` (initiator credential cache), ``keytab`` (acceptor keytab),
-``acceptor`` (the acceptor's ``service@host``, default ``nfs@<this host's FQDN>``),
-``seq_window``, ``max_requests_per_context`` (RFC 5403 §9 (a) cap, None = none), ``versions``
-(``prefer-v2`` | ``require-v2`` | ``v1-only``), ``min_service`` (server: the weakest service
-accepted, a ``Service``; default the one named: ``--sec krb5i`` serves krb5i, krb5p and
-channel_prot, not krb5; ``--sec krb5p`` krb5p and channel_prot on an encrypting channel).
+:mod:`rpclatch.rpc.sec` imports this module on first lookup (``SEC_EXTENSION_MODULES``): rpc/
+sits below gss/ and cannot import it. The names follow the NFS convention (RFC 7530 §3.2.1):
+krb5 = Kerberos V5 with rpc_gss_svc_none, krb5i = integrity, krb5p = privacy.
 """
 
 from __future__ import annotations
@@ -21,16 +11,25 @@ import os
 import socket
 from typing import Any
 
+from rpclatch.errors import UserError
 from rpclatch.gss.client import GssClientAuth, VersionPolicy
 from rpclatch.gss.errors import GssError
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.server import DEFAULT_SEQ_WINDOW, GssServerAuth
 from rpclatch.gss.wire import SEC_SERVICES, Service
 from rpclatch.rpc.auth import ClientAuth, ServerAuth
-from rpclatch.rpc.sec import SecFlavor, register_sec
+from rpclatch.rpc.sec import SecChoice, register_sec
 
 
 def _client(service: Service, options: dict[str, Any]) -> ClientAuth:
+    """The client auth for ``--sec krb5|krb5i|krb5p``; it still needs ``await
+    auth.establish(rpc_call)`` (see :func:`rpclatch.gss.client.rpc_call_via`) before its first call.
+
+    Options (all optional): ``host`` (the server; the target is ``service@host``), ``service``
+    (host-based service name, default ``nfs``), ``target`` (a full ``service@host``, overriding
+    both), ``ccache`` (initiator credential cache), ``versions`` (``prefer-v2`` | ``require-v2`` |
+    ``v1-only``).
+    """
     target = options.get("target")
     if target is None:
         host = str(options.get("host") or "localhost")
@@ -44,17 +43,19 @@ def _client(service: Service, options: dict[str, Any]) -> ClientAuth:
 
 
 def _server(service: Service, options: dict[str, Any]) -> list[ServerAuth]:
-    """The server flavor for ``--sec krb5|krb5i|krb5p``: it accepts that service or a stronger one
+    """The server auth for ``--sec krb5|krb5i|krb5p``: it accepts that service or a stronger one
     (``GssServerAuth(min_service=...)``; weaker DATA calls get AUTH_TOOWEAK, RFC 5531 §9). The
     ``min_service`` option (a :class:`Service`) overrides the floor. With several ``--sec krb5*``
-    names, :func:`rpclatch.rpc.sec.server_auths_for_sec` keeps the first one's server."""
+    names, :func:`rpclatch.rpc.sec.server_auths_for_sec` keeps the first one's server.
+
+    Other options (all optional): ``acceptor`` (the ``service@host`` accepted as, default
+    ``nfs@<this host's FQDN>``), ``service``, ``keytab`` (acceptor keytab), ``seq_window``,
+    ``max_requests_per_context`` (the RFC 5403 §9 (a) cap; None = none)."""
     acceptor = options.get("acceptor") or f"{options.get('service', 'nfs')}@{socket.getfqdn()}"
     provider = GssapiProvider(str(acceptor), keytab=options.get("keytab"))
     try:
         provider.check_acceptor()
     except GssError as exc:
-        from rpclatch.cli import UserError
-
         keytab = options.get("keytab") or os.environ.get("KRB5_KTNAME", "the default keytab")
         raise UserError(
             f"cannot accept RPCSEC_GSS as {acceptor}: no usable key in {keytab} ({exc}); "
@@ -74,7 +75,7 @@ def _server(service: Service, options: dict[str, Any]) -> list[ServerAuth]:
 def _register() -> None:
     for service in SEC_SERVICES:
         register_sec(
-            SecFlavor(
+            SecChoice(
                 service.sec_name,
                 f"RPCSEC_GSS {service.description} ({service.rfc_name})",
                 client=lambda o, s=service: _client(s, o),  # type: ignore[misc]

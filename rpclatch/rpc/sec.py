@@ -1,19 +1,8 @@
-"""Security flavor names for the command line (``--sec none|sys|krb5|krb5i|krb5p``).
+"""The ``--sec`` choices of the command line (``none``, ``sys``, ``krb5``, ``krb5i``, ``krb5p``).
 
-The CLI and tools map a ``--sec`` string to auth objects through this one table, so a new flavor
-(e.g. RPCSEC_GSS krb5/krb5i/krb5p, RFC 2203 / RFC 5403) only adds an entry:
-
-``register_sec(SecFlavor(name, description, client=..., server=...))`` where ``client(options) ->
-ClientAuth`` and ``server(options) -> list[ServerAuth]``; ``options`` is a free ``dict`` of
-command-line context (e.g. ``host``, ``service``, ``prog``, ``vers``, ``keytab``, ``realm``).
-
-Lookup: ``sec_names() -> list[str]``, ``client_auth_for_sec(name, **options) -> ClientAuth``,
-``server_auths_for_sec(names, **options) -> list[ServerAuth]`` (one list for all names, duplicates
-by flavor number removed). Unknown names raise :class:`UnknownSec` (a ``ValueError``).
-
-Extension modules listed in ``SEC_EXTENSION_MODULES`` are imported on first lookup if they exist
-and may call ``register_sec`` at import time (the GSS layer lives above rpc/, so rpc/ does not
-import it directly).
+A ``--sec`` string becomes auth objects through one registry, so a new choice (e.g. the
+RPCSEC_GSS ones, RFC 2203 / RFC 5403) only adds an entry. A choice is a command-line name, not an
+RPC auth flavor number: krb5, krb5i and krb5p are three choices of the one RPCSEC_GSS flavor.
 """
 
 from __future__ import annotations
@@ -26,17 +15,23 @@ from typing import Any
 from rpclatch.rpc.auth import ClientAuth, ServerAuth
 from rpclatch.rpc.auth_sys import AuthNoneClient, AuthNoneServer, AuthSysClient, AuthSysServer
 
-#: Modules imported (if present) before the first lookup; they register more flavors.
+#: Modules imported (if present) before the first lookup; they may call :func:`register_sec` at
+#: import time. The GSS layer sits above rpc/, so rpc/ names it here instead of importing it.
 SEC_EXTENSION_MODULES: tuple[str, ...] = ("rpclatch.gss.sec",)
 
 
 class UnknownSec(ValueError):
-    """No security flavor of that name is registered."""
+    """No ``--sec`` choice of that name is registered."""
 
 
 @dataclass(frozen=True, slots=True)
-class SecFlavor:
-    """One ``--sec`` choice: how to build its client auth and its server auth objects."""
+class SecChoice:
+    """One ``--sec`` choice: how to build its client auth and its server auth objects.
+
+    ``client(options)`` and ``server(options)`` get a free ``dict`` of command-line context
+    (e.g. ``host``, ``service``, ``prog``, ``vers``, ``keytab``, ``realm``); each choice reads the
+    keys it understands.
+    """
 
     name: str
     description: str
@@ -44,20 +39,20 @@ class SecFlavor:
     server: Callable[[dict[str, Any]], list[ServerAuth]]
 
 
-_REGISTRY: dict[str, SecFlavor] = {}
+_REGISTRY: dict[str, SecChoice] = {}
 _extensions_loaded = False
 
 
-def register_sec(flavor: SecFlavor) -> None:
+def register_sec(choice: SecChoice) -> None:
     """Add (or replace) a ``--sec`` choice."""
-    _REGISTRY[flavor.name] = flavor
+    _REGISTRY[choice.name] = choice
 
 
 register_sec(
-    SecFlavor("none", "AUTH_NONE (RFC 5531 §10)", lambda o: AuthNoneClient(), lambda o: [AuthNoneServer()])
+    SecChoice("none", "AUTH_NONE (RFC 5531 §10)", lambda o: AuthNoneClient(), lambda o: [AuthNoneServer()])
 )
 register_sec(
-    SecFlavor(
+    SecChoice(
         "sys",
         "AUTH_SYS, uid/gid of this process (RFC 5531 appendix A)",
         lambda o: AuthSysClient.for_current_process(),
@@ -85,7 +80,8 @@ def sec_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_sec(name: str) -> SecFlavor:
+def get_sec(name: str) -> SecChoice:
+    """The choice registered as ``name``; :class:`UnknownSec` if there is none."""
     _load_extensions()
     try:
         return _REGISTRY[name]
@@ -99,7 +95,8 @@ def client_auth_for_sec(name: str, **options: Any) -> ClientAuth:
 
 
 def server_auths_for_sec(names: Iterable[str], **options: Any) -> list[ServerAuth]:
-    """Server auth objects accepting every flavor in ``names`` (first one per flavor number wins)."""
+    """Server auth objects accepting every choice in ``names``, one per RPC auth flavor number
+    (the first name of a flavor wins: ``krb5i`` then ``krb5p`` serve as ``krb5i``)."""
     out: list[ServerAuth] = []
     seen: set[int] = set()
     for name in names:

@@ -26,12 +26,12 @@ def test_unknown_name() -> None:
 
 
 def test_register_extension() -> None:
-    flavor = sec.SecFlavor(
+    choice = sec.SecChoice(
         "test-only", "for this test", lambda o: AuthNoneClient(), lambda o: [AuthNoneServer()]
     )
-    sec.register_sec(flavor)
+    sec.register_sec(choice)
     try:
         assert "test-only" in sec.sec_names()
-        assert sec.get_sec("test-only") is flavor
+        assert sec.get_sec("test-only") is choice
     finally:
         sec._REGISTRY.pop("test-only")
