@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from rpclatch.connect import ConnectPolicy, GssService, Protection
+from rpclatch.connect import ConnectPolicy, FallbackService, GssService
 from rpclatch.demo.world import build_world
 from rpclatch.gss.realm import running_realm
 from rpclatch.netsim import stack as sim_stack
@@ -120,12 +120,12 @@ class Figures:
 def measure(realm: Any, mode: str, calls: int) -> Figures:
     if mode == "channel_prot":
         dw = build_world(realm, seed=21)
-        policy = ConnectPolicy(ike_timeout=2.0, protection=Protection.PRIVACY)
+        policy = ConnectPolicy(ike_timeout=2.0, fallback=FallbackService.PRIVACY)
         expect = GssService.CHANNEL_PROT
     else:
         dw = build_world(realm, seed=22)
-        protection = Protection.PRIVACY if mode == "krb5p" else Protection.INTEGRITY
-        policy = ConnectPolicy(try_ipsec=False, protection=protection)
+        fallback = FallbackService.PRIVACY if mode == "krb5p" else FallbackService.INTEGRITY
+        policy = ConnectPolicy(try_ipsec=False, fallback=fallback)
         expect = GssService(mode)
     pc = dw.connection(policy)
     record = pc.connect()

@@ -7,7 +7,7 @@ comes from :mod:`rpclatch.connect.gss`. ::
 
     pc = ProtectedConnection(SimClientWorld(world, client_host, "192.0.2.20"),
                              RpcsecGssConnector(provider, "nfs@server", PROG, VERS),
-                             ConnectPolicy(port=2049, protection=Protection.PRIVACY, ike_timeout=5))
+                             ConnectPolicy(port=2049, fallback=FallbackService.PRIVACY, ike_timeout=5))
     record = pc.connect()          # or: await pc.aconnect() from asyncio
     record.latched, record.peer, record.bound, record.gss_service, record.reason
     results = pc.call(PROG, VERS, proc, args)
@@ -23,9 +23,9 @@ from rpclatch.connect.policy import (
     BreakDisposition,
     ConnectPolicy,
     Decision,
+    FallbackService,
     GssService,
     LatchOutcome,
-    Protection,
     decide,
 )
 from rpclatch.connect.record import SecurityRecord
@@ -46,11 +46,11 @@ __all__ = [
     "ConnectPolicy",
     "ConnectionReset",
     "Decision",
+    "FallbackService",
     "GssService",
     "LatchOutcome",
     "LatchView",
     "ProtectedConnection",
-    "Protection",
     "ProtectionFailed",
     "SecurityRecord",
     "classify_latch",

@@ -183,7 +183,7 @@ class ProtectedConnection:
             link.close()
             self._link = None
             raise
-        service = decision.service_for(pol.protection)
+        service = decision.service_for(pol.fallback)
         self._ctx = ctx
         self._auth = ctx.auth(service)
         self._auth_conn = link.conn_id
@@ -278,7 +278,7 @@ class ProtectedConnection:
                 self._security,
                 latch_state=LatchState.BROKEN,
                 bound=False,
-                gss_service=GssService(self.policy.protection.value),
+                gss_service=GssService(self.policy.fallback.value),
                 reason=f"latch BROKEN ({reason}); waiting for it, binding dropped",
             )
         self.history.append(self._security)
@@ -374,7 +374,7 @@ class ProtectedConnection:
                 self._auth = None
                 link.close()
                 raise
-            service = decision.service_for(self.policy.protection)
+            service = decision.service_for(self.policy.fallback)
             if new_ctx is not ctx:
                 self._ctx = ctx = new_ctx
                 self._refreshes_seen = ctx.refreshes

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rpclatch.connect.policy import BindOutcome, GssService, Protection
+from rpclatch.connect.policy import BindOutcome, FallbackService, GssService
 from rpclatch.connect.world import ConnectError, RpcLink
 from rpclatch.gss.channel import Channel
 from rpclatch.gss.client import GssClientAuth, RpcCall, VersionPolicy
@@ -125,7 +125,7 @@ class RpcsecGssContext:
 
 class RpcsecGssConnector:
     """Creates contexts for ``target`` (``nfs@server``) with ``provider`` (the user's credentials),
-    for calls to ``prog``/``vers``, asking for ``protection`` when unbound."""
+    for calls to ``prog``/``vers``, asking for ``fallback`` when unbound."""
 
     def __init__(
         self,
@@ -133,17 +133,17 @@ class RpcsecGssConnector:
         target: str,
         prog: int,
         vers: int,
-        protection: Protection = Protection.PRIVACY,
+        fallback: FallbackService = FallbackService.PRIVACY,
     ) -> None:
         self.provider = provider
         self.target = target
         self.prog = prog
         self.vers = vers
-        self.protection = protection
+        self.fallback = fallback
 
     async def establish(self, link: RpcLink, *, want_v2: bool) -> RpcsecGssContext:
         flavor = GssClientAuth(
-            self.provider, self.target, service=self.protection.service, versions=VersionPolicy.PREFER_V2
+            self.provider, self.target, service=self.fallback.service, versions=VersionPolicy.PREFER_V2
         )
         ctx = RpcsecGssContext(flavor, link, self.prog, self.vers)
         await flavor.establish(ctx._rpc_call)

@@ -39,7 +39,7 @@ async def connection_security(
     pol = policy or ConnectPolicy(port=port)
     latch, bind = LatchOutcome.NOT_LATCHED, BindOutcome.NOT_ATTEMPTED
     decision = decide(latch, bind)
-    service = decision.service_for(pol.protection)
+    service = decision.service_for(pol.fallback)
     allowed = (
         (SecFlavor.KRB5P, SecFlavor.KRB5I)
         if service is GssService.PRIVACY

@@ -14,7 +14,7 @@ the latch is kept, whether the GSS context must be destroyed, and whether to war
     latched, no binding data (NULL/PSK)    NOT_ATTEMPTED          krb5i / krb5p          keep the latch
     not latched (IKE failed / timed out)   NOT_ATTEMPTED          krb5i / krb5p          BYPASS clone
 
-"krb5i / krb5p" is the configured fallback protection (:class:`Protection`). UNSUPPORTED is only
+"krb5i / krb5p" is the configured fallback service (:class:`FallbackService`). UNSUPPORTED is only
 an authenticated answer of the server that it cannot bind (or a local choice); anything a relay could
 have forged or rewritten -- a reply without a valid MIC, a negotiation answer that contradicts our
 request, a v1 context after an (unauthenticated) refusal of v2 -- is MISMATCH
@@ -35,9 +35,11 @@ from enum import Enum, StrEnum
 from rpclatch.gss.wire import Service
 
 
-class Protection(StrEnum):
-    """What the application asks RPCSEC_GSS for when there is no bound channel (values: the
-    services' :attr:`~rpclatch.gss.wire.Service.sec_name`)."""
+class FallbackService(StrEnum):
+    """The RPCSEC_GSS service a connection uses when it has no bound channel, krb5i or krb5p
+    (:attr:`ConnectPolicy.fallback`; values: the services'
+    :attr:`~rpclatch.gss.wire.Service.sec_name`). Not :class:`rpclatch.channel.Protection`, which
+    is what a secure channel gives."""
 
     INTEGRITY = Service.INTEGRITY.sec_name  # krb5i, rpc_gss_svc_integrity (RFC 2203 §5.3.2.2)
     PRIVACY = Service.PRIVACY.sec_name  # krb5p, rpc_gss_svc_privacy (RFC 2203 §5.3.2.3)
@@ -63,8 +65,8 @@ class GssService(StrEnum):
         return Service.from_sec_name(self.value)
 
     @classmethod
-    def of(cls, service: Service | Protection) -> GssService:
-        """The record's name of a wire service or of a configured protection."""
+    def of(cls, service: Service | FallbackService) -> GssService:
+        """The record's name of a wire service or of a fallback service."""
         return cls(service.sec_name if isinstance(service, Service) else service.value)
 
 
@@ -95,7 +97,7 @@ class BindOutcome(Enum):
 
 
 class Fallback(Enum):
-    """Placeholder in the table for 'the configured :class:`Protection`'."""
+    """Placeholder in the table for 'the configured :class:`FallbackService`'."""
 
     CONFIGURED = "configured fallback"
 
@@ -115,8 +117,8 @@ class Decision:
     warn: bool
     reason: str
 
-    def service_for(self, wanted: Protection) -> GssService:
-        choice = self.if_integrity if wanted is Protection.INTEGRITY else self.if_privacy
+    def service_for(self, wanted: FallbackService) -> GssService:
+        choice = self.if_integrity if wanted is FallbackService.INTEGRITY else self.if_privacy
         if isinstance(choice, Fallback):
             return GssService.of(wanted)
         return choice
@@ -223,10 +225,12 @@ class ConnectPolicy:
     IPsec (the application, not IPsec, decides what an IKE timeout means). ``btns_ok``: accept unauthenticated
     (BTNS / raw public key / NULL auth) peers (RFC 5386). ``require_binding``: refuse to run
     unbound (no fallback) -- off by default, since the fallback is still krb5i/krb5p.
+    ``fallback``: the GSS service used whenever the table says "configured" (and asked for on a
+    bound channel, where it decides between channel_prot and krb5p on a non-encrypting latch).
     """
 
     port: int = 2049
-    protection: Protection = Protection.PRIVACY
+    fallback: FallbackService = FallbackService.PRIVACY
     ike_timeout: float = 5.0
     btns_ok: bool = True
     try_ipsec: bool = True

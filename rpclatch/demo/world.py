@@ -231,7 +231,7 @@ class DemoWorld:
             self.realm.service_name,
             RPCLATCH_TEST_PROG,
             RPCLATCH_TEST_VERS,
-            (policy or ConnectPolicy()).protection,
+            (policy or ConnectPolicy()).fallback,
         )
         pc = ProtectedConnection(
             self.client_world,

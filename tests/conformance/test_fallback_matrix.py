@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from rpclatch.connect import BindOutcome, ConnectPolicy, LatchOutcome, ProtectedConnection, Protection
+from rpclatch.connect import BindOutcome, ConnectPolicy, FallbackService, LatchOutcome, ProtectedConnection
 from rpclatch.connect.sim import SimLink
 from rpclatch.demo.world import DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
@@ -32,8 +32,8 @@ from rpclatch.rpc.testprog import (
 SECRET = b"fallback-matrix-secret:" * 24
 
 
-def run(dw: DemoWorld, protection: Protection) -> ProtectedConnection:
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0, protection=protection))
+def run(dw: DemoWorld, fallback: FallbackService) -> ProtectedConnection:
+    pc = dw.connection(ConnectPolicy(ike_timeout=2.0, fallback=fallback))
     pc.connect()
     for _ in range(3):
         reply = pc.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(SECRET))
@@ -53,10 +53,10 @@ def is_sike(p: IpPacket) -> bool:
 
 
 @pytest.mark.conformance(id="FB-01", rfc="RFC 5403 §3.3, §3.4; RFC 5660 §2")
-@pytest.mark.parametrize("protection", list(Protection))
-def test_fb01_ipsec_and_binding_give_channel_prot(realm: ThrowawayRealm, protection: Protection) -> None:
+@pytest.mark.parametrize("fallback", list(FallbackService))
+def test_fb01_ipsec_and_binding_give_channel_prot(realm: ThrowawayRealm, fallback: FallbackService) -> None:
     dw = build_world(realm, seed=11)
-    pc = run(dw, protection)
+    pc = run(dw, fallback)
     assert latch_states(dw, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
     view = dw.wire_view()
     assert view.data_services() == ["channel_prot"]
@@ -65,62 +65,64 @@ def test_fb01_ipsec_and_binding_give_channel_prot(realm: ThrowawayRealm, protect
 
 
 @pytest.mark.conformance(id="FB-02", rfc="RFC 7619 §2; RFC 5660 §2; RFC 5403 §2")
-@pytest.mark.parametrize("protection", list(Protection))
+@pytest.mark.parametrize("fallback", list(FallbackService))
 def test_fb02_null_auth_latch_gives_gss_protection_over_ipsec(
-    realm: ThrowawayRealm, protection: Protection
+    realm: ThrowawayRealm, fallback: FallbackService
 ) -> None:
     dw = build_world(realm, seed=12, server_auth="null")
-    pc = run(dw, protection)
+    pc = run(dw, fallback)
     assert latch_states(dw, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
     assert pc.security.latch_outcome is LatchOutcome.LATCHED_NO_BINDING
     view = dw.wire_view()
     assert view.bind_calls() == []
-    assert view.data_services() == [protection.value]
+    assert view.data_services() == [fallback.value]
     assert all(c.protected for c in view.calls)
 
 
 @pytest.mark.conformance(id="FB-03", rfc="RFC 5660 §3.1")
-@pytest.mark.parametrize("protection", list(Protection))
+@pytest.mark.parametrize("fallback", list(FallbackService))
 def test_fb03_ike_blocked_gives_bypass_and_gss_protection(
-    realm: ThrowawayRealm, protection: Protection
+    realm: ThrowawayRealm, fallback: FallbackService
 ) -> None:
     dw = build_world(realm, seed=13, rogue=True)
     dw.attackers[0].drop("block-ike", is_sike, "IKE blocked")  # type: ignore[attr-defined]
-    pc = run(dw, protection)
+    pc = run(dw, fallback)
     assert latch_states(dw, pc) == (None, None)
     assert isinstance(pc.link, SimLink)
     clone = dw.client_stack.engine.spd.overlay_entry(pc.link.conn.flow)
     assert clone is not None and clone.action is SpdAction.BYPASS
     view = dw.wire_view()
     assert any(fv.record.dropped_by and "IKE blocked" in fv.record.dropped_by for fv in view.frames)
-    assert view.data_services() == [protection.value]
+    assert view.data_services() == [fallback.value]
     assert view.bind_calls() == [] and not any(c.protected for c in view.calls)
-    if protection is Protection.PRIVACY:
+    if fallback is FallbackService.PRIVACY:
         assert not any(SECRET[:40] in r.frame for r in dw.wire())
 
 
 @pytest.mark.conformance(id="FB-04", rfc="RFC 5403 §2, §9; RFC 5387 §5.3; attack A9")
-@pytest.mark.parametrize("protection", list(Protection))
-def test_fb04_btns_mitm_fails_binding_and_falls_back(realm: ThrowawayRealm, protection: Protection) -> None:
+@pytest.mark.parametrize("fallback", list(FallbackService))
+def test_fb04_btns_mitm_fails_binding_and_falls_back(
+    realm: ThrowawayRealm, fallback: FallbackService
+) -> None:
     dw = build_world(realm, seed=14, mitm=True)
-    pc = run(dw, protection)
+    pc = run(dw, fallback)
     # both ends latched, to the attacker
     assert latch_states(dw, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
     assert pc.security.bind_outcome is BindOutcome.MISMATCH
     view = dw.wire_view()
     assert view.bind_calls("client")
     assert "channel_prot" not in view.data_services()
-    assert view.data_services("client") == [protection.value] == view.data_services("mitm-b")
+    assert view.data_services("client") == [fallback.value] == view.data_services("mitm-b")
     assert dw.relay is not None
     stolen = bytes(dw.relay.plaintext)
     assert len(stolen) > len(SECRET)
-    assert (SECRET[:40] in stolen) is (protection is Protection.INTEGRITY)  # krb5i is not secret
+    assert (SECRET[:40] in stolen) is (fallback is FallbackService.INTEGRITY)  # krb5i is not secret
 
 
 @pytest.mark.conformance(id="FB-05", rfc="RFC 5056 §2.1; RFC 5403 §3.4")
 def test_fb05_no_data_before_the_binding_completes(realm: ThrowawayRealm) -> None:
     dw = build_world(realm, seed=15)
-    run(dw, Protection.PRIVACY)
+    run(dw, FallbackService.PRIVACY)
     calls = dw.wire_view().calls
     kinds = [c.gss_proc.name if c.gss_proc is not None else "other" for c in calls]
     first_data = kinds.index("RPCSEC_GSS_DATA")

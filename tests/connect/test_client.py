@@ -16,10 +16,10 @@ from rpclatch.connect import (
     BindOutcome,
     ConnectionReset,
     ConnectPolicy,
+    FallbackService,
     GssService,
     LatchOutcome,
     ProtectedConnection,
-    Protection,
 )
 from rpclatch.connect.sim import SimLink, describe_qop, latch_params
 from rpclatch.connect.world import run_to_completion
@@ -70,9 +70,9 @@ def connect(
     return dw, pc
 
 
-@pytest.mark.parametrize("protection", list(Protection))
-def test_latched_and_bound_uses_channel_prot(realm: ThrowawayRealm, protection: Protection) -> None:
-    dw, pc = connect(realm, ConnectPolicy(ike_timeout=2.0, protection=protection))
+@pytest.mark.parametrize("fallback", list(FallbackService))
+def test_latched_and_bound_uses_channel_prot(realm: ThrowawayRealm, fallback: FallbackService) -> None:
+    dw, pc = connect(realm, ConnectPolicy(ike_timeout=2.0, fallback=fallback))
     rec, lk = pc.security, link(pc)
     sconn, schannel = server_side(dw, lk)
     assert rec.latch_outcome is LatchOutcome.LATCHED_BINDING_CONF and rec.bound
@@ -110,7 +110,9 @@ def test_null_auth_peer_keeps_latch_and_uses_gss_protection(realm: ThrowawayReal
 
 @pytest.mark.parametrize("mode", [IkeMode.ABSENT, IkeMode.REFUSE, IkeMode.SLOW])
 def test_protection_failure_falls_back_to_bypass_clone(realm: ThrowawayRealm, mode: IkeMode) -> None:
-    dw, pc = connect(realm, ConnectPolicy(ike_timeout=2.0, protection=Protection.INTEGRITY), server_ike=mode)
+    dw, pc = connect(
+        realm, ConnectPolicy(ike_timeout=2.0, fallback=FallbackService.INTEGRITY), server_ike=mode
+    )
     rec, lk = pc.security, link(pc)
     sconn, schannel = server_side(dw, lk)
     assert rec.latch_outcome is LatchOutcome.NOT_LATCHED and rec.protection_error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rpclatch.connect import ConnectPolicy, Protection
+from rpclatch.connect import ConnectPolicy, FallbackService
 from rpclatch.connect.nfs import NO_KERNEL_BACKEND, connection_security
 from rpclatch.nfs4.security import SecFlavor
 
@@ -19,7 +19,7 @@ def test_auto_prefers_the_configured_gss_protection_and_says_why() -> None:
 
 
 def test_auto_with_integrity_configured() -> None:
-    pol = ConnectPolicy(protection=Protection.INTEGRITY)
+    pol = ConnectPolicy(fallback=FallbackService.INTEGRITY)
     sec = asyncio.run(connection_security("192.0.2.20", 2049, "auto", pol))
     assert sec.allowed == (SecFlavor.KRB5I, SecFlavor.KRB5P) and sec.prefer_allowed_order
 

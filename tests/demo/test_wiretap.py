@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rpclatch.connect.gss import RpcsecGssConnector
-from rpclatch.connect.policy import GssService, Protection
+from rpclatch.connect.policy import FallbackService, GssService
 from rpclatch.connect.world import run_to_completion
 from rpclatch.demo.wiretap import WireView
 from rpclatch.gss.provider import GssapiProvider
@@ -55,13 +55,13 @@ def _gss_world(realm: ThrowawayRealm) -> tuple[World, SimRpcClient]:
     return world, SimRpcClient(client_host.connect("192.0.2.20", 2049))
 
 
-def _gss_context(realm: ThrowawayRealm, client: SimRpcClient, protection: Protection) -> Any:
+def _gss_context(realm: ThrowawayRealm, client: SimRpcClient, fallback: FallbackService) -> Any:
     gss = RpcsecGssConnector(
         GssapiProvider(ccache=realm.default_user.ccache),
         realm.service_name,
         RPCLATCH_TEST_PROG,
         RPCLATCH_TEST_VERS,
-        protection,
+        fallback,
     )
     return run_to_completion(gss.establish(_Link(client), want_v2=False))  # type: ignore[arg-type]
 
@@ -72,17 +72,17 @@ def _echo(client: SimRpcClient, auth: ClientAuth) -> None:
 
 
 @pytest.mark.parametrize(
-    ("protection", "readable"), [(Protection.INTEGRITY, True), (Protection.PRIVACY, False)]
+    ("fallback", "readable"), [(FallbackService.INTEGRITY, True), (FallbackService.PRIVACY, False)]
 )
 def test_wire_shows_service_and_readability(
-    realm: ThrowawayRealm, protection: Protection, readable: bool
+    realm: ThrowawayRealm, fallback: FallbackService, readable: bool
 ) -> None:
     world, client = _gss_world(realm)
-    ctx = _gss_context(realm, client, protection)
-    _echo(client, ctx.auth(GssService(protection.value)))
+    ctx = _gss_context(realm, client, fallback)
+    _echo(client, ctx.auth(GssService(fallback.value)))
 
     view = WireView(world.wire, [])
-    assert view.data_services() == [protection.value]
+    assert view.data_services() == [fallback.value]
     assert [c.gss_version for c in view.calls][:1] == [2]
     assert all(not c.protected for c in view.calls)
     assert (MARKER in view.readable_by("server")) is readable
@@ -95,10 +95,10 @@ def test_data_services_after_a_time(realm: ThrowawayRealm) -> None:
     """``after=`` keeps the DATA calls sent at or after that time (the demo's "services after the
     server change" check)."""
     world, client = _gss_world(realm)
-    _echo(client, _gss_context(realm, client, Protection.INTEGRITY).auth(GssService.INTEGRITY))
+    _echo(client, _gss_context(realm, client, FallbackService.INTEGRITY).auth(GssService.INTEGRITY))
     world.run_for(5.0)
     t_change = world.now
-    privacy = _gss_context(realm, client, Protection.PRIVACY)
+    privacy = _gss_context(realm, client, FallbackService.PRIVACY)
     _echo(client, privacy.auth(GssService.PRIVACY))
     view = WireView(world.wire, [])
     assert view.data_services() == ["krb5i", "krb5p"]
