@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from rpclatch.ipsec.ike import wire as w
 from rpclatch.ipsec.ike.config import ChildRequest, Endpoint, IkeConfig
 from rpclatch.ipsec.ike.errors import IkeDecodeError, NotifyType, UnsupportedCriticalPayload
-from rpclatch.ipsec.ike.events import IkeEvent
+from rpclatch.ipsec.ike.events import IkeEvent, IkeSaEstablished
 from rpclatch.ipsec.ike.sa import IkeSa, IkeState
+from rpclatch.ipsec.model import NullAuthPeer, RawPublicKeyPeer
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,14 @@ class IkeDispatcher:
     def half_open_count(self) -> int:
         return sum(1 for sa in self._half_open.values() if sa.state is IkeState.HALF_OPEN)
 
-    def initiate(self, remote: Endpoint, child: ChildRequest, now: float) -> IkeSa:
-        """Start an IKE SA (and its first CHILD_SA) with ``remote``."""
-        sa = IkeSa.initiator(self.config, self.local, remote, child, now)
+    def initiate(
+        self, remote: Endpoint, child: ChildRequest, now: float, *, initial_contact: bool = False
+    ) -> IkeSa:
+        """Start an IKE SA (and its first CHILD_SA) with ``remote``; ``initial_contact`` as in
+        :meth:`IkeSa.initiator`."""
+        sa = IkeSa.initiator(self.config, self.local, remote, child, now, initial_contact=initial_contact)
         while sa.spi_i in self._by_spi:  # pragma: no cover - 64 random bits
-            sa = IkeSa.initiator(self.config, self.local, remote, child, now)
+            sa = IkeSa.initiator(self.config, self.local, remote, child, now, initial_contact=initial_contact)
         self._by_spi[sa.spi_i] = sa
         self._collect(sa, now)
         return sa
@@ -140,12 +144,43 @@ class IkeDispatcher:
         if new is not None and new.our_spi not in self._by_spi and not new.finished:
             self._by_spi[new.our_spi] = new  # an IKE SA rekey (§2.18): route the new SPIs too
         self._out.extend(sa.datagrams_to_send(now))
+        contact = False
         while (ev := sa.next_event()) is not None:
             self._events.append((sa, ev))
+            contact = contact or (isinstance(ev, IkeSaEstablished) and ev.initial_contact)
+        if contact:
+            self._initial_contact(sa, now)
         if sa.state is not IkeState.HALF_OPEN:
             self._half_open.pop((sa.spi_i, sa.remote), None)
         if sa.finished:
             self._by_spi.pop(sa.our_spi, None)
+
+    def _initial_contact(self, sa: IkeSa, now: float) -> None:
+        """§2.4: the peer of ``sa`` asserts it has no other IKE SA with us. For a peer
+        authenticated by its key, the other established SAs with that key are abandoned. A
+        NULL-authenticated peer's claim proves nothing (RFC 7619 §2.3): the other NULL SAs from
+        the same address only get a liveness check, which removes them if they are stale."""
+        peer = sa.peer
+        for other in list(self._by_spi.values()):
+            if other is sa or other.state is not IkeState.ESTABLISHED:
+                continue
+            same_key = (
+                isinstance(peer, RawPublicKeyPeer)
+                and isinstance(other.peer, RawPublicKeyPeer)
+                and other.peer.spki_der == peer.spki_der
+            )
+            null_neighbour = (
+                isinstance(peer, NullAuthPeer)
+                and isinstance(other.peer, NullAuthPeer)
+                and other.remote[0] == sa.remote[0]
+            )
+            if same_key:
+                other.abandon(now)
+            elif null_neighbour:
+                other.check_liveness(now)
+            else:
+                continue
+            self._collect(other, now)
 
     def cookie_for(self, spi_i: int, nonce: bytes, remote: Endpoint) -> bytes:
         """§2.6: <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)."""

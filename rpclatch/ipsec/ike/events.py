@@ -14,7 +14,8 @@ IkePeer = RawPublicKeyPeer | NullAuthPeer
 @dataclass(frozen=True, slots=True)
 class IkeSaEstablished:
     """IKE_AUTH completed; ``peer`` is authenticated (or NULL), ``btns`` if a BTNS PAD entry
-    admitted it; ``nat_local``/``nat_remote``: RFC 7296 §2.23 NAT detection results."""
+    admitted it; ``nat_local``/``nat_remote``: RFC 7296 §2.23 NAT detection results;
+    ``initial_contact``: the peer sent INITIAL_CONTACT (§2.4) in its IKE_AUTH message."""
 
     ike_sa: IkeSaRef
     peer: IkePeer
@@ -24,6 +25,7 @@ class IkeSaEstablished:
     suite: str
     nat_local: bool = False
     nat_remote: bool = False
+    initial_contact: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,6 +220,8 @@ class IkeSa:
         self._half_open_deadline: float | None = None
         self._peer_hashes: frozenset[int] = frozenset()
         self._cipher_in: c.SkCipher | None = None
+        self._send_initial_contact = False
+        self.peer_initial_contact = False
         #: the IKE SA that replaced this one after a rekey (§2.18)
         self.successor: IkeSa | None = None
         self._cipher_out: c.SkCipher | None = None
@@ -228,10 +230,20 @@ class IkeSa:
 
     @classmethod
     def initiator(
-        cls, config: IkeConfig, local: Endpoint, remote: Endpoint, child: ChildRequest, now: float
+        cls,
+        config: IkeConfig,
+        local: Endpoint,
+        remote: Endpoint,
+        child: ChildRequest,
+        now: float,
+        *,
+        initial_contact: bool = False,
     ) -> IkeSa:
-        """Start an IKE SA whose first CHILD_SA is ``child``; the IKE_SA_INIT request is queued."""
+        """Start an IKE SA whose first CHILD_SA is ``child``; the IKE_SA_INIT request is queued.
+        ``initial_contact``: send INITIAL_CONTACT (§2.4) -- only when this host has just started
+        and is not a replicated identity."""
         sa = cls(config, local, remote, initiator=True)
+        sa._send_initial_contact = initial_contact
         sa.created_at = now
         sa.spi_i = _random_spi64()
         sa._nonce_i = os.urandom(config.nonce_len)
@@ -353,6 +365,14 @@ class IkeSa:
         if self.state is not IkeState.ESTABLISHED:
             raise IkeLocalError(f"cannot check liveness in state {self.state.value}")
         self._request(_Queued("liveness", w.ExchangeType.INFORMATIONAL), now)
+
+    def abandon(self, now: float) -> None:
+        """Forget this IKE SA without an exchange: the peer has shown it lost it (an
+        INITIAL_CONTACT on another IKE SA with the same authenticated identity, §2.4). Reports
+        ``ChildSaDeleted`` for its children and ``IkeSaDeleted(by_peer=True)``."""
+        if self.state not in (IkeState.ESTABLISHED, IkeState.DELETING):
+            raise IkeLocalError(f"cannot abandon an IKE SA in state {self.state.value}")
+        self._closed(by_peer=True)
 
     def create_child(self, request: ChildRequest, now: float) -> None:
         """Negotiate a further CHILD_SA (CREATE_CHILD_SA, §1.3.1; no PFS)."""
@@ -825,6 +845,8 @@ class IkeSa:
         self._child_spi = self.allocate_child_spi()
         ours, theirs = neg.selector_to_ts(req.selector)
         inner: list[w.Payload] = [idi, *self._our_auth(idi)]
+        if self._send_initial_contact:
+            inner.append(w.NotifyPayload(NotifyType.INITIAL_CONTACT))
         if req.mode is Mode.TRANSPORT:
             inner.append(w.NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
         inner += [
@@ -845,6 +867,7 @@ class IkeSa:
             self._fail(FailureReason.AUTHENTICATION_FAILED, NotifyType.AUTHENTICATION_FAILED, e.reason)
             return
         self.peer, self.pad_match = peer, match
+        self.peer_initial_contact = NotifyType.INITIAL_CONTACT in w.notify_payloads(payloads)
         idr = self._id_payload(responder=True)
         reply: list[w.Payload] = [idr, *self._our_auth(idr)]
         child: ChildSa | None = None
@@ -876,6 +899,7 @@ class IkeSa:
                 str(self.suite),
                 self.nat_local,
                 self.nat_remote,
+                self.peer_initial_contact,
             )
         )
 
@@ -930,6 +954,7 @@ class IkeSa:
             return
         try:
             self.peer, self.pad_match = self._verify_peer(payloads)
+            self.peer_initial_contact = NotifyType.INITIAL_CONTACT in w.notify_payloads(payloads)
         except AuthenticationFailed as e:
             self._fail(FailureReason.AUTHENTICATION_FAILED, NotifyType.AUTHENTICATION_FAILED, e.reason)
             # tell the responder the SA is dead (§2.21.2): a Delete, sent once, not retransmitted

@@ -27,6 +27,7 @@ from ike_harness import (
 from rpclatch.ipsec.ike import wire as w
 from rpclatch.ipsec.ike.config import ChildRequest
 from rpclatch.ipsec.ike.crypto import IkeSuite, spki_of
+from rpclatch.ipsec.ike.dispatcher import IkeDispatcher
 from rpclatch.ipsec.ike.errors import NotifyType
 from rpclatch.ipsec.ike.events import (
     ChildSaDeleted,
@@ -685,3 +686,48 @@ def test_garbage_to_the_dispatcher_never_raises(btns_pair: Pair) -> None:
 
 def test_suite_order_of_the_init_puts_the_ke_group_first() -> None:
     assert isinstance(GCM_X25519, IkeSuite) and GCM_X25519.dh == 31
+
+
+# -- INITIAL_CONTACT ---------------------------------------------------------------------------
+
+
+def _restart_a(p: Pair, initial_contact: bool) -> IkeSa:
+    """A forgets everything (a reboot) and connects again with the same configuration."""
+    p.a = IkeDispatcher(p.a.config, p.a.local)
+    sa = p.a.initiate(B, ChildRequest(Selector.for_flow(FLOW)), p.now, initial_contact=initial_contact)
+    p.pump()
+    assert sa.state is IkeState.ESTABLISHED
+    return sa
+
+
+def test_initial_contact_removes_the_stale_sa_of_the_same_key(btns_pair: Pair) -> None:
+    old = _established(btns_pair)
+    (b_old,) = btns_pair.b.sas
+    btns_pair.events_b.clear()
+    new = _restart_a(btns_pair, initial_contact=True)
+    assert b_old.state is IkeState.CLOSED
+    (est,) = btns_pair.of(IkeSaEstablished, "b")
+    assert isinstance(est, IkeSaEstablished) and est.initial_contact and est.ike_sa == new.ref
+    assert btns_pair.of(IkeSaDeleted, "b") == [IkeSaDeleted(old.ref, by_peer=True)]
+    assert len(btns_pair.of(ChildSaDeleted, "b")) == 1
+    assert [x.ref for x in btns_pair.b.sas] == [new.ref]
+
+
+def test_without_initial_contact_the_old_sa_stays(btns_pair: Pair) -> None:
+    _established(btns_pair)
+    _restart_a(btns_pair, initial_contact=False)
+    assert len(btns_pair.b.sas) == 2 and not btns_pair.of(IkeSaDeleted, "b")
+
+
+def test_initial_contact_from_a_null_peer_only_triggers_a_liveness_check(
+    make_pair: Callable[..., Pair],
+) -> None:
+    p = make_pair(make_config(None, null_pad(), A_POLICY), make_config(None, null_pad(), NFS_POLICY))
+    old = _established(p)
+    (b_old,) = p.b.sas
+    _restart_a(p, initial_contact=True)
+    assert b_old.state is IkeState.ESTABLISHED  # RFC 7619 §2.3: not deleted on the peer's word
+    p.advance(100)  # the liveness check goes to the restarted A, which does not know that SA
+    assert b_old.state is IkeState.FAILED
+    (f,) = p.of(IkeSaFailed, "b")
+    assert isinstance(f, IkeSaFailed) and f.ike_sa == old.ref and f.reason is FailureReason.TIMEOUT
