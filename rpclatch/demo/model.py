@@ -12,7 +12,9 @@ from enum import StrEnum
 from typing import Any
 
 
-class Outcome(StrEnum):
+class Verdict(StrEnum):
+    """A scenario's verdict: PASS when it has checks and every one passed, else FAIL."""
+
     PASS = "PASS"
     FAIL = "FAIL"
 
@@ -92,10 +94,10 @@ class ScenarioResult:
         return f"{self.number}{self.variant}"
 
     @property
-    def outcome(self) -> Outcome:
+    def verdict(self) -> Verdict:
         if self.error is not None or not self.checks:
-            return Outcome.FAIL
-        return Outcome.PASS if all(c.passed for c in self.checks) else Outcome.FAIL
+            return Verdict.FAIL
+        return Verdict.PASS if all(c.passed for c in self.checks) else Verdict.FAIL
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,7 +112,7 @@ class ScenarioResult:
             "gss_service": self.gss_service,
             "attacker_bytes": self.attacker_bytes,
             "attacker_plaintext_bytes": self.attacker_plaintext,
-            "outcome": self.outcome.value,
+            "outcome": self.verdict.value,
             "reason": self.reason,
             "error": self.error,
             "checks": [c.to_json() for c in self.checks],
@@ -133,7 +135,7 @@ class RunResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.results) and all(r.outcome is Outcome.PASS for r in self.results)
+        return bool(self.results) and all(r.verdict is Verdict.PASS for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
         return {

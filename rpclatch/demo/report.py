@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from rpclatch.demo.model import Outcome, RunResult, ScenarioResult
+from rpclatch.demo.model import RunResult, ScenarioResult, Verdict
 
 COLUMNS = (
     "#",
@@ -21,7 +21,7 @@ COLUMNS = (
 
 def _row(r: ScenarioResult) -> tuple[str, ...]:
     attacker = f"{r.attacker_bytes} ({r.attacker_plaintext} read)"
-    return (r.label, r.title, r.latched, r.peer, r.binding, r.gss_service, attacker, r.outcome.value)
+    return (r.label, r.title, r.latched, r.peer, r.binding, r.gss_service, attacker, r.verdict.value)
 
 
 def render_table(results: Sequence[ScenarioResult]) -> str:
@@ -40,7 +40,7 @@ def render_failures(results: Sequence[ScenarioResult]) -> str:
     """The failed checks (and errors) of failed scenarios, or an empty string."""
     out = []
     for r in results:
-        if r.outcome is Outcome.PASS:
+        if r.verdict is Verdict.PASS:
             continue
         if r.error is not None:
             out.append(f"scenario {r.label} ({r.name}): error: {r.error}")

@@ -40,7 +40,7 @@ def run_demo(
             results.append(result)
             if progress is not None:
                 print(
-                    f"[{spec.label}] {spec.title} ... {result.outcome.value} ({seconds:.2f} s)",
+                    f"[{spec.label}] {spec.title} ... {result.verdict.value} ({seconds:.2f} s)",
                     file=progress,
                     flush=True,
                 )

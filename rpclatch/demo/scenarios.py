@@ -51,8 +51,9 @@ LANES = ("client", "mitm", "rogue", "mitm-b", "server", "(nobody)")
 
 
 @dataclass
-class Outcome:
-    """What a scenario script hands to :func:`finish`."""
+class Observation:
+    """What a scenario script observed (the columns of its row) and the checks it computed from
+    that; :func:`run_scenario` adds the wire evidence and makes a :class:`ScenarioResult` of it."""
 
     title: str
     latched: str
@@ -74,7 +75,7 @@ class ScenarioSpec:
     number: int
     name: str
     title: str
-    run: Callable[[ThrowawayRealm, Approach], tuple[DemoWorld, Outcome]]
+    run: Callable[[ThrowawayRealm, Approach], tuple[DemoWorld, Observation]]
     variant: str = ""
 
     @property
@@ -154,7 +155,7 @@ def alerts_of(conn: StreamConnection) -> list[str]:
     return [a.new_state.value for a in cl.alerts] + ["BROKEN" for _ in cl.ulp_breaks]
 
 
-def check_latch_home(o: Outcome, stack: IpsecStack, conn: StreamConnection, approach: Approach) -> None:
+def check_latch_home(o: Observation, stack: IpsecStack, conn: StreamConnection, approach: Approach) -> None:
     """Where the connection's latch lives must be what ``--approach`` asked for: the TCB (approach
     1, RFC 5660 §2.4; the latch database holds nothing for the flow) or the LD (approach 2, §2.3)."""
     cl = conn.latch_info
@@ -285,10 +286,12 @@ def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | N
 # -- scenario 1 -------------------------------------------------------------------------------------
 
 
-def ipsec_available(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Outcome]:
+def ipsec_available(
+    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
+) -> tuple[DemoWorld, Observation]:
     dw = build_world(realm, seed=1, approach=approach)
     _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
-    o = Outcome(
+    o = Observation(
         "IPsec available",
         f"{end_word(cstate)}/{end_word(sstate)}",
         rec.peer or "-",
@@ -350,12 +353,12 @@ def ipsec_available(realm: ThrowawayRealm, approach: Approach = Approach.POLICY)
 # -- scenario 2 -------------------------------------------------------------------------------------
 
 
-def no_ike(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Outcome]:
+def no_ike(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Observation]:
     dw = build_world(realm, seed=2, server_ike=IkeMode.ABSENT, approach=approach)
     _pc, rec, ok, view, link, _sconn, cstate, sstate = connect_and_echo(dw)
     flow = link.conn.flow
     overlay = dw.client_stack.engine.spd.overlay_entry(flow)
-    o = Outcome(
+    o = Observation(
         "no IKE on the server",
         latch_cell(cstate, sstate),
         rec.peer or "-",
@@ -398,12 +401,12 @@ def no_ike(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple
 # -- scenario 3 -------------------------------------------------------------------------------------
 
 
-def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Outcome]:
+def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Observation]:
     dw = build_world(realm, seed=3, mitm=True, approach=approach)
     _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
     front, back = dw.attackers[0], dw.attackers[1]
     stolen = dw.attacker_plaintext(view)
-    o = Outcome(
+    o = Observation(
         "BTNS man in the middle",
         f"{end_word(cstate)}/{end_word(sstate)}",
         rec.peer or "-",
@@ -447,7 +450,7 @@ def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tu
     return dw, o
 
 
-def check_relay_learned_nothing(o: Outcome, stolen: bytes, ok: bool) -> None:
+def check_relay_learned_nothing(o: Observation, stolen: bytes, ok: bool) -> None:
     """The checks every relaying man in the middle ends with (scenarios 3 and 6): it was in the
     path, it decrypted none of the payload (GSS privacy end to end), and the calls came through."""
     o.check(
@@ -468,7 +471,7 @@ def check_relay_learned_nothing(o: Outcome, stolen: bytes, ok: bool) -> None:
 
 def rogue_claims_address(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY
-) -> tuple[DemoWorld, Outcome]:
+) -> tuple[DemoWorld, Observation]:
     dw = build_world(realm, seed=4, rogue=True, approach=approach)
     pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
     first = pc.connect()
@@ -506,7 +509,7 @@ def rogue_claims_address(
     to_rogue = flow_frames(view, flow, attack_at, receiver=rogue.name)
     skey = dw.server_stack.sike.credentials.spki
     new_link = link_of(pc)
-    o = Outcome(
+    o = Observation(
         "rogue claims server address",
         rogue_cell(client_alerts, second.latched),
         second.peer or "-",
@@ -557,7 +560,9 @@ def rogue_claims_address(
 # -- scenario 5 -------------------------------------------------------------------------------------
 
 
-def policy_change(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Outcome]:
+def policy_change(
+    realm: ThrowawayRealm, approach: Approach = Approach.POLICY
+) -> tuple[DemoWorld, Observation]:
     dw = build_world(
         realm,
         seed=5,
@@ -604,7 +609,7 @@ def policy_change(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -
     old_after = flow_frames(view, flow, t_client + 1e-9)
     sword = server_change_word(sstate_after, pinned.origin if pinned else None)
     cword = client_change_word(bool(broken_client) or flow in broken_client_tcbs, cstate_after)
-    o = Outcome(
+    o = Observation(
         "policy changed mid-flow",
         f"{sword}/{cword}",
         first.peer or "-",
@@ -674,7 +679,7 @@ BIND_ATTACK_TITLES = {
 }
 
 
-def relay_edit_check(o: Outcome, attack: BindAttack, view: WireView, editor: BindRelayEditor) -> None:
+def relay_edit_check(o: Observation, attack: BindAttack, view: WireView, editor: BindRelayEditor) -> None:
     """Did the relay's edit happen, as seen on the two segments' wire (client <-> mitm, mitm-b <->
     server)? One check per variant."""
     xid = editor.target_xid
@@ -721,7 +726,7 @@ def relay_edit_check(o: Outcome, attack: BindAttack, view: WireView, editor: Bin
 
 def bind_relay(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY, attack: BindAttack = BindAttack.PREFIX
-) -> tuple[DemoWorld, Outcome]:
+) -> tuple[DemoWorld, Observation]:
     """Scenario 6: the BTNS man in the middle of scenario 3 edits the BIND_CHANNEL exchange to turn
     the loud binding failure into a quiet "server cannot bind" (issue #10 items 9-12; RFC 5403 §2,
     §3.3, §9). Whatever it edits, the client must still end with MISMATCH, warn, not keep the
@@ -733,7 +738,7 @@ def bind_relay(
     front, back = dw.attackers[0], dw.attackers[1]
     stolen = dw.attacker_plaintext(view)
     attack_at = next((t for t, lane, _ in dw.marks if lane == "mitm"), None)
-    o = Outcome(
+    o = Observation(
         BIND_ATTACK_TITLES[attack],
         latch_cell(cstate, sstate),
         rec.peer or "-",
@@ -796,8 +801,8 @@ def bind_relay(
 
 def _bind_relay_variant(
     attack: BindAttack,
-) -> Callable[[ThrowawayRealm, Approach], tuple[DemoWorld, Outcome]]:
-    def run(realm: ThrowawayRealm, approach: Approach) -> tuple[DemoWorld, Outcome]:
+) -> Callable[[ThrowawayRealm, Approach], tuple[DemoWorld, Observation]]:
+    def run(realm: ThrowawayRealm, approach: Approach) -> tuple[DemoWorld, Observation]:
         return bind_relay(realm, approach, attack)
 
     return run
@@ -841,7 +846,7 @@ def run_scenario(
         error = None
     except Exception as exc:  # a crash is a FAIL with its reason, never a traceback for the user
         error = f"{type(exc).__name__}: {exc}"
-        o = Outcome(spec.title, "?", "?", "?", "?", reason=traceback.format_exc(limit=3).splitlines()[-1])
+        o = Observation(spec.title, "?", "?", "?", "?", reason=traceback.format_exc(limit=3).splitlines()[-1])
         dw = getattr(exc, "demo_world", dw)
     events: list[TraceEvent] = []
     view: WireView | None = None

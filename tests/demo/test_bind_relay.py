@@ -66,7 +66,7 @@ def test_scenario_6_every_edit_still_ends_in_mismatch(
     result = run_demo(tmp_path, [6], realm=realm, approach=approach)
     assert [r.label for r in result.results] == ["6a", "6b", "6c", "6d"]
     for r in result.results:
-        assert r.outcome.value == "PASS", [c for c in r.checks if not c.passed] or r.error
+        assert r.verdict.value == "PASS", [c for c in r.checks if not c.passed] or r.error
         assert {c.name for c in r.checks} >= CHECKS
         assert r.binding == "FAILED (mismatch)" and r.gss_service == "krb5p"
         assert r.attacker_bytes > 0 and r.attacker_plaintext == 0

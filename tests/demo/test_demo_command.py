@@ -132,7 +132,7 @@ def test_rogue_and_policy_change_scenarios_under_both_approaches(
     assert result.approach == int(approach)
     by_number = {r.number: r for r in result.results}
     for r in by_number.values():
-        assert r.outcome.value == "PASS", [c for c in r.checks if not c.passed] or r.error
+        assert r.verdict.value == "PASS", [c for c in r.checks if not c.passed] or r.error
         assert r.attacker_plaintext == 0
     names4 = {c.name for c in by_number[4].checks}
     assert {"client latch went BROKEN", "no byte of the flow reached the rogue"} <= names4

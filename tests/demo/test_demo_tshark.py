@@ -61,7 +61,7 @@ def test_tshark_decodes_and_decrypts_the_demo_capture(
 ) -> None:
     result = run_demo(tmp_path, [number], realm=realm)
     (res,) = result.results
-    assert res.outcome.value == "PASS"
+    assert res.verdict.value == "PASS"
     pcap, esp_sa = Path(res.files["pcapng"]), Path(res.files["esp_sa"])
     assert esp_sa.read_text().strip(), "the demo exported no ESP keys"
     frames = _count(pcap, esp_sa, "frame")

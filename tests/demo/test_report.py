@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from rpclatch.demo.model import Check, Outcome, RunResult, ScenarioResult
+from rpclatch.demo.model import Check, RunResult, ScenarioResult, Verdict
 from rpclatch.demo.report import render_json, render_table, render_text
 
 
@@ -26,10 +26,10 @@ def result(n: int, checks: tuple[Check, ...], error: str | None = None) -> Scena
 
 
 def test_outcome_is_derived_from_checks() -> None:
-    assert result(1, (Check("a", True, ""),)).outcome is Outcome.PASS
-    assert result(1, (Check("a", True, ""), Check("b", False, "x"))).outcome is Outcome.FAIL
-    assert result(1, ()).outcome is Outcome.FAIL
-    assert result(1, (Check("a", True, ""),), error="boom").outcome is Outcome.FAIL
+    assert result(1, (Check("a", True, ""),)).verdict is Verdict.PASS
+    assert result(1, (Check("a", True, ""), Check("b", False, "x"))).verdict is Verdict.FAIL
+    assert result(1, ()).verdict is Verdict.FAIL
+    assert result(1, (Check("a", True, ""),), error="boom").verdict is Verdict.FAIL
 
 
 def test_table_has_a_row_per_scenario_with_aligned_columns() -> None:

@@ -84,7 +84,7 @@ def test_scenario_2_cells_show_a_latch_when_the_server_does_run_ike(
     monkeypatch.setattr(scenarios, "build_world", with_ike)
     changed = run_demo(mk(tmp_path / "b"), [2], realm=realm).results[0]
     assert changed.latched == "yes/yes" and changed.peer != "-"
-    assert changed.outcome.value == "FAIL"  # the checks notice too
+    assert changed.verdict.value == "FAIL"  # the checks notice too
 
 
 def test_scenario_5_cell_shows_break_when_the_server_does_not_pin(
