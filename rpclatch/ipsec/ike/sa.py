@@ -46,6 +46,7 @@ from rpclatch.ipsec.ike.errors import (
     NoProposalChosen,
     NotifyType,
     TsUnacceptable,
+    UnsupportedCriticalPayload,
 )
 from rpclatch.ipsec.ike.events import (
     ChildSa,
@@ -543,7 +544,16 @@ class IkeSa:
         if h.message_id != self._peer_mid:
             self.stats.unexpected += 1
             return
-        inner = self._open(msg, data)
+        try:
+            inner = self._open(msg, data, answer_critical=True)
+        except UnsupportedCriticalPayload as e:
+            # authenticated, but carries a critical payload we do not know: refuse it (§2.5)
+            self._peer_mid += 1
+            payload = w.NotifyPayload(
+                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((e.payload_type & 0xFF,))
+            )
+            self._respond(h.exchange, h.message_id, [payload])
+            return
         if inner is None:
             return
         self._peer_mid += 1
@@ -559,7 +569,11 @@ class IkeSa:
         else:
             self._respond(h.exchange, h.message_id, [w.NotifyPayload(NotifyType.INVALID_SYNTAX)])
 
-    def _open(self, msg: w.Message, data: bytes) -> tuple[w.Payload, ...] | None:
+    def _open(
+        self, msg: w.Message, data: bytes, *, answer_critical: bool = False
+    ) -> tuple[w.Payload, ...] | None:
+        """The verified inner payloads, or None (dropped and counted). With ``answer_critical``
+        an unknown critical inner payload raises :class:`UnsupportedCriticalPayload`."""
         sk = msg.payloads[-1] if msg.payloads else None
         if self.keys is None or not isinstance(sk, w.EncryptedPayload):
             self.stats.unexpected += 1
@@ -569,6 +583,11 @@ class IkeSa:
         except IkeCryptoError:
             self.stats.integrity_failures += 1
             log.debug("IKE SA %s: SK payload failed its integrity check; dropped", self.ref)
+            return None
+        except UnsupportedCriticalPayload:
+            self.stats.decode_errors += 1
+            if answer_critical:
+                raise
             return None
         except IkeDecodeError:
             self.stats.decode_errors += 1

@@ -731,3 +731,25 @@ def test_initial_contact_from_a_null_peer_only_triggers_a_liveness_check(
     assert b_old.state is IkeState.FAILED
     (f,) = p.of(IkeSaFailed, "b")
     assert isinstance(f, IkeSaFailed) and f.ike_sa == old.ref and f.reason is FailureReason.TIMEOUT
+
+
+def test_unknown_critical_payload_inside_sk_is_refused_with_its_type(btns_pair: Pair) -> None:
+    sa = _established(btns_pair)
+    (bsa,) = btns_pair.b.sas
+    data = sa._seal(
+        w.ExchangeType.INFORMATIONAL,
+        sa._next_mid,
+        [w.UnknownPayload(222, b"x", critical=True)],
+        response=False,
+    )
+    btns_pair.b.receive_datagram(data, (A_ADDR, 500), btns_pair.now)
+    ((out, _),) = btns_pair.b.datagrams_to_send(btns_pair.now)
+    msg = w.decode_message(out)
+    sk = msg.payloads[-1]
+    assert isinstance(sk, w.EncryptedPayload) and msg.header.is_response
+    assert sa.keys is not None
+    from rpclatch.ipsec.ike.crypto import SkCipher
+
+    inner = SkCipher.inbound(sa.keys, True).open(out, sk)
+    assert inner == (w.NotifyPayload(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((222,))),)
+    assert bsa.state is IkeState.ESTABLISHED
