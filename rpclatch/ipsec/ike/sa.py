@@ -349,7 +349,7 @@ class IkeSa:
             raise IkeLocalError(f"cannot delete an IKE SA in state {self.state.value}")
         self._fire(IkeInput.DELETE_SENT)
         self._queue.clear()
-        self._pending = None
+        # window 1 (§2.3): an outstanding request is answered first, the Delete goes next
         self._request(
             _Queued("delete-ike", w.ExchangeType.INFORMATIONAL, [w.DeletePayload(w.ProtocolId.IKE)]), now
         )
@@ -483,7 +483,7 @@ class IkeSa:
 
     def _request_done(self, now: float) -> None:
         self._pending = None
-        if self._queue and self.state is IkeState.ESTABLISHED:
+        if self._queue and self.state in (IkeState.ESTABLISHED, IkeState.DELETING):
             self._request(self._queue.popleft(), now)
 
     def _respond(self, exchange: int, mid: int, inner: Sequence[w.Payload]) -> None:
@@ -566,6 +566,8 @@ class IkeSa:
             self._on_informational_request(h.message_id, inner, now)
         elif h.exchange == w.ExchangeType.CREATE_CHILD_SA and self.state is IkeState.ESTABLISHED:
             self._on_create_child_request(h.message_id, inner, now)
+        elif h.exchange == w.ExchangeType.CREATE_CHILD_SA and self.state is IkeState.DELETING:
+            self._respond(h.exchange, h.message_id, [w.NotifyPayload(NotifyType.TEMPORARY_FAILURE)])
         else:
             self._respond(h.exchange, h.message_id, [w.NotifyPayload(NotifyType.INVALID_SYNTAX)])
 
@@ -1228,8 +1230,13 @@ class IkeSa:
             self._events.append(IkeSaRekeyFailed(self.ref, e.notify, e.reason))
             self._request_done(now)
             return
+        if self.state is not IkeState.ESTABLISHED:
+            # we are deleting this SA anyway; the peer's half of the new one dies with it (§1.4.1)
+            self._request_done(now)
+            return
         peer_spi = int.from_bytes(answer.spi, "big")
         self._successor(suite, ctx.spi, peer_spi, ctx.nonce, nonce.data, shared, we_initiated=True, now=now)
+        self._pending = None
         self.delete(now)  # §1.3.2: the initiator of the rekey deletes the old IKE SA
 
     # ------------------------------------------------------------------ INFORMATIONAL

@@ -753,3 +753,15 @@ def test_unknown_critical_payload_inside_sk_is_refused_with_its_type(btns_pair: 
     inner = SkCipher.inbound(sa.keys, True).open(out, sk)
     assert inner == (w.NotifyPayload(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((222,))),)
     assert bsa.state is IkeState.ESTABLISHED
+
+
+def test_delete_waits_for_the_outstanding_request(btns_pair: Pair) -> None:
+    """Window 1 (§2.3): a Delete asked for while a liveness check is out goes after its answer."""
+    sa = _established(btns_pair)
+    (bsa,) = btns_pair.b.sas
+    sa.check_liveness(btns_pair.now)
+    sa.delete(btns_pair.now)
+    btns_pair.a.poll(sa, btns_pair.now)
+    btns_pair.pump()
+    assert sa.state is bsa.state is IkeState.CLOSED
+    assert sa.stats.unexpected == bsa.stats.unexpected == 0 and sa.stats.retransmits == 0
