@@ -19,9 +19,9 @@ import argparse
 import time
 
 from rpclatch.ipsec.engine import Approach
+from rpclatch.netsim.network import SimNetwork
 from rpclatch.netsim.testing.lab import Lab
 from rpclatch.netsim.testing.scenarios import SCENARIOS, run_scenario
-from rpclatch.netsim.world import World
 
 
 def all_scenarios() -> float:
@@ -37,18 +37,18 @@ def bulk(mb: float, latched: bool) -> float:
     if latched:
         lab = Lab.build(approach=Approach.POLICY)
         client, server = lab.open()
-        world = lab.world
+        net = lab.net
     else:
-        world = World(seed=1)
-        a, b = world.add_host("a", "192.0.2.1"), world.add_host("b", "192.0.2.2")
+        net = SimNetwork(seed=1)
+        a, b = net.add_host("a", "192.0.2.1"), net.add_host("b", "192.0.2.2")
         lst = b.listen(2049)
         client = a.connect("192.0.2.2", 2049)
-        world.run_for(0.1)
+        net.run_for(0.1)
         server = lst.accepted[0]
     assert server is not None
     t = time.perf_counter()
     client.send(data)
-    world.run_until(lambda: len(server.received) >= len(data), timeout=3600)
+    net.run_until(lambda: len(server.received) >= len(data), timeout=3600)
     elapsed = time.perf_counter() - t
     assert len(server.received) == len(data)
     return len(data) / 1e6 / elapsed

@@ -5,7 +5,7 @@ The policy is the table in :mod:`rpclatch.connect.policy`; the client flow that 
 of :mod:`rpclatch.connect.world` (the simulated network: :mod:`rpclatch.connect.sim`); RPCSEC_GSS
 comes from :mod:`rpclatch.connect.gss`. ::
 
-    pc = ProtectedConnection(SimClientWorld(world, client_host, "192.0.2.20"),
+    pc = ProtectedConnection(SimClientWorld(net, client_host, "192.0.2.20"),
                              RpcsecGssConnector(provider, "nfs@server", PROG, VERS),
                              ConnectPolicy(port=2049, fallback=FallbackService.PRIVACY, ike_timeout=5))
     record = pc.connect()          # or: await pc.aconnect() from asyncio

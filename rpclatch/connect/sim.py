@@ -23,10 +23,10 @@ from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.latch import BrokenDisposition, LatchParams, LatchState, params_from_sa
 from rpclatch.ipsec.model import ProtectionType
 from rpclatch.netsim.host import Host, Listener
+from rpclatch.netsim.network import SimNetwork
 from rpclatch.netsim.rpc import SimConnectionReset, SimRpcClient, SimRpcServer
 from rpclatch.netsim.stack import ConnLatch, IpsecStack
 from rpclatch.netsim.stream import StreamConnection, StreamEventKind
-from rpclatch.netsim.world import World
 from rpclatch.rpc.auth import ClientAuth
 from rpclatch.rpc.errors import RpcConnectionClosed
 from rpclatch.rpc.server import RpcDispatcher
@@ -161,7 +161,7 @@ class SimClientWorld:
 
     def __init__(
         self,
-        world: World,
+        net: SimNetwork,
         host: Host,
         server_addr: str,
         *,
@@ -169,7 +169,7 @@ class SimClientWorld:
         connect_timeout: float = 10.0,
         on_open: Callable[[SimLink], None] | None = None,
     ) -> None:
-        self.world = world
+        self.net = net
         self.host = host
         self.server_addr = server_addr
         self.rpc_timeout = rpc_timeout
@@ -186,7 +186,7 @@ class SimClientWorld:
         conn = self.host.connect(self.server_addr, port, **options)
         client = SimRpcClient(conn, default_timeout=self.rpc_timeout)
         limit = ike_timeout if protect else self.connect_timeout
-        self.world.run_until(
+        self.net.run_until(
             lambda: conn.is_open or client.ended is not None or StreamEventKind.FAILED in conn.kinds(), limit
         )
         if not conn.is_open:

@@ -480,7 +480,7 @@ def rogue_claims_address(
     flow = link.conn.flow
     rogue = dw.attackers[0]
     rstack = stack_of(rogue.security)
-    attack_at = dw.world.now + 0.0005
+    attack_at = dw.net.now + 0.0005
 
     def attack() -> None:
         dw.mark("rogue", f"rogue claims {SERVER_ADDR} and keys the client's flow")
@@ -490,7 +490,7 @@ def rogue_claims_address(
         )
         rstack.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
 
-    dw.world.scheduler.call_at(attack_at, attack)
+    dw.net.scheduler.call_at(attack_at, attack)
     reset_seen = ""
     try:
         echo(pc)
@@ -499,7 +499,7 @@ def rogue_claims_address(
     client_alerts = alerts_of(link.conn)
     reset = StreamEventKind.RESET in link.conn.kinds()
     # the real server announces its address again (gratuitous ARP); the client reconnects
-    dw.world.run_for(0.01)
+    dw.net.run_for(0.01)
     dw.mark("server", f"server re-announces {SERVER_ADDR}")
     dw.server.claim_address(SERVER_ADDR)
     ok_after = echo(pc)
@@ -576,18 +576,18 @@ def policy_change(
     link = link_of(pc)
     flow = link.conn.flow
     sconn = server_conn(dw, flow)
-    t_server = dw.world.now
+    t_server = dw.net.now
     dw.mark("server", "admin: server SPD 2049 -> BYPASS (latches pinned)")
     broken_server = dw.server_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
     broken_server_tcbs = dw.server_stack.engine.last_spd_breaks  # approach 1: TCB latches broken
     sstate_after = dw.server_stack.latch_state(sconn) if sconn else None
     pinned = dw.server_stack.engine.spd.overlay_entry(sconn.flow) if sconn else None
     ok_pinned = echo(pc)
-    t_client = dw.world.now
+    t_client = dw.net.now
     dw.mark("client", "admin: client SPD 2049 -> BYPASS (default: break)")
     broken_client = dw.client_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
     broken_client_tcbs = dw.client_stack.engine.last_spd_breaks
-    dw.world.run_for(0.01)
+    dw.net.run_for(0.01)
     cstate_after = dw.client_stack.latch_state(link.conn)
     reset = StreamEventKind.RESET in link.conn.kinds()
     after_reset = ""

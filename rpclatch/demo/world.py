@@ -1,7 +1,7 @@
 """The demo's simulated worlds: a client and an NFS-like server under BYPASS-OR-PROTECT on TCP 2049,
 with a real Kerberos realm, and optionally a BTNS man in the middle or a rogue co-tenant.
 
-Everything is built from the simulation's public parts (:class:`rpclatch.netsim.world.World`,
+Everything is built from the simulation's public parts (:class:`rpclatch.netsim.network.SimNetwork`,
 ``enable_ipsec``, :class:`~rpclatch.netsim.attacker.Attacker`); nothing here decides an outcome.
 The man in the middle needs two segments: the client's (where it owns the server's address) and
 the server's (where it owns the client's address); it terminates BTNS IPsec on both with its own
@@ -34,10 +34,10 @@ from rpclatch.netsim.host import Host
 from rpclatch.netsim.ike import IkeMode
 from rpclatch.netsim.ike_wire import SIKE_PORT
 from rpclatch.netsim.link import Hub, WireRecord
+from rpclatch.netsim.network import SimNetwork
 from rpclatch.netsim.pcapng import CapturedPacket, write_esp_sa_uat, write_pcapng
 from rpclatch.netsim.stack import IpsecStack
 from rpclatch.netsim.stream import StreamConnection, StreamEvent, StreamEventKind
-from rpclatch.netsim.world import World
 from rpclatch.rpc.messages import AuthStat
 from rpclatch.rpc.record import encode_record
 from rpclatch.rpc.server import RpcDispatcher
@@ -55,11 +55,11 @@ DEMO_MAX_REQUESTS_PER_CONTEXT = 1024
 _LOG_LINE = re.compile(r"^\s*(\d+\.\d+) (\S+): (.*)$")
 
 
-def _move_to_hub(world: World, host: Host, hub: Hub) -> None:
-    """Re-attach ``host`` (and its addresses) from the world's main segment to ``hub``."""
-    world.hub.interfaces.pop(host.iface.name, None)
+def _move_to_hub(net: SimNetwork, host: Host, hub: Hub) -> None:
+    """Re-attach ``host`` (and its addresses) from the network's main segment to ``hub``."""
+    net.hub.interfaces.pop(host.iface.name, None)
     for addr in host.addresses:
-        world.hub.release(addr, host.iface)
+        net.hub.release(addr, host.iface)
     hub.attach(host.iface)
     for addr in host.addresses:
         hub.claim(addr, host.iface)
@@ -201,7 +201,7 @@ class BtnsRelay:
 class DemoWorld:
     """One scenario's world. ``attackers`` names the hosts whose view counts as the attacker's."""
 
-    world: World
+    net: SimNetwork
     realm: ThrowawayRealm
     client: Host
     server: Host
@@ -237,14 +237,14 @@ class DemoWorld:
             self.client_world,
             gss,
             policy or ConnectPolicy(ike_timeout=2.0),
-            observer=lambda kind, text: self.policy_events.append((self.world.now, kind, text)),
+            observer=lambda kind, text: self.policy_events.append((self.net.now, kind, text)),
         )
         self.connections.append(pc)
         return pc
 
     def mark(self, lane: str, text: str) -> None:
         """Put a note in the trace (what the scenario script did, e.g. "admin: 2049 -> BYPASS")."""
-        self.marks.append((self.world.now, lane, text))
+        self.marks.append((self.net.now, lane, text))
 
     # -- observation -------------------------------------------------------------------------------
     def wire(self) -> list[WireRecord]:
@@ -252,7 +252,7 @@ class DemoWorld:
         return sorted(records, key=lambda r: r.time)
 
     def esp_keys(self) -> list[EspKeys]:
-        return [e.keys for e in self.world.esp_keys]
+        return [e.keys for e in self.net.esp_keys]
 
     def wire_view(self) -> WireView:
         return WireView(self.wire(), self.esp_keys(), NFS_PORT)
@@ -363,7 +363,7 @@ class DemoWorld:
                 packets.append(CapturedPacket(cp.time, index, cp.data, cp.comment))
         packets.sort(key=lambda p: p.time)
         write_pcapng(pcapng, packets, [h.name for h in self.hubs], application="rpclatch demo")
-        write_esp_sa_uat(esp_sa, self.world.esp_keys)
+        write_esp_sa_uat(esp_sa, self.net.esp_keys)
 
 
 def _seg_label(flags: int, data: bool) -> str:
@@ -400,24 +400,24 @@ def build_world(
     ``approach``: where latches live (docs/design.md: 1 = in the TCB, 2 = in the LD/PAD/SPD).
     ``editor``: with ``mitm``, the relay edits RPC records through it (scenario 6).
     ``max_requests_per_context``: the server's RFC 5403 §9 (a) cap (None: no cap)."""
-    world = World(seed=seed, latency=latency)
+    net = SimNetwork(seed=seed, latency=latency)
     spd = examples.nfs_spd(spd_action)
     pad = examples.btns_pad()
     # a NULL-auth server (RFC 7619) is accepted by a NULL entry restricted to its own address; the
     # PAD admits one BTNS-style wildcard only (RFC 5386 §2), so the client's PAD has just that
     client_pad = examples.null_pad() if server_auth == "null" else pad
-    hubs = [world.hub]
-    world.hub.name = "client-segment" if mitm else "sim0"
-    client = world.add_host("client", CLIENT_ADDR)
-    world.enable_ipsec(client, spd=spd, pad=client_pad, config=client_config, approach=approach)
-    server = world.add_host("server", SERVER_ADDR)
-    world.enable_ipsec(
+    hubs = [net.hub]
+    net.hub.name = "client-segment" if mitm else "sim0"
+    client = net.add_host("client", CLIENT_ADDR)
+    net.enable_ipsec(client, spd=spd, pad=client_pad, config=client_config, approach=approach)
+    server = net.add_host("server", SERVER_ADDR)
+    net.enable_ipsec(
         server,
         spd=spd,
         pad=pad,
         ike=server_ike,
         config=server_config,
-        credentials=world.credentials(server_auth),
+        credentials=net.credentials(server_auth),
         approach=approach,
     )
     dispatcher = RpcDispatcher()
@@ -436,20 +436,20 @@ def build_world(
     attackers: list[Host] = []
     relay = None
     if mitm:
-        server_hub = Hub(world.scheduler, name="server-segment", latency=latency)
+        server_hub = Hub(net.scheduler, name="server-segment", latency=latency)
         hubs.append(server_hub)
-        _move_to_hub(world, server, server_hub)
-        front = world.add_attacker("mitm", SERVER_ADDR)
-        world.enable_ipsec(front, spd=spd, pad=pad, approach=approach)
-        back = world.add_host("mitm-b", CLIENT_ADDR)
-        _move_to_hub(world, back, server_hub)
-        world.enable_ipsec(back, spd=spd, pad=pad, approach=approach)
+        _move_to_hub(net, server, server_hub)
+        front = net.add_attacker("mitm", SERVER_ADDR)
+        net.enable_ipsec(front, spd=spd, pad=pad, approach=approach)
+        back = net.add_host("mitm-b", CLIENT_ADDR)
+        _move_to_hub(net, back, server_hub)
+        net.enable_ipsec(back, spd=spd, pad=pad, approach=approach)
         client.claim_address(CLIENT_ADDR)  # mitm-b's creation claimed it on this segment too
         relay = BtnsRelay(front, back, SERVER_ADDR, NFS_PORT, editor)
         attackers += [front, back]
     if rogue:
-        r: Attacker = world.add_attacker("rogue", ROGUE_ADDR)
-        world.enable_ipsec(r, spd=spd, pad=pad, approach=approach)
+        r: Attacker = net.add_attacker("rogue", ROGUE_ADDR)
+        net.enable_ipsec(r, spd=spd, pad=pad, approach=approach)
         attackers.append(r)
-    client_world = SimClientWorld(world, client, SERVER_ADDR)
-    return DemoWorld(world, realm, client, server, endpoint, client_world, hubs, attackers, relay)
+    client_world = SimClientWorld(net, client, SERVER_ADDR)
+    return DemoWorld(net, realm, client, server, endpoint, client_world, hubs, attackers, relay)

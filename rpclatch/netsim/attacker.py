@@ -21,7 +21,7 @@ from rpclatch.netsim.udp import UdpDatagram
 
 
 class Attacker(Host):
-    """Build with :meth:`rpclatch.netsim.world.World.add_attacker`."""
+    """Build with :meth:`rpclatch.netsim.network.SimNetwork.add_attacker`."""
 
     def __init__(
         self,
@@ -47,8 +47,8 @@ class Attacker(Host):
 
     @property
     def ipsec(self) -> IpsecStack | None:
-        """The attacker's own IPsec stack, if :meth:`World.enable_ipsec
-        <rpclatch.netsim.world.World.enable_ipsec>` gave it one."""
+        """The attacker's own IPsec stack, if :meth:`SimNetwork.enable_ipsec
+        <rpclatch.netsim.network.SimNetwork.enable_ipsec>` gave it one."""
         return stack_of(self)
 
     # -- injection -----------------------------------------------------------------------------------

@@ -183,10 +183,10 @@ class UdpSocket:
 
 class Host:
     """One simulated node on ``hub``, run by ``scheduler``. Build it with
-    :meth:`rpclatch.netsim.world.World.add_host`, which passes the world's clock, segment and RPC
+    :meth:`rpclatch.netsim.network.SimNetwork.add_host`, which passes the network's clock, segment and RPC
     connection-id counter (``next_conn_id``). ``security`` is the IP layer's IPsec hook
-    (:class:`SecurityLayer`; plain IP until :meth:`World.enable_ipsec
-    <rpclatch.netsim.world.World.enable_ipsec>` installs an IPsec stack)."""
+    (:class:`SecurityLayer`; plain IP until :meth:`SimNetwork.enable_ipsec
+    <rpclatch.netsim.network.SimNetwork.enable_ipsec>` installs an IPsec stack)."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """Credentials of simulated hosts: Ed25519 keys (BTNS raw keys), a tiny CA, NULL auth.
 
-Keys are derived from the world's seeded RNG, so every run has the same keys and SPKIs. A
+Keys are derived from the network's seeded RNG, so every run has the same keys and SPKIs. A
 "certificate" here is an XDR structure {subject DN, SPKI DER, issuer name, Ed25519 signature of
 the issuer}: enough to model RFC 4301 §4.4.3 trust anchors and the RFC 5660 §2.3.2 example
 ("any cert issued by CA X may claim 192.0.2/24") without X.509 machinery.

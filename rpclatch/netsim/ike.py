@@ -142,7 +142,7 @@ def host_to_host(local: IPAddress, remote: IPAddress) -> Selector:
 class SikeDaemon:
     """One host's SIKE daemon (also the latch database's ``SaRequester``).
 
-    It knows nothing of the host it runs on beyond what it is given: the world's ``scheduler``
+    It knows nothing of the host it runs on beyond what it is given: the network's ``scheduler``
     (clock, timers, RNG), ``send`` to put an IP packet (its UDP datagrams) on the wire as it is,
     ``note`` for the host's log, and ``export_keys(outbound, inbound)`` called with each installed
     child SA pair's keys (the capture's ESP key export)."""

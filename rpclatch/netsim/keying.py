@@ -1,6 +1,6 @@
 """The engine's key manager, backed by the simulation's SIKE daemon (RFC 5660 §2.3 key manager).
 
-:class:`SikeKeyManager` is H3's :class:`rpclatch.ipsec.keymgr.StaticKeyManager` (PAD check, latch
+:class:`SikeKeyManager` is :class:`rpclatch.ipsec.keymgr.StaticKeyManager` (PAD check, latch
 vetting, SAD + backend install, LARVAL completion) with the ACQUIRE path replaced by a real
 exchange over the simulated wire: :meth:`acquire` asks the host's :class:`SikeDaemon` to
 negotiate; its success installs SAs through :meth:`install_sa`, its failure or timeout ends the

@@ -1,14 +1,14 @@
-"""The simulated world: one virtual clock, one hub (segment), hosts, attackers, capture export.
+"""The simulated network: one virtual clock, one hub (segment), hosts, attackers, capture export.
 
 ::
 
-    world = World(seed=1)
-    a = world.add_host("a", "192.0.2.1")
-    b = world.add_host("b", "192.0.2.2")
+    net = SimNetwork(seed=1)
+    a = net.add_host("a", "192.0.2.1")
+    b = net.add_host("b", "192.0.2.2")
     b.listen(2049)
     conn = a.connect("192.0.2.2", 2049)
-    world.run_for(1.0)
-    world.export_pcapng("run.pcapng", "run.esp_sa")
+    net.run_for(1.0)
+    net.export_pcapng("run.pcapng", "run.esp_sa")
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ from rpclatch.netsim.pcapng import EspSaExport
 from rpclatch.netsim.stack import IpsecStack
 
 
-class World:
-    """Container of a deterministic simulation run (``seed`` fixes every random choice)."""
+class SimNetwork:
+    """One deterministic simulated network (``seed`` fixes every random choice): the scheduler
+    (virtual clock and RNG), the hub the hosts share, and the hosts. Not a world in the
+    ``--world`` sense: the demo's ``sim`` world is a scenario's hosts on one of these."""
 
     def __init__(self, seed: int = 0, latency: float = 0.001) -> None:
         self.seed = seed
@@ -49,14 +51,17 @@ class World:
         self._conn_ids = itertools.count(1)
 
     def next_conn_id(self) -> int:
-        """Connection ids for RPC ``ConnectionInfo`` (per world, so runs are reproducible)."""
+        """Connection ids for RPC ``ConnectionInfo`` (per network, so runs are reproducible)."""
         return next(self._conn_ids)
 
     @property
     def now(self) -> float:
+        """Virtual time, in seconds since the network was made."""
         return self.scheduler.now
 
     def add_host(self, name: str, *addresses: str | IPAddress, msl: float = 30.0) -> Host:
+        """A plain-IP host on the hub with ``addresses`` (the first is its primary address);
+        :meth:`enable_ipsec` gives it IPsec. ``msl``: its streams' maximum segment lifetime."""
         if name in self.hosts:
             raise SimLocalError(f"host {name} exists")
         if not addresses:
@@ -90,7 +95,7 @@ class World:
 
     # -- IPsec ---------------------------------------------------------------------------------------
     def ca(self, name: str) -> SimCA:
-        """A certification authority (trust anchor) with a key from the world's RNG."""
+        """A certification authority (trust anchor) with a key from the network's RNG."""
         return SimCA(name, self.scheduler.rng)
 
     def credentials(self, kind: str = "btns", *, ca: SimCA | None = None, subject: str = "") -> Credentials:
@@ -118,7 +123,7 @@ class World:
         anchors: Iterable[SimCA] = (),
         config: EngineConfig | None = None,
     ) -> IpsecStack:
-        """Give ``host`` an IPsec engine (H3's :class:`IPsecEngine`), a SIKE daemon
+        """Give ``host`` an IPsec engine (:class:`IPsecEngine`), a SIKE daemon
         (:class:`SikeDaemon`), the engine's key manager backed by it (:class:`SikeKeyManager`) and ESP.
 
         ``ike`` simulates the host's key-exchange daemon: PRESENT, ABSENT (requests vanish, peers
@@ -160,9 +165,11 @@ class World:
 
     # -- running -----------------------------------------------------------------------------------
     def run_for(self, seconds: float) -> None:
+        """Advance virtual time by ``seconds``, running every event due on the way."""
         self.scheduler.run_for(seconds)
 
     def run_until(self, predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
+        """Run events until ``predicate()`` holds (True) or ``timeout`` virtual seconds pass (False)."""
         return self.scheduler.run_until_true(predicate, timeout)
 
     def trace(self) -> list[str]:
@@ -173,10 +180,12 @@ class World:
     # -- wire --------------------------------------------------------------------------------------
     @property
     def wire(self) -> list[WireRecord]:
+        """Every frame the hub carried, in order, with its sender, receiver and drop reason."""
         return self.hub.wire
 
     @property
     def esp_keys(self) -> list[EspSaExport]:
+        """The keys of every ESP SA installed so far (for decrypting the capture)."""
         return self.hub.esp_keys
 
     def export_pcapng(self, path: Path | str, esp_sa_path: Path | str | None = None) -> None:

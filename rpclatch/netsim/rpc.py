@@ -1,8 +1,9 @@
-"""ONC RPC over simulated streams: H1's sans-IO client/server driven by the virtual clock.
+"""ONC RPC over simulated streams: :mod:`rpclatch.rpc`'s sans-IO client and server, driven by the
+virtual clock.
 
 :class:`SimRpcClient` wraps one :class:`StreamConnection` with an
 :class:`rpclatch.rpc.client.RpcClientConnection`; :meth:`SimRpcClient.call` is synchronous: it runs
-the world's scheduler until the reply (or failure) arrives, which is deterministic and instant in
+the network's scheduler until the reply (or failure) arrives, which is deterministic and instant in
 wall-clock terms. :class:`SimRpcServer` accepts connections on a :class:`Listener` and runs an
 :class:`rpclatch.rpc.server.RpcServerConnection` per connection, with
 ``ConnectionInfo.channel`` set to the connection's latched channel (RFC 5403 §3 binds to it) and
@@ -73,7 +74,7 @@ class SimRpcClient:
     ) -> None:
         self.conn = conn
         self.scheduler: Scheduler = conn.host.scheduler
-        self.conn_id = _world_conn_id(conn)
+        self.conn_id = _next_conn_id(conn)
         self.rpc = RpcClientConnection(auth, default_timeout, first_xid=self.scheduler.rng.getrandbits(32))
         self.results: dict[int, bytes | RpcError] = {}
         self._timer: Timer | None = None
@@ -225,7 +226,7 @@ class SimRpcServer:
 
     def _accept(self, conn: StreamConnection) -> None:
         info = ConnectionInfo(
-            _world_conn_id(conn),
+            _next_conn_id(conn),
             (str(conn.flow.remote_addr), conn.flow.remote_port),
             "sim",
             channel=self.channel_of(conn),
@@ -255,7 +256,7 @@ class SimRpcServer:
             server.connection_lost()
 
 
-def _world_conn_id(conn: StreamConnection) -> int:
+def _next_conn_id(conn: StreamConnection) -> int:
     host = conn.host
     if not isinstance(host, Host):
         raise SimLocalError("RPC over a stream whose host is not a simulated Host")

@@ -1,5 +1,5 @@
-"""The host's IPsec stack: H3's :class:`IPsecEngine` on every packet, ESP on the wire, latches
-wired to the stream control blocks.
+"""The host's IPsec stack: :class:`~rpclatch.ipsec.engine.IPsecEngine` on every packet, ESP on
+the wire, latches wired to the stream control blocks.
 
 Packet path (RFC 4301 §5.1 / §5.2 with RFC 5660 latching):
 

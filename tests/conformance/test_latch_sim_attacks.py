@@ -79,10 +79,10 @@ def _ca_pad() -> list[PadEntry]:
 
 def _ca_lab(approach: Approach) -> Lab:
     lab = Lab.build(approach=approach, spd=_rfc5660_example_spd(), pad=_ca_pad())
-    ca = lab.world.ca("CA-X")
+    ca = lab.net.ca("CA-X")
     for host, name in ((lab.a, "a.example"), (lab.b, "b.example")):
         st = lab.stack(host)
-        st.sike.credentials = lab.world.credentials("cert", ca=ca, subject=name)
+        st.sike.credentials = lab.net.credentials("cert", ca=ca, subject=name)
         st.sike.anchors = {"CA-X": ca}
     lab.ca = ca  # type: ignore[attr-defined]
     return lab
@@ -90,7 +90,7 @@ def _ca_lab(approach: Approach) -> Lab:
 
 def _cert_attacker(lab: Lab, name: str = "c", addr: str = "192.0.2.66"):  # type: ignore[no-untyped-def]
     ca = lab.ca  # type: ignore[attr-defined]
-    c = lab.attacker(name, addr, credentials=lab.world.credentials("cert", ca=ca, subject=f"{name}.example"))
+    c = lab.attacker(name, addr, credentials=lab.net.credentials("cert", ca=ca, subject=f"{name}.example"))
     lab.stack(c).sike.anchors = {"CA-X": ca}
     return c
 
@@ -124,7 +124,7 @@ def test_a1_co_tenant_claims_server_address_exact_ts_breaks_client_latch(approac
     sad_before = len(lab.stack(lab.a).engine.sad)
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     c.inject_protected(
         lab.b.address,
         4000,
@@ -135,10 +135,10 @@ def test_a1_co_tenant_claims_server_address_exact_ts_breaks_client_latch(approac
         flags=Flags.ACK | Flags.PSH,
         payload=b"FROM-C",
     )
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert b"FROM-C" not in bytes(client.received)
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
-    assert cleartext_after(lab.world.hub, client.flow, 0.0) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
+    assert cleartext_after(lab.net.hub, client.flow, 0.0) == []
     # ALERT before the conflicting SA was accepted (RFC 5660 §2.3), then reset (§5.5 (b)); in
     # approach 1 the engine tells the TCB latch (RFC 5660 §2: a non-congruent SA is a conflict)
     assert sizes and sizes[0] == sad_before
@@ -161,7 +161,7 @@ def test_a1_wide_proposal_is_narrowed_and_latch_survives(approach: Approach) -> 
     c = _cert_attacker(lab)
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     c_sas = [sa for sa in lab.stack(lab.a).engine.sad if sa.peer != client.channel.params.peer]
     assert c_sas
     # narrowed around the latch: by the LD (approach 2), by the engine for the TCB latch (approach 1)
@@ -177,13 +177,13 @@ def test_a1_wide_proposal_is_narrowed_and_latch_survives(approach: Approach) -> 
         flags=Flags.ACK | Flags.PSH,
         payload=b"FROM-C",
     )
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert bytes(client.received) == b""
     c.release_address(lab.b.address)
     lab.b.claim_address(lab.b.address)  # B re-announces itself (gratuitous ARP)
     lab.send(client, b"still B", settle=3.0)
     assert bytes(server.received) == b"still B"
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
 
 
 @pytest.mark.conformance(id="LATCH-A02", rfc="RFC 5660 §2.3.2")
@@ -194,10 +194,10 @@ def test_a2_co_tenant_impersonates_client_to_server() -> None:
     c = _cert_attacker(lab)
     c.claim_address(lab.a.address)
     lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert StreamEventKind.RESET in server.kinds()
     assert not server.channel.is_up()  # channel_prot bound to it must stop (RFC 5403 §3.4)
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
 
 
 # -- A3: BTNS peer asserts another BTNS peer's address ---------------------------------------------
@@ -213,15 +213,15 @@ def test_a3_rogue_btns_peer_claims_client_address(approach: Approach) -> None:
     r = lab.attacker("r")
     r.claim_address(lab.a.address)
     lab.stack(r).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     server.send(b"secret reply") if server.is_open else None
-    lab.world.run_for(1.0)
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    lab.net.run_for(1.0)
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
     if approach is Approach.POLICY:
         assert StreamEventKind.RESET in server.kinds()
     # R's own new connection gets its own latch with R's key
     rconn = r.connect(lab.b.address, 2049, local_addr="192.0.2.66")
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert rconn.state is StreamState.ESTABLISHED and rconn.channel is not None
     new_server = lab.listeners[2049].accepted[-1]
     assert new_server.flow.remote_addr == r.addresses[0]
@@ -256,12 +256,12 @@ def test_a4_btns_node_cannot_claim_a_non_btns_peers_address() -> None:
         (host_to_host(rogue.addresses[-1], lab.b.address),),
         on_done=lambda sa, why: results.append((sa, why)),
     )
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert results and results[0][0] is None and "TS_UNACCEPTABLE" in str(results[0][1])
     assert len(lab.stack(lab.b).engine.sad) == 0
     answers = [
         decode_sike(p.record.packet().payload[8:])
-        for p in decode_wire(lab.world.hub)  # type: ignore[union-attr]
+        for p in decode_wire(lab.net.hub)  # type: ignore[union-attr]
         if p.sike and p.sender == "b"
     ]
     assert answers and all(
@@ -272,7 +272,7 @@ def test_a4_btns_node_cannot_claim_a_non_btns_peers_address() -> None:
 @pytest.mark.conformance(id="LATCH-A05", rfc="RFC 7619 §2.5")
 def test_a5_null_auth_peer_cannot_claim_third_party_traffic() -> None:
     lab = Lab.build(pad=examples.null_pad(), client_credentials="null", server_credentials="null")
-    n = lab.attacker("n", credentials=lab.world.credentials("null"), pad=examples.null_pad())
+    n = lab.attacker("n", credentials=lab.net.credentials("null"), pad=examples.null_pad())
     results: list[object] = []
     dns = "192.0.2.1"  # a third party's address (the client's)
     lab.stack(n).sike.initiate(
@@ -281,7 +281,7 @@ def test_a5_null_auth_peer_cannot_claim_third_party_traffic() -> None:
         (Selector(AddressRange.network("192.0.2.0/26"), AddressRange.single(lab.b.address)),),
         on_done=lambda sa, why: results.append((sa, why)),
     )
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert results and results[0][0] is None
     assert not any(
         sa.carries(FiveTuple.of(lab.b.address, 53, dns, 53, IpProto.UDP))
@@ -294,7 +294,7 @@ def test_a5_null_auth_peer_cannot_claim_third_party_traffic() -> None:
         (host_to_host(n.addresses[0], lab.b.address),),
         on_done=lambda sa, why: results.append((sa, why)),
     )
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert results[-1][0] is not None
 
 
@@ -311,12 +311,12 @@ def test_a6_address_reuse_breaks_the_old_latch() -> None:
     c = lab.attacker("c", "192.0.2.67")
     c.claim_address(addr1)  # DHCP hands A's address to C
     lab.stack(c).sike.initiate(addr1, lab.b.address, (Selector.for_flow(client.flow),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert (
         lab.stack(lab.b).latch_state(server) is LatchState.CLOSED or StreamEventKind.RESET in server.kinds()
     )
     assert any(a.reason is AlertReason.CONFLICTING_SA for a in server.latch_info.alerts)  # type: ignore[union-attr]
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
 
 
 # -- A7: policy reconfiguration mid-flow --------------------------------------------------------------------
@@ -333,7 +333,7 @@ def test_a7_policy_switched_to_bypass_mid_flow_breaks_the_latch(approach: Approa
     lab.send(client, b"before the change")
     assert bytes(server.received) == b"before the change"
     client.send(b"in flight when the admin acts" * 50)
-    t0 = lab.world.now
+    t0 = lab.net.now
     broken = lab.stack(lab.a).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
     breaks = lab.stack(lab.a).engine.last_spd_breaks
     assert broken or client.flow in breaks
@@ -342,9 +342,9 @@ def test_a7_policy_switched_to_bypass_mid_flow_breaks_the_latch(approach: Approa
         any(a.new_state.value == "BROKEN" for a in cl.alerts) or cl.ulp_breaks
     )
     assert StreamEventKind.RESET in client.kinds()
-    lab.world.run_for(2.0)
-    assert cleartext_after(lab.world.hub, client.flow, t0) == []
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    lab.net.run_for(2.0)
+    assert cleartext_after(lab.net.hub, client.flow, t0) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
     with pytest.raises(SimLocalError):
         client.send(b"after the change")
 
@@ -356,17 +356,17 @@ def test_a7_pinned_latch_survives_the_change_until_restart() -> None:
     lab = Lab.build(config=EngineConfig(approach=Approach.POLICY, pin_on_spd_change=True))
     client, server = lab.open(local_port=34701)
     assert server is not None
-    t0 = lab.world.now
+    t0 = lab.net.now
     assert lab.stack(lab.a).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS)) == []
     pinned = lab.stack(lab.a).engine.spd.overlay_entry(client.flow)
     assert pinned is not None and pinned.origin is EntryOrigin.PINNED_LATCH
     lab.send(client, b"still latched")
     assert bytes(server.received) == b"still latched"
     assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
-    assert cleartext_after(lab.world.hub, client.flow, t0) == []
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    assert cleartext_after(lab.net.hub, client.flow, t0) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
     eng = lab.stack(lab.a).engine
-    eng.restart_key_manager(lab.world.now, restore_latches=True)
+    eng.restart_key_manager(lab.net.now, restore_latches=True)
     assert eng.spd.overlay_entry(client.flow) is None
     assert lab.stack(lab.a).latch_state(client) is not LatchState.ESTABLISHED
 
@@ -394,12 +394,12 @@ def test_a8_cleartext_rst_and_data_injection_are_dropped(approach: Approach) -> 
             flags=flags,
             payload=payload,
         )
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert client.state is StreamState.ESTABLISHED and bytes(client.received) == b""
     lab.send(server, b"real")
     assert bytes(client.received) == b"real"
     assert any(r.sender == "a" for r in m.sniffed)  # the attacker did see the (encrypted) flow
-    assert leaked(lab.world.hub, f, {"a", "b"}) == []
+    assert leaked(lab.net.hub, f, {"a", "b"}) == []
 
 
 # -- A9: concatenated-SA MITM (the latch is with M; the binding shows it) ----------------------------------
@@ -415,7 +415,7 @@ def test_a9_btns_mitm_latches_but_binding_differs() -> None:
     m.listen(2049, addr="192.0.2.2")
     m.claim_address(lab.b.address)  # M sits in front of B
     mitm = lab.a.connect(lab.b.address, 2049, local_port=35001)
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert mitm.state is StreamState.ESTABLISHED and mitm.channel is not None
     peer = mitm.channel.params.peer
     assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(m).sike.credentials.spki
@@ -423,17 +423,17 @@ def test_a9_btns_mitm_latches_but_binding_differs() -> None:
     assert mitm.channel.binding_data != genuine.channel.binding_data
     # on the wire: the genuine latched flow's bytes reach nobody but A and B (M may see ESP it
     # cannot open), the flow latched to M is readable by A and M only; nothing in clear after latching
-    t0 = lab.world.now
+    t0 = lab.net.now
     genuine.send(b"genuine secret")
     mitm.send(b"sent to whoever holds the latch")
-    lab.world.run_for(1.0)
-    assert leaked(lab.world.hub, genuine.flow, {"a", "b"}) == []
-    assert leaked(lab.world.hub, mitm.flow, {"a", "m"}) == []
-    assert cleartext_after(lab.world.hub, genuine.flow, 0.0) == []
-    assert cleartext_after(lab.world.hub, mitm.flow, 0.0) == []
+    lab.net.run_for(1.0)
+    assert leaked(lab.net.hub, genuine.flow, {"a", "b"}) == []
+    assert leaked(lab.net.hub, mitm.flow, {"a", "m"}) == []
+    assert cleartext_after(lab.net.hub, genuine.flow, 0.0) == []
+    assert cleartext_after(lab.net.hub, mitm.flow, 0.0) == []
     # not vacuous: the data was really sent, readable by its latched peer
-    assert leaked(lab.world.hub, genuine.flow, {"a"}) and leaked(lab.world.hub, mitm.flow, {"a"})
-    assert all(p.time >= t0 for p in leaked(lab.world.hub, mitm.flow, {"a"}))
+    assert leaked(lab.net.hub, genuine.flow, {"a"}) and leaked(lab.net.hub, mitm.flow, {"a"})
+    assert all(p.time >= t0 for p in leaked(lab.net.hub, mitm.flow, {"a"}))
 
 
 # -- A10: one-sided latching ----------------------------------------------------------------------------
@@ -447,7 +447,7 @@ def test_a10_non_latching_server_cleartext_is_dropped_by_latched_client() -> Non
     assert StreamEventKind.CONNECTED not in client.kinds() and bytes(client.received) == b""
     reasons = {d.reason for d in lab.stack(lab.a).drops if d.flow == client.flow}
     assert reasons & {"cleartext-on-latched-flow", "ULP latch: ulp-requires-protection"}
-    assert cleartext_after(lab.world.hub, client.flow, 0.0, {"a"}) == []
+    assert cleartext_after(lab.net.hub, client.flow, 0.0, {"a"}) == []
 
 
 # -- A12: SYN / SA expiry race ----------------------------------------------------------------------------
@@ -464,24 +464,24 @@ def test_a12_syn_whose_sa_expired_is_not_latched_to_a_stale_peer() -> None:
         if rec.sender == "a" and not expired and rec.packet() is not None and rec.packet().proto == 50:
             for sa in lab.stack(lab.b).engine.sad:
                 expired.append(sa.sa_id)
-                lab.world.scheduler.call_later(0.0001, lab.stack(lab.b).sike.expire_child, sa.sa_id)
+                lab.net.scheduler.call_later(0.0001, lab.stack(lab.b).sike.expire_child, sa.sa_id)
 
-    lab.world.hub.taps.append(expire_in_flight)
+    lab.net.hub.taps.append(expire_in_flight)
     client = lab.a.connect(lab.b.address, 2049, local_port=36000)
-    lab.world.run_for(0.1)
+    lab.net.run_for(0.1)
     assert expired and not lab.listeners[2049].accepted  # no latch with the stale SA
     assert any("unknown SPI" in d.reason for d in lab.stack(lab.b).drops)
     # a different peer takes over A's address and gets SAs for the 5-tuple
     c = lab.attacker("c")
     c.claim_address(lab.a.address)
     cconn = c.connect(lab.b.address, 2049, local_port=36000, local_addr=lab.a.address)
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     accepted = lab.listeners[2049].accepted
     assert cconn.state is StreamState.ESTABLISHED and accepted
     peer = accepted[-1].channel.params.peer
     assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(c).sike.credentials.spki
     assert client.state is not StreamState.ESTABLISHED  # A never got a connection
-    assert leaked(lab.world.hub, client.flow, {"a", "b", "c"}) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b", "c"}) == []
 
 
 # -- A13: DPD blackhole ---------------------------------------------------------------------------------
@@ -496,15 +496,15 @@ def test_a13_dpd_peer_dead_breaks_irremediably() -> None:
     m = lab.attacker("m", ipsec=False)
     m.blackhole(lab.a.address, lab.b.address)
     client.send(b"into the blackhole")
-    lab.world.run_for(10.0)
+    lab.net.run_for(10.0)
     assert StreamEventKind.RESET in client.kinds()
     assert any(a.reason is AlertReason.PEER_DEAD for a in client.latch_info.alerts)  # type: ignore[union-attr]
     m.stop_dropping()
-    lab.world.run_for(5.0)
+    lab.net.run_for(5.0)
     assert client.state is StreamState.CLOSED  # never comes back
     # the blackhole read nothing: no byte of the latched flow reached M readably, none in clear
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
-    assert cleartext_after(lab.world.hub, client.flow, 0.0) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
+    assert cleartext_after(lab.net.hub, client.flow, 0.0) == []
     client2, _server2 = lab.open(local_port=37000)  # a new connection is a new latch
     assert client2.state is StreamState.ESTABLISHED
 
@@ -519,9 +519,9 @@ def test_a14_key_manager_restart(approach: Approach, restore: bool) -> None:
     lab = Lab.build(approach=approach)
     client, server = lab.open()
     assert server is not None
-    t0 = lab.world.now
+    t0 = lab.net.now
     lab.stack(lab.a).engine.restart_key_manager(t0, restore_latches=restore)
-    lab.world.run_for(0.1)
+    lab.net.run_for(0.1)
     if restore:
         lab.send(client, b"after restart")
         assert bytes(server.received) == b"after restart"
@@ -539,7 +539,7 @@ def test_a14_key_manager_restart(approach: Approach, restore: bool) -> None:
         new_sas = list(lab.stack(lab.a).engine.sad)
         assert new_sas and all(sa.peer == client.channel.params.peer for sa in new_sas)
         assert not old_spis & {sa.spi_in for sa in lab.stack(lab.b).engine.sad}
-    assert cleartext_after(lab.world.hub, client.flow, t0, {"a", "b"}) == []
+    assert cleartext_after(lab.net.hub, client.flow, t0, {"a", "b"}) == []
 
 
 # -- A15: multi-connection peer-ID divergence ----------------------------------------------------------------
@@ -553,19 +553,19 @@ def test_a15_second_connection_to_same_address_latches_another_peer() -> None:
     c.listen(2049, addr="192.0.2.2")
     c.claim_address(lab.b.address)
     second = lab.a.connect(lab.b.address, 2049, local_port=38001)
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert first.channel is not None and second.channel is not None
     assert first.flow.remote_addr == second.flow.remote_addr
     assert first.channel.params.peer != second.channel.params.peer  # the app must not trunk them
     # each flow's bytes reach only its own latched peer, nothing in clear after latching
     first.send(b"for the first peer")
     second.send(b"for the second peer")
-    lab.world.run_for(1.0)
-    assert leaked(lab.world.hub, first.flow, {"a", "b"}) == []
-    assert leaked(lab.world.hub, second.flow, {"a", "c"}) == []
-    assert leaked(lab.world.hub, first.flow, {"a"}) and leaked(lab.world.hub, second.flow, {"a"})
-    assert cleartext_after(lab.world.hub, first.flow, 0.0) == []
-    assert cleartext_after(lab.world.hub, second.flow, 0.0) == []
+    lab.net.run_for(1.0)
+    assert leaked(lab.net.hub, first.flow, {"a", "b"}) == []
+    assert leaked(lab.net.hub, second.flow, {"a", "c"}) == []
+    assert leaked(lab.net.hub, first.flow, {"a"}) and leaked(lab.net.hub, second.flow, {"a"})
+    assert cleartext_after(lab.net.hub, first.flow, 0.0) == []
+    assert cleartext_after(lab.net.hub, second.flow, 0.0) == []
 
 
 # -- A16: SPI collision --------------------------------------------------------------------------------------
@@ -574,24 +574,24 @@ def test_a15_second_connection_to_same_address_latches_another_peer() -> None:
 @pytest.mark.conformance(id="LATCH-A16", rfc="RFC 4301 §4.4.2")
 def test_a16_same_spi_chosen_by_two_clients_does_not_cross_wire() -> None:
     lab = Lab.build()
-    d = lab.world.add_host("d", "192.0.2.3")
-    lab.world.enable_ipsec(d, spd=lab.spd, pad=lab.pad, credentials=lab.world.credentials("btns"))
+    d = lab.net.add_host("d", "192.0.2.3")
+    lab.net.enable_ipsec(d, spd=lab.spd, pad=lab.pad, credentials=lab.net.credentials("btns"))
     lab.stack(lab.a).sike.spi_override = [0x4242]
     lab.stack(d).sike.spi_override = [0x4242]
     ca, sa_ = lab.open(local_port=39000)
     cd = d.connect(lab.b.address, 2049, local_port=39000)
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     sd = lab.listeners[2049].accepted[-1]
     assert sa_ is not None and cd.state is StreamState.ESTABLISHED
     out_spis = {sa.remote_addr: sa.spi_out for sa in lab.stack(lab.b).engine.sad}
     assert out_spis[lab.a.address] == out_spis[d.address] == 0x4242
     sa_.send(b"to A")
     sd.send(b"to D")
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert bytes(ca.received) == b"to A" and bytes(cd.received) == b"to D"
     assert sa_.channel.params.peer != sd.channel.params.peer
     for conn, name in ((ca, "a"), (cd, "d")):
-        assert leaked(lab.world.hub, conn.flow, {name, "b"}) == []
+        assert leaked(lab.net.hub, conn.flow, {name, "b"}) == []
 
 
 # -- A17: the local identity changes under a latched flow (RFC 5660 §2) ------------------------------------
@@ -614,7 +614,7 @@ def test_a17_child_sa_asserting_another_local_id_breaks_the_latch(approach: Appr
     latched_peer = client.channel.params.peer
     sizes = _record_sad_size_at_alert(client, stack)
     sad_before = len(stack.engine.sad)
-    stack.sike.credentials = lab.world.credentials("btns")  # A now asserts another key
+    stack.sike.credentials = lab.net.credentials("btns")  # A now asserts another key
     assert stack.sike.credentials.local_identity() != latched_local
     done: list[object] = []
     stack.sike.initiate(
@@ -623,7 +623,7 @@ def test_a17_child_sa_asserting_another_local_id_breaks_the_latch(approach: Appr
         (Selector.for_flow(client.flow),),
         on_done=lambda sa, why: done.append(sa),
     )
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     new_sa = done[0]
     assert new_sa is not None  # same peer (B's key), other local ID
     assert new_sa.peer == latched_peer and new_sa.local != latched_local  # type: ignore[attr-defined]
@@ -636,5 +636,5 @@ def test_a17_child_sa_asserting_another_local_id_breaks_the_latch(approach: Appr
     else:
         assert any(a.reason is AlertReason.CONFLICTING_SA for a in cl.alerts)
     assert not client.channel.is_up()
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
-    assert cleartext_after(lab.world.hub, client.flow, 0.0) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
+    assert cleartext_after(lab.net.hub, client.flow, 0.0) == []

@@ -40,7 +40,7 @@ def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
     lab.stack(lab.b).sike.slow_delay = 1.0  # the server's key manager answers after 1 s
     lab.listen()
     client = lab.a.connect(lab.b.address, 2049, local_port=33333)
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert client.state is StreamState.CLOSED and not client.events  # waiting for the latch
     # an inbound packet for the flow arriving before the latch exists is dropped
     m = lab.attacker("m", ipsec=False)
@@ -48,13 +48,13 @@ def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
     m.inject_tcp(
         f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=7, ack=1, flags=Flags.SYN | Flags.ACK
     )
-    lab.world.run_for(0.1)
+    lab.net.run_for(0.1)
     assert [d for d in lab.stack(lab.a).drops if d.flow == f]
-    lab.world.run_until(lambda: client.is_open, 10.0)
+    lab.net.run_until(lambda: client.is_open, 10.0)
     server = lab.listeners[2049].accepted[0] if lab.listeners[2049].accepted else None
     assert client.state is StreamState.ESTABLISHED and server is not None
     assert bytes(client.received) == b"" and client.irs != 7
-    wire = [p for p in flow_packets(lab.world.hub, client.flow) if p.sender in ("a", "b")]
+    wire = [p for p in flow_packets(lab.net.hub, client.flow) if p.sender in ("a", "b")]
     sike_done = max(p.time for p in _sike(lab) if p.sender == "b")
     first = wire[0]
     assert first.segment is not None and first.segment.flags == Flags.SYN
@@ -66,14 +66,14 @@ def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
 def _sike(lab: Lab) -> list:  # type: ignore[type-arg]
     from rpclatch.netsim.testing.wireview import decode_wire
 
-    return [p for p in decode_wire(lab.world.hub) if p.sike]
+    return [p for p in decode_wire(lab.net.hub) if p.sike]
 
 
 @BOTH
 @pytest.mark.conformance(id="LATCH-02", rfc="RFC 5660 §2, §2.3")
 def test_spd_change_to_bypass_never_sends_cleartext(approach: Approach) -> None:
     lab, client, server = _pair(approach)
-    t0 = lab.world.now
+    t0 = lab.net.now
     for host in (lab.a, lab.b):
         lab.stack(host).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
     # REQUIRED behaviour: the latch breaks at once (RFC 5660 §2, §2.3), default disposition = reset
@@ -82,10 +82,10 @@ def test_spd_change_to_bypass_never_sends_cleartext(approach: Approach) -> None:
     assert StreamEventKind.RESET in client.kinds() and StreamEventKind.RESET in server.kinds()
     with pytest.raises(SimLocalError):
         client.send(b"after the policy change")
-    lab.world.run_for(2.0)
-    assert flow_packets(lab.world.hub, client.flow)[-1].time < t0 + 1e-9
-    assert cleartext_after(lab.world.hub, client.flow, t0) == []
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    lab.net.run_for(2.0)
+    assert flow_packets(lab.net.hub, client.flow)[-1].time < t0 + 1e-9
+    assert cleartext_after(lab.net.hub, client.flow, t0) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
 
 
 @BOTH
@@ -94,20 +94,20 @@ def test_spd_change_with_pinning_keeps_the_flow_protected(approach: Approach) ->
     lab = Lab.build(approach=approach, config=EngineConfig(pin_on_spd_change=True))
     client, server = lab.open()
     assert server is not None and client.state is StreamState.ESTABLISHED
-    t0 = lab.world.now
+    t0 = lab.net.now
     for host in (lab.a, lab.b):
         assert lab.stack(host).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS)) == []
         pinned = lab.stack(host).engine.spd.overlay_entry(client.flow if host is lab.a else server.flow)
         assert pinned is not None and pinned.origin is EntryOrigin.PINNED_LATCH
     client.send(b"after the policy change")
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     server.send(b"reply")
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     # the TCB / LD latch keeps its SA (the "logical SPD update", incidental in §2.4's model)
     assert bytes(server.received) == b"after the policy change" and bytes(client.received) == b"reply"
     assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
-    assert cleartext_after(lab.world.hub, client.flow, t0) == []
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    assert cleartext_after(lab.net.hub, client.flow, t0) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
 
 
 @BOTH
@@ -135,7 +135,7 @@ def test_inbound_cleartext_never_reaches_the_application(approach: Approach) -> 
         seq=server.rcv_nxt,
         flags=Flags.RST,
     )
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert bytes(server.received) == b"" and server.state is StreamState.ESTABLISHED
     reasons = {d.reason for d in lab.stack(lab.b).drops if d.flow == flow}
     assert reasons & {"cleartext-on-latched-flow", "cleartext-on-protect-entry"}
@@ -153,7 +153,7 @@ def test_ike_absent_means_not_latched_and_nothing_on_the_wire(approach: Approach
     assert "not latched" in str(client.events[0].detail)
     cl = client.latch_info
     assert isinstance(cl, ConnLatch) and cl.not_latched_reason is not None
-    assert flow_packets(lab.world.hub, client.flow) == []  # not a single TCP segment
+    assert flow_packets(lab.net.hub, client.flow) == []  # not a single TCP segment
     assert len(_sike(lab)) >= 2 and all(p.sender == "a" for p in _sike(lab))
 
 
@@ -169,7 +169,7 @@ def test_ike_refused_then_app_falls_back_to_bypass(approach: Approach) -> None:
     assert client2.state is StreamState.ESTABLISHED and server2 is not None
     assert lab.stack(lab.a).latch_state(client2) is None and client2.channel is None
     lab.send(client2, b"clear")
-    wire = flow_packets(lab.world.hub, client2.flow)
+    wire = flow_packets(lab.net.hub, client2.flow)
     assert wire and not any(p.protected for p in wire)  # BYPASS clone: cleartext by choice
     assert bytes(server2.received) == b"clear"
 
@@ -182,14 +182,14 @@ def test_default_broken_disposition_is_reset(approach: Approach) -> None:
     # C claims the server's address and negotiates SAs for exactly the latched 5-tuple with A
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (_exact(client.flow.reversed()),))
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     # both approaches: the conflicting SA breaks the latch, the default disposition resets (§5.5 (b))
     assert StreamEventKind.RESET in client.kinds()
     assert client.kinds()[-2:] == [StreamEventKind.LATCH, StreamEventKind.RESET]
     with pytest.raises(SimLocalError):
         client.send(b"still to B?")
-    lab.world.run_for(1.0)
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    lab.net.run_for(1.0)
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
     assert b"still" not in bytes(server.received)
 
 
@@ -222,7 +222,7 @@ def test_bypass_or_protect_clones(approach: Approach) -> None:
         assert clone is not None and clone.action is SpdAction.PROTECT
         assert clone.selectors[0].is_single_flow
     lab.send(client, b"protected")
-    assert all(p.protected for p in flow_packets(lab.world.hub, client.flow))
+    assert all(p.protected for p in flow_packets(lab.net.hub, client.flow))
     # the server's BYPASS-OR-PROTECT template decided per flow: a cleartext flow gets a BYPASS clone
     _clear, server2 = lab.open(protect=False)
     assert server2 is not None
@@ -241,7 +241,7 @@ def test_bypass_or_protect_clones(approach: Approach) -> None:
         flags=Flags.ACK,
         payload=b"downgrade",
     )
-    lab.world.run_for(0.2)
+    lab.net.run_for(0.2)
     assert bytes(server.received) == b"protected"
 
 
@@ -251,7 +251,7 @@ def test_unprivileged_bypass_of_protect_port_is_refused() -> None:
     client, server = lab.open(protect=False)
     assert client.kinds() == [StreamEventKind.FAILED] and server is None
     assert "privileged" in str(client.events[0].detail)
-    assert flow_packets(lab.world.hub, client.flow) == []
+    assert flow_packets(lab.net.hub, client.flow) == []
 
 
 @BOTH
@@ -262,8 +262,8 @@ def test_btns_ok_port_is_protected_other_ports_bypass(approach: Approach) -> Non
     other, _ = lab.open(4000)
     lab.send(nfs, b"nfs")
     lab.send(other, b"other")
-    assert all(p.protected for p in flow_packets(lab.world.hub, nfs.flow))
-    assert not any(p.protected for p in flow_packets(lab.world.hub, other.flow))
+    assert all(p.protected for p in flow_packets(lab.net.hub, nfs.flow))
+    assert not any(p.protected for p in flow_packets(lab.net.hub, other.flow))
     assert lab.stack(lab.a).latch_state(other) is None
 
 
@@ -289,11 +289,11 @@ def test_time_wait_hold_and_fresh_latch_on_reuse(approach: Approach) -> None:
     assert server is not None
     lab.send(client, b"one")
     client.close()
-    lab.world.run_for(0.2)
+    lab.net.run_for(0.2)
     server.close()
-    lab.world.run_for(0.2)
+    lab.net.run_for(0.2)
     assert client.state is StreamState.TIME_WAIT
-    t0 = lab.world.now
+    t0 = lab.net.now
     # a late cleartext segment for the 5-tuple during the hold is dropped
     c = lab.attacker(ipsec=False)
     f = client.flow
@@ -306,17 +306,17 @@ def test_time_wait_hold_and_fresh_latch_on_reuse(approach: Approach) -> None:
         ack=client.snd_nxt,
         flags=Flags.FIN | Flags.ACK,
     )
-    lab.world.run_for(0.2)
+    lab.net.run_for(0.2)
     drops = [d for d in lab.stack(lab.a).drops if d.flow == f and d.time >= t0]
     assert drops, "late cleartext segment was not judged against the held latch"
     assert client.state is StreamState.TIME_WAIT and StreamEventKind.RESET not in client.kinds()
-    lab.world.run_for(3.0)
+    lab.net.run_for(3.0)
     assert client.state is StreamState.CLOSED
     # reuse of the same 5-tuple: a fresh latch (new handle / new channel object)
     client2, _server2 = lab.open(local_port=40000)
     assert client2.flow == client.flow and client2.state is StreamState.ESTABLISHED
     assert client2.channel is not None and client2.channel is not client.channel
-    assert cleartext_after(lab.world.hub, f, 0.0, {"a", "b"}) == []
+    assert cleartext_after(lab.net.hub, f, 0.0, {"a", "b"}) == []
 
 
 @pytest.mark.conformance(id="LATCH-04", rfc="RFC 5660 §2, §2.3")
@@ -344,16 +344,16 @@ def test_pinned_logical_spd_entry_keeps_latch_until_restart() -> None:
     cfg = EngineConfig(approach=Approach.POLICY, pin_on_spd_change=True)
     lab = Lab.build(config=cfg)
     client, server = lab.open()
-    t0 = lab.world.now
+    t0 = lab.net.now
     for host in (lab.a, lab.b):
         assert lab.stack(host).engine.update_spd(examples.nfs_spd(SpdAction.BYPASS)) == []
     lab.send(client, b"still protected")
     assert bytes(server.received) == b"still protected"
-    assert cleartext_after(lab.world.hub, client.flow, t0) == []
+    assert cleartext_after(lab.net.hub, client.flow, t0) == []
     assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
     eng = lab.stack(lab.a).engine
     assert eng.spd.overlay_entry(client.flow) is not None
     # the pin must not survive a key-manager restart: restored latch now conflicts -> BROKEN
-    eng.restart_key_manager(lab.world.now, restore_latches=True)
+    eng.restart_key_manager(lab.net.now, restore_latches=True)
     assert eng.spd.overlay_entry(client.flow) is None
     assert lab.stack(lab.a).latch_state(client) in (LatchState.BROKEN, LatchState.CLOSED)

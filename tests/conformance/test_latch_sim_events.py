@@ -47,17 +47,17 @@ def test_latch_creation_fails_while_conflicting_sas_exist() -> None:
     c.claim_address(lab.b.address)
     # C (claiming B's address) gets host-to-host SAs with A first; then B takes its address back
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     lab.b.claim_address(lab.b.address)
     # B also negotiates host-to-host SAs with A: two SAs with different peers now carry a->b:2049
     lab.stack(lab.b).sike.narrow = False
     h2h = host_to_host(lab.b.address, lab.a.address)
     lab.stack(lab.b).sike.initiate(lab.b.address, lab.a.address, (h2h,))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert len({sa.peer for sa in lab.stack(lab.a).engine.sad}) == 2
     client, _server = lab.open(local_port=42000)
     assert client.kinds() == [StreamEventKind.FAILED] and "not latched" in str(client.events[0].detail)
-    assert flow_packets(lab.world.hub, client.flow) == []
+    assert flow_packets(lab.net.hub, client.flow) == []
 
 
 @pytest.mark.conformance(id="LATCH-09", rfc="RFC 5660 §2.3")
@@ -70,7 +70,7 @@ def test_conflicting_proposal_narrowed_or_breaks_with_alert_first() -> None:
     sike_c = lab.stack(c).sike
     # 1. narrowable: a host-to-host proposal is narrowed around the latched 5-tuple
     sike_c.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
     narrowed = [
         sa
@@ -92,7 +92,7 @@ def test_conflicting_proposal_narrowed_or_breaks_with_alert_first() -> None:
     client.on_event = spy
     before = len(sad)
     sike_c.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert seen == [before] and len(sad) == before + 1
     assert client.latch_info.alerts[-1].reason is AlertReason.CONFLICTING_SA  # type: ignore[union-attr]
 
@@ -106,24 +106,22 @@ def test_wait_disposition_suspends_then_resumes() -> None:
     c = lab.attacker("c")
     c.claim_address(lab.a.address)
     lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert lab.stack(lab.b).latch_state(server) is LatchState.BROKEN
     assert server.state is StreamState.ESTABLISHED
     c.release_address(lab.a.address)
     lab.a.claim_address(lab.a.address)
-    t_broken = lab.world.now
+    t_broken = lab.net.now
     client.send(b"during break")
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert bytes(server.received) == b""  # input dropped while BROKEN
-    sent_by_b = [
-        p for p in flow_packets(lab.world.hub, client.flow) if p.sender == "b" and p.time >= t_broken
-    ]
+    sent_by_b = [p for p in flow_packets(lab.net.hub, client.flow) if p.sender == "b" and p.time >= t_broken]
     assert sent_by_b == []  # and nothing sent
     # the conflict goes away (C's SA deleted): back to ESTABLISHED, retransmission delivers
     for sa in list(lab.stack(lab.b).engine.sad):
         if sa.peer != server.channel.params.peer:
             lab.stack(lab.b).sike.remove_child(sa.sa_id)
-    lab.world.run_for(3.0)
+    lab.net.run_for(3.0)
     assert lab.stack(lab.b).latch_state(server) is LatchState.ESTABLISHED
     assert bytes(server.received) == b"during break"
     assert not server.channel.is_up()  # a channel that broke once needs a new binding
@@ -142,11 +140,11 @@ def test_key_manager_restart_closes_latches_and_clears_dynamic_policy(approach: 
     assert server is not None
     eng = lab.stack(lab.a).engine
     assert eng.spd.overlay_entry(client.flow) is not None
-    eng.restart_key_manager(lab.world.now, restore_latches=False)
+    eng.restart_key_manager(lab.net.now, restore_latches=False)
     assert eng.spd.overlay_entries() == {} and len(eng.sad) == 0
     if approach is Approach.POLICY:
         assert client.state is StreamState.CLOSED and client.kinds()[-1] is StreamEventKind.RESET
-    assert leaked(lab.world.hub, client.flow, {"a", "b"}) == []
+    assert leaked(lab.net.hub, client.flow, {"a", "b"}) == []
 
 
 @pytest.mark.conformance(id="LATCH-16", rfc="RFC 5660 §2.6")
@@ -170,7 +168,7 @@ def test_dpd_peer_dead_breaks_all_latches_with_that_peer(approach: Approach) -> 
     other, _ = lab.open(4000, local_port=45002)  # bypassed flow: not latched, unaffected
     lab.stack(lab.a).sike.start_dpd(interval=0.5, max_misses=2)
     lab.stack(lab.b).sike.mode = __import__("rpclatch.netsim.ike", fromlist=["IkeMode"]).IkeMode.ABSENT
-    lab.world.run_for(5.0)
+    lab.net.run_for(5.0)
     for conn in (c1, c2):
         assert conn.kinds()[-1] is StreamEventKind.RESET
         cl = conn.latch_info
@@ -197,12 +195,12 @@ def test_simultaneous_open(equal: bool) -> None:
         req_a = req_b = None
     ca = lab.a.connect(lab.b.address, 2049, local_port=2049, request=req_a)
     cb = lab.b.connect(lab.a.address, 2049, local_port=2049, request=req_b)
-    lab.world.run_for(5.0)
+    lab.net.run_for(5.0)
     both = [ca.state is StreamState.ESTABLISHED, cb.state is StreamState.ESTABLISHED]
     if equal:
         assert all(both)
         ca.send(b"x")
-        lab.world.run_for(0.5)
+        lab.net.run_for(0.5)
         assert bytes(cb.received) == b"x"
     else:
         assert not all(both)
@@ -212,7 +210,7 @@ def test_simultaneous_open(equal: bool) -> None:
         reasons = [a.reason for cl in latches for a in cl.alerts]
         assert AlertReason.SA_UNSUITABLE in reasons
     f = FiveTuple(lab.a.address, 2049, lab.b.address, 2049, 6)
-    assert cleartext_after(lab.world.hub, f, 0.0) == []
+    assert cleartext_after(lab.net.hub, f, 0.0) == []
 
 
 @pytest.mark.conformance(id="LATCH-22", rfc="RFC 5386 §2")
@@ -254,7 +252,7 @@ def test_null_auth_latch_breaks_on_new_ike_sa_and_offers_no_binding() -> None:
     assert client.channel is None and client.latch_info.binding_unavailable  # type: ignore[union-attr]
     # the same NULL peer (same address, same daemon) makes a *new* IKE SA for the 5-tuple
     lab.stack(lab.a).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert StreamEventKind.RESET in server.kinds()
 
 
@@ -267,7 +265,7 @@ def test_binding_is_identical_at_both_ends_whoever_initiated_ike() -> None:
     lab2.stack(lab2.b).sike.initiate(
         lab2.b.address, lab2.a.address, (host_to_host(lab2.b.address, lab2.a.address),)
     )
-    lab2.world.run_for(0.5)
+    lab2.net.run_for(0.5)
     c2, s2 = lab2.open(local_port=47000)  # B initiated IKE; A reuses the SAs
     assert len(lab2.stack(lab2.a).sike.ike_sas) == 1
     for c, s in ((c1, s1), (c2, s2)):
@@ -291,7 +289,7 @@ def test_LATCH_10c_icmp_unreachable_disposition_is_a_soft_error(approach: Approa
     c = lab.attacker("c")
     c.claim_address(lab.a.address)
     lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert lab.stack(lab.b).latch_state(server) is LatchState.BROKEN
     soft = [e for e in server.events if e.kind is StreamEventKind.SOFT_ERROR]
     assert len(soft) == 1 and "unreachable" in soft[0].detail
@@ -300,14 +298,12 @@ def test_LATCH_10c_icmp_unreachable_disposition_is_a_soft_error(approach: Approa
     assert server.state is StreamState.ESTABLISHED and StreamEventKind.RESET not in server.kinds()
     c.release_address(lab.a.address)
     lab.a.claim_address(lab.a.address)
-    t_broken = lab.world.now
+    t_broken = lab.net.now
     client.send(b"during break")
     server.send(b"reply during break")
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert bytes(server.received) == b""  # input dropped while BROKEN
-    sent_by_b = [
-        p for p in flow_packets(lab.world.hub, client.flow) if p.sender == "b" and p.time >= t_broken
-    ]
+    sent_by_b = [p for p in flow_packets(lab.net.hub, client.flow) if p.sender == "b" and p.time >= t_broken]
     assert sent_by_b == []  # and nothing sent
     assert server.state is StreamState.ESTABLISHED
 
@@ -321,7 +317,7 @@ def test_LATCH_10d_soft_error_clears_when_the_latch_is_established_again() -> No
     c = lab.attacker("c")
     c.claim_address(lab.a.address)
     lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert server.soft_error is not None
     c.release_address(lab.a.address)
     lab.a.claim_address(lab.a.address)
@@ -329,6 +325,6 @@ def test_LATCH_10d_soft_error_clears_when_the_latch_is_established_again() -> No
     for sa in list(lab.stack(lab.b).engine.sad):
         if sa.peer != server.channel.params.peer:
             lab.stack(lab.b).sike.remove_child(sa.sa_id)
-    lab.world.run_for(3.0)
+    lab.net.run_for(3.0)
     assert lab.stack(lab.b).latch_state(server) is LatchState.ESTABLISHED and server.soft_error is None
     assert bytes(server.received) == b"during break"

@@ -202,7 +202,7 @@ def test_latch_break_resets_then_reconnects_relatches_and_rebinds(
         assert rogue.ipsec is not None
         rogue.ipsec.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
 
-    dw.world.scheduler.call_at(dw.world.now + 0.0005, attack)
+    dw.net.scheduler.call_at(dw.net.now + 0.0005, attack)
     with pytest.raises(ConnectionReset):
         echo(pc)  # in flight when the latch broke: fails, is not silently resent
     assert dw.client_stack.latch_state(old.conn) in (LatchState.BROKEN, LatchState.CLOSED)
@@ -253,7 +253,7 @@ def test_old_connection_closing_does_not_reset_the_new_one(realm: ThrowawayRealm
     echo(pc)  # reconnects
     new = link(pc)
     assert new is not old and pc.security.bound
-    dw.world.run_for(4 * dw.client.msl)
+    dw.net.run_for(4 * dw.client.msl)
     assert dw.client_stack.latch_state(old.conn) is LatchState.CLOSED
     assert new.is_open and dw.client_stack.latch_state(new.conn) is LatchState.ESTABLISHED
     echo(pc)
@@ -303,15 +303,15 @@ def test_wait_disposition_holds_the_connection_and_drops_the_binding(realm: Thro
         FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
     )
     rogue.ipsec.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
-    dw.world.run_for(0.05)
+    dw.net.run_for(0.05)
     assert dw.client_stack.latch_state(lk.conn) is LatchState.BROKEN
     assert pc.security.latch_state is LatchState.BROKEN and not pc.security.bound
     assert lk.is_open  # held, not reset
-    t_break = dw.world.now
+    t_break = dw.net.now
     for sa_id in list(rogue.ipsec.sike.children):
         rogue.ipsec.sike.remove_child(sa_id)  # DELETE: the conflict goes away
     dw.server.claim_address(SERVER_ADDR)
-    dw.world.run_for(0.05)
+    dw.net.run_for(0.05)
     assert dw.client_stack.latch_state(lk.conn) is LatchState.ESTABLISHED
     echo(pc)
     assert link(pc) is lk and pc.security.conn_id == first.conn_id

@@ -98,7 +98,7 @@ def test_bound_connection_rebinds_its_refreshed_context(realm: ThrowawayRealm) -
     assert len(client_calls(view, GssProc.RPCSEC_GSS_INIT)) == 1
     assert view.data_services("client") == ["channel_prot"]
     for round_ in range(2):
-        t_drop = dw.world.now
+        t_drop = dw.net.now
         assert gss_server(dw).drop_all_contexts() == 1
         echo(pc)
         view = dw.wire_view()
@@ -146,12 +146,12 @@ def test_failed_rebind_after_refresh_is_recorded_and_falls_back(realm: Throwaway
     echo(pc)
     server = gss_server(dw)
     server.prefixes = ()  # the server no longer binds (reconfigured)
-    t_drop = dw.world.now
+    t_drop = dw.net.now
     server.drop_all_contexts()
     echo(pc)
     _unbound_after(dw, pc, t_drop, BindOutcome.UNSUPPORTED)
     # the capped server keeps refreshing the (now MIC-counted) context; no re-bind is attempted
-    t_after = dw.world.now
+    t_after = dw.net.now
     for _ in range(2 * CAP):
         echo(pc)
     view = dw.wire_view()

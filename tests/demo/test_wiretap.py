@@ -15,8 +15,8 @@ from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import GssProc
+from rpclatch.netsim.network import SimNetwork
 from rpclatch.netsim.rpc import SimRpcClient, SimRpcServer
-from rpclatch.netsim.world import World
 from rpclatch.rpc.auth import ClientAuth
 from rpclatch.rpc.server import RpcDispatcher
 from rpclatch.rpc.testprog import (
@@ -42,17 +42,17 @@ class _Link:
         return self.client.call(prog, vers, proc, args, auth)
 
 
-def _gss_world(realm: ThrowawayRealm) -> tuple[World, SimRpcClient]:
-    """A cleartext sim world: an RPC server with the test program under RPCSEC_GSS, a client
+def _gss_network(realm: ThrowawayRealm) -> tuple[SimNetwork, SimRpcClient]:
+    """A cleartext simulated network: an RPC server with the test program under RPCSEC_GSS, a client
     connection to it."""
-    world = World(seed=7)
-    client_host = world.add_host("client", "192.0.2.10")
-    server_host = world.add_host("server", "192.0.2.20")
+    net = SimNetwork(seed=7)
+    client_host = net.add_host("client", "192.0.2.10")
+    server_host = net.add_host("server", "192.0.2.20")
     dispatcher = RpcDispatcher()
     add_test_program(dispatcher)
     dispatcher.add_flavor(GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab)))
     SimRpcServer(server_host.listen(2049), dispatcher)
-    return world, SimRpcClient(client_host.connect("192.0.2.20", 2049))
+    return net, SimRpcClient(client_host.connect("192.0.2.20", 2049))
 
 
 def _gss_context(realm: ThrowawayRealm, client: SimRpcClient, fallback: FallbackService) -> Any:
@@ -77,11 +77,11 @@ def _echo(client: SimRpcClient, auth: ClientAuth) -> None:
 def test_wire_shows_service_and_readability(
     realm: ThrowawayRealm, fallback: FallbackService, readable: bool
 ) -> None:
-    world, client = _gss_world(realm)
+    net, client = _gss_network(realm)
     ctx = _gss_context(realm, client, fallback)
     _echo(client, ctx.auth(GssService(fallback.value)))
 
-    view = WireView(world.wire, [])
+    view = WireView(net.wire, [])
     assert view.data_services() == [fallback.value]
     assert [c.gss_version for c in view.calls][:1] == [2]
     assert all(not c.protected for c in view.calls)
@@ -94,13 +94,13 @@ def test_wire_shows_service_and_readability(
 def test_data_services_after_a_time(realm: ThrowawayRealm) -> None:
     """``after=`` keeps the DATA calls sent at or after that time (the demo's "services after the
     server change" check)."""
-    world, client = _gss_world(realm)
+    net, client = _gss_network(realm)
     _echo(client, _gss_context(realm, client, FallbackService.INTEGRITY).auth(GssService.INTEGRITY))
-    world.run_for(5.0)
-    t_change = world.now
+    net.run_for(5.0)
+    t_change = net.now
     privacy = _gss_context(realm, client, FallbackService.PRIVACY)
     _echo(client, privacy.auth(GssService.PRIVACY))
-    view = WireView(world.wire, [])
+    view = WireView(net.wire, [])
     assert view.data_services() == ["krb5i", "krb5p"]
     assert view.data_services(after=t_change) == ["krb5p"]
     assert view.data_services("client", after=t_change) == ["krb5p"]

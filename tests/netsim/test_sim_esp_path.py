@@ -22,12 +22,12 @@ def test_replayed_esp_packet_is_dropped_and_data_not_duplicated() -> None:
     lab.send(client, b"once")  # type: ignore[arg-type]
     data = [
         p
-        for p in flow_packets(lab.world.hub, client.flow)  # type: ignore[attr-defined]
+        for p in flow_packets(lab.net.hub, client.flow)  # type: ignore[attr-defined]
         if p.sender == "a" and p.segment is not None and p.segment.payload == b"once"
     ]
     m = lab.attacker("m", ipsec=False)
     m.inject(IpPacket.decode(data[0].record.frame))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert bytes(server.received) == b"once"  # type: ignore[attr-defined]
     assert any("replayed ESP" in d.reason for d in lab.stack(lab.b).drops)
 
@@ -35,7 +35,7 @@ def test_replayed_esp_packet_is_dropped_and_data_not_duplicated() -> None:
 def test_tampered_esp_fails_icv_and_unknown_spi_is_dropped() -> None:
     lab, client, server = _established()
     lab.send(client, b"intact")  # type: ignore[arg-type]
-    frame = [p for p in flow_packets(lab.world.hub, client.flow) if p.sender == "a"][-1].record.frame  # type: ignore[attr-defined]
+    frame = [p for p in flow_packets(lab.net.hub, client.flow) if p.sender == "a"][-1].record.frame  # type: ignore[attr-defined]
     pkt = IpPacket.decode(frame)
     body = bytearray(pkt.payload)
     body[4:8] = (0xFFFFFF00).to_bytes(4, "big")  # a fresh sequence number, so replay check passes
@@ -43,7 +43,7 @@ def test_tampered_esp_fails_icv_and_unknown_spi_is_dropped() -> None:
     m = lab.attacker("m", ipsec=False)
     m.inject(IpPacket(pkt.src, pkt.dst, PROTO_ESP, bytes(body)))
     m.inject(IpPacket(pkt.src, pkt.dst, PROTO_ESP, (0x99999).to_bytes(4, "big") + bytes(body[4:])))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     reasons = [d.reason for d in lab.stack(lab.b).drops]
     assert any("ICV" in r for r in reasons) and any("unknown SPI" in r for r in reasons)
     assert bytes(server.received) == b"intact"  # type: ignore[attr-defined]
@@ -56,6 +56,6 @@ def test_sequence_number_exhaustion_stops_output() -> None:
     for keys in lab.stack(lab.a).sike.children.values():
         keys.seq_out = 0xFFFFFFFF
     client.send(b"too late")  # type: ignore[attr-defined]
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert bytes(server.received) == b""  # type: ignore[attr-defined]
     assert any("exhausted" in d.reason for d in lab.stack(lab.a).drops)

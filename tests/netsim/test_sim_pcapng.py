@@ -34,14 +34,14 @@ def _scenario(tmp_path: Path) -> tuple[Lab, Path, Path]:
     c.inject_tcp(f.remote_addr, f.remote_port, f.local_addr, f.local_port, seq=1, flags=Flags.RST)
     c.blackhole(lab.a.address, lab.b.address)
     clear.send(b"lost for a while")
-    lab.world.run_for(0.3)
+    lab.net.run_for(0.3)
     c.stop_dropping()
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(f.reversed()),))
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     pcap, keys = tmp_path / "run.pcapng", tmp_path / "run.esp_sa"
-    lab.world.export_pcapng(pcap, keys)
+    lab.net.export_pcapng(pcap, keys)
     return lab, pcap, keys
 
 
@@ -69,17 +69,17 @@ def test_pcapng_structure(tmp_path: Path) -> None:
     assert struct.unpack_from("<I", raw)[0] == 0x0A0D0D0A
     assert struct.unpack_from("<I", raw, 8)[0] == 0x1A2B3C4D
     rows = keys.read_text().splitlines()
-    assert len(rows) == len(lab.world.esp_keys) >= 4
+    assert len(rows) == len(lab.net.esp_keys) >= 4
     assert all(r.startswith('"IPv4","192.0.2.') for r in rows)
 
 
 @needs_tshark
 def test_tshark_decodes_and_decrypts_without_malformed_packets(tmp_path: Path) -> None:
     lab, pcap, _ = _scenario(tmp_path)
-    sas = lab.world.esp_keys
+    sas = lab.net.esp_keys
     frames = _tshark(pcap, sas, "-T", "fields", "-e", "frame.number").split()
-    claims = [c for c in lab.world.hub.claims if c[1].version == 4]
-    assert len(frames) == len(lab.world.wire) + len(claims)
+    claims = [c for c in lab.net.hub.claims if c[1].version == 4]
+    assert len(frames) == len(lab.net.wire) + len(claims)
     # address claims show as gratuitous ARP; C's claim of B's address is visible on the wire
     garp = _tshark(
         pcap,
@@ -111,7 +111,7 @@ def test_tshark_decodes_and_decrypts_without_malformed_packets(tmp_path: Path) -
     good = _tshark(pcap, sas, "-Y", "tcp.checksum.status == 1", "-T", "fields", "-e", "frame.number")
     assert len(good.split()) > 10
     # every ESP frame whose keys were exported decrypts to a TCP segment with a valid checksum
-    esp = [p for p in decode_wire(lab.world.hub) if p.protected and p.decrypted]
+    esp = [p for p in decode_wire(lab.net.hub) if p.protected and p.decrypted]
     inner = _tshark(pcap, sas, "-Y", "esp && tcp", "-T", "fields", "-e", "frame.number").split()
     assert len(inner) == len(esp) > 5
     payloads = _tshark(pcap, sas, "-Y", "esp && tcp.len > 0", "-T", "fields", "-e", "tcp.payload").split()

@@ -7,10 +7,10 @@ import pytest
 from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.latch import BrokenDisposition, LatchRequest, LatchState
 from rpclatch.ipsec.model import Selector
+from rpclatch.netsim.network import SimNetwork
 from rpclatch.netsim.rpc import SimConnectionReset, SimDestinationUnreachable, SimRpcClient, SimRpcServer
 from rpclatch.netsim.testing.lab import Lab
 from rpclatch.netsim.testing.wireview import flow_packets
-from rpclatch.netsim.world import World
 from rpclatch.rpc.auth import ConnectionInfo
 from rpclatch.rpc.errors import RpcAcceptError, RpcTimeout
 from rpclatch.rpc.server import CallContext, RpcDispatcher
@@ -30,8 +30,8 @@ def _dispatcher(seen: list[ConnectionInfo]) -> RpcDispatcher:
 
 
 def test_rpc_over_plain_sim_stream() -> None:
-    w = World(seed=2)
-    a, b = w.add_host("a", "192.0.2.1"), w.add_host("b", "192.0.2.2")
+    net = SimNetwork(seed=2)
+    a, b = net.add_host("a", "192.0.2.1"), net.add_host("b", "192.0.2.2")
     seen: list[ConnectionInfo] = []
     SimRpcServer(b.listen(2049), _dispatcher(seen))
     client = SimRpcClient(a.connect("192.0.2.2", 2049))
@@ -53,12 +53,12 @@ def test_rpc_server_sees_the_latched_channel_and_reset_on_break(approach: Approa
     assert client.call(PROG, VERS, 1, b"ping") == b"ping"
     assert seen[0].channel is not None and seen[0].channel is server.connections[0][0].channel
     assert conn.channel is not None and conn.channel.binding_data == seen[0].channel.binding_data
-    assert all(p.protected for p in flow_packets(lab.world.hub, conn.flow))
+    assert all(p.protected for p in flow_packets(lab.net.hub, conn.flow))
     if approach is Approach.POLICY:
         c = lab.attacker()
         c.claim_address(lab.b.address)
         lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
-        lab.world.run_for(0.5)
+        lab.net.run_for(0.5)
         with pytest.raises(SimConnectionReset):
             client.call(PROG, VERS, 1, b"again")
         assert not client.is_open
@@ -74,7 +74,7 @@ def test_outstanding_call_fails_with_reset_when_latch_breaks() -> None:
     c.claim_address(lab.b.address)  # the reply to the next call will never come back from B
     handle = client.start_call(PROG, VERS, 1, b"lost")
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert isinstance(client.results.get(handle.xid), Exception)
     assert client.ended is not None
 
@@ -96,7 +96,7 @@ def test_call_during_unreachable_disposition_break_names_the_soft_error_then_rec
     c = lab.attacker()
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert lab.stack(lab.a).latch_state(conn) is LatchState.BROKEN and conn.soft_error is not None
     c.release_address(lab.b.address)
     lab.b.claim_address(lab.b.address)
@@ -107,14 +107,14 @@ def test_call_during_unreachable_disposition_break_names_the_soft_error_then_rec
     for sa in list(lab.stack(lab.a).engine.sad):  # the thief's SA goes away: T5
         if conn.channel is not None and sa.peer != conn.channel.params.peer:
             lab.stack(lab.a).sike.remove_child(sa.sa_id)
-    lab.world.run_for(3.0)
+    lab.net.run_for(3.0)
     assert lab.stack(lab.a).latch_state(conn) is LatchState.ESTABLISHED and conn.soft_error is None
     assert client.call(PROG, VERS, 1, b"after", timeout=10.0) == b"after"
 
 
 def test_timeout_without_soft_error_stays_a_plain_timeout() -> None:
-    w = World(seed=3)
-    a, b = w.add_host("a", "192.0.2.1"), w.add_host("b", "192.0.2.2")
+    net = SimNetwork(seed=3)
+    a, b = net.add_host("a", "192.0.2.1"), net.add_host("b", "192.0.2.2")
     server = SimRpcServer(b.listen(2049), _dispatcher([]))
     conn = a.connect("192.0.2.2", 2049)
     client = SimRpcClient(conn)

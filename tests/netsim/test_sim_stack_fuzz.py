@@ -64,7 +64,7 @@ def test_hostile_frames_never_crash_and_never_reach_the_app(approach: Approach, 
             dgram = UdpDatagram(SIKE_PORT, SIKE_PORT, payload).encode(src, dst)
             frame = IpPacket(src, dst, PROTO_UDP, dgram).encode()
         b.iface.receive(frame)
-    lab.world.run_for(1.0)
+    lab.net.run_for(1.0)
     assert bytes(server.received) == b""  # type: ignore[attr-defined]
     assert server.state is StreamState.ESTABLISHED  # type: ignore[attr-defined]
     lab.send(client, b"ok")  # type: ignore[arg-type]

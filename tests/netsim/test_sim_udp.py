@@ -29,7 +29,7 @@ def test_protected_udp_datagrams_carry_the_tag() -> None:
     lab = Lab.build(spd=_spd())
     sa, sb = lab.a.udp_bind(5353), lab.b.udp_bind(5353)
     sa.sendto(b"query", lab.b.address, 5353)  # queued until the SAs exist, then sent
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert len(sb.received) == 1
     src, sport, data, tag = sb.received[0]
     assert (src, sport, data) == (lab.a.address, 5353, b"query")
@@ -37,12 +37,12 @@ def test_protected_udp_datagrams_carry_the_tag() -> None:
     token = PToken(tag)
     assert token.privacy_protected and isinstance(token.peer, RawPublicKeyPeer)
     assert token.peer.spki_der == lab.stack(lab.a).sike.credentials.spki
-    udp = [p for p in decode_wire(lab.world.hub) if p.proto == IpProto.UDP and not p.sike]
+    udp = [p for p in decode_wire(lab.net.hub) if p.proto == IpProto.UDP and not p.sike]
     assert udp and all(p.protected for p in udp)
     # a forged cleartext datagram to the protected port never reaches the socket
     c = lab.attacker(ipsec=False)
     c.inject_udp(lab.a.address, 5353, lab.b.address, 5353, b"forged")
-    lab.world.run_for(0.2)
+    lab.net.run_for(0.2)
     assert len(sb.received) == 1
     assert any(d.reason == "cleartext-on-protect-entry" for d in lab.stack(lab.b).drops)
 
@@ -65,7 +65,7 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
     st = lab.stack(lab.a)
     assert st.udp_latch_state(sa) in (LatchState.LARVAL, None)
     sa.send(b"query")
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert [d for _s, _p, d, _t in sb.received] == [b"query"]
     assert st.udp_latch_state(sa) is LatchState.ESTABLISHED
     latch = st.engine.latches.latch_for(flow)
@@ -75,32 +75,32 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
     assert info.params.peer.spki_der == lab.stack(lab.b).sike.credentials.spki
     # the reply comes back under the latch; a datagram from another port is not for this socket
     sb.sendto(b"answer", lab.a.address, 5353)
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert [d for _s, _p, d, _t in sa.received] == [b"answer"] and sa.received[0][3].protected
     other = lab.b.udp_bind(5354)
     other.sendto(b"stray", lab.a.address, 5353)
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert sa.not_from_peer == 1 and len(sa.received) == 1
     # an address thief keys the flow: the latch breaks, nothing more of the flow is sent
     c = lab.attacker("c")
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(flow.reversed()),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     cl = sa.latch_info
     assert isinstance(cl, ConnLatch) and cl.alerts[-1].new_state is LatchState.BROKEN
     assert st.udp_latch_state(sa) is LatchState.BROKEN
-    t0 = lab.world.now
+    t0 = lab.net.now
     sa.send(b"after the break")
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     from_a = [
-        p for p in decode_wire(lab.world.hub) if p.sender == "a" and not p.sike and p.proto != IpProto.TCP
+        p for p in decode_wire(lab.net.hub) if p.sender == "a" and not p.sike and p.proto != IpProto.TCP
     ]
     assert from_a and [p for p in from_a if p.time >= t0] == []
     assert any(d.flow == flow for d in st.drops)  # dropped by the BROKEN latch
-    udp = [p for p in decode_wire(lab.world.hub) if p.proto == IpProto.UDP and not p.sike and p.sender == "a"]
+    udp = [p for p in decode_wire(lab.net.hub) if p.proto == IpProto.UDP and not p.sike and p.sender == "a"]
     assert udp and all(p.protected for p in udp)
     sa.close()
-    lab.world.run_for(120.0)
+    lab.net.run_for(120.0)
     assert st.engine.latches.latch_for(flow) is None
 
 
@@ -113,7 +113,7 @@ def test_approach1_connected_udp_socket_is_not_latched() -> None:
     sa = lab.a.udp_bind(5353)
     sa.connect(lab.b.address, 5353)
     sa.send(b"query")
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     assert [d for _s, _p, d, _t in sb.received] == [b"query"]  # protected by the SPD, not latched
     assert sb.received[0][3].protected
     cl = sa.latch_info

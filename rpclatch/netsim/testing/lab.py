@@ -24,9 +24,9 @@ from rpclatch.netsim.errors import SimLocalError
 from rpclatch.netsim.host import Host, Listener
 from rpclatch.netsim.identity import Credentials
 from rpclatch.netsim.ike import IkeMode
+from rpclatch.netsim.network import SimNetwork
 from rpclatch.netsim.stack import IpsecStack, stack_of
 from rpclatch.netsim.stream import StreamConnection, StreamState
-from rpclatch.netsim.world import World
 
 CLIENT_ADDR = "192.0.2.1"
 SERVER_ADDR = "192.0.2.2"
@@ -36,7 +36,7 @@ NFS_PORT = 2049
 
 @dataclass
 class Lab:
-    world: World
+    net: SimNetwork
     a: Host
     b: Host
     approach: Approach
@@ -60,30 +60,30 @@ class Lab:
         client_credentials: str = "btns",
         server_credentials: str = "btns",
     ) -> Lab:
-        world = World(seed=seed)
+        net = SimNetwork(seed=seed)
         spd_l = list(spd) if spd is not None else examples.nfs_spd(SpdAction.PROTECT)
         pad_l = list(pad) if pad is not None else examples.btns_pad()
-        a = world.add_host("a", CLIENT_ADDR, msl=msl)
-        b = world.add_host("b", SERVER_ADDR, msl=msl)
-        world.enable_ipsec(
+        a = net.add_host("a", CLIENT_ADDR, msl=msl)
+        b = net.add_host("b", SERVER_ADDR, msl=msl)
+        net.enable_ipsec(
             a,
             spd=spd_l,
             pad=pad_l,
             approach=approach,
             ike=client_ike,
             config=config,
-            credentials=world.credentials(client_credentials),
+            credentials=net.credentials(client_credentials),
         )
-        world.enable_ipsec(
+        net.enable_ipsec(
             b,
             spd=spd_l,
             pad=pad_l,
             approach=approach,
             ike=server_ike,
             config=config,
-            credentials=world.credentials(server_credentials),
+            credentials=net.credentials(server_credentials),
         )
-        return cls(world, a, b, approach, spd_l, pad_l, config)
+        return cls(net, a, b, approach, spd_l, pad_l, config)
 
     @staticmethod
     def stack(host: Host) -> IpsecStack:
@@ -102,15 +102,15 @@ class Lab:
         pad: Iterable[PadEntry] | None = None,
     ) -> Attacker:
         """An attacker on the segment, by default with its own IPsec stack and BTNS key."""
-        c = self.world.add_attacker(name, addr)
+        c = self.net.add_attacker(name, addr)
         if ipsec:
-            self.world.enable_ipsec(
+            self.net.enable_ipsec(
                 c,
                 spd=self.spd,
                 pad=list(pad) if pad is not None else self.pad,
                 approach=self.approach,
                 config=self.config,
-                credentials=credentials or self.world.credentials("btns"),
+                credentials=credentials or self.net.credentials("btns"),
             )
         return c
 
@@ -127,7 +127,7 @@ class Lab:
         lst = self.listeners.get(port) or self.listen(port)
         before = len(lst.accepted)
         client = self.a.connect(SERVER_ADDR, port, local_port=local_port, **options)
-        self.world.run_until(
+        self.net.run_until(
             lambda: (
                 client.state is not StreamState.SYN_SENT
                 and (client.state is StreamState.CLOSED or client.is_open)
@@ -135,10 +135,10 @@ class Lab:
             ),
             timeout,
         )
-        self.world.run_for(0.01)
+        self.net.run_for(0.01)
         server = lst.accepted[before] if len(lst.accepted) > before else None
         return client, server
 
     def send(self, conn: StreamConnection, data: bytes, settle: float = 0.5) -> None:
         conn.send(data)
-        self.world.run_for(settle)
+        self.net.run_for(settle)

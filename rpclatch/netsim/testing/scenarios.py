@@ -82,10 +82,10 @@ def _finish(
     notes: str = "",
     pcap_dir: Path | None = None,
 ) -> LatchScenarioResult:
-    hub = lab.world.hub
+    hub = lab.net.hub
     if pcap_dir is not None:
         stem = f"{name}-approach{lab.approach.value}"
-        lab.world.export_pcapng(pcap_dir / f"{stem}.pcapng", pcap_dir / f"{stem}.esp_sa")
+        lab.net.export_pcapng(pcap_dir / f"{stem}.pcapng", pcap_dir / f"{stem}.esp_sa")
     received = bytes(server.received) if server is not None else b""
     outcome = _outcome(client)
     if outcome == "open":
@@ -107,13 +107,13 @@ def _latched(approach: Approach, seed: int) -> tuple[Lab, StreamConnection, Stre
     client, server = lab.open(local_port=32800)
     if server is None or client.state is not StreamState.ESTABLISHED:
         raise RuntimeError("scenario setup: the connection did not latch")
-    return lab, client, server, lab.world.now
+    return lab, client, server, lab.net.now
 
 
 def _probe(lab: Lab, client: StreamConnection) -> None:
     if client.is_open:
         client.send(b"probe")
-    lab.world.run_for(3.0)
+    lab.net.run_for(3.0)
 
 
 def policy_change(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> LatchScenarioResult:
@@ -131,7 +131,7 @@ def flow_stealing(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     c = lab.attacker()
     c.claim_address(lab.b.address)
     lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     c.inject_protected(
         lab.b.address,
         2049,
@@ -180,7 +180,7 @@ def address_reuse(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     c = lab.attacker("c", "192.0.2.67")
     c.claim_address(addr)
     lab.stack(c).sike.initiate(addr, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
-    lab.world.run_for(0.5)
+    lab.net.run_for(0.5)
     _probe(lab, client)
     return _finish("address-reuse", lab, client, server, t0, pcap_dir=pcap_dir)
 
@@ -188,7 +188,7 @@ def address_reuse(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
 def km_restart(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> LatchScenarioResult:
     """A14: the client's key manager restarts without restoring state."""
     lab, client, server, t0 = _latched(approach, seed)
-    lab.stack(lab.a).engine.restart_key_manager(lab.world.now, restore_latches=False)
+    lab.stack(lab.a).engine.restart_key_manager(lab.net.now, restore_latches=False)
     _probe(lab, client)
     return _finish("km-restart", lab, client, server, t0, pcap_dir=pcap_dir)
 
@@ -199,7 +199,7 @@ def dpd_blackhole(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     lab.stack(lab.a).sike.start_dpd(interval=1.0, max_misses=3)
     m = lab.attacker("m", ipsec=False)
     m.blackhole(lab.a.address, lab.b.address)
-    lab.world.run_for(8.0)
+    lab.net.run_for(8.0)
     m.stop_dropping()
     _probe(lab, client)
     return _finish("dpd-blackhole", lab, client, server, t0, pcap_dir=pcap_dir)
