@@ -29,7 +29,9 @@ one's ``successor``; the dispatcher routes to it), :class:`IkeSaRekeyFailed`,
 
 Modules: ``wire`` (codec), ``crypto`` (key exchange, PRF, keys, SK payload, AUTH),
 ``negotiation`` (proposals, TS narrowing), ``config``, ``events``, ``sa`` (one IKE SA),
-``dispatcher`` (SPI routing, cookies, half-open limit), ``errors`` (per layer, with notify codes).
+``dispatcher`` (SPI routing, cookies, half-open limit), ``errors`` (per layer, with notify codes),
+``export`` (Wireshark ``ikev2_decryption_table`` rows: ``ikev2_decryption_row(sa.spi_i, sa.spi_r,
+sa.keys)``).
 """
 
 from rpclatch.ipsec.ike.config import ChildRequest, Credentials, Endpoint, IkeConfig

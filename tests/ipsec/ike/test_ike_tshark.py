@@ -25,13 +25,11 @@ from ike_harness import A_ADDR, A_POLICY, B_ADDR, NFS_POLICY, A, B, Pair, btns_p
 from rpclatch.ipsec.ike.config import ChildRequest
 from rpclatch.ipsec.ike.crypto import IkeSuite
 from rpclatch.ipsec.ike.dispatcher import IkeDispatcher
+from rpclatch.ipsec.ike.export import ikev2_decryption_row
 from rpclatch.ipsec.ike.negotiation import DEFAULT_IKE_SUITES
 from rpclatch.ipsec.model import FiveTuple, Selector
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
-
-ENCR = {20: "AES-GCM-256 with 16 octet ICV [RFC5282]", 12: "AES-CBC-256 [RFC3602]"}
-INTEG = {0: "NONE [RFC4306]", 12: "HMAC_SHA2_256_128 [RFC4868]"}
 
 
 def _ip_udp(src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, payload: bytes) -> bytes:
@@ -63,12 +61,8 @@ def _run(tmp_path: Path, suite: IkeSuite, *, null: bool) -> str:
         pcap += struct.pack("<IIII", 1000 + i, 0, len(pkt), len(pkt)) + pkt
     path = tmp_path / "ike.pcap"
     path.write_bytes(pcap)
-    k = sa.keys
-    assert k is not None
-    row = (
-        f'{sa.spi_i:016x},{sa.spi_r:016x},{k.sk_ei.hex()},{k.sk_er.hex()},"{ENCR[suite.encr]}",'
-        f'{k.sk_ai.hex()},{k.sk_ar.hex()},"{INTEG[suite.integ]}"'
-    )
+    assert sa.keys is not None
+    row = ikev2_decryption_row(sa.spi_i, sa.spi_r, sa.keys)
     out = subprocess.run(
         ["tshark", "-n", "-r", str(path), "-o", f"uat:ikev2_decryption_table:{row}", "-V"],
         capture_output=True,
