@@ -1,5 +1,5 @@
 """Channel binding's payoff: bulk ECHO 64 KiB with channel_prot over a latched channel versus
-RPCSEC_GSS krb5p and krb5i without IPsec, in the same run on the same (simulated) world.
+RPCSEC_GSS krb5p and krb5i without IPsec, in the same run on the same simulated network.
 
 For each mode one connection is opened through the BYPASS-OR-PROTECT policy
 (:class:`rpclatch.connect.ProtectedConnection`) on :mod:`rpclatch.netsim` with a throwaway MIT
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rpclatch.connect import ConnectPolicy, FallbackService, GssService
-from rpclatch.demo.world import build_world
+from rpclatch.demo.testbed import build_testbed
 from rpclatch.gss.realm import running_realm
 from rpclatch.netsim import stack as sim_stack
 from rpclatch.rpc.client import RpcClientConnection
@@ -119,15 +119,15 @@ class Figures:
 
 def measure(realm: Any, mode: str, calls: int) -> Figures:
     if mode == "channel_prot":
-        dw = build_world(realm, seed=21)
+        bed = build_testbed(realm, seed=21)
         policy = ConnectPolicy(ike_timeout=2.0, fallback=FallbackService.PRIVACY)
         expect = GssService.CHANNEL_PROT
     else:
-        dw = build_world(realm, seed=22)
+        bed = build_testbed(realm, seed=22)
         fallback = FallbackService.PRIVACY if mode == "krb5p" else FallbackService.INTEGRITY
         policy = ConnectPolicy(try_ipsec=False, fallback=fallback)
         expect = GssService(mode)
-    pc = dw.connection(policy)
+    pc = bed.connection(policy)
     record = pc.connect()
     if record.gss_service is not expect:
         raise SystemExit(f"{mode}: the policy chose {record.gss_service.value}: {record.reason}")
@@ -135,7 +135,7 @@ def measure(realm: Any, mode: str, calls: int) -> Figures:
     args = encode_opaque(payload)
     reply = pc.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, args)  # warm up
     assert decode_opaque(reply) == payload
-    services = dw.wire_view().data_services()  # the warm-up call: what the wire really carried
+    services = bed.wire_view().data_services()  # the warm-up call: what the wire really carried
     if services != [expect.value]:
         raise SystemExit(f"{mode}: the wire shows {services}")
     rpc, esp = CpuMeter(), CpuMeter()

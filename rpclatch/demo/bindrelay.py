@@ -90,7 +90,7 @@ def rewrite_prefix(call: CallMessage, prefix: bytes) -> bytes:
 
 
 class BindRelayEditor:
-    """A :class:`rpclatch.demo.world.RecordEditor` for one :class:`BindAttack` variant. It acts on
+    """A :class:`rpclatch.demo.testbed.RecordEditor` for one :class:`BindAttack` variant. It acts on
     the first message the variant targets and relays everything else unchanged. ``on_action`` is
     told (in words) each time it does something, for the trace."""
 

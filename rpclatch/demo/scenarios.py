@@ -1,4 +1,4 @@
-"""The demo scenarios (the sixth in four variants). Each builds its world, acts, then computes its
+"""The demo scenarios (the sixth in four variants). Each builds its testbed, acts, then computes its
 checks from what actually happened: the recorded wire (decoded like tshark with the ESP keys), the
 latch states at both ends (INQUIRE_LATCH), the RPCSEC_GSS service on the wire, and what the
 attacker could read.
@@ -23,8 +23,8 @@ from rpclatch.demo.bindrelay import REWRITTEN_PREFIX, UNKNOWN_HASH_OID, BindAtta
 from rpclatch.demo.diagram import render_html, render_svg
 from rpclatch.demo.model import Check, ScenarioResult, TraceEvent
 from rpclatch.demo.rundir import slug
+from rpclatch.demo.testbed import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoTestbed, build_testbed
 from rpclatch.demo.wiretap import WireView
-from rpclatch.demo.world import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoWorld, build_world
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.wire import BindChanStatus, GssProc
 from rpclatch.ipsec import examples
@@ -75,7 +75,7 @@ class ScenarioSpec:
     number: int
     name: str
     title: str
-    run: Callable[[ThrowawayRealm, Approach], tuple[DemoWorld, Observation]]
+    run: Callable[[ThrowawayRealm, Approach], tuple[DemoTestbed, Observation]]
     variant: str = ""
 
     @property
@@ -102,8 +102,8 @@ def stack_of(host_security: object) -> IpsecStack:
     return host_security
 
 
-def server_conn(dw: DemoWorld, client_flow: FiveTuple) -> StreamConnection | None:
-    for conn, _rpc in dw.endpoint.server.connections:
+def server_conn(bed: DemoTestbed, client_flow: FiveTuple) -> StreamConnection | None:
+    for conn, _rpc in bed.endpoint.server.connections:
         if (
             conn.flow.remote_port == client_flow.local_port
             and conn.flow.local_port == client_flow.remote_port
@@ -125,15 +125,15 @@ class EchoRun(NamedTuple):
     sstate: LatchState | None
 
 
-def connect_and_echo(dw: DemoWorld) -> EchoRun:
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+def connect_and_echo(bed: DemoTestbed) -> EchoRun:
+    pc = bed.connection(ConnectPolicy(ike_timeout=2.0))
     rec = pc.connect()
     ok = all(echo(pc) for _ in range(4))
-    view = dw.wire_view()
+    view = bed.wire_view()
     link = link_of(pc)
-    sconn = server_conn(dw, link.conn.flow)
-    cstate = dw.client_stack.latch_state(link.conn)
-    sstate = dw.server_stack.latch_state(sconn) if sconn else None
+    sconn = server_conn(bed, link.conn.flow)
+    cstate = bed.client_stack.latch_state(link.conn)
+    sstate = bed.server_stack.latch_state(sconn) if sconn else None
     return EchoRun(pc, rec, ok, view, link, sconn, cstate, sstate)
 
 
@@ -264,8 +264,8 @@ def marker_bytes(data: bytes) -> int:
     return data.count(MARKER) * len(MARKER)
 
 
-def frames_with_marker(dw: DemoWorld) -> int:
-    return sum(1 for r in dw.wire() if MARKER in r.frame)
+def frames_with_marker(bed: DemoTestbed) -> int:
+    return sum(1 for r in bed.wire() if MARKER in r.frame)
 
 
 def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | None = None) -> list[int]:
@@ -288,9 +288,9 @@ def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | N
 
 def ipsec_available(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY
-) -> tuple[DemoWorld, Observation]:
-    dw = build_world(realm, seed=1, approach=approach)
-    _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
+) -> tuple[DemoTestbed, Observation]:
+    bed = build_testbed(realm, seed=1, approach=approach)
+    _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(bed)
     o = Observation(
         "IPsec available",
         f"{end_word(cstate)}/{end_word(sstate)}",
@@ -309,15 +309,15 @@ def ipsec_available(
         sstate is LatchState.ESTABLISHED,
         f"server latch {latch_state_name(sstate)}",
     )
-    ckey = dw.client_stack.sike.credentials.spki
-    skey = dw.server_stack.sike.credentials.spki
+    ckey = bed.client_stack.sike.credentials.spki
+    skey = bed.server_stack.sike.credentials.spki
     o.check(
         "latched to each other's keys",
         sconn is not None
-        and peer_key(dw.client_stack, link.conn) == skey
-        and peer_key(dw.server_stack, sconn) == ckey,
-        f"client sees {fp(peer_key(dw.client_stack, link.conn))} (server key {fp(skey)}), server sees "
-        f"{fp(peer_key(dw.server_stack, sconn) if sconn else None)} (client key {fp(ckey)})",
+        and peer_key(bed.client_stack, link.conn) == skey
+        and peer_key(bed.server_stack, sconn) == ckey,
+        f"client sees {fp(peer_key(bed.client_stack, link.conn))} (server key {fp(skey)}), server sees "
+        f"{fp(peer_key(bed.server_stack, sconn) if sconn else None)} (client key {fp(ckey)})",
     )
     binds = view.bind_calls("client")
     o.check(
@@ -342,22 +342,22 @@ def ipsec_available(
     )
     o.check(
         "payload never visible on the wire",
-        frames_with_marker(dw) == 0,
-        f"{frames_with_marker(dw)} frames contain the payload in the clear",
+        frames_with_marker(bed) == 0,
+        f"{frames_with_marker(bed)} frames contain the payload in the clear",
     )
     o.check("ECHO replies intact", ok, "4 ECHO calls of 1.6 KB")
-    check_latch_home(o, dw.client_stack, link.conn, approach)
-    return dw, o
+    check_latch_home(o, bed.client_stack, link.conn, approach)
+    return bed, o
 
 
 # -- scenario 2 -------------------------------------------------------------------------------------
 
 
-def no_ike(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Observation]:
-    dw = build_world(realm, seed=2, server_ike=IkeMode.ABSENT, approach=approach)
-    _pc, rec, ok, view, link, _sconn, cstate, sstate = connect_and_echo(dw)
+def no_ike(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoTestbed, Observation]:
+    bed = build_testbed(realm, seed=2, server_ike=IkeMode.ABSENT, approach=approach)
+    _pc, rec, ok, view, link, _sconn, cstate, sstate = connect_and_echo(bed)
     flow = link.conn.flow
-    overlay = dw.client_stack.engine.spd.overlay_entry(flow)
+    overlay = bed.client_stack.engine.spd.overlay_entry(flow)
     o = Observation(
         "no IKE on the server",
         latch_cell(cstate, sstate),
@@ -371,7 +371,7 @@ def no_ike(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple
         rec.latch_outcome is LatchOutcome.NOT_LATCHED and rec.protection_error is not None,
         f"protection error: {rec.protection_error}",
     )
-    ike_frames = sum(1 for e in dw.trace(view) if e.kind.value == "ike")
+    ike_frames = sum(1 for e in bed.trace(view) if e.kind.value == "ike")
     o.check("IKE was tried first", ike_frames > 0, f"{ike_frames} SIKE frames sent, none answered")
     o.check(
         "BYPASS clone for exactly this 5-tuple",
@@ -391,21 +391,21 @@ def no_ike(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple
     )
     o.check(
         "payload never visible on the wire",
-        frames_with_marker(dw) == 0,
-        f"{frames_with_marker(dw)} frames contain the payload in the clear",
+        frames_with_marker(bed) == 0,
+        f"{frames_with_marker(bed)} frames contain the payload in the clear",
     )
     o.check("ECHO replies intact", ok, "4 ECHO calls over cleartext TCP, krb5p")
-    return dw, o
+    return bed, o
 
 
 # -- scenario 3 -------------------------------------------------------------------------------------
 
 
-def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoWorld, Observation]:
-    dw = build_world(realm, seed=3, mitm=True, approach=approach)
-    _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
-    front, back = dw.attackers[0], dw.attackers[1]
-    stolen = dw.attacker_plaintext(view)
+def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple[DemoTestbed, Observation]:
+    bed = build_testbed(realm, seed=3, mitm=True, approach=approach)
+    _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(bed)
+    front, back = bed.attackers[0], bed.attackers[1]
+    stolen = bed.attacker_plaintext(view)
     o = Observation(
         "BTNS man in the middle",
         f"{end_word(cstate)}/{end_word(sstate)}",
@@ -420,11 +420,11 @@ def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tu
         "both ends latched (to the attacker)",
         cstate is LatchState.ESTABLISHED
         and sstate is LatchState.ESTABLISHED
-        and peer_key(dw.client_stack, link.conn) == mkey1
+        and peer_key(bed.client_stack, link.conn) == mkey1
         and sconn is not None
-        and peer_key(dw.server_stack, sconn) == mkey2,
-        f"client latched to {fp(peer_key(dw.client_stack, link.conn))} (mitm {fp(mkey1)}), server to "
-        f"{fp(peer_key(dw.server_stack, sconn) if sconn else None)} (mitm-b {fp(mkey2)})",
+        and peer_key(bed.server_stack, sconn) == mkey2,
+        f"client latched to {fp(peer_key(bed.client_stack, link.conn))} (mitm {fp(mkey1)}), server to "
+        f"{fp(peer_key(bed.server_stack, sconn) if sconn else None)} (mitm-b {fp(mkey2)})",
     )
     o.check(
         "BIND_CHANNEL attempted and failed",
@@ -433,7 +433,7 @@ def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tu
     )
     o.check(
         "failure reported loudly",
-        bool(rec.warnings) and any(k == "warning" for _, k, _ in dw.policy_events),
+        bool(rec.warnings) and any(k == "warning" for _, k, _ in bed.policy_events),
         rec.warnings[0] if rec.warnings else "no warning",
     )
     o.check(
@@ -447,7 +447,7 @@ def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tu
         f"client segment {view.data_services('client')}, server segment {view.data_services('mitm-b')}",
     )
     check_relay_learned_nothing(o, stolen, ok)
-    return dw, o
+    return bed, o
 
 
 def check_relay_learned_nothing(o: Observation, stolen: bytes, ok: bool) -> None:
@@ -471,26 +471,26 @@ def check_relay_learned_nothing(o: Observation, stolen: bytes, ok: bool) -> None
 
 def rogue_claims_address(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY
-) -> tuple[DemoWorld, Observation]:
-    dw = build_world(realm, seed=4, rogue=True, approach=approach)
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+) -> tuple[DemoTestbed, Observation]:
+    bed = build_testbed(realm, seed=4, rogue=True, approach=approach)
+    pc = bed.connection(ConnectPolicy(ike_timeout=2.0))
     first = pc.connect()
     ok_before = echo(pc)
     link = link_of(pc)
     flow = link.conn.flow
-    rogue = dw.attackers[0]
+    rogue = bed.attackers[0]
     rstack = stack_of(rogue.security)
-    attack_at = dw.net.now + 0.0005
+    attack_at = bed.net.now + 0.0005
 
     def attack() -> None:
-        dw.mark("rogue", f"rogue claims {SERVER_ADDR} and keys the client's flow")
+        bed.mark("rogue", f"rogue claims {SERVER_ADDR} and keys the client's flow")
         rogue.claim_address(SERVER_ADDR)
         sel = Selector.for_flow(
             FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
         )
         rstack.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
 
-    dw.net.scheduler.call_at(attack_at, attack)
+    bed.net.scheduler.call_at(attack_at, attack)
     reset_seen = ""
     try:
         echo(pc)
@@ -499,15 +499,15 @@ def rogue_claims_address(
     client_alerts = alerts_of(link.conn)
     reset = StreamEventKind.RESET in link.conn.kinds()
     # the real server announces its address again (gratuitous ARP); the client reconnects
-    dw.net.run_for(0.01)
-    dw.mark("server", f"server re-announces {SERVER_ADDR}")
-    dw.server.claim_address(SERVER_ADDR)
+    bed.net.run_for(0.01)
+    bed.mark("server", f"server re-announces {SERVER_ADDR}")
+    bed.server.claim_address(SERVER_ADDR)
     ok_after = echo(pc)
     second = pc.security
-    view = dw.wire_view()
-    stolen = dw.attacker_plaintext(view)
+    view = bed.wire_view()
+    stolen = bed.attacker_plaintext(view)
     to_rogue = flow_frames(view, flow, attack_at, receiver=rogue.name)
-    skey = dw.server_stack.sike.credentials.spki
+    skey = bed.server_stack.sike.credentials.spki
     new_link = link_of(pc)
     o = Observation(
         "rogue claims server address",
@@ -520,7 +520,7 @@ def rogue_claims_address(
         ),
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
-    check_latch_home(o, dw.client_stack, new_link.conn, approach)
+    check_latch_home(o, bed.client_stack, new_link.conn, approach)
     o.check("client latch went BROKEN", "BROKEN" in client_alerts, f"client latch alerts: {client_alerts}")
     o.check(
         "connection reset (RFC 5660 §5.5 default)",
@@ -540,21 +540,21 @@ def rogue_claims_address(
     )
     o.check(
         "re-latched to the real server and re-bound",
-        second.bound and peer_key(dw.client_stack, new_link.conn) == skey and ok_after,
+        second.bound and peer_key(bed.client_stack, new_link.conn) == skey and ok_after,
         second.summary(),
     )
-    new_server = server_conn(dw, new_link.conn.flow)
-    ckey = dw.client_stack.sike.credentials.spki
-    new_server_state = dw.server_stack.latch_state(new_server) if new_server else None
+    new_server = server_conn(bed, new_link.conn.flow)
+    ckey = bed.client_stack.sike.credentials.spki
+    new_server_state = bed.server_stack.latch_state(new_server) if new_server else None
     o.check(
         "server latched the new connection to the client's key",
         new_server is not None
         and new_server_state is LatchState.ESTABLISHED
-        and peer_key(dw.server_stack, new_server) == ckey,
+        and peer_key(bed.server_stack, new_server) == ckey,
         f"server latch {latch_state_name(new_server_state)}, peer "
-        f"{fp(peer_key(dw.server_stack, new_server) if new_server else None)} (client {fp(ckey)})",
+        f"{fp(peer_key(bed.server_stack, new_server) if new_server else None)} (client {fp(ckey)})",
     )
-    return dw, o
+    return bed, o
 
 
 # -- scenario 5 -------------------------------------------------------------------------------------
@@ -562,33 +562,33 @@ def rogue_claims_address(
 
 def policy_change(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY
-) -> tuple[DemoWorld, Observation]:
-    dw = build_world(
+) -> tuple[DemoTestbed, Observation]:
+    bed = build_testbed(
         realm,
         seed=5,
         spd_action=SpdAction.PROTECT,
         server_config=EngineConfig(pin_on_spd_change=True),
         approach=approach,
     )
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+    pc = bed.connection(ConnectPolicy(ike_timeout=2.0))
     first = pc.connect()
     ok_before = echo(pc)
     link = link_of(pc)
     flow = link.conn.flow
-    sconn = server_conn(dw, flow)
-    t_server = dw.net.now
-    dw.mark("server", "admin: server SPD 2049 -> BYPASS (latches pinned)")
-    broken_server = dw.server_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
-    broken_server_tcbs = dw.server_stack.engine.last_spd_breaks  # approach 1: TCB latches broken
-    sstate_after = dw.server_stack.latch_state(sconn) if sconn else None
-    pinned = dw.server_stack.engine.spd.overlay_entry(sconn.flow) if sconn else None
+    sconn = server_conn(bed, flow)
+    t_server = bed.net.now
+    bed.mark("server", "admin: server SPD 2049 -> BYPASS (latches pinned)")
+    broken_server = bed.server_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
+    broken_server_tcbs = bed.server_stack.engine.last_spd_breaks  # approach 1: TCB latches broken
+    sstate_after = bed.server_stack.latch_state(sconn) if sconn else None
+    pinned = bed.server_stack.engine.spd.overlay_entry(sconn.flow) if sconn else None
     ok_pinned = echo(pc)
-    t_client = dw.net.now
-    dw.mark("client", "admin: client SPD 2049 -> BYPASS (default: break)")
-    broken_client = dw.client_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
-    broken_client_tcbs = dw.client_stack.engine.last_spd_breaks
-    dw.net.run_for(0.01)
-    cstate_after = dw.client_stack.latch_state(link.conn)
+    t_client = bed.net.now
+    bed.mark("client", "admin: client SPD 2049 -> BYPASS (default: break)")
+    broken_client = bed.client_stack.engine.update_spd(examples.nfs_spd(SpdAction.BYPASS))
+    broken_client_tcbs = bed.client_stack.engine.last_spd_breaks
+    bed.net.run_for(0.01)
+    cstate_after = bed.client_stack.latch_state(link.conn)
     reset = StreamEventKind.RESET in link.conn.kinds()
     after_reset = ""
     try:
@@ -596,7 +596,7 @@ def policy_change(
     except (ConnectError, RpcError) as exc:
         ok_after, after_reset = False, f"{type(exc).__name__}: {exc}"
     second = pc.security
-    view = dw.wire_view()
+    view = bed.wire_view()
     clear_old_flow = [
         fv
         for fv in view.frames
@@ -621,7 +621,7 @@ def policy_change(
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
     if sconn is not None:
-        check_latch_home(o, dw.server_stack, sconn, approach)
+        check_latch_home(o, bed.server_stack, sconn, approach)
     o.check(
         "server latch pinned, still ESTABLISHED",
         not broken_server
@@ -663,10 +663,10 @@ def policy_change(
     )
     o.check(
         "payload never visible on the wire",
-        frames_with_marker(dw) == 0,
-        f"{frames_with_marker(dw)} frames contain the payload in the clear",
+        frames_with_marker(bed) == 0,
+        f"{frames_with_marker(bed)} frames contain the payload in the clear",
     )
-    return dw, o
+    return bed, o
 
 
 # -- scenario 6 -------------------------------------------------------------------------------------
@@ -726,18 +726,18 @@ def relay_edit_check(o: Observation, attack: BindAttack, view: WireView, editor:
 
 def bind_relay(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY, attack: BindAttack = BindAttack.PREFIX
-) -> tuple[DemoWorld, Observation]:
+) -> tuple[DemoTestbed, Observation]:
     """Scenario 6: the BTNS man in the middle of scenario 3 edits the BIND_CHANNEL exchange to turn
     the loud binding failure into a quiet "server cannot bind" (issue #10 items 9-12; RFC 5403 §2,
     §3.3, §9). Whatever it edits, the client must still end with MISMATCH, warn, not keep the
     context, and fall back to krb5p; the server must not answer a replayed request twice."""
     editor = BindRelayEditor(attack)
-    dw = build_world(realm, seed=6, mitm=True, approach=approach, editor=editor)
-    editor.on_action = lambda text: dw.mark("mitm", text)  # the relay acts once traffic flows
-    _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(dw)
-    front, back = dw.attackers[0], dw.attackers[1]
-    stolen = dw.attacker_plaintext(view)
-    attack_at = next((t for t, lane, _ in dw.marks if lane == "mitm"), None)
+    bed = build_testbed(realm, seed=6, mitm=True, approach=approach, editor=editor)
+    editor.on_action = lambda text: bed.mark("mitm", text)  # the relay acts once traffic flows
+    _pc, rec, ok, view, link, sconn, cstate, sstate = connect_and_echo(bed)
+    front, back = bed.attackers[0], bed.attackers[1]
+    stolen = bed.attacker_plaintext(view)
+    attack_at = next((t for t, lane, _ in bed.marks if lane == "mitm"), None)
     o = Observation(
         BIND_ATTACK_TITLES[attack],
         latch_cell(cstate, sstate),
@@ -753,11 +753,11 @@ def bind_relay(
         "both ends latched (to the attacker)",
         cstate is LatchState.ESTABLISHED
         and sstate is LatchState.ESTABLISHED
-        and peer_key(dw.client_stack, link.conn) == mkey1
+        and peer_key(bed.client_stack, link.conn) == mkey1
         and sconn is not None
-        and peer_key(dw.server_stack, sconn) == mkey2,
-        f"client latched to {fp(peer_key(dw.client_stack, link.conn))} (mitm {fp(mkey1)}), server to "
-        f"{fp(peer_key(dw.server_stack, sconn) if sconn else None)} (mitm-b {fp(mkey2)})",
+        and peer_key(bed.server_stack, sconn) == mkey2,
+        f"client latched to {fp(peer_key(bed.client_stack, link.conn))} (mitm {fp(mkey1)}), server to "
+        f"{fp(peer_key(bed.server_stack, sconn) if sconn else None)} (mitm-b {fp(mkey2)})",
     )
     relay_edit_check(o, attack, view, editor)
     o.check(
@@ -767,7 +767,7 @@ def bind_relay(
     )
     o.check(
         "failure reported loudly",
-        bool(rec.warnings) and any(k == "warning" for _, k, _ in dw.policy_events),
+        bool(rec.warnings) and any(k == "warning" for _, k, _ in bed.policy_events),
         rec.warnings[0] if rec.warnings else "no warning",
     )
     destroyed = view.gss_calls(GssProc.RPCSEC_GSS_DESTROY, "client", after=attack_at or 0.0)
@@ -796,13 +796,13 @@ def bind_relay(
             f"{sorted({r.bind_status.name if r.bind_status else r.stat for r in answers})}",
         )
     check_relay_learned_nothing(o, stolen, ok)
-    return dw, o
+    return bed, o
 
 
 def _bind_relay_variant(
     attack: BindAttack,
-) -> Callable[[ThrowawayRealm, Approach], tuple[DemoWorld, Observation]]:
-    def run(realm: ThrowawayRealm, approach: Approach) -> tuple[DemoWorld, Observation]:
+) -> Callable[[ThrowawayRealm, Approach], tuple[DemoTestbed, Observation]]:
+    def run(realm: ThrowawayRealm, approach: Approach) -> tuple[DemoTestbed, Observation]:
         return bind_relay(realm, approach, attack)
 
     return run
@@ -840,29 +840,28 @@ def run_scenario(
     """Run one scenario under ``approach`` (where latches live: 1 = in the TCB, RFC 5660 §2.4;
     2 = in the latch database, §2.3), write its artefacts, and return its result (errors become
     FAIL)."""
-    dw: DemoWorld | None = None
+    bed: DemoTestbed | None = None
     try:
-        dw, o = spec.run(realm, approach)
+        bed, o = spec.run(realm, approach)
         error = None
     except Exception as exc:  # a crash is a FAIL with its reason, never a traceback for the user
         error = f"{type(exc).__name__}: {exc}"
         o = Observation(spec.title, "?", "?", "?", "?", reason=traceback.format_exc(limit=3).splitlines()[-1])
-        dw = getattr(exc, "demo_world", dw)
     events: list[TraceEvent] = []
     view: WireView | None = None
     files: dict[str, str] = {}
     attacker_bytes = attacker_plain = 0
     security: tuple[dict[str, Any], ...] = ()
-    if dw is not None:
-        security = tuple(r.to_json() for pc in dw.connections for r in pc.history)
-        view = dw.wire_view()
-        events = dw.trace(view)
-        attacker_bytes = dw.attacker_bytes(view)
-        attacker_plain = marker_bytes(dw.attacker_plaintext(view))
+    if bed is not None:
+        security = tuple(r.to_json() for pc in bed.connections for r in pc.history)
+        view = bed.wire_view()
+        events = bed.trace(view)
+        attacker_bytes = bed.attacker_bytes(view)
+        attacker_plain = marker_bytes(bed.attacker_plaintext(view))
         base = f"{spec.label}-{slug(spec.name)}"
         pcap = run_dir / f"{base}.pcapng"
         keys = run_dir / f"{base}.esp_sa"
-        dw.export(pcap, keys)
+        bed.export(pcap, keys)
         files["pcapng"] = str(pcap)
         files["esp_sa"] = str(keys)
     title = f"Scenario {spec.label}: {spec.title} (approach {approach.value})"

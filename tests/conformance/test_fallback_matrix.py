@@ -1,5 +1,5 @@
 """The end-to-end fallback matrix (the policy table of docs/design.md; RFC 5056 §2.1), on the simulated
-world with a real KDC, asserting the RPCSEC_GSS service actually on the wire (ESP decrypted with
+network with a real KDC, asserting the RPCSEC_GSS service actually on the wire (ESP decrypted with
 the exported keys) for each cell:
 
     {IPsec ok, CB ok}   -> channel_prot                      FB-01
@@ -15,7 +15,7 @@ import pytest
 
 from rpclatch.connect import BindOutcome, ConnectPolicy, FallbackService, LatchOutcome, ProtectedConnection
 from rpclatch.connect.sim import SimLink
-from rpclatch.demo.world import DemoWorld, build_world
+from rpclatch.demo.testbed import DemoTestbed, build_testbed
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.spd import SpdAction
@@ -32,8 +32,8 @@ from rpclatch.rpc.testprog import (
 SECRET = b"fallback-matrix-secret:" * 24
 
 
-def run(dw: DemoWorld, fallback: FallbackService) -> ProtectedConnection:
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0, fallback=fallback))
+def run(bed: DemoTestbed, fallback: FallbackService) -> ProtectedConnection:
+    pc = bed.connection(ConnectPolicy(ike_timeout=2.0, fallback=fallback))
     pc.connect()
     for _ in range(3):
         reply = pc.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(SECRET))
@@ -41,11 +41,11 @@ def run(dw: DemoWorld, fallback: FallbackService) -> ProtectedConnection:
     return pc
 
 
-def latch_states(dw: DemoWorld, pc: ProtectedConnection) -> tuple[LatchState | None, LatchState | None]:
+def latch_states(bed: DemoTestbed, pc: ProtectedConnection) -> tuple[LatchState | None, LatchState | None]:
     assert isinstance(pc.link, SimLink)
     conn = pc.link.conn
-    server = next(c for c, _ in dw.endpoint.server.connections if c.flow.remote_port == conn.flow.local_port)
-    return dw.client_stack.latch_state(conn), dw.server_stack.latch_state(server)
+    server = next(c for c, _ in bed.endpoint.server.connections if c.flow.remote_port == conn.flow.local_port)
+    return bed.client_stack.latch_state(conn), bed.server_stack.latch_state(server)
 
 
 def is_sike(p: IpPacket) -> bool:
@@ -55,10 +55,10 @@ def is_sike(p: IpPacket) -> bool:
 @pytest.mark.conformance(id="FB-01", rfc="RFC 5403 §3.3, §3.4; RFC 5660 §2")
 @pytest.mark.parametrize("fallback", list(FallbackService))
 def test_fb01_ipsec_and_binding_give_channel_prot(realm: ThrowawayRealm, fallback: FallbackService) -> None:
-    dw = build_world(realm, seed=11)
-    pc = run(dw, fallback)
-    assert latch_states(dw, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
-    view = dw.wire_view()
+    bed = build_testbed(realm, seed=11)
+    pc = run(bed, fallback)
+    assert latch_states(bed, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
+    view = bed.wire_view()
     assert view.data_services() == ["channel_prot"]
     assert all(c.protected for c in view.calls)
     assert pc.security.bound
@@ -69,11 +69,11 @@ def test_fb01_ipsec_and_binding_give_channel_prot(realm: ThrowawayRealm, fallbac
 def test_fb02_null_auth_latch_gives_gss_protection_over_ipsec(
     realm: ThrowawayRealm, fallback: FallbackService
 ) -> None:
-    dw = build_world(realm, seed=12, server_auth="null")
-    pc = run(dw, fallback)
-    assert latch_states(dw, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
+    bed = build_testbed(realm, seed=12, server_auth="null")
+    pc = run(bed, fallback)
+    assert latch_states(bed, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
     assert pc.security.latch_outcome is LatchOutcome.LATCHED_NO_BINDING
-    view = dw.wire_view()
+    view = bed.wire_view()
     assert view.bind_calls() == []
     assert view.data_services() == [fallback.value]
     assert all(c.protected for c in view.calls)
@@ -84,19 +84,19 @@ def test_fb02_null_auth_latch_gives_gss_protection_over_ipsec(
 def test_fb03_ike_blocked_gives_bypass_and_gss_protection(
     realm: ThrowawayRealm, fallback: FallbackService
 ) -> None:
-    dw = build_world(realm, seed=13, rogue=True)
-    dw.attackers[0].drop("block-ike", is_sike, "IKE blocked")  # type: ignore[attr-defined]
-    pc = run(dw, fallback)
-    assert latch_states(dw, pc) == (None, None)
+    bed = build_testbed(realm, seed=13, rogue=True)
+    bed.attackers[0].drop("block-ike", is_sike, "IKE blocked")  # type: ignore[attr-defined]
+    pc = run(bed, fallback)
+    assert latch_states(bed, pc) == (None, None)
     assert isinstance(pc.link, SimLink)
-    clone = dw.client_stack.engine.spd.overlay_entry(pc.link.conn.flow)
+    clone = bed.client_stack.engine.spd.overlay_entry(pc.link.conn.flow)
     assert clone is not None and clone.action is SpdAction.BYPASS
-    view = dw.wire_view()
+    view = bed.wire_view()
     assert any(fv.record.dropped_by and "IKE blocked" in fv.record.dropped_by for fv in view.frames)
     assert view.data_services() == [fallback.value]
     assert view.bind_calls() == [] and not any(c.protected for c in view.calls)
     if fallback is FallbackService.PRIVACY:
-        assert not any(SECRET[:40] in r.frame for r in dw.wire())
+        assert not any(SECRET[:40] in r.frame for r in bed.wire())
 
 
 @pytest.mark.conformance(id="FB-04", rfc="RFC 5403 §2, §9; RFC 5387 §5.3; attack A9")
@@ -104,26 +104,26 @@ def test_fb03_ike_blocked_gives_bypass_and_gss_protection(
 def test_fb04_btns_mitm_fails_binding_and_falls_back(
     realm: ThrowawayRealm, fallback: FallbackService
 ) -> None:
-    dw = build_world(realm, seed=14, mitm=True)
-    pc = run(dw, fallback)
+    bed = build_testbed(realm, seed=14, mitm=True)
+    pc = run(bed, fallback)
     # both ends latched, to the attacker
-    assert latch_states(dw, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
+    assert latch_states(bed, pc) == (LatchState.ESTABLISHED, LatchState.ESTABLISHED)
     assert pc.security.bind_outcome is BindOutcome.MISMATCH
-    view = dw.wire_view()
+    view = bed.wire_view()
     assert view.bind_calls("client")
     assert "channel_prot" not in view.data_services()
     assert view.data_services("client") == [fallback.value] == view.data_services("mitm-b")
-    assert dw.relay is not None
-    stolen = bytes(dw.relay.plaintext)
+    assert bed.relay is not None
+    stolen = bytes(bed.relay.plaintext)
     assert len(stolen) > len(SECRET)
     assert (SECRET[:40] in stolen) is (fallback is FallbackService.INTEGRITY)  # krb5i is not secret
 
 
 @pytest.mark.conformance(id="FB-05", rfc="RFC 5056 §2.1; RFC 5403 §3.4")
 def test_fb05_no_data_before_the_binding_completes(realm: ThrowawayRealm) -> None:
-    dw = build_world(realm, seed=15)
-    run(dw, FallbackService.PRIVACY)
-    calls = dw.wire_view().calls
+    bed = build_testbed(realm, seed=15)
+    run(bed, FallbackService.PRIVACY)
+    calls = bed.wire_view().calls
     kinds = [c.gss_proc.name if c.gss_proc is not None else "other" for c in calls]
     first_data = kinds.index("RPCSEC_GSS_DATA")
     assert "RPCSEC_GSS_BIND_CHANNEL" in kinds[:first_data]

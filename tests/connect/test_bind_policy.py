@@ -25,7 +25,7 @@ from rpclatch.connect import (
 )
 from rpclatch.connect.gss import BIND_OUTCOMES, classify_bind_failure
 from rpclatch.demo.bindrelay import BindAttack, BindRelayEditor
-from rpclatch.demo.world import build_world
+from rpclatch.demo.testbed import build_testbed
 from rpclatch.gss.errors import BindFailureReason, ChannelBindingFailed
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.rpc.testprog import (
@@ -78,8 +78,8 @@ def test_relay_editing_the_exchange_still_ends_mismatch_with_a_warning(
     realm: ThrowawayRealm, caplog: pytest.LogCaptureFixture, attack: BindAttack
 ) -> None:
     editor = BindRelayEditor(attack)
-    dw = build_world(realm, mitm=True, editor=editor)
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+    bed = build_testbed(realm, mitm=True, editor=editor)
+    pc = bed.connection(ConnectPolicy(ike_timeout=2.0))
     with caplog.at_level(logging.WARNING, logger="rpclatch.connect"):
         rec = pc.connect()
     assert editor.acted
@@ -94,9 +94,9 @@ def test_relay_editing_the_exchange_still_ends_mismatch_with_a_warning(
     # the context was destroyed and DATA runs under GSS privacy end to end, never channel_prot
     assert rec.gss_service is GssService.PRIVACY
     echo(pc, b"through the relay")
-    assert "channel_prot" not in dw.wire_view().data_services()
+    assert "channel_prot" not in bed.wire_view().data_services()
     # a legitimate client, without the man in the middle, still binds
-    honest = build_world(realm).connection(ConnectPolicy(ike_timeout=2.0))
+    honest = build_testbed(realm).connection(ConnectPolicy(ike_timeout=2.0))
     good = honest.connect()
     assert good.bind_outcome is BindOutcome.BOUND and good.gss_service is GssService.CHANNEL_PROT
     echo(honest, b"bound")
@@ -105,9 +105,9 @@ def test_relay_editing_the_exchange_still_ends_mismatch_with_a_warning(
 def test_require_binding_names_the_forged_refusal(realm: ThrowawayRealm) -> None:
     """Item 10 with ``require_binding``: the error says the v2 INIT was refused (and how), not
     merely that binding was unavailable."""
-    dw = build_world(realm, mitm=True, editor=BindRelayEditor(BindAttack.V2_REFUSED))
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0, require_binding=True))
+    bed = build_testbed(realm, mitm=True, editor=BindRelayEditor(BindAttack.V2_REFUSED))
+    pc = bed.connection(ConnectPolicy(ike_timeout=2.0, require_binding=True))
     with pytest.raises(BindingRequired, match="v2 INIT was refused with AUTH_BADCRED") as refused:
         pc.connect()
     assert "man in the middle" in str(refused.value)
-    assert pc.link is None and dw.wire_view().data_services() == []
+    assert pc.link is None and bed.wire_view().data_services() == []

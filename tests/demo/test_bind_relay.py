@@ -23,7 +23,7 @@ from rpclatch.demo.bindrelay import (
     BindRelayEditor,
     gss_call,
 )
-from rpclatch.demo.world import DEMO_MAX_REQUESTS_PER_CONTEXT, RecordSplitter, build_world
+from rpclatch.demo.testbed import DEMO_MAX_REQUESTS_PER_CONTEXT, RecordSplitter, build_testbed
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import (
@@ -210,15 +210,15 @@ def test_demo_server_caps_requests_per_context(realm: ThrowawayRealm) -> None:
     from rpclatch.demo.scenarios import echo
     from rpclatch.netsim.ike import IkeMode
 
-    default = build_world(realm, seed=2)
+    default = build_testbed(realm, seed=2)
     (flavor,) = [f for f in default.endpoint.dispatcher.flavors.values() if isinstance(f, GssServerAuth)]
     assert flavor.max_requests_per_context == DEMO_MAX_REQUESTS_PER_CONTEXT == 1024
 
-    dw = build_world(realm, seed=2, server_ike=IkeMode.ABSENT, max_requests_per_context=3)
-    pc = dw.connection(ConnectPolicy(ike_timeout=2.0))
+    bed = build_testbed(realm, seed=2, server_ike=IkeMode.ABSENT, max_requests_per_context=3)
+    pc = bed.connection(ConnectPolicy(ike_timeout=2.0))
     pc.connect()
     assert [echo(pc) for _ in range(4)] == [True] * 4
-    view = dw.wire_view()
+    view = bed.wire_view()
     data = [c for c in view.calls if c.gss_proc is GssProc.RPCSEC_GSS_DATA and c.sender == "client"]
     stats = [r.stat for c in data for r in view.replies_to(c.xid, "server")]
     assert stats == ["SUCCESS"] * 3 + ["RPCSEC_GSS_CTXPROBLEM", "SUCCESS"]

@@ -53,18 +53,18 @@ def test_demo_json_single_scenario(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_demo_verdict_fails_when_reality_differs(
     tmp_path: Path, realm: ThrowawayRealm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The verdicts come from observations: break the world (the server's IKE daemon is gone in
+    """The verdicts come from observations: break the testbed (the server's IKE daemon is gone in
     scenario 1) and scenario 1 must fail, with the failed checks named."""
     from rpclatch.demo import scenarios
     from rpclatch.demo.runner import run_demo
     from rpclatch.netsim.ike import IkeMode
 
-    real_build = scenarios.build_world
+    real_build = scenarios.build_testbed
 
     def no_ike(realm_: ThrowawayRealm, **kw: object) -> object:
         return real_build(realm_, server_ike=IkeMode.ABSENT, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(scenarios, "build_world", no_ike)
+    monkeypatch.setattr(scenarios, "build_testbed", no_ike)
     result = run_demo(tmp_path, [1], realm=realm)
     assert not result.passed
     failed = {c.name for c in result.results[0].checks if not c.passed}

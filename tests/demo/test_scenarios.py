@@ -75,13 +75,13 @@ def test_scenario_2_cells_show_a_latch_when_the_server_does_run_ike(
     shipped = run_demo(mk(tmp_path / "a"), [2], realm=realm).results[0]
     assert (shipped.latched, shipped.peer) == ("no", "-")
 
-    real_build = scenarios.build_world
+    real_build = scenarios.build_testbed
 
     def with_ike(realm_: ThrowawayRealm, **kw: object) -> object:
         kw.pop("server_ike", None)
         return real_build(realm_, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(scenarios, "build_world", with_ike)
+    monkeypatch.setattr(scenarios, "build_testbed", with_ike)
     changed = run_demo(mk(tmp_path / "b"), [2], realm=realm).results[0]
     assert changed.latched == "yes/yes" and changed.peer != "-"
     assert changed.verdict.value == "FAIL"  # the checks notice too
@@ -98,13 +98,13 @@ def test_scenario_5_cell_shows_break_when_the_server_does_not_pin(
     assert shipped[1].latched == "pinned/broken"
     assert "server pinned its latch" in shipped[1].reason
 
-    real_build = scenarios.build_world
+    real_build = scenarios.build_testbed
 
     def no_pin(realm_: ThrowawayRealm, **kw: object) -> object:
         kw.pop("server_config", None)
         return real_build(realm_, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(scenarios, "build_world", no_pin)
+    monkeypatch.setattr(scenarios, "build_testbed", no_pin)
     changed = run_demo(mk(tmp_path / "b"), [5], realm=realm).results[0]
     assert changed.latched.split("/")[0] != "pinned"
     assert "server pinned" not in changed.reason

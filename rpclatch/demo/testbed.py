@@ -1,5 +1,6 @@
-"""The demo's simulated worlds: a client and an NFS-like server under BYPASS-OR-PROTECT on TCP 2049,
-with a real Kerberos realm, and optionally a BTNS man in the middle or a rogue co-tenant.
+"""The demo's testbeds: a client and an NFS-like server under BYPASS-OR-PROTECT on TCP 2049, on the
+simulated network, with a real Kerberos realm, and optionally a BTNS man in the middle or a rogue
+co-tenant.
 
 Everything is built from the simulation's public parts (:class:`rpclatch.netsim.network.SimNetwork`,
 ``enable_ipsec``, :class:`~rpclatch.netsim.attacker.Attacker`); nothing here decides an outcome.
@@ -198,8 +199,10 @@ class BtnsRelay:
 
 
 @dataclass
-class DemoWorld:
-    """One scenario's world. ``attackers`` names the hosts whose view counts as the attacker's."""
+class DemoTestbed:
+    """One scenario's testbed: the hosts on the simulated network (``net``), the realm, the RPC
+    server, the client's connect-policy world (``client_world``), the connections made, and what
+    they left on the wire. ``attackers`` names the hosts whose view counts as the attacker's."""
 
     net: SimNetwork
     realm: ThrowawayRealm
@@ -377,7 +380,7 @@ def _short(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def build_world(
+def build_testbed(
     realm: ThrowawayRealm,
     *,
     seed: int = 1,
@@ -393,7 +396,7 @@ def build_world(
     approach: Approach = Approach.POLICY,
     editor: RecordEditor | None = None,
     max_requests_per_context: int | None = DEMO_MAX_REQUESTS_PER_CONTEXT,
-) -> DemoWorld:
+) -> DemoTestbed:
     """A client and a server (both BTNS raw keys, ``spd_action`` on 2049: BYPASS-OR-PROTECT by
     default), plus attackers. ``server_auth``: how the server authenticates in IKE (``btns`` raw
     key or ``null``, RFC 7619). ``server_gss_versions``: RPCSEC_GSS versions the server speaks.
@@ -452,4 +455,4 @@ def build_world(
         net.enable_ipsec(r, spd=spd, pad=pad, approach=approach)
         attackers.append(r)
     client_world = SimClientWorld(net, client, SERVER_ADDR)
-    return DemoWorld(net, realm, client, server, endpoint, client_world, hubs, attackers, relay)
+    return DemoTestbed(net, realm, client, server, endpoint, client_world, hubs, attackers, relay)
