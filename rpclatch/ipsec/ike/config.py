@@ -59,6 +59,8 @@ class IkeConfig:
     * ``peer_keys``: SPKIs of peers that do not send their key, by the ID they assert.
     * Retransmission (RFC 7296 §2.1): ``retransmit_timeout`` doubled (``retransmit_backoff``) at
       each of ``retransmit_tries`` retransmissions, then one more timeout and the SA fails.
+    * ``liveness_interval``: an established SA that has heard nothing authenticated from its peer
+      for that long sends an empty INFORMATIONAL (§1.4); None = only on request.
     """
 
     credentials: Credentials
@@ -72,11 +74,14 @@ class IkeConfig:
     retransmit_backoff: float = 2.0
     retransmit_tries: int = 5
     half_open_timeout: float = 30.0
+    liveness_interval: float | None = None
     nonce_len: int = 32
 
     def __post_init__(self) -> None:
         if not self.ike_suites or not self.esp_suites:
             raise ValueError("IkeConfig needs at least one IKE suite and one ESP suite")
+        if self.liveness_interval is not None and self.liveness_interval <= 0:
+            raise ValueError("liveness interval must be positive")
         if not 16 <= self.nonce_len <= 256:
             raise ValueError("nonce length must be 16..256 octets (RFC 7296 §2.10)")
 

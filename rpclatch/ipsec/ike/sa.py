@@ -222,6 +222,7 @@ class IkeSa:
         self._peer_hashes: frozenset[int] = frozenset()
         self._cipher_in: c.SkCipher | None = None
         self._send_initial_contact = False
+        self._last_heard = 0.0
         self.peer_initial_contact = False
         #: the IKE SA that replaced this one after a rekey (§2.18)
         self.successor: IkeSa | None = None
@@ -316,9 +317,23 @@ class IkeSa:
             times.append(self._pending.deadline)
         if self._half_open_deadline is not None and self.state is IkeState.HALF_OPEN:
             times.append(self._half_open_deadline)
+        liveness = self._liveness_due()
+        if liveness is not None:
+            times.append(liveness)
         return min(times) if times else None
 
+    def _liveness_due(self) -> float | None:
+        """When an idle established SA checks its peer (``IkeConfig.liveness_interval``, §1.4)."""
+        interval = self.config.liveness_interval
+        if interval is None or self.state is not IkeState.ESTABLISHED or self._pending is not None:
+            return None
+        return max(self._last_heard, self.created_at) + interval
+
     def handle_timer(self, now: float) -> None:
+        due = self._liveness_due()
+        if due is not None and now >= due:
+            self.check_liveness(now)  # its retransmissions fail the SA if the peer is gone
+            return
         if (
             self.state is IkeState.HALF_OPEN
             and self._half_open_deadline is not None
@@ -509,7 +524,7 @@ class IkeSa:
             if h.spi_r != self.spi_r:
                 self.stats.unexpected += 1
                 return
-            inner = self._open(msg, data)
+            inner = self._open(msg, data, now)
             if inner is None:
                 return
             if h.exchange == w.ExchangeType.IKE_AUTH:
@@ -537,7 +552,7 @@ class IkeSa:
             return
         if h.message_id == self._peer_mid - 1 and self._last_response is not None:
             # a retransmission: the same answer again (§2.1) -- only if it authenticates
-            if self._open(msg, data) is not None and self._last_response[0] == h.message_id:
+            if self._open(msg, data, now) is not None and self._last_response[0] == h.message_id:
                 self.stats.responses_resent += 1
                 self._out.append((self._last_response[1], self.remote))
             return
@@ -545,7 +560,7 @@ class IkeSa:
             self.stats.unexpected += 1
             return
         try:
-            inner = self._open(msg, data, answer_critical=True)
+            inner = self._open(msg, data, now, answer_critical=True)
         except UnsupportedCriticalPayload as e:
             # authenticated, but carries a critical payload we do not know: refuse it (§2.5)
             self._peer_mid += 1
@@ -572,7 +587,7 @@ class IkeSa:
             self._respond(h.exchange, h.message_id, [w.NotifyPayload(NotifyType.INVALID_SYNTAX)])
 
     def _open(
-        self, msg: w.Message, data: bytes, *, answer_critical: bool = False
+        self, msg: w.Message, data: bytes, now: float, *, answer_critical: bool = False
     ) -> tuple[w.Payload, ...] | None:
         """The verified inner payloads, or None (dropped and counted). With ``answer_critical``
         an unknown critical inner payload raises :class:`UnsupportedCriticalPayload`."""
@@ -581,13 +596,16 @@ class IkeSa:
             self.stats.unexpected += 1
             return None
         try:
-            return self._sk_in().open(data, sk)
+            inner = self._sk_in().open(data, sk)
+            self._last_heard = now  # authenticated traffic from the peer: it is alive
+            return inner
         except IkeCryptoError:
             self.stats.integrity_failures += 1
             log.debug("IKE SA %s: SK payload failed its integrity check; dropped", self.ref)
             return None
         except UnsupportedCriticalPayload:
             self.stats.decode_errors += 1
+            self._last_heard = now  # it did authenticate
             if answer_critical:
                 raise
             return None
@@ -1156,6 +1174,7 @@ class IkeSa:
         new = IkeSa(self.config, self.local, self.remote, initiator=we_initiated)
         new.state = IkeState.ESTABLISHED  # born established: the rekey exchange authenticated it
         new.created_at = now
+        new._last_heard = now
         new.spi_i, new.spi_r = spi_i, spi_r
         new.suite = suite
         seed = c.rekey_skeyseed(self.suite.prf, self.keys.sk_d, shared, ni, nr)

@@ -765,3 +765,37 @@ def test_delete_waits_for_the_outstanding_request(btns_pair: Pair) -> None:
     btns_pair.pump()
     assert sa.state is bsa.state is IkeState.CLOSED
     assert sa.stats.unexpected == bsa.stats.unexpected == 0 and sa.stats.retransmits == 0
+
+
+# -- automatic liveness (IkeConfig.liveness_interval) -----------------------------------------
+
+
+def _dpd_pair(keys: Keys, make_pair: Callable[..., Pair]) -> Pair:
+    return make_pair(
+        make_config(keys.a, key_pad(keys.b_spki), A_POLICY, liveness_interval=10.0),
+        make_config(keys.b, btns_pad(), NFS_POLICY, liveness_interval=10.0),
+    )
+
+
+def test_idle_sas_check_liveness_and_stay_up(keys: Keys, make_pair: Callable[..., Pair]) -> None:
+    p = _dpd_pair(keys, make_pair)
+    sa = _established(p)
+    (bsa,) = p.b.sas
+    p.wire.clear()
+    p.advance(10.5)
+    infos = [w.decode_message(d).header for _, d in p.wire]
+    assert infos and all(h.exchange == w.ExchangeType.INFORMATIONAL for h in infos)
+    assert sum(1 for h in infos if not h.is_response) >= 1
+    assert sa.state is bsa.state is IkeState.ESTABLISHED
+    p.advance(100)
+    assert sa.state is bsa.state is IkeState.ESTABLISHED
+
+
+def test_idle_sa_with_a_dead_peer_fails(keys: Keys, make_pair: Callable[..., Pair]) -> None:
+    p = _dpd_pair(keys, make_pair)
+    sa = _established(p)
+    p.tamper = lambda src, d: None
+    p.advance(10 + 63 + 1)
+    (fa,) = p.of(IkeSaFailed, "a")
+    assert isinstance(fa, IkeSaFailed) and fa.reason is FailureReason.TIMEOUT and fa.ike_sa == sa.ref
+    assert len(p.of(ChildSaDeleted, "a")) == 1
