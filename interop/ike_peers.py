@@ -1,0 +1,998 @@
+"""IKEv2 peers negotiating kernel ESP between two network namespaces (runs inside the UML guest
+of :mod:`interop.ike_guest`, as root).
+
+One scenario = two fresh namespaces joined by a veth pair (TEST-NET addresses), one IKE speaker
+in each -- strongSwan (charon-systemd, configured only over vici), libreswan (pluto, driven with
+whack) or rpclatch (:class:`rpclatch.ipsec.ike.udp.IkeUdpEndpoint` on the XFRM backend) -- with
+all of a daemon's state (config, keys, NSS db, sockets, logs) in a private directory under
+``/run/ike``. The initiator negotiates one transport-mode CHILD_SA (ESP AES-GCM) for TCP to the
+responder's port 5001; TCP echo then goes through it (the ``ip -s xfrm state`` counters must
+advance), echo to port 5002 (outside the selectors) stays in clear, the initiator deletes the IKE
+SA, and both sides' kernel SAs must be gone. IKE, ESP and both ports are captured with tcpdump on
+the initiator's veth. Every daemon is stopped by its PID and the namespaces are deleted, also on
+failure.
+
+``python -m interop.ike_peers SCENARIO OUT_DIR`` runs one scenario and prints its observations as
+one JSON line (what ``tests/interop/test_ike_peers.py`` checks); ``SCENARIOS`` lists them.
+Authentication: ``ed25519``/``ecdsa`` = raw public keys configured in advance on the daemon side
+(RFC 7427 signatures), ``null`` = RFC 7619 NULL authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LIBRESWAN_EXEC = "/usr/libexec/ipsec"  # the guest's overlay points it at $LIBRESWAN_ROOT's copy
+WORK = Path("/run/ike")
+PORT = 5001  # the TCP port the CHILD_SA covers
+CLEAR_PORT = 5002  # a port outside the selectors: stays in clear
+CLIENT_PORT = 40001  # the echo client's source port (rpclatch initiators ask for this 5-tuple)
+ECHO_BYTES = 100_000
+IKE_PROPOSAL = "aes256gcm16-prfsha256-x25519"  # strongSwan's name for the suite both sides use
+ESP_PROPOSAL = "aes128gcm16"
+CAPTURE_FILTER = f"udp port 500 or udp port 4500 or ip proto 50 or tcp port {PORT} or tcp port {CLEAR_PORT}"
+
+
+def _wait(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def _run(
+    *argv: str, check: bool = True, input_data: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(list(argv), capture_output=True, check=check, input=input_data)
+
+
+def _dec(o: Any) -> Any:
+    """vici answers with bytes everywhere: decode keys and values."""
+    if isinstance(o, dict):
+        return {_dec(k): _dec(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_dec(v) for v in o]
+    return o.decode() if isinstance(o, bytes) else o
+
+
+# ---------------------------------------------------------------------------------------------
+# namespaces, capture, traffic
+
+
+@dataclass
+class NetnsPair:
+    """Namespaces ``a`` and ``b`` joined by veth ``v<a>``/``v<b>`` with /24 addresses, lo up."""
+
+    a: str
+    b: str
+    addr_a: str
+    addr_b: str
+
+    def __enter__(self) -> NetnsPair:
+        for ns in (self.a, self.b):
+            _run("ip", "netns", "add", ns)
+        _run("ip", "link", "add", f"v{self.a}", "type", "veth", "peer", "name", f"v{self.b}")
+        for ns, addr in ((self.a, self.addr_a), (self.b, self.addr_b)):
+            _run("ip", "link", "set", f"v{ns}", "netns", ns)
+            _run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", f"v{ns}")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+            _run("ip", "-n", ns, "link", "set", f"v{ns}", "up")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in (self.a, self.b):
+            _run("ip", "netns", "del", ns, check=False)
+
+
+class Capture:
+    """tcpdump of IKE (500/4500), ESP and the two test ports on ``iface`` in ``ns``. Written to tmpfs
+    in the default ring mode with a big buffer (immediate mode drops packets in UML), stopped
+    after the ring's 1 s block timeout so the last packets (the DELETE) are not lost, then copied
+    to ``dest``."""
+
+    def __init__(self, ns: str, iface: str, dest: Path) -> None:
+        self.dest = dest
+        self.tmp = WORK / f"{dest.parent.name}-{dest.name}"
+        self.log = self.tmp.with_suffix(".log")
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "tcpdump",
+                    "-B",
+                    "16384",
+                    "-Z",
+                    "root",
+                    "-n",
+                    "-s",
+                    "0",
+                    "-i",
+                    iface,
+                    "-w",
+                    str(self.tmp),
+                    CAPTURE_FILTER,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        if not _wait(lambda: "listening on" in self.log.read_text(errors="replace"), 10):
+            self.stop()
+            raise RuntimeError(f"tcpdump did not start: {self.log.read_text(errors='replace')}")
+
+    def stop(self) -> str:
+        """Stop by PID; returns tcpdump's summary (packets captured / dropped)."""
+        if self.proc.poll() is None:
+            time.sleep(1.2)
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.tmp.exists():
+            shutil.copyfile(self.tmp, self.dest)
+        return self.log.read_text(errors="replace")
+
+
+class EchoServer:
+    """TCP echo on ``addr`` ports PORT and CLEAR_PORT inside ``ns`` (threads; stopped by close)."""
+
+    def __init__(self, ns: str, addr: str) -> None:
+        from pyroute2 import netns as pr_netns
+
+        self.socks = []
+        for port in (PORT, CLEAR_PORT):
+            s = pr_netns.create_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, port))
+            s.listen(8)
+            s.settimeout(0.2)
+            self.socks.append(s)
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(s,), daemon=True) for s in self.socks]
+        for t in self.threads:
+            t.start()
+
+    def _loop(self, s: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = s.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        conn.settimeout(20)
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self.threads:
+            t.join(2)
+        for s in self.socks:
+            s.close()
+
+
+def echo(ns: str, src: str, dst: str, port: int, nbytes: int, sport: int = 0, timeout: float = 20) -> bool:
+    """Send ``nbytes`` random bytes from ``ns`` to ``dst:port`` and read them back; True if intact."""
+    from pyroute2 import netns as pr_netns
+
+    data = os.urandom(nbytes)
+    got = bytearray()
+    s = pr_netns.create_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(timeout)
+        s.bind((src, sport))
+        s.connect((dst, port))
+        sender = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)), daemon=True)
+        sender.start()
+        while len(got) < nbytes:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        sender.join(timeout)
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return bytes(got) == data
+
+
+def xfrm_text(ns: str) -> str:
+    return (
+        _run("ip", "-n", ns, "-s", "xfrm", "state", check=False).stdout.decode()
+        + _run("ip", "-n", ns, "xfrm", "policy", check=False).stdout.decode()
+    )
+
+
+def xfrm_counters(ns: str) -> dict[str, list[int]]:
+    """``{spi hex: [bytes, packets]}`` from ``ip -s xfrm state`` ("lifetime current")."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from interop.world import parse_xfrm_state
+
+    out = _run("ip", "-n", ns, "-s", "xfrm", "state", check=False).stdout.decode()
+    return {f"{spi:#x}": [c.bytes, c.packets] for spi, c in parse_xfrm_state(out).items()}
+
+
+def esp_uat_rows(ns: str) -> list[str]:
+    """Wireshark ``esp_sa`` rows for the AES-GCM SAs in ``ns`` (keys as the kernel reports them)."""
+    rows = []
+    src = dst = spi = ""
+    for line in _run("ip", "-n", ns, "xfrm", "state", check=False).stdout.decode().splitlines():
+        words = line.split()
+        if line.startswith("src "):
+            src, dst = words[1], words[3]
+        elif "proto esp spi" in line:
+            spi = words[3].split("(")[0]
+        elif "aead rfc4106" in line:
+            rows.append(
+                f'"IPv4","{src}","{dst}","{spi}","AES-GCM with 16 octet ICV [RFC4106]","{words[2]}","NULL",""'
+            )
+    return rows
+
+
+def n_sas(ns: str) -> int:
+    return sum(
+        1
+        for line in _run("ip", "-n", ns, "xfrm", "state", check=False).stdout.decode().splitlines()
+        if line.startswith("src ")
+    )
+
+
+def leftovers(ns: str) -> list[str]:
+    """xfrm states and policies left in ``ns``, except pluto's IPv6 neighbour-discovery bypasses
+    (ipv6-icmp types 135/136, which pluto installs at start and leaves at shutdown)."""
+    states = [
+        line
+        for line in _run("ip", "-n", ns, "xfrm", "state", check=False).stdout.decode().splitlines()
+        if line.startswith("src ")
+    ]
+    pols = [
+        line
+        for line in _run("ip", "-n", ns, "xfrm", "policy", check=False).stdout.decode().splitlines()
+        if line.startswith("src ") and "ipv6-icmp" not in line and "::/0" not in line
+    ]
+    return states + pols
+
+
+# ---------------------------------------------------------------------------------------------
+# the peers
+
+
+@dataclass
+class Keys:
+    """One side's key: ``private`` (PEM, strongSwan/rpclatch) or a libreswan CKAID; ``public`` PEM."""
+
+    kind: str  # ed25519 | ecdsa | null
+    public_pem: str = ""
+    private_pem: str = ""
+    ckaid: str = ""
+    libreswan_raw: str = ""  # leftecdsakey= value
+
+
+def pem_to_libreswan_ecdsa(pem: str) -> str:
+    """``rightecdsakey=`` value of a P-256 SubjectPublicKeyInfo PEM: 0s + base64(X || Y)."""
+    der = base64.b64decode("".join(x for x in pem.splitlines() if x and not x.startswith("-----")))
+    if len(der) != 91 or der[-65] != 4:
+        raise ValueError("a P-256 SubjectPublicKeyInfo is expected")
+    return "0s" + base64.b64encode(der[-64:]).decode()
+
+
+class Peer:
+    """One IKE speaker in one namespace: a daemon or rpclatch."""
+
+    name = "peer"
+
+    def __init__(self, ns: str, addr: str, workdir: Path) -> None:
+        self.ns = ns
+        self.addr = addr
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.keys = Keys("null")
+
+    # keys / config / lifecycle: overridden
+    def make_keys(self, kind: str) -> Keys:
+        raise NotImplementedError
+
+    def configure(self, peer: Peer, *, initiator: bool) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def initiate(self) -> None:
+        """Negotiate the IKE SA and the CHILD_SA; raises on failure."""
+        raise NotImplementedError
+
+    def terminate(self) -> None:
+        raise NotImplementedError
+
+    def state(self) -> Any:
+        """What the speaker itself reports about its SAs (JSON-able)."""
+        return None
+
+    def stop(self) -> bool:
+        raise NotImplementedError
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None, log: str = "daemon.stdout") -> None:
+        with (self.dir / log).open("ab") as out:
+            # ``ip netns exec`` execs the daemon: proc.pid is the daemon's own PID
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, *argv],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def _stop_proc(self, timeout: float = 5.0, sig: int | None = signal.SIGTERM) -> bool:
+        """Wait for the daemon (after sending ``sig``); SIGKILL by PID as a last resort."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return True
+        if sig is not None and proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+
+
+SS_CONF = """charon-systemd {
+  journal { default = -1 }
+}
+charon {
+  load_modular = no
+  load = random nonce openssl kdf pem pkcs1 pkcs8 x509 pubkey kernel-netlink socket-default vici
+  install_routes = no
+  retransmit_tries = 3
+  plugins { vici { socket = unix://%(d)s/charon.vici } }
+  filelog { charon { path = %(d)s/charon.log
+                     time_format = %%T
+                     flush_line = yes
+                     default = 1
+                     ike = 2
+                     knl = 2 } }
+}
+swanctl { load = pem pkcs1 pkcs8 x509 openssl pubkey
+          socket = unix://%(d)s/charon.vici }
+pki { load = random pem pkcs1 pkcs8 x509 openssl pubkey }
+"""
+
+
+class StrongSwan(Peer):
+    """charon-systemd with a private strongswan.conf (explicit plugin list: ``kdf`` is needed for
+    prf+; vici socket and log in the private directory), configured only over vici."""
+
+    name = "strongswan"
+
+    def __init__(self, ns: str, addr: str, workdir: Path) -> None:
+        super().__init__(ns, addr, workdir)
+        self.vici: Any = None
+        self.peer: Peer | None = None
+        self.initiator = False
+        self.conn_name = "peer"
+        self.child_name = f"tcp{PORT}"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.dir / "charon.vici"
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ, STRONGSWAN_CONF=str(self.dir / "strongswan.conf"))
+
+    def _write_conf(self) -> None:
+        (self.dir / "strongswan.conf").write_text(SS_CONF % {"d": self.dir})
+
+    def make_keys(self, kind: str) -> Keys:
+        self._write_conf()
+        argv = ["pki", "--gen", "--type", kind, "--outform", "pem"] + (
+            ["--size", "256"] if kind == "ecdsa" else []
+        )
+        priv = subprocess.run(argv, env=self._env(), check=True, capture_output=True).stdout
+        pub = subprocess.run(
+            ["pki", "--pub", "--outform", "pem"], input=priv, env=self._env(), check=True, capture_output=True
+        ).stdout
+        self.keys = Keys(kind, pub.decode(), priv.decode())
+        return self.keys
+
+    def start(self) -> None:
+        import vici
+
+        self._write_conf()
+        self.socket_path.unlink(missing_ok=True)
+        self._spawn(["/usr/sbin/charon-systemd"], env=self._env(), log="charon.stdout")
+        if not _wait(lambda: self.socket_path.exists()):
+            raise RuntimeError(f"charon in {self.ns}: no vici socket (see {self.dir}/charon.log)")
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(self.socket_path))
+        self.vici = vici.Session(s)
+        self._load()
+
+    def configure(self, peer: Peer, *, initiator: bool) -> None:
+        """Remembered; loaded over vici by :meth:`start`."""
+        self.peer, self.initiator = peer, initiator
+
+    def _load(self) -> None:
+        peer, initiator = self.peer, self.initiator
+        assert peer is not None
+        if initiator:
+            local_ts, remote_ts = f"{self.addr}/32[tcp]", f"{peer.addr}/32[tcp/{PORT}]"
+        else:
+            local_ts, remote_ts = f"{self.addr}/32[tcp/{PORT}]", f"{peer.addr}/32[tcp]"
+        if self.keys.kind == "null":
+            local: dict[str, Any] = {"auth": "null", "id": "%any"}
+            remote: dict[str, Any] = {"auth": "null", "id": "%any"}
+        else:
+            self.vici.load_key({"type": "any", "data": self.keys.private_pem})
+            local = {"auth": "pubkey", "id": self.addr, "pubkeys": [self.keys.public_pem]}
+            remote = {"auth": "pubkey", "id": peer.addr, "pubkeys": [peer.keys.public_pem]}
+        self.vici.load_conn(
+            {
+                self.conn_name: {
+                    "version": 2,
+                    "local_addrs": [self.addr],
+                    "remote_addrs": [peer.addr],
+                    "proposals": [IKE_PROPOSAL],
+                    # MOBIKE would move IKE to UDP 4500 after IKE_SA_INIT even without a NAT
+                    "mobike": "no",
+                    "local": local,
+                    "remote": remote,
+                    "children": {
+                        self.child_name: {
+                            "mode": "transport",
+                            "local_ts": [local_ts],
+                            "remote_ts": [remote_ts],
+                            "esp_proposals": [ESP_PROPOSAL],
+                            "start_action": "none",
+                        }
+                    },
+                }
+            }
+        )
+
+    def initiate(self) -> None:
+        for _ in self.vici.initiate(
+            {"ike": self.conn_name, "child": self.child_name, "timeout": 15000, "loglevel": -1}
+        ):
+            pass
+
+    def terminate(self) -> None:
+        for _ in self.vici.terminate({"ike": self.conn_name, "timeout": 5000, "loglevel": -1}):
+            pass
+
+    def state(self) -> Any:
+        return [_dec(sa) for sa in self.vici.list_sas()] if self.vici is not None else None
+
+    def child_states(self) -> list[dict[str, Any]]:
+        return [
+            c for sa in self.state() or [] for ike in sa.values() for c in ike.get("child-sas", {}).values()
+        ]
+
+    def stop(self) -> bool:
+        if self.vici is not None:
+            with contextlib.suppress(Exception):
+                self.vici.transport.socket.close()
+            self.vici = None
+        return self._stop_proc()  # SIGTERM: charon deletes its SAs and policies and sends DELETE
+
+
+LS_SETUP = """config setup
+\tlogtime=yes
+\tlogappend=no
+\tplutodebug=none
+\tdnssec-enable=no
+\tnhelpers=1
+\tuniqueids=yes
+
+"""
+
+
+class Libreswan(Peer):
+    """pluto with private --config/--rundir/--nssdir/--secretsfile/--ipsecdir/--logfile, driven
+    with whack over its ctl socket."""
+
+    name = "libreswan"
+    conn_name = "peer"
+
+    @property
+    def ctl(self) -> Path:
+        return self.dir / "run" / "pluto.ctl"
+
+    def _nss(self) -> None:
+        if not (self.dir / "nss").exists():
+            (self.dir / "nss").mkdir(parents=True)
+            _run("certutil", "-N", "-d", f"sql:{self.dir}/nss", "--empty-password")
+
+    def make_keys(self, kind: str) -> Keys:
+        if kind == "null":
+            self.keys = Keys("null")
+            return self.keys
+        if kind != "ecdsa":
+            raise ValueError(f"libreswan raw keys here are ECDSA P-256 only, not {kind}")
+        self._nss()
+        nss = str(self.dir / "nss")
+        _run(f"{LIBRESWAN_EXEC}/ecdsasigkey", "--seeddev", "/dev/urandom", "--nssdir", nss)
+        listing = _run(
+            f"{LIBRESWAN_EXEC}/showhostkey", "--nssdir", nss, "--list", check=False
+        ).stdout.decode()
+        ckaid = listing.split("ckaid:")[-1].split()[0]
+        left = _run(
+            f"{LIBRESWAN_EXEC}/showhostkey", "--nssdir", nss, "--left", "--ckaid", ckaid
+        ).stdout.decode()
+        raw = next(w.split("=", 1)[1] for w in left.split() if w.startswith("leftecdsakey="))
+        pem = _run(
+            f"{LIBRESWAN_EXEC}/showhostkey", "--nssdir", nss, "--pem", "--ckaid", ckaid
+        ).stdout.decode()
+        self.keys = Keys("ecdsa", pem, ckaid=ckaid, libreswan_raw=raw)
+        return self.keys
+
+    def configure(self, peer: Peer, *, initiator: bool) -> None:
+        lines = [
+            f"conn {self.conn_name}",
+            "ikev2=yes",
+            f"left={self.addr}",
+            f"right={peer.addr}",
+            "type=transport",
+            f"leftprotoport={'tcp' if initiator else f'tcp/{PORT}'}",
+            f"rightprotoport={f'tcp/{PORT}' if initiator else 'tcp'}",
+            "ike=aes_gcm256-sha2_256-dh31",
+            "esp=aes_gcm128-null",
+            "leftupdown=%disabled",
+            "auto=add",
+        ]
+        if not initiator:  # accept a proposal narrower than the conn (RFC 7296 §2.9): one 5-tuple
+            lines.append("narrowing=yes")
+        if self.keys.kind == "null":
+            lines += ["authby=null", "leftid=%null", "rightid=%null"]
+        else:
+            lines += [
+                "authby=ecdsa",
+                f"leftid={self.addr}",
+                f"leftecdsakey={self.keys.libreswan_raw}",
+                f"rightid={peer.addr}",
+                f"rightecdsakey={pem_to_libreswan_ecdsa(peer.keys.public_pem)}",
+            ]
+        self.conf = LS_SETUP + lines[0] + "\n" + "".join(f"\t{x}\n" for x in lines[1:])
+
+    def start(self) -> None:
+        self._nss()
+        for sub in ("run", "ipsec.d"):
+            (self.dir / sub).mkdir(exist_ok=True)
+        (self.dir / "ipsec.conf").write_text(self.conf)
+        (self.dir / "ipsec.secrets").touch()
+        d = self.dir
+        self._spawn(
+            [
+                f"{LIBRESWAN_EXEC}/pluto",
+                "--nofork",
+                "--config",
+                f"{d}/ipsec.conf",
+                "--rundir",
+                f"{d}/run",
+                "--nssdir",
+                f"{d}/nss",
+                "--secretsfile",
+                f"{d}/ipsec.secrets",
+                "--ipsecdir",
+                f"{d}/ipsec.d",
+                "--logfile",
+                f"{d}/pluto.log",
+                "--no-dnssec",
+            ],
+            log="pluto.stdout",
+        )
+        if not _wait(lambda: self.ctl.exists()):
+            raise RuntimeError(f"pluto in {self.ns}: no ctl socket (see {d}/pluto.log)")
+        # pluto loads its conns itself (a forked addconn --autoall), asynchronously: wait for it
+        if not _wait(lambda: f'"{self.conn_name}":' in self.whack("--status").stdout, 10):
+            raise RuntimeError(f"pluto in {self.ns}: conn {self.conn_name} not loaded (see {d}/pluto.log)")
+
+    def whack(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [f"{LIBRESWAN_EXEC}/whack", "--ctlsocket", str(self.ctl), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def initiate(self) -> None:
+        r = self.whack("--name", self.conn_name, "--initiate")
+        if r.returncode != 0 or "established Child SA" not in r.stdout:
+            raise RuntimeError(f"whack --initiate failed (rc {r.returncode}): {r.stdout[-800:]}")
+
+    def terminate(self) -> None:
+        self.whack("--name", self.conn_name, "--terminate")
+
+    def state(self) -> Any:
+        return self.whack("--trafficstatus").stdout if self.proc is not None else None
+
+    def stop(self) -> bool:
+        if self.proc is None:
+            return True
+        self.whack("--shutdown")  # deletes its states (sends DELETE) and exits
+        return self._stop_proc(sig=None) and _flush_policies(self.ns)
+
+
+def _flush_policies(ns: str) -> bool:
+    """pluto leaves its IPv6 neighbour-discovery bypass policies behind: flush them."""
+    _run("ip", "-n", ns, "xfrm", "policy", "flush", check=False)
+    return True
+
+
+class Rpclatch(Peer):
+    """rpclatch's IKEv2 core behind its asyncio UDP shell on port 500, installing the CHILD_SAs
+    through the XFRM backend in its namespace. Runs an event loop in a thread of this process."""
+
+    name = "rpclatch"
+
+    def __init__(self, ns: str, addr: str, workdir: Path) -> None:
+        super().__init__(ns, addr, workdir)
+        self.private_key: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.endpoint: Any = None
+        self.backend: Any = None
+        self.ike_sa: Any = None
+        self.peer: Peer | None = None
+        self.initiator = False
+        self.negotiation_seconds: float | None = None
+
+    def make_keys(self, kind: str) -> Keys:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+        if kind == "null":
+            self.keys = Keys("null")
+            return self.keys
+        key = (
+            ed25519.Ed25519PrivateKey.generate()
+            if kind == "ed25519"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+        self.private_key = key
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.keys = Keys(kind, pub.decode())
+        return self.keys
+
+    def configure(self, peer: Peer, *, initiator: bool) -> None:
+        self.peer = peer
+        self.initiator = initiator
+
+    def _config(self) -> Any:
+        import ipaddress
+
+        from cryptography.hazmat.primitives import serialization
+
+        from rpclatch.ipsec.ike import Credentials, IkeConfig
+        from rpclatch.ipsec.model import (
+            AddressRange,
+            AuthMethod,
+            IkeId,
+            IpProto,
+            PortRange,
+            Selector,
+            spki_fingerprint,
+        )
+        from rpclatch.ipsec.pad import (
+            ChildSaAuthorization,
+            NullIdPattern,
+            PadEntry,
+            PeerAuthorizationDatabase,
+            PublicKeyPattern,
+        )
+
+        assert self.peer is not None
+        me = ipaddress.ip_address(self.addr)
+        auth = ChildSaAuthorization(own_address_only=True)
+        if self.keys.kind == "null":
+            cred = Credentials.null()
+            pad = PeerAuthorizationDatabase([PadEntry("null", NullIdPattern(), AuthMethod.NULL, auth)])
+            peer_keys: dict[Any, bytes] = {}
+        else:
+            cred = Credentials.raw_key(self.private_key, IkeId.address(self.addr))
+            peer_spki = serialization.load_pem_public_key(self.peer.keys.public_pem.encode()).public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            pad = PeerAuthorizationDatabase(
+                [
+                    PadEntry(
+                        "peer", PublicKeyPattern(spki_fingerprint(peer_spki)), AuthMethod.RAW_PUBLIC_KEY, auth
+                    )
+                ]
+            )
+            # the daemons were given our key in advance and do not send theirs: known by their ID
+            peer_keys = {IkeId.address(self.peer.addr): peer_spki}
+        policy = (Selector(AddressRange.single(me), None, IpProto.TCP, PortRange.single(PORT)),)
+        return IkeConfig(cred, pad, () if self.initiator else policy, peer_keys=peer_keys)
+
+    def start(self) -> None:
+        import ipaddress
+
+        from pyroute2 import netns as pr_netns
+
+        from rpclatch.ipsec.ike import IkeDispatcher
+        from rpclatch.ipsec.ike.udp import IkeUdpEndpoint, NegotiatedKeys
+        from rpclatch.ipsec.xfrm.backend import XfrmBackend
+
+        config = self._config()
+        keys = NegotiatedKeys()
+        self.backend = XfrmBackend(self.ns, keys)
+        sock = pr_netns.create_socket(self.ns, socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((self.addr, 500))
+        sock.setblocking(False)
+        dispatcher = IkeDispatcher(config, (ipaddress.ip_address(self.addr), 500))
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            assert self.loop is not None
+            asyncio.set_event_loop(self.loop)
+            self.endpoint = self.loop.run_until_complete(
+                IkeUdpEndpoint.open(dispatcher, sock, backend=self.backend, keys=keys)
+            )
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name=f"rpclatch-ike-{self.ns}", daemon=True)
+        self.thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("rpclatch IKE endpoint did not start")
+
+    def _call(self, coro: Any, timeout: float = 30) -> Any:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def initiate(self) -> None:
+        import ipaddress
+
+        from rpclatch.ipsec.ike import ChildRequest, ChildSaEstablished, ChildSaFailed, IkeSaFailed
+        from rpclatch.ipsec.model import FiveTuple, IpProto, Selector
+
+        assert self.peer is not None
+        flow = FiveTuple.of(
+            ipaddress.ip_address(self.addr),
+            CLIENT_PORT,
+            ipaddress.ip_address(self.peer.addr),
+            PORT,
+            IpProto.TCP,
+        )
+
+        async def go() -> Any:
+            self.ike_sa = self.endpoint.initiate(
+                (ipaddress.ip_address(self.peer.addr), 500), ChildRequest(Selector.for_flow(flow))
+            )
+            return await self.endpoint.wait_for(
+                lambda _r, e: isinstance(e, ChildSaEstablished | ChildSaFailed | IkeSaFailed), 20
+            )
+
+        event = self._call(go())
+        if not isinstance(event, ChildSaEstablished):
+            raise RuntimeError(f"rpclatch initiator: {event}")
+
+    def wait_established(self, timeout: float = 20) -> Any:
+        from rpclatch.ipsec.ike import ChildSaEstablished
+
+        async def go() -> Any:
+            return await self.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), timeout)
+
+        return self._call(go(), timeout + 5)
+
+    def terminate(self) -> None:
+        async def go() -> None:
+            sas = [self.ike_sa] if self.ike_sa is not None else list(self.endpoint.dispatcher.sas)
+            for sa in sas:
+                self.endpoint.delete(sa)
+            await asyncio.sleep(0.5)
+
+        self._call(go())
+
+    def state(self) -> Any:
+        if self.endpoint is None:
+            return None
+        return {
+            "events": [type(e).__name__ for _r, e in self.endpoint.events],
+            "installed": [
+                {
+                    "spi_in": f"{i.child.spi_in:#x}",
+                    "spi_out": f"{i.child.spi_out:#x}",
+                    "selector": str(i.child.selector),
+                    "suite": str(i.child.suite),
+                    "peer": type(i.sad_entry.peer).__name__,
+                }
+                for i in self.endpoint.installed.values()
+            ],
+            "datapath_errors": self.endpoint.datapath_errors,
+        }
+
+    def stop(self) -> bool:
+        if self.loop is None:
+            return True
+
+        async def go() -> None:
+            self.endpoint.close()
+
+        with contextlib.suppress(Exception):
+            if self.endpoint is not None:
+                self._call(go(), 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.thread is not None:
+            self.thread.join(10)
+        if self.backend is not None:
+            self.backend.close()
+        self.loop = None
+        return True
+
+
+PEERS: dict[str, type[Peer]] = {"strongswan": StrongSwan, "libreswan": Libreswan, "rpclatch": Rpclatch}
+
+
+# ---------------------------------------------------------------------------------------------
+# scenarios
+
+
+@dataclass(frozen=True)
+class Scenario:
+    initiator: str
+    responder: str
+    auth: str  # ed25519 | ecdsa | null
+    net: int  # third octet base: addresses 203.0.113.<net+1> / .<net+2>
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "ss-ss": Scenario("strongswan", "strongswan", "ed25519", 10),
+    "ls-ls": Scenario("libreswan", "libreswan", "null", 20),
+    "ss-ls": Scenario("strongswan", "libreswan", "ecdsa", 30),
+    "ls-ss": Scenario("libreswan", "strongswan", "ecdsa", 40),
+    "rl-ss": Scenario("rpclatch", "strongswan", "ed25519", 50),
+    "ss-rl": Scenario("strongswan", "rpclatch", "ed25519", 60),
+    "rl-ss-ecdsa": Scenario("rpclatch", "strongswan", "ecdsa", 70),
+    "rl-ls": Scenario("rpclatch", "libreswan", "null", 80),
+    "ls-rl": Scenario("libreswan", "rpclatch", "null", 90),
+}
+
+
+@dataclass
+class Result:
+    scenario: str
+    initiator: str
+    responder: str
+    auth: str
+    addr_i: str
+    addr_r: str
+    ok_steps: list[str] = field(default_factory=list)
+    error: str | None = None
+    initiate_seconds: float | None = None
+    sas_i: int = 0
+    sas_r: int = 0
+    xfrm_i: str = ""
+    counters_before: dict[str, list[int]] = field(default_factory=dict)
+    counters_after: dict[str, list[int]] = field(default_factory=dict)
+    echo_protected: bool = False
+    echo_clear: bool = False
+    state_i: Any = None
+    state_r: Any = None
+    sas_r_after_delete: int | None = None
+    stopped: dict[str, bool] = field(default_factory=dict)
+    leftovers: list[str] = field(default_factory=list)
+    esp_sa_rows: list[str] = field(default_factory=list)
+    pcap: str = ""
+    capture_log: str = ""
+    seconds: float = 0.0
+
+
+def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
+    sc = SCENARIOS[name]
+    ns_i, ns_r = f"{name}-i", f"{name}-r"
+    addr_i, addr_r = f"203.0.113.{sc.net + 1}", f"203.0.113.{sc.net + 2}"
+    res = Result(name, sc.initiator, sc.responder, sc.auth, addr_i, addr_r)
+    out.mkdir(parents=True, exist_ok=True)
+    work = WORK / name
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.monotonic()
+    ini = PEERS[sc.initiator](ns_i, addr_i, work / "initiator")
+    resp = PEERS[sc.responder](ns_r, addr_r, work / "responder")
+    cap: Capture | None = None
+    server: EchoServer | None = None
+    with NetnsPair(ns_i, ns_r, addr_i, addr_r):
+        try:
+            for p in (ini, resp):
+                p.make_keys(sc.auth)
+            ini.configure(resp, initiator=True)
+            resp.configure(ini, initiator=False)
+            for p in (resp, ini):
+                p.start()
+            res.ok_steps.append("started")
+            cap = Capture(ns_i, f"v{ns_i}", out / "ike.pcap")
+            t = time.monotonic()
+            ini.initiate()
+            res.initiate_seconds = time.monotonic() - t
+            if isinstance(resp, Rpclatch):
+                resp.wait_established()
+            res.ok_steps.append("established")
+            _wait(lambda: n_sas(ns_r) >= 2, 3)
+            res.sas_i, res.sas_r = n_sas(ns_i), n_sas(ns_r)
+            res.xfrm_i = xfrm_text(ns_i)
+            res.esp_sa_rows = esp_uat_rows(ns_i)
+            res.state_i, res.state_r = ini.state(), resp.state()
+            if traffic:
+                server = EchoServer(ns_r, addr_r)
+                res.counters_before = xfrm_counters(ns_i)
+                res.echo_protected = echo(ns_i, addr_i, addr_r, PORT, ECHO_BYTES, sport=CLIENT_PORT)
+                res.echo_clear = echo(ns_i, addr_i, addr_r, CLEAR_PORT, 1000)
+                res.counters_after = xfrm_counters(ns_i)
+                res.ok_steps.append("traffic")
+            ini.terminate()
+            _wait(lambda: n_sas(ns_r) == 0, 3)
+            res.sas_r_after_delete = n_sas(ns_r)
+            res.ok_steps.append("deleted")
+        except Exception as exc:  # reported in the JSON; teardown below runs in every case
+            res.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if server is not None:
+                server.close()
+            # libreswan revives what it initiated when the peer deletes it: stop the initiator first
+            for role, p in (("initiator", ini), ("responder", resp)):
+                try:
+                    res.stopped[role] = p.stop()
+                except Exception as exc:
+                    res.stopped[role] = False
+                    res.error = res.error or f"stopping the {role}: {exc}"
+            if cap is not None:
+                res.capture_log = cap.stop()
+                res.pcap = str(out / "ike.pcap")
+            res.leftovers = leftovers(ns_i) + leftovers(ns_r)
+            for p, role in ((ini, "initiator"), (resp, "responder")):
+                for f in ("charon.log", "pluto.log", "ipsec.conf", "strongswan.conf"):
+                    if (p.dir / f).exists():
+                        shutil.copyfile(p.dir / f, out / f"{role}-{f}")
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in SCENARIOS:
+        print(
+            f"usage: python -m interop.ike_peers SCENARIO OUT_DIR  (scenarios: {', '.join(SCENARIOS)})",
+            file=sys.stderr,
+        )
+        return 2
+    res = run_scenario(argv[0], Path(argv[1]))
+    print(json.dumps(res.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
