@@ -27,13 +27,15 @@ key || salt per direction, suite, mode, narrowed local-oriented selector),
 one's ``successor``; the dispatcher routes to it), :class:`IkeSaRekeyFailed`,
 :class:`IkeSaDeleted`, :class:`IkeSaFailed` (a :class:`FailureReason` and the notify code).
 
-Modules: ``wire`` (codec), ``crypto`` (key exchange, PRF, keys, SK payload, AUTH),
-``negotiation`` (proposals, TS narrowing), ``config``, ``events``, ``sa`` (one IKE SA),
+Modules: ``wire`` (codec), ``crypto`` (key exchange, PRF, keys, SK payload, AUTH), ``certs``
+(X.509 end-entity certificates, trust anchors), ``negotiation`` (proposals, TS narrowing),
+``config``, ``events``, ``sa`` (one IKE SA),
 ``dispatcher`` (SPI routing, cookies, half-open limit), ``errors`` (per layer, with notify codes),
 ``export`` (Wireshark ``ikev2_decryption_table`` rows: ``ikev2_decryption_row(sa.spi_i, sa.spi_r,
 sa.keys)``).
 """
 
+from rpclatch.ipsec.ike.certs import TrustAnchor
 from rpclatch.ipsec.ike.config import ChildRequest, Credentials, Endpoint, IkeConfig
 from rpclatch.ipsec.ike.crypto import ChildKeys, IkeKeys, IkeSuite
 from rpclatch.ipsec.ike.dispatcher import IkeDispatcher
@@ -91,4 +93,5 @@ __all__ = [
     "IkeState",
     "IkeSuite",
     "NotifyType",
+    "TrustAnchor",
 ]

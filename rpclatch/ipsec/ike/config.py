@@ -9,10 +9,12 @@ authentication (RFC 7619). Its child-SA rules bound the remote addresses a peer 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 
+from rpclatch.ipsec.ike.certs import TrustAnchor, certificate_id
 from rpclatch.ipsec.ike.crypto import IkeSuite, SigningKey, spki_of
 from rpclatch.ipsec.ike.negotiation import DEFAULT_ESP_SUITES, DEFAULT_IKE_SUITES
 from rpclatch.ipsec.model import CipherSuite, IdType, IkeId, IPAddress, Mode, Selector
@@ -31,6 +33,8 @@ class Credentials:
     ike_id: IkeId
     key: SigningKey | None = None
     send_key: bool = True
+    #: DER of our X.509 certificate (for ``key``), sent as CERT encoding 4 instead of the raw key
+    certificate: bytes | None = None
 
     @classmethod
     def null(cls) -> Credentials:
@@ -42,6 +46,15 @@ class Credentials:
         SPKI: the key is the identity (RFC 7670 §3), and an ID_NULL with empty data, which RFC
         7619 §2.2 also allows here, is flagged malformed by Wireshark 4.0's dissector."""
         return cls(ike_id if ike_id is not None else IkeId.key_id(hashlib.sha256(spki_of(key)).digest()), key)
+
+    @classmethod
+    def with_certificate(
+        cls, key: SigningKey, certificate_der: bytes, ike_id: IkeId | None = None
+    ) -> Credentials:
+        """An X.509 identity; the default ID is the certificate's subject DN (ID_DER_ASN1_DN)."""
+        return cls(
+            ike_id if ike_id is not None else certificate_id(certificate_der), key, True, certificate_der
+        )
 
     spki: bytes | None = field(init=False, default=None, compare=False)
 
@@ -59,6 +72,10 @@ class IkeConfig:
     * ``peer_keys``: SPKIs of peers that do not send their key, by the ID they assert.
     * Retransmission (RFC 7296 §2.1): ``retransmit_timeout`` doubled (``retransmit_backoff``) at
       each of ``retransmit_tries`` retransmissions, then one more timeout and the SA fails.
+    * ``trust_anchors``: CAs whose directly issued certificates authenticate peers (CERT encoding
+      4); a CERTREQ naming them is sent. ``certificate_clock`` (aware UTC ``datetime``), if
+      given, is asked for the time when a certificate's validity period is checked; without it the
+      period is not checked (the core reads no clock itself).
     * ``liveness_interval``: an established SA that has heard nothing authenticated from its peer
       for that long sends an empty INFORMATIONAL (§1.4); None = only on request.
     """
@@ -75,6 +92,8 @@ class IkeConfig:
     retransmit_tries: int = 5
     half_open_timeout: float = 30.0
     liveness_interval: float | None = None
+    trust_anchors: tuple[TrustAnchor, ...] = ()
+    certificate_clock: Callable[[], datetime] | None = None
     nonce_len: int = 32
 
     def __post_init__(self) -> None:

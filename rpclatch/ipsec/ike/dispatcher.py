@@ -27,7 +27,7 @@ from rpclatch.ipsec.ike.config import ChildRequest, Endpoint, IkeConfig
 from rpclatch.ipsec.ike.errors import IkeDecodeError, NotifyType, UnsupportedCriticalPayload
 from rpclatch.ipsec.ike.events import IkeEvent, IkeSaEstablished
 from rpclatch.ipsec.ike.sa import IkeSa, IkeState
-from rpclatch.ipsec.model import NullAuthPeer, RawPublicKeyPeer
+from rpclatch.ipsec.model import NullAuthPeer
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ class IkeDispatcher:
 
     def _initial_contact(self, sa: IkeSa, now: float) -> None:
         """§2.4: the peer of ``sa`` asserts it has no other IKE SA with us. For a peer
-        authenticated by its key, the other established SAs with that key are abandoned. A
+        authenticated by a key (raw or in a certificate), the other established SAs with that key are
+        abandoned. A
         NULL-authenticated peer's claim proves nothing (RFC 7619 §2.3): the other NULL SAs from
         the same address only get a liveness check, which removes them if they are stale."""
         peer = sa.peer
@@ -165,9 +166,10 @@ class IkeDispatcher:
             if other is sa or other.state is not IkeState.ESTABLISHED:
                 continue
             same_key = (
-                isinstance(peer, RawPublicKeyPeer)
-                and isinstance(other.peer, RawPublicKeyPeer)
-                and other.peer.spki_der == peer.spki_der
+                peer is not None
+                and other.peer is not None
+                and peer.public_key is not None
+                and other.peer.public_key == peer.public_key
             )
             null_neighbour = (
                 isinstance(peer, NullAuthPeer)

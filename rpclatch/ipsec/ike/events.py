@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from rpclatch.ipsec.model import CipherSuite, IkeSaRef, Mode, NullAuthPeer, RawPublicKeyPeer, Selector
+from rpclatch.ipsec.model import (
+    CertificatePeer,
+    CipherSuite,
+    IkeSaRef,
+    Mode,
+    NullAuthPeer,
+    RawPublicKeyPeer,
+    Selector,
+)
 
-#: the authenticated peer: its raw public key (SPKI DER) or NULL authentication
-IkePeer = RawPublicKeyPeer | NullAuthPeer
+#: the authenticated peer: its raw public key (SPKI DER), its X.509 certificate, or NULL authentication
+IkePeer = RawPublicKeyPeer | CertificatePeer | NullAuthPeer
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from enum import Enum
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from rpclatch.ipsec.errors import IPsecRemoteError
+from rpclatch.ipsec.ike import certs
 from rpclatch.ipsec.ike import crypto as c
 from rpclatch.ipsec.ike import negotiation as neg
 from rpclatch.ipsec.ike import wire as w
@@ -62,7 +63,15 @@ from rpclatch.ipsec.ike.events import (
     IkeSaRekeyed,
     IkeSaRekeyFailed,
 )
-from rpclatch.ipsec.model import IdType, IkeId, IkeSaRef, Mode, NullAuthPeer, RawPublicKeyPeer
+from rpclatch.ipsec.model import (
+    CertificatePeer,
+    IdType,
+    IkeId,
+    IkeSaRef,
+    Mode,
+    NullAuthPeer,
+    RawPublicKeyPeer,
+)
 from rpclatch.ipsec.pad import PadMatch
 
 log = logging.getLogger(__name__)
@@ -705,6 +714,7 @@ class IkeSa:
             w.SaPayload((answer,)),
             w.KePayload(suite.dh, self._dh.public_bytes()),
             w.NoncePayload(self._nonce_r),
+            *self._certreq(),
             *self._nat_notifies(self.spi_r),
             self._hash_notify(),
         ]
@@ -807,7 +817,9 @@ class IkeSa:
         if cred.key is None:
             return [w.AuthPayload(w.AuthMethodId.NULL, c.shared_key_auth(self.suite.prf, sk_p, octets))]
         out: list[w.Payload] = []
-        if cred.send_key:
+        if cred.certificate is not None:
+            out.append(w.CertPayload(w.CertEncoding.X509_SIGNATURE, cred.certificate))
+        elif cred.send_key:
             assert cred.spki is not None
             out.append(w.CertPayload(w.CertEncoding.RAW_PUBLIC_KEY, cred.spki))
         out.append(w.AuthPayload(w.AuthMethodId.DIGITAL_SIGNATURE, c.sign(cred.key, octets)))
@@ -845,21 +857,7 @@ class IkeSa:
             id_data = id_p.data if id_p.id_type == IdType.ID_NULL else b""
             peer = NullAuthPeer(self.ref, id_data)
         elif auth.method == w.AuthMethodId.DIGITAL_SIGNATURE:
-            cert = next((x for x in payloads if isinstance(x, w.CertPayload)), None)
-            ike_id = id_p.ike_id()
-            if cert is not None and cert.encoding == w.CertEncoding.RAW_PUBLIC_KEY:
-                spki = cert.data
-            elif cert is None and ike_id is not None and ike_id in self.config.peer_keys:
-                spki = self.config.peer_keys[ike_id]
-            else:
-                raise AuthenticationFailed(
-                    "no raw public key (CERT encoding 15) and no configured key for the peer"
-                )
-            if not c.verify(spki, auth.data, octets):
-                raise AuthenticationFailed("signature does not verify with the presented key")
-            peer = RawPublicKeyPeer(
-                spki, ike_id if ike_id is None or ike_id.id_type != IdType.ID_NULL else None
-            )
+            peer = self._signature_peer(payloads, id_p, auth, octets)
         else:
             raise AuthenticationFailed(f"unsupported authentication method {auth.method}")
         try:
@@ -867,6 +865,37 @@ class IkeSa:
         except IPsecRemoteError as e:
             raise AuthenticationFailed(e.reason) from None
         return peer, match
+
+    def _signature_peer(
+        self, payloads: Sequence[w.Payload], id_p: w.IdPayload, auth: w.AuthPayload, octets: bytes
+    ) -> RawPublicKeyPeer | CertificatePeer:
+        """RFC 7427 AUTH: the key comes from an X.509 certificate issued by a trust anchor (CERT 4),
+        a raw public key (CERT 15, RFC 7670), or the configuration (``peer_keys``)."""
+        cert = next((x for x in payloads if isinstance(x, w.CertPayload)), None)
+        ike_id = id_p.ike_id()
+        named = ike_id if ike_id is None or ike_id.id_type != IdType.ID_NULL else None
+        peer: RawPublicKeyPeer | CertificatePeer
+        if cert is not None and cert.encoding == w.CertEncoding.X509_SIGNATURE:
+            clock = self.config.certificate_clock
+            peer = certs.validate(cert.data, id_p, self.config.trust_anchors, clock() if clock else None)
+        elif cert is not None and cert.encoding == w.CertEncoding.RAW_PUBLIC_KEY:
+            peer = RawPublicKeyPeer(cert.data, named)
+        elif cert is None and ike_id is not None and ike_id in self.config.peer_keys:
+            peer = RawPublicKeyPeer(self.config.peer_keys[ike_id], named)
+        else:
+            raise AuthenticationFailed(
+                "no certificate, raw public key (CERT 15) or configured key for the peer"
+            )
+        if not c.verify(peer.spki_der, auth.data, octets):
+            raise AuthenticationFailed("signature does not verify with the presented key")
+        return peer
+
+    def _certreq(self) -> list[w.Payload]:
+        """CERTREQ naming our trust anchors (§3.7), if we have any."""
+        anchors = self.config.trust_anchors
+        return (
+            [w.CertReqPayload(w.CertEncoding.X509_SIGNATURE, certs.certreq_data(anchors))] if anchors else []
+        )
 
     def _id_payload(self, responder: bool) -> w.IdPayload:
         ike_id: IkeId = self.config.credentials.ike_id
@@ -883,7 +912,8 @@ class IkeSa:
         idi = self._id_payload(responder=False)
         self._child_spi = self.allocate_child_spi()
         ours, theirs = neg.selector_to_ts(req.selector)
-        inner: list[w.Payload] = [idi, *self._our_auth(idi)]
+        auth = self._our_auth(idi)  # [CERT,] AUTH
+        inner: list[w.Payload] = [idi, *auth[:-1], *self._certreq(), auth[-1]]
         if self._send_initial_contact:
             inner.append(w.NotifyPayload(NotifyType.INITIAL_CONTACT))
         if req.mode is Mode.TRANSPORT:
