@@ -23,7 +23,7 @@ from rpclatch.nfs4.ops import (
 )
 from rpclatch.nfs4.options import Nfs4Options
 from rpclatch.nfs4.security import SecFlavor
-from rpclatch.nfs4.session import Nfs4Session, SlotTable, renews_v40_lease
+from rpclatch.nfs4.session import MAX_IO, REQUEST_OVERHEAD, Nfs4Session, SlotTable, renews_v40_lease
 from rpclatch.nfs4.types import ANONYMOUS_STATEID, READ_BYPASS_STATEID, stateid4
 from rpclatch.rpc.errors import RpcConnectionClosed
 from tests.nfs4.fakeserver import FakeServer, FakeTransport
@@ -368,3 +368,25 @@ def test_destroy_ends_the_41_session_and_client_id() -> None:
         assert len(server.log) == 2
 
     run(1, body)
+
+
+def test_client_id_flavor_prefers_integrity_then_what_is_allowed() -> None:
+    """krb5i first for the state-management operations (RFC 8881 §2.10.8.3), sys last."""
+    assert Nfs4Session.machine_flavors((SecFlavor.SYS, SecFlavor.KRB5P, SecFlavor.KRB5I)) == [
+        SecFlavor.KRB5I,
+        SecFlavor.KRB5P,
+        SecFlavor.SYS,
+    ]
+    assert Nfs4Session.machine_flavors((SecFlavor.SYS,)) == [SecFlavor.SYS]
+
+
+def test_io_limit_follows_the_fore_channel() -> None:
+    """4.1: the fore channel's sizes less the headroom for headers; 4.0: no channel, MAX_IO."""
+
+    async def body(s: Nfs4Session, server: FakeServer, t: FakeTransport) -> int:
+        if s.fore_attrs is not None:
+            assert s.io_limit() == s.fore_attrs.ca_maxresponsesize - REQUEST_OVERHEAD
+        return s.io_limit()
+
+    assert run(1, body) < MAX_IO
+    assert run(0, body) == MAX_IO
