@@ -19,7 +19,10 @@ from enum import Flag, auto
 
 
 class Protection(Flag):
-    """What the channel protects: integrity always (RFC 5056 §2), confidentiality optionally."""
+    """What a secure channel protects: integrity always (RFC 5056 §2), confidentiality optionally.
+
+    A property of the channel; the GSS service a connection uses without a bound channel is
+    :class:`rpclatch.connect.policy.FallbackService`."""
 
     INTEGRITY = auto()
     CONFIDENTIALITY = auto()
@@ -37,7 +40,7 @@ class Channel(abc.ABC):
     @property
     @abc.abstractmethod
     def binding_prefix(self) -> str:
-        """The channel-binding type prefix, without the colon (e.g. ``x-ipsec-ep-spki``)."""
+        """The channel-binding type prefix, without the colon (e.g. ``rpclatch-ipsec-latch-v1``)."""
 
     @property
     @abc.abstractmethod
@@ -72,4 +75,5 @@ class Channel(abc.ABC):
 
     @property
     def confidential(self) -> bool:
+        """The channel encrypts (RFC 5403 §7: only then may channel_prot stand in for privacy)."""
         return Protection.CONFIDENTIALITY in self.protection

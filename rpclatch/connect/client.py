@@ -72,7 +72,14 @@ class ProtectedConnection:
 
     ``security`` is the :class:`SecurityRecord` of the current connection. :meth:`call` issues one
     RPC with the service the policy chose; after a latch break it reconnects (new latch, new
-    context, new BIND_CHANNEL) before the next call.
+    context, new BIND_CHANNEL) before the next call. ::
+
+        pc = ProtectedConnection(SimClientWorld(net, client_host, "192.0.2.20"),
+                                 RpcsecGssConnector(provider, "nfs@server", PROG, VERS),
+                                 ConnectPolicy(fallback=FallbackService.PRIVACY, ike_timeout=5))
+        record = pc.connect()          # or: await pc.aconnect() from asyncio
+        record.latched, record.peer, record.bound, record.gss_service, record.reason
+        reply = pc.call(PROG, VERS, proc, args)
     """
 
     def __init__(

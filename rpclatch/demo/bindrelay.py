@@ -3,8 +3,8 @@
 Both ends latched to the relay (as in scenario 3), so a faithful relay makes BIND_CHANNEL fail
 loudly: the two ends see different channels (RFC 5403 §2), the client reports MISMATCH, warns and
 destroys the context. The relay's aim is to make that failure *quiet* instead -- UNSUPPORTED, "the
-server cannot bind", no warning, context kept -- by editing the parts of the exchange no MIC covers
-(issue #10 items 9-12). One :class:`BindRelayEditor` per variant:
+server cannot bind", no warning, context kept -- by editing the parts of the exchange no MIC covers.
+One :class:`BindRelayEditor` per variant:
 
 (a) ``prefix``: rewrite ``rbcva_chan_bind_prefix`` of the client's BIND_CHANNEL (the request MIC
     does not cover it): the server answers PREF_NOTSUPP listing the very prefix the client sent.

@@ -136,8 +136,8 @@ def render_svg(title: str, events: Sequence[TraceEvent], preferred_lanes: Sequen
         out.append(f"<g><title>{_esc(tip)}</title>")
         out.append(f'<text x="6" y="{y + 4}" fill="#8c959f" font-size="10">{ev.t:.4f}</text>')
         if ev.dst is None or ev.dst == ev.src:
-            # centred on its lane when it fits, else kept inside the canvas (long notes on the
-            # first or last lane used to start or end off-canvas)
+            # centred on its lane when it fits, else kept inside the canvas (a long note on the
+            # first or last lane would otherwise start or end off-canvas)
             box_w = _note_width(label)
             left = place(x_of[ev.src], box_w, width)
             out.append(

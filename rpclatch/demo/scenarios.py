@@ -728,7 +728,7 @@ def bind_relay(
     realm: ThrowawayRealm, approach: Approach = Approach.POLICY, attack: BindAttack = BindAttack.PREFIX
 ) -> tuple[DemoTestbed, Observation]:
     """Scenario 6: the BTNS man in the middle of scenario 3 edits the BIND_CHANNEL exchange to turn
-    the loud binding failure into a quiet "server cannot bind" (issue #10 items 9-12; RFC 5403 §2,
+    the loud binding failure into a quiet "server cannot bind" (RFC 5403 §2,
     §3.3, §9). Whatever it edits, the client must still end with MISMATCH, warn, not keep the
     context, and fall back to krb5p; the server must not answer a replayed request twice."""
     editor = BindRelayEditor(attack)
@@ -783,7 +783,7 @@ def bind_relay(
         f"client segment {view.data_services('client')}, server segment {view.data_services('mitm-b')}",
     )
     if attack is BindAttack.REPLAY and editor.target_xid is not None:
-        # The oracle of issue #10 item 12 is a *signed* PREF_NOTSUPP/HASH_NOTSUPP per copy: a server
+        # The oracle to deny is a *signed* PREF_NOTSUPP/HASH_NOTSUPP per copy: a server
         # MIC over seq_num || ... that doubles as a krb5i reply checksum. A request whose MIC
         # verifies is answered once and its replays dropped; copies whose MIC cannot verify (as
         # here: the relay's channel is not the client's) each get an unsigned CREDPROBLEM.

@@ -346,7 +346,7 @@ def test_cb_10_bind_without_server_side_channel(realm: ThrowawayRealm) -> None:
     with pytest.raises(ChannelBindingFailed) as failed:
         run(c.bind_channel(t.call, cli_ch))
     # The server cannot check the request MIC (it has no bindings to hash), so it signs no
-    # PREF_NOTSUPP -- that would be a MIC oracle (issue #10 item 12) -- and answers like a failed
+    # PREF_NOTSUPP -- that would be a MIC oracle (RFC 5403 §9) -- and answers like a failed
     # request MIC (RFC 2203 §5.3.3.4.2): one-sided latching looks like a MITM that stripped the
     # server's side (RFC 5403 §2), a failed binding.
     assert failed.value.reason is BindFailureReason.MIC_MISMATCH

@@ -2,9 +2,8 @@
 
 Each test's marker names the RFC section it checks. GSS-08 (fresh seq_num per transmission, one
 refresh), GSS-09 (INIT retransmission) and GSS-10 (malformed credentials) extend GSS-01/GSS-05;
-GSS-13..16 (GARBAGE_ARGS verifier, service floor, half-open bound, BIND_CHANNEL seq_num) come from
-issue #10 items 7, 8, 5 and 12. The
-client and server flavors talk through
+GSS-13..16 check the GARBAGE_ARGS verifier, the service floor, the half-open bound and the
+BIND_CHANNEL seq_num. The client and server flavors talk through
 :class:`rpclatch.gss.loopback.LoopbackTransport` (real encoded messages, no socket); tests that
 probe the server build calls by hand and feed them to ``check_call``.
 """

@@ -2,10 +2,10 @@
 
 RFC 5403 §2: binding exists to expose a man in the middle. The table
 :data:`rpclatch.connect.gss.BIND_OUTCOMES` maps the GSS layer's typed reasons to MISMATCH (warning,
-context destroyed) or UNSUPPORTED (quiet); no error text is matched (issue #10 item 13). On the
+context destroyed) or UNSUPPORTED (quiet); no error text is matched. On the
 simulated network a BTNS man in the middle (both latches end at it) edits the RPCSEC_GSS exchange
 with the demo's :class:`rpclatch.demo.bindrelay.BindRelayEditor`, trying to turn the loud failure
-into a quiet "the server cannot bind" (items 9, 10, 11): it must stay MISMATCH, with the warning
+into a quiet "the server cannot bind": it must stay MISMATCH, with the warning
 naming the cause, and ``require_binding`` must refuse naming it.
 """
 
@@ -65,11 +65,11 @@ def echo(pc: ProtectedConnection, payload: bytes) -> None:
 
 #: attack -> the typed reasons the client may give (the prefix rewrite: TAMPERED_NEGOTIATION from
 #: a server that answers PREF_NOTSUPP before checking the MIC, MIC_MISMATCH from one that checks
-#: the request MIC first, issue #10 item 12)
+#: the request MIC first)
 ATTACKS = {
-    BindAttack.PREFIX: {_R.TAMPERED_NEGOTIATION, _R.MIC_MISMATCH},  # item 9
-    BindAttack.V2_REFUSED: {_R.V1_FALLBACK_ON_BINDABLE_CHANNEL},  # item 10
-    BindAttack.HASH_NOTSUPP: {_R.UNVERIFIABLE_REPLY},  # item 11
+    BindAttack.PREFIX: {_R.TAMPERED_NEGOTIATION, _R.MIC_MISMATCH},
+    BindAttack.V2_REFUSED: {_R.V1_FALLBACK_ON_BINDABLE_CHANNEL},
+    BindAttack.HASH_NOTSUPP: {_R.UNVERIFIABLE_REPLY},
 }
 
 

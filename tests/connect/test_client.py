@@ -131,7 +131,7 @@ def test_v1_only_server_on_a_bindable_latch_is_a_failed_binding(
     realm: ThrowawayRealm, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A v1-only server refuses the v2 INIT with a MSG_DENIED (AUTH_BADCRED, like Linux), which
-    nothing authenticates: a relay can send the same (issue #10 item 10). On a latch that offers
+    nothing authenticates: a relay can send the same. On a latch that offers
     binding data the v1 context is therefore a failed binding, reported loudly with its cause."""
     with caplog.at_level(logging.WARNING, logger="rpclatch.connect"):
         bed, pc = connect(realm, server_gss_versions=(1,))

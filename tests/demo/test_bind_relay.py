@@ -1,4 +1,4 @@
-"""Scenario 6: a BTNS man in the middle edits the BIND_CHANNEL exchange (issue #10 items 9-12).
+"""Scenario 6: a BTNS man in the middle edits the BIND_CHANNEL exchange.
 
 Whatever the relay edits -- the unauthenticated prefix, a forged v2 refusal, a forged HASH_NOTSUPP,
 replays to the server -- the client must end with MISMATCH (not the quiet UNSUPPORTED), warn, not
@@ -198,7 +198,7 @@ def test_unknown_oid_is_not_a_hash_anyone_implements() -> None:
     assert bindrelay.REWRITTEN_PREFIX != b"rpclatch-ipsec-latch-v1"
 
 
-# -- RFC 5403 §9 (a) in the demo world (issue #10 item 14) ---------------------------------------------
+# -- RFC 5403 §9 (a) on the demo testbed ----------------------------------------------------------
 
 
 def test_demo_server_caps_requests_per_context(realm: ThrowawayRealm) -> None:
