@@ -1,5 +1,6 @@
-"""Runs the demo: one throwaway Kerberos realm, the chosen scenarios on the simulated world, the
-artefacts in the run directory, a :class:`RunResult` for the report."""
+"""Runs the demo: one throwaway Kerberos realm, the chosen scenarios in the sim world (each on its
+testbed on the simulated network), the artefacts in the run directory, a :class:`RunResult` for
+the report."""
 
 from __future__ import annotations
 

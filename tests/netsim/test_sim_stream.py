@@ -214,7 +214,7 @@ def test_lost_ike_response_is_retransmitted_not_renegotiated() -> None:
     assert bytes(lst.accepted[0].received) == b"fine"
 
 
-def test_world_trace_is_time_ordered_and_shows_alerts() -> None:
+def test_network_trace_is_time_ordered_and_shows_alerts() -> None:
     from rpclatch.netsim.testing.lab import Lab
 
     lab = Lab.build()
