@@ -231,6 +231,8 @@ class IkeSa:
         self._peer_hashes: frozenset[int] = frozenset()
         self._cipher_in: c.SkCipher | None = None
         self._send_initial_contact = False
+        #: old CHILD_SA inbound SPI -> lowest nonce of the peer's rekey of it that crossed ours
+        self._crossed_rekeys: dict[int, bytes] = {}
         self._last_heard = 0.0
         self.peer_initial_contact = False
         #: the IKE SA that replaced this one after a rekey (§2.18)
@@ -1147,6 +1149,15 @@ class IkeSa:
         self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, out)
         self.children[child.spi_in] = child
         self._events.append(ChildSaEstablished(self.ref, child, old.spi_in if old is not None else None))
+        pending = self._pending
+        if (
+            old is not None
+            and pending is not None
+            and isinstance(pending.ctx, _ChildCtx)
+            and pending.ctx.rekeys == old.spi_in
+        ):
+            # both ends are rekeying the same CHILD_SA (§2.8.1): remember the peer's exchange
+            self._crossed_rekeys[old.spi_in] = min(nonce.data, nr)
 
     def _answer_ike_rekey(
         self, mid: int, payloads: tuple[w.Payload, ...], sa_p: w.SaPayload, ni: bytes, now: float
@@ -1246,9 +1257,17 @@ class IkeSa:
             return
         self.children[child.spi_in] = child
         self._events.append(ChildSaEstablished(self.ref, child, ctx.rekeys or None))
+        doomed = []
         if ctx.rekeys and ctx.rekeys in self.children:
-            d = w.DeletePayload(w.ProtocolId.ESP, (ctx.rekeys.to_bytes(4, "big"),), 4)
-            self._queue.appendleft(_Queued("delete-child", w.ExchangeType.INFORMATIONAL, [d], ctx.rekeys))
+            doomed.append(ctx.rekeys)
+        theirs = self._crossed_rekeys.pop(ctx.rekeys, None) if ctx.rekeys else None
+        if theirs is not None and min(ctx.nonce, nonce.data) < theirs:
+            # §2.8.1: of two crossed rekeys, the SA made with the lowest of the four nonces is
+            # redundant, and its creator -- us -- closes it
+            doomed.append(child.spi_in)
+        for spi in reversed(doomed):
+            d = w.DeletePayload(w.ProtocolId.ESP, (spi.to_bytes(4, "big"),), 4)
+            self._queue.appendleft(_Queued("delete-child", w.ExchangeType.INFORMATIONAL, [d], spi))
         self._request_done(now)
 
     def _on_ike_rekey_response(

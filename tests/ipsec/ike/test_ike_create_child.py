@@ -152,3 +152,22 @@ def test_rekey_ike_sa_initiator(btns_pair: Pair) -> None:
 
 def test_rekey_ike_sa_responder(btns_pair: Pair) -> None:
     _rekey_ike(btns_pair, "b")
+
+
+def test_crossed_child_rekeys_leave_exactly_one_pair(btns_pair: Pair) -> None:
+    """Both ends rekey the same CHILD_SA at once (§2.8.1): the pair made with the lowest nonce is
+    closed by its creator, the old pair by both rekeys; one pair is left, the same on both sides."""
+    sa, bsa = _up(btns_pair)
+    (old_a,) = sa.children
+    (old_b,) = bsa.children
+    sa.rekey_child(old_a, btns_pair.now)
+    bsa.rekey_child(old_b, btns_pair.now)
+    btns_pair.a.poll(sa, btns_pair.now)
+    btns_pair.b.poll(bsa, btns_pair.now)
+    btns_pair.pump()
+    assert len(btns_pair.of(ChildSaEstablished, "a")) == len(btns_pair.of(ChildSaEstablished, "b")) == 2
+    assert len(sa.children) == len(bsa.children) == 1
+    ((spi_in, child),) = sa.children.items()
+    (other,) = bsa.children.values()
+    assert child.spi_out == other.spi_in and other.spi_out == spi_in and child.key_in == other.key_out
+    assert old_a not in sa.children and old_b not in bsa.children
