@@ -14,6 +14,8 @@ failure.
 
 ``python -m interop.ike_peers SCENARIO OUT_DIR`` runs one scenario and prints its observations as
 one JSON line (what ``tests/interop/test_ike_peers.py`` checks); ``SCENARIOS`` lists them.
+``python -m interop.ike_peers bench ROUNDS OUT_DIR`` is the measurement of
+``benchmarks/ike_latency.py`` (:func:`bench_latency`).
 Authentication: ``ed25519``/``ecdsa`` = raw public keys configured in advance on the daemon side
 (RFC 7427 signatures), ``null`` = RFC 7619 NULL authentication.
 """
@@ -791,12 +793,22 @@ class Rpclatch(Peer):
         )
 
         async def go() -> Any:
-            self.ike_sa = self.endpoint.initiate(
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            sa = self.endpoint.initiate(
                 (ipaddress.ip_address(self.peer.addr), 500), ChildRequest(Selector.for_flow(flow))
             )
-            return await self.endpoint.wait_for(
-                lambda _r, e: isinstance(e, ChildSaEstablished | ChildSaFailed | IkeSaFailed), 20
+            self.ike_sa = sa
+            event = await self.endpoint.wait_for(
+                lambda r, e: (
+                    r.initiator_spi == sa.spi_i
+                    and isinstance(e, ChildSaEstablished | ChildSaFailed | IkeSaFailed)
+                ),
+                20,
             )
+            # the CHILD_SA is in the kernel by now: the shell installs it before waking waiters
+            self.negotiation_seconds = loop.time() - t0
+            return event
 
         event = self._call(go())
         if not isinstance(event, ChildSaEstablished):
@@ -812,10 +824,19 @@ class Rpclatch(Peer):
 
     def terminate(self) -> None:
         async def go() -> None:
+            from rpclatch.ipsec.ike import IkeSaDeleted, IkeSaFailed
+
             sas = [self.ike_sa] if self.ike_sa is not None else list(self.endpoint.dispatcher.sas)
             for sa in sas:
                 self.endpoint.delete(sa)
-            await asyncio.sleep(0.5)
+                with contextlib.suppress(TimeoutError):
+                    await self.endpoint.wait_for(
+                        lambda r, e, sa=sa: (
+                            r.initiator_spi == sa.spi_i and isinstance(e, IkeSaDeleted | IkeSaFailed)
+                        ),
+                        5,
+                    )
+            self.ike_sa = None
 
         self._call(go())
 
@@ -982,7 +1003,68 @@ def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
     return res
 
 
+def bench_latency(rounds: int, out: Path) -> dict[str, Any]:
+    """``ike.latch_latency``'s measurement: per round, the time from asking for the CHILD_SA to
+    having it installed in the initiator's kernel, for rpclatch -> strongSwan (in-process: the
+    initiate call to the ChildSaEstablished event, after which the shell has installed the SA) and
+    strongSwan -> strongSwan (a vici ``initiate`` round trip, which returns once charon has
+    installed the CHILD_SA), each IKE SA deleted again before the next round. Same IKE suite
+    (AES-GCM-16-256, PRF_HMAC_SHA2_256, Curve25519), Ed25519 raw keys, ESP AES-GCM-16-128."""
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, list[float]] = {"rpclatch": [], "strongswan": []}
+    errors: list[str] = []
+    shutil.rmtree(WORK / "bench", ignore_errors=True)
+    pairs = {
+        "rpclatch": ("bench-rl", "bench-ss1", "203.0.113.201", "203.0.113.202", Rpclatch),
+        "strongswan": ("bench-ss2", "bench-ss3", "203.0.113.211", "203.0.113.212", StrongSwan),
+    }
+    peers: list[Peer] = []
+    with (
+        NetnsPair(*pairs["rpclatch"][:4]),
+        NetnsPair(*pairs["strongswan"][:4]),
+    ):
+        try:
+            inis: dict[str, Peer] = {}
+            for kind, (ns_i, ns_r, a_i, a_r, cls) in pairs.items():
+                ini = cls(ns_i, a_i, WORK / "bench" / f"{kind}-initiator")
+                resp = StrongSwan(ns_r, a_r, WORK / "bench" / f"{kind}-responder")
+                peers += [ini, resp]
+                for p in (ini, resp):
+                    p.make_keys("ed25519")
+                ini.configure(resp, initiator=True)
+                resp.configure(ini, initiator=False)
+                resp.start()
+                ini.start()
+                inis[kind] = ini
+            for _ in range(rounds):
+                for kind, ini in inis.items():
+                    t = time.monotonic()
+                    ini.initiate()
+                    elapsed = time.monotonic() - t
+                    if isinstance(ini, Rpclatch) and ini.negotiation_seconds is not None:
+                        elapsed = ini.negotiation_seconds
+                    times[kind].append(elapsed)
+                    ini.terminate()
+                    time.sleep(0.2)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            for p in peers:
+                try:
+                    p.stop()
+                except Exception as exc:
+                    errors.append(f"stopping {p.name} in {p.ns}: {exc}")
+            for p in peers:
+                log = p.dir / "charon.log"
+                if log.exists():
+                    shutil.copyfile(log, out / f"{p.ns}-charon.log")
+    return {"times": times, "errors": errors}
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "bench":
+        print(json.dumps(bench_latency(int(argv[1]), Path(argv[2]))))
+        return 0
     if len(argv) != 2 or argv[0] not in SCENARIOS:
         print(
             f"usage: python -m interop.ike_peers SCENARIO OUT_DIR  (scenarios: {', '.join(SCENARIOS)})",

@@ -1,0 +1,87 @@
+"""``ike.latch_latency``: how long rpclatch takes to get a CHILD_SA from strongSwan into the kernel,
+against strongSwan doing the same with strongSwan, in the same User-Mode Linux guest and run.
+
+* value = median over ``--rounds`` of rpclatch -> strongSwan: from the initiator's request for the
+  CHILD_SA of one TCP 5-tuple (IKE_SA_INIT sent) to the CHILD_SA installed in the initiator's
+  kernel by the UDP shell's XFRM backend (the ``ChildSaEstablished`` event, handled before waiters
+  wake). This is the part of issue #12's CREATE_CONNECTION_LATCH -> ESTABLISHED that exists today:
+  there is no key-manager daemon or control socket yet, so the latch step itself is not in it.
+* baseline = median over the same rounds of strongSwan -> strongSwan: a vici ``initiate`` of the
+  same CHILD_SA (it returns once charon has installed it), i.e. ``swanctl --initiate`` without the
+  CLI's start-up.
+* ratio = value / baseline (target <= 1.5; lower is better).
+
+Both pairs use the same IKE suite (AES-GCM-16-256, PRF_HMAC_SHA2_256, Curve25519), Ed25519 raw
+public keys configured in advance on the strongSwan side, ESP AES-GCM-16-128 in transport mode;
+each IKE SA is deleted before the next round. The rounds alternate between the two initiators.
+Both run in the same single-CPU UML guest (see interop/ike_guest.py); absolute figures are those
+of UML on this machine, the ratio is what compares.
+
+Needs root, /dev/net/tun, linux.uml and the peers of scripts/setup.sh; prints one line saying
+what is missing (and no BENCH line) otherwise.
+
+Usage: ``python benchmarks/ike_latency.py [--rounds N] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from interop.ike_guest import IkeGuest  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary one)")
+    args = ap.parse_args()
+    if args.rounds < 1:
+        print("ike_latency: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    missing = IkeGuest.missing()
+    if missing:
+        print("ike_latency: cannot run here: " + "; ".join(missing), file=sys.stderr)
+        return 0
+    run_dir = args.out or Path(tempfile.mkdtemp(prefix="ike-latency-"))
+    with IkeGuest(run_dir=run_dir) as g:
+        out = g.run_dir / "bench"
+        out.mkdir(parents=True, exist_ok=True)
+        r = g.run(
+            g.python_argv("-m", "interop.ike_peers", "bench", str(args.rounds), g.guest_path(out)),
+            env=g.guest_env(None),
+            timeout=60 + 10 * args.rounds,
+        )
+    if not r.ok:
+        print(f"ike_latency: the guest run failed (rc {r.returncode}):\n{r.stderr[-3000:]}", file=sys.stderr)
+        return 1
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    times = res["times"]
+    if res["errors"] or len(times["rpclatch"]) != args.rounds or len(times["strongswan"]) != args.rounds:
+        print(f"ike_latency: incomplete run, no figure: {res['errors']}; logs in {run_dir}", file=sys.stderr)
+        return 1
+    value = statistics.median(times["rpclatch"])
+    baseline = statistics.median(times["strongswan"])
+    for kind in ("rpclatch", "strongswan"):
+        ms = sorted(t * 1000 for t in times[kind])
+        print(
+            f"# {kind} -> strongSwan, ms: min {ms[0]:.1f} median {statistics.median(ms):.1f} max {ms[-1]:.1f}"
+        )
+    ratio = value / baseline
+    print(
+        f"BENCH ike.latch_latency value={value:.4f} unit=s baseline={baseline:.4f} ratio={ratio:.3f}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
