@@ -29,11 +29,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from rpclatch.rpc.aio import RpcServer, RpcStreamClient
-from rpclatch.rpc.messages import NULL_AUTH, CallMessage
+from rpclatch.rpc.messages import NULL_AUTH, PROC_NULL, CallMessage
 from rpclatch.rpc.server import RpcDispatcher
 from rpclatch.rpc.testprog import (
     PROC_ECHO,
-    PROC_NULL,
     RPCLATCH_TEST_PROG,
     RPCLATCH_TEST_VERS,
     add_test_program,

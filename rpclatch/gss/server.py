@@ -67,6 +67,7 @@ from rpclatch.rpc.auth import (
 from rpclatch.rpc.messages import (
     MAX_AUTH_BYTES,
     NULL_AUTH,
+    PROC_NULL,
     AuthFlavor,
     AuthStat,
     CallMessage,
@@ -390,7 +391,7 @@ class GssServerAuth(ServerAuth):
     # -- context creation (RFC 2203 §5.2) -------------------------------------------------------------
 
     def _init(self, call: CallMessage, cred: _Cred, conn: ConnectionInfo, now: float) -> AuthResult:
-        if call.proc != 0:
+        if call.proc != PROC_NULL:
             return AuthDeny(AuthStat.AUTH_BADCRED, "INIT must use the NULL procedure (RFC 2203 §5.2.1)")
         if call.verf.flavor != AuthFlavor.AUTH_NONE or call.verf.body:
             return AuthDeny(AuthStat.AUTH_BADVERF, "INIT verifier must be AUTH_NONE (RFC 2203 §5.2.1)")
@@ -581,7 +582,7 @@ class GssServerAuth(ServerAuth):
                 return AuthDeny(AuthStat.AUTH_BADCRED, "DESTROY needs a MIC-carrying service")
         if service is _SVC_CHANNEL_PROT and version != RPCSEC_GSS_VERS_2:
             return AuthDeny(AuthStat.AUTH_BADCRED, "channel_prot is an RPCSEC_GSS v2 service")
-        if proc is not _DATA and call.proc != 0:
+        if proc is not _DATA and call.proc != PROC_NULL:
             return AuthDeny(AuthStat.AUTH_BADCRED, f"{proc.name} must use the NULL procedure")
         # The table without its lock: get and move_to_end are each one atomic operation under the
         # GIL; a context removed in between is unknown, as it is a moment later.

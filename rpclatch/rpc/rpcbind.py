@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from rpclatch.rpc.aio import RpcStreamClient, RpcUdpClient
+from rpclatch.rpc.messages import PROC_NULL
 from rpclatch.xdr import Decoder, Encoder, XdrError
 
 PMAP_PROG = 100000
@@ -49,7 +50,6 @@ def rpcbind_port() -> int:
 
 
 # RFC 1833 §3.2 (portmap v2) and §2.2 (rpcbind v3/v4): procedure numbers shared by name.
-PROC_NULL = 0
 PROC_SET = 1
 PROC_UNSET = 2
 PROC_GETPORT = 3  # portmap; rpcbind calls it GETADDR

@@ -23,12 +23,12 @@ import struct
 from typing import Protocol
 
 from rpclatch.rpc.errors import GarbageArgs, ResultsTooLarge
+from rpclatch.rpc.messages import PROC_NULL
 from rpclatch.rpc.server import CallContext, Procedure, RpcDispatcher
 from rpclatch.xdr import Decoder, XdrError
 
 RPCLATCH_TEST_PROG = 0x20000A11
 RPCLATCH_TEST_VERS = 1
-PROC_NULL = 0
 PROC_ECHO = 1
 PROC_SINK = 2
 PROC_SOURCE = 3

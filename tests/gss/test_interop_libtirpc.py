@@ -47,9 +47,9 @@ from rpclatch.gss.wire import RPCSEC_GSS_VERS_1, Service
 from rpclatch.rpc.aio import RpcStreamClient
 from rpclatch.rpc.auth import ClientAuth
 from rpclatch.rpc.errors import AuthVerifierError
+from rpclatch.rpc.messages import PROC_NULL
 from rpclatch.rpc.testprog import (
     PROC_ECHO,
-    PROC_NULL,
     RPCLATCH_TEST_PROG,
     RPCLATCH_TEST_VERS,
     decode_opaque,

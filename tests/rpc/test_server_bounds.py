@@ -14,7 +14,7 @@ import pytest
 
 from rpclatch.rpc import testprog as tp
 from rpclatch.rpc.auth import ConnectionInfo
-from rpclatch.rpc.messages import AcceptedReply, AcceptStat, CallMessage, decode_message
+from rpclatch.rpc.messages import PROC_NULL, AcceptedReply, AcceptStat, CallMessage, decode_message
 from rpclatch.rpc.record import LAST_FRAGMENT, RecordReassembler, encode_record
 from rpclatch.rpc.server import RpcDispatcher, RpcServerConnection
 
@@ -36,7 +36,7 @@ def source_call(xid: int, n: int) -> bytes:
 
 
 def null_call(xid: int) -> bytes:
-    return CallMessage(xid, tp.RPCLATCH_TEST_PROG, 1, tp.PROC_NULL).encode()
+    return CallMessage(xid, tp.RPCLATCH_TEST_PROG, 1, PROC_NULL).encode()
 
 
 def take(c: RpcServerConnection) -> list[AcceptedReply]:
