@@ -21,8 +21,9 @@ from rpclatch.xdr import Encoder, XdrError
 
 RPC_VERSION = 2
 
-#: RFC 5531 §12.1: "by convention, procedure 0 of any RPC program takes no arguments and returns
-#: none"; RPCSEC_GSS control messages travel on it (RFC 2203 §5.2.1, §5.3.1).
+#: RFC 5531 §12.1: "By convention, procedure 0 of any RPC protocol should have the same semantics"
+#: as PINGPROC_NULL (no arguments, no results); RPCSEC_GSS control messages travel on it (RFC 2203
+#: §5.2.1, §5.3.1).
 PROC_NULL = 0
 
 #: RFC 5531 §8.2: "opaque body<400>".
