@@ -108,8 +108,11 @@ class IkeConfig:
 @dataclass(frozen=True, slots=True)
 class ChildRequest:
     """What the initiator asks for: one local-oriented selector (e.g. ``Selector.for_flow``),
-    the mode, and (optionally) the ESP suites to offer instead of the configuration's."""
+    the mode, (optionally) the ESP suites to offer instead of the configuration's, and a
+    key-exchange group for PFS (only used by CREATE_CHILD_SA; the first CHILD_SA of IKE_AUTH
+    takes its keys from the IKE SA's, §1.2)."""
 
     selector: Selector
     mode: Mode = Mode.TRANSPORT
     esp_suites: tuple[CipherSuite, ...] | None = None
+    pfs_group: int | None = None

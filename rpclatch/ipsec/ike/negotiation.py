@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rpclatch.ipsec.ike.crypto import IkeSuite
-from rpclatch.ipsec.ike.errors import NoProposalChosen, TsUnacceptable
+from rpclatch.ipsec.ike.errors import InvalidKePayload, NoProposalChosen, TsUnacceptable
 from rpclatch.ipsec.ike.wire import (
     DhGroup,
     EncrId,
@@ -124,8 +124,10 @@ def _esp_bits(suite: CipherSuite) -> int:
     return suite.encryption_key_bits
 
 
-def esp_proposals(suites: Sequence[CipherSuite], spi: int) -> tuple[Proposal, ...]:
-    """ESP proposals for a CHILD_SA (no DH: the first child of IKE_AUTH has no PFS)."""
+def esp_proposals(suites: Sequence[CipherSuite], spi: int, dh: int | None = None) -> tuple[Proposal, ...]:
+    """ESP proposals for a CHILD_SA; ``dh`` adds a key-exchange transform (PFS, only in
+    CREATE_CHILD_SA: the first child of IKE_AUTH has none, §1.2)."""
+    extra = (Transform(TransformType.DH, dh),) if dh else ()
     return tuple(
         Proposal(
             n,
@@ -133,6 +135,7 @@ def esp_proposals(suites: Sequence[CipherSuite], spi: int) -> tuple[Proposal, ..
             spi.to_bytes(4, "big"),
             (
                 Transform.with_key_length(TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)),
+                *extra,
                 Transform(TransformType.ESN, EsnId.NO_ESN),
             ),
         )
@@ -140,10 +143,18 @@ def esp_proposals(suites: Sequence[CipherSuite], spi: int) -> tuple[Proposal, ..
     )
 
 
+def _dh_ids(p: Proposal) -> set[int]:
+    return {t.transform_id for t in p.transforms if t.transform_type == TransformType.DH}
+
+
 def choose_esp_proposal(
-    offered: Sequence[Proposal], ours: Sequence[CipherSuite], our_spi: int
-) -> tuple[Proposal, CipherSuite, int]:
-    """Responder side: (answer proposal carrying our SPI, suite, the peer's SPI)."""
+    offered: Sequence[Proposal], ours: Sequence[CipherSuite], our_spi: int, ke_group: int | None = None
+) -> tuple[Proposal, CipherSuite, int, int | None]:
+    """Responder side: (answer proposal carrying our SPI, suite, the peer's SPI, the PFS group or
+    None). ``ke_group`` is the group of the request's KE payload (None: no KE). A proposal that
+    needs a key exchange we can do, but in another group than the KE's, makes INVALID_KE_PAYLOAD
+    (§1.3); one we cannot do at all is skipped."""
+    wanted_group: int | None = None
     for p in offered:
         if p.protocol != ProtocolId.ESP or len(p.spi) != 4:
             continue
@@ -154,23 +165,44 @@ def choose_esp_proposal(
             continue
         if TransformType.INTEG in types and not _has(p, TransformType.INTEG, IntegId.NONE):
             continue
-        if TransformType.DH in types and not _has(p, TransformType.DH, 0):
+        groups = _dh_ids(p) - {0}
+        no_pfs_ok = not groups or 0 in _dh_ids(p)
+        if ke_group is None:
+            if not no_pfs_ok:
+                continue
+            group = None
+        elif ke_group in groups:
+            group = ke_group
+        else:
+            usable = groups & SUPPORTED_GROUPS
+            if usable and wanted_group is None:
+                wanted_group = min(usable, key=lambda g: (g != DhGroup.CURVE25519, g))
             continue
         for s in ours:
             if _has(p, TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)):
-                ans = esp_proposals([s], our_spi)[0]
+                ans = esp_proposals([s], our_spi, group)[0]
                 return (
                     Proposal(p.number, ans.protocol, ans.spi, ans.transforms),
                     s,
                     int.from_bytes(p.spi, "big"),
+                    group,
                 )
+    if wanted_group is not None:
+        raise InvalidKePayload(
+            f"CHILD_SA KE for group {ke_group}, a proposal allows {wanted_group}", wanted_group
+        )
     raise NoProposalChosen("no offered ESP proposal matches a configured suite")
 
 
-def esp_answer_suite(answer: Proposal, offered: Sequence[CipherSuite]) -> tuple[CipherSuite, int]:
-    """Initiator side: the suite the responder chose (one we offered) and its SPI."""
+def esp_answer_suite(
+    answer: Proposal, offered: Sequence[CipherSuite], dh: int | None = None
+) -> tuple[CipherSuite, int]:
+    """Initiator side: the suite the responder chose (one we offered, with our PFS group if we
+    asked for one) and its SPI."""
     if answer.protocol != ProtocolId.ESP or len(answer.spi) != 4:
         raise NoProposalChosen("CHILD_SA answer is not ESP with a 4-octet SPI")
+    if (_dh_ids(answer) - {0}) != ({dh} if dh else set()):
+        raise NoProposalChosen("the responder's key-exchange transform is not the one we offered")
     for s in offered:
         if _has(answer, TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)) and not any(
             t.transform_type == TransformType.ESN and t.transform_id != EsnId.NO_ESN

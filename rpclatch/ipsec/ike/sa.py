@@ -143,6 +143,7 @@ class _ChildCtx:
     spi: int
     nonce: bytes
     rekeys: int = 0
+    dh: c.DhPrivate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,14 +407,14 @@ class IkeSa:
         self._require_established()
         self._request(self._child_exchange(request, rekeys=0), now)
 
-    def rekey_child(self, spi_in: int, now: float) -> None:
+    def rekey_child(self, spi_in: int, now: float, *, pfs_group: int | None = None) -> None:
         """Rekey the CHILD_SA with inbound SPI ``spi_in`` (§1.3.3): same selector, mode and suite.
         The new one is reported with ``ChildSaEstablished.replaces``, then the old one is deleted."""
         self._require_established()
         child = self.children.get(spi_in)
         if child is None:
             raise IkeLocalError(f"no established CHILD_SA with inbound SPI {spi_in:#x}")
-        req = ChildRequest(child.selector, child.mode, (child.suite,))
+        req = ChildRequest(child.selector, child.mode, (child.suite,), pfs_group)
         self._request(self._child_exchange(req, rekeys=spi_in), now)
 
     def rekey(self, now: float) -> None:
@@ -943,7 +944,7 @@ class IkeSa:
         reply: list[w.Payload] = [idr, *self._our_auth(idr)]
         child: ChildSa | None = None
         try:
-            child, child_payloads = self._answer_child(payloads, self._nonce_i, self._nonce_r)
+            child, child_payloads, _ = self._answer_child(payloads, self._nonce_i, self._nonce_r)
             reply += child_payloads
         except IkeExchangeError as e:
             notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
@@ -974,11 +975,13 @@ class IkeSa:
             )
         )
 
-    def _child_keys(self, suite_bits: int, ni: bytes, nr: bytes, we_initiated: bool) -> tuple[bytes, bytes]:
+    def _child_keys(
+        self, suite_bits: int, ni: bytes, nr: bytes, we_initiated: bool, shared: bytes = b""
+    ) -> tuple[bytes, bytes]:
         """(inbound key, outbound key) of a CHILD_SA (§2.17; RFC 4106 key || salt): ``ni``/``nr``
         are the nonces of the exchange that made it, "initiator" is that exchange's initiator."""
         assert self.keys is not None and self.suite is not None
-        km = c.derive_child_keys(self.suite.prf, self.keys.sk_d, ni, nr, suite_bits // 8 + 4, 0)
+        km = c.derive_child_keys(self.suite.prf, self.keys.sk_d, ni, nr, suite_bits // 8 + 4, 0, shared)
         return (km.encr_r2i, km.encr_i2r) if we_initiated else (km.encr_i2r, km.encr_r2i)
 
     def _unauthenticated_peer(self) -> bool:
@@ -986,9 +989,11 @@ class IkeSa:
         return self.pad_match.entry.is_unauthenticated or self.pad_match.entry.child_sa.own_address_only
 
     def _answer_child(
-        self, payloads: Sequence[w.Payload], ni: bytes, nr: bytes
-    ) -> tuple[ChildSa, list[w.Payload]]:
-        """Exchange responder: choose the ESP proposal, narrow TSi/TSr, check the PAD's rules."""
+        self, payloads: Sequence[w.Payload], ni: bytes, nr: bytes, *, pfs: bool = False
+    ) -> tuple[ChildSa, list[w.Payload], list[w.Payload]]:
+        """Exchange responder: choose the ESP proposal, narrow TSi/TSr, check the PAD's rules.
+        Returns the child, the answer's [N(USE_TRANSPORT_MODE),] SA, TSi, TSr, and the KEr to put
+        after Nr when ``pfs`` (CREATE_CHILD_SA) and the request carried a KE (§1.3.1)."""
         assert self.pad_match is not None
         sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
         tsi = next((x for x in payloads if isinstance(x, w.TsPayload) and not x.responder), None)
@@ -999,7 +1004,10 @@ class IkeSa:
         if self.config.mode is Mode.TRANSPORT and not transport:
             raise NoProposalChosen("local policy requires transport mode (USE_TRANSPORT_MODE missing)")
         spi_in = self.allocate_child_spi()
-        answer, suite, spi_out = neg.choose_esp_proposal(sa_p.proposals, self.config.esp_suites, spi_in)
+        ke = next((x for x in payloads if isinstance(x, w.KePayload)), None) if pfs else None
+        answer, suite, spi_out, group = neg.choose_esp_proposal(
+            sa_p.proposals, self.config.esp_suites, spi_in, ke.group if ke is not None else None
+        )
         pinned = self.remote[0] if self._unauthenticated_peer() else None
         narrowed = neg.narrow(tsi.selectors, tsr.selectors, self.config.policy, peer_addr=pinned)
         try:
@@ -1007,14 +1015,25 @@ class IkeSa:
         except IPsecRemoteError as e:
             raise TsUnacceptable(e.reason) from None
         mode = Mode.TRANSPORT if transport and self.config.mode is Mode.TRANSPORT else Mode.TUNNEL
-        key_in, key_out = self._child_keys(suite.encryption_key_bits, ni, nr, we_initiated=False)
+        shared = b""
+        ke_out: list[w.Payload] = []
+        if group is not None and ke is not None:
+            dh = c.DhPrivate(w.DhGroup(group))
+            try:
+                shared = dh.shared_secret(ke.data)
+            except IkeCryptoError as e:
+                raise IkeExchangeError(e.reason, NotifyType.INVALID_SYNTAX) from None
+            ke_out = [w.KePayload(group, dh.public_bytes())]
+        key_in, key_out = self._child_keys(
+            suite.encryption_key_bits, ni, nr, we_initiated=False, shared=shared
+        )
         child = ChildSa(spi_in, spi_out, suite, mode, narrowed.selector, key_in, key_out, narrowed.narrowed)
         ours, theirs = neg.selector_to_ts(narrowed.selector)
         out: list[w.Payload] = []
         if mode is Mode.TRANSPORT:
             out.append(w.NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
         out += [w.SaPayload((answer,)), w.TsPayload((theirs,)), w.TsPayload((ours,), responder=True)]
-        return child, out
+        return child, out, ke_out
 
     def _on_auth_response(self, payloads: tuple[w.Payload, ...], now: float) -> None:
         err = w.error_notify(payloads)
@@ -1069,7 +1088,13 @@ class IkeSa:
         self._events.append(ChildSaEstablished(self.ref, child))
 
     def _accept_child(
-        self, payloads: Sequence[w.Payload], req: ChildRequest, spi_in: int, ni: bytes, nr: bytes
+        self,
+        payloads: Sequence[w.Payload],
+        req: ChildRequest,
+        spi_in: int,
+        ni: bytes,
+        nr: bytes,
+        dh: c.DhPrivate | None = None,
     ) -> ChildSa:
         """Exchange initiator: the answer must be one of our suites and within what we asked for."""
         sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
@@ -1077,7 +1102,18 @@ class IkeSa:
         tsr = next((x for x in payloads if isinstance(x, w.TsPayload) and x.responder), None)
         if sa_p is None or len(sa_p.proposals) != 1 or tsi is None or tsr is None:
             raise NoProposalChosen("CHILD_SA answer without one proposal, TSi and TSr")
-        suite, spi_out = neg.esp_answer_suite(sa_p.proposals[0], req.esp_suites or self.config.esp_suites)
+        suite, spi_out = neg.esp_answer_suite(
+            sa_p.proposals[0], req.esp_suites or self.config.esp_suites, dh.group if dh is not None else None
+        )
+        shared = b""
+        if dh is not None:
+            ke = next((x for x in payloads if isinstance(x, w.KePayload)), None)
+            if ke is None or ke.group != dh.group:
+                raise NoProposalChosen("CHILD_SA answer without a KE payload of our group")
+            try:
+                shared = dh.shared_secret(ke.data)
+            except IkeCryptoError as e:
+                raise IkeExchangeError(e.reason, NotifyType.INVALID_SYNTAX) from None
         if len(tsi.selectors) != 1 or len(tsr.selectors) != 1:
             raise TsUnacceptable("more than one traffic selector in the answer")
         sel = neg.ts_to_selector(tsi.selectors[0], tsr.selectors[0])
@@ -1087,7 +1123,9 @@ class IkeSa:
         mode = Mode.TRANSPORT if transport else Mode.TUNNEL
         if mode is not req.mode:
             raise NoProposalChosen(f"responder chose {mode.value} mode, we asked for {req.mode.value}")
-        key_in, key_out = self._child_keys(suite.encryption_key_bits, ni, nr, we_initiated=True)
+        key_in, key_out = self._child_keys(
+            suite.encryption_key_bits, ni, nr, we_initiated=True, shared=shared
+        )
         return ChildSa(spi_in, spi_out, suite, mode, sel, key_in, key_out, sel != req.selector)
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
@@ -1097,7 +1135,8 @@ class IkeSa:
             raise IkeLocalError(f"IKE SA is {self.state.value}, not established")
 
     def _child_exchange(self, req: ChildRequest, rekeys: int) -> _Queued:
-        ctx = _ChildCtx(req, self.allocate_child_spi(), os.urandom(self.config.nonce_len), rekeys)
+        dh = c.DhPrivate(w.DhGroup(req.pfs_group)) if req.pfs_group else None
+        ctx = _ChildCtx(req, self.allocate_child_spi(), os.urandom(self.config.nonce_len), rekeys, dh)
         ours, theirs = neg.selector_to_ts(req.selector)
         inner: list[w.Payload] = []
         if rekeys:
@@ -1107,8 +1146,9 @@ class IkeSa:
         if req.mode is Mode.TRANSPORT:
             inner.append(w.NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
         inner += [
-            w.SaPayload(neg.esp_proposals(req.esp_suites or self.config.esp_suites, ctx.spi)),
+            w.SaPayload(neg.esp_proposals(req.esp_suites or self.config.esp_suites, ctx.spi, req.pfs_group)),
             w.NoncePayload(ctx.nonce),
+            *([w.KePayload(dh.group, dh.public_bytes())] if dh is not None else []),
             w.TsPayload((ours,)),
             w.TsPayload((theirs,), responder=True),
         ]
@@ -1138,14 +1178,15 @@ class IkeSa:
                 return
         nr = os.urandom(self.config.nonce_len)
         try:
-            child, out = self._answer_child(payloads, nonce.data, nr)
+            child, out, ke_out = self._answer_child(payloads, nonce.data, nr, pfs=True)
         except IkeExchangeError as e:
             notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
-            self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, [w.NotifyPayload(notify)])
+            data = struct.pack(">H", e.group) if isinstance(e, InvalidKePayload) else b""
+            self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, [w.NotifyPayload(notify, data)])
             self._events.append(ChildSaFailed(self.ref, notify, by_peer=False, detail=e.reason))
             return
         at = next(i for i, x in enumerate(out) if isinstance(x, w.SaPayload)) + 1
-        out.insert(at, w.NoncePayload(nr))  # SA, Nr, TSi, TSr (§1.3.1)
+        out[at:at] = [w.NoncePayload(nr), *ke_out]  # SA, Nr, [KEr,] TSi, TSr (§1.3.1)
         self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, out)
         self.children[child.spi_in] = child
         self._events.append(ChildSaEstablished(self.ref, child, old.spi_in if old is not None else None))
@@ -1247,7 +1288,7 @@ class IkeSa:
             self._request_done(now)
             return
         try:
-            child = self._accept_child(payloads, ctx.request, ctx.spi, ctx.nonce, nonce.data)
+            child = self._accept_child(payloads, ctx.request, ctx.spi, ctx.nonce, nonce.data, ctx.dh)
         except IkeExchangeError as e:
             notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
             self._events.append(ChildSaFailed(self.ref, notify, by_peer=False, detail=e.reason))

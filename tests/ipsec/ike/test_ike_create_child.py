@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from ike_harness import A_ADDR, B_ADDR, Pair
 
 from rpclatch.ipsec.ike import wire as w
 from rpclatch.ipsec.ike.config import ChildRequest
+from rpclatch.ipsec.ike.crypto import SkCipher, derive_child_keys
 from rpclatch.ipsec.ike.errors import NotifyType
 from rpclatch.ipsec.ike.events import (
     ChildSaDeleted,
@@ -171,3 +173,42 @@ def test_crossed_child_rekeys_leave_exactly_one_pair(btns_pair: Pair) -> None:
     (other,) = bsa.children.values()
     assert child.spi_out == other.spi_in and other.spi_out == spi_in and child.key_in == other.key_out
     assert old_a not in sa.children and old_b not in bsa.children
+
+
+@pytest.mark.parametrize("group", [31, 19])
+def test_child_with_pfs(btns_pair: Pair, group: int) -> None:
+    """CREATE_CHILD_SA with a key exchange (§1.3.1): KEi/KEr, KEYMAT from g^ir | Ni | Nr (§2.17)."""
+    sa, bsa = _up(btns_pair)
+    flow = FiveTuple.of(A_ADDR, 40003, B_ADDR, 2049, IpProto.TCP)
+    sa.create_child(ChildRequest(Selector.for_flow(flow), pfs_group=group), btns_pair.now)
+    _run(btns_pair, "a", sa)
+    ea, eb = _est(btns_pair, "a"), _est(btns_pair, "b")
+    assert ea.child.key_in == eb.child.key_out and ea.child.key_out == eb.child.key_in
+    req, resp = (w.decode_message(d) for _, d in btns_pair.wire)
+    assert sa.keys is not None and bsa.keys is not None
+    inner_req = SkCipher.inbound(bsa.keys, False).open(btns_pair.wire[0][1], req.payloads[-1])  # type: ignore[arg-type]
+    inner_resp = SkCipher.inbound(sa.keys, True).open(btns_pair.wire[1][1], resp.payloads[-1])  # type: ignore[arg-type]
+    assert [x.group for x in inner_req if isinstance(x, w.KePayload)] == [group]
+    assert [x.group for x in inner_resp if isinstance(x, w.KePayload)] == [group]
+    nonces = [x.data for x in (*inner_req, *inner_resp) if isinstance(x, w.NoncePayload)]
+    without_pfs = derive_child_keys(sa.keys.suite.prf, sa.keys.sk_d, nonces[0], nonces[1], 36, 0)
+    assert ea.child.key_out != without_pfs.encr_i2r  # the key exchange went into the keys
+
+
+def test_rekey_child_with_pfs(btns_pair: Pair) -> None:
+    sa, _bsa = _up(btns_pair)
+    (old,) = sa.children
+    sa.rekey_child(old, btns_pair.now, pfs_group=31)
+    _run(btns_pair, "a", sa)
+    ea, eb = _est(btns_pair, "a"), _est(btns_pair, "b")
+    assert ea.replaces == old and ea.child.key_in == eb.child.key_out
+    assert list(sa.children) == [ea.child.spi_in]
+
+
+def test_child_with_modp2048_pfs(btns_pair: Pair) -> None:
+    sa, _ = _up(btns_pair)
+    flow = FiveTuple.of(A_ADDR, 40004, B_ADDR, 2049, IpProto.TCP)
+    sa.create_child(ChildRequest(Selector.for_flow(flow), pfs_group=14), btns_pair.now)
+    _run(btns_pair, "a", sa)
+    ea, eb = _est(btns_pair, "a"), _est(btns_pair, "b")
+    assert ea.child.key_in == eb.child.key_out
