@@ -30,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -219,6 +220,8 @@ def echo(ns: str, src: str, dst: str, port: int, nbytes: int, sport: int = 0, ti
                 break
             got += chunk
         sender.join(timeout)
+        # abortive close (RST): no TIME_WAIT, so the next echo can use the same source port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         return False
     finally:
@@ -339,6 +342,14 @@ class Peer:
     def state(self) -> Any:
         """What the speaker itself reports about its SAs (JSON-able)."""
         return None
+
+    def rekey_child(self) -> None:
+        """Rekey the CHILD_SA (CREATE_CHILD_SA, RFC 7296 §1.3.3); returns once asked."""
+        raise NotImplementedError
+
+    def rekey_ike(self) -> None:
+        """Rekey the IKE SA (CREATE_CHILD_SA, RFC 7296 §1.3.2); returns once asked."""
+        raise NotImplementedError
 
     def stop(self) -> bool:
         raise NotImplementedError
@@ -492,6 +503,12 @@ class StrongSwan(Peer):
     def terminate(self) -> None:
         for _ in self.vici.terminate({"ike": self.conn_name, "timeout": 5000, "loglevel": -1}):
             pass
+
+    def rekey_child(self) -> None:
+        self.vici.rekey({"child": self.child_name})
+
+    def rekey_ike(self) -> None:
+        self.vici.rekey({"ike": self.conn_name})
 
     def state(self) -> Any:
         return [_dec(sa) for sa in self.vici.list_sas()] if self.vici is not None else None
@@ -822,11 +839,46 @@ class Rpclatch(Peer):
 
         return self._call(go(), timeout + 5)
 
+    def _current(self) -> Any:
+        """The established IKE SA (the initiator's own, or the one a peer set up with us)."""
+        from rpclatch.ipsec.ike import IkeState
+
+        if self.ike_sa is not None and self.ike_sa.state is IkeState.ESTABLISHED:
+            return self.ike_sa
+        for sa in self.endpoint.dispatcher.sas:
+            if sa.state is IkeState.ESTABLISHED and sa.successor is None:
+                return sa
+        raise RuntimeError("rpclatch has no established IKE SA")
+
+    def rekey_child(self) -> None:
+        from rpclatch.ipsec.ike import ChildSaEstablished
+
+        async def go() -> None:
+            sa = self._current()
+            (old,) = list(self.endpoint.installed)
+            self.endpoint.rekey_child(sa, old)
+            await self.endpoint.wait_for(
+                lambda _r, e: isinstance(e, ChildSaEstablished) and e.replaces == old, 10
+            )
+
+        self._call(go())
+
+    def rekey_ike(self) -> None:
+        from rpclatch.ipsec.ike import IkeSaRekeyed
+
+        async def go() -> None:
+            sa = self._current()
+            self.endpoint.rekey(sa)
+            await self.endpoint.wait_for(lambda _r, e: isinstance(e, IkeSaRekeyed) and e.old == sa.ref, 10)
+            self.ike_sa = sa.successor
+
+        self._call(go())
+
     def terminate(self) -> None:
         async def go() -> None:
             from rpclatch.ipsec.ike import IkeSaDeleted, IkeSaFailed
 
-            sas = [self.ike_sa] if self.ike_sa is not None else list(self.endpoint.dispatcher.sas)
+            sas = [self._current()]
             for sa in sas:
                 self.endpoint.delete(sa)
                 with contextlib.suppress(TimeoutError):
@@ -890,6 +942,9 @@ class Scenario:
     responder: str
     auth: str  # ed25519 | ecdsa | null
     net: int  # third octet base: addresses 203.0.113.<net+1> / .<net+2>
+    #: after the first echo: the initiator rekeys the CHILD_SA, then the IKE SA (echo after each,
+    #: on the new SPIs), and the *responder* deletes the IKE SA
+    lifecycle: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -902,6 +957,8 @@ SCENARIOS: dict[str, Scenario] = {
     "rl-ss-ecdsa": Scenario("rpclatch", "strongswan", "ecdsa", 70),
     "rl-ls": Scenario("rpclatch", "libreswan", "null", 80),
     "ls-rl": Scenario("libreswan", "rpclatch", "null", 90),
+    "rl-ss-life": Scenario("rpclatch", "strongswan", "ed25519", 100, lifecycle=True),
+    "ss-rl-life": Scenario("strongswan", "rpclatch", "ed25519", 110, lifecycle=True),
 }
 
 
@@ -932,6 +989,56 @@ class Result:
     pcap: str = ""
     capture_log: str = ""
     seconds: float = 0.0
+    lifecycle: dict[str, Any] = field(default_factory=dict)
+
+
+def _spis(ns: str) -> set[str]:
+    return set(xfrm_counters(ns))
+
+
+def lifecycle(res: Result, ini: Peer, resp: Peer, ns_i: str, ns_r: str) -> None:
+    """CHILD_SA rekey then IKE SA rekey by the initiator, an echo after each through the SAs in
+    place (new SPIs after the CHILD_SA rekey, the same after the IKE SA rekey: §2.18 moves the
+    CHILD_SAs). Fills ``res.lifecycle``."""
+    addr_i, addr_r = res.addr_i, res.addr_r
+    life = res.lifecycle
+    old = _spis(ns_i)
+    ini.rekey_child()
+    life["child_rekeyed"] = _wait(lambda: len(_spis(ns_i)) == 2 and not _spis(ns_i) & old, 10)
+    _wait(lambda: n_sas(ns_r) == 2 and not _spis(ns_r) & old, 5)
+    new = _spis(ns_i)
+    res.esp_sa_rows += [row for row in esp_uat_rows(ns_i) if row not in res.esp_sa_rows]
+    life["spis_before"], life["spis_after_child_rekey"] = sorted(old), sorted(new)
+    life["spis_r_after_child_rekey"] = sorted(_spis(ns_r))
+    before = xfrm_counters(ns_i)
+    life["echo_after_child_rekey"] = echo(ns_i, addr_i, addr_r, PORT, ECHO_BYTES, sport=CLIENT_PORT)
+    life["counters_after_child_rekey"] = [before, xfrm_counters(ns_i)]
+    ike_before = resp.state() if isinstance(resp, StrongSwan) else ini.state()
+    ini.rekey_ike()
+    if isinstance(resp, StrongSwan) or isinstance(ini, StrongSwan):
+        ss = resp if isinstance(resp, StrongSwan) else ini
+        assert isinstance(ss, StrongSwan)
+        # charon's IKE SA gets a new uniqueid when rekeyed; wait until only the new one is left
+        first = {ike["uniqueid"] for sa in ike_before or [] for ike in sa.values()}
+        life["ike_rekeyed"] = _wait(
+            lambda: (
+                (ids := {ike["uniqueid"] for sa in ss.state() or [] for ike in sa.values()})
+                and not ids & first
+                and len(ids) == 1
+            ),
+            10,
+        )
+        life["ike_after_rekey"] = [
+            {k: ike.get(k) for k in ("uniqueid", "state", "initiator-spi", "responder-spi")}
+            for sa in ss.state() or []
+            for ike in sa.values()
+        ]
+        life["children_after_ike_rekey"] = len(ss.child_states())
+    life["spis_after_ike_rekey"] = sorted(_spis(ns_i))
+    before = xfrm_counters(ns_i)
+    life["echo_after_ike_rekey"] = echo(ns_i, addr_i, addr_r, PORT, ECHO_BYTES, sport=CLIENT_PORT)
+    life["counters_after_ike_rekey"] = [before, xfrm_counters(ns_i)]
+    res.state_i, res.state_r = ini.state(), resp.state()
 
 
 def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
@@ -975,9 +1082,16 @@ def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
                 res.echo_clear = echo(ns_i, addr_i, addr_r, CLEAR_PORT, 1000)
                 res.counters_after = xfrm_counters(ns_i)
                 res.ok_steps.append("traffic")
-            ini.terminate()
-            _wait(lambda: n_sas(ns_r) == 0, 3)
-            res.sas_r_after_delete = n_sas(ns_r)
+            if sc.lifecycle:
+                lifecycle(res, ini, resp, ns_i, ns_r)
+                resp.terminate()  # DELETE from the responder this time
+                _wait(lambda: n_sas(ns_i) == 0, 3)
+                res.sas_r_after_delete = n_sas(ns_r)
+                res.lifecycle["sas_i_after_responder_delete"] = n_sas(ns_i)
+            else:
+                ini.terminate()
+                _wait(lambda: n_sas(ns_r) == 0, 3)
+                res.sas_r_after_delete = n_sas(ns_r)
             res.ok_steps.append("deleted")
         except Exception as exc:  # reported in the JSON; teardown below runs in every case
             res.error = f"{type(exc).__name__}: {exc}"

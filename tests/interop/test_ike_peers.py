@@ -123,7 +123,8 @@ def check_scenario(g: IkeGuest, name: str) -> dict[str, Any]:
         before,
         after,
     )
-    # the initiator's DELETE removed the responder's SAs; everything stopped by PID, nothing left
+    # the DELETE (by the initiator; by the responder in the lifecycle scenarios) removed the
+    # other side's SAs; everything stopped by PID, nothing left
     assert res["sas_r_after_delete"] == 0
     assert all(res["stopped"].values()), res["stopped"]
     assert res["leftovers"] == []
@@ -197,3 +198,47 @@ def test_libreswan_initiator_to_rpclatch_responder_null_auth(ike_guest: IkeGuest
     res = check_scenario(ike_guest, "ls-rl")
     state = _rpclatch_side(res, "responder")
     assert state["installed"][0]["peer"] == "NullAuthPeer"
+
+
+# ---- rekey and DELETE from the responder ------------------------------------------------------
+
+
+def _moved(counters: list[dict[str, list[int]]]) -> bool:
+    """Both SA directions of the initiator counted more packets between the two snapshots."""
+    before, after = counters
+    return len(after) == 2 and all(after[spi][1] > before.get(spi, [0, 0])[1] for spi in after)
+
+
+def check_lifecycle(res: dict[str, Any]) -> None:
+    life = res["lifecycle"]
+    # CHILD_SA rekey: a new SA pair in both kernels (no SPI in common with the old one), the old
+    # one gone, and the echo runs through the new one
+    assert life["child_rekeyed"], life
+    assert not set(life["spis_after_child_rekey"]) & set(life["spis_before"])
+    assert set(life["spis_r_after_child_rekey"]) == set(life["spis_after_child_rekey"])
+    assert life["echo_after_child_rekey"] and _moved(life["counters_after_child_rekey"])
+    # IKE SA rekey: strongSwan has only the new IKE SA, which kept the CHILD_SA (RFC 7296 §2.18),
+    # and the kernel SAs are untouched and still carry the echo
+    assert life["ike_rekeyed"], life["ike_after_rekey"]
+    assert [ike["state"] for ike in life["ike_after_rekey"]] == ["ESTABLISHED"]
+    assert life["children_after_ike_rekey"] == 1
+    assert life["spis_after_ike_rekey"] == life["spis_after_child_rekey"]
+    assert life["echo_after_ike_rekey"] and _moved(life["counters_after_ike_rekey"])
+    # the responder's DELETE removed the initiator's SAs too
+    assert life["sas_i_after_responder_delete"] == 0
+
+
+def test_rpclatch_rekeys_child_and_ike_sa_with_strongswan_which_then_deletes(ike_guest: IkeGuest) -> None:
+    res = check_scenario(ike_guest, "rl-ss-life")
+    check_lifecycle(res)
+    events = res["state_i"]["events"]
+    assert events.count("ChildSaEstablished") == 2 and "IkeSaRekeyed" in events, events
+    assert len(res["state_i"]["installed"]) == 1 and res["state_i"]["datapath_errors"] == 0
+
+
+def test_strongswan_rekeys_child_and_ike_sa_with_rpclatch_which_then_deletes(ike_guest: IkeGuest) -> None:
+    res = check_scenario(ike_guest, "ss-rl-life")
+    check_lifecycle(res)
+    events = res["state_r"]["events"]
+    assert events.count("ChildSaEstablished") == 2 and "IkeSaRekeyed" in events, events
+    assert len(res["state_r"]["installed"]) == 1 and res["state_r"]["datapath_errors"] == 0

@@ -12,7 +12,8 @@ datapath calls on a :class:`~rpclatch.ipsec.backend.Backend` (in practice
   a wider one is also put in the backend's SPD mirror as a PROTECT entry, with reqid 0 so the
   kernel's template matches it;
 * ``ChildSaDeleted`` (also after a rekey, §1.3.3), ``IkeSaDeleted`` and ``IkeSaFailed`` ->
-  ``Backend.remove_sa`` of the SAs concerned.
+  ``Backend.remove_sa`` of the SAs concerned; ``IkeSaRekeyed`` moves the installed CHILD_SAs to
+  the new IKE SA (§2.18), so the old one's deletion leaves them in place.
 
 Every event is also kept (:attr:`IkeUdpEndpoint.events`) and can be awaited
 (:meth:`IkeUdpEndpoint.wait_for`). The socket is the caller's: it must be bound to the address
@@ -44,6 +45,7 @@ from rpclatch.ipsec.ike.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
 )
 from rpclatch.ipsec.ike.sa import IkeSa
 from rpclatch.ipsec.model import (
@@ -183,8 +185,30 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
 
     def delete(self, sa: IkeSa) -> None:
         """Send an INFORMATIONAL DELETE of the IKE SA (and so of its CHILD_SAs, §1.4.1)."""
-        sa.delete(self.now())
-        self.dispatcher.poll(sa, self.now())
+        self._request(sa, sa.delete)
+
+    def delete_child(self, sa: IkeSa, spi_in: int) -> None:
+        """Delete one CHILD_SA (INFORMATIONAL DELETE of its inbound SPI, §1.4.1)."""
+        self._request(sa, lambda now: sa.delete_child(spi_in, now))
+
+    def rekey_child(self, sa: IkeSa, spi_in: int) -> None:
+        """Rekey one CHILD_SA (CREATE_CHILD_SA, §1.3.3): the new pair is installed when
+        established, the old one removed when its deletion completes."""
+        self._request(sa, lambda now: sa.rekey_child(spi_in, now))
+
+    def rekey(self, sa: IkeSa) -> None:
+        """Rekey the IKE SA (CREATE_CHILD_SA, §1.3.2); its CHILD_SAs move to the new one."""
+        self._request(sa, sa.rekey)
+
+    def check_liveness(self, sa: IkeSa) -> None:
+        """An empty INFORMATIONAL request (§1.4); no answer fails the SA and removes its SAs."""
+        self._request(sa, sa.check_liveness)
+
+    def _request(self, sa: IkeSa, call: Callable[[float], None]) -> None:
+        """Run a local request on ``sa`` (IkeLocalError if its state does not allow it) and send."""
+        now = self.now()
+        call(now)
+        self.dispatcher.poll(sa, now)
         self._flush()
 
     async def wait_for(self, predicate: Callable[[IkeSaRef, IkeEvent], bool], timeout: float) -> IkeEvent:
@@ -253,6 +277,12 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
             self._install(sa, event.child)
         elif isinstance(event, ChildSaDeleted):
             self._remove(event.spi_in)
+        elif isinstance(event, IkeSaRekeyed):  # the CHILD_SAs now belong to the new IKE SA
+            self._btns[event.new] = self._btns.get(event.old, False)
+            for spi_in, inst in list(self.installed.items()):
+                if inst.sad_entry.ike_sa == event.old:
+                    entry = dataclasses.replace(inst.sad_entry, ike_sa=event.new)
+                    self.installed[spi_in] = InstalledChild(entry, inst.child)
         elif isinstance(event, IkeSaDeleted | IkeSaFailed):
             for spi_in, inst in list(self.installed.items()):
                 if inst.sad_entry.ike_sa == event.ike_sa:
