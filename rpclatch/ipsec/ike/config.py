@@ -76,6 +76,10 @@ class IkeConfig:
       4); a CERTREQ naming them is sent. ``certificate_clock`` (aware UTC ``datetime``), if
       given, is asked for the time when a certificate's validity period is checked; without it the
       period is not checked (the core reads no clock itself).
+    * ``child_rekey_after`` / ``ike_rekey_after``: seconds after which a CHILD_SA / the IKE SA is
+      rekeyed by this end (soft lifetimes, §2.8), shortened by a random fraction up to
+      ``rekey_jitter``; a failed rekey is retried after ``rekey_jitter`` of the lifetime. None = the
+      owner rekeys (``rekey_child``/``rekey``). There are no hard lifetimes.
     * ``liveness_interval``: an established SA that has heard nothing authenticated from its peer
       for that long sends an empty INFORMATIONAL (§1.4); None = only on request.
     """
@@ -92,6 +96,9 @@ class IkeConfig:
     retransmit_tries: int = 5
     half_open_timeout: float = 30.0
     liveness_interval: float | None = None
+    child_rekey_after: float | None = None
+    ike_rekey_after: float | None = None
+    rekey_jitter: float = 0.1
     trust_anchors: tuple[TrustAnchor, ...] = ()
     certificate_clock: Callable[[], datetime] | None = None
     nonce_len: int = 32
@@ -99,6 +106,12 @@ class IkeConfig:
     def __post_init__(self) -> None:
         if not self.ike_suites or not self.esp_suites:
             raise ValueError("IkeConfig needs at least one IKE suite and one ESP suite")
+        for name in ("liveness_interval", "child_rekey_after", "ike_rekey_after"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0.0 <= self.rekey_jitter < 1.0:
+            raise ValueError("rekey_jitter must be in [0, 1)")
         if self.liveness_interval is not None and self.liveness_interval <= 0:
             raise ValueError("liveness interval must be positive")
         if not 16 <= self.nonce_len <= 256:

@@ -232,6 +232,10 @@ class IkeSa:
         self._peer_hashes: frozenset[int] = frozenset()
         self._cipher_in: c.SkCipher | None = None
         self._send_initial_contact = False
+        #: lifetimes: when each CHILD_SA (by inbound SPI) and the IKE SA are due for a rekey
+        self._child_due: dict[int, float] = {}
+        self._ike_due: float | None = None
+        self._rekeying: set[int] = set()
         #: old CHILD_SA inbound SPI -> lowest nonce of the peer's rekey of it that crossed ours
         self._crossed_rekeys: dict[int, bytes] = {}
         self._last_heard = 0.0
@@ -329,9 +333,9 @@ class IkeSa:
             times.append(self._pending.deadline)
         if self._half_open_deadline is not None and self.state is IkeState.HALF_OPEN:
             times.append(self._half_open_deadline)
-        liveness = self._liveness_due()
-        if liveness is not None:
-            times.append(liveness)
+        for due in (self._liveness_due(), self._lifetime_due()):
+            if due is not None:
+                times.append(due)
         return min(times) if times else None
 
     def _liveness_due(self) -> float | None:
@@ -342,6 +346,9 @@ class IkeSa:
         return max(self._last_heard, self.created_at) + interval
 
     def handle_timer(self, now: float) -> None:
+        rekey = self._lifetime_due()
+        if rekey is not None and now >= rekey:
+            self._rekey_due(now)
         due = self._liveness_due()
         if due is not None and now >= due:
             self.check_liveness(now)  # its retransmissions fail the SA if the peer is gone
@@ -415,6 +422,7 @@ class IkeSa:
         if child is None:
             raise IkeLocalError(f"no established CHILD_SA with inbound SPI {spi_in:#x}")
         req = ChildRequest(child.selector, child.mode, (child.suite,), pfs_group)
+        self._rekeying.add(spi_in)
         self._request(self._child_exchange(req, rekeys=spi_in), now)
 
     def rekey(self, now: float) -> None:
@@ -954,13 +962,42 @@ class IkeSa:
         self._fire(IkeInput.AUTH_DONE)
         self._established()
         if child is not None:
-            self.children[child.spi_in] = child
+            self._add_child(child, now)
             self._events.append(ChildSaEstablished(self.ref, child))
         else:
             self._events.append(child_err)
 
+    def _add_child(self, child: ChildSa, now: float) -> None:
+        self.children[child.spi_in] = child
+        after = self.config.child_rekey_after
+        if after is not None:
+            self._child_due[child.spi_in] = now + _jittered(after, self.config.rekey_jitter)
+
+    def _lifetime_due(self) -> float | None:
+        """The earliest lifetime rekey this SA owes (``IkeConfig.child_rekey_after`` and
+        ``ike_rekey_after``), if it is established."""
+        if self.state is not IkeState.ESTABLISHED:
+            return None
+        for spi in [spi for spi in self._child_due if spi not in self.children]:
+            del self._child_due[spi]
+        times = [t for spi, t in self._child_due.items() if spi not in self._rekeying]
+        if self._ike_due is not None:
+            times.append(self._ike_due)
+        return min(times) if times else None
+
+    def _rekey_due(self, now: float) -> None:
+        if self._ike_due is not None and now >= self._ike_due:
+            self._ike_due = None  # set again if the rekey fails
+            self.rekey(now)
+            return
+        for spi, due in list(self._child_due.items()):
+            if now >= due and spi in self.children and spi not in self._rekeying:
+                self.rekey_child(spi, now)
+
     def _established(self) -> None:
         assert self.peer is not None and self.pad_match is not None and self.suite is not None
+        if self.config.ike_rekey_after is not None:
+            self._ike_due = self.created_at + _jittered(self.config.ike_rekey_after, self.config.rekey_jitter)
         self._events.append(
             IkeSaEstablished(
                 self.ref,
@@ -1084,7 +1121,7 @@ class IkeSa:
                     _Queued("delete-child", w.ExchangeType.INFORMATIONAL, [d], self._child_spi), now
                 )
             return
-        self.children[child.spi_in] = child
+        self._add_child(child, now)
         self._events.append(ChildSaEstablished(self.ref, child))
 
     def _accept_child(
@@ -1188,7 +1225,7 @@ class IkeSa:
         at = next(i for i, x in enumerate(out) if isinstance(x, w.SaPayload)) + 1
         out[at:at] = [w.NoncePayload(nr), *ke_out]  # SA, Nr, [KEr,] TSi, TSr (§1.3.1)
         self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, out)
-        self.children[child.spi_in] = child
+        self._add_child(child, now)
         self._events.append(ChildSaEstablished(self.ref, child, old.spi_in if old is not None else None))
         pending = self._pending
         if (
@@ -1263,6 +1300,10 @@ class IkeSa:
         new.keys = c.keys_from_skeyseed(suite, seed, ni + nr + struct.pack(">QQ", spi_i, spi_r))
         new.peer, new.pad_match = self.peer, self.pad_match
         new.children, self.children = self.children, {}
+        new._child_due, self._child_due = self._child_due, {}
+        self._ike_due = None  # this SA is being replaced
+        if self.config.ike_rekey_after is not None:
+            new._ike_due = now + _jittered(self.config.ike_rekey_after, self.config.rekey_jitter)
         new._nonce_i, new._nonce_r = ni, nr
         new._peer_hashes = self._peer_hashes
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
@@ -1280,6 +1321,11 @@ class IkeSa:
             return
         assert isinstance(ctx, _ChildCtx)
         self._pending = None
+        if ctx.rekeys:
+            self._rekeying.discard(ctx.rekeys)
+            if (err is not None or nonce is None) and ctx.rekeys in self._child_due:
+                after = self.config.child_rekey_after or 0.0
+                self._child_due[ctx.rekeys] = now + after * self.config.rekey_jitter  # try again soon
         if err is not None or nonce is None:
             code = err.notify_type if err is not None else NotifyType.INVALID_SYNTAX
             self._events.append(
@@ -1296,7 +1342,7 @@ class IkeSa:
             self._queue.appendleft(_Queued("delete-child", w.ExchangeType.INFORMATIONAL, [d], ctx.spi))
             self._request_done(now)
             return
-        self.children[child.spi_in] = child
+        self._add_child(child, now)
         self._events.append(ChildSaEstablished(self.ref, child, ctx.rekeys or None))
         doomed = []
         if ctx.rekeys and ctx.rekeys in self.children:
@@ -1310,6 +1356,12 @@ class IkeSa:
             d = w.DeletePayload(w.ProtocolId.ESP, (spi.to_bytes(4, "big"),), 4)
             self._queue.appendleft(_Queued("delete-child", w.ExchangeType.INFORMATIONAL, [d], spi))
         self._request_done(now)
+
+    def _retry_ike_rekey(self, now: float) -> None:
+        after = self.config.ike_rekey_after
+        if after is not None:
+            # random, so that two ends whose rekeys crossed do not cross again
+            self._ike_due = now + _jittered(after * self.config.rekey_jitter, 0.5) + 1.0
 
     def _on_ike_rekey_response(
         self,
@@ -1325,6 +1377,7 @@ class IkeSa:
         ke = next((x for x in payloads if isinstance(x, w.KePayload)), None)
         if err is not None:
             self._events.append(IkeSaRekeyFailed(self.ref, err.notify_type, w.notify_name(err.notify_type)))
+            self._retry_ike_rekey(now)
             self._request_done(now)
             return
         try:
@@ -1337,6 +1390,7 @@ class IkeSa:
             shared = ctx.dh.shared_secret(ke.data)
         except IkeError as e:
             self._events.append(IkeSaRekeyFailed(self.ref, e.notify, e.reason))
+            self._retry_ike_rekey(now)
             self._request_done(now)
             return
         if self.state is not IkeState.ESTABLISHED:
@@ -1380,6 +1434,12 @@ class IkeSa:
             if child is not None:
                 self._events.append(ChildSaDeleted(self.ref, child.spi_in, child.spi_out, by_peer=False))
         self._request_done(now)
+
+
+def _jittered(after: float, jitter: float) -> float:
+    """``after`` shortened by a random fraction up to ``jitter``, so that two peers with the same
+    lifetimes rarely rekey the same SA at the same moment (RFC 7296 §2.8)."""
+    return after * (1.0 - jitter * secrets.randbelow(1_000_001) / 1_000_000)
 
 
 def _reason(e: IkeError) -> FailureReason:

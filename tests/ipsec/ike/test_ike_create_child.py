@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from ike_harness import A_ADDR, B_ADDR, Pair
+from ike_harness import A_ADDR, A_POLICY, B_ADDR, NFS_POLICY, Keys, Pair, btns_pad, key_pad, make_config
 
 from rpclatch.ipsec.ike import wire as w
 from rpclatch.ipsec.ike.config import ChildRequest
@@ -212,3 +214,57 @@ def test_child_with_modp2048_pfs(btns_pair: Pair) -> None:
     _run(btns_pair, "a", sa)
     ea, eb = _est(btns_pair, "a"), _est(btns_pair, "b")
     assert ea.child.key_in == eb.child.key_out
+
+
+# -- lifetimes (IkeConfig.child_rekey_after / ike_rekey_after) ---------------------------------
+
+
+def _lifetime_pair(make_pair: Callable[..., Pair], keys: Keys, *, both: bool, **kw: object) -> Pair:
+    b_kw = kw if both else {}
+    return make_pair(
+        make_config(keys.a, key_pad(keys.b_spki), A_POLICY, **kw),
+        make_config(keys.b, btns_pad(), NFS_POLICY, **b_kw),
+    )
+
+
+def _consistent(sa: IkeSa, bsa: IkeSa) -> None:
+    assert len(sa.children) == len(bsa.children) == 1
+    (a,) = sa.children.values()
+    (b,) = bsa.children.values()
+    assert a.spi_in == b.spi_out and a.spi_out == b.spi_in and a.key_in == b.key_out
+
+
+def test_child_lifetime_rekeys(make_pair: Callable[..., Pair], keys: Keys) -> None:
+    p = _lifetime_pair(make_pair, keys, both=False, child_rekey_after=100.0)
+    sa, bsa = _up(p)
+    (first,) = sa.children
+    p.advance(101)
+    (ea,) = p.of(ChildSaEstablished, "a")
+    assert isinstance(ea, ChildSaEstablished) and ea.replaces == first
+    _consistent(sa, bsa)
+    p.advance(100)
+    assert len(p.of(ChildSaEstablished, "a")) == 2
+    _consistent(sa, bsa)
+
+
+def test_child_lifetimes_on_both_ends(make_pair: Callable[..., Pair], keys: Keys) -> None:
+    p = _lifetime_pair(make_pair, keys, both=True, child_rekey_after=100.0)
+    sa, bsa = _up(p)
+    p.advance(1000)
+    assert len(p.of(ChildSaEstablished, "a")) >= 10
+    _consistent(sa, bsa)
+
+
+def test_ike_lifetime_rekeys_and_the_new_sa_rekeys_again(make_pair: Callable[..., Pair], keys: Keys) -> None:
+    p = _lifetime_pair(make_pair, keys, both=False, ike_rekey_after=100.0)
+    sa, _bsa = _up(p)
+    p.advance(101)
+    assert sa.successor is not None and sa.state is IkeState.CLOSED
+    p.advance(100)
+    new = sa.successor
+    assert new.successor is not None and new.state is IkeState.CLOSED
+    (na,) = p.a.sas
+    (nb,) = p.b.sas
+    assert na.ref == nb.ref == new.successor.ref
+    _consistent(na, nb)
+    assert len(p.of(IkeSaRekeyed, "a")) == 2
