@@ -19,11 +19,14 @@ from enum import Flag, auto
 
 
 class Protection(Flag):
-    """What a secure channel protects: integrity always (RFC 5056 §2), confidentiality optionally.
+    """Integrity and/or confidentiality: what a secure channel protects, integrity always (RFC 5056
+    §2), confidentiality optionally; for IPsec, an SA's or a latch's "type of protection" (RFC 5660
+    §2), and ``NONE`` for a packet that no SA protected.
 
     A property of the channel; the GSS service a connection uses without a bound channel is
     :class:`rpclatch.connect.policy.FallbackService`."""
 
+    NONE = 0
     INTEGRITY = auto()
     CONFIDENTIALITY = auto()
 

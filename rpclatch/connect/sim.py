@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rpclatch.channel import Protection
 from rpclatch.connect.world import ConnectError, ConnectionReset, LatchView, ProtectionFailed
 from rpclatch.ipsec.channel_binding import binding_unavailable_reason
 from rpclatch.ipsec.engine import Approach
 from rpclatch.ipsec.latch import BrokenDisposition, LatchParams, LatchState, params_from_sa
-from rpclatch.ipsec.model import ProtectionType
 from rpclatch.netsim.host import Host, Listener
 from rpclatch.netsim.network import SimNetwork
 from rpclatch.netsim.rpc import SimConnectionReset, SimRpcClient, SimRpcServer
@@ -35,7 +35,7 @@ from rpclatch.rpc.server import RpcDispatcher
 def describe_qop(params: LatchParams) -> str:
     """Short words for a latch's quality of protection (RFC 5660 §2.1)."""
     suites = ",".join(sorted(str(s) for s in params.qop.suites)) or "?"
-    conf = "encrypting" if ProtectionType.CONFIDENTIALITY in params.protection else "integrity only"
+    conf = "encrypting" if Protection.CONFIDENTIALITY in params.protection else "integrity only"
     det = "" if params.qop.determinate else ", indeterminate"
     return f"{params.protocol.name} {params.mode.name.lower()} {suites} ({conf}{det})"
 
@@ -84,7 +84,7 @@ def latch_view(host: Host, conn: StreamConnection) -> LatchView | None:
         state=LatchState.ESTABLISHED,
         peer=str(params.peer),
         qop=describe_qop(params),
-        confidentiality=ProtectionType.CONFIDENTIALITY in params.protection,
+        confidentiality=Protection.CONFIDENTIALITY in params.protection,
         channel=channel if why_not is None else None,
         binding_unavailable=why_not,
     )

@@ -33,7 +33,7 @@ from enum import Enum
 from rpclatch.channel import BreakCallback, Channel, Protection
 from rpclatch.ipsec.errors import ChannelBindingUnavailable
 from rpclatch.ipsec.latch import Alert, LatchDatabase, LatchParams, LatchState, params_from_sa
-from rpclatch.ipsec.model import LocalIdentity, NullAuthPeer, PeerIdentity, ProtectionType, PskPeer
+from rpclatch.ipsec.model import LocalIdentity, NullAuthPeer, PeerIdentity, PskPeer
 from rpclatch.ipsec.ulp import UlpLatch, UlpLatchState
 
 #: the project-private binding type name (RFC 5056 §7 characters only; not IANA-registered)
@@ -133,13 +133,6 @@ def binding_unavailable_reason(params: LatchParams) -> str | None:
     return None
 
 
-def protection_of(params: LatchParams) -> Protection:
-    prot = Protection.INTEGRITY
-    if ProtectionType.CONFIDENTIALITY in params.protection:
-        prot |= Protection.CONFIDENTIALITY
-    return prot
-
-
 class LatchChannel(Channel):
     """The RPCSEC_GSS view (rpclatch.channel.Channel) of one latched connection.
 
@@ -162,7 +155,7 @@ class LatchChannel(Channel):
         self._params = params
         self._role = role
         self._data = binding_data_for(params, role)
-        self._protection = protection_of(params)
+        self._protection = params.protection  # integrity always: every suite authenticates
         self._is_established = is_established
         self._broken = False
         self._callbacks: list[BreakCallback] = []

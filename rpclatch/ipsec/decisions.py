@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from rpclatch.ipsec.model import LocalIdentity, PeerIdentity, ProtectionParams, ProtectionType
+from rpclatch.channel import Protection
+from rpclatch.ipsec.model import LocalIdentity, PeerIdentity, ProtectionParams
 from rpclatch.ipsec.sad import SecurityAssociation
 
 
@@ -88,8 +89,8 @@ class PacketTag:
         return self.sa_id is not None
 
     @property
-    def protection(self) -> ProtectionType:
-        return ProtectionType.NONE if self.params is None else self.params.protection
+    def protection(self) -> Protection:
+        return Protection.NONE if self.params is None else self.params.protection
 
     def same_protection(self, other: PacketTag) -> bool:
         """Same peer, same local identity (RFC 5660 §2) and same QoP (protocol, mode, suite,

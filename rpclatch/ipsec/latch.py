@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from rpclatch.channel import Protection
 from rpclatch.ipsec.errors import IllegalTransition, LatchConflict, LatchExists, LatchNotFound, PolicyRefused
 from rpclatch.ipsec.model import (
     CipherSuite,
@@ -41,7 +42,6 @@ from rpclatch.ipsec.model import (
     Mode,
     PeerIdentity,
     ProtectionPolicy,
-    ProtectionType,
     SecurityProtocol,
     Selector,
     ThreeTuple,
@@ -135,7 +135,7 @@ class LatchRequest:
     """
 
     policy: ProtectionPolicy | None = None
-    protection: ProtectionType = ProtectionType.INTEGRITY
+    protection: Protection = Protection.INTEGRITY
     peer: PeerIdentity | None = None
     local: LocalIdentity | None = None
     disposition: BrokenDisposition = BrokenDisposition.RESET
@@ -177,7 +177,7 @@ class LatchParams:
 
     protocol: SecurityProtocol
     mode: Mode
-    protection: ProtectionType
+    protection: Protection
     qop: QoP
     local: LocalIdentity
     peer: PeerIdentity

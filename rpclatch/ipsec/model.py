@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from enum import Enum, Flag, IntEnum, auto
+from enum import Enum, IntEnum
+
+from rpclatch.channel import Protection
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -374,16 +376,6 @@ class Mode(Enum):
     TUNNEL = "tunnel"
 
 
-class ProtectionType(Flag):
-    """RFC 5660 §2 "type of protection": integrity and/or confidentiality."""
-
-    NONE = 0
-    INTEGRITY = auto()
-    CONFIDENTIALITY = auto()
-
-
-INTEGRITY_AND_CONFIDENTIALITY = ProtectionType.INTEGRITY | ProtectionType.CONFIDENTIALITY
-
 #: encryption transforms that are AEAD (they provide integrity themselves)
 AEAD_ALGORITHMS = frozenset({"aes-gcm-8", "aes-gcm-12", "aes-gcm-16", "aes-ccm-16", "chacha20-poly1305"})
 
@@ -409,10 +401,10 @@ class CipherSuite:
             raise ValueError(f"{self.encryption!r} is not AEAD and no integrity algorithm was given")
 
     @property
-    def protection(self) -> ProtectionType:
-        prot = ProtectionType.INTEGRITY  # every suite here authenticates (AEAD or integrity alg)
+    def protection(self) -> Protection:
+        prot = Protection.INTEGRITY  # every suite here authenticates (AEAD or integrity alg)
         if self.encryption not in (None, "null"):
-            prot |= ProtectionType.CONFIDENTIALITY
+            prot |= Protection.CONFIDENTIALITY
         return prot
 
     def __str__(self) -> str:
@@ -449,7 +441,7 @@ class ProtectionParams:
             raise ValueError("replay window must be >= 0")
 
     @property
-    def protection(self) -> ProtectionType:
+    def protection(self) -> Protection:
         return self.suite.protection
 
 

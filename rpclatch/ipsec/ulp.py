@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from rpclatch.channel import Protection
 from rpclatch.ipsec.decisions import (
     CLEARTEXT,
     DropReason,
@@ -33,7 +34,7 @@ from rpclatch.ipsec.decisions import (
     discard,
 )
 from rpclatch.ipsec.latch import BrokenDisposition
-from rpclatch.ipsec.model import FiveTuple, Mode, PeerIdentity, ProtectionType
+from rpclatch.ipsec.model import FiveTuple, Mode, PeerIdentity
 from rpclatch.ipsec.sad import SecurityAssociationDatabase
 
 
@@ -320,11 +321,11 @@ class PToken:
 
     @property
     def privacy_protected(self) -> bool:
-        return ProtectionType.CONFIDENTIALITY in self.tag.protection
+        return Protection.CONFIDENTIALITY in self.tag.protection
 
     @property
     def integrity_protected(self) -> bool:
-        return ProtectionType.INTEGRITY in self.tag.protection
+        return Protection.INTEGRITY in self.tag.protection
 
     @property
     def tunnel_mode(self) -> bool:

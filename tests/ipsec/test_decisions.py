@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from rpclatch.channel import Protection
 from rpclatch.ipsec import examples as ex
 from rpclatch.ipsec.decisions import (
     BYPASS_DECISION,
@@ -15,7 +16,7 @@ from rpclatch.ipsec.decisions import (
     discard,
     drop,
 )
-from rpclatch.ipsec.model import AES_GCM_128, Mode, ProtectionParams, ProtectionType
+from rpclatch.ipsec.model import AES_GCM_128, Mode, ProtectionParams
 
 F = ex.flow("192.0.2.1", 2049, "192.0.2.2", 40000)
 
@@ -25,13 +26,13 @@ def test_same_protection_ignores_sa_id_only() -> None:
     tag = PacketTag.of_sa(sa)
     rekeyed = PacketTag.of_sa(replace(sa, sa_id=6, spi_in=0x9999))
     assert tag.protected and tag.narrow and tag.btns is False and tag.same_protection(rekeyed)
-    assert tag.protection == ProtectionType.INTEGRITY | ProtectionType.CONFIDENTIALITY
+    assert tag.protection == Protection.INTEGRITY | Protection.CONFIDENTIALITY
     assert not tag.same_protection(PacketTag.of_sa(replace(sa, peer=ex.btns_peer(3))))
     assert not tag.same_protection(PacketTag.of_sa(replace(sa, params=ProtectionParams(suite=AES_GCM_128))))
     assert not tag.same_protection(PacketTag.of_sa(replace(sa, params=ProtectionParams(mode=Mode.TUNNEL))))
     assert not tag.same_protection(PacketTag.of_sa(replace(sa, params=ProtectionParams(replay_window=0))))
     assert not tag.same_protection(CLEARTEXT) and CLEARTEXT.same_protection(CLEARTEXT)
-    assert CLEARTEXT.protection == ProtectionType.NONE and str(CLEARTEXT) == "cleartext"
+    assert CLEARTEXT.protection == Protection.NONE and str(CLEARTEXT) == "cleartext"
 
 
 def test_decision_helpers() -> None:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rpclatch.channel import Protection
 from rpclatch.ipsec.model import (
     AES_GCM_256,
     AH_SHA256,
@@ -17,7 +18,6 @@ from rpclatch.ipsec.model import (
     FiveTuple,
     PortRange,
     ProtectionParams,
-    ProtectionType,
     SecurityProtocol,
     Selector,
     ThreeTuple,
@@ -126,9 +126,9 @@ def test_address_and_port_ranges() -> None:
 
 
 def test_protection_types() -> None:
-    assert AES_GCM_256.protection == ProtectionType.INTEGRITY | ProtectionType.CONFIDENTIALITY
-    assert ESP_NULL_SHA256.protection == ProtectionType.INTEGRITY
-    assert AH_SHA256.protection == ProtectionType.INTEGRITY
+    assert AES_GCM_256.protection == Protection.INTEGRITY | Protection.CONFIDENTIALITY
+    assert ESP_NULL_SHA256.protection == Protection.INTEGRITY
+    assert AH_SHA256.protection == Protection.INTEGRITY
     with pytest.raises(ValueError):
         CipherSuite("aes-cbc", 128)  # not AEAD, no integrity
     with pytest.raises(ValueError):
