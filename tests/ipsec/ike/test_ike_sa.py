@@ -799,3 +799,23 @@ def test_idle_sa_with_a_dead_peer_fails(keys: Keys, make_pair: Callable[..., Pai
     (fa,) = p.of(IkeSaFailed, "a")
     assert isinstance(fa, IkeSaFailed) and fa.reason is FailureReason.TIMEOUT and fa.ike_sa == sa.ref
     assert len(p.of(ChildSaDeleted, "a")) == 1
+
+
+def test_ipv6_endpoints_and_selectors(keys: Keys) -> None:
+    a6, b6 = ipaddress.IPv6Address("2001:db8::1"), ipaddress.IPv6Address("2001:db8::2")
+    policy = (Selector(AddressRange.single(b6), None, IpProto.TCP, PortRange.single(2049)),)
+    pa = IkeDispatcher(
+        make_config(keys.a, key_pad(keys.b_spki), (Selector(AddressRange.single(a6)),)), (a6, 500)
+    )
+    pb = IkeDispatcher(make_config(keys.b, btns_pad(), policy), (b6, 500))
+    p = Pair(pa, pb)
+    flow = FiveTuple.of(a6, 40000, b6, 2049, IpProto.TCP)
+    sa = pa.initiate((b6, 500), ChildRequest(Selector.for_flow(flow)), p.now)
+    p.pump()
+    assert sa.state is IkeState.ESTABLISHED
+    (ea,) = p.of(IkeSaEstablished, "a")
+    assert isinstance(ea, IkeSaEstablished) and not (ea.nat_local or ea.nat_remote)
+    ca, cb = _children(p)
+    assert ca.child.selector == Selector.for_flow(flow) and cb.child.selector == Selector.for_flow(
+        flow.reversed()
+    )
