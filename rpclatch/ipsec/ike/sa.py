@@ -1331,6 +1331,13 @@ class IkeSa:
             self._events.append(
                 ChildSaFailed(self.ref, code, by_peer=err is not None, detail=w.notify_name(code))
             )
+            lost = self.children.get(ctx.rekeys) if code == NotifyType.CHILD_SA_NOT_FOUND else None
+            if lost is not None:
+                # §2.25: the peer has no such CHILD_SA: drop ours silently, negotiate it afresh
+                del self.children[lost.spi_in]
+                self._events.append(ChildSaDeleted(self.ref, lost.spi_in, lost.spi_out, by_peer=True))
+                fresh = ChildRequest(lost.selector, lost.mode, (lost.suite,), ctx.request.pfs_group)
+                self._queue.appendleft(self._child_exchange(fresh, rekeys=0))
             self._request_done(now)
             return
         try:

@@ -114,11 +114,16 @@ def test_rekey_of_a_child_the_peer_does_not_know(btns_pair: Pair) -> None:
     sa, bsa = _up(btns_pair)
     bsa.children.clear()
     (spi,) = sa.children
+    old_out = sa.children[spi].spi_out
     sa.rekey_child(spi, btns_pair.now)
     _run(btns_pair, "a", sa)
     (fa,) = btns_pair.of(ChildSaFailed, "a")
     assert isinstance(fa, ChildSaFailed) and fa.notify == NotifyType.CHILD_SA_NOT_FOUND and fa.by_peer
-    assert spi in sa.children
+    # §2.25: A drops its copy silently and negotiates the CHILD_SA afresh
+    assert btns_pair.of(ChildSaDeleted, "a") == [ChildSaDeleted(sa.ref, spi, old_out, by_peer=True)]
+    ea, eb = _est(btns_pair, "a"), _est(btns_pair, "b")
+    assert ea.replaces is None and ea.child.spi_in == eb.child.spi_out
+    assert spi not in sa.children and len(sa.children) == len(bsa.children) == 1
 
 
 def _rekey_ike(p: Pair, side: str) -> None:
