@@ -19,6 +19,7 @@ types is ignored on receipt and sent as zero (§3.2).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -562,6 +563,13 @@ def _decode_attributes(data: bytes) -> tuple[Attribute, ...]:
 
 
 def _decode_sa(data: bytes) -> SaPayload:
+    """SA payload body -> SaPayload. Small bodies go through a bounded cache (256 entries of at
+    most 1 KiB): peers of one kind send byte-identical IKE_SA_INIT proposals, and the result is
+    immutable; a malformed body raises every time."""
+    return _decode_sa_cached(data) if len(data) <= 1024 else _decode_sa_uncached(data)
+
+
+def _decode_sa_uncached(data: bytes) -> SaPayload:
     proposals: list[Proposal] = []
     pos = 0
     end = len(data)
@@ -603,6 +611,9 @@ def _decode_sa(data: bytes) -> SaPayload:
     if pos != end:
         raise IkeDecodeError("octets after the last proposal")
     return SaPayload(tuple(proposals))
+
+
+_decode_sa_cached = functools.lru_cache(maxsize=256)(_decode_sa_uncached)
 
 
 def _decode_ts(data: bytes, responder: bool) -> TsPayload:

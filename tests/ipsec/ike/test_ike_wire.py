@@ -260,3 +260,12 @@ def test_fuzz_mutated_messages_raise_only_decode_errors(
 def test_fuzz_payload_chains_raise_only_decode_errors(first: int, data: bytes) -> None:
     with contextlib.suppress(IkeDecodeError):
         w.decode_payloads(first, data)
+
+
+def test_large_and_repeated_sa_payloads_decode_alike() -> None:
+    """SA bodies up to 1 KiB go through a bounded cache, larger ones do not: same results."""
+    small = w.SaPayload((_proposal(),))
+    large = w.SaPayload(tuple(w.Proposal(n, 1, b"", _proposal().transforms) for n in range(1, 41)))
+    assert len(w.encode_payload_body(large)) > 1024
+    for payload in (small, small, large, large):
+        assert w.decode_message(w.encode_message(_header(), (payload,))).payloads == (payload,)
