@@ -38,9 +38,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from rpclatch.connect import ConnectPolicy, FallbackService, GssService
+from rpclatch.connect import ConnectPolicy, FallbackService
 from rpclatch.demo.testbed import build_testbed
 from rpclatch.gss.realm import running_realm
+from rpclatch.gss.wire import Service
 from rpclatch.netsim import stack as sim_stack
 from rpclatch.rpc.client import RpcClientConnection
 from rpclatch.rpc.server import RpcServerConnection
@@ -121,22 +122,22 @@ def measure(realm: Any, mode: str, calls: int) -> Figures:
     if mode == "channel_prot":
         bed = build_testbed(realm, seed=21)
         policy = ConnectPolicy(ike_timeout=2.0, fallback=FallbackService.PRIVACY)
-        expect = GssService.CHANNEL_PROT
+        expect = Service.CHANNEL_PROT
     else:
         bed = build_testbed(realm, seed=22)
         fallback = FallbackService.PRIVACY if mode == "krb5p" else FallbackService.INTEGRITY
         policy = ConnectPolicy(try_ipsec=False, fallback=fallback)
-        expect = GssService(mode)
+        expect = Service.from_sec_name(mode)
     pc = bed.connection(policy)
     record = pc.connect()
     if record.gss_service is not expect:
-        raise SystemExit(f"{mode}: the policy chose {record.gss_service.value}: {record.reason}")
+        raise SystemExit(f"{mode}: the policy chose {record.gss_service.sec_name}: {record.reason}")
     payload = bytes(range(256)) * (SIZE // 256)
     args = encode_opaque(payload)
     reply = pc.call(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, args)  # warm up
     assert decode_opaque(reply) == payload
     services = bed.wire_view().data_services()  # the warm-up call: what the wire really carried
-    if services != [expect.value]:
+    if services != [expect.sec_name]:
         raise SystemExit(f"{mode}: the wire shows {services}")
     rpc, esp = CpuMeter(), CpuMeter()
     with instrumented(rpc, esp):

@@ -15,7 +15,6 @@ from rpclatch.connect.policy import (
     ConnectPolicy,
     Decision,
     FallbackService,
-    GssService,
     LatchOutcome,
     decide,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "ConnectionReset",
     "Decision",
     "FallbackService",
-    "GssService",
     "LatchOutcome",
     "LatchView",
     "ProtectedConnection",

@@ -31,7 +31,6 @@ from rpclatch.connect.policy import (
     BreakDisposition,
     ConnectPolicy,
     Decision,
-    GssService,
     LatchOutcome,
     decide,
     should_bind,
@@ -50,6 +49,7 @@ from rpclatch.connect.world import (
     RpcLink,
     run_to_completion,
 )
+from rpclatch.gss.wire import Service
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.rpc.auth import ClientAuth
 
@@ -215,7 +215,7 @@ class ProtectedConnection:
         )
         self._security = record
         self.history.append(record)
-        self._note("policy", f"DATA calls use {service.value}: {decision.reason}")
+        self._note("policy", f"DATA calls use {service.sec_name}: {decision.reason}")
         if link.latch is not None:
             link.on_latch_broken(functools.partial(self._latch_for, link))
         return record
@@ -285,7 +285,7 @@ class ProtectedConnection:
                 self._security,
                 latch_state=LatchState.BROKEN,
                 bound=False,
-                gss_service=GssService(self.policy.fallback.value),
+                gss_service=self.policy.fallback.service,
                 reason=f"latch BROKEN ({reason}); waiting for it, binding dropped",
             )
         self.history.append(self._security)
@@ -319,7 +319,7 @@ class ProtectedConnection:
             raise ConnectError("refusing to use a context on a connection it was not made on")
         state = link.latch_state()
         if (
-            self.security.gss_service is GssService.CHANNEL_PROT
+            self.security.gss_service is Service.CHANNEL_PROT
             and state is not LatchState.ESTABLISHED
             and self.policy.on_break is BreakDisposition.RESET
         ):
@@ -334,7 +334,7 @@ class ProtectedConnection:
                 latch_state=LatchState.ESTABLISHED,
                 latched=True,
                 reason="latch ESTABLISHED again after a break; the binding is gone: "
-                f"{self.security.gss_service.value} on this connection",
+                f"{self.security.gss_service.sec_name} on this connection",
             )
             self.history.append(self._security)
         ctx = self._ctx

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rpclatch.connect.policy import BindOutcome, FallbackService, GssService
+from rpclatch.connect.policy import BindOutcome, FallbackService
 from rpclatch.connect.world import ConnectError, RpcLink
 from rpclatch.gss.channel import Channel
 from rpclatch.gss.client import GssClientAuth, RpcCall, VersionPolicy
 from rpclatch.gss.errors import BindFailureReason, ChannelBindingFailed
 from rpclatch.gss.provider import Provider
+from rpclatch.gss.wire import Service
 from rpclatch.rpc.auth import ClientAuth
 
 
@@ -97,12 +98,14 @@ class RpcsecGssContext:
             if flavor.gss_context is not before:
                 self.refreshes += 1
 
-    def auth(self, service: GssService) -> ClientAuth:
+    def auth(self, service: Service) -> ClientAuth:
         """The flavor, after checking it will really use ``service`` (the policy and the flavor must
         agree: channel_prot only with a live binding, RFC 5403 §3.4)."""
-        effective = GssService.of(self.flavor.effective_service())
+        effective = self.flavor.effective_service()
         if effective is not service:
-            raise ConnectError(f"RPCSEC_GSS would use {effective.value}, the policy chose {service.value}")
+            raise ConnectError(
+                f"RPCSEC_GSS would use {effective.sec_name}, the policy chose {service.sec_name}"
+            )
         return self.flavor
 
     async def bind_channel(self, channel: Any) -> BindOutcome:

@@ -6,7 +6,8 @@ traffic, and :func:`connection_security` answers it from the policy table
 
 from __future__ import annotations
 
-from rpclatch.connect.policy import BindOutcome, ConnectPolicy, GssService, LatchOutcome, decide
+from rpclatch.connect.policy import BindOutcome, ConnectPolicy, LatchOutcome, decide
+from rpclatch.gss.wire import Service
 from rpclatch.nfs4.security import ConnectionSecurity, SecFlavor, default_connection_security
 
 #: Why the protection request fails on real sockets: the protection error the hook records.
@@ -42,7 +43,7 @@ async def connection_security(
     service = decision.service_for(pol.fallback)
     allowed = (
         (SecFlavor.KRB5P, SecFlavor.KRB5I)
-        if service is GssService.PRIVACY
+        if service is Service.PRIVACY
         else (SecFlavor.KRB5I, SecFlavor.KRB5P)
     )
     record = {
@@ -51,7 +52,7 @@ async def connection_security(
         "latch_outcome": latch.name,
         "bind_outcome": bind.name,
         "bound": False,
-        "gss_service": service.value,
+        "gss_service": service.sec_name,
         "protection_error": NO_KERNEL_BACKEND if pol.try_ipsec else None,
         "reason": decision.reason,
     }

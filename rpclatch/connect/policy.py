@@ -49,27 +49,6 @@ class FallbackService(StrEnum):
         return Service.from_sec_name(self.value)
 
 
-class GssService(StrEnum):
-    """The RPCSEC_GSS service as the security record names it: :class:`rpclatch.gss.wire.Service`
-    by its :attr:`~rpclatch.gss.wire.Service.sec_name` (``krb5``, ``krb5i``, ``krb5p``,
-    ``channel_prot``), a string in reports and JSON. :attr:`service` and :meth:`of` convert."""
-
-    NONE = Service.NONE.sec_name
-    INTEGRITY = Service.INTEGRITY.sec_name
-    PRIVACY = Service.PRIVACY.sec_name
-    CHANNEL_PROT = Service.CHANNEL_PROT.sec_name
-
-    @property
-    def service(self) -> Service:
-        """The ``rpc_gss_service_t`` (RFC 2203 §5, RFC 5403 §3.2)."""
-        return Service.from_sec_name(self.value)
-
-    @classmethod
-    def of(cls, service: Service | FallbackService) -> GssService:
-        """The record's name of a wire service or of a fallback service."""
-        return cls(service.sec_name if isinstance(service, Service) else service.value)
-
-
 class LatchOutcome(Enum):
     """What the protection attempt produced for this connection (RFC 5660 §2.3)."""
 
@@ -102,7 +81,7 @@ class Fallback(Enum):
     CONFIGURED = "configured fallback"
 
 
-ServiceChoice = GssService | Fallback
+ServiceChoice = Service | Fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +96,10 @@ class Decision:
     warn: bool
     reason: str
 
-    def service_for(self, wanted: FallbackService) -> GssService:
+    def service_for(self, wanted: FallbackService) -> Service:
         choice = self.if_integrity if wanted is FallbackService.INTEGRITY else self.if_privacy
         if isinstance(choice, Fallback):
-            return GssService.of(wanted)
+            return wanted.service
         return choice
 
 
@@ -129,16 +108,16 @@ _FB = Fallback.CONFIGURED
 #: The policy. Keys: (latch outcome, BIND_CHANNEL outcome). A missing key is an internal error.
 POLICY: Mapping[tuple[LatchOutcome, BindOutcome], Decision] = {
     (LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.BOUND): Decision(
-        GssService.CHANNEL_PROT,
-        GssService.CHANNEL_PROT,
+        Service.CHANNEL_PROT,
+        Service.CHANNEL_PROT,
         keep_latch=True,
         destroy_context=False,
         warn=False,
         reason="latched and bound: channel_prot (the IPsec channel protects the calls)",
     ),
     (LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.BOUND): Decision(
-        GssService.CHANNEL_PROT,
-        GssService.PRIVACY,
+        Service.CHANNEL_PROT,
+        Service.PRIVACY,
         keep_latch=True,
         destroy_context=False,
         warn=False,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rpclatch.connect.policy import BindOutcome, GssService, LatchOutcome
+from rpclatch.connect.policy import BindOutcome, LatchOutcome
+from rpclatch.gss.wire import Service
 from rpclatch.ipsec.latch import LatchState
 
 
@@ -23,7 +24,8 @@ class SecurityRecord:
     ``peer``: the latched peer identity (RFC 5660 §2.1 peer ID: e.g. the SPKI fingerprint of a
     BTNS peer) or None. ``qop``: the latch's quality of protection in words. ``bound``:
     RPCSEC_GSS_BIND_CHANNEL succeeded on this connection (RFC 5403 §3.3). ``gss_service``: the
-    service DATA calls use.
+    service DATA calls use (by its :attr:`~rpclatch.gss.wire.Service.sec_name` in the summary and
+    JSON).
     ``reason``: why (one sentence from the policy table). ``warnings``: loud events (a failed bind).
     ``bind_detail``: what made BIND_CHANNEL fail, as the RPCSEC_GSS layer reported it, or None.
     """
@@ -38,7 +40,7 @@ class SecurityRecord:
     latch_outcome: LatchOutcome
     bind_outcome: BindOutcome
     bound: bool
-    gss_service: GssService
+    gss_service: Service
     gss_version: int
     reason: str
     warnings: tuple[str, ...] = ()
@@ -48,10 +50,10 @@ class SecurityRecord:
     def summary(self) -> str:
         latch = f"latched to {self.peer or '?'} ({self.qop or 'qop ?'})" if self.latched else "not latched"
         bound = "bound" if self.bound else "unbound"
-        return f"conn {self.conn_id}: {latch}, {bound}, {self.gss_service.value}: {self.reason}"
+        return f"conn {self.conn_id}: {latch}, {bound}, {self.gss_service.sec_name}: {self.reason}"
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (enums by name/value)."""
+        """A JSON-ready dict (enums by name, the GSS service by its sec_name)."""
         return {
             "conn_id": self.conn_id,
             "generation": self.generation,
@@ -63,7 +65,7 @@ class SecurityRecord:
             "latch_outcome": self.latch_outcome.name,
             "bind_outcome": self.bind_outcome.name,
             "bound": self.bound,
-            "gss_service": self.gss_service.value,
+            "gss_service": self.gss_service.sec_name,
             "gss_version": self.gss_version,
             "reason": self.reason,
             "warnings": list(self.warnings),

@@ -17,7 +17,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from rpclatch.connect.policy import BindOutcome, GssService
+from rpclatch.connect.policy import BindOutcome
+from rpclatch.gss.wire import Service
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.rpc.auth import ClientAuth
 
@@ -109,7 +110,7 @@ class GssContext(Protocol):
     def refreshes(self) -> int:
         """How many times :meth:`call` replaced the context (RFC 2203 §5.3.3.3)."""
 
-    def auth(self, service: GssService) -> ClientAuth:
+    def auth(self, service: Service) -> ClientAuth:
         """The client flavor issuing DATA calls with ``service``."""
 
     async def call(self, prog: int, vers: int, proc: int, args: bytes) -> bytes:

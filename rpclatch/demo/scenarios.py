@@ -26,7 +26,7 @@ from rpclatch.demo.rundir import slug
 from rpclatch.demo.testbed import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoTestbed, build_testbed
 from rpclatch.demo.wiretap import WireView
 from rpclatch.gss.realm import ThrowawayRealm
-from rpclatch.gss.wire import BindChanStatus, GssProc
+from rpclatch.gss.wire import BindChanStatus, GssProc, Service
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
 from rpclatch.ipsec.latch import LatchState
@@ -332,7 +332,7 @@ def ipsec_available(
     )
     o.check(
         "security record says bound + channel_prot",
-        rec.bound and rec.gss_service.value == "channel_prot",
+        rec.bound and rec.gss_service is Service.CHANNEL_PROT,
         rec.summary(),
     )
     o.check(
@@ -616,7 +616,7 @@ def policy_change(
         binding_word(first),
         ",".join(view.data_services()) or "-",
         reason=policy_reason(
-            sword, cword, reset, second.conn_id != first.conn_id, second.gss_service.value, second.reason
+            sword, cword, reset, second.conn_id != first.conn_id, second.gss_service.sec_name, second.reason
         ),
     )
     o.check("first connection latched and bound", first.bound and ok_before, first.summary())
@@ -658,7 +658,7 @@ def policy_change(
         "next call reconnects protected",
         ok_after
         and second.conn_id != first.conn_id
-        and second.gss_service.value in ("channel_prot", "krb5p", "krb5i"),
+        and second.gss_service in (Service.CHANNEL_PROT, Service.PRIVACY, Service.INTEGRITY),
         after_reset or second.summary(),
     )
     o.check(

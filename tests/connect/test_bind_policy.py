@@ -19,7 +19,6 @@ from rpclatch.connect import (
     BindingRequired,
     BindOutcome,
     ConnectPolicy,
-    GssService,
     LatchOutcome,
     ProtectedConnection,
 )
@@ -28,6 +27,7 @@ from rpclatch.demo.bindrelay import BindAttack, BindRelayEditor
 from rpclatch.demo.testbed import build_testbed
 from rpclatch.gss.errors import BindFailureReason, ChannelBindingFailed
 from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.gss.wire import Service
 from rpclatch.rpc.testprog import (
     PROC_ECHO,
     RPCLATCH_TEST_PROG,
@@ -92,13 +92,13 @@ def test_relay_editing_the_exchange_still_ends_mismatch_with_a_warning(
     if attack is BindAttack.V2_REFUSED:
         assert "AUTH_BADCRED" in rec.bind_detail  # (the relay forges once: the new context is v2)
     # the context was destroyed and DATA runs under GSS privacy end to end, never channel_prot
-    assert rec.gss_service is GssService.PRIVACY
+    assert rec.gss_service is Service.PRIVACY
     echo(pc, b"through the relay")
     assert "channel_prot" not in bed.wire_view().data_services()
     # a legitimate client, without the man in the middle, still binds
     honest = build_testbed(realm).connection(ConnectPolicy(ike_timeout=2.0))
     good = honest.connect()
-    assert good.bind_outcome is BindOutcome.BOUND and good.gss_service is GssService.CHANNEL_PROT
+    assert good.bind_outcome is BindOutcome.BOUND and good.gss_service is Service.CHANNEL_PROT
     echo(honest, b"bound")
 
 

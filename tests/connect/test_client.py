@@ -17,7 +17,6 @@ from rpclatch.connect import (
     ConnectionReset,
     ConnectPolicy,
     FallbackService,
-    GssService,
     LatchOutcome,
     ProtectedConnection,
 )
@@ -25,6 +24,7 @@ from rpclatch.connect.sim import SimLink, describe_qop, latch_params
 from rpclatch.connect.world import run_to_completion
 from rpclatch.demo.testbed import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoTestbed, build_testbed
 from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.gss.wire import Service
 from rpclatch.ipsec.channel_binding import LatchChannel, RpcRole
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip
@@ -76,11 +76,15 @@ def test_latched_and_bound_uses_channel_prot(realm: ThrowawayRealm, fallback: Fa
     rec, lk = pc.security, link(pc)
     sconn, schannel = server_side(bed, lk)
     assert rec.latch_outcome is LatchOutcome.LATCHED_BINDING_CONF and rec.bound
-    assert rec.gss_service is GssService.CHANNEL_PROT and rec.gss_version == 2
+    assert rec.gss_service is Service.CHANNEL_PROT and rec.gss_version == 2
     params = latch_params(bed.client_stack, lk.conn)
     assert params is not None and rec.qop == describe_qop(params)
     assert rec.qop.startswith("ESP transport") and "(encrypting)" in rec.qop
-    assert rec.to_json()["qop"] == rec.qop
+    assert rec.to_json()["qop"] == rec.qop and rec.to_json()["gss_service"] == "channel_prot"
+    assert ", bound, channel_prot: " in rec.summary()
+    assert ("policy", f"DATA calls use channel_prot: {rec.reason}") in [
+        (k, t) for _, k, t in bed.policy_events
+    ]
     assert bed.client_stack.latch_state(lk.conn) is LatchState.ESTABLISHED
     assert bed.server_stack.latch_state(sconn) is LatchState.ESTABLISHED
     # server side: FIND_LATCH found the latch and RPCSEC_GSS got its channel, as the server end
@@ -116,7 +120,9 @@ def test_protection_failure_falls_back_to_bypass_clone(realm: ThrowawayRealm, mo
     rec, lk = pc.security, link(pc)
     sconn, schannel = server_side(bed, lk)
     assert rec.latch_outcome is LatchOutcome.NOT_LATCHED and rec.protection_error
-    assert rec.gss_service is GssService.INTEGRITY and not rec.latched
+    assert rec.gss_service is Service.INTEGRITY and not rec.latched
+    assert rec.to_json()["gss_service"] == "krb5i" and ", unbound, krb5i: " in rec.summary()
+    assert ("policy", f"DATA calls use krb5i: {rec.reason}") in [(k, t) for _, k, t in bed.policy_events]
     assert rec.qop is None  # no latch, no quality of protection to report
     overlay = bed.client_stack.engine.spd.overlay_entry(lk.conn.flow)
     assert overlay is not None and overlay.action is SpdAction.BYPASS
@@ -139,7 +145,7 @@ def test_v1_only_server_on_a_bindable_latch_is_a_failed_binding(
     assert rec.latch_outcome is LatchOutcome.LATCHED_BINDING_CONF
     assert rec.bind_outcome is BindOutcome.MISMATCH and rec.gss_version == 1 and rec.warnings
     assert rec.bind_detail is not None and "refused with AUTH_BADCRED" in rec.bind_detail
-    assert rec.gss_service is GssService.PRIVACY and rec.latched
+    assert rec.gss_service is Service.PRIVACY and rec.latched
     assert any("AUTH_BADCRED" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     view = bed.wire_view()
     # v2 refused, v1; that context destroyed (policy: MISMATCH) and a fresh one made the same way
@@ -157,7 +163,7 @@ def test_mitm_binding_failure_falls_back_loudly(
     rec = pc.security
     assert rec.latched and rec.bind_outcome is BindOutcome.MISMATCH and not rec.bound
     assert rec.qop is not None and "(encrypting)" in rec.qop
-    assert rec.gss_service is GssService.PRIVACY and rec.warnings
+    assert rec.gss_service is Service.PRIVACY and rec.warnings
     assert any("SECURITY WARNING" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     view = bed.wire_view()
     assert view.bind_calls("client")
@@ -214,7 +220,7 @@ def test_latch_break_resets_then_reconnects_relatches_and_rebinds(
     echo(pc)
     second, new = pc.security, link(pc)
     assert second.conn_id != first.conn_id and new.conn.flow != flow
-    assert second.bound and second.gss_service is GssService.CHANNEL_PROT
+    assert second.bound and second.gss_service is Service.CHANNEL_PROT
     assert new.latch is not None and new.latch.channel is not old_handle
     view = bed.wire_view()
     old_port, new_port = f":{flow.local_port} ->", f":{new.conn.flow.local_port} ->"
@@ -315,7 +321,7 @@ def test_wait_disposition_holds_the_connection_and_drops_the_binding(realm: Thro
     assert bed.client_stack.latch_state(lk.conn) is LatchState.ESTABLISHED
     echo(pc)
     assert link(pc) is lk and pc.security.conn_id == first.conn_id
-    assert pc.security.latch_state is LatchState.ESTABLISHED and pc.security.gss_service is GssService.PRIVACY
+    assert pc.security.latch_state is LatchState.ESTABLISHED and pc.security.gss_service is Service.PRIVACY
     view = bed.wire_view()
     after = [c for c in view.calls if c.time > t_break and c.gss_proc is not None]
     assert after and all(c.service is not None and c.service.name == "PRIVACY" for c in after)

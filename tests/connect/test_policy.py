@@ -10,7 +10,6 @@ from rpclatch.connect.policy import (
     POLICY,
     BindOutcome,
     FallbackService,
-    GssService,
     LatchOutcome,
     decide,
     should_bind,
@@ -38,24 +37,24 @@ def test_channel_prot_only_when_bound(latch: LatchOutcome, bind: BindOutcome) ->
     for wanted in FallbackService:
         service = decision.service_for(wanted)
         if bind is not BindOutcome.BOUND:
-            assert service.value == wanted.value
-        assert service is not GssService.NONE
+            assert service is wanted.service
+        assert service is not Service.NONE
 
 
 def test_privacy_maps_to_channel_prot_only_on_an_encrypting_channel() -> None:
     enc = decide(LatchOutcome.LATCHED_BINDING_CONF, BindOutcome.BOUND)
     integ_only = decide(LatchOutcome.LATCHED_BINDING_INTEG, BindOutcome.BOUND)
-    assert enc.service_for(FallbackService.PRIVACY) is GssService.CHANNEL_PROT
-    assert enc.service_for(FallbackService.INTEGRITY) is GssService.CHANNEL_PROT
-    assert integ_only.service_for(FallbackService.PRIVACY) is GssService.PRIVACY
-    assert integ_only.service_for(FallbackService.INTEGRITY) is GssService.CHANNEL_PROT
+    assert enc.service_for(FallbackService.PRIVACY) is Service.CHANNEL_PROT
+    assert enc.service_for(FallbackService.INTEGRITY) is Service.CHANNEL_PROT
+    assert integ_only.service_for(FallbackService.PRIVACY) is Service.PRIVACY
+    assert integ_only.service_for(FallbackService.INTEGRITY) is Service.CHANNEL_PROT
 
 
 def test_mismatch_destroys_the_context_and_warns() -> None:
     for latch in (LatchOutcome.LATCHED_BINDING_CONF, LatchOutcome.LATCHED_BINDING_INTEG):
         d = decide(latch, BindOutcome.MISMATCH)
         assert d.destroy_context and d.warn and d.keep_latch
-        assert d.service_for(FallbackService.PRIVACY) is GssService.PRIVACY
+        assert d.service_for(FallbackService.PRIVACY) is Service.PRIVACY
 
 
 def test_only_a_mismatch_warns_or_destroys() -> None:
@@ -74,14 +73,8 @@ def test_unreachable_pair_is_an_error() -> None:
         decide(LatchOutcome.NOT_LATCHED, BindOutcome.BOUND)
 
 
-def test_record_names_are_the_wire_services() -> None:
-    """GssService is rpclatch.gss.wire.Service by name, both ways, with RFC 5403 §3.2's numbers;
-    FallbackService names the two services a connection falls back to."""
-    assert [int(s.service) for s in GssService] == [1, 2, 3, 4]
-    assert [s.value for s in GssService] == ["krb5", "krb5i", "krb5p", "channel_prot"]
-    assert all(GssService.of(s) is g and g.service is s for s, g in zip(Service, GssService, strict=True))
-    assert (
-        FallbackService.INTEGRITY.service is Service.INTEGRITY
-        and FallbackService.PRIVACY.service is Service.PRIVACY
-    )
-    assert all(GssService.of(p) is GssService(p.value) for p in FallbackService)
+def test_fallback_services_are_wire_services() -> None:
+    """FallbackService names the two services a connection falls back to by their sec_name, with
+    RFC 2203 §5's numbers."""
+    assert [(p.value, int(p.service)) for p in FallbackService] == [("krb5i", 2), ("krb5p", 3)]
+    assert all(p.value == p.service.sec_name for p in FallbackService)

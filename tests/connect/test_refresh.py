@@ -14,7 +14,6 @@ from rpclatch.connect import (
     BindingRequired,
     BindOutcome,
     ConnectPolicy,
-    GssService,
     LatchOutcome,
     ProtectedConnection,
 )
@@ -23,7 +22,7 @@ from rpclatch.demo.testbed import DemoTestbed, build_testbed
 from rpclatch.demo.wiretap import SeenCall, WireView
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
-from rpclatch.gss.wire import GssProc
+from rpclatch.gss.wire import GssProc, Service
 from rpclatch.netsim.ike import IkeMode
 from rpclatch.rpc.messages import AuthFlavor
 from rpclatch.rpc.testprog import (
@@ -70,7 +69,7 @@ def test_capped_server_unbound_krb5p_connection_refreshes_and_keeps_working(real
     bed = capped_testbed(realm, server_ike=IkeMode.ABSENT)
     pc = bed.connection(ConnectPolicy(ike_timeout=0.5))
     first = pc.connect()
-    assert first.latch_outcome is LatchOutcome.NOT_LATCHED and first.gss_service is GssService.PRIVACY
+    assert first.latch_outcome is LatchOutcome.NOT_LATCHED and first.gss_service is Service.PRIVACY
     for _ in range(10):
         echo(pc)
     view = bed.wire_view()
@@ -91,7 +90,7 @@ def test_bound_connection_rebinds_its_refreshed_context(realm: ThrowawayRealm) -
     bed = capped_testbed(realm)
     pc = bed.connection(ConnectPolicy(ike_timeout=2.0))
     first = pc.connect()
-    assert first.bound and first.gss_service is GssService.CHANNEL_PROT
+    assert first.bound and first.gss_service is Service.CHANNEL_PROT
     for _ in range(10):
         echo(pc)
     view = bed.wire_view()
@@ -111,7 +110,7 @@ def test_bound_connection_rebinds_its_refreshed_context(realm: ThrowawayRealm) -
         echo(pc)
         echo(pc)
         assert bed.wire_view().data_services("client", after=t_bound) == ["channel_prot"]
-        assert pc.security.bound and pc.security.gss_service is GssService.CHANNEL_PROT
+        assert pc.security.bound and pc.security.gss_service is Service.CHANNEL_PROT
         assert pc.security.bind_outcome is BindOutcome.BOUND and pc.security.conn_id == first.conn_id, round_
     assert pc.history == [first]  # nothing changed: no new records
     assert not [text for _, kind, text in bed.policy_events if kind == "warning"]
@@ -120,7 +119,7 @@ def test_bound_connection_rebinds_its_refreshed_context(realm: ThrowawayRealm) -
 def _unbound_after(bed: DemoTestbed, pc: ProtectedConnection, t: float, outcome: BindOutcome) -> None:
     rec = pc.security
     assert not rec.bound and rec.bind_outcome is outcome
-    assert rec.gss_service is GssService.PRIVACY  # the policy's configured protection
+    assert rec.gss_service is Service.PRIVACY  # the policy's configured protection
     assert rec.bind_detail and rec.warnings and "re-binding" in rec.warnings[-1]
     assert pc.history[-1] is rec and len(pc.history) == 2 and pc.history[0].bound
     warnings = [text for _, kind, text in bed.policy_events if kind == "warning"]

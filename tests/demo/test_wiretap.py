@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 from rpclatch.connect.gss import RpcsecGssConnector
-from rpclatch.connect.policy import FallbackService, GssService
+from rpclatch.connect.policy import FallbackService
 from rpclatch.connect.world import run_to_completion
 from rpclatch.demo.wiretap import WireView
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
-from rpclatch.gss.wire import GssProc
+from rpclatch.gss.wire import GssProc, Service
 from rpclatch.netsim.network import SimNetwork
 from rpclatch.netsim.rpc import SimRpcClient, SimRpcServer
 from rpclatch.rpc.auth import ClientAuth
@@ -79,7 +79,7 @@ def test_wire_shows_service_and_readability(
 ) -> None:
     net, client = _gss_network(realm)
     ctx = _gss_context(realm, client, fallback)
-    _echo(client, ctx.auth(GssService(fallback.value)))
+    _echo(client, ctx.auth(fallback.service))
 
     view = WireView(net.wire, [])
     assert view.data_services() == [fallback.value]
@@ -88,18 +88,18 @@ def test_wire_shows_service_and_readability(
     assert (MARKER in view.readable_by("server")) is readable
     assert view.cleartext_bytes(port=2049) > len(MARKER)
     with pytest.raises(Exception, match="would use"):
-        ctx.auth(GssService.CHANNEL_PROT)
+        ctx.auth(Service.CHANNEL_PROT)
 
 
 def test_data_services_after_a_time(realm: ThrowawayRealm) -> None:
     """``after=`` keeps the DATA calls sent at or after that time (the demo's "services after the
     server change" check)."""
     net, client = _gss_network(realm)
-    _echo(client, _gss_context(realm, client, FallbackService.INTEGRITY).auth(GssService.INTEGRITY))
+    _echo(client, _gss_context(realm, client, FallbackService.INTEGRITY).auth(Service.INTEGRITY))
     net.run_for(5.0)
     t_change = net.now
     privacy = _gss_context(realm, client, FallbackService.PRIVACY)
-    _echo(client, privacy.auth(GssService.PRIVACY))
+    _echo(client, privacy.auth(Service.PRIVACY))
     view = WireView(net.wire, [])
     assert view.data_services() == ["krb5i", "krb5p"]
     assert view.data_services(after=t_change) == ["krb5p"]
