@@ -686,6 +686,8 @@ class Rpclatch(Peer):
         self.peer: Peer | None = None
         self.initiator = False
         self.negotiation_seconds: float | None = None
+        #: Wireshark ``ikev2_decryption_table`` rows of every IKE SA seen (keys exported for tshark)
+        self.ike_rows: list[str] = []
 
     def make_keys(self, kind: str) -> Keys:
         from cryptography.hazmat.primitives import serialization
@@ -825,6 +827,7 @@ class Rpclatch(Peer):
             )
             # the CHILD_SA is in the kernel by now: the shell installs it before waking waiters
             self.negotiation_seconds = loop.time() - t0
+            self._snapshot_keys()
             return event
 
         event = self._call(go())
@@ -835,9 +838,32 @@ class Rpclatch(Peer):
         from rpclatch.ipsec.ike import ChildSaEstablished
 
         async def go() -> Any:
-            return await self.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), timeout)
+            event = await self.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), timeout)
+            self._snapshot_keys()
+            return event
 
         return self._call(go(), timeout + 5)
+
+    def _snapshot_keys(self) -> None:
+        """Record the IKE SA keys for tshark's ikev2_decryption_table (SPIs, SK_e*, SK_a*)."""
+        from rpclatch.ipsec.ike.wire import EncrId, IntegId
+
+        for sa in self.endpoint.dispatcher.sas:
+            k = sa.keys
+            if k is None:
+                continue
+            if k.suite.encr == EncrId.ENCR_AES_GCM_16:
+                encr = f"AES-GCM-{k.suite.encr_bits} with 16 octet ICV [RFC5282]"
+            else:
+                encr = f"AES-CBC-{k.suite.encr_bits} [RFC3602]"
+            integ = "NONE [RFC4306]" if k.suite.integ == IntegId.NONE else "HMAC_SHA2_256_128 [RFC4868]"
+            # hex fields unquoted, enum names quoted (Wireshark UAT syntax)
+            row = (
+                f'{sa.spi_i:016x},{sa.spi_r:016x},{k.sk_ei.hex()},{k.sk_er.hex()},"{encr}",'
+                f'{k.sk_ai.hex()},{k.sk_ar.hex()},"{integ}"'
+            )
+            if row not in self.ike_rows:
+                self.ike_rows.append(row)
 
     def _current(self) -> Any:
         """The established IKE SA (the initiator's own, or the one a peer set up with us)."""
@@ -868,9 +894,11 @@ class Rpclatch(Peer):
 
         async def go() -> None:
             sa = self._current()
+            self._snapshot_keys()
             self.endpoint.rekey(sa)
             await self.endpoint.wait_for(lambda _r, e: isinstance(e, IkeSaRekeyed) and e.old == sa.ref, 10)
             self.ike_sa = sa.successor
+            self._snapshot_keys()
 
         self._call(go())
 
@@ -895,6 +923,7 @@ class Rpclatch(Peer):
     def state(self) -> Any:
         if self.endpoint is None:
             return None
+        self._snapshot_keys()
         return {
             "events": [type(e).__name__ for _r, e in self.endpoint.events],
             "installed": [
@@ -908,6 +937,7 @@ class Rpclatch(Peer):
                 for i in self.endpoint.installed.values()
             ],
             "datapath_errors": self.endpoint.datapath_errors,
+            "ike_decryption_rows": self.ike_rows,
         }
 
     def stop(self) -> bool:

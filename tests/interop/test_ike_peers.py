@@ -66,10 +66,12 @@ def run_scenario(g: IkeGuest, name: str) -> dict[str, Any]:
     return res
 
 
-def tshark_fields(pcap: Path, rows: list[str], *fields: str) -> list[list[str]]:
+def tshark_fields(pcap: Path, esp_rows: list[str], ike_rows: list[str], *fields: str) -> list[list[str]]:
     opts = ["-o", "esp.enable_encryption_decode:TRUE"]
-    for row in rows:
+    for row in esp_rows:
         opts += ["-o", f"uat:esp_sa:{row}"]
+    for row in ike_rows:
+        opts += ["-o", f"uat:ikev2_decryption_table:{row}"]
     argv = ["tshark", "-n", "-r", str(pcap), *opts, "-T", "fields", "-E", "separator=\t"]
     for f in fields:
         argv += ["-e", f]
@@ -79,10 +81,12 @@ def tshark_fields(pcap: Path, rows: list[str], *fields: str) -> list[list[str]]:
 
 def check_wire(pcap: Path, res: dict[str, Any], *, min_ike: int = 6) -> dict[str, int]:
     """tshark: every IKE message decodes cleanly, every ESP packet decrypts to TCP 5001 with the
-    kernel's keys, no cleartext TCP 5001. Returns the counts."""
+    kernel's keys, no cleartext TCP 5001; where rpclatch exported its IKE SA keys, every IKE_AUTH
+    message and a DELETE decrypt too. Returns the counts."""
     rows = tshark_fields(
         pcap,
         res["esp_sa_rows"],
+        [],
         "isakmp.exchangetype",
         "esp.spi",
         "tcp.srcport",
@@ -102,7 +106,41 @@ def check_wire(pcap: Path, res: dict[str, Any], *, min_ike: int = 6) -> dict[str
         f"{len(esp) - len(decrypted)} ESP packets did not decrypt to tcp/{PORT}"
     )
     assert not clear_5001, f"cleartext tcp/{PORT} in {pcap}"
+    ike_rows = [
+        row
+        for state in (res["state_i"], res["state_r"])
+        if isinstance(state, dict)
+        for row in state.get("ike_decryption_rows", [])
+    ]
+    if ike_rows:
+        check_ike_decryption(pcap, ike_rows)
     return {"ike": len(ike), "esp": len(esp)}
+
+
+def check_ike_decryption(pcap: Path, ike_rows: list[str]) -> None:
+    """With rpclatch's exported IKE SA keys, tshark decrypts both IKE_AUTH messages (the AUTH
+    payload, or for NULL authentication the ID_NULL identity, is seen) and a DELETE.
+
+    Wireshark 4.0 does not know ID_NULL (RFC 7619 §2.2, type 13, "Future use") and its dissector
+    trips an assertion on the empty identification data (libreswan's ID_NULL payloads alike), which
+    ends the dissection of that message with an error mark: that, and only that, is tolerated."""
+    rows = tshark_fields(
+        pcap,
+        [],
+        ike_rows,
+        "isakmp.exchangetype",
+        "isakmp.auth.method",
+        "isakmp.delete.protoid",
+        "isakmp.id.type",
+        "_ws.expert.severity",
+    )
+    auth = [r for r in rows if r[0] == "35"]
+    assert len(auth) >= 2, f"IKE_AUTH request and response expected in {pcap}: {auth}"
+    id_null = [r for r in auth if "13" in r[3].split(",")]
+    assert all(r[1] or r in id_null for r in auth), f"IKE_AUTH not decrypted with the exported keys: {auth}"
+    assert any(r[2] for r in rows if r[0] == "37"), f"no INFORMATIONAL DELETE decrypted in {pcap}"
+    bad = [r for r in rows if EXPERT_ERROR in r[4].split(",") and r not in id_null]
+    assert not bad, f"error-marked frames after IKE decryption in {pcap}: {bad[:5]}"
 
 
 def check_scenario(g: IkeGuest, name: str) -> dict[str, Any]:
