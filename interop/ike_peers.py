@@ -757,7 +757,15 @@ class Rpclatch(Peer):
             # the daemons were given our key in advance and do not send theirs: known by their ID
             peer_keys = {IkeId.address(self.peer.addr): peer_spki}
         policy = (Selector(AddressRange.single(me), None, IpProto.TCP, PortRange.single(PORT)),)
-        return IkeConfig(cred, pad, () if self.initiator else policy, peer_keys=peer_keys)
+        # short retransmissions (0.5 s, doubled, 2 tries) so a dead peer is noticed within seconds
+        return IkeConfig(
+            cred,
+            pad,
+            () if self.initiator else policy,
+            peer_keys=peer_keys,
+            retransmit_timeout=0.5,
+            retransmit_tries=2,
+        )
 
     def start(self) -> None:
         import ipaddress
@@ -975,6 +983,10 @@ class Scenario:
     #: after the first echo: the initiator rekeys the CHILD_SA, then the IKE SA (echo after each,
     #: on the new SPIs), and the *responder* deletes the IKE SA
     lifecycle: bool = False
+    #: "badkey": the initiator's key changes after the responder was given it, so the
+    #: negotiation must fail with no SA anywhere; "dead": after the echo the responder daemon is
+    #: killed (no DELETE) and the rpclatch initiator's liveness check must remove its SAs
+    variant: str = ""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -989,6 +1001,9 @@ SCENARIOS: dict[str, Scenario] = {
     "ls-rl": Scenario("libreswan", "rpclatch", "null", 90),
     "rl-ss-life": Scenario("rpclatch", "strongswan", "ed25519", 100, lifecycle=True),
     "ss-rl-life": Scenario("strongswan", "rpclatch", "ed25519", 110, lifecycle=True),
+    "rl-ss-badkey": Scenario("rpclatch", "strongswan", "ed25519", 120, variant="badkey"),
+    "ss-rl-badkey": Scenario("strongswan", "rpclatch", "ed25519", 130, variant="badkey"),
+    "rl-ss-dead": Scenario("rpclatch", "strongswan", "ed25519", 140, variant="dead"),
 }
 
 
@@ -1020,6 +1035,8 @@ class Result:
     capture_log: str = ""
     seconds: float = 0.0
     lifecycle: dict[str, Any] = field(default_factory=dict)
+    refusal: dict[str, Any] = field(default_factory=dict)
+    dead: dict[str, Any] = field(default_factory=dict)
 
 
 def _spis(ns: str) -> set[str]:
@@ -1071,6 +1088,57 @@ def lifecycle(res: Result, ini: Peer, resp: Peer, ns_i: str, ns_r: str) -> None:
     res.state_i, res.state_r = ini.state(), resp.state()
 
 
+def refused(res: Result, ini: Peer, resp: Peer, ns_i: str, ns_r: str) -> None:
+    """The initiator signs with a key the responder was not given: the initiation must fail,
+    and no SA may be installed on either side. Fills ``res.refusal``."""
+    ref = res.refusal
+    try:
+        ini.initiate()
+        ref["initiate_error"] = None
+    except Exception as exc:
+        ref["initiate_error"] = f"{type(exc).__name__}: {exc}"
+    time.sleep(0.5)  # a late SA install would show up now
+    ref["sas_i"], ref["sas_r"] = n_sas(ns_i), n_sas(ns_r)
+    for role, p in (("initiator", ini), ("responder", resp)):
+        if isinstance(p, Rpclatch) and p.endpoint is not None:
+            ref[f"{role}_events"] = [repr(e) for _r, e in p.endpoint.events]
+            ref[f"{role}_installed"] = len(p.endpoint.installed)
+    res.state_i, res.state_r = ini.state(), resp.state()
+    res.ok_steps.append("refused")
+
+
+def dead_peer(res: Result, ini: Peer, resp: Peer, ns_i: str, ns_r: str) -> None:
+    """The responder daemon dies without a word (SIGKILL); the rpclatch initiator's liveness check
+    (an empty INFORMATIONAL, RFC 7296 §1.4) times out after its retransmissions, the IKE SA fails
+    and its CHILD_SAs leave the kernel. Fills ``res.dead``."""
+    from rpclatch.ipsec.ike import IkeSaFailed
+
+    assert isinstance(ini, Rpclatch) and resp.proc is not None
+    resp.proc.kill()
+    resp.proc.wait()
+    # the dead daemon's kernel state stays behind in its namespace: flush it (the peer is gone)
+    _run("ip", "-n", ns_r, "xfrm", "state", "flush", check=False)
+    _run("ip", "-n", ns_r, "xfrm", "policy", "flush", check=False)
+    t = time.monotonic()
+
+    async def go() -> Any:
+        sa = ini._current()
+        ini.endpoint.check_liveness(sa)
+        return await ini.endpoint.wait_for(lambda r, e: r == sa.ref and isinstance(e, IkeSaFailed), 30)
+
+    event = ini._call(go(), 40)
+    res.dead = {
+        "failure": repr(event),
+        "seconds": time.monotonic() - t,
+        "sas_i_after": n_sas(ns_i),
+        "installed_after": len(ini.endpoint.installed),
+    }
+    ini.ike_sa = None
+    res.state_i = ini.state()
+    res.sas_r_after_delete = n_sas(ns_r)
+    res.ok_steps.append("dead-peer")
+
+
 def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
     sc = SCENARIOS[name]
     ns_i, ns_r = f"{name}-i", f"{name}-r"
@@ -1090,10 +1158,15 @@ def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
                 p.make_keys(sc.auth)
             ini.configure(resp, initiator=True)
             resp.configure(ini, initiator=False)
-            for p in (resp, ini):
-                p.start()
+            resp.start()
+            if sc.variant == "badkey":
+                ini.make_keys(sc.auth)  # the responder knows the old key only
+            ini.start()
             res.ok_steps.append("started")
             cap = Capture(ns_i, f"v{ns_i}", out / "ike.pcap")
+            if sc.variant == "badkey":
+                refused(res, ini, resp, ns_i, ns_r)
+                return res
             t = time.monotonic()
             ini.initiate()
             res.initiate_seconds = time.monotonic() - t
@@ -1112,7 +1185,9 @@ def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
                 res.echo_clear = echo(ns_i, addr_i, addr_r, CLEAR_PORT, 1000)
                 res.counters_after = xfrm_counters(ns_i)
                 res.ok_steps.append("traffic")
-            if sc.lifecycle:
+            if sc.variant == "dead":
+                dead_peer(res, ini, resp, ns_i, ns_r)
+            elif sc.lifecycle:
                 lifecycle(res, ini, resp, ns_i, ns_r)
                 resp.terminate()  # DELETE from the responder this time
                 _wait(lambda: n_sas(ns_i) == 0, 3)

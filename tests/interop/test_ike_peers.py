@@ -113,11 +113,12 @@ def check_wire(pcap: Path, res: dict[str, Any], *, min_ike: int = 6) -> dict[str
         for row in state.get("ike_decryption_rows", [])
     ]
     if ike_rows:
-        check_ike_decryption(pcap, ike_rows)
+        # a dead peer gets no DELETE: only the unanswered liveness checks
+        check_ike_decryption(pcap, ike_rows, expect_delete=not res["dead"])
     return {"ike": len(ike), "esp": len(esp)}
 
 
-def check_ike_decryption(pcap: Path, ike_rows: list[str]) -> None:
+def check_ike_decryption(pcap: Path, ike_rows: list[str], *, expect_delete: bool = True) -> None:
     """With rpclatch's exported IKE SA keys, tshark decrypts both IKE_AUTH messages (the AUTH
     payload, or for NULL authentication the ID_NULL identity, is seen) and a DELETE.
 
@@ -138,7 +139,8 @@ def check_ike_decryption(pcap: Path, ike_rows: list[str]) -> None:
     assert len(auth) >= 2, f"IKE_AUTH request and response expected in {pcap}: {auth}"
     id_null = [r for r in auth if "13" in r[3].split(",")]
     assert all(r[1] or r in id_null for r in auth), f"IKE_AUTH not decrypted with the exported keys: {auth}"
-    assert any(r[2] for r in rows if r[0] == "37"), f"no INFORMATIONAL DELETE decrypted in {pcap}"
+    if expect_delete:
+        assert any(r[2] for r in rows if r[0] == "37"), f"no INFORMATIONAL DELETE decrypted in {pcap}"
     bad = [r for r in rows if EXPERT_ERROR in r[4].split(",") and r not in id_null]
     assert not bad, f"error-marked frames after IKE decryption in {pcap}: {bad[:5]}"
 
@@ -280,3 +282,57 @@ def test_strongswan_rekeys_child_and_ike_sa_with_rpclatch_which_then_deletes(ike
     events = res["state_r"]["events"]
     assert events.count("ChildSaEstablished") == 2 and "IkeSaRekeyed" in events, events
     assert len(res["state_r"]["installed"]) == 1 and res["state_r"]["datapath_errors"] == 0
+
+
+# ---- refusals and a dead peer -----------------------------------------------------------------
+
+
+def check_refusal(g: IkeGuest, name: str) -> dict[str, Any]:
+    """The initiator's key is not the one the responder was given: the negotiation fails, no SA
+    reaches either kernel, and the capture still decodes cleanly."""
+    res = run_scenario(g, name)
+    print(json.dumps({k: v for k, v in res.items() if k not in ("xfrm_i", "esp_sa_rows")}))
+    assert res["error"] is None, f"{name}: {res['error']} (steps done: {res['ok_steps']})"
+    ref = res["refusal"]
+    assert ref["initiate_error"], ref
+    assert ref["sas_i"] == 0 and ref["sas_r"] == 0, ref
+    assert all(res["stopped"].values()) and res["leftovers"] == []
+    rows = tshark_fields(
+        g.run_dir / name / "ike.pcap",
+        [],
+        [],
+        "isakmp.exchangetype",
+        "isakmp.notify.msgtype",
+        "_ws.expert.severity",
+    )
+    assert any(r[0] == "35" for r in rows), rows
+    assert not [r for r in rows if EXPERT_ERROR in r[2].split(",")], rows
+    return res
+
+
+def test_strongswan_refuses_an_rpclatch_initiator_with_another_key(ike_guest: IkeGuest) -> None:
+    res = check_refusal(ike_guest, "rl-ss-badkey")
+    events = res["refusal"]["initiator_events"]
+    assert res["refusal"]["initiator_installed"] == 0
+    # strongSwan's IKE_AUTH response carries AUTHENTICATION_FAILED, which rpclatch reports
+    assert len(events) == 1 and "IkeSaFailed" in events[0] and "notify=24" in events[0], events
+
+
+def test_rpclatch_refuses_a_strongswan_initiator_with_another_key(ike_guest: IkeGuest) -> None:
+    res = check_refusal(ike_guest, "ss-rl-badkey")
+    events = res["refusal"]["responder_events"]
+    assert res["refusal"]["responder_installed"] == 0
+    # rpclatch checked strongSwan's signature against the key its PAD names and answered
+    # AUTHENTICATION_FAILED (inside the encrypted IKE_AUTH response); strongSwan gave up
+    assert len(events) == 1 and "IkeSaFailed" in events[0] and "AUTHENTICATION_FAILED: 24" in events[0], (
+        events
+    )
+
+
+def test_rpclatch_liveness_check_removes_the_sas_of_a_dead_strongswan(ike_guest: IkeGuest) -> None:
+    res = check_scenario(ike_guest, "rl-ss-dead")
+    dead = res["dead"]
+    # charon was killed (no DELETE); the empty INFORMATIONAL went unanswered through its
+    # retransmissions, the IKE SA failed with TIMEOUT, and its CHILD_SA left the kernel
+    assert "IkeSaFailed" in dead["failure"] and "TIMEOUT" in dead["failure"], dead
+    assert dead["sas_i_after"] == 0 and dead["installed_after"] == 0, dead
