@@ -1228,7 +1228,9 @@ def bench_latency(rounds: int, out: Path) -> dict[str, Any]:
     initiate call to the ChildSaEstablished event, after which the shell has installed the SA) and
     strongSwan -> strongSwan (a vici ``initiate`` round trip, which returns once charon has
     installed the CHILD_SA), each IKE SA deleted again before the next round. Same IKE suite
-    (AES-GCM-16-256, PRF_HMAC_SHA2_256, Curve25519), Ed25519 raw keys, ESP AES-GCM-16-128."""
+    (AES-GCM-16-256, PRF_HMAC_SHA2_256, Curve25519), Ed25519 raw keys, ESP AES-GCM-16-128.
+    Each initiator's side is captured (``OUT/rpclatch.pcap``, ``OUT/strongswan.pcap``) for the
+    on-the-wire times the benchmark prints beside the figure."""
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, list[float]] = {"rpclatch": [], "strongswan": []}
     errors: list[str] = []
@@ -1238,11 +1240,14 @@ def bench_latency(rounds: int, out: Path) -> dict[str, Any]:
         "strongswan": ("bench-ss2", "bench-ss3", "203.0.113.211", "203.0.113.212", StrongSwan),
     }
     peers: list[Peer] = []
+    caps: list[Capture] = []
     with (
         NetnsPair(*pairs["rpclatch"][:4]),
         NetnsPair(*pairs["strongswan"][:4]),
     ):
         try:
+            for kind, (ns_i, *_rest) in pairs.items():
+                caps.append(Capture(ns_i, f"v{ns_i}", out / f"{kind}.pcap"))
             inis: dict[str, Peer] = {}
             for kind, (ns_i, ns_r, a_i, a_r, cls) in pairs.items():
                 ini = cls(ns_i, a_i, WORK / "bench" / f"{kind}-initiator")
@@ -1273,6 +1278,8 @@ def bench_latency(rounds: int, out: Path) -> dict[str, Any]:
                     p.stop()
                 except Exception as exc:
                     errors.append(f"stopping {p.name} in {p.ns}: {exc}")
+            for cap in caps:
+                cap.stop()
             for p in peers:
                 log = p.dir / "charon.log"
                 if log.exists():
