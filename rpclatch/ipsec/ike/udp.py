@@ -78,6 +78,12 @@ class NegotiatedKeys:
     def discard(self, dst: IPAddress, spi: int) -> None:
         self._keys.pop((dst, spi), None)
 
+    def get(self, dst: IPAddress, spi: int) -> bytes | None:
+        return self._keys.get((dst, spi))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
     def key(self, sa: SecurityAssociation, spi: int, dst: IPAddress, nbytes: int) -> bytes:
         key = self._keys.get((dst, spi))
         if key is None or len(key) != nbytes:
