@@ -1001,6 +1001,8 @@ SCENARIOS: dict[str, Scenario] = {
     "ls-rl": Scenario("libreswan", "rpclatch", "null", 90),
     "rl-ss-life": Scenario("rpclatch", "strongswan", "ed25519", 100, lifecycle=True),
     "ss-rl-life": Scenario("strongswan", "rpclatch", "ed25519", 110, lifecycle=True),
+    "rl-ls-ecdsa": Scenario("rpclatch", "libreswan", "ecdsa", 150),
+    "ls-rl-ecdsa": Scenario("libreswan", "rpclatch", "ecdsa", 160),
     "rl-ss-badkey": Scenario("rpclatch", "strongswan", "ed25519", 120, variant="badkey"),
     "ss-rl-badkey": Scenario("strongswan", "rpclatch", "ed25519", 130, variant="badkey"),
     "rl-ss-dead": Scenario("rpclatch", "strongswan", "ed25519", 140, variant="dead"),
@@ -1203,6 +1205,13 @@ def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
         finally:
             if server is not None:
                 server.close()
+            if res.error is not None:  # what each side reports, for the diagnosis
+                for attr, p in (("state_i", ini), ("state_r", resp)):
+                    if getattr(res, attr) is None:
+                        with contextlib.suppress(Exception):
+                            setattr(res, attr, p.state())
+                            if isinstance(p, Rpclatch) and p.endpoint is not None:
+                                getattr(res, attr)["events"] = [repr(e) for _r, e in p.endpoint.events]
             # libreswan revives what it initiated when the peer deletes it: stop the initiator first
             for role, p in (("initiator", ini), ("responder", resp)):
                 try:
