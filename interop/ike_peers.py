@@ -1168,6 +1168,7 @@ def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
             cap = Capture(ns_i, f"v{ns_i}", out / "ike.pcap")
             if sc.variant == "badkey":
                 refused(res, ini, resp, ns_i, ns_r)
+                res.seconds = time.monotonic() - t0
                 return res
             t = time.monotonic()
             ini.initiate()
