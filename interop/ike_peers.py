@@ -592,6 +592,8 @@ class Libreswan(Peer):
         ]
         if not initiator:  # accept a proposal narrower than the conn (RFC 7296 §2.9): one 5-tuple
             lines.append("narrowing=yes")
+        # rpclatch rekeys CHILD_SAs without a new key exchange (no PFS); pluto requires one by default
+        lines.append("pfs=no")
         if self.keys.kind == "null":
             lines += ["authby=null", "leftid=%null", "rightid=%null"]
         else:
@@ -1001,6 +1003,7 @@ SCENARIOS: dict[str, Scenario] = {
     "ls-rl": Scenario("libreswan", "rpclatch", "null", 90),
     "rl-ss-life": Scenario("rpclatch", "strongswan", "ed25519", 100, lifecycle=True),
     "ss-rl-life": Scenario("strongswan", "rpclatch", "ed25519", 110, lifecycle=True),
+    "rl-ls-life": Scenario("rpclatch", "libreswan", "null", 170, lifecycle=True),
     "rl-ls-ecdsa": Scenario("rpclatch", "libreswan", "ecdsa", 150),
     "ls-rl-ecdsa": Scenario("libreswan", "rpclatch", "ecdsa", 160),
     "rl-ss-badkey": Scenario("rpclatch", "strongswan", "ed25519", 120, variant="badkey"),
@@ -1063,6 +1066,16 @@ def lifecycle(res: Result, ini: Peer, resp: Peer, ns_i: str, ns_r: str) -> None:
     life["echo_after_child_rekey"] = echo(ns_i, addr_i, addr_r, PORT, ECHO_BYTES, sport=CLIENT_PORT)
     life["counters_after_child_rekey"] = [before, xfrm_counters(ns_i)]
     ike_before = resp.state() if isinstance(resp, StrongSwan) else ini.state()
+    ls_side = resp if isinstance(resp, Libreswan) else ini
+    ike_before_ls = (
+        [
+            line.split(":")[0].strip()
+            for line in ls_side.whack("--showstates").stdout.splitlines()
+            if "ESTABLISHED_IKE_SA" in line
+        ]
+        if isinstance(ls_side, Libreswan)
+        else []
+    )
     ini.rekey_ike()
     if isinstance(resp, StrongSwan) or isinstance(ini, StrongSwan):
         ss = resp if isinstance(resp, StrongSwan) else ini
@@ -1083,6 +1096,21 @@ def lifecycle(res: Result, ini: Peer, resp: Peer, ns_i: str, ns_r: str) -> None:
             for ike in sa.values()
         ]
         life["children_after_ike_rekey"] = len(ss.child_states())
+    elif isinstance(resp, Libreswan) or isinstance(ini, Libreswan):
+        ls = resp if isinstance(resp, Libreswan) else ini
+        assert isinstance(ls, Libreswan)
+
+        def states(kind: str) -> list[str]:
+            out = ls.whack("--showstates").stdout.splitlines()
+            return [line.split(":")[0].strip() for line in out if f"ESTABLISHED_{kind}" in line]
+
+        # pluto numbers its states: after the rekey one IKE SA is left, and it is a new one
+        first = set(ike_before_ls)
+        life["ike_rekeyed"] = _wait(
+            lambda: len(states("IKE_SA")) == 1 and not set(states("IKE_SA")) & first, 10
+        )
+        life["ike_after_rekey"] = [{"serial": n, "state": "ESTABLISHED"} for n in states("IKE_SA")]
+        life["children_after_ike_rekey"] = len(states("CHILD_SA"))
     life["spis_after_ike_rekey"] = sorted(_spis(ns_i))
     before = xfrm_counters(ns_i)
     life["echo_after_ike_rekey"] = echo(ns_i, addr_i, addr_r, PORT, ECHO_BYTES, sport=CLIENT_PORT)

@@ -274,7 +274,7 @@ def check_lifecycle(res: dict[str, Any]) -> None:
     assert not set(life["spis_after_child_rekey"]) & set(life["spis_before"])
     assert set(life["spis_r_after_child_rekey"]) == set(life["spis_after_child_rekey"])
     assert life["echo_after_child_rekey"] and _moved(life["counters_after_child_rekey"])
-    # IKE SA rekey: strongSwan has only the new IKE SA, which kept the CHILD_SA (RFC 7296 §2.18),
+    # IKE SA rekey: the daemon has only the new IKE SA, which kept the CHILD_SA (RFC 7296 §2.18),
     # and the kernel SAs are untouched and still carry the echo
     assert life["ike_rekeyed"], life["ike_after_rekey"]
     assert [ike["state"] for ike in life["ike_after_rekey"]] == ["ESTABLISHED"]
@@ -287,6 +287,16 @@ def check_lifecycle(res: dict[str, Any]) -> None:
 
 def test_rpclatch_rekeys_child_and_ike_sa_with_strongswan_which_then_deletes(ike_guest: IkeGuest) -> None:
     res = check_scenario(ike_guest, "rl-ss-life")
+    check_lifecycle(res)
+    events = res["state_i"]["events"]
+    assert events.count("ChildSaEstablished") == 2 and "IkeSaRekeyed" in events, events
+    assert len(res["state_i"]["installed"]) == 1 and res["state_i"]["datapath_errors"] == 0
+
+
+def test_rpclatch_rekeys_child_and_ike_sa_with_libreswan_null_auth_which_then_deletes(
+    ike_guest: IkeGuest,
+) -> None:
+    res = check_scenario(ike_guest, "rl-ls-life")
     check_lifecycle(res)
     events = res["state_i"]["events"]
     assert events.count("ChildSaEstablished") == 2 and "IkeSaRekeyed" in events, events
