@@ -1,0 +1,50 @@
+"""The key-manager daemon's control plane: the RFC 5660 §2.2 abstract connection-latching API
+offered to local processes over an AF_UNIX stream socket (docs/keyd.md).
+
+Modules: ``protocol`` (the sans-IO codec: framing, requests, answers, alerts, error codes),
+``access`` (who may talk to the daemon: SO_PEERCRED uid check), ``core`` (the sans-IO request
+handler: parsed requests and service events in, answers and alerts out, per-client limits and
+timeouts).
+"""
+
+from rpclatch.ipsec.keyd.access import peer_allowed
+from rpclatch.ipsec.keyd.core import (
+    ClientOutput,
+    KeydCore,
+    KeydLimits,
+    LatchInfo,
+    LatchService,
+    ServiceRefusal,
+)
+from rpclatch.ipsec.keyd.protocol import (
+    Alert,
+    AlertKind,
+    Answer,
+    ControlDecodeError,
+    ErrorCode,
+    FrameDecoder,
+    Op,
+    Request,
+    decode_request,
+    encode_frame,
+)
+
+__all__ = [
+    "Alert",
+    "AlertKind",
+    "Answer",
+    "ClientOutput",
+    "ControlDecodeError",
+    "ErrorCode",
+    "FrameDecoder",
+    "KeydCore",
+    "KeydLimits",
+    "LatchInfo",
+    "LatchService",
+    "Op",
+    "Request",
+    "ServiceRefusal",
+    "decode_request",
+    "encode_frame",
+    "peer_allowed",
+]
