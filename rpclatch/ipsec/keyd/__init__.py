@@ -4,7 +4,9 @@ offered to local processes over an AF_UNIX stream socket (docs/keyd.md).
 Modules: ``protocol`` (the sans-IO codec: framing, requests, answers, alerts, error codes),
 ``access`` (who may talk to the daemon: SO_PEERCRED uid check), ``core`` (the sans-IO request
 handler: parsed requests and service events in, answers and alerts out, per-client limits and
-timeouts).
+timeouts), ``server`` (the asyncio AF_UNIX shell and a small client), ``service`` (the latch
+service over the IKE UDP endpoint), ``daemon`` (:class:`~rpclatch.ipsec.keyd.daemon.KeydDaemon`:
+all of it started in-process).
 """
 
 from rpclatch.ipsec.keyd.access import peer_allowed
