@@ -245,12 +245,6 @@ def test_rpclatch_initiator_to_libreswan_responder_ecdsa(ike_guest: IkeGuest) ->
     assert _rpclatch_side(res, "initiator")["installed"][0]["peer"] == "RawPublicKeyPeer"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rpclatch's IKE core announces SHA2-256/384/512 in SIGNATURE_HASH_ALGORITHMS (RFC 7427 "
-    "§4) but crypto.verify() accepts only ecdsa-with-SHA256; libreswan's initiator picks SHA2-512 and "
-    "rpclatch answers AUTHENTICATION_FAILED",
-)
 def test_libreswan_initiator_to_rpclatch_responder_ecdsa(ike_guest: IkeGuest) -> None:
     # libreswan signs ECDSA P-256 with SHA-512 as initiator, the strongest hash both announced
     res = check_scenario(ike_guest, "ls-rl-ecdsa")

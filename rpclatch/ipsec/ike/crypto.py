@@ -376,6 +376,16 @@ KEY_PAD = b"Key Pad for IKEv2"
 ALG_ED25519 = bytes.fromhex("300506032b6570")
 #: RFC 7427 Appendix A.3.1: ecdsa-with-SHA256 (OID 1.2.840.10045.4.3.2, no parameters)
 ALG_ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
+#: RFC 7427 Appendix A.3.2/A.3.3: ecdsa-with-SHA384 and -SHA512 (OIDs 1.2.840.10045.4.3.3 / .4).
+#: We sign with SHA-256, but SIGNATURE_HASH_ALGORITHMS announces SHA2-384 and SHA2-512 too
+#: (RFC 7427 §4), so a peer may sign with either: libreswan's initiator picks SHA2-512.
+ALG_ECDSA_SHA384 = bytes.fromhex("300a06082a8648ce3d040303")
+ALG_ECDSA_SHA512 = bytes.fromhex("300a06082a8648ce3d040304")
+_ECDSA_HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {
+    ALG_ECDSA_SHA256: hashes.SHA256,
+    ALG_ECDSA_SHA384: hashes.SHA384,
+    ALG_ECDSA_SHA512: hashes.SHA512,
+}
 
 SigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
@@ -422,10 +432,11 @@ def verify(spki: bytes, auth_data: bytes, octets: bytes) -> bool:
         if alg == ALG_ED25519 and isinstance(pub, ed25519.Ed25519PublicKey):
             pub.verify(sig, octets)
             return True
-        if alg == ALG_ECDSA_SHA256 and isinstance(pub, ec.EllipticCurvePublicKey):
+        ecdsa_hash = _ECDSA_HASHES.get(alg)
+        if ecdsa_hash is not None and isinstance(pub, ec.EllipticCurvePublicKey):
             if not isinstance(pub.curve, ec.SECP256R1):
                 return False
-            pub.verify(sig, octets, ec.ECDSA(hashes.SHA256()))
+            pub.verify(sig, octets, ec.ECDSA(ecdsa_hash()))
             return True
     except (InvalidSignature, ValueError):
         return False

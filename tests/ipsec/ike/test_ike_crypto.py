@@ -6,6 +6,7 @@ import hashlib
 import hmac
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
@@ -211,6 +212,31 @@ def test_ed25519_and_ecdsa_signatures_verify_only_with_their_key() -> None:
         assert not c.verify(c.spki_of(key), data[:-1], b"octets")
         assert not c.verify(b"not der", data, b"octets")
         assert not c.verify(c.spki_of(key), b"", b"octets")
+
+
+@pytest.mark.parametrize(
+    ("oid_der", "hash_alg"),
+    [
+        ("300a06082a8648ce3d040302", hashes.SHA256),
+        ("300a06082a8648ce3d040303", hashes.SHA384),
+        ("300a06082a8648ce3d040304", hashes.SHA512),
+    ],
+)
+def test_ecdsa_p256_signatures_verify_with_each_announced_hash(oid_der: str, hash_alg: type) -> None:
+    # RFC 7427 §4: we announce SHA2-256/384/512, so a peer may sign with any of them (libreswan's
+    # initiator uses SHA2-512); the AUTH data is made here by cryptography directly, not by c.sign
+    key = ec.generate_private_key(ec.SECP256R1())
+    alg = H(oid_der)
+    data = bytes((len(alg),)) + alg + key.sign(b"octets", ec.ECDSA(hash_alg()))
+    assert c.verify(c.spki_of(key), data, b"octets")
+    assert not c.verify(c.spki_of(key), data, b"octetz")
+    # the hash named in the AlgorithmIdentifier is the one used: a SHA-384 signature labelled SHA-512 fails
+    mislabelled = (
+        bytes((len(alg),))
+        + H("300a06082a8648ce3d040304" if hash_alg is not hashes.SHA512 else "300a06082a8648ce3d040302")
+        + data[1 + len(alg) :]
+    )
+    assert not c.verify(c.spki_of(key), mislabelled, b"octets")
 
 
 def test_rfc7427_auth_data_layout() -> None:
