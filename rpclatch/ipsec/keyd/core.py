@@ -103,6 +103,10 @@ class LatchService(Protocol):
         """RELEASE_LATCH: forget the latch (and stop protecting it unless policy needs it)."""
         ...
 
+    def status(self) -> dict[str, Any]:
+        """STATUS: JSON-ready lists ``ike_sas``, ``child_sas``, ``latches``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ClientOutput:
@@ -216,6 +220,8 @@ class KeydCore:
             state.pending[rid] = pending
             self._pending[latch] = pending
             return None
+        if request.op is Op.STATUS:
+            return Answer(rid, fields=self.service.status())
         if request.op is Op.FIND_LATCH:
             assert request.flow is not None
             found = self.service.find(request.flow)

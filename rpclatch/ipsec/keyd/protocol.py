@@ -44,6 +44,8 @@ class Op(Enum):
     FIND_LATCH = "FIND_LATCH"
     INQUIRE_LATCH = "INQUIRE_LATCH"
     RELEASE_LATCH = "RELEASE_LATCH"
+    #: not in RFC 5660: the daemon's IKE SAs, CHILD_SAs and latches (``rpclatch ipsec status``)
+    STATUS = "STATUS"
 
 
 class ErrorCode(Enum):
@@ -225,6 +227,8 @@ def _parse(op: Op, request_id: int, obj: dict[str, Any]) -> Request:
             bound, _port(obj, "local_port", request_id, allow_zero=False), _proto(obj, request_id)
         )
         return Request(op, request_id, listener=listener)
+    if op is Op.STATUS:
+        return Request(op, request_id)
     latch = obj.get("latch")
     if not _is_int(latch) or not 0 < latch <= MAX_ID:
         raise ControlDecodeError(ErrorCode.MALFORMED, "latch must be a positive integer", request_id)

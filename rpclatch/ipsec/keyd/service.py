@@ -16,6 +16,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rpclatch.ipsec.channel_binding import encode_binding_data
 from rpclatch.ipsec.ike.config import ChildRequest, Endpoint
@@ -35,7 +36,14 @@ from rpclatch.ipsec.ike.sa import IkeSa
 from rpclatch.ipsec.ike.udp import IkeUdpEndpoint
 from rpclatch.ipsec.keyd.core import LatchInfo, ServiceRefusal
 from rpclatch.ipsec.keyd.protocol import MAX_TIMEOUT, ErrorCode, Listener
-from rpclatch.ipsec.model import FiveTuple, IkeSaRef, IPAddress, RawPublicKeyPeer, Selector
+from rpclatch.ipsec.model import (
+    FiveTuple,
+    IkeSaRef,
+    IPAddress,
+    RawPublicKeyPeer,
+    Selector,
+    spki_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +168,31 @@ class IkeLatchService:
             if sa is not None:
                 with contextlib.suppress(IkeError):
                     self.endpoint.delete(sa)
+
+    def status(self) -> dict[str, Any]:
+        ike = [
+            {"ike_sa": str(sa.ref), "state": sa.state.name, "peer": f"{sa.remote[0]}:{sa.remote[1]}"}
+            for sa in self.endpoint.dispatcher.sas
+        ]
+        children = [
+            {
+                "ike_sa": str(item.sad_entry.ike_sa),
+                "spi_in": f"{spi:#010x}",
+                "spi_out": f"{item.child.spi_out:#010x}",
+                "selector": str(item.child.selector),
+            }
+            for spi, item in self.endpoint.installed.items()
+        ]
+        latches = [
+            {
+                "latch": handle,
+                "state": latch.state,
+                "flow": "-" if latch.flow is None else str(latch.flow),
+                "peer": "-" if latch.peer_spki is None else spki_fingerprint(latch.peer_spki)[:16],
+            }
+            for handle, latch in sorted(self.latches.items())
+        ]
+        return {"ike_sas": ike, "child_sas": children, "latches": latches}
 
     # ------------------------------------------------------------------ IKE events
 

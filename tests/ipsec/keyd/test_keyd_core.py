@@ -56,6 +56,9 @@ class ModelService:
     def release(self, latch: int) -> None:
         self.released.append(latch)
 
+    def status(self) -> dict[str, object]:
+        return {"ike_sas": [], "child_sas": [], "latches": [{"latch": n} for n in self.started]}
+
 
 def _request(op: str, rid: int, **members: object) -> Request:
     return decode_request(json.dumps({"op": op, "id": rid, **members}).encode())
@@ -194,3 +197,9 @@ def test_decode_error_is_answered_with_its_code(core: tuple[KeydCore, ModelServi
     keyd, _service = core
     answer = _answer(keyd.handle_frame_error(1, ControlDecodeError(ErrorCode.UNKNOWN_OP, "x", 9)))
     assert (answer.request_id, answer.error) == (9, ErrorCode.UNKNOWN_OP)
+
+
+def test_status_comes_from_the_service(core: tuple[KeydCore, ModelService]) -> None:
+    keyd, _service = core
+    answer = _answer(keyd.handle_request(1, _request("STATUS", 3), 0.0))
+    assert answer.fields == {"ike_sas": [], "child_sas": [], "latches": []}

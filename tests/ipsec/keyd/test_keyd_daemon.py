@@ -114,6 +114,9 @@ def test_connection_latch_established_inquired_found_and_released(tmp_path: Path
         assert info["state"] == "ESTABLISHED"
         assert bytes.fromhex(info["peer_spki"]) == b_spki
         assert decode_binding_data(bytes.fromhex(info["channel_bindings"])) == (a_spki, b_spki)
+        status = await client.call("STATUS")
+        assert len(status["ike_sas"]) == 1 and len(status["child_sas"]) == 1
+        assert [(row["latch"], row["state"]) for row in status["latches"]] == [(latch, "ESTABLISHED")]
         # exactly this 5-tuple was negotiated and installed on both sides
         (sa_a,) = a.endpoint.backend.sas.values()  # type: ignore[union-attr]
         assert sa_a.is_narrow
