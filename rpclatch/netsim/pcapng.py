@@ -115,3 +115,18 @@ def tshark_esp_options(sas: Iterable[EspSaExport]) -> list[str]:
     for sa in sas:
         opts += ["-o", f"uat:esp_sa:{sa.uat_row()}"]
     return opts
+
+
+def write_ikev2_decryption_table(path: Path | str, rows: Iterable[str]) -> None:
+    """Write an ``ikev2_decryption_table`` UAT file, one row per IKE SA (rows from
+    :meth:`rpclatch.netsim.ikev2.SimIkeEndpoint.decryption_rows`), so Wireshark decrypts the
+    capture's IKEv2 SK payloads (RFC 7296 §3.14)."""
+    Path(path).write_text("".join(row + "\n" for row in rows))
+
+
+def tshark_ikev2_options(rows: Iterable[str]) -> list[str]:
+    """Command-line options for tshark that decrypt IKEv2 with these IKE SAs' keys."""
+    opts: list[str] = []
+    for row in rows:
+        opts += ["-o", f"uat:ikev2_decryption_table:{row}"]
+    return opts
