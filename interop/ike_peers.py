@@ -856,22 +856,12 @@ class Rpclatch(Peer):
 
     def _snapshot_keys(self) -> None:
         """Record the IKE SA keys for tshark's ikev2_decryption_table (SPIs, SK_e*, SK_a*)."""
-        from rpclatch.ipsec.ike.wire import EncrId, IntegId
+        from rpclatch.ipsec.ike.export import ikev2_decryption_row
 
         for sa in self.endpoint.dispatcher.sas:
-            k = sa.keys
-            if k is None:
+            if sa.keys is None:
                 continue
-            if k.suite.encr == EncrId.ENCR_AES_GCM_16:
-                encr = f"AES-GCM-{k.suite.encr_bits} with 16 octet ICV [RFC5282]"
-            else:
-                encr = f"AES-CBC-{k.suite.encr_bits} [RFC3602]"
-            integ = "NONE [RFC4306]" if k.suite.integ == IntegId.NONE else "HMAC_SHA2_256_128 [RFC4868]"
-            # hex fields unquoted, enum names quoted (Wireshark UAT syntax)
-            row = (
-                f'{sa.spi_i:016x},{sa.spi_r:016x},{k.sk_ei.hex()},{k.sk_er.hex()},"{encr}",'
-                f'{k.sk_ai.hex()},{k.sk_ar.hex()},"{integ}"'
-            )
+            row = ikev2_decryption_row(sa.spi_i, sa.spi_r, sa.keys)
             if row not in self.ike_rows:
                 self.ike_rows.append(row)
 
