@@ -31,6 +31,7 @@ from rpclatch.ipsec.ike.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
 )
 from rpclatch.ipsec.ike.sa import IkeSa
 from rpclatch.ipsec.ike.udp import IkeUdpEndpoint
@@ -243,7 +244,11 @@ class IkeLatchService:
         ref, child = latch.ike_sa, latch.child
         spi_in = child.spi_in if child is not None else None
 
+        seen = len(self.endpoint.events)
+
         def gone(event_ref: IkeSaRef, event: IkeEvent) -> bool:
+            if isinstance(event, IkeSaRekeyed):  # the CHILD_SAs move to the new IKE SA (§2.18)
+                return event.old == ref
             if event_ref != ref:
                 return False
             if isinstance(event, ChildSaDeleted):
@@ -251,9 +256,19 @@ class IkeLatchService:
             return isinstance(event, IkeSaFailed | IkeSaDeleted)
 
         while True:
+            # only events after ``seen``: wait_for also looks at the past ones
+            past = {id(e) for _r, e in self.endpoint.events[:seen]}
+
+            def new_and_gone(r: IkeSaRef, e: IkeEvent, past: set[int] = past) -> bool:
+                return id(e) not in past and gone(r, e)
+
             try:
-                event = await self.endpoint.wait_for(gone, 3600)
+                event = await self.endpoint.wait_for(new_and_gone, 3600)
             except TimeoutError:
+                continue
+            seen = len(self.endpoint.events)
+            if isinstance(event, IkeSaRekeyed):
+                ref = latch.ike_sa = event.new
                 continue
             break
         latch.state = "BROKEN"

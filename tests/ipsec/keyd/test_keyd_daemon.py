@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from rpclatch.ipsec.backend import InProcessBackend
 from rpclatch.ipsec.channel_binding import decode_binding_data
 from rpclatch.ipsec.ike.config import Credentials, IkeConfig
+from rpclatch.ipsec.ike.events import IkeSaDeleted
 from rpclatch.ipsec.keyd.daemon import KeydDaemon
 from rpclatch.ipsec.keyd.server import KeydClient
 from rpclatch.ipsec.model import (
@@ -128,6 +129,14 @@ def test_connection_latch_established_inquired_found_and_released(tmp_path: Path
         assert found["ok"] is True, found
         b_info = await server.call("INQUIRE_LATCH", latch=found["latch"])
         assert bytes.fromhex(b_info["peer_spki"]) == a_spki
+        # an IKE SA rekey moves the CHILD_SA: the latches stay ESTABLISHED, no alert
+        (ike_a,) = a.endpoint.dispatcher.sas
+        a.endpoint.rekey(ike_a)
+        await b.endpoint.wait_for(lambda _r, e: isinstance(e, IkeSaDeleted), 5)
+        await a.endpoint.wait_for(lambda _r, e: isinstance(e, IkeSaDeleted), 5)
+        assert (await client.call("INQUIRE_LATCH", latch=latch))["state"] == "ESTABLISHED"
+        assert (await server.call("INQUIRE_LATCH", latch=found["latch"]))["state"] == "ESTABLISHED"
+        assert client.alerts == [] and server.alerts == []
         # a second latch for the same flow is refused
         again = await client.call("CREATE_CONNECTION_LATCH", **_flow(40000))
         assert again["error"] == "LATCH_EXISTS"
