@@ -13,8 +13,10 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from rpclatch.errors import UserError
 
 if TYPE_CHECKING:
     from rpclatch.ipsec.ike.crypto import SigningKey
+    from rpclatch.ipsec.model import IPAddress
     from rpclatch.ipsec.pad import PeerAuthorizationDatabase
 
 DEFAULT_SOCKET = Path("/run/rpclatch/keyd.sock")
@@ -48,8 +51,8 @@ def load_private_key(path: str) -> SigningKey:
     return key
 
 
-def accept_pad(accept: list[str]) -> PeerAuthorizationDatabase:
-    """``any``: every raw public key (BTNS, RFC 5386); else only the keys in the PEM files."""
+def load_public_spki(option: str, path: str) -> bytes:
+    """DER SubjectPublicKeyInfo of the PEM public key (or private key) in ``path``."""
     from cryptography.hazmat.primitives.serialization import (
         Encoding,
         PublicFormat,
@@ -57,6 +60,39 @@ def accept_pad(accept: list[str]) -> PeerAuthorizationDatabase:
         load_pem_public_key,
     )
 
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{option} {path}: {exc.strerror}") from None
+    try:
+        public = load_pem_public_key(data)
+    except ValueError:
+        try:
+            public = load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError):
+            raise UserError(f"{option} {path}: not a PEM public key") from None
+    return public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def peer_keys(specs: list[str]) -> dict[IPAddress, bytes]:
+    """``--peer-key ADDR=KEYFILE``: raw public keys of peers that do not send theirs (strongSwan,
+    libreswan), by the IP address they assert as their IKE ID (RFC 7296 §3.5)."""
+    keys: dict[IPAddress, bytes] = {}
+    for spec in specs:
+        addr_text, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise UserError(f"--peer-key {spec!r}: use ADDR=KEYFILE")
+        try:
+            addr = ipaddress.ip_address(addr_text)
+        except ValueError:
+            raise UserError(f"--peer-key {spec!r}: {addr_text!r} is not an IP address") from None
+        keys[addr] = load_public_spki("--peer-key", path)
+    return keys
+
+
+def accept_pad(accept: list[str], extra: Iterable[bytes] = ()) -> PeerAuthorizationDatabase:
+    """``any``: every raw public key (BTNS, RFC 5386); else only the keys in the PEM files (and
+    the ``extra`` SPKIs: the ``--peer-key`` keys)."""
     from rpclatch.ipsec.model import AuthMethod, spki_fingerprint
     from rpclatch.ipsec.pad import ChildSaAuthorization, PadEntry, PeerAuthorizationDatabase, PublicKeyPattern
 
@@ -67,23 +103,26 @@ def accept_pad(accept: list[str]) -> PeerAuthorizationDatabase:
         return PeerAuthorizationDatabase(
             [PadEntry("any", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, auth)]
         )
-    entries = []
-    for path in accept:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise UserError(f"--accept {path}: {exc.strerror}") from None
-        try:
-            public = load_pem_public_key(data)
-        except ValueError:
-            try:
-                public = load_pem_private_key(data, password=None).public_key()
-            except (ValueError, TypeError):
-                raise UserError(f"--accept {path}: not a PEM public key (or 'any')") from None
-        spki = public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        pattern = PublicKeyPattern(spki_fingerprint(spki))
-        entries.append(PadEntry(Path(path).name, pattern, AuthMethod.RAW_PUBLIC_KEY, auth))
-    return PeerAuthorizationDatabase(entries)
+    spkis = [(Path(path).name, load_public_spki("--accept", path)) for path in accept]
+    spkis += [(f"peer-key-{n}", spki) for n, spki in enumerate(extra, 1)]
+    return PeerAuthorizationDatabase(
+        [
+            PadEntry(name, PublicKeyPattern(spki_fingerprint(spki)), AuthMethod.RAW_PUBLIC_KEY, auth)
+            for name, spki in spkis
+        ]
+    )
+
+
+def _socket_dir(path: Path) -> None:
+    """Make the control socket's directory, or say in one line why it cannot be used."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--socket {path}: cannot make {path.parent}: {exc.strerror}") from None
+    if not path.parent.is_dir():
+        raise UserError(f"--socket {path}: {path.parent} is not a directory")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UserError(f"--socket {path}: {path.parent} is not writable")
 
 
 def cmd_keyd(args: argparse.Namespace) -> int:
@@ -93,7 +132,7 @@ def cmd_keyd(args: argparse.Namespace) -> int:
     from rpclatch.ipsec.ike.config import Credentials, IkeConfig
     from rpclatch.ipsec.ike.udp import NegotiatedKeys
     from rpclatch.ipsec.keyd.daemon import KeydDaemon
-    from rpclatch.ipsec.model import AddressRange, Selector
+    from rpclatch.ipsec.model import AddressRange, IkeId, Selector
     from rpclatch.ipsec.xfrm.backend import XfrmBackend
     from rpclatch.ipsec.xfrm.errors import XfrmError
     from rpclatch.ipsec.xfrm.netns import open_socket
@@ -102,10 +141,19 @@ def cmd_keyd(args: argparse.Namespace) -> int:
         address = ipaddress.ip_address(args.address)
     except ValueError:
         raise UserError(f"--address {args.address!r}: not an IP address") from None
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: not a UDP port")
     key = load_private_key(args.key) if args.key else ed25519.Ed25519PrivateKey.generate()
-    pad = accept_pad(args.accept)
-    config = IkeConfig(Credentials.raw_key(key), pad, (Selector(AddressRange.single(address), None),))
+    known = peer_keys(args.peer_key or [])
+    pad = accept_pad(args.accept, known.values())
+    config = IkeConfig(
+        Credentials.raw_key(key, IkeId.address(address) if args.id == "address" else None),
+        pad,
+        (Selector(AddressRange.single(address), None),),
+        peer_keys={IkeId.address(addr): spki for addr, spki in known.items()},
+    )
     path = Path(args.socket) if args.socket else default_socket(args.netns)
+    _socket_dir(path)
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     try:
         sock = open_socket(args.netns, family, socket.SOCK_DGRAM)
@@ -117,7 +165,11 @@ def cmd_keyd(args: argparse.Namespace) -> int:
         sock.close()
         raise UserError(f"cannot bind UDP {address}:{args.port}: {exc.strerror}") from None
     keys = NegotiatedKeys()
-    backend = XfrmBackend(args.netns, keys)
+    try:
+        backend = XfrmBackend(args.netns, keys)
+    except (XfrmError, OSError) as exc:
+        sock.close()
+        raise UserError(f"no XFRM datapath{f' in {args.netns}' if args.netns else ''}: {exc}") from None
 
     async def run(signals: StopSignals) -> None:
         stop = asyncio.Event()
@@ -127,8 +179,11 @@ def cmd_keyd(args: argparse.Namespace) -> int:
             loop.call_soon_threadsafe(stop.set)
 
         signals.on_stop(request_stop)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        daemon = await KeydDaemon.start(config, sock, path, backend=backend, keys=keys)
+        try:
+            daemon = await KeydDaemon.start(config, sock, path, backend=backend, keys=keys)
+        except OSError as exc:
+            sock.close()
+            raise UserError(f"--socket {path}: {exc.strerror or exc}") from None
         spki = config.credentials.spki or b""
         print(
             f"# keyd: IKE on {address}:{args.port}, control socket {path}, key SPKI {spki.hex()}", flush=True
@@ -138,8 +193,11 @@ def cmd_keyd(args: argparse.Namespace) -> int:
         finally:
             await daemon.close()
 
-    with StopSignals() as signals:
-        asyncio.run(run(signals))
+    try:
+        with StopSignals() as signals:
+            asyncio.run(run(signals))
+    finally:
+        backend.close()  # whatever is still installed (nothing, after a clean close)
     return 0
 
 
@@ -166,7 +224,7 @@ def format_status(status: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from rpclatch.ipsec.keyd.server import KeydClient
 
-    path = Path(args.socket) if args.socket else DEFAULT_SOCKET
+    path = Path(args.socket) if args.socket else default_socket(args.netns)
 
     async def ask() -> dict[str, Any]:
         try:
@@ -202,6 +260,18 @@ def register(subparsers: Any) -> None:
     keyd.add_argument("--socket", help=f"control socket path (default {DEFAULT_SOCKET})")
     keyd.add_argument("--key", help="PEM private key (Ed25519 or ECDSA); default: a new key per run")
     keyd.add_argument(
+        "--id",
+        choices=("key", "address"),
+        default="key",
+        help="IKE identity to send: the key's SHA-256 (ID_KEY_ID, default) or --address",
+    )
+    keyd.add_argument(
+        "--peer-key",
+        action="append",
+        metavar="ADDR=KEYFILE",
+        help="public key of a peer that does not send its own, by its address ID (repeatable)",
+    )
+    keyd.add_argument(
         "--accept",
         nargs="+",
         default=["any"],
@@ -210,6 +280,7 @@ def register(subparsers: Any) -> None:
     )
     keyd.set_defaults(func=cmd_keyd)
     status = sub.add_parser("status", help="IKE SAs, CHILD SAs and latches of a running keyd")
+    status.add_argument("--netns", help="the keyd of this namespace (its default socket path)")
     status.add_argument("--socket", help=f"control socket path (default {DEFAULT_SOCKET})")
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
     status.set_defaults(func=cmd_status)
