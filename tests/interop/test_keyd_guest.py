@@ -1,12 +1,18 @@
-"""keyd on real kernel ESP in the UML guest (the host kernel has no ESP transform).
+"""``rpclatch ipsec keyd`` on real kernel ESP in the UML guest (the host kernel has no ESP transform).
 
-Two key-manager daemons run inside the guest, one in netns ``client`` and one in the guest's root
-netns, on extra TEST-NET-3 addresses 203.0.113.1 / 203.0.113.2 added to the harness's veth (so the
-harness's static SAs and policies for 198.51.100.1/2 do not apply). A client binds its TCP source
-port, asks its keyd for CREATE_CONNECTION_LATCH of that exact 5-tuple, connects once it is
-ESTABLISHED, and sends data: the negotiated kernel ESP SAs count it. INQUIRE_LATCH names the
-server's key, RELEASE_LATCH and teardown remove everything; with the server's keyd gone a new
-CREATE_CONNECTION_LATCH fails with a typed error within its timeout.
+Two key-manager daemons run inside the guest as real ``rpclatch ipsec keyd`` processes, one with
+``--netns client`` and one in the guest's root netns, on extra TEST-NET-3 addresses 203.0.113.1 /
+203.0.113.2 added to the harness's veth (so the harness's static SAs and policies for
+198.51.100.1/2 do not apply). Each has a key file made here; the server's keyd accepts only the
+client's key (``--accept`` a key file), the client's any raw key (BTNS). Driven through their
+control sockets (RFC 5660 §2.2): a client binds its TCP source port, asks its keyd for
+CREATE_CONNECTION_LATCH of that exact 5-tuple, connects once it is ESTABLISHED, and sends data:
+the negotiated kernel ESP SAs count it. Meanwhile ``rpclatch ipsec status`` (table and
+``--json``) shows the IKE SA, the CHILD_SA with the SPIs ``ip xfrm state`` lists, and the latch.
+INQUIRE_LATCH names the server's key, FIND_LATCH finds the acceptor's latch, RELEASE_LATCH
+deletes the kernel SAs; SIGTERM stops a keyd (exit 0, socket and SAs gone); with the server's
+keyd stopped a new CREATE_CONNECTION_LATCH fails with IKE_TIMEOUT. A keyd whose socket directory
+is on the read-only root exits with a one-line error.
 
 This file is also the guest-side script: ``python tests/interop/test_keyd_guest.py guest`` prints
 one JSON line of observations.
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -36,61 +43,165 @@ PAYLOAD = 64 * 1024
 pytestmark = [pytest.mark.uml, pytest.mark.root]
 
 
+def _ip(netns: str | None, *args: str) -> str:
+    argv = ["ip", *args] if netns is None else ["ip", "-n", netns, *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
 def _esp_bytes(netns: str | None) -> int:
-    argv = ["ip", "-s", "xfrm", "state"]
-    if netns is not None:
-        argv = ["ip", "-n", netns, *argv[1:]]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return sum(int(n) for n in re.findall(r"(\d+)\(bytes\)", out))
+    return sum(int(n) for n in re.findall(r"(\d+)\(bytes\)", _ip(netns, "-s", "xfrm", "state")))
+
+
+def _ours(text: str) -> list[str]:
+    # only ours: the harness keeps static SAs and policies between 198.51.100.1 and .2
+    return [line for line in text.splitlines() if line.startswith("src 203.0.113.")]
 
 
 def _states(netns: str | None) -> int:
-    argv = ["ip", "xfrm", "state"] if netns is None else ["ip", "-n", netns, "xfrm", "state"]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    # only ours: the harness keeps static SAs between 198.51.100.1 and .2 in both namespaces
-    return sum(1 for line in out.splitlines() if line.startswith("src 203.0.113."))
+    return len(_ours(_ip(netns, "xfrm", "state")))
+
+
+def _policies(netns: str | None) -> int:
+    return len(_ours(_ip(netns, "xfrm", "policy")))
+
+
+def _spis(netns: str | None) -> set[str]:
+    """SPIs of our ESP states (those between 203.0.113.x addresses)."""
+    spis, ours = set(), False
+    for line in _ip(netns, "xfrm", "state").splitlines():
+        if line.startswith("src "):
+            ours = line.startswith("src 203.0.113.")
+        elif ours and (m := re.search(r"proto esp spi (0x[0-9a-f]+)", line)):
+            spis.add(m.group(1))
+    return spis
+
+
+def _rpclatch() -> list[str]:
+    """The ``rpclatch`` command of the Python running this script (its venv's console script)."""
+    script = Path(sys.executable).parent / "rpclatch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rpclatch.cli"]
+
+
+def _write_key(path: Path) -> bytes:
+    """A new Ed25519 key as PKCS#8 PEM in ``path``, its public key beside it (``.pub``); returns
+    the DER SubjectPublicKeyInfo."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    path.with_suffix(".pub").write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+class Keyd:
+    """One ``rpclatch ipsec keyd`` process (stdout/stderr in ``<sock>.log``)."""
+
+    def __init__(self, args: list[str], sock: Path) -> None:
+        self.sock = sock
+        self.log = sock.with_suffix(".log")
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*_rpclatch(), "ipsec", "keyd", *args, "--socket", str(sock)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def ready(self, timeout: float = 60) -> bool:
+        """The control socket answers STATUS (the daemon is up), or the process died."""
+        from rpclatch.ipsec.keyd.server import KeydClient
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.proc.poll() is None:
+            if self.sock.exists():
+                try:
+                    client = await KeydClient.connect(self.sock)
+                except OSError:
+                    pass
+                else:
+                    try:
+                        return bool((await asyncio.wait_for(client.call("STATUS"), 5)).get("ok"))
+                    finally:
+                        await client.close()
+            await asyncio.sleep(0.1)
+        return False
+
+    def stop(self, timeout: float = 5) -> dict[str, Any]:
+        """SIGTERM by PID; the exit code (None: still running after ``timeout``, then killed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc: int | None = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+            self.proc.kill()
+            self.proc.wait()
+        return {
+            "rc": rc,
+            "socket_left": self.sock.exists(),
+            "log": self.log.read_text(errors="replace")[-2000:],
+        }
+
+
+def _status(sock: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*_rpclatch(), "ipsec", "status", "--socket", str(sock), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def _no_server_states() -> bool:
+    return _states(None) == 0
+
+
+async def _poll(pred: Any, timeout: float = 5) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if await pred():
+            return True
+        await asyncio.sleep(0.1)
+    return bool(await pred())
 
 
 async def _guest() -> dict[str, Any]:
-    import ipaddress
-
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    from rpclatch.ipsec.ike.config import Credentials, IkeConfig
-    from rpclatch.ipsec.ike.udp import NegotiatedKeys
-    from rpclatch.ipsec.keyd.daemon import KeydDaemon
     from rpclatch.ipsec.keyd.server import KeydClient
-    from rpclatch.ipsec.model import AddressRange, AuthMethod, Selector
-    from rpclatch.ipsec.pad import ChildSaAuthorization, PadEntry, PeerAuthorizationDatabase, PublicKeyPattern
-    from rpclatch.ipsec.xfrm.backend import XfrmBackend
     from rpclatch.ipsec.xfrm.netns import open_socket
 
     res: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp())
-    pad_entry = PadEntry(
-        "btns", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization(own_address_only=True)
+    res["client_spki"] = _write_key(tmp / "c.pem").hex()
+    res["server_spki"] = _write_key(tmp / "s.pem").hex()
+    c_keyd = Keyd(
+        ["--netns", "client", "--address", CLIENT_ADDR, "--key", str(tmp / "c.pem")], tmp / "c.sock"
     )
-
-    async def start(netns: str | None, addr: str, path: Path) -> KeydDaemon:
-        config = IkeConfig(
-            Credentials.raw_key(ed25519.Ed25519PrivateKey.generate()),
-            PeerAuthorizationDatabase([pad_entry]),
-            (Selector(AddressRange.single(ipaddress.ip_address(addr)), None),),
-        )
-        sock = open_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((addr, 500))
-        keys = NegotiatedKeys()
-        return await KeydDaemon.start(config, sock, path, backend=XfrmBackend(netns, keys), keys=keys)
-
-    c_keyd = await start("client", CLIENT_ADDR, tmp / "c.sock")
-    s_keyd = await start(None, SERVER_ADDR, tmp / "s.sock")
+    s_keyd = Keyd(
+        ["--address", SERVER_ADDR, "--key", str(tmp / "s.pem"), "--accept", str(tmp / "c.pub")],
+        tmp / "s.sock",
+    )
     loop = asyncio.get_running_loop()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((SERVER_ADDR, PORT))
-    listener.listen(1)
-    listener.setblocking(False)
     conn = open_socket("client", socket.AF_INET, socket.SOCK_STREAM)
     try:
+        res["ready"] = [await c_keyd.ready(), await s_keyd.ready()]
+        if not all(res["ready"]):
+            res["logs"] = [c_keyd.stop()["log"], s_keyd.stop()["log"]]
+            return res
+        # the SPKI each daemon announces on its first line is the one of its key file
+        res["announced_server_spki"] = re.findall(r"key SPKI ([0-9a-f]+)", s_keyd.log.read_text())
+        listener.bind((SERVER_ADDR, PORT))
+        listener.listen(1)
+        listener.setblocking(False)
         conn.bind((CLIENT_ADDR, CLIENT_PORT))
         conn.setblocking(False)
         client = await KeydClient.connect(tmp / "c.sock")
@@ -101,9 +212,11 @@ async def _guest() -> dict[str, Any]:
             "remote_port": PORT,
         }
         t0 = time.monotonic()
-        answer = await client.call("CREATE_CONNECTION_LATCH", timeout=5, **flow)
+        answer = await client.call("CREATE_CONNECTION_LATCH", timeout=10, **flow)
         res["create_seconds"] = round(time.monotonic() - t0, 3)
         res["create"] = answer
+        if not answer.get("ok"):
+            return res
         res["before"] = _esp_bytes("client")
         await asyncio.wait_for(loop.sock_connect(conn, (SERVER_ADDR, PORT)), 10)
         accepted, _ = await asyncio.wait_for(loop.sock_accept(listener), 10)
@@ -118,9 +231,14 @@ async def _guest() -> dict[str, Any]:
         res["received"] = got
         res["after"] = _esp_bytes("client")
         res["server_after"] = _esp_bytes(None)
+        # rpclatch ipsec status while the latch is ESTABLISHED, against the kernel's view
+        res["xfrm_spis"] = sorted(_spis("client"))
+        table, as_json = _status(tmp / "c.sock"), _status(tmp / "c.sock", "--json")
+        res["status_table"] = {"rc": table.returncode, "out": table.stdout, "err": table.stderr}
+        res["status_json"] = {"rc": as_json.returncode, "err": as_json.stderr}
+        res["status"] = json.loads(as_json.stdout) if as_json.returncode == 0 else None
         info = await client.call("INQUIRE_LATCH", latch=answer["latch"])
-        res["peer_spki"] = info.get("peer_spki")
-        res["server_spki"] = (s_keyd.endpoint.dispatcher.config.credentials.spki or b"").hex()
+        res["inquire"] = info
         server_client = await KeydClient.connect(tmp / "s.sock")
         found = await server_client.call(
             "FIND_LATCH",
@@ -129,15 +247,24 @@ async def _guest() -> dict[str, Any]:
             remote_addr=CLIENT_ADDR,
             remote_port=CLIENT_PORT,
         )
-        res["found"] = found.get("ok")
+        res["found"] = found
+        if found.get("ok"):
+            res["found_inquire"] = await server_client.call("INQUIRE_LATCH", latch=found["latch"])
         await server_client.close()
         accepted.close()
         res["release"] = (await client.call("RELEASE_LATCH", latch=answer["latch"])).get("ok")
-        await asyncio.sleep(0.5)
-        res["client_states_after_release"] = _states("client")
-        res["client_events"] = [type(e).__name__ for _r, e in c_keyd.endpoint.events]
+
+        async def client_clean() -> bool:
+            status = await client.call("STATUS")
+            return not status["ike_sas"] and not status["child_sas"] and _states("client") == 0
+
+        res["client_clean_after_release"] = await _poll(client_clean)
+        await _poll(_no_server_states)
+        res["server_states_after_release"] = _states(None)
+        # SIGTERM: the server's keyd exits 0, leaves no socket and nothing in the kernel
+        res["server_stop"] = s_keyd.stop()
+        res["server_left"] = {"states": _states(None), "policies": _policies(None)}
         # no keyd on the peer any more: a typed failure within the timeout
-        await s_keyd.close()
         t0 = time.monotonic()
         failed = await client.call(
             "CREATE_CONNECTION_LATCH", timeout=1, **{**flow, "local_port": CLIENT_PORT + 1}
@@ -145,12 +272,23 @@ async def _guest() -> dict[str, Any]:
         res["failure_seconds"] = round(time.monotonic() - t0, 3)
         res["failure"] = failed
         await client.close()
+        res["client_stop"] = c_keyd.stop()
+        res["client_left"] = {"states": _states("client"), "policies": _policies("client")}
+        # a socket directory on the read-only root: one line, nonzero, no traceback
+        bad = subprocess.run(
+            [*_rpclatch(), "ipsec", "keyd", "--address", SERVER_ADDR, "--socket", "/usr/rpclatch-keyd.sock"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        res["bad_socket_dir"] = {"rc": bad.returncode, "err": bad.stderr}
     finally:
         conn.close()
         listener.close()
-        await c_keyd.close()
-        await s_keyd.close()
-    res["left_states"] = _states("client") + _states(None)
+        for keyd in (c_keyd, s_keyd):
+            if keyd.proc.poll() is None:
+                keyd.stop()
     return res
 
 
@@ -162,24 +300,55 @@ def test_keyd_connection_latch_over_kernel_esp(nfsd_guest: Any) -> None:
     g = nfsd_guest
     g.run(f"ip -n client addr add {CLIENT_ADDR}/24 dev vc && ip addr add {SERVER_ADDR}/24 dev vs", check=True)
     try:
-        r = g.run(g.python_argv(str(Path(__file__).resolve()), "guest"), env=g.guest_env(None), timeout=120)
+        r = g.run(g.python_argv(str(Path(__file__).resolve()), "guest"), env=g.guest_env(None), timeout=300)
         assert r.ok, r.stderr[-3000:]
         res = json.loads(r.stdout.strip().splitlines()[-1])
         print(json.dumps(res))
     finally:
         g.run(f"ip -n client addr del {CLIENT_ADDR}/24 dev vc; ip addr del {SERVER_ADDR}/24 dev vs")
+    assert res["ready"] == [True, True], res.get("logs")
+    assert res["announced_server_spki"] == [res["server_spki"]]
     assert res["create"]["ok"] is True, res["create"]
     assert res["received"] == PAYLOAD
     assert res["after"] - res["before"] >= PAYLOAD  # the data went through the negotiated ESP SAs
-    assert res["peer_spki"] == res["server_spki"] and res["peer_spki"]
-    assert res["found"] is True
+    assert res["server_after"] >= PAYLOAD
+    # rpclatch ipsec status shows the IKE SA, the CHILD_SA with the kernel's SPIs, and the latch
+    status = res["status"]
+    assert res["status_json"]["rc"] == 0, res["status_json"]
+    assert [(sa["state"], sa["peer"]) for sa in status["ike_sas"]] == [("ESTABLISHED", f"{SERVER_ADDR}:500")]
+    assert len(status["child_sas"]) == 1
+    child = status["child_sas"][0]
+    assert child["ike_sa"] == status["ike_sas"][0]["ike_sa"]
+    assert {child["spi_in"], child["spi_out"]} == set(res["xfrm_spis"])  # both kernel SAs, no others
+    assert [(latch["latch"], latch["state"]) for latch in status["latches"]] == [
+        (res["create"]["latch"], "ESTABLISHED")
+    ]
+    assert (
+        f"{CLIENT_ADDR}" in status["latches"][0]["flow"] and str(CLIENT_PORT) in status["latches"][0]["flow"]
+    )
+    table = res["status_table"]
+    assert table["rc"] == 0 and not table["err"], table
+    for text in ("IKE SAs:", "CHILD SAs:", "Latches:", child["spi_in"], child["spi_out"], "ESTABLISHED"):
+        assert text in table["out"], table["out"]
+    # INQUIRE_LATCH: the peer's key is the server keyd's key file
+    assert res["inquire"]["ok"] is True and res["inquire"]["state"] == "ESTABLISHED"
+    assert res["inquire"]["peer_spki"] == res["server_spki"]
+    assert res["inquire"]["channel_bindings"]
+    assert res["found"]["ok"] is True, res["found"]
+    assert res["found_inquire"]["peer_spki"] == res["client_spki"]
+    assert res["found_inquire"]["channel_bindings"] == res["inquire"]["channel_bindings"]
     assert res["release"] is True
-    # releasing the initiator's latch deleted its IKE SA (and CHILD_SA) and the kernel states
-    assert res["client_states_after_release"] == 0
-    assert res["client_events"][-2:] == ["ChildSaDeleted", "IkeSaDeleted"]
+    # releasing the initiator's latch deleted its IKE SA, CHILD_SA and kernel states (both ends)
+    assert res["client_clean_after_release"] is True
+    assert res["server_states_after_release"] == 0
+    for stop, left in ((res["server_stop"], res["server_left"]), (res["client_stop"], res["client_left"])):
+        assert stop["rc"] == 0 and stop["socket_left"] is False, stop
+        assert "Traceback" not in stop["log"], stop["log"]
+        assert left == {"states": 0, "policies": 0}
     assert res["failure"]["ok"] is False
-    assert res["failure"]["error"] in ("IKE_TIMEOUT", "IKE_FAILED")
-    assert res["left_states"] == 0
+    assert res["failure"]["error"] == "IKE_TIMEOUT", res["failure"]
+    bad = res["bad_socket_dir"]
+    assert bad["rc"] == 2 and bad["err"].count("\n") == 1 and "--socket" in bad["err"], bad
 
 
 if __name__ == "__main__":
