@@ -1,11 +1,13 @@
-"""``ike.latch_latency``: how long rpclatch takes to get a CHILD_SA from strongSwan into the kernel,
-against strongSwan doing the same with strongSwan, in the same User-Mode Linux guest and run.
+"""``ike.latch_latency``: how long rpclatch's key-manager daemon takes from an application's
+CREATE_CONNECTION_LATCH to an ESTABLISHED latch with strongSwan as the peer, against strongSwan
+doing the same with strongSwan, in the same User-Mode Linux guest and run.
 
-* value = median over ``--rounds`` of rpclatch -> strongSwan: from the initiator's request for the
-  CHILD_SA of one TCP 5-tuple (IKE_SA_INIT sent) to the CHILD_SA installed in the initiator's
-  kernel by the UDP shell's XFRM backend (the ``ChildSaEstablished`` event, handled before waiters
-  wake). This is the part of issue #12's CREATE_CONNECTION_LATCH -> ESTABLISHED that exists today:
-  there is no key-manager daemon or control socket yet, so the latch step itself is not in it.
+* value = median over ``--rounds`` of keyd -> strongSwan: a real ``rpclatch ipsec keyd`` process
+  (``--netns``, the kernel's XFRM tables as datapath) is the initiator; the time runs from sending
+  CREATE_CONNECTION_LATCH for one TCP 5-tuple on its AF_UNIX control socket (RFC 5660 §2.2 API,
+  docs/keyd.md; the connection is already open) to its success answer, which keyd sends once the
+  latch is ESTABLISHED, i.e. after IKE_SA_INIT + IKE_AUTH and the CHILD_SA's kernel SAs and
+  per-flow policies are installed. RELEASE_LATCH deletes the IKE SA after each round.
 * baseline = median over the same rounds of strongSwan -> strongSwan: a vici ``initiate`` of the
   same CHILD_SA (it returns once charon has installed it), i.e. ``swanctl --initiate`` without the
   CLI's start-up.
@@ -14,13 +16,14 @@ against strongSwan doing the same with strongSwan, in the same User-Mode Linux g
 Beside the figure it prints, as ``#`` lines, the spread of both series and the on-the-wire time
 of each handshake (IKE_SA_INIT request to IKE_AUTH response, from a capture on each initiator's
 veth): the exchange alone, without the API call or the kernel install, which separates the
-protocol engines from what surrounds them (vici's IPC in the baseline).
+protocol engines from what surrounds them (keyd's control socket and XFRM install, vici's IPC in
+the baseline).
 
 Both pairs use the same IKE suite (AES-GCM-16-256, PRF_HMAC_SHA2_256, Curve25519), Ed25519 raw
-public keys configured in advance on the strongSwan side, ESP AES-GCM-16-128 in transport mode;
-each IKE SA is deleted before the next round. The rounds alternate between the two initiators.
-Both run in the same single-CPU UML guest (see interop/ike_guest.py); absolute figures are those
-of UML on this machine, the ratio is what compares.
+public keys configured in advance on both sides (keyd: ``--peer-key``), ESP AES-GCM-16-128 in
+transport mode; each IKE SA is deleted before the next round. The rounds alternate between the two
+initiators. Both run in the same single-CPU UML guest (see interop/ike_guest.py); absolute figures
+are those of UML on this machine, the ratio is what compares.
 
 Needs root, /dev/net/tun, linux.uml and the peers of scripts/setup.sh; prints one line saying
 what is missing (and no BENCH line) otherwise.
@@ -105,10 +108,10 @@ def main() -> int:
         return 1
     res = json.loads(r.stdout.strip().splitlines()[-1])
     times = res["times"]
-    if res["errors"] or len(times["rpclatch"]) != args.rounds or len(times["strongswan"]) != args.rounds:
+    if res["errors"] or len(times["keyd"]) != args.rounds or len(times["strongswan"]) != args.rounds:
         print(f"ike_latency: incomplete run, no figure: {res['errors']}; logs in {run_dir}", file=sys.stderr)
         return 1
-    for kind in ("rpclatch", "strongswan"):
+    for kind in ("keyd", "strongswan"):
         wire = wire_times(run_dir / "bench" / f"{kind}.pcap")
         if wire:
             ms = sorted(t * 1000 for t in wire)
@@ -116,9 +119,9 @@ def main() -> int:
                 f"# {kind} -> strongSwan on the wire, IKE_SA_INIT request -> IKE_AUTH response, ms: "
                 f"min {ms[0]:.1f} median {statistics.median(ms):.1f} max {ms[-1]:.1f} ({len(ms)} handshakes)"
             )
-    value = statistics.median(times["rpclatch"])
+    value = statistics.median(times["keyd"])
     baseline = statistics.median(times["strongswan"])
-    for kind in ("rpclatch", "strongswan"):
+    for kind in ("keyd", "strongswan"):
         ms = sorted(t * 1000 for t in times[kind])
         print(
             f"# {kind} -> strongSwan, ms: min {ms[0]:.1f} median {statistics.median(ms):.1f} max {ms[-1]:.1f}"

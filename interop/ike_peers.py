@@ -959,7 +959,176 @@ class Rpclatch(Peer):
         return True
 
 
-PEERS: dict[str, type[Peer]] = {"strongswan": StrongSwan, "libreswan": Libreswan, "rpclatch": Rpclatch}
+def rpclatch_command() -> list[str]:
+    """The ``rpclatch`` command of the Python running this module (its venv's console script)."""
+    script = Path(sys.executable).parent / "rpclatch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rpclatch.cli"]
+
+
+class Keyd(Peer):
+    """``rpclatch ipsec keyd`` as its own process (``--netns``, XFRM datapath of the namespace),
+    driven over its AF_UNIX control socket like an application would (RFC 5660 §2.2 API):
+    :meth:`initiate` is CREATE_CONNECTION_LATCH for the echo client's 5-tuple, :meth:`terminate`
+    RELEASE_LATCH (which deletes the IKE SA). Raw keys only: the daemons do not send theirs, so
+    keyd gets the peer's by ``--peer-key`` and sends its address as its ID (``--id address``)."""
+
+    name = "keyd"
+
+    def __init__(self, ns: str, addr: str, workdir: Path) -> None:
+        super().__init__(ns, addr, workdir)
+        self.peer: Peer | None = None
+        self.initiator = False
+        self.ctl: socket.socket | None = None
+        self.decoder: Any = None
+        self.latch: int | None = None
+        self.ids = 0
+        #: seconds from sending CREATE_CONNECTION_LATCH to its success answer (last initiate)
+        self.negotiation_seconds: float | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.dir / "keyd.sock"
+
+    def make_keys(self, kind: str) -> Keys:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+        if kind not in ("ed25519", "ecdsa"):
+            raise ValueError(f"keyd peer: {kind} keys are not supported (raw public keys only)")
+        key = (
+            ed25519.Ed25519PrivateKey.generate()
+            if kind == "ed25519"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (self.dir / "key.pem").write_bytes(private)
+        self.keys = Keys(kind, public.decode(), private.decode())
+        return self.keys
+
+    def configure(self, peer: Peer, *, initiator: bool) -> None:
+        self.peer, self.initiator = peer, initiator
+
+    def start(self) -> None:
+        assert self.peer is not None
+        (self.dir / "peer.pem").write_text(self.peer.keys.public_pem)
+        self.socket_path.unlink(missing_ok=True)
+        argv = [
+            *rpclatch_command(),
+            "ipsec",
+            "keyd",
+            "--netns",
+            self.ns,
+            "--address",
+            self.addr,
+            "--id",
+            "address",
+            "--key",
+            str(self.dir / "key.pem"),
+            "--peer-key",
+            f"{self.peer.addr}={self.dir / 'peer.pem'}",
+            "--accept",
+            str(self.dir / "peer.pem"),
+            "--socket",
+            str(self.socket_path),
+        ]
+        with (self.dir / "keyd.log").open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        # the socket file appears at bind(), before listen(): ready once a connection is accepted
+        if not _wait(lambda: self._connect() or self.proc is None or self.proc.poll() is not None, 60):
+            raise RuntimeError(f"keyd in {self.ns}: no control socket (see {self.dir}/keyd.log)")
+        if self.ctl is None:
+            raise RuntimeError(f"keyd in {self.ns} exited: {(self.dir / 'keyd.log').read_text()[-1000:]}")
+        if not self.call("STATUS").get("ok"):
+            raise RuntimeError(f"keyd in {self.ns}: STATUS refused")
+
+    def _connect(self) -> bool:
+        from rpclatch.ipsec.keyd.protocol import FrameDecoder
+
+        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ctl.connect(str(self.socket_path))
+        except OSError:
+            ctl.close()
+            return False
+        ctl.settimeout(30)
+        self.ctl, self.decoder = ctl, FrameDecoder()
+        return True
+
+    def call(self, op: str, **members: Any) -> dict[str, Any]:
+        """One request on the control connection, blocking until its answer (alerts skipped)."""
+        self.send(op, **members)
+        return self.answer()
+
+    def send(self, op: str, **members: Any) -> None:
+        from rpclatch.ipsec.keyd.protocol import encode_frame
+
+        assert self.ctl is not None
+        self.ids += 1
+        self.ctl.sendall(encode_frame({"op": op, "id": self.ids, **members}))
+
+    def answer(self) -> dict[str, Any]:
+        assert self.ctl is not None
+        while True:
+            frames = self.decoder.feed(b"")
+            while not frames:
+                data = self.ctl.recv(65536)
+                if not data:
+                    raise RuntimeError("keyd closed the control connection")
+                frames = self.decoder.feed(data)
+            for frame in frames:
+                message: dict[str, Any] = json.loads(frame)
+                if message.get("id") in (self.ids, 0) and "alert" not in message:
+                    return message
+
+    def initiate(self) -> None:
+        assert self.peer is not None
+        t0 = time.perf_counter()
+        self.send(
+            "CREATE_CONNECTION_LATCH",
+            local_addr=self.addr,
+            local_port=CLIENT_PORT,
+            remote_addr=self.peer.addr,
+            remote_port=PORT,
+            timeout=20,
+        )
+        answer = self.answer()
+        # the answer comes once the latch is ESTABLISHED: the CHILD_SA is in the kernel
+        self.negotiation_seconds = time.perf_counter() - t0
+        if not answer.get("ok"):
+            raise RuntimeError(f"keyd CREATE_CONNECTION_LATCH: {answer}")
+        self.latch = answer["latch"]
+
+    def terminate(self) -> None:
+        if self.latch is not None:
+            self.call("RELEASE_LATCH", latch=self.latch)
+            self.latch = None
+        if not _wait(lambda: not self.call("STATUS")["ike_sas"], 5):
+            raise RuntimeError("keyd: the IKE SA is still there 5 s after RELEASE_LATCH")
+
+    def state(self) -> Any:
+        return self.call("STATUS") if self.ctl is not None else None
+
+    def stop(self) -> bool:
+        if self.ctl is not None:
+            with contextlib.suppress(OSError):
+                self.ctl.close()
+            self.ctl = None
+        proc = self.proc
+        stopped = self._stop_proc()
+        return stopped and proc is not None and proc.returncode == 0 and not self.socket_path.exists()
+
+
+PEERS: dict[str, type[Peer]] = {
+    "strongswan": StrongSwan,
+    "libreswan": Libreswan,
+    "rpclatch": Rpclatch,
+    "keyd": Keyd,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1251,26 +1420,27 @@ def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
 
 
 def bench_latency(rounds: int, out: Path) -> dict[str, Any]:
-    """``ike.latch_latency``'s measurement: per round, the time from asking for the CHILD_SA to
-    having it installed in the initiator's kernel, for rpclatch -> strongSwan (in-process: the
-    initiate call to the ChildSaEstablished event, after which the shell has installed the SA) and
-    strongSwan -> strongSwan (a vici ``initiate`` round trip, which returns once charon has
-    installed the CHILD_SA), each IKE SA deleted again before the next round. Same IKE suite
-    (AES-GCM-16-256, PRF_HMAC_SHA2_256, Curve25519), Ed25519 raw keys, ESP AES-GCM-16-128.
-    Each initiator's side is captured (``OUT/rpclatch.pcap``, ``OUT/strongswan.pcap``) for the
+    """``ike.latch_latency``'s measurement: per round, the time from asking for the CHILD_SA of
+    one TCP 5-tuple to having it installed in the initiator's kernel, for keyd -> strongSwan (a
+    real ``rpclatch ipsec keyd`` process: CREATE_CONNECTION_LATCH sent on its control socket to
+    the success answer, which comes once the latch is ESTABLISHED) and strongSwan -> strongSwan
+    (a vici ``initiate`` round trip, which returns once charon has installed the CHILD_SA), each
+    IKE SA deleted again before the next round (RELEASE_LATCH / vici ``terminate``). Same IKE
+    suite (AES-GCM-16-256, PRF_HMAC_SHA2_256, Curve25519), Ed25519 raw keys, ESP AES-GCM-16-128.
+    Each initiator's side is captured (``OUT/keyd.pcap``, ``OUT/strongswan.pcap``) for the
     on-the-wire times the benchmark prints beside the figure."""
     out.mkdir(parents=True, exist_ok=True)
-    times: dict[str, list[float]] = {"rpclatch": [], "strongswan": []}
+    times: dict[str, list[float]] = {"keyd": [], "strongswan": []}
     errors: list[str] = []
     shutil.rmtree(WORK / "bench", ignore_errors=True)
-    pairs = {
-        "rpclatch": ("bench-rl", "bench-ss1", "203.0.113.201", "203.0.113.202", Rpclatch),
+    pairs: dict[str, tuple[str, str, str, str, type[Peer]]] = {
+        "keyd": ("bench-kd", "bench-ss1", "203.0.113.201", "203.0.113.202", Keyd),
         "strongswan": ("bench-ss2", "bench-ss3", "203.0.113.211", "203.0.113.212", StrongSwan),
     }
     peers: list[Peer] = []
     caps: list[Capture] = []
     with (
-        NetnsPair(*pairs["rpclatch"][:4]),
+        NetnsPair(*pairs["keyd"][:4]),
         NetnsPair(*pairs["strongswan"][:4]),
     ):
         try:
@@ -1290,10 +1460,10 @@ def bench_latency(rounds: int, out: Path) -> dict[str, Any]:
                 inis[kind] = ini
             for _ in range(rounds):
                 for kind, ini in inis.items():
-                    t = time.monotonic()
+                    t = time.perf_counter()
                     ini.initiate()
-                    elapsed = time.monotonic() - t
-                    if isinstance(ini, Rpclatch) and ini.negotiation_seconds is not None:
+                    elapsed = time.perf_counter() - t
+                    if isinstance(ini, Keyd) and ini.negotiation_seconds is not None:
                         elapsed = ini.negotiation_seconds
                     times[kind].append(elapsed)
                     ini.terminate()
@@ -1303,15 +1473,16 @@ def bench_latency(rounds: int, out: Path) -> dict[str, Any]:
         finally:
             for p in peers:
                 try:
-                    p.stop()
+                    if not p.stop():
+                        errors.append(f"{p.name} in {p.ns} did not stop cleanly")
                 except Exception as exc:
                     errors.append(f"stopping {p.name} in {p.ns}: {exc}")
             for cap in caps:
                 cap.stop()
             for p in peers:
-                log = p.dir / "charon.log"
-                if log.exists():
-                    shutil.copyfile(log, out / f"{p.ns}-charon.log")
+                for log in ("charon.log", "keyd.log"):
+                    if (p.dir / log).exists():
+                        shutil.copyfile(p.dir / log, out / f"{p.ns}-{log}")
     return {"times": times, "errors": errors}
 
 
