@@ -10,8 +10,9 @@ CREATE_CONNECTION_LATCH of that exact 5-tuple, connects once it is ESTABLISHED, 
 the negotiated kernel ESP SAs count it. Meanwhile ``rpclatch ipsec status`` (table and
 ``--json``) shows the IKE SA, the CHILD_SA with the SPIs ``ip xfrm state`` lists, and the latch.
 INQUIRE_LATCH names the server's key, FIND_LATCH finds the acceptor's latch, RELEASE_LATCH
-deletes the kernel SAs; SIGTERM stops a keyd (exit 0, socket and SAs gone); with the server's
-keyd stopped a new CREATE_CONNECTION_LATCH fails with IKE_TIMEOUT. A keyd whose socket directory
+deletes the kernel SAs; SIGTERM stops a keyd (exit 0, socket and SAs gone) after deleting its
+IKE SAs with their peers (the client's latch on it breaks); with the server's keyd stopped a new
+CREATE_CONNECTION_LATCH fails with IKE_TIMEOUT. A keyd whose socket directory
 is on the read-only root exits with a one-line error.
 
 This file is also the guest-side script: ``python tests/interop/test_keyd_guest.py guest`` prints
@@ -261,9 +262,22 @@ async def _guest() -> dict[str, Any]:
         res["client_clean_after_release"] = await _poll(client_clean)
         await _poll(_no_server_states)
         res["server_states_after_release"] = _states(None)
-        # SIGTERM: the server's keyd exits 0, leaves no socket and nothing in the kernel
+        # a second latch, then SIGTERM to the server's keyd: it deletes the IKE SA with the client's
+        # keyd (whose latch breaks, its SAs go), exits 0, leaves no socket and nothing in the kernel
+        second = await client.call(
+            "CREATE_CONNECTION_LATCH", timeout=10, **{**flow, "local_port": CLIENT_PORT + 2}
+        )
+        res["second"] = second
+        res["client_states_second"] = _states("client")
         res["server_stop"] = s_keyd.stop()
         res["server_left"] = {"states": _states(None), "policies": _policies(None)}
+        if second.get("ok"):
+            try:
+                res["second_alert"] = await asyncio.wait_for(client.receive(), 5)
+            except TimeoutError:
+                res["second_alert"] = None
+            res["client_clean_after_server_stop"] = await _poll(client_clean)
+            res["second_release"] = (await client.call("RELEASE_LATCH", latch=second["latch"])).get("ok")
         # no keyd on the peer any more: a typed failure within the timeout
         t0 = time.monotonic()
         failed = await client.call(
@@ -341,6 +355,12 @@ def test_keyd_connection_latch_over_kernel_esp(nfsd_guest: Any) -> None:
     # releasing the initiator's latch deleted its IKE SA, CHILD_SA and kernel states (both ends)
     assert res["client_clean_after_release"] is True
     assert res["server_states_after_release"] == 0
+    # the server's keyd stopped with an IKE SA up: it deleted it with the client's keyd
+    assert res["second"]["ok"] is True and res["client_states_second"] == 2, res["second"]
+    assert res["second_alert"] is not None, "no BROKEN alert after the peer's keyd stopped"
+    assert (res["second_alert"]["alert"], res["second_alert"]["latch"]) == ("BROKEN", res["second"]["latch"])
+    assert res["client_clean_after_server_stop"] is True
+    assert res["second_release"] is True
     for stop, left in ((res["server_stop"], res["server_left"]), (res["client_stop"], res["client_left"])):
         assert stop["rc"] == 0 and stop["socket_left"] is False, stop
         assert "Traceback" not in stop["log"], stop["log"]

@@ -2,12 +2,15 @@
 
 ``daemon = await KeydDaemon.start(config, ike_sock, socket_path, backend=..., keys=...)`` runs it
 on the current event loop (tests and the demo start it in-process; ``rpclatch ipsec keyd`` runs
-one per host or network namespace); ``await daemon.close()`` stops it and removes what it
-installed.
+one per host or network namespace); ``await daemon.close()`` stops it: the control socket goes
+(its clients' latches are released), every IKE SA still up is deleted with its peer, and what
+the daemon installed is removed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -16,12 +19,15 @@ from pathlib import Path
 from rpclatch.ipsec.backend import Backend
 from rpclatch.ipsec.ike.config import Endpoint, IkeConfig
 from rpclatch.ipsec.ike.dispatcher import IkeDispatcher
+from rpclatch.ipsec.ike.errors import IkeError
+from rpclatch.ipsec.ike.events import IkeEvent, IkeSaDeleted, IkeSaFailed
+from rpclatch.ipsec.ike.sa import IkeState
 from rpclatch.ipsec.ike.udp import IkeUdpEndpoint, NegotiatedKeys
 from rpclatch.ipsec.keyd.core import KeydCore, KeydLimits
 from rpclatch.ipsec.keyd.protocol import ErrorCode
 from rpclatch.ipsec.keyd.server import KeydServer
 from rpclatch.ipsec.keyd.service import IKE_PORT, IkeLatchService, LatchEvents
-from rpclatch.ipsec.model import IPAddress
+from rpclatch.ipsec.model import IkeSaRef, IPAddress
 
 
 class KeydDaemon:
@@ -79,7 +85,25 @@ class KeydDaemon:
             raise
         return cls(endpoint, service, server)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 1.0) -> None:
+        """Stop serving, then delete each IKE SA that is still up with an INFORMATIONAL DELETE
+        (RFC 7296 §1.4.1) so that its peer removes its SAs too, waiting at most ``grace`` seconds
+        for the answers; finally close the endpoint, which removes every SA and policy it
+        installed (also those of an unanswered DELETE)."""
         await self.server.close()
         self.service.close()
+        waits = []
+        for sa in list(self.endpoint.dispatcher.sas):
+            if sa.state not in (IkeState.ESTABLISHED, IkeState.DELETING):
+                continue
+            if sa.state is IkeState.ESTABLISHED:
+                with contextlib.suppress(IkeError):  # e.g. another exchange is still outstanding
+                    self.endpoint.delete(sa)
+
+            def gone(ref: IkeSaRef, event: IkeEvent, spi_i: int = sa.spi_i) -> bool:
+                return ref.initiator_spi == spi_i and isinstance(event, IkeSaDeleted | IkeSaFailed)
+
+            waits.append(self.endpoint.wait_for(gone, grace))
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
         self.endpoint.close()

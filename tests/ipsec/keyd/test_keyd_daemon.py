@@ -161,3 +161,23 @@ def test_absent_peer_gives_typed_failure_within_the_timeout(tmp_path: Path) -> N
         await client.close()
 
     run(tmp_path, body, b_running=False)
+
+
+def test_closing_a_daemon_deletes_its_ike_sas_with_the_peer(tmp_path: Path) -> None:
+    """The responder's daemon stops (SIGTERM in ``rpclatch ipsec keyd``): it deletes the IKE SA
+    with the initiator, whose latch breaks and whose SAs are removed -- not left to a timeout."""
+
+    async def body(a: KeydDaemon, b: KeydDaemon, a_path: Path, _bp: Path, _p: dict[IPAddress, int]) -> None:
+        client = await KeydClient.connect(a_path)
+        answer = await client.call("CREATE_CONNECTION_LATCH", timeout=5, **_flow(40002))
+        assert answer["ok"] is True, answer
+        assert len(a.endpoint.installed) == 1 and len(b.endpoint.installed) == 1
+        await b.close()
+        assert b.endpoint.installed == {} and not b.endpoint.backend.sas  # type: ignore[union-attr]
+        alert = await asyncio.wait_for(client.receive(), 5)
+        assert (alert["alert"], alert["latch"]) == ("BROKEN", answer["latch"])
+        assert a.endpoint.installed == {} and not a.endpoint.backend.sas  # type: ignore[union-attr]
+        assert (await client.call("STATUS"))["ike_sas"] == []
+        await client.close()
+
+    run(tmp_path, body)
