@@ -102,6 +102,19 @@ def test_keyd_unusable_socket_directory_is_one_line(
     _one_line_error(capsys, "--socket", str(blocker))
 
 
+def test_keyd_unusable_namespace_or_address_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sock = ["--socket", str(tmp_path / "keyd.sock")]
+    argv = ["ipsec", "keyd", "--address", "198.51.100.1", "--netns", "rpclatch-no-such-netns", *sock]
+    assert main(argv) == 2
+    _one_line_error(capsys, "--netns rpclatch-no-such-netns")
+    # an address this host does not have (TEST-NET-2): nothing to bind
+    assert main(["ipsec", "keyd", "--address", "198.51.100.1", "--port", "50500", *sock]) == 2
+    _one_line_error(capsys, "cannot bind UDP 198.51.100.1:50500")
+    assert not (tmp_path / "keyd.sock").exists()
+
+
 def test_key_files(tmp_path: Path) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     private = tmp_path / "key.pem"
