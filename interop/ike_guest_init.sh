@@ -67,7 +67,7 @@ while [ ! -e "$O/stop" ]; do
   sleep 0.05
 done
 log "stop requested"
-ps -eo pid,comm | grep -E 'charon|pluto|tcpdump|dumpcap' >"$O/leftover-processes.txt"
+ps -eo pid,comm | grep -E 'charon|pluto|tcpdump|dumpcap|rpclatch' >"$O/leftover-processes.txt"
 ip netns list >"$O/leftover-netns.txt" 2>&1
 dmesg >"$O/dmesg.log" 2>&1
 sync
