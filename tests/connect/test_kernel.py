@@ -1,0 +1,249 @@
+"""The kernel world of the connect policy (:mod:`rpclatch.connect.kernel`) against two real
+key-manager daemons running in-process over loopback UDP (127.0.0.1 / 127.0.0.2), with the
+in-process datapath standing in for the kernel's XFRM (no root needed; the UML interop test
+runs the same flow over kernel ESP), real TCP sockets and a real KDC.
+
+What is checked is what happened at both ends: the client's security record (policy row), the
+server's FIND_LATCH result and the channel the RPCSEC_GSS server bound to, channel_prot calls
+answered, an ALERT BROKEN resetting the connection and the next call re-latching and re-binding,
+and the fallback when the server has no key manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from rpclatch.connect import (
+    BindOutcome,
+    ConnectionReset,
+    ConnectPolicy,
+    FallbackService,
+    LatchOutcome,
+    ProtectedConnection,
+)
+from rpclatch.connect.gss import RpcsecGssConnector
+from rpclatch.connect.kernel import (
+    KernelClientWorld,
+    KernelLink,
+    KernelServerEndpoint,
+    KeydChannel,
+    KeydControl,
+    KeydUnavailable,
+)
+from rpclatch.gss.provider import GssapiProvider
+from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.gss.server import GssServerAuth
+from rpclatch.gss.wire import Service
+from rpclatch.ipsec.backend import InProcessBackend
+from rpclatch.ipsec.ike.config import Credentials, IkeConfig
+from rpclatch.ipsec.keyd.daemon import KeydDaemon
+from rpclatch.ipsec.latch import LatchState
+from rpclatch.ipsec.model import AddressRange, AuthMethod, IPAddress, IpProto, Selector
+from rpclatch.ipsec.pad import ChildSaAuthorization, PadEntry, PeerAuthorizationDatabase, PublicKeyPattern
+from rpclatch.rpc.server import RpcDispatcher
+from rpclatch.rpc.testprog import (
+    PROC_ECHO,
+    RPCLATCH_TEST_PROG,
+    RPCLATCH_TEST_VERS,
+    add_test_program,
+    decode_opaque,
+    encode_opaque,
+)
+
+A_ADDR = ipaddress.ip_address("127.0.0.1")
+B_ADDR = ipaddress.ip_address("127.0.0.2")
+PAYLOAD = b"kernel-world-payload:" * 16
+
+
+def _pad() -> PeerAuthorizationDatabase:
+    entry = PadEntry(
+        "btns", PublicKeyPattern(), AuthMethod.RAW_PUBLIC_KEY, ChildSaAuthorization(own_address_only=True)
+    )
+    return PeerAuthorizationDatabase([entry])
+
+
+def _udp(addr: IPAddress) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((str(addr), 0))
+    return sock
+
+
+class Lab:
+    """Two keyds, the server endpoint on 127.0.0.2 and a client world on 127.0.0.1."""
+
+    def __init__(self, realm: ThrowawayRealm, tmp: Path) -> None:
+        self.realm = realm
+        self.tmp = tmp
+        self.a: KeydDaemon | None = None
+        self.b: KeydDaemon | None = None
+        self.endpoint: KernelServerEndpoint | None = None
+        self.world: KernelClientWorld | None = None
+        self.port = 0
+
+    async def start(self, *, server_keyd: bool = True) -> None:
+        a_sock, b_sock = _udp(A_ADDR), _udp(B_ADDR)
+        ports = {A_ADDR: a_sock.getsockname()[1], B_ADDR: b_sock.getsockname()[1]}
+
+        def resolve(addr: IPAddress) -> tuple[IPAddress, int]:
+            return (addr, ports[addr])
+
+        def config(policy: tuple[Selector, ...]) -> IkeConfig:
+            return IkeConfig(Credentials.raw_key(ed25519.Ed25519PrivateKey.generate()), _pad(), policy)
+
+        b_policy = (Selector(AddressRange.single(B_ADDR), None, IpProto.TCP),)
+        self.a = await KeydDaemon.start(
+            config(()), a_sock, self.tmp / "a.sock", backend=InProcessBackend(), peer_endpoint=resolve
+        )
+        self.b = await KeydDaemon.start(
+            config(b_policy), b_sock, self.tmp / "b.sock", backend=InProcessBackend(), peer_endpoint=resolve
+        )
+        dispatcher = RpcDispatcher()
+        add_test_program(dispatcher)
+        dispatcher.add_flavor(
+            GssServerAuth(GssapiProvider(self.realm.service_name, keytab=self.realm.keytab))
+        )
+        self.endpoint = KernelServerEndpoint(dispatcher, self.tmp / "b.sock")
+        self.port = await self.endpoint.start(str(B_ADDR), 0)
+        if not server_keyd:
+            await self.b.close()  # the server's key manager is gone: IKE goes unanswered
+            self.b = None
+        self.world = KernelClientWorld(str(B_ADDR), self.tmp / "a.sock", source_addr=str(A_ADDR))
+
+    def connection(self, policy: ConnectPolicy | None = None) -> ProtectedConnection:
+        assert self.world is not None
+        gss = RpcsecGssConnector(
+            GssapiProvider(ccache=self.realm.default_user.ccache),
+            self.realm.service_name,
+            RPCLATCH_TEST_PROG,
+            RPCLATCH_TEST_VERS,
+        )
+        return ProtectedConnection(self.world, gss, policy or ConnectPolicy(port=self.port, ike_timeout=2.0))
+
+    async def close(self) -> None:
+        for closer in (self.world, self.endpoint, self.a, self.b):
+            if closer is not None:
+                await closer.close()
+
+
+def run(realm: ThrowawayRealm, tmp: Path, body: Callable[[Lab], Awaitable[None]], **start: bool) -> None:
+    async def main() -> None:
+        lab = Lab(realm, tmp)
+        try:
+            await lab.start(**start)
+            await body(lab)
+        finally:
+            await lab.close()
+
+    asyncio.run(main())
+
+
+async def echo(pc: ProtectedConnection) -> None:
+    reply = await pc.acall(RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, encode_opaque(PAYLOAD))
+    assert decode_opaque(reply) == PAYLOAD
+
+
+def test_latched_bound_channel_prot_and_the_server_binds_to_the_found_latch(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    async def body(lab: Lab) -> None:
+        pc = lab.connection()
+        record = await pc.aconnect()
+        assert record.latched and record.latch_state is LatchState.ESTABLISHED
+        assert record.latch_outcome is LatchOutcome.LATCHED_BINDING_CONF
+        assert record.bind_outcome is BindOutcome.BOUND and record.bound
+        assert record.gss_service is Service.CHANNEL_PROT and record.gss_version == 2
+        assert record.peer is not None and record.peer.startswith("raw key sha256:")
+        await echo(pc)
+        # the server side: FIND_LATCH found the connection's latch, its channel carries the same
+        # binding data as the client's, and the GSS server bound the context on that connection
+        assert lab.endpoint is not None
+        (accepted,) = lab.endpoint.accepted
+        assert accepted.latch is not None and accepted.latch_state is LatchState.ESTABLISHED
+        link = pc.link
+        assert isinstance(link, KernelLink) and link.latch is not None
+        assert isinstance(accepted.channel, KeydChannel) and isinstance(link.latch.channel, KeydChannel)
+        assert accepted.channel.binding_data == link.latch.channel.binding_data
+        assert accepted.info is not None and accepted.info.channel is accepted.channel
+        (gss_server,) = [f for f in lab.endpoint.dispatcher.flavors.values() if isinstance(f, GssServerAuth)]
+        assert gss_server.bound_handles(accepted.info.conn_id)
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
+def test_alert_broken_resets_then_the_next_call_relatches_and_rebinds(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    async def body(lab: Lab) -> None:
+        pc = lab.connection()
+        await pc.aconnect()
+        await echo(pc)
+        first = pc.link
+        assert isinstance(first, KernelLink) and first.latch is not None
+        # the server's key manager loses the CHILD_SA: both latches go BROKEN (RFC 5660 §2.3)
+        assert lab.a is not None
+        (ike,) = lab.a.endpoint.dispatcher.sas
+        lab.a.endpoint.delete(ike)
+        for _ in range(100):
+            if first.latch_state() is LatchState.BROKEN:
+                break
+            await asyncio.sleep(0.02)
+        assert first.latch_state() is LatchState.BROKEN
+        assert not first.is_open  # reset (RFC 5660 §5.5 (b))
+        assert pc.security.latch_state is LatchState.BROKEN and not pc.security.bound
+        assert not first.latch.channel.is_up()
+        await echo(pc)  # reconnects: new connection, new latch, new context, new BIND_CHANNEL
+        assert pc.link is not first
+        assert pc.security.bound and pc.security.gss_service is Service.CHANNEL_PROT
+        assert pc.security.generation == 2
+        assert lab.endpoint is not None
+        assert [a.latch is not None for a in lab.endpoint.accepted] == [True, True]
+        assert lab.endpoint.accepted[0].latch_state is LatchState.BROKEN
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
+def test_no_key_manager_on_the_server_falls_back_to_krb5p(realm: ThrowawayRealm, tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        pc = lab.connection(ConnectPolicy(port=lab.port, ike_timeout=0.5, fallback=FallbackService.PRIVACY))
+        record = await pc.aconnect()
+        assert not record.latched and record.latch_outcome is LatchOutcome.NOT_LATCHED
+        assert record.gss_service is Service.PRIVACY and not record.bound
+        assert record.protection_error is not None and "IKE_TIMEOUT" in record.protection_error
+        await echo(pc)
+        assert lab.endpoint is not None
+        (accepted,) = lab.endpoint.accepted
+        assert accepted.latch is None and accepted.channel is None
+        await pc.aclose()
+
+    run(realm, tmp_path, body, server_keyd=False)
+
+
+def test_missing_keyd_socket_is_a_typed_error(tmp_path: Path) -> None:
+    async def body() -> None:
+        with pytest.raises(KeydUnavailable, match="no such socket"):
+            await KeydControl.connect(tmp_path / "none.sock")
+
+    asyncio.run(body())
+
+
+def test_a_reset_link_raises_connection_reset(realm: ThrowawayRealm, tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        pc = lab.connection()
+        await pc.aconnect()
+        link = pc.link
+        assert isinstance(link, KernelLink)
+        link.reset("test")
+        with pytest.raises(ConnectionReset):
+            await link.call(None, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, 0, b"")  # type: ignore[arg-type]
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
