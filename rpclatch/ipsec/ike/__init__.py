@@ -27,6 +27,11 @@ key || salt per direction, suite, mode, narrowed local-oriented selector),
 one's ``successor``; the dispatcher routes to it), :class:`IkeSaRekeyFailed`,
 :class:`IkeSaDeleted`, :class:`IkeSaFailed` (a :class:`FailureReason` and the notify code).
 
+Hooks for an owner (``IkeConfig``): ``entropy`` (every random octet, for reproducible runs),
+``child_spi`` (our inbound CHILD_SA SPIs), ``child_vetter`` (sees a :class:`ChildProposal` and
+accepts, narrows or refuses each CHILD_SA a peer asks for, RFC 5660 §2.3); and on the
+dispatcher ``refusing`` and ``cancel(sa, now)``.
+
 Modules: ``wire`` (codec), ``crypto`` (key exchange, PRF, keys, SK payload, AUTH), ``certs``
 (X.509 end-entity certificates, trust anchors), ``negotiation`` (proposals, TS narrowing),
 ``config``, ``events``, ``sa`` (one IKE SA),
@@ -48,6 +53,7 @@ from rpclatch.ipsec.ike.errors import (
     NotifyType,
 )
 from rpclatch.ipsec.ike.events import (
+    ChildProposal,
     ChildSa,
     ChildSaDeleted,
     ChildSaEstablished,
@@ -67,6 +73,7 @@ __all__ = [
     "DEFAULT_ESP_SUITES",
     "DEFAULT_IKE_SUITES",
     "ChildKeys",
+    "ChildProposal",
     "ChildRequest",
     "ChildSa",
     "ChildSaDeleted",

@@ -15,7 +15,8 @@ from datetime import datetime
 from types import MappingProxyType
 
 from rpclatch.ipsec.ike.certs import TrustAnchor, certificate_id
-from rpclatch.ipsec.ike.crypto import IkeSuite, SigningKey, spki_of
+from rpclatch.ipsec.ike.crypto import Entropy, IkeSuite, SigningKey, spki_of
+from rpclatch.ipsec.ike.events import ChildProposal
 from rpclatch.ipsec.ike.negotiation import DEFAULT_ESP_SUITES, DEFAULT_IKE_SUITES
 from rpclatch.ipsec.model import CipherSuite, IdType, IkeId, IPAddress, Mode, Selector
 from rpclatch.ipsec.pad import PeerAuthorizationDatabase
@@ -82,6 +83,22 @@ class IkeConfig:
       owner rekeys (``rekey_child``/``rekey``). There are no hard lifetimes.
     * ``liveness_interval``: an established SA that has heard nothing authenticated from its peer
       for that long sends an empty INFORMATIONAL (§1.4); None = only on request.
+
+    Hooks for an owner (docs/ike.md), all None by default:
+
+    * ``entropy``: ``n -> n random octets``, the source of every random value the core draws (IKE
+      SPIs, nonces, key-exchange secrets, SK IVs, CHILD_SA SPIs, rekey jitter); with it, ECDSA
+      signatures are deterministic (RFC 6979). A seeded generator makes a run reproducible
+      (simulation); None = ``os.urandom`` / ``secrets``.
+    * ``child_spi``: allocates our inbound CHILD_SA SPIs; a value outside 256..2^32-1 (RFC 4303
+      §2.1 reserves 1..255) raises ValueError where it is used (from the call that needed the SPI:
+      ``create_child``, ``rekey_child``, ``receive_datagram``, ``handle_timer``). None = random.
+    * ``child_vetter``: responder side, called with a :class:`ChildProposal` for every CHILD_SA a
+      peer asks for (IKE_AUTH, CREATE_CHILD_SA, CHILD_SA rekey) after TS narrowing and the PAD's
+      child-SA rules, before answering (RFC 5660 §2.3). It returns the selector to use (the
+      proposal's or a narrower one, sent back in TSi/TSr) or None to refuse: TS_UNACCEPTABLE for
+      a new CHILD_SA (in IKE_AUTH the IKE SA is still established, §1.2), NO_PROPOSAL_CHOSEN for a
+      rekey. A wider selector, or an exception from it (logged), is a refusal.
     """
 
     credentials: Credentials
@@ -102,6 +119,9 @@ class IkeConfig:
     trust_anchors: tuple[TrustAnchor, ...] = ()
     certificate_clock: Callable[[], datetime] | None = None
     nonce_len: int = 32
+    entropy: Entropy | None = None
+    child_spi: Callable[[], int] | None = None
+    child_vetter: Callable[[ChildProposal], Selector | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.ike_suites or not self.esp_suites:

@@ -28,6 +28,7 @@ import hmac
 import os
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -70,20 +71,36 @@ MODP_EXPONENT_BITS = 320
 
 #: length of a KE payload's key-exchange data per group
 KE_LENGTH = {DhGroup.CURVE25519: 32, DhGroup.ECP_256: 64, DhGroup.MODP_2048: 256}
+#: the order of the P-256 base point (SEC 2 §2.4.2)
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+#: a source of random octets (``IkeConfig.entropy``): n -> n octets
+Entropy = Callable[[int], bytes]
 
 
 class DhPrivate:
-    """One side's ephemeral key-exchange secret for ``group``."""
+    """One side's ephemeral key-exchange secret for ``group``, from ``entropy`` if given (else
+    the library's / the OS's generator)."""
 
-    def __init__(self, group: DhGroup) -> None:
+    def __init__(self, group: DhGroup, entropy: Entropy | None = None) -> None:
         self.group = group
         self._x: x25519.X25519PrivateKey | ec.EllipticCurvePrivateKey | int
-        if group is DhGroup.CURVE25519:
-            self._x = x25519.X25519PrivateKey.generate()
+        if entropy is None:
+            if group is DhGroup.CURVE25519:
+                self._x = x25519.X25519PrivateKey.generate()
+            elif group is DhGroup.ECP_256:
+                self._x = ec.generate_private_key(ec.SECP256R1())
+            else:
+                self._x = secrets.randbits(MODP_EXPONENT_BITS) | (1 << (MODP_EXPONENT_BITS - 1))
+        elif group is DhGroup.CURVE25519:
+            self._x = x25519.X25519PrivateKey.from_private_bytes(entropy(32))  # clamped by X25519
         elif group is DhGroup.ECP_256:
-            self._x = ec.generate_private_key(ec.SECP256R1())
+            while not (d := int.from_bytes(entropy(32), "big") % P256_ORDER):
+                pass  # pragma: no cover - probability 2^-256
+            self._x = ec.derive_private_key(d, ec.SECP256R1())
         else:
-            self._x = secrets.randbits(MODP_EXPONENT_BITS) | (1 << (MODP_EXPONENT_BITS - 1))
+            x = int.from_bytes(entropy(MODP_EXPONENT_BITS // 8), "big")
+            self._x = x | (1 << (MODP_EXPONENT_BITS - 1))
 
     @classmethod
     def from_private_bytes(cls, group: DhGroup, secret: bytes) -> DhPrivate:
@@ -272,11 +289,13 @@ CBC_IV_LEN = 16
 
 @dataclass(frozen=True, slots=True)
 class SkCipher:
-    """One direction's SK protection: ``encr_key`` (with salt for GCM) and ``integ_key``."""
+    """One direction's SK protection: ``encr_key`` (with salt for GCM) and ``integ_key``; IVs
+    come from ``entropy`` if given, else ``os.urandom``."""
 
     encr: int
     encr_key: bytes
     integ_key: bytes = b""
+    entropy: Entropy | None = field(default=None, repr=False, compare=False)
     _aead: AESGCM | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -284,11 +303,11 @@ class SkCipher:
             object.__setattr__(self, "_aead", AESGCM(self.encr_key[:-4]))
 
     @classmethod
-    def outbound(cls, keys: IkeKeys, initiator: bool) -> SkCipher:
+    def outbound(cls, keys: IkeKeys, initiator: bool, entropy: Entropy | None = None) -> SkCipher:
         """The keys for messages we send (initiator: SK_ei/SK_ai)."""
         if initiator:
-            return cls(keys.suite.encr, keys.sk_ei, keys.sk_ai)
-        return cls(keys.suite.encr, keys.sk_er, keys.sk_ar)
+            return cls(keys.suite.encr, keys.sk_ei, keys.sk_ai, entropy)
+        return cls(keys.suite.encr, keys.sk_er, keys.sk_ar, entropy)
 
     @classmethod
     def inbound(cls, keys: IkeKeys, initiator: bool) -> SkCipher:
@@ -299,8 +318,9 @@ class SkCipher:
     ) -> bytes:
         """Encode a whole message whose payloads are ``inner`` inside one SK payload."""
         first, plain = encode_payloads(list(inner))
+        random = self.entropy or os.urandom
         if is_aead(self.encr):
-            iv = iv if iv is not None else os.urandom(GCM_IV_LEN)
+            iv = iv if iv is not None else random(GCM_IV_LEN)
             padded = plain + b"\0"  # pad length 0 (RFC 5282 §3: no block alignment needed)
             sk_len = GENERIC_LEN + GCM_IV_LEN + len(padded) + ICV_LEN
             total = HEADER_LEN + sk_len
@@ -310,7 +330,7 @@ class SkCipher:
             assert self._aead is not None
             ct = self._aead.encrypt(salt + iv, padded, aad)
             return aad + iv + ct
-        iv = iv if iv is not None else os.urandom(CBC_IV_LEN)
+        iv = iv if iv is not None else random(CBC_IV_LEN)
         pad = (-(len(plain) + 1)) % 16
         padded = plain + bytes(pad) + bytes((pad,))
         sk_len = GENERIC_LEN + CBC_IV_LEN + len(padded) + ICV_LEN
@@ -407,13 +427,16 @@ def spki_of(key: SigningKey) -> bytes:
     )
 
 
-def sign(key: SigningKey, octets: bytes) -> bytes:
-    """RFC 7427 §3 AUTH data: length of the AlgorithmIdentifier, it, then the signature."""
+def sign(key: SigningKey, octets: bytes, *, deterministic: bool = False) -> bytes:
+    """RFC 7427 §3 AUTH data: length of the AlgorithmIdentifier, it, then the signature.
+    Ed25519 is deterministic; ECDSA is too with ``deterministic`` (RFC 6979), else its nonce
+    comes from OpenSSL."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return bytes((len(ALG_ED25519),)) + ALG_ED25519 + key.sign(octets)
     if not isinstance(key.curve, ec.SECP256R1):
         raise IkeCryptoError(f"unsupported ECDSA curve {key.curve.name}")
-    return bytes((len(ALG_ECDSA_SHA256),)) + ALG_ECDSA_SHA256 + key.sign(octets, ec.ECDSA(hashes.SHA256()))
+    algorithm = ec.ECDSA(hashes.SHA256(), deterministic_signing=deterministic)
+    return bytes((len(ALG_ECDSA_SHA256),)) + ALG_ECDSA_SHA256 + key.sign(octets, algorithm)
 
 
 def verify(spki: bytes, auth_data: bytes, octets: bytes) -> bool:

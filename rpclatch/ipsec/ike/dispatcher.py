@@ -9,7 +9,9 @@ SPI. A first IKE_SA_INIT request (responder SPI zero) is matched to an existing 
 (initiator SPI, source address) -- a retransmission -- or makes a new one.
 
 Under load (more than ``cookie_threshold`` half-open SAs) a new IKE_SA_INIT without a valid
-COOKIE gets a stateless COOKIE answer (§2.6); above ``half_open_limit`` it is dropped.
+COOKIE gets a stateless COOKIE answer (§2.6); above ``half_open_limit`` it is dropped. While
+``refusing`` is set, every new IKE_SA_INIT gets a stateless NO_PROPOSAL_CHOSEN (counted in
+``stats.refused_inits``). :meth:`IkeDispatcher.cancel` forgets an SA that is not established yet.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from dataclasses import dataclass
 
 from rpclatch.ipsec.ike import wire as w
 from rpclatch.ipsec.ike.config import ChildRequest, Endpoint, IkeConfig
-from rpclatch.ipsec.ike.errors import IkeDecodeError, NotifyType, UnsupportedCriticalPayload
+from rpclatch.ipsec.ike.errors import IkeDecodeError, IkeLocalError, NotifyType, UnsupportedCriticalPayload
 from rpclatch.ipsec.ike.events import IkeEvent, IkeSaEstablished
-from rpclatch.ipsec.ike.sa import IkeSa, IkeState
+from rpclatch.ipsec.ike.sa import IkeSa, IkeState, _random_spi64
 from rpclatch.ipsec.model import NullAuthPeer
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ class DispatcherStats:
 
 
 class IkeDispatcher:
-    """All IKE SAs of one local endpoint (see the module docstring)."""
+    """All IKE SAs of one local endpoint (see the module docstring). The cookie secret is
+    ``cookie_secret`` or ``os.urandom`` (never ``IkeConfig.entropy``)."""
 
     def __init__(
         self,
@@ -61,6 +64,8 @@ class IkeDispatcher:
         self.cookie_threshold = cookie_threshold
         self.half_open_limit = half_open_limit
         self.stats = DispatcherStats()
+        #: while True, new IKE_SA_INIT requests are refused statelessly (NO_PROPOSAL_CHOSEN)
+        self.refusing = False
         self._secret = cookie_secret if cookie_secret is not None else os.urandom(32)
         self._by_spi: dict[int, IkeSa] = {}
         self._half_open: dict[tuple[int, Endpoint], IkeSa] = {}
@@ -132,6 +137,15 @@ class IkeDispatcher:
             if t is not None and t <= now:
                 sa.handle_timer(now)
                 self._collect(sa, now)
+
+    def cancel(self, sa: IkeSa, now: float) -> None:
+        """Forget ``sa``, one of ours not established yet (INIT_SENT, AUTH_SENT, HALF_OPEN),
+        without sending anything: it reports ``IkeSaFailed(CANCELLED)`` and is no longer routed
+        (a late answer counts as ``unknown_spi``). IkeLocalError for any other SA."""
+        if self._by_spi.get(sa.our_spi) is not sa:
+            raise IkeLocalError(f"IKE SA {sa.ref} is not one of this endpoint's")
+        sa.cancel(now)
+        self._collect(sa, now)
 
     def poll(self, sa: IkeSa, now: float) -> None:
         """Collect what a local request on ``sa`` (delete, liveness) produced."""
@@ -205,6 +219,13 @@ class IkeDispatcher:
             data_out = bytes((e.payload_type,)) if isinstance(e, UnsupportedCriticalPayload) else b""
             self._out.append((w.encode_message(hdr, [w.NotifyPayload(notify, data_out)]), remote))
             return
+        if self.refusing:
+            self.stats.refused_inits += 1
+            hdr = w.Header(header.spi_i, 0, 0, w.ExchangeType.IKE_SA_INIT, w.Flags.RESPONSE, 0)
+            self._out.append(
+                (w.encode_message(hdr, [w.NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)]), remote)
+            )
+            return
         half_open = self.half_open_count
         if half_open >= self.half_open_limit:
             self.stats.half_open_dropped += 1
@@ -229,9 +250,9 @@ class IkeDispatcher:
                 hdr = w.Header(header.spi_i, 0, 0, w.ExchangeType.IKE_SA_INIT, w.Flags.RESPONSE, 0)
                 self._out.append((w.encode_message(hdr, [w.NotifyPayload(NotifyType.COOKIE, want)]), remote))
                 return
-        spi_r = secrets.randbits(64) or 1
+        spi_r = _random_spi64(self.config.entropy)
         while spi_r in self._by_spi:  # pragma: no cover - 64 random bits
-            spi_r = secrets.randbits(64) or 1
+            spi_r = _random_spi64(self.config.entropy)
         sa = IkeSa.responder(self.config, self.local, remote, msg, data, now, spi_r=spi_r)
         if sa.finished:
             self.stats.refused_inits += 1

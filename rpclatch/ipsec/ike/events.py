@@ -9,6 +9,7 @@ from rpclatch.ipsec.model import (
     CertificatePeer,
     CipherSuite,
     IkeSaRef,
+    IPAddress,
     Mode,
     NullAuthPeer,
     RawPublicKeyPeer,
@@ -49,6 +50,23 @@ class ChildSa:
     key_in: bytes
     key_out: bytes
     narrowed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChildProposal:
+    """A CHILD_SA a peer asks us (the exchange responder) for, as ``IkeConfig.child_vetter``
+    sees it: after TS narrowing and the PAD's child-SA rules, before we answer (RFC 5660 §2.3).
+    ``selector`` is local-oriented; ``local``/``remote`` are the IKE endpoints (address, port);
+    ``rekey_of`` is our inbound SPI of the CHILD_SA it rekeys, None for a new one."""
+
+    ike_sa: IkeSaRef
+    peer: IkePeer
+    local: tuple[IPAddress, int]
+    remote: tuple[IPAddress, int]
+    selector: Selector
+    suite: CipherSuite
+    mode: Mode
+    rekey_of: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +132,7 @@ class FailureReason(Enum):
     PEER_REFUSED = "peer-refused"  # the peer answered with an error notify
     PROTOCOL_ERROR = "protocol-error"  # malformed or inconsistent exchange
     LOCAL = "local"  # our configuration cannot do what the peer needs
+    CANCELLED = "cancelled"  # the owner gave it up before it was established (IkeDispatcher.cancel)
 
 
 @dataclass(frozen=True, slots=True)

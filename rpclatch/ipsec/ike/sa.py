@@ -50,6 +50,7 @@ from rpclatch.ipsec.ike.errors import (
     UnsupportedCriticalPayload,
 )
 from rpclatch.ipsec.ike.events import (
+    ChildProposal,
     ChildSa,
     ChildSaDeleted,
     ChildSaEstablished,
@@ -71,6 +72,7 @@ from rpclatch.ipsec.model import (
     Mode,
     NullAuthPeer,
     RawPublicKeyPeer,
+    Selector,
 )
 from rpclatch.ipsec.pad import PadMatch
 
@@ -179,16 +181,19 @@ class _Queued:
     ctx: _ChildCtx | _IkeRekeyCtx | None = None
 
 
-def _random_spi64() -> int:
+def _random_spi64(entropy: c.Entropy | None = None) -> int:
+    """A non-zero IKE SPI (§3.1), from ``entropy`` if given."""
     while True:
-        spi = secrets.randbits(64)
+        spi = secrets.randbits(64) if entropy is None else int.from_bytes(entropy(8), "big")
         if spi:
             return spi
 
 
-def random_child_spi() -> int:
-    """A random ESP SPI outside the reserved 1..255 (RFC 4303 §2.1)."""
-    return 256 + secrets.randbelow(2**32 - 256)
+def random_child_spi(entropy: c.Entropy | None = None) -> int:
+    """A random ESP SPI outside the reserved 1..255 (RFC 4303 §2.1), from ``entropy`` if given."""
+    if entropy is None:
+        return 256 + secrets.randbelow(2**32 - 256)
+    return 256 + int.from_bytes(entropy(8), "big") % (2**32 - 256)
 
 
 class IkeSa:
@@ -211,7 +216,6 @@ class IkeSa:
         self.created_at = 0.0
         self.nat_local = False
         self.nat_remote = False
-        self.allocate_child_spi = random_child_spi
         self._events: deque[IkeEvent] = deque()
         self._out: list[tuple[bytes, Endpoint]] = []
         self._nonce_i = b""
@@ -263,10 +267,10 @@ class IkeSa:
         sa = cls(config, local, remote, initiator=True)
         sa._send_initial_contact = initial_contact
         sa.created_at = now
-        sa.spi_i = _random_spi64()
-        sa._nonce_i = os.urandom(config.nonce_len)
+        sa.spi_i = _random_spi64(config.entropy)
+        sa._nonce_i = sa._random(config.nonce_len)
         sa._child_request = child
-        sa._dh = c.DhPrivate(w.DhGroup(config.ike_suites[0].dh))
+        sa._dh = c.DhPrivate(w.DhGroup(config.ike_suites[0].dh), config.entropy)
         sa._send_init(now)
         return sa
 
@@ -290,7 +294,7 @@ class IkeSa:
         sa = cls(config, local, remote, initiator=False)
         sa.created_at = now
         sa.spi_i = message.header.spi_i
-        sa.spi_r = spi_r if spi_r is not None else _random_spi64()
+        sa.spi_r = spi_r if spi_r is not None else _random_spi64(config.entropy)
         sa._peer_mid = 1
         try:
             sa._answer_init(message, datagram, now)
@@ -322,6 +326,21 @@ class IkeSa:
 
     def next_event(self) -> IkeEvent | None:
         return self._events.popleft() if self._events else None
+
+    def allocate_child_spi(self) -> int:
+        """A new inbound CHILD_SA SPI: ``IkeConfig.child_spi`` or random. ValueError if the
+        allocator returns a value outside 256..2^32-1 (a local error, RFC 4303 §2.1)."""
+        alloc = self.config.child_spi
+        if alloc is None:
+            return random_child_spi(self.config.entropy)
+        spi = alloc()
+        if not 256 <= spi <= 0xFFFFFFFF:
+            raise ValueError(f"IkeConfig.child_spi returned {spi}, not an SPI in 256..2^32-1 (RFC 4303 §2.1)")
+        return spi
+
+    def _random(self, n: int) -> bytes:
+        entropy = self.config.entropy
+        return entropy(n) if entropy is not None else os.urandom(n)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Endpoint]]:
         out, self._out = self._out, []
@@ -409,6 +428,15 @@ class IkeSa:
             raise IkeLocalError(f"cannot abandon an IKE SA in state {self.state.value}")
         self._closed(by_peer=True)
 
+    def cancel(self, now: float) -> None:
+        """Give up an IKE SA that is not established yet (INIT_SENT, AUTH_SENT, HALF_OPEN) without
+        sending anything: retransmissions and timers stop, ``IkeSaFailed(CANCELLED)`` is reported.
+        Use :meth:`IkeDispatcher.cancel`, which also stops routing to it."""
+        if self.state not in (IkeState.INIT_SENT, IkeState.AUTH_SENT, IkeState.HALF_OPEN):
+            raise IkeLocalError(f"cannot cancel an IKE SA in state {self.state.value}")
+        self._out.clear()
+        self._fail(FailureReason.CANCELLED, None, "cancelled by its owner")
+
     def create_child(self, request: ChildRequest, now: float) -> None:
         """Negotiate a further CHILD_SA (CREATE_CHILD_SA, §1.3.1; no PFS)."""
         self._require_established()
@@ -431,7 +459,9 @@ class IkeSa:
         self._require_established()
         assert self.suite is not None
         ctx = _IkeRekeyCtx(
-            _random_spi64(), os.urandom(self.config.nonce_len), c.DhPrivate(w.DhGroup(self.suite.dh))
+            _random_spi64(self.config.entropy),
+            self._random(self.config.nonce_len),
+            c.DhPrivate(w.DhGroup(self.suite.dh), self.config.entropy),
         )
         inner: list[w.Payload] = [
             w.SaPayload(neg.ike_proposals([self.suite], ctx.spi.to_bytes(8, "big"))),
@@ -495,7 +525,7 @@ class IkeSa:
     def _sk_out(self) -> c.SkCipher:
         if self._cipher_out is None:
             assert self.keys is not None
-            self._cipher_out = c.SkCipher.outbound(self.keys, self.is_initiator)
+            self._cipher_out = c.SkCipher.outbound(self.keys, self.is_initiator, self.config.entropy)
         return self._cipher_out
 
     def _sk_in(self) -> c.SkCipher:
@@ -715,10 +745,10 @@ class IkeSa:
         notifies = w.notify_payloads(p)
         self._check_nat(notifies, 0)
         self._read_hashes(notifies)
-        self._dh = c.DhPrivate(w.DhGroup(suite.dh))
+        self._dh = c.DhPrivate(w.DhGroup(suite.dh), self.config.entropy)
         shared = self._dh.shared_secret(ke.data)
         self._nonce_i = nonce.data
-        self._nonce_r = os.urandom(self.config.nonce_len)
+        self._nonce_r = self._random(self.config.nonce_len)
         self.suite = suite
         self.keys = c.derive_ike_keys(suite, self._nonce_i, self._nonce_r, shared, self.spi_i, self.spi_r)
         reply: list[w.Payload] = [
@@ -764,7 +794,8 @@ class IkeSa:
                         f"responder wants group {group}",
                     )
                     return
-                self._dh = c.DhPrivate(w.DhGroup(group))  # §1.2: retry with the group it asked for
+                # §1.2: retry with the group it asked for
+                self._dh = c.DhPrivate(w.DhGroup(group), self.config.entropy)
             self._fire(IkeInput.INIT_RETRY)
             self._send_init(now)
             return
@@ -833,7 +864,8 @@ class IkeSa:
         elif cred.send_key:
             assert cred.spki is not None
             out.append(w.CertPayload(w.CertEncoding.RAW_PUBLIC_KEY, cred.spki))
-        out.append(w.AuthPayload(w.AuthMethodId.DIGITAL_SIGNATURE, c.sign(cred.key, octets)))
+        signature = c.sign(cred.key, octets, deterministic=self.config.entropy is not None)
+        out.append(w.AuthPayload(w.AuthMethodId.DIGITAL_SIGNATURE, signature))
         return out
 
     def _can_sign(self) -> bool:
@@ -971,7 +1003,10 @@ class IkeSa:
         self.children[child.spi_in] = child
         after = self.config.child_rekey_after
         if after is not None:
-            self._child_due[child.spi_in] = now + _jittered(after, self.config.rekey_jitter)
+            self._child_due[child.spi_in] = now + self._jittered(after, self.config.rekey_jitter)
+
+    def _jittered(self, after: float, jitter: float) -> float:
+        return _jittered(after, jitter, self.config.entropy)
 
     def _lifetime_due(self) -> float | None:
         """The earliest lifetime rekey this SA owes (``IkeConfig.child_rekey_after`` and
@@ -997,7 +1032,9 @@ class IkeSa:
     def _established(self) -> None:
         assert self.peer is not None and self.pad_match is not None and self.suite is not None
         if self.config.ike_rekey_after is not None:
-            self._ike_due = self.created_at + _jittered(self.config.ike_rekey_after, self.config.rekey_jitter)
+            self._ike_due = self.created_at + self._jittered(
+                self.config.ike_rekey_after, self.config.rekey_jitter
+            )
         self._events.append(
             IkeSaEstablished(
                 self.ref,
@@ -1026,9 +1063,16 @@ class IkeSa:
         return self.pad_match.entry.is_unauthenticated or self.pad_match.entry.child_sa.own_address_only
 
     def _answer_child(
-        self, payloads: Sequence[w.Payload], ni: bytes, nr: bytes, *, pfs: bool = False
+        self,
+        payloads: Sequence[w.Payload],
+        ni: bytes,
+        nr: bytes,
+        *,
+        pfs: bool = False,
+        rekey_of: int | None = None,
     ) -> tuple[ChildSa, list[w.Payload], list[w.Payload]]:
-        """Exchange responder: choose the ESP proposal, narrow TSi/TSr, check the PAD's rules.
+        """Exchange responder: choose the ESP proposal, narrow TSi/TSr, check the PAD's rules,
+        ask ``IkeConfig.child_vetter`` (``rekey_of``: inbound SPI of the CHILD_SA rekeyed).
         Returns the child, the answer's [N(USE_TRANSPORT_MODE),] SA, TSi, TSr, and the KEr to put
         after Nr when ``pfs`` (CREATE_CHILD_SA) and the request carried a KE (§1.3.1)."""
         assert self.pad_match is not None
@@ -1052,10 +1096,17 @@ class IkeSa:
         except IPsecRemoteError as e:
             raise TsUnacceptable(e.reason) from None
         mode = Mode.TRANSPORT if transport and self.config.mode is Mode.TRANSPORT else Mode.TUNNEL
+        selector = narrowed.selector
+        if self.config.child_vetter is not None:
+            assert self.peer is not None
+            proposal = ChildProposal(
+                self.ref, self.peer, self.local, self.remote, selector, suite, mode, rekey_of
+            )
+            selector = self._vet_child(proposal)
         shared = b""
         ke_out: list[w.Payload] = []
         if group is not None and ke is not None:
-            dh = c.DhPrivate(w.DhGroup(group))
+            dh = c.DhPrivate(w.DhGroup(group), self.config.entropy)
             try:
                 shared = dh.shared_secret(ke.data)
             except IkeCryptoError as e:
@@ -1064,13 +1115,39 @@ class IkeSa:
         key_in, key_out = self._child_keys(
             suite.encryption_key_bits, ni, nr, we_initiated=False, shared=shared
         )
-        child = ChildSa(spi_in, spi_out, suite, mode, narrowed.selector, key_in, key_out, narrowed.narrowed)
-        ours, theirs = neg.selector_to_ts(narrowed.selector)
+        was_narrowed = narrowed.narrowed or selector != narrowed.selector
+        child = ChildSa(spi_in, spi_out, suite, mode, selector, key_in, key_out, was_narrowed)
+        ours, theirs = neg.selector_to_ts(selector)
         out: list[w.Payload] = []
         if mode is Mode.TRANSPORT:
             out.append(w.NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
         out += [w.SaPayload((answer,)), w.TsPayload((theirs,)), w.TsPayload((ours,), responder=True)]
         return child, out, ke_out
+
+    def _vet_child(self, proposal: ChildProposal) -> Selector:
+        """``IkeConfig.child_vetter``'s selector (RFC 5660 §2.3), or raise the refusal:
+        TS_UNACCEPTABLE for a new CHILD_SA, NO_PROPOSAL_CHOSEN for a rekey. A selector wider than
+        the proposal's, or an exception from the vetter, is a refusal."""
+        vetter = self.config.child_vetter
+        assert vetter is not None
+        try:
+            chosen = vetter(proposal)
+        except Exception:
+            log.exception("IKE SA %s: child vetter raised; CHILD_SA refused", self.ref)
+            chosen = None
+        if chosen is not None and not neg.contains(proposal.selector, chosen):
+            log.warning(
+                "IKE SA %s: child vetter answered %s, wider than %s; CHILD_SA refused",
+                self.ref,
+                chosen,
+                proposal.selector,
+            )
+            chosen = None
+        if chosen is None:
+            if proposal.rekey_of is not None:
+                raise NoProposalChosen("the child vetter refused the CHILD_SA rekey")
+            raise TsUnacceptable("the child vetter refused the CHILD_SA")
+        return chosen
 
     def _on_auth_response(self, payloads: tuple[w.Payload, ...], now: float) -> None:
         err = w.error_notify(payloads)
@@ -1172,8 +1249,8 @@ class IkeSa:
             raise IkeLocalError(f"IKE SA is {self.state.value}, not established")
 
     def _child_exchange(self, req: ChildRequest, rekeys: int) -> _Queued:
-        dh = c.DhPrivate(w.DhGroup(req.pfs_group)) if req.pfs_group else None
-        ctx = _ChildCtx(req, self.allocate_child_spi(), os.urandom(self.config.nonce_len), rekeys, dh)
+        dh = c.DhPrivate(w.DhGroup(req.pfs_group), self.config.entropy) if req.pfs_group else None
+        ctx = _ChildCtx(req, self.allocate_child_spi(), self._random(self.config.nonce_len), rekeys, dh)
         ours, theirs = neg.selector_to_ts(req.selector)
         inner: list[w.Payload] = []
         if rekeys:
@@ -1213,9 +1290,10 @@ class IkeSa:
                     [w.NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, b"", w.ProtocolId.ESP, rekey.spi)],
                 )
                 return
-        nr = os.urandom(self.config.nonce_len)
+        nr = self._random(self.config.nonce_len)
         try:
-            child, out, ke_out = self._answer_child(payloads, nonce.data, nr, pfs=True)
+            rekey_of = old.spi_in if old is not None else None
+            child, out, ke_out = self._answer_child(payloads, nonce.data, nr, pfs=True, rekey_of=rekey_of)
         except IkeExchangeError as e:
             notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
             data = struct.pack(">H", e.group) if isinstance(e, InvalidKePayload) else b""
@@ -1254,15 +1332,15 @@ class IkeSa:
                 raise NoProposalChosen("IKE rekey proposal without an 8-octet SPI")
             if ke is None or ke.group != suite.dh:
                 raise InvalidKePayload(f"KE for group {ke.group if ke else None}, chose {suite.dh}", suite.dh)
-            dh = c.DhPrivate(w.DhGroup(suite.dh))
+            dh = c.DhPrivate(w.DhGroup(suite.dh), self.config.entropy)
             shared = dh.shared_secret(ke.data)
         except IkeError as e:
             notify = e.notify or NotifyType.INVALID_SYNTAX
             data = struct.pack(">H", e.group) if isinstance(e, InvalidKePayload) else b""
             self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, [w.NotifyPayload(notify, data)])
             return
-        our_spi = _random_spi64()
-        nr = os.urandom(self.config.nonce_len)
+        our_spi = _random_spi64(self.config.entropy)
+        nr = self._random(self.config.nonce_len)
         reply: list[w.Payload] = [
             w.SaPayload(
                 (w.Proposal(answer.number, answer.protocol, our_spi.to_bytes(8, "big"), answer.transforms),)
@@ -1303,11 +1381,10 @@ class IkeSa:
         new._child_due, self._child_due = self._child_due, {}
         self._ike_due = None  # this SA is being replaced
         if self.config.ike_rekey_after is not None:
-            new._ike_due = now + _jittered(self.config.ike_rekey_after, self.config.rekey_jitter)
+            new._ike_due = now + self._jittered(self.config.ike_rekey_after, self.config.rekey_jitter)
         new._nonce_i, new._nonce_r = ni, nr
         new._peer_hashes = self._peer_hashes
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
-        new.allocate_child_spi = self.allocate_child_spi
         self.successor = new
         self._events.append(IkeSaRekeyed(self.ref, new.ref))
         return new
@@ -1368,7 +1445,7 @@ class IkeSa:
         after = self.config.ike_rekey_after
         if after is not None:
             # random, so that two ends whose rekeys crossed do not cross again
-            self._ike_due = now + _jittered(after * self.config.rekey_jitter, 0.5) + 1.0
+            self._ike_due = now + self._jittered(after * self.config.rekey_jitter, 0.5) + 1.0
 
     def _on_ike_rekey_response(
         self,
@@ -1443,10 +1520,11 @@ class IkeSa:
         self._request_done(now)
 
 
-def _jittered(after: float, jitter: float) -> float:
+def _jittered(after: float, jitter: float, entropy: c.Entropy | None = None) -> float:
     """``after`` shortened by a random fraction up to ``jitter``, so that two peers with the same
     lifetimes rarely rekey the same SA at the same moment (RFC 7296 §2.8)."""
-    return after * (1.0 - jitter * secrets.randbelow(1_000_001) / 1_000_000)
+    draw = secrets.randbelow(1_000_001) if entropy is None else int.from_bytes(entropy(4), "big") % 1_000_001
+    return after * (1.0 - jitter * draw / 1_000_000)
 
 
 def _reason(e: IkeError) -> FailureReason:
