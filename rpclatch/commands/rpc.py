@@ -21,7 +21,9 @@ from rpclatch.rpc.messages import AcceptStat
 
 if TYPE_CHECKING:
     from rpclatch.commands.common import StopSignals
-    from rpclatch.rpc.aio import RpcStreamClient, RpcUdpClient
+    from rpclatch.connect.kernel import KernelServerEndpoint
+    from rpclatch.rpc.aio import RpcServer, RpcStreamClient, RpcUdpClient
+    from rpclatch.rpc.server import RpcDispatcher
 
 T = TypeVar("T")
 
@@ -249,6 +251,12 @@ async def _ping(args: argparse.Namespace) -> int:
     from rpclatch.rpc.errors import RpcAcceptError
     from rpclatch.rpc.sec import client_auth_for_sec
 
+    if args.sec == SEC_AUTO:
+        return await _ping_auto(args)
+    if args.keyd is not None:
+        from rpclatch.cli import UserError
+
+        raise UserError("--keyd is the key manager for --sec auto: use them together")
     host, timeout, udp = args.host, args.timeout, args.udp
     prog = parse_program(args.prog)
     options: dict[str, Any] = {"host": host, "prog": prog}
@@ -301,6 +309,107 @@ async def _ping(args: argparse.Namespace) -> int:
     finally:
         await _destroy_gss(auth, client, prog, args.vers if args.vers is not None else 1)
         await client.close()
+
+
+#: ``rpc ping --sec auto``: BYPASS-OR-PROTECT (try IPsec through the key manager, latch, bind
+#: RPCSEC_GSS v2 to the latch, else fall back to krb5i/krb5p; :mod:`rpclatch.connect`).
+SEC_AUTO = "auto"
+#: ``rpc serve --ipsec``: the one policy offered.
+IPSEC_BYPASS_OR_PROTECT = "bypass-or-protect"
+
+
+def _keyd_path(given: str | None) -> Path:
+    """``--keyd`` or the socket ``rpclatch ipsec keyd`` listens on by default."""
+    from rpclatch.commands.ipsec import default_socket
+
+    return Path(given) if given else default_socket(None)
+
+
+def _numeric_host(host: str) -> str:
+    """HOST as an address (the latch names the exact 5-tuple)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CommandFailed(f"{host}: cannot resolve host name ({exc.strerror})") from exc
+    return str(infos[0][4][0])
+
+
+async def _ping_auto(args: argparse.Namespace) -> int:
+    """``--sec auto``: one connection under BYPASS-OR-PROTECT, procedure 0 of each version."""
+    import time
+
+    from rpclatch.cli import UserError
+    from rpclatch.connect import ConnectError, ConnectPolicy, FallbackService, ProtectedConnection
+    from rpclatch.connect.gss import RpcsecGssConnector
+    from rpclatch.connect.kernel import KernelClientWorld, KeydUnavailable
+    from rpclatch.gss.errors import RpcGssError
+    from rpclatch.gss.provider import GssapiProvider
+    from rpclatch.rpc.errors import RpcAcceptError, RpcError
+
+    if args.udp:
+        raise UserError("--sec auto latches a TCP connection: drop --udp")
+    host, timeout = args.host, args.timeout
+    prog = parse_program(args.prog)
+    target = _gss_only(args.target, "--target", ["krb5"]) if args.target is not None else f"nfs@{host}"
+    port = (
+        args.port
+        if args.port is not None
+        else await _lookup_port(host, prog, args.vers, False, timeout, _rpcbind_port(args.rpcbind_port))
+    )
+    keyd = _keyd_path(args.keyd)
+    world = KernelClientWorld(_numeric_host(host), keyd, rpc_timeout=timeout, connect_timeout=timeout)
+    try:
+        await world.start()
+    except KeydUnavailable as exc:
+        raise CommandFailed(f"--keyd {exc} (give the key manager's control socket with --keyd)") from exc
+    fallback = FallbackService(args.fallback)
+    policy = ConnectPolicy(port=port, fallback=fallback, ike_timeout=args.ike_timeout)
+    verbose = bool(getattr(args, "verbose", 0))
+    # the policy's steps are logged (rpclatch.connect.client: INFO with -v, warnings always)
+    pc = ProtectedConnection(
+        world, RpcsecGssConnector(GssapiProvider(), target, prog, args.vers or 1, fallback), policy
+    )
+    try:
+        t0 = time.monotonic()
+        try:
+            record = await pc.aconnect()
+        except RpcGssError as exc:
+            raise CommandFailed(gss_failure(host, exc, target, args.target is not None)) from exc
+        except (ConnectError, RpcError, OSError, TimeoutError) as exc:
+            raise CommandFailed(describe_error(host, exc, prog, args.vers, port, timeout)) from exc
+        elapsed = time.monotonic() - t0
+        if verbose:
+            print(
+                f"rpclatch: security: row ({record.latch_outcome.name}, {record.bind_outcome.name}) "
+                f"in {elapsed:.3f}s: {record.summary()}"
+                + (f"; IPsec: {record.protection_error}" if record.protection_error else ""),
+                file=sys.stderr,
+            )
+        if args.vers is not None:
+            versions: range = range(args.vers, args.vers + 1)
+        else:  # like rpcinfo, learn the range from PROG_MISMATCH
+            try:
+                await pc.acall(prog, 0, 0, b"")
+                versions = range(0, 1)
+            except RpcAcceptError as exc:
+                if exc.stat != AcceptStat.PROG_MISMATCH or exc.mismatch is None:
+                    raise CommandFailed(describe_error(host, exc, prog, 0, port, timeout)) from exc
+                versions = range(exc.mismatch[0], min(exc.mismatch[1], exc.mismatch[0] + 64) + 1)
+            except (ConnectError, RpcError, OSError) as exc:
+                raise CommandFailed(describe_error(host, exc, prog, 0, port, timeout)) from exc
+        failed = 0
+        for vers in versions:
+            try:
+                await pc.acall(prog, vers, 0, b"")
+                print(f"program {prog} version {vers} ready and waiting ({pc.security.gss_service.sec_name})")
+            except (ConnectError, RpcError, OSError) as exc:
+                failed += 1
+                line = describe_error(host, exc, prog, vers, port, timeout)
+                print(f"rpclatch: error: {line}", file=sys.stderr)
+        return 1 if failed else 0
+    finally:
+        await pc.aclose()
+        await world.close()
 
 
 async def _establish_gss(
@@ -421,6 +530,10 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     from rpclatch.rpc.server import RpcDispatcher
     from rpclatch.rpc.testprog import RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, add_test_program
 
+    if args.keyd is not None and args.ipsec is None:
+        from rpclatch.cli import UserError
+
+        raise UserError("--keyd is the key manager for --ipsec: use them together")
     tcp = args.tcp or not args.udp
     udp = args.udp or not args.tcp
     sec = args.sec or ["none", "sys"]
@@ -441,21 +554,25 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
         options["min_service"] = min(gss_services)
     dispatcher = RpcDispatcher(server_auths_for_sec(sec, **options))
     add_test_program(dispatcher)
-    server = RpcServer(
-        dispatcher,
-        max_connections=args.max_connections,
-        idle_timeout=args.idle_timeout,
-        write_timeout=args.write_timeout,
-    )
+    limits: dict[str, Any] = {
+        "max_connections": args.max_connections,
+        "idle_timeout": args.idle_timeout,
+        "write_timeout": args.write_timeout,
+    }
+    server: RpcServer | KernelServerEndpoint
     tcp_port = udp_port = None
-    try:
-        if tcp:
-            tcp_port = await server.listen_tcp(args.host, args.port)
-        if udp:
-            udp_port = await server.listen_udp(args.host, args.port if args.port else (tcp_port or 0))
-    except OSError as exc:
-        await server.close()
-        raise CommandFailed(f"{args.host}: cannot listen on port {args.port}: {exc.strerror}") from exc
+    if args.ipsec is not None:
+        server, tcp_port = await _serve_latched(args, dispatcher, limits)
+    else:
+        server = RpcServer(dispatcher, **limits)
+        try:
+            if tcp:
+                tcp_port = await server.listen_tcp(args.host, args.port)
+            if udp:
+                udp_port = await server.listen_udp(args.host, args.port if args.port else (tcp_port or 0))
+        except OSError as exc:
+            await server.close()
+            raise CommandFailed(f"{args.host}: cannot listen on port {args.port}: {exc.strerror}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -485,8 +602,11 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
                 ) from exc
         listeners = (("tcp", tcp_port), ("udp", udp_port))
         where = ", ".join(f"{name} {args.host}:{port}" for name, port in listeners if port is not None)
+        latched = (
+            f" under {args.ipsec} (key manager {_keyd_path(args.keyd)})" if args.ipsec is not None else ""
+        )
         print(
-            f"serving program {RPCLATCH_TEST_PROG} version {RPCLATCH_TEST_VERS} on {where}"
+            f"serving program {RPCLATCH_TEST_PROG} version {RPCLATCH_TEST_VERS} on {where}{latched}"
             f"{' (registered with rpcbind)' if registered else ''}; Ctrl-C stops",
             flush=True,
         )
@@ -502,6 +622,27 @@ async def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
                 print(f"rpclatch: warning: could not unregister from rpcbind: {exc}", file=sys.stderr)
     print("stopped", flush=True)
     return 0
+
+
+async def _serve_latched(
+    args: argparse.Namespace, dispatcher: RpcDispatcher, limits: dict[str, Any]
+) -> tuple[KernelServerEndpoint, int]:
+    """``--ipsec bypass-or-protect``: TCP only, a LISTENER latch on the 3-tuple, FIND_LATCH per
+    accepted connection (:class:`rpclatch.connect.kernel.KernelServerEndpoint`)."""
+    from rpclatch.cli import UserError
+    from rpclatch.connect.kernel import KernelServerEndpoint, KeydUnavailable
+
+    if args.udp:
+        raise UserError("--ipsec latches TCP connections: drop --udp")
+    keyd = _keyd_path(args.keyd)
+    endpoint = KernelServerEndpoint(dispatcher, keyd, **limits)
+    try:
+        port = await endpoint.start(args.host, args.port)
+    except KeydUnavailable as exc:
+        raise CommandFailed(f"--keyd {exc} (give the key manager's control socket with --keyd)") from exc
+    except OSError as exc:
+        raise CommandFailed(f"{args.host}: cannot listen on port {args.port}: {exc.strerror}") from exc
+    return endpoint, port
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -592,7 +733,27 @@ def register(subparsers: Any) -> None:
         default="none",
         metavar="FLAVOR",
         help="security flavor: none (default), sys, krb5, krb5i, krb5p (RPCSEC_GSS; "
-        "needs Kerberos credentials, e.g. from `rpclatch realm up`)",
+        "needs Kerberos credentials, e.g. from `rpclatch realm up`), or auto: "
+        "BYPASS-OR-PROTECT (IPsec through the key manager, RPCSEC_GSS v2 bound to the latch, "
+        "channel_prot; else --fallback)",
+    )
+    ping.add_argument(
+        "--keyd",
+        metavar="SOCKET",
+        help="the key manager's control socket for --sec auto (default: the one of `rpclatch ipsec keyd`)",
+    )
+    ping.add_argument(
+        "--fallback",
+        choices=("krb5i", "krb5p"),
+        default="krb5p",
+        help="--sec auto without a bound channel: this service (default krb5p)",
+    )
+    ping.add_argument(
+        "--ike-timeout",
+        type=_positive,
+        default=2.0,
+        metavar="SECONDS",
+        help="--sec auto: wait this long for the latch before connecting in the clear (default 2)",
     )
     ping.add_argument(
         "--target",
@@ -637,6 +798,17 @@ def register(subparsers: Any) -> None:
         help="RPCSEC_GSS requests one context may make before the client must "
         "refresh it (RFC 5403 §9 (a): bounds MIC-forging tries against "
         f"BIND_CHANNEL; default {DEFAULT_MAX_REQUESTS_PER_CONTEXT}, 0 = no cap)",
+    )
+    serve.add_argument(
+        "--ipsec",
+        choices=(IPSEC_BYPASS_OR_PROTECT,),
+        help="latch accepted TCP connections through the key manager (RFC 5660): a latched one's "
+        "channel is what RPCSEC_GSS v2 binds to, an unlatched one is served as is",
+    )
+    serve.add_argument(
+        "--keyd",
+        metavar="SOCKET",
+        help="the key manager's control socket for --ipsec (default: the one of `rpclatch ipsec keyd`)",
     )
     serve.add_argument("--max-connections", type=int, default=1024, help=argparse.SUPPRESS)
     serve.add_argument("--idle-timeout", type=_positive, default=300.0, help=argparse.SUPPRESS)
