@@ -92,7 +92,8 @@ class IkeConfig:
       (simulation); None = ``os.urandom`` / ``secrets``.
     * ``child_spi``: allocates our inbound CHILD_SA SPIs; a value outside 256..2^32-1 (RFC 4303
       §2.1 reserves 1..255) raises ValueError where it is used (from the call that needed the SPI:
-      ``create_child``, ``rekey_child``, ``receive_datagram``, ``handle_timer``). None = random.
+      ``initiate``, ``create_child``, ``rekey_child``, ``receive_datagram``, ``handle_timer``).
+      None = random.
     * ``child_vetter``: responder side, called with a :class:`ChildProposal` for every CHILD_SA a
       peer asks for (IKE_AUTH, CREATE_CHILD_SA, CHILD_SA rekey) after TS narrowing and the PAD's
       child-SA rules, before answering (RFC 5660 §2.3). It returns the selector to use (the

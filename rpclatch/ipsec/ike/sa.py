@@ -270,6 +270,7 @@ class IkeSa:
         sa.spi_i = _random_spi64(config.entropy)
         sa._nonce_i = sa._random(config.nonce_len)
         sa._child_request = child
+        sa._child_spi = sa.allocate_child_spi()  # now: a bad allocator fails this call, not a later one
         sa._dh = c.DhPrivate(w.DhGroup(config.ike_suites[0].dh), config.entropy)
         sa._send_init(now)
         return sa
@@ -953,7 +954,6 @@ class IkeSa:
             return
         req = self._child_request
         idi = self._id_payload(responder=False)
-        self._child_spi = self.allocate_child_spi()
         ours, theirs = neg.selector_to_ts(req.selector)
         auth = self._our_auth(idi)  # [CERT,] AUTH
         inner: list[w.Payload] = [idi, *auth[:-1], *self._certreq(), auth[-1]]

@@ -197,6 +197,13 @@ def test_child_spi_out_of_range_is_a_local_error(keys: Keys, make_pair: Maker, b
     assert p.a.datagrams_to_send(p.now) == [] and sa.state is IkeState.ESTABLISHED
 
 
+def test_child_spi_out_of_range_when_initiating(keys: Keys, make_pair: Maker) -> None:
+    p = _pair(keys, make_pair, {"child_spi": lambda: 255})
+    with pytest.raises(ValueError, match="RFC 4303"):
+        p.initiate()
+    assert not p.a.sas and p.a.datagrams_to_send(p.now) == [] and p.a.get_timer() is None
+
+
 def test_child_spi_out_of_range_on_the_responder(keys: Keys, make_pair: Maker) -> None:
     p = _pair(keys, make_pair, b_kw={"child_spi": lambda: 7})
     with pytest.raises(ValueError, match="RFC 4303"):
