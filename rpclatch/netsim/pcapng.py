@@ -1,10 +1,13 @@
-"""pcapng export of the simulated wire (draft-ietf-opsawg-pcapng) and tshark ESP key export.
+"""pcapng export of the simulated wire (draft-ietf-opsawg-pcapng) and tshark key export (ESP, IKEv2).
 
 One section, one interface per simulated segment, LINKTYPE_ETHERNET (1; frames from
 ``Hub.captured()``, with gratuitous ARP for address claims) or LINKTYPE_RAW (101: raw IPv4/IPv6),
 microsecond timestamps from the virtual clock. Packets may carry an ``opt_comment`` (e.g. "dropped by
 attacker"). ESP keys are exported as rows of Wireshark's ``esp_sa`` UAT so that
-``tshark -o esp.enable_encryption_decode:TRUE -o "uat:esp_sa:<row>"`` decrypts the capture.
+``tshark -o esp.enable_encryption_decode:TRUE -o "uat:esp_sa:<row>"`` decrypts the capture; the
+IKE SAs' keys as rows of its ``ikev2_decryption_table`` UAT, so that it decrypts the SK payloads
+of IKE_AUTH, CREATE_CHILD_SA and INFORMATIONAL (RFC 7296 §3.14). A capture's key files are written
+together by :func:`write_capture_keys`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from rpclatch.netsim.esp import EspKeys
 
@@ -122,6 +126,31 @@ def write_ikev2_decryption_table(path: Path | str, rows: Iterable[str]) -> None:
     :meth:`rpclatch.netsim.ikev2.SimIkeEndpoint.decryption_rows`), so Wireshark decrypts the
     capture's IKEv2 SK payloads (RFC 7296 §3.14)."""
     Path(path).write_text("".join(row + "\n" for row in rows))
+
+
+class IkeKeySource(Protocol):
+    """Whatever keyed IKE SAs and gives them as ``ikev2_decryption_table`` rows: a host's simulated
+    IKE daemon (``stack.ike``), or a bare :class:`rpclatch.netsim.ikev2.SimIkeEndpoint`."""
+
+    def decryption_rows(self) -> list[str]: ...
+
+
+def ikev2_decryption_rows(sources: Iterable[IkeKeySource]) -> list[str]:
+    """The rows of every source, each once and in first-seen order: both ends of an IKE SA know its
+    keys, so two hosts' daemons give the same row for it."""
+    return list(dict.fromkeys(row for source in sources for row in source.decryption_rows()))
+
+
+def write_capture_keys(
+    esp_sa_path: Path | str,
+    ikev2_path: Path | str,
+    sas: Iterable[EspSaExport],
+    ike: Iterable[IkeKeySource],
+) -> None:
+    """Write the two key files that go beside a capture: ``esp_sa`` (every ESP SA in ``sas``) and
+    ``ikev2_decryption_table`` (every IKE SA the daemons in ``ike`` keyed, each once)."""
+    write_esp_sa_uat(esp_sa_path, sas)
+    write_ikev2_decryption_table(ikev2_path, ikev2_decryption_rows(ike))
 
 
 def tshark_ikev2_options(rows: Iterable[str]) -> list[str]:
