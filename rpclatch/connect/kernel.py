@@ -246,6 +246,11 @@ class LatchReport:
         )
 
     @property
+    def bypass(self) -> bool:
+        """The key manager's BYPASS record for an unprotected accepted connection (RFC 5660 §3.1)."""
+        return self.qop.get("protocol") == "BYPASS"
+
+    @property
     def confidentiality(self) -> bool:
         """ESP encrypts (the key manager says so; absent means an ESP suite with a cipher, which
         is all it negotiates)."""
@@ -318,7 +323,7 @@ class KeydChannel(Channel):
 
 
 def channel_for(report: LatchReport) -> KeydChannel | None:
-    if report.channel_bindings is None or report.state is not LatchState.ESTABLISHED:
+    if report.bypass or report.channel_bindings is None or report.state is not LatchState.ESTABLISHED:
         return None
     protection = Protection.INTEGRITY | (
         Protection.CONFIDENTIALITY if report.confidentiality else Protection.NONE
@@ -600,9 +605,14 @@ class AcceptedConnection:
     transport: asyncio.BaseTransport | None = None
 
     @property
+    def bypass(self) -> bool:
+        """Not latched; the key manager holds a BYPASS record for the 5-tuple (RFC 5660 §3.1)."""
+        return self.report is not None and self.report.bypass
+
+    @property
     def latch_state(self) -> LatchState | None:
         if self.channel is None:
-            return None if self.latch is None else LatchState.ESTABLISHED
+            return None if self.latch is None or self.bypass else LatchState.ESTABLISHED
         return LatchState.ESTABLISHED if self.channel.is_up() else LatchState.BROKEN
 
 
@@ -720,9 +730,11 @@ class KernelServerEndpoint:
         log.info(
             "accepted %s: %s",
             text,
-            f"latched to {report.peer} ({report.describe_qop()})"
+            "not latched (the key manager holds a BYPASS record for it)"
+            if entry.bypass
+            else f"latched to {report.peer} ({report.describe_qop()})"
             if report is not None
-            else "not latched (BYPASS)",
+            else "not latched",
         )
         self._by_peer[(str(remote[0]), int(remote[1]))] = entry
         conn.setblocking(False)

@@ -6,7 +6,11 @@ runs the same flow over kernel ESP), real TCP sockets and a real KDC.
 What is checked is what happened at both ends: the client's security record (policy row), the
 server's FIND_LATCH result and the channel the RPCSEC_GSS server bound to, channel_prot calls
 answered, an ALERT BROKEN resetting the connection and the next call re-latching and re-binding,
-and the fallback when the server has no key manager.
+and the fallback when the server has no key manager. The key manager's side of optional
+protection (RFC 5660 §3.1, §2.3): an accepted connection that FIND_LATCH finds unprotected gets a
+BYPASS record for its 5-tuple, and a CHILD_SA proposed later for exactly that 5-tuple is refused
+as a conflict (another 5-tuple is not); released latches and BYPASS records are held
+TIME_WAIT-like, the initiator's SAs staying installed until the hold ends.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from rpclatch.connect.kernel import (
     KernelServerEndpoint,
     KeydChannel,
     KeydControl,
+    KeydRefused,
     KeydUnavailable,
 )
 from rpclatch.gss.provider import GssapiProvider
@@ -44,6 +49,7 @@ from rpclatch.gss.wire import Service
 from rpclatch.ipsec.backend import InProcessBackend
 from rpclatch.ipsec.ike.config import Credentials, IkeConfig
 from rpclatch.ipsec.keyd.daemon import KeydDaemon
+from rpclatch.ipsec.keyd.protocol import ErrorCode
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import AddressRange, AuthMethod, IPAddress, IpProto, Selector
 from rpclatch.ipsec.pad import ChildSaAuthorization, PadEntry, PeerAuthorizationDatabase, PublicKeyPattern
@@ -245,5 +251,102 @@ def test_a_reset_link_raises_connection_reset(realm: ThrowawayRealm, tmp_path: P
         with pytest.raises(ConnectionReset):
             await link.call(None, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, 0, b"")  # type: ignore[arg-type]
         await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
+async def _latch(lab: Lab, local_port: int) -> dict[str, object]:
+    """CREATE_CONNECTION_LATCH on the client's keyd for 127.0.0.1:local_port -> the server."""
+    assert lab.world is not None and lab.world.control is not None
+    return await lab.world.control.request(
+        "CREATE_CONNECTION_LATCH",
+        wait=10,
+        timeout=5,
+        local_addr=str(A_ADDR),
+        local_port=local_port,
+        remote_addr=str(B_ADDR),
+        remote_port=lab.port,
+    )
+
+
+async def _accepted(lab: Lab, count: int) -> None:
+    assert lab.endpoint is not None
+    for _ in range(200):
+        if len(lab.endpoint.accepted) >= count and all(a.info is not None for a in lab.endpoint.accepted):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the server accepted {len(lab.endpoint.accepted)} connections, not {count}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((str(A_ADDR), 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unprotected_accept_gets_a_bypass_record_that_refuses_a_later_sa(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    async def body(lab: Lab) -> None:
+        assert lab.world is not None and lab.endpoint is not None and lab.b is not None
+        await lab.world.start()
+        link = await lab.world.open(lab.port, protect=False, btns_ok=True, ike_timeout=1)
+        await _accepted(lab, 1)
+        (accepted,) = lab.endpoint.accepted
+        assert accepted.bypass and accepted.latch is not None and accepted.channel is None
+        assert accepted.latch_state is None  # not latched: no channel for RPCSEC_GSS
+        status = lab.b.service.status()
+        assert [row["peer"] for row in status["latches"] if row["state"] == "ESTABLISHED"] == ["BYPASS"]
+        sport = int(link.five_tuple.split(":")[1].split(" ")[0])
+        # a CHILD_SA for exactly that 5-tuple conflicts with the BYPASS record: refused
+        with pytest.raises(KeydRefused) as refused:
+            await _latch(lab, sport)
+        assert refused.value.code is ErrorCode.POLICY_REFUSED
+        assert not lab.b.endpoint.installed
+        # another 5-tuple is protected as usual
+        other = await _latch(lab, _free_port())
+        assert other["ok"] is True
+        assert len(lab.b.endpoint.installed) == 1
+        # the BYPASS record is held after the connection closes, and forgotten after the hold
+        now = [0.0]
+        lab.b.service.clock = lambda: now[0]
+        link.close()
+        for _ in range(200):
+            if not [row for row in lab.b.service.status()["latches"] if row["peer"] == "BYPASS"]:
+                break
+            await asyncio.sleep(0.01)
+        assert [h["bypass"] for h in lab.b.service.status()["held"]] == [True]
+        with pytest.raises(KeydRefused):
+            await _latch(lab, sport)
+        now[0] += lab.b.service.hold + 1
+        assert lab.b.service.status()["held"] == []
+        again = await _latch(lab, sport)
+        assert again["ok"] is True
+
+    run(realm, tmp_path, body)
+
+
+def test_a_released_latch_keeps_its_sas_for_the_hold(realm: ThrowawayRealm, tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None and lab.b is not None
+        lab.a.service.hold = 0.5
+        pc = lab.connection()
+        await pc.aconnect()
+        link = pc.link
+        assert isinstance(link, KernelLink)
+        await pc.aclose()  # closes the socket and releases the latch
+        # released, but held: the client's SAs (and the IKE SA) stay for the FIN exchange
+        for _ in range(100):
+            if lab.a.service.status()["held"]:
+                break
+            await asyncio.sleep(0.01)
+        assert lab.a.service.status()["held"], "the released latch is not held"
+        assert lab.a.endpoint.installed and lab.a.endpoint.dispatcher.sas
+        # then the IKE SA is deleted with its peer, and the SAs go at both ends
+        for _ in range(500):
+            if not lab.a.endpoint.installed and not lab.b.endpoint.installed:
+                break
+            await asyncio.sleep(0.01)
+        assert not lab.a.endpoint.installed and not lab.b.endpoint.installed
 
     run(realm, tmp_path, body)

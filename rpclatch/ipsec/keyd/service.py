@@ -6,14 +6,25 @@ installs the negotiated SAs and per-flow policies in its backend (XFRM on a real
 latch is ESTABLISHED when the CHILD_SA is, and BROKEN when that CHILD_SA or its IKE SA goes away
 (RFC 5660 §2.3). FIND_LATCH finds the installed CHILD_SA that a peer negotiated for an accepted
 connection. Results reach the core through the three callbacks of :class:`LatchEvents`.
+
+Optional protection (RFC 5660 §3.1, BYPASS-OR-PROTECT): an accepted connection under a LISTENER
+latch that FIND_LATCH finds unprotected gets a BYPASS latch for its exact 5-tuple (INQUIRE_LATCH
+answers ``qop.protocol`` ``BYPASS``). While it lives, and for :attr:`IkeLatchService.hold`
+seconds after it is released, a CHILD_SA a peer proposes for that 5-tuple is a conflict and is
+refused (RFC 5660 §2.3): the one place is :meth:`IkeLatchService.vet_child`, the responder's
+child acceptance (``IkeConfig.child_vetter``). A released latch is held TIME_WAIT-like the same
+way: its SAs and kernel policies stay until the hold ends (so the connection's FIN exchange still
+travels in ESP), and a CHILD_SA for its 5-tuple from another peer is refused meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +33,7 @@ from rpclatch.ipsec.channel_binding import encode_binding_data
 from rpclatch.ipsec.ike.config import ChildRequest, Endpoint
 from rpclatch.ipsec.ike.errors import IkeError
 from rpclatch.ipsec.ike.events import (
+    ChildProposal,
     ChildSa,
     ChildSaDeleted,
     ChildSaEstablished,
@@ -49,6 +61,8 @@ from rpclatch.ipsec.model import (
 log = logging.getLogger(__name__)
 
 IKE_PORT = 500
+#: Seconds a released latch (and a BYPASS record) is held, TIME_WAIT-like (see the module docstring).
+DEFAULT_HOLD = 2.0
 
 
 @dataclass(slots=True)
@@ -70,6 +84,18 @@ class _Latch:
     child: ChildSa | None = None
     peer_spki: bytes | None = None
     task: asyncio.Task[None] | None = None
+    #: an unprotected accepted connection's BYPASS record (RFC 5660 §3.1)
+    bypass: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A released latch's 5-tuple, held until ``until`` (TIME_WAIT-like)."""
+
+    flow: FiveTuple
+    bypass: bool
+    peer_spki: bytes | None
+    until: float
 
 
 _FAILURE_CODES = {
@@ -88,19 +114,69 @@ class IkeLatchService:
         *,
         local_spki: bytes | None,
         peer_endpoint: Callable[[IPAddress], Endpoint] = lambda addr: (addr, IKE_PORT),
+        hold: float = DEFAULT_HOLD,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoint = endpoint
         self.events = events
         self.local_spki = local_spki
         self.peer_endpoint = peer_endpoint
+        self.hold = hold
+        self.clock = clock
         self._ids = itertools.count(1)
         self.latches: dict[int, _Latch] = {}
+        self.held: list[_Held] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+        # the responder's child acceptance asks vet_child (composed with a vetter already set)
+        config = endpoint.dispatcher.config
+        previous = config.child_vetter
+
+        def vetter(proposal: ChildProposal) -> Selector | None:
+            chosen = self.vet_child(proposal)
+            return chosen if chosen is None or previous is None else previous(proposal)
+
+        endpoint.dispatcher.config = dataclasses.replace(config, child_vetter=vetter)
 
     def close(self) -> None:
         for latch in self.latches.values():
             if latch.task is not None:
                 latch.task.cancel()
         self.latches.clear()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self.held.clear()
+
+    # ------------------------------------------------------------------ conflicts (RFC 5660 §2.3)
+
+    def _prune(self) -> None:
+        now = self.clock()
+        self.held = [h for h in self.held if h.until > now]
+
+    def vet_child(self, proposal: ChildProposal) -> Selector | None:
+        """``IkeConfig.child_vetter``: refuse (None) a new CHILD_SA whose selector covers the
+        5-tuple of a BYPASS record (live or held) or of a held latch of another peer; else keep
+        the proposal's selector. Rekeys of our own CHILD_SAs pass."""
+        if proposal.rekey_of is not None:
+            return proposal.selector
+        self._prune()
+        spki = proposal.peer.spki_der if isinstance(proposal.peer, RawPublicKeyPeer) else None
+        records: list[tuple[FiveTuple | None, bool, bytes | None]] = [
+            (latch.flow, True, None) for latch in self.latches.values() if latch.bypass
+        ]
+        records += [(h.flow, h.bypass, h.peer_spki) for h in self.held]
+        for flow, bypass, peer_spki in records:
+            if flow is None or not proposal.selector.matches(flow):
+                continue
+            if bypass or peer_spki != spki:
+                log.warning(
+                    "CHILD_SA for %s refused: conflicts with the %s of %s (RFC 5660 §2.3)",
+                    proposal.selector,
+                    "BYPASS record" if bypass else "held latch of another peer",
+                    flow,
+                )
+                return None
+        return proposal.selector
 
     # ------------------------------------------------------------------ LatchService
 
@@ -128,6 +204,8 @@ class IkeLatchService:
         return handle
 
     def find(self, flow: FiveTuple) -> int | None:
+        """The latch of the CHILD_SA negotiated for ``flow``; for an unprotected ``flow`` under a
+        LISTENER latch, a new BYPASS latch (RFC 5660 §3.1); else None."""
         for handle, latch in self.latches.items():
             if latch.flow == flow and latch.state == "ESTABLISHED":
                 return handle
@@ -141,15 +219,26 @@ class IkeLatchService:
                 self.latches[handle] = latch
                 latch.task = asyncio.ensure_future(self._watch(handle, latch))
                 return handle
+        if any(_listens(latch.listener, flow) for latch in self.latches.values()):
+            handle = next(self._ids)
+            self.latches[handle] = _Latch(flow, None, initiator=False, state="ESTABLISHED", bypass=True)
+            return handle
         return None
 
     def inquire(self, latch: int) -> LatchInfo | None:
         state = self.latches.get(latch)
         if state is None:
             return None
-        qop: dict[str, str] = {}
-        if state.child is not None:
-            qop = {"suite": str(state.child.suite), "mode": str(state.child.mode.name)}
+        qop: dict[str, Any] = {}
+        if state.bypass:
+            qop = {"protocol": "BYPASS"}
+        elif state.child is not None:
+            qop = {
+                "protocol": "ESP",
+                "suite": str(state.child.suite),
+                "mode": str(state.child.mode.name),
+                "confidentiality": state.child.suite.encryption is not None,
+            }
         bindings = None
         if state.peer_spki and self.local_spki and state.state == "ESTABLISHED":
             client, server = (
@@ -159,16 +248,39 @@ class IkeLatchService:
         return LatchInfo(state.state, state.flow, state.peer_spki, qop, bindings)
 
     def release(self, latch: int) -> None:
+        """Forget the latch; an ESTABLISHED one is held for :attr:`hold` seconds first (its
+        5-tuple stays a conflict, and the IKE SA we initiated for it -- with its kernel SAs and
+        policies -- is deleted only when the hold ends)."""
         state = self.latches.pop(latch, None)
         if state is None:
             return
         if state.task is not None:
             state.task.cancel()
+        established = state.state == "ESTABLISHED"
+        if established and state.flow is not None and self.hold > 0:
+            self.held.append(_Held(state.flow, state.bypass, state.peer_spki, self.clock() + self.hold))
         if state.initiator and state.ike_sa is not None:
-            sa = self._sa(state.ike_sa)
-            if sa is not None:
-                with contextlib.suppress(IkeError):
-                    self.endpoint.delete(sa)
+            ref = state.ike_sa
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if established and self.hold > 0 and loop is not None:
+
+                def later() -> None:
+                    self._timers.discard(timer)
+                    self._delete(ref)
+
+                timer = loop.call_later(self.hold, later)
+                self._timers.add(timer)
+            else:
+                self._delete(ref)
+
+    def _delete(self, ref: IkeSaRef) -> None:
+        sa = self._sa(ref)
+        if sa is not None:
+            with contextlib.suppress(IkeError):
+                self.endpoint.delete(sa)
 
     def status(self) -> dict[str, Any]:
         ike = [
@@ -189,11 +301,21 @@ class IkeLatchService:
                 "latch": handle,
                 "state": latch.state,
                 "flow": "-" if latch.flow is None else str(latch.flow),
-                "peer": "-" if latch.peer_spki is None else spki_fingerprint(latch.peer_spki)[:16],
+                "peer": "BYPASS"
+                if latch.bypass
+                else "-"
+                if latch.peer_spki is None
+                else spki_fingerprint(latch.peer_spki)[:16],
             }
             for handle, latch in sorted(self.latches.items())
         ]
-        return {"ike_sas": ike, "child_sas": children, "latches": latches}
+        self._prune()
+        now = self.clock()
+        held = [
+            {"flow": str(h.flow), "bypass": h.bypass, "seconds_left": round(h.until - now, 3)}
+            for h in self.held
+        ]
+        return {"ike_sas": ike, "child_sas": children, "latches": latches, "held": held}
 
     # ------------------------------------------------------------------ IKE events
 
@@ -273,3 +395,13 @@ class IkeLatchService:
             break
         latch.state = "BROKEN"
         self.events.broken(handle, type(event).__name__)
+
+
+def _listens(listener: Listener | None, flow: FiveTuple) -> bool:
+    """``flow`` (local-oriented) arrived on ``listener``'s 3-tuple (RFC 5660 §5.1)."""
+    return (
+        listener is not None
+        and listener.proto == flow.proto
+        and listener.local_port == flow.local_port
+        and (listener.local_addr is None or listener.local_addr == flow.local_addr)
+    )
