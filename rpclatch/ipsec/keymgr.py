@@ -172,6 +172,13 @@ class StaticKeyManager(KeyManager, SaRequester):
     # -- SAs ---------------------------------------------------------------------------------
 
     def install_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
+        vetted = self.vet_sa(sa, now)
+        return None if vetted is None else self.commit_sa(vetted, now)
+
+    def vet_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
+        """Steps 1 and 2 of :meth:`install_sa` without installing (an IKE responder vets a CHILD_SA
+        before answering, RFC 5660 §2.3): the SA to install with :meth:`commit_sa` (ids assigned,
+        possibly narrowed), or None. Conflicting latches are broken and alerted here."""
         match = self.pad.authorize(sa.peer)
         self.pad.check_child_sa(match, sa.remote_addr, sa.traffic_selectors)
         changes: dict[str, object] = {"btns": match.btns}
@@ -189,6 +196,10 @@ class StaticKeyManager(KeyManager, SaRequester):
             if vetted is None:
                 return None
             sa = vetted
+        return sa
+
+    def commit_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation:
+        """Steps 3 and 4 of :meth:`install_sa` for an SA :meth:`vet_sa` returned."""
         self.sad.add(sa)
         self.backend.install_sa(sa)
         self.latches.sa_installed(sa, now)

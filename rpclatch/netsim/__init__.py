@@ -7,8 +7,8 @@ decodes and decrypts.
 
 Start at :class:`network.SimNetwork`: it makes hosts (:class:`host.Host`: ``listen``, ``connect``,
 ``udp_bind``) and attackers (:class:`attacker.Attacker`), gives a host IPsec
-(``enable_ipsec`` -> :class:`stack.IpsecStack`, with the host's IKE daemon :class:`ike.SikeDaemon`
-and the engine's key manager on it, :class:`keying.SikeKeyManager`), runs the clock and exports
+(``enable_ipsec`` -> :class:`stack.IpsecStack`, with the host's IKEv2 daemon :class:`ike.SimIkeDaemon`
+and the engine's key manager on it, :class:`keying.IkeKeyManager`), runs the clock and exports
 the capture. :mod:`rpc` runs ONC RPC over the simulated streams (:mod:`stream`).
 :mod:`rpclatch.netsim.testing` holds what only tests and benchmarks use: a two-host lab, named
 latching scenarios and wire oracles.

@@ -1,34 +1,45 @@
-"""Credentials of simulated hosts: Ed25519 keys (BTNS raw keys), a tiny CA, NULL auth.
+"""Credentials of simulated hosts: Ed25519 keys (BTNS raw keys), X.509 from a small CA, NULL auth.
 
-Keys are derived from the network's seeded RNG, so every run has the same keys and SPKIs. A
-"certificate" here is an XDR structure {subject DN, SPKI DER, issuer name, Ed25519 signature of
-the issuer}: enough to model RFC 4301 §4.4.3 trust anchors and the RFC 5660 §2.3.2 example
-("any cert issued by CA X may claim 192.0.2/24") without X.509 machinery.
+Keys come from the network's seeded RNG, so every run has the same keys, SPKIs and certificates.
+A :class:`SimCA` is a self-signed Ed25519 CA that issues real X.509 end-entity certificates
+(cryptography's builder, fixed validity dates) and is a trust anchor of the IKEv2 core
+(:attr:`SimCA.anchor`, RFC 4301 §4.4.3): enough to model RFC 5660 §2.3.2's example ("any cert
+issued by CA X may claim 192.0.2/24"). :class:`Credentials` is what a host authenticates with,
+mapped onto the core's :class:`rpclatch.ipsec.ike.Credentials` (:attr:`Credentials.ike`).
+
+A certificate's subject is ``CN=<name>`` plus, unless the name is a DN itself (it contains
+``=``), a DNS subjectAltName: the IKE ID a host asserts with it is then ID_FQDN, else the DN
+(RFC 4945 §3.1: the ID must be backed by the certificate).
 """
 
 from __future__ import annotations
 
+import enum
 import random
-from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from cryptography.exceptions import InvalidSignature
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+from cryptography.x509.oid import NameOID
 
-from rpclatch.ipsec.model import (
-    AuthMethod,
-    CertificatePeer,
-    IdType,
-    IkeId,
-    IkeSaRef,
-    LocalIdentity,
-    NullAuthPeer,
-    PeerIdentity,
-    RawPublicKeyPeer,
-)
-from rpclatch.netsim.errors import SimWireError
-from rpclatch.netsim.ike_wire import AuthKind, WireIdentity
-from rpclatch.xdr import Decoder, Encoder, XdrError
+from rpclatch.ipsec import ike
+from rpclatch.ipsec.ike import TrustAnchor
+from rpclatch.ipsec.model import AuthMethod, IdType, IkeId, LocalIdentity
+
+#: every certificate of the simulation is valid in this period (the simulated clock starts at
+#: :data:`SIM_EPOCH`, see :func:`certificate_time`)
+NOT_BEFORE = datetime(2026, 1, 1, tzinfo=UTC)
+NOT_AFTER = datetime(2036, 1, 1, tzinfo=UTC)
+SIM_EPOCH = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+class AuthKind(enum.Enum):
+    """How a host authenticates in IKE_AUTH: NULL (RFC 7619), raw key (RFC 7670), certificate."""
+
+    NULL = "null"
+    RAW_KEY = "raw-key"
+    CERT = "cert"
 
 
 def spki_of(key: Ed25519PrivateKey) -> bytes:
@@ -39,65 +50,75 @@ def new_key(rng: random.Random) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
 
 
-@dataclass(frozen=True, slots=True)
-class SimCertificate:
-    subject: str
-    spki: bytes
-    issuer: str
-    signature: bytes
-
-    def tbs(self) -> bytes:
-        return Encoder().string(self.subject, 256).opaque(self.spki, 512).string(self.issuer, 64).to_bytes()
-
-    def encode(self) -> bytes:
-        return self.tbs() + Encoder().opaque(self.signature, 128).to_bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> SimCertificate:
-        try:
-            dec = Decoder(data)
-            cert = cls(dec.string(256), dec.opaque(512), dec.string(64), dec.opaque(128))
-            dec.done()
-            return cert
-        except XdrError as exc:
-            raise SimWireError(f"bad certificate: {exc}") from exc
+def cert_ike_id(subject: str) -> IkeId:
+    """The IKE ID a certificate subject asserts: a DN if it has ``=``, else a DNS name (FQDN).
+    A DN is given in the RFC 4514 form cryptography writes (how the core reports a DN peer)."""
+    if "=" in subject:
+        return IkeId.dn(x509.Name.from_rfc4514_string(subject).rfc4514_string())
+    return IkeId.fqdn(subject)
 
 
 class SimCA:
-    """A certification authority (trust anchor) of the simulation."""
+    """A certification authority of the simulation: a self-signed Ed25519 CA certificate named
+    ``CN=<name>`` whose key comes from ``rng``; :attr:`anchor` is the core's trust anchor for it
+    (PAD entries name it by ``name``)."""
 
     def __init__(self, name: str, rng: random.Random) -> None:
         self.name = name
         self._key = new_key(rng)
-        self.public_key = self._key.public_key()
+        self.public_key: Ed25519PublicKey = self._key.public_key()
+        self._issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self._serial = 1
+        ca = (
+            self._builder(self._issuer, self.public_key)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self._key, None)
+        )
+        self.certificate_der = ca.public_bytes(Encoding.DER)
+        self.anchor = TrustAnchor(name, self.certificate_der)
 
-    def issue(self, subject: str, spki: bytes) -> SimCertificate:
-        unsigned = SimCertificate(subject, spki, self.name, b"")
-        return SimCertificate(subject, spki, self.name, self._key.sign(unsigned.tbs()))
+    def _builder(self, subject: x509.Name, key: Ed25519PublicKey) -> x509.CertificateBuilder:
+        serial, self._serial = self._serial, self._serial + 1
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self._issuer)
+            .public_key(key)
+            .serial_number(serial)
+            .not_valid_before(NOT_BEFORE)
+            .not_valid_after(NOT_AFTER)
+        )
 
-    def verify(self, cert: SimCertificate) -> bool:
-        if cert.issuer != self.name:
-            return False
-        try:
-            self.public_key.verify(cert.signature, cert.tbs())
-        except InvalidSignature:
-            return False
-        return True
+    def issue(self, subject: str, spki: bytes) -> bytes:
+        """DER of an end-entity certificate for the Ed25519 key ``spki`` (see the module docstring
+        for how ``subject`` becomes the subject and subjectAltName)."""
+        key = load_der_public_key(spki)
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("the simulation's certificates are for Ed25519 keys")
+        if "=" in subject:
+            builder = self._builder(x509.Name.from_rfc4514_string(subject), key)
+        else:
+            builder = self._builder(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]), key
+            ).add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+        return builder.sign(self._key, None).public_bytes(Encoding.DER)
 
 
 class Credentials:
-    """What a host authenticates with in SIKE: NULL auth, a raw key (BTNS) or a CA-issued cert."""
+    """What a host authenticates with in IKE: NULL auth, a raw key (BTNS) or a CA-issued
+    certificate (its DER in ``cert``, its name in ``name``); :attr:`ike` is the same for the core."""
 
     def __init__(
-        self, kind: AuthKind, key: Ed25519PrivateKey, cert: SimCertificate | None = None, name: str = ""
+        self, kind: AuthKind, key: Ed25519PrivateKey, cert: bytes | None = None, name: str = ""
     ) -> None:
-        if kind is AuthKind.CERT and cert is None:
-            raise ValueError("certificate credentials need a certificate")
+        if kind is AuthKind.CERT and (cert is None or not name):
+            raise ValueError("certificate credentials need a certificate and its subject name")
         self.kind = kind
         self.key = key
         self.cert = cert
         self.name = name
         self.spki = spki_of(key)
+        self.ike = self._core()
 
     @classmethod
     def raw_key(cls, rng: random.Random) -> Credentials:
@@ -112,60 +133,28 @@ class Credentials:
         key = new_key(rng)
         return cls(AuthKind.CERT, key, ca.issue(subject, spki_of(key)), subject)
 
-    def wire(self) -> WireIdentity:
+    def _core(self) -> ike.Credentials:
         if self.kind is AuthKind.NULL:
-            return WireIdentity(AuthKind.NULL)
+            return ike.Credentials.null()
         if self.kind is AuthKind.RAW_KEY:
-            return WireIdentity(AuthKind.RAW_KEY, b"", self.spki)
+            return ike.Credentials.raw_key(self.key)
         assert self.cert is not None
-        cert = self.cert
-        return WireIdentity(AuthKind.CERT, self.name.encode(), self.spki, cert.encode(), cert.issuer)
-
-    def sign(self, data: bytes) -> bytes:
-        return b"" if self.kind is AuthKind.NULL else self.key.sign(data)
+        ike_id = cert_ike_id(self.name)
+        if ike_id.id_type == IdType.ID_DER_ASN1_DN:  # on the wire a DN is DER (RFC 7296 §3.5)
+            ike_id = IkeId(
+                IdType.ID_DER_ASN1_DN, x509.load_der_x509_certificate(self.cert).subject.public_bytes()
+            )
+        return ike.Credentials.with_certificate(self.key, self.cert, ike_id)
 
     def local_identity(self) -> LocalIdentity:
+        """The RFC 5660 §2 local identity these credentials assert (as the peer will see it)."""
         if self.kind is AuthKind.NULL:
-            return LocalIdentity(IkeId(IdType.ID_NULL), AuthMethod.NULL, None)
+            return LocalIdentity(self.ike.ike_id, AuthMethod.NULL, None)
         if self.kind is AuthKind.RAW_KEY:
-            return LocalIdentity(IkeId(IdType.ID_NULL), AuthMethod.RAW_PUBLIC_KEY, self.spki)
+            return LocalIdentity(self.ike.ike_id, AuthMethod.RAW_PUBLIC_KEY, self.spki)
         return LocalIdentity(cert_ike_id(self.name), AuthMethod.CERTIFICATE, self.spki)
 
 
-class AuthFailure(Exception):
-    """The peer's SIKE authentication does not verify."""
-
-
-def verify_peer(
-    ident: WireIdentity, signature: bytes, signed: bytes, ike_sa: IkeSaRef, anchors: dict[str, SimCA]
-) -> PeerIdentity:
-    """Check a peer's signature (and certificate) and return its RFC 5660 peer identity."""
-    if ident.kind is AuthKind.NULL:
-        if signature:
-            raise AuthFailure("NULL auth with a signature")
-        return NullAuthPeer(ike_sa, ident.id_data)
-    try:
-        pub = load_der_public_key(ident.spki)
-    except ValueError as exc:
-        raise AuthFailure(f"bad SPKI: {exc}") from exc
-    if not isinstance(pub, Ed25519PublicKey):
-        raise AuthFailure("only Ed25519 keys are supported")
-    try:
-        pub.verify(signature, signed)
-    except InvalidSignature as exc:
-        raise AuthFailure("signature does not verify") from exc
-    if ident.kind is AuthKind.RAW_KEY:
-        return RawPublicKeyPeer(ident.spki, IkeId(IdType.ID_NULL))
-    try:
-        cert = SimCertificate.decode(ident.cert)
-    except SimWireError as exc:
-        raise AuthFailure(str(exc)) from exc
-    ca = anchors.get(cert.issuer)
-    if ca is None or not ca.verify(cert) or cert.spki != ident.spki or cert.subject.encode() != ident.id_data:
-        raise AuthFailure(f"certificate for {cert.subject!r} does not validate to a trust anchor")
-    return CertificatePeer(cert_ike_id(cert.subject), ident.cert, ident.spki, ca.name)
-
-
-def cert_ike_id(subject: str) -> IkeId:
-    """The IKE ID a certificate subject asserts: a DN if it has ``=``, else a DNS name (FQDN)."""
-    return IkeId.dn(subject) if "=" in subject else IkeId.fqdn(subject)
+def certificate_time(now: float) -> datetime:
+    """The wall-clock time of simulated second ``now``, for certificate validity checks."""
+    return datetime.fromtimestamp(SIM_EPOCH.timestamp() + now, UTC)

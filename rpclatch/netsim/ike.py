@@ -1,16 +1,33 @@
-"""The simulation's IKE daemon: a miniature IKE ("SIKE") per host, :class:`SikeDaemon`.
+"""The simulation's IKE daemon: the real IKEv2 core (:mod:`rpclatch.ipsec.ike`) on each host's
+UDP 500, as the engine's key manager, :class:`SimIkeDaemon`.
 
 It plays the key-manager role of RFC 5660 §2.3: the latch database asks it for child SAs
-(:meth:`SikeDaemon.request_sa`, an ACQUIRE), and it reports results back through the engine
+(:meth:`SimIkeDaemon.request_sa`, an ACQUIRE), and it reports results back through the engine
 (SA installed -> LARVAL latches become ESTABLISHED; failure/timeout -> LARVAL latches CLOSE and the
-ULP is told "not latched"). As a responder it authorizes peers and their traffic selectors with
-the host's PAD (RFC 4301 §4.4.3.4) and lets the latch database vet every child SA before it is
-installed (RFC 5660 §2.3: narrow, or break the latch and ALERT first).
+ULP is told "not latched"). Every exchange is IKEv2 (RFC 7296) on the simulated wire, one
+:class:`~rpclatch.netsim.ikev2.SimIkeEndpoint` per local address the host uses:
 
-The exchange is real cryptography: X25519 key agreement, HKDF-SHA256 key derivation (RFC 4106
-key || salt per direction), Ed25519 signatures over the transcript (raw keys / simulated
-certificates) or none (NULL auth, RFC 7619). ``mode`` simulates the daemon being present, absent
-(requests vanish -> initiator timeout), refusing, or slow.
+* ACQUIRE -> a new IKE SA (IKE_SA_INIT, IKE_AUTH with the first CHILD_SA) proposing the flow's
+  exact selector (RFC 5660 §2.1) or host-to-host, ESP AES-GCM-16 of the wanted key size;
+  INITIAL_CONTACT (§2.4) to a peer not contacted since the daemon (re)started.
+* The core authenticates the peer (raw key, X.509 issued by one of ``anchors``, NULL) and
+  authorizes it and its selectors with the host's PAD (RFC 4301 §4.4.3.4, RFC 5386 §2).
+* Responder: after the core's narrowing and PAD checks, the latch database vets the child SA
+  *before the answer is sent* (the core's ``child_vetter`` hook): it narrows it around latches,
+  or breaks them and ALERTs first (RFC 5660 §2.3); nothing left -> TS_UNACCEPTABLE. The vetted SA
+  is installed when the core reports it established. The core answers one traffic-selector pair,
+  so an SA the latch database narrowed into several pieces is answered with the first piece
+  (RFC 7296 §2.9 lets the responder choose any subset).
+* Initiator: the established CHILD_SA is installed through the engine (PAD, latch vetting); if
+  the engine refuses it, it is deleted with an INFORMATIONAL Delete and the ACQUIRE fails.
+* A deleted CHILD_SA or IKE SA leaves the SAD; an established IKE SA whose request goes
+  unanswered (retransmissions exhausted, or ``max_misses`` DPD rounds) means the peer is dead
+  (RFC 5660 §2: its latches break irremediably).
+
+``mode`` simulates the daemon being present, absent (datagrams vanish -> initiators time out),
+refusing (every new IKE_SA_INIT gets NO_PROPOSAL_CHOSEN) or slow (datagrams reach it after
+``slow_delay`` seconds). All randomness (SPIs, nonces, key shares) comes from the network's
+seeded RNG, so a run is reproducible byte for byte.
 """
 
 from __future__ import annotations
@@ -21,11 +38,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from rpclatch.ipsec.errors import IPsecRemoteError
+from rpclatch.ipsec.ike import (
+    ChildProposal,
+    ChildRequest,
+    ChildSa,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    FailureReason,
+    IkeConfig,
+    IkeEvent,
+    IkeSa,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+    IkeState,
+)
+from rpclatch.ipsec.ike.wire import notify_name
 from rpclatch.ipsec.model import (
     AES_GCM_128,
     AES_GCM_256,
@@ -34,7 +64,6 @@ from rpclatch.ipsec.model import (
     IkeSaRef,
     IPAddress,
     PeerIdentity,
-    PortRange,
     ProtectionParams,
     ProtectionPolicy,
     Selector,
@@ -42,41 +71,37 @@ from rpclatch.ipsec.model import (
 from rpclatch.ipsec.pad import PeerAuthorizationDatabase
 from rpclatch.ipsec.sad import SecurityAssociation, SecurityAssociationDatabase
 from rpclatch.netsim.clock import Scheduler, Timer
-from rpclatch.netsim.errors import SimWireError
+from rpclatch.netsim.errors import SimLocalError
 from rpclatch.netsim.esp import EspKeys, ReplayWindow
-from rpclatch.netsim.identity import AuthFailure, Credentials, SimCA, verify_peer
-from rpclatch.netsim.ike_wire import (
-    FLAG_INITIAL_CONTACT,
-    SIKE_PORT,
-    Informational,
-    InitRequest,
-    InitResponse,
-    SikeStatus,
-    SikeType,
-    decode_sike,
-)
-from rpclatch.netsim.ip import PROTO_UDP, IpPacket
+from rpclatch.netsim.identity import Credentials, SimCA, certificate_time
+from rpclatch.netsim.ikev2 import IKE_PORT, SimIkeEndpoint, sim_ike_config
+from rpclatch.netsim.ip import IpPacket
 from rpclatch.netsim.pcapng import EspSaExport
-from rpclatch.netsim.udp import UdpDatagram
 
 log = logging.getLogger(__name__)
 
 
 class IkeMode(enum.Enum):
     PRESENT = "present"  # answers normally
-    ABSENT = "absent"  # no daemon: requests vanish, initiators time out
-    REFUSE = "refuse"  # answers NO_PROPOSAL_CHOSEN to everything
-    SLOW = "slow"  # answers after ``slow_delay`` seconds
+    ABSENT = "absent"  # no daemon: datagrams vanish, initiators time out
+    REFUSE = "refuse"  # answers NO_PROPOSAL_CHOSEN to every new IKE SA
+    SLOW = "slow"  # datagrams reach it ``slow_delay`` seconds late
 
 
 class KmEngine(Protocol):
-    """What the key manager needs from the host's IPsec engine (adapter in ``stack.py``)."""
+    """What the key manager needs from the host's IPsec engine (:class:`keying.IkeKeyManager`)."""
 
     pad: PeerAuthorizationDatabase
     sad: SecurityAssociationDatabase
 
     def km_install_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
         """Vet (RFC 5660 §2.3), then install; returns the installed (maybe narrowed) SA or None."""
+
+    def km_vet_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation | None:
+        """Vet only (PAD, latches; ALERTs happen here): the SA to install later, or None."""
+
+    def km_commit_sa(self, sa: SecurityAssociation, now: float) -> SecurityAssociation:
+        """Install an SA :meth:`km_vet_sa` returned (with its real SPIs)."""
 
     def km_remove_sa(self, sa_id: int, now: float) -> None: ...
 
@@ -100,34 +125,38 @@ class ChildKeys:
 
 
 @dataclass
-class IkeSa:
-    ref: IkeSaRef
+class SimIkeSa:
+    """An established IKE SA of this daemon: the core's SA, its peer and the SAD ids of its
+    installed children."""
+
+    sa: IkeSa
     peer: PeerIdentity
     peer_addr: IPAddress
     local_addr: IPAddress
     initiator: bool
     children: set[int] = field(default_factory=set)
     dpd_misses: int = 0
-    dpd_msg: int = 0
-    dpd_pending: bool = False
     dead: bool = False
+
+    @property
+    def ref(self) -> IkeSaRef:
+        return self.sa.ref
 
 
 @dataclass
 class _Exchange:
-    request: InitRequest
-    priv: X25519PrivateKey
+    """An IKE SA we initiated whose first CHILD_SA is not settled yet."""
+
     local_addr: IPAddress
     peer_addr: IPAddress
+    selector: Selector
     flows: list[FiveTuple]
-    params: ProtectionParams
-    tries: int = 0
-    timer: Timer | None = None
+    credentials: Credentials
     on_done: Callable[[SecurityAssociation | None, str], None] | None = None
 
 
-def _suite_for_bits(bits: int) -> ProtectionParams:
-    return ProtectionParams(suite=AES_GCM_128 if bits == 128 else AES_GCM_256)
+#: the outbound SPI of an SA being vetted: the core's ChildProposal does not carry the peer's SPI
+_VET_SPI_OUT = 0x100
 
 
 def flip(sel: Selector) -> Selector:
@@ -139,8 +168,8 @@ def host_to_host(local: IPAddress, remote: IPAddress) -> Selector:
     return Selector(AddressRange.single(local), AddressRange.single(remote))
 
 
-class SikeDaemon:
-    """One host's SIKE daemon (also the latch database's ``SaRequester``).
+class SimIkeDaemon:
+    """One host's IKE daemon (also the latch database's ``SaRequester``; see the module docstring).
 
     It knows nothing of the host it runs on beyond what it is given: the network's ``scheduler``
     (clock, timers, RNG), ``send`` to put an IP packet (its UDP datagrams) on the wire as it is,
@@ -162,21 +191,24 @@ class SikeDaemon:
         self._send_packet = send
         self._note = note
         self._export_keys = export_keys
-        self.credentials = credentials
-        self.anchors = dict(anchors or {})
-        self.mode = mode
+        self._credentials = credentials
+        self._anchors = dict(anchors or {})
+        self._mode = mode
         self.engine: KmEngine | None = None
-        self.retransmit = 0.5
-        self.max_tries = 4  # 0.5 + 1 + 2 + 4 -> gives up after 7.5 s
         self.slow_delay = 10.0
         self.key_bits = 256
         self.narrow = True  # propose exact 5-tuple selectors (RFC 5660 §2.1)
         self.children: dict[int, ChildKeys] = {}
         self.by_spi_in: dict[int, int] = {}
-        self.ike_sas: dict[IkeSaRef, IkeSa] = {}
-        self._pending: dict[int, _Exchange] = {}
-        #: responses already sent, by (initiator address, initiator IKE SPI); None = being prepared
-        self._answered: dict[tuple[IPAddress, int], bytes | None] = {}
+        self.ike_sas: dict[IkeSaRef, SimIkeSa] = {}
+        self._endpoints: dict[IPAddress, SimIkeEndpoint] = {}
+        self._config: IkeConfig | None = None
+        #: the credentials each configuration was made with (kept so no id() is reused)
+        self._config_creds: dict[int, tuple[IkeConfig, Credentials]] = {}
+        self._pending: dict[IkeSa, _Exchange] = {}
+        #: responder: the SA the latch database vetted for a CHILD_SA being answered, by IKE SA
+        self._vetted: dict[IkeSaRef, SecurityAssociation] = {}
+        self._rows: list[str] = []
         self._dpd_timer: Timer | None = None
         self.on_installed: Callable[[], None] | None = None
         self.on_peer_dead: Callable[[PeerIdentity], None] | None = None
@@ -184,40 +216,125 @@ class SikeDaemon:
         self.contacted: set[IPAddress] = set()
         #: inbound SPIs to use next (tests of SPI collisions between peers, RFC 4301 §4.4.2)
         self.spi_override: list[int] = []
+        self._last_child_spi = _VET_SPI_OUT
         self.events: list[tuple[float, str]] = []
 
-    # -- helpers -----------------------------------------------------------------------------------
+    # -- settings ----------------------------------------------------------------------------------
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
+    @credentials.setter
+    def credentials(self, value: Credentials) -> None:
+        """New IKE SAs authenticate with ``value``; established ones keep what they asserted."""
+        self._credentials = value
+        self._reconfigure()
+
+    @property
+    def anchors(self) -> dict[str, SimCA]:
+        return dict(self._anchors)
+
+    @anchors.setter
+    def anchors(self, value: dict[str, SimCA]) -> None:
+        self._anchors = dict(value)
+        self._reconfigure()
+
+    @property
+    def mode(self) -> IkeMode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: IkeMode) -> None:
+        self._mode = value
+        for end in self._endpoints.values():
+            end.dispatcher.refusing = value is IkeMode.REFUSE
+
     @property
     def now(self) -> float:
         return self.scheduler.now
 
+    @property
+    def endpoints(self) -> dict[IPAddress, SimIkeEndpoint]:
+        """The IKE endpoint (UDP 500) of each local address this daemon has used so far."""
+        return dict(self._endpoints)
+
+    # -- helpers -----------------------------------------------------------------------------------
     def _event(self, text: str) -> None:
         self.events.append((self.now, text))
         self._note(f"ike: {text}")
-
-    def _rand_spi(self) -> int:
-        if self.spi_override:
-            return self.spi_override.pop(0)
-        rng = self.scheduler.rng
-        while True:
-            spi = rng.randint(0x1000, 0xFFFFFFFF)
-            if spi not in self.by_spi_in:
-                return spi
-
-    def _send(self, src: IPAddress, dst: IPAddress, payload: bytes) -> None:
-        dgram = UdpDatagram(SIKE_PORT, SIKE_PORT, payload)
-        self._send_packet(IpPacket(src, dst, PROTO_UDP, dgram.encode(src, dst)))
 
     def _engine(self) -> KmEngine:
         if self.engine is None:
             raise RuntimeError("key manager has no engine")
         return self.engine
 
-    # -- initiator -----------------------------------------------------------------------------
+    def _reconfigure(self) -> None:
+        self._config = None
+        if self._endpoints:
+            config = self._ike_config()
+            for end in self._endpoints.values():
+                end.dispatcher.config = config
+
+    def _ike_config(self) -> IkeConfig:
+        """The core's configuration from the current settings (cached until they change)."""
+        if self._config is None:
+            creds = self._credentials
+            scheduler = self.scheduler
+            self._config = sim_ike_config(
+                IkeConfig(
+                    creds.ike,
+                    self._engine().pad,
+                    (Selector(),),  # the SPD and the latch database decide, not an IKE policy
+                    esp_suites=(AES_GCM_256, AES_GCM_128),
+                    trust_anchors=tuple(ca.anchor for ca in self._anchors.values()),
+                    certificate_clock=lambda: certificate_time(scheduler.now),
+                    entropy=scheduler.rng.randbytes,
+                    child_spi=self._child_spi,
+                    child_vetter=self._vet_child,
+                )
+            )
+            self._config_creds[id(self._config)] = (self._config, creds)
+        return self._config
+
+    def _creds_of(self, sa: IkeSa) -> Credentials:
+        held = self._config_creds.get(id(sa.config))
+        return held[1] if held is not None and held[0] is sa.config else self._credentials
+
+    def _endpoint(self, addr: IPAddress) -> SimIkeEndpoint:
+        end = self._endpoints.get(addr)
+        if end is None:
+            end = SimIkeEndpoint(
+                self.scheduler,
+                addr,
+                self._ike_config(),
+                send=self._send_packet,
+                on_event=self._on_event,
+            )
+            end.dispatcher.refusing = self._mode is IkeMode.REFUSE
+            self._endpoints[addr] = end
+        return end
+
+    def _child_spi(self) -> int:
+        """Our next inbound CHILD_SA SPI (RFC 4303 §2.1: >= 256; unique among our SAs)."""
+        if self.spi_override:
+            spi = self.spi_override.pop(0)
+        else:
+            rng = self.scheduler.rng
+            while (spi := rng.randint(0x1000, 0xFFFFFFFF)) in self.by_spi_in:
+                pass
+        self._last_child_spi = spi
+        return spi
+
+    def _poll(self, sa: IkeSa) -> None:
+        end = self._endpoints.get(sa.local[0])
+        if end is not None:
+            end.poll(sa)
+
+    # -- initiator ---------------------------------------------------------------------------------
     def request_sa(self, flow: FiveTuple, policy: ProtectionPolicy, now: float) -> None:
         """ACQUIRE from the latch database / SPD: negotiate child SAs covering ``flow``."""
         for ex in self._pending.values():
-            if ex.peer_addr == flow.remote_addr and any(s.matches(flow) for s in ex.request.selectors):
+            if ex.peer_addr == flow.remote_addr and ex.selector.matches(flow):
                 if flow not in ex.flows:
                     ex.flows.append(flow)
                 return
@@ -242,238 +359,143 @@ class SikeDaemon:
         key_bits: int | None = None,
         on_done: Callable[[SecurityAssociation | None, str], None] | None = None,
     ) -> int:
-        """Start an exchange with whoever owns ``peer_addr`` proposing ``selectors`` (local-oriented,
-        any addresses: an attacker may claim other hosts' addresses here). Returns the IKE SPI."""
-        rng = self.scheduler.rng
-        priv = X25519PrivateKey.from_private_bytes(rng.randbytes(32))
-        spi_i = rng.getrandbits(64) or 1
-        child_spi = self._rand_spi()
-        self.by_spi_in[child_spi] = -1  # reserved until installed
-        flags = 0 if peer_addr in self.contacted else FLAG_INITIAL_CONTACT
-        unsigned = InitRequest(
-            spi_i,
-            rng.randbytes(32),
-            priv.public_key().public_bytes_raw(),
-            self.credentials.wire(),
-            selectors,
-            child_spi,
-            key_bits or self.key_bits,
-            flags=flags,
-        )
-        req = replace(unsigned, signature=self.credentials.sign(unsigned.signed_part()))
-        ex = _Exchange(
-            req,
-            priv,
-            local_addr,
+        """Start an IKE SA from ``local_addr`` to whoever owns ``peer_addr``, its first CHILD_SA
+        proposing the selector in ``selectors`` (local-oriented, any addresses: an attacker may
+        claim other hosts' addresses here; the core proposes one selector pair). ``on_done`` gets
+        the installed SA, or None and why. Returns the IKE SA's initiator SPI."""
+        if len(selectors) != 1:
+            raise SimLocalError("an IKEv2 CHILD_SA request proposes exactly one traffic selector pair")
+        bits = key_bits or self.key_bits
+        suite = AES_GCM_128 if bits == 128 else AES_GCM_256
+        ex = _Exchange(local_addr, peer_addr, selectors[0], list(flows or []), self._credentials, on_done)
+        end = self._endpoint(local_addr)
+        self._event(f"initiate to {peer_addr} ts={selectors[0]}")
+        sa = end.initiate(
             peer_addr,
-            list(flows or []),
-            _suite_for_bits(req.key_bits),
-            on_done=on_done,
+            ChildRequest(selectors[0], esp_suites=(suite,)),
+            initial_contact=peer_addr not in self.contacted,
         )
-        self._pending[spi_i] = ex
-        self._event(f"initiate to {peer_addr} ts={[str(s) for s in selectors]}")
-        self._transmit(spi_i)
-        return spi_i
+        self._pending[sa] = ex
+        return sa.spi_i
 
-    def _transmit(self, spi_i: int) -> None:
-        ex = self._pending.get(spi_i)
+    def _fail(self, sa: IkeSa, why: str, *, timeout: bool) -> None:
+        ex = self._pending.pop(sa, None)
         if ex is None:
             return
-        if ex.tries >= self.max_tries:
-            self._fail(spi_i, "no answer from the peer's key manager", timeout=True)
-            return
-        ex.tries += 1
-        self._send(ex.local_addr, ex.peer_addr, ex.request.encode())
-        delay = self.retransmit * (2 ** (ex.tries - 1))
-        ex.timer = self.scheduler.call_later(delay, self._transmit, spi_i)
-
-    def _fail(self, spi_i: int, why: str, timeout: bool) -> None:
-        ex = self._pending.pop(spi_i, None)
-        if ex is None:
-            return
-        if ex.timer is not None:
-            ex.timer.cancel()
-        self.by_spi_in.pop(ex.request.child_spi_i, None)
         self._event(f"exchange with {ex.peer_addr} failed: {why}")
         for flow in ex.flows:
             self._engine().km_setup_failed(flow, timeout=timeout, detail=why)
         if ex.on_done is not None:
             ex.on_done(None, why)
 
-    def _on_response(self, src: IPAddress, resp: InitResponse) -> None:
-        ex = self._pending.get(resp.ike_spi_i)
-        if ex is None or src != ex.peer_addr:
-            return
-        if resp.status is not SikeStatus.OK:
-            self._fail(resp.ike_spi_i, f"peer refused: {resp.status.name}", timeout=False)
-            return
-        signed = ex.request.encode() + resp.signed_part()
-        ref = IkeSaRef(resp.ike_spi_i, resp.ike_spi_r)
-        try:
-            peer = verify_peer(resp.identity, resp.signature, signed, ref, self.anchors)
-            match = self._engine().pad.authorize(peer)
-            self._engine().pad.check_child_sa(match, src, resp.selectors)
-        except (AuthFailure, IPsecRemoteError) as exc:
-            self._fail(resp.ike_spi_i, f"responder not authorized: {exc}", timeout=False)
-            return
-        if not resp.selectors or not all(_within(s, ex.request.selectors) for s in resp.selectors):
-            self._fail(resp.ike_spi_i, "responder widened the traffic selectors", timeout=False)
-            return
-        if ex.timer is not None:
-            ex.timer.cancel()
-        del self._pending[resp.ike_spi_i]
-        self.contacted.add(src)
-        self.by_spi_in.pop(ex.request.child_spi_i, None)
-        shared = ex.priv.exchange(X25519PublicKey.from_public_bytes(resp.key_share))
-        keys_ir, keys_ri = _derive(shared, ex.request, resp)
-        sa = SecurityAssociation(
-            sa_id=self._engine().sad.next_sa_id(),
-            spi_in=ex.request.child_spi_i,
-            spi_out=resp.child_spi_r,
-            local_addr=ex.local_addr,
-            remote_addr=src,
-            traffic_selectors=resp.selectors,
-            peer=peer,
-            local=self.credentials.local_identity(),
-            params=ex.params,
-            ike_sa=ref,
-            btns=match.btns,
-            created_at=self.now,
-        )
-        out_keys, in_keys = EspKeys(resp.child_spi_r, *keys_ir), EspKeys(ex.request.child_spi_i, *keys_ri)
-        installed = self._install(sa, out_keys, in_keys, IkeSa(ref, peer, src, ex.local_addr, True))
+    def _initiator_child(self, sa: IkeSa, ex: _Exchange, child: ChildSa) -> None:
+        entry = self.ike_sas.get(sa.ref)
+        assert entry is not None  # IkeSaEstablished comes first
+        del self._pending[sa]
+        engine = self._engine()
+        new = self._security_association(entry, child, ex.credentials)
+        installed = self._install(entry, new, child, engine.km_install_sa)
+        if installed is None:
+            self._event(f"child SA with {ex.peer_addr} refused by the latch database: deleting it")
+            if sa.state is IkeState.ESTABLISHED and child.spi_in in sa.children:
+                sa.delete_child(child.spi_in, self.now)
+                self._poll(sa)
         for flow in ex.flows:
             if installed is None:
-                self._engine().km_setup_failed(flow, timeout=False, detail="SA refused locally")
+                engine.km_setup_failed(flow, timeout=False, detail="SA refused locally")
             else:
-                self._engine().km_exchange_done(flow, installed)
+                engine.km_exchange_done(flow, installed)
         if ex.on_done is not None:
             ex.on_done(installed, "ok" if installed else "refused locally")
 
-    # -- responder -------------------------------------------------------------------------------
-    def _on_request(self, src: IPAddress, dst: IPAddress, req: InitRequest) -> None:
-        # RFC 7296 §2.1: a retransmitted request gets the same response, never a second SA
-        key = (src, req.ike_spi_i)
-        if key in self._answered:
-            cached = self._answered[key]
-            if cached is not None:
-                self._send(dst, src, cached)
-            return
-        if len(self._answered) >= 4096:
-            self._answered.clear()
-        self._answered[key] = None
-        if self.mode is IkeMode.SLOW:
-            self.scheduler.call_later(self.slow_delay, self._answer, src, dst, req)
-        else:
-            self._answer(src, dst, req)
-
-    def _answer(self, src: IPAddress, dst: IPAddress, req: InitRequest) -> None:
-        rng = self.scheduler.rng
-        priv = X25519PrivateKey.from_private_bytes(rng.randbytes(32))
-        spi_r = rng.getrandbits(64) or 1
-        ref = IkeSaRef(req.ike_spi_i, spi_r)
-        mine = tuple(flip(s) for s in req.selectors)
-        status = SikeStatus.OK
-        installed: SecurityAssociation | None = None
-        peer: PeerIdentity | None = None
-        btns = False
-        if self.mode is IkeMode.REFUSE or req.key_bits not in (128, 256) or not req.selectors:
-            status = SikeStatus.NO_PROPOSAL_CHOSEN
-        else:
-            try:
-                peer = verify_peer(req.identity, req.signature, req.signed_part(), ref, self.anchors)
-                match = self._engine().pad.authorize(peer)
-                btns = match.btns
-                self._engine().pad.check_child_sa(match, src, mine)
-            except AuthFailure as exc:
-                status = SikeStatus.AUTHENTICATION_FAILED
-                self._event(f"refuse {src}: {exc}")
-            except IPsecRemoteError as exc:
-                status = SikeStatus.TS_UNACCEPTABLE if exc.notify == 38 else SikeStatus.AUTHENTICATION_FAILED
-                self._event(f"refuse {src}: {exc}")
-        child_spi = self._rand_spi() if status is SikeStatus.OK else 0
-        unsigned = InitResponse(
-            req.ike_spi_i,
-            spi_r,
-            status,
-            rng.randbytes(32),
-            priv.public_key().public_bytes_raw(),
-            self.credentials.wire(),
-            req.selectors,
-            child_spi,
+    # -- responder: the latch database vets before the answer (RFC 5660 §2.3) -----------------------
+    def _vet_child(self, proposal: ChildProposal) -> Selector | None:
+        """The core's ``child_vetter``: the latch database narrows the proposed CHILD_SA or breaks
+        latches (ALERT first), before the core answers; None -> the core refuses it."""
+        engine = self._engine()
+        sa = SecurityAssociation(
+            sa_id=0,
+            spi_in=self._last_child_spi,  # allocated by _child_spi for this answer
+            spi_out=_VET_SPI_OUT,
+            local_addr=proposal.local[0],
+            remote_addr=proposal.remote[0],
+            traffic_selectors=(proposal.selector,),
+            peer=proposal.peer,
+            local=self._credentials_for(proposal.ike_sa).local_identity(),
+            params=ProtectionParams(mode=proposal.mode, suite=proposal.suite),
+            ike_sa=proposal.ike_sa,
+            created_at=self.now,
         )
-        if status is SikeStatus.OK and peer is not None:
-            shared = priv.exchange(X25519PublicKey.from_public_bytes(req.key_share))
-            keys_ir, keys_ri = _derive(shared, req, unsigned)
-            sa = SecurityAssociation(
-                sa_id=self._engine().sad.next_sa_id(),
-                spi_in=child_spi,
-                spi_out=req.child_spi_i,
-                local_addr=dst,
-                remote_addr=src,
-                traffic_selectors=mine,
-                peer=peer,
-                local=self.credentials.local_identity(),
-                params=_suite_for_bits(req.key_bits),
-                ike_sa=ref,
-                btns=btns,
-                created_at=self.now,
-            )
-            installed = self._install(
-                sa,
-                EspKeys(req.child_spi_i, *keys_ri),
-                EspKeys(child_spi, *keys_ir),
-                IkeSa(ref, peer, src, dst, False),
-            )
-            if installed is None:
-                status = SikeStatus.TS_UNACCEPTABLE
-            elif installed.traffic_selectors != mine:
-                # narrowed (RFC 7296 §2.9) to keep clear of a latch: tell the initiator
-                self._event(f"narrowed proposal from {src}")
-        if installed is not None and req.initial_contact:
-            self._initial_contact(installed)
-        if status is not SikeStatus.OK or installed is None:
-            unsigned = InitResponse(
-                req.ike_spi_i,
-                spi_r,
-                status,
-                unsigned.nonce,
-                unsigned.key_share,
-                self.credentials.wire(),
-                (),
-                0,
-            )
+        vetted = engine.km_vet_sa(sa, self.now)
+        if vetted is None:
+            self._vetted.pop(proposal.ike_sa, None)
+            self._event(f"child SA with {proposal.remote[0]} refused by the latch database")
+            return None
+        chosen = vetted.traffic_selectors[0]
+        if vetted.traffic_selectors != (proposal.selector,):
+            self._event(f"narrowed proposal from {proposal.remote[0]} to {chosen}")
+        self._vetted[proposal.ike_sa] = replace(vetted, traffic_selectors=(chosen,))
+        return chosen
+
+    def _credentials_for(self, ref: IkeSaRef) -> Credentials:
+        for end in self._endpoints.values():
+            for sa in end.dispatcher.sas:
+                if sa.ref == ref:
+                    return self._creds_of(sa)
+        return self._credentials
+
+    def _responder_child(self, entry: SimIkeSa, child: ChildSa) -> None:
+        engine = self._engine()
+        vetted = self._vetted.pop(entry.ref, None)
+        if vetted is None or vetted.traffic_selectors != (child.selector,):
+            # not vetted by our hook (cannot happen with the core's child_vetter): full path
+            new = self._security_association(entry, child, self._creds_of(entry.sa))
+            installed = self._install(entry, new, child, engine.km_install_sa)
         else:
-            unsigned = InitResponse(
-                req.ike_spi_i,
-                spi_r,
-                status,
-                unsigned.nonce,
-                unsigned.key_share,
-                self.credentials.wire(),
-                tuple(flip(s) for s in installed.traffic_selectors),
-                child_spi,
-            )
-        resp = replace(unsigned, signature=self.credentials.sign(req.encode() + unsigned.signed_part()))
-        wire = resp.encode()
-        self._answered[(src, req.ike_spi_i)] = wire
-        self._send(dst, src, wire)
+            new = replace(vetted, spi_in=child.spi_in, spi_out=child.spi_out, created_at=self.now)
+            installed = self._install(entry, new, child, engine.km_commit_sa)
+        if installed is None and entry.sa.state is IkeState.ESTABLISHED and child.spi_in in entry.sa.children:
+            entry.sa.delete_child(child.spi_in, self.now)
+            self._poll(entry.sa)
 
     # -- installation ----------------------------------------------------------------------------
+    def _security_association(
+        self, entry: SimIkeSa, child: ChildSa, creds: Credentials
+    ) -> SecurityAssociation:
+        return SecurityAssociation(
+            sa_id=0,
+            spi_in=child.spi_in,
+            spi_out=child.spi_out,
+            local_addr=entry.local_addr,
+            remote_addr=entry.peer_addr,
+            traffic_selectors=(child.selector,),
+            peer=entry.peer,
+            local=creds.local_identity(),
+            params=ProtectionParams(mode=child.mode, suite=child.suite),
+            ike_sa=entry.ref,
+            created_at=self.now,
+        )
+
     def _install(
-        self, sa: SecurityAssociation, out_keys: EspKeys, in_keys: EspKeys, ike: IkeSa
+        self,
+        entry: SimIkeSa,
+        sa: SecurityAssociation,
+        child: ChildSa,
+        install: Callable[[SecurityAssociation, float], SecurityAssociation | None],
     ) -> SecurityAssociation | None:
+        if sa.sa_id == 0:
+            sa = replace(sa, sa_id=self._engine().sad.next_sa_id())
+        out_keys = EspKeys(child.spi_out, child.key_out[:-4], child.key_out[-4:])
+        in_keys = EspKeys(child.spi_in, child.key_in[:-4], child.key_in[-4:])
         # the ESP state must exist before the engine can hand the SA to packets
         self.children[sa.sa_id] = ChildKeys(sa.sa_id, out_keys, in_keys)
         self.by_spi_in[in_keys.spi] = sa.sa_id
-        installed = self._engine().km_install_sa(sa, self.now)
+        installed = install(sa, self.now)
         if installed is None:
             self.children.pop(sa.sa_id, None)
             self.by_spi_in.pop(in_keys.spi, None)
-            self._event(f"child SA with {sa.remote_addr} refused by the latch database")
             return None
-        existing = self.ike_sas.setdefault(ike.ref, ike)
-        existing.children.add(sa.sa_id)
+        entry.children.add(sa.sa_id)
         if self._export_keys is not None:
             self._export_keys(
                 EspSaExport(sa.local_addr, sa.remote_addr, out_keys),
@@ -484,77 +506,124 @@ class SikeDaemon:
             self.on_installed()
         return installed
 
-    def _initial_contact(self, new: SecurityAssociation) -> None:
-        """RFC 7296 §2.4: the peer says it holds no other SAs with us (it restarted): delete every
-        other child SA we have with the same authenticated identity."""
-        for ike in list(self.ike_sas.values()):
-            if ike.ref == new.ike_sa or ike.peer != new.peer:
-                continue
-            self._event(f"INITIAL_CONTACT from {new.peer}: deleting SAs of {ike.ref}")
-            for sa_id in list(ike.children):
-                self.remove_child(sa_id, notify=False)
-            self.ike_sas.pop(ike.ref, None)
-
-    def remove_child(self, sa_id: int, notify: bool = True) -> None:
-        """Delete a child SA locally (and send an informational DELETE to the peer)."""
+    def _drop_child(self, sa_id: int) -> ChildKeys | None:
         keys = self.children.pop(sa_id, None)
         if keys is None:
-            return
+            return None
         self.by_spi_in.pop(keys.inbound.spi, None)
-        sa = self._engine().sad.get(sa_id)
-        for ike in self.ike_sas.values():
-            ike.children.discard(sa_id)
-        if sa is not None and notify:
-            ref = sa.ike_sa
-            msg = Informational(SikeType.DELETE, ref.initiator_spi, ref.responder_spi, keys.inbound.spi)
-            self._send(sa.local_addr, sa.remote_addr, msg.encode())
+        for entry in self.ike_sas.values():
+            entry.children.discard(sa_id)
         self._engine().km_remove_sa(sa_id, self.now)
+        return keys
+
+    def remove_child(self, sa_id: int, notify: bool = True) -> None:
+        """Delete a child SA locally (and, with ``notify``, tell the peer with an INFORMATIONAL
+        Delete, RFC 7296 §1.4.1)."""
+        entry = next((e for e in self.ike_sas.values() if sa_id in e.children), None)
+        keys = self._drop_child(sa_id)
+        if keys is None or not notify or entry is None:
+            return
+        sa = entry.sa
+        if sa.state is IkeState.ESTABLISHED and keys.inbound.spi in sa.children:
+            sa.delete_child(keys.inbound.spi, self.now)
+            self._poll(sa)
 
     def expire_child(self, sa_id: int) -> None:
         """Hard lifetime expiry of a child SA (RFC 4301 §4.4.2.1): removed without a DELETE."""
         self._event(f"SA#{sa_id} expired")
         self.remove_child(sa_id, notify=False)
 
-    # -- informational ----------------------------------------------------------------------------
-    def _on_informational(self, src: IPAddress, dst: IPAddress, msg: Informational) -> None:
-        ref = IkeSaRef(msg.ike_spi_i, msg.ike_spi_r)
-        ike = self.ike_sas.get(ref)
-        if ike is None or ike.peer_addr != src:
-            return
-        if msg.kind is SikeType.DELETE:
-            for sa_id in list(ike.children):
-                keys = self.children.get(sa_id)
-                if keys is not None and keys.outbound.spi == msg.value:
+    # -- core events -------------------------------------------------------------------------------
+    def _on_event(self, sa: IkeSa, ev: IkeEvent) -> None:
+        entry = self.ike_sas.get(sa.ref)
+        if entry is not None and sa.state is IkeState.FAILED and not entry.dead:
+            # an established SA only fails when a request of ours went unanswered: the peer is dead
+            self._peer_dead(entry, "no answer from the peer (RFC 7296 §2.4)")
+        if isinstance(ev, IkeSaEstablished):
+            self._established(sa, ev)
+        elif isinstance(ev, ChildSaEstablished):
+            self._child_established(sa, ev)
+        elif isinstance(ev, ChildSaFailed):
+            who = "the peer" if ev.by_peer else "us"
+            why = f"CHILD_SA refused by {who}: {notify_name(ev.notify)}" + (
+                f" ({ev.detail})" if ev.detail else ""
+            )
+            if sa in self._pending:
+                self._fail(sa, why, timeout=False)
+                if sa.state is IkeState.ESTABLISHED and not sa.children:
+                    sa.delete(self.now)  # nothing left to carry: close the IKE SA too
+                    self._poll(sa)
+            else:
+                self._event(f"{why} on {sa.ref}")
+        elif isinstance(ev, ChildSaDeleted):
+            sa_id = self.by_spi_in.get(ev.spi_in)
+            if sa_id is not None and entry is not None and sa_id in entry.children:
+                if ev.by_peer:
                     self._event(f"peer deleted SA#{sa_id}")
-                    self.remove_child(sa_id, notify=False)
-        elif msg.kind is SikeType.DPD_REQ:
-            ack = Informational(SikeType.DPD_RESP, msg.ike_spi_i, msg.ike_spi_r, msg.value)
-            self._send(dst, src, ack.encode())
-        elif msg.kind is SikeType.DPD_RESP and msg.value == ike.dpd_msg:
-            ike.dpd_pending = False
-            ike.dpd_misses = 0
+                self._drop_child(sa_id)
+        elif isinstance(ev, IkeSaRekeyed):
+            if entry is not None and sa.successor is not None:
+                del self.ike_sas[ev.old]
+                entry.sa = sa.successor
+                self.ike_sas[ev.new] = entry
+        elif isinstance(ev, IkeSaDeleted):
+            if entry is not None:
+                for sa_id in list(entry.children):
+                    self._drop_child(sa_id)
+                self.ike_sas.pop(ev.ike_sa, None)
+                if ev.by_peer:
+                    self._event(f"IKE SA {ev.ike_sa} with {entry.peer_addr} deleted by the peer")
+        elif isinstance(ev, IkeSaFailed):
+            why = ev.reason.value + (f": {notify_name(ev.notify)}" if ev.notify is not None else "")
+            if ev.detail:
+                why += f" ({ev.detail})"
+            if sa in self._pending:
+                self._fail(sa, why, timeout=ev.reason is FailureReason.TIMEOUT)
+            elif entry is None:
+                self._event(f"IKE SA {ev.ike_sa} with {sa.remote[0]} failed: {why}")
+            self.ike_sas.pop(ev.ike_sa, None)
 
+    def _established(self, sa: IkeSa, ev: IkeSaEstablished) -> None:
+        entry = SimIkeSa(sa, ev.peer, sa.remote[0], sa.local[0], ev.initiator)
+        self.ike_sas[sa.ref] = entry
+        if ev.initiator:
+            self.contacted.add(sa.remote[0])
+        self._event(f"IKE SA {sa.ref} with {sa.remote[0]} established: {ev.peer}")
+        if ev.initial_contact:
+            self._event(f"INITIAL_CONTACT from {ev.peer} (RFC 7296 §2.4)")
+
+    def _child_established(self, sa: IkeSa, ev: ChildSaEstablished) -> None:
+        entry = self.ike_sas.get(sa.ref)
+        if entry is None:
+            return
+        ex = self._pending.get(sa)
+        if ex is not None:
+            self._initiator_child(sa, ex, ev.child)
+        else:  # the peer asked for it (IKE_AUTH or CREATE_CHILD_SA): vetted by _vet_child
+            self._responder_child(entry, ev.child)
+
+    # -- liveness ------------------------------------------------------------------------------------
     def start_dpd(self, interval: float = 5.0, max_misses: int = 3) -> None:
-        """Dead peer detection (RFC 7296 §2.4 liveness checks) on every IKE SA."""
+        """Dead peer detection (RFC 7296 §2.4 liveness checks) on every established IKE SA: every
+        ``interval`` seconds an SA with nothing outstanding sends an empty INFORMATIONAL; an SA
+        whose request is still unanswered at ``max_misses`` ticks in a row is dead (so is one whose
+        retransmissions run out first)."""
+        if interval <= 0 or max_misses < 1:
+            raise SimLocalError("DPD needs a positive interval and max_misses >= 1")
 
         def tick() -> None:
-            for ike in list(self.ike_sas.values()):
-                if ike.dead:
+            for entry in list(self.ike_sas.values()):
+                sa = entry.sa
+                if entry.dead or sa.state is not IkeState.ESTABLISHED:
                     continue
-                if ike.dpd_pending:
-                    ike.dpd_misses += 1
-                    if ike.dpd_misses >= max_misses:
-                        self._peer_dead(ike)
-                        continue
-                ike.dpd_msg += 1
-                ike.dpd_pending = True
-                self._send(
-                    ike.local_addr,
-                    ike.peer_addr,
-                    Informational(
-                        SikeType.DPD_REQ, ike.ref.initiator_spi, ike.ref.responder_spi, ike.dpd_msg
-                    ).encode(),
-                )
+                if sa.get_timer() is not None:  # a request of ours is still unanswered
+                    entry.dpd_misses += 1
+                    if entry.dpd_misses >= max_misses:
+                        self._peer_dead(entry, f"DPD: {entry.dpd_misses} checks unanswered")
+                    continue
+                entry.dpd_misses = 0
+                sa.check_liveness(self.now)
+                self._poll(sa)
             self._dpd_timer = self.scheduler.call_later(interval, tick)
 
         self.stop_dpd()
@@ -565,76 +634,57 @@ class SikeDaemon:
             self._dpd_timer.cancel()
             self._dpd_timer = None
 
-    def _peer_dead(self, ike: IkeSa) -> None:
-        ike.dead = True
-        self._event(f"DPD: peer {ike.peer} at {ike.peer_addr} is dead")
-        self._engine().km_peer_dead(ike.peer)
+    def _peer_dead(self, entry: SimIkeSa, why: str) -> None:
+        entry.dead = True
+        self._event(f"peer {entry.peer} at {entry.peer_addr} is dead: {why}")
+        self._engine().km_peer_dead(entry.peer)
         if self.on_peer_dead is not None:
-            self.on_peer_dead(ike.peer)
-        for sa_id in list(ike.children):
-            self.remove_child(sa_id, notify=False)
-        self.ike_sas.pop(ike.ref, None)
+            self.on_peer_dead(entry.peer)
+        for sa_id in list(entry.children):
+            self._drop_child(sa_id)
+        self.ike_sas.pop(entry.ref, None)
+        if entry.sa.state in (IkeState.ESTABLISHED, IkeState.DELETING):
+            entry.sa.abandon(self.now)
+            self._poll(entry.sa)
+
+    def unreachable(self, peer: IPAddress) -> None:
+        """``peer`` has no IKE (ICMP port unreachable, or known absent): the IKE SAs being set up
+        to it are cancelled and their ACQUIREs fail at once."""
+        for end in list(self._endpoints.values()):
+            end.unreachable(peer)
 
     def forget_all(self) -> None:
         """Daemon restart without state restore: every IKE SA, child SA and key is gone."""
-        for ex in self._pending.values():
-            if ex.timer is not None:
-                ex.timer.cancel()
+        for end in self._endpoints.values():
+            self._rows.extend(r for r in end.decryption_rows() if r not in self._rows)
+            end.close()
+        self._endpoints.clear()
         self._pending.clear()
-        self._answered.clear()
+        self._vetted.clear()
         for sa_id in list(self.children):
-            self.remove_child(sa_id, notify=False)
+            self._drop_child(sa_id)
         self.ike_sas.clear()
         self.by_spi_in.clear()
         self.contacted.clear()
 
-    # -- input ------------------------------------------------------------------------------------
-    def datagram(self, src: IPAddress, dst: IPAddress, payload: bytes) -> None:
-        """A UDP datagram for the SIKE port arrived (IKE traffic bypasses IPsec, RFC 4301 §5.2)."""
-        if self.mode is IkeMode.ABSENT:
+    # -- input / output ---------------------------------------------------------------------------
+    def datagram(self, src: IPAddress, dst: IPAddress, payload: bytes, src_port: int = IKE_PORT) -> None:
+        """A UDP datagram for port 500 arrived (IKE traffic bypasses IPsec, RFC 4301 §5.2)."""
+        if self._mode is IkeMode.ABSENT:
             return
-        try:
-            msg = decode_sike(payload)
-        except SimWireError as exc:
-            self._note(f"ike: drop malformed message from {src}: {exc}")
-            return
-        if isinstance(msg, InitRequest):
-            self._on_request(src, dst, msg)
-        elif isinstance(msg, InitResponse):
-            self._on_response(src, msg)
+        if self._mode is IkeMode.SLOW:
+            self.scheduler.call_later(self.slow_delay, self._deliver, src, dst, payload, src_port)
         else:
-            self._on_informational(src, dst, msg)
+            self._deliver(src, dst, payload, src_port)
 
+    def _deliver(self, src: IPAddress, dst: IPAddress, payload: bytes, src_port: int) -> None:
+        if self._mode is IkeMode.ABSENT:
+            return
+        self._endpoint(dst).datagram(src, src_port, payload)
 
-def _within(sel: Selector, proposed: tuple[Selector, ...]) -> bool:
-    """Is ``sel`` (as accepted) inside one of the ``proposed`` selectors?"""
-    for p in proposed:
-        if p.proto is not None and sel.proto != p.proto:
-            continue
-        if not _range_in(sel.local, p.local) or not _range_in(sel.remote, p.remote):
-            continue
-        if _ports_in(sel.local_ports, p.local_ports) and _ports_in(sel.remote_ports, p.remote_ports):
-            return True
-    return False
-
-
-def _range_in(inner: AddressRange | None, outer: AddressRange | None) -> bool:
-    if outer is None:
-        return True
-    return inner is not None and outer.contains_range(inner)
-
-
-def _ports_in(inner: PortRange, outer: PortRange) -> bool:
-    return outer.contains_range(inner)
-
-
-KeyPair = tuple[bytes, bytes]
-
-
-def _derive(shared: bytes, req: InitRequest, resp: InitResponse) -> tuple[KeyPair, KeyPair]:
-    """KEYMAT for both directions: (key, salt) initiator->responder, then responder->initiator."""
-    klen = req.key_bits // 8
-    info = b"SIKE child" + req.child_spi_i.to_bytes(4, "big") + resp.child_spi_r.to_bytes(4, "big")
-    okm = HKDF(hashes.SHA256(), 2 * (klen + 4), req.nonce + resp.nonce, info).derive(shared)
-    a, b = okm[: klen + 4], okm[klen + 4 :]
-    return (a[:klen], a[klen:]), (b[:klen], b[klen:])
+    def decryption_rows(self) -> list[str]:
+        """Wireshark ``ikev2_decryption_table`` rows of every IKE SA this daemon has keyed."""
+        rows = list(self._rows)
+        for end in self._endpoints.values():
+            rows.extend(r for r in end.decryption_rows() if r not in rows)
+        return rows

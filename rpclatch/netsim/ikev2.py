@@ -8,9 +8,9 @@ single timer deadline is kept armed on the :class:`Scheduler`; its events go to 
 
 Fail fast (the BYPASS-OR-PROTECT fallback needs it): when the network reports the peer
 unreachable (ICMP port unreachable, or the peer is known to have no IKE), :meth:`unreachable`
-reports the pending IKE SAs to that peer as failed at once, and stops their retransmissions,
-instead of waiting out the retransmission schedule. The core has no call to cancel a half-open
-IKE SA, so the shell drops the cancelled SA's datagrams and events itself.
+cancels the IKE SAs to that peer that are still being set up (``IkeDispatcher.cancel``): they
+report ``IkeSaFailed(CANCELLED)`` at once and stop retransmitting, instead of waiting out the
+retransmission schedule.
 
 Wireshark: :meth:`decryption_rows` gives the ``ikev2_decryption_table`` rows of every IKE SA
 this endpoint has keyed (RFC 7296 §2.14 keys), so a capture's ISAKMP payloads can be decrypted.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from rpclatch.ipsec.ike import ChildRequest, IkeConfig, IkeDispatcher, IkeEvent, IkeSa, IkeState
 from rpclatch.ipsec.ike.export import ikev2_decryption_row
@@ -40,33 +41,13 @@ _SETTING_UP = frozenset({IkeState.INIT_SENT, IkeState.AUTH_SENT})
 def sim_ike_config(config: IkeConfig) -> IkeConfig:
     """``config`` with the simulator's short retransmission schedule: 0.5 s doubled twice, then
     one more timeout (3.5 s in all) instead of the RFC-style default of tens of seconds."""
-    return IkeConfig(
-        config.credentials,
-        config.pad,
-        config.policy,
-        mode=config.mode,
-        ike_suites=config.ike_suites,
-        esp_suites=config.esp_suites,
-        peer_keys=config.peer_keys,
-        retransmit_timeout=0.5,
-        retransmit_backoff=2.0,
-        retransmit_tries=2,
-        half_open_timeout=config.half_open_timeout,
-        liveness_interval=config.liveness_interval,
-        child_rekey_after=config.child_rekey_after,
-        ike_rekey_after=config.ike_rekey_after,
-        rekey_jitter=config.rekey_jitter,
-        trust_anchors=config.trust_anchors,
-        certificate_clock=config.certificate_clock,
-        nonce_len=config.nonce_len,
-    )
+    return replace(config, retransmit_timeout=0.5, retransmit_backoff=2.0, retransmit_tries=2)
 
 
 class SimIkeEndpoint:
     """An :class:`IkeDispatcher` on ``address``:500 of the simulated network (module docstring).
 
-    ``send`` puts an IP packet on the wire; ``on_event`` gets ``(sa, event)`` for every core event;
-    ``on_unreachable`` gets each SA :meth:`unreachable` cancelled."""
+    ``send`` puts an IP packet on the wire; ``on_event`` gets ``(sa, event)`` for every core event."""
 
     def __init__(
         self,
@@ -76,18 +57,18 @@ class SimIkeEndpoint:
         *,
         send: Callable[[IpPacket], None],
         on_event: Callable[[IkeSa, IkeEvent], None],
-        on_unreachable: Callable[[IkeSa], None] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.address = address
-        self.dispatcher = IkeDispatcher(config, (address, IKE_PORT))
+        # the cookie secret from the network's RNG too: a simulated run is reproducible
+        self.dispatcher = IkeDispatcher(
+            config, (address, IKE_PORT), cookie_secret=scheduler.rng.randbytes(32)
+        )
         self._send_packet = send
         self._on_event = on_event
-        self._on_unreachable = on_unreachable
         self._timer: Timer | None = None
-        #: SAs cancelled by unreachable(), by id() (kept alive so no id is reused while listed)
-        self._cancelled: dict[int, IkeSa] = {}
         self._keyed: dict[tuple[int, int], str] = {}
+        self._dispatching = False
 
     # -- local requests ---------------------------------------------------------------------
     def initiate(self, peer: IPAddress, request: ChildRequest, *, initial_contact: bool = False) -> IkeSa:
@@ -105,17 +86,13 @@ class SimIkeEndpoint:
 
     def unreachable(self, peer: IPAddress) -> list[IkeSa]:
         """``peer`` has no IKE (ICMP port unreachable, or known absent): cancel the IKE SAs to it
-        that are not established yet and report them at once (module docstring)."""
-        cancelled = [
-            sa
-            for sa in self.dispatcher.sas
-            if sa.remote[0] == peer and sa.state in _SETTING_UP and id(sa) not in self._cancelled
-        ]
+        that are not established yet; each reports ``IkeSaFailed(CANCELLED)`` at once."""
+        now = self.scheduler.now
+        cancelled = [sa for sa in self.dispatcher.sas if sa.remote[0] == peer and sa.state in _SETTING_UP]
         for sa in cancelled:
-            self._cancelled[id(sa)] = sa
             log.info("ike %s: %s unreachable, IKE SA %016x given up", self.address, peer, sa.spi_i)
-            if self._on_unreachable is not None:
-                self._on_unreachable(sa)
+            self.dispatcher.cancel(sa, now)
+        self._pump()
         return cancelled
 
     # -- the simulated wire -----------------------------------------------------------------
@@ -130,22 +107,27 @@ class SimIkeEndpoint:
         return list(self._keyed.values())
 
     # -- internals --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the endpoint's timer (its owner forgets it, e.g. a daemon restart)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _pump(self) -> None:
         now = self.scheduler.now
-        dead_spis = {sa.spi_i for sa in self._cancelled.values()}
         for data, (dst, dport) in self.dispatcher.datagrams_to_send(now):
-            if int.from_bytes(data[:8], "big") in dead_spis:  # a cancelled SA's (RFC 7296 §3.1 SPIi)
-                continue
             dgram = UdpDatagram(IKE_PORT, dport, data)
             self._send_packet(IpPacket(self.address, dst, PROTO_UDP, dgram.encode(self.address, dst)))
         self._note_keys()
-        while (item := self.dispatcher.next_event()) is not None:
-            sa, event = item
-            if id(sa) in self._cancelled:
-                continue
-            self._on_event(sa, event)
-        live = {id(sa) for sa in self.dispatcher.sas}
-        self._cancelled = {k: v for k, v in self._cancelled.items() if k in live}
+        if not self._dispatching:
+            # an event handler may call back into the endpoint (a new initiate, a delete): the
+            # events that produces are delivered by this loop, in order, not by a nested one
+            self._dispatching = True
+            try:
+                while (item := self.dispatcher.next_event()) is not None:
+                    self._on_event(*item)
+            finally:
+                self._dispatching = False
         self._arm()
 
     def _note_keys(self) -> None:

@@ -30,9 +30,9 @@ from rpclatch.netsim.clock import Scheduler
 from rpclatch.netsim.errors import SimLocalError
 from rpclatch.netsim.host import Host
 from rpclatch.netsim.identity import Credentials, SimCA
-from rpclatch.netsim.ike import IkeMode, SikeDaemon
+from rpclatch.netsim.ike import IkeMode, SimIkeDaemon
 from rpclatch.netsim.ip import IPAddress
-from rpclatch.netsim.keying import SikeKeyManager
+from rpclatch.netsim.keying import IkeKeyManager
 from rpclatch.netsim.link import Hub, WireRecord
 from rpclatch.netsim.pcapng import EspSaExport
 from rpclatch.netsim.stack import IpsecStack
@@ -123,8 +123,9 @@ class SimNetwork:
         anchors: Iterable[SimCA] = (),
         config: EngineConfig | None = None,
     ) -> IpsecStack:
-        """Give ``host`` an IPsec engine (:class:`IPsecEngine`), a SIKE daemon
-        (:class:`SikeDaemon`), the engine's key manager backed by it (:class:`SikeKeyManager`) and ESP.
+        """Give ``host`` an IPsec engine (:class:`IPsecEngine`), an IKEv2 daemon on UDP 500
+        (:class:`SimIkeDaemon`), the engine's key manager backed by it (:class:`IkeKeyManager`) and
+        ESP. ``anchors``: the CAs whose certificates authenticate peers.
 
         ``ike`` simulates the host's key-exchange daemon: PRESENT, ABSENT (requests vanish, peers
         time out), REFUSE or SLOW. Returns the host's :class:`IpsecStack` (also ``host.security``;
@@ -136,7 +137,7 @@ class SimNetwork:
             hub.register_esp_keys(outbound)
             hub.register_esp_keys(inbound, holder=host.name)  # the host can read what it receives
 
-        sike = SikeDaemon(
+        daemon = SimIkeDaemon(
             self.scheduler,
             creds,
             {ca.name: ca for ca in anchors},
@@ -155,11 +156,11 @@ class SimNetwork:
             ld: LatchDatabase,
             backend: Backend,
             engine: IPsecEngine,
-        ) -> SikeKeyManager:
-            return SikeKeyManager(sad, pad_db, ld, backend, sike, listener=engine)
+        ) -> IkeKeyManager:
+            return IkeKeyManager(sad, pad_db, ld, backend, daemon, listener=engine)
 
         engine = IPsecEngine(spd, pad, config=cfg, key_manager_factory=factory)
-        stack = IpsecStack(host, engine, sike)
+        stack = IpsecStack(host, engine, daemon)
         host.security = stack
         return stack
 

@@ -7,7 +7,7 @@ Packet path (RFC 4301 §5.1 / §5.2 with RFC 5660 latching):
   the wire), PROTECT (ESP with the SA's keys), DISCARD (dropped, reason recorded) or NEED_SA
   (queued until the key manager installs SAs; RFC 5660 §2: nothing is sent before the channel
   exists).
-* inbound: SIKE datagrams go to the key manager (IKE bypass, RFC 4301 §5.2); ESP is looked up by
+* inbound: IKE datagrams (UDP 500) go to the IKE daemon (IKE bypass, RFC 4301 §5.2); ESP is looked up by
   SPI, ICV-checked and replay-checked; then ``engine.inbound(flow, sa, initiating=SYN)`` -> ACCEPT
   with the packet tag, or DROP (reason recorded).
 
@@ -42,8 +42,8 @@ from rpclatch.netsim.clock import Timer
 from rpclatch.netsim.errors import SimLocalError, SimWireError
 from rpclatch.netsim.esp import EspHeader, esp_open, esp_seal
 from rpclatch.netsim.host import Host, Inbound, Listener, UdpSocket
-from rpclatch.netsim.ike import SikeDaemon
-from rpclatch.netsim.ike_wire import SIKE_PORT
+from rpclatch.netsim.ike import SimIkeDaemon
+from rpclatch.netsim.ikev2 import IKE_PORT
 from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IpPacket
 from rpclatch.netsim.stream import StreamConnection, StreamState
 from rpclatch.netsim.tcp import Flags, TcpSegment
@@ -96,17 +96,17 @@ def _is_syn(transport: bytes) -> bool:
 class IpsecStack:
     """A host's :class:`~rpclatch.netsim.host.SecurityLayer` backed by an :class:`IPsecEngine`."""
 
-    def __init__(self, host: Host, engine: IPsecEngine, sike: SikeDaemon) -> None:
+    def __init__(self, host: Host, engine: IPsecEngine, ike: SimIkeDaemon) -> None:
         self.host = host
         self.engine = engine
-        self.sike = sike
+        self.ike = ike
         self.drops: list[PacketDrop] = []
         self._queued: dict[FiveTuple, list[tuple[bytes, Any]]] = {}
         self._poll_timer: Timer | None = None
         self._poll_at: float | None = None
         self.on_drop: Callable[[PacketDrop], None] | None = None
-        sike.on_installed = self._sa_installed
-        sike.on_peer_dead = self._peer_dead
+        ike.on_installed = self._sa_installed
+        ike.on_peer_dead = self._peer_dead
 
     @property
     def approach(self) -> Approach:
@@ -188,7 +188,7 @@ class IpsecStack:
         return None
 
     def send_esp(self, flow: FiveTuple, sa: SecurityAssociation, transport: bytes) -> bool:
-        keys = self.sike.children.get(sa.sa_id)
+        keys = self.ike.children.get(sa.sa_id)
         if keys is None:
             return False
         if keys.seq_out >= 0xFFFFFFFF:
@@ -225,9 +225,10 @@ class IpsecStack:
         if (
             packet.proto == PROTO_UDP
             and len(packet.payload) >= 8
-            and int.from_bytes(packet.payload[2:4], "big") == SIKE_PORT
+            and int.from_bytes(packet.payload[2:4], "big") == IKE_PORT
         ):
-            self.sike.datagram(packet.src, packet.dst, packet.payload[8:])
+            src_port = int.from_bytes(packet.payload[0:2], "big")
+            self.ike.datagram(packet.src, packet.dst, packet.payload[8:], src_port)
             self.arm()
             return None
         sa: SecurityAssociation | None = None
@@ -238,8 +239,8 @@ class IpsecStack:
             except SimWireError as exc:
                 self._drop("in", None, f"bad ESP: {exc}")
                 return None
-            sa_id = self.sike.by_spi_in.get(hdr.spi)
-            keys = self.sike.children.get(sa_id) if sa_id is not None else None
+            sa_id = self.ike.by_spi_in.get(hdr.spi)
+            keys = self.ike.children.get(sa_id) if sa_id is not None else None
             if keys is None or sa_id is None:
                 self._drop("in", None, f"unknown SPI {hdr.spi:#x}")
                 return None

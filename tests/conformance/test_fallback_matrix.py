@@ -19,7 +19,7 @@ from rpclatch.demo.testbed import DemoTestbed, build_testbed
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.spd import SpdAction
-from rpclatch.netsim.ike_wire import SIKE_PORT
+from rpclatch.netsim.ikev2 import IKE_PORT
 from rpclatch.netsim.ip import PROTO_UDP, IpPacket
 from rpclatch.rpc.testprog import (
     PROC_ECHO,
@@ -48,8 +48,8 @@ def latch_states(bed: DemoTestbed, pc: ProtectedConnection) -> tuple[LatchState 
     return bed.client_stack.latch_state(conn), bed.server_stack.latch_state(server)
 
 
-def is_sike(p: IpPacket) -> bool:
-    return p.proto == PROTO_UDP and len(p.payload) >= 4 and int.from_bytes(p.payload[2:4], "big") == SIKE_PORT
+def is_ike(p: IpPacket) -> bool:
+    return p.proto == PROTO_UDP and len(p.payload) >= 4 and int.from_bytes(p.payload[2:4], "big") == IKE_PORT
 
 
 @pytest.mark.conformance(id="FB-01", rfc="RFC 5403 §3.3, §3.4; RFC 5660 §2")
@@ -85,7 +85,7 @@ def test_fb03_ike_blocked_gives_bypass_and_gss_protection(
     realm: ThrowawayRealm, fallback: FallbackService
 ) -> None:
     bed = build_testbed(realm, seed=13, rogue=True)
-    bed.attackers[0].drop("block-ike", is_sike, "IKE blocked")  # type: ignore[attr-defined]
+    bed.attackers[0].drop("block-ike", is_ike, "IKE blocked")  # type: ignore[attr-defined]
     pc = run(bed, fallback)
     assert latch_states(bed, pc) == (None, None)
     assert isinstance(pc.link, SimLink)

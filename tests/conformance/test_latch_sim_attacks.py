@@ -9,6 +9,9 @@ import pytest
 
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
+from rpclatch.ipsec.ike import NotifyType
+from rpclatch.ipsec.ike import wire as ikewire
+from rpclatch.ipsec.ike.crypto import SkCipher
 from rpclatch.ipsec.latch import AlertReason, LatchState
 from rpclatch.ipsec.model import (
     AddressRange,
@@ -32,7 +35,6 @@ from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
 from rpclatch.ipsec.ulp import UlpBreakReason
 from rpclatch.netsim.errors import SimLocalError
 from rpclatch.netsim.ike import host_to_host
-from rpclatch.netsim.ike_wire import InitResponse, SikeStatus, decode_sike
 from rpclatch.netsim.stack import ConnLatch
 from rpclatch.netsim.stream import StreamEvent, StreamEventKind, StreamState
 from rpclatch.netsim.tcp import Flags
@@ -82,8 +84,8 @@ def _ca_lab(approach: Approach) -> Lab:
     ca = lab.net.ca("CA-X")
     for host, name in ((lab.a, "a.example"), (lab.b, "b.example")):
         st = lab.stack(host)
-        st.sike.credentials = lab.net.credentials("cert", ca=ca, subject=name)
-        st.sike.anchors = {"CA-X": ca}
+        st.ike.credentials = lab.net.credentials("cert", ca=ca, subject=name)
+        st.ike.anchors = {"CA-X": ca}
     lab.ca = ca  # type: ignore[attr-defined]
     return lab
 
@@ -91,7 +93,7 @@ def _ca_lab(approach: Approach) -> Lab:
 def _cert_attacker(lab: Lab, name: str = "c", addr: str = "192.0.2.66"):  # type: ignore[no-untyped-def]
     ca = lab.ca  # type: ignore[attr-defined]
     c = lab.attacker(name, addr, credentials=lab.net.credentials("cert", ca=ca, subject=f"{name}.example"))
-    lab.stack(c).sike.anchors = {"CA-X": ca}
+    lab.stack(c).ike.anchors = {"CA-X": ca}
     return c
 
 
@@ -123,7 +125,7 @@ def test_a1_co_tenant_claims_server_address_exact_ts_breaks_client_latch(approac
     sizes = _record_sad_size_at_alert(client, lab.stack(lab.a))
     sad_before = len(lab.stack(lab.a).engine.sad)
     c.claim_address(lab.b.address)
-    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
+    lab.stack(c).ike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
     lab.net.run_for(0.5)
     c.inject_protected(
         lab.b.address,
@@ -160,7 +162,7 @@ def test_a1_wide_proposal_is_narrowed_and_latch_survives(approach: Approach) -> 
     assert server is not None
     c = _cert_attacker(lab)
     c.claim_address(lab.b.address)
-    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
+    lab.stack(c).ike.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
     lab.net.run_for(0.5)
     c_sas = [sa for sa in lab.stack(lab.a).engine.sad if sa.peer != client.channel.params.peer]
     assert c_sas
@@ -193,7 +195,7 @@ def test_a2_co_tenant_impersonates_client_to_server() -> None:
     assert server is not None and server.channel is not None and server.channel.is_up()
     c = _cert_attacker(lab)
     c.claim_address(lab.a.address)
-    lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.stack(c).ike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
     lab.net.run_for(0.5)
     assert StreamEventKind.RESET in server.kinds()
     assert not server.channel.is_up()  # channel_prot bound to it must stop (RFC 5403 §3.4)
@@ -212,7 +214,7 @@ def test_a3_rogue_btns_peer_claims_client_address(approach: Approach) -> None:
     lab.send(client, b"hello")
     r = lab.attacker("r")
     r.claim_address(lab.a.address)
-    lab.stack(r).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.stack(r).ike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
     lab.net.run_for(0.5)
     server.send(b"secret reply") if server.is_open else None
     lab.net.run_for(1.0)
@@ -226,7 +228,7 @@ def test_a3_rogue_btns_peer_claims_client_address(approach: Approach) -> None:
     new_server = lab.listeners[2049].accepted[-1]
     assert new_server.flow.remote_addr == r.addresses[0]
     peer = new_server.channel.params.peer
-    assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(r).sike.credentials.spki
+    assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(r).ike.credentials.spki
 
 
 # -- A4 / A5: PAD refuses unauthenticated address claims --------------------------------------------
@@ -250,23 +252,35 @@ def test_a4_btns_node_cannot_claim_a_non_btns_peers_address() -> None:
     q_addr = "192.0.2.130"
     rogue.claim_address(q_addr)
     results: list[object] = []
-    lab.stack(rogue).sike.initiate(
+    daemon = lab.stack(rogue).ike
+    spi = daemon.initiate(
         rogue.addresses[-1],
         lab.b.address,
         (host_to_host(rogue.addresses[-1], lab.b.address),),
         on_done=lambda sa, why: results.append((sa, why)),
     )
+    (ike_sa,) = [sa for sa in daemon.endpoints[rogue.addresses[-1]].dispatcher.sas if sa.spi_i == spi]
     lab.net.run_for(1.0)
     assert results and results[0][0] is None and "TS_UNACCEPTABLE" in str(results[0][1])
     assert len(lab.stack(lab.b).engine.sad) == 0
-    answers = [
-        decode_sike(p.record.packet().payload[8:])
-        for p in decode_wire(lab.net.hub)  # type: ignore[union-attr]
-        if p.sike and p.sender == "b"
-    ]
-    assert answers and all(
-        isinstance(m, InitResponse) and m.status is SikeStatus.TS_UNACCEPTABLE for m in answers
-    )
+    assert any("refused by us: TS_UNACCEPTABLE" in text for _, text in lab.stack(lab.b).ike.events)
+    # on the wire: B's IKE_AUTH answer (decrypted with the IKE SA's keys) refuses the CHILD_SA
+    # with TS_UNACCEPTABLE and carries no SA or TS payload (RFC 7296 §1.2)
+    assert ike_sa.keys is not None
+    answers = []
+    for p in decode_wire(lab.net.hub):
+        if not (p.ike and p.sender == "b"):
+            continue
+        data = p.record.packet().payload[8:]  # type: ignore[union-attr]
+        msg = ikewire.decode_message(data)
+        if msg.header.exchange == ikewire.ExchangeType.IKE_AUTH:
+            sk = msg.payloads[-1]
+            assert isinstance(sk, ikewire.EncryptedPayload)
+            answers.append(SkCipher.inbound(ike_sa.keys, True).open(data, sk))
+    assert answers
+    for inner in answers:
+        assert NotifyType.TS_UNACCEPTABLE in ikewire.notify_payloads(inner)
+        assert not any(isinstance(x, ikewire.SaPayload | ikewire.TsPayload) for x in inner)
 
 
 @pytest.mark.conformance(id="LATCH-A05", rfc="RFC 7619 §2.5")
@@ -275,7 +289,7 @@ def test_a5_null_auth_peer_cannot_claim_third_party_traffic() -> None:
     n = lab.attacker("n", credentials=lab.net.credentials("null"), pad=examples.null_pad())
     results: list[object] = []
     dns = "192.0.2.1"  # a third party's address (the client's)
-    lab.stack(n).sike.initiate(
+    lab.stack(n).ike.initiate(
         n.addresses[0],
         lab.b.address,
         (Selector(AddressRange.network("192.0.2.0/26"), AddressRange.single(lab.b.address)),),
@@ -288,7 +302,7 @@ def test_a5_null_auth_peer_cannot_claim_third_party_traffic() -> None:
         for sa in lab.stack(lab.b).engine.sad
     )
     # its own address is fine: host-to-host only
-    lab.stack(n).sike.initiate(
+    lab.stack(n).ike.initiate(
         n.addresses[0],
         lab.b.address,
         (host_to_host(n.addresses[0], lab.b.address),),
@@ -310,7 +324,7 @@ def test_a6_address_reuse_breaks_the_old_latch() -> None:
     lab.a.release_address(addr1)  # A leaves the network
     c = lab.attacker("c", "192.0.2.67")
     c.claim_address(addr1)  # DHCP hands A's address to C
-    lab.stack(c).sike.initiate(addr1, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.stack(c).ike.initiate(addr1, lab.b.address, (Selector.for_flow(client.flow),))
     lab.net.run_for(0.5)
     assert (
         lab.stack(lab.b).latch_state(server) is LatchState.CLOSED or StreamEventKind.RESET in server.kinds()
@@ -418,7 +432,7 @@ def test_a9_btns_mitm_latches_but_binding_differs() -> None:
     lab.net.run_for(1.0)
     assert mitm.state is StreamState.ESTABLISHED and mitm.channel is not None
     peer = mitm.channel.params.peer
-    assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(m).sike.credentials.spki
+    assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(m).ike.credentials.spki
     # the client's view of the channel binding names M's key, not B's: BIND_CHANNEL would fail
     assert mitm.channel.binding_data != genuine.channel.binding_data
     # on the wire: the genuine latched flow's bytes reach nobody but A and B (M may see ESP it
@@ -464,7 +478,7 @@ def test_a12_syn_whose_sa_expired_is_not_latched_to_a_stale_peer() -> None:
         if rec.sender == "a" and not expired and rec.packet() is not None and rec.packet().proto == 50:
             for sa in lab.stack(lab.b).engine.sad:
                 expired.append(sa.sa_id)
-                lab.net.scheduler.call_later(0.0001, lab.stack(lab.b).sike.expire_child, sa.sa_id)
+                lab.net.scheduler.call_later(0.0001, lab.stack(lab.b).ike.expire_child, sa.sa_id)
 
     lab.net.hub.taps.append(expire_in_flight)
     client = lab.a.connect(lab.b.address, 2049, local_port=36000)
@@ -479,7 +493,7 @@ def test_a12_syn_whose_sa_expired_is_not_latched_to_a_stale_peer() -> None:
     accepted = lab.listeners[2049].accepted
     assert cconn.state is StreamState.ESTABLISHED and accepted
     peer = accepted[-1].channel.params.peer
-    assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(c).sike.credentials.spki
+    assert isinstance(peer, RawPublicKeyPeer) and peer.spki_der == lab.stack(c).ike.credentials.spki
     assert client.state is not StreamState.ESTABLISHED  # A never got a connection
     assert leaked(lab.net.hub, client.flow, {"a", "b", "c"}) == []
 
@@ -492,7 +506,7 @@ def test_a13_dpd_peer_dead_breaks_irremediably() -> None:
     lab = Lab.build()
     client, server = lab.open()
     assert server is not None
-    lab.stack(lab.a).sike.start_dpd(interval=1.0, max_misses=3)
+    lab.stack(lab.a).ike.start_dpd(interval=1.0, max_misses=3)
     m = lab.attacker("m", ipsec=False)
     m.blackhole(lab.a.address, lab.b.address)
     client.send(b"into the blackhole")
@@ -576,8 +590,8 @@ def test_a16_same_spi_chosen_by_two_clients_does_not_cross_wire() -> None:
     lab = Lab.build()
     d = lab.net.add_host("d", "192.0.2.3")
     lab.net.enable_ipsec(d, spd=lab.spd, pad=lab.pad, credentials=lab.net.credentials("btns"))
-    lab.stack(lab.a).sike.spi_override = [0x4242]
-    lab.stack(d).sike.spi_override = [0x4242]
+    lab.stack(lab.a).ike.spi_override = [0x4242]
+    lab.stack(d).ike.spi_override = [0x4242]
     ca, sa_ = lab.open(local_port=39000)
     cd = d.connect(lab.b.address, 2049, local_port=39000)
     lab.net.run_for(1.0)
@@ -614,10 +628,10 @@ def test_a17_child_sa_asserting_another_local_id_breaks_the_latch(approach: Appr
     latched_peer = client.channel.params.peer
     sizes = _record_sad_size_at_alert(client, stack)
     sad_before = len(stack.engine.sad)
-    stack.sike.credentials = lab.net.credentials("btns")  # A now asserts another key
-    assert stack.sike.credentials.local_identity() != latched_local
+    stack.ike.credentials = lab.net.credentials("btns")  # A now asserts another key
+    assert stack.ike.credentials.local_identity() != latched_local
     done: list[object] = []
-    stack.sike.initiate(
+    stack.ike.initiate(
         lab.a.address,
         lab.b.address,
         (Selector.for_flow(client.flow),),

@@ -37,7 +37,7 @@ def _pair(approach: Approach, **kw: object) -> tuple[Lab, object, object]:
 @pytest.mark.conformance(id="LATCH-01", rfc="RFC 5660 §2")
 def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
     lab = Lab.build(approach=approach, server_ike=IkeMode.SLOW)
-    lab.stack(lab.b).sike.slow_delay = 1.0  # the server's key manager answers after 1 s
+    lab.stack(lab.b).ike.slow_delay = 1.0  # the server's key manager answers after 1 s
     lab.listen()
     client = lab.a.connect(lab.b.address, 2049, local_port=33333)
     lab.net.run_for(0.5)
@@ -55,18 +55,26 @@ def test_no_packet_leaves_before_the_latch_exists(approach: Approach) -> None:
     assert client.state is StreamState.ESTABLISHED and server is not None
     assert bytes(client.received) == b"" and client.irs != 7
     wire = [p for p in flow_packets(lab.net.hub, client.flow) if p.sender in ("a", "b")]
-    sike_done = max(p.time for p in _sike(lab) if p.sender == "b")
+    # B's answer to IKE_AUTH carries the CHILD_SA (B answers late retransmissions again later)
+    auth_answered = min(p.time for p in _ike(lab) if p.sender == "b" and _is_auth_response(p))
     first = wire[0]
     assert first.segment is not None and first.segment.flags == Flags.SYN
-    assert first.protected and first.time >= sike_done  # SYN only after the child SAs exist
+    assert first.protected and first.time >= auth_answered  # SYN only after the child SAs exist
     assert all(p.protected for p in wire)
     assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
 
 
-def _sike(lab: Lab) -> list:  # type: ignore[type-arg]
+def _ike(lab: Lab) -> list:  # type: ignore[type-arg]
     from rpclatch.netsim.testing.wireview import decode_wire
 
-    return [p for p in decode_wire(lab.net.hub) if p.sike]
+    return [p for p in decode_wire(lab.net.hub) if p.ike]
+
+
+def _is_auth_response(p) -> bool:  # type: ignore[no-untyped-def]
+    from rpclatch.ipsec.ike.wire import ExchangeType, Header
+
+    header = Header.decode(p.record.packet().payload[8:])
+    return header.exchange == ExchangeType.IKE_AUTH and header.is_response
 
 
 @BOTH
@@ -154,7 +162,7 @@ def test_ike_absent_means_not_latched_and_nothing_on_the_wire(approach: Approach
     cl = client.latch_info
     assert isinstance(cl, ConnLatch) and cl.not_latched_reason is not None
     assert flow_packets(lab.net.hub, client.flow) == []  # not a single TCP segment
-    assert len(_sike(lab)) >= 2 and all(p.sender == "a" for p in _sike(lab))
+    assert len(_ike(lab)) >= 2 and all(p.sender == "a" for p in _ike(lab))
 
 
 @BOTH
@@ -181,7 +189,7 @@ def test_default_broken_disposition_is_reset(approach: Approach) -> None:
     c = lab.attacker()
     # C claims the server's address and negotiates SAs for exactly the latched 5-tuple with A
     c.claim_address(lab.b.address)
-    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (_exact(client.flow.reversed()),))
+    lab.stack(c).ike.initiate(lab.b.address, lab.a.address, (_exact(client.flow.reversed()),))
     lab.net.run_for(1.0)
     # both approaches: the conflicting SA breaks the latch, the default disposition resets (§5.5 (b))
     assert StreamEventKind.RESET in client.kinds()
@@ -276,7 +284,7 @@ def test_latched_peer_is_the_peer_spki(approach: Approach) -> None:
         assert channel is not None
         peer = channel.params.peer
         assert isinstance(peer, RawPublicKeyPeer)
-        assert peer.spki_der == lab.stack(peer_host).sike.credentials.spki
+        assert peer.spki_der == lab.stack(peer_host).ike.credentials.spki
     assert client.channel.binding_data == server.channel.binding_data
     assert client.channel.binding_prefix == server.channel.binding_prefix
 
@@ -326,13 +334,13 @@ def test_inquire_latch_over_the_wire() -> None:
     assert info is not None and info.state is LatchState.ESTABLISHED and info.params is not None
     assert info.params.qop.determinate and info.params.qop.suite is not None
     assert info.params.peer_addr == lab.b.address
-    assert info.params.local.spki_der == lab.stack(lab.a).sike.credentials.spki
+    assert info.params.local.spki_der == lab.stack(lab.a).ike.credentials.spki
 
 
 @pytest.mark.conformance(id="LATCH-05", rfc="RFC 5660 §2.1")
 def test_wide_sas_make_qop_indeterminate() -> None:
     lab = Lab.build()
-    lab.stack(lab.a).sike.narrow = False  # host-to-host child SAs
+    lab.stack(lab.a).ike.narrow = False  # host-to-host child SAs
     client, _server = lab.open()
     info = lab.stack(lab.a).latch_of(client)
     assert info is not None and info.qop_indeterminate

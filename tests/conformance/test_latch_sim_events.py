@@ -46,13 +46,13 @@ def test_latch_creation_fails_while_conflicting_sas_exist() -> None:
     c = lab.attacker("c")
     c.claim_address(lab.b.address)
     # C (claiming B's address) gets host-to-host SAs with A first; then B takes its address back
-    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
+    lab.stack(c).ike.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
     lab.net.run_for(0.5)
     lab.b.claim_address(lab.b.address)
     # B also negotiates host-to-host SAs with A: two SAs with different peers now carry a->b:2049
-    lab.stack(lab.b).sike.narrow = False
+    lab.stack(lab.b).ike.narrow = False
     h2h = host_to_host(lab.b.address, lab.a.address)
-    lab.stack(lab.b).sike.initiate(lab.b.address, lab.a.address, (h2h,))
+    lab.stack(lab.b).ike.initiate(lab.b.address, lab.a.address, (h2h,))
     lab.net.run_for(0.5)
     assert len({sa.peer for sa in lab.stack(lab.a).engine.sad}) == 2
     client, _server = lab.open(local_port=42000)
@@ -67,9 +67,9 @@ def test_conflicting_proposal_narrowed_or_breaks_with_alert_first() -> None:
     assert server is not None
     c = lab.attacker("c")
     c.claim_address(lab.b.address)
-    sike_c = lab.stack(c).sike
+    ike_c = lab.stack(c).ike
     # 1. narrowable: a host-to-host proposal is narrowed around the latched 5-tuple
-    sike_c.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
+    ike_c.initiate(lab.b.address, lab.a.address, (host_to_host(lab.b.address, lab.a.address),))
     lab.net.run_for(0.5)
     assert lab.stack(lab.a).latch_state(client) is LatchState.ESTABLISHED
     narrowed = [
@@ -91,7 +91,7 @@ def test_conflicting_proposal_narrowed_or_breaks_with_alert_first() -> None:
 
     client.on_event = spy
     before = len(sad)
-    sike_c.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
+    ike_c.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
     lab.net.run_for(0.5)
     assert seen == [before] and len(sad) == before + 1
     assert client.latch_info.alerts[-1].reason is AlertReason.CONFLICTING_SA  # type: ignore[union-attr]
@@ -105,7 +105,7 @@ def test_wait_disposition_suspends_then_resumes() -> None:
     assert server is not None
     c = lab.attacker("c")
     c.claim_address(lab.a.address)
-    lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.stack(c).ike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
     lab.net.run_for(0.5)
     assert lab.stack(lab.b).latch_state(server) is LatchState.BROKEN
     assert server.state is StreamState.ESTABLISHED
@@ -120,7 +120,7 @@ def test_wait_disposition_suspends_then_resumes() -> None:
     # the conflict goes away (C's SA deleted): back to ESTABLISHED, retransmission delivers
     for sa in list(lab.stack(lab.b).engine.sad):
         if sa.peer != server.channel.params.peer:
-            lab.stack(lab.b).sike.remove_child(sa.sa_id)
+            lab.stack(lab.b).ike.remove_child(sa.sa_id)
     lab.net.run_for(3.0)
     assert lab.stack(lab.b).latch_state(server) is LatchState.ESTABLISHED
     assert bytes(server.received) == b"during break"
@@ -166,8 +166,8 @@ def test_dpd_peer_dead_breaks_all_latches_with_that_peer(approach: Approach) -> 
     c1, _ = lab.open(local_port=45000)
     c2, _ = lab.open(local_port=45001)
     other, _ = lab.open(4000, local_port=45002)  # bypassed flow: not latched, unaffected
-    lab.stack(lab.a).sike.start_dpd(interval=0.5, max_misses=2)
-    lab.stack(lab.b).sike.mode = __import__("rpclatch.netsim.ike", fromlist=["IkeMode"]).IkeMode.ABSENT
+    lab.stack(lab.a).ike.start_dpd(interval=0.5, max_misses=2)
+    lab.stack(lab.b).ike.mode = __import__("rpclatch.netsim.ike", fromlist=["IkeMode"]).IkeMode.ABSENT
     lab.net.run_for(5.0)
     for conn in (c1, c2):
         assert conn.kinds()[-1] is StreamEventKind.RESET
@@ -187,8 +187,8 @@ def test_simultaneous_open(equal: bool) -> None:
     if not equal:
         from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, ProtectionPolicy
 
-        lab.stack(lab.a).sike.key_bits = 256
-        lab.stack(lab.b).sike.key_bits = 128
+        lab.stack(lab.a).ike.key_bits = 256
+        lab.stack(lab.b).ike.key_bits = 128
         req_a = LatchRequest(policy=ProtectionPolicy(suites=(AES_GCM_256,)))
         req_b = LatchRequest(policy=ProtectionPolicy(suites=(AES_GCM_128,)))
     else:
@@ -233,7 +233,7 @@ def test_btns_peer_ts_overlapping_non_btns_entry_is_rejected_on_the_wire() -> No
     client, server = lab.open()
     # A's own address (192.0.2.1) is inside the non-BTNS entry's range: its BTNS proposal is refused
     assert client.kinds() == [StreamEventKind.FAILED] and server is None
-    assert any("TS_UNACCEPTABLE" in text for _, text in lab.stack(lab.a).sike.events)
+    assert any("TS_UNACCEPTABLE" in text for _, text in lab.stack(lab.a).ike.events)
 
 
 @pytest.mark.conformance(id="LATCH-23", rfc="RFC 7619 §2, §2.2, §2.5")
@@ -241,7 +241,7 @@ def test_null_auth_refused_where_authentication_is_required() -> None:
     lab = Lab.build(client_credentials="null")  # server PAD: BTNS keys only
     client, server = lab.open()
     assert client.kinds() == [StreamEventKind.FAILED] and server is None
-    assert any("AUTHENTICATION_FAILED" in text for _, text in lab.stack(lab.a).sike.events)
+    assert any("AUTHENTICATION_FAILED" in text for _, text in lab.stack(lab.a).ike.events)
 
 
 @pytest.mark.conformance(id="LATCH-24", rfc="RFC 7619 §2.2/§2.3; RFC 5660 §2")
@@ -251,7 +251,7 @@ def test_null_auth_latch_breaks_on_new_ike_sa_and_offers_no_binding() -> None:
     assert client.state is StreamState.ESTABLISHED and server is not None
     assert client.channel is None and client.latch_info.binding_unavailable  # type: ignore[union-attr]
     # the same NULL peer (same address, same daemon) makes a *new* IKE SA for the 5-tuple
-    lab.stack(lab.a).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.stack(lab.a).ike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
     lab.net.run_for(0.5)
     assert StreamEventKind.RESET in server.kinds()
 
@@ -259,15 +259,15 @@ def test_null_auth_latch_breaks_on_new_ike_sa_and_offers_no_binding() -> None:
 @pytest.mark.conformance(id="LATCH-26", rfc="RFC 5056 §2.1; RFC 5660 §2.1")
 def test_binding_is_identical_at_both_ends_whoever_initiated_ike() -> None:
     lab = Lab.build()
-    lab.stack(lab.a).sike.narrow = False
+    lab.stack(lab.a).ike.narrow = False
     c1, s1 = lab.open(local_port=47000)  # A initiated IKE
     lab2 = Lab.build(seed=1)
-    lab2.stack(lab2.b).sike.initiate(
+    lab2.stack(lab2.b).ike.initiate(
         lab2.b.address, lab2.a.address, (host_to_host(lab2.b.address, lab2.a.address),)
     )
     lab2.net.run_for(0.5)
     c2, s2 = lab2.open(local_port=47000)  # B initiated IKE; A reuses the SAs
-    assert len(lab2.stack(lab2.a).sike.ike_sas) == 1
+    assert len(lab2.stack(lab2.a).ike.ike_sas) == 1
     for c, s in ((c1, s1), (c2, s2)):
         assert c.channel is not None and s is not None and s.channel is not None
         assert c.channel.binding_data == s.channel.binding_data
@@ -288,7 +288,7 @@ def test_LATCH_10c_icmp_unreachable_disposition_is_a_soft_error(approach: Approa
     assert server is not None and server.soft_error is None
     c = lab.attacker("c")
     c.claim_address(lab.a.address)
-    lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.stack(c).ike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
     lab.net.run_for(0.5)
     assert lab.stack(lab.b).latch_state(server) is LatchState.BROKEN
     soft = [e for e in server.events if e.kind is StreamEventKind.SOFT_ERROR]
@@ -316,7 +316,7 @@ def test_LATCH_10d_soft_error_clears_when_the_latch_is_established_again() -> No
     assert server is not None
     c = lab.attacker("c")
     c.claim_address(lab.a.address)
-    lab.stack(c).sike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
+    lab.stack(c).ike.initiate(lab.a.address, lab.b.address, (Selector.for_flow(client.flow),))
     lab.net.run_for(0.5)
     assert server.soft_error is not None
     c.release_address(lab.a.address)
@@ -324,7 +324,7 @@ def test_LATCH_10d_soft_error_clears_when_the_latch_is_established_again() -> No
     client.send(b"during break")
     for sa in list(lab.stack(lab.b).engine.sad):
         if sa.peer != server.channel.params.peer:
-            lab.stack(lab.b).sike.remove_child(sa.sa_id)
+            lab.stack(lab.b).ike.remove_child(sa.sa_id)
     lab.net.run_for(3.0)
     assert lab.stack(lab.b).latch_state(server) is LatchState.ESTABLISHED and server.soft_error is None
     assert bytes(server.received) == b"during break"

@@ -200,15 +200,18 @@ def test_latch_break_resets_then_reconnects_relatches_and_rebinds(
     flow = old.conn.flow
     rogue = bed.attackers[0]
 
-    def attack() -> None:
-        rogue.claim_address(SERVER_ADDR)
-        sel = Selector.for_flow(
-            FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
-        )
-        assert rogue.ipsec is not None
-        rogue.ipsec.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
-
-    bed.net.scheduler.call_at(bed.net.now + 0.0005, attack)
+    # the rogue claims the server's address and starts IKE for exactly the latched 5-tuple; once
+    # its IKE_AUTH request (with that CHILD_SA) is on the wire the server announces its address
+    # again, and the call goes out: the client vets the CHILD_SA while the call is in flight
+    rogue.claim_address(SERVER_ADDR)
+    sel = Selector.for_flow(
+        FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
+    )
+    assert rogue.ipsec is not None
+    rogue.ipsec.ike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
+    bed.net.run_for(0.0025)  # IKE_SA_INIT answered (2 ms), IKE_AUTH sent, arrives at 3 ms
+    assert bed.client_stack.latch_state(old.conn) is LatchState.ESTABLISHED
+    bed.server.claim_address(SERVER_ADDR)
     with pytest.raises(ConnectionReset):
         echo(pc)  # in flight when the latch broke: fails, is not silently resent
     assert bed.client_stack.latch_state(old.conn) in (LatchState.BROKEN, LatchState.CLOSED)
@@ -308,14 +311,14 @@ def test_wait_disposition_holds_the_connection_and_drops_the_binding(realm: Thro
     sel = Selector.for_flow(
         FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
     )
-    rogue.ipsec.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
+    rogue.ipsec.ike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
     bed.net.run_for(0.05)
     assert bed.client_stack.latch_state(lk.conn) is LatchState.BROKEN
     assert pc.security.latch_state is LatchState.BROKEN and not pc.security.bound
     assert lk.is_open  # held, not reset
     t_break = bed.net.now
-    for sa_id in list(rogue.ipsec.sike.children):
-        rogue.ipsec.sike.remove_child(sa_id)  # DELETE: the conflict goes away
+    for sa_id in list(rogue.ipsec.ike.children):
+        rogue.ipsec.ike.remove_child(sa_id)  # DELETE: the conflict goes away
     bed.server.claim_address(SERVER_ADDR)
     bed.net.run_for(0.05)
     assert bed.client_stack.latch_state(lk.conn) is LatchState.ESTABLISHED

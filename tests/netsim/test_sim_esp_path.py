@@ -53,7 +53,7 @@ def test_tampered_esp_fails_icv_and_unknown_spi_is_dropped() -> None:
 
 def test_sequence_number_exhaustion_stops_output() -> None:
     lab, client, server = _established()
-    for keys in lab.stack(lab.a).sike.children.values():
+    for keys in lab.stack(lab.a).ike.children.values():
         keys.seq_out = 0xFFFFFFFF
     client.send(b"too late")  # type: ignore[attr-defined]
     lab.net.run_for(0.5)

@@ -17,9 +17,9 @@ from rpclatch.ipsec.ike import (
     ChildRequest,
     ChildSaEstablished,
     Credentials,
+    FailureReason,
     IkeConfig,
     IkeEvent,
-    IkeSa,
     IkeSaEstablished,
     IkeSaFailed,
 )
@@ -72,7 +72,6 @@ class Net:
     down: bool = False
     events: dict[ipaddress.IPv4Address, list[IkeEvent]] = field(default_factory=dict)
     sent: list[IpPacket] = field(default_factory=list)
-    cancelled: list[IkeSa] = field(default_factory=list)
     ends: dict[ipaddress.IPv4Address, SimIkeEndpoint] = field(default_factory=dict)
 
     def add(self, addr: ipaddress.IPv4Address, config: IkeConfig) -> SimIkeEndpoint:
@@ -83,7 +82,6 @@ class Net:
             sim_ike_config(config),
             send=self._send,
             on_event=lambda _sa, ev: self.events[addr].append(ev),
-            on_unreachable=self.cancelled.append,
         )
         self.ends[addr] = end
         return end
@@ -179,11 +177,12 @@ def test_unreachable_peer_fails_at_once_and_stops_retransmitting() -> None:
     sa = net.ends[A].initiate(B, ChildRequest(Selector.for_flow(FLOW)))
     assert len(net.sent) == 1
     assert net.ends[A].unreachable(B) == [sa]
-    assert net.cancelled == [sa]
+    (failed,) = net.events[A]  # reported at once, by the core
+    assert isinstance(failed, IkeSaFailed) and failed.reason is FailureReason.CANCELLED
     assert net.ends[A].unreachable(B) == []  # reported once
     net.sched.run_for(10.0)
     assert len(net.sent) == 1
-    assert net.events[A] == []
+    assert net.events[A] == [failed]
 
 
 def test_a_new_attempt_after_unreachable_is_not_suppressed() -> None:
@@ -196,7 +195,7 @@ def test_a_new_attempt_after_unreachable_is_not_suppressed() -> None:
     net.ends[A].initiate(B, ChildRequest(Selector.for_flow(FLOW)))
     net.sched.run_for(1.0)
     assert len(net.of(A, ChildSaEstablished)) == 1
-    assert not net.of(A, IkeSaFailed)
+    assert [e.reason for e in net.of(A, IkeSaFailed)] == [FailureReason.CANCELLED]  # the first only
 
 
 def _malformed_outside_raw_key_certs(text: str) -> list[str]:

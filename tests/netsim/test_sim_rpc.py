@@ -57,7 +57,7 @@ def test_rpc_server_sees_the_latched_channel_and_reset_on_break(approach: Approa
     if approach is Approach.POLICY:
         c = lab.attacker()
         c.claim_address(lab.b.address)
-        lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
+        lab.stack(c).ike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
         lab.net.run_for(0.5)
         with pytest.raises(SimConnectionReset):
             client.call(PROG, VERS, 1, b"again")
@@ -73,7 +73,7 @@ def test_outstanding_call_fails_with_reset_when_latch_breaks() -> None:
     c = lab.attacker()
     c.claim_address(lab.b.address)  # the reply to the next call will never come back from B
     handle = client.start_call(PROG, VERS, 1, b"lost")
-    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
+    lab.stack(c).ike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
     lab.net.run_for(1.0)
     assert isinstance(client.results.get(handle.xid), Exception)
     assert client.ended is not None
@@ -95,7 +95,7 @@ def test_call_during_unreachable_disposition_break_names_the_soft_error_then_rec
     assert client.call(PROG, VERS, 1, b"ping") == b"ping"
     c = lab.attacker()
     c.claim_address(lab.b.address)
-    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
+    lab.stack(c).ike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(conn.flow.reversed()),))
     lab.net.run_for(0.5)
     assert lab.stack(lab.a).latch_state(conn) is LatchState.BROKEN and conn.soft_error is not None
     c.release_address(lab.b.address)
@@ -106,7 +106,7 @@ def test_call_during_unreachable_disposition_break_names_the_soft_error_then_rec
     assert client.is_open and client.ended is None  # not reset, unlike disposition (b)
     for sa in list(lab.stack(lab.a).engine.sad):  # the thief's SA goes away: T5
         if conn.channel is not None and sa.peer != conn.channel.params.peer:
-            lab.stack(lab.a).sike.remove_child(sa.sa_id)
+            lab.stack(lab.a).ike.remove_child(sa.sa_id)
     lab.net.run_for(3.0)
     assert lab.stack(lab.a).latch_state(conn) is LatchState.ESTABLISHED and conn.soft_error is None
     assert client.call(PROG, VERS, 1, b"after", timeout=10.0) == b"after"

@@ -36,8 +36,8 @@ def test_protected_udp_datagrams_carry_the_tag() -> None:
     assert isinstance(tag, PacketTag) and tag.protected
     token = PToken(tag)
     assert token.privacy_protected and isinstance(token.peer, RawPublicKeyPeer)
-    assert token.peer.spki_der == lab.stack(lab.a).sike.credentials.spki
-    udp = [p for p in decode_wire(lab.net.hub) if p.proto == IpProto.UDP and not p.sike]
+    assert token.peer.spki_der == lab.stack(lab.a).ike.credentials.spki
+    udp = [p for p in decode_wire(lab.net.hub) if p.proto == IpProto.UDP and not p.ike]
     assert udp and all(p.protected for p in udp)
     # a forged cleartext datagram to the protected port never reaches the socket
     c = lab.attacker(ipsec=False)
@@ -72,7 +72,7 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
     assert latch is not None and latch.state is LatchState.ESTABLISHED
     info = st.engine.latches.inquire_latch(latch.handle)
     assert info.params is not None and isinstance(info.params.peer, RawPublicKeyPeer)
-    assert info.params.peer.spki_der == lab.stack(lab.b).sike.credentials.spki
+    assert info.params.peer.spki_der == lab.stack(lab.b).ike.credentials.spki
     # the reply comes back under the latch; a datagram from another port is not for this socket
     sb.sendto(b"answer", lab.a.address, 5353)
     lab.net.run_for(0.5)
@@ -84,7 +84,7 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
     # an address thief keys the flow: the latch breaks, nothing more of the flow is sent
     c = lab.attacker("c")
     c.claim_address(lab.b.address)
-    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(flow.reversed()),))
+    lab.stack(c).ike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(flow.reversed()),))
     lab.net.run_for(0.5)
     cl = sa.latch_info
     assert isinstance(cl, ConnLatch) and cl.alerts[-1].new_state is LatchState.BROKEN
@@ -92,12 +92,10 @@ def test_approach2_connected_udp_socket_is_latched() -> None:
     t0 = lab.net.now
     sa.send(b"after the break")
     lab.net.run_for(0.5)
-    from_a = [
-        p for p in decode_wire(lab.net.hub) if p.sender == "a" and not p.sike and p.proto != IpProto.TCP
-    ]
+    from_a = [p for p in decode_wire(lab.net.hub) if p.sender == "a" and not p.ike and p.proto != IpProto.TCP]
     assert from_a and [p for p in from_a if p.time >= t0] == []
     assert any(d.flow == flow for d in st.drops)  # dropped by the BROKEN latch
-    udp = [p for p in decode_wire(lab.net.hub) if p.proto == IpProto.UDP and not p.sike and p.sender == "a"]
+    udp = [p for p in decode_wire(lab.net.hub) if p.proto == IpProto.UDP and not p.ike and p.sender == "a"]
     assert udp and all(p.protected for p in udp)
     sa.close()
     lab.net.run_for(120.0)

@@ -11,18 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rpclatch.ipsec.model import FiveTuple, Selector
 from rpclatch.netsim.errors import EspAuthError, SimWireError
 from rpclatch.netsim.esp import EspHeader, EspKeys, ReplayWindow, esp_open, esp_seal
-from rpclatch.netsim.identity import SimCertificate
-from rpclatch.netsim.ike_wire import (
-    AuthKind,
-    InitRequest,
-    InitResponse,
-    SikeStatus,
-    WireIdentity,
-    decode_sike,
-)
 from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, IpPacket, internet_checksum
 from rpclatch.netsim.tcp import Flags, TcpSegment
 from rpclatch.netsim.udp import UdpDatagram
@@ -109,25 +99,6 @@ def test_replay_window() -> None:
     assert not w.check(0)
 
 
-def test_sike_round_trip() -> None:
-    sel = Selector.for_flow(FiveTuple.of("192.0.2.1", 1, "192.0.2.2", 2, 6))
-    ident = WireIdentity(AuthKind.RAW_KEY, b"", b"spki")
-    req = InitRequest(1, b"n" * 32, b"k" * 32, ident, (sel,), 300, 256, b"s")
-    assert decode_sike(req.encode()) == req
-    resp = InitResponse(
-        1,
-        2,
-        SikeStatus.TS_UNACCEPTABLE,
-        b"m" * 32,
-        b"j" * 32,
-        WireIdentity(AuthKind.NULL),
-        (Selector(),),
-        0,
-        b"",
-    )
-    assert decode_sike(resp.encode()) == resp
-
-
 # -- fuzz: any bytes decode or raise SimWireError ---------------------------------------------------
 
 FUZZ = settings(max_examples=300, deadline=None)
@@ -171,25 +142,3 @@ def test_fuzz_esp_inside_valid_icv(payload: bytes, cut: int, flip: int) -> None:
         raw[cut] ^= flip
     with contextlib.suppress(SimWireError):
         esp_open(KEYS, bytes(raw))
-
-
-@FUZZ
-@given(st.binary(max_size=400))
-def test_fuzz_sike_decode(data: bytes) -> None:
-    with contextlib.suppress(SimWireError):
-        decode_sike(data)
-
-
-@FUZZ
-@given(st.binary(max_size=200))
-def test_fuzz_certificate_decode(data: bytes) -> None:
-    with contextlib.suppress(SimWireError):
-        SimCertificate.decode(data)
-
-
-@FUZZ
-@given(st.integers(1, 4), st.binary(max_size=300))
-def test_fuzz_sike_typed_prefix(kind: int, body: bytes) -> None:
-    """Bodies behind a valid message type exercise the per-type decoders."""
-    with contextlib.suppress(SimWireError):
-        decode_sike(kind.to_bytes(4, "big") + body)
