@@ -3,7 +3,8 @@
 The policy is the table in :mod:`rpclatch.connect.policy`; the client flow that runs it is
 :class:`rpclatch.connect.client.ProtectedConnection`; what it needs from the world it runs in is
 the protocols of :mod:`rpclatch.connect.world` (on the simulated network:
-:mod:`rpclatch.connect.sim`, client and server side); RPCSEC_GSS comes from
+:mod:`rpclatch.connect.sim`; on real sockets and kernel ESP through the key-manager daemon:
+:mod:`rpclatch.connect.kernel`; client and server side in both); RPCSEC_GSS comes from
 :mod:`rpclatch.connect.gss`; :mod:`rpclatch.connect.nfs` answers the NFSv4 client's connection hook.
 """
 

@@ -1,4 +1,6 @@
-"""The world the connect policy runs in, as interfaces: the simulated network now, real kernels later.
+"""The world the connect policy runs in, as interfaces: the simulated network
+(:mod:`rpclatch.connect.sim`) and real sockets with kernel IPsec through the key-manager daemon
+(:mod:`rpclatch.connect.kernel`, docs/mission-kernel.md).
 
 The policy (:mod:`rpclatch.connect.client`) only ever talks to these protocols. A world opens TCP-like
 RPC connections to a server, with or without a request for IPsec protection (RFC 5660 §3.1
