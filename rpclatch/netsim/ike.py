@@ -544,6 +544,7 @@ class SimIkeDaemon:
         elif isinstance(ev, ChildSaEstablished):
             self._child_established(sa, ev)
         elif isinstance(ev, ChildSaFailed):
+            self._vetted.pop(ev.ike_sa, None)
             who = "the peer" if ev.by_peer else "us"
             why = f"CHILD_SA refused by {who}: {notify_name(ev.notify)}" + (
                 f" ({ev.detail})" if ev.detail else ""
@@ -567,6 +568,7 @@ class SimIkeDaemon:
                 entry.sa = sa.successor
                 self.ike_sas[ev.new] = entry
         elif isinstance(ev, IkeSaDeleted):
+            self._vetted.pop(ev.ike_sa, None)
             if entry is not None:
                 for sa_id in list(entry.children):
                     self._drop_child(sa_id)
@@ -574,6 +576,7 @@ class SimIkeDaemon:
                 if ev.by_peer:
                     self._event(f"IKE SA {ev.ike_sa} with {entry.peer_addr} deleted by the peer")
         elif isinstance(ev, IkeSaFailed):
+            self._vetted.pop(ev.ike_sa, None)
             why = ev.reason.value + (f": {notify_name(ev.notify)}" if ev.notify is not None else "")
             if ev.detail:
                 why += f" ({ev.detail})"
