@@ -7,4 +7,4 @@ for a one-line error message.
 
 #: Modules under rpclatch.commands that the CLI loads, in help order (a listed module that is not
 #: there is skipped by ``rpclatch.cli.build_parser``).
-COMMAND_MODULES = ("demo", "rpc", "realm", "nfs", "interop", "ipsec")
+COMMAND_MODULES = ("demo", "rpc", "realm", "nfs", "interop", "ipsec", "conformance")

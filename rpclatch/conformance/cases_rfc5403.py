@@ -1,0 +1,421 @@
+"""RFC 5403 cases (CB-nn): version 2 negotiation and what BIND_CHANNEL and channel_prot must
+refuse without a channel; the cases that need a latched channel to the server are OMITted.
+
+The prober has no secure channel to the server, so it cannot know the server's channel bindings:
+its BIND_CHANNEL requests name a prefix the server cannot have (CB-07) or a hash it should not
+implement (CB-08), carry a valid MIC over a made-up hash, and check that whatever comes back is
+either a refusal or a MIC-protected negotiation answer (RFC 5403 §3.3), and that the request's
+seq_num is handled as a DATA seq_num (replays dropped, a verified request consumes it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from rpclatch.conformance.judge import refused
+from rpclatch.conformance.model import CaseSpec, Finding, Group, Level, Outcome
+from rpclatch.conformance.probe import (
+    ClientContext,
+    NoContext,
+    Prepared,
+    Reply,
+    Session,
+    auth_bytes,
+    gss_call,
+)
+from rpclatch.conformance.registry import Case, add, case
+from rpclatch.gss.errors import GssError
+from rpclatch.gss.wire import (
+    RPCSEC_GSS_VERS_1,
+    RPCSEC_GSS_VERS_2,
+    SHA256,
+    BindChanMicInArgs,
+    BindChanMicInRes,
+    BindChanStatus,
+    BindChanVerfArgs,
+    BindChanVerfRes,
+    GssProc,
+    Service,
+    encode_call_header,
+    encode_cred,
+)
+from rpclatch.ipsec.channel_binding import CB_PREFIX
+from rpclatch.rpc.messages import PROC_NULL, AcceptedReply, AcceptStat, AuthFlavor, AuthStat
+from rpclatch.xdr import XdrError
+
+G = Group.CB
+MUST = Level.MUST
+SHOULD = Level.SHOULD
+#: A channel-binding prefix no channel has (RFC 5056 §2.1 prefixes are registered names).
+UNKNOWN_PREFIX = b"x-rpclatch-conformance-no-such-channel"
+#: MD5 (RFC 1321; OID 1.2.840.113549.2.5), which no channel-binding hash list should offer.
+MD5_OID = bytes.fromhex("2a864886f70d0205")
+#: Why the channel cases do not run.
+NO_CHANNEL = "no latched channel to the server (needs a key manager)"
+_FLAVOR_GSS = int(AuthFlavor.RPCSEC_GSS)
+
+
+def bind_call(
+    s: Session,
+    ctx: ClientContext,
+    *,
+    prefix: bytes,
+    oid: bytes,
+    cb_hash: bytes,
+    seq: int | None = None,
+    version: int | None = None,
+) -> Prepared:
+    """A BIND_CHANNEL request (RFC 5403 §3.3): NULL procedure, service none, verifier
+    ``rgss2_bind_chan_verf_args`` whose MIC covers the header and ``cb_hash``."""
+    c = s.config
+    seq = ctx.next_seq() if seq is None else seq
+    xid = s.next_xid()
+    cred = encode_cred(
+        ctx.version if version is None else version,
+        GssProc.RPCSEC_GSS_BIND_CHANNEL,
+        seq,
+        Service.NONE,
+        ctx.handle,
+    )
+    header = encode_call_header(xid, c.prog, c.vers, PROC_NULL, _FLAVOR_GSS, cred)
+    mic = ctx.gss.get_mic(header + BindChanMicInArgs(cb_hash).encode())
+    verf = auth_bytes(_FLAVOR_GSS, BindChanVerfArgs(prefix, oid, mic).encode())
+    return Prepared(xid, seq, Service.NONE, gss_call(xid, c.prog, c.vers, PROC_NULL, cred, verf, b""))
+
+
+def _made_up_hash(prefix: bytes) -> bytes:
+    return hashlib.sha256(prefix + b":" + bytes(32)).digest()
+
+
+async def _v2_context(s: Session) -> ClientContext:
+    return await s.context(RPCSEC_GSS_VERS_2)
+
+
+def judge_bind(
+    ctx: ClientContext, prepared: Prepared, reply: Reply, hashes: tuple[bytes, ...]
+) -> tuple[Finding, bool]:
+    """A BIND_CHANNEL answer to a request the server cannot satisfy: (finding, whether the answer
+    carried a MIC that verified, i.e. the server authenticated the request). OK FAILs (bound to a
+    channel that is not there); PREF_NOTSUPP/HASH_NOTSUPP PASS if their reply MIC verifies over
+    ``rgss2_bind_chan_MIC_in_res`` with one of ``hashes`` (HASH_NOTSUPP: its hash is under the
+    server's first OID of bindings the prober does not know, so only its shape is checked)."""
+    got = reply.describe()
+    msg = reply.message
+    if reply.silent:
+        return Finding(Outcome.WARN, "no answer to an authentic BIND_CHANNEL", got), False
+    if not isinstance(msg, AcceptedReply):
+        if reply.auth_stat() is AuthStat.RPCSEC_GSS_CREDPROBLEM:
+            return (
+                Finding(
+                    Outcome.PASS,
+                    "refused with RPCSEC_GSS_CREDPROBLEM: the server cannot check the MIC without a "
+                    "channel, so no negotiation answer (and no MIC) is given",
+                    got,
+                ),
+                False,
+            )
+        return Finding(Outcome.WARN, f"refused with {got}", got), False
+    if msg.stat is not AcceptStat.SUCCESS:
+        return Finding(Outcome.WARN, f"answered {msg.stat.name}", got), False
+    if msg.verf.flavor != _FLAVOR_GSS:
+        return Finding(Outcome.FAIL, f"BIND_CHANNEL reply verifier flavor {msg.verf.flavor}", got), False
+    try:
+        verf = BindChanVerfRes.decode(msg.verf.body)
+    except XdrError as exc:
+        return Finding(Outcome.FAIL, f"undecodable rgss2_bind_chan_verf_res: {exc}", got), False
+    status = verf.res.status
+    got = f"{got}: {status.name}"
+    if status is BindChanStatus.RGSS2_BIND_CHAN_OK:
+        return Finding(Outcome.FAIL, "BIND_CHANNEL OK with bindings the server cannot have", got), True
+    if status is BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP:
+        oids = ", ".join(o.hex() for o in verf.res.oid_list)
+        return (
+            Finding(
+                Outcome.PASS,
+                f"HASH_NOTSUPP offering {len(verf.res.oid_list)} hash OIDs ({oids}); its MIC covers "
+                "the server's own bindings, not checkable without the channel",
+                got,
+            ),
+            True,
+        )
+    for cb_hash in hashes:
+        try:
+            ctx.gss.verify_mic(BindChanMicInRes(prepared.seq, cb_hash, verf.res).encode(), verf.mic)
+        except GssError:
+            continue
+        prefixes = ", ".join(p.decode("ascii", "replace") for p in verf.res.pref_list) or "none"
+        return Finding(Outcome.PASS, f"PREF_NOTSUPP (supported: {prefixes}), reply MIC verifies", got), True
+    return Finding(Outcome.FAIL, "PREF_NOTSUPP whose reply MIC does not verify", got), False
+
+
+@case(
+    "CB-01",
+    G,
+    "§4; RFC 2203 §5.1",
+    MUST,
+    "RPCSEC_GSS version 2 INIT: a context, or refused as an unknown version",
+    sends="INIT with version 2 in the credential",
+    expects="a v2 context, or MSG_DENIED AUTH_ERROR AUTH_REJECTEDCRED (v1-only: NOT-SUPPORTED)",
+)
+async def cb_01(s: Session) -> Finding:
+    r = await s.init(RPCSEC_GSS_VERS_2)
+    got = r.reply.describe()
+    if r.context is not None and not r.problem:
+        return Finding(Outcome.PASS, "version 2 is served", got)
+    stat = r.reply.auth_stat()
+    if stat is AuthStat.AUTH_REJECTEDCRED:
+        return Finding(
+            Outcome.NOT_SUPPORTED, "a v1-only server: version 2 refused with AUTH_REJECTEDCRED", got
+        )
+    if stat is AuthStat.AUTH_BADCRED:
+        return Finding(
+            Outcome.NOT_SUPPORTED,
+            "a v1-only server: version 2 refused with AUTH_BADCRED (RFC 2203 §5.1 names AUTH_REJECTEDCRED)",
+            got,
+        )
+    return Finding(Outcome.FAIL, f"version 2 INIT neither served nor refused as unknown: {r.problem}", got)
+
+
+@case(
+    "CB-02",
+    G,
+    "§4",
+    MUST,
+    "version 1 still works after a version 2 attempt (the fallback)",
+    sends="INIT version 2, then INIT version 1 and a DATA call on the same connection",
+    expects="the v1 context is created and works whatever the v2 answer was",
+)
+async def cb_02(s: Session) -> Finding:
+    v2 = await s.init(RPCSEC_GSS_VERS_2)
+    v1 = await s.init(RPCSEC_GSS_VERS_1)
+    got = f"v2: {v2.reply.describe()}; v1: {v1.reply.describe()}"
+    if v1.context is None or v1.problem:
+        return Finding(Outcome.FAIL, f"no v1 context after the v2 attempt: {v1.problem}", got)
+    problem = await s.fresh_call(v1.context)
+    if problem is not None:
+        return Finding(Outcome.FAIL, f"the v1 context does not work: {problem}", got)
+    what = "served" if v2.context is not None else "refused"
+    return Finding(Outcome.PASS, f"v2 {what}, v1 context works", got)
+
+
+_VERSION_REFUSALS = (AuthStat.AUTH_BADCRED, AuthStat.AUTH_REJECTEDCRED)
+
+
+@case(
+    "CB-03",
+    G,
+    "§3.3, §4; RFC 2203 §5.3.3.3",
+    MUST,
+    "BIND_CHANNEL on a version 1 handle is refused",
+    sends="on a v1 handle: BIND_CHANNEL with a v2 credential, and BIND_CHANNEL (gss_proc 4) in a v1 "
+    "credential",
+    expects="both refused, AUTH_BADCRED (a handle never crosses versions; v1 has no gss_proc 4)",
+)
+async def cb_03(s: Session) -> Finding:
+    ctx = await s.context(RPCSEC_GSS_VERS_1)
+    got = []
+    worst: Finding | None = None
+    for version in (RPCSEC_GSS_VERS_2, RPCSEC_GSS_VERS_1):
+        p = bind_call(s, ctx, prefix=CB_PREFIX.encode(), oid=SHA256.oid, cb_hash=bytes(32), version=version)
+        reply = await s.send(p)
+        got.append(f"v{version} credential: {reply.describe()}")
+        if reply.accept_stat() is AcceptStat.SUCCESS:
+            return Finding(
+                Outcome.FAIL,
+                f"BIND_CHANNEL in a v{version} credential on a v1 handle answered",
+                "; ".join(got),
+            )
+        if reply.auth_stat() in _VERSION_REFUSALS:
+            continue
+        worst = refused(
+            reply, AuthStat.AUTH_BADCRED, f"BIND_CHANNEL in a v{version} credential on a v1 handle"
+        )
+    if worst is not None:
+        return Finding(worst.outcome, worst.reason, "; ".join(got))
+    return Finding(Outcome.PASS, "both refused (AUTH_BADCRED or AUTH_REJECTEDCRED)", "; ".join(got))
+
+
+@case(
+    "CB-04",
+    G,
+    "§3.4",
+    MUST,
+    "channel_prot on a v2 handle never bound is refused",
+    sends="DATA with service channel_prot and an AUTH_NONE verifier on an unbound v2 handle",
+    expects="refused (MSG_DENIED AUTH_ERROR); never executed",
+)
+async def cb_04(s: Session) -> Finding:
+    ctx = await _v2_context(s)
+    reply = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT))
+    got = reply.describe()
+    if reply.accept_stat() is AcceptStat.SUCCESS:
+        return Finding(Outcome.FAIL, "channel_prot without a bound channel was executed", got)
+    if reply.auth_stat() is not None:
+        return Finding(Outcome.PASS, f"refused with {reply.auth_stat().name}", got)  # type: ignore[union-attr]
+    if reply.silent:
+        return Finding(Outcome.WARN, "silently dropped (the client cannot tell why)", got)
+    return Finding(Outcome.WARN, f"answered {got}", got)
+
+
+@case(
+    "CB-05",
+    G,
+    "§3.4; RFC 2203 §5.3.3.3",
+    MUST,
+    "channel_prot in a version 1 credential is refused",
+    sends="DATA with service channel_prot (4) on a v1 handle",
+    expects="MSG_DENIED AUTH_ERROR AUTH_BADCRED (an illegal service for v1)",
+)
+async def cb_05(s: Session) -> Finding:
+    ctx = await s.context(RPCSEC_GSS_VERS_1)
+    reply = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT))
+    return refused(reply, AuthStat.AUTH_BADCRED, "channel_prot in a v1 credential")
+
+
+@case(
+    "CB-06",
+    G,
+    "§3.3",
+    MUST,
+    "BIND_CHANNEL with a prefix the server has no channel for: PREF_NOTSUPP with a verified MIC, or refused",
+    sends=f"BIND_CHANNEL, prefix {UNKNOWN_PREFIX.decode()}, SHA-256, MIC over a made-up bindings hash",
+    expects="PREF_NOTSUPP whose reply MIC verifies over rgss2_bind_chan_MIC_in_res, or "
+    "RPCSEC_GSS_CREDPROBLEM; never OK",
+)
+async def cb_06(s: Session) -> Finding:
+    ctx = await _v2_context(s)
+    cb_hash = _made_up_hash(UNKNOWN_PREFIX)
+    p = bind_call(s, ctx, prefix=UNKNOWN_PREFIX, oid=SHA256.oid, cb_hash=cb_hash)
+    finding, _ = judge_bind(ctx, p, await s.send(p), (b"", cb_hash))
+    return finding
+
+
+@case(
+    "CB-07",
+    G,
+    "§3.3",
+    MUST,
+    "BIND_CHANNEL with a hash the server does not implement: HASH_NOTSUPP (one or more OIDs), or refused",
+    sends=f"BIND_CHANNEL, prefix {CB_PREFIX}, hash OID of MD5, MIC over a made-up bindings hash",
+    expects="HASH_NOTSUPP with a non-empty rbcr_oid_list, PREF_NOTSUPP with a verified MIC, or "
+    "RPCSEC_GSS_CREDPROBLEM; never OK",
+)
+async def cb_07(s: Session) -> Finding:
+    ctx = await _v2_context(s)
+    cb_hash = hashlib.md5(CB_PREFIX.encode() + b":" + bytes(32), usedforsecurity=False).digest()
+    p = bind_call(s, ctx, prefix=CB_PREFIX.encode(), oid=MD5_OID, cb_hash=cb_hash)
+    finding, _ = judge_bind(ctx, p, await s.send(p), (b"", cb_hash))
+    return finding
+
+
+@case(
+    "CB-08",
+    G,
+    "§3.3; RFC 2203 §5.3.3.1",
+    MUST,
+    "BIND_CHANNEL with a replayed seq_num is silently discarded",
+    sends="a DATA call with seq_num n, then BIND_CHANNEL with seq_num n (valid MIC)",
+    expects="no reply to the BIND_CHANNEL (its seq_num is handled as for DATA); the next call succeeds",
+)
+async def cb_08(s: Session) -> Finding:
+    ctx = await _v2_context(s)
+    problem = await s.fresh_call(ctx)
+    if problem is not None:
+        raise NoContext(f"a legitimate call on the v2 handle fails: {problem}")
+    p = bind_call(
+        s, ctx, prefix=UNKNOWN_PREFIX, oid=SHA256.oid, cb_hash=_made_up_hash(UNKNOWN_PREFIX), seq=ctx.seq
+    )
+    reply = await s.send(p, expect_silence=True)
+    got = reply.describe()
+    if reply.silent:
+        problem = await s.fresh_call(ctx)
+        if problem is not None:
+            return Finding(Outcome.FAIL, f"no reply, nor to a legitimate call after it: {problem}", got)
+        return Finding(Outcome.PASS, "silently discarded; the next call succeeds", got)
+    if isinstance(reply.message, AcceptedReply):
+        return Finding(
+            Outcome.FAIL, "a BIND_CHANNEL with a used seq_num was answered with a MIC-carrying reply", got
+        )
+    return Finding(Outcome.WARN, "refused instead of silently discarded", got)
+
+
+@case(
+    "CB-09",
+    G,
+    "§3.3; RFC 2203 §5.3.3.1",
+    MUST,
+    "an authenticated BIND_CHANNEL consumes its seq_num",
+    sends="BIND_CHANNEL with a fresh seq_num m (unknown prefix), then a DATA call with seq_num m",
+    expects="if the BIND_CHANNEL got a MIC-protected answer, the DATA call is silently discarded",
+)
+async def cb_09(s: Session) -> Finding:
+    ctx = await _v2_context(s)
+    cb_hash = _made_up_hash(UNKNOWN_PREFIX)
+    p = bind_call(s, ctx, prefix=UNKNOWN_PREFIX, oid=SHA256.oid, cb_hash=cb_hash)
+    bind_reply = await s.send(p)
+    finding, authenticated = judge_bind(ctx, p, bind_reply, (b"", cb_hash))
+    data = await s.send(s.data_call(ctx, seq=p.seq), expect_silence=True)
+    got = f"BIND_CHANNEL: {finding.got}; DATA: {data.describe()}"
+    if authenticated:
+        if data.accept_stat() is AcceptStat.SUCCESS:
+            return Finding(Outcome.FAIL, "the seq_num of an answered BIND_CHANNEL was accepted again", got)
+        if data.silent:
+            return Finding(Outcome.PASS, "seq_num consumed by the BIND_CHANNEL", got)
+        return Finding(Outcome.WARN, "the reused seq_num was refused rather than discarded", got)
+    if bind_reply.silent:
+        return Finding(Outcome.WARN, "no answer to the BIND_CHANNEL", got)
+    if data.accept_stat() is AcceptStat.SUCCESS:
+        return Finding(
+            Outcome.PASS, "the refused (unauthenticated) BIND_CHANNEL did not consume its seq_num", got
+        )
+    if data.silent:
+        return Finding(Outcome.PASS, "the refused BIND_CHANNEL consumed its seq_num", got)
+    return Finding(Outcome.WARN, f"the DATA call after the BIND_CHANNEL was refused: {data.describe()}", got)
+
+
+def _omitted(id: str, section: str, title: str, sends: str, expects: str) -> None:
+    add(Case(CaseSpec(id, G, section, MUST, title, sends, expects), None, NO_CHANNEL))
+
+
+_omitted(
+    "CB-10",
+    "§3.3",
+    "BIND_CHANNEL over a latched channel succeeds",
+    "BIND_CHANNEL with the channel's bindings",
+    "RGSS2_BIND_CHAN_OK, reply MIC verifies",
+)
+_omitted(
+    "CB-11",
+    "§3.3",
+    "BIND_CHANNEL with wrong binding data fails (both directions of mismatch)",
+    "BIND_CHANNEL with bindings of another channel; the server's channel differs from ours",
+    "RPCSEC_GSS_CREDPROBLEM, no binding",
+)
+_omitted(
+    "CB-12",
+    "§3.4",
+    "channel_prot on another connection is refused",
+    "DATA channel_prot on a second connection with the bound handle",
+    "refused",
+)
+_omitted(
+    "CB-13",
+    "§3.4",
+    "channel_prot after the channel broke is refused",
+    "DATA channel_prot after the latch broke",
+    "refused",
+)
+_omitted(
+    "CB-14",
+    "§3.4",
+    "channel_prot after the context expired is refused",
+    "DATA channel_prot after the context lifetime",
+    "RPCSEC_GSS_CTXPROBLEM",
+)
+_omitted(
+    "CB-15",
+    "§9",
+    "each failed BIND_CHANNEL halves the context lifetime",
+    "failed BIND_CHANNELs with wrong bindings on a latched connection",
+    "the context expires at half its remaining lifetime per failure",
+)
