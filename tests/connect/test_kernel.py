@@ -48,11 +48,13 @@ from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import Service
 from rpclatch.ipsec.backend import InProcessBackend
 from rpclatch.ipsec.ike.config import Credentials, IkeConfig
+from rpclatch.ipsec.ike.events import ChildSaDeleted
 from rpclatch.ipsec.keyd.daemon import KeydDaemon
 from rpclatch.ipsec.keyd.protocol import ErrorCode
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import AddressRange, AuthMethod, IPAddress, IpProto, Selector
 from rpclatch.ipsec.pad import ChildSaAuthorization, PadEntry, PeerAuthorizationDatabase, PublicKeyPattern
+from rpclatch.ipsec.spd import SpdAction
 from rpclatch.rpc.server import RpcDispatcher
 from rpclatch.rpc.testprog import (
     PROC_ECHO,
@@ -348,5 +350,69 @@ def test_a_released_latch_keeps_its_sas_for_the_hold(realm: ThrowawayRealm, tmp_
                 break
             await asyncio.sleep(0.01)
         assert not lab.a.endpoint.installed and not lab.b.endpoint.installed
+
+    run(realm, tmp_path, body)
+
+
+async def _until(predicate: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+def test_a_latched_flow_that_loses_its_sas_is_discarded_not_sent_in_clear(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None and lab.b is not None
+        a_guard, b_guard = lab.a.service.guard, lab.b.service.guard
+        assert a_guard is not None and b_guard is not None
+        lab.a.service.hold = lab.b.service.hold = 0.2
+        pc = lab.connection()
+        await pc.aconnect()
+        await echo(pc)
+        first = pc.link
+        assert isinstance(first, KernelLink)
+        assert not a_guard.blocked and not b_guard.blocked
+        # the server's key manager deletes the IKE SA: both ends lose the flow's SAs
+        (ike_b,) = lab.b.endpoint.dispatcher.sas
+        lab.b.endpoint.delete(ike_b)
+        await _until(lambda: first.latch_state() is LatchState.BROKEN, "the client's latch BROKEN")
+        # at both ends the flow got an exact DISCARD policy as its SAs went (never clear)
+        for guard in (a_guard, b_guard):
+            (flow,) = guard.blocked
+            assert guard.inner.flow_policies[flow].entry.action is SpdAction.DISCARD
+            assert flow.remote_port == lab.port or flow.local_port == lab.port
+        # the next call re-latches on a new 5-tuple, which is protected as usual
+        await echo(pc)
+        assert pc.security.bound and pc.security.gss_service is Service.CHANNEL_PROT
+        # the broken latches were released (reset, closed): their DISCARD goes after the hold
+        await _until(lambda: not a_guard.blocked and not b_guard.blocked, "the DISCARD policies removed")
+        assert not [p for p in a_guard.inner.flow_policies.values() if p.entry.action is SpdAction.DISCARD]
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
+def test_a_child_sa_rekey_keeps_the_latch(realm: ThrowawayRealm, tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None and lab.a.service.guard is not None
+        pc = lab.connection()
+        await pc.aconnect()
+        link = pc.link
+        assert isinstance(link, KernelLink)
+        (ike,) = lab.a.endpoint.dispatcher.sas
+        (old_spi,) = lab.a.endpoint.installed
+        lab.a.endpoint.rekey_child(ike, old_spi)
+        await lab.a.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaDeleted) and e.spi_in == old_spi, 5)
+        assert old_spi not in lab.a.endpoint.installed and len(lab.a.endpoint.installed) == 1
+        await asyncio.sleep(0.05)  # let an alert, if any, arrive
+        assert link.latch_state() is LatchState.ESTABLISHED and link.is_open
+        assert not lab.a.service.guard.blocked
+        await echo(pc)
+        assert pc.link is link and pc.security.gss_service is Service.CHANNEL_PROT
+        await pc.aclose()
 
     run(realm, tmp_path, body)

@@ -15,6 +15,12 @@ refused (RFC 5660 §2.3): the one place is :meth:`IkeLatchService.vet_child`, th
 child acceptance (``IkeConfig.child_vetter``). A released latch is held TIME_WAIT-like the same
 way: its SAs and kernel policies stay until the hold ends (so the connection's FIN exchange still
 travels in ESP), and a CHILD_SA for its 5-tuple from another peer is refused meanwhile.
+
+A latched flow never falls back to the clear (RFC 5660 §2.3: a BROKEN latch's packets are
+dropped): the endpoint's datapath is wrapped (:class:`LatchGuardBackend`) so that when the last SA
+pair of an ESTABLISHED latch's 5-tuple is removed -- peer DELETE, IKE SA failure -- an exact
+5-tuple DISCARD policy is installed first, in the same call; it stays until the latch is released
+and its hold has ended. A CHILD_SA rekey moves the latch to the new pair (no break).
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rpclatch.ipsec.backend import Backend, FlowPolicy, SocketPolicy
 from rpclatch.ipsec.channel_binding import encode_binding_data
 from rpclatch.ipsec.ike.config import ChildRequest, Endpoint
 from rpclatch.ipsec.ike.errors import IkeError
@@ -57,6 +64,8 @@ from rpclatch.ipsec.model import (
     Selector,
     spki_fingerprint,
 )
+from rpclatch.ipsec.sad import SecurityAssociation, narrow_flow
+from rpclatch.ipsec.spd import EntryOrigin, SpdAction, SpdEntry
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +113,69 @@ _FAILURE_CODES = {
 }
 
 
+class LatchGuardBackend(Backend):
+    """The endpoint's datapath with one addition: removing the last SA pair of a latched 5-tuple
+    installs an exact DISCARD policy for it first (see the module docstring). ``latched(flow)``
+    says whether an ESTABLISHED latch holds ``flow``; ``others(sa)`` whether another installed SA
+    pair still carries the narrow flow of ``sa`` (a CHILD_SA rekey)."""
+
+    def __init__(
+        self,
+        inner: Backend,
+        latched: Callable[[FiveTuple], bool],
+        others: Callable[[SecurityAssociation], bool],
+    ) -> None:
+        self.inner = inner
+        self.latched = latched
+        self.others = others
+        #: 5-tuples under a DISCARD policy of ours
+        self.blocked: set[FiveTuple] = set()
+
+    def install_sa(self, sa: SecurityAssociation) -> None:
+        self.inner.install_sa(sa)
+
+    def remove_sa(self, sa: SecurityAssociation) -> None:
+        flow = narrow_flow(sa)
+        if flow is not None and flow not in self.blocked and self.latched(flow) and not self.others(sa):
+            entry = SpdEntry.flow_entry(flow, SpdAction.DISCARD, None, EntryOrigin.PINNED_LATCH)
+            self.inner.install_flow_policy(FlowPolicy(flow, entry, None))
+            self.blocked.add(flow)
+            log.warning("latched flow %s lost its SAs: DISCARD until the latch is released", flow)
+        self.inner.remove_sa(sa)
+
+    def unblock(self, flow: FiveTuple) -> None:
+        if flow in self.blocked:
+            self.blocked.discard(flow)
+            self.inner.remove_flow_policy(flow)
+
+    def install_flow_policy(self, policy: FlowPolicy) -> None:
+        self.inner.install_flow_policy(policy)
+
+    def remove_flow_policy(self, flow: FiveTuple) -> None:
+        self.inner.remove_flow_policy(flow)
+
+    @property
+    def flow_policies(self) -> Mapping[FiveTuple, FlowPolicy]:
+        return self.inner.flow_policies
+
+    def install_spd(self, entries: Iterable[SpdEntry]) -> None:
+        self.inner.install_spd(entries)
+
+    def install_socket_policy(self, policy: SocketPolicy) -> None:
+        self.inner.install_socket_policy(policy)
+
+    def remove_socket_policy(self, socket_id: int) -> None:
+        self.inner.remove_socket_policy(socket_id)
+
+    def reset(self) -> None:
+        self.blocked.clear()
+        self.inner.reset()
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the wrapped datapath's (e.g. ``InProcessBackend.sas``)."""
+        return getattr(self.inner, name)
+
+
 class IkeLatchService:
     """Latches over one :class:`IkeUdpEndpoint` (see the module docstring)."""
 
@@ -136,6 +208,23 @@ class IkeLatchService:
             return chosen if chosen is None or previous is None else previous(proposal)
 
         endpoint.dispatcher.config = dataclasses.replace(config, child_vetter=vetter)
+        self.guard: LatchGuardBackend | None = None
+        if endpoint.backend is not None:
+            self.guard = LatchGuardBackend(endpoint.backend, self._latched, self._carried_elsewhere)
+            endpoint.backend = self.guard
+
+    def _latched(self, flow: FiveTuple) -> bool:
+        return any(
+            latch.flow == flow and latch.state == "ESTABLISHED" and not latch.bypass
+            for latch in self.latches.values()
+        )
+
+    def _carried_elsewhere(self, sa: SecurityAssociation) -> bool:
+        flow = narrow_flow(sa)
+        return any(
+            inst.sad_entry.sa_id != sa.sa_id and narrow_flow(inst.sad_entry) == flow
+            for inst in self.endpoint.installed.values()
+        )
 
     def close(self) -> None:
         for latch in self.latches.values():
@@ -146,6 +235,9 @@ class IkeLatchService:
             timer.cancel()
         self._timers.clear()
         self.held.clear()
+        if self.guard is not None:
+            for flow in list(self.guard.blocked):
+                self.guard.unblock(flow)
 
     # ------------------------------------------------------------------ conflicts (RFC 5660 §2.3)
 
@@ -259,22 +351,33 @@ class IkeLatchService:
         established = state.state == "ESTABLISHED"
         if established and state.flow is not None and self.hold > 0:
             self.held.append(_Held(state.flow, state.bypass, state.peer_spki, self.clock() + self.hold))
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        guard, flow = self.guard, state.flow
+        if guard is not None and flow is not None and flow in guard.blocked:
+            # a BROKEN latch's DISCARD outlives it by the hold (stray segments of the flow)
+            if self.hold > 0 and loop is not None:
+                self._later(loop, lambda: guard.unblock(flow))
+            else:
+                guard.unblock(flow)
         if state.initiator and state.ike_sa is not None:
             ref = state.ike_sa
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
             if established and self.hold > 0 and loop is not None:
-
-                def later() -> None:
-                    self._timers.discard(timer)
-                    self._delete(ref)
-
-                timer = loop.call_later(self.hold, later)
-                self._timers.add(timer)
+                self._later(loop, lambda: self._delete(ref))
             else:
                 self._delete(ref)
+
+    def _later(self, loop: asyncio.AbstractEventLoop, action: Callable[[], None]) -> None:
+        """Run ``action`` when the hold ends."""
+
+        def run() -> None:
+            self._timers.discard(timer)
+            action()
+
+        timer = loop.call_later(self.hold, run)
+        self._timers.add(timer)
 
     def _delete(self, ref: IkeSaRef) -> None:
         sa = self._sa(ref)
@@ -363,16 +466,18 @@ class IkeLatchService:
             self.events.failed(handle, ErrorCode.IKE_FAILED, "IKE SA deleted")
 
     async def _watch(self, handle: int, latch: _Latch) -> None:
-        ref, child = latch.ike_sa, latch.child
-        spi_in = child.spi_in if child is not None else None
+        ref = latch.ike_sa
 
         seen = len(self.endpoint.events)
 
         def gone(event_ref: IkeSaRef, event: IkeEvent) -> bool:
+            spi_in = latch.child.spi_in if latch.child is not None else None
             if isinstance(event, IkeSaRekeyed):  # the CHILD_SAs move to the new IKE SA (§2.18)
                 return event.old == ref
             if event_ref != ref:
                 return False
+            if isinstance(event, ChildSaEstablished):  # a CHILD_SA rekey replaces the pair (§2.8)
+                return event.replaces is not None and event.replaces == spi_in
             if isinstance(event, ChildSaDeleted):
                 return event.spi_in == spi_in
             return isinstance(event, IkeSaFailed | IkeSaDeleted)
@@ -391,6 +496,9 @@ class IkeLatchService:
             seen = len(self.endpoint.events)
             if isinstance(event, IkeSaRekeyed):
                 ref = latch.ike_sa = event.new
+                continue
+            if isinstance(event, ChildSaEstablished):
+                latch.child = event.child
                 continue
             break
         latch.state = "BROKEN"
