@@ -153,6 +153,7 @@ class _Exchange:
     flows: list[FiveTuple]
     credentials: Credentials
     on_done: Callable[[SecurityAssociation | None, str], None] | None = None
+    initial_contact: bool = False
 
 
 #: the outbound SPI of an SA being vetted: the core's ChildProposal does not carry the peer's SPI
@@ -212,7 +213,7 @@ class SimIkeDaemon:
         self._dpd_timer: Timer | None = None
         self.on_installed: Callable[[], None] | None = None
         self.on_peer_dead: Callable[[PeerIdentity], None] | None = None
-        #: peers we negotiated with since (re)start (others get INITIAL_CONTACT)
+        #: peers we started an IKE SA with since (re)start (the first one carries INITIAL_CONTACT)
         self.contacted: set[IPAddress] = set()
         #: inbound SPIs to use next (tests of SPI collisions between peers, RFC 4301 §4.4.2)
         self.spi_override: list[int] = []
@@ -367,14 +368,16 @@ class SimIkeDaemon:
             raise SimLocalError("an IKEv2 CHILD_SA request proposes exactly one traffic selector pair")
         bits = key_bits or self.key_bits
         suite = AES_GCM_128 if bits == 128 else AES_GCM_256
-        ex = _Exchange(local_addr, peer_addr, selectors[0], list(flows or []), self._credentials, on_done)
+        # RFC 7296 §2.4: INITIAL_CONTACT in the first IKE SA with a peer since the (re)start only
+        # (a second attempt made while the first is under way must not make the peer drop it)
+        contact = peer_addr not in self.contacted
+        self.contacted.add(peer_addr)
+        ex = _Exchange(
+            local_addr, peer_addr, selectors[0], list(flows or []), self._credentials, on_done, contact
+        )
         end = self._endpoint(local_addr)
         self._event(f"initiate to {peer_addr} ts={selectors[0]}")
-        sa = end.initiate(
-            peer_addr,
-            ChildRequest(selectors[0], esp_suites=(suite,)),
-            initial_contact=peer_addr not in self.contacted,
-        )
+        sa = end.initiate(peer_addr, ChildRequest(selectors[0], esp_suites=(suite,)), initial_contact=contact)
         self._pending[sa] = ex
         return sa.spi_i
 
@@ -580,7 +583,10 @@ class SimIkeDaemon:
             why = ev.reason.value + (f": {notify_name(ev.notify)}" if ev.notify is not None else "")
             if ev.detail:
                 why += f" ({ev.detail})"
-            if sa in self._pending:
+            ex = self._pending.get(sa)
+            if ex is not None:
+                if ex.initial_contact:
+                    self.contacted.discard(ex.peer_addr)  # the next attempt says it again
                 self._fail(sa, why, timeout=ev.reason is FailureReason.TIMEOUT)
             elif entry is None:
                 self._event(f"IKE SA {ev.ike_sa} with {sa.remote[0]} failed: {why}")
@@ -589,8 +595,6 @@ class SimIkeDaemon:
     def _established(self, sa: IkeSa, ev: IkeSaEstablished) -> None:
         entry = SimIkeSa(sa, ev.peer, sa.remote[0], sa.local[0], ev.initiator)
         self.ike_sas[sa.ref] = entry
-        if ev.initiator:
-            self.contacted.add(sa.remote[0])
         self._event(f"IKE SA {sa.ref} with {sa.remote[0]} established: {ev.peer}")
         if ev.initial_contact:
             self._event(f"INITIAL_CONTACT from {ev.peer} (RFC 7296 §2.4)")
@@ -658,8 +662,8 @@ class SimIkeDaemon:
 
     def forget_all(self) -> None:
         """Daemon restart without state restore: every IKE SA, child SA and key is gone."""
+        self._rows = self.decryption_rows()
         for end in self._endpoints.values():
-            self._rows.extend(r for r in end.decryption_rows() if r not in self._rows)
             end.close()
         self._endpoints.clear()
         self._pending.clear()
@@ -687,7 +691,5 @@ class SimIkeDaemon:
 
     def decryption_rows(self) -> list[str]:
         """Wireshark ``ikev2_decryption_table`` rows of every IKE SA this daemon has keyed."""
-        rows = list(self._rows)
-        for end in self._endpoints.values():
-            rows.extend(r for r in end.decryption_rows() if r not in rows)
-        return rows
+        rows = [*self._rows, *(row for end in self._endpoints.values() for row in end.decryption_rows())]
+        return list(dict.fromkeys(rows))

@@ -169,3 +169,19 @@ def test_decryption_rows_name_every_ike_sa_even_after_a_restart() -> None:
     lab.stack(lab.a).engine.restart_key_manager(lab.net.now, restore_latches=False)
     assert not lab.stack(lab.a).ike.ike_sas
     assert lab.stack(lab.a).ike.decryption_rows() == rows_a
+
+
+def test_only_the_first_ike_sa_after_a_start_carries_initial_contact() -> None:
+    """RFC 7296 §2.4: two connections opened at once make two IKE SAs; only the first says
+    INITIAL_CONTACT, or B would drop the first IKE SA (same key) when the second arrives."""
+    lab = Lab.build()
+    lst = lab.listen()
+    c1 = lab.a.connect(lab.b.address, 2049, local_port=41001)
+    c2 = lab.a.connect(lab.b.address, 2049, local_port=41002)
+    lab.net.run_for(1.0)
+    assert c1.state is StreamState.ESTABLISHED and c2.state is StreamState.ESTABLISHED
+    contacts = [text for _, text in lab.stack(lab.b).ike.events if "INITIAL_CONTACT" in text]
+    assert len(contacts) == 1 and len(lab.stack(lab.b).ike.ike_sas) == 2
+    for conn, server in zip((c1, c2), lst.accepted, strict=True):
+        lab.send(conn, b"x")
+        assert bytes(server.received) == b"x"
