@@ -47,6 +47,7 @@ from rpclatch.ipsec.ike.wire import (
     Header,
     IntegId,
     Payload,
+    PayloadType,
     PrfId,
     decode_payloads,
     encode_payloads,
@@ -155,6 +156,7 @@ _HASH_NAMES: dict[int, str] = {
     PrfId.PRF_HMAC_SHA2_512: "sha512",
 }
 PRF_KEY_LEN = {PrfId.PRF_HMAC_SHA2_256: 32, PrfId.PRF_HMAC_SHA2_384: 48, PrfId.PRF_HMAC_SHA2_512: 64}
+_HASH_LEN: dict[int, int] = {int(k): v for k, v in PRF_KEY_LEN.items()}
 
 
 def prf(prf_id: int, key: bytes, data: bytes) -> bytes:
@@ -163,17 +165,21 @@ def prf(prf_id: int, key: bytes, data: bytes) -> bytes:
 
 
 def prf_plus(prf_id: int, key: bytes, seed: bytes, length: int) -> bytes:
-    """prf+ (RFC 7296 §2.13): T1 | T2 | ..., Tn = prf(K, Tn-1 | S | n), n < 256."""
-    out = bytearray()
+    """prf+ (RFC 7296 §2.13): T1 | T2 | ..., Tn = prf(K, Tn-1 | S | n), n < 256.
+
+    The HMAC is keyed once and copied for each block (the key schedule is the same for all)."""
+    blocks = -(-length // _HASH_LEN[prf_id])
+    if blocks > 255:
+        raise IkeCryptoError("prf+ asked for more than 255 blocks")
+    keyed = hmac.new(key, digestmod=_HASH_NAMES[prf_id])
+    out: list[bytes] = []
     t = b""
-    n = 1
-    while len(out) < length:
-        if n > 255:
-            raise IkeCryptoError("prf+ asked for more than 255 blocks")
-        t = prf(prf_id, key, t + seed + bytes((n,)))
-        out += t
-        n += 1
-    return bytes(out[:length])
+    for n in range(1, blocks + 1):
+        h = keyed.copy()
+        h.update(t + seed + bytes((n,)))
+        t = h.digest()
+        out.append(t)
+    return b"".join(out)[:length]
 
 
 def encr_key_len(encr: int, key_bits: int) -> int:
@@ -297,10 +303,12 @@ class SkCipher:
     integ_key: bytes = b""
     entropy: Entropy | None = field(default=None, repr=False, compare=False)
     _aead: AESGCM | None = field(init=False, default=None, repr=False, compare=False)
+    _salt: bytes = field(init=False, default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if is_aead(self.encr):
             object.__setattr__(self, "_aead", AESGCM(self.encr_key[:-4]))
+            object.__setattr__(self, "_salt", self.encr_key[-4:])
 
     @classmethod
     def outbound(cls, keys: IkeKeys, initiator: bool, entropy: Entropy | None = None) -> SkCipher:
@@ -317,28 +325,22 @@ class SkCipher:
         self, header: Header, inner: list[Payload] | tuple[Payload, ...], iv: bytes | None = None
     ) -> bytes:
         """Encode a whole message whose payloads are ``inner`` inside one SK payload."""
-        first, plain = encode_payloads(list(inner))
+        first, plain = encode_payloads(inner)
         random = self.entropy or os.urandom
-        if is_aead(self.encr):
+        aead = self._aead
+        if aead is not None:
             iv = iv if iv is not None else random(GCM_IV_LEN)
             padded = plain + b"\0"  # pad length 0 (RFC 5282 §3: no block alignment needed)
             sk_len = GENERIC_LEN + GCM_IV_LEN + len(padded) + ICV_LEN
-            total = HEADER_LEN + sk_len
-            hdr = _with_length(header, first_payload=46, total=total)
-            aad = hdr + struct.pack(">BBH", first, 0, sk_len)
-            salt = self.encr_key[-4:]
-            assert self._aead is not None
-            ct = self._aead.encrypt(salt + iv, padded, aad)
-            return aad + iv + ct
+            aad = _sk_header(header, HEADER_LEN + sk_len, first, sk_len)
+            return aad + iv + aead.encrypt(self._salt + iv, padded, aad)
         iv = iv if iv is not None else random(CBC_IV_LEN)
         pad = (-(len(plain) + 1)) % 16
         padded = plain + bytes(pad) + bytes((pad,))
         sk_len = GENERIC_LEN + CBC_IV_LEN + len(padded) + ICV_LEN
-        total = HEADER_LEN + sk_len
-        hdr = _with_length(header, first_payload=46, total=total)
         enc = Cipher(algorithms.AES(self.encr_key), modes.CBC(iv)).encryptor()
         ct = enc.update(padded) + enc.finalize()
-        msg = hdr + struct.pack(">BBH", first, 0, sk_len) + iv + ct
+        msg = _sk_header(header, HEADER_LEN + sk_len, first, sk_len) + iv + ct
         return msg + hmac.new(self.integ_key, msg, "sha256").digest()[:ICV_LEN]
 
     def open(self, datagram: bytes, sk: EncryptedPayload) -> tuple[Payload, ...]:
@@ -349,14 +351,14 @@ class SkCipher:
         sk_start = len(datagram) - len(body) - GENERIC_LEN
         if sk_start < HEADER_LEN:
             raise IntegrityCheckFailed("SK payload position inconsistent")
-        if is_aead(self.encr):
+        aead = self._aead
+        if aead is not None:
             if len(body) < GCM_IV_LEN + ICV_LEN + 1:
                 raise IntegrityCheckFailed("SK payload too short for AES-GCM")
             iv, ct = body[:GCM_IV_LEN], body[GCM_IV_LEN:]
             aad = datagram[: sk_start + GENERIC_LEN]
             try:
-                assert self._aead is not None
-                plain = self._aead.decrypt(self.encr_key[-4:] + iv, ct, aad)
+                plain = aead.decrypt(self._salt + iv, ct, aad)
             except InvalidTag:
                 raise IntegrityCheckFailed("AES-GCM ICV does not verify") from None
         else:
@@ -374,17 +376,25 @@ class SkCipher:
         return decode_payloads(sk.first, plain[: len(plain) - pad - 1])
 
 
-def _with_length(header: Header, first_payload: int, total: int) -> bytes:
-    return Header(
+_SK_HEADER = struct.Struct(">QQBBBBIIBBH")
+
+
+def _sk_header(header: Header, total: int, first: int, sk_len: int) -> bytes:
+    """The IKE header (next payload SK, length ``total``) and the SK generic payload header: the
+    AAD of an AEAD (RFC 5282 §5.1)."""
+    return _SK_HEADER.pack(
         header.spi_i,
         header.spi_r,
-        first_payload,
+        PayloadType.SK,
+        header.version,
         header.exchange,
         header.flags,
         header.message_id,
         total,
-        header.version,
-    ).encode()
+        first,
+        0,
+        sk_len,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

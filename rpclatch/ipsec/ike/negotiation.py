@@ -73,9 +73,12 @@ def _ike_proposals(suites: tuple[IkeSuite, ...], spi: bytes) -> tuple[Proposal, 
 
 
 def _has(p: Proposal, ttype: int, tid: int, bits: int | None = None) -> bool:
-    return any(
-        t.transform_type == ttype and t.transform_id == tid and t.key_length == bits for t in p.transforms
-    )
+    return (ttype, tid, bits) in _keys(p)
+
+
+def _keys(p: Proposal) -> set[tuple[int, int, int | None]]:
+    """(type, ID, key length or None) of each transform of ``p``."""
+    return {(t.transform_type, t.transform_id, t.key_length) for t in p.transforms}
 
 
 def _types(p: Proposal) -> set[int]:
@@ -88,34 +91,50 @@ def choose_ike_proposal(offered: Sequence[Proposal], ours: Sequence[IkeSuite]) -
     for p in offered:
         if p.protocol != ProtocolId.IKE or len(p.spi) not in (0, 8):
             continue
-        if not _types(p) <= {TransformType.ENCR, TransformType.PRF, TransformType.INTEG, TransformType.DH}:
+        types = _types(p)
+        if not types <= _IKE_TYPES:
             continue
+        keys = _keys(p)
         for s in ours:
             integ_ok = (
-                _has(p, TransformType.INTEG, s.integ)
+                (TransformType.INTEG, s.integ, None) in keys
                 if s.integ != IntegId.NONE
-                else (TransformType.INTEG not in _types(p) or _has(p, TransformType.INTEG, IntegId.NONE))
+                else (TransformType.INTEG not in types or (TransformType.INTEG, IntegId.NONE, None) in keys)
             )
             if (
-                _has(p, TransformType.ENCR, s.encr, s.encr_bits)
-                and _has(p, TransformType.PRF, s.prf)
+                (TransformType.ENCR, s.encr, s.encr_bits) in keys
+                and (TransformType.PRF, s.prf, None) in keys
                 and integ_ok
-                and _has(p, TransformType.DH, s.dh)
+                and (TransformType.DH, s.dh, None) in keys
             ):
                 chosen = ike_proposals([s], p.spi)[0]
                 return Proposal(p.number, chosen.protocol, chosen.spi, chosen.transforms), s
     raise NoProposalChosen("no offered IKE proposal matches a configured suite")
 
 
+_IKE_TYPES = frozenset({TransformType.ENCR, TransformType.PRF, TransformType.INTEG, TransformType.DH})
+_ESP_TYPES = frozenset({TransformType.ENCR, TransformType.INTEG, TransformType.DH, TransformType.ESN})
+
+
 def suite_of_ike_answer(answer: Proposal, offered: Sequence[IkeSuite]) -> IkeSuite:
     """Initiator side: the responder's answer must be exactly one of our suites (§2.7)."""
+    got = sorted(_sortable(t) for t in answer.transforms)
     for s in offered:
-        want = ike_proposals([s])[0]
-        if sorted((t.transform_type, t.transform_id, t.key_length) for t in answer.transforms) == sorted(
-            (t.transform_type, t.transform_id, t.key_length) for t in want.transforms
-        ):
+        if got == _suite_transforms(s):
             return s
     raise NoProposalChosen("the responder chose a proposal we did not offer")
+
+
+@functools.lru_cache(maxsize=64)
+def _suite_transforms(s: IkeSuite) -> list[tuple[int, int, int]]:
+    """The sorted transforms of a suite's proposal (read-only)."""
+    return sorted(_sortable(t) for t in ike_proposals([s])[0].transforms)
+
+
+def _sortable(t: Transform) -> tuple[int, int, int]:
+    """(type, ID, key length); -1 for no key length (a wire key length is 0..65535)."""
+    bits = t.key_length
+    return (t.transform_type, t.transform_id, -1 if bits is None else bits)
 
 
 def _esp_bits(suite: CipherSuite) -> int:
@@ -127,19 +146,19 @@ def _esp_bits(suite: CipherSuite) -> int:
 def esp_proposals(suites: Sequence[CipherSuite], spi: int, dh: int | None = None) -> tuple[Proposal, ...]:
     """ESP proposals for a CHILD_SA; ``dh`` adds a key-exchange transform (PFS, only in
     CREATE_CHILD_SA: the first child of IKE_AUTH has none, §1.2)."""
-    extra = (Transform(TransformType.DH, dh),) if dh else ()
+    spi_octets = spi.to_bytes(4, "big")
     return tuple(
-        Proposal(
-            n,
-            ProtocolId.ESP,
-            spi.to_bytes(4, "big"),
-            (
-                Transform.with_key_length(TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)),
-                *extra,
-                Transform(TransformType.ESN, EsnId.NO_ESN),
-            ),
-        )
-        for n, s in enumerate(suites, 1)
+        Proposal(n, ProtocolId.ESP, spi_octets, _esp_transforms(s, dh)) for n, s in enumerate(suites, 1)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _esp_transforms(suite: CipherSuite, dh: int | None) -> tuple[Transform, ...]:
+    extra = (Transform(TransformType.DH, dh),) if dh else ()
+    return (
+        Transform.with_key_length(TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(suite)),
+        *extra,
+        Transform(TransformType.ESN, EsnId.NO_ESN),
     )
 
 
@@ -159,14 +178,16 @@ def choose_esp_proposal(
         if p.protocol != ProtocolId.ESP or len(p.spi) != 4:
             continue
         types = _types(p)
-        if not types <= {TransformType.ENCR, TransformType.INTEG, TransformType.DH, TransformType.ESN}:
+        if not types <= _ESP_TYPES:
             continue
-        if TransformType.ESN in types and not _has(p, TransformType.ESN, EsnId.NO_ESN):
+        keys = _keys(p)
+        if TransformType.ESN in types and (TransformType.ESN, EsnId.NO_ESN, None) not in keys:
             continue
-        if TransformType.INTEG in types and not _has(p, TransformType.INTEG, IntegId.NONE):
+        if TransformType.INTEG in types and (TransformType.INTEG, IntegId.NONE, None) not in keys:
             continue
-        groups = _dh_ids(p) - {0}
-        no_pfs_ok = not groups or 0 in _dh_ids(p)
+        dh_ids = _dh_ids(p)
+        groups = dh_ids - {0}
+        no_pfs_ok = not groups or 0 in dh_ids
         if ke_group is None:
             if not no_pfs_ok:
                 continue
@@ -179,10 +200,9 @@ def choose_esp_proposal(
                 wanted_group = min(usable, key=lambda g: (g != DhGroup.CURVE25519, g))
             continue
         for s in ours:
-            if _has(p, TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)):
-                ans = esp_proposals([s], our_spi, group)[0]
+            if (TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)) in keys:
                 return (
-                    Proposal(p.number, ans.protocol, ans.spi, ans.transforms),
+                    Proposal(p.number, ProtocolId.ESP, our_spi.to_bytes(4, "big"), _esp_transforms(s, group)),
                     s,
                     int.from_bytes(p.spi, "big"),
                     group,

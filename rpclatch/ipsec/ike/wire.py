@@ -25,7 +25,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from rpclatch.ipsec.ike.errors import (
     IkeDecodeError,
@@ -455,10 +455,19 @@ def _encode_transform(t: Transform, last: bool) -> bytes:
     return _TRANSFORM.pack(0 if last else 3, 0, 8 + len(attrs), t.transform_type, 0, t.transform_id) + attrs
 
 
+@functools.lru_cache(maxsize=256)
+def _encode_transforms(transforms: tuple[Transform, ...]) -> bytes:
+    """A proposal's transform chain. Cached: the transforms we send come from a handful of
+    configured suites (and the result is immutable)."""
+    n = len(transforms)
+    return b"".join([_encode_transform(t, i == n - 1) for i, t in enumerate(transforms)])
+
+
 def _encode_proposal(p: Proposal, last: bool) -> bytes:
-    n = len(p.transforms)
-    ts = b"".join([_encode_transform(t, i == n - 1) for i, t in enumerate(p.transforms)])
-    head = _PROPOSAL.pack(0 if last else 2, 0, 8 + len(p.spi) + len(ts), p.number, p.protocol, len(p.spi), n)
+    ts = _encode_transforms(p.transforms)
+    head = _PROPOSAL.pack(
+        0 if last else 2, 0, 8 + len(p.spi) + len(ts), p.number, p.protocol, len(p.spi), len(p.transforms)
+    )
     return head + p.spi + ts
 
 
@@ -503,16 +512,23 @@ def encode_payload_body(p: Payload) -> bytes:
 
 def encode_payloads(payloads: Sequence[Payload], next_after: int = PayloadType.NONE) -> tuple[int, bytes]:
     """Chain payloads (RFC 7296 §3.2): returns (type of the first, encoded octets)."""
-    out = bytearray()
+    if not payloads:
+        return PayloadType.NONE, b""
+    types = [p.payload_type for p in payloads]
+    types.append(next_after)
+    parts: list[bytes] = []
+    pack = _GENERIC.pack
     for i, p in enumerate(payloads):
-        body = encode_payload_body(p)
-        nxt = int(payloads[i + 1].payload_type) if i + 1 < len(payloads) else next_after
-        if isinstance(p, EncryptedPayload):
-            nxt = p.first
-        critical = 0x80 if isinstance(p, UnknownPayload) and p.critical else 0
-        out += _GENERIC.pack(nxt, critical, GENERIC_LEN + len(body)) + body
-    first = int(payloads[0].payload_type) if payloads else PayloadType.NONE
-    return first, bytes(out)
+        kind = type(p)
+        body = _ENCODERS[kind](p)
+        nxt, flags = types[i + 1], 0
+        if kind is EncryptedPayload:
+            nxt = cast(EncryptedPayload, p).first
+        elif kind is UnknownPayload and cast(UnknownPayload, p).critical:
+            flags = 0x80
+        parts.append(pack(nxt, flags, GENERIC_LEN + len(body)))
+        parts.append(body)
+    return int(types[0]), b"".join(parts)
 
 
 def encode_message(header: Header, payloads: Sequence[Payload]) -> bytes:
@@ -584,97 +600,125 @@ def _decode_sa_uncached(data: bytes) -> SaPayload:
             raise IkeDecodeError("proposal length out of bounds")
         last = more == 0
         spi = data[pos + 8 : pos + 8 + spi_size]
-        tpos = pos + 8 + spi_size
         tend = pos + plen
-        transforms: list[Transform] = []
-        tlast = ntrans == 0
-        while not tlast:
-            if tend - tpos < 8:
-                raise IkeDecodeError("truncated transform")
-            tmore, _, tlen, ttype, _, tid = _TRANSFORM.unpack_from(data, tpos)
-            if tmore not in (0, 3):
-                raise IkeDecodeError(f"bad transform 'last substruc' {tmore}")
-            if not 8 <= tlen <= tend - tpos:
-                raise IkeDecodeError("transform length out of bounds")
-            attrs = _decode_attributes(data[tpos + 8 : tpos + tlen]) if tlen > 8 else ()
-            transforms.append(Transform(ttype, tid, attrs))
-            tpos += tlen
-            tlast = tmore == 0
-        if tpos != tend:
-            raise IkeDecodeError("octets after the last transform")
-        if len(transforms) != ntrans:
-            raise IkeDecodeError(f"proposal announces {ntrans} transforms, carries {len(transforms)}")
+        chain = data[pos + 8 + spi_size : tend]
+        # CHILD_SA proposals differ from message to message only by their SPI: their transform
+        # chains go through a bounded cache of their own (256 entries of at most 1 KiB)
+        transforms = _decode_transforms_cached(chain, ntrans) if len(chain) <= 1024 else None
+        if transforms is None:
+            transforms = _decode_transforms(chain, ntrans)
         if len(proposals) >= MAX_PAYLOADS:
             raise IkeDecodeError("too many proposals")
-        proposals.append(Proposal(num, proto, spi, tuple(transforms)))
+        proposals.append(Proposal(num, proto, spi, transforms))
         pos = tend
     if pos != end:
         raise IkeDecodeError("octets after the last proposal")
     return SaPayload(tuple(proposals))
 
 
+def _decode_transforms(data: bytes, ntrans: int) -> tuple[Transform, ...]:
+    """The transform chain of one proposal, which must fill ``data`` and hold ``ntrans``."""
+    transforms: list[Transform] = []
+    tpos = 0
+    tend = len(data)
+    tlast = ntrans == 0
+    while not tlast:
+        if tend - tpos < 8:
+            raise IkeDecodeError("truncated transform")
+        tmore, _, tlen, ttype, _, tid = _TRANSFORM.unpack_from(data, tpos)
+        if tmore not in (0, 3):
+            raise IkeDecodeError(f"bad transform 'last substruc' {tmore}")
+        if not 8 <= tlen <= tend - tpos:
+            raise IkeDecodeError("transform length out of bounds")
+        attrs = _decode_attributes(data[tpos + 8 : tpos + tlen]) if tlen > 8 else ()
+        transforms.append(Transform(ttype, tid, attrs))
+        tpos += tlen
+        tlast = tmore == 0
+    if tpos != tend:
+        raise IkeDecodeError("octets after the last transform")
+    if len(transforms) != ntrans:
+        raise IkeDecodeError(f"proposal announces {ntrans} transforms, carries {len(transforms)}")
+    return tuple(transforms)
+
+
 _decode_sa_cached = functools.lru_cache(maxsize=256)(_decode_sa_uncached)
+_decode_transforms_cached = functools.lru_cache(maxsize=256)(_decode_transforms)
+
+_TS = struct.Struct(">BBHHH")
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(packed: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A 4- or 16-octet address; cached (peers repeat theirs, and the objects are immutable)."""
+    return ipaddress.IPv4Address(packed) if len(packed) == 4 else ipaddress.IPv6Address(packed)
 
 
 def _decode_ts(data: bytes, responder: bool) -> TsPayload:
-    _need(len(data) >= 4, "truncated TS payload")
+    if len(data) < 4:
+        raise IkeDecodeError("truncated TS payload")
     count = data[0]
-    _need(count >= 1, "TS payload with no selector")
+    if count < 1:
+        raise IkeDecodeError("TS payload with no selector")
     pos = 4
+    end = len(data)
     out: list[TrafficSelector] = []
     for _ in range(count):
-        _need(len(data) - pos >= 8, "truncated traffic selector")
-        ts_type, proto, slen, sport, eport = struct.unpack_from(">BBHHH", data, pos)
+        if end - pos < 8:
+            raise IkeDecodeError("truncated traffic selector")
+        ts_type, proto, slen, sport, eport = _TS.unpack_from(data, pos)
         if ts_type == TsType.TS_IPV4_ADDR_RANGE:
             alen = 4
         elif ts_type == TsType.TS_IPV6_ADDR_RANGE:
             alen = 16
         else:
             raise IkeDecodeError(f"unsupported TS type {ts_type}")
-        _need(slen == 8 + 2 * alen and slen <= len(data) - pos, "traffic selector length mismatch")
-        a = data[pos + 8 : pos + 8 + alen]
-        b = data[pos + 8 + alen : pos + slen]
-        start: ipaddress.IPv4Address | ipaddress.IPv6Address
-        end: ipaddress.IPv4Address | ipaddress.IPv6Address
-        if alen == 4:
-            start, end = ipaddress.IPv4Address(a), ipaddress.IPv4Address(b)
-        else:
-            start, end = ipaddress.IPv6Address(a), ipaddress.IPv6Address(b)
-        out.append(TrafficSelector(proto, sport, eport, start, end))
+        if slen != 8 + 2 * alen or slen > end - pos:
+            raise IkeDecodeError("traffic selector length mismatch")
+        start = _address(data[pos + 8 : pos + 8 + alen])
+        last = _address(data[pos + 8 + alen : pos + slen])
+        out.append(TrafficSelector(proto, sport, eport, start, last))
         pos += slen
-    _need(pos == len(data), "octets after the last traffic selector")
+    if pos != end:
+        raise IkeDecodeError("octets after the last traffic selector")
     return TsPayload(tuple(out), responder)
 
 
 def _decode_ke(ptype: int, body: bytes) -> Payload:
-    _need(len(body) >= 4, "truncated KE payload")
+    if len(body) < 4:
+        raise IkeDecodeError("truncated KE payload")
     return KePayload(int.from_bytes(body[:2], "big"), body[4:])
 
 
 def _decode_id(ptype: int, body: bytes) -> Payload:
-    _need(len(body) >= 4, "truncated ID payload")
+    if len(body) < 4:
+        raise IkeDecodeError("truncated ID payload")
     return IdPayload(body[0], body[4:], ptype == PayloadType.IDR)
 
 
 def _decode_cert(ptype: int, body: bytes) -> Payload:
-    _need(len(body) >= 1, "truncated CERT/CERTREQ payload")
+    if len(body) < 1:
+        raise IkeDecodeError("truncated CERT/CERTREQ payload")
     return (CertPayload if ptype == PayloadType.CERT else CertReqPayload)(body[0], body[1:])
 
 
 def _decode_auth(ptype: int, body: bytes) -> Payload:
-    _need(len(body) >= 4, "truncated AUTH payload")
+    if len(body) < 4:
+        raise IkeDecodeError("truncated AUTH payload")
     return AuthPayload(body[0], body[4:])
 
 
 def _decode_nonce(ptype: int, body: bytes) -> Payload:
-    _need(16 <= len(body) <= 256, f"nonce of {len(body)} octets (RFC 7296 §2.10: 16..256)")
+    if not 16 <= len(body) <= 256:
+        raise IkeDecodeError(f"nonce of {len(body)} octets (RFC 7296 §2.10: 16..256)")
     return NoncePayload(body)
 
 
 def _decode_notify(ptype: int, body: bytes) -> Payload:
-    _need(len(body) >= 4, "truncated Notify payload")
-    proto, spi_size, ntype = struct.unpack_from(">BBH", body)
-    _need(len(body) >= 4 + spi_size, "Notify SPI exceeds payload")
+    if len(body) < 4:
+        raise IkeDecodeError("truncated Notify payload")
+    proto, spi_size, ntype = _GENERIC.unpack_from(body)
+    if len(body) < 4 + spi_size:
+        raise IkeDecodeError("Notify SPI exceeds payload")
     return NotifyPayload(ntype, body[4 + spi_size :], proto, body[4 : 4 + spi_size])
 
 
@@ -708,6 +752,9 @@ _DECODERS: dict[int, Callable[[int, bytes], Payload]] = {
 }
 
 
+_SK = int(PayloadType.SK)
+
+
 def decode_payloads(first: int, data: bytes, *, budget: int = MAX_PAYLOADS) -> tuple[Payload, ...]:
     """Parse a payload chain starting with type ``first`` that fills ``data`` exactly."""
     out: list[Payload] = []
@@ -715,7 +762,8 @@ def decode_payloads(first: int, data: bytes, *, budget: int = MAX_PAYLOADS) -> t
     end = len(data)
     nxt = first
     unpack = _GENERIC.unpack_from
-    while nxt != PayloadType.NONE:
+    decoders = _DECODERS
+    while nxt:  # PayloadType.NONE ends the chain
         if len(out) >= budget:
             raise IkeDecodeError(f"more than {MAX_PAYLOADS} payloads")
         if end - pos < GENERIC_LEN:
@@ -724,12 +772,12 @@ def decode_payloads(first: int, data: bytes, *, budget: int = MAX_PAYLOADS) -> t
         if not GENERIC_LEN <= plen <= end - pos:
             raise IkeDecodeError(f"payload length {plen} out of bounds")
         body = data[pos + GENERIC_LEN : pos + plen]
-        if nxt == PayloadType.SK:
+        if nxt == _SK:
             if pos + plen != end:
                 raise IkeDecodeError("the Encrypted payload is not the last payload (RFC 7296 §3.14)")
             out.append(EncryptedPayload(following, body))
             return tuple(out)
-        decoder = _DECODERS.get(nxt)
+        decoder = decoders.get(nxt)
         if decoder is not None:
             out.append(decoder(nxt, body))
         elif flags & 0x80:
@@ -745,9 +793,11 @@ def decode_payloads(first: int, data: bytes, *, budget: int = MAX_PAYLOADS) -> t
 
 def decode_message(data: bytes) -> Message:
     """Parse one IKE message; raises :class:`IkeDecodeError` (and only that) on bad input."""
-    _need(len(data) <= MAX_MESSAGE_SIZE, f"message of {len(data)} octets exceeds {MAX_MESSAGE_SIZE}")
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise IkeDecodeError(f"message of {len(data)} octets exceeds {MAX_MESSAGE_SIZE}")
     header = Header.decode(data)
-    _need(header.length == len(data), f"header length {header.length} != datagram length {len(data)}")
+    if header.length != len(data):
+        raise IkeDecodeError(f"header length {header.length} != datagram length {len(data)}")
     return Message(header, decode_payloads(header.next_payload, data[HEADER_LEN:]))
 
 

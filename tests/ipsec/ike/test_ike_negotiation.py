@@ -64,6 +64,14 @@ def test_answer_we_did_not_offer_is_refused() -> None:
         neg.suite_of_ike_answer(answer, neg.DEFAULT_IKE_SUITES)
 
 
+def test_answer_with_one_transform_with_and_without_key_length_is_refused() -> None:
+    # the same ENCR once with and once without a key length: refused (it used to raise TypeError
+    # comparing None with an int)
+    answer = w.Proposal(1, 1, b"", (_kl(GCM, 256), T(TT.ENCR, GCM), T(TT.PRF, 5), T(TT.DH, 31)))
+    with pytest.raises(NoProposalChosen):
+        neg.suite_of_ike_answer(answer, neg.DEFAULT_IKE_SUITES)
+
+
 def _esp(*transforms: w.Transform) -> w.Proposal:
     return w.Proposal(1, w.ProtocolId.ESP, b"\x00\x00\x12\x34", transforms)
 
