@@ -12,7 +12,12 @@ in the root netns with ``--ipsec bypass-or-protect``, ``--sec krb5p`` and the NF
    latch lives, and the capture on the server's veth has no TCP at all between the two addresses
    -- only ESP and IKE -- and no cleartext byte of the Kerberos exchange (the service principal's
    host name, which the RPCSEC_GSS INIT token carries in clear, appears nowhere in that phase).
-2. The server's keyd stopped (SIGTERM): the ping falls back (IKE times out, BYPASS) to krb5p in
+2. A client holding a latched, bound connection open (an in-guest ProtectedConnection on the
+   kernel world, in netns client) while the server's keyd is stopped (SIGTERM; it deletes its IKE
+   SA with the client's keyd): the client gets ALERT BROKEN and resets the connection, its key
+   manager has put an exact DISCARD policy on the old 5-tuple, nothing of that 5-tuple leaves the
+   client in clear afterwards, and the next call reconnects and falls back to krb5p.
+3. The server's keyd stopped: ``ping --sec auto`` falls back (IKE times out, BYPASS) to krb5p in
    the clear; the row, its reason and the time it took are reported, and the same capture check
    now finds the TCP and the principal's host name (so the check of phase 1 can fail).
 
@@ -144,6 +149,59 @@ async def _keyd_ready(sock: Path, proc: Proc, timeout: float = 60) -> bool:
     return False
 
 
+async def _holder(c_sock: Path, go: asyncio.StreamReader) -> dict[str, Any]:
+    """Runs in netns client: a latched, bound connection kept open across the server keyd's stop."""
+    from rpclatch.connect import ConnectionReset, ConnectPolicy, FallbackService, ProtectedConnection
+    from rpclatch.connect.gss import RpcsecGssConnector
+    from rpclatch.connect.kernel import KernelClientWorld
+    from rpclatch.gss.provider import GssapiProvider
+    from rpclatch.ipsec.latch import LatchState
+    from rpclatch.rpc.testprog import PROC_ECHO, decode_opaque, encode_opaque
+
+    res: dict[str, Any] = {}
+    world = KernelClientWorld(SERVER_ADDR, c_sock)
+    await world.start()
+    gss = RpcsecGssConnector(GssapiProvider(), TARGET, PROG, 1, FallbackService.PRIVACY)
+    pc = ProtectedConnection(world, gss, ConnectPolicy(port=PORT, ike_timeout=IKE_TIMEOUT))
+
+    async def echo() -> str:
+        data = b"holder-payload" * 64
+        assert decode_opaque(await pc.acall(PROG, 1, PROC_ECHO, encode_opaque(data))) == data
+        return pc.security.gss_service.sec_name
+
+    try:
+        await pc.aconnect()
+        res["first"] = await echo()
+        link = pc.link
+        assert link is not None
+        res["five_tuple"] = link.five_tuple
+        print(json.dumps({"latched": link.five_tuple}), flush=True)
+        await go.readline()  # the server's keyd is being stopped
+        end = time.monotonic() + 15
+        while link.latch_state() is not LatchState.BROKEN and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        res["state_after_stop"] = str(link.latch_state())
+        res["open_after_alert"] = link.is_open
+        res["policies"] = subprocess.run(["ip", "xfrm", "policy"], capture_output=True, text=True).stdout
+        try:
+            res["second"] = await echo()
+        except ConnectionReset as exc:
+            res["second"] = f"reset: {exc}"
+        res["records"] = [r.summary() for r in pc.history]
+        res["generation"] = pc.security.generation
+    finally:
+        await pc.aclose()
+        await world.close()
+    return res
+
+
+async def _holder_main(c_sock: str) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return await _holder(Path(c_sock), reader)
+
+
 def _ping(c_sock: Path, env: dict[str, str]) -> dict[str, Any]:
     import os
 
@@ -231,8 +289,36 @@ async def _guest() -> dict[str, Any]:
         res["latched"] = await asyncio.to_thread(_ping, c_sock, env)
         res["esp_client_max"], res["esp_server_max"] = client_esp.stop(), server_esp.stop()
         await asyncio.sleep(1.0)
-        # 2. the server's key manager stopped: IKE goes unanswered
+        # 2. a latched connection held open while the server's key manager stops
+        import os
+
+        holder = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                "client",
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "holder",
+                str(c_sock),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        assert holder.stdin is not None and holder.stdout is not None
+        first = await asyncio.to_thread(holder.stdout.readline)
+        res["holder_latched"] = json.loads(first)["latched"] if first.startswith("{") else first
+        res["t_break"] = time.time()
         res["server_keyd_rc"] = s_keyd.stop()
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        out, err = await asyncio.to_thread(holder.communicate, None, 120)
+        res["holder"] = json.loads(out.strip().splitlines()[-1]) if holder.returncode == 0 else None
+        res["holder_err"] = err[-3000:]
         await asyncio.sleep(0.5)
         res["t_fallback"] = time.time()
         res["fallback"] = await asyncio.to_thread(_ping, c_sock, env)
@@ -285,21 +371,45 @@ def test_mission_latched_bound_then_fallback_over_kernel_esp(nfsd_guest: Any) ->
     seconds = float(re.search(r"\) in ([0-9.]+)s:", row).group(1))  # type: ignore[union-attr]
     assert seconds >= IKE_TIMEOUT  # it waited for IKE, then connected in the clear
     print(f"fallback row after {seconds:.3f}s: {row}")
-    # the capture on the server's veth, split at the start of phase 2
+    # the capture on the server's veth: phase 1 ends when the server's keyd is stopped, phase 3
+    # starts with the last ping
     rows = read_fields(pcap, ("frame.time_epoch", "ip.proto", "udp.dstport"), f"ip.addr == {SERVER_ADDR}")
     marked = read_fields(pcap, ("frame.time_epoch",), f'frame contains "{HOST_MARK}"')
-    split = res["t_fallback"]
-    phase1 = [(p, u) for t, p, u in rows if float(t) < split]
-    phase2 = [(p, u) for t, p, u in rows if float(t) >= split]
+    phase1 = [(p, u) for t, p, u in rows if float(t) < res["t_break"]]
+    phase3 = [(p, u) for t, p, u in rows if float(t) >= res["t_fallback"]]
     assert any(p == "50" for p, _ in phase1), phase1  # ESP
     assert any(p == "17" and u == "500" for p, u in phase1), phase1  # IKE
     assert all(p == "50" or (p == "17" and u == "500") for p, u in phase1), phase1  # nothing else
-    assert not [t for (t,) in marked if float(t) < split], marked  # no cleartext Kerberos
-    assert any(p == "6" for p, _ in phase2), phase2  # the fallback is clear TCP (krb5p inside)
-    assert [t for (t,) in marked if float(t) >= split], "the principal's host name is visible in phase 2"
+    assert not [t for (t,) in marked if float(t) < res["t_break"]], marked  # no cleartext Kerberos
+    assert any(p == "6" for p, _ in phase3), phase3  # the fallback is clear TCP (krb5p inside)
+    assert [t for (t,) in marked if float(t) >= res["t_fallback"]], "the host name is visible in phase 3"
+    # 2. the held connection: ALERT BROKEN -> reset, DISCARD on its 5-tuple, then the fallback
+    holder = res["holder"]
+    assert holder is not None, res["holder_err"]
+    assert holder["first"] == "channel_prot"
+    assert holder["state_after_stop"] == "LatchState.BROKEN" and holder["open_after_alert"] is False, holder
+    sport = holder["five_tuple"].split(" -> ")[0].rsplit(":", 1)[1]
+    assert re.search(rf"sport {sport} dport {PORT}[\s\S]*?action block", holder["policies"]), holder[
+        "policies"
+    ]
+    assert holder["second"] == "krb5p" and holder["generation"] == 2, holder
+    old_flow_clear = read_fields(
+        pcap,
+        ("frame.time_epoch", "tcp.flags"),
+        f"ip.src == {CLIENT_ADDR} && tcp.srcport == {sport}",
+    )
+    assert not [t for t, _ in old_flow_clear if float(t) >= res["t_break"]], old_flow_clear
+    # what the server sent on the old 5-tuple after its keyd went (its own reset): reported only
+    server_clear = read_fields(
+        pcap, ("frame.time_epoch", "tcp.flags"), f"ip.dst == {CLIENT_ADDR} && tcp.dstport == {sport}"
+    )
+    print(f"server -> old client 5-tuple in clear after the keyd stop: {server_clear}")
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "holder":
+        print(json.dumps(asyncio.run(_holder_main(sys.argv[2]))))
+        sys.exit(0)
     if len(sys.argv) < 2 or sys.argv[1] != "guest":
         sys.exit("usage: test_mission_guest.py guest [KRB5 env JSON]   (runs inside the UML guest)")
     t0 = time.monotonic()
