@@ -8,6 +8,10 @@ holding one object; a frame longer than :data:`MAX_FRAME` is refused. A client s
 
 :func:`decode_request` raises nothing but :class:`ControlDecodeError`, which carries the
 :class:`ErrorCode` to answer with (and the request id when one could be read).
+
+INQUIRE_LATCH's ``qop`` says what protects the 5-tuple: ``{"protocol": "ESP", "suite", "mode",
+"confidentiality"}`` for a latch on a CHILD_SA, ``{"protocol": "BYPASS"}`` for the BYPASS latch
+FIND_LATCH gives an unprotected connection accepted under a LISTENER latch (RFC 5660 §3.1).
 """
 
 from __future__ import annotations
