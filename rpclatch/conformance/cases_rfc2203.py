@@ -177,17 +177,36 @@ async def gss_07(s: Session) -> Finding:
 @case(
     "GSS-08",
     G,
-    "§5.3.3.3",
+    "§5, §5.3.1, §5.3.3.3",
     MUST,
-    "seq_num >= MAXSEQ is refused with RPCSEC_GSS_CTXPROBLEM",
-    sends=f"DATA with seq_num {MAXSEQ:#x} (MAXSEQ) and a valid header MIC",
-    expects="MSG_DENIED AUTH_ERROR RPCSEC_GSS_CTXPROBLEM",
+    "seq_num beyond MAXSEQ is refused with RPCSEC_GSS_CTXPROBLEM",
+    sends=f"DATA with seq_num {MAXSEQ + 1:#x} (MAXSEQ + 1), and on another context {MAXSEQ:#x} (MAXSEQ), "
+    "valid header MICs",
+    expects="MSG_DENIED AUTH_ERROR RPCSEC_GSS_CTXPROBLEM for both (MAXSEQ itself accepted: WARN, the RFC "
+    "calls it the maximum value but has clients stay below it)",
 )
 async def gss_08(s: Session) -> Finding:
     ctx = await _working_context(s)
-    return refused(
-        await s.send(s.data_call(ctx, seq=MAXSEQ)), AuthStat.RPCSEC_GSS_CTXPROBLEM, "seq_num MAXSEQ"
+    above = refused(
+        await s.send(s.data_call(ctx, seq=MAXSEQ + 1)), AuthStat.RPCSEC_GSS_CTXPROBLEM, "seq_num MAXSEQ+1"
     )
+    if above.outcome is Outcome.FAIL:
+        return above
+    ctx = await _working_context(s)
+    reply = await s.send(s.data_call(ctx, seq=MAXSEQ))
+    got = f"MAXSEQ+1: {above.got}; MAXSEQ: {reply.describe()}"
+    if reply.accept_stat() is AcceptStat.SUCCESS:
+        return Finding(
+            Outcome.WARN,
+            f"{above.reason}; seq_num MAXSEQ itself accepted (§5 names MAXSEQ the maximum sequence number "
+            "value, §5.3.1 has clients start below it)",
+            got,
+        )
+    at = refused(reply, AuthStat.RPCSEC_GSS_CTXPROBLEM, "seq_num MAXSEQ")
+    worst = above if above.outcome is Outcome.WARN else at
+    if worst.outcome is Outcome.PASS:
+        return Finding(Outcome.PASS, "seq_num MAXSEQ and MAXSEQ+1 refused with RPCSEC_GSS_CTXPROBLEM", got)
+    return Finding(worst.outcome, worst.reason, got)
 
 
 @case(
