@@ -583,8 +583,9 @@ class KernelClientWorld:
         if report.state is not LatchState.ESTABLISHED:
             control.release(handle)
             raise ProtectionFailed(f"the latch is {report.state.value}, not ESTABLISHED")
-        if not btns_ok and report.peer_spki is not None:
-            # every raw-key peer the key manager accepts is self-asserted (BTNS, RFC 5386)
+        if not btns_ok:
+            # the key manager authenticates peers by raw keys or NULL authentication only: nothing
+            # in INQUIRE_LATCH says the peer is more than self-asserted (BTNS, RFC 5386)
             control.release(handle)
             raise ProtectionFailed(f"latched peer {report.peer} is unauthenticated (BTNS), btns_ok is off")
         return handle, latch_view(report, channel_for(report))

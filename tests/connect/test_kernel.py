@@ -416,3 +416,20 @@ def test_a_child_sa_rekey_keeps_the_latch(realm: ThrowawayRealm, tmp_path: Path)
         await pc.aclose()
 
     run(realm, tmp_path, body)
+
+
+def test_btns_not_ok_refuses_the_self_asserted_latch_and_falls_back(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None
+        pc = lab.connection(ConnectPolicy(port=lab.port, ike_timeout=2.0, btns_ok=False))
+        record = await pc.aconnect()
+        assert record.latch_outcome is LatchOutcome.NOT_LATCHED and record.gss_service is Service.PRIVACY
+        assert record.protection_error is not None and "btns_ok is off" in record.protection_error
+        await echo(pc)
+        # the refused latch was released (its 5-tuple is only held, no latch left)
+        assert not [row for row in lab.a.service.status()["latches"] if row["state"] == "ESTABLISHED"]
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
