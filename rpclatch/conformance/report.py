@@ -88,8 +88,9 @@ def junit(report: Report) -> bytes:
 def listing(cases: Sequence[Case]) -> str:
     """``--list``: every case with its section, level and title."""
     lines = []
+    w = max((len(c.spec.section) for c in cases), default=8)
     for c in cases:
         s = c.spec
         omit = "  [OMIT: " + c.omit + "]" if c.run is None else ""
-        lines.append(f"{s.id:<7} {s.group.rfc:<9} {s.section:<24} {s.level.value:<6} {s.title}{omit}")
+        lines.append(f"{s.id:<7} {s.group.rfc:<9} {s.section:<{w}}  {s.level.value:<6} {s.title}{omit}")
     return "\n".join(lines)
