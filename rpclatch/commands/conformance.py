@@ -1,10 +1,12 @@
 """``rpclatch conformance HOST[:PORT]``: the RPCSEC_GSS / channel-binding conformance suite
 (:mod:`rpclatch.conformance`) against any RPC server, from the client's side.
 
-The output is a table grouped by RFC (``--json`` instead: JSON; ``--junit FILE``: JUnit XML as
-well); the exit code is 1 iff a MUST failed, 0 otherwise. Bad arguments (a malformed or
-unresolvable HOST, an unknown case id) are one line and exit 2; a server that cannot be reached,
-or Kerberos credentials missing on this side, one line and exit 1.
+With ``--keyd SOCKET`` the channel cases run on connections the key manager latched to the
+server (RFC 5660); without it they are OMITted. The output is a table grouped by RFC
+(``--json`` instead: JSON; ``--junit FILE``: JUnit XML as well); the exit code is 1 iff a MUST
+failed, 0 otherwise. Bad arguments (a malformed or unresolvable HOST, an unknown case id) are one
+line and exit 2; a server that cannot be reached, or Kerberos credentials missing on this side,
+one line and exit 1.
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ async def _conformance(args: argparse.Namespace, cases: list[Any]) -> int:
             reason = "no answer"
         raise CommandFailed(f"{args.host}: cannot connect to port {port} ({reason})") from exc
     probe.close()
+    latcher = None
+    if args.keyd is not None:
+        from rpclatch.conformance.latching import KeydLatcher
+
+        latcher = KeydLatcher(Path(args.keyd), ike_timeout=args.ike_timeout)
     config = ProbeConfig(
         host=address,
         port=port,
@@ -111,11 +118,15 @@ async def _conformance(args: argparse.Namespace, cases: list[Any]) -> int:
         service=Service.from_sec_name(args.sec),
         timeout=args.timeout,
         drop_wait=args.drop_wait,
+        channels=latcher,
     )
     try:
         result = await runner.run(cases, config, GssapiProvider())
     except LocalGssError as exc:
         raise CommandFailed(f"{exc} (kinit first, or export the realm's KRB5_CONFIG and KRB5CCNAME)") from exc
+    finally:
+        if latcher is not None:
+            await latcher.close()
     if args.json:
         print(report.to_json(result))
     else:
@@ -209,6 +220,18 @@ def register(subparsers: Any) -> None:
         default=1.0,
         metavar="SECONDS",
         help="silence this long counts as a discarded request (default 1)",
+    )
+    p.add_argument(
+        "--keyd",
+        metavar="SOCKET",
+        help="the key manager's control socket: run the channel cases (CB-10..13) on latched connections",
+    )
+    p.add_argument(
+        "--ike-timeout",
+        type=_positive,
+        default=5.0,
+        metavar="SECONDS",
+        help="--keyd: wait this long for a latch (default 5)",
     )
     p.add_argument(
         "--rpcbind-port", type=int, default=111, metavar="N", help="HOST's rpcbind port (default 111)"

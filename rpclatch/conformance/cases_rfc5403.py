@@ -6,16 +6,25 @@ its BIND_CHANNEL requests name a prefix the server cannot have (CB-07) or a hash
 implement (CB-08), carry a valid MIC over a made-up hash, and check that whatever comes back is
 either a refusal or a MIC-protected negotiation answer (RFC 5403 §3.3), and that the request's
 seq_num is handled as a DATA seq_num (replays dropped, a verified request consumes it).
+
+With a key manager (``--keyd``) the channel cases run on connections latched to the server
+(:mod:`rpclatch.conformance.latching`): BIND_CHANNEL with the channel's bindings and channel_prot
+on it (CB-10), mismatched bindings (CB-11), channel_prot elsewhere (CB-12) and after the channel
+is gone (CB-13); without one they OMIT. Expiry and lifetime halving (CB-14, CB-15) cannot be
+observed from the client side within a run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
+from rpclatch.channel import Channel
 from rpclatch.conformance.judge import refused
 from rpclatch.conformance.model import CaseSpec, Finding, Group, Level, Outcome
 from rpclatch.conformance.probe import (
     ClientContext,
+    Connection,
     NoContext,
     Prepared,
     Reply,
@@ -29,6 +38,7 @@ from rpclatch.gss.wire import (
     RPCSEC_GSS_VERS_1,
     RPCSEC_GSS_VERS_2,
     SHA256,
+    SHA384,
     BindChanMicInArgs,
     BindChanMicInRes,
     BindChanStatus,
@@ -36,6 +46,7 @@ from rpclatch.gss.wire import (
     BindChanVerfRes,
     GssProc,
     Service,
+    channel_bindings_bytes,
     encode_call_header,
     encode_cred,
 )
@@ -50,8 +61,6 @@ SHOULD = Level.SHOULD
 UNKNOWN_PREFIX = b"x-rpclatch-conformance-no-such-channel"
 #: MD5 (RFC 1321; OID 1.2.840.113549.2.5), which no channel-binding hash list should offer.
 MD5_OID = bytes.fromhex("2a864886f70d0205")
-#: Why the channel cases do not run.
-NO_CHANNEL = "no latched channel to the server (needs a key manager)"
 _FLAVOR_GSS = int(AuthFlavor.RPCSEC_GSS)
 
 
@@ -373,49 +382,180 @@ async def cb_09(s: Session) -> Finding:
     return Finding(Outcome.WARN, f"the DATA call after the BIND_CHANNEL was refused: {data.describe()}", got)
 
 
-def _omitted(id: str, section: str, title: str, sends: str, expects: str) -> None:
-    add(Case(CaseSpec(id, G, section, MUST, title, sends, expects), None, NO_CHANNEL))
+def _bind_status(ctx: ClientContext, prepared: Prepared, reply: Reply, cb_hash: bytes) -> tuple[str, bool]:
+    """(what came back, whether it is RGSS2_BIND_CHAN_OK with a reply MIC that verifies over
+    ``rgss2_bind_chan_MIC_in_res`` with ``cb_hash``)."""
+    msg = reply.message
+    if not isinstance(msg, AcceptedReply) or msg.stat is not AcceptStat.SUCCESS:
+        return reply.describe(), False
+    try:
+        verf = BindChanVerfRes.decode(msg.verf.body)
+    except XdrError as exc:
+        return f"undecodable rgss2_bind_chan_verf_res: {exc}", False
+    status = verf.res.status
+    try:
+        ctx.gss.verify_mic(BindChanMicInRes(prepared.seq, cb_hash, verf.res).encode(), verf.mic)
+    except GssError as exc:
+        return f"{status.name} whose reply MIC does not verify ({exc})", False
+    return status.name, status is BindChanStatus.RGSS2_BIND_CHAN_OK
 
 
-_omitted(
+def _bindings_hash(channel: Channel) -> bytes:
+    return SHA256.digest(channel.channel_bindings())
+
+
+async def _bound(s: Session) -> tuple[Connection, Channel, ClientContext]:
+    """A latched connection with a v2 context bound to its channel (else OMIT/NOT-SUPPORTED)."""
+    conn, channel = await s.latched_connection()
+    ctx = await s.context(RPCSEC_GSS_VERS_2, conn=conn)
+    cb_hash = _bindings_hash(channel)
+    p = bind_call(s, ctx, prefix=channel.binding_prefix.encode(), oid=SHA256.oid, cb_hash=cb_hash)
+    got, ok = _bind_status(ctx, p, await s.send(p, conn=conn), cb_hash)
+    if not ok:
+        raise NoContext(f"BIND_CHANNEL over the latched connection did not succeed: {got}")
+    return conn, channel, ctx
+
+
+def _channel_prot_refused(reply: Reply, what: str) -> Finding:
+    got = reply.describe()
+    if reply.accept_stat() is AcceptStat.SUCCESS:
+        return Finding(Outcome.FAIL, f"{what} was executed", got)
+    stat = reply.auth_stat()
+    if stat is not None:
+        return Finding(Outcome.PASS, f"{what} refused with {stat.name}", got)
+    if reply.silent:
+        return Finding(Outcome.WARN, f"{what} silently dropped (the client cannot tell why)", got)
+    return Finding(Outcome.WARN, f"{what} answered {got}", got)
+
+
+@case(
     "CB-10",
-    "§3.3",
-    "BIND_CHANNEL over a latched channel succeeds",
-    "BIND_CHANNEL with the channel's bindings",
-    "RGSS2_BIND_CHAN_OK, reply MIC verifies",
+    G,
+    "§3.3, §3.4",
+    MUST,
+    "BIND_CHANNEL over a latched channel succeeds; channel_prot works on it",
+    sends="on a latched connection: INIT v2, BIND_CHANNEL with the channel's bindings (SHA-256), then "
+    "DATA with service channel_prot",
+    expects="RGSS2_BIND_CHAN_OK whose reply MIC verifies; the channel_prot call SUCCESS with an AUTH_NONE "
+    "verifier",
 )
-_omitted(
+async def cb_10(s: Session) -> Finding:
+    conn, channel = await s.latched_connection()
+    ctx = await s.context(RPCSEC_GSS_VERS_2, conn=conn)
+    cb_hash = _bindings_hash(channel)
+    p = bind_call(s, ctx, prefix=channel.binding_prefix.encode(), oid=SHA256.oid, cb_hash=cb_hash)
+    got, ok = _bind_status(ctx, p, await s.send(p, conn=conn), cb_hash)
+    if not ok:
+        return Finding(Outcome.FAIL, f"BIND_CHANNEL with the channel's own bindings: {got}", got)
+    data = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT), conn=conn)
+    got = f"BIND_CHANNEL: {got}; channel_prot: {data.describe()}"
+    msg = data.message
+    if not isinstance(msg, AcceptedReply) or msg.stat is not AcceptStat.SUCCESS:
+        return Finding(Outcome.FAIL, "bound, but the channel_prot call was not answered SUCCESS", got)
+    if msg.verf.flavor != int(AuthFlavor.AUTH_NONE) or msg.verf.body:
+        return Finding(Outcome.FAIL, "channel_prot reply verifier is not AUTH_NONE (§3.4)", got)
+    return Finding(Outcome.PASS, f"bound under {channel.binding_prefix}; channel_prot answered", got)
+
+
+@case(
     "CB-11",
-    "§3.3",
-    "BIND_CHANNEL with wrong binding data fails (both directions of mismatch)",
-    "BIND_CHANNEL with bindings of another channel; the server's channel differs from ours",
-    "RPCSEC_GSS_CREDPROBLEM, no binding",
+    G,
+    "§3.3; RFC 2203 §5.3.3.4.2",
+    MUST,
+    "BIND_CHANNEL with bindings that do not match the channel fails",
+    sends="on a latched connection: BIND_CHANNEL with the channel's data altered in one octet; BIND_CHANNEL "
+    "naming SHA-384 with the SHA-256 hash of the right bindings",
+    expects="both refused (RPCSEC_GSS_CREDPROBLEM: the MIC does not verify over the server's bindings); "
+    "never OK",
 )
-_omitted(
+async def cb_11(s: Session) -> Finding:
+    conn, channel = await s.latched_connection()
+    ctx = await s.context(RPCSEC_GSS_VERS_2, conn=conn)
+    prefix = channel.binding_prefix
+    data = channel.bindings()[prefix]
+    wrong_data = SHA256.digest(channel_bindings_bytes(prefix, data[:-1] + bytes([data[-1] ^ 0xFF])))
+    findings = []
+    got = []
+    for what, oid, cb_hash in (
+        ("altered binding data", SHA256.oid, wrong_data),
+        ("a hash computed with another algorithm than named", SHA384.oid, _bindings_hash(channel)),
+    ):
+        p = bind_call(s, ctx, prefix=prefix.encode(), oid=oid, cb_hash=cb_hash)
+        reply = await s.send(p, conn=conn)
+        status, ok = _bind_status(ctx, p, reply, cb_hash)
+        got.append(f"{what}: {status}")
+        if ok or status == BindChanStatus.RGSS2_BIND_CHAN_OK.name:
+            return Finding(Outcome.FAIL, f"BIND_CHANNEL with {what} answered OK", "; ".join(got))
+        findings.append(refused(reply, AuthStat.RPCSEC_GSS_CREDPROBLEM, f"BIND_CHANNEL with {what}"))
+    worst = next((f for f in findings if f.outcome is not Outcome.PASS), None)
+    if worst is not None:
+        return Finding(worst.outcome, worst.reason, "; ".join(got))
+    return Finding(Outcome.PASS, "both mismatches refused with RPCSEC_GSS_CREDPROBLEM", "; ".join(got))
+
+
+@case(
     "CB-12",
+    G,
     "§3.4",
-    "channel_prot on another connection is refused",
-    "DATA channel_prot on a second connection with the bound handle",
-    "refused",
+    MUST,
+    "channel_prot on another connection than the bound one is refused",
+    sends="a v2 handle bound on a latched connection; DATA channel_prot with it on a plain connection and "
+    "on a second latched connection",
+    expects="both refused; never executed",
 )
-_omitted(
+async def cb_12(s: Session) -> Finding:
+    _, _, ctx = await _bound(s)
+    findings = []
+    plain = await s.new_connection()
+    reply = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT), conn=plain)
+    findings.append(_channel_prot_refused(reply, "channel_prot on an unlatched connection"))
+    other, _ = await s.latched_connection()
+    reply = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT), conn=other)
+    findings.append(_channel_prot_refused(reply, "channel_prot on another latched connection"))
+    got = "; ".join(f.got for f in findings)
+    for outcome in (Outcome.FAIL, Outcome.WARN):
+        for f in findings:
+            if f.outcome is outcome:
+                return Finding(outcome, f.reason, got)
+    return Finding(Outcome.PASS, "; ".join(f.reason for f in findings), got)
+
+
+@case(
     "CB-13",
+    G,
     "§3.4",
-    "channel_prot after the channel broke is refused",
-    "DATA channel_prot after the latch broke",
-    "refused",
+    MUST,
+    "channel_prot after the bound channel is gone is refused",
+    sends="a v2 handle bound on a latched connection; that connection closed (its latch released); DATA "
+    "channel_prot with the handle on a new latched connection",
+    expects="refused (the binding ended with its channel); never executed",
 )
+async def cb_13(s: Session) -> Finding:
+    conn, _, ctx = await _bound(s)
+    conn.close()
+    await asyncio.sleep(min(s.config.drop_wait, 0.5))  # let the server see the close
+    other, _ = await s.latched_connection()
+    reply = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT), conn=other)
+    return _channel_prot_refused(reply, "channel_prot after the bound connection closed")
+
+
+def _omitted(id: str, section: str, title: str, sends: str, expects: str, why: str) -> None:
+    add(Case(CaseSpec(id, G, section, MUST, title, sends, expects), None, why))
+
+
 _omitted(
     "CB-14",
     "§3.4",
     "channel_prot after the context expired is refused",
     "DATA channel_prot after the context lifetime",
     "RPCSEC_GSS_CTXPROBLEM",
+    "context expiry cannot be provoked from the client side within a run",
 )
 _omitted(
     "CB-15",
     "§9",
     "each failed BIND_CHANNEL halves the context lifetime",
-    "failed BIND_CHANNELs with wrong bindings on a latched connection",
+    "failed BIND_CHANNELs on a latched connection",
     "the context expires at half its remaining lifetime per failure",
+    "the halved lifetime is not observable from the client side without waiting for the expiry",
 )

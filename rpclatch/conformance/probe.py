@@ -16,9 +16,12 @@ import contextlib
 import logging
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
+from rpclatch.channel import Channel
 from rpclatch.gss.errors import GssError, GssMajor
 from rpclatch.gss.provider import GssContext, Provider
 from rpclatch.gss.wire import (
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 _U32 = struct.Struct(">I")
 #: Replies are small (NULL results, control replies): a record larger than this is not one.
 MAX_REPLY_RECORD = 1024 * 1024
+#: Why the channel cases OMIT without a key manager.
+NO_CHANNEL = "no latched channel to the server (needs a key manager)"
 _FLAVOR_GSS = int(AuthFlavor.RPCSEC_GSS)
 _FLAVOR_NONE = int(AuthFlavor.AUTH_NONE)
 
@@ -106,11 +111,17 @@ class Connection:
     """One TCP connection carrying record-marked calls (RFC 5531 §11); replies are matched by xid,
     others (late replies to earlier calls) are skipped."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._records = RecordReassembler(MAX_REPLY_RECORD)
         self._pending: list[bytes] = []
+        self._on_close = on_close
         self.closed = False
 
     @classmethod
@@ -191,6 +202,9 @@ class Connection:
         self.closed = True
         with contextlib.suppress(Exception):
             self._writer.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
 
 @dataclass
@@ -238,6 +252,20 @@ class Unsupported(Exception):
     """The server does not support what the case needs (the case is NOT-SUPPORTED)."""
 
 
+class NoChannel(NoContext):
+    """The case needs a secure channel to the server and the run has none (OMITted)."""
+
+
+class ChannelOpener(Protocol):
+    """Opens connections latched to a secure channel (the key manager's, RFC 5660 §2.3)."""
+
+    async def open(self, host: str, port: int, timeout: float) -> tuple[Connection, Channel]:
+        """A connected, latched connection and its channel; :class:`NoChannel` if it cannot."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class LocalGssError(Exception):
     """The client side could not start a context (no ticket, unknown target): the run stops."""
 
@@ -245,8 +273,9 @@ class LocalGssError(Exception):
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
     """Where and how to probe: the server's address, the program/version/procedure called in
-    DATA requests, the acceptor name, the service of the general cases, the reply timeout and how
-    long to wait before a call counts as silently dropped."""
+    DATA requests, the acceptor name, the service of the general cases, the reply timeout, how
+    long to wait before a call counts as silently dropped, and what opens latched connections
+    (``channels``; None: the channel cases OMIT)."""
 
     host: str
     port: int
@@ -257,6 +286,7 @@ class ProbeConfig:
     service: Service = Service.INTEGRITY
     timeout: float = 5.0
     drop_wait: float = 1.0
+    channels: ChannelOpener | None = None
 
 
 def auth_bytes(flavor: int, body: bytes) -> bytes:
@@ -294,6 +324,15 @@ class Session:
         conn = await Connection.open(c.host, c.port, c.timeout)
         self._connections.append(conn)
         return conn
+
+    async def latched_connection(self) -> tuple[Connection, Channel]:
+        """A new connection latched to a secure channel (:class:`NoChannel` without one)."""
+        opener = self.config.channels
+        if opener is None:
+            raise NoChannel(NO_CHANNEL)
+        conn, channel = await opener.open(self.config.host, self.config.port, self.config.timeout)
+        self._connections.append(conn)
+        return conn, channel
 
     async def connection(self) -> Connection:
         """The session's current connection, reopened if the server closed it."""
