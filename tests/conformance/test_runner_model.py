@@ -8,11 +8,15 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from rpclatch.commands.conformance import parse_host
 from rpclatch.conformance import registry, report
 from rpclatch.conformance.model import CaseResult, CaseSpec, Finding, Group, Level, Outcome, Report
 from rpclatch.conformance.probe import flip_last
 from rpclatch.conformance.registry import Case, UnknownCase
+from rpclatch.errors import UserError
 
 
 def _spec(id: str = "GSS-90", level: Level = Level.MUST, group: Group = Group.GSS) -> CaseSpec:
@@ -112,3 +116,20 @@ def test_listing_names_every_case() -> None:
 def test_flip_last() -> None:
     assert flip_last(b"\x00\x01") == b"\x00\xfe"
     assert flip_last(b"") == b"\x01"
+
+
+@given(st.text(max_size=40))
+def test_parse_host_is_total(text: str) -> None:
+    """Any HOST string gives (host, port) or a UserError, nothing else."""
+    try:
+        host, port = parse_host(text)
+    except UserError:
+        return
+    assert host and not any(c.isspace() for c in host)
+    assert port is None or 1 <= port <= 65535
+
+
+@given(st.sampled_from(["192.0.2.1", "nfs.example", "[2001:db8::1]"]), st.integers(1, 65535))
+def test_parse_host_with_port(host: str, port: int) -> None:
+    assert parse_host(f"{host}:{port}") == (host.strip("[]"), port)
+    assert parse_host(host) == (host.strip("[]"), None)
