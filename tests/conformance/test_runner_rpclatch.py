@@ -173,6 +173,30 @@ def test_broken_server_fails_exactly_its_case(
     assert others <= {Outcome.PASS, Outcome.OMIT, Outcome.WARN}
 
 
+@pytest.mark.parametrize(
+    ("breakage", "warned"),
+    [
+        ("maxseq-inclusive", "GSS-08"),  # accepts seq_num == MAXSEQ, as Linux does
+        ("no-init-cache", "GSS-17"),  # a retransmitted INIT is accepted afresh
+    ],
+)
+def test_a_should_or_ambiguity_not_met_warns_and_exits_0(
+    realm: ThrowawayRealm, monkeypatch: pytest.MonkeyPatch, breakage: str, warned: str
+) -> None:
+    factory = _server
+    if breakage == "maxseq-inclusive":
+        monkeypatch.setattr(gss_server, "MAXSEQ", gss_server.MAXSEQ + 1)
+    else:
+
+        def factory(realm: ThrowawayRealm) -> GssServerAuth:
+            return GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab), init_cache_size=0)
+
+    report = asyncio.run(_run(realm, factory, (warned, "GSS-01", "GSS-05")))
+    outcomes = {r.spec.id: r.outcome for r in report.results}
+    assert outcomes == {"GSS-01": Outcome.PASS, "GSS-05": Outcome.PASS, warned: Outcome.WARN}
+    assert report.exit_code == 0
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
@@ -313,6 +337,19 @@ def test_cli_bad_input_is_one_line(
     assert main(argv) == code
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err and err.startswith("rpclatch: error: ")
+
+
+def test_cli_keyd_without_a_key_manager_omits_the_channel_cases(
+    realm: ThrowawayRealm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _server_thread(realm) as port:
+        rc = _cli(
+            port, realm, "--case", "CB-10", "--case", "CB-12", "--keyd", str(tmp_path / "no.sock"), "--json"
+        )
+    assert rc == 0
+    cases = json.loads(capsys.readouterr().out)["cases"]
+    assert [(c["id"], c["outcome"]) for c in cases] == [("CB-10", "OMIT"), ("CB-12", "OMIT")]
+    assert all(c["reason"].startswith("no key manager") for c in cases)
 
 
 def test_cli_refused_connection_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
