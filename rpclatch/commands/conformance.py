@@ -155,6 +155,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         raise UserError(
             "give the RPC program and version to call with --prog N --vers N (e.g. NFS: 100003 4)"
         )
+    from rpclatch.commands.rpc import parse_program
+
+    args.prog = parse_program(args.prog)  # UserError (one line, exit 2) for an unknown name
     try:
         return asyncio.run(_conformance(args, cases))
     except CommandFailed as exc:
@@ -170,12 +173,6 @@ def _uint(text: str) -> int:
     if not 0 <= v <= 0xFFFFFFFF:
         raise argparse.ArgumentTypeError(f"out of range: {text}")
     return v
-
-
-def _program(text: str) -> int:
-    from rpclatch.commands.rpc import parse_program
-
-    return parse_program(text)
 
 
 def _positive(text: str) -> float:
@@ -196,7 +193,7 @@ def register(subparsers: Any) -> None:
         "section, MUST/SHOULD, what was sent, expected and got. Exit 1 iff a MUST failed.",
     )
     p.add_argument("host", metavar="HOST[:PORT]", nargs="?", help="the server (no PORT: ask its rpcbind)")
-    p.add_argument("--prog", type=_program, help="RPC program number or /etc/rpc name (e.g. 100003 or nfs)")
+    p.add_argument("--prog", help="RPC program number or /etc/rpc name (e.g. 100003 or nfs)")
     p.add_argument("--vers", type=_uint, help="program version (e.g. 4)")
     p.add_argument("--proc", type=_uint, default=0, help="procedure of the DATA calls (default 0, NULL)")
     p.add_argument("--target", metavar="SERVICE@HOST", help="the server's GSS name (default nfs@HOST)")

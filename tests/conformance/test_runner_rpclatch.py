@@ -321,6 +321,7 @@ def test_cli_table_and_exit_code_on_a_failed_must(
         (["conformance", "nohost.invalid:2049", "--prog", "1", "--vers", "1"], "cannot resolve HOST", 2),
         (["conformance", "127.0.0.1:99999", "--prog", "1", "--vers", "1"], "bad port in HOST", 2),
         (["conformance", "[::1", "--prog", "1", "--vers", "1"], "bad HOST", 2),
+        (["conformance", "127.0.0.1:2049", "--prog", "nosuchprog", "--vers", "1"], "unknown RPC program", 2),
         (
             ["conformance", "127.0.0.1:2049", "--prog", "1", "--vers", "1", "--case", "GSS-99"],
             "unknown case",
