@@ -10,7 +10,8 @@ seq_num is handled as a DATA seq_num (replays dropped, a verified request consum
 With a key manager (``--keyd``) the channel cases run on connections latched to the server
 (:mod:`rpclatch.conformance.latching`): BIND_CHANNEL with the channel's bindings and channel_prot
 on it (CB-10), mismatched bindings (CB-11), channel_prot elsewhere (CB-12) and after the channel
-is gone (CB-13); without one they OMIT. Expiry and lifetime halving (CB-14, CB-15) cannot be
+is gone (CB-13), hash negotiation with a verifiable HASH_NOTSUPP MIC (CB-16); without one they
+OMIT. Expiry and lifetime halving (CB-14, CB-15) cannot be
 observed from the client side within a run.
 """
 
@@ -35,10 +36,12 @@ from rpclatch.conformance.probe import (
 from rpclatch.conformance.registry import Case, add, case
 from rpclatch.gss.errors import GssError
 from rpclatch.gss.wire import (
+    HASHES_BY_OID,
     RPCSEC_GSS_VERS_1,
     RPCSEC_GSS_VERS_2,
     SHA256,
     SHA384,
+    SHA512,
     BindChanMicInArgs,
     BindChanMicInRes,
     BindChanStatus,
@@ -49,6 +52,7 @@ from rpclatch.gss.wire import (
     channel_bindings_bytes,
     encode_call_header,
     encode_cred,
+    normalize_oid,
 )
 from rpclatch.ipsec.channel_binding import CB_PREFIX
 from rpclatch.rpc.messages import PROC_NULL, AcceptedReply, AcceptStat, AuthFlavor, AuthStat
@@ -537,6 +541,55 @@ async def cb_13(s: Session) -> Finding:
     other, _ = await s.latched_connection()
     reply = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT), conn=other)
     return _channel_prot_refused(reply, "channel_prot after the bound connection closed")
+
+
+@case(
+    "CB-16",
+    G,
+    "§3.3",
+    MUST,
+    "hash negotiation over a latched channel: OK, or HASH_NOTSUPP with a verified MIC and then OK",
+    sends="on a latched connection: BIND_CHANNEL with the channel's bindings hashed with SHA-512; on "
+    "HASH_NOTSUPP, again with the first hash the server lists",
+    expects="OK; or HASH_NOTSUPP with one or more OIDs whose reply MIC verifies over the bindings hashed "
+    "with rbcr_oid_list[0], and OK for that hash",
+)
+async def cb_16(s: Session) -> Finding:
+    conn, channel = await s.latched_connection()
+    ctx = await s.context(RPCSEC_GSS_VERS_2, conn=conn)
+    prefix = channel.binding_prefix.encode()
+    cb = channel.channel_bindings()
+    p = bind_call(s, ctx, prefix=prefix, oid=SHA512.oid, cb_hash=SHA512.digest(cb))
+    reply = await s.send(p, conn=conn)
+    got, ok = _bind_status(ctx, p, reply, SHA512.digest(cb))
+    if ok:
+        return Finding(Outcome.PASS, "SHA-512 accepted: bound", got)
+    msg = reply.message
+    if not isinstance(msg, AcceptedReply) or msg.stat is not AcceptStat.SUCCESS:
+        return refused(reply, AuthStat.RPCSEC_GSS_CREDPROBLEM, "BIND_CHANNEL with SHA-512")
+    try:
+        verf = BindChanVerfRes.decode(msg.verf.body)
+    except XdrError as exc:
+        return Finding(Outcome.FAIL, f"undecodable rgss2_bind_chan_verf_res: {exc}", got)
+    if verf.res.status is not BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP:
+        return Finding(Outcome.FAIL, f"{verf.res.status.name} for the channel's own prefix", got)
+    first = HASHES_BY_OID.get(normalize_oid(verf.res.oid_list[0]))
+    if first is None:
+        return Finding(
+            Outcome.WARN, f"HASH_NOTSUPP listing {verf.res.oid_list[0].hex()} first, a hash unknown here", got
+        )
+    try:
+        ctx.gss.verify_mic(BindChanMicInRes(p.seq, first.digest(cb), verf.res).encode(), verf.mic)
+    except GssError:
+        return Finding(
+            Outcome.FAIL, f"HASH_NOTSUPP whose reply MIC does not verify over the bindings' {first.name}", got
+        )
+    retry = bind_call(s, ctx, prefix=prefix, oid=first.oid, cb_hash=first.digest(cb))
+    again, ok = _bind_status(ctx, retry, await s.send(retry, conn=conn), first.digest(cb))
+    got = f"SHA-512: HASH_NOTSUPP (first {first.name}), MIC verifies; {first.name}: {again}"
+    if not ok:
+        return Finding(Outcome.FAIL, f"BIND_CHANNEL with the offered {first.name} did not bind", got)
+    return Finding(Outcome.PASS, f"HASH_NOTSUPP with a verified MIC, then bound with {first.name}", got)
 
 
 def _omitted(id: str, section: str, title: str, sends: str, expects: str, why: str) -> None:

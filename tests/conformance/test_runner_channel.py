@@ -23,6 +23,7 @@ from rpclatch.connect.kernel import KernelServerEndpoint
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
+from rpclatch.gss.wire import SHA256, BindChanRes, BindChanStatus
 from rpclatch.ipsec.backend import InProcessBackend
 from rpclatch.ipsec.ike.config import Credentials, IkeConfig
 from rpclatch.ipsec.keyd.daemon import KeydDaemon
@@ -33,7 +34,7 @@ from rpclatch.rpc.testprog import RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, add_te
 
 A_ADDR = ipaddress.ip_address("127.0.0.1")
 B_ADDR = ipaddress.ip_address("127.0.0.2")
-CHANNEL_CASES = ("CB-10", "CB-11", "CB-12", "CB-13")
+CHANNEL_CASES = ("CB-10", "CB-11", "CB-12", "CB-13", "CB-16")
 
 
 def _pad() -> PeerAuthorizationDatabase:
@@ -60,8 +61,17 @@ class _AnyConnection(GssServerAuth):
         return GssServerAuth._channel_prot(call, seq, ctx, conn)
 
 
+class _HashNotSuppMicOverNothing(GssServerAuth):
+    """Signs HASH_NOTSUPP over an empty hash instead of the bindings under rbcr_oid_list[0]."""
+
+    def _bind_reply(self, ctx: Any, seq: int, cb_hash: bytes, res: BindChanRes) -> Any:
+        if res.status is BindChanStatus.RGSS2_BIND_CHAN_HASH_NOTSUPP:
+            cb_hash = b""
+        return super()._bind_reply(ctx, seq, cb_hash, res)
+
+
 async def _run(
-    realm: ThrowawayRealm, tmp: Path, gss_cls: type[GssServerAuth], ids: tuple[str, ...]
+    realm: ThrowawayRealm, tmp: Path, gss_cls: type[GssServerAuth], ids: tuple[str, ...], **gss_options: Any
 ) -> Report:
     a_sock, b_sock = _udp(A_ADDR), _udp(B_ADDR)
     ports = {A_ADDR: a_sock.getsockname()[1], B_ADDR: b_sock.getsockname()[1]}
@@ -81,7 +91,7 @@ async def _run(
     )
     dispatcher = RpcDispatcher()
     add_test_program(dispatcher)
-    dispatcher.add_flavor(gss_cls(GssapiProvider(realm.service_name, keytab=realm.keytab)))
+    dispatcher.add_flavor(gss_cls(GssapiProvider(realm.service_name, keytab=realm.keytab), **gss_options))
     endpoint = KernelServerEndpoint(dispatcher, tmp / "b.sock")
     latcher = KeydLatcher(tmp / "a.sock", source_addr=str(A_ADDR), ike_timeout=2.0)
     try:
@@ -114,7 +124,21 @@ def test_channel_cases_pass_on_latched_connections(realm: ThrowawayRealm, tmp_pa
     }, outcomes
     assert "bound under rpclatch-ipsec-latch-v1" in outcomes["CB-10"][1]
     assert "unlatched connection refused with RPCSEC_GSS_CTXPROBLEM" in outcomes["CB-12"][1]
+    assert outcomes["CB-16"][1] == "SHA-512 accepted: bound"
     assert report.exit_code == 0
+
+
+def test_hash_negotiation_with_a_server_offering_only_sha256(realm: ThrowawayRealm, tmp_path: Path) -> None:
+    report = asyncio.run(_run(realm, tmp_path, GssServerAuth, ("CB-16",), hashes=(SHA256,)))
+    (result,) = report.results
+    assert result.outcome is Outcome.PASS
+    assert result.reason == "HASH_NOTSUPP with a verified MIC, then bound with sha256"
+
+
+def test_a_hash_notsupp_signed_over_the_wrong_hash_fails_cb_16(realm: ThrowawayRealm, tmp_path: Path) -> None:
+    report = asyncio.run(_run(realm, tmp_path, _HashNotSuppMicOverNothing, CHANNEL_CASES, hashes=(SHA256,)))
+    failed = {r.spec.id: r.reason for r in report.results if r.outcome is Outcome.FAIL}
+    assert set(failed) == {"CB-16"} and "does not verify" in failed["CB-16"]
 
 
 def test_a_server_ignoring_the_bound_connection_fails_cb_12(realm: ThrowawayRealm, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ OBSERVED: dict[str, tuple[Outcome, str]] = {
     # service 4 in a v1 credential: AUTH_BADVERF rather than AUTH_BADCRED
     "CB-05": (Outcome.WARN, "AUTH_BADVERF"),
     **{f"CB-0{n}": (Outcome.NOT_SUPPORTED, "AUTH_BADCRED") for n in range(6, 10)},
-    **{f"CB-{n}": (Outcome.OMIT, "") for n in range(10, 16)},
+    **{f"CB-{n}": (Outcome.OMIT, "") for n in range(10, 17)},
 }
 
 
