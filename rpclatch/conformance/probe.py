@@ -393,6 +393,7 @@ class Session:
                 try:
                     token = gss.step(res.gss_token) or b""
                 except GssError as exc:
+                    gss.delete()
                     return InitResult(reply, res, None, f"server's CONTINUE token refused: {exc}")
                 handle = res.handle
                 continue

@@ -35,13 +35,11 @@ async def run_case(c: Case, config: ProbeConfig, provider: Provider) -> CaseResu
         finding = Finding(Outcome.NOT_SUPPORTED, str(exc))
     except LocalGssError:
         raise
-    except (OSError, TimeoutError) as exc:
-        finding = Finding(
-            Outcome.FAIL,
-            f"connection to the server failed: {exc.strerror or exc!r}"
-            if isinstance(exc, OSError)
-            else "connection to the server timed out",
-        )
+    except TimeoutError:
+        finding = Finding(Outcome.FAIL, "connection to the server timed out")
+    except OSError as exc:
+        why = exc.strerror or repr(exc)
+        finding = Finding(Outcome.FAIL, f"connection to the server failed: {why}")
     except (GssError, XdrError) as exc:
         finding = Finding(Outcome.FAIL, f"{type(exc).__name__}: {exc}")
     finally:

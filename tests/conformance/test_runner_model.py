@@ -3,6 +3,7 @@ adjustment, exit code, table/JSON/JUnit shapes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -12,11 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rpclatch.commands.conformance import parse_host
-from rpclatch.conformance import registry, report
+from rpclatch.conformance import registry, report, runner
 from rpclatch.conformance.model import CaseResult, CaseSpec, Finding, Group, Level, Outcome, Report
-from rpclatch.conformance.probe import flip_last
+from rpclatch.conformance.probe import LocalGssError, NoContext, ProbeConfig, Session, Unsupported, flip_last
 from rpclatch.conformance.registry import Case, UnknownCase
 from rpclatch.errors import UserError
+from rpclatch.gss.provider import GssapiProvider
 
 
 def _spec(id: str = "GSS-90", level: Level = Level.MUST, group: Group = Group.GSS) -> CaseSpec:
@@ -133,3 +135,34 @@ def test_parse_host_is_total(text: str) -> None:
 def test_parse_host_with_port(host: str, port: int) -> None:
     assert parse_host(f"{host}:{port}") == (host.strip("[]"), port)
     assert parse_host(host) == (host.strip("[]"), None)
+
+
+@pytest.mark.parametrize(
+    ("raised", "outcome", "reason"),
+    [
+        (NoContext("no v1 context: x"), Outcome.OMIT, "no v1 context: x"),
+        (Unsupported("RPCSEC_GSS version 2 refused"), Outcome.NOT_SUPPORTED, "RPCSEC_GSS version 2 refused"),
+        (TimeoutError(), Outcome.FAIL, "connection to the server timed out"),
+        (
+            ConnectionRefusedError(111, "Connection refused"),
+            Outcome.FAIL,
+            "connection to the server failed: Connection refused",
+        ),
+    ],
+)
+def test_run_case_maps_exceptions(raised: Exception, outcome: Outcome, reason: str) -> None:
+    async def fn(session: Session) -> Finding:
+        raise raised
+
+    config = ProbeConfig("192.0.2.1", 2049, 100003, 4)
+    result = asyncio.run(runner.run_case(Case(_spec(), fn), config, GssapiProvider()))
+    assert (result.outcome, result.reason) == (outcome, reason)
+
+
+def test_run_case_lets_a_local_gss_error_stop_the_run() -> None:
+    async def fn(session: Session) -> Finding:
+        raise LocalGssError("no ticket")
+
+    config = ProbeConfig("192.0.2.1", 2049, 100003, 4)
+    with pytest.raises(LocalGssError):
+        asyncio.run(runner.run_case(Case(_spec(), fn), config, GssapiProvider()))
