@@ -433,3 +433,47 @@ def test_btns_not_ok_refuses_the_self_asserted_latch_and_falls_back(
         await pc.aclose()
 
     run(realm, tmp_path, body)
+
+
+def test_the_server_accepts_channel_prot_only_on_the_bound_connection_while_its_latch_is_up(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    async def body(lab: Lab) -> None:
+        assert lab.world is not None and lab.endpoint is not None
+        await lab.world.start()
+        gss = RpcsecGssConnector(
+            GssapiProvider(ccache=realm.default_user.ccache),
+            realm.service_name,
+            RPCLATCH_TEST_PROG,
+            RPCLATCH_TEST_VERS,
+        )
+        one = await lab.world.open(lab.port, protect=True, btns_ok=True, ike_timeout=2)
+        two = await lab.world.open(lab.port, protect=True, btns_ok=True, ike_timeout=2)
+        assert one.latch is not None and two.latch is not None
+        ctx = await gss.establish(one, want_v2=True)
+        assert await ctx.bind_channel(one.latch.channel) is BindOutcome.BOUND
+        auth = ctx.auth(Service.CHANNEL_PROT)
+        args = encode_opaque(PAYLOAD)
+        ping = (RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, PROC_ECHO, args)
+        assert decode_opaque(await one.call(auth, *ping)) == PAYLOAD
+        # the handle bound on connection one, sent with channel_prot on connection two: the
+        # server refuses it (RPCSEC_GSS_CTXPROBLEM) and the client flavor drops its binding,
+        # resending with krb5p (gss.client)
+        assert ctx.bound
+        assert decode_opaque(await two.call(auth, *ping)) == PAYLOAD
+        assert not ctx.bound
+        # a context bound on connection one whose latch goes down at the server: refused too
+        ctx2 = await gss.establish(one, want_v2=True)
+        assert await ctx2.bind_channel(one.latch.channel) is BindOutcome.BOUND
+        auth2 = ctx2.auth(Service.CHANNEL_PROT)
+        await _accepted(lab, 2)
+        sport = one.five_tuple.split(" -> ")[0].rsplit(":", 1)[1]
+        (first,) = [a for a in lab.endpoint.accepted if a.five_tuple.endswith(f":{sport}")]
+        assert first.channel is not None
+        first.channel.mark_broken("test")
+        assert decode_opaque(await one.call(auth2, *ping)) == PAYLOAD
+        assert not ctx2.bound
+        one.close()
+        two.close()
+
+    run(realm, tmp_path, body)
