@@ -23,6 +23,7 @@ strongSwan log, a Wireshark IKEv2 decryption table) and open real messages with 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -208,10 +210,13 @@ class IkeSuite:
     dh: int
 
     def __str__(self) -> str:
-        integ = "" if self.integ == IntegId.NONE else f"/{IntegId(self.integ).name}"
-        return (
-            f"{EncrId(self.encr).name}-{self.encr_bits}{integ}/{PrfId(self.prf).name}/{DhGroup(self.dh).name}"
-        )
+        return _suite_name(self.encr, self.encr_bits, self.prf, self.integ, self.dh)
+
+
+@functools.lru_cache(maxsize=64)
+def _suite_name(encr: int, encr_bits: int, prf_id: int, integ: int, dh: int) -> str:
+    integ_name = "" if integ == IntegId.NONE else f"/{IntegId(integ).name}"
+    return f"{EncrId(encr).name}-{encr_bits}{integ_name}/{PrfId(prf_id).name}/{DhGroup(dh).name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +423,7 @@ _ECDSA_HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {
 }
 
 SigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+_ED25519_PREFIX = bytes((len(ALG_ED25519),)) + ALG_ED25519
 
 
 def signed_octets(real_message: bytes, peer_nonce: bytes, prf_id: int, sk_p: bytes, id_body: bytes) -> bytes:
@@ -442,11 +448,24 @@ def sign(key: SigningKey, octets: bytes, *, deterministic: bool = False) -> byte
     Ed25519 is deterministic; ECDSA is too with ``deterministic`` (RFC 6979), else its nonce
     comes from OpenSSL."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        return bytes((len(ALG_ED25519),)) + ALG_ED25519 + key.sign(octets)
+        return _ED25519_PREFIX + key.sign(octets)
     if not isinstance(key.curve, ec.SECP256R1):
         raise IkeCryptoError(f"unsupported ECDSA curve {key.curve.name}")
     algorithm = ec.ECDSA(hashes.SHA256(), deterministic_signing=deterministic)
     return bytes((len(ALG_ECDSA_SHA256),)) + ALG_ECDSA_SHA256 + key.sign(octets, algorithm)
+
+
+def _load_public_key(spki: bytes) -> PublicKeyTypes | None:
+    """The key of a DER SubjectPublicKeyInfo, None if it is not one."""
+    try:
+        return serialization.load_der_public_key(spki)
+    except (ValueError, TypeError):
+        return None
+
+
+#: parsed SPKIs of up to 1 KiB, bounded: a peer presents the same key at every handshake, and
+#: key objects are immutable (only the parsing is saved; every signature is verified)
+_public_key = functools.lru_cache(maxsize=256)(_load_public_key)
 
 
 def verify(spki: bytes, auth_data: bytes, octets: bytes) -> bool:
@@ -457,9 +476,8 @@ def verify(spki: bytes, auth_data: bytes, octets: bytes) -> bool:
     if len(auth_data) < 1 + n:
         return False
     alg, sig = auth_data[1 : 1 + n], auth_data[1 + n :]
-    try:
-        pub = serialization.load_der_public_key(spki)
-    except (ValueError, TypeError):
+    pub = _public_key(spki) if len(spki) <= 1024 else _load_public_key(spki)
+    if pub is None:
         return False
     try:
         if alg == ALG_ED25519 and isinstance(pub, ed25519.Ed25519PublicKey):

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -179,6 +180,46 @@ class _Queued:
     inner: list[w.Payload] = field(default_factory=list)
     child_spi: int = 0
     ctx: _ChildCtx | _IkeRekeyCtx | None = None
+
+
+_P = TypeVar("_P")
+
+
+def _find(payloads: Sequence[w.Payload], kind: type[_P]) -> _P | None:
+    """The first payload of class ``kind``."""
+    for x in payloads:
+        if isinstance(x, kind):
+            return x
+    return None
+
+
+def _find_ts(payloads: Sequence[w.Payload], *, responder: bool) -> w.TsPayload | None:
+    """The first TSr (``responder``) or TSi."""
+    for x in payloads:
+        if isinstance(x, w.TsPayload) and x.responder == responder:
+            return x
+    return None
+
+
+def _find_id(payloads: Sequence[w.Payload], *, responder: bool) -> w.IdPayload | None:
+    """The first IDr (``responder``) or IDi."""
+    for x in payloads:
+        if isinstance(x, w.IdPayload) and x.responder == responder:
+            return x
+    return None
+
+
+#: SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4): what we accept from a peer
+_HASH_NOTIFY = w.NotifyPayload(
+    NotifyType.SIGNATURE_HASH_ALGORITHMS,
+    struct.pack(
+        ">4H",
+        w.HashAlgorithm.SHA2_256,
+        w.HashAlgorithm.SHA2_384,
+        w.HashAlgorithm.SHA2_512,
+        w.HashAlgorithm.IDENTITY,
+    ),
+)
 
 
 def _random_spi64(entropy: c.Entropy | None = None) -> int:
@@ -684,17 +725,6 @@ class IkeSa:
             want = c.nat_detection_hash(self.spi_i, spi_r, self.local[0].packed, self.local[1])
             self.nat_local = dst.data != want
 
-    def _hash_notify(self) -> w.NotifyPayload:
-        algs = (
-            w.HashAlgorithm.SHA2_256,
-            w.HashAlgorithm.SHA2_384,
-            w.HashAlgorithm.SHA2_512,
-            w.HashAlgorithm.IDENTITY,
-        )
-        return w.NotifyPayload(
-            NotifyType.SIGNATURE_HASH_ALGORITHMS, b"".join(struct.pack(">H", a) for a in algs)
-        )
-
     def _read_hashes(self, notifies: dict[int, w.NotifyPayload]) -> None:
         n = notifies.get(NotifyType.SIGNATURE_HASH_ALGORITHMS)
         if n is not None:
@@ -714,7 +744,7 @@ class IkeSa:
             w.KePayload(self._dh.group, self._dh.public_bytes()),
             w.NoncePayload(self._nonce_i),
             *self._nat_notifies(0),
-            self._hash_notify(),
+            _HASH_NOTIFY,
         ]
         hdr = w.Header(self.spi_i, 0, 0, w.ExchangeType.IKE_SA_INIT, self._flags(False), 0)
         data = w.encode_message(hdr, payloads)
@@ -728,9 +758,9 @@ class IkeSa:
     def _answer_init(self, msg: w.Message, datagram: bytes, now: float) -> None:
         """Responder: choose a proposal, check KE, derive keys, queue the answer."""
         p = msg.payloads
-        sa_p = next((x for x in p if isinstance(x, w.SaPayload)), None)
-        ke = next((x for x in p if isinstance(x, w.KePayload)), None)
-        nonce = next((x for x in p if isinstance(x, w.NoncePayload)), None)
+        sa_p = _find(p, w.SaPayload)
+        ke = _find(p, w.KePayload)
+        nonce = _find(p, w.NoncePayload)
         if (
             msg.header.is_response
             or msg.header.message_id != 0
@@ -758,7 +788,7 @@ class IkeSa:
             w.NoncePayload(self._nonce_r),
             *self._certreq(),
             *self._nat_notifies(self.spi_r),
-            self._hash_notify(),
+            _HASH_NOTIFY,
         ]
         hdr = w.Header(self.spi_i, self.spi_r, 0, w.ExchangeType.IKE_SA_INIT, w.Flags.RESPONSE, 0)
         self._init_request = datagram
@@ -809,9 +839,9 @@ class IkeSa:
             )
             self._fail(reason, err.notify_type, f"responder answered {w.notify_name(err.notify_type)}")
             return
-        sa_p = next((x for x in p if isinstance(x, w.SaPayload)), None)
-        ke = next((x for x in p if isinstance(x, w.KePayload)), None)
-        nonce = next((x for x in p if isinstance(x, w.NoncePayload)), None)
+        sa_p = _find(p, w.SaPayload)
+        ke = _find(p, w.KePayload)
+        nonce = _find(p, w.NoncePayload)
         try:
             if (
                 sa_p is None
@@ -883,10 +913,8 @@ class IkeSa:
     def _verify_peer(self, payloads: Sequence[w.Payload]) -> tuple[IkePeer, PadMatch]:
         """Authenticate the peer's ID/AUTH and authorize it by the PAD; raises AuthenticationFailed."""
         assert self.keys is not None and self.suite is not None
-        id_p = next(
-            (x for x in payloads if isinstance(x, w.IdPayload) and x.responder == self.is_initiator), None
-        )
-        auth = next((x for x in payloads if isinstance(x, w.AuthPayload)), None)
+        id_p = _find_id(payloads, responder=self.is_initiator)
+        auth = _find(payloads, w.AuthPayload)
         if id_p is None or auth is None:
             raise AuthenticationFailed("no ID or AUTH payload")
         if self.is_initiator:
@@ -915,7 +943,7 @@ class IkeSa:
     ) -> RawPublicKeyPeer | CertificatePeer:
         """RFC 7427 AUTH: the key comes from an X.509 certificate issued by a trust anchor (CERT 4),
         a raw public key (CERT 15, RFC 7670), or the configuration (``peer_keys``)."""
-        cert = next((x for x in payloads if isinstance(x, w.CertPayload)), None)
+        cert = _find(payloads, w.CertPayload)
         ike_id = id_p.ike_id()
         named = ike_id if ike_id is None or ike_id.id_type != IdType.ID_NULL else None
         peer: RawPublicKeyPeer | CertificatePeer
@@ -1076,16 +1104,16 @@ class IkeSa:
         Returns the child, the answer's [N(USE_TRANSPORT_MODE),] SA, TSi, TSr, and the KEr to put
         after Nr when ``pfs`` (CREATE_CHILD_SA) and the request carried a KE (§1.3.1)."""
         assert self.pad_match is not None
-        sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
-        tsi = next((x for x in payloads if isinstance(x, w.TsPayload) and not x.responder), None)
-        tsr = next((x for x in payloads if isinstance(x, w.TsPayload) and x.responder), None)
+        sa_p = _find(payloads, w.SaPayload)
+        tsi = _find_ts(payloads, responder=False)
+        tsr = _find_ts(payloads, responder=True)
         if sa_p is None or tsi is None or tsr is None:
             raise NoProposalChosen("CHILD_SA request without SA, TSi or TSr")
         transport = NotifyType.USE_TRANSPORT_MODE in w.notify_payloads(payloads)
         if self.config.mode is Mode.TRANSPORT and not transport:
             raise NoProposalChosen("local policy requires transport mode (USE_TRANSPORT_MODE missing)")
         spi_in = self.allocate_child_spi()
-        ke = next((x for x in payloads if isinstance(x, w.KePayload)), None) if pfs else None
+        ke = _find(payloads, w.KePayload) if pfs else None
         answer, suite, spi_out, group = neg.choose_esp_proposal(
             sa_p.proposals, self.config.esp_suites, spi_in, ke.group if ke is not None else None
         )
@@ -1151,7 +1179,7 @@ class IkeSa:
 
     def _on_auth_response(self, payloads: tuple[w.Payload, ...], now: float) -> None:
         err = w.error_notify(payloads)
-        has_auth = any(isinstance(x, w.AuthPayload) for x in payloads)
+        has_auth = _find(payloads, w.AuthPayload) is not None
         if not has_auth:
             code = err.notify_type if err is not None else NotifyType.AUTHENTICATION_FAILED
             self._fail(FailureReason.PEER_REFUSED, code, f"responder answered {w.notify_name(code)}")
@@ -1191,7 +1219,7 @@ class IkeSa:
             notify = e.notify or NotifyType.NO_PROPOSAL_CHOSEN
             self._events.append(ChildSaFailed(self.ref, notify, by_peer=False, detail=e.reason))
             # the responder installed it: delete it (§1.4.1)
-            answer = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
+            answer = _find(payloads, w.SaPayload)
             if answer is not None and answer.proposals and len(answer.proposals[0].spi) == 4:
                 d = w.DeletePayload(w.ProtocolId.ESP, (self._child_spi.to_bytes(4, "big"),), 4)
                 self._request(
@@ -1211,9 +1239,9 @@ class IkeSa:
         dh: c.DhPrivate | None = None,
     ) -> ChildSa:
         """Exchange initiator: the answer must be one of our suites and within what we asked for."""
-        sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
-        tsi = next((x for x in payloads if isinstance(x, w.TsPayload) and not x.responder), None)
-        tsr = next((x for x in payloads if isinstance(x, w.TsPayload) and x.responder), None)
+        sa_p = _find(payloads, w.SaPayload)
+        tsi = _find_ts(payloads, responder=False)
+        tsr = _find_ts(payloads, responder=True)
         if sa_p is None or len(sa_p.proposals) != 1 or tsi is None or tsr is None:
             raise NoProposalChosen("CHILD_SA answer without one proposal, TSi and TSr")
         suite, spi_out = neg.esp_answer_suite(
@@ -1221,7 +1249,7 @@ class IkeSa:
         )
         shared = b""
         if dh is not None:
-            ke = next((x for x in payloads if isinstance(x, w.KePayload)), None)
+            ke = _find(payloads, w.KePayload)
             if ke is None or ke.group != dh.group:
                 raise NoProposalChosen("CHILD_SA answer without a KE payload of our group")
             try:
@@ -1269,8 +1297,8 @@ class IkeSa:
         return _Queued("create-child", w.ExchangeType.CREATE_CHILD_SA, inner, ctx=ctx)
 
     def _on_create_child_request(self, mid: int, payloads: tuple[w.Payload, ...], now: float) -> None:
-        sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
-        nonce = next((x for x in payloads if isinstance(x, w.NoncePayload)), None)
+        sa_p = _find(payloads, w.SaPayload)
+        nonce = _find(payloads, w.NoncePayload)
         if sa_p is None or nonce is None:
             self._respond(w.ExchangeType.CREATE_CHILD_SA, mid, [w.NotifyPayload(NotifyType.INVALID_SYNTAX)])
             return
@@ -1319,7 +1347,7 @@ class IkeSa:
         self, mid: int, payloads: tuple[w.Payload, ...], sa_p: w.SaPayload, ni: bytes, now: float
     ) -> None:
         assert self.keys is not None and self.suite is not None
-        ke = next((x for x in payloads if isinstance(x, w.KePayload)), None)
+        ke = _find(payloads, w.KePayload)
         if self._pending is not None and self._pending.kind == "rekey-ike":
             # simultaneous rekeys (§2.8.2) are not resolved: refuse, the peer retries later
             self._respond(
@@ -1392,7 +1420,7 @@ class IkeSa:
     def _on_create_child_response(self, req: _Request, payloads: tuple[w.Payload, ...], now: float) -> None:
         ctx = req.ctx
         err = w.error_notify(payloads)
-        nonce = next((x for x in payloads if isinstance(x, w.NoncePayload)), None)
+        nonce = _find(payloads, w.NoncePayload)
         if isinstance(ctx, _IkeRekeyCtx):
             self._on_ike_rekey_response(ctx, payloads, err, nonce, now)
             return
@@ -1457,8 +1485,8 @@ class IkeSa:
     ) -> None:
         assert self.suite is not None
         self._pending = None
-        sa_p = next((x for x in payloads if isinstance(x, w.SaPayload)), None)
-        ke = next((x for x in payloads if isinstance(x, w.KePayload)), None)
+        sa_p = _find(payloads, w.SaPayload)
+        ke = _find(payloads, w.KePayload)
         if err is not None:
             self._events.append(IkeSaRekeyFailed(self.ref, err.notify_type, w.notify_name(err.notify_type)))
             self._retry_ike_rekey(now)
