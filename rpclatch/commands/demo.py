@@ -1,8 +1,9 @@
 """``rpclatch demo``: the main job -- BYPASS-OR-PROTECT, latching and channel binding, shown.
 
 With no arguments it starts a throwaway Kerberos realm and runs every scenario on the deterministic
-simulated network, prints a verdict table, and writes a pcapng and a sequence diagram per scenario
-into a run directory. Exit 0 only if every scenario behaved as expected.
+simulated network, prints a verdict table, and writes a pcapng (with its ESP and IKEv2 key files)
+and a sequence diagram per scenario into a run directory. Exit 0 only if every scenario behaved as
+expected.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ draws the SVG / HTML sequence diagrams; :mod:`~rpclatch.demo.runner` ties it tog
 :mod:`rpclatch.commands.demo`.
 
 Per scenario N the run directory gets ``N-name.pcapng`` (both segments for the MITM),
-``N-name.esp_sa`` (Wireshark ``esp_sa`` rows to decrypt it), ``N-name.svg`` and ``N-name.html``;
-plus ``summary.txt`` and ``summary.json`` for the run.
+``N-name.esp_sa`` (Wireshark ``esp_sa`` rows to decrypt its ESP), ``N-name.ikev2_decryption_table``
+(Wireshark ``ikev2_decryption_table`` rows to decrypt its IKEv2 SK payloads), ``N-name.svg`` and
+``N-name.html``; plus ``summary.txt`` and ``summary.json`` for the run.
 """

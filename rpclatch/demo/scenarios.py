@@ -23,12 +23,13 @@ from rpclatch.demo.bindrelay import REWRITTEN_PREFIX, UNKNOWN_HASH_OID, BindAtta
 from rpclatch.demo.diagram import render_html, render_svg
 from rpclatch.demo.model import Check, ScenarioResult, TraceEvent
 from rpclatch.demo.rundir import slug
-from rpclatch.demo.testbed import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoTestbed, build_testbed
-from rpclatch.demo.wiretap import WireView
+from rpclatch.demo.testbed import CLIENT_ADDR, NFS_PORT, SERVER_ADDR, DemoTestbed, build_testbed, ike_message
+from rpclatch.demo.wiretap import FrameView, WireView
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.wire import BindChanStatus, GssProc, Service
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
+from rpclatch.ipsec.ike.wire import ExchangeType
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import FiveTuple, IpProto, Selector, ip, spki_fingerprint
 from rpclatch.ipsec.spd import EntryOrigin, SpdAction
@@ -268,8 +269,9 @@ def frames_with_marker(bed: DemoTestbed) -> int:
     return sum(1 for r in bed.wire() if MARKER in r.frame)
 
 
-def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | None = None) -> list[int]:
-    """Sizes of frames of ``flow`` (either direction, ESP or clear) after ``after``."""
+def flow_views(view: WireView, flow: FiveTuple, after: float, receiver: str | None = None) -> list[FrameView]:
+    """Frames of ``flow`` (either direction, ESP or clear) after ``after``, optionally only those
+    delivered to ``receiver``."""
     out = []
     ports = {flow.local_port, flow.remote_port}
     for fv in view.frames:
@@ -279,8 +281,13 @@ def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | N
             continue
         if receiver is not None and fv.record.receiver != receiver:
             continue
-        out.append(len(fv.record.frame))
+        out.append(fv)
     return out
+
+
+def flow_frames(view: WireView, flow: FiveTuple, after: float, receiver: str | None = None) -> list[int]:
+    """Sizes of frames of ``flow`` (either direction, ESP or clear) after ``after``."""
+    return [len(fv.record.frame) for fv in flow_views(view, flow, after, receiver)]
 
 
 # -- scenario 1 -------------------------------------------------------------------------------------
@@ -309,8 +316,8 @@ def ipsec_available(
         sstate is LatchState.ESTABLISHED,
         f"server latch {latch_state_name(sstate)}",
     )
-    ckey = bed.client_stack.sike.credentials.spki
-    skey = bed.server_stack.sike.credentials.spki
+    ckey = bed.client_stack.ike.credentials.spki
+    skey = bed.server_stack.ike.credentials.spki
     o.check(
         "latched to each other's keys",
         sconn is not None
@@ -372,7 +379,7 @@ def no_ike(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tuple
         f"protection error: {rec.protection_error}",
     )
     ike_frames = sum(1 for e in bed.trace(view) if e.kind.value == "ike")
-    o.check("IKE was tried first", ike_frames > 0, f"{ike_frames} SIKE frames sent, none answered")
+    o.check("IKE was tried first", ike_frames > 0, f"{ike_frames} IKEv2 frames (UDP 500) sent, none answered")
     o.check(
         "BYPASS clone for exactly this 5-tuple",
         overlay is not None and overlay.action is SpdAction.BYPASS,
@@ -414,8 +421,8 @@ def btns_mitm(realm: ThrowawayRealm, approach: Approach = Approach.POLICY) -> tu
         ",".join(view.data_services()) or "-",
         reason=rec.reason,
     )
-    mkey1 = stack_of(front.security).sike.credentials.spki
-    mkey2 = stack_of(back.security).sike.credentials.spki
+    mkey1 = stack_of(front.security).ike.credentials.spki
+    mkey2 = stack_of(back.security).ike.credentials.spki
     o.check(
         "both ends latched (to the attacker)",
         cstate is LatchState.ESTABLISHED
@@ -480,17 +487,21 @@ def rogue_claims_address(
     flow = link.conn.flow
     rogue = bed.attackers[0]
     rstack = stack_of(rogue.security)
-    attack_at = bed.net.now + 0.0005
-
-    def attack() -> None:
-        bed.mark("rogue", f"rogue claims {SERVER_ADDR} and keys the client's flow")
-        rogue.claim_address(SERVER_ADDR)
-        sel = Selector.for_flow(
-            FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
-        )
-        rstack.sike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
-
-    bed.net.scheduler.call_at(attack_at, attack)
+    attack_at = bed.net.now
+    bed.mark("rogue", f"rogue claims {SERVER_ADDR} and keys the client's flow")
+    rogue.claim_address(SERVER_ADDR)
+    sel = Selector.for_flow(
+        FiveTuple(ip(SERVER_ADDR), NFS_PORT, ip(CLIENT_ADDR), flow.local_port, IpProto.TCP)
+    )
+    rstack.ike.initiate(ip(SERVER_ADDR), ip(CLIENT_ADDR), (sel,))
+    # the next call leaves once the rogue's IKE_AUTH request (which carries its CHILD_SA for the
+    # client's flow) is on its way, so that SA reaches the client while the call is in flight
+    bed.net.run_until(
+        lambda: any(
+            r.sender == rogue.name and ike_message(r) == (ExchangeType.IKE_AUTH, False) for r in bed.wire()
+        ),
+        timeout=1.0,
+    )
     reset_seen = ""
     try:
         echo(pc)
@@ -506,8 +517,10 @@ def rogue_claims_address(
     second = pc.security
     view = bed.wire_view()
     stolen = bed.attacker_plaintext(view)
-    to_rogue = flow_frames(view, flow, attack_at, receiver=rogue.name)
-    skey = bed.server_stack.sike.credentials.spki
+    to_rogue = flow_views(view, flow, attack_at, receiver=rogue.name)
+    rogue_spis = {k.spi for k in bed.attacker_keys()}
+    readable = [fv for fv in to_rogue if fv.esp_spi is None or fv.esp_spi in rogue_spis]
+    skey = bed.server_stack.ike.credentials.spki
     new_link = link_of(pc)
     o = Observation(
         "rogue claims server address",
@@ -527,10 +540,13 @@ def rogue_claims_address(
         reset and bool(reset_seen),
         reset_seen or "the in-flight call did not fail",
     )
+    # until the client has the rogue's SA, what it sends to the server's address goes to the rogue,
+    # as ESP under the client/server SA: ciphertext the rogue cannot open (IPsec's promise at layer 2)
     o.check(
-        "no byte of the flow reached the rogue",
-        not to_rogue,
-        f"{len(to_rogue)} frames ({sum(to_rogue)} bytes) of {flow} delivered to the rogue",
+        "the rogue could read no frame of the flow",
+        not readable,
+        f"{len(readable)} cleartext or rogue-keyed frames of {flow} delivered to the rogue; "
+        f"{len(to_rogue) - len(readable)} under the client/server SA it has no keys for",
     )
     o.check("rogue read no payload", marker_bytes(stolen) == 0, f"{marker_bytes(stolen)} payload bytes")
     o.check(
@@ -544,7 +560,7 @@ def rogue_claims_address(
         second.summary(),
     )
     new_server = server_conn(bed, new_link.conn.flow)
-    ckey = bed.client_stack.sike.credentials.spki
+    ckey = bed.client_stack.ike.credentials.spki
     new_server_state = bed.server_stack.latch_state(new_server) if new_server else None
     o.check(
         "server latched the new connection to the client's key",
@@ -747,8 +763,8 @@ def bind_relay(
         reason=rec.reason,
     )
     o.check("relay acted", attack_at is not None, f"relay action at t={attack_at}")
-    mkey1 = stack_of(front.security).sike.credentials.spki
-    mkey2 = stack_of(back.security).sike.credentials.spki
+    mkey1 = stack_of(front.security).ike.credentials.spki
+    mkey2 = stack_of(back.security).ike.credentials.spki
     o.check(
         "both ends latched (to the attacker)",
         cstate is LatchState.ESTABLISHED
@@ -861,9 +877,11 @@ def run_scenario(
         base = f"{spec.label}-{slug(spec.name)}"
         pcap = run_dir / f"{base}.pcapng"
         keys = run_dir / f"{base}.esp_sa"
-        bed.export(pcap, keys)
+        ike_keys = run_dir / f"{base}.ikev2_decryption_table"
+        bed.export(pcap, keys, ike_keys)
         files["pcapng"] = str(pcap)
         files["esp_sa"] = str(keys)
+        files["ikev2_decryption_table"] = str(ike_keys)
     title = f"Scenario {spec.label}: {spec.title} (approach {approach.value})"
     svg = render_svg(title, events, LANES)
     base = f"{spec.label}-{slug(spec.name)}"
@@ -882,7 +900,9 @@ def run_scenario(
                 "capture",
                 f"{Path(files['pcapng']).name}: open in Wireshark; to decrypt the ESP, "
                 f"copy {Path(files['esp_sa']).name} to ~/.config/wireshark/esp_sa and enable "
-                "'Attempt to detect/decode encrypted ESP payloads'",
+                "'Attempt to detect/decode encrypted ESP payloads'; to decrypt the IKEv2 SK payloads, "
+                f"copy {Path(files['ikev2_decryption_table']).name} to "
+                "~/.config/wireshark/ikev2_decryption_table",
             )
         )
     summary.append(

@@ -28,16 +28,19 @@ from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.ipsec import examples
 from rpclatch.ipsec.engine import Approach, EngineConfig
+from rpclatch.ipsec.ike.errors import IkeDecodeError
+from rpclatch.ipsec.ike.wire import ExchangeType, Header
 from rpclatch.ipsec.spd import SpdAction
 from rpclatch.netsim.attacker import Attacker
 from rpclatch.netsim.esp import EspKeys
 from rpclatch.netsim.host import Host
 from rpclatch.netsim.ike import IkeMode
-from rpclatch.netsim.ike_wire import SIKE_PORT
+from rpclatch.netsim.ikev2 import IKE_PORT
+from rpclatch.netsim.ip import PROTO_UDP
 from rpclatch.netsim.link import Hub, WireRecord
 from rpclatch.netsim.network import SimNetwork
-from rpclatch.netsim.pcapng import CapturedPacket, write_esp_sa_uat, write_pcapng
-from rpclatch.netsim.stack import IpsecStack
+from rpclatch.netsim.pcapng import CapturedPacket, write_capture_keys, write_pcapng
+from rpclatch.netsim.stack import IpsecStack, stack_of
 from rpclatch.netsim.stream import StreamConnection, StreamEvent, StreamEventKind
 from rpclatch.rpc.messages import AuthStat
 from rpclatch.rpc.record import encode_record
@@ -264,7 +267,7 @@ class DemoTestbed:
         keys: list[EspKeys] = []
         for host in self.attackers:
             if isinstance(host.security, IpsecStack):
-                for child in host.security.sike.children.values():
+                for child in host.security.ike.children.values():
                     keys += [child.inbound, child.outbound]
         return keys
 
@@ -288,11 +291,11 @@ class DemoTestbed:
             pkt = fv.packet
             if (
                 pkt is not None
-                and pkt.proto == 17
+                and pkt.proto == PROTO_UDP
                 and len(pkt.payload) >= 4
-                and int.from_bytes(pkt.payload[2:4], "big") == SIKE_PORT
+                and int.from_bytes(pkt.payload[2:4], "big") == IKE_PORT
             ):
-                kind, label = EventKind.IKE, "SIKE (IKE) exchange"
+                kind, label = EventKind.IKE, _ike_label(rec)
             elif fv.esp_spi is not None:
                 kind = EventKind.ESP
                 label = "ESP " + (_seg_label(fv.inner.flags, bool(fv.inner.payload)) if fv.inner else "?")
@@ -359,14 +362,43 @@ class DemoTestbed:
             return self.relay.front.name
         return self.server.name
 
-    def export(self, pcapng: Path, esp_sa: Path) -> None:
+    def export(self, pcapng: Path, esp_sa: Path, ikev2: Path) -> None:
+        """Write the capture (every segment, one interface each) and its key files: ``esp_sa`` (every
+        ESP SA) and ``ikev2`` (the ``ikev2_decryption_table`` of every IKE SA any host keyed)."""
         packets: list[CapturedPacket] = []
         for index, hub in enumerate(self.hubs):
             for cp in hub.captured():
                 packets.append(CapturedPacket(cp.time, index, cp.data, cp.comment))
         packets.sort(key=lambda p: p.time)
         write_pcapng(pcapng, packets, [h.name for h in self.hubs], application="rpclatch demo")
-        write_esp_sa_uat(esp_sa, self.net.esp_keys)
+        daemons = [s.ike for h in self.net.hosts.values() if (s := stack_of(h)) is not None]
+        write_capture_keys(esp_sa, ikev2, self.net.esp_keys, daemons)
+
+
+def ike_message(record: WireRecord) -> tuple[int, bool] | None:
+    """The exchange type (RFC 7296 §3.1) of the IKEv2 message ``record`` carries, and whether it is
+    a response; None if it carries none (not a UDP datagram to port 500, or no IKE header)."""
+    pkt = record.packet()
+    if pkt is None or pkt.proto != PROTO_UDP or len(pkt.payload) < 8:
+        return None
+    if int.from_bytes(pkt.payload[2:4], "big") != IKE_PORT:
+        return None
+    try:
+        header = Header.decode(pkt.payload[8:])
+    except IkeDecodeError:
+        return None
+    return header.exchange, header.is_response
+
+
+def _ike_label(record: WireRecord) -> str:
+    """An IKEv2 message's trace label from its header: the exchange and whether it is the request
+    or the response, e.g. "IKEv2 IKE_AUTH request"."""
+    message = ike_message(record)
+    if message is None:
+        return "IKEv2 (undecodable)"
+    exchange, response = message
+    name = ExchangeType(exchange).name if exchange in set(ExchangeType) else f"exchange {exchange}"
+    return f"IKEv2 {name} {'response' if response else 'request'}"
 
 
 def _seg_label(flags: int, data: bool) -> str:

@@ -7,12 +7,14 @@ PAD for 192.0.2.0/24, optional attacker ``c`` = 192.0.2.66 with its own IPsec st
     lab = Lab.build(approach=Approach.ULP)
     client, server = lab.open()            # latched TCP connection a -> b:2049
     lab.send(client, b"data"); assert bytes(server.received) == b"data"
+    lab.export(Path("runs"), "latched")    # latched.pcapng + its esp_sa and ikev2 key files
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rpclatch.ipsec import examples
@@ -25,6 +27,7 @@ from rpclatch.netsim.host import Host, Listener
 from rpclatch.netsim.identity import Credentials
 from rpclatch.netsim.ike import IkeMode
 from rpclatch.netsim.network import SimNetwork
+from rpclatch.netsim.pcapng import write_capture_keys
 from rpclatch.netsim.stack import IpsecStack, stack_of
 from rpclatch.netsim.stream import StreamConnection, StreamState
 
@@ -113,6 +116,20 @@ class Lab:
                 credentials=credentials or self.net.credentials("btns"),
             )
         return c
+
+    def export(self, directory: Path, stem: str) -> dict[str, Path]:
+        """Write the capture ``stem.pcapng`` (raw IP) and the key files beside it, ``stem.esp_sa``
+        (every ESP SA) and ``stem.ikev2_decryption_table`` (every IKE SA any host's daemon keyed);
+        returns the paths by kind."""
+        files = {
+            "pcapng": directory / f"{stem}.pcapng",
+            "esp_sa": directory / f"{stem}.esp_sa",
+            "ikev2_decryption_table": directory / f"{stem}.ikev2_decryption_table",
+        }
+        self.net.export_pcapng(files["pcapng"])
+        daemons = [s.ike for h in self.net.hosts.values() if (s := stack_of(h)) is not None]
+        write_capture_keys(files["esp_sa"], files["ikev2_decryption_table"], self.net.esp_keys, daemons)
+        return files
 
     def listen(self, port: int = NFS_PORT, **options: Any) -> Listener:
         lst = self.b.listen(port, **options)

@@ -84,8 +84,7 @@ def _finish(
 ) -> LatchScenarioResult:
     hub = lab.net.hub
     if pcap_dir is not None:
-        stem = f"{name}-approach{lab.approach.value}"
-        lab.net.export_pcapng(pcap_dir / f"{stem}.pcapng", pcap_dir / f"{stem}.esp_sa")
+        lab.export(pcap_dir, f"{name}-approach{lab.approach.value}")
     received = bytes(server.received) if server is not None else b""
     outcome = _outcome(client)
     if outcome == "open":
@@ -130,7 +129,7 @@ def flow_stealing(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     lab, client, server, t0 = _latched(approach, seed)
     c = lab.attacker()
     c.claim_address(lab.b.address)
-    lab.stack(c).sike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
+    lab.stack(c).ike.initiate(lab.b.address, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
     lab.net.run_for(0.5)
     c.inject_protected(
         lab.b.address,
@@ -179,7 +178,7 @@ def address_reuse(approach: Approach, seed: int = 1, pcap_dir: Path | None = Non
     lab.b.release_address(addr)
     c = lab.attacker("c", "192.0.2.67")
     c.claim_address(addr)
-    lab.stack(c).sike.initiate(addr, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
+    lab.stack(c).ike.initiate(addr, lab.a.address, (Selector.for_flow(client.flow.reversed()),))
     lab.net.run_for(0.5)
     _probe(lab, client)
     return _finish("address-reuse", lab, client, server, t0, pcap_dir=pcap_dir)
@@ -196,7 +195,7 @@ def km_restart(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) 
 def dpd_blackhole(approach: Approach, seed: int = 1, pcap_dir: Path | None = None) -> LatchScenarioResult:
     """A13: an on-path attacker blackholes the peers until DPD declares the server dead."""
     lab, client, server, t0 = _latched(approach, seed)
-    lab.stack(lab.a).sike.start_dpd(interval=1.0, max_misses=3)
+    lab.stack(lab.a).ike.start_dpd(interval=1.0, max_misses=3)
     m = lab.attacker("m", ipsec=False)
     m.blackhole(lab.a.address, lab.b.address)
     lab.net.run_for(8.0)

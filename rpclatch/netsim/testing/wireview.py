@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from rpclatch.ipsec.model import FiveTuple, IpProto
 from rpclatch.netsim.errors import SimWireError
 from rpclatch.netsim.esp import EspHeader, esp_open
+from rpclatch.netsim.ikev2 import IKE_PORT
 from rpclatch.netsim.ip import PROTO_ESP, PROTO_TCP, PROTO_UDP, IPAddress
 from rpclatch.netsim.link import Hub, WireRecord
 from rpclatch.netsim.tcp import TcpSegment
@@ -20,7 +21,8 @@ from rpclatch.netsim.tcp import TcpSegment
 @dataclass(frozen=True, slots=True)
 class WirePacket:
     """One captured frame, decoded: ``protected`` if it was ESP (``spi`` set), ``segment`` if the
-    (inner) payload is TCP; ``decrypted`` False if an ESP packet's keys were not known."""
+    (inner) payload is TCP; ``decrypted`` False if an ESP packet's keys were not known; ``ike`` if
+    it is a cleartext UDP datagram to the IKE port (500, an IKEv2 message)."""
 
     record: WireRecord
     src: IPAddress
@@ -30,7 +32,7 @@ class WirePacket:
     spi: int | None
     decrypted: bool
     segment: TcpSegment | None
-    sike: bool
+    ike: bool
     readers: frozenset[str] | None  # hosts holding the decryption key (None: cleartext)
 
     @property
@@ -86,14 +88,14 @@ def decode_wire(hub: Hub) -> list[WirePacket]:
                 seg = TcpSegment.decode(payload, pkt.src, pkt.dst)
             except SimWireError:
                 seg = None
-        sike = (
+        ike = (
             proto == PROTO_UDP
             and not protected
             and len(payload) >= 4
-            and int.from_bytes(payload[2:4], "big") == 5500
+            and int.from_bytes(payload[2:4], "big") == IKE_PORT
         )
         readers = frozenset(hub.key_holders.get((pkt.dst, spi), set())) if spi is not None else None
-        out.append(WirePacket(rec, pkt.src, pkt.dst, proto, protected, spi, decrypted, seg, sike, readers))
+        out.append(WirePacket(rec, pkt.src, pkt.dst, proto, protected, spi, decrypted, seg, ike, readers))
     return out
 
 
