@@ -90,25 +90,26 @@ def _matching_id(cert: x509.Certificate, asserted: IdPayload) -> IkeId:
     """RFC 4945 §3.1: the asserted ID must be backed by the certificate. A DN is returned in its
     RFC 4514 string form, which is how ``IkeId.dn`` and the PAD compare DNs."""
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names: list[x509.GeneralName] = list(
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        )
     except x509.ExtensionNotFound:
-        san = x509.SubjectAlternativeName([])
+        names = []  # no SAN: only the subject DN can back the ID
+    dns = {n.value.lower() for n in names if isinstance(n, x509.DNSName)}
+    mail = {n.value.lower() for n in names if isinstance(n, x509.RFC822Name)}
+    addrs = {n.value for n in names if isinstance(n, x509.IPAddress)}
     data, kind = asserted.data, asserted.id_type
     if kind == IdType.ID_DER_ASN1_DN and data == cert.subject.public_bytes():
         return IkeId.dn(cert.subject.rfc4514_string())
     try:
-        if kind == IdType.ID_FQDN and data.decode("ascii").lower() in {
-            n.lower() for n in san.get_values_for_type(x509.DNSName)
-        }:
+        if kind == IdType.ID_FQDN and data.decode("ascii").lower() in dns:
             return IkeId.fqdn(data.decode("ascii"))
-        if kind == IdType.ID_RFC822_ADDR and data.decode("ascii").lower() in {
-            n.lower() for n in san.get_values_for_type(x509.RFC822Name)
-        }:
+        if kind == IdType.ID_RFC822_ADDR and data.decode("ascii").lower() in mail:
             return IkeId.rfc822(data.decode("ascii"))
     except UnicodeDecodeError:
         pass
     if kind in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) and len(data) in (4, 16):
         addr = ipaddress.ip_address(data)
-        if addr in san.get_values_for_type(x509.IPAddress):
+        if addr in addrs:
             return IkeId.address(addr)
     raise AuthenticationFailed(f"the asserted ID (type {kind}) is not in the certificate")
