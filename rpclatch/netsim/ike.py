@@ -156,10 +156,6 @@ class _Exchange:
     initial_contact: bool = False
 
 
-#: the outbound SPI of an SA being vetted: the core's ChildProposal does not carry the peer's SPI
-_VET_SPI_OUT = 0x100
-
-
 def flip(sel: Selector) -> Selector:
     """The same selector seen from the other end (local <-> remote)."""
     return Selector(sel.remote, sel.local, sel.proto, sel.remote_ports, sel.local_ports)
@@ -217,7 +213,6 @@ class SimIkeDaemon:
         self.contacted: set[IPAddress] = set()
         #: inbound SPIs to use next (tests of SPI collisions between peers, RFC 4301 §4.4.2)
         self.spi_override: list[int] = []
-        self._last_child_spi = _VET_SPI_OUT
         self.events: list[tuple[float, str]] = []
 
     # -- settings ----------------------------------------------------------------------------------
@@ -323,7 +318,6 @@ class SimIkeDaemon:
             rng = self.scheduler.rng
             while (spi := rng.randint(0x1000, 0xFFFFFFFF)) in self.by_spi_in:
                 pass
-        self._last_child_spi = spi
         return spi
 
     def _poll(self, sa: IkeSa) -> None:
@@ -418,8 +412,8 @@ class SimIkeDaemon:
         engine = self._engine()
         sa = SecurityAssociation(
             sa_id=0,
-            spi_in=self._last_child_spi,  # allocated by _child_spi for this answer
-            spi_out=_VET_SPI_OUT,
+            spi_in=proposal.spi_in,
+            spi_out=proposal.spi_out,
             local_addr=proposal.local[0],
             remote_addr=proposal.remote[0],
             traffic_selectors=(proposal.selector,),

@@ -57,6 +57,7 @@ class ChildProposal:
     """A CHILD_SA a peer asks us (the exchange responder) for, as ``IkeConfig.child_vetter``
     sees it: after TS narrowing and the PAD's child-SA rules, before we answer (RFC 5660 §2.3).
     ``selector`` is local-oriented; ``local``/``remote`` are the IKE endpoints (address, port);
+    ``spi_in`` is the SPI we allocated for it (inbound), ``spi_out`` the peer's (RFC 7296 §3.3.1);
     ``rekey_of`` is our inbound SPI of the CHILD_SA it rekeys, None for a new one."""
 
     ike_sa: IkeSaRef
@@ -66,6 +67,8 @@ class ChildProposal:
     selector: Selector
     suite: CipherSuite
     mode: Mode
+    spi_in: int
+    spi_out: int
     rekey_of: int | None = None
 
 

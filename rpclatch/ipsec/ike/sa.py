@@ -1128,7 +1128,16 @@ class IkeSa:
         if self.config.child_vetter is not None:
             assert self.peer is not None
             proposal = ChildProposal(
-                self.ref, self.peer, self.local, self.remote, selector, suite, mode, rekey_of
+                self.ref,
+                self.peer,
+                self.local,
+                self.remote,
+                selector,
+                suite,
+                mode,
+                spi_in,
+                spi_out,
+                rekey_of,
             )
             selector = self._vet_child(proposal)
         shared = b""

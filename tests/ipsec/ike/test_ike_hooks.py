@@ -246,7 +246,9 @@ def test_vetter_accepts_unchanged(keys: Keys, make_pair: Maker) -> None:
     assert isinstance(prop.peer, RawPublicKeyPeer) and prop.peer.spki_der == spki_of(keys.a)
     peer = RawPublicKeyPeer(keys.a_spki, prop.peer.ike_id)
     suite = eb.child.suite
-    assert prop == ChildProposal(bsa.ref, peer, B, A, eb.child.selector, suite, Mode.TRANSPORT, None)
+    spis = (eb.child.spi_in, eb.child.spi_out)
+    assert spis == (ea.child.spi_out, ea.child.spi_in)  # the SPIs the vetter saw are the SA's
+    assert prop == ChildProposal(bsa.ref, peer, B, A, eb.child.selector, suite, Mode.TRANSPORT, *spis, None)
     assert ea.child.selector == Selector.for_flow(FLOW) and not ea.child.narrowed
     assert p.a_seen == []  # type: ignore[attr-defined]  # the vetter is the exchange responder's
     # a rekey by A: rekey_of is B's inbound SPI of the old CHILD_SA
