@@ -1,4 +1,8 @@
-"""Pieces shared by the ``rpclatch`` commands: GSS service-name options and stop signals.
+"""Pieces shared by the ``rpclatch`` commands: number options, GSS service-name options and stop
+signals.
+
+:func:`uint32_arg`, :func:`port_arg` and :func:`positive_arg` are ``argparse`` types: a bad value
+is argparse's one-line usage error naming the option.
 
 :func:`parse_service_name` checks ``SERVICE@HOST`` options (``rpc ping --target``, ``rpc serve
 --principal``, ``nfs --target``) and :func:`gss_target_problem` explains a failed context creation;
@@ -8,6 +12,7 @@ being cut short by a repeated signal.
 
 from __future__ import annotations
 
+import argparse
 import re
 import signal
 from collections.abc import Callable
@@ -16,7 +21,46 @@ from types import FrameType, TracebackType
 
 from rpclatch.errors import UserError
 
-__all__ = ["StopSignals", "TargetProblem", "gss_target_problem", "parse_service_name"]
+__all__ = [
+    "StopSignals",
+    "TargetProblem",
+    "gss_target_problem",
+    "parse_service_name",
+    "port_arg",
+    "positive_arg",
+    "uint32_arg",
+]
+
+
+def uint32_arg(text: str) -> int:
+    """An XDR unsigned int (program, version, procedure numbers), decimal or 0x hex."""
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= v <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"out of range: {text}")
+    return v
+
+
+def port_arg(text: str) -> int:
+    """A TCP/UDP port number."""
+    v = uint32_arg(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {text}")
+    return v
+
+
+def positive_arg(text: str) -> float:
+    """A positive number of seconds."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
 
 # A service is a plain name (nfs, host, HTTP, rpctest); a host a DNS name or an address literal.
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

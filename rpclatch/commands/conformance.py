@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rpclatch.commands.common import positive_arg, uint32_arg
 from rpclatch.errors import UserError
 
 #: The services ``--sec`` may name (channel_prot needs a bound channel: it is never the run's).
@@ -165,26 +166,6 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         return 1
 
 
-def _uint(text: str) -> int:
-    try:
-        v = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= v <= 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"out of range: {text}")
-    return v
-
-
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return v
-
-
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "conformance",
@@ -194,8 +175,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("host", metavar="HOST[:PORT]", nargs="?", help="the server (no PORT: ask its rpcbind)")
     p.add_argument("--prog", help="RPC program number or /etc/rpc name (e.g. 100003 or nfs)")
-    p.add_argument("--vers", type=_uint, help="program version (e.g. 4)")
-    p.add_argument("--proc", type=_uint, default=0, help="procedure of the DATA calls (default 0, NULL)")
+    p.add_argument("--vers", type=uint32_arg, help="program version (e.g. 4)")
+    p.add_argument("--proc", type=uint32_arg, default=0, help="procedure of the DATA calls (default 0, NULL)")
     p.add_argument("--target", metavar="SERVICE@HOST", help="the server's GSS name (default nfs@HOST)")
     p.add_argument(
         "--sec",
@@ -210,10 +191,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
-    p.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait for a reply (default 5)")
+    p.add_argument(
+        "--timeout", type=positive_arg, default=5.0, help="seconds to wait for a reply (default 5)"
+    )
     p.add_argument(
         "--drop-wait",
-        type=_positive,
+        type=positive_arg,
         default=1.0,
         metavar="SECONDS",
         help="silence this long counts as a discarded request (default 1)",
@@ -225,7 +208,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--ike-timeout",
-        type=_positive,
+        type=positive_arg,
         default=5.0,
         metavar="SECONDS",
         help="--keyd: wait this long for a latch (default 5)",

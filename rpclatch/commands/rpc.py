@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rpclatch.commands.common import port_arg, positive_arg, uint32_arg
 from rpclatch.rpc.messages import AcceptStat
 
 if TYPE_CHECKING:
@@ -108,33 +109,6 @@ def parse_program(text: str) -> int:
     if not 0 <= value <= 0xFFFFFFFF:
         raise UserError(f"program number {text} out of range (0..4294967295)")
     return value
-
-
-def _uint(text: str) -> int:
-    try:
-        v = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= v <= 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"out of range: {text}")
-    return v
-
-
-def _port(text: str) -> int:
-    v = _uint(text)
-    if v > 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {text}")
-    return v
-
-
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return v
 
 
 def describe_error(
@@ -716,18 +690,22 @@ def register(subparsers: Any) -> None:
     ping.add_argument("host", metavar="HOST")
     ping.add_argument("prog", metavar="PROG", help="program number or /etc/rpc name (e.g. nfs)")
     ping.add_argument(
-        "vers", metavar="VERS", nargs="?", type=_uint, help="version (default: every version the server has)"
+        "vers",
+        metavar="VERS",
+        nargs="?",
+        type=uint32_arg,
+        help="version (default: every version the server has)",
     )
     ping.add_argument("--udp", action="store_true", help="use UDP (default TCP)")
     ping.add_argument("--tcp", action="store_false", dest="udp", help="use TCP (the default)")
-    ping.add_argument("--port", type=_port, help="call this port instead of asking rpcbind")
+    ping.add_argument("--port", type=port_arg, help="call this port instead of asking rpcbind")
     ping.add_argument(
         "--rpcbind-port",
-        type=_port,
+        type=port_arg,
         metavar="N",
         help="HOST's rpcbind port for the lookup (default $RPCLATCH_RPCBIND_PORT or 111)",
     )
-    ping.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default 5)")
+    ping.add_argument("--timeout", type=positive_arg, default=5.0, help="seconds to wait (default 5)")
     ping.add_argument(
         "--sec",
         default="none",
@@ -750,7 +728,7 @@ def register(subparsers: Any) -> None:
     )
     ping.add_argument(
         "--ike-timeout",
-        type=_positive,
+        type=positive_arg,
         default=2.0,
         metavar="SECONDS",
         help="--sec auto: wait this long for the latch before connecting in the clear (default 2)",
@@ -765,7 +743,7 @@ def register(subparsers: Any) -> None:
 
     serve = sub.add_parser("serve", help="serve the rpclatch test program (0x20000A11 v1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=0, help="port (default: any free port)")
+    serve.add_argument("--port", type=port_arg, default=0, help="port (default: any free port)")
     serve.add_argument("--tcp", action="store_true", help="serve TCP (default: TCP and UDP)")
     serve.add_argument("--udp", action="store_true", help="serve UDP (default: TCP and UDP)")
     serve.add_argument(
@@ -811,10 +789,10 @@ def register(subparsers: Any) -> None:
         help="the key manager's control socket for --ipsec (default: the one of `rpclatch ipsec keyd`)",
     )
     serve.add_argument("--max-connections", type=int, default=1024, help=argparse.SUPPRESS)
-    serve.add_argument("--idle-timeout", type=_positive, default=300.0, help=argparse.SUPPRESS)
+    serve.add_argument("--idle-timeout", type=positive_arg, default=300.0, help=argparse.SUPPRESS)
     serve.add_argument(
         "--write-timeout",
-        type=_positive,
+        type=positive_arg,
         default=30.0,
         metavar="SECONDS",
         help="abort a connection whose peer takes no reply bytes for this long "
@@ -826,7 +804,7 @@ def register(subparsers: Any) -> None:
     dump.add_argument("host", metavar="HOST")
     dump.add_argument("--udp", action="store_true", help="ask over UDP (default TCP)")
     dump.add_argument(
-        "--port", "--rpcbind-port", type=_port, help="rpcbind port (default $RPCLATCH_RPCBIND_PORT or 111)"
+        "--port", "--rpcbind-port", type=port_arg, help="rpcbind port (default $RPCLATCH_RPCBIND_PORT or 111)"
     )
-    dump.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default 5)")
+    dump.add_argument("--timeout", type=positive_arg, default=5.0, help="seconds to wait (default 5)")
     dump.set_defaults(func=cmd_dump)
