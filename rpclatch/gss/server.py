@@ -119,7 +119,7 @@ DEFAULT_MAX_HALF_OPEN = 64
 #: Seconds between two log lines of one kind that a flood of calls could trigger.
 LOG_INTERVAL = 10.0
 #: The kinds of log line a peer can trigger at will (keys of :attr:`GssServerAuth.log_limiters`).
-LOG_KINDS = ("half-open", "too-weak", "bind-failure")
+LOG_KINDS = ("half-open", "too-weak", "bind-failure", "init-failure", "table-full", "principal-quota")
 
 # Protection strength of a service (RFC 2203 §2: none < integrity < privacy).
 _STRENGTH = {Service.NONE: 0, Service.INTEGRITY: 1, Service.PRIVACY: 2}
@@ -193,7 +193,10 @@ class GssServerAuth(ServerAuth):
     ``unsupported_version_stat`` is how others are refused (RFC 2203 §5.1 says AUTH_REJECTEDCRED;
     a v1-only Linux nfsd answers AUTH_BADCRED). ``seq_window`` is announced in INIT replies.
     ``max_contexts`` bounds the table of established contexts (least recently used contexts are
-    evicted, their clients get CREDPROBLEM and refresh). ``max_half_open`` bounds the separate
+    evicted, their clients get CREDPROBLEM and refresh). ``max_contexts_per_principal`` bounds
+    what one authenticated principal holds of it: its next context evicts its own oldest one, so
+    a user who opens contexts in a loop churns only its own and cannot push other users' contexts
+    out of the table (None: no per-principal bound). ``max_half_open`` bounds the separate
     table of half-open contexts (INIT answered CONTINUE_NEEDED, nobody authenticated yet): a new
     one drops the oldest half-open one, never an established context (RFC 2203 §5.2.2); 0 refuses
     multi-step establishment (Kerberos V5 needs none). ``init_cache_size`` bounds the cache of
@@ -237,6 +240,7 @@ class GssServerAuth(ServerAuth):
         unsupported_version_stat: AuthStat = AuthStat.AUTH_REJECTEDCRED,
         seq_window: int = DEFAULT_SEQ_WINDOW,
         max_contexts: int = 4096,
+        max_contexts_per_principal: int | None = 1024,
         max_half_open: int = DEFAULT_MAX_HALF_OPEN,
         prefixes: Sequence[str] | None = None,
         hashes: Sequence[HashAlgorithm] = (SHA256, SHA1, SHA384, SHA512),
@@ -253,11 +257,14 @@ class GssServerAuth(ServerAuth):
             raise ValueError(f"min_service must be NONE, INTEGRITY or PRIVACY, not {min_service!r}")
         if max_contexts < 1 or max_half_open < 0:
             raise ValueError("max_contexts must be >= 1 and max_half_open >= 0")
+        if max_contexts_per_principal is not None and max_contexts_per_principal < 1:
+            raise ValueError("max_contexts_per_principal must be >= 1 (or None)")
         self.provider = provider
         self.versions = frozenset(versions)
         self.unsupported_version_stat = unsupported_version_stat
         self.seq_window = seq_window
         self.max_contexts = max_contexts
+        self.max_contexts_per_principal = max_contexts_per_principal
         self.max_half_open = max_half_open
         self.prefixes = None if prefixes is None else tuple(prefixes)
         self.hashes = tuple(hashes)
@@ -268,6 +275,8 @@ class GssServerAuth(ServerAuth):
         self._new_handle = new_handle
         self._contexts: OrderedDict[bytes, _ServerContext] = OrderedDict()
         self._half_open: OrderedDict[bytes, _ServerContext] = OrderedDict()
+        #: principal -> its established contexts' handles, oldest first (under self._lock)
+        self._by_principal: dict[str | None, OrderedDict[bytes, None]] = {}
         self._bound_by_conn: dict[int, set[bytes]] = {}
         self._init_cache: OrderedDict[bytes, AuthControlReply] = OrderedDict()
         self._init_cache_size = init_cache_size
@@ -329,6 +338,7 @@ class GssServerAuth(ServerAuth):
             dropped = list(self._contexts.values())
             half_open = list(self._half_open.values())
             self._contexts.clear()
+            self._by_principal.clear()
             self._half_open.clear()
             self._bound_by_conn.clear()
             self._init_cache.clear()
@@ -417,7 +427,7 @@ class GssServerAuth(ServerAuth):
         return reply
 
     def _failed_init(self, major: int, minor: int, why: str) -> AuthControlReply:
-        log.info("RPCSEC_GSS context creation failed: %s", why)
+        self._log_limited("init-failure", logging.INFO, "RPCSEC_GSS context creation failed: %s", why)
         return AuthControlReply(NULL_AUTH, InitRes(b"", major, minor, 0, b"").encode())
 
     def _init_step(self, cred: _Cred, token: bytes, conn: ConnectionInfo, now: float) -> AuthControlReply:
@@ -509,30 +519,66 @@ class GssServerAuth(ServerAuth):
         # it without the lock (one atomic get and move_to_end each, under the GIL), so whatever
         # loops over the table in Python loops over a snapshot (list(...) is one atomic copy).
         evicted = []
+        quota_hit = False
+        lru_evicted: list[str | None] = []  # principals of the contexts the LRU evicted
         with self._lock:
             contexts = self._contexts
+            own = self._by_principal.setdefault(ctx.principal, OrderedDict())
+            quota = self.max_contexts_per_principal
+            while quota is not None and len(own) >= quota:
+                handle, _ = own.popitem(last=False)
+                old = contexts.pop(handle)
+                self._unindex(old)
+                evicted.append(old)
+                quota_hit = True
             contexts[ctx.handle] = ctx
             contexts.move_to_end(ctx.handle)
+            own[ctx.handle] = None
             if len(contexts) > self.max_contexts:
                 for h, c in list(contexts.items()):
                     if c.expires_at is not None and c.expires_at <= now:
                         del contexts[h]
-                        self._unindex(c)
+                        self._unlist(c)
                         evicted.append(c)
             while len(contexts) > self.max_contexts:
                 _, old = contexts.popitem(last=False)
-                self._unindex(old)
-                log.info("RPCSEC_GSS context table full: evicted a context of %s", old.principal)
+                self._unlist(old)
                 evicted.append(old)
+                lru_evicted.append(old.principal)
         for old in evicted:
             old.gss.delete()
+        if lru_evicted:
+            self._log_limited(
+                "table-full",
+                logging.INFO,
+                "RPCSEC_GSS context table full: evicted a context of %s",
+                lru_evicted[-1],
+            )
+        if quota_hit:
+            self._log_limited(
+                "principal-quota",
+                logging.INFO,
+                "RPCSEC_GSS: %s holds its limit of %d contexts: dropped its oldest",
+                ctx.principal,
+                self.max_contexts_per_principal,
+            )
 
     def _forget(self, handle: bytes) -> _ServerContext | None:
         with self._lock:
             ctx = self._contexts.pop(handle, None)
             if ctx is not None:
-                self._unindex(ctx)
+                self._unlist(ctx)
             return ctx
+
+    def _unlist(self, ctx: _ServerContext) -> None:
+        """Drop a context just taken out of the table from the per-principal list and the
+        bound-handle index (caller holds self._lock)."""
+        own = self._by_principal.get(ctx.principal)
+        if own is not None:
+            own.pop(ctx.handle, None)
+            if not own:
+                del self._by_principal[ctx.principal]
+        self._unindex(ctx)
 
     def _unindex(self, ctx: _ServerContext) -> None:
         """Drop ``ctx`` from the bound-handle index (caller holds self._lock)."""

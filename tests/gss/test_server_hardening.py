@@ -612,3 +612,52 @@ def test_accepted_bind_is_answered_once_and_data_flows(realm: ThrowawayRealm) ->
     assert srv.is_bound(c.handle or b"", t.conn)
     check = srv.check_call(c.prepare_call(3, PROG, VERS, 1, b"x").message, t.conn, 0.0)
     assert isinstance(check, AuthAccept)
+
+
+# -- per-principal quota: one user cannot push other users' contexts out of the table -----------------
+
+
+def _established(
+    realm: ThrowawayRealm, srv: GssServerAuth, user: str
+) -> tuple[GssClientAuth, LoopbackTransport]:
+    c, t = client(realm, user=user), LoopbackTransport(srv)
+    asyncio.run(c.establish(t.call))
+    assert c.handle is not None and srv.gss_context(c.handle) is not None
+    return c, t
+
+
+def test_a_principal_over_its_quota_churns_only_its_own_contexts(realm: ThrowawayRealm) -> None:
+    """A table of 4 with 2 per principal: bob's context survives alice opening six in a row
+    (without the quota the LRU would have evicted it), alice keeps her two newest, and her
+    evicted contexts are gone from the server (CREDPROBLEM, then a refresh, on their next call)."""
+    srv = server(realm, max_contexts=4, max_contexts_per_principal=2)
+    bob, t_bob = _established(realm, srv, "bob")
+    alices = [_established(realm, srv, "alice")[0] for _ in range(6)]
+    assert srv.context_count() == 3
+    assert srv.gss_context(bob.handle or b"") is not None
+    assert [srv.gss_context(a.handle or b"") is not None for a in alices] == [False] * 4 + [True] * 2
+    assert t_bob.call_sync(bob, 1, b"bob still works") == b"bob still works"
+    held = {}
+    for info in srv.contexts():
+        held[info.principal] = held.get(info.principal, 0) + 1
+    assert sorted(held.values()) == [1, 2] and len(held) == 2
+    assert {p: len(h) for p, h in srv._by_principal.items()} == held
+
+
+def test_the_per_principal_lists_follow_the_table(realm: ThrowawayRealm) -> None:
+    """DESTROY, LRU eviction and drop_all_contexts take contexts off the per-principal lists, so
+    those never count more than the table holds."""
+    srv = server(realm, max_contexts=2, max_contexts_per_principal=2)
+    a1, t = _established(realm, srv, "alice")
+    asyncio.run(a1.destroy(t.call))
+    assert srv._by_principal == {}
+    for user in ("alice", "bob", "alice", "bob"):
+        _established(realm, srv, user)
+        assert sum(len(h) for h in srv._by_principal.values()) == srv.context_count() <= 2
+    srv.drop_all_contexts()
+    assert srv._by_principal == {}
+
+
+def test_a_quota_of_zero_is_refused(realm: ThrowawayRealm) -> None:
+    with pytest.raises(ValueError, match="max_contexts_per_principal"):
+        server(realm, max_contexts_per_principal=0)
