@@ -597,11 +597,13 @@ class IPsecEngine:
         - On a PROTECT entry: BYPASS needs ``privileged`` (§3.1), else PolicyRefused.
         - A flow whose latch is ESTABLISHED or BROKEN can never be switched to BYPASS.
 
-        Every refusal (:class:`PolicyRefused`) comes before anything changes, and a PROTECT whose
-        latch the LD refuses (:class:`LatchConflict` and the like) is undone before the error
-        propagates: a decision that did not happen leaves the SPD, PAD and latch database as
-        they were. The one change that stays is the end of a TIME_WAIT hold on the 5-tuple: the
-        request is a new flow there, and the old one is finished first.
+        Every refusal (:class:`PolicyRefused`) comes before anything changes, and a decision that
+        fails midway -- a PROTECT whose latch the LD refuses (:class:`LatchConflict` and the
+        like), or a backend that raises while the decision is being pushed to it -- is undone
+        before the error propagates: a decision that did not happen leaves the SPD, the backend's
+        flow and socket policies, the pending outcomes and the latch database as they were. The
+        one change that stays is the end of a TIME_WAIT hold on the 5-tuple: the request is a new
+        flow there, and the old one is finished first.
 
         Returns the outcome if known now (``pending`` True otherwise; ``on_outcome`` is called
         when the key manager finishes). With ``socket_id`` the decision is also pushed to the
@@ -678,17 +680,33 @@ class IPsecEngine:
         """BYPASS decision (checked by :meth:`_decidable_entry`): an exact-5-tuple BYPASS entry in
         the SPD overlay, the "logical SPD update" of RFC 5660 §3.1, which decides the flow ahead of
         ``entry`` (the overlay is consulted before the ordered SPD of RFC 4301 §4.4.1). A PROTECT
-        attempt still pending is abandoned: its LARVAL latch released, its negotiation forgotten."""
+        attempt still pending is abandoned first: its LARVAL latch released, its negotiation and
+        its outcome callback forgotten (the application gave up on it; that stays so if the
+        backend then fails the BYPASS, which is undone)."""
         if larval is not None:
             self.latches.release_latch(larval.handle)
         self.key_manager.pending.pop(flow, None)
+        self._outcome_cbs.pop(flow, None)
         origin, template = _clone_origin(entry)
         bypass = SpdEntry.flow_entry(flow, SpdAction.BYPASS, None, origin, template=template)
-        self.spd.install_overlay(flow, bypass)
-        self.backend.install_flow_policy(FlowPolicy(flow, bypass, None))
-        if socket_id is not None:
-            self.backend.install_socket_policy(SocketPolicy(socket_id, flow, bypass, None))
+        undo = _Undo()
+        try:
+            self._replace_own_entry(flow, bypass, undo)
+            self._install_socket_policy(socket_id, flow, bypass, undo)
+        except BaseException:
+            undo.run()
+            raise
         return ProtectionOutcome(flow, FlowChoice.BYPASS, ok=True)
+
+    def _install_socket_policy(
+        self, socket_id: int | None, flow: FiveTuple, entry: SpdEntry, undo: _Undo
+    ) -> None:
+        """Push the decision to the backend as ``socket_id``'s per-socket policy (if given), and
+        record in ``undo`` how to detach it again."""
+        if socket_id is None:
+            return
+        undo.add(lambda: self.backend.remove_socket_policy(socket_id))
+        self.backend.install_socket_policy(SocketPolicy(socket_id, flow, entry, None))
 
     def _protect_flow(
         self,
@@ -708,9 +726,10 @@ class IPsecEngine:
         (RFC 5386 §2), or goes away when the configured PROTECT entry already protects the flow
         as asked (RFC 4301 §4.4.1). Approach 2 then latches the flow: RFC 5660 §3.1 wants the
         logical SPD update made atomically with the latch, so if the LD refuses the latch
-        (IPsecLocalError) the steps recorded in ``undo`` put the SPD entry back and forget the
-        pending outcome before the error propagates. Approach 1 looks for an SA or starts IKE
-        (RFC 4301 §5.1: outbound PROTECT traffic needs an SA)."""
+        (IPsecLocalError) or the backend raises, the steps recorded in ``undo`` put the SPD entry
+        and its backend policy back, detach the socket policy and forget the pending outcome before
+        the error propagates. Approach 1 looks for an SA or starts IKE (RFC 4301 §5.1: outbound
+        PROTECT traffic needs an SA)."""
         prot = policy or (request.policy if request is not None else None) or entry.protection
         if prot is None:
             prot = ProtectionPolicy()
@@ -721,19 +740,20 @@ class IPsecEngine:
             clone = SpdEntry.flow_entry(
                 flow, SpdAction.PROTECT, prot, origin, btns_ok=entry.btns_ok, template=template
             )
-        self._replace_own_entry(flow, clone, undo)
-        if socket_id is not None:
-            effective = clone or self.spd.lookup(flow) or entry
-            self.backend.install_socket_policy(SocketPolicy(socket_id, flow, effective, None))
-        self._outcome_cbs[flow] = (FlowChoice.PROTECT, on_outcome)
-        undo.add(lambda: self._outcome_cbs.pop(flow, None))
-        if self.approach is Approach.POLICY:
-            try:
+        try:
+            self._replace_own_entry(flow, clone, undo)
+            self._install_socket_policy(socket_id, flow, clone or self.spd.lookup(flow) or entry, undo)
+            previous_cb = self._outcome_cbs.get(flow)
+            self._outcome_cbs[flow] = (FlowChoice.PROTECT, on_outcome)
+            undo.add(lambda: self._restore_outcome_cb(flow, previous_cb))
+            if self.approach is Approach.POLICY:
+                # the LD refuses (IPsecLocalError) before it changes anything: undoing this
+                # call's steps is enough
                 handle = self.latches.create_connection_latch(flow, request, on_alert=on_alert, now=now)
-            except IPsecLocalError:
-                # the LD refuses before it changes anything: undoing this call's steps is enough
-                undo.run()
-                raise
+        except BaseException:
+            undo.run()
+            raise
+        if self.approach is Approach.POLICY:
             return self._protect_outcome_latched(flow, handle)
         return self._protect_outcome_unlatched(flow, entry, prot, now)
 
@@ -741,12 +761,7 @@ class IPsecEngine:
         """Make ``entry`` the flow's own SPD overlay entry, or withdraw the one it has (None), and
         record in ``undo`` how to put the previous one back (with its unpinned backend policy)."""
         previous = self.spd.overlay_entry(flow)
-        if entry is not None:
-            self.spd.install_overlay(flow, entry)
-            self.backend.install_flow_policy(FlowPolicy(flow, entry, None))
-        elif previous is not None:  # e.g. an earlier privileged BYPASS
-            self._remove_own_entry(flow)
-        else:
+        if entry is None and previous is None:
             return
 
         def restore() -> None:
@@ -757,7 +772,20 @@ class IPsecEngine:
                 self.spd.install_overlay(flow, previous)
                 self.backend.install_flow_policy(FlowPolicy(flow, previous, None))
 
-        undo.add(restore)
+        undo.add(restore)  # first, so that a backend failure below is undone too
+        if entry is not None:
+            self.spd.install_overlay(flow, entry)
+            self.backend.install_flow_policy(FlowPolicy(flow, entry, None))
+        else:  # e.g. an earlier privileged BYPASS
+            self._remove_own_entry(flow)
+
+    def _restore_outcome_cb(
+        self, flow: FiveTuple, previous: tuple[FlowChoice, OutcomeCallback | None] | None
+    ) -> None:
+        if previous is None:
+            self._outcome_cbs.pop(flow, None)
+        else:
+            self._outcome_cbs[flow] = previous
 
     def _protect_outcome_latched(self, flow: FiveTuple, handle: int) -> ProtectionOutcome:
         """Approach 2: the outcome of a PROTECT decision is its latch's (RFC 5660 §2.2): ok when

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from rpclatch.ipsec import examples as ex
-from rpclatch.ipsec.backend import FlowPolicy
+from rpclatch.ipsec.backend import FlowPolicy, InProcessBackend, SocketPolicy
 from rpclatch.ipsec.decisions import DropReason, OutboundVerdict
 from rpclatch.ipsec.engine import Approach, EngineConfig, FlowChoice, IPsecEngine
 from rpclatch.ipsec.errors import LatchConflict, PolicyRefused
@@ -44,13 +44,36 @@ def engine(
     approach: Approach = Approach.POLICY,
     provisions: tuple[SaProvision, ...] = (provision(),),
     narrow_conflicting_sas: bool = True,
+    backend: InProcessBackend | None = None,
 ) -> IPsecEngine:
     return IPsecEngine(
         ex.nfs_spd(action),
         ex.btns_pad(),
         config=EngineConfig(approach=approach, narrow_conflicting_sas=narrow_conflicting_sas),
         provisions=provisions,
+        backend=backend,
     )
+
+
+class BackendDown(Exception):
+    """What :class:`FailingBackend` raises (a kernel refusing a policy, a dead netlink socket)."""
+
+
+class FailingBackend(InProcessBackend):
+    """The in-process datapath, refusing the next flow or socket policy when told to."""
+
+    fail_flow = False
+    fail_socket = False
+
+    def install_flow_policy(self, policy: FlowPolicy) -> None:
+        if self.fail_flow:
+            raise BackendDown(f"flow policy {policy.flow}")
+        super().install_flow_policy(policy)
+
+    def install_socket_policy(self, policy: SocketPolicy) -> None:
+        if self.fail_socket:
+            raise BackendDown(f"socket policy {policy.socket_id}")
+        super().install_socket_policy(policy)
 
 
 def conflicting_sas(e: IPsecEngine) -> None:
@@ -75,6 +98,7 @@ def state(e: IPsecEngine) -> dict[str, object]:
         "sad": sorted(sa.sa_id for sa in e.sad),
         "acquires": {flow: (p.policy, p.deadline) for flow, p in e.key_manager.pending.items()},
         "backend flow policies": dict(e.backend_flow_policies()),
+        "backend socket policies": dict(e.backend.socket_policies),  # type: ignore[attr-defined]
         "pending outcomes": dict(e._outcome_cbs),
     }
 
@@ -253,3 +277,55 @@ def test_refused_request_on_a_held_flow_still_ends_the_hold() -> None:
     with pytest.raises(PolicyRefused):
         e.request_protection(CLI, FlowChoice.BYPASS, 1.5)
     assert CLI not in e.pad_layer.holds and len(e.latches) == 0
+
+
+# -- the backend fails while the decision is pushed to it -------------------------------------------
+
+
+@pytest.mark.parametrize("choice", list(FlowChoice))
+@pytest.mark.parametrize("step", ["flow", "socket"])
+def test_a_backend_failure_midway_is_undone(choice: FlowChoice, step: str) -> None:
+    backend = FailingBackend()
+    e = engine(backend=backend)
+    before = state(e)
+    backend.fail_flow, backend.fail_socket = step == "flow", step == "socket"
+    with pytest.raises(BackendDown):
+        e.request_protection(CLI, choice, 0.0, socket_id=5, on_outcome=lambda _: None)
+    assert state(e) == before
+    assert e.outbound(CLI, 0.0).reason is DropReason.BOP_UNDECIDED  # still undecided
+    backend.fail_flow = backend.fail_socket = False
+    assert e.request_protection(CLI, choice, 0.0, socket_id=5).ok  # and decidable again
+
+
+def test_a_backend_failure_restores_an_earlier_bypass_decision() -> None:
+    backend = FailingBackend()
+    e = engine(backend=backend)
+    assert e.request_protection(CLI, FlowChoice.BYPASS, 0.0).ok
+    before = state(e)
+    backend.fail_socket = True
+    with pytest.raises(BackendDown):
+        e.request_protection(CLI, FlowChoice.PROTECT, 1.0, socket_id=5)
+    assert state(e) == before
+    assert e.outbound(CLI, 1.0).verdict is OutboundVerdict.BYPASS
+
+
+def test_a_refused_latch_leaves_no_socket_policy() -> None:
+    e = engine(narrow_conflicting_sas=False)
+    conflicting_sas(e)
+    before = state(e)
+    with pytest.raises(LatchConflict):
+        e.request_protection(CLI, FlowChoice.PROTECT, 0.0, socket_id=5)
+    assert state(e) == before
+    assert e.backend.socket_policies == {}  # type: ignore[attr-defined]
+
+
+def test_bypass_over_a_pending_protect_forgets_its_outcome_callback() -> None:
+    """The application gave up on the PROTECT: its callback is not kept, and not called when the
+    time the negotiation would have taken has passed."""
+    e = engine(provisions=(provision(setup_delay=1.0),))
+    outcomes: list[object] = []
+    assert e.request_protection(CLI, FlowChoice.PROTECT, 0.0, on_outcome=outcomes.append).pending
+    assert e.request_protection(CLI, FlowChoice.BYPASS, 0.5).ok
+    assert state(e)["pending outcomes"] == {}
+    e.poll(2.0)
+    assert outcomes == []
