@@ -1,10 +1,18 @@
 """``rpclatch nfs``: a small NFSv4 client on the command line (rpclatch.nfs4).
 
 ``rpclatch nfs ls|stat|cat|get|put|rm|mkdir SERVER:/path [LOCAL] [--sec auto|sys|krb5|krb5i|krb5p]
-[--v4.0|--v4.1] [--port N] [--target SERVICE@HOST]``. ``--target`` (also spelled
-``--gss-target``) is the server's RPCSEC_GSS name, default ``nfs@SERVER``. Transfers show a
-progress bar on stderr when it is a terminal. Every failure is one line naming what went wrong
-and how to fix it.
+[--v4.0|--v4.1] [--port N] [--target SERVICE@HOST] [--keyd SOCKET] [--fallback krb5i|krb5p]
+[--ike-timeout SECONDS]``. ``--target`` (also spelled ``--gss-target``) is the server's
+RPCSEC_GSS name, default ``nfs@SERVER``. Transfers show a progress bar on stderr when it is a
+terminal. Every failure is one line naming what went wrong and how to fix it.
+
+``--sec auto`` is BYPASS-OR-PROTECT. With a key manager (``--keyd SOCKET``, or the default socket
+of ``rpclatch ipsec keyd`` when it exists) each NFS connection goes through the kernel world
+(:class:`rpclatch.connect.nfs.KernelConnectionSecurity`): bound source port,
+CREATE_CONNECTION_LATCH for the exact 5-tuple, connect, then the policy table; ``-v`` prints the
+row that happened, as ``rpclatch rpc ping --sec auto`` does. Without one, IKE is not attempted:
+krb5p (or ``--fallback``'s service first) from the server's SECINFO list, in the clear
+(:func:`rpclatch.connect.nfs.connection_security`).
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from rpclatch.nfs4.security import ConnectionSecurityHook
+    from rpclatch.connect.nfs import KernelConnectionSecurity
+    from rpclatch.connect.record import SecurityRecord
+    from rpclatch.nfs4.security import ConnectionSecurity, ConnectionSecurityHook
 
 T = TypeVar("T")
 
@@ -44,9 +55,32 @@ def register(subparsers: Any) -> None:
             "--sec",
             choices=SEC_CHOICES,
             default="auto",
-            help="security flavor; auto = BYPASS-OR-PROTECT: on real sockets no IPsec "
-            "latch is made (no IKE key manager yet), so krb5p, else krb5i, from "
-            "the server's SECINFO list; sys/krb5 only when named",
+            help="security flavor; auto = BYPASS-OR-PROTECT: with a key manager (--keyd, or "
+            "the default socket of `rpclatch ipsec keyd` when it exists) the connection is "
+            "latched to IPsec and RPCSEC_GSS is bound to the latch when the server can bind, else "
+            "--fallback over the latch; if IKE fails, --fallback in the clear. Without a key "
+            "manager no IKE is attempted: krb5p, else krb5i, from the server's SECINFO list. "
+            "sys/krb5 only when named",
+        )
+        p.add_argument(
+            "--keyd",
+            metavar="SOCKET",
+            help="the key manager's control socket for --sec auto (default: the one of "
+            "`rpclatch ipsec keyd`, used when it exists)",
+        )
+        p.add_argument(
+            "--fallback",
+            choices=("krb5i", "krb5p"),
+            default=None,
+            help="--sec auto without a bound channel: this service (default krb5p)",
+        )
+        p.add_argument(
+            "--ike-timeout",
+            type=_positive,
+            default=None,
+            metavar="SECONDS",
+            help="--sec auto with a key manager: wait this long for the latch before connecting "
+            "in the clear (default 2)",
         )
         vers = p.add_mutually_exclusive_group()
         vers.add_argument("--v4.0", dest="minor", action="store_const", const=0, help="use NFSv4.0")
@@ -84,6 +118,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("local", metavar="LOCAL", help="local file ('-' = stdin)")
     common(p)
     p.set_defaults(func=_main)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+#: ``--ike-timeout`` when not given (seconds), as for ``rpclatch rpc ping --sec auto``.
+DEFAULT_IKE_TIMEOUT = 2.0
 
 
 # --- formatting ------------------------------------------------------------------------------------
@@ -161,9 +209,10 @@ class Progress:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from rpclatch.cli import UserError
+
     host, path = parse_remote(args.remote)
     if args.gss_target is not None:
-        from rpclatch.cli import UserError
         from rpclatch.commands.common import parse_service_name
 
         parse_service_name(args.gss_target, "--target")
@@ -172,6 +221,14 @@ def _main(args: argparse.Namespace) -> int:
                 "--target names the server's RPCSEC_GSS principal: use it with --sec "
                 "auto, krb5, krb5i or krb5p"
             )
+    if args.sec != "auto":
+        for option, value in (
+            ("--keyd", args.keyd),
+            ("--fallback", args.fallback),
+            ("--ike-timeout", args.ike_timeout),
+        ):
+            if value is not None:
+                raise UserError(f"{option} is for --sec auto (BYPASS-OR-PROTECT): drop it or use --sec auto")
     return asyncio.run(_guarded(args, host, path, _dispatch(args, host, path)))
 
 
@@ -211,6 +268,13 @@ def explain(exc: BaseException, host: str, port: int, path: str, sec: str, targe
         return f"{host}:{port} does not accept {name}: it serves under another principal ({fix})"
     if isinstance(exc, Nfs4SecurityError):
         return str(exc)
+    from rpclatch.connect.kernel import KeydUnavailable
+    from rpclatch.connect.world import ConnectError
+
+    if isinstance(exc, KeydUnavailable):
+        return f"--keyd {exc} (give the key manager's control socket with --keyd)"
+    if isinstance(exc, ConnectError):
+        return f"{host}:{port}: {exc}"
     if isinstance(exc, Nfs4RemoteError):
         s = exc.status
         text = {
@@ -259,18 +323,83 @@ def explain(exc: BaseException, host: str, port: int, path: str, sec: str, targe
     return f"{type(exc).__name__}: {exc} (set RPCLATCH_DEBUG=1 for a traceback)"
 
 
-def connection_hook(sec: str) -> ConnectionSecurityHook:
-    """The connection-security hook for ``--sec``: ``auto`` goes through BYPASS-OR-PROTECT
-    (:func:`rpclatch.connect.nfs.connection_security`); explicit flavors connect plainly."""
+def connection_hook(sec: str, fallback: str | None = None) -> ConnectionSecurityHook:
+    """The connection-security hook for ``--sec`` without a key manager: ``auto`` goes through
+    BYPASS-OR-PROTECT without IPsec (:func:`rpclatch.connect.nfs.connection_security`, the
+    ``fallback`` service first); explicit flavors connect plainly."""
     from rpclatch.nfs4.security import default_connection_security
 
-    if sec == "auto":
-        try:
-            from rpclatch.connect.nfs import connection_security
-        except ImportError:  # pragma: no cover - the connect package is part of rpclatch
-            return default_connection_security
-        return connection_security
-    return default_connection_security
+    if sec != "auto":
+        return default_connection_security
+    from rpclatch.connect import ConnectPolicy, FallbackService
+    from rpclatch.connect.nfs import connection_security
+
+    policy = ConnectPolicy(fallback=FallbackService(fallback or FallbackService.PRIVACY.value))
+
+    async def hook(host: str, port: int, flavor: str) -> ConnectionSecurity:
+        return await connection_security(host, port, flavor, replace(policy, port=port))
+
+    return hook
+
+
+def keyd_socket(args: argparse.Namespace) -> Path | None:
+    """The key manager for ``--sec auto``: ``--keyd``, else the default socket of ``rpclatch
+    ipsec keyd`` if it exists, else None (no IPsec is attempted)."""
+    from rpclatch.commands.ipsec import default_socket
+
+    if args.sec != "auto":
+        return None
+    if args.keyd is not None:
+        return Path(args.keyd)
+    default = default_socket(None)
+    return default if default.exists() else None
+
+
+def security_row_line(record: SecurityRecord, seconds: float) -> str:
+    """The ``-v`` line naming the policy row that happened and why (as ``rpc ping --sec auto``)."""
+    return (
+        f"rpclatch: security: row ({record.latch_outcome.name}, {record.bind_outcome.name}) "
+        f"in {seconds:.3f}s: {record.summary()}"
+        + (f"; IPsec: {record.protection_error}" if record.protection_error else "")
+        + (f"; binding: {record.bind_detail}" if record.bind_detail else "")
+    )
+
+
+async def _kernel_hook(args: argparse.Namespace, host: str, keyd: Path) -> KernelConnectionSecurity:
+    """The kernel-world hook with the key manager on ``keyd`` (connected here: a missing or
+    unusable socket is one line naming ``--keyd``)."""
+    import socket
+
+    from rpclatch.cli import UserError
+    from rpclatch.connect import ConnectPolicy, FallbackService
+    from rpclatch.connect.kernel import KernelClientWorld, KeydUnavailable
+    from rpclatch.connect.nfs import KernelConnectionSecurity
+    from rpclatch.gss.provider import GssapiProvider
+
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"{host}: cannot resolve host name ({exc.strerror})") from None
+    world = KernelClientWorld(
+        str(infos[0][4][0]), keyd, rpc_timeout=args.timeout, connect_timeout=args.timeout
+    )
+    try:
+        await world.start()
+    except KeydUnavailable as exc:
+        raise UserError(f"--keyd {exc} (give the key manager's control socket with --keyd)") from None
+    policy = ConnectPolicy(
+        port=args.port,
+        fallback=FallbackService(args.fallback or FallbackService.PRIVACY.value),
+        ike_timeout=args.ike_timeout if args.ike_timeout is not None else DEFAULT_IKE_TIMEOUT,
+    )
+    verbose = bool(getattr(args, "verbose", 0))
+
+    def show(record: SecurityRecord, seconds: float) -> None:
+        if verbose:
+            print(security_row_line(record, seconds), file=sys.stderr, flush=True)
+
+    target = args.gss_target or f"nfs@{host}"
+    return KernelConnectionSecurity(world, target, GssapiProvider(), policy, on_record=show)
 
 
 async def _with_client(args: argparse.Namespace, host: str, body: Callable[[Any], Awaitable[T]]) -> T:
@@ -284,11 +413,18 @@ async def _with_client(args: argparse.Namespace, host: str, body: Callable[[Any]
         gss_target=args.gss_target,
         timeout=args.timeout,
     )
-    client = await Nfs4Client.connect(host, options, security_hook=connection_hook(args.sec))
+    keyd = keyd_socket(args)
+    kernel = await _kernel_hook(args, host, keyd) if keyd is not None else None
+    hook = kernel if kernel is not None else connection_hook(args.sec, args.fallback)
     try:
-        return await body(client)
+        client = await Nfs4Client.connect(host, options, security_hook=hook)
+        try:
+            return await body(client)
+        finally:
+            await client.close()
     finally:
-        await client.close()
+        if kernel is not None:
+            await kernel.close()
 
 
 async def _dispatch(args: argparse.Namespace, host: str, path: str) -> int:

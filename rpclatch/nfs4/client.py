@@ -292,7 +292,7 @@ class Nfs4Client:
     async def _setup(self) -> None:
         session = self.session
         session.machine_flavor = await self.secneg.switch_to(
-            session.machine_flavors(self.conn.allowed), "/", server_requires=False
+            session.machine_flavors(self.conn.allowed, self.conn.security.auths), "/", server_requires=False
         )
         await session.establish()
         await self._settle_root()

@@ -79,6 +79,9 @@ class Nfs4Connection:
 
     @staticmethod
     async def _connect(host: str, options: Nfs4Options, security: ConnectionSecurity) -> RpcStreamClient:
+        if security.rpc is not None:  # the hook connected already (e.g. through a latch)
+            rpc: RpcStreamClient = security.rpc
+            return rpc
         return await RpcStreamClient.connect_tcp(
             host,
             options.port,
@@ -126,6 +129,10 @@ class Nfs4Connection:
         auth = self._auths.get(flavor)
         if auth is not None:
             return auth
+        ready: ClientAuth | None = self.security.auths.get(flavor)
+        if ready is not None:  # established by the hook on this connection (its policy's choice)
+            self._auths[flavor] = ready
+            return ready
         auth = AuthSysClient.for_current_process() if flavor is SecFlavor.SYS else await self._gss(flavor)
         self._auths[flavor] = auth
         return auth
@@ -173,6 +180,7 @@ class Nfs4Connection:
         self._drop_auths()
         with contextlib.suppress(Exception):
             await self.rpc.close()
+        self._release()
         deadline = time.monotonic() + self.options.retry_deadline
         delay, cap = RECONNECT_BACKOFF
         while True:
@@ -195,6 +203,13 @@ class Nfs4Connection:
         self.reconnects += 1
         return True
 
+    def _release(self) -> None:
+        """Tell the hook the connection it decided for is gone (once)."""
+        release, self.security.release = self.security.release, None
+        if release is not None:
+            with contextlib.suppress(Exception):
+                release()
+
     def _drop_auths(self) -> None:
         old, self._auths = self._auths, {}
         for auth in old.values():
@@ -210,4 +225,7 @@ class Nfs4Connection:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(destroy(self.rpc_call), GSS_DESTROY_TIMEOUT)
         self._drop_auths()
-        await self.rpc.close()
+        try:
+            await self.rpc.close()
+        finally:
+            self._release()

@@ -138,6 +138,11 @@ class ConnectionSecurity:
     ``record``: free-form details for reports (e.g. a ``rpclatch.connect.SecurityRecord``).
     ``prefer_allowed_order``: when SECINFO offers several allowed flavors, take the first in
     ``allowed`` (our order) instead of the server's first (RFC 7530 §16.31.4 order, the default).
+    ``rpc``: an RPC client (``rpclatch.rpc.aio.RpcStreamClient``) the hook already connected and
+    used, e.g. to run the connect policy's RPCSEC_GSS steps on the latched connection; it is used
+    instead of ``sock``. ``auths``: RPCSEC_GSS flavors the hook already established on ``rpc``
+    (bound to its channel or not, as the policy decided); the connection uses them as they are.
+    ``release``: called once when the connection ends or is replaced (e.g. releases its latch).
     """
 
     allowed: tuple[SecFlavor, ...]
@@ -145,6 +150,9 @@ class ConnectionSecurity:
     channel: Any = None
     record: dict[str, Any] = field(default_factory=dict)
     prefer_allowed_order: bool = False
+    rpc: Any = None
+    auths: dict[SecFlavor, Any] = field(default_factory=dict)
+    release: Callable[[], None] | None = None
 
 
 #: ``hook(host, port, sec) -> ConnectionSecurity``: runs once per connection before NFS traffic.

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -241,12 +241,15 @@ class Nfs4Session:
         self._reconnect_lock = asyncio.Lock()
 
     @staticmethod
-    def machine_flavors(allowed: Sequence[SecFlavor]) -> list[SecFlavor]:
+    def machine_flavors(allowed: Sequence[SecFlavor], ready: Collection[SecFlavor] = ()) -> list[SecFlavor]:
         """The flavors to try for the client ID / session, best first: krb5i, since the
         state-management operations deserve integrity (RFC 8881 §2.10.8.3), then the others of
-        ``allowed``, ``sys`` last."""
+        ``allowed``, ``sys`` last. Kerberos flavors in ``ready`` (contexts the connection hook
+        already established, e.g. the connect policy's, possibly bound to the latch) come first:
+        they give integrity too, and the connection then carries one context, not two."""
         order = (SecFlavor.KRB5I, SecFlavor.KRB5P, SecFlavor.KRB5, SecFlavor.SYS)
-        return [f for f in order if f in allowed]
+        first = [f for f in order if f in allowed and f in ready and f.is_gss]
+        return first + [f for f in order if f in allowed and f not in first]
 
     # ---- establishing -------------------------------------------------------------------------------
 

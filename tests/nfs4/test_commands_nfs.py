@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+from pathlib import Path
 
 import pytest
 
@@ -104,11 +105,12 @@ def test_explain(exc: Exception, expected: str) -> None:
     assert expected in line and "\n" not in line
 
 
-def test_sec_auto_help_and_record_say_what_happens_on_real_sockets(
+def test_sec_auto_help_and_record_say_what_happens_without_a_key_manager(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """``--sec auto`` is honest about real sockets: no latch (no IKE key manager), so krb5p then
-    krb5i from the policy table -- in the help text and in the hook's record."""
+    """``--sec auto`` is honest about real sockets: the help says what a key manager changes, and
+    without one no latch is made, so krb5p then krb5i (or the --fallback first) from the policy
+    table, in the hook's record."""
     import asyncio
 
     from rpclatch.commands.nfs import connection_hook
@@ -117,10 +119,95 @@ def test_sec_auto_help_and_record_say_what_happens_on_real_sockets(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["nfs", "ls", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "no IPsec latch is made (no IKE key manager yet)" in help_text
-    assert "krb5p, else krb5i" in help_text
+    assert "Without a key manager no IKE is attempted: krb5p, else krb5i" in help_text
+    assert "--keyd SOCKET" in help_text and "--ike-timeout SECONDS" in help_text
 
     sec = asyncio.run(connection_hook("auto")("192.0.2.9", 2049, "auto"))
-    assert sec.allowed == (SecFlavor.KRB5P, SecFlavor.KRB5I)
+    assert sec.allowed == (SecFlavor.KRB5P, SecFlavor.KRB5I) and sec.rpc is None
     assert sec.record["latched"] is False and sec.record["latch_outcome"] == "NOT_LATCHED"
-    assert "no IKE key manager for real sockets" in str(sec.record["protection_error"])
+    assert "no key manager to ask" in str(sec.record["protection_error"])
+    assert sec.record["peer"] == "192.0.2.9:2049"
+    sec = asyncio.run(connection_hook("auto", "krb5i")("192.0.2.9", 2049, "auto"))
+    assert sec.allowed == (SecFlavor.KRB5I, SecFlavor.KRB5P) and sec.record["gss_service"] == "krb5i"
+
+
+def test_key_manager_socket_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--keyd`` if given; else the default socket of ``rpclatch ipsec keyd`` only when it
+    exists (then the kernel world is used); else None: today's behaviour without IPsec."""
+    from rpclatch.commands import ipsec
+    from rpclatch.commands.nfs import keyd_socket
+
+    parser = build_parser()
+    monkeypatch.setattr(ipsec, "DEFAULT_SOCKET", tmp_path / "keyd.sock")
+    assert keyd_socket(parser.parse_args(["nfs", "ls", "srv:/"])) is None
+    given = parser.parse_args(["nfs", "ls", "srv:/", "--keyd", str(tmp_path / "other.sock")])
+    assert keyd_socket(given) == tmp_path / "other.sock"
+    (tmp_path / "keyd.sock").touch()
+    assert keyd_socket(parser.parse_args(["nfs", "ls", "srv:/"])) == tmp_path / "keyd.sock"
+    assert keyd_socket(parser.parse_args(["nfs", "ls", "srv:/", "--sec", "krb5p"])) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--sec", "krb5p", "--keyd", "/run/x.sock"], "--keyd is for --sec auto"),
+        (["--sec", "sys", "--fallback", "krb5i"], "--fallback is for --sec auto"),
+        (["--sec", "krb5i", "--ike-timeout", "3"], "--ike-timeout is for --sec auto"),
+        (["--ike-timeout", "0"], "--ike-timeout: must be a positive number"),
+        (["--ike-timeout", "soon"], "--ike-timeout: not a number"),
+        (["--ike-timeout", "inf"], "--ike-timeout: must be a positive number"),
+        (["--fallback", "krb5"], "--fallback: invalid choice"),
+    ],
+)
+def test_bad_sec_auto_options_are_one_line_errors(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rpclatch.cli import main
+
+    try:
+        rc = main(["nfs", "ls", "192.0.2.9:/", *argv])
+    except SystemExit as exc:  # argparse: the usage, then one error line
+        rc = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and needle in errors[0], err
+
+
+def test_missing_key_manager_socket_is_one_line_naming_keyd(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rpclatch.cli import main
+
+    assert main(["nfs", "ls", "192.0.2.9:/", "--keyd", str(tmp_path / "no.sock")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--keyd" in err and "no such socket" in err, err
+
+
+def test_security_row_line_is_the_rpc_ping_line() -> None:
+    from rpclatch.commands.nfs import security_row_line
+    from rpclatch.connect import BindOutcome, LatchOutcome, SecurityRecord
+    from rpclatch.connect.policy import decide
+    from rpclatch.gss.wire import Service
+
+    row = decide(LatchOutcome.NOT_LATCHED, BindOutcome.NOT_ATTEMPTED)
+    record = SecurityRecord(
+        conn_id=1,
+        generation=1,
+        five_tuple="tcp 192.0.2.1:1000 -> 192.0.2.9:2049",
+        latched=False,
+        latch_state=None,
+        peer=None,
+        qop=None,
+        latch_outcome=LatchOutcome.NOT_LATCHED,
+        bind_outcome=BindOutcome.NOT_ATTEMPTED,
+        bound=False,
+        gss_service=Service.PRIVACY,
+        gss_version=2,
+        reason=row.reason,
+        protection_error="key manager: IKE_TIMEOUT",
+    )
+    assert security_row_line(record, 2.0314) == (
+        "rpclatch: security: row (NOT_LATCHED, NOT_ATTEMPTED) in 2.031s: conn 1: not latched, "
+        f"unbound, krb5p: {row.reason}; IPsec: key manager: IKE_TIMEOUT"
+    )
