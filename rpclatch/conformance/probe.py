@@ -209,12 +209,16 @@ class Connection:
 
 @dataclass
 class ClientContext:
-    """An established RPCSEC_GSS context as the prober holds it."""
+    """An established RPCSEC_GSS context as the prober holds it: ``service`` is the one its INIT
+    credential named, which its DATA calls use unless a case says otherwise; ``conn`` is the
+    connection it was created on, where :meth:`Session.close` destroys it."""
 
     version: int
     handle: bytes
     gss: GssContext
     seq_window: int
+    service: Service = Service.NONE
+    conn: Connection | None = None
     seq: int = 0
     destroyed: bool = False
 
@@ -354,10 +358,19 @@ class Session:
         return gss, token
 
     def init_message(
-        self, xid: int, version: int, token: bytes, *, service: Service = Service.NONE, handle: bytes = b""
+        self,
+        xid: int,
+        version: int,
+        token: bytes,
+        *,
+        service: Service = Service.NONE,
+        handle: bytes = b"",
+        seq: int = 0,
     ) -> bytes:
+        """An INIT (CONTINUE_INIT with ``handle``) call; ``seq`` is the credential's seq_num, which
+        RFC 2203 §5.2.2 leaves undefined (0 unless a case needs another value)."""
         proc = GssProc.RPCSEC_GSS_CONTINUE_INIT if handle else GssProc.RPCSEC_GSS_INIT
-        cred = encode_cred(version, proc, 0, service, handle)
+        cred = encode_cred(version, proc, seq, service, handle)
         c = self.config
         return gss_call(
             xid, c.prog, c.vers, PROC_NULL, cred, auth_bytes(_FLAVOR_NONE, b""), InitArg(token).encode()
@@ -367,17 +380,24 @@ class Session:
         self,
         version: int = RPCSEC_GSS_VERS_1,
         *,
-        service: Service = Service.NONE,
+        service: Service | None = None,
         conn: Connection | None = None,
+        seq: int = 0,
     ) -> InitResult:
-        """Run INIT (and CONTINUE_INIT while the server asks) for a new context."""
+        """Run INIT (and CONTINUE_INIT while the server asks) for a new context.
+
+        The credential names ``service`` (default: the run's), the one the context will be used
+        with. RFC 2203 §5.2.2 leaves that field undefined and has the server ignore it, so any value
+        is correct; naming the service to come, as the C clients do, also reaches servers that lock
+        a context into the service of its INIT (gssrpc, libtirpc: docs/interop.md)."""
         conn = conn or await self.connection()
+        service = self.config.service if service is None else service
         gss, token = self.start_gss()
         handle = b""
         for _ in range(8):
             reply = await conn.call(
                 xid := self.next_xid(),
-                self.init_message(xid, version, token, service=service, handle=handle),
+                self.init_message(xid, version, token, service=service, handle=handle, seq=seq),
                 self.config.timeout,
             )
             msg = reply.message
@@ -408,7 +428,7 @@ class Session:
                 return InitResult(
                     reply, res, None, f"server's final token (mutual authentication) fails: {exc}"
                 )
-            ctx = ClientContext(version, res.handle, gss, res.seq_window)
+            ctx = ClientContext(version, res.handle, gss, res.seq_window, service, conn)
             self._contexts.append(ctx)
             problem = ""
             if not res.handle:
@@ -428,18 +448,30 @@ class Session:
             Reply(ReplyKind.GARBLED, detail="too many CONTINUE_INIT rounds"), None, None, "loops"
         )
 
-    def adopt(self, version: int, gss: GssContext, res: InitRes) -> ClientContext:
-        """A context a case established by hand (completed ``gss``), destroyed on :meth:`close`."""
-        ctx = ClientContext(version, res.handle, gss, res.seq_window)
+    def adopt(
+        self,
+        version: int,
+        gss: GssContext,
+        res: InitRes,
+        service: Service = Service.NONE,
+        conn: Connection | None = None,
+    ) -> ClientContext:
+        """A context a case established by hand (completed ``gss``, ``service`` in its INIT
+        credential, on ``conn``), destroyed on :meth:`close`."""
+        ctx = ClientContext(version, res.handle, gss, res.seq_window, service, conn)
         self._contexts.append(ctx)
         return ctx
 
     async def context(
-        self, version: int = RPCSEC_GSS_VERS_1, *, conn: Connection | None = None
+        self,
+        version: int = RPCSEC_GSS_VERS_1,
+        *,
+        service: Service | None = None,
+        conn: Connection | None = None,
     ) -> ClientContext:
-        """An established context or :class:`NoContext` / :class:`Unsupported` (a v2 INIT the
-        server refuses as an unknown version, RFC 5403 §4)."""
-        result = await self.init(version, conn=conn)
+        """An established context for ``service`` (default: the run's) or :class:`NoContext` /
+        :class:`Unsupported` (a v2 INIT the server refuses as an unknown version, RFC 5403 §4)."""
+        result = await self.init(version, service=service, conn=conn)
         if result.context is not None and not result.problem:
             return result.context
         if version != RPCSEC_GSS_VERS_1 and result.reply.auth_stat() in (
@@ -470,9 +502,9 @@ class Session:
         """A DATA (or DESTROY: ``gss_proc``) call on ``ctx``, optionally broken: the header MIC
         over the header with another xid (``tamper_header``) or inverted (``corrupt_mic``),
         another seq_num in the body (``body_seq``), an inverted checksum or privacy token
-        (``corrupt_body``)."""
+        (``corrupt_body``). ``service`` defaults to the one the context was created for."""
         c = self.config
-        service = c.service if service is None else service
+        service = ctx.service if service is None else service
         seq = ctx.next_seq() if seq is None else seq
         proc = c.proc if proc is None else proc
         xid = self.next_xid()
@@ -549,11 +581,17 @@ class Session:
         return await self.send(prepared)
 
     async def close(self) -> None:
-        """Destroy every context still standing (best effort, gentle), close the connections."""
+        """Destroy every context still standing (best effort, gentle), close the connections.
+
+        Each DESTROY goes on the context's own connection while it is open: servers that bind a
+        context to its connection (gssrpc, libtirpc) refuse it elsewhere, and libtirpc keeps the
+        context of a connection closed without DESTROY for the next connection that reuses its
+        transport structure (docs/conformance.md)."""
         for ctx in self._contexts:
             if ctx.gss.complete and not ctx.destroyed:
                 with contextlib.suppress(Exception):
-                    conn = await self.connection()
+                    own = ctx.conn
+                    conn = own if own is not None and not own.closed else await self.connection()
                     prepared = self.data_call(
                         ctx, gss_proc=GssProc.RPCSEC_GSS_DESTROY, proc=PROC_NULL, service=Service.NONE
                     )
