@@ -12,6 +12,9 @@ Under load (more than ``cookie_threshold`` half-open SAs) a new IKE_SA_INIT with
 COOKIE gets a stateless COOKIE answer (§2.6); above ``half_open_limit`` it is dropped. While
 ``refusing`` is set, every new IKE_SA_INIT gets a stateless NO_PROPOSAL_CHOSEN (counted in
 ``stats.refused_inits``). :meth:`IkeDispatcher.cancel` forgets an SA that is not established yet.
+:meth:`IkeDispatcher.peer_unreachable` takes an ICMP port unreachable the shell read for one of
+our datagrams: it fails only an initiator's IKE_SA_INIT that nothing answered yet
+(``FailureReason.UNREACHABLE``), so a client falls back at once instead of after its timeout.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class DispatcherStats:
     bad_cookies: int = 0
     half_open_dropped: int = 0
     refused_inits: int = 0
+    #: ICMP port unreachable reports that failed a half-open initiator / that changed nothing
+    unreachable_failed: int = 0
+    unreachable_ignored: int = 0
 
 
 class IkeDispatcher:
@@ -146,6 +152,33 @@ class IkeDispatcher:
             raise IkeLocalError(f"IKE SA {sa.ref} is not one of this endpoint's")
         sa.cancel(now)
         self._collect(sa, now)
+
+    def peer_unreachable(self, remote: Endpoint, quoted: bytes, now: float) -> int:
+        """The shell read an ICMP port unreachable for a datagram we sent to ``remote`` (its
+        original destination, address and port); ``quoted`` is the part of that datagram's UDP
+        payload the ICMP message carried (RFC 792 only guarantees 8 octets of the IP payload, the
+        UDP header, so it may be empty). When it holds the 8-octet initiator SPI of the IKE header
+        (RFC 7296 §3.1), only our IKE SA with that SPI is concerned; a blind attacker would have to
+        guess 64 random bits. Each concerned SA decides (:meth:`IkeSa.peer_unreachable`: only a
+        still unanswered IKE_SA_INIT request fails, never an established SA -- §2.4, §2.21.4).
+        Returns how many SAs failed; never raises."""
+        spi = int.from_bytes(quoted[:8], "big") if len(quoted) >= 8 else None
+        if spi is not None:
+            sa = self._by_spi.get(spi)
+            candidates = [sa] if sa is not None and sa.is_initiator and sa.remote == remote else []
+        else:
+            candidates = [sa for sa in self._by_spi.values() if sa.is_initiator and sa.remote == remote]
+        failed = 0
+        for sa in candidates:
+            if sa.peer_unreachable(now, spi):
+                failed += 1
+                self._collect(sa, now)
+        if failed:
+            self.stats.unreachable_failed += failed
+        else:
+            self.stats.unreachable_ignored += 1
+            log.debug("ICMP port unreachable for %s ignored: no unanswered IKE_SA_INIT of ours", remote)
+        return failed
 
     def poll(self, sa: IkeSa, now: float) -> None:
         """Collect what a local request on ``sa`` (delete, liveness) produced."""

@@ -136,6 +136,9 @@ class FailureReason(Enum):
     PROTOCOL_ERROR = "protocol-error"  # malformed or inconsistent exchange
     LOCAL = "local"  # our configuration cannot do what the peer needs
     CANCELLED = "cancelled"  # the owner gave it up before it was established (IkeDispatcher.cancel)
+    #: initiator: an ICMP port unreachable answered our first IKE_SA_INIT request, before any
+    #: answer from the peer (IkeDispatcher.peer_unreachable; an unauthenticated hint, see there)
+    UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -479,6 +479,26 @@ class IkeSa:
         self._out.clear()
         self._fail(FailureReason.CANCELLED, None, "cancelled by its owner")
 
+    def peer_unreachable(self, now: float, quoted_spi: int | None = None) -> bool:
+        """An ICMP port unreachable came back for a datagram we sent to :attr:`remote`;
+        ``quoted_spi`` is the initiator SPI of the IKE header the ICMP message quoted, when it
+        quoted that much. The ICMP message is unauthenticated and RFC 7296 §2.4 forbids concluding
+        from it that a peer failed (§2.21.4: a hint at most), so it ends only an initiator's
+        negotiation that nothing has answered yet -- INIT_SENT, no COOKIE or INVALID_KE_PAYLOAD
+        answer received, nothing authenticated, no SA with the peer to lose -- and then only if a
+        quoted SPI is ours. Such an SA fails with ``FailureReason.UNREACHABLE`` (no
+        retransmission follows) and True is returned; anything else is ignored (False)."""
+        if (
+            not self.is_initiator
+            or self.state is not IkeState.INIT_SENT
+            or self._init_retries
+            or (quoted_spi is not None and quoted_spi != self.spi_i)
+        ):
+            return False
+        self._out.clear()
+        self._fail(FailureReason.UNREACHABLE, None, f"ICMP port unreachable from {self.remote[0]}")
+        return True
+
     def create_child(self, request: ChildRequest, now: float) -> None:
         """Negotiate a further CHILD_SA (CREATE_CHILD_SA, §1.3.1; no PFS)."""
         self._require_established()

@@ -15,6 +15,16 @@ datapath calls on a :class:`~rpclatch.ipsec.backend.Backend` (in practice
   ``Backend.remove_sa`` of the SAs concerned; ``IkeSaRekeyed`` moves the installed CHILD_SAs to
   the new IKE SA (§2.18), so the old one's deletion leaves them in place.
 
+ICMP errors (RFC 7296 §2.4, §2.21.4): :meth:`IkeUdpEndpoint.open` turns on ``IP_RECVERR`` /
+``IPV6_RECVERR`` on the socket, without which Linux reports no ICMP error on an unconnected UDP
+socket. The kernel then queues each ICMP error about a datagram we sent, with the datagram's
+original destination and as much of its payload as the ICMP message quoted; asyncio's
+``error_received`` only gets the bare ``ConnectionRefusedError``, so the shell reads the error
+queue itself (``MSG_ERRQUEUE``; left unread it keeps the socket readable for ever). A port
+unreachable (``ECONNREFUSED``, from ICMP or ICMPv6) goes to
+:meth:`~rpclatch.ipsec.ike.IkeDispatcher.peer_unreachable`, which fails only an IKE_SA_INIT of
+ours that nothing has answered; every other ICMP error is logged and ignored.
+
 Every event is also kept (:attr:`IkeUdpEndpoint.events`) and can be awaited
 (:meth:`IkeUdpEndpoint.wait_for`). The socket is the caller's: it must be bound to the address
 peers send to (the core puts it in the NAT_DETECTION hashes), in whatever network namespace.
@@ -25,11 +35,14 @@ datapath failure is logged and reported as an event-less error count.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import ipaddress
 import itertools
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -63,6 +76,79 @@ log = logging.getLogger(__name__)
 
 #: reqids of narrow CHILD_SAs (wide ones use reqid 0, which the SPD mirror's templates match)
 REQID_BASE = 0x5EC0000
+
+
+#: Linux socket options and flag for ICMP errors on UDP sockets (ip(7), ipv6(7)); Python 3.11's
+#: socket module names only MSG_ERRQUEUE
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+#: struct sock_extended_err (linux/errqueue.h): errno, origin, type, code, pad, info, data
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+_ORIGIN_ICMP, _ORIGIN_ICMP6 = 2, 3
+#: the most of a quoted datagram read back (the IKE header's SPIs are its first 16 octets)
+_QUOTE_READ = 64
+#: error-queue entries read per wake-up (the queue is bounded by the socket's receive buffer)
+_ERRQUEUE_BATCH = 256
+
+
+def enable_icmp_errors(sock: socket.socket) -> bool:
+    """Ask the kernel to queue ICMP errors on ``sock`` (``IP_RECVERR``, and ``IPV6_RECVERR`` on an
+    IPv6 socket); False where the platform refuses (the endpoint then learns nothing from ICMP)."""
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            with contextlib.suppress(OSError):  # IPv4 traffic on a dual-stack socket
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    except OSError as exc:
+        log.info("IKE socket: no ICMP error reports (%s)", exc)
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpError:
+    """One entry of a socket's error queue: the ``errno`` the kernel mapped the ICMP message to,
+    its type and code, the original destination of the datagram concerned, and the part of that
+    datagram's payload the ICMP message quoted."""
+
+    errno: int
+    icmp_type: int
+    icmp_code: int
+    destination: tuple[IPAddress, int]
+    quoted: bytes
+
+
+def read_icmp_errors(sock: socket.socket, limit: int = _ERRQUEUE_BATCH) -> list[IcmpError]:
+    """Read (and so clear) up to ``limit`` entries of ``sock``'s error queue; entries that are not
+    ICMP errors (or that do not parse) are consumed and skipped. Never raises."""
+    out: list[IcmpError] = []
+    for _ in range(limit):
+        try:
+            data, ancdata, _flags, name = sock.recvmsg(_QUOTE_READ, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError as exc:
+            log.debug("IKE socket error queue: %s", exc)
+            break
+        for level, kind, cdata in ancdata:
+            if (level, kind) not in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)):
+                continue
+            if len(cdata) < _EXTENDED_ERR.size or not isinstance(name, tuple) or len(name) < 2:
+                continue
+            err, origin, icmp_type, icmp_code, _pad, _info, _data = _EXTENDED_ERR.unpack_from(cdata)
+            if origin not in (_ORIGIN_ICMP, _ORIGIN_ICMP6):
+                continue
+            try:
+                addr = ipaddress.ip_address(str(name[0]).split("%", 1)[0])
+            except ValueError:
+                continue
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            out.append(IcmpError(err, icmp_type, icmp_code, (addr, int(name[1])), bytes(data)))
+    return out
 
 
 class NegotiatedKeys:
@@ -121,6 +207,9 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
         self.keys = keys
         self._clock = clock
         self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        #: ICMP errors read from the socket's error queue (port unreachable or not)
+        self.icmp_errors = 0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
@@ -148,6 +237,8 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
         """Start the endpoint on ``sock`` (a bound UDP socket; the endpoint owns it from now on)."""
         loop = asyncio.get_running_loop()
         endpoint = cls(dispatcher, backend=backend, keys=keys)
+        if enable_icmp_errors(sock):
+            endpoint._sock = sock
         await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         return endpoint
 
@@ -157,6 +248,7 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._sock = None
         self._cancel_timer()
 
     def close(self) -> None:
@@ -165,6 +257,7 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        self._sock = None
         for spi_in in list(self.installed):
             self._remove(spi_in)
         if self.backend is not None and self._spd:
@@ -245,7 +338,28 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
         self._flush()
 
     def error_received(self, exc: Exception) -> None:
-        log.info("IKE socket error: %s", exc)
+        """asyncio saw a socket error (with ``IP_RECVERR``: an ICMP error is queued). Read the
+        error queue and hand each port unreachable to the dispatcher (module docstring)."""
+        sock = self._sock
+        errors = read_icmp_errors(sock) if sock is not None and self._transport is not None else []
+        if not errors:
+            log.info("IKE socket error: %s", exc)
+            return
+        now = self.now()
+        for err in errors:
+            self.icmp_errors += 1
+            if err.errno != errno.ECONNREFUSED:
+                log.info(
+                    "ICMP error (type %d code %d, %s) for %s:%d ignored",
+                    err.icmp_type,
+                    err.icmp_code,
+                    errno.errorcode.get(err.errno, err.errno),
+                    *err.destination,
+                )
+                continue
+            failed = self.dispatcher.peer_unreachable(err.destination, err.quoted, now)
+            log.info("ICMP port unreachable from %s:%d: %d IKE SA(s) failed", *err.destination, failed)
+        self._flush()
 
     def _on_timer(self) -> None:
         self._timer = None

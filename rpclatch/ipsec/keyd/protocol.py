@@ -68,6 +68,7 @@ class ErrorCode(Enum):
     NOT_HOLDER = "NOT_HOLDER"  # the latch belongs to another client
     LATCH_EXISTS = "LATCH_EXISTS"  # a latch for this 5-tuple or listener already exists
     IKE_TIMEOUT = "IKE_TIMEOUT"  # no ESTABLISHED latch within the request's timeout
+    IKE_UNREACHABLE = "IKE_UNREACHABLE"  # ICMP port unreachable answered our IKE_SA_INIT: no key manager
     IKE_FAILED = "IKE_FAILED"  # the IKE exchange failed (detail: the IKE failure reason)
     PEER_REFUSED = "PEER_REFUSED"  # the peer's identity is not acceptable (PAD)
     POLICY_REFUSED = "POLICY_REFUSED"  # local policy refuses the flow

@@ -110,6 +110,7 @@ class _Held:
 _FAILURE_CODES = {
     FailureReason.AUTHENTICATION_FAILED: ErrorCode.PEER_REFUSED,
     FailureReason.TIMEOUT: ErrorCode.IKE_TIMEOUT,
+    FailureReason.UNREACHABLE: ErrorCode.IKE_UNREACHABLE,
 }
 
 

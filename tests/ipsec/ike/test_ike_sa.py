@@ -819,3 +819,95 @@ def test_ipv6_endpoints_and_selectors(keys: Keys) -> None:
     assert ca.child.selector == Selector.for_flow(flow) and cb.child.selector == Selector.for_flow(
         flow.reversed()
     )
+
+
+# -- ICMP port unreachable (an unauthenticated hint, RFC 7296 §2.4, §2.21.4) ----------------------
+
+
+def _first_init(p: Pair) -> tuple[IkeSa, bytes]:
+    sa = p.initiate()
+    ((data, to),) = p.a.datagrams_to_send(p.now)
+    assert to == B
+    return sa, data
+
+
+def test_port_unreachable_fails_an_unanswered_ike_sa_init(btns_pair: Pair) -> None:
+    sa, data = _first_init(btns_pair)
+    # the ICMP message quoted the whole datagram (a Linux host does): the SPI is ours
+    assert btns_pair.a.peer_unreachable(B, data, btns_pair.now) == 1
+    btns_pair.pump()
+    (fa,) = btns_pair.of(IkeSaFailed, "a")
+    assert isinstance(fa, IkeSaFailed) and fa.reason is FailureReason.UNREACHABLE and fa.ike_sa == sa.ref
+    assert fa.reason is not FailureReason.TIMEOUT
+    assert sa.state is IkeState.FAILED and not btns_pair.a.sas
+    assert btns_pair.a.stats.unreachable_failed == 1
+    # no retransmission follows, and no timer is left
+    assert btns_pair.a.get_timer() is None
+    btns_pair.advance(10)
+    assert btns_pair.a.datagrams_to_send(btns_pair.now) == []
+
+
+def test_port_unreachable_quoting_only_the_udp_header_fails_every_unanswered_init_to_it(
+    btns_pair: Pair,
+) -> None:
+    first, _ = _first_init(btns_pair)
+    second, _ = _first_init(btns_pair)
+    # RFC 792's minimum quote: the IP header and 8 octets, the UDP header -- no IKE SPI
+    assert btns_pair.a.peer_unreachable(B, b"", btns_pair.now) == 2
+    assert first.state is second.state is IkeState.FAILED
+
+
+def test_port_unreachable_is_ignored_unless_it_matches_our_spi_and_destination(btns_pair: Pair) -> None:
+    sa, data = _first_init(btns_pair)
+    other_spi = bytes(x ^ 0xFF for x in data[:8]) + data[8:]
+    assert btns_pair.a.peer_unreachable(B, other_spi, btns_pair.now) == 0
+    assert btns_pair.a.peer_unreachable((B_ADDR, 4500), data, btns_pair.now) == 0
+    assert btns_pair.a.peer_unreachable((ipaddress.ip_address("192.0.2.9"), 500), b"", btns_pair.now) == 0
+    assert sa.state is IkeState.INIT_SENT and btns_pair.a.stats.unreachable_ignored == 3
+    # the negotiation carries on as if nothing happened
+    btns_pair.b.receive_datagram(data, sa.local, btns_pair.now)
+    btns_pair.pump()
+    assert sa.state is IkeState.ESTABLISHED
+
+
+def test_port_unreachable_never_ends_an_established_or_answered_sa(btns_pair: Pair) -> None:
+    sa = btns_pair.initiate()
+    btns_pair.pump()
+    assert sa.state is IkeState.ESTABLISHED
+    (bsa,) = btns_pair.b.sas
+    spi = sa.spi_i.to_bytes(8, "big")
+    assert btns_pair.a.peer_unreachable(B, spi, btns_pair.now) == 0
+    assert btns_pair.a.peer_unreachable(B, b"", btns_pair.now) == 0
+    # nor a responder's SA, whatever it quotes
+    assert btns_pair.b.peer_unreachable(sa.local, spi, btns_pair.now) == 0
+    btns_pair.pump()
+    assert sa.state is IkeState.ESTABLISHED and bsa.state is IkeState.ESTABLISHED
+    assert btns_pair.of(IkeSaFailed, "a") == [] and btns_pair.of(IkeSaFailed, "b") == []
+    # AUTH_SENT: the responder answered IKE_SA_INIT from that address, so the ICMP is not believed
+    btns_pair.tamper = lambda src, d: (
+        None if w.decode_message(d).header.exchange == w.ExchangeType.IKE_AUTH else d
+    )
+    second = btns_pair.initiate()
+    btns_pair.pump()
+    assert second.state is IkeState.AUTH_SENT
+    assert btns_pair.a.peer_unreachable(B, second.spi_i.to_bytes(8, "big"), btns_pair.now) == 0
+    assert second.state is IkeState.AUTH_SENT
+
+
+def test_port_unreachable_after_a_cookie_answer_is_ignored(
+    keys: Keys, make_pair: Callable[..., Pair]
+) -> None:
+    p = make_pair(
+        make_config(keys.a, key_pad(keys.b_spki), A_POLICY),
+        make_config(keys.b, btns_pad(), NFS_POLICY),
+        cookie_threshold=0,
+    )
+    sa, data = _first_init(p)
+    p.b.receive_datagram(data, sa.local, p.now)
+    ((cookie, _),) = p.b.datagrams_to_send(p.now)
+    p.a.receive_datagram(cookie, B, p.now)
+    ((retry, _),) = p.a.datagrams_to_send(p.now)
+    # the responder has answered from B: an ICMP claiming nobody listens there is not believed
+    assert sa.state is IkeState.INIT_SENT
+    assert p.a.peer_unreachable(B, retry, p.now) == 0
+    assert sa.state is IkeState.INIT_SENT

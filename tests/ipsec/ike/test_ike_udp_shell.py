@@ -10,6 +10,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from ike_harness import btns_pad, make_config
 
@@ -18,10 +19,13 @@ from rpclatch.ipsec.ike import (
     ChildRequest,
     ChildSaDeleted,
     ChildSaEstablished,
+    FailureReason,
     IkeDispatcher,
     IkeSaDeleted,
+    IkeSaFailed,
     IkeSaRekeyed,
 )
+from rpclatch.ipsec.ike.sa import IkeState
 from rpclatch.ipsec.ike.udp import REQID_BASE, IkeUdpEndpoint, NegotiatedKeys
 from rpclatch.ipsec.model import AddressRange, FiveTuple, IpProto, PortRange, Selector
 from rpclatch.ipsec.sad import SecurityAssociation
@@ -199,5 +203,78 @@ def test_garbage_datagrams_are_dropped() -> None:
         # and the endpoint still works afterwards
         a.endpoint.initiate(_remote(b), ChildRequest(Selector.for_flow(FLOW)))
         await b.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), 5)
+
+    run(body)
+
+
+def _closed_port(family: socket.AddressFamily, addr: str) -> int:
+    """A UDP port on ``addr`` that was bound and closed again: nothing listens there."""
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((addr, 0))
+        return int(s.getsockname()[1])
+
+
+def test_port_unreachable_fails_the_ike_sa_init_with_a_typed_reason() -> None:
+    async def body(a: Side, _b: Side) -> None:
+        remote = (B_ADDR, _closed_port(socket.AF_INET, str(B_ADDR)))
+        sa = a.endpoint.initiate(remote, ChildRequest(Selector.for_flow(FLOW)))
+        # the kernel's ICMP port unreachable is read from the error queue and fails the SA; the
+        # bound only stops a broken test (the core alone would retransmit for a minute)
+        event = await a.endpoint.wait_for(lambda _r, e: isinstance(e, IkeSaFailed), 10)
+        assert isinstance(event, IkeSaFailed) and event.ike_sa == sa.ref
+        assert event.reason is FailureReason.UNREACHABLE
+        assert a.endpoint.icmp_errors >= 1 and a.endpoint.dispatcher.stats.unreachable_failed == 1
+        assert a.endpoint.dispatcher.sas == () and a.endpoint.dispatcher.get_timer() is None
+        # the socket is still usable: the error queue was drained
+        a.endpoint.initiate(_remote(_b), ChildRequest(Selector.for_flow(FLOW)))
+        await a.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), 5)
+
+    run(body)
+
+
+def test_port_unreachable_over_ipv6_fails_the_ike_sa_init() -> None:
+    addr = ipaddress.ip_address("::1")
+
+    async def main() -> None:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.bind((str(addr), 0))
+        except OSError:  # pragma: no cover - no IPv6 loopback in this sandbox
+            sock.close()
+            pytest.skip("no IPv6 loopback")
+        sock.setblocking(False)
+        config = make_config(ed25519.Ed25519PrivateKey.generate(), btns_pad(), ())
+        endpoint = await IkeUdpEndpoint.open(IkeDispatcher(config, (addr, sock.getsockname()[1])), sock)
+        try:
+            flow = FiveTuple.of(addr, 40001, addr, PORT, IpProto.TCP)
+            endpoint.initiate(
+                (addr, _closed_port(socket.AF_INET6, "::1")), ChildRequest(Selector.for_flow(flow))
+            )
+            event = await endpoint.wait_for(lambda _r, e: isinstance(e, IkeSaFailed), 10)
+            assert isinstance(event, IkeSaFailed) and event.reason is FailureReason.UNREACHABLE
+        finally:
+            endpoint.close()
+
+    asyncio.run(main())
+
+
+def test_port_unreachable_never_ends_an_established_ike_sa() -> None:
+    """RFC 7296 §2.4: ICMP is no proof that an established peer is gone. B's socket closes; A's
+    liveness check draws a port unreachable, which A reads and ignores (only the unanswered
+    liveness check could end the SA, after its retransmissions)."""
+
+    async def body(a: Side, b: Side) -> None:
+        sa = a.endpoint.initiate(_remote(b), ChildRequest(Selector.for_flow(FLOW)))
+        await a.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), 5)
+        b.endpoint.close()
+        a.endpoint.check_liveness(sa)
+        for _ in range(500):
+            if a.endpoint.icmp_errors:
+                break
+            await asyncio.sleep(0.01)
+        assert a.endpoint.icmp_errors >= 1
+        assert a.endpoint.dispatcher.stats.unreachable_ignored >= 1
+        assert sa.state is IkeState.ESTABLISHED and len(a.backend.sas) == 1
+        assert not any(isinstance(e, IkeSaFailed) for _r, e in a.endpoint.events)
 
     run(body)

@@ -49,14 +49,17 @@ def _udp(addr: IPAddress) -> socket.socket:
 Body = Callable[[KeydDaemon, KeydDaemon, Path, Path, dict[IPAddress, int]], Awaitable[None]]
 
 
-def run(tmp_path: Path, body: Body, *, b_running: bool = True) -> None:
+def run(tmp_path: Path, body: Body, *, b_running: bool = True, b_silent: bool = False) -> None:
+    """``b_running`` False: B's IKE port is closed (the kernel answers ICMP port unreachable);
+    ``b_silent``: it stays bound but nothing reads it (IKE goes unanswered, no ICMP)."""
+
     async def main() -> None:
         ports: dict[IPAddress, int] = {}
         a_sock, b_sock = _udp(A_ADDR), _udp(B_ADDR)
         ports[A_ADDR] = a_sock.getsockname()[1]
         ports[B_ADDR] = b_sock.getsockname()[1]
-        if not b_running:
-            b_sock.close()  # nobody answers IKE on B
+        if not b_running and not b_silent:
+            b_sock.close()  # nobody listens for IKE on B
 
         def resolve(addr: IPAddress) -> tuple[IPAddress, int]:
             return (addr, ports[addr])
@@ -87,6 +90,7 @@ def run(tmp_path: Path, body: Body, *, b_running: bool = True) -> None:
             await a.close()
             if b is not None:
                 await b.close()
+            b_sock.close()
 
     asyncio.run(main())
 
@@ -151,13 +155,35 @@ def test_connection_latch_established_inquired_found_and_released(tmp_path: Path
     run(tmp_path, body)
 
 
-def test_absent_peer_gives_typed_failure_within_the_timeout(tmp_path: Path) -> None:
+def test_silent_peer_gives_typed_failure_within_the_timeout(tmp_path: Path) -> None:
     async def body(a: KeydDaemon, _b: KeydDaemon, a_path: Path, _bp: Path, _p: dict[IPAddress, int]) -> None:
         client = await KeydClient.connect(a_path)
         answer = await asyncio.wait_for(
             client.call("CREATE_CONNECTION_LATCH", timeout=0.3, **_flow(40001)), 5
         )
         assert (answer["ok"], answer["error"]) == (False, "IKE_TIMEOUT")
+        await client.close()
+
+    run(tmp_path, body, b_running=False, b_silent=True)
+
+
+def test_no_ike_listener_gives_ike_unreachable_before_the_timeout(tmp_path: Path) -> None:
+    """Nothing listens on B's IKE port: the ICMP port unreachable fails the IKE_SA_INIT and the
+    answer is IKE_UNREACHABLE, although the request allowed 60 s (the client-side bound only
+    stops a broken test)."""
+
+    async def body(a: KeydDaemon, _b: KeydDaemon, a_path: Path, _bp: Path, _p: dict[IPAddress, int]) -> None:
+        client = await KeydClient.connect(a_path)
+        answer = await asyncio.wait_for(
+            client.call("CREATE_CONNECTION_LATCH", timeout=60, **_flow(40002)), 10
+        )
+        assert (answer["ok"], answer["error"]) == (False, "IKE_UNREACHABLE"), answer
+        assert answer["detail"] == "unreachable"
+        status = await client.call("STATUS")
+        assert status["ike_sas"] == [] and status["latches"] == []
+        # a second attempt fails the same way (the socket's error queue was drained)
+        again = await asyncio.wait_for(client.call("CREATE_CONNECTION_LATCH", timeout=60, **_flow(40003)), 10)
+        assert again["error"] == "IKE_UNREACHABLE"
         await client.close()
 
     run(tmp_path, body, b_running=False)
