@@ -247,7 +247,7 @@ def explain(exc: BaseException, host: str, port: int, path: str, sec: str, targe
     """One line for the user: what failed and how to fix it. ``target`` is the ``--target`` given
     (None: the default ``nfs@HOST``); a context that failed because of it says so."""
     from rpclatch.commands.common import TargetProblem, gss_target_problem
-    from rpclatch.gss.errors import GssError
+    from rpclatch.gss.errors import GssError, RpcGssError
     from rpclatch.nfs4.const import nfsstat4
     from rpclatch.nfs4.errors import Nfs4LocalError, Nfs4RemoteError, Nfs4SecurityError
     from rpclatch.rpc.errors import (
@@ -302,6 +302,8 @@ def explain(exc: BaseException, host: str, port: int, path: str, sec: str, targe
             f"Kerberos failed for --sec {sec} ({exc}); get credentials with kinit "
             "(or set KRB5CCNAME / KRB5_CLIENT_KTNAME) or use --sec sys"
         )
+    if isinstance(exc, RpcGssError):  # e.g. the --sec auto policy's context creation
+        return f"{host}:{port}: RPCSEC_GSS failed: {exc}"
     if isinstance(exc, RpcAuthError):
         hint = "; try --sec auto" if sec != "auto" else ""
         return f"{host}:{port} rejected our credentials ({exc}){hint}"

@@ -211,3 +211,15 @@ def test_security_row_line_is_the_rpc_ping_line() -> None:
         "rpclatch: security: row (NOT_LATCHED, NOT_ATTEMPTED) in 2.031s: conn 1: not latched, "
         f"unbound, krb5p: {row.reason}; IPsec: key manager: IKE_TIMEOUT"
     )
+
+
+def test_explain_kernel_world_failures() -> None:
+    from rpclatch.connect import ConnectError
+    from rpclatch.connect.kernel import KeydUnavailable
+    from rpclatch.gss.errors import VersionNotSupported
+
+    line = explain(KeydUnavailable("/run/k.sock: no such socket"), "srv", 2049, "/p", "auto")
+    assert line.startswith("--keyd /run/k.sock: no such socket") and "\n" not in line
+    assert explain(ConnectError("latch gone"), "srv", 2049, "/p", "auto") == "srv:2049: latch gone"
+    line = explain(VersionNotSupported("no version left"), "srv", 2049, "/p", "auto")
+    assert line == "srv:2049: RPCSEC_GSS failed: no version left"
