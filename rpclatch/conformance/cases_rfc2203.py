@@ -343,24 +343,42 @@ async def gss_15(s: Session) -> Finding:
     G,
     "§5.2.2",
     SHOULD,
-    "INIT with each service value in the credential",
+    "INIT with each service value in the credential; the first DATA call may use another",
     sends="three INITs, each on its own connection, with service none, integrity and privacy in the "
-    "credential",
-    expects="each creates a context (the service of INIT is not the one DATA calls must use)",
+    "credential; on each context a first DATA call with the next service (integrity, privacy, none)",
+    expects="each creates a context, and each DATA call succeeds with its own service: §5.2.2 has the "
+    "server ignore the service of INIT, §5.3 lets a server lock a context only into the service of its "
+    "first DATA call",
 )
 async def gss_16(s: Session) -> Finding:
     got = []
     bad = []
-    for service in (Service.NONE, Service.INTEGRITY, Service.PRIVACY):
+    for service, data_service in (
+        (Service.NONE, Service.INTEGRITY),
+        (Service.INTEGRITY, Service.PRIVACY),
+        (Service.PRIVACY, Service.NONE),
+    ):
         # each on its own connection: RFC 2203 does not ask a server to carry several contexts on
         # one connection, and gssrpc and libtirpc do not (docs/interop.md)
-        r = await s.init(RPCSEC_GSS_VERS_1, service=service, conn=await s.new_connection())
+        conn = await s.new_connection()
+        r = await s.init(RPCSEC_GSS_VERS_1, service=service, conn=conn)
         got.append(f"{service.sec_name}: {r.reply.describe()}")
         if r.context is None or r.problem:
-            bad.append(f"{service.sec_name} ({r.problem})")
+            bad.append(f"INIT refused with service {service.sec_name} ({r.problem})")
+            continue
+        prepared = s.data_call(r.context, service=data_service)
+        reply = await s.send(prepared, conn=conn)
+        problem = s.reply_problem(r.context, prepared, reply)
+        if problem is not None:
+            got.append(f"{data_service.sec_name} DATA: {reply.describe()}")
+            bad.append(f"INIT with {service.sec_name}, then DATA with {data_service.sec_name}: {problem}")
     if bad:
-        return Finding(Outcome.FAIL, "INIT refused with service " + ", ".join(bad), "; ".join(got))
-    return Finding(Outcome.PASS, "a context for each of none, integrity, privacy", "; ".join(got))
+        return Finding(Outcome.FAIL, "; ".join(bad), "; ".join(got))
+    return Finding(
+        Outcome.PASS,
+        "a context for each of none, integrity, privacy; the first DATA call with another service works",
+        "; ".join(got),
+    )
 
 
 @case(
