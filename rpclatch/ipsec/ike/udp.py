@@ -23,7 +23,9 @@ original destination and as much of its payload as the ICMP message quoted; asyn
 queue itself (``MSG_ERRQUEUE``; left unread it keeps the socket readable for ever). A port
 unreachable (``ECONNREFUSED``, from ICMP or ICMPv6) goes to
 :meth:`~rpclatch.ipsec.ike.IkeDispatcher.peer_unreachable`, which fails only an IKE_SA_INIT of
-ours that nothing has answered; every other ICMP error is logged and ignored.
+ours that nothing has answered; every other ICMP error is logged and ignored. A pending ICMP error
+also makes the kernel refuse the socket's next ``sendto``; a datagram refused that way while the
+shell sends is sent once more after the error is taken.
 
 Every event is also kept (:attr:`IkeUdpEndpoint.events`) and can be awaited
 (:meth:`IkeUdpEndpoint.wait_for`). The socket is the caller's: it must be bound to the address
@@ -210,6 +212,9 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
         self._sock: socket.socket | None = None
         #: ICMP errors read from the socket's error queue (port unreachable or not)
         self.icmp_errors = 0
+        self._flushing = False
+        self._errors_pending = False
+        self._send_refused = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
@@ -339,12 +344,25 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         """asyncio saw a socket error (with ``IP_RECVERR``: an ICMP error is queued). Read the
-        error queue and hand each port unreachable to the dispatcher (module docstring)."""
-        sock = self._sock
-        errors = read_icmp_errors(sock) if sock is not None and self._transport is not None else []
-        if not errors:
+        error queue and hand each port unreachable to the dispatcher (module docstring).
+
+        A pending ICMP error also makes the kernel refuse the next ``sendto`` on the socket (the
+        datagram is not sent, asyncio calls this method instead of raising): when that happens
+        while :meth:`_flush` sends, the datagram is sent again once the error is taken, so an
+        unreachable peer never costs another peer a retransmission."""
+        if self._flushing:
+            self._errors_pending = True
+            self._send_refused = True  # only our own sendto reports errors while we flush
+            return
+        if not self._read_errors():
             log.info("IKE socket error: %s", exc)
             return
+        self._flush()
+
+    def _read_errors(self) -> bool:
+        """Drain the error queue into the dispatcher; False if it held nothing."""
+        sock = self._sock
+        errors = read_icmp_errors(sock) if sock is not None and self._transport is not None else []
         now = self.now()
         for err in errors:
             self.icmp_errors += 1
@@ -359,7 +377,7 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
                 continue
             failed = self.dispatcher.peer_unreachable(err.destination, err.quoted, now)
             log.info("ICMP port unreachable from %s:%d: %d IKE SA(s) failed", *err.destination, failed)
-        self._flush()
+        return bool(errors)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -372,18 +390,38 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
             self._timer = None
 
     def _flush(self) -> None:
-        """Send what the core has to send, act on its events, re-arm the timer."""
+        """Send what the core has to send, act on its events, re-arm the timer (ICMP errors
+        reported meanwhile are read after each round, see :meth:`error_received`)."""
         now = self.now()
-        if self._transport is not None:
-            for data, (addr, port) in self.dispatcher.datagrams_to_send(now):
-                self._transport.sendto(data, (str(addr), port))
-        while (item := self.dispatcher.next_event()) is not None:
-            sa, event = item
-            self._on_event(sa, event)
+        while True:
+            self._flushing = True
+            try:
+                for data, (addr, port) in self.dispatcher.datagrams_to_send(now):
+                    self._send(data, (str(addr), port))
+                while (item := self.dispatcher.next_event()) is not None:
+                    sa, event = item
+                    self._on_event(sa, event)
+            finally:
+                self._flushing = False
+            if not self._errors_pending:
+                break
+            self._errors_pending = False
+            self._read_errors()
         self._cancel_timer()
         deadline = self.dispatcher.get_timer()
         if deadline is not None and self._loop is not None and self._transport is not None:
             self._timer = self._loop.call_later(max(0.0, deadline - now), self._on_timer)
+
+    def _send(self, data: bytes, dest: tuple[str, int]) -> None:
+        """``sendto``, once more if a pending ICMP error made the kernel refuse it."""
+        for _attempt in range(2):
+            if self._transport is None:
+                return
+            self._send_refused = False
+            self._transport.sendto(data, dest)
+            if not self._send_refused:
+                return
+        self._send_refused = False
 
     # ------------------------------------------------------------------ events -> datapath
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -276,5 +277,23 @@ def test_port_unreachable_never_ends_an_established_ike_sa() -> None:
         assert a.endpoint.dispatcher.stats.unreachable_ignored >= 1
         assert sa.state is IkeState.ESTABLISHED and len(a.backend.sas) == 1
         assert not any(isinstance(e, IkeSaFailed) for _r, e in a.endpoint.events)
+
+    run(body)
+
+
+def test_a_pending_icmp_error_does_not_cost_another_peer_a_retransmission() -> None:
+    """With IP_RECVERR a queued ICMP error makes the kernel refuse the socket's next sendto (the
+    datagram is not sent); the shell takes the error and sends that datagram again."""
+
+    async def body(a: Side, b: Side) -> None:
+        sock = a.endpoint._sock
+        assert sock is not None
+        sock.sendto(b"x" * 40, (str(B_ADDR), _closed_port(socket.AF_INET, str(B_ADDR))))
+        time.sleep(0.05)  # blocks the loop on purpose: the error stays pending, unread
+        sa = a.endpoint.initiate(_remote(b), ChildRequest(Selector.for_flow(FLOW)))
+        await a.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), 5)
+        assert sa.stats.retransmits == 0  # the refused IKE_SA_INIT went out at the second try
+        assert a.endpoint.icmp_errors == 1
+        assert a.endpoint.dispatcher.stats.unreachable_ignored == 1  # not one of our IKE SAs
 
     run(body)
