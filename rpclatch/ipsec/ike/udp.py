@@ -143,12 +143,10 @@ def read_icmp_errors(sock: socket.socket, limit: int = _ERRQUEUE_BATCH) -> list[
             err, origin, icmp_type, icmp_code, _pad, _info, _data = _EXTENDED_ERR.unpack_from(cdata)
             if origin not in (_ORIGIN_ICMP, _ORIGIN_ICMP6):
                 continue
-            try:
-                addr = ipaddress.ip_address(str(name[0]).split("%", 1)[0])
+            try:  # spelled as datagram_received spells a source
+                addr = ipaddress.ip_address(str(name[0]))
             except ValueError:
                 continue
-            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-                addr = addr.ipv4_mapped
             out.append(IcmpError(err, icmp_type, icmp_code, (addr, int(name[1])), bytes(data)))
     return out
 
