@@ -21,8 +21,8 @@ nothing of them (it listens on every address, port 2049). As alice (client keyta
 3. The capture on the server's veth: between the two addresses only ESP and IKE, no TCP in clear
    and no cleartext byte of the Kerberos exchange (the service principal's host name).
 
-This file is also the guest-side script: ``python tests/interop/test_mission_nfsd.py guest``
-prints one JSON line of observations.
+This file is also the guest-side script: ``python tests/interop/test_mission_nfsd.py guest TARGET
+MOUNTPOINT EXPORT-ROOT KRB5-ENV-JSON`` prints one JSON line of observations.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ async def _holder_main(c_sock: str, target: str, path: str) -> dict[str, Any]:
 # -- the guest script --------------------------------------------------------------------------
 
 
-async def _guest(target: str, mountpoint: str, env: dict[str, str]) -> dict[str, Any]:
+async def _guest(target: str, mountpoint: str, export_root: str, env: dict[str, str]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp())
     res["client_spki"] = _write_key(tmp / "c.pem")
@@ -341,26 +341,33 @@ async def _guest(target: str, mountpoint: str, env: dict[str, str]) -> dict[str,
             env={**os.environ, **env},
         )
         assert holder.stdin is not None and holder.stdout is not None
-        first = await asyncio.to_thread(holder.stdout.readline)
-        res["holding"] = json.loads(first)["holding"] if first.startswith("{") else first
-        res["status_client"] = _status(c_sock)
-        res["status_server"] = _status(s_sock)
-        res["spis_client"], res["spis_server"] = _spis("client"), _spis(None)
-        if isinstance(res["holding"], str) and res["holding"].startswith("tcp "):
-            res["server_latch"] = await _find_latch(s_sock, res["holding"])
-        # the guest's kernel NFS client on the same nfsd, meanwhile
-        kdata = f"kernel client beside the latch {tag}\n"
-        kfile = Path(mountpoint) / f"kernel-{tag}.txt"
         try:
-            kfile.write_text(kdata)
-            os.sync()
-            res["kernel_client"] = kfile.read_text() == kdata
-            kfile.unlink()
-        except OSError as exc:
-            res["kernel_client"] = f"failed: {exc}"
-        holder.stdin.write("go\n")
-        holder.stdin.flush()
-        out, err = await asyncio.to_thread(holder.communicate, None, 180)
+            first = await asyncio.to_thread(holder.stdout.readline)
+            res["holding"] = json.loads(first)["holding"] if first.startswith("{") else first
+            res["status_client"] = _status(c_sock)
+            res["status_server"] = _status(s_sock)
+            res["spis_client"], res["spis_server"] = _spis("client"), _spis(None)
+            if isinstance(res["holding"], str) and res["holding"].startswith("tcp "):
+                res["server_latch"] = await _find_latch(s_sock, res["holding"])
+            # the guest's kernel NFS client on the same nfsd, meanwhile
+            kdata = f"kernel client beside the latch {tag}\n"
+            kfile = Path(mountpoint) / f"kernel-{tag}.txt"
+            try:
+                kfile.write_text(kdata)
+                os.sync()
+                # through nfsd: the server's file system has what the kernel client wrote
+                on_server = (Path(export_root) / kfile.name).read_text()
+                res["kernel_client"] = kfile.read_text() == kdata == on_server
+                kfile.unlink()
+            except OSError as exc:
+                res["kernel_client"] = f"failed: {exc}"
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            out, err = await asyncio.to_thread(holder.communicate, None, 180)
+        finally:
+            if holder.poll() is None:  # it hung or we failed: stop it, by its PID
+                holder.kill()
+                holder.wait()
         lines = out.strip().splitlines()
         res["holder"] = json.loads(lines[-1]) if holder.returncode == 0 and lines else None
         res["holder_err"] = err[-4000:]
@@ -384,7 +391,9 @@ def test_nfs_sec_auto_latched_to_linux_nfsd_over_kernel_esp(nfsd_guest: Any) -> 
         extra = json.dumps({k: v for k, v in env.items() if k.startswith("KRB5")})
         with g.capture("mission-nfsd", iface="vs", bpf=f"host {CLIENT_ADDR}", snaplen=0) as pcap:
             r = g.run(
-                g.python_argv(str(Path(__file__).resolve()), "guest", g.service_name, mnt, extra),
+                g.python_argv(
+                    str(Path(__file__).resolve()), "guest", g.service_name, mnt, g.server_path("/"), extra
+                ),
                 env=g.guest_env(None),
                 timeout=600,
             )
@@ -466,11 +475,18 @@ if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "holder":
         print(json.dumps(asyncio.run(_holder_main(sys.argv[2], sys.argv[3], sys.argv[4]))))
         sys.exit(0)
-    if len(sys.argv) != 5 or sys.argv[1] != "guest":
-        sys.exit("usage: test_mission_nfsd.py guest TARGET MOUNTPOINT KRB5-ENV-JSON   (inside the UML guest)")
+    if len(sys.argv) != 6 or sys.argv[1] != "guest":
+        sys.exit(
+            "usage: test_mission_nfsd.py guest TARGET MOUNTPOINT EXPORT-ROOT KRB5-ENV-JSON (in the guest)"
+        )
     t0 = time.monotonic()
     result = asyncio.run(
-        _guest(sys.argv[2], sys.argv[3], {"KRB5_CONFIG": "/etc/krb5.conf", **json.loads(sys.argv[4])})
+        _guest(
+            sys.argv[2],
+            sys.argv[3],
+            sys.argv[4],
+            {"KRB5_CONFIG": "/etc/krb5.conf", **json.loads(sys.argv[5])},
+        )
     )
     result["seconds"] = round(time.monotonic() - t0, 2)
     print(json.dumps(result))
