@@ -59,7 +59,8 @@ def register(subparsers: Any) -> None:
             "the default socket of `rpclatch ipsec keyd` when it exists) the connection is "
             "latched to IPsec and RPCSEC_GSS is bound to the latch when the server can bind, else "
             "--fallback over the latch; if IKE fails, --fallback in the clear. Without a key "
-            "manager no IKE is attempted: krb5p, else krb5i, from the server's SECINFO list. "
+            "manager no IKE is attempted: krb5p, else krb5i (--fallback krb5i: the reverse), from "
+            "the server's SECINFO list, in the clear. "
             "sys/krb5 only when named",
         )
         p.add_argument(

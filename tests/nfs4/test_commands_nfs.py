@@ -119,7 +119,10 @@ def test_sec_auto_help_and_record_say_what_happens_without_a_key_manager(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["nfs", "ls", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "Without a key manager no IKE is attempted: krb5p, else krb5i" in help_text
+    assert (
+        "Without a key manager no IKE is attempted: krb5p, else krb5i (--fallback krb5i: the reverse)"
+        in help_text
+    )
     assert "--keyd SOCKET" in help_text and "--ike-timeout SECONDS" in help_text
 
     sec = asyncio.run(connection_hook("auto")("192.0.2.9", 2049, "auto"))
