@@ -21,8 +21,8 @@ tests/connect/test_kernel.py does: two key-manager daemons (:class:`KeydDaemon`,
 datapath (:class:`~rpclatch.ipsec.backend.InProcessBackend`) standing in for XFRM, so the
 CHILD_SAs are negotiated and "installed" but the TCP bytes are not encrypted by ESP. The server
 without a key manager is a plain RPC server on 127.0.0.3, whose IKE port (an unprivileged port,
-since port 500 needs root) has nothing bound: the ICMP port unreachable is the real kernel's. The
-kernel-ESP figures come from the UML world and are reported apart.
+since port 500 needs root) has nothing bound: the ICMP port unreachable is the real kernel's. Figures
+over kernel ESP need the UML world and are not measured by this script.
 
 With ``--silent N`` it also times N fallbacks to a fourth host (127.0.0.4) whose IKE port is bound
 but never read, so no ICMP comes back and the 2 s IKE timeout decides: what every fallback cost

@@ -12,7 +12,8 @@ the negotiated kernel ESP SAs count it. Meanwhile ``rpclatch ipsec status`` (tab
 INQUIRE_LATCH names the server's key, FIND_LATCH finds the acceptor's latch, RELEASE_LATCH
 deletes the kernel SAs; SIGTERM stops a keyd (exit 0, socket and SAs gone) after deleting its
 IKE SAs with their peers (the client's latch on it breaks); with the server's keyd stopped a new
-CREATE_CONNECTION_LATCH fails with IKE_TIMEOUT. A keyd whose socket directory
+CREATE_CONNECTION_LATCH fails with IKE_UNREACHABLE (the kernel answers IKE with an ICMP port
+unreachable). A keyd whose socket directory
 is on the read-only root exits with a one-line error.
 
 This file is also the guest-side script: ``python tests/interop/test_keyd_guest.py guest`` prints
@@ -366,7 +367,7 @@ def test_keyd_connection_latch_over_kernel_esp(nfsd_guest: Any) -> None:
         assert "Traceback" not in stop["log"], stop["log"]
         assert left == {"states": 0, "policies": 0}
     assert res["failure"]["ok"] is False
-    assert res["failure"]["error"] == "IKE_TIMEOUT", res["failure"]
+    assert res["failure"]["error"] == "IKE_UNREACHABLE", res["failure"]
     bad = res["bad_socket_dir"]
     assert bad["rc"] == 2 and bad["err"].count("\n") == 1 and "--socket" in bad["err"], bad
 

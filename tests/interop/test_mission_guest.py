@@ -367,9 +367,11 @@ def test_mission_latched_bound_then_fallback_over_kernel_esp(nfsd_guest: Any) ->
     assert fallback["rc"] == 0, fallback["err"]
     assert fallback["out"] == f"program {PROG} version 1 ready and waiting (krb5p)\n", fallback
     row = fallback["row"]
-    assert row is not None and "(NOT_LATCHED, NOT_ATTEMPTED)" in row and "IKE_TIMEOUT" in row, fallback["err"]
+    # the server's port 500 is closed: its kernel answers IKE_SA_INIT with an ICMP port
+    # unreachable, and the client's keyd fails the latch on it instead of waiting for the timeout
+    assert row is not None and "(NOT_LATCHED, NOT_ATTEMPTED)" in row, fallback["err"]
+    assert "IKE_UNREACHABLE" in row, row
     seconds = float(re.search(r"\) in ([0-9.]+)s:", row).group(1))  # type: ignore[union-attr]
-    assert seconds >= IKE_TIMEOUT  # it waited for IKE, then connected in the clear
     print(f"fallback row after {seconds:.3f}s: {row}")
     # the capture on the server's veth: phase 1 ends when the server's keyd is stopped, phase 3
     # starts with the last ping
