@@ -22,6 +22,7 @@ from types import FrameType, TracebackType
 from rpclatch.errors import UserError
 
 __all__ = [
+    "GSS_VERSION_HELP",
     "StopSignals",
     "TargetProblem",
     "gss_target_problem",
@@ -30,6 +31,15 @@ __all__ = [
     "positive_arg",
     "uint32_arg",
 ]
+
+
+#: ``--gss-version`` (``nfs`` and ``rpc ping``, with ``--sec auto``).
+GSS_VERSION_HELP = (
+    "--sec auto: the RPCSEC_GSS versions to use. auto (default): v2 and BIND_CHANNEL to the latch; "
+    "a server that refuses v2 gets v1 with a SECURITY WARNING, since nothing authenticates the "
+    "refusal. 1: v1 only, for a server known to have no v2 (the Linux nfsd): the latch is kept and "
+    "GSS protection runs over it, no binding attempted, no warning"
+)
 
 
 def uint32_arg(text: str) -> int:
@@ -57,8 +67,8 @@ def positive_arg(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return v
 
 

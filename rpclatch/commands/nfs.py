@@ -49,6 +49,7 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="nfs_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
+        from rpclatch.commands.common import GSS_VERSION_HELP, positive_arg
         from rpclatch.nfs4.security import SEC_CHOICES
 
         p.add_argument(
@@ -77,12 +78,13 @@ def register(subparsers: Any) -> None:
         )
         p.add_argument(
             "--ike-timeout",
-            type=_positive,
+            type=positive_arg,
             default=None,
             metavar="SECONDS",
             help="--sec auto with a key manager: wait this long for the latch before connecting "
             "in the clear (default 2)",
         )
+        p.add_argument("--gss-version", choices=("auto", "1"), default=None, help=GSS_VERSION_HELP)
         vers = p.add_mutually_exclusive_group()
         vers.add_argument("--v4.0", dest="minor", action="store_const", const=0, help="use NFSv4.0")
         vers.add_argument("--v4.1", dest="minor", action="store_const", const=1, help="use NFSv4.1 (default)")
@@ -119,16 +121,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("local", metavar="LOCAL", help="local file ('-' = stdin)")
     common(p)
     p.set_defaults(func=_main)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 #: ``--ike-timeout`` when not given (seconds), as for ``rpclatch rpc ping --sec auto``.
@@ -227,6 +219,7 @@ def _main(args: argparse.Namespace) -> int:
             ("--keyd", args.keyd),
             ("--fallback", args.fallback),
             ("--ike-timeout", args.ike_timeout),
+            ("--gss-version", args.gss_version),
         ):
             if value is not None:
                 raise UserError(f"{option} is for --sec auto (BYPASS-OR-PROTECT): drop it or use --sec auto")
@@ -377,6 +370,7 @@ async def _kernel_hook(args: argparse.Namespace, host: str, keyd: Path) -> Kerne
     from rpclatch.connect import ConnectPolicy, FallbackService
     from rpclatch.connect.kernel import KernelClientWorld, KeydUnavailable
     from rpclatch.connect.nfs import KernelConnectionSecurity
+    from rpclatch.gss.client import VersionPolicy
     from rpclatch.gss.provider import GssapiProvider
 
     try:
@@ -402,7 +396,10 @@ async def _kernel_hook(args: argparse.Namespace, host: str, keyd: Path) -> Kerne
             print(security_row_line(record, seconds), file=sys.stderr, flush=True)
 
     target = args.gss_target or f"nfs@{host}"
-    return KernelConnectionSecurity(world, target, GssapiProvider(), policy, on_record=show)
+    versions = VersionPolicy.V1_ONLY if args.gss_version == "1" else VersionPolicy.PREFER_V2
+    return KernelConnectionSecurity(
+        world, target, GssapiProvider(), policy, gss_versions=versions, on_record=show
+    )
 
 
 async def _with_client(args: argparse.Namespace, host: str, body: Callable[[Any], Awaitable[T]]) -> T:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rpclatch.commands.common import port_arg, positive_arg, uint32_arg
+from rpclatch.commands.common import GSS_VERSION_HELP, port_arg, positive_arg, uint32_arg
 from rpclatch.rpc.messages import AcceptStat
 
 if TYPE_CHECKING:
@@ -227,10 +227,11 @@ async def _ping(args: argparse.Namespace) -> int:
 
     if args.sec == SEC_AUTO:
         return await _ping_auto(args)
-    if args.keyd is not None:
-        from rpclatch.cli import UserError
+    for option, value in (("--keyd", args.keyd), ("--gss-version", args.gss_version)):
+        if value is not None:
+            from rpclatch.cli import UserError
 
-        raise UserError("--keyd is the key manager for --sec auto: use them together")
+            raise UserError(f"{option} is for --sec auto (BYPASS-OR-PROTECT): use them together")
     host, timeout, udp = args.host, args.timeout, args.udp
     prog = parse_program(args.prog)
     options: dict[str, Any] = {"host": host, "prog": prog}
@@ -316,6 +317,7 @@ async def _ping_auto(args: argparse.Namespace) -> int:
     from rpclatch.connect import ConnectError, ConnectPolicy, FallbackService, ProtectedConnection
     from rpclatch.connect.gss import RpcsecGssConnector
     from rpclatch.connect.kernel import KernelClientWorld, KeydUnavailable
+    from rpclatch.gss.client import VersionPolicy
     from rpclatch.gss.errors import RpcGssError
     from rpclatch.gss.provider import GssapiProvider
     from rpclatch.rpc.errors import RpcAcceptError, RpcError
@@ -340,9 +342,11 @@ async def _ping_auto(args: argparse.Namespace) -> int:
     policy = ConnectPolicy(port=port, fallback=fallback, ike_timeout=args.ike_timeout)
     verbose = bool(getattr(args, "verbose", 0))
     # the policy's steps are logged (rpclatch.connect.client: INFO with -v, warnings always)
-    pc = ProtectedConnection(
-        world, RpcsecGssConnector(GssapiProvider(), target, prog, args.vers or 1, fallback), policy
+    gss_versions = VersionPolicy.V1_ONLY if args.gss_version == "1" else VersionPolicy.PREFER_V2
+    connector = RpcsecGssConnector(
+        GssapiProvider(), target, prog, args.vers or 1, fallback, versions=gss_versions
     )
+    pc = ProtectedConnection(world, connector, policy)
     try:
         t0 = time.monotonic()
         try:
@@ -733,6 +737,7 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="--sec auto: wait this long for the latch before connecting in the clear (default 2)",
     )
+    ping.add_argument("--gss-version", choices=("auto", "1"), default=None, help=GSS_VERSION_HELP)
     ping.add_argument(
         "--target",
         metavar="SERVICE@HOST",

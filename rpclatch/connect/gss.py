@@ -128,7 +128,11 @@ class RpcsecGssContext:
 
 class RpcsecGssConnector:
     """Creates contexts for ``target`` (``nfs@server``) with ``provider`` (the user's credentials),
-    for calls to ``prog``/``vers``, asking for ``fallback`` when unbound."""
+    for calls to ``prog``/``vers``, asking for ``fallback`` when unbound. ``versions`` is the local
+    RPCSEC_GSS version policy: PREFER_V2 (v2 and BIND_CHANNEL; a refused v2 INIT on a channel that
+    offers binding data is a failed binding, since nothing authenticates the refusal), or V1_ONLY
+    for a server known to have no v2 (the Linux nfsd): no BIND_CHANNEL, the table's "no binding by
+    local choice" row, GSS protection over the latch (RFC 5403 §2.1)."""
 
     def __init__(
         self,
@@ -137,16 +141,19 @@ class RpcsecGssConnector:
         prog: int,
         vers: int,
         fallback: FallbackService = FallbackService.PRIVACY,
+        *,
+        versions: VersionPolicy = VersionPolicy.PREFER_V2,
     ) -> None:
         self.provider = provider
         self.target = target
         self.prog = prog
         self.vers = vers
         self.fallback = fallback
+        self.versions = versions
 
     async def establish(self, link: RpcLink, *, want_v2: bool) -> RpcsecGssContext:
         flavor = GssClientAuth(
-            self.provider, self.target, service=self.fallback.service, versions=VersionPolicy.PREFER_V2
+            self.provider, self.target, service=self.fallback.service, versions=self.versions
         )
         ctx = RpcsecGssContext(flavor, link, self.prog, self.vers)
         await flavor.establish(ctx._rpc_call)

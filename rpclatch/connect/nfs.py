@@ -23,6 +23,7 @@ from rpclatch.connect.gss import RpcsecGssConnector, RpcsecGssContext
 from rpclatch.connect.policy import BindOutcome, ConnectPolicy, LatchOutcome, decide
 from rpclatch.connect.record import SecurityRecord
 from rpclatch.connect.world import ConnectError, RpcLink
+from rpclatch.gss.client import VersionPolicy
 from rpclatch.gss.provider import Provider
 from rpclatch.gss.wire import Service
 from rpclatch.nfs4 import const as c
@@ -66,8 +67,9 @@ class KernelConnectionSecurity:
     """The ``--sec auto`` connection hook on real sockets with a key manager (see the module
     docstring). ``world``: the kernel world (started or not; :meth:`close` closes it).
     ``target``: the server's RPCSEC_GSS name. ``policy``: the knobs (its ``port`` is replaced by
-    the NFS port). ``provider``: the user's Kerberos credentials. ``on_record`` sees every
-    connection's record; :attr:`records` keeps them.
+    the NFS port). ``provider``: the user's Kerberos credentials. ``gss_versions``: the local
+    RPCSEC_GSS version policy (:class:`~rpclatch.connect.gss.RpcsecGssConnector`). ``on_record``
+    sees every connection's record; :attr:`records` keeps them.
 
     The flavor the table chose (krb5p or krb5i, bound to the latch or not) is the one the NFS
     client gets already established; ``allowed`` lists it first, so SECINFO picks it when the
@@ -80,12 +82,14 @@ class KernelConnectionSecurity:
         provider: Provider,
         policy: ConnectPolicy | None = None,
         *,
+        gss_versions: VersionPolicy = VersionPolicy.PREFER_V2,
         on_record: RecordCallback | None = None,
     ) -> None:
         self.world = world
         self.target = target
         self.provider = provider
         self.policy = policy or ConnectPolicy()
+        self.gss_versions = gss_versions
         self.on_record = on_record
         self.records: list[SecurityRecord] = []
         self.connections: list[ProtectedConnection] = []
@@ -94,7 +98,9 @@ class KernelConnectionSecurity:
         if sec != "auto":
             return await default_connection_security(host, port, sec)
         policy = replace(self.policy, port=port)
-        connector = _RecordingConnector(self.provider, self.target, c.NFS4_PROGRAM, c.NFS_V4, policy.fallback)
+        connector = _RecordingConnector(
+            self.provider, self.target, c.NFS4_PROGRAM, c.NFS_V4, policy.fallback, versions=self.gss_versions
+        )
         pc = ProtectedConnection(self.world, connector, policy)
         t0 = time.monotonic()
         try:

@@ -256,6 +256,7 @@ def test_missing_keyd_socket_is_one_line_naming_keyd(tmp_path: Path) -> None:
 def test_keyd_without_its_mode_is_a_usage_error() -> None:
     for argv in (
         ["rpc", "ping", "127.0.0.1", "rpclatch_test", "1", "--port", "9", "--keyd", "/x"],
+        ["rpc", "ping", "127.0.0.1", "rpclatch_test", "1", "--port", "9", "--gss-version", "1"],
         ["rpc", "serve", "--keyd", "/x"],
         ["rpc", "ping", "127.0.0.1", "rpclatch_test", "1", "--port", "9", "--sec", "auto", "--udp"],
     ):

@@ -34,6 +34,7 @@ from rpclatch.connect import BindOutcome, ConnectPolicy, FallbackService, LatchO
 from rpclatch.connect.kernel import KernelClientWorld, KernelServerEndpoint
 from rpclatch.connect.nfs import KernelConnectionSecurity
 from rpclatch.connect.record import SecurityRecord
+from rpclatch.gss.client import VersionPolicy
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.server import GssServerAuth
@@ -121,13 +122,18 @@ class NfsLab:
         if not server_keyd:
             await self.daemons.pop().close()  # IKE to the server goes unanswered
 
-    def hook(self, fallback: FallbackService = FallbackService.PRIVACY) -> KernelConnectionSecurity:
+    def hook(
+        self,
+        fallback: FallbackService = FallbackService.PRIVACY,
+        gss_versions: VersionPolicy = VersionPolicy.PREFER_V2,
+    ) -> KernelConnectionSecurity:
         world = KernelClientWorld(str(B_ADDR), self.tmp / "a.sock", source_addr=str(A_ADDR))
         return KernelConnectionSecurity(
             world,
             self.realm.service_name,
             GssapiProvider(ccache=self.realm.default_user.ccache),
             ConnectPolicy(fallback=fallback, ike_timeout=1.0),
+            gss_versions=gss_versions,
         )
 
     async def close(self) -> None:
@@ -235,6 +241,41 @@ def test_v1_only_server_keeps_the_latch_and_uses_krb5p_over_it(
     assert seen["latch"] is LatchState.ESTABLISHED
     assert lab.services[-1] is Service.PRIVACY
     assert any("AUTH_BADCRED" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_v1_by_local_choice_keeps_the_latch_without_a_warning(
+    realm: ThrowawayRealm, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--gss-version 1`` against the same v1-only server: no v2 INIT, no BIND_CHANNEL, the
+    table's "no binding by local choice" row (UNSUPPORTED), no security warning; the latch is
+    kept and krb5p (RPCSEC_GSS v1) runs over it (RFC 5403 §2.1: v1 stays usable)."""
+    seen: dict[str, object] = {}
+
+    async def body(lab: NfsLab) -> None:
+        hook = lab.hook(gss_versions=VersionPolicy.V1_ONLY)
+        try:
+            conn = await _open(lab, hook)
+            seen["record"] = hook.records[-1]
+            auth = await conn.auth_for(SecFlavor.KRB5P)
+            await conn.rpc_call(auth, c.NFSPROC4_NULL, b"")
+            link = hook.connections[-1].link
+            assert link is not None
+            seen["latch"] = link.latch_state()
+            await conn.close()
+        finally:
+            await hook.close()
+
+    with caplog.at_level(logging.WARNING, logger="rpclatch"):
+        lab = run_lab(realm, tmp_path, body, server_versions=(1,))
+    record = seen["record"]
+    assert isinstance(record, SecurityRecord)
+    assert record.latch_outcome is LatchOutcome.LATCHED_BINDING_CONF and record.latched
+    assert record.bind_outcome is BindOutcome.UNSUPPORTED and not record.bound
+    assert record.gss_service is Service.PRIVACY and record.gss_version == 1
+    assert not record.warnings
+    assert seen["latch"] is LatchState.ESTABLISHED
+    assert lab.services[-1] is Service.PRIVACY
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_no_server_key_manager_falls_back_to_krb5i_in_the_clear(

@@ -156,6 +156,8 @@ def test_key_manager_socket_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         (["--sec", "krb5p", "--keyd", "/run/x.sock"], "--keyd is for --sec auto"),
         (["--sec", "sys", "--fallback", "krb5i"], "--fallback is for --sec auto"),
         (["--sec", "krb5i", "--ike-timeout", "3"], "--ike-timeout is for --sec auto"),
+        (["--sec", "krb5p", "--gss-version", "1"], "--gss-version is for --sec auto"),
+        (["--gss-version", "2"], "--gss-version: invalid choice"),
         (["--ike-timeout", "0"], "--ike-timeout: must be a positive number"),
         (["--ike-timeout", "soon"], "--ike-timeout: not a number"),
         (["--ike-timeout", "inf"], "--ike-timeout: must be a positive number"),
