@@ -320,6 +320,12 @@ async def _guest(target: str, mountpoint: str, export_root: str, env: dict[str, 
         )
         res["esp_client_max"], res["esp_server_max"] = client_esp.stop(), server_esp.stop()
         res["down_sha256"] = _sha(down) if down.exists() else None
+        # the same get, telling rpclatch the server is v1-only: no binding attempted, no warning
+        down_v1 = tmp / "down-v1.bin"
+        res["get_v1"] = await asyncio.to_thread(
+            _nfs, env, c_sock, target, "get", f"{SERVER_ADDR}:{remote}", str(down_v1), "--gss-version", "1"
+        )
+        res["down_v1_sha256"] = _sha(down_v1) if down_v1.exists() else None
         # 2. a latched NFS connection held open: both ends, the kernel's SAs, the kernel client
         holder = subprocess.Popen(
             [
@@ -421,6 +427,12 @@ def test_nfs_sec_auto_latched_to_linux_nfsd_over_kernel_esp(nfsd_guest: Any) -> 
         assert "AUTH_BADCRED" in row and "v1-only server" in row, row
         assert run["warnings"] and "AUTH_BADCRED" in run["warnings"][0], run["err"]
     assert res["esp_client_max"] >= SIZE and res["esp_server_max"] >= SIZE, res
+    # --gss-version 1: the table's "no binding by local choice" row, latched, krb5p, no warning
+    get_v1 = res["get_v1"]
+    assert get_v1["rc"] == 0 and res["down_v1_sha256"] == res["local_sha256"], get_v1["err"]
+    assert len(get_v1["rows"]) == 1 and "(LATCHED_BINDING_CONF, UNSUPPORTED)" in get_v1["rows"][0], get_v1
+    assert "latched to raw key" in get_v1["rows"][0] and ", unbound, krb5p: " in get_v1["rows"][0]
+    assert get_v1["warnings"] == [], get_v1["err"]
     # 2. the held connection: latched at both ends, its ESP SAs in both kernels, the kernel client
     holder = res["holder"]
     assert holder is not None, res["holder_err"]
