@@ -1,0 +1,231 @@
+"""Attack and failure scenarios of issue #13 in the kernel world: real key-manager daemons
+in-process over loopback UDP (127.0.0.1 client, 127.0.0.2 server, 127.0.0.3 a third BTNS host),
+real IKEv2 between them, real TCP sockets, a real KDC, the in-process datapath standing in for
+XFRM (the lab of ``tests/connect/test_kernel.py``).
+
+Each test says the outcome the standards expect; what is asserted is observable state (latch
+states from the key managers and the links, the policy row, the service the calls used, the SAs
+installed), never timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from rpclatch.connect.kernel import KernelLink
+from rpclatch.gss.realm import ThrowawayRealm
+from rpclatch.gss.wire import Service
+from rpclatch.ipsec.backend import InProcessBackend
+from rpclatch.ipsec.ike.config import ChildRequest, Credentials, IkeConfig
+from rpclatch.ipsec.ike.dispatcher import IkeDispatcher
+from rpclatch.ipsec.ike.events import ChildSaEstablished, ChildSaFailed, IkeEvent, IkeSaFailed
+from rpclatch.ipsec.ike.udp import IkeUdpEndpoint, NegotiatedKeys
+from rpclatch.ipsec.keyd.daemon import KeydDaemon
+from rpclatch.ipsec.latch import LatchState
+from rpclatch.ipsec.model import FiveTuple, IkeSaRef, IpProto, Selector
+from rpclatch.ipsec.sad import narrow_flow
+
+from .test_kernel import A_ADDR, B_ADDR, Lab, _pad, _until, echo, run
+
+C_ADDR = ipaddress.ip_address("127.0.0.3")
+
+
+def _established(daemon: KeydDaemon) -> list[str]:
+    """The flows of the daemon's ESTABLISHED (non-BYPASS) latches, from its STATUS."""
+    return [
+        row["flow"]
+        for row in daemon.service.status()["latches"]
+        if row["state"] == "ESTABLISHED" and row["peer"] != "BYPASS"
+    ]
+
+
+async def _restart(old: KeydDaemon, path: Path) -> KeydDaemon:
+    """Stop ``old`` and start a new key manager on the same address and IKE port, with the same
+    configuration (same key) and control socket path: a restarted daemon, all state lost."""
+    host, port = old.endpoint.dispatcher.local
+    config = old.endpoint.dispatcher.config
+    peer_endpoint = old.service.peer_endpoint
+    await old.close()
+    await asyncio.sleep(0)  # the old transport closes its socket on the next loop iteration
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((str(host), port))
+    except OSError:
+        sock.close()
+        raise
+    return await KeydDaemon.start(config, sock, path, backend=InProcessBackend(), peer_endpoint=peer_endpoint)
+
+
+def test_client_key_manager_restart_resets_then_relatches_and_rebinds(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    """RFC 5660 §2.3 / §5.5 (b): the client's key manager restarts under a latched, bound
+    connection. The holder loses its control connection (its latches are gone) and the server
+    gets ALERT BROKEN (the old daemon's IKE DELETE); the connection is reset at both ends, never
+    continued in the clear; the next call opens a new connection, latches with the new key
+    manager and binds again (channel_prot)."""
+
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None and lab.b is not None and lab.endpoint is not None
+        pc = lab.connection()
+        record = await pc.aconnect()
+        assert record.bound and record.gss_service is Service.CHANNEL_PROT
+        await echo(pc)
+        first = pc.link
+        assert isinstance(first, KernelLink)
+        assert len(_established(lab.a)) == 1
+        assert lab.world is not None and lab.world.control is not None
+        old_control = lab.world.control
+        lab.a = await _restart(lab.a, lab.tmp / "a.sock")
+        # the holder's latch is no longer ESTABLISHED, its channel is down, its connection reset
+        await _until(lambda: not first.is_open, "the client's connection reset")
+        assert first.latch_state() is not LatchState.ESTABLISHED
+        assert first.latch is not None and first.latch.channel is not None
+        assert not first.latch.channel.is_up()
+        # the server side: the old daemon deleted the IKE SA with it (its SAs are gone), the
+        # client's reset closed the server's connection, and no latch of it is ESTABLISHED
+        await _until(lambda: lab.b is not None and not lab.b.endpoint.installed, "the server's SAs removed")
+        old = lab.endpoint.accepted[0]
+        await _until(lambda: old.transport is not None and old.transport.is_closing(), "server conn closed")
+        await _until(lambda: lab.b is not None and _established(lab.b) == [], "the server's latch gone")
+        assert pc.security.latch_state is not LatchState.ESTABLISHED and not pc.security.bound
+        # the new key manager knows nothing of the old flow
+        assert _established(lab.a) == []
+        assert old_control.closed
+        # the next call: a new connection latched with the new key manager, bound again
+        await echo(pc)
+        # the world replaced its closed control connection without closing it (a leaked
+        # transport, see the report); close it here so that the test leaves nothing open
+        assert lab.world.control is not old_control
+        await old_control.close()
+        assert pc.link is not first and isinstance(pc.link, KernelLink)
+        assert pc.link.latch_state() is LatchState.ESTABLISHED
+        assert pc.security.bound and pc.security.gss_service is Service.CHANNEL_PROT
+        assert pc.security.latch_state is LatchState.ESTABLISHED
+        assert len(_established(lab.a)) == 1
+        await _until(lambda: lab.endpoint is not None and len(lab.endpoint.accepted) == 2, "second accept")
+        second = lab.endpoint.accepted[1]
+        assert second.latch_state is LatchState.ESTABLISHED and second.channel is not None
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KernelServerEndpoint keeps its closed control connection: after the server's key "
+    "manager restarts, _admit's FIND_LATCH raises KeydUnavailable and every new connection is "
+    "served unlatched (no reconnect, no new LISTENER latch), so the client's BIND_CHANNEL fails "
+    "as a man in the middle and the call falls back to krb5p",
+)
+def test_server_key_manager_restart_resets_then_relatches_and_rebinds(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    """RFC 5660 §2.3 / §5.5 (b): the server's key manager restarts under a latched, bound
+    connection. The client gets ALERT BROKEN (the old daemon's IKE DELETE) and resets; the
+    server loses its control connection and resets the connection too. The next call latches
+    with the new server key manager; the server must find that latch (FIND_LATCH on the new key
+    manager, under a LISTENER latch made there) and bind the new context to it (channel_prot)."""
+
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None and lab.b is not None and lab.endpoint is not None
+        pc = lab.connection()
+        await pc.aconnect()
+        await echo(pc)
+        first = pc.link
+        assert isinstance(first, KernelLink)
+        lab.b = await _restart(lab.b, lab.tmp / "b.sock")
+        await _until(lambda: first.latch_state() is LatchState.BROKEN, "the client's latch BROKEN")
+        await _until(lambda: not first.is_open, "the client's connection reset")
+        assert lab.endpoint.accepted[0].latch_state is LatchState.BROKEN
+        assert _established(lab.a) == []
+        await echo(pc)
+        assert pc.link is not first and isinstance(pc.link, KernelLink)
+        # the client latched with the new server key manager ...
+        assert pc.link.latch_state() is LatchState.ESTABLISHED
+        assert len(lab.b.endpoint.installed) == 1
+        # ... and the server found that latch and bound to it
+        await _until(lambda: lab.endpoint is not None and len(lab.endpoint.accepted) == 2, "second accept")
+        second = lab.endpoint.accepted[1]
+        assert second.latch_state is LatchState.ESTABLISHED and second.channel is not None
+        assert pc.security.bound and pc.security.gss_service is Service.CHANNEL_PROT
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
+async def _third_host(lab: Lab) -> IkeUdpEndpoint:
+    """A third BTNS host on 127.0.0.3: a bare IKE endpoint (its own raw key), driven directly."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((str(C_ADDR), 0))
+    sock.setblocking(False)
+    config = IkeConfig(Credentials.raw_key(ed25519.Ed25519PrivateKey.generate()), _pad(), ())
+    local = (C_ADDR, sock.getsockname()[1])
+    return await IkeUdpEndpoint.open(
+        IkeDispatcher(config, local), sock, backend=InProcessBackend(), keys=NegotiatedKeys()
+    )
+
+
+def test_a_third_btns_peer_cannot_steal_the_clients_traffic_selector(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    """RFC 7619 §2.5 / RFC 4301 §4.4.3 (and RFC 5386 §3.1): a third unauthenticated (BTNS) peer
+    on 127.0.0.3 negotiates a CHILD_SA with the server's key manager whose TSi claims the
+    client's address 127.0.0.1 and the client's exact 5-tuple. The PAD binds a BTNS peer's
+    selectors to its own address, so the CHILD_SA is refused (TS_UNACCEPTABLE) -- or at most
+    narrowed to 127.0.0.3 -- and nothing is installed for the client's 5-tuple with that peer;
+    the client's latch stays ESTABLISHED and its calls still go channel_prot on the same
+    connection."""
+
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None and lab.b is not None and lab.endpoint is not None
+        pc = lab.connection()
+        await pc.aconnect()
+        await echo(pc)
+        link = pc.link
+        assert isinstance(link, KernelLink)
+        local, _remote = link.five_tuple.split(" ", 1)[1].split(" -> ")
+        sport = int(local.rsplit(":", 1)[1])
+        # the client's 5-tuple, seen from the server (local-oriented at the attacker: it claims
+        # to be 127.0.0.1:sport)
+        stolen = FiveTuple(A_ADDR, sport, B_ADDR, lab.port, IpProto.TCP)
+        b_sa_before = set(lab.b.endpoint.installed)
+        attacker = await _third_host(lab)
+        try:
+            sa = attacker.initiate(lab.b.endpoint.dispatcher.local, ChildRequest(Selector.for_flow(stolen)))
+            spi_i = sa.spi_i
+
+            def done(ref: IkeSaRef, event: IkeEvent) -> bool:
+                return ref.initiator_spi == spi_i and isinstance(
+                    event, ChildSaEstablished | ChildSaFailed | IkeSaFailed
+                )
+
+            event = await attacker.wait_for(done, 10)
+            if isinstance(event, ChildSaEstablished):
+                # narrowed: it may only cover the attacker's own address, never the client's flow
+                assert not event.child.selector.matches(stolen)
+            else:
+                assert isinstance(event, ChildSaFailed | IkeSaFailed)
+            # at the server: no SA of the attacker covers the client's 5-tuple (server-oriented)
+            mirrored = FiveTuple(B_ADDR, lab.port, A_ADDR, sport, IpProto.TCP)
+            new = set(lab.b.endpoint.installed) - b_sa_before
+            for spi in new:
+                item = lab.b.endpoint.installed[spi]
+                assert not item.child.selector.matches(mirrored)
+                assert narrow_flow(item.sad_entry) != mirrored
+        finally:
+            attacker.close()
+        # the client's latch, and the server's, are untouched
+        assert link.latch_state() is LatchState.ESTABLISHED and link.is_open
+        assert lab.endpoint.accepted[0].latch_state is LatchState.ESTABLISHED
+        await echo(pc)
+        assert pc.link is link and pc.security.gss_service is Service.CHANNEL_PROT and pc.security.bound
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
