@@ -11,24 +11,28 @@ installed), never timing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from rpclatch.connect import ProtectedConnection
 from rpclatch.connect.kernel import KernelLink
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.wire import Service
 from rpclatch.ipsec.backend import InProcessBackend
 from rpclatch.ipsec.ike.config import ChildRequest, Credentials, IkeConfig
 from rpclatch.ipsec.ike.dispatcher import IkeDispatcher
+from rpclatch.ipsec.ike.errors import NotifyType
 from rpclatch.ipsec.ike.events import ChildSaEstablished, ChildSaFailed, IkeEvent, IkeSaFailed
 from rpclatch.ipsec.ike.udp import IkeUdpEndpoint, NegotiatedKeys
 from rpclatch.ipsec.keyd.daemon import KeydDaemon
 from rpclatch.ipsec.latch import LatchState
-from rpclatch.ipsec.model import FiveTuple, IkeSaRef, IpProto, Selector
+from rpclatch.ipsec.model import AddressRange, FiveTuple, IkeSaRef, IpProto, Selector
 from rpclatch.ipsec.sad import narrow_flow
 
 from .test_kernel import A_ADDR, B_ADDR, Lab, _pad, _until, echo, run
@@ -172,60 +176,92 @@ async def _third_host(lab: Lab) -> IkeUdpEndpoint:
     )
 
 
+def _client_sport(link: KernelLink) -> int:
+    local = link.five_tuple.split(" ", 1)[1].split(" -> ")[0]
+    return int(local.rsplit(":", 1)[1])
+
+
+async def _steal(lab: Lab, claim: Callable[[FiveTuple], Selector]) -> tuple[ProtectedConnection, IkeEvent]:
+    """Latch and bind the client, then let a third BTNS host (127.0.0.3) ask the server's key
+    manager for a CHILD_SA with TSi/TSr ``claim(client's 5-tuple)``; return the client's
+    connection and the attacker's outcome, after checking that no SA of the attacker at the
+    server covers the client's 5-tuple and that the client's latch is untouched."""
+    assert lab.b is not None and lab.endpoint is not None
+    pc = lab.connection()
+    await pc.aconnect()
+    await echo(pc)
+    link = pc.link
+    assert isinstance(link, KernelLink)
+    sport = _client_sport(link)
+    # the client's 5-tuple, oriented as the attacker claims it (it says it is 127.0.0.1:sport)
+    stolen = FiveTuple(A_ADDR, sport, B_ADDR, lab.port, IpProto.TCP)
+    before = set(lab.b.endpoint.installed)
+    attacker = await _third_host(lab)
+    try:
+        sa = attacker.initiate(lab.b.endpoint.dispatcher.local, ChildRequest(claim(stolen)))
+        spi_i = sa.spi_i
+
+        def done(ref: IkeSaRef, event: IkeEvent) -> bool:
+            return ref.initiator_spi == spi_i and isinstance(
+                event, ChildSaEstablished | ChildSaFailed | IkeSaFailed
+            )
+
+        event = await attacker.wait_for(done, 10)
+        # at the server: no SA of the attacker's covers the client's 5-tuple (server-oriented)
+        mirrored = FiveTuple(B_ADDR, lab.port, A_ADDR, sport, IpProto.TCP)
+        for spi in set(lab.b.endpoint.installed) - before:
+            item = lab.b.endpoint.installed[spi]
+            assert not item.child.selector.matches(mirrored)
+            assert narrow_flow(item.sad_entry) != mirrored
+    finally:
+        attacker.close()
+    # the client's latch, and the server's, are untouched; calls stay channel_prot, same link
+    assert link.latch_state() is LatchState.ESTABLISHED and link.is_open
+    assert lab.endpoint.accepted[0].latch_state is LatchState.ESTABLISHED
+    await echo(pc)
+    assert pc.link is link and pc.security.gss_service is Service.CHANNEL_PROT and pc.security.bound
+    return pc, event
+
+
 def test_a_third_btns_peer_cannot_steal_the_clients_traffic_selector(
     realm: ThrowawayRealm, tmp_path: Path
 ) -> None:
     """RFC 7619 §2.5 / RFC 4301 §4.4.3 (and RFC 5386 §3.1): a third unauthenticated (BTNS) peer
     on 127.0.0.3 negotiates a CHILD_SA with the server's key manager whose TSi claims the
     client's address 127.0.0.1 and the client's exact 5-tuple. The PAD binds a BTNS peer's
-    selectors to its own address, so the CHILD_SA is refused (TS_UNACCEPTABLE) -- or at most
-    narrowed to 127.0.0.3 -- and nothing is installed for the client's 5-tuple with that peer;
-    the client's latch stays ESTABLISHED and its calls still go channel_prot on the same
-    connection."""
+    selectors to its own address; nothing of the claim is left after that narrowing, so the
+    CHILD_SA is refused with TS_UNACCEPTABLE (the IKE SA itself may stay, RFC 7296 §1.2).
+    Nothing is installed for the client's 5-tuple with that peer; the client's latch stays
+    ESTABLISHED and its calls still go channel_prot on the same connection."""
 
     async def body(lab: Lab) -> None:
-        assert lab.a is not None and lab.b is not None and lab.endpoint is not None
-        pc = lab.connection()
-        await pc.aconnect()
-        await echo(pc)
-        link = pc.link
-        assert isinstance(link, KernelLink)
-        local, _remote = link.five_tuple.split(" ", 1)[1].split(" -> ")
-        sport = int(local.rsplit(":", 1)[1])
-        # the client's 5-tuple, seen from the server (local-oriented at the attacker: it claims
-        # to be 127.0.0.1:sport)
-        stolen = FiveTuple(A_ADDR, sport, B_ADDR, lab.port, IpProto.TCP)
-        b_sa_before = set(lab.b.endpoint.installed)
-        attacker = await _third_host(lab)
-        try:
-            sa = attacker.initiate(lab.b.endpoint.dispatcher.local, ChildRequest(Selector.for_flow(stolen)))
-            spi_i = sa.spi_i
+        pc, event = await _steal(lab, Selector.for_flow)
+        assert isinstance(event, ChildSaFailed)
+        assert event.by_peer and event.notify == NotifyType.TS_UNACCEPTABLE
+        await pc.aclose()
 
-            def done(ref: IkeSaRef, event: IkeEvent) -> bool:
-                return ref.initiator_spi == spi_i and isinstance(
-                    event, ChildSaEstablished | ChildSaFailed | IkeSaFailed
-                )
+    run(realm, tmp_path, body)
 
-            event = await attacker.wait_for(done, 10)
-            if isinstance(event, ChildSaEstablished):
-                # narrowed: it may only cover the attacker's own address, never the client's flow
-                assert not event.child.selector.matches(stolen)
-            else:
-                assert isinstance(event, ChildSaFailed | IkeSaFailed)
-            # at the server: no SA of the attacker covers the client's 5-tuple (server-oriented)
-            mirrored = FiveTuple(B_ADDR, lab.port, A_ADDR, sport, IpProto.TCP)
-            new = set(lab.b.endpoint.installed) - b_sa_before
-            for spi in new:
-                item = lab.b.endpoint.installed[spi]
-                assert not item.child.selector.matches(mirrored)
-                assert narrow_flow(item.sad_entry) != mirrored
-        finally:
-            attacker.close()
-        # the client's latch, and the server's, are untouched
-        assert link.latch_state() is LatchState.ESTABLISHED and link.is_open
-        assert lab.endpoint.accepted[0].latch_state is LatchState.ESTABLISHED
-        await echo(pc)
-        assert pc.link is link and pc.security.gss_service is Service.CHANNEL_PROT and pc.security.bound
+
+def test_a_third_btns_peer_claiming_a_range_is_narrowed_to_its_own_address(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    """RFC 7619 §2.5 / RFC 4301 §4.4.3: the same third BTNS peer claims TSi 127.0.0.0-127.0.0.7
+    (its own address and the client's) for the client's ports. The server's key manager narrows
+    TSi to the attacker's own address (RFC 7296 §2.9): the CHILD_SA is made for 127.0.0.3 only,
+    never covering the client's 5-tuple; the client's latch stays ESTABLISHED."""
+
+    def claim(flow: FiveTuple) -> Selector:
+        exact = Selector.for_flow(flow)
+        wide = AddressRange(ipaddress.ip_address("127.0.0.0"), ipaddress.ip_address("127.0.0.7"))
+        return dataclasses.replace(exact, local=wide)
+
+    async def body(lab: Lab) -> None:
+        pc, event = await _steal(lab, claim)
+        assert isinstance(event, ChildSaEstablished) and event.child.narrowed
+        local = event.child.selector.local
+        assert local is not None and local.first == local.last == C_ADDR
+        assert lab.b is not None and len(lab.b.endpoint.installed) == 2  # the client's and this one
         await pc.aclose()
 
     run(realm, tmp_path, body)
