@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from rpclatch.connect import ProtectedConnection
+from rpclatch.connect import ConnectPolicy, FallbackService, LatchOutcome, ProtectedConnection
 from rpclatch.connect.kernel import KernelLink
 from rpclatch.gss.realm import ThrowawayRealm
 from rpclatch.gss.wire import Service
@@ -34,6 +34,7 @@ from rpclatch.ipsec.keyd.daemon import KeydDaemon
 from rpclatch.ipsec.latch import LatchState
 from rpclatch.ipsec.model import AddressRange, FiveTuple, IkeSaRef, IpProto, Selector
 from rpclatch.ipsec.sad import narrow_flow
+from rpclatch.ipsec.spd import SpdAction
 
 from .test_kernel import A_ADDR, B_ADDR, Lab, _pad, _until, echo, run
 
@@ -262,6 +263,57 @@ def test_a_third_btns_peer_claiming_a_range_is_narrowed_to_its_own_address(
         local = event.child.selector.local
         assert local is not None and local.first == local.last == C_ADDR
         assert lab.b is not None and len(lab.b.endpoint.installed) == 2  # the client's and this one
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
+def test_dead_peer_detection_on_a_blackholed_path_breaks_the_latch_never_clear(
+    realm: ThrowawayRealm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 5660 §6.5 (and §2.3, RFC 7296 §2.4): the path to the server's key manager becomes a
+    black hole (its IKE datagrams are dropped, no ICMP) under a latched, bound connection. The
+    client's key manager's liveness check gets no answer, the IKE SA fails, the latch goes
+    BROKEN (ALERT BROKEN) and the connection is reset, its 5-tuple under an exact DISCARD policy
+    (never continued in the clear). The next call cannot latch (IKE times out) and, under
+    BYPASS-OR-PROTECT, reconnects unlatched with the fallback service (krb5p)."""
+
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None and lab.b is not None and lab.endpoint is not None
+        guard = lab.a.service.guard
+        assert guard is not None
+        # the client's key manager checks liveness soon and gives up fast (RFC 7296 §2.1, §2.4)
+        dispatcher = lab.a.endpoint.dispatcher
+        dispatcher.config = dataclasses.replace(
+            dispatcher.config, liveness_interval=0.2, retransmit_timeout=0.05, retransmit_tries=2
+        )
+        pc = lab.connection(ConnectPolicy(port=lab.port, ike_timeout=0.5, fallback=FallbackService.PRIVACY))
+        record = await pc.aconnect()
+        assert record.bound and record.gss_service is Service.CHANNEL_PROT
+        await echo(pc)
+        first = pc.link
+        assert isinstance(first, KernelLink)
+        (ike,) = dispatcher.sas
+        # the black hole: the server's key manager hears nothing from now on
+        monkeypatch.setattr(lab.b.endpoint, "datagram_received", lambda data, addr: None)
+        await lab.a.endpoint.wait_for(
+            lambda ref, event: ref.initiator_spi == ike.spi_i and isinstance(event, IkeSaFailed), 30
+        )
+        await _until(lambda: first.latch_state() is LatchState.BROKEN, "the client's latch BROKEN")
+        await _until(lambda: not first.is_open, "the client's connection reset")
+        assert first.latch is not None and first.latch.channel is not None
+        assert not first.latch.channel.is_up()
+        # the flow lost its SAs while latched: an exact DISCARD policy, never the clear
+        (flow,) = guard.blocked
+        assert guard.inner.flow_policies[flow].entry.action is SpdAction.DISCARD
+        assert flow.local_port == _client_sport(first) and flow.remote_port == lab.port
+        assert not lab.a.endpoint.installed
+        # the next call: IKE to the black hole times out; unlatched, krb5p, a new 5-tuple
+        await echo(pc)
+        assert pc.link is not first
+        assert pc.security.latch_outcome is LatchOutcome.NOT_LATCHED and not pc.security.bound
+        assert pc.security.gss_service is Service.PRIVACY
+        assert isinstance(pc.link, KernelLink) and _client_sport(pc.link) != flow.local_port
         await pc.aclose()
 
     run(realm, tmp_path, body)
