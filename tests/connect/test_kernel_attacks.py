@@ -16,6 +16,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -28,7 +29,7 @@ from rpclatch.ipsec.backend import InProcessBackend
 from rpclatch.ipsec.ike.config import ChildRequest, Credentials, IkeConfig
 from rpclatch.ipsec.ike.dispatcher import IkeDispatcher
 from rpclatch.ipsec.ike.errors import NotifyType
-from rpclatch.ipsec.ike.events import ChildSaEstablished, ChildSaFailed, IkeEvent, IkeSaFailed
+from rpclatch.ipsec.ike.events import ChildSaEstablished, ChildSaFailed, IkeEvent, IkeSaDeleted, IkeSaFailed
 from rpclatch.ipsec.ike.udp import IkeUdpEndpoint, NegotiatedKeys
 from rpclatch.ipsec.keyd.daemon import KeydDaemon
 from rpclatch.ipsec.latch import LatchState
@@ -386,6 +387,62 @@ def test_client_key_manager_crash_then_restart_clears_the_lost_sas_at_the_server
         assert old_ike not in lab.b.endpoint.dispatcher.sas
         assert len(lab.b.endpoint.dispatcher.sas) == 1
         assert len(lab.b.endpoint.installed) == 1
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
+def test_the_sa_of_a_syn_expiring_before_find_latch_gives_no_channel(
+    realm: ThrowawayRealm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 5660 §2.3.1: the SYN arrived protected, but its SAs are gone (here the client's key
+    manager deleted the IKE SA) before the server asks FIND_LATCH for the accepted 5-tuple. The
+    server must not latch that connection to a peer it can no longer name: FIND_LATCH finds no
+    CHILD_SA, so the connection gets no channel (a BYPASS record at most) and channel_prot is
+    never possible on it; the client's latch is BROKEN and its connection reset (its 5-tuple
+    under DISCARD, not in the clear). A new connection latches and binds as usual."""
+
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None and lab.b is not None and lab.endpoint is not None
+        assert lab.world is not None and lab.endpoint.control is not None
+        a_ep, control = lab.a.endpoint, lab.endpoint.control
+        request = control.request
+        raced: list[str] = []
+
+        async def late_find_latch(op: str, **members: Any) -> dict[str, Any]:
+            if op == "FIND_LATCH" and not raced:
+                # the race: the SYN's SAs expire between the accept and FIND_LATCH
+                raced.append(f"{members['remote_addr']}:{members['remote_port']}")
+                (ike,) = a_ep.dispatcher.sas
+                a_ep.delete(ike)
+                await a_ep.wait_for(
+                    lambda ref, event: ref.initiator_spi == ike.spi_i and isinstance(event, IkeSaDeleted), 5
+                )
+            return await request(op, **members)
+
+        monkeypatch.setattr(control, "request", late_find_latch)
+        await lab.world.start()
+        link = await lab.world.open(lab.port, protect=True, btns_ok=True, ike_timeout=2)
+        assert link.latch is not None
+        await _until(lambda: bool(lab.endpoint and lab.endpoint.accepted), "the accept")
+        (accepted,) = lab.endpoint.accepted
+        assert raced == [f"{A_ADDR}:{_client_sport(link)}"]
+        # the server: no channel, not latched to anyone; its key manager has no peer latch
+        assert accepted.channel is None and accepted.latch_state is not LatchState.ESTABLISHED
+        assert _established(lab.b) == []
+        assert not lab.b.endpoint.installed
+        # the client: BROKEN, reset, its 5-tuple discarded
+        await _until(lambda: link.latch_state() is LatchState.BROKEN, "the client's latch BROKEN")
+        assert lab.a.service.guard is not None
+        assert [f.local_port for f in lab.a.service.guard.blocked] == [_client_sport(link)]
+        link.close()
+        # a new connection latches and binds as usual
+        pc = lab.connection()
+        record = await pc.aconnect()
+        assert record.bound and record.gss_service is Service.CHANNEL_PROT
+        await echo(pc)
+        second = lab.endpoint.accepted[-1]
+        assert second.latch_state is LatchState.ESTABLISHED and second.channel is not None
         await pc.aclose()
 
     run(realm, tmp_path, body)
