@@ -33,7 +33,7 @@ from rpclatch.ipsec.ike.events import ChildSaEstablished, ChildSaFailed, IkeEven
 from rpclatch.ipsec.ike.udp import IkeUdpEndpoint, NegotiatedKeys
 from rpclatch.ipsec.keyd.daemon import KeydDaemon
 from rpclatch.ipsec.latch import LatchState
-from rpclatch.ipsec.model import AddressRange, FiveTuple, IkeSaRef, IpProto, Selector
+from rpclatch.ipsec.model import AddressRange, FiveTuple, IkeSaRef, IPAddress, IpProto, Selector
 from rpclatch.ipsec.sad import narrow_flow
 from rpclatch.ipsec.spd import SpdAction
 
@@ -167,13 +167,14 @@ def test_server_key_manager_restart_resets_then_relatches_and_rebinds(
     run(realm, tmp_path, body)
 
 
-async def _third_host(lab: Lab) -> IkeUdpEndpoint:
-    """A third BTNS host on 127.0.0.3: a bare IKE endpoint (its own raw key), driven directly."""
+async def _third_host(addr: IPAddress = C_ADDR) -> IkeUdpEndpoint:
+    """A third BTNS host (127.0.0.3 unless told): a bare IKE endpoint with its own raw key,
+    driven directly."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((str(C_ADDR), 0))
+    sock.bind((str(addr), 0))
     sock.setblocking(False)
     config = IkeConfig(Credentials.raw_key(ed25519.Ed25519PrivateKey.generate()), _pad(), ())
-    local = (C_ADDR, sock.getsockname()[1])
+    local = (addr, sock.getsockname()[1])
     return await IkeUdpEndpoint.open(
         IkeDispatcher(config, local), sock, backend=InProcessBackend(), keys=NegotiatedKeys()
     )
@@ -184,7 +185,9 @@ def _client_sport(link: KernelLink) -> int:
     return int(local.rsplit(":", 1)[1])
 
 
-async def _steal(lab: Lab, claim: Callable[[FiveTuple], Selector]) -> tuple[ProtectedConnection, IkeEvent]:
+async def _steal(
+    lab: Lab, claim: Callable[[FiveTuple], Selector], addr: IPAddress = C_ADDR
+) -> tuple[ProtectedConnection, IkeEvent]:
     """Latch and bind the client, then let a third BTNS host (127.0.0.3) ask the server's key
     manager for a CHILD_SA with TSi/TSr ``claim(client's 5-tuple)``; return the client's
     connection and the attacker's outcome, after checking that no SA of the attacker at the
@@ -199,7 +202,7 @@ async def _steal(lab: Lab, claim: Callable[[FiveTuple], Selector]) -> tuple[Prot
     # the client's 5-tuple, oriented as the attacker claims it (it says it is 127.0.0.1:sport)
     stolen = FiveTuple(A_ADDR, sport, B_ADDR, lab.port, IpProto.TCP)
     before = set(lab.b.endpoint.installed)
-    attacker = await _third_host(lab)
+    attacker = await _third_host(addr)
     try:
         sa = attacker.initiate(lab.b.endpoint.dispatcher.local, ChildRequest(claim(stolen)))
         spi_i = sa.spi_i
@@ -443,6 +446,33 @@ def test_the_sa_of_a_syn_expiring_before_find_latch_gives_no_channel(
         await echo(pc)
         second = lab.endpoint.accepted[-1]
         assert second.latch_state is LatchState.ESTABLISHED and second.channel is not None
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="IkeLatchService.vet_child (rpclatch/ipsec/keyd/service.py) treats only BYPASS records "
+    "and held latches as conflicts, not a live ESTABLISHED latch of another peer: the CHILD_SA "
+    "for the latched 5-tuple from another key is accepted and installed beside the latched one",
+)
+def test_an_unauthenticated_peer_claiming_the_clients_address_for_its_5_tuple_is_refused(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    """RFC 5386 §3.1, RFC 5660 §2.3: another BTNS peer with its own key, on the client's own
+    address 127.0.0.1 (another IKE port: a second host behind the same address, or a local
+    process), asks the server's key manager for a CHILD_SA for exactly the client's 5-tuple
+    while the client's connection is latched to the client's key. The own-address rule of the
+    PAD lets 127.0.0.1 through, so the latch must: a CHILD_SA for a latched 5-tuple with
+    another peer's key conflicts and is refused (TS_UNACCEPTABLE); the server's latch stays
+    ESTABLISHED with the client's key and the calls stay channel_prot."""
+
+    async def body(lab: Lab) -> None:
+        assert lab.b is not None
+        pc, event = await _steal(lab, Selector.for_flow, A_ADDR)
+        assert isinstance(event, ChildSaFailed)
+        assert event.by_peer and event.notify == NotifyType.TS_UNACCEPTABLE
         await pc.aclose()
 
     run(realm, tmp_path, body)
