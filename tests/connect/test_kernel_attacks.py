@@ -5,7 +5,12 @@ XFRM (the lab of ``tests/connect/test_kernel.py``).
 
 Each test says the outcome the standards expect; what is asserted is observable state (latch
 states from the key managers and the links, the policy row, the service the calls used, the SAs
-installed), never timing.
+installed), never timing. The scenarios: a key-manager restart under a latched connection
+(client side; server side; a crash without DELETE), traffic-selector stealing by a third BTNS
+peer (exact and range claims), a peer with another key on the client's own address asking for
+the latched 5-tuple, dead-peer detection on a blackholed path, and the SYN/SA-expiry race.
+Tests marked xfail(strict) show a gap in the key manager or the server endpoint; the reason
+names it.
 """
 
 from __future__ import annotations
