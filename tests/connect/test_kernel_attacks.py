@@ -456,12 +456,6 @@ def test_the_sa_of_a_syn_expiring_before_find_latch_gives_no_channel(
     run(realm, tmp_path, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="IkeLatchService.vet_child (rpclatch/ipsec/keyd/service.py) treats only BYPASS records "
-    "and held latches as conflicts, not a live ESTABLISHED latch of another peer: the CHILD_SA "
-    "for the latched 5-tuple from another key is accepted and installed beside the latched one",
-)
 def test_an_unauthenticated_peer_claiming_the_clients_address_for_its_5_tuple_is_refused(
     realm: ThrowawayRealm, tmp_path: Path
 ) -> None:

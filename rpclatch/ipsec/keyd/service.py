@@ -248,14 +248,16 @@ class IkeLatchService:
 
     def vet_child(self, proposal: ChildProposal) -> Selector | None:
         """``IkeConfig.child_vetter``: refuse (None) a new CHILD_SA whose selector covers the
-        5-tuple of a BYPASS record (live or held) or of a held latch of another peer; else keep
-        the proposal's selector. Rekeys of our own CHILD_SAs pass."""
+        5-tuple of a BYPASS record (live or held), or of a latch (live -- LARVAL, ESTABLISHED or
+        BROKEN -- or held) of another peer (RFC 5660 §2.3; RFC 5386 §3.1: a second BTNS peer,
+        even one allowed the same address, never gets SAs for a latched 5-tuple); else keep the
+        proposal's selector. Rekeys of our own CHILD_SAs pass."""
         if proposal.rekey_of is not None:
             return proposal.selector
         self._prune()
         spki = proposal.peer.spki_der if isinstance(proposal.peer, RawPublicKeyPeer) else None
         records: list[tuple[FiveTuple | None, bool, bytes | None]] = [
-            (latch.flow, True, None) for latch in self.latches.values() if latch.bypass
+            (latch.flow, latch.bypass, latch.peer_spki) for latch in self.latches.values()
         ]
         records += [(h.flow, h.bypass, h.peer_spki) for h in self.held]
         for flow, bypass, peer_spki in records:
@@ -265,7 +267,7 @@ class IkeLatchService:
                 log.warning(
                     "CHILD_SA for %s refused: conflicts with the %s of %s (RFC 5660 §2.3)",
                     proposal.selector,
-                    "BYPASS record" if bypass else "held latch of another peer",
+                    "BYPASS record" if bypass else "latch of another peer",
                     flow,
                 )
                 return None
