@@ -355,13 +355,6 @@ async def _crash_and_restart(old: KeydDaemon, path: Path) -> KeydDaemon:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the key manager never sends INITIAL_CONTACT: IkeLatchService.start_connection calls "
-    "IkeUdpEndpoint.initiate, which has no initial_contact argument (IkeDispatcher.initiate has "
-    "one), so after a crash and restart the peer keeps the lost IKE SA and its CHILD_SA "
-    "(no liveness check is configured either)",
-)
 def test_client_key_manager_crash_then_restart_clears_the_lost_sas_at_the_server(
     realm: ThrowawayRealm, tmp_path: Path
 ) -> None:

@@ -279,9 +279,10 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------------ local requests
 
-    def initiate(self, remote: Endpoint, request: ChildRequest) -> IkeSa:
-        """Start IKE_SA_INIT towards ``remote``; the CHILD_SA of ``request`` comes with IKE_AUTH."""
-        sa = self.dispatcher.initiate(remote, request, self.now())
+    def initiate(self, remote: Endpoint, request: ChildRequest, *, initial_contact: bool = False) -> IkeSa:
+        """Start IKE_SA_INIT towards ``remote``; the CHILD_SA of ``request`` comes with IKE_AUTH
+        (with INITIAL_CONTACT if ``initial_contact``, RFC 7296 §2.4)."""
+        sa = self.dispatcher.initiate(remote, request, self.now(), initial_contact=initial_contact)
         self._flush()
         return sa
 

@@ -286,10 +286,13 @@ class IkeLatchService:
     def start_connection(self, flow: FiveTuple, now: float) -> int:
         if any(latch.flow == flow for latch in self.latches.values()):
             raise ServiceRefusal(ErrorCode.LATCH_EXISTS, "flow already latched")
+        remote = self.peer_endpoint(flow.remote_addr)
+        # RFC 7296 §2.4: the first IKE SA with a peer carries INITIAL_CONTACT, so that a peer
+        # still holding the SAs of a crashed predecessor of this key manager deletes them (a
+        # latch must never stay ESTABLISHED on lost state, RFC 5660 §2.3)
+        first = not any(sa.remote[0] == remote[0] for sa in self.endpoint.dispatcher.sas)
         try:
-            sa = self.endpoint.initiate(
-                self.peer_endpoint(flow.remote_addr), ChildRequest(Selector.for_flow(flow))
-            )
+            sa = self.endpoint.initiate(remote, ChildRequest(Selector.for_flow(flow)), initial_contact=first)
         except (IkeError, ValueError) as exc:
             raise ServiceRefusal(ErrorCode.POLICY_REFUSED, str(exc)) from None
         handle = next(self._ids)
