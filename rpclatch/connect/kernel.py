@@ -636,6 +636,7 @@ class KernelServerEndpoint:
         self._task: asyncio.Task[None] | None = None
         self._by_peer: dict[tuple[str, int], AcceptedConnection] = {}
         self._by_conn: dict[int, AcceptedConnection] = {}
+        self._listener: dict[str, Any] = {}
 
     async def start(self, host: str, port: int) -> int:
         self.control = await KeydControl.connect(self.keyd_path)
@@ -653,12 +654,12 @@ class KernelServerEndpoint:
             raise
         self._sock = sock
         bound = int(sock.getsockname()[1])
-        listener: dict[str, Any] = {"local_port": bound, "proto": "tcp"}
+        self._listener = {"local_port": bound, "proto": "tcp"}
         if not addr.is_unspecified:
-            listener["local_addr"] = str(addr)
+            self._listener["local_addr"] = str(addr)
         try:
             self.listener_latch = int(
-                (await self.control.request("CREATE_LISTENER_LATCH", **listener))["latch"]
+                (await self.control.request("CREATE_LISTENER_LATCH", **self._listener))["latch"]
             )
         except KeydRefused as exc:
             await self.close()
@@ -700,6 +701,25 @@ class KernelServerEndpoint:
                 log.warning("dropping an accepted connection: %s", exc)
                 conn.close()
 
+    async def _control(self) -> KeydControl:
+        """The control connection, made again (with a new LISTENER latch, RFC 5660 §5.1) when the
+        key manager closed it -- it restarted: its latches, the LISTENER one included, went with
+        it. Raises KeydUnavailable (or KeydRefused) while it cannot be reached."""
+        assert self.control is not None
+        if not self.control.closed:
+            return self.control
+        control = await KeydControl.connect(self.keyd_path)
+        try:
+            answer = await control.request("CREATE_LISTENER_LATCH", **self._listener)
+        except BaseException:
+            await control.close()
+            raise
+        old, self.control = self.control, control
+        await old.close()
+        self.listener_latch = int(answer["latch"])
+        log.info("key manager at %s reconnected: new LISTENER latch %d", self.keyd_path, self.listener_latch)
+        return control
+
     async def _admit(self, conn: socket.socket) -> None:
         """FIND_LATCH for the accepted 5-tuple (RFC 5660 §2.3), then serve it."""
         local, remote = conn.getsockname(), conn.getpeername()
@@ -708,6 +728,10 @@ class KernelServerEndpoint:
         report: LatchReport | None = None
         channel: KeydChannel | None = None
         assert self.control is not None and self.server is not None
+        try:
+            await self._control()
+        except (KeydRefused, KeydUnavailable) as exc:
+            log.warning("key manager at %s: %s; serving %s unlatched", self.keyd_path, exc, text)
         try:
             latch = int((await self.control.request("FIND_LATCH", **_flow(local, remote)))["latch"])
         except KeydRefused as exc:

@@ -9,8 +9,8 @@ installed), never timing. The scenarios: a key-manager restart under a latched c
 (client side; server side; a crash without DELETE), traffic-selector stealing by a third BTNS
 peer (exact and range claims), a peer with another key on the client's own address asking for
 the latched 5-tuple, dead-peer detection on a blackholed path, and the SYN/SA-expiry race.
-Tests marked xfail(strict) show a gap in the key manager or the server endpoint; the reason
-names it.
+Three of them found gaps, since fixed: the server endpoint did not reconnect to a restarted key
+manager, no INITIAL_CONTACT was sent, and a second peer could get an SA for a latched 5-tuple.
 """
 
 from __future__ import annotations
@@ -129,13 +129,6 @@ def test_client_key_manager_restart_resets_then_relatches_and_rebinds(
     run(realm, tmp_path, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KernelServerEndpoint keeps its closed control connection: after the server's key "
-    "manager restarts, _admit's FIND_LATCH raises KeydUnavailable and every new connection is "
-    "served unlatched (no reconnect, no new LISTENER latch), so the client's BIND_CHANNEL fails "
-    "as a man in the middle and the call falls back to krb5p",
-)
 def test_server_key_manager_restart_resets_then_relatches_and_rebinds(
     realm: ThrowawayRealm, tmp_path: Path
 ) -> None:
