@@ -482,7 +482,9 @@ class KernelClientWorld:
     async def start(self) -> None:
         """Connect to the key manager (raises :class:`KeydUnavailable`)."""
         if self.control is None or self.control.closed:
-            self.control = await KeydControl.connect(self.keyd_path)
+            old, self.control = self.control, await KeydControl.connect(self.keyd_path)
+            if old is not None:
+                await old.close()  # the key manager closed it (it restarted): release our end
 
     async def close(self) -> None:
         for link in self.links:
