@@ -458,3 +458,52 @@ def test_an_unauthenticated_peer_claiming_the_clients_address_for_its_5_tuple_is
         await pc.aclose()
 
     run(realm, tmp_path, body)
+
+
+def test_a_second_peer_gets_no_sa_for_a_5_tuple_negotiated_but_not_yet_found(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    """RFC 5660 §2.3 (the window before FIND_LATCH): the client's key manager has negotiated the
+    CHILD_SA for a 5-tuple (CREATE_CONNECTION_LATCH, ESTABLISHED) but the server application has
+    not accepted the connection yet, so the server's key manager holds the installed CHILD_SA
+    and no latch. A peer with another key on the client's own address asking for that 5-tuple
+    conflicts with the installed SA all the same: TS_UNACCEPTABLE, nothing of its installed."""
+
+    async def body(lab: Lab) -> None:
+        assert lab.b is not None and lab.world is not None
+        await lab.world.start()
+        assert lab.world.control is not None
+        sport = 40999
+        answer = await lab.world.control.request(
+            "CREATE_CONNECTION_LATCH",
+            local_addr=str(A_ADDR),
+            local_port=sport,
+            remote_addr=str(B_ADDR),
+            remote_port=lab.port,
+            proto="tcp",
+            timeout=10,
+        )
+        assert answer.get("ok"), answer
+        mirrored = FiveTuple(B_ADDR, lab.port, A_ADDR, sport, IpProto.TCP)  # the server's view
+        ours = [i for i in lab.b.endpoint.installed.values() if narrow_flow(i.sad_entry) == mirrored]
+        assert len(ours) == 1
+        before = set(lab.b.endpoint.installed)
+        attacker = await _third_host(A_ADDR)
+        try:
+            stolen = FiveTuple(A_ADDR, sport, B_ADDR, lab.port, IpProto.TCP)
+            sa = attacker.initiate(lab.b.endpoint.dispatcher.local, ChildRequest(Selector.for_flow(stolen)))
+            spi_i = sa.spi_i
+
+            def done(ref: IkeSaRef, event: IkeEvent) -> bool:
+                return ref.initiator_spi == spi_i and isinstance(
+                    event, ChildSaEstablished | ChildSaFailed | IkeSaFailed
+                )
+
+            event = await attacker.wait_for(done, 10)
+        finally:
+            attacker.close()
+        assert isinstance(event, ChildSaFailed), event
+        assert event.by_peer and event.notify == NotifyType.TS_UNACCEPTABLE
+        assert set(lab.b.endpoint.installed) == before
+
+    run(realm, tmp_path, body)

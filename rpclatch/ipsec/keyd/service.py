@@ -249,9 +249,10 @@ class IkeLatchService:
     def vet_child(self, proposal: ChildProposal) -> Selector | None:
         """``IkeConfig.child_vetter``: refuse (None) a new CHILD_SA whose selector covers the
         5-tuple of a BYPASS record (live or held), or of a latch (live -- LARVAL, ESTABLISHED or
-        BROKEN -- or held) of another peer (RFC 5660 §2.3; RFC 5386 §3.1: a second BTNS peer,
-        even one allowed the same address, never gets SAs for a latched 5-tuple); else keep the
-        proposal's selector. Rekeys of our own CHILD_SAs pass."""
+        BROKEN -- or held) or an installed narrow CHILD_SA of another peer (RFC 5660 §2.3;
+        RFC 5386 §3.1: a second BTNS peer, even one allowed the same address, never gets SAs
+        for a latched 5-tuple); else keep the proposal's selector. Rekeys of our own CHILD_SAs
+        pass."""
         if proposal.rekey_of is not None:
             return proposal.selector
         self._prune()
@@ -260,6 +261,17 @@ class IkeLatchService:
             (latch.flow, latch.bypass, latch.peer_spki) for latch in self.latches.values()
         ]
         records += [(h.flow, h.bypass, h.peer_spki) for h in self.held]
+        # a narrow CHILD_SA installed for another peer is a latch in the making (FIND_LATCH may
+        # not have asked for it yet): its 5-tuple is taken too
+        for inst in self.endpoint.installed.values():
+            peer = inst.sad_entry.peer
+            records.append(
+                (
+                    narrow_flow(inst.sad_entry),
+                    False,
+                    peer.spki_der if isinstance(peer, RawPublicKeyPeer) else None,
+                )
+            )
         for flow, bypass, peer_spki in records:
             if flow is None or not proposal.selector.matches(flow):
                 continue
