@@ -4,13 +4,16 @@ RPCSEC_GSS (RFC 2203 §5.2.2) needs contexts created *without* GSS replay and se
 (it keeps its own sequence window), per-message ``get_mic``/``verify_mic``/``wrap``/``unwrap``, the
 context lifetime (for expiry) and the initiator's name: :class:`Provider` and :class:`GssContext`
 say exactly that, so the flavors in :mod:`rpclatch.gss.client` and :mod:`rpclatch.gss.server`
-can run on a fake provider in tests. :class:`GssapiProvider` implements it on MIT Kerberos.
+can run on a fake provider in tests. :class:`GssapiProvider` implements it on MIT Kerberos: MIT
+establishes every context; the per-message calls then run, for the AES enctypes, on OpenSSL from the
+exported context (:mod:`rpclatch.gss.krb5`, docs/krb5-fastpath.md), else on MIT.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +22,12 @@ import gssapi.raw as graw
 
 from rpclatch.gss.bindings import gss_channel_bindings
 from rpclatch.gss.errors import GssError, GssMajor
+from rpclatch.gss.krb5.cfx import CfxContext
+from rpclatch.gss.krb5.lucid import export_cfx
+
+#: Environment variable choosing where per-message calls run: ``0`` keeps them on MIT for every
+#: context; anything else (or unset) moves them to OpenSSL for the AES enctypes.
+FASTPATH_ENV = "RPCLATCH_GSS_FASTPATH"
 
 #: The Kerberos V5 GSS-API mechanism (RFC 1964 §1, RFC 4121): what acceptors take by default.
 KRB5_MECH_OID = "1.2.840.113554.1.2.2"
@@ -117,6 +126,8 @@ class _GssapiContext(GssContext):
         "_complete",
         "_creds",
         "_ctx",
+        "_fast",
+        "_fastpath",
         "_initiator",
         "_lifetime",
         "_live",
@@ -126,8 +137,18 @@ class _GssapiContext(GssContext):
         "_target",
     )
 
-    def __init__(self, initiator: bool, creds: Any, target: Any, cb: bytes | None, require_cb: bool) -> None:
+    def __init__(
+        self,
+        initiator: bool,
+        creds: Any,
+        target: Any,
+        cb: bytes | None,
+        require_cb: bool,
+        fastpath: bool = True,
+    ) -> None:
         self._initiator = initiator
+        self._fastpath = fastpath
+        self._fast: CfxContext | None = None  # the exported context once complete, if it took
         self._creds = creds
         self._target = target
         self._cb = gss_channel_bindings(cb) if cb is not None else None
@@ -153,10 +174,16 @@ class _GssapiContext(GssContext):
 
     @property
     def raw(self) -> Any:
-        """The python-gssapi ``SecurityContext`` once established, else None: what
-        benchmarks/gss_calls.py times raw ``get_mic``/``wrap``... calls on (the zero-overhead
-        ceiling). Calls on it bypass this object's lock: only for single-threaded use."""
-        return self._live
+        """What the per-message calls run on once established, else None: the python-gssapi
+        ``SecurityContext`` (MIT path) or the :class:`~rpclatch.gss.krb5.cfx.CfxContext` (OpenSSL
+        path). benchmarks/gss_calls.py times raw calls on it (the zero-overhead ceiling). Calls
+        on it bypass this object's lock: only for single-threaded use."""
+        return self._fast if self._fast is not None else self._live
+
+    @property
+    def fast_path(self) -> bool:
+        """True once per-message calls run on OpenSSL from the exported context."""
+        return self._fast is not None
 
     def step(self, token: bytes | None) -> bytes | None:
         if self._complete:
@@ -199,6 +226,13 @@ class _GssapiContext(GssContext):
             except graw.GSSError as exc:
                 raise _gss_error(exc) from None
         if not more:
+            if self._fastpath:
+                # MIT deletes the context when it exports it: from here on every per-message
+                # call goes to the exported copy, which carries on MIT's sequence numbers.
+                with self._lock:
+                    fast = export_cfx(self._ctx)
+                    if fast is not None:
+                        self._fast, self._ctx = fast, None
             self._complete = True
             self._lifetime = int(life) if life is not None else None
             self._live = self._ctx
@@ -210,6 +244,14 @@ class _GssapiContext(GssContext):
     # acquire()/release(), which costs less than ``with lock`` on CPython.
 
     def get_mic(self, data: bytes) -> bytes:
+        fast = self._fast
+        if fast is not None:
+            lock = self._lock
+            lock.acquire()
+            try:
+                return fast.get_mic(data)
+            finally:
+                lock.release()
         ctx = self._live
         if ctx is None:
             raise GssError(GssMajor.GSS_S_NO_CONTEXT, 0, "context not established")
@@ -224,6 +266,15 @@ class _GssapiContext(GssContext):
         return mic
 
     def verify_mic(self, data: bytes, mic: bytes) -> None:
+        fast = self._fast
+        if fast is not None:
+            lock = self._lock
+            lock.acquire()
+            try:
+                fast.verify_mic(data, mic)
+                return
+            finally:
+                lock.release()
         ctx = self._live
         if ctx is None:
             raise GssError(GssMajor.GSS_S_NO_CONTEXT, 0, "context not established")
@@ -237,6 +288,14 @@ class _GssapiContext(GssContext):
             lock.release()
 
     def wrap(self, data: bytes, confidential: bool = True) -> bytes:
+        fast = self._fast
+        if fast is not None:
+            lock = self._lock
+            lock.acquire()
+            try:
+                return fast.wrap(data, confidential)
+            finally:
+                lock.release()
         ctx = self._live
         if ctx is None:
             raise GssError(GssMajor.GSS_S_NO_CONTEXT, 0, "context not established")
@@ -254,6 +313,14 @@ class _GssapiContext(GssContext):
         return message
 
     def unwrap(self, token: bytes) -> tuple[bytes, bool]:
+        fast = self._fast
+        if fast is not None:
+            lock = self._lock
+            lock.acquire()
+            try:
+                return fast.unwrap(token)
+            finally:
+                lock.release()
         ctx = self._live
         if ctx is None:
             raise GssError(GssMajor.GSS_S_NO_CONTEXT, 0, "context not established")
@@ -271,7 +338,10 @@ class _GssapiContext(GssContext):
     def delete(self) -> None:
         with self._lock:
             ctx, self._ctx = self._ctx, None
+            fast, self._fast = self._fast, None
             self._live = None
+            if fast is not None:
+                fast.delete()
             self._complete = False
             if ctx is not None:
                 with contextlib.suppress(graw.GSSError):  # already gone: nothing to release
@@ -287,7 +357,10 @@ class GssapiProvider(Provider):
     Kerberos V5 only by default, so a token of any other mechanism (SPNEGO included) fails at once
     with GSS_S_NO_CRED instead of opening a half-open context; None accepts every mechanism the
     keytab allows. Initiator credentials come from ``ccache`` if given, else the default ccache
-    (``KRB5CCNAME``). Credentials are acquired on first use and kept.
+    (``KRB5CCNAME``). Credentials are acquired on first use and kept. ``fastpath`` chooses where
+    per-message calls run once a context is established: True exports AES contexts and runs
+    them on OpenSSL (:mod:`rpclatch.gss.krb5`; other enctypes stay on MIT), False keeps all on
+    MIT; None (default) reads :data:`FASTPATH_ENV` (``0``: MIT, else OpenSSL).
 
     It uses ``gssapi.raw`` (the high-level API's per-call overhead dominates for small messages),
     with:
@@ -314,8 +387,10 @@ class GssapiProvider(Provider):
         ccache: str | None = None,
         keytab: str | None = None,
         acceptor_mechs: Sequence[str] | None = (KRB5_MECH_OID,),
+        fastpath: bool | None = None,
     ) -> None:
         self._service = service
+        self._fastpath = os.environ.get(FASTPATH_ENV, "1") != "0" if fastpath is None else fastpath
         self._ccache = ccache
         self._keytab = keytab
         self._acceptor_mechs = None if acceptor_mechs is None else tuple(acceptor_mechs)
@@ -376,11 +451,15 @@ class GssapiProvider(Provider):
         self._acceptor_creds()
 
     def initiate(self, target: str, *, channel_bindings: bytes | None = None) -> GssContext:
-        return _GssapiContext(True, self._initiator_creds(), self._name(target), channel_bindings, False)
+        return _GssapiContext(
+            True, self._initiator_creds(), self._name(target), channel_bindings, False, self._fastpath
+        )
 
     def accept(
         self, *, channel_bindings: bytes | None = None, require_channel_bindings: bool = False
     ) -> GssContext:
         if require_channel_bindings and channel_bindings is None:
             raise GssError(GssMajor.GSS_S_BAD_BINDINGS, 0, "channel bindings required but none given")
-        return _GssapiContext(False, self._acceptor_creds(), None, channel_bindings, require_channel_bindings)
+        return _GssapiContext(
+            False, self._acceptor_creds(), None, channel_bindings, require_channel_bindings, self._fastpath
+        )
