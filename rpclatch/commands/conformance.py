@@ -25,6 +25,17 @@ from rpclatch.errors import UserError
 SEC_CHOICES = ("krb5", "krb5i", "krb5p")
 
 
+def seconds_arg(text: str) -> float:
+    """A number of seconds, zero or more."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or a positive number of seconds: {text!r}")
+    return v
+
+
 class CommandFailed(Exception):
     """A runtime failure reported as one line (exit 1)."""
 
@@ -120,6 +131,8 @@ async def _conformance(args: argparse.Namespace, cases: list[Any]) -> int:
         timeout=args.timeout,
         drop_wait=args.drop_wait,
         channels=latcher,
+        expiry_wait=args.expiry_wait,
+        clock_skew=args.clock_skew,
     )
     try:
         result = await runner.run(cases, config, GssapiProvider())
@@ -204,7 +217,21 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--keyd",
         metavar="SOCKET",
-        help="the key manager's control socket: run the channel cases (CB-10..13) on latched connections",
+        help="the key manager's control socket: run the channel cases (CB-10..16) on latched connections",
+    )
+    p.add_argument(
+        "--expiry-wait",
+        type=seconds_arg,
+        default=30.0,
+        metavar="SECONDS",
+        help="CB-14/15: wait at most this long for a context to expire (default 30)",
+    )
+    p.add_argument(
+        "--clock-skew",
+        type=seconds_arg,
+        default=300.0,
+        metavar="SECONDS",
+        help="CB-14/15: the clock-skew allowance the server adds to a ticket's end (default 300, MIT's)",
     )
     p.add_argument(
         "--ike-timeout",

@@ -10,19 +10,24 @@ seq_num is handled as a DATA seq_num (replays dropped, a verified request consum
 With a key manager (``--keyd``) the channel cases run on connections latched to the server
 (:mod:`rpclatch.conformance.latching`): BIND_CHANNEL with the channel's bindings and channel_prot
 on it (CB-10), mismatched bindings (CB-11), channel_prot elsewhere (CB-12) and after the channel
-is gone (CB-13), hash negotiation with a verifiable HASH_NOTSUPP MIC (CB-16); without one they
-OMIT. Expiry and lifetime halving (CB-14, CB-15) cannot be
-observed from the client side within a run.
+is gone (CB-13), hash negotiation with a verifiable HASH_NOTSUPP MIC (CB-16), channel_prot after
+the context expired (CB-14) and the shortened lifetime after failed BIND_CHANNELs (CB-15); without
+one they OMIT. The client sees a context's lifetime only as its own GSS context reports it (for
+Kerberos, the service ticket's end): CB-14 waits for it if it ends within ``expiry_wait``, and
+otherwise, like CB-15, first shortens it with failed BIND_CHANNELs (RFC 5403 §9 SHOULD), then
+checks that the server honours the shorter lifetime.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from typing import NamedTuple
 
 from rpclatch.channel import Channel
 from rpclatch.conformance.judge import refused
-from rpclatch.conformance.model import CaseSpec, Finding, Group, Level, Outcome
+from rpclatch.conformance.model import Finding, Group, Level, Outcome
 from rpclatch.conformance.probe import (
     ClientContext,
     Connection,
@@ -33,7 +38,7 @@ from rpclatch.conformance.probe import (
     auth_bytes,
     gss_call,
 )
-from rpclatch.conformance.registry import Case, add, case
+from rpclatch.conformance.registry import case
 from rpclatch.gss.errors import GssError
 from rpclatch.gss.wire import (
     HASHES_BY_OID,
@@ -592,23 +597,225 @@ async def cb_16(s: Session) -> Finding:
     return Finding(Outcome.PASS, f"HASH_NOTSUPP with a verified MIC, then bound with {first.name}", got)
 
 
-def _omitted(id: str, section: str, title: str, sends: str, expects: str, why: str) -> None:
-    add(Case(CaseSpec(id, G, section, MUST, title, sends, expects), None, why))
+#: Added to every wait for an expiry: the lifetime GSS reports is in whole seconds, and the
+#: server needs a moment (and its clock may be a little behind this one).
+EXPIRY_SLACK = 2.0
+#: At most this many failed BIND_CHANNELs are sent to shorten a context (RFC 5403 §9: with halving,
+#: 15 end an 8-hour context).
+MAX_BIND_FAILURES = 20
 
 
-_omitted(
+class _Lifetime(NamedTuple):
+    """A context's end as the client can tell it: ``client_end`` when its own GSS context ends
+    (the ticket's end, on this side's clock), ``client_left`` the seconds until then, and
+    ``server_left`` the seconds until the server's context ends at the latest: the ticket's end
+    plus the clock-skew allowance its mechanism adds (``--clock-skew``)."""
+
+    client_end: float
+    client_left: float
+    server_left: float
+
+
+def _lifetime(s: Session, ctx: ClientContext) -> _Lifetime:
+    """The context's :class:`_Lifetime`; NoContext if the mechanism reports it indefinite."""
+    ends_at = ctx.ends_at
+    if ends_at is None:
+        raise NoContext("the GSS mechanism reports an indefinite context lifetime: no expiry to wait for")
+    left = ends_at - time.monotonic()
+    return _Lifetime(ends_at, left, left + s.config.clock_skew)
+
+
+def _failures_for(life: _Lifetime, budget: float) -> int | None:
+    """The fewest failed BIND_CHANNELs after which the context, its lifetime halved on each
+    failure (RFC 5403 §9's example), ends within ``budget`` seconds (slack included), while without
+    them it would still be alive a slack later on both sides (the client still makes MICs); None if
+    more than :data:`MAX_BIND_FAILURES` would be needed."""
+    for k in range(1, MAX_BIND_FAILURES + 1):
+        wait = life.server_left / 2**k + EXPIRY_SLACK
+        if wait <= budget and wait + EXPIRY_SLACK <= life.client_left:
+            return k
+    return None
+
+
+async def _fail_binds(
+    s: Session, ctx: ClientContext, conn: Connection, channel: Channel, count: int
+) -> tuple[list[str], Finding | None]:
+    """``count`` BIND_CHANNELs whose bindings do not match the channel (one octet of its data
+    altered): the server cannot verify their MIC (RFC 5403 §9). (what came back, a FAIL if one was
+    answered OK). Stops early once the context is refused as gone (its lifetime already spent)."""
+    prefix = channel.binding_prefix
+    data = channel.bindings()[prefix]
+    wrong = SHA256.digest(channel_bindings_bytes(prefix, data[:-1] + bytes([data[-1] ^ 0xFF])))
+    seen: dict[str, int] = {}
+    for _ in range(count):
+        p = bind_call(s, ctx, prefix=prefix.encode(), oid=SHA256.oid, cb_hash=wrong)
+        reply = await s.send(p, conn=conn)
+        status, ok = _bind_status(ctx, p, reply, wrong)
+        if ok or status == BindChanStatus.RGSS2_BIND_CHAN_OK.name:
+            return [status], Finding(
+                Outcome.FAIL, "BIND_CHANNEL with altered bindings answered OK (see CB-11)", status
+            )
+        seen[status] = seen.get(status, 0) + 1
+        if reply.auth_stat() is AuthStat.RPCSEC_GSS_CTXPROBLEM or reply.silent:
+            break
+    return [f"{n} x {status}" for status, n in seen.items()], None
+
+
+async def _sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+
+def _expired_refusal(reply: Reply, what: str, when: str) -> Finding:
+    """``what`` on an expired context: refused (RPCSEC_GSS_CTXPROBLEM, RFC 2203 §5.3.3.3) PASSes,
+    executed FAILs (a SHOULD: WARN), another refusal or none is a WARN."""
+    got = reply.describe()
+    if reply.accept_stat() is AcceptStat.SUCCESS:
+        return Finding(Outcome.FAIL, f"{what} executed {when}", got)
+    stat = reply.auth_stat()
+    if stat is AuthStat.RPCSEC_GSS_CTXPROBLEM:
+        return Finding(Outcome.PASS, f"{what} refused with RPCSEC_GSS_CTXPROBLEM {when}", got)
+    if stat is not None:
+        return Finding(
+            Outcome.PASS,
+            f"{what} refused with {stat.name} {when} (RFC 2203 §5.3.3.3 names RPCSEC_GSS_CTXPROBLEM)",
+            got,
+        )
+    if reply.silent:
+        return Finding(Outcome.WARN, f"{what} got no answer {when}", got)
+    return Finding(Outcome.WARN, f"{what} answered {got} {when}", got)
+
+
+@case(
     "CB-14",
-    "§3.4",
+    G,
+    "§9; RFC 2203 §5.3.3.3",
+    SHOULD,
     "channel_prot after the context expired is refused",
-    "DATA channel_prot after the context lifetime",
-    "RPCSEC_GSS_CTXPROBLEM",
-    "context expiry cannot be provoked from the client side within a run",
+    sends="a v2 handle bound on a latched connection, channel_prot answered; then, after the context's "
+    "end (a lifetime within --expiry-wait is waited for; a longer one is first shortened by failed "
+    "BIND_CHANNELs, RFC 5403 §9), channel_prot again, and a krb5i DATA call",
+    expects="the channel_prot call after expiry refused (RPCSEC_GSS_CTXPROBLEM): no GSS token is "
+    "made for it, so the server must check the lifetime itself",
 )
-_omitted(
+async def cb_14(s: Session) -> Finding:
+    conn, channel, ctx = await _bound(s)
+    first = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT), conn=conn)
+    if first.accept_stat() is not AcceptStat.SUCCESS:
+        raise NoContext(f"channel_prot on the bound connection fails before expiry: {first.describe()}")
+    life = _lifetime(s, ctx)
+    budget = s.config.expiry_wait
+    skew = s.config.clock_skew
+    if life.server_left + EXPIRY_SLACK <= budget:
+        # The context's own end is near enough to wait for (e.g. a short ticket: kinit -l).
+        await _sleep_until(life.client_end + skew + EXPIRY_SLACK)
+        reply = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT), conn=conn)
+        return _expired_refusal(
+            reply,
+            "channel_prot",
+            f"{skew + EXPIRY_SLACK:g} s after the ticket's end (clock-skew allowance {skew:g} s)",
+        )
+    k = _failures_for(life, budget)
+    if k is None:
+        return Finding(
+            Outcome.OMIT,
+            f"the server's context has up to {life.server_left:.0f} s left "
+            f"(ticket {life.client_left:.0f} s + clock-skew allowance {skew:g} s), more than "
+            f"--expiry-wait {budget:g} s, even after {MAX_BIND_FAILURES} halvings (a short ticket, "
+            "e.g. kinit -l, lets the case wait for it)",
+        )
+    got, failed = await _fail_binds(s, ctx, conn, channel, k)
+    if failed is not None:
+        return failed
+    wait = life.server_left / 2**k + EXPIRY_SLACK
+    await _sleep_until(time.monotonic() + wait)
+    when = f"{wait:.1f} s after {k} failed BIND_CHANNELs"
+    prot = await s.send(s.data_call(ctx, service=Service.CHANNEL_PROT), conn=conn)
+    data = await s.send(s.data_call(ctx, service=Service.INTEGRITY), conn=conn)
+    got.extend((f"channel_prot: {prot.describe()}", f"krb5i DATA: {data.describe()}"))
+    summary = "; ".join(got)
+    if data.accept_stat() is AcceptStat.SUCCESS:
+        if prot.accept_stat() is AcceptStat.SUCCESS:
+            return Finding(
+                Outcome.OMIT,
+                f"the context still works {when}: the server did not shorten its lifetime (see CB-15), "
+                f"and its own end is up to {life.server_left:.0f} s away, beyond --expiry-wait {budget:g} s",
+                summary,
+            )
+        return Finding(
+            Outcome.OMIT,
+            f"channel_prot refused {when} while the context still works: the binding ended, not the "
+            "context; expiry not observed",
+            summary,
+        )
+    if prot.accept_stat() is AcceptStat.SUCCESS:
+        return Finding(
+            Outcome.FAIL,
+            f"channel_prot executed {when}, while the context is refused for krb5i ({data.describe()})",
+            summary,
+        )
+    finding = _expired_refusal(prot, "channel_prot", f"on the context ended early ({when})")
+    return Finding(finding.outcome, finding.reason, summary)
+
+
+@case(
     "CB-15",
+    G,
     "§9",
-    "each failed BIND_CHANNEL halves the context lifetime",
-    "failed BIND_CHANNELs on a latched connection",
-    "the context expires at half its remaining lifetime per failure",
-    "the halved lifetime is not observable from the client side without waiting for the expiry",
+    SHOULD,
+    "failed BIND_CHANNELs shorten the context lifetime (halving it each time, the RFC's example)",
+    sends="on a latched connection: a v2 context, then k BIND_CHANNELs whose bindings do not match "
+    "the channel (k: the fewest after which halving ends the context within --expiry-wait); after "
+    "that time, a DATA call on it, and one on a context made at the same time without failures",
+    expects="the context is refused (RPCSEC_GSS_CTXPROBLEM), the other context still works",
 )
+async def cb_15(s: Session) -> Finding:
+    conn, channel = await s.latched_connection()
+    ctx = await s.context(RPCSEC_GSS_VERS_2, conn=conn)
+    problem = await s.fresh_call(ctx, conn=conn)
+    if problem is not None:
+        raise NoContext(f"a legitimate call on the v2 handle fails: {problem}")
+    plain = await s.new_connection()
+    control = await s.context(conn=plain)
+    problem = await s.fresh_call(control, conn=plain)
+    if problem is not None:
+        raise NoContext(f"a legitimate call on the control context fails: {problem}")
+    life = _lifetime(s, ctx)
+    budget = s.config.expiry_wait
+    k = _failures_for(life, budget)
+    if k is None:
+        return Finding(
+            Outcome.OMIT,
+            f"the server's context has up to {life.server_left:.0f} s left "
+            f"(the ticket {life.client_left:.0f} s): "
+            f"{MAX_BIND_FAILURES} halvings would not end it within --expiry-wait {budget:g} s, or the "
+            "ticket ends too soon to tell halving from its own end",
+        )
+    got, failed = await _fail_binds(s, ctx, conn, channel, k)
+    if failed is not None:
+        return failed
+    wait = life.server_left / 2**k + EXPIRY_SLACK
+    await _sleep_until(time.monotonic() + wait)
+    when = (
+        f"{wait:.1f} s after {k} failed BIND_CHANNELs on a context with up to {life.server_left:.0f} s left"
+    )
+    reply = await s.send(s.data_call(ctx), conn=conn)
+    got.append(f"DATA: {reply.describe()}")
+    if reply.accept_stat() is AcceptStat.SUCCESS:
+        return Finding(
+            Outcome.FAIL,
+            f"the context still works {when}: its lifetime was cut by less than half per failure",
+            "; ".join(got),
+        )
+    problem = await s.fresh_call(control, conn=plain)
+    got.append(f"control: {problem or 'works'}")
+    if problem is not None:
+        return Finding(
+            Outcome.OMIT,
+            f"the context made at the same time without failures ended too ({problem}): the "
+            "server's own lifetime is shorter than the ticket's, so the shortening cannot be seen",
+            "; ".join(got),
+        )
+    finding = _expired_refusal(reply, "the context", when)
+    if finding.outcome is Outcome.PASS:
+        finding = Finding(Outcome.PASS, finding.reason + "; a context without failures still works")
+    return Finding(finding.outcome, finding.reason, "; ".join(got))

@@ -16,8 +16,9 @@ import contextlib
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -211,7 +212,8 @@ class Connection:
 class ClientContext:
     """An established RPCSEC_GSS context as the prober holds it: ``service`` is the one its INIT
     credential named, which its DATA calls use unless a case says otherwise; ``conn`` is the
-    connection it was created on, where :meth:`Session.close` destroys it."""
+    connection it was created on, where :meth:`Session.close` destroys it; ``established_at`` is
+    when it was established (:func:`time.monotonic`, the event loop's clock)."""
 
     version: int
     handle: bytes
@@ -221,10 +223,18 @@ class ClientContext:
     conn: Connection | None = None
     seq: int = 0
     destroyed: bool = False
+    established_at: float = field(default_factory=time.monotonic)
 
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
+
+    @property
+    def ends_at(self) -> float | None:
+        """When the GSS context ends on this side's clock (its lifetime as the mechanism reported
+        it at establishment: for Kerberos, the service ticket's end time), None if indefinite."""
+        life = self.gss.lifetime
+        return None if life is None else self.established_at + life
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,9 +287,12 @@ class LocalGssError(Exception):
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
     """Where and how to probe: the server's address, the program/version/procedure called in
-    DATA requests, the acceptor name, the service of the general cases, the reply timeout, how
-    long to wait before a call counts as silently dropped, and what opens latched connections
-    (``channels``; None: the channel cases OMIT)."""
+    DATA requests and its encoded arguments (``args``, empty for NULL), the acceptor name, the
+    service of the general cases, the reply timeout, how long to wait before a call counts as
+    silently dropped, the longest a case may wait for a context to expire (``expiry_wait``), the
+    clock-skew allowance the server's mechanism adds to a context's end (``clock_skew``: Kerberos
+    acceptors accept a ticket until its end time plus the skew they allow, 300 s by default in MIT
+    and Heimdal), and what opens latched connections (``channels``; None: the channel cases OMIT)."""
 
     host: str
     port: int
@@ -291,6 +304,9 @@ class ProbeConfig:
     timeout: float = 5.0
     drop_wait: float = 1.0
     channels: ChannelOpener | None = None
+    args: bytes = b""
+    expiry_wait: float = 30.0
+    clock_skew: float = 300.0
 
 
 def auth_bytes(flavor: int, body: bytes) -> bytes:
@@ -493,7 +509,7 @@ class Session:
         version: int | None = None,
         handle: bytes | None = None,
         proc: int | None = None,
-        args: bytes = b"",
+        args: bytes | None = None,
         tamper_header: bool = False,
         body_seq: int | None = None,
         corrupt_body: bool = False,
@@ -502,11 +518,15 @@ class Session:
         """A DATA (or DESTROY: ``gss_proc``) call on ``ctx``, optionally broken: the header MIC
         over the header with another xid (``tamper_header``) or inverted (``corrupt_mic``),
         another seq_num in the body (``body_seq``), an inverted checksum or privacy token
-        (``corrupt_body``). ``service`` defaults to the one the context was created for."""
+        (``corrupt_body``). ``service`` defaults to the one the context was created for;
+        ``proc`` and ``args`` to the run's (DESTROY: none). A channel_prot call carries no MIC, so
+        it can be made after the GSS context expired on this side (RFC 5403 §3.4)."""
         c = self.config
         service = ctx.service if service is None else service
         seq = ctx.next_seq() if seq is None else seq
         proc = c.proc if proc is None else proc
+        if args is None:
+            args = c.args if gss_proc is GssProc.RPCSEC_GSS_DATA else b""
         xid = self.next_xid()
         cred = encode_cred(
             ctx.version if version is None else version,
@@ -515,11 +535,13 @@ class Session:
             service,
             ctx.handle if handle is None else handle,
         )
-        mic = ctx.gss.get_mic(
-            encode_call_header(xid ^ 1 if tamper_header else xid, c.prog, c.vers, proc, _FLAVOR_GSS, cred)
-        )
-        if corrupt_mic:
-            mic = flip_last(mic)
+        if service is Service.CHANNEL_PROT:
+            verf = auth_bytes(_FLAVOR_NONE, b"")
+        else:
+            mic = ctx.gss.get_mic(
+                encode_call_header(xid ^ 1 if tamper_header else xid, c.prog, c.vers, proc, _FLAVOR_GSS, cred)
+            )
+            verf = auth_bytes(_FLAVOR_GSS, flip_last(mic) if corrupt_mic else mic)
         inner = be32(seq if body_seq is None else body_seq) + args
         if service is Service.INTEGRITY:
             checksum = ctx.gss.get_mic(inner)
@@ -529,9 +551,6 @@ class Session:
             body = encode_opaque(flip_last(token) if corrupt_body else token)
         else:
             body = args
-        verf = (
-            auth_bytes(_FLAVOR_NONE, b"") if service is Service.CHANNEL_PROT else auth_bytes(_FLAVOR_GSS, mic)
-        )
         return Prepared(xid, seq, service, gss_call(xid, c.prog, c.vers, proc, cred, verf, body))
 
     async def send(

@@ -71,8 +71,7 @@ def test_rpclatch_server_passes_everything(realm: ThrowawayRealm) -> None:
     assert bad == {}
     omitted = {r.spec.id: r.reason for r in report.results if r.outcome is Outcome.OMIT}
     assert set(omitted) == {f"CB-{n}" for n in range(10, 17)}
-    assert {omitted[f"CB-{n}"] for n in (10, 11, 12, 13, 16)} == {NO_CHANNEL}
-    assert "client side" in omitted["CB-14"] and "client side" in omitted["CB-15"]
+    assert {omitted[f"CB-{n}"] for n in range(10, 17)} == {NO_CHANNEL}
     assert report.exit_code == 0
 
 
