@@ -65,11 +65,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{spec.label:<3} {spec.name:<23} {spec.title}")
         return 0
     if args.world != "sim":
-        raise UserError(
-            f"--world {args.world} is not available yet (latching real sockets over kernel ESP "
-            "needs an IKE daemon with unauthenticated peers and first-packet detection); "
-            "use --world sim, the default"
-        )
+        return _run_kernel(args)
     numbers = _parse_scenarios(args.scenario, sorted({s.number for s in SCENARIOS}))
     try:
         run_dir = prepare_run_dir(args.out)
@@ -88,6 +84,41 @@ def run(args: argparse.Namespace) -> int:
             f"cannot start the throwaway Kerberos realm ({exc}); install the KDC with "
             "'bash scripts/setup.sh' (krb5-kdc, krb5-admin-server)"
         ) from exc
+    text = render_text(result)
+    (run_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
+    (run_dir / "summary.json").write_text(render_json(result) + "\n", encoding="utf-8")
+    print(render_json(result) if args.json else text)
+    return 0 if result.passed else 1
+
+
+def _run_kernel(args: argparse.Namespace) -> int:
+    """``--world uml|netns``: the scenarios on kernel ESP in one boot of the nfsd world."""
+    from rpclatch.cli import UserError
+    from rpclatch.demo.kernel import KERNEL_SCENARIOS, KernelWorldUnavailable, run_kernel_demo
+    from rpclatch.demo.report import render_json, render_text
+    from rpclatch.demo.rundir import prepare_run_dir
+    from rpclatch.demo.scenarios import SCENARIOS
+
+    numbers = _parse_scenarios(args.scenario, sorted({s.number for s in SCENARIOS}))
+    others = [n for n in numbers if n not in KERNEL_SCENARIOS]
+    if args.scenario and others:
+        raise UserError(
+            f"the {args.world} world runs scenarios {', '.join(map(str, KERNEL_SCENARIOS))}; "
+            f"scenario {', '.join(map(str, others))} runs with --world sim"
+        )
+    numbers = [n for n in numbers if n in KERNEL_SCENARIOS]
+    if args.approach != "2":
+        raise UserError(
+            f"--world {args.world} keeps latches in the key manager (approach 2); drop --approach"
+        )
+    try:
+        run_dir = prepare_run_dir(args.out)
+    except OSError as exc:
+        raise UserError(f"cannot use the run directory: {exc}; pass another --out DIR") from exc
+    try:
+        result = run_kernel_demo(run_dir, args.world, numbers, progress=None if args.json else sys.stderr)
+    except KernelWorldUnavailable as exc:
+        raise UserError(str(exc)) from exc
     text = render_text(result)
     (run_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
     (run_dir / "summary.json").write_text(render_json(result) + "\n", encoding="utf-8")

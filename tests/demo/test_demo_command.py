@@ -74,8 +74,8 @@ def test_demo_verdict_fails_when_reality_differs(
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["demo", "--world", "uml"], "--world uml is not available yet"),
-        (["demo", "--world", "netns"], "--world netns is not available yet"),
+        (["demo", "--world", "uml", "--scenario", "6"], "the uml world runs scenarios"),
+        (["demo", "--world", "uml", "--approach", "1"], "keeps latches in the key manager"),
         (["demo", "--scenario", "9"], "there is no scenario 9"),
         (["demo", "--scenario", "x"], "is not a number"),
     ],

@@ -1,0 +1,509 @@
+"""The guest side of ``rpclatch demo --world uml|netns``: the demo's scenarios on kernel ESP.
+
+Runs inside the nfsd world (:mod:`interop.world`; the UML guest, or the host-kernel namespaces),
+as root, in the world's root network namespace, where the world's KDC answers at
+198.51.100.2:88. It builds its own TEST-NET-3 segment with pyroute2: a bridge ``rlbr0``
+(203.0.113.1, the way to the KDC) and one network namespace per party, each with a veth on the
+bridge and a fixed MAC address (the capture names the sender of a frame by it, since a rogue
+may take another party's IP address):
+
+* ``rl-client`` 203.0.113.11 -- ``rpclatch ipsec keyd`` and the in-process client
+  (:class:`rpclatch.connect.ProtectedConnection` over :class:`rpclatch.connect.kernel.KernelClientWorld`,
+  run as ``demo_guest.py client`` in that namespace, driven line by line over its stdin);
+* ``rl-server`` 203.0.113.12 -- ``rpclatch ipsec keyd`` and ``rpclatch rpc serve --port 2049
+  --ipsec bypass-or-protect --sec krb5p`` (the test program; the NFS service key of the world).
+
+Each scenario captures the bridge (every frame between the parties, full length) into its own
+pcapng and records what the kernel and the key managers said while the flow lived: ``ip -s xfrm
+state`` and ``ip xfrm policy`` of each namespace (the AES-GCM keys the host side decrypts the
+capture with), ``rpclatch ipsec status --json`` of each key manager, the client's security
+records, the calls' results, and the times things were done. Nothing is judged here: the host
+side (:mod:`rpclatch.demo.kernel`) computes the verdicts. Output: one JSON line on stdout.
+
+Everything made is removed again at the end, also on failure (the namespaces, the bridge, the
+processes, by PID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PORT = 2049
+BRIDGE = "rlbr0"
+GATEWAY = "203.0.113.1"
+PREFIX = 24
+TARGET = "nfs@guest.rpclatch.test"
+PROG = 0x20000A11
+#: longer than the mission's 2 s default: UML's IKE_AUTH (Python Ed25519 + generic AES on an
+#: emulated CPU shared with other guests) took 1.7 s in a trial; a server without a key manager
+#: answers IKE with an ICMP port unreachable, so the fallback does not wait for it
+IKE_TIMEOUT = 10.0
+#: the parties: namespace, address, MAC (the capture's sender by MAC), veth name on the bridge side
+PARTIES: dict[str, tuple[str, str, str, str]] = {
+    "client": ("rl-client", "203.0.113.11", "02:00:00:00:71:0b", "rlv-client"),
+    "server": ("rl-server", "203.0.113.12", "02:00:00:00:71:0c", "rlv-server"),
+}
+
+
+def _rpclatch() -> list[str]:
+    script = Path(sys.executable).parent / "rpclatch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rpclatch.cli"]
+
+
+def _run(*argv: str) -> str:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False).stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the segment (pyroute2)
+
+
+def build_segment(parties: dict[str, tuple[str, str, str, str]]) -> None:
+    """The bridge and one namespace + veth per party (pyroute2: netns.create, IPRoute, NetNS)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=BRIDGE, kind="bridge")
+        br = ipr.link_lookup(ifname=BRIDGE)[0]
+        ipr.addr("add", index=br, address=GATEWAY, prefixlen=PREFIX)
+        ipr.link("set", index=br, state="up")
+    for ns, addr, mac, outer in parties.values():
+        add_party(ns, addr, mac, outer)
+
+
+def add_party(ns: str, addr: str | None, mac: str, outer: str) -> None:
+    """Namespace ``ns`` with ``eth0`` (``mac``, ``addr`` if given) on the bridge, default route via
+    the bridge's address."""
+    from pyroute2 import IPRoute, NetNS, netns
+
+    netns.create(ns)
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=outer, kind="veth", peer={"ifname": outer + "i"})
+        host = ipr.link_lookup(ifname=outer)[0]
+        inner = ipr.link_lookup(ifname=outer + "i")[0]
+        ipr.link("set", index=host, master=ipr.link_lookup(ifname=BRIDGE)[0], state="up")
+        ipr.link("set", index=inner, net_ns_fd=ns)
+    with NetNS(ns) as n:
+        idx = n.link_lookup(ifname=outer + "i")[0]
+        n.link("set", index=idx, ifname="eth0", address=mac, state="up")
+        n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+        if addr is not None:
+            n.addr("add", index=idx, address=addr, prefixlen=PREFIX)
+            n.route("add", dst="0.0.0.0/0", gateway=GATEWAY)
+
+
+def remove_segment(parties: dict[str, tuple[str, str, str, str]]) -> list[str]:
+    """Delete the namespaces and links made (what is gone already is skipped); returns problems."""
+    from pyroute2 import IPRoute, netns
+
+    problems: list[str] = []
+    with IPRoute() as ipr:
+        for name in [p[3] for p in parties.values()] + [BRIDGE]:
+            for idx in ipr.link_lookup(ifname=name):
+                try:
+                    ipr.link("del", index=idx)
+                except Exception as exc:
+                    problems.append(f"link {name}: {exc}")
+    for ns, *_ in parties.values():
+        if ns in netns.listnetns():
+            try:
+                netns.remove(ns)
+            except Exception as exc:
+                problems.append(f"netns {ns}: {exc}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+class Proc:
+    """A background process (output in ``log``), stopped with SIGTERM by PID."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+
+def write_key(path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+
+
+def start_keyd(tmp: Path, name: str, ns: str, addr: str) -> tuple[Proc, Path]:
+    write_key(tmp / f"{name}.pem")
+    sock = tmp / f"{name}.sock"
+    argv = [*_rpclatch(), "ipsec", "keyd", "--netns", ns, "--address", addr]
+    argv += ["--key", str(tmp / f"{name}.pem"), "--socket", str(sock)]
+    return Proc(argv, tmp / f"{name}-keyd.log"), sock
+
+
+async def keyd_ready(sock: Path, proc: Proc, timeout: float = 60) -> bool:
+    from rpclatch.ipsec.keyd.server import KeydClient
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.proc.poll() is None:
+        if sock.exists():
+            try:
+                client = await KeydClient.connect(sock)
+            except OSError:
+                pass
+            else:
+                try:
+                    return bool((await asyncio.wait_for(client.call("STATUS"), 5)).get("ok"))
+                finally:
+                    await client.close()
+        await asyncio.sleep(0.1)
+    return False
+
+
+def keyd_status(sock: Path) -> dict[str, Any]:
+    out = _run(*_rpclatch(), "ipsec", "status", "--socket", str(sock), "--json")
+    try:
+        parsed: dict[str, Any] = json.loads(out)
+    except ValueError:
+        return {"error": out[-500:]}
+    return parsed
+
+
+def start_server(tmp: Path, name: str, ns: str, addr: str, keyd: Path | None) -> Proc:
+    argv = ["ip", "netns", "exec", ns, *_rpclatch(), "-v", "rpc", "serve", "--host", addr]
+    argv += ["--port", str(PORT), "--tcp", "--sec", "krb5p", "--principal", TARGET]
+    if keyd is not None:
+        argv += ["--ipsec", "bypass-or-protect", "--keyd", str(keyd)]
+    return Proc(
+        argv,
+        tmp / f"{name}-serve.log",
+        {"KRB5_KTNAME": "/etc/krb5.keytab", "KRB5_CONFIG": "/etc/krb5.conf"},
+    )
+
+
+async def server_ready(proc: Proc, timeout: float = 60) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.proc.poll() is None:
+        if "serving program" in proc.text():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+@contextlib.contextmanager
+def capture(path: Path) -> Iterator[Path]:
+    """dumpcap on the bridge (IPv4 only, full frames) for the duration of the block."""
+    path.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        ["dumpcap", "-q", "-i", BRIDGE, "-s", "0", "-f", "ip", "-w", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    end = time.monotonic() + 30
+    while not (path.exists() and path.stat().st_size > 0):
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            err = proc.communicate()[1].decode(errors="replace")
+            raise RuntimeError(f"dumpcap did not start: {err.strip()[-300:]}")
+        time.sleep(0.05)
+    time.sleep(0.3)
+    try:
+        yield path
+    finally:
+        time.sleep(1.0)  # let dumpcap drain the ring before it stops
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def xfrm(ns: str) -> dict[str, str]:
+    """The kernel's word on ``ns``: SAs with keys and counters, and policies."""
+    return {
+        "state": _run("ip", "-n", ns, "-s", "xfrm", "state"),
+        "policy": _run("ip", "-n", ns, "xfrm", "policy"),
+    }
+
+
+class Client:
+    """``demo_guest.py client`` in the client's namespace, driven over stdin (one JSON per line)."""
+
+    def __init__(self, ns: str, keyd: Path, server_addr: str, env: dict[str, str], log: Path) -> None:
+        argv = ["ip", "netns", "exec", ns, sys.executable, str(Path(__file__).resolve()), "client"]
+        argv += [str(keyd), server_addr]
+        self.err = log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+            env={**os.environ, **env},
+        )
+
+    def ask(self, op: str, **args: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            return {"error": f"the client exited ({self.proc.poll()})"}
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> dict[str, Any]:
+        answer = self.ask("close") if self.proc.poll() is None else {"error": "exited"}
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.err.close()
+        return answer
+
+
+# ---------------------------------------------------------------------------------------------
+# the client (runs in rl-client)
+
+
+async def client_main(keyd: str, server_addr: str) -> None:
+    from rpclatch.connect import ConnectionReset, ConnectPolicy, FallbackService, ProtectedConnection
+    from rpclatch.connect.gss import RpcsecGssConnector
+    from rpclatch.connect.kernel import KernelClientWorld
+    from rpclatch.connect.world import ConnectError
+    from rpclatch.demo.kernel import PAYLOAD
+    from rpclatch.gss.provider import GssapiProvider
+    from rpclatch.ipsec.latch import LatchState
+    from rpclatch.rpc.testprog import PROC_ECHO, decode_opaque, encode_opaque
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    notes: list[list[Any]] = []
+    world = KernelClientWorld(server_addr, Path(keyd))
+    gss = RpcsecGssConnector(GssapiProvider(), TARGET, PROG, 1, FallbackService.PRIVACY)
+    pc = ProtectedConnection(
+        world,
+        gss,
+        ConnectPolicy(port=PORT, ike_timeout=IKE_TIMEOUT),
+        observer=lambda kind, text: notes.append([time.time(), kind, text]),
+    )
+
+    def state() -> dict[str, Any]:
+        link = pc.link
+        return {
+            "five_tuple": None if link is None else link.five_tuple,
+            "latch_state": None if link is None else str(getattr(link.latch_state(), "value", None)),
+            "open": None if link is None else link.is_open,
+            "generation": pc.security.generation if pc.history else 0,
+        }
+
+    def done(answer: dict[str, Any]) -> None:
+        answer.update(state())
+        answer["t"] = time.time()
+        print(json.dumps(answer), flush=True)
+
+    while line := await reader.readline():
+        cmd = json.loads(line)
+        op = cmd["op"]
+        answer: dict[str, Any] = {"op": op}
+        try:
+            if op == "connect":
+                with contextlib.suppress(Exception):
+                    await world.start()  # no key manager: the connect policy falls back
+                t0 = time.monotonic()
+                record = await pc.aconnect()
+                answer["seconds"] = round(time.monotonic() - t0, 4)
+                answer["latch_seconds"] = world.last_latch_seconds
+                answer["record"] = record.to_json()
+            elif op == "echo":
+                results = []
+                for _ in range(int(cmd.get("n", 1))):
+                    try:
+                        got = decode_opaque(await pc.acall(PROG, 1, PROC_ECHO, encode_opaque(PAYLOAD)))
+                        results.append({"ok": got == PAYLOAD, "service": pc.security.gss_service.sec_name})
+                    except (ConnectionReset, ConnectError, OSError) as exc:
+                        results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                answer["results"] = results
+            elif op == "wait_broken":
+                end = time.monotonic() + float(cmd.get("timeout", 15))
+                link = pc.link
+                while (
+                    link is not None
+                    and link.latch_state() is not LatchState.BROKEN
+                    and link.is_open
+                    and time.monotonic() < end
+                ):
+                    await asyncio.sleep(0.02)
+            elif op == "close":
+                answer["history"] = [r.to_json() for r in pc.history]
+                answer["notes"] = notes
+                await pc.aclose()
+                await world.close()
+                done(answer)
+                return
+            else:
+                answer["error"] = f"unknown op {op}"
+        except Exception as exc:
+            answer["error"] = f"{type(exc).__name__}: {exc}"
+        answer["history"] = [r.to_json() for r in pc.history]
+        done(answer)
+
+
+# ---------------------------------------------------------------------------------------------
+# the scenarios (driver, in the world's root namespace)
+
+
+class Demo:
+    def __init__(self, out: Path, tmp: Path, env: dict[str, str]) -> None:
+        self.out, self.tmp, self.env = out, tmp, env
+        self.procs: list[Proc] = []
+        self.clients: list[Client] = []
+
+    def ns(self, party: str) -> str:
+        return PARTIES[party][0]
+
+    def addr(self, party: str) -> str:
+        return PARTIES[party][1]
+
+    def client(self, name: str, keyd: Path) -> Client:
+        c = Client(self.ns("client"), keyd, self.addr("server"), self.env, self.tmp / f"{name}-client.log")
+        self.clients.append(c)
+        return c
+
+    def snapshot(self, socks: dict[str, Path]) -> dict[str, Any]:
+        """The kernel's XFRM state of every party and each key manager's status, now."""
+        return {
+            "t": time.time(),
+            "xfrm": {party: xfrm(self.ns(party)) for party in PARTIES},
+            "keyd": {party: keyd_status(sock) for party, sock in socks.items()},
+        }
+
+    async def ipsec_available(self, pcap: Path, socks: dict[str, Path]) -> dict[str, Any]:
+        """1: both key managers up; connect, four ECHOs, look at both ends while it is latched."""
+        res: dict[str, Any] = {}
+        with capture(pcap):
+            c = self.client("1", socks["client"])
+            res["connect"] = await asyncio.to_thread(c.ask, "connect")
+            res["echo"] = await asyncio.to_thread(c.ask, "echo", n=4)
+            res["during"] = self.snapshot(socks)
+            res["close"] = await asyncio.to_thread(c.close)
+        return res
+
+    async def no_ike(self, pcap: Path, socks: dict[str, Path]) -> dict[str, Any]:
+        """2: the server host has no key manager (its IKE port is closed); connect, four ECHOs."""
+        res: dict[str, Any] = {}
+        with capture(pcap):
+            c = self.client("2", socks["client"])
+            res["connect"] = await asyncio.to_thread(c.ask, "connect")
+            res["echo"] = await asyncio.to_thread(c.ask, "echo", n=4)
+            res["during"] = self.snapshot({"client": socks["client"]})
+            res["close"] = await asyncio.to_thread(c.close)
+        return res
+
+    async def run(self, scenarios: dict[str, str]) -> dict[str, Any]:
+        """``scenarios``: number -> pcapng file name (in the output directory)."""
+        res: dict[str, Any] = {"scenarios": {}}
+        c_keyd, c_sock = start_keyd(self.tmp, "client", self.ns("client"), self.addr("client"))
+        s_keyd, s_sock = start_keyd(self.tmp, "server", self.ns("server"), self.addr("server"))
+        self.procs += [c_keyd, s_keyd]
+        socks = {"client": c_sock, "server": s_sock}
+        res["ready"] = [await keyd_ready(c_sock, c_keyd), await keyd_ready(s_sock, s_keyd)]
+        if not all(res["ready"]):
+            res["error"] = "a key manager did not start"
+            return res
+        server = start_server(self.tmp, "server", self.ns("server"), self.addr("server"), s_sock)
+        self.procs.append(server)
+        if not await server_ready(server):
+            res["error"] = "the server did not start: " + server.text()[-800:]
+            return res
+        if "1" in scenarios:
+            res["scenarios"]["1"] = await self.ipsec_available(self.out / scenarios["1"], socks)
+            await asyncio.sleep(0.5)
+        if "2" in scenarios:
+            # the server host without a key manager: its keyd and the latching server go, a plain
+            # krb5p server takes the port
+            res["server_keyd_rc"] = s_keyd.stop()
+            res["server_rc"] = server.stop()
+            plain = start_server(self.tmp, "plain", self.ns("server"), self.addr("server"), None)
+            self.procs.append(plain)
+            if not await server_ready(plain):
+                res["scenarios"]["2"] = {"error": "the plain server did not start: " + plain.text()[-800:]}
+            else:
+                res["scenarios"]["2"] = await self.no_ike(self.out / scenarios["2"], {"client": c_sock})
+        return res
+
+    def close(self) -> dict[str, str]:
+        for c in self.clients:
+            if c.proc.poll() is None:
+                c.proc.kill()
+                c.proc.wait()
+        logs = {}
+        for p in self.procs:
+            p.stop()
+            logs[p.log.name] = p.text()[-3000:]
+        return logs
+
+
+def guest_main(config: dict[str, Any]) -> dict[str, Any]:
+    """Build the segment, run the scenarios, remove the segment (pyroute2's synchronous API runs
+    its own event loop, so the segment is made and removed outside the scenarios' loop)."""
+    out = Path(config["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="rpclatch-demo-"))
+    t0 = time.monotonic()
+    result: dict[str, Any] = {"parties": {k: list(v) for k, v in PARTIES.items()}, "port": PORT}
+    leftovers = remove_segment(PARTIES)  # a previous run killed before its cleanup
+    demo = Demo(out, tmp, config.get("env", {}))
+    try:
+        build_segment(PARTIES)
+        result.update(asyncio.run(demo.run(config["scenarios"])))
+    finally:
+        result["logs"] = demo.close()
+        problems = remove_segment(PARTIES)
+        result["cleanup"] = leftovers + problems
+        result["seconds"] = round(time.monotonic() - t0, 2)
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "client":
+        asyncio.run(client_main(sys.argv[2], sys.argv[3]))
+        sys.exit(0)
+    if len(sys.argv) != 3 or sys.argv[1] != "run":
+        sys.exit("usage: demo_guest.py run CONFIG-JSON   (inside the world, as root)")
+    print(json.dumps(guest_main(json.loads(sys.argv[2]))))

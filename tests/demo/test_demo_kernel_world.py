@@ -1,0 +1,91 @@
+"""``rpclatch demo --world uml --json``: the demo's scenarios on kernel ESP in one UML boot.
+
+One run of the command (it boots its own guest, runs every kernel-world scenario, judges them
+from the captures decrypted with the kernels' keys, the XFRM state, the key managers' latches and
+the RPC results); then each scenario's row and every one of its checks is asserted here. Skips
+with the reason where UML or root is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.uml, pytest.mark.root]
+
+
+def _rpclatch() -> list[str]:
+    script = Path(sys.executable).parent / "rpclatch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rpclatch.cli"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from interop.choose import choose_world
+
+    choice = choose_world("uml")
+    if choice.missing:
+        pytest.skip("the UML world cannot run here: " + "; ".join(choice.missing))
+    out = tmp_path_factory.mktemp("demo-uml")
+    proc = subprocess.run(
+        [*_rpclatch(), "demo", "--world", "uml", "--json", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.stdout.strip(), proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    result["rc"] = proc.returncode
+    result["stderr"] = proc.stderr[-3000:]
+    return result
+
+
+def _scenario(run: dict[str, Any], number: int, esp: bool = True) -> dict[str, Any]:
+    rows = [s for s in run["scenarios"] if s["number"] == number]
+    assert len(rows) == 1, [s["label"] for s in run["scenarios"]]
+    row: dict[str, Any] = rows[0]
+    failed = [c for c in row["checks"] if not c["passed"]]
+    assert row["error"] is None and not failed and row["outcome"] == "PASS", json.dumps(
+        {"error": row["error"], "failed": failed, "reason": row["reason"]}, indent=1
+    )
+    for kind in ("pcapng", "svg", "html", *(("esp_sa",) if esp else ())):
+        assert Path(row["files"][kind]).stat().st_size > 0, kind
+    assert Path(row["files"]["esp_sa"]).exists()
+    return row
+
+
+def test_the_run_passes_as_a_whole(run: dict[str, Any]) -> None:
+    assert run["world"] == "uml"
+    assert run["rc"] == 0 and run["passed"] is True, run["stderr"]
+    assert [s["number"] for s in run["scenarios"]] == [1, 2]
+
+
+def test_1_latched_at_both_ends_bound_channel_prot(run: dict[str, Any]) -> None:
+    row = _scenario(run, 1)
+    assert (row["latched"], row["binding"], row["gss_service"]) == ("yes/yes", "bound", "channel_prot")
+    names = {c["name"] for c in row["checks"]}
+    assert {
+        "kernel ESP SAs at both ends",
+        "every ESP frame decrypted with the kernel's keys",
+        "no cleartext TCP on port 2049",
+        "BIND_CHANNEL inside ESP, answered OK",
+    } <= names
+    assert row["security"][0]["bind_outcome"] == "BOUND"
+
+
+def test_2_no_key_manager_on_the_server_falls_back_to_krb5p(run: dict[str, Any]) -> None:
+    row = _scenario(run, 2, esp=False)
+    assert (row["latched"], row["gss_service"]) == ("no", "krb5p")
+    record = row["security"][0]
+    assert record["latch_outcome"] == "NOT_LATCHED" and "IKE_UNREACHABLE" in record["protection_error"]
+    assert "fallback decided" in row["reason"]  # the time it took is reported
