@@ -64,6 +64,19 @@ def test_aes_cts_rfc3962_appendix_b(length: int, expected: str) -> None:
     assert cts.decrypt(h(expected)) == CTS_PLAIN[:length]
 
 
+def test_aes_cts_one_key_many_messages() -> None:
+    """The OpenSSL contexts are reused across messages: each must still start at the zero IV."""
+    cts = AesCts(CTS_KEY)
+    for _ in range(2):
+        for length, expected in CTS_VECTORS + CTS_VECTORS[::-1]:
+            assert cts.encrypt(CTS_PLAIN[:length]) == h(expected)
+            assert cts.decrypt(h(expected)) == CTS_PLAIN[:length]
+    for n in (0, 1, 16, 17, 40):
+        confounder, sealed = cts.encrypt_confounded(CTS_PLAIN[:n])
+        assert AesCts(CTS_KEY).decrypt(sealed) == confounder + CTS_PLAIN[:n]
+        assert cts.decrypt(cts.encrypt_confounded_blind(CTS_PLAIN[:n]))[16:] == CTS_PLAIN[:n]
+
+
 @given(st.binary(min_size=16, max_size=200))
 def test_aes_cts_round_trips_every_length(plain: bytes) -> None:
     cts = AesCts(bytes(range(32)))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +108,10 @@ class Hmac:
         mac: bytes = outer.digest()[: self.size]
         return mac
 
+    def states(self) -> tuple[Any, Any]:
+        """The (inner, outer) hash states with the padded key absorbed; copy before updating."""
+        return self._inner, self._outer
+
     def close(self) -> None:
         self._inner = self._outer = None
 
@@ -131,12 +134,15 @@ class UsageKeys:
 
     def encrypt(self, plain: bytes, confounder: bytes | None = None) -> bytes:
         """Encrypt with a fresh random confounder (``confounder`` only for test vectors)."""
-        conf = os.urandom(_CONFOUNDER) if confounder is None else confounder
+        if confounder is not None:
+            body = confounder + plain
+            c = self._cts.encrypt(body)
+            return c + (self._ki.mac(_ZERO_IV, c) if self.rfc8009 else self._ki.mac(body))
         if self.rfc8009:
-            c = self._cts.encrypt(conf + plain)
+            c = self._cts.encrypt_confounded_blind(plain)
             return c + self._ki.mac(_ZERO_IV, c)
-        body = conf + plain
-        return self._cts.encrypt(body) + self._ki.mac(body)
+        conf, c = self._cts.encrypt_confounded(plain)
+        return c + self._ki.mac(conf, plain)
 
     def decrypt(self, cipher: bytes) -> bytes:
         """The plaintext (confounder removed); :class:`IntegrityError` if the check fails."""
