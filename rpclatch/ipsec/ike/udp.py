@@ -389,17 +389,21 @@ class IkeUdpEndpoint(asyncio.DatagramProtocol):
             self._timer = None
 
     def _flush(self) -> None:
-        """Send what the core has to send, act on its events, re-arm the timer (ICMP errors
+        """Act on the core's events, send what it has to send, re-arm the timer (ICMP errors
         reported meanwhile are read after each round, see :meth:`error_received`)."""
         now = self.now()
         while True:
             self._flushing = True
             try:
-                for data, (addr, port) in self.dispatcher.datagrams_to_send(now):
-                    self._send(data, (str(addr), port))
+                # events first: a responder's CHILD_SA is in the kernel before the IKE_AUTH or
+                # CREATE_CHILD_SA response that lets the initiator use it leaves (RFC 7296 §2.8:
+                # the responder must be ready for traffic on the new SA), so the peer's first
+                # packet never meets a half-installed pair
                 while (item := self.dispatcher.next_event()) is not None:
                     sa, event = item
                     self._on_event(sa, event)
+                for data, (addr, port) in self.dispatcher.datagrams_to_send(now):
+                    self._send(data, (str(addr), port))
             finally:
                 self._flushing = False
             if not self._errors_pending:

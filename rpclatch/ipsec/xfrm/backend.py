@@ -446,12 +446,11 @@ class XfrmBackend(Backend):
         )
         key_out = self.keys.key(sa, sa.spi_out, sa.remote_addr, nbytes)
         key_in = self.keys.key(sa, sa.spi_in, sa.local_addr, nbytes)
+        # The order never lets a packet of the flow out in the clear nor trips an ACQUIRE: the
+        # outbound SA first (nothing uses it yet), then the pinned policies (OUT finds its SA;
+        # IN refuses cleartext), the inbound SA last (until then the peer's ESP is dropped as
+        # an unknown SPI). Removal runs in the opposite order.
         self.nl.add_sa(out, AeadAlgo(AEAD_NAME, key_out, icv))
-        try:
-            self.nl.add_sa(inb, AeadAlgo(AEAD_NAME, key_in, icv))
-        except XfrmError:
-            self.nl.delete_sa(SaId(sa.remote_addr, sa.spi_out))
-            raise
         keys: list[_Key] = []
         try:
             if flow is not None:
@@ -460,11 +459,11 @@ class XfrmBackend(Backend):
                     sel = flow_selector(flow, outbound=outbound)
                     info, tmpls = self._entry_policy(entry, sa.reqid, sel, direction, self.sa_priority)
                     keys.append(self._put(_Layer.SA, info, tmpls, -sa.sa_id))
+            self.nl.add_sa(inb, AeadAlgo(AEAD_NAME, key_in, icv))
         except XfrmError:
             for key in keys:
                 self._drop(_Layer.SA, key, -sa.sa_id)
             self.nl.delete_sa(SaId(sa.remote_addr, sa.spi_out))
-            self.nl.delete_sa(SaId(sa.local_addr, sa.spi_in))
             raise
         self._t.sas[sa.sa_id] = _InstalledSa(
             SaId(sa.remote_addr, sa.spi_out), SaId(sa.local_addr, sa.spi_in), tuple(keys)
@@ -476,11 +475,12 @@ class XfrmBackend(Backend):
         rec = self._t.sas.pop(sa.sa_id, None)
         if rec is None:
             return
-        for key in rec.policies:
-            self._drop(_Layer.SA, key, -sa.sa_id)
         for sid in (rec.out, rec.inb):
             self._t.by_spi.pop((sid.daddr, sid.spi), None)
-            self.nl.delete_sa(sid)
+        self.nl.delete_sa(rec.inb)
+        for key in rec.policies:
+            self._drop(_Layer.SA, key, -sa.sa_id)
+        self.nl.delete_sa(rec.out)
 
     # -- per-flow policies ---------------------------------------------------------------------
 

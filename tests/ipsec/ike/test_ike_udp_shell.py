@@ -297,3 +297,40 @@ def test_a_pending_icmp_error_does_not_cost_another_peer_a_retransmission() -> N
         assert a.endpoint.dispatcher.stats.unreachable_ignored == 1  # not one of our IKE SAs
 
     run(body)
+
+
+class SendCountingBackend(InProcessBackend):
+    """Records how many datagrams its endpoint had sent when each SA pair was installed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+        self.sent_at_install: list[int] = []
+
+    def install_sa(self, sa: SecurityAssociation) -> None:
+        self.sent_at_install.append(self.sent)
+        super().install_sa(sa)
+
+
+def test_the_responder_installs_its_child_sa_before_its_response_leaves() -> None:
+    """RFC 7296 §2.8: the initiator may send on the new SA as soon as it has the response, so the
+    responder's pair must be in the datapath first (else the first packet meets a
+    half-installed pair and, in the kernel, a reply could leave before its policy exists)."""
+    counting = SendCountingBackend()
+
+    async def body(a: Side, b: Side) -> None:
+        transport = b.endpoint._transport
+        assert transport is not None
+        sendto = transport.sendto
+
+        def counted(data: bytes, addr: object = None) -> None:
+            counting.sent += 1
+            sendto(data, addr)
+
+        transport.sendto = counted  # type: ignore[method-assign]
+        a.endpoint.initiate(_remote(b), ChildRequest(Selector.for_flow(FLOW)))
+        await a.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), 5)
+        # B sent the IKE_SA_INIT response, then installed, then sent the IKE_AUTH response
+        assert counting.sent_at_install == [1] and counting.sent == 2
+
+    run(body, counting)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -727,3 +728,59 @@ def test_backend_netlink_timeout_reaches_its_socket(ns_pair: NsPair) -> None:
         assert len(quick.nl.policies()) == 2
     finally:
         quick.close()
+
+
+def test_sa_pair_install_and_removal_never_leave_a_window_in_the_clear(
+    ns_pair: NsPair, backend: XfrmBackend
+) -> None:
+    """install_sa: outbound SA, then the pinned OUT and IN policies, then the inbound SA (an OUT
+    policy never waits for its SA -- no ACQUIRE, no cleartext -- and the peer's ESP is refused
+    until everything is in place); remove_sa the other way round. The SAs are recorded, not
+    sent (no ESP on this host); the policies go to the namespace's kernel."""
+    flow = FiveTuple.of(A_ADDR, 40060, B_ADDR, 2049, 6)
+    sa = SecurityAssociation(
+        sa_id=7,
+        spi_in=0x3100,
+        spi_out=0x3101,
+        local_addr=ip(A_ADDR),
+        remote_addr=ip(B_ADDR),
+        traffic_selectors=(Selector.for_flow(flow),),
+        peer=PskPeer(IkeId.fqdn("b.test")),
+        local=LocalIdentity(IkeId.fqdn("a.test"), AuthMethod.PSK),
+        params=ProtectionParams(),
+        ike_sa=IkeSaRef(1, 2),
+        reqid=9,
+    )
+    calls: list[str] = []
+    nl = backend.nl
+    add_policy, delete_policy = nl.add_policy, nl.delete_policy
+
+    def rec_add_sa(info: Any, _algo: Any, *, update: bool = False) -> None:
+        calls.append(f"add_sa {info.id.spi:#x}")
+
+    def rec_delete_sa(sid: Any) -> bool:
+        calls.append(f"delete_sa {sid.spi:#x}")
+        return True
+
+    def rec_add_policy(info: Any, tmpls: Any = (), *, update: bool = True) -> None:
+        calls.append(f"add_policy dir={info.dir}")
+        add_policy(info, tmpls, update=update)
+
+    def rec_delete_policy(pid: Any) -> bool:
+        calls.append(f"delete_policy dir={pid.dir}")
+        return delete_policy(pid)
+
+    nl.add_sa, nl.delete_sa = rec_add_sa, rec_delete_sa  # type: ignore[method-assign]
+    nl.add_policy, nl.delete_policy = rec_add_policy, rec_delete_policy  # type: ignore[method-assign]
+    backend.install_sa(sa)
+    out_dir, in_dir = int(Dir.OUT), int(Dir.IN)
+    assert calls == [
+        "add_sa 0x3101",
+        f"add_policy dir={out_dir}",
+        f"add_policy dir={in_dir}",
+        "add_sa 0x3100",
+    ]
+    del calls[:]
+    backend.remove_sa(sa)
+    assert calls[0] == "delete_sa 0x3100" and calls[-1] == "delete_sa 0x3101", calls
+    assert sorted(calls[1:-1]) == sorted([f"delete_policy dir={out_dir}", f"delete_policy dir={in_dir}"])
