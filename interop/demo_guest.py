@@ -49,6 +49,9 @@ PROG = 0x20000A11
 #: emulated CPU shared with other guests) took 1.7 s in a trial; a server without a key manager
 #: answers IKE with an ICMP port unreachable, so the fallback does not wait for it
 IKE_TIMEOUT = 10.0
+#: the kernel priority of the administrator's port-2049 policies in scenario 5: that of configured
+#: policies, below the key manager's per-5-tuple ones (rpclatch.ipsec.xfrm.backend: 100 and 500)
+ADMIN_PRIORITY = 1000
 #: the parties: namespace, address, MAC (the capture's sender by MAC), veth name on the bridge side
 PARTIES: dict[str, tuple[str, str, str, str]] = {
     "client": ("rl-client", "203.0.113.11", "02:00:00:00:71:0b", "rlv-client"),
@@ -435,6 +438,47 @@ class Demo:
             res["close"] = await asyncio.to_thread(c.close)
         return res
 
+    async def policy_change(self, pcap: Path, socks: dict[str, Path]) -> dict[str, Any]:
+        """5: mid-flow, the administrator of each end makes port 2049 BYPASS in the kernel
+        (``ip xfrm policy add ... action allow``, at the configured policies' precedence, below
+        the key manager's per-5-tuple policies); the server's end first, then the client's. Calls
+        go on after each change; the admin's policies are removed at the end."""
+        res: dict[str, Any] = {"marks": []}
+        admin: dict[str, list[list[str]]] = {
+            "server": [["sport", "2049", "out"], ["dport", "2049", "in"]],
+            "client": [["dport", "2049", "out"], ["sport", "2049", "in"]],
+        }
+
+        def policy(party: str, verb: str) -> list[str]:
+            errors = []
+            for port_kind, port, direction in admin[party]:
+                argv = ["ip", "-n", self.ns(party), "xfrm", "policy", verb, "src", "0.0.0.0/0"]
+                argv += ["dst", "0.0.0.0/0", "proto", "tcp", port_kind, port, "dir", direction]
+                if verb == "add":
+                    argv += ["priority", str(ADMIN_PRIORITY), "action", "allow"]
+                r = subprocess.run(argv, capture_output=True, text=True, check=False)
+                if r.returncode:
+                    errors.append(r.stderr.strip())
+            return errors
+
+        with capture(pcap):
+            c = self.client("5", socks["client"])
+            res["connect"] = await asyncio.to_thread(c.ask, "connect")
+            res["echo_before"] = await asyncio.to_thread(c.ask, "echo", n=2)
+            res["before"] = self.snapshot(socks)
+            for party in ("server", "client"):
+                t = time.time()
+                text = f"admin ({party}): ip xfrm policy add ... tcp port 2049 action allow (BYPASS)"
+                res["marks"].append([t, party, "policy", text])
+                res[f"t_{party}"] = t
+                res[f"admin_{party}_errors"] = policy(party, "add")
+                res[f"echo_after_{party}"] = await asyncio.to_thread(c.ask, "echo", n=2)
+                res[f"after_{party}"] = self.snapshot(socks)
+            res["close"] = await asyncio.to_thread(c.close)
+        for party in admin:
+            policy(party, "delete")
+        return res
+
     async def run(self, scenarios: dict[str, str]) -> dict[str, Any]:
         """``scenarios``: number -> pcapng file name (in the output directory)."""
         res: dict[str, Any] = {"scenarios": {}}
@@ -453,6 +497,9 @@ class Demo:
             return res
         if "1" in scenarios:
             res["scenarios"]["1"] = await self.ipsec_available(self.out / scenarios["1"], socks)
+            await asyncio.sleep(0.5)
+        if "5" in scenarios:
+            res["scenarios"]["5"] = await self.policy_change(self.out / scenarios["5"], socks)
             await asyncio.sleep(0.5)
         if "2" in scenarios:
             # the server host without a key manager: its keyd and the latching server go, a plain

@@ -52,7 +52,7 @@ from rpclatch.netsim.pcapng import EspSaExport, write_esp_sa_uat
 __all__ = ["PAYLOAD", "KernelWorldUnavailable", "run_kernel_demo"]
 
 #: the scenarios the kernel world runs (the others are the simulated world's only)
-KERNEL_SCENARIOS = (1, 2)
+KERNEL_SCENARIOS = (1, 2, 5)
 PORT = 2049
 PROTO_ICMP = 1
 WORLD_LANE = "world"  # the bridge's own address: the nfsd world's root namespace (its KDC)
@@ -395,7 +395,8 @@ def check_ipsec_available(s: Scenario) -> Observation:
         bool(binds)
         and all(b.protected for b in binds)
         and any(r.bind_status is BindChanStatus.RGSS2_BIND_CHAN_OK for r in replies),
-        f"{len(binds)} BIND_CHANNEL call(s), reply status {[str(r.bind_status) for r in replies]}",
+        f"{len(binds)} BIND_CHANNEL call(s), reply status "
+        f"{[getattr(r.bind_status, 'name', None) for r in replies]}",
     )
     o.check(
         "DATA calls are channel_prot on the wire",
@@ -480,7 +481,95 @@ def check_no_ike(s: Scenario) -> Observation:
     return o
 
 
-CHECKS: dict[int, Callable[[Scenario], Observation]] = {1: check_ipsec_available, 2: check_no_ike}
+def policy_blocks(text: str) -> list[str]:
+    """``ip xfrm policy`` output cut into one text per policy."""
+    blocks: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("src "):
+            blocks.append(line)
+        elif blocks and line.strip():
+            blocks[-1] += "\n" + line
+    return blocks
+
+
+def flow_policies(text: str, sport: int | None) -> list[str]:
+    """The key manager's policies pinned to the flow of client port ``sport`` (ESP template)."""
+    return [
+        b
+        for b in policy_blocks(text)
+        if sport is not None and f"port {sport}" in b and "proto esp" in b and "action block" not in b
+    ]
+
+
+def admin_policies(text: str) -> list[str]:
+    """The administrator's port-2049 BYPASS policies of scenario 5."""
+    return [
+        b for b in policy_blocks(text) if f"port {PORT}" in b and "priority 1000" in b and "tmpl" not in b
+    ]
+
+
+def check_policy_change(s: Scenario) -> Observation:
+    """5: port 2049 made BYPASS by the administrator mid-flow, server then client: the latched
+    flow stays pinned to its SAs at both ends (the key manager's per-5-tuple policies come first),
+    calls go on in channel_prot inside ESP, never a cleartext segment."""
+    rec = _record(s.raw["connect"])
+    sport = _sport(rec.get("five_tuple"))
+    ok_before, _ = _echo_ok(s.raw["echo_before"])
+    v = s.ev.view
+    words: dict[str, str] = {}
+    o = Observation(
+        "policy changed mid-flow", "?", (rec.get("peer") or "-")[:32], "?", ",".join(v.data_services()) or "-"
+    )
+    o.check(
+        "first connection latched and bound",
+        bool(rec.get("bound")) and ok_before,
+        json.dumps({k: rec.get(k) for k in ("latch_outcome", "bind_outcome", "gss_service")}),
+    )
+    for party in ("server", "client"):
+        after = s.raw[f"after_{party}"]
+        text = after["xfrm"][party]["policy"]
+        latch = [r for r in _latches(after["keyd"][party], PORT) if f":{sport}" in r["flow"]]
+        pinned = _end_word(latch) == "yes" and len(flow_policies(text, sport)) >= 2
+        admin = admin_policies(text)
+        words[party] = "pinned" if pinned else _end_word(latch)
+        o.check(
+            f"{party}: admin's port-2049 BYPASS in the kernel, latched flow still pinned",
+            pinned and len(admin) == 2 and not s.raw.get(f"admin_{party}_errors"),
+            f"{party} latch {[r.get('state') for r in latch]}, {len(flow_policies(text, sport))} per-5-tuple "
+            f"ESP policies, {len(admin)} admin BYPASS policies, errors {s.raw.get(f'admin_{party}_errors')}",
+        )
+        ok, services = _echo_ok(s.raw[f"echo_after_{party}"])
+        after_t = s.ev.rel(float(s.raw[f"t_{party}"]))
+        o.check(
+            f"channel_prot still accepted after the {party} change",
+            ok and v.data_services(after=after_t) == ["channel_prot"],
+            f"ECHOs {services}; services on the wire after it: {v.data_services(after=after_t)}",
+        )
+    esp, decrypted = s.ev.esp_frames()
+    o.check(
+        "never cleartext on port 2049",
+        s.ev.clear_tcp_frames() == 0 and esp > 0 and decrypted == esp,
+        f"{s.ev.clear_tcp_frames()} cleartext TCP segments; {decrypted}/{esp} ESP frames decrypted",
+    )
+    o.check(
+        "payload never visible on the wire",
+        s.ev.frames_with_marker() == 0,
+        f"{s.ev.frames_with_marker()} frames contain the payload in the clear",
+    )
+    o.latched = f"{words['server']}/{words['client']}"
+    o.binding = "bound" if rec.get("bound") else str(rec.get("bind_outcome", "?")).lower()
+    o.reason = (
+        f"server {words['server']}, client {words['client']}: the key manager's per-5-tuple policies "
+        f"(priority 500) come before the administrator's port-{PORT} BYPASS (priority 1000)"
+    )
+    return o
+
+
+CHECKS: dict[int, Callable[[Scenario], Observation]] = {
+    1: check_ipsec_available,
+    2: check_no_ike,
+    5: check_policy_change,
+}
 
 
 def judge(number: int, raw: dict[str, Any], parties: dict[str, list[str]], run_dir: Path) -> ScenarioResult:

@@ -67,7 +67,7 @@ def _scenario(run: dict[str, Any], number: int, esp: bool = True) -> dict[str, A
 def test_the_run_passes_as_a_whole(run: dict[str, Any]) -> None:
     assert run["world"] == "uml"
     assert run["rc"] == 0 and run["passed"] is True, run["stderr"]
-    assert [s["number"] for s in run["scenarios"]] == [1, 2]
+    assert [s["number"] for s in run["scenarios"]] == [1, 2, 5]
 
 
 def test_1_latched_at_both_ends_bound_channel_prot(run: dict[str, Any]) -> None:
@@ -89,3 +89,10 @@ def test_2_no_key_manager_on_the_server_falls_back_to_krb5p(run: dict[str, Any])
     record = row["security"][0]
     assert record["latch_outcome"] == "NOT_LATCHED" and "IKE_UNREACHABLE" in record["protection_error"]
     assert "fallback decided" in row["reason"]  # the time it took is reported
+
+
+def test_5_policy_change_mid_flow_pinned_never_cleartext(run: dict[str, Any]) -> None:
+    row = _scenario(run, 5)
+    assert (row["latched"], row["gss_service"]) == ("pinned/pinned", "channel_prot")
+    names = {c["name"] for c in row["checks"]}
+    assert {"never cleartext on port 2049", "channel_prot still accepted after the client change"} <= names
