@@ -440,7 +440,7 @@ class StrongSwan(Peer):
         return self.keys
 
     def start(self) -> None:
-        import vici
+        import vici  # type: ignore[import-untyped]  # strongSwan's client ships no type information
 
         self._write_conf()
         self.socket_path.unlink(missing_ok=True)
@@ -813,10 +813,11 @@ class Rpclatch(Peer):
         from rpclatch.ipsec.model import FiveTuple, IpProto, Selector
 
         assert self.peer is not None
+        peer_addr = self.peer.addr
         flow = FiveTuple.of(
             ipaddress.ip_address(self.addr),
             CLIENT_PORT,
-            ipaddress.ip_address(self.peer.addr),
+            ipaddress.ip_address(peer_addr),
             PORT,
             IpProto.TCP,
         )
@@ -825,7 +826,7 @@ class Rpclatch(Peer):
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             sa = self.endpoint.initiate(
-                (ipaddress.ip_address(self.peer.addr), 500), ChildRequest(Selector.for_flow(flow))
+                (ipaddress.ip_address(peer_addr), 500), ChildRequest(Selector.for_flow(flow))
             )
             self.ike_sa = sa
             event = await self.endpoint.wait_for(
@@ -1243,7 +1244,7 @@ def lifecycle(res: Result, ini: Peer, resp: Peer, ns_i: str, ns_r: str) -> None:
         first = {ike["uniqueid"] for sa in ike_before or [] for ike in sa.values()}
         life["ike_rekeyed"] = _wait(
             lambda: (
-                (ids := {ike["uniqueid"] for sa in ss.state() or [] for ike in sa.values()})
+                bool(ids := {ike["uniqueid"] for sa in ss.state() or [] for ike in sa.values()})
                 and not ids & first
                 and len(ids) == 1
             ),
