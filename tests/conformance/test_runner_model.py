@@ -3,6 +3,7 @@ adjustment, exit code, table/JSON/JUnit shapes."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpclatch.commands.conformance import parse_host
+from rpclatch.commands.conformance import hex_arg, parse_host, seconds_arg
 from rpclatch.conformance import registry, report, runner
 from rpclatch.conformance.model import CaseResult, CaseSpec, Finding, Group, Level, Outcome, Report
 from rpclatch.conformance.probe import LocalGssError, NoContext, ProbeConfig, Session, Unsupported, flip_last
@@ -181,3 +182,12 @@ def test_failures_for_picks_the_fewest_halvings(
     from rpclatch.conformance.cases_rfc5403 import _failures_for, _Lifetime
 
     assert _failures_for(_Lifetime(0.0, client_left, client_left + skew), budget) == failures
+
+
+def test_args_and_seconds_options() -> None:
+    assert hex_arg("0x0000 0004 6563686f") == bytes.fromhex("000000046563686f")
+    assert hex_arg("") == b""
+    assert seconds_arg("0") == 0.0
+    for bad, parse in (("0xzz", hex_arg), ("abc", hex_arg), ("-1", seconds_arg), ("inf", seconds_arg)):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)

@@ -27,8 +27,15 @@ from rpclatch.gss.seqwindow import SeqVerdict, SeqWindow
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import GssProc, Service, be32, decode_integ, encode_integ
 from rpclatch.rpc.aio import RpcServer
+from rpclatch.rpc.messages import PROC_NULL
 from rpclatch.rpc.server import RpcDispatcher
-from rpclatch.rpc.testprog import RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS, add_test_program
+from rpclatch.rpc.testprog import (
+    PROC_ECHO,
+    RPCLATCH_TEST_PROG,
+    RPCLATCH_TEST_VERS,
+    add_test_program,
+    encode_opaque,
+)
 
 #: Silence this long counts as a discard (the server answers loopback calls in well under this).
 DROP_WAIT = 0.3
@@ -40,7 +47,14 @@ def _server(realm: ThrowawayRealm) -> GssServerAuth:
     return GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab))
 
 
-async def _run(realm: ThrowawayRealm, factory: ServerFactory = _server, ids: tuple[str, ...] = ()) -> Report:
+async def _run(
+    realm: ThrowawayRealm,
+    factory: ServerFactory = _server,
+    ids: tuple[str, ...] = (),
+    *,
+    proc: int = PROC_NULL,
+    args: bytes = b"",
+) -> Report:
     dispatcher = RpcDispatcher([factory(realm)])
     add_test_program(dispatcher)
     server = RpcServer(dispatcher)
@@ -53,6 +67,8 @@ async def _run(realm: ThrowawayRealm, factory: ServerFactory = _server, ids: tup
             RPCLATCH_TEST_VERS,
             target=realm.service_name,
             drop_wait=DROP_WAIT,
+            proc=proc,
+            args=args,
         )
         provider = GssapiProvider(ccache=realm.users["alice"].ccache)
         return await runner.run(registry.select(ids), config, provider)
@@ -60,8 +76,13 @@ async def _run(realm: ThrowawayRealm, factory: ServerFactory = _server, ids: tup
         await server.close()
 
 
-def test_rpclatch_server_passes_everything(realm: ThrowawayRealm) -> None:
-    report = asyncio.run(_run(realm))
+#: The test program's ECHO with a few bytes: a procedure with arguments.
+ECHO = (PROC_ECHO, encode_opaque(b"conformance"))
+
+
+@pytest.mark.parametrize("call", [(PROC_NULL, b""), ECHO], ids=["null", "echo"])
+def test_rpclatch_server_passes_everything(realm: ThrowawayRealm, call: tuple[int, bytes]) -> None:
+    report = asyncio.run(_run(realm, proc=call[0], args=call[1]))
     assert len(report.results) == len(registry.all_cases())
     bad = {
         r.spec.id: (r.outcome.value, r.reason)
@@ -134,6 +155,44 @@ class _NoBodySeqCheck(GssServerAuth):
                 call = dataclasses.replace(call, args=encode_integ(be32(seq) + inner[4:], checksum))
                 ctx = dataclasses.replace(ctx, gss=_TrustingGss(ctx.gss))
         return super()._data(call, seq, service, ctx)
+
+
+class _BlindGss(_TrustingGss):
+    """Also "unwraps" any privacy token to the call's seq_num (the body is never looked at)."""
+
+    def __init__(self, inner: Any, seq: int) -> None:
+        super().__init__(inner)
+        self._seq = seq
+
+    def unwrap(self, token: bytes) -> tuple[bytes, bool]:
+        return be32(self._seq), True
+
+
+class _NullBodyUnread(GssServerAuth):
+    """Reads the body of a call only for a procedure with arguments, as gssrpc and libtirpc do:
+    a NULL call's integrity or privacy body is never checked."""
+
+    def _data(self, call: Any, seq: int, service: Service, ctx: Any) -> Any:
+        if call.proc == PROC_NULL and service in (Service.INTEGRITY, Service.PRIVACY):
+            if service is Service.INTEGRITY:
+                call = dataclasses.replace(call, args=encode_integ(be32(seq), b""))
+            ctx = dataclasses.replace(ctx, gss=_BlindGss(ctx.gss, seq))
+        return super()._data(call, seq, service, ctx)
+
+
+def test_a_server_reading_bodies_only_with_arguments_fails_gss_10_to_12_only_through_null(
+    realm: ThrowawayRealm,
+) -> None:
+    factory = _factory(_NullBodyUnread)
+    null = asyncio.run(_run(realm, factory))
+    failed = {r.spec.id: r.reason for r in null.results if r.outcome is Outcome.FAIL}
+    assert set(failed) == {"GSS-10", "GSS-11", "GSS-12"}, failed
+    assert all("--proc N --args HEX" in why for why in failed.values())
+    echo = asyncio.run(_run(realm, factory, proc=ECHO[0], args=ECHO[1]))
+    assert {r.spec.id: r.outcome for r in echo.results if r.outcome is not Outcome.PASS} == {
+        f"CB-{n}": Outcome.OMIT for n in range(10, 17)
+    }
+    assert echo.by_id()["GSS-10"].reason == "a tampered integrity body answered GARBAGE_ARGS"
 
 
 def _factory(cls: type[GssServerAuth]) -> ServerFactory:
