@@ -23,6 +23,12 @@ Figures, each beside a baseline measured in the same run and process:
   direction; baseline = the raw python-gssapi ceiling for the same work: an echo needs two
   get_mic+verify_mic (krb5i) or two wrap+unwrap (krb5p) of 64 KiB (request and reply), so
   ceiling = 64 KiB / (2 x pair time).
+* ``gss.echo1k.krb5i.mit`` and ``gss.echo64k.krb5p.mit`` -- the same as ``gss.echo1k.krb5i`` and
+  ``gss.echo64k.krb5p`` with per-message calls on MIT on both sides (``GssapiProvider(fastpath=
+  False)``, a second server), beside the default path, which runs them on OpenSSL from the
+  exported context (:mod:`rpclatch.gss.krb5`). Their baselines are those of the default lines
+  (AUTH_NONE; the raw MIT wrap+unwrap ceiling). The ``.ceiling`` lines time the raw per-message
+  calls of whichever path the contexts use.
 
 Each figure is the median of ``--rounds`` short runs alternating with its baseline (the machine is
 shared, so the baseline is measured right beside each run).
@@ -47,6 +53,7 @@ import gssapi.raw as graw
 
 from rpclatch.gss.channel import InMemoryChannel
 from rpclatch.gss.client import GssClientAuth, rpc_call_via
+from rpclatch.gss.krb5.cfx import CfxContext
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import running_realm
 from rpclatch.gss.server import GssServerAuth
@@ -111,8 +118,9 @@ def raw_pairs_per_second(ctx_a: Any, ctx_b: Any, size: int, seconds: float, wrap
 def call_gss_ops(
     auth: GssClientAuth, server: GssServerAuth, service: Service, args_len: int
 ) -> Callable[[], None]:
-    """The raw python-gssapi operations of one ECHO call of ``args_len`` argument bytes with
-    ``service`` (see the module docstring), on the client's and the server's context of ``auth``."""
+    """The raw per-message operations of one ECHO call of ``args_len`` argument bytes with
+    ``service`` (see the module docstring), on the client's and the server's context of ``auth``:
+    python-gssapi calls on MIT contexts, or the exported contexts' own calls on the fast path."""
     client_gss = auth.gss_context
     server_gss = server.gss_context(auth.handle or b"")
     assert client_gss is not None and server_gss is not None
@@ -123,6 +131,27 @@ def call_gss_ops(
     seq = bytes(4)  # the reply verifier covers the 4-byte seq_num
     request = os.urandom(4 + args_len)  # rpc_gss_data_t: seq_num + arguments
     reply = os.urandom(4 + args_len)  # ECHO: results as long as the arguments
+    if isinstance(cctx, CfxContext) and isinstance(sctx, CfxContext):
+        c, s = cctx, sctx
+
+        def header_and_verifier() -> None:
+            s.verify_mic(header, c.get_mic(header))
+            c.verify_mic(seq, s.get_mic(seq))
+
+        def integrity() -> None:
+            header_and_verifier()
+            s.verify_mic(request, c.get_mic(request))
+            c.verify_mic(reply, s.get_mic(reply))
+
+        def privacy() -> None:
+            header_and_verifier()
+            s.unwrap(c.wrap(request, True))
+            c.unwrap(s.wrap(reply, True))
+
+        return {Service.NONE: header_and_verifier, Service.INTEGRITY: integrity, Service.PRIVACY: privacy}[
+            service
+        ]
+    assert not isinstance(cctx, CfxContext) and not isinstance(sctx, CfxContext), "mixed paths"
     get_mic, verify_mic, wrap, unwrap = graw.get_mic, graw.verify_mic, graw.wrap, graw.unwrap
 
     def header_and_verifier() -> None:
@@ -177,19 +206,24 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
         def on_connection(info: ConnectionInfo, transport: object) -> None:
             info.channel = channels.pop() if channels else None
 
-        gss_server = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab))
-        dispatcher = RpcDispatcher([AuthNoneServer(), gss_server])
-        add_test_program(dispatcher)
-        server = RpcServer(dispatcher, on_connection=on_connection)
-        port = await server.listen_tcp("127.0.0.1", 0)
-        provider = GssapiProvider(ccache=realm.users["alice"].ccache)
+        async def start_server(fastpath: bool) -> tuple[RpcServer, GssServerAuth, int]:
+            gss = GssServerAuth(GssapiProvider(realm.service_name, keytab=realm.keytab, fastpath=fastpath))
+            dispatcher = RpcDispatcher([AuthNoneServer(), gss])
+            add_test_program(dispatcher)
+            srv = RpcServer(dispatcher, on_connection=on_connection)
+            return srv, gss, await srv.listen_tcp("127.0.0.1", 0)
+
+        server, gss_server, port = await start_server(True)
+        mit_server, _mit_gss_server, mit_port = await start_server(False)
+        provider = GssapiProvider(ccache=realm.users["alice"].ccache, fastpath=True)
+        mit_provider = GssapiProvider(ccache=realm.users["alice"].ccache, fastpath=False)
 
         async def open_client(
-            make_auth: Callable[[], ClientAuth], bind: bool = False
+            make_auth: Callable[[], ClientAuth], bind: bool = False, mit: bool = False
         ) -> tuple[RpcStreamClient, ClientAuth]:
             cli_ch, srv_ch = InMemoryChannel.pair("x-bench", os.urandom(32))
             channels.append(srv_ch)
-            client = await RpcStreamClient.connect_tcp("127.0.0.1", port)
+            client = await RpcStreamClient.connect_tcp("127.0.0.1", mit_port if mit else port)
             auth = make_auth()
             if isinstance(auth, GssClientAuth):
                 call = rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS)
@@ -199,8 +233,10 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
                     assert auth.effective_service() == Service.CHANNEL_PROT
             return client, auth
 
-        def gss(service: Service) -> Callable[[], ClientAuth]:
-            return lambda: GssClientAuth(provider, realm.service_name, service=service)
+        def gss(service: Service, mit: bool = False) -> Callable[[], ClientAuth]:
+            return lambda: GssClientAuth(
+                mit_provider if mit else provider, realm.service_name, service=service
+            )
 
         async def paired(
             flavor: tuple[RpcStreamClient, ClientAuth],
@@ -246,13 +282,19 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
                 if op_time is not None:
                     # zero Python overhead: an AUTH_NONE call plus the raw GSS work of one call
                     bench(f"gss.echo1k.{label}.ceiling", 1 / (1 / base + op_time), "calls/s", base)
+                if label == "krb5i":  # the same on MIT's per-message calls
+                    mit_flavor = await open_client(gss(service, mit=True), mit=True)
+                    opened.append(mit_flavor)
+                    value, base, _ = await paired(mit_flavor, none, KIB)
+                    bench(f"gss.echo1k.{label}.mit", value, "calls/s", base)
             ctx_a, ctx_b = raw_contexts(realm.service_name)
             size = 64 * KIB
-            for label, service, wrap in (
-                ("krb5i", Service.INTEGRITY, False),
-                ("krb5p", Service.PRIVACY, True),
+            for label, service, wrap, mit in (
+                ("krb5i", Service.INTEGRITY, False, False),
+                ("krb5p", Service.PRIVACY, True, False),
+                ("krb5p.mit", Service.PRIVACY, True, True),
             ):
-                flavor = await open_client(gss(service))
+                flavor = await open_client(gss(service, mit), mit=mit)
                 opened.append(flavor)
                 values, ceilings = [], []
                 for _ in range(rounds):
@@ -266,6 +308,7 @@ async def main(seconds: float, inflight: int, rounds: int) -> None:
                     await auth.destroy(rpc_call_via(client, RPCLATCH_TEST_PROG, RPCLATCH_TEST_VERS))
                 await client.close()
             await server.close(grace=1.0)
+            await mit_server.close(grace=1.0)
 
 
 if __name__ == "__main__":
