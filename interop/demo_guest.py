@@ -56,6 +56,8 @@ ADMIN_PRIORITY = 1000
 PARTIES: dict[str, tuple[str, str, str, str]] = {
     "client": ("rl-client", "203.0.113.11", "02:00:00:00:71:0b", "rlv-client"),
     "server": ("rl-server", "203.0.113.12", "02:00:00:00:71:0c", "rlv-server"),
+    # no address of its own: in scenario 4 it takes the server's
+    "rogue": ("rl-rogue", "", "02:00:00:00:71:0d", "rlv-rogue"),
 }
 
 
@@ -85,7 +87,7 @@ def build_segment(parties: dict[str, tuple[str, str, str, str]]) -> None:
         add_party(ns, addr, mac, outer)
 
 
-def add_party(ns: str, addr: str | None, mac: str, outer: str) -> None:
+def add_party(ns: str, addr: str, mac: str, outer: str) -> None:
     """Namespace ``ns`` with ``eth0`` (``mac``, ``addr`` if given) on the bridge, default route via
     the bridge's address."""
     from pyroute2 import IPRoute, NetNS, netns
@@ -101,7 +103,7 @@ def add_party(ns: str, addr: str | None, mac: str, outer: str) -> None:
         idx = n.link_lookup(ifname=outer + "i")[0]
         n.link("set", index=idx, ifname="eth0", address=mac, state="up")
         n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
-        if addr is not None:
+        if addr:
             n.addr("add", index=idx, address=addr, prefixlen=PREFIX)
             n.route("add", dst="0.0.0.0/0", gateway=GATEWAY)
 
@@ -201,6 +203,34 @@ def keyd_status(sock: Path) -> dict[str, Any]:
     except ValueError:
         return {"error": out[-500:]}
     return parsed
+
+
+async def rogue_latch(sock: Path, local: str, remote: str, remote_port: int) -> dict[str, Any]:
+    """The rogue's key manager asked for CREATE_CONNECTION_LATCH of the client's 5-tuple as if it
+    were the server's end (local = the server's address and port 2049)."""
+    from rpclatch.connect.kernel import KeydControl, KeydRefused, KeydUnavailable
+
+    t0 = time.monotonic()
+    try:
+        control = await KeydControl.connect(sock)
+    except KeydUnavailable as exc:
+        return {"error": str(exc)}
+    try:
+        answer = await control.request(
+            "CREATE_CONNECTION_LATCH",
+            wait=IKE_TIMEOUT + 5,
+            timeout=IKE_TIMEOUT,
+            local_addr=local,
+            local_port=PORT,
+            remote_addr=remote,
+            remote_port=remote_port,
+            proto="tcp",
+        )
+        return {"answer": answer, "seconds": round(time.monotonic() - t0, 3)}
+    except (KeydRefused, KeydUnavailable) as exc:
+        return {"refused": f"{type(exc).__name__}: {exc}", "seconds": round(time.monotonic() - t0, 3)}
+    finally:
+        await control.close()
 
 
 def start_server(tmp: Path, name: str, ns: str, addr: str, keyd: Path | None) -> Proc:
@@ -479,6 +509,89 @@ class Demo:
             policy(party, "delete")
         return res
 
+    async def rogue_claims_address(self, pcap: Path, socks: dict[str, Path]) -> dict[str, Any]:
+        """4: mid-flow, namespace rl-rogue takes the server's address (and the client's ARP entry
+        for it: what a gratuitous ARP the client believed does), starts a key manager of its own
+        (its own key) on it, and asks it for the client's latched 5-tuple: its IKE goes to the
+        client's key manager, claiming a CHILD_SA for that 5-tuple. A call is made while the
+        address is the rogue's; then the server takes it back and the calls go on."""
+        res: dict[str, Any] = {"marks": []}
+        ns_r, _, mac_r, _ = PARTIES["rogue"]
+        mac_s = PARTIES["server"][2]
+        server_addr = self.addr("server")
+
+        def ip(*argv: str) -> str:
+            r = subprocess.run(["ip", *argv], capture_output=True, text=True, check=False)
+            return r.stderr.strip() if r.returncode else ""
+
+        r_keyd: Proc | None = None
+        with capture(pcap):
+            c = self.client("4", socks["client"])
+            res["connect"] = await asyncio.to_thread(c.ask, "connect")
+            res["echo_before"] = await asyncio.to_thread(c.ask, "echo", n=2)
+            res["before"] = self.snapshot(socks)
+            five = str(res["connect"].get("five_tuple") or "")
+            try:
+                sport = int(five.split(" -> ")[0].rsplit(":", 1)[1])
+            except (IndexError, ValueError):
+                res["error"] = f"no latched connection to attack: {res['connect']}"
+                res["close"] = await asyncio.to_thread(c.close)
+                return res
+            errors = [ip("-n", ns_r, "addr", "add", f"{server_addr}/{PREFIX}", "dev", "eth0")]
+            r_keyd, r_sock = start_keyd(self.tmp, "rogue", ns_r, server_addr)
+            self.procs.append(r_keyd)
+            res["rogue_ready"] = await keyd_ready(r_sock, r_keyd)
+            t = time.time()
+            res["t_claim"] = t
+            res["marks"].append(
+                [t, "rogue", "attack", f"rogue claims {server_addr} and keys the client's flow"]
+            )
+            errors.append(
+                ip(
+                    "-n",
+                    self.ns("client"),
+                    "neigh",
+                    "replace",
+                    server_addr,
+                    "lladdr",
+                    mac_r,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                )
+            )
+            during = asyncio.ensure_future(asyncio.to_thread(c.ask, "echo", n=1))
+            res["rogue_latch"] = await rogue_latch(r_sock, server_addr, self.addr("client"), sport)
+            await asyncio.sleep(1.0)
+            res["during"] = self.snapshot({**socks, "rogue": r_sock})
+            t = time.time()
+            res["t_back"] = t
+            res["marks"].append([t, "server", "state", f"server re-announces {server_addr}"])
+            errors.append(
+                ip(
+                    "-n",
+                    self.ns("client"),
+                    "neigh",
+                    "replace",
+                    server_addr,
+                    "lladdr",
+                    mac_s,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "reachable",
+                )
+            )
+            res["echo_during"] = await during
+            res["echo_after"] = await asyncio.to_thread(c.ask, "echo", n=2)
+            res["after"] = self.snapshot(socks)
+            res["close"] = await asyncio.to_thread(c.close)
+            res["ip_errors"] = [e for e in errors if e]
+        r_keyd.stop()
+        ip("-n", ns_r, "addr", "del", f"{server_addr}/{PREFIX}", "dev", "eth0")
+        return res
+
     async def run(self, scenarios: dict[str, str]) -> dict[str, Any]:
         """``scenarios``: number -> pcapng file name (in the output directory)."""
         res: dict[str, Any] = {"scenarios": {}}
@@ -497,6 +610,9 @@ class Demo:
             return res
         if "1" in scenarios:
             res["scenarios"]["1"] = await self.ipsec_available(self.out / scenarios["1"], socks)
+            await asyncio.sleep(0.5)
+        if "4" in scenarios:
+            res["scenarios"]["4"] = await self.rogue_claims_address(self.out / scenarios["4"], socks)
             await asyncio.sleep(0.5)
         if "5" in scenarios:
             res["scenarios"]["5"] = await self.policy_change(self.out / scenarios["5"], socks)

@@ -39,7 +39,7 @@ from typing import Any, TextIO
 from rpclatch.demo.diagram import render_html, render_svg
 from rpclatch.demo.model import EventKind, RunResult, ScenarioResult, TraceEvent
 from rpclatch.demo.rundir import slug
-from rpclatch.demo.scenarios import LANES, MARKER, PAYLOAD, SCENARIOS, Observation
+from rpclatch.demo.scenarios import LANES, MARKER, PAYLOAD, SCENARIOS, Observation, marker_bytes
 from rpclatch.demo.testbed import _ike_label, _seg_label, _short
 from rpclatch.demo.wiretap import WireView
 from rpclatch.gss.wire import BindChanStatus
@@ -52,7 +52,7 @@ from rpclatch.netsim.pcapng import EspSaExport, write_esp_sa_uat
 __all__ = ["PAYLOAD", "KernelWorldUnavailable", "run_kernel_demo"]
 
 #: the scenarios the kernel world runs (the others are the simulated world's only)
-KERNEL_SCENARIOS = (1, 2, 5)
+KERNEL_SCENARIOS = (1, 2, 4, 5)
 PORT = 2049
 PROTO_ICMP = 1
 WORLD_LANE = "world"  # the bridge's own address: the nfsd world's root namespace (its KDC)
@@ -325,6 +325,8 @@ class Scenario:
     def __init__(self, number: int, raw: dict[str, Any], parties: dict[str, list[str]], pcap: Path) -> None:
         self.number = number
         self.raw = raw
+        self.attacker_bytes = 0  # bytes of frames delivered to an attacker (ciphertext counts)
+        self.attacker_plaintext = 0  # payload bytes an attacker could read
         self.addr = {name: p[1] for name, p in parties.items()}
         macs = {p[2]: name for name, p in parties.items()}
         sas: list[EspSaExport] = []
@@ -481,6 +483,105 @@ def check_no_ike(s: Scenario) -> Observation:
     return o
 
 
+def _peers(status: dict[str, Any], sport: int | None) -> list[str]:
+    return [
+        str(r.get("peer"))
+        for r in _latches(status, PORT)
+        if f":{sport}" in str(r.get("flow")) and r.get("state") == "ESTABLISHED"
+    ]
+
+
+def check_rogue(s: Scenario) -> Observation:
+    """4: a rogue takes the server's address mid-flow (the client's ARP entry too) and its own key
+    manager asks the client's for a CHILD_SA on the latched 5-tuple. This key manager refuses a
+    CHILD_SA that covers another peer's latch (RFC 5660 §2.3, RFC 5386 §3.1), so the latch stays
+    with the server's key, the ESP the rogue receives meanwhile stays unreadable, and the calls
+    go on once the server has its address back."""
+    rec = _record(s.raw["connect"])
+    sport = _sport(rec.get("five_tuple"))
+    c, srv = s.addr["client"], s.addr["server"]
+    ok_before, _ = _echo_ok(s.raw["echo_before"])
+    before, during, after = s.raw["before"], s.raw["during"], s.raw["after"]
+    v = s.ev.view
+    rogue_keys = [sa.keys for sa in kernel_sas(during["xfrm"].get("rogue", {}).get("state", ""))]
+    readable = v.readable_by("rogue", rogue_keys)
+    s.attacker_bytes = v.bytes_to("rogue")
+    s.attacker_plaintext = marker_bytes(readable)
+    claim = s.ev.rel(float(s.raw.get("t_claim", 0.0)))
+    peers = [_peers(snap["keyd"]["client"], sport) for snap in (before, during, after)]
+    spis = [
+        sorted(sa.keys.spi for sa in sas_between(kernel_sas(snap["xfrm"]["client"]["state"]), c, srv))
+        for snap in (before, during, after)
+    ]
+    rogue = s.raw.get("rogue_latch") or {}
+    kept = len(peers[0]) == 1 and peers[0] == peers[1] == peers[2]
+    o = Observation(
+        "rogue claims server address",
+        "kept (rogue refused)" if kept and "refused" in rogue else "?",
+        (rec.get("peer") or "-")[:32],
+        "bound" if rec.get("bound") else str(rec.get("bind_outcome", "?")).lower(),
+        ",".join(v.data_services()) or "-",
+        reason=f"the rogue's CHILD_SA for the latched 5-tuple: {rogue.get('refused') or rogue}; the latch "
+        "stays with the server's key (this key manager refuses the conflicting SA rather than breaking "
+        "the latch), the call made meanwhile completes once the server has its address back",
+    )
+    o.check(
+        "first connection latched and bound", bool(rec.get("bound")) and ok_before, str(rec.get("reason"))
+    )
+    o.check(
+        "rogue up on the server's address, its key manager ready",
+        bool(s.raw.get("rogue_ready")) and not s.raw.get("ip_errors"),
+        f"ready {s.raw.get('rogue_ready')}, errors {s.raw.get('ip_errors')}",
+    )
+    o.check(
+        "the rogue's CHILD_SA for the latched 5-tuple refused",
+        "refused" in rogue and "answer" not in rogue,
+        f"rogue key manager's CREATE_CONNECTION_LATCH: {rogue}",
+    )
+    o.check(
+        "the rogue's IKE reached the client's key manager",
+        any(
+            e.kind is EventKind.IKE and e.src == "rogue" and e.dst == "client"
+            for e in s.ev.trace(())
+            if e.t >= claim
+        ),
+        "IKE from the rogue's MAC to the client after the claim",
+    )
+    o.check(
+        "client latch kept with the server's key (no SA of the rogue for the flow)",
+        kept and spis[0] == spis[1] == spis[2] and len(spis[0]) == 2,
+        f"client latch peers before/during/after {peers}; "
+        f"client SPIs for the flow {[[hex(x) for x in p] for p in spis]}",
+    )
+    to_rogue = [fv for fv in v.delivered_to("rogue") if fv.inner is not None or fv.esp_spi is not None]
+    o.check(
+        "the rogue could read no frame of the flow",
+        s.attacker_plaintext == 0
+        and not [fv for fv in to_rogue if fv.esp_spi is None and fv.inner is not None],
+        f"{len(to_rogue)} TCP/ESP frames delivered to the rogue ({s.attacker_bytes} bytes), "
+        f"{len(readable)} bytes readable with its keys, {s.attacker_plaintext} payload bytes",
+    )
+    ok_during, during_services = _echo_ok(s.raw["echo_during"])
+    ok_after, after_services = _echo_ok(s.raw["echo_after"])
+    o.check(
+        "calls go on, channel_prot, after the server has its address back",
+        ok_during and ok_after and v.data_services(after=claim) == ["channel_prot"],
+        f"call during the claim {during_services}, after {after_services}; services on the wire "
+        f"after the claim {v.data_services(after=claim)}",
+    )
+    o.check(
+        "never cleartext on port 2049",
+        s.ev.clear_tcp_frames() == 0,
+        f"{s.ev.clear_tcp_frames()} cleartext TCP segments to/from port {PORT}",
+    )
+    o.check(
+        "payload never visible on the wire",
+        s.ev.frames_with_marker() == 0,
+        f"{s.ev.frames_with_marker()} frames contain the payload in the clear",
+    )
+    return o
+
+
 def policy_blocks(text: str) -> list[str]:
     """``ip xfrm policy`` output cut into one text per policy."""
     blocks: list[str] = []
@@ -568,6 +669,7 @@ def check_policy_change(s: Scenario) -> Observation:
 CHECKS: dict[int, Callable[[Scenario], Observation]] = {
     1: check_ipsec_available,
     2: check_no_ike,
+    4: check_rogue,
     5: check_policy_change,
 }
 
@@ -630,8 +732,8 @@ def judge(number: int, raw: dict[str, Any], parties: dict[str, list[str]], run_d
         o.peer,
         o.binding,
         o.gss_service,
-        0,
-        0,
+        s.attacker_bytes if s is not None else 0,
+        s.attacker_plaintext if s is not None else 0,
         tuple(o.checks),
         tuple(events),
         files,

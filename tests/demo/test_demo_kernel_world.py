@@ -67,7 +67,7 @@ def _scenario(run: dict[str, Any], number: int, esp: bool = True) -> dict[str, A
 def test_the_run_passes_as_a_whole(run: dict[str, Any]) -> None:
     assert run["world"] == "uml"
     assert run["rc"] == 0 and run["passed"] is True, run["stderr"]
-    assert [s["number"] for s in run["scenarios"]] == [1, 2, 5]
+    assert [s["number"] for s in run["scenarios"]] == [1, 2, 4, 5]
 
 
 def test_1_latched_at_both_ends_bound_channel_prot(run: dict[str, Any]) -> None:
@@ -96,3 +96,15 @@ def test_5_policy_change_mid_flow_pinned_never_cleartext(run: dict[str, Any]) ->
     assert (row["latched"], row["gss_service"]) == ("pinned/pinned", "channel_prot")
     names = {c["name"] for c in row["checks"]}
     assert {"never cleartext on port 2049", "channel_prot still accepted after the client change"} <= names
+
+
+def test_4_rogue_on_the_servers_address_is_refused_and_reads_nothing(run: dict[str, Any]) -> None:
+    row = _scenario(run, 4)
+    assert (row["latched"], row["gss_service"]) == ("kept (rogue refused)", "channel_prot")
+    assert row["attacker_plaintext_bytes"] == 0
+    names = {c["name"] for c in row["checks"]}
+    assert {
+        "the rogue's CHILD_SA for the latched 5-tuple refused",
+        "the rogue's IKE reached the client's key manager",
+        "the rogue could read no frame of the flow",
+    } <= names
