@@ -264,6 +264,34 @@ def test_own_direction_and_garbage_are_refused(case: Case) -> None:
         assert err.value.major in _REJECT
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    junk=st.one_of(
+        st.binary(max_size=120),
+        st.builds(lambda tail: b"\x05\x04" + tail, st.binary(max_size=120)),
+        st.builds(lambda tail: b"\x04\x04" + tail, st.binary(max_size=60)),
+    )
+)
+def test_arbitrary_bytes_raise_only_gss_errors(case: Case, junk: bytes) -> None:
+    for call in (lambda: case.ours.unwrap(junk), lambda: case.ours.verify_mic(b"m", junk)):
+        with pytest.raises(GssError) as err:
+            call()
+        assert err.value.major in _REJECT
+
+
+def test_bytes_like_inputs(case: Case) -> None:
+    """memoryview and bytearray messages and tokens work as bytes do."""
+    msg = os.urandom(3000)
+    for conf in (True, False):
+        token = case.ours.wrap(memoryview(msg), conf)
+        assert bytes(g.unwrap(case.peer, token).message) == msg
+        mit = g.wrap(case.peer, msg, conf).message
+        assert case.ours.unwrap(memoryview(mit)) == (msg, conf)
+        assert case.ours.unwrap(bytearray(mit)) == (msg, conf)
+    g.verify_mic(case.peer, msg, case.ours.get_mic(memoryview(msg)))
+    case.ours.verify_mic(memoryview(msg), memoryview(g.get_mic(case.peer, msg)))
+
+
 def test_delete_drops_the_keys(service: Service) -> None:
     fresh = make_case(service, 18, True, True)
     fresh.ours.delete()

@@ -220,6 +220,7 @@ class CfxContext:
         self._verify_mic_slow(message, token)
 
     def _verify_mic_slow(self, message: bytes, token: bytes) -> None:
+        token = bytes(token)
         if len(token) < 16 or token[:2] != _MIC_ID or token[3:8] != _MIC_FILLER:
             raise GssError(_DEFECTIVE, 0, "not a MIC token")
         keys = self._recv_keys(token[2])
@@ -237,14 +238,16 @@ class CfxContext:
         seq = self._next_seq()
         if confidential:
             header = self._wrap_prefix[0] + b"\x00\x00\x00\x00" + seq  # EC 0, RRC 0
-            return header + send.send_seal.encrypt(message + header)
+            return header + send.send_seal.encrypt(b"".join((message, header)))
         prefix = self._wrap_prefix[1]
         checksum = send.send_seal.checksum(message, prefix + b"\x00\x00\x00\x00" + seq)
-        return prefix + len(checksum).to_bytes(2, "big") + b"\x00\x00" + seq + message + checksum
+        return b"".join((prefix, len(checksum).to_bytes(2, "big"), b"\x00\x00", seq, message, checksum))
 
     def unwrap(self, token: bytes) -> tuple[bytes, bool]:
         """Return (message, was_encrypted)."""
         self._live()
+        if type(token) is not bytes:  # any bytes-like token (memoryview, bytearray)
+            token = bytes(token)
         if len(token) < 16 or token[:2] != _WRAP_ID or token[3] != 0xFF:
             raise GssError(_DEFECTIVE, 0, "not a Wrap token")
         flags = token[2]
