@@ -72,12 +72,12 @@ def service(realm: ThrowawayRealm) -> Service:
     return _add_service(realm, "fastpath", _ALL_KEYS)
 
 
-def mit_pair(svc: Service, etype: int, mutual: bool) -> tuple[Any, Any]:
+def mit_pair(svc: Service, etype: int, mutual: bool, extra_flags: int = 0) -> tuple[Any, Any]:
     """An established MIT (initiator, acceptor) pair whose tokens use ``etype``; ``mutual``
     decides whether the acceptor asserts a subkey (MIT does so only with mutual authentication)."""
     creds = g.acquire_cred(None, usage="initiate").creds
     g.krb5_set_allowable_enctypes(creds, [etype])
-    flags = g.RequirementFlag.integrity | g.RequirementFlag.confidentiality
+    flags = g.RequirementFlag.integrity | g.RequirementFlag.confidentiality | extra_flags
     if mutual:
         flags |= g.RequirementFlag.mutual_authentication
     i = g.init_sec_context(svc.name, creds=creds, flags=flags)
@@ -312,6 +312,15 @@ def test_expired_context_refuses_per_message_calls(service: Service) -> None:
 def test_unsupported_enctype_stays_on_mit(service: Service) -> None:
     """Camellia (RFC 6803) is not implemented: no export, and the MIT context keeps working."""
     ictx, actx = mit_pair(service, CAMELLIA256, True)
+    assert export_cfx(ictx) is None and export_cfx(actx) is None
+    res = g.unwrap(actx, g.wrap(ictx, b"still MIT", True).message)
+    assert bytes(res.message) == b"still MIT"
+
+
+@pytest.mark.parametrize("flag", ["replay_detection", "out_of_sequence_detection"])
+def test_contexts_with_gss_sequence_checks_stay_on_mit(service: Service, flag: str) -> None:
+    """The exported copy does not check received sequence numbers, so such contexts are not moved."""
+    ictx, actx = mit_pair(service, 18, True, int(getattr(g.RequirementFlag, flag)))
     assert export_cfx(ictx) is None and export_cfx(actx) is None
     res = g.unwrap(actx, g.wrap(ictx, b"still MIT", True).message)
     assert bytes(res.message) == b"still MIT"

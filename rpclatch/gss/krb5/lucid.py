@@ -9,7 +9,9 @@ context, which enctype its tokens use: ``gss_inquire_sec_context_by_oid`` with
 GSS_C_INQ_SSPI_SESSION_KEY (1.2.840.113554.1.2.2.5.5) returns that key and, as a second element,
 the OID ``1.2.840.113554.1.2.2.4.<enctype>``. Only when it is one of the AES enctypes of
 :mod:`~rpclatch.gss.krb5.enctypes` is the context exported; otherwise (or if the inquiry fails)
-:func:`export_cfx` returns None and the caller keeps using MIT.
+:func:`export_cfx` returns None and the caller keeps using MIT. The same for a context with GSS
+replay or sequence detection: the exported copy does not check received sequence numbers
+(RPCSEC_GSS, which asks for neither, keeps its own window: RFC 2203 §5.2.2).
 """
 
 from __future__ import annotations
@@ -60,17 +62,39 @@ def token_enctype(ctx: Any) -> int | None:
     return _decode_oid_arc(oid[len(_ENCTYPE_OID_PREFIX) :])
 
 
+def _wants_sequence_checks(ctx: Any) -> bool:
+    try:
+        flags: Any = graw.inquire_context(
+            ctx,
+            initiator_name=False,
+            target_name=False,
+            lifetime=False,
+            mech=False,
+            flags=True,
+            locally_init=False,
+            complete=False,
+        ).flags
+    except graw.GSSError:
+        return True  # unknown: stay on MIT
+    wanted = graw.RequirementFlag.replay_detection | graw.RequirementFlag.out_of_sequence_detection
+    return bool(int(flags) & int(wanted))
+
+
 def export_cfx(ctx: Any) -> CfxContext | None:
     """Export the established MIT context ``ctx`` into a :class:`CfxContext`.
 
-    Returns None, with ``ctx`` untouched, when its token enctype is not one implemented here or
-    the export fails; after a successful export ``ctx`` is deleted (by MIT) and only the returned
-    object may be used. Raises :class:`GssError` (GSS_S_FAILURE) only if MIT exported something
-    it had not announced (the context is then lost).
+    Returns None, with ``ctx`` untouched, when its token enctype is not one implemented here, it
+    has replay or sequence detection, or the export fails; after a successful export ``ctx`` is
+    deleted (by MIT) and only the returned object may be used. Raises :class:`GssError`
+    (GSS_S_FAILURE) only if MIT exported something it had not announced (the context is then
+    lost).
     """
     etype = token_enctype(ctx)
     if etype not in ENCTYPES:
         log.debug("per-message calls stay on MIT: token enctype %s", etype)
+        return None
+    if _wants_sequence_checks(ctx):
+        log.debug("per-message calls stay on MIT: the context checks replay or sequence")
         return None
     try:
         lucid: Any = graw.krb5_export_lucid_sec_context(ctx, 1)  # a Krb5LucidContextV1
