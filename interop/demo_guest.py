@@ -58,6 +58,10 @@ PARTIES: dict[str, tuple[str, str, str, str]] = {
     "server": ("rl-server", "203.0.113.12", "02:00:00:00:71:0c", "rlv-server"),
     # no address of its own: in scenario 4 it takes the server's
     "rogue": ("rl-rogue", "", "02:00:00:00:71:0d", "rlv-rogue"),
+    # scenario 3's man in the middle: its client-facing end takes the server's address, its
+    # server-facing end has its own
+    "mitm": ("rl-mitm", "", "02:00:00:00:71:0e", "rlv-mitm"),
+    "mitm-b": ("rl-mitm-b", "203.0.113.13", "02:00:00:00:71:0f", "rlv-mitmb"),
 }
 
 
@@ -196,13 +200,21 @@ async def keyd_ready(sock: Path, proc: Proc, timeout: float = 60) -> bool:
     return False
 
 
-def keyd_status(sock: Path) -> dict[str, Any]:
-    out = _run(*_rpclatch(), "ipsec", "status", "--socket", str(sock), "--json")
+async def keyd_status(sock: Path) -> dict[str, Any]:
+    """What ``rpclatch ipsec status --json`` prints (the key manager's STATUS), asked in-process."""
+    from rpclatch.ipsec.keyd.server import KeydClient
+
     try:
-        parsed: dict[str, Any] = json.loads(out)
-    except ValueError:
-        return {"error": out[-500:]}
-    return parsed
+        client = await KeydClient.connect(sock)
+    except OSError as exc:
+        return {"error": str(exc)}
+    try:
+        answer = await asyncio.wait_for(client.call("STATUS"), 5)
+    except (OSError, TimeoutError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        await client.close()
+    return {key: answer.get(key, []) for key in ("ike_sas", "child_sas", "latches")}
 
 
 async def rogue_latch(sock: Path, local: str, remote: str, remote_port: int) -> dict[str, Any]:
@@ -231,6 +243,95 @@ async def rogue_latch(sock: Path, local: str, remote: str, remote_port: int) -> 
         return {"refused": f"{type(exc).__name__}: {exc}", "seconds": round(time.monotonic() - t0, 3)}
     finally:
         await control.close()
+
+
+def key_fingerprint(pem: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a key's SubjectPublicKeyInfo: how ``ipsec
+    status`` names a latch's peer."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    key = load_pem_private_key(pem.read_bytes(), None)
+    der = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+async def relay_main(listen_ns: str, listen_addr: str, src_addr: str, keyd: str, server_addr: str) -> None:
+    """Scenario 3's relay (run in the server-facing namespace): accepts the client's connection
+    on ``listen_addr``:2049 in ``listen_ns`` (where its first key manager answers the client's
+    IKE), and for each, binds a socket to ``src_addr``, latches its 5-tuple through its second key
+    manager ``keyd`` (its other key) and connects to the server; then copies bytes both ways,
+    keeping what it read. On a stdin line it stops and prints one JSON line."""
+    import socket
+
+    from rpclatch.connect.kernel import KeydControl, KeydRefused, KeydUnavailable
+    from rpclatch.demo.kernel import MARKER
+    from rpclatch.ipsec.xfrm.netns import open_socket
+
+    loop = asyncio.get_running_loop()
+    seen = bytearray()
+    info: dict[str, Any] = {"connections": 0, "latches": [], "errors": []}
+    control = await KeydControl.connect(Path(keyd))
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                seen.extend(data)
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        info["connections"] += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.bind((src_addr, 0))
+        local = sock.getsockname()
+        try:
+            answer = await control.request(
+                "CREATE_CONNECTION_LATCH",
+                wait=IKE_TIMEOUT + 5,
+                timeout=IKE_TIMEOUT,
+                local_addr=local[0],
+                local_port=local[1],
+                remote_addr=server_addr,
+                remote_port=PORT,
+                proto="tcp",
+            )
+            info["latches"].append({"flow": f"{local[0]}:{local[1]}", "answer": answer})
+            await loop.sock_connect(sock, (server_addr, PORT))
+        except (KeydRefused, KeydUnavailable, OSError) as exc:
+            info["errors"].append(f"{type(exc).__name__}: {exc}")
+            sock.close()
+            c_writer.close()
+            return
+        s_reader, s_writer = await asyncio.open_connection(sock=sock)
+        await asyncio.gather(pump(c_reader, s_writer), pump(s_reader, c_writer))
+
+    lsock = open_socket(listen_ns, socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((listen_addr, PORT))
+    lsock.listen(8)
+    lsock.setblocking(False)
+    server = await asyncio.start_server(handle, sock=lsock)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print(json.dumps({"ready": True}), flush=True)
+    await reader.readline()
+    server.close()
+    await control.close()
+    info["plaintext_bytes"] = len(seen)
+    info["marker_bytes"] = bytes(seen).count(MARKER) * len(MARKER)
+    info["rpc_bytes_seen"] = len(seen)
+    print(json.dumps(info), flush=True)
 
 
 def start_server(tmp: Path, name: str, ns: str, addr: str, keyd: Path | None) -> Proc:
@@ -438,12 +539,12 @@ class Demo:
         self.clients.append(c)
         return c
 
-    def snapshot(self, socks: dict[str, Path]) -> dict[str, Any]:
+    async def snapshot(self, socks: dict[str, Path]) -> dict[str, Any]:
         """The kernel's XFRM state of every party and each key manager's status, now."""
         return {
             "t": time.time(),
             "xfrm": {party: xfrm(self.ns(party)) for party in PARTIES},
-            "keyd": {party: keyd_status(sock) for party, sock in socks.items()},
+            "keyd": {party: await keyd_status(sock) for party, sock in socks.items()},
         }
 
     async def ipsec_available(self, pcap: Path, socks: dict[str, Path]) -> dict[str, Any]:
@@ -453,7 +554,7 @@ class Demo:
             c = self.client("1", socks["client"])
             res["connect"] = await asyncio.to_thread(c.ask, "connect")
             res["echo"] = await asyncio.to_thread(c.ask, "echo", n=4)
-            res["during"] = self.snapshot(socks)
+            res["during"] = await self.snapshot(socks)
             res["close"] = await asyncio.to_thread(c.close)
         return res
 
@@ -464,7 +565,7 @@ class Demo:
             c = self.client("2", socks["client"])
             res["connect"] = await asyncio.to_thread(c.ask, "connect")
             res["echo"] = await asyncio.to_thread(c.ask, "echo", n=4)
-            res["during"] = self.snapshot({"client": socks["client"]})
+            res["during"] = await self.snapshot({"client": socks["client"]})
             res["close"] = await asyncio.to_thread(c.close)
         return res
 
@@ -495,7 +596,7 @@ class Demo:
             c = self.client("5", socks["client"])
             res["connect"] = await asyncio.to_thread(c.ask, "connect")
             res["echo_before"] = await asyncio.to_thread(c.ask, "echo", n=2)
-            res["before"] = self.snapshot(socks)
+            res["before"] = await self.snapshot(socks)
             for party in ("server", "client"):
                 t = time.time()
                 text = f"admin ({party}): ip xfrm policy add ... tcp port 2049 action allow (BYPASS)"
@@ -503,10 +604,102 @@ class Demo:
                 res[f"t_{party}"] = t
                 res[f"admin_{party}_errors"] = policy(party, "add")
                 res[f"echo_after_{party}"] = await asyncio.to_thread(c.ask, "echo", n=2)
-                res[f"after_{party}"] = self.snapshot(socks)
+                res[f"after_{party}"] = await self.snapshot(socks)
             res["close"] = await asyncio.to_thread(c.close)
         for party in admin:
             policy(party, "delete")
+        return res
+
+    async def btns_mitm(self, pcap: Path, socks: dict[str, Path]) -> dict[str, Any]:
+        """3: a man in the middle on the path (RFC 5387 §1.2, concatenated SAs): the client's way
+        to the server's address leads to namespace rl-mitm (which holds that address; the client's
+        ARP entry points at it), where a key manager with the attacker's first key answers the
+        client's IKE and a relay accepts the connection; for each, the relay latches a connection
+        of its own from rl-mitm-b through a second key manager (another key) to the real server
+        and copies the TCP stream both ways. Both ends latch -- to the attacker."""
+        res: dict[str, Any] = {"marks": []}
+        ns_a, _, mac_a, _ = PARTIES["mitm"]
+        ns_b, addr_b, _, _ = PARTIES["mitm-b"]
+        server_addr, mac_s = self.addr("server"), PARTIES["server"][2]
+
+        def ip(*argv: str) -> str:
+            r = subprocess.run(["ip", *argv], capture_output=True, text=True, check=False)
+            return r.stderr.strip() if r.returncode else ""
+
+        errors = [ip("-n", ns_a, "addr", "add", f"{server_addr}/{PREFIX}", "dev", "eth0")]
+        # the server-facing end must reach the real server, not its own other half
+        errors.append(ip("-n", ns_b, "neigh", "replace", server_addr, "lladdr", mac_s, "dev", "eth0"))
+        a_keyd, a_sock = start_keyd(self.tmp, "mitm", ns_a, server_addr)
+        b_keyd, b_sock = start_keyd(self.tmp, "mitm-b", ns_b, addr_b)
+        self.procs += [a_keyd, b_keyd]
+        res["keys"] = {
+            name: key_fingerprint(self.tmp / f"{name}.pem") for name in ("client", "server", "mitm", "mitm-b")
+        }
+        res["mitm_ready"] = [await keyd_ready(a_sock, a_keyd), await keyd_ready(b_sock, b_keyd)]
+        argv = ["ip", "netns", "exec", ns_b, sys.executable, str(Path(__file__).resolve()), "relay"]
+        argv += [ns_a, server_addr, addr_b, str(b_sock), server_addr]
+        relay_err = (self.tmp / "relay.log").open("wb")
+        relay = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=relay_err, text=True
+        )
+        assert relay.stdin is not None and relay.stdout is not None
+        try:
+            res["relay_ready"] = await asyncio.to_thread(relay.stdout.readline)
+            with capture(pcap):
+                t = time.time()
+                res["marks"].append(
+                    [t, "mitm", "attack", f"attacker takes {server_addr} on the client's path"]
+                )
+                errors.append(
+                    ip(
+                        "-n",
+                        self.ns("client"),
+                        "neigh",
+                        "replace",
+                        server_addr,
+                        "lladdr",
+                        mac_a,
+                        "dev",
+                        "eth0",
+                        "nud",
+                        "permanent",
+                    )
+                )
+                c = self.client("3", socks["client"])
+                res["connect"] = await asyncio.to_thread(c.ask, "connect")
+                res["echo"] = await asyncio.to_thread(c.ask, "echo", n=4)
+                res["during"] = await self.snapshot({**socks, "mitm": a_sock, "mitm-b": b_sock})
+                res["close"] = await asyncio.to_thread(c.close)
+        finally:
+            if relay.poll() is None:
+                relay.stdin.write("stop\n")
+                relay.stdin.flush()
+            try:
+                out, _ = await asyncio.to_thread(relay.communicate, None, 30)
+                res["relay"] = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
+            except (subprocess.TimeoutExpired, ValueError) as exc:
+                relay.kill()
+                relay.wait()
+                res["relay"] = {"error": f"{type(exc).__name__}: {exc}"}
+            relay_err.close()
+            res["relay_log"] = (self.tmp / "relay.log").read_text(errors="replace")[-2000:]
+            ip("-n", ns_a, "addr", "del", f"{server_addr}/{PREFIX}", "dev", "eth0")
+            ip(
+                "-n",
+                self.ns("client"),
+                "neigh",
+                "replace",
+                server_addr,
+                "lladdr",
+                mac_s,
+                "dev",
+                "eth0",
+                "nud",
+                "reachable",
+            )
+            a_keyd.stop()
+            b_keyd.stop()
+        res["ip_errors"] = [e for e in errors if e]
         return res
 
     async def rogue_claims_address(self, pcap: Path, socks: dict[str, Path]) -> dict[str, Any]:
@@ -529,7 +722,7 @@ class Demo:
             c = self.client("4", socks["client"])
             res["connect"] = await asyncio.to_thread(c.ask, "connect")
             res["echo_before"] = await asyncio.to_thread(c.ask, "echo", n=2)
-            res["before"] = self.snapshot(socks)
+            res["before"] = await self.snapshot(socks)
             five = str(res["connect"].get("five_tuple") or "")
             try:
                 sport = int(five.split(" -> ")[0].rsplit(":", 1)[1])
@@ -564,7 +757,7 @@ class Demo:
             during = asyncio.ensure_future(asyncio.to_thread(c.ask, "echo", n=1))
             res["rogue_latch"] = await rogue_latch(r_sock, server_addr, self.addr("client"), sport)
             await asyncio.sleep(1.0)
-            res["during"] = self.snapshot({**socks, "rogue": r_sock})
+            res["during"] = await self.snapshot({**socks, "rogue": r_sock})
             t = time.time()
             res["t_back"] = t
             res["marks"].append([t, "server", "state", f"server re-announces {server_addr}"])
@@ -585,7 +778,7 @@ class Demo:
             )
             res["echo_during"] = await during
             res["echo_after"] = await asyncio.to_thread(c.ask, "echo", n=2)
-            res["after"] = self.snapshot(socks)
+            res["after"] = await self.snapshot(socks)
             res["close"] = await asyncio.to_thread(c.close)
             res["ip_errors"] = [e for e in errors if e]
         r_keyd.stop()
@@ -616,6 +809,9 @@ class Demo:
             await asyncio.sleep(0.5)
         if "5" in scenarios:
             res["scenarios"]["5"] = await self.policy_change(self.out / scenarios["5"], socks)
+            await asyncio.sleep(0.5)
+        if "3" in scenarios:
+            res["scenarios"]["3"] = await self.btns_mitm(self.out / scenarios["3"], socks)
             await asyncio.sleep(0.5)
         if "2" in scenarios:
             # the server host without a key manager: its keyd and the latching server go, a plain
@@ -664,6 +860,9 @@ def guest_main(config: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "relay":
+        asyncio.run(relay_main(*sys.argv[2:7]))
+        sys.exit(0)
     if len(sys.argv) == 4 and sys.argv[1] == "client":
         asyncio.run(client_main(sys.argv[2], sys.argv[3]))
         sys.exit(0)

@@ -49,10 +49,10 @@ from rpclatch.netsim.ip import PROTO_TCP, PROTO_UDP, internet_checksum, pseudo_h
 from rpclatch.netsim.link import WireRecord
 from rpclatch.netsim.pcapng import EspSaExport, write_esp_sa_uat
 
-__all__ = ["PAYLOAD", "KernelWorldUnavailable", "run_kernel_demo"]
+__all__ = ["MARKER", "PAYLOAD", "KernelWorldUnavailable", "run_kernel_demo"]
 
 #: the scenarios the kernel world runs (the others are the simulated world's only)
-KERNEL_SCENARIOS = (1, 2, 4, 5)
+KERNEL_SCENARIOS = (1, 2, 3, 4, 5)
 PORT = 2049
 PROTO_ICMP = 1
 WORLD_LANE = "world"  # the bridge's own address: the nfsd world's root namespace (its KDC)
@@ -433,8 +433,8 @@ def check_no_ike(s: Scenario) -> Observation:
     ok, services = _echo_ok(s.raw["echo"])
     during = s.raw["during"]
     c, srv = s.addr["client"], s.addr["server"]
-    c_sas = sas_between(kernel_sas(during["xfrm"]["client"]["state"]), c, srv)
     sport = _sport(rec.get("five_tuple"))
+    c_sas = [b for b in policy_blocks(during["xfrm"]["client"]["state"]) if f"port {sport} " in b]
     c_latch = [r for r in _latches(during["keyd"]["client"], PORT) if f":{sport}" in r["flow"]]
     v = s.ev.view
     latch_s = connect.get("latch_seconds")
@@ -466,7 +466,13 @@ def check_no_ike(s: Scenario) -> Observation:
         f"client key manager's latches on the flow: {c_latch}; client XFRM policies: "
         f"{len(policy.splitlines())} lines",
     )
-    o.check("no ESP SA between client and server", not c_sas, f"{len(c_sas)} SAs in the client's kernel")
+    o.check(
+        "no ESP SA for the 5-tuple",
+        not c_sas,
+        f"{len(c_sas)} SAs for it in the client's kernel (of "
+        f"{len(sas_between(kernel_sas(during['xfrm']['client']['state']), c, srv))} with the "
+        "server's address)",
+    )
     o.check("no BIND_CHANNEL attempted", not v.bind_calls(), f"{len(v.bind_calls())} BIND_CHANNEL")
     o.check(
         "DATA calls are krb5p on the wire",
@@ -478,6 +484,90 @@ def check_no_ike(s: Scenario) -> Observation:
         s.ev.frames_with_marker() == 0 and s.ev.clear_tcp_frames() > 0,
         f"{s.ev.frames_with_marker()} frames contain the payload in the clear "
         f"({s.ev.clear_tcp_frames()} cleartext TCP segments: krb5p wraps it)",
+    )
+    o.check("ECHO replies intact", ok, f"4 ECHO calls: {services}")
+    return o
+
+
+def check_btns_mitm(s: Scenario) -> Observation:
+    """3: the concatenated-SA man in the middle (RFC 5387 §1.2): both ends latch, to the
+    attacker's two keys; BIND_CHANNEL fails (the ends see different channels), the context is
+    destroyed, krb5p; the attacker, who decrypts both SAs, reads no payload."""
+    rec = _record(s.raw["connect"])
+    ok, services = _echo_ok(s.raw["echo"])
+    during = s.raw["during"]
+    keys = s.raw.get("keys") or {}
+    sport = _sport(rec.get("five_tuple"))
+    mitm_b = s.addr.get("mitm-b", "?")
+    c_peers = _peers(during["keyd"]["client"], sport)
+    s_latches = [
+        r
+        for r in _latches(during["keyd"]["server"], PORT)
+        if mitm_b in str(r.get("flow")) and r.get("state") == "ESTABLISHED"
+    ]
+    v = s.ev.view
+    attacker_keys = [
+        sa.keys
+        for party in ("mitm", "mitm-b")
+        for sa in kernel_sas(during["xfrm"].get(party, {}).get("state", ""))
+    ]
+    relay = s.raw.get("relay") or {}
+    readable = v.readable_by("mitm", attacker_keys) + v.readable_by("mitm-b", attacker_keys)
+    s.attacker_bytes = v.bytes_to("mitm") + v.bytes_to("mitm-b")
+    s.attacker_plaintext = marker_bytes(readable) + int(relay.get("marker_bytes", 0))
+    o = Observation(
+        "BTNS man in the middle",
+        f"{_end_word(_latches(during['keyd']['client'], PORT))}/{'yes' if s_latches else 'no'}"
+        " (to the attacker)",
+        (rec.get("peer") or "-")[:32],
+        "failed" if rec.get("bind_outcome") == "MISMATCH" else str(rec.get("bind_outcome", "?")).lower(),
+        ",".join(v.data_services()) or "-",
+        reason=str(rec.get("reason", s.raw["connect"].get("error", ""))),
+    )
+    o.check(
+        "the attacker is set up on the path",
+        all(s.raw.get("mitm_ready") or [False])
+        and not s.raw.get("ip_errors")
+        and '"ready"' in str(s.raw.get("relay_ready")),
+        f"key managers ready {s.raw.get('mitm_ready')}, relay {s.raw.get('relay_ready')!r}, "
+        f"errors {s.raw.get('ip_errors')}",
+    )
+    o.check(
+        "both ends latched (to the attacker)",
+        c_peers == [keys.get("mitm")] and [r.get("peer") for r in s_latches] == [keys.get("mitm-b")],
+        f"client latched to {c_peers} (mitm {keys.get('mitm')}, server {keys.get('server')}); server latched "
+        f"{[(r.get('flow'), r.get('peer')) for r in s_latches]} (mitm-b {keys.get('mitm-b')})",
+    )
+    o.check(
+        "BIND_CHANNEL attempted and failed",
+        bool(v.bind_calls("client")) and rec.get("bind_outcome") == "MISMATCH",
+        f"{len(v.bind_calls('client'))} BIND_CHANNEL on the wire; bind outcome {rec.get('bind_outcome')}",
+    )
+    o.check(
+        "failure reported loudly", bool(rec.get("warnings")), str((rec.get("warnings") or ["no warning"])[0])
+    )
+    from rpclatch.gss.wire import GssProc
+
+    destroys = v.gss_calls(GssProc.RPCSEC_GSS_DESTROY, sender="client")
+    o.check(
+        "the bound context destroyed", bool(destroys), f"{len(destroys)} RPCSEC_GSS_DESTROY from the client"
+    )
+    o.check(
+        "fell back to krb5p (both segments)",
+        v.data_services("client") == ["krb5p"] and v.data_services("mitm-b") == ["krb5p"],
+        f"client segment {v.data_services('client')}, server segment {v.data_services('mitm-b')}",
+    )
+    o.check(
+        "the attacker read no payload (its keys, its relay)",
+        s.attacker_plaintext == 0 and int(relay.get("plaintext_bytes", 0)) > 0 and bool(attacker_keys),
+        f"relay read {relay.get('plaintext_bytes')} bytes of RPC in clear, "
+        f"{relay.get('marker_bytes')} of them payload; {len(readable)} bytes of the capture "
+        f"readable with its {len(attacker_keys)} SA keys, {marker_bytes(readable)} of them payload",
+    )
+    o.check(
+        "no cleartext TCP on port 2049",
+        s.ev.clear_tcp_frames() == 0,
+        f"{s.ev.clear_tcp_frames()} cleartext TCP segments to/from port {PORT}",
     )
     o.check("ECHO replies intact", ok, f"4 ECHO calls: {services}")
     return o
@@ -583,7 +673,7 @@ def check_rogue(s: Scenario) -> Observation:
 
 
 def policy_blocks(text: str) -> list[str]:
-    """``ip xfrm policy`` output cut into one text per policy."""
+    """``ip xfrm policy`` (or ``state``) output cut into one text per policy (or SA)."""
     blocks: list[str] = []
     for line in text.splitlines():
         if line.startswith("src "):
@@ -669,6 +759,7 @@ def check_policy_change(s: Scenario) -> Observation:
 CHECKS: dict[int, Callable[[Scenario], Observation]] = {
     1: check_ipsec_available,
     2: check_no_ike,
+    3: check_btns_mitm,
     4: check_rogue,
     5: check_policy_change,
 }

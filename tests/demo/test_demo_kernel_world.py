@@ -67,7 +67,7 @@ def _scenario(run: dict[str, Any], number: int, esp: bool = True) -> dict[str, A
 def test_the_run_passes_as_a_whole(run: dict[str, Any]) -> None:
     assert run["world"] == "uml"
     assert run["rc"] == 0 and run["passed"] is True, run["stderr"]
-    assert [s["number"] for s in run["scenarios"]] == [1, 2, 4, 5]
+    assert [s["number"] for s in run["scenarios"]] == [1, 2, 3, 4, 5]
 
 
 def test_1_latched_at_both_ends_bound_channel_prot(run: dict[str, Any]) -> None:
@@ -107,4 +107,17 @@ def test_4_rogue_on_the_servers_address_is_refused_and_reads_nothing(run: dict[s
         "the rogue's CHILD_SA for the latched 5-tuple refused",
         "the rogue's IKE reached the client's key manager",
         "the rogue could read no frame of the flow",
+    } <= names
+
+
+def test_3_btns_man_in_the_middle_binding_fails_krb5p_nothing_read(run: dict[str, Any]) -> None:
+    row = _scenario(run, 3)
+    assert (row["binding"], row["gss_service"]) == ("failed", "krb5p")
+    assert row["attacker_bytes"] > 0 and row["attacker_plaintext_bytes"] == 0
+    record = row["security"][-1]
+    assert record["bind_outcome"] == "MISMATCH" and record["gss_service"] == "krb5p"
+    names = {c["name"] for c in row["checks"]}
+    assert {
+        "both ends latched (to the attacker)",
+        "the attacker read no payload (its keys, its relay)",
     } <= names
