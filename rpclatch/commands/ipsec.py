@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rpclatch.errors import UserError
+from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305, CipherSuite
 
 if TYPE_CHECKING:
     from rpclatch.ipsec.ike.crypto import SigningKey
@@ -125,11 +126,27 @@ def _socket_dir(path: Path) -> None:
         raise UserError(f"--socket {path}: {path.parent} is not writable")
 
 
+#: ``--esp`` names -> CHILD_SA suites
+ESP_SUITE_NAMES = ("aes-gcm-256", "aes-gcm-128", "chacha20-poly1305")
+
+
+def esp_suites(text: str) -> tuple[CipherSuite, ...]:
+    """``--esp``: a comma-separated list of :data:`ESP_SUITE_NAMES` (UserError otherwise)."""
+    table = dict(zip(ESP_SUITE_NAMES, (AES_GCM_256, AES_GCM_128, CHACHA20_POLY1305), strict=True))
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in table]
+    if not names or unknown:
+        choices = ", ".join(ESP_SUITE_NAMES)
+        raise UserError(f"--esp {text!r}: not a CHILD_SA cipher (choose from {choices})")
+    return tuple(dict.fromkeys(table[name] for name in names))
+
+
 def cmd_keyd(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     from rpclatch.commands.common import StopSignals
     from rpclatch.ipsec.ike.config import Credentials, IkeConfig
+    from rpclatch.ipsec.ike.negotiation import DEFAULT_ESP_SUITES
     from rpclatch.ipsec.ike.udp import NegotiatedKeys
     from rpclatch.ipsec.keyd.daemon import KeydDaemon
     from rpclatch.ipsec.model import AddressRange, IkeId, Selector
@@ -144,6 +161,7 @@ def cmd_keyd(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: not a UDP port")
     key = load_private_key(args.key) if args.key else ed25519.Ed25519PrivateKey.generate()
+    suites = esp_suites(args.esp) if args.esp is not None else None
     known = peer_keys(args.peer_key or [])
     pad = accept_pad(args.accept, known.values())
     config = IkeConfig(
@@ -151,6 +169,7 @@ def cmd_keyd(args: argparse.Namespace) -> int:
         pad,
         (Selector(AddressRange.single(address), None),),
         peer_keys={IkeId.address(addr): spki for addr, spki in known.items()},
+        esp_suites=suites or DEFAULT_ESP_SUITES,
     )
     path = Path(args.socket) if args.socket else default_socket(args.netns)
     _socket_dir(path)
@@ -277,6 +296,15 @@ def register(subparsers: Any) -> None:
         default=["any"],
         metavar="any|KEYFILE",
         help="peers to accept: any raw public key (default) or the keys in these PEM files",
+    )
+    keyd.add_argument(
+        "--esp",
+        default=None,
+        metavar="SUITE[,SUITE...]",
+        help="CHILD_SA ciphers, most preferred first, from "
+        + ", ".join(ESP_SUITE_NAMES)
+        + " (default aes-gcm-256,aes-gcm-128; chacha20-poly1305, RFC 7634, is the fast one on a "
+        "kernel without AES instructions)",
     )
     keyd.set_defaults(func=cmd_keyd)
     status = sub.add_parser("status", help="IKE SAs, CHILD SAs and latches of a running keyd")

@@ -420,6 +420,8 @@ class CipherSuite:
 
 AES_GCM_128 = CipherSuite("aes-gcm-16", 128)
 AES_GCM_256 = CipherSuite("aes-gcm-16", 256)
+#: ChaCha20 with Poly1305 (RFC 7634): the AEAD that is fast without AES instructions
+CHACHA20_POLY1305 = CipherSuite("chacha20-poly1305", 256)
 AES_CBC_SHA256 = CipherSuite("aes-cbc", 128, "hmac-sha2-256-128", 256)
 ESP_NULL_SHA256 = CipherSuite("null", 0, "hmac-sha2-256-128", 256)
 AH_SHA256 = CipherSuite(None, 0, "hmac-sha2-256-128", 256)

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from rpclatch.ipsec.ike.certs import TrustAnchor, certificate_id
 from rpclatch.ipsec.ike.crypto import Entropy, IkeSuite, SigningKey, spki_of
 from rpclatch.ipsec.ike.events import ChildProposal
-from rpclatch.ipsec.ike.negotiation import DEFAULT_ESP_SUITES, DEFAULT_IKE_SUITES
+from rpclatch.ipsec.ike.negotiation import DEFAULT_ESP_SUITES, DEFAULT_IKE_SUITES, esp_encr
 from rpclatch.ipsec.model import CipherSuite, IdType, IkeId, IPAddress, Mode, Selector
 from rpclatch.ipsec.pad import PeerAuthorizationDatabase
 
@@ -127,6 +127,8 @@ class IkeConfig:
     def __post_init__(self) -> None:
         if not self.ike_suites or not self.esp_suites:
             raise ValueError("IkeConfig needs at least one IKE suite and one ESP suite")
+        for suite in self.esp_suites:
+            esp_encr(suite)  # ValueError for a suite the core cannot negotiate
         for name in ("liveness_interval", "child_rekey_after", "ike_rekey_after"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -47,7 +47,8 @@ DEFAULT_IKE_SUITES: tuple[IkeSuite, ...] = (
         EncrId.ENCR_AES_CBC, 256, PrfId.PRF_HMAC_SHA2_256, IntegId.AUTH_HMAC_SHA2_256_128, DhGroup.MODP_2048
     ),
 )
-#: CHILD_SA suites: ESP AES-GCM-16 with a 16-octet ICV (RFC 4106)
+#: CHILD_SA suites: ESP AES-GCM-16 with a 16-octet ICV (RFC 4106); ChaCha20-Poly1305 (RFC 7634)
+#: is supported and offered when configured (``IkeConfig.esp_suites``)
 DEFAULT_ESP_SUITES: tuple[CipherSuite, ...] = (AES_GCM_256, AES_GCM_128)
 SUPPORTED_GROUPS = frozenset(int(g) for g in DhGroup)
 
@@ -137,10 +138,16 @@ def _sortable(t: Transform) -> tuple[int, int, int]:
     return (t.transform_type, t.transform_id, -1 if bits is None else bits)
 
 
-def _esp_bits(suite: CipherSuite) -> int:
-    if suite.encryption != "aes-gcm-16" or suite.encryption_key_bits not in (128, 256) or suite.esn:
-        raise ValueError(f"unsupported ESP suite {suite} (ESP AES-GCM-16 128/256 without ESN only)")
-    return suite.encryption_key_bits
+def esp_encr(suite: CipherSuite) -> tuple[int, int | None]:
+    """(ENCR transform ID, Key Length attribute) of an ESP suite: AES-GCM-16 128/256 (RFC 4106),
+    or ChaCha20-Poly1305, whose transform carries no Key Length attribute (RFC 7634 §2); no ESN."""
+    if suite.esn:
+        raise ValueError(f"unsupported ESP suite {suite} (no ESN)")
+    if suite.encryption == "aes-gcm-16" and suite.encryption_key_bits in (128, 256):
+        return EncrId.ENCR_AES_GCM_16, suite.encryption_key_bits
+    if suite.encryption == "chacha20-poly1305" and suite.encryption_key_bits == 256:
+        return EncrId.ENCR_CHACHA20_POLY1305, None
+    raise ValueError(f"unsupported ESP suite {suite} (AES-GCM-16 128/256 or ChaCha20-Poly1305)")
 
 
 def esp_proposals(suites: Sequence[CipherSuite], spi: int, dh: int | None = None) -> tuple[Proposal, ...]:
@@ -156,7 +163,7 @@ def esp_proposals(suites: Sequence[CipherSuite], spi: int, dh: int | None = None
 def _esp_transforms(suite: CipherSuite, dh: int | None) -> tuple[Transform, ...]:
     extra = (Transform(TransformType.DH, dh),) if dh else ()
     return (
-        Transform.with_key_length(TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(suite)),
+        Transform.with_key_length(TransformType.ENCR, *esp_encr(suite)),
         *extra,
         Transform(TransformType.ESN, EsnId.NO_ESN),
     )
@@ -200,7 +207,7 @@ def choose_esp_proposal(
                 wanted_group = min(usable, key=lambda g: (g != DhGroup.CURVE25519, g))
             continue
         for s in ours:
-            if (TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)) in keys:
+            if (TransformType.ENCR, *esp_encr(s)) in keys:
                 return (
                     Proposal(p.number, ProtocolId.ESP, our_spi.to_bytes(4, "big"), _esp_transforms(s, group)),
                     s,
@@ -224,7 +231,7 @@ def esp_answer_suite(
     if (_dh_ids(answer) - {0}) != ({dh} if dh else set()):
         raise NoProposalChosen("the responder's key-exchange transform is not the one we offered")
     for s in offered:
-        if _has(answer, TransformType.ENCR, EncrId.ENCR_AES_GCM_16, _esp_bits(s)) and not any(
+        if _has(answer, TransformType.ENCR, *esp_encr(s)) and not any(
             t.transform_type == TransformType.ESN and t.transform_id != EsnId.NO_ESN
             for t in answer.transforms
         ):

@@ -113,6 +113,7 @@ class EncrId(IntEnum):
     ENCR_AES_GCM_8 = 18
     ENCR_AES_GCM_12 = 19
     ENCR_AES_GCM_16 = 20
+    ENCR_CHACHA20_POLY1305 = 28  # RFC 7634 (ESP only here)
 
 
 class PrfId(IntEnum):

@@ -76,8 +76,17 @@ SA_PRIORITY = 500
 #: kernel priority of the first mirrored configured SPD entry
 SPD_PRIORITY = 1000
 AEAD_NAME = "rfc4106(gcm(aes))"
-_ICV_BITS = {"aes-gcm-8": 64, "aes-gcm-12": 96, "aes-gcm-16": 128}
-_GCM_SALT = 4  # RFC 4106 §8.1: the key material carries a 4-byte salt after the AES key
+#: the kernel's ESP ChaCha20-Poly1305 (RFC 7634)
+CHACHA_AEAD_NAME = "rfc7539esp(chacha20,poly1305)"
+#: suite encryption -> (kernel AEAD template, ICV bits)
+_AEADS = {
+    "aes-gcm-8": (AEAD_NAME, 64),
+    "aes-gcm-12": (AEAD_NAME, 96),
+    "aes-gcm-16": (AEAD_NAME, 128),
+    "chacha20-poly1305": (CHACHA_AEAD_NAME, 128),
+}
+#: RFC 4106 §8.1, RFC 7634 §2: the key material carries a 4-byte salt after the cipher key
+_SALT = 4
 _SA_PROTECTION = ProtectionPolicy()  # ESP transport: what a narrow SA's own policies ask for
 
 
@@ -283,7 +292,8 @@ class XfrmBackend(Backend):
 
     Scope and choices:
 
-    - SAs are ESP transport mode with an AEAD suite ``aes-gcm-8/12/16`` -> ``rfc4106(gcm(aes))``;
+    - SAs are ESP transport mode with an AEAD suite ``aes-gcm-8/12/16`` -> ``rfc4106(gcm(aes))``
+      or ``chacha20-poly1305`` -> ``rfc7539esp(chacha20,poly1305)``;
       the keys come from a :class:`KeySource` (the engine's SAs carry no key material);
     - the SA's XFRM selector is its traffic selector when it has exactly one that XFRM can
       express (prefixes, single or any port), else "any" (the pinned per-flow policies still
@@ -409,10 +419,13 @@ class XfrmBackend(Backend):
         if params.protocol is not SecurityProtocol.ESP or params.mode is not Mode.TRANSPORT:
             raise XfrmUnsupported(f"{sa}: only ESP transport mode is supported")
         suite = params.suite
-        icv = _ICV_BITS.get(suite.encryption or "")
-        if icv is None or suite.integrity is not None:
-            raise XfrmUnsupported(f"{sa}: suite {suite} (only AES-GCM, RFC 4106)")
-        nbytes = suite.encryption_key_bits // 8 + _GCM_SALT
+        aead = _AEADS.get(suite.encryption or "")
+        if aead is None or suite.integrity is not None:
+            raise XfrmUnsupported(
+                f"{sa}: suite {suite} (only AES-GCM, RFC 4106, or ChaCha20-Poly1305, RFC 7634)"
+            )
+        aead_name, icv = aead
+        nbytes = suite.encryption_key_bits // 8 + _SALT
         lft = Lifetime(
             soft_add_expires_seconds=int(sa.lifetime.soft_seconds or 0),
             hard_add_expires_seconds=int(sa.lifetime.hard_seconds or 0),
@@ -450,7 +463,7 @@ class XfrmBackend(Backend):
         # outbound SA first (nothing uses it yet), then the pinned policies (OUT finds its SA;
         # IN refuses cleartext), the inbound SA last (until then the peer's ESP is dropped as
         # an unknown SPI). Removal runs in the opposite order.
-        self.nl.add_sa(out, AeadAlgo(AEAD_NAME, key_out, icv))
+        self.nl.add_sa(out, AeadAlgo(aead_name, key_out, icv))
         keys: list[_Key] = []
         try:
             if flow is not None:
@@ -459,7 +472,7 @@ class XfrmBackend(Backend):
                     sel = flow_selector(flow, outbound=outbound)
                     info, tmpls = self._entry_policy(entry, sa.reqid, sel, direction, self.sa_priority)
                     keys.append(self._put(_Layer.SA, info, tmpls, -sa.sa_id))
-            self.nl.add_sa(inb, AeadAlgo(AEAD_NAME, key_in, icv))
+            self.nl.add_sa(inb, AeadAlgo(aead_name, key_in, icv))
         except XfrmError:
             for key in keys:
                 self._drop(_Layer.SA, key, -sa.sa_id)
@@ -614,7 +627,8 @@ _WIRESHARK_GCM = {
 def esp_sa_uat_rows(sas: Iterable[Sa]) -> list[str]:
     """Wireshark ``esp_sa`` UAT rows for kernel SAs (from :meth:`XfrmSocket.sas`, whose dump carries
     the keys), so a capture of our ESP can be decrypted: ``tshark -o
-    esp.enable_encryption_decode:TRUE -o uat:esp_sa:<row> ...``. SAs without AES-GCM are skipped."""
+    esp.enable_encryption_decode:TRUE -o uat:esp_sa:<row> ...``. SAs without AES-GCM are skipped
+    (the Wireshark 4.0 of Debian 12 cannot decrypt ESP ChaCha20-Poly1305)."""
     rows = []
     for sa in sas:
         if sa.aead is None or sa.aead.name != AEAD_NAME or sa.aead.icv_bits not in _WIRESHARK_GCM:

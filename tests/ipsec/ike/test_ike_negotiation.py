@@ -10,7 +10,16 @@ import pytest
 from rpclatch.ipsec.ike import negotiation as neg
 from rpclatch.ipsec.ike import wire as w
 from rpclatch.ipsec.ike.errors import InvalidKePayload, NoProposalChosen, TsUnacceptable
-from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, AddressRange, IpProto, PortRange, Selector
+from rpclatch.ipsec.model import (
+    AES_GCM_128,
+    AES_GCM_256,
+    CHACHA20_POLY1305,
+    AddressRange,
+    CipherSuite,
+    IpProto,
+    PortRange,
+    Selector,
+)
 
 T, TT = w.Transform, w.TransformType
 GCM, CBC = w.EncrId.ENCR_AES_GCM_16, w.EncrId.ENCR_AES_CBC
@@ -82,6 +91,43 @@ def test_esp_with_both_esn_values_and_two_key_lengths() -> None:
     assert suite == AES_GCM_256 and peer_spi == 0x1234 and group is None
     assert answer.spi == (0x5678).to_bytes(4, "big")
     assert neg.esp_answer_suite(answer, (AES_GCM_256,)) == (AES_GCM_256, 0x5678)
+
+
+CHACHA = w.EncrId.ENCR_CHACHA20_POLY1305
+
+
+def test_esp_chacha20_poly1305_has_no_key_length_and_is_chosen_in_the_offer_order() -> None:
+    """RFC 7634 §2: ENCR_CHACHA20_POLY1305 (28) carries no Key Length attribute; KEYMAT is 36
+    octets per direction (32 key + 4 salt), as for AES-GCM-256."""
+    (offer,) = neg.esp_proposals([CHACHA20_POLY1305], 0x1234)
+    (encr,) = [t for t in offer.transforms if t.transform_type == TT.ENCR]
+    assert (encr.transform_id, encr.attributes) == (28, ())
+    # a responder that prefers AES-GCM but also does ChaCha20: the initiator's only proposal wins
+    answer, suite, _, _ = neg.choose_esp_proposal([offer], (AES_GCM_256, CHACHA20_POLY1305), 0x5678)
+    assert suite == CHACHA20_POLY1305
+    assert neg.esp_answer_suite(answer, (CHACHA20_POLY1305,)) == (CHACHA20_POLY1305, 0x5678)
+    # offered first among several proposals: chosen first
+    offers = neg.esp_proposals([CHACHA20_POLY1305, AES_GCM_256], 1)
+    assert neg.choose_esp_proposal(offers, (AES_GCM_256, CHACHA20_POLY1305), 2)[1] == CHACHA20_POLY1305
+    # a responder without it: no proposal chosen
+    with pytest.raises(NoProposalChosen):
+        neg.choose_esp_proposal([offer], (AES_GCM_256, AES_GCM_128), 1)
+    # ChaCha20 with a key length is not RFC 7634's transform
+    with pytest.raises(NoProposalChosen):
+        neg.choose_esp_proposal([_esp(_kl(CHACHA, 256), T(TT.ESN, 0))], (CHACHA20_POLY1305,), 1)
+    # the answer must be the transform we offered
+    with pytest.raises(NoProposalChosen):
+        neg.esp_answer_suite(answer, (AES_GCM_256,))
+
+
+def test_esp_suites_the_core_cannot_negotiate_are_refused_at_configuration() -> None:
+    for suite in (
+        CipherSuite("chacha20-poly1305", 128),
+        CipherSuite("aes-gcm-16", 192),
+        CipherSuite("aes-ccm-16", 128),
+    ):
+        with pytest.raises(ValueError):
+            neg.esp_encr(suite)
 
 
 def test_esp_esn_only_is_refused() -> None:

@@ -28,7 +28,15 @@ from rpclatch.ipsec.ike import (
 )
 from rpclatch.ipsec.ike.sa import IkeState
 from rpclatch.ipsec.ike.udp import REQID_BASE, IkeUdpEndpoint, NegotiatedKeys
-from rpclatch.ipsec.model import AddressRange, FiveTuple, IpProto, PortRange, Selector
+from rpclatch.ipsec.model import (
+    AES_GCM_256,
+    CHACHA20_POLY1305,
+    AddressRange,
+    FiveTuple,
+    IpProto,
+    PortRange,
+    Selector,
+)
 from rpclatch.ipsec.sad import SecurityAssociation
 
 A_ADDR = ipaddress.ip_address("127.0.0.1")
@@ -61,23 +69,26 @@ async def _side(
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
     policy: tuple[Selector, ...],
     backend: InProcessBackend,
+    **config: object,
 ) -> Side:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((str(addr), 0))
     port = sock.getsockname()[1]
     sock.setblocking(False)
     keys = NegotiatedKeys()
-    config = make_config(ed25519.Ed25519PrivateKey.generate(), btns_pad(), policy)
+    ike_config = make_config(ed25519.Ed25519PrivateKey.generate(), btns_pad(), policy, **config)
     endpoint = await IkeUdpEndpoint.open(
-        IkeDispatcher(config, (addr, port)), sock, backend=backend, keys=keys
+        IkeDispatcher(ike_config, (addr, port)), sock, backend=backend, keys=keys
     )
     return Side(endpoint, backend, keys)
 
 
-def run(body: Callable[[Side, Side], Awaitable[None]], b_backend: InProcessBackend | None = None) -> None:
+def run(
+    body: Callable[[Side, Side], Awaitable[None]], b_backend: InProcessBackend | None = None, **config: object
+) -> None:
     async def main() -> None:
-        a = await _side(A_ADDR, (), InProcessBackend())
-        b = await _side(B_ADDR, B_POLICY, b_backend or InProcessBackend())
+        a = await _side(A_ADDR, (), InProcessBackend(), **config)
+        b = await _side(B_ADDR, B_POLICY, b_backend or InProcessBackend(), **config)
         try:
             await body(a, b)
         finally:
@@ -334,3 +345,21 @@ def test_the_responder_installs_its_child_sa_before_its_response_leaves() -> Non
         assert counting.sent_at_install == [1] and counting.sent == 2
 
     run(body, counting)
+
+
+def test_a_chacha20_poly1305_child_sa_gets_36_octets_of_key_each_way() -> None:
+    """Both ends prefer ESP ChaCha20-Poly1305 (RFC 7634): the installed pair carries that suite
+    and 32-octet keys with a 4-octet salt, the same for both ends of each direction."""
+
+    async def body(a: Side, b: Side) -> None:
+        a.endpoint.initiate(_remote(b), ChildRequest(Selector.for_flow(FLOW)))
+        await a.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), 5)
+        await b.endpoint.wait_for(lambda _r, e: isinstance(e, ChildSaEstablished), 5)
+        (sa_a,) = a.backend.sas.values()
+        (sa_b,) = b.backend.sas.values()
+        assert sa_a.params.suite == sa_b.params.suite == CHACHA20_POLY1305
+        assert len(a.key(sa_a, outbound=True)) == 36
+        assert a.key(sa_a, outbound=True) == b.key(sa_b, outbound=False)
+        assert b.key(sa_b, outbound=True) == a.key(sa_a, outbound=False)
+
+    run(body, esp_suites=(CHACHA20_POLY1305, AES_GCM_256))

@@ -15,10 +15,18 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from test_keyd_core import ModelService
 
 from rpclatch.cli import main
-from rpclatch.commands.ipsec import accept_pad, default_socket, format_status, load_private_key, peer_keys
+from rpclatch.commands.ipsec import (
+    accept_pad,
+    default_socket,
+    esp_suites,
+    format_status,
+    load_private_key,
+    peer_keys,
+)
 from rpclatch.errors import UserError
 from rpclatch.ipsec.keyd.core import KeydCore
 from rpclatch.ipsec.keyd.server import KeydServer
+from rpclatch.ipsec.model import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305
 
 
 @pytest.fixture
@@ -89,6 +97,14 @@ def test_keyd_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
         _one_line_error(capsys, "--peer-key", word)
     assert main(["ipsec", "keyd", "--address", "198.51.100.1", "--peer-key", f"198.51.100.2={bad}"]) == 2
     _one_line_error(capsys, "--peer-key", "not a PEM public key")
+    for spec in ("aes-gcm-256,des", ","):
+        assert main(["ipsec", "keyd", "--address", "198.51.100.1", "--esp", spec]) == 2
+        _one_line_error(capsys, "--esp", "not a CHILD_SA cipher", "chacha20-poly1305")
+
+
+def test_esp_suite_names_in_the_given_order() -> None:
+    assert esp_suites("chacha20-poly1305, aes-gcm-256,chacha20-poly1305") == (CHACHA20_POLY1305, AES_GCM_256)
+    assert esp_suites("aes-gcm-128") == (AES_GCM_128,)
 
 
 def test_keyd_unusable_socket_directory_is_one_line(
