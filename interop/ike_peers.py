@@ -321,6 +321,8 @@ class Peer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.keys = Keys("null")
+        #: the scenario's CHILD_SA cipher (Scenario.esp)
+        self.esp = ""
 
     # keys / config / lifecycle: overridden
     def make_keys(self, kind: str) -> Keys:
@@ -486,7 +488,7 @@ class StrongSwan(Peer):
                             "mode": "transport",
                             "local_ts": [local_ts],
                             "remote_ts": [remote_ts],
-                            "esp_proposals": [ESP_PROPOSAL],
+                            "esp_proposals": [self.esp or ESP_PROPOSAL],
                             "start_action": "none",
                         }
                     },
@@ -586,7 +588,7 @@ class Libreswan(Peer):
             f"leftprotoport={'tcp' if initiator else f'tcp/{PORT}'}",
             f"rightprotoport={f'tcp/{PORT}' if initiator else 'tcp'}",
             "ike=aes_gcm256-sha2_256-dh31",
-            "esp=aes_gcm128-null",
+            "esp=chacha20_poly1305" if self.esp == "chacha20poly1305" else "esp=aes_gcm128-null",
             "leftupdown=%disabled",
             "auto=add",
         ]
@@ -719,8 +721,9 @@ class Rpclatch(Peer):
 
         from cryptography.hazmat.primitives import serialization
 
-        from rpclatch.ipsec.ike import Credentials, IkeConfig
+        from rpclatch.ipsec.ike import DEFAULT_ESP_SUITES, Credentials, IkeConfig
         from rpclatch.ipsec.model import (
+            CHACHA20_POLY1305,
             AddressRange,
             AuthMethod,
             IkeId,
@@ -765,6 +768,7 @@ class Rpclatch(Peer):
             pad,
             () if self.initiator else policy,
             peer_keys=peer_keys,
+            esp_suites=(CHACHA20_POLY1305,) if self.esp == "chacha20poly1305" else DEFAULT_ESP_SUITES,
             retransmit_timeout=0.5,
             retransmit_tries=2,
         )
@@ -1149,6 +1153,9 @@ class Scenario:
     #: negotiation must fail with no SA anywhere; "dead": after the echo the responder daemon is
     #: killed (no DELETE) and the rpclatch initiator's liveness check must remove its SAs
     variant: str = ""
+    #: the CHILD_SA cipher both sides are configured with: "" for AES-GCM-16 (RFC 4106),
+    #: "chacha20poly1305" for ESP ChaCha20-Poly1305 (RFC 7634)
+    esp: str = ""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -1169,6 +1176,9 @@ SCENARIOS: dict[str, Scenario] = {
     "rl-ss-badkey": Scenario("rpclatch", "strongswan", "ed25519", 120, variant="badkey"),
     "ss-rl-badkey": Scenario("strongswan", "rpclatch", "ed25519", 130, variant="badkey"),
     "rl-ss-dead": Scenario("rpclatch", "strongswan", "ed25519", 140, variant="dead"),
+    "rl-ss-chacha": Scenario("rpclatch", "strongswan", "ed25519", 180, esp="chacha20poly1305"),
+    "ss-rl-chacha": Scenario("strongswan", "rpclatch", "ed25519", 190, esp="chacha20poly1305"),
+    "ls-rl-chacha": Scenario("libreswan", "rpclatch", "null", 200, esp="chacha20poly1305"),
 }
 
 
@@ -1345,6 +1355,7 @@ def run_scenario(name: str, out: Path, *, traffic: bool = True) -> Result:
     with NetnsPair(ns_i, ns_r, addr_i, addr_r):
         try:
             for p in (ini, resp):
+                p.esp = sc.esp
                 p.make_keys(sc.auth)
             ini.configure(resp, initiator=True)
             resp.configure(ini, initiator=False)

@@ -11,15 +11,20 @@ and decrypt every ESP packet (keys from the kernel's ``ip xfrm state``) to TCP p
 
 The first four prove the harness with the daemons alone (strongSwan <-> strongSwan Ed25519,
 libreswan <-> libreswan NULL, strongSwan <-> libreswan ECDSA P-256 both ways); the others put
-rpclatch on one side.
+rpclatch on one side. The last three negotiate ESP ChaCha20-Poly1305 (RFC 7634) with strongSwan
+both ways and with libreswan: the Wireshark 4.0 of Debian 12 cannot decrypt that ESP, so the
+test opens every packet itself with the kernel's keys (:func:`check_chacha_esp`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from interop.ike_guest import IkeGuest  # noqa: E402
+from interop.ike_peers import SCENARIOS  # noqa: E402
 
 pytestmark = [pytest.mark.uml, pytest.mark.root]
 
@@ -79,10 +85,13 @@ def tshark_fields(pcap: Path, esp_rows: list[str], ike_rows: list[str], *fields:
     return [line.split("\t") for line in out.splitlines() if line.strip()]
 
 
-def check_wire(pcap: Path, res: dict[str, Any], *, min_ike: int = 6) -> dict[str, int]:
+def check_wire(
+    pcap: Path, res: dict[str, Any], *, min_ike: int = 6, esp_keys: dict[int, bytes] | None = None
+) -> dict[str, int]:
     """tshark: every IKE message decodes cleanly, every ESP packet decrypts to TCP 5001 with the
-    kernel's keys, no cleartext TCP 5001; where rpclatch exported its IKE SA keys, every IKE_AUTH
-    message and a DELETE decrypt too. Returns the counts."""
+    kernel's keys (``esp_keys``: ChaCha20-Poly1305 SAs, opened by :func:`check_chacha_esp`), no
+    cleartext TCP 5001; where rpclatch exported its IKE SA keys, every IKE_AUTH message and a
+    DELETE decrypt too. Returns the counts."""
     rows = tshark_fields(
         pcap,
         res["esp_sa_rows"],
@@ -102,9 +111,12 @@ def check_wire(pcap: Path, res: dict[str, Any], *, min_ike: int = 6) -> dict[str
     assert len(ike) >= min_ike, f"only {len(ike)} IKE messages in {pcap}"
     assert not bad, f"malformed or error-marked frames in {pcap}: {bad[:5]}"
     assert esp, f"no ESP in {pcap}"
-    assert len(decrypted) == len(esp), (
-        f"{len(esp) - len(decrypted)} ESP packets did not decrypt to tcp/{PORT}"
-    )
+    if esp_keys is not None:
+        assert check_chacha_esp(pcap, esp_keys) == len(esp)
+    else:
+        assert len(decrypted) == len(esp), (
+            f"{len(esp) - len(decrypted)} ESP packets did not decrypt to tcp/{PORT}"
+        )
     assert not clear_5001, f"cleartext tcp/{PORT} in {pcap}"
     ike_rows = [
         row
@@ -152,9 +164,12 @@ def check_scenario(g: IkeGuest, name: str) -> dict[str, Any]:
     assert res["error"] is None, (
         f"{name}: {res['error']} (steps done: {res['ok_steps']}); logs in {g.run_dir / name}"
     )
-    # the CHILD_SA is in both kernels: one ESP SA per direction, AES-GCM, transport mode
+    # the CHILD_SA is in both kernels: one ESP SA per direction, AES-GCM (or the scenario's
+    # ChaCha20-Poly1305), transport mode
+    chacha = SCENARIOS[name].esp == "chacha20poly1305"
     assert res["sas_i"] == 2 and res["sas_r"] == 2, (res["sas_i"], res["sas_r"])
-    assert "rfc4106(gcm(aes))" in res["xfrm_i"] and "mode transport" in res["xfrm_i"]
+    aead = "rfc7539esp(chacha20,poly1305)" if chacha else "rfc4106(gcm(aes))"
+    assert res["xfrm_i"].count(aead) == 2 and "mode transport" in res["xfrm_i"], res["xfrm_i"]
     # TCP echo went through ESP (every SA direction of the initiator counted packets), the port
     # outside the selectors in clear
     assert res["echo_protected"] and res["echo_clear"]
@@ -169,8 +184,65 @@ def check_scenario(g: IkeGuest, name: str) -> dict[str, Any]:
     assert all(res["stopped"].values()), res["stopped"]
     assert res["leftovers"] == []
     assert "\n0 packets dropped by kernel" in res["capture_log"], res["capture_log"]
-    res["wire"] = check_wire(g.run_dir / name / "ike.pcap", res)
+    res["wire"] = check_wire(
+        g.run_dir / name / "ike.pcap", res, esp_keys=_xfrm_keys(res["xfrm_i"]) if chacha else None
+    )
     return res
+
+
+def _xfrm_keys(xfrm: str) -> dict[int, bytes]:
+    """SPI -> key material (32-octet key || 4-octet salt) of the ChaCha20-Poly1305 SAs in ``ip
+    xfrm state`` output."""
+    keys = {}
+    for block in re.split(r"\n(?=src )", xfrm):
+        spi = re.search(r"proto esp spi (0x[0-9a-f]+)", block)
+        aead = re.search(r"aead rfc7539esp\(chacha20,poly1305\) 0x([0-9a-f]+)", block)
+        if spi and aead:
+            keys[int(spi.group(1), 16)] = bytes.fromhex(aead.group(1))
+    return keys
+
+
+def _esp_packets(pcap: Path) -> list[bytes]:
+    """The ESP headers and payloads (IPv4) of ``pcap``, via a classic-pcap copy made by tshark."""
+    with tempfile.TemporaryDirectory() as tmp:
+        flat = Path(tmp) / "esp.pcap"
+        subprocess.run(
+            ["tshark", "-n", "-r", str(pcap), "-Y", "esp", "-F", "pcap", "-w", str(flat)],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        data = flat.read_bytes()
+    linktype = struct.unpack_from("<I", data, 20)[0]
+    link_header = {1: 14, 113: 16, 276: 20}[linktype]  # Ethernet, Linux cooked v1, v2
+    out, off = [], 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        frame = data[off + 16 : off + 16 + incl]
+        off += 16 + incl
+        ip = frame[link_header:]
+        out.append(ip[(ip[0] & 0x0F) * 4 :])
+    return out
+
+
+def check_chacha_esp(pcap: Path, keys: dict[int, bytes]) -> int:
+    """Wireshark 4.0 cannot decrypt ESP ChaCha20-Poly1305, so every ESP packet is opened here
+    with OpenSSL's ChaCha20-Poly1305 (``cryptography``) and the kernel's keys, as RFC 7634 §2-3
+    lays it out: nonce = salt || 8-octet IV, AAD = SPI || sequence number, 16-octet tag; the
+    plaintext must be TCP to or from port 5001 (next header 6). Returns the count."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    packets = _esp_packets(pcap)
+    assert packets, f"no ESP in {pcap}"
+    for esp in packets:
+        spi = int.from_bytes(esp[:4], "big")
+        material = keys[spi]
+        nonce = material[32:36] + esp[8:16]
+        plain = ChaCha20Poly1305(material[:32]).decrypt(nonce, esp[16:], esp[:8])
+        assert plain[-1] == 6, f"next header {plain[-1]} in SPI {spi:#x}"
+        sport, dport = struct.unpack_from("!HH", plain, 0)
+        assert PORT in (sport, dport), (sport, dport)
+    return len(packets)
 
 
 # ---- the harness with the daemons alone -------------------------------------------------------
@@ -357,3 +429,26 @@ def test_rpclatch_liveness_check_removes_the_sas_of_a_dead_strongswan(ike_guest:
     # retransmissions, the IKE SA failed with TIMEOUT, and its CHILD_SA left the kernel
     assert "IkeSaFailed" in dead["failure"] and "TIMEOUT" in dead["failure"], dead
     assert dead["sas_i_after"] == 0 and dead["installed_after"] == 0, dead
+
+
+# ---- ESP ChaCha20-Poly1305 (RFC 7634) -----------------------------------------------------------
+
+
+def test_rpclatch_initiator_to_strongswan_responder_esp_chacha20_poly1305(ike_guest: IkeGuest) -> None:
+    res = check_scenario(ike_guest, "rl-ss-chacha")
+    state = _rpclatch_side(res, "initiator")
+    assert state["installed"][0]["suite"] == "chacha20-poly1305-256", state["installed"]
+    (child,) = [c for sa in res["state_r"] for ike in sa.values() for c in ike["child-sas"].values()]
+    assert child["encr-alg"] == "CHACHA20_POLY1305", child
+
+
+def test_strongswan_initiator_to_rpclatch_responder_esp_chacha20_poly1305(ike_guest: IkeGuest) -> None:
+    res = check_scenario(ike_guest, "ss-rl-chacha")
+    state = _rpclatch_side(res, "responder")
+    assert state["installed"][0]["suite"] == "chacha20-poly1305-256", state["installed"]
+
+
+def test_libreswan_initiator_to_rpclatch_responder_esp_chacha20_poly1305(ike_guest: IkeGuest) -> None:
+    res = check_scenario(ike_guest, "ls-rl-chacha")
+    state = _rpclatch_side(res, "responder")
+    assert state["installed"][0]["suite"] == "chacha20-poly1305-256", state["installed"]
