@@ -327,7 +327,9 @@ class _GssapiContext(GssContext):
         lock = self._lock
         lock.acquire()
         try:
-            res = _raw_unwrap(ctx, token)
+            # MIT rewrites the token buffer it is given (an unencrypted Wrap token is rotated and
+            # stripped in place) and python-gssapi hands it the bytes object's own buffer: a copy.
+            res = _raw_unwrap(ctx, bytes(memoryview(token)))
         except _RawGSSError as exc:
             raise _gss_error(exc) from None
         finally:

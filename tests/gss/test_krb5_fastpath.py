@@ -411,3 +411,14 @@ def test_provider_context_is_safe_across_threads(realm: ThrowawayRealm, service:
     for token in tokens:
         message, conf = a.unwrap(token)
         assert conf and len(message) == 300 and len(set(message)) == 1
+
+
+def test_mit_path_leaves_the_callers_token_intact(realm: ThrowawayRealm, service: Service) -> None:
+    """gss_unwrap rewrites the buffer it is given; the provider must not let it rewrite ours."""
+    i, a = _provider_pair(realm, service, fastpath=False)
+    for conf in (False, True):
+        token = i.wrap(b"hello world" * 3, confidential=conf)
+        before = bytes(bytearray(token))
+        assert a.unwrap(token) == (b"hello world" * 3, conf)
+        assert token == before
+        assert a.unwrap(token) == (b"hello world" * 3, conf)  # and it can be unwrapped again
