@@ -83,13 +83,15 @@ def _resolve(host: str) -> str:
     return str(infos[0][4][0])
 
 
-async def _rpcbind_port(host: str, prog: int, vers: int, rpcbind_port: int, timeout: float) -> int:
-    from rpclatch.rpc.rpcbind import IPPROTO_TCP, RpcbindClient
+async def _rpcbind_port(
+    host: str, prog: int, vers: int, rpcbind_port: int, timeout: float, proto: str = "tcp"
+) -> int:
+    from rpclatch.rpc.rpcbind import IPPROTO_TCP, IPPROTO_UDP, RpcbindClient
 
     try:
         rpcb = await RpcbindClient.connect(host, transport="tcp", port=rpcbind_port, timeout=timeout)
         try:
-            port = await rpcb.pmap_getport(prog, vers, IPPROTO_TCP)
+            port = await rpcb.pmap_getport(prog, vers, IPPROTO_UDP if proto == "udp" else IPPROTO_TCP)
         finally:
             await rpcb.close()
     except Exception as exc:
@@ -100,23 +102,24 @@ async def _rpcbind_port(host: str, prog: int, vers: int, rpcbind_port: int, time
         ) from exc
     if port == 0:
         raise CommandFailed(
-            f"{host}: program {prog} version {vers} is not registered with rpcbind; give HOST:PORT"
+            f"{host}: program {prog} version {vers} over {proto} is not registered with rpcbind; "
+            "give HOST:PORT"
         )
     return int(port)
 
 
 async def _conformance(args: argparse.Namespace, cases: list[Any]) -> int:
     from rpclatch.conformance import report, runner
-    from rpclatch.conformance.probe import Connection, LocalGssError, ProbeConfig
+    from rpclatch.conformance.probe import Connection, LocalGssError, ProbeConfig, ReplyKind, null_call
     from rpclatch.gss.provider import GssapiProvider
     from rpclatch.gss.wire import Service
 
     host, port = parse_host(args.host)
     address = _resolve(host)
     if port is None:
-        port = await _rpcbind_port(address, args.prog, args.vers, args.rpcbind_port, args.timeout)
+        port = await _rpcbind_port(address, args.prog, args.vers, args.rpcbind_port, args.timeout, args.proto)
     try:
-        probe = await Connection.open(address, port, args.timeout)
+        probe = await Connection.open(address, port, args.timeout, args.proto)
     except (OSError, TimeoutError) as exc:
         if isinstance(exc, ConnectionRefusedError):
             reason = "connection refused: is the service running?"
@@ -125,7 +128,14 @@ async def _conformance(args: argparse.Namespace, cases: list[Any]) -> int:
         else:
             reason = "no answer"
         raise CommandFailed(f"{args.host}: cannot connect to port {port} ({reason})") from exc
-    probe.close()
+    try:
+        if args.proto == "udp":
+            # UDP has no handshake: a NULL call with AUTH_NONE shows someone answers (any reply).
+            reply = await probe.call(1, null_call(1, args.prog, args.vers), args.timeout)
+            if reply.kind is not ReplyKind.REPLY:
+                raise CommandFailed(f"{args.host}: no answer over UDP on port {port} ({reply.describe()})")
+    finally:
+        probe.close()
     latcher = None
     if args.keyd is not None:
         from rpclatch.conformance.latching import KeydLatcher
@@ -145,6 +155,7 @@ async def _conformance(args: argparse.Namespace, cases: list[Any]) -> int:
         channels=latcher,
         expiry_wait=args.expiry_wait,
         clock_skew=args.clock_skew,
+        proto=args.proto,
     )
     try:
         result = await runner.run(cases, config, GssapiProvider())
@@ -209,6 +220,13 @@ def register(subparsers: Any) -> None:
         metavar="HEX",
         help="--proc's XDR-encoded arguments in hex (default none); a procedure with arguments "
         "makes servers that unwrap bodies only for them show GSS-10..12",
+    )
+    p.add_argument(
+        "--proto",
+        choices=("tcp", "udp"),
+        default="tcp",
+        help="transport of the calls (default tcp; over udp the channel cases and the record-marking "
+        "probes OMIT)",
     )
     p.add_argument("--target", metavar="SERVICE@HOST", help="the server's GSS name (default nfs@HOST)")
     p.add_argument(

@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 
 from rpclatch.channel import Channel
-from rpclatch.conformance.probe import Connection, NoChannel
+from rpclatch.conformance.probe import Connection, NoChannel, StreamConnection
 from rpclatch.connect.kernel import (
     CONTROL_TIMEOUT,
     KeydControl,
@@ -98,7 +98,7 @@ class KeydLatcher:
         def release() -> None:
             control.release(latch)
 
-        return Connection(reader, writer, on_close=release), channel
+        return StreamConnection(reader, writer, on_close=release), channel
 
     async def close(self) -> None:
         if self._control is not None:

@@ -106,7 +106,8 @@ class CaseResult:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """One run: the server probed and every selected case's result, in run order."""
+    """One run: the server probed (over ``proto``, "tcp" or "udp") and every selected case's
+    result, in run order."""
 
     server: str
     prog: int
@@ -115,6 +116,7 @@ class Report:
     target: str
     service: str
     results: tuple[CaseResult, ...] = field(default_factory=tuple)
+    proto: str = "tcp"
 
     @property
     def must_failed(self) -> bool:

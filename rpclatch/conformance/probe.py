@@ -1,4 +1,5 @@
-"""The probing client: raw RPCSEC_GSS calls over one TCP connection at a time.
+"""The probing client: raw RPCSEC_GSS calls over TCP connections (record marking) or UDP sockets
+(one call per datagram).
 
 Unlike :class:`rpclatch.gss.client.GssClientAuth`, which always does the right thing, a
 :class:`Session` builds each call itself from :mod:`rpclatch.gss.wire` so a case can choose the
@@ -11,12 +12,14 @@ request looks like from the client's side (RFC 2203 §5.3.3.1).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
 import random
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -59,8 +62,16 @@ log = logging.getLogger(__name__)
 _U32 = struct.Struct(">I")
 #: Replies are small (NULL results, control replies): a record larger than this is not one.
 MAX_REPLY_RECORD = 1024 * 1024
+#: Datagrams kept unread on a UDP probe socket (late replies beyond that are dropped).
+MAX_PENDING_DATAGRAMS = 64
 #: Why the channel cases OMIT without a key manager.
 NO_CHANNEL = "no latched channel to the server (needs a key manager)"
+#: Why the channel cases OMIT over UDP.
+NO_CHANNEL_UDP = (
+    "the channel cases bind to a TCP connection latched to the server (RFC 5660 §2.3); this run is over UDP"
+)
+#: Why the record-marking probes OMIT over UDP.
+NO_STREAM = "record marking exists only on TCP (RFC 5531 §11); this run is over UDP"
 _FLAVOR_GSS = int(AuthFlavor.RPCSEC_GSS)
 _FLAVOR_NONE = int(AuthFlavor.AUTH_NONE)
 
@@ -108,43 +119,43 @@ class Reply:
         return f"MSG_ACCEPTED {m.stat.name} (verifier flavor {m.verf.flavor}, {len(m.verf.body)} bytes)"
 
 
-class Connection:
-    """One TCP connection carrying record-marked calls (RFC 5531 §11); replies are matched by xid,
-    others (late replies to earlier calls) are skipped."""
+class Connection(abc.ABC):
+    """One transport to the server carrying calls: a TCP connection with record marking
+    (:class:`StreamConnection`, RFC 5531 §11) or a connected UDP socket, one call per datagram
+    (:class:`DatagramConnection`). Replies are matched by xid; others (late replies to earlier
+    calls) are skipped."""
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._records = RecordReassembler(MAX_REPLY_RECORD)
+    #: "tcp" or "udp".
+    proto = "tcp"
+
+    def __init__(self, on_close: Callable[[], None] | None = None) -> None:
         self._pending: list[bytes] = []
         self._on_close = on_close
         self.closed = False
 
-    @classmethod
-    async def open(cls, host: str, port: int, timeout: float) -> Connection:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        return cls(reader, writer)
+    @staticmethod
+    async def open(host: str, port: int, timeout: float, proto: str = "tcp") -> Connection:
+        """A new connection over ``proto`` ("tcp" or "udp")."""
+        if proto == "udp":
+            return await DatagramConnection.connect(host, port, timeout)
+        return await StreamConnection.connect(host, port, timeout)
 
+    @abc.abstractmethod
+    async def send_message(self, message: bytes) -> bool:
+        """Send one whole RPC message; False if the connection is gone."""
+
+    @abc.abstractmethod
     async def send_raw(self, data: bytes) -> bool:
-        """Write bytes as they are; False if the connection is gone."""
-        if self.closed:
-            return False
-        try:
-            self._writer.write(data)
-            await self._writer.drain()
-        except (ConnectionError, OSError):
-            self.closed = True
-            return False
-        return True
+        """Write bytes as they are (a datagram over UDP); False if the connection is gone."""
+
+    @abc.abstractmethod
+    async def _fill(self, remaining: float, wait: float) -> Reply | None:
+        """Wait up to ``remaining`` seconds for more messages into ``_pending``; a Reply if
+        nothing more will come (dropped within ``wait``, closed, garbled), else None."""
 
     async def call(self, xid: int, message: bytes, wait: float) -> Reply:
-        """Send ``message`` as one record and wait up to ``wait`` seconds for the reply to ``xid``."""
-        if not await self.send_raw(encode_record(message)):
+        """Send ``message`` and wait up to ``wait`` seconds for the reply to ``xid``."""
+        if not await self.send_message(message):
             return Reply(ReplyKind.CLOSED, detail="could not send")
         return await self.receive(xid, wait)
 
@@ -165,24 +176,79 @@ class Connection:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return Reply(ReplyKind.DROPPED, detail=f"within {wait:g} s")
-            try:
-                data = await asyncio.wait_for(self._reader.read(65536), remaining)
-            except TimeoutError:
-                return Reply(ReplyKind.DROPPED, detail=f"within {wait:g} s")
-            except (ConnectionError, OSError) as exc:
-                self.closed = True
-                return Reply(ReplyKind.CLOSED, detail=type(exc).__name__)
-            if not data:
-                self.closed = True
-                return Reply(ReplyKind.CLOSED, detail="EOF")
-            try:
-                self._pending.extend(bytes(r) for r in self._records.feed(data))
-            except RecordError as exc:
-                self.close()
-                return Reply(ReplyKind.GARBLED, detail=str(exc))
+            done = await self._fill(remaining, wait)
+            if done is not None:
+                return done
 
+    @abc.abstractmethod
     async def wait_closed(self, wait: float) -> bool:
         """True if the server closes the connection within ``wait`` seconds (replies are skipped)."""
+
+    def close(self) -> None:
+        self.closed = True
+        self._close_transport()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+    @abc.abstractmethod
+    def _close_transport(self) -> None: ...
+
+
+class StreamConnection(Connection):
+    """One TCP connection carrying record-marked calls (RFC 5531 §11)."""
+
+    proto = "tcp"
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(on_close)
+        self._reader = reader
+        self._writer = writer
+        self._records = RecordReassembler(MAX_REPLY_RECORD)
+
+    @classmethod
+    async def connect(cls, host: str, port: int, timeout: float) -> StreamConnection:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        return cls(reader, writer)
+
+    async def send_raw(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            self.closed = True
+            return False
+        return True
+
+    async def send_message(self, message: bytes) -> bool:
+        return await self.send_raw(encode_record(message))
+
+    async def _fill(self, remaining: float, wait: float) -> Reply | None:
+        try:
+            data = await asyncio.wait_for(self._reader.read(65536), remaining)
+        except TimeoutError:
+            return Reply(ReplyKind.DROPPED, detail=f"within {wait:g} s")
+        except (ConnectionError, OSError) as exc:
+            self.closed = True
+            return Reply(ReplyKind.CLOSED, detail=type(exc).__name__)
+        if not data:
+            self.closed = True
+            return Reply(ReplyKind.CLOSED, detail="EOF")
+        try:
+            self._pending.extend(bytes(r) for r in self._records.feed(data))
+        except RecordError as exc:
+            self.close()
+            return Reply(ReplyKind.GARBLED, detail=str(exc))
+        return None
+
+    async def wait_closed(self, wait: float) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while not self.closed:
@@ -199,13 +265,83 @@ class Connection:
                 self.closed = True
         return True
 
-    def close(self) -> None:
-        self.closed = True
+    def _close_transport(self) -> None:
         with contextlib.suppress(Exception):
             self._writer.close()
-        on_close, self._on_close = self._on_close, None
-        if on_close is not None:
-            on_close()
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """What arrives on a connected UDP socket: at most :data:`MAX_PENDING_DATAGRAMS` datagrams
+    (older ones are dropped), and the last ICMP error (e.g. port unreachable)."""
+
+    def __init__(self) -> None:
+        self.queue: deque[bytes] = deque(maxlen=MAX_PENDING_DATAGRAMS)
+        self.error: OSError | None = None
+        self.arrived = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.queue.append(data)
+        self.arrived.set()
+
+    def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, OSError):
+            self.error = exc
+        self.arrived.set()
+
+
+class DatagramConnection(Connection):
+    """A connected UDP socket: each call and each reply is one datagram (RFC 5531 has no record
+    marking over UDP). The server cannot close it; an ICMP error (port unreachable) reads as
+    closed."""
+
+    proto = "udp"
+
+    def __init__(self, transport: asyncio.DatagramTransport, datagrams: _Datagrams) -> None:
+        super().__init__()
+        self._transport = transport
+        self._datagrams = datagrams
+
+    @classmethod
+    async def connect(cls, host: str, port: int, timeout: float) -> DatagramConnection:
+        loop = asyncio.get_running_loop()
+        transport, datagrams = await asyncio.wait_for(
+            loop.create_datagram_endpoint(_Datagrams, remote_addr=(host, port)), timeout
+        )
+        return cls(transport, datagrams)
+
+    async def send_raw(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        try:
+            self._transport.sendto(data)
+        except OSError:
+            self.closed = True
+            return False
+        return True
+
+    async def send_message(self, message: bytes) -> bool:
+        return await self.send_raw(message)
+
+    async def _fill(self, remaining: float, wait: float) -> Reply | None:
+        d = self._datagrams
+        if not d.queue and d.error is None:
+            d.arrived.clear()
+            try:
+                await asyncio.wait_for(d.arrived.wait(), remaining)
+            except TimeoutError:
+                return Reply(ReplyKind.DROPPED, detail=f"within {wait:g} s")
+        self._pending.extend(d.queue)
+        d.queue.clear()
+        if d.error is not None and not self._pending:
+            self.closed = True
+            return Reply(ReplyKind.CLOSED, detail=d.error.strerror or type(d.error).__name__)
+        return None
+
+    async def wait_closed(self, wait: float) -> bool:
+        return False  # nothing to close on the server's side
+
+    def _close_transport(self) -> None:
+        self._transport.close()
 
 
 @dataclass
@@ -292,7 +428,9 @@ class ProbeConfig:
     silently dropped, the longest a case may wait for a context to expire (``expiry_wait``), the
     clock-skew allowance the server's mechanism adds to a context's end (``clock_skew``: Kerberos
     acceptors accept a ticket until its end time plus the skew they allow, 300 s by default in MIT
-    and Heimdal), and what opens latched connections (``channels``; None: the channel cases OMIT)."""
+    and Heimdal), what opens latched connections (``channels``; None: the channel cases OMIT), and
+    the transport of the calls (``proto``: "tcp", or "udp": then the cases that need a connection
+    OMIT)."""
 
     host: str
     port: int
@@ -307,6 +445,7 @@ class ProbeConfig:
     args: bytes = b""
     expiry_wait: float = 30.0
     clock_skew: float = 300.0
+    proto: str = "tcp"
 
 
 def auth_bytes(flavor: int, body: bytes) -> bytes:
@@ -317,6 +456,11 @@ def auth_bytes(flavor: int, body: bytes) -> bytes:
 def flip_last(data: bytes) -> bytes:
     """``data`` with its last octet inverted (a tampered MIC or token)."""
     return data[:-1] + bytes([data[-1] ^ 0xFF]) if data else b"\x01"
+
+
+def null_call(xid: int, prog: int, vers: int) -> bytes:
+    """A NULL call with AUTH_NONE credential and verifier (RFC 5531 §8.2)."""
+    return encode_call_header(xid, prog, vers, PROC_NULL, _FLAVOR_NONE, b"") + auth_bytes(_FLAVOR_NONE, b"")
 
 
 def gss_call(xid: int, prog: int, vers: int, proc: int, cred: bytes, verf: bytes, args: bytes) -> bytes:
@@ -341,18 +485,25 @@ class Session:
 
     async def new_connection(self) -> Connection:
         c = self.config
-        conn = await Connection.open(c.host, c.port, c.timeout)
+        conn = await Connection.open(c.host, c.port, c.timeout, c.proto)
         self._connections.append(conn)
         return conn
 
     async def latched_connection(self) -> tuple[Connection, Channel]:
         """A new connection latched to a secure channel (:class:`NoChannel` without one)."""
         opener = self.config.channels
+        if self.config.proto != "tcp":
+            raise NoChannel(NO_CHANNEL_UDP)
         if opener is None:
             raise NoChannel(NO_CHANNEL)
         conn, channel = await opener.open(self.config.host, self.config.port, self.config.timeout)
         self._connections.append(conn)
         return conn, channel
+
+    def require_stream(self) -> None:
+        """:class:`NoContext` (OMIT) unless the run is over TCP: the case probes record marking."""
+        if self.config.proto != "tcp":
+            raise NoContext(NO_STREAM)
 
     async def connection(self) -> Connection:
         """The session's current connection, reopened if the server closed it."""

@@ -12,8 +12,8 @@ from rpclatch.conformance.registry import Case
 
 def _header(report: Report) -> str:
     return (
-        f"rpclatch conformance: {report.server} program {report.prog} version {report.vers} "
-        f"procedure {report.proc}, target {report.target}, service {report.service}"
+        f"rpclatch conformance: {report.server} over {report.proto} program {report.prog} "
+        f"version {report.vers} procedure {report.proc}, target {report.target}, service {report.service}"
     )
 
 
@@ -41,6 +41,7 @@ def table(report: Report) -> str:
 def to_json(report: Report) -> str:
     data = {
         "server": report.server,
+        "proto": report.proto,
         "prog": report.prog,
         "vers": report.vers,
         "proc": report.proc,

@@ -70,4 +70,5 @@ async def run(
         target=config.target,
         service=config.service.sec_name,
         results=tuple(results),
+        proto=config.proto,
     )

@@ -19,7 +19,7 @@ import pytest
 from rpclatch.cli import main
 from rpclatch.conformance import registry, runner
 from rpclatch.conformance.model import Outcome, Report
-from rpclatch.conformance.probe import NO_CHANNEL, ProbeConfig
+from rpclatch.conformance.probe import NO_CHANNEL, NO_CHANNEL_UDP, NO_STREAM, ProbeConfig
 from rpclatch.gss import server as gss_server
 from rpclatch.gss.provider import GssapiProvider
 from rpclatch.gss.realm import ThrowawayRealm
@@ -54,11 +54,13 @@ async def _run(
     *,
     proc: int = PROC_NULL,
     args: bytes = b"",
+    proto: str = "tcp",
 ) -> Report:
     dispatcher = RpcDispatcher([factory(realm)])
     add_test_program(dispatcher)
     server = RpcServer(dispatcher)
-    port = await server.listen_tcp("127.0.0.1", 0)
+    listen = server.listen_udp if proto == "udp" else server.listen_tcp
+    port = await listen("127.0.0.1", 0)
     try:
         config = ProbeConfig(
             "127.0.0.1",
@@ -69,6 +71,7 @@ async def _run(
             drop_wait=DROP_WAIT,
             proc=proc,
             args=args,
+            proto=proto,
         )
         provider = GssapiProvider(ccache=realm.users["alice"].ccache)
         return await runner.run(registry.select(ids), config, provider)
@@ -94,6 +97,30 @@ def test_rpclatch_server_passes_everything(realm: ThrowawayRealm, call: tuple[in
     assert set(omitted) == {f"CB-{n}" for n in range(10, 17)}
     assert {omitted[f"CB-{n}"] for n in range(10, 17)} == {NO_CHANNEL}
     assert report.exit_code == 0
+
+
+def test_rpclatch_server_over_udp(realm: ThrowawayRealm) -> None:
+    """RFC 2203 works over UDP: every case runs but the channel cases (a latched TCP connection)
+    and the record-marking probes, which OMIT with their reasons."""
+    report = asyncio.run(_run(realm, proto="udp", proc=ECHO[0], args=ECHO[1]))
+    assert report.proto == "udp"
+    bad = {r.spec.id: (r.outcome.value, r.reason) for r in report.results if r.outcome is not Outcome.PASS}
+    assert {i: why for i, (o, why) in bad.items()} == {
+        **{f"CB-{n}": NO_CHANNEL_UDP for n in range(10, 17)},
+        **{f"ROB-0{n}": NO_STREAM for n in (1, 2, 4)},
+    }
+    assert {o for o, _ in bad.values()} == {"OMIT"}
+    assert "refused or dropped" in report.by_id()["ROB-03"].reason
+
+
+def test_replay_over_udp_fails_gss_05(realm: ThrowawayRealm, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gss_server, "SeqWindow", _NoReplayWindow)
+    report = asyncio.run(_run(realm, ids=("GSS-05", "GSS-06", "GSS-01"), proto="udp"))
+    assert {r.spec.id: r.outcome for r in report.results} == {
+        "GSS-01": Outcome.PASS,
+        "GSS-05": Outcome.FAIL,
+        "GSS-06": Outcome.PASS,
+    }
 
 
 # -- servers with one check disabled ------------------------------------------------------------
@@ -259,7 +286,9 @@ def test_a_should_or_ambiguity_not_met_warns_and_exits_0(
 
 
 @contextmanager
-def _server_thread(realm: ThrowawayRealm, factory: ServerFactory = _server) -> Iterator[int]:
+def _server_thread(
+    realm: ThrowawayRealm, factory: ServerFactory = _server, proto: str = "tcp"
+) -> Iterator[int]:
     """The test program with RPCSEC_GSS on 127.0.0.1, in its own thread and event loop."""
     started = threading.Event()
     state: dict[str, Any] = {}
@@ -269,7 +298,8 @@ def _server_thread(realm: ThrowawayRealm, factory: ServerFactory = _server) -> I
             dispatcher = RpcDispatcher([factory(realm)])
             add_test_program(dispatcher)
             server = RpcServer(dispatcher)
-            state["port"] = await server.listen_tcp("127.0.0.1", 0)
+            listen = server.listen_udp if proto == "udp" else server.listen_tcp
+            state["port"] = await listen("127.0.0.1", 0)
             state["stop"] = stop = asyncio.Event()
             state["loop"] = asyncio.get_running_loop()
             started.set()
@@ -409,6 +439,27 @@ def test_cli_keyd_without_a_key_manager_omits_the_channel_cases(
     cases = json.loads(capsys.readouterr().out)["cases"]
     assert [(c["id"], c["outcome"]) for c in cases] == [("CB-10", "OMIT"), ("CB-12", "OMIT")]
     assert all(c["reason"].startswith("no key manager") for c in cases)
+
+
+def test_cli_over_udp(realm: ThrowawayRealm, capsys: pytest.CaptureFixture[str]) -> None:
+    with _server_thread(realm, proto="udp") as port:
+        rc = _cli(port, realm, "--proto", "udp", "--case", "GSS-05", "--case", "ROB-01", "--json")
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["proto"] == "udp"
+    assert {c["id"]: c["outcome"] for c in data["cases"]} == {"GSS-05": "PASS", "ROB-01": "OMIT"}
+
+
+def test_cli_no_answer_over_udp_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # bound, never read
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        argv = ["conformance", f"127.0.0.1:{port}", "--prog", "1", "--vers", "1", "--proto", "udp"]
+        assert main([*argv, "--timeout", "0.3"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no answer over UDP" in err
 
 
 def test_cli_refused_connection_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -139,3 +139,79 @@ def test_a_scenario_the_kernel_world_lacks_is_one_line(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def _s1_raw(sport: int = 40000) -> dict[str, object]:
+    """What the guest would record of scenario 1 where everything claims success."""
+    flow = f"203.0.113.11:{sport}<->203.0.113.12:2049/6"
+    latch = {"latches": [{"flow": flow, "latch": 1, "peer": "aa" * 8, "state": "ESTABLISHED"}]}
+    record = {
+        "five_tuple": f"tcp 203.0.113.11:{sport} -> 203.0.113.12:2049",
+        "peer": "raw key sha256:" + "bb" * 8,
+        "latch_outcome": "LATCHED_BINDING_CONF",
+        "bind_outcome": "BOUND",
+        "bound": True,
+        "gss_service": "channel_prot",
+        "reason": "latched and bound",
+    }
+    return {
+        "connect": {"record": record, "latch_seconds": 0.5},
+        "echo": {"results": [{"ok": True, "service": "channel_prot"}] * 4},
+        "during": {
+            "t": 0.0,
+            "xfrm": {
+                "client": {"state": XFRM_STATE, "policy": ""},
+                "server": {"state": XFRM_STATE, "policy": ""},
+            },
+            "keyd": {"client": latch, "server": latch},
+        },
+    }
+
+
+PARTIES = {
+    "client": ["rl-client", str(C), C_MAC, "rlv-client"],
+    "server": ["rl-server", str(S), S_MAC, "rlv-server"],
+}
+
+
+def test_scenario_1_fails_on_cleartext_in_the_capture_whatever_the_client_claims(tmp_path: Path) -> None:
+    from rpclatch.demo.kernel import Scenario, check_ipsec_available
+    from rpclatch.demo.scenarios import MARKER
+
+    pcap = tmp_path / "1.pcapng"
+    clear = IpPacket(C, S, PROTO_TCP, _tcp(MARKER)).encode()
+    write_pcapng(pcap, [CapturedPacket(1.0, 0, _frame(C_MAC, S_MAC, clear))], ["rlbr0"])
+    o = check_ipsec_available(Scenario(1, _s1_raw(), PARTIES, pcap))
+    failed = {c.name for c in o.checks if not c.passed}
+    assert {
+        "no cleartext TCP on port 2049",
+        "payload never visible on the wire",
+        "every ESP frame decrypted with the kernel's keys",
+        "DATA calls are channel_prot on the wire",
+    } <= failed
+    assert (
+        "security record says latched + bound + channel_prot" not in failed
+    )  # the claim alone is not enough
+
+
+def test_scenario_1_esp_under_the_kernel_keys_passes_the_wire_checks(tmp_path: Path) -> None:
+    from rpclatch.demo.kernel import Scenario, check_ipsec_available
+    from rpclatch.demo.scenarios import MARKER
+
+    sa = kernel_sas(XFRM_STATE)[1]
+    esp = esp_seal(sa.keys, 1, PROTO_TCP, _tcp(MARKER))
+    pcap = tmp_path / "1.pcapng"
+    write_pcapng(
+        pcap,
+        [CapturedPacket(1.0, 0, _frame(C_MAC, S_MAC, IpPacket(C, S, PROTO_ESP, esp).encode()))],
+        ["rlbr0"],
+    )
+    o = check_ipsec_available(Scenario(1, _s1_raw(), PARTIES, pcap))
+    passed = {c.name for c in o.checks if c.passed}
+    assert {
+        "no cleartext TCP on port 2049",
+        "payload never visible on the wire",
+        "every ESP frame decrypted with the kernel's keys",
+        "kernel ESP SAs at both ends",
+        "client key manager: latch ESTABLISHED",
+    } <= passed
