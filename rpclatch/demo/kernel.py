@@ -261,8 +261,12 @@ class Evidence:
             else:
                 kind, label = EventKind.CLEAR, "packet"
             events.append(TraceEvent(rec.time, kind, rec.sender, rec.receiver, label, _flow_text(pkt)))
+        # a call goes where the frame that completed it went (to the man in the middle, if any)
+        receivers = {(rec.time, rec.sender): rec.receiver for rec in self.records}
         for call in self.view.calls:
-            dst = "server" if call.sender != "server" else "client"
+            dst = receivers.get((call.time, call.sender)) or (
+                "server" if call.sender != "server" else "client"
+            )
             events.append(TraceEvent(call.time, EventKind.RPC, call.sender, dst, call.label, call.flow))
         for t, lane, note_kind, text in notes:
             ek = {"warning": EventKind.WARNING, "state": EventKind.STATE, "attack": EventKind.ATTACK}
