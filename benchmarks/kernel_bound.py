@@ -13,14 +13,19 @@ to back for ``--seconds``:
 * channel_prot: the policy latches the connection (IKE, kernel ESP AES-GCM in transport mode),
   binds RPCSEC_GSS v2 to the latch (BIND_CHANNEL) and calls with channel_prot; the client checks
   the record says so and that the kernel's ESP byte counters grew by at least the payload;
+* channel_prot.chacha20: the same from a second client address whose key manager offers only ESP
+  ChaCha20-Poly1305 (RFC 7634; ``rpclatch ipsec keyd --esp chacha20-poly1305``); the client checks
+  its SAs run ``rfc7539esp(chacha20,poly1305)`` (and the first mode's ``rfc4106(gcm(aes))``);
 * krb5p (baseline): the same server and client code with ``try_ipsec`` off: plain TCP (the
   server's key manager answers FIND_LATCH with a BYPASS latch), RPCSEC_GSS krb5p; the client
   checks the record and that ESP carried (almost) nothing.
 
-The rounds alternate the two modes (channel_prot, krb5p, channel_prot, ...) so drift hits both
-alike; the figures are medians over ``--rounds``.
+The rounds alternate the modes (channel_prot, channel_prot.chacha20, krb5p, channel_prot, ...) so
+drift hits all alike; the figures are medians over ``--rounds``.
 
-Figures (three ``BENCH`` lines):
+Figures (five ``BENCH`` lines: the three below for AES-GCM, then ``kernel.echo64k`` and
+``kernel.process_cpu_per_gib`` again as ``...channel_prot.chacha20``; the RPC-layer figure does not
+depend on the ESP cipher):
 
 * ``kernel.echo64k.channel_prot``, MB/s: payload bytes (request + reply, 2 x 64 KiB per call) per
   wall-clock second of the calling loop;
@@ -48,6 +53,8 @@ before the loop; their CPU over the loop is a ``#`` line, normally 0). The guest
 implementation is printed: UML has no AES-NI, so ESP there is the generic C code
 (``ctr(aes-generic)``, ``ghash-generic``), while krb5p's AES runs in the Kerberos library in user
 space, natively on the host CPU; that, not the RPC layer, sets channel_prot's throughput there.
+ChaCha20-Poly1305 is the AEAD designed for software without AES instructions, which is why the
+ChaCha20 lines exist.
 
 Target: CPU ratio <= 0.5 and throughput ratio >= 1.0. The UML guest has one CPU and runs on a
 shared host; absolute figures are those of UML on this machine, the ratios are what compares.
@@ -88,28 +95,34 @@ if str(REPO_ROOT) not in sys.path:
 
 CLIENT_ADDR = "203.0.113.11"
 SERVER_ADDR = "203.0.113.12"
+#: the second client key manager's address: its CHILD_SAs are ESP ChaCha20-Poly1305
+CHACHA_ADDR = "203.0.113.13"
 PORT = 5664  # 2049 is the guest nfsd's
 TARGET = "nfs@guest.rpclatch.test"
 PROG = 0x20000A11
 SIZE = 64 * 1024
 GIB = 1024**3
-MODES = ("channel_prot", "krb5p")
+MODES = ("channel_prot", "channel_prot.chacha20", "krb5p")
+#: the kernel AEAD each mode's connection must run on (krb5p: none)
+AEAD = {"channel_prot": "rfc4106(gcm(aes))", "channel_prot.chacha20": "rfc7539esp(chacha20,poly1305)"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- guest side: one measurement (runs in netns client) --------------------------------------------
 
 
-def esp_bytes() -> int:
-    """Bytes counted by this namespace's ESP states between 203.0.113.x addresses."""
+def esp_bytes(source: str) -> tuple[int, set[str]]:
+    """Bytes counted by this namespace's ESP states from or to ``source``, and their AEADs."""
     text = subprocess.run(["ip", "-s", "xfrm", "state"], capture_output=True, text=True, check=False).stdout
-    total, ours = 0, False
+    total, ours, aeads = 0, False, set()
     for line in text.splitlines():
         if line.startswith("src "):
-            ours = line.startswith("src 203.0.113.")
+            ours = f" {source} " in f"{line} "
+        elif ours and (m := re.match(r"\s*aead (\S+)", line)):
+            aeads.add(m.group(1))
         elif ours and (m := re.match(r"\s*(\d+)\(bytes\)", line)):
             total += int(m.group(1))
-    return total
+    return total, aeads
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
@@ -172,7 +185,7 @@ class RpcLayerMeter:
 
 
 async def measure(
-    mode: str, seconds: float, c_sock: Path, others: dict[str, int], server_meter: Path
+    mode: str, seconds: float, c_sock: Path, others: dict[str, int], server_meter: Path, source: str
 ) -> dict[str, Any]:
     from rpclatch.connect import ConnectPolicy, FallbackService, ProtectedConnection
     from rpclatch.connect.gss import RpcsecGssConnector
@@ -182,20 +195,21 @@ async def measure(
 
     meter = RpcLayerMeter(Path(tempfile.mkdtemp()) / "client.meter")
     meter.install("client")
-    world = KernelClientWorld(SERVER_ADDR, c_sock)
+    world = KernelClientWorld(SERVER_ADDR, c_sock, source_addr=source)
     await world.start()
     gss = RpcsecGssConnector(GssapiProvider(), TARGET, PROG, 1, FallbackService.PRIVACY)
-    policy = ConnectPolicy(port=PORT, ike_timeout=5.0, try_ipsec=mode == "channel_prot")
+    service = mode.split(".")[0]
+    policy = ConnectPolicy(port=PORT, ike_timeout=5.0, try_ipsec=service == "channel_prot")
     pc = ProtectedConnection(world, gss, policy)
     payload = bytes(range(256)) * (SIZE // 256)
     args = encode_opaque(payload)
     try:
         record = await pc.aconnect()
-        if record.gss_service.sec_name != mode:
+        if record.gss_service.sec_name != service:
             return {"error": f"{mode}: the policy chose {record.gss_service.sec_name}: {record.reason}"}
         if decode_opaque(await pc.acall(PROG, 1, PROC_ECHO, args)) != payload:  # warm up
             return {"error": f"{mode}: the warm-up ECHO came back different"}
-        esp0 = esp_bytes()
+        esp0, _ = esp_bytes(source)
         before = {name: proc_cpu(pid) for name, pid in others.items()}
         m0, s0 = meter.seconds, RpcLayerMeter.read(server_meter)
         c0, w0 = self_cpu(), time.perf_counter()
@@ -206,12 +220,15 @@ async def measure(
         wall, c1 = time.perf_counter() - w0, self_cpu()
         rpc = {"client": meter.seconds - m0, "server": RpcLayerMeter.read(server_meter) - s0}
         after = {name: proc_cpu(pid) for name, pid in others.items()}
-        esp = esp_bytes() - esp0
+        esp1, aeads = esp_bytes(source)
+        esp = esp1 - esp0
         summary = pc.security.summary()
         moved = 2 * SIZE * calls
-        if (mode == "channel_prot" and esp < moved) or (mode != "channel_prot" and esp > moved // 100):
+        if (service == "channel_prot" and esp < moved) or (service != "channel_prot" and esp > moved // 100):
             return {"error": f"{mode}: ESP counted {esp} bytes for {moved} bytes of payload: {summary}"}
-        if pc.security.gss_service.sec_name != mode or pc.security.generation != 1:
+        if mode in AEAD and aeads != {AEAD[mode]}:
+            return {"error": f"{mode}: the connection's ESP SAs run {sorted(aeads)}, not {AEAD[mode]}"}
+        if pc.security.gss_service.sec_name != service or pc.security.generation != 1:
             return {"error": f"{mode}: the connection changed during the run: {summary}"}
     finally:
         await pc.aclose()
@@ -292,13 +309,13 @@ async def keyd_ready(sock: Path, proc: Proc, timeout: float = 60) -> bool:
 
 
 def gcm_drivers() -> list[str]:
-    """The kernel's implementations of ESP's AES-GCM (``/proc/crypto``), to show what did the work."""
+    """The kernel's implementations of ESP's AEADs (``/proc/crypto``), to show what did the work."""
     drivers = []
     for block in Path("/proc/crypto").read_text().split("\n\n"):
         fields = dict(
             (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines())
         )
-        if "gcm(aes)" in fields.get("name", ""):
+        if any(name in fields.get("name", "") for name in AEAD.values()):
             drivers.append(f"{fields['name']}: {fields.get('driver')} (priority {fields.get('priority')})")
     return drivers
 
@@ -309,18 +326,22 @@ async def guest(seconds: float, rounds: int, krb5_env: dict[str, str]) -> dict[s
     write_key(tmp / "c.pem")
     write_key(tmp / "s.pem")
     c_sock, s_sock, s_meter = tmp / "c.sock", tmp / "s.sock", tmp / "server.meter"
-    res["gcm_drivers"] = gcm_drivers()
+    c2_sock = tmp / "c2.sock"
     keyd = [*rpclatch_argv(), "ipsec", "keyd"]
     c_argv = [*keyd, "--netns", "client", "--address", CLIENT_ADDR, "--key", str(tmp / "c.pem")]
     c_keyd = Proc([*c_argv, "--socket", str(c_sock)], tmp / "c.log")
-    s_keyd = Proc(
-        [*keyd, "--address", SERVER_ADDR, "--key", str(tmp / "s.pem"), "--socket", str(s_sock)], tmp / "s.log"
-    )
+    # the same client key, another address and key manager, offering only ChaCha20-Poly1305; the
+    # server's key manager takes either, in the order the initiator offers
+    c2_argv = [*keyd, "--netns", "client", "--address", CHACHA_ADDR, "--key", str(tmp / "c.pem")]
+    c2_keyd = Proc([*c2_argv, "--socket", str(c2_sock), "--esp", "chacha20-poly1305"], tmp / "c2.log")
+    s_argv = [*keyd, "--address", SERVER_ADDR, "--key", str(tmp / "s.pem"), "--socket", str(s_sock)]
+    s_keyd = Proc([*s_argv, "--esp", "aes-gcm-256,aes-gcm-128,chacha20-poly1305"], tmp / "s.log")
     server: Proc | None = None
     try:
-        if not (await keyd_ready(c_sock, c_keyd) and await keyd_ready(s_sock, s_keyd)):
+        keyds = ((c_sock, c_keyd), (c2_sock, c2_keyd), (s_sock, s_keyd))
+        if not all([await keyd_ready(sock, proc) for sock, proc in keyds]):
             res["errors"].append(
-                "a key manager did not start: " + c_keyd.text()[-1000:] + s_keyd.text()[-1000:]
+                "a key manager did not start: " + "".join(p.text()[-1000:] for _s, p in keyds)
             )
             return res
         serve = [
@@ -359,11 +380,17 @@ async def guest(seconds: float, rounds: int, krb5_env: dict[str, str]) -> dict[s
         if "serving program" not in server.text():
             res["errors"].append("the server did not start: " + server.text()[-2000:])
             return res
-        others = {"server": server.proc.pid, "keyd_client": c_keyd.proc.pid, "keyd_server": s_keyd.proc.pid}
+        others = {
+            "server": server.proc.pid,
+            "keyd_client": c_keyd.proc.pid,
+            "keyd_client2": c2_keyd.proc.pid,
+            "keyd_server": s_keyd.proc.pid,
+        }
         for _ in range(rounds):
             for mode in MODES:
+                sock, source = (c2_sock, CHACHA_ADDR) if mode.endswith("chacha20") else (c_sock, CLIENT_ADDR)
                 argv = ["ip", "netns", "exec", "client", sys.executable, str(Path(__file__).resolve())]
-                argv += ["client", mode, str(seconds), str(c_sock), json.dumps(others), str(s_meter)]
+                argv += ["client", mode, str(seconds), str(sock), json.dumps(others), str(s_meter), source]
                 r = await asyncio.to_thread(
                     subprocess.run,
                     argv,
@@ -380,11 +407,12 @@ async def guest(seconds: float, rounds: int, krb5_env: dict[str, str]) -> dict[s
                 else:
                     res["runs"].append(run)
                 await asyncio.sleep(2.5)  # the released latch's hold (2 s) ends; CPU settles
+        res["gcm_drivers"] = gcm_drivers()  # after use: the kernel loads its AEADs on demand
     finally:
         if server is not None:
             server.stop()
             res["serve_log"] = server.text()[-2000:]
-        for proc in (c_keyd, s_keyd):
+        for proc in (c_keyd, c2_keyd, s_keyd):
             proc.stop()
     return res
 
@@ -412,7 +440,9 @@ def median_figures(runs: list[dict[str, Any]], mode: str) -> dict[str, float]:
         "user": statistics.median(per_gib(r, rpc, (0,)) for r in mine),
         "client": statistics.median(per_gib(r, ("client",), (0, 1)) for r in mine),
         "server": statistics.median(per_gib(r, ("server",), (0, 1)) for r in mine),
-        "keyd": statistics.median(per_gib(r, ("keyd_client", "keyd_server"), (0, 1)) for r in mine),
+        "keyd": statistics.median(
+            per_gib(r, ("keyd_client", "keyd_client2", "keyd_server"), (0, 1)) for r in mine
+        ),
         "esp_per_payload": statistics.median(r["esp_bytes"] / (2 * SIZE * r["calls"]) for r in mine),
         "calls": statistics.median(r["calls"] for r in mine),
     }
@@ -442,7 +472,8 @@ def main() -> int:
     run_dir = args.out or Path(tempfile.mkdtemp(prefix="kernel-bound-"))
     with choice.cls(run_dir=run_dir) as g:
         g.run(
-            f"ip -n client addr add {CLIENT_ADDR}/24 dev vc && ip addr add {SERVER_ADDR}/24 dev vs",
+            f"ip -n client addr add {CLIENT_ADDR}/24 dev vc && ip -n client addr add {CHACHA_ADDR}/24 dev vc"
+            f" && ip addr add {SERVER_ADDR}/24 dev vs",
             check=True,
         )
         env = g.guest_env("alice", "client")
@@ -471,10 +502,11 @@ def main() -> int:
         "connection entry points, in the client and the server process, per GiB of payload; "
         "whole processes = user+sys of both processes (getrusage, /proc/<pid>/stat) over the loop"
     )
-    print("# guest kernel gcm(aes): " + "; ".join(res.get("gcm_drivers") or ["?"]))
-    for mode, f in (("channel_prot", cp), ("krb5p", base)):
+    print("# guest kernel ESP AEADs: " + "; ".join(res.get("gcm_drivers") or ["?"]))
+    chacha = median_figures(runs, "channel_prot.chacha20")
+    for mode, f in (("channel_prot", cp), ("channel_prot.chacha20", chacha), ("krb5p", base)):
         print(
-            f"# {mode:12s} {f['mb_s']:6.2f} MB/s  rpc-layer {f['rpc']:6.2f} s/GiB "
+            f"# {mode:21s} {f['mb_s']:6.2f} MB/s  rpc-layer {f['rpc']:6.2f} s/GiB "
             f"(client {f['rpc_client']:6.2f}, server {f['rpc_server']:6.2f})  "
             f"whole processes {f['cpu']:6.2f} s/GiB (user {f['user']:6.2f}; "
             f"client {f['client']:6.2f}, server {f['server']:6.2f})  key managers {f['keyd']:5.2f} s/GiB  "
@@ -492,7 +524,15 @@ def main() -> int:
     )
     print(
         f"BENCH kernel.process_cpu_per_gib.channel_prot value={cp['cpu']:.3f} unit=s/GiB "
-        f"baseline={base['cpu']:.3f} ratio={cp['cpu'] / base['cpu']:.3f}",
+        f"baseline={base['cpu']:.3f} ratio={cp['cpu'] / base['cpu']:.3f}"
+    )
+    print(
+        f"BENCH kernel.echo64k.channel_prot.chacha20 value={chacha['mb_s']:.3f} unit=MB/s "
+        f"baseline={base['mb_s']:.3f} ratio={chacha['mb_s'] / base['mb_s']:.3f}"
+    )
+    print(
+        f"BENCH kernel.process_cpu_per_gib.channel_prot.chacha20 value={chacha['cpu']:.3f} unit=s/GiB "
+        f"baseline={base['cpu']:.3f} ratio={chacha['cpu'] / base['cpu']:.3f}",
         flush=True,
     )
     return 0
@@ -502,9 +542,9 @@ if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "guest":
         print(json.dumps(asyncio.run(guest(float(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])))))
         sys.exit(0)
-    if len(sys.argv) == 7 and sys.argv[1] == "client":
+    if len(sys.argv) == 8 and sys.argv[1] == "client":
         mode, secs, sock, others = sys.argv[2], float(sys.argv[3]), Path(sys.argv[4]), json.loads(sys.argv[5])
-        print(json.dumps(asyncio.run(measure(mode, secs, sock, others, Path(sys.argv[6])))))
+        print(json.dumps(asyncio.run(measure(mode, secs, sock, others, Path(sys.argv[6]), sys.argv[7]))))
         sys.exit(0)
     if len(sys.argv) > 3 and sys.argv[1] == "serve":  # rpclatch's CLI with the server side metered
         from rpclatch.cli import main as cli_main
