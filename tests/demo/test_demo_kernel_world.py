@@ -9,6 +9,7 @@ with the reason where UML or root is missing.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,28 @@ def _scenario(run: dict[str, Any], number: int, esp: bool = True) -> dict[str, A
         assert Path(row["files"][kind]).stat().st_size > 0, kind
     assert Path(row["files"]["esp_sa"]).exists()
     return row
+
+
+def _tshark_esp(pcap: Path, esp_sa: Path) -> tuple[int, int]:
+    """(ESP frames, of which tshark decrypted to TCP) with the run's ``esp_sa`` key file."""
+    opts = ["-o", "esp.enable_encryption_decode:TRUE"]
+    for row in esp_sa.read_text().splitlines():
+        if row.strip():
+            opts += ["-o", f"uat:esp_sa:{row}"]
+    argv = ["tshark", "-n", "-r", str(pcap), *opts, "-Y", "esp", "-T", "fields", "-e", "frame.number"]
+    argv += ["-e", "tcp.srcport", "-E", "separator=/t"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+    return len(rows), sum(1 for r in rows if len(r) > 1 and r[1])
+
+
+@pytest.mark.parametrize("number", [1, 3, 4, 5])
+def test_tshark_decrypts_every_esp_frame_with_the_exported_keys(run: dict[str, Any], number: int) -> None:
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed")
+    row = next(s for s in run["scenarios"] if s["number"] == number)
+    total, decrypted = _tshark_esp(Path(row["files"]["pcapng"]), Path(row["files"]["esp_sa"]))
+    assert total > 0 and decrypted == total, (total, decrypted)
 
 
 def test_the_run_passes_as_a_whole(run: dict[str, Any]) -> None:
