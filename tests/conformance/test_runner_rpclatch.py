@@ -27,6 +27,7 @@ from rpclatch.gss.seqwindow import SeqVerdict, SeqWindow
 from rpclatch.gss.server import GssServerAuth
 from rpclatch.gss.wire import GssProc, Service, be32, decode_integ, encode_integ
 from rpclatch.rpc.aio import RpcServer
+from rpclatch.rpc.auth import AuthGarbage
 from rpclatch.rpc.messages import PROC_NULL
 from rpclatch.rpc.server import RpcDispatcher
 from rpclatch.rpc.testprog import (
@@ -185,14 +186,16 @@ class _NoBodySeqCheck(GssServerAuth):
 
 
 class _BlindGss(_TrustingGss):
-    """Also "unwraps" any privacy token to the call's seq_num (the body is never looked at)."""
+    """Also "unwraps" any privacy token to the call's seq_num and ``args`` (the token is never
+    looked at)."""
 
-    def __init__(self, inner: Any, seq: int) -> None:
+    def __init__(self, inner: Any, seq: int, args: bytes = b"") -> None:
         super().__init__(inner)
         self._seq = seq
+        self._args = args
 
     def unwrap(self, token: bytes) -> tuple[bytes, bool]:
-        return be32(self._seq), True
+        return be32(self._seq) + self._args, True
 
 
 class _NullBodyUnread(GssServerAuth):
@@ -222,6 +225,28 @@ def test_a_server_reading_bodies_only_with_arguments_fails_gss_10_to_12_only_thr
     assert echo.by_id()["GSS-10"].reason == "a tampered integrity body answered GARBAGE_ARGS"
 
 
+class _NoChecksumCheck(GssServerAuth):
+    """Executes an integrity call whose body checksum does not verify."""
+
+    def _data(self, call: Any, seq: int, service: Service, ctx: Any) -> Any:
+        if service is Service.INTEGRITY:
+            ctx = dataclasses.replace(ctx, gss=_TrustingGss(ctx.gss))
+        return super()._data(call, seq, service, ctx)
+
+
+class _NoUnwrapCheck(GssServerAuth):
+    """Executes a privacy call whose token does not unwrap, with the arguments it could read."""
+
+    def _data(self, call: Any, seq: int, service: Service, ctx: Any) -> Any:
+        result = super()._data(call, seq, service, ctx)
+        if service is Service.PRIVACY and isinstance(result, AuthGarbage):
+            args = ECHO[1] if call.proc == PROC_ECHO else b""  # what it would have read
+            result = super()._data(
+                call, seq, service, dataclasses.replace(ctx, gss=_BlindGss(ctx.gss, seq, args))
+            )
+        return result
+
+
 def _factory(cls: type[GssServerAuth]) -> ServerFactory:
     return lambda realm: cls(GssapiProvider(realm.service_name, keytab=realm.keytab))
 
@@ -234,11 +259,14 @@ def _factory(cls: type[GssServerAuth]) -> ServerFactory:
         ("maxseq", "GSS-08"),
         ("body-seq", "GSS-11"),
         ("destroy-mic", "GSS-15"),
+        ("checksum", "GSS-10"),
+        ("unwrap", "GSS-12"),
     ],
 )
 def test_broken_server_fails_exactly_its_case(
     realm: ThrowawayRealm, monkeypatch: pytest.MonkeyPatch, breakage: str, failing: str
 ) -> None:
+    """Through ECHO (a procedure with arguments): the body cases then test the body checks."""
     factory = _server
     if breakage == "replay":
         monkeypatch.setattr(gss_server, "SeqWindow", _NoReplayWindow)
@@ -248,9 +276,13 @@ def test_broken_server_fails_exactly_its_case(
         factory = _factory(_SkipRequestMic)
     elif breakage == "destroy-mic":
         factory = _factory(_SkipDestroyMic)
+    elif breakage == "checksum":
+        factory = _factory(_NoChecksumCheck)
+    elif breakage == "unwrap":
+        factory = _factory(_NoUnwrapCheck)
     else:
         factory = _factory(_NoBodySeqCheck)
-    report = asyncio.run(_run(realm, factory))
+    report = asyncio.run(_run(realm, factory, proc=ECHO[0], args=ECHO[1]))
     failed = {r.spec.id for r in report.results if r.outcome is Outcome.FAIL}
     assert failed == {failing}, {r.spec.id: r.reason for r in report.results if r.outcome is Outcome.FAIL}
     assert report.exit_code == 1
