@@ -699,7 +699,9 @@ def flow_policies(text: str, sport: int | None) -> list[str]:
 def admin_policies(text: str) -> list[str]:
     """The administrator's port-2049 BYPASS policies of scenario 5."""
     return [
-        b for b in policy_blocks(text) if f"port {PORT}" in b and "priority 1000" in b and "tmpl" not in b
+        b
+        for b in policy_blocks(text)
+        if b.startswith("src 0.0.0.0/0 ") and f"port {PORT}" in b and "priority 1 " in b and "tmpl" not in b
     ]
 
 
@@ -755,7 +757,7 @@ def check_policy_change(s: Scenario) -> Observation:
     o.binding = "bound" if rec.get("bound") else str(rec.get("bind_outcome", "?")).lower()
     o.reason = (
         f"server {words['server']}, client {words['client']}: the key manager's per-5-tuple policies "
-        f"(priority 500) come before the administrator's port-{PORT} BYPASS (priority 1000)"
+        f"(priority 0) come before the administrator's port-{PORT} BYPASS (priority 1)"
     )
     return o
 

@@ -229,11 +229,15 @@ def guest_main() -> dict[str, Any]:
             [p.info.dir, p.info.sel.sport, p.info.sel.dport, [t.reqid for t in p.templates]]
             for p in c_be.nl.policies()
             if p.info.priority == c_be.flow_priority
+            and p.info.sel.sport
+            and p.info.sel.dport  # 5-tuples: no socket policies
         )
         res["server_flow_policies"] = sorted(
             [p.info.dir, p.info.sel.sport, p.info.sel.dport, [t.reqid for t in p.templates]]
             for p in s_be.nl.policies()
             if p.info.priority == s_be.flow_priority
+            and p.info.sel.sport
+            and p.info.sel.dport  # 5-tuples: no socket policies
         )
 
         def counters() -> dict[str, int]:
@@ -268,7 +272,10 @@ def guest_main() -> dict[str, Any]:
             return sorted(
                 [p.info.dir, p.info.action, *[t.reqid for t in p.templates]]
                 for p in s_be.nl.policies()
-                if p.info.priority == s_be.flow_priority and PORT in (p.info.sel.sport, p.info.sel.dport)
+                if p.info.priority == s_be.flow_priority
+                and p.info.sel.sport
+                and p.info.sel.dport
+                and PORT in (p.info.sel.sport, p.info.sel.dport)
             )
 
         s_stat0, c_stat0 = _xfrm_stat(None), _xfrm_stat("client")

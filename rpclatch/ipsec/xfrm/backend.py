@@ -69,10 +69,13 @@ from rpclatch.ipsec.xfrm.netlink import (
 
 log = logging.getLogger(__name__)
 
-#: kernel priority of per-flow policies (lower value = preferred)
-FLOW_PRIORITY = 100
-#: kernel priority of a narrow SA's own policies
-SA_PRIORITY = 500
+#: kernel priority of per-flow policies (lower value = preferred): 0, the highest there is, so that
+#: no policy of a lower precedence takes a latched 5-tuple out of its SAs (RFC 5660 §2.3: a latched
+#: flow stays pinned or breaks, never goes to the clear). Another policy at 0 (``ip xfrm policy
+#: add``'s default) ties, and kernels differ on which of equals wins: nothing here watches for it
+FLOW_PRIORITY = 0
+#: kernel priority of a narrow SA's own policies (the same: they pin the latched 5-tuple too)
+SA_PRIORITY = 0
 #: kernel priority of the first mirrored configured SPD entry
 SPD_PRIORITY = 1000
 AEAD_NAME = "rfc4106(gcm(aes))"
@@ -268,8 +271,9 @@ class XfrmBackend(Backend):
     ``remove_sa(sa)``                      XFRM_MSG_DELSA for both SPIs
     ``install_flow_policy(policy)``        XFRM_MSG_NEWPOLICY dir OUT and IN with an exact
                                            5-tuple selector (prefixlen 32/128, sport/dport
-                                           masks 0xffff, proto), priority above the configured
-                                           policies; PROTECT: one ``xfrm_user_tmpl`` with
+                                           masks 0xffff, proto), priority 0 (above the
+                                           configured policies and any of lower precedence);
+                                           PROTECT: one ``xfrm_user_tmpl`` with
                                            ``reqid`` = the latched SA's reqid (pins the flow to
                                            that peer's SAs: no other SA matches the template);
                                            BYPASS: action ALLOW without templates; DISCARD:

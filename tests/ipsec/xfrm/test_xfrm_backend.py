@@ -217,22 +217,18 @@ def test_flow_policy_round_trip_matches_ip_xfrm(ns_pair: NsPair, backend: XfrmBa
     )
     text = ip_policies(ns_pair, ns_pair.a)
     blocks = policy_blocks(text)
-    out_prot = (
-        f"{A_ADDR}/32 dst {B_ADDR}/32 proto tcp sport 40000 dport 2049 | dir out priority 100 ptype main"
-    )
-    in_prot = f"{B_ADDR}/32 dst {A_ADDR}/32 proto tcp sport 2049 dport 40000 | dir in priority 100 ptype main"
+    out_prot = f"{A_ADDR}/32 dst {B_ADDR}/32 proto tcp sport 40000 dport 2049 | dir out priority 0 ptype main"
+    in_prot = f"{B_ADDR}/32 dst {A_ADDR}/32 proto tcp sport 2049 dport 40000 | dir in priority 0 ptype main"
     assert out_prot in blocks and in_prot in blocks, text
     assert (
         f"tmpl src {A_ADDR} dst {B_ADDR}" in blocks[out_prot]
         and "proto esp reqid 7 mode transport" in blocks[out_prot]
     )
     assert f"tmpl src {B_ADDR} dst {A_ADDR}" in blocks[in_prot] and "reqid 7" in blocks[in_prot]
-    out_byp = (
-        f"{A_ADDR}/32 dst {B_ADDR}/32 proto tcp sport 40001 dport 2049 | dir out priority 100 ptype main"
-    )
+    out_byp = f"{A_ADDR}/32 dst {B_ADDR}/32 proto tcp sport 40001 dport 2049 | dir out priority 0 ptype main"
     assert "tmpl" not in blocks[out_byp] and "action block" not in blocks[out_byp]
     out_dis = (
-        f"{A_ADDR}/32 dst {B_ADDR}/32 proto tcp sport 40002 dport 2049 | dir out action block priority 100 "
+        f"{A_ADDR}/32 dst {B_ADDR}/32 proto tcp sport 40002 dport 2049 | dir out action block priority 0 "
         "ptype main"
     )
     assert out_dis in blocks, text
@@ -346,22 +342,29 @@ def test_inbound_plaintext_on_protect_flow_dropped(ns_pair: NsPair) -> None:
         server.close()
 
 
-def test_install_sa_refused_by_host_kernel_leaves_nothing(ns_pair: NsPair, backend: XfrmBackend) -> None:
-    """No esp4 on this host: NEWSA fails with the kernel's errno and nothing is tracked."""
-    flow = FiveTuple.of(A_ADDR, 40050, B_ADDR, 2049, 6)
-    sa = SecurityAssociation(
-        sa_id=1,
-        spi_in=0x3000,
-        spi_out=0x3001,
+def pinned_sa(
+    flow: FiveTuple, sa_id: int, spi_in: int, *, reqid: int, suite: CipherSuite = AES_GCM_256
+) -> SecurityAssociation:
+    """A narrow SA pair A -> B for ``flow`` (outbound SPI ``spi_in + 1``) with its own reqid."""
+    return SecurityAssociation(
+        sa_id=sa_id,
+        spi_in=spi_in,
+        spi_out=spi_in + 1,
         local_addr=ip(A_ADDR),
         remote_addr=ip(B_ADDR),
         traffic_selectors=(Selector.for_flow(flow),),
         peer=PskPeer(IkeId.fqdn("b.test")),
         local=LocalIdentity(IkeId.fqdn("a.test"), AuthMethod.PSK),
-        params=ProtectionParams(),
+        params=ProtectionParams(suite=suite),
         ike_sa=IkeSaRef(1, 2),
-        reqid=4,
+        reqid=reqid,
     )
+
+
+def test_install_sa_refused_by_host_kernel_leaves_nothing(ns_pair: NsPair, backend: XfrmBackend) -> None:
+    """No esp4 on this host: NEWSA fails with the kernel's errno and nothing is tracked."""
+    flow = FiveTuple.of(A_ADDR, 40050, B_ADDR, 2049, 6)
+    sa = pinned_sa(flow, 1, 0x3000, reqid=4)
     try:
         backend.install_sa(sa)
     except XfrmKernelError as exc:
@@ -441,7 +444,7 @@ def test_flow_policy_on_a_configured_selector_replaces_then_restores_it(
     assert kernel() == [(Dir.IN, 1000, 0, [0]), (Dir.OUT, 1000, 0, [0])]
     bypass = SpdEntry.flow_entry(flow, SpdAction.BYPASS, None, EntryOrigin.APPLICATION_REQUEST)
     backend.install_flow_policy(FlowPolicy(flow, bypass, None))
-    assert kernel() == [(Dir.IN, 100, 0, []), (Dir.OUT, 100, 0, [])]
+    assert kernel() == [(Dir.IN, 0, 0, []), (Dir.OUT, 0, 0, [])]
     backend.remove_flow_policy(flow)
     assert kernel() == [(Dir.IN, 1000, 0, [0]), (Dir.OUT, 1000, 0, [0])]
     backend.clear_spd()
@@ -750,19 +753,7 @@ def test_sa_pair_install_and_removal_never_leave_a_window_in_the_clear(
     until everything is in place); remove_sa the other way round. The SAs are recorded, not
     sent (no ESP on this host); the policies go to the namespace's kernel."""
     flow = FiveTuple.of(A_ADDR, 40060, B_ADDR, 2049, 6)
-    sa = SecurityAssociation(
-        sa_id=7,
-        spi_in=0x3100,
-        spi_out=0x3101,
-        local_addr=ip(A_ADDR),
-        remote_addr=ip(B_ADDR),
-        traffic_selectors=(Selector.for_flow(flow),),
-        peer=PskPeer(IkeId.fqdn("b.test")),
-        local=LocalIdentity(IkeId.fqdn("a.test"), AuthMethod.PSK),
-        params=ProtectionParams(),
-        ike_sa=IkeSaRef(1, 2),
-        reqid=9,
-    )
+    sa = pinned_sa(flow, 7, 0x3100, reqid=9)
     calls: list[str] = []
     nl = backend.nl
     add_policy, delete_policy = nl.add_policy, nl.delete_policy
@@ -813,19 +804,7 @@ def test_each_esp_suite_reaches_the_kernel_as_its_aead_template(
     rfc7539esp(chacha20,poly1305) (RFC 7634), each with a 4-octet salt after the key and a 128-bit
     ICV. The SAs are recorded, not sent (no ESP on this host)."""
     flow = FiveTuple.of(A_ADDR, 40061, B_ADDR, 2049, 6)
-    sa = SecurityAssociation(
-        sa_id=8,
-        spi_in=0x3200,
-        spi_out=0x3201,
-        local_addr=ip(A_ADDR),
-        remote_addr=ip(B_ADDR),
-        traffic_selectors=(Selector.for_flow(flow),),
-        peer=PskPeer(IkeId.fqdn("b.test")),
-        local=LocalIdentity(IkeId.fqdn("a.test"), AuthMethod.PSK),
-        params=ProtectionParams(suite=suite),
-        ike_sa=IkeSaRef(1, 2),
-        reqid=10,
-    )
+    sa = pinned_sa(flow, 8, 0x3200, reqid=10, suite=suite)
     algos: list[tuple[str, int, int]] = []
 
     def rec_add_sa(_info: Any, algo: Any, *, update: bool = False) -> None:
@@ -836,3 +815,59 @@ def test_each_esp_suite_reaches_the_kernel_as_its_aead_template(
     backend.install_sa(sa)
     assert algos == [(name, key_octets, 128)] * 2
     backend.remove_sa(sa)
+
+
+def test_an_administrators_later_policy_never_takes_a_pinned_flow_out_of_its_sas(
+    ns_pair: NsPair, backend: XfrmBackend
+) -> None:
+    """RFC 5660 §2.3: a latched 5-tuple stays pinned to its SAs. The per-flow policies sit at
+    kernel priority 0, the highest there is, so an administrator's port-2049 policy added later
+    at priority 1 does not take over: the pinned flow still waits for its SA (ACQUIRE, nothing
+    sent), while another flow to the port meets the administrator's BLOCK at once (EPERM). (At
+    priority 0 too, which of the equals wins depends on the kernel version; not asserted.)"""
+    pinned = FiveTuple.of(A_ADDR, 40080, B_ADDR, 2049, 6)
+    backend.install_flow_policy(FlowPolicy(pinned, protect_entry(pinned), 11))
+    ns_pair.ip(
+        ns_pair.a,
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        "0.0.0.0/0",
+        "dst",
+        "0.0.0.0/0",
+        "proto",
+        "tcp",
+        "dport",
+        "2049",
+        "dir",
+        "out",
+        "priority",
+        "1",
+        "action",
+        "block",
+    )
+    try:
+        with listener(ns_pair.b, 2049) as peers:
+            with client(ns_pair.a, 40081) as other:
+                assert connect_errno(other) == errno.EPERM  # the administrator's policy applies here
+            with client(ns_pair.a, 40080) as s:
+                assert connect_errno(s) == errno.ETIMEDOUT  # ours: PROTECT, no SA -> ACQUIRE, not EPERM
+            assert peers == []
+    finally:
+        ns_pair.ip(
+            ns_pair.a,
+            "xfrm",
+            "policy",
+            "delete",
+            "src",
+            "0.0.0.0/0",
+            "dst",
+            "0.0.0.0/0",
+            "proto",
+            "tcp",
+            "dport",
+            "2049",
+            "dir",
+            "out",
+        )
