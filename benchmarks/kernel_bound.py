@@ -78,7 +78,6 @@ import mmap
 import os
 import re
 import resource
-import signal
 import statistics
 import struct
 import subprocess
@@ -92,6 +91,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+from interop.guest_keyd import Proc, keyd_ready, rpclatch_argv, write_key  # noqa: E402
 
 CLIENT_ADDR = "203.0.113.11"
 SERVER_ADDR = "203.0.113.12"
@@ -247,65 +247,6 @@ async def measure(
 
 
 # -- guest side: the driver (root netns) ----------------------------------------------------------
-
-
-def rpclatch_argv() -> list[str]:
-    script = Path(sys.executable).parent / "rpclatch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rpclatch.cli"]
-
-
-class Proc:
-    """A background process (output in ``log``), stopped with SIGTERM by its PID."""
-
-    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def write_key(path: Path) -> None:
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-
-
-async def keyd_ready(sock: Path, proc: Proc, timeout: float = 60) -> bool:
-    from rpclatch.ipsec.keyd.server import KeydClient
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.proc.poll() is None:
-        if sock.exists():
-            try:
-                client = await KeydClient.connect(sock)
-            except OSError:
-                pass
-            else:
-                try:
-                    return bool((await asyncio.wait_for(client.call("STATUS"), 5)).get("ok"))
-                finally:
-                    await client.close()
-        await asyncio.sleep(0.1)
-    return False
 
 
 def gcm_drivers() -> list[str]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from interop.guest_keyd import Proc, keyd_ready, rpclatch_argv, write_key
 
 CLIENT_ADDR = "203.0.113.1"
 SERVER_ADDR = "203.0.113.2"
@@ -78,76 +79,23 @@ def _spis(netns: str | None) -> set[str]:
     return spis
 
 
-def _rpclatch() -> list[str]:
-    """The ``rpclatch`` command of the Python running this script (its venv's console script)."""
-    script = Path(sys.executable).parent / "rpclatch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rpclatch.cli"]
-
-
-def _write_key(path: Path) -> bytes:
-    """A new Ed25519 key as PKCS#8 PEM in ``path``, its public key beside it (``.pub``); returns
-    the DER SubjectPublicKeyInfo."""
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        NoEncryption,
-        PrivateFormat,
-        PublicFormat,
-    )
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    path.with_suffix(".pub").write_bytes(
-        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    )
-    return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
 class Keyd:
     """One ``rpclatch ipsec keyd`` process (stdout/stderr in ``<sock>.log``)."""
 
     def __init__(self, args: list[str], sock: Path) -> None:
         self.sock = sock
         self.log = sock.with_suffix(".log")
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [*_rpclatch(), "ipsec", "keyd", *args, "--socket", str(sock)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self._proc = Proc([*rpclatch_argv(), "ipsec", "keyd", *args, "--socket", str(sock)], self.log)
+        self.proc = self._proc.proc
 
     async def ready(self, timeout: float = 60) -> bool:
         """The control socket answers STATUS (the daemon is up), or the process died."""
-        from rpclatch.ipsec.keyd.server import KeydClient
-
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and self.proc.poll() is None:
-            if self.sock.exists():
-                try:
-                    client = await KeydClient.connect(self.sock)
-                except OSError:
-                    pass
-                else:
-                    try:
-                        return bool((await asyncio.wait_for(client.call("STATUS"), 5)).get("ok"))
-                    finally:
-                        await client.close()
-            await asyncio.sleep(0.1)
-        return False
+        return await keyd_ready(self.sock, self._proc, timeout)
 
     def stop(self, timeout: float = 5) -> dict[str, Any]:
         """SIGTERM by PID; the exit code (None: still running after ``timeout``, then killed)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc: int | None = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            rc = None
-            self.proc.kill()
-            self.proc.wait()
         return {
-            "rc": rc,
+            "rc": self._proc.stop(timeout),
             "socket_left": self.sock.exists(),
             "log": self.log.read_text(errors="replace")[-2000:],
         }
@@ -155,7 +103,7 @@ class Keyd:
 
 def _status(sock: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*_rpclatch(), "ipsec", "status", "--socket", str(sock), *extra],
+        [*rpclatch_argv(), "ipsec", "status", "--socket", str(sock), *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -182,8 +130,8 @@ async def _guest() -> dict[str, Any]:
 
     res: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp())
-    res["client_spki"] = _write_key(tmp / "c.pem").hex()
-    res["server_spki"] = _write_key(tmp / "s.pem").hex()
+    res["client_spki"] = write_key(tmp / "c.pem").hex()
+    res["server_spki"] = write_key(tmp / "s.pem").hex()
     c_keyd = Keyd(
         ["--netns", "client", "--address", CLIENT_ADDR, "--key", str(tmp / "c.pem")], tmp / "c.sock"
     )
@@ -291,7 +239,15 @@ async def _guest() -> dict[str, Any]:
         res["client_left"] = {"states": _states("client"), "policies": _policies("client")}
         # a socket directory on the read-only root: one line, nonzero, no traceback
         bad = subprocess.run(
-            [*_rpclatch(), "ipsec", "keyd", "--address", SERVER_ADDR, "--socket", "/usr/rpclatch-keyd.sock"],
+            [
+                *rpclatch_argv(),
+                "ipsec",
+                "keyd",
+                "--address",
+                SERVER_ADDR,
+                "--socket",
+                "/usr/rpclatch-keyd.sock",
+            ],
             capture_output=True,
             text=True,
             timeout=60,

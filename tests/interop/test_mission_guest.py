@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from typing import Any
 
 import pytest
 
+from interop.guest_keyd import Proc, keyd_ready, rpclatch_argv, write_key
+
 CLIENT_ADDR = "203.0.113.11"
 SERVER_ADDR = "203.0.113.12"
 PORT = 5663  # 2049 is the guest nfsd's
@@ -50,11 +51,6 @@ IKE_TIMEOUT = 2.0
 PROG = 0x20000A11
 
 pytestmark = [pytest.mark.uml, pytest.mark.root]
-
-
-def _rpclatch() -> list[str]:
-    script = Path(sys.executable).parent / "rpclatch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rpclatch.cli"]
 
 
 def _esp_bytes(netns: str | None) -> int:
@@ -90,63 +86,6 @@ class Sampler:
         self._stop.set()
         self._thread.join(10)
         return self.max
-
-
-def _write_key(path: Path) -> None:
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-
-
-class Proc:
-    """A background process (output in ``log``), stopped with SIGTERM by PID."""
-
-    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        import os
-
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 10) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
-
-
-async def _keyd_ready(sock: Path, proc: Proc, timeout: float = 60) -> bool:
-    from rpclatch.ipsec.keyd.server import KeydClient
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.proc.poll() is None:
-        if sock.exists():
-            try:
-                client = await KeydClient.connect(sock)
-            except OSError:
-                pass
-            else:
-                try:
-                    return bool((await asyncio.wait_for(client.call("STATUS"), 5)).get("ok"))
-                finally:
-                    await client.close()
-        await asyncio.sleep(0.1)
-    return False
 
 
 async def _holder(c_sock: Path, go: asyncio.StreamReader) -> dict[str, Any]:
@@ -205,7 +144,19 @@ async def _holder_main(c_sock: str) -> dict[str, Any]:
 def _ping(c_sock: Path, env: dict[str, str]) -> dict[str, Any]:
     import os
 
-    argv = ["ip", "netns", "exec", "client", *_rpclatch(), "-v", "rpc", "ping", SERVER_ADDR, str(PROG), "1"]
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        "client",
+        *rpclatch_argv(),
+        "-v",
+        "rpc",
+        "ping",
+        SERVER_ADDR,
+        str(PROG),
+        "1",
+    ]
     argv += ["--port", str(PORT), "--sec", "auto", "--target", TARGET, "--keyd", str(c_sock)]
     argv += ["--ike-timeout", str(IKE_TIMEOUT), "--fallback", "krb5p", "--timeout", "30"]
     t0 = time.monotonic()
@@ -225,10 +176,10 @@ def _ping(c_sock: Path, env: dict[str, str]) -> dict[str, Any]:
 async def _guest() -> dict[str, Any]:
     res: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp())
-    _write_key(tmp / "c.pem")
-    _write_key(tmp / "s.pem")
+    write_key(tmp / "c.pem")
+    write_key(tmp / "s.pem")
     c_sock, s_sock = tmp / "c.sock", tmp / "s.sock"
-    keyd = [*_rpclatch(), "ipsec", "keyd"]
+    keyd = [*rpclatch_argv(), "ipsec", "keyd"]
     c_keyd = Proc(
         [
             *keyd,
@@ -248,13 +199,13 @@ async def _guest() -> dict[str, Any]:
     )
     server: Proc | None = None
     try:
-        res["ready"] = [await _keyd_ready(c_sock, c_keyd), await _keyd_ready(s_sock, s_keyd)]
+        res["ready"] = [await keyd_ready(c_sock, c_keyd), await keyd_ready(s_sock, s_keyd)]
         if not all(res["ready"]):
             res["logs"] = [c_keyd.text()[-2000:], s_keyd.text()[-2000:]]
             return res
         server = Proc(
             [
-                *_rpclatch(),
+                *rpclatch_argv(),
                 "-v",
                 "rpc",
                 "serve",

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from typing import Any
 
 import pytest
 
+from interop.guest_keyd import Proc, keyd_ready, rpclatch_argv, write_key
+
 CLIENT_ADDR = "203.0.113.21"
 SERVER_ADDR = "203.0.113.22"
 IKE_TIMEOUT = 2.0
@@ -51,11 +52,6 @@ SIZE = 1 << 20
 HOST_MARK = "guest.rpclatch.test"  # in clear in the Kerberos AP-REQ of an unprotected INIT
 
 pytestmark = [pytest.mark.uml, pytest.mark.root]
-
-
-def _rpclatch() -> list[str]:
-    script = Path(sys.executable).parent / "rpclatch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rpclatch.cli"]
 
 
 def _xfrm(netns: str | None, *args: str) -> str:
@@ -107,21 +103,6 @@ class Sampler:
         return self.max
 
 
-def _write_key(path: Path) -> str:
-    """A new Ed25519 key in ``path`` (PKCS#8 PEM); returns its SubjectPublicKeyInfo (DER, hex)."""
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        NoEncryption,
-        PrivateFormat,
-        PublicFormat,
-    )
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo).hex()
-
-
 async def _find_latch(sock: Path, five_tuple: str) -> dict[str, Any]:
     """What a server application beside nfsd would ask its key manager about the accepted
     connection: FIND_LATCH for the 5-tuple (server side), then INQUIRE_LATCH (RFC 5660 §2.3)."""
@@ -150,50 +131,9 @@ async def _find_latch(sock: Path, five_tuple: str) -> dict[str, Any]:
         await client.close()
 
 
-class Proc:
-    """A background process (output in ``log``), stopped with SIGTERM by PID."""
-
-    def __init__(self, argv: list[str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 10) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
-
-
-async def _keyd_ready(sock: Path, proc: Proc, timeout: float = 60) -> bool:
-    from rpclatch.ipsec.keyd.server import KeydClient
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.proc.poll() is None:
-        if sock.exists():
-            try:
-                client = await KeydClient.connect(sock)
-            except OSError:
-                pass
-            else:
-                try:
-                    return bool((await asyncio.wait_for(client.call("STATUS"), 5)).get("ok"))
-                finally:
-                    await client.close()
-        await asyncio.sleep(0.1)
-    return False
-
-
 def _status(sock: Path) -> dict[str, Any] | str:
     r = subprocess.run(
-        [*_rpclatch(), "ipsec", "status", "--socket", str(sock), "--json"],
+        [*rpclatch_argv(), "ipsec", "status", "--socket", str(sock), "--json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -204,7 +144,7 @@ def _status(sock: Path) -> dict[str, Any] | str:
 
 def _nfs(env: dict[str, str], c_sock: Path, target: str, *args: str) -> dict[str, Any]:
     """``rpclatch -v nfs ARGS --sec auto --keyd`` in netns client."""
-    argv = ["ip", "netns", "exec", "client", *_rpclatch(), "-v", "nfs", *args]
+    argv = ["ip", "netns", "exec", "client", *rpclatch_argv(), "-v", "nfs", *args]
     argv += ["--sec", "auto", "--keyd", str(c_sock), "--target", target, "--ike-timeout", str(IKE_TIMEOUT)]
     r = subprocess.run(
         argv, capture_output=True, text=True, timeout=300, env={**os.environ, **env}, check=False
@@ -277,10 +217,10 @@ async def _holder_main(c_sock: str, target: str, path: str) -> dict[str, Any]:
 async def _guest(target: str, mountpoint: str, export_root: str, env: dict[str, str]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp())
-    res["client_spki"] = _write_key(tmp / "c.pem")
-    _write_key(tmp / "s.pem")
+    res["client_spki"] = write_key(tmp / "c.pem").hex()
+    write_key(tmp / "s.pem")
     c_sock, s_sock = tmp / "c.sock", tmp / "s.sock"
-    keyd = [*_rpclatch(), "ipsec", "keyd"]
+    keyd = [*rpclatch_argv(), "ipsec", "keyd"]
     c_keyd = Proc(
         [
             *keyd,
@@ -300,7 +240,7 @@ async def _guest(target: str, mountpoint: str, export_root: str, env: dict[str, 
     )
     tag = uuid.uuid4().hex[:8]
     try:
-        res["ready"] = [await _keyd_ready(c_sock, c_keyd), await _keyd_ready(s_sock, s_keyd)]
+        res["ready"] = [await keyd_ready(c_sock, c_keyd), await keyd_ready(s_sock, s_keyd)]
         if not all(res["ready"]):
             return res
         # 1. put and get through the CLI, latched
