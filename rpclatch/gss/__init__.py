@@ -9,6 +9,8 @@ to keep imports cheap; import the modules directly:
 * :mod:`~rpclatch.gss.wire` -- the XDR structures; :mod:`~rpclatch.gss.errors` -- exceptions;
   :mod:`~rpclatch.gss.seqwindow` -- the replay window;
 * :mod:`~rpclatch.gss.provider` -- the GSS-API as RPCSEC_GSS needs it, over python-gssapi;
+  :mod:`~rpclatch.gss.krb5` -- RFC 4121 per-message tokens on OpenSSL from the exported MIT
+  context (the provider's default for the AES enctypes);
   :mod:`~rpclatch.gss.bindings` -- GSS-level channel bindings (RFC 5554);
 * :mod:`~rpclatch.gss.channel` -- the channel interface, and an in-memory channel for tests;
 * :mod:`~rpclatch.gss.realm` -- throwaway Kerberos realms; :mod:`~rpclatch.gss.loopback` -- an
