@@ -1,9 +1,10 @@
 """RFC 5403 cases (CB-nn): version 2 negotiation and what BIND_CHANNEL and channel_prot must
-refuse without a channel; the cases that need a latched channel to the server are OMITted.
+refuse without a channel; the cases that need a latched channel to the server run when the run has
+one, and are OMITted otherwise.
 
 The prober has no secure channel to the server, so it cannot know the server's channel bindings:
-its BIND_CHANNEL requests name a prefix the server cannot have (CB-07) or a hash it should not
-implement (CB-08), carry a valid MIC over a made-up hash, and check that whatever comes back is
+its BIND_CHANNEL requests name a prefix the server cannot have (CB-06) or a hash it should not
+implement (CB-07), carry a valid MIC over a made-up hash, and check that whatever comes back is
 either a refusal or a MIC-protected negotiation answer (RFC 5403 §3.3), and that the request's
 seq_num is handled as a DATA seq_num (replays dropped, a verified request consumes it).
 
