@@ -13,7 +13,14 @@ import secrets
 
 from rpclatch.conformance.judge import discarded, garbage, refused
 from rpclatch.conformance.model import Finding, Group, Level, Outcome
-from rpclatch.conformance.probe import ClientContext, Connection, NoContext, Session, verifier_problem
+from rpclatch.conformance.probe import (
+    ClientContext,
+    Connection,
+    NoContext,
+    ReplyKind,
+    Session,
+    verifier_problem,
+)
 from rpclatch.conformance.registry import case
 from rpclatch.gss.errors import GssError, GssMajor
 from rpclatch.gss.wire import MAXSEQ, RPCSEC_GSS_VERS_1, GssProc, InitRes, Service
@@ -128,10 +135,22 @@ async def gss_04(s: Session) -> Finding:
 async def gss_05(s: Session) -> Finding:
     ctx = await s.context()
     prepared = s.data_call(ctx)
-    problem = s.reply_problem(ctx, prepared, await s.send(prepared))
+    first = await s.send(prepared)
+    problem = s.reply_problem(ctx, prepared, first)
     if problem is not None:
         raise NoContext(f"a legitimate call fails: {problem}")
-    return await discarded(s, ctx, await s.send(prepared, expect_silence=True), "the replayed call")
+    again = await s.send(prepared, expect_silence=True)
+    if again.kind is ReplyKind.REPLY and again.message == first.message:
+        # A second execution would carry a new verifier: every GSS MIC token has its own sequence
+        # number (RFC 4121 §4.2.6.1). The same bytes come from a duplicate request cache.
+        return Finding(
+            Outcome.WARN,
+            "the replayed call was answered with a copy of the first reply (the same verifier MIC: "
+            "a duplicate request cache, not a second execution); RFC 2203 §5.3.3.1 asks for a "
+            "silent discard",
+            again.describe(),
+        )
+    return await discarded(s, ctx, again, "the replayed call")
 
 
 @case(
