@@ -702,6 +702,9 @@ class KernelServerEndpoint:
             except Exception as exc:  # one bad connection never stops the server
                 log.warning("dropping an accepted connection: %s", exc)
                 conn.close()
+            except BaseException:  # closed while admitting it (FIND_LATCH pending): not leaked
+                conn.close()
+                raise
 
     async def _control(self) -> KeydControl:
         """The control connection, made again (with a new LISTENER latch, RFC 5660 §5.1) when the

@@ -477,3 +477,34 @@ def test_the_server_accepts_channel_prot_only_on_the_bound_connection_while_its_
         two.close()
 
     run(realm, tmp_path, body)
+
+
+def test_closing_the_server_while_it_admits_a_connection_closes_that_socket(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    """An endpoint closed while a connection waits for its FIND_LATCH answer closes that accepted
+    socket (the peer sees the end at once): before, the cancelled admission kept it open, held by
+    the task's exception, until the garbage collector found it (a ResourceWarning in a later
+    test)."""
+
+    async def body(lab: Lab) -> None:
+        assert lab.endpoint is not None
+        admitting = asyncio.Event()
+
+        async def stuck(conn: socket.socket) -> None:
+            admitting.set()
+            await asyncio.Event().wait()  # FIND_LATCH that never answers
+
+        lab.endpoint._admit = stuck  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setblocking(False)
+        try:
+            await loop.sock_connect(client, (str(B_ADDR), lab.port))
+            await asyncio.wait_for(admitting.wait(), 5)
+            await lab.endpoint.close()
+            assert await asyncio.wait_for(loop.sock_recv(client, 1), 5) == b""
+        finally:
+            client.close()
+
+    run(realm, tmp_path, body)
