@@ -827,26 +827,9 @@ def test_an_administrators_later_policy_never_takes_a_pinned_flow_out_of_its_sas
     priority 0 too, which of the equals wins depends on the kernel version; not asserted.)"""
     pinned = FiveTuple.of(A_ADDR, 40080, B_ADDR, 2049, 6)
     backend.install_flow_policy(FlowPolicy(pinned, protect_entry(pinned), 11))
-    ns_pair.ip(
-        ns_pair.a,
-        "xfrm",
-        "policy",
-        "add",
-        "src",
-        "0.0.0.0/0",
-        "dst",
-        "0.0.0.0/0",
-        "proto",
-        "tcp",
-        "dport",
-        "2049",
-        "dir",
-        "out",
-        "priority",
-        "1",
-        "action",
-        "block",
-    )
+    # the administrator's: every TCP segment to port 2049, at priority 1
+    admin = ("src", "0.0.0.0/0", "dst", "0.0.0.0/0", "proto", "tcp", "dport", "2049", "dir", "out")
+    ns_pair.ip(ns_pair.a, "xfrm", "policy", "add", *admin, "priority", "1", "action", "block")
     try:
         with listener(ns_pair.b, 2049) as peers:
             with client(ns_pair.a, 40081) as other:
@@ -855,19 +838,4 @@ def test_an_administrators_later_policy_never_takes_a_pinned_flow_out_of_its_sas
                 assert connect_errno(s) == errno.ETIMEDOUT  # ours: PROTECT, no SA -> ACQUIRE, not EPERM
             assert peers == []
     finally:
-        ns_pair.ip(
-            ns_pair.a,
-            "xfrm",
-            "policy",
-            "delete",
-            "src",
-            "0.0.0.0/0",
-            "dst",
-            "0.0.0.0/0",
-            "proto",
-            "tcp",
-            "dport",
-            "2049",
-            "dir",
-            "out",
-        )
+        ns_pair.ip(ns_pair.a, "xfrm", "policy", "delete", *admin)
