@@ -650,8 +650,11 @@ class Demo:
         """4: mid-flow, namespace rl-rogue takes the server's address (and the client's ARP entry
         for it: what a gratuitous ARP the client believed does), starts a key manager of its own
         (its own key) on it, and asks it for the client's latched 5-tuple: its IKE goes to the
-        client's key manager, claiming a CHILD_SA for that 5-tuple. A call is made while the
-        address is the rogue's; then the server takes it back and the calls go on."""
+        client's key manager, claiming a CHILD_SA for exactly that 5-tuple. A call is in flight
+        meanwhile (its segments go to the rogue's MAC). The client's key manager breaks the latch
+        before accepting that SA (RFC 5660 §2.3), the client resets the connection and the call
+        fails; the XFRM state is looked at right then. Then the server takes its address back and
+        the next calls reconnect, re-latch and re-bind."""
         res: dict[str, Any] = {"marks": []}
         ns_r, _, mac_r, _ = PARTIES["rogue"]
         mac_s = PARTIES["server"][2]
@@ -700,7 +703,10 @@ class Demo:
             )
             during = asyncio.ensure_future(asyncio.to_thread(c.ask, "echo", n=1))
             res["rogue_latch"] = await rogue_latch(r_sock, server_addr, self.addr("client"), sport)
-            await asyncio.sleep(1.0)
+            # the call in flight fails when the client resets the broken latch's connection
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(during), 30)
+            res["during_done"] = during.done()  # before the server had its address back
             res["during"] = await self.snapshot({**socks, "rogue": r_sock})
             t = time.time()
             res["t_back"] = t

@@ -16,6 +16,7 @@ manager, no INITIAL_CONTACT was sent, and a second peer could get an SA for a la
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import socket
@@ -38,9 +39,10 @@ from rpclatch.ipsec.ike.events import ChildSaEstablished, ChildSaFailed, IkeEven
 from rpclatch.ipsec.ike.udp import IkeUdpEndpoint, NegotiatedKeys
 from rpclatch.ipsec.keyd.daemon import KeydDaemon
 from rpclatch.ipsec.latch import LatchState
-from rpclatch.ipsec.model import AddressRange, FiveTuple, IkeSaRef, IPAddress, IpProto, Selector
+from rpclatch.ipsec.model import AddressRange, FiveTuple, IkeSaRef, IPAddress, IpProto, PortRange, Selector
 from rpclatch.ipsec.sad import narrow_flow
 from rpclatch.ipsec.spd import SpdAction
+from rpclatch.rpc.errors import RpcConnectionClosed
 
 from .test_kernel import A_ADDR, B_ADDR, Lab, _pad, _until, echo, run
 
@@ -270,6 +272,29 @@ def test_a_third_btns_peer_claiming_a_range_is_narrowed_to_its_own_address(
     run(realm, tmp_path, body)
 
 
+def test_a_peer_on_the_clients_address_claiming_a_port_range_is_narrowed_around_the_latch(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    """RFC 5660 §2.3 (SHOULD narrow), RFC 7296 §2.9: another BTNS peer on the client's own
+    address (the PAD's own-address rule lets it through) asks the server's key manager for a
+    CHILD_SA covering the client's source ports 1024-65535 towards the server's port. That range
+    holds the latched 5-tuple of another peer but is wider than it, so it is narrowed around it
+    instead of breaking the latch: the CHILD_SA is made for a subset that does not match the
+    latched 5-tuple, and the client's latch and calls are untouched."""
+
+    def claim(flow: FiveTuple) -> Selector:
+        return dataclasses.replace(Selector.for_flow(flow), local_ports=PortRange(1024, 65535))
+
+    async def body(lab: Lab) -> None:
+        pc, event = await _steal(lab, claim, A_ADDR)
+        assert isinstance(event, ChildSaEstablished) and event.child.narrowed
+        ports = event.child.selector.local_ports
+        assert (ports.low, ports.high) != (1024, 65535)
+        await pc.aclose()
+
+    run(realm, tmp_path, body)
+
+
 def test_dead_peer_detection_on_a_blackholed_path_breaks_the_latch_never_clear(
     realm: ThrowawayRealm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -439,22 +464,67 @@ def test_the_sa_of_a_syn_expiring_before_find_latch_gives_no_channel(
     run(realm, tmp_path, body)
 
 
-def test_an_unauthenticated_peer_claiming_the_clients_address_for_its_5_tuple_is_refused(
+def test_an_unauthenticated_peer_claiming_the_clients_address_for_its_5_tuple_breaks_the_latch(
     realm: ThrowawayRealm, tmp_path: Path
 ) -> None:
-    """RFC 5386 §3.1, RFC 5660 §2.3: another BTNS peer with its own key, on the client's own
-    address 127.0.0.1 (another IKE port: a second host behind the same address, or a local
-    process), asks the server's key manager for a CHILD_SA for exactly the client's 5-tuple
-    while the client's connection is latched to the client's key. The own-address rule of the
-    PAD lets 127.0.0.1 through, so the latch must: a CHILD_SA for a latched 5-tuple with
-    another peer's key conflicts and is refused (TS_UNACCEPTABLE); the server's latch stays
-    ESTABLISHED with the client's key and the calls stay channel_prot."""
+    """RFC 5386 §3.1, RFC 5660 §2.3 and §5.5: another BTNS peer with its own key, on the
+    client's own address 127.0.0.1 (another IKE port: a second host behind the same address, or
+    a local process), asks the server's key manager for a CHILD_SA for exactly the client's
+    5-tuple while the client's connection is latched to the client's key. The own-address rule
+    of the PAD lets 127.0.0.1 through and an exact 5-tuple cannot be narrowed, so the server's
+    latch goes BROKEN -- its flow under an exact DISCARD and the server told -- before the SA is
+    accepted; the SA is then installed under that DISCARD (nothing of the flow travels under the
+    newcomer's keys). The server resets the connection (the default disposition), so the
+    client's next call reconnects on a new 5-tuple, re-latches to the server's key and re-binds;
+    the server latches the new connection to the client's key, not the newcomer's."""
 
     async def body(lab: Lab) -> None:
-        assert lab.b is not None
-        pc, event = await _steal(lab, Selector.for_flow, A_ADDR)
-        assert isinstance(event, ChildSaFailed)
-        assert event.by_peer and event.notify == NotifyType.TS_UNACCEPTABLE
+        assert lab.b is not None and lab.endpoint is not None and lab.b.service.guard is not None
+        pc = lab.connection()
+        await pc.aconnect()
+        await echo(pc)
+        link = pc.link
+        assert isinstance(link, KernelLink)
+        first = pc.security
+        sport = _client_sport(link)
+        stolen = FiveTuple(A_ADDR, sport, B_ADDR, lab.port, IpProto.TCP)  # as the newcomer says it
+        mirrored = FiveTuple(B_ADDR, lab.port, A_ADDR, sport, IpProto.TCP)  # the server's view
+        accepted = lab.endpoint.accepted[0]
+        attacker = await _third_host(A_ADDR)
+        try:
+            sa = attacker.initiate(lab.b.endpoint.dispatcher.local, ChildRequest(Selector.for_flow(stolen)))
+            spi_i = sa.spi_i
+
+            def done(ref: IkeSaRef, event: IkeEvent) -> bool:
+                return ref.initiator_spi == spi_i and isinstance(
+                    event, ChildSaEstablished | ChildSaFailed | IkeSaFailed
+                )
+
+            event = await attacker.wait_for(done, 10)
+            assert isinstance(event, ChildSaEstablished), event
+            # the newcomer's SA is in the server's SAD for exactly that 5-tuple, under DISCARD
+            theirs = [i for i in lab.b.endpoint.installed.values() if i.child.spi_out == event.child.spi_in]
+            assert len(theirs) == 1 and narrow_flow(theirs[0].sad_entry) == mirrored
+            assert mirrored in lab.b.service.guard.blocked
+            policy = lab.b.service.guard.flow_policies[mirrored]
+            assert policy.entry.action is SpdAction.DISCARD
+            await _until(lambda: accepted.latch_state is LatchState.BROKEN, "the server latch BROKEN")
+        finally:
+            attacker.close()
+        # the server reset the connection: the call that finds the reset may fail (RFC 5660
+        # §5.5 (b)); the next one reconnects on a new 5-tuple, latched and bound again
+        with contextlib.suppress(RpcConnectionClosed):
+            await echo(pc)
+        await echo(pc)
+        second = pc.security
+        new_link = pc.link
+        assert isinstance(new_link, KernelLink) and new_link is not link
+        assert second.conn_id != first.conn_id and _client_sport(new_link) != sport
+        assert second.bound and second.gss_service is Service.CHANNEL_PROT
+        assert second.peer == first.peer  # the server's key again
+        server_side = lab.endpoint.accepted[-1]
+        assert server_side is not accepted and server_side.latch_state is LatchState.ESTABLISHED
+        assert server_side.channel is not None
         await pc.aclose()
 
     run(realm, tmp_path, body)

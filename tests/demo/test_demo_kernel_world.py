@@ -121,15 +121,20 @@ def test_5_policy_change_mid_flow_pinned_never_cleartext(run: dict[str, Any]) ->
     assert {"never cleartext on port 2049", "channel_prot still accepted after the client change"} <= names
 
 
-def test_4_rogue_on_the_servers_address_is_refused_and_reads_nothing(run: dict[str, Any]) -> None:
+def test_4_rogue_on_the_servers_address_breaks_the_latch_then_relatch_and_rebind(run: dict[str, Any]) -> None:
+    """The simulated scenario 4's outcome (RFC 5660 §2.3, §5.5 (b)): BROKEN, reset, nothing
+    readable by the rogue, reconnect, re-latch to the server's key, re-bind."""
     row = _scenario(run, 4)
-    assert (row["latched"], row["gss_service"]) == ("kept (rogue refused)", "channel_prot")
+    assert (row["latched"], row["binding"], row["gss_service"]) == ("broken->yes", "bound", "channel_prot")
     assert row["attacker_plaintext_bytes"] == 0
     names = {c["name"] for c in row["checks"]}
     assert {
-        "the rogue's CHILD_SA for the latched 5-tuple refused",
+        "client latch went BROKEN",
+        "connection reset (RFC 5660 §5.5 default)",
+        "the rogue's SA accepted only under a DISCARD of the broken 5-tuple",
         "the rogue's IKE reached the client's key manager",
         "the rogue could read no frame of the flow",
+        "reconnected on a new 5-tuple, re-latched to the server's key and re-bound",
     } <= names
 
 

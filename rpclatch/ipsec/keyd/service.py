@@ -138,11 +138,18 @@ class LatchGuardBackend(Backend):
     def remove_sa(self, sa: SecurityAssociation) -> None:
         flow = narrow_flow(sa)
         if flow is not None and flow not in self.blocked and self.latched(flow) and not self.others(sa):
+            self.block(flow)
+            log.warning("latched flow %s lost its SAs: DISCARD until the latch is released", flow)
+        self.inner.remove_sa(sa)
+
+    def block(self, flow: FiveTuple) -> None:
+        """Put ``flow`` under an exact DISCARD policy of ours (nothing of it sent or accepted,
+        RFC 5660 §2.3). It sits in the flow layer, above any SA's pinned policies: an SA
+        installed later for the same 5-tuple (a conflicting one) does not lift it."""
+        if flow not in self.blocked:
             entry = SpdEntry.flow_entry(flow, SpdAction.DISCARD, None, EntryOrigin.PINNED_LATCH)
             self.inner.install_flow_policy(FlowPolicy(flow, entry, None))
             self.blocked.add(flow)
-            log.warning("latched flow %s lost its SAs: DISCARD until the latch is released", flow)
-        self.inner.remove_sa(sa)
 
     def unblock(self, flow: FiveTuple) -> None:
         if flow in self.blocked:
@@ -247,43 +254,82 @@ class IkeLatchService:
         self.held = [h for h in self.held if h.until > now]
 
     def vet_child(self, proposal: ChildProposal) -> Selector | None:
-        """``IkeConfig.child_vetter``: refuse (None) a new CHILD_SA whose selector covers the
-        5-tuple of a BYPASS record (live or held), or of a latch (live -- LARVAL, ESTABLISHED or
-        BROKEN -- or held) or an installed narrow CHILD_SA of another peer (RFC 5660 §2.3;
-        RFC 5386 §3.1: a second BTNS peer, even one allowed the same address, never gets SAs
-        for a latched 5-tuple); else keep the proposal's selector. Rekeys of our own CHILD_SAs
-        pass."""
+        """``IkeConfig.child_vetter``: the conflict rules of RFC 5660 §2.3 for a new CHILD_SA of
+        peer P (its selector already narrowed by the PAD, RFC 5386 §3.1). The 5-tuples it may
+        not take from others: those of a BYPASS record (live or held), of a latch held by
+        another peer (live -- LARVAL, ESTABLISHED or BROKEN -- or held after release), and of
+        an installed narrow CHILD_SA of another peer (a latch in the making: FIND_LATCH may not
+        have asked for it yet).
+
+        - A selector wider than such a 5-tuple is narrowed around it (§2.3 SHOULD; RFC 7296
+          §2.9: the answer is a subset of the proposal).
+        - A selector that is exactly the 5-tuple of an ESTABLISHED or BROKEN latch of another
+          peer cannot be narrowed: the latch goes BROKEN, its flow is put under DISCARD, and its
+          holder is ALERTed, all before this returns and so before the SA is accepted and
+          installed (§2.3 MUST); the SA is then accepted. Its pinned policies sit below the
+          DISCARD, which lasts until the latch is released and its hold has ended, so nothing
+          of the flow ever travels under the newcomer's keys (the holder resets, §5.5 (b)).
+        - Exactly the 5-tuple of anything else (a BYPASS record, a LARVAL, held or not yet
+          found latch): refused (None: TS_UNACCEPTABLE), there is no holder to tell.
+
+        Rekeys of our own CHILD_SAs pass."""
         if proposal.rekey_of is not None:
             return proposal.selector
         self._prune()
         spki = proposal.peer.spki_der if isinstance(proposal.peer, RawPublicKeyPeer) else None
-        records: list[tuple[FiveTuple | None, bool, bytes | None]] = [
-            (latch.flow, latch.bypass, latch.peer_spki) for latch in self.latches.values()
+        # (5-tuple, the live latch to break if the proposal is exactly it, what it is)
+        taken: list[tuple[FiveTuple, int | None, str]] = []
+        for handle, latch in self.latches.items():
+            if latch.flow is None or not (latch.bypass or latch.peer_spki != spki):
+                continue
+            breakable = not latch.bypass and latch.state in ("ESTABLISHED", "BROKEN")
+            what = "BYPASS record" if latch.bypass else f"{latch.state} latch of another peer"
+            taken.append((latch.flow, handle if breakable else None, what))
+        taken += [
+            (h.flow, None, "held BYPASS record" if h.bypass else "held latch of another peer")
+            for h in self.held
+            if h.bypass or h.peer_spki != spki
         ]
-        records += [(h.flow, h.bypass, h.peer_spki) for h in self.held]
-        # a narrow CHILD_SA installed for another peer is a latch in the making (FIND_LATCH may
-        # not have asked for it yet): its 5-tuple is taken too
+        latched = {latch.flow for latch in self.latches.values()}
         for inst in self.endpoint.installed.values():
             peer = inst.sad_entry.peer
-            records.append(
-                (
-                    narrow_flow(inst.sad_entry),
-                    False,
-                    peer.spki_der if isinstance(peer, RawPublicKeyPeer) else None,
-                )
-            )
-        for flow, bypass, peer_spki in records:
-            if flow is None or not proposal.selector.matches(flow):
+            flow = narrow_flow(inst.sad_entry)
+            if flow is None or flow in latched:
+                continue  # a latched flow's SAs are its latch's (above)
+            if (peer.spki_der if isinstance(peer, RawPublicKeyPeer) else None) != spki:
+                taken.append((flow, None, "CHILD_SA of another peer not yet latched"))
+        selector = proposal.selector
+        to_break: list[int] = []
+        for flow, holder, what in taken:
+            if not selector.matches(flow):
                 continue
-            if bypass or peer_spki != spki:
-                log.warning(
-                    "CHILD_SA for %s refused: conflicts with the %s of %s (RFC 5660 §2.3)",
-                    proposal.selector,
-                    "BYPASS record" if bypass else "latch of another peer",
-                    flow,
-                )
+            pieces = selector.exclude(flow)
+            if pieces:
+                log.info("CHILD_SA for %s narrowed around the %s of %s (RFC 5660 §2.3)", selector, what, flow)
+                selector = pieces[0]
+            elif holder is not None:
+                to_break.append(holder)
+            else:
+                log.warning("CHILD_SA for %s refused: the %s of %s (RFC 5660 §2.3)", selector, what, flow)
                 return None
-        return proposal.selector
+        for handle in to_break:
+            self._break(handle, f"conflicting CHILD_SA of peer {_fingerprint(spki)} (RFC 5660 §2.3)")
+        return selector
+
+    def _break(self, handle: int, reason: str) -> None:
+        """ESTABLISHED -> BROKEN for a conflict (RFC 5660 §2.3): DISCARD the flow, then ALERT."""
+        latch = self.latches[handle]
+        assert latch.flow is not None
+        if self.guard is not None:
+            self.guard.block(latch.flow)
+        if latch.state == "BROKEN":
+            return  # already broken (and its holder told)
+        if latch.task is not None:
+            latch.task.cancel()
+            latch.task = None
+        latch.state = "BROKEN"
+        log.warning("latch %d on %s BROKEN: %s", handle, latch.flow, reason)
+        self.events.broken(handle, reason)
 
     # ------------------------------------------------------------------ LatchService
 
@@ -521,6 +567,10 @@ class IkeLatchService:
             break
         latch.state = "BROKEN"
         self.events.broken(handle, type(event).__name__)
+
+
+def _fingerprint(spki: bytes | None) -> str:
+    return "(no raw key)" if spki is None else spki_fingerprint(spki)[:16]
 
 
 def _listens(listener: Listener | None, flow: FiveTuple) -> bool:
