@@ -354,6 +354,37 @@ def test_a_released_latch_keeps_its_sas_for_the_hold(realm: ThrowawayRealm, tmp_
     run(realm, tmp_path, body)
 
 
+def test_a_released_flow_is_sealed_for_time_wait_after_its_sas_go(
+    realm: ThrowawayRealm, tmp_path: Path
+) -> None:
+    """When the hold ends, the 5-tuple goes under an exact DISCARD at both ends before its SAs go
+    (a late FIN or ACK of the closed connection is dropped, not sent in clear), until TIME_WAIT
+    has passed; then nothing of it is left."""
+
+    async def body(lab: Lab) -> None:
+        assert lab.a is not None and lab.b is not None
+        guards = [lab.a.service.guard, lab.b.service.guard]
+        for service in (lab.a.service, lab.b.service):
+            service.hold, service.time_wait = 0.2, 1.0
+        pc = lab.connection()
+        await pc.aconnect()
+        await echo(pc)
+        await pc.aclose()
+        await _until(lambda: all(g is not None and g.sealed for g in guards), "both ends sealed")
+        for guard in guards:
+            assert guard is not None
+            (flow,) = guard.sealed
+            assert guard.inner.flow_policies[flow].entry.action is SpdAction.DISCARD
+            assert lab.port in (flow.local_port, flow.remote_port)
+        await _until(lambda: not lab.a.endpoint.installed and not lab.b.endpoint.installed, "the SAs gone")
+        assert lab.a.service.status()["time_wait_sealed"] == 1
+        await _until(lambda: all(g is not None and not g.sealed for g in guards), "the seals lifted")
+        for guard in guards:
+            assert guard is not None and not guard.inner.flow_policies
+
+    run(realm, tmp_path, body)
+
+
 async def _until(predicate: Callable[[], bool], what: str) -> None:
     for _ in range(500):
         if predicate():

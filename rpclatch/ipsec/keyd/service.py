@@ -14,7 +14,10 @@ seconds after it is released, a CHILD_SA a peer proposes for that 5-tuple is a c
 refused (RFC 5660 §2.3): the one place is :meth:`IkeLatchService.vet_child`, the responder's
 child acceptance (``IkeConfig.child_vetter``). A released latch is held TIME_WAIT-like the same
 way: its SAs and kernel policies stay until the hold ends (so the connection's FIN exchange still
-travels in ESP), and a CHILD_SA for its 5-tuple from another peer is refused meanwhile.
+travels in ESP), and a CHILD_SA for its 5-tuple from another peer is refused meanwhile. When the
+hold ends, the 5-tuple is sealed under an exact DISCARD policy before its SAs go, for the rest of
+TCP's TIME_WAIT (:data:`DEFAULT_TIME_WAIT`), so that a late segment of the closed connection is
+dropped rather than sent in clear; a new connection's SA on the same 5-tuple lifts the seal.
 
 A latched flow never falls back to the clear (RFC 5660 §2.3: a BROKEN latch's packets are
 dropped): the endpoint's datapath is wrapped (:class:`LatchGuardBackend`) so that when the last SA
@@ -72,6 +75,13 @@ log = logging.getLogger(__name__)
 IKE_PORT = 500
 #: Seconds a released latch (and a BYPASS record) is held, TIME_WAIT-like (see the module docstring).
 DEFAULT_HOLD = 2.0
+#: Seconds after its release that a protected flow's 5-tuple stays under DISCARD once its SAs are
+#: gone: TCP's TIME_WAIT on Linux (TCP_TIMEWAIT_LEN, 2 MSL), so that a late segment of the closed
+#: connection (a retransmitted FIN, its ACK) is dropped rather than sent in clear
+DEFAULT_TIME_WAIT = 60.0
+#: At most this many 5-tuples sealed so at once (each is two kernel policies); past it a released
+#: flow is not sealed, with a log line (the table is fed by connection churn)
+MAX_SEALED = 16384
 
 
 @dataclass(slots=True)
@@ -129,10 +139,20 @@ class LatchGuardBackend(Backend):
         self.inner = inner
         self.latched = latched
         self.others = others
-        #: 5-tuples under a DISCARD policy of ours
+        #: 5-tuples of broken latches under a DISCARD policy of ours
         self.blocked: set[FiveTuple] = set()
+        #: 5-tuples of released protected latches under DISCARD for the rest of TCP's TIME_WAIT
+        #: (:meth:`seal`), each with the token of its seal
+        self.sealed: dict[FiveTuple, int] = {}
+        self.max_sealed = MAX_SEALED
+        self._seals = itertools.count(1)
+        self._unsealed_for_room = 0
 
     def install_sa(self, sa: SecurityAssociation) -> None:
+        flow = narrow_flow(sa)
+        if flow is not None and self.sealed.pop(flow, None) is not None and flow not in self.blocked:
+            # a new connection on the 5-tuple of a closed one: its SAs decide now
+            self.inner.remove_flow_policy(flow)
         self.inner.install_sa(sa)
 
     def remove_sa(self, sa: SecurityAssociation) -> None:
@@ -147,9 +167,41 @@ class LatchGuardBackend(Backend):
         RFC 5660 §2.3). It sits in the flow layer, above any SA's pinned policies: an SA
         installed later for the same 5-tuple (a conflicting one) does not lift it."""
         if flow not in self.blocked:
-            entry = SpdEntry.flow_entry(flow, SpdAction.DISCARD, None, EntryOrigin.PINNED_LATCH)
-            self.inner.install_flow_policy(FlowPolicy(flow, entry, None))
+            if self.sealed.pop(flow, None) is None:
+                self._discard(flow)
             self.blocked.add(flow)
+
+    def seal(self, flow: FiveTuple) -> int | None:
+        """Put a released protected flow, whose SAs are about to go, under DISCARD until
+        :meth:`unseal` (the rest of TCP's TIME_WAIT): a late segment of the closed connection is
+        dropped, never sent in clear. Unlike :meth:`block`, an SA installed later for the same
+        5-tuple (a new connection) lifts it. Returns the seal's token, or None when the flow is
+        blocked already or :attr:`max_sealed` are sealed (then logged)."""
+        if flow in self.blocked or flow in self.sealed:
+            return None
+        if len(self.sealed) >= self.max_sealed:
+            self._unsealed_for_room += 1
+            if self._unsealed_for_room == 1 or self._unsealed_for_room % 1000 == 0:
+                log.warning(
+                    "%d released flows not sealed for TIME_WAIT: %d already are (limit)",
+                    self._unsealed_for_room,
+                    len(self.sealed),
+                )
+            return None
+        token = next(self._seals)
+        self._discard(flow)
+        self.sealed[flow] = token
+        return token
+
+    def unseal(self, flow: FiveTuple, token: int) -> None:
+        """End the seal ``token`` of ``flow`` (no-op if it was lifted or replaced meanwhile)."""
+        if self.sealed.get(flow) == token:
+            del self.sealed[flow]
+            self.inner.remove_flow_policy(flow)
+
+    def _discard(self, flow: FiveTuple) -> None:
+        entry = SpdEntry.flow_entry(flow, SpdAction.DISCARD, None, EntryOrigin.PINNED_LATCH)
+        self.inner.install_flow_policy(FlowPolicy(flow, entry, None))
 
     def unblock(self, flow: FiveTuple) -> None:
         if flow in self.blocked:
@@ -177,6 +229,7 @@ class LatchGuardBackend(Backend):
 
     def reset(self) -> None:
         self.blocked.clear()
+        self.sealed.clear()
         self.inner.reset()
 
     def __getattr__(self, name: str) -> Any:
@@ -195,6 +248,7 @@ class IkeLatchService:
         local_spki: bytes | None,
         peer_endpoint: Callable[[IPAddress], Endpoint] = lambda addr: (addr, IKE_PORT),
         hold: float = DEFAULT_HOLD,
+        time_wait: float = DEFAULT_TIME_WAIT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoint = endpoint
@@ -202,6 +256,7 @@ class IkeLatchService:
         self.local_spki = local_spki
         self.peer_endpoint = peer_endpoint
         self.hold = hold
+        self.time_wait = time_wait
         self.clock = clock
         self._ids = itertools.count(1)
         self.latches: dict[int, _Latch] = {}
@@ -246,6 +301,8 @@ class IkeLatchService:
         if self.guard is not None:
             for flow in list(self.guard.blocked):
                 self.guard.unblock(flow)
+            for flow, token in list(self.guard.sealed.items()):
+                self.guard.unseal(flow, token)
 
     # ------------------------------------------------------------------ conflicts (RFC 5660 §2.3)
 
@@ -406,7 +463,10 @@ class IkeLatchService:
     def release(self, latch: int) -> None:
         """Forget the latch; an ESTABLISHED one is held for :attr:`hold` seconds first (its
         5-tuple stays a conflict, and the IKE SA we initiated for it -- with its kernel SAs and
-        policies -- is deleted only when the hold ends)."""
+        policies -- is deleted only when the hold ends). When the hold of a protected one ends,
+        its 5-tuple is sealed (DISCARD) before its SAs go, until :attr:`time_wait` seconds after
+        the release (TCP's TIME_WAIT: a late FIN or ACK of the closed connection is dropped, not
+        sent in clear)."""
         state = self.latches.pop(latch, None)
         if state is None:
             return
@@ -426,21 +486,32 @@ class IkeLatchService:
                 self._later(loop, lambda: guard.unblock(flow))
             else:
                 guard.unblock(flow)
-        if state.initiator and state.ike_sa is not None:
-            ref = state.ike_sa
-            if established and self.hold > 0 and loop is not None:
-                self._later(loop, lambda: self._delete(ref))
-            else:
-                self._delete(ref)
+        ref = state.ike_sa if state.initiator else None
+        if established and self.hold > 0 and loop is not None:
+            seal = not state.bypass and self.time_wait > self.hold
 
-    def _later(self, loop: asyncio.AbstractEventLoop, action: Callable[[], None]) -> None:
-        """Run ``action`` when the hold ends."""
+            def hold_ended() -> None:
+                if seal and guard is not None and flow is not None:
+                    token = guard.seal(flow)
+                    if token is not None:
+                        self._later(loop, lambda: guard.unseal(flow, token), self.time_wait - self.hold)
+                if ref is not None:
+                    self._delete(ref)
+
+            self._later(loop, hold_ended)
+        elif ref is not None:
+            self._delete(ref)
+
+    def _later(
+        self, loop: asyncio.AbstractEventLoop, action: Callable[[], None], delay: float | None = None
+    ) -> None:
+        """Run ``action`` when the hold ends (or after ``delay`` seconds)."""
 
         def run() -> None:
             self._timers.discard(timer)
             action()
 
-        timer = loop.call_later(self.hold, run)
+        timer = loop.call_later(self.hold if delay is None else delay, run)
         self._timers.add(timer)
 
     def _delete(self, ref: IkeSaRef) -> None:
@@ -482,7 +553,14 @@ class IkeLatchService:
             {"flow": str(h.flow), "bypass": h.bypass, "seconds_left": round(h.until - now, 3)}
             for h in self.held
         ]
-        return {"ike_sas": ike, "child_sas": children, "latches": latches, "held": held}
+        sealed = 0 if self.guard is None else len(self.guard.sealed)
+        return {
+            "ike_sas": ike,
+            "child_sas": children,
+            "latches": latches,
+            "held": held,
+            "time_wait_sealed": sealed,
+        }
 
     # ------------------------------------------------------------------ IKE events
 
